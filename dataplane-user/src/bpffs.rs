@@ -1,0 +1,203 @@
+//! The dataplane's bpffs layout, and mounting bpffs where nobody did.
+//!
+//! ```text
+//! <root>/                      default /sys/fs/bpf/dataplane
+//!   DP_PROTO_STATS, ...        every map, pinned under its own name
+//!   links/<netns>_<ifname>_<program>_<direction>
+//!                              one pinned bpf_link per attachment; the
+//!                              attachment lives as long as the pin does
+//! ```
+//! `<netns>` is the inode number of the network namespace, so the same
+//! interface name in two namespaces gets two pins.
+
+use std::{
+    ffi::CString,
+    fs, io,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+/// bpffs magic number from `statfs(2)`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpffsError {
+    #[error("cannot inspect {path}")]
+    Stat {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot mount bpffs on {path}")]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not on a bpffs mount (mount one with `mount -t bpf bpf {mount}`)")]
+    NotBpffs { path: PathBuf, mount: String },
+    #[error("cannot create {path}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot remove {path}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Where the dataplane keeps its pins.
+#[derive(Clone, Debug)]
+pub struct PinRoot {
+    root: PathBuf,
+}
+
+impl PinRoot {
+    pub fn new(root: impl Into<PathBuf>) -> PinRoot {
+        PinRoot { root: root.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    /// Pin path of one attachment in the current network namespace.
+    pub fn link(&self, netns_ino: u64, ifname: &str, program: &str, direction: &str) -> PathBuf {
+        self.links_dir()
+            .join(format!("{netns_ino}_{ifname}_{program}_{direction}"))
+    }
+
+    /// Makes sure the root exists on a bpffs mount, mounting bpffs on
+    /// `/sys/fs/bpf` when the root is under it and nothing is mounted there
+    /// (fresh machines and containers often have none).
+    pub fn ensure(&self) -> Result<(), BpffsError> {
+        let sys_bpf = Path::new("/sys/fs/bpf");
+        if self.root.starts_with(sys_bpf) && !is_bpffs(sys_bpf)? {
+            mount_bpffs(sys_bpf)?;
+        }
+        for dir in [self.root.clone(), self.links_dir()] {
+            fs::create_dir_all(&dir).map_err(|source| BpffsError::Create {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        if !is_bpffs(&self.root)? {
+            return Err(BpffsError::NotBpffs {
+                path: self.root.clone(),
+                mount: self
+                    .root
+                    .parent()
+                    .unwrap_or(&self.root)
+                    .display()
+                    .to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes every pin under the root, and the root. Unpinning a link
+    /// detaches its program; unpinning a map frees it once no program uses it.
+    /// Best effort: every failure is reported, none stops the rest.
+    pub fn remove_all(&self) -> Vec<BpffsError> {
+        let mut errors = Vec::new();
+        if self.root.exists() {
+            remove_tree(&self.root, &mut errors);
+        }
+        errors
+    }
+}
+
+fn remove_tree(dir: &Path, errors: &mut Vec<BpffsError>) {
+    match fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                if is_dir {
+                    remove_tree(&path, errors);
+                } else if let Err(source) = fs::remove_file(&path) {
+                    errors.push(BpffsError::Remove { path, source });
+                }
+            }
+        }
+        Err(source) => errors.push(BpffsError::Remove {
+            path: dir.to_owned(),
+            source,
+        }),
+    }
+    if let Err(source) = fs::remove_dir(dir) {
+        errors.push(BpffsError::Remove {
+            path: dir.to_owned(),
+            source,
+        });
+    }
+}
+
+/// Whether the nearest existing ancestor of `path` lies on bpffs.
+fn is_bpffs(path: &Path) -> Result<bool, BpffsError> {
+    let mut probe = path;
+    while !probe.exists() {
+        match probe.parent() {
+            Some(parent) => probe = parent,
+            None => return Ok(false),
+        }
+    }
+    let c = CString::new(probe.as_os_str().as_encoded_bytes()).map_err(|e| BpffsError::Stat {
+        path: probe.to_owned(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, e),
+    })?;
+    // SAFETY: statfs on a NUL-terminated path into a zeroed struct we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(BpffsError::Stat {
+            path: probe.to_owned(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    #[expect(
+        clippy::unnecessary_cast,
+        reason = "f_type's integer type differs between libc targets"
+    )]
+    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+fn mount_bpffs(path: &Path) -> Result<(), BpffsError> {
+    let err = |source| BpffsError::Mount {
+        path: path.to_owned(),
+        source,
+    };
+    let target = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    let fstype = c"bpf";
+    // SAFETY: all pointers are NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Inode number of the calling thread's network namespace.
+pub fn current_netns_ino() -> io::Result<u64> {
+    Ok(fs::metadata("/proc/thread-self/ns/net")?.ino())
+}

@@ -1,0 +1,233 @@
+//! The eBPF object: embedding it, loading it with every map pinned under the
+//! [`PinRoot`] (an existing pin is reused, so a second load shares the maps of
+//! the first and counters survive agent restarts), and attaching its tc
+//! programs through tcx links that are pinned too.
+
+use std::path::PathBuf;
+
+use aya::{
+    programs::{
+        links::{FdLink, LinkError, PinnedLink},
+        tc::TcAttachOptions,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+    },
+    Ebpf, EbpfError, EbpfLoader,
+};
+use dataplane_common::maps;
+
+use crate::bpffs::{current_netns_ino, BpffsError, PinRoot};
+
+/// The object built by build.rs from `dataplane-ebpf` (bin `dataplane`).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane"));
+
+/// Every map in the object, pinned by name.
+pub const PINNED_MAPS: [&str; 2] = [maps::PROTO_STATS, maps::DROP_STATS];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Bpffs(#[from] BpffsError),
+    #[error("loading the eBPF object failed")]
+    Object(#[source] EbpfError),
+    #[error("the eBPF object has no program {0}")]
+    NoProgram(&'static str),
+    #[error("program {name}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("cannot read the network namespace of this thread")]
+    Netns(#[source] std::io::Error),
+    #[error("attaching {program} to {ifname} ({direction})")]
+    Attach {
+        program: &'static str,
+        ifname: String,
+        direction: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("pinning the link at {path}")]
+    PinLink {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("{ifname} already has {program} attached ({direction}); pinned at {path}")]
+    AlreadyAttached {
+        program: &'static str,
+        ifname: String,
+        direction: &'static str,
+        path: PathBuf,
+    },
+    #[error("nothing of {program} is attached to {ifname} ({direction}): no pin at {path}")]
+    NotAttached {
+        program: &'static str,
+        ifname: String,
+        direction: &'static str,
+        path: PathBuf,
+    },
+    #[error("detaching the link pinned at {path}")]
+    Detach {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("link for {path}")]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: LinkError,
+    },
+}
+
+/// Which side of an interface a tc program sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+
+    const fn attach_type(self) -> TcAttachType {
+        match self {
+            Direction::Ingress => TcAttachType::Ingress,
+            Direction::Egress => TcAttachType::Egress,
+        }
+    }
+}
+
+/// A loaded instance of the object whose maps are the pinned ones.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pins: PinRoot,
+}
+
+impl Dataplane {
+    /// Loads the object, creating or reusing the pinned maps under `pins`.
+    pub fn load(pins: &PinRoot) -> Result<Dataplane, LoadError> {
+        pins.ensure()?;
+        let paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
+        Ok(Dataplane {
+            ebpf,
+            pins: pins.clone(),
+        })
+    }
+
+    /// The loaded object, for test runs and map access.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Loads (verifies) a tc program and returns it.
+    pub fn tc_program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, LoadError> {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(LoadError::NoProgram(name))?
+            .try_into()
+            .map_err(|source| LoadError::Program { name, source })?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|source| LoadError::Program { name, source })?;
+        }
+        Ok(prog)
+    }
+
+    /// Attaches a tc program with tcx to `ifname` (in this thread's network
+    /// namespace) and pins the link, so the attachment outlives this process.
+    /// Refuses a second attachment of the same program and direction.
+    pub fn attach_tc(
+        &mut self,
+        program: &'static str,
+        ifname: &str,
+        direction: Direction,
+    ) -> Result<PathBuf, LoadError> {
+        let path = self.link_pin(program, ifname, direction)?;
+        if path.exists() {
+            return Err(LoadError::AlreadyAttached {
+                program,
+                ifname: ifname.to_owned(),
+                direction: direction.name(),
+                path,
+            });
+        }
+        let prog = self.tc_program(program)?;
+        let attach_err = |source| LoadError::Attach {
+            program,
+            ifname: ifname.to_owned(),
+            direction: direction.name(),
+            source,
+        };
+        let link_id = prog
+            .attach_with_options(
+                ifname,
+                direction.attach_type(),
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(attach_err)?;
+        let link = prog.take_link(link_id).map_err(attach_err)?;
+        let fd_link: FdLink = link.try_into().map_err(|source| LoadError::Link {
+            path: path.clone(),
+            source,
+        })?;
+        fd_link
+            .pin(&path)
+            .map_err(|source| LoadError::PinLink {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(path)
+    }
+
+    fn link_pin(
+        &self,
+        program: &'static str,
+        ifname: &str,
+        direction: Direction,
+    ) -> Result<PathBuf, LoadError> {
+        let ino = current_netns_ino().map_err(LoadError::Netns)?;
+        Ok(self.pins.link(ino, ifname, program, direction.name()))
+    }
+}
+
+/// Detaches a pinned attachment made by [`Dataplane::attach_tc`] in this
+/// thread's network namespace.
+pub fn detach_tc(
+    pins: &PinRoot,
+    program: &'static str,
+    ifname: &str,
+    direction: Direction,
+) -> Result<(), LoadError> {
+    let ino = current_netns_ino().map_err(LoadError::Netns)?;
+    let path = pins.link(ino, ifname, program, direction.name());
+    if !path.exists() {
+        return Err(LoadError::NotAttached {
+            program,
+            ifname: ifname.to_owned(),
+            direction: direction.name(),
+            path,
+        });
+    }
+    let link = PinnedLink::from_pin(&path).map_err(|source| LoadError::Link {
+        path: path.clone(),
+        source,
+    })?;
+    // Unpinning removes the bpffs entry; dropping the returned fd then
+    // releases the last reference and the kernel detaches the program.
+    let fd_link = link.unpin().map_err(|source| LoadError::Detach { path, source })?;
+    drop(fd_link);
+    Ok(())
+}

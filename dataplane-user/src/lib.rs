@@ -1,0 +1,9 @@
+//! The dataplane agent and CLI as a library: loading and pinning the eBPF
+//! object ([`ebpf`]), the bpffs layout ([`bpffs`]), and the per-protocol
+//! statistics program ([`stats`]). The `dataplane` binary is a thin CLI over it;
+//! the integration tests use it for BPF_PROG_TEST_RUN.
+
+pub mod bpffs;
+pub mod ebpf;
+pub mod netns;
+pub mod stats;

@@ -1,0 +1,104 @@
+//! The per-protocol statistics program (`dp_stats`): attaching it and reading
+//! its pinned counters, summed over CPUs.
+
+use std::path::PathBuf;
+
+use aya::maps::{Map, MapData, MapError, PerCpuArray};
+use dataplane_common::{
+    drop::DropReason,
+    maps,
+    stats::{PktCounter, ProtoIndex},
+};
+use serde::Serialize;
+
+use crate::bpffs::PinRoot;
+
+/// Name of the program in the object.
+pub const PROGRAM: &str = "dp_stats";
+
+#[derive(Debug, thiserror::Error)]
+#[error("reading the pinned map {path} (is the dataplane loaded? `dataplane stats attach IFACE`)")]
+pub struct ReadError {
+    path: PathBuf,
+    #[source]
+    source: MapError,
+}
+
+/// Packet and byte totals for one row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Counters of every protocol class and drop reason, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Snapshot {
+    pub protocols: Vec<(String, Counter)>,
+    pub drops: Vec<(String, Counter)>,
+}
+
+impl Snapshot {
+    pub fn protocol(&self, idx: ProtoIndex) -> Counter {
+        find(&self.protocols, idx.name())
+    }
+
+    pub fn drop(&self, reason: DropReason) -> Counter {
+        find(&self.drops, reason.name())
+    }
+}
+
+fn find(rows: &[(String, Counter)], name: &str) -> Counter {
+    rows.iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, c)| *c)
+        .unwrap_or_default()
+}
+
+/// Reads a pinned per-CPU counter array, one summed row per name.
+fn read_counters(
+    pins: &PinRoot,
+    map: &str,
+    names: impl Iterator<Item = (u32, &'static str)>,
+) -> Result<Vec<(String, Counter)>, ReadError> {
+    let path = pins.map(map);
+    let err = |source| ReadError {
+        path: path.clone(),
+        source,
+    };
+    let data = MapData::from_pin(&path).map_err(err)?;
+    let array: PerCpuArray<MapData, PktCounter> =
+        PerCpuArray::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)?;
+    names
+        .map(|(index, name)| {
+            let sum = array
+                .get(&index, 0)
+                .map_err(err)?
+                .iter()
+                .fold(PktCounter::default(), |a, b| a.add(*b));
+            Ok((
+                name.to_owned(),
+                Counter {
+                    packets: sum.packets,
+                    bytes: sum.bytes,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Reads the pinned counters.
+pub fn read(pins: &PinRoot) -> Result<Snapshot, ReadError> {
+    Ok(Snapshot {
+        protocols: read_counters(
+            pins,
+            maps::PROTO_STATS,
+            ProtoIndex::ALL.iter().map(|i| (*i as u32, i.name())),
+        )?,
+        drops: read_counters(
+            pins,
+            maps::DROP_STATS,
+            DropReason::ALL.iter().map(|r| (*r as u32, r.name())),
+        )?,
+    })
+}
