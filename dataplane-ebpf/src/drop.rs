@@ -10,5 +10,5 @@ use crate::{counters::bump, maps::DP_DROP_STATS};
 #[inline(always)]
 pub fn drop_packet(reason: DropReason, len: u32) -> i32 {
     bump(&DP_DROP_STATS, reason as u32, len);
-    TC_ACT_SHOT as i32
+    TC_ACT_SHOT
 }

@@ -166,10 +166,6 @@ fn is_bpffs(path: &Path) -> Result<bool, BpffsError> {
             source: io::Error::last_os_error(),
         });
     }
-    #[expect(
-        clippy::unnecessary_cast,
-        reason = "f_type's integer type differs between libc targets"
-    )]
     Ok(st.f_type as i64 == BPF_FS_MAGIC)
 }
 

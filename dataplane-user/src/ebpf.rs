@@ -28,14 +28,14 @@ pub enum LoadError {
     #[error(transparent)]
     Bpffs(#[from] BpffsError),
     #[error("loading the eBPF object failed")]
-    Object(#[source] EbpfError),
+    Object(#[source] Box<EbpfError>),
     #[error("the eBPF object has no program {0}")]
     NoProgram(&'static str),
     #[error("program {name}")]
     Program {
         name: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("cannot read the network namespace of this thread")]
     Netns(#[source] std::io::Error),
@@ -45,7 +45,7 @@ pub enum LoadError {
         ifname: String,
         direction: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("pinning the link at {path}")]
     PinLink {
@@ -119,7 +119,9 @@ impl Dataplane {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
+        let ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| LoadError::Object(Box::new(e)))?;
         Ok(Dataplane {
             ebpf,
             pins: pins.clone(),
@@ -138,10 +140,15 @@ impl Dataplane {
             .program_mut(name)
             .ok_or(LoadError::NoProgram(name))?
             .try_into()
-            .map_err(|source| LoadError::Program { name, source })?;
+            .map_err(|e| LoadError::Program {
+                name,
+                source: Box::new(e),
+            })?;
         if prog.fd().is_err() {
-            prog.load()
-                .map_err(|source| LoadError::Program { name, source })?;
+            prog.load().map_err(|e| LoadError::Program {
+                name,
+                source: Box::new(e),
+            })?;
         }
         Ok(prog)
     }
@@ -165,11 +172,11 @@ impl Dataplane {
             });
         }
         let prog = self.tc_program(program)?;
-        let attach_err = |source| LoadError::Attach {
+        let attach_err = |e| LoadError::Attach {
             program,
             ifname: ifname.to_owned(),
             direction: direction.name(),
-            source,
+            source: Box::new(e),
         };
         let link_id = prog
             .attach_with_options(
@@ -183,12 +190,10 @@ impl Dataplane {
             path: path.clone(),
             source,
         })?;
-        fd_link
-            .pin(&path)
-            .map_err(|source| LoadError::PinLink {
-                path: path.clone(),
-                source,
-            })?;
+        fd_link.pin(&path).map_err(|source| LoadError::PinLink {
+            path: path.clone(),
+            source,
+        })?;
         Ok(path)
     }
 
@@ -227,7 +232,9 @@ pub fn detach_tc(
     })?;
     // Unpinning removes the bpffs entry; dropping the returned fd then
     // releases the last reference and the kernel detaches the program.
-    let fd_link = link.unpin().map_err(|source| LoadError::Detach { path, source })?;
+    let fd_link = link
+        .unpin()
+        .map_err(|source| LoadError::Detach { path, source })?;
     drop(fd_link);
     Ok(())
 }

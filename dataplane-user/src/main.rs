@@ -14,7 +14,11 @@ use dataplane_user::{
 use tracing::{info, warn};
 
 #[derive(Parser)]
-#[command(name = "dataplane", version, about = "eBPF dataplane for container networking")]
+#[command(
+    name = "dataplane",
+    version,
+    about = "eBPF dataplane for container networking"
+)]
 struct Cli {
     /// bpffs directory holding the dataplane's pinned maps and links.
     #[arg(long, global = true, env = "DATAPLANE_BPFFS_ROOT", default_value = PIN_ROOT)]
@@ -116,9 +120,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(ns) = &cli.netns {
         let path = netns_path(ns);
         if !path.exists() {
-            bail!("--netns {ns}: no such network namespace ({} does not exist)", path.display());
+            bail!(
+                "--netns {ns}: no such network namespace ({} does not exist)",
+                path.display()
+            );
         }
-        netns::enter(&path).with_context(|| format!("--netns {ns}: entering {}", path.display()))?;
+        netns::enter(&path)
+            .with_context(|| format!("--netns {ns}: entering {}", path.display()))?;
     }
     let pins = PinRoot::new(cli.bpffs_root);
     match cli.command {
@@ -129,7 +137,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let mut dp = Dataplane::load(&pins)?;
                 for dir in direction.list() {
                     let pin = dp.attach_tc(stats::PROGRAM, &iface, *dir)?;
-                    println!("attached {} to {iface} ({}), link pinned at {}", stats::PROGRAM, dir.name(), pin.display());
+                    println!(
+                        "attached {} to {iface} ({}), link pinned at {}",
+                        stats::PROGRAM,
+                        dir.name(),
+                        pin.display()
+                    );
                 }
                 Ok(())
             }
@@ -152,15 +165,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             for e in &errors {
-                eprintln!("cleanup: {:#}", anyhow::Error::from(clone_err(e)));
+                eprintln!("cleanup: {}", chain(e));
             }
             bail!("cleanup left {} error(s)", errors.len())
         }
     }
 }
 
-fn clone_err(e: &dataplane_user::bpffs::BpffsError) -> anyhow::Error {
-    anyhow::anyhow!("{e}: {}", std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_default())
+/// An error and its sources on one line, like anyhow's `{:#}`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        out.push_str(": ");
+        out.push_str(&src.to_string());
+        cur = src.source();
+    }
+    out
 }
 
 fn netns_path(ns: &str) -> PathBuf {
@@ -172,8 +193,14 @@ fn netns_path(ns: &str) -> PathBuf {
 }
 
 fn check_iface(iface: &str) -> anyhow::Result<()> {
-    if iface.is_empty() || iface.len() > 15 || iface.contains(['/', '\0']) || iface.contains(char::is_whitespace) {
-        bail!("interface {iface:?}: not a valid interface name (1-15 bytes, no '/' or white space)");
+    if iface.is_empty()
+        || iface.len() > 15
+        || iface.contains(['/', '\0'])
+        || iface.contains(char::is_whitespace)
+    {
+        bail!(
+            "interface {iface:?}: not a valid interface name (1-15 bytes, no '/' or white space)"
+        );
     }
     let c = std::ffi::CString::new(iface).with_context(|| format!("interface {iface:?}"))?;
     // SAFETY: if_nametoindex reads a NUL-terminated string; it resolves in the
@@ -200,7 +227,11 @@ fn print_snapshot(snap: &stats::Snapshot, format: Format) -> anyhow::Result<()> 
                 writeln!(out, "{name:<16} {:>14} {:>16}", c.packets, c.bytes)?;
             }
             writeln!(out)?;
-            writeln!(out, "{:<16} {:>14} {:>16}", "DROP REASON", "PACKETS", "BYTES")?;
+            writeln!(
+                out,
+                "{:<16} {:>14} {:>16}",
+                "DROP REASON", "PACKETS", "BYTES"
+            )?;
             for (name, c) in &snap.drops {
                 writeln!(out, "{name:<16} {:>14} {:>16}", c.packets, c.bytes)?;
             }
@@ -211,7 +242,12 @@ fn print_snapshot(snap: &stats::Snapshot, format: Format) -> anyhow::Result<()> 
 
 fn rows_json(rows: &[(String, stats::Counter)]) -> serde_json::Value {
     rows.iter()
-        .map(|(n, c)| (n.clone(), serde_json::json!({"packets": c.packets, "bytes": c.bytes})))
+        .map(|(n, c)| {
+            (
+                n.clone(),
+                serde_json::json!({"packets": c.packets, "bytes": c.bytes}),
+            )
+        })
         .collect::<serde_json::Map<_, _>>()
         .into()
 }
@@ -232,7 +268,11 @@ fn default_route_ifaces() -> anyhow::Result<Vec<String>> {
 }
 
 fn agent(pins: &PinRoot, ifaces: Vec<String>, interval: Duration) -> anyhow::Result<()> {
-    let ifaces = if ifaces.is_empty() { default_route_ifaces()? } else { ifaces };
+    let ifaces = if ifaces.is_empty() {
+        default_route_ifaces()?
+    } else {
+        ifaces
+    };
     if ifaces.is_empty() {
         bail!("no interface given (--iface) and no default route to find an uplink from");
     }

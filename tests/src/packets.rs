@@ -1,0 +1,256 @@
+//! Hand-built Ethernet/IPv4 frames for BPF_PROG_TEST_RUN, with correct
+//! checksums unless a test breaks them on purpose, and knobs to make them
+//! malformed (truncated headers, wrong IHL, wrong version, fragments).
+
+const ETH_LEN: usize = 14;
+const ETH_DST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const ETH_SRC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
+/// RFC 1071 internet checksum of `data` (added to `initial`, folded).
+pub fn checksum(data: &[u8], initial: u32) -> u16 {
+    let mut sum = initial;
+    for chunk in data.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn pseudo_header_sum(src: [u8; 4], dst: [u8; 4], proto: u8, len: usize) -> u32 {
+    let mut sum = 0u32;
+    for pair in [
+        [src[0], src[1]],
+        [src[2], src[3]],
+        [dst[0], dst[1]],
+        [dst[2], dst[3]],
+    ] {
+        sum += u32::from(u16::from_be_bytes(pair));
+    }
+    sum + u32::from(proto) + len as u32
+}
+
+/// An IPv4 frame under construction.
+#[derive(Clone, Debug)]
+pub struct PacketBuilder {
+    proto: u8,
+    src: [u8; 4],
+    dst: [u8; 4],
+    /// TCP/UDP ports, or ICMP echo identifier and sequence.
+    a: u16,
+    b: u16,
+    payload: Vec<u8>,
+    version: u8,
+    options_len: usize,
+    ihl_override: Option<u8>,
+    frag_offset: u16,
+    l4_len: Option<usize>,
+}
+
+impl PacketBuilder {
+    fn new(proto: u8, src: [u8; 4], dst: [u8; 4], a: u16, b: u16) -> PacketBuilder {
+        PacketBuilder {
+            proto,
+            src,
+            dst,
+            a,
+            b,
+            payload: Vec::new(),
+            version: 4,
+            options_len: 0,
+            ihl_override: None,
+            frag_offset: 0,
+            l4_len: None,
+        }
+    }
+
+    /// A TCP SYN.
+    pub fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> PacketBuilder {
+        PacketBuilder::new(6, src, dst, sport, dport)
+    }
+
+    pub fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> PacketBuilder {
+        PacketBuilder::new(17, src, dst, sport, dport).payload(b"ping")
+    }
+
+    /// An ICMP echo request.
+    pub fn icmp_echo(src: [u8; 4], dst: [u8; 4], id: u16, seq: u16) -> PacketBuilder {
+        PacketBuilder::new(1, src, dst, id, seq).payload(b"abcdefgh")
+    }
+
+    /// An ARP request (a non-IP frame).
+    pub fn arp() -> Vec<u8> {
+        let mut f = Vec::with_capacity(42);
+        f.extend_from_slice(&[0xff; 6]);
+        f.extend_from_slice(&ETH_SRC);
+        f.extend_from_slice(&[0x08, 0x06]);
+        f.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&ETH_SRC);
+        f.extend_from_slice(&[10, 0, 0, 1]);
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&[10, 0, 0, 2]);
+        f
+    }
+
+    #[must_use]
+    pub fn payload(mut self, payload: &[u8]) -> PacketBuilder {
+        self.payload = payload.to_vec();
+        self
+    }
+
+    /// Adds `len` bytes (a multiple of 4) of NOP IP options.
+    #[must_use]
+    pub fn ip_options(mut self, len: usize) -> PacketBuilder {
+        assert!(
+            len.is_multiple_of(4) && len <= 40,
+            "IP options come in words, at most 40 bytes"
+        );
+        self.options_len = len;
+        self
+    }
+
+    /// Writes `words` into the IHL field without changing the layout.
+    #[must_use]
+    pub fn ihl(mut self, words: u8) -> PacketBuilder {
+        self.ihl_override = Some(words);
+        self
+    }
+
+    #[must_use]
+    pub fn version(mut self, version: u8) -> PacketBuilder {
+        self.version = version;
+        self
+    }
+
+    /// Fragment offset in 8-byte units (non-zero: a non-first fragment).
+    #[must_use]
+    pub fn fragment_offset(mut self, units: u16) -> PacketBuilder {
+        self.frag_offset = units;
+        self
+    }
+
+    /// Keeps only the first `len` bytes after the IP header.
+    #[must_use]
+    pub fn truncate_l4(mut self, len: usize) -> PacketBuilder {
+        self.l4_len = Some(len);
+        self
+    }
+
+    fn l4(&self) -> Vec<u8> {
+        let mut l4 = Vec::new();
+        match self.proto {
+            6 => {
+                l4.extend_from_slice(&self.a.to_be_bytes());
+                l4.extend_from_slice(&self.b.to_be_bytes());
+                l4.extend_from_slice(&1u32.to_be_bytes()); // seq
+                l4.extend_from_slice(&0u32.to_be_bytes()); // ack
+                l4.extend_from_slice(&[0x50, 0x02]); // data offset 5, SYN
+                l4.extend_from_slice(&64240u16.to_be_bytes());
+                l4.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
+                l4.extend_from_slice(&self.payload);
+                let c = checksum(&l4, pseudo_header_sum(self.src, self.dst, 6, l4.len()));
+                l4[16..18].copy_from_slice(&c.to_be_bytes());
+            }
+            17 => {
+                let len = 8 + self.payload.len();
+                l4.extend_from_slice(&self.a.to_be_bytes());
+                l4.extend_from_slice(&self.b.to_be_bytes());
+                l4.extend_from_slice(&(len as u16).to_be_bytes());
+                l4.extend_from_slice(&[0, 0]);
+                l4.extend_from_slice(&self.payload);
+                let c = checksum(&l4, pseudo_header_sum(self.src, self.dst, 17, len));
+                let c = if c == 0 { 0xffff } else { c };
+                l4[6..8].copy_from_slice(&c.to_be_bytes());
+            }
+            1 => {
+                l4.extend_from_slice(&[8, 0, 0, 0]);
+                l4.extend_from_slice(&self.a.to_be_bytes());
+                l4.extend_from_slice(&self.b.to_be_bytes());
+                l4.extend_from_slice(&self.payload);
+                let c = checksum(&l4, 0);
+                l4[2..4].copy_from_slice(&c.to_be_bytes());
+            }
+            _ => l4.extend_from_slice(&self.payload),
+        }
+        if let Some(len) = self.l4_len {
+            l4.truncate(len);
+        }
+        l4
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let l4 = self.l4();
+        let ihl_bytes = 20 + self.options_len;
+        let mut ip = Vec::with_capacity(ihl_bytes);
+        let ihl_field = self.ihl_override.unwrap_or((ihl_bytes / 4) as u8);
+        ip.push((self.version << 4) | (ihl_field & 0x0f));
+        ip.push(0);
+        ip.extend_from_slice(&((ihl_bytes + l4.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&0x1234u16.to_be_bytes());
+        ip.extend_from_slice(&(self.frag_offset & 0x1fff).to_be_bytes());
+        ip.push(64);
+        ip.push(self.proto);
+        ip.extend_from_slice(&[0, 0]);
+        ip.extend_from_slice(&self.src);
+        ip.extend_from_slice(&self.dst);
+        ip.resize(ihl_bytes, 1); // NOP options
+        let c = checksum(&ip, 0);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+
+        let mut frame = Vec::with_capacity(ETH_LEN + ip.len() + l4.len());
+        frame.extend_from_slice(&ETH_DST);
+        frame.extend_from_slice(&ETH_SRC);
+        frame.extend_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(&l4);
+        frame
+    }
+
+    /// The whole frame cut to `len` bytes.
+    pub fn build_truncated(&self, len: usize) -> Vec<u8> {
+        let mut f = self.build();
+        f.truncate(len);
+        f
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksums_verify_to_zero() {
+        let f = PacketBuilder::tcp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2).build();
+        assert_eq!(checksum(&f[14..34], 0), 0, "ip header checksum");
+        let l4 = &f[34..];
+        assert_eq!(
+            checksum(
+                l4,
+                pseudo_header_sum([10, 0, 0, 1], [10, 0, 0, 2], 6, l4.len())
+            ),
+            0
+        );
+        let f = PacketBuilder::udp([1, 2, 3, 4], [5, 6, 7, 8], 9, 10).build();
+        let l4 = &f[34..];
+        assert_eq!(
+            checksum(
+                l4,
+                pseudo_header_sum([1, 2, 3, 4], [5, 6, 7, 8], 17, l4.len())
+            ),
+            0
+        );
+    }
+
+    #[test]
+    fn options_and_truncation_shape_the_frame() {
+        let b = PacketBuilder::tcp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2);
+        assert_eq!(b.build().len(), 14 + 20 + 20);
+        assert_eq!(b.clone().ip_options(8).build().len(), 14 + 28 + 20);
+        assert_eq!(b.clone().ip_options(8).build()[14] & 0x0f, 7);
+        assert_eq!(b.clone().truncate_l4(10).build().len(), 14 + 20 + 10);
+        assert_eq!(b.clone().ihl(3).build()[14], 0x43);
+        assert_eq!(b.build_truncated(24).len(), 24);
+    }
+}
