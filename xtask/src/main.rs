@@ -83,6 +83,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test { args } => {
             setup::run()?;
             lint(&root)?;
+            // The integration tests drive the `dataplane` binary as a user
+            // would; `cargo test -p dataplane-tests` alone does not build it.
+            build(&root, false)?;
             test(&root, &args)
         }
     }
