@@ -5,5 +5,8 @@
 
 pub mod bpffs;
 pub mod ebpf;
+pub mod netlink;
 pub mod netns;
+pub mod network;
+pub mod state;
 pub mod stats;

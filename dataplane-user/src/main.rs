@@ -9,7 +9,13 @@ use dataplane_common::maps::PIN_ROOT;
 use dataplane_user::{
     bpffs::PinRoot,
     ebpf::{detach_tc, Dataplane, Direction, LoadError},
-    netns, stats,
+    netns,
+    network::{
+        inspect,
+        manager::{ConnectArgs, Manager},
+        model::CreateArgs,
+    },
+    state, stats,
 };
 use tracing::{info, warn};
 
@@ -27,6 +33,9 @@ struct Cli {
     /// path such as /proc/PID/ns/net.
     #[arg(long, global = true, value_name = "NAME|PATH")]
     netns: Option<String>,
+    /// Directory of the persisted desired state (networks, endpoints).
+    #[arg(long, global = true, env = "DATAPLANE_STATE_DIR", default_value = state::DEFAULT_DIR)]
+    state_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,14 +53,94 @@ enum Command {
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
         interval: u64,
     },
+    /// Manage networks (like `docker network`).
+    Network {
+        #[command(subcommand)]
+        command: NetworkCommand,
+    },
+    /// Connect a network namespace (a "container") to a network: a veth pair
+    /// on the network's bridge (or a macvlan child), named eth0, eth1, ...
+    /// inside, with address, MAC, MTU and a default route via the gateway.
+    Connect {
+        /// A network name or id, `none`, `host`, or `container:<endpoint>`.
+        network: String,
+        /// Name under /var/run/netns, or a path such as /proc/PID/ns/net.
+        /// Optional only for `container:<endpoint>`.
+        #[arg(value_name = "NETNS")]
+        target: Option<String>,
+        /// IPv4 address (default: the lowest free one of --ip-range/subnet).
+        #[arg(long)]
+        ip: Option<String>,
+        /// MAC address (default: 02:42 followed by the IPv4 address bytes).
+        #[arg(long)]
+        mac: Option<String>,
+        /// Endpoint name (default: the namespace's file name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Interface name inside the namespace (default: the first free ethN).
+        #[arg(long)]
+        ifname: Option<String>,
+    },
+    /// Disconnect an endpoint (by name, id, or namespace) from a network,
+    /// removing exactly what connect created.
+    Disconnect { network: String, container: String },
     /// Per-protocol packet counters (the `dp_stats` tc program).
     Stats {
         #[command(subcommand)]
         command: StatsCommand,
     },
-    /// Remove every pin under the bpffs root: detaches all programs and frees
-    /// the maps the dataplane created.
+    /// Remove everything the dataplane created: endpoints' links, bridges,
+    /// the state file, and every pin under the bpffs root (which detaches all
+    /// programs and frees the maps).
     Cleanup,
+}
+
+#[derive(Subcommand)]
+enum NetworkCommand {
+    /// Create a network.
+    Create {
+        name: String,
+        #[arg(short, long, default_value = "bridge")]
+        driver: String,
+        /// Subnet in CIDR form (default: the next free one of Docker's pools).
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Gateway address (default: the subnet's first host).
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Allocate container addresses from this sub-range.
+        #[arg(long)]
+        ip_range: Option<String>,
+        /// No egress: no default route in endpoints, no masquerade.
+        #[arg(long)]
+        internal: bool,
+        #[arg(long)]
+        mtu: Option<String>,
+        /// Driver options in Docker's names (repeatable), e.g.
+        /// com.docker.network.bridge.name=br0, parent=eth0.
+        #[arg(short = 'o', long = "opt")]
+        opt: Vec<String>,
+        /// KEY=VALUE (repeatable).
+        #[arg(long)]
+        label: Vec<String>,
+    },
+    /// List networks.
+    Ls {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Print networks as JSON in the shape of `docker network inspect`.
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove networks (refused while endpoints are attached, unless --force).
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(short, long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -118,7 +207,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(ns) = &cli.netns {
-        let path = netns_path(ns);
+        let path = dataplane_user::network::manager::netns_path(ns);
         if !path.exists() {
             bail!(
                 "--netns {ns}: no such network namespace ({} does not exist)",
@@ -129,8 +218,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .with_context(|| format!("--netns {ns}: entering {}", path.display()))?;
     }
     let pins = PinRoot::new(cli.bpffs_root);
+    let state_dir = cli.state_dir;
     match cli.command {
-        Command::Agent { ifaces, interval } => agent(&pins, ifaces, Duration::from_secs(interval)),
+        Command::Agent { ifaces, interval } => {
+            agent(&pins, &state_dir, ifaces, Duration::from_secs(interval))
+        }
+        Command::Network { command } => block_on(network_command(&state_dir, command)),
+        Command::Connect {
+            network,
+            target,
+            ip,
+            mac,
+            name,
+            ifname,
+        } => block_on(async {
+            let args = ConnectArgs {
+                network,
+                // Not `netns`: that id is the global --netns flag's.
+                netns: target,
+                ip,
+                mac,
+                name,
+                ifname,
+            };
+            let mut m = Manager::open(&state_dir).await?;
+            let ep = m.connect(&args).await?;
+            println!("{}", ep.id);
+            Ok(())
+        }),
+        Command::Disconnect { network, container } => block_on(async {
+            let mut m = Manager::open(&state_dir).await?;
+            m.disconnect(&network, &container).await?;
+            Ok(())
+        }),
         Command::Stats { command } => match command {
             StatsCommand::Attach { iface, direction } => {
                 check_iface(&iface)?;
@@ -159,17 +279,93 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Cleanup => {
-            let errors = pins.remove_all();
+            // Best effort: every step runs, every failure is reported.
+            let mut errors: Vec<String> = block_on(async {
+                Ok(match Manager::open_existing(&state_dir).await? {
+                    Some(m) => m.teardown_all().await,
+                    None => Vec::new(),
+                })
+            })
+            .unwrap_or_else(|e| vec![format!("{e:#}")]);
+            errors.extend(pins.remove_all().iter().map(|e| chain(e)));
             if errors.is_empty() {
-                println!("removed {}", pins.path().display());
+                println!("removed networks, endpoints and {}", pins.path().display());
                 return Ok(());
             }
             for e in &errors {
-                eprintln!("cleanup: {}", chain(e));
+                eprintln!("cleanup: {e}");
             }
             bail!("cleanup left {} error(s)", errors.len())
         }
     }
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<T>>, T>(f: F) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(f)
+}
+
+async fn network_command(
+    state_dir: &std::path::Path,
+    command: NetworkCommand,
+) -> anyhow::Result<()> {
+    let mut m = Manager::open(state_dir).await?;
+    match command {
+        NetworkCommand::Create {
+            name,
+            driver,
+            subnet,
+            gateway,
+            ip_range,
+            internal,
+            mtu,
+            opt,
+            label,
+        } => {
+            let req = CreateArgs {
+                name,
+                driver,
+                subnet,
+                gateway,
+                ip_range,
+                internal,
+                mtu,
+                options: opt,
+                labels: label,
+            }
+            .parse()?;
+            let net = m.create(req).await?;
+            println!("{}", net.id);
+        }
+        NetworkCommand::Ls { format } => match format {
+            Format::Table => print!("{}", inspect::ls_table(m.state())),
+            Format::Json => {
+                let all: Vec<serde_json::Value> = m
+                    .state()
+                    .networks
+                    .values()
+                    .map(|n| inspect::network_json(m.state(), n))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            }
+        },
+        NetworkCommand::Inspect { names } => {
+            let mut out = Vec::new();
+            for name in &names {
+                out.push(inspect::network_json(m.state(), m.network(name)?));
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        NetworkCommand::Rm { names, force } => {
+            for name in m.remove(&names, force).await? {
+                println!("{name}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An error and its sources on one line, like anyhow's `{:#}`.
@@ -182,14 +378,6 @@ fn chain(e: &dyn std::error::Error) -> String {
         cur = src.source();
     }
     out
-}
-
-fn netns_path(ns: &str) -> PathBuf {
-    if ns.contains('/') {
-        PathBuf::from(ns)
-    } else {
-        PathBuf::from("/var/run/netns").join(ns)
-    }
 }
 
 fn check_iface(iface: &str) -> anyhow::Result<()> {
@@ -267,7 +455,34 @@ fn default_route_ifaces() -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
-fn agent(pins: &PinRoot, ifaces: Vec<String>, interval: Duration) -> anyhow::Result<()> {
+fn agent(
+    pins: &PinRoot,
+    state_dir: &std::path::Path,
+    ifaces: Vec<String>,
+    interval: Duration,
+) -> anyhow::Result<()> {
+    block_on(agent_main(pins, state_dir, ifaces, interval))
+}
+
+async fn agent_main(
+    pins: &PinRoot,
+    state_dir: &std::path::Path,
+    ifaces: Vec<String>,
+    interval: Duration,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Handlers first: a stop requested during start-up is then seen once
+    // start-up is done, instead of killing the agent half-way through it.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+
+    // Networks first: after a reboot the bridges are gone and the state says
+    // what to restore.
+    let mut manager = Manager::open(state_dir).await?;
+    for c in manager.reconcile().await? {
+        info!("reconciled: {c}");
+    }
+    drop(manager); // releases the state lock for CLI calls
     let ifaces = if ifaces.is_empty() {
         default_route_ifaces()?
     } else {
@@ -299,36 +514,27 @@ fn agent(pins: &PinRoot, ifaces: Vec<String>, interval: Duration) -> anyhow::Res
             }
         }
     }
-    info!(bpffs = %pins.path().display(), "agent running; counters with `dataplane stats show`, Ctrl-C to stop");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    let result = rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
-        let mut tick = tokio::time::interval(interval);
-        loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
-                _ = term.recv() => break,
-                _ = tick.tick() => match stats::read(pins) {
-                    Ok(snap) => {
-                        let line: Vec<String> = snap.protocols.iter()
-                            .filter(|(_, c)| c.packets > 0)
-                            .map(|(n, c)| format!("{n}={}/{}B", c.packets, c.bytes))
-                            .collect();
-                        info!(counters = %line.join(" "), "stats");
-                    }
-                    Err(e) => warn!("reading counters: {:#}", anyhow::Error::from(e)),
-                },
-            }
+    info!(bpffs = %pins.path().display(), state = %state_dir.display(), "agent running; counters with `dataplane stats show`, Ctrl-C to stop");
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = int.recv() => break,
+            _ = term.recv() => break,
+            _ = tick.tick() => match stats::read(pins) {
+                Ok(snap) => {
+                    let line: Vec<String> = snap.protocols.iter()
+                        .filter(|(_, c)| c.packets > 0)
+                        .map(|(n, c)| format!("{n}={}/{}B", c.packets, c.bytes))
+                        .collect();
+                    info!(counters = %line.join(" "), "stats");
+                }
+                Err(e) => warn!("reading counters: {:#}", anyhow::Error::from(e)),
+            },
         }
-        anyhow::Ok(())
-    });
+    }
     info!("stopping: detaching what this agent attached");
     detach_all(pins, &attached);
-    result
+    Ok(())
 }
 
 /// Best-effort: reports every failure and carries on.

@@ -12,6 +12,7 @@
 //! process's [`run_id`], so parallel test binaries cannot collide.
 
 mod bpffs;
+pub mod cli;
 pub mod cmd;
 pub mod leak;
 pub mod netns;

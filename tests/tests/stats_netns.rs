@@ -11,6 +11,7 @@ use std::{
 };
 
 use dataplane_tests::{
+    cli::Cli,
     cmd,
     netns::snmp_counter,
     topo::FakeHost,
@@ -21,30 +22,9 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(5);
 
-/// Runs the `dataplane` CLI inside the fake host with the test's bpffs root.
-fn dataplane(fh: &FakeHost, pins: &BpffsDir, args: &[&str]) -> anyhow::Result<String> {
-    let bin = dataplane_tests::dataplane_bin()?;
-    let out = Command::new(&bin)
-        .arg("--netns")
-        .arg(fh.host.path())
-        .arg("--bpffs-root")
-        .arg(pins.path())
-        .args(args)
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        anyhow::bail!(
-            "dataplane {args:?}: {}\n{stdout}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(stdout)
-}
-
-fn counters(fh: &FakeHost, pins: &BpffsDir) -> Value {
-    let out = dataplane(fh, pins, &["stats", "show", "--format", "json"]).expect("stats show");
-    serde_json::from_str(&out).expect("stats show prints JSON")
+fn counters(cli: &Cli) -> Value {
+    cli.json(&["stats", "show", "--format", "json"])
+        .expect("stats show")
 }
 
 /// IDs of the pinned links, each checked to be tcx (link type 11 in
@@ -105,21 +85,22 @@ fn counters_move_with_real_traffic_and_detach_cleans_up() {
         )
         .expect("container");
     fh.client_route("10.77.0.0/24").expect("client route");
-    let pins = BpffsDir::new("stats").expect("bpffs dir");
+    let cli = Cli::new(&fh.host, "stats").expect("cli");
+    let pins = &cli.pins;
 
-    let out = dataplane(&fh, &pins, &["stats", "attach", &fh.uplink]).expect("attach");
+    let out = cli.run(&["stats", "attach", &fh.uplink]).expect("attach");
     assert!(out.contains("ingress") && out.contains("egress"), "{out}");
     // A second attach of the same program is refused, naming the interface.
-    let again = dataplane(&fh, &pins, &["stats", "attach", &fh.uplink]).unwrap_err();
+    let again = cli.run(&["stats", "attach", &fh.uplink]).unwrap_err();
     assert!(
         again.to_string().contains("already has dp_stats attached"),
         "{again:#}"
     );
     // Each attachment is a pinned tcx link running dp_stats.
-    let link_ids = pinned_tcx_links(&pins);
+    let link_ids = pinned_tcx_links(&cli.pins);
     assert_eq!(link_ids.len(), 2, "one link per direction");
 
-    let before = counters(&fh, &pins);
+    let before = counters(&cli);
     let tcp = tcp_echo_server(&c.ns, SocketAddr::from((c.ip, 8080))).expect("tcp server");
     let udp = udp_echo_server(&c.ns, SocketAddr::from((c.ip, 5353))).expect("udp server");
     let payload = vec![0x5a; 100_000];
@@ -131,7 +112,7 @@ fn counters_move_with_real_traffic_and_detach_cleans_up() {
         ping(&fh.client, c.ip, 3, T).expect("ping"),
         "ping through the host"
     );
-    let after = counters(&fh, &pins);
+    let after = counters(&cli);
 
     // Both directions of every exchange crossed the uplink.
     let tcp_delta = packets(&after, "protocols", "tcp") - packets(&before, "protocols", "tcp");
@@ -164,7 +145,7 @@ fn counters_move_with_real_traffic_and_detach_cleans_up() {
     }
 
     // The table a user reads, and bpftool's view with BTF field names.
-    let table = dataplane(&fh, &pins, &["stats", "show"]).expect("stats show");
+    let table = cli.run(&["stats", "show"]).expect("stats show");
     assert!(
         table.contains("PROTOCOL") && table.contains("icmp"),
         "{table}"
@@ -182,7 +163,7 @@ fn counters_move_with_real_traffic_and_detach_cleans_up() {
         "{dump}"
     );
 
-    dataplane(&fh, &pins, &["stats", "detach", &fh.uplink]).expect("detach");
+    cli.run(&["stats", "detach", &fh.uplink]).expect("detach");
     for id in link_ids {
         let gone = cmd::run(&["bpftool", "link", "show", "id", &id.to_string()]);
         assert!(gone.is_err(), "link {id} still exists after detach");
@@ -192,13 +173,13 @@ fn counters_move_with_real_traffic_and_detach_cleans_up() {
         .count();
     assert_eq!(links, 0, "link pins left after detach");
     // Detaching again is an error that names what is missing.
-    let err = dataplane(&fh, &pins, &["stats", "detach", &fh.uplink]).unwrap_err();
+    let err = cli.run(&["stats", "detach", &fh.uplink]).unwrap_err();
     assert!(
         err.to_string().contains("nothing of dp_stats is attached"),
         "{err:#}"
     );
 
-    dataplane(&fh, &pins, &["cleanup"]).expect("cleanup");
+    cli.run(&["cleanup"]).expect("cleanup");
     assert!(!pins.path().exists(), "cleanup removes the bpffs root");
 }
 
@@ -208,14 +189,17 @@ fn bad_input_is_refused_with_the_field_and_value() {
         return;
     }
     let fh = FakeHost::new(true).expect("fake host");
-    let pins = BpffsDir::new("badin").expect("bpffs dir");
-    let err = dataplane(&fh, &pins, &["stats", "attach", "nosuchdev0"]).unwrap_err();
+    let cli = Cli::new(&fh.host, "badin").expect("cli");
+    let pins = &cli.pins;
+    let err = cli.run(&["stats", "attach", "nosuchdev0"]).unwrap_err();
     assert!(
         err.to_string()
             .contains("\"nosuchdev0\": no such interface"),
         "{err:#}"
     );
-    let err = dataplane(&fh, &pins, &["stats", "attach", "a-name-longer-than-15"]).unwrap_err();
+    let err = cli
+        .run(&["stats", "attach", "a-name-longer-than-15"])
+        .unwrap_err();
     assert!(
         err.to_string().contains("not a valid interface name"),
         "{err:#}"

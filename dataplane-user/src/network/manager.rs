@@ -1,0 +1,817 @@
+//! The network manager: every change to networks and endpoints goes through
+//! here, under the state lock, in the order check input -> change the kernel
+//! -> persist. A failed kernel change is undone before the error returns, so
+//! the persisted state and the kernel never disagree about what exists.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Read as _,
+    net::Ipv4Addr,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use ipnet::Ipv4Net;
+
+use super::{
+    driver::{self, BridgeError, DriverError, EndpointPlan},
+    ipam::{self, IpamError, MalformedMac},
+    model::{
+        Attachment, CreateRequest, DriverKind, Endpoint, Network, DEFAULT_BRIDGE, DEFAULT_MTU,
+    },
+};
+use crate::{
+    netlink::{Netlink, NetlinkError},
+    state::{State, StateError, StateStore},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    #[error(transparent)]
+    Bridge(#[from] BridgeError),
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error(transparent)]
+    Mac(#[from] MalformedMac),
+    #[error("network {0}: no such network")]
+    UnknownNetwork(String),
+    #[error("network {0}: a network with this name already exists")]
+    DuplicateName(String),
+    #[error("network {0}: a pre-defined network cannot be removed")]
+    Predefined(String),
+    #[error(
+        "network {network}: {count} endpoint(s) attached ({names}); disconnect them or use --force"
+    )]
+    InUse {
+        network: String,
+        count: usize,
+        names: String,
+    },
+    #[error("netns {0}: no such network namespace")]
+    UnknownNetns(String),
+    #[error("network {network}: {netns} is already connected as endpoint {endpoint}")]
+    AlreadyConnected {
+        network: String,
+        netns: String,
+        endpoint: String,
+    },
+    #[error("network {network}: an endpoint named {name} already exists")]
+    DuplicateEndpoint { network: String, name: String },
+    #[error("--ifname {ifname}: {netns} already has an interface of that name")]
+    IfnameTaken { ifname: String, netns: String },
+    #[error("--ifname {0}: not a valid interface name (1-15 bytes, no '/' or white space)")]
+    BadIfname(String),
+    #[error("--name {0:?}: must start with a letter or digit and contain only [a-zA-Z0-9_.-]")]
+    BadEndpointName(String),
+    #[error("network {network}: no endpoint {what}")]
+    UnknownEndpoint { network: String, what: String },
+    #[error("container:{0}: no endpoint of that name on any network")]
+    UnknownContainer(String),
+    #[error("{network}: {option} does not apply to the {driver} driver")]
+    NotApplicable {
+        network: String,
+        option: &'static str,
+        driver: &'static str,
+    },
+    #[error("network {network}: NETNS is required")]
+    NetnsRequired { network: String },
+    #[error("reading random bytes for an id")]
+    Random(#[source] std::io::Error),
+    #[error("enabling IPv4 forwarding")]
+    Forwarding(#[source] std::io::Error),
+    #[error("{context}: {}", .errors.join("; "))]
+    Teardown {
+        context: String,
+        errors: Vec<String>,
+    },
+}
+
+/// `connect` as the user typed it.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectArgs {
+    /// A network name, `none`, `host` or `container:<endpoint>`.
+    pub network: String,
+    /// Name under /var/run/netns or a path (/proc/PID/ns/net).
+    pub netns: Option<String>,
+    pub ip: Option<String>,
+    pub mac: Option<String>,
+    pub name: Option<String>,
+    pub ifname: Option<String>,
+}
+
+/// Resolves a namespace argument: a bare name lives under /var/run/netns.
+pub fn netns_path(arg: &str) -> PathBuf {
+    if arg.contains('/') {
+        PathBuf::from(arg)
+    } else {
+        PathBuf::from("/var/run/netns").join(arg)
+    }
+}
+
+fn random_hex(bytes: usize) -> Result<String, NetworkError> {
+    let mut buf = vec![0u8; bytes];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(NetworkError::Random)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
+}
+
+/// Identity of a namespace file, to tell when two paths are one namespace.
+fn netns_ino(path: &Path) -> Option<(u64, u64)> {
+    fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+pub struct Manager {
+    store: StateStore,
+    state: State,
+    host: Netlink,
+}
+
+impl Manager {
+    /// Locks and loads the state in `dir`; a first start creates Docker's
+    /// predefined networks (and the default bridge in the kernel).
+    pub async fn open(dir: &Path) -> Result<Manager, NetworkError> {
+        let store = StateStore::open(dir)?;
+        let host = Netlink::connect(None).await?;
+        let loaded = store.load()?;
+        let mut m = Manager {
+            store,
+            state: loaded.clone().unwrap_or_default(),
+            host,
+        };
+        if loaded.is_none() {
+            m.init_predefined().await?;
+        }
+        Ok(m)
+    }
+
+    /// Like [`Manager::open`] but never initialises: None when there is no
+    /// state yet (cleanup must not create what it is about to remove).
+    pub async fn open_existing(dir: &Path) -> Result<Option<Manager>, NetworkError> {
+        if !dir.join("state.json").exists() {
+            return Ok(None);
+        }
+        let store = StateStore::open(dir)?;
+        let Some(state) = store.load()? else {
+            return Ok(None);
+        };
+        let host = Netlink::connect(None).await?;
+        Ok(Some(Manager { store, state, host }))
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    async fn init_predefined(&mut self) -> Result<(), NetworkError> {
+        let routes = self.host_routes().await?;
+        let subnet = ipam::next_free_subnet(&[], &routes)?;
+        let gateway = ipam::first_host(&subnet);
+        let bridge = Network {
+            id: random_hex(32)?,
+            name: "bridge".into(),
+            driver: DriverKind::Bridge,
+            created: now_rfc3339(),
+            subnet: Some(subnet),
+            gateway: Some(gateway),
+            ip_range: None,
+            internal: false,
+            mtu: DEFAULT_MTU,
+            bridge: Some(DEFAULT_BRIDGE.into()),
+            icc: true,
+            masquerade: true,
+            host_binding_ipv4: None,
+            macvlan: None,
+            labels: BTreeMap::new(),
+        };
+        driver::ensure_bridge(
+            &self.host,
+            DEFAULT_BRIDGE,
+            gateway,
+            subnet,
+            DEFAULT_MTU,
+            false,
+        )
+        .await?;
+        enable_forwarding()?;
+        let mut state = State::default();
+        for (name, driver) in [("host", DriverKind::Host), ("none", DriverKind::Null)] {
+            state.networks.insert(
+                name.into(),
+                Network {
+                    id: random_hex(32)?,
+                    name: name.into(),
+                    driver,
+                    created: now_rfc3339(),
+                    subnet: None,
+                    gateway: None,
+                    ip_range: None,
+                    internal: false,
+                    mtu: DEFAULT_MTU,
+                    bridge: None,
+                    icc: true,
+                    masquerade: false,
+                    host_binding_ipv4: None,
+                    macvlan: None,
+                    labels: BTreeMap::new(),
+                },
+            );
+        }
+        state.networks.insert("bridge".into(), bridge);
+        self.persist(state)
+    }
+
+    /// Writes `state` and makes it current only once it is on disk.
+    fn persist(&mut self, state: State) -> Result<(), NetworkError> {
+        self.store.save(&state)?;
+        self.state = state;
+        Ok(())
+    }
+
+    async fn host_routes(&self) -> Result<Vec<Ipv4Net>, NetworkError> {
+        Ok(self
+            .host
+            .routes()
+            .await?
+            .into_iter()
+            .filter_map(|r| Ipv4Net::new(r.dst, r.prefix_len).ok())
+            .collect())
+    }
+
+    pub fn network(&self, name: &str) -> Result<&Network, NetworkError> {
+        self.state
+            .networks
+            .get(name)
+            .or_else(|| {
+                // Docker accepts an id or a unique id prefix too.
+                let mut by_id = self
+                    .state
+                    .networks
+                    .values()
+                    .filter(|n| n.id.starts_with(name));
+                match (by_id.next(), by_id.next()) {
+                    (Some(n), None) if name.len() >= 3 => Some(n),
+                    _ => None,
+                }
+            })
+            .ok_or_else(|| NetworkError::UnknownNetwork(name.to_owned()))
+    }
+
+    /// `network create`.
+    pub async fn create(&mut self, req: CreateRequest) -> Result<Network, NetworkError> {
+        if self.state.networks.contains_key(&req.name) {
+            return Err(NetworkError::DuplicateName(req.name));
+        }
+        let used: Vec<(String, Ipv4Net)> = self
+            .state
+            .networks
+            .values()
+            .filter_map(|n| n.subnet.map(|s| (n.name.clone(), s)))
+            .collect();
+        let subnet = match req.subnet {
+            Some(s) => {
+                if let Some((other, os)) = used.iter().find(|(_, u)| ipam::overlaps(&s, u)) {
+                    return Err(IpamError::Overlap {
+                        subnet: s,
+                        other: other.clone(),
+                        other_subnet: *os,
+                    }
+                    .into());
+                }
+                s
+            }
+            None => {
+                let taken: Vec<Ipv4Net> = used.iter().map(|(_, s)| *s).collect();
+                ipam::next_free_subnet(&taken, &self.host_routes().await?)?
+            }
+        };
+        let gateway = req.gateway.unwrap_or_else(|| ipam::first_host(&subnet));
+        let id = random_hex(32)?;
+        let bridge = match req.driver {
+            DriverKind::Bridge => Some(
+                req.bridge_name
+                    .clone()
+                    .unwrap_or_else(|| format!("br-{}", &id[..12])),
+            ),
+            _ => None,
+        };
+        if let Some(mv) = &req.macvlan {
+            if self.host.link_by_name(&mv.parent).await?.is_none() {
+                return Err(DriverError::ParentMissing {
+                    network: req.name.clone(),
+                    parent: mv.parent.clone(),
+                }
+                .into());
+            }
+        }
+        if let Some(name) = &bridge {
+            if let Some(other) = self
+                .state
+                .networks
+                .values()
+                .find(|n| n.bridge.as_deref() == Some(name))
+            {
+                return Err(BridgeError::InUse {
+                    bridge: name.clone(),
+                    kind: format!("bridge of network {}", other.name),
+                }
+                .into());
+            }
+        }
+        let net = Network {
+            id,
+            name: req.name.clone(),
+            driver: req.driver,
+            created: now_rfc3339(),
+            subnet: Some(subnet),
+            gateway: Some(gateway),
+            ip_range: req.ip_range,
+            internal: req.internal,
+            mtu: req.mtu,
+            bridge: bridge.clone(),
+            icc: req.icc,
+            masquerade: req.masquerade,
+            host_binding_ipv4: req.host_binding_ipv4,
+            macvlan: req.macvlan.clone(),
+            labels: req.labels.clone(),
+        };
+        if let Some(name) = &bridge {
+            driver::ensure_bridge(&self.host, name, gateway, subnet, net.mtu, false).await?;
+            if !net.internal {
+                enable_forwarding()?;
+            }
+        }
+        let mut state = self.state.clone();
+        state.networks.insert(net.name.clone(), net.clone());
+        if let Err(e) = self.persist(state) {
+            if let Some(name) = &bridge {
+                self.delete_link_named(name).await;
+            }
+            return Err(e);
+        }
+        Ok(net)
+    }
+
+    async fn delete_link_named(&self, name: &str) -> Vec<String> {
+        match self.host.link_by_name(name).await {
+            Ok(Some(l)) => match self.host.delete_link(l.index).await {
+                Ok(()) => Vec::new(),
+                Err(e) if e.is_not_found() => Vec::new(),
+                Err(e) => vec![e.to_string()],
+            },
+            Ok(None) => Vec::new(),
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    /// `network rm`: refused while endpoints are attached unless `force`,
+    /// which disconnects them first. Every name is tried; the errors of all
+    /// come back together.
+    pub async fn remove(
+        &mut self,
+        names: &[String],
+        force: bool,
+    ) -> Result<Vec<String>, NetworkError> {
+        let mut removed = Vec::new();
+        let mut errors = Vec::new();
+        for name in names {
+            match self.remove_one(name, force).await {
+                Ok(()) => removed.push(name.clone()),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if errors.is_empty() {
+            Ok(removed)
+        } else {
+            Err(NetworkError::Teardown {
+                context: "network rm".into(),
+                errors,
+            })
+        }
+    }
+
+    async fn remove_one(&mut self, name: &str, force: bool) -> Result<(), NetworkError> {
+        let net = self.network(name)?.clone();
+        if net.is_predefined() {
+            return Err(NetworkError::Predefined(net.name));
+        }
+        let eps: Vec<Endpoint> = self.state.endpoints_of(&net.name).cloned().collect();
+        if !eps.is_empty() && !force {
+            return Err(NetworkError::InUse {
+                network: net.name.clone(),
+                count: eps.len(),
+                names: eps
+                    .iter()
+                    .map(|e| e.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        let mut errors = Vec::new();
+        for ep in &eps {
+            if let Err(e) = self.disconnect_endpoint(ep).await {
+                errors.push(e.to_string());
+            }
+        }
+        if let Some(bridge) = &net.bridge {
+            errors.extend(self.delete_link_named(bridge).await);
+        }
+        let mut state = self.state.clone();
+        state.networks.remove(&net.name);
+        self.persist(state)?;
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(NetworkError::Teardown {
+                context: format!("network {} removed, but", net.name),
+                errors,
+            })
+        }
+    }
+
+    /// `connect`.
+    pub async fn connect(&mut self, args: &ConnectArgs) -> Result<Endpoint, NetworkError> {
+        if let Some(target) = args.network.strip_prefix("container:") {
+            return self.connect_container(target, args).await;
+        }
+        let net = self.network(&args.network)?.clone();
+        let netns_arg = args
+            .netns
+            .clone()
+            .ok_or_else(|| NetworkError::NetnsRequired {
+                network: net.name.clone(),
+            })?;
+        let netns = netns_path(&netns_arg);
+        let ino = netns_ino(&netns).ok_or_else(|| NetworkError::UnknownNetns(netns_arg.clone()))?;
+        let name = match &args.name {
+            Some(n) if super::model::valid_name(n) => n.clone(),
+            Some(n) => return Err(NetworkError::BadEndpointName(n.clone())),
+            None => netns
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_else(|| netns_arg.clone()),
+        };
+        for ep in self.state.endpoints_of(&net.name) {
+            if netns_ino(&ep.netns) == Some(ino) {
+                return Err(NetworkError::AlreadyConnected {
+                    network: net.name.clone(),
+                    netns: netns_arg,
+                    endpoint: ep.name.clone(),
+                });
+            }
+            if ep.name == name {
+                return Err(NetworkError::DuplicateEndpoint {
+                    network: net.name.clone(),
+                    name,
+                });
+            }
+        }
+        let id = random_hex(32)?;
+        let no_link = matches!(net.driver, DriverKind::Host | DriverKind::Null);
+        for (option, given) in [
+            ("--ip", args.ip.is_some()),
+            ("--mac", args.mac.is_some()),
+            ("--ifname", args.ifname.is_some()),
+        ] {
+            if no_link && given {
+                return Err(NetworkError::NotApplicable {
+                    network: net.name.clone(),
+                    option,
+                    driver: net.driver.name(),
+                });
+            }
+        }
+        if no_link {
+            let plan_net = net.clone();
+            let attachment = if net.driver == DriverKind::Null {
+                let plan = EndpointPlan {
+                    network: &plan_net,
+                    netns: &netns,
+                    ifname: "lo",
+                    ipv4: Ipv4Addr::UNSPECIFIED,
+                    mac: [0; 6],
+                    suffix: "",
+                };
+                driver::setup_endpoint(&self.host, &plan).await?
+            } else {
+                Attachment::Host
+            };
+            let ep = Endpoint {
+                id,
+                name,
+                network: net.name.clone(),
+                netns,
+                attachment,
+                ifname: None,
+                mac: None,
+                ipv4: None,
+            };
+            return self.record(ep);
+        }
+
+        // Addresses in use: the gateway and every endpoint of the network.
+        let subnet = net
+            .subnet
+            .ok_or_else(|| NetworkError::UnknownNetwork(net.name.clone()))?;
+        let mut used: Vec<(Ipv4Addr, String)> = net
+            .gateway
+            .map(|g| (g, "the gateway".to_owned()))
+            .into_iter()
+            .collect();
+        used.extend(
+            self.state
+                .endpoints_of(&net.name)
+                .filter_map(|e| e.ipv4.map(|ip| (ip, format!("endpoint {}", e.name)))),
+        );
+        let ipv4 = match &args.ip {
+            Some(ip) => {
+                let ip = ipam::parse_addr("ip", ip)?;
+                ipam::check_requested(&subnet, ip, &used)?;
+                ip
+            }
+            None => ipam::allocate(
+                &net.name,
+                &subnet,
+                &net.alloc_range().unwrap_or(subnet),
+                &used,
+            )?,
+        };
+        let mac = match &args.mac {
+            Some(m) => ipam::parse_mac(m)?,
+            None => ipam::mac_for(ipv4),
+        };
+        let ns = Netlink::connect(Some(&netns)).await?;
+        let names: Vec<String> = ns.links().await?.into_iter().map(|l| l.name).collect();
+        let ifname = match &args.ifname {
+            Some(i) if !super::model::valid_ifname(i) => {
+                return Err(NetworkError::BadIfname(i.clone()))
+            }
+            Some(i) if names.contains(i) => {
+                return Err(NetworkError::IfnameTaken {
+                    ifname: i.clone(),
+                    netns: netns_arg,
+                })
+            }
+            Some(i) => i.clone(),
+            None => (0..)
+                .map(|n| format!("eth{n}"))
+                .find(|c| !names.contains(c))
+                .unwrap_or_else(|| "eth0".into()),
+        };
+        let suffix = random_hex(4)?[..7].to_owned();
+        let plan = EndpointPlan {
+            network: &net,
+            netns: &netns,
+            ifname: &ifname,
+            ipv4,
+            mac,
+            suffix: &suffix,
+        };
+        let attachment = driver::setup_endpoint(&self.host, &plan).await?;
+        let ep = Endpoint {
+            id,
+            name,
+            network: net.name.clone(),
+            netns,
+            attachment,
+            ifname: Some(ifname),
+            mac: Some(ipam::format_mac(&mac)),
+            ipv4: Some(ipv4),
+        };
+        match self.record(ep.clone()) {
+            Ok(ep) => Ok(ep),
+            Err(e) => {
+                let _ = driver::teardown_endpoint(
+                    &self.host,
+                    &ep.netns,
+                    ep.ifname.as_deref(),
+                    &ep.attachment,
+                )
+                .await;
+                Err(e)
+            }
+        }
+    }
+
+    fn record(&mut self, ep: Endpoint) -> Result<Endpoint, NetworkError> {
+        let mut state = self.state.clone();
+        state.endpoints.insert(ep.id.clone(), ep.clone());
+        self.persist(state)?;
+        Ok(ep)
+    }
+
+    /// `connect container:<endpoint>`: a new endpoint record sharing an
+    /// existing endpoint's namespace (Docker's `--network container:NAME`).
+    async fn connect_container(
+        &mut self,
+        target: &str,
+        args: &ConnectArgs,
+    ) -> Result<Endpoint, NetworkError> {
+        let owner = self
+            .state
+            .endpoints
+            .values()
+            .find(|e| e.name == target || e.id.starts_with(target) && target.len() >= 3)
+            .cloned()
+            .ok_or_else(|| NetworkError::UnknownContainer(target.to_owned()))?;
+        for (option, given) in [
+            ("--ip", args.ip.is_some()),
+            ("--mac", args.mac.is_some()),
+            ("--ifname", args.ifname.is_some()),
+        ] {
+            if given {
+                return Err(NetworkError::NotApplicable {
+                    network: format!("container:{target}"),
+                    option,
+                    driver: "container",
+                });
+            }
+        }
+        if let Some(ns) = &args.netns {
+            if netns_ino(&netns_path(ns)) != netns_ino(&owner.netns) {
+                return Err(NetworkError::UnknownNetns(format!(
+                    "{ns} (container:{target} shares {}, a different namespace)",
+                    owner.netns.display()
+                )));
+            }
+        }
+        let name = match &args.name {
+            Some(n) if super::model::valid_name(n) => n.clone(),
+            Some(n) => return Err(NetworkError::BadEndpointName(n.clone())),
+            None => format!("{}-shared", owner.name),
+        };
+        if self
+            .state
+            .endpoints_of(&owner.network)
+            .any(|e| e.name == name)
+        {
+            return Err(NetworkError::DuplicateEndpoint {
+                network: owner.network.clone(),
+                name,
+            });
+        }
+        let ep = Endpoint {
+            id: random_hex(32)?,
+            name,
+            network: owner.network.clone(),
+            netns: owner.netns.clone(),
+            attachment: Attachment::Container {
+                endpoint: owner.id.clone(),
+            },
+            ifname: owner.ifname.clone(),
+            mac: owner.mac.clone(),
+            ipv4: owner.ipv4,
+        };
+        self.record(ep)
+    }
+
+    /// `disconnect NETWORK CONTAINER`: CONTAINER is an endpoint name or id, or
+    /// the namespace (name or path) it was connected with.
+    pub async fn disconnect(&mut self, network: &str, what: &str) -> Result<(), NetworkError> {
+        let net = self.network(network)?.clone();
+        let ino = netns_ino(&netns_path(what));
+        let ep = self
+            .state
+            .endpoints_of(&net.name)
+            .find(|e| {
+                e.name == what
+                    || e.id == what
+                    || e.netns == netns_path(what)
+                    || (ino.is_some()
+                        && netns_ino(&e.netns) == ino
+                        && !matches!(e.attachment, Attachment::Container { .. }))
+            })
+            .cloned()
+            .ok_or_else(|| NetworkError::UnknownEndpoint {
+                network: net.name.clone(),
+                what: what.to_owned(),
+            })?;
+        self.disconnect_endpoint(&ep).await
+    }
+
+    /// Removes one endpoint's links and its record; the record goes even when
+    /// some link could not be removed, and the errors are reported.
+    async fn disconnect_endpoint(&mut self, ep: &Endpoint) -> Result<(), NetworkError> {
+        // Endpoints sharing this one's namespace go with it.
+        let sharers: Vec<String> = self
+            .state
+            .endpoints
+            .values()
+            .filter(|e| matches!(&e.attachment, Attachment::Container { endpoint } if *endpoint == ep.id))
+            .map(|e| e.id.clone())
+            .collect();
+        let errors =
+            driver::teardown_endpoint(&self.host, &ep.netns, ep.ifname.as_deref(), &ep.attachment)
+                .await;
+        let mut state = self.state.clone();
+        state.endpoints.remove(&ep.id);
+        for id in sharers {
+            state.endpoints.remove(&id);
+        }
+        self.persist(state)?;
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(NetworkError::Teardown {
+                context: format!("endpoint {} disconnected from {}, but", ep.name, ep.network),
+                errors,
+            })
+        }
+    }
+
+    /// Makes the kernel match the state after a restart or reboot: every
+    /// bridge exists with its gateway address and is up. Returns what it
+    /// changed.
+    pub async fn reconcile(&mut self) -> Result<Vec<String>, NetworkError> {
+        let mut changed = Vec::new();
+        let mut forwarding = false;
+        for net in self.state.networks.values() {
+            if let (Some(bridge), Some(subnet), Some(gw)) = (&net.bridge, net.subnet, net.gateway) {
+                changed.extend(
+                    driver::ensure_bridge(&self.host, bridge, gw, subnet, net.mtu, true).await?,
+                );
+                forwarding |= !net.internal;
+            }
+        }
+        // A bridge re-created above has lost its ports: put the endpoints'
+        // host ends (still alive with their namespaces) back on it.
+        for ep in self.state.endpoints.values() {
+            let Attachment::Veth { host_ifname } = &ep.attachment else {
+                continue;
+            };
+            let Some(bridge) = self
+                .state
+                .networks
+                .get(&ep.network)
+                .and_then(|n| n.bridge.clone())
+            else {
+                continue;
+            };
+            let (Some(port), Some(br)) = (
+                self.host.link_by_name(host_ifname).await?,
+                self.host.link_by_name(&bridge).await?,
+            ) else {
+                continue;
+            };
+            if port.master != Some(br.index) {
+                self.host.set_master(port.index, br.index).await?;
+                changed.push(format!("attached {host_ifname} to {bridge}"));
+            }
+        }
+        if forwarding {
+            enable_forwarding()?;
+        }
+        Ok(changed)
+    }
+
+    /// Disconnects every endpoint and removes every bridge, then the state
+    /// file: what `dataplane cleanup` does to networking. Best effort.
+    pub async fn teardown_all(mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        let eps: Vec<Endpoint> = self.state.endpoints.values().cloned().collect();
+        for ep in &eps {
+            if self.state.endpoints.contains_key(&ep.id) {
+                if let Err(e) = self.disconnect_endpoint(ep).await {
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        let bridges: Vec<String> = self
+            .state
+            .networks
+            .values()
+            .filter_map(|n| n.bridge.clone())
+            .collect();
+        for b in bridges {
+            errors.extend(self.delete_link_named(&b).await);
+        }
+        let path = self.store.path();
+        if let Err(e) = fs::remove_file(&path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                errors.push(format!("removing {}: {e}", path.display()));
+            }
+        }
+        errors
+    }
+}
+
+/// Docker turns on IPv4 forwarding for its bridges; so do we, in the
+/// namespace the agent runs in (the host).
+fn enable_forwarding() -> Result<(), NetworkError> {
+    let path = "/proc/sys/net/ipv4/ip_forward";
+    match fs::read_to_string(path) {
+        Ok(v) if v.trim() == "1" => Ok(()),
+        _ => fs::write(path, "1").map_err(NetworkError::Forwarding),
+    }
+}

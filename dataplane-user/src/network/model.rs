@@ -1,0 +1,536 @@
+//! The network model in Docker's terms: drivers, networks and endpoints as
+//! they are persisted, and the typed form of a `network create` request,
+//! parsed once from the user's strings (Docker's option names included).
+
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use super::ipam::{self, IpamError};
+
+/// Docker's predefined networks, which exist from the start and cannot be
+/// removed.
+pub const PREDEFINED: [&str; 3] = ["bridge", "host", "none"];
+
+/// Bridge device of the default `bridge` network. Not Docker's `docker0`, so
+/// the dataplane can be installed beside a Docker that still owns that name.
+pub const DEFAULT_BRIDGE: &str = "dp0";
+
+pub const DEFAULT_MTU: u32 = 1500;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    Bridge,
+    Macvlan,
+    Host,
+    /// Docker's `null` driver (the `none` network): loopback only.
+    Null,
+}
+
+impl DriverKind {
+    pub const fn name(self) -> &'static str {
+        match self {
+            DriverKind::Bridge => "bridge",
+            DriverKind::Macvlan => "macvlan",
+            DriverKind::Host => "host",
+            DriverKind::Null => "null",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MacvlanMode {
+    Bridge,
+    Private,
+    Vepa,
+    Passthru,
+}
+
+impl MacvlanMode {
+    pub const fn name(self) -> &'static str {
+        match self {
+            MacvlanMode::Bridge => "bridge",
+            MacvlanMode::Private => "private",
+            MacvlanMode::Vepa => "vepa",
+            MacvlanMode::Passthru => "passthru",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MacvlanConfig {
+    /// Parent link in the host namespace.
+    pub parent: String,
+    pub mode: MacvlanMode,
+}
+
+/// A network as persisted (the desired state).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub id: String,
+    pub name: String,
+    pub driver: DriverKind,
+    /// RFC 3339.
+    pub created: String,
+    /// None for `host` and `none`.
+    pub subnet: Option<Ipv4Net>,
+    pub gateway: Option<Ipv4Addr>,
+    pub ip_range: Option<Ipv4Net>,
+    pub internal: bool,
+    pub mtu: u32,
+    /// Bridge device (bridge driver only).
+    pub bridge: Option<String>,
+    pub icc: bool,
+    pub masquerade: bool,
+    /// Default host address for published ports (Docker's
+    /// `host_binding_ipv4`); None means every address.
+    pub host_binding_ipv4: Option<Ipv4Addr>,
+    pub macvlan: Option<MacvlanConfig>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Network {
+    pub fn is_predefined(&self) -> bool {
+        PREDEFINED.contains(&self.name.as_str())
+    }
+
+    /// The range addresses are allocated from.
+    pub fn alloc_range(&self) -> Option<Ipv4Net> {
+        self.ip_range.or(self.subnet)
+    }
+}
+
+/// How an endpoint joins its network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Attachment {
+    /// veth pair, host end on the network's bridge.
+    Veth { host_ifname: String },
+    /// macvlan child of the network's parent link.
+    Macvlan,
+    /// `none`: only loopback in the namespace.
+    Loopback,
+    /// `host`: the namespace is the host's; nothing is created.
+    Host,
+    /// `container:<endpoint>`: shares that endpoint's namespace; nothing is
+    /// created.
+    Container { endpoint: String },
+}
+
+/// An endpoint as persisted: one namespace on one network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub id: String,
+    pub name: String,
+    pub network: String,
+    /// The "container": a network namespace path.
+    pub netns: PathBuf,
+    pub attachment: Attachment,
+    /// Interface inside the namespace (eth0, eth1, ...).
+    pub ifname: Option<String>,
+    pub mac: Option<String>,
+    pub ipv4: Option<Ipv4Addr>,
+}
+
+/// Input errors of `network create`, each naming the field and the value.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CreateError {
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error(
+        "network name {0:?}: must start with a letter or digit and contain only [a-zA-Z0-9_.-]"
+    )]
+    BadName(String),
+    #[error("--driver {0}: unknown (bridge or macvlan)")]
+    BadDriver(String),
+    #[error("-o {0:?}: expected KEY=VALUE")]
+    BadOption(String),
+    #[error("-o {key}: unknown option for the {driver} driver (known: {known})")]
+    UnknownOption {
+        key: String,
+        driver: &'static str,
+        known: &'static str,
+    },
+    #[error("-o {key}={value}: expected true or false")]
+    BadBool { key: String, value: String },
+    #[error("{field} {value}: MTU must be a number from 68 to 65535")]
+    BadMtu { field: String, value: String },
+    #[error("-o {key}={value}: not a valid interface name (1-15 bytes, no '/' or white space)")]
+    BadIfname { key: String, value: String },
+    #[error("-o macvlan_mode={0}: expected bridge, private, vepa or passthru")]
+    BadMacvlanMode(String),
+    #[error("--driver macvlan needs -o parent=IFACE")]
+    MissingParent,
+    #[error("--gateway and --ip-range need --subnet")]
+    NeedsSubnet,
+    #[error("--label {0:?}: expected KEY=VALUE")]
+    BadLabel(String),
+}
+
+/// `network create` as the user typed it.
+#[derive(Clone, Debug, Default)]
+pub struct CreateArgs {
+    pub name: String,
+    pub driver: String,
+    pub subnet: Option<String>,
+    pub gateway: Option<String>,
+    pub ip_range: Option<String>,
+    pub internal: bool,
+    pub mtu: Option<String>,
+    pub options: Vec<String>,
+    pub labels: Vec<String>,
+}
+
+/// `network create`, parsed and checked on its own (checks against other
+/// networks and the host happen when it is applied).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreateRequest {
+    pub name: String,
+    pub driver: DriverKind,
+    pub subnet: Option<Ipv4Net>,
+    pub gateway: Option<Ipv4Addr>,
+    pub ip_range: Option<Ipv4Net>,
+    pub internal: bool,
+    pub mtu: u32,
+    pub bridge_name: Option<String>,
+    pub icc: bool,
+    pub masquerade: bool,
+    pub host_binding_ipv4: Option<Ipv4Addr>,
+    pub macvlan: Option<MacvlanConfig>,
+    pub labels: BTreeMap<String, String>,
+}
+
+const BRIDGE_OPTS: &str = "com.docker.network.bridge.name, com.docker.network.bridge.enable_icc, \
+     com.docker.network.bridge.enable_ip_masquerade, com.docker.network.bridge.host_binding_ipv4, \
+     com.docker.network.driver.mtu";
+const MACVLAN_OPTS: &str = "parent, macvlan_mode, com.docker.network.driver.mtu";
+
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && !name.contains(['/', ':'])
+        && !name.contains(char::is_whitespace)
+        && name != "."
+        && name != ".."
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, CreateError> {
+    match value {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(CreateError::BadBool {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        }),
+    }
+}
+
+fn parse_mtu(field: &str, value: &str) -> Result<u32, CreateError> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|m| (68..=65535).contains(m))
+        .ok_or_else(|| CreateError::BadMtu {
+            field: field.to_owned(),
+            value: value.to_owned(),
+        })
+}
+
+fn split_kv(s: &str) -> Option<(&str, &str)> {
+    s.split_once('=').filter(|(k, _)| !k.is_empty())
+}
+
+impl CreateArgs {
+    pub fn parse(&self) -> Result<CreateRequest, CreateError> {
+        if !valid_name(&self.name) {
+            return Err(CreateError::BadName(self.name.clone()));
+        }
+        let driver = match self.driver.as_str() {
+            "bridge" => DriverKind::Bridge,
+            "macvlan" => DriverKind::Macvlan,
+            other => return Err(CreateError::BadDriver(other.to_owned())),
+        };
+        let subnet = self.subnet.as_deref().map(ipam::parse_subnet).transpose()?;
+        let gateway = self
+            .gateway
+            .as_deref()
+            .map(|g| ipam::parse_addr("gateway", g))
+            .transpose()?;
+        if (gateway.is_some() || self.ip_range.is_some()) && subnet.is_none() {
+            return Err(CreateError::NeedsSubnet);
+        }
+        let ip_range = match (&subnet, &self.ip_range) {
+            (Some(s), Some(r)) => Some(ipam::parse_range(s, r)?),
+            _ => None,
+        };
+        if let (Some(s), Some(g)) = (&subnet, gateway) {
+            ipam::check_gateway(s, g)?;
+        }
+        let mut req = CreateRequest {
+            name: self.name.clone(),
+            driver,
+            subnet,
+            gateway,
+            ip_range,
+            internal: self.internal,
+            mtu: DEFAULT_MTU,
+            bridge_name: None,
+            icc: true,
+            masquerade: true,
+            host_binding_ipv4: None,
+            macvlan: None,
+            labels: BTreeMap::new(),
+        };
+        if let Some(m) = &self.mtu {
+            req.mtu = parse_mtu("--mtu", m)?;
+        }
+        let mut parent = None;
+        let mut mode = MacvlanMode::Bridge;
+        for opt in &self.options {
+            let (key, value) = split_kv(opt).ok_or_else(|| CreateError::BadOption(opt.clone()))?;
+            match (driver, key) {
+                (_, "com.docker.network.driver.mtu") => {
+                    req.mtu = parse_mtu(&format!("-o {key}"), value)?
+                }
+                (DriverKind::Bridge, "com.docker.network.bridge.name") => {
+                    if !valid_ifname(value) {
+                        return Err(CreateError::BadIfname {
+                            key: key.to_owned(),
+                            value: value.to_owned(),
+                        });
+                    }
+                    req.bridge_name = Some(value.to_owned());
+                }
+                (DriverKind::Bridge, "com.docker.network.bridge.enable_icc") => {
+                    req.icc = parse_bool(key, value)?;
+                }
+                (DriverKind::Bridge, "com.docker.network.bridge.enable_ip_masquerade") => {
+                    req.masquerade = parse_bool(key, value)?;
+                }
+                (DriverKind::Bridge, "com.docker.network.bridge.host_binding_ipv4") => {
+                    let ip =
+                        ipam::parse_addr("o com.docker.network.bridge.host_binding_ipv4", value)?;
+                    req.host_binding_ipv4 = (!ip.is_unspecified()).then_some(ip);
+                }
+                (DriverKind::Macvlan, "parent") => {
+                    if !valid_ifname(value) {
+                        return Err(CreateError::BadIfname {
+                            key: key.to_owned(),
+                            value: value.to_owned(),
+                        });
+                    }
+                    parent = Some(value.to_owned());
+                }
+                (DriverKind::Macvlan, "macvlan_mode") => {
+                    mode = match value {
+                        "bridge" => MacvlanMode::Bridge,
+                        "private" => MacvlanMode::Private,
+                        "vepa" => MacvlanMode::Vepa,
+                        "passthru" => MacvlanMode::Passthru,
+                        other => return Err(CreateError::BadMacvlanMode(other.to_owned())),
+                    };
+                }
+                (d, k) => {
+                    return Err(CreateError::UnknownOption {
+                        key: k.to_owned(),
+                        driver: d.name(),
+                        known: if d == DriverKind::Macvlan {
+                            MACVLAN_OPTS
+                        } else {
+                            BRIDGE_OPTS
+                        },
+                    })
+                }
+            }
+        }
+        if driver == DriverKind::Macvlan {
+            let parent = parent.ok_or(CreateError::MissingParent)?;
+            req.macvlan = Some(MacvlanConfig { parent, mode });
+        }
+        for label in &self.labels {
+            let (k, v) = split_kv(label).ok_or_else(|| CreateError::BadLabel(label.clone()))?;
+            req.labels.insert(k.to_owned(), v.to_owned());
+        }
+        Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(name: &str) -> CreateArgs {
+        CreateArgs {
+            name: name.into(),
+            driver: "bridge".into(),
+            ..CreateArgs::default()
+        }
+    }
+
+    #[test]
+    fn docker_options_parse_into_typed_fields() {
+        let mut a = args("net1");
+        a.subnet = Some("10.5.0.0/16".into());
+        a.gateway = Some("10.5.0.254".into());
+        a.ip_range = Some("10.5.1.0/24".into());
+        a.options = vec![
+            "com.docker.network.bridge.name=brnet1".into(),
+            "com.docker.network.bridge.enable_icc=false".into(),
+            "com.docker.network.bridge.enable_ip_masquerade=false".into(),
+            "com.docker.network.bridge.host_binding_ipv4=127.0.0.1".into(),
+            "com.docker.network.driver.mtu=1400".into(),
+        ];
+        a.labels = vec!["team=net".into()];
+        let r = a.parse().unwrap();
+        assert_eq!(r.bridge_name.as_deref(), Some("brnet1"));
+        assert!(!r.icc && !r.masquerade);
+        assert_eq!(r.host_binding_ipv4, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(r.mtu, 1400);
+        assert_eq!(r.gateway, Some(Ipv4Addr::new(10, 5, 0, 254)));
+        assert_eq!(
+            r.ip_range.map(|n| n.to_string()).as_deref(),
+            Some("10.5.1.0/24")
+        );
+        assert_eq!(r.labels.get("team").map(String::as_str), Some("net"));
+    }
+
+    #[test]
+    fn bad_input_names_field_and_value() {
+        let cases: Vec<(CreateArgs, &str)> = vec![
+            (
+                {
+                    let mut a = args("-bad");
+                    a.driver = "bridge".into();
+                    a
+                },
+                "network name \"-bad\"",
+            ),
+            (
+                {
+                    let mut a = args("n");
+                    a.driver = "overlay2".into();
+                    a
+                },
+                "--driver overlay2",
+            ),
+            (
+                {
+                    let mut a = args("n");
+                    a.subnet = Some("10.0.0.0/40".into());
+                    a
+                },
+                "--subnet 10.0.0.0/40",
+            ),
+            (
+                {
+                    let mut a = args("n");
+                    a.subnet = Some("10.0.0.0/24".into());
+                    a.gateway = Some("10.0.1.1".into());
+                    a
+                },
+                "--gateway 10.0.1.1",
+            ),
+            (
+                {
+                    let mut a = args("n");
+                    a.gateway = Some("10.0.1.1".into());
+                    a
+                },
+                "need --subnet",
+            ),
+            (
+                {
+                    let mut a = args("n");
+                    a.mtu = Some("9".into());
+                    a
+                },
+                "--mtu 9",
+            ),
+            (
+                {
+                    let mut a = args("n");
+                    a.options = vec!["com.docker.network.bridge.enable_icc=maybe".into()];
+                    a
+                },
+                "enable_icc=maybe",
+            ),
+            (
+                {
+                    let mut a = args("n");
+                    a.options = vec!["nokey".into()];
+                    a
+                },
+                "-o \"nokey\"",
+            ),
+            (
+                {
+                    let mut a = args("n");
+                    a.options = vec!["foo=bar".into()];
+                    a
+                },
+                "-o foo: unknown option for the bridge driver",
+            ),
+            (
+                {
+                    let mut a = args("n");
+                    a.options = vec!["com.docker.network.bridge.name=waytoolongbridgename".into()];
+                    a
+                },
+                "waytoolongbridgename",
+            ),
+            (
+                {
+                    let mut a = args("n");
+                    a.driver = "macvlan".into();
+                    a
+                },
+                "-o parent=IFACE",
+            ),
+            (
+                {
+                    let mut a = args("n");
+                    a.driver = "macvlan".into();
+                    a.options = vec!["parent=eth0".into(), "macvlan_mode=weird".into()];
+                    a
+                },
+                "macvlan_mode=weird",
+            ),
+            (
+                {
+                    let mut a = args("n");
+                    a.labels = vec!["x".into()];
+                    a
+                },
+                "--label \"x\"",
+            ),
+        ];
+        for (a, needle) in cases {
+            let err = a.parse().unwrap_err().to_string();
+            assert!(err.contains(needle), "{err:?} should contain {needle:?}");
+        }
+    }
+
+    #[test]
+    fn macvlan_defaults_to_bridge_mode() {
+        let mut a = args("mv");
+        a.driver = "macvlan".into();
+        a.options = vec!["parent=eth0".into()];
+        let r = a.parse().unwrap();
+        assert_eq!(
+            r.macvlan,
+            Some(MacvlanConfig {
+                parent: "eth0".into(),
+                mode: MacvlanMode::Bridge
+            })
+        );
+    }
+}

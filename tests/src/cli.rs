@@ -1,0 +1,106 @@
+//! Driving the `dataplane` binary as a user would, inside a fake host: every
+//! call runs with `--netns <host>` and a state directory and bpffs root of
+//! this test's own, both removed on drop.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::Value;
+
+use crate::{netns::NetNs, unique_name, BpffsDir};
+
+/// A state directory under the system temp dir, removed on drop.
+pub struct StateDir {
+    path: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(tag: &str) -> StateDir {
+        StateDir {
+            path: std::env::temp_dir().join(unique_name(tag)),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("StateDir drop: removing {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+/// The CLI bound to one host namespace.
+pub struct Cli {
+    host: PathBuf,
+    pub state: StateDir,
+    pub pins: BpffsDir,
+}
+
+impl Cli {
+    pub fn new(host: &NetNs, tag: &str) -> Result<Cli> {
+        Ok(Cli {
+            host: host.path().to_owned(),
+            state: StateDir::new(tag),
+            pins: BpffsDir::new(tag)?,
+        })
+    }
+
+    /// The command with the test's global flags, for callers that spawn it.
+    pub fn command(&self, args: &[&str]) -> Result<Command> {
+        let mut cmd = Command::new(crate::dataplane_bin()?);
+        cmd.arg("--netns")
+            .arg(&self.host)
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .arg("--bpffs-root")
+            .arg(self.pins.path())
+            .args(args);
+        Ok(cmd)
+    }
+
+    /// Runs `dataplane ARGS`; stdout on success, an error with the exit
+    /// status, stdout and stderr otherwise.
+    pub fn run(&self, args: &[&str]) -> Result<String> {
+        let out = self
+            .command(args)?
+            .output()
+            .with_context(|| format!("running dataplane {args:?}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!(
+                "dataplane {args:?}: {}\n{stdout}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(stdout)
+    }
+
+    /// Runs a command that must fail, returning its stderr.
+    pub fn fail(&self, args: &[&str]) -> Result<String> {
+        let out = self.command(args)?.output()?;
+        if out.status.success() {
+            bail!(
+                "dataplane {args:?} succeeded but should have failed:\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    pub fn json(&self, args: &[&str]) -> Result<Value> {
+        let out = self.run(args)?;
+        serde_json::from_str(&out)
+            .with_context(|| format!("dataplane {args:?} printed no JSON: {out}"))
+    }
+}
