@@ -581,3 +581,86 @@ fn bad_input_changes_nothing() {
         "refused connects left nothing in d"
     );
 }
+
+#[test]
+fn container_mode_shares_an_endpoints_namespace() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let (fh, cli) = setup("shared");
+    let web = NetNs::new("web").expect("netns");
+    cli.run(&["connect", "bridge", web.name(), "--name", "web"])
+        .expect("web");
+    let links_before = link_names(&fh.host);
+    cli.run(&["connect", "container:web", "--name", "sidecar"])
+        .expect("sidecar");
+    // Nothing new in the kernel: the sidecar is the same namespace.
+    assert_eq!(link_names(&fh.host), links_before);
+    assert_eq!(link_names(&web), vec!["lo", "eth0"]);
+    let net = inspect(&cli, "bridge");
+    let eps: Vec<&Value> = net["Containers"]
+        .as_object()
+        .expect("containers")
+        .values()
+        .collect();
+    // Containers are keyed by namespace, as Docker keys them by container:
+    // the sidecar is web's namespace, so one entry (the first endpoint).
+    assert_eq!(eps.len(), 1, "{net}");
+    let e = cli
+        .fail(&["connect", "container:web", "--name", "sidecar"])
+        .expect("duplicate name refused");
+    assert!(
+        e.contains("network bridge: an endpoint named sidecar already exists"),
+        "{e}"
+    );
+    let e = cli
+        .fail(&["connect", "container:nobody"])
+        .expect("unknown refused");
+    assert!(
+        e.contains("container:nobody: no endpoint of that name"),
+        "{e}"
+    );
+    let other = NetNs::new("other").expect("netns");
+    let e = cli
+        .fail(&["connect", "container:web", other.name(), "--name", "x"])
+        .expect("another namespace refused");
+    assert!(e.contains("a different namespace"), "{e}");
+
+    // Removing the owner takes its sharers with it.
+    cli.run(&["disconnect", "bridge", "web"])
+        .expect("disconnect web");
+    let net = inspect(&cli, "bridge");
+    assert!(
+        net["Containers"]
+            .as_object()
+            .expect("containers")
+            .is_empty(),
+        "{net}"
+    );
+    let e = cli
+        .fail(&["disconnect", "bridge", "sidecar"])
+        .expect("sidecar gone");
+    assert!(e.contains("no endpoint sidecar"), "{e}");
+}
+
+#[test]
+fn host_mode_creates_nothing_and_endpoint_names_are_unique() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let (fh, cli) = setup("hostmode");
+    let before = link_names(&fh.host);
+    let c = NetNs::new("h").expect("netns");
+    let d = NetNs::new("h2").expect("netns");
+    cli.run(&["connect", "host", c.name(), "--name", "svc"])
+        .expect("host mode");
+    assert_eq!(link_names(&c), vec!["lo"]);
+    let e = cli
+        .fail(&["connect", "host", d.name(), "--name", "svc"])
+        .expect("duplicate endpoint name");
+    assert!(e.contains("an endpoint named svc already exists"), "{e}");
+    cli.run(&["disconnect", "host", "svc"]).expect("disconnect");
+    let mut after = link_names(&fh.host);
+    after.retain(|l| !before.contains(l));
+    assert!(after.iter().all(|l| l == "dp0"), "{after:?}");
+}

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::model::{DriverKind, Network};
+use super::model::{Attachment, DriverKind, Network};
 use crate::state::State;
 
 /// One element of `docker network inspect`'s array.
@@ -25,7 +25,12 @@ pub fn network_json(state: &State, net: &Network) -> Value {
     };
 
     let mut containers = Map::new();
-    for ep in state.endpoints_of(&net.name) {
+    // Keyed by namespace, as Docker keys by container: an endpoint that
+    // shares another's namespace (`container:`) is that same container.
+    for ep in state
+        .endpoints_of(&net.name)
+        .filter(|e| !matches!(e.attachment, Attachment::Container { .. }))
+    {
         let prefix = net.subnet.map(|s| s.prefix_len()).unwrap_or(32);
         containers.insert(
             ep.netns.display().to_string(),
