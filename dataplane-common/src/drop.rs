@@ -11,13 +11,25 @@ pub enum DropReason {
     BadIhl = 1,
     /// IPv4 version field not 4 on an IPv4 ethertype.
     BadVersion = 2,
+    /// Masquerade found no free source port for the destination.
+    SnatExhausted = 3,
+    /// A conntrack entry could not be written (map full of live entries).
+    CtInsert = 4,
+    /// Rewriting the packet failed (helper error).
+    Rewrite = 5,
+    /// Egress from an `--internal` network.
+    Internal = 6,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 3] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Truncated,
         DropReason::BadIhl,
         DropReason::BadVersion,
+        DropReason::SnatExhausted,
+        DropReason::CtInsert,
+        DropReason::Rewrite,
+        DropReason::Internal,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -26,6 +38,10 @@ impl DropReason {
             DropReason::Truncated => "truncated",
             DropReason::BadIhl => "bad-ihl",
             DropReason::BadVersion => "bad-ip-version",
+            DropReason::SnatExhausted => "snat-ports-exhausted",
+            DropReason::CtInsert => "conntrack-insert-failed",
+            DropReason::Rewrite => "rewrite-failed",
+            DropReason::Internal => "internal-network-egress",
         }
     }
 
@@ -34,6 +50,10 @@ impl DropReason {
             0 => Some(DropReason::Truncated),
             1 => Some(DropReason::BadIhl),
             2 => Some(DropReason::BadVersion),
+            3 => Some(DropReason::SnatExhausted),
+            4 => Some(DropReason::CtInsert),
+            5 => Some(DropReason::Rewrite),
+            6 => Some(DropReason::Internal),
             _ => None,
         }
     }

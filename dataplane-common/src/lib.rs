@@ -6,9 +6,12 @@
 //! the two sides. With the `user` feature the types also implement `aya::Pod`.
 #![no_std]
 
+pub mod ct;
 pub mod drop;
 pub mod maps;
+pub mod nat;
 pub mod net;
+pub mod sock;
 pub mod stats;
 
 /// Implements `aya::Pod` for map types when building for userspace.

@@ -10,3 +10,31 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/dataplane";
 pub const PROTO_STATS: &str = "DP_PROTO_STATS";
 /// Per-CPU [`crate::stats::PktCounter`] per [`crate::drop::DropReason`].
 pub const DROP_STATS: &str = "DP_DROP_STATS";
+/// Published ports: [`crate::nat::PortKey`] -> [`crate::nat::PortTarget`].
+pub const PORTS: &str = "DP_PORTS";
+/// Per-CPU [`crate::stats::PktCounter`] per published port (`stats_index`).
+pub const PORT_STATS: &str = "DP_PORT_STATS";
+/// Managed subnets: LPM key over `[u8; 4]` -> [`crate::nat::SubnetPolicy`].
+pub const SUBNETS: &str = "DP_SUBNETS";
+/// The host's own addresses: `[u8; 4]` -> [`crate::nat::HostAddr`].
+pub const HOST_ADDRS: &str = "DP_HOST_ADDRS";
+/// Conntrack, TCP flows: [`crate::ct::CtKey`] -> [`crate::ct::CtEntry`].
+pub const CT_TCP: &str = "DP_CT_TCP";
+/// Conntrack, UDP and ICMP flows.
+pub const CT_OTHER: &str = "DP_CT_OTHER";
+/// Entries of each conntrack map (LRU: the oldest go first when full).
+pub const CT_TCP_MAX: u32 = 262_144;
+pub const CT_OTHER_MAX: u32 = 65_536;
+/// Published port entries.
+pub const PORTS_MAX: u32 = 65_536;
+/// Managed subnets.
+pub const SUBNETS_MAX: u32 = 1024;
+/// Host addresses.
+pub const HOST_ADDRS_MAX: u32 = 256;
+/// Uplinks: ifindex (`u32`) -> [`crate::nat::Uplink`].
+pub const UPLINKS: &str = "DP_UPLINKS";
+pub const UPLINKS_MAX: u32 = 64;
+/// Host-local clients translated by the cgroup sock_addr hooks, for the
+/// reverse translation in recvmsg4/getpeername4.
+pub const SOCK_REVNAT: &str = "DP_SOCK_REVNAT";
+pub const SOCK_REVNAT_MAX: u32 = 65_536;

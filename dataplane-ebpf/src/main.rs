@@ -4,11 +4,14 @@
 #![no_std]
 #![no_main]
 
+mod conntrack;
 mod counters;
 mod drop;
 mod maps;
+mod nat;
 mod parse;
 mod stats;
+mod uplink;
 
 #[cfg(not(test))]
 #[panic_handler]

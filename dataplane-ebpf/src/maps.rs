@@ -2,11 +2,21 @@
 //!
 //! All maps are `#[btf_map]`s so that `bpftool map dump` prints their struct
 //! field names; the agent pins each one under `/sys/fs/bpf/dataplane/<NAME>`
-//! (names in `dataplane_common::maps`).
+//! (names and sizes in `dataplane_common::maps`).
 
-use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map};
+use aya_ebpf::{
+    btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
 use dataplane_common::{
+    ct::{CtEntry, CtKey},
     drop::DropReason,
+    maps::{
+        CT_OTHER_MAX, CT_TCP_MAX, HOST_ADDRS_MAX, PORTS_MAX, SOCK_REVNAT_MAX, SUBNETS_MAX,
+        UPLINKS_MAX,
+    },
+    nat::{HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink, MAX_PORT_MAPPINGS},
+    sock::SockRevNat,
     stats::{PktCounter, ProtoIndex},
 };
 
@@ -19,3 +29,37 @@ pub static DP_PROTO_STATS: PerCpuArray<PktCounter, { ProtoIndex::COUNT as usize 
 #[btf_map]
 pub static DP_DROP_STATS: PerCpuArray<PktCounter, { DropReason::COUNT as usize }> =
     PerCpuArray::new();
+
+/// Published ports.
+#[btf_map]
+pub static DP_PORTS: HashMap<PortKey, PortTarget, { PORTS_MAX as usize }> = HashMap::new();
+
+/// Packets and bytes of new flows per published port (`PortTarget::stats_index`).
+#[btf_map]
+pub static DP_PORT_STATS: PerCpuArray<PktCounter, { MAX_PORT_MAPPINGS as usize }> =
+    PerCpuArray::new();
+
+/// Managed subnets and what may leave them.
+#[btf_map]
+pub static DP_SUBNETS: LpmTrie<[u8; 4], SubnetPolicy, { SUBNETS_MAX as usize }> = LpmTrie::new();
+
+/// The host's own addresses.
+#[btf_map]
+pub static DP_HOST_ADDRS: HashMap<[u8; 4], HostAddr, { HOST_ADDRS_MAX as usize }> = HashMap::new();
+
+/// Uplinks by ifindex.
+#[btf_map]
+pub static DP_UPLINKS: HashMap<u32, Uplink, { UPLINKS_MAX as usize }> = HashMap::new();
+
+/// Conntrack of TCP flows.
+#[btf_map]
+pub static DP_CT_TCP: LruHashMap<CtKey, CtEntry, { CT_TCP_MAX as usize }> = LruHashMap::new();
+
+/// Conntrack of UDP and ICMP flows.
+#[btf_map]
+pub static DP_CT_OTHER: LruHashMap<CtKey, CtEntry, { CT_OTHER_MAX as usize }> = LruHashMap::new();
+
+/// Host-local sockets translated by the sock_addr hooks, by socket cookie.
+#[btf_map]
+pub static DP_SOCK_REVNAT: LruHashMap<u64, SockRevNat, { SOCK_REVNAT_MAX as usize }> =
+    LruHashMap::new();

@@ -50,28 +50,62 @@ pub fn ptr_at<T, C: PacketBounds>(ctx: &C, offset: usize) -> Result<*const T, Dr
 }
 
 /// What the parser found at layer 3.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum L3 {
-    Ipv4(Ipv4Packet),
-    /// Any other ethertype (network byte order), passed through untouched.
+    /// The fields are in the `Ipv4Packet` passed to [`parse`].
+    Ipv4,
+    /// Any other ethertype, passed through untouched.
     Other,
 }
 
 /// The fields of an IPv4 packet the programs act on, copied out of the packet
 /// (programs add the fields they need here, never keep packet pointers).
-#[derive(Clone, Copy)]
+///
+/// Filled in place from a zeroed value (`Ipv4Packet::default()`): returning
+/// it inside an enum lets LLVM copy never-written registers on the other
+/// paths, which the verifier refuses as uninitialised reads.
+#[derive(Clone, Copy, Default)]
 pub struct Ipv4Packet {
     /// IANA protocol number.
     pub proto: u8,
+    /// Offset of the L4 header (Ethernet + IHL).
+    pub l4_off: usize,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    /// TCP/UDP ports in network byte order. For ICMP echo the identifier
+    /// stands in for a port (`sport` for requests, `dport` for replies), so
+    /// conntrack and NAT treat echo like a flow. Zero otherwise, and for
+    /// non-first fragments.
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10); 0 otherwise.
+    pub tcp_flags: u8,
+    /// ICMP type; 0xff when not ICMP.
+    pub icmp_type: u8,
+    /// Not the first fragment: no L4 header, nothing to translate by port.
+    pub later_fragment: bool,
 }
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+
+/// Byte offsets inside the headers, for the rewrite helpers.
+pub const IP_CSUM_OFF: usize = EthHdr::LEN + 10;
+pub const IP_SRC_OFF: usize = EthHdr::LEN + 12;
+pub const IP_DST_OFF: usize = EthHdr::LEN + 16;
 
 /// Largest IPv4 header: IHL is 4 bits of 32-bit words.
 const IPV4_MAX_HDR: usize = 60;
 
-/// Parses Ethernet, IPv4 and the TCP/UDP ports. Malformed IPv4 (truncated
+/// Parses Ethernet, IPv4 and the TCP/UDP ports (or ICMP echo identifier). Malformed IPv4 (truncated
 /// headers, IHL below 20 or past the packet end, version not 4) is an error
 /// with its drop reason; non-IPv4 frames are `L3::Other`.
 #[inline(always)]
-pub fn parse<C: PacketBounds>(ctx: &C) -> Result<L3, DropReason> {
+pub fn parse<C: PacketBounds>(ctx: &C, pkt: &mut Ipv4Packet) -> Result<L3, DropReason> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: ptr_at checked that a whole EthHdr lies within the packet.
     if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
@@ -92,24 +126,52 @@ pub fn parse<C: PacketBounds>(ctx: &C) -> Result<L3, DropReason> {
         return Err(DropReason::BadIhl);
     }
     let proto = ip.proto;
-    let pkt = Ipv4Packet { proto };
+    pkt.proto = proto;
+    pkt.l4_off = l4_off;
+    pkt.src = ip.src_addr;
+    pkt.dst = ip.dst_addr;
+    pkt.icmp_type = 0xff;
+    pkt.later_fragment = u16::from_be_bytes(ip.frags) & 0x1fff != 0;
     // The L4 header must be whole; non-first fragments start mid-payload and
     // carry none.
-    let first_fragment = u16::from_be_bytes(ip.frags) & 0x1fff == 0;
-    if first_fragment {
+    if !pkt.later_fragment {
         match proto {
             IPPROTO_TCP => {
-                let _: *const TcpHdr = ptr_at(ctx, l4_off)?;
+                let tcp: *const TcpHdr = ptr_at(ctx, l4_off)?;
+                // SAFETY: ptr_at checked the whole TCP header is in the packet.
+                let hdr = unsafe { &*tcp };
+                pkt.sport = hdr.source;
+                pkt.dport = hdr.dest;
+                // Byte 13 of the TCP header holds the flags. Read through the
+                // pointer already checked: a second ptr_at would be folded
+                // into the first by the compiler, and the verifier tracks the
+                // two pointers separately.
+                // SAFETY: 13 < size_of::<TcpHdr>(), within the checked range.
+                pkt.tcp_flags = unsafe { *tcp.cast::<u8>().add(13) };
             }
             IPPROTO_UDP => {
-                let _: *const UdpHdr = ptr_at(ctx, l4_off)?;
+                let udp: *const UdpHdr = ptr_at(ctx, l4_off)?;
+                // SAFETY: bounds checked by ptr_at.
+                let udp = unsafe { &*udp };
+                pkt.sport = udp.src;
+                pkt.dport = udp.dst;
             }
             IPPROTO_ICMP => {
-                // type, code, checksum, and the 4-byte rest-of-header.
-                let _: *const [u8; 8] = ptr_at(ctx, l4_off)?;
+                // type, code, checksum, and the 4-byte rest-of-header whose
+                // first two bytes are the echo identifier.
+                let icmp: *const [u8; 8] = ptr_at(ctx, l4_off)?;
+                // SAFETY: bounds checked by ptr_at.
+                let icmp = unsafe { *icmp };
+                pkt.icmp_type = icmp[0];
+                let id = [icmp[4], icmp[5]];
+                match icmp[0] {
+                    ICMP_ECHO_REQUEST => pkt.sport = id,
+                    ICMP_ECHO_REPLY => pkt.dport = id,
+                    _ => {}
+                }
             }
             _ => {}
         }
     }
-    Ok(L3::Ipv4(pkt))
+    Ok(L3::Ipv4)
 }

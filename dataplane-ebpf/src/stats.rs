@@ -12,7 +12,7 @@ use crate::{
     counters::bump,
     drop::drop_packet,
     maps::DP_PROTO_STATS,
-    parse::{parse, L3},
+    parse::{parse, Ipv4Packet, L3},
 };
 
 /// tcx verdict "continue with the next program" (`TCX_NEXT`, same value as
@@ -22,9 +22,10 @@ const TCX_NEXT: i32 = -1;
 #[classifier]
 pub fn dp_stats(ctx: TcContext) -> i32 {
     let len = ctx.len();
-    match parse(&ctx) {
+    let mut pkt = Ipv4Packet::default();
+    match parse(&ctx, &mut pkt) {
         Ok(l3) => {
-            count(classify(&l3), len);
+            count(classify(l3, &pkt), len);
             TCX_NEXT
         }
         Err(reason) => {
@@ -35,10 +36,10 @@ pub fn dp_stats(ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn classify(l3: &L3) -> ProtoIndex {
+fn classify(l3: L3, p: &Ipv4Packet) -> ProtoIndex {
     match l3 {
         L3::Other => ProtoIndex::NonIpv4,
-        L3::Ipv4(p) => match p.proto {
+        L3::Ipv4 => match p.proto {
             IPPROTO_TCP => ProtoIndex::Tcp,
             IPPROTO_UDP => ProtoIndex::Udp,
             IPPROTO_ICMP => ProtoIndex::Icmp,

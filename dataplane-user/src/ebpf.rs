@@ -21,7 +21,18 @@ use crate::bpffs::{current_netns_ino, BpffsError, PinRoot};
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane"));
 
 /// Every map in the object, pinned by name.
-pub const PINNED_MAPS: [&str; 2] = [maps::PROTO_STATS, maps::DROP_STATS];
+pub const PINNED_MAPS: [&str; 10] = [
+    maps::PROTO_STATS,
+    maps::DROP_STATS,
+    maps::PORTS,
+    maps::PORT_STATS,
+    maps::SUBNETS,
+    maps::HOST_ADDRS,
+    maps::UPLINKS,
+    maps::CT_TCP,
+    maps::CT_OTHER,
+    maps::SOCK_REVNAT,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

@@ -4,7 +4,9 @@
 //! the integration tests use it for BPF_PROG_TEST_RUN.
 
 pub mod bpffs;
+pub mod conntrack;
 pub mod ebpf;
+pub mod nat;
 pub mod netlink;
 pub mod netns;
 pub mod network;

@@ -4,12 +4,13 @@
 use std::{io::Write as _, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context as _};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use dataplane_common::maps::PIN_ROOT;
 use dataplane_user::{
     bpffs::PinRoot,
+    conntrack,
     ebpf::{detach_tc, Dataplane, Direction, LoadError},
-    netns,
+    nat, netns,
     network::{
         inspect,
         manager::{ConnectArgs, Manager},
@@ -49,9 +50,12 @@ enum Command {
         /// carries a default route.
         #[arg(long = "iface")]
         ifaces: Vec<String>,
-        /// Seconds between counter log lines (1-3600).
+        /// Seconds between counter log lines and conntrack garbage
+        /// collections (1-3600).
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
         interval: u64,
+        #[command(flatten)]
+        timeouts: TimeoutArgs,
     },
     /// Manage networks (like `docker network`).
     Network {
@@ -80,6 +84,31 @@ enum Command {
         /// Interface name inside the namespace (default: the first free ethN).
         #[arg(long)]
         ifname: Option<String>,
+        /// Publish a port, Docker's syntax (repeatable):
+        /// [HOSTIP:]HOSTPORT[-END]:CPORT[-END][/tcp|udp].
+        #[arg(short = 'p', long = "publish")]
+        publish: Vec<String>,
+    },
+    /// Published ports of a live endpoint.
+    Publish {
+        #[command(subcommand)]
+        command: PublishCommand,
+    },
+    /// Interfaces whose traffic is translated (published ports arriving,
+    /// masquerade leaving): the NAT programs attach to them.
+    Uplink {
+        #[command(subcommand)]
+        command: UplinkCommand,
+    },
+    /// NAT rules in force, with counters (like `iptables -t nat -vnL`).
+    Nat {
+        #[command(subcommand)]
+        command: NatCommand,
+    },
+    /// The BPF connection tracking table (like `conntrack -L`).
+    Conntrack {
+        #[command(subcommand)]
+        command: ConntrackCommand,
     },
     /// Disconnect an endpoint (by name, id, or namespace) from a network,
     /// removing exactly what connect created.
@@ -93,6 +122,82 @@ enum Command {
     /// the state file, and every pin under the bpffs root (which detaches all
     /// programs and frees the maps).
     Cleanup,
+}
+
+#[derive(Subcommand)]
+enum PublishCommand {
+    /// Publish more ports of an endpoint.
+    Add {
+        network: String,
+        /// Endpoint name, id, or namespace.
+        endpoint: String,
+        #[arg(required = true)]
+        specs: Vec<String>,
+    },
+    /// Stop publishing ports of an endpoint.
+    Rm {
+        network: String,
+        endpoint: String,
+        #[arg(required = true)]
+        specs: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UplinkCommand {
+    Add { iface: String },
+    Rm { iface: String },
+    Ls,
+}
+
+#[derive(Subcommand)]
+enum NatCommand {
+    /// Published ports (DNAT) and masqueraded subnets (SNAT).
+    Ls {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Args, Clone, Copy)]
+struct TimeoutArgs {
+    /// Idle seconds before an established TCP flow is forgotten.
+    #[arg(long, default_value_t = 21600)]
+    ct_tcp_established: u64,
+    /// Idle seconds for a TCP flow still opening (SYN seen).
+    #[arg(long, default_value_t = 60)]
+    ct_tcp_syn: u64,
+    /// Idle seconds for a TCP flow after FIN or RST.
+    #[arg(long, default_value_t = 10)]
+    ct_tcp_closing: u64,
+    /// Idle seconds for UDP and ICMP flows.
+    #[arg(long, default_value_t = 60)]
+    ct_other: u64,
+}
+
+impl TimeoutArgs {
+    fn timeouts(self) -> conntrack::Timeouts {
+        conntrack::Timeouts {
+            tcp_established: Duration::from_secs(self.ct_tcp_established),
+            tcp_syn: Duration::from_secs(self.ct_tcp_syn),
+            tcp_closing: Duration::from_secs(self.ct_tcp_closing),
+            other: Duration::from_secs(self.ct_other),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum ConntrackCommand {
+    Ls {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Remove flows idle past their timeout (the agent does this
+    /// periodically).
+    Gc {
+        #[command(flatten)]
+        timeouts: TimeoutArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -220,10 +325,65 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let pins = PinRoot::new(cli.bpffs_root);
     let state_dir = cli.state_dir;
     match cli.command {
-        Command::Agent { ifaces, interval } => {
-            agent(&pins, &state_dir, ifaces, Duration::from_secs(interval))
-        }
-        Command::Network { command } => block_on(network_command(&state_dir, command)),
+        Command::Agent {
+            ifaces,
+            interval,
+            timeouts,
+        } => agent(
+            &pins,
+            &state_dir,
+            ifaces,
+            Duration::from_secs(interval),
+            timeouts.timeouts(),
+        ),
+        Command::Publish { command } => block_on(async {
+            let mut m = Manager::open(&state_dir, &pins).await?;
+            match command {
+                PublishCommand::Add {
+                    network,
+                    endpoint,
+                    specs,
+                } => {
+                    for mapping in m.publish_add(&network, &endpoint, &specs).await? {
+                        println!("{mapping}");
+                    }
+                }
+                PublishCommand::Rm {
+                    network,
+                    endpoint,
+                    specs,
+                } => m.publish_rm(&network, &endpoint, &specs).await?,
+            }
+            Ok(())
+        }),
+        Command::Uplink { command } => block_on(async {
+            let mut m = Manager::open(&state_dir, &pins).await?;
+            match command {
+                UplinkCommand::Add { iface } => m.uplink_add(&iface).await?,
+                UplinkCommand::Rm { iface } => m.uplink_rm(&iface).await?,
+                UplinkCommand::Ls => {
+                    for u in &m.state().uplinks {
+                        println!("{u}");
+                    }
+                }
+            }
+            Ok(())
+        }),
+        Command::Nat {
+            command: NatCommand::Ls { format },
+        } => block_on(async {
+            let m = Manager::open(&state_dir, &pins).await?;
+            nat_ls(&m, &pins, format)
+        }),
+        Command::Conntrack { command } => match command {
+            ConntrackCommand::Ls { format } => conntrack_ls(&pins, format),
+            ConntrackCommand::Gc { timeouts } => {
+                let r = conntrack::gc(&pins, &timeouts.timeouts())?;
+                println!("scanned {} entries, removed {}", r.scanned, r.removed);
+                Ok(())
+            }
+        },
+        Command::Network { command } => block_on(network_command(&state_dir, &pins, command)),
         Command::Connect {
             network,
             target,
@@ -231,8 +391,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             mac,
             name,
             ifname,
+            publish,
         } => block_on(async {
             let args = ConnectArgs {
+                publish,
                 network,
                 // Not `netns`: that id is the global --netns flag's.
                 netns: target,
@@ -241,13 +403,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 name,
                 ifname,
             };
-            let mut m = Manager::open(&state_dir).await?;
+            let mut m = Manager::open(&state_dir, &pins).await?;
             let ep = m.connect(&args).await?;
             println!("{}", ep.id);
             Ok(())
         }),
         Command::Disconnect { network, container } => block_on(async {
-            let mut m = Manager::open(&state_dir).await?;
+            let mut m = Manager::open(&state_dir, &pins).await?;
             m.disconnect(&network, &container).await?;
             Ok(())
         }),
@@ -281,7 +443,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cleanup => {
             // Best effort: every step runs, every failure is reported.
             let mut errors: Vec<String> = block_on(async {
-                Ok(match Manager::open_existing(&state_dir).await? {
+                Ok(match Manager::open_existing(&state_dir, &pins).await? {
                     Some(m) => m.teardown_all().await,
                     None => Vec::new(),
                 })
@@ -300,6 +462,125 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+fn nat_ls(m: &Manager, pins: &PinRoot, format: Format) -> anyhow::Result<()> {
+    let state = m.state();
+    let mut rows = Vec::new();
+    for ep in state.endpoints.values() {
+        for p in &ep.published {
+            rows.push((ep, *p));
+        }
+    }
+    rows.sort_by_key(|(_, p)| (p.proto, p.host_port, p.host_ip));
+    let counters = nat::port_counters(pins, rows.iter().map(|(_, p)| p.stats_index))?;
+    let masq: Vec<_> = state
+        .networks
+        .values()
+        .filter_map(|n| n.subnet.filter(|_| n.bridge.is_some()).map(|s| (n, s)))
+        .collect();
+    match format {
+        Format::Json => {
+            let dnat: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|(ep, p)| {
+                    let c = counters.get(&p.stats_index).copied().unwrap_or_default();
+                    serde_json::json!({
+                        "proto": p.proto.name(),
+                        "host": p.host(),
+                        "container": format!("{}:{}", ep.ipv4.map(|i| i.to_string()).unwrap_or_default(), p.container_port),
+                        "endpoint": ep.name,
+                        "network": ep.network,
+                        "packets": c.packets,
+                        "bytes": c.bytes,
+                    })
+                })
+                .collect();
+            let snat: Vec<serde_json::Value> = masq
+                .iter()
+                .map(|(n, s)| {
+                    serde_json::json!({
+                        "network": n.name,
+                        "subnet": s.to_string(),
+                        "masquerade": n.masquerade && !n.internal,
+                        "internal": n.internal,
+                    })
+                })
+                .collect();
+            let out = serde_json::json!({"dnat": dnat, "snat": snat, "uplinks": state.uplinks});
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Format::Table => {
+            println!(
+                "Published ports (DNAT, new flows counted) on uplinks: {}",
+                state.uplinks.join(", ")
+            );
+            println!(
+                "{:>10} {:>12}  {:<5} {:<22} {:<22} {:<16} NETWORK",
+                "PKTS", "BYTES", "PROTO", "HOST", "CONTAINER", "ENDPOINT"
+            );
+            for (ep, p) in &rows {
+                let c = counters.get(&p.stats_index).copied().unwrap_or_default();
+                let to = format!(
+                    "{}:{}",
+                    ep.ipv4.map(|i| i.to_string()).unwrap_or_default(),
+                    p.container_port
+                );
+                println!(
+                    "{:>10} {:>12}  {:<5} {:<22} {:<22} {:<16} {}",
+                    c.packets,
+                    c.bytes,
+                    p.proto.name(),
+                    p.host(),
+                    to,
+                    ep.name,
+                    ep.network
+                );
+            }
+            println!();
+            println!("Source NAT (MASQUERADE) per network:");
+            println!("{:<20} {:<20} POLICY", "NETWORK", "SUBNET");
+            for (n, s) in &masq {
+                let policy = if n.internal {
+                    "internal: no egress"
+                } else if n.masquerade {
+                    "masquerade"
+                } else {
+                    "routed, no masquerade"
+                };
+                println!("{:<20} {:<20} {policy}", n.name, s.to_string());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn conntrack_ls(pins: &PinRoot, format: Format) -> anyhow::Result<()> {
+    let flows = conntrack::list(pins)?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&flows)?),
+        Format::Table => {
+            for f in &flows {
+                println!(
+                    "{:<5} {:<12} src={} dst={} sport={} dport={} [{}]{} packets={} bytes={} age={}s idle={}s",
+                    f.proto,
+                    f.state,
+                    f.src,
+                    f.dst,
+                    f.sport,
+                    f.dport,
+                    f.nat,
+                    if f.reply { " reply" } else { "" },
+                    f.packets,
+                    f.bytes,
+                    f.age_s,
+                    f.idle_s
+                );
+            }
+            println!("{} entries", flows.len());
+        }
+    }
+    Ok(())
+}
+
 fn block_on<F: std::future::Future<Output = anyhow::Result<T>>, T>(f: F) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -310,9 +591,10 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<T>>, T>(f: F) -> anyh
 
 async fn network_command(
     state_dir: &std::path::Path,
+    pins: &PinRoot,
     command: NetworkCommand,
 ) -> anyhow::Result<()> {
-    let mut m = Manager::open(state_dir).await?;
+    let mut m = Manager::open(state_dir, pins).await?;
     match command {
         NetworkCommand::Create {
             name,
@@ -460,8 +742,9 @@ fn agent(
     state_dir: &std::path::Path,
     ifaces: Vec<String>,
     interval: Duration,
+    timeouts: conntrack::Timeouts,
 ) -> anyhow::Result<()> {
-    block_on(agent_main(pins, state_dir, ifaces, interval))
+    block_on(agent_main(pins, state_dir, ifaces, interval, timeouts))
 }
 
 async fn agent_main(
@@ -469,6 +752,7 @@ async fn agent_main(
     state_dir: &std::path::Path,
     ifaces: Vec<String>,
     interval: Duration,
+    timeouts: conntrack::Timeouts,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     // Handlers first: a stop requested during start-up is then seen once
@@ -478,7 +762,7 @@ async fn agent_main(
 
     // Networks first: after a reboot the bridges are gone and the state says
     // what to restore.
-    let mut manager = Manager::open(state_dir).await?;
+    let mut manager = Manager::open(state_dir, pins).await?;
     for c in manager.reconcile().await? {
         info!("reconciled: {c}");
     }
@@ -520,16 +804,23 @@ async fn agent_main(
         tokio::select! {
             _ = int.recv() => break,
             _ = term.recv() => break,
-            _ = tick.tick() => match stats::read(pins) {
-                Ok(snap) => {
-                    let line: Vec<String> = snap.protocols.iter()
-                        .filter(|(_, c)| c.packets > 0)
-                        .map(|(n, c)| format!("{n}={}/{}B", c.packets, c.bytes))
-                        .collect();
-                    info!(counters = %line.join(" "), "stats");
+            _ = tick.tick() => {
+                match stats::read(pins) {
+                    Ok(snap) => {
+                        let line: Vec<String> = snap.protocols.iter()
+                            .filter(|(_, c)| c.packets > 0)
+                            .map(|(n, c)| format!("{n}={}/{}B", c.packets, c.bytes))
+                            .collect();
+                        info!(counters = %line.join(" "), "stats");
+                    }
+                    Err(e) => warn!("reading counters: {:#}", anyhow::Error::from(e)),
                 }
-                Err(e) => warn!("reading counters: {:#}", anyhow::Error::from(e)),
-            },
+                match conntrack::gc(pins, &timeouts) {
+                    Ok(r) if r.removed > 0 => info!(scanned = r.scanned, removed = r.removed, "conntrack gc"),
+                    Ok(_) => {}
+                    Err(e) => warn!("conntrack gc: {:#}", anyhow::Error::from(e)),
+                }
+            }
         }
     }
     info!("stopping: detaching what this agent attached");

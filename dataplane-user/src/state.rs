@@ -2,7 +2,8 @@
 //!
 //! Layout of the state directory (default `/var/lib/dataplane`, `--state-dir`):
 //! ```text
-//! state.json   {"version": 1, "networks": {NAME: Network}, "endpoints": {ID: Endpoint}}
+//! state.json   {"version": 1, "networks": {NAME: Network},
+//!               "endpoints": {ID: Endpoint}, "uplinks": [IFNAME]}
 //! state.lock   flock(2) target; held exclusively for a whole read-modify-write
 //! ```
 //! Writes are atomic: the new content goes to `state.json.tmp`, is fsynced,
@@ -67,6 +68,9 @@ pub struct State {
     pub version: u32,
     pub networks: BTreeMap<String, Network>,
     pub endpoints: BTreeMap<String, Endpoint>,
+    /// Interfaces whose traffic the NAT programs translate.
+    #[serde(default)]
+    pub uplinks: Vec<String>,
 }
 
 impl State {

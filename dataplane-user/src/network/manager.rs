@@ -20,8 +20,12 @@ use super::{
     model::{
         Attachment, CreateRequest, DriverKind, Endpoint, Network, DEFAULT_BRIDGE, DEFAULT_MTU,
     },
+    ports::{self, PortMapping, PublishError},
 };
 use crate::{
+    bpffs::PinRoot,
+    ebpf::Dataplane,
+    nat::{self, NatError},
     netlink::{Netlink, NetlinkError},
     state::{State, StateError, StateStore},
 };
@@ -40,6 +44,24 @@ pub enum NetworkError {
     Ipam(#[from] IpamError),
     #[error(transparent)]
     Mac(#[from] MalformedMac),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Nat(#[from] NatError),
+    #[error("--publish {mapping}: {holder} already publishes {existing}")]
+    PortConflict {
+        mapping: String,
+        holder: String,
+        existing: String,
+    },
+    #[error("--publish {mapping}: endpoint {endpoint} does not publish it")]
+    NotPublished { mapping: String, endpoint: String },
+    #[error("uplink {0}: no such interface in the host namespace")]
+    UnknownUplink(String),
+    #[error("uplink {0}: already added")]
+    DuplicateUplink(String),
+    #[error("uplink {0}: not an uplink (see `dataplane uplink ls`)")]
+    NotUplink(String),
     #[error("network {0}: no such network")]
     UnknownNetwork(String),
     #[error("network {0}: a network with this name already exists")]
@@ -104,6 +126,8 @@ pub struct ConnectArgs {
     pub mac: Option<String>,
     pub name: Option<String>,
     pub ifname: Option<String>,
+    /// `--publish` values, Docker's syntax.
+    pub publish: Vec<String>,
 }
 
 /// Resolves a namespace argument: a bare name lives under /var/run/netns.
@@ -136,12 +160,13 @@ pub struct Manager {
     store: StateStore,
     state: State,
     host: Netlink,
+    pins: PinRoot,
 }
 
 impl Manager {
     /// Locks and loads the state in `dir`; a first start creates Docker's
     /// predefined networks (and the default bridge in the kernel).
-    pub async fn open(dir: &Path) -> Result<Manager, NetworkError> {
+    pub async fn open(dir: &Path, pins: &PinRoot) -> Result<Manager, NetworkError> {
         let store = StateStore::open(dir)?;
         let host = Netlink::connect(None).await?;
         let loaded = store.load()?;
@@ -149,6 +174,7 @@ impl Manager {
             store,
             state: loaded.clone().unwrap_or_default(),
             host,
+            pins: pins.clone(),
         };
         if loaded.is_none() {
             m.init_predefined().await?;
@@ -158,7 +184,10 @@ impl Manager {
 
     /// Like [`Manager::open`] but never initialises: None when there is no
     /// state yet (cleanup must not create what it is about to remove).
-    pub async fn open_existing(dir: &Path) -> Result<Option<Manager>, NetworkError> {
+    pub async fn open_existing(
+        dir: &Path,
+        pins: &PinRoot,
+    ) -> Result<Option<Manager>, NetworkError> {
         if !dir.join("state.json").exists() {
             return Ok(None);
         }
@@ -167,7 +196,12 @@ impl Manager {
             return Ok(None);
         };
         let host = Netlink::connect(None).await?;
-        Ok(Some(Manager { store, state, host }))
+        Ok(Some(Manager {
+            store,
+            state,
+            host,
+            pins: pins.clone(),
+        }))
     }
 
     pub fn state(&self) -> &State {
@@ -229,13 +263,15 @@ impl Manager {
             );
         }
         state.networks.insert("bridge".into(), bridge);
-        self.persist(state)
+        self.persist(state).await
     }
 
-    /// Writes `state` and makes it current only once it is on disk.
-    fn persist(&mut self, state: State) -> Result<(), NetworkError> {
+    /// Writes `state`, makes it current once it is on disk, then brings the
+    /// datapath's maps in line with it.
+    async fn persist(&mut self, state: State) -> Result<(), NetworkError> {
         self.store.save(&state)?;
         self.state = state;
+        nat::sync(&self.pins, &self.state, &self.host).await?;
         Ok(())
     }
 
@@ -354,7 +390,7 @@ impl Manager {
         }
         let mut state = self.state.clone();
         state.networks.insert(net.name.clone(), net.clone());
-        if let Err(e) = self.persist(state) {
+        if let Err(e) = self.persist(state).await {
             if let Some(name) = &bridge {
                 self.delete_link_named(name).await;
             }
@@ -429,7 +465,7 @@ impl Manager {
         }
         let mut state = self.state.clone();
         state.networks.remove(&net.name);
-        self.persist(state)?;
+        self.persist(state).await?;
         if errors.is_empty() {
             Ok(())
         } else {
@@ -516,8 +552,9 @@ impl Manager {
                 ifname: None,
                 mac: None,
                 ipv4: None,
+                published: Vec::new(),
             };
-            return self.record(ep);
+            return self.record(ep).await;
         }
 
         // Addresses in use: the gateway and every endpoint of the network.
@@ -551,6 +588,7 @@ impl Manager {
             Some(m) => ipam::parse_mac(m)?,
             None => ipam::mac_for(ipv4),
         };
+        let published = self.new_mappings(&args.publish, &[])?;
         let ns = Netlink::connect(Some(&netns)).await?;
         let names: Vec<String> = ns.links().await?.into_iter().map(|l| l.name).collect();
         let ifname = match &args.ifname {
@@ -588,8 +626,9 @@ impl Manager {
             ifname: Some(ifname),
             mac: Some(ipam::format_mac(&mac)),
             ipv4: Some(ipv4),
+            published,
         };
-        match self.record(ep.clone()) {
+        match self.record(ep.clone()).await {
             Ok(ep) => Ok(ep),
             Err(e) => {
                 let _ = driver::teardown_endpoint(
@@ -604,10 +643,10 @@ impl Manager {
         }
     }
 
-    fn record(&mut self, ep: Endpoint) -> Result<Endpoint, NetworkError> {
+    async fn record(&mut self, ep: Endpoint) -> Result<Endpoint, NetworkError> {
         let mut state = self.state.clone();
         state.endpoints.insert(ep.id.clone(), ep.clone());
-        self.persist(state)?;
+        self.persist(state).await?;
         Ok(ep)
     }
 
@@ -672,8 +711,9 @@ impl Manager {
             ifname: owner.ifname.clone(),
             mac: owner.mac.clone(),
             ipv4: owner.ipv4,
+            published: Vec::new(),
         };
-        self.record(ep)
+        self.record(ep).await
     }
 
     /// `disconnect NETWORK CONTAINER`: CONTAINER is an endpoint name or id, or
@@ -719,7 +759,7 @@ impl Manager {
         for id in sharers {
             state.endpoints.remove(&id);
         }
-        self.persist(state)?;
+        self.persist(state).await?;
         if errors.is_empty() {
             Ok(())
         } else {
@@ -728,6 +768,158 @@ impl Manager {
                 errors,
             })
         }
+    }
+
+    /// Parses `specs` and checks them against each other and every existing
+    /// mapping (`except`: mappings about to be replaced); assigns counter
+    /// slots, zeroing their old counts.
+    fn new_mappings(
+        &self,
+        specs: &[String],
+        except: &[PortMapping],
+    ) -> Result<Vec<PortMapping>, NetworkError> {
+        let mut out: Vec<PortMapping> = Vec::new();
+        for spec in specs {
+            for m in ports::parse(spec)? {
+                if let Some(prev) = out.iter().find(|o| o.conflicts(&m)) {
+                    return Err(NetworkError::PortConflict {
+                        mapping: m.to_string(),
+                        holder: "this command".into(),
+                        existing: prev.to_string(),
+                    });
+                }
+                for ep in self.state.endpoints.values() {
+                    if let Some(prev) = ep
+                        .published
+                        .iter()
+                        .find(|p| p.conflicts(&m) && !except.contains(p))
+                    {
+                        return Err(NetworkError::PortConflict {
+                            mapping: m.to_string(),
+                            holder: format!("endpoint {} on network {}", ep.name, ep.network),
+                            existing: prev.to_string(),
+                        });
+                    }
+                }
+                out.push(m);
+            }
+        }
+        if out.is_empty() {
+            return Ok(out);
+        }
+        let mut used: std::collections::BTreeSet<u32> = self
+            .state
+            .endpoints
+            .values()
+            .flat_map(|e| e.published.iter().map(|m| m.stats_index))
+            .collect();
+        let mut dp = Dataplane::load(&self.pins).map_err(NatError::from)?;
+        for m in &mut out {
+            m.stats_index = nat::claim_stats_index(&mut dp, &used)?;
+            used.insert(m.stats_index);
+        }
+        Ok(out)
+    }
+
+    fn endpoint_named(&self, network: &str, what: &str) -> Result<Endpoint, NetworkError> {
+        let net = self.network(network)?;
+        self.state
+            .endpoints_of(&net.name)
+            .find(|e| e.name == what || e.id == what || e.netns == netns_path(what))
+            .cloned()
+            .ok_or_else(|| NetworkError::UnknownEndpoint {
+                network: net.name.clone(),
+                what: what.to_owned(),
+            })
+    }
+
+    /// `publish add`: more published ports on a live endpoint.
+    pub async fn publish_add(
+        &mut self,
+        network: &str,
+        endpoint: &str,
+        specs: &[String],
+    ) -> Result<Vec<PortMapping>, NetworkError> {
+        let ep = self.endpoint_named(network, endpoint)?;
+        if !matches!(ep.attachment, Attachment::Veth { .. }) {
+            return Err(NetworkError::NotApplicable {
+                network: ep.network.clone(),
+                option: "--publish",
+                driver: self.network(&ep.network)?.driver.name(),
+            });
+        }
+        let added = self.new_mappings(specs, &[])?;
+        let mut state = self.state.clone();
+        if let Some(e) = state.endpoints.get_mut(&ep.id) {
+            e.published.extend(added.iter().copied());
+        }
+        self.persist(state).await?;
+        Ok(added)
+    }
+
+    /// `publish rm`: stop publishing ports of a live endpoint. Established
+    /// flows keep their conntrack entries until they end, as with Docker.
+    pub async fn publish_rm(
+        &mut self,
+        network: &str,
+        endpoint: &str,
+        specs: &[String],
+    ) -> Result<(), NetworkError> {
+        let ep = self.endpoint_named(network, endpoint)?;
+        let mut remove = Vec::new();
+        for spec in specs {
+            for m in ports::parse(spec)? {
+                let found = ep
+                    .published
+                    .iter()
+                    .find(|p| {
+                        p.host_ip == m.host_ip
+                            && p.host_port == m.host_port
+                            && p.proto == m.proto
+                            && p.container_port == m.container_port
+                    })
+                    .ok_or_else(|| NetworkError::NotPublished {
+                        mapping: m.to_string(),
+                        endpoint: ep.name.clone(),
+                    })?;
+                remove.push(*found);
+            }
+        }
+        let mut state = self.state.clone();
+        if let Some(e) = state.endpoints.get_mut(&ep.id) {
+            e.published.retain(|p| !remove.contains(p));
+        }
+        self.persist(state).await
+    }
+
+    /// `uplink add`: translate traffic through this interface.
+    pub async fn uplink_add(&mut self, name: &str) -> Result<(), NetworkError> {
+        if self.state.uplinks.iter().any(|u| u == name) {
+            return Err(NetworkError::DuplicateUplink(name.to_owned()));
+        }
+        if self.host.link_by_name(name).await?.is_none() {
+            return Err(NetworkError::UnknownUplink(name.to_owned()));
+        }
+        let mut dp = Dataplane::load(&self.pins).map_err(NatError::from)?;
+        nat::attach_uplink(&mut dp, name)?;
+        let mut state = self.state.clone();
+        state.uplinks.push(name.to_owned());
+        if let Err(e) = self.persist(state).await {
+            let _ = nat::detach_uplink(&self.pins, name);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// `uplink rm`.
+    pub async fn uplink_rm(&mut self, name: &str) -> Result<(), NetworkError> {
+        if !self.state.uplinks.iter().any(|u| u == name) {
+            return Err(NetworkError::NotUplink(name.to_owned()));
+        }
+        nat::detach_uplink(&self.pins, name)?;
+        let mut state = self.state.clone();
+        state.uplinks.retain(|u| u != name);
+        self.persist(state).await
     }
 
     /// Makes the kernel match the state after a restart or reboot: every
@@ -772,6 +964,13 @@ impl Manager {
         if forwarding {
             enable_forwarding()?;
         }
+        if !self.state.uplinks.is_empty() {
+            let mut dp = Dataplane::load(&self.pins).map_err(NatError::from)?;
+            for u in &self.state.uplinks {
+                nat::attach_uplink(&mut dp, u)?;
+            }
+        }
+        nat::sync(&self.pins, &self.state, &self.host).await?;
         Ok(changed)
     }
 

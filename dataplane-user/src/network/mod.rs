@@ -8,3 +8,4 @@ pub mod inspect;
 pub mod ipam;
 pub mod manager;
 pub mod model;
+pub mod ports;

@@ -133,6 +133,9 @@ pub struct Endpoint {
     pub ifname: Option<String>,
     pub mac: Option<String>,
     pub ipv4: Option<Ipv4Addr>,
+    /// Published ports (bridge endpoints only).
+    #[serde(default)]
+    pub published: Vec<super::ports::PortMapping>,
 }
 
 /// Input errors of `network create`, each naming the field and the value.

@@ -1,0 +1,99 @@
+//! Published ports (DNAT) and masquerade (SNAT) configuration, written by the
+//! agent and read by the uplink programs.
+
+use bytemuck::{Pod, Zeroable};
+
+/// A published port as it is reached: host address, port, protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct PortKey {
+    /// Host address the port is bound to; 0.0.0.0 binds every host address.
+    pub addr: [u8; 4],
+    /// Network byte order.
+    pub port: [u8; 2],
+    /// IANA protocol number (TCP or UDP).
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<PortKey>() == 8);
+
+/// Where a published port leads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PortTarget {
+    /// Container address and port (network byte order).
+    pub addr: [u8; 4],
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+    /// Slot of this mapping in the per-mapping counter array.
+    pub stats_index: u32,
+    pub _pad2: u32,
+}
+const _: () = assert!(size_of::<PortTarget>() == 16);
+
+/// Per managed subnet: what leaves it through an uplink.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SubnetPolicy {
+    /// [`SUBNET_MASQUERADE`] and/or [`SUBNET_INTERNAL`].
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<SubnetPolicy>() == 8);
+
+/// Rewrite the source of egress flows to the uplink's address.
+pub const SUBNET_MASQUERADE: u32 = 1;
+/// The network has no egress at all (`--internal`): drop at the uplink.
+pub const SUBNET_INTERNAL: u32 = 2;
+
+/// A local address of the host, for "is this packet for me" checks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct HostAddr {
+    pub ifindex: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<HostAddr>() == 8);
+
+/// Load-time configuration of the NAT programs (a `Global` in the object).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct NatConfig {
+    /// Source ports masquerade allocates from, inclusive (host byte order).
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    /// How many random ports to try after the original one is taken.
+    pub snat_probes: u32,
+}
+const _: () = assert!(size_of::<NatConfig>() == 8);
+
+impl NatConfig {
+    /// Linux's default ephemeral range, as netfilter's masquerade uses.
+    pub const DEFAULT: NatConfig = NatConfig {
+        snat_port_min: 32768,
+        snat_port_max: 60999,
+        snat_probes: 32,
+    };
+}
+
+/// Slots of the per-mapping counter array.
+pub const MAX_PORT_MAPPINGS: u32 = 65536;
+
+/// An uplink: where masquerade takes its source address from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Uplink {
+    /// The uplink's primary IPv4 address.
+    pub addr: [u8; 4],
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Uplink>() == 8);
+
+crate::user_pod!(
+    PortKey,
+    PortTarget,
+    SubnetPolicy,
+    HostAddr,
+    NatConfig,
+    Uplink
+);

@@ -1,0 +1,158 @@
+//! Conntrack: finding a flow's entry, creating the entry pair of a new
+//! translated flow, and keeping state, last-seen time and counters current.
+//! Expiry is the agent's job (it walks the maps); the LRU maps evict the
+//! least recently used entries when full.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_ktime_get_ns,
+};
+use dataplane_common::{
+    ct::{CtEntry, CtKey, CtState},
+    drop::DropReason,
+    net::IPPROTO_TCP,
+};
+
+use crate::{
+    maps::{DP_CT_OTHER, DP_CT_TCP},
+    parse::{Ipv4Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+};
+
+/// The tuple of a parsed packet.
+#[inline(always)]
+pub fn key_of(pkt: &Ipv4Packet) -> CtKey {
+    CtKey {
+        saddr: pkt.src,
+        daddr: pkt.dst,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        proto: pkt.proto,
+        _pad: [0; 3],
+    }
+}
+
+#[inline(always)]
+pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
+    if key.proto == IPPROTO_TCP {
+        DP_CT_TCP.get_ptr_mut(key)
+    } else {
+        DP_CT_OTHER.get_ptr_mut(key)
+    }
+}
+
+#[inline(always)]
+fn insert(key: &CtKey, entry: &CtEntry, flags: u64) -> Result<(), i32> {
+    if key.proto == IPPROTO_TCP {
+        DP_CT_TCP.insert(key, entry, flags)
+    } else {
+        DP_CT_OTHER.insert(key, entry, flags)
+    }
+}
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: a helper without arguments or side effects.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// A new entry for one direction of a flow.
+#[inline(always)]
+pub fn entry(
+    rewrite: u8,
+    flags: u8,
+    nat_addr: [u8; 4],
+    nat_port: [u8; 2],
+    pkt: &Ipv4Packet,
+) -> CtEntry {
+    let t = now();
+    CtEntry {
+        nat_addr,
+        nat_port,
+        rewrite,
+        state: initial_state(pkt) as u8,
+        flags,
+        _pad: [0; 7],
+        created_ns: t,
+        last_seen_ns: t,
+        packets: 0,
+        bytes: 0,
+    }
+}
+
+#[inline(always)]
+fn initial_state(pkt: &Ipv4Packet) -> CtState {
+    if pkt.proto != IPPROTO_TCP {
+        CtState::Open
+    } else if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        CtState::Closing
+    } else if pkt.tcp_flags & TCP_SYN != 0 {
+        CtState::SynSent
+    } else {
+        // Mid-stream pickup (e.g. entries lost to LRU eviction).
+        CtState::Established
+    }
+}
+
+/// Inserts the reply entry, failing if its key exists (`exclusive`: the
+/// caller is claiming that tuple, e.g. a masquerade source port), then the
+/// original entry.
+#[inline(always)]
+pub fn create_pair(
+    orig_key: &CtKey,
+    orig: &CtEntry,
+    reply_key: &CtKey,
+    reply: &CtEntry,
+    exclusive: bool,
+) -> Result<(), i32> {
+    let flags = if exclusive { BPF_NOEXIST } else { BPF_ANY };
+    insert(reply_key, reply, u64::from(flags))?;
+    if insert(orig_key, orig, u64::from(BPF_ANY)).is_err() {
+        let _ = remove(reply_key);
+        return Err(DropReason::CtInsert as i32);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+pub fn remove(key: &CtKey) -> Result<(), i32> {
+    if key.proto == IPPROTO_TCP {
+        DP_CT_TCP.remove(key)
+    } else {
+        DP_CT_OTHER.remove(key)
+    }
+}
+
+/// Updates counters, last-seen time and TCP state of an entry; returns
+/// whether the packet closes the flow (FIN/RST), so the caller can move the
+/// reverse entry to closing too.
+#[inline(always)]
+pub fn touch(entry: *mut CtEntry, pkt: &Ipv4Packet, len: u32) -> bool {
+    // SAFETY: `entry` comes from a map lookup in this program run. Fields
+    // are plain integers; concurrent updates from other CPUs can only lose
+    // a counter increment, which the counters document.
+    let e = unsafe { &mut *entry };
+    e.last_seen_ns = now();
+    e.packets += 1;
+    e.bytes += u64::from(len);
+    if pkt.proto != IPPROTO_TCP {
+        return false;
+    }
+    let flags = pkt.tcp_flags;
+    if flags & (TCP_FIN | TCP_RST) != 0 {
+        e.state = CtState::Closing as u8;
+        return true;
+    }
+    if e.state == CtState::SynSent as u8 && flags & TCP_ACK != 0 {
+        e.state = CtState::Established as u8;
+    }
+    false
+}
+
+/// Marks an entry closing (the other direction saw FIN or RST).
+#[inline(always)]
+pub fn mark_closing(key: &CtKey) {
+    if let Some(e) = lookup(key) {
+        // SAFETY: as in `touch`.
+        unsafe { (*e).state = CtState::Closing as u8 };
+    }
+}

@@ -1,0 +1,315 @@
+//! The NAT dataplane's userspace side: the uplink programs' attachments, and
+//! writing the desired state (published ports, managed subnets, the host's
+//! addresses, uplinks) into the pinned maps the programs read.
+//!
+//! [`sync`] is a full reconcile, not a log of changes: it computes every
+//! map's desired contents from the state and the kernel, deletes what should
+//! not be there and writes the rest, so running it twice changes nothing and
+//! a map edited behind the agent's back is repaired.
+
+use std::{
+    borrow::BorrowMut,
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues};
+use dataplane_common::{
+    maps,
+    nat::{
+        HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink, MAX_PORT_MAPPINGS, SUBNET_INTERNAL,
+        SUBNET_MASQUERADE,
+    },
+    stats::PktCounter,
+};
+
+use crate::{
+    bpffs::PinRoot,
+    ebpf::{detach_tc, Dataplane, Direction, LoadError},
+    netlink::{Netlink, NetlinkError},
+    network::model::{Attachment, DriverKind},
+    state::State,
+};
+
+/// The uplink programs, and the direction each is attached in.
+pub const UPLINK_PROGRAMS: [(&str, Direction); 2] = [
+    ("dp_uplink_in", Direction::Ingress),
+    ("dp_uplink_out", Direction::Egress),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("map {map}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: Box<MapError>,
+    },
+    #[error("map {0} is missing from the eBPF object")]
+    NoMap(&'static str),
+    #[error("uplink {0}: no such interface in the host namespace")]
+    NoUplink(String),
+    #[error("uplink {0}: has no IPv4 address to masquerade with")]
+    NoUplinkAddr(String),
+    #[error("counting possible CPUs")]
+    Cpus(#[source] std::io::Error),
+    #[error("no free slot for another published port's counters (limit {MAX_PORT_MAPPINGS})")]
+    StatsFull,
+}
+
+fn map_err(map: &'static str) -> impl Fn(MapError) -> NatError {
+    move |e| NatError::Map {
+        map,
+        source: Box::new(e),
+    }
+}
+
+/// Attaches both uplink programs to `ifname` (in this thread's namespace);
+/// an attachment that exists already is kept.
+pub fn attach_uplink(dp: &mut Dataplane, ifname: &str) -> Result<(), NatError> {
+    for (program, dir) in UPLINK_PROGRAMS {
+        match dp.attach_tc(program, ifname, dir) {
+            Ok(_) | Err(LoadError::AlreadyAttached { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Detaches the uplink programs from `ifname`; missing attachments are fine.
+pub fn detach_uplink(pins: &PinRoot, ifname: &str) -> Result<(), NatError> {
+    for (program, dir) in UPLINK_PROGRAMS {
+        match detach_tc(pins, program, ifname, dir) {
+            Ok(()) | Err(LoadError::NotAttached { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// What the maps should hold.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub ports: BTreeMap<([u8; 4], [u8; 2], u8), PortTarget>,
+    pub subnets: BTreeMap<([u8; 4], u32), u32>,
+    pub host_addrs: BTreeMap<[u8; 4], u32>,
+    pub uplinks: BTreeMap<u32, [u8; 4]>,
+}
+
+/// Computes the maps' contents from the state and the host's links.
+pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError> {
+    let mut d = Desired::default();
+    for ep in state.endpoints.values() {
+        let (Some(ip), Attachment::Veth { .. }) = (ep.ipv4, &ep.attachment) else {
+            continue;
+        };
+        for m in &ep.published {
+            let addr = m.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets();
+            d.ports.insert(
+                (addr, m.host_port.to_be_bytes(), m.proto.number()),
+                PortTarget {
+                    addr: ip.octets(),
+                    port: m.container_port.to_be_bytes(),
+                    _pad: [0; 2],
+                    stats_index: m.stats_index,
+                    _pad2: 0,
+                },
+            );
+        }
+    }
+    for net in state.networks.values() {
+        let (DriverKind::Bridge, Some(subnet)) = (net.driver, net.subnet) else {
+            continue;
+        };
+        let mut flags = 0;
+        if net.internal {
+            flags |= SUBNET_INTERNAL;
+        } else if net.masquerade {
+            flags |= SUBNET_MASQUERADE;
+        }
+        d.subnets.insert(
+            (subnet.network().octets(), u32::from(subnet.prefix_len())),
+            flags,
+        );
+    }
+    for (index, addr, _) in host.addrs(None).await? {
+        d.host_addrs.insert(addr.octets(), index);
+    }
+    for name in &state.uplinks {
+        let link = host
+            .link_by_name(name)
+            .await?
+            .ok_or_else(|| NatError::NoUplink(name.clone()))?;
+        let addr = host
+            .addrs(Some(link.index))
+            .await?
+            .first()
+            .map(|(_, a, _)| a.octets())
+            .ok_or_else(|| NatError::NoUplinkAddr(name.clone()))?;
+        d.uplinks.insert(link.index, addr);
+    }
+    Ok(d)
+}
+
+fn hash_map<'a, K: aya::Pod, V: aya::Pod>(
+    dp: &'a mut Dataplane,
+    name: &'static str,
+) -> Result<HashMap<&'a mut MapData, K, V>, NatError> {
+    let map = dp.ebpf_mut().map_mut(name).ok_or(NatError::NoMap(name))?;
+    HashMap::try_from(map).map_err(map_err(name))
+}
+
+/// Makes a hash map hold exactly `want`.
+fn reconcile_hash<K, V, M>(
+    map: &mut HashMap<M, K, V>,
+    name: &'static str,
+    want: &BTreeMap<K, V>,
+) -> Result<(), NatError>
+where
+    K: aya::Pod + Ord,
+    V: aya::Pod + PartialEq,
+    M: BorrowMut<MapData>,
+{
+    let have: Vec<K> = map
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(map_err(name))?;
+    for k in have.iter().filter(|k| !want.contains_key(k)) {
+        map.remove(k).map_err(map_err(name))?;
+    }
+    for (k, v) in want {
+        if map.get(k, 0).ok().as_ref() != Some(v) {
+            map.insert(k, v, 0).map_err(map_err(name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `want` into the pinned maps.
+pub fn apply(dp: &mut Dataplane, want: &Desired) -> Result<(), NatError> {
+    let ports: BTreeMap<PortKey, PortTarget> = want
+        .ports
+        .iter()
+        .map(|((addr, port, proto), t)| {
+            (
+                PortKey {
+                    addr: *addr,
+                    port: *port,
+                    proto: *proto,
+                    _pad: 0,
+                },
+                *t,
+            )
+        })
+        .collect();
+    reconcile_hash(
+        &mut hash_map::<PortKey, PortTarget>(dp, maps::PORTS)?,
+        maps::PORTS,
+        &ports,
+    )?;
+
+    let hosts: BTreeMap<[u8; 4], HostAddr> = want
+        .host_addrs
+        .iter()
+        .map(|(a, i)| {
+            (
+                *a,
+                HostAddr {
+                    ifindex: *i,
+                    _pad: 0,
+                },
+            )
+        })
+        .collect();
+    reconcile_hash(
+        &mut hash_map::<[u8; 4], HostAddr>(dp, maps::HOST_ADDRS)?,
+        maps::HOST_ADDRS,
+        &hosts,
+    )?;
+
+    let uplinks: BTreeMap<u32, Uplink> = want
+        .uplinks
+        .iter()
+        .map(|(i, a)| (*i, Uplink { addr: *a, _pad: 0 }))
+        .collect();
+    reconcile_hash(
+        &mut hash_map::<u32, Uplink>(dp, maps::UPLINKS)?,
+        maps::UPLINKS,
+        &uplinks,
+    )?;
+
+    let name = maps::SUBNETS;
+    let map = dp.ebpf_mut().map_mut(name).ok_or(NatError::NoMap(name))?;
+    let mut trie: LpmTrie<&mut MapData, [u8; 4], SubnetPolicy> =
+        LpmTrie::try_from(map).map_err(map_err(name))?;
+    let have: Vec<Key<[u8; 4]>> = trie
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(map_err(name))?;
+    for k in &have {
+        if !want.subnets.contains_key(&(k.data(), k.prefix_len())) {
+            trie.remove(k).map_err(map_err(name))?;
+        }
+    }
+    for ((addr, len), flags) in &want.subnets {
+        trie.insert(
+            &Key::new(*len, *addr),
+            SubnetPolicy {
+                flags: *flags,
+                _pad: 0,
+            },
+            0,
+        )
+        .map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+/// Brings the pinned maps in line with `state` (see the module doc).
+pub async fn sync(pins: &PinRoot, state: &State, host: &Netlink) -> Result<(), NatError> {
+    let want = desired(state, host).await?;
+    let mut dp = Dataplane::load(pins)?;
+    apply(&mut dp, &want)
+}
+
+/// The lowest counter slot no mapping uses; its old counts are zeroed so a
+/// new mapping starts from nothing.
+pub fn claim_stats_index(dp: &mut Dataplane, used: &BTreeSet<u32>) -> Result<u32, NatError> {
+    let index = (0..MAX_PORT_MAPPINGS)
+        .find(|i| !used.contains(i))
+        .ok_or(NatError::StatsFull)?;
+    let name = maps::PORT_STATS;
+    let map = dp.ebpf_mut().map_mut(name).ok_or(NatError::NoMap(name))?;
+    let mut array: PerCpuArray<&mut MapData, PktCounter> =
+        PerCpuArray::try_from(map).map_err(map_err(name))?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| NatError::Cpus(e))?;
+    let zero = PerCpuValues::try_from(vec![PktCounter::default(); cpus]).map_err(NatError::Cpus)?;
+    array.set(index, zero, 0).map_err(map_err(name))?;
+    Ok(index)
+}
+
+/// Counters of the given published-port slots, summed over CPUs.
+pub fn port_counters(
+    pins: &PinRoot,
+    indexes: impl IntoIterator<Item = u32>,
+) -> Result<BTreeMap<u32, PktCounter>, NatError> {
+    let name = maps::PORT_STATS;
+    let data = MapData::from_pin(pins.map(name)).map_err(map_err(name))?;
+    let map = aya::maps::Map::from_map_data(data).map_err(map_err(name))?;
+    let array: PerCpuArray<MapData, PktCounter> =
+        PerCpuArray::try_from(map).map_err(map_err(name))?;
+    let mut out = BTreeMap::new();
+    for i in indexes {
+        let sum = array
+            .get(&i, 0)
+            .map_err(map_err(name))?
+            .iter()
+            .fold(PktCounter::default(), |a, b| a.add(*b));
+        out.insert(i, sum);
+    }
+    Ok(out)
+}
