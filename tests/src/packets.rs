@@ -47,6 +47,7 @@ pub struct PacketBuilder {
     ihl_override: Option<u8>,
     frag_offset: u16,
     l4_len: Option<usize>,
+    tcp_flags: u8,
 }
 
 impl PacketBuilder {
@@ -63,6 +64,7 @@ impl PacketBuilder {
             ihl_override: None,
             frag_offset: 0,
             l4_len: None,
+            tcp_flags: 0x02,
         }
     }
 
@@ -131,6 +133,13 @@ impl PacketBuilder {
         self
     }
 
+    /// TCP flags byte (default SYN).
+    #[must_use]
+    pub fn tcp_flags(mut self, flags: u8) -> PacketBuilder {
+        self.tcp_flags = flags;
+        self
+    }
+
     /// Keeps only the first `len` bytes after the IP header.
     #[must_use]
     pub fn truncate_l4(mut self, len: usize) -> PacketBuilder {
@@ -146,7 +155,7 @@ impl PacketBuilder {
                 l4.extend_from_slice(&self.b.to_be_bytes());
                 l4.extend_from_slice(&1u32.to_be_bytes()); // seq
                 l4.extend_from_slice(&0u32.to_be_bytes()); // ack
-                l4.extend_from_slice(&[0x50, 0x02]); // data offset 5, SYN
+                l4.extend_from_slice(&[0x50, self.tcp_flags]); // data offset 5
                 l4.extend_from_slice(&64240u16.to_be_bytes());
                 l4.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
                 l4.extend_from_slice(&self.payload);
@@ -214,6 +223,55 @@ impl PacketBuilder {
         f.truncate(len);
         f
     }
+}
+
+/// What a test reads back from a frame the program returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    /// TCP/UDP ports, or the ICMP echo identifier in both.
+    pub sport: u16,
+    pub dport: u16,
+    /// The IP header checksum verifies.
+    pub ip_ok: bool,
+    /// The L4 checksum verifies (a zero UDP checksum counts as valid).
+    pub l4_ok: bool,
+}
+
+/// Parses an Ethernet/IPv4 frame with a whole L4 header.
+pub fn parse(frame: &[u8]) -> Option<Parsed> {
+    let ip = frame.get(14..)?;
+    let ihl = usize::from(ip.first()? & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+    let proto = *ip.get(9)?;
+    let src: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
+    let dst: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
+    let l4 = ip.get(ihl..total)?;
+    let word =
+        |i: usize| -> Option<u16> { Some(u16::from_be_bytes([*l4.get(i)?, *l4.get(i + 1)?])) };
+    let (sport, dport, l4_ok) = match proto {
+        6 => (
+            word(0)?,
+            word(2)?,
+            checksum(l4, pseudo_header_sum(src, dst, 6, l4.len())) == 0,
+        ),
+        17 => (
+            word(0)?,
+            word(2)?,
+            word(6)? == 0 || checksum(l4, pseudo_header_sum(src, dst, 17, l4.len())) == 0,
+        ),
+        1 => (word(4)?, word(4)?, checksum(l4, 0) == 0),
+        _ => return None,
+    };
+    Some(Parsed {
+        src,
+        dst,
+        sport,
+        dport,
+        ip_ok: checksum(ip.get(..ihl)?, 0) == 0,
+        l4_ok,
+    })
 }
 
 #[cfg(test)]

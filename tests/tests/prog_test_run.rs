@@ -149,3 +149,237 @@ fn dp_stats_verdicts_and_counters() {
         .len() as u64;
     assert_eq!(snap.protocol(ProtoIndex::Tcp).bytes, tcp_len + tcp_len + 4);
 }
+
+mod nat {
+    //! The uplink NAT programs on hand-built packets: the rewritten bytes,
+    //! checksums that still verify, the conntrack entries left behind, and
+    //! malformed packets dropped with a reason and never rewritten.
+
+    use aya::{
+        maps::{lpm_trie::Key, HashMap, LpmTrie, MapData},
+        programs::{SchedClassifier, TestRun, TestRunOptions},
+    };
+    use dataplane_common::{
+        drop::DropReason,
+        maps,
+        nat::{HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink, SUBNET_MASQUERADE},
+    };
+    use dataplane_tests::{
+        packets::{parse, PacketBuilder, Parsed},
+        BpffsDir,
+    };
+    use dataplane_user::{conntrack, ebpf::Dataplane, stats};
+
+    use super::{NEXT, SHOT};
+
+    const CLIENT: [u8; 4] = [192, 0, 2, 2];
+    const HOST: [u8; 4] = [192, 0, 2, 1];
+    const C1: [u8; 4] = [172, 17, 0, 2];
+    const C2: [u8; 4] = [172, 17, 0, 3];
+    /// tc test runs see the namespace's loopback as the device.
+    const TEST_RUN_IFINDEX: u32 = 1;
+
+    fn hash<'a, K: aya::Pod, V: aya::Pod>(
+        dp: &'a mut Dataplane,
+        name: &str,
+    ) -> HashMap<&'a mut MapData, K, V> {
+        HashMap::try_from(dp.ebpf_mut().map_mut(name).expect(name)).expect(name)
+    }
+
+    /// 0.0.0.0:8080/tcp -> C1:80, 5353/udp -> C1:53; the host is HOST;
+    /// 172.17.0.0/16 is masqueraded through an uplink with HOST.
+    fn configure(dp: &mut Dataplane) {
+        let mut ports = hash::<PortKey, PortTarget>(dp, maps::PORTS);
+        for (port, proto, to) in [(8080u16, 6u8, 80u16), (5353, 17, 53)] {
+            let key = PortKey {
+                addr: [0; 4],
+                port: port.to_be_bytes(),
+                proto,
+                _pad: 0,
+            };
+            let target = PortTarget {
+                addr: C1,
+                port: to.to_be_bytes(),
+                _pad: [0; 2],
+                stats_index: 0,
+                _pad2: 0,
+            };
+            ports.insert(key, target, 0).expect("port");
+        }
+        hash::<[u8; 4], HostAddr>(dp, maps::HOST_ADDRS)
+            .insert(
+                HOST,
+                HostAddr {
+                    ifindex: 2,
+                    _pad: 0,
+                },
+                0,
+            )
+            .expect("host");
+        hash::<u32, Uplink>(dp, maps::UPLINKS)
+            .insert(
+                TEST_RUN_IFINDEX,
+                Uplink {
+                    addr: HOST,
+                    _pad: 0,
+                },
+                0,
+            )
+            .expect("uplink");
+        let mut subnets: LpmTrie<&mut MapData, [u8; 4], SubnetPolicy> =
+            LpmTrie::try_from(dp.ebpf_mut().map_mut(maps::SUBNETS).expect("subnets"))
+                .expect("trie");
+        subnets
+            .insert(
+                &Key::new(16, [172, 17, 0, 0]),
+                SubnetPolicy {
+                    flags: SUBNET_MASQUERADE,
+                    _pad: 0,
+                },
+                0,
+            )
+            .expect("subnet");
+    }
+
+    fn run(dp: &mut Dataplane, program: &'static str, packet: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &mut SchedClassifier = dp
+            .tc_program(program)
+            .expect("verifier accepts the program");
+        let mut out = vec![0u8; packet.len() + 128];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .expect("test run");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    fn parsed(frame: &[u8]) -> Parsed {
+        let p = parse(frame).expect("an IPv4 frame with a whole L4 header");
+        assert!(p.ip_ok, "IP checksum after rewrite: {p:?}");
+        assert!(p.l4_ok, "L4 checksum after rewrite: {p:?}");
+        p
+    }
+
+    #[test]
+    fn dnat_and_its_reply() {
+        if !dataplane_tests::require_root() {
+            return;
+        }
+        let dir = BpffsDir::new("ptrdnat").expect("bpffs");
+        let mut dp = Dataplane::load(dir.pins()).expect("load");
+        configure(&mut dp);
+
+        let syn = PacketBuilder::tcp(CLIENT, HOST, 40000, 8080).build();
+        let (verdict, out) = run(&mut dp, "dp_uplink_in", &syn);
+        assert_eq!(verdict, NEXT);
+        let p = parsed(&out);
+        assert_eq!(
+            (p.src, p.sport, p.dst, p.dport),
+            (CLIENT, 40000, C1, 80),
+            "DNAT keeps the client"
+        );
+
+        let syn_ack = PacketBuilder::tcp(C1, CLIENT, 80, 40000)
+            .tcp_flags(0x12)
+            .build();
+        let (verdict, out) = run(&mut dp, "dp_uplink_out", &syn_ack);
+        assert_eq!(verdict, NEXT);
+        let p = parsed(&out);
+        assert_eq!(
+            (p.src, p.sport, p.dst, p.dport),
+            (HOST, 8080, CLIENT, 40000),
+            "reply looks like the host's"
+        );
+
+        // UDP, and a port nobody published passes unchanged.
+        let q = PacketBuilder::udp(CLIENT, HOST, 5000, 5353).build();
+        let p = parsed(&run(&mut dp, "dp_uplink_in", &q).1);
+        assert_eq!((p.dst, p.dport), (C1, 53));
+        let other = PacketBuilder::tcp(CLIENT, HOST, 40001, 8081).build();
+        assert_eq!(run(&mut dp, "dp_uplink_in", &other), (NEXT, other.clone()));
+
+        let flows = conntrack::list(dir.pins()).expect("conntrack");
+        assert_eq!(flows.len(), 4, "two entries per translated flow: {flows:?}");
+        assert!(flows
+            .iter()
+            .any(|f| f.nat == "DNAT dst -> 172.17.0.2:80" && f.state == "SYN_SENT"));
+        assert!(flows
+            .iter()
+            .any(|f| f.nat == "DNAT src -> 192.0.2.1:8080" && f.reply));
+    }
+
+    #[test]
+    fn masquerade_keeps_free_ports_and_moves_taken_ones() {
+        if !dataplane_tests::require_root() {
+            return;
+        }
+        let dir = BpffsDir::new("ptrsnat").expect("bpffs");
+        let mut dp = Dataplane::load(dir.pins()).expect("load");
+        configure(&mut dp);
+
+        let a = PacketBuilder::tcp(C1, CLIENT, 40000, 9000).build();
+        let pa = parsed(&run(&mut dp, "dp_uplink_out", &a).1);
+        assert_eq!((pa.src, pa.sport), (HOST, 40000), "original port kept");
+        // Same source port from another container to the same destination.
+        let b = PacketBuilder::tcp(C2, CLIENT, 40000, 9000).build();
+        let pb = parsed(&run(&mut dp, "dp_uplink_out", &b).1);
+        assert_eq!(pb.src, HOST);
+        assert_ne!(pb.sport, 40000, "a taken tuple gets another port");
+        assert!(
+            (32768..=60999).contains(&pb.sport),
+            "from the configured range: {}",
+            pb.sport
+        );
+
+        // Replies find their way back to each container.
+        let ra = PacketBuilder::tcp(CLIENT, HOST, 9000, 40000)
+            .tcp_flags(0x12)
+            .build();
+        let p = parsed(&run(&mut dp, "dp_uplink_in", &ra).1);
+        assert_eq!((p.dst, p.dport), (C1, 40000));
+        let rb = PacketBuilder::tcp(CLIENT, HOST, 9000, pb.sport)
+            .tcp_flags(0x12)
+            .build();
+        let p = parsed(&run(&mut dp, "dp_uplink_in", &rb).1);
+        assert_eq!((p.dst, p.dport), (C2, 40000));
+
+        // ICMP echo: the identifier is the port.
+        let ping = PacketBuilder::icmp_echo(C1, CLIENT, 77, 1).build();
+        let p = parsed(&run(&mut dp, "dp_uplink_out", &ping).1);
+        assert_eq!((p.src, p.sport), (HOST, 77));
+        // Traffic that is not from a managed subnet is the host's own.
+        let own = PacketBuilder::tcp(HOST, CLIENT, 1234, 9000).build();
+        assert_eq!(run(&mut dp, "dp_uplink_out", &own), (NEXT, own.clone()));
+    }
+
+    #[test]
+    fn malformed_packets_are_dropped_with_a_reason_and_never_rewritten() {
+        if !dataplane_tests::require_root() {
+            return;
+        }
+        let dir = BpffsDir::new("ptrbad").expect("bpffs");
+        let mut dp = Dataplane::load(dir.pins()).expect("load");
+        configure(&mut dp);
+        let cut = PacketBuilder::tcp(CLIENT, HOST, 40000, 8080)
+            .truncate_l4(10)
+            .build();
+        assert_eq!(run(&mut dp, "dp_uplink_in", &cut).0, SHOT);
+        let bad_ihl = PacketBuilder::tcp(CLIENT, HOST, 40000, 8080).ihl(4).build();
+        assert_eq!(run(&mut dp, "dp_uplink_in", &bad_ihl).0, SHOT);
+        let cut_out = PacketBuilder::udp(C1, CLIENT, 5000, 53)
+            .truncate_l4(4)
+            .build();
+        assert_eq!(run(&mut dp, "dp_uplink_out", &cut_out).0, SHOT);
+        let snap = stats::read(dir.pins()).expect("stats");
+        assert_eq!(snap.drop(DropReason::Truncated).packets, 2);
+        assert_eq!(snap.drop(DropReason::BadIhl).packets, 1);
+        assert!(
+            conntrack::list(dir.pins()).expect("ct").is_empty(),
+            "no flow from a malformed packet"
+        );
+    }
+}

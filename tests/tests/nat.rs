@@ -1,0 +1,486 @@
+//! The NAT dataplane end to end, through the CLI in a fake host with the
+//! uplink's checksum offload off: published ports reached by an external
+//! client, masquerade for containers' egress, conntrack, and what a user
+//! checks (`nat ls`, `conntrack ls`, empty iptables/nftables rulesets).
+
+use std::{
+    collections::BTreeSet,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use dataplane_tests::{
+    cli::Cli,
+    netns::{snmp_counter, NetNs},
+    topo::FakeHost,
+    traffic::{
+        http_get, http_server, ping, tcp_echo, tcp_echo_server, udp_echo_server, udp_request,
+    },
+};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(5);
+
+struct Setup {
+    fh: FakeHost,
+    cli: Cli,
+}
+
+/// A fake host whose uplink is managed by the dataplane.
+fn setup(tag: &str) -> Setup {
+    let fh = FakeHost::new(false).expect("fake host");
+    let cli = Cli::new(&fh.host, tag).expect("cli");
+    cli.run(&["uplink", "add", &fh.uplink]).expect("uplink add");
+    Setup { fh, cli }
+}
+
+fn host_addr(s: &Setup, port: u16) -> SocketAddr {
+    SocketAddr::from((s.fh.host_ip, port))
+}
+
+fn no_firewall_rules(ns: &NetNs) {
+    let ipt = ns.exec(&["iptables-save"]).unwrap_or_default();
+    assert!(
+        !ipt.lines().any(|l| l.starts_with("-A")),
+        "iptables rules in the host:\n{ipt}"
+    );
+    let nft = ns.exec(&["nft", "list", "ruleset"]).unwrap_or_default();
+    assert!(nft.trim().is_empty(), "nftables rules in the host:\n{nft}");
+}
+
+fn no_csum_errors(nss: &[&NetNs]) {
+    for ns in nss {
+        assert_eq!(
+            snmp_counter(ns, "Tcp", "InCsumErrors").expect("snmp"),
+            0,
+            "{}",
+            ns.name()
+        );
+        assert_eq!(
+            snmp_counter(ns, "Udp", "InCsumErrors").expect("snmp"),
+            0,
+            "{}",
+            ns.name()
+        );
+    }
+}
+
+#[test]
+fn published_ports_reach_containers_with_the_clients_address() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let s = setup("pub");
+    let c = NetNs::new("web").expect("netns");
+    s.cli
+        .run(&[
+            "connect",
+            "bridge",
+            c.name(),
+            "--name",
+            "web",
+            "-p",
+            "8080:80",
+            "-p",
+            "5353:53/udp",
+            "-p",
+            "9000-9002:7000-7002",
+        ])
+        .expect("connect with ports");
+    let ip = Ipv4Addr::new(172, 17, 0, 2);
+    let http = http_server(&c, SocketAddr::from((ip, 80)), "published").expect("http");
+    let udp = udp_echo_server(&c, SocketAddr::from((ip, 53))).expect("udp");
+    let ranged = tcp_echo_server(&c, SocketAddr::from((ip, 7001))).expect("tcp");
+
+    // The client has no route to 172.17/16: only DNAT can get it there.
+    let (status, body) =
+        http_get(&s.fh.client, host_addr(&s, 8080), "/", T).expect("GET host:8080");
+    assert_eq!((status, body.as_str()), (200, "published"));
+    assert_eq!(
+        udp_request(&s.fh.client, host_addr(&s, 5353), b"dns?", T).expect("udp"),
+        b"dns?"
+    );
+    let big = vec![7u8; 300_000];
+    assert_eq!(
+        tcp_echo(&s.fh.client, host_addr(&s, 9001), &big, T).expect("range"),
+        big
+    );
+    // The servers saw the client's own address, not the host's.
+    for peers in [http.peers(), udp.peers(), ranged.peers()] {
+        assert!(
+            !peers.is_empty() && peers.iter().all(|p| p.ip() == s.fh.client_ip),
+            "{peers:?}"
+        );
+    }
+    // An unpublished port is the host's own (nothing listens: refused).
+    assert!(http_get(&s.fh.client, host_addr(&s, 8081), "/", T).is_err());
+
+    // What a user checks: nat ls counts the new flows; conntrack shows them.
+    let nat = s
+        .cli
+        .json(&["nat", "ls", "--format", "json"])
+        .expect("nat ls");
+    let row = |host: &str| -> Value {
+        nat["dnat"]
+            .as_array()
+            .expect("dnat")
+            .iter()
+            .find(|r| r["host"] == host)
+            .cloned()
+            .expect(host)
+    };
+    assert_eq!(row("0.0.0.0:8080")["container"], "172.17.0.2:80");
+    assert!(row("0.0.0.0:8080")["packets"].as_u64() >= Some(1));
+    assert!(row("0.0.0.0:5353")["packets"].as_u64() >= Some(1));
+    assert!(row("0.0.0.0:9001")["packets"].as_u64() >= Some(1));
+    assert_eq!(row("0.0.0.0:9000")["packets"].as_u64(), Some(0));
+    let ct = s
+        .cli
+        .json(&["conntrack", "ls", "--format", "json"])
+        .expect("conntrack ls");
+    let flows = ct.as_array().expect("flows");
+    assert!(
+        flows.iter().any(|f| f["proto"] == "udp"
+            && f["dport"] == 5353
+            && f["nat"] == "DNAT dst -> 172.17.0.2:53"),
+        "{ct}"
+    );
+    no_csum_errors(&[&s.fh.client, &c, &s.fh.host]);
+    no_firewall_rules(&s.fh.host);
+}
+
+#[test]
+fn host_ip_bound_ports_and_duplicates() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let s = setup("bind");
+    let a = NetNs::new("a").expect("netns");
+    let b = NetNs::new("b").expect("netns");
+    s.cli
+        .run(&[
+            "connect",
+            "bridge",
+            a.name(),
+            "--name",
+            "a",
+            "-p",
+            "127.0.0.1:8081:80",
+        ])
+        .expect("a");
+    let _srv =
+        http_server(&a, SocketAddr::from(([172, 17, 0, 2], 80)), "local only").expect("http");
+    // Bound to 127.0.0.1: never reachable from another host.
+    assert!(http_get(
+        &s.fh.client,
+        host_addr(&s, 8081),
+        "/",
+        Duration::from_secs(2)
+    )
+    .is_err());
+
+    // Duplicate bindings are refused and change nothing.
+    let before = s.cli.json(&["nat", "ls", "--format", "json"]).expect("nat");
+    let e = s
+        .cli
+        .fail(&["connect", "bridge", b.name(), "-p", "8081:80"])
+        .expect("wildcard over 127.0.0.1");
+    assert!(e.contains("--publish 0.0.0.0:8081->80/tcp: endpoint a on network bridge already publishes 127.0.0.1:8081->80/tcp"), "{e}");
+    let e = s
+        .cli
+        .fail(&[
+            "connect",
+            "bridge",
+            b.name(),
+            "-p",
+            "8082:80",
+            "-p",
+            "8082:81",
+        ])
+        .expect("twice in one command");
+    assert!(e.contains("this command already publishes"), "{e}");
+    let e = s
+        .cli
+        .fail(&["connect", "bridge", b.name(), "-p", "80"])
+        .expect("malformed");
+    assert!(e.contains("--publish 80: expected"), "{e}");
+    assert_eq!(
+        s.cli.json(&["nat", "ls", "--format", "json"]).expect("nat"),
+        before
+    );
+    assert_eq!(
+        b.ip_json(&["link", "show"])
+            .expect("links")
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "b untouched"
+    );
+
+    // Publishing on a live endpoint, and removing it again.
+    s.cli
+        .run(&["publish", "add", "bridge", "a", "8083:80"])
+        .expect("publish add");
+    let (st, body) = http_get(&s.fh.client, host_addr(&s, 8083), "/", T).expect("GET 8083");
+    assert_eq!((st, body.as_str()), (200, "local only"));
+    s.cli
+        .run(&["publish", "rm", "bridge", "a", "8083:80"])
+        .expect("publish rm");
+    assert!(http_get(
+        &s.fh.client,
+        host_addr(&s, 8083),
+        "/",
+        Duration::from_secs(2)
+    )
+    .is_err());
+    let e = s
+        .cli
+        .fail(&["publish", "rm", "bridge", "a", "8083:80"])
+        .expect("not published");
+    assert!(e.contains("endpoint a does not publish it"), "{e}");
+}
+
+/// A blocking TCP connection from a fixed local port (std cannot bind
+/// before connecting).
+fn connect_from_port(port: u16, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd as _;
+    let SocketAddr::V4(dst) = dst else {
+        return Err(std::io::Error::other("IPv4 only"));
+    };
+    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket syscalls on a descriptor this function owns; it
+    // is handed to TcpStream (which closes it) or closed on error.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = sockaddr(Ipv4Addr::UNSPECIFIED, port);
+        if libc::bind(fd, (&raw const local).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let remote = sockaddr(*dst.ip(), dst.port());
+        if libc::connect(fd, (&raw const remote).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
+#[test]
+fn masquerade_gives_two_containers_200_distinct_flows() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let s = setup("masq");
+    let c1 = NetNs::new("m1").expect("netns");
+    let c2 = NetNs::new("m2").expect("netns");
+    s.cli.run(&["connect", "bridge", c1.name()]).expect("c1");
+    s.cli.run(&["connect", "bridge", c2.name()]).expect("c2");
+    let ext = SocketAddr::from((s.fh.client_ip, 9000));
+    let srv = tcp_echo_server(&s.fh.client, ext).expect("external server");
+
+    // 100 connections held open at once from each container, both using the
+    // same 100 source ports: after masquerade they would collide on the
+    // uplink's address, so the allocator must move the second set.
+    let mut streams: Vec<TcpStream> = Vec::new();
+    for c in [&c1, &c2] {
+        let mut batch = c
+            .run_in(move || {
+                (0..100u16)
+                    .map(|i| connect_from_port(40_000 + i, ext))
+                    .collect::<std::io::Result<Vec<_>>>()
+            })
+            .expect("run_in")
+            .expect("100 connections");
+        streams.append(&mut batch);
+    }
+    for (i, st) in streams.iter_mut().enumerate() {
+        st.set_read_timeout(Some(T)).expect("timeout");
+        let msg = format!("conn {i}\n");
+        st.write_all(msg.as_bytes()).expect("write");
+        let mut buf = vec![0u8; msg.len()];
+        st.read_exact(&mut buf).expect("echo");
+        assert_eq!(buf, msg.as_bytes());
+    }
+    let peers = srv.peers();
+    assert_eq!(peers.len(), 200);
+    assert!(
+        peers.iter().all(|p| p.ip() == s.fh.host_ip),
+        "the outside sees only the host"
+    );
+    let ports: BTreeSet<u16> = peers.iter().map(SocketAddr::port).collect();
+    assert_eq!(ports.len(), 200, "distinct source ports");
+    // The first container kept its own ports; the second was moved.
+    assert_eq!(ports.range(40_000..40_100).count(), 100, "{ports:?}");
+    drop(streams);
+
+    let u = udp_echo_server(&s.fh.client, SocketAddr::from((s.fh.client_ip, 5300))).expect("udp");
+    assert_eq!(
+        udp_request(&c1, u.local_addr(), b"out", T).expect("udp"),
+        b"out"
+    );
+    assert!(u.peers().iter().all(|p| p.ip() == s.fh.host_ip));
+    assert!(
+        ping(&c2, s.fh.client_ip, 2, T).expect("ping"),
+        "ping out and back"
+    );
+    no_csum_errors(&[&s.fh.client, &c1, &c2]);
+    no_firewall_rules(&s.fh.host);
+}
+
+#[test]
+fn internal_and_unmasqueraded_networks() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let s = setup("policy");
+    s.cli
+        .run(&[
+            "network",
+            "create",
+            "--internal",
+            "--subnet",
+            "10.90.0.0/24",
+            "inside",
+        ])
+        .expect("internal");
+    s.cli
+        .run(&[
+            "network",
+            "create",
+            "--subnet",
+            "10.91.0.0/24",
+            "-o",
+            "com.docker.network.bridge.enable_ip_masquerade=false",
+            "routed",
+        ])
+        .expect("no masquerade");
+    let i = NetNs::new("i").expect("netns");
+    let r = NetNs::new("r").expect("netns");
+    s.cli.run(&["connect", "inside", i.name()]).expect("i");
+    s.cli.run(&["connect", "routed", r.name()]).expect("r");
+    let srv =
+        tcp_echo_server(&s.fh.client, SocketAddr::from((s.fh.client_ip, 9100))).expect("server");
+
+    // Internal: no default route, and even with one added by hand nothing
+    // leaves through the uplink.
+    assert!(tcp_echo(&i, srv.local_addr(), b"x", Duration::from_secs(1)).is_err());
+    i.exec(&["ip", "route", "add", "default", "via", "10.90.0.1"])
+        .expect("route by hand");
+    assert!(tcp_echo(&i, srv.local_addr(), b"x", Duration::from_secs(1)).is_err());
+    let stats = s
+        .cli
+        .json(&["stats", "show", "--format", "json"])
+        .expect("stats");
+    assert!(
+        stats["drops"]["internal-network-egress"]["packets"].as_u64() >= Some(1),
+        "{stats}"
+    );
+
+    // Masquerade off: the outside sees the container's own address (the
+    // client is given a route back, as a routed network would have).
+    s.fh.client_route("10.91.0.0/24").expect("route back");
+    assert_eq!(
+        tcp_echo(&r, srv.local_addr(), b"y", T).expect("routed"),
+        b"y"
+    );
+    assert!(
+        srv.peers()
+            .iter()
+            .any(|p| p.ip() == Ipv4Addr::new(10, 91, 0, 2)),
+        "{:?}",
+        srv.peers()
+    );
+}
+
+#[test]
+fn conntrack_entries_close_and_expire() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let s = setup("ct");
+    let c = NetNs::new("c").expect("netns");
+    s.cli
+        .run(&["connect", "bridge", c.name(), "-p", "8080:80"])
+        .expect("connect");
+    let srv = tcp_echo_server(&c, SocketAddr::from(([172, 17, 0, 2], 80))).expect("server");
+    let mut st = s
+        .fh
+        .client
+        .run_in(move || TcpStream::connect_timeout(&SocketAddr::from(([192, 0, 2, 1], 8080)), T))
+        .expect("ns")
+        .expect("connect");
+    st.write_all(b"ping").expect("write");
+    let mut buf = [0u8; 4];
+    st.set_read_timeout(Some(T)).expect("timeout");
+    st.read_exact(&mut buf).expect("read");
+    let flows = |s: &Setup| -> Vec<Value> {
+        s.cli
+            .json(&["conntrack", "ls", "--format", "json"])
+            .expect("ct")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let live = flows(&s);
+    let ours: Vec<&Value> = live.iter().filter(|f| f["proto"] == "tcp").collect();
+    assert_eq!(ours.len(), 2, "an entry per direction: {live:?}");
+    assert!(ours.iter().all(|f| f["state"] == "ESTABLISHED"), "{live:?}");
+
+    // A GC with the default timeouts keeps a live flow.
+    let out = s.cli.run(&["conntrack", "gc"]).expect("gc");
+    assert!(out.contains("removed 0"), "{out}");
+    drop(st);
+    std::thread::sleep(Duration::from_millis(300));
+    let closed = flows(&s);
+    assert!(
+        closed
+            .iter()
+            .filter(|f| f["proto"] == "tcp")
+            .all(|f| f["state"] == "CLOSING"),
+        "{closed:?}"
+    );
+    // The closing timeout (here 1 s) removes both entries; nothing else does.
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = s
+        .cli
+        .run(&["conntrack", "gc", "--ct-tcp-closing", "1"])
+        .expect("gc");
+    assert!(out.contains("removed 2"), "{out}");
+    assert!(flows(&s).iter().all(|f| f["proto"] != "tcp"));
+    drop(srv);
+}
+
+#[test]
+fn uplink_bad_input() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let s = setup("upbad");
+    let e = s.cli.fail(&["uplink", "add", &s.fh.uplink]).expect("twice");
+    assert!(e.contains("already added"), "{e}");
+    let e = s
+        .cli
+        .fail(&["uplink", "add", "dptnosuch0"])
+        .expect("missing");
+    assert!(e.contains("uplink dptnosuch0: no such interface"), "{e}");
+    let e = s.cli.fail(&["uplink", "rm", "lo"]).expect("not an uplink");
+    assert!(e.contains("uplink lo: not an uplink"), "{e}");
+    s.cli.run(&["uplink", "rm", &s.fh.uplink]).expect("rm");
+    assert_eq!(s.cli.run(&["uplink", "ls"]).expect("ls").trim(), "");
+    let links = std::fs::read_dir(s.cli.pins.path().join("links"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(links, 0, "uplink rm detached both programs");
+}
