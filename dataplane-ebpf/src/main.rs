@@ -10,6 +10,7 @@ mod drop;
 mod maps;
 mod nat;
 mod parse;
+mod sock;
 mod stats;
 mod uplink;
 

@@ -10,5 +10,6 @@ pub mod nat;
 pub mod netlink;
 pub mod netns;
 pub mod network;
+pub mod sock;
 pub mod state;
 pub mod stats;

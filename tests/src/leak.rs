@@ -1,6 +1,7 @@
 //! The after-suite check that tests left nothing behind: named namespaces,
-//! root-namespace links and bpffs entries starting with [`PREFIX`], and
-//! dataplane (`dp_*`) programs still loaded.
+//! root-namespace links, bpffs entries and cgroups (directly under the cgroup
+//! v2 mount) starting with [`PREFIX`], and dataplane (`dp_*`) programs still
+//! loaded.
 
 use std::{fs, path::Path};
 
@@ -58,6 +59,28 @@ pub fn find_leaks_matching(filter: &str) -> Result<Vec<String>> {
         walk_bpffs(Path::new(BPFFS), 0, &ours, &mut leaks)?;
     }
 
+    leaks.extend(cgroups(&ours)?);
+
+    Ok(leaks)
+}
+
+/// Test cgroups (made directly under the cgroup v2 mount) still present.
+/// None when no cgroup v2 is mounted: then no test could have made one.
+fn cgroups(ours: &dyn Fn(&str) -> bool) -> Result<Vec<String>> {
+    let mount = match dataplane_user::sock::cgroup2_mount() {
+        Ok(mount) => mount,
+        Err(dataplane_user::sock::SockError::NoCgroup2) => return Ok(Vec::new()),
+        Err(e) => return Err(e).context("finding the cgroup v2 mount"),
+    };
+    let entries = fs::read_dir(&mount).with_context(|| format!("listing {}", mount.display()))?;
+    let mut leaks = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", mount.display()))?;
+        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if is_dir && ours(&entry.file_name().to_string_lossy()) {
+            leaks.push(format!("cgroup {}", entry.path().display()));
+        }
+    }
     Ok(leaks)
 }
 
