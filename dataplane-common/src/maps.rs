@@ -38,3 +38,6 @@ pub const UPLINKS_MAX: u32 = 64;
 /// reverse translation in recvmsg4/getpeername4.
 pub const SOCK_REVNAT: &str = "DP_SOCK_REVNAT";
 pub const SOCK_REVNAT_MAX: u32 = 65_536;
+/// Endpoints by host-side veth ifindex: `u32` -> [`crate::nat::EndpointInfo`].
+pub const ENDPOINTS: &str = "DP_ENDPOINTS";
+pub const ENDPOINTS_MAX: u32 = 16_384;

@@ -35,9 +35,10 @@ const _: () = assert!(size_of::<PortTarget>() == 16);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct SubnetPolicy {
-    /// [`SUBNET_MASQUERADE`] and/or [`SUBNET_INTERNAL`].
+    /// [`SUBNET_MASQUERADE`], [`SUBNET_INTERNAL`], [`SUBNET_NO_ICC`].
     pub flags: u32,
-    pub _pad: u32,
+    /// Identifies the network (isolation compares these); never 0.
+    pub network_id: u32,
 }
 const _: () = assert!(size_of::<SubnetPolicy>() == 8);
 
@@ -45,6 +46,23 @@ const _: () = assert!(size_of::<SubnetPolicy>() == 8);
 pub const SUBNET_MASQUERADE: u32 = 1;
 /// The network has no egress at all (`--internal`): drop at the uplink.
 pub const SUBNET_INTERNAL: u32 = 2;
+/// `enable_icc=false`: endpoints of the network may not talk to each other.
+pub const SUBNET_NO_ICC: u32 = 4;
+
+/// An endpoint's host-side veth, by ifindex: what may leave it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct EndpointInfo {
+    /// The endpoint's own address: anything else as a source is spoofed.
+    pub addr: [u8; 4],
+    /// Its network's gateway (the host's address on the bridge), the source
+    /// given to hairpin flows that stay on one bridge.
+    pub gateway: [u8; 4],
+    /// Prefix length of its network's subnet.
+    pub prefix_len: u32,
+    pub network_id: u32,
+}
+const _: () = assert!(size_of::<EndpointInfo>() == 16);
 
 /// A local address of the host, for "is this packet for me" checks.
 #[repr(C)]

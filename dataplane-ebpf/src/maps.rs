@@ -12,10 +12,10 @@ use dataplane_common::{
     ct::{CtEntry, CtKey},
     drop::DropReason,
     maps::{
-        CT_OTHER_MAX, CT_TCP_MAX, HOST_ADDRS_MAX, PORTS_MAX, SOCK_REVNAT_MAX, SUBNETS_MAX,
+        CT_OTHER_MAX, CT_TCP_MAX, ENDPOINTS_MAX, HOST_ADDRS_MAX, PORTS_MAX, SOCK_REVNAT_MAX, SUBNETS_MAX,
         UPLINKS_MAX,
     },
-    nat::{HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink, MAX_PORT_MAPPINGS},
+    nat::{EndpointInfo, HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink, MAX_PORT_MAPPINGS},
     sock::SockRevNat,
     stats::{PktCounter, ProtoIndex},
 };
@@ -58,6 +58,10 @@ pub static DP_CT_TCP: LruHashMap<CtKey, CtEntry, { CT_TCP_MAX as usize }> = LruH
 /// Conntrack of UDP and ICMP flows.
 #[btf_map]
 pub static DP_CT_OTHER: LruHashMap<CtKey, CtEntry, { CT_OTHER_MAX as usize }> = LruHashMap::new();
+
+/// Endpoints by the ifindex of their host-side veth.
+#[btf_map]
+pub static DP_ENDPOINTS: HashMap<u32, EndpointInfo, { ENDPOINTS_MAX as usize }> = HashMap::new();
 
 /// Host-local sockets translated by the sock_addr hooks, by socket cookie.
 #[btf_map]

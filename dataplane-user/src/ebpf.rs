@@ -21,7 +21,7 @@ use crate::bpffs::{current_netns_ino, BpffsError, PinRoot};
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane"));
 
 /// Every map in the object, pinned by name.
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 11] = [
     maps::PROTO_STATS,
     maps::DROP_STATS,
     maps::PORTS,
@@ -32,6 +32,7 @@ pub const PINNED_MAPS: [&str; 10] = [
     maps::CT_TCP,
     maps::CT_OTHER,
     maps::SOCK_REVNAT,
+    maps::ENDPOINTS,
 ];
 
 #[derive(Debug, thiserror::Error)]

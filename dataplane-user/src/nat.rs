@@ -17,8 +17,8 @@ use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, MapData, MapError, PerCpuArray,
 use dataplane_common::{
     maps,
     nat::{
-        HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink, MAX_PORT_MAPPINGS, SUBNET_INTERNAL,
-        SUBNET_MASQUERADE,
+        EndpointInfo, HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink, MAX_PORT_MAPPINGS,
+        SUBNET_INTERNAL, SUBNET_MASQUERADE, SUBNET_NO_ICC,
     },
     stats::PktCounter,
 };
@@ -95,9 +95,18 @@ pub fn detach_uplink(pins: &PinRoot, ifname: &str) -> Result<(), NatError> {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     pub ports: BTreeMap<([u8; 4], [u8; 2], u8), PortTarget>,
-    pub subnets: BTreeMap<([u8; 4], u32), u32>,
+    /// (network, prefix length) -> (flags, network key).
+    pub subnets: BTreeMap<([u8; 4], u32), (u32, u32)>,
+    /// Host-side veth ifindex -> endpoint.
+    pub endpoints: BTreeMap<u32, EndpointInfo>,
     pub host_addrs: BTreeMap<[u8; 4], u32>,
     pub uplinks: BTreeMap<u32, [u8; 4]>,
+}
+
+/// The number the datapath knows a network by: the first 32 bits of its id,
+/// never 0 (0 means "no network").
+pub fn network_key(id: &str) -> u32 {
+    u32::from_str_radix(id.get(..8).unwrap_or("1"), 16).unwrap_or(1).max(1)
 }
 
 /// Computes the maps' contents from the state and the host's links.
@@ -131,10 +140,36 @@ pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError>
         } else if net.masquerade {
             flags |= SUBNET_MASQUERADE;
         }
+        if !net.icc {
+            flags |= SUBNET_NO_ICC;
+        }
         d.subnets.insert(
             (subnet.network().octets(), u32::from(subnet.prefix_len())),
-            flags,
+            (flags, network_key(&net.id)),
         );
+    }
+    for ep in state.endpoints.values() {
+        let (Attachment::Veth { host_ifname }, Some(ip)) = (&ep.attachment, ep.ipv4) else {
+            continue;
+        };
+        let Some(net) = state.networks.get(&ep.network) else {
+            continue;
+        };
+        let (Some(subnet), Some(gw)) = (net.subnet, net.gateway) else {
+            continue;
+        };
+        // A veth gone with its namespace has nothing left to police.
+        if let Some(link) = host.link_by_name(host_ifname).await? {
+            d.endpoints.insert(
+                link.index,
+                EndpointInfo {
+                    addr: ip.octets(),
+                    gateway: gw.octets(),
+                    prefix_len: u32::from(subnet.prefix_len()),
+                    network_id: network_key(&net.id),
+                },
+            );
+        }
     }
     for (index, addr, _) in host.addrs(None).await? {
         d.host_addrs.insert(addr.octets(), index);
@@ -259,8 +294,8 @@ pub fn apply(dp: &mut Dataplane, want: &Desired) -> Result<(), NatError> {
         trie.insert(
             &Key::new(*len, *addr),
             SubnetPolicy {
-                flags: *flags,
-                _pad: 0,
+                flags: flags.0,
+                network_id: flags.1,
             },
             0,
         )
