@@ -113,5 +113,6 @@ crate::user_pod!(
     SubnetPolicy,
     HostAddr,
     NatConfig,
-    Uplink
+    Uplink,
+    EndpointInfo
 );

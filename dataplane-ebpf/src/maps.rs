@@ -12,8 +12,8 @@ use dataplane_common::{
     ct::{CtEntry, CtKey},
     drop::DropReason,
     maps::{
-        CT_OTHER_MAX, CT_TCP_MAX, ENDPOINTS_MAX, HOST_ADDRS_MAX, PORTS_MAX, SOCK_REVNAT_MAX, SUBNETS_MAX,
-        UPLINKS_MAX,
+        CT_OTHER_MAX, CT_TCP_MAX, ENDPOINTS_MAX, HOST_ADDRS_MAX, PORTS_MAX, SOCK_REVNAT_MAX,
+        SUBNETS_MAX, UPLINKS_MAX,
     },
     nat::{EndpointInfo, HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink, MAX_PORT_MAPPINGS},
     sock::SockRevNat,

@@ -106,7 +106,9 @@ pub struct Desired {
 /// The number the datapath knows a network by: the first 32 bits of its id,
 /// never 0 (0 means "no network").
 pub fn network_key(id: &str) -> u32 {
-    u32::from_str_radix(id.get(..8).unwrap_or("1"), 16).unwrap_or(1).max(1)
+    u32::from_str_radix(id.get(..8).unwrap_or("1"), 16)
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// Computes the maps' contents from the state and the host's links.
@@ -275,6 +277,11 @@ pub fn apply(dp: &mut Dataplane, want: &Desired) -> Result<(), NatError> {
         &mut hash_map::<u32, Uplink>(dp, maps::UPLINKS)?,
         maps::UPLINKS,
         &uplinks,
+    )?;
+    reconcile_hash(
+        &mut hash_map::<u32, EndpointInfo>(dp, maps::ENDPOINTS)?,
+        maps::ENDPOINTS,
+        &want.endpoints,
     )?;
 
     let name = maps::SUBNETS;

@@ -234,7 +234,7 @@ mod nat {
                 &Key::new(16, [172, 17, 0, 0]),
                 SubnetPolicy {
                     flags: SUBNET_MASQUERADE,
-                    _pad: 0,
+                    network_id: 1,
                 },
                 0,
             )
