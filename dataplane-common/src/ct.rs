@@ -40,7 +40,7 @@ impl CtKey {
     }
 }
 
-/// How a packet matching an entry is rewritten.
+/// Bits of [`CtEntry::rewrite`]: which sides of a matching packet change.
 pub const REWRITE_SRC: u8 = 1;
 pub const REWRITE_DST: u8 = 2;
 
@@ -84,17 +84,19 @@ impl CtState {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct CtEntry {
-    /// The address and port (network byte order) that replace the source or
-    /// the destination, per `rewrite`.
-    pub nat_addr: [u8; 4],
-    pub nat_port: [u8; 2],
-    /// [`REWRITE_SRC`] or [`REWRITE_DST`].
+    /// The source and destination a matching packet gets, on the sides
+    /// [`CtEntry::rewrite`] names (network byte order ports).
+    pub new_saddr: [u8; 4],
+    pub new_daddr: [u8; 4],
+    pub new_sport: [u8; 2],
+    pub new_dport: [u8; 2],
+    /// [`REWRITE_SRC`] | [`REWRITE_DST`].
     pub rewrite: u8,
     /// [`CtState`].
     pub state: u8,
     /// [`FLAG_DNAT`]/[`FLAG_SNAT`], plus [`FLAG_REPLY`] on the reply entry.
     pub flags: u8,
-    pub _pad: [u8; 7],
+    pub _pad: u8,
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) at creation and last packet.
     pub created_ns: u64,
     pub last_seen_ns: u64,
@@ -106,19 +108,72 @@ pub struct CtEntry {
 const _: () = assert!(size_of::<CtEntry>() == 48);
 
 impl CtEntry {
-    /// The key of the other direction's entry: the reverse of this packet's
-    /// tuple after this entry's rewrite.
+    /// Rewrite the source to `addr`:`port`.
+    #[must_use]
+    pub const fn with_src(mut self, addr: [u8; 4], port: [u8; 2]) -> CtEntry {
+        self.rewrite |= REWRITE_SRC;
+        self.new_saddr = addr;
+        self.new_sport = port;
+        self
+    }
+
+    /// Rewrite the destination to `addr`:`port`.
+    #[must_use]
+    pub const fn with_dst(mut self, addr: [u8; 4], port: [u8; 2]) -> CtEntry {
+        self.rewrite |= REWRITE_DST;
+        self.new_daddr = addr;
+        self.new_dport = port;
+        self
+    }
+
+    /// The tuple of a packet matching `key` after this entry's rewrite.
+    #[must_use]
+    pub const fn translate(&self, key: &CtKey) -> CtKey {
+        let mut t = *key;
+        if self.rewrite & REWRITE_SRC != 0 {
+            t.saddr = self.new_saddr;
+            t.sport = self.new_sport;
+        }
+        if self.rewrite & REWRITE_DST != 0 {
+            t.daddr = self.new_daddr;
+            t.dport = self.new_dport;
+        }
+        t
+    }
+
+    /// The key of the other direction's entry: the reverse of the
+    /// translated tuple.
     #[must_use]
     pub const fn peer_key(&self, key: &CtKey) -> CtKey {
-        let mut t = *key;
-        if self.rewrite == REWRITE_SRC {
-            t.saddr = self.nat_addr;
-            t.sport = self.nat_port;
-        } else {
-            t.daddr = self.nat_addr;
-            t.dport = self.nat_port;
+        self.translate(key).reversed()
+    }
+
+    /// The other direction's entry for a flow whose original packets match
+    /// `key`: it undoes this entry's rewrite (a rewritten destination comes
+    /// back as the source, and the other way round).
+    #[must_use]
+    pub const fn reply(&self, key: &CtKey) -> CtEntry {
+        let mut r = CtEntry {
+            new_saddr: [0; 4],
+            new_daddr: [0; 4],
+            new_sport: [0; 2],
+            new_dport: [0; 2],
+            rewrite: 0,
+            state: self.state,
+            flags: self.flags | FLAG_REPLY,
+            _pad: 0,
+            created_ns: self.created_ns,
+            last_seen_ns: self.last_seen_ns,
+            packets: 0,
+            bytes: 0,
+        };
+        if self.rewrite & REWRITE_DST != 0 {
+            r = r.with_src(key.daddr, key.dport);
         }
-        t.reversed()
+        if self.rewrite & REWRITE_SRC != 0 {
+            r = r.with_dst(key.saddr, key.sport);
+        }
+        r
     }
 }
 

@@ -55,23 +55,19 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// A new entry for one direction of a flow.
+/// A new entry (no rewrite yet: add it with `with_src`/`with_dst`).
 #[inline(always)]
-pub fn entry(
-    rewrite: u8,
-    flags: u8,
-    nat_addr: [u8; 4],
-    nat_port: [u8; 2],
-    pkt: &Ipv4Packet,
-) -> CtEntry {
+pub fn entry(flags: u8, pkt: &Ipv4Packet) -> CtEntry {
     let t = now();
     CtEntry {
-        nat_addr,
-        nat_port,
-        rewrite,
+        new_saddr: [0; 4],
+        new_daddr: [0; 4],
+        new_sport: [0; 2],
+        new_dport: [0; 2],
+        rewrite: 0,
         state: initial_state(pkt) as u8,
         flags,
-        _pad: [0; 7],
+        _pad: 0,
         created_ns: t,
         last_seen_ns: t,
         packets: 0,
@@ -93,21 +89,18 @@ fn initial_state(pkt: &Ipv4Packet) -> CtState {
     }
 }
 
-/// Inserts the reply entry, failing if its key exists (`exclusive`: the
-/// caller is claiming that tuple, e.g. a masquerade source port), then the
-/// original entry.
+/// Creates both entries of a new flow whose original packets match
+/// `orig_key` and get `orig`'s rewrite. The reply entry goes in first;
+/// with `exclusive` it must not exist yet (the caller is claiming that
+/// tuple, e.g. a source port), so two CPUs can never take the same one.
 #[inline(always)]
-pub fn create_pair(
-    orig_key: &CtKey,
-    orig: &CtEntry,
-    reply_key: &CtKey,
-    reply: &CtEntry,
-    exclusive: bool,
-) -> Result<(), i32> {
+pub fn create(orig_key: &CtKey, orig: &CtEntry, exclusive: bool) -> Result<(), i32> {
+    let reply_key = orig.peer_key(orig_key);
+    let reply = orig.reply(orig_key);
     let flags = if exclusive { BPF_NOEXIST } else { BPF_ANY };
-    insert(reply_key, reply, u64::from(flags))?;
+    insert(&reply_key, &reply, u64::from(flags))?;
     if insert(orig_key, orig, u64::from(BPF_ANY)).is_err() {
-        let _ = remove(reply_key);
+        let _ = remove(&reply_key);
         return Err(DropReason::CtInsert as i32);
     }
     Ok(())

@@ -1,5 +1,5 @@
-//! Address and port rewriting with incremental checksum updates, and the
-//! masquerade source-port allocation.
+//! Address and port rewriting with incremental checksum updates, and source
+//! NAT's port allocation (masquerade, hairpin).
 //!
 //! Packet pointers are never held across the helpers used here: every store
 //! and checksum helper may move packet data (see `parse`).
@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_common::{
-    ct::{CtKey, FLAG_REPLY, FLAG_SNAT, REWRITE_DST, REWRITE_SRC},
+    ct::{CtEntry, REWRITE_DST, REWRITE_SRC},
     drop::DropReason,
     nat::NatConfig,
     net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
@@ -25,45 +25,44 @@ use crate::{
 #[unsafe(no_mangle)]
 static NAT_CONFIG: aya_ebpf::Global<NatConfig> = aya_ebpf::Global::new(NatConfig::DEFAULT);
 
-/// Where the L4 checksum and the translated "port" live for this protocol.
+/// Which side of the packet a rewrite changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Src,
+    Dst,
+}
+
+/// Where the L4 checksum and the translated "port" live for this protocol:
+/// (checksum offset, port offset, extra checksum flags).
 #[inline(always)]
-fn l4_offsets(pkt: &Ipv4Packet, rewrite: u8) -> Option<(usize, usize, u64)> {
+fn l4_offsets(pkt: &Ipv4Packet, side: Side) -> Option<(usize, usize, u64)> {
     let off = pkt.l4_off;
+    let port_off = if side == Side::Src { off } else { off + 2 };
     match pkt.proto {
-        // (checksum offset, port offset, extra checksum flags)
-        IPPROTO_TCP => Some((
-            off + 16,
-            if rewrite == REWRITE_SRC { off } else { off + 2 },
-            0,
-        )),
-        IPPROTO_UDP => Some((
-            off + 6,
-            if rewrite == REWRITE_SRC { off } else { off + 2 },
-            u64::from(BPF_F_MARK_MANGLED_0),
-        )),
+        IPPROTO_TCP => Some((off + 16, port_off, 0)),
+        // A zero UDP checksum means "none" and must stay zero.
+        IPPROTO_UDP => Some((off + 6, port_off, u64::from(BPF_F_MARK_MANGLED_0))),
         // The echo identifier, whichever side is rewritten.
         IPPROTO_ICMP => Some((off + 2, off + 4, 0)),
         _ => None,
     }
 }
 
-/// Rewrites the source or destination address and port of `pkt` to
-/// `addr`/`port`, fixing the IP and L4 checksums.
+/// Rewrites one side's address and port, fixing the IP and L4 checksums.
 #[inline(always)]
-pub fn rewrite(
+fn rewrite_side(
     ctx: &TcContext,
     pkt: &Ipv4Packet,
-    rewrite: u8,
+    side: Side,
     addr: [u8; 4],
     port: [u8; 2],
 ) -> Result<(), DropReason> {
-    let (old_addr, old_port, addr_off) = if rewrite == REWRITE_SRC {
-        (pkt.src, pkt.sport, IP_SRC_OFF)
-    } else {
-        (pkt.dst, pkt.dport, IP_DST_OFF)
+    let (old_addr, old_port, addr_off) = match side {
+        Side::Src => (pkt.src, pkt.sport, IP_SRC_OFF),
+        Side::Dst => (pkt.dst, pkt.dport, IP_DST_OFF),
     };
     let err = |_| DropReason::Rewrite;
-    if let Some((csum_off, port_off, extra)) = l4_offsets(pkt, rewrite) {
+    if let Some((csum_off, port_off, extra)) = l4_offsets(pkt, side) {
         // ICMP has no pseudo-header: only the identifier is in its checksum.
         if pkt.proto != IPPROTO_ICMP && old_addr != addr {
             ctx.l4_csum_replace(
@@ -98,38 +97,40 @@ pub fn rewrite(
     Ok(())
 }
 
-/// Creates the entry pair of a new masqueraded flow leaving from `pkt.src`
-/// with source `uplink_addr`, and returns the chosen source port. The
-/// original port is kept when that tuple is free; otherwise random ports of
-/// the configured range are probed, a bounded number of times. Claiming a
-/// port is one BPF_NOEXIST insert of the reply entry, so two CPUs can never
-/// hand out the same tuple.
+/// Applies a conntrack entry's rewrite to the packet. `pkt` holds the
+/// fields as parsed, before either side changed, which is what each
+/// incremental checksum update needs.
 #[inline(always)]
-pub fn masquerade(pkt: &Ipv4Packet, uplink_addr: [u8; 4]) -> Result<[u8; 2], DropReason> {
+pub fn apply(ctx: &TcContext, pkt: &Ipv4Packet, e: &CtEntry) -> Result<(), DropReason> {
+    if e.rewrite & REWRITE_SRC != 0 {
+        rewrite_side(ctx, pkt, Side::Src, e.new_saddr, e.new_sport)?;
+    }
+    if e.rewrite & REWRITE_DST != 0 {
+        rewrite_side(ctx, pkt, Side::Dst, e.new_daddr, e.new_dport)?;
+    }
+    Ok(())
+}
+
+/// Creates the entry pair of a new flow whose source becomes `addr` (plus
+/// whatever `orig` already rewrites), and returns the completed original
+/// entry. The source port is kept when that tuple is free; otherwise random
+/// ports of the configured range are probed, a bounded number of times.
+/// Claiming a port is one BPF_NOEXIST insert of the reply entry.
+#[inline(always)]
+pub fn snat(pkt: &Ipv4Packet, orig: CtEntry, addr: [u8; 4]) -> Result<CtEntry, DropReason> {
     let cfg = NAT_CONFIG.load();
-    let orig_key = conntrack::key_of(pkt);
-    let orig = conntrack::entry(REWRITE_SRC, FLAG_SNAT, uplink_addr, [0; 2], pkt);
-    let reply = conntrack::entry(REWRITE_DST, FLAG_SNAT | FLAG_REPLY, pkt.src, pkt.sport, pkt);
-    let mut candidate = pkt.sport;
+    let key = conntrack::key_of(pkt);
     let span = u32::from(cfg.snat_port_max.saturating_sub(cfg.snat_port_min)) + 1;
+    let mut candidate = pkt.sport;
     let mut i = 0u32;
     while i <= cfg.snat_probes && i <= 64 {
-        let reply_key = CtKey {
-            saddr: pkt.dst,
-            daddr: uplink_addr,
-            sport: pkt.dport,
-            dport: candidate,
-            proto: pkt.proto,
-            _pad: [0; 3],
-        };
-        let mut o = orig;
-        o.nat_port = candidate;
-        if conntrack::create_pair(&orig_key, &o, &reply_key, &reply, true).is_ok() {
-            return Ok(candidate);
+        let e = orig.with_src(addr, candidate);
+        if conntrack::create(&key, &e, true).is_ok() {
+            return Ok(e);
         }
         // SAFETY: a helper without arguments or side effects.
         let r = unsafe { bpf_get_prandom_u32() };
-        candidate = ((cfg.snat_port_min as u32 + r % span) as u16).to_be_bytes();
+        candidate = ((u32::from(cfg.snat_port_min) + r % span) as u16).to_be_bytes();
         i += 1;
     }
     Err(DropReason::SnatExhausted)

@@ -10,7 +10,7 @@
 
 use aya_ebpf::{btf_maps::lpm_trie::Key, macros::classifier, programs::TcContext};
 use dataplane_common::{
-    ct::{FLAG_DNAT, FLAG_REPLY, REWRITE_DST, REWRITE_SRC},
+    ct::{FLAG_DNAT, FLAG_SNAT},
     drop::DropReason,
     nat::{PortKey, SUBNET_INTERNAL, SUBNET_MASQUERADE},
     net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
@@ -64,7 +64,7 @@ fn translate_tracked(ctx: &TcContext, pkt: &Ipv4Packet) -> Result<bool, DropReas
     if closing {
         conntrack::mark_closing(&e.peer_key(&key));
     }
-    nat::rewrite(ctx, pkt, e.rewrite, e.nat_addr, e.nat_port)?;
+    nat::apply(ctx, pkt, &e)?;
     Ok(true)
 }
 
@@ -105,19 +105,10 @@ fn try_uplink_in(ctx: &TcContext) -> Result<i32, DropReason> {
         }
     };
     let orig_key = conntrack::key_of(&pkt);
-    let orig = conntrack::entry(REWRITE_DST, FLAG_DNAT, target.addr, target.port, &pkt);
-    let reply = conntrack::entry(
-        REWRITE_SRC,
-        FLAG_DNAT | FLAG_REPLY,
-        pkt.dst,
-        pkt.dport,
-        &pkt,
-    );
-    let reply_key = orig.peer_key(&orig_key);
-    conntrack::create_pair(&orig_key, &orig, &reply_key, &reply, false)
-        .map_err(|_| DropReason::CtInsert)?;
+    let orig = conntrack::entry(FLAG_DNAT, &pkt).with_dst(target.addr, target.port);
+    conntrack::create(&orig_key, &orig, false).map_err(|_| DropReason::CtInsert)?;
     bump(&DP_PORT_STATS, target.stats_index, ctx.len());
-    nat::rewrite(ctx, &pkt, REWRITE_DST, target.addr, target.port)?;
+    nat::apply(ctx, &pkt, &orig)?;
     Ok(TCX_NEXT)
 }
 
@@ -152,8 +143,7 @@ fn try_uplink_out(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(uplink) = (unsafe { DP_UPLINKS.get(ifindex) }) else {
         return Ok(TCX_NEXT);
     };
-    let addr = uplink.addr;
-    let port = nat::masquerade(&pkt, addr)?;
-    nat::rewrite(ctx, &pkt, REWRITE_SRC, addr, port)?;
+    let orig = nat::snat(&pkt, conntrack::entry(FLAG_SNAT, &pkt), uplink.addr)?;
+    nat::apply(ctx, &pkt, &orig)?;
     Ok(TCX_NEXT)
 }

@@ -5,7 +5,7 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use aya::maps::{HashMap, Map, MapData, MapError};
 use dataplane_common::{
-    ct::{CtEntry, CtKey, CtState, FLAG_DNAT, FLAG_REPLY, FLAG_SNAT, REWRITE_SRC},
+    ct::{CtEntry, CtKey, CtState, FLAG_DNAT, FLAG_REPLY, FLAG_SNAT, REWRITE_DST, REWRITE_SRC},
     maps,
     net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -138,11 +138,21 @@ pub fn list(pins: &PinRoot) -> Result<Vec<Flow>, CtError> {
             } else {
                 "NAT"
             };
-            let side = if e.rewrite == REWRITE_SRC {
-                "src"
-            } else {
-                "dst"
-            };
+            let mut nat = kind.to_owned();
+            if e.rewrite & REWRITE_DST != 0 {
+                nat += &format!(
+                    " dst -> {}:{}",
+                    Ipv4Addr::from(e.new_daddr),
+                    u16::from_be_bytes(e.new_dport)
+                );
+            }
+            if e.rewrite & REWRITE_SRC != 0 {
+                nat += &format!(
+                    " src -> {}:{}",
+                    Ipv4Addr::from(e.new_saddr),
+                    u16::from_be_bytes(e.new_sport)
+                );
+            }
             Flow {
                 proto: proto_name(k.proto),
                 state: CtState::from_u8(e.state).name(),
@@ -150,11 +160,7 @@ pub fn list(pins: &PinRoot) -> Result<Vec<Flow>, CtError> {
                 dst: Ipv4Addr::from(k.daddr).to_string(),
                 sport: u16::from_be_bytes(k.sport),
                 dport: u16::from_be_bytes(k.dport),
-                nat: format!(
-                    "{kind} {side} -> {}:{}",
-                    Ipv4Addr::from(e.nat_addr),
-                    u16::from_be_bytes(e.nat_port)
-                ),
+                nat,
                 reply: e.flags & FLAG_REPLY != 0,
                 packets: e.packets,
                 bytes: e.bytes,
