@@ -21,9 +21,19 @@ pub struct CtKey {
     pub sport: [u8; 2],
     pub dport: [u8; 2],
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// Which program's flows: [`ZONE_UPLINK`] or [`ZONE_ENDPOINT`]. A flow
+    /// translated at the uplink must not be translated again where its
+    /// packets enter the host from a container, and the other way round.
+    pub zone: u8,
+    pub _pad: [u8; 2],
 }
 const _: () = assert!(size_of::<CtKey>() == 16);
+
+/// Flows translated by the uplink programs (published ports from outside,
+/// masquerade).
+pub const ZONE_UPLINK: u8 = 0;
+/// Flows translated where they leave a container (hairpin).
+pub const ZONE_ENDPOINT: u8 = 1;
 
 impl CtKey {
     /// The tuple of a packet travelling the other way.
@@ -35,7 +45,8 @@ impl CtKey {
             sport: self.dport,
             dport: self.sport,
             proto: self.proto,
-            _pad: [0; 3],
+            zone: self.zone,
+            _pad: [0; 2],
         }
     }
 }
@@ -48,6 +59,10 @@ pub const REWRITE_DST: u8 = 2;
 pub const FLAG_DNAT: u8 = 1;
 pub const FLAG_SNAT: u8 = 2;
 pub const FLAG_REPLY: u8 = 4;
+/// A container reaching its own published port: after the rewrite the
+/// packet goes straight back into the container (MACs swapped), because the
+/// host stack would drop a packet from its own address.
+pub const FLAG_HAIRPIN_SELF: u8 = 8;
 
 /// TCP state of a flow (as far as a NAT needs to know it).
 #[repr(u8)]
@@ -97,6 +112,13 @@ pub struct CtEntry {
     /// [`FLAG_DNAT`]/[`FLAG_SNAT`], plus [`FLAG_REPLY`] on the reply entry.
     pub flags: u8,
     pub _pad: u8,
+    /// Non-zero: after the rewrite the packet is sent out of this interface
+    /// (into a container, skipping the host stack) with these Ethernet
+    /// addresses. Used by hairpin flows, whose rewritten packets the host
+    /// would otherwise drop as coming from its own address.
+    pub redirect_ifindex: u32,
+    pub redirect_dmac: [u8; 6],
+    pub redirect_smac: [u8; 6],
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) at creation and last packet.
     pub created_ns: u64,
     pub last_seen_ns: u64,
@@ -105,7 +127,7 @@ pub struct CtEntry {
     pub packets: u64,
     pub bytes: u64,
 }
-const _: () = assert!(size_of::<CtEntry>() == 48);
+const _: () = assert!(size_of::<CtEntry>() == 64);
 
 impl CtEntry {
     /// Rewrite the source to `addr`:`port`.
@@ -150,7 +172,8 @@ impl CtEntry {
 
     /// The other direction's entry for a flow whose original packets match
     /// `key`: it undoes this entry's rewrite (a rewritten destination comes
-    /// back as the source, and the other way round).
+    /// back as the source, and the other way round), and takes this entry's
+    /// redirect (which says where replies go).
     #[must_use]
     pub const fn reply(&self, key: &CtKey) -> CtEntry {
         let mut r = CtEntry {
@@ -162,6 +185,9 @@ impl CtEntry {
             state: self.state,
             flags: self.flags | FLAG_REPLY,
             _pad: 0,
+            redirect_ifindex: self.redirect_ifindex,
+            redirect_dmac: self.redirect_dmac,
+            redirect_smac: self.redirect_smac,
             created_ns: self.created_ns,
             last_seen_ns: self.last_seen_ns,
             packets: 0,

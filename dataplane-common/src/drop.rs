@@ -19,10 +19,18 @@ pub enum DropReason {
     Rewrite = 5,
     /// Egress from an `--internal` network.
     Internal = 6,
+    /// A container sent with a source address that is not its own.
+    Spoofed = 7,
+    /// A container addressed an endpoint of another network directly.
+    Isolated = 8,
+    /// Endpoints of a network with `enable_icc=false` addressed each other.
+    IccDisabled = 9,
+    /// A filter rule (DOCKER-USER, `dataplane filter`) said drop.
+    Filtered = 10,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::Truncated,
         DropReason::BadIhl,
         DropReason::BadVersion,
@@ -30,6 +38,10 @@ impl DropReason {
         DropReason::CtInsert,
         DropReason::Rewrite,
         DropReason::Internal,
+        DropReason::Spoofed,
+        DropReason::Isolated,
+        DropReason::IccDisabled,
+        DropReason::Filtered,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -42,6 +54,10 @@ impl DropReason {
             DropReason::CtInsert => "conntrack-insert-failed",
             DropReason::Rewrite => "rewrite-failed",
             DropReason::Internal => "internal-network-egress",
+            DropReason::Spoofed => "spoofed-source",
+            DropReason::Isolated => "network-isolation",
+            DropReason::IccDisabled => "icc-disabled",
+            DropReason::Filtered => "filtered",
         }
     }
 
@@ -54,6 +70,10 @@ impl DropReason {
             4 => Some(DropReason::CtInsert),
             5 => Some(DropReason::Rewrite),
             6 => Some(DropReason::Internal),
+            7 => Some(DropReason::Spoofed),
+            8 => Some(DropReason::Isolated),
+            9 => Some(DropReason::IccDisabled),
+            10 => Some(DropReason::Filtered),
             _ => None,
         }
     }

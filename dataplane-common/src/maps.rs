@@ -41,3 +41,22 @@ pub const SOCK_REVNAT_MAX: u32 = 65_536;
 /// Endpoints by host-side veth ifindex: `u32` -> [`crate::nat::EndpointInfo`].
 pub const ENDPOINTS: &str = "DP_ENDPOINTS";
 pub const ENDPOINTS_MAX: u32 = 16_384;
+/// Filter rules (DOCKER-USER), see [`crate::filter`]. The live generation:
+/// array of one [`crate::filter::FilterConfig`].
+pub const FILTER_CONFIG: &str = "DP_FLT_CONFIG";
+/// Source address: LPM key over [`crate::filter::FilterSrcData`] ->
+/// [`crate::filter::RuleBits`].
+pub const FILTER_SRC: &str = "DP_FLT_SRC";
+/// In-interface: [`crate::filter::FilterIfaceKey`] -> [`crate::filter::RuleBits`].
+pub const FILTER_IFACE: &str = "DP_FLT_IFACE";
+/// Destination port: [`crate::filter::FilterPortKey`] -> [`crate::filter::RuleBits`].
+pub const FILTER_PORT: &str = "DP_FLT_PORT";
+/// Network: [`crate::filter::FilterNetKey`] -> [`crate::filter::RuleBits`].
+pub const FILTER_NET: &str = "DP_FLT_NET";
+/// Array of [`crate::filter::FilterAction`] per [`crate::filter::slot`].
+pub const FILTER_ACTIONS: &str = "DP_FLT_ACTIONS";
+/// Per-CPU [`crate::stats::PktCounter`] per [`crate::filter::slot`].
+pub const FILTER_STATS: &str = "DP_FLT_STATS";
+/// Entries of each filter dimension map: per generation, one per rule plus
+/// the wildcard (or 0.0.0.0/0) entry.
+pub const FILTER_KEYS_MAX: u32 = crate::filter::GENERATIONS * (crate::filter::MAX_RULES + 1);

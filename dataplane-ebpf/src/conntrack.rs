@@ -8,7 +8,7 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
 };
 use dataplane_common::{
-    ct::{CtEntry, CtKey, CtState},
+    ct::{CtEntry, CtKey, CtState, FLAG_HAIRPIN_SELF},
     drop::DropReason,
     net::IPPROTO_TCP,
 };
@@ -18,16 +18,17 @@ use crate::{
     parse::{Ipv4Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
-/// The tuple of a parsed packet.
+/// The tuple of a parsed packet in a conntrack zone.
 #[inline(always)]
-pub fn key_of(pkt: &Ipv4Packet) -> CtKey {
+pub fn key_of(pkt: &Ipv4Packet, zone: u8) -> CtKey {
     CtKey {
         saddr: pkt.src,
         daddr: pkt.dst,
         sport: pkt.sport,
         dport: pkt.dport,
         proto: pkt.proto,
-        _pad: [0; 3],
+        zone,
+        _pad: [0; 2],
     }
 }
 
@@ -68,6 +69,9 @@ pub fn entry(flags: u8, pkt: &Ipv4Packet) -> CtEntry {
         state: initial_state(pkt) as u8,
         flags,
         _pad: 0,
+        redirect_ifindex: 0,
+        redirect_dmac: [0; 6],
+        redirect_smac: [0; 6],
         created_ns: t,
         last_seen_ns: t,
         packets: 0,
@@ -99,7 +103,13 @@ pub fn create(orig_key: &CtKey, orig: &CtEntry, exclusive: bool) -> Result<(), i
     let reply = orig.reply(orig_key);
     let flags = if exclusive { BPF_NOEXIST } else { BPF_ANY };
     insert(&reply_key, &reply, u64::from(flags))?;
-    if insert(orig_key, orig, u64::from(BPF_ANY)).is_err() {
+    // `orig`'s redirect is where replies go; the original direction takes
+    // it too only when it goes back into the same container.
+    let mut o = *orig;
+    if o.flags & FLAG_HAIRPIN_SELF == 0 {
+        o.redirect_ifindex = 0;
+    }
+    if insert(orig_key, &o, u64::from(BPF_ANY)).is_err() {
         let _ = remove(&reply_key);
         return Err(DropReason::CtInsert as i32);
     }

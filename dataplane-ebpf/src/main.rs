@@ -7,6 +7,9 @@
 mod conntrack;
 mod counters;
 mod drop;
+mod endpoint;
+mod filter;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;

@@ -67,3 +67,45 @@ pub static DP_ENDPOINTS: HashMap<u32, EndpointInfo, { ENDPOINTS_MAX as usize }> 
 #[btf_map]
 pub static DP_SOCK_REVNAT: LruHashMap<u64, SockRevNat, { SOCK_REVNAT_MAX as usize }> =
     LruHashMap::new();
+
+// Filter rules (DOCKER-USER), see `dataplane_common::filter` and `filter.rs`.
+use aya_ebpf::btf_maps::Array;
+use dataplane_common::{
+    filter::{
+        FilterAction, FilterConfig, FilterIfaceKey, FilterNetKey, FilterPortKey, FilterSrcData,
+        RuleBits, FILTER_SLOTS,
+    },
+    maps::FILTER_KEYS_MAX,
+};
+
+/// The live generation of filter rules (one entry).
+#[btf_map]
+pub static DP_FLT_CONFIG: Array<FilterConfig, 1> = Array::new();
+
+/// Filter rules by source address (longest prefix).
+#[btf_map]
+pub static DP_FLT_SRC: LpmTrie<FilterSrcData, RuleBits, { FILTER_KEYS_MAX as usize }> =
+    LpmTrie::new();
+
+/// Filter rules by in-interface.
+#[btf_map]
+pub static DP_FLT_IFACE: HashMap<FilterIfaceKey, RuleBits, { FILTER_KEYS_MAX as usize }> =
+    HashMap::new();
+
+/// Filter rules by (container) destination port.
+#[btf_map]
+pub static DP_FLT_PORT: HashMap<FilterPortKey, RuleBits, { FILTER_KEYS_MAX as usize }> =
+    HashMap::new();
+
+/// Filter rules by network.
+#[btf_map]
+pub static DP_FLT_NET: HashMap<FilterNetKey, RuleBits, { FILTER_KEYS_MAX as usize }> =
+    HashMap::new();
+
+/// Each filter rule's action, per generation and position.
+#[btf_map]
+pub static DP_FLT_ACTIONS: Array<FilterAction, { FILTER_SLOTS as usize }> = Array::new();
+
+/// Packets and bytes matched by each filter rule, per generation and position.
+#[btf_map]
+pub static DP_FLT_STATS: PerCpuArray<PktCounter, { FILTER_SLOTS as usize }> = PerCpuArray::new();

@@ -10,15 +10,16 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_common::{
-    ct::{CtEntry, REWRITE_DST, REWRITE_SRC},
+    ct::{CtEntry, CtKey, REWRITE_DST, REWRITE_SRC},
     drop::DropReason,
-    nat::NatConfig,
+    nat::{NatConfig, PortKey, PortTarget},
     net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 
 use crate::{
     conntrack,
-    parse::{Ipv4Packet, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF},
+    maps::{DP_HOST_ADDRS, DP_PORTS},
+    parse::{parse, Ipv4Packet, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, L3},
 };
 
 /// Masquerade settings, set by the agent at load time.
@@ -117,9 +118,14 @@ pub fn apply(ctx: &TcContext, pkt: &Ipv4Packet, e: &CtEntry) -> Result<(), DropR
 /// ports of the configured range are probed, a bounded number of times.
 /// Claiming a port is one BPF_NOEXIST insert of the reply entry.
 #[inline(always)]
-pub fn snat(pkt: &Ipv4Packet, orig: CtEntry, addr: [u8; 4]) -> Result<CtEntry, DropReason> {
+pub fn snat(
+    pkt: &Ipv4Packet,
+    zone: u8,
+    orig: CtEntry,
+    addr: [u8; 4],
+) -> Result<CtEntry, DropReason> {
     let cfg = NAT_CONFIG.load();
-    let key = conntrack::key_of(pkt);
+    let key = conntrack::key_of(pkt, zone);
     let span = u32::from(cfg.snat_port_max.saturating_sub(cfg.snat_port_min)) + 1;
     let mut candidate = pkt.sport;
     let mut i = 0u32;
@@ -134,4 +140,69 @@ pub fn snat(pkt: &Ipv4Packet, orig: CtEntry, addr: [u8; 4]) -> Result<CtEntry, D
         i += 1;
     }
     Err(DropReason::SnatExhausted)
+}
+
+/// Parses into `pkt`; false when there is nothing to translate (not IPv4,
+/// or a non-first fragment, which carries no ports).
+#[inline(always)]
+pub fn parse_translatable(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<bool, DropReason> {
+    Ok(parse(ctx, pkt)? == L3::Ipv4 && !pkt.later_fragment)
+}
+
+/// Applies the conntrack entry of `pkt`'s flow in `zone`, if there is one,
+/// and returns it.
+#[inline(always)]
+pub fn translate_tracked(
+    ctx: &TcContext,
+    pkt: &Ipv4Packet,
+    zone: u8,
+) -> Result<Option<CtEntry>, DropReason> {
+    let key = conntrack::key_of(pkt, zone);
+    let Some(entry) = conntrack::lookup(&key) else {
+        return Ok(None);
+    };
+    apply_tracked(ctx, pkt, &key, entry).map(Some)
+}
+
+/// Counts the packet in its flow's entry (found under `key`), follows TCP
+/// closing to the other direction's entry, and applies the rewrite.
+#[inline(always)]
+pub fn apply_tracked(
+    ctx: &TcContext,
+    pkt: &Ipv4Packet,
+    key: &CtKey,
+    entry: *mut CtEntry,
+) -> Result<CtEntry, DropReason> {
+    let closing = conntrack::touch(entry, pkt, ctx.len());
+    // SAFETY: from a lookup in this run; copied out before any helper runs.
+    let e = unsafe { *entry };
+    if closing {
+        conntrack::mark_closing(&e.peer_key(key));
+    }
+    apply(ctx, pkt, &e)?;
+    Ok(e)
+}
+
+/// The published port `pkt` is addressed to: one bound to its destination,
+/// or to every host address when the destination is one of ours.
+#[inline(always)]
+pub fn published(pkt: &Ipv4Packet) -> Option<PortTarget> {
+    if pkt.proto != IPPROTO_TCP && pkt.proto != IPPROTO_UDP {
+        return None;
+    }
+    let mut key = PortKey {
+        addr: pkt.dst,
+        port: pkt.dport,
+        proto: pkt.proto,
+        _pad: 0,
+    };
+    // SAFETY: values are copied out at once; nothing is kept.
+    if let Some(t) = unsafe { DP_PORTS.get(key) } {
+        return Some(*t);
+    }
+    // SAFETY: as above.
+    unsafe { DP_HOST_ADDRS.get(pkt.dst) }?;
+    key.addr = [0; 4];
+    // SAFETY: as above.
+    unsafe { DP_PORTS.get(key) }.copied()
 }

@@ -24,8 +24,10 @@
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{
-    helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext,
-    EbpfContext,
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+    EbpfContext, Global,
 };
 use dataplane_common::{
     nat::{PortKey, PortTarget},
@@ -37,6 +39,12 @@ use crate::maps::{DP_HOST_ADDRS, DP_PORTS, DP_SOCK_REVNAT};
 
 /// The only return value of a sock_addr program that lets the syscall go on.
 const PROCEED: i32 = 1;
+
+/// The host's network namespace cookie, set by the loader (0: no check).
+/// The cgroup can hold processes of other namespaces (containers); their
+/// 127.0.0.1 is their own and must not be translated.
+#[unsafe(no_mangle)]
+static HOST_NETNS_COOKIE: Global<u64> = Global::new(0);
 
 #[cgroup_sock_addr(connect4)]
 pub fn dp_connect4(ctx: SockAddrContext) -> i32 {
@@ -81,6 +89,11 @@ struct Endpoint {
 /// original for the reverse direction.
 #[inline(always)]
 fn forward(ctx: &SockAddrContext, hook: Hook) {
+    let host = HOST_NETNS_COOKIE.load();
+    // SAFETY: the context pointer is valid for the program's run.
+    if host != 0 && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != host {
+        return;
+    }
     let Some(proto) = protocol(ctx) else {
         return;
     };

@@ -10,9 +10,9 @@
 
 use aya_ebpf::{btf_maps::lpm_trie::Key, macros::classifier, programs::TcContext};
 use dataplane_common::{
-    ct::{FLAG_DNAT, FLAG_SNAT},
+    ct::{FLAG_DNAT, FLAG_REPLY, FLAG_SNAT, ZONE_UPLINK},
     drop::DropReason,
-    nat::{PortKey, SUBNET_INTERNAL, SUBNET_MASQUERADE},
+    nat::{SUBNET_INTERNAL, SUBNET_MASQUERADE},
     net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 
@@ -20,13 +20,16 @@ use crate::{
     conntrack,
     counters::bump,
     drop::drop_packet,
-    maps::{DP_HOST_ADDRS, DP_PORTS, DP_PORT_STATS, DP_SUBNETS, DP_UPLINKS},
+    filter, icmp,
+    maps::{DP_PORT_STATS, DP_SUBNETS, DP_UPLINKS},
     nat,
-    parse::{parse, Ipv4Packet, ICMP_ECHO_REQUEST, L3},
+    parse::{Ipv4Packet, ICMP_ECHO_REQUEST},
 };
 
 /// tcx: continue with the next program (or the stack).
 const TCX_NEXT: i32 = -1;
+/// The conntrack zone of the uplink's flows.
+const ZONE: u8 = ZONE_UPLINK;
 
 #[classifier]
 pub fn dp_uplink_in(ctx: TcContext) -> i32 {
@@ -44,81 +47,68 @@ pub fn dp_uplink_out(ctx: TcContext) -> i32 {
     }
 }
 
-/// Parses into `pkt`; false when there is nothing to translate (not IPv4,
-/// or a non-first fragment, which carries no ports).
-#[inline(always)]
-fn ipv4(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<bool, DropReason> {
-    Ok(parse(ctx, pkt)? == L3::Ipv4 && !pkt.later_fragment)
-}
-
-/// Applies an existing conntrack entry to the packet, if there is one.
-#[inline(always)]
-fn translate_tracked(ctx: &TcContext, pkt: &Ipv4Packet) -> Result<bool, DropReason> {
-    let key = conntrack::key_of(pkt);
-    let Some(entry) = conntrack::lookup(&key) else {
-        return Ok(false);
-    };
-    let closing = conntrack::touch(entry, pkt, ctx.len());
-    // SAFETY: from the lookup above; copied out before any helper runs.
-    let e = unsafe { *entry };
-    if closing {
-        conntrack::mark_closing(&e.peer_key(&key));
-    }
-    nat::apply(ctx, pkt, &e)?;
-    Ok(true)
-}
-
 #[inline(always)]
 fn try_uplink_in(ctx: &TcContext) -> Result<i32, DropReason> {
     let mut pkt = Ipv4Packet::default();
-    if !ipv4(ctx, &mut pkt)? {
+    if !nat::parse_translatable(ctx, &mut pkt)? {
         return Ok(TCX_NEXT);
     }
-    if translate_tracked(ctx, &pkt)? {
-        return Ok(TCX_NEXT);
-    }
-    if pkt.proto != IPPROTO_TCP && pkt.proto != IPPROTO_UDP {
-        return Ok(TCX_NEXT);
-    }
-    // A published port: bound to this destination, or to every host address
-    // when the destination is one of ours.
-    let mut pk = PortKey {
-        addr: pkt.dst,
-        port: pkt.dport,
-        proto: pkt.proto,
-        _pad: 0,
-    };
-    // SAFETY: read-only use of the value within this run.
-    let target = match unsafe { DP_PORTS.get(pk) } {
-        Some(t) => *t,
-        None => {
-            // SAFETY: as above.
-            if unsafe { DP_HOST_ADDRS.get(pkt.dst) }.is_none() {
-                return Ok(TCX_NEXT);
-            }
-            pk.addr = [0; 4];
-            // SAFETY: as above.
-            match unsafe { DP_PORTS.get(pk) } {
-                Some(t) => *t,
-                None => return Ok(TCX_NEXT),
-            }
+    let key = conntrack::key_of(&pkt, ZONE);
+    if let Some(entry) = conntrack::lookup(&key) {
+        // SAFETY: from the lookup above, copied out at once.
+        let e = unsafe { *entry };
+        // Every packet of a flow coming in to a published port meets the
+        // filter rules, as DOCKER-USER sees them; replies to flows the
+        // containers started do not (their egress keeps working).
+        if e.flags & FLAG_DNAT != 0 && e.flags & FLAG_REPLY == 0 {
+            filter_to(ctx, &pkt, e.new_daddr, e.new_dport)?;
         }
+        nat::apply_tracked(ctx, &pkt, &key, entry)?;
+        return Ok(TCX_NEXT);
+    }
+    if icmp::translate_error(ctx, &pkt, ZONE)? {
+        return Ok(TCX_NEXT);
+    }
+    let Some(target) = nat::published(&pkt) else {
+        // Routed straight to a container's address (no NAT): filtered too.
+        if DP_SUBNETS.get(&Key::new(32, pkt.dst)).is_some() {
+            filter_to(ctx, &pkt, pkt.dst, pkt.dport)?;
+        }
+        return Ok(TCX_NEXT);
     };
-    let orig_key = conntrack::key_of(&pkt);
+    filter_to(ctx, &pkt, target.addr, target.port)?;
     let orig = conntrack::entry(FLAG_DNAT, &pkt).with_dst(target.addr, target.port);
-    conntrack::create(&orig_key, &orig, false).map_err(|_| DropReason::CtInsert)?;
+    conntrack::create(&key, &orig, false).map_err(|_| DropReason::CtInsert)?;
     bump(&DP_PORT_STATS, target.stats_index, ctx.len());
     nat::apply(ctx, &pkt, &orig)?;
     Ok(TCX_NEXT)
 }
 
+/// The filter rules for a packet heading to `dst`:`dport` (after DNAT).
+#[inline(always)]
+fn filter_to(
+    ctx: &TcContext,
+    pkt: &Ipv4Packet,
+    dst: [u8; 4],
+    dport: [u8; 2],
+) -> Result<(), DropReason> {
+    let network = DP_SUBNETS
+        .get(&Key::new(32, dst))
+        .map(|p| p.network_id)
+        .unwrap_or(0);
+    // SAFETY: the context's __sk_buff is valid for the whole program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    filter::check(ifindex, pkt.src, pkt.proto, dport, network, ctx.len())
+}
+
 #[inline(always)]
 fn try_uplink_out(ctx: &TcContext) -> Result<i32, DropReason> {
     let mut pkt = Ipv4Packet::default();
-    if !ipv4(ctx, &mut pkt)? {
+    if !nat::parse_translatable(ctx, &mut pkt)? {
         return Ok(TCX_NEXT);
     }
-    if translate_tracked(ctx, &pkt)? {
+    if nat::translate_tracked(ctx, &pkt, ZONE)?.is_some() || icmp::translate_error(ctx, &pkt, ZONE)?
+    {
         return Ok(TCX_NEXT);
     }
     let Some(policy) = DP_SUBNETS.get(&Key::new(32, pkt.src)) else {
@@ -143,7 +133,7 @@ fn try_uplink_out(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(uplink) = (unsafe { DP_UPLINKS.get(ifindex) }) else {
         return Ok(TCX_NEXT);
     };
-    let orig = nat::snat(&pkt, conntrack::entry(FLAG_SNAT, &pkt), uplink.addr)?;
+    let orig = nat::snat(&pkt, ZONE, conntrack::entry(FLAG_SNAT, &pkt), uplink.addr)?;
     nat::apply(ctx, &pkt, &orig)?;
     Ok(TCX_NEXT)
 }

@@ -197,3 +197,33 @@ fn mount_bpffs(path: &Path) -> Result<(), BpffsError> {
 pub fn current_netns_ino() -> io::Result<u64> {
     Ok(fs::metadata("/proc/thread-self/ns/net")?.ino())
 }
+
+/// The network namespace cookie of the calling thread's namespace (what
+/// `bpf_get_netns_cookie` returns for its sockets), via SO_NETNS_COOKIE.
+pub fn current_netns_cookie() -> io::Result<u64> {
+    // Linux's SO_NETNS_COOKIE (since 5.14); not in every libc version.
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: a socket we close below; getsockopt writes at most `len` bytes
+    // into `cookie`.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut cookie: u64 = 0;
+        let mut len = size_of::<u64>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        );
+        let err = io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(err);
+        }
+        Ok(cookie)
+    }
+}

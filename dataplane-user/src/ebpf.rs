@@ -15,13 +15,13 @@ use aya::{
 };
 use dataplane_common::maps;
 
-use crate::bpffs::{current_netns_ino, BpffsError, PinRoot};
+use crate::bpffs::{current_netns_cookie, current_netns_ino, BpffsError, PinRoot};
 
 /// The object built by build.rs from `dataplane-ebpf` (bin `dataplane`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane"));
 
 /// Every map in the object, pinned by name.
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 18] = [
     maps::PROTO_STATS,
     maps::DROP_STATS,
     maps::PORTS,
@@ -33,6 +33,13 @@ pub const PINNED_MAPS: [&str; 11] = [
     maps::CT_OTHER,
     maps::SOCK_REVNAT,
     maps::ENDPOINTS,
+    maps::FILTER_CONFIG,
+    maps::FILTER_SRC,
+    maps::FILTER_IFACE,
+    maps::FILTER_PORT,
+    maps::FILTER_NET,
+    maps::FILTER_ACTIONS,
+    maps::FILTER_STATS,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -127,10 +134,14 @@ impl Dataplane {
     pub fn load(pins: &PinRoot) -> Result<Dataplane, LoadError> {
         pins.ensure()?;
         let paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
+        let cookie = current_netns_cookie().map_err(LoadError::Netns)?;
         let mut loader = EbpfLoader::new();
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
+        // The namespace this loader runs in is the host's (see the sock
+        // programs).
+        loader.override_global("HOST_NETNS_COOKIE", &cookie, true);
         let ebpf = loader
             .load(OBJECT)
             .map_err(|e| LoadError::Object(Box::new(e)))?;

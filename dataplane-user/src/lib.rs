@@ -6,6 +6,7 @@
 pub mod bpffs;
 pub mod conntrack;
 pub mod ebpf;
+pub mod filter;
 pub mod nat;
 pub mod netlink;
 pub mod netns;

@@ -16,7 +16,7 @@ use dataplane_user::{
         manager::{ConnectArgs, Manager},
         model::CreateArgs,
     },
-    state, stats,
+    sock, state, stats,
 };
 use tracing::{info, warn};
 
@@ -56,6 +56,11 @@ enum Command {
         interval: u64,
         #[command(flatten)]
         timeouts: TimeoutArgs,
+        /// Cgroup whose processes reach published ports on the host's own
+        /// addresses (`local attach`); `none` turns this off. Default: the
+        /// cgroup v2 root.
+        #[arg(long, value_name = "PATH|none")]
+        host_cgroup: Option<String>,
     },
     /// Manage networks (like `docker network`).
     Network {
@@ -110,6 +115,12 @@ enum Command {
         #[command(subcommand)]
         command: ConntrackCommand,
     },
+    /// Published ports for processes on the host itself (127.0.0.1:PORT and
+    /// the host's addresses), through cgroup v2 socket hooks: no proxy.
+    Local {
+        #[command(subcommand)]
+        command: LocalCommand,
+    },
     /// Disconnect an endpoint (by name, id, or namespace) from a network,
     /// removing exactly what connect created.
     Disconnect { network: String, container: String },
@@ -140,6 +151,19 @@ enum PublishCommand {
         endpoint: String,
         #[arg(required = true)]
         specs: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LocalCommand {
+    /// Translate connections of processes in this cgroup (default: the
+    /// cgroup v2 root, i.e. every process; only sockets of the host's network
+    /// namespace are translated).
+    Attach {
+        cgroup: Option<PathBuf>,
+    },
+    Detach {
+        cgroup: Option<PathBuf>,
     },
 }
 
@@ -329,13 +353,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ifaces,
             interval,
             timeouts,
-        } => agent(
-            &pins,
-            &state_dir,
-            ifaces,
-            Duration::from_secs(interval),
-            timeouts.timeouts(),
-        ),
+            host_cgroup,
+        } => {
+            let host_cgroup = match host_cgroup.as_deref() {
+                Some("none") => None,
+                Some(path) => Some(PathBuf::from(path)),
+                None => Some(sock::cgroup2_mount()?),
+            };
+            let opts = AgentOpts {
+                ifaces,
+                interval: Duration::from_secs(interval),
+                timeouts: timeouts.timeouts(),
+                host_cgroup,
+            };
+            block_on(agent_main(&pins, &state_dir, opts))
+        }
         Command::Publish { command } => block_on(async {
             let mut m = Manager::open(&state_dir, &pins).await?;
             match command {
@@ -375,6 +407,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let m = Manager::open(&state_dir, &pins).await?;
             nat_ls(&m, &pins, format)
         }),
+        Command::Local { command } => {
+            let (cgroup, attach) = match command {
+                LocalCommand::Attach { cgroup } => (cgroup, true),
+                LocalCommand::Detach { cgroup } => (cgroup, false),
+            };
+            let cgroup = match cgroup {
+                Some(c) => c,
+                None => sock::cgroup2_mount()?,
+            };
+            if attach {
+                let mut dp = Dataplane::load(&pins)?;
+                sock::attach(&mut dp, &pins, &cgroup)?;
+                println!("host-local published ports on for {}", cgroup.display());
+            } else {
+                sock::detach(&pins, &cgroup)?;
+                println!("host-local published ports off for {}", cgroup.display());
+            }
+            Ok(())
+        }
         Command::Conntrack { command } => match command {
             ConntrackCommand::Ls { format } => conntrack_ls(&pins, format),
             ConntrackCommand::Gc { timeouts } => {
@@ -737,22 +788,19 @@ fn default_route_ifaces() -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
-fn agent(
-    pins: &PinRoot,
-    state_dir: &std::path::Path,
+/// The agent's settings, parsed from its flags.
+struct AgentOpts {
     ifaces: Vec<String>,
     interval: Duration,
     timeouts: conntrack::Timeouts,
-) -> anyhow::Result<()> {
-    block_on(agent_main(pins, state_dir, ifaces, interval, timeouts))
+    /// Where host-local clients get published ports; None: nowhere.
+    host_cgroup: Option<PathBuf>,
 }
 
 async fn agent_main(
     pins: &PinRoot,
     state_dir: &std::path::Path,
-    ifaces: Vec<String>,
-    interval: Duration,
-    timeouts: conntrack::Timeouts,
+    opts: AgentOpts,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     // Handlers first: a stop requested during start-up is then seen once
@@ -767,6 +815,12 @@ async fn agent_main(
         info!("reconciled: {c}");
     }
     drop(manager); // releases the state lock for CLI calls
+    let AgentOpts {
+        ifaces,
+        interval,
+        timeouts,
+        host_cgroup,
+    } = opts;
     let ifaces = if ifaces.is_empty() {
         default_route_ifaces()?
     } else {
@@ -795,6 +849,18 @@ async fn agent_main(
                     detach_all(pins, &attached);
                     return Err(err);
                 }
+            }
+        }
+    }
+    if let Some(cg) = &host_cgroup {
+        match sock::attach(&mut dp, pins, cg) {
+            Ok(_) => info!(cgroup = %cg.display(), "host-local published ports on"),
+            Err(sock::SockError::AlreadyAttached { .. }) => {
+                info!(cgroup = %cg.display(), "host-local published ports already on; adopting")
+            }
+            Err(e) => {
+                detach_all(pins, &attached);
+                return Err(e.into());
             }
         }
     }

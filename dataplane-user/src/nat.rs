@@ -91,6 +91,28 @@ pub fn detach_uplink(pins: &PinRoot, ifname: &str) -> Result<(), NatError> {
     Ok(())
 }
 
+/// The program on an endpoint's host-side veth (packets from the container).
+pub const ENDPOINT_PROGRAM: &str = "dp_from_container";
+
+/// Attaches the endpoint program to a container's host-side veth; an
+/// existing attachment is kept.
+pub fn attach_endpoint(pins: &PinRoot, host_ifname: &str) -> Result<(), NatError> {
+    let mut dp = Dataplane::load(pins)?;
+    match dp.attach_tc(ENDPOINT_PROGRAM, host_ifname, Direction::Ingress) {
+        Ok(_) | Err(LoadError::AlreadyAttached { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes the endpoint program's pin (its link is gone already when the
+/// veth went with its namespace).
+pub fn detach_endpoint(pins: &PinRoot, host_ifname: &str) -> Result<(), NatError> {
+    match detach_tc(pins, ENDPOINT_PROGRAM, host_ifname, Direction::Ingress) {
+        Ok(()) | Err(LoadError::NotAttached { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// What the maps should hold.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Desired {

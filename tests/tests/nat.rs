@@ -484,3 +484,217 @@ fn uplink_bad_input() {
         .unwrap_or(0);
     assert_eq!(links, 0, "uplink rm detached both programs");
 }
+
+fn drops(s: &Setup, reason: &str) -> u64 {
+    let stats = s
+        .cli
+        .json(&["stats", "show", "--format", "json"])
+        .expect("stats");
+    stats["drops"][reason]["packets"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn hairpin_from_containers_on_any_network() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let s = setup("hairpin");
+    s.cli.run(&["network", "create", "net1"]).expect("net1");
+    let a = NetNs::new("ha").expect("netns");
+    let b = NetNs::new("hb").expect("netns");
+    let c = NetNs::new("hc").expect("netns");
+    s.cli
+        .run(&["connect", "bridge", a.name(), "-p", "8080:80"])
+        .expect("a");
+    s.cli
+        .run(&["connect", "bridge", b.name(), "-p", "8081:80"])
+        .expect("b");
+    s.cli.run(&["connect", "net1", c.name()]).expect("c");
+    let srv_a = http_server(&a, SocketAddr::from(([172, 17, 0, 2], 80)), "a").expect("a srv");
+    let srv_b = http_server(&b, SocketAddr::from(([172, 17, 0, 3], 80)), "b").expect("b srv");
+    let host = |p| SocketAddr::from((s.fh.host_ip, p));
+
+    // Another container on the same network, keeping its address.
+    assert_eq!(http_get(&b, host(8080), "/", T).expect("b -> a").1, "a");
+    assert!(
+        srv_a
+            .peers()
+            .iter()
+            .any(|p| p.ip() == Ipv4Addr::new(172, 17, 0, 3)),
+        "{:?}",
+        srv_a.peers()
+    );
+    assert_eq!(http_get(&a, host(8081), "/", T).expect("a -> b").1, "b");
+    // A container of another network.
+    assert_eq!(http_get(&c, host(8080), "/", T).expect("c -> a").1, "a");
+    assert!(
+        srv_a
+            .peers()
+            .iter()
+            .any(|p| p.ip() == Ipv4Addr::new(172, 18, 0, 2)),
+        "{:?}",
+        srv_a.peers()
+    );
+    // A container reaching its own published port (seen from the gateway).
+    assert_eq!(http_get(&a, host(8080), "/", T).expect("a -> a").1, "a");
+    assert!(
+        srv_a
+            .peers()
+            .iter()
+            .any(|p| p.ip() == Ipv4Addr::new(172, 17, 0, 1)),
+        "{:?}",
+        srv_a.peers()
+    );
+    drop(srv_b);
+    no_csum_errors(&[&a, &b, &c]);
+    no_firewall_rules(&s.fh.host);
+}
+
+#[test]
+fn isolation_icc_and_anti_spoofing() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let s = setup("iso");
+    s.cli.run(&["network", "create", "net1"]).expect("net1");
+    s.cli
+        .run(&[
+            "network",
+            "create",
+            "-o",
+            "com.docker.network.bridge.enable_icc=false",
+            "quiet",
+        ])
+        .expect("quiet");
+    let b = NetNs::new("ib").expect("netns");
+    let c = NetNs::new("ic").expect("netns");
+    let q1 = NetNs::new("q1").expect("netns");
+    let q2 = NetNs::new("q2").expect("netns");
+    s.cli.run(&["connect", "bridge", b.name()]).expect("b");
+    s.cli.run(&["connect", "net1", c.name()]).expect("c");
+    s.cli.run(&["connect", "quiet", q1.name()]).expect("q1");
+    s.cli
+        .run(&["connect", "quiet", q2.name(), "-p", "8090:80"])
+        .expect("q2");
+    let q2_ip = Ipv4Addr::new(172, 19, 0, 3);
+
+    // Networks are isolated from each other, not from their gateways.
+    assert!(!ping(&b, Ipv4Addr::new(172, 18, 0, 2), 1, Duration::from_secs(1)).expect("ping"));
+    assert!(drops(&s, "network-isolation") >= 1);
+    assert!(ping(&c, Ipv4Addr::new(172, 18, 0, 1), 1, T).expect("ping gateway"));
+
+    // ICC off: no direct traffic inside the network; the published port
+    // through the host address still works.
+    assert!(!ping(&q1, q2_ip, 1, Duration::from_secs(1)).expect("ping"));
+    assert!(drops(&s, "icc-disabled") >= 1);
+    let _srv = http_server(&q2, SocketAddr::from((q2_ip, 80)), "q2").expect("srv");
+    assert_eq!(
+        http_get(&q1, SocketAddr::from((s.fh.host_ip, 8090)), "/", T)
+            .expect("via host")
+            .1,
+        "q2"
+    );
+
+    // A source address that is not the endpoint's own is dropped.
+    b.exec(&["ip", "addr", "add", "172.17.0.99/16", "dev", "eth0"])
+        .expect("extra addr");
+    let before = drops(&s, "spoofed-source");
+    let out = b
+        .exec_output(
+            &[
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "-I",
+                "172.17.0.99",
+                "172.17.0.1",
+            ],
+            T,
+        )
+        .expect("ping");
+    assert!(!out.success(), "spoofed ping answered: {}", out.stdout);
+    assert!(drops(&s, "spoofed-source") > before);
+}
+
+#[test]
+fn path_mtu_discovery_works_through_masquerade() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    use dataplane_tests::netns::{add_addr, add_route, default_route, veth_pair};
+    let s = setup("pmtu");
+    // Beyond the uplink: the client routes to a far network over a link
+    // whose MTU is 1280 (on the router's side; the far host keeps 1500, so
+    // TCP's MSS does not hide the bottleneck).
+    let far = NetNs::new("far").expect("netns");
+    let link = dataplane_tests::unique_ifname("far");
+    veth_pair(&s.fh.client, &link, &far, "eth0").expect("veth");
+    s.fh.client
+        .exec(&["ip", "link", "set", &link, "mtu", "1280"])
+        .expect("mtu");
+    add_addr(&s.fh.client, &link, "198.51.100.1/24").expect("addr");
+    add_addr(&far, "eth0", "198.51.100.2/24").expect("addr");
+    default_route(&far, Ipv4Addr::new(198, 51, 100, 1)).expect("route");
+    s.fh.client
+        .sysctl("net.ipv4.ip_forward", "1")
+        .expect("forwarding");
+    add_route(&s.fh.host, "198.51.100.0/24", s.fh.client_ip).expect("host route");
+    let c = NetNs::new("pm").expect("netns");
+    s.cli
+        .run(&["connect", "bridge", c.name()])
+        .expect("connect");
+
+    // A sink on the far host: reads everything, answers with the count.
+    let listener = far
+        .run_in(|| std::net::TcpListener::bind("198.51.100.2:9500"))
+        .expect("ns")
+        .expect("listen");
+    let sink = std::thread::spawn(move || -> std::io::Result<usize> {
+        // Bounded: a transfer that never arrives ends the sink too.
+        listener.set_nonblocking(true)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let mut conn = loop {
+            match listener.accept() {
+                Ok((conn, _)) => break conn,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        conn.set_nonblocking(false)?;
+        conn.set_read_timeout(Some(Duration::from_secs(15)))?;
+        conn.set_write_timeout(Some(Duration::from_secs(15)))?;
+        let mut buf = Vec::new();
+        conn.read_to_end(&mut buf)?;
+        conn.write_all(buf.len().to_string().as_bytes())?;
+        Ok(buf.len())
+    });
+    let payload = vec![0xabu8; 300_000];
+    let sent = c
+        .run_in(move || -> std::io::Result<String> {
+            let mut st =
+                TcpStream::connect_timeout(&SocketAddr::from(([198, 51, 100, 2], 9500)), T)?;
+            st.set_read_timeout(Some(Duration::from_secs(15)))?;
+            st.set_write_timeout(Some(Duration::from_secs(15)))?;
+            st.write_all(&payload)?;
+            st.shutdown(std::net::Shutdown::Write)?;
+            let mut reply = String::new();
+            st.read_to_string(&mut reply)?;
+            Ok(reply)
+        })
+        .expect("ns")
+        .expect("transfer larger than the path MTU completes");
+    assert_eq!(sent, "300000");
+    assert_eq!(sink.join().expect("sink").expect("sink io"), 300_000);
+    // The container learnt the path MTU from the translated ICMP error.
+    let route = c
+        .exec(&["ip", "route", "get", "198.51.100.2"])
+        .expect("route get");
+    assert!(route.contains("mtu 1280"), "{route}");
+}

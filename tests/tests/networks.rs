@@ -330,7 +330,15 @@ fn agent_restart_keeps_allocations_and_restores_bridges() {
         .exec(&["ip", "link", "del", &bridge])
         .expect("delete bridge");
     let mut agent = cli
-        .command(&["agent", "--iface", &fh.uplink, "--interval", "1"])
+        .command(&[
+            "agent",
+            "--iface",
+            &fh.uplink,
+            "--interval",
+            "1",
+            "--host-cgroup",
+            "none",
+        ])
         .expect("cmd")
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -30,6 +30,7 @@ use dataplane_common::{
 };
 use dataplane_tests::{
     cmd,
+    netns::NetNs,
     topo::{Container, FakeHost},
     traffic::{http_server, udp_echo_server},
     unique_name, BpffsDir,
@@ -103,7 +104,14 @@ impl Setup {
             .expect("container");
         let pins = BpffsDir::new(tag).expect("bpffs dir");
         let cgroup = TestCgroup::new();
-        let mut dp = Dataplane::load(pins.pins()).expect("load");
+        // Loaded from inside the fake host, as the agent runs in the host: the
+        // programs translate sockets of the loader's network namespace only.
+        let root = pins.pins().clone();
+        let mut dp = fh
+            .host
+            .run_in(move || Dataplane::load(&root))
+            .expect("netns")
+            .expect("load");
         let links = sock::attach(&mut dp, pins.pins(), &cgroup.path).expect("attach");
         assert_eq!(links.len(), sock::PROGRAMS.len(), "{links:?}");
         // The links are pinned: the attachment outlives this handle.
@@ -194,6 +202,16 @@ impl Setup {
             out.stderr
         );
         out
+    }
+
+    /// Runs argv in another namespace from a process in the test cgroup.
+    fn in_cgroup_in(&self, ns: &NetNs, argv: &[&str]) -> cmd::Output {
+        let cg = self.cgroup.path.to_string_lossy();
+        let ns = ns.path().to_string_lossy();
+        let script = r#"echo $$ > "$1/cgroup.procs" || exit 97; ns=$2; shift 2; exec nsenter --net="$ns" -- "$@""#;
+        let mut full = vec!["sh", "-c", script, "sh", &cg, &ns];
+        full.extend_from_slice(argv);
+        cmd::output(&full, T).expect("client in cgroup")
     }
 
     /// Runs argv in the fake host's namespace, in the test process's cgroup.
@@ -501,7 +519,12 @@ fn attach_is_refused_twice_and_detach_removes_the_links() {
     }
 
     // A second attach names the cgroup and changes nothing.
-    let mut dp = Dataplane::load(s.pins.pins()).expect("load");
+    let root = s.pins.pins().clone();
+    let mut dp =
+        s.fh.host
+            .run_in(move || Dataplane::load(&root))
+            .expect("netns")
+            .expect("load");
     let err = sock::attach(&mut dp, s.pins.pins(), cg).expect_err("second attach");
     assert!(matches!(err, SockError::AlreadyAttached { .. }), "{err:?}");
     assert!(
@@ -538,4 +561,22 @@ fn attach_is_refused_twice_and_detach_removes_the_links() {
     let err = sock::detach(s.pins.pins(), cg).expect_err("second detach");
     assert!(matches!(err, SockError::NotAttached { .. }), "{err:?}");
     assert!(err.to_string().contains(&*cg.to_string_lossy()), "{err}");
+}
+
+#[test]
+fn sockets_of_other_namespaces_in_the_cgroup_are_not_translated() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let s = Setup::new("sockns");
+    let target = s.container_addr(80);
+    s.publish(Ipv4Addr::UNSPECIFIED, 8080, IPPROTO_TCP, target);
+    let _server = http_server(&s.container.ns, target.into(), BODY).expect("http server");
+    // A container process in the host's cgroup: its 127.0.0.1 is its own.
+    let inner = NetNs::new("inner").expect("netns");
+    let out = s.in_cgroup_in(&inner, &strs(&curl("http://127.0.0.1:8080/")));
+    assert_refused(&out, "127.0.0.1 inside another namespace");
+    // The same client in the host namespace is translated.
+    let out = s.in_cgroup(&strs(&curl("http://127.0.0.1:8080/")));
+    curl_ok(&out, "127.0.0.1 in the host");
 }

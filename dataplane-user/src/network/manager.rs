@@ -617,6 +617,13 @@ impl Manager {
             suffix: &suffix,
         };
         let attachment = driver::setup_endpoint(&self.host, &plan).await?;
+        if let Attachment::Veth { host_ifname } = &attachment {
+            if let Err(e) = nat::attach_endpoint(&self.pins, host_ifname) {
+                let _ =
+                    driver::teardown_endpoint(&self.host, &netns, Some(&ifname), &attachment).await;
+                return Err(e.into());
+            }
+        }
         let ep = Endpoint {
             id,
             name,
@@ -751,9 +758,14 @@ impl Manager {
             .filter(|e| matches!(&e.attachment, Attachment::Container { endpoint } if *endpoint == ep.id))
             .map(|e| e.id.clone())
             .collect();
-        let errors =
+        let mut errors =
             driver::teardown_endpoint(&self.host, &ep.netns, ep.ifname.as_deref(), &ep.attachment)
                 .await;
+        if let Attachment::Veth { host_ifname } = &ep.attachment {
+            if let Err(e) = nat::detach_endpoint(&self.pins, host_ifname) {
+                errors.push(e.to_string());
+            }
+        }
         let mut state = self.state.clone();
         state.endpoints.remove(&ep.id);
         for id in sharers {
@@ -968,6 +980,13 @@ impl Manager {
             let mut dp = Dataplane::load(&self.pins).map_err(NatError::from)?;
             for u in &self.state.uplinks {
                 nat::attach_uplink(&mut dp, u)?;
+            }
+        }
+        for ep in self.state.endpoints.values() {
+            if let Attachment::Veth { host_ifname } = &ep.attachment {
+                if self.host.link_by_name(host_ifname).await?.is_some() {
+                    nat::attach_endpoint(&self.pins, host_ifname)?;
+                }
             }
         }
         nat::sync(&self.pins, &self.state, &self.host).await?;

@@ -1,0 +1,129 @@
+//! `dp_from_container`: tc ingress on an endpoint's host-side veth (Cilium's
+//! "from-container"), for every packet a container sends into the host:
+//! - anti-spoofing: the source must be the endpoint's own address;
+//! - hairpin: a container reaching a published port on a host address gets
+//!   DNAT here (the uplink never sees this traffic), keeping its address.
+//!   The server's replies enter the host through the server's own
+//!   from-container program, where the flow's reply entry restores the
+//!   published address and sends them straight into the client's veth: once
+//!   their source is the host's address, the host stack would drop them as
+//!   martian. A container reaching its own published port also gets the
+//!   gateway as its source (it would drop a packet from itself), and both
+//!   directions go straight back into it;
+//! - isolation: no direct traffic to another network's endpoints, and none
+//!   between endpoints of one network with `enable_icc=false` (published
+//!   ports, which go through the host address, still work).
+
+use aya_ebpf::{
+    bindings::TC_ACT_REDIRECT, btf_maps::lpm_trie::Key, helpers::bpf_redirect, macros::classifier,
+    programs::TcContext,
+};
+use dataplane_common::{
+    ct::{CtEntry, FLAG_DNAT, FLAG_HAIRPIN_SELF, ZONE_ENDPOINT},
+    drop::DropReason,
+    nat::{EndpointInfo, SUBNET_NO_ICC},
+};
+
+use crate::{
+    conntrack,
+    counters::bump,
+    drop::drop_packet,
+    maps::{DP_ENDPOINTS, DP_PORT_STATS, DP_SUBNETS},
+    nat,
+    parse::{parse, Ipv4Packet, L3},
+};
+
+const TCX_NEXT: i32 = -1;
+const ZONE: u8 = ZONE_ENDPOINT;
+
+#[classifier]
+pub fn dp_from_container(ctx: TcContext) -> i32 {
+    match try_from_container(&ctx) {
+        Ok(verdict) => verdict,
+        Err(reason) => drop_packet(reason, ctx.len()),
+    }
+}
+
+#[inline(always)]
+fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
+    let mut pkt = Ipv4Packet::default();
+    if parse(ctx, &mut pkt)? != L3::Ipv4 {
+        return Ok(TCX_NEXT);
+    }
+    // SAFETY: the context's __sk_buff is valid for the whole program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: copied out at once.
+    let Some(ep) = (unsafe { DP_ENDPOINTS.get(ifindex) }).copied() else {
+        return Ok(TCX_NEXT);
+    };
+    if pkt.src != ep.addr {
+        return Err(DropReason::Spoofed);
+    }
+    if !pkt.later_fragment {
+        if let Some(e) = nat::translate_tracked(ctx, &pkt, ZONE)? {
+            return finish(ctx, &e);
+        }
+        if let Some(target) = nat::published(&pkt) {
+            let mut orig = conntrack::entry(FLAG_DNAT, &pkt).with_dst(target.addr, target.port);
+            // Replies go back into this container, from the bridge: the
+            // addresses of the frame as it arrived, swapped.
+            let macs: [u8; 12] = ctx.load(0).map_err(|_| DropReason::Truncated)?;
+            orig.redirect_ifindex = ifindex;
+            orig.redirect_dmac.copy_from_slice(&macs[6..]);
+            orig.redirect_smac.copy_from_slice(&macs[..6]);
+            if target.addr == ep.addr {
+                orig.flags |= FLAG_HAIRPIN_SELF;
+                orig = nat::snat(&pkt, ZONE, orig, ep.gateway)?;
+            } else {
+                let key = conntrack::key_of(&pkt, ZONE);
+                conntrack::create(&key, &orig, false).map_err(|_| DropReason::CtInsert)?;
+            }
+            bump(&DP_PORT_STATS, target.stats_index, ctx.len());
+            nat::apply(ctx, &pkt, &orig)?;
+            if orig.flags & FLAG_HAIRPIN_SELF == 0 {
+                return Ok(TCX_NEXT);
+            }
+            return finish(ctx, &orig);
+        }
+    }
+    isolation(&pkt, &ep)?;
+    Ok(TCX_NEXT)
+}
+
+/// Direct traffic to a managed subnet: only to the gateway, or within the
+/// sender's own network when ICC is on.
+#[inline(always)]
+fn isolation(pkt: &Ipv4Packet, ep: &EndpointInfo) -> Result<(), DropReason> {
+    if pkt.dst == ep.gateway {
+        return Ok(());
+    }
+    let Some(dst_net) = DP_SUBNETS.get(&Key::new(32, pkt.dst)) else {
+        return Ok(());
+    };
+    if dst_net.network_id != ep.network_id {
+        return Err(DropReason::Isolated);
+    }
+    if dst_net.flags & SUBNET_NO_ICC != 0 {
+        return Err(DropReason::IccDisabled);
+    }
+    Ok(())
+}
+
+/// After a rewrite: an entry with a redirect sends the packet straight into
+/// that container's veth with the Ethernet addresses it recorded.
+#[inline(always)]
+fn finish(ctx: &TcContext, e: &CtEntry) -> Result<i32, DropReason> {
+    if e.redirect_ifindex == 0 {
+        return Ok(TCX_NEXT);
+    }
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&e.redirect_dmac);
+    macs[6..].copy_from_slice(&e.redirect_smac);
+    ctx.store(0, &macs, 0).map_err(|_| DropReason::Rewrite)?;
+    // SAFETY: a helper taking plain integers.
+    let rc = unsafe { bpf_redirect(e.redirect_ifindex, 0) };
+    if rc != i64::from(TC_ACT_REDIRECT) {
+        return Err(DropReason::Rewrite);
+    }
+    Ok(TC_ACT_REDIRECT)
+}

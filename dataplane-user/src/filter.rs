@@ -1,0 +1,1277 @@
+//! DOCKER-USER-style filter rules: `filter add [--network N] [--in IFACE]
+//! [--src CIDR | --not-src CIDR] [--dport P[/tcp|udp]] --action drop|accept`.
+//!
+//! Rules filter traffic from outside on its way to containers, after DNAT
+//! (so `--dport` is the container's port, as in Docker's DOCKER-USER chain).
+//! They are evaluated in order, the first match decides, no match accepts.
+//!
+//! The eBPF side must not walk the rules, so [`compile`] turns the ordered
+//! list into per-dimension bitmaps (see `dataplane_common::filter`): for
+//! each value a packet can have in a dimension (a source region, an
+//! interface, a port, a network), the set of rules that dimension lets
+//! through. The program ANDs one bitmap per dimension and takes the lowest
+//! bit: the first rule matching in every dimension.
+//!
+//! [`apply`] writes a compiled rule set into the generation of the maps the
+//! program is not reading and then switches generations with one write, so
+//! no packet is judged by a mix of two rule sets. It is a full reconcile, so
+//! running it twice changes nothing and stray entries are removed. Callers
+//! serialise it (the CLI holds the state lock).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::Ipv4Addr,
+    str::FromStr,
+};
+
+use aya::maps::{
+    lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+};
+pub use dataplane_common::filter::MAX_RULES;
+use dataplane_common::{
+    filter::{
+        slot, src_data, FilterAction, FilterConfig, FilterIfaceKey, FilterNetKey, FilterPortKey,
+        FilterSrcData, RuleBits, ACTION_ACCEPT, ACTION_DROP, ANY_IFINDEX, ANY_NETWORK, GENERATIONS,
+        SRC_GEN_BITS,
+    },
+    maps,
+    stats::PktCounter,
+};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::{bpffs::PinRoot, ebpf::Dataplane, network::ports::Proto};
+
+/// Linux's IFNAMSIZ - 1.
+const IFNAME_MAX: usize = 15;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("{flag} {value:?}: not an IPv4 address or CIDR (e.g. 192.168.1.0/24)")]
+    Cidr { flag: &'static str, value: String },
+    #[error("--src {src:?} and --not-src {not_src:?}: give at most one of them")]
+    SrcAndNotSrc { src: String, not_src: String },
+    #[error("--dport {value:?}: port {port:?} is not a number from 1 to 65535")]
+    Port { value: String, port: String },
+    #[error("--dport {value:?}: unknown protocol {proto:?} (tcp or udp)")]
+    Proto { value: String, proto: String },
+    #[error("--action {0:?}: expected drop or accept")]
+    Action(String),
+    #[error("--in {0:?}: not an interface name (1 to 15 bytes, no '/', ':' or whitespace)")]
+    Iface(String),
+    #[error("--in {0:?}: interface wildcards are not supported; add a rule per interface")]
+    IfaceWildcard(String),
+    #[error("--network {0:?}: empty network name")]
+    Network(String),
+    #[error("{count} filter rules: at most {MAX_RULES} are supported")]
+    TooManyRules { count: usize },
+    #[error("filter rule id {0} appears more than once")]
+    DuplicateId(u32),
+    #[error("filter rule {id}: port 0 in --dport")]
+    RulePort { id: u32 },
+    #[error("filter rule {id}: {flag} {name:?} was not resolved to an {what}")]
+    Unresolved {
+        id: u32,
+        flag: &'static str,
+        name: String,
+        what: &'static str,
+    },
+    #[error("filter rule {id}: resolved a {flag} the rule does not have")]
+    ResolvedExtra { id: u32, flag: &'static str },
+    #[error("filter rule {id}: {flag} resolved to 0, which is reserved for \"any\"")]
+    ResolvedZero { id: u32, flag: &'static str },
+    #[error("filter position {0}: positions run from 0 to {max}", max = MAX_RULES - 1)]
+    Position(u32),
+    #[error("map {map}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: Box<MapError>,
+    },
+    #[error("map {0} is missing from the eBPF object")]
+    NoMap(&'static str),
+    #[error("counting possible CPUs")]
+    Cpus(#[source] std::io::Error),
+}
+
+fn map_err(map: &'static str) -> impl Fn(MapError) -> FilterError {
+    move |e| FilterError::Map {
+        map,
+        source: Box::new(e),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Drop,
+    Accept,
+}
+
+impl Action {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Action::Drop => "drop",
+            Action::Accept => "accept",
+        }
+    }
+
+    const fn code(self) -> u32 {
+        match self {
+            Action::Drop => ACTION_DROP,
+            Action::Accept => ACTION_ACCEPT,
+        }
+    }
+}
+
+/// `--src CIDR` (negate false) or `--not-src CIDR` (negate true).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SrcMatch {
+    pub cidr: Ipv4Net,
+    pub negate: bool,
+}
+
+impl SrcMatch {
+    /// Whether the condition holds for every address of `region`, a region
+    /// of the source trie (see [`compile`] for why it is uniform there).
+    fn holds_for(&self, region: &Ipv4Net) -> bool {
+        self.cidr.contains(region) != self.negate
+    }
+}
+
+/// One rule as the state keeps it. `id` is the user's handle (`filter rm
+/// ID`); the position in the list passed to [`compile`] is the evaluation
+/// order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilterRule {
+    pub id: u32,
+    /// Network name; None: every network.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Interface the packet came in on; None: any.
+    #[serde(default)]
+    pub in_iface: Option<String>,
+    #[serde(default)]
+    pub src: Option<SrcMatch>,
+    /// Destination port after DNAT (the container's port).
+    #[serde(default)]
+    pub dport: Option<(u16, Proto)>,
+    pub action: Action,
+}
+
+impl FilterRule {
+    pub fn new(id: u32, spec: FilterSpec) -> FilterRule {
+        FilterRule {
+            id,
+            network: spec.network,
+            in_iface: spec.in_iface,
+            src: spec.src,
+            dport: spec.dport,
+            action: spec.action,
+        }
+    }
+}
+
+/// The rule's conditions in CLI form, e.g. `--in eth0 --not-src
+/// 192.168.1.1/32 --action drop`.
+impl fmt::Display for FilterRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(n) = &self.network {
+            write!(f, "--network {n} ")?;
+        }
+        if let Some(i) = &self.in_iface {
+            write!(f, "--in {i} ")?;
+        }
+        if let Some(s) = &self.src {
+            let flag = if s.negate { "--not-src" } else { "--src" };
+            write!(f, "{flag} {} ", s.cidr)?;
+        }
+        if let Some((port, proto)) = &self.dport {
+            write!(f, "--dport {port}/{} ", proto.name())?;
+        }
+        write!(f, "--action {}", self.action.name())
+    }
+}
+
+/// `filter add`'s flags as typed, before any checking.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FilterArgs {
+    pub network: Option<String>,
+    pub in_iface: Option<String>,
+    pub src: Option<String>,
+    pub not_src: Option<String>,
+    pub dport: Option<String>,
+    pub action: String,
+}
+
+/// A checked rule without its id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilterSpec {
+    pub network: Option<String>,
+    pub in_iface: Option<String>,
+    pub src: Option<SrcMatch>,
+    pub dport: Option<(u16, Proto)>,
+    pub action: Action,
+}
+
+impl FilterArgs {
+    /// Checks every flag; an error names the flag and the value.
+    pub fn parse(&self) -> Result<FilterSpec, FilterError> {
+        let src = match (&self.src, &self.not_src) {
+            (Some(src), Some(not_src)) => {
+                return Err(FilterError::SrcAndNotSrc {
+                    src: src.clone(),
+                    not_src: not_src.clone(),
+                })
+            }
+            (Some(v), None) => Some(SrcMatch {
+                cidr: parse_cidr("--src", v)?,
+                negate: false,
+            }),
+            (None, Some(v)) => Some(SrcMatch {
+                cidr: parse_cidr("--not-src", v)?,
+                negate: true,
+            }),
+            (None, None) => None,
+        };
+        if let Some(n) = &self.network {
+            if n.trim().is_empty() {
+                return Err(FilterError::Network(n.clone()));
+            }
+        }
+        if let Some(i) = &self.in_iface {
+            check_ifname(i)?;
+        }
+        let dport = self.dport.as_deref().map(parse_dport).transpose()?;
+        let action = match self.action.to_ascii_lowercase().as_str() {
+            "drop" => Action::Drop,
+            "accept" => Action::Accept,
+            _ => return Err(FilterError::Action(self.action.clone())),
+        };
+        Ok(FilterSpec {
+            network: self.network.clone(),
+            in_iface: self.in_iface.clone(),
+            src,
+            dport,
+            action,
+        })
+    }
+}
+
+/// An address (a /32) or a CIDR. Host bits are cleared, as iptables does
+/// (`-s 192.168.1.7/24` means 192.168.1.0/24).
+fn parse_cidr(flag: &'static str, value: &str) -> Result<Ipv4Net, FilterError> {
+    let bad = || FilterError::Cidr {
+        flag,
+        value: value.to_owned(),
+    };
+    let net = if value.contains('/') {
+        Ipv4Net::from_str(value).map_err(|_| bad())?
+    } else {
+        Ipv4Net::from(Ipv4Addr::from_str(value).map_err(|_| bad())?)
+    };
+    Ok(net.trunc())
+}
+
+/// `PORT[/tcp|udp]`, TCP when no protocol is given (as Docker's `-p`).
+fn parse_dport(value: &str) -> Result<(u16, Proto), FilterError> {
+    let (port, proto) = value.split_once('/').unwrap_or((value, "tcp"));
+    let proto = match proto.to_ascii_lowercase().as_str() {
+        "tcp" => Proto::Tcp,
+        "udp" => Proto::Udp,
+        _ => {
+            return Err(FilterError::Proto {
+                value: value.to_owned(),
+                proto: proto.to_owned(),
+            })
+        }
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok((p, proto)),
+        _ => Err(FilterError::Port {
+            value: value.to_owned(),
+            port: port.to_owned(),
+        }),
+    }
+}
+
+/// The kernel's `dev_valid_name`, plus a clear word for iptables' `eth+`.
+fn check_ifname(name: &str) -> Result<(), FilterError> {
+    if name.len() > 1 && name.ends_with('+') {
+        return Err(FilterError::IfaceWildcard(name.to_owned()));
+    }
+    let ok = !name.is_empty()
+        && name.len() <= IFNAME_MAX
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace());
+    if ok {
+        Ok(())
+    } else {
+        Err(FilterError::Iface(name.to_owned()))
+    }
+}
+
+/// What the caller resolved a rule's names to. None: the rule has no such
+/// condition (wildcard). A name that does not resolve (an interface that is
+/// not there now) must not become None, which would widen the rule to every
+/// interface: give it a value nothing has instead (e.g. `u32::MAX` for an
+/// ifindex) and recompile when it appears.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResolvedRule {
+    /// Index of `in_iface` in the namespace the uplink programs run in.
+    pub ifindex: Option<u32>,
+    /// `nat::network_key` of the network's id (never 0).
+    pub network: Option<u32>,
+}
+
+/// A hash dimension: the rules without a condition in it (`any`, stored
+/// under the reserved key) and, per value some rule names, the rules that
+/// hold for that value (`any` included, so the program needs one lookup
+/// when the value is named and falls back to `any` when it is not).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dimension<K: Ord> {
+    pub any: RuleBits,
+    pub by_key: BTreeMap<K, RuleBits>,
+}
+
+impl<K: Ord> Default for Dimension<K> {
+    fn default() -> Self {
+        Dimension {
+            any: RuleBits::EMPTY,
+            by_key: BTreeMap::new(),
+        }
+    }
+}
+
+impl<K: Ord> Dimension<K> {
+    /// What the program finds for `key`.
+    pub fn lookup(&self, key: &K) -> RuleBits {
+        self.by_key.get(key).copied().unwrap_or(self.any)
+    }
+
+    fn build(conds: impl Iterator<Item = Option<K>>) -> Dimension<K> {
+        let mut d = Dimension::default();
+        let mut named: BTreeMap<K, RuleBits> = BTreeMap::new();
+        for (pos, cond) in (0u32..).zip(conds) {
+            match cond {
+                None => d.any.set(pos),
+                Some(k) => named.entry(k).or_default().set(pos),
+            }
+        }
+        d.by_key = named.into_iter().map(|(k, b)| (k, b.or(d.any))).collect();
+        d
+    }
+}
+
+/// Every filter map's desired contents, independent of generation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    /// Source trie: every CIDR a rule names, and 0.0.0.0/0.
+    pub src: BTreeMap<Ipv4Net, RuleBits>,
+    pub iface: Dimension<u32>,
+    pub port: Dimension<(u16, Proto)>,
+    pub network: Dimension<u32>,
+    /// Per position: the rule's id and action; its length is the number
+    /// of rules.
+    pub actions: Vec<(u32, Action)>,
+}
+
+impl Compiled {
+    /// Number of rules (positions 0..rules are used).
+    pub fn rules(&self) -> u32 {
+        self.actions.len() as u32
+    }
+}
+
+/// Compiles rules (in evaluation order) into the maps' contents.
+///
+/// The source dimension is an LPM trie whose entries are every CIDR a rule
+/// names plus 0.0.0.0/0. An address's longest match is entry X when it lies
+/// in X's *region*: X minus the more specific entries inside it. For each
+/// entry the bitmap is the rules whose source condition holds for the whole
+/// region, which is well defined: take an address `a` in X's region and a
+/// listed CIDR Y. If Y ⊇ X, `a` ∈ Y. Otherwise Y and X are disjoint (so `a`
+/// ∉ Y), or Y ⊂ X, and then Y is an entry of its own, more specific than X,
+/// so `a` ∈ Y would have made Y the longest match: `a` ∉ Y. Hence `a` ∈ Y
+/// exactly when Y ⊇ X, the same for every address of the region: `--src Y`
+/// holds iff Y ⊇ X, `--not-src Y` iff not, rules without a source always.
+pub fn compile(
+    rules: &[FilterRule],
+    resolve: impl Fn(&FilterRule) -> ResolvedRule,
+) -> Result<Compiled, FilterError> {
+    if rules.len() > MAX_RULES as usize {
+        return Err(FilterError::TooManyRules { count: rules.len() });
+    }
+    let mut ids = BTreeSet::new();
+    let mut resolved = Vec::with_capacity(rules.len());
+    for r in rules {
+        if !ids.insert(r.id) {
+            return Err(FilterError::DuplicateId(r.id));
+        }
+        // State files are input too: CLI parsing never lets port 0 through.
+        if matches!(r.dport, Some((0, _))) {
+            return Err(FilterError::RulePort { id: r.id });
+        }
+        let res = resolve(r);
+        check_resolved(
+            r.id,
+            "--in",
+            "interface",
+            r.in_iface.as_deref(),
+            res.ifindex,
+        )?;
+        check_resolved(
+            r.id,
+            "--network",
+            "network",
+            r.network.as_deref(),
+            res.network,
+        )?;
+        resolved.push(res);
+    }
+
+    let mut regions: BTreeSet<Ipv4Net> = rules
+        .iter()
+        .filter_map(|r| r.src.map(|s| s.cidr.trunc()))
+        .collect();
+    regions.insert(Ipv4Net::default());
+    let src = regions
+        .into_iter()
+        .map(|region| {
+            let mut bits = RuleBits::EMPTY;
+            for (pos, r) in (0u32..).zip(rules) {
+                if r.src.is_none_or(|s| s.holds_for(&region)) {
+                    bits.set(pos);
+                }
+            }
+            (region, bits)
+        })
+        .collect();
+
+    Ok(Compiled {
+        src,
+        iface: Dimension::build(resolved.iter().map(|r| r.ifindex)),
+        port: Dimension::build(rules.iter().map(|r| r.dport)),
+        network: Dimension::build(resolved.iter().map(|r| r.network)),
+        actions: rules.iter().map(|r| (r.id, r.action)).collect(),
+    })
+}
+
+/// A named condition must resolve, to something other than the wildcard
+/// key; an absent one must not resolve.
+fn check_resolved(
+    id: u32,
+    flag: &'static str,
+    what: &'static str,
+    name: Option<&str>,
+    value: Option<u32>,
+) -> Result<(), FilterError> {
+    match (name, value) {
+        (Some(name), None) => Err(FilterError::Unresolved {
+            id,
+            flag,
+            name: name.to_owned(),
+            what,
+        }),
+        (None, Some(_)) => Err(FilterError::ResolvedExtra { id, flag }),
+        (Some(_), Some(0)) => Err(FilterError::ResolvedZero { id, flag }),
+        _ => Ok(()),
+    }
+}
+
+/// Keys of the hash dimensions, by generation.
+trait GenKey: aya::Pod + Ord {
+    fn gen(&self) -> u32;
+}
+
+impl GenKey for FilterIfaceKey {
+    fn gen(&self) -> u32 {
+        self.gen
+    }
+}
+
+impl GenKey for FilterPortKey {
+    fn gen(&self) -> u32 {
+        self.gen
+    }
+}
+
+impl GenKey for FilterNetKey {
+    fn gen(&self) -> u32 {
+        self.gen
+    }
+}
+
+/// Makes generation `gen` of a hash dimension hold exactly `want`. Entries
+/// of the live generation are left alone: the program is reading them.
+fn reconcile_gen<K: GenKey>(
+    dp: &mut Dataplane,
+    name: &'static str,
+    live: u32,
+    want: &BTreeMap<K, RuleBits>,
+) -> Result<(), FilterError> {
+    let map = dp
+        .ebpf_mut()
+        .map_mut(name)
+        .ok_or(FilterError::NoMap(name))?;
+    let mut hash: HashMap<&mut MapData, K, RuleBits> =
+        HashMap::try_from(map).map_err(map_err(name))?;
+    let have: Vec<K> = hash
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(map_err(name))?;
+    // Deletes first, so the map never needs room for both old and new.
+    for k in have
+        .iter()
+        .filter(|k| k.gen() != live && !want.contains_key(k))
+    {
+        hash.remove(k).map_err(map_err(name))?;
+    }
+    for (k, v) in want {
+        if hash.get(k, 0).ok().as_ref() != Some(v) {
+            hash.insert(k, v, 0).map_err(map_err(name))?;
+        }
+    }
+    Ok(())
+}
+
+fn dimension_keys<K: Ord, M: Ord>(
+    d: &Dimension<K>,
+    any: M,
+    key: impl Fn(&K) -> M,
+) -> BTreeMap<M, RuleBits> {
+    let mut out: BTreeMap<M, RuleBits> = d.by_key.iter().map(|(k, b)| (key(k), *b)).collect();
+    // An empty wildcard bitmap is the same as none: leave it out.
+    if !d.any.is_empty() {
+        out.insert(any, d.any);
+    }
+    out
+}
+
+fn src_gen(data: &FilterSrcData) -> u32 {
+    u32::from_be_bytes([data[0], data[1], data[2], data[3]])
+}
+
+/// Makes generation `gen` of the source trie hold exactly `want`.
+fn reconcile_src(
+    dp: &mut Dataplane,
+    gen: u32,
+    live: u32,
+    want: &BTreeMap<Ipv4Net, RuleBits>,
+) -> Result<(), FilterError> {
+    let name = maps::FILTER_SRC;
+    let want: BTreeMap<(u32, FilterSrcData), RuleBits> = want
+        .iter()
+        .map(|(net, bits)| {
+            (
+                (
+                    SRC_GEN_BITS + u32::from(net.prefix_len()),
+                    src_data(gen, net.network().octets()),
+                ),
+                *bits,
+            )
+        })
+        .collect();
+    let map = dp
+        .ebpf_mut()
+        .map_mut(name)
+        .ok_or(FilterError::NoMap(name))?;
+    let mut trie: LpmTrie<&mut MapData, FilterSrcData, RuleBits> =
+        LpmTrie::try_from(map).map_err(map_err(name))?;
+    let have: Vec<Key<FilterSrcData>> = trie
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(map_err(name))?;
+    for k in &have {
+        if src_gen(&k.data()) != live && !want.contains_key(&(k.prefix_len(), k.data())) {
+            trie.remove(k).map_err(map_err(name))?;
+        }
+    }
+    for ((len, data), bits) in &want {
+        trie.insert(&Key::new(*len, *data), bits, 0)
+            .map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+fn array<'a, V: aya::Pod>(
+    dp: &'a mut Dataplane,
+    name: &'static str,
+) -> Result<Array<&'a mut MapData, V>, FilterError> {
+    let map = dp
+        .ebpf_mut()
+        .map_mut(name)
+        .ok_or(FilterError::NoMap(name))?;
+    Array::try_from(map).map_err(map_err(name))
+}
+
+/// Writes `c` into the maps and makes it the live rule set (see the module
+/// doc). Counters follow their rule by id when positions shift; a new rule
+/// starts from zero. Packets counted under the old generation between
+/// copying its counters and the switch are not carried over.
+pub fn apply(dp: &mut Dataplane, c: &Compiled) -> Result<(), FilterError> {
+    // The fields are public: a hand-made value must fit the bitmaps too.
+    if c.actions.len() > MAX_RULES as usize {
+        return Err(FilterError::TooManyRules {
+            count: c.actions.len(),
+        });
+    }
+    let cfg = array::<FilterConfig>(dp, maps::FILTER_CONFIG)?
+        .get(&0, 0)
+        .map_err(map_err(maps::FILTER_CONFIG))?;
+    let live = cfg.gen % GENERATIONS;
+    let gen = (live + 1) % GENERATIONS;
+
+    reconcile_src(dp, gen, live, &c.src)?;
+    let iface = dimension_keys(
+        &c.iface,
+        FilterIfaceKey {
+            gen,
+            ifindex: ANY_IFINDEX,
+        },
+        |i| FilterIfaceKey { gen, ifindex: *i },
+    );
+    reconcile_gen(dp, maps::FILTER_IFACE, live, &iface)?;
+    let port = dimension_keys(
+        &c.port,
+        FilterPortKey {
+            gen,
+            ..Default::default()
+        },
+        |(p, pr)| FilterPortKey {
+            gen,
+            port: p.to_be_bytes(),
+            proto: pr.number(),
+            _pad: 0,
+        },
+    );
+    reconcile_gen(dp, maps::FILTER_PORT, live, &port)?;
+    let network = dimension_keys(
+        &c.network,
+        FilterNetKey {
+            gen,
+            network_id: ANY_NETWORK,
+        },
+        |n| FilterNetKey {
+            gen,
+            network_id: *n,
+        },
+    );
+    reconcile_gen(dp, maps::FILTER_NET, live, &network)?;
+
+    // Where each rule id sits in the live generation, to carry its counters.
+    let mut old_pos: BTreeMap<u32, u32> = BTreeMap::new();
+    {
+        let actions = array::<FilterAction>(dp, maps::FILTER_ACTIONS)?;
+        for pos in 0..cfg.rules.min(MAX_RULES) {
+            let a = actions
+                .get(&slot(live, pos), 0)
+                .map_err(map_err(maps::FILTER_ACTIONS))?;
+            old_pos.insert(a.rule_id, pos);
+        }
+    }
+    {
+        let mut actions = array::<FilterAction>(dp, maps::FILTER_ACTIONS)?;
+        for pos in 0..MAX_RULES {
+            let a = c
+                .actions
+                .get(pos as usize)
+                .map(|(id, action)| FilterAction {
+                    action: action.code(),
+                    rule_id: *id,
+                })
+                .unwrap_or_default();
+            actions
+                .set(slot(gen, pos), a, 0)
+                .map_err(map_err(maps::FILTER_ACTIONS))?;
+        }
+    }
+    {
+        let name = maps::FILTER_STATS;
+        let map = dp
+            .ebpf_mut()
+            .map_mut(name)
+            .ok_or(FilterError::NoMap(name))?;
+        let mut stats: PerCpuArray<&mut MapData, PktCounter> =
+            PerCpuArray::try_from(map).map_err(map_err(name))?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| FilterError::Cpus(e))?;
+        for pos in 0..MAX_RULES {
+            let carried = match c
+                .actions
+                .get(pos as usize)
+                .and_then(|(id, _)| old_pos.get(id))
+            {
+                Some(old) => stats
+                    .get(&slot(live, *old), 0)
+                    .map_err(map_err(name))?
+                    .to_vec(),
+                None => vec![PktCounter::default(); cpus],
+            };
+            let values = PerCpuValues::try_from(carried).map_err(FilterError::Cpus)?;
+            stats
+                .set(slot(gen, pos), values, 0)
+                .map_err(map_err(name))?;
+        }
+    }
+
+    array::<FilterConfig>(dp, maps::FILTER_CONFIG)?
+        .set(
+            0,
+            FilterConfig {
+                gen,
+                rules: c.rules(),
+            },
+            0,
+        )
+        .map_err(map_err(maps::FILTER_CONFIG))
+}
+
+fn pinned(pins: &PinRoot, name: &'static str) -> Result<Map, FilterError> {
+    let data = MapData::from_pin(pins.map(name)).map_err(map_err(name))?;
+    Map::from_map_data(data).map_err(map_err(name))
+}
+
+/// The live generation and its rule count, from the pinned config.
+fn live_config(pins: &PinRoot) -> Result<FilterConfig, FilterError> {
+    let name = maps::FILTER_CONFIG;
+    let cfg: Array<MapData, FilterConfig> =
+        Array::try_from(pinned(pins, name)?).map_err(map_err(name))?;
+    cfg.get(&0, 0).map_err(map_err(name))
+}
+
+fn sum(values: &[PktCounter]) -> PktCounter {
+    values.iter().fold(PktCounter::default(), |a, b| a.add(*b))
+}
+
+/// Counters of the rules at the given positions of the live rule set,
+/// summed over CPUs. No positions: nothing is read (the maps may not exist
+/// yet).
+pub fn counters(
+    pins: &PinRoot,
+    positions: impl IntoIterator<Item = u32>,
+) -> Result<BTreeMap<u32, PktCounter>, FilterError> {
+    let positions: Vec<u32> = positions.into_iter().collect();
+    if positions.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    if let Some(p) = positions.iter().find(|p| **p >= MAX_RULES) {
+        return Err(FilterError::Position(*p));
+    }
+    let live = live_config(pins)?.gen % GENERATIONS;
+    let name = maps::FILTER_STATS;
+    let stats: PerCpuArray<MapData, PktCounter> =
+        PerCpuArray::try_from(pinned(pins, name)?).map_err(map_err(name))?;
+    let mut out = BTreeMap::new();
+    for pos in positions {
+        let values = stats.get(&slot(live, pos), 0).map_err(map_err(name))?;
+        out.insert(pos, sum(&values));
+    }
+    Ok(out)
+}
+
+/// Counters of every rule of the live rule set, by rule id: what the
+/// program actually runs, whatever the state says.
+pub fn counters_by_id(pins: &PinRoot) -> Result<BTreeMap<u32, PktCounter>, FilterError> {
+    let cfg = live_config(pins)?;
+    let live = cfg.gen % GENERATIONS;
+    let name = maps::FILTER_ACTIONS;
+    let actions: Array<MapData, FilterAction> =
+        Array::try_from(pinned(pins, name)?).map_err(map_err(name))?;
+    let ids = (0..cfg.rules.min(MAX_RULES))
+        .map(|pos| {
+            actions
+                .get(&slot(live, pos), 0)
+                .map(|a| (a.rule_id, pos))
+                .map_err(map_err(name))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let by_pos = counters(pins, ids.iter().map(|(_, pos)| *pos))?;
+    Ok(ids
+        .into_iter()
+        .map(|(id, pos)| (id, by_pos.get(&pos).copied().unwrap_or_default()))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().expect("test CIDR")
+    }
+
+    fn bits(positions: &[u32]) -> RuleBits {
+        let mut b = RuleBits::EMPTY;
+        for p in positions {
+            b.set(*p);
+        }
+        b
+    }
+
+    fn rule(id: u32, args: FilterArgs) -> FilterRule {
+        FilterRule::new(id, args.parse().expect("valid test rule"))
+    }
+
+    fn drop_args() -> FilterArgs {
+        FilterArgs {
+            action: "drop".into(),
+            ..FilterArgs::default()
+        }
+    }
+
+    fn src(id: u32, cidr: &str) -> FilterRule {
+        rule(
+            id,
+            FilterArgs {
+                src: Some(cidr.into()),
+                ..drop_args()
+            },
+        )
+    }
+
+    fn not_src(id: u32, cidr: &str) -> FilterRule {
+        rule(
+            id,
+            FilterArgs {
+                not_src: Some(cidr.into()),
+                ..drop_args()
+            },
+        )
+    }
+
+    /// Interfaces `eth<N>` resolve to ifindex 100+N, networks `netN` to N.
+    fn resolve(r: &FilterRule) -> ResolvedRule {
+        let num = |s: &str, prefix: &str| {
+            s.strip_prefix(prefix)
+                .and_then(|n| n.parse::<u32>().ok())
+                .expect("test name")
+        };
+        ResolvedRule {
+            ifindex: r.in_iface.as_deref().map(|i| 100 + num(i, "eth")),
+            network: r.network.as_deref().map(|n| num(n, "net")),
+        }
+    }
+
+    /// The program's decision, computed the way the program does it: the
+    /// position of the matching rule.
+    fn evaluate(
+        c: &Compiled,
+        ifindex: u32,
+        addr: Ipv4Addr,
+        dport: (u16, Proto),
+        network: u32,
+    ) -> Option<u32> {
+        if c.rules() == 0 {
+            return None;
+        }
+        let src = c
+            .src
+            .iter()
+            .filter(|(n, _)| n.contains(&addr))
+            .max_by_key(|(n, _)| n.prefix_len())
+            .map_or(RuleBits::EMPTY, |(_, b)| *b);
+        src.and(c.iface.lookup(&ifindex))
+            .and(c.port.lookup(&dport))
+            .and(c.network.lookup(&network))
+            .first()
+    }
+
+    /// The reference: walk the rules in order.
+    fn linear(
+        rules: &[FilterRule],
+        ifindex: u32,
+        addr: Ipv4Addr,
+        dport: (u16, Proto),
+        network: u32,
+    ) -> Option<u32> {
+        (0u32..).zip(rules).find_map(|(pos, r)| {
+            let res = resolve(r);
+            let ok = res.ifindex.is_none_or(|i| i == ifindex)
+                && res.network.is_none_or(|n| n == network)
+                && r.dport.is_none_or(|d| d == dport)
+                && r.src.is_none_or(|s| s.cidr.contains(&addr) != s.negate);
+            ok.then_some(pos)
+        })
+    }
+
+    #[test]
+    fn src_bitmaps_per_region_nested_and_disjoint() {
+        let rules = [
+            src(10, "10.0.0.0/8"),      // 0
+            not_src(11, "10.1.0.0/16"), // 1
+            src(12, "10.1.2.0/24"),     // 2
+            not_src(13, "192.168.1.1"), // 3
+            rule(14, drop_args()),      // 4: no source condition
+            src(15, "172.16.0.0/12"),   // 5: disjoint from the others
+        ];
+        let c = compile(&rules, resolve).expect("compile");
+        let want: BTreeMap<Ipv4Net, RuleBits> = [
+            // Outside every listed CIDR: only the negations and rule 4.
+            ("0.0.0.0/0", bits(&[1, 3, 4])),
+            ("10.0.0.0/8", bits(&[0, 1, 3, 4])),
+            // In 10.1/16 but not 10.1.2/24: --not-src 10.1/16 fails.
+            ("10.1.0.0/16", bits(&[0, 3, 4])),
+            ("10.1.2.0/24", bits(&[0, 2, 3, 4])),
+            ("172.16.0.0/12", bits(&[1, 3, 4, 5])),
+            ("192.168.1.1/32", bits(&[1, 4])),
+        ]
+        .into_iter()
+        .map(|(n, b)| (net(n), b))
+        .collect();
+        assert_eq!(c.src, want);
+    }
+
+    #[test]
+    fn host_bits_are_cleared_and_duplicates_share_an_entry() {
+        let rules = [src(1, "10.1.2.3/16"), not_src(2, "10.1.0.0/16")];
+        let c = compile(&rules, resolve).expect("compile");
+        assert_eq!(rules[0].src.map(|s| s.cidr), Some(net("10.1.0.0/16")));
+        assert_eq!(c.src.len(), 2, "{:?}", c.src);
+        assert_eq!(c.src[&net("10.1.0.0/16")], bits(&[0]));
+        assert_eq!(c.src[&net("0.0.0.0/0")], bits(&[1]));
+    }
+
+    #[test]
+    fn wildcard_bitmaps_fold_into_named_values() {
+        let rules = [
+            rule(
+                1,
+                FilterArgs {
+                    in_iface: Some("eth1".into()),
+                    dport: Some("80/tcp".into()),
+                    network: Some("net7".into()),
+                    ..drop_args()
+                },
+            ),
+            rule(
+                2,
+                FilterArgs {
+                    in_iface: Some("eth2".into()),
+                    dport: Some("53/udp".into()),
+                    ..drop_args()
+                },
+            ),
+            rule(3, drop_args()),
+            rule(
+                4,
+                FilterArgs {
+                    dport: Some("80".into()),
+                    action: "accept".into(),
+                    ..FilterArgs::default()
+                },
+            ),
+        ];
+        let c = compile(&rules, resolve).expect("compile");
+        assert_eq!(c.iface.any, bits(&[2, 3]));
+        assert_eq!(c.iface.by_key[&101], bits(&[0, 2, 3]));
+        assert_eq!(c.iface.by_key[&102], bits(&[1, 2, 3]));
+        assert_eq!(c.iface.lookup(&5), bits(&[2, 3]), "unnamed interface");
+        assert_eq!(c.port.any, bits(&[2]));
+        assert_eq!(c.port.by_key[&(80, Proto::Tcp)], bits(&[0, 2, 3]));
+        assert_eq!(c.port.by_key[&(53, Proto::Udp)], bits(&[1, 2]));
+        assert_eq!(c.port.lookup(&(80, Proto::Udp)), bits(&[2]));
+        assert_eq!(c.network.any, bits(&[1, 2, 3]));
+        assert_eq!(c.network.by_key[&7], bits(&[0, 1, 2, 3]));
+        assert_eq!(c.src[&net("0.0.0.0/0")], bits(&[0, 1, 2, 3]));
+        assert_eq!(
+            c.actions,
+            vec![
+                (1, Action::Drop),
+                (2, Action::Drop),
+                (3, Action::Drop),
+                (4, Action::Accept)
+            ]
+        );
+        assert_eq!(c.rules(), 4);
+    }
+
+    #[test]
+    fn first_match_in_rule_order() {
+        let accept_one = rule(
+            1,
+            FilterArgs {
+                src: Some("192.0.2.3".into()),
+                action: "accept".into(),
+                ..FilterArgs::default()
+            },
+        );
+        let drop_all = rule(2, drop_args());
+        let client = |last: u8| Ipv4Addr::new(192, 0, 2, last);
+        let c = compile(&[accept_one.clone(), drop_all.clone()], resolve).expect("compile");
+        assert_eq!(evaluate(&c, 1, client(3), (80, Proto::Tcp), 1), Some(0));
+        assert_eq!(evaluate(&c, 1, client(4), (80, Proto::Tcp), 1), Some(1));
+        // Reversed, the drop-all rule shadows the accept.
+        let c = compile(&[drop_all, accept_one], resolve).expect("compile");
+        assert_eq!(evaluate(&c, 1, client(3), (80, Proto::Tcp), 1), Some(0));
+        assert_eq!(c.actions[0], (2, Action::Drop));
+        // No rules, no match.
+        let c = compile(&[], resolve).expect("compile");
+        assert_eq!(evaluate(&c, 1, client(3), (80, Proto::Tcp), 1), None);
+    }
+
+    #[test]
+    fn high_positions_use_the_second_word() {
+        let mut rules: Vec<FilterRule> = (0..127)
+            .map(|i| src(i, &format!("10.{i}.0.0/16")))
+            .collect();
+        rules.push(rule(127, drop_args()));
+        let c = compile(&rules, resolve).expect("compile");
+        let addr = |a: u8| Ipv4Addr::new(10, a, 1, 1);
+        assert_eq!(evaluate(&c, 1, addr(70), (1, Proto::Tcp), 1), Some(70));
+        assert_eq!(evaluate(&c, 1, addr(126), (1, Proto::Tcp), 1), Some(126));
+        assert_eq!(evaluate(&c, 1, addr(200), (1, Proto::Tcp), 1), Some(127));
+        assert_eq!(c.src[&net("10.100.0.0/16")], bits(&[100, 127]));
+    }
+
+    #[test]
+    fn at_most_128_rules() {
+        let rules: Vec<FilterRule> = (0..=MAX_RULES).map(|i| rule(i, drop_args())).collect();
+        assert!(compile(&rules[..MAX_RULES as usize], resolve).is_ok());
+        let err = compile(&rules, resolve).expect_err("129 rules");
+        assert!(
+            matches!(err, FilterError::TooManyRules { count: 129 }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn resolution_and_ids_are_checked() {
+        let r = rule(
+            5,
+            FilterArgs {
+                in_iface: Some("eth1".into()),
+                ..drop_args()
+            },
+        );
+        let err =
+            compile(std::slice::from_ref(&r), |_| ResolvedRule::default()).expect_err("unresolved");
+        assert_eq!(
+            err.to_string(),
+            "filter rule 5: --in \"eth1\" was not resolved to an interface"
+        );
+        let err = compile(std::slice::from_ref(&r), |_| ResolvedRule {
+            ifindex: Some(0),
+            network: None,
+        })
+        .expect_err("zero");
+        assert!(
+            matches!(err, FilterError::ResolvedZero { id: 5, .. }),
+            "{err}"
+        );
+        let err = compile(&[rule(1, drop_args())], |_| ResolvedRule {
+            ifindex: None,
+            network: Some(3),
+        })
+        .expect_err("extra");
+        assert!(
+            matches!(err, FilterError::ResolvedExtra { id: 1, .. }),
+            "{err}"
+        );
+        let err =
+            compile(&[rule(1, drop_args()), rule(1, drop_args())], resolve).expect_err("duplicate");
+        assert!(matches!(err, FilterError::DuplicateId(1)), "{err}");
+        let mut bad = rule(2, drop_args());
+        bad.dport = Some((0, Proto::Udp));
+        assert!(matches!(
+            compile(&[bad], resolve),
+            Err(FilterError::RulePort { id: 2 })
+        ));
+    }
+
+    /// Random rule sets against the linear walk, over addresses chosen
+    /// around every CIDR boundary.
+    #[test]
+    fn bitmaps_agree_with_a_linear_walk() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for round in 0..200 {
+            let count = next(40) as u32;
+            let mut rules = Vec::new();
+            for id in 0..count {
+                let mut args = FilterArgs {
+                    action: if next(2) == 0 { "drop" } else { "accept" }.into(),
+                    ..FilterArgs::default()
+                };
+                let cidr = format!(
+                    "10.{}.{}.0/{}",
+                    next(3),
+                    next(3),
+                    [8, 16, 23, 24, 32][next(5) as usize]
+                );
+                match next(3) {
+                    0 => args.src = Some(cidr),
+                    1 => args.not_src = Some(cidr),
+                    _ => {}
+                }
+                if next(3) == 0 {
+                    args.in_iface = Some(format!("eth{}", next(3)));
+                }
+                if next(3) == 0 {
+                    args.dport = Some(format!(
+                        "{}/{}",
+                        80 + next(2),
+                        ["tcp", "udp"][next(2) as usize]
+                    ));
+                }
+                if next(3) == 0 {
+                    args.network = Some(format!("net{}", 1 + next(2)));
+                }
+                rules.push(rule(id, args));
+            }
+            let c = compile(&rules, resolve).expect("compile");
+            for _ in 0..200 {
+                let addr = Ipv4Addr::new(
+                    [10, 11][next(2) as usize],
+                    next(4) as u8,
+                    next(4) as u8,
+                    [0, 1, 255][next(3) as usize],
+                );
+                let ifindex = 100 + next(4) as u32;
+                let dport = (
+                    80 + next(3) as u16,
+                    [Proto::Tcp, Proto::Udp][next(2) as usize],
+                );
+                let network = next(4) as u32;
+                assert_eq!(
+                    evaluate(&c, ifindex, addr, dport, network),
+                    linear(&rules, ifindex, addr, dport, network),
+                    "round {round}: {addr} if {ifindex} {dport:?} net {network} over {:#?}",
+                    rules.iter().map(ToString::to_string).collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn parse_errors_name_the_flag_and_value() {
+        let cases: [(FilterArgs, &str); 10] = [
+            (
+                FilterArgs {
+                    src: Some("10.0.0.0/33".into()),
+                    ..drop_args()
+                },
+                "--src \"10.0.0.0/33\": not an IPv4 address or CIDR (e.g. 192.168.1.0/24)",
+            ),
+            (
+                FilterArgs {
+                    not_src: Some("example.com".into()),
+                    ..drop_args()
+                },
+                "--not-src \"example.com\": not an IPv4 address or CIDR (e.g. 192.168.1.0/24)",
+            ),
+            (
+                FilterArgs {
+                    src: Some("10.0.0.1".into()),
+                    not_src: Some("10.0.0.2".into()),
+                    ..drop_args()
+                },
+                "--src \"10.0.0.1\" and --not-src \"10.0.0.2\": give at most one of them",
+            ),
+            (
+                FilterArgs {
+                    dport: Some("0".into()),
+                    ..drop_args()
+                },
+                "--dport \"0\": port \"0\" is not a number from 1 to 65535",
+            ),
+            (
+                FilterArgs {
+                    dport: Some("70000/udp".into()),
+                    ..drop_args()
+                },
+                "--dport \"70000/udp\": port \"70000\" is not a number from 1 to 65535",
+            ),
+            (
+                FilterArgs {
+                    dport: Some("80/sctp".into()),
+                    ..drop_args()
+                },
+                "--dport \"80/sctp\": unknown protocol \"sctp\" (tcp or udp)",
+            ),
+            (
+                FilterArgs {
+                    action: "reject".into(),
+                    ..FilterArgs::default()
+                },
+                "--action \"reject\": expected drop or accept",
+            ),
+            (
+                FilterArgs {
+                    in_iface: Some("a-very-long-interface".into()),
+                    ..drop_args()
+                },
+                "--in \"a-very-long-interface\": not an interface name (1 to 15 bytes, no '/', ':' or whitespace)",
+            ),
+            (
+                FilterArgs {
+                    in_iface: Some("eth+".into()),
+                    ..drop_args()
+                },
+                "--in \"eth+\": interface wildcards are not supported; add a rule per interface",
+            ),
+            (
+                FilterArgs {
+                    network: Some(" ".into()),
+                    ..drop_args()
+                },
+                "--network \" \": empty network name",
+            ),
+        ];
+        for (args, want) in cases {
+            let err = args.parse().expect_err(want);
+            assert_eq!(err.to_string(), want);
+        }
+    }
+
+    #[test]
+    fn parse_accepts_docker_user_forms() {
+        let spec = FilterArgs {
+            in_iface: Some("eth0".into()),
+            not_src: Some("192.168.1.1".into()),
+            dport: Some("8080".into()),
+            action: "DROP".into(),
+            ..FilterArgs::default()
+        }
+        .parse()
+        .expect("valid");
+        assert_eq!(
+            spec,
+            FilterSpec {
+                network: None,
+                in_iface: Some("eth0".into()),
+                src: Some(SrcMatch {
+                    cidr: net("192.168.1.1/32"),
+                    negate: true
+                }),
+                dport: Some((8080, Proto::Tcp)),
+                action: Action::Drop,
+            }
+        );
+        let r = FilterRule::new(3, spec);
+        assert_eq!(
+            r.to_string(),
+            "--in eth0 --not-src 192.168.1.1/32 --dport 8080/tcp --action drop"
+        );
+        let json = serde_json::to_string(&r).expect("serialize");
+        let back: FilterRule = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn rule_bits_first() {
+        assert_eq!(RuleBits::EMPTY.first(), None);
+        assert_eq!(bits(&[5, 9, 70]).first(), Some(5));
+        assert_eq!(bits(&[64]).first(), Some(64));
+        assert_eq!(bits(&[127]).first(), Some(127));
+        assert!(bits(&[127]).contains(127) && !bits(&[127]).contains(126));
+    }
+}
