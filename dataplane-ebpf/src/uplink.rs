@@ -70,10 +70,19 @@ fn try_uplink_in(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TCX_NEXT);
     }
     let Some(target) = nat::published(&pkt) else {
-        // Routed straight to a container's address (no NAT): filtered too.
-        if DP_SUBNETS.get(&Key::new(32, pkt.dst)).is_some() {
-            filter_to(ctx, &pkt, pkt.dst, pkt.dport)?;
+        // Routed straight to a container's address (no NAT): filtered too,
+        // and tracked untranslated, so its replies are not masqueraded as
+        // if they started a flow. Internal networks take nothing from out
+        // there.
+        let Some(policy) = DP_SUBNETS.get(&Key::new(32, pkt.dst)) else {
+            return Ok(TCX_NEXT);
+        };
+        if policy.flags & SUBNET_INTERNAL != 0 {
+            return Err(DropReason::Internal);
         }
+        filter_to(ctx, &pkt, pkt.dst, pkt.dport)?;
+        let pass = conntrack::entry(0, &pkt);
+        conntrack::create(&key, &pass, false).map_err(|_| DropReason::CtInsert)?;
         return Ok(TCX_NEXT);
     };
     filter_to(ctx, &pkt, target.addr, target.port)?;

@@ -136,7 +136,8 @@ pub fn list(pins: &PinRoot) -> Result<Vec<Flow>, CtError> {
             } else if e.flags & FLAG_SNAT != 0 {
                 "SNAT"
             } else {
-                "NAT"
+                // Tracked so its replies are recognised, not translated.
+                "PASS"
             };
             let mut nat = kind.to_owned();
             if e.rewrite & REWRITE_DST != 0 {

@@ -10,7 +10,7 @@ use dataplane_user::{
     bpffs::PinRoot,
     conntrack,
     ebpf::{detach_tc, Dataplane, Direction, LoadError},
-    nat, netns,
+    filter, nat, netns,
     network::{
         inspect,
         manager::{ConnectArgs, Manager},
@@ -115,6 +115,13 @@ enum Command {
         #[command(subcommand)]
         command: ConntrackCommand,
     },
+    /// DOCKER-USER-style rules for traffic coming in to containers (published
+    /// ports included), evaluated in order at a cost that does not grow with
+    /// their number.
+    Filter {
+        #[command(subcommand)]
+        command: FilterCommand,
+    },
     /// Published ports for processes on the host itself (127.0.0.1:PORT and
     /// the host's addresses), through cgroup v2 socket hooks: no proxy.
     Local {
@@ -151,6 +158,42 @@ enum PublishCommand {
         endpoint: String,
         #[arg(required = true)]
         specs: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum FilterCommand {
+    /// Add a rule (at the end; `--first` puts it before all others, like
+    /// `iptables -I DOCKER-USER`).
+    Add {
+        /// Only traffic to endpoints of this network.
+        #[arg(long)]
+        network: Option<String>,
+        /// Only traffic that came in on this interface.
+        #[arg(long = "in")]
+        in_iface: Option<String>,
+        /// Only traffic from this CIDR.
+        #[arg(long, conflicts_with = "not_src")]
+        src: Option<String>,
+        /// Only traffic from outside this CIDR.
+        #[arg(long)]
+        not_src: Option<String>,
+        /// Only traffic to this container port (after DNAT), PORT[/tcp|udp].
+        #[arg(long)]
+        dport: Option<String>,
+        /// drop or accept.
+        #[arg(long)]
+        action: String,
+        #[arg(long)]
+        first: bool,
+    },
+    /// Rules in evaluation order, with packet/byte counters.
+    Ls {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    Rm {
+        id: u32,
     },
 }
 
@@ -406,6 +449,66 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => block_on(async {
             let m = Manager::open(&state_dir, &pins).await?;
             nat_ls(&m, &pins, format)
+        }),
+        Command::Filter { command } => block_on(async {
+            let mut m = Manager::open(&state_dir, &pins).await?;
+            match command {
+                FilterCommand::Add {
+                    network,
+                    in_iface,
+                    src,
+                    not_src,
+                    dport,
+                    action,
+                    first,
+                } => {
+                    let spec = filter::FilterArgs {
+                        network,
+                        in_iface,
+                        src,
+                        not_src,
+                        dport,
+                        action,
+                    }
+                    .parse()?;
+                    let rule = m.filter_add(spec, first).await?;
+                    println!("{}", rule.id);
+                }
+                FilterCommand::Rm { id } => m.filter_rm(id).await?,
+                FilterCommand::Ls { format } => {
+                    let counters = filter::counters_by_id(&pins).unwrap_or_default();
+                    let rows: Vec<serde_json::Value> = m
+                        .state()
+                        .filters
+                        .iter()
+                        .map(|r| {
+                            let c = counters.get(&r.id).copied().unwrap_or_default();
+                            serde_json::json!({
+                                "id": r.id,
+                                "rule": r.to_string(),
+                                "packets": c.packets,
+                                "bytes": c.bytes,
+                            })
+                        })
+                        .collect();
+                    match format {
+                        Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                        Format::Table => {
+                            println!("{:>4} {:>10} {:>12}  RULE", "ID", "PKTS", "BYTES");
+                            for r in &rows {
+                                println!(
+                                    "{:>4} {:>10} {:>12}  {}",
+                                    r["id"],
+                                    r["packets"],
+                                    r["bytes"],
+                                    r["rule"].as_str().unwrap_or_default()
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(())
         }),
         Command::Local { command } => {
             let (cgroup, attach) = match command {

@@ -3,7 +3,8 @@
 //! Layout of the state directory (default `/var/lib/dataplane`, `--state-dir`):
 //! ```text
 //! state.json   {"version": 1, "networks": {NAME: Network},
-//!               "endpoints": {ID: Endpoint}, "uplinks": [IFNAME]}
+//!               "endpoints": {ID: Endpoint}, "uplinks": [IFNAME],
+//!               "filters": [FilterRule]}
 //! state.lock   flock(2) target; held exclusively for a whole read-modify-write
 //! ```
 //! Writes are atomic: the new content goes to `state.json.tmp`, is fsynced,
@@ -71,6 +72,9 @@ pub struct State {
     /// Interfaces whose traffic the NAT programs translate.
     #[serde(default)]
     pub uplinks: Vec<String>,
+    /// DOCKER-USER-style filter rules, in evaluation order.
+    #[serde(default)]
+    pub filters: Vec<crate::filter::FilterRule>,
 }
 
 impl State {

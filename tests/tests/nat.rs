@@ -698,3 +698,120 @@ fn path_mtu_discovery_works_through_masquerade() {
         .expect("route get");
     assert!(route.contains("mtu 1280"), "{route}");
 }
+
+#[test]
+fn filter_rules_guard_published_ports_and_direct_traffic() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let s = setup("filter");
+    let c = NetNs::new("fc").expect("netns");
+    s.cli
+        .run(&["connect", "bridge", c.name(), "-p", "8080:80"])
+        .expect("connect");
+    let ip = Ipv4Addr::new(172, 17, 0, 2);
+    let _srv = http_server(&c, SocketAddr::from((ip, 80)), "guarded").expect("http");
+    // Direct traffic too: the client is given a route to the bridge subnet.
+    s.fh.client_route("172.17.0.0/16").expect("route");
+    let short = Duration::from_secs(1);
+    assert!(http_get(&s.fh.client, host_addr(&s, 8080), "/", T).is_ok());
+
+    // DOCKER-USER's classic: only 198.18.0.1 may come in through the uplink.
+    let id = s
+        .cli
+        .run(&[
+            "filter",
+            "add",
+            "--in",
+            &s.fh.uplink,
+            "--not-src",
+            "198.18.0.1/32",
+            "--action",
+            "drop",
+        ])
+        .expect("filter add");
+    assert!(
+        http_get(&s.fh.client, host_addr(&s, 8080), "/", short).is_err(),
+        "published port"
+    );
+    assert!(
+        http_get(&s.fh.client, SocketAddr::from((ip, 80)), "/", short).is_err(),
+        "direct"
+    );
+    let ls = s
+        .cli
+        .json(&["filter", "ls", "--format", "json"])
+        .expect("ls");
+    assert_eq!(
+        ls[0]["rule"],
+        format!("--in {} --not-src 198.18.0.1/32 --action drop", s.fh.uplink)
+    );
+    assert!(ls[0]["packets"].as_u64() >= Some(2), "{ls}");
+    assert!(drops(&s, "filtered") >= 2);
+    // The container's own egress keeps working (replies are not filtered).
+    let out = tcp_echo_server(&s.fh.client, SocketAddr::from((s.fh.client_ip, 9300))).expect("srv");
+    assert_eq!(
+        tcp_echo(&c, out.local_addr(), b"out", T).expect("egress"),
+        b"out"
+    );
+
+    // An accept rule put first lets the client in again; removing the drop
+    // rule restores everything.
+    let accept = s
+        .cli
+        .run(&[
+            "filter",
+            "add",
+            "--first",
+            "--src",
+            "192.0.2.2/32",
+            "--dport",
+            "80/tcp",
+            "--action",
+            "accept",
+        ])
+        .expect("accept");
+    assert_eq!(
+        http_get(&s.fh.client, host_addr(&s, 8080), "/", T)
+            .expect("accepted")
+            .1,
+        "guarded"
+    );
+    s.cli
+        .run(&["filter", "rm", accept.trim()])
+        .expect("rm accept");
+    s.cli.run(&["filter", "rm", id.trim()]).expect("rm drop");
+    assert_eq!(
+        http_get(&s.fh.client, host_addr(&s, 8080), "/", T)
+            .expect("restored")
+            .1,
+        "guarded"
+    );
+    assert!(http_get(&s.fh.client, SocketAddr::from((ip, 80)), "/", T).is_ok());
+
+    for (args, needle) in [
+        (
+            vec!["filter", "add", "--src", "10.0.0.0/33", "--action", "drop"],
+            "--src",
+        ),
+        (
+            vec!["filter", "add", "--dport", "70000", "--action", "drop"],
+            "--dport",
+        ),
+        (vec!["filter", "add", "--action", "maybe"], "--action"),
+        (
+            vec!["filter", "add", "--network", "nosuch", "--action", "drop"],
+            "network nosuch: no such network",
+        ),
+        (vec!["filter", "rm", "99"], "filter 99: no such rule"),
+    ] {
+        let e = s.cli.fail(&args).expect("refused");
+        assert!(e.contains(needle), "{args:?}: {e}");
+    }
+    assert_eq!(
+        s.cli
+            .json(&["filter", "ls", "--format", "json"])
+            .expect("ls"),
+        serde_json::json!([])
+    );
+}

@@ -25,6 +25,7 @@ use super::{
 use crate::{
     bpffs::PinRoot,
     ebpf::Dataplane,
+    filter::{self, FilterRule},
     nat::{self, NatError},
     netlink::{Netlink, NetlinkError},
     state::{State, StateError, StateStore},
@@ -58,6 +59,10 @@ pub enum NetworkError {
     NotPublished { mapping: String, endpoint: String },
     #[error("uplink {0}: no such interface in the host namespace")]
     UnknownUplink(String),
+    #[error("filter {0}: no such rule (see `dataplane filter ls`)")]
+    UnknownFilter(u32),
+    #[error(transparent)]
+    Filter(#[from] filter::FilterError),
     #[error("uplink {0}: already added")]
     DuplicateUplink(String),
     #[error("uplink {0}: not an uplink (see `dataplane uplink ls`)")]
@@ -271,8 +276,82 @@ impl Manager {
     async fn persist(&mut self, state: State) -> Result<(), NetworkError> {
         self.store.save(&state)?;
         self.state = state;
+        self.sync_datapath().await
+    }
+
+    /// Every map the programs read, from the state: NAT and filters.
+    async fn sync_datapath(&self) -> Result<(), NetworkError> {
         nat::sync(&self.pins, &self.state, &self.host).await?;
+        let compiled = self.compile_filters(&self.state.filters).await?;
+        let mut dp = Dataplane::load(&self.pins).map_err(NatError::from)?;
+        filter::apply(&mut dp, &compiled)?;
         Ok(())
+    }
+
+    /// Compiles rules against the host as it is now: interfaces by index
+    /// (one that does not exist yet gets an index nothing has, so its rule
+    /// matches nothing rather than everything), networks by key.
+    async fn compile_filters(
+        &self,
+        rules: &[FilterRule],
+    ) -> Result<filter::Compiled, NetworkError> {
+        let mut ifindex = BTreeMap::new();
+        for r in rules {
+            if let Some(name) = &r.in_iface {
+                let idx = self
+                    .host
+                    .link_by_name(name)
+                    .await?
+                    .map(|l| l.index)
+                    .unwrap_or(u32::MAX);
+                ifindex.insert(name.clone(), idx);
+            }
+        }
+        let compiled = filter::compile(rules, |r| filter::ResolvedRule {
+            ifindex: r.in_iface.as_ref().and_then(|n| ifindex.get(n).copied()),
+            network: r.network.as_ref().map(|n| {
+                self.state
+                    .networks
+                    .get(n)
+                    .map(|net| nat::network_key(&net.id))
+                    .unwrap_or(u32::MAX)
+            }),
+        })?;
+        Ok(compiled)
+    }
+
+    /// `filter add`: a rule at the end of the list, or first with `first`
+    /// (like `iptables -I DOCKER-USER`).
+    pub async fn filter_add(
+        &mut self,
+        spec: filter::FilterSpec,
+        first: bool,
+    ) -> Result<FilterRule, NetworkError> {
+        if let Some(n) = &spec.network {
+            self.network(n)?;
+        }
+        let id = self.state.filters.iter().map(|r| r.id).max().unwrap_or(0) + 1;
+        let rule = FilterRule::new(id, spec);
+        let mut state = self.state.clone();
+        if first {
+            state.filters.insert(0, rule.clone());
+        } else {
+            state.filters.push(rule.clone());
+        }
+        // Refuse before anything is written: too many rules and the like.
+        self.compile_filters(&state.filters).await?;
+        self.persist(state).await?;
+        Ok(rule)
+    }
+
+    /// `filter rm`.
+    pub async fn filter_rm(&mut self, id: u32) -> Result<(), NetworkError> {
+        if !self.state.filters.iter().any(|r| r.id == id) {
+            return Err(NetworkError::UnknownFilter(id));
+        }
+        let mut state = self.state.clone();
+        state.filters.retain(|r| r.id != id);
+        self.persist(state).await
     }
 
     async fn host_routes(&self) -> Result<Vec<Ipv4Net>, NetworkError> {
@@ -989,7 +1068,7 @@ impl Manager {
                 }
             }
         }
-        nat::sync(&self.pins, &self.state, &self.host).await?;
+        self.sync_datapath().await?;
         Ok(changed)
     }
 
