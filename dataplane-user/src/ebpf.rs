@@ -13,7 +13,7 @@ use aya::{
     },
     Ebpf, EbpfError, EbpfLoader,
 };
-use dataplane_common::maps;
+use dataplane_common::{maps, nat::NatConfig};
 
 use crate::bpffs::{current_netns_cookie, current_netns_ino, BpffsError, PinRoot};
 
@@ -132,6 +132,12 @@ pub struct Dataplane {
 impl Dataplane {
     /// Loads the object, creating or reusing the pinned maps under `pins`.
     pub fn load(pins: &PinRoot) -> Result<Dataplane, LoadError> {
+        Dataplane::load_with(pins, &NatConfig::DEFAULT)
+    }
+
+    /// Like [`Dataplane::load`], with masquerade settings other than the
+    /// defaults (programs attached from this instance use them).
+    pub fn load_with(pins: &PinRoot, nat: &NatConfig) -> Result<Dataplane, LoadError> {
         pins.ensure()?;
         let paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
         let cookie = current_netns_cookie().map_err(LoadError::Netns)?;
@@ -142,6 +148,7 @@ impl Dataplane {
         // The namespace this loader runs in is the host's (see the sock
         // programs).
         loader.override_global("HOST_NETNS_COOKIE", &cookie, true);
+        loader.override_global("NAT_CONFIG", nat, true);
         let ebpf = loader
             .load(OBJECT)
             .map_err(|e| LoadError::Object(Box::new(e)))?;

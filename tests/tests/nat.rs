@@ -716,7 +716,7 @@ fn filter_rules_guard_published_ports_and_direct_traffic() {
     let short = Duration::from_secs(1);
     assert!(http_get(&s.fh.client, host_addr(&s, 8080), "/", T).is_ok());
 
-    // DOCKER-USER's classic: only 198.18.0.1 may come in through the uplink.
+    // DOCKER-USER's classic: only 192.168.1.1 may come in through the uplink.
     let id = s
         .cli
         .run(&[
@@ -744,7 +744,10 @@ fn filter_rules_guard_published_ports_and_direct_traffic() {
         .expect("ls");
     assert_eq!(
         ls[0]["rule"],
-        format!("--in {} --not-src 198.18.0.1/32 --action drop", s.fh.uplink)
+        format!(
+            "--in {} --not-src 192.168.1.1/32 --action drop",
+            s.fh.uplink
+        )
     );
     assert!(ls[0]["packets"].as_u64() >= Some(2), "{ls}");
     assert!(drops(&s, "filtered") >= 2);

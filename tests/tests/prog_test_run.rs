@@ -382,4 +382,38 @@ mod nat {
             "no flow from a malformed packet"
         );
     }
+
+    #[test]
+    fn masquerade_exhaustion_is_a_counted_drop_not_a_shared_port() {
+        if !dataplane_tests::require_root() {
+            return;
+        }
+        use dataplane_common::nat::NatConfig;
+        let dir = BpffsDir::new("ptrexh").expect("bpffs");
+        // Two ports to move to, and the original port 50000.
+        let cfg = NatConfig {
+            snat_port_min: 40000,
+            snat_port_max: 40001,
+            snat_probes: 32,
+        };
+        let mut dp = Dataplane::load_with(dir.pins(), &cfg).expect("load");
+        configure(&mut dp);
+        let mut ports = Vec::new();
+        for host in 2u8..5 {
+            let syn = PacketBuilder::tcp([172, 17, 0, host], CLIENT, 50000, 9000).build();
+            let (verdict, out) = run(&mut dp, "dp_uplink_out", &syn);
+            assert_eq!(verdict, NEXT, "container {host}");
+            ports.push(parsed(&out).sport);
+        }
+        ports.sort_unstable();
+        assert_eq!(
+            ports,
+            vec![40000, 40001, 50000],
+            "every flow its own source port"
+        );
+        let fourth = PacketBuilder::tcp([172, 17, 0, 9], CLIENT, 50000, 9000).build();
+        assert_eq!(run(&mut dp, "dp_uplink_out", &fourth).0, SHOT);
+        let snap = stats::read(dir.pins()).expect("stats");
+        assert_eq!(snap.drop(DropReason::SnatExhausted).packets, 1);
+    }
 }
