@@ -725,7 +725,7 @@ fn filter_rules_guard_published_ports_and_direct_traffic() {
             "--in",
             &s.fh.uplink,
             "--not-src",
-            "198.18.0.1/32",
+            "192.168.1.1/32",
             "--action",
             "drop",
         ])
