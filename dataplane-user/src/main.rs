@@ -913,11 +913,6 @@ async fn agent_main(
 
     // Networks first: after a reboot the bridges are gone and the state says
     // what to restore.
-    let mut manager = Manager::open(state_dir, pins).await?;
-    for c in manager.reconcile().await? {
-        info!("reconciled: {c}");
-    }
-    drop(manager); // releases the state lock for CLI calls
     let AgentOpts {
         ifaces,
         interval,
@@ -929,6 +924,20 @@ async fn agent_main(
     } else {
         ifaces
     };
+    let mut manager = Manager::open(state_dir, pins).await?;
+    for c in manager.reconcile().await? {
+        info!("reconciled: {c}");
+    }
+    // A first start makes the interfaces it watches the uplinks, so the
+    // default network has egress (Docker masquerades out of any interface).
+    if manager.state().uplinks.is_empty() {
+        for iface in &ifaces {
+            manager.uplink_add(iface).await?;
+            info!(iface, "uplink added: published ports and masquerade through it");
+        }
+    }
+    let bridge = manager.network("bridge").ok().cloned();
+    drop(manager); // releases the state lock for CLI calls
     if ifaces.is_empty() {
         bail!("no interface given (--iface) and no default route to find an uplink from");
     }
@@ -966,6 +975,18 @@ async fn agent_main(
                 return Err(e.into());
             }
         }
+    }
+    if let Some(b) = bridge {
+        let subnet = b.subnet.map(|s| s.to_string()).unwrap_or_default();
+        eprintln!(
+            "\nThe default network `bridge` ({subnet}, device {}) is ready. Try:\n  \
+             ip netns add c1\n  \
+             dataplane connect bridge c1 -p 8080:80\n  \
+             ip netns exec c1 python3 -m http.server 80 &\n  \
+             curl http://127.0.0.1:8080/\n  \
+             dataplane nat ls; dataplane conntrack ls\n",
+            b.bridge.unwrap_or_default()
+        );
     }
     info!(bpffs = %pins.path().display(), state = %state_dir.display(), "agent running; counters with `dataplane stats show`, Ctrl-C to stop");
     let mut tick = tokio::time::interval(interval);
