@@ -158,6 +158,11 @@ impl Dataplane {
         })
     }
 
+    /// Where this instance's maps are pinned.
+    pub fn pins(&self) -> &PinRoot {
+        &self.pins
+    }
+
     /// The loaded object, for test runs and map access.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf

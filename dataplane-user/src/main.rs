@@ -933,7 +933,10 @@ async fn agent_main(
     if manager.state().uplinks.is_empty() {
         for iface in &ifaces {
             manager.uplink_add(iface).await?;
-            info!(iface, "uplink added: published ports and masquerade through it");
+            info!(
+                iface,
+                "uplink added: published ports and masquerade through it"
+            );
         }
     }
     let bridge = manager.network("bridge").ok().cloned();

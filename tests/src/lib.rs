@@ -4,7 +4,8 @@
 //! drop, also when the test panics), the veth/bridge topology inside them (a
 //! fake host with an external client and containers, see [`topo`]), bounded
 //! traffic generators and servers ([`traffic`]), hand-built packets for
-//! BPF_PROG_TEST_RUN ([`packets`]), per-test bpffs pin directories
+//! BPF_PROG_TEST_RUN ([`packets`]), configuration map entries written
+//! directly ([`datapath`]), per-test bpffs pin directories
 //! ([`BpffsDir`]), the `dataplane` binary's path ([`dataplane_bin`]), and the post-suite check that
 //! nothing was left behind ([`leak`]). It never touches the root namespace's
 //! routes, links, firewall or sysctls: every object lives inside a namespace it
@@ -14,6 +15,7 @@
 mod bpffs;
 pub mod cli;
 pub mod cmd;
+pub mod datapath;
 pub mod leak;
 pub mod netns;
 pub mod packets;

@@ -6,16 +6,12 @@
 //! not match change nothing, and that established published-port flows meet
 //! the rules while replies to the containers' own connections do not.
 
-use aya::{
-    maps::{lpm_trie::Key, HashMap, LpmTrie, MapData},
-    programs::{SchedClassifier, TestRun, TestRunOptions},
-};
-use dataplane_common::{
-    drop::DropReason,
-    maps,
-    nat::{HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink, SUBNET_MASQUERADE},
-};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use dataplane_common::{drop::DropReason, nat::SUBNET_MASQUERADE};
 use dataplane_tests::{
+    datapath,
     packets::{parse, PacketBuilder},
     BpffsDir,
 };
@@ -91,71 +87,16 @@ impl Fixture {
     /// HOST; 172.17/16 (NET1) and 172.18/16 (NET2) are managed subnets.
     fn new(tag: &str) -> Fixture {
         let dir = BpffsDir::new(tag).expect("bpffs dir");
-        let mut dp = Dataplane::load(dir.pins()).expect("load the eBPF object");
-        {
-            let mut ports: HashMap<&mut MapData, PortKey, PortTarget> =
-                HashMap::try_from(dp.ebpf_mut().map_mut(maps::PORTS).expect("ports"))
-                    .expect("ports");
-            for (port, proto, to) in [(8080u16, 6u8, 80u16), (5353, 17, 53)] {
-                let key = PortKey {
-                    addr: [0; 4],
-                    port: port.to_be_bytes(),
-                    proto,
-                    _pad: 0,
-                };
-                let target = PortTarget {
-                    addr: C1,
-                    port: to.to_be_bytes(),
-                    _pad: [0; 2],
-                    stats_index: 0,
-                    _pad2: 0,
-                };
-                ports.insert(key, target, 0).expect("port");
-            }
+        let dp = Dataplane::load(dir.pins()).expect("load the eBPF object");
+        let pins = dir.pins();
+        for (port, proto, to) in [(8080u16, 6u8, 80u16), (5353, 17, 53)] {
+            let target = SocketAddrV4::new(C1.into(), to);
+            datapath::publish(pins, Ipv4Addr::UNSPECIFIED, port, proto, target).expect("port");
         }
-        {
-            let mut hosts: HashMap<&mut MapData, [u8; 4], HostAddr> =
-                HashMap::try_from(dp.ebpf_mut().map_mut(maps::HOST_ADDRS).expect("hosts"))
-                    .expect("hosts");
-            hosts
-                .insert(
-                    HOST,
-                    HostAddr {
-                        ifindex: 2,
-                        _pad: 0,
-                    },
-                    0,
-                )
-                .expect("host");
-        }
-        {
-            let mut uplinks: HashMap<&mut MapData, u32, Uplink> =
-                HashMap::try_from(dp.ebpf_mut().map_mut(maps::UPLINKS).expect("uplinks"))
-                    .expect("uplinks");
-            uplinks
-                .insert(
-                    TEST_RUN_IFINDEX,
-                    Uplink {
-                        addr: HOST,
-                        _pad: 0,
-                    },
-                    0,
-                )
-                .expect("uplink");
-        }
-        {
-            let mut subnets: LpmTrie<&mut MapData, [u8; 4], SubnetPolicy> =
-                LpmTrie::try_from(dp.ebpf_mut().map_mut(maps::SUBNETS).expect("subnets"))
-                    .expect("subnets");
-            for (net, id) in [([172, 17, 0, 0], NET1), ([172, 18, 0, 0], NET2)] {
-                let policy = SubnetPolicy {
-                    flags: SUBNET_MASQUERADE,
-                    network_id: id,
-                };
-                subnets
-                    .insert(&Key::new(16, net), policy, 0)
-                    .expect("subnet");
-            }
+        datapath::host_addr(pins, HOST.into(), 2).expect("host");
+        datapath::uplink(pins, TEST_RUN_IFINDEX, HOST.into()).expect("uplink");
+        for (net, id) in [([172, 17, 0, 0], NET1), ([172, 18, 0, 0], NET2)] {
+            datapath::subnet(pins, net.into(), 16, SUBNET_MASQUERADE, id).expect("subnet");
         }
         Fixture { dir, dp }
     }

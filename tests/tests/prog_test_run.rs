@@ -155,16 +155,12 @@ mod nat {
     //! checksums that still verify, the conntrack entries left behind, and
     //! malformed packets dropped with a reason and never rewritten.
 
-    use aya::{
-        maps::{lpm_trie::Key, HashMap, LpmTrie, MapData},
-        programs::{SchedClassifier, TestRun, TestRunOptions},
-    };
-    use dataplane_common::{
-        drop::DropReason,
-        maps,
-        nat::{HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink, SUBNET_MASQUERADE},
-    };
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+    use dataplane_common::{drop::DropReason, nat::SUBNET_MASQUERADE};
     use dataplane_tests::{
+        datapath,
         packets::{parse, PacketBuilder, Parsed},
         BpffsDir,
     };
@@ -179,65 +175,17 @@ mod nat {
     /// tc test runs see the namespace's loopback as the device.
     const TEST_RUN_IFINDEX: u32 = 1;
 
-    fn hash<'a, K: aya::Pod, V: aya::Pod>(
-        dp: &'a mut Dataplane,
-        name: &str,
-    ) -> HashMap<&'a mut MapData, K, V> {
-        HashMap::try_from(dp.ebpf_mut().map_mut(name).expect(name)).expect(name)
-    }
-
     /// 0.0.0.0:8080/tcp -> C1:80, 5353/udp -> C1:53; the host is HOST;
     /// 172.17.0.0/16 is masqueraded through an uplink with HOST.
-    fn configure(dp: &mut Dataplane) {
-        let mut ports = hash::<PortKey, PortTarget>(dp, maps::PORTS);
-        for (port, proto, to) in [(8080u16, 6u8, 80u16), (5353, 17, 53)] {
-            let key = PortKey {
-                addr: [0; 4],
-                port: port.to_be_bytes(),
-                proto,
-                _pad: 0,
-            };
-            let target = PortTarget {
-                addr: C1,
-                port: to.to_be_bytes(),
-                _pad: [0; 2],
-                stats_index: 0,
-                _pad2: 0,
-            };
-            ports.insert(key, target, 0).expect("port");
-        }
-        hash::<[u8; 4], HostAddr>(dp, maps::HOST_ADDRS)
-            .insert(
-                HOST,
-                HostAddr {
-                    ifindex: 2,
-                    _pad: 0,
-                },
-                0,
-            )
-            .expect("host");
-        hash::<u32, Uplink>(dp, maps::UPLINKS)
-            .insert(
-                TEST_RUN_IFINDEX,
-                Uplink {
-                    addr: HOST,
-                    _pad: 0,
-                },
-                0,
-            )
-            .expect("uplink");
-        let mut subnets: LpmTrie<&mut MapData, [u8; 4], SubnetPolicy> =
-            LpmTrie::try_from(dp.ebpf_mut().map_mut(maps::SUBNETS).expect("subnets"))
-                .expect("trie");
-        subnets
-            .insert(
-                &Key::new(16, [172, 17, 0, 0]),
-                SubnetPolicy {
-                    flags: SUBNET_MASQUERADE,
-                    network_id: 1,
-                },
-                0,
-            )
+    fn configure(dp: &Dataplane) {
+        let pins = dp.pins();
+        let c1 = SocketAddrV4::new(C1.into(), 80);
+        datapath::publish(pins, Ipv4Addr::UNSPECIFIED, 8080, 6, c1).expect("port");
+        let dns = SocketAddrV4::new(C1.into(), 53);
+        datapath::publish(pins, Ipv4Addr::UNSPECIFIED, 5353, 17, dns).expect("port");
+        datapath::host_addr(pins, HOST.into(), 2).expect("host");
+        datapath::uplink(pins, TEST_RUN_IFINDEX, HOST.into()).expect("uplink");
+        datapath::subnet(pins, Ipv4Addr::new(172, 17, 0, 0), 16, SUBNET_MASQUERADE, 1)
             .expect("subnet");
     }
 
@@ -271,7 +219,7 @@ mod nat {
         }
         let dir = BpffsDir::new("ptrdnat").expect("bpffs");
         let mut dp = Dataplane::load(dir.pins()).expect("load");
-        configure(&mut dp);
+        configure(&dp);
 
         let syn = PacketBuilder::tcp(CLIENT, HOST, 40000, 8080).build();
         let (verdict, out) = run(&mut dp, "dp_uplink_in", &syn);
@@ -319,7 +267,7 @@ mod nat {
         }
         let dir = BpffsDir::new("ptrsnat").expect("bpffs");
         let mut dp = Dataplane::load(dir.pins()).expect("load");
-        configure(&mut dp);
+        configure(&dp);
 
         let a = PacketBuilder::tcp(C1, CLIENT, 40000, 9000).build();
         let pa = parsed(&run(&mut dp, "dp_uplink_out", &a).1);
@@ -363,7 +311,7 @@ mod nat {
         }
         let dir = BpffsDir::new("ptrbad").expect("bpffs");
         let mut dp = Dataplane::load(dir.pins()).expect("load");
-        configure(&mut dp);
+        configure(&dp);
         let cut = PacketBuilder::tcp(CLIENT, HOST, 40000, 8080)
             .truncate_l4(10)
             .build();
@@ -397,7 +345,7 @@ mod nat {
             snat_probes: 32,
         };
         let mut dp = Dataplane::load_with(dir.pins(), &cfg).expect("load");
-        configure(&mut dp);
+        configure(&dp);
         let mut ports = Vec::new();
         for host in 2u8..5 {
             let syn = PacketBuilder::tcp([172, 17, 0, host], CLIENT, 50000, 9000).build();

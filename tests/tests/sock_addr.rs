@@ -24,12 +24,11 @@ use std::{
 use aya::maps::{HashMap, Map, MapData};
 use dataplane_common::{
     maps,
-    nat::{HostAddr, PortKey, PortTarget},
     net::{IPPROTO_TCP, IPPROTO_UDP},
     sock::SockRevNat,
 };
 use dataplane_tests::{
-    cmd,
+    cmd, datapath,
     netns::NetNs,
     topo::{Container, FakeHost},
     traffic::{http_server, udp_echo_server},
@@ -137,36 +136,13 @@ impl Setup {
             .ip_json(&["link", "show", &self.fh.uplink])
             .expect("ip link show");
         let ifindex = links[0]["ifindex"].as_u64().expect("ifindex");
-        let data = MapData::from_pin(self.pins.pins().map(maps::HOST_ADDRS)).expect("pinned map");
-        let mut map: HashMap<MapData, [u8; 4], HostAddr> =
-            HashMap::try_from(Map::from_map_data(data).expect("map")).expect("hash map");
-        let value = HostAddr {
-            ifindex: u32::try_from(ifindex).expect("ifindex fits u32"),
-            _pad: 0,
-        };
-        map.insert(self.fh.host_ip.octets(), value, 0)
-            .expect("insert host addr");
+        let ifindex = u32::try_from(ifindex).expect("ifindex fits u32");
+        datapath::host_addr(self.pins.pins(), self.fh.host_ip, ifindex).expect("host addr");
     }
 
     /// `-p [host:]port:target/proto`, written as the agent will.
     fn publish(&self, host: Ipv4Addr, port: u16, proto: u8, target: SocketAddrV4) {
-        let data = MapData::from_pin(self.pins.pins().map(maps::PORTS)).expect("pinned map");
-        let mut map: HashMap<MapData, PortKey, PortTarget> =
-            HashMap::try_from(Map::from_map_data(data).expect("map")).expect("hash map");
-        let key = PortKey {
-            addr: host.octets(),
-            port: port.to_be_bytes(),
-            proto,
-            _pad: 0,
-        };
-        let value = PortTarget {
-            addr: target.ip().octets(),
-            port: target.port().to_be_bytes(),
-            _pad: [0; 2],
-            stats_index: 0,
-            _pad2: 0,
-        };
-        map.insert(key, value, 0).expect("insert port");
+        datapath::publish(self.pins.pins(), host, port, proto, target).expect("publish");
     }
 
     /// Every reverse-translation entry, as (original, backend).
