@@ -4,6 +4,7 @@
 //! the integration tests use it for BPF_PROG_TEST_RUN.
 
 pub mod bpffs;
+pub mod config;
 pub mod conntrack;
 pub mod ebpf;
 pub mod filter;

@@ -5,9 +5,10 @@ use std::{io::Write as _, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use dataplane_common::maps::PIN_ROOT;
+use dataplane_common::{maps::PIN_ROOT, nat::NatConfig};
 use dataplane_user::{
     bpffs::PinRoot,
+    config::{Config, Setting},
     conntrack,
     ebpf::{detach_tc, Dataplane, Direction, LoadError},
     filter, nat, netns,
@@ -27,16 +28,22 @@ use tracing::{info, warn};
     about = "eBPF dataplane for container networking"
 )]
 struct Cli {
-    /// bpffs directory holding the dataplane's pinned maps and links.
-    #[arg(long, global = true, env = "DATAPLANE_BPFFS_ROOT", default_value = PIN_ROOT)]
-    bpffs_root: PathBuf,
+    /// Configuration file (TOML, see docs/configuration.md). The default
+    /// path is used only if it exists.
+    #[arg(long, global = true, env = "DATAPLANE_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// bpffs directory holding the dataplane's pinned maps and links
+    /// [default: the config's bpffs_root, else /sys/fs/bpf/dataplane].
+    #[arg(long, global = true, env = "DATAPLANE_BPFFS_ROOT")]
+    bpffs_root: Option<PathBuf>,
     /// Act inside this network namespace: a name under /var/run/netns or a
     /// path such as /proc/PID/ns/net.
     #[arg(long, global = true, value_name = "NAME|PATH")]
     netns: Option<String>,
-    /// Directory of the persisted desired state (networks, endpoints).
-    #[arg(long, global = true, env = "DATAPLANE_STATE_DIR", default_value = state::DEFAULT_DIR)]
-    state_dir: PathBuf,
+    /// Directory of the persisted desired state (networks, endpoints)
+    /// [default: the config's state_dir, else /var/lib/dataplane].
+    #[arg(long, global = true, env = "DATAPLANE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,8 +59,9 @@ enum Command {
         ifaces: Vec<String>,
         /// Seconds between counter log lines and conntrack garbage
         /// collections (1-3600).
-        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-        interval: u64,
+        /// [default: the config's interval_seconds, else 10]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        interval: Option<u64>,
         #[command(flatten)]
         timeouts: TimeoutArgs,
         /// Cgroup whose processes reach published ports on the host's own
@@ -226,29 +234,29 @@ enum NatCommand {
     },
 }
 
+/// Conntrack idle timeouts in seconds; each overrides the configuration
+/// file (defaults: established 21600, SYN 60, closing 10, UDP/ICMP 60).
 #[derive(Args, Clone, Copy)]
 struct TimeoutArgs {
-    /// Idle seconds before an established TCP flow is forgotten.
-    #[arg(long, default_value_t = 21600)]
-    ct_tcp_established: u64,
-    /// Idle seconds for a TCP flow still opening (SYN seen).
-    #[arg(long, default_value_t = 60)]
-    ct_tcp_syn: u64,
-    /// Idle seconds for a TCP flow after FIN or RST.
-    #[arg(long, default_value_t = 10)]
-    ct_tcp_closing: u64,
-    /// Idle seconds for UDP and ICMP flows.
-    #[arg(long, default_value_t = 60)]
-    ct_other: u64,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    ct_tcp_established: Option<u64>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    ct_tcp_syn: Option<u64>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    ct_tcp_closing: Option<u64>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    ct_other: Option<u64>,
 }
 
 impl TimeoutArgs {
-    fn timeouts(self) -> conntrack::Timeouts {
+    fn over(self, base: conntrack::Timeouts) -> conntrack::Timeouts {
+        let pick =
+            |flag: Option<u64>, base: Duration| flag.map(Duration::from_secs).unwrap_or(base);
         conntrack::Timeouts {
-            tcp_established: Duration::from_secs(self.ct_tcp_established),
-            tcp_syn: Duration::from_secs(self.ct_tcp_syn),
-            tcp_closing: Duration::from_secs(self.ct_tcp_closing),
-            other: Duration::from_secs(self.ct_other),
+            tcp_established: pick(self.ct_tcp_established, base.tcp_established),
+            tcp_syn: pick(self.ct_tcp_syn, base.tcp_syn),
+            tcp_closing: pick(self.ct_tcp_closing, base.tcp_closing),
+            other: pick(self.ct_other, base.other),
         }
     }
 }
@@ -360,6 +368,9 @@ enum Format {
     Json,
 }
 
+/// Read when present, so the CLI and the agent agree on paths.
+const DEFAULT_CONFIG: &str = "/etc/dataplane/dataplane.toml";
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -389,8 +400,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         netns::enter(&path)
             .with_context(|| format!("--netns {ns}: entering {}", path.display()))?;
     }
-    let pins = PinRoot::new(cli.bpffs_root);
-    let state_dir = cli.state_dir;
+    let config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
+            Config::load(std::path::Path::new(DEFAULT_CONFIG))?
+        }
+        None => Config::default(),
+    };
+    let pins = PinRoot::new(
+        cli.bpffs_root
+            .or_else(|| config.bpffs_root.clone())
+            .unwrap_or_else(|| PathBuf::from(PIN_ROOT)),
+    );
+    let state_dir = cli
+        .state_dir
+        .or_else(|| config.state_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(state::DEFAULT_DIR));
     match cli.command {
         Command::Agent {
             ifaces,
@@ -398,16 +423,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             timeouts,
             host_cgroup,
         } => {
-            let host_cgroup = match host_cgroup.as_deref() {
-                Some("none") => None,
-                Some(path) => Some(PathBuf::from(path)),
-                None => Some(sock::cgroup2_mount()?),
+            let host_cgroup = match (host_cgroup.as_deref(), &config.host_cgroup) {
+                (Some("none"), _) | (None, Setting::Off) => None,
+                (Some(path), _) => Some(PathBuf::from(path)),
+                (None, Setting::Value(path)) => Some(path.clone()),
+                (None, Setting::Default) => Some(sock::cgroup2_mount()?),
             };
             let opts = AgentOpts {
-                ifaces,
-                interval: Duration::from_secs(interval),
-                timeouts: timeouts.timeouts(),
+                ifaces: if ifaces.is_empty() {
+                    config.uplinks.clone()
+                } else {
+                    ifaces
+                },
+                interval: interval.map(Duration::from_secs).unwrap_or(config.interval),
+                timeouts: timeouts.over(config.timeouts),
                 host_cgroup,
+                nat: config.nat,
             };
             block_on(agent_main(&pins, &state_dir, opts))
         }
@@ -532,7 +563,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Conntrack { command } => match command {
             ConntrackCommand::Ls { format } => conntrack_ls(&pins, format),
             ConntrackCommand::Gc { timeouts } => {
-                let r = conntrack::gc(&pins, &timeouts.timeouts())?;
+                let r = conntrack::gc(&pins, &timeouts.over(config.timeouts))?;
                 println!("scanned {} entries, removed {}", r.scanned, r.removed);
                 Ok(())
             }
@@ -898,6 +929,8 @@ struct AgentOpts {
     timeouts: conntrack::Timeouts,
     /// Where host-local clients get published ports; None: nowhere.
     host_cgroup: Option<PathBuf>,
+    /// Masquerade settings for the programs this agent attaches.
+    nat: NatConfig,
 }
 
 async fn agent_main(
@@ -918,6 +951,7 @@ async fn agent_main(
         interval,
         timeouts,
         host_cgroup,
+        nat,
     } = opts;
     let ifaces = if ifaces.is_empty() {
         default_route_ifaces()?
@@ -925,6 +959,7 @@ async fn agent_main(
         ifaces
     };
     let mut manager = Manager::open(state_dir, pins).await?;
+    manager.set_nat_config(nat);
     for c in manager.reconcile().await? {
         info!("reconciled: {c}");
     }

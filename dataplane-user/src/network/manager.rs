@@ -12,6 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use dataplane_common::nat::NatConfig;
 use ipnet::Ipv4Net;
 
 use super::{
@@ -166,6 +167,8 @@ pub struct Manager {
     state: State,
     host: Netlink,
     pins: PinRoot,
+    /// Masquerade settings for the uplink programs this manager attaches.
+    nat: NatConfig,
 }
 
 impl Manager {
@@ -180,6 +183,7 @@ impl Manager {
             state: loaded.clone().unwrap_or_default(),
             host,
             pins: pins.clone(),
+            nat: NatConfig::DEFAULT,
         };
         if loaded.is_none() {
             m.init_predefined().await?;
@@ -206,7 +210,13 @@ impl Manager {
             state,
             host,
             pins: pins.clone(),
+            nat: NatConfig::DEFAULT,
         }))
+    }
+
+    /// Masquerade settings for uplink programs attached from now on.
+    pub fn set_nat_config(&mut self, nat: NatConfig) {
+        self.nat = nat;
     }
 
     pub fn state(&self) -> &State {
@@ -991,7 +1001,7 @@ impl Manager {
         if self.host.link_by_name(name).await?.is_none() {
             return Err(NetworkError::UnknownUplink(name.to_owned()));
         }
-        let mut dp = Dataplane::load(&self.pins).map_err(NatError::from)?;
+        let mut dp = Dataplane::load_with(&self.pins, &self.nat).map_err(NatError::from)?;
         nat::attach_uplink(&mut dp, name)?;
         let mut state = self.state.clone();
         state.uplinks.push(name.to_owned());
@@ -1056,7 +1066,7 @@ impl Manager {
             enable_forwarding()?;
         }
         if !self.state.uplinks.is_empty() {
-            let mut dp = Dataplane::load(&self.pins).map_err(NatError::from)?;
+            let mut dp = Dataplane::load_with(&self.pins, &self.nat).map_err(NatError::from)?;
             for u in &self.state.uplinks {
                 nat::attach_uplink(&mut dp, u)?;
             }
