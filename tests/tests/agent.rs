@@ -1,0 +1,170 @@
+//! The agent as a service: it can be restarted or killed at any moment
+//! without dropping traffic, because the datapath (programs, maps, links) is
+//! pinned and does not belong to the agent's process.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    process::{Child, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use dataplane_tests::{cli::Cli, netns::NetNs, topo::FakeHost, traffic::tcp_echo_server};
+
+const T: Duration = Duration::from_secs(5);
+
+/// Starts the agent in the fake host and waits (bounded) until it runs.
+fn start_agent(cli: &Cli, fh: &FakeHost) -> Child {
+    let mut child = cli
+        .command(&[
+            "agent",
+            "--iface",
+            &fh.uplink,
+            "--interval",
+            "1",
+            "--host-cgroup",
+            "none",
+        ])
+        .expect("command")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn agent");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        // Drained to the end: a closed pipe would break the agent's logging.
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut log = Vec::new();
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        let running = line.contains("agent running");
+        log.push(line);
+        if running {
+            return child;
+        }
+    }
+    let _ = child.kill();
+    panic!("agent did not start:\n{}", log.join("\n"));
+}
+
+fn stop(mut child: Child, signal: i32) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let status = child.wait().expect("wait");
+    if signal == libc::SIGTERM {
+        assert!(status.success(), "agent exit after SIGTERM: {status}");
+    }
+}
+
+/// One connection that keeps echoing numbered 4 KiB blocks until told to
+/// stop, checking every byte that comes back.
+struct Stream {
+    handle: thread::JoinHandle<Result<u64, String>>,
+}
+
+impl Stream {
+    fn start(ns: &NetNs, dst: SocketAddr, id: u32, stop: Arc<AtomicBool>) -> Stream {
+        let mut conn = ns
+            .run_in(move || TcpStream::connect_timeout(&dst, T))
+            .expect("ns")
+            .unwrap_or_else(|e| panic!("connection {id} to {dst}: {e}"));
+        let handle = thread::spawn(move || -> Result<u64, String> {
+            conn.set_read_timeout(Some(T)).map_err(|e| e.to_string())?;
+            conn.set_write_timeout(Some(T)).map_err(|e| e.to_string())?;
+            let deadline = Instant::now() + Duration::from_secs(90);
+            let mut rounds = 0u64;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let block: Vec<u8> = (0..4096u32)
+                    .map(|i| (i.wrapping_mul(31) ^ id ^ rounds as u32) as u8)
+                    .collect();
+                conn.write_all(&block)
+                    .map_err(|e| format!("conn {id} round {rounds}: write: {e}"))?;
+                let mut back = vec![0u8; block.len()];
+                conn.read_exact(&mut back)
+                    .map_err(|e| format!("conn {id} round {rounds}: read: {e}"))?;
+                if back != block {
+                    return Err(format!("conn {id} round {rounds}: corrupted"));
+                }
+                rounds += 1;
+                thread::sleep(Duration::from_millis(10));
+            }
+            Ok(rounds)
+        });
+        Stream { handle }
+    }
+}
+
+#[test]
+fn fifty_connections_survive_five_restarts_and_two_kills() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let fh = FakeHost::new(false).expect("fake host");
+    let cli = Cli::new(&fh.host, "restart50").expect("cli");
+    let mut agent = start_agent(&cli, &fh);
+    let web = NetNs::new("web").expect("netns");
+    let out = NetNs::new("out").expect("netns");
+    cli.run(&["connect", "bridge", web.name(), "-p", "8080:80"])
+        .expect("web");
+    cli.run(&["connect", "bridge", out.name()]).expect("out");
+    let _inbound = tcp_echo_server(&web, SocketAddr::from(([172, 17, 0, 2], 80))).expect("server");
+    let _outside =
+        tcp_echo_server(&fh.client, SocketAddr::from((fh.client_ip, 9000))).expect("server");
+
+    let stop_flag = Arc::new(AtomicBool::new(false));
+    let mut streams = Vec::new();
+    for id in 0..25 {
+        // Through the published port, from the external client.
+        streams.push(Stream::start(
+            &fh.client,
+            SocketAddr::from((fh.host_ip, 8080)),
+            id,
+            stop_flag.clone(),
+        ));
+        // Through masquerade, from a container to the outside.
+        streams.push(Stream::start(
+            &out,
+            SocketAddr::from((fh.client_ip, 9000)),
+            100 + id,
+            stop_flag.clone(),
+        ));
+    }
+    thread::sleep(Duration::from_millis(500));
+    for round in 0..7 {
+        // Rounds 2 and 5 kill the agent outright; the others stop it.
+        let signal = if round == 2 || round == 5 {
+            libc::SIGKILL
+        } else {
+            libc::SIGTERM
+        };
+        stop(agent, signal);
+        thread::sleep(Duration::from_millis(300));
+        agent = start_agent(&cli, &fh);
+        thread::sleep(Duration::from_millis(300));
+    }
+    thread::sleep(Duration::from_millis(500));
+    stop_flag.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for (i, s) in streams.into_iter().enumerate() {
+        match s.handle.join().expect("stream thread") {
+            Ok(rounds) if rounds >= 10 => {}
+            Ok(rounds) => failures.push(format!("stream {i}: only {rounds} rounds")),
+            Err(e) => failures.push(e),
+        }
+    }
+    stop(agent, libc::SIGTERM);
+    assert!(
+        failures.is_empty(),
+        "{} of 50 connections failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
