@@ -7,6 +7,7 @@
 //! # /etc/dataplane/dataplane.toml
 //! state_dir = "/var/lib/dataplane"        # persisted networks, endpoints, rules
 //! bpffs_root = "/sys/fs/bpf/dataplane"    # pinned maps and links
+//! socket = "/run/dataplane/dataplane.sock" # the API (root only)
 //! uplinks = ["eth0"]                      # first start only; default: the
 //!                                         # interfaces with a default route
 //! interval_seconds = 10                   # counters log and conntrack GC, 1-3600
@@ -57,6 +58,7 @@ pub enum ConfigError {
 struct File {
     state_dir: Option<PathBuf>,
     bpffs_root: Option<PathBuf>,
+    socket: Option<PathBuf>,
     uplinks: Option<Vec<String>>,
     interval_seconds: Option<u64>,
     host_cgroup: Option<String>,
@@ -97,6 +99,7 @@ pub enum Setting<T> {
 pub struct Config {
     pub state_dir: Option<PathBuf>,
     pub bpffs_root: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
     pub uplinks: Vec<String>,
     pub interval: Duration,
     pub host_cgroup: Setting<PathBuf>,
@@ -110,6 +113,7 @@ impl Default for Config {
         Config {
             state_dir: None,
             bpffs_root: None,
+            socket: None,
             uplinks: Vec::new(),
             interval: Duration::from_secs(10),
             host_cgroup: Setting::Default,
@@ -145,6 +149,7 @@ impl Config {
         let mut c = Config {
             state_dir: file.state_dir,
             bpffs_root: file.bpffs_root,
+            socket: file.socket,
             uplinks: file.uplinks.unwrap_or_default(),
             ..Config::default()
         };

@@ -195,7 +195,7 @@ impl fmt::Display for FilterRule {
 }
 
 /// `filter add`'s flags as typed, before any checking.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilterArgs {
     pub network: Option<String>,
     pub in_iface: Option<String>,

@@ -3,11 +3,13 @@
 //! statistics program ([`stats`]). The `dataplane` binary is a thin CLI over it;
 //! the integration tests use it for BPF_PROG_TEST_RUN.
 
+pub mod api;
 pub mod bpffs;
 pub mod config;
 pub mod conntrack;
 pub mod ebpf;
 pub mod filter;
+pub mod metrics;
 pub mod nat;
 pub mod netlink;
 pub mod netns;

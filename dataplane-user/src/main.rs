@@ -7,11 +7,12 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dataplane_common::{maps::PIN_ROOT, nat::NatConfig};
 use dataplane_user::{
+    api::{self, Request},
     bpffs::PinRoot,
-    config::{Config, Setting},
+    config::{self, Config, Setting},
     conntrack,
     ebpf::{detach_tc, Dataplane, Direction, LoadError},
-    filter, nat, netns,
+    filter, metrics, netns,
     network::{
         inspect,
         manager::{ConnectArgs, Manager},
@@ -40,6 +41,11 @@ struct Cli {
     /// path such as /proc/PID/ns/net.
     #[arg(long, global = true, value_name = "NAME|PATH")]
     netns: Option<String>,
+    /// The agent's API socket; the CLI works on the state itself when no
+    /// agent answers there [default: the config's socket, else
+    /// /run/dataplane/dataplane.sock].
+    #[arg(long, global = true, env = "DATAPLANE_SOCKET")]
+    socket: Option<PathBuf>,
     /// Directory of the persisted desired state (networks, endpoints)
     /// [default: the config's state_dir, else /var/lib/dataplane].
     #[arg(long, global = true, env = "DATAPLANE_STATE_DIR")]
@@ -143,6 +149,11 @@ enum Command {
     Stats {
         #[command(subcommand)]
         command: StatsCommand,
+    },
+    /// Who answers: the agent (through its socket) or the CLI itself.
+    Status {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
     /// Remove everything the dataplane created: endpoints' links, bridges,
     /// the state file, and every pin under the bpffs root (which detaches all
@@ -416,6 +427,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .state_dir
         .or_else(|| config.state_dir.clone())
         .unwrap_or_else(|| PathBuf::from(state::DEFAULT_DIR));
+    let socket = cli
+        .socket
+        .or_else(|| config.socket.clone())
+        .unwrap_or_else(|| PathBuf::from(api::DEFAULT_SOCKET));
+    let client = Client {
+        socket: socket.clone(),
+        ctx: api::Context {
+            state_dir: state_dir.clone(),
+            pins: pins.clone(),
+            nat: config.nat,
+            server: "cli",
+        },
+    };
     match cli.command {
         Command::Agent {
             ifaces,
@@ -439,50 +463,67 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 timeouts: timeouts.over(config.timeouts),
                 host_cgroup,
                 nat: config.nat,
+                socket: socket.clone(),
+                metrics: match &config.metrics {
+                    Setting::Off => None,
+                    Setting::Value(a) => Some(*a),
+                    Setting::Default => Some(config::DEFAULT_METRICS.parse()?),
+                },
             };
             block_on(agent_main(&pins, &state_dir, opts))
         }
-        Command::Publish { command } => block_on(async {
-            let mut m = Manager::open(&state_dir, &pins).await?;
-            match command {
+        Command::Publish { command } => {
+            let (add, network, endpoint, specs) = match command {
                 PublishCommand::Add {
                     network,
                     endpoint,
                     specs,
-                } => {
-                    for mapping in m.publish_add(&network, &endpoint, &specs).await? {
-                        println!("{mapping}");
-                    }
-                }
+                } => (true, network, endpoint, specs),
                 PublishCommand::Rm {
                     network,
                     endpoint,
                     specs,
-                } => m.publish_rm(&network, &endpoint, &specs).await?,
-            }
-            Ok(())
-        }),
-        Command::Uplink { command } => block_on(async {
-            let mut m = Manager::open(&state_dir, &pins).await?;
-            match command {
-                UplinkCommand::Add { iface } => m.uplink_add(&iface).await?,
-                UplinkCommand::Rm { iface } => m.uplink_rm(&iface).await?,
-                UplinkCommand::Ls => {
-                    for u in &m.state().uplinks {
-                        println!("{u}");
-                    }
+                } => (false, network, endpoint, specs),
+            };
+            let req = if add {
+                Request::PublishAdd {
+                    network,
+                    endpoint,
+                    specs,
                 }
+            } else {
+                Request::PublishRm {
+                    network,
+                    endpoint,
+                    specs,
+                }
+            };
+            let v = client.request(req)?;
+            for m in v["published"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                println!("{}", m.as_str().unwrap_or_default());
             }
             Ok(())
-        }),
+        }
+        Command::Uplink { command } => {
+            let req = match command {
+                UplinkCommand::Add { iface } => Request::UplinkAdd { iface },
+                UplinkCommand::Rm { iface } => Request::UplinkRm { iface },
+                UplinkCommand::Ls => Request::UplinkLs,
+            };
+            let v = client.request(req)?;
+            for u in v.as_array().map(Vec::as_slice).unwrap_or_default() {
+                println!("{}", u.as_str().unwrap_or_default());
+            }
+            Ok(())
+        }
         Command::Nat {
             command: NatCommand::Ls { format },
-        } => block_on(async {
-            let m = Manager::open(&state_dir, &pins).await?;
-            nat_ls(&m, &pins, format)
-        }),
-        Command::Filter { command } => block_on(async {
-            let mut m = Manager::open(&state_dir, &pins).await?;
+        } => print_nat(&client.request(Request::NatLs)?, format),
+        Command::Filter { command } => {
             match command {
                 FilterCommand::Add {
                     network,
@@ -493,40 +534,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     action,
                     first,
                 } => {
-                    let spec = filter::FilterArgs {
+                    let args = filter::FilterArgs {
                         network,
                         in_iface,
                         src,
                         not_src,
                         dport,
                         action,
-                    }
-                    .parse()?;
-                    let rule = m.filter_add(spec, first).await?;
-                    println!("{}", rule.id);
+                    };
+                    // Checked here too, so a typo never reaches the agent.
+                    args.parse()?;
+                    let v = client.request(Request::FilterAdd { args, first })?;
+                    println!("{}", v["id"]);
                 }
-                FilterCommand::Rm { id } => m.filter_rm(id).await?,
+                FilterCommand::Rm { id } => {
+                    client.request(Request::FilterRm { id })?;
+                }
                 FilterCommand::Ls { format } => {
-                    let counters = filter::counters_by_id(&pins).unwrap_or_default();
-                    let rows: Vec<serde_json::Value> = m
-                        .state()
-                        .filters
-                        .iter()
-                        .map(|r| {
-                            let c = counters.get(&r.id).copied().unwrap_or_default();
-                            serde_json::json!({
-                                "id": r.id,
-                                "rule": r.to_string(),
-                                "packets": c.packets,
-                                "bytes": c.bytes,
-                            })
-                        })
-                        .collect();
+                    let v = client.request(Request::FilterLs)?;
                     match format {
-                        Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                        Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
                         Format::Table => {
                             println!("{:>4} {:>10} {:>12}  RULE", "ID", "PKTS", "BYTES");
-                            for r in &rows {
+                            for r in v.as_array().map(Vec::as_slice).unwrap_or_default() {
                                 println!(
                                     "{:>4} {:>10} {:>12}  {}",
                                     r["id"],
@@ -540,7 +570,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             Ok(())
-        }),
+        }
+        Command::Status { format } => {
+            let v = client.request(Request::Status)?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                Format::Table => {
+                    let server = v["server"].as_str().unwrap_or_default();
+                    if server == "agent" {
+                        println!(
+                            "agent running (pid {}), answering on {}",
+                            v["pid"],
+                            client.socket.display()
+                        );
+                    } else {
+                        println!(
+                            "no agent answering on {}: the CLI works on the state itself",
+                            client.socket.display()
+                        );
+                    }
+                    println!(
+                        "state {}  bpffs {}",
+                        v["state_dir"].as_str().unwrap_or_default(),
+                        v["bpffs_root"].as_str().unwrap_or_default()
+                    );
+                    println!(
+                        "{} networks, {} endpoints, uplinks: {}",
+                        v["networks"], v["endpoints"], v["uplinks"]
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Local { command } => {
             let (cgroup, attach) = match command {
                 LocalCommand::Attach { cgroup } => (cgroup, true),
@@ -561,14 +622,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Conntrack { command } => match command {
-            ConntrackCommand::Ls { format } => conntrack_ls(&pins, format),
+            ConntrackCommand::Ls { format } => {
+                print_conntrack(&client.request(Request::ConntrackLs)?, format)
+            }
             ConntrackCommand::Gc { timeouts } => {
                 let r = conntrack::gc(&pins, &timeouts.over(config.timeouts))?;
                 println!("scanned {} entries, removed {}", r.scanned, r.removed);
                 Ok(())
             }
         },
-        Command::Network { command } => block_on(network_command(&state_dir, &pins, command)),
+        Command::Network { command } => network_command(&client, command),
         Command::Connect {
             network,
             target,
@@ -577,7 +640,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             ifname,
             publish,
-        } => block_on(async {
+        } => {
             let args = ConnectArgs {
                 publish,
                 network,
@@ -588,16 +651,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 name,
                 ifname,
             };
-            let mut m = Manager::open(&state_dir, &pins).await?;
-            let ep = m.connect(&args).await?;
-            println!("{}", ep.id);
+            let v = client.request(Request::Connect { args })?;
+            println!("{}", v["id"].as_str().unwrap_or_default());
             Ok(())
-        }),
-        Command::Disconnect { network, container } => block_on(async {
-            let mut m = Manager::open(&state_dir, &pins).await?;
-            m.disconnect(&network, &container).await?;
+        }
+        Command::Disconnect { network, container } => {
+            client.request(Request::Disconnect { network, container })?;
             Ok(())
-        }),
+        }
         Command::Stats { command } => match command {
             StatsCommand::Attach { iface, direction } => {
                 check_iface(&iface)?;
@@ -647,122 +708,77 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn nat_ls(m: &Manager, pins: &PinRoot, format: Format) -> anyhow::Result<()> {
-    let state = m.state();
-    let mut rows = Vec::new();
-    for ep in state.endpoints.values() {
-        for p in &ep.published {
-            rows.push((ep, *p));
-        }
+fn print_nat(v: &serde_json::Value, format: Format) -> anyhow::Result<()> {
+    if let Format::Json = format {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        return Ok(());
     }
-    rows.sort_by_key(|(_, p)| (p.proto, p.host_port, p.host_ip));
-    let counters = nat::port_counters(pins, rows.iter().map(|(_, p)| p.stats_index))?;
-    let masq: Vec<_> = state
-        .networks
-        .values()
-        .filter_map(|n| n.subnet.filter(|_| n.bridge.is_some()).map(|s| (n, s)))
-        .collect();
-    match format {
-        Format::Json => {
-            let dnat: Vec<serde_json::Value> = rows
-                .iter()
-                .map(|(ep, p)| {
-                    let c = counters.get(&p.stats_index).copied().unwrap_or_default();
-                    serde_json::json!({
-                        "proto": p.proto.name(),
-                        "host": p.host(),
-                        "container": format!("{}:{}", ep.ipv4.map(|i| i.to_string()).unwrap_or_default(), p.container_port),
-                        "endpoint": ep.name,
-                        "network": ep.network,
-                        "packets": c.packets,
-                        "bytes": c.bytes,
-                    })
-                })
-                .collect();
-            let snat: Vec<serde_json::Value> = masq
-                .iter()
-                .map(|(n, s)| {
-                    serde_json::json!({
-                        "network": n.name,
-                        "subnet": s.to_string(),
-                        "masquerade": n.masquerade && !n.internal,
-                        "internal": n.internal,
-                    })
-                })
-                .collect();
-            let out = serde_json::json!({"dnat": dnat, "snat": snat, "uplinks": state.uplinks});
-            println!("{}", serde_json::to_string_pretty(&out)?);
-        }
-        Format::Table => {
-            println!(
-                "Published ports (DNAT, new flows counted) on uplinks: {}",
-                state.uplinks.join(", ")
-            );
-            println!(
-                "{:>10} {:>12}  {:<5} {:<22} {:<22} {:<16} NETWORK",
-                "PKTS", "BYTES", "PROTO", "HOST", "CONTAINER", "ENDPOINT"
-            );
-            for (ep, p) in &rows {
-                let c = counters.get(&p.stats_index).copied().unwrap_or_default();
-                let to = format!(
-                    "{}:{}",
-                    ep.ipv4.map(|i| i.to_string()).unwrap_or_default(),
-                    p.container_port
-                );
-                println!(
-                    "{:>10} {:>12}  {:<5} {:<22} {:<22} {:<16} {}",
-                    c.packets,
-                    c.bytes,
-                    p.proto.name(),
-                    p.host(),
-                    to,
-                    ep.name,
-                    ep.network
-                );
-            }
-            println!();
-            println!("Source NAT (MASQUERADE) per network:");
-            println!("{:<20} {:<20} POLICY", "NETWORK", "SUBNET");
-            for (n, s) in &masq {
-                let policy = if n.internal {
-                    "internal: no egress"
-                } else if n.masquerade {
-                    "masquerade"
-                } else {
-                    "routed, no masquerade"
-                };
-                println!("{:<20} {:<20} {policy}", n.name, s.to_string());
-            }
-        }
+    let s = |x: &serde_json::Value| x.as_str().unwrap_or_default().to_owned();
+    let uplinks: Vec<String> = v["uplinks"]
+        .as_array()
+        .map(|a| a.iter().map(s).collect())
+        .unwrap_or_default();
+    println!(
+        "Published ports (DNAT, new flows counted) on uplinks: {}",
+        uplinks.join(", ")
+    );
+    println!(
+        "{:>10} {:>12}  {:<5} {:<22} {:<22} {:<16} NETWORK",
+        "PKTS", "BYTES", "PROTO", "HOST", "CONTAINER", "ENDPOINT"
+    );
+    for r in v["dnat"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        println!(
+            "{:>10} {:>12}  {:<5} {:<22} {:<22} {:<16} {}",
+            r["packets"],
+            r["bytes"],
+            s(&r["proto"]),
+            s(&r["host"]),
+            s(&r["container"]),
+            s(&r["endpoint"]),
+            s(&r["network"])
+        );
+    }
+    println!();
+    println!("Source NAT (MASQUERADE) per network:");
+    println!("{:<20} {:<20} POLICY", "NETWORK", "SUBNET");
+    for n in v["snat"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let policy = if n["internal"] == true {
+            "internal: no egress"
+        } else if n["masquerade"] == true {
+            "masquerade"
+        } else {
+            "routed, no masquerade"
+        };
+        println!("{:<20} {:<20} {policy}", s(&n["network"]), s(&n["subnet"]));
     }
     Ok(())
 }
 
-fn conntrack_ls(pins: &PinRoot, format: Format) -> anyhow::Result<()> {
-    let flows = conntrack::list(pins)?;
-    match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&flows)?),
-        Format::Table => {
-            for f in &flows {
-                println!(
-                    "{:<5} {:<12} src={} dst={} sport={} dport={} [{}]{} packets={} bytes={} age={}s idle={}s",
-                    f.proto,
-                    f.state,
-                    f.src,
-                    f.dst,
-                    f.sport,
-                    f.dport,
-                    f.nat,
-                    if f.reply { " reply" } else { "" },
-                    f.packets,
-                    f.bytes,
-                    f.age_s,
-                    f.idle_s
-                );
-            }
-            println!("{} entries", flows.len());
-        }
+fn print_conntrack(v: &serde_json::Value, format: Format) -> anyhow::Result<()> {
+    if let Format::Json = format {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        return Ok(());
     }
+    let flows = v.as_array().map(Vec::as_slice).unwrap_or_default();
+    for f in flows {
+        let s = |k: &str| f[k].as_str().unwrap_or_default().to_owned();
+        println!(
+            "{:<5} {:<12} src={} dst={} sport={} dport={} [{}]{} packets={} bytes={} age={}s idle={}s",
+            s("proto"),
+            s("state"),
+            s("src"),
+            s("dst"),
+            f["sport"],
+            f["dport"],
+            s("nat"),
+            if f["reply"] == true { " reply" } else { "" },
+            f["packets"],
+            f["bytes"],
+            f["age_s"],
+            f["idle_s"]
+        );
+    }
+    println!("{} entries", flows.len());
     Ok(())
 }
 
@@ -774,12 +790,7 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<T>>, T>(f: F) -> anyh
         .block_on(f)
 }
 
-async fn network_command(
-    state_dir: &std::path::Path,
-    pins: &PinRoot,
-    command: NetworkCommand,
-) -> anyhow::Result<()> {
-    let mut m = Manager::open(state_dir, pins).await?;
+fn network_command(client: &Client, command: NetworkCommand) -> anyhow::Result<()> {
     match command {
         NetworkCommand::Create {
             name,
@@ -792,7 +803,7 @@ async fn network_command(
             opt,
             label,
         } => {
-            let req = CreateArgs {
+            let args = CreateArgs {
                 name,
                 driver,
                 subnet,
@@ -802,37 +813,56 @@ async fn network_command(
                 mtu,
                 options: opt,
                 labels: label,
-            }
-            .parse()?;
-            let net = m.create(req).await?;
-            println!("{}", net.id);
+            };
+            // Checked here too, so a typo never reaches the agent.
+            args.parse()?;
+            let v = client.request(Request::NetworkCreate { args })?;
+            println!("{}", v["id"].as_str().unwrap_or_default());
         }
-        NetworkCommand::Ls { format } => match format {
-            Format::Table => print!("{}", inspect::ls_table(m.state())),
-            Format::Json => {
-                let all: Vec<serde_json::Value> = m
-                    .state()
-                    .networks
-                    .values()
-                    .map(|n| inspect::network_json(m.state(), n))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&all)?);
+        NetworkCommand::Ls { format } => {
+            let v = client.request(Request::NetworkLs)?;
+            match format {
+                Format::Table => print!(
+                    "{}",
+                    inspect::ls_table(v.as_array().map(Vec::as_slice).unwrap_or_default())
+                ),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
             }
-        },
+        }
         NetworkCommand::Inspect { names } => {
-            let mut out = Vec::new();
-            for name in &names {
-                out.push(inspect::network_json(m.state(), m.network(name)?));
-            }
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            let v = client.request(Request::NetworkInspect { names })?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
         }
         NetworkCommand::Rm { names, force } => {
-            for name in m.remove(&names, force).await? {
-                println!("{name}");
+            let v = client.request(Request::NetworkRm { names, force })?;
+            for name in v["removed"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                println!("{}", name.as_str().unwrap_or_default());
             }
         }
     }
     Ok(())
+}
+
+/// Runs requests through the agent's socket, or in-process when no agent
+/// answers there (same code, see `api::execute`).
+struct Client {
+    socket: PathBuf,
+    ctx: api::Context,
+}
+
+impl Client {
+    fn request(&self, req: Request) -> anyhow::Result<serde_json::Value> {
+        block_on(async {
+            match api::call(&self.socket, &req).await? {
+                Some(v) => Ok(v),
+                None => api::execute(&self.ctx, req).await,
+            }
+        })
+    }
 }
 
 /// An error and its sources on one line, like anyhow's `{:#}`.
@@ -931,6 +961,10 @@ struct AgentOpts {
     host_cgroup: Option<PathBuf>,
     /// Masquerade settings for the programs this agent attaches.
     nat: NatConfig,
+    /// Where the API listens.
+    socket: PathBuf,
+    /// Where Prometheus scrapes; None: nowhere.
+    metrics: Option<std::net::SocketAddr>,
 }
 
 async fn agent_main(
@@ -952,6 +986,8 @@ async fn agent_main(
         timeouts,
         host_cgroup,
         nat,
+        socket,
+        metrics,
     } = opts;
     let ifaces = if ifaces.is_empty() {
         default_route_ifaces()?
@@ -1027,6 +1063,44 @@ async fn agent_main(
         );
     }
     info!(bpffs = %pins.path().display(), state = %state_dir.display(), "agent running; counters with `dataplane stats show`, Ctrl-C to stop");
+    let listener = api::bind(&socket)?;
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let api_ctx = api::Context {
+        state_dir: state_dir.to_owned(),
+        pins: pins.clone(),
+        nat,
+        server: "agent",
+    };
+    let api_task = tokio::spawn(api::serve(listener, api_ctx, async {
+        let _ = api_stopped.await;
+    }));
+    info!(socket = %socket.display(), "API listening");
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = match metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics_address {addr}"))?;
+            info!(%addr, "Prometheus metrics on /metrics");
+            let dir = state_dir.to_owned();
+            let state = move || -> Result<state::State, String> {
+                let store = state::StateStore::open(&dir).map_err(|e| format!("{e:#}"))?;
+                Ok(store
+                    .load()
+                    .map_err(|e| format!("{e:#}"))?
+                    .unwrap_or_default())
+            };
+            Some(tokio::spawn(metrics::serve(
+                listener,
+                pins.clone(),
+                state,
+                async {
+                    let _ = metrics_stopped.await;
+                },
+            )))
+        }
+        None => None,
+    };
     let mut tick = tokio::time::interval(interval);
     loop {
         tokio::select! {
@@ -1052,6 +1126,17 @@ async fn agent_main(
         }
     }
     info!("stopping: detaching what this agent attached");
+    let _ = stop_api.send(());
+    let _ = api_task.await;
+    let _ = stop_metrics.send(());
+    if let Some(t) = metrics_task {
+        if let Ok(Err(e)) = t.await {
+            warn!("metrics: {e:#}");
+        }
+    }
+    if let Err(e) = std::fs::remove_file(&socket) {
+        warn!("removing {}: {e}", socket.display());
+    }
     detach_all(pins, &attached);
     Ok(())
 }

@@ -31,6 +31,8 @@ impl StateDir {
 
 impl Drop for StateDir {
     fn drop(&mut self) {
+        // An agent's socket beside the state directory (see `Cli`).
+        let _ = std::fs::remove_file(self.path.with_extension("sock"));
         if let Err(e) = std::fs::remove_dir_all(&self.path) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 eprintln!("StateDir drop: removing {}: {e}", self.path.display());
@@ -44,14 +46,20 @@ pub struct Cli {
     host: PathBuf,
     pub state: StateDir,
     pub pins: BpffsDir,
+    /// The API socket an agent started with this CLI listens on (never the
+    /// system's).
+    pub socket: PathBuf,
 }
 
 impl Cli {
     pub fn new(host: &NetNs, tag: &str) -> Result<Cli> {
+        let state = StateDir::new(tag);
+        let socket = state.path().with_extension("sock");
         Ok(Cli {
             host: host.path().to_owned(),
-            state: StateDir::new(tag),
+            state,
             pins: BpffsDir::new(tag)?,
+            socket,
         })
     }
 
@@ -64,6 +72,10 @@ impl Cli {
             .arg(self.state.path())
             .arg("--bpffs-root")
             .arg(self.pins.path())
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--config")
+            .arg("/dev/null")
             .args(args);
         Ok(cmd)
     }

@@ -52,6 +52,7 @@ fn start_agent(cli: &Cli, fh: &FakeHost) -> Child {
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("agent did not start:\n{}", log.join("\n"));
 }
 
@@ -166,5 +167,114 @@ fn fifty_connections_survive_five_restarts_and_two_kills() {
         "{} of 50 connections failed:\n{}",
         failures.len(),
         failures.join("\n")
+    );
+}
+
+#[test]
+fn the_cli_talks_to_the_agent_and_only_root_may() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let fh = FakeHost::new(true).expect("fake host");
+    let cli = Cli::new(&fh.host, "api").expect("cli");
+    // Without an agent the CLI answers itself.
+    let st = cli.json(&["status", "--format", "json"]).expect("status");
+    assert_eq!(st["server"], "cli", "{st}");
+    let agent = start_agent(&cli, &fh);
+    let st = cli.json(&["status", "--format", "json"]).expect("status");
+    assert_eq!(st["server"], "agent", "{st}");
+    assert_eq!(st["pid"].as_u64(), Some(u64::from(agent.id())));
+    // Prometheus metrics on loopback (of the host namespace the agent runs in).
+    let (code, body) = dataplane_tests::traffic::http_get(
+        &fh.host,
+        SocketAddr::from(([127, 0, 0, 1], 9641)),
+        "/metrics",
+        T,
+    )
+    .expect("scrape");
+    assert_eq!(code, 200);
+    assert!(body.contains("dataplane_networks 3"), "{body}");
+    assert!(
+        body.contains("dataplane_drops_total{reason=\"truncated\"}"),
+        "{body}"
+    );
+
+    // The socket is root's alone, and a refused client does not fall back
+    // to working on the state itself.
+    let mode = std::fs::metadata(&cli.socket)
+        .expect("socket")
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let bin = dataplane_tests::dataplane_bin().expect("bin");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(&bin)
+        .arg("--socket")
+        .arg(&cli.socket)
+        .args(["--config", "/dev/null", "--state-dir"])
+        .arg(cli.state.path())
+        .args(["network", "ls"])
+        .output()
+        .expect("setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a non-root user used the API");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+
+    // Concurrent calls are serialised by the agent: 20 connects at once all
+    // succeed with distinct addresses.
+    let nss: Vec<NetNs> = (0..20)
+        .map(|i| NetNs::new(&format!("p{i}")).expect("netns"))
+        .collect();
+    let handles: Vec<_> = nss
+        .iter()
+        .map(|ns| {
+            let mut cmd = cli.command(&["connect", "bridge", ns.name()]).expect("cmd");
+            thread::spawn(move || cmd.output())
+        })
+        .collect();
+    for h in handles {
+        let out = h.join().expect("thread").expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let net = cli
+        .json(&["network", "inspect", "bridge"])
+        .expect("inspect");
+    let ips: std::collections::BTreeSet<String> = net[0]["Containers"]
+        .as_object()
+        .expect("containers")
+        .values()
+        .map(|c| c["IPv4Address"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(ips.len(), 20, "{ips:?}");
+
+    // Malformed requests get an error answer and change nothing.
+    for raw in [
+        "not json\n",
+        "{\"op\":\"network_rm\"}\n",
+        "{\"op\":\"fly\"}\n",
+    ] {
+        let mut s = std::os::unix::net::UnixStream::connect(&cli.socket).expect("connect");
+        s.set_read_timeout(Some(T)).expect("timeout");
+        s.write_all(raw.as_bytes()).expect("write");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("read");
+        assert!(answer.contains("\"error\""), "{raw:?}: {answer}");
+    }
+    assert_eq!(
+        cli.json(&["network", "inspect", "bridge"])
+            .expect("inspect"),
+        net
+    );
+    stop(agent, libc::SIGTERM);
+    assert!(
+        !cli.socket.exists(),
+        "the agent removes its socket when it stops"
     );
 }

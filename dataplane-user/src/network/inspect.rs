@@ -110,21 +110,28 @@ fn options(net: &Network) -> Value {
     Value::Object(o)
 }
 
-/// `docker network ls` rows: short id, name, driver, scope.
-pub fn ls_table(state: &State) -> String {
+/// `docker network ls` rows (short id, name, driver, scope) from
+/// [`network_json`] values.
+pub fn ls_table(networks: &[Value]) -> String {
     let mut out = format!(
         "{:<14}{:<20}{:<10}{}\n",
         "NETWORK ID", "NAME", "DRIVER", "SCOPE"
     );
-    let mut nets: Vec<&Network> = state.networks.values().collect();
-    nets.sort_by(|a, b| a.name.cmp(&b.name));
-    for n in nets {
+    let mut rows: Vec<(&str, &str, &str, &str)> = networks
+        .iter()
+        .map(|n| {
+            let s = |k: &str| n[k].as_str().unwrap_or_default();
+            (s("Name"), s("Id"), s("Driver"), s("Scope"))
+        })
+        .collect();
+    rows.sort();
+    for (name, id, driver, scope) in rows {
         out.push_str(&format!(
             "{:<14}{:<20}{:<10}{}\n",
-            &n.id[..12.min(n.id.len())],
-            n.name,
-            n.driver.name(),
-            "local"
+            &id[..12.min(id.len())],
+            name,
+            driver,
+            scope
         ));
     }
     out

@@ -122,7 +122,7 @@ pub enum NetworkError {
 }
 
 /// `connect` as the user typed it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConnectArgs {
     /// A network name, `none`, `host` or `container:<endpoint>`.
     pub network: String,
@@ -134,6 +134,17 @@ pub struct ConnectArgs {
     pub ifname: Option<String>,
     /// `--publish` values, Docker's syntax.
     pub publish: Vec<String>,
+}
+
+/// Takes the state lock off the async threads: waiting for another holder
+/// must not stall a runtime whose other tasks (the holder's, in the agent)
+/// need to run to release it.
+async fn lock_state(dir: &Path) -> Result<StateStore, NetworkError> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || StateStore::open(&dir))
+        .await
+        .map_err(|e| NetworkError::Random(std::io::Error::other(e)))?
+        .map_err(NetworkError::from)
 }
 
 /// Resolves a namespace argument: a bare name lives under /var/run/netns.
@@ -175,7 +186,7 @@ impl Manager {
     /// Locks and loads the state in `dir`; a first start creates Docker's
     /// predefined networks (and the default bridge in the kernel).
     pub async fn open(dir: &Path, pins: &PinRoot) -> Result<Manager, NetworkError> {
-        let store = StateStore::open(dir)?;
+        let store = lock_state(dir).await?;
         let host = Netlink::connect(None).await?;
         let loaded = store.load()?;
         let mut m = Manager {
@@ -200,7 +211,7 @@ impl Manager {
         if !dir.join("state.json").exists() {
             return Ok(None);
         }
-        let store = StateStore::open(dir)?;
+        let store = lock_state(dir).await?;
         let Some(state) = store.load()? else {
             return Ok(None);
         };

@@ -174,7 +174,7 @@ pub enum CreateError {
 }
 
 /// `network create` as the user typed it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateArgs {
     pub name: String,
     pub driver: String,
