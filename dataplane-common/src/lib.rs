@@ -8,6 +8,7 @@
 
 pub mod ct;
 pub mod drop;
+pub mod event;
 pub mod filter;
 pub mod maps;
 pub mod nat;

@@ -60,3 +60,10 @@ pub const FILTER_STATS: &str = "DP_FLT_STATS";
 /// Entries of each filter dimension map: per generation, one per rule plus
 /// the wildcard (or 0.0.0.0/0) entry.
 pub const FILTER_KEYS_MAX: u32 = crate::filter::GENERATIONS * (crate::filter::MAX_RULES + 1);
+/// Drop events: a ring buffer of [`crate::event::DropEvent`] (best effort).
+pub const EVENTS: &str = "DP_EVENTS";
+/// Size of the drop event ring buffer in bytes (a power of two, whole pages).
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+/// Drop events lost because the ring buffer was full: per-CPU array of one
+/// [`crate::stats::PktCounter`] (events, bytes of the dropped packets).
+pub const EVENTS_LOST: &str = "DP_EVENTS_LOST";

@@ -40,7 +40,7 @@ const ZONE: u8 = ZONE_ENDPOINT;
 pub fn dp_from_container(ctx: TcContext) -> i32 {
     match try_from_container(&ctx) {
         Ok(verdict) => verdict,
-        Err(reason) => drop_packet(reason, ctx.len()),
+        Err(reason) => drop_packet(&ctx, reason),
     }
 }
 

@@ -109,3 +109,15 @@ pub static DP_FLT_ACTIONS: Array<FilterAction, { FILTER_SLOTS as usize }> = Arra
 /// Packets and bytes matched by each filter rule, per generation and position.
 #[btf_map]
 pub static DP_FLT_STATS: PerCpuArray<PktCounter, { FILTER_SLOTS as usize }> = PerCpuArray::new();
+
+// Drop events (`dataplane monitor`), see `dataplane_common::event` and `drop.rs`.
+use aya_ebpf::btf_maps::RingBuf;
+use dataplane_common::{event::DropEvent, maps::EVENTS_BYTES};
+
+/// One [`DropEvent`] per dropped packet, best effort.
+#[btf_map]
+pub static DP_EVENTS: RingBuf<DropEvent, { EVENTS_BYTES as usize }> = RingBuf::new();
+
+/// Drop events lost to a full ring buffer (slot 0).
+#[btf_map]
+pub static DP_EVENTS_LOST: PerCpuArray<PktCounter, 1> = PerCpuArray::new();

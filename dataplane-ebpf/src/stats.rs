@@ -30,7 +30,7 @@ pub fn dp_stats(ctx: TcContext) -> i32 {
         }
         Err(reason) => {
             count(ProtoIndex::Malformed, len);
-            drop_packet(reason, len)
+            drop_packet(&ctx, reason)
         }
     }
 }

@@ -35,7 +35,7 @@ const ZONE: u8 = ZONE_UPLINK;
 pub fn dp_uplink_in(ctx: TcContext) -> i32 {
     match try_uplink_in(&ctx) {
         Ok(verdict) => verdict,
-        Err(reason) => drop_packet(reason, ctx.len()),
+        Err(reason) => drop_packet(&ctx, reason),
     }
 }
 
@@ -43,7 +43,7 @@ pub fn dp_uplink_in(ctx: TcContext) -> i32 {
 pub fn dp_uplink_out(ctx: TcContext) -> i32 {
     match try_uplink_out(&ctx) {
         Ok(verdict) => verdict,
-        Err(reason) => drop_packet(reason, ctx.len()),
+        Err(reason) => drop_packet(&ctx, reason),
     }
 }
 

@@ -21,7 +21,7 @@ use crate::bpffs::{current_netns_cookie, current_netns_ino, BpffsError, PinRoot}
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane"));
 
 /// Every map in the object, pinned by name.
-pub const PINNED_MAPS: [&str; 18] = [
+pub const PINNED_MAPS: [&str; 20] = [
     maps::PROTO_STATS,
     maps::DROP_STATS,
     maps::PORTS,
@@ -40,6 +40,8 @@ pub const PINNED_MAPS: [&str; 18] = [
     maps::FILTER_NET,
     maps::FILTER_ACTIONS,
     maps::FILTER_STATS,
+    maps::EVENTS,
+    maps::EVENTS_LOST,
 ];
 
 #[derive(Debug, thiserror::Error)]

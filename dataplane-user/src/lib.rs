@@ -10,6 +10,7 @@ pub mod conntrack;
 pub mod ebpf;
 pub mod filter;
 pub mod metrics;
+pub mod monitor;
 pub mod nat;
 pub mod netlink;
 pub mod netns;

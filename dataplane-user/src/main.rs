@@ -12,7 +12,7 @@ use dataplane_user::{
     config::{self, Config, Setting},
     conntrack,
     ebpf::{detach_tc, Dataplane, Direction, LoadError},
-    filter, metrics, netns,
+    filter, metrics, monitor, netns,
     network::{
         inspect,
         manager::{ConnectArgs, Manager},
@@ -149,6 +149,12 @@ enum Command {
     Stats {
         #[command(subcommand)]
         command: StatsCommand,
+    },
+    /// Stream what the datapath drops, with the reason and the packet's
+    /// addresses, until Ctrl-C (like `cilium monitor --type drop`).
+    Monitor {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
     /// Who answers: the agent (through its socket) or the CLI itself.
     Status {
@@ -571,6 +577,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Monitor { format } => block_on(async {
+            let lost_before = monitor::lost(&pins).map(|c| c.packets).unwrap_or(0);
+            let mut out = std::io::stdout();
+            monitor::stream(
+                &pins,
+                |ev| {
+                    let line = match format {
+                        Format::Json => serde_json::to_string(&ev).unwrap_or_default(),
+                        Format::Table => ev.to_string(),
+                    };
+                    let _ = writeln!(out, "{line}");
+                },
+                async {
+                    let _ = tokio::signal::ctrl_c().await;
+                },
+            )
+            .await?;
+            let lost = monitor::lost(&pins).map(|c| c.packets).unwrap_or(0);
+            if lost > lost_before {
+                eprintln!("{} events lost (ring buffer full)", lost - lost_before);
+            }
+            Ok(())
+        }),
         Command::Status { format } => {
             let v = client.request(Request::Status)?;
             match format {

@@ -96,8 +96,7 @@ pub const ENDPOINT_PROGRAM: &str = "dp_from_container";
 
 /// Attaches the endpoint program to a container's host-side veth; an
 /// existing attachment is kept.
-pub fn attach_endpoint(pins: &PinRoot, host_ifname: &str) -> Result<(), NatError> {
-    let mut dp = Dataplane::load(pins)?;
+pub fn attach_endpoint(dp: &mut Dataplane, host_ifname: &str) -> Result<(), NatError> {
     match dp.attach_tc(ENDPOINT_PROGRAM, host_ifname, Direction::Ingress) {
         Ok(_) | Err(LoadError::AlreadyAttached { .. }) => Ok(()),
         Err(e) => Err(e.into()),
@@ -334,10 +333,9 @@ pub fn apply(dp: &mut Dataplane, want: &Desired) -> Result<(), NatError> {
 }
 
 /// Brings the pinned maps in line with `state` (see the module doc).
-pub async fn sync(pins: &PinRoot, state: &State, host: &Netlink) -> Result<(), NatError> {
+pub async fn sync(dp: &mut Dataplane, state: &State, host: &Netlink) -> Result<(), NatError> {
     let want = desired(state, host).await?;
-    let mut dp = Dataplane::load(pins)?;
-    apply(&mut dp, &want)
+    apply(dp, &want)
 }
 
 /// The lowest counter slot no mapping uses; its old counts are zeroed so a

@@ -278,3 +278,201 @@ fn the_cli_talks_to_the_agent_and_only_root_may() {
         "the agent removes its socket when it stops"
     );
 }
+
+/// One API request written straight to the socket (bounded), as any client
+/// would; Err carries the agent's error or the I/O failure.
+fn api(socket: &std::path::Path, request: &serde_json::Value) -> Result<serde_json::Value, String> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("{request}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    let v: serde_json::Value =
+        serde_json::from_str(&answer).map_err(|e| format!("{e}: {answer:?}"))?;
+    match (v.get("ok"), v.get("error")) {
+        (Some(ok), _) => Ok(ok["result"].clone()),
+        (_, Some(err)) => Err(err["error"].to_string()),
+        _ => Err(answer),
+    }
+}
+
+#[test]
+fn a_kill_during_500_api_operations_leaves_a_state_the_next_start_accepts() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let fh = FakeHost::new(true).expect("fake host");
+    let cli = Cli::new(&fh.host, "ops500").expect("cli");
+    let agent = start_agent(&cli, &fh);
+    let nss: Vec<NetNs> = (0..8)
+        .map(|i| NetNs::new(&format!("o{i}")).expect("netns"))
+        .collect();
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let pid = agent.id() as i32;
+    let killer = {
+        let done = done.clone();
+        thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while done.load(Ordering::Relaxed) < 250 && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+            }
+            // SAFETY: kill(2) on the agent this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        })
+    };
+    // 500 operations: connect with a published port, publish one more,
+    // unpublish it, disconnect; repeated over 8 namespaces. Until the kill
+    // they go through the agent; after it, nobody answers on the socket and
+    // they fail (the test then carries on in-process with the CLI).
+    let mut failed = Vec::new();
+    let mut connected = std::collections::BTreeMap::new();
+    for i in 0..125u32 {
+        let ns = &nss[(i % 8) as usize];
+        let name = format!("e{}", i % 8);
+        let ops = [
+            serde_json::json!({"op": "connect", "args": {"network": "bridge", "netns": ns.path(), "name": name, "publish": [format!("{}:80", 20000 + i)]}}),
+            serde_json::json!({"op": "publish_add", "network": "bridge", "endpoint": name, "specs": [format!("{}:81", 30000 + i)]}),
+            serde_json::json!({"op": "publish_rm", "network": "bridge", "endpoint": name, "specs": [format!("{}:81", 30000 + i)]}),
+            serde_json::json!({"op": "disconnect", "network": "bridge", "container": name}),
+        ];
+        // The last eight iterations (one per namespace) leave their
+        // endpoint connected, so the end state has endpoints to check.
+        let take = if i >= 117 { 3 } else { 4 };
+        for op in &ops[..take] {
+            let result = if cli.socket.exists() && killer_alive(&done) {
+                api(&cli.socket, op)
+            } else {
+                Err("agent killed".into())
+            };
+            if let Err(e) = result {
+                // After the kill: the same operation through the CLI, which
+                // works on the state itself.
+                let args = cli_args(op);
+                let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+                if let Err(e2) = cli.run(&argv) {
+                    failed.push(format!("{op}: {e} / {e2:#}"));
+                }
+            }
+            done.fetch_add(1, Ordering::Relaxed);
+        }
+        if take == 3 {
+            connected.insert(name, ns.name().to_owned());
+        } else {
+            connected.remove(&name);
+        }
+    }
+    killer.join().expect("killer");
+    let mut agent = agent;
+    let _ = agent.wait();
+    // At most the operation in flight at the kill may have failed halfway.
+    assert!(failed.len() <= 1, "{failed:#?}");
+
+    // The next start accepts the state, and the kernel matches it.
+    let agent = start_agent(&cli, &fh);
+    let net = cli
+        .json(&["network", "inspect", "bridge"])
+        .expect("inspect");
+    let containers = net[0]["Containers"]
+        .as_object()
+        .expect("containers")
+        .clone();
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(cli.state.path().join("state.json")).expect("state file"),
+    )
+    .expect("state json");
+    let endpoints = state["endpoints"].as_object().expect("endpoints");
+    assert_eq!(endpoints.len(), containers.len());
+    let host_links = fh
+        .host
+        .ip_json(&["-d", "link", "show", "master", "dp0"])
+        .expect("ports of dp0");
+    let ports: std::collections::BTreeSet<String> = host_links
+        .as_array()
+        .expect("links")
+        .iter()
+        .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+        .collect();
+    let mut published = 0;
+    for ep in endpoints.values() {
+        let host_if = ep["attachment"]["host_ifname"]
+            .as_str()
+            .expect("veth endpoint");
+        assert!(ports.contains(host_if), "{host_if} on dp0: {ports:?}");
+        let ns = ep["netns"].as_str().expect("netns");
+        let ns = nss
+            .iter()
+            .find(|n| n.path().to_string_lossy() == ns)
+            .expect("our namespace");
+        let addrs = ns.ip_json(&["addr", "show", "eth0"]).expect("addr");
+        let ip = ep["ipv4"].as_str().expect("ipv4");
+        assert!(
+            addrs.to_string().contains(ip),
+            "{ip} in {}: {addrs}",
+            ns.name()
+        );
+        published += ep["published"].as_array().map(Vec::len).unwrap_or(0);
+    }
+    assert_eq!(
+        ports.len(),
+        endpoints.len(),
+        "no veth on dp0 without an endpoint: {ports:?}"
+    );
+    let nat = cli.json(&["nat", "ls", "--format", "json"]).expect("nat");
+    assert_eq!(nat["dnat"].as_array().map(Vec::len), Some(published));
+    let dump = dataplane_tests::cmd::run(&[
+        "bpftool",
+        "-j",
+        "map",
+        "dump",
+        "pinned",
+        &cli.pins.path().join("DP_PORTS").to_string_lossy(),
+    ])
+    .expect("dump DP_PORTS");
+    let entries: serde_json::Value = serde_json::from_str(&dump).expect("json");
+    assert_eq!(
+        entries.as_array().map(Vec::len),
+        Some(published),
+        "DP_PORTS matches the state"
+    );
+    assert_eq!(connected.len(), endpoints.len(), "{connected:?}");
+    stop(agent, libc::SIGTERM);
+}
+
+/// Whether the kill has not happened yet.
+fn killer_alive(done: &std::sync::atomic::AtomicUsize) -> bool {
+    done.load(Ordering::Relaxed) < 250
+}
+
+/// The CLI arguments for an API request of the loop above.
+fn cli_args(op: &serde_json::Value) -> Vec<String> {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    match op["op"].as_str().unwrap_or_default() {
+        "connect" => vec![
+            "connect".into(),
+            s(&op["args"]["network"]),
+            s(&op["args"]["netns"]),
+            "--name".into(),
+            s(&op["args"]["name"]),
+            "-p".into(),
+            s(&op["args"]["publish"][0]),
+        ],
+        "publish_add" => vec![
+            "publish".into(),
+            "add".into(),
+            s(&op["network"]),
+            s(&op["endpoint"]),
+            s(&op["specs"][0]),
+        ],
+        "publish_rm" => vec![
+            "publish".into(),
+            "rm".into(),
+            s(&op["network"]),
+            s(&op["endpoint"]),
+            s(&op["specs"][0]),
+        ],
+        "disconnect" => vec!["disconnect".into(), s(&op["network"]), s(&op["container"])],
+        other => panic!("no CLI form for {other}"),
+    }
+}

@@ -136,6 +136,19 @@ pub struct ConnectArgs {
     pub publish: Vec<String>,
 }
 
+/// The manager's loaded object, loading it on first use.
+fn loaded<'a>(
+    dp: &'a mut Option<Dataplane>,
+    pins: &PinRoot,
+    nat: &NatConfig,
+) -> Result<&'a mut Dataplane, NetworkError> {
+    if dp.is_none() {
+        *dp = Some(Dataplane::load_with(pins, nat).map_err(NatError::from)?);
+    }
+    dp.as_mut()
+        .ok_or_else(|| NetworkError::Random(std::io::Error::other("the eBPF object did not load")))
+}
+
 /// Takes the state lock off the async threads: waiting for another holder
 /// must not stall a runtime whose other tasks (the holder's, in the agent)
 /// need to run to release it.
@@ -180,6 +193,9 @@ pub struct Manager {
     pins: PinRoot,
     /// Masquerade settings for the uplink programs this manager attaches.
     nat: NatConfig,
+    /// The eBPF object with the pinned maps, loaded once per manager on
+    /// first use (loading costs more than most operations).
+    dp: Option<Dataplane>,
 }
 
 impl Manager {
@@ -195,6 +211,7 @@ impl Manager {
             host,
             pins: pins.clone(),
             nat: NatConfig::DEFAULT,
+            dp: None,
         };
         if loaded.is_none() {
             m.init_predefined().await?;
@@ -222,6 +239,7 @@ impl Manager {
             host,
             pins: pins.clone(),
             nat: NatConfig::DEFAULT,
+            dp: None,
         }))
     }
 
@@ -301,11 +319,11 @@ impl Manager {
     }
 
     /// Every map the programs read, from the state: NAT and filters.
-    async fn sync_datapath(&self) -> Result<(), NetworkError> {
-        nat::sync(&self.pins, &self.state, &self.host).await?;
+    async fn sync_datapath(&mut self) -> Result<(), NetworkError> {
         let compiled = self.compile_filters(&self.state.filters).await?;
-        let mut dp = Dataplane::load(&self.pins).map_err(NatError::from)?;
-        filter::apply(&mut dp, &compiled)?;
+        let dp = loaded(&mut self.dp, &self.pins, &self.nat)?;
+        nat::sync(dp, &self.state, &self.host).await?;
+        filter::apply(dp, &compiled)?;
         Ok(())
     }
 
@@ -718,10 +736,12 @@ impl Manager {
         };
         let attachment = driver::setup_endpoint(&self.host, &plan).await?;
         if let Attachment::Veth { host_ifname } = &attachment {
-            if let Err(e) = nat::attach_endpoint(&self.pins, host_ifname) {
+            let attached = loaded(&mut self.dp, &self.pins, &self.nat)
+                .and_then(|dp| nat::attach_endpoint(dp, host_ifname).map_err(NetworkError::from));
+            if let Err(e) = attached {
                 let _ =
                     driver::teardown_endpoint(&self.host, &netns, Some(&ifname), &attachment).await;
-                return Err(e.into());
+                return Err(e);
             }
         }
         let ep = Endpoint {
@@ -886,7 +906,7 @@ impl Manager {
     /// mapping (`except`: mappings about to be replaced); assigns counter
     /// slots, zeroing their old counts.
     fn new_mappings(
-        &self,
+        &mut self,
         specs: &[String],
         except: &[PortMapping],
     ) -> Result<Vec<PortMapping>, NetworkError> {
@@ -925,9 +945,9 @@ impl Manager {
             .values()
             .flat_map(|e| e.published.iter().map(|m| m.stats_index))
             .collect();
-        let mut dp = Dataplane::load(&self.pins).map_err(NatError::from)?;
+        let dp = loaded(&mut self.dp, &self.pins, &self.nat)?;
         for m in &mut out {
-            m.stats_index = nat::claim_stats_index(&mut dp, &used)?;
+            m.stats_index = nat::claim_stats_index(dp, &used)?;
             used.insert(m.stats_index);
         }
         Ok(out)
@@ -1012,8 +1032,7 @@ impl Manager {
         if self.host.link_by_name(name).await?.is_none() {
             return Err(NetworkError::UnknownUplink(name.to_owned()));
         }
-        let mut dp = Dataplane::load_with(&self.pins, &self.nat).map_err(NatError::from)?;
-        nat::attach_uplink(&mut dp, name)?;
+        nat::attach_uplink(loaded(&mut self.dp, &self.pins, &self.nat)?, name)?;
         let mut state = self.state.clone();
         state.uplinks.push(name.to_owned());
         if let Err(e) = self.persist(state).await {
@@ -1048,6 +1067,7 @@ impl Manager {
                 forwarding |= !net.internal;
             }
         }
+        changed.extend(self.repair_endpoints().await?);
         // A bridge re-created above has lost its ports: put the endpoints'
         // host ends (still alive with their namespaces) back on it.
         for ep in self.state.endpoints.values() {
@@ -1076,20 +1096,104 @@ impl Manager {
         if forwarding {
             enable_forwarding()?;
         }
-        if !self.state.uplinks.is_empty() {
-            let mut dp = Dataplane::load_with(&self.pins, &self.nat).map_err(NatError::from)?;
-            for u in &self.state.uplinks {
-                nat::attach_uplink(&mut dp, u)?;
-            }
+        for u in &self.state.uplinks {
+            nat::attach_uplink(loaded(&mut self.dp, &self.pins, &self.nat)?, u)?;
         }
         for ep in self.state.endpoints.values() {
             if let Attachment::Veth { host_ifname } = &ep.attachment {
                 if self.host.link_by_name(host_ifname).await?.is_some() {
-                    nat::attach_endpoint(&self.pins, host_ifname)?;
+                    nat::attach_endpoint(
+                        loaded(&mut self.dp, &self.pins, &self.nat)?,
+                        host_ifname,
+                    )?;
                 }
             }
         }
         self.sync_datapath().await?;
+        Ok(changed)
+    }
+
+    /// After a crash between a kernel change and its state write, the two
+    /// disagree; the state wins. A veth on one of our bridges that no
+    /// endpoint owns is an interrupted connect's: removed. An endpoint whose
+    /// veth is gone while its namespace lives (an interrupted disconnect, a
+    /// link deleted by hand) is set up again as recorded.
+    async fn repair_endpoints(&mut self) -> Result<Vec<String>, NetworkError> {
+        let mut changed = Vec::new();
+        let mut bridges = Vec::new();
+        for net in self.state.networks.values() {
+            if let Some(b) = &net.bridge {
+                if let Some(l) = self.host.link_by_name(b).await? {
+                    bridges.push(l.index);
+                }
+            }
+        }
+        let owned: std::collections::BTreeSet<&str> = self
+            .state
+            .endpoints
+            .values()
+            .filter_map(|e| match &e.attachment {
+                Attachment::Veth { host_ifname } => Some(host_ifname.as_str()),
+                _ => None,
+            })
+            .collect();
+        for link in self.host.links().await? {
+            let on_ours = link.master.is_some_and(|m| bridges.contains(&m));
+            if on_ours
+                && link.kind.as_deref() == Some("veth")
+                && !owned.contains(link.name.as_str())
+            {
+                match self.host.delete_link(link.index).await {
+                    Ok(()) => {
+                        changed.push(format!("removed {}, a veth no endpoint owns", link.name))
+                    }
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let missing: Vec<Endpoint> = {
+            let mut v = Vec::new();
+            for ep in self.state.endpoints.values() {
+                if let Attachment::Veth { host_ifname } = &ep.attachment {
+                    if self.host.link_by_name(host_ifname).await?.is_none() && ep.netns.exists() {
+                        v.push(ep.clone());
+                    }
+                }
+            }
+            v
+        };
+        for ep in missing {
+            let (Some(net), Some(ipv4), Some(ifname), Some(mac), Attachment::Veth { host_ifname }) = (
+                self.state.networks.get(&ep.network).cloned(),
+                ep.ipv4,
+                ep.ifname.clone(),
+                ep.mac.as_deref().and_then(|m| ipam::parse_mac(m).ok()),
+                &ep.attachment,
+            ) else {
+                continue;
+            };
+            let suffix = host_ifname.trim_start_matches("veth").to_owned();
+            let plan = EndpointPlan {
+                network: &net,
+                netns: &ep.netns,
+                ifname: &ifname,
+                ipv4,
+                mac,
+                suffix: &suffix,
+            };
+            // A half-made endpoint in the namespace would block the rename.
+            let _ = driver::teardown_endpoint(&self.host, &ep.netns, Some(&ifname), &ep.attachment)
+                .await;
+            driver::setup_endpoint(&self.host, &plan).await?;
+            // The old link's pin outlived its veth: replace it.
+            nat::detach_endpoint(&self.pins, host_ifname)?;
+            nat::attach_endpoint(loaded(&mut self.dp, &self.pins, &self.nat)?, host_ifname)?;
+            changed.push(format!(
+                "set up endpoint {} on {} again",
+                ep.name, ep.network
+            ));
+        }
         Ok(changed)
     }
 
