@@ -29,7 +29,30 @@ pub fn drop_packet(ctx: &TcContext, reason: DropReason) -> i32 {
     let len = ctx.len();
     bump(&DP_DROP_STATS, reason as u32, len);
     report(ctx, reason, len);
+    explain(ctx, reason);
     TC_ACT_SHOT
+}
+
+/// Drops that mean the dataplane itself is short of something, not that a
+/// packet was bad or forbidden, also go to the agent's log (aya-log): they
+/// are rare, and an operator must hear of them.
+#[inline(always)]
+fn explain(ctx: &TcContext, reason: DropReason) {
+    match reason {
+        DropReason::SnatExhausted => {
+            aya_log_ebpf::warn!(
+                ctx,
+                "masquerade: no free source port left for a new flow; packet dropped"
+            )
+        }
+        DropReason::CtInsert => {
+            aya_log_ebpf::warn!(ctx, "conntrack: could not store a new flow (table full of live entries); packet dropped")
+        }
+        DropReason::Rewrite => {
+            aya_log_ebpf::error!(ctx, "NAT: rewriting a packet failed; packet dropped")
+        }
+        _ => {}
+    }
 }
 
 /// Writes the drop event straight into reserved ring buffer memory (no

@@ -20,6 +20,9 @@ use crate::bpffs::{current_netns_cookie, current_netns_ino, BpffsError, PinRoot}
 /// The object built by build.rs from `dataplane-ebpf` (bin `dataplane`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane"));
 
+/// The ring buffer aya-log-ebpf writes log records to.
+pub const AYA_LOGS: &str = "AYA_LOGS";
+
 /// Every map in the object, pinned by name.
 pub const PINNED_MAPS: [&str; 20] = [
     maps::PROTO_STATS,
@@ -147,6 +150,10 @@ impl Dataplane {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
+        // aya-log's ring buffer, shared like the rest so the agent reads the
+        // log lines of programs other processes attached.
+        let logs = pins.map(AYA_LOGS);
+        loader.map_pin_path(AYA_LOGS, logs.as_path());
         // The namespace this loader runs in is the host's (see the sock
         // programs).
         loader.override_global("HOST_NETNS_COOKIE", &cookie, true);

@@ -1048,6 +1048,26 @@ async fn agent_main(
         check_iface(i)?;
     }
     let mut dp = Dataplane::load(pins)?;
+    // The programs' own log lines (aya-log, from the pinned AYA_LOGS ring
+    // buffer every instance shares) join the agent's log.
+    match aya_log::EbpfLogger::init(dp.ebpf_mut()) {
+        // SAFETY: the logger owns its ring buffer's fd, which stays that one
+        // open fd for as long as the AsyncFd owns the logger.
+        Ok(logger) => match unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+        } {
+            Ok(mut fd) => {
+                tokio::spawn(async move {
+                    while let Ok(mut ready) = fd.readable_mut().await {
+                        ready.get_inner_mut().flush();
+                        ready.clear_ready();
+                    }
+                });
+            }
+            Err(e) => warn!("eBPF log: {e}"),
+        },
+        Err(e) => warn!("eBPF log: {e}"),
+    }
     let mut attached = Vec::new();
     for iface in &ifaces {
         for dir in [Direction::Ingress, Direction::Egress] {

@@ -359,9 +359,32 @@ mod nat {
             vec![40000, 40001, 50000],
             "every flow its own source port"
         );
+        let lines = Capture::default();
+        let mut logger = aya_log::EbpfLogger::init_with_logger(dp.ebpf_mut(), lines.clone())
+            .expect("the object logs through aya-log");
         let fourth = PacketBuilder::tcp([172, 17, 0, 9], CLIENT, 50000, 9000).build();
         assert_eq!(run(&mut dp, "dp_uplink_out", &fourth).0, SHOT);
+        // The operator hears of it through the program's log.
+        logger.flush();
+        let logged = lines.0.lock().expect("lock").join("\n");
+        assert!(logged.contains("no free source port"), "{logged:?}");
         let snap = stats::read(dir.pins()).expect("stats");
         assert_eq!(snap.drop(DropReason::SnatExhausted).packets, 1);
+    }
+
+    /// Log records the programs wrote, as aya-log hands them over.
+    #[derive(Clone, Default)]
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl log::Log for Capture {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            if let Ok(mut v) = self.0.lock() {
+                v.push(format!("{}: {}", record.level(), record.args()));
+            }
+        }
+        fn flush(&self) {}
     }
 }
