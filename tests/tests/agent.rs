@@ -20,7 +20,7 @@ const T: Duration = Duration::from_secs(5);
 
 /// Starts the agent in the fake host and waits (bounded) until it runs.
 fn start_agent(cli: &Cli, fh: &FakeHost) -> Child {
-    let mut child = cli
+    let mut cmd = cli
         .command(&[
             "agent",
             "--iface",
@@ -30,10 +30,17 @@ fn start_agent(cli: &Cli, fh: &FakeHost) -> Child {
             "--host-cgroup",
             "none",
         ])
-        .expect("command")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn agent");
+        .expect("command");
+    // If this test process dies (killed, or a panic aborting it), its agent
+    // goes too instead of outliving every cleanup.
+    // SAFETY: prctl is async-signal-safe and touches only the child.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.stderr(Stdio::piped()).spawn().expect("spawn agent");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
