@@ -3,8 +3,12 @@
 //! this test's own, both removed on drop.
 
 use std::{
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -115,4 +119,72 @@ impl Cli {
         serde_json::from_str(&out)
             .with_context(|| format!("dataplane {args:?} printed no JSON: {out}"))
     }
+}
+
+/// How long an agent may take to say it runs.
+const AGENT_START: Duration = Duration::from_secs(20);
+
+impl Cli {
+    /// Starts `dataplane agent` with `uplink` (no host-local hooks: those
+    /// would attach to a cgroup of the whole machine) and waits, bounded,
+    /// until it logs that it runs. Returns the process and what it logged
+    /// up to then. The agent dies with the thread that started it
+    /// (PDEATHSIG), so a killed test cannot leave it behind.
+    pub fn start_agent(&self, uplink: &str) -> Result<(Child, String)> {
+        let mut cmd = self.command(&[
+            "agent",
+            "--iface",
+            uplink,
+            "--interval",
+            "1",
+            "--host-cgroup",
+            "none",
+        ])?;
+        // SAFETY: prctl is async-signal-safe and affects only the child.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning the agent")?;
+        let stderr = child.stderr.take().context("the agent's stderr")?;
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            // Drained to the end even when nobody listens: a closed pipe
+            // would break the agent's logging.
+            for line in BufReader::new(stderr)
+                .lines()
+                .map_while(std::result::Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + AGENT_START;
+        let mut log = Vec::new();
+        while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            let running = line.contains("agent running");
+            log.push(line);
+            if running {
+                return Ok((child, log.join("\n")));
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!(
+            "the agent did not start within {AGENT_START:?}:\n{}",
+            log.join("\n")
+        )
+    }
+}
+
+/// Sends `signal` to an agent and waits for it to end.
+pub fn stop_agent(mut child: Child, signal: i32) -> Result<ExitStatus> {
+    let pid = i32::try_from(child.id()).context("pid")?;
+    // SAFETY: kill(2) on a child this process started.
+    unsafe { libc::kill(pid, signal) };
+    child.wait().context("waiting for the agent")
 }

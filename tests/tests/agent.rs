@@ -3,12 +3,12 @@
 //! pinned and does not belong to the agent's process.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    process::{Child, Stdio},
+    process::Child,
     sync::{
         atomic::{AtomicBool, Ordering},
-        mpsc, Arc,
+        Arc,
     },
     thread,
     time::{Duration, Instant},
@@ -18,55 +18,12 @@ use dataplane_tests::{cli::Cli, netns::NetNs, topo::FakeHost, traffic::tcp_echo_
 
 const T: Duration = Duration::from_secs(5);
 
-/// Starts the agent in the fake host and waits (bounded) until it runs.
 fn start_agent(cli: &Cli, fh: &FakeHost) -> Child {
-    let mut cmd = cli
-        .command(&[
-            "agent",
-            "--iface",
-            &fh.uplink,
-            "--interval",
-            "1",
-            "--host-cgroup",
-            "none",
-        ])
-        .expect("command");
-    // If this test process dies (killed, or a panic aborting it), its agent
-    // goes too instead of outliving every cleanup.
-    // SAFETY: prctl is async-signal-safe and touches only the child.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let mut child = cmd.stderr(Stdio::piped()).spawn().expect("spawn agent");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        // Drained to the end: a closed pipe would break the agent's logging.
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut log = Vec::new();
-    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        let running = line.contains("agent running");
-        log.push(line);
-        if running {
-            return child;
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("agent did not start:\n{}", log.join("\n"));
+    cli.start_agent(&fh.uplink).expect("agent").0
 }
 
-fn stop(mut child: Child, signal: i32) {
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, signal) };
-    let status = child.wait().expect("wait");
+fn stop(child: Child, signal: i32) {
+    let status = dataplane_tests::cli::stop_agent(child, signal).expect("stop agent");
     if signal == libc::SIGTERM {
         assert!(status.success(), "agent exit after SIGTERM: {status}");
     }

@@ -329,45 +329,7 @@ fn agent_restart_keeps_allocations_and_restores_bridges() {
     fh.host
         .exec(&["ip", "link", "del", &bridge])
         .expect("delete bridge");
-    let mut agent = cli
-        .command(&[
-            "agent",
-            "--iface",
-            &fh.uplink,
-            "--interval",
-            "1",
-            "--host-cgroup",
-            "none",
-        ])
-        .expect("cmd")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("agent");
-    // Wait (bounded) for the agent to say it runs, keeping what it logged.
-    let log = {
-        use std::io::{BufRead as _, BufReader};
-        let stderr = agent.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            // Drain to the end even after the test stops listening: a closed
-            // pipe would make the agent's next log line fail.
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let mut log = Vec::new();
-        while let Ok(line) =
-            rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
-        {
-            let done = line.contains("agent running");
-            log.push(line);
-            if done {
-                break;
-            }
-        }
-        log.join("\n")
-    };
+    let (agent, log) = cli.start_agent(&fh.uplink).expect("agent");
     assert!(log.contains("agent running"), "agent log:\n{log}");
     assert!(
         log.contains(&format!("created bridge {bridge}")),
@@ -378,9 +340,7 @@ fn agent_restart_keeps_allocations_and_restores_bridges() {
         "agent restored the bridge"
     );
     // SIGTERM: the agent stops cleanly.
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
-    let status = agent.wait().expect("wait");
+    let status = dataplane_tests::cli::stop_agent(agent, libc::SIGTERM).expect("stop");
     assert!(status.success(), "agent exit: {status}");
 
     assert!(
