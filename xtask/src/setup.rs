@@ -26,6 +26,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("iptables-save", "iptables"),
     ("curl", "curl"),
+    ("sysctl", "procps"),
+    ("setpriv", "util-linux"),
+    ("python3", "python3"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
