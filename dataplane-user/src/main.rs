@@ -505,13 +505,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             let v = client.request(req)?;
-            for m in v["published"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-            {
-                println!("{}", m.as_str().unwrap_or_default());
-            }
+            print_lines(&v["published"]);
             Ok(())
         }
         Command::Uplink { command } => {
@@ -521,9 +515,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 UplinkCommand::Ls => Request::UplinkLs,
             };
             let v = client.request(req)?;
-            for u in v.as_array().map(Vec::as_slice).unwrap_or_default() {
-                println!("{}", u.as_str().unwrap_or_default());
-            }
+            print_lines(&v);
             Ok(())
         }
         Command::Nat {
@@ -864,16 +856,17 @@ fn network_command(client: &Client, command: NetworkCommand) -> anyhow::Result<(
         }
         NetworkCommand::Rm { names, force } => {
             let v = client.request(Request::NetworkRm { names, force })?;
-            for name in v["removed"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-            {
-                println!("{}", name.as_str().unwrap_or_default());
-            }
+            print_lines(&v["removed"]);
         }
     }
     Ok(())
+}
+
+/// Prints a JSON array of strings, one per line (names, mappings).
+fn print_lines(v: &serde_json::Value) {
+    for item in v.as_array().map(Vec::as_slice).unwrap_or_default() {
+        println!("{}", item.as_str().unwrap_or_default());
+    }
 }
 
 /// Runs requests through the agent's socket, or in-process when no agent

@@ -1,16 +1,19 @@
-//! Writing the datapath's configuration maps directly, for tests that drive
-//! the programs without the agent (BPF_PROG_TEST_RUN, the socket hooks): the
-//! same entries `nat::sync` writes from the state.
+//! Driving the datapath without the agent: writing its configuration maps
+//! directly (the same entries `nat::sync` writes from the state) and running
+//! its programs on hand-built frames (BPF_PROG_TEST_RUN).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, Map, MapData};
+use aya::{
+    maps::{lpm_trie::Key, HashMap, LpmTrie, Map, MapData},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+};
 use dataplane_common::{
     maps,
     nat::{HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink},
 };
-use dataplane_user::bpffs::PinRoot;
+use dataplane_user::{bpffs::PinRoot, ebpf::Dataplane};
 
 fn pinned(pins: &PinRoot, name: &str) -> Result<Map> {
     let data = MapData::from_pin(pins.map(name)).with_context(|| format!("pinned map {name}"))?;
@@ -81,4 +84,32 @@ pub fn subnet(
         0,
     )
     .context("adding a subnet")
+}
+
+/// Runs a loaded tc program on one frame with BPF_PROG_TEST_RUN: its
+/// verdict (as the u32 the syscall returns) and the frame it handed back.
+pub fn run_tc(prog: &mut SchedClassifier, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
+    // Room for programs that grow the frame.
+    let mut out = vec![0u8; packet.len() + 128];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    out.truncate(r.data_size_out as usize);
+    Ok((r.return_value, out))
+}
+
+/// [`run_tc`] on a program of the object, loading (verifying) it first.
+pub fn run_program(
+    dp: &mut Dataplane,
+    program: &'static str,
+    packet: &[u8],
+) -> Result<(u32, Vec<u8>)> {
+    let prog = dp
+        .tc_program(program)
+        .with_context(|| format!("loading {program}"))?;
+    run_tc(prog, packet)
 }

@@ -8,7 +8,6 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use dataplane_common::{drop::DropReason, nat::SUBNET_MASQUERADE};
 use dataplane_tests::{
     datapath,
@@ -108,20 +107,7 @@ impl Fixture {
 
     /// Runs `dp_uplink_in` on `packet`: the verdict and the packet after it.
     fn run(&mut self, packet: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &mut SchedClassifier = self
-            .dp
-            .tc_program("dp_uplink_in")
-            .expect("verifier accepts dp_uplink_in");
-        let mut out = vec![0u8; packet.len() + 128];
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut out),
-                ..TestRunOptions::new()
-            })
-            .expect("test run");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        datapath::run_program(&mut self.dp, "dp_uplink_in", packet).expect("test run")
     }
 
     fn verdict(&mut self, packet: &[u8]) -> u32 {
@@ -394,20 +380,11 @@ fn established_published_flows_are_filtered_but_container_replies_are_not() {
         "flow set up before the rule"
     );
     // A container's own connection out, masqueraded by the egress program.
-    let prog: &mut SchedClassifier =
-        f.dp.tc_program("dp_uplink_out")
-            .expect("verifier accepts dp_uplink_out");
     let syn_out = tcp(C1, CLIENT, 5000, 9000);
-    let mut out = vec![0u8; syn_out.len() + 128];
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(&syn_out),
-            data_out: Some(&mut out),
-            ..TestRunOptions::new()
-        })
-        .expect("test run");
-    assert_eq!(r.return_value, NEXT);
-    let masq = parse(&out[..r.data_size_out as usize]).expect("masqueraded");
+    let (verdict, out) =
+        datapath::run_program(&mut f.dp, "dp_uplink_out", &syn_out).expect("test run");
+    assert_eq!(verdict, NEXT);
+    let masq = parse(&out).expect("masqueraded");
     assert_eq!(masq.src, HOST);
 
     f.rules(&[rule(1, &[("--src", "192.0.2.2"), ("--action", "drop")])]);

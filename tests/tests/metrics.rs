@@ -18,7 +18,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use dataplane_common::{drop::DropReason, nat::SUBNET_MASQUERADE, stats::ProtoIndex};
 use dataplane_tests::{datapath, packets::PacketBuilder, BpffsDir};
 use dataplane_user::{
@@ -259,17 +258,9 @@ fn render_on_a_fresh_pin_root() {
 }
 
 fn run(dp: &mut Dataplane, program: &'static str, packet: &[u8]) -> u32 {
-    let prog: &mut SchedClassifier = dp
-        .tc_program(program)
-        .expect("verifier accepts the program");
-    let mut out = vec![0u8; packet.len() + 128];
-    prog.test_run(TestRunOptions {
-        data_in: Some(packet),
-        data_out: Some(&mut out),
-        ..TestRunOptions::new()
-    })
-    .expect("test run")
-    .return_value
+    datapath::run_program(dp, program, packet)
+        .expect("test run")
+        .0
 }
 
 fn network(name: &str, id: &str) -> Network {

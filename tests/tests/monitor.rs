@@ -5,12 +5,11 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use aya::programs::{TestRun, TestRunOptions};
 use dataplane_common::{
     drop::DropReason,
     event::{DropEvent, HEADERS_LEN},
 };
-use dataplane_tests::{packets::PacketBuilder, BpffsDir};
+use dataplane_tests::{datapath, packets::PacketBuilder, BpffsDir};
 use dataplane_user::{
     ebpf::Dataplane,
     monitor::{self, Decoded},
@@ -109,26 +108,13 @@ fn every_drop_streams_one_event() {
         // the backlog before the packets below are sent.
         let send = async {
             for p in passing.iter() {
-                let mut out = vec![0u8; p.len() + 64];
-                let r = prog
-                    .test_run(TestRunOptions {
-                        data_in: Some(p),
-                        data_out: Some(&mut out),
-                        ..TestRunOptions::new()
-                    })
-                    .expect("test run");
-                assert_ne!(r.return_value, SHOT, "a valid packet was dropped");
+                let (verdict, _) = datapath::run_tc(prog, p).expect("test run");
+                assert_ne!(verdict, SHOT, "a valid packet was dropped");
             }
             for case in &cases {
-                let mut out = vec![0u8; case.packet.len() + 64];
-                let r = prog
-                    .test_run(TestRunOptions {
-                        data_in: Some(&case.packet),
-                        data_out: Some(&mut out),
-                        ..TestRunOptions::new()
-                    })
+                let (verdict, _) = datapath::run_tc(prog, &case.packet)
                     .unwrap_or_else(|e| panic!("{}: test run failed: {e:?}", case.name));
-                assert_eq!(r.return_value, SHOT, "{}: not dropped", case.name);
+                assert_eq!(verdict, SHOT, "{}: not dropped", case.name);
             }
         };
         let (streamed, ()) = tokio::join!(monitor::stream(dir.pins(), on_event, stop), send);

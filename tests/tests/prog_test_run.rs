@@ -3,9 +3,8 @@
 //! each one moves. Runs the object as the agent loads it, with its maps pinned
 //! under a bpffs directory unique to this test.
 
-use aya::programs::{TestRun, TestRunOptions};
 use dataplane_common::{drop::DropReason, stats::ProtoIndex};
-use dataplane_tests::{packets::PacketBuilder, BpffsDir};
+use dataplane_tests::{datapath, packets::PacketBuilder, BpffsDir};
 use dataplane_user::{ebpf::Dataplane, stats};
 
 /// tcx "next program" (TC_ACT_UNSPEC) as the u32 the syscall returns.
@@ -91,23 +90,16 @@ fn dp_stats_verdicts_and_counters() {
         .expect("verifier accepts dp_stats");
     let mut failures = Vec::new();
     for case in cases() {
-        let mut out = vec![0u8; case.packet.len() + 64];
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(&case.packet),
-                data_out: Some(&mut out),
-                ..TestRunOptions::new()
-            })
+        let (verdict, out) = datapath::run_tc(prog, &case.packet)
             .unwrap_or_else(|e| panic!("{}: test run failed: {e:?}", case.name));
-        if result.return_value != case.verdict {
+        if verdict != case.verdict {
             failures.push(format!(
                 "{}: verdict {:#x}, expected {:#x}",
-                case.name, result.return_value, case.verdict
+                case.name, verdict, case.verdict
             ));
         }
         // The stats program never rewrites a packet.
-        let n = result.data_size_out as usize;
-        if out[..n] != case.packet[..] {
+        if out != case.packet {
             failures.push(format!("{}: packet changed", case.name));
         }
     }
@@ -157,7 +149,6 @@ mod nat {
 
     use std::net::{Ipv4Addr, SocketAddrV4};
 
-    use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
     use dataplane_common::{drop::DropReason, nat::SUBNET_MASQUERADE};
     use dataplane_tests::{
         datapath,
@@ -190,19 +181,7 @@ mod nat {
     }
 
     fn run(dp: &mut Dataplane, program: &'static str, packet: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &mut SchedClassifier = dp
-            .tc_program(program)
-            .expect("verifier accepts the program");
-        let mut out = vec![0u8; packet.len() + 128];
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut out),
-                ..TestRunOptions::new()
-            })
-            .expect("test run");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        datapath::run_program(dp, program, packet).expect("test run")
     }
 
     fn parsed(frame: &[u8]) -> Parsed {
