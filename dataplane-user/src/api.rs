@@ -20,7 +20,7 @@ use tokio::{
 
 use crate::{
     bpffs::PinRoot,
-    conntrack,
+    cni, conntrack,
     filter::{self, FilterArgs},
     nat,
     network::{
@@ -89,6 +89,20 @@ pub enum Request {
     ConntrackLs,
     /// Who answers: the agent (with its pid) or the CLI itself.
     Status,
+    /// CNI ADD (`dataplane-cni`, docs/cni.md).
+    CniAdd {
+        args: cni::AddArgs,
+    },
+    CniDel {
+        network: String,
+        key: cni::AttachmentKey,
+    },
+    CniCheck {
+        args: cni::CheckArgs,
+    },
+    CniGc {
+        args: cni::GcArgs,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -221,6 +235,13 @@ pub async fn execute(ctx: &Context, req: Request) -> Result<Value, anyhow::Error
             "endpoints": m.state().endpoints.len(),
             "uplinks": m.state().uplinks,
         }),
+        Request::CniAdd { args } => serde_json::to_value(m.cni_add(&args).await?)?,
+        Request::CniDel { network, key } => {
+            m.cni_del(&network, &key).await?;
+            json!({})
+        }
+        Request::CniCheck { args } => json!({ "problems": m.cni_check(&args).await? }),
+        Request::CniGc { args } => json!({ "removed": m.cni_gc(&args).await? }),
     };
     Ok(v)
 }

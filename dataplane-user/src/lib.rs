@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod bpffs;
+pub mod cni;
 pub mod config;
 pub mod conntrack;
 pub mod ebpf;

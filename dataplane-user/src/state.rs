@@ -4,7 +4,8 @@
 //! ```text
 //! state.json   {"version": 1, "networks": {NAME: Network},
 //!               "endpoints": {ID: Endpoint}, "uplinks": [IFNAME],
-//!               "filters": [FilterRule]}
+//!               "filters": [FilterRule],
+//!               "cni_attachments": [{network, container_id, ifname, endpoint}]}
 //! state.lock   flock(2) target; held exclusively for a whole read-modify-write
 //! ```
 //! Writes are atomic: the new content goes to `state.json.tmp`, is fsynced,
@@ -75,6 +76,20 @@ pub struct State {
     /// DOCKER-USER-style filter rules, in evaluation order.
     #[serde(default)]
     pub filters: Vec<crate::filter::FilterRule>,
+    /// Endpoints made by the CNI plugin, by container id and interface name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cni_attachments: Vec<CniAttachment>,
+}
+
+/// A CNI attachment (`network/manager/cni.rs`): the runtime's key for it
+/// and the endpoint it is (recorded before the endpoint is made).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniAttachment {
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+    /// The endpoint's name on `network`.
+    pub endpoint: String,
 }
 
 impl State {

@@ -32,6 +32,9 @@ use crate::{
     state::{State, StateError, StateStore},
 };
 
+mod cni;
+pub use cni::CniNetError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
     #[error(transparent)]
@@ -119,6 +122,8 @@ pub enum NetworkError {
         context: String,
         errors: Vec<String>,
     },
+    #[error(transparent)]
+    Cni(#[from] CniNetError),
 }
 
 /// `connect` as the user typed it.

@@ -1,0 +1,159 @@
+//! The CNI plugin (`dataplane-cni`, spec 1.0.0, also 0.3.x/0.4.0 and
+//! 1.1.0's GC and STATUS): a container runtime's request (environment
+//! variables and a network configuration on stdin) parsed once into typed
+//! values ([`config`]), handed to the agent over its API socket, and the
+//! agent's answer turned into a spec result ([`result`]) or the spec's error
+//! JSON ([`CniError`]). The work itself (veth, address, route, published
+//! ports) is the agent's, through the same manager as `dataplane connect`
+//! (`network/manager/cni.rs`); [`plugin::run`] is the one dispatcher.
+//!
+//! There is no in-process fallback: without an agent the plugin answers
+//! code 11 (try again later). A plugin runs in the runtime's context (its
+//! environment, a short-lived process per call) and would otherwise load
+//! the eBPF object and write the state with settings of its own, beside an
+//! agent that may be starting; the agent is the one writer.
+
+pub mod config;
+pub mod plugin;
+pub mod result;
+
+use serde::{Deserialize, Serialize};
+
+/// The versions this plugin speaks, oldest first (VERSION lists them).
+pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+/// Used for answers when the request names no (usable) version.
+pub const DEFAULT_VERSION: &str = "1.0.0";
+/// The `ipam.type` values that mean "the dataplane's own IPAM".
+pub const IPAM_TYPES: [&str; 2] = ["dataplane", "dataplane-cni"];
+
+/// The spec's well-known error codes, and ours (100+).
+pub mod code {
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    pub const UNSUPPORTED_FIELD: u32 = 2;
+    pub const INVALID_ENV: u32 = 4;
+    pub const IO_FAILURE: u32 = 5;
+    pub const DECODING_FAILURE: u32 = 6;
+    pub const INVALID_CONFIG: u32 = 7;
+    pub const TRY_AGAIN_LATER: u32 = 11;
+    /// STATUS (1.1.0): the plugin cannot serve ADD now.
+    pub const NOT_AVAILABLE: u32 = 50;
+    /// The agent refused the request; `details` carries its error.
+    pub const AGENT_REFUSED: u32 = 100;
+    /// CHECK: the live interface, address, route or published ports differ
+    /// from what ADD set up; `details` lists each difference.
+    pub const CHECK_FAILED: u32 = 101;
+    /// The agent's socket could not be used, or its answer not understood.
+    pub const AGENT_UNREACHABLE: u32 = 102;
+}
+
+/// An error as the spec prints it on stdout.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("CNI error {code}: {msg}{}", if .details.is_empty() { String::new() } else { format!(": {}", .details) })]
+pub struct CniError {
+    pub code: u32,
+    pub msg: String,
+    pub details: String,
+}
+
+impl CniError {
+    pub fn new(code: u32, msg: impl Into<String>) -> CniError {
+        CniError {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
+    }
+
+    pub fn with_details(mut self, details: impl Into<String>) -> CniError {
+        self.details = details.into();
+        self
+    }
+
+    /// `{"cniVersion", "code", "msg", "details"}`.
+    pub fn to_json(&self, version: &str) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "cniVersion": version,
+            "code": self.code,
+            "msg": self.msg,
+        });
+        if !self.details.is_empty() {
+            v["details"] = serde_json::Value::String(self.details.clone());
+        }
+        v
+    }
+}
+
+/// One attachment, as CNI names it: the container and the interface name
+/// inside it (unique on a host while the container lives).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AttachmentKey {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// The network a CNI configuration may create when it does not exist yet:
+/// the CLI's `network create` strings (checked by the agent like the CLI's).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    pub subnet: Option<String>,
+    pub gateway: Option<String>,
+    pub ip_range: Option<String>,
+    pub bridge: Option<String>,
+    pub mtu: Option<u32>,
+    /// `ipMasq`: None keeps the default (masquerade on).
+    pub ip_masq: Option<bool>,
+}
+
+/// API request `cni_add`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddArgs {
+    pub network: String,
+    /// Create the network from this when it does not exist; without it a
+    /// missing network is an error.
+    pub create: Option<NetworkSpec>,
+    pub key: AttachmentKey,
+    pub netns: String,
+    pub ip: Option<String>,
+    pub mac: Option<String>,
+    /// Docker's `-p` syntax, one per port mapping.
+    pub publish: Vec<String>,
+}
+
+/// What `cni_add` set up (the agent's answer).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddResult {
+    pub endpoint: String,
+    pub network: String,
+    pub ifname: String,
+    pub mac: String,
+    pub ipv4: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// Whether the namespace's default route is ours (a second network does
+    /// not take it, as in Docker).
+    pub default_route: bool,
+    pub host_ifname: Option<String>,
+    pub host_mac: Option<String>,
+    pub netns: String,
+}
+
+/// API request `cni_check`: what the runtime believes ADD set up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckArgs {
+    pub network: String,
+    pub key: AttachmentKey,
+    pub netns: String,
+    /// The address ADD reported (from `prevResult`), `ip/prefix`.
+    pub address: Option<String>,
+    /// Routes ADD reported for this interface: (destination CIDR, gateway).
+    pub routes: Vec<(String, Option<std::net::Ipv4Addr>)>,
+    /// The port mappings the runtime asks for now, Docker's `-p` syntax.
+    pub publish: Vec<String>,
+}
+
+/// API request `cni_gc`: every attachment of `network` not listed goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcArgs {
+    pub network: String,
+    pub valid: Vec<AttachmentKey>,
+}
