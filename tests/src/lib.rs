@@ -6,7 +6,8 @@
 //! traffic generators and servers ([`traffic`]), hand-built packets for
 //! BPF_PROG_TEST_RUN ([`packets`]), configuration map entries written
 //! directly ([`datapath`]), per-test bpffs pin directories
-//! ([`BpffsDir`]), the `dataplane` binary's path ([`dataplane_bin`]), and the post-suite check that
+//! ([`BpffsDir`]), the `dataplane` binary's path ([`dataplane_bin`]), the CNI
+//! plugin driven as a runtime drives it ([`cni`]), and the post-suite check that
 //! nothing was left behind ([`leak`]). It never touches the root namespace's
 //! routes, links, firewall or sysctls: every object lives inside a namespace it
 //! created, and every name it creates starts with [`PREFIX`] and carries this
@@ -15,6 +16,7 @@
 mod bpffs;
 pub mod cli;
 pub mod cmd;
+pub mod cni;
 pub mod datapath;
 pub mod leak;
 pub mod netns;

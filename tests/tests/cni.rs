@@ -1,0 +1,544 @@
+//! The CNI plugin (`dataplane-cni`) run as a runtime runs it, against an
+//! agent in a fake host: ADD sets up CNI_IFNAME with the address and default
+//! route and publishes the runtime's port mappings; CHECK verifies the live
+//! attachment; DEL cleans up and is idempotent; bad requests get the spec's
+//! error JSON and change nothing; attachments survive an agent restart.
+//! Real podman drives it in `podman.rs`.
+
+use std::{net::SocketAddr, path::Path, process::Child, time::Duration};
+
+use dataplane_tests::{
+    cli::Cli,
+    cni::{invoke, with_prev, Answer, Call},
+    netns::NetNs,
+    topo::FakeHost,
+    traffic::{http_get, http_server},
+};
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(5);
+const SUBNET: &str = "10.89.0.0/24";
+const GATEWAY: &str = "10.89.0.1";
+
+/// A fake host with an agent; the agent stops first on drop.
+struct Rig {
+    agent: Option<Child>,
+    cli: Cli,
+    fh: FakeHost,
+}
+
+impl Rig {
+    fn new(tag: &str) -> Rig {
+        let fh = FakeHost::new(true).expect("fake host");
+        let cli = Cli::new(&fh.host, tag).expect("cli");
+        let agent = cli.start_agent(&fh.uplink).expect("agent").0;
+        Rig {
+            agent: Some(agent),
+            cli,
+            fh,
+        }
+    }
+
+    fn stop_agent(&mut self) {
+        if let Some(a) = self.agent.take() {
+            let st = dataplane_tests::cli::stop_agent(a, libc::SIGTERM).expect("stop agent");
+            assert!(st.success(), "agent exit: {st}");
+        }
+    }
+
+    fn start_agent(&mut self) {
+        assert!(self.agent.is_none());
+        self.agent = Some(self.cli.start_agent(&self.fh.uplink).expect("agent").0);
+    }
+
+    /// The network configuration: network `dpcni` created from the subnet,
+    /// the given port mappings.
+    fn conf(&self, ports: Value) -> Value {
+        json!({
+            "cniVersion": "1.0.0",
+            "name": "dpcni",
+            "type": "dataplane-cni",
+            "socket": self.cli.socket,
+            "ipam": {"type": "dataplane", "subnet": SUBNET},
+            "dns": {"nameservers": [GATEWAY]},
+            "capabilities": {"portMappings": true},
+            "runtimeConfig": {"portMappings": ports},
+        })
+    }
+
+    fn call(&self, command: &str, id: &str, netns: Option<&Path>, stdin: &[u8]) -> Answer {
+        invoke(
+            &self.fh.host,
+            &Call {
+                command,
+                container_id: id,
+                netns,
+                ifname: "eth0",
+                args: "IgnoreUnknown=1;K8S_POD_NAME=web",
+            },
+            stdin,
+        )
+        .expect("plugin ran")
+    }
+
+    fn state(&self) -> Value {
+        let text =
+            std::fs::read_to_string(self.cli.state.path().join("state.json")).expect("state.json");
+        serde_json::from_str(&text).expect("state JSON")
+    }
+
+    fn state_text(&self) -> String {
+        std::fs::read_to_string(self.cli.state.path().join("state.json")).expect("state.json")
+    }
+
+    fn host_links(&self) -> Vec<String> {
+        link_names(&self.fh.host)
+    }
+
+    fn dnat(&self) -> Vec<Value> {
+        self.cli
+            .json(&["nat", "ls", "--format", "json"])
+            .expect("nat ls")["dnat"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some(a) = self.agent.take() {
+            let _ = dataplane_tests::cli::stop_agent(a, libc::SIGTERM);
+        }
+    }
+}
+
+fn link_names(ns: &NetNs) -> Vec<String> {
+    let mut v: Vec<String> = ns
+        .ip_json(&["link", "show"])
+        .expect("ip link")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+        .collect();
+    v.sort();
+    v
+}
+
+fn port_8080() -> Value {
+    json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""}])
+}
+
+fn addr_of(ns: &NetNs, dev: &str) -> Vec<String> {
+    ns.ip_json(&["-4", "addr", "show", "dev", dev])
+        .expect("ip addr")[0]["addr_info"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or(""), a["prefixlen"]))
+        .collect()
+}
+
+#[test]
+fn add_publishes_check_passes_del_cleans_up() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let rig = Rig::new("cniadd");
+    let ctr = NetNs::new("ctr").expect("netns");
+    let conf = rig.conf(port_8080());
+    // A chained plugin ran before us: its result is extended, not lost.
+    let prev = json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "lo", "sandbox": ctr.path()}],
+        "ips": [{"address": "127.0.0.1/8", "interface": 0}],
+    });
+    let add = rig.call(
+        "ADD",
+        "ctr1",
+        Some(ctr.path()),
+        &with_prev(&conf, Some(&prev)),
+    );
+    let result = add.ok().expect("ADD");
+    assert_eq!(result["cniVersion"], "1.0.0");
+    let ifs = result["interfaces"].as_array().expect("interfaces");
+    assert_eq!(ifs.len(), 3, "{result}");
+    assert_eq!(ifs[0]["name"], "lo");
+    assert!(
+        ifs[1]["name"].as_str().unwrap().starts_with("veth"),
+        "{result}"
+    );
+    assert_eq!(ifs[2]["name"], "eth0");
+    assert_eq!(ifs[2]["sandbox"], ctr.path().display().to_string());
+    let ip = &result["ips"][1];
+    assert_eq!(ip["address"], "10.89.0.2/24", "{result}");
+    assert_eq!(ip["gateway"], GATEWAY);
+    assert_eq!(ip["interface"], 2);
+    assert!(ip.get("version").is_none(), "1.0.0 has no ips[].version");
+    assert_eq!(
+        result["routes"],
+        json!([{"dst": "0.0.0.0/0", "gw": GATEWAY}])
+    );
+    assert_eq!(result["dns"]["nameservers"][0], GATEWAY);
+
+    // What a user checks inside the container: CNI_IFNAME, its MAC and
+    // address, the default route.
+    let link = &ctr.ip_json(&["link", "show", "dev", "eth0"]).expect("eth0")[0];
+    assert_eq!(link["address"], ifs[2]["mac"], "{link}");
+    assert_eq!(addr_of(&ctr, "eth0"), vec!["10.89.0.2/24"]);
+    let routes = ctr
+        .ip_json(&["-4", "route", "show", "default"])
+        .expect("routes");
+    assert_eq!(routes[0]["gateway"], GATEWAY, "{routes}");
+    assert_eq!(routes[0]["dev"], "eth0");
+
+    // The port mapping is published: the external client reaches it at the
+    // host's uplink address.
+    let _web = http_server(&ctr, SocketAddr::from(([0, 0, 0, 0], 80)), "via cni").expect("http");
+    let (code, body) = http_get(
+        &rig.fh.client,
+        SocketAddr::from((rig.fh.host_ip, 8080)),
+        "/",
+        T,
+    )
+    .expect("GET through the published port");
+    assert_eq!((code, body.as_str()), (200, "via cni"));
+    let dnat = rig.dnat();
+    assert_eq!(dnat.len(), 1, "{dnat:?}");
+    assert_eq!(dnat[0]["container"], "10.89.0.2:80");
+
+    // CHECK with the ADD result passes and prints nothing.
+    let check = rig.call(
+        "CHECK",
+        "ctr1",
+        Some(ctr.path()),
+        &with_prev(&conf, Some(&result)),
+    );
+    assert_eq!(check.ok().expect("CHECK"), Value::Null);
+    // A CHECK asking for a port mapping that is not there fails.
+    let other = rig.conf(json!([{"hostPort": 9090, "containerPort": 80, "protocol": "tcp"}]));
+    let err = rig
+        .call(
+            "CHECK",
+            "ctr1",
+            Some(ctr.path()),
+            &with_prev(&other, Some(&result)),
+        )
+        .error()
+        .expect("CHECK with other ports");
+    assert_eq!(err["code"], 101, "{err}");
+    assert!(
+        err["details"]
+            .as_str()
+            .unwrap()
+            .contains("0.0.0.0:9090->80/tcp is not published"),
+        "{err}"
+    );
+
+    // DEL: the interface, the host veth, the published port and the record go.
+    let host_veth = ifs[1]["name"].as_str().unwrap().to_owned();
+    assert!(rig.host_links().contains(&host_veth));
+    rig.call(
+        "DEL",
+        "ctr1",
+        Some(ctr.path()),
+        &with_prev(&conf, Some(&result)),
+    )
+    .ok()
+    .expect("DEL");
+    assert!(!link_names(&ctr).contains(&"eth0".to_owned()));
+    assert!(!rig.host_links().contains(&host_veth));
+    assert!(rig.dnat().is_empty());
+    let state = rig.state();
+    assert!(
+        state["endpoints"].as_object().unwrap().is_empty(),
+        "{state}"
+    );
+    assert!(state.get("cni_attachments").is_none(), "{state}");
+    assert!(http_get(
+        &rig.fh.client,
+        SocketAddr::from((rig.fh.host_ip, 8080)),
+        "/",
+        Duration::from_secs(2)
+    )
+    .is_err());
+    // A second DEL succeeds and changes nothing.
+    let before = rig.state_text();
+    rig.call("DEL", "ctr1", Some(ctr.path()), &with_prev(&conf, None))
+        .ok()
+        .expect("second DEL");
+    assert_eq!(rig.state_text(), before);
+    // The network stays for the next container, and the address is free again.
+    let again = rig
+        .call("ADD", "ctr2", Some(ctr.path()), &with_prev(&conf, None))
+        .ok()
+        .expect("ADD after DEL");
+    assert_eq!(again["ips"][0]["address"], "10.89.0.2/24");
+    rig.call("DEL", "ctr2", Some(ctr.path()), &with_prev(&conf, None))
+        .ok()
+        .expect("DEL ctr2");
+}
+
+#[test]
+fn check_fails_without_the_interface_and_del_works_after_the_netns_is_gone() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let rig = Rig::new("cnigone");
+    let ctr = NetNs::new("ctr").expect("netns");
+    let conf = rig.conf(port_8080());
+    let result = rig
+        .call("ADD", "gone1", Some(ctr.path()), &with_prev(&conf, None))
+        .ok()
+        .expect("ADD");
+    ctr.exec(&["ip", "link", "del", "eth0"])
+        .expect("remove eth0");
+    let err = rig
+        .call(
+            "CHECK",
+            "gone1",
+            Some(ctr.path()),
+            &with_prev(&conf, Some(&result)),
+        )
+        .error()
+        .expect("CHECK without eth0");
+    assert_eq!(err["code"], 101, "{err}");
+    let details = err["details"].as_str().unwrap();
+    assert!(details.contains("interface eth0 is missing"), "{err}");
+    assert!(details.contains("host end veth"), "{err}");
+
+    // The namespace goes (the container died); DEL comes with and without
+    // its path, as runtimes do.
+    let path = ctr.path().to_owned();
+    drop(ctr);
+    assert!(!path.exists());
+    rig.call(
+        "DEL",
+        "gone1",
+        Some(&path),
+        &with_prev(&conf, Some(&result)),
+    )
+    .ok()
+    .expect("DEL after the netns is gone");
+    let state = rig.state();
+    assert!(
+        state["endpoints"].as_object().unwrap().is_empty(),
+        "{state}"
+    );
+    assert!(rig.dnat().is_empty());
+    rig.call("DEL", "gone1", None, &with_prev(&conf, None))
+        .ok()
+        .expect("DEL without CNI_NETNS");
+    // CHECK of an attachment that is not there says so.
+    let ctr2 = NetNs::new("ctr2").expect("netns");
+    let err = rig
+        .call(
+            "CHECK",
+            "gone1",
+            Some(ctr2.path()),
+            &with_prev(&conf, Some(&result)),
+        )
+        .error()
+        .expect("CHECK after DEL");
+    assert!(
+        err["details"]
+            .as_str()
+            .unwrap()
+            .contains("has no attachment eth0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn version_lists_the_supported_versions() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let host = NetNs::new("cniver").expect("netns");
+    let a = invoke(
+        &host,
+        &Call {
+            command: "VERSION",
+            ..Call::default()
+        },
+        br#"{"cniVersion":"1.0.0"}"#,
+    )
+    .expect("VERSION");
+    let v = a.ok().expect("VERSION answer");
+    assert_eq!(v["cniVersion"], "1.0.0");
+    let versions: Vec<&str> = v["supportedVersions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for want in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+        assert!(versions.contains(&want), "{v}");
+    }
+}
+
+#[test]
+fn bad_requests_get_the_spec_error_and_change_nothing() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let rig = Rig::new("cnibad");
+    let ctr = NetNs::new("ctr").expect("netns");
+    let ctr2 = NetNs::new("ctr2").expect("netns");
+    let conf = rig.conf(port_8080());
+    // One live attachment, so "nothing changed" covers its port too.
+    rig.call("ADD", "live1", Some(ctr.path()), &with_prev(&conf, None))
+        .ok()
+        .expect("ADD");
+    let snapshot = || {
+        (
+            rig.state_text(),
+            rig.host_links(),
+            link_names(&ctr2),
+            rig.dnat(),
+        )
+    };
+    let before = snapshot();
+    let good = conf.to_string();
+    let other_net = json!({
+        "cniVersion": "1.0.0", "name": "other", "type": "dataplane-cni",
+        "socket": rig.cli.socket, "ipam": {"subnet": "10.90.0.0/24"},
+        "runtimeConfig": {"portMappings": port_8080()},
+    })
+    .to_string();
+    let unknown_net = json!({
+        "cniVersion": "1.0.0", "name": "nosuch", "type": "dataplane-cni",
+        "socket": rig.cli.socket, "ipam": {},
+    })
+    .to_string();
+    let p = Some(ctr2.path());
+    let cases: Vec<(&str, &str, Option<&Path>, String, u64, &str)> = vec![
+        ("FROB", "bad1", p, good.clone(), 4, "CNI_COMMAND \"FROB\""),
+        (
+            "ADD",
+            "bad1",
+            None,
+            good.clone(),
+            4,
+            "CNI_NETNS is required",
+        ),
+        (
+            "ADD",
+            "bad1",
+            p,
+            "{\"cniVersion\": \"1.0.0\", ".into(),
+            6,
+            "not valid JSON",
+        ),
+        (
+            "ADD",
+            "bad1",
+            p,
+            good.replace("\"1.0.0\"", "\"2.0.0\""),
+            1,
+            "cniVersion 2.0.0",
+        ),
+        (
+            "ADD",
+            "bad1",
+            p,
+            good.replace("\"dns\"", "\"dnss\""),
+            2,
+            "dnss: unsupported field",
+        ),
+        (
+            "ADD",
+            "bad1",
+            p,
+            good.replace("\"type\":\"dataplane\"", "\"type\":\"host-local\""),
+            2,
+            "ipam.type host-local",
+        ),
+        // Refused by the agent: no network and no subnet to make it from.
+        ("ADD", "bad1", p, unknown_net, 100, "refused ADD"),
+        // A new network whose container cannot get its port: the network
+        // made for it goes again.
+        ("ADD", "bad1", p, other_net, 100, "refused ADD"),
+        // The same container and interface twice.
+        ("ADD", "live1", p, good.clone(), 100, "refused ADD"),
+    ];
+    for (command, id, netns, stdin, code, needle) in cases {
+        let a = rig.call(command, id, netns, stdin.as_bytes());
+        let err = a
+            .error()
+            .unwrap_or_else(|e| panic!("{command} {stdin}: {e:#}"));
+        assert_eq!(err["code"], code, "{command} {stdin}: {err}");
+        assert!(
+            err["msg"].as_str().unwrap().contains(needle),
+            "{command} {stdin}: {err} should contain {needle:?}"
+        );
+        assert_eq!(snapshot(), before, "{command} {stdin} changed something");
+    }
+    let state = rig.state();
+    assert!(state["networks"].get("other").is_none(), "{state}");
+}
+
+#[test]
+fn attachments_survive_an_agent_restart() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new("cnirestart");
+    let ctr = NetNs::new("ctr").expect("netns");
+    let conf = rig.conf(port_8080());
+    let result = rig
+        .call("ADD", "keep1", Some(ctr.path()), &with_prev(&conf, None))
+        .ok()
+        .expect("ADD");
+    let _web = http_server(&ctr, SocketAddr::from(([0, 0, 0, 0], 80)), "kept").expect("http");
+    let dst = SocketAddr::from((rig.fh.host_ip, 8080));
+    rig.stop_agent();
+    // No agent: the container keeps working (pinned datapath), and the
+    // plugin says to try again later instead of working behind its back.
+    assert_eq!(
+        http_get(&rig.fh.client, dst, "/", T).expect("GET").1,
+        "kept"
+    );
+    let ctr2 = NetNs::new("ctr2").expect("netns");
+    let err = rig
+        .call("ADD", "new2", Some(ctr2.path()), &with_prev(&conf, None))
+        .error()
+        .expect("ADD without agent");
+    assert_eq!(err["code"], 11, "{err}");
+    rig.start_agent();
+    assert_eq!(
+        http_get(&rig.fh.client, dst, "/", T).expect("GET").1,
+        "kept"
+    );
+    rig.call(
+        "CHECK",
+        "keep1",
+        Some(ctr.path()),
+        &with_prev(&conf, Some(&result)),
+    )
+    .ok()
+    .expect("CHECK after restart");
+    let second = rig
+        .call(
+            "ADD",
+            "new2",
+            Some(ctr2.path()),
+            &with_prev(
+                &rig.conf(json!([{"hostPort": 8081, "containerPort": 80}])),
+                None,
+            ),
+        )
+        .ok()
+        .expect("ADD after restart");
+    assert_eq!(second["ips"][0]["address"], "10.89.0.3/24");
+    for (id, ns) in [("keep1", &ctr), ("new2", &ctr2)] {
+        rig.call("DEL", id, Some(ns.path()), &with_prev(&conf, None))
+            .ok()
+            .expect("DEL after restart");
+    }
+    assert!(rig.state()["endpoints"].as_object().unwrap().is_empty());
+    assert!(http_get(&rig.fh.client, dst, "/", Duration::from_secs(2)).is_err());
+}
