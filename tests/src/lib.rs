@@ -7,7 +7,8 @@
 //! BPF_PROG_TEST_RUN ([`packets`]), configuration map entries written
 //! directly ([`datapath`]), per-test bpffs pin directories
 //! ([`BpffsDir`]), the `dataplane` binary's path ([`dataplane_bin`]), the CNI
-//! plugin driven as a runtime drives it ([`cni`]), and the post-suite check that
+//! plugin driven as a runtime drives it ([`cni`]) and by a real podman
+//! ([`podman`]), and the post-suite check that
 //! nothing was left behind ([`leak`]). It never touches the root namespace's
 //! routes, links, firewall or sysctls: every object lives inside a namespace it
 //! created, and every name it creates starts with [`PREFIX`] and carries this
@@ -21,6 +22,7 @@ pub mod datapath;
 pub mod leak;
 pub mod netns;
 pub mod packets;
+pub mod podman;
 pub mod topo;
 pub mod traffic;
 

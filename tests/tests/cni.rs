@@ -11,6 +11,7 @@ use dataplane_tests::{
     cli::Cli,
     cni::{invoke, with_prev, Answer, Call},
     netns::NetNs,
+    podman::{self, Podman},
     topo::FakeHost,
     traffic::{http_get, http_server},
 };
@@ -540,5 +541,155 @@ fn attachments_survive_an_agent_restart() {
             .expect("DEL after restart");
     }
     assert!(rig.state()["endpoints"].as_object().unwrap().is_empty());
+    assert!(http_get(&rig.fh.client, dst, "/", Duration::from_secs(2)).is_err());
+}
+
+#[test]
+fn podman_run_publishes_through_the_plugin_and_rm_cleans_up() {
+    if !dataplane_tests::require_root() || !podman::require_podman() {
+        return;
+    }
+    let rig = Rig::new("cnipodman");
+    let mut pod = Podman::new(&rig.fh.host, "podman").expect("podman");
+    // libcni caches results by network name in a directory of the whole
+    // machine: the name is this run's own.
+    let net = format!("dpt{}pod", dataplane_tests::run_id());
+    let plugin = json!({
+        "type": "dataplane-cni",
+        "socket": rig.cli.socket,
+        "ipam": {"type": "dataplane", "subnet": "10.91.0.0/24"},
+        "capabilities": {"portMappings": true},
+    });
+    pod.add_conflist(
+        &net,
+        &json!({"cniVersion": "1.0.0", "name": net, "plugins": [plugin]}),
+    )
+    .expect("conflist");
+    let id = pod
+        .run_detached(&[
+            "--name",
+            "web",
+            "--network",
+            &net,
+            "-p",
+            "8080:80",
+            podman::IMAGE,
+            "/bin/httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ])
+        .expect("podman run");
+
+    // Reachable from the external client at the host's uplink address.
+    let dst = SocketAddr::from((rig.fh.host_ip, 8080));
+    let (code, body) = http_get(&rig.fh.client, dst, "/index.html", T).expect("GET");
+    assert_eq!((code, body.as_str()), (200, podman::INDEX));
+    // The container's side, as podman sees it and in its namespace.
+    let sandbox = pod
+        .run(&["inspect", "-f", "{{.NetworkSettings.SandboxKey}}", "web"])
+        .expect("inspect")
+        .trim()
+        .to_owned();
+    let ip = pod
+        .run(&[
+            "inspect",
+            "-f",
+            &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+            "web",
+        ])
+        .expect("inspect ip");
+    assert_eq!(ip.trim(), "10.91.0.2");
+    let addrs = dataplane_tests::cmd::run(&[
+        "nsenter",
+        &format!("--net={sandbox}"),
+        "ip",
+        "-4",
+        "-o",
+        "addr",
+        "show",
+        "dev",
+        "eth0",
+    ])
+    .expect("addr in the sandbox");
+    assert!(addrs.contains("10.91.0.2/24"), "{addrs}");
+    let state = rig.state();
+    let att = &state["cni_attachments"][0];
+    assert_eq!(
+        (att["container_id"].as_str(), att["ifname"].as_str()),
+        (Some(id.as_str()), Some("eth0")),
+        "{state}"
+    );
+    // Egress from a second container is masqueraded to the uplink address.
+    let server = http_server(
+        &rig.fh.client,
+        SocketAddr::from((rig.fh.client_ip, 8000)),
+        "outside",
+    )
+    .expect("http");
+    let got = pod
+        .run(&[
+            "run",
+            "--rm",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            "--network",
+            &net,
+            podman::IMAGE,
+            "/bin/sh",
+            "-c",
+            &format!(
+                "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {} 8000",
+                rig.fh.client_ip
+            ),
+        ])
+        .expect("podman run --rm nc");
+    assert!(got.ends_with("outside"), "{got:?}");
+    assert!(
+        server.peers().iter().all(|p| p.ip() == rig.fh.host_ip),
+        "{:?}",
+        server.peers()
+    );
+
+    // CHECK on the live container with what libcni cached from podman's ADD.
+    let cached = pod.cached_result(&net, &id, "eth0").expect("cached result");
+    let mut conf = plugin.clone();
+    conf["cniVersion"] = json!("1.0.0");
+    conf["name"] = json!(net);
+    conf["runtimeConfig"] = json!({"portMappings": cached["capabilityArgs"]["portMappings"]});
+    let check = invoke(
+        &rig.fh.host,
+        &Call {
+            command: "CHECK",
+            container_id: &id,
+            netns: Some(Path::new(&sandbox)),
+            ifname: "eth0",
+            args: "",
+        },
+        &with_prev(&conf, Some(&cached["result"])),
+    )
+    .expect("CHECK ran");
+    assert_eq!(check.ok().expect("CHECK"), Value::Null);
+
+    // stop + rm: podman's DEL removes the endpoint and the published port.
+    let host_veth = cached["result"]["interfaces"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    pod.run(&["stop", "-t", "1", "web"]).expect("stop");
+    pod.run(&["rm", "web"]).expect("rm");
+    let state = rig.state();
+    assert!(
+        state["endpoints"].as_object().unwrap().is_empty(),
+        "{state}"
+    );
+    assert!(state.get("cni_attachments").is_none(), "{state}");
+    assert!(rig.dnat().is_empty());
+    assert!(!rig.host_links().contains(&host_veth));
+    assert!(!podman::cache_path(&net, &id, "eth0").exists());
     assert!(http_get(&rig.fh.client, dst, "/", Duration::from_secs(2)).is_err());
 }

@@ -29,6 +29,12 @@ const PACKAGES: &[(&str, &str)] = &[
     ("sysctl", "procps"),
     ("setpriv", "util-linux"),
     ("python3", "python3"),
+    // The CNI plugin's test with a real podman (CNI backend, runc, an image
+    // from busybox-static).
+    ("podman", "podman"),
+    ("conmon", "conmon"),
+    ("runc", "runc"),
+    ("busybox", "busybox-static"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
