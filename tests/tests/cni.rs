@@ -416,7 +416,9 @@ fn bad_requests_get_the_spec_error_and_change_nothing() {
     })
     .to_string();
     let p = Some(ctr2.path());
-    let cases: Vec<(&str, &str, Option<&Path>, String, u64, &str)> = vec![
+    // (CNI_COMMAND, CNI_CONTAINERID, CNI_NETNS, stdin, code, in msg)
+    type Case<'a> = (&'a str, &'a str, Option<&'a Path>, String, u64, &'a str);
+    let cases: Vec<Case> = vec![
         ("FROB", "bad1", p, good.clone(), 4, "CNI_COMMAND \"FROB\""),
         (
             "ADD",
