@@ -695,3 +695,71 @@ fn podman_run_publishes_through_the_plugin_and_rm_cleans_up() {
     assert!(!podman::cache_path(&net, &id, "eth0").exists());
     assert!(http_get(&rig.fh.client, dst, "/", Duration::from_secs(2)).is_err());
 }
+
+#[test]
+fn gc_keeps_only_valid_attachments_and_status_reports_the_agent() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new("cnigc");
+    let a = NetNs::new("a").expect("netns");
+    let b = NetNs::new("b").expect("netns");
+    let mut conf = rig.conf(json!([]));
+    conf["cniVersion"] = json!("1.1.0");
+    for (id, ns) in [("keep", &a), ("stale", &b)] {
+        rig.call("ADD", id, Some(ns.path()), &with_prev(&conf, None))
+            .ok()
+            .expect("ADD");
+    }
+    // GC is 1.1.0's: a 1.0.0 configuration cannot ask for it.
+    let mut old = conf.clone();
+    old["cniVersion"] = json!("1.0.0");
+    let err = rig
+        .call("GC", "", None, &with_prev(&old, None))
+        .error()
+        .expect("GC in 1.0.0");
+    assert_eq!(err["code"], 1, "{err}");
+    // Without the list GC would remove everything: refused.
+    let err = rig
+        .call("GC", "", None, &with_prev(&conf, None))
+        .error()
+        .expect("GC without list");
+    assert_eq!(err["code"], 7, "{err}");
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
+    rig.call("GC", "", None, &with_prev(&gc, None))
+        .ok()
+        .expect("GC");
+    let state = rig.state();
+    let atts: Vec<&str> = state["cni_attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["container_id"].as_str())
+        .collect();
+    assert_eq!(atts, vec!["keep"], "{state}");
+    assert_eq!(state["endpoints"].as_object().unwrap().len(), 1, "{state}");
+    assert!(link_names(&a).contains(&"eth0".to_owned()));
+    assert!(!link_names(&b).contains(&"eth0".to_owned()));
+
+    rig.call("STATUS", "", None, &with_prev(&conf, None))
+        .ok()
+        .expect("STATUS");
+    rig.stop_agent();
+    let err = rig
+        .call("STATUS", "", None, &with_prev(&conf, None))
+        .error()
+        .expect("STATUS without agent");
+    assert_eq!(err["code"], 50, "{err}");
+    // DEL without an agent: try again later, nothing lost.
+    let err = rig
+        .call("DEL", "keep", Some(a.path()), &with_prev(&conf, None))
+        .error()
+        .expect("DEL without agent");
+    assert_eq!(err["code"], 11, "{err}");
+    rig.start_agent();
+    rig.call("DEL", "keep", Some(a.path()), &with_prev(&conf, None))
+        .ok()
+        .expect("DEL");
+    assert!(rig.state()["endpoints"].as_object().unwrap().is_empty());
+}
