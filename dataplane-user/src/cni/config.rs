@@ -752,6 +752,24 @@ mod tests {
     }
 
     #[test]
+    fn the_example_conflist_parses() {
+        let list: Value =
+            serde_json::from_str(include_str!("../../../dist/cni/dataplane.conflist")).unwrap();
+        // What a runtime hands the plugin: the list's name and version in
+        // the plugin's entry.
+        let mut entry = list["plugins"][0].clone();
+        entry["name"] = list["name"].clone();
+        entry["cniVersion"] = list["cniVersion"].clone();
+        let c = NetConf::parse(entry.to_string().as_bytes(), "/unused").unwrap();
+        assert_eq!(c.network, "dataplane");
+        assert_eq!(c.socket, PathBuf::from(crate::api::DEFAULT_SOCKET));
+        assert_eq!(
+            c.create.and_then(|s| s.subnet).as_deref(),
+            Some("10.89.0.0/16")
+        );
+    }
+
+    #[test]
     fn commands_exist_from_their_spec_version() {
         assert!(version_has("0.4.0", Command::Check));
         assert!(!version_has("0.3.1", Command::Check));
