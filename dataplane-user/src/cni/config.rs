@@ -313,6 +313,30 @@ fn check_known(obj: &Map<String, Value>, known: &[&str], path: &str) -> Result<(
     }
 }
 
+/// `ipam.subnet`, `gateway` and `ipRange` checked as `network create`
+/// checks them, named as the configuration names them.
+fn check_ipam(spec: &NetworkSpec) -> Result<(), CniError> {
+    use crate::network::ipam;
+    let Some(subnet) = &spec.subnet else {
+        if spec.gateway.is_some() || spec.ip_range.is_some() {
+            return Err(invalid(
+                "ipam.gateway and ipam.ipRange need ipam.subnet".to_owned(),
+            ));
+        }
+        return Ok(());
+    };
+    let field = |f: &str, e: ipam::IpamError| invalid(format!("ipam.{f}: {e}"));
+    let net = ipam::parse_subnet(subnet).map_err(|e| field("subnet", e))?;
+    if let Some(g) = &spec.gateway {
+        let gw = ipam::parse_addr("gateway", g).map_err(|e| field("gateway", e))?;
+        ipam::check_gateway(&net, gw).map_err(|e| field("gateway", e))?;
+    }
+    if let Some(r) = &spec.ip_range {
+        ipam::parse_range(&net, r).map_err(|e| field("ipRange", e))?;
+    }
+    Ok(())
+}
+
 /// Numbers of a dotted version, for ordering ("0.10.0" > "0.4.0").
 pub(super) fn version_tuple(v: &str) -> Vec<u32> {
     v.split('.').map(|p| p.parse().unwrap_or(0)).collect()
@@ -433,11 +457,7 @@ impl NetConf {
         // Only a subnet can make a network; bridge/mtu/ipMasq alone only
         // describe one that must exist.
         let create = spec.subnet.is_some().then_some(spec.clone());
-        if create.is_none() && (spec.gateway.is_some() || spec.ip_range.is_some()) {
-            return Err(invalid(
-                "ipam.gateway and ipam.ipRange need ipam.subnet".to_owned(),
-            ));
-        }
+        check_ipam(&spec)?;
 
         if let Some(caps) = obj.get("capabilities") {
             let caps = caps

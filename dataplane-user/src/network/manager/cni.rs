@@ -26,7 +26,7 @@ use crate::{
     netlink::Netlink,
     network::{
         ipam,
-        model::{Attachment, CreateArgs, DriverKind, Endpoint},
+        model::{Attachment, CreateArgs, CreateError, DriverKind, Endpoint, Network},
         ports,
     },
     state::CniAttachment,
@@ -57,6 +57,12 @@ pub enum CniNetError {
         container_id: String,
         ifname: String,
         endpoint: String,
+    },
+    #[error("network {network} from the CNI configuration")]
+    Create {
+        network: String,
+        #[source]
+        source: CreateError,
     },
     #[error("network {network}: a {driver} network has no interface for CNI to set up")]
     Driver {
@@ -198,9 +204,9 @@ impl Manager {
                     options,
                     labels: vec!["dataplane.cni=created".into()],
                 };
-                let req = args.parse().map_err(|e| NetworkError::Teardown {
-                    context: format!("network {name} from the CNI configuration"),
-                    errors: vec![e.to_string()],
+                let req = args.parse().map_err(|source| CniNetError::Create {
+                    network: name.to_owned(),
+                    source,
                 })?;
                 self.create(req).await?;
                 Ok(true)
@@ -273,6 +279,24 @@ impl Manager {
                 return Err(e);
             }
         };
+        match self.cni_describe(&net, &ep, args).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                // No result means the runtime counts the ADD as failed:
+                // take back what it made.
+                let _ = self.cni_del(&net.name, &args.key).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The result of an ADD: the endpoint and what the kernel has for it.
+    async fn cni_describe(
+        &self,
+        net: &Network,
+        ep: &Endpoint,
+        args: &AddArgs,
+    ) -> Result<AddResult, NetworkError> {
         let gateway = net.gateway;
         let ipv4 = ep.ipv4.unwrap_or(Ipv4Addr::UNSPECIFIED);
         let ns = Netlink::connect(Some(&ep.netns)).await?;
