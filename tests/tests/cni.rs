@@ -551,7 +551,7 @@ fn podman_run_publishes_through_the_plugin_and_rm_cleans_up() {
     if !dataplane_tests::require_root() || !podman::require_podman() {
         return;
     }
-    let rig = Rig::new("cnipodman");
+    let mut rig = Rig::new("cnipodman");
     let mut pod = Podman::new(&rig.fh.host, "podman").expect("podman");
     // libcni caches results by network name in a directory of the whole
     // machine: the name is this run's own.
@@ -676,6 +676,13 @@ fn podman_run_publishes_through_the_plugin_and_rm_cleans_up() {
     )
     .expect("CHECK ran");
     assert_eq!(check.ok().expect("CHECK"), Value::Null);
+
+    // The agent restarts under the running container: it keeps serving,
+    // and podman's DEL goes to the new agent.
+    rig.stop_agent();
+    rig.start_agent();
+    let (_, body) = http_get(&rig.fh.client, dst, "/index.html", T).expect("GET after restart");
+    assert_eq!(body, podman::INDEX);
 
     // stop + rm: podman's DEL removes the endpoint and the published port.
     let host_veth = cached["result"]["interfaces"][0]["name"]

@@ -216,6 +216,8 @@ impl PortMap {
         let host = match self.host_ip.as_deref().filter(|h| !h.is_empty()) {
             None => String::new(),
             Some(h) => match h.parse::<IpAddr>() {
+                // 0.0.0.0 is every address, as an empty hostIP.
+                Ok(IpAddr::V4(a)) if a.is_unspecified() => String::new(),
                 Ok(IpAddr::V4(a)) => format!("{a}:"),
                 Ok(IpAddr::V6(_)) => {
                     return Err(unsupported(format!(
@@ -656,6 +658,7 @@ mod tests {
                 "runtimeConfig":{"portMappings":[
                     {"hostPort":8080,"containerPort":80,"protocol":"tcp","hostIP":""},
                     {"hostPort":8080,"containerPort":80,"protocol":"tcp"},
+                    {"hostPort":8080,"containerPort":80,"hostIP":"0.0.0.0"},
                     {"hostPort":5353,"containerPort":53,"protocol":"UDP","hostIP":"192.0.2.1"}],
                     "ips":["10.77.0.9/24"],"mac":"02:42:0a:4d:00:09","somethingElse":1},
                 "prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"lo0"}]}}"#,
