@@ -770,3 +770,71 @@ fn gc_keeps_only_valid_attachments_and_status_reports_the_agent() {
         .expect("DEL");
     assert!(rig.state()["endpoints"].as_object().unwrap().is_empty());
 }
+
+#[test]
+fn concurrent_adds_and_dels_are_serialised() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    const N: usize = 8;
+    let rig = Rig::new("cniconc");
+    let nss: Vec<NetNs> = (0..N)
+        .map(|i| NetNs::new(&format!("c{i}")).expect("netns"))
+        .collect();
+    let conf = rig.conf(json!([]));
+    let stdin = with_prev(&conf, None);
+    let started = std::time::Instant::now();
+    let results: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = nss
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| {
+                let (rig, stdin) = (&rig, &stdin);
+                s.spawn(move || {
+                    rig.call("ADD", &format!("conc{i}"), Some(ns.path()), stdin)
+                        .ok()
+                        .expect("concurrent ADD")
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    eprintln!("{N} concurrent ADDs took {:?}", started.elapsed());
+    let mut addrs: Vec<&str> = results
+        .iter()
+        .filter_map(|r| r["ips"][0]["address"].as_str())
+        .collect();
+    addrs.sort_unstable();
+    addrs.dedup();
+    assert_eq!(addrs.len(), N, "{addrs:?}");
+    let state = rig.state();
+    assert_eq!(
+        state["cni_attachments"].as_array().map(Vec::len),
+        Some(N),
+        "{state}"
+    );
+    for ns in &nss {
+        assert_eq!(addr_of(ns, "eth0").len(), 1);
+    }
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for (i, ns) in nss.iter().enumerate() {
+            let (rig, stdin) = (&rig, &stdin);
+            s.spawn(move || {
+                rig.call("DEL", &format!("conc{i}"), Some(ns.path()), stdin)
+                    .ok()
+                    .expect("concurrent DEL")
+            });
+        }
+    });
+    eprintln!("{N} concurrent DELs took {:?}", started.elapsed());
+    let state = rig.state();
+    assert!(
+        state["endpoints"].as_object().unwrap().is_empty(),
+        "{state}"
+    );
+    assert!(state.get("cni_attachments").is_none(), "{state}");
+}
