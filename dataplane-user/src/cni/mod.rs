@@ -6,6 +6,8 @@
 //! JSON ([`CniError`]). The work itself (veth, address, route, published
 //! ports) is the agent's, through the same manager as `dataplane connect`
 //! (`network/manager/cni.rs`); [`plugin::run`] is the one dispatcher.
+//! `CNI_PATH` is not read: nothing is delegated to other plugins (the IPAM
+//! is the agent's).
 //!
 //! There is no in-process fallback: without an agent the plugin answers
 //! code 11 (try again later). A plugin runs in the runtime's context (its
