@@ -80,6 +80,14 @@ impl CniAttachment {
 }
 
 impl Manager {
+    /// Writes a state that differs from the current one only in its CNI
+    /// records, which the datapath does not read: no map sync needed.
+    fn cni_save(&mut self, state: crate::state::State) -> Result<(), NetworkError> {
+        self.store.save(&state)?;
+        self.state = state;
+        Ok(())
+    }
+
     fn cni_endpoint(&self, att: &CniAttachment) -> Option<Endpoint> {
         self.state
             .endpoints_of(&att.network)
@@ -262,7 +270,7 @@ impl Manager {
             ifname: args.key.ifname.clone(),
             endpoint: name.clone(),
         });
-        self.persist(state).await?;
+        self.cni_save(state)?;
         let connect = ConnectArgs {
             network: net.name.clone(),
             netns: Some(args.netns.clone()),
@@ -275,7 +283,7 @@ impl Manager {
         let ep = match self.connect(&connect).await {
             Ok(ep) => ep,
             Err(e) => {
-                let _ = self.persist(before).await;
+                let _ = self.cni_save(before);
                 return Err(e);
             }
         };
@@ -350,7 +358,7 @@ impl Manager {
         let mut state = self.cni_pruned();
         state.cni_attachments.retain(|a| !a.is(network, key));
         if state != self.state {
-            self.persist(state).await?;
+            self.cni_save(state)?;
         }
         teardown
     }
