@@ -838,3 +838,56 @@ fn concurrent_adds_and_dels_are_serialised() {
     );
     assert!(state.get("cni_attachments").is_none(), "{state}");
 }
+
+#[test]
+fn an_interrupted_add_and_a_removed_network_leave_nothing_del_cannot_handle() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new("cnicrash");
+    let a = NetNs::new("a").expect("netns");
+    let b = NetNs::new("b").expect("netns");
+    let conf = rig.conf(json!([]));
+    rig.call("ADD", "live", Some(a.path()), &with_prev(&conf, None))
+        .ok()
+        .expect("ADD");
+    // What a crash between recording an attachment and making its endpoint
+    // leaves behind: a record without an endpoint.
+    rig.stop_agent();
+    let mut state = rig.state();
+    state["cni_attachments"]
+        .as_array_mut()
+        .expect("records")
+        .push(json!({"network": "dpcni", "container_id": "halfway", "ifname": "eth0", "endpoint": "halfway-eth0"}));
+    std::fs::write(
+        rig.cli.state.path().join("state.json"),
+        serde_json::to_vec_pretty(&state).expect("json"),
+    )
+    .expect("write state");
+    rig.start_agent();
+    // The runtime retries the ADD: it is not "already attached".
+    rig.call("ADD", "halfway", Some(b.path()), &with_prev(&conf, None))
+        .ok()
+        .expect("ADD after an interrupted one");
+    rig.call("DEL", "halfway", Some(b.path()), &with_prev(&conf, None))
+        .ok()
+        .expect("DEL");
+    let ids: Vec<String> = rig.state()["cni_attachments"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter_map(|r| r["container_id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(ids, vec!["live"]);
+    // The network removed behind the runtime's back: DEL still succeeds
+    // and the record goes.
+    rig.cli
+        .run(&["network", "rm", "--force", "dpcni"])
+        .expect("network rm");
+    rig.call("DEL", "live", Some(a.path()), &with_prev(&conf, None))
+        .ok()
+        .expect("DEL after network rm");
+    let state = rig.state();
+    assert!(state.get("cni_attachments").is_none(), "{state}");
+    assert!(!link_names(&a).contains(&"eth0".to_owned()));
+}
