@@ -131,14 +131,15 @@ async fn dispatch(
                 publish: conf.publish.clone(),
             };
             let v = call(&conf, command, Request::CniCheck { args }).await?;
-            let problems: Vec<String> = v
-                .get("problems")
-                .cloned()
-                .map(serde_json::from_value)
-                .transpose()
-                .ok()
-                .flatten()
-                .unwrap_or_default();
+            // A malformed answer must not pass for "no problems".
+            let problems: Vec<String> =
+                serde_json::from_value(v["problems"].clone()).map_err(|e| {
+                    CniError::new(
+                        code::AGENT_UNREACHABLE,
+                        "the agent's CHECK answer is malformed",
+                    )
+                    .with_details(e.to_string())
+                })?;
             if problems.is_empty() {
                 Ok(None)
             } else {
