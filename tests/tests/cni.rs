@@ -68,13 +68,24 @@ impl Rig {
     }
 
     fn call(&self, command: &str, id: &str, netns: Option<&Path>, stdin: &[u8]) -> Answer {
+        self.call_if(command, id, netns, "eth0", stdin)
+    }
+
+    fn call_if(
+        &self,
+        command: &str,
+        id: &str,
+        netns: Option<&Path>,
+        ifname: &str,
+        stdin: &[u8],
+    ) -> Answer {
         invoke(
             &self.fh.host,
             &Call {
                 command,
                 container_id: id,
                 netns,
-                ifname: "eth0",
+                ifname,
                 args: "IgnoreUnknown=1;K8S_POD_NAME=web",
             },
             stdin,
@@ -890,4 +901,83 @@ fn an_interrupted_add_and_a_removed_network_leave_nothing_del_cannot_handle() {
     let state = rig.state();
     assert!(state.get("cni_attachments").is_none(), "{state}");
     assert!(!link_names(&a).contains(&"eth0".to_owned()));
+}
+
+#[test]
+fn a_second_network_uses_its_ifname_and_leaves_the_default_route() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let rig = Rig::new("cnitwo");
+    let ctr = NetNs::new("ctr").expect("netns");
+    let first = rig.conf(json!([]));
+    let mut second = rig.conf(json!([]));
+    second["name"] = json!("dpcni2");
+    second["ipam"]["subnet"] = json!("10.93.0.0/24");
+    let r1 = rig
+        .call_if(
+            "ADD",
+            "two",
+            Some(ctr.path()),
+            "eth0",
+            &with_prev(&first, None),
+        )
+        .ok()
+        .expect("ADD eth0");
+    let r2 = rig
+        .call_if(
+            "ADD",
+            "two",
+            Some(ctr.path()),
+            "net1",
+            &with_prev(&second, None),
+        )
+        .ok()
+        .expect("ADD net1");
+    assert_eq!(r2["interfaces"][1]["name"], "net1");
+    assert_eq!(r2["ips"][0]["address"], "10.93.0.2/24");
+    assert!(
+        r2.get("routes").is_none(),
+        "a second network takes no default route: {r2}"
+    );
+    assert_eq!(addr_of(&ctr, "net1"), vec!["10.93.0.2/24"]);
+    let routes = ctr
+        .ip_json(&["-4", "route", "show", "default"])
+        .expect("routes");
+    assert_eq!(routes.as_array().map(Vec::len), Some(1), "{routes}");
+    assert_eq!(routes[0]["dev"], "eth0");
+    for (ifname, conf, result) in [("eth0", &first, &r1), ("net1", &second, &r2)] {
+        rig.call_if(
+            "CHECK",
+            "two",
+            Some(ctr.path()),
+            ifname,
+            &with_prev(conf, Some(result)),
+        )
+        .ok()
+        .expect("CHECK");
+    }
+    // The same container and ifname on the other network is a different
+    // attachment: DEL of one leaves the other.
+    rig.call_if(
+        "DEL",
+        "two",
+        Some(ctr.path()),
+        "net1",
+        &with_prev(&second, None),
+    )
+    .ok()
+    .expect("DEL net1");
+    assert!(!link_names(&ctr).contains(&"net1".to_owned()));
+    assert!(link_names(&ctr).contains(&"eth0".to_owned()));
+    rig.call_if(
+        "DEL",
+        "two",
+        Some(ctr.path()),
+        "eth0",
+        &with_prev(&first, None),
+    )
+    .ok()
+    .expect("DEL eth0");
+    assert!(rig.state().get("cni_attachments").is_none());
 }
