@@ -14,6 +14,8 @@
 //! host_cgroup = "/sys/fs/cgroup"          # host-local published ports; "none": off;
 //!                                         # default: the cgroup v2 root
 //! metrics_address = "127.0.0.1:9641"      # Prometheus /metrics; "none": off
+//! docker_socket = "/run/docker/plugins/dataplane.sock"  # Docker's remote network
+//!                                         # driver `dataplane`; "off" or "": off
 //!
 //! [conntrack]                             # idle timeouts, seconds
 //! tcp_established = 21600
@@ -63,6 +65,7 @@ struct File {
     interval_seconds: Option<u64>,
     host_cgroup: Option<String>,
     metrics_address: Option<String>,
+    docker_socket: Option<String>,
     #[serde(default)]
     conntrack: ConntrackFile,
     #[serde(default)]
@@ -104,6 +107,8 @@ pub struct Config {
     pub interval: Duration,
     pub host_cgroup: Setting<PathBuf>,
     pub metrics: Setting<SocketAddr>,
+    /// Where Docker's remote network driver is served.
+    pub docker_socket: Setting<PathBuf>,
     pub timeouts: Timeouts,
     pub nat: NatConfig,
 }
@@ -118,6 +123,7 @@ impl Default for Config {
             interval: Duration::from_secs(10),
             host_cgroup: Setting::Default,
             metrics: Setting::Default,
+            docker_socket: Setting::Default,
             timeouts: Timeouts::default(),
             nat: NatConfig::DEFAULT,
         }
@@ -174,6 +180,17 @@ impl Config {
                 a.parse()
                     .map_err(|_| invalid("metrics_address", format!("{a:?} is not IP:PORT")))?,
             ),
+        };
+        c.docker_socket = match file.docker_socket.as_deref() {
+            None => Setting::Default,
+            Some("off" | "") => Setting::Off,
+            Some(p) if p.starts_with('/') => Setting::Value(PathBuf::from(p)),
+            Some(p) => {
+                return Err(invalid(
+                    "docker_socket",
+                    format!("{p:?} is not an absolute path (or \"off\")"),
+                ))
+            }
         };
         let ct = file.conntrack;
         for (field, value, slot) in [
@@ -253,6 +270,22 @@ mod tests {
             Config::parse(Path::new("e.toml"), "").unwrap(),
             Config::default()
         );
+    }
+
+    #[test]
+    fn docker_socket_setting() {
+        let parse = |t: &str| Config::parse(Path::new("d.toml"), t).map(|c| c.docker_socket);
+        assert_eq!(parse("").unwrap(), Setting::Default);
+        assert_eq!(parse("docker_socket = \"off\"").unwrap(), Setting::Off);
+        assert_eq!(parse("docker_socket = \"\"").unwrap(), Setting::Off);
+        assert_eq!(
+            parse("docker_socket = \"/run/docker/plugins/dp.sock\"").unwrap(),
+            Setting::Value(PathBuf::from("/run/docker/plugins/dp.sock"))
+        );
+        let e = parse("docker_socket = \"dp.sock\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("field `docker_socket`: \"dp.sock\""), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod bpffs;
 pub mod cni;
 pub mod config;
 pub mod conntrack;
+pub mod docker;
 pub mod ebpf;
 pub mod filter;
 pub mod metrics;

@@ -75,6 +75,12 @@ enum Command {
         /// cgroup v2 root.
         #[arg(long, value_name = "PATH|none")]
         host_cgroup: Option<String>,
+        /// Unix socket serving Docker's remote network driver (`docker
+        /// network create -d NAME`, NAME being the file name without
+        /// `.sock`); `off` turns it off. [default: the config's
+        /// docker_socket, else /run/docker/plugins/dataplane.sock]
+        #[arg(long, value_name = "PATH|off")]
+        docker_socket: Option<String>,
     },
     /// Manage networks (like `docker network`).
     Network {
@@ -452,7 +458,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             interval,
             timeouts,
             host_cgroup,
+            docker_socket,
         } => {
+            let docker_socket = match (docker_socket.as_deref(), &config.docker_socket) {
+                (Some("off" | ""), _) | (None, Setting::Off) => None,
+                (Some(path), _) => Some(PathBuf::from(path)),
+                (None, Setting::Value(path)) => Some(path.clone()),
+                (None, Setting::Default) => {
+                    Some(PathBuf::from(dataplane_user::docker::DEFAULT_SOCKET))
+                }
+            };
             let host_cgroup = match (host_cgroup.as_deref(), &config.host_cgroup) {
                 (Some("none"), _) | (None, Setting::Off) => None,
                 (Some(path), _) => Some(PathBuf::from(path)),
@@ -470,6 +485,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 host_cgroup,
                 nat: config.nat,
                 socket: socket.clone(),
+                docker_socket,
                 metrics: match &config.metrics {
                     Setting::Off => None,
                     Setting::Value(a) => Some(*a),
@@ -985,6 +1001,8 @@ struct AgentOpts {
     nat: NatConfig,
     /// Where the API listens.
     socket: PathBuf,
+    /// Where Docker's remote network driver is served; None: nowhere.
+    docker_socket: Option<PathBuf>,
     /// Where Prometheus scrapes; None: nowhere.
     metrics: Option<std::net::SocketAddr>,
 }
@@ -1009,6 +1027,7 @@ async fn agent_main(
         host_cgroup,
         nat,
         socket,
+        docker_socket,
         metrics,
     } = opts;
     let ifaces = if ifaces.is_empty() {
@@ -1117,6 +1136,28 @@ async fn agent_main(
         let _ = api_stopped.await;
     }));
     info!(socket = %socket.display(), "API listening");
+    let (stop_docker, docker_stopped) = tokio::sync::oneshot::channel::<()>();
+    let docker_task = match &docker_socket {
+        Some(path) => {
+            let listener = api::bind(path).context("docker_socket")?;
+            let ctx = api::Context {
+                state_dir: state_dir.to_owned(),
+                pins: pins.clone(),
+                nat,
+                server: "agent",
+            };
+            info!(socket = %path.display(), "Docker network driver listening (docker network create -d {})",
+                path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default());
+            Some(tokio::spawn(dataplane_user::docker::serve(
+                listener,
+                ctx,
+                async {
+                    let _ = docker_stopped.await;
+                },
+            )))
+        }
+        None => None,
+    };
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_task = match metrics {
         Some(addr) => {
@@ -1178,6 +1219,15 @@ async fn agent_main(
     }
     if let Err(e) = std::fs::remove_file(&socket) {
         warn!("removing {}: {e}", socket.display());
+    }
+    let _ = stop_docker.send(());
+    if let Some(t) = docker_task {
+        let _ = t.await;
+    }
+    if let Some(path) = &docker_socket {
+        if let Err(e) = std::fs::remove_file(path) {
+            warn!("removing {}: {e}", path.display());
+        }
     }
     detach_all(pins, &attached);
     Ok(())

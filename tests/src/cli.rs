@@ -130,8 +130,15 @@ impl Cli {
     /// until it logs that it runs. Returns the process and what it logged
     /// up to then. The agent dies with the thread that started it
     /// (PDEATHSIG), so a killed test cannot leave it behind.
+    /// Docker's remote driver is off: its default socket is a path of the
+    /// whole machine ([`Cli::start_agent_with`] serves it elsewhere).
     pub fn start_agent(&self, uplink: &str) -> Result<(Child, String)> {
-        let mut cmd = self.command(&[
+        self.start_agent_with(uplink, &["--docker-socket", "off"])
+    }
+
+    /// [`Cli::start_agent`] with more `dataplane agent` arguments.
+    pub fn start_agent_with(&self, uplink: &str, extra: &[&str]) -> Result<(Child, String)> {
+        let mut args = vec![
             "agent",
             "--iface",
             uplink,
@@ -139,7 +146,9 @@ impl Cli {
             "1",
             "--host-cgroup",
             "none",
-        ])?;
+        ];
+        args.extend_from_slice(extra);
+        let mut cmd = self.command(&args)?;
         // SAFETY: prctl is async-signal-safe and affects only the child.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod cmd;
 pub mod cni;
 pub mod datapath;
+pub mod docker;
 pub mod leak;
 pub mod netns;
 pub mod packets;

@@ -35,6 +35,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("conmon", "conmon"),
     ("runc", "runc"),
     ("busybox", "busybox-static"),
+    // The Docker remote driver's test with a real dockerd (Debian's 20.10,
+    // with its own docker client under /usr/bin).
+    ("dockerd", "docker.io"),
 ];
 
 pub fn run() -> anyhow::Result<()> {

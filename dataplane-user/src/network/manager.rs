@@ -117,6 +117,8 @@ pub enum NetworkError {
     Random(#[source] std::io::Error),
     #[error("enabling IPv4 forwarding")]
     Forwarding(#[source] std::io::Error),
+    #[error(transparent)]
+    Docker(#[from] DockerOpError),
     #[error("{context}: {}", .errors.join("; "))]
     Teardown {
         context: String,
@@ -125,6 +127,13 @@ pub enum NetworkError {
     #[error(transparent)]
     Cni(#[from] CniNetError),
 }
+
+mod docker;
+
+pub use docker::{
+    docker_network_name, docker_veth_names, DockerJoin, DockerOpError, DockerPortBinding,
+    EPHEMERAL_PORTS,
+};
 
 /// `connect` as the user typed it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -429,6 +438,17 @@ impl Manager {
 
     /// `network create`.
     pub async fn create(&mut self, req: CreateRequest) -> Result<Network, NetworkError> {
+        let id = random_hex(32)?;
+        self.create_with_id(req, id).await
+    }
+
+    /// `network create` with the id chosen by the caller (Docker's
+    /// NetworkID for networks Docker creates through the remote driver).
+    pub async fn create_with_id(
+        &mut self,
+        req: CreateRequest,
+        id: String,
+    ) -> Result<Network, NetworkError> {
         if self.state.networks.contains_key(&req.name) {
             return Err(NetworkError::DuplicateName(req.name));
         }
@@ -456,7 +476,6 @@ impl Manager {
             }
         };
         let gateway = req.gateway.unwrap_or_else(|| ipam::first_host(&subnet));
-        let id = random_hex(32)?;
         let bridge = match req.driver {
             DriverKind::Bridge => Some(
                 req.bridge_name
