@@ -90,7 +90,13 @@ fn dataplane(root: &Path, count: usize) -> Result<Vec<Duration>> {
         let ns = NetNs::new("cpdp")?;
         let port = format!("{}:80", PORT_BASE + i as u16);
         let t = Instant::now();
-        dp.cli(&["connect", "benchnet", &ns.path().to_string_lossy(), "-p", &port])?;
+        dp.cli(&[
+            "connect",
+            "benchnet",
+            &ns.path().to_string_lossy(),
+            "-p",
+            &port,
+        ])?;
         times.push(t.elapsed());
         nss.push(ns);
     }
@@ -136,7 +142,13 @@ fn netavark(count: usize) -> Result<Vec<Duration>> {
         let netns = ns.path().to_string_lossy().into_owned();
         let t = Instant::now();
         topo.host.exec(&[
-            NETAVARK, "--config", &config_dir, "-f", &file, "setup", &netns,
+            NETAVARK,
+            "--config",
+            &config_dir,
+            "-f",
+            &file,
+            "setup",
+            &netns,
         ])?;
         times.push(t.elapsed());
         nss.push(ns);

@@ -201,8 +201,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     install_signal_handlers();
     topology::remove_stale();
     let out_dir = root.join("target/bench");
-    std::fs::create_dir_all(&out_dir)
-        .with_context(|| format!("creating {}", out_dir.display()))?;
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
 
     let started = Instant::now();
     println!(
@@ -237,19 +236,20 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
 }
 
 fn build_release(root: &Path) -> Result<()> {
-    let status = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args([
-            "build",
-            "--release",
-            "--package",
-            "dataplane-user",
-            "--package",
-            "xtask",
-            "--bins",
-        ])
-        .current_dir(root)
-        .status()
-        .context("running cargo build --release")?;
+    let status =
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args([
+                "build",
+                "--release",
+                "--package",
+                "dataplane-user",
+                "--package",
+                "xtask",
+                "--bins",
+            ])
+            .current_dir(root)
+            .status()
+            .context("running cargo build --release")?;
     if !status.success() {
         bail!("cargo build --release failed: {status}");
     }
@@ -322,10 +322,14 @@ fn measure_n(
                 check_interrupt()?;
                 // Rotate the order each round so no peer always runs first.
                 let inst = &mut instances[(i + round) % plan.peers.len()];
-                let values = run_one(inst, *w, load_bin, plan.durations)
-                    .with_context(|| {
-                        format!("{} on {} at N = {n}, round {}", w.name(), inst.peer.name(), round + 1)
-                    })?;
+                let values = run_one(inst, *w, load_bin, plan.durations).with_context(|| {
+                    format!(
+                        "{} on {} at N = {n}, round {}",
+                        w.name(),
+                        inst.peer.name(),
+                        round + 1
+                    )
+                })?;
                 for (m, v) in w.metrics().into_iter().zip(values) {
                     results.samples.push(Sample {
                         peer: inst.peer.name().to_owned(),
@@ -350,7 +354,11 @@ fn run_one(inst: &mut Instance, w: Workload, load_bin: &Path, d: Durations) -> R
     match workloads::run(w, &inst.topo, addr, load_bin, d) {
         Ok(v) => Ok(v),
         Err(first) => {
-            eprintln!("bench: {} on {} failed once, retrying: {first:#}", w.name(), inst.peer.name());
+            eprintln!(
+                "bench: {} on {} failed once, retrying: {first:#}",
+                w.name(),
+                inst.peer.name()
+            );
             std::thread::sleep(Duration::from_millis(500));
             check_interrupt()?;
             workloads::run(w, &inst.topo, addr, load_bin, d)

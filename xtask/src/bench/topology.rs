@@ -192,7 +192,10 @@ impl NetNs {
 impl Drop for NetNs {
     fn drop(&mut self) {
         if let Err(e) = run(&["ip", "netns", "del", &self.name]) {
-            eprintln!("bench: cannot delete network namespace {}: {e:#}", self.name);
+            eprintln!(
+                "bench: cannot delete network namespace {}: {e:#}",
+                self.name
+            );
         }
     }
 }
@@ -282,7 +285,17 @@ pub fn remove_stale() {
 /// Creates a veth pair `a_dev` (in `a`) <-> `b_dev` (in `b`), both up.
 pub fn veth(a: &NetNs, a_dev: &str, b: &NetNs, b_dev: &str) -> Result<()> {
     a.exec(&[
-        "ip", "link", "add", a_dev, "type", "veth", "peer", "name", b_dev, "netns", b.name(),
+        "ip",
+        "link",
+        "add",
+        a_dev,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_dev,
+        "netns",
+        b.name(),
     ])?;
     a.exec(&["ip", "link", "set", a_dev, "up"])?;
     b.exec(&["ip", "link", "set", b_dev, "up"])?;
@@ -312,8 +325,14 @@ impl Topology {
         veth(&t.host, UPLINK, &t.client, INNER_DEV)?;
         t.host
             .exec(&["ip", "addr", "add", &format!("{HOST_IP}/24"), "dev", UPLINK])?;
-        t.client
-            .exec(&["ip", "addr", "add", &format!("{CLIENT_IP}/24"), "dev", INNER_DEV])?;
+        t.client.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{CLIENT_IP}/24"),
+            "dev",
+            INNER_DEV,
+        ])?;
         t.host.sysctl("net.ipv4.ip_forward", "1")?;
         // The CRR workload opens tens of thousands of connections a second:
         // let the client reuse ports (its namespace's own sysctls).
@@ -332,14 +351,8 @@ impl Topology {
     pub fn wire_bridge(&self) -> Result<()> {
         self.host
             .exec(&["ip", "link", "add", BRIDGE, "type", "bridge"])?;
-        self.host.exec(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{GATEWAY}/16"),
-            "dev",
-            BRIDGE,
-        ])?;
+        self.host
+            .exec(&["ip", "addr", "add", &format!("{GATEWAY}/16"), "dev", BRIDGE])?;
         self.host.exec(&["ip", "link", "set", BRIDGE, "up"])?;
         for (ns, dev, ip) in [
             (&self.container, "vk0", CONTAINER_IP),
@@ -356,14 +369,8 @@ impl Topology {
 
     /// Lets the client reach the bridge subnet directly (the `none` peer).
     pub fn client_route_to_subnet(&self) -> Result<()> {
-        self.client.exec(&[
-            "ip",
-            "route",
-            "add",
-            SUBNET,
-            "via",
-            &HOST_IP.to_string(),
-        ])?;
+        self.client
+            .exec(&["ip", "route", "add", SUBNET, "via", &HOST_IP.to_string()])?;
         Ok(())
     }
 }

@@ -139,7 +139,10 @@ impl Dataplane {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("the agent did not answer on {} within {AGENT_START:?}", self.socket.display());
+                bail!(
+                    "the agent did not answer on {} within {AGENT_START:?}",
+                    self.socket.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -153,7 +156,13 @@ impl Dataplane {
         self.host = Some(topo.host.path());
         self.cli(&["uplink", "add", UPLINK])?;
         self.cli(&[
-            "network", "create", "--subnet", SUBNET, "--gateway", &GATEWAY.to_string(), NETWORK,
+            "network",
+            "create",
+            "--subnet",
+            SUBNET,
+            "--gateway",
+            &GATEWAY.to_string(),
+            NETWORK,
         ])?;
         Ok(())
     }
@@ -167,7 +176,12 @@ impl Peer for Dataplane {
     fn setup(&mut self, topo: &Topology, n: usize) -> Result<Install> {
         self.prepare_network(topo)?;
         self.cli(&[
-            "connect", NETWORK, &topo.idle.path().to_string_lossy(), "--name", "idle", "--ip",
+            "connect",
+            NETWORK,
+            &topo.idle.path().to_string_lossy(),
+            "--name",
+            "idle",
+            "--ip",
             &IDLE_IP.to_string(),
         ])?;
         let mut connect = vec![
@@ -235,7 +249,8 @@ impl Peer for Dataplane {
         // Through the API, as a container engine would call it (the CLI adds
         // a process start; the bench prints that figure too).
         let spec = ONE_MORE.spec();
-        let req = |op: &str| json!({"op": op, "network": NETWORK, "endpoint": "idle", "specs": [spec]});
+        let req =
+            |op: &str| json!({"op": op, "network": NETWORK, "endpoint": "idle", "specs": [spec]});
         let t = Instant::now();
         self.api(&req("publish_add"))?;
         let add = t.elapsed();

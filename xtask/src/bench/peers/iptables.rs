@@ -139,7 +139,8 @@ impl Peer for Iptables {
         topo.wire_bridge()?;
         let rules = ruleset(n);
         let t = std::time::Instant::now();
-        topo.host.exec_stdin(&[self.backend.restore()], rules.as_bytes())?;
+        topo.host
+            .exec_stdin(&[self.backend.restore()], rules.as_bytes())?;
         let total = t.elapsed();
         Ok(Install {
             total,

@@ -50,7 +50,10 @@ pub fn ruleset(n: usize) -> String {
     let mappings: Vec<Mapping> = extras(n).into_iter().chain(measured()).collect();
     // The chains jumped to come first: nft resolves a jump when it reads it.
     let mut s = String::with_capacity(100 * (n + 10));
-    let _ = writeln!(s, "table ip {TABLE} {{\nchain docker_nat {{\niifname \"{BRIDGE}\" return");
+    let _ = writeln!(
+        s,
+        "table ip {TABLE} {{\nchain docker_nat {{\niifname \"{BRIDGE}\" return"
+    );
     for m in &mappings {
         let _ = writeln!(s, "{}", dnat_rule(m));
     }
@@ -100,7 +103,16 @@ impl Peer for Nftables {
         // `--echo --handle` prints the new rule's handle, which `delete`
         // needs; the printing is part of what a tool doing this pays.
         let rule = dnat_rule(&ONE_MORE);
-        let mut add = vec!["nft", "--echo", "--handle", "add", "rule", "ip", TABLE, "docker_nat"];
+        let mut add = vec![
+            "nft",
+            "--echo",
+            "--handle",
+            "add",
+            "rule",
+            "ip",
+            TABLE,
+            "docker_nat",
+        ];
         add.extend(rule.split_whitespace());
         // The quotes are for a shell; nft's own parser takes the bare name.
         let add: Vec<String> = add.iter().map(|a| a.replace('"', "")).collect();
@@ -115,7 +127,14 @@ impl Peer for Nftables {
             .with_context(|| format!("nft --echo --handle printed no handle: {out}"))?
             .to_owned();
         let del = topo.host.timed(&[
-            "nft", "delete", "rule", "ip", TABLE, "docker_nat", "handle", &handle,
+            "nft",
+            "delete",
+            "rule",
+            "ip",
+            TABLE,
+            "docker_nat",
+            "handle",
+            &handle,
         ])?;
         Ok(Some((add_time, del)))
     }
