@@ -2,6 +2,7 @@
 //! or CI runs; `run` and `test` call `setup` themselves, so a fresh machine
 //! needs nothing but the README's two commands.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -57,6 +58,15 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Benchmark the dataplane side by side with no NAT, Docker's iptables
+    /// rules (nft and legacy), plain nftables and nftables with maps/sets:
+    /// throughput, RR latency, connection rate, UDP, egress, at N extra
+    /// mappings and rules; install times; endpoint connect time beside
+    /// netavark and CNI. Needs root; writes target/bench/ (docs/benchmarks.md).
+    Bench(bench::BenchArgs),
+    /// The bench's load tool (run by `bench` inside its namespaces).
+    #[command(hide = true)]
+    BenchLoad(bench::load::LoadArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,6 +90,8 @@ fn main() -> anyhow::Result<()> {
             cmd.args(["fmt", "--all"]);
             exec(&mut cmd, &root)
         }
+        Cmd::Bench(args) => bench::run(&root, &args),
+        Cmd::BenchLoad(args) => bench::load::main(args),
         Cmd::Test { args } => {
             setup::run()?;
             lint(&root)?;

@@ -40,6 +40,21 @@ const PACKAGES: &[(&str, &str)] = &[
     ("dockerd", "docker.io"),
 ];
 
+/// What `cargo xtask bench` needs on top (not installed by `setup`, which
+/// the tests use): a command name or an absolute path, and its package.
+const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("iperf3", "iperf3"),
+    ("taskset", "util-linux"),
+    ("timeout", "coreutils"),
+    ("ss", "iproute2"),
+    ("iptables-legacy-restore", "iptables"),
+    ("iptables-nft-restore", "iptables"),
+    ("nft", "nftables"),
+    ("/usr/lib/podman/netavark", "netavark"),
+    ("/usr/lib/cni/bridge", "containernetworking-plugins"),
+    ("/usr/lib/cni/portmap", "containernetworking-plugins"),
+];
+
 pub fn run() -> anyhow::Result<()> {
     let sysroot = nightly_sysroot()?;
     ensure_rust_src(&sysroot)?;
@@ -182,6 +197,9 @@ fn ensure_bpf_linker(sysroot: &Path) -> anyhow::Result<()> {
 }
 
 fn have(cmd: &str) -> bool {
+    if cmd.starts_with('/') {
+        return Path::new(cmd).is_file();
+    }
     std::env::var_os("PATH").is_some_and(|paths| {
         std::env::split_paths(&paths)
             .chain(["/usr/sbin".into(), "/sbin".into()])
@@ -189,12 +207,22 @@ fn have(cmd: &str) -> bool {
     })
 }
 
+/// The bench's packages (`cargo xtask bench` calls this itself).
+pub fn ensure_bench_packages() -> anyhow::Result<()> {
+    install_missing(BENCH_PACKAGES)
+}
+
 fn ensure_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    install_missing(PACKAGES)
+}
+
+fn install_missing(packages: &[(&str, &str)]) -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = packages
         .iter()
         .filter(|(cmd, _)| !have(cmd))
         .map(|(_, pkg)| *pkg)
         .collect();
+    missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }

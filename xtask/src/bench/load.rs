@@ -1,0 +1,278 @@
+//! The bench's own small load tool (`xtask bench-load`, hidden; built in
+//! release by `cargo xtask bench` and run pinned inside the namespaces):
+//! a TCP/UDP echo server and three clients in the manner of netperf's
+//! TCP_RR (one connection, one byte each way, latency of every
+//! transaction), TCP_CRR (connect, one byte each way, close) and UDP_RR.
+//!
+//! Every mode is bounded in time: clients run for `--secs`, the server
+//! exits after `--max-secs`. A client prints one line of `key=value` pairs
+//! that the bench parses ([`parse_result`]).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Subcommand};
+
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// Echo server: TCP and UDP on the given addresses.
+    Serve {
+        #[arg(long)]
+        tcp: SocketAddr,
+        #[arg(long)]
+        udp: SocketAddr,
+        /// The server exits after this many seconds whatever happens.
+        #[arg(long, default_value_t = 1800)]
+        max_secs: u64,
+    },
+    /// One connection, one byte request/response, for `secs`.
+    Rr {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        secs: f64,
+    },
+    /// Connect, one byte each way, close; repeated for `secs`.
+    Crr {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        secs: f64,
+    },
+    /// One UDP socket, one datagram each way, for `secs`.
+    Udp {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        secs: f64,
+    },
+}
+
+/// First byte of a TCP connection: a long request/response connection
+/// (served on its own thread) or a one-shot one (served inline by the
+/// accepting thread, so CRR measures the network path, not thread spawns).
+const RR: u8 = b'r';
+const ONE_SHOT: u8 = b'c';
+/// Per-operation timeout: a lost packet ends a transaction as an error
+/// instead of stalling the run.
+const OP_TIMEOUT: Duration = Duration::from_millis(500);
+
+pub fn main(args: LoadArgs) -> Result<()> {
+    match args.mode {
+        Mode::Serve { tcp, udp, max_secs } => serve(tcp, udp, Duration::from_secs(max_secs)),
+        Mode::Rr { to, secs } => rr(to, secs_dur(secs)?),
+        Mode::Crr { to, secs } => crr(to, secs_dur(secs)?),
+        Mode::Udp { to, secs } => udp(to, secs_dur(secs)?),
+    }
+}
+
+fn secs_dur(secs: f64) -> Result<Duration> {
+    if !(0.05..=600.0).contains(&secs) {
+        bail!("--secs {secs}: must be 0.05..=600");
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn serve(tcp: SocketAddr, udp: SocketAddr, max: Duration) -> Result<()> {
+    let listener = TcpListener::bind(tcp).with_context(|| format!("binding {tcp}"))?;
+    let sock = UdpSocket::bind(udp).with_context(|| format!("binding {udp}"))?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(&buf[..n], from);
+        }
+    });
+    std::thread::spawn(move || {
+        std::thread::sleep(max);
+        std::process::exit(0);
+    });
+    for conn in listener.incoming() {
+        let Ok(mut s) = conn else { continue };
+        let _ = s.set_nodelay(true);
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut first = [0u8; 1];
+        if s.read_exact(&mut first).is_err() {
+            continue;
+        }
+        match first[0] {
+            ONE_SHOT => {
+                // Reply and close first: the server side keeps TIME_WAIT,
+                // so the client's ports are free again at once.
+                let _ = s.write_all(&first);
+            }
+            RR => {
+                std::thread::spawn(move || {
+                    let _ = s.set_read_timeout(None);
+                    let mut b = [0u8; 1];
+                    if s.write_all(&b"r"[..]).is_err() {
+                        return;
+                    }
+                    while s.read_exact(&mut b).is_ok() {
+                        if s.write_all(&b).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Latencies in nanoseconds, sorted, and the run's figures printed.
+fn report(ops: u64, errors: u64, elapsed: Duration, mut lat: Vec<u64>) {
+    lat.sort_unstable();
+    let pct = |p: f64| -> u64 {
+        if lat.is_empty() {
+            return 0;
+        }
+        let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
+        lat[i.min(lat.len() - 1)]
+    };
+    println!(
+        "ops={ops} errors={errors} secs={:.4} rate={:.1} p50_us={:.2} p99_us={:.2}",
+        elapsed.as_secs_f64(),
+        ops as f64 / elapsed.as_secs_f64(),
+        pct(0.50) as f64 / 1000.0,
+        pct(0.99) as f64 / 1000.0
+    );
+}
+
+fn rr(to: SocketAddr, secs: Duration) -> Result<()> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))
+        .with_context(|| format!("connecting to {to}"))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(OP_TIMEOUT))?;
+    s.write_all(&[RR])?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).context("handshake")?;
+    let mut lat = Vec::with_capacity(200_000);
+    let start = Instant::now();
+    let mut ops = 0u64;
+    while start.elapsed() < secs {
+        let t = Instant::now();
+        s.write_all(b"x")?;
+        s.read_exact(&mut b).context("response")?;
+        lat.push(t.elapsed().as_nanos() as u64);
+        ops += 1;
+    }
+    report(ops, 0, start.elapsed(), lat);
+    Ok(())
+}
+
+fn crr(to: SocketAddr, secs: Duration) -> Result<()> {
+    let mut lat = Vec::with_capacity(100_000);
+    let start = Instant::now();
+    let (mut ops, mut errors) = (0u64, 0u64);
+    while start.elapsed() < secs {
+        let t = Instant::now();
+        let one = || -> std::io::Result<()> {
+            let mut s = TcpStream::connect_timeout(&to, OP_TIMEOUT)?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(OP_TIMEOUT))?;
+            s.write_all(&[ONE_SHOT])?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b)?;
+            // Wait for the server's FIN so the connection is wholly done
+            // (and closed by the server first) before the next one.
+            let _ = s.read(&mut b);
+            Ok(())
+        };
+        match one() {
+            Ok(()) => {
+                lat.push(t.elapsed().as_nanos() as u64);
+                ops += 1;
+            }
+            Err(_) => {
+                errors += 1;
+                if errors > 1000 {
+                    bail!("more than 1000 failed connections to {to}");
+                }
+            }
+        }
+    }
+    report(ops, errors, start.elapsed(), lat);
+    Ok(())
+}
+
+fn udp(to: SocketAddr, secs: Duration) -> Result<()> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.connect(to)?;
+    s.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let mut lat = Vec::with_capacity(200_000);
+    let start = Instant::now();
+    let (mut ops, mut errors) = (0u64, 0u64);
+    let mut b = [0u8; 64];
+    while start.elapsed() < secs {
+        let t = Instant::now();
+        s.send(b"x")?;
+        match s.recv(&mut b) {
+            Ok(_) => {
+                lat.push(t.elapsed().as_nanos() as u64);
+                ops += 1;
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    report(ops, errors, start.elapsed(), lat);
+    Ok(())
+}
+
+/// One client run as the bench reads it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadResult {
+    pub rate: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub errors: u64,
+}
+
+pub fn parse_result(line: &str) -> Result<LoadResult> {
+    let mut r = LoadResult::default();
+    let mut seen = 0;
+    for kv in line.split_whitespace() {
+        let Some((k, v)) = kv.split_once('=') else {
+            continue;
+        };
+        let val = || -> Result<f64> {
+            v.parse()
+                .with_context(|| format!("bench-load {k}={v:?}: not a number"))
+        };
+        match k {
+            "rate" => {
+                r.rate = val()?;
+                seen += 1;
+            }
+            "p50_us" => r.p50_us = val()?,
+            "p99_us" => r.p99_us = val()?,
+            "errors" => r.errors = val()? as u64,
+            _ => {}
+        }
+    }
+    if seen == 0 {
+        bail!("bench-load printed no rate: {line:?}");
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_a_result_line() {
+        let r = super::parse_result("ops=10 errors=1 secs=1.0 rate=10.0 p50_us=3.5 p99_us=9.25")
+            .expect("parse");
+        assert_eq!((r.rate, r.p50_us, r.p99_us, r.errors), (10.0, 3.5, 9.25, 1));
+        assert!(super::parse_result("nothing").is_err());
+    }
+}

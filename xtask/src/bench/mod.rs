@@ -1,0 +1,379 @@
+//! `cargo xtask bench [--quick]`: the side-by-side benchmark of the
+//! dataplane against no NAT, Docker's iptables rules (nft and legacy
+//! backends), the same as plain nftables, and nftables with maps and sets.
+//!
+//! For each N (extra published ports and extra DOCKER-USER-style source
+//! rules), every peer gets its own fresh topology ([`topology`]) with its
+//! configuration installed and timed ([`peers`]); then, round after round,
+//! each workload ([`workloads`]) runs on every peer in turn (the order
+//! rotating each round), so slow drifts of a shared machine hit all peers
+//! alike. The control plane (connecting one endpoint) is timed beside
+//! netavark and the CNI plugins ([`control`]). Results go to
+//! `target/bench/` as markdown and SVG ([`report`]).
+//!
+//! Never part of `cargo xtask test`. Needs root; traffic stays inside the
+//! bench's own namespaces, which are removed on exit, Ctrl-C or panic.
+
+pub mod control;
+pub mod load;
+pub mod peers;
+pub mod plot;
+pub mod report;
+pub mod topology;
+pub mod workloads;
+
+use std::{
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+
+use self::{
+    peers::Peer,
+    report::{AddRemove, Results, Sample},
+    topology::Topology,
+    workloads::{Durations, Servers, Workload},
+};
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// About 3 minutes: N = 0 and 10000, shorter runs, 2 rounds.
+    #[arg(long)]
+    pub quick: bool,
+    /// Peers to run, comma separated (default all: none, iptables,
+    /// iptables-legacy, nftables, nftables-sets, dataplane).
+    #[arg(long, value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// Workloads, comma separated: in-tcp1, in-tcp4, in-rr, in-crr, in-udp
+    /// and the same with eg- (egress) [default: all].
+    #[arg(long, value_delimiter = ',')]
+    pub workloads: Option<Vec<String>>,
+    /// Values of N, comma separated [default: 0,100,1000,10000; quick:
+    /// 0,10000].
+    #[arg(long, value_delimiter = ',')]
+    pub n: Option<Vec<usize>>,
+    /// Rounds per N [default: 3; quick: 2].
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Endpoints connected for the control-plane measurement, 0 to skip
+    /// [default: 100; quick: 30].
+    #[arg(long)]
+    pub connects: Option<usize>,
+    /// Do not rebuild (use the release binaries already in target/).
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+/// The resolved plan of one run.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub peers: Vec<String>,
+    pub workloads: Vec<Workload>,
+    pub ns: Vec<usize>,
+    pub rounds: usize,
+    pub durations: Durations,
+    pub connects: usize,
+    pub quick: bool,
+}
+
+impl BenchArgs {
+    fn plan(&self) -> Result<Plan> {
+        let peers = match &self.peers {
+            Some(p) => {
+                for name in p {
+                    if !peers::ALL.contains(&name.as_str()) {
+                        bail!("--peers {name}: not one of {}", peers::ALL.join(", "));
+                    }
+                }
+                // Kept in the canonical order.
+                peers::ALL
+                    .iter()
+                    .filter(|a| p.iter().any(|n| n == *a))
+                    .map(|s| (*s).to_owned())
+                    .collect()
+            }
+            None => peers::ALL.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let all = workloads::all();
+        let workloads = match &self.workloads {
+            Some(names) => {
+                for name in names {
+                    if !all.iter().any(|w| &w.name() == name) {
+                        let known: Vec<String> = all.iter().map(Workload::name).collect();
+                        bail!("--workloads {name}: not one of {}", known.join(", "));
+                    }
+                }
+                all.into_iter()
+                    .filter(|w| names.contains(&w.name()))
+                    .collect()
+            }
+            None => all,
+        };
+        let ns = match &self.n {
+            Some(ns) => {
+                for n in ns {
+                    if *n > peers::MAX_N {
+                        bail!("--n {n}: at most {}", peers::MAX_N);
+                    }
+                }
+                ns.clone()
+            }
+            None if self.quick => vec![0, 10_000],
+            None => vec![0, 100, 1_000, 10_000],
+        };
+        let rounds = self.rounds.unwrap_or(if self.quick { 2 } else { 3 });
+        if rounds == 0 {
+            bail!("--rounds 0: at least one round");
+        }
+        Ok(Plan {
+            peers,
+            workloads,
+            ns,
+            rounds,
+            durations: if self.quick {
+                Durations {
+                    tcp_secs: 1,
+                    load_secs: 0.5,
+                }
+            } else {
+                Durations {
+                    tcp_secs: 1,
+                    load_secs: 1.0,
+                }
+            },
+            connects: self.connects.unwrap_or(if self.quick { 30 } else { 100 }),
+            quick: self.quick,
+        })
+    }
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Fails once Ctrl-C or SIGTERM was received, so the run unwinds through
+/// every destructor (namespaces, agent, pins) instead of dying mid-way.
+pub fn check_interrupt() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn install_signal_handlers() {
+    let handler = on_signal as extern "C" fn(libc::c_int);
+    // SAFETY: the handler only stores to an atomic, which is
+    // async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
+    }
+}
+
+/// One peer with its topology and servers. Field order is drop order: the
+/// peer (which cleans up what it made inside the host) before the servers,
+/// the servers before their namespaces.
+struct Instance {
+    peer: Box<dyn Peer>,
+    servers: Servers,
+    topo: Topology,
+}
+
+pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("cargo xtask bench needs root (network namespaces, BPF programs, iptables in them)");
+    }
+    let plan = args.plan()?;
+    crate::setup::ensure_bench_packages()?;
+    if !args.no_build {
+        build_release(root)?;
+    }
+    let load_bin = root.join("target/release/xtask");
+    if !load_bin.is_file() {
+        bail!("{} not found: run without --no-build", load_bin.display());
+    }
+    install_signal_handlers();
+    topology::remove_stale();
+    let out_dir = root.join("target/bench");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+
+    let started = Instant::now();
+    println!(
+        "bench{}: peers {}; workloads {}; N {:?}; {} rounds",
+        if plan.quick { " --quick" } else { "" },
+        plan.peers.join(","),
+        plan.workloads
+            .iter()
+            .map(Workload::name)
+            .collect::<Vec<_>>()
+            .join(","),
+        plan.ns,
+        plan.rounds
+    );
+    let mut results = Results::new(plan.clone());
+    for &n in &plan.ns {
+        measure_n(root, &load_bin, &plan, n, &mut results)?;
+    }
+    if plan.connects > 0 {
+        check_interrupt()?;
+        results.control = control::measure(root, plan.connects)?;
+    }
+    results.elapsed = started.elapsed();
+    let md = report::write(&results, &out_dir)?;
+    println!("\n{md}");
+    println!(
+        "bench: {:.0} s; results in {}",
+        results.elapsed.as_secs_f64(),
+        out_dir.display()
+    );
+    Ok(())
+}
+
+fn build_release(root: &Path) -> Result<()> {
+    let status =
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args([
+                "build",
+                "--release",
+                "--package",
+                "dataplane-user",
+                "--package",
+                "xtask",
+                "--bins",
+            ])
+            .current_dir(root)
+            .status()
+            .context("running cargo build --release")?;
+    if !status.success() {
+        bail!("cargo build --release failed: {status}");
+    }
+    Ok(())
+}
+
+/// Repetitions of the single add/remove measurement.
+const ADD_REMOVE_REPS: usize = 5;
+
+fn measure_n(
+    root: &Path,
+    load_bin: &Path,
+    plan: &Plan,
+    n: usize,
+    results: &mut Results,
+) -> Result<()> {
+    println!("bench: N = {n}: building {} topologies", plan.peers.len());
+    let mut instances = Vec::new();
+    for name in &plan.peers {
+        check_interrupt()?;
+        let mut peer = peers::make(name, root)?;
+        let topo = Topology::new(&short(name))?;
+        let install = peer
+            .setup(&topo, n)
+            .with_context(|| format!("setting up {name} at N = {n}"))?;
+        println!(
+            "  {name:<16} install {:>9.1} ms  {}",
+            install.total.as_secs_f64() * 1e3,
+            install.note.as_deref().unwrap_or("")
+        );
+        let mut adds = Vec::new();
+        let mut rms = Vec::new();
+        for _ in 0..ADD_REMOVE_REPS {
+            if let Some((a, r)) = peer.add_remove(&topo)? {
+                adds.push(a);
+                rms.push(r);
+            }
+        }
+        let add_remove = (!adds.is_empty()).then(|| {
+            adds.sort();
+            rms.sort();
+            AddRemove {
+                add: adds[adds.len() / 2],
+                remove: rms[rms.len() / 2],
+            }
+        });
+        if let Some(ar) = &add_remove {
+            println!(
+                "  {name:<16} add one {:>7.2} ms, remove one {:>7.2} ms",
+                ar.add.as_secs_f64() * 1e3,
+                ar.remove.as_secs_f64() * 1e3
+            );
+        }
+        results.installs.push(report::InstallResult {
+            peer: name.clone(),
+            n,
+            install,
+            add_remove,
+        });
+        let servers = Servers::start(&topo, load_bin)?;
+        instances.push(Instance {
+            peer,
+            servers,
+            topo,
+        });
+    }
+    for round in 0..plan.rounds {
+        for w in &plan.workloads {
+            for i in 0..instances.len() {
+                check_interrupt()?;
+                // Rotate the order each round so no peer always runs first.
+                let inst = &mut instances[(i + round) % plan.peers.len()];
+                let values = run_one(inst, *w, load_bin, plan.durations).with_context(|| {
+                    format!(
+                        "{} on {} at N = {n}, round {}",
+                        w.name(),
+                        inst.peer.name(),
+                        round + 1
+                    )
+                })?;
+                for (m, v) in w.metrics().into_iter().zip(values) {
+                    results.samples.push(Sample {
+                        peer: inst.peer.name().to_owned(),
+                        n,
+                        metric: m.name,
+                        value: v,
+                    });
+                }
+            }
+        }
+        println!("  round {}/{} done", round + 1, plan.rounds);
+    }
+    Ok(())
+}
+
+/// One workload run, retried once: a server still finishing the previous
+/// test (iperf3 serves one at a time) is not the dataplane's fault, but a
+/// second failure is reported.
+fn run_one(inst: &mut Instance, w: Workload, load_bin: &Path, d: Durations) -> Result<Vec<f64>> {
+    inst.servers.check()?;
+    let addr = inst.peer.ingress_addr();
+    match workloads::run(w, &inst.topo, addr, load_bin, d) {
+        Ok(v) => Ok(v),
+        Err(first) => {
+            eprintln!(
+                "bench: {} on {} failed once, retrying: {first:#}",
+                w.name(),
+                inst.peer.name()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+            check_interrupt()?;
+            workloads::run(w, &inst.topo, addr, load_bin, d)
+        }
+    }
+}
+
+/// A short namespace tag for a peer.
+fn short(peer: &str) -> String {
+    match peer {
+        "iptables-legacy" => "iptl".into(),
+        "nftables-sets" => "nfts".into(),
+        "nftables" => "nft".into(),
+        "iptables" => "ipt".into(),
+        "dataplane" => "dp".into(),
+        other => other.into(),
+    }
+}

@@ -1,0 +1,293 @@
+//! `dataplane`: ours. The real release binary drives the fake host through
+//! `--netns`, a state directory, bpffs root and API socket of the bench's
+//! own (as tests/src/cli.rs does): `uplink add`, `network create`,
+//! `connect ... -p`, then the agent is started on that state and the N
+//! extra mappings (one `publish add` call carrying all N specs) and filter
+//! rules (one API request each, over the agent's socket) are installed.
+//! No iptables or nftables rule exists in this fake host.
+//!
+//! The filter engine holds at most `MAX_RULES` (128) rules: beyond that the
+//! bench installs 128 and says so in the install note.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::{json, Value};
+
+use super::{extra_sources, extras, measured, Install, Peer, ONE_MORE};
+use crate::bench::topology::{
+    unique_name, Proc, Topology, CONTAINER_IP, GATEWAY, IDLE_IP, SUBNET, UPLINK,
+};
+
+/// Most filter rules the dataplane holds (dataplane-common's `MAX_RULES`).
+pub const MAX_FILTER_RULES: usize = 128;
+const NETWORK: &str = "benchnet";
+/// How long the agent may take to open its socket.
+const AGENT_START: Duration = Duration::from_secs(20);
+
+pub struct Dataplane {
+    bin: PathBuf,
+    state: PathBuf,
+    pins: PathBuf,
+    socket: PathBuf,
+    host: Option<PathBuf>,
+    agent: Option<Proc>,
+}
+
+impl Dataplane {
+    pub fn new(root: &Path) -> Result<Dataplane> {
+        let bin = root.join("target/release/dataplane");
+        if !bin.is_file() {
+            bail!("{} not found (cargo xtask bench builds it)", bin.display());
+        }
+        let state = std::env::temp_dir().join(unique_name("state"));
+        Ok(Dataplane {
+            bin,
+            socket: state.with_extension("sock"),
+            state,
+            pins: Path::new("/sys/fs/bpf").join(unique_name("pins")),
+            host: None,
+            agent: None,
+        })
+    }
+
+    fn command(&self, args: &[&str]) -> Result<Command> {
+        let host = self.host.as_ref().context("dataplane used before setup")?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--netns")
+            .arg(host)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--bpffs-root")
+            .arg(&self.pins)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--config")
+            .arg("/dev/null")
+            .args(args);
+        Ok(cmd)
+    }
+
+    /// `dataplane ARGS`, stdout on success.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = self
+            .command(args)?
+            .output()
+            .with_context(|| format!("running dataplane {}", args.join(" ")))?;
+        if !out.status.success() {
+            bail!(
+                "dataplane {}: {}: {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn timed_cli(&self, args: &[&str]) -> Result<Duration> {
+        let t = Instant::now();
+        self.cli(args)?;
+        Ok(t.elapsed())
+    }
+
+    /// One request over the agent's socket (docs/api.md): one JSON line
+    /// out, one back.
+    pub fn api(&self, request: &Value) -> Result<Value> {
+        let mut s = UnixStream::connect(&self.socket)
+            .with_context(|| format!("connecting to {}", self.socket.display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut line = serde_json::to_vec(request)?;
+        line.push(b'\n');
+        s.write_all(&line)?;
+        let mut answer = String::new();
+        BufReader::new(s).read_line(&mut answer)?;
+        let v: Value = serde_json::from_str(&answer)
+            .with_context(|| format!("agent answered {answer:?} to {request}"))?;
+        if let Some(e) = v.get("error") {
+            bail!("agent refused {request}: {e}");
+        }
+        Ok(v)
+    }
+
+    /// Starts the agent on this state (bounded wait for its socket).
+    pub fn start_agent(&mut self) -> Result<()> {
+        let mut argv: Vec<String> = Vec::new();
+        let cmd = self.command(&[
+            "agent",
+            "--iface",
+            UPLINK,
+            "--interval",
+            "10",
+            "--host-cgroup",
+            "none",
+        ])?;
+        argv.push(cmd.get_program().to_string_lossy().into_owned());
+        argv.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let mut agent = Proc::spawn(&argv)?;
+        let deadline = Instant::now() + AGENT_START;
+        loop {
+            agent.check_alive()?;
+            if self.api(&json!({"op": "status"})).is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent did not answer on {} within {AGENT_START:?}",
+                    self.socket.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.agent = Some(agent);
+        Ok(())
+    }
+
+    /// Sets up the dataplane's own network in a fresh fake host (no
+    /// containers), for the control-plane measurement.
+    pub fn prepare_network(&mut self, topo: &Topology) -> Result<()> {
+        self.host = Some(topo.host.path());
+        self.cli(&["uplink", "add", UPLINK])?;
+        self.cli(&[
+            "network",
+            "create",
+            "--subnet",
+            SUBNET,
+            "--gateway",
+            &GATEWAY.to_string(),
+            NETWORK,
+        ])?;
+        Ok(())
+    }
+}
+
+impl Peer for Dataplane {
+    fn name(&self) -> &'static str {
+        "dataplane"
+    }
+
+    fn setup(&mut self, topo: &Topology, n: usize) -> Result<Install> {
+        self.prepare_network(topo)?;
+        self.cli(&[
+            "connect",
+            NETWORK,
+            &topo.idle.path().to_string_lossy(),
+            "--name",
+            "idle",
+            "--ip",
+            &IDLE_IP.to_string(),
+        ])?;
+        let mut connect = vec![
+            "connect".to_owned(),
+            NETWORK.to_owned(),
+            topo.container.path().to_string_lossy().into_owned(),
+            "--name".into(),
+            "web".into(),
+            "--ip".into(),
+            CONTAINER_IP.to_string(),
+        ];
+        for m in measured() {
+            connect.push("-p".into());
+            connect.push(m.spec());
+        }
+        let connect: Vec<&str> = connect.iter().map(String::as_str).collect();
+        self.cli(&connect)?;
+        self.start_agent()?;
+
+        let mut total = Duration::ZERO;
+        let specs: Vec<String> = extras(n).iter().map(|m| m.spec()).collect();
+        let mut publish_time = Duration::ZERO;
+        if !specs.is_empty() {
+            let mut args = vec!["publish", "add", NETWORK, "idle"];
+            args.extend(specs.iter().map(String::as_str));
+            publish_time = self.timed_cli(&args)?;
+            total += publish_time;
+        }
+        let sources = extra_sources(n.min(MAX_FILTER_RULES));
+        let t = Instant::now();
+        for src in &sources {
+            self.api(&json!({
+                "op": "filter_add",
+                "args": {"src": format!("{src}/32"), "action": "drop"},
+                "first": false,
+            }))?;
+        }
+        let filter_time = t.elapsed();
+        total += filter_time;
+        let mut note = format!(
+            "{n} mappings in one `publish add` CLI call ({:.1} ms); {} filter rules, one API request each ({:.1} ms)",
+            publish_time.as_secs_f64() * 1e3,
+            sources.len(),
+            filter_time.as_secs_f64() * 1e3,
+        );
+        let (cli_add, cli_rm) = self.add_remove_cli()?;
+        note.push_str(&format!(
+            "; one more mapping through the CLI (process start included): add {:.2} ms, remove {:.2} ms",
+            cli_add.as_secs_f64() * 1e3,
+            cli_rm.as_secs_f64() * 1e3
+        ));
+        if n > MAX_FILTER_RULES {
+            note.push_str(&format!(
+                "; the filter engine holds at most {MAX_FILTER_RULES} rules, so {MAX_FILTER_RULES} of {n}"
+            ));
+        }
+        Ok(Install {
+            total,
+            mappings: publish_time,
+            note: Some(note),
+        })
+    }
+
+    fn add_remove(&mut self, _topo: &Topology) -> Result<Option<(Duration, Duration)>> {
+        // Through the API, as a container engine would call it (the CLI adds
+        // a process start; the bench prints that figure too).
+        let spec = ONE_MORE.spec();
+        let req =
+            |op: &str| json!({"op": op, "network": NETWORK, "endpoint": "idle", "specs": [spec]});
+        let t = Instant::now();
+        self.api(&req("publish_add"))?;
+        let add = t.elapsed();
+        let t = Instant::now();
+        self.api(&req("publish_rm"))?;
+        Ok(Some((add, t.elapsed())))
+    }
+}
+
+impl Dataplane {
+    /// One add and remove through the CLI (process start included).
+    pub fn add_remove_cli(&self) -> Result<(Duration, Duration)> {
+        let spec = ONE_MORE.spec();
+        Ok((
+            self.timed_cli(&["publish", "add", NETWORK, "idle", &spec])?,
+            self.timed_cli(&["publish", "rm", NETWORK, "idle", &spec])?,
+        ))
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        // The agent first (it holds the state lock), then everything the
+        // dataplane made, then our directories.
+        self.agent = None;
+        if self.host.is_some() {
+            if let Err(e) = self.cli(&["cleanup"]) {
+                eprintln!("bench: dataplane cleanup: {e:#}");
+            }
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        for dir in [&self.state, &self.pins] {
+            if let Err(e) = std::fs::remove_dir_all(dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    eprintln!("bench: removing {}: {e}", dir.display());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The dataplanes compared, one module each: what each installs for the
+//! measured container's published ports, N extra mappings and N extra
+//! DOCKER-USER-style source rules, and how one more mapping is added and
+//! removed at size N.
+//!
+//! Every peer gets the same inputs from here ([`measured`], [`extras`],
+//! [`extra_sources`], [`ONE_MORE`]): the extra mappings point at the idle
+//! container and come before the measured ones (the newest container's
+//! rules are last in Docker's chains, the worst case for a linear list);
+//! the extra sources are in 10.0.0.0/8 and never match the bench's traffic.
+
+pub mod dataplane;
+pub mod iptables;
+pub mod nftables;
+pub mod nftables_sets;
+pub mod none;
+
+use std::{net::Ipv4Addr, path::Path, time::Duration};
+
+use anyhow::{bail, Result};
+
+use super::topology::{Topology, CONTAINER_IP, HOST_IP, IDLE_IP};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// A published port: host port -> container address and port.
+#[derive(Clone, Copy, Debug)]
+pub struct Mapping {
+    pub host_port: u16,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl Mapping {
+    /// Docker's `-p` syntax, as the dataplane CLI takes it.
+    pub fn spec(&self) -> String {
+        match self.proto {
+            Proto::Tcp => format!("{}:{}", self.host_port, self.port),
+            Proto::Udp => format!("{}:{}/udp", self.host_port, self.port),
+        }
+    }
+}
+
+/// The iperf3 port (also the egress server's).
+pub const IPERF_PORT: u16 = 5201;
+/// The load tool's TCP and UDP ports.
+pub const TCP_PORT: u16 = 7000;
+pub const UDP_PORT: u16 = 7001;
+/// First host port of the extra mappings.
+const EXTRA_BASE: u16 = 20000;
+/// Most extra mappings or rules the bench makes (host ports 20000..40000).
+pub const MAX_N: usize = 20000;
+
+/// The measured container's published ports.
+pub fn measured() -> Vec<Mapping> {
+    [
+        (IPERF_PORT, Proto::Tcp),
+        (TCP_PORT, Proto::Tcp),
+        (UDP_PORT, Proto::Udp),
+    ]
+    .into_iter()
+    .map(|(port, proto)| Mapping {
+        host_port: port,
+        ip: CONTAINER_IP,
+        port,
+        proto,
+    })
+    .collect()
+}
+
+/// `n` extra TCP mappings to the idle container's port 80.
+pub fn extras(n: usize) -> Vec<Mapping> {
+    (0..n.min(MAX_N))
+        .map(|i| Mapping {
+            host_port: EXTRA_BASE + i as u16,
+            ip: IDLE_IP,
+            port: 80,
+            proto: Proto::Tcp,
+        })
+        .collect()
+}
+
+/// The mapping added and removed at size N.
+pub const ONE_MORE: Mapping = Mapping {
+    host_port: 45000,
+    ip: IDLE_IP,
+    port: 81,
+    proto: Proto::Tcp,
+};
+
+/// `n` distinct /32 sources in 10.0.0.0/8 (never the bench's traffic).
+pub fn extra_sources(n: usize) -> Vec<Ipv4Addr> {
+    (1..=n as u32)
+        .map(|i| Ipv4Addr::from(0x0a00_0000 | i))
+        .collect()
+}
+
+/// What installing a peer's configuration cost.
+#[derive(Clone, Debug, Default)]
+pub struct Install {
+    /// Installing everything: base rules, N mappings, N source rules.
+    pub total: Duration,
+    /// The part of it that installed the N mappings.
+    pub mappings: Duration,
+    /// Honest remarks (what was measured, what could not be expressed).
+    pub note: Option<String>,
+}
+
+/// One peer's configuration on its own topology.
+pub trait Peer {
+    fn name(&self) -> &'static str;
+    /// Wires the containers (default: Docker's bridge, see
+    /// [`Topology::wire_bridge`]) and installs the configuration for N
+    /// extra mappings and N extra source rules.
+    fn setup(&mut self, topo: &Topology, n: usize) -> Result<Install>;
+    /// Adds [`ONE_MORE`] and removes it again, timing each (None: the peer
+    /// has nothing to add).
+    fn add_remove(&mut self, topo: &Topology) -> Result<Option<(Duration, Duration)>>;
+    /// Where the external client sends ingress traffic: the host's address
+    /// (published ports), or the container's for `none`.
+    fn ingress_addr(&self) -> Ipv4Addr {
+        HOST_IP
+    }
+}
+
+/// Every peer, in the order they run and are reported.
+pub const ALL: &[&str] = &[
+    "none",
+    "iptables",
+    "iptables-legacy",
+    "nftables",
+    "nftables-sets",
+    "dataplane",
+];
+
+/// The peer called `name`; `root` is the workspace (for the dataplane's
+/// release binary).
+pub fn make(name: &str, root: &Path) -> Result<Box<dyn Peer>> {
+    Ok(match name {
+        "none" => Box::new(none::NoNat),
+        "iptables" => Box::new(iptables::Iptables::new(iptables::Backend::Nft)),
+        "iptables-legacy" => Box::new(iptables::Iptables::new(iptables::Backend::Legacy)),
+        "nftables" => Box::new(nftables::Nftables),
+        "nftables-sets" => Box::new(nftables_sets::NftablesSets),
+        "dataplane" => Box::new(dataplane::Dataplane::new(root)?),
+        other => bail!("peer {other:?}: not one of {}", ALL.join(", ")),
+    })
+}

@@ -1,0 +1,141 @@
+//! `nftables`: Docker's iptables layout written as plain nftables rules in
+//! one table of the fake host, one rule per mapping and per source rule
+//! (linear lists, like the iptables peers but without the xtables
+//! compatibility layer), loaded with one `nft -f`.
+
+use std::{fmt::Write as _, time::Duration};
+
+use anyhow::{Context as _, Result};
+
+use super::{extra_sources, extras, measured, Install, Mapping, Peer, ONE_MORE};
+use crate::bench::topology::{Topology, BRIDGE, SUBNET};
+
+pub struct Nftables;
+
+/// The table every nft peer uses inside its fake host.
+pub const TABLE: &str = "docker_bench";
+
+fn dnat_rule(m: &Mapping) -> String {
+    format!(
+        "iifname != \"{BRIDGE}\" {p} dport {hp} dnat to {ip}:{cp}",
+        p = m.proto.as_str(),
+        hp = m.host_port,
+        ip = m.ip,
+        cp = m.port
+    )
+}
+
+/// The chains both nft peers share: hooks, masquerade, forward policy,
+/// isolation, conntrack accept. `docker_nat`, `docker_filter` and
+/// `docker_user` hold what differs and must be defined before it.
+pub fn skeleton() -> String {
+    format!(
+        "table ip {TABLE} {{\n\
+         chain prerouting {{ type nat hook prerouting priority dstnat; fib daddr type local jump docker_nat; }}\n\
+         chain output {{ type nat hook output priority -100; ip daddr != 127.0.0.0/8 fib daddr type local jump docker_nat; }}\n\
+         chain postrouting {{ type nat hook postrouting priority srcnat; ip saddr {SUBNET} oifname != \"{BRIDGE}\" masquerade; }}\n\
+         chain forward {{ type filter hook forward priority filter; policy drop;\n\
+           jump docker_user; jump isolation1;\n\
+           oifname \"{BRIDGE}\" ct state related,established accept;\n\
+           oifname \"{BRIDGE}\" jump docker_filter;\n\
+           iifname \"{BRIDGE}\" oifname != \"{BRIDGE}\" accept;\n\
+           iifname \"{BRIDGE}\" oifname \"{BRIDGE}\" accept; }}\n\
+         chain isolation1 {{ iifname \"{BRIDGE}\" oifname != \"{BRIDGE}\" jump isolation2; }}\n\
+         chain isolation2 {{ oifname \"{BRIDGE}\" drop; }}\n\
+         }}\n"
+    )
+}
+
+pub fn ruleset(n: usize) -> String {
+    let mappings: Vec<Mapping> = extras(n).into_iter().chain(measured()).collect();
+    // The chains jumped to come first: nft resolves a jump when it reads it.
+    let mut s = String::with_capacity(100 * (n + 10));
+    let _ = writeln!(
+        s,
+        "table ip {TABLE} {{\nchain docker_nat {{\niifname \"{BRIDGE}\" return"
+    );
+    for m in &mappings {
+        let _ = writeln!(s, "{}", dnat_rule(m));
+    }
+    s.push_str("}\nchain docker_filter {\n");
+    for m in &mappings {
+        let _ = writeln!(
+            s,
+            "ip daddr {ip} iifname != \"{BRIDGE}\" oifname \"{BRIDGE}\" {p} dport {cp} accept",
+            ip = m.ip,
+            p = m.proto.as_str(),
+            cp = m.port
+        );
+    }
+    s.push_str("}\nchain docker_user {\n");
+    for src in extra_sources(n) {
+        let _ = writeln!(s, "ip saddr {src} drop");
+    }
+    s.push_str("}\n}\n");
+    s.push_str(&skeleton());
+    s
+}
+
+/// `nft -f -` of `text` in the host, timed.
+pub fn load(topo: &Topology, text: &str) -> Result<Duration> {
+    let t = std::time::Instant::now();
+    topo.host.exec_stdin(&["nft", "-f", "-"], text.as_bytes())?;
+    Ok(t.elapsed())
+}
+
+impl Peer for Nftables {
+    fn name(&self) -> &'static str {
+        "nftables"
+    }
+
+    fn setup(&mut self, topo: &Topology, n: usize) -> Result<Install> {
+        topo.wire_bridge()?;
+        let text = ruleset(n);
+        let total = load(topo, &text)?;
+        Ok(Install {
+            total,
+            mappings: total,
+            note: Some(format!("one nft -f ({} lines)", text.lines().count())),
+        })
+    }
+
+    fn add_remove(&mut self, topo: &Topology) -> Result<Option<(Duration, Duration)>> {
+        // `--echo --handle` prints the new rule's handle, which `delete`
+        // needs; the printing is part of what a tool doing this pays.
+        let rule = dnat_rule(&ONE_MORE);
+        let mut add = vec![
+            "nft",
+            "--echo",
+            "--handle",
+            "add",
+            "rule",
+            "ip",
+            TABLE,
+            "docker_nat",
+        ];
+        add.extend(rule.split_whitespace());
+        // The quotes are for a shell; nft's own parser takes the bare name.
+        let add: Vec<String> = add.iter().map(|a| a.replace('"', "")).collect();
+        let add: Vec<&str> = add.iter().map(String::as_str).collect();
+        let t = std::time::Instant::now();
+        let out = topo.host.exec(&add)?;
+        let add_time = t.elapsed();
+        let handle = out
+            .split_whitespace()
+            .skip_while(|w| *w != "handle")
+            .nth(1)
+            .with_context(|| format!("nft --echo --handle printed no handle: {out}"))?
+            .to_owned();
+        let del = topo.host.timed(&[
+            "nft",
+            "delete",
+            "rule",
+            "ip",
+            TABLE,
+            "docker_nat",
+            "handle",
+            &handle,
+        ])?;
+        Ok(Some((add_time, del)))
+    }
+}

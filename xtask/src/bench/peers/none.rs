@@ -1,0 +1,36 @@
+//! `none`: no NAT and no filter at all. The client routes to the container's
+//! address directly and the container's egress is routed back unchanged: the
+//! upper bound every translating peer is measured against.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use anyhow::Result;
+
+use super::{Install, Peer};
+use crate::bench::topology::{Topology, CONTAINER_IP};
+
+pub struct NoNat;
+
+impl Peer for NoNat {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+
+    fn setup(&mut self, topo: &Topology, _n: usize) -> Result<Install> {
+        topo.wire_bridge()?;
+        topo.client_route_to_subnet()?;
+        Ok(Install {
+            total: Duration::ZERO,
+            mappings: Duration::ZERO,
+            note: Some("nothing to install".into()),
+        })
+    }
+
+    fn add_remove(&mut self, _topo: &Topology) -> Result<Option<(Duration, Duration)>> {
+        Ok(None)
+    }
+
+    fn ingress_addr(&self) -> Ipv4Addr {
+        CONTAINER_IP
+    }
+}

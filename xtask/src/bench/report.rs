@@ -1,0 +1,404 @@
+//! The bench's results and what is made of them: medians with min-max,
+//! ratios to `iptables` and to `none`, install and add/remove times, the
+//! control-plane figures, pass/miss per target of project issue 6, written
+//! as `target/bench/results.md` (also printed) plus one SVG per metric
+//! ([`super::plot`]).
+
+use std::{fmt::Write as _, path::Path, time::Duration};
+
+use anyhow::{Context as _, Result};
+
+use super::{peers::Install, plot, workloads::Metric, Plan};
+
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub peer: String,
+    pub n: usize,
+    pub metric: String,
+    pub value: f64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct AddRemove {
+    pub add: Duration,
+    pub remove: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct InstallResult {
+    pub peer: String,
+    pub n: usize,
+    pub install: Install,
+    pub add_remove: Option<AddRemove>,
+}
+
+/// Connecting one endpoint with one tool: median and p99, or why not.
+#[derive(Clone, Debug)]
+pub struct ControlResult {
+    pub tool: String,
+    pub outcome: std::result::Result<(Duration, Duration, usize), String>,
+    pub note: String,
+}
+
+pub struct Results {
+    pub plan: Plan,
+    pub samples: Vec<Sample>,
+    pub installs: Vec<InstallResult>,
+    pub control: Vec<ControlResult>,
+    pub elapsed: Duration,
+}
+
+/// Median, min and max of some values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+pub fn stat(values: &[f64]) -> Option<Stat> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    let median = if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    };
+    Some(Stat {
+        median,
+        min: v[0],
+        max: v[v.len() - 1],
+    })
+}
+
+impl Results {
+    pub fn new(plan: Plan) -> Results {
+        Results {
+            plan,
+            samples: Vec::new(),
+            installs: Vec::new(),
+            control: Vec::new(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    pub fn metrics(&self) -> Vec<Metric> {
+        self.plan
+            .workloads
+            .iter()
+            .flat_map(|w| w.metrics())
+            .collect()
+    }
+
+    pub fn stat(&self, peer: &str, n: usize, metric: &str) -> Option<Stat> {
+        let v: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|s| s.peer == peer && s.n == n && s.metric == metric)
+            .map(|s| s.value)
+            .collect();
+        stat(&v)
+    }
+
+    fn median(&self, peer: &str, n: usize, metric: &str) -> Option<f64> {
+        self.stat(peer, n, metric).map(|s| s.median)
+    }
+
+    fn install(&self, peer: &str, n: usize) -> Option<&InstallResult> {
+        self.installs.iter().find(|i| i.peer == peer && i.n == n)
+    }
+}
+
+fn fmt_value(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{v:.0}")
+    } else if v >= 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn ms(d: Duration) -> String {
+    let v = d.as_secs_f64() * 1e3;
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// `a / b` as "1.23x", or "-".
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b != 0.0 => format!("{:.2}x", a / b),
+        _ => "-".into(),
+    }
+}
+
+/// Peers whose ratios get columns (all of them would make the table
+/// unreadable; every median is in it).
+const RATIO_PEERS: &[&str] = &["nftables-sets", "dataplane"];
+
+/// The markdown report; also writes it and the SVGs under `dir`.
+pub fn write(r: &Results, dir: &Path) -> Result<String> {
+    let md = markdown(r);
+    let path = dir.join("results.md");
+    std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+    for m in r.metrics() {
+        let svg = plot::svg(r, &m);
+        let path = dir.join(format!("{}.svg", m.name));
+        std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(md)
+}
+
+pub fn markdown(r: &Results) -> String {
+    let mut s = String::new();
+    let peers = &r.plan.peers;
+    let _ = writeln!(
+        s,
+        "## Results\n\nN = extra published ports and extra DOCKER-USER-style source rules. \
+         Medians over {} rounds, min-max in brackets; ratios are of medians. \
+         Higher is better except latency (us).\n",
+        r.plan.rounds
+    );
+    for &n in &r.plan.ns {
+        let _ = writeln!(s, "### N = {n}\n");
+        let mut head = "| metric | unit |".to_owned();
+        let mut rule = "|---|---|".to_owned();
+        for p in peers {
+            let _ = write!(head, " {p} |");
+            rule.push_str("---|");
+        }
+        for p in peers.iter().filter(|p| RATIO_PEERS.contains(&p.as_str())) {
+            let _ = write!(head, " {p} / iptables | {p} / none |");
+            rule.push_str("---|---|");
+        }
+        let _ = writeln!(s, "{head}\n{rule}");
+        for m in r.metrics() {
+            let mut line = format!("| {} | {} |", m.name, m.unit);
+            for p in peers {
+                match r.stat(p, n, &m.name) {
+                    Some(st) => {
+                        let _ = write!(
+                            line,
+                            " {} ({}-{}) |",
+                            fmt_value(st.median),
+                            fmt_value(st.min),
+                            fmt_value(st.max)
+                        );
+                    }
+                    None => line.push_str(" - |"),
+                }
+            }
+            for p in peers.iter().filter(|p| RATIO_PEERS.contains(&p.as_str())) {
+                let v = r.median(p, n, &m.name);
+                let _ = write!(
+                    line,
+                    " {} | {} |",
+                    ratio(v, r.median("iptables", n, &m.name)),
+                    ratio(v, r.median("none", n, &m.name))
+                );
+            }
+            let _ = writeln!(s, "{line}");
+        }
+        s.push('\n');
+    }
+
+    let _ = writeln!(
+        s,
+        "### Installing N mappings and N rules; one more mapping at size N\n\n\
+         | peer | N | install all (ms) | of which mappings (ms) | add one (ms) | remove one (ms) | how |\n\
+         |---|---|---|---|---|---|---|"
+    );
+    for i in &r.installs {
+        if i.peer == "none" {
+            continue;
+        }
+        let (add, rm) = i
+            .add_remove
+            .map(|a| (ms(a.add), ms(a.remove)))
+            .unwrap_or(("-".into(), "-".into()));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {add} | {rm} | {} |",
+            i.peer,
+            i.n,
+            ms(i.install.total),
+            ms(i.install.mappings),
+            i.install.note.as_deref().unwrap_or("")
+        );
+    }
+    s.push('\n');
+
+    if !r.control.is_empty() {
+        let _ = writeln!(
+            s,
+            "### Control plane: connecting one endpoint\n\n\
+             | tool | median (ms) | p99 (ms) | endpoints | how |\n|---|---|---|---|---|"
+        );
+        for c in &r.control {
+            match &c.outcome {
+                Ok((med, p99, count)) => {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {} | {count} | {} |",
+                        c.tool,
+                        ms(*med),
+                        ms(*p99),
+                        c.note
+                    );
+                }
+                Err(why) => {
+                    let _ = writeln!(s, "| {} | - | - | 0 | did not run: {why} |", c.tool);
+                }
+            }
+        }
+        s.push('\n');
+    }
+
+    let _ = writeln!(s, "### Targets\n");
+    for t in targets(r) {
+        let _ = writeln!(s, "- {t}");
+    }
+    s
+}
+
+/// One target of the issue, evaluated: "PASS ...", "MISS ..." or
+/// "n/a ... (not measured)".
+fn check(what: &str, value: Option<f64>, ok: impl Fn(f64) -> bool, shown: &str) -> String {
+    match value {
+        Some(v) if ok(v) => format!("PASS {what}: {shown}"),
+        Some(_) => format!("MISS {what}: {shown}"),
+        None => format!("n/a  {what}: not measured in this run"),
+    }
+}
+
+pub fn targets(r: &Results) -> Vec<String> {
+    let dp = "dataplane";
+    let mut out = Vec::new();
+    let rel = |metric: &str, n: usize, other: &str| -> Option<f64> {
+        Some(r.median(dp, n, metric)? / r.median(other, n, metric)?)
+    };
+    let show = |v: Option<f64>| v.map(|v| format!("{v:.2}x")).unwrap_or_default();
+    for dir in ["in", "eg"] {
+        for (metric, label) in [("crr", "new conn/s"), ("rr", "RR rate")] {
+            let m = format!("{dir}-{metric}");
+            let v = rel(&m, 0, "nftables-sets");
+            out.push(check(
+                &format!("N=0 {m} ({label}) >= 1.2x nftables-sets"),
+                v,
+                |x| x >= 1.2,
+                &show(v),
+            ));
+            let v = rel(&m, 0, "iptables");
+            out.push(check(
+                &format!("N=0 {m} ({label}) >= 1.3x iptables"),
+                v,
+                |x| x >= 1.3,
+                &show(v),
+            ));
+        }
+        let m = format!("{dir}-rr-p99");
+        let v = rel(&m, 0, "nftables-sets");
+        out.push(check(
+            &format!("N=0 {m} latency <= 0.8x nftables-sets"),
+            v,
+            |x| x <= 0.8,
+            &show(v),
+        ));
+        let m = format!("{dir}-tcp1");
+        let v = rel(&m, 0, "none");
+        out.push(check(
+            &format!("N=0 {m} single-stream throughput >= none"),
+            v,
+            |x| x >= 1.0,
+            &show(v),
+        ));
+    }
+    let big = 10_000;
+    for m in r.metrics() {
+        let v = match (r.median(dp, big, &m.name), r.median(dp, 0, &m.name)) {
+            (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+            _ => None,
+        };
+        let ok = |x: f64| {
+            if m.higher_is_better {
+                x >= 0.95
+            } else {
+                x <= 1.05
+            }
+        };
+        out.push(check(
+            &format!("N=10000 {} within 5% of dataplane's N=0", m.name),
+            v,
+            ok,
+            &show(v),
+        ));
+    }
+    for dir in ["in", "eg"] {
+        let m = format!("{dir}-crr");
+        let v = rel(&m, big, "nftables-sets");
+        out.push(check(
+            &format!("N=10000 {m} conn/s >= 1.2x nftables-sets"),
+            v,
+            |x| x >= 1.2,
+            &show(v),
+        ));
+        let v = rel(&m, big, "iptables");
+        out.push(check(
+            &format!("N=10000 {m} conn/s >= 20x iptables"),
+            v,
+            |x| x >= 20.0,
+            &show(v),
+        ));
+    }
+    let inst = r.install(dp, big);
+    let v = inst.map(|i| i.install.mappings.as_secs_f64());
+    out.push(check(
+        "installing 10000 mappings < 1 s",
+        v,
+        |x| x < 1.0,
+        &v.map(|x| format!("{:.0} ms", x * 1e3)).unwrap_or_default(),
+    ));
+    let ar = inst.and_then(|i| i.add_remove);
+    let v = ar.map(|a| a.add.max(a.remove).as_secs_f64());
+    out.push(check(
+        "one add/remove at N=10000 < 1 ms (API)",
+        v,
+        |x| x < 1e-3,
+        &ar.map(|a| format!("add {} ms, remove {} ms", ms(a.add), ms(a.remove)))
+            .unwrap_or_default(),
+    ));
+    let conn = r
+        .control
+        .iter()
+        .find(|c| c.tool == dp)
+        .and_then(|c| c.outcome.as_ref().ok());
+    let v = conn.map(|(med, _, _)| med.as_secs_f64());
+    out.push(check(
+        "endpoint connect median < 15 ms",
+        v,
+        |x| x < 0.015,
+        &v.map(|x| format!("{:.2} ms", x * 1e3)).unwrap_or_default(),
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stat;
+
+    #[test]
+    fn median_min_max() {
+        let s = stat(&[3.0, 1.0, 2.0]).expect("stat");
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert_eq!(stat(&[1.0, 4.0]).expect("stat").median, 2.5);
+        assert!(stat(&[]).is_none());
+    }
+}

@@ -1,0 +1,376 @@
+//! The bench's own namespaces and the fake host topology every peer runs on:
+//! an external client -> uplink -> host -> bridge -> container (and the
+//! container back out through the host for egress), the same shape as the
+//! tests' `FakeHost` (tests/src/topo.rs), built from scratch for each peer
+//! so no peer sees another's rules.
+//!
+//! Everything is RAII: a [`NetNs`] is deleted on drop (also on panic, and on
+//! Ctrl-C because the bench returns an error that unwinds normally), a
+//! [`Proc`] is killed on drop and dies with the bench anyway (PDEATHSIG).
+//! Names are `dpb-<pid>-<n>-<tag>`; a later run deletes those of a pid that
+//! no longer lives ([`remove_stale`]), so even a SIGKILLed bench leaves
+//! nothing behind for long. Nothing here touches the root namespace: links
+//! are created inside a namespace with their peer placed straight into
+//! another, and sysctls are set through `nsenter` inside ours.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+/// Prefix of every namespace, bpffs directory and state directory the bench
+/// makes (the tests use `dpt`, so neither mistakes the other's for a leak).
+pub const PREFIX: &str = "dpb";
+
+/// Host side of the uplink (TEST-NET-1, only inside our namespaces).
+pub const HOST_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// The external client.
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+/// The bridge network: gateway .1, measured container .2, idle container .3
+/// (the target of the N extra mappings).
+pub const SUBNET: &str = "172.18.0.0/16";
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 1);
+pub const CONTAINER_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 2);
+pub const IDLE_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 3);
+/// Device names inside our namespaces (names are per namespace, and none of
+/// these is ever in the root namespace).
+pub const UPLINK: &str = "up0";
+pub const BRIDGE: &str = "br0";
+pub const INNER_DEV: &str = "eth0";
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// `dpb-<pid>-<n>-<tag>`, unique on this machine while this process lives.
+pub fn unique_name(tag: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{PREFIX}-{}-{n}-{tag}", std::process::id())
+}
+
+/// Runs argv; stdout on success, an error with status and stderr otherwise.
+pub fn run(argv: &[&str]) -> Result<String> {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", argv.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "`{}`: {}: {}{}",
+            argv.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs argv and returns how long it took (the process start included: that
+/// is what a user or a daemon calling the tool pays).
+pub fn timed(argv: &[&str]) -> Result<Duration> {
+    let t = Instant::now();
+    run(argv)?;
+    Ok(t.elapsed())
+}
+
+/// Like [`run`] with `input` on stdin.
+pub fn run_stdin(argv: &[&str], input: &[u8]) -> Result<String> {
+    use std::io::Write as _;
+    let mut child = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", argv.join(" ")))?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    // Written from a thread so a child that answers before reading all of
+    // its input cannot deadlock us.
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().context("waiting")?;
+    let _ = writer.join();
+    if !out.status.success() {
+        bail!(
+            "`{}`: {}: {}{}",
+            argv.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A named network namespace of ours, deleted on drop.
+#[derive(Debug)]
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// Creates `dpb-...-<tag>` with lo up and IPv6 off (no router
+    /// solicitations or DAD traffic in the measurements).
+    pub fn new(tag: &str) -> Result<NetNs> {
+        let name = unique_name(tag);
+        run(&["ip", "netns", "add", &name])?;
+        let ns = NetNs { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        if Path::new("/proc/sys/net/ipv6").exists() {
+            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+        }
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// `nsenter --net=<ns> -- argv...` (not `ip netns exec`, which remounts
+    /// /sys and would hide bpffs from the dataplane).
+    pub fn argv<'a>(&self, net_arg: &'a str, argv: &[&'a str]) -> Vec<&'a str> {
+        let mut full = vec!["nsenter", net_arg, "--"];
+        full.extend_from_slice(argv);
+        full
+    }
+
+    pub fn net_arg(&self) -> String {
+        format!("--net={}", self.path().display())
+    }
+
+    pub fn exec(&self, argv: &[&str]) -> Result<String> {
+        let net = self.net_arg();
+        run(&self.argv(&net, argv)).with_context(|| format!("in {}", self.name))
+    }
+
+    pub fn exec_stdin(&self, argv: &[&str], input: &[u8]) -> Result<String> {
+        let net = self.net_arg();
+        run_stdin(&self.argv(&net, argv), input).with_context(|| format!("in {}", self.name))
+    }
+
+    pub fn timed(&self, argv: &[&str]) -> Result<Duration> {
+        let net = self.net_arg();
+        timed(&self.argv(&net, argv)).with_context(|| format!("in {}", self.name))
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.exec(&["sysctl", "-qw", &format!("{key}={value}")])?;
+        Ok(())
+    }
+
+    /// Starts a long-running process inside the namespace, pinned to `cpu`.
+    pub fn spawn(&self, cpu: Option<usize>, argv: &[&str]) -> Result<Proc> {
+        let net = self.net_arg();
+        let cpu_s = cpu.map(|c| c.to_string());
+        let mut full = vec!["nsenter", net.as_str(), "--"];
+        if let Some(c) = &cpu_s {
+            full.extend(["taskset", "-c", c.as_str()]);
+        }
+        full.extend_from_slice(argv);
+        Proc::spawn(&full)
+    }
+
+    /// Runs argv inside the namespace pinned to `cpu` and returns stdout.
+    pub fn exec_pinned(&self, cpu: usize, argv: &[&str]) -> Result<String> {
+        let c = cpu.to_string();
+        let mut full = vec!["taskset", "-c", c.as_str()];
+        full.extend_from_slice(argv);
+        self.exec(&full)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        if let Err(e) = run(&["ip", "netns", "del", &self.name]) {
+            eprintln!(
+                "bench: cannot delete network namespace {}: {e:#}",
+                self.name
+            );
+        }
+    }
+}
+
+/// A child process killed (and reaped) on drop, and by the kernel when the
+/// bench itself dies (PDEATHSIG).
+pub struct Proc {
+    child: Child,
+    what: String,
+}
+
+impl Proc {
+    pub fn spawn(argv: &[&str]) -> Result<Proc> {
+        let mut cmd = Command::new(argv[0]);
+        cmd.args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: prctl is async-signal-safe and affects only the child.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", argv.join(" ")))?;
+        Ok(Proc {
+            child,
+            what: argv.join(" "),
+        })
+    }
+
+    /// Fails if the process has already exited (a server that could not
+    /// bind, say).
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited early: {status}", self.what);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Deletes namespaces, bpffs directories and state directories named
+/// `dpb-<pid>-...` whose pid no longer runs: what a SIGKILLed bench left.
+pub fn remove_stale() {
+    let stale = |name: &str| -> bool {
+        let Some(rest) = name.strip_prefix(&format!("{PREFIX}-")) else {
+            return false;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            return false;
+        };
+        pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+    };
+    let list = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| stale(n))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for name in list(Path::new("/run/netns")) {
+        eprintln!("bench: removing stale namespace {name}");
+        let _ = run(&["ip", "netns", "del", &name]);
+    }
+    for dir in [Path::new("/sys/fs/bpf").to_owned(), std::env::temp_dir()] {
+        for name in list(&dir) {
+            eprintln!("bench: removing stale {}", dir.join(&name).display());
+            let _ = std::fs::remove_dir_all(dir.join(&name));
+            let _ = std::fs::remove_file(dir.join(&name));
+        }
+    }
+}
+
+/// Creates a veth pair `a_dev` (in `a`) <-> `b_dev` (in `b`), both up.
+pub fn veth(a: &NetNs, a_dev: &str, b: &NetNs, b_dev: &str) -> Result<()> {
+    a.exec(&[
+        "ip",
+        "link",
+        "add",
+        a_dev,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_dev,
+        "netns",
+        b.name(),
+    ])?;
+    a.exec(&["ip", "link", "set", a_dev, "up"])?;
+    b.exec(&["ip", "link", "set", b_dev, "up"])?;
+    Ok(())
+}
+
+/// One peer's world: fake host, external client, the measured container and
+/// an idle one (the target of the extra mappings). Built by [`Topology::new`]
+/// up to the host; the bridge and containers are wired by
+/// [`Topology::wire_bridge`] (every peer but `dataplane`, which wires them
+/// itself through `dataplane connect`).
+pub struct Topology {
+    pub host: NetNs,
+    pub client: NetNs,
+    pub container: NetNs,
+    pub idle: NetNs,
+}
+
+impl Topology {
+    pub fn new(tag: &str) -> Result<Topology> {
+        let t = Topology {
+            host: NetNs::new(&format!("{tag}-h"))?,
+            client: NetNs::new(&format!("{tag}-c"))?,
+            container: NetNs::new(&format!("{tag}-k"))?,
+            idle: NetNs::new(&format!("{tag}-i"))?,
+        };
+        veth(&t.host, UPLINK, &t.client, INNER_DEV)?;
+        t.host
+            .exec(&["ip", "addr", "add", &format!("{HOST_IP}/24"), "dev", UPLINK])?;
+        t.client.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{CLIENT_IP}/24"),
+            "dev",
+            INNER_DEV,
+        ])?;
+        t.host.sysctl("net.ipv4.ip_forward", "1")?;
+        // The CRR workload opens tens of thousands of connections a second:
+        // let the client reuse ports (its namespace's own sysctls).
+        t.client
+            .sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
+        t.client.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+        t.container
+            .sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
+        t.container.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+        Ok(t)
+    }
+
+    /// A Linux bridge `br0` with the gateway address, and both containers on
+    /// it through veth pairs, default route via the gateway: what Docker's
+    /// bridge driver builds.
+    pub fn wire_bridge(&self) -> Result<()> {
+        self.host
+            .exec(&["ip", "link", "add", BRIDGE, "type", "bridge"])?;
+        self.host
+            .exec(&["ip", "addr", "add", &format!("{GATEWAY}/16"), "dev", BRIDGE])?;
+        self.host.exec(&["ip", "link", "set", BRIDGE, "up"])?;
+        for (ns, dev, ip) in [
+            (&self.container, "vk0", CONTAINER_IP),
+            (&self.idle, "vi0", IDLE_IP),
+        ] {
+            veth(&self.host, dev, ns, INNER_DEV)?;
+            self.host
+                .exec(&["ip", "link", "set", dev, "master", BRIDGE])?;
+            ns.exec(&["ip", "addr", "add", &format!("{ip}/16"), "dev", INNER_DEV])?;
+            ns.exec(&["ip", "route", "add", "default", "via", &GATEWAY.to_string()])?;
+        }
+        Ok(())
+    }
+
+    /// Lets the client reach the bridge subnet directly (the `none` peer).
+    pub fn client_route_to_subnet(&self) -> Result<()> {
+        self.client
+            .exec(&["ip", "route", "add", SUBNET, "via", &HOST_IP.to_string()])?;
+        Ok(())
+    }
+}

@@ -1,0 +1,252 @@
+//! The workloads, each bounded in time, and the servers they talk to.
+//!
+//! Ingress: the external client (pinned to [`CLIENT_CPU`]) to the measured
+//! container's published ports on the host (or to the container itself for
+//! `none`), servers pinned to [`SERVER_CPU`]. Egress: the container to a
+//! server in the client namespace, through the host's masquerade. TCP
+//! throughput is iperf3 (1 and 4 streams); RR, CRR and UDP are the bench's
+//! own load tool ([`super::load`]).
+
+use std::{net::Ipv4Addr, path::Path};
+
+use anyhow::{bail, Context as _, Result};
+
+use super::{
+    load::parse_result,
+    peers::{IPERF_PORT, TCP_PORT, UDP_PORT},
+    topology::{NetNs, Proc, Topology, CLIENT_IP},
+};
+
+/// The machine has two cores: clients on one, servers on the other.
+pub const CLIENT_CPU: usize = 0;
+pub const SERVER_CPU: usize = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dir {
+    Ingress,
+    Egress,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Tcp1,
+    Tcp4,
+    Rr,
+    Crr,
+    Udp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Workload {
+    pub dir: Dir,
+    pub kind: Kind,
+}
+
+impl Workload {
+    pub fn name(&self) -> String {
+        let d = match self.dir {
+            Dir::Ingress => "in",
+            Dir::Egress => "eg",
+        };
+        let k = match self.kind {
+            Kind::Tcp1 => "tcp1",
+            Kind::Tcp4 => "tcp4",
+            Kind::Rr => "rr",
+            Kind::Crr => "crr",
+            Kind::Udp => "udp",
+        };
+        format!("{d}-{k}")
+    }
+
+    /// The metrics one run of this workload yields.
+    pub fn metrics(&self) -> Vec<Metric> {
+        let base = self.name();
+        match self.kind {
+            Kind::Tcp1 | Kind::Tcp4 => vec![Metric::new(base, "Gbit/s", true)],
+            Kind::Rr => vec![
+                Metric::new(base.clone(), "trans/s", true),
+                Metric::new(format!("{base}-p50"), "us", false),
+                Metric::new(format!("{base}-p99"), "us", false),
+            ],
+            Kind::Crr => vec![Metric::new(base, "conn/s", true)],
+            Kind::Udp => vec![Metric::new(base, "trans/s", true)],
+        }
+    }
+}
+
+pub fn all() -> Vec<Workload> {
+    let mut v = Vec::new();
+    for dir in [Dir::Ingress, Dir::Egress] {
+        for kind in [Kind::Tcp1, Kind::Tcp4, Kind::Rr, Kind::Crr, Kind::Udp] {
+            v.push(Workload { dir, kind });
+        }
+    }
+    v
+}
+
+/// A measured quantity: its name, unit and direction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Metric {
+    pub name: String,
+    pub unit: &'static str,
+    pub higher_is_better: bool,
+}
+
+impl Metric {
+    fn new(name: String, unit: &'static str, higher_is_better: bool) -> Metric {
+        Metric {
+            name,
+            unit,
+            higher_is_better,
+        }
+    }
+}
+
+/// The servers of one topology: iperf3 and the load tool's echo server in
+/// the container (ingress) and in the client namespace (egress).
+pub struct Servers {
+    procs: Vec<Proc>,
+}
+
+impl Servers {
+    pub fn start(topo: &Topology, load_bin: &Path) -> Result<Servers> {
+        let bin = load_bin.to_string_lossy();
+        let mut procs = Vec::new();
+        for ns in [&topo.container, &topo.client] {
+            procs.push(ns.spawn(
+                Some(SERVER_CPU),
+                &["iperf3", "-s", "-p", &IPERF_PORT.to_string()],
+            )?);
+            procs.push(ns.spawn(
+                Some(SERVER_CPU),
+                &[
+                    &bin,
+                    "bench-load",
+                    "serve",
+                    "--tcp",
+                    &format!("0.0.0.0:{TCP_PORT}"),
+                    "--udp",
+                    &format!("0.0.0.0:{UDP_PORT}"),
+                ],
+            )?);
+        }
+        // Bounded wait until every server listens (ss inside its namespace).
+        for ns in [&topo.container, &topo.client] {
+            let mut tries = 0;
+            loop {
+                let out = ns.exec(&["ss", "-Hltn"])?;
+                if out.contains(&format!(":{IPERF_PORT}")) && out.contains(&format!(":{TCP_PORT}"))
+                {
+                    break;
+                }
+                tries += 1;
+                if tries > 100 {
+                    bail!("servers in {} did not listen within 5 s", ns.name());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        for p in &mut procs {
+            p.check_alive()?;
+        }
+        Ok(Servers { procs })
+    }
+
+    pub fn check(&mut self) -> Result<()> {
+        for p in &mut self.procs {
+            p.check_alive()?;
+        }
+        Ok(())
+    }
+}
+
+/// How long each run lasts.
+#[derive(Clone, Copy, Debug)]
+pub struct Durations {
+    /// iperf3 `-t` (whole seconds).
+    pub tcp_secs: u32,
+    /// The load tool's `--secs`.
+    pub load_secs: f64,
+}
+
+/// Runs `w` once on `topo` and returns one value per [`Workload::metrics`].
+pub fn run(
+    w: Workload,
+    topo: &Topology,
+    ingress_addr: Ipv4Addr,
+    load_bin: &Path,
+    d: Durations,
+) -> Result<Vec<f64>> {
+    let (client, dst): (&NetNs, Ipv4Addr) = match w.dir {
+        Dir::Ingress => (&topo.client, ingress_addr),
+        Dir::Egress => (&topo.container, CLIENT_IP),
+    };
+    match w.kind {
+        Kind::Tcp1 | Kind::Tcp4 => {
+            let streams = if w.kind == Kind::Tcp1 { "1" } else { "4" };
+            let limit = (d.tcp_secs + 15).to_string();
+            let out = client
+                .exec_pinned(
+                    CLIENT_CPU,
+                    &[
+                        "timeout",
+                        "-k",
+                        "2",
+                        &limit,
+                        "iperf3",
+                        "-c",
+                        &dst.to_string(),
+                        "-p",
+                        &IPERF_PORT.to_string(),
+                        "-t",
+                        &d.tcp_secs.to_string(),
+                        "-P",
+                        streams,
+                        "--connect-timeout",
+                        "3000",
+                        "-J",
+                    ],
+                )
+                .with_context(|| format!("{} to {dst}", w.name()))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&out).context("iperf3 -J printed no JSON")?;
+            let bps = v["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .with_context(|| format!("iperf3 JSON has no end.sum_received: {}", v["error"]))?;
+            Ok(vec![bps / 1e9])
+        }
+        Kind::Rr | Kind::Crr | Kind::Udp => {
+            let (mode, port) = match w.kind {
+                Kind::Rr => ("rr", TCP_PORT),
+                Kind::Crr => ("crr", TCP_PORT),
+                _ => ("udp", UDP_PORT),
+            };
+            let bin = load_bin.to_string_lossy();
+            let limit = format!("{}", d.load_secs.ceil() as u64 + 15);
+            let out = client
+                .exec_pinned(
+                    CLIENT_CPU,
+                    &[
+                        "timeout",
+                        "-k",
+                        "2",
+                        &limit,
+                        &bin,
+                        "bench-load",
+                        mode,
+                        "--to",
+                        &format!("{dst}:{port}"),
+                        "--secs",
+                        &d.load_secs.to_string(),
+                    ],
+                )
+                .with_context(|| format!("{} to {dst}:{port}", w.name()))?;
+            let r = parse_result(out.trim())?;
+            if w.kind == Kind::Rr {
+                Ok(vec![r.rate, r.p50_us, r.p99_us])
+            } else {
+                Ok(vec![r.rate])
+            }
+        }
+    }
+}
