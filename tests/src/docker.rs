@@ -9,7 +9,6 @@
 //! and the plugin socket.
 
 use std::{
-    os::unix::fs::symlink,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -32,41 +31,13 @@ pub const PLUGIN_DIR: &str = "/run/docker/plugins";
 const CLIENT: &str = "/usr/bin/docker";
 const DAEMON_START: Duration = Duration::from_secs(60);
 const DAEMON_STOP: Duration = Duration::from_secs(20);
-const TOOLS: [&str; 4] = ["dockerd", "containerd", "runc", "busybox"];
+const TOOLS: [&str; 5] = ["dockerd", "containerd", "runc", "busybox", CLIENT];
 
 /// Whether dockerd can run here: the tools `cargo xtask setup` installs.
 /// Missing: panics under `CI=true`, otherwise prints `SKIPPED` and returns
 /// false (like [`crate::require_root`]).
 pub fn require_docker() -> bool {
-    let mut missing: Vec<&str> = TOOLS
-        .iter()
-        .copied()
-        .filter(|t| which(t).is_none())
-        .collect();
-    if !Path::new(CLIENT).is_file() {
-        missing.push(CLIENT);
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!(
-        "docker test needs {} (cargo xtask setup installs them)",
-        missing.join(", ")
-    );
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{msg}, and CI=true forbids skipping");
-    }
-    eprintln!("SKIPPED: {msg}");
-    false
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .chain(["/usr/sbin".into(), "/usr/bin".into(), "/sbin".into()])
-            .map(|d| d.join(tool))
-            .find(|p| p.is_file())
-    })
+    crate::require_tools("docker test", &TOOLS)
 }
 
 /// A plugin name of this run's own: the agent serves
@@ -168,25 +139,11 @@ impl Dockerd {
     }
 
     fn import(&self) -> Result<()> {
-        let root = self.dir.join("rootfs");
-        for sub in ["bin", "www"] {
-            std::fs::create_dir_all(root.join(sub))?;
-        }
-        let busybox = which("busybox").context("busybox")?;
-        std::fs::copy(&busybox, root.join("bin/busybox"))?;
-        for applet in ["sh", "httpd", "ip", "nc", "cat", "sleep", "wget", "ping"] {
-            symlink("busybox", root.join("bin").join(applet))?;
-        }
-        std::fs::write(root.join("www/index.html"), INDEX)?;
-        let tar = self.dir.join("rootfs.tar");
-        cmd::run(&[
-            "tar",
-            "-C",
-            &root.display().to_string(),
-            "-cf",
-            &tar.display().to_string(),
-            ".",
-        ])?;
+        let tar = crate::busybox_tarball(
+            &self.dir,
+            &["sh", "httpd", "ip", "nc", "cat", "sleep"],
+            INDEX,
+        )?;
         self.run(&["import", &tar.display().to_string(), IMAGE])?;
         Ok(())
     }

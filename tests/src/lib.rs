@@ -129,6 +129,76 @@ pub fn require_root() -> bool {
     false
 }
 
+/// Whether the external tools a test drives are installed (`cargo xtask
+/// setup` installs them). Missing: panics under `CI=true`, otherwise prints
+/// `SKIPPED` and returns false (like [`require_root`]).
+pub fn require_tools(what: &str, tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| {
+            if t.starts_with('/') {
+                !std::path::Path::new(t).is_file()
+            } else {
+                which(t).is_none()
+            }
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!(
+        "{what} needs {} (cargo xtask setup installs them)",
+        missing.join(", ")
+    );
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{msg}, and CI=true forbids skipping");
+    }
+    eprintln!("SKIPPED: {msg}");
+    false
+}
+
+/// A tool on PATH or in the sbin/bin directories root's PATH may lack.
+pub fn which(tool: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain(["/usr/sbin".into(), "/usr/bin".into(), "/sbin".into()])
+            .map(|d| d.join(tool))
+            .find(|p| p.is_file())
+    })
+}
+
+/// An image for the real-runtime tests, as a tarball to import: a rootfs of
+/// busybox-static with `applets` linked in `/bin` and `index` as
+/// `/www/index.html`, built under `dir`.
+pub fn busybox_tarball(
+    dir: &std::path::Path,
+    applets: &[&str],
+    index: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context as _;
+    let root = dir.join("rootfs");
+    for sub in ["bin", "www"] {
+        std::fs::create_dir_all(root.join(sub))?;
+    }
+    let busybox = which("busybox").context("busybox")?;
+    std::fs::copy(&busybox, root.join("bin/busybox"))?;
+    for applet in applets {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    std::fs::write(root.join("www/index.html"), index)?;
+    let tar = dir.join("rootfs.tar");
+    cmd::run(&[
+        "tar",
+        "-C",
+        &root.display().to_string(),
+        "-cf",
+        &tar.display().to_string(),
+        ".",
+    ])?;
+    Ok(tar)
+}
+
 /// The `dataplane` binary cargo built beside this test executable
 /// (`target/<profile>/dataplane`; test executables live in `deps/` below it).
 pub fn dataplane_bin() -> anyhow::Result<std::path::PathBuf> {

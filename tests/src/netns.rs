@@ -116,6 +116,20 @@ impl NetNs {
         })
     }
 
+    /// Names of every link `ip` sees here, sorted.
+    pub fn link_names(&self) -> Result<Vec<String>> {
+        let out = self.ip_json(&["link", "show"])?;
+        let mut names: Vec<String> = out
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// Sets a sysctl inside this namespace only.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
         self.exec(&["sysctl", "-qw", &format!("{key}={value}")])?;

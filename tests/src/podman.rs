@@ -31,32 +31,7 @@ const TOOLS: [&str; 4] = ["podman", "conmon", "runc", "busybox"];
 /// Missing: panics under `CI=true`, otherwise prints `SKIPPED` and returns
 /// false (like [`crate::require_root`]).
 pub fn require_podman() -> bool {
-    let missing: Vec<&str> = TOOLS
-        .iter()
-        .copied()
-        .filter(|t| which(t).is_none())
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!(
-        "podman test needs {} (cargo xtask setup installs them)",
-        missing.join(", ")
-    );
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{msg}, and CI=true forbids skipping");
-    }
-    eprintln!("SKIPPED: {msg}");
-    false
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .chain(["/usr/sbin".into(), "/usr/bin".into(), "/sbin".into()])
-            .map(|d| d.join(tool))
-            .find(|p| p.is_file())
-    })
+    crate::require_tools("podman test", &TOOLS)
 }
 
 pub struct Podman {
@@ -83,16 +58,15 @@ impl Podman {
     }
 
     fn build(&self) -> Result<()> {
-        for sub in ["rootfs/bin", "rootfs/www", "cni-bin", "cni-conf", "tmp"] {
+        for sub in ["cni-bin", "cni-conf", "tmp"] {
             std::fs::create_dir_all(self.dir.join(sub))?;
         }
-        let busybox = which("busybox").context("busybox")?;
-        std::fs::copy(&busybox, self.dir.join("rootfs/bin/busybox"))?;
         // No wget: busybox-static's segfaults without a libc beside it.
-        for applet in ["sh", "httpd", "ip", "nc", "cat", "sleep"] {
-            symlink("busybox", self.dir.join("rootfs/bin").join(applet))?;
-        }
-        std::fs::write(self.dir.join("rootfs/www/index.html"), INDEX)?;
+        let tar = crate::busybox_tarball(
+            &self.dir,
+            &["sh", "httpd", "ip", "nc", "cat", "sleep"],
+            INDEX,
+        )?;
         symlink(
             crate::cni::cni_bin()?,
             self.dir.join("cni-bin/dataplane-cni"),
@@ -112,15 +86,6 @@ impl Podman {
                  runtime = \"runc\"\n"
             ),
         )?;
-        let tar = self.dir.join("rootfs.tar");
-        cmd::run(&[
-            "tar",
-            "-C",
-            &self.dir.join("rootfs").display().to_string(),
-            "-cf",
-            &tar.display().to_string(),
-            ".",
-        ])?;
         self.run(&["import", &tar.display().to_string(), IMAGE])?;
         Ok(())
     }

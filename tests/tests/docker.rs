@@ -94,17 +94,7 @@ impl Drop for Rig {
 }
 
 fn link_names(ns: &NetNs) -> Vec<String> {
-    let mut v: Vec<String> = ns
-        .ip_json(&["link", "show"])
-        .expect("ip link")
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
-        .collect();
-    v.sort();
-    v
+    ns.link_names().expect("ip link")
 }
 
 fn httpd(dk: &Dockerd, name: &str, net: &str, publish: &str) -> String {
