@@ -496,13 +496,14 @@ pub async fn dispatch(ctx: &api::Context, method: &str, body: &[u8]) -> Reply {
     match Call::parse(method, body) {
         Ok(Some(call)) => match execute(ctx, call).await {
             Ok(v) => Reply::ok(v),
-            Err(e) => Reply::err(500, format!("dataplane: {method}: {e:#}")),
+            // Docker puts the method in front of the message itself.
+            Err(e) => Reply::err(500, format!("dataplane: {e:#}")),
         },
         Ok(None) => Reply::err(
             404,
             format!("dataplane: {method}: not implemented by this driver"),
         ),
-        Err(e) => Reply::err(400, format!("dataplane: {e}")),
+        Err(e) => Reply::err(400, format!("dataplane: {}", e.problem)),
     }
 }
 

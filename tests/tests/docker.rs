@@ -272,6 +272,53 @@ fn docker_run_publishes_through_the_driver_and_rm_cleans_up() {
     assert_eq!((code, body.as_str()), (200, docker::INDEX));
     no_rules_for_us(&rig.fh.host);
 
+    // `docker network connect/disconnect` of a running container.
+    let endpoints = |rig: &Rig| {
+        let v = rig
+            .cli
+            .json(&["network", "inspect", &ours])
+            .expect("inspect ours");
+        v[0]["Containers"].as_object().map_or(0, |c| c.len())
+    };
+    let before = endpoints(&rig);
+    // c3 starts on Docker's own default bridge (a container on `none` may
+    // join no other network).
+    dk.run(&[
+        "run",
+        "-d",
+        "--name",
+        "c3",
+        docker::IMAGE,
+        "/bin/sleep",
+        "600",
+    ])
+    .expect("docker run c3");
+    dk.run(&["network", "connect", "net1", "c3"])
+        .expect("docker network connect");
+    assert_eq!(endpoints(&rig), before + 1);
+    let reply = http_from(&dk, "c3", web_ip, 80);
+    assert!(reply.ends_with(docker::INDEX), "{reply}");
+    dk.run(&["network", "disconnect", "net1", "c3"])
+        .expect("docker network disconnect");
+    assert_eq!(endpoints(&rig), before);
+    let addrs = dk
+        .run(&["exec", "c3", "/bin/ip", "-4", "-o", "addr"])
+        .expect("ip addr in c3");
+    assert!(
+        !addrs.contains("10.92.0."),
+        "c3 keeps an address of net1:\n{addrs}"
+    );
+
+    // `docker stop` takes the published port with it; `docker start` brings it back.
+    let dst2 = SocketAddr::from((rig.fh.host_ip, 8081));
+    dk.run(&["stop", "-t", "1", "web2"]).expect("docker stop");
+    let nat = rig.cli.run(&["nat", "ls"]).expect("nat ls");
+    assert!(!nat.contains(":8081"), "{nat}");
+    assert!(http_get(&rig.fh.client, dst2, "/", Duration::from_secs(1)).is_err());
+    dk.run(&["start", "web2"]).expect("docker start");
+    let (code, _) = http_get(&rig.fh.client, dst2, "/", T).expect("GET :8081 after start");
+    assert_eq!(code, 200);
+
     // A port published twice is refused, naming the port; nothing else changes.
     let err = dk
         .fail(&[
@@ -295,8 +342,8 @@ fn docker_run_publishes_through_the_driver_and_rm_cleans_up() {
     assert_eq!(code, 200);
 
     // Removal cleans up: endpoints, published ports, the network and its bridge.
-    dk.run(&["rm", "-f", "web", "web2", "c2", "dup"])
-        .or_else(|_| dk.run(&["rm", "-f", "web", "web2", "c2"]))
+    dk.run(&["rm", "-f", "web", "web2", "c2", "c3", "dup"])
+        .or_else(|_| dk.run(&["rm", "-f", "web", "web2", "c2", "c3"]))
         .expect("docker rm");
     let nat = rig.cli.run(&["nat", "ls"]).expect("nat ls");
     assert!(!nat.contains(":8080") && !nat.contains(":8081"), "{nat}");
