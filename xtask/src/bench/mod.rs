@@ -40,7 +40,7 @@ use self::{
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// About 3 minutes: N = 0 and 10000, shorter runs, 2 rounds.
+    /// About 10 minutes on 2 cores: N = 0 and 10000, shorter runs, 2 rounds.
     #[arg(long)]
     pub quick: bool,
     /// Peers to run, comma separated (default all: none, iptables,
