@@ -307,27 +307,42 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
     Ok(listener)
 }
 
-/// Serves requests until `shutdown` resolves; each connection in its own
-/// task (the state lock serialises their effects).
+/// Serves requests until `shutdown` resolves.
 pub async fn serve(
     listener: UnixListener,
     ctx: Context,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    accept_loop(listener, ctx, shutdown, "API", |stream, ctx| async move {
+        if let Err(e) = handle(stream, &ctx).await {
+            tracing::warn!("API connection: {e:#}");
+        }
+    })
+    .await;
+}
+
+/// Accepts connections until `shutdown` resolves, each served by `conn` in
+/// its own task (the state lock serialises their effects). The agent's API
+/// and Docker's driver socket both run on it; `conn` reports its own errors.
+pub async fn accept_loop<F, Fut>(
+    listener: UnixListener,
+    ctx: Context,
+    shutdown: impl std::future::Future<Output = ()>,
+    what: &'static str,
+    conn: F,
+) where
+    F: Fn(UnixStream, Context) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let ctx = ctx.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = handle(stream, &ctx).await {
-                            tracing::warn!("API connection: {e:#}");
-                        }
-                    });
+                    tokio::spawn(conn(stream, ctx.clone()));
                 }
-                Err(e) => tracing::warn!("API accept: {e}"),
+                Err(e) => tracing::warn!("{what} accept: {e}"),
             },
         }
     }

@@ -625,30 +625,24 @@ pub async fn execute(ctx: &api::Context, call: Call) -> anyhow::Result<Value> {
     Ok(v)
 }
 
-/// Serves the driver until `shutdown` resolves; each connection in its own
-/// task (the state lock serialises their effects).
+/// Serves the driver until `shutdown` resolves.
 pub async fn serve(
     listener: UnixListener,
     ctx: api::Context,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let ctx = ctx.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = connection(stream, &ctx).await {
-                            tracing::debug!("docker plugin connection: {e:#}");
-                        }
-                    });
-                }
-                Err(e) => tracing::warn!("docker plugin accept: {e}"),
-            },
-        }
-    }
+    api::accept_loop(
+        listener,
+        ctx,
+        shutdown,
+        "docker plugin",
+        |stream, ctx| async move {
+            if let Err(e) = connection(stream, &ctx).await {
+                tracing::debug!("docker plugin connection: {e:#}");
+            }
+        },
+    )
+    .await;
 }
 
 /// An HTTP/1.1 request: method name (the path without its slash), body,
