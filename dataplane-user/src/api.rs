@@ -8,6 +8,7 @@
 use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -25,7 +26,7 @@ use crate::{
     nat,
     network::{
         inspect,
-        manager::{ConnectArgs, Manager, NetworkError},
+        manager::{Cache, ConnectArgs, Manager, NetworkError},
         model::CreateArgs,
     },
 };
@@ -139,13 +140,40 @@ pub struct Context {
     pub nat: dataplane_common::nat::NatConfig,
     /// Who executes: "agent" or "cli".
     pub server: &'static str,
+    /// What one request's manager leaves for the next (the agent's; None
+    /// in the CLI, which runs one request).
+    pub cache: Option<Arc<std::sync::Mutex<Cache>>>,
+}
+
+impl Context {
+    /// A manager for one request, under the state lock, from the cache if
+    /// there is one. Hand it back with [`Context::done`].
+    pub async fn manager(&self) -> Result<Manager, NetworkError> {
+        let mut m =
+            Manager::open_cached(&self.state_dir, &self.pins, self.cache.as_deref()).await?;
+        m.set_nat_config(self.nat);
+        Ok(m)
+    }
+
+    /// Ends a request: what the manager holds goes back into the cache,
+    /// then the state lock is released.
+    pub fn done(&self, m: Manager) {
+        if let Some(slot) = &self.cache {
+            m.keep(slot);
+        }
+    }
 }
 
 /// Carries out one request. Errors are the manager's, whole (with their
 /// sources) in the message.
 pub async fn execute(ctx: &Context, req: Request) -> Result<Value, anyhow::Error> {
-    let mut m = Manager::open(&ctx.state_dir, &ctx.pins).await?;
-    m.set_nat_config(ctx.nat);
+    let mut m = ctx.manager().await?;
+    let v = run(ctx, &mut m, req).await;
+    ctx.done(m);
+    v
+}
+
+async fn run(ctx: &Context, m: &mut Manager, req: Request) -> Result<Value, anyhow::Error> {
     let v = match req {
         Request::NetworkCreate { args } => {
             let net = m.create(args.parse()?).await?;
@@ -224,7 +252,7 @@ pub async fn execute(ctx: &Context, req: Request) -> Result<Value, anyhow::Error
                     .collect(),
             )
         }
-        Request::NatLs => nat_ls(&m, &ctx.pins)?,
+        Request::NatLs => nat_ls(m, &ctx.pins)?,
         Request::ConntrackLs => serde_json::to_value(conntrack::list(&ctx.pins)?)?,
         Request::Status => json!({
             "server": ctx.server,

@@ -517,8 +517,13 @@ pub async fn execute(ctx: &api::Context, call: Call) -> anyhow::Result<Value> {
         Call::Discover => return Ok(json!({})),
         _ => {}
     }
-    let mut m = Manager::open(&ctx.state_dir, &ctx.pins).await?;
-    m.set_nat_config(ctx.nat);
+    let mut m = ctx.manager().await?;
+    let v = run(&mut m, call).await;
+    ctx.done(m);
+    v
+}
+
+async fn run(m: &mut Manager, call: Call) -> anyhow::Result<Value> {
     let v = match call {
         Call::Activate | Call::GetCapabilities | Call::Discover => json!({}),
         Call::CreateNetwork { network_id, args } => {

@@ -15,7 +15,7 @@ use dataplane_user::{
     filter, metrics, monitor, netns,
     network::{
         inspect,
-        manager::{ConnectArgs, Manager},
+        manager::{Cache, ConnectArgs, Manager},
         model::CreateArgs,
     },
     sock, state, stats,
@@ -450,6 +450,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pins: pins.clone(),
             nat: config.nat,
             server: "cli",
+            cache: None,
         },
     };
     match cli.command {
@@ -1052,7 +1053,10 @@ async fn agent_main(
         }
     }
     let bridge = manager.network("bridge").ok().cloned();
-    drop(manager); // releases the state lock for CLI calls
+    // One cache for the API and Docker's driver: a request costs what it
+    // changes, not a reload of the state and the eBPF object.
+    let cache = std::sync::Arc::new(std::sync::Mutex::new(Cache::default()));
+    manager.keep(&cache); // releases the state lock for CLI calls
     if ifaces.is_empty() {
         bail!("no interface given (--iface) and no default route to find an uplink from");
     }
@@ -1131,6 +1135,7 @@ async fn agent_main(
         pins: pins.clone(),
         nat,
         server: "agent",
+        cache: Some(cache.clone()),
     };
     let api_task = tokio::spawn(api::serve(listener, api_ctx, async {
         let _ = api_stopped.await;
@@ -1145,6 +1150,7 @@ async fn agent_main(
                 pins: pins.clone(),
                 nat,
                 server: "agent",
+                cache: Some(cache.clone()),
             };
             info!(socket = %path.display(), "Docker network driver listening (docker network create -d {})",
                 path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default());
@@ -1167,7 +1173,7 @@ async fn agent_main(
             info!(%addr, "Prometheus metrics on /metrics");
             let dir = state_dir.to_owned();
             let state = move || -> Result<state::State, String> {
-                let store = state::StateStore::open(&dir).map_err(|e| format!("{e:#}"))?;
+                let mut store = state::StateStore::open(&dir).map_err(|e| format!("{e:#}"))?;
                 Ok(store
                     .load()
                     .map_err(|e| format!("{e:#}"))?

@@ -2,10 +2,12 @@
 //! writing the desired state (published ports, managed subnets, the host's
 //! addresses, uplinks) into the pinned maps the programs read.
 //!
-//! [`sync`] is a full reconcile, not a log of changes: it computes every
-//! map's desired contents from the state and the kernel, deletes what should
-//! not be there and writes the rest, so running it twice changes nothing and
-//! a map edited behind the agent's back is repaired.
+//! [`sync`] and [`apply`] are a full reconcile, not a log of changes: they
+//! compute every map's desired contents from the state and the kernel,
+//! delete what should not be there and write the rest, so running them twice
+//! changes nothing and a map edited behind the agent's back is repaired.
+//! [`apply_changes`] is the agent's cheap path between full reconciles: from
+//! the contents it wrote last to the new ones, only the entries that differ.
 
 use std::{
     borrow::BorrowMut,
@@ -115,13 +117,13 @@ pub fn detach_endpoint(pins: &PinRoot, host_ifname: &str) -> Result<(), NatError
 /// What the maps should hold.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Desired {
-    pub ports: BTreeMap<([u8; 4], [u8; 2], u8), PortTarget>,
+    pub ports: BTreeMap<PortKey, PortTarget>,
     /// (network, prefix length) -> (flags, network key).
     pub subnets: BTreeMap<([u8; 4], u32), (u32, u32)>,
     /// Host-side veth ifindex -> endpoint.
     pub endpoints: BTreeMap<u32, EndpointInfo>,
-    pub host_addrs: BTreeMap<[u8; 4], u32>,
-    pub uplinks: BTreeMap<u32, [u8; 4]>,
+    pub host_addrs: BTreeMap<[u8; 4], HostAddr>,
+    pub uplinks: BTreeMap<u32, Uplink>,
 }
 
 /// The number the datapath knows a network by: the first 32 bits of its id,
@@ -142,7 +144,12 @@ pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError>
         for m in &ep.published {
             let addr = m.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets();
             d.ports.insert(
-                (addr, m.host_port.to_be_bytes(), m.proto.number()),
+                PortKey {
+                    addr,
+                    port: m.host_port.to_be_bytes(),
+                    proto: m.proto.number(),
+                    _pad: 0,
+                },
                 PortTarget {
                     addr: ip.octets(),
                     port: m.container_port.to_be_bytes(),
@@ -171,6 +178,20 @@ pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError>
             (flags, network_key(&net.id)),
         );
     }
+    // One dump of the host's links rather than one request per endpoint.
+    let links: BTreeMap<String, u32> = if state
+        .endpoints
+        .values()
+        .any(|e| matches!(e.attachment, Attachment::Veth { .. }))
+    {
+        host.links()
+            .await?
+            .into_iter()
+            .map(|l| (l.name, l.index))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     for ep in state.endpoints.values() {
         let (Attachment::Veth { host_ifname }, Some(ip)) = (&ep.attachment, ep.ipv4) else {
             continue;
@@ -182,9 +203,9 @@ pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError>
             continue;
         };
         // A veth gone with its namespace has nothing left to police.
-        if let Some(link) = host.link_by_name(host_ifname).await? {
+        if let Some(index) = links.get(host_ifname) {
             d.endpoints.insert(
-                link.index,
+                *index,
                 EndpointInfo {
                     addr: ip.octets(),
                     gateway: gw.octets(),
@@ -195,7 +216,13 @@ pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError>
         }
     }
     for (index, addr, _) in host.addrs(None).await? {
-        d.host_addrs.insert(addr.octets(), index);
+        d.host_addrs.insert(
+            addr.octets(),
+            HostAddr {
+                ifindex: index,
+                _pad: 0,
+            },
+        );
     }
     for name in &state.uplinks {
         let link = host
@@ -208,7 +235,7 @@ pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError>
             .first()
             .map(|(_, a, _)| a.octets())
             .ok_or_else(|| NatError::NoUplinkAddr(name.clone()))?;
-        d.uplinks.insert(link.index, addr);
+        d.uplinks.insert(link.index, Uplink { addr, _pad: 0 });
     }
     Ok(d)
 }
@@ -221,7 +248,7 @@ fn hash_map<'a, K: aya::Pod, V: aya::Pod>(
     HashMap::try_from(map).map_err(map_err(name))
 }
 
-/// Makes a hash map hold exactly `want`.
+/// Makes a hash map hold exactly `want`, reading what it holds now.
 fn reconcile_hash<K, V, M>(
     map: &mut HashMap<M, K, V>,
     name: &'static str,
@@ -247,78 +274,47 @@ where
     Ok(())
 }
 
-/// Writes `want` into the pinned maps.
-pub fn apply(dp: &mut Dataplane, want: &Desired) -> Result<(), NatError> {
-    let ports: BTreeMap<PortKey, PortTarget> = want
-        .ports
-        .iter()
-        .map(|((addr, port, proto), t)| {
-            (
-                PortKey {
-                    addr: *addr,
-                    port: *port,
-                    proto: *proto,
-                    _pad: 0,
-                },
-                *t,
-            )
-        })
-        .collect();
-    reconcile_hash(
-        &mut hash_map::<PortKey, PortTarget>(dp, maps::PORTS)?,
-        maps::PORTS,
-        &ports,
-    )?;
-
-    let hosts: BTreeMap<[u8; 4], HostAddr> = want
-        .host_addrs
-        .iter()
-        .map(|(a, i)| {
-            (
-                *a,
-                HostAddr {
-                    ifindex: *i,
-                    _pad: 0,
-                },
-            )
-        })
-        .collect();
-    reconcile_hash(
-        &mut hash_map::<[u8; 4], HostAddr>(dp, maps::HOST_ADDRS)?,
-        maps::HOST_ADDRS,
-        &hosts,
-    )?;
-
-    let uplinks: BTreeMap<u32, Uplink> = want
-        .uplinks
-        .iter()
-        .map(|(i, a)| (*i, Uplink { addr: *a, _pad: 0 }))
-        .collect();
-    reconcile_hash(
-        &mut hash_map::<u32, Uplink>(dp, maps::UPLINKS)?,
-        maps::UPLINKS,
-        &uplinks,
-    )?;
-    reconcile_hash(
-        &mut hash_map::<u32, EndpointInfo>(dp, maps::ENDPOINTS)?,
-        maps::ENDPOINTS,
-        &want.endpoints,
-    )?;
-
-    let name = maps::SUBNETS;
-    let map = dp.ebpf_mut().map_mut(name).ok_or(NatError::NoMap(name))?;
-    let mut trie: LpmTrie<&mut MapData, [u8; 4], SubnetPolicy> =
-        LpmTrie::try_from(map).map_err(map_err(name))?;
-    let have: Vec<Key<[u8; 4]>> = trie
-        .keys()
-        .collect::<Result<_, _>>()
-        .map_err(map_err(name))?;
-    for k in &have {
-        if !want.subnets.contains_key(&(k.data(), k.prefix_len())) {
-            trie.remove(k).map_err(map_err(name))?;
+/// Takes a hash map from `old` (what it was last set to) to `new`: one
+/// syscall per entry that differs, none for the rest.
+fn update_hash<K, V, M>(
+    map: &mut HashMap<M, K, V>,
+    name: &'static str,
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+) -> Result<(), NatError>
+where
+    K: aya::Pod + Ord,
+    V: aya::Pod + PartialEq,
+    M: BorrowMut<MapData>,
+{
+    for k in old.keys().filter(|k| !new.contains_key(k)) {
+        match map.remove(k) {
+            // Gone already (an expired endpoint, a cleanup): nothing to do.
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(name)(e)),
         }
     }
-    for ((addr, len), flags) in &want.subnets {
+    for (k, v) in new {
+        if old.get(k) != Some(v) {
+            map.insert(k, v, 0).map_err(map_err(name))?;
+        }
+    }
+    Ok(())
+}
+
+fn subnet_trie(
+    dp: &mut Dataplane,
+) -> Result<LpmTrie<&mut MapData, [u8; 4], SubnetPolicy>, NatError> {
+    let name = maps::SUBNETS;
+    let map = dp.ebpf_mut().map_mut(name).ok_or(NatError::NoMap(name))?;
+    LpmTrie::try_from(map).map_err(map_err(name))
+}
+
+fn insert_subnets<'a>(
+    trie: &mut LpmTrie<&mut MapData, [u8; 4], SubnetPolicy>,
+    subnets: impl Iterator<Item = (&'a ([u8; 4], u32), &'a (u32, u32))>,
+) -> Result<(), NatError> {
+    for ((addr, len), flags) in subnets {
         trie.insert(
             &Key::new(*len, *addr),
             SubnetPolicy {
@@ -327,7 +323,94 @@ pub fn apply(dp: &mut Dataplane, want: &Desired) -> Result<(), NatError> {
             },
             0,
         )
-        .map_err(map_err(name))?;
+        .map_err(map_err(maps::SUBNETS))?;
+    }
+    Ok(())
+}
+
+/// Writes `want` into the pinned maps, whatever they hold now (a full
+/// reconcile: every map is read back).
+pub fn apply(dp: &mut Dataplane, want: &Desired) -> Result<(), NatError> {
+    reconcile_hash(
+        &mut hash_map::<PortKey, PortTarget>(dp, maps::PORTS)?,
+        maps::PORTS,
+        &want.ports,
+    )?;
+    reconcile_hash(
+        &mut hash_map::<[u8; 4], HostAddr>(dp, maps::HOST_ADDRS)?,
+        maps::HOST_ADDRS,
+        &want.host_addrs,
+    )?;
+    reconcile_hash(
+        &mut hash_map::<u32, Uplink>(dp, maps::UPLINKS)?,
+        maps::UPLINKS,
+        &want.uplinks,
+    )?;
+    reconcile_hash(
+        &mut hash_map::<u32, EndpointInfo>(dp, maps::ENDPOINTS)?,
+        maps::ENDPOINTS,
+        &want.endpoints,
+    )?;
+    let mut trie = subnet_trie(dp)?;
+    let have: Vec<Key<[u8; 4]>> = trie
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(map_err(maps::SUBNETS))?;
+    for k in &have {
+        if !want.subnets.contains_key(&(k.data(), k.prefix_len())) {
+            trie.remove(k).map_err(map_err(maps::SUBNETS))?;
+        }
+    }
+    insert_subnets(&mut trie, want.subnets.iter())
+}
+
+/// Takes the pinned maps from `old` (what this process last wrote with
+/// [`apply`] or here) to `new`, writing only the entries that differ: the
+/// cost of one more published port does not grow with the number of ports.
+pub fn apply_changes(dp: &mut Dataplane, old: &Desired, new: &Desired) -> Result<(), NatError> {
+    if old == new {
+        return Ok(());
+    }
+    if old.ports != new.ports {
+        update_hash(
+            &mut hash_map::<PortKey, PortTarget>(dp, maps::PORTS)?,
+            maps::PORTS,
+            &old.ports,
+            &new.ports,
+        )?;
+    }
+    update_hash(
+        &mut hash_map::<[u8; 4], HostAddr>(dp, maps::HOST_ADDRS)?,
+        maps::HOST_ADDRS,
+        &old.host_addrs,
+        &new.host_addrs,
+    )?;
+    update_hash(
+        &mut hash_map::<u32, Uplink>(dp, maps::UPLINKS)?,
+        maps::UPLINKS,
+        &old.uplinks,
+        &new.uplinks,
+    )?;
+    update_hash(
+        &mut hash_map::<u32, EndpointInfo>(dp, maps::ENDPOINTS)?,
+        maps::ENDPOINTS,
+        &old.endpoints,
+        &new.endpoints,
+    )?;
+    if old.subnets != new.subnets {
+        let mut trie = subnet_trie(dp)?;
+        for (addr, len) in old.subnets.keys().filter(|k| !new.subnets.contains_key(k)) {
+            match trie.remove(&Key::new(*len, *addr)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(maps::SUBNETS)(e)),
+            }
+        }
+        insert_subnets(
+            &mut trie,
+            new.subnets
+                .iter()
+                .filter(|(k, v)| old.subnets.get(k) != Some(v)),
+        )?;
     }
     Ok(())
 }
@@ -338,12 +421,23 @@ pub async fn sync(dp: &mut Dataplane, state: &State, host: &Netlink) -> Result<(
     apply(dp, &want)
 }
 
-/// The lowest counter slot no mapping uses; its old counts are zeroed so a
-/// new mapping starts from nothing.
-pub fn claim_stats_index(dp: &mut Dataplane, used: &BTreeSet<u32>) -> Result<u32, NatError> {
-    let index = (0..MAX_PORT_MAPPINGS)
-        .find(|i| !used.contains(i))
-        .ok_or(NatError::StatsFull)?;
+/// The lowest counter slot from `from` on that no mapping uses; its old
+/// counts are zeroed so a new mapping starts from nothing.
+pub fn claim_stats_index(
+    dp: &mut Dataplane,
+    used: &BTreeSet<u32>,
+    from: u32,
+) -> Result<u32, NatError> {
+    let mut index = from;
+    for u in used.range(from..) {
+        if *u != index {
+            break;
+        }
+        index += 1;
+    }
+    if index >= MAX_PORT_MAPPINGS {
+        return Err(NatError::StatsFull);
+    }
     let name = maps::PORT_STATS;
     let map = dp.ebpf_mut().map_mut(name).ok_or(NatError::NoMap(name))?;
     let mut array: PerCpuArray<&mut MapData, PktCounter> =

@@ -409,6 +409,50 @@ impl Netlink {
         Ok((host, peer))
     }
 
+    /// Creates a veth pair whose host end `name` is on bridge `master` and
+    /// up, and whose peer is made directly inside the namespace at
+    /// `peer_netns` with its final name and MAC: no later move between
+    /// namespaces, which costs the kernel an RCU grace period. Returns the
+    /// host end.
+    pub async fn create_veth_into(
+        &self,
+        name: &str,
+        master: u32,
+        peer: &str,
+        peer_netns: &Path,
+        peer_mac: [u8; 6],
+        mtu: u32,
+    ) -> Result<Link, NetlinkError> {
+        validate_ifname(name)?;
+        validate_ifname(peer)?;
+        let file = File::open(peer_netns).map_err(|source| NetlinkError::OpenNetns {
+            path: peer_netns.to_path_buf(),
+            source,
+        })?;
+        let object = || format!("{name:?} <-> {peer:?} in {}", peer_netns.display());
+        // `file` outlives the request, so the fd stays valid until the kernel
+        // has read it.
+        let peer_builder = LinkUnspec::new_with_name(peer)
+            .mtu(mtu)
+            .address(peer_mac.to_vec())
+            .setns_by_fd(file.as_raw_fd());
+        let message = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+            .name(name.to_string())
+            .mtu(mtu)
+            .controller(master)
+            .up()
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_builder.build())))
+            .build();
+        self.handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(|e| self.fail(Op::CreateVeth, object(), e))?;
+        drop(file);
+        self.created(Op::CreateVeth, name, object).await
+    }
+
     /// Creates a macvlan on the link `parent` (which must be in this
     /// namespace).
     pub async fn create_macvlan(

@@ -342,10 +342,7 @@ fn a_kill_during_500_api_operations_leaves_a_state_the_next_start_accepts() {
         .as_object()
         .expect("containers")
         .clone();
-    let state: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(cli.state.path().join("state.json")).expect("state file"),
-    )
-    .expect("state json");
+    let state = cli.stored_state().expect("stored state");
     let endpoints = state["endpoints"].as_object().expect("endpoints");
     assert_eq!(endpoints.len(), containers.len());
     let host_links = fh

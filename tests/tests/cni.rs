@@ -94,13 +94,11 @@ impl Rig {
     }
 
     fn state(&self) -> Value {
-        let text =
-            std::fs::read_to_string(self.cli.state.path().join("state.json")).expect("state.json");
-        serde_json::from_str(&text).expect("state JSON")
+        self.cli.stored_state().expect("stored state")
     }
 
     fn state_text(&self) -> String {
-        std::fs::read_to_string(self.cli.state.path().join("state.json")).expect("state.json")
+        self.state().to_string()
     }
 
     fn host_links(&self) -> Vec<String> {

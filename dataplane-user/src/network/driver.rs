@@ -116,15 +116,19 @@ pub async fn setup_endpoint(
                         bridge: bridge.clone(),
                     })?;
             let host_ifname = format!("veth{}", plan.suffix);
-            let peer = format!("vtmp{}", plan.suffix);
-            let (host_end, peer_end) = host.create_veth(&host_ifname, &peer, Some(net.mtu)).await?;
-            let result = async {
-                host.set_master(host_end.index, br.index).await?;
-                host.set_up(host_end.index).await?;
-                host.move_to_netns(peer_end.index, plan.netns).await?;
-                configure_inside(plan, &peer).await
-            }
-            .await;
+            // The container's end is born in its namespace, named and
+            // addressed: fewer round trips, and no move between namespaces.
+            let host_end = host
+                .create_veth_into(
+                    &host_ifname,
+                    br.index,
+                    plan.ifname,
+                    plan.netns,
+                    plan.mac,
+                    net.mtu,
+                )
+                .await?;
+            let result = configure_inside(plan, plan.ifname).await;
             undo_on_error(host, host_end.index, result).await?;
             Ok(Attachment::Veth { host_ifname })
         }
@@ -200,10 +204,11 @@ async fn loopback_up(ns: &Netlink) -> Result<(), DriverError> {
     Ok(())
 }
 
-/// Inside the namespace: the final name, MAC, address, up, loopback up, and
-/// a default route via the gateway unless the namespace has one already (a
-/// second network does not take the default route from the first, as in
-/// Docker) or the network is internal (no way out).
+/// Inside the namespace: the final name, MAC and MTU (unless the link was
+/// made with them: `tmp_name` is already the final name), address, up,
+/// loopback up, and a default route via the gateway unless the namespace
+/// has one already (a second network does not take the default route from
+/// the first, as in Docker) or the network is internal (no way out).
 async fn configure_inside(plan: &EndpointPlan<'_>, tmp_name: &str) -> Result<(), DriverError> {
     let ns = Netlink::connect(Some(plan.netns)).await?;
     let link = ns
@@ -213,9 +218,11 @@ async fn configure_inside(plan: &EndpointPlan<'_>, tmp_name: &str) -> Result<(),
             ifname: tmp_name.to_owned(),
             netns: plan.netns.display().to_string(),
         })?;
-    ns.rename(link.index, plan.ifname).await?;
-    ns.set_mac(link.index, plan.mac).await?;
-    ns.set_mtu(link.index, plan.network.mtu).await?;
+    if tmp_name != plan.ifname {
+        ns.rename(link.index, plan.ifname).await?;
+        ns.set_mac(link.index, plan.mac).await?;
+        ns.set_mtu(link.index, plan.network.mtu).await?;
+    }
     let prefix = plan.network.subnet.map(|s| s.prefix_len()).unwrap_or(32);
     ns.add_addr(link.index, plan.ipv4, prefix).await?;
     ns.set_up(link.index).await?;

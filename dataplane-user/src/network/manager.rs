@@ -10,6 +10,7 @@ use std::{
     net::Ipv4Addr,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use dataplane_common::nat::NatConfig;
@@ -29,7 +30,7 @@ use crate::{
     filter::{self, FilterRule},
     nat::{self, NatError},
     netlink::{Netlink, NetlinkError},
-    state::{State, StateError, StateStore},
+    state::{Mark, State, StateError, StateStore},
 };
 
 mod cni;
@@ -163,6 +164,20 @@ fn loaded<'a>(
         .ok_or_else(|| NetworkError::Random(std::io::Error::other("the eBPF object did not load")))
 }
 
+/// A rule set compiled from its resolved inputs.
+fn compile(inputs: &FilterInputs) -> Result<filter::Compiled, NetworkError> {
+    Ok(filter::compile(&inputs.rules, |r| filter::ResolvedRule {
+        ifindex: r
+            .in_iface
+            .as_ref()
+            .and_then(|n| inputs.ifindex.get(n).copied()),
+        network: r
+            .network
+            .as_ref()
+            .map(|n| inputs.networks.get(n).copied().unwrap_or(u32::MAX)),
+    })?)
+}
+
 /// Takes the state lock off the async threads: waiting for another holder
 /// must not stall a runtime whose other tasks (the holder's, in the agent)
 /// need to run to release it.
@@ -210,27 +225,133 @@ pub struct Manager {
     /// The eBPF object with the pinned maps, loaded once per manager on
     /// first use (loading costs more than most operations).
     dp: Option<Dataplane>,
+    /// What the maps were last set to by this process, so the next change
+    /// writes only its difference; None: unknown, reconcile in full.
+    applied: Option<Applied>,
+}
+
+/// The maps' contents as last written, and when they were last reconciled
+/// in full (anything edited behind the agent's back is repaired then).
+struct Applied {
+    nat: nat::Desired,
+    filters: Option<FilterInputs>,
+    reconciled: Instant,
+}
+
+/// Everything a compiled rule set depends on: the rules and what their
+/// names resolved to.
+#[derive(PartialEq, Eq)]
+struct FilterInputs {
+    rules: Vec<FilterRule>,
+    ifindex: BTreeMap<String, u32>,
+    networks: BTreeMap<String, u32>,
+}
+
+/// How long map deltas are trusted before the next change reconciles the
+/// maps in full.
+const RECONCILE_EVERY: Duration = Duration::from_secs(60);
+
+/// What a long-lived caller (the agent) keeps between requests, so one
+/// request costs what it changes, not a reload: the loaded eBPF object
+/// (programs stay verified), the netlink connection, the state as this
+/// process last read or wrote it, and what the maps were last set to.
+/// Every part is checked before reuse: the state against the files'
+/// [`Mark`], the object against the pins' identity.
+#[derive(Default)]
+pub struct Cache {
+    host: Option<Netlink>,
+    state: Option<(Mark, State)>,
+    dp: Option<(PinId, Dataplane)>,
+    applied: Option<Applied>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("state", &self.state.as_ref().map(|(m, _)| m))
+            .field("loaded", &self.dp.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Identity of the pinned maps: `dataplane cleanup` removes them, and an
+/// object loaded before that would write to maps no program reads.
+type PinId = Option<(u64, u64)>;
+
+fn pin_id(pins: &PinRoot) -> PinId {
+    netns_ino(&pins.map(dataplane_common::maps::PORTS))
 }
 
 impl Manager {
     /// Locks and loads the state in `dir`; a first start creates Docker's
     /// predefined networks (and the default bridge in the kernel).
     pub async fn open(dir: &Path, pins: &PinRoot) -> Result<Manager, NetworkError> {
-        let store = lock_state(dir).await?;
-        let host = Netlink::connect(None).await?;
-        let loaded = store.load()?;
+        Manager::open_cached(dir, pins, None).await
+    }
+
+    /// [`Manager::open`] reusing what `slot` kept from the last manager of
+    /// this process ([`Manager::keep`]): taken only once the state lock is
+    /// ours, so it always comes from the last holder.
+    pub async fn open_cached(
+        dir: &Path,
+        pins: &PinRoot,
+        slot: Option<&std::sync::Mutex<Cache>>,
+    ) -> Result<Manager, NetworkError> {
+        let mut store = lock_state(dir).await?;
+        let cache = slot
+            .map(|s| std::mem::take(&mut *s.lock().unwrap_or_else(|e| e.into_inner())))
+            .unwrap_or_default();
+        let host = match cache.host {
+            Some(h) => h,
+            None => Netlink::connect(None).await?,
+        };
+        let pid = pin_id(pins);
+        let dp = cache
+            .dp
+            .filter(|(id, _)| id.is_some() && *id == pid)
+            .map(|(_, dp)| dp);
+        let (loaded, mut applied) = match cache.state {
+            Some((mark, state)) if store.resume(&mark) => (Some(state), cache.applied),
+            _ => (store.load()?, None),
+        };
+        if dp.is_none() {
+            applied = None;
+        }
         let mut m = Manager {
             store,
             state: loaded.clone().unwrap_or_default(),
             host,
             pins: pins.clone(),
             nat: NatConfig::DEFAULT,
-            dp: None,
+            dp,
+            applied,
         };
         if loaded.is_none() {
             m.init_predefined().await?;
         }
         Ok(m)
+    }
+
+    /// Puts what is worth keeping into `slot` for the next manager, then
+    /// releases the state lock.
+    pub fn keep(self, slot: &std::sync::Mutex<Cache>) {
+        let Manager {
+            store,
+            state,
+            host,
+            pins,
+            dp,
+            applied,
+            ..
+        } = self;
+        let cache = Cache {
+            host: Some(host),
+            state: Some((store.mark(), state)),
+            dp: dp.map(|dp| (pin_id(&pins), dp)),
+            applied,
+        };
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = cache;
+        drop(store);
     }
 
     /// Like [`Manager::open`] but never initialises: None when there is no
@@ -242,7 +363,7 @@ impl Manager {
         if !dir.join("state.json").exists() {
             return Ok(None);
         }
-        let store = lock_state(dir).await?;
+        let mut store = lock_state(dir).await?;
         let Some(state) = store.load()? else {
             return Ok(None);
         };
@@ -254,6 +375,7 @@ impl Manager {
             pins: pins.clone(),
             nat: NatConfig::DEFAULT,
             dp: None,
+            applied: None,
         }))
     }
 
@@ -327,50 +449,85 @@ impl Manager {
     /// Writes `state`, makes it current once it is on disk, then brings the
     /// datapath's maps in line with it.
     async fn persist(&mut self, state: State) -> Result<(), NetworkError> {
-        self.store.save(&state)?;
+        self.store.commit(&self.state, &state)?;
         self.state = state;
         self.sync_datapath().await
     }
 
-    /// Every map the programs read, from the state: NAT and filters.
+    /// Every map the programs read, from the state: NAT and filters. With
+    /// the maps' last contents known (and reconciled recently), only the
+    /// difference is written; otherwise every map is reconciled in full.
     async fn sync_datapath(&mut self) -> Result<(), NetworkError> {
-        let compiled = self.compile_filters(&self.state.filters).await?;
+        let inputs = self.filter_inputs(&self.state.filters).await?;
+        let want = nat::desired(&self.state, &self.host).await?;
+        let last = self
+            .applied
+            .take()
+            .filter(|a| a.reconciled.elapsed() < RECONCILE_EVERY);
         let dp = loaded(&mut self.dp, &self.pins, &self.nat)?;
-        nat::sync(dp, &self.state, &self.host).await?;
-        filter::apply(dp, &compiled)?;
+        let (reconciled, last_filters) = match last {
+            Some(a) => {
+                nat::apply_changes(dp, &a.nat, &want)?;
+                (a.reconciled, a.filters)
+            }
+            None => {
+                nat::apply(dp, &want)?;
+                (Instant::now(), None)
+            }
+        };
+        if last_filters.as_ref() != Some(&inputs) {
+            filter::apply(dp, &compile(&inputs)?)?;
+        }
+        self.applied = Some(Applied {
+            nat: want,
+            filters: Some(inputs),
+            reconciled,
+        });
         Ok(())
     }
 
-    /// Compiles rules against the host as it is now: interfaces by index
-    /// (one that does not exist yet gets an index nothing has, so its rule
-    /// matches nothing rather than everything), networks by key.
+    /// Resolves the names rules use against the host as it is now:
+    /// interfaces by index (one that does not exist yet gets an index
+    /// nothing has, so its rule matches nothing rather than everything),
+    /// networks by key.
+    async fn filter_inputs(&self, rules: &[FilterRule]) -> Result<FilterInputs, NetworkError> {
+        let mut ifindex = BTreeMap::new();
+        let mut networks = BTreeMap::new();
+        for r in rules {
+            if let Some(name) = &r.in_iface {
+                if !ifindex.contains_key(name) {
+                    let idx = self
+                        .host
+                        .link_by_name(name)
+                        .await?
+                        .map(|l| l.index)
+                        .unwrap_or(u32::MAX);
+                    ifindex.insert(name.clone(), idx);
+                }
+            }
+            if let Some(n) = &r.network {
+                let key = self
+                    .state
+                    .networks
+                    .get(n)
+                    .map(|net| nat::network_key(&net.id))
+                    .unwrap_or(u32::MAX);
+                networks.insert(n.clone(), key);
+            }
+        }
+        Ok(FilterInputs {
+            rules: rules.to_vec(),
+            ifindex,
+            networks,
+        })
+    }
+
+    /// Compiles rules against the host as it is now (see [`Self::filter_inputs`]).
     async fn compile_filters(
         &self,
         rules: &[FilterRule],
     ) -> Result<filter::Compiled, NetworkError> {
-        let mut ifindex = BTreeMap::new();
-        for r in rules {
-            if let Some(name) = &r.in_iface {
-                let idx = self
-                    .host
-                    .link_by_name(name)
-                    .await?
-                    .map(|l| l.index)
-                    .unwrap_or(u32::MAX);
-                ifindex.insert(name.clone(), idx);
-            }
-        }
-        let compiled = filter::compile(rules, |r| filter::ResolvedRule {
-            ifindex: r.in_iface.as_ref().and_then(|n| ifindex.get(n).copied()),
-            network: r.network.as_ref().map(|n| {
-                self.state
-                    .networks
-                    .get(n)
-                    .map(|net| nat::network_key(&net.id))
-                    .unwrap_or(u32::MAX)
-            }),
-        })?;
-        Ok(compiled)
+        compile(&self.filter_inputs(rules).await?)
     }
 
     /// `filter add`: a rule at the end of the list, or first with `first`
@@ -934,45 +1091,64 @@ impl Manager {
         specs: &[String],
         except: &[PortMapping],
     ) -> Result<Vec<PortMapping>, NetworkError> {
+        // Who holds each (protocol, host port) now: one pass over the
+        // state, so adding K mappings at N costs K + N, not K * N.
+        let mut held: std::collections::HashMap<
+            (ports::Proto, u16),
+            Vec<(&PortMapping, &Endpoint)>,
+        > = std::collections::HashMap::new();
+        for ep in self.state.endpoints.values() {
+            for p in ep.published.iter().filter(|p| !except.contains(p)) {
+                held.entry((p.proto, p.host_port))
+                    .or_default()
+                    .push((p, ep));
+            }
+        }
         let mut out: Vec<PortMapping> = Vec::new();
+        let mut claimed: std::collections::HashMap<(ports::Proto, u16), Vec<PortMapping>> =
+            std::collections::HashMap::new();
         for spec in specs {
             for m in ports::parse(spec)? {
-                if let Some(prev) = out.iter().find(|o| o.conflicts(&m)) {
+                let slot = (m.proto, m.host_port);
+                if let Some(prev) = claimed
+                    .get(&slot)
+                    .and_then(|v| v.iter().find(|o| o.conflicts(&m)))
+                {
                     return Err(NetworkError::PortConflict {
                         mapping: m.to_string(),
                         holder: "this command".into(),
                         existing: prev.to_string(),
                     });
                 }
-                for ep in self.state.endpoints.values() {
-                    if let Some(prev) = ep
-                        .published
-                        .iter()
-                        .find(|p| p.conflicts(&m) && !except.contains(p))
-                    {
-                        return Err(NetworkError::PortConflict {
-                            mapping: m.to_string(),
-                            holder: format!("endpoint {} on network {}", ep.name, ep.network),
-                            existing: prev.to_string(),
-                        });
-                    }
+                if let Some((prev, ep)) = held
+                    .get(&slot)
+                    .and_then(|v| v.iter().find(|(p, _)| p.conflicts(&m)))
+                {
+                    return Err(NetworkError::PortConflict {
+                        mapping: m.to_string(),
+                        holder: format!("endpoint {} on network {}", ep.name, ep.network),
+                        existing: prev.to_string(),
+                    });
                 }
+                claimed.entry(slot).or_default().push(m);
                 out.push(m);
             }
         }
         if out.is_empty() {
             return Ok(out);
         }
-        let mut used: std::collections::BTreeSet<u32> = self
+        let used: std::collections::BTreeSet<u32> = self
             .state
             .endpoints
             .values()
             .flat_map(|e| e.published.iter().map(|m| m.stats_index))
             .collect();
         let dp = loaded(&mut self.dp, &self.pins, &self.nat)?;
+        // Free slots in ascending order, found in one pass.
+        let mut next = 0;
         for m in &mut out {
-            m.stats_index = nat::claim_stats_index(dp, &used)?;
-            used.insert(m.stats_index);
+            m.stats_index = nat::claim_stats_index(dp, &used, next)?;
+            next = m.stats_index + 1;
         }
         Ok(out)
     }

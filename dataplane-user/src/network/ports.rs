@@ -30,7 +30,7 @@ impl Proto {
 }
 
 /// One published port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PortMapping {
     /// None: every host address (Docker's 0.0.0.0).
     pub host_ip: Option<Ipv4Addr>,

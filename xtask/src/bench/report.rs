@@ -1,8 +1,8 @@
 //! The bench's results and what is made of them: medians with min-max,
 //! ratios to `iptables` and to `none`, install and add/remove times, the
 //! control-plane figures, pass/miss per target of project issue 6, written
-//! as `target/bench/results.md` (also printed) plus one SVG per metric
-//! ([`super::plot`]).
+//! as `target/bench/results.md` (also printed), `results.json` (every
+//! sample and figure, for scripts) and one SVG per metric ([`super::plot`]).
 
 use std::{fmt::Write as _, path::Path, time::Duration};
 
@@ -149,12 +149,59 @@ pub fn write(r: &Results, dir: &Path) -> Result<String> {
     let md = markdown(r);
     let path = dir.join("results.md");
     std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+    let path = dir.join("results.json");
+    let text = serde_json::to_vec_pretty(&json(r)).context("results as JSON")?;
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     for m in r.metrics() {
         let svg = plot::svg(r, &m);
         let path = dir.join(format!("{}.svg", m.name));
         std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(md)
+}
+
+/// Every sample and figure of the run, with its plan, as JSON: medians
+/// and min-max per (peer, N, metric), the raw samples, installs, add/remove
+/// and control-plane times in milliseconds.
+pub fn json(r: &Results) -> serde_json::Value {
+    use serde_json::json;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mut stats = Vec::new();
+    for m in r.metrics() {
+        for peer in &r.plan.peers {
+            for &n in &r.plan.ns {
+                if let Some(s) = r.stat(peer, n, &m.name) {
+                    stats.push(
+                        json!({"peer": peer, "n": n, "metric": m.name, "unit": m.unit,
+                        "median": s.median, "min": s.min, "max": s.max}),
+                    );
+                }
+            }
+        }
+    }
+    json!({
+        "plan": {
+            "peers": r.plan.peers,
+            "workloads": r.plan.workloads.iter().map(|w| w.name()).collect::<Vec<_>>(),
+            "n": r.plan.ns,
+            "rounds": r.plan.rounds,
+            "quick": r.plan.quick,
+        },
+        "elapsed_s": r.elapsed.as_secs_f64(),
+        "stats": stats,
+        "samples": r.samples.iter().map(|s| json!({"peer": s.peer, "n": s.n, "metric": s.metric, "value": s.value})).collect::<Vec<_>>(),
+        "installs": r.installs.iter().map(|i| json!({
+            "peer": i.peer, "n": i.n,
+            "total_ms": ms(i.install.total), "mappings_ms": ms(i.install.mappings),
+            "note": i.install.note,
+            "add_one_ms": i.add_remove.map(|a| ms(a.add)),
+            "remove_one_ms": i.add_remove.map(|a| ms(a.remove)),
+        })).collect::<Vec<_>>(),
+        "control": r.control.iter().map(|c| match &c.outcome {
+            Ok((median, p99, count)) => json!({"tool": c.tool, "median_ms": ms(*median), "p99_ms": ms(*p99), "count": count, "note": c.note}),
+            Err(e) => json!({"tool": c.tool, "error": e, "note": c.note}),
+        }).collect::<Vec<_>>(),
+    })
 }
 
 pub fn markdown(r: &Results) -> String {
