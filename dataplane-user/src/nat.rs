@@ -1,6 +1,7 @@
 //! The NAT dataplane's userspace side: the uplink programs' attachments, and
 //! writing the desired state (published ports, managed subnets, the host's
-//! addresses, uplinks) into the pinned maps the programs read.
+//! addresses, uplinks, the endpoints and the fast path's routes to them)
+//! into the pinned maps the programs read.
 //!
 //! [`sync`] is a full reconcile, not a log of changes: it computes every
 //! map's desired contents from the state and the kernel, deletes what should
@@ -17,8 +18,8 @@ use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, MapData, MapError, PerCpuArray,
 use dataplane_common::{
     maps,
     nat::{
-        EndpointInfo, HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink, MAX_PORT_MAPPINGS,
-        SUBNET_INTERNAL, SUBNET_MASQUERADE, SUBNET_NO_ICC,
+        EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink,
+        MAX_PORT_MAPPINGS, SUBNET_INTERNAL, SUBNET_MASQUERADE, SUBNET_NO_ICC,
     },
     stats::PktCounter,
 };
@@ -27,7 +28,10 @@ use crate::{
     bpffs::PinRoot,
     ebpf::{detach_tc, Dataplane, Direction, LoadError},
     netlink::{Netlink, NetlinkError},
-    network::model::{Attachment, DriverKind},
+    network::{
+        ipam,
+        model::{Attachment, DriverKind},
+    },
     state::State,
 };
 
@@ -120,6 +124,10 @@ pub struct Desired {
     pub subnets: BTreeMap<([u8; 4], u32), (u32, u32)>,
     /// Host-side veth ifindex -> endpoint.
     pub endpoints: BTreeMap<u32, EndpointInfo>,
+    /// Endpoint address -> where the fast path delivers to it (joined veth
+    /// endpoints whose veth is on a bridge; the same ifindex as in
+    /// `endpoints`, which the programs check).
+    pub endpoint_routes: BTreeMap<[u8; 4], EndpointRoute>,
     pub host_addrs: BTreeMap<[u8; 4], u32>,
     pub uplinks: BTreeMap<u32, [u8; 4]>,
 }
@@ -171,6 +179,7 @@ pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError>
             (flags, network_key(&net.id)),
         );
     }
+    let mut bridge_macs: BTreeMap<u32, Option<[u8; 6]>> = BTreeMap::new();
     for ep in state.endpoints.values() {
         let (Attachment::Veth { host_ifname }, Some(ip)) = (&ep.attachment, ep.ipv4) else {
             continue;
@@ -182,14 +191,47 @@ pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError>
             continue;
         };
         // A veth gone with its namespace has nothing left to police.
-        if let Some(link) = host.link_by_name(host_ifname).await? {
-            d.endpoints.insert(
-                link.index,
-                EndpointInfo {
-                    addr: ip.octets(),
-                    gateway: gw.octets(),
-                    prefix_len: u32::from(subnet.prefix_len()),
-                    network_id: network_key(&net.id),
+        let Some(link) = host.link_by_name(host_ifname).await? else {
+            continue;
+        };
+        d.endpoints.insert(
+            link.index,
+            EndpointInfo {
+                addr: ip.octets(),
+                gateway: gw.octets(),
+                prefix_len: u32::from(subnet.prefix_len()),
+                network_id: network_key(&net.id),
+            },
+        );
+        // The fast path needs the container's MAC and the bridge's, read
+        // now (the bridge's is set once by the driver, so it does not move
+        // as ports come and go). An endpoint in no sandbox (Docker between
+        // Leave and DeleteEndpoint) has its other end in the host: nothing
+        // to deliver into.
+        if ep.netns.as_os_str().is_empty() {
+            continue;
+        }
+        let Some(mac) = ep.mac.as_deref().and_then(|m| ipam::parse_mac(m).ok()) else {
+            continue;
+        };
+        let Some(bridge) = link.master else {
+            continue;
+        };
+        let gateway_mac = match bridge_macs.get(&bridge) {
+            Some(m) => *m,
+            None => {
+                let m = host.link_by_index(bridge).await?.and_then(|l| l.mac);
+                bridge_macs.insert(bridge, m);
+                m
+            }
+        };
+        if let Some(gateway_mac) = gateway_mac {
+            d.endpoint_routes.insert(
+                ip.octets(),
+                EndpointRoute {
+                    ifindex: link.index,
+                    mac,
+                    gateway_mac,
                 },
             );
         }
@@ -303,6 +345,11 @@ pub fn apply(dp: &mut Dataplane, want: &Desired) -> Result<(), NatError> {
         &mut hash_map::<u32, EndpointInfo>(dp, maps::ENDPOINTS)?,
         maps::ENDPOINTS,
         &want.endpoints,
+    )?;
+    reconcile_hash(
+        &mut hash_map::<[u8; 4], EndpointRoute>(dp, maps::ENDPOINT_ROUTES)?,
+        maps::ENDPOINT_ROUTES,
+        &want.endpoint_routes,
     )?;
 
     let name = maps::SUBNETS;
