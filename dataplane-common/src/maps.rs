@@ -41,6 +41,9 @@ pub const SOCK_REVNAT_MAX: u32 = 65_536;
 /// Endpoints by host-side veth ifindex: `u32` -> [`crate::nat::EndpointInfo`].
 pub const ENDPOINTS: &str = "DP_ENDPOINTS";
 pub const ENDPOINTS_MAX: u32 = 16_384;
+/// The fast path's delivery data by endpoint address: `[u8; 4]` ->
+/// [`crate::nat::EndpointRoute`] (one per veth endpoint).
+pub const ENDPOINT_ROUTES: &str = "DP_ENDPOINT_ROUTES";
 /// Filter rules (DOCKER-USER), see [`crate::filter`]. The live generation:
 /// array of one [`crate::filter::FilterConfig`].
 pub const FILTER_CONFIG: &str = "DP_FLT_CONFIG";

@@ -1,5 +1,6 @@
 //! Published ports (DNAT) and masquerade (SNAT) configuration, written by the
-//! agent and read by the uplink programs.
+//! agent and read by the uplink programs; the endpoints' routes the fast path
+//! delivers translated packets with.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -64,6 +65,23 @@ pub struct EndpointInfo {
 }
 const _: () = assert!(size_of::<EndpointInfo>() == 16);
 
+/// Where the fast path delivers packets for one endpoint address
+/// (`DP_ENDPOINT_ROUTES`, keyed by the endpoint's IPv4 address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct EndpointRoute {
+    /// The endpoint's host-side veth: `bpf_redirect_peer` on it lands in
+    /// the container's namespace.
+    pub ifindex: u32,
+    /// The container's MAC: the destination of frames delivered into it.
+    pub mac: [u8; 6],
+    /// Its bridge's MAC (the gateway's): the source of frames delivered
+    /// into the container, and the destination of the frames the container
+    /// routes through its gateway (only those are the host's to route).
+    pub gateway_mac: [u8; 6],
+}
+const _: () = assert!(size_of::<EndpointRoute>() == 16);
+
 /// A local address of the host, for "is this packet for me" checks.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -73,7 +91,8 @@ pub struct HostAddr {
 }
 const _: () = assert!(size_of::<HostAddr>() == 8);
 
-/// Load-time configuration of the NAT programs (a `Global` in the object).
+/// Load-time configuration of the NAT programs (a `Global` in the object):
+/// programs keep the values of the process that attached them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct NatConfig {
@@ -82,15 +101,23 @@ pub struct NatConfig {
     pub snat_port_max: u16,
     /// How many random ports to try after the original one is taken.
     pub snat_probes: u32,
+    /// Non-zero: translated packets skip the host stack (the fast path,
+    /// `bpf_redirect_peer` into containers, `bpf_redirect`/`_neigh` out to
+    /// the uplinks); 0: every packet goes through the stack.
+    pub fast_path: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<NatConfig>() == 8);
+const _: () = assert!(size_of::<NatConfig>() == 16);
 
 impl NatConfig {
-    /// Linux's default ephemeral range, as netfilter's masquerade uses.
+    /// Linux's default ephemeral range, as netfilter's masquerade uses; the
+    /// fast path on.
     pub const DEFAULT: NatConfig = NatConfig {
         snat_port_min: 32768,
         snat_port_max: 60999,
         snat_probes: 32,
+        fast_path: 1,
+        _pad: 0,
     };
 }
 
@@ -114,5 +141,6 @@ crate::user_pod!(
     HostAddr,
     NatConfig,
     Uplink,
-    EndpointInfo
+    EndpointInfo,
+    EndpointRoute
 );

@@ -12,7 +12,10 @@
 //!   directions go straight back into it;
 //! - isolation: no direct traffic to another network's endpoints, and none
 //!   between endpoints of one network with `enable_icc=false` (published
-//!   ports, which go through the host address, still work).
+//!   ports, which go through the host address, still work);
+//! - the fast path out: what is left and heads for the world (replies of
+//!   published flows, masqueraded egress) is routed straight to the uplink's
+//!   egress (`fastpath::to_world`), where `dp_uplink_out` translates it.
 
 use aya_ebpf::{
     bindings::TC_ACT_REDIRECT, btf_maps::lpm_trie::Key, helpers::bpf_redirect, macros::classifier,
@@ -28,6 +31,7 @@ use crate::{
     conntrack,
     counters::bump,
     drop::drop_packet,
+    fastpath,
     maps::{DP_ENDPOINTS, DP_PORT_STATS, DP_SUBNETS},
     nat,
     parse::{parse, Ipv4Packet, L3},
@@ -87,6 +91,9 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
         }
     }
     isolation(&pkt, &ep)?;
+    if let Some(verdict) = fastpath::to_world(ctx, &pkt, ifindex)? {
+        return Ok(verdict);
+    }
     Ok(TCX_NEXT)
 }
 

@@ -15,7 +15,10 @@ use dataplane_common::{
         CT_OTHER_MAX, CT_TCP_MAX, ENDPOINTS_MAX, HOST_ADDRS_MAX, PORTS_MAX, SOCK_REVNAT_MAX,
         SUBNETS_MAX, UPLINKS_MAX,
     },
-    nat::{EndpointInfo, HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink, MAX_PORT_MAPPINGS},
+    nat::{
+        EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink,
+        MAX_PORT_MAPPINGS,
+    },
     sock::SockRevNat,
     stats::{PktCounter, ProtoIndex},
 };
@@ -62,6 +65,11 @@ pub static DP_CT_OTHER: LruHashMap<CtKey, CtEntry, { CT_OTHER_MAX as usize }> = 
 /// Endpoints by the ifindex of their host-side veth.
 #[btf_map]
 pub static DP_ENDPOINTS: HashMap<u32, EndpointInfo, { ENDPOINTS_MAX as usize }> = HashMap::new();
+
+/// The fast path's delivery data per endpoint address (see `fastpath`).
+#[btf_map]
+pub static DP_ENDPOINT_ROUTES: HashMap<[u8; 4], EndpointRoute, { ENDPOINTS_MAX as usize }> =
+    HashMap::new();
 
 /// Host-local sockets translated by the sock_addr hooks, by socket cookie.
 #[btf_map]

@@ -22,9 +22,9 @@ use crate::{
     parse::{parse, Ipv4Packet, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, L3},
 };
 
-/// Masquerade settings, set by the agent at load time.
+/// Masquerade and fast path settings, set by the agent at load time.
 #[unsafe(no_mangle)]
-static NAT_CONFIG: aya_ebpf::Global<NatConfig> = aya_ebpf::Global::new(NatConfig::DEFAULT);
+pub static NAT_CONFIG: aya_ebpf::Global<NatConfig> = aya_ebpf::Global::new(NatConfig::DEFAULT);
 
 /// Which side of the packet a rewrite changes.
 #[derive(Clone, Copy, PartialEq, Eq)]

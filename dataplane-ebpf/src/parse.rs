@@ -84,6 +84,14 @@ pub struct Ipv4Packet {
     pub icmp_type: u8,
     /// Not the first fragment: no L4 header, nothing to translate by port.
     pub later_fragment: bool,
+    /// More fragments follow (the MF flag): with `later_fragment`, whether
+    /// the packet is a fragment at all.
+    pub more_fragments: bool,
+    /// Time to live, type of service and total length, as received (for
+    /// forwarding decisions; NAT leaves them alone).
+    pub ttl: u8,
+    pub tos: u8,
+    pub tot_len: u16,
 }
 
 pub const TCP_FIN: u8 = 0x01;
@@ -94,6 +102,7 @@ pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
 
 /// Byte offsets inside the headers, for the rewrite helpers.
+pub const IP_TTL_OFF: usize = EthHdr::LEN + 8;
 pub const IP_CSUM_OFF: usize = EthHdr::LEN + 10;
 pub const IP_SRC_OFF: usize = EthHdr::LEN + 12;
 pub const IP_DST_OFF: usize = EthHdr::LEN + 16;
@@ -131,7 +140,12 @@ pub fn parse<C: PacketBounds>(ctx: &C, pkt: &mut Ipv4Packet) -> Result<L3, DropR
     pkt.src = ip.src_addr;
     pkt.dst = ip.dst_addr;
     pkt.icmp_type = 0xff;
-    pkt.later_fragment = u16::from_be_bytes(ip.frags) & 0x1fff != 0;
+    let frags = u16::from_be_bytes(ip.frags);
+    pkt.later_fragment = frags & 0x1fff != 0;
+    pkt.more_fragments = frags & 0x2000 != 0;
+    pkt.ttl = ip.ttl;
+    pkt.tos = ip.tos;
+    pkt.tot_len = u16::from_be_bytes(ip.tot_len);
     // The L4 header must be whole; non-first fragments start mid-payload and
     // carry none.
     if !pkt.later_fragment {

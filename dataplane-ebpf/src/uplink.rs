@@ -6,11 +6,16 @@
 //!   published containers get the host address back), then new flows from
 //!   managed subnets: masquerade, or a drop for internal networks.
 //!
+//! Packets translated to a container's address in `dp_uplink_in` take the
+//! fast path into it when they can (`fastpath::into_endpoint`); packets the
+//! fast path routed out of containers reach `dp_uplink_out` like the ones
+//! the stack forwards, so each is translated here once.
+//!
 //! Packets the dataplane has nothing to do with go on unchanged (`TCX_NEXT`).
 
 use aya_ebpf::{btf_maps::lpm_trie::Key, macros::classifier, programs::TcContext};
 use dataplane_common::{
-    ct::{FLAG_DNAT, FLAG_REPLY, FLAG_SNAT, ZONE_UPLINK},
+    ct::{FLAG_DNAT, FLAG_REPLY, FLAG_SNAT, REWRITE_DST, ZONE_UPLINK},
     drop::DropReason,
     nat::{SUBNET_INTERNAL, SUBNET_MASQUERADE},
     net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
@@ -20,7 +25,7 @@ use crate::{
     conntrack,
     counters::bump,
     drop::drop_packet,
-    filter, icmp,
+    fastpath, filter, icmp,
     maps::{DP_PORT_STATS, DP_SUBNETS, DP_UPLINKS},
     nat,
     parse::{Ipv4Packet, ICMP_ECHO_REQUEST},
@@ -63,7 +68,13 @@ fn try_uplink_in(ctx: &TcContext) -> Result<i32, DropReason> {
         if e.flags & FLAG_DNAT != 0 && e.flags & FLAG_REPLY == 0 {
             filter_to(ctx, &pkt, e.new_daddr, e.new_dport)?;
         }
-        nat::apply_tracked(ctx, &pkt, &key, entry)?;
+        let e = nat::apply_tracked(ctx, &pkt, &key, entry)?;
+        // Later packets of published flows, replies to masqueraded ones.
+        if e.rewrite & REWRITE_DST != 0 {
+            if let Some(verdict) = fastpath::into_endpoint(ctx, &pkt, e.new_daddr)? {
+                return Ok(verdict);
+            }
+        }
         return Ok(TCX_NEXT);
     }
     if icmp::translate_error(ctx, &pkt, ZONE)? {
@@ -90,6 +101,9 @@ fn try_uplink_in(ctx: &TcContext) -> Result<i32, DropReason> {
     conntrack::create(&key, &orig, false).map_err(|_| DropReason::CtInsert)?;
     bump(&DP_PORT_STATS, target.stats_index, ctx.len());
     nat::apply(ctx, &pkt, &orig)?;
+    if let Some(verdict) = fastpath::into_endpoint(ctx, &pkt, target.addr)? {
+        return Ok(verdict);
+    }
     Ok(TCX_NEXT)
 }
 

@@ -16,6 +16,8 @@
 //! metrics_address = "127.0.0.1:9641"      # Prometheus /metrics; "none": off
 //! docker_socket = "/run/docker/plugins/dataplane.sock"  # Docker's remote network
 //!                                         # driver `dataplane`; "off" or "": off
+//! fast_path = true                        # translated flows skip the bridge and
+//!                                         # the host stack; false: they do not
 //!
 //! [conntrack]                             # idle timeouts, seconds
 //! tcp_established = 21600
@@ -66,6 +68,7 @@ struct File {
     host_cgroup: Option<String>,
     metrics_address: Option<String>,
     docker_socket: Option<String>,
+    fast_path: Option<bool>,
     #[serde(default)]
     conntrack: ConntrackFile,
     #[serde(default)]
@@ -214,6 +217,9 @@ impl Config {
                 *slot = Duration::from_secs(v);
             }
         }
+        if let Some(on) = file.fast_path {
+            c.nat.fast_path = u32::from(on);
+        }
         if let Some(p) = file.masquerade.port_min {
             c.nat.snat_port_min = p;
         }
@@ -266,10 +272,21 @@ mod tests {
         assert_eq!(c.timeouts.tcp_closing, Duration::from_secs(3));
         assert_eq!(c.timeouts.tcp_syn, Duration::from_secs(60));
         assert_eq!((c.nat.snat_port_min, c.nat.snat_port_max), (40000, 40100));
+        assert_eq!(c.nat.fast_path, 1, "on unless the file says otherwise");
         assert_eq!(
             Config::parse(Path::new("e.toml"), "").unwrap(),
             Config::default()
         );
+    }
+
+    #[test]
+    fn fast_path_setting() {
+        let parse = |t: &str| Config::parse(Path::new("f.toml"), t).map(|c| c.nat.fast_path);
+        assert_eq!(parse("").unwrap(), 1);
+        assert_eq!(parse("fast_path = true").unwrap(), 1);
+        assert_eq!(parse("fast_path = false").unwrap(), 0);
+        let e = parse("fast_path = \"off\"").unwrap_err().to_string();
+        assert!(e.starts_with("f.toml: ") && e.contains("fast_path"), "{e}");
     }
 
     #[test]

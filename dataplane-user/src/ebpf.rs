@@ -24,7 +24,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const AYA_LOGS: &str = "AYA_LOGS";
 
 /// Every map in the object, pinned by name.
-pub const PINNED_MAPS: [&str; 20] = [
+pub const PINNED_MAPS: [&str; 21] = [
     maps::PROTO_STATS,
     maps::DROP_STATS,
     maps::PORTS,
@@ -36,6 +36,7 @@ pub const PINNED_MAPS: [&str; 20] = [
     maps::CT_OTHER,
     maps::SOCK_REVNAT,
     maps::ENDPOINTS,
+    maps::ENDPOINT_ROUTES,
     maps::FILTER_CONFIG,
     maps::FILTER_SRC,
     maps::FILTER_IFACE,
@@ -198,13 +199,25 @@ impl Dataplane {
     }
 
     /// Attaches a tc program with tcx to `ifname` (in this thread's network
-    /// namespace) and pins the link, so the attachment outlives this process.
-    /// Refuses a second attachment of the same program and direction.
+    /// namespace), after the programs already there, and pins the link, so
+    /// the attachment outlives this process. Refuses a second attachment of
+    /// the same program and direction.
     pub fn attach_tc(
         &mut self,
         program: &'static str,
         ifname: &str,
         direction: Direction,
+    ) -> Result<PathBuf, LoadError> {
+        self.attach_tc_with(program, ifname, direction, LinkOrder::default())
+    }
+
+    /// [`Dataplane::attach_tc`] at the given place in the tcx chain.
+    pub fn attach_tc_with(
+        &mut self,
+        program: &'static str,
+        ifname: &str,
+        direction: Direction,
+        order: LinkOrder,
     ) -> Result<PathBuf, LoadError> {
         let path = self.link_pin(program, ifname, direction)?;
         if path.exists() {
@@ -226,7 +239,7 @@ impl Dataplane {
             .attach_with_options(
                 ifname,
                 direction.attach_type(),
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
+                TcAttachOptions::TcxOrder(order),
             )
             .map_err(attach_err)?;
         let link = prog.take_link(link_id).map_err(attach_err)?;

@@ -81,6 +81,11 @@ enum Command {
         /// docker_socket, else /run/docker/plugins/dataplane.sock]
         #[arg(long, value_name = "PATH|off")]
         docker_socket: Option<String>,
+        /// Translated flows skip the bridge and the host stack (`on`), or
+        /// every packet goes through the stack (`off`), for the programs
+        /// this agent attaches. [default: the config's fast_path, else on]
+        #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+        fast_path: Option<bool>,
     },
     /// Manage networks (like `docker network`).
     Network {
@@ -255,6 +260,15 @@ enum NatCommand {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+}
+
+/// `on` / `off` for a flag (clap's bool parser takes only true/false).
+fn parse_on_off(value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{value:?}: expected on or off")),
+    }
 }
 
 /// Conntrack idle timeouts in seconds; each overrides the configuration
@@ -460,6 +474,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             timeouts,
             host_cgroup,
             docker_socket,
+            fast_path,
         } => {
             let docker_socket = match (docker_socket.as_deref(), &config.docker_socket) {
                 (Some("off" | ""), _) | (None, Setting::Off) => None,
@@ -484,7 +499,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 interval: interval.map(Duration::from_secs).unwrap_or(config.interval),
                 timeouts: timeouts.over(config.timeouts),
                 host_cgroup,
-                nat: config.nat,
+                nat: NatConfig {
+                    fast_path: fast_path.map_or(config.nat.fast_path, u32::from),
+                    ..config.nat
+                },
                 socket: socket.clone(),
                 docker_socket,
                 metrics: match &config.metrics {
@@ -702,7 +720,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 check_iface(&iface)?;
                 let mut dp = Dataplane::load(&pins)?;
                 for dir in direction.list() {
-                    let pin = dp.attach_tc(stats::PROGRAM, &iface, *dir)?;
+                    let pin = stats::attach(&mut dp, &iface, *dir)?;
                     println!(
                         "attached {} to {iface} ({}), link pinned at {}",
                         stats::PROGRAM,
@@ -998,7 +1016,8 @@ struct AgentOpts {
     timeouts: conntrack::Timeouts,
     /// Where host-local clients get published ports; None: nowhere.
     host_cgroup: Option<PathBuf>,
-    /// Masquerade settings for the programs this agent attaches.
+    /// Masquerade and fast path settings for the programs this agent
+    /// attaches.
     nat: NatConfig,
     /// Where the API listens.
     socket: PathBuf,
@@ -1087,7 +1106,7 @@ async fn agent_main(
     let mut attached = Vec::new();
     for iface in &ifaces {
         for dir in [Direction::Ingress, Direction::Egress] {
-            match dp.attach_tc(stats::PROGRAM, iface, dir) {
+            match stats::attach(&mut dp, iface, dir) {
                 Ok(pin) => {
                     info!(iface, direction = dir.name(), pin = %pin.display(), "attached {}", stats::PROGRAM);
                     attached.push((iface.clone(), dir));

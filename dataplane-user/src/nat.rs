@@ -1,6 +1,7 @@
 //! The NAT dataplane's userspace side: the uplink programs' attachments, and
 //! writing the desired state (published ports, managed subnets, the host's
-//! addresses, uplinks) into the pinned maps the programs read.
+//! addresses, uplinks, the endpoints and the fast path's routes to them)
+//! into the pinned maps the programs read.
 //!
 //! [`sync`] and [`apply`] are a full reconcile, not a log of changes: they
 //! compute every map's desired contents from the state and the kernel,
@@ -19,8 +20,8 @@ use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, MapData, MapError, PerCpuArray,
 use dataplane_common::{
     maps,
     nat::{
-        EndpointInfo, HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink, MAX_PORT_MAPPINGS,
-        SUBNET_INTERNAL, SUBNET_MASQUERADE, SUBNET_NO_ICC,
+        EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink,
+        MAX_PORT_MAPPINGS, SUBNET_INTERNAL, SUBNET_MASQUERADE, SUBNET_NO_ICC,
     },
     stats::PktCounter,
 };
@@ -28,8 +29,11 @@ use dataplane_common::{
 use crate::{
     bpffs::PinRoot,
     ebpf::{detach_tc, Dataplane, Direction, LoadError},
-    netlink::{Netlink, NetlinkError},
-    network::model::{Attachment, DriverKind},
+    netlink::{Link, Netlink, NetlinkError},
+    network::{
+        ipam,
+        model::{Attachment, DriverKind},
+    },
     state::State,
 };
 
@@ -122,6 +126,10 @@ pub struct Desired {
     pub subnets: BTreeMap<([u8; 4], u32), (u32, u32)>,
     /// Host-side veth ifindex -> endpoint.
     pub endpoints: BTreeMap<u32, EndpointInfo>,
+    /// Endpoint address -> where the fast path delivers to it (joined veth
+    /// endpoints whose veth is on a bridge; the same ifindex as in
+    /// `endpoints`, which the programs check).
+    pub endpoint_routes: BTreeMap<[u8; 4], EndpointRoute>,
     pub host_addrs: BTreeMap<[u8; 4], HostAddr>,
     pub uplinks: BTreeMap<u32, Uplink>,
 }
@@ -179,19 +187,17 @@ pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError>
         );
     }
     // One dump of the host's links rather than one request per endpoint.
-    let links: BTreeMap<String, u32> = if state
+    let links: Vec<Link> = if state
         .endpoints
         .values()
         .any(|e| matches!(e.attachment, Attachment::Veth { .. }))
     {
-        host.links()
-            .await?
-            .into_iter()
-            .map(|l| (l.name, l.index))
-            .collect()
+        host.links().await?
     } else {
-        BTreeMap::new()
+        Vec::new()
     };
+    let by_name: BTreeMap<&str, &Link> = links.iter().map(|l| (l.name.as_str(), l)).collect();
+    let by_index: BTreeMap<u32, &Link> = links.iter().map(|l| (l.index, l)).collect();
     for ep in state.endpoints.values() {
         let (Attachment::Veth { host_ifname }, Some(ip)) = (&ep.attachment, ep.ipv4) else {
             continue;
@@ -203,17 +209,44 @@ pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError>
             continue;
         };
         // A veth gone with its namespace has nothing left to police.
-        if let Some(index) = links.get(host_ifname) {
-            d.endpoints.insert(
-                *index,
-                EndpointInfo {
-                    addr: ip.octets(),
-                    gateway: gw.octets(),
-                    prefix_len: u32::from(subnet.prefix_len()),
-                    network_id: network_key(&net.id),
-                },
-            );
+        let Some(link) = by_name.get(host_ifname.as_str()) else {
+            continue;
+        };
+        d.endpoints.insert(
+            link.index,
+            EndpointInfo {
+                addr: ip.octets(),
+                gateway: gw.octets(),
+                prefix_len: u32::from(subnet.prefix_len()),
+                network_id: network_key(&net.id),
+            },
+        );
+        // The fast path needs the container's MAC and the bridge's, read
+        // now (the bridge's is set once by the driver, so it does not move
+        // as ports come and go). An endpoint in no sandbox (Docker between
+        // Leave and DeleteEndpoint) has its other end in the host: nothing
+        // to deliver into.
+        if ep.netns.as_os_str().is_empty() {
+            continue;
         }
+        let Some(mac) = ep.mac.as_deref().and_then(|m| ipam::parse_mac(m).ok()) else {
+            continue;
+        };
+        let Some(gateway_mac) = link
+            .master
+            .and_then(|b| by_index.get(&b))
+            .and_then(|b| b.mac)
+        else {
+            continue;
+        };
+        d.endpoint_routes.insert(
+            ip.octets(),
+            EndpointRoute {
+                ifindex: link.index,
+                mac,
+                gateway_mac,
+            },
+        );
     }
     for (index, addr, _) in host.addrs(None).await? {
         d.host_addrs.insert(
@@ -351,6 +384,11 @@ pub fn apply(dp: &mut Dataplane, want: &Desired) -> Result<(), NatError> {
         maps::ENDPOINTS,
         &want.endpoints,
     )?;
+    reconcile_hash(
+        &mut hash_map::<[u8; 4], EndpointRoute>(dp, maps::ENDPOINT_ROUTES)?,
+        maps::ENDPOINT_ROUTES,
+        &want.endpoint_routes,
+    )?;
     let mut trie = subnet_trie(dp)?;
     let have: Vec<Key<[u8; 4]>> = trie
         .keys()
@@ -396,6 +434,14 @@ pub fn apply_changes(dp: &mut Dataplane, old: &Desired, new: &Desired) -> Result
         maps::ENDPOINTS,
         &old.endpoints,
         &new.endpoints,
+    )?;
+    // After DP_ENDPOINTS, as in `apply`: the programs use a route only
+    // while the endpoint entry of its ifindex has the same address.
+    update_hash(
+        &mut hash_map::<[u8; 4], EndpointRoute>(dp, maps::ENDPOINT_ROUTES)?,
+        maps::ENDPOINT_ROUTES,
+        &old.endpoint_routes,
+        &new.endpoint_routes,
     )?;
     if old.subnets != new.subnets {
         let mut trie = subnet_trie(dp)?;

@@ -11,10 +11,30 @@ use dataplane_common::{
 };
 use serde::Serialize;
 
-use crate::bpffs::PinRoot;
+use crate::{
+    bpffs::PinRoot,
+    ebpf::{Dataplane, Direction, LoadError},
+};
 
 /// Name of the program in the object.
 pub const PROGRAM: &str = "dp_stats";
+
+/// Attaches `dp_stats` to `ifname` first in the tcx chain, wherever the
+/// other programs are: a program after it may end the chain (the fast
+/// path's redirects do), and the counters are of everything the interface
+/// sees. Returns the link's pin.
+pub fn attach(
+    dp: &mut Dataplane,
+    ifname: &str,
+    direction: Direction,
+) -> Result<PathBuf, LoadError> {
+    dp.attach_tc_with(
+        PROGRAM,
+        ifname,
+        direction,
+        aya::programs::LinkOrder::first(),
+    )
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("reading the pinned map {path} (is the dataplane loaded? `dataplane stats attach IFACE`)")]

@@ -11,7 +11,7 @@ use aya::{
 };
 use dataplane_common::{
     maps,
-    nat::{HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink},
+    nat::{EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink},
 };
 use dataplane_user::{bpffs::PinRoot, ebpf::Dataplane};
 
@@ -84,6 +84,34 @@ pub fn subnet(
         0,
     )
     .context("adding a subnet")
+}
+
+/// An endpoint behind the host-side veth `ifindex`.
+pub fn endpoint(pins: &PinRoot, ifindex: u32, info: EndpointInfo) -> Result<()> {
+    let mut map: HashMap<MapData, u32, EndpointInfo> =
+        HashMap::try_from(pinned(pins, maps::ENDPOINTS)?)?;
+    map.insert(ifindex, info, 0).context("adding an endpoint")
+}
+
+/// The fast path's route to the endpoint address `addr`.
+pub fn endpoint_route(pins: &PinRoot, addr: Ipv4Addr, route: EndpointRoute) -> Result<()> {
+    let mut map: HashMap<MapData, [u8; 4], EndpointRoute> =
+        HashMap::try_from(pinned(pins, maps::ENDPOINT_ROUTES)?)?;
+    map.insert(addr.octets(), route, 0)
+        .context("adding an endpoint route")
+}
+
+/// The fast path's routes, by endpoint address.
+pub fn endpoint_routes(pins: &PinRoot) -> Result<Vec<(Ipv4Addr, EndpointRoute)>> {
+    let map: HashMap<MapData, [u8; 4], EndpointRoute> =
+        HashMap::try_from(pinned(pins, maps::ENDPOINT_ROUTES)?)?;
+    let mut out = Vec::new();
+    for entry in map.iter() {
+        let (addr, route) = entry.context("reading the endpoint routes")?;
+        out.push((Ipv4Addr::from(addr), route));
+    }
+    out.sort_by_key(|(a, _)| *a);
+    Ok(out)
 }
 
 /// Runs a loaded tc program on one frame with BPF_PROG_TEST_RUN: its

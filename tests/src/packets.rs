@@ -3,8 +3,9 @@
 //! malformed (truncated headers, wrong IHL, wrong version, fragments).
 
 const ETH_LEN: usize = 14;
-const ETH_DST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-const ETH_SRC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+/// Ethernet addresses of every built frame.
+pub const ETH_DST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+pub const ETH_SRC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
 /// RFC 1071 internet checksum of `data` (added to `initial`, folded).
 pub fn checksum(data: &[u8], initial: u32) -> u16 {
@@ -46,6 +47,8 @@ pub struct PacketBuilder {
     options_len: usize,
     ihl_override: Option<u8>,
     frag_offset: u16,
+    more_fragments: bool,
+    ttl: u8,
     l4_len: Option<usize>,
     tcp_flags: u8,
 }
@@ -63,6 +66,8 @@ impl PacketBuilder {
             options_len: 0,
             ihl_override: None,
             frag_offset: 0,
+            more_fragments: false,
+            ttl: 64,
             l4_len: None,
             tcp_flags: 0x02,
         }
@@ -133,6 +138,20 @@ impl PacketBuilder {
         self
     }
 
+    /// Sets the MF flag (with offset 0: a first fragment, whole L4 header).
+    #[must_use]
+    pub fn more_fragments(mut self) -> PacketBuilder {
+        self.more_fragments = true;
+        self
+    }
+
+    /// Time to live (default 64).
+    #[must_use]
+    pub fn ttl(mut self, ttl: u8) -> PacketBuilder {
+        self.ttl = ttl;
+        self
+    }
+
     /// TCP flags byte (default SYN).
     #[must_use]
     pub fn tcp_flags(mut self, flags: u8) -> PacketBuilder {
@@ -198,8 +217,9 @@ impl PacketBuilder {
         ip.push(0);
         ip.extend_from_slice(&((ihl_bytes + l4.len()) as u16).to_be_bytes());
         ip.extend_from_slice(&0x1234u16.to_be_bytes());
-        ip.extend_from_slice(&(self.frag_offset & 0x1fff).to_be_bytes());
-        ip.push(64);
+        let mf = if self.more_fragments { 0x2000 } else { 0 };
+        ip.extend_from_slice(&((self.frag_offset & 0x1fff) | mf).to_be_bytes());
+        ip.push(self.ttl);
         ip.push(self.proto);
         ip.extend_from_slice(&[0, 0]);
         ip.extend_from_slice(&self.src);
@@ -237,6 +257,10 @@ pub struct Parsed {
     pub ip_ok: bool,
     /// The L4 checksum verifies (a zero UDP checksum counts as valid).
     pub l4_ok: bool,
+    pub ttl: u8,
+    /// Ethernet destination and source.
+    pub eth_dst: [u8; 6],
+    pub eth_src: [u8; 6],
 }
 
 /// Parses an Ethernet/IPv4 frame with a whole L4 header.
@@ -271,6 +295,9 @@ pub fn parse(frame: &[u8]) -> Option<Parsed> {
         dport,
         ip_ok: checksum(ip.get(..ihl)?, 0) == 0,
         l4_ok,
+        ttl: *ip.get(8)?,
+        eth_dst: frame.get(..6)?.try_into().ok()?,
+        eth_src: frame.get(6..12)?.try_into().ok()?,
     })
 }
 
@@ -310,5 +337,10 @@ mod tests {
         assert_eq!(b.clone().truncate_l4(10).build().len(), 14 + 20 + 10);
         assert_eq!(b.clone().ihl(3).build()[14], 0x43);
         assert_eq!(b.build_truncated(24).len(), 24);
+        let f = b.clone().more_fragments().ttl(1).build();
+        assert_eq!(&f[20..23], &[0x20, 0x00, 1], "MF, offset 0, TTL 1");
+        let p = parse(&f).unwrap();
+        assert!(p.ip_ok);
+        assert_eq!((p.ttl, p.eth_dst, p.eth_src), (1, ETH_DST, ETH_SRC));
     }
 }

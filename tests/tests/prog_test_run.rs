@@ -144,15 +144,20 @@ fn dp_stats_verdicts_and_counters() {
 
 mod nat {
     //! The uplink NAT programs on hand-built packets: the rewritten bytes,
-    //! checksums that still verify, the conntrack entries left behind, and
-    //! malformed packets dropped with a reason and never rewritten.
+    //! checksums that still verify, the conntrack entries left behind,
+    //! malformed packets dropped with a reason and never rewritten, and the
+    //! fast path's redirect into containers and the cases it leaves to the
+    //! stack.
 
     use std::net::{Ipv4Addr, SocketAddrV4};
 
-    use dataplane_common::{drop::DropReason, nat::SUBNET_MASQUERADE};
+    use dataplane_common::{
+        drop::DropReason,
+        nat::{EndpointInfo, EndpointRoute, SUBNET_MASQUERADE},
+    };
     use dataplane_tests::{
         datapath,
-        packets::{parse, PacketBuilder, Parsed},
+        packets::{parse, PacketBuilder, Parsed, ETH_DST, ETH_SRC},
         BpffsDir,
     };
     use dataplane_user::{conntrack, ebpf::Dataplane, stats};
@@ -322,6 +327,7 @@ mod nat {
             snat_port_min: 40000,
             snat_port_max: 40001,
             snat_probes: 32,
+            ..NatConfig::DEFAULT
         };
         let mut dp = Dataplane::load_with(dir.pins(), &cfg).expect("load");
         configure(&dp);
@@ -349,6 +355,177 @@ mod nat {
         assert!(logged.contains("no free source port"), "{logged:?}");
         let snap = stats::read(dir.pins()).expect("stats");
         assert_eq!(snap.drop(DropReason::SnatExhausted).packets, 1);
+    }
+
+    /// The container's MAC and its bridge's, as the agent records them for
+    /// the fast path.
+    const C1_MAC: [u8; 6] = [0x02, 0x42, 172, 17, 0, 2];
+    const GW_MAC: [u8; 6] = [0x02, 0x42, 0xaa, 0xbb, 0xcc, 0xdd];
+    /// TC_ACT_REDIRECT.
+    const REDIRECT: u32 = 7;
+
+    /// [`configure`], plus C1 as an endpoint behind the test run's device
+    /// (so its MTU check and the redirect have a device to name) with its
+    /// fast path route.
+    fn configure_endpoint(dp: &Dataplane) {
+        configure(dp);
+        let pins = dp.pins();
+        datapath::endpoint(
+            pins,
+            TEST_RUN_IFINDEX,
+            EndpointInfo {
+                addr: C1,
+                gateway: [172, 17, 0, 1],
+                prefix_len: 16,
+                network_id: 1,
+            },
+        )
+        .expect("endpoint");
+        datapath::endpoint_route(
+            pins,
+            C1.into(),
+            EndpointRoute {
+                ifindex: TEST_RUN_IFINDEX,
+                mac: C1_MAC,
+                gateway_mac: GW_MAC,
+            },
+        )
+        .expect("route");
+    }
+
+    /// A frame the fast path delivered into C1: the MACs of the container
+    /// and its gateway, one hop less, checksums that verify.
+    fn assert_delivered(what: &str, verdict: u32, out: &[u8], sent_ttl: u8) -> Parsed {
+        assert_eq!(verdict, REDIRECT, "{what}: redirected");
+        let p = parsed(out);
+        assert_eq!(p.dst, C1, "{what}: translated");
+        assert_eq!(
+            (p.eth_dst, p.eth_src),
+            (C1_MAC, GW_MAC),
+            "{what}: container and gateway MACs"
+        );
+        assert_eq!(p.ttl, sent_ttl - 1, "{what}: TTL decremented");
+        p
+    }
+
+    /// A frame left to the stack: translated (DNAT happened before the fast
+    /// path's decision), otherwise as it came.
+    fn assert_fell_back(what: &str, verdict: u32, out: &[u8], sent_ttl: u8) -> Parsed {
+        assert_eq!(verdict, NEXT, "{what}: left to the stack");
+        let p = parsed(out);
+        assert_eq!((p.dst, p.dport), (C1, 80), "{what}: DNAT still applied");
+        assert_eq!(
+            (p.eth_dst, p.eth_src, p.ttl),
+            (ETH_DST, ETH_SRC, sent_ttl),
+            "{what}: MACs and TTL untouched"
+        );
+        p
+    }
+
+    #[test]
+    fn fast_path_redirects_translated_packets_into_the_container() {
+        if !dataplane_tests::require_root() {
+            return;
+        }
+        let dir = BpffsDir::new("ptrfast").expect("bpffs");
+        let mut dp = Dataplane::load(dir.pins()).expect("load");
+        configure_endpoint(&dp);
+
+        // A new flow to a published port.
+        let syn = PacketBuilder::tcp(CLIENT, HOST, 41000, 8080).build();
+        let (verdict, out) = run(&mut dp, "dp_uplink_in", &syn);
+        let p = assert_delivered("published SYN", verdict, &out, 64);
+        assert_eq!(
+            (p.src, p.sport, p.dport),
+            (CLIENT, 41000, 80),
+            "client kept"
+        );
+        // A later packet of that flow (tracked), at another TTL.
+        let ack = PacketBuilder::tcp(CLIENT, HOST, 41000, 8080)
+            .tcp_flags(0x10)
+            .ttl(9)
+            .build();
+        let (verdict, out) = run(&mut dp, "dp_uplink_in", &ack);
+        assert_delivered("published ACK", verdict, &out, 9);
+        // UDP to a published port.
+        let q = PacketBuilder::udp(CLIENT, HOST, 5001, 5353).build();
+        let (verdict, out) = run(&mut dp, "dp_uplink_in", &q);
+        let p = assert_delivered("published UDP", verdict, &out, 64);
+        assert_eq!(p.dport, 53);
+        // The reply to a masqueraded flow of C1.
+        let out_syn = PacketBuilder::tcp(C1, CLIENT, 42000, 9000).build();
+        let (verdict, masq) = run(&mut dp, "dp_uplink_out", &out_syn);
+        assert_eq!(verdict, NEXT);
+        let m = parsed(&masq);
+        let reply = PacketBuilder::tcp(CLIENT, HOST, 9000, m.sport)
+            .tcp_flags(0x12)
+            .build();
+        let (verdict, out) = run(&mut dp, "dp_uplink_in", &reply);
+        let p = assert_delivered("masquerade reply", verdict, &out, 64);
+        assert_eq!(p.dport, 42000, "the container's own port back");
+    }
+
+    #[test]
+    fn fast_path_leaves_what_the_stack_must_see_to_the_stack() {
+        if !dataplane_tests::require_root() {
+            return;
+        }
+        let dir = BpffsDir::new("ptrslow").expect("bpffs");
+        let mut dp = Dataplane::load(dir.pins()).expect("load");
+        configure_endpoint(&dp);
+        let syn = |sport| PacketBuilder::tcp(CLIENT, HOST, sport, 8080);
+
+        // TTL 1: the stack sends time exceeded.
+        let (v, out) = run(&mut dp, "dp_uplink_in", &syn(43001).ttl(1).build());
+        assert_fell_back("TTL 1", v, &out, 1);
+        // A first fragment (MF set, offset 0): the stack reassembles.
+        let (v, out) = run(
+            &mut dp,
+            "dp_uplink_in",
+            &syn(43002).more_fragments().build(),
+        );
+        assert_fell_back("first fragment", v, &out, 64);
+        // IP options: the stack processes them.
+        let (v, out) = run(&mut dp, "dp_uplink_in", &syn(43003).ip_options(4).build());
+        assert_fell_back("IP options", v, &out, 64);
+
+        // A container the fast path has no route for.
+        let c2 = SocketAddrV4::new(C2.into(), 80);
+        datapath::publish(dp.pins(), Ipv4Addr::UNSPECIFIED, 8082, 6, c2).expect("port");
+        let unknown = PacketBuilder::tcp(CLIENT, HOST, 43004, 8082).build();
+        let (v, out) = run(&mut dp, "dp_uplink_in", &unknown);
+        assert_eq!(v, NEXT, "unknown endpoint: left to the stack");
+        let p = parsed(&out);
+        assert_eq!((p.dst, p.dport, p.ttl), (C2, 80, 64), "DNAT still applied");
+        assert_eq!((p.eth_dst, p.eth_src), (ETH_DST, ETH_SRC));
+        // A route whose device now belongs to another endpoint (stale).
+        datapath::endpoint_route(
+            dp.pins(),
+            C2.into(),
+            EndpointRoute {
+                ifindex: TEST_RUN_IFINDEX,
+                mac: C1_MAC,
+                gateway_mac: GW_MAC,
+            },
+        )
+        .expect("stale route");
+        let stale = PacketBuilder::tcp(CLIENT, HOST, 43005, 8082).build();
+        let (v, out) = run(&mut dp, "dp_uplink_in", &stale);
+        assert_eq!(v, NEXT, "stale route: left to the stack");
+        assert_eq!(parsed(&out).dst, C2);
+
+        // The fast path switched off: programs loaded with fast_path = 0.
+        use dataplane_common::nat::NatConfig;
+        let off = NatConfig {
+            fast_path: 0,
+            ..NatConfig::DEFAULT
+        };
+        let mut slow = Dataplane::load_with(dir.pins(), &off).expect("load, fast path off");
+        let (v, out) = run(&mut slow, "dp_uplink_in", &syn(43006).build());
+        assert_fell_back("fast path off", v, &out, 64);
+        // ... while the same packet through programs with it on is redirected.
+        let (v, out) = run(&mut dp, "dp_uplink_in", &syn(43007).build());
+        assert_delivered("fast path on", v, &out, 64);
     }
 
     /// Log records the programs wrote, as aya-log hands them over.

@@ -52,6 +52,13 @@ fn to_nl_mode(mode: MacvlanMode) -> netlink::MacvlanMode {
 /// Creates the bridge of a network with its gateway address, up, or checks
 /// an existing one. `adopt` allows an existing bridge (the agent restoring
 /// its own); otherwise an existing link of that name is someone else's.
+///
+/// The bridge's MAC is set explicitly (a random one for a new bridge, its
+/// current one for an adopted bridge), as Docker does: a Linux bridge
+/// whose MAC was never set takes the lowest of its ports' MACs, so it
+/// would change as containers come and go, while containers' neighbour
+/// caches and the fast path's routes (`nat::desired`) hold the gateway's
+/// MAC.
 pub async fn ensure_bridge(
     host: &Netlink,
     name: &str,
@@ -68,10 +75,27 @@ pub async fn ensure_bridge(
                 kind: l.kind.unwrap_or_else(|| "unknown".to_owned()),
             })
         }
-        Some(l) => l,
+        Some(l) => {
+            // Setting the MAC it has marks it as chosen; nothing changes.
+            if let Some(mac) = l.mac {
+                host.set_mac(l.index, mac).await?;
+            }
+            l
+        }
         None => {
             changed.push(format!("created bridge {name}"));
-            host.create_bridge(name, Some(mtu)).await?
+            let link = host.create_bridge(name, Some(mtu)).await?;
+            let pinned = async {
+                host.set_mac(link.index, random_mac().map_err(BridgeError::Random)?)
+                    .await
+                    .map_err(BridgeError::from)
+            }
+            .await;
+            if let Err(e) = pinned {
+                let _ = host.delete_link(link.index).await;
+                return Err(e);
+            }
+            link
         }
     };
     let has_addr = host
@@ -91,10 +115,22 @@ pub async fn ensure_bridge(
     Ok(changed)
 }
 
+/// A random unicast, locally administered MAC (Docker's
+/// `GenerateRandomMAC`).
+fn random_mac() -> std::io::Result<[u8; 6]> {
+    use std::io::Read as _;
+    let mut mac = [0u8; 6];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut mac)?;
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    Ok(mac)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
+    #[error("reading /dev/urandom for the bridge's MAC")]
+    Random(#[source] std::io::Error),
     #[error("bridge name {bridge} is in use by a link the dataplane does not own (kind {kind})")]
     InUse { bridge: String, kind: String },
 }
@@ -285,5 +321,21 @@ async fn delete_in_netns(netns: &Path, ifname: Option<&str>, errors: &mut Vec<St
         },
         Ok(None) => {}
         Err(e) => errors.push(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::random_mac;
+
+    #[test]
+    fn random_macs_are_unicast_locally_administered_and_differ() {
+        let a = random_mac().unwrap();
+        let b = random_mac().unwrap();
+        for m in [a, b] {
+            assert_eq!(m[0] & 0x01, 0, "unicast: {m:02x?}");
+            assert_eq!(m[0] & 0x02, 0x02, "locally administered: {m:02x?}");
+        }
+        assert_ne!(a, b);
     }
 }

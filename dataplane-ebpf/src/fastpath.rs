@@ -1,0 +1,268 @@
+//! The fast path: packets of translated flows delivered straight to where
+//! the host stack would have sent them, skipping the bridge and the stack
+//! (Cilium's "BPF host routing"). The one owner of the redirect decisions:
+//! - [`into_endpoint`] (`dp_uplink_in`, after DNAT or a tracked flow's
+//!   rewrite made a container the destination): `bpf_redirect_peer` on the
+//!   endpoint's host-side veth, which lands the packet in the container's
+//!   namespace, ingress to ingress;
+//! - [`to_world`] (`dp_from_container`, packets the container routes through
+//!   its gateway to an address outside every managed subnet and the host):
+//!   `bpf_fib_lookup`, then `bpf_redirect` to the uplink's egress, or
+//!   `bpf_redirect_neigh` when the next hop's MAC is not resolved yet. Only
+//!   routing happens here: the uplink's egress program (`dp_uplink_out`)
+//!   still sees the packet and translates it, once, as it does for packets
+//!   the stack forwards.
+//!
+//! Both do what forwarding would have done to the packet: Ethernet addresses
+//! of the next hop, TTL decremented (IP checksum updated). Whatever the stack
+//! must see goes on unchanged (`None`): the fast path switched off, fragments
+//! (reassembly and fragmentation are the stack's), IP options, TTL <= 1 (the
+//! stack sends time exceeded), packets bigger than the target's MTU (the
+//! stack sends "fragmentation needed", so PMTU discovery works), failed FIB
+//! lookups, egress through a device that is not an uplink, and endpoints the
+//! maps do not know (or know inconsistently: a stale entry must never
+//! deliver into the wrong container).
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{
+        bpf_check_mtu_flags::BPF_MTU_CHK_SEGS, bpf_check_mtu_ret::BPF_MTU_CHK_RET_SUCCESS,
+        bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        TC_ACT_REDIRECT,
+    },
+    btf_maps::lpm_trie::Key,
+    helpers::{bpf_check_mtu, bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    programs::TcContext,
+    EbpfContext,
+};
+use dataplane_common::{
+    drop::DropReason,
+    nat::EndpointRoute,
+    net::{IPPROTO_TCP, IPPROTO_UDP},
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+use crate::{
+    maps::{DP_ENDPOINTS, DP_ENDPOINT_ROUTES, DP_HOST_ADDRS, DP_SUBNETS, DP_UPLINKS},
+    nat::NAT_CONFIG,
+    parse::{Ipv4Packet, IP_CSUM_OFF, IP_TTL_OFF},
+};
+
+/// `AF_INET` for `bpf_fib_lookup` and `bpf_redirect_neigh`.
+const AF_INET: u8 = 2;
+
+/// Delivers a packet whose (translated) destination is `dst` into that
+/// endpoint's container. `pkt` holds the fields as parsed (TTL and
+/// protocol are the same after translation). Some(verdict) when the packet
+/// was redirected, None when it goes on through the stack, unchanged by
+/// this function.
+#[inline(always)]
+pub fn into_endpoint(
+    ctx: &TcContext,
+    pkt: &Ipv4Packet,
+    dst: [u8; 4],
+) -> Result<Option<i32>, DropReason> {
+    if !forwardable(pkt) {
+        return Ok(None);
+    }
+    // SAFETY: copied out at once.
+    let Some(route) = (unsafe { DP_ENDPOINT_ROUTES.get(dst) }).copied() else {
+        return Ok(None);
+    };
+    // The two maps are written from one state; an ifindex whose endpoint
+    // has another address (reused, or written between the two) is stale.
+    // SAFETY: as above.
+    match unsafe { DP_ENDPOINTS.get(route.ifindex) } {
+        Some(ep) if ep.addr == dst => {}
+        _ => return Ok(None),
+    }
+    // A device that is gone fails the check too (-ENODEV).
+    if !fits(ctx, route.ifindex) {
+        return Ok(None);
+    }
+    forward(ctx, pkt, &route.mac, &route.gateway_mac)?;
+    // SAFETY: a helper taking plain integers.
+    redirected(unsafe { bpf_redirect_peer(route.ifindex, 0) })
+}
+
+/// Routes a packet the endpoint behind `ifindex` (its host-side veth) sends
+/// to the world: straight to the uplink's egress. Some(verdict) when the
+/// packet was redirected, None when it goes on through the stack,
+/// unchanged.
+#[inline(always)]
+pub fn to_world(
+    ctx: &TcContext,
+    pkt: &Ipv4Packet,
+    ifindex: u32,
+) -> Result<Option<i32>, DropReason> {
+    if !forwardable(pkt) || !unicast(pkt.dst) {
+        return Ok(None);
+    }
+    // Managed subnets (other networks, the gateways) and the host's own
+    // addresses are the stack's: isolation, hairpin and local delivery.
+    if DP_SUBNETS.get(&Key::new(32, pkt.dst)).is_some() {
+        return Ok(None);
+    }
+    // SAFETY: only tested for presence.
+    if unsafe { DP_HOST_ADDRS.get(pkt.dst) }.is_some() {
+        return Ok(None);
+    }
+    // SAFETY: copied out at once.
+    let Some(route) = (unsafe { DP_ENDPOINT_ROUTES.get(pkt.src) }).copied() else {
+        return Ok(None);
+    };
+    if route.ifindex != ifindex || !to_gateway(ctx, &route)? {
+        return Ok(None);
+    }
+    // SAFETY: the context's __sk_buff is valid for the whole program run.
+    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    let mut fib = fib_params(pkt, ifindex, gso);
+    // SAFETY: `fib` is a whole bpf_fib_lookup on this stack frame.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &raw mut fib,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    let Ok(rc) = u32::try_from(rc) else {
+        return Ok(None);
+    };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH {
+        return Ok(None);
+    }
+    let out = fib.ifindex;
+    // Only the uplinks' egress masquerades and translates replies: a route
+    // through any other device stays with the stack.
+    // SAFETY: only tested for presence.
+    if unsafe { DP_UPLINKS.get(out) }.is_none() || !fits(ctx, out) {
+        return Ok(None);
+    }
+    if rc == BPF_FIB_LKUP_RET_SUCCESS {
+        forward(ctx, pkt, &fib.dmac, &fib.smac)?;
+        // SAFETY: a helper taking plain integers.
+        return redirected(unsafe { bpf_redirect(out, 0) });
+    }
+    // The neighbour layer writes the Ethernet header once it knows the next
+    // hop's address (the lookup left the next hop in ipv4_dst).
+    decrement_ttl(ctx, pkt)?;
+    let mut nh = bpf_redir_neigh {
+        nh_family: u32::from(AF_INET),
+        __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 {
+            // SAFETY: the lookup wrote the IPv4 member of this union.
+            ipv4_nh: unsafe { fib.__bindgen_anon_4.ipv4_dst },
+        },
+    };
+    // SAFETY: `nh` is a whole bpf_redir_neigh on this stack frame.
+    let rc =
+        unsafe { bpf_redirect_neigh(out, &raw mut nh, size_of::<bpf_redir_neigh>() as i32, 0) };
+    redirected(rc)
+}
+
+/// Whether the fast path may carry this packet at all.
+#[inline(always)]
+fn forwardable(pkt: &Ipv4Packet) -> bool {
+    NAT_CONFIG.load().fast_path != 0
+        && !pkt.later_fragment
+        && !pkt.more_fragments
+        && pkt.l4_off == EthHdr::LEN + Ipv4Hdr::LEN
+        && pkt.ttl > 1
+}
+
+/// Not multicast, broadcast or reserved (224/3), not "this network" (0/8).
+#[inline(always)]
+fn unicast(addr: [u8; 4]) -> bool {
+    addr[0] != 0 && addr[0] < 224
+}
+
+/// Whether the container addressed the frame to its gateway (the bridge):
+/// a frame to another MAC (a container acting as a router) is bridged, not
+/// routed by the host.
+#[inline(always)]
+fn to_gateway(ctx: &TcContext, route: &EndpointRoute) -> Result<bool, DropReason> {
+    let dmac: [u8; 6] = ctx.load(0).map_err(|_| DropReason::Truncated)?;
+    Ok(dmac == route.gateway_mac)
+}
+
+/// The FIB lookup the stack's forwarding would make for `pkt` coming in on
+/// `ifindex`. The total length asks the lookup to check the route's MTU
+/// too (learnt PMTU and `mtu` route metrics included); a GSO packet's
+/// length is that of all its segments, so its segments are checked by
+/// [`fits`] instead.
+#[inline(always)]
+fn fib_params(pkt: &Ipv4Packet, ifindex: u32, gso: bool) -> bpf_fib_lookup {
+    // SAFETY: bpf_fib_lookup is plain integers and unions of them; all
+    // zeroes is a valid value (and what the helper expects in unused fields).
+    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = pkt.proto;
+    if pkt.proto == IPPROTO_TCP || pkt.proto == IPPROTO_UDP {
+        fib.sport = u16::from_ne_bytes(pkt.sport);
+        fib.dport = u16::from_ne_bytes(pkt.dport);
+    }
+    fib.__bindgen_anon_1.tot_len = if gso { 0 } else { pkt.tot_len };
+    fib.__bindgen_anon_2.tos = pkt.tos;
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(pkt.src);
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(pkt.dst);
+    fib.ifindex = ifindex;
+    fib
+}
+
+/// Whether the packet fits the MTU of `ifindex` (each segment, for a GSO
+/// packet); false too when the device does not exist.
+#[inline(always)]
+fn fits(ctx: &TcContext, ifindex: u32) -> bool {
+    // SAFETY: the context's __sk_buff is valid for the whole program run.
+    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    let flags = if gso { u64::from(BPF_MTU_CHK_SEGS) } else { 0 };
+    // 0: check the packet's own length.
+    let mut mtu_len = 0u32;
+    // SAFETY: `mtu_len` is a u32 on this stack frame.
+    let rc = unsafe { bpf_check_mtu(ctx.as_ptr(), ifindex, &raw mut mtu_len, 0, flags) };
+    rc == i64::from(BPF_MTU_CHK_RET_SUCCESS)
+}
+
+/// What forwarding does to a frame: the next hop's Ethernet addresses and
+/// one hop less to live.
+#[inline(always)]
+fn forward(
+    ctx: &TcContext,
+    pkt: &Ipv4Packet,
+    dmac: &[u8; 6],
+    smac: &[u8; 6],
+) -> Result<(), DropReason> {
+    decrement_ttl(ctx, pkt)?;
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(dmac);
+    macs[6..].copy_from_slice(smac);
+    ctx.store(0, &macs, 0).map_err(|_| DropReason::Rewrite)
+}
+
+/// TTL - 1 (the caller checked it is above 1), folded into the IP checksum
+/// as the 16-bit word it shares with the protocol.
+#[inline(always)]
+fn decrement_ttl(ctx: &TcContext, pkt: &Ipv4Packet) -> Result<(), DropReason> {
+    let ttl = pkt.ttl - 1;
+    let err = |_| DropReason::Rewrite;
+    ctx.l3_csum_replace(
+        IP_CSUM_OFF,
+        u64::from(u16::from_ne_bytes([pkt.ttl, pkt.proto])),
+        u64::from(u16::from_ne_bytes([ttl, pkt.proto])),
+        2,
+    )
+    .map_err(err)?;
+    ctx.store(IP_TTL_OFF, &ttl, 0).map_err(err)
+}
+
+/// The verdict of a redirect helper: its return value is the tc verdict,
+/// TC_ACT_REDIRECT unless its arguments were refused.
+#[inline(always)]
+fn redirected(rc: i64) -> Result<Option<i32>, DropReason> {
+    if rc != i64::from(TC_ACT_REDIRECT) {
+        // The frame is rewritten already: it cannot go on as if untouched.
+        return Err(DropReason::Rewrite);
+    }
+    Ok(Some(TC_ACT_REDIRECT))
+}
