@@ -153,14 +153,18 @@ pub struct ConnectArgs {
 
 /// The manager's loaded object, loading it on first use.
 fn loaded<'a>(
-    dp: &'a mut Option<Dataplane>,
+    dp: &'a mut Option<(NatConfig, Dataplane)>,
     pins: &PinRoot,
     nat: &NatConfig,
 ) -> Result<&'a mut Dataplane, NetworkError> {
     if dp.is_none() {
-        *dp = Some(Dataplane::load_with(pins, nat).map_err(NatError::from)?);
+        *dp = Some((
+            *nat,
+            Dataplane::load_with(pins, nat).map_err(NatError::from)?,
+        ));
     }
     dp.as_mut()
+        .map(|(_, d)| d)
         .ok_or_else(|| NetworkError::Random(std::io::Error::other("the eBPF object did not load")))
 }
 
@@ -223,8 +227,9 @@ pub struct Manager {
     /// Masquerade settings for the uplink programs this manager attaches.
     nat: NatConfig,
     /// The eBPF object with the pinned maps, loaded once per manager on
-    /// first use (loading costs more than most operations).
-    dp: Option<Dataplane>,
+    /// first use (loading costs more than most operations), and the
+    /// masquerade settings it was loaded with (its programs' globals).
+    dp: Option<(NatConfig, Dataplane)>,
     /// What the maps were last set to by this process, so the next change
     /// writes only its difference; None: unknown, reconcile in full.
     applied: Option<Applied>,
@@ -261,7 +266,7 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 pub struct Cache {
     host: Option<Netlink>,
     state: Option<(Mark, State)>,
-    dp: Option<(PinId, Dataplane)>,
+    dp: Option<(PinId, NatConfig, Dataplane)>,
     applied: Option<Applied>,
 }
 
@@ -308,8 +313,8 @@ impl Manager {
         let pid = pin_id(pins);
         let dp = cache
             .dp
-            .filter(|(id, _)| id.is_some() && *id == pid)
-            .map(|(_, dp)| dp);
+            .filter(|(id, _, _)| id.is_some() && *id == pid)
+            .map(|(_, nat, dp)| (nat, dp));
         let (loaded, mut applied) = match cache.state {
             Some((mark, state)) if store.resume(&mark) => (Some(state), cache.applied),
             _ => (store.load()?, None),
@@ -347,7 +352,7 @@ impl Manager {
         let cache = Cache {
             host: Some(host),
             state: Some((store.mark(), state)),
-            dp: dp.map(|dp| (pin_id(&pins), dp)),
+            dp: dp.map(|(nat, dp)| (pin_id(&pins), nat, dp)),
             applied,
         };
         *slot.lock().unwrap_or_else(|e| e.into_inner()) = cache;
@@ -382,6 +387,11 @@ impl Manager {
     /// Masquerade settings for uplink programs attached from now on.
     pub fn set_nat_config(&mut self, nat: NatConfig) {
         self.nat = nat;
+        // An object loaded with other settings would attach programs with
+        // them.
+        if self.dp.as_ref().is_some_and(|(loaded, _)| *loaded != nat) {
+            self.dp = None;
+        }
     }
 
     pub fn state(&self) -> &State {
