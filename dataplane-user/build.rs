@@ -5,6 +5,12 @@ use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
     let root_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../dataplane-ebpf");
+    // aya-build watches the eBPF crate; the object also compiles the shared
+    // map types, so a change there must rebuild it too.
+    println!(
+        "cargo:rerun-if-changed={}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../dataplane-common")
+    );
     aya_build::build_ebpf(
         [Package {
             name: "dataplane-ebpf",

@@ -1,12 +1,22 @@
 //! DOCKER-USER-style filter rules as the uplink's ingress program evaluates
-//! them: in constant time, whatever the number of rules.
+//! them: at a cost that does not grow with the number of rules for traffic
+//! no rule singles out.
 //!
 //! Rules sit at positions 0..[`MAX_RULES`] in evaluation order. Each match
 //! dimension (source address, in-interface, destination port, network) has a
 //! map from the packet's value in that dimension to a [`RuleBits`]: the rules
-//! that dimension lets through. The program ANDs the four bitmaps; the lowest
-//! set bit is the first rule matching in every dimension, i.e. the first
-//! match in rule order. Its [`FilterAction`] decides, its counter slot counts.
+//! that dimension lets through (the source has two: a hash of single
+//! addresses, [`FilterHostKey`], tried first, and an LPM trie of CIDRs). The program intersects the four sets; the
+//! lowest position left is the first rule matching in every dimension, i.e.
+//! the first match in rule order. Its [`FilterAction`] decides, its counter
+//! slot counts.
+//!
+//! A [`RuleBits`] is a two-level bitmap: [`RULE_WORDS`] 64-bit words of rule
+//! bits and a summary with one bit per word saying which words are non-zero.
+//! The program ANDs the four summaries first (four words each) and only then
+//! looks at the words they all have ([`Scan`]), lowest first; traffic
+//! that no rule names specifically (the usual case: a rule set of /32
+//! sources, and a packet from none of them) ends at the summaries.
 //!
 //! Every key carries a generation (0 or 1) and [`FilterConfig`] names the
 //! live one. The agent writes a whole new rule set into the other generation
@@ -15,77 +25,233 @@
 //! positions shift when a rule is inserted or removed, and a mixed lookup
 //! would pick an unrelated rule).
 
+use core::fmt;
+
 use bytemuck::{Pod, Zeroable};
 
-/// Most rules a rule set can hold: the width of [`RuleBits`].
-pub const MAX_RULES: u32 = 128;
+/// Words of rule bits in a [`RuleBits`]. 240 rather than 256: a value of
+/// 240 words and their summary (1952 bytes) plus the kernel's per-element
+/// header (LPM trie node or hash element, about 50 bytes) still fits a
+/// 2 KiB allocation, where 256 words would take 4 KiB per map entry.
+pub const RULE_WORDS: usize = 240;
+
+/// Summary words: one bit per word of rule bits.
+pub const SUMMARY_WORDS: usize = RULE_WORDS.div_ceil(64);
+
+/// Most rules a rule set can hold: the width of [`RuleBits`] (15 360).
+pub const MAX_RULES: u32 = (RULE_WORDS * 64) as u32;
 
 /// Generations of rule sets kept side by side: the live one and the one
 /// being written.
 pub const GENERATIONS: u32 = 2;
 
 /// The rules a dimension lets through: bit `i` (bit `i % 64` of word
-/// `i / 64`) is the rule at position `i`.
+/// `i / 64`) is the rule at position `i`, and bit `w` of the summary
+/// (bit `w % 64` of `summary[w / 64]`) is set exactly when word `w` is not
+/// zero. Changed only through its methods, which keep the two in step.
+///
+/// The program reads it in place, through the pointer the map lookup
+/// returns: at 1952 bytes it does not fit the 512-byte BPF stack.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+#[derive(Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
 pub struct RuleBits {
-    pub bits: [u64; 2],
+    pub summary: [u64; SUMMARY_WORDS],
+    pub words: [u64; RULE_WORDS],
 }
-const _: () = assert!(size_of::<RuleBits>() == 16);
-const _: () = assert!(MAX_RULES as usize == 8 * size_of::<RuleBits>());
+const _: () = assert!(size_of::<RuleBits>() == 1952);
+const _: () = assert!(MAX_RULES as usize == 64 * RULE_WORDS);
+const _: () = assert!(RULE_WORDS <= 64 * SUMMARY_WORDS);
+// The bench's and issue 6's 10 000 rules fit.
+const _: () = assert!(MAX_RULES >= 10_000);
 
 impl RuleBits {
-    pub const EMPTY: RuleBits = RuleBits { bits: [0; 2] };
+    pub const EMPTY: RuleBits = RuleBits {
+        summary: [0; SUMMARY_WORDS],
+        words: [0; RULE_WORDS],
+    };
 
     /// Adds the rule at `pos`; positions past [`MAX_RULES`] are ignored.
     #[inline(always)]
     pub fn set(&mut self, pos: u32) {
         if pos < MAX_RULES {
-            self.bits[(pos / 64) as usize] |= 1 << (pos % 64);
+            let w = (pos / 64) as usize;
+            self.words[w] |= 1 << (pos % 64);
+            self.summary[w / 64] |= 1 << (w % 64);
+        }
+    }
+
+    /// Removes the rule at `pos`; positions past [`MAX_RULES`] are ignored.
+    #[inline(always)]
+    pub fn clear(&mut self, pos: u32) {
+        if pos < MAX_RULES {
+            let w = (pos / 64) as usize;
+            self.words[w] &= !(1 << (pos % 64));
+            if self.words[w] == 0 {
+                self.summary[w / 64] &= !(1 << (w % 64));
+            }
         }
     }
 
     #[inline(always)]
     #[must_use]
     pub const fn contains(&self, pos: u32) -> bool {
-        pos < MAX_RULES && self.bits[(pos / 64) as usize] & (1 << (pos % 64)) != 0
+        pos < MAX_RULES && self.words[(pos / 64) as usize] & (1 << (pos % 64)) != 0
     }
 
-    #[inline(always)]
-    #[must_use]
-    pub const fn and(self, other: RuleBits) -> RuleBits {
-        RuleBits {
-            bits: [self.bits[0] & other.bits[0], self.bits[1] & other.bits[1]],
+    /// Adds every rule of `other`.
+    pub fn or_assign(&mut self, other: &RuleBits) {
+        for (s, o) in self.summary.iter_mut().zip(&other.summary) {
+            *s |= o;
+        }
+        for (w, o) in self.words.iter_mut().zip(&other.words) {
+            *w |= o;
         }
     }
 
     #[inline(always)]
     #[must_use]
-    pub const fn or(self, other: RuleBits) -> RuleBits {
-        RuleBits {
-            bits: [self.bits[0] | other.bits[0], self.bits[1] | other.bits[1]],
-        }
-    }
-
-    #[inline(always)]
-    #[must_use]
-    pub const fn is_empty(&self) -> bool {
-        self.bits[0] == 0 && self.bits[1] == 0
+    pub fn is_empty(&self) -> bool {
+        self.summary.iter().all(|s| *s == 0)
     }
 
     /// The lowest position in the set: the first rule in evaluation order.
-    /// Two word tests and a `trailing_zeros`, no loop over the bits.
+    #[must_use]
+    pub fn first(&self) -> Option<u32> {
+        first_common(self, self, self, self)
+    }
+
+    /// The positions in the set, in order.
+    pub fn positions(&self) -> impl Iterator<Item = u32> + '_ {
+        (0u32..).zip(self.words.iter()).flat_map(|(w, word)| {
+            let mut rest = *word;
+            core::iter::from_fn(move || {
+                if rest == 0 {
+                    return None;
+                }
+                let bit = rest.trailing_zeros();
+                rest &= rest - 1;
+                Some(w * 64 + bit)
+            })
+        })
+    }
+}
+
+impl Default for RuleBits {
+    fn default() -> Self {
+        RuleBits::EMPTY
+    }
+}
+
+/// The positions, not 240 words of mostly zeros.
+impl fmt::Debug for RuleBits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.positions()).finish()
+    }
+}
+
+/// `x.trailing_zeros()` (x not 0), as a value the verifier knows is below
+/// 64. LLVM expands `trailing_zeros` on BPF into a table lookup, which the
+/// verifier only knows as some byte (0..=255): as a word index that reads
+/// past the value. LLVM knows the result is below 64 and would drop a plain
+/// `& 63`, so the value goes through `black_box` first, past which LLVM
+/// cannot see and the mask stays.
+#[inline(always)]
+fn lowest_bit(x: u64) -> usize {
+    core::hint::black_box(x.trailing_zeros() as usize) & 63
+}
+
+/// Steps a [`Scan`] may take: one per word of rule bits it tests, one per
+/// summary word it moves on to. The bound of the program's `bpf_loop`.
+pub const SCAN_STEPS: u32 = (RULE_WORDS + SUMMARY_WORDS) as u32;
+
+/// A search for the lowest position in four sets, one [`Scan::step`] at a
+/// time: the program runs the steps in a `bpf_loop` callback, userspace in
+/// [`first_common`]. Lives on the program's stack, so it stays small.
+///
+/// The summaries' AND names the words all four sets have; only those are
+/// read, lowest first, and the first non-zero AND of a word is the answer.
+/// When the summaries do not meet, no word is read at all.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scan {
+    /// Words of summary word `word` that all four summaries have and that
+    /// are not tested yet.
+    pub candidates: u64,
+    /// The summary word being worked through, 0..[`SUMMARY_WORDS`].
+    pub word: u32,
+    /// The answer once found; [`Scan::NONE`] until then.
+    pub found: u32,
+}
+
+impl Scan {
+    pub const NONE: u32 = u32::MAX;
+
+    /// A search that starts at summary word 0; None when the summaries do
+    /// not meet at all (a packet no rule names): nothing is left to read.
     #[inline(always)]
     #[must_use]
-    pub const fn first(&self) -> Option<u32> {
-        if self.bits[0] != 0 {
-            Some(self.bits[0].trailing_zeros())
-        } else if self.bits[1] != 0 {
-            Some(64 + self.bits[1].trailing_zeros())
-        } else {
-            None
+    pub fn new(a: &RuleBits, b: &RuleBits, c: &RuleBits, d: &RuleBits) -> Option<Scan> {
+        let mut any = 0;
+        for i in 0..SUMMARY_WORDS {
+            any |= a.summary[i] & b.summary[i] & c.summary[i] & d.summary[i];
+        }
+        (any != 0).then_some(Scan {
+            candidates: a.summary[0] & b.summary[0] & c.summary[0] & d.summary[0],
+            word: 0,
+            found: Scan::NONE,
+        })
+    }
+
+    /// Tests the lowest candidate word, or moves on to the next summary word
+    /// when none is left. True when the search is over: [`Scan::found`]
+    /// holds the answer, or there is none. Every index is checked against
+    /// its array's length before use, so the verifier sees each access in
+    /// bounds.
+    #[inline(always)]
+    pub fn step(&mut self, a: &RuleBits, b: &RuleBits, c: &RuleBits, d: &RuleBits) -> bool {
+        if self.candidates == 0 {
+            let next = self.word as usize + 1;
+            if next >= SUMMARY_WORDS {
+                return true;
+            }
+            self.word = next as u32;
+            self.candidates = a.summary[next] & b.summary[next] & c.summary[next] & d.summary[next];
+            return false;
+        }
+        let w = self.word as usize * 64 + lowest_bit(self.candidates);
+        if w >= RULE_WORDS {
+            // Summary bits past the last word are never set.
+            return true;
+        }
+        let m = a.words[w] & b.words[w] & c.words[w] & d.words[w];
+        if m != 0 {
+            self.found = w as u32 * 64 + m.trailing_zeros();
+            return true;
+        }
+        self.candidates &= self.candidates - 1;
+        false
+    }
+
+    /// The answer: the first position in all four sets.
+    #[inline(always)]
+    #[must_use]
+    pub fn found(&self) -> Option<u32> {
+        (self.found != Scan::NONE).then_some(self.found)
+    }
+}
+
+/// The lowest position in all four sets: the first rule that matches in
+/// every dimension: the program's evaluation ([`Scan`]), its steps run in a
+/// plain loop.
+#[must_use]
+pub fn first_common(a: &RuleBits, b: &RuleBits, c: &RuleBits, d: &RuleBits) -> Option<u32> {
+    let mut scan = Scan::new(a, b, c, d)?;
+    for _ in 0..SCAN_STEPS {
+        if scan.step(a, b, c, d) {
+            break;
         }
     }
+    scan.found()
 }
 
 /// The one entry of the config array.
@@ -97,8 +263,13 @@ pub struct FilterConfig {
     /// Rules in the live generation; 0 lets every packet through without a
     /// lookup.
     pub rules: u32,
+    /// The agent's fingerprint of the live rule set, so that applying the
+    /// same set again (every change to networks or ports re-applies the
+    /// filters) writes nothing. The program does not read it.
+    pub digest: u64,
 }
-const _: () = assert!(size_of::<FilterConfig>() == 8);
+const _: () = assert!(size_of::<FilterConfig>() == 16);
+const _: () = assert!(size_of::<Scan>() == 16);
 
 /// Data of a source LPM trie key: the generation (big-endian, so it is the
 /// first 32 bits the trie compares) then the IPv4 address. Its prefix length
@@ -115,6 +286,19 @@ pub const fn src_data(gen: u32, addr: [u8; 4]) -> FilterSrcData {
 
 /// Prefix length of a source trie key for a CIDR of `cidr_len` bits.
 pub const SRC_GEN_BITS: u32 = 32;
+
+/// Source key of a single address (a /32 rule's region), in a hash beside
+/// the trie. The program looks here first: a hit is the longest match an
+/// LPM lookup would find. Kept out of the trie because a trie of n entries
+/// also allocates about n intermediate nodes of the full value size, which
+/// for 1952-byte values doubles the memory of a list of /32s.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct FilterHostKey {
+    pub gen: u32,
+    pub addr: [u8; 4],
+}
+const _: () = assert!(size_of::<FilterHostKey>() == 8);
 
 /// In-interface key. `ifindex` [`ANY_IFINDEX`] holds the rules without
 /// `--in`.
@@ -185,8 +369,166 @@ pub const fn slot(gen: u32, pos: u32) -> u32 {
 crate::user_pod!(
     RuleBits,
     FilterConfig,
+    FilterHostKey,
     FilterIfaceKey,
     FilterPortKey,
     FilterNetKey,
     FilterAction
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bits(positions: &[u32]) -> RuleBits {
+        let mut b = RuleBits::EMPTY;
+        for p in positions {
+            b.set(*p);
+        }
+        b
+    }
+
+    /// Every set whose positions are all below `MAX_RULES`, checked
+    /// against its own definition: summary bit w iff word w is non-zero.
+    fn summary_is_exact(b: &RuleBits) {
+        for w in 0..RULE_WORDS {
+            let bit = b.summary[w / 64] & (1 << (w % 64)) != 0;
+            assert_eq!(bit, b.words[w] != 0, "word {w} of {b:?}");
+        }
+        assert_eq!(b.summary[SUMMARY_WORDS - 1] >> (RULE_WORDS % 64), 0);
+    }
+
+    #[test]
+    fn set_and_clear_keep_the_summary_in_step() {
+        // Words 0, 1, 63 | 64, 156 | 239: summary words 0, 1, 2 and 3.
+        let mut b = bits(&[0, 1, 64, 4095, 4096, 9_999, 10_000, MAX_RULES - 1]);
+        summary_is_exact(&b);
+        assert_eq!(b.summary, [0b11 | 1 << 63, 1, 1 << 28, 1 << 47]);
+        b.clear(0);
+        assert!(b.summary[0] & 1 != 0, "word 0 still holds position 1");
+        b.clear(1);
+        assert!(b.summary[0] & 1 == 0, "word 0 is empty now");
+        b.clear(10_000);
+        summary_is_exact(&b);
+        assert!(b.contains(9_999) && !b.contains(10_000) && b.contains(MAX_RULES - 1));
+        // Out of range: ignored, never a panic or a write past the words.
+        b.set(MAX_RULES);
+        b.clear(MAX_RULES);
+        assert!(!b.contains(MAX_RULES) && !b.contains(u32::MAX));
+        let all: [u32; 4] = [64, 4095, 4096, 9_999];
+        assert!(b.positions().eq(all.into_iter().chain([MAX_RULES - 1])));
+        for p in all {
+            b.clear(p);
+        }
+        b.clear(MAX_RULES - 1);
+        assert!(b.is_empty() && b == RuleBits::EMPTY, "{b:?}");
+    }
+
+    #[test]
+    fn first_finds_the_lowest_position_across_word_boundaries() {
+        assert_eq!(RuleBits::EMPTY.first(), None);
+        for p in [
+            0,
+            5,
+            63,
+            64,
+            127,
+            128,
+            4095,
+            4096,
+            9_999,
+            10_000,
+            MAX_RULES - 1,
+        ] {
+            assert_eq!(bits(&[p]).first(), Some(p), "{p}");
+            assert_eq!(
+                bits(&[p, MAX_RULES - 1]).first(),
+                Some(p),
+                "{p} and the last"
+            );
+        }
+        assert_eq!(bits(&[10_001, 10_000, 12_000]).first(), Some(10_000));
+    }
+
+    #[test]
+    fn first_common_is_the_lowest_position_in_all_four() {
+        let everything = {
+            let mut b = RuleBits::EMPTY;
+            for p in 0..MAX_RULES {
+                b.set(p);
+            }
+            b
+        };
+        summary_is_exact(&everything);
+        // Each set has lower positions of its own; only 10 000 is shared.
+        let a = bits(&[3, 700, 10_000, 15_000]);
+        let b = bits(&[4, 701, 10_000, 15_000]);
+        let c = bits(&[10_000, 15_000]);
+        assert_eq!(first_common(&a, &b, &c, &everything), Some(10_000));
+        // Summaries that meet in a word whose bits do not: the next word
+        // the summaries share is tried.
+        let a = bits(&[0, 9_000]);
+        let b = bits(&[1, 9_000]);
+        assert_eq!(first_common(&a, &b, &everything, &everything), Some(9_000));
+        assert_eq!(first_common(&bits(&[0]), &bits(&[1]), &a, &b), None);
+        // A set from another summary word than the others: no match.
+        assert_eq!(
+            first_common(
+                &bits(&[64 * 64]),
+                &bits(&[63 * 64]),
+                &everything,
+                &everything
+            ),
+            None
+        );
+        assert_eq!(
+            first_common(&everything, &everything, &everything, &RuleBits::EMPTY),
+            None
+        );
+        assert_eq!(
+            first_common(&everything, &everything, &everything, &everything),
+            Some(0)
+        );
+        let last = bits(&[MAX_RULES - 1]);
+        assert_eq!(
+            first_common(&last, &everything, &last, &everything),
+            Some(MAX_RULES - 1)
+        );
+    }
+
+    #[test]
+    fn scan_steps_bound_the_worst_case() {
+        // Every word is a candidate in both summaries and only the last
+        // position is in both sets: 239 words tested in vain, three moves
+        // to the next summary word, then the match, within SCAN_STEPS.
+        let mut even = RuleBits::EMPTY;
+        let mut odd = RuleBits::EMPTY;
+        for p in 0..MAX_RULES {
+            if p % 2 == 0 {
+                even.set(p);
+            } else {
+                odd.set(p);
+            }
+        }
+        assert_eq!(first_common(&even, &odd, &even, &odd), None);
+        let mut last = even;
+        last.set(MAX_RULES - 1);
+        let mut scan = Scan::new(&last, &odd, &last, &odd).expect("summaries meet");
+        let mut steps = 0;
+        while !scan.step(&last, &odd, &last, &odd) {
+            steps += 1;
+            assert!(steps < SCAN_STEPS, "no answer within {SCAN_STEPS} steps");
+        }
+        assert_eq!(scan.found(), Some(MAX_RULES - 1));
+        assert_eq!(steps + 1, RULE_WORDS as u32 + 3);
+        assert_eq!(first_common(&last, &odd, &last, &odd), Some(MAX_RULES - 1));
+    }
+
+    #[test]
+    fn or_assign_is_the_union() {
+        let mut a = bits(&[1, 9_999]);
+        a.or_assign(&bits(&[2, 10_000, 9_999]));
+        summary_is_exact(&a);
+        assert!(a.positions().eq([1, 2, 9_999, 10_000]));
+    }
+}

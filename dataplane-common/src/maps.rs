@@ -50,6 +50,9 @@ pub const FILTER_CONFIG: &str = "DP_FLT_CONFIG";
 /// Source address: LPM key over [`crate::filter::FilterSrcData`] ->
 /// [`crate::filter::RuleBits`].
 pub const FILTER_SRC: &str = "DP_FLT_SRC";
+/// Source address, the /32 entries: [`crate::filter::FilterHostKey`] ->
+/// [`crate::filter::RuleBits`].
+pub const FILTER_SRC_HOST: &str = "DP_FLT_SRC_HOST";
 /// In-interface: [`crate::filter::FilterIfaceKey`] -> [`crate::filter::RuleBits`].
 pub const FILTER_IFACE: &str = "DP_FLT_IFACE";
 /// Destination port: [`crate::filter::FilterPortKey`] -> [`crate::filter::RuleBits`].
@@ -61,7 +64,8 @@ pub const FILTER_ACTIONS: &str = "DP_FLT_ACTIONS";
 /// Per-CPU [`crate::stats::PktCounter`] per [`crate::filter::slot`].
 pub const FILTER_STATS: &str = "DP_FLT_STATS";
 /// Entries of each filter dimension map: per generation, one per rule plus
-/// the wildcard (or 0.0.0.0/0) entry.
+/// the wildcard (or 0.0.0.0/0) entry. A cap, not an allocation: these maps
+/// allocate per entry (`BPF_F_NO_PREALLOC`).
 pub const FILTER_KEYS_MAX: u32 = crate::filter::GENERATIONS * (crate::filter::MAX_RULES + 1);
 /// Drop events: a ring buffer of [`crate::event::DropEvent`] (best effort).
 pub const EVENTS: &str = "DP_EVENTS";

@@ -77,11 +77,16 @@ pub static DP_SOCK_REVNAT: LruHashMap<u64, SockRevNat, { SOCK_REVNAT_MAX as usiz
     LruHashMap::new();
 
 // Filter rules (DOCKER-USER), see `dataplane_common::filter` and `filter.rs`.
-use aya_ebpf::btf_maps::Array;
+// The dimension maps' values are 1952-byte `RuleBits`, and a rule set of
+// 10 000 /32 sources has 10 001 source entries per generation: the maps
+// allocate per entry (`BPF_F_NO_PREALLOC`, which LPM tries always do), so
+// their size follows the rule set, not `FILTER_KEYS_MAX`. The /32 sources
+// live in a hash, not the trie: no intermediate trie nodes of 2 KiB each.
+use aya_ebpf::{bindings::BPF_F_NO_PREALLOC, btf_maps::Array};
 use dataplane_common::{
     filter::{
-        FilterAction, FilterConfig, FilterIfaceKey, FilterNetKey, FilterPortKey, FilterSrcData,
-        RuleBits, FILTER_SLOTS,
+        FilterAction, FilterConfig, FilterHostKey, FilterIfaceKey, FilterNetKey, FilterPortKey,
+        FilterSrcData, RuleBits, FILTER_SLOTS,
     },
     maps::FILTER_KEYS_MAX,
 };
@@ -90,25 +95,47 @@ use dataplane_common::{
 #[btf_map]
 pub static DP_FLT_CONFIG: Array<FilterConfig, 1> = Array::new();
 
-/// Filter rules by source address (longest prefix).
+/// Filter rules by source address (longest prefix), for CIDRs shorter
+/// than /32.
 #[btf_map]
 pub static DP_FLT_SRC: LpmTrie<FilterSrcData, RuleBits, { FILTER_KEYS_MAX as usize }> =
     LpmTrie::new();
 
+/// Filter rules by source address, for the addresses /32 rules name.
+#[btf_map]
+pub static DP_FLT_SRC_HOST: HashMap<
+    FilterHostKey,
+    RuleBits,
+    { FILTER_KEYS_MAX as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
+
 /// Filter rules by in-interface.
 #[btf_map]
-pub static DP_FLT_IFACE: HashMap<FilterIfaceKey, RuleBits, { FILTER_KEYS_MAX as usize }> =
-    HashMap::new();
+pub static DP_FLT_IFACE: HashMap<
+    FilterIfaceKey,
+    RuleBits,
+    { FILTER_KEYS_MAX as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
 
 /// Filter rules by (container) destination port.
 #[btf_map]
-pub static DP_FLT_PORT: HashMap<FilterPortKey, RuleBits, { FILTER_KEYS_MAX as usize }> =
-    HashMap::new();
+pub static DP_FLT_PORT: HashMap<
+    FilterPortKey,
+    RuleBits,
+    { FILTER_KEYS_MAX as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
 
 /// Filter rules by network.
 #[btf_map]
-pub static DP_FLT_NET: HashMap<FilterNetKey, RuleBits, { FILTER_KEYS_MAX as usize }> =
-    HashMap::new();
+pub static DP_FLT_NET: HashMap<
+    FilterNetKey,
+    RuleBits,
+    { FILTER_KEYS_MAX as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
 
 /// Each filter rule's action, per generation and position.
 #[btf_map]

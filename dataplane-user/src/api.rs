@@ -33,8 +33,10 @@ use crate::{
 
 /// Where the agent listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/dataplane/dataplane.sock";
-/// A request line longer than this is refused (no request comes close).
-const MAX_REQUEST: usize = 1 << 20;
+/// A request line longer than this is refused. The largest requests are
+/// `filter_add_many` ones: `MAX_RULES` rules of every flag take about
+/// 2 MiB.
+const MAX_REQUEST: usize = 4 << 20;
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client waits for an answer: requests wait for each other's
 /// state lock, so this bounds the whole queue, not one request.
@@ -80,6 +82,12 @@ pub enum Request {
     UplinkLs,
     FilterAdd {
         args: FilterArgs,
+        first: bool,
+    },
+    /// Rules in the given order, all or none (`filter add --from-file`).
+    FilterAddMany {
+        rules: Vec<FilterArgs>,
+        #[serde(default)]
         first: bool,
     },
     FilterRm {
@@ -234,6 +242,11 @@ async fn run(ctx: &Context, m: &mut Manager, req: Request) -> Result<Value, anyh
                 .filter_add(args.parse().map_err(NetworkError::from)?, first)
                 .await?;
             json!({ "id": rule.id, "rule": rule.to_string() })
+        }
+        Request::FilterAddMany { rules, first } => {
+            let specs = filter::parse_request(&rules).map_err(NetworkError::from)?;
+            let added = m.filter_add_many(specs, first).await?;
+            json!({ "ids": added.iter().map(|r| r.id).collect::<Vec<_>>() })
         }
         Request::FilterRm { id } => {
             m.filter_rm(id).await?;

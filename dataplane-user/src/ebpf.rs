@@ -24,7 +24,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const AYA_LOGS: &str = "AYA_LOGS";
 
 /// Every map in the object, pinned by name.
-pub const PINNED_MAPS: [&str; 21] = [
+pub const PINNED_MAPS: [&str; 22] = [
     maps::PROTO_STATS,
     maps::DROP_STATS,
     maps::PORTS,
@@ -39,6 +39,7 @@ pub const PINNED_MAPS: [&str; 21] = [
     maps::ENDPOINT_ROUTES,
     maps::FILTER_CONFIG,
     maps::FILTER_SRC,
+    maps::FILTER_SRC_HOST,
     maps::FILTER_IFACE,
     maps::FILTER_PORT,
     maps::FILTER_NET,

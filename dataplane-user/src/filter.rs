@@ -10,7 +10,14 @@
 //! each value a packet can have in a dimension (a source region, an
 //! interface, a port, a network), the set of rules that dimension lets
 //! through. The program ANDs one bitmap per dimension and takes the lowest
-//! bit: the first rule matching in every dimension.
+//! bit: the first rule matching in every dimension. Up to [`MAX_RULES`]
+//! rules; [`compile`] does not test every rule against every source region
+//! (10 000 /32 sources would be 10^8 tests) but walks each region's at most
+//! 33 enclosing prefixes.
+//!
+//! A list of rules comes in as one request (`filter_add_many`) or a rules
+//! file (`filter add --from-file`, [`parse_rules`]): one rule per line in
+//! `filter add`'s flags, the form `filter ls` prints.
 //!
 //! [`apply`] writes a compiled rule set into the generation of the maps the
 //! program is not reading and then switches generations with one write, so
@@ -19,8 +26,9 @@
 //! serialise it (the CLI holds the state lock).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
     fmt,
+    hash::{DefaultHasher, Hash, Hasher},
     net::Ipv4Addr,
     str::FromStr,
 };
@@ -31,9 +39,9 @@ use aya::maps::{
 pub use dataplane_common::filter::MAX_RULES;
 use dataplane_common::{
     filter::{
-        slot, src_data, FilterAction, FilterConfig, FilterIfaceKey, FilterNetKey, FilterPortKey,
-        FilterSrcData, RuleBits, ACTION_ACCEPT, ACTION_DROP, ANY_IFINDEX, ANY_NETWORK, GENERATIONS,
-        SRC_GEN_BITS,
+        slot, src_data, FilterAction, FilterConfig, FilterHostKey, FilterIfaceKey, FilterNetKey,
+        FilterPortKey, FilterSrcData, RuleBits, ACTION_ACCEPT, ACTION_DROP, ANY_IFINDEX,
+        ANY_NETWORK, GENERATIONS, SRC_GEN_BITS,
     },
     maps,
     stats::PktCounter,
@@ -66,6 +74,28 @@ pub enum FilterError {
     Network(String),
     #[error("{count} filter rules: at most {MAX_RULES} are supported")]
     TooManyRules { count: usize },
+    /// A rule of a `filter_add_many` request, by its index in `rules`.
+    #[error("rules[{index}]")]
+    InRequest {
+        index: usize,
+        #[source]
+        source: Box<FilterError>,
+    },
+    /// A line of a rules file (1-based).
+    #[error("line {line}")]
+    Line {
+        line: usize,
+        #[source]
+        source: Box<FilterError>,
+    },
+    #[error("{0:?}: not a rule flag (--network, --in, --src, --not-src, --dport, --action)")]
+    UnknownFlag(String),
+    #[error("{0}: missing value")]
+    MissingValue(&'static str),
+    #[error("{0} given twice")]
+    RepeatedFlag(&'static str),
+    #[error("--action is required (drop or accept)")]
+    MissingAction,
     #[error("filter rule id {0} appears more than once")]
     DuplicateId(u32),
     #[error("filter rule {id}: port 0 in --dport")]
@@ -102,7 +132,7 @@ fn map_err(map: &'static str) -> impl Fn(MapError) -> FilterError {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Drop,
@@ -194,13 +224,19 @@ impl fmt::Display for FilterRule {
     }
 }
 
-/// `filter add`'s flags as typed, before any checking.
+/// `filter add`'s flags as typed, before any checking. Absent flags are
+/// left out of the JSON, which keeps a request of 10 000 rules small.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilterArgs {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_iface: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub src: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_src: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dport: Option<String>,
     pub action: String,
 }
@@ -257,6 +293,83 @@ impl FilterArgs {
             action,
         })
     }
+}
+
+/// Checks every rule of a `filter_add_many` request; an error names the
+/// rule by its index in `rules`, then the flag and the value.
+pub fn parse_request(rules: &[FilterArgs]) -> Result<Vec<FilterSpec>, FilterError> {
+    rules
+        .iter()
+        .enumerate()
+        .map(|(index, args)| {
+            args.parse().map_err(|e| FilterError::InRequest {
+                index,
+                source: Box::new(e),
+            })
+        })
+        .collect()
+}
+
+/// One line of a rules file: `filter add`'s flags (`--flag value` or
+/// `--flag=value`), e.g. `--in eth0 --not-src 192.168.1.1/32 --action
+/// drop`, which is also how `filter ls` prints a rule. None for a blank line
+/// or a `#` comment. Only the syntax is checked here; [`FilterArgs::parse`]
+/// checks the values.
+pub fn parse_line(line: &str) -> Result<Option<FilterArgs>, FilterError> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    let mut args = FilterArgs::default();
+    let mut action = None;
+    let mut words = line.split_whitespace();
+    while let Some(word) = words.next() {
+        let (flag, inline) = match word.split_once('=') {
+            Some((f, v)) => (f, Some(v)),
+            None => (word, None),
+        };
+        let (name, slot): (&'static str, &mut Option<String>) = match flag {
+            "--network" => ("--network", &mut args.network),
+            "--in" => ("--in", &mut args.in_iface),
+            "--src" => ("--src", &mut args.src),
+            "--not-src" => ("--not-src", &mut args.not_src),
+            "--dport" => ("--dport", &mut args.dport),
+            "--action" => ("--action", &mut action),
+            _ => return Err(FilterError::UnknownFlag(word.to_owned())),
+        };
+        let value = match inline {
+            Some(v) => v,
+            None => words
+                .next()
+                .filter(|v| !v.starts_with("--"))
+                .ok_or(FilterError::MissingValue(name))?,
+        };
+        if value.is_empty() {
+            return Err(FilterError::MissingValue(name));
+        }
+        if slot.replace(value.to_owned()).is_some() {
+            return Err(FilterError::RepeatedFlag(name));
+        }
+    }
+    args.action = action.ok_or(FilterError::MissingAction)?;
+    Ok(Some(args))
+}
+
+/// A rules file: one rule per line ([`parse_line`]), in evaluation order.
+/// Every rule is checked; an error names the line (1-based).
+pub fn parse_rules(text: &str) -> Result<Vec<FilterArgs>, FilterError> {
+    let mut rules = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let at = |e| FilterError::Line {
+            line: n + 1,
+            source: Box::new(e),
+        };
+        if let Some(args) = parse_line(line).map_err(at)? {
+            args.parse().map_err(at)?;
+            rules.push(args);
+        }
+    }
+    Ok(rules)
 }
 
 /// An address (a /32) or a CIDR. Host bits are cleared, as iptables does
@@ -335,7 +448,9 @@ pub struct ResolvedRule {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dimension<K: Ord> {
     pub any: RuleBits,
-    pub by_key: BTreeMap<K, RuleBits>,
+    /// Boxed, like every bitmap kept in a map here: at 1952 bytes, moving
+    /// them around inside a B-tree dominated compile time.
+    pub by_key: BTreeMap<K, Box<RuleBits>>,
 }
 
 impl<K: Ord> Default for Dimension<K> {
@@ -349,20 +464,21 @@ impl<K: Ord> Default for Dimension<K> {
 
 impl<K: Ord> Dimension<K> {
     /// What the program finds for `key`.
-    pub fn lookup(&self, key: &K) -> RuleBits {
-        self.by_key.get(key).copied().unwrap_or(self.any)
+    pub fn lookup(&self, key: &K) -> &RuleBits {
+        self.by_key.get(key).map_or(&self.any, |b| b)
     }
 
     fn build(conds: impl Iterator<Item = Option<K>>) -> Dimension<K> {
         let mut d = Dimension::default();
-        let mut named: BTreeMap<K, RuleBits> = BTreeMap::new();
         for (pos, cond) in (0u32..).zip(conds) {
             match cond {
                 None => d.any.set(pos),
-                Some(k) => named.entry(k).or_default().set(pos),
+                Some(k) => d.by_key.entry(k).or_default().set(pos),
             }
         }
-        d.by_key = named.into_iter().map(|(k, b)| (k, b.or(d.any))).collect();
+        for bits in d.by_key.values_mut() {
+            bits.or_assign(&d.any);
+        }
         d
     }
 }
@@ -370,8 +486,10 @@ impl<K: Ord> Dimension<K> {
 /// Every filter map's desired contents, independent of generation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Compiled {
-    /// Source trie: every CIDR a rule names, and 0.0.0.0/0.
-    pub src: BTreeMap<Ipv4Net, RuleBits>,
+    /// Source regions: every CIDR a rule names, and 0.0.0.0/0 (`apply`
+    /// puts the /32s in the hash of single addresses, the rest in the
+    /// trie).
+    pub src: BTreeMap<Ipv4Net, Box<RuleBits>>,
     pub iface: Dimension<u32>,
     pub port: Dimension<(u16, Proto)>,
     pub network: Dimension<u32>,
@@ -384,6 +502,36 @@ impl Compiled {
     /// Number of rules (positions 0..rules are used).
     pub fn rules(&self) -> u32 {
         self.actions.len() as u32
+    }
+
+    /// A fingerprint of everything [`apply`] writes, never 0 (the value of
+    /// a fresh config). Hashes the non-zero words only.
+    pub fn digest(&self) -> u64 {
+        fn bits(h: &mut impl Hasher, b: &RuleBits) {
+            b.summary.hash(h);
+            for (w, word) in b.words.iter().enumerate().filter(|(_, w)| **w != 0) {
+                (w, word).hash(h);
+            }
+        }
+        fn dimension<K: Ord + Hash>(h: &mut impl Hasher, d: &Dimension<K>) {
+            bits(h, &d.any);
+            d.by_key.len().hash(h);
+            for (k, b) in &d.by_key {
+                k.hash(h);
+                bits(h, b);
+            }
+        }
+        let mut h = DefaultHasher::new();
+        self.src.len().hash(&mut h);
+        for (net, b) in &self.src {
+            net.hash(&mut h);
+            bits(&mut h, b);
+        }
+        dimension(&mut h, &self.iface);
+        dimension(&mut h, &self.port);
+        dimension(&mut h, &self.network);
+        self.actions.hash(&mut h);
+        h.finish().max(1)
     }
 }
 
@@ -399,6 +547,13 @@ impl Compiled {
 /// so `a` ∈ Y would have made Y the longest match: `a` ∉ Y. Hence `a` ∈ Y
 /// exactly when Y ⊇ X, the same for every address of the region: `--src Y`
 /// holds iff Y ⊇ X, `--not-src Y` iff not, rules without a source always.
+///
+/// So a region's bitmap starts as the rules without a source and the
+/// `--not-src` rules, and only the rules naming one of X's at most 33
+/// enclosing prefixes (X itself included) change it: `--src` ones are
+/// added, `--not-src` ones removed. The cost is regions × (prefix lengths
+/// in use, at most 33) lookups plus the rules on those prefixes, not
+/// regions × rules.
 pub fn compile(
     rules: &[FilterRule],
     resolve: impl Fn(&FilterRule) -> ResolvedRule,
@@ -434,18 +589,40 @@ pub fn compile(
         resolved.push(res);
     }
 
-    let mut regions: BTreeSet<Ipv4Net> = rules
-        .iter()
-        .filter_map(|r| r.src.map(|s| s.cidr.trunc()))
-        .collect();
+    // Rules whose source condition holds outside every listed CIDR, and
+    // the rules naming each CIDR.
+    let mut outside = RuleBits::EMPTY;
+    let mut naming: StdHashMap<Ipv4Net, Vec<(u32, SrcMatch)>> = StdHashMap::new();
+    for (pos, r) in (0u32..).zip(rules) {
+        match r.src {
+            None => outside.set(pos),
+            Some(s) => {
+                if s.negate {
+                    outside.set(pos);
+                }
+                naming.entry(s.cidr.trunc()).or_default().push((pos, s));
+            }
+        }
+    }
+    let mut regions: BTreeSet<Ipv4Net> = naming.keys().copied().collect();
     regions.insert(Ipv4Net::default());
+    // Only the prefix lengths some rule uses can enclose a region (10 000
+    // /32 rules: one lookup per region, not 33).
+    let lens: BTreeSet<u8> = naming.keys().map(Ipv4Net::prefix_len).collect();
     let src = regions
         .into_iter()
         .map(|region| {
-            let mut bits = RuleBits::EMPTY;
-            for (pos, r) in (0u32..).zip(rules) {
-                if r.src.is_none_or(|s| s.holds_for(&region)) {
-                    bits.set(pos);
+            let mut bits = Box::new(outside);
+            for &len in lens.range(..=region.prefix_len()) {
+                let Ok(enclosing) = Ipv4Net::new(region.network(), len) else {
+                    continue;
+                };
+                for (pos, s) in naming.get(&enclosing.trunc()).into_iter().flatten() {
+                    if s.holds_for(&region) {
+                        bits.set(*pos);
+                    } else {
+                        bits.clear(*pos);
+                    }
                 }
             }
             (region, bits)
@@ -506,13 +683,19 @@ impl GenKey for FilterNetKey {
     }
 }
 
+impl GenKey for FilterHostKey {
+    fn gen(&self) -> u32 {
+        self.gen
+    }
+}
+
 /// Makes generation `gen` of a hash dimension hold exactly `want`. Entries
 /// of the live generation are left alone: the program is reading them.
 fn reconcile_gen<K: GenKey>(
     dp: &mut Dataplane,
     name: &'static str,
     live: u32,
-    want: &BTreeMap<K, RuleBits>,
+    want: &BTreeMap<K, &RuleBits>,
 ) -> Result<(), FilterError> {
     let map = dp
         .ebpf_mut()
@@ -532,8 +715,8 @@ fn reconcile_gen<K: GenKey>(
         hash.remove(k).map_err(map_err(name))?;
     }
     for (k, v) in want {
-        if hash.get(k, 0).ok().as_ref() != Some(v) {
-            hash.insert(k, v, 0).map_err(map_err(name))?;
+        if hash.get(k, 0).ok().as_ref() != Some(*v) {
+            hash.insert(k, *v, 0).map_err(map_err(name))?;
         }
     }
     Ok(())
@@ -543,11 +726,11 @@ fn dimension_keys<K: Ord, M: Ord>(
     d: &Dimension<K>,
     any: M,
     key: impl Fn(&K) -> M,
-) -> BTreeMap<M, RuleBits> {
-    let mut out: BTreeMap<M, RuleBits> = d.by_key.iter().map(|(k, b)| (key(k), *b)).collect();
+) -> BTreeMap<M, &RuleBits> {
+    let mut out: BTreeMap<M, &RuleBits> = d.by_key.iter().map(|(k, b)| (key(k), &**b)).collect();
     // An empty wildcard bitmap is the same as none: leave it out.
     if !d.any.is_empty() {
-        out.insert(any, d.any);
+        out.insert(any, &d.any);
     }
     out
 }
@@ -556,23 +739,34 @@ fn src_gen(data: &FilterSrcData) -> u32 {
     u32::from_be_bytes([data[0], data[1], data[2], data[3]])
 }
 
-/// Makes generation `gen` of the source trie hold exactly `want`.
+/// Makes generation `gen` of the source maps hold exactly `want`: the /32
+/// entries in the hash of single addresses, the others in the trie.
 fn reconcile_src(
     dp: &mut Dataplane,
     gen: u32,
     live: u32,
-    want: &BTreeMap<Ipv4Net, RuleBits>,
+    want: &BTreeMap<Ipv4Net, Box<RuleBits>>,
 ) -> Result<(), FilterError> {
-    let name = maps::FILTER_SRC;
-    let want: BTreeMap<(u32, FilterSrcData), RuleBits> = want
+    let hosts: BTreeMap<FilterHostKey, &RuleBits> = want
         .iter()
+        .filter(|(net, _)| net.prefix_len() == 32)
+        .map(|(net, bits)| {
+            let addr = net.network().octets();
+            (FilterHostKey { gen, addr }, &**bits)
+        })
+        .collect();
+    reconcile_gen(dp, maps::FILTER_SRC_HOST, live, &hosts)?;
+    let name = maps::FILTER_SRC;
+    let want: BTreeMap<(u32, FilterSrcData), &RuleBits> = want
+        .iter()
+        .filter(|(net, _)| net.prefix_len() < 32)
         .map(|(net, bits)| {
             (
                 (
                     SRC_GEN_BITS + u32::from(net.prefix_len()),
                     src_data(gen, net.network().octets()),
                 ),
-                *bits,
+                &**bits,
             )
         })
         .collect();
@@ -591,8 +785,8 @@ fn reconcile_src(
             trie.remove(k).map_err(map_err(name))?;
         }
     }
-    for ((len, data), bits) in &want {
-        trie.insert(&Key::new(*len, *data), bits, 0)
+    for ((len, data), bits) in want {
+        trie.insert(&Key::new(len, data), bits, 0)
             .map_err(map_err(name))?;
     }
     Ok(())
@@ -610,9 +804,13 @@ fn array<'a, V: aya::Pod>(
 }
 
 /// Writes `c` into the maps and makes it the live rule set (see the module
-/// doc). Counters follow their rule by id when positions shift; a new rule
+/// doc); nothing when the live set is `c` already (same digest), which is
+/// the usual case: every change to networks or ports re-applies the
+/// filters. Counters follow their rule by id when positions shift; a new rule
 /// starts from zero. Packets counted under the old generation between
-/// copying its counters and the switch are not carried over.
+/// copying its counters and the switch are not carried over. Only the
+/// positions in use are written, and those the generation's previous rule
+/// set used beyond them are cleared: the cost follows the rule count.
 pub fn apply(dp: &mut Dataplane, c: &Compiled) -> Result<(), FilterError> {
     // The fields are public: a hand-made value must fit the bitmaps too.
     if c.actions.len() > MAX_RULES as usize {
@@ -623,6 +821,11 @@ pub fn apply(dp: &mut Dataplane, c: &Compiled) -> Result<(), FilterError> {
     let cfg = array::<FilterConfig>(dp, maps::FILTER_CONFIG)?
         .get(&0, 0)
         .map_err(map_err(maps::FILTER_CONFIG))?;
+    let digest = c.digest();
+    if cfg.digest == digest && cfg.rules == c.rules() {
+        // The live generation holds this very rule set.
+        return Ok(());
+    }
     let live = cfg.gen % GENERATIONS;
     let gen = (live + 1) % GENERATIONS;
 
@@ -674,9 +877,26 @@ pub fn apply(dp: &mut Dataplane, c: &Compiled) -> Result<(), FilterError> {
             old_pos.insert(a.rule_id, pos);
         }
     }
+    // Positions this generation used last time beyond the new rule count
+    // (a used slot never has action 0): cleared below, so nothing stale is
+    // left where a later, longer rule set will look.
+    let stale_end = {
+        let actions = array::<FilterAction>(dp, maps::FILTER_ACTIONS)?;
+        let mut end = c.rules();
+        while end < MAX_RULES {
+            let a = actions
+                .get(&slot(gen, end), 0)
+                .map_err(map_err(maps::FILTER_ACTIONS))?;
+            if a.action == 0 {
+                break;
+            }
+            end += 1;
+        }
+        end
+    };
     {
         let mut actions = array::<FilterAction>(dp, maps::FILTER_ACTIONS)?;
-        for pos in 0..MAX_RULES {
+        for pos in 0..stale_end {
             let a = c
                 .actions
                 .get(pos as usize)
@@ -699,7 +919,7 @@ pub fn apply(dp: &mut Dataplane, c: &Compiled) -> Result<(), FilterError> {
         let mut stats: PerCpuArray<&mut MapData, PktCounter> =
             PerCpuArray::try_from(map).map_err(map_err(name))?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| FilterError::Cpus(e))?;
-        for pos in 0..MAX_RULES {
+        for pos in 0..stale_end {
             let carried = match c
                 .actions
                 .get(pos as usize)
@@ -724,6 +944,7 @@ pub fn apply(dp: &mut Dataplane, c: &Compiled) -> Result<(), FilterError> {
             FilterConfig {
                 gen,
                 rules: c.rules(),
+                digest,
             },
             0,
         )
@@ -798,6 +1019,8 @@ pub fn counters_by_id(pins: &PinRoot) -> Result<BTreeMap<u32, PktCounter>, Filte
 
 #[cfg(test)]
 mod tests {
+    use dataplane_common::filter::first_common;
+
     use super::*;
 
     fn net(s: &str) -> Ipv4Net {
@@ -873,11 +1096,13 @@ mod tests {
             .iter()
             .filter(|(n, _)| n.contains(&addr))
             .max_by_key(|(n, _)| n.prefix_len())
-            .map_or(RuleBits::EMPTY, |(_, b)| *b);
-        src.and(c.iface.lookup(&ifindex))
-            .and(c.port.lookup(&dport))
-            .and(c.network.lookup(&network))
-            .first()
+            .map_or(&RuleBits::EMPTY, |(_, b)| b);
+        first_common(
+            src,
+            c.iface.lookup(&ifindex),
+            c.port.lookup(&dport),
+            c.network.lookup(&network),
+        )
     }
 
     /// The reference: walk the rules in order.
@@ -909,7 +1134,7 @@ mod tests {
             src(15, "172.16.0.0/12"),   // 5: disjoint from the others
         ];
         let c = compile(&rules, resolve).expect("compile");
-        let want: BTreeMap<Ipv4Net, RuleBits> = [
+        let want: BTreeMap<Ipv4Net, Box<RuleBits>> = [
             // Outside every listed CIDR: only the negations and rule 4.
             ("0.0.0.0/0", bits(&[1, 3, 4])),
             ("10.0.0.0/8", bits(&[0, 1, 3, 4])),
@@ -920,7 +1145,7 @@ mod tests {
             ("192.168.1.1/32", bits(&[1, 4])),
         ]
         .into_iter()
-        .map(|(n, b)| (net(n), b))
+        .map(|(n, b)| (net(n), Box::new(b)))
         .collect();
         assert_eq!(c.src, want);
     }
@@ -931,8 +1156,8 @@ mod tests {
         let c = compile(&rules, resolve).expect("compile");
         assert_eq!(rules[0].src.map(|s| s.cidr), Some(net("10.1.0.0/16")));
         assert_eq!(c.src.len(), 2, "{:?}", c.src);
-        assert_eq!(c.src[&net("10.1.0.0/16")], bits(&[0]));
-        assert_eq!(c.src[&net("0.0.0.0/0")], bits(&[1]));
+        assert_eq!(*c.src[&net("10.1.0.0/16")], bits(&[0]));
+        assert_eq!(*c.src[&net("0.0.0.0/0")], bits(&[1]));
     }
 
     #[test]
@@ -967,16 +1192,16 @@ mod tests {
         ];
         let c = compile(&rules, resolve).expect("compile");
         assert_eq!(c.iface.any, bits(&[2, 3]));
-        assert_eq!(c.iface.by_key[&101], bits(&[0, 2, 3]));
-        assert_eq!(c.iface.by_key[&102], bits(&[1, 2, 3]));
-        assert_eq!(c.iface.lookup(&5), bits(&[2, 3]), "unnamed interface");
+        assert_eq!(*c.iface.by_key[&101], bits(&[0, 2, 3]));
+        assert_eq!(*c.iface.by_key[&102], bits(&[1, 2, 3]));
+        assert_eq!(*c.iface.lookup(&5), bits(&[2, 3]), "unnamed interface");
         assert_eq!(c.port.any, bits(&[2]));
-        assert_eq!(c.port.by_key[&(80, Proto::Tcp)], bits(&[0, 2, 3]));
-        assert_eq!(c.port.by_key[&(53, Proto::Udp)], bits(&[1, 2]));
-        assert_eq!(c.port.lookup(&(80, Proto::Udp)), bits(&[2]));
+        assert_eq!(*c.port.by_key[&(80, Proto::Tcp)], bits(&[0, 2, 3]));
+        assert_eq!(*c.port.by_key[&(53, Proto::Udp)], bits(&[1, 2]));
+        assert_eq!(*c.port.lookup(&(80, Proto::Udp)), bits(&[2]));
         assert_eq!(c.network.any, bits(&[1, 2, 3]));
-        assert_eq!(c.network.by_key[&7], bits(&[0, 1, 2, 3]));
-        assert_eq!(c.src[&net("0.0.0.0/0")], bits(&[0, 1, 2, 3]));
+        assert_eq!(*c.network.by_key[&7], bits(&[0, 1, 2, 3]));
+        assert_eq!(*c.src[&net("0.0.0.0/0")], bits(&[0, 1, 2, 3]));
         assert_eq!(
             c.actions,
             vec![
@@ -1013,28 +1238,142 @@ mod tests {
         assert_eq!(evaluate(&c, 1, client(3), (80, Proto::Tcp), 1), None);
     }
 
-    #[test]
-    fn high_positions_use_the_second_word() {
-        let mut rules: Vec<FilterRule> = (0..127)
-            .map(|i| src(i, &format!("10.{i}.0.0/16")))
-            .collect();
-        rules.push(rule(127, drop_args()));
-        let c = compile(&rules, resolve).expect("compile");
-        let addr = |a: u8| Ipv4Addr::new(10, a, 1, 1);
-        assert_eq!(evaluate(&c, 1, addr(70), (1, Proto::Tcp), 1), Some(70));
-        assert_eq!(evaluate(&c, 1, addr(126), (1, Proto::Tcp), 1), Some(126));
-        assert_eq!(evaluate(&c, 1, addr(200), (1, Proto::Tcp), 1), Some(127));
-        assert_eq!(c.src[&net("10.100.0.0/16")], bits(&[100, 127]));
+    /// The address of the `i`th /32 of the bench's kind: 10.0.0.0/8.
+    fn host(i: u32) -> Ipv4Addr {
+        Ipv4Addr::from(0x0a00_0000 | (i + 1))
+    }
+
+    /// `count` rules `--src 10.x.y.z/32 --action drop`, ids from 1.
+    fn sources(count: u32) -> Vec<FilterRule> {
+        (0..count)
+            .map(|i| src(i + 1, &host(i).to_string()))
+            .collect()
     }
 
     #[test]
-    fn at_most_128_rules() {
+    fn ten_thousand_sources_one_entry_each() {
+        let mut rules = sources(10_000);
+        let c = compile(&rules, resolve).expect("compile");
+        assert_eq!(c.src.len(), 10_001, "every /32 and 0.0.0.0/0");
+        assert!(
+            c.src[&net("0.0.0.0/0")].is_empty(),
+            "nothing matches elsewhere"
+        );
+        for i in [0, 1, 63, 64, 4095, 4096, 9_998, 9_999] {
+            let entry = &c.src[&Ipv4Net::from(host(i))];
+            assert!(entry.positions().eq([i]), "{i}: {entry:?}");
+            assert_eq!(evaluate(&c, 1, host(i), (80, Proto::Tcp), 1), Some(i));
+        }
+        assert_eq!(evaluate(&c, 1, host(10_000), (80, Proto::Tcp), 1), None);
+        assert_eq!(c.iface.any.positions().count(), 10_000);
+
+        // A catch-all drop at 10 000 and an accept for one /32 at 10 001
+        // (shadowed by its own drop at 17).
+        rules.push(rule(10_001, drop_args()));
+        rules.push(rule(
+            10_002,
+            FilterArgs {
+                src: Some(host(17).to_string()),
+                action: "accept".into(),
+                ..FilterArgs::default()
+            },
+        ));
+        let c = compile(&rules, resolve).expect("compile");
+        assert_eq!(c.src.len(), 10_001);
+        assert!(c.src[&Ipv4Net::from(host(17))]
+            .positions()
+            .eq([17, 10_000, 10_001]));
+        assert_eq!(evaluate(&c, 1, host(17), (80, Proto::Tcp), 1), Some(17));
+        let outsider = Ipv4Addr::new(192, 0, 2, 2);
+        assert_eq!(evaluate(&c, 1, outsider, (80, Proto::Tcp), 1), Some(10_000));
+        assert_eq!(c.actions[10_000], (10_001, Action::Drop));
+    }
+
+    #[test]
+    fn matches_past_position_ten_thousand_and_up_to_the_last() {
+        // 10 500 rules that do not match, then the ones that do: by port,
+        // by network, then by a --not-src at the very last position.
+        let mut rules = sources(10_500);
+        rules.push(rule(
+            20_000,
+            FilterArgs {
+                dport: Some("53/udp".into()),
+                ..drop_args()
+            },
+        ));
+        rules.push(rule(
+            20_001,
+            FilterArgs {
+                network: Some("net9".into()),
+                ..drop_args()
+            },
+        ));
+        let last = MAX_RULES as usize - 1;
+        while rules.len() < last {
+            let id = 30_000 + rules.len() as u32;
+            rules.push(rule(
+                id,
+                FilterArgs {
+                    in_iface: Some("eth9".into()),
+                    ..drop_args()
+                },
+            ));
+        }
+        rules.push(not_src(40_000, "192.0.2.0/24"));
+        assert_eq!(rules.len(), MAX_RULES as usize);
+        let c = compile(&rules, resolve).expect("compile");
+        let outsider = Ipv4Addr::new(198, 51, 100, 7);
+        assert_eq!(evaluate(&c, 1, outsider, (53, Proto::Udp), 1), Some(10_500));
+        assert_eq!(evaluate(&c, 1, outsider, (80, Proto::Tcp), 9), Some(10_501));
+        assert_eq!(
+            evaluate(&c, 109, outsider, (80, Proto::Tcp), 1),
+            Some(10_502)
+        );
+        assert_eq!(
+            evaluate(&c, 1, outsider, (80, Proto::Tcp), 1),
+            Some(MAX_RULES - 1)
+        );
+        let inside = Ipv4Addr::new(192, 0, 2, 7);
+        assert_eq!(evaluate(&c, 1, inside, (80, Proto::Tcp), 1), None);
+        assert_eq!(
+            evaluate(&c, 1, host(10_499), (80, Proto::Tcp), 1),
+            Some(10_499)
+        );
+    }
+
+    #[test]
+    fn the_digest_follows_what_apply_writes() {
+        let rules = sources(300);
+        let d = compile(&rules, resolve).expect("compile").digest();
+        assert_ne!(d, 0);
+        assert_eq!(compile(&rules, resolve).expect("compile").digest(), d);
+        // A different action, order, value or id: a different digest.
+        let mut other = rules.clone();
+        other[299].action = Action::Accept;
+        let mut swapped = rules.clone();
+        swapped.swap(3, 4);
+        let mut moved = rules.clone();
+        moved[7].src = Some(SrcMatch {
+            cidr: net("10.9.9.9/32"),
+            negate: false,
+        });
+        let mut renumbered = rules.clone();
+        renumbered[0].id = 9_999;
+        for changed in [other, swapped, moved, renumbered] {
+            let c = compile(&changed, resolve).expect("compile");
+            assert_ne!(c.digest(), d);
+        }
+        assert_ne!(compile(&[], resolve).expect("compile").digest(), d);
+    }
+
+    #[test]
+    fn at_most_max_rules() {
         let rules: Vec<FilterRule> = (0..=MAX_RULES).map(|i| rule(i, drop_args())).collect();
         assert!(compile(&rules[..MAX_RULES as usize], resolve).is_ok());
-        let err = compile(&rules, resolve).expect_err("129 rules");
-        assert!(
-            matches!(err, FilterError::TooManyRules { count: 129 }),
-            "{err}"
+        let err = compile(&rules, resolve).expect_err("one rule too many");
+        assert_eq!(
+            err.to_string(),
+            format!("15361 filter rules: at most {MAX_RULES} are supported")
         );
     }
 
@@ -1094,7 +1433,12 @@ mod tests {
             seed % n
         };
         for round in 0..200 {
-            let count = next(40) as u32;
+            // Mostly short lists, every tenth one across several words.
+            let count = if round % 10 == 0 {
+                200 + next(400)
+            } else {
+                next(40)
+            } as u32;
             let mut rules = Vec::new();
             for id in 0..count {
                 let mut args = FilterArgs {
@@ -1273,5 +1617,109 @@ mod tests {
         assert_eq!(bits(&[64]).first(), Some(64));
         assert_eq!(bits(&[127]).first(), Some(127));
         assert!(bits(&[127]).contains(127) && !bits(&[127]).contains(126));
+        assert_eq!(bits(&[12_345, 10_000]).first(), Some(10_000));
+    }
+
+    #[test]
+    fn rule_lines_are_what_filter_ls_prints() {
+        let text = "\
+# DOCKER-USER
+--in eth0 --not-src 192.168.1.1/32 --dport 8080/tcp --action drop
+
+  --src=10.0.0.0/8   --action accept  
+--network net1 --action DROP
+";
+        let rules = parse_rules(text).expect("valid file");
+        assert_eq!(rules.len(), 3);
+        assert_eq!(
+            rules[1],
+            FilterArgs {
+                src: Some("10.0.0.0/8".into()),
+                action: "accept".into(),
+                ..FilterArgs::default()
+            }
+        );
+        // What `filter ls` prints reads back as the same rule.
+        let spec = rules[0].parse().expect("valid");
+        let printed = FilterRule::new(1, spec.clone()).to_string();
+        assert_eq!(
+            printed,
+            "--in eth0 --not-src 192.168.1.1/32 --dport 8080/tcp --action drop"
+        );
+        let back = parse_line(&printed).expect("line").expect("a rule");
+        assert_eq!(back.parse().expect("valid"), spec);
+        assert_eq!(parse_rules("# nothing\n\n").expect("empty"), vec![]);
+    }
+
+    #[test]
+    fn rule_file_errors_name_the_line_flag_and_value() {
+        let cases = [
+            (
+                "--src 10.0.0.1 --action drop\n--src 10.0.0.0/33 --action drop\n",
+                "line 2: --src \"10.0.0.0/33\": not an IPv4 address or CIDR (e.g. 192.168.1.0/24)",
+            ),
+            (
+                "--src 10.0.0.1",
+                "line 1: --action is required (drop or accept)",
+            ),
+            (
+                "\n--first --action drop",
+                "line 2: \"--first\": not a rule flag (--network, --in, --src, --not-src, --dport, --action)",
+            ),
+            ("--action drop --dport", "line 1: --dport: missing value"),
+            (
+                "--dport --action drop",
+                "line 1: --dport: missing value",
+            ),
+            ("--action= ", "line 1: --action: missing value"),
+            (
+                "--src 10.0.0.1 --src 10.0.0.2 --action drop",
+                "line 1: --src given twice",
+            ),
+            (
+                "--action drop\n--action reject",
+                "line 2: --action \"reject\": expected drop or accept",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = parse_rules(text).expect_err(want);
+            assert_eq!(error_chain(&err), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn request_errors_name_the_rule_index() {
+        let good = FilterArgs {
+            src: Some("10.0.0.1".into()),
+            ..drop_args()
+        };
+        let bad = FilterArgs {
+            dport: Some("80/sctp".into()),
+            ..drop_args()
+        };
+        let specs = parse_request(&[good.clone(), good.clone()]).expect("valid");
+        assert_eq!(specs.len(), 2);
+        let err = parse_request(&[good.clone(), good, bad]).expect_err("bad third");
+        assert_eq!(
+            error_chain(&err),
+            "rules[2]: --dport \"80/sctp\": unknown protocol \"sctp\" (tcp or udp)"
+        );
+        // A request of absent flags stays small: no nulls.
+        let json = serde_json::to_string(&drop_args()).expect("json");
+        assert_eq!(json, r#"{"action":"drop"}"#);
+        let back: FilterArgs = serde_json::from_str(&json).expect("back");
+        assert_eq!(back, drop_args());
+    }
+
+    /// An error and its sources, as the CLI prints them.
+    fn error_chain(e: &dyn std::error::Error) -> String {
+        let mut out = e.to_string();
+        let mut cur = e.source();
+        while let Some(s) = cur {
+            out.push_str(": ");
+            out.push_str(&s.to_string());
+            cur = s.source();
+        }
+        out
     }
 }

@@ -200,7 +200,8 @@ enum PublishCommand {
 #[derive(Subcommand)]
 enum FilterCommand {
     /// Add a rule (at the end; `--first` puts it before all others, like
-    /// `iptables -I DOCKER-USER`).
+    /// `iptables -I DOCKER-USER`), or with `--from-file` a whole list at
+    /// once, all or none.
     Add {
         /// Only traffic to endpoints of this network.
         #[arg(long)]
@@ -218,10 +219,20 @@ enum FilterCommand {
         #[arg(long)]
         dport: Option<String>,
         /// drop or accept.
-        #[arg(long)]
-        action: String,
+        #[arg(long, required_unless_present = "from_file")]
+        action: Option<String>,
         #[arg(long)]
         first: bool,
+        /// Add the rules of FILE ("-": stdin) in its order, in one request:
+        /// one rule per line in these flags (as `filter ls` prints them,
+        /// e.g. `--src 10.0.0.1/32 --action drop`), `#` comments and blank
+        /// lines ignored. Prints the new ids, one per line.
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with_all = ["network", "in_iface", "src", "not_src", "dport", "action"]
+        )]
+        from_file: Option<PathBuf>,
     },
     /// Rules in evaluation order, with packet/byte counters.
     Ls {
@@ -559,6 +570,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Filter { command } => {
             match command {
                 FilterCommand::Add {
+                    from_file: Some(path),
+                    first,
+                    ..
+                } => {
+                    let text = if path.as_os_str() == "-" {
+                        std::io::read_to_string(std::io::stdin()).context("reading stdin")
+                    } else {
+                        std::fs::read_to_string(&path)
+                            .with_context(|| format!("reading {}", path.display()))
+                    }?;
+                    // Checked here too, so the error names the line.
+                    let rules = filter::parse_rules(&text)
+                        .with_context(|| format!("{}", path.display()))?;
+                    if rules.is_empty() {
+                        bail!("{}: no rules in it", path.display());
+                    }
+                    let v = client.request(Request::FilterAddMany { rules, first })?;
+                    let mut out = std::io::stdout().lock();
+                    for id in v["ids"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                        writeln!(out, "{id}")?;
+                    }
+                }
+                FilterCommand::Add {
                     network,
                     in_iface,
                     src,
@@ -566,6 +600,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     dport,
                     action,
                     first,
+                    from_file: None,
                 } => {
                     let args = filter::FilterArgs {
                         network,
@@ -573,7 +608,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         src,
                         not_src,
                         dport,
-                        action,
+                        // clap requires it without --from-file.
+                        action: action.unwrap_or_default(),
                     };
                     // Checked here too, so a typo never reaches the agent.
                     args.parse()?;
@@ -588,10 +624,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     match format {
                         Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
                         Format::Table => {
-                            println!("{:>4} {:>10} {:>12}  RULE", "ID", "PKTS", "BYTES");
+                            println!("{:>6} {:>10} {:>12}  RULE", "ID", "PKTS", "BYTES");
                             for r in v.as_array().map(Vec::as_slice).unwrap_or_default() {
                                 println!(
-                                    "{:>4} {:>10} {:>12}  {}",
+                                    "{:>6} {:>10} {:>12}  {}",
                                     r["id"],
                                     r["packets"],
                                     r["bytes"],
@@ -1146,8 +1182,10 @@ async fn agent_main(
             b.bridge.unwrap_or_default()
         );
     }
-    info!(bpffs = %pins.path().display(), state = %state_dir.display(), "agent running; counters with `dataplane stats show`, Ctrl-C to stop");
+    // Bound before "agent running" is logged: whoever waits for that line
+    // (tests, scripts) can connect at once.
     let listener = api::bind(&socket)?;
+    info!(bpffs = %pins.path().display(), state = %state_dir.display(), "agent running; counters with `dataplane stats show`, Ctrl-C to stop");
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let api_ctx = api::Context {
         state_dir: state_dir.to_owned(),

@@ -39,7 +39,7 @@ use aya::{
 };
 use dataplane_common::{
     ct::{CtEntry, CtKey, FLAG_REPLY, FLAG_SNAT},
-    filter::{FilterIfaceKey, FilterNetKey, FilterPortKey, FilterSrcData, RuleBits},
+    filter::{FilterHostKey, FilterIfaceKey, FilterNetKey, FilterPortKey, FilterSrcData, RuleBits},
     maps,
     nat::{EndpointInfo, HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink},
     sock::SockRevNat,
@@ -280,13 +280,14 @@ type FillFn = fn(&PinRoot, &'static str) -> Result<Option<Fill>, MetricsError>;
 /// The maps whose fill level is reported besides the conntrack tables and
 /// the uplinks (which are walked for more than their size). Arrays are
 /// always full and are not listed.
-const FILL_MAPS: [(&str, FillFn); 9] = [
+const FILL_MAPS: [(&str, FillFn); 10] = [
     (maps::PORTS, hash_fill::<PortKey, PortTarget>),
     (maps::SUBNETS, lpm_fill::<[u8; 4], SubnetPolicy>),
     (maps::HOST_ADDRS, hash_fill::<[u8; 4], HostAddr>),
     (maps::ENDPOINTS, hash_fill::<u32, EndpointInfo>),
     (maps::SOCK_REVNAT, hash_fill::<u64, SockRevNat>),
     (maps::FILTER_SRC, lpm_fill::<FilterSrcData, RuleBits>),
+    (maps::FILTER_SRC_HOST, hash_fill::<FilterHostKey, RuleBits>),
     (maps::FILTER_IFACE, hash_fill::<FilterIfaceKey, RuleBits>),
     (maps::FILTER_PORT, hash_fill::<FilterPortKey, RuleBits>),
     (maps::FILTER_NET, hash_fill::<FilterNetKey, RuleBits>),

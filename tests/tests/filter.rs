@@ -5,13 +5,23 @@
 //! reorder) and the `filtered` drop counter, that a hundred rules that do
 //! not match change nothing, and that established published-port flows meet
 //! the rules while replies to the containers' own connections do not.
+//! At scale: 10 000 rules with the match at position 9 999 or 0, traffic no
+//! rule names, and the full `MAX_RULES` in both generations. Through the
+//! CLI and the agent: a list of rules (`filter add --from-file`,
+//! `filter_add_many`) is added whole or not at all.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddrV4},
+    time::{Duration, Instant},
+};
 
-use dataplane_common::{drop::DropReason, nat::SUBNET_MASQUERADE};
+use dataplane_common::{drop::DropReason, filter::FilterConfig, nat::SUBNET_MASQUERADE};
 use dataplane_tests::{
+    cli::{stop_agent, Cli},
     datapath,
     packets::{parse, PacketBuilder},
+    topo::FakeHost,
     BpffsDir,
 };
 use dataplane_user::{
@@ -101,8 +111,19 @@ impl Fixture {
     }
 
     fn rules(&mut self, rules: &[FilterRule]) {
+        let t = Instant::now();
         let compiled = filter::compile(rules, resolve).expect("compile");
+        let compile = t.elapsed();
+        let t = Instant::now();
         filter::apply(&mut self.dp, &compiled).expect("apply");
+        if rules.len() >= 1000 {
+            eprintln!(
+                "{} rules: compile {:.1} ms, apply {:.1} ms",
+                rules.len(),
+                compile.as_secs_f64() * 1e3,
+                t.elapsed().as_secs_f64() * 1e3
+            );
+        }
     }
 
     /// Runs `dp_uplink_in` on `packet`: the verdict and the packet after it.
@@ -121,6 +142,17 @@ impl Fixture {
             .iter()
             .map(|p| c.get(p).map_or((0, 0), |c| (c.packets, c.bytes)))
             .collect()
+    }
+
+    /// The live generation and rule count, as the program reads them.
+    fn live(&self) -> (u32, u32) {
+        let path = self.dir.pins().map(dataplane_common::maps::FILTER_CONFIG);
+        let data = aya::maps::MapData::from_pin(path).expect("pinned config");
+        let map = aya::maps::Map::from_map_data(data).expect("config map");
+        let cfg: aya::maps::Array<aya::maps::MapData, FilterConfig> =
+            aya::maps::Array::try_from(map).expect("config array");
+        let c = cfg.get(&0, 0).expect("config");
+        (c.gen, c.rules)
     }
 
     fn filtered(&self) -> u64 {
@@ -410,4 +442,351 @@ fn established_published_flows_are_filtered_but_container_replies_are_not() {
     );
     assert_eq!(f.counts(&[0])[0].0, 1);
     assert_eq!(f.filtered(), 1);
+}
+
+/// The `i`th of the bench's sources: 10.0.0.1, 10.0.0.2, ... (never the
+/// test traffic's).
+fn source(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(0x0a00_0000 | (i + 1))
+}
+
+/// `count` rules `--src 10.x.y.z/32 --action drop`, ids from `first_id`.
+fn sources(count: u32, first_id: u32) -> Vec<FilterRule> {
+    (0..count)
+        .map(|i| {
+            rule(
+                first_id + i,
+                &[("--src", &source(i).to_string()), ("--action", "drop")],
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn ten_thousand_rules_match_at_9999_and_at_0() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let mut f = Fixture::new("flt10k");
+    // 9 999 sources that are not the client, then the client's drop.
+    let mut rules = sources(9_999, 1);
+    rules.push(rule(
+        50_000,
+        &[("--src", "192.0.2.2/32"), ("--action", "drop")],
+    ));
+    f.rules(&rules);
+    let syn = tcp(CLIENT, HOST, 40000, 8080);
+    assert_eq!(f.verdict(&syn), SHOT, "client via published port");
+    assert_eq!(f.verdict(&udp(CLIENT, C1, 5000, 53)), SHOT, "client direct");
+    let (v, out) = f.run(&tcp(OTHER, HOST, 40001, 8080));
+    assert_eq!((v, dest(&out)), (NEXT, (C1, 80)), "no rule names OTHER");
+    // A listed source is dropped by its own rule, deep in the list.
+    assert_eq!(f.verdict(&tcp(source(7_777).octets(), C1, 40002, 80)), SHOT);
+    let counts = f.counts(&[0, 7_777, 9_998, 9_999]);
+    assert_eq!(counts[0], (0, 0));
+    assert_eq!(counts[1].0, 1);
+    assert_eq!(counts[2], (0, 0));
+    assert_eq!(counts[3].0, 2, "{counts:?}");
+    assert_eq!(f.filtered(), 3);
+
+    // Now the client's accept at 0, the same sources, and a catch-all drop
+    // at 9 999. The client's rule id moves to position 0 with its counts.
+    let mut rules = vec![rule(
+        50_000,
+        &[("--src", "192.0.2.2/32"), ("--action", "accept")],
+    )];
+    rules.extend(sources(9_998, 1));
+    rules.push(rule(60_000, &[("--action", "drop")]));
+    assert_eq!(rules.len(), 10_000);
+    f.rules(&rules);
+    let (v, out) = f.run(&tcp(CLIENT, HOST, 40003, 8080));
+    assert_eq!((v, dest(&out)), (NEXT, (C1, 80)), "accepted at 0");
+    assert_eq!(f.verdict(&tcp(OTHER, HOST, 40004, 8080)), SHOT, "catch-all");
+    assert_eq!(
+        f.verdict(&udp(OTHER, C2, 5001, 53)),
+        SHOT,
+        "catch-all direct"
+    );
+    let counts = f.counts(&[0, 9_999]);
+    assert_eq!((counts[0].0, counts[1].0), (3, 2), "{counts:?}");
+    let by_id = filter::counters_by_id(f.dir.pins()).expect("by id");
+    assert_eq!(by_id.len(), 10_000);
+    assert_eq!(by_id.get(&50_000).map(|c| c.packets), Some(3));
+    assert_eq!(by_id.get(&60_000).map(|c| c.packets), Some(2));
+    assert_eq!(
+        by_id.get(&7_778).map(|c| c.packets),
+        Some(1),
+        "carried over"
+    );
+    assert_eq!(f.filtered(), 5);
+}
+
+#[test]
+fn the_same_rule_set_again_changes_nothing() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let mut f = Fixture::new("fltsame");
+    let mut rules = sources(10_000, 1);
+    f.rules(&rules);
+    let live = f.live();
+    assert_eq!(live.1, 10_000);
+    assert_eq!(f.verdict(&tcp(source(42).octets(), C1, 40000, 80)), SHOT);
+    // What every unrelated change (a network, a port) does: apply the
+    // filters again. Nothing is written, no generation switch.
+    let t = Instant::now();
+    f.rules(&rules);
+    eprintln!(
+        "the same 10 000 rules again: {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    assert_eq!(f.live(), live);
+    assert_eq!(f.counts(&[42])[0].0, 1);
+    // One rule changed: a switch, and its effect.
+    rules[42] = rule(
+        43,
+        &[("--src", &source(42).to_string()), ("--action", "accept")],
+    );
+    f.rules(&rules);
+    assert_eq!(f.live(), ((live.0 + 1) % 2, 10_000));
+    assert_eq!(f.verdict(&tcp(source(42).octets(), C1, 40001, 80)), NEXT);
+    assert_eq!(f.counts(&[42])[0].0, 2, "the rule id kept its counts");
+}
+
+#[test]
+fn ten_thousand_sources_leave_other_traffic_alone() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let mut f = Fixture::new("fltsrc10k");
+    let traffic = |base: u16| {
+        vec![
+            tcp(CLIENT, HOST, base, 8080),
+            udp(OTHER, HOST, base + 1, 5353),
+            tcp(OTHER, C1, base + 2, 80),
+            udp(CLIENT, C2, base + 3, 53),
+        ]
+    };
+    let before: Vec<(u32, ([u8; 4], u16))> = traffic(40000)
+        .iter()
+        .map(|p| {
+            let (v, out) = f.run(p);
+            (v, dest(&out))
+        })
+        .collect();
+    f.rules(&sources(10_000, 1));
+    let after: Vec<(u32, ([u8; 4], u16))> = traffic(41000)
+        .iter()
+        .map(|p| {
+            let (v, out) = f.run(p);
+            (v, dest(&out))
+        })
+        .collect();
+    assert_eq!(after, before);
+    assert!(after.iter().all(|(v, _)| *v == NEXT), "{after:?}");
+    let positions: Vec<u32> = (0..10_000).collect();
+    assert!(f.counts(&positions).iter().all(|c| *c == (0, 0)));
+    assert_eq!(f.filtered(), 0);
+}
+
+#[test]
+fn max_rules_fit_in_both_generations() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let mut f = Fixture::new("fltmax");
+    let max = filter::MAX_RULES;
+    let mut rules = sources(max - 1, 1);
+    rules.push(rule(90_000, &[("--dport", "53/udp"), ("--action", "drop")]));
+    // Written twice, the second time with the last rule renumbered (the
+    // same set again would write nothing): it fills the other generation
+    // while the first is live, so both hold MAX_RULES rules at once.
+    f.rules(&rules);
+    let first = f.live();
+    rules[max as usize - 1].id = 90_002;
+    f.rules(&rules);
+    assert_eq!(f.live(), ((first.0 + 1) % 2, max));
+    assert_eq!(f.verdict(&udp(CLIENT, C1, 5000, 53)), SHOT, "last rule");
+    assert_eq!(f.verdict(&tcp(CLIENT, C1, 40000, 80)), NEXT);
+    assert_eq!(
+        f.verdict(&tcp(source(max - 2).octets(), C1, 40001, 80)),
+        SHOT
+    );
+    let counts = f.counts(&[max - 2, max - 1]);
+    assert_eq!((counts[0].0, counts[1].0), (1, 1), "{counts:?}");
+    // One more is refused before anything is written.
+    rules.push(rule(90_003, &[("--action", "drop")]));
+    let err = filter::compile(&rules, resolve).expect_err("too many");
+    assert_eq!(
+        err.to_string(),
+        format!("{} filter rules: at most {max} are supported", max + 1)
+    );
+}
+
+/// One API request straight to the agent's socket, as any client would:
+/// the result, or the agent's error message.
+fn api(cli: &Cli, request: &serde_json::Value) -> Result<serde_json::Value, String> {
+    let mut s = std::os::unix::net::UnixStream::connect(&cli.socket).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("{request}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    let v: serde_json::Value =
+        serde_json::from_str(&answer).map_err(|e| format!("{e}: {answer:?}"))?;
+    match (v.get("ok"), v.get("error")) {
+        (Some(ok), _) => Ok(ok["result"].clone()),
+        (_, Some(err)) => Err(err["error"].as_str().unwrap_or_default().to_owned()),
+        _ => Err(answer),
+    }
+}
+
+fn filter_ls(cli: &Cli) -> Vec<String> {
+    let v = cli
+        .json(&["filter", "ls", "--format", "json"])
+        .expect("filter ls");
+    v.as_array()
+        .expect("an array")
+        .iter()
+        .map(|r| r["rule"].as_str().expect("rule").to_owned())
+        .collect()
+}
+
+#[test]
+fn a_list_of_rules_is_added_whole_or_not_at_all() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let fh = FakeHost::new(false).expect("fake host");
+    let cli = Cli::new(&fh.host, "fltmany").expect("cli");
+    cli.run(&["uplink", "add", &fh.uplink]).expect("uplink add");
+    // In the state directory, which goes with the test.
+    let file = cli.state.path().join("test.rules");
+    let write = |text: &str| std::fs::write(&file, text).expect("rules file");
+    let path = file.to_str().expect("utf-8 path");
+
+    // 10 000 rules from a file, in one request; comments are skipped.
+    let mut text = String::from("# the bench's sources\n");
+    for i in 0..10_000 {
+        text.push_str(&format!("--src {}/32 --action drop\n\n", source(i)));
+    }
+    write(&text);
+    let t = Instant::now();
+    let ids = cli
+        .run(&["filter", "add", "--from-file", path])
+        .expect("add from file");
+    eprintln!(
+        "filter add --from-file, 10 000 rules, no agent: {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let ids: Vec<&str> = ids.lines().collect();
+    assert_eq!(ids.len(), 10_000);
+    assert_eq!((ids[0], ids[9_999]), ("1", "10000"));
+    let ls = filter_ls(&cli);
+    assert_eq!(ls.len(), 10_000);
+    assert_eq!(
+        ls[9_999],
+        format!("--src {}/32 --action drop", source(9_999))
+    );
+    // The program runs them all (the live rule set, read from the maps).
+    let live = filter::counters_by_id(cli.pins.pins()).expect("live rules");
+    assert_eq!(live.len(), 10_000);
+
+    // A bad line anywhere: nothing is added, the error names the line.
+    write("--src 192.0.2.9 --action accept\n--network bridge --action drop\n--src 10.0.0.0/33 --action drop\n");
+    let e = cli
+        .fail(&["filter", "add", "--from-file", path])
+        .expect("refused");
+    assert!(
+        e.contains("line 3: --src \"10.0.0.0/33\": not an IPv4 address or CIDR"),
+        "{e}"
+    );
+    // More rules than fit: the count is named.
+    let mut text = String::new();
+    for i in 0..=filter::MAX_RULES - 10_000 {
+        text.push_str(&format!(
+            "--src 172.16.{}.{}/32 --action drop\n",
+            i / 250,
+            i % 250
+        ));
+    }
+    write(&text);
+    let e = cli
+        .fail(&["filter", "add", "--from-file", path])
+        .expect("refused");
+    assert!(
+        e.contains(&format!(
+            "{} filter rules: at most {} are supported",
+            filter::MAX_RULES + 1,
+            filter::MAX_RULES
+        )),
+        "{e}"
+    );
+    assert_eq!(filter_ls(&cli).len(), 10_000, "nothing added");
+
+    // The agent checks a request on its own: a bad value or an unknown
+    // network in any rule refuses the whole request, naming the rule.
+    let (agent, _) = cli.start_agent(&fh.uplink).expect("agent");
+    // The agent says it runs a moment before its socket is there.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cli.socket.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let good = serde_json::json!({"src": "192.0.2.9", "action": "accept"});
+    for (bad, want) in [
+        (
+            serde_json::json!({"dport": "80/sctp", "action": "drop"}),
+            "rules[2]: --dport \"80/sctp\": unknown protocol \"sctp\" (tcp or udp)",
+        ),
+        (
+            serde_json::json!({"network": "nosuch", "action": "drop"}),
+            "rules[2]: network nosuch: no such network",
+        ),
+    ] {
+        let e = api(
+            &cli,
+            &serde_json::json!({"op": "filter_add_many", "rules": [good, good, bad], "first": true}),
+        )
+        .expect_err("refused");
+        assert!(e.contains(want), "{e}");
+    }
+    assert_eq!(filter_ls(&cli).len(), 10_000, "nothing added by the agent");
+
+    // A good list with --first goes before the others, in its order.
+    write("--src 192.0.2.2/32 --dport 80 --action accept\n--network bridge --action drop\n");
+    let ids = cli
+        .run(&["filter", "add", "--first", "--from-file", path])
+        .expect("first");
+    assert_eq!(ids, "10001\n10002\n");
+    let t = Instant::now();
+    let added = api(
+        &cli,
+        &serde_json::json!({"op": "filter_add_many", "rules": [good], "first": false}),
+    )
+    .expect("one more");
+    eprintln!(
+        "filter_add_many of 1 rule onto 10 002, agent: {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    assert_eq!(added, serde_json::json!({"ids": [10_003]}));
+    let ls = filter_ls(&cli);
+    assert_eq!(ls.len(), 10_003);
+    assert_eq!(
+        ls[..2],
+        [
+            "--src 192.0.2.2/32 --dport 80/tcp --action accept",
+            "--network bridge --action drop"
+        ]
+    );
+    assert_eq!(ls[2], format!("--src {}/32 --action drop", source(0)));
+    assert_eq!(ls[10_002], "--src 192.0.2.9/32 --action accept");
+    // The single-rule form still works beside it.
+    let id = cli
+        .run(&["filter", "add", "--src", "198.51.100.1", "--action", "drop"])
+        .expect("single");
+    assert_eq!(id.trim(), "10004");
+    let live = filter::counters_by_id(cli.pins.pins()).expect("live rules");
+    assert_eq!(live.len(), 10_004);
+    stop_agent(agent, libc::SIGTERM).expect("stop agent");
 }

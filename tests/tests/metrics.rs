@@ -237,10 +237,11 @@ fn render_on_a_fresh_pin_root() {
         ("DP_CT_TCP", 262_144.0),
         ("DP_CT_OTHER", 65_536.0),
         ("DP_SOCK_REVNAT", 65_536.0),
-        ("DP_FLT_SRC", 258.0),
-        ("DP_FLT_IFACE", 258.0),
-        ("DP_FLT_PORT", 258.0),
-        ("DP_FLT_NET", 258.0),
+        ("DP_FLT_SRC", 30_722.0),
+        ("DP_FLT_SRC_HOST", 30_722.0),
+        ("DP_FLT_IFACE", 30_722.0),
+        ("DP_FLT_PORT", 30_722.0),
+        ("DP_FLT_NET", 30_722.0),
     ];
     for (map, max) in sizes {
         assert_eq!(get(&samples, "dataplane_map_entries", &[("map", map)]), 0.0);

@@ -68,6 +68,13 @@ pub enum NetworkError {
     UnknownFilter(u32),
     #[error(transparent)]
     Filter(#[from] filter::FilterError),
+    /// A rule of a `filter_add_many` request, by its index in `rules`.
+    #[error("rules[{index}]")]
+    FilterInRequest {
+        index: usize,
+        #[source]
+        source: Box<NetworkError>,
+    },
     #[error("uplink {0}: already added")]
     DuplicateUplink(String),
     #[error("uplink {0}: not an uplink (see `dataplane uplink ls`)")]
@@ -562,6 +569,39 @@ impl Manager {
         self.compile_filters(&state.filters).await?;
         self.persist(state).await?;
         Ok(rule)
+    }
+
+    /// `filter add --from-file` (the `filter_add_many` request): rules in
+    /// the given order at the end of the list, or before all others with
+    /// `first`. All or none: any refused rule leaves the rules as they were.
+    pub async fn filter_add_many(
+        &mut self,
+        specs: Vec<filter::FilterSpec>,
+        first: bool,
+    ) -> Result<Vec<FilterRule>, NetworkError> {
+        for (index, spec) in specs.iter().enumerate() {
+            if let Some(n) = &spec.network {
+                self.network(n).map_err(|e| NetworkError::FilterInRequest {
+                    index,
+                    source: Box::new(e),
+                })?;
+            }
+        }
+        let next = self.state.filters.iter().map(|r| r.id).max().unwrap_or(0) + 1;
+        let added: Vec<FilterRule> = (next..)
+            .zip(specs)
+            .map(|(id, spec)| FilterRule::new(id, spec))
+            .collect();
+        let mut state = self.state.clone();
+        if first {
+            state.filters.splice(0..0, added.iter().cloned());
+        } else {
+            state.filters.extend(added.iter().cloned());
+        }
+        // Refuse before anything is written: too many rules and the like.
+        self.compile_filters(&state.filters).await?;
+        self.persist(state).await?;
+        Ok(added)
     }
 
     /// `filter rm`.
