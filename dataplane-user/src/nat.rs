@@ -10,11 +10,7 @@
 //! [`apply_changes`] is the agent's cheap path between full reconciles: from
 //! the contents it wrote last to the new ones, only the entries that differ.
 
-use std::{
-    borrow::BorrowMut,
-    collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
-};
+use std::{borrow::BorrowMut, collections::BTreeMap, net::Ipv4Addr};
 
 use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues};
 use dataplane_common::{
@@ -145,29 +141,35 @@ pub fn network_key(id: &str) -> u32 {
 /// Computes the maps' contents from the state and the host's links.
 pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError> {
     let mut d = Desired::default();
-    for ep in state.endpoints.values() {
-        let (Some(ip), Attachment::Veth { .. }) = (ep.ipv4, &ep.attachment) else {
-            continue;
-        };
-        for m in &ep.published {
-            let addr = m.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets();
-            d.ports.insert(
-                PortKey {
-                    addr,
-                    port: m.host_port.to_be_bytes(),
-                    proto: m.proto.number(),
-                    _pad: 0,
-                },
-                PortTarget {
-                    addr: ip.octets(),
-                    port: m.container_port.to_be_bytes(),
-                    _pad: [0; 2],
-                    stats_index: m.stats_index,
-                    _pad2: 0,
-                },
-            );
-        }
-    }
+    // Collected rather than inserted one by one: a sorted bulk build of
+    // 10 000 entries costs a fraction of 10 000 inserts.
+    d.ports = state
+        .endpoints
+        .values()
+        .filter_map(|ep| match (ep.ipv4, &ep.attachment) {
+            (Some(ip), Attachment::Veth { .. }) => Some((ip, &ep.published)),
+            _ => None,
+        })
+        .flat_map(|(ip, published)| {
+            published.iter().map(move |m| {
+                (
+                    PortKey {
+                        addr: m.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
+                        port: m.host_port.to_be_bytes(),
+                        proto: m.proto.number(),
+                        _pad: 0,
+                    },
+                    PortTarget {
+                        addr: ip.octets(),
+                        port: m.container_port.to_be_bytes(),
+                        _pad: [0; 2],
+                        stats_index: m.stats_index,
+                        _pad2: 0,
+                    },
+                )
+            })
+        })
+        .collect();
     for net in state.networks.values() {
         let (DriverKind::Bridge, Some(subnet)) = (net.driver, net.subnet) else {
             continue;
@@ -307,6 +309,54 @@ where
     Ok(())
 }
 
+/// One step of walking two sorted maps side by side.
+enum Diff<'a, K, V> {
+    Gone(&'a K),
+    Set(&'a K, &'a V),
+}
+
+/// The entries that differ between two maps, in one merge walk over both
+/// (no lookups): what `old` has and `new` lacks, and what `new` has that
+/// `old` has not or has with another value.
+fn diff<'a, K: Ord, V: PartialEq>(
+    old: &'a BTreeMap<K, V>,
+    new: &'a BTreeMap<K, V>,
+) -> Vec<Diff<'a, K, V>> {
+    let mut out = Vec::new();
+    let (mut o, mut n) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (o.peek(), n.peek()) {
+            (None, None) => break,
+            (Some((ok, _)), None) => {
+                out.push(Diff::Gone(*ok));
+                o.next();
+            }
+            (None, Some((nk, nv))) => {
+                out.push(Diff::Set(*nk, *nv));
+                n.next();
+            }
+            (Some((ok, ov)), Some((nk, nv))) => match ok.cmp(nk) {
+                std::cmp::Ordering::Less => {
+                    out.push(Diff::Gone(*ok));
+                    o.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    out.push(Diff::Set(*nk, *nv));
+                    n.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if ov != nv {
+                        out.push(Diff::Set(*nk, *nv));
+                    }
+                    o.next();
+                    n.next();
+                }
+            },
+        }
+    }
+    out
+}
+
 /// Takes a hash map from `old` (what it was last set to) to `new`: one
 /// syscall per entry that differs, none for the rest.
 fn update_hash<K, V, M>(
@@ -320,16 +370,14 @@ where
     V: aya::Pod + PartialEq,
     M: BorrowMut<MapData>,
 {
-    for k in old.keys().filter(|k| !new.contains_key(k)) {
-        match map.remove(k) {
-            // Gone already (an expired endpoint, a cleanup): nothing to do.
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err(name)(e)),
-        }
-    }
-    for (k, v) in new {
-        if old.get(k) != Some(v) {
-            map.insert(k, v, 0).map_err(map_err(name))?;
+    for d in diff(old, new) {
+        match d {
+            Diff::Gone(k) => match map.remove(k) {
+                // Gone already (an expired endpoint, a cleanup): nothing to do.
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(name)(e)),
+            },
+            Diff::Set(k, v) => map.insert(k, v, 0).map_err(map_err(name))?,
         }
     }
     Ok(())
@@ -406,17 +454,12 @@ pub fn apply(dp: &mut Dataplane, want: &Desired) -> Result<(), NatError> {
 /// [`apply`] or here) to `new`, writing only the entries that differ: the
 /// cost of one more published port does not grow with the number of ports.
 pub fn apply_changes(dp: &mut Dataplane, old: &Desired, new: &Desired) -> Result<(), NatError> {
-    if old == new {
-        return Ok(());
-    }
-    if old.ports != new.ports {
-        update_hash(
-            &mut hash_map::<PortKey, PortTarget>(dp, maps::PORTS)?,
-            maps::PORTS,
-            &old.ports,
-            &new.ports,
-        )?;
-    }
+    update_hash(
+        &mut hash_map::<PortKey, PortTarget>(dp, maps::PORTS)?,
+        maps::PORTS,
+        &old.ports,
+        &new.ports,
+    )?;
     update_hash(
         &mut hash_map::<[u8; 4], HostAddr>(dp, maps::HOST_ADDRS)?,
         maps::HOST_ADDRS,
@@ -467,23 +510,13 @@ pub async fn sync(dp: &mut Dataplane, state: &State, host: &Netlink) -> Result<(
     apply(dp, &want)
 }
 
-/// The lowest counter slot from `from` on that no mapping uses; its old
-/// counts are zeroed so a new mapping starts from nothing.
-pub fn claim_stats_index(
-    dp: &mut Dataplane,
-    used: &BTreeSet<u32>,
-    from: u32,
-) -> Result<u32, NatError> {
-    let mut index = from;
-    for u in used.range(from..) {
-        if *u != index {
-            break;
-        }
-        index += 1;
-    }
-    if index >= MAX_PORT_MAPPINGS {
-        return Err(NatError::StatsFull);
-    }
+/// The lowest counter slot from `from` on that no mapping uses (`used` is
+/// indexed by slot); its old counts are zeroed so a new mapping starts from
+/// nothing.
+pub fn claim_stats_index(dp: &mut Dataplane, used: &[bool], from: u32) -> Result<u32, NatError> {
+    let index = (from..MAX_PORT_MAPPINGS)
+        .find(|i| !used.get(*i as usize).copied().unwrap_or(false))
+        .ok_or(NatError::StatsFull)?;
     let name = maps::PORT_STATS;
     let map = dp.ebpf_mut().map_mut(name).ok_or(NatError::NoMap(name))?;
     let mut array: PerCpuArray<&mut MapData, PktCounter> =
@@ -514,4 +547,26 @@ pub fn port_counters(
         out.insert(i, sum);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::{diff, Diff};
+
+    #[test]
+    fn diff_walks_both_maps_once() {
+        let old: BTreeMap<u32, u32> = [(1, 10), (2, 20), (4, 40), (6, 60)].into();
+        let new: BTreeMap<u32, u32> = [(2, 20), (3, 30), (4, 41), (7, 70)].into();
+        let got: Vec<String> = diff(&old, &new)
+            .into_iter()
+            .map(|d| match d {
+                Diff::Gone(k) => format!("-{k}"),
+                Diff::Set(k, v) => format!("+{k}={v}"),
+            })
+            .collect();
+        assert_eq!(got, ["-1", "+3=30", "+4=41", "-6", "+7=70"]);
+        assert!(diff(&new, &new).is_empty());
+    }
 }

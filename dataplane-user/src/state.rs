@@ -211,11 +211,18 @@ fn port_change(old: &Endpoint, new: &Endpoint) -> Option<Change> {
         });
     }
     if n.len() < o.len() {
-        let kept: BTreeSet<&PortMapping> = n.iter().collect();
-        let gone: Vec<PortMapping> = o.iter().filter(|p| !kept.contains(p)).copied().collect();
-        // Exact only if removing `gone` from `old` gives `new`, order kept.
-        let mut rest = o.iter().filter(|p| kept.contains(p));
-        if rest.by_ref().eq(n.iter()) && gone.len() == o.len() - n.len() {
+        // Removal keeps the order: one walk over both lists finds what went
+        // (and proves nothing else changed).
+        let mut gone = Vec::with_capacity(o.len() - n.len());
+        let mut rest = n.iter().peekable();
+        for p in o {
+            if rest.peek() == Some(&p) {
+                rest.next();
+            } else {
+                gone.push(*p);
+            }
+        }
+        if rest.peek().is_none() && gone.len() == o.len() - n.len() {
             return Some(Change::PortsRm {
                 endpoint: new.id.clone(),
                 ports: gone,

@@ -1141,14 +1141,24 @@ impl Manager {
         specs: &[String],
         except: &[PortMapping],
     ) -> Result<Vec<PortMapping>, NetworkError> {
-        // Who holds each (protocol, host port) now: one pass over the
-        // state, so adding K mappings at N costs K + N, not K * N.
+        // Who holds each (protocol, host port) now, indexed in one pass
+        // over the state when many mappings come at once (K mappings at N
+        // cost K + N, not K * N); a few are checked by a plain scan.
+        let holders = || {
+            self.state.endpoints.values().flat_map(|ep| {
+                ep.published
+                    .iter()
+                    .filter(|p| !except.contains(p))
+                    .map(move |p| (p, ep))
+            })
+        };
+        let index = specs.len() > 8 || specs.iter().any(|s| s.contains('-'));
         let mut held: std::collections::HashMap<
             (ports::Proto, u16),
             Vec<(&PortMapping, &Endpoint)>,
         > = std::collections::HashMap::new();
-        for ep in self.state.endpoints.values() {
-            for p in ep.published.iter().filter(|p| !except.contains(p)) {
+        if index {
+            for (p, ep) in holders() {
                 held.entry((p.proto, p.host_port))
                     .or_default()
                     .push((p, ep));
@@ -1170,10 +1180,13 @@ impl Manager {
                         existing: prev.to_string(),
                     });
                 }
-                if let Some((prev, ep)) = held
-                    .get(&slot)
-                    .and_then(|v| v.iter().find(|(p, _)| p.conflicts(&m)))
-                {
+                let holder = if index {
+                    held.get(&slot)
+                        .and_then(|v| v.iter().find(|(p, _)| p.conflicts(&m)).copied())
+                } else {
+                    holders().find(|(p, _)| p.conflicts(&m))
+                };
+                if let Some((prev, ep)) = holder {
                     return Err(NetworkError::PortConflict {
                         mapping: m.to_string(),
                         holder: format!("endpoint {} on network {}", ep.name, ep.network),
@@ -1187,12 +1200,12 @@ impl Manager {
         if out.is_empty() {
             return Ok(out);
         }
-        let used: std::collections::BTreeSet<u32> = self
-            .state
-            .endpoints
-            .values()
-            .flat_map(|e| e.published.iter().map(|m| m.stats_index))
-            .collect();
+        let mut used = vec![false; dataplane_common::nat::MAX_PORT_MAPPINGS as usize];
+        for m in self.state.endpoints.values().flat_map(|e| &e.published) {
+            if let Some(u) = used.get_mut(m.stats_index as usize) {
+                *u = true;
+            }
+        }
         let dp = loaded(&mut self.dp, &self.pins, &self.nat)?;
         // Free slots in ascending order, found in one pass.
         let mut next = 0;
