@@ -140,10 +140,9 @@ pub fn network_key(id: &str) -> u32 {
 
 /// Computes the maps' contents from the state and the host's links.
 pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError> {
-    let mut d = Desired::default();
     // Collected rather than inserted one by one: a sorted bulk build of
     // 10 000 entries costs a fraction of 10 000 inserts.
-    d.ports = state
+    let ports = state
         .endpoints
         .values()
         .filter_map(|ep| match (ep.ipv4, &ep.attachment) {
@@ -170,6 +169,10 @@ pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError>
             })
         })
         .collect();
+    let mut d = Desired {
+        ports,
+        ..Desired::default()
+    };
     for net in state.networks.values() {
         let (DriverKind::Bridge, Some(subnet)) = (net.driver, net.subnet) else {
             continue;
