@@ -205,3 +205,23 @@ pub fn stop_agent(mut child: Child, signal: i32) -> Result<ExitStatus> {
     unsafe { libc::kill(pid, signal) };
     child.wait().context("waiting for the agent")
 }
+
+/// One API request written straight to an agent's socket (docs/api.md), as
+/// any client would, bounded in time: the result, or the agent's error
+/// message (or the I/O failure).
+pub fn api(socket: &Path, request: &Value) -> std::result::Result<Value, String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("{request}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    let v: Value = serde_json::from_str(&answer).map_err(|e| format!("{e}: {answer:?}"))?;
+    match (v.get("ok"), v.get("error")) {
+        (Some(ok), _) => Ok(ok["result"].clone()),
+        (_, Some(err)) => Err(err["error"].as_str().unwrap_or_default().to_owned()),
+        _ => Err(answer),
+    }
+}

@@ -14,7 +14,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dataplane_tests::{cli::Cli, netns::NetNs, topo::FakeHost, traffic::tcp_echo_server};
+use dataplane_tests::{
+    cli::{api, Cli},
+    netns::NetNs,
+    topo::FakeHost,
+    traffic::tcp_echo_server,
+};
 
 const T: Duration = Duration::from_secs(5);
 
@@ -241,25 +246,6 @@ fn the_cli_talks_to_the_agent_and_only_root_may() {
         !cli.socket.exists(),
         "the agent removes its socket when it stops"
     );
-}
-
-/// One API request written straight to the socket (bounded), as any client
-/// would; Err carries the agent's error or the I/O failure.
-fn api(socket: &std::path::Path, request: &serde_json::Value) -> Result<serde_json::Value, String> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(format!("{request}\n").as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
-    let v: serde_json::Value =
-        serde_json::from_str(&answer).map_err(|e| format!("{e}: {answer:?}"))?;
-    match (v.get("ok"), v.get("error")) {
-        (Some(ok), _) => Ok(ok["result"].clone()),
-        (_, Some(err)) => Err(err["error"].to_string()),
-        _ => Err(answer),
-    }
 }
 
 #[test]

@@ -11,14 +11,13 @@
 //! `filter_add_many`) is added whole or not at all.
 
 use std::{
-    io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4},
     time::{Duration, Instant},
 };
 
 use dataplane_common::{drop::DropReason, filter::FilterConfig, nat::SUBNET_MASQUERADE};
 use dataplane_tests::{
-    cli::{stop_agent, Cli},
+    cli::{api, stop_agent, Cli},
     datapath,
     packets::{parse, PacketBuilder},
     topo::FakeHost,
@@ -623,25 +622,6 @@ fn max_rules_fit_in_both_generations() {
     );
 }
 
-/// One API request straight to the agent's socket, as any client would:
-/// the result, or the agent's error message.
-fn api(cli: &Cli, request: &serde_json::Value) -> Result<serde_json::Value, String> {
-    let mut s = std::os::unix::net::UnixStream::connect(&cli.socket).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(format!("{request}\n").as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
-    let v: serde_json::Value =
-        serde_json::from_str(&answer).map_err(|e| format!("{e}: {answer:?}"))?;
-    match (v.get("ok"), v.get("error")) {
-        (Some(ok), _) => Ok(ok["result"].clone()),
-        (_, Some(err)) => Err(err["error"].as_str().unwrap_or_default().to_owned()),
-        _ => Err(answer),
-    }
-}
-
 fn filter_ls(cli: &Cli) -> Vec<String> {
     let v = cli
         .json(&["filter", "ls", "--format", "json"])
@@ -745,7 +725,7 @@ fn a_list_of_rules_is_added_whole_or_not_at_all() {
         ),
     ] {
         let e = api(
-            &cli,
+            &cli.socket,
             &serde_json::json!({"op": "filter_add_many", "rules": [good, good, bad], "first": true}),
         )
         .expect_err("refused");
@@ -761,7 +741,7 @@ fn a_list_of_rules_is_added_whole_or_not_at_all() {
     assert_eq!(ids, "10001\n10002\n");
     let t = Instant::now();
     let added = api(
-        &cli,
+        &cli.socket,
         &serde_json::json!({"op": "filter_add_many", "rules": [good], "first": false}),
     )
     .expect("one more");
