@@ -1111,6 +1111,8 @@ async fn agent_main(
     // One cache for the API and Docker's driver: a request costs what it
     // changes, not a reload of the state and the eBPF object.
     let cache = std::sync::Arc::new(std::sync::Mutex::new(Cache::default()));
+    // Verified now rather than on the first container's connect.
+    manager.preload_endpoint_program()?;
     manager.keep(&cache); // releases the state lock for CLI calls
     if ifaces.is_empty() {
         bail!("no interface given (--iface) and no default route to find an uplink from");

@@ -401,6 +401,15 @@ impl Manager {
         }
     }
 
+    /// Loads (verifies) the endpoint program now, so the first `connect`
+    /// of a long-lived manager's life does not pay for it.
+    pub fn preload_endpoint_program(&mut self) -> Result<(), NetworkError> {
+        let dp = loaded(&mut self.dp, &self.pins, &self.nat)?;
+        dp.tc_program(nat::ENDPOINT_PROGRAM)
+            .map_err(|e| NetworkError::Nat(e.into()))?;
+        Ok(())
+    }
+
     pub fn state(&self) -> &State {
         &self.state
     }
