@@ -528,3 +528,32 @@ pub fn parse_ping_received(stdout: &str) -> Option<u32> {
         .find_map(|part| part.strip_suffix("received"))
         .and_then(|n| n.trim().parse().ok())
 }
+
+/// A sink on `ns` at `addr`: reads one connection to the end and answers
+/// with the number of bytes (bulk transfers through NAT and the fast path).
+/// Bounded in time: a transfer that never arrives ends it too.
+pub fn count_sink(ns: &NetNs, addr: SocketAddr) -> Result<JoinHandle<io::Result<usize>>> {
+    let listener = ns
+        .run_in(move || TcpListener::bind(addr))?
+        .with_context(|| format!("binding {addr} in {}", ns.name()))?;
+    Ok(thread::spawn(move || -> io::Result<usize> {
+        listener.set_nonblocking(true)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut conn = loop {
+            match listener.accept() {
+                Ok((conn, _)) => break conn,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        conn.set_nonblocking(false)?;
+        conn.set_read_timeout(Some(Duration::from_secs(20)))?;
+        conn.set_write_timeout(Some(Duration::from_secs(20)))?;
+        let mut buf = Vec::new();
+        conn.read_to_end(&mut buf)?;
+        conn.write_all(buf.len().to_string().as_bytes())?;
+        Ok(buf.len())
+    }))
+}

@@ -22,8 +22,8 @@ use dataplane_tests::{
     netns::{set_offload, snmp_counter, NetNs},
     topo::FakeHost,
     traffic::{
-        http_get, http_server, ping, tcp_echo, tcp_echo_server, udp_echo_server, udp_request,
-        Server,
+        count_sink, http_get, http_server, ping, tcp_echo, tcp_echo_server, udp_echo_server,
+        udp_request, Server,
     },
 };
 
@@ -196,37 +196,6 @@ fn with_the_fast_path_off_the_stack_forwards() {
     assert!(e.contains("--fast-path") && e.contains("on or off"), "{e}");
 }
 
-/// A sink on `ns` at `addr`: reads one connection to the end and answers
-/// with the number of bytes. Bounded in time.
-fn sink(ns: &NetNs, addr: SocketAddr) -> std::thread::JoinHandle<std::io::Result<usize>> {
-    let listener = ns
-        .run_in(move || std::net::TcpListener::bind(addr))
-        .expect("ns")
-        .expect("listen");
-    std::thread::spawn(move || -> std::io::Result<usize> {
-        listener.set_nonblocking(true)?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut conn = loop {
-            match listener.accept() {
-                Ok((conn, _)) => break conn,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        conn.set_nonblocking(false)?;
-        conn.set_read_timeout(Some(Duration::from_secs(20)))?;
-        conn.set_write_timeout(Some(Duration::from_secs(20)))?;
-        let mut buf = Vec::new();
-        conn.read_to_end(&mut buf)?;
-        conn.write_all(buf.len().to_string().as_bytes())?;
-        Ok(buf.len())
-    })
-}
-
 /// Polls `ip route get DST` in `ns` until it shows `mtu MTU` (a learnt
 /// path MTU), bounded.
 fn learnt_mtu(ns: &NetNs, dst: Ipv4Addr, mtu: u32) -> Result<(), String> {
@@ -264,7 +233,7 @@ fn path_mtu_discovery_out_of_containers() {
     let c = NetNs::new("fppm").expect("netns");
     cli.run(&["connect", "bridge", c.name()]).expect("connect");
     let dst = SocketAddr::from((fh.client_ip, 9500));
-    let sink = sink(&fh.client, dst);
+    let sink = count_sink(&fh.client, dst).expect("sink");
     let payload = vec![0xabu8; 300_000];
     let reply = c
         .run_in(move || -> std::io::Result<String> {

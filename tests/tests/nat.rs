@@ -15,7 +15,8 @@ use dataplane_tests::{
     netns::{snmp_counter, NetNs},
     topo::FakeHost,
     traffic::{
-        http_get, http_server, ping, tcp_echo, tcp_echo_server, udp_echo_server, udp_request,
+        count_sink, http_get, http_server, ping, tcp_echo, tcp_echo_server, udp_echo_server,
+        udp_request,
     },
 };
 use serde_json::Value;
@@ -647,34 +648,7 @@ fn path_mtu_discovery_works_through_masquerade() {
         .expect("connect");
 
     // A sink on the far host: reads everything, answers with the count.
-    let listener = far
-        .run_in(|| std::net::TcpListener::bind("198.51.100.2:9500"))
-        .expect("ns")
-        .expect("listen");
-    let sink = std::thread::spawn(move || -> std::io::Result<usize> {
-        // Bounded: a transfer that never arrives ends the sink too.
-        listener.set_nonblocking(true)?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        let mut conn = loop {
-            match listener.accept() {
-                Ok((conn, _)) => break conn,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        conn.set_nonblocking(false)?;
-        conn.set_read_timeout(Some(Duration::from_secs(15)))?;
-        conn.set_write_timeout(Some(Duration::from_secs(15)))?;
-        let mut buf = Vec::new();
-        conn.read_to_end(&mut buf)?;
-        conn.write_all(buf.len().to_string().as_bytes())?;
-        Ok(buf.len())
-    });
+    let sink = count_sink(&far, SocketAddr::from(([198, 51, 100, 2], 9500))).expect("sink");
     let payload = vec![0xabu8; 300_000];
     let sent = c
         .run_in(move || -> std::io::Result<String> {
