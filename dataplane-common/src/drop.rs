@@ -27,10 +27,27 @@ pub enum DropReason {
     IccDisabled = 9,
     /// A filter rule (DOCKER-USER, `dataplane filter`) said drop.
     Filtered = 10,
+    /// A packet from outside (an uplink) addressed to 127.0.0.0/8: never
+    /// translated, whatever is published on 127.0.0.1 or 0.0.0.0 (the
+    /// kernel's martian check, done before DNAT could bypass it).
+    LoopbackDestination = 11,
+    /// A packet from outside whose source is loopback, the host's own
+    /// address or a managed subnet (forged; the stack's rp_filter is
+    /// skipped by the fast path, so the uplink does its job).
+    MartianSource = 12,
+    /// TCP flags no connection sends (SYN+FIN, SYN+RST, NULL, Xmas...).
+    TcpInvalidFlags = 13,
+    /// A SYN that would start a translated flow has a bad TCP checksum.
+    TcpBadChecksum = 14,
+    /// A TCP segment of a tracked flow outside its window (a blind RST).
+    TcpOutOfWindow = 15,
+    /// A non-first fragment whose first fragment was not seen: it cannot
+    /// be translated, and must not leave with an internal address.
+    FragmentUntracked = 16,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::Truncated,
         DropReason::BadIhl,
         DropReason::BadVersion,
@@ -42,6 +59,12 @@ impl DropReason {
         DropReason::Isolated,
         DropReason::IccDisabled,
         DropReason::Filtered,
+        DropReason::LoopbackDestination,
+        DropReason::MartianSource,
+        DropReason::TcpInvalidFlags,
+        DropReason::TcpBadChecksum,
+        DropReason::TcpOutOfWindow,
+        DropReason::FragmentUntracked,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -58,6 +81,12 @@ impl DropReason {
             DropReason::Isolated => "network-isolation",
             DropReason::IccDisabled => "icc-disabled",
             DropReason::Filtered => "filtered",
+            DropReason::LoopbackDestination => "loopback-destination",
+            DropReason::MartianSource => "martian-source",
+            DropReason::TcpInvalidFlags => "tcp-invalid-flags",
+            DropReason::TcpBadChecksum => "tcp-bad-checksum",
+            DropReason::TcpOutOfWindow => "tcp-out-of-window",
+            DropReason::FragmentUntracked => "fragment-untracked",
         }
     }
 
@@ -74,6 +103,12 @@ impl DropReason {
             8 => Some(DropReason::Isolated),
             9 => Some(DropReason::IccDisabled),
             10 => Some(DropReason::Filtered),
+            11 => Some(DropReason::LoopbackDestination),
+            12 => Some(DropReason::MartianSource),
+            13 => Some(DropReason::TcpInvalidFlags),
+            14 => Some(DropReason::TcpBadChecksum),
+            15 => Some(DropReason::TcpOutOfWindow),
+            16 => Some(DropReason::FragmentUntracked),
             _ => None,
         }
     }
