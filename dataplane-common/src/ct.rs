@@ -72,8 +72,14 @@ pub enum CtState {
     Open = 0,
     SynSent = 1,
     Established = 2,
-    /// FIN or RST seen: the entry expires after the closing timeout.
+    /// FIN seen in both directions, or a RST: the entry expires after the
+    /// closing timeout, and a new SYN on the tuple starts a fresh flow.
     Closing = 3,
+    /// FIN seen in one direction only (half-closed): the other side may
+    /// still send for as long as it likes, so the entry keeps the
+    /// established timeout (nf_conntrack's FIN_WAIT/CLOSE_WAIT, without
+    /// cutting a long half-close short).
+    FinWait = 4,
 }
 
 impl CtState {
@@ -82,6 +88,7 @@ impl CtState {
             1 => CtState::SynSent,
             2 => CtState::Established,
             3 => CtState::Closing,
+            4 => CtState::FinWait,
             _ => CtState::Open,
         }
     }
@@ -92,6 +99,7 @@ impl CtState {
             CtState::SynSent => "SYN_SENT",
             CtState::Established => "ESTABLISHED",
             CtState::Closing => "CLOSING",
+            CtState::FinWait => "FIN_WAIT",
         }
     }
 }
@@ -111,7 +119,8 @@ pub struct CtEntry {
     pub state: u8,
     /// [`FLAG_DNAT`]/[`FLAG_SNAT`], plus [`FLAG_REPLY`] on the reply entry.
     pub flags: u8,
-    pub _pad: u8,
+    /// What this direction's sender has sent: [`SEEN_FIN`], [`SEEN_SEQ`].
+    pub tcp_seen: u8,
     /// Non-zero: after the rewrite the packet is sent out of this interface
     /// (into a container, skipping the host stack) with these Ethernet
     /// addresses. Used by hairpin flows, whose rewritten packets the host
@@ -125,9 +134,24 @@ pub struct CtEntry {
     /// Packets and bytes in this entry's direction. Updated without atomics
     /// from every CPU: exact under one flow per CPU, approximate otherwise.
     pub packets: u64,
+    /// IP bytes (headers included, no link layer), as `iptables -vL`.
     pub bytes: u64,
+    /// TCP window tracking (host byte order), for this direction's sender:
+    /// the sequence number just past the last byte it sent (valid with
+    /// [`SEEN_SEQ`]), the largest window it advertised (scaled), and its
+    /// window scale from its SYN.
+    pub tcp_seq_end: u32,
+    pub tcp_max_win: u32,
+    pub tcp_wscale: u8,
+    pub _pad: [u8; 7],
 }
-const _: () = assert!(size_of::<CtEntry>() == 64);
+const _: () = assert!(size_of::<CtEntry>() == 80);
+
+/// Bits of [`CtEntry::tcp_seen`].
+/// This direction sent a FIN.
+pub const SEEN_FIN: u8 = 1;
+/// `tcp_seq_end` holds a sequence number this direction sent.
+pub const SEEN_SEQ: u8 = 2;
 
 impl CtEntry {
     /// Rewrite the source to `addr`:`port`.
@@ -184,7 +208,7 @@ impl CtEntry {
             rewrite: 0,
             state: self.state,
             flags: self.flags | FLAG_REPLY,
-            _pad: 0,
+            tcp_seen: 0,
             redirect_ifindex: self.redirect_ifindex,
             redirect_dmac: self.redirect_dmac,
             redirect_smac: self.redirect_smac,
@@ -192,6 +216,10 @@ impl CtEntry {
             last_seen_ns: self.last_seen_ns,
             packets: 0,
             bytes: 0,
+            tcp_seq_end: 0,
+            tcp_max_win: 0,
+            tcp_wscale: 0,
+            _pad: [0; 7],
         };
         if self.rewrite & REWRITE_DST != 0 {
             r = r.with_src(key.daddr, key.dport);
@@ -203,4 +231,29 @@ impl CtEntry {
     }
 }
 
-crate::user_pod!(CtKey, CtEntry);
+/// A fragmented datagram, as every fragment of it carries: addresses,
+/// IP identification and protocol, in one conntrack zone (Cilium's
+/// `ipv4_frag_id`). Non-first fragments carry no ports; the first one's
+/// are kept under this key so the later ones find their flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FragKey {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    /// Network byte order, as in the header.
+    pub id: [u8; 2],
+    pub proto: u8,
+    pub zone: u8,
+}
+const _: () = assert!(size_of::<FragKey>() == 12);
+
+/// The ports of a fragmented datagram's first fragment (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FragPorts {
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+}
+const _: () = assert!(size_of::<FragPorts>() == 4);
+
+crate::user_pod!(CtKey, CtEntry, FragKey, FragPorts);

@@ -25,6 +25,10 @@ pub const CT_OTHER: &str = "DP_CT_OTHER";
 /// Entries of each conntrack map (LRU: the oldest go first when full).
 pub const CT_TCP_MAX: u32 = 262_144;
 pub const CT_OTHER_MAX: u32 = 65_536;
+/// Fragmented datagrams in flight: [`crate::ct::FragKey`] ->
+/// [`crate::ct::FragPorts`] (LRU: a datagram lives milliseconds).
+pub const FRAGS: &str = "DP_FRAGS";
+pub const FRAGS_MAX: u32 = 8192;
 /// Published port entries.
 pub const PORTS_MAX: u32 = 65_536;
 /// Managed subnets.

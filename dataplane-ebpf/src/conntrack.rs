@@ -6,16 +6,18 @@
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::bpf_ktime_get_ns,
+    programs::TcContext,
 };
 use dataplane_common::{
-    ct::{CtEntry, CtKey, CtState, FLAG_HAIRPIN_SELF},
+    ct::{CtEntry, CtKey, CtState, FLAG_HAIRPIN_SELF, FLAG_REPLY, SEEN_FIN},
     drop::DropReason,
     net::IPPROTO_TCP,
 };
 
 use crate::{
     maps::{DP_CT_OTHER, DP_CT_TCP},
-    parse::{Ipv4Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::{ip_len, Ipv4Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    tcp,
 };
 
 /// The tuple of a parsed packet in a conntrack zone.
@@ -41,6 +43,27 @@ pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
     }
 }
 
+/// The entry of `pkt`'s flow under `key`, if it is live. A SYN that
+/// opens a connection on the tuple of a closing flow starts a new flow
+/// (nf_conntrack's reopen): both old entries go, and the caller treats
+/// the packet as the first of a new flow, so it is filtered and translated
+/// by today's rules and never inherits the old flow's CLOSING state.
+#[inline(always)]
+pub fn lookup_flow(key: &CtKey, pkt: &Ipv4Packet) -> Option<*mut CtEntry> {
+    let entry = lookup(key)?;
+    if key.proto != IPPROTO_TCP || pkt.later_fragment || !tcp::opens(pkt.tcp_flags) {
+        return Some(entry);
+    }
+    // SAFETY: from the lookup above, copied out at once.
+    let e = unsafe { *entry };
+    if e.state != CtState::Closing as u8 || e.flags & FLAG_REPLY != 0 {
+        return Some(entry);
+    }
+    let _ = remove(&e.peer_key(key));
+    let _ = remove(key);
+    None
+}
+
 #[inline(always)]
 fn insert(key: &CtKey, entry: &CtEntry, flags: u64) -> Result<(), i32> {
     if key.proto == IPPROTO_TCP {
@@ -56,9 +79,24 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// A new entry (no rewrite yet: add it with `with_src`/`with_dst`).
+/// A new entry (no rewrite yet: add it with `with_src`/`with_dst`) for
+/// the flow `pkt` starts. A TCP segment must be one that may start a flow
+/// (a SYN, or a bare ACK picking a flow up); its sequence position and
+/// window scale are the entry's first.
 #[inline(always)]
-pub fn entry(flags: u8, pkt: &Ipv4Packet) -> CtEntry {
+pub fn entry(ctx: &TcContext, flags: u8, pkt: &Ipv4Packet) -> Result<CtEntry, DropReason> {
+    let mut e = blank(flags, pkt);
+    if pkt.proto == IPPROTO_TCP && !pkt.later_fragment {
+        if !tcp::may_start(pkt.tcp_flags) {
+            return Err(DropReason::TcpInvalidFlags);
+        }
+        tcp::advance(ctx, &mut e, pkt);
+    }
+    Ok(e)
+}
+
+#[inline(always)]
+fn blank(flags: u8, pkt: &Ipv4Packet) -> CtEntry {
     let t = now();
     CtEntry {
         new_saddr: [0; 4],
@@ -68,7 +106,7 @@ pub fn entry(flags: u8, pkt: &Ipv4Packet) -> CtEntry {
         rewrite: 0,
         state: initial_state(pkt) as u8,
         flags,
-        _pad: 0,
+        tcp_seen: 0,
         redirect_ifindex: 0,
         redirect_dmac: [0; 6],
         redirect_smac: [0; 6],
@@ -76,6 +114,10 @@ pub fn entry(flags: u8, pkt: &Ipv4Packet) -> CtEntry {
         last_seen_ns: t,
         packets: 0,
         bytes: 0,
+        tcp_seq_end: 0,
+        tcp_max_win: 0,
+        tcp_wscale: 0,
+        _pad: [0; 7],
     }
 }
 
@@ -83,8 +125,6 @@ pub fn entry(flags: u8, pkt: &Ipv4Packet) -> CtEntry {
 fn initial_state(pkt: &Ipv4Packet) -> CtState {
     if pkt.proto != IPPROTO_TCP {
         CtState::Open
-    } else if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        CtState::Closing
     } else if pkt.tcp_flags & TCP_SYN != 0 {
         CtState::SynSent
     } else {
@@ -125,37 +165,80 @@ pub fn remove(key: &CtKey) -> Result<(), i32> {
     }
 }
 
-/// Updates counters, last-seen time and TCP state of an entry; returns
-/// whether the packet closes the flow (FIN/RST), so the caller can move the
-/// reverse entry to closing too.
+/// Counts a packet of a tracked flow in its entry (found under `key`)
+/// and follows the TCP state of both directions: FIN from one side makes
+/// the flow half-closed (FIN_WAIT, still the established timeout), from
+/// both sides closing; a RST closes it only when it lies within the
+/// window (a blind RST is dropped); flag combinations no stack sends are
+/// dropped. Returns the entry as updated.
 #[inline(always)]
-pub fn touch(entry: *mut CtEntry, pkt: &Ipv4Packet, len: u32) -> bool {
+pub fn track(
+    ctx: &TcContext,
+    entry: *mut CtEntry,
+    key: &CtKey,
+    pkt: &Ipv4Packet,
+) -> Result<CtEntry, DropReason> {
     // SAFETY: `entry` comes from a map lookup in this program run. Fields
     // are plain integers; concurrent updates from other CPUs can only lose
     // a counter increment, which the counters document.
     let e = unsafe { &mut *entry };
+    if pkt.proto == IPPROTO_TCP && !pkt.later_fragment {
+        tcp_state(ctx, e, key, pkt)?;
+    }
     e.last_seen_ns = now();
     e.packets += 1;
-    e.bytes += u64::from(len);
-    if pkt.proto != IPPROTO_TCP {
-        return false;
-    }
+    e.bytes += u64::from(ip_len(ctx));
+    Ok(*e)
+}
+
+#[inline(always)]
+fn tcp_state(
+    ctx: &TcContext,
+    e: &mut CtEntry,
+    key: &CtKey,
+    pkt: &Ipv4Packet,
+) -> Result<(), DropReason> {
     let flags = pkt.tcp_flags;
-    if flags & (TCP_FIN | TCP_RST) != 0 {
+    if !tcp::flags_valid(flags) {
+        return Err(DropReason::TcpInvalidFlags);
+    }
+    let peer = lookup(&e.peer_key(key));
+    if flags & TCP_RST != 0 {
+        // SAFETY: a map value pointer from this run, read only.
+        let to = peer.map(|p| unsafe { &*p });
+        if !tcp::rst_in_window(e, to, pkt) {
+            return Err(DropReason::TcpOutOfWindow);
+        }
         e.state = CtState::Closing as u8;
-        return true;
+        set_state(peer, CtState::Closing);
+        return Ok(());
+    }
+    tcp::advance(ctx, e, pkt);
+    if flags & TCP_FIN != 0 {
+        e.tcp_seen |= SEEN_FIN;
+        // SAFETY: as above.
+        let both = peer.is_some_and(|p| unsafe { (*p).tcp_seen } & SEEN_FIN != 0);
+        let state = if both {
+            CtState::Closing
+        } else {
+            CtState::FinWait
+        };
+        if e.state != CtState::Closing as u8 {
+            e.state = state as u8;
+            set_state(peer, state);
+        }
+        return Ok(());
     }
     if e.state == CtState::SynSent as u8 && flags & TCP_ACK != 0 {
         e.state = CtState::Established as u8;
     }
-    false
+    Ok(())
 }
 
-/// Marks an entry closing (the other direction saw FIN or RST).
 #[inline(always)]
-pub fn mark_closing(key: &CtKey) {
-    if let Some(e) = lookup(key) {
-        // SAFETY: as in `touch`.
-        unsafe { (*e).state = CtState::Closing as u8 };
+fn set_state(entry: Option<*mut CtEntry>, state: CtState) {
+    if let Some(p) = entry {
+        // SAFETY: a map value pointer from this run.
+        unsafe { (*p).state = state as u8 };
     }
 }

@@ -32,9 +32,10 @@ use crate::{
     counters::bump,
     drop::drop_packet,
     fastpath,
+    frag::{self, Frag},
     maps::{DP_ENDPOINTS, DP_PORT_STATS, DP_SUBNETS},
     nat,
-    parse::{parse, Ipv4Packet, L3},
+    parse::{ip_len, parse, Ipv4Packet, L3},
 };
 
 const TCX_NEXT: i32 = -1;
@@ -63,12 +64,16 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     if pkt.src != ep.addr {
         return Err(DropReason::Spoofed);
     }
-    if !pkt.later_fragment {
+    let frag = frag::track(&mut pkt, ZONE);
+    if frag != Frag::Untracked {
         if let Some(e) = nat::translate_tracked(ctx, &pkt, ZONE)? {
             return finish(ctx, &e);
         }
+    }
+    if frag == Frag::Whole {
         if let Some(target) = nat::published(&pkt) {
-            let mut orig = conntrack::entry(FLAG_DNAT, &pkt).with_dst(target.addr, target.port);
+            let mut orig =
+                conntrack::entry(ctx, FLAG_DNAT, &pkt)?.with_dst(target.addr, target.port);
             // Replies go back into this container, from the bridge: the
             // addresses of the frame as it arrived, swapped.
             let macs: [u8; 12] = ctx.load(0).map_err(|_| DropReason::Truncated)?;
@@ -82,7 +87,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
                 let key = conntrack::key_of(&pkt, ZONE);
                 conntrack::create(&key, &orig, false).map_err(|_| DropReason::CtInsert)?;
             }
-            bump(&DP_PORT_STATS, target.stats_index, ctx.len());
+            bump(&DP_PORT_STATS, target.stats_index, ip_len(ctx));
             nat::apply(ctx, &pkt, &orig)?;
             if orig.flags & FLAG_HAIRPIN_SELF == 0 {
                 return Ok(TCX_NEXT);

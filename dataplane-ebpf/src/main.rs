@@ -10,12 +10,14 @@ mod drop;
 mod endpoint;
 mod fastpath;
 mod filter;
+mod frag;
 mod icmp;
 mod maps;
 mod nat;
 mod parse;
 mod sock;
 mod stats;
+mod tcp;
 mod uplink;
 
 #[cfg(not(test))]

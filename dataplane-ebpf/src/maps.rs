@@ -9,11 +9,11 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use dataplane_common::{
-    ct::{CtEntry, CtKey},
+    ct::{CtEntry, CtKey, FragKey, FragPorts},
     drop::DropReason,
     maps::{
-        CT_OTHER_MAX, CT_TCP_MAX, ENDPOINTS_MAX, HOST_ADDRS_MAX, PORTS_MAX, SOCK_REVNAT_MAX,
-        SUBNETS_MAX, UPLINKS_MAX,
+        CT_OTHER_MAX, CT_TCP_MAX, ENDPOINTS_MAX, FRAGS_MAX, HOST_ADDRS_MAX, PORTS_MAX,
+        SOCK_REVNAT_MAX, SUBNETS_MAX, UPLINKS_MAX,
     },
     nat::{
         EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink,
@@ -61,6 +61,10 @@ pub static DP_CT_TCP: LruHashMap<CtKey, CtEntry, { CT_TCP_MAX as usize }> = LruH
 /// Conntrack of UDP and ICMP flows.
 #[btf_map]
 pub static DP_CT_OTHER: LruHashMap<CtKey, CtEntry, { CT_OTHER_MAX as usize }> = LruHashMap::new();
+
+/// The ports of fragmented datagrams' first fragments (see `frag`).
+#[btf_map]
+pub static DP_FRAGS: LruHashMap<FragKey, FragPorts, { FRAGS_MAX as usize }> = LruHashMap::new();
 
 /// Endpoints by the ifindex of their host-side veth.
 #[btf_map]

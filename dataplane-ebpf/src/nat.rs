@@ -19,7 +19,7 @@ use dataplane_common::{
 use crate::{
     conntrack,
     maps::{DP_HOST_ADDRS, DP_PORTS},
-    parse::{parse, Ipv4Packet, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, L3},
+    parse::{Ipv4Packet, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF},
 };
 
 /// Masquerade and fast path settings, set by the agent at load time.
@@ -63,7 +63,14 @@ fn rewrite_side(
         Side::Dst => (pkt.dst, pkt.dport, IP_DST_OFF),
     };
     let err = |_| DropReason::Rewrite;
-    if let Some((csum_off, port_off, extra)) = l4_offsets(pkt, side) {
+    // A later fragment has no L4 header: its first fragment carried the
+    // ports and the checksum, rewritten there.
+    let l4 = if pkt.later_fragment {
+        None
+    } else {
+        l4_offsets(pkt, side)
+    };
+    if let Some((csum_off, port_off, extra)) = l4 {
         // ICMP has no pseudo-header: only the identifier is in its checksum.
         if pkt.proto != IPPROTO_ICMP && old_addr != addr {
             ctx.l4_csum_replace(
@@ -142,13 +149,6 @@ pub fn snat(
     Err(DropReason::SnatExhausted)
 }
 
-/// Parses into `pkt`; false when there is nothing to translate (not IPv4,
-/// or a non-first fragment, which carries no ports).
-#[inline(always)]
-pub fn parse_translatable(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<bool, DropReason> {
-    Ok(parse(ctx, pkt)? == L3::Ipv4 && !pkt.later_fragment)
-}
-
 /// Applies the conntrack entry of `pkt`'s flow in `zone`, if there is one,
 /// and returns it.
 #[inline(always)]
@@ -158,14 +158,15 @@ pub fn translate_tracked(
     zone: u8,
 ) -> Result<Option<CtEntry>, DropReason> {
     let key = conntrack::key_of(pkt, zone);
-    let Some(entry) = conntrack::lookup(&key) else {
+    let Some(entry) = conntrack::lookup_flow(&key, pkt) else {
         return Ok(None);
     };
     apply_tracked(ctx, pkt, &key, entry).map(Some)
 }
 
-/// Counts the packet in its flow's entry (found under `key`), follows TCP
-/// closing to the other direction's entry, and applies the rewrite.
+/// Counts the packet in its flow's entry (found under `key`), follows
+/// the TCP state (`conntrack::track`, which refuses invalid segments), and
+/// applies the rewrite.
 #[inline(always)]
 pub fn apply_tracked(
     ctx: &TcContext,
@@ -173,12 +174,7 @@ pub fn apply_tracked(
     key: &CtKey,
     entry: *mut CtEntry,
 ) -> Result<CtEntry, DropReason> {
-    let closing = conntrack::touch(entry, pkt, ctx.len());
-    // SAFETY: from a lookup in this run; copied out before any helper runs.
-    let e = unsafe { *entry };
-    if closing {
-        conntrack::mark_closing(&e.peer_key(key));
-    }
+    let e = conntrack::track(ctx, entry, key, pkt)?;
     apply(ctx, pkt, &e)?;
     Ok(e)
 }

@@ -80,6 +80,11 @@ pub struct Ipv4Packet {
     pub dport: [u8; 2],
     /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10); 0 otherwise.
     pub tcp_flags: u8,
+    /// TCP header length in bytes (data offset * 4); 0 when not TCP.
+    pub tcp_hlen: u8,
+    /// TCP sequence number and advertised window (host byte order).
+    pub tcp_seq: u32,
+    pub tcp_win: u16,
     /// ICMP type; 0xff when not ICMP.
     pub icmp_type: u8,
     /// Not the first fragment: no L4 header, nothing to translate by port.
@@ -92,12 +97,33 @@ pub struct Ipv4Packet {
     pub ttl: u8,
     pub tos: u8,
     pub tot_len: u16,
+    /// The IP identification field, which ties fragments to their first.
+    pub ip_id: [u8; 2],
+}
+
+impl Ipv4Packet {
+    /// A fragment of a larger datagram (first or later).
+    #[inline(always)]
+    pub fn is_fragment(&self) -> bool {
+        self.later_fragment || self.more_fragments
+    }
+
+    /// The TCP payload's length: what the segment adds to the sequence
+    /// space besides SYN and FIN.
+    #[inline(always)]
+    pub fn tcp_payload_len(&self) -> u32 {
+        let l3 = u32::from(self.tot_len);
+        let headers = (self.l4_off - EthHdr::LEN) as u32 + u32::from(self.tcp_hlen);
+        l3.saturating_sub(headers)
+    }
 }
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
 pub const TCP_ACK: u8 = 0x10;
+pub const TCP_URG: u8 = 0x20;
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
 
@@ -106,6 +132,13 @@ pub const IP_TTL_OFF: usize = EthHdr::LEN + 8;
 pub const IP_CSUM_OFF: usize = EthHdr::LEN + 10;
 pub const IP_SRC_OFF: usize = EthHdr::LEN + 12;
 pub const IP_DST_OFF: usize = EthHdr::LEN + 16;
+
+/// The packet's IP length as the counters count it (`iptables -vL`'s
+/// bytes): the frame without its Ethernet header.
+#[inline(always)]
+pub fn ip_len(ctx: &TcContext) -> u32 {
+    ctx.len().saturating_sub(EthHdr::LEN as u32)
+}
 
 /// Largest IPv4 header: IHL is 4 bits of 32-bit words.
 const IPV4_MAX_HDR: usize = 60;
@@ -146,6 +179,7 @@ pub fn parse<C: PacketBounds>(ctx: &C, pkt: &mut Ipv4Packet) -> Result<L3, DropR
     pkt.ttl = ip.ttl;
     pkt.tos = ip.tos;
     pkt.tot_len = u16::from_be_bytes(ip.tot_len);
+    pkt.ip_id = ip.id;
     // The L4 header must be whole; non-first fragments start mid-payload and
     // carry none.
     if !pkt.later_fragment {
@@ -162,6 +196,14 @@ pub fn parse<C: PacketBounds>(ctx: &C, pkt: &mut Ipv4Packet) -> Result<L3, DropR
                 // two pointers separately.
                 // SAFETY: 13 < size_of::<TcpHdr>(), within the checked range.
                 pkt.tcp_flags = unsafe { *tcp.cast::<u8>().add(13) };
+                // SAFETY: bytes 4..8 (sequence), 12 (data offset) and
+                // 14..16 (window) lie within the checked header.
+                unsafe {
+                    let b = tcp.cast::<u8>();
+                    pkt.tcp_seq = u32::from_be_bytes([*b.add(4), *b.add(5), *b.add(6), *b.add(7)]);
+                    pkt.tcp_hlen = (*b.add(12) >> 4) * 4;
+                    pkt.tcp_win = u16::from_be_bytes([*b.add(14), *b.add(15)]);
+                }
             }
             IPPROTO_UDP => {
                 let udp: *const UdpHdr = ptr_at(ctx, l4_off)?;

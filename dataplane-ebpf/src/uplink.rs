@@ -11,6 +11,10 @@
 //! fast path routed out of containers reach `dp_uplink_out` like the ones
 //! the stack forwards, so each is translated here once.
 //!
+//! Before anything else `dp_uplink_in` refuses what cannot come from
+//! outside (loopback destinations, sources that are the host's or its
+//! containers'). Fragments follow their first fragment's flow (`frag`).
+//!
 //! Packets the dataplane has nothing to do with go on unchanged (`TCX_NEXT`).
 
 use aya_ebpf::{btf_maps::lpm_trie::Key, macros::classifier, programs::TcContext};
@@ -25,10 +29,13 @@ use crate::{
     conntrack,
     counters::bump,
     drop::drop_packet,
-    fastpath, filter, icmp,
-    maps::{DP_PORT_STATS, DP_SUBNETS, DP_UPLINKS},
+    fastpath, filter,
+    frag::{self, Frag},
+    icmp,
+    maps::{DP_HOST_ADDRS, DP_PORT_STATS, DP_SUBNETS, DP_UPLINKS},
     nat,
-    parse::{Ipv4Packet, ICMP_ECHO_REQUEST},
+    parse::{ip_len, parse, Ipv4Packet, ICMP_ECHO_REQUEST, L3},
+    tcp,
 };
 
 /// tcx: continue with the next program (or the stack).
@@ -55,11 +62,17 @@ pub fn dp_uplink_out(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_uplink_in(ctx: &TcContext) -> Result<i32, DropReason> {
     let mut pkt = Ipv4Packet::default();
-    if !nat::parse_translatable(ctx, &mut pkt)? {
+    if parse(ctx, &mut pkt)? != L3::Ipv4 {
+        return Ok(TCX_NEXT);
+    }
+    from_outside(&pkt)?;
+    if frag::track(&mut pkt, ZONE) == Frag::Untracked {
+        // No ports to find a flow by: the stack's (reassembly of a
+        // datagram for the host itself, or forwarding untranslated).
         return Ok(TCX_NEXT);
     }
     let key = conntrack::key_of(&pkt, ZONE);
-    if let Some(entry) = conntrack::lookup(&key) {
+    if let Some(entry) = conntrack::lookup_flow(&key, &pkt) {
         // SAFETY: from the lookup above, copied out at once.
         let e = unsafe { *entry };
         // Every packet of a flow coming in to a published port meets the
@@ -77,6 +90,10 @@ fn try_uplink_in(ctx: &TcContext) -> Result<i32, DropReason> {
         }
         return Ok(TCX_NEXT);
     }
+    if pkt.later_fragment {
+        // Its first fragment started no flow here.
+        return Ok(TCX_NEXT);
+    }
     if icmp::translate_error(ctx, &pkt, ZONE)? {
         return Ok(TCX_NEXT);
     }
@@ -92,19 +109,54 @@ fn try_uplink_in(ctx: &TcContext) -> Result<i32, DropReason> {
             return Err(DropReason::Internal);
         }
         filter_to(ctx, &pkt, pkt.dst, pkt.dport)?;
-        let pass = conntrack::entry(0, &pkt);
+        if pkt.proto == IPPROTO_TCP && !tcp::may_start(pkt.tcp_flags) {
+            // A reply to a flow the container started untranslated (no
+            // masquerade): nothing to undo, nothing to track.
+            if !tcp::flags_valid(pkt.tcp_flags) {
+                return Err(DropReason::TcpInvalidFlags);
+            }
+            return Ok(TCX_NEXT);
+        }
+        let pass = conntrack::entry(ctx, 0, &pkt)?;
         conntrack::create(&key, &pass, false).map_err(|_| DropReason::CtInsert)?;
         return Ok(TCX_NEXT);
     };
+    if pkt.proto == IPPROTO_TCP && tcp::opens(pkt.tcp_flags) && !tcp::syn_checksum_ok(ctx, &pkt) {
+        return Err(DropReason::TcpBadChecksum);
+    }
     filter_to(ctx, &pkt, target.addr, target.port)?;
-    let orig = conntrack::entry(FLAG_DNAT, &pkt).with_dst(target.addr, target.port);
+    let orig = conntrack::entry(ctx, FLAG_DNAT, &pkt)?.with_dst(target.addr, target.port);
     conntrack::create(&key, &orig, false).map_err(|_| DropReason::CtInsert)?;
-    bump(&DP_PORT_STATS, target.stats_index, ctx.len());
+    bump(&DP_PORT_STATS, target.stats_index, ip_len(ctx));
     nat::apply(ctx, &pkt, &orig)?;
     if let Some(verdict) = fastpath::into_endpoint(ctx, &pkt, target.addr)? {
         return Ok(verdict);
     }
     Ok(TCX_NEXT)
+}
+
+/// What no packet from outside may be, whatever it is for (the kernel's
+/// martian checks, which DNAT and the fast path would otherwise bypass):
+/// addressed to loopback (a port published on 127.0.0.1 or 0.0.0.0 is not
+/// reachable from the network, moby#45610), or from loopback, from the
+/// host's own addresses, or from a managed subnet (forged: those live
+/// behind the host, and the stack's rp_filter does not see packets the
+/// fast path redirects).
+#[inline(always)]
+fn from_outside(pkt: &Ipv4Packet) -> Result<(), DropReason> {
+    if pkt.dst[0] == 127 {
+        return Err(DropReason::LoopbackDestination);
+    }
+    if pkt.src[0] == 127 {
+        return Err(DropReason::MartianSource);
+    }
+    // SAFETY: only whether the key is present.
+    if unsafe { DP_HOST_ADDRS.get(pkt.src) }.is_some()
+        || DP_SUBNETS.get(&Key::new(32, pkt.src)).is_some()
+    {
+        return Err(DropReason::MartianSource);
+    }
+    Ok(())
 }
 
 /// The filter rules for a packet heading to `dst`:`dport` (after DNAT).
@@ -121,18 +173,23 @@ fn filter_to(
         .unwrap_or(0);
     // SAFETY: the context's __sk_buff is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    filter::check(ifindex, pkt.src, pkt.proto, dport, network, ctx.len())
+    filter::check(ifindex, pkt.src, pkt.proto, dport, network, ip_len(ctx))
 }
 
 #[inline(always)]
 fn try_uplink_out(ctx: &TcContext) -> Result<i32, DropReason> {
     let mut pkt = Ipv4Packet::default();
-    if !nat::parse_translatable(ctx, &mut pkt)? {
+    if parse(ctx, &mut pkt)? != L3::Ipv4 {
         return Ok(TCX_NEXT);
     }
-    if nat::translate_tracked(ctx, &pkt, ZONE)?.is_some() || icmp::translate_error(ctx, &pkt, ZONE)?
-    {
-        return Ok(TCX_NEXT);
+    let frag = frag::track(&mut pkt, ZONE);
+    if frag != Frag::Untracked {
+        if nat::translate_tracked(ctx, &pkt, ZONE)?.is_some() {
+            return Ok(TCX_NEXT);
+        }
+        if frag == Frag::Whole && icmp::translate_error(ctx, &pkt, ZONE)? {
+            return Ok(TCX_NEXT);
+        }
     }
     let Some(policy) = DP_SUBNETS.get(&Key::new(32, pkt.src)) else {
         return Ok(TCX_NEXT);
@@ -143,6 +200,12 @@ fn try_uplink_out(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     if flags & SUBNET_MASQUERADE == 0 {
         return Ok(TCX_NEXT);
+    }
+    if pkt.later_fragment {
+        // A fragment of a masqueraded datagram that cannot be translated
+        // (its first fragment was not seen, or started no flow) must not
+        // leave with the container's address.
+        return Err(DropReason::FragmentUntracked);
     }
     let translatable = pkt.proto == IPPROTO_TCP
         || pkt.proto == IPPROTO_UDP
@@ -156,7 +219,12 @@ fn try_uplink_out(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(uplink) = (unsafe { DP_UPLINKS.get(ifindex) }) else {
         return Ok(TCX_NEXT);
     };
-    let orig = nat::snat(&pkt, ZONE, conntrack::entry(FLAG_SNAT, &pkt), uplink.addr)?;
+    let orig = nat::snat(
+        &pkt,
+        ZONE,
+        conntrack::entry(ctx, FLAG_SNAT, &pkt)?,
+        uplink.addr,
+    )?;
     nat::apply(ctx, &pkt, &orig)?;
     Ok(TCX_NEXT)
 }

@@ -49,7 +49,9 @@ impl Timeouts {
         }
         match CtState::from_u8(entry.state) {
             CtState::SynSent => self.tcp_syn,
-            CtState::Established | CtState::Open => self.tcp_established,
+            // A half-closed flow keeps the established timeout: the side that
+            // did not close may answer much later (a long upload, `shutdown`).
+            CtState::Established | CtState::Open | CtState::FinWait => self.tcp_established,
             CtState::Closing => self.tcp_closing,
         }
     }

@@ -24,7 +24,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const AYA_LOGS: &str = "AYA_LOGS";
 
 /// Every map in the object, pinned by name.
-pub const PINNED_MAPS: [&str; 22] = [
+pub const PINNED_MAPS: [&str; 23] = [
     maps::PROTO_STATS,
     maps::DROP_STATS,
     maps::PORTS,
@@ -34,6 +34,7 @@ pub const PINNED_MAPS: [&str; 22] = [
     maps::UPLINKS,
     maps::CT_TCP,
     maps::CT_OTHER,
+    maps::FRAGS,
     maps::SOCK_REVNAT,
     maps::ENDPOINTS,
     maps::ENDPOINT_ROUTES,

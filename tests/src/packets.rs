@@ -51,6 +51,12 @@ pub struct PacketBuilder {
     ttl: u8,
     l4_len: Option<usize>,
     tcp_flags: u8,
+    tcp_seq: u32,
+    /// TCP options bytes (padded to a multiple of 4 with NOPs).
+    tcp_options: Vec<u8>,
+    ip_id: u16,
+    /// Added to the correct L4 checksum (0: correct).
+    l4_csum_delta: u16,
 }
 
 impl PacketBuilder {
@@ -70,6 +76,10 @@ impl PacketBuilder {
             ttl: 64,
             l4_len: None,
             tcp_flags: 0x02,
+            tcp_seq: 1,
+            tcp_options: Vec::new(),
+            ip_id: 0x1234,
+            l4_csum_delta: 0,
         }
     }
 
@@ -159,6 +169,37 @@ impl PacketBuilder {
         self
     }
 
+    /// The TCP sequence number (default 1).
+    #[must_use]
+    pub fn seq(mut self, seq: u32) -> PacketBuilder {
+        self.tcp_seq = seq;
+        self
+    }
+
+    /// TCP options, e.g. `[3, 3, 7]` for window scale 7 (NOP-padded).
+    #[must_use]
+    pub fn tcp_options(mut self, options: &[u8]) -> PacketBuilder {
+        self.tcp_options = options.to_vec();
+        while self.tcp_options.len() % 4 != 0 {
+            self.tcp_options.push(1);
+        }
+        self
+    }
+
+    /// The IP identification field (default 0x1234): what ties fragments.
+    #[must_use]
+    pub fn ip_id(mut self, id: u16) -> PacketBuilder {
+        self.ip_id = id;
+        self
+    }
+
+    /// A wrong TCP/UDP checksum (the correct one plus 1).
+    #[must_use]
+    pub fn bad_l4_checksum(mut self) -> PacketBuilder {
+        self.l4_csum_delta = 1;
+        self
+    }
+
     /// Keeps only the first `len` bytes after the IP header.
     #[must_use]
     pub fn truncate_l4(mut self, len: usize) -> PacketBuilder {
@@ -172,13 +213,16 @@ impl PacketBuilder {
             6 => {
                 l4.extend_from_slice(&self.a.to_be_bytes());
                 l4.extend_from_slice(&self.b.to_be_bytes());
-                l4.extend_from_slice(&1u32.to_be_bytes()); // seq
+                l4.extend_from_slice(&self.tcp_seq.to_be_bytes());
                 l4.extend_from_slice(&0u32.to_be_bytes()); // ack
-                l4.extend_from_slice(&[0x50, self.tcp_flags]); // data offset 5
+                let doff = (20 + self.tcp_options.len()) / 4;
+                l4.extend_from_slice(&[(doff as u8) << 4, self.tcp_flags]);
                 l4.extend_from_slice(&64240u16.to_be_bytes());
                 l4.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
+                l4.extend_from_slice(&self.tcp_options);
                 l4.extend_from_slice(&self.payload);
                 let c = checksum(&l4, pseudo_header_sum(self.src, self.dst, 6, l4.len()));
+                let c = c.wrapping_add(self.l4_csum_delta);
                 l4[16..18].copy_from_slice(&c.to_be_bytes());
             }
             17 => {
@@ -190,6 +234,7 @@ impl PacketBuilder {
                 l4.extend_from_slice(&self.payload);
                 let c = checksum(&l4, pseudo_header_sum(self.src, self.dst, 17, len));
                 let c = if c == 0 { 0xffff } else { c };
+                let c = c.wrapping_add(self.l4_csum_delta);
                 l4[6..8].copy_from_slice(&c.to_be_bytes());
             }
             1 => {
@@ -216,7 +261,7 @@ impl PacketBuilder {
         ip.push((self.version << 4) | (ihl_field & 0x0f));
         ip.push(0);
         ip.extend_from_slice(&((ihl_bytes + l4.len()) as u16).to_be_bytes());
-        ip.extend_from_slice(&0x1234u16.to_be_bytes());
+        ip.extend_from_slice(&self.ip_id.to_be_bytes());
         let mf = if self.more_fragments { 0x2000 } else { 0 };
         ip.extend_from_slice(&((self.frag_offset & 0x1fff) | mf).to_be_bytes());
         ip.push(self.ttl);
