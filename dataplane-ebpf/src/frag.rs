@@ -50,11 +50,11 @@ pub fn track(pkt: &mut Ipv4Packet, zone: u8) -> Frag {
         };
         // Best effort: a failed insert leaves the later fragments untracked,
         // which the callers handle.
-        let _ = DP_FRAGS.insert(&k, &ports, 0);
+        let _ = DP_FRAGS.insert(k, ports, 0);
         return Frag::Whole;
     }
     // SAFETY: copied out at once.
-    match unsafe { DP_FRAGS.get(&k) }.copied() {
+    match unsafe { DP_FRAGS.get(k) }.copied() {
         Some(p) => {
             pkt.sport = p.sport;
             pkt.dport = p.dport;

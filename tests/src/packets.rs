@@ -180,7 +180,7 @@ impl PacketBuilder {
     #[must_use]
     pub fn tcp_options(mut self, options: &[u8]) -> PacketBuilder {
         self.tcp_options = options.to_vec();
-        while self.tcp_options.len() % 4 != 0 {
+        while !self.tcp_options.len().is_multiple_of(4) {
             self.tcp_options.push(1);
         }
         self

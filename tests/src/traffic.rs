@@ -557,3 +557,168 @@ pub fn count_sink(ns: &NetNs, addr: SocketAddr) -> Result<JoinHandle<io::Result<
         Ok(buf.len())
     }))
 }
+
+/// Sends one hand-built Ethernet/IPv4 frame's IP packet from `ns` through a
+/// raw socket (`IPPROTO_RAW`, header included): the kernel routes it by its
+/// destination and sends the header as built, so tests can forge sources,
+/// flags, sequence numbers and checksums.
+pub fn send_raw_ipv4(ns: &NetNs, frame: &[u8]) -> Result<()> {
+    let ip = frame.get(14..).context("frame shorter than Ethernet")?;
+    let dst: [u8; 4] = ip
+        .get(16..20)
+        .context("packet shorter than IPv4")?
+        .try_into()?;
+    ns.run_in(|| -> io::Result<()> {
+        // SAFETY: plain socket syscalls on a descriptor owned here; the
+        // address and buffer outlive the calls.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(dst),
+                },
+                sin_zero: [0; 8],
+            };
+            let n = libc::sendto(
+                fd,
+                ip.as_ptr().cast(),
+                ip.len(),
+                0,
+                std::ptr::from_ref(&sin).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
+            let err = io::Error::last_os_error();
+            libc::close(fd);
+            if n < 0 {
+                return Err(err);
+            }
+        }
+        Ok(())
+    })?
+    .with_context(|| format!("raw send from {ns} to {dst:?}"))
+}
+
+/// A TCP connection from `ns` to `dst` from the fixed local port
+/// `local_port` (SO_REUSEADDR, as clients that reuse a port do).
+pub fn connect_from_port(
+    ns: &NetNs,
+    local_port: u16,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream> {
+    let SocketAddr::V4(dst4) = dst else {
+        bail!("IPv4 only: {dst}");
+    };
+    ns.run_in(|| -> io::Result<TcpStream> {
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: socket syscalls on a descriptor that becomes the
+        // TcpStream's (closed by it) once connected, or closed here.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let stream = TcpStream::from_raw_fd(fd);
+            let one: libc::c_int = 1;
+            if libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                std::ptr::from_ref(&one).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            ) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            let local = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: local_port.to_be(),
+                sin_addr: libc::in_addr { s_addr: 0 },
+                sin_zero: [0; 8],
+            };
+            if libc::bind(
+                fd,
+                std::ptr::from_ref(&local).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            let tv = libc::timeval {
+                tv_sec: timeout.as_secs() as libc::time_t,
+                tv_usec: 0,
+            };
+            // A blocking connect bounded by the send timeout.
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                std::ptr::from_ref(&tv).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            );
+            let remote = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: dst4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(dst4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            if libc::connect(
+                fd,
+                std::ptr::from_ref(&remote).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            stream.set_read_timeout(Some(timeout))?;
+            stream.set_write_timeout(Some(timeout))?;
+            Ok(stream)
+        }
+    })?
+    .with_context(|| format!("tcp connect from {ns} port {local_port} to {dst}"))
+}
+
+/// A TCP server in `ns` that serves `conns` connections one after the
+/// other with `serve` (each gets the stream with read/write timeouts), then
+/// ends. Accepting gives up at `SERVER_MAX_LIFETIME`; a connection's
+/// errors are the test's to see through `serve`'s result.
+pub fn scripted_tcp_server<F>(
+    ns: &NetNs,
+    addr: SocketAddr,
+    conns: usize,
+    serve: F,
+) -> Result<JoinHandle<Vec<io::Result<()>>>>
+where
+    F: Fn(usize, &mut TcpStream) -> io::Result<()> + Send + 'static,
+{
+    let listener = ns
+        .run_in(|| TcpListener::bind(addr))?
+        .with_context(|| format!("cannot bind tcp {addr} in {ns}"))?;
+    listener.set_nonblocking(true)?;
+    Ok(thread::spawn(move || {
+        let deadline = Instant::now() + SERVER_MAX_LIFETIME;
+        let mut results = Vec::new();
+        while results.len() < conns && Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    let r = stream
+                        .set_nonblocking(false)
+                        .and_then(|()| stream.set_read_timeout(Some(CONN_MAX_LIFETIME)))
+                        .and_then(|()| stream.set_write_timeout(Some(SERVER_WRITE_TIMEOUT)))
+                        .and_then(|()| serve(results.len(), &mut stream));
+                    results.push(r);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(STOP_POLL),
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        results
+    }))
+}
