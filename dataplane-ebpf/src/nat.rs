@@ -1,13 +1,20 @@
 //! Address and port rewriting with incremental checksum updates, and source
-//! NAT's port allocation (masquerade, hairpin).
+//! NAT's port allocation (masquerade, hairpin), which stays clear of the
+//! host's own sockets.
 //!
 //! Packet pointers are never held across the helpers used here: every store
 //! and checksum helper may move packet data (see `parse`).
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    helpers::bpf_get_prandom_u32,
+    bindings::{
+        bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, BPF_F_CURRENT_NETNS,
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR,
+    },
+    helpers::{bpf_get_prandom_u32, bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
     programs::TcContext,
+    EbpfContext,
 };
 use dataplane_common::{
     ct::{CtEntry, CtKey, REWRITE_DST, REWRITE_SRC},
@@ -20,6 +27,7 @@ use crate::{
     conntrack,
     maps::{DP_HOST_ADDRS, DP_PORTS},
     parse::{Ipv4Packet, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF},
+    tcp,
 };
 
 /// Masquerade and fast path settings, set by the agent at load time.
@@ -121,11 +129,28 @@ pub fn apply(ctx: &TcContext, pkt: &Ipv4Packet, e: &CtEntry) -> Result<(), DropR
 
 /// Creates the entry pair of a new flow whose source becomes `addr` (plus
 /// whatever `orig` already rewrites), and returns the completed original
-/// entry. The source port is kept when that tuple is free; otherwise random
-/// ports of the configured range are probed, a bounded number of times.
-/// Claiming a port is one BPF_NOEXIST insert of the reply entry.
+/// entry. The source port is kept when it lies in the configured range
+/// (ICMP echo identifiers: always) and the tuple is free; otherwise random
+/// ports of the range are probed, a bounded number of times. The range
+/// lies outside the host's ephemeral ports (the agent derives it from
+/// `ip_local_port_range`), so the host's own later connections never pick
+/// a port masquerade holds.
+///
+/// A candidate is taken when a socket of the host would receive the
+/// replies (`host_socket`: the host's own connection on that tuple, or a
+/// listener or bound UDP socket on the port, which a container could
+/// otherwise shadow, CVE-2021-3773), or when conntrack holds its reply
+/// tuple. Claiming a port is one BPF_NOEXIST insert of the reply entry,
+/// so two CPUs never share a tuple; a TCP SYN may take over the tuple of
+/// a flow that is wholly closed (`conntrack::reclaim_closed`).
+///
+/// `HOST_SOCKETS` false skips the socket lookup and the reclaim: the
+/// endpoint program's hairpin (to the bridge gateway) has no stack left
+/// for them (a known gap, docs/architecture.md); the uplink's masquerade
+/// always checks.
 #[inline(always)]
-pub fn snat(
+pub fn snat<const HOST_SOCKETS: bool>(
+    ctx: &TcContext,
     pkt: &Ipv4Packet,
     zone: u8,
     orig: CtEntry,
@@ -133,20 +158,105 @@ pub fn snat(
 ) -> Result<CtEntry, DropReason> {
     let cfg = NAT_CONFIG.load();
     let key = conntrack::key_of(pkt, zone);
+    let min = u32::from(cfg.snat_port_min);
     let span = u32::from(cfg.snat_port_max.saturating_sub(cfg.snat_port_min)) + 1;
-    let mut candidate = pkt.sport;
+    let sport = u32::from(u16::from_be_bytes(pkt.sport));
+    let in_range = sport >= min && sport - min < span;
+    let mut candidate = if pkt.proto == IPPROTO_ICMP || in_range {
+        pkt.sport
+    } else {
+        random_port(min, span)
+    };
+    let opens = HOST_SOCKETS && pkt.proto == IPPROTO_TCP && tcp::opens(pkt.tcp_flags);
     let mut i = 0u32;
     while i <= cfg.snat_probes && i <= 64 {
-        let e = orig.with_src(addr, candidate);
-        if conntrack::create(&key, &e, true).is_ok() {
-            return Ok(e);
+        if !HOST_SOCKETS || !host_socket(ctx, pkt, addr, candidate) {
+            let e = orig.with_src(addr, candidate);
+            if opens {
+                // Before the claim, not after a failed one: one inlined
+                // `create` per probe is what the stack has room for.
+                conntrack::reclaim_closed(&e.peer_key(&key));
+            }
+            if conntrack::create(&key, &e, true).is_ok() {
+                return Ok(e);
+            }
         }
-        // SAFETY: a helper without arguments or side effects.
-        let r = unsafe { bpf_get_prandom_u32() };
-        candidate = ((u32::from(cfg.snat_port_min) + r % span) as u16).to_be_bytes();
+        candidate = random_port(min, span);
         i += 1;
     }
     Err(DropReason::SnatExhausted)
+}
+
+/// A random port of the range `min`..`min + span` (network byte order).
+#[inline(always)]
+fn random_port(min: u32, span: u32) -> [u8; 2] {
+    // SAFETY: a helper without arguments or side effects.
+    let r = unsafe { bpf_get_prandom_u32() };
+    ((min + r % span) as u16).to_be_bytes()
+}
+
+/// Whether a socket of the host (this program's network namespace) would
+/// receive the replies to a flow from `addr`:`port` to `pkt`'s destination:
+/// the tuple as a reply arrives, looked up as the stack would deliver it —
+/// an established (or TIME_WAIT, or request) TCP socket on the whole
+/// tuple, a TCP listener or UDP socket bound to the port. Such a port is
+/// the host's: a translated flow on it would steal the host's replies, or
+/// hand a container datagrams meant for a host service.
+#[inline(always)]
+fn host_socket(ctx: &TcContext, pkt: &Ipv4Packet, addr: [u8; 4], port: [u8; 2]) -> bool {
+    let ports =
+        u32::from(u16::from_ne_bytes(pkt.dport)) | u32::from(u16::from_ne_bytes(port)) << 16;
+    lookup_socket(
+        ctx.as_ptr(),
+        pkt.proto,
+        u32::from_ne_bytes(pkt.dst),
+        u32::from_ne_bytes(addr),
+        ports,
+    )
+}
+
+/// [`host_socket`]'s lookup, a BPF subprogram of its own (at most five
+/// scalar arguments, hence the packed ports: the reply's source port in the
+/// low half, its destination port in the high half, both as on the wire),
+/// so its tuple and the socket reference live in a frame of their own: the
+/// callers' frames are close to the 512-byte stack limit.
+#[inline(never)]
+fn lookup_socket(skb: *mut c_void, proto: u8, saddr: u32, daddr: u32, ports: u32) -> bool {
+    let mut tuple = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+        saddr,
+        daddr,
+        sport: ports as u16,
+        dport: (ports >> 16) as u16,
+    };
+    // Only the IPv4 half of `bpf_sock_tuple`: the helpers read `size` bytes.
+    let tuple: *mut bpf_sock_tuple = (&raw mut tuple).cast();
+    let size = size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+    // The kernel's "the caller's namespace" is any negative 32-bit value.
+    let netns = BPF_F_CURRENT_NETNS as u64;
+    // Each branch releases its own reference: the verifier tracks the
+    // socket from each lookup to its release.
+    if proto == IPPROTO_TCP {
+        // SAFETY: `skb` is the program's context and the tuple lives on
+        // this frame for the call; a returned socket is released below.
+        let sk = unsafe { bpf_skc_lookup_tcp(skb, tuple, size, netns, 0) };
+        if sk.is_null() {
+            return false;
+        }
+        // SAFETY: a socket the lookup above returned, released once.
+        unsafe { bpf_sk_release(sk.cast()) };
+        return true;
+    }
+    if proto == IPPROTO_UDP {
+        // SAFETY: as for TCP.
+        let sk = unsafe { bpf_sk_lookup_udp(skb, tuple, size, netns, 0) };
+        if sk.is_null() {
+            return false;
+        }
+        // SAFETY: as for TCP.
+        unsafe { bpf_sk_release(sk.cast()) };
+        return true;
+    }
+    false
 }
 
 /// Applies the conntrack entry of `pkt`'s flow in `zone`, if there is one,

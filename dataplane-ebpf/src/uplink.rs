@@ -219,7 +219,8 @@ fn try_uplink_out(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(uplink) = (unsafe { DP_UPLINKS.get(ifindex) }) else {
         return Ok(TCX_NEXT);
     };
-    let orig = nat::snat(
+    let orig = nat::snat::<true>(
+        ctx,
         &pkt,
         ZONE,
         conntrack::entry(ctx, FLAG_SNAT, &pkt)?,

@@ -322,7 +322,8 @@ mod nat {
         }
         use dataplane_common::nat::NatConfig;
         let dir = BpffsDir::new("ptrexh").expect("bpffs");
-        // Two ports to move to, and the original port 50000.
+        // Two ports: the containers' source port 40001 (in the range, so
+        // the first flow keeps it) and 40000.
         let cfg = NatConfig {
             snat_port_min: 40000,
             snat_port_max: 40001,
@@ -332,22 +333,27 @@ mod nat {
         let mut dp = Dataplane::load_with(dir.pins(), &cfg).expect("load");
         configure(&dp);
         let mut ports = Vec::new();
-        for host in 2u8..5 {
-            let syn = PacketBuilder::tcp([172, 17, 0, host], CLIENT, 50000, 9000).build();
+        for host in 2u8..4 {
+            let syn = PacketBuilder::tcp([172, 17, 0, host], CLIENT, 40001, 9000).build();
             let (verdict, out) = run(&mut dp, "dp_uplink_out", &syn);
             assert_eq!(verdict, NEXT, "container {host}");
             ports.push(parsed(&out).sport);
         }
-        ports.sort_unstable();
-        assert_eq!(
-            ports,
-            vec![40000, 40001, 50000],
-            "every flow its own source port"
+        assert_eq!(ports, vec![40001, 40000], "every flow its own source port");
+        // A source port outside the range is never kept, even when its
+        // tuple is free: that port may be one the host picks for itself.
+        let outside = PacketBuilder::tcp([172, 17, 0, 4], [192, 0, 2, 3], 50000, 9000).build();
+        let (verdict, out) = run(&mut dp, "dp_uplink_out", &outside);
+        assert_eq!(verdict, NEXT);
+        assert!(
+            (40000..=40001).contains(&parsed(&out).sport),
+            "{}",
+            parsed(&out).sport
         );
         let lines = Capture::default();
         let mut logger = aya_log::EbpfLogger::init_with_logger(dp.ebpf_mut(), lines.clone())
             .expect("the object logs through aya-log");
-        let fourth = PacketBuilder::tcp([172, 17, 0, 9], CLIENT, 50000, 9000).build();
+        let fourth = PacketBuilder::tcp([172, 17, 0, 9], CLIENT, 40001, 9000).build();
         assert_eq!(run(&mut dp, "dp_uplink_out", &fourth).0, SHOT);
         // The operator hears of it through the program's log.
         logger.flush();

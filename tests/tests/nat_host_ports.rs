@@ -1,0 +1,203 @@
+//! Masquerade and the host's own sockets, end to end through the CLI in a
+//! fake host (issue 12, items 2 and 5): a container's flow never takes the
+//! tuple of a connection the host holds, never shadows a host service's
+//! port (CVE-2021-3773, the kernel selftest `nft_nat.sh`
+//! `test_port_shadow`), and its masquerade ports lie outside the host
+//! namespace's own `ip_local_port_range`.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use dataplane_tests::{
+    cli::Cli,
+    netns::NetNs,
+    topo::FakeHost,
+    traffic::{connect_from_port, tcp_echo_server},
+};
+
+const T: Duration = Duration::from_secs(5);
+const C1: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 2);
+
+struct Setup {
+    fh: FakeHost,
+    cli: Cli,
+    /// The container, on the default bridge network at [`C1`].
+    c: NetNs,
+}
+
+/// A fake host with `ephemeral` as its namespace's `ip_local_port_range`
+/// (None: the kernel's default), its uplink, and one container.
+fn setup(tag: &str, ephemeral: Option<&str>) -> Setup {
+    let fh = FakeHost::new(false).expect("fake host");
+    if let Some(range) = ephemeral {
+        // The fake host's own namespace: never the machine's.
+        fh.host
+            .sysctl("net.ipv4.ip_local_port_range", range)
+            .expect("sysctl");
+    }
+    let cli = Cli::new(&fh.host, tag).expect("cli");
+    cli.run(&["uplink", "add", &fh.uplink]).expect("uplink add");
+    let c = NetNs::new("c").expect("netns");
+    cli.run(&["connect", "bridge", c.name()]).expect("connect");
+    Setup { fh, cli, c }
+}
+
+/// One echo round trip on an open connection.
+fn echo(stream: &mut TcpStream, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    stream.write_all(payload)?;
+    let mut got = vec![0u8; payload.len()];
+    stream.read_exact(&mut got)?;
+    Ok(got)
+}
+
+/// The next datagram on `s` within `timeout`, with its sender.
+fn recv_within(s: &UdpSocket, timeout: Duration) -> Option<(Vec<u8>, SocketAddr)> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 1500];
+    while let Some(left) = deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+    {
+        s.set_read_timeout(Some(left)).ok()?;
+        match s.recv_from(&mut buf) {
+            Ok((n, from)) => return Some((buf[..n].to_vec(), from)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            // An ICMP error from an earlier datagram: keep listening.
+            Err(_) => {}
+        }
+    }
+    None
+}
+
+fn udp_bound(ns: &NetNs, port: u16) -> UdpSocket {
+    ns.run_in(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)))
+        .expect("run_in")
+        .unwrap_or_else(|e| panic!("bind udp {port} in {ns}: {e}"))
+}
+
+/// Item 2: the host holds a connection from port P to the client's
+/// service; a container connecting to the same service from port P must
+/// not be masqueraded onto the host's tuple. P = 62000 lies in the
+/// masquerade range (61000-65535 beside the kernel's default ephemeral
+/// range), so only the socket lookup keeps them apart.
+#[test]
+fn a_container_never_takes_the_tuple_of_a_host_connection() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let s = setup("hostconn", None);
+    let svc = SocketAddr::from((s.fh.client_ip, 7004));
+    let server = tcp_echo_server(&s.fh.client, svc).expect("server");
+    const P: u16 = 62000;
+    let mut host_conn = connect_from_port(&s.fh.host, P, svc, T).expect("host connection");
+    assert_eq!(echo(&mut host_conn, b"host").expect("host echo"), b"host");
+
+    let mut cont_conn = connect_from_port(&s.c, P, svc, T).expect("container connection");
+    assert_eq!(
+        echo(&mut cont_conn, b"container").expect("container echo"),
+        b"container"
+    );
+    // The host's connection is untouched by the container's.
+    assert_eq!(
+        echo(&mut host_conn, b"still here").expect("host echo after the container's connect"),
+        b"still here"
+    );
+
+    let peers = server.peers();
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    assert_eq!(peers[0], SocketAddr::from((s.fh.host_ip, P)), "the host's");
+    assert_eq!(peers[1].ip(), s.fh.host_ip, "masqueraded: {peers:?}");
+    assert_ne!(
+        peers[1].port(),
+        P,
+        "the container's flow moved to another port"
+    );
+    // conntrack agrees: the container's flow left from the port the server saw.
+    let flows = s
+        .cli
+        .json(&["conntrack", "ls", "--format", "json"])
+        .expect("conntrack ls");
+    let orig = flows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["src"] == C1.to_string() && f["sport"] == P && f["reply"] == false)
+        .unwrap_or_else(|| panic!("no flow from the container: {flows}"));
+    let want = format!("src -> {}:{}", s.fh.host_ip, peers[1].port());
+    assert!(
+        orig["nat"].as_str().is_some_and(|n| n.ends_with(&want)),
+        "{orig}"
+    );
+}
+
+/// Item 5, the kernel selftest's port shadow: a container sends from a host
+/// service's UDP port to the client's 41404; the client's datagrams from
+/// 41404 to that port of the host must reach the host's listener, not the
+/// container. 1405 is below the masquerade range (the range keeps it out);
+/// 63405 is inside it (the socket lookup does).
+#[test]
+fn a_container_cannot_shadow_a_host_udp_service() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let s = setup("shadow", None);
+    for (svc_port, client_port) in [(1405u16, 41404u16), (63405, 41405)] {
+        let host_listener = udp_bound(&s.fh.host, svc_port);
+        let container = udp_bound(&s.c, svc_port);
+        let client = udp_bound(&s.fh.client, client_port);
+        let to_client = SocketAddr::from((s.fh.client_ip, client_port));
+        container
+            .send_to(b"from the container", to_client)
+            .expect("send");
+        let (got, masq) = recv_within(&client, T).expect("the client hears the container");
+        assert_eq!(got, b"from the container");
+        assert_eq!(masq.ip(), s.fh.host_ip, "masqueraded");
+        assert_ne!(masq.port(), svc_port, "not from the host service's port");
+
+        let to_host = SocketAddr::from((s.fh.host_ip, svc_port));
+        client.send_to(b"for the host", to_host).expect("send");
+        let (got, from) =
+            recv_within(&host_listener, T).unwrap_or_else(|| panic!("host {svc_port}: nothing"));
+        assert_eq!(got, b"for the host");
+        assert_eq!(from, to_client);
+        assert_eq!(
+            recv_within(&container, Duration::from_millis(500)),
+            None,
+            "port {svc_port}: the container got the host's datagram"
+        );
+        // The container's own flow still gets its replies.
+        client.send_to(b"reply", masq).expect("send");
+        let (got, _) = recv_within(&container, T).expect("the container's reply");
+        assert_eq!(got, b"reply");
+    }
+}
+
+/// The masquerade range follows the host namespace's `ip_local_port_range`
+/// (read by the CLI inside the fake host): with 40000-50000 there, a
+/// container's port in it (45000) or below it (30000) moves above it, and
+/// one above it (55000) is kept.
+#[test]
+fn masquerade_ports_stay_out_of_the_host_ephemeral_range() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let s = setup("range", Some("40000 50000"));
+    let svc = SocketAddr::from((s.fh.client_ip, 7005));
+    let server = tcp_echo_server(&s.fh.client, svc).expect("server");
+    for port in [45000u16, 30000, 55000] {
+        let mut conn = connect_from_port(&s.c, port, svc, T).expect("connect");
+        assert_eq!(echo(&mut conn, b"x").expect("echo"), b"x");
+    }
+    let seen: Vec<u16> = server.peers().iter().map(SocketAddr::port).collect();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!((50001..=65535).contains(&seen[0]), "45000 -> {}", seen[0]);
+    assert!((50001..=65535).contains(&seen[1]), "30000 -> {}", seen[1]);
+    assert_eq!(seen[2], 55000, "in the masquerade range: kept");
+}
