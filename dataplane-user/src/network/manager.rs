@@ -633,6 +633,38 @@ impl Manager {
             .collect())
     }
 
+    /// The addresses of every uplink (those added, and the interfaces the
+    /// default routes leave by, which the agent makes uplinks on its first
+    /// start), by name: a network must not take their subnets.
+    async fn uplink_addrs(&self) -> Result<Vec<(String, Vec<(Ipv4Addr, u8)>)>, NetworkError> {
+        let mut links = Vec::new();
+        for name in &self.state.uplinks {
+            if let Some(l) = self.host.link_by_name(name).await? {
+                links.push(l);
+            }
+        }
+        for r in self.host.routes().await? {
+            let Some(oif) = r.oif.filter(|_| r.prefix_len == 0) else {
+                continue;
+            };
+            if links.iter().any(|l| l.index == oif) {
+                continue;
+            }
+            if let Some(l) = self.host.link_by_index(oif).await? {
+                links.push(l);
+            }
+        }
+        let mut out = Vec::new();
+        for l in links {
+            let addrs = self.host.addrs(Some(l.index)).await?;
+            out.push((
+                l.name,
+                addrs.into_iter().map(|(_, a, len)| (a, len)).collect(),
+            ));
+        }
+        Ok(out)
+    }
+
     pub fn network(&self, name: &str) -> Result<&Network, NetworkError> {
         self.state
             .networks
@@ -684,6 +716,7 @@ impl Manager {
                     }
                     .into());
                 }
+                ipam::check_not_uplink(&s, &self.uplink_addrs().await?)?;
                 s
             }
             None => {
