@@ -10,7 +10,11 @@
 //! [`apply_changes`] is the agent's cheap path between full reconciles: from
 //! the contents it wrote last to the new ones, only the entries that differ.
 
-use std::{borrow::BorrowMut, collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    borrow::BorrowMut,
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues};
 use dataplane_common::{
@@ -24,11 +28,12 @@ use dataplane_common::{
 
 use crate::{
     bpffs::PinRoot,
+    conntrack::{self, Gone},
     ebpf::{detach_tc, Dataplane, Direction, LoadError},
     netlink::{Link, Netlink, NetlinkError},
     network::{
         ipam,
-        model::{Attachment, DriverKind},
+        model::{Attachment, DriverKind, Endpoint},
     },
     state::State,
 };
@@ -138,37 +143,94 @@ pub fn network_key(id: &str) -> u32 {
         .max(1)
 }
 
+/// Every published port of the state, as `DP_PORTS` holds it.
+fn port_entries(state: &State) -> impl Iterator<Item = (PortKey, PortTarget)> + '_ {
+    state.endpoints.values().flat_map(endpoint_ports)
+}
+
+/// The published ports of one endpoint, as `DP_PORTS` holds them (only
+/// veth endpoints are reached through the maps).
+fn endpoint_ports(ep: &Endpoint) -> impl Iterator<Item = (PortKey, PortTarget)> + '_ {
+    let ip = match (ep.ipv4, &ep.attachment) {
+        (Some(ip), Attachment::Veth { .. }) => Some(ip),
+        _ => None,
+    };
+    ip.into_iter().flat_map(move |ip| {
+        ep.published.iter().map(move |m| {
+            (
+                PortKey {
+                    addr: m.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
+                    port: m.host_port.to_be_bytes(),
+                    proto: m.proto.number(),
+                    _pad: 0,
+                },
+                PortTarget {
+                    addr: ip.octets(),
+                    port: m.container_port.to_be_bytes(),
+                    _pad: [0; 2],
+                    stats_index: m.stats_index,
+                    _pad2: 0,
+                },
+            )
+        })
+    })
+}
+
+/// The address flows of an endpoint use while it is in a sandbox.
+fn live_addr(ep: &Endpoint) -> Option<[u8; 4]> {
+    ep.ipv4
+        .filter(|_| !ep.netns.as_os_str().is_empty())
+        .map(|ip| ip.octets())
+}
+
+/// What going from `old` to `new` takes away, whose conntrack entries
+/// must go too ([`conntrack::purge`]): endpoint addresses no longer in a
+/// sandbox, published ports no longer leading where they did. Endpoints
+/// whose record did not change cost a comparison; the whole new state is
+/// only searched when something may be gone.
+pub fn gone(old: &State, new: &State) -> Gone {
+    let mut g = Gone::default();
+    for (id, o) in &old.endpoints {
+        let n = new.endpoints.get(id);
+        if n == Some(o) {
+            continue;
+        }
+        if let Some(a) = live_addr(o) {
+            if n.and_then(live_addr) != Some(a) {
+                g.addrs.insert(a);
+            }
+        }
+        let kept: BTreeSet<_> = n
+            .into_iter()
+            .flat_map(endpoint_ports)
+            .map(|(k, t)| conntrack::mapping_of(&k, &t))
+            .collect();
+        g.mappings.extend(
+            endpoint_ports(o)
+                .map(|(k, t)| conntrack::mapping_of(&k, &t))
+                .filter(|m| !kept.contains(m)),
+        );
+    }
+    // Another endpoint may have what this one lost (a container's second
+    // endpoint record shares its address).
+    if !g.addrs.is_empty() {
+        let live: BTreeSet<[u8; 4]> = new.endpoints.values().filter_map(live_addr).collect();
+        g.addrs.retain(|a| !live.contains(a));
+    }
+    if !g.mappings.is_empty() {
+        let mapped: BTreeSet<_> = port_entries(new)
+            .map(|(k, t)| conntrack::mapping_of(&k, &t))
+            .collect();
+        g.mappings.retain(|m| !mapped.contains(m));
+    }
+    g
+}
+
 /// Computes the maps' contents from the state and the host's links.
 pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError> {
     // Collected rather than inserted one by one: a sorted bulk build of
     // 10 000 entries costs a fraction of 10 000 inserts.
-    let ports = state
-        .endpoints
-        .values()
-        .filter_map(|ep| match (ep.ipv4, &ep.attachment) {
-            (Some(ip), Attachment::Veth { .. }) => Some((ip, &ep.published)),
-            _ => None,
-        })
-        .flat_map(|(ip, published)| {
-            published.iter().map(move |m| {
-                (
-                    PortKey {
-                        addr: m.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
-                        port: m.host_port.to_be_bytes(),
-                        proto: m.proto.number(),
-                        _pad: 0,
-                    },
-                    PortTarget {
-                        addr: ip.octets(),
-                        port: m.container_port.to_be_bytes(),
-                        _pad: [0; 2],
-                        stats_index: m.stats_index,
-                        _pad2: 0,
-                    },
-                )
-            })
-        })
-        .collect();
+    let ports = port_entries(state).collect();
     let mut d = Desired {
         ports,
         ..Desired::default()

@@ -6,13 +6,24 @@
 //! networks answers a client of the second one through the port it
 //! publishes on the first (hairpin from a shared network).
 
+use std::{
+    io,
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    time::{Duration, Instant},
+};
+
 use dataplane_tests::{
     cli::Cli,
     cni::{invoke, Call},
     netns::NetNs,
     topo::FakeHost,
+    traffic::udp_echo_server,
 };
 use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(5);
+const C1: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 2);
+const C2: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 3);
 
 fn setup(tag: &str) -> (FakeHost, Cli) {
     let fh = FakeHost::new(false).expect("fake host");
@@ -204,4 +215,148 @@ fn nat_ls_columns_line_up_under_their_headers() {
         let subnet_at = row.find("10.62.0.0/24").expect("subnet");
         assert_eq!(subnet_at, spans[1].1, "{row:?}\n{text}");
     }
+}
+
+/// A UDP client in `ns` with one socket, so every datagram it sends is
+/// one tuple (one conntrack flow), like a client sending every second.
+fn udp_client(ns: &NetNs, dst: SocketAddr) -> UdpSocket {
+    ns.run_in(|| -> io::Result<UdpSocket> {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        s.connect(dst)?;
+        s.set_read_timeout(Some(Duration::from_millis(250)))?;
+        Ok(s)
+    })
+    .expect("in the client namespace")
+    .expect("udp socket")
+}
+
+/// Sends `payload` until its echo comes back, within `T`.
+fn exchange(s: &UdpSocket, payload: &[u8]) -> Result<Vec<u8>, String> {
+    let deadline = Instant::now() + T;
+    let mut buf = [0u8; 1500];
+    let mut last = String::from("no answer");
+    while Instant::now() < deadline {
+        if let Err(e) = s.send(payload) {
+            last = e.to_string();
+            std::thread::sleep(Duration::from_millis(250));
+            continue;
+        }
+        match s.recv(&mut buf) {
+            Ok(n) => return Ok(buf[..n].to_vec()),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(format!("no echo of {payload:?} within {T:?}: {last}"))
+}
+
+fn flows(cli: &Cli) -> Vec<Value> {
+    cli.json(&["conntrack", "ls", "--format", "json"])
+        .expect("conntrack ls")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Flows whose addresses or translation mention `needle`.
+fn flows_mentioning(cli: &Cli, needle: &str) -> Vec<Value> {
+    flows(cli)
+        .into_iter()
+        .filter(|f| {
+            f["src"] == needle
+                || f["dst"] == needle
+                || f["nat"].as_str().unwrap_or_default().contains(needle)
+        })
+        .collect()
+}
+
+#[test]
+fn a_udp_stream_reaches_the_new_container_after_disconnect() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let (fh, cli) = setup("udpmove");
+    let c1 = NetNs::new("c1").expect("netns");
+    let c2 = NetNs::new("c2").expect("netns");
+    cli.run(&["connect", "bridge", c1.name(), "-p", "8080:80/udp"])
+        .expect("connect c1");
+    let s1 = udp_echo_server(&c1, SocketAddr::from((C1, 80))).expect("server c1");
+    let client = udp_client(&fh.client, SocketAddr::from((fh.host_ip, 8080)));
+    assert_eq!(exchange(&client, b"one").expect("to c1"), b"one");
+    assert!(!s1.peers().is_empty());
+    assert!(!flows_mentioning(&cli, &C1.to_string()).is_empty());
+
+    // The container goes; another (at another address) publishes the port.
+    cli.run(&["disconnect", "bridge", c1.name()])
+        .expect("disconnect");
+    assert_eq!(
+        flows_mentioning(&cli, &C1.to_string()),
+        Vec::<Value>::new(),
+        "flows of the disconnected endpoint"
+    );
+    cli.run(&[
+        "connect",
+        "bridge",
+        c2.name(),
+        "--ip",
+        &C2.to_string(),
+        "-p",
+        "8080:80/udp",
+    ])
+    .expect("connect c2");
+    let s2 = udp_echo_server(&c2, SocketAddr::from((C2, 80))).expect("server c2");
+    // The same socket, so the same tuple as before.
+    assert_eq!(exchange(&client, b"two").expect("to c2"), b"two");
+    assert!(
+        s2.peers()
+            .iter()
+            .any(|p| p.ip() == std::net::IpAddr::V4(fh.client_ip)),
+        "{:?}",
+        s2.peers()
+    );
+    assert_eq!(flows_mentioning(&cli, &C1.to_string()), Vec::<Value>::new());
+}
+
+#[test]
+fn removing_a_published_port_purges_its_flows_only() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let (fh, cli) = setup("portrm");
+    let c1 = NetNs::new("c1").expect("netns");
+    let c2 = NetNs::new("c2").expect("netns");
+    cli.run(&[
+        "connect",
+        "bridge",
+        c1.name(),
+        "-p",
+        "8080:80/udp",
+        "-p",
+        "8081:81/udp",
+    ])
+    .expect("connect c1");
+    cli.run(&["connect", "bridge", c2.name()])
+        .expect("connect c2");
+    let s1 = udp_echo_server(&c1, SocketAddr::from((C1, 80))).expect("server c1");
+    let _s1b = udp_echo_server(&c1, SocketAddr::from((C1, 81))).expect("server c1:81");
+    let s2 = udp_echo_server(&c2, SocketAddr::from((C2, 80))).expect("server c2");
+    let client = udp_client(&fh.client, SocketAddr::from((fh.host_ip, 8080)));
+    let other = udp_client(&fh.client, SocketAddr::from((fh.host_ip, 8081)));
+    assert_eq!(exchange(&client, b"one").expect("to c1"), b"one");
+    assert_eq!(exchange(&other, b"x").expect("to c1:81"), b"x");
+    let to_81 = format!("{C1}:81");
+    let to_80 = format!("{C1}:80");
+    assert!(!flows_mentioning(&cli, &to_80).is_empty());
+
+    cli.run(&["publish", "rm", "bridge", c1.name(), "8080:80/udp"])
+        .expect("publish rm");
+    assert_eq!(flows_mentioning(&cli, &to_80), Vec::<Value>::new());
+    // The endpoint's other port keeps its flow.
+    assert_eq!(flows_mentioning(&cli, &to_81).len(), 1, "{:?}", flows(&cli));
+    cli.run(&["publish", "add", "bridge", c2.name(), "8080:80/udp"])
+        .expect("publish add");
+    let before = s1.peers().len();
+    assert_eq!(exchange(&client, b"two").expect("to c2"), b"two");
+    assert!(!s2.peers().is_empty(), "c2 got nothing");
+    assert_eq!(s1.peers().len(), before, "c1 still got the stream");
+    assert_eq!(exchange(&other, b"y").expect("still to c1:81"), b"y");
 }
