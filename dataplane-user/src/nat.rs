@@ -20,8 +20,8 @@ use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, MapData, MapError, PerCpuArray,
 use dataplane_common::{
     maps,
     nat::{
-        EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink,
-        MAX_PORT_MAPPINGS, SUBNET_INTERNAL, SUBNET_MASQUERADE, SUBNET_NO_ICC,
+        EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SandboxAddr, SubnetPolicy,
+        Uplink, MAX_PORT_MAPPINGS, SUBNET_INTERNAL, SUBNET_MASQUERADE, SUBNET_NO_ICC,
     },
     stats::PktCounter,
 };
@@ -131,6 +131,9 @@ pub struct Desired {
     /// endpoints whose veth is on a bridge; the same ifindex as in
     /// `endpoints`, which the programs check).
     pub endpoint_routes: BTreeMap<[u8; 4], EndpointRoute>,
+    /// Address -> its endpoint's sandbox, for the endpoints that share a
+    /// sandbox with another: sources a veth may send from besides its own.
+    pub sandbox_addrs: BTreeMap<[u8; 4], SandboxAddr>,
     pub host_addrs: BTreeMap<[u8; 4], HostAddr>,
     pub uplinks: BTreeMap<u32, Uplink>,
 }
@@ -265,6 +268,7 @@ pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError>
     };
     let by_name: BTreeMap<&str, &Link> = links.iter().map(|l| (l.name.as_str(), l)).collect();
     let by_index: BTreeMap<u32, &Link> = links.iter().map(|l| (l.index, l)).collect();
+    let sandbox = sandboxes(state);
     for ep in state.endpoints.values() {
         let (Attachment::Veth { host_ifname }, Some(ip)) = (&ep.attachment, ep.ipv4) else {
             continue;
@@ -272,7 +276,7 @@ pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError>
         let Some(net) = state.networks.get(&ep.network) else {
             continue;
         };
-        let (Some(subnet), Some(gw)) = (net.subnet, net.gateway) else {
+        let (Some(_), Some(gw)) = (net.subnet, net.gateway) else {
             continue;
         };
         // A veth gone with its namespace has nothing left to police.
@@ -284,7 +288,7 @@ pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError>
             EndpointInfo {
                 addr: ip.octets(),
                 gateway: gw.octets(),
-                prefix_len: u32::from(subnet.prefix_len()),
+                sandbox: sandbox.get(ep.id.as_str()).copied().unwrap_or(0),
                 network_id: network_key(&net.id),
             },
         );
@@ -315,6 +319,7 @@ pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError>
             },
         );
     }
+    d.sandbox_addrs = sandbox_addrs(state, &sandbox);
     for (index, addr, _) in host.addrs(None).await? {
         d.host_addrs.insert(
             addr.octets(),
@@ -338,6 +343,52 @@ pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError>
         d.uplinks.insert(link.index, Uplink { addr, _pad: 0 });
     }
     Ok(d)
+}
+
+/// The sandbox of every endpoint that is in one: the inode number of its
+/// namespace file (bind mounts and `/proc/PID/ns/net` alike show the
+/// namespace's own, unique among live namespaces, so two paths to one
+/// namespace agree), read once per path. Endpoints in no sandbox (Docker
+/// between Leave and DeleteEndpoint) or whose namespace is gone get none.
+fn sandboxes(state: &State) -> BTreeMap<&str, u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut by_path: BTreeMap<&std::path::Path, Option<u32>> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for ep in state.endpoints.values() {
+        if ep.netns.as_os_str().is_empty() {
+            continue;
+        }
+        let id = *by_path.entry(ep.netns.as_path()).or_insert_with(|| {
+            std::fs::metadata(&ep.netns)
+                .ok()
+                .and_then(|m| u32::try_from(m.ino()).ok())
+                .filter(|i| *i != 0)
+        });
+        if let Some(id) = id {
+            out.insert(ep.id.as_str(), id);
+        }
+    }
+    out
+}
+
+/// The addresses of endpoints that share their sandbox with another
+/// endpoint, with the sandbox: what `DP_SANDBOX_ADDRS` holds.
+fn sandbox_addrs(state: &State, sandboxes: &BTreeMap<&str, u32>) -> BTreeMap<[u8; 4], SandboxAddr> {
+    let mut members: BTreeMap<u32, BTreeSet<[u8; 4]>> = BTreeMap::new();
+    for ep in state.endpoints.values() {
+        if let (Some(ip), Some(sb)) = (ep.ipv4, sandboxes.get(ep.id.as_str())) {
+            members.entry(*sb).or_default().insert(ip.octets());
+        }
+    }
+    members
+        .into_iter()
+        .filter(|(_, addrs)| addrs.len() > 1)
+        .flat_map(|(sandbox, addrs)| {
+            addrs
+                .into_iter()
+                .map(move |a| (a, SandboxAddr { sandbox, _pad: 0 }))
+        })
+        .collect()
 }
 
 fn hash_map<'a, K: aya::Pod, V: aya::Pod>(
@@ -502,6 +553,11 @@ pub fn apply(dp: &mut Dataplane, want: &Desired) -> Result<(), NatError> {
         maps::ENDPOINT_ROUTES,
         &want.endpoint_routes,
     )?;
+    reconcile_hash(
+        &mut hash_map::<[u8; 4], SandboxAddr>(dp, maps::SANDBOX_ADDRS)?,
+        maps::SANDBOX_ADDRS,
+        &want.sandbox_addrs,
+    )?;
     let mut trie = subnet_trie(dp)?;
     let have: Vec<Key<[u8; 4]>> = trie
         .keys()
@@ -550,6 +606,12 @@ pub fn apply_changes(dp: &mut Dataplane, old: &Desired, new: &Desired) -> Result
         maps::ENDPOINT_ROUTES,
         &old.endpoint_routes,
         &new.endpoint_routes,
+    )?;
+    update_hash(
+        &mut hash_map::<[u8; 4], SandboxAddr>(dp, maps::SANDBOX_ADDRS)?,
+        maps::SANDBOX_ADDRS,
+        &old.sandbox_addrs,
+        &new.sandbox_addrs,
     )?;
     if old.subnets != new.subnets {
         let mut trie = subnet_trie(dp)?;

@@ -17,7 +17,7 @@ use dataplane_tests::{
     cni::{invoke, Call},
     netns::NetNs,
     topo::FakeHost,
-    traffic::udp_echo_server,
+    traffic::{tcp_echo, tcp_echo_server, udp_echo_server},
 };
 use serde_json::{json, Value};
 
@@ -359,4 +359,82 @@ fn removing_a_published_port_purges_its_flows_only() {
     assert!(!s2.peers().is_empty(), "c2 got nothing");
     assert_eq!(s1.peers().len(), before, "c1 still got the stream");
     assert_eq!(exchange(&other, b"y").expect("still to c1:81"), b"y");
+}
+
+#[test]
+fn hairpin_from_a_shared_network_is_answered() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let (fh, cli) = setup("shared");
+    cli.run(&["network", "create", "--subnet", "10.63.0.0/24", "back"])
+        .expect("back");
+    cli.run(&["network", "create", "--subnet", "10.64.0.0/24", "front"])
+        .expect("front");
+    // The server publishes on `back` and is on `front` too: its route to
+    // the client is `front`'s, so it answers by `front` from its `back`
+    // address (the DNAT target).
+    let srv = NetNs::new("srv").expect("netns");
+    let cl = NetNs::new("cl").expect("netns");
+    cli.run(&[
+        "connect",
+        "back",
+        srv.name(),
+        "-p",
+        "8080:80",
+        "-p",
+        "8081:81/udp",
+    ])
+    .expect("connect srv to back");
+    cli.run(&["connect", "front", srv.name()])
+        .expect("connect srv to front");
+    cli.run(&["connect", "front", cl.name()])
+        .expect("connect client to front");
+    let back_ip = Ipv4Addr::new(10, 63, 0, 2);
+    let _tcp = tcp_echo_server(&srv, SocketAddr::from((back_ip, 80))).expect("tcp server");
+    let _udp = udp_echo_server(&srv, SocketAddr::from((back_ip, 81))).expect("udp server");
+    let front_gw = Ipv4Addr::new(10, 64, 0, 1);
+    for host in [fh.host_ip, front_gw] {
+        let got = tcp_echo(&cl, SocketAddr::from((host, 8080)), b"shared", T)
+            .unwrap_or_else(|e| panic!("{host}:8080 from front: {e:#}"));
+        assert_eq!(got, b"shared", "{host}:8080");
+        let sock = udp_client(&cl, SocketAddr::from((host, 8081)));
+        assert_eq!(
+            exchange(&sock, b"udp").unwrap_or_else(|e| panic!("{host}:8081: {e}")),
+            b"udp"
+        );
+    }
+    // Still no spoofing: the client cannot send from the server's address.
+    let drops = |cli: &Cli| {
+        cli.json(&["stats", "show", "--format", "json"])
+            .expect("stats")["drops"]["spoofed-source"]["packets"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = drops(&cli);
+    cl.exec(&["ip", "addr", "add", "10.63.0.2/32", "dev", "eth0"])
+        .expect("a borrowed address");
+    let forged = udp_client_from(&cl, back_ip, SocketAddr::from((front_gw, 8081)));
+    assert!(exchange_once(&forged, b"forged").is_err());
+    assert!(drops(&cli) > before, "the forged datagram was not counted");
+}
+
+/// A UDP socket in `ns` bound to `src`.
+fn udp_client_from(ns: &NetNs, src: Ipv4Addr, dst: SocketAddr) -> UdpSocket {
+    ns.run_in(|| -> io::Result<UdpSocket> {
+        let s = UdpSocket::bind((src, 0))?;
+        s.connect(dst)?;
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        Ok(s)
+    })
+    .expect("in the namespace")
+    .expect("udp socket")
+}
+
+/// One datagram and its echo, if one comes within the read timeout.
+fn exchange_once(s: &UdpSocket, payload: &[u8]) -> io::Result<Vec<u8>> {
+    let mut buf = [0u8; 1500];
+    s.send(payload)?;
+    let n = s.recv(&mut buf)?;
+    Ok(buf[..n].to_vec())
 }
