@@ -48,6 +48,9 @@ pub const ENDPOINTS_MAX: u32 = 16_384;
 /// The fast path's delivery data by endpoint address: `[u8; 4]` ->
 /// [`crate::nat::EndpointRoute`] (one per veth endpoint).
 pub const ENDPOINT_ROUTES: &str = "DP_ENDPOINT_ROUTES";
+/// The sandbox of each address of an endpoint that shares its sandbox
+/// with others: `[u8; 4]` -> [`crate::nat::SandboxAddr`].
+pub const SANDBOX_ADDRS: &str = "DP_SANDBOX_ADDRS";
 /// Filter rules (DOCKER-USER), see [`crate::filter`]. The live generation:
 /// array of one [`crate::filter::FilterConfig`].
 pub const FILTER_CONFIG: &str = "DP_FLT_CONFIG";

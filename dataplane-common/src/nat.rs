@@ -59,11 +59,29 @@ pub struct EndpointInfo {
     /// Its network's gateway (the host's address on the bridge), the source
     /// given to hairpin flows that stay on one bridge.
     pub gateway: [u8; 4],
-    /// Prefix length of its network's subnet.
-    pub prefix_len: u32,
+    /// Its sandbox (the inode number of its network namespace, unique
+    /// among live namespaces); 0: none known. Sources found in
+    /// `DP_SANDBOX_ADDRS` with the same sandbox are its own too.
+    pub sandbox: u32,
     pub network_id: u32,
 }
 const _: () = assert!(size_of::<EndpointInfo>() == 16);
+
+/// The sandbox of an endpoint address (`DP_SANDBOX_ADDRS`, keyed by the
+/// address): an endpoint's veth may send from the address of another
+/// endpoint of its own sandbox (network namespace). A container on two
+/// networks answers a client of one from its address on the other when
+/// that is the address the client's flow was translated to (hairpin from
+/// a shared network), and its routes send that answer out by the client's
+/// network.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SandboxAddr {
+    /// [`EndpointInfo::sandbox`] of the endpoint with this address.
+    pub sandbox: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<SandboxAddr>() == 8);
 
 /// Where the fast path delivers packets for one endpoint address
 /// (`DP_ENDPOINT_ROUTES`, keyed by the endpoint's IPv4 address).
@@ -145,5 +163,6 @@ crate::user_pod!(
     NatConfig,
     Uplink,
     EndpointInfo,
-    EndpointRoute
+    EndpointRoute,
+    SandboxAddr
 );

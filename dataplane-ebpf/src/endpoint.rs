@@ -1,6 +1,11 @@
 //! `dp_from_container`: tc ingress on an endpoint's host-side veth (Cilium's
 //! "from-container"), for every packet a container sends into the host:
-//! - anti-spoofing: the source must be the endpoint's own address;
+//! - anti-spoofing: the source must be the endpoint's own address, or that
+//!   of another endpoint in the same sandbox (`DP_SANDBOX_ADDRS`): a
+//!   container on two networks answers a client of one from its address on
+//!   the other when that is where the client's hairpin flow was translated
+//!   to, and its routes send the answer out by the client's network (the
+//!   flow's reply entry then translates it as any hairpin reply);
 //! - hairpin: a container reaching a published port on a host address gets
 //!   DNAT here (the uplink never sees this traffic), keeping its address.
 //!   The server's replies enter the host through the server's own
@@ -33,7 +38,7 @@ use crate::{
     drop::drop_packet,
     fastpath,
     frag::{self, Frag},
-    maps::{DP_ENDPOINTS, DP_PORT_STATS, DP_SUBNETS},
+    maps::{DP_ENDPOINTS, DP_PORT_STATS, DP_SANDBOX_ADDRS, DP_SUBNETS},
     nat,
     parse::{ip_len, parse, Ipv4Packet, L3},
 };
@@ -61,7 +66,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(ep) = (unsafe { DP_ENDPOINTS.get(ifindex) }).copied() else {
         return Ok(TCX_NEXT);
     };
-    if pkt.src != ep.addr {
+    if pkt.src != ep.addr && !same_sandbox(&ep, &pkt.src) {
         return Err(DropReason::Spoofed);
     }
     let frag = frag::track(&mut pkt, ZONE);
@@ -100,6 +105,17 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(verdict);
     }
     Ok(TCX_NEXT)
+}
+
+/// Whether `src` is the address of another endpoint in `ep`'s sandbox
+/// (looked up only for sources that are not the endpoint's own, so the
+/// common case costs nothing). The key is read where it lies: the
+/// program's frame is at the 512-byte stack limit (with the filter's
+/// `bpf_loop` callback), and a copy would push it over.
+#[inline(always)]
+fn same_sandbox(ep: &EndpointInfo, src: &[u8; 4]) -> bool {
+    // SAFETY: read at once.
+    ep.sandbox != 0 && unsafe { DP_SANDBOX_ADDRS.get(src) }.is_some_and(|s| s.sandbox == ep.sandbox)
 }
 
 /// Direct traffic to a managed subnet: only to the gateway, or within the

@@ -16,8 +16,8 @@ use dataplane_common::{
         SOCK_REVNAT_MAX, SUBNETS_MAX, UPLINKS_MAX,
     },
     nat::{
-        EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink,
-        MAX_PORT_MAPPINGS,
+        EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SandboxAddr, SubnetPolicy,
+        Uplink, MAX_PORT_MAPPINGS,
     },
     sock::SockRevNat,
     stats::{PktCounter, ProtoIndex},
@@ -73,6 +73,12 @@ pub static DP_ENDPOINTS: HashMap<u32, EndpointInfo, { ENDPOINTS_MAX as usize }> 
 /// The fast path's delivery data per endpoint address (see `fastpath`).
 #[btf_map]
 pub static DP_ENDPOINT_ROUTES: HashMap<[u8; 4], EndpointRoute, { ENDPOINTS_MAX as usize }> =
+    HashMap::new();
+
+/// The sandbox of the addresses of endpoints that share one (see
+/// `endpoint`).
+#[btf_map]
+pub static DP_SANDBOX_ADDRS: HashMap<[u8; 4], SandboxAddr, { ENDPOINTS_MAX as usize }> =
     HashMap::new();
 
 /// Host-local sockets translated by the sock_addr hooks, by socket cookie.

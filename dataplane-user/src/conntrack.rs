@@ -1,12 +1,15 @@
-//! Reading and expiring the BPF conntrack tables (the programs create and
-//! update entries; expiry is done here, by the agent or `conntrack gc`).
+//! Reading, expiring and purging the BPF conntrack tables (the programs
+//! create and update entries; expiry is done here, by the agent or
+//! `conntrack gc`, and so is purging the flows of endpoints and published
+//! ports that are gone, [`purge`]).
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
 use aya::maps::{HashMap, Map, MapData, MapError};
 use dataplane_common::{
     ct::{CtEntry, CtKey, CtState, FLAG_DNAT, FLAG_REPLY, FLAG_SNAT, REWRITE_DST, REWRITE_SRC},
     maps,
+    nat::{PortKey, PortTarget},
     net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 use serde::Serialize;
@@ -229,4 +232,234 @@ pub fn gc(pins: &PinRoot, timeouts: &Timeouts) -> Result<GcReport, CtError> {
         }
     }
     Ok(report)
+}
+
+/// What a change to the state took away: addresses no endpoint has any
+/// more (disconnect, a removed network, CNI DEL, Docker Leave) and
+/// published ports no longer mapped to where they were (`publish rm`,
+/// Docker's RevokeExternalConnectivity, an endpoint gone). Their flows
+/// must go with them: a client that keeps sending on one tuple (a UDP
+/// stream, moby#53384) would otherwise keep following the old entry to
+/// the old address, whatever is published now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Gone {
+    pub addrs: BTreeSet<[u8; 4]>,
+    /// (published port, where it led).
+    pub mappings: BTreeSet<(PortKey, [u8; 4], [u8; 2])>,
+}
+
+impl Gone {
+    pub fn is_empty(&self) -> bool {
+        self.addrs.is_empty() && self.mappings.is_empty()
+    }
+
+    /// Whether the flow of `entry` (under `key`, either direction) goes to
+    /// or from a gone address, before or after translation, or was
+    /// translated by a gone mapping.
+    pub fn matches(&self, key: &CtKey, entry: &CtEntry) -> bool {
+        let t = entry.translate(key);
+        if [key.saddr, key.daddr, t.saddr, t.daddr]
+            .iter()
+            .any(|a| self.addrs.contains(a))
+        {
+            return true;
+        }
+        if entry.flags & FLAG_DNAT == 0 || self.mappings.is_empty() {
+            return false;
+        }
+        // The original direction, as the published port saw it, and after
+        // its DNAT.
+        let (orig, dnat) = if entry.flags & FLAG_REPLY != 0 {
+            (entry.peer_key(key), key.reversed())
+        } else {
+            (*key, t)
+        };
+        self.mappings.iter().any(|(port, addr, cport)| {
+            port.proto == orig.proto
+                && port.port == orig.dport
+                && (port.addr == [0; 4] || port.addr == orig.daddr)
+                && *addr == dnat.daddr
+                && *cport == dnat.dport
+        })
+    }
+}
+
+/// A published port and its target as the maps hold them: the key
+/// [`Gone::mappings`] uses.
+pub fn mapping_of(key: &PortKey, target: &PortTarget) -> (PortKey, [u8; 4], [u8; 2]) {
+    (*key, target.addr, target.port)
+}
+
+/// What one purge did: entries removed, and every error met on the way
+/// (it goes on past them, so one bad entry does not keep the rest).
+#[derive(Debug, Default)]
+pub struct PurgeReport {
+    pub removed: usize,
+    pub errors: Vec<CtError>,
+}
+
+/// Removes both entries of every flow [`Gone::matches`]. Call it after the
+/// maps stopped publishing what is gone, so no new entry can be made for
+/// it meanwhile.
+pub fn purge(pins: &PinRoot, gone: &Gone) -> PurgeReport {
+    let mut report = PurgeReport::default();
+    if gone.is_empty() {
+        return report;
+    }
+    for name in [maps::CT_TCP, maps::CT_OTHER] {
+        let err = |e| CtError {
+            map: name,
+            source: Box::new(e),
+        };
+        let mut map = match open(pins, name) {
+            Ok(m) => m,
+            Err(e) => {
+                report.errors.push(e);
+                continue;
+            }
+        };
+        let mut doomed = std::collections::HashSet::new();
+        for item in map.iter() {
+            match item {
+                Ok((k, e)) if gone.matches(&k, &e) => {
+                    doomed.insert(k);
+                    // The other direction, even when it no longer matches
+                    // on its own (a flow is one pair).
+                    doomed.insert(e.peer_key(&k));
+                }
+                Ok(_) | Err(MapError::KeyNotFound) => {}
+                Err(e) => report.errors.push(err(e)),
+            }
+        }
+        for k in doomed {
+            match map.remove(&k) {
+                Ok(()) => report.removed += 1,
+                // Expired or evicted meanwhile, or the peer never existed.
+                Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => report.errors.push(err(e)),
+            }
+        }
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use dataplane_common::ct::FLAG_HAIRPIN_SELF;
+
+    use super::*;
+
+    const CLIENT: [u8; 4] = [192, 0, 2, 2];
+    const HOST: [u8; 4] = [192, 0, 2, 1];
+    const C1: [u8; 4] = [172, 17, 0, 2];
+    const C2: [u8; 4] = [172, 17, 0, 3];
+    const GW: [u8; 4] = [172, 17, 0, 1];
+
+    fn key(s: [u8; 4], sp: u16, d: [u8; 4], dp: u16) -> CtKey {
+        CtKey {
+            saddr: s,
+            daddr: d,
+            sport: sp.to_be_bytes(),
+            dport: dp.to_be_bytes(),
+            proto: IPPROTO_UDP,
+            zone: 0,
+            _pad: [0; 2],
+        }
+    }
+
+    fn port(addr: [u8; 4], p: u16) -> PortKey {
+        PortKey {
+            addr,
+            port: p.to_be_bytes(),
+            proto: IPPROTO_UDP,
+            _pad: 0,
+        }
+    }
+
+    /// The pair of entries of a flow, as `conntrack::create` makes it.
+    fn pair(k: CtKey, orig: CtEntry) -> [(CtKey, CtEntry); 2] {
+        [(k, orig), (orig.peer_key(&k), orig.reply(&k))]
+    }
+
+    fn published(to: [u8; 4]) -> [(CtKey, CtEntry); 2] {
+        let orig = CtEntry {
+            flags: FLAG_DNAT,
+            ..CtEntry::default()
+        }
+        .with_dst(to, 80u16.to_be_bytes());
+        pair(key(CLIENT, 40000, HOST, 8080), orig)
+    }
+
+    #[test]
+    fn gone_addresses_take_every_flow_that_touches_them() {
+        let gone = Gone {
+            addrs: [C1].into(),
+            ..Gone::default()
+        };
+        for (k, e) in published(C1) {
+            assert!(gone.matches(&k, &e), "{k:?}");
+        }
+        for (k, e) in published(C2) {
+            assert!(!gone.matches(&k, &e), "{k:?}");
+        }
+        // Masquerade from the container, both directions.
+        let snat = CtEntry {
+            flags: FLAG_SNAT,
+            ..CtEntry::default()
+        }
+        .with_src(HOST, 41000u16.to_be_bytes());
+        for (k, e) in pair(key(C1, 5000, CLIENT, 53), snat) {
+            assert!(gone.matches(&k, &e), "{k:?}");
+        }
+        // A container reaching its own port: source the gateway.
+        let own = CtEntry {
+            flags: FLAG_DNAT | FLAG_HAIRPIN_SELF,
+            ..CtEntry::default()
+        }
+        .with_dst(C1, 80u16.to_be_bytes())
+        .with_src(GW, 5000u16.to_be_bytes());
+        for (k, e) in pair(key(C1, 5000, HOST, 8080), own) {
+            assert!(gone.matches(&k, &e), "{k:?}");
+        }
+    }
+
+    #[test]
+    fn a_gone_mapping_takes_only_its_own_flows() {
+        let target = PortTarget {
+            addr: C1,
+            port: 80u16.to_be_bytes(),
+            ..PortTarget::default()
+        };
+        for bound in [[0; 4], HOST] {
+            let gone = Gone {
+                mappings: [mapping_of(&port(bound, 8080), &target)].into(),
+                ..Gone::default()
+            };
+            for (k, e) in published(C1) {
+                assert!(gone.matches(&k, &e), "{k:?}");
+            }
+            // The same port to another container, and another port to this one.
+            for (k, e) in published(C2) {
+                assert!(!gone.matches(&k, &e), "{k:?}");
+            }
+            let other = CtEntry {
+                flags: FLAG_DNAT,
+                ..CtEntry::default()
+            }
+            .with_dst(C1, 80u16.to_be_bytes());
+            for (k, e) in pair(key(CLIENT, 40000, HOST, 9090), other) {
+                assert!(!gone.matches(&k, &e), "{k:?}");
+            }
+        }
+        // Bound to another host address: not this flow.
+        let gone = Gone {
+            mappings: [mapping_of(&port([10, 0, 0, 1], 8080), &target)].into(),
+            ..Gone::default()
+        };
+        for (k, e) in published(C1) {
+            assert!(!gone.matches(&k, &e), "{k:?}");
+        }
+    }
 }

@@ -24,7 +24,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const AYA_LOGS: &str = "AYA_LOGS";
 
 /// Every map in the object, pinned by name.
-pub const PINNED_MAPS: [&str; 23] = [
+pub const PINNED_MAPS: [&str; 24] = [
     maps::PROTO_STATS,
     maps::DROP_STATS,
     maps::PORTS,
@@ -38,6 +38,7 @@ pub const PINNED_MAPS: [&str; 23] = [
     maps::SOCK_REVNAT,
     maps::ENDPOINTS,
     maps::ENDPOINT_ROUTES,
+    maps::SANDBOX_ADDRS,
     maps::FILTER_CONFIG,
     maps::FILTER_SRC,
     maps::FILTER_SRC_HOST,

@@ -20,3 +20,4 @@ pub mod network;
 pub mod sock;
 pub mod state;
 pub mod stats;
+pub mod table;

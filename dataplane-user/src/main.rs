@@ -19,6 +19,7 @@ use dataplane_user::{
         model::CreateArgs,
     },
     sock, state, stats,
+    table::{Align, Table},
 };
 use tracing::{info, warn};
 
@@ -627,16 +628,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     match format {
                         Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
                         Format::Table => {
-                            println!("{:>6} {:>10} {:>12}  RULE", "ID", "PKTS", "BYTES");
+                            let mut t = Table::new(&[
+                                ("ID", Align::Right),
+                                ("PKTS", Align::Right),
+                                ("BYTES", Align::Right),
+                                ("RULE", Align::Left),
+                            ]);
                             for r in v.as_array().map(Vec::as_slice).unwrap_or_default() {
-                                println!(
-                                    "{:>6} {:>10} {:>12}  {}",
-                                    r["id"],
-                                    r["packets"],
-                                    r["bytes"],
-                                    r["rule"].as_str().unwrap_or_default()
-                                );
+                                t.row(vec![
+                                    r["id"].to_string(),
+                                    r["packets"].to_string(),
+                                    r["bytes"].to_string(),
+                                    r["rule"].as_str().unwrap_or_default().to_owned(),
+                                ]);
                             }
+                            print!("{}", t.render());
                         }
                     }
                 }
@@ -817,25 +823,34 @@ fn print_nat(v: &serde_json::Value, format: Format) -> anyhow::Result<()> {
         "Published ports (DNAT, new flows counted) on uplinks: {}",
         uplinks.join(", ")
     );
-    println!(
-        "{:>10} {:>12}  {:<5} {:<22} {:<22} {:<16} NETWORK",
-        "PKTS", "BYTES", "PROTO", "HOST", "CONTAINER", "ENDPOINT"
-    );
+    let mut dnat = Table::new(&[
+        ("PKTS", Align::Right),
+        ("BYTES", Align::Right),
+        ("PROTO", Align::Left),
+        ("HOST", Align::Left),
+        ("CONTAINER", Align::Left),
+        ("ENDPOINT", Align::Left),
+        ("NETWORK", Align::Left),
+    ]);
     for r in v["dnat"].as_array().map(Vec::as_slice).unwrap_or_default() {
-        println!(
-            "{:>10} {:>12}  {:<5} {:<22} {:<22} {:<16} {}",
-            r["packets"],
-            r["bytes"],
+        dnat.row(vec![
+            r["packets"].to_string(),
+            r["bytes"].to_string(),
             s(&r["proto"]),
             s(&r["host"]),
             s(&r["container"]),
             s(&r["endpoint"]),
-            s(&r["network"])
-        );
+            s(&r["network"]),
+        ]);
     }
+    print!("{}", dnat.render());
     println!();
     println!("Source NAT (MASQUERADE) per network:");
-    println!("{:<20} {:<20} POLICY", "NETWORK", "SUBNET");
+    let mut snat = Table::new(&[
+        ("NETWORK", Align::Left),
+        ("SUBNET", Align::Left),
+        ("POLICY", Align::Left),
+    ]);
     for n in v["snat"].as_array().map(Vec::as_slice).unwrap_or_default() {
         let policy = if n["internal"] == true {
             "internal: no egress"
@@ -844,8 +859,9 @@ fn print_nat(v: &serde_json::Value, format: Format) -> anyhow::Result<()> {
         } else {
             "routed, no masquerade"
         };
-        println!("{:<20} {:<20} {policy}", s(&n["network"]), s(&n["subnet"]));
+        snat.row(vec![s(&n["network"]), s(&n["subnet"]), policy.to_owned()]);
     }
+    print!("{}", snat.render());
     Ok(())
 }
 

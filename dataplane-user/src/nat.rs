@@ -10,25 +10,30 @@
 //! [`apply_changes`] is the agent's cheap path between full reconciles: from
 //! the contents it wrote last to the new ones, only the entries that differ.
 
-use std::{borrow::BorrowMut, collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    borrow::BorrowMut,
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues};
 use dataplane_common::{
     maps,
     nat::{
-        EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink,
-        MAX_PORT_MAPPINGS, SUBNET_INTERNAL, SUBNET_MASQUERADE, SUBNET_NO_ICC,
+        EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SandboxAddr, SubnetPolicy,
+        Uplink, MAX_PORT_MAPPINGS, SUBNET_INTERNAL, SUBNET_MASQUERADE, SUBNET_NO_ICC,
     },
     stats::PktCounter,
 };
 
 use crate::{
     bpffs::PinRoot,
+    conntrack::{self, Gone},
     ebpf::{detach_tc, Dataplane, Direction, LoadError},
     netlink::{Link, Netlink, NetlinkError},
     network::{
         ipam,
-        model::{Attachment, DriverKind},
+        model::{Attachment, DriverKind, Endpoint},
     },
     state::State,
 };
@@ -126,6 +131,9 @@ pub struct Desired {
     /// endpoints whose veth is on a bridge; the same ifindex as in
     /// `endpoints`, which the programs check).
     pub endpoint_routes: BTreeMap<[u8; 4], EndpointRoute>,
+    /// Address -> its endpoint's sandbox, for the endpoints that share a
+    /// sandbox with another: sources a veth may send from besides its own.
+    pub sandbox_addrs: BTreeMap<[u8; 4], SandboxAddr>,
     pub host_addrs: BTreeMap<[u8; 4], HostAddr>,
     pub uplinks: BTreeMap<u32, Uplink>,
 }
@@ -138,37 +146,94 @@ pub fn network_key(id: &str) -> u32 {
         .max(1)
 }
 
+/// Every published port of the state, as `DP_PORTS` holds it.
+fn port_entries(state: &State) -> impl Iterator<Item = (PortKey, PortTarget)> + '_ {
+    state.endpoints.values().flat_map(endpoint_ports)
+}
+
+/// The published ports of one endpoint, as `DP_PORTS` holds them (only
+/// veth endpoints are reached through the maps).
+fn endpoint_ports(ep: &Endpoint) -> impl Iterator<Item = (PortKey, PortTarget)> + '_ {
+    let ip = match (ep.ipv4, &ep.attachment) {
+        (Some(ip), Attachment::Veth { .. }) => Some(ip),
+        _ => None,
+    };
+    ip.into_iter().flat_map(move |ip| {
+        ep.published.iter().map(move |m| {
+            (
+                PortKey {
+                    addr: m.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
+                    port: m.host_port.to_be_bytes(),
+                    proto: m.proto.number(),
+                    _pad: 0,
+                },
+                PortTarget {
+                    addr: ip.octets(),
+                    port: m.container_port.to_be_bytes(),
+                    _pad: [0; 2],
+                    stats_index: m.stats_index,
+                    _pad2: 0,
+                },
+            )
+        })
+    })
+}
+
+/// The address flows of an endpoint use while it is in a sandbox.
+fn live_addr(ep: &Endpoint) -> Option<[u8; 4]> {
+    ep.ipv4
+        .filter(|_| !ep.netns.as_os_str().is_empty())
+        .map(|ip| ip.octets())
+}
+
+/// What going from `old` to `new` takes away, whose conntrack entries
+/// must go too ([`conntrack::purge`]): endpoint addresses no longer in a
+/// sandbox, published ports no longer leading where they did. Endpoints
+/// whose record did not change cost a comparison; the whole new state is
+/// only searched when something may be gone.
+pub fn gone(old: &State, new: &State) -> Gone {
+    let mut g = Gone::default();
+    for (id, o) in &old.endpoints {
+        let n = new.endpoints.get(id);
+        if n == Some(o) {
+            continue;
+        }
+        if let Some(a) = live_addr(o) {
+            if n.and_then(live_addr) != Some(a) {
+                g.addrs.insert(a);
+            }
+        }
+        let kept: BTreeSet<_> = n
+            .into_iter()
+            .flat_map(endpoint_ports)
+            .map(|(k, t)| conntrack::mapping_of(&k, &t))
+            .collect();
+        g.mappings.extend(
+            endpoint_ports(o)
+                .map(|(k, t)| conntrack::mapping_of(&k, &t))
+                .filter(|m| !kept.contains(m)),
+        );
+    }
+    // Another endpoint may have what this one lost (a container's second
+    // endpoint record shares its address).
+    if !g.addrs.is_empty() {
+        let live: BTreeSet<[u8; 4]> = new.endpoints.values().filter_map(live_addr).collect();
+        g.addrs.retain(|a| !live.contains(a));
+    }
+    if !g.mappings.is_empty() {
+        let mapped: BTreeSet<_> = port_entries(new)
+            .map(|(k, t)| conntrack::mapping_of(&k, &t))
+            .collect();
+        g.mappings.retain(|m| !mapped.contains(m));
+    }
+    g
+}
+
 /// Computes the maps' contents from the state and the host's links.
 pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError> {
     // Collected rather than inserted one by one: a sorted bulk build of
     // 10 000 entries costs a fraction of 10 000 inserts.
-    let ports = state
-        .endpoints
-        .values()
-        .filter_map(|ep| match (ep.ipv4, &ep.attachment) {
-            (Some(ip), Attachment::Veth { .. }) => Some((ip, &ep.published)),
-            _ => None,
-        })
-        .flat_map(|(ip, published)| {
-            published.iter().map(move |m| {
-                (
-                    PortKey {
-                        addr: m.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
-                        port: m.host_port.to_be_bytes(),
-                        proto: m.proto.number(),
-                        _pad: 0,
-                    },
-                    PortTarget {
-                        addr: ip.octets(),
-                        port: m.container_port.to_be_bytes(),
-                        _pad: [0; 2],
-                        stats_index: m.stats_index,
-                        _pad2: 0,
-                    },
-                )
-            })
-        })
-        .collect();
+    let ports = port_entries(state).collect();
     let mut d = Desired {
         ports,
         ..Desired::default()
@@ -203,6 +268,7 @@ pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError>
     };
     let by_name: BTreeMap<&str, &Link> = links.iter().map(|l| (l.name.as_str(), l)).collect();
     let by_index: BTreeMap<u32, &Link> = links.iter().map(|l| (l.index, l)).collect();
+    let sandbox = sandboxes(state);
     for ep in state.endpoints.values() {
         let (Attachment::Veth { host_ifname }, Some(ip)) = (&ep.attachment, ep.ipv4) else {
             continue;
@@ -210,7 +276,7 @@ pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError>
         let Some(net) = state.networks.get(&ep.network) else {
             continue;
         };
-        let (Some(subnet), Some(gw)) = (net.subnet, net.gateway) else {
+        let (Some(_), Some(gw)) = (net.subnet, net.gateway) else {
             continue;
         };
         // A veth gone with its namespace has nothing left to police.
@@ -222,7 +288,7 @@ pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError>
             EndpointInfo {
                 addr: ip.octets(),
                 gateway: gw.octets(),
-                prefix_len: u32::from(subnet.prefix_len()),
+                sandbox: sandbox.get(ep.id.as_str()).copied().unwrap_or(0),
                 network_id: network_key(&net.id),
             },
         );
@@ -253,6 +319,7 @@ pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError>
             },
         );
     }
+    d.sandbox_addrs = sandbox_addrs(state, &sandbox);
     for (index, addr, _) in host.addrs(None).await? {
         d.host_addrs.insert(
             addr.octets(),
@@ -276,6 +343,52 @@ pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError>
         d.uplinks.insert(link.index, Uplink { addr, _pad: 0 });
     }
     Ok(d)
+}
+
+/// The sandbox of every endpoint that is in one: the inode number of its
+/// namespace file (bind mounts and `/proc/PID/ns/net` alike show the
+/// namespace's own, unique among live namespaces, so two paths to one
+/// namespace agree), read once per path. Endpoints in no sandbox (Docker
+/// between Leave and DeleteEndpoint) or whose namespace is gone get none.
+fn sandboxes(state: &State) -> BTreeMap<&str, u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut by_path: BTreeMap<&std::path::Path, Option<u32>> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for ep in state.endpoints.values() {
+        if ep.netns.as_os_str().is_empty() {
+            continue;
+        }
+        let id = *by_path.entry(ep.netns.as_path()).or_insert_with(|| {
+            std::fs::metadata(&ep.netns)
+                .ok()
+                .and_then(|m| u32::try_from(m.ino()).ok())
+                .filter(|i| *i != 0)
+        });
+        if let Some(id) = id {
+            out.insert(ep.id.as_str(), id);
+        }
+    }
+    out
+}
+
+/// The addresses of endpoints that share their sandbox with another
+/// endpoint, with the sandbox: what `DP_SANDBOX_ADDRS` holds.
+fn sandbox_addrs(state: &State, sandboxes: &BTreeMap<&str, u32>) -> BTreeMap<[u8; 4], SandboxAddr> {
+    let mut members: BTreeMap<u32, BTreeSet<[u8; 4]>> = BTreeMap::new();
+    for ep in state.endpoints.values() {
+        if let (Some(ip), Some(sb)) = (ep.ipv4, sandboxes.get(ep.id.as_str())) {
+            members.entry(*sb).or_default().insert(ip.octets());
+        }
+    }
+    members
+        .into_iter()
+        .filter(|(_, addrs)| addrs.len() > 1)
+        .flat_map(|(sandbox, addrs)| {
+            addrs
+                .into_iter()
+                .map(move |a| (a, SandboxAddr { sandbox, _pad: 0 }))
+        })
+        .collect()
 }
 
 fn hash_map<'a, K: aya::Pod, V: aya::Pod>(
@@ -440,6 +553,11 @@ pub fn apply(dp: &mut Dataplane, want: &Desired) -> Result<(), NatError> {
         maps::ENDPOINT_ROUTES,
         &want.endpoint_routes,
     )?;
+    reconcile_hash(
+        &mut hash_map::<[u8; 4], SandboxAddr>(dp, maps::SANDBOX_ADDRS)?,
+        maps::SANDBOX_ADDRS,
+        &want.sandbox_addrs,
+    )?;
     let mut trie = subnet_trie(dp)?;
     let have: Vec<Key<[u8; 4]>> = trie
         .keys()
@@ -488,6 +606,12 @@ pub fn apply_changes(dp: &mut Dataplane, old: &Desired, new: &Desired) -> Result
         maps::ENDPOINT_ROUTES,
         &old.endpoint_routes,
         &new.endpoint_routes,
+    )?;
+    update_hash(
+        &mut hash_map::<[u8; 4], SandboxAddr>(dp, maps::SANDBOX_ADDRS)?,
+        maps::SANDBOX_ADDRS,
+        &old.sandbox_addrs,
+        &new.sandbox_addrs,
     )?;
     if old.subnets != new.subnets {
         let mut trie = subnet_trie(dp)?;

@@ -11,7 +11,10 @@ use aya::{
 };
 use dataplane_common::{
     maps,
-    nat::{EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink},
+    nat::{
+        EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SandboxAddr, SubnetPolicy,
+        Uplink,
+    },
 };
 use dataplane_user::{bpffs::PinRoot, ebpf::Dataplane};
 
@@ -91,6 +94,15 @@ pub fn endpoint(pins: &PinRoot, ifindex: u32, info: EndpointInfo) -> Result<()> 
     let mut map: HashMap<MapData, u32, EndpointInfo> =
         HashMap::try_from(pinned(pins, maps::ENDPOINTS)?)?;
     map.insert(ifindex, info, 0).context("adding an endpoint")
+}
+
+/// `addr` as the address of an endpoint in sandbox `sandbox` (one that
+/// shares its sandbox with other endpoints).
+pub fn sandbox_addr(pins: &PinRoot, addr: Ipv4Addr, sandbox: u32) -> Result<()> {
+    let mut map: HashMap<MapData, [u8; 4], SandboxAddr> =
+        HashMap::try_from(pinned(pins, maps::SANDBOX_ADDRS)?)?;
+    map.insert(addr.octets(), SandboxAddr { sandbox, _pad: 0 }, 0)
+        .context("adding a sandbox address")
 }
 
 /// The fast path's route to the endpoint address `addr`.

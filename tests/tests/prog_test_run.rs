@@ -382,7 +382,7 @@ mod nat {
             EndpointInfo {
                 addr: C1,
                 gateway: [172, 17, 0, 1],
-                prefix_len: 16,
+                sandbox: 0,
                 network_id: 1,
             },
         )
@@ -426,6 +426,72 @@ mod nat {
             "{what}: MACs and TTL untouched"
         );
         p
+    }
+
+    /// Anti-spoofing at the endpoint: its own address passes, and so does
+    /// the address of another endpoint of its sandbox (a container on two
+    /// networks answering from the other network's address, issue 12
+    /// item 8); another sandbox's address or an unknown one is dropped.
+    #[test]
+    fn endpoints_send_from_the_addresses_of_their_sandbox_only() {
+        if !dataplane_tests::require_root() {
+            return;
+        }
+        let dir = BpffsDir::new("ptrsandbox").expect("bpffs");
+        let mut dp = Dataplane::load(dir.pins()).expect("load");
+        configure_endpoint(&dp);
+        let pins = dir.pins();
+        datapath::endpoint(
+            pins,
+            TEST_RUN_IFINDEX,
+            EndpointInfo {
+                addr: C1,
+                gateway: [172, 17, 0, 1],
+                sandbox: 77,
+                network_id: 1,
+            },
+        )
+        .expect("endpoint");
+        let ours = Ipv4Addr::new(10, 63, 0, 2);
+        let theirs = Ipv4Addr::new(10, 63, 0, 9);
+        datapath::sandbox_addr(pins, C1.into(), 77).expect("sandbox");
+        datapath::sandbox_addr(pins, ours, 77).expect("sandbox");
+        datapath::sandbox_addr(pins, theirs, 78).expect("sandbox");
+        let spoofed = || {
+            stats::read(dir.pins())
+                .expect("stats")
+                .drop(DropReason::Spoofed)
+                .packets
+        };
+        for (src, verdict) in [
+            (Ipv4Addr::from(C1), NEXT),
+            (ours, NEXT),
+            (theirs, SHOT),
+            (Ipv4Addr::new(10, 63, 0, 5), SHOT),
+        ] {
+            let before = spoofed();
+            let p = PacketBuilder::udp(src.octets(), CLIENT, 5000, 53).build();
+            assert_eq!(run(&mut dp, "dp_from_container", &p).0, verdict, "{src}");
+            let counted = u64::from(verdict == SHOT);
+            assert_eq!(spoofed() - before, counted, "{src} counted as spoofed");
+        }
+        // An endpoint in no known sandbox keeps only its own address.
+        datapath::endpoint(
+            pins,
+            TEST_RUN_IFINDEX,
+            EndpointInfo {
+                addr: C1,
+                gateway: [172, 17, 0, 1],
+                sandbox: 0,
+                network_id: 1,
+            },
+        )
+        .expect("endpoint");
+        datapath::sandbox_addr(pins, Ipv4Addr::new(10, 63, 0, 3), 0).expect("sandbox");
+        for src in [ours, Ipv4Addr::new(10, 63, 0, 3)] {
+            let p = PacketBuilder::udp(src.octets(), CLIENT, 5000, 53).build();
+            assert_eq!(run(&mut dp, "dp_from_container", &p).0, SHOT, "{src}");
+        }
     }
 
     #[test]

@@ -16,6 +16,27 @@ pub enum IpamError {
     HostBitsSet { value: String, network: Ipv4Net },
     #[error("--subnet {value}: prefix length must be between 8 and 30")]
     PrefixLength { value: String },
+    /// A range no bridge network may take (loopback, "this network",
+    /// link-local, multicast, reserved): the host would route or answer
+    /// for it as its own, or never forward it.
+    #[error("--subnet {value}: overlaps {what} {range}")]
+    Reserved {
+        value: String,
+        what: &'static str,
+        range: Ipv4Net,
+    },
+    /// The subnet of an uplink: a bridge with it would take the host's
+    /// own address and the route to its segment off the uplink.
+    #[error(
+        "--subnet {subnet}: overlaps uplink {uplink}'s subnet {uplink_subnet} \
+         (the host's address {host_addr} is there)"
+    )]
+    UplinkOverlap {
+        subnet: Ipv4Net,
+        uplink: String,
+        uplink_subnet: Ipv4Net,
+        host_addr: Ipv4Addr,
+    },
     #[error("--subnet {subnet} overlaps network {other} ({other_subnet})")]
     Overlap {
         subnet: Ipv4Net,
@@ -70,7 +91,71 @@ pub fn next_free_subnet(used: &[Ipv4Net], host_routes: &[Ipv4Net]) -> Result<Ipv
         .ok_or(IpamError::PoolsExhausted)
 }
 
-/// Parses a user-given subnet: a network address with a prefix of 8-30.
+/// Ranges a network's subnet must not overlap, with what they are (RFC
+/// 6890): the kernel treats them as special, so a bridge on them cannot
+/// work, and 127.0.0.0/8 or 0.0.0.0/8 would put the host's loopback or
+/// "this host" addresses behind a bridge.
+pub const RESERVED: [(&str, Ipv4Net); 5] = [
+    (
+        "\"this network\"",
+        Ipv4Net::new_assert(Ipv4Addr::new(0, 0, 0, 0), 8),
+    ),
+    (
+        "loopback",
+        Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8),
+    ),
+    (
+        "link-local",
+        Ipv4Net::new_assert(Ipv4Addr::new(169, 254, 0, 0), 16),
+    ),
+    (
+        "multicast",
+        Ipv4Net::new_assert(Ipv4Addr::new(224, 0, 0, 0), 4),
+    ),
+    (
+        "reserved",
+        Ipv4Net::new_assert(Ipv4Addr::new(240, 0, 0, 0), 4),
+    ),
+];
+
+/// Refuses a subnet overlapping a [`RESERVED`] range.
+pub fn check_not_reserved(value: &str, net: &Ipv4Net) -> Result<(), IpamError> {
+    match RESERVED.iter().find(|(_, r)| overlaps(net, r)) {
+        Some((what, range)) => Err(IpamError::Reserved {
+            value: value.to_owned(),
+            what,
+            range: *range,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a subnet overlapping the subnet of an uplink: `uplinks` lists
+/// each uplink's name with its addresses (address, prefix length).
+pub fn check_not_uplink(
+    subnet: &Ipv4Net,
+    uplinks: &[(String, Vec<(Ipv4Addr, u8)>)],
+) -> Result<(), IpamError> {
+    for (name, addrs) in uplinks {
+        for (addr, len) in addrs {
+            let Ok(theirs) = Ipv4Net::new(*addr, *len).map(|n| n.trunc()) else {
+                continue;
+            };
+            if overlaps(subnet, &theirs) {
+                return Err(IpamError::UplinkOverlap {
+                    subnet: *subnet,
+                    uplink: name.clone(),
+                    uplink_subnet: theirs,
+                    host_addr: *addr,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses a user-given subnet: a network address with a prefix of 8-30,
+/// outside the [`RESERVED`] ranges.
 pub fn parse_subnet(value: &str) -> Result<Ipv4Net, IpamError> {
     let net: Ipv4Net = value.parse().map_err(|_| IpamError::MalformedSubnet {
         value: value.to_owned(),
@@ -86,6 +171,7 @@ pub fn parse_subnet(value: &str) -> Result<Ipv4Net, IpamError> {
             network: net.trunc(),
         });
     }
+    check_not_reserved(value, &net)?;
     Ok(net)
 }
 
@@ -269,6 +355,63 @@ mod tests {
             e.to_string(),
             "--subnet 10.1.2.3/16: has host bits set; the network address is 10.1.0.0/16"
         );
+    }
+
+    #[test]
+    fn reserved_ranges_are_refused() {
+        for (value, msg) in [
+            (
+                "127.0.0.0/24",
+                "--subnet 127.0.0.0/24: overlaps loopback 127.0.0.0/8",
+            ),
+            (
+                "0.0.0.0/8",
+                "--subnet 0.0.0.0/8: overlaps \"this network\" 0.0.0.0/8",
+            ),
+            (
+                "169.254.0.0/24",
+                "--subnet 169.254.0.0/24: overlaps link-local 169.254.0.0/16",
+            ),
+            (
+                "224.1.0.0/16",
+                "--subnet 224.1.0.0/16: overlaps multicast 224.0.0.0/4",
+            ),
+            (
+                "240.0.0.0/8",
+                "--subnet 240.0.0.0/8: overlaps reserved 240.0.0.0/4",
+            ),
+            // Wider than the range, containing it.
+            (
+                "169.0.0.0/8",
+                "--subnet 169.0.0.0/8: overlaps link-local 169.254.0.0/16",
+            ),
+        ] {
+            let e = parse_subnet(value).map(|n| n.to_string());
+            assert_eq!(e.map_err(|e| e.to_string()), Err(msg.to_owned()), "{value}");
+        }
+        // Neighbours stay usable.
+        for ok in [
+            "126.0.0.0/8",
+            "128.0.0.0/8",
+            "169.253.0.0/16",
+            "223.255.0.0/16",
+        ] {
+            assert_eq!(parse_subnet(ok), Ok(net(ok)), "{ok}");
+        }
+    }
+
+    #[test]
+    fn uplink_subnets_are_refused() {
+        let uplinks = vec![("eth0".to_owned(), vec![(Ipv4Addr::new(192, 0, 2, 1), 24)])];
+        let e = check_not_uplink(&net("192.0.2.128/25"), &uplinks).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--subnet 192.0.2.128/25: overlaps uplink eth0's subnet 192.0.2.0/24 \
+             (the host's address 192.0.2.1 is there)"
+        );
+        assert!(check_not_uplink(&net("192.0.0.0/16"), &uplinks).is_err());
+        assert!(check_not_uplink(&net("192.0.3.0/24"), &uplinks).is_ok());
+        assert!(check_not_uplink(&net("192.0.3.0/24"), &[]).is_ok());
     }
 
     #[test]

@@ -26,6 +26,7 @@ use super::{
 };
 use crate::{
     bpffs::PinRoot,
+    conntrack,
     ebpf::Dataplane,
     filter::{self, FilterRule},
     nat::{self, NatError},
@@ -473,11 +474,26 @@ impl Manager {
     }
 
     /// Writes `state`, makes it current once it is on disk, then brings the
-    /// datapath's maps in line with it.
+    /// datapath's maps in line with it, and last removes the flows of what
+    /// the change took away (endpoints, published ports): once the maps no
+    /// longer publish it, no new entry can be made for it behind the purge.
+    /// The change stands when the purge fails; its errors are reported.
     async fn persist(&mut self, state: State) -> Result<(), NetworkError> {
+        let gone = nat::gone(&self.state, &state);
         self.store.commit(&self.state, &state)?;
         self.state = state;
-        self.sync_datapath().await
+        self.sync_datapath().await?;
+        let report = conntrack::purge(&self.pins, &gone);
+        if report.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(NetworkError::Teardown {
+                context: "saved, but purging the conntrack entries of removed endpoints and \
+                          published ports failed"
+                    .into(),
+                errors: report.errors.iter().map(|e| with_sources(e)).collect(),
+            })
+        }
     }
 
     /// Every map the programs read, from the state: NAT and filters. With
@@ -633,6 +649,38 @@ impl Manager {
             .collect())
     }
 
+    /// The addresses of every uplink (those added, and the interfaces the
+    /// default routes leave by, which the agent makes uplinks on its first
+    /// start), by name: a network must not take their subnets.
+    async fn uplink_addrs(&self) -> Result<Vec<(String, Vec<(Ipv4Addr, u8)>)>, NetworkError> {
+        let mut links = Vec::new();
+        for name in &self.state.uplinks {
+            if let Some(l) = self.host.link_by_name(name).await? {
+                links.push(l);
+            }
+        }
+        for r in self.host.routes().await? {
+            let Some(oif) = r.oif.filter(|_| r.prefix_len == 0) else {
+                continue;
+            };
+            if links.iter().any(|l| l.index == oif) {
+                continue;
+            }
+            if let Some(l) = self.host.link_by_index(oif).await? {
+                links.push(l);
+            }
+        }
+        let mut out = Vec::new();
+        for l in links {
+            let addrs = self.host.addrs(Some(l.index)).await?;
+            out.push((
+                l.name,
+                addrs.into_iter().map(|(_, a, len)| (a, len)).collect(),
+            ));
+        }
+        Ok(out)
+    }
+
     pub fn network(&self, name: &str) -> Result<&Network, NetworkError> {
         self.state
             .networks
@@ -684,6 +732,7 @@ impl Manager {
                     }
                     .into());
                 }
+                ipam::check_not_uplink(&s, &self.uplink_addrs().await?)?;
                 s
             }
             None => {
@@ -1261,8 +1310,10 @@ impl Manager {
         Ok(added)
     }
 
-    /// `publish rm`: stop publishing ports of a live endpoint. Established
-    /// flows keep their conntrack entries until they end, as with Docker.
+    /// `publish rm`: stop publishing ports of a live endpoint. Their flows
+    /// go with them (see [`Manager::persist`]): a client sending on one
+    /// tuple must reach whatever publishes the port next, not the old
+    /// target (moby#53384).
     pub async fn publish_rm(
         &mut self,
         network: &str,
@@ -1498,6 +1549,18 @@ impl Manager {
         }
         errors
     }
+}
+
+/// An error with its sources, for the messages a [`NetworkError::Teardown`]
+/// collects.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out = format!("{out}: {s}");
+        next = s.source();
+    }
+    out
 }
 
 /// Docker turns on IPv4 forwarding for its bridges; so do we, in the
