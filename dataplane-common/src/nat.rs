@@ -128,11 +128,8 @@ pub struct NatConfig {
 const _: () = assert!(size_of::<NatConfig>() == 16);
 
 impl NatConfig {
-    /// Linux's default ephemeral range, the fast path on. The agent and
-    /// the CLI replace the range with the ports beside the host's own
-    /// ephemeral range unless it is configured (`config::resolve_nat` in
-    /// dataplane-user); these bounds are the ones a half-configured range
-    /// keeps.
+    /// Linux's default ephemeral range, as netfilter's masquerade uses; the
+    /// fast path on.
     pub const DEFAULT: NatConfig = NatConfig {
         snat_port_min: 32768,
         snat_port_max: 60999,

@@ -156,33 +156,6 @@ pub fn create(orig_key: &CtKey, orig: &CtEntry, exclusive: bool) -> Result<(), i
     Ok(())
 }
 
-/// Frees the tuple of a wholly closed TCP flow (FIN both ways, or a RST)
-/// whose reply entry is under `reply_key`, for a new connection that
-/// claims it — nf_conntrack's reopen of a closed tuple, seen from the
-/// port allocator: without it every port of a busy masquerade range would
-/// stay held for the closing timeout after its flow ended. Returns
-/// whether the tuple was freed. A subprogram of its own: the keys it
-/// computes would not fit the callers' stack frames.
-#[inline(never)]
-pub fn reclaim_closed(reply_key: &CtKey) -> bool {
-    if reply_key.proto != IPPROTO_TCP {
-        return false;
-    }
-    let Some(entry) = DP_CT_TCP.get_ptr_mut(reply_key) else {
-        return false;
-    };
-    // SAFETY: from the lookup above; read in place (a copy of the whole
-    // entry would not fit the callers' stack).
-    let (state, flags, orig_key) =
-        unsafe { ((*entry).state, (*entry).flags, (*entry).peer_key(reply_key)) };
-    if state != CtState::Closing as u8 || flags & FLAG_REPLY == 0 {
-        return false;
-    }
-    let _ = remove(&orig_key);
-    let _ = remove(reply_key);
-    true
-}
-
 #[inline(always)]
 pub fn remove(key: &CtKey) -> Result<(), i32> {
     if key.proto == IPPROTO_TCP {

@@ -129,22 +129,21 @@ pub fn apply(ctx: &TcContext, pkt: &Ipv4Packet, e: &CtEntry) -> Result<(), DropR
 
 /// Creates the entry pair of a new flow whose source becomes `addr` (plus
 /// whatever `orig` already rewrites), and returns the completed original
-/// entry. The source port is kept when it lies in the configured range
-/// (ICMP echo identifiers: always) and the tuple is free; otherwise random
-/// ports of the range are probed, a bounded number of times. The range
-/// lies outside the host's ephemeral ports (the agent derives it from
-/// `ip_local_port_range`), so the host's own later connections never pick
-/// a port masquerade holds.
+/// entry. The source port is kept when its tuple is free, as netfilter's
+/// masquerade keeps it (whatever its range); otherwise random ports of the
+/// configured range are probed, a bounded number of times. Keeping the
+/// container's port matters for connection rates: a port moved to another
+/// connection's recently closed tuple meets the server's TIME_WAIT socket
+/// (docs/architecture.md has the measurement).
 ///
 /// A candidate is taken when a socket of the host would receive the
 /// replies (`host_socket`: the host's own connection on that tuple, or a
 /// listener or bound UDP socket on the port, which a container could
 /// otherwise shadow, CVE-2021-3773), or when conntrack holds its reply
 /// tuple. Claiming a port is one BPF_NOEXIST insert of the reply entry,
-/// so two CPUs never share a tuple; a TCP SYN may take over the tuple of
-/// a flow that is wholly closed (`conntrack::reclaim_closed`).
+/// so two CPUs never share a tuple.
 ///
-/// `HOST_SOCKETS` false skips the socket lookup and the reclaim: the
+/// `HOST_SOCKETS` false skips the socket lookup: the
 /// endpoint program's hairpin (to the bridge gateway) has no stack left
 /// for them (a known gap, docs/architecture.md); the uplink's masquerade
 /// always checks.
@@ -160,23 +159,11 @@ pub fn snat<const HOST_SOCKETS: bool>(
     let key = conntrack::key_of(pkt, zone);
     let min = u32::from(cfg.snat_port_min);
     let span = u32::from(cfg.snat_port_max.saturating_sub(cfg.snat_port_min)) + 1;
-    let sport = u32::from(u16::from_be_bytes(pkt.sport));
-    let in_range = sport >= min && sport - min < span;
-    let mut candidate = if pkt.proto == IPPROTO_ICMP || in_range {
-        pkt.sport
-    } else {
-        random_port(min, span)
-    };
-    let opens = HOST_SOCKETS && pkt.proto == IPPROTO_TCP && tcp::opens(pkt.tcp_flags);
+    let mut candidate = pkt.sport;
     let mut i = 0u32;
     while i <= cfg.snat_probes && i <= 64 {
         if !HOST_SOCKETS || !host_socket(ctx, pkt, addr, candidate) {
             let e = orig.with_src(addr, candidate);
-            if opens {
-                // Before the claim, not after a failed one: one inlined
-                // `create` per probe is what the stack has room for.
-                conntrack::reclaim_closed(&e.peer_key(&key));
-            }
             if conntrack::create(&key, &e, true).is_ok() {
                 return Ok(e);
             }

@@ -25,17 +25,10 @@
 //! tcp_closing = 10
 //! other = 60                              # UDP and ICMP
 //!
-//! [masquerade]                            # source ports for SNAT; default: the
-//! port_min = 61000                        # ports above the host's ephemeral range
-//! port_max = 65535                        # (`ip_local_port_range`), see below
+//! [masquerade]                            # source ports for SNAT
+//! port_min = 32768
+//! port_max = 60999
 //! ```
-//!
-//! Masquerade must not take a port the host's own connections pick, or a
-//! container's flow and one of the host's could share a tuple (the replies
-//! of one go to the other). Unless `[masquerade]` names a bound, its range
-//! is derived from the host's `net.ipv4.ip_local_port_range` as read in the
-//! host's network namespace ([`snat_range_beside`]): the ports above it, or
-//! failing that the ports between 1024 and it.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -120,12 +113,7 @@ pub struct Config {
     /// Where Docker's remote network driver is served.
     pub docker_socket: Setting<PathBuf>,
     pub timeouts: Timeouts,
-    /// Masquerade ports as configured, or the fixed defaults until
-    /// [`Config::resolve_nat`] derives them from the host.
     pub nat: NatConfig,
-    /// Whether `[masquerade]` names a port bound: then the range is the
-    /// user's, not derived from the host's ephemeral range.
-    pub snat_ports_set: bool,
 }
 
 impl Default for Config {
@@ -141,7 +129,6 @@ impl Default for Config {
             docker_socket: Setting::Default,
             timeouts: Timeouts::default(),
             nat: NatConfig::DEFAULT,
-            snat_ports_set: false,
         }
     }
 }
@@ -233,10 +220,6 @@ impl Config {
         if let Some(on) = file.fast_path {
             c.nat.fast_path = u32::from(on);
         }
-        // Either bound makes the range the user's; the other keeps its
-        // historical default, so files written before the derivation mean
-        // what they meant.
-        c.snat_ports_set = file.masquerade.port_min.is_some() || file.masquerade.port_max.is_some();
         if let Some(p) = file.masquerade.port_min {
             c.nat.snat_port_min = p;
         }
@@ -253,93 +236,6 @@ impl Config {
             ));
         }
         Ok(c)
-    }
-}
-
-/// The host's ephemeral port range (per network namespace: a process reads
-/// its own namespace's value).
-pub const EPHEMERAL_RANGE_PATH: &str = "/proc/sys/net/ipv4/ip_local_port_range";
-
-/// Masquerade never takes a privileged port by default.
-const SNAT_FLOOR: u16 = 1024;
-/// Fewer free ports than this above the ephemeral range is not room
-/// enough: the ports below it are taken instead.
-const SNAT_MIN_PORTS: u32 = 1024;
-
-/// Parses `ip_local_port_range` ("32768\t60999\n").
-pub fn parse_port_range(text: &str) -> Option<(u16, u16)> {
-    let mut it = text.split_whitespace().map(str::parse::<u16>);
-    match (it.next(), it.next(), it.next()) {
-        (Some(Ok(lo)), Some(Ok(hi)), None) if lo <= hi => Some((lo, hi)),
-        _ => None,
-    }
-}
-
-/// The default masquerade range beside the host's ephemeral range
-/// `lo`..=`hi`: the ports above it when there are at least
-/// [`SNAT_MIN_PORTS`] of them (61000-65535 beside Linux's default
-/// 32768-60999), else those from 1024 up to it when there are that many,
-/// else the larger of the two if either has a port; None when the
-/// ephemeral range leaves nothing above 1023.
-pub fn snat_range_beside((lo, hi): (u16, u16)) -> Option<(u16, u16)> {
-    let above = (hi < u16::MAX).then(|| (hi + 1, u16::MAX));
-    let below = (lo > SNAT_FLOOR).then(|| (SNAT_FLOOR, lo - 1));
-    let size = |r: Option<(u16, u16)>| r.map_or(0, |(a, b)| u32::from(b) - u32::from(a) + 1);
-    if size(above) >= SNAT_MIN_PORTS {
-        return above;
-    }
-    if size(below) >= SNAT_MIN_PORTS {
-        return below;
-    }
-    if size(above) >= size(below) {
-        above
-    } else {
-        below
-    }
-}
-
-impl Config {
-    /// The NAT settings for programs loaded now: the configured ones, with
-    /// the masquerade range derived from the host's ephemeral range
-    /// (`ephemeral`, the text of [`EPHEMERAL_RANGE_PATH`] as read in the
-    /// host's namespace) unless the file set it.
-    pub fn resolve_nat(&self, ephemeral: &str) -> Result<NatConfig, ConfigError> {
-        if self.snat_ports_set {
-            return Ok(self.nat);
-        }
-        let invalid = |problem: String| ConfigError::Invalid {
-            path: PathBuf::from(EPHEMERAL_RANGE_PATH),
-            field: "masquerade",
-            problem,
-        };
-        let range = parse_port_range(ephemeral)
-            .ok_or_else(|| invalid(format!("{:?} is not a port range", ephemeral.trim())))?;
-        let (min, max) = snat_range_beside(range).ok_or_else(|| {
-            invalid(format!(
-                "the host's ephemeral ports {}-{} leave none above 1023 for masquerade: \
-                 set [masquerade] port_min and port_max",
-                range.0, range.1
-            ))
-        })?;
-        Ok(NatConfig {
-            snat_port_min: min,
-            snat_port_max: max,
-            ..self.nat
-        })
-    }
-
-    /// [`Config::resolve_nat`] with the range of the namespace this process
-    /// is in.
-    pub fn host_nat(&self) -> Result<NatConfig, ConfigError> {
-        if self.snat_ports_set {
-            return Ok(self.nat);
-        }
-        let text =
-            std::fs::read_to_string(EPHEMERAL_RANGE_PATH).map_err(|source| ConfigError::Read {
-                path: PathBuf::from(EPHEMERAL_RANGE_PATH),
-                source,
-            })?;
-        self.resolve_nat(&text)
     }
 }
 
@@ -376,7 +272,6 @@ mod tests {
         assert_eq!(c.timeouts.tcp_closing, Duration::from_secs(3));
         assert_eq!(c.timeouts.tcp_syn, Duration::from_secs(60));
         assert_eq!((c.nat.snat_port_min, c.nat.snat_port_max), (40000, 40100));
-        assert!(c.snat_ports_set);
         assert_eq!(c.nat.fast_path, 1, "on unless the file says otherwise");
         assert_eq!(
             Config::parse(Path::new("e.toml"), "").unwrap(),
@@ -436,45 +331,5 @@ mod tests {
                 "{text:?}: {e}"
             );
         }
-    }
-
-    #[test]
-    fn masquerade_range_beside_the_ephemeral_ports() {
-        assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
-        assert_eq!(parse_port_range("60999 32768"), None);
-        assert_eq!(parse_port_range("1 2 3"), None);
-        assert_eq!(parse_port_range(""), None);
-        // Above the host's range when there is room, else below it (never
-        // under 1024), else the larger scrap, else none.
-        for (ephemeral, want) in [
-            ((32768, 60999), Some((61000, 65535))),
-            ((40000, 50000), Some((50001, 65535))),
-            ((32768, 65000), Some((1024, 32767))),
-            ((10000, 65535), Some((1024, 9999))),
-            ((1500, 65000), Some((65001, 65535))),
-            ((1100, 65535), Some((1024, 1099))),
-            ((1024, 65535), None),
-            ((1, 65535), None),
-        ] {
-            assert_eq!(snat_range_beside(ephemeral), want, "{ephemeral:?}");
-        }
-    }
-
-    #[test]
-    fn masquerade_range_is_derived_unless_configured() {
-        let c = Config::default();
-        assert!(!c.snat_ports_set);
-        let nat = c.resolve_nat("32768 60999\n").unwrap();
-        assert_eq!((nat.snat_port_min, nat.snat_port_max), (61000, 65535));
-        assert_eq!((nat.snat_probes, nat.fast_path), (32, 1), "the rest kept");
-        let e = c.resolve_nat("1024 65535").unwrap_err().to_string();
-        assert!(e.contains("set [masquerade]"), "{e}");
-        let e = c.resolve_nat("nonsense").unwrap_err().to_string();
-        assert!(e.contains("ip_local_port_range"), "{e}");
-        // One configured bound is enough to switch the derivation off; the
-        // other keeps its old default.
-        let c = Config::parse(Path::new("m.toml"), "[masquerade]\nport_min = 40000").unwrap();
-        let nat = c.resolve_nat("32768 60999").unwrap();
-        assert_eq!((nat.snat_port_min, nat.snat_port_max), (40000, 60999));
     }
 }

@@ -449,16 +449,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         netns::enter(&path)
             .with_context(|| format!("--netns {ns}: entering {}", path.display()))?;
     }
-    let mut config = match &cli.config {
+    let config = match &cli.config {
         Some(path) => Config::load(path)?,
         None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
             Config::load(std::path::Path::new(DEFAULT_CONFIG))?
         }
         None => Config::default(),
     };
-    // After `--netns`: the ephemeral range masquerade stays out of is the
-    // host namespace's own.
-    config.nat = config.host_nat()?;
     let pins = PinRoot::new(
         cli.bpffs_root
             .or_else(|| config.bpffs_root.clone())

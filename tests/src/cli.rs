@@ -37,6 +37,8 @@ impl Drop for StateDir {
     fn drop(&mut self) {
         // An agent's socket beside the state directory (see `Cli`).
         let _ = std::fs::remove_file(self.path.with_extension("sock"));
+        // A config file beside it (`Cli::set_config`).
+        let _ = std::fs::remove_file(self.path.with_extension("toml"));
         if let Err(e) = std::fs::remove_dir_all(&self.path) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 eprintln!("StateDir drop: removing {}: {e}", self.path.display());
@@ -53,6 +55,9 @@ pub struct Cli {
     /// The API socket an agent started with this CLI listens on (never the
     /// system's).
     pub socket: PathBuf,
+    /// The config file every command reads (`/dev/null` unless
+    /// [`Cli::set_config`]).
+    config: PathBuf,
 }
 
 impl Cli {
@@ -72,7 +77,17 @@ impl Cli {
             state,
             pins: BpffsDir::new(tag)?,
             socket,
+            config: PathBuf::from("/dev/null"),
         })
+    }
+
+    /// Makes every later command read `text` as its config file (kept
+    /// beside the state directory, removed with it).
+    pub fn set_config(&mut self, text: &str) -> Result<()> {
+        let path = self.state.path().with_extension("toml");
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        self.config = path;
+        Ok(())
     }
 
     /// The command with the test's global flags, for callers that spawn it.
@@ -87,7 +102,7 @@ impl Cli {
             .arg("--socket")
             .arg(&self.socket)
             .arg("--config")
-            .arg("/dev/null")
+            .arg(&self.config)
             .args(args);
         Ok(cmd)
     }

@@ -294,14 +294,14 @@ fn masquerade_gives_two_containers_200_distinct_flows() {
     // 100 connections held open at once from each container, both using the
     // same 100 source ports: after masquerade they would collide on the
     // uplink's address, so the allocator must move the second set. The
-    // ports lie in the masquerade range (61000-65535 beside the fake host's
-    // default ephemeral range): only those are kept.
+    // ports lie in the masquerade range (default 32768-60999): only those
+    // are kept.
     let mut streams: Vec<TcpStream> = Vec::new();
     for c in [&c1, &c2] {
         let mut batch = c
             .run_in(move || {
                 (0..100u16)
-                    .map(|i| connect_from_port(62_000 + i, ext))
+                    .map(|i| connect_from_port(40_000 + i, ext))
                     .collect::<std::io::Result<Vec<_>>>()
             })
             .expect("run_in")
@@ -325,7 +325,7 @@ fn masquerade_gives_two_containers_200_distinct_flows() {
     let ports: BTreeSet<u16> = peers.iter().map(SocketAddr::port).collect();
     assert_eq!(ports.len(), 200, "distinct source ports");
     // The first container kept its own ports; the second was moved.
-    assert_eq!(ports.range(62_000..62_100).count(), 100, "{ports:?}");
+    assert_eq!(ports.range(40_000..40_100).count(), 100, "{ports:?}");
     drop(streams);
 
     let u = udp_echo_server(&s.fh.client, SocketAddr::from((s.fh.client_ip, 5300))).expect("udp");

@@ -2,8 +2,8 @@
 //! fake host (issue 12, items 2 and 5): a container's flow never takes the
 //! tuple of a connection the host holds, never shadows a host service's
 //! port (CVE-2021-3773, the kernel selftest `nft_nat.sh`
-//! `test_port_shadow`), and its masquerade ports lie outside the host
-//! namespace's own `ip_local_port_range`.
+//! `test_port_shadow`), and a port taken moves into the configured
+//! masquerade range.
 
 use std::{
     io::{Read as _, Write as _},
@@ -28,17 +28,14 @@ struct Setup {
     c: NetNs,
 }
 
-/// A fake host with `ephemeral` as its namespace's `ip_local_port_range`
-/// (None: the kernel's default), its uplink, and one container.
-fn setup(tag: &str, ephemeral: Option<&str>) -> Setup {
+/// A fake host with `config` as the CLI's config file (None: the
+/// defaults), its uplink, and one container.
+fn setup(tag: &str, config: Option<&str>) -> Setup {
     let fh = FakeHost::new(false).expect("fake host");
-    if let Some(range) = ephemeral {
-        // The fake host's own namespace: never the machine's.
-        fh.host
-            .sysctl("net.ipv4.ip_local_port_range", range)
-            .expect("sysctl");
+    let mut cli = Cli::new(&fh.host, tag).expect("cli");
+    if let Some(text) = config {
+        cli.set_config(text).expect("config");
     }
-    let cli = Cli::new(&fh.host, tag).expect("cli");
     cli.run(&["uplink", "add", &fh.uplink]).expect("uplink add");
     let c = NetNs::new("c").expect("netns");
     cli.run(&["connect", "bridge", c.name()]).expect("connect");
@@ -84,9 +81,9 @@ fn udp_bound(ns: &NetNs, port: u16) -> UdpSocket {
 
 /// Item 2: the host holds a connection from port P to the client's
 /// service; a container connecting to the same service from port P must
-/// not be masqueraded onto the host's tuple. P = 62000 lies in the
-/// masquerade range (61000-65535 beside the kernel's default ephemeral
-/// range), so only the socket lookup keeps them apart.
+/// not be masqueraded onto the host's tuple. P = 45000 lies in the
+/// masquerade range (default 32768-60999), where the container's port is
+/// kept when free, so only the socket lookup keeps them apart.
 #[test]
 fn a_container_never_takes_the_tuple_of_a_host_connection() {
     if !dataplane_tests::require_root() {
@@ -95,7 +92,7 @@ fn a_container_never_takes_the_tuple_of_a_host_connection() {
     let s = setup("hostconn", None);
     let svc = SocketAddr::from((s.fh.client_ip, 7004));
     let server = tcp_echo_server(&s.fh.client, svc).expect("server");
-    const P: u16 = 62000;
+    const P: u16 = 45000;
     let mut host_conn = connect_from_port(&s.fh.host, P, svc, T).expect("host connection");
     assert_eq!(echo(&mut host_conn, b"host").expect("host echo"), b"host");
 
@@ -140,15 +137,16 @@ fn a_container_never_takes_the_tuple_of_a_host_connection() {
 /// Item 5, the kernel selftest's port shadow: a container sends from a host
 /// service's UDP port to the client's 41404; the client's datagrams from
 /// 41404 to that port of the host must reach the host's listener, not the
-/// container. 1405 is below the masquerade range (the range keeps it out);
-/// 63405 is inside it (the socket lookup does).
+/// container. The socket lookup moves the container's flow off the host
+/// service's port, below the masquerade range (1405) and inside it
+/// (45405).
 #[test]
 fn a_container_cannot_shadow_a_host_udp_service() {
     if !dataplane_tests::require_root() {
         return;
     }
     let s = setup("shadow", None);
-    for (svc_port, client_port) in [(1405u16, 41404u16), (63405, 41405)] {
+    for (svc_port, client_port) in [(1405u16, 41404u16), (45405, 41405)] {
         let host_listener = udp_bound(&s.fh.host, svc_port);
         let container = udp_bound(&s.c, svc_port);
         let client = udp_bound(&s.fh.client, client_port);
@@ -179,25 +177,29 @@ fn a_container_cannot_shadow_a_host_udp_service() {
     }
 }
 
-/// The masquerade range follows the host namespace's `ip_local_port_range`
-/// (read by the CLI inside the fake host): with 40000-50000 there, a
-/// container's port in it (45000) or below it (30000) moves above it, and
-/// one above it (55000) is kept.
+/// A port the host holds is replaced by one of the configured masquerade
+/// range (here 50001-65535), and a free port is kept whatever its range
+/// (as netfilter's masquerade keeps it).
 #[test]
-fn masquerade_ports_stay_out_of_the_host_ephemeral_range() {
+fn a_taken_port_moves_into_the_configured_range() {
     if !dataplane_tests::require_root() {
         return;
     }
-    let s = setup("range", Some("40000 50000"));
+    let s = setup(
+        "range",
+        Some("[masquerade]\nport_min = 50001\nport_max = 65535\n"),
+    );
     let svc = SocketAddr::from((s.fh.client_ip, 7005));
     let server = tcp_echo_server(&s.fh.client, svc).expect("server");
-    for port in [45000u16, 30000, 55000] {
+    let mut host_conn = connect_from_port(&s.fh.host, 45000, svc, T).expect("host connection");
+    assert_eq!(echo(&mut host_conn, b"h").expect("host echo"), b"h");
+    for port in [45000u16, 30000] {
         let mut conn = connect_from_port(&s.c, port, svc, T).expect("connect");
         assert_eq!(echo(&mut conn, b"x").expect("echo"), b"x");
     }
     let seen: Vec<u16> = server.peers().iter().map(SocketAddr::port).collect();
     assert_eq!(seen.len(), 3, "{seen:?}");
-    assert!((50001..=65535).contains(&seen[0]), "45000 -> {}", seen[0]);
-    assert!((50001..=65535).contains(&seen[1]), "30000 -> {}", seen[1]);
-    assert_eq!(seen[2], 55000, "in the masquerade range: kept");
+    assert_eq!(seen[0], 45000, "the host's own");
+    assert!((50001..=65535).contains(&seen[1]), "45000 -> {}", seen[1]);
+    assert_eq!(seen[2], 30000, "free: kept");
 }
