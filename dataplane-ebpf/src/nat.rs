@@ -27,7 +27,6 @@ use crate::{
     conntrack,
     maps::{DP_HOST_ADDRS, DP_PORTS},
     parse::{Ipv4Packet, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF},
-    tcp,
 };
 
 /// Masquerade and fast path settings, set by the agent at load time.

@@ -191,41 +191,69 @@ fn try_uplink_out(ctx: &TcContext) -> Result<i32, DropReason> {
             return Ok(TCX_NEXT);
         }
     }
-    let Some(policy) = DP_SUBNETS.get(&Key::new(32, pkt.src)) else {
-        return Ok(TCX_NEXT);
-    };
-    let flags = policy.flags;
-    if flags & SUBNET_INTERNAL != 0 {
-        return Err(DropReason::Internal);
-    }
-    if flags & SUBNET_MASQUERADE == 0 {
-        return Ok(TCX_NEXT);
-    }
-    if pkt.later_fragment {
-        // A fragment of a masqueraded datagram that cannot be translated
-        // (its first fragment was not seen, or started no flow) must not
-        // leave with the container's address.
-        return Err(DropReason::FragmentUntracked);
-    }
-    let translatable = pkt.proto == IPPROTO_TCP
-        || pkt.proto == IPPROTO_UDP
-        || (pkt.proto == IPPROTO_ICMP && pkt.icmp_type == ICMP_ECHO_REQUEST);
-    if !translatable {
-        return Ok(TCX_NEXT);
-    }
-    // SAFETY: the context's __sk_buff is valid for the whole program run.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: read-only use within this run.
-    let Some(uplink) = (unsafe { DP_UPLINKS.get(ifindex) }) else {
-        return Ok(TCX_NEXT);
+    let addr = match DP_SUBNETS.get(&Key::new(32, pkt.src)) {
+        Some(policy) => {
+            let flags = policy.flags;
+            if flags & SUBNET_INTERNAL != 0 {
+                return Err(DropReason::Internal);
+            }
+            if flags & SUBNET_MASQUERADE == 0 {
+                return Ok(TCX_NEXT);
+            }
+            if pkt.later_fragment {
+                // A fragment of a masqueraded datagram that cannot be
+                // translated (its first fragment was not seen, or started no
+                // flow) must not leave with the container's address.
+                return Err(DropReason::FragmentUntracked);
+            }
+            let translatable = pkt.proto == IPPROTO_TCP
+                || pkt.proto == IPPROTO_UDP
+                || (pkt.proto == IPPROTO_ICMP && pkt.icmp_type == ICMP_ECHO_REQUEST);
+            if !translatable {
+                return Ok(TCX_NEXT);
+            }
+            // SAFETY: the context's __sk_buff is valid for the whole program run.
+            let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+            // SAFETY: read-only use within this run.
+            let Some(uplink) = (unsafe { DP_UPLINKS.get(ifindex) }) else {
+                return Ok(TCX_NEXT);
+            };
+            uplink.addr
+        }
+        None if host_flow_collides(&pkt, frag) => pkt.src,
+        None => return Ok(TCX_NEXT),
     };
     let orig = nat::snat::<true>(
         ctx,
         &pkt,
         ZONE,
         conntrack::entry(ctx, FLAG_SNAT, &pkt)?,
-        uplink.addr,
+        addr,
     )?;
     nat::apply(ctx, &pkt, &orig)?;
     Ok(TCX_NEXT)
+}
+
+/// Whether a new flow of the host's own (not from a managed subnet) would
+/// share its tuple with a masqueraded flow: its replies are the replies of
+/// a container's flow that masquerade gave the same address and port to
+/// the same peer (the host's port allocator sees only sockets). Such a
+/// flow gets a port of its own, as the kernel's NAT remaps a clashing
+/// flow; the host's other flows stay untracked. Only a flow's first
+/// packet asks: a TCP SYN, or a UDP datagram not tracked yet.
+#[inline(always)]
+fn host_flow_collides(pkt: &Ipv4Packet, frag: Frag) -> bool {
+    if frag != Frag::Whole {
+        return false;
+    }
+    let opens = match pkt.proto {
+        IPPROTO_TCP => tcp::opens(pkt.tcp_flags),
+        IPPROTO_UDP => true,
+        _ => false,
+    };
+    if !opens {
+        return false;
+    }
+    let reply = conntrack::key_of(pkt, ZONE).reversed();
+    conntrack::lookup(&reply).is_some()
 }

@@ -134,6 +134,40 @@ fn a_container_never_takes_the_tuple_of_a_host_connection() {
     );
 }
 
+/// Item 2 the other way round: a container's flow holds host:P -> the
+/// client's service first; the host then connects to the same service
+/// from P (its port allocator sees only its sockets). The host's flow gets
+/// a port of its own, as the kernel's NAT remaps a clashing flow, and both
+/// connections keep working.
+#[test]
+fn a_host_connection_on_a_tuple_masquerade_holds_gets_its_own_port() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let s = setup("hostafter", None);
+    let svc = SocketAddr::from((s.fh.client_ip, 7006));
+    let server = tcp_echo_server(&s.fh.client, svc).expect("server");
+    const P: u16 = 45100;
+    let mut cont_conn = connect_from_port(&s.c, P, svc, T).expect("container connection");
+    assert_eq!(echo(&mut cont_conn, b"c").expect("container echo"), b"c");
+    let mut host_conn = connect_from_port(&s.fh.host, P, svc, T)
+        .expect("the host's connection from the port masquerade holds");
+    assert_eq!(echo(&mut host_conn, b"host").expect("host echo"), b"host");
+    assert_eq!(
+        echo(&mut cont_conn, b"still here").expect("container echo after the host's connect"),
+        b"still here"
+    );
+    let peers = server.peers();
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    assert_eq!(
+        peers[0],
+        SocketAddr::from((s.fh.host_ip, P)),
+        "the container's, kept"
+    );
+    assert_eq!(peers[1].ip(), s.fh.host_ip);
+    assert_ne!(peers[1].port(), P, "the host's flow moved: {peers:?}");
+}
+
 /// Item 5, the kernel selftest's port shadow: a container sends from a host
 /// service's UDP port to the client's 41404; the client's datagrams from
 /// 41404 to that port of the host must reach the host's listener, not the
