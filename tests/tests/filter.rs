@@ -29,6 +29,9 @@ use dataplane_user::{
     stats,
 };
 
+/// The Ethernet header, which rule counters do not count.
+const ETH_LEN: usize = 14;
+
 /// tcx "next program" (TC_ACT_UNSPEC) as the u32 the syscall returns.
 const NEXT: u32 = u32::MAX;
 const SHOT: u32 = 2;
@@ -49,6 +52,7 @@ const TEST_RUN_IFINDEX: u32 = 1;
 /// Names as the CLI would resolve them: `lo` is the test-run device, any
 /// other interface is one the packets do not come in on; `net1`/`net2` are
 /// the two networks, any other network has no subnet.
+
 fn resolve(r: &FilterRule) -> ResolvedRule {
     ResolvedRule {
         ifindex: r.in_iface.as_deref().map(|i| match i {
@@ -212,7 +216,8 @@ fn not_src_drops_everyone_else() {
     assert_eq!(f.verdict(&syn), SHOT, "retransmitted SYN");
     let direct = udp([203, 0, 113, 9], C1, 5000, 53);
     assert_eq!(f.verdict(&direct), SHOT, "other direct");
-    let bytes = (2 * syn.len() + direct.len()) as u64;
+    // IP bytes, as `iptables -vL` counts: no Ethernet header.
+    let bytes = (2 * syn.len() + direct.len() - 3 * ETH_LEN) as u64;
     assert_eq!(f.counts(&[0]), [(3, bytes)]);
     assert_eq!(f.filtered(), 3);
     let by_id = filter::counters_by_id(f.dir.pins()).expect("by id");
