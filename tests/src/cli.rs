@@ -142,6 +142,35 @@ impl Cli {
         serde_json::from_str(&out)
             .with_context(|| format!("dataplane {args:?} printed no JSON: {out}"))
     }
+
+    /// Packets dropped for `reason` (its name in `stats show`), 0 when none.
+    pub fn drops(&self, reason: &str) -> u64 {
+        let stats = self
+            .json(&["stats", "show", "--format", "json"])
+            .expect("stats show");
+        stats["drops"][reason]["packets"].as_u64().unwrap_or(0)
+    }
+
+    /// Every conntrack entry, as `conntrack ls --format json` prints it.
+    pub fn flows(&self) -> Vec<Value> {
+        self.json(&["conntrack", "ls", "--format", "json"])
+            .expect("conntrack ls")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// A fake host whose uplink the dataplane manages through this CLI
+    /// (`config`: the CLI's config file, None for the defaults).
+    pub fn uplinked(tag: &str, config: Option<&str>) -> Result<(crate::topo::FakeHost, Cli)> {
+        let fh = crate::topo::FakeHost::new(false)?;
+        let mut cli = Cli::new(&fh.host, tag)?;
+        if let Some(text) = config {
+            cli.set_config(text)?;
+        }
+        cli.run(&["uplink", "add", &fh.uplink])?;
+        Ok((fh, cli))
+    }
 }
 
 /// How long an agent may take to say it runs.

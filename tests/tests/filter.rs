@@ -52,7 +52,6 @@ const TEST_RUN_IFINDEX: u32 = 1;
 /// Names as the CLI would resolve them: `lo` is the test-run device, any
 /// other interface is one the packets do not come in on; `net1`/`net2` are
 /// the two networks, any other network has no subnet.
-
 fn resolve(r: &FilterRule) -> ResolvedRule {
     ResolvedRule {
         ifindex: r.in_iface.as_deref().map(|i| match i {

@@ -54,7 +54,6 @@ struct Sample {
 }
 
 /// `name{k="v",...} value`, with the format's label escapes.
-
 fn parse_sample(line: &str) -> Result<Sample, String> {
     let mut chars = line.chars().peekable();
     let mut name = String::new();

@@ -30,9 +30,7 @@ struct Setup {
 
 /// A fake host whose uplink is managed by the dataplane.
 fn setup(tag: &str) -> Setup {
-    let fh = FakeHost::new(false).expect("fake host");
-    let cli = Cli::new(&fh.host, tag).expect("cli");
-    cli.run(&["uplink", "add", &fh.uplink]).expect("uplink add");
+    let (fh, cli) = Cli::uplinked(tag, None).expect("fake host with its uplink");
     Setup { fh, cli }
 }
 
@@ -428,15 +426,7 @@ fn conntrack_entries_close_and_expire() {
     let mut buf = [0u8; 4];
     st.set_read_timeout(Some(T)).expect("timeout");
     st.read_exact(&mut buf).expect("read");
-    let flows = |s: &Setup| -> Vec<Value> {
-        s.cli
-            .json(&["conntrack", "ls", "--format", "json"])
-            .expect("ct")
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    };
-    let live = flows(&s);
+    let live = s.cli.flows();
     let ours: Vec<&Value> = live.iter().filter(|f| f["proto"] == "tcp").collect();
     assert_eq!(ours.len(), 2, "an entry per direction: {live:?}");
     assert!(ours.iter().all(|f| f["state"] == "ESTABLISHED"), "{live:?}");
@@ -446,7 +436,7 @@ fn conntrack_entries_close_and_expire() {
     assert!(out.contains("removed 0"), "{out}");
     drop(st);
     std::thread::sleep(Duration::from_millis(300));
-    let closed = flows(&s);
+    let closed = s.cli.flows();
     assert!(
         closed
             .iter()
@@ -461,7 +451,7 @@ fn conntrack_entries_close_and_expire() {
         .run(&["conntrack", "gc", "--ct-tcp-closing", "1"])
         .expect("gc");
     assert!(out.contains("removed 2"), "{out}");
-    assert!(flows(&s).iter().all(|f| f["proto"] != "tcp"));
+    assert!(s.cli.flows().iter().all(|f| f["proto"] != "tcp"));
     drop(srv);
 }
 
@@ -486,14 +476,6 @@ fn uplink_bad_input() {
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(links, 0, "uplink rm detached both programs");
-}
-
-fn drops(s: &Setup, reason: &str) -> u64 {
-    let stats = s
-        .cli
-        .json(&["stats", "show", "--format", "json"])
-        .expect("stats");
-    stats["drops"][reason]["packets"].as_u64().unwrap_or(0)
 }
 
 #[test]
@@ -583,13 +565,13 @@ fn isolation_icc_and_anti_spoofing() {
 
     // Networks are isolated from each other, not from their gateways.
     assert!(!ping(&b, Ipv4Addr::new(172, 18, 0, 2), 1, Duration::from_secs(1)).expect("ping"));
-    assert!(drops(&s, "network-isolation") >= 1);
+    assert!(s.cli.drops("network-isolation") >= 1);
     assert!(ping(&c, Ipv4Addr::new(172, 18, 0, 1), 1, T).expect("ping gateway"));
 
     // ICC off: no direct traffic inside the network; the published port
     // through the host address still works.
     assert!(!ping(&q1, q2_ip, 1, Duration::from_secs(1)).expect("ping"));
-    assert!(drops(&s, "icc-disabled") >= 1);
+    assert!(s.cli.drops("icc-disabled") >= 1);
     let _srv = http_server(&q2, SocketAddr::from((q2_ip, 80)), "q2").expect("srv");
     assert_eq!(
         http_get(&q1, SocketAddr::from((s.fh.host_ip, 8090)), "/", T)
@@ -601,7 +583,7 @@ fn isolation_icc_and_anti_spoofing() {
     // A source address that is not the endpoint's own is dropped.
     b.exec(&["ip", "addr", "add", "172.17.0.99/16", "dev", "eth0"])
         .expect("extra addr");
-    let before = drops(&s, "spoofed-source");
+    let before = s.cli.drops("spoofed-source");
     let out = b
         .exec_output(
             &[
@@ -618,7 +600,7 @@ fn isolation_icc_and_anti_spoofing() {
         )
         .expect("ping");
     assert!(!out.success(), "spoofed ping answered: {}", out.stdout);
-    assert!(drops(&s, "spoofed-source") > before);
+    assert!(s.cli.drops("spoofed-source") > before);
 }
 
 #[test]
@@ -726,7 +708,7 @@ fn filter_rules_guard_published_ports_and_direct_traffic() {
         )
     );
     assert!(ls[0]["packets"].as_u64() >= Some(2), "{ls}");
-    assert!(drops(&s, "filtered") >= 2);
+    assert!(s.cli.drops("filtered") >= 2);
     // The container's own egress keeps working (replies are not filtered).
     let out = tcp_echo_server(&s.fh.client, SocketAddr::from((s.fh.client_ip, 9300))).expect("srv");
     assert_eq!(

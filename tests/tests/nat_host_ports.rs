@@ -31,12 +31,7 @@ struct Setup {
 /// A fake host with `config` as the CLI's config file (None: the
 /// defaults), its uplink, and one container.
 fn setup(tag: &str, config: Option<&str>) -> Setup {
-    let fh = FakeHost::new(false).expect("fake host");
-    let mut cli = Cli::new(&fh.host, tag).expect("cli");
-    if let Some(text) = config {
-        cli.set_config(text).expect("config");
-    }
-    cli.run(&["uplink", "add", &fh.uplink]).expect("uplink add");
+    let (fh, cli) = Cli::uplinked(tag, config).expect("fake host with its uplink");
     let c = NetNs::new("c").expect("netns");
     cli.run(&["connect", "bridge", c.name()]).expect("connect");
     Setup { fh, cli, c }

@@ -26,10 +26,7 @@ const C1: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 2);
 const C2: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 3);
 
 fn setup(tag: &str) -> (FakeHost, Cli) {
-    let fh = FakeHost::new(false).expect("fake host");
-    let cli = Cli::new(&fh.host, tag).expect("cli");
-    cli.run(&["uplink", "add", &fh.uplink]).expect("uplink add");
-    (fh, cli)
+    Cli::uplinked(tag, None).expect("fake host with its uplink")
 }
 
 /// The networks as stored and the host's links: what a refused create
@@ -249,17 +246,9 @@ fn exchange(s: &UdpSocket, payload: &[u8]) -> Result<Vec<u8>, String> {
     Err(format!("no echo of {payload:?} within {T:?}: {last}"))
 }
 
-fn flows(cli: &Cli) -> Vec<Value> {
-    cli.json(&["conntrack", "ls", "--format", "json"])
-        .expect("conntrack ls")
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 /// Flows whose addresses or translation mention `needle`.
 fn flows_mentioning(cli: &Cli, needle: &str) -> Vec<Value> {
-    flows(cli)
+    cli.flows()
         .into_iter()
         .filter(|f| {
             f["src"] == needle
@@ -351,7 +340,7 @@ fn removing_a_published_port_purges_its_flows_only() {
         .expect("publish rm");
     assert_eq!(flows_mentioning(&cli, &to_80), Vec::<Value>::new());
     // The endpoint's other port keeps its flow.
-    assert_eq!(flows_mentioning(&cli, &to_81).len(), 1, "{:?}", flows(&cli));
+    assert_eq!(flows_mentioning(&cli, &to_81).len(), 1, "{:?}", cli.flows());
     cli.run(&["publish", "add", "bridge", c2.name(), "8080:80/udp"])
         .expect("publish add");
     let before = s1.peers().len();

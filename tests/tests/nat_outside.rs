@@ -36,29 +36,13 @@ struct Setup {
 }
 
 fn setup(tag: &str) -> Setup {
-    let fh = FakeHost::new(false).expect("fake host");
-    let cli = Cli::new(&fh.host, tag).expect("cli");
-    cli.run(&["uplink", "add", &fh.uplink]).expect("uplink add");
+    let (fh, cli) = Cli::uplinked(tag, None).expect("fake host with its uplink");
     Setup { fh, cli }
-}
-
-fn drops(cli: &Cli, reason: &str) -> u64 {
-    let stats = cli
-        .json(&["stats", "show", "--format", "json"])
-        .expect("stats");
-    stats["drops"][reason]["packets"].as_u64().unwrap_or(0)
-}
-
-fn flows(cli: &Cli) -> Vec<Value> {
-    let v = cli
-        .json(&["conntrack", "ls", "--format", "json"])
-        .expect("conntrack ls");
-    v.as_array().cloned().unwrap_or_default()
 }
 
 /// The original-direction entry of the flow from the client's `port`.
 fn client_flow(cli: &Cli, port: u16) -> Option<Value> {
-    flows(cli)
+    cli.flows()
         .into_iter()
         .find(|f| f["sport"] == port && f["reply"] == false && f["proto"] == "tcp")
 }
@@ -158,7 +142,7 @@ fn loopback_published_ports_do_not_answer_the_network() {
             "127.0.0.1:{port} answered from the network"
         );
     }
-    assert!(drops(&s.cli, "loopback-destination") >= 2);
+    assert!(s.cli.drops("loopback-destination") >= 2);
     let deadline = Instant::now() + T;
     let mut seen = None;
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
@@ -220,13 +204,14 @@ fn forged_sources_from_the_uplink_never_reach_containers() {
         before,
         "a forged SYN reached the container"
     );
-    assert!(drops(&s.cli, "martian-source") >= 4);
+    assert!(s.cli.drops("martian-source") >= 4);
     assert!(
-        !flows(&s.cli)
+        !s.cli
+            .flows()
             .iter()
             .any(|f| (40000..40004).contains(&f["sport"].as_u64().unwrap_or(0))),
         "{:?}",
-        flows(&s.cli)
+        s.cli.flows()
     );
     // The legitimate client still gets through.
     assert_eq!(
@@ -334,15 +319,16 @@ fn blind_rsts_and_invalid_segments_change_nothing() {
     send_raw_ipv4(&s.fh.client, &bad).expect("raw send");
     thread::sleep(Duration::from_millis(300));
 
-    assert!(drops(&s.cli, "tcp-out-of-window") >= 1);
-    assert!(drops(&s.cli, "tcp-invalid-flags") >= 4);
-    assert!(drops(&s.cli, "tcp-bad-checksum") >= 1);
+    assert!(s.cli.drops("tcp-out-of-window") >= 1);
+    assert!(s.cli.drops("tcp-invalid-flags") >= 4);
+    assert!(s.cli.drops("tcp-bad-checksum") >= 1);
     assert!(
-        !flows(&s.cli)
+        !s.cli
+            .flows()
             .iter()
             .any(|f| (47001..=47005).contains(&f["sport"].as_u64().unwrap_or(0))),
         "{:?}",
-        flows(&s.cli)
+        s.cli.flows()
     );
     let flow = client_flow(&s.cli, PORT).expect("flow");
     assert_eq!(flow["state"], "ESTABLISHED", "{flow}");
