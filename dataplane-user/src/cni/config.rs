@@ -262,6 +262,11 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     /// GC: `cni.dev/valid-attachments`.
     pub valid_attachments: Option<Vec<AttachmentKey>>,
+    /// `ipam` refused as `network create` would refuse it. Kept, not
+    /// returned by [`NetConf::parse`]: DEL and GC of an attachment made
+    /// before a check existed must still clean up (CNI: DEL completes
+    /// even when the configuration no longer could be added).
+    pub ipam_error: Option<CniError>,
 }
 
 const TOP_FIELDS: [&str; 16] = [
@@ -459,7 +464,7 @@ impl NetConf {
         // Only a subnet can make a network; bridge/mtu/ipMasq alone only
         // describe one that must exist.
         let create = spec.subnet.is_some().then_some(spec.clone());
-        check_ipam(&spec)?;
+        let ipam_error = check_ipam(&spec).err();
 
         if let Some(caps) = obj.get("capabilities") {
             let caps = caps
@@ -480,6 +485,7 @@ impl NetConf {
             dns: None,
             prev_result: None,
             valid_attachments: None,
+            ipam_error,
         };
         if let Some(rc) = obj.get("runtimeConfig").filter(|v| !v.is_null()) {
             conf.runtime_config(rc)?;
@@ -764,7 +770,11 @@ mod tests {
                 "socket rel.sock",
             ),
         ] {
-            let err = conf(json).unwrap_err();
+            // An ipam refusal is kept for ADD and CHECK (DEL still runs).
+            let err = match conf(json) {
+                Ok(c) => c.ipam_error.unwrap_or_else(|| panic!("{json}: accepted")),
+                Err(e) => e,
+            };
             assert_eq!(err.code, want, "{json}: {err}");
             assert!(
                 err.msg.contains(needle),

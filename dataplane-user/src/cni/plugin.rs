@@ -55,7 +55,13 @@ async fn dispatch(
             "supportedVersions": SUPPORTED_VERSIONS,
         })));
     }
-    let conf = NetConf::parse(stdin, api::DEFAULT_SOCKET)?;
+    let mut conf = NetConf::parse(stdin, api::DEFAULT_SOCKET)?;
+    if let Some(e) = conf.ipam_error.take() {
+        // What cleans up still runs on a configuration ADD would refuse.
+        if !matches!(env.command, Command::Del | Command::Gc) {
+            return Err(e);
+        }
+    }
     if !version_has(&conf.cni_version, env.command) {
         return Err(CniError::new(
             code::INCOMPATIBLE_VERSION,
