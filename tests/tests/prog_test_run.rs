@@ -160,7 +160,7 @@ mod nat {
         packets::{parse, PacketBuilder, Parsed, ETH_DST, ETH_SRC},
         BpffsDir,
     };
-    use dataplane_user::{conntrack, ebpf::Dataplane, stats};
+    use dataplane_user::{bpffs::PinRoot, conntrack, ebpf::Dataplane, stats};
 
     use super::{NEXT, SHOT};
 
@@ -360,23 +360,28 @@ mod nat {
     /// TC_ACT_REDIRECT.
     const REDIRECT: u32 = 7;
 
-    /// [`configure`], plus C1 as an endpoint behind the test run's device
-    /// (so its MTU check and the redirect have a device to name) with its
-    /// fast path route.
-    fn configure_endpoint(dp: &Dataplane) {
-        configure(dp);
-        let pins = dp.pins();
+    /// C1 as the endpoint behind the test run's device, in `sandbox`.
+    fn c1_endpoint(pins: &PinRoot, sandbox: u32) {
         datapath::endpoint(
             pins,
             TEST_RUN_IFINDEX,
             EndpointInfo {
                 addr: C1,
                 gateway: [172, 17, 0, 1],
-                sandbox: 0,
+                sandbox,
                 network_id: 1,
             },
         )
         .expect("endpoint");
+    }
+
+    /// [`configure`], plus C1 as an endpoint behind the test run's device
+    /// (so its MTU check and the redirect have a device to name) with its
+    /// fast path route.
+    fn configure_endpoint(dp: &Dataplane) {
+        configure(dp);
+        let pins = dp.pins();
+        c1_endpoint(pins, 0);
         datapath::endpoint_route(
             pins,
             C1.into(),
@@ -431,17 +436,7 @@ mod nat {
         let mut dp = Dataplane::load(dir.pins()).expect("load");
         configure_endpoint(&dp);
         let pins = dir.pins();
-        datapath::endpoint(
-            pins,
-            TEST_RUN_IFINDEX,
-            EndpointInfo {
-                addr: C1,
-                gateway: [172, 17, 0, 1],
-                sandbox: 77,
-                network_id: 1,
-            },
-        )
-        .expect("endpoint");
+        c1_endpoint(pins, 77);
         let ours = Ipv4Addr::new(10, 63, 0, 2);
         let theirs = Ipv4Addr::new(10, 63, 0, 9);
         datapath::sandbox_addr(pins, C1.into(), 77).expect("sandbox");
@@ -466,17 +461,7 @@ mod nat {
             assert_eq!(spoofed() - before, counted, "{src} counted as spoofed");
         }
         // An endpoint in no known sandbox keeps only its own address.
-        datapath::endpoint(
-            pins,
-            TEST_RUN_IFINDEX,
-            EndpointInfo {
-                addr: C1,
-                gateway: [172, 17, 0, 1],
-                sandbox: 0,
-                network_id: 1,
-            },
-        )
-        .expect("endpoint");
+        c1_endpoint(pins, 0);
         datapath::sandbox_addr(pins, Ipv4Addr::new(10, 63, 0, 3), 0).expect("sandbox");
         for src in [ours, Ipv4Addr::new(10, 63, 0, 3)] {
             let p = PacketBuilder::udp(src.octets(), CLIENT, 5000, 53).build();
