@@ -611,78 +611,57 @@ pub fn connect_from_port(
     dst: SocketAddr,
     timeout: Duration,
 ) -> Result<TcpStream> {
-    let SocketAddr::V4(dst4) = dst else {
-        bail!("IPv4 only: {dst}");
+    ns.run_in(|| bound_connect(local_port, dst, timeout))?
+        .with_context(|| format!("tcp connect from {ns} port {local_port} to {dst}"))
+}
+
+/// [`connect_from_port`] in the caller's namespace (std cannot bind before
+/// connecting): a blocking connect bounded by `timeout`, which also bounds
+/// reads and writes.
+pub fn bound_connect(local_port: u16, dst: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    use std::os::fd::FromRawFd as _;
+    let SocketAddr::V4(dst) = dst else {
+        return Err(io::Error::other(format!("IPv4 only: {dst}")));
     };
-    ns.run_in(|| -> io::Result<TcpStream> {
-        use std::os::fd::FromRawFd as _;
-        // SAFETY: socket syscalls on a descriptor that becomes the
-        // TcpStream's (closed by it) once connected, or closed here.
-        unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let stream = TcpStream::from_raw_fd(fd);
-            let one: libc::c_int = 1;
-            if libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_REUSEADDR,
-                std::ptr::from_ref(&one).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            ) < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            let local = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: local_port.to_be(),
-                sin_addr: libc::in_addr { s_addr: 0 },
-                sin_zero: [0; 8],
-            };
-            if libc::bind(
-                fd,
-                std::ptr::from_ref(&local).cast(),
-                size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            ) < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            let tv = libc::timeval {
-                tv_sec: timeout.as_secs() as libc::time_t,
-                tv_usec: 0,
-            };
-            // A blocking connect bounded by the send timeout.
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_SNDTIMEO,
-                std::ptr::from_ref(&tv).cast(),
-                size_of::<libc::timeval>() as libc::socklen_t,
-            );
-            let remote = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: dst4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(dst4.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            if libc::connect(
-                fd,
-                std::ptr::from_ref(&remote).cast(),
-                size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            ) < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            stream.set_read_timeout(Some(timeout))?;
-            stream.set_write_timeout(Some(timeout))?;
-            Ok(stream)
+    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let check = |rc: libc::c_int| {
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
         }
-    })?
-    .with_context(|| format!("tcp connect from {ns} port {local_port} to {dst}"))
+    };
+    // SAFETY: socket syscalls on a descriptor that becomes the TcpStream's
+    // at once (closed by it, also on an error return).
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        check(fd)?;
+        let stream = TcpStream::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        check(libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&raw const one).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        ))?;
+        let local = sockaddr(Ipv4Addr::UNSPECIFIED, local_port);
+        check(libc::bind(fd, (&raw const local).cast(), len))?;
+        // The connect's bound: the send timeout.
+        stream.set_write_timeout(Some(timeout))?;
+        let remote = sockaddr(*dst.ip(), dst.port());
+        check(libc::connect(fd, (&raw const remote).cast(), len))?;
+        stream.set_read_timeout(Some(timeout))?;
+        Ok(stream)
+    }
 }
 
 /// A TCP server in `ns` that serves `conns` connections one after the

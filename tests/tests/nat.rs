@@ -15,8 +15,8 @@ use dataplane_tests::{
     netns::{snmp_counter, NetNs},
     topo::FakeHost,
     traffic::{
-        count_sink, http_get, http_server, ping, tcp_echo, tcp_echo_server, udp_echo_server,
-        udp_request,
+        bound_connect, count_sink, http_get, http_server, ping, tcp_echo, tcp_echo_server,
+        udp_echo_server, udp_request,
     },
 };
 use serde_json::Value;
@@ -240,42 +240,6 @@ fn host_ip_bound_ports_and_duplicates() {
     assert!(e.contains("endpoint a does not publish it"), "{e}");
 }
 
-/// A blocking TCP connection from a fixed local port (std cannot bind
-/// before connecting).
-fn connect_from_port(port: u16, dst: SocketAddr) -> std::io::Result<TcpStream> {
-    use std::os::fd::FromRawFd as _;
-    let SocketAddr::V4(dst) = dst else {
-        return Err(std::io::Error::other("IPv4 only"));
-    };
-    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: plain socket syscalls on a descriptor this function owns; it
-    // is handed to TcpStream (which closes it) or closed on error.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let stream = TcpStream::from_raw_fd(fd);
-        let local = sockaddr(Ipv4Addr::UNSPECIFIED, port);
-        if libc::bind(fd, (&raw const local).cast(), len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let remote = sockaddr(*dst.ip(), dst.port());
-        if libc::connect(fd, (&raw const remote).cast(), len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(stream)
-    }
-}
-
 #[test]
 fn masquerade_gives_two_containers_200_distinct_flows() {
     if !dataplane_tests::require_root() {
@@ -299,7 +263,7 @@ fn masquerade_gives_two_containers_200_distinct_flows() {
         let mut batch = c
             .run_in(move || {
                 (0..100u16)
-                    .map(|i| connect_from_port(40_000 + i, ext))
+                    .map(|i| bound_connect(40_000 + i, ext, T))
                     .collect::<std::io::Result<Vec<_>>>()
             })
             .expect("run_in")
