@@ -11,11 +11,11 @@
 //! uplinks = ["eth0"]                      # first start only; default: the
 //!                                         # interfaces with a default route
 //! interval_seconds = 10                   # counters log and conntrack GC, 1-3600
-//! host_cgroup = "/sys/fs/cgroup"          # host-local published ports; "none": off;
+//! host_cgroup = "/sys/fs/cgroup"          # host-local published ports; "off": off;
 //!                                         # default: the cgroup v2 root
-//! metrics_address = "127.0.0.1:9641"      # Prometheus /metrics; "none": off
+//! metrics_address = "127.0.0.1:9641"      # Prometheus /metrics; "off": off
 //! docker_socket = "/run/docker/plugins/dataplane.sock"  # Docker's remote network
-//!                                         # driver `dataplane`; "off" or "": off
+//!                                         # driver `dataplane`; "off": off
 //! fast_path = true                        # translated flows skip the bridge and
 //!                                         # the host stack; false: they do not
 //!
@@ -29,13 +29,22 @@
 //! port_min = 32768
 //! port_max = 60999
 //! ```
+//!
+//! `off` is the one word for "off" (`none` and "" are still accepted). The
+//! file and the command line meet here: [`Config::find`] reads the file,
+//! [`Config::paths`] and [`Config::agent`] put the flags on top of it, so
+//! the binary holds no merging rules of its own.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use dataplane_common::nat::NatConfig;
+use dataplane_common::{maps::PIN_ROOT, nat::NatConfig};
 use serde::Deserialize;
 
-use crate::conntrack::Timeouts;
+use crate::{bpffs::PinRoot, conntrack::Timeouts, sock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -54,6 +63,10 @@ pub enum ConfigError {
         field: &'static str,
         problem: String,
     },
+    /// `host_cgroup` not set: its default, the cgroup v2 root, is not
+    /// mounted or cannot be read.
+    #[error("host_cgroup: no default")]
+    HostCgroup(#[source] sock::SockError),
 }
 
 /// The file as written (every field optional).
@@ -91,12 +104,42 @@ struct MasqueradeFile {
     port_max: Option<u16>,
 }
 
-/// Where host-local access or metrics go: off, the default, or a value.
+/// Where host-local access, metrics or Docker's driver go: off, the
+/// default, or a value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Setting<T> {
     Off,
     Default,
     Value(T),
+}
+
+/// The word that turns a setting off, in the file and in flags alike.
+/// `none` and the empty string are older spellings, still accepted.
+pub const OFF: &str = "off";
+
+impl<T> Setting<T> {
+    /// `off` (or `none`, or empty) is [`Setting::Off`]; anything else is a
+    /// value for `parse`.
+    pub fn parse<E>(text: &str, parse: impl FnOnce(&str) -> Result<T, E>) -> Result<Self, E> {
+        match text {
+            OFF | "none" | "" => Ok(Setting::Off),
+            v => parse(v).map(Setting::Value),
+        }
+    }
+
+    /// The flag's setting if given, else this one.
+    fn or_flag(self, flag: Option<Setting<T>>) -> Setting<T> {
+        flag.unwrap_or(self)
+    }
+
+    /// The value in force: none when off, `default()` when not set.
+    fn resolve<E>(self, default: impl FnOnce() -> Result<T, E>) -> Result<Option<T>, E> {
+        match self {
+            Setting::Off => Ok(None),
+            Setting::Value(v) => Ok(Some(v)),
+            Setting::Default => default().map(Some),
+        }
+    }
 }
 
 /// The agent's settings after the file; flags are applied on top by the
@@ -135,9 +178,155 @@ impl Default for Config {
 
 /// Metrics listen here unless configured: loopback only.
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9641";
+const DEFAULT_METRICS_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9641);
+
+/// Read when present, so the CLI and the agent agree on paths.
+pub const DEFAULT_CONFIG: &str = "/etc/dataplane/dataplane.toml";
+
+/// The global flags that name places (`--bpffs-root`, `--state-dir`,
+/// `--socket`), as given.
+#[derive(Clone, Debug, Default)]
+pub struct PathFlags {
+    pub bpffs_root: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+}
+
+/// Where the dataplane keeps its things, flags over file over defaults.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    pub pins: PinRoot,
+    pub state_dir: PathBuf,
+    /// The agent's API socket.
+    pub socket: PathBuf,
+}
+
+/// Conntrack idle timeouts from flags, in seconds; each overrides the file.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TimeoutFlags {
+    pub tcp_established: Option<u64>,
+    pub tcp_syn: Option<u64>,
+    pub tcp_closing: Option<u64>,
+    pub other: Option<u64>,
+}
+
+impl TimeoutFlags {
+    /// `base` with every given flag put over it.
+    pub fn over(self, base: Timeouts) -> Timeouts {
+        let pick = |flag: Option<u64>, base: Duration| flag.map_or(base, Duration::from_secs);
+        Timeouts {
+            tcp_established: pick(self.tcp_established, base.tcp_established),
+            tcp_syn: pick(self.tcp_syn, base.tcp_syn),
+            tcp_closing: pick(self.tcp_closing, base.tcp_closing),
+            other: pick(self.other, base.other),
+        }
+    }
+}
+
+/// `dataplane agent`'s own flags, as given (already checked by the parser).
+#[derive(Clone, Debug, Default)]
+pub struct AgentFlags {
+    pub ifaces: Vec<String>,
+    pub interval_seconds: Option<u64>,
+    pub timeouts: TimeoutFlags,
+    pub host_cgroup: Option<Setting<PathBuf>>,
+    pub docker_socket: Option<Setting<PathBuf>>,
+    pub fast_path: Option<bool>,
+}
+
+/// Everything the agent runs with: file and flags merged, defaults
+/// filled in, "off" as `None`.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub paths: Paths,
+    /// Uplinks on a first start; empty: the interfaces with a default
+    /// route.
+    pub ifaces: Vec<String>,
+    pub interval: Duration,
+    pub timeouts: Timeouts,
+    /// Where host-local clients get published ports.
+    pub host_cgroup: Option<PathBuf>,
+    /// Masquerade and fast path settings for the programs the agent
+    /// attaches.
+    pub nat: NatConfig,
+    /// Where Docker's remote network driver is served.
+    pub docker_socket: Option<PathBuf>,
+    /// Where Prometheus scrapes.
+    pub metrics: Option<SocketAddr>,
+}
 
 impl Config {
-    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+    /// The file named by `--config` (which must exist), else the default
+    /// file when it exists, else the defaults.
+    pub fn find(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(path) => Config::load(path),
+            None if Path::new(DEFAULT_CONFIG).exists() => Config::load(Path::new(DEFAULT_CONFIG)),
+            None => Ok(Config::default()),
+        }
+    }
+
+    /// The places, flags over the file over the built-in defaults.
+    pub fn paths(&self, flags: PathFlags) -> Paths {
+        Paths {
+            pins: PinRoot::new(
+                flags
+                    .bpffs_root
+                    .or_else(|| self.bpffs_root.clone())
+                    .unwrap_or_else(|| PathBuf::from(PIN_ROOT)),
+            ),
+            state_dir: flags
+                .state_dir
+                .or_else(|| self.state_dir.clone())
+                .unwrap_or_else(|| PathBuf::from(crate::state::DEFAULT_DIR)),
+            socket: flags
+                .socket
+                .or_else(|| self.socket.clone())
+                .unwrap_or_else(|| PathBuf::from(crate::api::DEFAULT_SOCKET)),
+        }
+    }
+
+    /// The agent's settings: `flags` over this file over the defaults.
+    pub fn agent(&self, paths: Paths, flags: AgentFlags) -> Result<AgentConfig, ConfigError> {
+        let host_cgroup = self
+            .host_cgroup
+            .clone()
+            .or_flag(flags.host_cgroup)
+            .resolve(|| sock::cgroup2_mount().map_err(ConfigError::HostCgroup))?;
+        let docker_socket = self
+            .docker_socket
+            .clone()
+            .or_flag(flags.docker_socket)
+            .resolve(|| Ok::<_, ConfigError>(PathBuf::from(crate::docker::DEFAULT_SOCKET)))?;
+        let metrics = self
+            .metrics
+            .clone()
+            .resolve(|| Ok::<_, ConfigError>(DEFAULT_METRICS_ADDR))?;
+        Ok(AgentConfig {
+            paths,
+            ifaces: if flags.ifaces.is_empty() {
+                self.uplinks.clone()
+            } else {
+                flags.ifaces
+            },
+            interval: flags
+                .interval_seconds
+                .map_or(self.interval, Duration::from_secs),
+            timeouts: flags.timeouts.over(self.timeouts),
+            host_cgroup,
+            nat: NatConfig {
+                fast_path: flags.fast_path.map_or(self.nat.fast_path, u32::from),
+                ..self.nat
+            },
+            docker_socket,
+            metrics,
+        })
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -145,7 +334,7 @@ impl Config {
         Config::parse(path, &text)
     }
 
-    pub fn parse(path: &std::path::Path, text: &str) -> Result<Config, ConfigError> {
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let file: File = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
@@ -173,27 +362,27 @@ impl Config {
         }
         c.host_cgroup = match file.host_cgroup.as_deref() {
             None => Setting::Default,
-            Some("none") => Setting::Off,
-            Some(p) => Setting::Value(PathBuf::from(p)),
+            Some(v) => Setting::parse(v, |p| Ok::<_, String>(PathBuf::from(p)))
+                .map_err(|p| invalid("host_cgroup", p))?,
         };
         c.metrics = match file.metrics_address.as_deref() {
             None => Setting::Default,
-            Some("none") => Setting::Off,
-            Some(a) => Setting::Value(
+            Some(v) => Setting::parse(v, |a| {
                 a.parse()
-                    .map_err(|_| invalid("metrics_address", format!("{a:?} is not IP:PORT")))?,
-            ),
+                    .map_err(|_| format!("{a:?} is not IP:PORT (or \"off\")"))
+            })
+            .map_err(|p| invalid("metrics_address", p))?,
         };
         c.docker_socket = match file.docker_socket.as_deref() {
             None => Setting::Default,
-            Some("off" | "") => Setting::Off,
-            Some(p) if p.starts_with('/') => Setting::Value(PathBuf::from(p)),
-            Some(p) => {
-                return Err(invalid(
-                    "docker_socket",
-                    format!("{p:?} is not an absolute path (or \"off\")"),
-                ))
-            }
+            Some(v) => Setting::parse(v, |p| {
+                if p.starts_with('/') {
+                    Ok(PathBuf::from(p))
+                } else {
+                    Err(format!("{p:?} is not an absolute path (or \"off\")"))
+                }
+            })
+            .map_err(|p| invalid("docker_socket", p))?,
         };
         let ct = file.conntrack;
         for (field, value, slot) in [
@@ -303,6 +492,82 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("field `docker_socket`: \"dp.sock\""), "{e}");
+    }
+
+    #[test]
+    fn one_word_for_off() {
+        for field in ["host_cgroup", "metrics_address", "docker_socket"] {
+            for word in ["off", "none", ""] {
+                let c = Config::parse(Path::new("o.toml"), &format!("{field} = {word:?}"))
+                    .unwrap_or_else(|e| panic!("{field} = {word:?}: {e}"));
+                let off = match field {
+                    "host_cgroup" => c.host_cgroup == Setting::Off,
+                    "metrics_address" => c.metrics == Setting::Off,
+                    _ => c.docker_socket == Setting::Off,
+                };
+                assert!(off, "{field} = {word:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn flags_go_over_the_file() {
+        let file = Config::parse(
+            Path::new("m.toml"),
+            "uplinks = [\"eth1\"]\ninterval_seconds = 5\nhost_cgroup = \"/cg\"\n\
+             docker_socket = \"/d.sock\"\nmetrics_address = \"off\"\nfast_path = false\n\
+             [conntrack]\ntcp_syn = 7\n",
+        )
+        .unwrap();
+        let paths = file.paths(PathFlags {
+            state_dir: Some("/s".into()),
+            ..PathFlags::default()
+        });
+        assert_eq!(paths.state_dir, PathBuf::from("/s"));
+        assert_eq!(paths.socket, PathBuf::from(crate::api::DEFAULT_SOCKET));
+        let a = file.agent(paths.clone(), AgentFlags::default()).unwrap();
+        assert_eq!(a.ifaces, vec!["eth1"]);
+        assert_eq!(a.interval, Duration::from_secs(5));
+        assert_eq!(a.host_cgroup, Some(PathBuf::from("/cg")));
+        assert_eq!(a.docker_socket, Some(PathBuf::from("/d.sock")));
+        assert_eq!(a.metrics, None);
+        assert_eq!(a.nat.fast_path, 0);
+        assert_eq!(a.timeouts.tcp_syn, Duration::from_secs(7));
+        let a = file
+            .agent(
+                paths,
+                AgentFlags {
+                    ifaces: vec!["eth2".into()],
+                    interval_seconds: Some(1),
+                    timeouts: TimeoutFlags {
+                        tcp_syn: Some(3),
+                        ..TimeoutFlags::default()
+                    },
+                    host_cgroup: Some(Setting::Off),
+                    docker_socket: Some(Setting::Off),
+                    fast_path: Some(true),
+                },
+            )
+            .unwrap();
+        assert_eq!(a.ifaces, vec!["eth2"]);
+        assert_eq!(a.interval, Duration::from_secs(1));
+        assert_eq!((a.host_cgroup, a.docker_socket), (None, None));
+        assert_eq!(a.nat.fast_path, 1);
+        assert_eq!(a.timeouts.tcp_syn, Duration::from_secs(3));
+        let d = Config::default()
+            .agent(
+                Config::default().paths(PathFlags::default()),
+                AgentFlags {
+                    host_cgroup: Some(Setting::Off),
+                    ..AgentFlags::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(d.metrics, Some(DEFAULT_METRICS.parse().unwrap()));
+        assert_eq!(
+            d.docker_socket,
+            Some(PathBuf::from(crate::docker::DEFAULT_SOCKET))
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! statistics program ([`stats`]). The `dataplane` binary is a thin CLI over it;
 //! the integration tests use it for BPF_PROG_TEST_RUN.
 
+pub mod agent;
 pub mod api;
 pub mod bpffs;
 pub mod cni;

@@ -1,144 +1,35 @@
-//! The agent's API: typed requests over a Unix socket, one JSON line in,
-//! one JSON line out per connection (`docs/api.md`). [`execute`] is the one
-//! place a request is carried out; the agent runs it for API clients, and
-//! the CLI runs it in-process when no agent answers, so both paths behave
-//! the same. Every request takes the state lock for its whole duration, so
-//! concurrent calls are serialised, never interleaved.
+//! The serving side of the API: [`execute`] carries out one request (for
+//! the agent's socket and for the CLI in-process); [`serve`] answers on the
+//! socket; [`accept_loop`] is shared with Docker's driver socket.
 
 use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
 };
 
+use super::{
+    datapath,
+    types::{
+        Connected, DnatRow, Done, FilterAdded, FilterIds, FilterRow, FlowRow, NatTable,
+        NetworkCreated, Problems, Published, Removed, SnatRow, Status,
+    },
+    ApiError, Request, Response, IO_TIMEOUT, MAX_REQUEST,
+};
 use crate::{
     bpffs::PinRoot,
-    cni, conntrack,
-    filter::{self, FilterArgs},
-    nat,
+    conntrack, filter, nat,
     network::{
         inspect,
-        manager::{Cache, ConnectArgs, Manager, NetworkError},
-        model::CreateArgs,
+        manager::{Cache, Manager, NetworkError},
     },
 };
-
-/// Where the agent listens unless told otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/dataplane/dataplane.sock";
-/// A request line longer than this is refused. The largest requests are
-/// `filter_add_many` ones: `MAX_RULES` rules of every flag take about
-/// 2 MiB.
-const MAX_REQUEST: usize = 4 << 20;
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a client waits for an answer: requests wait for each other's
-/// state lock, so this bounds the whole queue, not one request.
-const CALL_TIMEOUT: Duration = Duration::from_secs(120);
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
-    NetworkCreate {
-        args: CreateArgs,
-    },
-    NetworkLs,
-    NetworkInspect {
-        names: Vec<String>,
-    },
-    NetworkRm {
-        names: Vec<String>,
-        force: bool,
-    },
-    Connect {
-        args: ConnectArgs,
-    },
-    Disconnect {
-        network: String,
-        container: String,
-    },
-    PublishAdd {
-        network: String,
-        endpoint: String,
-        specs: Vec<String>,
-    },
-    PublishRm {
-        network: String,
-        endpoint: String,
-        specs: Vec<String>,
-    },
-    UplinkAdd {
-        iface: String,
-    },
-    UplinkRm {
-        iface: String,
-    },
-    UplinkLs,
-    FilterAdd {
-        args: FilterArgs,
-        first: bool,
-    },
-    /// Rules in the given order, all or none (`filter add --from-file`).
-    FilterAddMany {
-        rules: Vec<FilterArgs>,
-        #[serde(default)]
-        first: bool,
-    },
-    FilterRm {
-        id: u32,
-    },
-    FilterLs,
-    NatLs,
-    ConntrackLs,
-    /// Who answers: the agent (with its pid) or the CLI itself.
-    Status,
-    /// CNI ADD (`dataplane-cni`, docs/cni.md).
-    CniAdd {
-        args: cni::AddArgs,
-    },
-    CniDel {
-        network: String,
-        key: cni::AttachmentKey,
-    },
-    CniCheck {
-        args: cni::CheckArgs,
-    },
-    CniGc {
-        args: cni::GcArgs,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Response {
-    Ok { result: Value },
-    Error { error: String },
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("API socket {path}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("API socket {path}: malformed answer")]
-    Answer {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    /// The request was carried out and failed; the message is the agent's.
-    #[error("{0}")]
-    Failed(String),
-}
 
 /// What a request runs against.
 #[derive(Clone, Debug)]
@@ -173,27 +64,41 @@ impl Context {
 }
 
 /// Carries out one request. Errors are the manager's, whole (with their
-/// sources) in the message.
+/// sources) in the message. Requests on the datapath alone (`stats`,
+/// `local`, `conntrack gc`, `cleanup`) take no manager: they work on the
+/// pins, as the CLI did before it asked the agent.
 pub async fn execute(ctx: &Context, req: Request) -> Result<Value, anyhow::Error> {
+    let req = match datapath::execute(ctx, req).await? {
+        Ok(answer) => return Ok(answer),
+        Err(req) => req,
+    };
     let mut m = ctx.manager().await?;
     let v = run(ctx, &mut m, req).await;
     ctx.done(m);
     v
 }
 
+/// An answer on the wire.
+pub(super) fn answer<T: serde::Serialize>(t: T) -> Result<Value, anyhow::Error> {
+    Ok(serde_json::to_value(t)?)
+}
+
 async fn run(ctx: &Context, m: &mut Manager, req: Request) -> Result<Value, anyhow::Error> {
-    let v = match req {
+    match req {
         Request::NetworkCreate { args } => {
             let net = m.create(args.parse()?).await?;
-            json!({ "id": net.id, "name": net.name })
+            answer(NetworkCreated {
+                id: net.id,
+                name: net.name,
+            })
         }
         Request::NetworkLs => {
             let st = m.state();
-            Value::Array(
+            answer(
                 st.networks
                     .values()
                     .map(|n| inspect::network_json(st, n))
-                    .collect(),
+                    .collect::<Vec<_>>(),
             )
         }
         Request::NetworkInspect { names } => {
@@ -201,16 +106,24 @@ async fn run(ctx: &Context, m: &mut Manager, req: Request) -> Result<Value, anyh
             for name in &names {
                 out.push(inspect::network_json(m.state(), m.network(name)?));
             }
-            Value::Array(out)
+            answer(out)
         }
-        Request::NetworkRm { names, force } => json!({ "removed": m.remove(&names, force).await? }),
+        Request::NetworkRm { names, force } => answer(Removed {
+            removed: m.remove(&names, force).await?,
+        }),
         Request::Connect { args } => {
             let ep = m.connect(&args).await?;
-            json!({ "id": ep.id, "name": ep.name, "ipv4": ep.ipv4, "mac": ep.mac, "ifname": ep.ifname })
+            answer(Connected {
+                id: ep.id,
+                name: ep.name,
+                ipv4: ep.ipv4,
+                mac: ep.mac,
+                ifname: ep.ifname,
+            })
         }
         Request::Disconnect { network, container } => {
             m.disconnect(&network, &container).await?;
-            json!({})
+            answer(Done {})
         }
         Request::PublishAdd {
             network,
@@ -218,7 +131,9 @@ async fn run(ctx: &Context, m: &mut Manager, req: Request) -> Result<Value, anyh
             specs,
         } => {
             let added = m.publish_add(&network, &endpoint, &specs).await?;
-            json!({ "published": added.iter().map(ToString::to_string).collect::<Vec<_>>() })
+            answer(Published {
+                published: added.iter().map(ToString::to_string).collect(),
+            })
         }
         Request::PublishRm {
             network,
@@ -226,68 +141,97 @@ async fn run(ctx: &Context, m: &mut Manager, req: Request) -> Result<Value, anyh
             specs,
         } => {
             m.publish_rm(&network, &endpoint, &specs).await?;
-            json!({})
+            answer(Done {})
         }
         Request::UplinkAdd { iface } => {
             m.uplink_add(&iface).await?;
-            json!({})
+            answer(Done {})
         }
         Request::UplinkRm { iface } => {
             m.uplink_rm(&iface).await?;
-            json!({})
+            answer(Done {})
         }
-        Request::UplinkLs => json!(m.state().uplinks),
+        Request::UplinkLs => answer(&m.state().uplinks),
+        Request::NatLs => answer(nat_ls(m, &ctx.pins)?),
+        Request::ConntrackLs => answer(
+            conntrack::list(&ctx.pins)?
+                .into_iter()
+                .map(FlowRow::from)
+                .collect::<Vec<_>>(),
+        ),
+        Request::Status => answer(Status {
+            server: ctx.server.to_owned(),
+            pid: std::process::id(),
+            state_dir: ctx.state_dir.clone(),
+            bpffs_root: ctx.pins.path().to_owned(),
+            networks: m.state().networks.len(),
+            endpoints: m.state().endpoints.len(),
+            uplinks: m.state().uplinks.clone(),
+        }),
+        req => run_more(ctx, m, req).await,
+    }
+}
+
+/// [`run`]'s second half: filters and CNI.
+async fn run_more(ctx: &Context, m: &mut Manager, req: Request) -> Result<Value, anyhow::Error> {
+    match req {
         Request::FilterAdd { args, first } => {
             let rule = m
                 .filter_add(args.parse().map_err(NetworkError::from)?, first)
                 .await?;
-            json!({ "id": rule.id, "rule": rule.to_string() })
+            answer(FilterAdded {
+                id: rule.id,
+                rule: rule.to_string(),
+            })
         }
         Request::FilterAddMany { rules, first } => {
             let specs = filter::parse_request(&rules).map_err(NetworkError::from)?;
             let added = m.filter_add_many(specs, first).await?;
-            json!({ "ids": added.iter().map(|r| r.id).collect::<Vec<_>>() })
+            answer(FilterIds {
+                ids: added.iter().map(|r| r.id).collect(),
+            })
         }
         Request::FilterRm { id } => {
             m.filter_rm(id).await?;
-            json!({})
+            answer(Done {})
         }
         Request::FilterLs => {
             let counters = filter::counters_by_id(&ctx.pins).unwrap_or_default();
-            Value::Array(
+            answer(
                 m.state()
                     .filters
                     .iter()
                     .map(|r| {
                         let c = counters.get(&r.id).copied().unwrap_or_default();
-                        json!({ "id": r.id, "rule": r.to_string(), "packets": c.packets, "bytes": c.bytes })
+                        FilterRow {
+                            id: r.id,
+                            rule: r.to_string(),
+                            packets: c.packets,
+                            bytes: c.bytes,
+                        }
                     })
-                    .collect(),
+                    .collect::<Vec<_>>(),
             )
         }
-        Request::NatLs => nat_ls(m, &ctx.pins)?,
-        Request::ConntrackLs => serde_json::to_value(conntrack::list(&ctx.pins)?)?,
-        Request::Status => json!({
-            "server": ctx.server,
-            "pid": std::process::id(),
-            "state_dir": ctx.state_dir,
-            "bpffs_root": ctx.pins.path(),
-            "networks": m.state().networks.len(),
-            "endpoints": m.state().endpoints.len(),
-            "uplinks": m.state().uplinks,
-        }),
-        Request::CniAdd { args } => serde_json::to_value(m.cni_add(&args).await?)?,
+        Request::CniAdd { args } => answer(m.cni_add(&args).await?),
         Request::CniDel { network, key } => {
             m.cni_del(&network, &key).await?;
-            json!({})
+            answer(Done {})
         }
-        Request::CniCheck { args } => json!({ "problems": m.cni_check(&args).await? }),
-        Request::CniGc { args } => json!({ "removed": m.cni_gc(&args).await? }),
-    };
-    Ok(v)
+        Request::CniCheck { args } => answer(Problems {
+            problems: m.cni_check(&args).await?,
+        }),
+        Request::CniGc { args } => answer(Removed {
+            removed: m.cni_gc(&args).await?,
+        }),
+        other => Err(anyhow::anyhow!(
+            "request {:?}: not one the manager carries out",
+            other.op()
+        )),
+    }
 }
 
-fn nat_ls(m: &Manager, pins: &PinRoot) -> Result<Value, anyhow::Error> {
+fn nat_ls(m: &Manager, pins: &PinRoot) -> Result<NatTable, anyhow::Error> {
     let state = m.state();
     let mut rows = Vec::new();
     for ep in state.endpoints.values() {
@@ -297,35 +241,41 @@ fn nat_ls(m: &Manager, pins: &PinRoot) -> Result<Value, anyhow::Error> {
     }
     rows.sort_by_key(|(_, p)| (p.proto, p.host_port, p.host_ip));
     let counters = nat::port_counters(pins, rows.iter().map(|(_, p)| p.stats_index))?;
-    let dnat: Vec<Value> = rows
+    let dnat = rows
         .iter()
         .map(|(ep, p)| {
             let c = counters.get(&p.stats_index).copied().unwrap_or_default();
-            json!({
-                "proto": p.proto.name(),
-                "host": p.host(),
-                "container": format!("{}:{}", ep.ipv4.map(|i| i.to_string()).unwrap_or_default(), p.container_port),
-                "endpoint": ep.name,
-                "network": ep.network,
-                "packets": c.packets,
-                "bytes": c.bytes,
-            })
+            DnatRow {
+                proto: p.proto.name().to_owned(),
+                host: p.host(),
+                container: format!(
+                    "{}:{}",
+                    ep.ipv4.map(|i| i.to_string()).unwrap_or_default(),
+                    p.container_port
+                ),
+                endpoint: ep.name.clone(),
+                network: ep.network.clone(),
+                packets: c.packets,
+                bytes: c.bytes,
+            }
         })
         .collect();
-    let snat: Vec<Value> = state
+    let snat = state
         .networks
         .values()
         .filter_map(|n| n.subnet.filter(|_| n.bridge.is_some()).map(|s| (n, s)))
-        .map(|(n, s)| {
-            json!({
-                "network": n.name,
-                "subnet": s.to_string(),
-                "masquerade": n.masquerade && !n.internal,
-                "internal": n.internal,
-            })
+        .map(|(n, s)| SnatRow {
+            network: n.name.clone(),
+            subnet: s.to_string(),
+            masquerade: n.masquerade && !n.internal,
+            internal: n.internal,
         })
         .collect();
-    Ok(json!({ "dnat": dnat, "snat": snat, "uplinks": state.uplinks }))
+    Ok(NatTable {
+        dnat,
+        snat,
+        uplinks: state.uplinks.clone(),
+    })
 }
 
 /// Creates the socket: its directory if needed, any stale socket file
@@ -420,47 +370,29 @@ async fn handle(stream: UnixStream, ctx: &Context) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends a request to the agent at `path`. `Ok(None)`: nobody listens there
-/// (no socket file, or a stale one), so the caller may run it in-process.
-pub async fn call(path: &Path, req: &Request) -> Result<Option<Value>, ApiError> {
-    let io = |source| ApiError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let stream = match UnixStream::connect(path).await {
-        Ok(s) => s,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Ok(None)
-        }
-        Err(e) => return Err(io(e)),
-    };
-    let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_vec(req).map_err(|source| ApiError::Answer {
-        path: path.to_owned(),
-        source,
-    })?;
-    line.push(b'\n');
-    write.write_all(&line).await.map_err(io)?;
-    let mut answer = String::new();
-    tokio::time::timeout(CALL_TIMEOUT, BufReader::new(read).read_line(&mut answer))
-        .await
-        .map_err(|_| {
-            io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "no answer from the agent",
-            ))
-        })?
-        .map_err(io)?;
-    match serde_json::from_str::<Response>(&answer).map_err(|source| ApiError::Answer {
-        path: path.to_owned(),
-        source,
-    })? {
-        Response::Ok { result } => Ok(Some(result)),
-        Response::Error { error } => Err(ApiError::Failed(error)),
+#[derive(Debug, thiserror::Error)]
+pub enum IfaceError {
+    #[error("interface {0:?}: not a valid interface name (1-15 bytes, no '/' or white space)")]
+    Invalid(String),
+    #[error("interface {0:?}: no such interface in this network namespace")]
+    Missing(String),
+}
+
+/// A name the kernel would take that names an interface of this network
+/// namespace.
+pub fn check_iface(iface: &str) -> Result<(), IfaceError> {
+    if iface.is_empty()
+        || iface.len() > 15
+        || iface.contains(['/', '\0'])
+        || iface.contains(char::is_whitespace)
+    {
+        return Err(IfaceError::Invalid(iface.to_owned()));
     }
+    let c = std::ffi::CString::new(iface).map_err(|_| IfaceError::Invalid(iface.to_owned()))?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string; it resolves in the
+    // calling thread's network namespace (unlike /sys/class/net after setns).
+    if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
+        return Err(IfaceError::Missing(iface.to_owned()));
+    }
+    Ok(())
 }

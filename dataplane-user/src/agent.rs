@@ -1,0 +1,390 @@
+//! The agent's life: [`Agent::run`] starts its parts in order (networks,
+//! then the datapath, then the sockets that let others ask for changes),
+//! keeps every long-lived task in one set, and stops them all through one
+//! cancellation token when SIGINT/SIGTERM arrives; then it detaches what it
+//! attached. The settings come resolved from [`crate::config`].
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    api::{self, server::check_iface, ApiError, IfaceError},
+    bpffs::PinRoot,
+    config::AgentConfig,
+    conntrack, docker,
+    ebpf::{detach_tc, Dataplane, Direction, LoadError},
+    metrics,
+    network::{
+        manager::{Cache, Manager, NetworkError},
+        model::Network,
+    },
+    sock, state, stats,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("installing the {0} handler")]
+    Signal(&'static str, #[source] std::io::Error),
+    #[error("reading /proc/net/route")]
+    Routes(#[source] std::io::Error),
+    #[error("no interface given (--iface) and no default route to find an uplink from")]
+    NoUplink,
+    #[error(transparent)]
+    Iface(#[from] IfaceError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    HostCgroup(#[from] sock::SockError),
+    #[error(transparent)]
+    Api(ApiError),
+    #[error("docker_socket")]
+    DockerSocket(#[source] ApiError),
+    #[error("metrics_address {addr}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The agent, configured; [`Agent::run`] runs it until a signal stops it.
+pub struct Agent {
+    config: AgentConfig,
+}
+
+/// What the agent attached itself, so it detaches exactly that on its way
+/// out (what it adopted stays, as does everything pinned for the
+/// datapath).
+type Attached = Vec<(String, Direction)>;
+
+impl Agent {
+    pub fn new(config: AgentConfig) -> Agent {
+        Agent { config }
+    }
+
+    fn pins(&self) -> &PinRoot {
+        &self.config.paths.pins
+    }
+
+    fn state_dir(&self) -> &Path {
+        &self.config.paths.state_dir
+    }
+
+    /// Runs until SIGINT or SIGTERM, then stops every task and detaches
+    /// what this agent attached. A start-up step that fails undoes the
+    /// attachments made before it.
+    pub async fn run(self) -> Result<(), AgentError> {
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        // Handlers first: a stop requested during start-up is then seen once
+        // start-up is done, instead of killing the agent half-way through it.
+        tasks.spawn(stop_on_signal(stop.clone())?);
+        let ifaces = if self.config.ifaces.is_empty() {
+            default_route_ifaces()?
+        } else {
+            self.config.ifaces.clone()
+        };
+        let (cache, bridge) = self.open_networks(&ifaces).await?;
+        if ifaces.is_empty() {
+            return Err(AgentError::NoUplink);
+        }
+        for i in &ifaces {
+            check_iface(i)?;
+        }
+        let mut dp = Dataplane::load(self.pins())?;
+        spawn_ebpf_log(&mut dp, &mut tasks, stop.clone());
+        let attached = self.attach(&mut dp, &ifaces)?;
+        if let Some(b) = bridge {
+            print_welcome(&b);
+        }
+        if let Err(e) = self.serve(&mut tasks, &stop, &cache).await {
+            stop.cancel();
+            tasks.shutdown().await;
+            self.remove_sockets();
+            detach_all(self.pins(), &attached);
+            return Err(e);
+        }
+        self.tick(&stop).await;
+        info!("stopping: detaching what this agent attached");
+        stop.cancel();
+        while let Some(done) = tasks.join_next().await {
+            if let Err(e) = done {
+                warn!("agent task: {e}");
+            }
+        }
+        self.remove_sockets();
+        detach_all(self.pins(), &attached);
+        Ok(())
+    }
+
+    /// Networks first: after a reboot the bridges are gone and the state
+    /// says what to restore. Returns the cache the API and Docker's driver
+    /// share (a request costs what it changes, not a reload of the state
+    /// and the eBPF object), and the default network if there is one.
+    async fn open_networks(
+        &self,
+        ifaces: &[String],
+    ) -> Result<(Arc<Mutex<Cache>>, Option<Network>), AgentError> {
+        let mut manager = Manager::open(self.state_dir(), self.pins()).await?;
+        manager.set_nat_config(self.config.nat);
+        for c in manager.reconcile().await? {
+            info!("reconciled: {c}");
+        }
+        // A first start makes the interfaces it watches the uplinks, so the
+        // default network has egress (Docker masquerades out of any
+        // interface).
+        if manager.state().uplinks.is_empty() {
+            for iface in ifaces {
+                manager.uplink_add(iface).await?;
+                info!(
+                    iface,
+                    "uplink added: published ports and masquerade through it"
+                );
+            }
+        }
+        let bridge = manager.network("bridge").ok().cloned();
+        let cache = Arc::new(Mutex::new(Cache::default()));
+        // Verified now rather than on the first container's connect.
+        manager.preload_endpoint_program()?;
+        manager.keep(&cache); // releases the state lock for CLI calls
+        Ok((cache, bridge))
+    }
+
+    /// Attaches the statistics program to every uplink and the host-local
+    /// hooks; all or nothing.
+    fn attach(&self, dp: &mut Dataplane, ifaces: &[String]) -> Result<Attached, AgentError> {
+        let pins = self.pins();
+        let mut attached = Vec::new();
+        for iface in ifaces {
+            for dir in [Direction::Ingress, Direction::Egress] {
+                match stats::attach(dp, iface, dir) {
+                    Ok(pin) => {
+                        info!(iface, direction = dir.name(), pin = %pin.display(), "attached {}", stats::PROGRAM);
+                        attached.push((iface.clone(), dir));
+                    }
+                    Err(LoadError::AlreadyAttached { path, .. }) => {
+                        info!(iface, direction = dir.name(), pin = %path.display(), "already attached; adopting");
+                    }
+                    Err(e) => {
+                        detach_all(pins, &attached);
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+        if let Some(cg) = &self.config.host_cgroup {
+            match sock::attach(dp, pins, cg) {
+                Ok(_) => info!(cgroup = %cg.display(), "host-local published ports on"),
+                Err(sock::SockError::AlreadyAttached { .. }) => {
+                    info!(cgroup = %cg.display(), "host-local published ports already on; adopting")
+                }
+                Err(e) => {
+                    detach_all(pins, &attached);
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(attached)
+    }
+
+    /// The API, then Docker's driver and the metrics, each a task that
+    /// ends when `stop` is cancelled.
+    async fn serve(
+        &self,
+        tasks: &mut JoinSet<()>,
+        stop: &CancellationToken,
+        cache: &Arc<Mutex<Cache>>,
+    ) -> Result<(), AgentError> {
+        let ctx = api::Context {
+            state_dir: self.state_dir().to_owned(),
+            pins: self.pins().clone(),
+            nat: self.config.nat,
+            server: "agent",
+            cache: Some(cache.clone()),
+        };
+        // Bound before "agent running" is logged: whoever waits for that
+        // line (tests, scripts) can connect at once.
+        let socket = &self.config.paths.socket;
+        let listener = api::bind(socket).map_err(AgentError::Api)?;
+        info!(bpffs = %self.pins().path().display(), state = %self.state_dir().display(), "agent running; counters with `dataplane stats show`, Ctrl-C to stop");
+        tasks.spawn(api::serve(
+            listener,
+            ctx.clone(),
+            stop.clone().cancelled_owned(),
+        ));
+        info!(socket = %socket.display(), "API listening");
+        if let Some(path) = &self.config.docker_socket {
+            let listener = api::bind(path).map_err(AgentError::DockerSocket)?;
+            info!(socket = %path.display(), "Docker network driver listening (docker network create -d {})",
+                path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default());
+            tasks.spawn(docker::serve(listener, ctx, stop.clone().cancelled_owned()));
+        }
+        if let Some(addr) = self.config.metrics {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::Metrics { addr, source })?;
+            info!(%addr, "Prometheus metrics on /metrics");
+            let dir = self.state_dir().to_owned();
+            let state = move || -> Result<state::State, String> {
+                let mut store = state::StateStore::open(&dir).map_err(|e| format!("{e:#}"))?;
+                Ok(store
+                    .load()
+                    .map_err(|e| format!("{e:#}"))?
+                    .unwrap_or_default())
+            };
+            let serving = metrics::serve(
+                listener,
+                self.pins().clone(),
+                state,
+                stop.clone().cancelled_owned(),
+            );
+            tasks.spawn(async move {
+                if let Err(e) = serving.await {
+                    warn!("metrics: {:#}", anyhow::Error::from(e));
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Until `stop`: every interval, log the counters and collect idle
+    /// conntrack entries.
+    async fn tick(&self, stop: &CancellationToken) {
+        let pins = self.pins();
+        let mut tick = tokio::time::interval(self.config.interval);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            match stats::read(pins) {
+                Ok(snap) => {
+                    let line: Vec<String> = snap
+                        .protocols
+                        .iter()
+                        .filter(|(_, c)| c.packets > 0)
+                        .map(|(n, c)| format!("{n}={}/{}B", c.packets, c.bytes))
+                        .collect();
+                    info!(counters = %line.join(" "), "stats");
+                }
+                Err(e) => warn!("reading counters: {:#}", anyhow::Error::from(e)),
+            }
+            match conntrack::gc(pins, &self.config.timeouts) {
+                Ok(r) if r.removed > 0 => {
+                    info!(scanned = r.scanned, removed = r.removed, "conntrack gc")
+                }
+                Ok(_) => {}
+                Err(e) => warn!("conntrack gc: {:#}", anyhow::Error::from(e)),
+            }
+        }
+    }
+
+    /// The socket files, which outlive their listeners.
+    fn remove_sockets(&self) {
+        let sockets: [Option<&PathBuf>; 2] = [
+            Some(&self.config.paths.socket),
+            self.config.docker_socket.as_ref(),
+        ];
+        for path in sockets.into_iter().flatten() {
+            if let Err(e) = std::fs::remove_file(path) {
+                warn!("removing {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+/// A task that cancels `stop` on SIGINT or SIGTERM (or ends with it). The
+/// handlers are installed before this returns.
+fn stop_on_signal(
+    stop: CancellationToken,
+) -> Result<impl std::future::Future<Output = ()>, AgentError> {
+    let mut term = signal(SignalKind::terminate()).map_err(|e| AgentError::Signal("SIGTERM", e))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| AgentError::Signal("SIGINT", e))?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => stop.cancel(),
+            _ = term.recv() => stop.cancel(),
+            () = stop.cancelled() => {}
+        }
+    })
+}
+
+/// The programs' own log lines (aya-log, from the pinned AYA_LOGS ring
+/// buffer every instance shares) join the agent's log.
+fn spawn_ebpf_log(dp: &mut Dataplane, tasks: &mut JoinSet<()>, stop: CancellationToken) {
+    let logger = match aya_log::EbpfLogger::init(dp.ebpf_mut()) {
+        Ok(logger) => logger,
+        Err(e) => return warn!("eBPF log: {e}"),
+    };
+    // SAFETY: the logger owns its ring buffer's fd, which stays that one
+    // open fd for as long as the AsyncFd owns the logger.
+    let fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match fd {
+        Ok(fd) => fd,
+        Err(e) => return warn!("eBPF log: {e}"),
+    };
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                ready = fd.readable_mut() => match ready {
+                    Ok(mut ready) => {
+                        ready.get_inner_mut().flush();
+                        ready.clear_ready();
+                    }
+                    Err(_) => break,
+                },
+            }
+        }
+    });
+}
+
+fn print_welcome(b: &Network) {
+    let subnet = b.subnet.map(|s| s.to_string()).unwrap_or_default();
+    eprintln!(
+        "\nThe default network `bridge` ({subnet}, device {}) is ready. Try:\n  \
+         ip netns add c1\n  \
+         dataplane connect bridge c1 -p 8080:80\n  \
+         ip netns exec c1 python3 -m http.server 80 &\n  \
+         curl http://127.0.0.1:8080/\n  \
+         dataplane nat ls; dataplane conntrack ls\n",
+        b.bridge.as_deref().unwrap_or_default()
+    );
+}
+
+/// Interfaces that carry an IPv4 default route (/proc/net/route).
+fn default_route_ifaces() -> Result<Vec<String>, AgentError> {
+    let table = std::fs::read_to_string("/proc/net/route").map_err(AgentError::Routes)?;
+    let mut out: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 7 && f[1] == "00000000" && f[7] == "00000000").then(|| f[0].to_owned())
+        })
+        .collect();
+    out.dedup();
+    Ok(out)
+}
+
+/// Best-effort: reports every failure and carries on.
+fn detach_all(pins: &PinRoot, attached: &[(String, Direction)]) {
+    for (iface, dir) in attached {
+        if let Err(e) = detach_tc(pins, stats::PROGRAM, iface, *dir) {
+            warn!("{:#}", anyhow::Error::from(e));
+        }
+    }
+}

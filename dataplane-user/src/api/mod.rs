@@ -1,0 +1,173 @@
+//! The agent's API: typed requests over a Unix socket, one JSON line in,
+//! one JSON line out per connection (`docs/api.md`). The wire types live
+//! here and in [`types`] (the answers), shared by the [`server`] (the
+//! agent's socket, and [`execute`], the one place a request is carried
+//! out) and the [`client`] (the CLI, which runs [`execute`] in-process when
+//! no agent answers, so both paths behave the same). Every request takes
+//! the state lock for its whole duration, so concurrent calls are
+//! serialised, never interleaved.
+
+pub mod client;
+mod datapath;
+pub mod server;
+pub mod types;
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use self::types::{TcDirection, TimeoutSecs};
+pub use self::{
+    client::{call, Client},
+    server::{accept_loop, bind, execute, serve, Context, IfaceError},
+};
+use crate::{
+    cni,
+    filter::FilterArgs,
+    network::{manager::ConnectArgs, model::CreateArgs},
+};
+
+/// Where the agent listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/dataplane/dataplane.sock";
+/// A request line longer than this is refused. The largest requests are
+/// `filter_add_many` ones: `MAX_RULES` rules of every flag take about
+/// 2 MiB.
+const MAX_REQUEST: usize = 4 << 20;
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client waits for an answer: requests wait for each other's
+/// state lock, so this bounds the whole queue, not one request.
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    NetworkCreate {
+        args: CreateArgs,
+    },
+    NetworkLs,
+    NetworkInspect {
+        names: Vec<String>,
+    },
+    NetworkRm {
+        names: Vec<String>,
+        force: bool,
+    },
+    Connect {
+        args: ConnectArgs,
+    },
+    Disconnect {
+        network: String,
+        container: String,
+    },
+    PublishAdd {
+        network: String,
+        endpoint: String,
+        specs: Vec<String>,
+    },
+    PublishRm {
+        network: String,
+        endpoint: String,
+        specs: Vec<String>,
+    },
+    UplinkAdd {
+        iface: String,
+    },
+    UplinkRm {
+        iface: String,
+    },
+    UplinkLs,
+    FilterAdd {
+        args: FilterArgs,
+        first: bool,
+    },
+    /// Rules in the given order, all or none (`filter add --from-file`).
+    FilterAddMany {
+        rules: Vec<FilterArgs>,
+        #[serde(default)]
+        first: bool,
+    },
+    FilterRm {
+        id: u32,
+    },
+    FilterLs,
+    NatLs,
+    ConntrackLs,
+    /// Who answers: the agent (with its pid) or the CLI itself.
+    Status,
+    /// CNI ADD (`dataplane-cni`, docs/cni.md).
+    CniAdd {
+        args: cni::AddArgs,
+    },
+    CniDel {
+        network: String,
+        key: cni::AttachmentKey,
+    },
+    CniCheck {
+        args: cni::CheckArgs,
+    },
+    CniGc {
+        args: cni::GcArgs,
+    },
+    /// Attach `dp_stats` to an interface (`stats attach`).
+    StatsAttach {
+        iface: String,
+        directions: Vec<TcDirection>,
+    },
+    StatsDetach {
+        iface: String,
+        directions: Vec<TcDirection>,
+    },
+    /// Host-local published ports for a cgroup (default: the cgroup v2
+    /// root) (`local attach`).
+    LocalAttach {
+        #[serde(default)]
+        cgroup: Option<PathBuf>,
+    },
+    LocalDetach {
+        #[serde(default)]
+        cgroup: Option<PathBuf>,
+    },
+    /// Remove conntrack entries idle past these timeouts (`conntrack gc`).
+    ConntrackGc {
+        timeouts: TimeoutSecs,
+    },
+    /// Remove everything the dataplane created (`cleanup`).
+    Cleanup,
+}
+
+impl Request {
+    /// The request's `op` on the wire, for messages.
+    pub fn op(&self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.get("op")?.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Ok { result: Value },
+    Error { error: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("API socket {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("API socket {path}: malformed answer")]
+    Answer {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The request was carried out and failed; the message is the agent's.
+    #[error("{0}")]
+    Failed(String),
+}
