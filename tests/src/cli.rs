@@ -197,7 +197,7 @@ impl Cli {
             "--interval",
             "1",
             "--host-cgroup",
-            "none",
+            "off",
         ];
         args.extend_from_slice(extra);
         let mut cmd = self.command(&args)?;

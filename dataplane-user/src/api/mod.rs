@@ -171,3 +171,83 @@ pub enum ApiError {
     #[error("{0}")]
     Failed(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{types::*, *};
+
+    #[test]
+    fn datapath_requests_on_the_wire() {
+        for (line, want) in [
+            (r#"{"op": "cleanup"}"#, Request::Cleanup),
+            (
+                r#"{"op": "local_attach"}"#,
+                Request::LocalAttach { cgroup: None },
+            ),
+            (
+                r#"{"op": "local_detach", "cgroup": "/sys/fs/cgroup/x"}"#,
+                Request::LocalDetach {
+                    cgroup: Some("/sys/fs/cgroup/x".into()),
+                },
+            ),
+            (
+                r#"{"op": "stats_attach", "iface": "eth0", "directions": ["ingress", "egress"]}"#,
+                Request::StatsAttach {
+                    iface: "eth0".into(),
+                    directions: vec![TcDirection::Ingress, TcDirection::Egress],
+                },
+            ),
+            (
+                r#"{"op": "conntrack_gc", "timeouts": {"tcp_established": 1, "tcp_syn": 2, "tcp_closing": 3, "other": 4}}"#,
+                Request::ConntrackGc {
+                    timeouts: TimeoutSecs {
+                        tcp_established: 1,
+                        tcp_syn: 2,
+                        tcp_closing: 3,
+                        other: 4,
+                    },
+                },
+            ),
+        ] {
+            let req: Request = serde_json::from_str(line).unwrap();
+            assert_eq!(req, want, "{line}");
+            let back: Request =
+                serde_json::from_value(serde_json::to_value(&req).unwrap()).unwrap();
+            assert_eq!(back, want);
+        }
+        assert_eq!(Request::Cleanup.op(), "cleanup");
+        assert_eq!(Request::NetworkLs.op(), "network_ls");
+    }
+
+    #[test]
+    fn answers_keep_their_wire_shape() {
+        // The shapes docs/api.md gives, read into the typed answers.
+        let s: Status = serde_json::from_value(serde_json::json!({
+            "server": "agent", "pid": 7, "state_dir": "/s", "bpffs_root": "/b",
+            "networks": 3, "endpoints": 1, "uplinks": ["eth0"]
+        }))
+        .unwrap();
+        assert_eq!((s.server.as_str(), s.pid, s.uplinks.len()), ("agent", 7, 1));
+        let c: Connected = serde_json::from_value(serde_json::json!({
+            "id": "e", "name": "c1", "ipv4": "172.17.0.2", "mac": null, "ifname": "eth0"
+        }))
+        .unwrap();
+        assert_eq!(c.ipv4, Some([172, 17, 0, 2].into()));
+        assert_eq!(
+            serde_json::to_value(Done {}).unwrap(),
+            serde_json::json!({})
+        );
+        let _: Done = serde_json::from_value(serde_json::json!({})).unwrap();
+        let t = TcLinks {
+            links: vec![TcLink {
+                iface: "eth0".into(),
+                direction: TcDirection::Egress,
+                pin: None,
+            }],
+        };
+        assert_eq!(
+            serde_json::to_value(&t).unwrap(),
+            serde_json::json!({"links": [{"iface": "eth0", "direction": "egress"}]})
+        );
+    }
+}
