@@ -14,7 +14,7 @@ use dataplane_common::{
 };
 use serde::Serialize;
 
-use crate::bpffs::PinRoot;
+use super::bpffs::PinRoot;
 
 #[derive(Debug, thiserror::Error)]
 #[error("conntrack map {map}")]

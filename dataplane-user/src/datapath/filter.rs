@@ -49,7 +49,8 @@ use dataplane_common::{
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::{bpffs::PinRoot, ebpf::Dataplane, network::ports::Proto};
+use super::{bpffs::PinRoot, ebpf::Dataplane};
+use crate::network::ports::Proto;
 
 /// Linux's IFNAMSIZ - 1.
 const IFNAME_MAX: usize = 15;

@@ -11,7 +11,7 @@ use dataplane_common::{
 };
 use serde::Serialize;
 
-use crate::{
+use super::{
     bpffs::PinRoot,
     ebpf::{Dataplane, Direction, LoadError},
 };

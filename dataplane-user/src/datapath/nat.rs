@@ -26,10 +26,12 @@ use dataplane_common::{
     stats::PktCounter,
 };
 
-use crate::{
+use super::{
     bpffs::PinRoot,
     conntrack::{self, Gone},
     ebpf::{detach_tc, Dataplane, Direction, LoadError},
+};
+use crate::{
     netlink::{Link, Netlink, NetlinkError},
     network::{
         ipam,

@@ -15,7 +15,7 @@ use aya::{
 };
 use dataplane_common::{maps, nat::NatConfig};
 
-use crate::bpffs::{current_netns_cookie, current_netns_ino, BpffsError, PinRoot};
+use super::bpffs::{current_netns_cookie, current_netns_ino, BpffsError, PinRoot};
 
 /// The object built by build.rs from `dataplane-ebpf` (bin `dataplane`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane"));

@@ -24,7 +24,7 @@ use dataplane_common::{
 use serde::Serialize;
 use tokio::io::{unix::AsyncFd, Interest};
 
-use crate::{bpffs::PinRoot, stats::Counter};
+use super::{bpffs::PinRoot, stats::Counter};
 
 const ETH_LEN: usize = 14;
 const ETHERTYPE_IPV4: u16 = 0x0800;
