@@ -33,9 +33,7 @@ use std::{
     str::FromStr,
 };
 
-use aya::maps::{
-    lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues,
-};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray};
 pub use dataplane_common::filter::MAX_RULES;
 use dataplane_common::{
     filter::{
@@ -49,7 +47,11 @@ use dataplane_common::{
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use super::{bpffs::PinRoot, ebpf::Dataplane};
+use super::{
+    bpffs::PinRoot,
+    ebpf::Dataplane,
+    maps::{map_err, open, reconcile, sum, zeroed_counters, MapsError},
+};
 use crate::network::ports::Proto;
 
 /// Linux's IFNAMSIZ - 1.
@@ -114,23 +116,8 @@ pub enum FilterError {
     ResolvedZero { id: u32, flag: &'static str },
     #[error("filter position {0}: positions run from 0 to {max}", max = MAX_RULES - 1)]
     Position(u32),
-    #[error("map {map}")]
-    Map {
-        map: &'static str,
-        #[source]
-        source: Box<MapError>,
-    },
-    #[error("map {0} is missing from the eBPF object")]
-    NoMap(&'static str),
-    #[error("counting possible CPUs")]
-    Cpus(#[source] std::io::Error),
-}
-
-fn map_err(map: &'static str) -> impl Fn(MapError) -> FilterError {
-    move |e| FilterError::Map {
-        map,
-        source: Box::new(e),
-    }
+    #[error(transparent)]
+    Map(#[from] MapsError),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -698,29 +685,8 @@ fn reconcile_gen<K: GenKey>(
     live: u32,
     want: &BTreeMap<K, &RuleBits>,
 ) -> Result<(), FilterError> {
-    let map = dp
-        .ebpf_mut()
-        .map_mut(name)
-        .ok_or(FilterError::NoMap(name))?;
-    let mut hash: HashMap<&mut MapData, K, RuleBits> =
-        HashMap::try_from(map).map_err(map_err(name))?;
-    let have: Vec<K> = hash
-        .keys()
-        .collect::<Result<_, _>>()
-        .map_err(map_err(name))?;
-    // Deletes first, so the map never needs room for both old and new.
-    for k in have
-        .iter()
-        .filter(|k| k.gen() != live && !want.contains_key(k))
-    {
-        hash.remove(k).map_err(map_err(name))?;
-    }
-    for (k, v) in want {
-        if hash.get(k, 0).ok().as_ref() != Some(*v) {
-            hash.insert(k, *v, 0).map_err(map_err(name))?;
-        }
-    }
-    Ok(())
+    let mut hash: HashMap<&mut MapData, K, RuleBits> = open(&mut *dp, name)?;
+    Ok(reconcile(&mut hash, name, want, |k| k.gen() == live)?)
 }
 
 fn dimension_keys<K: Ord, M: Ord>(
@@ -771,37 +737,17 @@ fn reconcile_src(
             )
         })
         .collect();
-    let map = dp
-        .ebpf_mut()
-        .map_mut(name)
-        .ok_or(FilterError::NoMap(name))?;
-    let mut trie: LpmTrie<&mut MapData, FilterSrcData, RuleBits> =
-        LpmTrie::try_from(map).map_err(map_err(name))?;
-    let have: Vec<Key<FilterSrcData>> = trie
-        .keys()
-        .collect::<Result<_, _>>()
-        .map_err(map_err(name))?;
-    for k in &have {
-        if src_gen(&k.data()) != live && !want.contains_key(&(k.prefix_len(), k.data())) {
-            trie.remove(k).map_err(map_err(name))?;
-        }
-    }
-    for ((len, data), bits) in want {
-        trie.insert(&Key::new(len, data), bits, 0)
-            .map_err(map_err(name))?;
-    }
-    Ok(())
+    let mut trie: LpmTrie<&mut MapData, FilterSrcData, RuleBits> = open(&mut *dp, name)?;
+    Ok(reconcile(&mut trie, name, &want, |(_, data)| {
+        src_gen(data) == live
+    })?)
 }
 
 fn array<'a, V: aya::Pod>(
     dp: &'a mut Dataplane,
     name: &'static str,
 ) -> Result<Array<&'a mut MapData, V>, FilterError> {
-    let map = dp
-        .ebpf_mut()
-        .map_mut(name)
-        .ok_or(FilterError::NoMap(name))?;
-    Array::try_from(map).map_err(map_err(name))
+    Ok(open(dp, name)?)
 }
 
 /// Writes `c` into the maps and makes it the live rule set (see the module
@@ -913,33 +859,23 @@ pub fn apply(dp: &mut Dataplane, c: &Compiled) -> Result<(), FilterError> {
     }
     {
         let name = maps::FILTER_STATS;
-        let map = dp
-            .ebpf_mut()
-            .map_mut(name)
-            .ok_or(FilterError::NoMap(name))?;
-        let mut stats: PerCpuArray<&mut MapData, PktCounter> =
-            PerCpuArray::try_from(map).map_err(map_err(name))?;
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| FilterError::Cpus(e))?;
+        let mut stats: PerCpuArray<&mut MapData, PktCounter> = open(&mut *dp, name)?;
         for pos in 0..stale_end {
-            let carried = match c
+            let values = match c
                 .actions
                 .get(pos as usize)
                 .and_then(|(id, _)| old_pos.get(id))
             {
-                Some(old) => stats
-                    .get(&slot(live, *old), 0)
-                    .map_err(map_err(name))?
-                    .to_vec(),
-                None => vec![PktCounter::default(); cpus],
+                Some(old) => stats.get(&slot(live, *old), 0).map_err(map_err(name))?,
+                None => zeroed_counters()?,
             };
-            let values = PerCpuValues::try_from(carried).map_err(FilterError::Cpus)?;
             stats
                 .set(slot(gen, pos), values, 0)
                 .map_err(map_err(name))?;
         }
     }
 
-    array::<FilterConfig>(dp, maps::FILTER_CONFIG)?
+    Ok(array::<FilterConfig>(dp, maps::FILTER_CONFIG)?
         .set(
             0,
             FilterConfig {
@@ -949,24 +885,14 @@ pub fn apply(dp: &mut Dataplane, c: &Compiled) -> Result<(), FilterError> {
             },
             0,
         )
-        .map_err(map_err(maps::FILTER_CONFIG))
-}
-
-fn pinned(pins: &PinRoot, name: &'static str) -> Result<Map, FilterError> {
-    let data = MapData::from_pin(pins.map(name)).map_err(map_err(name))?;
-    Map::from_map_data(data).map_err(map_err(name))
+        .map_err(map_err(maps::FILTER_CONFIG))?)
 }
 
 /// The live generation and its rule count, from the pinned config.
 fn live_config(pins: &PinRoot) -> Result<FilterConfig, FilterError> {
     let name = maps::FILTER_CONFIG;
-    let cfg: Array<MapData, FilterConfig> =
-        Array::try_from(pinned(pins, name)?).map_err(map_err(name))?;
-    cfg.get(&0, 0).map_err(map_err(name))
-}
-
-fn sum(values: &[PktCounter]) -> PktCounter {
-    values.iter().fold(PktCounter::default(), |a, b| a.add(*b))
+    let cfg: Array<MapData, FilterConfig> = open(pins, name)?;
+    Ok(cfg.get(&0, 0).map_err(map_err(name))?)
 }
 
 /// Counters of the rules at the given positions of the live rule set,
@@ -985,8 +911,7 @@ pub fn counters(
     }
     let live = live_config(pins)?.gen % GENERATIONS;
     let name = maps::FILTER_STATS;
-    let stats: PerCpuArray<MapData, PktCounter> =
-        PerCpuArray::try_from(pinned(pins, name)?).map_err(map_err(name))?;
+    let stats: PerCpuArray<MapData, PktCounter> = open(pins, name)?;
     let mut out = BTreeMap::new();
     for pos in positions {
         let values = stats.get(&slot(live, pos), 0).map_err(map_err(name))?;
@@ -1001,8 +926,7 @@ pub fn counters_by_id(pins: &PinRoot) -> Result<BTreeMap<u32, PktCounter>, Filte
     let cfg = live_config(pins)?;
     let live = cfg.gen % GENERATIONS;
     let name = maps::FILTER_ACTIONS;
-    let actions: Array<MapData, FilterAction> =
-        Array::try_from(pinned(pins, name)?).map_err(map_err(name))?;
+    let actions: Array<MapData, FilterAction> = open(pins, name)?;
     let ids = (0..cfg.rules.min(MAX_RULES))
         .map(|pos| {
             actions

@@ -13,5 +13,6 @@ pub mod ebpf;
 pub mod events;
 pub mod filter;
 pub mod host_local;
+pub mod maps;
 pub mod nat;
 pub mod stats;

@@ -11,12 +11,11 @@
 //! the contents it wrote last to the new ones, only the entries that differ.
 
 use std::{
-    borrow::BorrowMut,
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
 };
 
-use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray};
 use dataplane_common::{
     maps,
     nat::{
@@ -30,6 +29,7 @@ use super::{
     bpffs::PinRoot,
     conntrack::{self, Gone},
     ebpf::{detach_tc, Dataplane, Direction, LoadError},
+    maps::{map_err, open, reconcile, sum, update, zeroed_counters, MapsError},
 };
 use crate::{
     netlink::{Link, Netlink, NetlinkError},
@@ -52,29 +52,14 @@ pub enum NatError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
-    #[error("map {map}")]
-    Map {
-        map: &'static str,
-        #[source]
-        source: Box<MapError>,
-    },
-    #[error("map {0} is missing from the eBPF object")]
-    NoMap(&'static str),
+    #[error(transparent)]
+    Map(#[from] MapsError),
     #[error("uplink {0}: no such interface in the host namespace")]
     NoUplink(String),
     #[error("uplink {0}: has no IPv4 address to masquerade with")]
     NoUplinkAddr(String),
-    #[error("counting possible CPUs")]
-    Cpus(#[source] std::io::Error),
     #[error("no free slot for another published port's counters (limit {MAX_PORT_MAPPINGS})")]
     StatsFull,
-}
-
-fn map_err(map: &'static str) -> impl Fn(MapError) -> NatError {
-    move |e| NatError::Map {
-        map,
-        source: Box::new(e),
-    }
 }
 
 /// Attaches both uplink programs to `ifname` (in this thread's namespace);
@@ -393,241 +378,99 @@ fn sandbox_addrs(state: &State, sandboxes: &BTreeMap<&str, u32>) -> BTreeMap<[u8
         .collect()
 }
 
-fn hash_map<'a, K: aya::Pod, V: aya::Pod>(
-    dp: &'a mut Dataplane,
-    name: &'static str,
-) -> Result<HashMap<&'a mut MapData, K, V>, NatError> {
-    let map = dp.ebpf_mut().map_mut(name).ok_or(NatError::NoMap(name))?;
-    HashMap::try_from(map).map_err(map_err(name))
-}
+type Hash<'a, K, V> = HashMap<&'a mut MapData, K, V>;
+type SubnetTrie<'a> = LpmTrie<&'a mut MapData, [u8; 4], SubnetPolicy>;
 
-/// Makes a hash map hold exactly `want`, reading what it holds now.
-fn reconcile_hash<K, V, M>(
-    map: &mut HashMap<M, K, V>,
-    name: &'static str,
-    want: &BTreeMap<K, V>,
-) -> Result<(), NatError>
-where
-    K: aya::Pod + Ord,
-    V: aya::Pod + PartialEq,
-    M: BorrowMut<MapData>,
-{
-    let have: Vec<K> = map
-        .keys()
-        .collect::<Result<_, _>>()
-        .map_err(map_err(name))?;
-    for k in have.iter().filter(|k| !want.contains_key(k)) {
-        map.remove(k).map_err(map_err(name))?;
-    }
-    for (k, v) in want {
-        if map.get(k, 0).ok().as_ref() != Some(v) {
-            map.insert(k, v, 0).map_err(map_err(name))?;
-        }
-    }
-    Ok(())
-}
-
-/// One step of walking two sorted maps side by side.
-enum Diff<'a, K, V> {
-    Gone(&'a K),
-    Set(&'a K, &'a V),
-}
-
-/// The entries that differ between two maps, in one merge walk over both
-/// (no lookups): what `old` has and `new` lacks, and what `new` has that
-/// `old` has not or has with another value.
-fn diff<'a, K: Ord, V: PartialEq>(
-    old: &'a BTreeMap<K, V>,
-    new: &'a BTreeMap<K, V>,
-) -> Vec<Diff<'a, K, V>> {
-    let mut out = Vec::new();
-    let (mut o, mut n) = (old.iter().peekable(), new.iter().peekable());
-    loop {
-        match (o.peek(), n.peek()) {
-            (None, None) => break,
-            (Some((ok, _)), None) => {
-                out.push(Diff::Gone(*ok));
-                o.next();
-            }
-            (None, Some((nk, nv))) => {
-                out.push(Diff::Set(*nk, *nv));
-                n.next();
-            }
-            (Some((ok, ov)), Some((nk, nv))) => match ok.cmp(nk) {
-                std::cmp::Ordering::Less => {
-                    out.push(Diff::Gone(*ok));
-                    o.next();
-                }
-                std::cmp::Ordering::Greater => {
-                    out.push(Diff::Set(*nk, *nv));
-                    n.next();
-                }
-                std::cmp::Ordering::Equal => {
-                    if ov != nv {
-                        out.push(Diff::Set(*nk, *nv));
-                    }
-                    o.next();
-                    n.next();
-                }
-            },
-        }
-    }
-    out
-}
-
-/// Takes a hash map from `old` (what it was last set to) to `new`: one
-/// syscall per entry that differs, none for the rest.
-fn update_hash<K, V, M>(
-    map: &mut HashMap<M, K, V>,
-    name: &'static str,
-    old: &BTreeMap<K, V>,
-    new: &BTreeMap<K, V>,
-) -> Result<(), NatError>
-where
-    K: aya::Pod + Ord,
-    V: aya::Pod + PartialEq,
-    M: BorrowMut<MapData>,
-{
-    for d in diff(old, new) {
-        match d {
-            Diff::Gone(k) => match map.remove(k) {
-                // Gone already (an expired endpoint, a cleanup): nothing to do.
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(name)(e)),
-            },
-            Diff::Set(k, v) => map.insert(k, v, 0).map_err(map_err(name))?,
-        }
-    }
-    Ok(())
-}
-
-fn subnet_trie(
-    dp: &mut Dataplane,
-) -> Result<LpmTrie<&mut MapData, [u8; 4], SubnetPolicy>, NatError> {
-    let name = maps::SUBNETS;
-    let map = dp.ebpf_mut().map_mut(name).ok_or(NatError::NoMap(name))?;
-    LpmTrie::try_from(map).map_err(map_err(name))
-}
-
-fn insert_subnets<'a>(
-    trie: &mut LpmTrie<&mut MapData, [u8; 4], SubnetPolicy>,
-    subnets: impl Iterator<Item = (&'a ([u8; 4], u32), &'a (u32, u32))>,
-) -> Result<(), NatError> {
-    for ((addr, len), flags) in subnets {
-        trie.insert(
-            &Key::new(*len, *addr),
-            SubnetPolicy {
-                flags: flags.0,
-                network_id: flags.1,
-            },
-            0,
-        )
-        .map_err(map_err(maps::SUBNETS))?;
-    }
-    Ok(())
+/// `DP_SUBNETS`' entries as the trie holds them.
+fn subnet_entries(
+    subnets: &BTreeMap<([u8; 4], u32), (u32, u32)>,
+) -> BTreeMap<(u32, [u8; 4]), SubnetPolicy> {
+    subnets
+        .iter()
+        .map(|((addr, len), (flags, network_id))| {
+            (
+                (*len, *addr),
+                SubnetPolicy {
+                    flags: *flags,
+                    network_id: *network_id,
+                },
+            )
+        })
+        .collect()
 }
 
 /// Writes `want` into the pinned maps, whatever they hold now (a full
 /// reconcile: every map is read back).
 pub fn apply(dp: &mut Dataplane, want: &Desired) -> Result<(), NatError> {
-    reconcile_hash(
-        &mut hash_map::<PortKey, PortTarget>(dp, maps::PORTS)?,
-        maps::PORTS,
-        &want.ports,
-    )?;
-    reconcile_hash(
-        &mut hash_map::<[u8; 4], HostAddr>(dp, maps::HOST_ADDRS)?,
-        maps::HOST_ADDRS,
-        &want.host_addrs,
-    )?;
-    reconcile_hash(
-        &mut hash_map::<u32, Uplink>(dp, maps::UPLINKS)?,
-        maps::UPLINKS,
-        &want.uplinks,
-    )?;
-    reconcile_hash(
-        &mut hash_map::<u32, EndpointInfo>(dp, maps::ENDPOINTS)?,
-        maps::ENDPOINTS,
-        &want.endpoints,
-    )?;
-    reconcile_hash(
-        &mut hash_map::<[u8; 4], EndpointRoute>(dp, maps::ENDPOINT_ROUTES)?,
-        maps::ENDPOINT_ROUTES,
-        &want.endpoint_routes,
-    )?;
-    reconcile_hash(
-        &mut hash_map::<[u8; 4], SandboxAddr>(dp, maps::SANDBOX_ADDRS)?,
-        maps::SANDBOX_ADDRS,
-        &want.sandbox_addrs,
-    )?;
-    let mut trie = subnet_trie(dp)?;
-    let have: Vec<Key<[u8; 4]>> = trie
-        .keys()
-        .collect::<Result<_, _>>()
-        .map_err(map_err(maps::SUBNETS))?;
-    for k in &have {
-        if !want.subnets.contains_key(&(k.data(), k.prefix_len())) {
-            trie.remove(k).map_err(map_err(maps::SUBNETS))?;
-        }
+    fn hash<K, V>(
+        dp: &mut Dataplane,
+        name: &'static str,
+        want: &BTreeMap<K, V>,
+    ) -> Result<(), NatError>
+    where
+        K: aya::Pod + Ord,
+        V: aya::Pod + PartialEq,
+    {
+        let mut map: Hash<'_, K, V> = open(dp, name)?;
+        Ok(reconcile(&mut map, name, want, |_| false)?)
     }
-    insert_subnets(&mut trie, want.subnets.iter())
+    hash(dp, maps::PORTS, &want.ports)?;
+    hash(dp, maps::HOST_ADDRS, &want.host_addrs)?;
+    hash(dp, maps::UPLINKS, &want.uplinks)?;
+    hash(dp, maps::ENDPOINTS, &want.endpoints)?;
+    hash(dp, maps::ENDPOINT_ROUTES, &want.endpoint_routes)?;
+    hash(dp, maps::SANDBOX_ADDRS, &want.sandbox_addrs)?;
+    let mut trie: SubnetTrie<'_> = open(dp, maps::SUBNETS)?;
+    Ok(reconcile(
+        &mut trie,
+        maps::SUBNETS,
+        &subnet_entries(&want.subnets),
+        |_| false,
+    )?)
 }
 
 /// Takes the pinned maps from `old` (what this process last wrote with
 /// [`apply`] or here) to `new`, writing only the entries that differ: the
 /// cost of one more published port does not grow with the number of ports.
 pub fn apply_changes(dp: &mut Dataplane, old: &Desired, new: &Desired) -> Result<(), NatError> {
-    update_hash(
-        &mut hash_map::<PortKey, PortTarget>(dp, maps::PORTS)?,
-        maps::PORTS,
-        &old.ports,
-        &new.ports,
-    )?;
-    update_hash(
-        &mut hash_map::<[u8; 4], HostAddr>(dp, maps::HOST_ADDRS)?,
-        maps::HOST_ADDRS,
-        &old.host_addrs,
-        &new.host_addrs,
-    )?;
-    update_hash(
-        &mut hash_map::<u32, Uplink>(dp, maps::UPLINKS)?,
-        maps::UPLINKS,
-        &old.uplinks,
-        &new.uplinks,
-    )?;
-    update_hash(
-        &mut hash_map::<u32, EndpointInfo>(dp, maps::ENDPOINTS)?,
-        maps::ENDPOINTS,
-        &old.endpoints,
-        &new.endpoints,
-    )?;
+    fn hash<K, V>(
+        dp: &mut Dataplane,
+        name: &'static str,
+        old: &BTreeMap<K, V>,
+        new: &BTreeMap<K, V>,
+    ) -> Result<(), NatError>
+    where
+        K: aya::Pod + Ord,
+        V: aya::Pod + PartialEq,
+    {
+        let mut map: Hash<'_, K, V> = open(dp, name)?;
+        Ok(update(&mut map, name, old, new)?)
+    }
+    hash(dp, maps::PORTS, &old.ports, &new.ports)?;
+    hash(dp, maps::HOST_ADDRS, &old.host_addrs, &new.host_addrs)?;
+    hash(dp, maps::UPLINKS, &old.uplinks, &new.uplinks)?;
+    hash(dp, maps::ENDPOINTS, &old.endpoints, &new.endpoints)?;
     // After DP_ENDPOINTS, as in `apply`: the programs use a route only
     // while the endpoint entry of its ifindex has the same address.
-    update_hash(
-        &mut hash_map::<[u8; 4], EndpointRoute>(dp, maps::ENDPOINT_ROUTES)?,
+    hash(
+        dp,
         maps::ENDPOINT_ROUTES,
         &old.endpoint_routes,
         &new.endpoint_routes,
     )?;
-    update_hash(
-        &mut hash_map::<[u8; 4], SandboxAddr>(dp, maps::SANDBOX_ADDRS)?,
+    hash(
+        dp,
         maps::SANDBOX_ADDRS,
         &old.sandbox_addrs,
         &new.sandbox_addrs,
     )?;
     if old.subnets != new.subnets {
-        let mut trie = subnet_trie(dp)?;
-        for (addr, len) in old.subnets.keys().filter(|k| !new.subnets.contains_key(k)) {
-            match trie.remove(&Key::new(*len, *addr)) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(maps::SUBNETS)(e)),
-            }
-        }
-        insert_subnets(
+        let mut trie: SubnetTrie<'_> = open(dp, maps::SUBNETS)?;
+        update(
             &mut trie,
-            new.subnets
-                .iter()
-                .filter(|(k, v)| old.subnets.get(k) != Some(v)),
+            maps::SUBNETS,
+            &subnet_entries(&old.subnets),
+            &subnet_entries(&new.subnets),
         )?;
     }
     Ok(())
@@ -647,12 +490,10 @@ pub fn claim_stats_index(dp: &mut Dataplane, used: &[bool], from: u32) -> Result
         .find(|i| !used.get(*i as usize).copied().unwrap_or(false))
         .ok_or(NatError::StatsFull)?;
     let name = maps::PORT_STATS;
-    let map = dp.ebpf_mut().map_mut(name).ok_or(NatError::NoMap(name))?;
-    let mut array: PerCpuArray<&mut MapData, PktCounter> =
-        PerCpuArray::try_from(map).map_err(map_err(name))?;
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| NatError::Cpus(e))?;
-    let zero = PerCpuValues::try_from(vec![PktCounter::default(); cpus]).map_err(NatError::Cpus)?;
-    array.set(index, zero, 0).map_err(map_err(name))?;
+    let mut array: PerCpuArray<&mut MapData, PktCounter> = open(dp, name)?;
+    array
+        .set(index, zeroed_counters()?, 0)
+        .map_err(map_err(name))?;
     Ok(index)
 }
 
@@ -662,40 +503,10 @@ pub fn port_counters(
     indexes: impl IntoIterator<Item = u32>,
 ) -> Result<BTreeMap<u32, PktCounter>, NatError> {
     let name = maps::PORT_STATS;
-    let data = MapData::from_pin(pins.map(name)).map_err(map_err(name))?;
-    let map = aya::maps::Map::from_map_data(data).map_err(map_err(name))?;
-    let array: PerCpuArray<MapData, PktCounter> =
-        PerCpuArray::try_from(map).map_err(map_err(name))?;
+    let array: PerCpuArray<MapData, PktCounter> = open(pins, name)?;
     let mut out = BTreeMap::new();
     for i in indexes {
-        let sum = array
-            .get(&i, 0)
-            .map_err(map_err(name))?
-            .iter()
-            .fold(PktCounter::default(), |a, b| a.add(*b));
-        out.insert(i, sum);
+        out.insert(i, sum(&array.get(&i, 0).map_err(map_err(name))?));
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use super::{diff, Diff};
-
-    #[test]
-    fn diff_walks_both_maps_once() {
-        let old: BTreeMap<u32, u32> = [(1, 10), (2, 20), (4, 40), (6, 60)].into();
-        let new: BTreeMap<u32, u32> = [(2, 20), (3, 30), (4, 41), (7, 70)].into();
-        let got: Vec<String> = diff(&old, &new)
-            .into_iter()
-            .map(|d| match d {
-                Diff::Gone(k) => format!("-{k}"),
-                Diff::Set(k, v) => format!("+{k}={v}"),
-            })
-            .collect();
-        assert_eq!(got, ["-1", "+3=30", "+4=41", "-6", "+7=70"]);
-        assert!(diff(&new, &new).is_empty());
-    }
 }
