@@ -23,7 +23,16 @@ pub mod state;
 pub mod sys;
 pub mod table;
 
-pub use datapath::{
-    bpffs, conntrack, ebpf, events as monitor, filter, host_local as sock, nat, stats,
-};
+pub mod nat_desired;
+
+pub use datapath::{bpffs, conntrack, ebpf, events as monitor, filter, host_local as sock, stats};
+
+/// `crate::nat` as it was before the datapath and the computation of its
+/// contents were split.
+pub mod nat {
+    pub use crate::{
+        datapath::nat::*,
+        nat_desired::{desired, gone, network_key, sync},
+    };
+}
 pub use sys::{netlink, netns};
