@@ -23,9 +23,16 @@ pub mod state;
 pub mod sys;
 pub mod table;
 
+pub mod filter_rules;
 pub mod nat_desired;
 
-pub use datapath::{bpffs, conntrack, ebpf, events as monitor, filter, host_local as sock, stats};
+pub use datapath::{bpffs, conntrack, ebpf, events as monitor, host_local as sock, stats};
+
+/// `crate::filter` as it was before the rule model and the datapath's
+/// compile and apply were split.
+pub mod filter {
+    pub use crate::{datapath::filter::*, filter_rules::*};
+}
 
 /// `crate::nat` as it was before the datapath and the computation of its
 /// contents were split.

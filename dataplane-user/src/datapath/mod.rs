@@ -15,4 +15,5 @@ pub mod filter;
 pub mod host_local;
 pub mod maps;
 pub mod nat;
+pub mod proto;
 pub mod stats;
