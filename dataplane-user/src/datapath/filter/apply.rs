@@ -150,6 +150,28 @@ pub fn apply(dp: &mut Dataplane, c: &Compiled) -> Result<(), FilterError> {
     let live = cfg.gen % GENERATIONS;
     let gen = (live + 1) % GENERATIONS;
 
+    write_dimensions(dp, c, gen, live)?;
+    write_actions(dp, c, cfg.rules, gen, live)?;
+    Ok(array::<FilterConfig>(dp, maps::FILTER_CONFIG)?
+        .set(
+            0,
+            FilterConfig {
+                gen,
+                rules: c.rules(),
+                digest,
+            },
+            0,
+        )
+        .map_err(map_err(maps::FILTER_CONFIG))?)
+}
+
+/// Writes generation `gen` of the source and hash dimensions.
+fn write_dimensions(
+    dp: &mut Dataplane,
+    c: &Compiled,
+    gen: u32,
+    live: u32,
+) -> Result<(), FilterError> {
     reconcile_src(dp, gen, live, &c.src)?;
     let iface = dimension_keys(
         &c.iface,
@@ -186,12 +208,23 @@ pub fn apply(dp: &mut Dataplane, c: &Compiled) -> Result<(), FilterError> {
         },
     );
     reconcile_gen(dp, maps::FILTER_NET, live, &network)?;
+    Ok(())
+}
 
+/// Writes generation `gen` of the actions and the counters, `live_rules`
+/// being the rule count of the live generation `live`.
+fn write_actions(
+    dp: &mut Dataplane,
+    c: &Compiled,
+    live_rules: u32,
+    gen: u32,
+    live: u32,
+) -> Result<(), FilterError> {
     // Where each rule id sits in the live generation, to carry its counters.
     let mut old_pos: BTreeMap<u32, u32> = BTreeMap::new();
     {
         let actions = array::<FilterAction>(dp, maps::FILTER_ACTIONS)?;
-        for pos in 0..cfg.rules.min(MAX_RULES) {
+        for pos in 0..live_rules.min(MAX_RULES) {
             let a = actions
                 .get(&slot(live, pos), 0)
                 .map_err(map_err(maps::FILTER_ACTIONS))?;
@@ -248,18 +281,7 @@ pub fn apply(dp: &mut Dataplane, c: &Compiled) -> Result<(), FilterError> {
                 .map_err(map_err(name))?;
         }
     }
-
-    Ok(array::<FilterConfig>(dp, maps::FILTER_CONFIG)?
-        .set(
-            0,
-            FilterConfig {
-                gen,
-                rules: c.rules(),
-                digest,
-            },
-            0,
-        )
-        .map_err(map_err(maps::FILTER_CONFIG))?)
+    Ok(())
 }
 
 /// The live generation and its rule count, from the pinned config.
