@@ -117,6 +117,27 @@ impl Netlink {
         Ok(routes)
     }
 
+    /// The interfaces that carry an IPv4 default route of the main table,
+    /// each once, in the kernel's order: what `/proc/net/route` lists with
+    /// destination and mask 0, from the route dump instead of that file.
+    pub async fn default_route_ifaces(&self) -> Result<Vec<String>, NetlinkError> {
+        let mut out: Vec<String> = Vec::new();
+        for oif in self
+            .routes()
+            .await?
+            .iter()
+            .filter(|r| r.prefix_len == 0)
+            .filter_map(|r| r.oif)
+        {
+            if let Some(link) = self.link_by_index(oif).await? {
+                if !out.contains(&link.name) {
+                    out.push(link.name);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Adds a unicast route to the main table; `prefix_len` 0 (with `dst`
     /// 0.0.0.0) is the default route. Without a gateway the route is
     /// link-scoped (directly connected), as `ip route add` makes it.

@@ -686,4 +686,25 @@ mod tests {
         blackhole.header.kind = RouteType::BlackHole;
         assert_eq!(main_table_route(&blackhole), None);
     }
+
+    /// The route dump finds the interfaces `/proc/net/route` lists with a
+    /// default route (the file it replaces), in this test's namespace.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn default_route_ifaces_agree_with_proc_net_route() {
+        let table = std::fs::read_to_string("/proc/net/route").expect("/proc/net/route");
+        let mut want: Vec<String> = Vec::new();
+        for l in table.lines().skip(1) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() > 7
+                && f[1] == "00000000"
+                && f[7] == "00000000"
+                && !want.contains(&f[0].to_owned())
+            {
+                want.push(f[0].to_owned());
+            }
+        }
+        let nl = Netlink::connect(None).await.expect("connect");
+        let got = nl.default_route_ifaces().await.expect("default routes");
+        assert_eq!(got, want);
+    }
 }
