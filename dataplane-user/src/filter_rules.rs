@@ -14,13 +14,13 @@ use std::{fmt, net::Ipv4Addr, str::FromStr};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::datapath::{
-    filter::{Action, FilterError, RuleConditions, SrcMatch},
-    proto::Proto,
+use crate::{
+    datapath::{
+        filter::{Action, FilterError, RuleConditions, SrcMatch},
+        proto::Proto,
+    },
+    sys::names::ifname_problem,
 };
-
-/// Linux's IFNAMSIZ - 1.
-const IFNAME_MAX: usize = 15;
 
 /// ID`); the position in the list passed to [`compile`] is the evaluation
 /// order.
@@ -265,17 +265,9 @@ fn check_ifname(name: &str) -> Result<(), FilterError> {
     if name.len() > 1 && name.ends_with('+') {
         return Err(FilterError::IfaceWildcard(name.to_owned()));
     }
-    let ok = !name.is_empty()
-        && name.len() <= IFNAME_MAX
-        && name != "."
-        && name != ".."
-        && !name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace());
-    if ok {
-        Ok(())
-    } else {
-        Err(FilterError::Iface(name.to_owned()))
+    match ifname_problem(name) {
+        None => Ok(()),
+        Some(_) => Err(FilterError::Iface(name.to_owned())),
     }
 }
 

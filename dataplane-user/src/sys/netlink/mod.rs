@@ -25,8 +25,8 @@ mod error;
 
 pub use error::{NetlinkError, Op};
 
-/// Longest Linux interface name in bytes (IFNAMSIZ - 1).
-pub const IFNAME_MAX: usize = 15;
+pub use super::names::IFNAME_MAX;
+use super::names::{ifname_problem, MacAddr};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Link {
@@ -352,7 +352,7 @@ impl Netlink {
             .address(mac.to_vec())
             .build();
         self.change_link(message, Op::SetMac, || {
-            format!("link {index} to {}", MacDisplay(mac))
+            format!("link {index} to {}", MacAddr(mac))
         })
         .await
     }
@@ -561,35 +561,12 @@ fn current_netns_description() -> String {
 /// The checks the kernel's dev_valid_name makes, so a bad name fails with
 /// the name in the message instead of a bare EINVAL.
 fn validate_ifname(name: &str) -> Result<(), NetlinkError> {
-    let reason = if name.is_empty() {
-        Some("empty".to_string())
-    } else if name.len() > IFNAME_MAX {
-        Some(format!(
-            "{} bytes, longer than the kernel's limit of {IFNAME_MAX}",
-            name.len()
-        ))
-    } else if name == "." || name == ".." {
-        Some("reserved".to_string())
-    } else if name.contains(['/', ':']) || name.chars().any(char::is_whitespace) {
-        Some("contains '/', ':' or whitespace".to_string())
-    } else {
-        None
-    };
-    match reason {
+    match ifname_problem(name) {
         Some(reason) => Err(NetlinkError::InvalidName {
             name: name.to_string(),
             reason,
         }),
         None => Ok(()),
-    }
-}
-
-struct MacDisplay([u8; 6]);
-
-impl fmt::Display for MacDisplay {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
     }
 }
 
