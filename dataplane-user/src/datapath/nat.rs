@@ -23,9 +23,10 @@ use dataplane_common::{
     stats::PktCounter,
 };
 
+pub use super::endpoints::{attach_endpoint, detach_endpoint, ENDPOINT_PROGRAM};
 use super::{
     bpffs::PinRoot,
-    ebpf::{detach_tc, Dataplane, Direction, LoadError},
+    ebpf::{ensure_detached, Dataplane, Direction, LoadError},
     maps::{map_err, open, reconcile, sum, update, zeroed_counters, MapsError},
 };
 use crate::sys::netlink::NetlinkError;
@@ -56,10 +57,7 @@ pub enum NatError {
 /// an attachment that exists already is kept.
 pub fn attach_uplink(dp: &mut Dataplane, ifname: &str) -> Result<(), NatError> {
     for (program, dir) in UPLINK_PROGRAMS {
-        match dp.attach_tc(program, ifname, dir) {
-            Ok(_) | Err(LoadError::AlreadyAttached { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        dp.ensure_attached(program, ifname, dir)?;
     }
     Ok(())
 }
@@ -67,33 +65,9 @@ pub fn attach_uplink(dp: &mut Dataplane, ifname: &str) -> Result<(), NatError> {
 /// Detaches the uplink programs from `ifname`; missing attachments are fine.
 pub fn detach_uplink(pins: &PinRoot, ifname: &str) -> Result<(), NatError> {
     for (program, dir) in UPLINK_PROGRAMS {
-        match detach_tc(pins, program, ifname, dir) {
-            Ok(()) | Err(LoadError::NotAttached { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        ensure_detached(pins, program, ifname, dir)?;
     }
     Ok(())
-}
-
-/// The program on an endpoint's host-side veth (packets from the container).
-pub const ENDPOINT_PROGRAM: &str = "dp_from_container";
-
-/// Attaches the endpoint program to a container's host-side veth; an
-/// existing attachment is kept.
-pub fn attach_endpoint(dp: &mut Dataplane, host_ifname: &str) -> Result<(), NatError> {
-    match dp.attach_tc(ENDPOINT_PROGRAM, host_ifname, Direction::Ingress) {
-        Ok(_) | Err(LoadError::AlreadyAttached { .. }) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Removes the endpoint program's pin (its link is gone already when the
-/// veth went with its namespace).
-pub fn detach_endpoint(pins: &PinRoot, host_ifname: &str) -> Result<(), NatError> {
-    match detach_tc(pins, ENDPOINT_PROGRAM, host_ifname, Direction::Ingress) {
-        Ok(()) | Err(LoadError::NotAttached { .. }) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// What the maps should hold.
