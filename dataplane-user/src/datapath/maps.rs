@@ -42,6 +42,12 @@ impl MapsError {
             MapsError::Cpus(_) => None,
         }
     }
+
+    /// Whether the map is not pinned at all (nothing loaded the object
+    /// yet), as opposed to pinned and unreadable.
+    pub fn is_not_pinned(&self) -> bool {
+        matches!(self, MapsError::Open { source, .. } if is_not_found(source))
+    }
 }
 
 /// Wraps an error of an operation on map `map`.
@@ -100,6 +106,30 @@ where
     T: TryFrom<S::Map, Error = MapError>,
 {
     T::try_from(from.map(name)?).map_err(map_err(name))
+}
+
+/// [`open`] from the pins, with the map's size (`max_entries`), or None
+/// when it is not pinned: for readers that report what is there and must
+/// not fail before anything was loaded.
+pub fn open_if_pinned<T>(pins: &PinRoot, name: &'static str) -> Result<Option<(T, u32)>, MapsError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let path = pins.map(name);
+    let data = match MapData::from_pin(&path) {
+        Ok(data) => data,
+        Err(e) if is_not_found(&e) => return Ok(None),
+        Err(e) => {
+            return Err(MapsError::Open {
+                map: name,
+                path,
+                source: Box::new(e),
+            })
+        }
+    };
+    let max = data.info().map_err(map_err(name))?.max_entries();
+    let map = Map::from_map_data(data).map_err(map_err(name))?;
+    Ok(Some((T::try_from(map).map_err(map_err(name))?, max)))
 }
 
 /// Sums one slot of a per-CPU counter array.
@@ -283,7 +313,27 @@ pub fn update<M: KeyedMap>(
 mod tests {
     use std::collections::BTreeMap;
 
-    use super::{diff, Diff};
+    use aya::maps::{Array, MapData};
+
+    use super::{diff, open, open_if_pinned, Diff, PinRoot};
+
+    /// A map nobody pinned: None from `open_if_pinned`, an error that says
+    /// so from `open`. (The bpf syscall may be closed to other users.)
+    #[test]
+    fn a_map_not_pinned_is_none_or_not_pinned() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let pins = PinRoot::new(std::env::temp_dir().join("dataplane-no-such-pins"));
+        let got = open_if_pinned::<Array<MapData, u32>>(&pins, "DP_NOTHING").expect("no error");
+        assert!(got.is_none());
+        let Err(err) = open::<_, Array<MapData, u32>>(&pins, "DP_NOTHING") else {
+            panic!("opened a map nobody pinned");
+        };
+        assert!(err.is_not_pinned(), "{err:?}");
+        assert_eq!(err.map(), Some("DP_NOTHING"));
+    }
 
     #[test]
     fn diff_walks_both_maps_once() {
