@@ -11,9 +11,9 @@
 //! A ring buffer has one consumer position: two monitors running at once
 //! share the events between them instead of each seeing all of them.
 
-use std::{fmt, future::Future, net::Ipv4Addr, path::PathBuf, pin::pin};
+use std::{fmt, future::Future, net::Ipv4Addr, pin::pin};
 
-use aya::maps::{Map, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
 use dataplane_common::{
     drop::DropReason,
     event::{DropEvent, HEADERS_LEN},
@@ -24,7 +24,11 @@ use dataplane_common::{
 use serde::Serialize;
 use tokio::io::{unix::AsyncFd, Interest};
 
-use crate::{bpffs::PinRoot, stats::Counter};
+use super::{
+    bpffs::PinRoot,
+    maps::{self as typed, MapsError},
+    stats::Counter,
+};
 
 const ETH_LEN: usize = 14;
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -34,20 +38,8 @@ const ETHERTYPE_VLAN: u16 = 0x8100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
-    #[error("opening the pinned map {map} at {path} (is the dataplane loaded?)")]
-    Open {
-        map: &'static str,
-        path: PathBuf,
-        #[source]
-        source: MapError,
-    },
-    #[error("reading the pinned map {map} at {path}")]
-    Read {
-        map: &'static str,
-        path: PathBuf,
-        #[source]
-        source: MapError,
-    },
+    #[error(transparent)]
+    Map(#[from] MapsError),
     #[error("waiting for events from the ring buffer {map}")]
     Poll {
         map: &'static str,
@@ -295,14 +287,7 @@ fn parse_record(bytes: &[u8]) -> Result<DropEvent, MonitorError> {
 
 /// Opens the pinned ring buffer.
 fn open(pins: &PinRoot) -> Result<RingBuf<MapData>, MonitorError> {
-    let path = pins.map(maps::EVENTS);
-    let err = |source| MonitorError::Open {
-        map: maps::EVENTS,
-        path: path.clone(),
-        source,
-    };
-    let data = MapData::from_pin(&path).map_err(err)?;
-    RingBuf::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)
+    Ok(typed::open(pins, maps::EVENTS)?)
 }
 
 /// Streams drop events until `stop` completes, calling `on_event` for each.
@@ -347,24 +332,9 @@ pub async fn stream(
 /// Drop events lost so far (the ring buffer was full), summed over CPUs:
 /// `packets` counts the events, `bytes` the length of their packets.
 pub fn lost(pins: &PinRoot) -> Result<Counter, MonitorError> {
-    let path = pins.map(maps::EVENTS_LOST);
-    let open_err = |source| MonitorError::Open {
-        map: maps::EVENTS_LOST,
-        path: path.clone(),
-        source,
-    };
-    let data = MapData::from_pin(&path).map_err(open_err)?;
-    let array: PerCpuArray<MapData, PktCounter> =
-        PerCpuArray::try_from(Map::from_map_data(data).map_err(open_err)?).map_err(open_err)?;
-    let sum = array
-        .get(&0, 0)
-        .map_err(|source| MonitorError::Read {
-            map: maps::EVENTS_LOST,
-            path: path.clone(),
-            source,
-        })?
-        .iter()
-        .fold(PktCounter::default(), |a, b| a.add(*b));
+    let name = maps::EVENTS_LOST;
+    let array: PerCpuArray<MapData, PktCounter> = typed::open(pins, name)?;
+    let sum = typed::sum(&array.get(&0, 0).map_err(typed::map_err(name))?);
     Ok(Counter {
         packets: sum.packets,
         bytes: sum.bytes,

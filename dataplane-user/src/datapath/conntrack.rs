@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{HashMap, MapData, MapError};
 use dataplane_common::{
     ct::{CtEntry, CtKey, CtState, FLAG_DNAT, FLAG_REPLY, FLAG_SNAT, REWRITE_DST, REWRITE_SRC},
     maps,
@@ -14,15 +14,13 @@ use dataplane_common::{
 };
 use serde::Serialize;
 
-use crate::bpffs::PinRoot;
+use super::{
+    bpffs::PinRoot,
+    maps::{self as typed, is_not_found, map_err, MapsError},
+};
 
-#[derive(Debug, thiserror::Error)]
-#[error("conntrack map {map}")]
-pub struct CtError {
-    map: &'static str,
-    #[source]
-    source: Box<MapError>,
-}
+/// A conntrack table could not be opened, read or written.
+pub type CtError = MapsError;
 
 /// How long an idle entry lives, per state. Defaults follow Cilium's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,12 +99,7 @@ fn proto_name(p: u8) -> &'static str {
 }
 
 fn open(pins: &PinRoot, name: &'static str) -> Result<HashMap<MapData, CtKey, CtEntry>, CtError> {
-    let err = |e| CtError {
-        map: name,
-        source: Box::new(e),
-    };
-    let data = MapData::from_pin(pins.map(name)).map_err(err)?;
-    HashMap::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)
+    typed::open(pins, name)
 }
 
 fn entries(pins: &PinRoot) -> Result<Vec<(CtKey, CtEntry)>, CtError> {
@@ -118,12 +111,7 @@ fn entries(pins: &PinRoot) -> Result<Vec<(CtKey, CtEntry)>, CtError> {
             match item {
                 Ok(kv) => out.push(kv),
                 Err(MapError::KeyNotFound) => {}
-                Err(e) => {
-                    return Err(CtError {
-                        map: name,
-                        source: Box::new(e),
-                    })
-                }
+                Err(e) => return Err(map_err(name)(e)),
             }
         }
     }
@@ -223,12 +211,7 @@ pub fn gc(pins: &PinRoot, timeouts: &Timeouts) -> Result<GcReport, CtError> {
         match map.remove(k) {
             Ok(()) => report.removed += 1,
             Err(MapError::KeyNotFound) | Err(MapError::SyscallError(_)) => {}
-            Err(e) => {
-                return Err(CtError {
-                    map: name,
-                    source: Box::new(e),
-                })
-            }
+            Err(e) => return Err(map_err(name)(e)),
         }
     }
     Ok(report)
@@ -307,10 +290,7 @@ pub fn purge(pins: &PinRoot, gone: &Gone) -> PurgeReport {
         return report;
     }
     for name in [maps::CT_TCP, maps::CT_OTHER] {
-        let err = |e| CtError {
-            map: name,
-            source: Box::new(e),
-        };
+        let err = map_err(name);
         let mut map = match open(pins, name) {
             Ok(m) => m,
             Err(e) => {
@@ -335,9 +315,7 @@ pub fn purge(pins: &PinRoot, gone: &Gone) -> PurgeReport {
             match map.remove(&k) {
                 Ok(()) => report.removed += 1,
                 // Expired or evicted meanwhile, or the peer never existed.
-                Err(MapError::KeyNotFound) => {}
-                Err(MapError::SyscallError(e))
-                    if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if is_not_found(&e) => {}
                 Err(e) => report.errors.push(err(e)),
             }
         }

@@ -24,7 +24,7 @@ use aya::programs::{
     CgroupAttachMode, CgroupSockAddr, ProgramError,
 };
 
-use crate::{
+use super::{
     bpffs::{BpffsError, PinRoot},
     ebpf::Dataplane,
 };

@@ -9,184 +9,24 @@
 //! failure is a [`NetlinkError`] that says what was being done, to which
 //! object, in which namespace, and keeps the kernel's errno.
 
-use std::{
-    fmt,
-    fs::File,
-    io,
-    net::{IpAddr, Ipv4Addr},
-    os::fd::AsRawFd,
-    path::{Path, PathBuf},
-};
+use std::{fmt, fs::File, io, net::Ipv4Addr, os::fd::AsRawFd, path::Path};
 
 use futures::TryStreamExt;
 use rtnetlink::{
-    packet_route::{
-        address::{AddressAttribute, AddressMessage},
-        link::{
-            InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
-            LinkMessage, MacVlanMode as RawMacVlanMode,
-        },
-        route::{
-            RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-            RouteType,
-        },
-        AddressFamily,
+    packet_route::link::{
+        InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+        MacVlanMode as RawMacVlanMode,
     },
-    AddressMessageBuilder, Handle, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
+    Handle, LinkMessageBuilder, LinkUnspec,
 };
 
-/// Longest Linux interface name in bytes (IFNAMSIZ - 1).
-pub const IFNAME_MAX: usize = 15;
+mod addr;
+mod error;
 
-/// What a failed call was doing; [`NetlinkError`] carries it so callers can
-/// tell, say, a failed address removal from a failed link removal without
-/// parsing text.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Op {
-    ListLinks,
-    GetLink,
-    CreateBridge,
-    CreateVeth,
-    CreateMacvlan,
-    SetMaster,
-    SetUp,
-    SetDown,
-    SetMtu,
-    SetMac,
-    Rename,
-    MoveToNetns,
-    DeleteLink,
-    AddAddr,
-    DelAddr,
-    ListAddrs,
-    ListRoutes,
-    AddRoute,
-    DelRoute,
-}
+pub use error::{NetlinkError, Op};
 
-impl fmt::Display for Op {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Each reads as the verb of "cannot <op> <object>".
-        f.write_str(match self {
-            Op::ListLinks | Op::ListAddrs | Op::ListRoutes => "list",
-            Op::GetLink => "look up",
-            Op::CreateBridge => "create bridge",
-            Op::CreateVeth => "create veth pair",
-            Op::CreateMacvlan => "create macvlan",
-            Op::SetMaster => "set the master of",
-            Op::SetUp => "bring up",
-            Op::SetDown => "bring down",
-            Op::SetMtu => "set the MTU of",
-            Op::SetMac => "set the MAC address of",
-            Op::Rename => "rename",
-            Op::MoveToNetns => "move",
-            Op::DeleteLink => "delete",
-            Op::AddAddr => "add address",
-            Op::DelAddr => "delete address",
-            Op::AddRoute => "add route",
-            Op::DelRoute => "delete route",
-        })
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum NetlinkError {
-    #[error("Netlink::connect must run inside a tokio runtime")]
-    NoRuntime(#[source] tokio::runtime::TryCurrentError),
-    #[error("cannot open network namespace {}", path.display())]
-    OpenNetns {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot enter network namespace {}", path.display())]
-    EnterNetns {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot open a netlink socket in {netns}")]
-    Socket {
-        netns: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot start the thread that opens a netlink socket in {netns}")]
-    Thread {
-        netns: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("the thread opening a netlink socket in {netns} ended without a result")]
-    ThreadLost { netns: String },
-    #[error("invalid interface name {name:?}: {reason}")]
-    InvalidName { name: String, reason: String },
-    #[error("invalid IPv4 prefix {value}: {reason}")]
-    InvalidPrefix { value: String, reason: &'static str },
-    /// The kernel refused the request; `errno` is positive (`libc::EEXIST`...).
-    #[error("cannot {op} {object} in {netns}")]
-    Kernel {
-        op: Op,
-        object: String,
-        netns: String,
-        errno: i32,
-        #[source]
-        source: io::Error,
-    },
-    /// The request never got a kernel verdict: the connection is gone or the
-    /// reply was not what the request asks for.
-    #[error("cannot {op} {object} in {netns}: netlink request failed")]
-    Request {
-        op: Op,
-        object: String,
-        netns: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// The kernel accepted the request but its state does not show the result
-    /// (e.g. a link created and gone before it could be read back).
-    #[error("cannot {op} {object} in {netns}: {detail}")]
-    Inconsistent {
-        op: Op,
-        object: String,
-        netns: String,
-        detail: &'static str,
-    },
-}
-
-impl NetlinkError {
-    /// The kernel's errno (positive) when the kernel refused the request or
-    /// the namespace could not be opened or entered.
-    pub fn errno(&self) -> Option<i32> {
-        match self {
-            NetlinkError::Kernel { errno, .. } => Some(*errno),
-            NetlinkError::OpenNetns { source, .. }
-            | NetlinkError::EnterNetns { source, .. }
-            | NetlinkError::Socket { source, .. } => source.raw_os_error(),
-            _ => None,
-        }
-    }
-
-    /// The object does not exist: ENODEV (link), ENOENT (namespace path,
-    /// some link kinds), ESRCH (route), and EADDRNOTAVAIL when deleting an
-    /// address that is not there.
-    pub fn is_not_found(&self) -> bool {
-        match self {
-            NetlinkError::Kernel { op, errno, .. } => {
-                matches!(*errno, libc::ENODEV | libc::ENOENT | libc::ESRCH)
-                    || (*op == Op::DelAddr && *errno == libc::EADDRNOTAVAIL)
-            }
-            NetlinkError::OpenNetns { source, .. } => source.raw_os_error() == Some(libc::ENOENT),
-            _ => false,
-        }
-    }
-
-    /// The object being created already exists (EEXIST).
-    pub fn is_exists(&self) -> bool {
-        matches!(self, NetlinkError::Kernel { errno, .. } if *errno == libc::EEXIST)
-    }
-}
+pub use super::names::IFNAME_MAX;
+use super::names::{ifname_problem, MacAddr};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Link {
@@ -512,7 +352,7 @@ impl Netlink {
             .address(mac.to_vec())
             .build();
         self.change_link(message, Op::SetMac, || {
-            format!("link {index} to {}", MacDisplay(mac))
+            format!("link {index} to {}", MacAddr(mac))
         })
         .await
     }
@@ -553,171 +393,6 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| self.fail(Op::DeleteLink, format!("link {index}"), e))
-    }
-
-    /// Adds `addr/prefix_len` to link `index`. An address already there is an
-    /// error ([`NetlinkError::is_exists`]), not silently kept.
-    pub async fn add_addr(
-        &self,
-        index: u32,
-        addr: Ipv4Addr,
-        prefix_len: u8,
-    ) -> Result<(), NetlinkError> {
-        validate_prefix(addr, prefix_len, false)?;
-        self.handle
-            .address()
-            .add(index, IpAddr::V4(addr), prefix_len)
-            .execute()
-            .await
-            .map_err(|e| {
-                self.fail(
-                    Op::AddAddr,
-                    format!("{addr}/{prefix_len} to link {index}"),
-                    e,
-                )
-            })
-    }
-
-    pub async fn del_addr(
-        &self,
-        index: u32,
-        addr: Ipv4Addr,
-        prefix_len: u8,
-    ) -> Result<(), NetlinkError> {
-        validate_prefix(addr, prefix_len, false)?;
-        let message = AddressMessageBuilder::<Ipv4Addr>::new()
-            .index(index)
-            .address(addr, prefix_len)
-            .build();
-        self.handle
-            .address()
-            .del(message)
-            .execute()
-            .await
-            .map_err(|e| {
-                self.fail(
-                    Op::DelAddr,
-                    format!("{addr}/{prefix_len} from link {index}"),
-                    e,
-                )
-            })
-    }
-
-    /// IPv4 addresses as `(link index, address, prefix length)`, of one link
-    /// or of all.
-    pub async fn addrs(
-        &self,
-        index: Option<u32>,
-    ) -> Result<Vec<(u32, Ipv4Addr, u8)>, NetlinkError> {
-        let object = || match index {
-            Some(index) => format!("IPv4 addresses of link {index}"),
-            None => "IPv4 addresses".to_string(),
-        };
-        let mut request = self.handle.address().get();
-        // The kernel dumps only the family asked for.
-        request.message_mut().header.family = AddressFamily::Inet;
-        if let Some(index) = index {
-            request = request.set_link_index_filter(index);
-        }
-        let mut stream = request.execute();
-        let mut addrs = Vec::new();
-        while let Some(msg) = stream
-            .try_next()
-            .await
-            .map_err(|e| self.fail(Op::ListAddrs, object(), e))?
-        {
-            if let Some(addr) = ipv4_of(&msg) {
-                addrs.push((msg.header.index, addr, msg.header.prefix_len));
-            }
-        }
-        Ok(addrs)
-    }
-
-    /// Unicast IPv4 routes of the main table.
-    pub async fn routes(&self) -> Result<Vec<Ipv4Route>, NetlinkError> {
-        let object = || "IPv4 routes of the main table".to_string();
-        // A bare header: without strict checking the kernel ignores filters
-        // in a dump request and sends every table, so filtering is done here.
-        let mut request = RouteMessage::default();
-        request.header.address_family = AddressFamily::Inet;
-        let mut stream = self.handle.route().get(request).execute();
-        let mut routes = Vec::new();
-        while let Some(msg) = stream
-            .try_next()
-            .await
-            .map_err(|e| self.fail(Op::ListRoutes, object(), e))?
-        {
-            if let Some(route) = main_table_route(&msg) {
-                routes.push(route);
-            }
-        }
-        Ok(routes)
-    }
-
-    /// Adds a unicast route to the main table; `prefix_len` 0 (with `dst`
-    /// 0.0.0.0) is the default route. Without a gateway the route is
-    /// link-scoped (directly connected), as `ip route add` makes it.
-    pub async fn add_route(
-        &self,
-        dst: Ipv4Addr,
-        prefix_len: u8,
-        gateway: Option<Ipv4Addr>,
-        oif: Option<u32>,
-    ) -> Result<(), NetlinkError> {
-        validate_prefix(dst, prefix_len, true)?;
-        let mut builder =
-            RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst, prefix_len);
-        match gateway {
-            Some(gateway) => builder = builder.gateway(gateway),
-            None => builder = builder.scope(RouteScope::Link),
-        }
-        if let Some(oif) = oif {
-            builder = builder.output_interface(oif);
-        }
-        self.handle
-            .route()
-            .add(builder.build())
-            .execute()
-            .await
-            .map_err(|e| {
-                self.fail(
-                    Op::AddRoute,
-                    route_display(dst, prefix_len, gateway, oif),
-                    e,
-                )
-            })
-    }
-
-    /// Deletes a unicast route of the main table, whatever its scope and
-    /// protocol. With `gateway` None the first route to `dst/prefix_len` goes.
-    pub async fn del_route(
-        &self,
-        dst: Ipv4Addr,
-        prefix_len: u8,
-        gateway: Option<Ipv4Addr>,
-    ) -> Result<(), NetlinkError> {
-        validate_prefix(dst, prefix_len, true)?;
-        // RT_SCOPE_NOWHERE and protocol 0 are the kernel's wildcards for a
-        // delete, as `ip route del` sends them.
-        let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst, prefix_len)
-            .scope(RouteScope::NoWhere)
-            .protocol(RouteProtocol::Unspec);
-        if let Some(gateway) = gateway {
-            builder = builder.gateway(gateway);
-        }
-        self.handle
-            .route()
-            .del(builder.build())
-            .execute()
-            .await
-            .map_err(|e| {
-                self.fail(
-                    Op::DelRoute,
-                    route_display(dst, prefix_len, gateway, None),
-                    e,
-                )
-            })
     }
 
     async fn get_link(
@@ -886,21 +561,7 @@ fn current_netns_description() -> String {
 /// The checks the kernel's dev_valid_name makes, so a bad name fails with
 /// the name in the message instead of a bare EINVAL.
 fn validate_ifname(name: &str) -> Result<(), NetlinkError> {
-    let reason = if name.is_empty() {
-        Some("empty".to_string())
-    } else if name.len() > IFNAME_MAX {
-        Some(format!(
-            "{} bytes, longer than the kernel's limit of {IFNAME_MAX}",
-            name.len()
-        ))
-    } else if name == "." || name == ".." {
-        Some("reserved".to_string())
-    } else if name.contains(['/', ':']) || name.chars().any(char::is_whitespace) {
-        Some("contains '/', ':' or whitespace".to_string())
-    } else {
-        None
-    };
-    match reason {
+    match ifname_problem(name) {
         Some(reason) => Err(NetlinkError::InvalidName {
             name: name.to_string(),
             reason,
@@ -909,105 +570,17 @@ fn validate_ifname(name: &str) -> Result<(), NetlinkError> {
     }
 }
 
-/// Route destinations must be network addresses; the kernel would refuse
-/// host bits with a bare EINVAL.
-fn validate_prefix(addr: Ipv4Addr, prefix_len: u8, network: bool) -> Result<(), NetlinkError> {
-    let value = || format!("{addr}/{prefix_len}");
-    if prefix_len > 32 {
-        return Err(NetlinkError::InvalidPrefix {
-            value: value(),
-            reason: "the prefix length is over 32",
-        });
-    }
-    let host_mask = u32::MAX.checked_shr(u32::from(prefix_len)).unwrap_or(0);
-    if network && u32::from(addr) & host_mask != 0 {
-        return Err(NetlinkError::InvalidPrefix {
-            value: value(),
-            reason: "host bits are set in a route destination",
-        });
-    }
-    Ok(())
-}
-
-/// IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer on
-/// point-to-point links and only the fallback.
-fn ipv4_of(msg: &AddressMessage) -> Option<Ipv4Addr> {
-    let v4 = |a: &IpAddr| match a {
-        IpAddr::V4(a) => Some(*a),
-        IpAddr::V6(_) => None,
-    };
-    msg.attributes
-        .iter()
-        .find_map(|a| match a {
-            AddressAttribute::Local(a) => v4(a),
-            _ => None,
-        })
-        .or_else(|| {
-            msg.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Address(a) => v4(a),
-                _ => None,
-            })
-        })
-}
-
-fn main_table_route(msg: &RouteMessage) -> Option<Ipv4Route> {
-    if msg.header.address_family != AddressFamily::Inet || msg.header.kind != RouteType::Unicast {
-        return None;
-    }
-    // RTA_TABLE holds ids over 255, for which the header says RT_TABLE_COMPAT.
-    let mut table = u32::from(msg.header.table);
-    let mut dst = Ipv4Addr::UNSPECIFIED;
-    let mut gateway = None;
-    let mut oif = None;
-    for attr in &msg.attributes {
-        match attr {
-            RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
-            RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
-            RouteAttribute::Oif(i) => oif = Some(*i),
-            _ => {}
-        }
-    }
-    (table == u32::from(RouteHeader::RT_TABLE_MAIN)).then_some(Ipv4Route {
-        dst,
-        prefix_len: msg.header.destination_prefix_length,
-        gateway,
-        oif,
-    })
-}
-
-fn route_display(
-    dst: Ipv4Addr,
-    prefix_len: u8,
-    gateway: Option<Ipv4Addr>,
-    oif: Option<u32>,
-) -> String {
-    let mut s = if prefix_len == 0 {
-        "default".to_string()
-    } else {
-        format!("{dst}/{prefix_len}")
-    };
-    if let Some(gateway) = gateway {
-        s.push_str(&format!(" via {gateway}"));
-    }
-    if let Some(oif) = oif {
-        s.push_str(&format!(" dev link {oif}"));
-    }
-    s
-}
-
-struct MacDisplay([u8; 6]);
-
-impl fmt::Display for MacDisplay {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use rtnetlink::packet_route::{
+        route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
+        AddressFamily,
+    };
+
+    use super::{
+        addr::{main_table_route, validate_prefix},
+        *,
+    };
 
     #[test]
     fn names_the_kernel_would_refuse_are_refused_with_the_name() {
@@ -1089,5 +662,26 @@ mod tests {
         let mut blackhole = msg;
         blackhole.header.kind = RouteType::BlackHole;
         assert_eq!(main_table_route(&blackhole), None);
+    }
+
+    /// The route dump finds the interfaces `/proc/net/route` lists with a
+    /// default route (the file it replaces), in this test's namespace.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn default_route_ifaces_agree_with_proc_net_route() {
+        let table = std::fs::read_to_string("/proc/net/route").expect("/proc/net/route");
+        let mut want: Vec<String> = Vec::new();
+        for l in table.lines().skip(1) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() > 7
+                && f[1] == "00000000"
+                && f[7] == "00000000"
+                && !want.contains(&f[0].to_owned())
+            {
+                want.push(f[0].to_owned());
+            }
+        }
+        let nl = Netlink::connect(None).await.expect("connect");
+        let got = nl.default_route_ifaces().await.expect("default routes");
+        assert_eq!(got, want);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use aya::maps::{Map, MapData, MapError, PerCpuArray};
+use aya::maps::{MapData, PerCpuArray};
 use dataplane_common::{
     drop::DropReason,
     maps,
@@ -11,9 +11,10 @@ use dataplane_common::{
 };
 use serde::Serialize;
 
-use crate::{
+use super::{
     bpffs::PinRoot,
     ebpf::{Dataplane, Direction, LoadError},
+    maps::{map_err, open, sum, MapsError},
 };
 
 /// Name of the program in the object.
@@ -37,12 +38,8 @@ pub fn attach(
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("reading the pinned map {path} (is the dataplane loaded? `dataplane stats attach IFACE`)")]
-pub struct ReadError {
-    path: PathBuf,
-    #[source]
-    source: MapError,
-}
+#[error("reading the counters (is the dataplane loaded? `dataplane stats attach IFACE`)")]
+pub struct ReadError(#[from] MapsError);
 
 /// Packet and byte totals for one row.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -78,24 +75,13 @@ fn find(rows: &[(String, Counter)], name: &str) -> Counter {
 /// Reads a pinned per-CPU counter array, one summed row per name.
 fn read_counters(
     pins: &PinRoot,
-    map: &str,
+    map: &'static str,
     names: impl Iterator<Item = (u32, &'static str)>,
 ) -> Result<Vec<(String, Counter)>, ReadError> {
-    let path = pins.map(map);
-    let err = |source| ReadError {
-        path: path.clone(),
-        source,
-    };
-    let data = MapData::from_pin(&path).map_err(err)?;
-    let array: PerCpuArray<MapData, PktCounter> =
-        PerCpuArray::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)?;
+    let array: PerCpuArray<MapData, PktCounter> = open(pins, map)?;
     names
         .map(|(index, name)| {
-            let sum = array
-                .get(&index, 0)
-                .map_err(err)?
-                .iter()
-                .fold(PktCounter::default(), |a, b| a.add(*b));
+            let sum = sum(&array.get(&index, 0).map_err(map_err(map))?);
             Ok((
                 name.to_owned(),
                 Counter {

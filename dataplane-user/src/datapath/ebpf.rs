@@ -15,7 +15,7 @@ use aya::{
 };
 use dataplane_common::{maps, nat::NatConfig};
 
-use crate::bpffs::{current_netns_cookie, current_netns_ino, BpffsError, PinRoot};
+use super::bpffs::{current_netns_cookie, current_netns_ino, BpffsError, PinRoot};
 
 /// The object built by build.rs from `dataplane-ebpf` (bin `dataplane`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane"));
@@ -257,6 +257,19 @@ impl Dataplane {
         Ok(path)
     }
 
+    /// [`Dataplane::attach_tc`], keeping an attachment that exists already.
+    pub fn ensure_attached(
+        &mut self,
+        program: &'static str,
+        ifname: &str,
+        direction: Direction,
+    ) -> Result<(), LoadError> {
+        match self.attach_tc(program, ifname, direction) {
+            Ok(_) | Err(LoadError::AlreadyAttached { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     fn link_pin(
         &self,
         program: &'static str,
@@ -297,4 +310,17 @@ pub fn detach_tc(
         .map_err(|source| LoadError::Detach { path, source })?;
     drop(fd_link);
     Ok(())
+}
+
+/// [`detach_tc`], with nothing attached being fine.
+pub fn ensure_detached(
+    pins: &PinRoot,
+    program: &'static str,
+    ifname: &str,
+    direction: Direction,
+) -> Result<(), LoadError> {
+    match detach_tc(pins, program, ifname, direction) {
+        Ok(()) | Err(LoadError::NotAttached { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
 }

@@ -1,0 +1,339 @@
+//! Writing a [`Compiled`] rule set into the filter maps (two generations,
+//! switched with one write) and reading the rules' counters.
+
+use std::collections::BTreeMap;
+
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray};
+use dataplane_common::{
+    filter::{
+        slot, src_data, FilterAction, FilterConfig, FilterHostKey, FilterIfaceKey, FilterNetKey,
+        FilterPortKey, FilterSrcData, RuleBits, ANY_IFINDEX, ANY_NETWORK, GENERATIONS,
+        SRC_GEN_BITS,
+    },
+    maps,
+    stats::PktCounter,
+};
+use ipnet::Ipv4Net;
+
+use super::{Compiled, Dimension, FilterError, MAX_RULES};
+use crate::datapath::{
+    bpffs::PinRoot,
+    ebpf::Dataplane,
+    maps::{map_err, open, reconcile, sum, zeroed_counters},
+};
+
+/// Keys of the hash dimensions, by generation.
+trait GenKey: aya::Pod + Ord {
+    fn gen(&self) -> u32;
+}
+
+impl GenKey for FilterIfaceKey {
+    fn gen(&self) -> u32 {
+        self.gen
+    }
+}
+
+impl GenKey for FilterPortKey {
+    fn gen(&self) -> u32 {
+        self.gen
+    }
+}
+
+impl GenKey for FilterNetKey {
+    fn gen(&self) -> u32 {
+        self.gen
+    }
+}
+
+impl GenKey for FilterHostKey {
+    fn gen(&self) -> u32 {
+        self.gen
+    }
+}
+
+/// Makes generation `gen` of a hash dimension hold exactly `want`. Entries
+/// of the live generation are left alone: the program is reading them.
+fn reconcile_gen<K: GenKey>(
+    dp: &mut Dataplane,
+    name: &'static str,
+    live: u32,
+    want: &BTreeMap<K, &RuleBits>,
+) -> Result<(), FilterError> {
+    let mut hash: HashMap<&mut MapData, K, RuleBits> = open(&mut *dp, name)?;
+    Ok(reconcile(&mut hash, name, want, |k| k.gen() == live)?)
+}
+
+fn dimension_keys<K: Ord, M: Ord>(
+    d: &Dimension<K>,
+    any: M,
+    key: impl Fn(&K) -> M,
+) -> BTreeMap<M, &RuleBits> {
+    let mut out: BTreeMap<M, &RuleBits> = d.by_key.iter().map(|(k, b)| (key(k), &**b)).collect();
+    // An empty wildcard bitmap is the same as none: leave it out.
+    if !d.any.is_empty() {
+        out.insert(any, &d.any);
+    }
+    out
+}
+
+fn src_gen(data: &FilterSrcData) -> u32 {
+    u32::from_be_bytes([data[0], data[1], data[2], data[3]])
+}
+
+/// Makes generation `gen` of the source maps hold exactly `want`: the /32
+/// entries in the hash of single addresses, the others in the trie.
+fn reconcile_src(
+    dp: &mut Dataplane,
+    gen: u32,
+    live: u32,
+    want: &BTreeMap<Ipv4Net, Box<RuleBits>>,
+) -> Result<(), FilterError> {
+    let hosts: BTreeMap<FilterHostKey, &RuleBits> = want
+        .iter()
+        .filter(|(net, _)| net.prefix_len() == 32)
+        .map(|(net, bits)| {
+            let addr = net.network().octets();
+            (FilterHostKey { gen, addr }, &**bits)
+        })
+        .collect();
+    reconcile_gen(dp, maps::FILTER_SRC_HOST, live, &hosts)?;
+    let name = maps::FILTER_SRC;
+    let want: BTreeMap<(u32, FilterSrcData), &RuleBits> = want
+        .iter()
+        .filter(|(net, _)| net.prefix_len() < 32)
+        .map(|(net, bits)| {
+            (
+                (
+                    SRC_GEN_BITS + u32::from(net.prefix_len()),
+                    src_data(gen, net.network().octets()),
+                ),
+                &**bits,
+            )
+        })
+        .collect();
+    let mut trie: LpmTrie<&mut MapData, FilterSrcData, RuleBits> = open(&mut *dp, name)?;
+    Ok(reconcile(&mut trie, name, &want, |(_, data)| {
+        src_gen(data) == live
+    })?)
+}
+
+fn array<'a, V: aya::Pod>(
+    dp: &'a mut Dataplane,
+    name: &'static str,
+) -> Result<Array<&'a mut MapData, V>, FilterError> {
+    Ok(open(dp, name)?)
+}
+
+/// Writes `c` into the maps and makes it the live rule set (see the module
+/// doc); nothing when the live set is `c` already (same digest), which is
+/// the usual case: every change to networks or ports re-applies the
+/// filters. Counters follow their rule by id when positions shift; a new rule
+/// starts from zero. Packets counted under the old generation between
+/// copying its counters and the switch are not carried over. Only the
+/// positions in use are written, and those the generation's previous rule
+/// set used beyond them are cleared: the cost follows the rule count.
+pub fn apply(dp: &mut Dataplane, c: &Compiled) -> Result<(), FilterError> {
+    // The fields are public: a hand-made value must fit the bitmaps too.
+    if c.actions.len() > MAX_RULES as usize {
+        return Err(FilterError::TooManyRules {
+            count: c.actions.len(),
+        });
+    }
+    let cfg = array::<FilterConfig>(dp, maps::FILTER_CONFIG)?
+        .get(&0, 0)
+        .map_err(map_err(maps::FILTER_CONFIG))?;
+    let digest = c.digest();
+    if cfg.digest == digest && cfg.rules == c.rules() {
+        // The live generation holds this very rule set.
+        return Ok(());
+    }
+    let live = cfg.gen % GENERATIONS;
+    let gen = (live + 1) % GENERATIONS;
+
+    write_dimensions(dp, c, gen, live)?;
+    write_actions(dp, c, cfg.rules, gen, live)?;
+    Ok(array::<FilterConfig>(dp, maps::FILTER_CONFIG)?
+        .set(
+            0,
+            FilterConfig {
+                gen,
+                rules: c.rules(),
+                digest,
+            },
+            0,
+        )
+        .map_err(map_err(maps::FILTER_CONFIG))?)
+}
+
+/// Writes generation `gen` of the source and hash dimensions.
+fn write_dimensions(
+    dp: &mut Dataplane,
+    c: &Compiled,
+    gen: u32,
+    live: u32,
+) -> Result<(), FilterError> {
+    reconcile_src(dp, gen, live, &c.src)?;
+    let iface = dimension_keys(
+        &c.iface,
+        FilterIfaceKey {
+            gen,
+            ifindex: ANY_IFINDEX,
+        },
+        |i| FilterIfaceKey { gen, ifindex: *i },
+    );
+    reconcile_gen(dp, maps::FILTER_IFACE, live, &iface)?;
+    let port = dimension_keys(
+        &c.port,
+        FilterPortKey {
+            gen,
+            ..Default::default()
+        },
+        |(p, pr)| FilterPortKey {
+            gen,
+            port: p.to_be_bytes(),
+            proto: pr.number(),
+            _pad: 0,
+        },
+    );
+    reconcile_gen(dp, maps::FILTER_PORT, live, &port)?;
+    let network = dimension_keys(
+        &c.network,
+        FilterNetKey {
+            gen,
+            network_id: ANY_NETWORK,
+        },
+        |n| FilterNetKey {
+            gen,
+            network_id: *n,
+        },
+    );
+    reconcile_gen(dp, maps::FILTER_NET, live, &network)?;
+    Ok(())
+}
+
+/// Writes generation `gen` of the actions and the counters, `live_rules`
+/// being the rule count of the live generation `live`.
+fn write_actions(
+    dp: &mut Dataplane,
+    c: &Compiled,
+    live_rules: u32,
+    gen: u32,
+    live: u32,
+) -> Result<(), FilterError> {
+    // Where each rule id sits in the live generation, to carry its counters.
+    let mut old_pos: BTreeMap<u32, u32> = BTreeMap::new();
+    {
+        let actions = array::<FilterAction>(dp, maps::FILTER_ACTIONS)?;
+        for pos in 0..live_rules.min(MAX_RULES) {
+            let a = actions
+                .get(&slot(live, pos), 0)
+                .map_err(map_err(maps::FILTER_ACTIONS))?;
+            old_pos.insert(a.rule_id, pos);
+        }
+    }
+    // Positions this generation used last time beyond the new rule count
+    // (a used slot never has action 0): cleared below, so nothing stale is
+    // left where a later, longer rule set will look.
+    let stale_end = {
+        let actions = array::<FilterAction>(dp, maps::FILTER_ACTIONS)?;
+        let mut end = c.rules();
+        while end < MAX_RULES {
+            let a = actions
+                .get(&slot(gen, end), 0)
+                .map_err(map_err(maps::FILTER_ACTIONS))?;
+            if a.action == 0 {
+                break;
+            }
+            end += 1;
+        }
+        end
+    };
+    {
+        let mut actions = array::<FilterAction>(dp, maps::FILTER_ACTIONS)?;
+        for pos in 0..stale_end {
+            let a = c
+                .actions
+                .get(pos as usize)
+                .map(|(id, action)| FilterAction {
+                    action: action.code(),
+                    rule_id: *id,
+                })
+                .unwrap_or_default();
+            actions
+                .set(slot(gen, pos), a, 0)
+                .map_err(map_err(maps::FILTER_ACTIONS))?;
+        }
+    }
+    {
+        let name = maps::FILTER_STATS;
+        let mut stats: PerCpuArray<&mut MapData, PktCounter> = open(&mut *dp, name)?;
+        for pos in 0..stale_end {
+            let values = match c
+                .actions
+                .get(pos as usize)
+                .and_then(|(id, _)| old_pos.get(id))
+            {
+                Some(old) => stats.get(&slot(live, *old), 0).map_err(map_err(name))?,
+                None => zeroed_counters()?,
+            };
+            stats
+                .set(slot(gen, pos), values, 0)
+                .map_err(map_err(name))?;
+        }
+    }
+    Ok(())
+}
+
+/// The live generation and its rule count, from the pinned config.
+fn live_config(pins: &PinRoot) -> Result<FilterConfig, FilterError> {
+    let name = maps::FILTER_CONFIG;
+    let cfg: Array<MapData, FilterConfig> = open(pins, name)?;
+    Ok(cfg.get(&0, 0).map_err(map_err(name))?)
+}
+
+/// Counters of the rules at the given positions of the live rule set,
+/// summed over CPUs. No positions: nothing is read (the maps may not exist
+/// yet).
+pub fn counters(
+    pins: &PinRoot,
+    positions: impl IntoIterator<Item = u32>,
+) -> Result<BTreeMap<u32, PktCounter>, FilterError> {
+    let positions: Vec<u32> = positions.into_iter().collect();
+    if positions.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    if let Some(p) = positions.iter().find(|p| **p >= MAX_RULES) {
+        return Err(FilterError::Position(*p));
+    }
+    let live = live_config(pins)?.gen % GENERATIONS;
+    let name = maps::FILTER_STATS;
+    let stats: PerCpuArray<MapData, PktCounter> = open(pins, name)?;
+    let mut out = BTreeMap::new();
+    for pos in positions {
+        let values = stats.get(&slot(live, pos), 0).map_err(map_err(name))?;
+        out.insert(pos, sum(&values));
+    }
+    Ok(out)
+}
+
+/// Counters of every rule of the live rule set, by rule id: what the
+/// program actually runs, whatever the state says.
+pub fn counters_by_id(pins: &PinRoot) -> Result<BTreeMap<u32, PktCounter>, FilterError> {
+    let cfg = live_config(pins)?;
+    let live = cfg.gen % GENERATIONS;
+    let name = maps::FILTER_ACTIONS;
+    let actions: Array<MapData, FilterAction> = open(pins, name)?;
+    let ids = (0..cfg.rules.min(MAX_RULES))
+        .map(|pos| {
+            actions
+                .get(&slot(live, pos), 0)
+                .map(|a| (a.rule_id, pos))
+                .map_err(map_err(name))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let by_pos = counters(pins, ids.iter().map(|(_, pos)| *pos))?;
+    Ok(ids
+        .into_iter()
+        .map(|(id, pos)| (id, by_pos.get(&pos).copied().unwrap_or_default()))
+        .collect())
+}

@@ -1,0 +1,217 @@
+//! The NAT dataplane's userspace side: the uplink and endpoint programs'
+//! attachments, and writing a [`Desired`] set of entries (published ports,
+//! managed subnets, the host's addresses, uplinks, the endpoints and the
+//! fast path's routes to them) into the pinned maps the programs read.
+//! What the maps should hold is computed from the agent's state outside
+//! this layer (`crate::nat_desired`).
+//!
+//! [`apply`] is a full reconcile, not a log of changes: it deletes what
+//! should not be there and writes the rest, so running it twice changes
+//! nothing and a map edited behind the agent's back is repaired.
+//! [`apply_changes`] is the agent's cheap path between full reconciles: from
+//! the contents it wrote last to the new ones, only the entries that differ.
+
+use std::collections::BTreeMap;
+
+use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray};
+use dataplane_common::{
+    maps,
+    nat::{
+        EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SandboxAddr, SubnetPolicy,
+        Uplink, MAX_PORT_MAPPINGS,
+    },
+    stats::PktCounter,
+};
+
+pub use super::endpoints::{attach_endpoint, detach_endpoint, ENDPOINT_PROGRAM};
+use super::{
+    bpffs::PinRoot,
+    ebpf::{ensure_detached, Dataplane, Direction, LoadError},
+    maps::{map_err, open, reconcile, sum, update, zeroed_counters, MapsError},
+};
+use crate::sys::netlink::NetlinkError;
+
+/// The uplink programs, and the direction each is attached in.
+pub const UPLINK_PROGRAMS: [(&str, Direction); 2] = [
+    ("dp_uplink_in", Direction::Ingress),
+    ("dp_uplink_out", Direction::Egress),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Map(#[from] MapsError),
+    #[error("uplink {0}: no such interface in the host namespace")]
+    NoUplink(String),
+    #[error("uplink {0}: has no IPv4 address to masquerade with")]
+    NoUplinkAddr(String),
+    #[error("no free slot for another published port's counters (limit {MAX_PORT_MAPPINGS})")]
+    StatsFull,
+}
+
+/// Attaches both uplink programs to `ifname` (in this thread's namespace);
+/// an attachment that exists already is kept.
+pub fn attach_uplink(dp: &mut Dataplane, ifname: &str) -> Result<(), NatError> {
+    for (program, dir) in UPLINK_PROGRAMS {
+        dp.ensure_attached(program, ifname, dir)?;
+    }
+    Ok(())
+}
+
+/// Detaches the uplink programs from `ifname`; missing attachments are fine.
+pub fn detach_uplink(pins: &PinRoot, ifname: &str) -> Result<(), NatError> {
+    for (program, dir) in UPLINK_PROGRAMS {
+        ensure_detached(pins, program, ifname, dir)?;
+    }
+    Ok(())
+}
+
+/// What the maps should hold.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub ports: BTreeMap<PortKey, PortTarget>,
+    /// (network, prefix length) -> (flags, network key).
+    pub subnets: BTreeMap<([u8; 4], u32), (u32, u32)>,
+    /// Host-side veth ifindex -> endpoint.
+    pub endpoints: BTreeMap<u32, EndpointInfo>,
+    /// Endpoint address -> where the fast path delivers to it (joined veth
+    /// endpoints whose veth is on a bridge; the same ifindex as in
+    /// `endpoints`, which the programs check).
+    pub endpoint_routes: BTreeMap<[u8; 4], EndpointRoute>,
+    /// Address -> its endpoint's sandbox, for the endpoints that share a
+    /// sandbox with another: sources a veth may send from besides its own.
+    pub sandbox_addrs: BTreeMap<[u8; 4], SandboxAddr>,
+    pub host_addrs: BTreeMap<[u8; 4], HostAddr>,
+    pub uplinks: BTreeMap<u32, Uplink>,
+}
+
+type Hash<'a, K, V> = HashMap<&'a mut MapData, K, V>;
+type SubnetTrie<'a> = LpmTrie<&'a mut MapData, [u8; 4], SubnetPolicy>;
+
+/// `DP_SUBNETS`' entries as the trie holds them.
+fn subnet_entries(
+    subnets: &BTreeMap<([u8; 4], u32), (u32, u32)>,
+) -> BTreeMap<(u32, [u8; 4]), SubnetPolicy> {
+    subnets
+        .iter()
+        .map(|((addr, len), (flags, network_id))| {
+            (
+                (*len, *addr),
+                SubnetPolicy {
+                    flags: *flags,
+                    network_id: *network_id,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Writes `want` into the pinned maps, whatever they hold now (a full
+/// reconcile: every map is read back).
+pub fn apply(dp: &mut Dataplane, want: &Desired) -> Result<(), NatError> {
+    fn hash<K, V>(
+        dp: &mut Dataplane,
+        name: &'static str,
+        want: &BTreeMap<K, V>,
+    ) -> Result<(), NatError>
+    where
+        K: aya::Pod + Ord,
+        V: aya::Pod + PartialEq,
+    {
+        let mut map: Hash<'_, K, V> = open(dp, name)?;
+        Ok(reconcile(&mut map, name, want, |_| false)?)
+    }
+    hash(dp, maps::PORTS, &want.ports)?;
+    hash(dp, maps::HOST_ADDRS, &want.host_addrs)?;
+    hash(dp, maps::UPLINKS, &want.uplinks)?;
+    hash(dp, maps::ENDPOINTS, &want.endpoints)?;
+    hash(dp, maps::ENDPOINT_ROUTES, &want.endpoint_routes)?;
+    hash(dp, maps::SANDBOX_ADDRS, &want.sandbox_addrs)?;
+    let mut trie: SubnetTrie<'_> = open(dp, maps::SUBNETS)?;
+    Ok(reconcile(
+        &mut trie,
+        maps::SUBNETS,
+        &subnet_entries(&want.subnets),
+        |_| false,
+    )?)
+}
+
+/// Takes the pinned maps from `old` (what this process last wrote with
+/// [`apply`] or here) to `new`, writing only the entries that differ: the
+/// cost of one more published port does not grow with the number of ports.
+pub fn apply_changes(dp: &mut Dataplane, old: &Desired, new: &Desired) -> Result<(), NatError> {
+    fn hash<K, V>(
+        dp: &mut Dataplane,
+        name: &'static str,
+        old: &BTreeMap<K, V>,
+        new: &BTreeMap<K, V>,
+    ) -> Result<(), NatError>
+    where
+        K: aya::Pod + Ord,
+        V: aya::Pod + PartialEq,
+    {
+        let mut map: Hash<'_, K, V> = open(dp, name)?;
+        Ok(update(&mut map, name, old, new)?)
+    }
+    hash(dp, maps::PORTS, &old.ports, &new.ports)?;
+    hash(dp, maps::HOST_ADDRS, &old.host_addrs, &new.host_addrs)?;
+    hash(dp, maps::UPLINKS, &old.uplinks, &new.uplinks)?;
+    hash(dp, maps::ENDPOINTS, &old.endpoints, &new.endpoints)?;
+    // After DP_ENDPOINTS, as in `apply`: the programs use a route only
+    // while the endpoint entry of its ifindex has the same address.
+    hash(
+        dp,
+        maps::ENDPOINT_ROUTES,
+        &old.endpoint_routes,
+        &new.endpoint_routes,
+    )?;
+    hash(
+        dp,
+        maps::SANDBOX_ADDRS,
+        &old.sandbox_addrs,
+        &new.sandbox_addrs,
+    )?;
+    if old.subnets != new.subnets {
+        let mut trie: SubnetTrie<'_> = open(dp, maps::SUBNETS)?;
+        update(
+            &mut trie,
+            maps::SUBNETS,
+            &subnet_entries(&old.subnets),
+            &subnet_entries(&new.subnets),
+        )?;
+    }
+    Ok(())
+}
+
+/// The lowest counter slot from `from` on that no mapping uses (`used` is
+/// indexed by slot); its old counts are zeroed so a new mapping starts from
+/// nothing.
+pub fn claim_stats_index(dp: &mut Dataplane, used: &[bool], from: u32) -> Result<u32, NatError> {
+    let index = (from..MAX_PORT_MAPPINGS)
+        .find(|i| !used.get(*i as usize).copied().unwrap_or(false))
+        .ok_or(NatError::StatsFull)?;
+    let name = maps::PORT_STATS;
+    let mut array: PerCpuArray<&mut MapData, PktCounter> = open(dp, name)?;
+    array
+        .set(index, zeroed_counters()?, 0)
+        .map_err(map_err(name))?;
+    Ok(index)
+}
+
+/// Counters of the given published-port slots, summed over CPUs.
+pub fn port_counters(
+    pins: &PinRoot,
+    indexes: impl IntoIterator<Item = u32>,
+) -> Result<BTreeMap<u32, PktCounter>, NatError> {
+    let name = maps::PORT_STATS;
+    let array: PerCpuArray<MapData, PktCounter> = open(pins, name)?;
+    let mut out = BTreeMap::new();
+    for i in indexes {
+        out.insert(i, sum(&array.get(&i, 0).map_err(map_err(name))?));
+    }
+    Ok(out)
+}
