@@ -34,8 +34,8 @@ use crate::{
 pub enum AgentError {
     #[error("installing the {0} handler")]
     Signal(&'static str, #[source] std::io::Error),
-    #[error("reading /proc/net/route")]
-    Routes(#[source] std::io::Error),
+    #[error("listing the routes to find the uplinks")]
+    Routes(#[source] crate::netlink::NetlinkError),
     #[error("no interface given (--iface) and no default route to find an uplink from")]
     NoUplink,
     #[error(transparent)]
@@ -91,7 +91,7 @@ impl Agent {
         // start-up is done, instead of killing the agent half-way through it.
         tasks.spawn(stop_on_signal(stop.clone())?);
         let ifaces = if self.config.ifaces.is_empty() {
-            default_route_ifaces()?
+            default_route_ifaces().await?
         } else {
             self.config.ifaces.clone()
         };
@@ -365,19 +365,14 @@ fn print_welcome(b: &Network) {
     );
 }
 
-/// Interfaces that carry an IPv4 default route (/proc/net/route).
-fn default_route_ifaces() -> Result<Vec<String>, AgentError> {
-    let table = std::fs::read_to_string("/proc/net/route").map_err(AgentError::Routes)?;
-    let mut out: Vec<String> = table
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 7 && f[1] == "00000000" && f[7] == "00000000").then(|| f[0].to_owned())
-        })
-        .collect();
-    out.dedup();
-    Ok(out)
+/// Interfaces that carry an IPv4 default route.
+async fn default_route_ifaces() -> Result<Vec<String>, AgentError> {
+    crate::netlink::Netlink::connect(None)
+        .await
+        .map_err(AgentError::Routes)?
+        .default_route_ifaces()
+        .await
+        .map_err(AgentError::Routes)
 }
 
 /// Best-effort: reports every failure and carries on.

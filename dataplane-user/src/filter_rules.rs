@@ -161,68 +161,6 @@ pub fn parse_request(rules: &[FilterArgs]) -> Result<Vec<FilterSpec>, FilterErro
         .collect()
 }
 
-/// One line of a rules file: `filter add`'s flags (`--flag value` or
-/// `--flag=value`), e.g. `--in eth0 --not-src 192.168.1.1/32 --action
-/// drop`, which is also how `filter ls` prints a rule. None for a blank line
-/// or a `#` comment. Only the syntax is checked here; [`FilterArgs::parse`]
-/// checks the values.
-pub fn parse_line(line: &str) -> Result<Option<FilterArgs>, FilterError> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return Ok(None);
-    }
-    let mut args = FilterArgs::default();
-    let mut action = None;
-    let mut words = line.split_whitespace();
-    while let Some(word) = words.next() {
-        let (flag, inline) = match word.split_once('=') {
-            Some((f, v)) => (f, Some(v)),
-            None => (word, None),
-        };
-        let (name, slot): (&'static str, &mut Option<String>) = match flag {
-            "--network" => ("--network", &mut args.network),
-            "--in" => ("--in", &mut args.in_iface),
-            "--src" => ("--src", &mut args.src),
-            "--not-src" => ("--not-src", &mut args.not_src),
-            "--dport" => ("--dport", &mut args.dport),
-            "--action" => ("--action", &mut action),
-            _ => return Err(FilterError::UnknownFlag(word.to_owned())),
-        };
-        let value = match inline {
-            Some(v) => v,
-            None => words
-                .next()
-                .filter(|v| !v.starts_with("--"))
-                .ok_or(FilterError::MissingValue(name))?,
-        };
-        if value.is_empty() {
-            return Err(FilterError::MissingValue(name));
-        }
-        if slot.replace(value.to_owned()).is_some() {
-            return Err(FilterError::RepeatedFlag(name));
-        }
-    }
-    args.action = action.ok_or(FilterError::MissingAction)?;
-    Ok(Some(args))
-}
-
-/// A rules file: one rule per line ([`parse_line`]), in evaluation order.
-/// Every rule is checked; an error names the line (1-based).
-pub fn parse_rules(text: &str) -> Result<Vec<FilterArgs>, FilterError> {
-    let mut rules = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let at = |e| FilterError::Line {
-            line: n + 1,
-            source: Box::new(e),
-        };
-        if let Some(args) = parse_line(line).map_err(at)? {
-            args.parse().map_err(at)?;
-            rules.push(args);
-        }
-    }
-    Ok(rules)
-}
-
 /// An address (a /32) or a CIDR. Host bits are cleared, as iptables does
 /// (`-s 192.168.1.7/24` means 192.168.1.0/24).
 fn parse_cidr(flag: &'static str, value: &str) -> Result<Ipv4Net, FilterError> {
@@ -904,70 +842,18 @@ mod tests {
     }
 
     #[test]
-    fn rule_lines_are_what_filter_ls_prints() {
-        let text = "\
-# DOCKER-USER
---in eth0 --not-src 192.168.1.1/32 --dport 8080/tcp --action drop
-
-  --src=10.0.0.0/8   --action accept  
---network net1 --action DROP
-";
-        let rules = parse_rules(text).expect("valid file");
-        assert_eq!(rules.len(), 3);
+    fn a_rule_prints_as_filter_add_flags() {
+        let args = FilterArgs {
+            in_iface: Some("eth0".into()),
+            not_src: Some("192.168.1.1/32".into()),
+            dport: Some("8080/tcp".into()),
+            ..drop_args()
+        };
+        let spec = args.parse().expect("valid");
         assert_eq!(
-            rules[1],
-            FilterArgs {
-                src: Some("10.0.0.0/8".into()),
-                action: "accept".into(),
-                ..FilterArgs::default()
-            }
-        );
-        // What `filter ls` prints reads back as the same rule.
-        let spec = rules[0].parse().expect("valid");
-        let printed = FilterRule::new(1, spec.clone()).to_string();
-        assert_eq!(
-            printed,
+            FilterRule::new(1, spec).to_string(),
             "--in eth0 --not-src 192.168.1.1/32 --dport 8080/tcp --action drop"
         );
-        let back = parse_line(&printed).expect("line").expect("a rule");
-        assert_eq!(back.parse().expect("valid"), spec);
-        assert_eq!(parse_rules("# nothing\n\n").expect("empty"), vec![]);
-    }
-
-    #[test]
-    fn rule_file_errors_name_the_line_flag_and_value() {
-        let cases = [
-            (
-                "--src 10.0.0.1 --action drop\n--src 10.0.0.0/33 --action drop\n",
-                "line 2: --src \"10.0.0.0/33\": not an IPv4 address or CIDR (e.g. 192.168.1.0/24)",
-            ),
-            (
-                "--src 10.0.0.1",
-                "line 1: --action is required (drop or accept)",
-            ),
-            (
-                "\n--first --action drop",
-                "line 2: \"--first\": not a rule flag (--network, --in, --src, --not-src, --dport, --action)",
-            ),
-            ("--action drop --dport", "line 1: --dport: missing value"),
-            (
-                "--dport --action drop",
-                "line 1: --dport: missing value",
-            ),
-            ("--action= ", "line 1: --action: missing value"),
-            (
-                "--src 10.0.0.1 --src 10.0.0.2 --action drop",
-                "line 1: --src given twice",
-            ),
-            (
-                "--action drop\n--action reject",
-                "line 2: --action \"reject\": expected drop or accept",
-            ),
-        ];
-        for (text, want) in cases {
-            let err = parse_rules(text).expect_err(want);
-            assert_eq!(error_chain(&err), want, "{text:?}");
-        }
     }
 
     #[test]

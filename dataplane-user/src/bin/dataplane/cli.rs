@@ -500,6 +500,11 @@ mod tests {
         assert_eq!(rules[1].in_iface.as_deref(), Some("eth0"));
         assert_eq!(rules[1].not_src.as_deref(), Some("192.168.1.1/32"));
         assert_eq!(rules[1].action, "accept");
+        // What `filter ls` prints reads back as the same rule.
+        let printed = "--in eth0 --not-src 192.168.1.1/32 --dport 8080/tcp --action drop";
+        let spec = parse_rules(printed).unwrap()[0].parse().unwrap();
+        let rule = dataplane_user::filter::FilterRule::new(1, spec);
+        assert_eq!(rule.to_string(), printed);
         for (text, needle) in [
             (
                 "--src 10.0.0.1\n",

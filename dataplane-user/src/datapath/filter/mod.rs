@@ -65,21 +65,6 @@ pub enum FilterError {
         #[source]
         source: Box<FilterError>,
     },
-    /// A line of a rules file (1-based).
-    #[error("line {line}")]
-    Line {
-        line: usize,
-        #[source]
-        source: Box<FilterError>,
-    },
-    #[error("{0:?}: not a rule flag (--network, --in, --src, --not-src, --dport, --action)")]
-    UnknownFlag(String),
-    #[error("{0}: missing value")]
-    MissingValue(&'static str),
-    #[error("{0} given twice")]
-    RepeatedFlag(&'static str),
-    #[error("--action is required (drop or accept)")]
-    MissingAction,
     #[error("filter rule id {0} appears more than once")]
     DuplicateId(u32),
     #[error("filter rule {id}: port 0 in --dport")]
