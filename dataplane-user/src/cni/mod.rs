@@ -16,6 +16,7 @@
 //! agent that may be starting; the agent is the one writer.
 
 pub mod config;
+mod env;
 pub mod plugin;
 pub mod result;
 

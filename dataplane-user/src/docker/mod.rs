@@ -177,25 +177,7 @@ async fn run(m: &mut Manager, call: Call) -> Result<Answer, DriverError> {
         Call::EndpointOperInfo {
             network_id,
             endpoint_id,
-        } => {
-            let ep = m.docker_endpoint(&network_id, &endpoint_id)?;
-            let host_ifname = match &ep.attachment {
-                Attachment::Veth { host_ifname } => host_ifname.clone(),
-                _ => String::new(),
-            };
-            Answer::OperInfo(OperInfo {
-                value: OperInfoValue {
-                    portmap: ep
-                        .published
-                        .iter()
-                        .map(|p| PortBinding::new(p, ep.ipv4))
-                        .collect(),
-                    mac: ep.mac.clone(),
-                    network: ep.network.clone(),
-                    host_ifname,
-                },
-            })
-        }
+        } => oper_info(m, &network_id, &endpoint_id)?,
         Call::Join {
             network_id,
             endpoint_id,
@@ -244,6 +226,27 @@ async fn run(m: &mut Manager, call: Call) -> Result<Answer, DriverError> {
         }
     };
     Ok(v)
+}
+
+/// What `docker network inspect` shows of an endpoint.
+fn oper_info(m: &Manager, network_id: &str, endpoint_id: &str) -> Result<Answer, DriverError> {
+    let ep = m.docker_endpoint(network_id, endpoint_id)?;
+    let host_ifname = match &ep.attachment {
+        Attachment::Veth { host_ifname } => host_ifname.clone(),
+        _ => String::new(),
+    };
+    Ok(Answer::OperInfo(OperInfo {
+        value: OperInfoValue {
+            portmap: ep
+                .published
+                .iter()
+                .map(|p| PortBinding::new(p, ep.ipv4))
+                .collect(),
+            mac: ep.mac.clone(),
+            network: ep.network.clone(),
+            host_ifname,
+        },
+    }))
 }
 
 // ---------------------------------------------------------------------------
