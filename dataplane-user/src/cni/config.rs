@@ -13,8 +13,8 @@
 //! for a network the plugin creates. Any other field is refused (code 2),
 //! so a typo is never silently ignored.
 //!
-//! The JSON is read by serde into [`RawConf`], whose fields keep what was
-//! sent when it is not of the field's type ([`Field`]) and whose unknown
+//! The JSON is read by serde into `RawConf`, whose fields keep what was
+//! sent when it is not of the field's type (`Field`) and whose unknown
 //! keys are collected, so that the checks that follow can refuse with the
 //! spec's code and quote the value.
 
