@@ -623,6 +623,15 @@ fn serve_answers_metrics_and_refuses_the_rest() {
     assert_eq!(r.status, "HTTP/1.1 408 Request Timeout");
     assert!(silent_since.elapsed() >= READ_TIMEOUT);
 
+    // A client that shuts down its side right after its request (HTTP/1.0,
+    // as the agent tests' client does) is answered.
+    let mut s = connect(addr);
+    s.write_all(b"GET /metrics HTTP/1.0\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    s.shutdown(Shutdown::Write).expect("half close");
+    let r = read_response(s);
+    assert!(r.status.ends_with(" 200 OK"), "{}: {}", r.status, r.body);
+
     // A client that closes halfway gets nothing, and costs nothing.
     let mut half = connect(addr);
     half.write_all(b"GET /metr").expect("send");

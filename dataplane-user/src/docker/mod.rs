@@ -282,6 +282,9 @@ async fn connection(stream: UnixStream, ctx: api::Context) -> Result<(), hyper::
     http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(IDLE_TIMEOUT)
+        // A client that shuts down its side after a request still gets
+        // the answer.
+        .half_close(true)
         .serve_connection(TokioIo::new(stream), service)
         .await
 }
