@@ -131,8 +131,9 @@ async fn connection(stream: TcpStream, pins: PinRoot, state: StateFn) -> io::Res
         .header_read_timeout(READ_TIMEOUT)
         .max_buf_size(MAX_REQUEST_HEAD)
         .keep_alive(false)
-        // A client may send its request and shut down its side at once
-        // (`curl`-like tools over HTTP/1.0 do); it still gets the answer.
+        // A client may shut down its side right after its request; it still
+        // gets the answer (hyper would take the end of input for a client
+        // that went away).
         .half_close(true)
         .serve_connection(TokioIo::new(io), service)
         .await;
