@@ -1,7 +1,7 @@
 //! Prometheus metrics (`dataplane_user::metrics`): `render` on a fresh pin
 //! root (every counter present at 0, a map not pinned yet is no error), the
 //! counts after packets went through the programs (BPF_PROG_TEST_RUN), and
-//! `serve` over a plain TCP connection: 200 with the exposition content
+//! `serve` over a plain TCP connection: 200 with the OpenMetrics content
 //! type, 404/405, an oversized request refused with the server still
 //! answering, a silent client timed out without holding up others, a state
 //! that cannot be read as 500, and shutdown.
@@ -114,15 +114,22 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
     })
 }
 
-/// Every sample of `text`, checking that each belongs to a family declared
-/// with HELP and TYPE before it, that counters end in `_total`, and that no
-/// series appears twice.
+/// Every sample of `text` (OpenMetrics), checking that each belongs to a
+/// family declared with HELP and TYPE before it (a counter family `x` has
+/// the samples `x_total`), that no series appears twice, and that the text
+/// ends with `# EOF`.
 fn parse(text: &str) -> Vec<Sample> {
     let mut types: BTreeMap<String, String> = BTreeMap::new();
     let mut helped = Vec::new();
     let mut samples: Vec<Sample> = Vec::new();
-    assert!(text.ends_with('\n'), "the last line ends with a line feed");
-    for line in text.lines() {
+    let body = text
+        .strip_suffix("# EOF\n")
+        .unwrap_or_else(|| panic!("no closing # EOF line: {text}"));
+    assert!(
+        body.is_empty() || body.ends_with('\n'),
+        "the last line ends with a line feed"
+    );
+    for line in body.lines() {
         if let Some(rest) = line.strip_prefix("# HELP ") {
             let (name, help) = rest.split_once(' ').expect("HELP name text");
             assert!(!help.is_empty(), "{line}");
@@ -134,12 +141,17 @@ fn parse(text: &str) -> Vec<Sample> {
                 "unexpected type: {line}"
             );
             assert!(
-                kind != "counter" || name.ends_with("_total"),
-                "counter without _total: {line}"
+                kind != "counter" || !name.ends_with("_total"),
+                "counter family named with its samples' _total: {line}"
             );
             assert!(helped.iter().any(|h| h == name), "TYPE before HELP: {line}");
+            // The name samples of the family carry.
+            let series = match kind {
+                "counter" => format!("{name}_total"),
+                _ => name.to_owned(),
+            };
             assert!(
-                types.insert(name.to_owned(), kind.to_owned()).is_none(),
+                types.insert(series, kind.to_owned()).is_none(),
                 "family declared twice: {line}"
             );
         } else {
@@ -550,7 +562,11 @@ fn serve_answers_metrics_and_refuses_the_rest() {
     let r = get_path(addr, "/metrics");
     assert_eq!(r.status, "HTTP/1.1 200 OK", "{}", r.body);
     let ct = r.header("content-type").expect("content-type");
-    assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+    assert_eq!(ct, metrics::CONTENT_TYPE);
+    assert!(
+        ct.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{ct}"
+    );
     assert!(
         r.body
             .lines()
@@ -606,6 +622,15 @@ fn serve_answers_metrics_and_refuses_the_rest() {
     let r = read_response(silent);
     assert_eq!(r.status, "HTTP/1.1 408 Request Timeout");
     assert!(silent_since.elapsed() >= READ_TIMEOUT);
+
+    // A client that shuts down its side right after its request (HTTP/1.0,
+    // as the agent tests' client does) is answered.
+    let mut s = connect(addr);
+    s.write_all(b"GET /metrics HTTP/1.0\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    s.shutdown(Shutdown::Write).expect("half close");
+    let r = read_response(s);
+    assert!(r.status.ends_with(" 200 OK"), "{}: {}", r.status, r.body);
 
     // A client that closes halfway gets nothing, and costs nothing.
     let mut half = connect(addr);

@@ -1,6 +1,7 @@
 //! A CNI request parsed once: the `CNI_*` environment ([`Env`]) and the
 //! network configuration on stdin ([`NetConf`]). Every error carries the
-//! spec's code and names the variable or field and its value.
+//! spec's code (given in one place, `From<Refusal> for CniError`) and names
+//! the variable or field and its value.
 //!
 //! Configuration fields (see docs/cni.md): the spec's `cniVersion`, `name`,
 //! `type`, `args` (ignored), `ipMasq`, `ipam`, `dns`, `capabilities`,
@@ -11,171 +12,59 @@
 //! `{}` or `{"type": "dataplane"}`, with `subnet`, `gateway` and `ipRange`
 //! for a network the plugin creates. Any other field is refused (code 2),
 //! so a typo is never silently ignored.
+//!
+//! The JSON is read by serde into `RawConf`, whose fields keep what was
+//! sent when it is not of the field's type (`Field`) and whose unknown
+//! keys are collected, so that the checks that follow can refuse with the
+//! spec's code and quote the value.
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
 };
 
-use serde::Deserialize;
+use serde::{
+    de::{DeserializeOwned, IgnoredAny},
+    Deserialize, Deserializer,
+};
 use serde_json::{Map, Value};
 
+pub use super::env::{parse_env, Command, Env};
 use super::{code, AttachmentKey, CniError, NetworkSpec, IPAM_TYPES, SUPPORTED_VERSIONS};
 use crate::network::model::{valid_ifname, valid_name};
 
-/// `CNI_COMMAND`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Command {
-    Add,
-    Del,
-    Check,
-    Version,
-    Gc,
-    Status,
+/// A request refused, by the spec's class of error.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(super) enum Refusal {
+    #[error("{msg}")]
+    Decoding { msg: &'static str, details: String },
+    #[error("{0}")]
+    Version(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Env(String),
 }
 
-impl Command {
-    pub fn parse(s: &str) -> Option<Command> {
-        Some(match s {
-            "ADD" => Command::Add,
-            "DEL" => Command::Del,
-            "CHECK" => Command::Check,
-            "VERSION" => Command::Version,
-            "GC" => Command::Gc,
-            "STATUS" => Command::Status,
-            _ => return None,
-        })
-    }
-
-    /// The first spec version that has this command.
-    fn since(self) -> &'static str {
-        match self {
-            Command::Add | Command::Del | Command::Version => "0.3.0",
-            Command::Check => "0.4.0",
-            Command::Gc | Command::Status => "1.1.0",
+impl From<Refusal> for CniError {
+    /// The spec's code of each class of refusal.
+    fn from(r: Refusal) -> CniError {
+        let code = match &r {
+            Refusal::Decoding { .. } => code::DECODING_FAILURE,
+            Refusal::Version(_) => code::INCOMPATIBLE_VERSION,
+            Refusal::Unsupported(_) => code::UNSUPPORTED_FIELD,
+            Refusal::Invalid(_) => code::INVALID_CONFIG,
+            Refusal::Env(_) => code::INVALID_ENV,
+        };
+        let error = CniError::new(code, r.to_string());
+        match r {
+            Refusal::Decoding { details, .. } => error.with_details(details),
+            _ => error,
         }
     }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Command::Add => "ADD",
-            Command::Del => "DEL",
-            Command::Check => "CHECK",
-            Command::Version => "VERSION",
-            Command::Gc => "GC",
-            Command::Status => "STATUS",
-        }
-    }
-}
-
-/// The `CNI_*` variables a command needs, checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Env {
-    pub command: Command,
-    /// ADD, DEL, CHECK.
-    pub key: Option<AttachmentKey>,
-    /// ADD and CHECK always; DEL when the namespace still exists.
-    pub netns: Option<String>,
-    /// `IP=` of `CNI_ARGS` (a static address).
-    pub ip: Option<Ipv4Addr>,
-}
-
-fn env_err(msg: String) -> CniError {
-    CniError::new(code::INVALID_ENV, msg)
-}
-
-/// Reads the environment through `var` (so tests need not touch the
-/// process's own).
-pub fn parse_env(var: impl Fn(&str) -> Option<String>) -> Result<Env, CniError> {
-    let cmd = var("CNI_COMMAND").unwrap_or_default();
-    let command = Command::parse(&cmd).ok_or_else(|| {
-        env_err(format!(
-            "CNI_COMMAND {cmd:?}: expected ADD, DEL, CHECK, VERSION, GC or STATUS"
-        ))
-    })?;
-    let mut env = Env {
-        command,
-        key: None,
-        netns: None,
-        ip: None,
-    };
-    if matches!(command, Command::Version | Command::Gc | Command::Status) {
-        return Ok(env);
-    }
-    let container_id = var("CNI_CONTAINERID").unwrap_or_default();
-    if !valid_name(&container_id) {
-        return Err(env_err(format!(
-            "CNI_CONTAINERID {container_id:?}: must be non-empty, start with a letter or digit \
-             and contain only [a-zA-Z0-9_.-]"
-        )));
-    }
-    let ifname = var("CNI_IFNAME").unwrap_or_default();
-    if !valid_ifname(&ifname) {
-        return Err(env_err(format!(
-            "CNI_IFNAME {ifname:?}: not a valid interface name (1-15 bytes, no '/', ':' or white space)"
-        )));
-    }
-    let netns = var("CNI_NETNS").filter(|n| !n.is_empty());
-    match (&netns, command) {
-        (None, Command::Add | Command::Check) => {
-            return Err(env_err(format!(
-                "CNI_NETNS is required for {} (the container's network namespace path)",
-                command.name()
-            )))
-        }
-        (Some(n), _) if !n.starts_with('/') => {
-            return Err(env_err(format!(
-                "CNI_NETNS {n:?}: expected an absolute path such as /proc/PID/ns/net"
-            )))
-        }
-        _ => {}
-    }
-    env.ip = parse_cni_args(&var("CNI_ARGS").unwrap_or_default())?;
-    env.key = Some(AttachmentKey {
-        container_id,
-        ifname,
-    });
-    env.netns = netns;
-    Ok(env)
-}
-
-/// `CNI_ARGS` (`K=V;K=V`): `IP` is a static address; the runtimes' pod
-/// labels are ignored; any other key is an error unless `IgnoreUnknown`
-/// is set (the CNI convention).
-fn parse_cni_args(s: &str) -> Result<Option<Ipv4Addr>, CniError> {
-    const IGNORED: [&str; 4] = [
-        "K8S_POD_NAMESPACE",
-        "K8S_POD_NAME",
-        "K8S_POD_INFRA_CONTAINER_ID",
-        "K8S_POD_UID",
-    ];
-    let mut pairs = Vec::new();
-    for part in s.split(';').filter(|p| !p.is_empty()) {
-        let (k, v) = part
-            .split_once('=')
-            .ok_or_else(|| env_err(format!("CNI_ARGS {part:?}: expected KEY=VALUE")))?;
-        pairs.push((k, v));
-    }
-    let ignore_unknown = pairs.iter().any(|(k, v)| {
-        k.eq_ignore_ascii_case("IgnoreUnknown") && matches!(*v, "1" | "true" | "True")
-    });
-    let mut ip = None;
-    for (k, v) in pairs {
-        if k == "IP" {
-            ip = Some(
-                v.parse::<Ipv4Addr>()
-                    .map_err(|_| env_err(format!("CNI_ARGS IP={v}: not an IPv4 address")))?,
-            );
-        } else if !(k.eq_ignore_ascii_case("IgnoreUnknown")
-            || IGNORED.contains(&k)
-            || ignore_unknown)
-        {
-            return Err(env_err(format!(
-                "CNI_ARGS {k}: unknown key (known: IP, IgnoreUnknown; IgnoreUnknown=1 ignores others)"
-            )));
-        }
-    }
-    Ok(ip)
 }
 
 /// `runtimeConfig.portMappings` entry (the `portMappings` capability).
@@ -193,7 +82,11 @@ pub struct PortMap {
 impl PortMap {
     /// As a `-p` value (`[HOSTIP:]HOSTPORT:CPORT/proto`), checked.
     pub fn spec(&self) -> Result<String, CniError> {
-        let unsupported = |what: String| CniError::new(code::UNSUPPORTED_FIELD, what);
+        Ok(self.checked()?)
+    }
+
+    fn checked(&self) -> Result<String, Refusal> {
+        let unsupported = Refusal::Unsupported;
         let proto = match self.protocol.as_deref().map(str::to_ascii_lowercase) {
             None => "tcp".to_owned(),
             Some(p) if p == "tcp" || p == "udp" => p,
@@ -205,13 +98,10 @@ impl PortMap {
             }
         };
         if self.host_port == 0 || self.container_port == 0 {
-            return Err(CniError::new(
-                code::INVALID_CONFIG,
-                format!(
-                    "runtimeConfig.portMappings {}:{}: ports must be 1-65535",
-                    self.host_port, self.container_port
-                ),
-            ));
+            return Err(Refusal::Invalid(format!(
+                "runtimeConfig.portMappings {}:{}: ports must be 1-65535",
+                self.host_port, self.container_port
+            )));
         }
         let host = match self.host_ip.as_deref().filter(|h| !h.is_empty()) {
             None => String::new(),
@@ -225,10 +115,9 @@ impl PortMap {
                     )))
                 }
                 Err(_) => {
-                    return Err(CniError::new(
-                        code::INVALID_CONFIG,
-                        format!("runtimeConfig.portMappings hostIP {h:?}: not an IP address"),
-                    ))
+                    return Err(Refusal::Invalid(format!(
+                        "runtimeConfig.portMappings hostIP {h:?}: not an IP address"
+                    )))
                 }
             },
         };
@@ -269,6 +158,111 @@ pub struct NetConf {
     pub ipam_error: Option<CniError>,
 }
 
+/// A field as sent: the typed value, or the JSON it held when that was not
+/// of the field's type (the refusal quotes it).
+#[derive(Clone, Debug)]
+enum Field<T> {
+    Ok(T),
+    Wrong { value: Value, error: String },
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Field<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Field<T>, D::Error> {
+        let value = Value::deserialize(d)?;
+        Ok(match serde_json::from_value(value.clone()) {
+            Ok(t) => Field::Ok(t),
+            Err(e) => Field::Wrong {
+                value,
+                error: e.to_string(),
+            },
+        })
+    }
+}
+
+impl<T> Field<T> {
+    /// The value, or the refusal `PATH VALUE: EXPECTED`.
+    fn or_refuse(self, path: &str, expected: &str) -> Result<T, Refusal> {
+        match self {
+            Field::Ok(t) => Ok(t),
+            Field::Wrong { value, .. } => {
+                Err(Refusal::Invalid(format!("{path} {value}: {expected}")))
+            }
+        }
+    }
+
+    /// The value, or the refusal `PATH: SERDE'S ERROR` (for lists, where
+    /// serde names the element and field).
+    fn or_refuse_with_error(self, path: &str) -> Result<T, Refusal> {
+        match self {
+            Field::Ok(t) => Ok(t),
+            Field::Wrong { error, .. } => Err(Refusal::Invalid(format!("{path}: {error}"))),
+        }
+    }
+}
+
+/// A string field that may be absent or null.
+fn opt_str(field: Option<Field<String>>, path: &str) -> Result<Option<String>, Refusal> {
+    field
+        .map(|f| f.or_refuse(path, "expected a string"))
+        .transpose()
+}
+
+/// For fields where a null is refused rather than taken as absent.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// The configuration as sent. Absent and null fields are `None` unless
+/// said otherwise.
+#[derive(Deserialize)]
+struct RawConf {
+    #[serde(rename = "cniVersion", default)]
+    cni_version: Option<Field<String>>,
+    #[serde(default)]
+    name: Option<Field<String>>,
+    #[serde(rename = "type", default)]
+    plugin_type: Option<Field<String>>,
+    /// The spec's; nothing in it is ours.
+    #[serde(rename = "args", default)]
+    _args: Option<IgnoredAny>,
+    #[serde(rename = "ipMasq", default)]
+    ip_masq: Option<Field<bool>>,
+    #[serde(default)]
+    ipam: Option<Field<RawIpam>>,
+    #[serde(default)]
+    dns: Option<Field<Map<String, Value>>>,
+    /// A null is refused.
+    #[serde(default, deserialize_with = "present")]
+    capabilities: Option<Field<Map<String, Value>>>,
+    #[serde(rename = "runtimeConfig", default)]
+    runtime_config: Option<Field<RawRuntimeConfig>>,
+    #[serde(rename = "prevResult", default)]
+    prev_result: Option<Field<Map<String, Value>>>,
+    /// A null is refused.
+    #[serde(
+        rename = "cni.dev/valid-attachments",
+        default,
+        deserialize_with = "present"
+    )]
+    valid_attachments: Option<Field<Vec<ValidAttachment>>>,
+    /// 1.1's GC input for plugins that track attachments by it; we use
+    /// `cni.dev/valid-attachments`.
+    #[serde(rename = "cni.dev/attachments", default)]
+    _attachments: Option<IgnoredAny>,
+    #[serde(default)]
+    network: Option<Field<String>>,
+    #[serde(default)]
+    socket: Option<Field<String>>,
+    #[serde(default)]
+    bridge: Option<Field<String>>,
+    #[serde(default)]
+    mtu: Option<Field<u32>>,
+    /// Every other key: refused.
+    #[serde(flatten)]
+    unknown: BTreeMap<String, Value>,
+}
+
+/// The keys [`RawConf`] knows, for the refusal of the others.
 const TOP_FIELDS: [&str; 16] = [
     "cniVersion",
     "name",
@@ -287,32 +281,55 @@ const TOP_FIELDS: [&str; 16] = [
     "bridge",
     "mtu",
 ];
+
+#[derive(Deserialize)]
+struct RawIpam {
+    #[serde(rename = "type", default)]
+    ipam_type: Option<Field<String>>,
+    #[serde(default)]
+    subnet: Option<Field<String>>,
+    #[serde(default)]
+    gateway: Option<Field<String>>,
+    #[serde(rename = "ipRange", default)]
+    ip_range: Option<Field<String>>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, Value>,
+}
+
 const IPAM_FIELDS: [&str; 4] = ["type", "subnet", "gateway", "ipRange"];
 const CAPABILITIES: [&str; 3] = ["portMappings", "ips", "mac"];
 
-fn invalid(msg: String) -> CniError {
-    CniError::new(code::INVALID_CONFIG, msg)
+/// `runtimeConfig`: the capabilities the runtime fills in. Keys of
+/// capabilities this plugin does not declare are not ours to judge (the
+/// runtime only sends what the configuration asked for) and are ignored.
+#[derive(Deserialize)]
+struct RawRuntimeConfig {
+    #[serde(rename = "portMappings", default)]
+    port_mappings: Option<Field<Vec<PortMap>>>,
+    #[serde(default)]
+    ips: Option<Field<Vec<String>>>,
+    #[serde(default)]
+    mac: Option<Field<String>>,
+    /// Also makes anything but an object a wrong type.
+    #[serde(flatten)]
+    _other: BTreeMap<String, IgnoredAny>,
 }
 
-fn unsupported(msg: String) -> CniError {
-    CniError::new(code::UNSUPPORTED_FIELD, msg)
+#[derive(Deserialize)]
+struct ValidAttachment {
+    #[serde(rename = "containerID")]
+    container_id: String,
+    ifname: String,
 }
 
-fn opt_str<'a>(
-    obj: &'a Map<String, Value>,
-    key: &str,
+/// Refuses the first key (in order) that is not one of `known`.
+fn check_known<'a>(
+    keys: impl IntoIterator<Item = &'a String>,
+    known: &[&str],
     path: &str,
-) -> Result<Option<&'a str>, CniError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(invalid(format!("{path}{key} {other}: expected a string"))),
-    }
-}
-
-fn check_known(obj: &Map<String, Value>, known: &[&str], path: &str) -> Result<(), CniError> {
-    match obj.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(k) => Err(unsupported(format!(
+) -> Result<(), Refusal> {
+    match keys.into_iter().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(Refusal::Unsupported(format!(
             "{path}{k}: unsupported field (known: {})",
             known.join(", ")
         ))),
@@ -322,17 +339,17 @@ fn check_known(obj: &Map<String, Value>, known: &[&str], path: &str) -> Result<(
 
 /// `ipam.subnet`, `gateway` and `ipRange` checked as `network create`
 /// checks them, named as the configuration names them.
-fn check_ipam(spec: &NetworkSpec) -> Result<(), CniError> {
+fn check_ipam(spec: &NetworkSpec) -> Result<(), Refusal> {
     use crate::network::ipam;
     let Some(subnet) = &spec.subnet else {
         if spec.gateway.is_some() || spec.ip_range.is_some() {
-            return Err(invalid(
+            return Err(Refusal::Invalid(
                 "ipam.gateway and ipam.ipRange need ipam.subnet".to_owned(),
             ));
         }
         return Ok(());
     };
-    let field = |f: &str, e: ipam::IpamError| invalid(format!("ipam.{f}: {e}"));
+    let field = |f: &str, e: ipam::IpamError| Refusal::Invalid(format!("ipam.{f}: {e}"));
     let net = ipam::parse_subnet(subnet).map_err(|e| field("subnet", e))?;
     if let Some(g) = &spec.gateway {
         let gw = ipam::parse_addr("gateway", g).map_err(|e| field("gateway", e))?;
@@ -357,120 +374,92 @@ pub fn version_has(version: &str, command: Command) -> bool {
 /// Only the `cniVersion` of a configuration, for answers to a request that
 /// fails before the rest is read (the error JSON should carry it).
 pub fn peek_version(stdin: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(stdin).ok()?;
-    let s = v.get("cniVersion")?.as_str()?;
-    SUPPORTED_VERSIONS.contains(&s).then(|| s.to_owned())
+    #[derive(Deserialize)]
+    struct Peek {
+        #[serde(rename = "cniVersion")]
+        cni_version: String,
+        /// Makes anything but an object fail.
+        #[serde(flatten)]
+        _rest: BTreeMap<String, IgnoredAny>,
+    }
+    let v: Peek = serde_json::from_slice(stdin).ok()?;
+    SUPPORTED_VERSIONS
+        .contains(&v.cni_version.as_str())
+        .then_some(v.cni_version)
+}
+
+/// A name as `network create` takes it.
+fn check_name(field: &str, name: &str) -> Result<(), Refusal> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(Refusal::Invalid(format!(
+            "{field} {name:?}: must start with a letter or digit and contain only [a-zA-Z0-9_.-]"
+        )))
+    }
 }
 
 impl NetConf {
     /// Parses stdin. Decoding failures are code 6, a missing or wrong-typed
     /// field 7, an unknown field 2, an unsupported version 1.
     pub fn parse(stdin: &[u8], default_socket: &str) -> Result<NetConf, CniError> {
-        let value: Value = serde_json::from_slice(stdin).map_err(|e| {
-            CniError::new(
-                code::DECODING_FAILURE,
-                "network configuration: not valid JSON",
-            )
-            .with_details(e.to_string())
+        Ok(NetConf::parse_raw(stdin, default_socket)?)
+    }
+
+    fn parse_raw(stdin: &[u8], default_socket: &str) -> Result<NetConf, Refusal> {
+        // A Value first: a duplicate key is the last one, as JSON readers
+        // take it, and an array is not a configuration.
+        let value: Value = serde_json::from_slice(stdin).map_err(|e| Refusal::Decoding {
+            msg: "network configuration: not valid JSON",
+            details: e.to_string(),
         })?;
-        let Value::Object(obj) = value else {
-            return Err(CniError::new(
-                code::DECODING_FAILURE,
-                "network configuration: expected a JSON object",
-            ));
+        let not_object = || Refusal::Decoding {
+            msg: "network configuration: expected a JSON object",
+            details: String::new(),
         };
-        let cni_version = opt_str(&obj, "cniVersion", "")?
-            .ok_or_else(|| invalid("cniVersion: missing".into()))?
-            .to_owned();
+        if !value.is_object() {
+            return Err(not_object());
+        }
+        // Every field takes any JSON (see Field), so this cannot fail on an
+        // object.
+        let raw: RawConf = serde_json::from_value(value).map_err(|_| not_object())?;
+        NetConf::from_raw(raw, default_socket)
+    }
+
+    fn from_raw(mut raw: RawConf, default_socket: &str) -> Result<NetConf, Refusal> {
+        let cni_version = opt_str(raw.cni_version.take(), "cniVersion")?
+            .ok_or_else(|| Refusal::Invalid("cniVersion: missing".into()))?;
         if !SUPPORTED_VERSIONS.contains(&cni_version.as_str()) {
-            return Err(CniError::new(
-                code::INCOMPATIBLE_VERSION,
-                format!(
-                    "cniVersion {cni_version}: not supported (supported: {})",
-                    SUPPORTED_VERSIONS.join(", ")
-                ),
-            ));
-        }
-        check_known(&obj, &TOP_FIELDS, "")?;
-        let name = opt_str(&obj, "name", "")?
-            .ok_or_else(|| invalid("name: missing".into()))?
-            .to_owned();
-        if !valid_name(&name) {
-            return Err(invalid(format!(
-                "name {name:?}: must start with a letter or digit and contain only [a-zA-Z0-9_.-]"
+            return Err(Refusal::Version(format!(
+                "cniVersion {cni_version}: not supported (supported: {})",
+                SUPPORTED_VERSIONS.join(", ")
             )));
         }
-        let plugin_type = opt_str(&obj, "type", "")?
-            .ok_or_else(|| invalid("type: missing".into()))?
-            .to_owned();
-        let network = opt_str(&obj, "network", "")?.unwrap_or(&name).to_owned();
-        if !valid_name(&network) {
-            return Err(invalid(format!(
-                "network {network:?}: must start with a letter or digit and contain only [a-zA-Z0-9_.-]"
-            )));
-        }
-        let socket = PathBuf::from(opt_str(&obj, "socket", "")?.unwrap_or(default_socket));
+        check_known(raw.unknown.keys(), &TOP_FIELDS, "")?;
+        let name = opt_str(raw.name.take(), "name")?
+            .ok_or_else(|| Refusal::Invalid("name: missing".into()))?;
+        check_name("name", &name)?;
+        let plugin_type = opt_str(raw.plugin_type.take(), "type")?
+            .ok_or_else(|| Refusal::Invalid("type: missing".into()))?;
+        let network = opt_str(raw.network.take(), "network")?.unwrap_or_else(|| name.clone());
+        check_name("network", &network)?;
+        let socket = PathBuf::from(
+            opt_str(raw.socket.take(), "socket")?.unwrap_or_else(|| default_socket.to_owned()),
+        );
         if !socket.is_absolute() {
-            return Err(invalid(format!(
+            return Err(Refusal::Invalid(format!(
                 "socket {}: expected an absolute path",
                 socket.display()
             )));
         }
-
-        let mut spec = NetworkSpec::default();
-        match obj.get("ipam") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(ipam)) => {
-                check_known(ipam, &IPAM_FIELDS, "ipam.")?;
-                if let Some(t) = opt_str(ipam, "type", "ipam.")? {
-                    if !IPAM_TYPES.contains(&t) {
-                        return Err(unsupported(format!(
-                            "ipam.type {t}: addresses come from the dataplane's own IPAM \
-                             (use \"ipam\": {{}} or type {})",
-                            IPAM_TYPES[0]
-                        )));
-                    }
-                }
-                spec.subnet = opt_str(ipam, "subnet", "ipam.")?.map(str::to_owned);
-                spec.gateway = opt_str(ipam, "gateway", "ipam.")?.map(str::to_owned);
-                spec.ip_range = opt_str(ipam, "ipRange", "ipam.")?.map(str::to_owned);
-            }
-            Some(other) => return Err(invalid(format!("ipam {other}: expected an object"))),
-        }
-        spec.bridge = opt_str(&obj, "bridge", "")?.map(str::to_owned);
-        if let Some(b) = &spec.bridge {
-            if !valid_ifname(b) {
-                return Err(invalid(format!(
-                    "bridge {b:?}: not a valid interface name (1-15 bytes)"
-                )));
-            }
-        }
-        spec.mtu = match obj.get("mtu") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(
-                v.as_u64()
-                    .and_then(|m| u32::try_from(m).ok())
-                    .filter(|m| (68..=65535).contains(m))
-                    .ok_or_else(|| {
-                        invalid(format!("mtu {v}: expected a number from 68 to 65535"))
-                    })?,
-            ),
-        };
-        spec.ip_masq = match obj.get("ipMasq") {
-            None | Some(Value::Null) => None,
-            Some(Value::Bool(b)) => Some(*b),
-            Some(v) => return Err(invalid(format!("ipMasq {v}: expected true or false"))),
-        };
+        let spec = network_spec(&mut raw)?;
         // Only a subnet can make a network; bridge/mtu/ipMasq alone only
         // describe one that must exist.
         let create = spec.subnet.is_some().then_some(spec.clone());
-        let ipam_error = check_ipam(&spec).err();
-
-        if let Some(caps) = obj.get("capabilities") {
-            let caps = caps
-                .as_object()
-                .ok_or_else(|| invalid(format!("capabilities {caps}: expected an object")))?;
-            check_known(caps, &CAPABILITIES, "capabilities.")?;
+        let ipam_error = check_ipam(&spec).err().map(CniError::from);
+        if let Some(caps) = raw.capabilities.take() {
+            let caps = caps.or_refuse("capabilities", "expected an object")?;
+            check_known(caps.keys(), &CAPABILITIES, "capabilities.")?;
         }
         let mut conf = NetConf {
             cni_version,
@@ -487,53 +476,36 @@ impl NetConf {
             valid_attachments: None,
             ipam_error,
         };
-        if let Some(rc) = obj.get("runtimeConfig").filter(|v| !v.is_null()) {
-            conf.runtime_config(rc)?;
+        if let Some(rc) = raw.runtime_config.take() {
+            conf.runtime_config(rc.or_refuse("runtimeConfig", "expected an object")?)?;
         }
-        conf.dns = match obj.get("dns") {
-            None | Some(Value::Null) => None,
-            Some(d @ Value::Object(_)) => Some(d.clone()),
-            Some(d) => return Err(invalid(format!("dns {d}: expected an object"))),
-        };
-        conf.prev_result = match obj.get("prevResult") {
-            None | Some(Value::Null) => None,
-            Some(p @ Value::Object(_)) => Some(p.clone()),
-            Some(p) => return Err(invalid(format!("prevResult {p}: expected an object"))),
-        };
-        if let Some(v) = obj.get("cni.dev/valid-attachments") {
-            #[derive(Deserialize)]
-            #[serde(rename_all = "camelCase")]
-            struct Valid {
-                #[serde(rename = "containerID")]
-                container_id: String,
-                ifname: String,
-            }
-            let list: Vec<Valid> = serde_json::from_value(v.clone())
-                .map_err(|e| invalid(format!("cni.dev/valid-attachments: {e}")))?;
-            conf.valid_attachments = Some(
-                list.into_iter()
-                    .map(|a| AttachmentKey {
-                        container_id: a.container_id,
-                        ifname: a.ifname,
-                    })
-                    .collect(),
-            );
+        conf.dns = raw
+            .dns
+            .map(|d| d.or_refuse("dns", "expected an object").map(Value::Object))
+            .transpose()?;
+        conf.prev_result = raw
+            .prev_result
+            .map(|p| {
+                p.or_refuse("prevResult", "expected an object")
+                    .map(Value::Object)
+            })
+            .transpose()?;
+        if let Some(v) = raw.valid_attachments {
+            let list = v.or_refuse_with_error("cni.dev/valid-attachments")?;
+            let keys = list.into_iter().map(|a| AttachmentKey {
+                container_id: a.container_id,
+                ifname: a.ifname,
+            });
+            conf.valid_attachments = Some(keys.collect());
         }
         Ok(conf)
     }
 
-    /// `runtimeConfig`: the capabilities the runtime fills in. Keys of
-    /// capabilities this plugin does not declare are not ours to judge (the
-    /// runtime only sends what the configuration asked for) and are ignored.
-    fn runtime_config(&mut self, rc: &Value) -> Result<(), CniError> {
-        let rc = rc
-            .as_object()
-            .ok_or_else(|| invalid(format!("runtimeConfig {rc}: expected an object")))?;
-        if let Some(pm) = rc.get("portMappings").filter(|v| !v.is_null()) {
-            let maps: Vec<PortMap> = serde_json::from_value(pm.clone())
-                .map_err(|e| invalid(format!("runtimeConfig.portMappings: {e}")))?;
-            for m in &maps {
-                let spec = m.spec()?;
+    /// `runtimeConfig`'s capabilities, checked.
+    fn runtime_config(&mut self, rc: RawRuntimeConfig) -> Result<(), Refusal> {
+        if let Some(pm) = rc.port_mappings {
+            for m in &pm.or_refuse_with_error("runtimeConfig.portMappings")? {
+                let spec = m.checked()?;
                 // podman passes a mapping once per address family it binds;
                 // one IPv4 mapping covers them all.
                 if !self.publish.contains(&spec) {
@@ -541,113 +513,86 @@ impl NetConf {
                 }
             }
         }
-        if let Some(ips) = rc.get("ips").filter(|v| !v.is_null()) {
-            let list: Vec<String> = serde_json::from_value(ips.clone())
-                .map_err(|e| invalid(format!("runtimeConfig.ips: {e}")))?;
-            for ip in &list {
+        if let Some(ips) = rc.ips {
+            for ip in &ips.or_refuse_with_error("runtimeConfig.ips")? {
                 let addr = ip.split('/').next().unwrap_or_default();
                 match addr.parse::<IpAddr>() {
                     Ok(IpAddr::V4(a)) if self.ip.is_none() => self.ip = Some(a),
                     Ok(IpAddr::V4(_)) => {
-                        return Err(unsupported(format!(
+                        return Err(Refusal::Unsupported(format!(
                             "runtimeConfig.ips {ip}: one IPv4 address per attachment"
                         )))
                     }
                     Ok(IpAddr::V6(_)) => {
-                        return Err(unsupported(format!(
+                        return Err(Refusal::Unsupported(format!(
                             "runtimeConfig.ips {ip}: IPv6 is not supported yet"
                         )))
                     }
                     Err(_) => {
-                        return Err(invalid(format!(
+                        return Err(Refusal::Invalid(format!(
                             "runtimeConfig.ips {ip:?}: not an IP address"
                         )))
                     }
                 }
             }
         }
-        if let Some(mac) = rc.get("mac").filter(|v| !v.is_null()) {
-            let mac = mac
-                .as_str()
-                .ok_or_else(|| invalid(format!("runtimeConfig.mac {mac}: expected a string")))?;
-            crate::network::ipam::parse_mac(mac)
-                .map_err(|e| invalid(format!("runtimeConfig.mac: {e}")))?;
-            self.mac = Some(mac.to_owned());
+        if let Some(mac) = rc.mac {
+            let mac = mac.or_refuse("runtimeConfig.mac", "expected a string")?;
+            crate::network::ipam::parse_mac(&mac)
+                .map_err(|e| Refusal::Invalid(format!("runtimeConfig.mac: {e}")))?;
+            self.mac = Some(mac);
         }
         Ok(())
     }
 }
 
+/// `ipam`, `bridge`, `mtu` and `ipMasq`: the network as the plugin would
+/// create it. The ipam values are checked later (see `ipam_error`).
+fn network_spec(raw: &mut RawConf) -> Result<NetworkSpec, Refusal> {
+    let mut spec = NetworkSpec::default();
+    if let Some(ipam) = raw.ipam.take() {
+        let ipam = ipam.or_refuse("ipam", "expected an object")?;
+        check_known(ipam.unknown.keys(), &IPAM_FIELDS, "ipam.")?;
+        if let Some(t) = opt_str(ipam.ipam_type, "ipam.type")? {
+            if !IPAM_TYPES.contains(&t.as_str()) {
+                return Err(Refusal::Unsupported(format!(
+                    "ipam.type {t}: addresses come from the dataplane's own IPAM \
+                     (use \"ipam\": {{}} or type {})",
+                    IPAM_TYPES[0]
+                )));
+            }
+        }
+        spec.subnet = opt_str(ipam.subnet, "ipam.subnet")?;
+        spec.gateway = opt_str(ipam.gateway, "ipam.gateway")?;
+        spec.ip_range = opt_str(ipam.ip_range, "ipam.ipRange")?;
+    }
+    spec.bridge = opt_str(raw.bridge.take(), "bridge")?;
+    if let Some(b) = &spec.bridge {
+        if !valid_ifname(b) {
+            return Err(Refusal::Invalid(format!(
+                "bridge {b:?}: not a valid interface name (1-15 bytes)"
+            )));
+        }
+    }
+    let mtu_range = "expected a number from 68 to 65535";
+    spec.mtu = match raw.mtu.take() {
+        None => None,
+        Some(m) => match m.or_refuse("mtu", mtu_range)? {
+            m @ 68..=65535 => Some(m),
+            m => return Err(Refusal::Invalid(format!("mtu {m}: {mtu_range}"))),
+        },
+    };
+    spec.ip_masq = raw
+        .ip_masq
+        .take()
+        .map(|b| b.or_refuse("ipMasq", "expected true or false"))
+        .transpose()?;
+    Ok(spec)
+}
+
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Result<Env, CniError> {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        parse_env(|k| m.get(k).cloned())
-    }
-
-    const BASE: [(&str, &str); 4] = [
-        ("CNI_COMMAND", "ADD"),
-        ("CNI_CONTAINERID", "abc123"),
-        ("CNI_NETNS", "/run/netns/x"),
-        ("CNI_IFNAME", "eth0"),
-    ];
-
-    fn with(over: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
-        let mut v: Vec<_> = BASE
-            .iter()
-            .filter(|(k, _)| !over.iter().any(|(o, _)| o == k))
-            .copied()
-            .collect();
-        v.extend(over.iter().filter(|(_, val)| !val.is_empty()).copied());
-        v
-    }
-
-    #[test]
-    fn environment_is_checked_with_code_4() {
-        let e = env(&BASE).unwrap();
-        assert_eq!(e.command, Command::Add);
-        assert_eq!(e.netns.as_deref(), Some("/run/netns/x"));
-        for (over, needle) in [
-            (vec![("CNI_COMMAND", "FROB")], "CNI_COMMAND \"FROB\""),
-            (vec![("CNI_NETNS", "")], "CNI_NETNS is required for ADD"),
-            (vec![("CNI_NETNS", "relative")], "CNI_NETNS \"relative\""),
-            (vec![("CNI_CONTAINERID", "")], "CNI_CONTAINERID \"\""),
-            (
-                vec![("CNI_IFNAME", "has/slash")],
-                "CNI_IFNAME \"has/slash\"",
-            ),
-            (vec![("CNI_ARGS", "FOO=1")], "CNI_ARGS FOO: unknown key"),
-            (vec![("CNI_ARGS", "IP=1.2.3")], "CNI_ARGS IP=1.2.3"),
-            (vec![("CNI_ARGS", "novalue")], "CNI_ARGS \"novalue\""),
-        ] {
-            let err = env(&with(&over)).unwrap_err();
-            assert_eq!(err.code, code::INVALID_ENV, "{err}");
-            assert!(
-                err.msg.contains(needle),
-                "{:?} should contain {needle:?}",
-                err.msg
-            );
-        }
-        // DEL may come after the namespace is gone.
-        let e = env(&with(&[("CNI_COMMAND", "DEL"), ("CNI_NETNS", "")])).unwrap();
-        assert_eq!(e.netns, None);
-        let e = env(&with(&[(
-            "CNI_ARGS",
-            "IgnoreUnknown=1;FOO=bar;K8S_POD_NAME=x;IP=10.1.0.9",
-        )]))
-        .unwrap();
-        assert_eq!(e.ip, Some(Ipv4Addr::new(10, 1, 0, 9)));
-        // VERSION needs nothing else.
-        let e = env(&[("CNI_COMMAND", "VERSION")]).unwrap();
-        assert_eq!(e.key, None);
-    }
 
     fn conf(json: &str) -> Result<NetConf, CniError> {
         NetConf::parse(json.as_bytes(), "/run/dataplane/dataplane.sock")
@@ -782,6 +727,80 @@ mod tests {
                 err.msg
             );
         }
+    }
+
+    #[test]
+    fn wrong_types_are_refused_quoting_the_value() {
+        for (extra, want, needle) in [
+            (
+                r#""capabilities":null"#,
+                code::INVALID_CONFIG,
+                "capabilities null: expected an object",
+            ),
+            (
+                r#""runtimeConfig":[1]"#,
+                code::INVALID_CONFIG,
+                "runtimeConfig [1]: expected an object",
+            ),
+            (
+                r#""ipam":[]"#,
+                code::INVALID_CONFIG,
+                "ipam []: expected an object",
+            ),
+            (
+                r#""mtu":1400.0"#,
+                code::INVALID_CONFIG,
+                "mtu 1400.0: expected a number",
+            ),
+            (
+                r#""mtu":70000"#,
+                code::INVALID_CONFIG,
+                "mtu 70000: expected a number",
+            ),
+            (
+                r#""network":7"#,
+                code::INVALID_CONFIG,
+                "network 7: expected a string",
+            ),
+            (
+                r#""ipam":{"type":3}"#,
+                code::INVALID_CONFIG,
+                "ipam.type 3: expected a string",
+            ),
+            (
+                r#""runtimeConfig":{"mac":5}"#,
+                code::INVALID_CONFIG,
+                "runtimeConfig.mac 5: expected a string",
+            ),
+            (
+                r#""cni.dev/valid-attachments":null"#,
+                code::INVALID_CONFIG,
+                "cni.dev/valid-attachments: invalid type: null, expected a sequence",
+            ),
+            (
+                r#""zzz":1,"aaa":2"#,
+                code::UNSUPPORTED_FIELD,
+                "aaa: unsupported field",
+            ),
+        ] {
+            let json = format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"t",{extra}}}"#);
+            let err = conf(&json).unwrap_err();
+            assert_eq!(err.code, want, "{json}: {err}");
+            assert!(
+                err.msg.contains(needle),
+                "{json}: {:?} should contain {needle:?}",
+                err.msg
+            );
+        }
+        // Null is absent for the other fields; other capabilities' keys in
+        // runtimeConfig are not ours to judge.
+        let c = conf(
+            r#"{"cniVersion":"1.0.0","name":"n","type":"t","ipam":null,"dns":null,"mtu":null,
+                "runtimeConfig":{"portMappings":null,"bandwidth":{}},"args":{"x":1}}"#,
+        )
+        .unwrap();
+        assert_eq!((c.create, c.dns, c.publish.len()), (None, None, 0));
+        assert_eq!(peek_version(br#"["1.0.0"]"#), None);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! agent that may be starting; the agent is the one writer.
 
 pub mod config;
+mod env;
 pub mod plugin;
 pub mod result;
 
@@ -73,15 +74,23 @@ impl CniError {
 
     /// `{"cniVersion", "code", "msg", "details"}`.
     pub fn to_json(&self, version: &str) -> serde_json::Value {
-        let mut v = serde_json::json!({
-            "cniVersion": version,
-            "code": self.code,
-            "msg": self.msg,
-        });
-        if !self.details.is_empty() {
-            v["details"] = serde_json::Value::String(self.details.clone());
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct ErrorJson<'a> {
+            cni_version: &'a str,
+            code: u32,
+            msg: &'a str,
+            #[serde(skip_serializing_if = "str::is_empty")]
+            details: &'a str,
         }
-        v
+        let json = ErrorJson {
+            cni_version: version,
+            code: self.code,
+            msg: &self.msg,
+            details: &self.details,
+        };
+        // Strings and a number: serialising cannot fail.
+        serde_json::to_value(json).unwrap_or_default()
     }
 }
 

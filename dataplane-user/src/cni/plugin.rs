@@ -3,12 +3,16 @@
 //! agent is checked first, so a bad request never reaches it and changes
 //! nothing.
 
-use serde_json::{json, Value};
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::{
     code,
     config::{parse_env, peek_version, version_has, Command, NetConf},
-    result, AddArgs, AddResult, CheckArgs, CniError, GcArgs, DEFAULT_VERSION, SUPPORTED_VERSIONS,
+    result, AddArgs, AddResult, AttachmentKey, CheckArgs, CniError, GcArgs, DEFAULT_VERSION,
+    SUPPORTED_VERSIONS,
 };
 use crate::api::{self, ApiError, Request};
 
@@ -50,10 +54,11 @@ async fn dispatch(
     if env.command == Command::Version {
         // The request's version when we speak it (libcni asks with its own).
         let version = peek_version(stdin).unwrap_or_else(|| DEFAULT_VERSION.to_owned());
-        return Ok(Some(json!({
-            "cniVersion": version,
-            "supportedVersions": SUPPORTED_VERSIONS,
-        })));
+        let answer = VersionAnswer {
+            cni_version: version,
+            supported_versions: &SUPPORTED_VERSIONS,
+        };
+        return Ok(Some(serde_json::to_value(answer).unwrap_or_default()));
     }
     let mut conf = NetConf::parse(stdin, api::DEFAULT_SOCKET)?;
     if let Some(e) = conf.ipam_error.take() {
@@ -74,40 +79,7 @@ async fn dispatch(
     }
     let command = env.command.name();
     match (env.command, env.key) {
-        (Command::Add, Some(key)) => {
-            let ip = match (conf.ip, env.ip) {
-                (Some(a), Some(b)) if a != b => {
-                    return Err(CniError::new(
-                        code::INVALID_CONFIG,
-                        format!("runtimeConfig.ips {a} and CNI_ARGS IP={b} disagree"),
-                    ))
-                }
-                (a, b) => a.or(b),
-            };
-            let args = AddArgs {
-                network: conf.network.clone(),
-                create: conf.create.clone(),
-                key,
-                netns: env.netns.unwrap_or_default(),
-                ip: ip.map(|i| i.to_string()),
-                mac: conf.mac.clone(),
-                publish: conf.publish.clone(),
-            };
-            let v = call(&conf, command, Request::CniAdd { args }).await?;
-            let added: AddResult = serde_json::from_value(v).map_err(|e| {
-                CniError::new(
-                    code::AGENT_UNREACHABLE,
-                    "the agent's ADD answer is malformed",
-                )
-                .with_details(e.to_string())
-            })?;
-            Ok(Some(result::add_result(
-                &conf.cni_version,
-                conf.prev_result.as_ref(),
-                conf.dns.as_ref(),
-                &added,
-            )))
-        }
+        (Command::Add, Some(key)) => add(&conf, key, env.netns, env.ip).await.map(Some),
         (Command::Del, Some(key)) => {
             call(
                 &conf,
@@ -120,45 +92,7 @@ async fn dispatch(
             .await?;
             Ok(None)
         }
-        (Command::Check, Some(key)) => {
-            let prev = conf.prev_result.as_ref().ok_or_else(|| {
-                CniError::new(
-                    code::INVALID_CONFIG,
-                    "prevResult: CHECK needs the result of the ADD it checks",
-                )
-            })?;
-            let reported = result::reported(prev, &key.ifname)?;
-            let args = CheckArgs {
-                network: conf.network.clone(),
-                key,
-                netns: env.netns.unwrap_or_default(),
-                address: reported.address,
-                routes: reported.routes,
-                publish: conf.publish.clone(),
-            };
-            let v = call(&conf, command, Request::CniCheck { args }).await?;
-            // A malformed answer must not pass for "no problems".
-            let problems: Vec<String> =
-                serde_json::from_value(v["problems"].clone()).map_err(|e| {
-                    CniError::new(
-                        code::AGENT_UNREACHABLE,
-                        "the agent's CHECK answer is malformed",
-                    )
-                    .with_details(e.to_string())
-                })?;
-            if problems.is_empty() {
-                Ok(None)
-            } else {
-                Err(CniError::new(
-                    code::CHECK_FAILED,
-                    format!(
-                        "CHECK: the attachment on network {} differs from what ADD set up",
-                        conf.network
-                    ),
-                )
-                .with_details(problems.join("; ")))
-            }
-        }
+        (Command::Check, Some(key)) => check(&conf, key, env.netns).await.map(|()| None),
         (Command::Gc, _) => {
             let valid = conf.valid_attachments.clone().ok_or_else(|| {
                 CniError::new(
@@ -191,6 +125,101 @@ async fn dispatch(
 
 /// One API call; the errors as CNI codes: no agent is 11 (the runtime may
 /// retry once the agent is back), a refusal is 100 with the agent's words.
+/// VERSION's answer.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct VersionAnswer {
+    cni_version: String,
+    supported_versions: &'static [&'static str],
+}
+
+/// ADD: the agent attaches, the result is the spec's.
+async fn add(
+    conf: &NetConf,
+    key: AttachmentKey,
+    netns: Option<String>,
+    env_ip: Option<Ipv4Addr>,
+) -> Result<Value, CniError> {
+    let ip = match (conf.ip, env_ip) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!("runtimeConfig.ips {a} and CNI_ARGS IP={b} disagree"),
+            ))
+        }
+        (a, b) => a.or(b),
+    };
+    let args = AddArgs {
+        network: conf.network.clone(),
+        create: conf.create.clone(),
+        key,
+        netns: netns.unwrap_or_default(),
+        ip: ip.map(|i| i.to_string()),
+        mac: conf.mac.clone(),
+        publish: conf.publish.clone(),
+    };
+    let v = call(conf, "ADD", Request::CniAdd { args }).await?;
+    let added: AddResult = serde_json::from_value(v).map_err(|e| {
+        CniError::new(
+            code::AGENT_UNREACHABLE,
+            "the agent's ADD answer is malformed",
+        )
+        .with_details(e.to_string())
+    })?;
+    Ok(result::add_result(
+        &conf.cni_version,
+        conf.prev_result.as_ref(),
+        conf.dns.as_ref(),
+        &added,
+    ))
+}
+
+/// The agent's answer to `cni_check`.
+#[derive(Deserialize)]
+struct CheckAnswer {
+    problems: Vec<String>,
+}
+
+/// CHECK: the agent compares what ADD reported with what is live.
+async fn check(conf: &NetConf, key: AttachmentKey, netns: Option<String>) -> Result<(), CniError> {
+    let prev = conf.prev_result.as_ref().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "prevResult: CHECK needs the result of the ADD it checks",
+        )
+    })?;
+    let reported = result::reported(prev, &key.ifname)?;
+    let args = CheckArgs {
+        network: conf.network.clone(),
+        key,
+        netns: netns.unwrap_or_default(),
+        address: reported.address,
+        routes: reported.routes,
+        publish: conf.publish.clone(),
+    };
+    let v = call(conf, "CHECK", Request::CniCheck { args }).await?;
+    // A malformed answer must not pass for "no problems".
+    let answer: CheckAnswer = serde_json::from_value(v).map_err(|e| {
+        CniError::new(
+            code::AGENT_UNREACHABLE,
+            "the agent's CHECK answer is malformed",
+        )
+        .with_details(e.to_string())
+    })?;
+    if answer.problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            code::CHECK_FAILED,
+            format!(
+                "CHECK: the attachment on network {} differs from what ADD set up",
+                conf.network
+            ),
+        )
+        .with_details(answer.problems.join("; ")))
+    }
+}
+
 async fn call(conf: &NetConf, command: &str, req: Request) -> Result<Value, CniError> {
     match api::call(&conf.socket, &req).await {
         Ok(Some(v)) => Ok(v),
@@ -237,7 +266,10 @@ mod tests {
         let (out, v) = run_with(&[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"0.4.0"}"#);
         assert!(out.success);
         assert_eq!(v["cniVersion"], "0.4.0");
-        assert_eq!(v["supportedVersions"], json!(SUPPORTED_VERSIONS));
+        assert_eq!(
+            v["supportedVersions"],
+            serde_json::json!(SUPPORTED_VERSIONS)
+        );
     }
 
     #[test]

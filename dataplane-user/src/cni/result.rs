@@ -5,7 +5,8 @@
 
 use std::net::Ipv4Addr;
 
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 use super::{code, config::version_tuple, AddResult, CniError};
 
@@ -24,34 +25,32 @@ pub fn add_result(
     out.insert("cniVersion".into(), Value::String(version.to_owned()));
     let mut interfaces = take_array(&mut out, "interfaces");
     if let Some(host) = &added.host_ifname {
-        let mut i = json!({ "name": host });
-        if let Some(mac) = &added.host_mac {
-            i["mac"] = Value::String(mac.clone());
-        }
-        interfaces.push(i);
+        interfaces.push(to_value(Interface {
+            name: host.clone(),
+            mac: added.host_mac.clone(),
+            sandbox: None,
+        }));
     }
     let index = interfaces.len();
-    interfaces.push(json!({
-        "name": added.ifname,
-        "mac": added.mac,
-        "sandbox": added.netns,
+    interfaces.push(to_value(Interface {
+        name: added.ifname.clone(),
+        mac: Some(added.mac.clone()),
+        sandbox: Some(added.netns.clone()),
     }));
-    let mut ip = json!({
-        "address": format!("{}/{}", added.ipv4, added.prefix_len),
-        "interface": index,
-    });
-    if let Some(gw) = added.gateway {
-        ip["gateway"] = Value::String(gw.to_string());
-    }
-    // 0.3.x and 0.4.0 results name the address family.
-    if version_tuple(version) < version_tuple("1.0.0") {
-        ip["version"] = Value::String("4".into());
-    }
     let mut ips = take_array(&mut out, "ips");
-    ips.push(ip);
+    ips.push(to_value(IpConfig {
+        address: format!("{}/{}", added.ipv4, added.prefix_len),
+        interface: index,
+        gateway: added.gateway.map(|gw| gw.to_string()),
+        // 0.3.x and 0.4.0 results name the address family.
+        version: (version_tuple(version) < version_tuple("1.0.0")).then_some("4"),
+    }));
     let mut routes = take_array(&mut out, "routes");
     if let (true, Some(gw)) = (added.default_route, added.gateway) {
-        routes.push(json!({ "dst": "0.0.0.0/0", "gw": gw.to_string() }));
+        routes.push(to_value(Route {
+            dst: "0.0.0.0/0".into(),
+            gw: gw.to_string(),
+        }));
     }
     out.insert("interfaces".into(), Value::Array(interfaces));
     out.insert("ips".into(), Value::Array(ips));
@@ -65,6 +64,40 @@ pub fn add_result(
         }
     }
     Value::Object(out)
+}
+
+/// The spec's `interfaces` entry.
+#[derive(Serialize)]
+struct Interface {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sandbox: Option<String>,
+}
+
+/// The spec's `ips` entry.
+#[derive(Serialize)]
+struct IpConfig {
+    address: String,
+    interface: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<&'static str>,
+}
+
+/// The spec's `routes` entry.
+#[derive(Serialize)]
+struct Route {
+    dst: String,
+    gw: String,
+}
+
+/// Entries of the result, which holds other plugins' entries as JSON too.
+fn to_value(entry: impl Serialize) -> Value {
+    // Strings and numbers only: serialising cannot fail.
+    serde_json::to_value(entry).unwrap_or_default()
 }
 
 fn take_array(m: &mut Map<String, Value>, key: &str) -> Vec<Value> {
@@ -155,6 +188,8 @@ pub fn reported(prev: &Value, ifname: &str) -> Result<Reported, CniError> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn added() -> AddResult {

@@ -1,5 +1,6 @@
-//! Prometheus metrics: what the dataplane counts, in the text exposition
-//! format 0.0.4, and a minimal HTTP/1.1 server for `GET /metrics`.
+//! Prometheus metrics: what the dataplane counts, encoded by
+//! `prometheus-client` in the OpenMetrics text format, and the HTTP/1.1
+//! server (hyper) for `GET /metrics`.
 //!
 //! Nothing is cached: [`render`] reads the pinned maps and the state it is
 //! given at each scrape, so the numbers are the kernel's, whoever loaded the
@@ -7,7 +8,10 @@
 //! pinned yet (nothing loaded) contributes no series rather than failing the
 //! scrape, so a fresh host still answers.
 //!
-//! | metric | type | labels | source |
+//! Counter families are declared without their `_total` (OpenMetrics);
+//! their samples carry it, so the series names below are the ones to query.
+//!
+//! | series | type | labels | source |
 //! |---|---|---|---|
 //! | `dataplane_packets_total`, `dataplane_bytes_total` | counter | `protocol` | `DP_PROTO_STATS` |
 //! | `dataplane_drops_total`, `dataplane_dropped_bytes_total` | counter | `reason` | `DP_DROP_STATS` |
@@ -24,12 +28,16 @@
 //! and is capped at the map's size.
 //!
 //! The server answers one request per connection (`Connection: close`),
-//! with a bounded request head and read and write timeouts, and at most
+//! with a bounded request head (431 beyond), a read timeout (408) and a
+//! write timeout, and at most
 //! [`MAX_CONNECTIONS`] connections at a time (more wait in the listen
 //! backlog), so a slow or hostile client costs a bounded amount.
 
 use std::{
-    collections::BTreeMap, fmt::Write as _, future::Future, io, net::Ipv4Addr, sync::Arc,
+    collections::BTreeMap,
+    fmt::{self, Write as _},
+    io,
+    net::Ipv4Addr,
     time::Duration,
 };
 
@@ -44,11 +52,13 @@ use dataplane_common::{
     nat::{EndpointInfo, HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink},
     sock::SockRevNat,
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-    task::JoinSet,
-    time::timeout,
+use prometheus_client::{
+    collector::Collector,
+    encoding::{
+        DescriptorEncoder, EncodeLabelValue, EncodeMetric as _, LabelValueEncoder, MetricEncoder,
+    },
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::Registry,
 };
 
 use crate::{
@@ -59,14 +69,15 @@ use crate::{
     stats::{self, ReadError},
 };
 
-/// The content type of the text exposition format this module writes.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The content type of the OpenMetrics text format `prometheus-client`
+/// writes (Prometheus asks for it first).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The only path served.
 pub const PATH: &str = "/metrics";
 
 /// Longest request head (request line and headers) read; a scraper sends a
-/// few hundred bytes.
+/// few hundred bytes. Hyper's smallest buffer limit.
 pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
 
 /// Time a client has to send its whole request head.
@@ -115,14 +126,41 @@ fn map_err(map: &'static str) -> impl Fn(MapError) -> MetricsError {
 }
 
 // ---------------------------------------------------------------------------
-// The exposition format.
+// The exposition format, written by `prometheus-client`.
 
-type Labels = Vec<(&'static str, String)>;
+type Labels = Vec<(&'static str, LabelValue)>;
 
-/// One metric family: its HELP and TYPE lines and its samples.
+/// A label value, escaped as the text format wants (the crate writes label
+/// values as given, and a filter rule's text can hold a double quote).
+#[derive(Clone, Debug)]
+struct LabelValue(String);
+
+impl From<String> for LabelValue {
+    fn from(s: String) -> LabelValue {
+        LabelValue(s)
+    }
+}
+
+impl EncodeLabelValue for LabelValue {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One metric family: its name as the samples carry it, type, help and
+/// samples, in the order they were read.
+#[derive(Debug)]
 struct Family {
     name: &'static str,
-    kind: &'static str,
+    kind: MetricType,
     help: &'static str,
     samples: Vec<(Labels, u64)>,
 }
@@ -131,7 +169,7 @@ impl Family {
     fn counter(name: &'static str, help: &'static str) -> Family {
         Family {
             name,
-            kind: "counter",
+            kind: MetricType::Counter,
             help,
             samples: Vec::new(),
         }
@@ -140,66 +178,75 @@ impl Family {
     fn gauge(name: &'static str, help: &'static str) -> Family {
         Family {
             name,
-            kind: "gauge",
+            kind: MetricType::Gauge,
             help,
             samples: Vec::new(),
         }
     }
 
-    fn sample(&mut self, labels: Labels, value: u64) {
+    fn sample(&mut self, labels: Vec<(&'static str, String)>, value: u64) {
+        let labels = labels.into_iter().map(|(k, v)| (k, v.into())).collect();
         self.samples.push((labels, value));
     }
 
-    fn with(mut self, labels: Labels, value: u64) -> Family {
+    fn with(mut self, labels: Vec<(&'static str, String)>, value: u64) -> Family {
         self.sample(labels, value);
         self
     }
 }
 
-/// HELP text: backslash and line feed escaped.
-fn escape_help(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('\n', "\\n")
-}
+/// One scrape's families, handed to the crate as a collector: the values
+/// are read once per scrape, so they are constants, not live metrics.
+#[derive(Debug)]
+struct Scrape(Vec<Family>);
 
-/// A label value: backslash, double quote and line feed escaped.
-fn escape_label(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Writes the families in order. A family without samples is left out
-/// entirely: its map is not pinned, or there is nothing of its kind.
-fn encode(families: &[Family]) -> String {
-    let mut out = String::new();
-    for f in families.iter().filter(|f| !f.samples.is_empty()) {
-        // Writing into a String cannot fail.
-        let _ = writeln!(out, "# HELP {} {}", f.name, escape_help(f.help));
-        let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
-        for (labels, value) in &f.samples {
-            out.push_str(f.name);
-            if !labels.is_empty() {
-                out.push('{');
-                for (i, (k, v)) in labels.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
+impl Collector for Scrape {
+    /// A family without samples is left out entirely: its map is not
+    /// pinned, or there is nothing of its kind.
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        for f in self.0.iter().filter(|f| !f.samples.is_empty()) {
+            // OpenMetrics names a counter family without the `_total` its
+            // samples carry; the crate appends it to each sample.
+            let name = match f.kind {
+                MetricType::Counter => f.name.strip_suffix("_total").unwrap_or(f.name),
+                _ => f.name,
+            };
+            let mut family = encoder.encode_descriptor(name, f.help, None, f.kind)?;
+            match f.samples.as_slice() {
+                // A series without labels is the family's only one; through
+                // `encode_family` it would be written with an empty `{}`.
+                [(labels, value)] if labels.is_empty() => encode_value(f.kind, *value, family)?,
+                samples => {
+                    for (labels, value) in samples {
+                        encode_value(f.kind, *value, family.encode_family(labels)?)?;
                     }
-                    let _ = write!(out, "{k}=\"{}\"", escape_label(v));
                 }
-                out.push('}');
             }
-            let _ = writeln!(out, " {value}");
         }
+        Ok(())
     }
+}
+
+fn encode_value(kind: MetricType, value: u64, sample: MetricEncoder) -> fmt::Result {
+    match kind {
+        MetricType::Counter => ConstCounter::new(value).encode(sample),
+        _ => ConstGauge::new(value).encode(sample),
+    }
+}
+
+/// The families in order, in the OpenMetrics text format (with its
+/// closing `# EOF`).
+fn encode(families: Vec<Family>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape(families)));
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
     out
 }
+mod server;
+
+pub use server::serve;
 
 // ---------------------------------------------------------------------------
 // Reading the maps.
@@ -530,241 +577,7 @@ pub fn render(pins: &PinRoot, state: &State) -> Result<String, MetricsError> {
         Family::gauge("dataplane_endpoints", "Endpoints in the state.")
             .with(Vec::new(), state.endpoints.len() as u64),
     );
-    Ok(encode(&families))
-}
-
-// ---------------------------------------------------------------------------
-// The HTTP server.
-
-/// Serves `GET /metrics` on `listener` until `shutdown` resolves; other
-/// paths get 404, other methods 405. `state` returns the current state
-/// (the caller reads the state file under its lock); it and [`render`]
-/// run on the blocking pool, since both do file and map syscalls.
-///
-/// Returns when `shutdown` resolves, aborting connections still open, or
-/// with an error when the listener itself fails. Errors of single
-/// connections are logged and do not stop the server.
-pub async fn serve<F>(
-    listener: TcpListener,
-    pins: PinRoot,
-    state: F,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), MetricsError>
-where
-    F: Fn() -> Result<State, String> + Send + Sync + 'static,
-{
-    let state = Arc::new(state);
-    let mut conns = JoinSet::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            Some(done) = conns.join_next(), if !conns.is_empty() => {
-                if let Err(e) = done {
-                    if e.is_panic() {
-                        tracing::warn!("metrics connection task panicked: {e}");
-                    }
-                }
-            }
-            // Not accepting while full leaves further clients in the
-            // listen backlog instead of taking unbounded tasks.
-            accepted = listener.accept(), if conns.len() < MAX_CONNECTIONS => match accepted {
-                Ok((stream, peer)) => {
-                    let pins = pins.clone();
-                    let state = Arc::clone(&state);
-                    conns.spawn(async move {
-                        if let Err(e) = handle(stream, pins, state).await {
-                            tracing::debug!(%peer, "metrics connection: {e}");
-                        }
-                    });
-                }
-                Err(e) if transient(&e) => {
-                    tracing::warn!("accepting a metrics connection: {e}");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
-                Err(e) => return Err(MetricsError::Accept(e)),
-            },
-        }
-    }
-    conns.shutdown().await;
-    Ok(())
-}
-
-/// Accept errors that concern one connection or a passing shortage, after
-/// which the listener still works.
-fn transient(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(
-            libc::ECONNABORTED
-                | libc::ECONNRESET
-                | libc::EPROTO
-                | libc::EINTR
-                | libc::EMFILE
-                | libc::ENFILE
-                | libc::ENOBUFS
-                | libc::ENOMEM
-                | libc::EPERM
-                | libc::ETIMEDOUT
-        )
-    ) || e.kind() == io::ErrorKind::ConnectionAborted
-}
-
-/// How reading a request head ended.
-enum Head {
-    Complete(Vec<u8>),
-    TooLarge,
-    /// The client closed before finishing its request.
-    Truncated,
-}
-
-/// Reads up to the blank line ending the request head, at most
-/// [`MAX_REQUEST_HEAD`] bytes. A GET has no body, so nothing after it is
-/// read.
-async fn read_head(stream: &mut TcpStream) -> io::Result<Head> {
-    let mut buf = Vec::with_capacity(1024);
-    const CHUNK: usize = 1024;
-    let mut chunk = [0u8; CHUNK];
-    loop {
-        let room = MAX_REQUEST_HEAD + 1 - buf.len();
-        let n = stream.read(&mut chunk[..room.min(CHUNK)]).await?;
-        if n == 0 {
-            return Ok(Head::Truncated);
-        }
-        // Search only where the new bytes could complete the terminator.
-        let from = buf.len().saturating_sub(3);
-        buf.extend_from_slice(&chunk[..n]);
-        let tail = &buf[from..];
-        if let Some(end) = find(tail, b"\r\n\r\n")
-            .map(|i| i + 4)
-            .or_else(|| find(tail, b"\n\n").map(|i| i + 2))
-        {
-            buf.truncate(from + end);
-            return Ok(Head::Complete(buf));
-        }
-        if buf.len() > MAX_REQUEST_HEAD {
-            return Ok(Head::TooLarge);
-        }
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// A response, `Connection: close`.
-fn response(status: &str, content_type: &str, extra: &str, body: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-fn plain(status: &str, body: &str) -> Vec<u8> {
-    response(
-        status,
-        "text/plain; charset=utf-8",
-        "",
-        &format!("{body}\n"),
-    )
-}
-
-/// The error and its causes, on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let _ = write!(s, ": {c}");
-        cause = c.source();
-    }
-    s
-}
-
-async fn handle<F>(mut stream: TcpStream, pins: PinRoot, state: Arc<F>) -> io::Result<()>
-where
-    F: Fn() -> Result<State, String> + Send + Sync + 'static,
-{
-    let reply = match timeout(READ_TIMEOUT, read_head(&mut stream)).await {
-        Err(_) => plain("408 Request Timeout", "request not received in time"),
-        Ok(Err(e)) => return Err(e),
-        Ok(Ok(Head::Truncated)) => return Ok(()),
-        Ok(Ok(Head::TooLarge)) => plain(
-            "431 Request Header Fields Too Large",
-            &format!("request head over {MAX_REQUEST_HEAD} bytes"),
-        ),
-        Ok(Ok(Head::Complete(head))) => answer(&head, pins, state).await,
-    };
-    match timeout(WRITE_TIMEOUT, stream.write_all(&reply)).await {
-        Ok(r) => r?,
-        Err(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "writing the response",
-            ))
-        }
-    }
-    stream.shutdown().await?;
-    // Drain what the client still sends (see LINGER), until it closes.
-    let _ = timeout(LINGER, async {
-        let mut sink = [0u8; 4096];
-        let mut drained = 0;
-        while drained < LINGER_BYTES {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => drained += n,
-            }
-        }
-    })
-    .await;
-    Ok(())
-}
-
-/// The response to a complete request head.
-async fn answer<F>(head: &[u8], pins: PinRoot, state: Arc<F>) -> Vec<u8>
-where
-    F: Fn() -> Result<State, String> + Send + Sync + 'static,
-{
-    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_ascii_whitespace();
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return plain("400 Bad Request", "malformed request line");
-    };
-    if !version.starts_with("HTTP/1.") {
-        return plain("400 Bad Request", "HTTP/1.x only");
-    }
-    // A query string does not select anything here.
-    let path = target.split('?').next().unwrap_or(target);
-    if path != PATH {
-        return plain("404 Not Found", "not found; metrics are at /metrics");
-    }
-    if method != "GET" {
-        return response(
-            "405 Method Not Allowed",
-            "text/plain; charset=utf-8",
-            "Allow: GET\r\n",
-            "GET only\n",
-        );
-    }
-    let rendered = tokio::task::spawn_blocking(move || {
-        let state = (*state)().map_err(|e| format!("reading the state: {e}"))?;
-        render(&pins, &state).map_err(|e| chain(&e))
-    })
-    .await;
-    match rendered {
-        Ok(Ok(body)) => response("200 OK", CONTENT_TYPE, "", &body),
-        Ok(Err(e)) => {
-            tracing::warn!("metrics: {e}");
-            plain("500 Internal Server Error", &e)
-        }
-        Err(e) => {
-            tracing::warn!("metrics: rendering failed: {e}");
-            plain("500 Internal Server Error", "rendering failed")
-        }
-    }
+    Ok(encode(families))
 }
 
 #[cfg(test)]
@@ -772,22 +585,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn label_values_and_help_are_escaped() {
-        assert_eq!(escape_label(r#"a\b"c"#), r#"a\\b\"c"#);
-        assert_eq!(escape_label("x\ny"), "x\\ny");
-        assert_eq!(escape_help("a\\b\nc\"d"), "a\\\\b\\nc\"d");
-    }
-
-    #[test]
-    fn families_encode_with_help_type_and_labels() {
+    fn families_encode_with_help_type_and_escaped_labels() {
         let mut f = Family::counter("x_total", "Some x.");
-        f.sample(vec![("a", "1".into()), ("b", "q\"".into())], 7);
+        f.sample(vec![("a", "1".into()), ("b", "q\"\\\n".into())], 7);
         let g = Family::gauge("y", "Some y.").with(Vec::new(), 3);
         let empty = Family::gauge("z", "Nothing.");
         assert_eq!(
-            encode(&[f, empty, g]),
-            "# HELP x_total Some x.\n# TYPE x_total counter\nx_total{a=\"1\",b=\"q\\\"\"} 7\n\
-             # HELP y Some y.\n# TYPE y gauge\ny 3\n"
+            encode(vec![f, empty, g]),
+            "# HELP x Some x.\n# TYPE x counter\nx_total{a=\"1\",b=\"q\\\"\\\\\\n\"} 7\n\
+             # HELP y Some y.\n# TYPE y gauge\ny 3\n# EOF\n"
         );
     }
 
@@ -799,7 +605,7 @@ mod tests {
             text,
             "# HELP dataplane_networks Networks in the state.\n# TYPE dataplane_networks gauge\n\
              dataplane_networks 0\n# HELP dataplane_endpoints Endpoints in the state.\n\
-             # TYPE dataplane_endpoints gauge\ndataplane_endpoints 0\n"
+             # TYPE dataplane_endpoints gauge\ndataplane_endpoints 0\n# EOF\n"
         );
     }
 }
