@@ -17,7 +17,9 @@ use dataplane_common::nat::NatConfig;
 use ipnet::Ipv4Net;
 
 use super::{
-    driver::{self, BridgeError, DriverError, EndpointPlan},
+    datapath::{BpfDatapath, Datapath, DatapathError},
+    driver::{BridgeError, DriverError, EndpointPlan},
+    host::Host,
     ipam::{self, IpamError, MalformedMac},
     model::{
         Attachment, CreateRequest, DriverKind, Endpoint, Network, DEFAULT_BRIDGE, DEFAULT_MTU,
@@ -26,7 +28,6 @@ use super::{
 };
 use crate::{
     bpffs::PinRoot,
-    conntrack,
     ebpf::Dataplane,
     filter::{self, FilterRule},
     nat::{self, NatError},
@@ -55,6 +56,8 @@ pub enum NetworkError {
     Publish(#[from] PublishError),
     #[error(transparent)]
     Nat(#[from] NatError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
     #[error("--publish {mapping}: {holder} already publishes {existing}")]
     PortConflict {
         mapping: String,
@@ -159,23 +162,6 @@ pub struct ConnectArgs {
     pub publish: Vec<String>,
 }
 
-/// The manager's loaded object, loading it on first use.
-fn loaded<'a>(
-    dp: &'a mut Option<(NatConfig, Dataplane)>,
-    pins: &PinRoot,
-    nat: &NatConfig,
-) -> Result<&'a mut Dataplane, NetworkError> {
-    if dp.is_none() {
-        *dp = Some((
-            *nat,
-            Dataplane::load_with(pins, nat).map_err(NatError::from)?,
-        ));
-    }
-    dp.as_mut()
-        .map(|(_, d)| d)
-        .ok_or_else(|| NetworkError::Random(std::io::Error::other("the eBPF object did not load")))
-}
-
 /// A rule set compiled from its resolved inputs.
 fn compile(inputs: &FilterInputs) -> Result<filter::Compiled, NetworkError> {
     Ok(filter::compile(&inputs.rules, |r| filter::ResolvedRule {
@@ -227,17 +213,15 @@ fn netns_ino(path: &Path) -> Option<(u64, u64)> {
     fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
-pub struct Manager {
+/// The manager over a datapath `D` and a host `H`: by default the eBPF
+/// object and the host namespace's netlink connection; tests use a
+/// [`RecordingDatapath`](super::datapath::RecordingDatapath) and a
+/// [`FakeHost`](super::host::FakeHost).
+pub struct Manager<D = BpfDatapath, H = Netlink> {
     store: StateStore,
     state: State,
-    host: Netlink,
-    pins: PinRoot,
-    /// Masquerade settings for the uplink programs this manager attaches.
-    nat: NatConfig,
-    /// The eBPF object with the pinned maps, loaded once per manager on
-    /// first use (loading costs more than most operations), and the
-    /// masquerade settings it was loaded with (its programs' globals).
-    dp: Option<(NatConfig, Dataplane)>,
+    host: H,
+    dp: D,
     /// What the maps were last set to by this process, so the next change
     /// writes only its difference; None: unknown, reconcile in full.
     applied: Option<Applied>,
@@ -330,19 +314,8 @@ impl Manager {
         if dp.is_none() {
             applied = None;
         }
-        let mut m = Manager {
-            store,
-            state: loaded.clone().unwrap_or_default(),
-            host,
-            pins: pins.clone(),
-            nat: NatConfig::DEFAULT,
-            dp,
-            applied,
-        };
-        if loaded.is_none() {
-            m.init_predefined().await?;
-        }
-        Ok(m)
+        let dp = BpfDatapath::new(pins, dp);
+        Manager::start(store, loaded, host, dp, applied).await
     }
 
     /// Puts what is worth keeping into `slot` for the next manager, then
@@ -352,15 +325,14 @@ impl Manager {
             store,
             state,
             host,
-            pins,
             dp,
             applied,
-            ..
         } = self;
+        let pins = dp.pins().clone();
         let cache = Cache {
             host: Some(host),
             state: Some((store.mark(), state)),
-            dp: dp.map(|(nat, dp)| (pin_id(&pins), nat, dp)),
+            dp: dp.into_loaded().map(|(nat, dp)| (pin_id(&pins), nat, dp)),
             applied,
         };
         *slot.lock().unwrap_or_else(|e| e.into_inner()) = cache;
@@ -385,30 +357,68 @@ impl Manager {
             store,
             state,
             host,
-            pins: pins.clone(),
-            nat: NatConfig::DEFAULT,
-            dp: None,
+            dp: BpfDatapath::new(pins, None),
             applied: None,
         }))
+    }
+}
+
+impl<D: Datapath, H: Host> Manager<D, H> {
+    /// Locks and loads the state in `dir` with the given datapath and host
+    /// (a first start creates the predefined networks): for tests.
+    pub async fn open_with(dir: &Path, dp: D, host: H) -> Result<Self, NetworkError> {
+        let mut store = lock_state(dir).await?;
+        let loaded = store.load()?;
+        Manager::start(store, loaded, host, dp, None).await
+    }
+
+    async fn start(
+        store: StateStore,
+        loaded: Option<State>,
+        host: H,
+        dp: D,
+        applied: Option<Applied>,
+    ) -> Result<Self, NetworkError> {
+        let mut m = Manager {
+            store,
+            state: loaded.clone().unwrap_or_default(),
+            host,
+            dp,
+            applied,
+        };
+        if loaded.is_none() {
+            m.init_predefined().await?;
+        }
+        Ok(m)
+    }
+
+    /// The datapath, as tests read what it was asked to hold.
+    pub fn datapath(&self) -> &D {
+        &self.dp
+    }
+
+    pub fn datapath_mut(&mut self) -> &mut D {
+        &mut self.dp
+    }
+
+    pub fn host(&self) -> &H {
+        &self.host
+    }
+
+    /// Gives back the datapath and host (and releases the state lock).
+    pub fn into_parts(self) -> (D, H) {
+        (self.dp, self.host)
     }
 
     /// Masquerade settings for uplink programs attached from now on.
     pub fn set_nat_config(&mut self, nat: NatConfig) {
-        self.nat = nat;
-        // An object loaded with other settings would attach programs with
-        // them.
-        if self.dp.as_ref().is_some_and(|(loaded, _)| *loaded != nat) {
-            self.dp = None;
-        }
+        self.dp.set_nat_config(nat);
     }
 
     /// Loads (verifies) the endpoint program now, so the first `connect`
     /// of a long-lived manager's life does not pay for it.
     pub fn preload_endpoint_program(&mut self) -> Result<(), NetworkError> {
-        let dp = loaded(&mut self.dp, &self.pins, &self.nat)?;
-        dp.tc_program(nat::ENDPOINT_PROGRAM)
-            .map_err(|e| NetworkError::Nat(e.into()))?;
-        Ok(())
+        Ok(self.dp.preload()?)
     }
 
     pub fn state(&self) -> &State {
@@ -436,16 +446,12 @@ impl Manager {
             macvlan: None,
             labels: BTreeMap::new(),
         };
-        driver::ensure_bridge(
-            &self.host,
-            DEFAULT_BRIDGE,
-            gateway,
-            subnet,
-            DEFAULT_MTU,
-            false,
-        )
-        .await?;
-        enable_forwarding()?;
+        self.host
+            .ensure_bridge(DEFAULT_BRIDGE, gateway, subnet, DEFAULT_MTU, false)
+            .await?;
+        self.host
+            .enable_forwarding()
+            .map_err(NetworkError::Forwarding)?;
         let mut state = State::default();
         for (name, driver) in [("host", DriverKind::Host), ("none", DriverKind::Null)] {
             state.networks.insert(
@@ -483,15 +489,15 @@ impl Manager {
         self.store.commit(&self.state, &state)?;
         self.state = state;
         self.sync_datapath().await?;
-        let report = conntrack::purge(&self.pins, &gone);
-        if report.errors.is_empty() {
+        let errors = self.dp.purge_conntrack(&gone);
+        if errors.is_empty() {
             Ok(())
         } else {
             Err(NetworkError::Teardown {
                 context: "saved, but purging the conntrack entries of removed endpoints and \
                           published ports failed"
                     .into(),
-                errors: report.errors.iter().map(|e| with_sources(e)).collect(),
+                errors,
             })
         }
     }
@@ -501,24 +507,23 @@ impl Manager {
     /// difference is written; otherwise every map is reconciled in full.
     async fn sync_datapath(&mut self) -> Result<(), NetworkError> {
         let inputs = self.filter_inputs(&self.state.filters).await?;
-        let want = nat::desired(&self.state, &self.host).await?;
+        let want = self.host.nat_desired(&self.state).await?;
         let last = self
             .applied
             .take()
             .filter(|a| a.reconciled.elapsed() < RECONCILE_EVERY);
-        let dp = loaded(&mut self.dp, &self.pins, &self.nat)?;
         let (reconciled, last_filters) = match last {
             Some(a) => {
-                nat::apply_changes(dp, &a.nat, &want)?;
+                self.dp.apply_nat_changes(&a.nat, &want)?;
                 (a.reconciled, a.filters)
             }
             None => {
-                nat::apply(dp, &want)?;
+                self.dp.apply_nat(&want)?;
                 (Instant::now(), None)
             }
         };
         if last_filters.as_ref() != Some(&inputs) {
-            filter::apply(dp, &compile(&inputs)?)?;
+            self.dp.apply_filters(&compile(&inputs)?)?;
         }
         self.applied = Some(Applied {
             nat: want,
@@ -790,9 +795,13 @@ impl Manager {
             labels: req.labels.clone(),
         };
         if let Some(name) = &bridge {
-            driver::ensure_bridge(&self.host, name, gateway, subnet, net.mtu, false).await?;
+            self.host
+                .ensure_bridge(name, gateway, subnet, net.mtu, false)
+                .await?;
             if !net.internal {
-                enable_forwarding()?;
+                self.host
+                    .enable_forwarding()
+                    .map_err(NetworkError::Forwarding)?;
             }
         }
         let mut state = self.state.clone();
@@ -896,7 +905,10 @@ impl Manager {
                 network: net.name.clone(),
             })?;
         let netns = netns_path(&netns_arg);
-        let ino = netns_ino(&netns).ok_or_else(|| NetworkError::UnknownNetns(netns_arg.clone()))?;
+        let ino = self
+            .host
+            .netns_id(&netns)
+            .ok_or_else(|| NetworkError::UnknownNetns(netns_arg.clone()))?;
         let name = match &args.name {
             Some(n) if super::model::valid_name(n) => n.clone(),
             Some(n) => return Err(NetworkError::BadEndpointName(n.clone())),
@@ -906,7 +918,7 @@ impl Manager {
                 .unwrap_or_else(|| netns_arg.clone()),
         };
         for ep in self.state.endpoints_of(&net.name) {
-            if netns_ino(&ep.netns) == Some(ino) {
+            if self.host.netns_id(&ep.netns) == Some(ino) {
                 return Err(NetworkError::AlreadyConnected {
                     network: net.name.clone(),
                     netns: netns_arg,
@@ -946,7 +958,7 @@ impl Manager {
                     mac: [0; 6],
                     suffix: "",
                 };
-                driver::setup_endpoint(&self.host, &plan).await?
+                self.host.setup_endpoint(&plan).await?
             } else {
                 Attachment::Host
             };
@@ -996,8 +1008,7 @@ impl Manager {
             None => ipam::mac_for(ipv4),
         };
         let published = self.new_mappings(&args.publish, &[])?;
-        let ns = Netlink::connect(Some(&netns)).await?;
-        let names: Vec<String> = ns.links().await?.into_iter().map(|l| l.name).collect();
+        let names = self.host.netns_links(&netns).await?;
         let ifname = match &args.ifname {
             Some(i) if !super::model::valid_ifname(i) => {
                 return Err(NetworkError::BadIfname(i.clone()))
@@ -1023,14 +1034,15 @@ impl Manager {
             mac,
             suffix: &suffix,
         };
-        let attachment = driver::setup_endpoint(&self.host, &plan).await?;
+        let attachment = self.host.setup_endpoint(&plan).await?;
         if let Attachment::Veth { host_ifname } = &attachment {
-            let attached = loaded(&mut self.dp, &self.pins, &self.nat)
-                .and_then(|dp| nat::attach_endpoint(dp, host_ifname).map_err(NetworkError::from));
+            let attached = self.dp.attach_endpoint(host_ifname);
             if let Err(e) = attached {
-                let _ =
-                    driver::teardown_endpoint(&self.host, &netns, Some(&ifname), &attachment).await;
-                return Err(e);
+                let _ = self
+                    .host
+                    .teardown_endpoint(&netns, Some(&ifname), &attachment)
+                    .await;
+                return Err(e.into());
             }
         }
         let ep = Endpoint {
@@ -1047,13 +1059,10 @@ impl Manager {
         match self.record(ep.clone()).await {
             Ok(ep) => Ok(ep),
             Err(e) => {
-                let _ = driver::teardown_endpoint(
-                    &self.host,
-                    &ep.netns,
-                    ep.ifname.as_deref(),
-                    &ep.attachment,
-                )
-                .await;
+                let _ = self
+                    .host
+                    .teardown_endpoint(&ep.netns, ep.ifname.as_deref(), &ep.attachment)
+                    .await;
                 Err(e)
             }
         }
@@ -1094,7 +1103,7 @@ impl Manager {
             }
         }
         if let Some(ns) = &args.netns {
-            if netns_ino(&netns_path(ns)) != netns_ino(&owner.netns) {
+            if self.host.netns_id(&netns_path(ns)) != self.host.netns_id(&owner.netns) {
                 return Err(NetworkError::UnknownNetns(format!(
                     "{ns} (container:{target} shares {}, a different namespace)",
                     owner.netns.display()
@@ -1136,7 +1145,7 @@ impl Manager {
     /// the namespace (name or path) it was connected with.
     pub async fn disconnect(&mut self, network: &str, what: &str) -> Result<(), NetworkError> {
         let net = self.network(network)?.clone();
-        let ino = netns_ino(&netns_path(what));
+        let ino = self.host.netns_id(&netns_path(what));
         let ep = self
             .state
             .endpoints_of(&net.name)
@@ -1145,7 +1154,7 @@ impl Manager {
                     || e.id == what
                     || e.netns == netns_path(what)
                     || (ino.is_some()
-                        && netns_ino(&e.netns) == ino
+                        && self.host.netns_id(&e.netns) == ino
                         && !matches!(e.attachment, Attachment::Container { .. }))
             })
             .cloned()
@@ -1167,11 +1176,12 @@ impl Manager {
             .filter(|e| matches!(&e.attachment, Attachment::Container { endpoint } if *endpoint == ep.id))
             .map(|e| e.id.clone())
             .collect();
-        let mut errors =
-            driver::teardown_endpoint(&self.host, &ep.netns, ep.ifname.as_deref(), &ep.attachment)
-                .await;
+        let mut errors = self
+            .host
+            .teardown_endpoint(&ep.netns, ep.ifname.as_deref(), &ep.attachment)
+            .await;
         if let Attachment::Veth { host_ifname } = &ep.attachment {
-            if let Err(e) = nat::detach_endpoint(&self.pins, host_ifname) {
+            if let Err(e) = self.dp.detach_endpoint(host_ifname) {
                 errors.push(e.to_string());
             }
         }
@@ -1264,11 +1274,10 @@ impl Manager {
                 *u = true;
             }
         }
-        let dp = loaded(&mut self.dp, &self.pins, &self.nat)?;
         // Free slots in ascending order, found in one pass.
         let mut next = 0;
         for m in &mut out {
-            m.stats_index = nat::claim_stats_index(dp, &used, next)?;
+            m.stats_index = self.dp.claim_stats_index(&used, next)?;
             next = m.stats_index + 1;
         }
         Ok(out)
@@ -1355,11 +1364,11 @@ impl Manager {
         if self.host.link_by_name(name).await?.is_none() {
             return Err(NetworkError::UnknownUplink(name.to_owned()));
         }
-        nat::attach_uplink(loaded(&mut self.dp, &self.pins, &self.nat)?, name)?;
+        self.dp.attach_uplink(name)?;
         let mut state = self.state.clone();
         state.uplinks.push(name.to_owned());
         if let Err(e) = self.persist(state).await {
-            let _ = nat::detach_uplink(&self.pins, name);
+            let _ = self.dp.detach_uplink(name);
             return Err(e);
         }
         Ok(())
@@ -1370,7 +1379,7 @@ impl Manager {
         if !self.state.uplinks.iter().any(|u| u == name) {
             return Err(NetworkError::NotUplink(name.to_owned()));
         }
-        nat::detach_uplink(&self.pins, name)?;
+        self.dp.detach_uplink(name)?;
         let mut state = self.state.clone();
         state.uplinks.retain(|u| u != name);
         self.persist(state).await
@@ -1385,7 +1394,9 @@ impl Manager {
         for net in self.state.networks.values() {
             if let (Some(bridge), Some(subnet), Some(gw)) = (&net.bridge, net.subnet, net.gateway) {
                 changed.extend(
-                    driver::ensure_bridge(&self.host, bridge, gw, subnet, net.mtu, true).await?,
+                    self.host
+                        .ensure_bridge(bridge, gw, subnet, net.mtu, true)
+                        .await?,
                 );
                 forwarding |= !net.internal;
             }
@@ -1417,18 +1428,17 @@ impl Manager {
             }
         }
         if forwarding {
-            enable_forwarding()?;
+            self.host
+                .enable_forwarding()
+                .map_err(NetworkError::Forwarding)?;
         }
         for u in &self.state.uplinks {
-            nat::attach_uplink(loaded(&mut self.dp, &self.pins, &self.nat)?, u)?;
+            self.dp.attach_uplink(u)?;
         }
         for ep in self.state.endpoints.values() {
             if let Attachment::Veth { host_ifname } = &ep.attachment {
                 if self.host.link_by_name(host_ifname).await?.is_some() {
-                    nat::attach_endpoint(
-                        loaded(&mut self.dp, &self.pins, &self.nat)?,
-                        host_ifname,
-                    )?;
+                    self.dp.attach_endpoint(host_ifname)?;
                 }
             }
         }
@@ -1479,7 +1489,9 @@ impl Manager {
             let mut v = Vec::new();
             for ep in self.state.endpoints.values() {
                 if let Attachment::Veth { host_ifname } = &ep.attachment {
-                    if self.host.link_by_name(host_ifname).await?.is_none() && ep.netns.exists() {
+                    if self.host.link_by_name(host_ifname).await?.is_none()
+                        && self.host.netns_id(&ep.netns).is_some()
+                    {
                         v.push(ep.clone());
                     }
                 }
@@ -1506,12 +1518,14 @@ impl Manager {
                 suffix: &suffix,
             };
             // A half-made endpoint in the namespace would block the rename.
-            let _ = driver::teardown_endpoint(&self.host, &ep.netns, Some(&ifname), &ep.attachment)
+            let _ = self
+                .host
+                .teardown_endpoint(&ep.netns, Some(&ifname), &ep.attachment)
                 .await;
-            driver::setup_endpoint(&self.host, &plan).await?;
+            self.host.setup_endpoint(&plan).await?;
             // The old link's pin outlived its veth: replace it.
-            nat::detach_endpoint(&self.pins, host_ifname)?;
-            nat::attach_endpoint(loaded(&mut self.dp, &self.pins, &self.nat)?, host_ifname)?;
+            self.dp.detach_endpoint(host_ifname)?;
+            self.dp.attach_endpoint(host_ifname)?;
             changed.push(format!(
                 "set up endpoint {} on {} again",
                 ep.name, ep.network
@@ -1548,27 +1562,5 @@ impl Manager {
             }
         }
         errors
-    }
-}
-
-/// An error with its sources, for the messages a [`NetworkError::Teardown`]
-/// collects.
-fn with_sources(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        out = format!("{out}: {s}");
-        next = s.source();
-    }
-    out
-}
-
-/// Docker turns on IPv4 forwarding for its bridges; so do we, in the
-/// namespace the agent runs in (the host).
-fn enable_forwarding() -> Result<(), NetworkError> {
-    let path = "/proc/sys/net/ipv4/ip_forward";
-    match fs::read_to_string(path) {
-        Ok(v) if v.trim() == "1" => Ok(()),
-        _ => fs::write(path, "1").map_err(NetworkError::Forwarding),
     }
 }

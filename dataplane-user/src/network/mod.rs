@@ -3,7 +3,9 @@
 //! ties them together. [`manager::Manager`] is the one entry point; the
 //! drivers behind it are chosen in one place ([`driver`]).
 
+pub mod datapath;
 pub mod driver;
+pub mod host;
 pub mod inspect;
 pub mod ipam;
 pub mod manager;

@@ -12,19 +12,15 @@
 
 use std::net::Ipv4Addr;
 
-use aya::maps::{HashMap, Map, MapData};
-use dataplane_common::{
-    maps,
-    nat::{PortKey, PortTarget},
-};
+use dataplane_common::{maps, nat::PortKey};
 
-use super::{netns_ino, ConnectArgs, Manager, NetworkError};
+use super::{ConnectArgs, Manager, NetworkError};
 use crate::{
     cni::{AddArgs, AddResult, AttachmentKey, CheckArgs, GcArgs, NetworkSpec},
-    ebpf::Direction,
-    nat,
     netlink::Netlink,
     network::{
+        datapath::Datapath,
+        host::Host,
         ipam,
         model::{Attachment, CreateArgs, CreateError, DriverKind, Endpoint, Network},
         ports,
@@ -79,7 +75,7 @@ impl CniAttachment {
     }
 }
 
-impl Manager {
+impl<D: Datapath, H: Host> Manager<D, H> {
     /// Writes a state that differs from the current one only in its CNI
     /// records, which the datapath does not read: no map sync needed.
     fn cni_save(&mut self, state: crate::state::State) -> Result<(), NetworkError> {
@@ -382,7 +378,9 @@ impl Manager {
         };
         let net = self.network(&ep.network)?.clone();
         let netns = super::netns_path(&args.netns);
-        if netns_ino(&netns).is_none() || netns_ino(&netns) != netns_ino(&ep.netns) {
+        if self.host.netns_id(&netns).is_none()
+            || self.host.netns_id(&netns) != self.host.netns_id(&ep.netns)
+        {
             problems.push(format!(
                 "CNI_NETNS {} is not the namespace the endpoint was set up in ({})",
                 args.netns,
@@ -462,24 +460,7 @@ impl Manager {
                     }
                 }
             }
-            match crate::bpffs::current_netns_ino() {
-                Ok(ino) => {
-                    let pin = self.pins.link(
-                        ino,
-                        host_ifname,
-                        nat::ENDPOINT_PROGRAM,
-                        Direction::Ingress.name(),
-                    );
-                    if !pin.exists() {
-                        problems.push(format!(
-                            "{} is not attached to {host_ifname} ({} missing)",
-                            nat::ENDPOINT_PROGRAM,
-                            pin.display()
-                        ));
-                    }
-                }
-                Err(e) => problems.push(format!("reading the host namespace: {e}")),
-            }
+            problems.extend(self.dp.endpoint_unattached(host_ifname));
         }
         problems.extend(self.cni_check_ports(&ep, &args.publish));
         Ok(problems)
@@ -515,35 +496,33 @@ impl Manager {
         let (Some(ip), false) = (ep.ipv4, ep.published.is_empty()) else {
             return problems;
         };
-        let table = MapData::from_pin(self.pins.map(maps::PORTS))
-            .map_err(|e| e.to_string())
-            .and_then(|d| Map::from_map_data(d).map_err(|e| e.to_string()))
-            .and_then(|m| {
-                HashMap::<MapData, PortKey, PortTarget>::try_from(m).map_err(|e| e.to_string())
-            });
-        let table = match table {
+        let keys: Vec<PortKey> = ep
+            .published
+            .iter()
+            .map(|p| PortKey {
+                addr: p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
+                port: p.host_port.to_be_bytes(),
+                proto: p.proto.number(),
+                _pad: 0,
+            })
+            .collect();
+        let targets = match self.dp.port_targets(&keys) {
             Ok(t) => t,
             Err(e) => {
                 problems.push(format!("reading {}: {e}", maps::PORTS));
                 return problems;
             }
         };
-        for p in &ep.published {
-            let key = PortKey {
-                addr: p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
-                port: p.host_port.to_be_bytes(),
-                proto: p.proto.number(),
-                _pad: 0,
-            };
-            match table.get(&key, 0) {
-                Ok(t) if t.addr == ip.octets() && t.port == p.container_port.to_be_bytes() => {}
-                Ok(t) => problems.push(format!(
+        for (p, target) in ep.published.iter().zip(targets) {
+            match target {
+                Some(t) if t.addr == ip.octets() && t.port == p.container_port.to_be_bytes() => {}
+                Some(t) => problems.push(format!(
                     "{} sends {p} to {}:{}, not to the endpoint",
                     maps::PORTS,
                     Ipv4Addr::from(t.addr),
                     u16::from_be_bytes(t.port)
                 )),
-                Err(_) => problems.push(format!("{p} is missing from {}", maps::PORTS)),
+                None => problems.push(format!("{p} is missing from {}", maps::PORTS)),
             }
         }
         problems

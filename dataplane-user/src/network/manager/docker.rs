@@ -15,15 +15,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{loaded, Manager, NetworkError};
-use crate::{
-    nat,
-    network::{
-        driver::DriverError,
-        ipam,
-        model::{Attachment, CreateRequest, Endpoint, Network},
-        ports::{PortMapping, Proto},
-    },
+use super::{Manager, NetworkError};
+use crate::network::{
+    datapath::Datapath,
+    driver::DriverError,
+    host::Host,
+    ipam,
+    model::{Attachment, CreateRequest, Endpoint, Network},
+    ports::{PortMapping, Proto},
 };
 
 /// Docker's default range for ports published without a host port
@@ -107,7 +106,7 @@ pub fn docker_veth_names(endpoint_id: &str) -> (String, String) {
     (format!("veth{suffix}"), format!("vtmp{suffix}"))
 }
 
-impl Manager {
+impl<D: Datapath, H: Host> Manager<D, H> {
     /// The network Docker knows as `network_id`.
     pub fn docker_network(&self, network_id: &str) -> Result<&Network, NetworkError> {
         self.state
@@ -262,8 +261,7 @@ impl Manager {
             self.host.set_master(host_end.index, br.index).await?;
             self.host.set_up(host_end.index).await?;
             self.host.set_mac(peer_end.index, mac).await?;
-            let dp = loaded(&mut self.dp, &self.pins, &self.nat)?;
-            nat::attach_endpoint(dp, host_ifname)?;
+            self.dp.attach_endpoint(host_ifname)?;
             let mut state = self.state.clone();
             if let Some(e) = state.endpoints.get_mut(endpoint_id) {
                 e.netns = sandbox.to_owned();
@@ -272,7 +270,7 @@ impl Manager {
         }
         .await;
         if let Err(e) = result {
-            let _ = nat::detach_endpoint(&self.pins, host_ifname);
+            let _ = self.dp.detach_endpoint(host_ifname);
             let _ = self.host.delete_link(host_end.index).await;
             return Err(e);
         }
