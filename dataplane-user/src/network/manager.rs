@@ -1564,3 +1564,6 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         errors
     }
 }
+
+#[cfg(test)]
+mod tests;
