@@ -262,11 +262,12 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             self.host.set_up(host_end.index).await?;
             self.host.set_mac(peer_end.index, mac).await?;
             self.dp.attach_endpoint(host_ifname)?;
-            let mut state = self.state.clone();
-            if let Some(e) = state.endpoints.get_mut(endpoint_id) {
-                e.netns = sandbox.to_owned();
-            }
-            self.persist(state).await
+            self.change(|state| {
+                if let Some(e) = state.endpoints.get_mut(endpoint_id) {
+                    e.netns = sandbox.to_owned();
+                }
+            })
+            .await
         }
         .await;
         if let Err(e) = result {
@@ -289,12 +290,13 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         endpoint_id: &str,
     ) -> Result<(), NetworkError> {
         let ep = self.docker_endpoint(network_id, endpoint_id)?.clone();
-        let mut state = self.state.clone();
-        if let Some(e) = state.endpoints.get_mut(&ep.id) {
-            e.netns = PathBuf::new();
-            e.published.clear();
-        }
-        self.persist(state).await
+        self.change(|state| {
+            if let Some(e) = state.endpoints.get_mut(&ep.id) {
+                e.netns = PathBuf::new();
+                e.published.clear();
+            }
+        })
+        .await
     }
 
     /// DeleteEndpoint: the veth, the endpoint program and the record.
@@ -387,11 +389,12 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             })
             .collect();
         let mappings = self.new_mappings(&specs, &ep.published)?;
-        let mut state = self.state.clone();
-        if let Some(e) = state.endpoints.get_mut(&ep.id) {
-            e.published = mappings.clone();
-        }
-        self.persist(state).await?;
+        self.change(|state| {
+            if let Some(e) = state.endpoints.get_mut(&ep.id) {
+                e.published = mappings.clone();
+            }
+        })
+        .await?;
         Ok(mappings)
     }
 
@@ -405,10 +408,11 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         if ep.published.is_empty() {
             return Ok(());
         }
-        let mut state = self.state.clone();
-        if let Some(e) = state.endpoints.get_mut(&ep.id) {
-            e.published.clear();
-        }
-        self.persist(state).await
+        self.change(|state| {
+            if let Some(e) = state.endpoints.get_mut(&ep.id) {
+                e.published.clear();
+            }
+        })
+        .await
     }
 }

@@ -1,0 +1,157 @@
+//! Published ports: checked against each other and every endpoint's, given
+//! counter slots, added to and removed from live endpoints.
+
+use super::{Manager, NetworkError};
+use crate::network::{
+    datapath::Datapath,
+    host::Host,
+    model::{Attachment, Endpoint},
+    ports::{self, PortMapping},
+};
+
+impl<D: Datapath, H: Host> Manager<D, H> {
+    /// Parses `specs` and checks them against each other and every existing
+    /// mapping (`except`: mappings about to be replaced); assigns counter
+    /// slots, zeroing their old counts.
+    pub(super) fn new_mappings(
+        &mut self,
+        specs: &[String],
+        except: &[PortMapping],
+    ) -> Result<Vec<PortMapping>, NetworkError> {
+        // Who holds each (protocol, host port) now, indexed in one pass
+        // over the state when many mappings come at once (K mappings at N
+        // cost K + N, not K * N); a few are checked by a plain scan.
+        let holders = || {
+            self.state.endpoints.values().flat_map(|ep| {
+                ep.published
+                    .iter()
+                    .filter(|p| !except.contains(p))
+                    .map(move |p| (p, ep))
+            })
+        };
+        let index = specs.len() > 8 || specs.iter().any(|s| s.contains('-'));
+        let mut held: std::collections::HashMap<
+            (ports::Proto, u16),
+            Vec<(&PortMapping, &Endpoint)>,
+        > = std::collections::HashMap::new();
+        if index {
+            for (p, ep) in holders() {
+                held.entry((p.proto, p.host_port))
+                    .or_default()
+                    .push((p, ep));
+            }
+        }
+        let mut out: Vec<PortMapping> = Vec::new();
+        let mut claimed: std::collections::HashMap<(ports::Proto, u16), Vec<PortMapping>> =
+            std::collections::HashMap::new();
+        for spec in specs {
+            for m in ports::parse(spec)? {
+                let slot = (m.proto, m.host_port);
+                if let Some(prev) = claimed
+                    .get(&slot)
+                    .and_then(|v| v.iter().find(|o| o.conflicts(&m)))
+                {
+                    return Err(NetworkError::PortConflict {
+                        mapping: m.to_string(),
+                        holder: "this command".into(),
+                        existing: prev.to_string(),
+                    });
+                }
+                let holder = if index {
+                    held.get(&slot)
+                        .and_then(|v| v.iter().find(|(p, _)| p.conflicts(&m)).copied())
+                } else {
+                    holders().find(|(p, _)| p.conflicts(&m))
+                };
+                if let Some((prev, ep)) = holder {
+                    return Err(NetworkError::PortConflict {
+                        mapping: m.to_string(),
+                        holder: format!("endpoint {} on network {}", ep.name, ep.network),
+                        existing: prev.to_string(),
+                    });
+                }
+                claimed.entry(slot).or_default().push(m);
+                out.push(m);
+            }
+        }
+        if out.is_empty() {
+            return Ok(out);
+        }
+        let mut used = vec![false; dataplane_common::nat::MAX_PORT_MAPPINGS as usize];
+        for m in self.state.endpoints.values().flat_map(|e| &e.published) {
+            if let Some(u) = used.get_mut(m.stats_index as usize) {
+                *u = true;
+            }
+        }
+        // Free slots in ascending order, found in one pass.
+        let mut next = 0;
+        for m in &mut out {
+            m.stats_index = self.dp.claim_stats_index(&used, next)?;
+            next = m.stats_index + 1;
+        }
+        Ok(out)
+    }
+
+    /// `publish add`: more published ports on a live endpoint.
+    pub async fn publish_add(
+        &mut self,
+        network: &str,
+        endpoint: &str,
+        specs: &[String],
+    ) -> Result<Vec<PortMapping>, NetworkError> {
+        let ep = self.endpoint_named(network, endpoint)?;
+        if !matches!(ep.attachment, Attachment::Veth { .. }) {
+            return Err(NetworkError::NotApplicable {
+                network: ep.network.clone(),
+                option: "--publish",
+                driver: self.network(&ep.network)?.driver.name(),
+            });
+        }
+        let added = self.new_mappings(specs, &[])?;
+        self.change(|state| {
+            if let Some(e) = state.endpoints.get_mut(&ep.id) {
+                e.published.extend(added.iter().copied());
+            }
+        })
+        .await?;
+        Ok(added)
+    }
+
+    /// `publish rm`: stop publishing ports of a live endpoint. Their flows
+    /// go with them (see [`Manager::persist`]): a client sending on one
+    /// tuple must reach whatever publishes the port next, not the old
+    /// target (moby#53384).
+    pub async fn publish_rm(
+        &mut self,
+        network: &str,
+        endpoint: &str,
+        specs: &[String],
+    ) -> Result<(), NetworkError> {
+        let ep = self.endpoint_named(network, endpoint)?;
+        let mut remove = Vec::new();
+        for spec in specs {
+            for m in ports::parse(spec)? {
+                let found = ep
+                    .published
+                    .iter()
+                    .find(|p| {
+                        p.host_ip == m.host_ip
+                            && p.host_port == m.host_port
+                            && p.proto == m.proto
+                            && p.container_port == m.container_port
+                    })
+                    .ok_or_else(|| NetworkError::NotPublished {
+                        mapping: m.to_string(),
+                        endpoint: ep.name.clone(),
+                    })?;
+                remove.push(*found);
+            }
+        }
+        self.change(|state| {
+            if let Some(e) = state.endpoints.get_mut(&ep.id) {
+                e.published.retain(|p| !remove.contains(p));
+            }
+        })
+        .await
+    }
+}
