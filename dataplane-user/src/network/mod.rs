@@ -10,4 +10,5 @@ pub mod inspect;
 pub mod ipam;
 pub mod manager;
 pub mod model;
+pub mod names;
 pub mod ports;

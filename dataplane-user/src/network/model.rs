@@ -217,13 +217,9 @@ pub fn valid_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
+/// See [`IfName::is_valid`](super::names::IfName::is_valid).
 pub fn valid_ifname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 15
-        && !name.contains(['/', ':'])
-        && !name.contains(char::is_whitespace)
-        && name != "."
-        && name != ".."
+    super::names::IfName::is_valid(name)
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool, CreateError> {

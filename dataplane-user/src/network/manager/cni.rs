@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 
 use dataplane_common::{maps, nat::PortKey};
 
-use super::{ConnectArgs, Manager, NetworkError};
+use super::{requests, ConnectRequest, ConnectTo, Manager, NetworkError, PublishSpecs};
 use crate::{
     cni::{AddArgs, AddResult, AttachmentKey, CheckArgs, GcArgs, NetworkSpec},
     netlink::Netlink,
@@ -259,6 +259,20 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         }
         let before = self.state.clone();
         let name = self.cni_endpoint_name(&net.name, &args.key);
+        // The runtime's strings, typed before anything is recorded.
+        let connect = ConnectRequest {
+            network: ConnectTo::Network(net.name.clone()),
+            netns: Some(args.netns.clone()),
+            ip: args
+                .ip
+                .as_deref()
+                .map(|ip| ipam::parse_addr("ip", ip))
+                .transpose()?,
+            mac: args.mac.as_deref().map(str::parse).transpose()?,
+            name: Some(requests::endpoint_name(&name)?),
+            ifname: Some(requests::ifname(&args.key.ifname)?),
+            publish: args.publish.mappings()?,
+        };
         let mut state = self.cni_pruned();
         state.cni_attachments.push(CniAttachment {
             network: net.name.clone(),
@@ -267,16 +281,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             endpoint: name.clone(),
         });
         self.cni_save(state)?;
-        let connect = ConnectArgs {
-            network: net.name.clone(),
-            netns: Some(args.netns.clone()),
-            ip: args.ip.clone(),
-            mac: args.mac.clone(),
-            name: Some(name),
-            ifname: Some(args.key.ifname.clone()),
-            publish: args.publish.clone(),
-        };
-        let ep = match self.connect(&connect).await {
+        let ep = match self.connect(connect).await {
             Ok(ep) => ep,
             Err(e) => {
                 let _ = self.cni_save(before);

@@ -331,7 +331,8 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             let mut found = None;
             for port in range {
                 let m = PortMapping {
-                    host_ip: b.host_ip,
+                    // 0.0.0.0 is every address, as `--publish` has it.
+                    host_ip: b.host_ip.filter(|ip| !ip.is_unspecified()),
                     host_port: port,
                     container_port: b.container_port,
                     proto: b.proto,
@@ -376,19 +377,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 }
             }
         }
-        let specs: Vec<String> = chosen
-            .iter()
-            .map(|m| {
-                format!(
-                    "{}:{}:{}/{}",
-                    m.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
-                    m.host_port,
-                    m.container_port,
-                    m.proto.name()
-                )
-            })
-            .collect();
-        let mappings = self.new_mappings(&specs, &ep.published)?;
+        let mappings = self.new_mappings(&chosen, &ep.published)?;
         self.change(|state| {
             if let Some(e) = state.endpoints.get_mut(&ep.id) {
                 e.published = mappings.clone();

@@ -1,151 +1,74 @@
 //! Endpoints: `connect` (a namespace on a network, or `container:<name>`
 //! sharing another endpoint's) and `disconnect`.
 
-use std::net::Ipv4Addr;
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
 
-use super::{netns_path, random_hex, ConnectArgs, Manager, NetworkError};
+use super::{netns_path, random_hex, ConnectRequest, ConnectTo, Manager, NetworkError};
 use crate::network::{
     datapath::Datapath,
     driver::EndpointPlan,
     host::Host,
     ipam,
-    model::{Attachment, DriverKind, Endpoint},
+    model::{Attachment, DriverKind, Endpoint, Network},
+    names::IfName,
 };
 
-impl<D: Datapath, H: Host> Manager<D, H> {
-    /// `connect`.
-    pub async fn connect(&mut self, args: &ConnectArgs) -> Result<Endpoint, NetworkError> {
-        if let Some(target) = args.network.strip_prefix("container:") {
-            return self.connect_container(target, args).await;
+/// `--ip`, `--mac` and `--ifname` are for endpoints with a link of their
+/// own: refused for `host`, `none` and `container:` endpoints.
+fn refuse_link_options(
+    req: &ConnectRequest,
+    network: &str,
+    driver: &'static str,
+) -> Result<(), NetworkError> {
+    for (option, given) in [
+        ("--ip", req.ip.is_some()),
+        ("--mac", req.mac.is_some()),
+        ("--ifname", req.ifname.is_some()),
+    ] {
+        if given {
+            return Err(NetworkError::NotApplicable {
+                network: network.to_owned(),
+                option,
+                driver,
+            });
         }
-        let net = self.network(&args.network)?.clone();
-        let netns_arg = args
-            .netns
-            .clone()
-            .ok_or_else(|| NetworkError::NetnsRequired {
-                network: net.name.clone(),
-            })?;
-        let netns = netns_path(&netns_arg);
-        let ino = self
-            .host
-            .netns_id(&netns)
-            .ok_or_else(|| NetworkError::UnknownNetns(netns_arg.clone()))?;
-        let name = match &args.name {
-            Some(n) if crate::network::model::valid_name(n) => n.clone(),
-            Some(n) => return Err(NetworkError::BadEndpointName(n.clone())),
-            None => netns
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_else(|| netns_arg.clone()),
-        };
-        for ep in self.state.endpoints_of(&net.name) {
-            if self.host.netns_id(&ep.netns) == Some(ino) {
-                return Err(NetworkError::AlreadyConnected {
-                    network: net.name.clone(),
-                    netns: netns_arg,
-                    endpoint: ep.name.clone(),
-                });
-            }
-            if ep.name == name {
-                return Err(NetworkError::DuplicateEndpoint {
-                    network: net.name.clone(),
-                    name,
-                });
-            }
-        }
-        let id = random_hex(32)?;
-        let no_link = matches!(net.driver, DriverKind::Host | DriverKind::Null);
-        for (option, given) in [
-            ("--ip", args.ip.is_some()),
-            ("--mac", args.mac.is_some()),
-            ("--ifname", args.ifname.is_some()),
-        ] {
-            if no_link && given {
-                return Err(NetworkError::NotApplicable {
-                    network: net.name.clone(),
-                    option,
-                    driver: net.driver.name(),
-                });
-            }
-        }
-        if no_link {
-            let plan_net = net.clone();
-            let attachment = if net.driver == DriverKind::Null {
-                let plan = EndpointPlan {
-                    network: &plan_net,
-                    netns: &netns,
-                    ifname: "lo",
-                    ipv4: Ipv4Addr::UNSPECIFIED,
-                    mac: [0; 6],
-                    suffix: "",
-                };
-                self.host.setup_endpoint(&plan).await?
-            } else {
-                Attachment::Host
-            };
-            let ep = Endpoint {
-                id,
-                name,
-                network: net.name.clone(),
-                netns,
-                attachment,
-                ifname: None,
-                mac: None,
-                ipv4: None,
-                published: Vec::new(),
-            };
-            return self.record(ep).await;
-        }
+    }
+    Ok(())
+}
 
-        // Addresses in use: the gateway and every endpoint of the network.
-        let subnet = net
-            .subnet
-            .ok_or_else(|| NetworkError::UnknownNetwork(net.name.clone()))?;
-        let mut used: Vec<(Ipv4Addr, String)> = net
-            .gateway
-            .map(|g| (g, "the gateway".to_owned()))
-            .into_iter()
-            .collect();
-        used.extend(
-            self.state
-                .endpoints_of(&net.name)
-                .filter_map(|e| e.ipv4.map(|ip| (ip, format!("endpoint {}", e.name)))),
-        );
-        let ipv4 = match &args.ip {
-            Some(ip) => {
-                let ip = ipam::parse_addr("ip", ip)?;
-                ipam::check_requested(&subnet, ip, &used)?;
-                ip
-            }
-            None => ipam::allocate(
-                &net.name,
-                &subnet,
-                &net.alloc_range().unwrap_or(subnet),
-                &used,
-            )?,
-        };
-        let mac = match &args.mac {
-            Some(m) => ipam::parse_mac(m)?,
-            None => ipam::mac_for(ipv4),
-        };
-        let published = self.new_mappings(&args.publish, &[])?;
-        let names = self.host.netns_links(&netns).await?;
-        let ifname = match &args.ifname {
-            Some(i) if !crate::network::model::valid_ifname(i) => {
-                return Err(NetworkError::BadIfname(i.clone()))
-            }
-            Some(i) if names.contains(i) => {
-                return Err(NetworkError::IfnameTaken {
-                    ifname: i.clone(),
-                    netns: netns_arg,
-                })
-            }
-            Some(i) => i.clone(),
-            None => (0..)
-                .map(|n| format!("eth{n}"))
-                .find(|c| !names.contains(c))
-                .unwrap_or_else(|| "eth0".into()),
-        };
+impl<D: Datapath, H: Host> Manager<D, H> {
+    /// `connect`: from a typed [`ConnectRequest`], or from the wire's
+    /// [`ConnectArgs`](super::ConnectArgs), parsed first.
+    pub async fn connect<R>(&mut self, req: R) -> Result<Endpoint, NetworkError>
+    where
+        R: TryInto<ConnectRequest>,
+        NetworkError: From<R::Error>,
+    {
+        let req: ConnectRequest = req.try_into()?;
+        match &req.network {
+            ConnectTo::Container(target) => self.connect_container(&target.clone(), &req).await,
+            ConnectTo::Network(network) => self.connect_network(&network.clone(), req).await,
+        }
+    }
+
+    async fn connect_network(
+        &mut self,
+        network: &str,
+        req: ConnectRequest,
+    ) -> Result<Endpoint, NetworkError> {
+        let net = self.network(network)?.clone();
+        let (netns_arg, netns, name) = self.new_endpoint_of(&net, &req)?;
+        let id = random_hex(32)?;
+        if matches!(net.driver, DriverKind::Host | DriverKind::Null) {
+            return self.connect_no_link(&net, &req, id, name, netns).await;
+        }
+        let ipv4 = self.address_for(&net, req.ip)?;
+        let mac = req.mac.map_or_else(|| ipam::mac_for(ipv4), |m| m.octets());
+        let published = self.new_mappings(&req.publish, &[])?;
+        let ifname = self.ifname_in(&netns, &netns_arg, req.ifname).await?;
         let suffix = random_hex(4)?[..7].to_owned();
         let plan = EndpointPlan {
             network: &net,
@@ -157,8 +80,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         };
         let attachment = self.host.setup_endpoint(&plan).await?;
         if let Attachment::Veth { host_ifname } = &attachment {
-            let attached = self.dp.attach_endpoint(host_ifname);
-            if let Err(e) = attached {
+            if let Err(e) = self.dp.attach_endpoint(host_ifname) {
                 let _ = self
                     .host
                     .teardown_endpoint(&netns, Some(&ifname), &attachment)
@@ -189,6 +111,142 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         }
     }
 
+    /// The namespace (as given, and its path) and the name of a new
+    /// endpoint of `net`: the namespace must exist and not be on `net`
+    /// already, the name must be free.
+    fn new_endpoint_of(
+        &self,
+        net: &Network,
+        req: &ConnectRequest,
+    ) -> Result<(String, PathBuf, String), NetworkError> {
+        let netns_arg = req
+            .netns
+            .clone()
+            .ok_or_else(|| NetworkError::NetnsRequired {
+                network: net.name.clone(),
+            })?;
+        let netns = netns_path(&netns_arg);
+        let ino = self
+            .host
+            .netns_id(&netns)
+            .ok_or_else(|| NetworkError::UnknownNetns(netns_arg.clone()))?;
+        let name = match &req.name {
+            Some(n) => n.clone(),
+            None => netns
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_else(|| netns_arg.clone()),
+        };
+        for ep in self.state.endpoints_of(&net.name) {
+            if self.host.netns_id(&ep.netns) == Some(ino) {
+                return Err(NetworkError::AlreadyConnected {
+                    network: net.name.clone(),
+                    netns: netns_arg,
+                    endpoint: ep.name.clone(),
+                });
+            }
+            if ep.name == name {
+                return Err(NetworkError::DuplicateEndpoint {
+                    network: net.name.clone(),
+                    name,
+                });
+            }
+        }
+        Ok((netns_arg, netns, name))
+    }
+
+    /// An endpoint of a `host` or `none` network: no link of its own.
+    async fn connect_no_link(
+        &mut self,
+        net: &Network,
+        req: &ConnectRequest,
+        id: String,
+        name: String,
+        netns: PathBuf,
+    ) -> Result<Endpoint, NetworkError> {
+        refuse_link_options(req, &net.name, net.driver.name())?;
+        let attachment = if net.driver == DriverKind::Null {
+            let plan = EndpointPlan {
+                network: net,
+                netns: &netns,
+                ifname: "lo",
+                ipv4: Ipv4Addr::UNSPECIFIED,
+                mac: [0; 6],
+                suffix: "",
+            };
+            self.host.setup_endpoint(&plan).await?
+        } else {
+            Attachment::Host
+        };
+        let ep = Endpoint {
+            id,
+            name,
+            network: net.name.clone(),
+            netns,
+            attachment,
+            ifname: None,
+            mac: None,
+            ipv4: None,
+            published: Vec::new(),
+        };
+        self.record(ep).await
+    }
+
+    /// The address asked for, checked against the subnet and the addresses
+    /// in use (the gateway and every endpoint of the network), or the next
+    /// free one.
+    fn address_for(&self, net: &Network, ip: Option<Ipv4Addr>) -> Result<Ipv4Addr, NetworkError> {
+        let subnet = net
+            .subnet
+            .ok_or_else(|| NetworkError::UnknownNetwork(net.name.clone()))?;
+        let mut used: Vec<(Ipv4Addr, String)> = net
+            .gateway
+            .map(|g| (g, "the gateway".to_owned()))
+            .into_iter()
+            .collect();
+        used.extend(
+            self.state
+                .endpoints_of(&net.name)
+                .filter_map(|e| e.ipv4.map(|ip| (ip, format!("endpoint {}", e.name)))),
+        );
+        Ok(match ip {
+            Some(ip) => {
+                ipam::check_requested(&subnet, ip, &used)?;
+                ip
+            }
+            None => ipam::allocate(
+                &net.name,
+                &subnet,
+                &net.alloc_range().unwrap_or(subnet),
+                &used,
+            )?,
+        })
+    }
+
+    /// The interface name asked for, if free in the namespace, or the
+    /// first free `ethN`.
+    async fn ifname_in(
+        &self,
+        netns: &Path,
+        netns_arg: &str,
+        asked: Option<IfName>,
+    ) -> Result<String, NetworkError> {
+        let names = self.host.netns_links(netns).await?;
+        Ok(match asked {
+            Some(i) if names.iter().any(|n| n == i.as_str()) => {
+                return Err(NetworkError::IfnameTaken {
+                    ifname: i.into(),
+                    netns: netns_arg.to_owned(),
+                })
+            }
+            Some(i) => i.into(),
+            None => (0..)
+                .map(|n| format!("eth{n}"))
+                .find(|c| !names.contains(c))
+                .unwrap_or_else(|| "eth0".into()),
+        })
+    }
+
     pub(super) async fn record(&mut self, ep: Endpoint) -> Result<Endpoint, NetworkError> {
         self.change(|state| state.endpoints.insert(ep.id.clone(), ep.clone()))
             .await?;
@@ -200,7 +258,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
     pub(super) async fn connect_container(
         &mut self,
         target: &str,
-        args: &ConnectArgs,
+        args: &ConnectRequest,
     ) -> Result<Endpoint, NetworkError> {
         let owner = self
             .state
@@ -209,19 +267,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             .find(|e| e.name == target || e.id.starts_with(target) && target.len() >= 3)
             .cloned()
             .ok_or_else(|| NetworkError::UnknownContainer(target.to_owned()))?;
-        for (option, given) in [
-            ("--ip", args.ip.is_some()),
-            ("--mac", args.mac.is_some()),
-            ("--ifname", args.ifname.is_some()),
-        ] {
-            if given {
-                return Err(NetworkError::NotApplicable {
-                    network: format!("container:{target}"),
-                    option,
-                    driver: "container",
-                });
-            }
-        }
+        refuse_link_options(args, &format!("container:{target}"), "container")?;
         if let Some(ns) = &args.netns {
             if self.host.netns_id(&netns_path(ns)) != self.host.netns_id(&owner.netns) {
                 return Err(NetworkError::UnknownNetns(format!(
@@ -231,8 +277,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             }
         }
         let name = match &args.name {
-            Some(n) if crate::network::model::valid_name(n) => n.clone(),
-            Some(n) => return Err(NetworkError::BadEndpointName(n.clone())),
+            Some(n) => n.clone(),
             None => format!("{}-shared", owner.name),
         };
         if self

@@ -34,10 +34,12 @@ mod filters;
 mod networks;
 mod publish;
 mod reconcile;
+mod requests;
 mod uplinks;
 
 pub use cni::CniNetError;
 use filters::{compile, FilterInputs};
+pub use requests::{ConnectArgs, ConnectRequest, ConnectTo, PublishSpecs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -141,27 +143,19 @@ pub enum NetworkError {
     Cni(#[from] CniNetError),
 }
 
+/// A typed request needs no parsing: nothing can go wrong.
+impl From<std::convert::Infallible> for NetworkError {
+    fn from(e: std::convert::Infallible) -> NetworkError {
+        match e {}
+    }
+}
+
 mod docker;
 
 pub use docker::{
     docker_network_name, docker_veth_names, DockerJoin, DockerOpError, DockerPortBinding,
     EPHEMERAL_PORTS,
 };
-
-/// `connect` as the user typed it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ConnectArgs {
-    /// A network name, `none`, `host` or `container:<endpoint>`.
-    pub network: String,
-    /// Name under /var/run/netns or a path (/proc/PID/ns/net).
-    pub netns: Option<String>,
-    pub ip: Option<String>,
-    pub mac: Option<String>,
-    pub name: Option<String>,
-    pub ifname: Option<String>,
-    /// `--publish` values, Docker's syntax.
-    pub publish: Vec<String>,
-}
 
 /// Takes the state lock off the async threads: waiting for another holder
 /// must not stall a runtime whose other tasks (the holder's, in the agent)

@@ -1,7 +1,7 @@
 //! Published ports: checked against each other and every endpoint's, given
 //! counter slots, added to and removed from live endpoints.
 
-use super::{Manager, NetworkError};
+use super::{Manager, NetworkError, PublishSpecs};
 use crate::network::{
     datapath::Datapath,
     host::Host,
@@ -10,12 +10,12 @@ use crate::network::{
 };
 
 impl<D: Datapath, H: Host> Manager<D, H> {
-    /// Parses `specs` and checks them against each other and every existing
-    /// mapping (`except`: mappings about to be replaced); assigns counter
-    /// slots, zeroing their old counts.
+    /// Checks `wanted` against each other and every existing mapping
+    /// (`except`: mappings about to be replaced); assigns counter slots,
+    /// zeroing their old counts.
     pub(super) fn new_mappings(
         &mut self,
-        specs: &[String],
+        wanted: &[PortMapping],
         except: &[PortMapping],
     ) -> Result<Vec<PortMapping>, NetworkError> {
         // Who holds each (protocol, host port) now, indexed in one pass
@@ -29,7 +29,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                     .map(move |p| (p, ep))
             })
         };
-        let index = specs.len() > 8 || specs.iter().any(|s| s.contains('-'));
+        let index = wanted.len() > 8;
         let mut held: std::collections::HashMap<
             (ports::Proto, u16),
             Vec<(&PortMapping, &Endpoint)>,
@@ -44,35 +44,33 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         let mut out: Vec<PortMapping> = Vec::new();
         let mut claimed: std::collections::HashMap<(ports::Proto, u16), Vec<PortMapping>> =
             std::collections::HashMap::new();
-        for spec in specs {
-            for m in ports::parse(spec)? {
-                let slot = (m.proto, m.host_port);
-                if let Some(prev) = claimed
-                    .get(&slot)
-                    .and_then(|v| v.iter().find(|o| o.conflicts(&m)))
-                {
-                    return Err(NetworkError::PortConflict {
-                        mapping: m.to_string(),
-                        holder: "this command".into(),
-                        existing: prev.to_string(),
-                    });
-                }
-                let holder = if index {
-                    held.get(&slot)
-                        .and_then(|v| v.iter().find(|(p, _)| p.conflicts(&m)).copied())
-                } else {
-                    holders().find(|(p, _)| p.conflicts(&m))
-                };
-                if let Some((prev, ep)) = holder {
-                    return Err(NetworkError::PortConflict {
-                        mapping: m.to_string(),
-                        holder: format!("endpoint {} on network {}", ep.name, ep.network),
-                        existing: prev.to_string(),
-                    });
-                }
-                claimed.entry(slot).or_default().push(m);
-                out.push(m);
+        for &m in wanted {
+            let slot = (m.proto, m.host_port);
+            if let Some(prev) = claimed
+                .get(&slot)
+                .and_then(|v| v.iter().find(|o| o.conflicts(&m)))
+            {
+                return Err(NetworkError::PortConflict {
+                    mapping: m.to_string(),
+                    holder: "this command".into(),
+                    existing: prev.to_string(),
+                });
             }
+            let holder = if index {
+                held.get(&slot)
+                    .and_then(|v| v.iter().find(|(p, _)| p.conflicts(&m)).copied())
+            } else {
+                holders().find(|(p, _)| p.conflicts(&m))
+            };
+            if let Some((prev, ep)) = holder {
+                return Err(NetworkError::PortConflict {
+                    mapping: m.to_string(),
+                    holder: format!("endpoint {} on network {}", ep.name, ep.network),
+                    existing: prev.to_string(),
+                });
+            }
+            claimed.entry(slot).or_default().push(m);
+            out.push(m);
         }
         if out.is_empty() {
             return Ok(out);
@@ -97,7 +95,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         &mut self,
         network: &str,
         endpoint: &str,
-        specs: &[String],
+        specs: impl PublishSpecs,
     ) -> Result<Vec<PortMapping>, NetworkError> {
         let ep = self.endpoint_named(network, endpoint)?;
         if !matches!(ep.attachment, Attachment::Veth { .. }) {
@@ -107,7 +105,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 driver: self.network(&ep.network)?.driver.name(),
             });
         }
-        let added = self.new_mappings(specs, &[])?;
+        let added = self.new_mappings(&specs.mappings()?, &[])?;
         self.change(|state| {
             if let Some(e) = state.endpoints.get_mut(&ep.id) {
                 e.published.extend(added.iter().copied());
@@ -125,12 +123,12 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         &mut self,
         network: &str,
         endpoint: &str,
-        specs: &[String],
+        specs: impl PublishSpecs,
     ) -> Result<(), NetworkError> {
         let ep = self.endpoint_named(network, endpoint)?;
         let mut remove = Vec::new();
-        for spec in specs {
-            for m in ports::parse(spec)? {
+        for m in specs.mappings()? {
+            {
                 let found = ep
                     .published
                     .iter()
