@@ -447,27 +447,39 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             }
         }
         if let Attachment::Veth { host_ifname } = &ep.attachment {
-            let bridge = match &net.bridge {
-                Some(b) => self.host.link_by_name(b).await?,
-                None => None,
-            };
-            match self.host.link_by_name(host_ifname).await? {
-                None => problems.push(format!("host end {host_ifname} of the veth is missing")),
-                Some(l) => {
-                    if !l.up {
-                        problems.push(format!("host end {host_ifname} is down"));
-                    }
-                    if l.master.is_none() || l.master != bridge.as_ref().map(|b| b.index) {
-                        problems.push(format!(
-                            "host end {host_ifname} is not on bridge {}",
-                            net.bridge.clone().unwrap_or_default()
-                        ));
-                    }
-                }
-            }
-            problems.extend(self.dp.endpoint_unattached(host_ifname));
+            problems.extend(self.cni_check_host_end(&net, host_ifname).await?);
         }
         problems.extend(self.cni_check_ports(&ep, &args.publish));
+        Ok(problems)
+    }
+
+    /// A veth endpoint's host end: there, up, on the bridge, with the
+    /// endpoint program attached.
+    async fn cni_check_host_end(
+        &self,
+        net: &Network,
+        host_ifname: &str,
+    ) -> Result<Vec<String>, NetworkError> {
+        let mut problems = Vec::new();
+        let bridge = match &net.bridge {
+            Some(b) => self.host.link_by_name(b).await?,
+            None => None,
+        };
+        match self.host.link_by_name(host_ifname).await? {
+            None => problems.push(format!("host end {host_ifname} of the veth is missing")),
+            Some(l) => {
+                if !l.up {
+                    problems.push(format!("host end {host_ifname} is down"));
+                }
+                if l.master.is_none() || l.master != bridge.as_ref().map(|b| b.index) {
+                    problems.push(format!(
+                        "host end {host_ifname} is not on bridge {}",
+                        net.bridge.clone().unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        problems.extend(self.dp.endpoint_unattached(host_ifname));
         Ok(problems)
     }
 

@@ -142,23 +142,16 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         self.create_with_id(req, id).await
     }
 
-    /// `network create` with the id chosen by the caller (Docker's
-    /// NetworkID for networks Docker creates through the remote driver).
-    pub async fn create_with_id(
-        &mut self,
-        req: CreateRequest,
-        id: String,
-    ) -> Result<Network, NetworkError> {
-        if self.state.networks.contains_key(&req.name) {
-            return Err(NetworkError::DuplicateName(req.name));
-        }
+    /// The subnet asked for, checked against the other networks' and the
+    /// uplinks', or the next free one of the default pools.
+    async fn subnet_for(&self, asked: Option<Ipv4Net>) -> Result<Ipv4Net, NetworkError> {
         let used: Vec<(String, Ipv4Net)> = self
             .state
             .networks
             .values()
             .filter_map(|n| n.subnet.map(|s| (n.name.clone(), s)))
             .collect();
-        let subnet = match req.subnet {
+        match asked {
             Some(s) => {
                 if let Some((other, os)) = used.iter().find(|(_, u)| ipam::overlaps(&s, u)) {
                     return Err(IpamError::Overlap {
@@ -169,13 +162,26 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                     .into());
                 }
                 ipam::check_not_uplink(&s, &self.uplink_addrs().await?)?;
-                s
+                Ok(s)
             }
             None => {
                 let taken: Vec<Ipv4Net> = used.iter().map(|(_, s)| *s).collect();
-                ipam::next_free_subnet(&taken, &self.host_routes().await?)?
+                Ok(ipam::next_free_subnet(&taken, &self.host_routes().await?)?)
             }
-        };
+        }
+    }
+
+    /// `network create` with the id chosen by the caller (Docker's
+    /// NetworkID for networks Docker creates through the remote driver).
+    pub async fn create_with_id(
+        &mut self,
+        req: CreateRequest,
+        id: String,
+    ) -> Result<Network, NetworkError> {
+        if self.state.networks.contains_key(&req.name) {
+            return Err(NetworkError::DuplicateName(req.name));
+        }
+        let subnet = self.subnet_for(req.subnet).await?;
         let gateway = req.gateway.unwrap_or_else(|| ipam::first_host(&subnet));
         let bridge = match req.driver {
             DriverKind::Bridge => Some(
