@@ -31,6 +31,15 @@ use crate::{
 /// namespace agree.
 pub type NetnsId = (u64, u64);
 
+/// One interface inside a namespace, as [`Host::netns_view`] reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetnsView {
+    pub link: Option<Link>,
+    /// The link's addresses: `(link index, address, prefix length)`.
+    pub addrs: Vec<(u32, Ipv4Addr, u8)>,
+    pub routes: Vec<Ipv4Route>,
+}
+
 /// Everything the manager asks of the host. Futures are `Send`: the agent
 /// runs the manager on a multi-threaded runtime.
 pub trait Host: Send + Sync {
@@ -94,6 +103,15 @@ pub trait Host: Send + Sync {
         &self,
         netns: &Path,
     ) -> impl Future<Output = Result<Vec<String>, NetlinkError>> + Send;
+    /// One interface of the namespace at `netns`, with its addresses
+    /// (when `with_addrs`), and the namespace's routes: what CNI ADD
+    /// reports and CHECK compares.
+    fn netns_view(
+        &self,
+        netns: &Path,
+        ifname: &str,
+        with_addrs: bool,
+    ) -> impl Future<Output = Result<NetnsView, NetlinkError>> + Send;
     /// The namespace at `path`, if it exists.
     fn netns_id(&self, path: &Path) -> Option<NetnsId>;
     /// Turns on IPv4 forwarding in the host namespace.
@@ -163,6 +181,24 @@ impl Host for Netlink {
         let ns = Netlink::connect(Some(netns)).await?;
         Ok(ns.links().await?.into_iter().map(|l| l.name).collect())
     }
+    async fn netns_view(
+        &self,
+        netns: &Path,
+        ifname: &str,
+        with_addrs: bool,
+    ) -> Result<NetnsView, NetlinkError> {
+        let ns = Netlink::connect(Some(netns)).await?;
+        let link = ns.link_by_name(ifname).await?;
+        let addrs = match &link {
+            Some(l) if with_addrs => ns.addrs(Some(l.index)).await?,
+            _ => Vec::new(),
+        };
+        Ok(NetnsView {
+            link,
+            addrs,
+            routes: ns.routes().await?,
+        })
+    }
     fn netns_id(&self, path: &Path) -> Option<NetnsId> {
         std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
     }
@@ -195,13 +231,28 @@ pub struct FakeInner {
     pub links: BTreeMap<u32, Link>,
     pub addrs: Vec<(u32, Ipv4Addr, u8)>,
     pub routes: Vec<Ipv4Route>,
-    /// Namespace path -> (inode, interface names inside).
-    pub netns: BTreeMap<PathBuf, (u64, Vec<String>)>,
+    /// Namespaces by path.
+    pub netns: BTreeMap<PathBuf, FakeNs>,
     pub forwarding: bool,
     /// Set, endpoint set-up fails with this message (as a vanished link).
     pub fail_setup: Option<String>,
     next_index: u32,
     next_ino: u64,
+}
+
+/// A namespace of a [`FakeHost`].
+#[derive(Clone, Debug, Default)]
+pub struct FakeNs {
+    pub ino: u64,
+    pub links: Vec<Link>,
+    pub addrs: Vec<(u32, Ipv4Addr, u8)>,
+    pub routes: Vec<Ipv4Route>,
+}
+
+impl FakeNs {
+    pub fn names(&self) -> Vec<String> {
+        self.links.iter().map(|l| l.name.clone()).collect()
+    }
 }
 
 impl FakeInner {
@@ -267,7 +318,23 @@ impl FakeHost {
         let mut h = self.get();
         h.next_ino += 1;
         let ino = 4_026_531_000 + h.next_ino;
-        h.netns.insert(path.clone(), (ino, vec!["lo".to_owned()]));
+        let lo = Link {
+            index: 1,
+            name: "lo".to_owned(),
+            kind: None,
+            mac: None,
+            mtu: 65536,
+            up: true,
+            master: None,
+        };
+        h.netns.insert(
+            path.clone(),
+            FakeNs {
+                ino,
+                links: vec![lo],
+                ..FakeNs::default()
+            },
+        );
         path
     }
 
@@ -283,7 +350,7 @@ impl FakeHost {
         self.get()
             .netns
             .get(netns)
-            .map(|(_, names)| names.clone())
+            .map(FakeNs::names)
             .unwrap_or_default()
     }
 
@@ -323,17 +390,17 @@ impl FakeHost {
             DriverKind::Null => return Ok(Attachment::Loopback),
             DriverKind::Host => return Ok(Attachment::Host),
         };
-        if let Some((_, names)) = h.netns.get_mut(plan.netns) {
-            names.push(plan.ifname.to_owned());
+        if let Some(ns) = h.netns.get_mut(plan.netns) {
+            add_inside(ns, plan);
         }
         Ok(attachment)
     }
 
     fn teardown(&self, netns: &Path, ifname: Option<&str>, attachment: &Attachment) {
         let mut h = self.get();
-        if let (Some(ifname), Some((_, names))) = (ifname, h.netns.get_mut(netns)) {
+        if let (Some(ifname), Some(ns)) = (ifname, h.netns.get_mut(netns)) {
             if matches!(attachment, Attachment::Veth { .. } | Attachment::Macvlan) {
-                names.retain(|n| n != ifname);
+                remove_inside(ns, ifname);
             }
         }
         if let Attachment::Veth { host_ifname } = attachment {
@@ -515,8 +582,34 @@ impl Host for FakeHost {
     async fn netns_links(&self, netns: &Path) -> Result<Vec<String>, NetlinkError> {
         Ok(self.interfaces(netns))
     }
+    async fn netns_view(
+        &self,
+        netns: &Path,
+        ifname: &str,
+        with_addrs: bool,
+    ) -> Result<NetnsView, NetlinkError> {
+        let h = self.get();
+        let Some(ns) = h.netns.get(netns) else {
+            return Ok(NetnsView::default());
+        };
+        let link = ns.links.iter().find(|l| l.name == ifname).cloned();
+        let addrs = match &link {
+            Some(l) if with_addrs => ns
+                .addrs
+                .iter()
+                .filter(|(i, _, _)| *i == l.index)
+                .copied()
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(NetnsView {
+            link,
+            addrs,
+            routes: ns.routes.clone(),
+        })
+    }
     fn netns_id(&self, path: &Path) -> Option<NetnsId> {
-        self.get().netns.get(path).map(|(ino, _)| (4, *ino))
+        self.get().netns.get(path).map(|ns| (4, ns.ino))
     }
     fn enable_forwarding(&self) -> std::io::Result<()> {
         self.get().forwarding = true;
@@ -525,4 +618,41 @@ impl Host for FakeHost {
     async fn nat_desired(&self, state: &State) -> Result<Desired, NatError> {
         self.desired(state)
     }
+}
+
+/// What a driver's set-up makes inside the namespace: the interface with
+/// its MAC and address, and the default route unless there is one or the
+/// network is internal.
+fn add_inside(ns: &mut FakeNs, plan: &EndpointPlan<'_>) {
+    let index = ns.links.iter().map(|l| l.index).max().unwrap_or(1) + 1;
+    ns.links.push(Link {
+        index,
+        name: plan.ifname.to_owned(),
+        kind: Some("veth".to_owned()),
+        mac: Some(plan.mac),
+        mtu: plan.network.mtu,
+        up: true,
+        master: None,
+    });
+    let prefix = plan.network.subnet.map(|s| s.prefix_len()).unwrap_or(32);
+    ns.addrs.push((index, plan.ipv4, prefix));
+    if let Some(gw) = plan.network.gateway {
+        if !plan.network.internal && !ns.routes.iter().any(|r| r.prefix_len == 0) {
+            ns.routes.push(Ipv4Route {
+                dst: Ipv4Addr::UNSPECIFIED,
+                prefix_len: 0,
+                gateway: Some(gw),
+                oif: Some(index),
+            });
+        }
+    }
+}
+
+fn remove_inside(ns: &mut FakeNs, ifname: &str) {
+    let Some(index) = ns.links.iter().find(|l| l.name == ifname).map(|l| l.index) else {
+        return;
+    };
+    ns.links.retain(|l| l.index != index);
+    ns.addrs.retain(|(i, _, _)| *i != index);
+    ns.routes.retain(|r| r.oif != Some(index));
 }

@@ -17,7 +17,6 @@ use dataplane_common::{maps, nat::PortKey};
 use super::{requests, ConnectRequest, ConnectTo, Manager, NetworkError, PublishSpecs};
 use crate::{
     cni::{AddArgs, AddResult, AttachmentKey, CheckArgs, GcArgs, NetworkSpec},
-    netlink::Netlink,
     network::{
         datapath::Datapath,
         host::Host,
@@ -308,9 +307,12 @@ impl<D: Datapath, H: Host> Manager<D, H> {
     ) -> Result<AddResult, NetworkError> {
         let gateway = net.gateway;
         let ipv4 = ep.ipv4.unwrap_or(Ipv4Addr::UNSPECIFIED);
-        let ns = Netlink::connect(Some(&ep.netns)).await?;
-        let index = ns.link_by_name(&args.key.ifname).await?.map(|l| l.index);
-        let default_route = ns.routes().await?.iter().any(|r| {
+        let view = self
+            .host
+            .netns_view(&ep.netns, &args.key.ifname, false)
+            .await?;
+        let index = view.link.map(|l| l.index);
+        let default_route = view.routes.iter().any(|r| {
             r.prefix_len == 0 && r.gateway.is_some() && r.gateway == gateway && r.oif == index
         });
         let (host_ifname, host_mac) = match &ep.attachment {
@@ -404,8 +406,11 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 ));
             }
         }
-        let ns = Netlink::connect(Some(&netns)).await?;
-        match ns.link_by_name(ifname).await? {
+        let view = self
+            .host
+            .netns_view(&netns, ifname, want_addr.is_some())
+            .await?;
+        match view.link {
             None => problems.push(format!("interface {ifname} is missing from {}", args.netns)),
             Some(link) => {
                 if !link.up {
@@ -420,18 +425,16 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                     ));
                 }
                 if let Some((ip, len)) = want_addr {
-                    let addrs = ns.addrs(Some(link.index)).await?;
-                    if !addrs.iter().any(|(_, a, p)| *a == ip && *p == len) {
+                    if !view.addrs.iter().any(|(_, a, p)| *a == ip && *p == len) {
                         problems.push(format!("interface {ifname} lacks its address {ip}/{len}"));
                     }
                 }
-                let routes = ns.routes().await?;
                 for (dst, gw) in &args.routes {
                     let Ok(dst_net) = dst.parse::<ipnet::Ipv4Net>() else {
                         problems.push(format!("prevResult route {dst}: not an IPv4 CIDR"));
                         continue;
                     };
-                    let found = routes.iter().any(|r| {
+                    let found = view.routes.iter().any(|r| {
                         r.dst == dst_net.network()
                             && r.prefix_len == dst_net.prefix_len()
                             && r.gateway == *gw

@@ -10,13 +10,18 @@ use std::{
 
 use dataplane_common::nat::PortKey;
 
-use super::{ConnectArgs, Manager, NetworkError};
+use super::{
+    docker_network_name, docker_veth_names, ConnectArgs, ConnectRequest, ConnectTo,
+    DockerPortBinding, Manager, NetworkError, PublishSpecs, EPHEMERAL_PORTS,
+};
 use crate::{
+    cni::{AddArgs, AttachmentKey, CheckArgs, GcArgs, NetworkSpec},
     filter::FilterArgs,
     network::{
         datapath::RecordingDatapath,
         host::FakeHost,
         model::{Attachment, CreateArgs, Endpoint, Network},
+        ports::Proto,
     },
     state::State,
 };
@@ -785,8 +790,8 @@ async fn a_restart_repairs_a_lost_bridge_and_endpoint() {
         h.netns
             .get_mut(&ep.netns)
             .unwrap()
-            .1
-            .retain(|n| n != "eth0");
+            .links
+            .retain(|l| l.name != "eth0");
     }
     let mut m = open_on(&dir, host).await;
     let changed = m.reconcile().await.unwrap();
@@ -832,4 +837,227 @@ async fn a_second_manager_sees_what_the_first_persisted() {
     let m = open_on(&dir, host).await;
     assert!(!m.state().endpoints.contains_key(&ep.id));
     assert_eq!(m.state().uplinks, ["eth0"]);
+}
+
+// ---- typed requests ----
+
+#[test]
+fn connect_args_parse_once_and_name_the_field() {
+    let a = ConnectArgs {
+        network: "n1".into(),
+        netns: Some("c1".into()),
+        ip: Some("172.18.0.9".into()),
+        mac: Some("02:00:00:00:00:09".into()),
+        name: Some("web".into()),
+        ifname: Some("net1".into()),
+        publish: vec!["8080-8081:80-81/udp".into()],
+    };
+    let r = a.parse().unwrap();
+    assert_eq!(r.network, ConnectTo::Network("n1".into()));
+    assert_eq!(r.ip, Some(Ipv4Addr::new(172, 18, 0, 9)));
+    assert_eq!(r.mac.unwrap().to_string(), "02:00:00:00:00:09");
+    assert_eq!(r.ifname.unwrap().as_str(), "net1");
+    assert_eq!(r.publish.len(), 2);
+    let shared = ConnectArgs {
+        network: "container:web".into(),
+        ..ConnectArgs::default()
+    };
+    assert_eq!(
+        shared.parse().unwrap().network,
+        ConnectTo::Container("web".into())
+    );
+    for (field, bad, word) in [
+        ("ip", "1.2.3", "--ip 1.2.3"),
+        ("mac", "01:00:5e:00:00:01", "--mac 01:00:5e:00:00:01"),
+        ("ifname", "a b", "--ifname a b"),
+        ("name", "_x", "--name \"_x\""),
+        ("publish", "80:80/sctp", "--publish 80:80/sctp"),
+    ] {
+        let mut a = args("n1", "c1");
+        match field {
+            "ip" => a.ip = Some(bad.into()),
+            "mac" => a.mac = Some(bad.into()),
+            "ifname" => a.ifname = Some(bad.into()),
+            "name" => a.name = Some(bad.into()),
+            _ => a.publish = vec![bad.into()],
+        }
+        let e = a.parse().unwrap_err().to_string();
+        assert!(e.contains(word), "{field}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn connect_takes_a_typed_request() {
+    let dir = Dir::new();
+    let mut m = with_net(&dir).await;
+    let mut req = ConnectRequest::to_network("n1", Some("c1".into()));
+    req.ip = Some(Ipv4Addr::new(172, 18, 3, 3));
+    req.publish = ["7070:70".to_owned()].mappings().unwrap();
+    let ep = m.connect(req).await.unwrap();
+    assert_eq!(ep.ipv4, Some(Ipv4Addr::new(172, 18, 3, 3)));
+    assert!(m.datapath().nat.ports.contains_key(&port_key(7070)));
+}
+
+// ---- CNI ----
+
+fn cni_add(container: &str, netns: &str) -> AddArgs {
+    AddArgs {
+        network: "cni0".into(),
+        create: Some(NetworkSpec {
+            subnet: Some("10.88.0.0/16".into()),
+            ..NetworkSpec::default()
+        }),
+        key: AttachmentKey {
+            container_id: container.into(),
+            ifname: "eth0".into(),
+        },
+        netns: format!("/var/run/netns/{netns}"),
+        ip: None,
+        mac: None,
+        publish: vec!["8088:80".into()],
+    }
+}
+
+#[tokio::test]
+async fn cni_add_creates_the_network_and_check_finds_it_whole() {
+    let dir = Dir::new();
+    let mut m = open(&dir).await;
+    m.host().add_netns("p1");
+    let r = m.cni_add(&cni_add("0123456789abcdef", "p1")).await.unwrap();
+    assert_eq!(r.endpoint, "0123456789ab-eth0");
+    assert_eq!(r.ipv4, Ipv4Addr::new(10, 88, 0, 2));
+    assert_eq!(r.prefix_len, 16);
+    assert!(r.default_route);
+    assert_eq!(m.state().cni_attachments.len(), 1);
+    assert!(m.datapath().nat.ports.contains_key(&port_key(8088)));
+    let check = CheckArgs {
+        network: "cni0".into(),
+        key: cni_add("0123456789abcdef", "p1").key,
+        netns: "/var/run/netns/p1".into(),
+        address: Some("10.88.0.2/16".into()),
+        routes: vec![("0.0.0.0/0".into(), Some(Ipv4Addr::new(10, 88, 0, 1)))],
+        publish: vec!["8088:80".into()],
+    };
+    assert_eq!(m.cni_check(&check).await.unwrap(), Vec::<String>::new());
+    let mut wrong = check.clone();
+    wrong.publish = vec!["8089:80".into()];
+    let problems = m.cni_check(&wrong).await.unwrap();
+    assert!(problems.iter().any(|p| p.contains("8089")), "{problems:?}");
+}
+
+#[tokio::test]
+async fn cni_add_twice_is_refused_and_del_is_idempotent() {
+    let dir = Dir::new();
+    let mut m = open(&dir).await;
+    m.host().add_netns("p1");
+    let add = cni_add("0123456789abcdef", "p1");
+    m.cni_add(&add).await.unwrap();
+    let before = snapshot(&m);
+    let r = m.cni_add(&add).await;
+    refused(
+        &m,
+        &before,
+        r,
+        &["container 0123456789abcdef", "DEL it first"],
+    );
+    m.cni_del("cni0", &add.key).await.unwrap();
+    assert!(m.state().endpoints.is_empty());
+    assert!(m.state().cni_attachments.is_empty());
+    assert!(m.datapath().nat.ports.is_empty());
+    m.cni_del("cni0", &add.key).await.unwrap();
+}
+
+#[tokio::test]
+async fn cni_add_refuses_bad_runtime_input_and_leaves_nothing() {
+    let dir = Dir::new();
+    let mut m = with_net(&dir).await;
+    let mut add = cni_add("0123456789abcdef", "c1");
+    add.network = "n1".into();
+    add.create = None;
+    add.ip = Some("10.0.0.999".into());
+    let before = snapshot(&m);
+    let r = m.cni_add(&add).await;
+    refused(&m, &before, r, &["--ip 10.0.0.999"]);
+    add.ip = None;
+    add.network = "ghost".into();
+    let r = m.cni_add(&add).await;
+    refused(&m, &before, r, &["network ghost", "ipam.subnet"]);
+}
+
+#[tokio::test]
+async fn cni_gc_removes_what_the_runtime_no_longer_lists() {
+    let dir = Dir::new();
+    let mut m = open(&dir).await;
+    m.host().add_netns("p1");
+    m.host().add_netns("p2");
+    let keep = cni_add("aaaaaaaaaaaa0001", "p1");
+    let mut stale = cni_add("bbbbbbbbbbbb0002", "p2");
+    stale.publish.clear();
+    m.cni_add(&keep).await.unwrap();
+    m.cni_add(&stale).await.unwrap();
+    let gone = m
+        .cni_gc(&GcArgs {
+            network: "cni0".into(),
+            valid: vec![keep.key.clone()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(gone, ["bbbbbbbbbbbb0002/eth0"]);
+    assert_eq!(m.state().endpoints.len(), 1);
+    assert_eq!(
+        m.state().cni_attachments[0].container_id,
+        "aaaaaaaaaaaa0001"
+    );
+}
+
+// ---- Docker ----
+
+const NID: &str = "5f2c1e0a9b8d7c6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e";
+const EID: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+
+#[tokio::test]
+async fn docker_endpoint_lifecycle_publishes_typed_bindings() {
+    let dir = Dir::new();
+    let mut m = open(&dir).await;
+    let req = create_args(&docker_network_name(NID), Some("10.99.0.0/24"))
+        .parse()
+        .unwrap();
+    m.docker_create_network(NID, req).await.unwrap();
+    let ep = m
+        .docker_create_endpoint(NID, EID, Ipv4Addr::new(10, 99, 0, 2), None)
+        .await
+        .unwrap();
+    assert_eq!(ep.mac.as_deref(), Some("02:42:0a:63:00:02"));
+    m.host().add_netns("sb");
+    let join = m
+        .docker_join(NID, EID, &PathBuf::from("/var/run/netns/sb"))
+        .await
+        .unwrap();
+    assert_eq!(join.src_name, docker_veth_names(EID).1);
+    assert_eq!(join.gateway, Some(Ipv4Addr::new(10, 99, 0, 1)));
+    let binding = DockerPortBinding {
+        proto: Proto::Tcp,
+        host_ip: Some(Ipv4Addr::UNSPECIFIED),
+        host_port: 0,
+        host_port_end: 0,
+        container_port: 80,
+    };
+    let got = m
+        .docker_program_external(NID, EID, &[binding])
+        .await
+        .unwrap();
+    assert_eq!(got[0].host_port, *EPHEMERAL_PORTS.start());
+    assert_eq!(got[0].host_ip, None, "0.0.0.0 is every address");
+    assert!(m
+        .datapath()
+        .nat
+        .ports
+        .contains_key(&port_key(*EPHEMERAL_PORTS.start())));
+    m.docker_revoke_external(NID, EID).await.unwrap();
+    assert!(m.datapath().nat.ports.is_empty());
+    m.docker_leave(NID, EID).await.unwrap();
+    m.docker_delete_endpoint(NID, EID).await.unwrap();
+    assert!(m.state().endpoints.is_empty());
+    m.docker_delete_network(NID).await.unwrap();
+    assert!(m.docker_network(NID).is_err());
 }
