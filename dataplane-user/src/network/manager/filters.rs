@@ -93,16 +93,27 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         }
         let id = self.state.filters.iter().map(|r| r.id).max().unwrap_or(0) + 1;
         let rule = FilterRule::new(id, spec);
-        let mut state = self.state.clone();
-        if first {
-            state.filters.insert(0, rule.clone());
-        } else {
-            state.filters.push(rule.clone());
-        }
-        // Refuse before anything is written: too many rules and the like.
-        self.compile_filters(&state.filters).await?;
-        self.persist(state).await?;
+        self.insert_rules(std::slice::from_ref(&rule), first)
+            .await?;
         Ok(rule)
+    }
+
+    /// Puts `added` at the end of the rules, or before all others with
+    /// `first`, once the whole list compiles: too many rules and the like
+    /// are refused before anything is written.
+    async fn insert_rules(
+        &mut self,
+        added: &[FilterRule],
+        first: bool,
+    ) -> Result<(), NetworkError> {
+        let mut rules = self.state.filters.clone();
+        if first {
+            rules.splice(0..0, added.iter().cloned());
+        } else {
+            rules.extend(added.iter().cloned());
+        }
+        self.compile_filters(&rules).await?;
+        self.change(|state| state.filters = rules).await
     }
 
     /// `filter add --from-file` (the `filter_add_many` request): rules in
@@ -126,15 +137,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             .zip(specs)
             .map(|(id, spec)| FilterRule::new(id, spec))
             .collect();
-        let mut state = self.state.clone();
-        if first {
-            state.filters.splice(0..0, added.iter().cloned());
-        } else {
-            state.filters.extend(added.iter().cloned());
-        }
-        // Refuse before anything is written: too many rules and the like.
-        self.compile_filters(&state.filters).await?;
-        self.persist(state).await?;
+        self.insert_rules(&added, first).await?;
         Ok(added)
     }
 
