@@ -2,6 +2,15 @@
 //! here, under the state lock, in the order check input -> change the kernel
 //! -> persist. A failed kernel change is undone before the error returns, so
 //! the persisted state and the kernel never disagree about what exists.
+//!
+//! This file holds the manager itself (open, keep, the state transaction
+//! [`Manager::change`] and the datapath sync); its operations live by noun
+//! in `networks`, `endpoints`, `publish`, `uplinks`, `filters` and
+//! `reconcile`, the front doors' typed requests in `requests`, and the
+//! CNI and Docker operations in `cni` and `docker`. The kernel is reached
+//! only through two seams: [`Datapath`] (maps and programs) and [`Host`]
+//! (links, namespaces, sysctls), so the logic runs in unit tests (`tests`)
+//! against a recording datapath and a fake host.
 
 use std::{
     fs,
@@ -29,6 +38,7 @@ use crate::{
 };
 
 mod cni;
+mod docker;
 mod endpoints;
 mod filters;
 mod networks;
@@ -149,8 +159,6 @@ impl From<std::convert::Infallible> for NetworkError {
         match e {}
     }
 }
-
-mod docker;
 
 pub use docker::{
     docker_network_name, docker_veth_names, DockerJoin, DockerOpError, DockerPortBinding,
