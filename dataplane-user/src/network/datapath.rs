@@ -5,7 +5,7 @@
 //! loaded on first use); [`RecordingDatapath`] records what it was asked to
 //! hold, for tests of the manager that run without root.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use aya::maps::{HashMap, Map, MapData};
 use dataplane_common::{
@@ -218,7 +218,6 @@ pub struct RecordingDatapath {
     pub purged: Gone,
     /// Operation names (as in `calls`, without the argument) that fail.
     pub fail: BTreeSet<&'static str>,
-    stats: BTreeMap<u32, ()>,
 }
 
 impl RecordingDatapath {
@@ -319,11 +318,9 @@ impl Datapath for RecordingDatapath {
 
     fn claim_stats_index(&mut self, used: &[bool], from: u32) -> Result<u32, NatError> {
         self.call("claim_stats_index", "")?;
-        let index = (from..dataplane_common::nat::MAX_PORT_MAPPINGS)
+        (from..dataplane_common::nat::MAX_PORT_MAPPINGS)
             .find(|i| !used.get(*i as usize).copied().unwrap_or(false))
-            .ok_or(NatError::StatsFull)?;
-        self.stats.insert(index, ());
-        Ok(index)
+            .ok_or(NatError::StatsFull)
     }
 
     fn purge_conntrack(&mut self, gone: &Gone) -> Vec<String> {

@@ -263,7 +263,7 @@ impl FakeInner {
     /// Adds a link to the host namespace; returns its index.
     pub fn add_link(&mut self, name: &str, kind: Option<&str>, master: Option<u32>) -> u32 {
         self.next_index += 1;
-        let index = self.next_index + 1;
+        let index = self.next_index;
         let mut mac = [0x02, 0, 0, 0, 0, 0];
         mac[2..].copy_from_slice(&index.to_be_bytes());
         self.links.insert(

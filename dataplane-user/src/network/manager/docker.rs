@@ -15,7 +15,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{Manager, NetworkError};
+use super::{publish::PortHolders, Manager, NetworkError};
 use crate::network::{
     datapath::Datapath,
     driver::DriverError,
@@ -320,6 +320,11 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         bindings: &[DockerPortBinding],
     ) -> Result<Vec<PortMapping>, NetworkError> {
         let ep = self.docker_endpoint(network_id, endpoint_id)?.clone();
+        // This endpoint's mappings are being replaced: no conflict.
+        let ranges = bindings
+            .iter()
+            .any(|b| b.host_port == 0 || b.host_port_end > b.host_port);
+        let holders = PortHolders::new(&self.state, &ep.published, ranges || bindings.len() > 8);
         let mut chosen: Vec<PortMapping> = Vec::new();
         for b in bindings {
             let range = if b.host_port == 0 {
@@ -343,18 +348,12 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                     .find(|c| c.conflicts(&m))
                     .map(|c| ("this container".to_owned(), c.to_string()))
                     .or_else(|| {
-                        self.state
-                            .endpoints
-                            .values()
-                            .filter(|e| e.id != ep.id)
-                            .find_map(|e| {
-                                e.published.iter().find(|p| p.conflicts(&m)).map(|p| {
-                                    (
-                                        format!("endpoint {} on network {}", e.name, e.network),
-                                        p.to_string(),
-                                    )
-                                })
-                            })
+                        holders.find(&m).map(|(p, e)| {
+                            (
+                                format!("endpoint {} on network {}", e.name, e.network),
+                                p.to_string(),
+                            )
+                        })
                     });
                 match holder {
                     Some(h) => last_conflict = Some(h),

@@ -1,13 +1,72 @@
 //! Published ports: checked against each other and every endpoint's, given
 //! counter slots, added to and removed from live endpoints.
 
+use std::collections::HashMap;
+
 use super::{Manager, NetworkError, PublishSpecs};
-use crate::network::{
-    datapath::Datapath,
-    host::Host,
-    model::{Attachment, Endpoint},
-    ports::{self, PortMapping},
+use crate::{
+    network::{
+        datapath::Datapath,
+        host::Host,
+        model::{Attachment, Endpoint},
+        ports::{PortMapping, Proto},
+    },
+    state::State,
 };
+
+/// Who publishes each (protocol, host port) now, apart from `except`
+/// (mappings about to be replaced): the one port-conflict search.
+pub(super) struct PortHolders<'a> {
+    state: &'a State,
+    except: &'a [PortMapping],
+    /// Built in one pass over the state when many lookups will follow (K
+    /// lookups at N cost K + N, not K * N); a few are a plain scan.
+    index: Option<HashMap<(Proto, u16), Vec<Held<'a>>>>,
+}
+
+/// A published mapping and the endpoint publishing it.
+type Held<'a> = (&'a PortMapping, &'a Endpoint);
+
+impl<'a> PortHolders<'a> {
+    pub(super) fn new(state: &'a State, except: &'a [PortMapping], many: bool) -> Self {
+        let mut holders = PortHolders {
+            state,
+            except,
+            index: None,
+        };
+        if many {
+            let mut index: HashMap<_, Vec<_>> = HashMap::new();
+            for (p, ep) in holders.all() {
+                index
+                    .entry((p.proto, p.host_port))
+                    .or_default()
+                    .push((p, ep));
+            }
+            holders.index = Some(index);
+        }
+        holders
+    }
+
+    fn all(&self) -> impl Iterator<Item = Held<'a>> + 'a {
+        let except = self.except;
+        self.state.endpoints.values().flat_map(move |ep| {
+            ep.published
+                .iter()
+                .filter(move |p| !except.contains(p))
+                .map(move |p| (p, ep))
+        })
+    }
+
+    /// The mapping `m` conflicts with, and its endpoint.
+    pub(super) fn find(&self, m: &PortMapping) -> Option<Held<'a>> {
+        match &self.index {
+            Some(index) => index
+                .get(&(m.proto, m.host_port))
+                .and_then(|v| v.iter().find(|(p, _)| p.conflicts(m)).copied()),
+            None => self.all().find(|(p, _)| p.conflicts(m)),
+        }
+    }
+}
 
 impl<D: Datapath, H: Host> Manager<D, H> {
     /// Checks `wanted` against each other and every existing mapping
@@ -18,32 +77,9 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         wanted: &[PortMapping],
         except: &[PortMapping],
     ) -> Result<Vec<PortMapping>, NetworkError> {
-        // Who holds each (protocol, host port) now, indexed in one pass
-        // over the state when many mappings come at once (K mappings at N
-        // cost K + N, not K * N); a few are checked by a plain scan.
-        let holders = || {
-            self.state.endpoints.values().flat_map(|ep| {
-                ep.published
-                    .iter()
-                    .filter(|p| !except.contains(p))
-                    .map(move |p| (p, ep))
-            })
-        };
-        let index = wanted.len() > 8;
-        let mut held: std::collections::HashMap<
-            (ports::Proto, u16),
-            Vec<(&PortMapping, &Endpoint)>,
-        > = std::collections::HashMap::new();
-        if index {
-            for (p, ep) in holders() {
-                held.entry((p.proto, p.host_port))
-                    .or_default()
-                    .push((p, ep));
-            }
-        }
+        let holders = PortHolders::new(&self.state, except, wanted.len() > 8);
         let mut out: Vec<PortMapping> = Vec::new();
-        let mut claimed: std::collections::HashMap<(ports::Proto, u16), Vec<PortMapping>> =
-            std::collections::HashMap::new();
+        let mut claimed: HashMap<(Proto, u16), Vec<PortMapping>> = HashMap::new();
         for &m in wanted {
             let slot = (m.proto, m.host_port);
             if let Some(prev) = claimed
@@ -56,13 +92,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                     existing: prev.to_string(),
                 });
             }
-            let holder = if index {
-                held.get(&slot)
-                    .and_then(|v| v.iter().find(|(p, _)| p.conflicts(&m)).copied())
-            } else {
-                holders().find(|(p, _)| p.conflicts(&m))
-            };
-            if let Some((prev, ep)) = holder {
+            if let Some((prev, ep)) = holders.find(&m) {
                 return Err(NetworkError::PortConflict {
                     mapping: m.to_string(),
                     holder: format!("endpoint {} on network {}", ep.name, ep.network),

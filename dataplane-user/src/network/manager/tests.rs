@@ -1042,22 +1042,38 @@ async fn docker_endpoint_lifecycle_publishes_typed_bindings() {
         host_port_end: 0,
         container_port: 80,
     };
+    // The first port of the range is someone else's: the next one.
+    m.host().add_netns("c9");
+    let mut other = args("bridge", "c9");
+    other.publish = vec![format!("{}:80", EPHEMERAL_PORTS.start())];
+    connect(&mut m, other).await;
     let got = m
         .docker_program_external(NID, EID, &[binding])
         .await
         .unwrap();
-    assert_eq!(got[0].host_port, *EPHEMERAL_PORTS.start());
+    let port = EPHEMERAL_PORTS.start() + 1;
+    assert_eq!(got[0].host_port, port);
     assert_eq!(got[0].host_ip, None, "0.0.0.0 is every address");
-    assert!(m
-        .datapath()
-        .nat
-        .ports
-        .contains_key(&port_key(*EPHEMERAL_PORTS.start())));
+    assert!(m.datapath().nat.ports.contains_key(&port_key(port)));
+    // A fixed port someone holds is refused, naming the holder.
+    let before = snapshot(&m);
+    let taken = DockerPortBinding {
+        host_port: *EPHEMERAL_PORTS.start(),
+        host_port_end: *EPHEMERAL_PORTS.start(),
+        ..binding
+    };
+    let r = m.docker_program_external(NID, EID, &[taken]).await;
+    refused(
+        &m,
+        &before,
+        r,
+        &["portmap", "endpoint c9 on network bridge"],
+    );
     m.docker_revoke_external(NID, EID).await.unwrap();
-    assert!(m.datapath().nat.ports.is_empty());
+    assert_eq!(m.datapath().nat.ports.len(), 1, "c9's only");
     m.docker_leave(NID, EID).await.unwrap();
     m.docker_delete_endpoint(NID, EID).await.unwrap();
-    assert!(m.state().endpoints.is_empty());
+    assert!(!m.state().endpoints.contains_key(EID));
     m.docker_delete_network(NID).await.unwrap();
     assert!(m.docker_network(NID).is_err());
 }
