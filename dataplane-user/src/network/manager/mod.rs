@@ -138,6 +138,8 @@ pub enum NetworkError {
     },
     #[error("network {network}: NETNS is required")]
     NetnsRequired { network: String },
+    #[error("waiting for the state lock")]
+    LockTask(#[source] tokio::task::JoinError),
     #[error("getting random bytes for an id")]
     Random(#[source] std::io::Error),
     #[error("enabling IPv4 forwarding")]
@@ -172,7 +174,7 @@ async fn lock_state(dir: &Path) -> Result<StateStore, NetworkError> {
     let dir = dir.to_owned();
     tokio::task::spawn_blocking(move || StateStore::open(&dir))
         .await
-        .map_err(|e| NetworkError::Random(std::io::Error::other(e)))?
+        .map_err(NetworkError::LockTask)?
         .map_err(NetworkError::from)
 }
 
