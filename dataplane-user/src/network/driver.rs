@@ -118,9 +118,8 @@ pub async fn ensure_bridge(
 /// A random unicast, locally administered MAC (Docker's
 /// `GenerateRandomMAC`).
 fn random_mac() -> std::io::Result<[u8; 6]> {
-    use std::io::Read as _;
     let mut mac = [0u8; 6];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut mac)?;
+    getrandom::fill(&mut mac)?;
     mac[0] = (mac[0] & 0xfe) | 0x02;
     Ok(mac)
 }
@@ -129,7 +128,7 @@ fn random_mac() -> std::io::Result<[u8; 6]> {
 pub enum BridgeError {
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
-    #[error("reading /dev/urandom for the bridge's MAC")]
+    #[error("getting random bytes for the bridge's MAC")]
     Random(#[source] std::io::Error),
     #[error("bridge name {bridge} is in use by a link the dataplane does not own (kind {kind})")]
     InUse { bridge: String, kind: String },

@@ -8,6 +8,9 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
+use super::names::MacAddr;
+pub use super::names::MalformedMac;
+
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum IpamError {
     #[error("--subnet {value}: not a CIDR (expected e.g. 172.20.0.0/16)")]
@@ -265,39 +268,12 @@ pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
 }
 
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    MacAddr(*mac).to_string()
 }
 
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("--mac {value}: not a MAC address (expected six hex bytes like 02:42:ac:11:00:02)")]
-pub struct MalformedMac {
-    value: String,
-}
-
-/// Parses a unicast MAC address.
+/// Parses a unicast MAC address (see [`MacAddr`]).
 pub fn parse_mac(value: &str) -> Result<[u8; 6], MalformedMac> {
-    let err = || MalformedMac {
-        value: value.to_owned(),
-    };
-    let parts: Vec<&str> = value.split(':').collect();
-    if parts.len() != 6 {
-        return Err(err());
-    }
-    let mut mac = [0u8; 6];
-    for (slot, part) in mac.iter_mut().zip(&parts) {
-        if part.len() != 2 {
-            return Err(err());
-        }
-        *slot = u8::from_str_radix(part, 16).map_err(|_| err())?;
-    }
-    // Multicast MACs cannot be an interface's address.
-    if mac[0] & 1 == 1 {
-        return Err(err());
-    }
-    Ok(mac)
+    value.parse::<MacAddr>().map(|m| m.octets())
 }
 
 #[cfg(test)]

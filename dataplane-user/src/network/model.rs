@@ -217,13 +217,76 @@ pub fn valid_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
+/// See [`IfName::is_valid`](super::names::IfName::is_valid).
 pub fn valid_ifname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 15
-        && !name.contains(['/', ':'])
-        && !name.contains(char::is_whitespace)
-        && name != "."
-        && name != ".."
+    super::names::IfName::is_valid(name)
+}
+
+/// `-o KEY=VALUE` options of `network create`, by driver, into `req`.
+fn apply_options(req: &mut CreateRequest, options: &[String]) -> Result<(), CreateError> {
+    let mut parent = None;
+    let mut mode = MacvlanMode::Bridge;
+    for opt in options {
+        let (key, value) = split_kv(opt).ok_or_else(|| CreateError::BadOption(opt.clone()))?;
+        match (req.driver, key) {
+            (_, "com.docker.network.driver.mtu") => {
+                req.mtu = parse_mtu(&format!("-o {key}"), value)?
+            }
+            (DriverKind::Bridge, "com.docker.network.bridge.name") => {
+                if !valid_ifname(value) {
+                    return Err(CreateError::BadIfname {
+                        key: key.to_owned(),
+                        value: value.to_owned(),
+                    });
+                }
+                req.bridge_name = Some(value.to_owned());
+            }
+            (DriverKind::Bridge, "com.docker.network.bridge.enable_icc") => {
+                req.icc = parse_bool(key, value)?;
+            }
+            (DriverKind::Bridge, "com.docker.network.bridge.enable_ip_masquerade") => {
+                req.masquerade = parse_bool(key, value)?;
+            }
+            (DriverKind::Bridge, "com.docker.network.bridge.host_binding_ipv4") => {
+                let ip = ipam::parse_addr("o com.docker.network.bridge.host_binding_ipv4", value)?;
+                req.host_binding_ipv4 = (!ip.is_unspecified()).then_some(ip);
+            }
+            (DriverKind::Macvlan, "parent") => {
+                if !valid_ifname(value) {
+                    return Err(CreateError::BadIfname {
+                        key: key.to_owned(),
+                        value: value.to_owned(),
+                    });
+                }
+                parent = Some(value.to_owned());
+            }
+            (DriverKind::Macvlan, "macvlan_mode") => {
+                mode = match value {
+                    "bridge" => MacvlanMode::Bridge,
+                    "private" => MacvlanMode::Private,
+                    "vepa" => MacvlanMode::Vepa,
+                    "passthru" => MacvlanMode::Passthru,
+                    other => return Err(CreateError::BadMacvlanMode(other.to_owned())),
+                };
+            }
+            (d, k) => {
+                return Err(CreateError::UnknownOption {
+                    key: k.to_owned(),
+                    driver: d.name(),
+                    known: if d == DriverKind::Macvlan {
+                        MACVLAN_OPTS
+                    } else {
+                        BRIDGE_OPTS
+                    },
+                })
+            }
+        }
+    }
+    if req.driver == DriverKind::Macvlan {
+        let parent = parent.ok_or(CreateError::MissingParent)?;
+        req.macvlan = Some(MacvlanConfig { parent, mode });
+    }
+    Ok(())
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool, CreateError> {
@@ -296,69 +359,7 @@ impl CreateArgs {
         if let Some(m) = &self.mtu {
             req.mtu = parse_mtu("--mtu", m)?;
         }
-        let mut parent = None;
-        let mut mode = MacvlanMode::Bridge;
-        for opt in &self.options {
-            let (key, value) = split_kv(opt).ok_or_else(|| CreateError::BadOption(opt.clone()))?;
-            match (driver, key) {
-                (_, "com.docker.network.driver.mtu") => {
-                    req.mtu = parse_mtu(&format!("-o {key}"), value)?
-                }
-                (DriverKind::Bridge, "com.docker.network.bridge.name") => {
-                    if !valid_ifname(value) {
-                        return Err(CreateError::BadIfname {
-                            key: key.to_owned(),
-                            value: value.to_owned(),
-                        });
-                    }
-                    req.bridge_name = Some(value.to_owned());
-                }
-                (DriverKind::Bridge, "com.docker.network.bridge.enable_icc") => {
-                    req.icc = parse_bool(key, value)?;
-                }
-                (DriverKind::Bridge, "com.docker.network.bridge.enable_ip_masquerade") => {
-                    req.masquerade = parse_bool(key, value)?;
-                }
-                (DriverKind::Bridge, "com.docker.network.bridge.host_binding_ipv4") => {
-                    let ip =
-                        ipam::parse_addr("o com.docker.network.bridge.host_binding_ipv4", value)?;
-                    req.host_binding_ipv4 = (!ip.is_unspecified()).then_some(ip);
-                }
-                (DriverKind::Macvlan, "parent") => {
-                    if !valid_ifname(value) {
-                        return Err(CreateError::BadIfname {
-                            key: key.to_owned(),
-                            value: value.to_owned(),
-                        });
-                    }
-                    parent = Some(value.to_owned());
-                }
-                (DriverKind::Macvlan, "macvlan_mode") => {
-                    mode = match value {
-                        "bridge" => MacvlanMode::Bridge,
-                        "private" => MacvlanMode::Private,
-                        "vepa" => MacvlanMode::Vepa,
-                        "passthru" => MacvlanMode::Passthru,
-                        other => return Err(CreateError::BadMacvlanMode(other.to_owned())),
-                    };
-                }
-                (d, k) => {
-                    return Err(CreateError::UnknownOption {
-                        key: k.to_owned(),
-                        driver: d.name(),
-                        known: if d == DriverKind::Macvlan {
-                            MACVLAN_OPTS
-                        } else {
-                            BRIDGE_OPTS
-                        },
-                    })
-                }
-            }
-        }
-        if driver == DriverKind::Macvlan {
-            let parent = parent.ok_or(CreateError::MissingParent)?;
-            req.macvlan = Some(MacvlanConfig { parent, mode });
-        }
+        apply_options(&mut req, &self.options)?;
         for label in &self.labels {
             let (k, v) = split_kv(label).ok_or_else(|| CreateError::BadLabel(label.clone()))?;
             req.labels.insert(k.to_owned(), v.to_owned());

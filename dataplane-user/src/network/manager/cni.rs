@@ -12,19 +12,14 @@
 
 use std::net::Ipv4Addr;
 
-use aya::maps::{HashMap, Map, MapData};
-use dataplane_common::{
-    maps,
-    nat::{PortKey, PortTarget},
-};
+use dataplane_common::{maps, nat::PortKey};
 
-use super::{netns_ino, ConnectArgs, Manager, NetworkError};
+use super::{requests, ConnectRequest, ConnectTo, Manager, NetworkError, PublishSpecs};
 use crate::{
     cni::{AddArgs, AddResult, AttachmentKey, CheckArgs, GcArgs, NetworkSpec},
-    ebpf::Direction,
-    nat,
-    netlink::Netlink,
     network::{
+        datapath::Datapath,
+        host::Host,
         ipam,
         model::{Attachment, CreateArgs, CreateError, DriverKind, Endpoint, Network},
         ports,
@@ -79,7 +74,7 @@ impl CniAttachment {
     }
 }
 
-impl Manager {
+impl<D: Datapath, H: Host> Manager<D, H> {
     /// Writes a state that differs from the current one only in its CNI
     /// records, which the datapath does not read: no map sync needed.
     fn cni_save(&mut self, state: crate::state::State) -> Result<(), NetworkError> {
@@ -263,6 +258,20 @@ impl Manager {
         }
         let before = self.state.clone();
         let name = self.cni_endpoint_name(&net.name, &args.key);
+        // The runtime's strings, typed before anything is recorded.
+        let connect = ConnectRequest {
+            network: ConnectTo::Network(net.name.clone()),
+            netns: Some(args.netns.clone()),
+            ip: args
+                .ip
+                .as_deref()
+                .map(|ip| ipam::parse_addr("ip", ip))
+                .transpose()?,
+            mac: args.mac.as_deref().map(str::parse).transpose()?,
+            name: Some(requests::endpoint_name(&name)?),
+            ifname: Some(requests::ifname(&args.key.ifname)?),
+            publish: args.publish.mappings()?,
+        };
         let mut state = self.cni_pruned();
         state.cni_attachments.push(CniAttachment {
             network: net.name.clone(),
@@ -271,16 +280,7 @@ impl Manager {
             endpoint: name.clone(),
         });
         self.cni_save(state)?;
-        let connect = ConnectArgs {
-            network: net.name.clone(),
-            netns: Some(args.netns.clone()),
-            ip: args.ip.clone(),
-            mac: args.mac.clone(),
-            name: Some(name),
-            ifname: Some(args.key.ifname.clone()),
-            publish: args.publish.clone(),
-        };
-        let ep = match self.connect(&connect).await {
+        let ep = match self.connect(connect).await {
             Ok(ep) => ep,
             Err(e) => {
                 let _ = self.cni_save(before);
@@ -307,9 +307,12 @@ impl Manager {
     ) -> Result<AddResult, NetworkError> {
         let gateway = net.gateway;
         let ipv4 = ep.ipv4.unwrap_or(Ipv4Addr::UNSPECIFIED);
-        let ns = Netlink::connect(Some(&ep.netns)).await?;
-        let index = ns.link_by_name(&args.key.ifname).await?.map(|l| l.index);
-        let default_route = ns.routes().await?.iter().any(|r| {
+        let view = self
+            .host
+            .netns_view(&ep.netns, &args.key.ifname, false)
+            .await?;
+        let index = view.link.map(|l| l.index);
+        let default_route = view.routes.iter().any(|r| {
             r.prefix_len == 0 && r.gateway.is_some() && r.gateway == gateway && r.oif == index
         });
         let (host_ifname, host_mac) = match &ep.attachment {
@@ -382,7 +385,9 @@ impl Manager {
         };
         let net = self.network(&ep.network)?.clone();
         let netns = super::netns_path(&args.netns);
-        if netns_ino(&netns).is_none() || netns_ino(&netns) != netns_ino(&ep.netns) {
+        if self.host.netns_id(&netns).is_none()
+            || self.host.netns_id(&netns) != self.host.netns_id(&ep.netns)
+        {
             problems.push(format!(
                 "CNI_NETNS {} is not the namespace the endpoint was set up in ({})",
                 args.netns,
@@ -401,8 +406,11 @@ impl Manager {
                 ));
             }
         }
-        let ns = Netlink::connect(Some(&netns)).await?;
-        match ns.link_by_name(ifname).await? {
+        let view = self
+            .host
+            .netns_view(&netns, ifname, want_addr.is_some())
+            .await?;
+        match view.link {
             None => problems.push(format!("interface {ifname} is missing from {}", args.netns)),
             Some(link) => {
                 if !link.up {
@@ -417,18 +425,16 @@ impl Manager {
                     ));
                 }
                 if let Some((ip, len)) = want_addr {
-                    let addrs = ns.addrs(Some(link.index)).await?;
-                    if !addrs.iter().any(|(_, a, p)| *a == ip && *p == len) {
+                    if !view.addrs.iter().any(|(_, a, p)| *a == ip && *p == len) {
                         problems.push(format!("interface {ifname} lacks its address {ip}/{len}"));
                     }
                 }
-                let routes = ns.routes().await?;
                 for (dst, gw) in &args.routes {
                     let Ok(dst_net) = dst.parse::<ipnet::Ipv4Net>() else {
                         problems.push(format!("prevResult route {dst}: not an IPv4 CIDR"));
                         continue;
                     };
-                    let found = routes.iter().any(|r| {
+                    let found = view.routes.iter().any(|r| {
                         r.dst == dst_net.network()
                             && r.prefix_len == dst_net.prefix_len()
                             && r.gateway == *gw
@@ -444,44 +450,39 @@ impl Manager {
             }
         }
         if let Attachment::Veth { host_ifname } = &ep.attachment {
-            let bridge = match &net.bridge {
-                Some(b) => self.host.link_by_name(b).await?,
-                None => None,
-            };
-            match self.host.link_by_name(host_ifname).await? {
-                None => problems.push(format!("host end {host_ifname} of the veth is missing")),
-                Some(l) => {
-                    if !l.up {
-                        problems.push(format!("host end {host_ifname} is down"));
-                    }
-                    if l.master.is_none() || l.master != bridge.as_ref().map(|b| b.index) {
-                        problems.push(format!(
-                            "host end {host_ifname} is not on bridge {}",
-                            net.bridge.clone().unwrap_or_default()
-                        ));
-                    }
-                }
-            }
-            match crate::bpffs::current_netns_ino() {
-                Ok(ino) => {
-                    let pin = self.pins.link(
-                        ino,
-                        host_ifname,
-                        nat::ENDPOINT_PROGRAM,
-                        Direction::Ingress.name(),
-                    );
-                    if !pin.exists() {
-                        problems.push(format!(
-                            "{} is not attached to {host_ifname} ({} missing)",
-                            nat::ENDPOINT_PROGRAM,
-                            pin.display()
-                        ));
-                    }
-                }
-                Err(e) => problems.push(format!("reading the host namespace: {e}")),
-            }
+            problems.extend(self.cni_check_host_end(&net, host_ifname).await?);
         }
         problems.extend(self.cni_check_ports(&ep, &args.publish));
+        Ok(problems)
+    }
+
+    /// A veth endpoint's host end: there, up, on the bridge, with the
+    /// endpoint program attached.
+    async fn cni_check_host_end(
+        &self,
+        net: &Network,
+        host_ifname: &str,
+    ) -> Result<Vec<String>, NetworkError> {
+        let mut problems = Vec::new();
+        let bridge = match &net.bridge {
+            Some(b) => self.host.link_by_name(b).await?,
+            None => None,
+        };
+        match self.host.link_by_name(host_ifname).await? {
+            None => problems.push(format!("host end {host_ifname} of the veth is missing")),
+            Some(l) => {
+                if !l.up {
+                    problems.push(format!("host end {host_ifname} is down"));
+                }
+                if l.master.is_none() || l.master != bridge.as_ref().map(|b| b.index) {
+                    problems.push(format!(
+                        "host end {host_ifname} is not on bridge {}",
+                        net.bridge.clone().unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        problems.extend(self.dp.endpoint_unattached(host_ifname));
         Ok(problems)
     }
 
@@ -515,35 +516,33 @@ impl Manager {
         let (Some(ip), false) = (ep.ipv4, ep.published.is_empty()) else {
             return problems;
         };
-        let table = MapData::from_pin(self.pins.map(maps::PORTS))
-            .map_err(|e| e.to_string())
-            .and_then(|d| Map::from_map_data(d).map_err(|e| e.to_string()))
-            .and_then(|m| {
-                HashMap::<MapData, PortKey, PortTarget>::try_from(m).map_err(|e| e.to_string())
-            });
-        let table = match table {
+        let keys: Vec<PortKey> = ep
+            .published
+            .iter()
+            .map(|p| PortKey {
+                addr: p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
+                port: p.host_port.to_be_bytes(),
+                proto: p.proto.number(),
+                _pad: 0,
+            })
+            .collect();
+        let targets = match self.dp.port_targets(&keys) {
             Ok(t) => t,
             Err(e) => {
                 problems.push(format!("reading {}: {e}", maps::PORTS));
                 return problems;
             }
         };
-        for p in &ep.published {
-            let key = PortKey {
-                addr: p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
-                port: p.host_port.to_be_bytes(),
-                proto: p.proto.number(),
-                _pad: 0,
-            };
-            match table.get(&key, 0) {
-                Ok(t) if t.addr == ip.octets() && t.port == p.container_port.to_be_bytes() => {}
-                Ok(t) => problems.push(format!(
+        for (p, target) in ep.published.iter().zip(targets) {
+            match target {
+                Some(t) if t.addr == ip.octets() && t.port == p.container_port.to_be_bytes() => {}
+                Some(t) => problems.push(format!(
                     "{} sends {p} to {}:{}, not to the endpoint",
                     maps::PORTS,
                     Ipv4Addr::from(t.addr),
                     u16::from_be_bytes(t.port)
                 )),
-                Err(_) => problems.push(format!("{p} is missing from {}", maps::PORTS)),
+                None => problems.push(format!("{p} is missing from {}", maps::PORTS)),
             }
         }
         problems

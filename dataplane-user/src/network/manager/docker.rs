@@ -15,15 +15,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{loaded, Manager, NetworkError};
-use crate::{
-    nat,
-    network::{
-        driver::DriverError,
-        ipam,
-        model::{Attachment, CreateRequest, Endpoint, Network},
-        ports::{PortMapping, Proto},
-    },
+use super::{publish::PortHolders, Manager, NetworkError};
+use crate::network::{
+    datapath::Datapath,
+    driver::DriverError,
+    host::Host,
+    ipam,
+    model::{Attachment, CreateRequest, Endpoint, Network},
+    ports::{PortMapping, Proto},
 };
 
 /// Docker's default range for ports published without a host port
@@ -107,7 +106,7 @@ pub fn docker_veth_names(endpoint_id: &str) -> (String, String) {
     (format!("veth{suffix}"), format!("vtmp{suffix}"))
 }
 
-impl Manager {
+impl<D: Datapath, H: Host> Manager<D, H> {
     /// The network Docker knows as `network_id`.
     pub fn docker_network(&self, network_id: &str) -> Result<&Network, NetworkError> {
         self.state
@@ -262,17 +261,17 @@ impl Manager {
             self.host.set_master(host_end.index, br.index).await?;
             self.host.set_up(host_end.index).await?;
             self.host.set_mac(peer_end.index, mac).await?;
-            let dp = loaded(&mut self.dp, &self.pins, &self.nat)?;
-            nat::attach_endpoint(dp, host_ifname)?;
-            let mut state = self.state.clone();
-            if let Some(e) = state.endpoints.get_mut(endpoint_id) {
-                e.netns = sandbox.to_owned();
-            }
-            self.persist(state).await
+            self.dp.attach_endpoint(host_ifname)?;
+            self.change(|state| {
+                if let Some(e) = state.endpoints.get_mut(endpoint_id) {
+                    e.netns = sandbox.to_owned();
+                }
+            })
+            .await
         }
         .await;
         if let Err(e) = result {
-            let _ = nat::detach_endpoint(&self.pins, host_ifname);
+            let _ = self.dp.detach_endpoint(host_ifname);
             let _ = self.host.delete_link(host_end.index).await;
             return Err(e);
         }
@@ -291,12 +290,13 @@ impl Manager {
         endpoint_id: &str,
     ) -> Result<(), NetworkError> {
         let ep = self.docker_endpoint(network_id, endpoint_id)?.clone();
-        let mut state = self.state.clone();
-        if let Some(e) = state.endpoints.get_mut(&ep.id) {
-            e.netns = PathBuf::new();
-            e.published.clear();
-        }
-        self.persist(state).await
+        self.change(|state| {
+            if let Some(e) = state.endpoints.get_mut(&ep.id) {
+                e.netns = PathBuf::new();
+                e.published.clear();
+            }
+        })
+        .await
     }
 
     /// DeleteEndpoint: the veth, the endpoint program and the record.
@@ -320,6 +320,11 @@ impl Manager {
         bindings: &[DockerPortBinding],
     ) -> Result<Vec<PortMapping>, NetworkError> {
         let ep = self.docker_endpoint(network_id, endpoint_id)?.clone();
+        // This endpoint's mappings are being replaced: no conflict.
+        let ranges = bindings
+            .iter()
+            .any(|b| b.host_port == 0 || b.host_port_end > b.host_port);
+        let holders = PortHolders::new(&self.state, &ep.published, ranges || bindings.len() > 8);
         let mut chosen: Vec<PortMapping> = Vec::new();
         for b in bindings {
             let range = if b.host_port == 0 {
@@ -331,7 +336,8 @@ impl Manager {
             let mut found = None;
             for port in range {
                 let m = PortMapping {
-                    host_ip: b.host_ip,
+                    // 0.0.0.0 is every address, as `--publish` has it.
+                    host_ip: b.host_ip.filter(|ip| !ip.is_unspecified()),
                     host_port: port,
                     container_port: b.container_port,
                     proto: b.proto,
@@ -342,18 +348,12 @@ impl Manager {
                     .find(|c| c.conflicts(&m))
                     .map(|c| ("this container".to_owned(), c.to_string()))
                     .or_else(|| {
-                        self.state
-                            .endpoints
-                            .values()
-                            .filter(|e| e.id != ep.id)
-                            .find_map(|e| {
-                                e.published.iter().find(|p| p.conflicts(&m)).map(|p| {
-                                    (
-                                        format!("endpoint {} on network {}", e.name, e.network),
-                                        p.to_string(),
-                                    )
-                                })
-                            })
+                        holders.find(&m).map(|(p, e)| {
+                            (
+                                format!("endpoint {} on network {}", e.name, e.network),
+                                p.to_string(),
+                            )
+                        })
                     });
                 match holder {
                     Some(h) => last_conflict = Some(h),
@@ -376,24 +376,13 @@ impl Manager {
                 }
             }
         }
-        let specs: Vec<String> = chosen
-            .iter()
-            .map(|m| {
-                format!(
-                    "{}:{}:{}/{}",
-                    m.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
-                    m.host_port,
-                    m.container_port,
-                    m.proto.name()
-                )
-            })
-            .collect();
-        let mappings = self.new_mappings(&specs, &ep.published)?;
-        let mut state = self.state.clone();
-        if let Some(e) = state.endpoints.get_mut(&ep.id) {
-            e.published = mappings.clone();
-        }
-        self.persist(state).await?;
+        let mappings = self.new_mappings(&chosen, &ep.published)?;
+        self.change(|state| {
+            if let Some(e) = state.endpoints.get_mut(&ep.id) {
+                e.published = mappings.clone();
+            }
+        })
+        .await?;
         Ok(mappings)
     }
 
@@ -407,10 +396,11 @@ impl Manager {
         if ep.published.is_empty() {
             return Ok(());
         }
-        let mut state = self.state.clone();
-        if let Some(e) = state.endpoints.get_mut(&ep.id) {
-            e.published.clear();
-        }
-        self.persist(state).await
+        self.change(|state| {
+            if let Some(e) = state.endpoints.get_mut(&ep.id) {
+                e.published.clear();
+            }
+        })
+        .await
     }
 }
