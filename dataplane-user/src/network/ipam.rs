@@ -273,7 +273,7 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 
 /// Parses a unicast MAC address (see [`MacAddr`]).
 pub fn parse_mac(value: &str) -> Result<[u8; 6], MalformedMac> {
-    value.parse::<MacAddr>().map(|m| m.octets())
+    super::names::unicast_mac(value).map(|m| m.octets())
 }
 
 #[cfg(test)]

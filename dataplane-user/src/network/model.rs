@@ -217,9 +217,9 @@ pub fn valid_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
-/// See [`IfName::is_valid`](super::names::IfName::is_valid).
+/// See [`super::names::ifname`].
 pub fn valid_ifname(name: &str) -> bool {
-    super::names::IfName::is_valid(name)
+    super::names::ifname(name).is_ok()
 }
 
 /// `-o KEY=VALUE` options of `network create`, by driver, into `req`.

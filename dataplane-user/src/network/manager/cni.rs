@@ -267,7 +267,11 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 .as_deref()
                 .map(|ip| ipam::parse_addr("ip", ip))
                 .transpose()?,
-            mac: args.mac.as_deref().map(str::parse).transpose()?,
+            mac: args
+                .mac
+                .as_deref()
+                .map(super::super::names::unicast_mac)
+                .transpose()?,
             name: Some(requests::endpoint_name(&name)?),
             ifname: Some(requests::ifname(&args.key.ifname)?),
             publish: args.publish.mappings()?,

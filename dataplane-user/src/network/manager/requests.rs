@@ -8,7 +8,7 @@ use super::NetworkError;
 use crate::network::{
     ipam,
     model::valid_name,
-    names::{IfName, MacAddr},
+    names::{self, IfName, MacAddr},
     ports::{self, PortMapping, PublishError},
 };
 
@@ -77,7 +77,7 @@ pub(super) fn endpoint_name(name: &str) -> Result<String, NetworkError> {
 
 /// An `--ifname` as the user gave it, checked.
 pub(super) fn ifname(name: &str) -> Result<IfName, NetworkError> {
-    IfName::new(name).map_err(|_| NetworkError::BadIfname(name.to_owned()))
+    names::ifname(name).map_err(|e| NetworkError::BadIfname(e.0))
 }
 
 impl ConnectArgs {
@@ -95,7 +95,7 @@ impl ConnectArgs {
                 .as_deref()
                 .map(|ip| ipam::parse_addr("ip", ip))
                 .transpose()?,
-            mac: self.mac.as_deref().map(str::parse).transpose()?,
+            mac: self.mac.as_deref().map(names::unicast_mac).transpose()?,
             name: self.name.as_deref().map(endpoint_name).transpose()?,
             ifname: self.ifname.as_deref().map(ifname).transpose()?,
             publish: self.publish.as_slice().mappings()?,
