@@ -18,16 +18,19 @@ use tracing::{info, warn};
 
 use crate::{
     api::{self, server::check_iface, ApiError, IfaceError},
-    bpffs::PinRoot,
     config::AgentConfig,
-    conntrack, docker,
-    ebpf::{detach_tc, Dataplane, Direction, LoadError},
-    metrics,
-    network::{
+    control::{
         manager::{Cache, Manager, NetworkError},
         model::Network,
+        state,
     },
-    sock, state, stats,
+    datapath::{
+        bpffs::PinRoot,
+        conntrack,
+        ebpf::{detach_tc, Dataplane, Direction, LoadError},
+        host_local, stats,
+    },
+    frontends::{docker, metrics},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +38,7 @@ pub enum AgentError {
     #[error("installing the {0} handler")]
     Signal(&'static str, #[source] std::io::Error),
     #[error("listing the routes to find the uplinks")]
-    Routes(#[source] crate::netlink::NetlinkError),
+    Routes(#[source] crate::sys::netlink::NetlinkError),
     #[error("no interface given (--iface) and no default route to find an uplink from")]
     NoUplink,
     #[error(transparent)]
@@ -45,7 +48,7 @@ pub enum AgentError {
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error(transparent)]
-    HostCgroup(#[from] sock::SockError),
+    HostCgroup(#[from] host_local::SockError),
     #[error(transparent)]
     Api(ApiError),
     #[error("docker_socket")]
@@ -184,9 +187,9 @@ impl Agent {
             }
         }
         if let Some(cg) = &self.config.host_cgroup {
-            match sock::attach(dp, pins, cg) {
+            match host_local::attach(dp, pins, cg) {
                 Ok(_) => info!(cgroup = %cg.display(), "host-local published ports on"),
-                Err(sock::SockError::AlreadyAttached { .. }) => {
+                Err(host_local::SockError::AlreadyAttached { .. }) => {
                     info!(cgroup = %cg.display(), "host-local published ports already on; adopting")
                 }
                 Err(e) => {
@@ -367,7 +370,7 @@ fn print_welcome(b: &Network) {
 
 /// Interfaces that carry an IPv4 default route.
 async fn default_route_ifaces() -> Result<Vec<String>, AgentError> {
-    crate::netlink::Netlink::connect(None)
+    crate::sys::netlink::Netlink::connect(None)
         .await
         .map_err(AgentError::Routes)?
         .default_route_ifaces()

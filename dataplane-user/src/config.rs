@@ -44,7 +44,7 @@ use std::{
 use dataplane_common::{maps::PIN_ROOT, nat::NatConfig};
 use serde::Deserialize;
 
-use crate::{bpffs::PinRoot, conntrack::Timeouts, sock};
+use crate::datapath::{bpffs::PinRoot, conntrack::Timeouts, host_local};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -66,7 +66,7 @@ pub enum ConfigError {
     /// `host_cgroup` not set: its default, the cgroup v2 root, is not
     /// mounted or cannot be read.
     #[error("host_cgroup: no default")]
-    HostCgroup(#[source] sock::SockError),
+    HostCgroup(#[source] host_local::SockError),
 }
 
 /// The file as written (every field optional).
@@ -279,7 +279,7 @@ impl Config {
             state_dir: flags
                 .state_dir
                 .or_else(|| self.state_dir.clone())
-                .unwrap_or_else(|| PathBuf::from(crate::state::DEFAULT_DIR)),
+                .unwrap_or_else(|| PathBuf::from(crate::control::state::DEFAULT_DIR)),
             socket: flags
                 .socket
                 .or_else(|| self.socket.clone())
@@ -293,12 +293,14 @@ impl Config {
             .host_cgroup
             .clone()
             .or_flag(flags.host_cgroup)
-            .resolve(|| sock::cgroup2_mount().map_err(ConfigError::HostCgroup))?;
+            .resolve(|| host_local::cgroup2_mount().map_err(ConfigError::HostCgroup))?;
         let docker_socket = self
             .docker_socket
             .clone()
             .or_flag(flags.docker_socket)
-            .resolve(|| Ok::<_, ConfigError>(PathBuf::from(crate::docker::DEFAULT_SOCKET)))?;
+            .resolve(|| {
+                Ok::<_, ConfigError>(PathBuf::from(crate::frontends::docker::DEFAULT_SOCKET))
+            })?;
         let metrics = self
             .metrics
             .clone()
@@ -566,7 +568,7 @@ mod tests {
         assert_eq!(d.metrics, Some(DEFAULT_METRICS.parse().unwrap()));
         assert_eq!(
             d.docker_socket,
-            Some(PathBuf::from(crate::docker::DEFAULT_SOCKET))
+            Some(PathBuf::from(crate::frontends::docker::DEFAULT_SOCKET))
         );
     }
 

@@ -1,46 +1,42 @@
-//! The dataplane agent and CLI as a library. The `dataplane` binary is a
-//! thin CLI over it; the integration tests use it for BPF_PROG_TEST_RUN.
+//! The dataplane agent and CLI as a library. The `dataplane` binary
+//! (`bin/dataplane/`) is a thin CLI over it; `dataplane-cni` is the CNI
+//! plugin; the integration tests use it for BPF_PROG_TEST_RUN and the fake
+//! host.
 //!
-//! Layers, lowest first (a module imports only from its own layer or those
-//! below it):
-//! - [`sys`]: the host (rtnetlink, network namespaces, typed names);
-//! - [`datapath`]: the eBPF object, its pinned maps and programs;
-//! - the control plane (`network`, `state`, the desired map contents in
-//!   `nat_desired`, the filter rule model in `filter_rules`);
-//! - the front doors (`api`, `cni`, `docker`, `metrics`, the CLI).
-//!
-//! The flat paths (`crate::nat`, `crate::ebpf`, ...) are re-exports kept
-//! while the callers move to the layered ones.
+//! The folders are the layers, lowest first; a module imports only from its
+//! own layer or those below it ([`LAYERS`], checked by a unit test):
+//! - [`sys`]: the host's kernel interfaces: rtnetlink, network namespaces,
+//!   typed names;
+//! - [`datapath`]: the eBPF object, its pinned maps and programs, typed map
+//!   access, and the [`datapath::Datapath`] seam the control plane drives;
+//! - [`control`]: networks, endpoints, published ports, filters, uplinks:
+//!   the manager, IPAM, the drivers, the persisted state, and what the maps
+//!   should hold, computed from it;
+//! - [`api`]: the agent's requests and typed answers, its server and the
+//!   CLI's client;
+//! - [`frontends`]: the other front doors: Docker's remote network driver,
+//!   the CNI plugin, `/metrics`;
+//! - the agent ([`agent`], [`config`]): start order, one task set, one
+//!   cancellation token.
 
 pub mod agent;
 pub mod api;
-pub mod cni;
 pub mod config;
+pub mod control;
 pub mod datapath;
-pub mod docker;
-pub mod filter_rules;
-pub mod metrics;
-pub mod nat_desired;
-pub mod network;
-pub mod state;
+pub mod frontends;
 pub mod sys;
-pub mod table;
 
-// The flat paths of before the layers, for the callers not moved yet.
-pub use datapath::{bpffs, conntrack, ebpf, events as monitor, host_local as sock, stats};
-pub use sys::{netlink, netns};
+/// The layers, lowest first, with the top-level modules of each: the one
+/// place the order is written.
+pub const LAYERS: &[(&str, &[&str])] = &[
+    ("sys", &["sys"]),
+    ("datapath", &["datapath"]),
+    ("control", &["control"]),
+    ("api", &["api"]),
+    ("frontends", &["frontends"]),
+    ("agent", &["agent", "config"]),
+];
 
-/// `crate::filter` as it was before the rule model ([`filter_rules`]) and
-/// the datapath's compile and apply ([`datapath::filter`]) were split.
-pub mod filter {
-    pub use crate::{datapath::filter::*, filter_rules::*};
-}
-
-/// `crate::nat` as it was before the datapath ([`datapath::nat`]) and the
-/// computation of its contents ([`nat_desired`]) were split.
-pub mod nat {
-    pub use crate::{
-        datapath::nat::*,
-        nat_desired::{desired, gone, network_key, sync},
-    };
-}
+#[cfg(test)]
+mod layers;

@@ -2,7 +2,7 @@
 //! links detaches the test's programs and frees its maps.
 
 use anyhow::Context as _;
-use dataplane_user::bpffs::PinRoot;
+use dataplane_user::datapath::bpffs::PinRoot;
 
 pub struct BpffsDir {
     pins: PinRoot,

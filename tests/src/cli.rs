@@ -64,7 +64,7 @@ impl Cli {
     /// The state as stored (state.json with its journal replayed, under the
     /// state lock), as JSON: what the next agent start will see.
     pub fn stored_state(&self) -> Result<Value> {
-        let mut store = dataplane_user::state::StateStore::open(self.state.path())?;
+        let mut store = dataplane_user::control::state::StateStore::open(self.state.path())?;
         let state = store.load()?.context("no state stored yet")?;
         Ok(serde_json::to_value(state)?)
     }

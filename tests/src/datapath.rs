@@ -16,7 +16,7 @@ use dataplane_common::{
         Uplink,
     },
 };
-use dataplane_user::{bpffs::PinRoot, ebpf::Dataplane};
+use dataplane_user::datapath::{bpffs::PinRoot, ebpf::Dataplane};
 
 fn pinned(pins: &PinRoot, name: &str) -> Result<Map> {
     let data = MapData::from_pin(pins.map(name)).with_context(|| format!("pinned map {name}"))?;

@@ -67,9 +67,9 @@ pub fn find_leaks_matching(filter: &str) -> Result<Vec<String>> {
 /// Test cgroups (made directly under the cgroup v2 mount) still present.
 /// None when no cgroup v2 is mounted: then no test could have made one.
 fn cgroups(ours: &dyn Fn(&str) -> bool) -> Result<Vec<String>> {
-    let mount = match dataplane_user::sock::cgroup2_mount() {
+    let mount = match dataplane_user::datapath::host_local::cgroup2_mount() {
         Ok(mount) => mount,
-        Err(dataplane_user::sock::SockError::NoCgroup2) => return Ok(Vec::new()),
+        Err(dataplane_user::datapath::host_local::SockError::NoCgroup2) => return Ok(Vec::new()),
         Err(e) => return Err(e).context("finding the cgroup v2 mount"),
     };
     let entries = fs::read_dir(&mount).with_context(|| format!("listing {}", mount.display()))?;

@@ -24,9 +24,12 @@ use dataplane_tests::{
     BpffsDir,
 };
 use dataplane_user::{
-    ebpf::Dataplane,
-    filter::{self, FilterArgs, FilterRule, ResolvedRule},
-    stats,
+    control::filter_rules::{FilterArgs, FilterRule},
+    datapath::{
+        ebpf::Dataplane,
+        filter::{self, ResolvedRule},
+        stats,
+    },
 };
 
 /// The Ethernet header, which rule counters do not count.

@@ -1,4 +1,4 @@
-//! Prometheus metrics (`dataplane_user::metrics`): `render` on a fresh pin
+//! Prometheus metrics (`dataplane_user::frontends::metrics`): `render` on a fresh pin
 //! root (every counter present at 0, a map not pinned yet is no error), the
 //! counts after packets went through the programs (BPF_PROG_TEST_RUN), and
 //! `serve` over a plain TCP connection: 200 with the OpenMetrics content
@@ -21,14 +21,17 @@ use std::{
 use dataplane_common::{drop::DropReason, nat::SUBNET_MASQUERADE, stats::ProtoIndex};
 use dataplane_tests::{datapath, packets::PacketBuilder, BpffsDir};
 use dataplane_user::{
-    ebpf::Dataplane,
-    filter::{self, FilterArgs, FilterRule, ResolvedRule},
-    metrics::{self, MAX_REQUEST_HEAD, READ_TIMEOUT},
-    network::{
+    control::{
+        filter_rules::{FilterArgs, FilterRule},
         model::{Attachment, DriverKind, Endpoint, Network},
         ports::{PortMapping, Proto},
+        state::State,
     },
-    state::State,
+    datapath::{
+        ebpf::Dataplane,
+        filter::{self, ResolvedRule},
+    },
+    frontends::metrics::{self, MAX_REQUEST_HEAD, READ_TIMEOUT},
 };
 
 /// Flow, port and rule counters count IP bytes (as `iptables -vL`); drop

@@ -1,6 +1,6 @@
 //! Drop events (`dataplane monitor`): BPF_PROG_TEST_RUN of `dp_uplink_in` on
-//! malformed packets while `monitor::stream` runs, one event per drop with
-//! the right reason and decoded headers; and `monitor::decode` on hand-built
+//! malformed packets while `events::stream` runs, one event per drop with
+//! the right reason and decoded headers; and `events::decode` on hand-built
 //! frames.
 
 use std::{net::Ipv4Addr, time::Duration};
@@ -10,9 +10,9 @@ use dataplane_common::{
     event::{DropEvent, HEADERS_LEN},
 };
 use dataplane_tests::{datapath, packets::PacketBuilder, BpffsDir};
-use dataplane_user::{
+use dataplane_user::datapath::{
     ebpf::Dataplane,
-    monitor::{self, Decoded},
+    events::{self, Decoded},
     stats,
 };
 
@@ -117,7 +117,7 @@ fn every_drop_streams_one_event() {
                 assert_eq!(verdict, SHOT, "{}: not dropped", case.name);
             }
         };
-        let (streamed, ()) = tokio::join!(monitor::stream(dir.pins(), on_event, stop), send);
+        let (streamed, ()) = tokio::join!(events::stream(dir.pins(), on_event, stop), send);
         streamed.expect("stream drop events");
     });
 
@@ -166,7 +166,7 @@ fn every_drop_streams_one_event() {
     let snap = stats::read(dir.pins()).expect("read counters");
     let total: u64 = DropReason::ALL.iter().map(|r| snap.drop(*r).packets).sum();
     assert_eq!(total, cases.len() as u64, "drop counters");
-    let lost = monitor::lost(dir.pins()).expect("read lost events");
+    let lost = events::lost(dir.pins()).expect("read lost events");
     assert_eq!(lost.packets, 0, "lost events");
 }
 
@@ -193,7 +193,7 @@ fn decode_hand_built_headers() {
         .payload(&[0; 56])
         .build();
     assert_eq!(icmp.len(), 98);
-    let d = monitor::decode(&event(DropReason::Spoofed, 7, &icmp, 64));
+    let d = events::decode(&event(DropReason::Spoofed, 7, &icmp, 64));
     assert_eq!(
         d.to_string(),
         "drop (spoofed-source) if 7 len 98: 172.17.0.99 -> 172.17.0.1 icmp echo-request"
@@ -206,7 +206,7 @@ fn decode_hand_built_headers() {
     let tcp = PacketBuilder::tcp(src, dst, 40000, 8080)
         .payload(&[0; 100])
         .build();
-    let d = monitor::decode(&event(DropReason::Filtered, 3, &tcp, 64));
+    let d = events::decode(&event(DropReason::Filtered, 3, &tcp, 64));
     assert_eq!(d.reason, "filtered");
     assert_eq!(d.ethertype, Some(0x0800));
     assert_eq!(d.src, Some(Ipv4Addr::from(src)));
@@ -223,7 +223,7 @@ fn decode_hand_built_headers() {
 
     // UDP with IP options: ports after the longer header.
     let udp = PacketBuilder::udp(src, dst, 5353, 53).ip_options(8).build();
-    let d = monitor::decode(&event(DropReason::Isolated, 9, &udp, 64));
+    let d = events::decode(&event(DropReason::Isolated, 9, &udp, 64));
     assert_eq!(
         (d.protocol, d.sport, d.dport),
         (Some(17), Some(5353), Some(53))
@@ -238,7 +238,7 @@ fn decode_hand_built_headers() {
 
     // ARP request.
     let arp = PacketBuilder::arp();
-    let d = monitor::decode(&event(DropReason::Filtered, 2, &arp, 64));
+    let d = events::decode(&event(DropReason::Filtered, 2, &arp, 64));
     assert_eq!(d.ethertype, Some(0x0806));
     assert_eq!(d.arp_op, Some(1));
     assert_eq!(d.src, Some(Ipv4Addr::new(10, 0, 0, 1)));
@@ -251,7 +251,7 @@ fn decode_hand_built_headers() {
 
     // Short captures: Ethernet + IPv4 only (no ports), Ethernet only,
     // nothing.
-    let d = monitor::decode(&event(DropReason::Truncated, 1, &tcp, 34));
+    let d = events::decode(&event(DropReason::Truncated, 1, &tcp, 34));
     assert_eq!(d.captured, 34);
     assert_eq!(d.src, Some(Ipv4Addr::from(src)));
     assert_eq!((d.sport, d.dport, d.tcp_flags), (None, None, None));
@@ -259,14 +259,14 @@ fn decode_hand_built_headers() {
         d.to_string(),
         "drop (truncated) if 1 len 154: 172.17.0.99 -> 172.17.0.1 tcp"
     );
-    let d = monitor::decode(&event(DropReason::Truncated, 1, &tcp, 14));
+    let d = events::decode(&event(DropReason::Truncated, 1, &tcp, 14));
     assert_eq!(d.ethertype, Some(0x0800));
     assert_eq!((d.src, d.protocol), (None, None));
     assert_eq!(
         d.to_string(),
         "drop (truncated) if 1 len 154: ipv4 (header not captured)"
     );
-    let d = monitor::decode(&event(DropReason::Truncated, 1, &tcp, 0));
+    let d = events::decode(&event(DropReason::Truncated, 1, &tcp, 0));
     assert_eq!(d.ethertype, None);
     assert_eq!(
         d.to_string(),
@@ -275,14 +275,14 @@ fn decode_hand_built_headers() {
 
     // A bad IHL: addresses, but no L4 guesswork.
     let bad = PacketBuilder::tcp(src, dst, 1, 2).ihl(4).build();
-    let d = monitor::decode(&event(DropReason::BadIhl, 1, &bad, 64));
+    let d = events::decode(&event(DropReason::BadIhl, 1, &bad, 64));
     assert_eq!((d.src, d.sport), (Some(Ipv4Addr::from(src)), None));
 
     // A reason this build does not know, and a bogus `captured`.
     let mut ev = event(DropReason::Truncated, 1, &tcp, 64);
     ev.reason = 99;
     ev.captured = 1000;
-    let d = monitor::decode(&ev);
+    let d = events::decode(&ev);
     assert_eq!(d.reason, "unknown-99");
     assert_eq!(d.captured, HEADERS_LEN as u32);
 }

@@ -1,4 +1,4 @@
-//! `dataplane_user::netlink` against the kernel: every Netlink is connected
+//! `dataplane_user::sys::netlink` against the kernel: every Netlink is connected
 //! to a namespace the test made, and what it did is checked independently
 //! with `ip -j` inside that namespace.
 
@@ -14,7 +14,7 @@ use dataplane_tests::{
     netns::{NetNs, NETNS_DIR},
     unique_ifname, unique_name,
 };
-use dataplane_user::netlink::{Ipv4Route, MacvlanMode, Netlink, NetlinkError};
+use dataplane_user::sys::netlink::{Ipv4Route, MacvlanMode, Netlink, NetlinkError};
 use serde_json::Value;
 
 async fn connect(ns: &NetNs) -> Result<Netlink> {

@@ -5,7 +5,7 @@
 
 use dataplane_common::{drop::DropReason, stats::ProtoIndex};
 use dataplane_tests::{datapath, packets::PacketBuilder, BpffsDir};
-use dataplane_user::{ebpf::Dataplane, stats};
+use dataplane_user::datapath::{ebpf::Dataplane, stats};
 
 /// tcx "next program" (TC_ACT_UNSPEC) as the u32 the syscall returns.
 const NEXT: u32 = u32::MAX;
@@ -160,7 +160,7 @@ mod nat {
         packets::{parse, PacketBuilder, Parsed, ETH_DST, ETH_SRC},
         BpffsDir,
     };
-    use dataplane_user::{bpffs::PinRoot, conntrack, ebpf::Dataplane, stats};
+    use dataplane_user::datapath::{bpffs::PinRoot, conntrack, ebpf::Dataplane, stats};
 
     use super::{NEXT, SHOT};
 

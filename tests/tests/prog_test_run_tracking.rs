@@ -14,7 +14,7 @@ use dataplane_tests::{
     packets::{parse, PacketBuilder, Parsed},
     BpffsDir,
 };
-use dataplane_user::{
+use dataplane_user::datapath::{
     conntrack::{self, Flow},
     ebpf::Dataplane,
     stats,

@@ -1,5 +1,5 @@
 //! Published ports for host-local clients: the cgroup sock_addr programs
-//! attached with `dataplane_user::sock` to a cgroup v2 directory of the test's
+//! attached with `dataplane_user::datapath::host_local` to a cgroup v2 directory of the test's
 //! own. Clients (curl, python3) run as child processes placed in that cgroup
 //! and in the fake host's network namespace; the servers run in a container on
 //! a bridge. Published ports are written straight into the pinned `DP_PORTS`
@@ -34,9 +34,9 @@ use dataplane_tests::{
     traffic::{http_server, udp_echo_server},
     unique_name, BpffsDir,
 };
-use dataplane_user::{
+use dataplane_user::datapath::{
     ebpf::Dataplane,
-    sock::{self, SockError},
+    host_local::{self, SockError},
 };
 use serde_json::Value;
 
@@ -58,7 +58,7 @@ struct TestCgroup {
 
 impl TestCgroup {
     fn new() -> TestCgroup {
-        let mount = sock::cgroup2_mount().expect("cgroup v2 mount");
+        let mount = host_local::cgroup2_mount().expect("cgroup v2 mount");
         let path = mount.join(unique_name("cg"));
         fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
         TestCgroup { path }
@@ -111,8 +111,8 @@ impl Setup {
             .run_in(move || Dataplane::load(&root))
             .expect("netns")
             .expect("load");
-        let links = sock::attach(&mut dp, pins.pins(), &cgroup.path).expect("attach");
-        assert_eq!(links.len(), sock::PROGRAMS.len(), "{links:?}");
+        let links = host_local::attach(&mut dp, pins.pins(), &cgroup.path).expect("attach");
+        assert_eq!(links.len(), host_local::PROGRAMS.len(), "{links:?}");
         // The links are pinned: the attachment outlives this handle.
         drop(dp);
         let setup = Setup {
@@ -478,12 +478,12 @@ fn attach_is_refused_twice_and_detach_removes_the_links() {
     }
     let s = Setup::new("sockdet");
     let cg = &s.cgroup.path;
-    let expected: BTreeSet<String> = sock::PROGRAMS.iter().map(|p| p.to_string()).collect();
+    let expected: BTreeSet<String> = host_local::PROGRAMS.iter().map(|p| p.to_string()).collect();
     assert_eq!(cgroup_programs(cg), expected);
 
     // Each pin is a cgroup link on this cgroup running one of our programs.
     let pins = link_pins(&s.pins.pins().links_dir());
-    assert_eq!(pins.len(), sock::PROGRAMS.len(), "{pins:?}");
+    assert_eq!(pins.len(), host_local::PROGRAMS.len(), "{pins:?}");
     let mut link_ids = Vec::new();
     for pin in &pins {
         let link = bpftool_json(&["link", "show", "pinned", &pin.to_string_lossy()]);
@@ -501,7 +501,7 @@ fn attach_is_refused_twice_and_detach_removes_the_links() {
             .run_in(move || Dataplane::load(&root))
             .expect("netns")
             .expect("load");
-    let err = sock::attach(&mut dp, s.pins.pins(), cg).expect_err("second attach");
+    let err = host_local::attach(&mut dp, s.pins.pins(), cg).expect_err("second attach");
     assert!(matches!(err, SockError::AlreadyAttached { .. }), "{err:?}");
     assert!(
         err.to_string().contains(&*cg.to_string_lossy()),
@@ -509,7 +509,7 @@ fn attach_is_refused_twice_and_detach_removes_the_links() {
     );
     // A directory that is no cgroup v2 is refused by name.
     let not_cg = s.pins.path();
-    let err = sock::attach(&mut dp, s.pins.pins(), not_cg).expect_err("bpffs dir");
+    let err = host_local::attach(&mut dp, s.pins.pins(), not_cg).expect_err("bpffs dir");
     assert!(matches!(err, SockError::NotCgroup2 { .. }), "{err:?}");
     assert!(
         err.to_string().contains(&*not_cg.to_string_lossy()),
@@ -524,7 +524,7 @@ fn attach_is_refused_twice_and_detach_removes_the_links() {
     let cmd = curl("http://127.0.0.1:8080/");
     curl_ok(&s.in_cgroup(&strs(&cmd)), "before detach");
 
-    sock::detach(s.pins.pins(), cg).expect("detach");
+    host_local::detach(s.pins.pins(), cg).expect("detach");
     assert!(link_pins(&s.pins.pins().links_dir()).is_empty());
     assert!(cgroup_programs(cg).is_empty(), "{:?}", cgroup_programs(cg));
     for id in link_ids {
@@ -534,7 +534,7 @@ fn attach_is_refused_twice_and_detach_removes_the_links() {
     assert_refused(&s.in_cgroup(&strs(&cmd)), "after detach");
 
     // Detaching again says what is missing, and where.
-    let err = sock::detach(s.pins.pins(), cg).expect_err("second detach");
+    let err = host_local::detach(s.pins.pins(), cg).expect_err("second detach");
     assert!(matches!(err, SockError::NotAttached { .. }), "{err:?}");
     assert!(err.to_string().contains(&*cg.to_string_lossy()), "{err}");
 }

@@ -10,10 +10,12 @@ use super::{
     Context, Request,
 };
 use crate::{
-    conntrack,
-    ebpf::{detach_tc, Dataplane},
-    network::manager::Manager,
-    sock, stats,
+    control::manager::Manager,
+    datapath::{
+        conntrack,
+        ebpf::{detach_tc, Dataplane},
+        host_local, stats,
+    },
 };
 
 /// The answer, or the request back when it needs the manager.
@@ -50,14 +52,14 @@ pub(super) async fn execute(
             answer(TcLinks { links })
         }
         Request::LocalAttach { cgroup } => {
-            let cgroup = cgroup.map_or_else(sock::cgroup2_mount, Ok)?;
+            let cgroup = cgroup.map_or_else(host_local::cgroup2_mount, Ok)?;
             let mut dp = Dataplane::load(pins)?;
-            sock::attach(&mut dp, pins, &cgroup)?;
+            host_local::attach(&mut dp, pins, &cgroup)?;
             answer(LocalHooks { cgroup })
         }
         Request::LocalDetach { cgroup } => {
-            let cgroup = cgroup.map_or_else(sock::cgroup2_mount, Ok)?;
-            sock::detach(pins, &cgroup)?;
+            let cgroup = cgroup.map_or_else(host_local::cgroup2_mount, Ok)?;
+            host_local::detach(pins, &cgroup)?;
             answer(LocalHooks { cgroup })
         }
         Request::ConntrackGc { timeouts } => {

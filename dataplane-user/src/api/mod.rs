@@ -22,11 +22,7 @@ pub use self::{
     client::{call, Client},
     server::{accept_loop, bind, execute, serve, Context, IfaceError},
 };
-use crate::{
-    cni,
-    filter::FilterArgs,
-    network::{manager::ConnectArgs, model::CreateArgs},
-};
+use crate::control::{cni, filter_rules::FilterArgs, manager::ConnectArgs, model::CreateArgs};
 
 /// Where the agent listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/dataplane/dataplane.sock";

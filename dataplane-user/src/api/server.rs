@@ -23,12 +23,11 @@ use super::{
     ApiError, Request, Response, IO_TIMEOUT, MAX_REQUEST,
 };
 use crate::{
-    bpffs::PinRoot,
-    conntrack, filter, nat,
-    network::{
+    control::{
         inspect,
         manager::{Cache, Manager, NetworkError},
     },
+    datapath::{bpffs::PinRoot, conntrack, filter, nat},
 };
 
 /// What a request runs against.
@@ -185,7 +184,8 @@ async fn run_more(ctx: &Context, m: &mut Manager, req: Request) -> Result<Value,
             })
         }
         Request::FilterAddMany { rules, first } => {
-            let specs = filter::parse_request(&rules).map_err(NetworkError::from)?;
+            let specs =
+                crate::control::filter_rules::parse_request(&rules).map_err(NetworkError::from)?;
             let added = m.filter_add_many(specs, first).await?;
             answer(FilterIds {
                 ids: added.iter().map(|r| r.id).collect(),

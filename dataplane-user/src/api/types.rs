@@ -2,7 +2,7 @@
 //! "result"): the server builds them, the CLI reads them, both through
 //! serde, so a field renamed on one side is a compile error on the other.
 //! Requests whose result has the shape of `docker network inspect` keep it
-//! as JSON ([`crate::network::inspect`] owns that shape).
+//! as JSON ([`crate::control::inspect`] owns that shape).
 
 use std::{net::Ipv4Addr, path::PathBuf};
 
@@ -94,7 +94,7 @@ pub struct SnatRow {
     pub internal: bool,
 }
 
-/// One entry of `conntrack_ls` ([`crate::conntrack::Flow`] on the wire).
+/// One entry of `conntrack_ls` ([`crate::datapath::conntrack::Flow`] on the wire).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowRow {
     pub proto: String,
@@ -111,8 +111,8 @@ pub struct FlowRow {
     pub idle_s: u64,
 }
 
-impl From<crate::conntrack::Flow> for FlowRow {
-    fn from(f: crate::conntrack::Flow) -> FlowRow {
+impl From<crate::datapath::conntrack::Flow> for FlowRow {
+    fn from(f: crate::datapath::conntrack::Flow) -> FlowRow {
         FlowRow {
             proto: f.proto.to_owned(),
             state: f.state.to_owned(),
@@ -157,11 +157,11 @@ pub enum TcDirection {
     Egress,
 }
 
-impl From<TcDirection> for crate::ebpf::Direction {
+impl From<TcDirection> for crate::datapath::ebpf::Direction {
     fn from(d: TcDirection) -> Self {
         match d {
-            TcDirection::Ingress => crate::ebpf::Direction::Ingress,
-            TcDirection::Egress => crate::ebpf::Direction::Egress,
+            TcDirection::Ingress => crate::datapath::ebpf::Direction::Ingress,
+            TcDirection::Egress => crate::datapath::ebpf::Direction::Egress,
         }
     }
 }
@@ -196,8 +196,8 @@ pub struct TimeoutSecs {
     pub other: u64,
 }
 
-impl From<crate::conntrack::Timeouts> for TimeoutSecs {
-    fn from(t: crate::conntrack::Timeouts) -> Self {
+impl From<crate::datapath::conntrack::Timeouts> for TimeoutSecs {
+    fn from(t: crate::datapath::conntrack::Timeouts) -> Self {
         TimeoutSecs {
             tcp_established: t.tcp_established.as_secs(),
             tcp_syn: t.tcp_syn.as_secs(),
@@ -207,10 +207,10 @@ impl From<crate::conntrack::Timeouts> for TimeoutSecs {
     }
 }
 
-impl From<TimeoutSecs> for crate::conntrack::Timeouts {
+impl From<TimeoutSecs> for crate::datapath::conntrack::Timeouts {
     fn from(t: TimeoutSecs) -> Self {
         let s = std::time::Duration::from_secs;
-        crate::conntrack::Timeouts {
+        crate::datapath::conntrack::Timeouts {
             tcp_established: s(t.tcp_established),
             tcp_syn: s(t.tcp_syn),
             tcp_closing: s(t.tcp_closing),

@@ -1,11 +1,11 @@
 //! `dataplane-cni`: the CNI plugin binary (docs/cni.md). The runtime runs it
 //! with `CNI_*` variables and the network configuration on stdin; it prints
 //! a result or the spec's error JSON on stdout and logs to stderr. The work
-//! is the library's (`dataplane_user::cni`).
+//! is the library's (`dataplane_user::frontends::cni`).
 
 use std::io::{Read as _, Write as _};
 
-use dataplane_user::cni::{code, plugin, CniError, DEFAULT_VERSION};
+use dataplane_user::frontends::cni::{code, plugin, CniError, DEFAULT_VERSION};
 
 fn main() -> std::process::ExitCode {
     let mut stdin = Vec::new();

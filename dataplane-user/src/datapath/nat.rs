@@ -3,7 +3,7 @@
 //! managed subnets, the host's addresses, uplinks, the endpoints and the
 //! fast path's routes to them) into the pinned maps the programs read.
 //! What the maps should hold is computed from the agent's state outside
-//! this layer (`crate::nat_desired`).
+//! this layer (`crate::control::desired`).
 //!
 //! [`apply`] is a full reconcile, not a log of changes: it deletes what
 //! should not be there and writes the rest, so running it twice changes

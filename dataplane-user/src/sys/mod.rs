@@ -5,3 +5,17 @@
 pub mod names;
 pub mod netlink;
 pub mod netns;
+
+/// An error and its sources on one line, `outer: inner: innermost`: how the
+/// agent reports an error to a client that sees only text (the API, the
+/// Docker plugin, `/metrics`, a teardown's list of failures).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
+}

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use dataplane_user::{
     api::types::TcDirection,
     config::{AgentFlags, Setting, TimeoutFlags},
-    filter::FilterArgs,
+    control::filter_rules::FilterArgs,
 };
 
 #[derive(Parser)]
@@ -503,7 +503,7 @@ mod tests {
         // What `filter ls` prints reads back as the same rule.
         let printed = "--in eth0 --not-src 192.168.1.1/32 --dport 8080/tcp --action drop";
         let spec = parse_rules(printed).unwrap()[0].parse().unwrap();
-        let rule = dataplane_user::filter::FilterRule::new(1, spec);
+        let rule = dataplane_user::control::filter_rules::FilterRule::new(1, spec);
         assert_eq!(rule.to_string(), printed);
         for (text, needle) in [
             (

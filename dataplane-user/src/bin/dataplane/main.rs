@@ -6,6 +6,7 @@
 
 mod cli;
 mod output;
+mod table;
 
 use anyhow::{bail, Context as _};
 use clap::Parser as _;
@@ -20,9 +21,9 @@ use dataplane_user::{
         Request,
     },
     config::{Config, PathFlags, Paths, TimeoutFlags},
-    monitor, netns,
-    network::{manager::ConnectArgs, model::CreateArgs},
-    stats,
+    control::{manager::ConnectArgs, model::CreateArgs},
+    datapath::{events, stats},
+    sys::netns,
 };
 use serde::de::DeserializeOwned;
 
@@ -50,7 +51,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(ns) = &cli.netns {
-        let path = dataplane_user::network::manager::netns_path(ns);
+        let path = dataplane_user::control::manager::netns_path(ns);
         if !path.exists() {
             bail!(
                 "--netns {ns}: no such network namespace ({} does not exist)",
@@ -333,9 +334,9 @@ fn monitor(paths: &Paths, format: Format) -> anyhow::Result<()> {
     use std::io::Write as _;
     let pins = &paths.pins;
     block_on(async {
-        let lost_before = monitor::lost(pins).map(|c| c.packets).unwrap_or(0);
+        let lost_before = events::lost(pins).map(|c| c.packets).unwrap_or(0);
         let mut out = std::io::stdout();
-        monitor::stream(
+        events::stream(
             pins,
             |ev| {
                 let line = match format {
@@ -349,7 +350,7 @@ fn monitor(paths: &Paths, format: Format) -> anyhow::Result<()> {
             },
         )
         .await?;
-        let lost = monitor::lost(pins).map(|c| c.packets).unwrap_or(0);
+        let lost = events::lost(pins).map(|c| c.packets).unwrap_or(0);
         if lost > lost_before {
             eprintln!("{} events lost (ring buffer full)", lost - lost_before);
         }

@@ -4,13 +4,15 @@ use std::{io::Write as _, path::Path};
 
 use dataplane_user::{
     api::types::{FilterRow, FlowRow, NatTable, Status, TcDirection, TcLinks},
-    network::inspect,
-    stats,
-    table::{Align, Table},
+    control::inspect,
+    datapath::stats,
 };
 use serde::Serialize;
 
-use crate::cli::Format;
+use crate::{
+    cli::Format,
+    table::{Align, Table},
+};
 
 /// Pretty JSON on stdout.
 pub fn json<T: Serialize + ?Sized>(v: &T) -> anyhow::Result<()> {
@@ -166,7 +168,7 @@ pub fn status(s: &Status, socket: &Path, format: Format) -> anyhow::Result<()> {
 }
 
 fn direction(d: TcDirection) -> &'static str {
-    dataplane_user::ebpf::Direction::from(d).name()
+    dataplane_user::datapath::ebpf::Direction::from(d).name()
 }
 
 /// `stats attach` / `stats detach`: one line per link.

@@ -1,7 +1,7 @@
 //! DOCKER-USER-style filter rules, the datapath side: compiling an ordered
 //! rule list into the maps' contents ([`compile`]) and writing them
 //! ([`apply`], in `apply.rs`, with the counters). The rules themselves, as
-//! the state keeps them and the CLI parses them, are `crate::filter_rules`.
+//! the state keeps them and the CLI parses them, are `crate::control::filter_rules`.
 //!
 //! Rules filter traffic from outside on its way to containers, after DNAT
 //! (so `--dport` is the container's port, as in Docker's DOCKER-USER chain).
@@ -126,7 +126,7 @@ impl SrcMatch {
 
 /// What [`compile`] needs of a rule: its id (the user's handle), its
 /// conditions (None: any) and its action. The rules as the state keeps them
-/// (`crate::filter_rules::FilterRule`) implement it.
+/// (`crate::control::filter_rules::FilterRule`) implement it.
 pub trait RuleConditions {
     fn id(&self) -> u32;
     /// Network name.

@@ -1,0 +1,303 @@
+//! What the NAT maps should hold, computed from the agent's state and the
+//! host's links ([`desired`]), and what a change of state takes away whose
+//! flows must go ([`gone`]). The datapath side that writes it is
+//! `crate::datapath::nat`. This is control-plane code: it reads
+//! `State` and the network model, which the datapath must not.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use dataplane_common::nat::{
+    EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SandboxAddr, Uplink,
+    SUBNET_INTERNAL, SUBNET_MASQUERADE, SUBNET_NO_ICC,
+};
+
+use crate::{
+    control::{
+        ipam,
+        model::{Attachment, DriverKind, Endpoint},
+        state::State,
+    },
+    datapath::{
+        conntrack::{self, Gone},
+        ebpf::Dataplane,
+        nat::{apply, Desired, NatError},
+    },
+    sys::netlink::{Link, Netlink},
+};
+
+/// The number the datapath knows a network by: the first 32 bits of its id,
+/// never 0 (0 means "no network").
+pub fn network_key(id: &str) -> u32 {
+    u32::from_str_radix(id.get(..8).unwrap_or("1"), 16)
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// Every published port of the state, as `DP_PORTS` holds it.
+fn port_entries(state: &State) -> impl Iterator<Item = (PortKey, PortTarget)> + '_ {
+    state.endpoints.values().flat_map(endpoint_ports)
+}
+
+/// The published ports of one endpoint, as `DP_PORTS` holds them (only
+/// veth endpoints are reached through the maps).
+fn endpoint_ports(ep: &Endpoint) -> impl Iterator<Item = (PortKey, PortTarget)> + '_ {
+    let ip = match (ep.ipv4, &ep.attachment) {
+        (Some(ip), Attachment::Veth { .. }) => Some(ip),
+        _ => None,
+    };
+    ip.into_iter().flat_map(move |ip| {
+        ep.published.iter().map(move |m| {
+            (
+                PortKey {
+                    addr: m.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
+                    port: m.host_port.to_be_bytes(),
+                    proto: m.proto.number(),
+                    _pad: 0,
+                },
+                PortTarget {
+                    addr: ip.octets(),
+                    port: m.container_port.to_be_bytes(),
+                    _pad: [0; 2],
+                    stats_index: m.stats_index,
+                    _pad2: 0,
+                },
+            )
+        })
+    })
+}
+
+/// The address flows of an endpoint use while it is in a sandbox.
+fn live_addr(ep: &Endpoint) -> Option<[u8; 4]> {
+    ep.ipv4
+        .filter(|_| !ep.netns.as_os_str().is_empty())
+        .map(|ip| ip.octets())
+}
+
+/// What going from `old` to `new` takes away, whose conntrack entries
+/// must go too ([`conntrack::purge`]): endpoint addresses no longer in a
+/// sandbox, published ports no longer leading where they did. Endpoints
+/// whose record did not change cost a comparison; the whole new state is
+/// only searched when something may be gone.
+pub fn gone(old: &State, new: &State) -> Gone {
+    let mut g = Gone::default();
+    for (id, o) in &old.endpoints {
+        let n = new.endpoints.get(id);
+        if n == Some(o) {
+            continue;
+        }
+        if let Some(a) = live_addr(o) {
+            if n.and_then(live_addr) != Some(a) {
+                g.addrs.insert(a);
+            }
+        }
+        let kept: BTreeSet<_> = n
+            .into_iter()
+            .flat_map(endpoint_ports)
+            .map(|(k, t)| conntrack::mapping_of(&k, &t))
+            .collect();
+        g.mappings.extend(
+            endpoint_ports(o)
+                .map(|(k, t)| conntrack::mapping_of(&k, &t))
+                .filter(|m| !kept.contains(m)),
+        );
+    }
+    // Another endpoint may have what this one lost (a container's second
+    // endpoint record shares its address).
+    if !g.addrs.is_empty() {
+        let live: BTreeSet<[u8; 4]> = new.endpoints.values().filter_map(live_addr).collect();
+        g.addrs.retain(|a| !live.contains(a));
+    }
+    if !g.mappings.is_empty() {
+        let mapped: BTreeSet<_> = port_entries(new)
+            .map(|(k, t)| conntrack::mapping_of(&k, &t))
+            .collect();
+        g.mappings.retain(|m| !mapped.contains(m));
+    }
+    g
+}
+
+/// Computes the maps' contents from the state and the host's links.
+pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError> {
+    // Collected rather than inserted one by one: a sorted bulk build of
+    // 10 000 entries costs a fraction of 10 000 inserts.
+    let ports = port_entries(state).collect();
+    let mut d = Desired {
+        ports,
+        subnets: subnets(state),
+        ..Desired::default()
+    };
+    // One dump of the host's links rather than one request per endpoint.
+    let links: Vec<Link> = if state
+        .endpoints
+        .values()
+        .any(|e| matches!(e.attachment, Attachment::Veth { .. }))
+    {
+        host.links().await?
+    } else {
+        Vec::new()
+    };
+    let sandbox = sandboxes(state);
+    endpoints(state, &links, &sandbox, &mut d);
+    d.sandbox_addrs = sandbox_addrs(state, &sandbox);
+    for (index, addr, _) in host.addrs(None).await? {
+        d.host_addrs.insert(
+            addr.octets(),
+            HostAddr {
+                ifindex: index,
+                _pad: 0,
+            },
+        );
+    }
+    for name in &state.uplinks {
+        let link = host
+            .link_by_name(name)
+            .await?
+            .ok_or_else(|| NatError::NoUplink(name.clone()))?;
+        let addr = host
+            .addrs(Some(link.index))
+            .await?
+            .first()
+            .map(|(_, a, _)| a.octets())
+            .ok_or_else(|| NatError::NoUplinkAddr(name.clone()))?;
+        d.uplinks.insert(link.index, Uplink { addr, _pad: 0 });
+    }
+    Ok(d)
+}
+
+/// `DP_SUBNETS`: every bridge network's subnet, with its policy flags and
+/// network key.
+fn subnets(state: &State) -> BTreeMap<([u8; 4], u32), (u32, u32)> {
+    let mut out = BTreeMap::new();
+    for net in state.networks.values() {
+        let (DriverKind::Bridge, Some(subnet)) = (net.driver, net.subnet) else {
+            continue;
+        };
+        let mut flags = 0;
+        if net.internal {
+            flags |= SUBNET_INTERNAL;
+        } else if net.masquerade {
+            flags |= SUBNET_MASQUERADE;
+        }
+        if !net.icc {
+            flags |= SUBNET_NO_ICC;
+        }
+        out.insert(
+            (subnet.network().octets(), u32::from(subnet.prefix_len())),
+            (flags, network_key(&net.id)),
+        );
+    }
+    out
+}
+
+/// `DP_ENDPOINTS` and `DP_ENDPOINT_ROUTES`: the veth endpoints whose host
+/// side is among `links`, and the fast path's route to those in a sandbox.
+fn endpoints(state: &State, links: &[Link], sandbox: &BTreeMap<&str, u32>, d: &mut Desired) {
+    let by_name: BTreeMap<&str, &Link> = links.iter().map(|l| (l.name.as_str(), l)).collect();
+    let by_index: BTreeMap<u32, &Link> = links.iter().map(|l| (l.index, l)).collect();
+    for ep in state.endpoints.values() {
+        let (Attachment::Veth { host_ifname }, Some(ip)) = (&ep.attachment, ep.ipv4) else {
+            continue;
+        };
+        let Some(net) = state.networks.get(&ep.network) else {
+            continue;
+        };
+        let (Some(_), Some(gw)) = (net.subnet, net.gateway) else {
+            continue;
+        };
+        // A veth gone with its namespace has nothing left to police.
+        let Some(link) = by_name.get(host_ifname.as_str()) else {
+            continue;
+        };
+        d.endpoints.insert(
+            link.index,
+            EndpointInfo {
+                addr: ip.octets(),
+                gateway: gw.octets(),
+                sandbox: sandbox.get(ep.id.as_str()).copied().unwrap_or(0),
+                network_id: network_key(&net.id),
+            },
+        );
+        // The fast path needs the container's MAC and the bridge's, read
+        // now (the bridge's is set once by the driver, so it does not move
+        // as ports come and go). An endpoint in no sandbox (Docker between
+        // Leave and DeleteEndpoint) has its other end in the host: nothing
+        // to deliver into.
+        if ep.netns.as_os_str().is_empty() {
+            continue;
+        }
+        let Some(mac) = ep.mac.as_deref().and_then(|m| ipam::parse_mac(m).ok()) else {
+            continue;
+        };
+        let Some(gateway_mac) = link
+            .master
+            .and_then(|b| by_index.get(&b))
+            .and_then(|b| b.mac)
+        else {
+            continue;
+        };
+        d.endpoint_routes.insert(
+            ip.octets(),
+            EndpointRoute {
+                ifindex: link.index,
+                mac,
+                gateway_mac,
+            },
+        );
+    }
+}
+
+/// The sandbox of every endpoint that is in one: the inode number of its
+/// namespace file (bind mounts and `/proc/PID/ns/net` alike show the
+/// namespace's own, unique among live namespaces, so two paths to one
+/// namespace agree), read once per path. Endpoints in no sandbox (Docker
+/// between Leave and DeleteEndpoint) or whose namespace is gone get none.
+fn sandboxes(state: &State) -> BTreeMap<&str, u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut by_path: BTreeMap<&std::path::Path, Option<u32>> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for ep in state.endpoints.values() {
+        if ep.netns.as_os_str().is_empty() {
+            continue;
+        }
+        let id = *by_path.entry(ep.netns.as_path()).or_insert_with(|| {
+            std::fs::metadata(&ep.netns)
+                .ok()
+                .and_then(|m| u32::try_from(m.ino()).ok())
+                .filter(|i| *i != 0)
+        });
+        if let Some(id) = id {
+            out.insert(ep.id.as_str(), id);
+        }
+    }
+    out
+}
+
+/// The addresses of endpoints that share their sandbox with another
+/// endpoint, with the sandbox: what `DP_SANDBOX_ADDRS` holds.
+fn sandbox_addrs(state: &State, sandboxes: &BTreeMap<&str, u32>) -> BTreeMap<[u8; 4], SandboxAddr> {
+    let mut members: BTreeMap<u32, BTreeSet<[u8; 4]>> = BTreeMap::new();
+    for ep in state.endpoints.values() {
+        if let (Some(ip), Some(sb)) = (ep.ipv4, sandboxes.get(ep.id.as_str())) {
+            members.entry(*sb).or_default().insert(ip.octets());
+        }
+    }
+    members
+        .into_iter()
+        .filter(|(_, addrs)| addrs.len() > 1)
+        .flat_map(|(sandbox, addrs)| {
+            addrs
+                .into_iter()
+                .map(move |a| (a, SandboxAddr { sandbox, _pad: 0 }))
+        })
+        .collect()
+}
+
+/// Brings the pinned maps in line with `state`: a full reconcile (see
+/// `crate::datapath::nat::apply`).
+pub async fn sync(dp: &mut Dataplane, state: &State, host: &Netlink) -> Result<(), NatError> {
+    let want = desired(state, host).await?;
+    apply(dp, &want)
+}

@@ -1,0 +1,658 @@
+//! The host as the manager and its drivers see it ([`Host`]): links,
+//! addresses and routes of the host namespace, a driver's set-up and
+//! teardown of one endpoint, namespaces by path, the forwarding sysctl, and
+//! what the NAT maps should hold given the host's links. The real one is
+//! [`Netlink`] (the host namespace's rtnetlink connection); [`FakeHost`]
+//! keeps a host in memory for tests that run without root.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    net::Ipv4Addr,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard},
+};
+
+use dataplane_common::nat::{PortKey, PortTarget, Uplink};
+use ipnet::Ipv4Net;
+
+use super::{
+    driver::{self, BridgeError, DriverError, EndpointPlan},
+    model::{Attachment, DriverKind},
+};
+use crate::{
+    control::state::State,
+    datapath::nat::{Desired, NatError},
+    sys::netlink::{Ipv4Route, Link, Netlink, NetlinkError},
+};
+
+/// Identity of a namespace file (device, inode): two paths to one
+/// namespace agree.
+pub type NetnsId = (u64, u64);
+
+/// One interface inside a namespace, as [`Host::netns_view`] reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetnsView {
+    pub link: Option<Link>,
+    /// The link's addresses: `(link index, address, prefix length)`.
+    pub addrs: Vec<(u32, Ipv4Addr, u8)>,
+    pub routes: Vec<Ipv4Route>,
+}
+
+/// Everything the manager asks of the host. Futures are `Send`: the agent
+/// runs the manager on a multi-threaded runtime.
+pub trait Host: Send + Sync {
+    fn links(&self) -> impl Future<Output = Result<Vec<Link>, NetlinkError>> + Send;
+    fn link_by_name(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Link>, NetlinkError>> + Send;
+    fn link_by_index(
+        &self,
+        index: u32,
+    ) -> impl Future<Output = Result<Option<Link>, NetlinkError>> + Send;
+    fn delete_link(&self, index: u32) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    fn set_master(
+        &self,
+        index: u32,
+        master: u32,
+    ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    fn set_up(&self, index: u32) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    fn set_mac(
+        &self,
+        index: u32,
+        mac: [u8; 6],
+    ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    /// A veth pair in the host namespace: (host end, peer end).
+    fn create_veth(
+        &self,
+        name: &str,
+        peer: &str,
+        mtu: Option<u32>,
+    ) -> impl Future<Output = Result<(Link, Link), NetlinkError>> + Send;
+    /// `(link index, address, prefix length)` of one link or of all.
+    fn addrs(
+        &self,
+        index: Option<u32>,
+    ) -> impl Future<Output = Result<Vec<(u32, Ipv4Addr, u8)>, NetlinkError>> + Send;
+    fn routes(&self) -> impl Future<Output = Result<Vec<Ipv4Route>, NetlinkError>> + Send;
+    /// See [`driver::ensure_bridge`].
+    fn ensure_bridge(
+        &self,
+        name: &str,
+        gateway: Ipv4Addr,
+        subnet: Ipv4Net,
+        mtu: u32,
+        adopt: bool,
+    ) -> impl Future<Output = Result<Vec<String>, BridgeError>> + Send;
+    /// See [`driver::setup_endpoint`].
+    fn setup_endpoint(
+        &self,
+        plan: &EndpointPlan<'_>,
+    ) -> impl Future<Output = Result<Attachment, DriverError>> + Send;
+    /// See [`driver::teardown_endpoint`].
+    fn teardown_endpoint(
+        &self,
+        netns: &Path,
+        ifname: Option<&str>,
+        attachment: &Attachment,
+    ) -> impl Future<Output = Vec<String>> + Send;
+    /// Names of the interfaces inside the namespace at `netns`.
+    fn netns_links(
+        &self,
+        netns: &Path,
+    ) -> impl Future<Output = Result<Vec<String>, NetlinkError>> + Send;
+    /// One interface of the namespace at `netns`, with its addresses
+    /// (when `with_addrs`), and the namespace's routes: what CNI ADD
+    /// reports and CHECK compares.
+    fn netns_view(
+        &self,
+        netns: &Path,
+        ifname: &str,
+        with_addrs: bool,
+    ) -> impl Future<Output = Result<NetnsView, NetlinkError>> + Send;
+    /// The namespace at `path`, if it exists.
+    fn netns_id(&self, path: &Path) -> Option<NetnsId>;
+    /// Turns on IPv4 forwarding in the host namespace.
+    fn enable_forwarding(&self) -> std::io::Result<()>;
+    /// What the NAT maps should hold for `state` (see [`nat::desired`]).
+    fn nat_desired(&self, state: &State) -> impl Future<Output = Result<Desired, NatError>> + Send;
+}
+
+impl Host for Netlink {
+    async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
+        Netlink::links(self).await
+    }
+    async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        Netlink::link_by_name(self, name).await
+    }
+    async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NetlinkError> {
+        Netlink::link_by_index(self, index).await
+    }
+    async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
+        Netlink::delete_link(self, index).await
+    }
+    async fn set_master(&self, index: u32, master: u32) -> Result<(), NetlinkError> {
+        Netlink::set_master(self, index, master).await
+    }
+    async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
+        Netlink::set_up(self, index).await
+    }
+    async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
+        Netlink::set_mac(self, index, mac).await
+    }
+    async fn create_veth(
+        &self,
+        name: &str,
+        peer: &str,
+        mtu: Option<u32>,
+    ) -> Result<(Link, Link), NetlinkError> {
+        Netlink::create_veth(self, name, peer, mtu).await
+    }
+    async fn addrs(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Addr, u8)>, NetlinkError> {
+        Netlink::addrs(self, index).await
+    }
+    async fn routes(&self) -> Result<Vec<Ipv4Route>, NetlinkError> {
+        Netlink::routes(self).await
+    }
+    async fn ensure_bridge(
+        &self,
+        name: &str,
+        gateway: Ipv4Addr,
+        subnet: Ipv4Net,
+        mtu: u32,
+        adopt: bool,
+    ) -> Result<Vec<String>, BridgeError> {
+        driver::ensure_bridge(self, name, gateway, subnet, mtu, adopt).await
+    }
+    async fn setup_endpoint(&self, plan: &EndpointPlan<'_>) -> Result<Attachment, DriverError> {
+        driver::setup_endpoint(self, plan).await
+    }
+    async fn teardown_endpoint(
+        &self,
+        netns: &Path,
+        ifname: Option<&str>,
+        attachment: &Attachment,
+    ) -> Vec<String> {
+        driver::teardown_endpoint(self, netns, ifname, attachment).await
+    }
+    async fn netns_links(&self, netns: &Path) -> Result<Vec<String>, NetlinkError> {
+        let ns = Netlink::connect(Some(netns)).await?;
+        Ok(ns.links().await?.into_iter().map(|l| l.name).collect())
+    }
+    async fn netns_view(
+        &self,
+        netns: &Path,
+        ifname: &str,
+        with_addrs: bool,
+    ) -> Result<NetnsView, NetlinkError> {
+        let ns = Netlink::connect(Some(netns)).await?;
+        let link = ns.link_by_name(ifname).await?;
+        let addrs = match &link {
+            Some(l) if with_addrs => ns.addrs(Some(l.index)).await?,
+            _ => Vec::new(),
+        };
+        Ok(NetnsView {
+            link,
+            addrs,
+            routes: ns.routes().await?,
+        })
+    }
+    fn netns_id(&self, path: &Path) -> Option<NetnsId> {
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    fn enable_forwarding(&self) -> std::io::Result<()> {
+        // Docker turns on IPv4 forwarding for its bridges; so do we, in
+        // the namespace the agent runs in (the host).
+        let path = "/proc/sys/net/ipv4/ip_forward";
+        match std::fs::read_to_string(path) {
+            Ok(v) if v.trim() == "1" => Ok(()),
+            _ => std::fs::write(path, "1"),
+        }
+    }
+    async fn nat_desired(&self, state: &State) -> Result<Desired, NatError> {
+        crate::control::desired::desired(state, self).await
+    }
+}
+
+/// A host in memory: links, addresses and routes of the host namespace,
+/// and namespaces (by path) with the names of their interfaces. Driver
+/// set-up makes the links a real driver would; nothing else happens.
+#[derive(Debug, Default)]
+pub struct FakeHost {
+    inner: Mutex<FakeInner>,
+}
+
+/// What a [`FakeHost`] holds; tests read and edit it through
+/// [`FakeHost::get`].
+#[derive(Debug, Default)]
+pub struct FakeInner {
+    pub links: BTreeMap<u32, Link>,
+    pub addrs: Vec<(u32, Ipv4Addr, u8)>,
+    pub routes: Vec<Ipv4Route>,
+    /// Namespaces by path.
+    pub netns: BTreeMap<PathBuf, FakeNs>,
+    pub forwarding: bool,
+    /// Set, endpoint set-up fails with this message (as a vanished link).
+    pub fail_setup: Option<String>,
+    next_index: u32,
+    next_ino: u64,
+}
+
+/// A namespace of a [`FakeHost`].
+#[derive(Clone, Debug, Default)]
+pub struct FakeNs {
+    pub ino: u64,
+    pub links: Vec<Link>,
+    pub addrs: Vec<(u32, Ipv4Addr, u8)>,
+    pub routes: Vec<Ipv4Route>,
+}
+
+impl FakeNs {
+    pub fn names(&self) -> Vec<String> {
+        self.links.iter().map(|l| l.name.clone()).collect()
+    }
+}
+
+impl FakeInner {
+    pub fn by_name(&self, name: &str) -> Option<&Link> {
+        self.links.values().find(|l| l.name == name)
+    }
+
+    /// Adds a link to the host namespace; returns its index.
+    pub fn add_link(&mut self, name: &str, kind: Option<&str>, master: Option<u32>) -> u32 {
+        self.next_index += 1;
+        let index = self.next_index;
+        let mut mac = [0x02, 0, 0, 0, 0, 0];
+        mac[2..].copy_from_slice(&index.to_be_bytes());
+        self.links.insert(
+            index,
+            Link {
+                index,
+                name: name.to_owned(),
+                kind: kind.map(str::to_owned),
+                mac: Some(mac),
+                mtu: 1500,
+                up: true,
+                master,
+            },
+        );
+        index
+    }
+}
+
+impl FakeHost {
+    /// A host with `lo` and an uplink `eth0` (10.0.0.2/24, the default
+    /// route's interface), as a fresh machine has.
+    pub fn new() -> FakeHost {
+        let host = FakeHost::default();
+        {
+            let mut h = host.get();
+            h.add_link("lo", None, None);
+            let eth0 = h.add_link("eth0", None, None);
+            h.addrs.push((eth0, Ipv4Addr::new(10, 0, 0, 2), 24));
+            h.routes.push(Ipv4Route {
+                dst: Ipv4Addr::UNSPECIFIED,
+                prefix_len: 0,
+                gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),
+                oif: Some(eth0),
+            });
+            h.routes.push(Ipv4Route {
+                dst: Ipv4Addr::new(10, 0, 0, 0),
+                prefix_len: 24,
+                gateway: None,
+                oif: Some(eth0),
+            });
+        }
+        host
+    }
+
+    pub fn get(&self) -> MutexGuard<'_, FakeInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A namespace at /var/run/netns/`name` with `lo`; returns its path.
+    pub fn add_netns(&self, name: &str) -> PathBuf {
+        let path = PathBuf::from("/var/run/netns").join(name);
+        let mut h = self.get();
+        h.next_ino += 1;
+        let ino = 4_026_531_000 + h.next_ino;
+        let lo = Link {
+            index: 1,
+            name: "lo".to_owned(),
+            kind: None,
+            mac: None,
+            mtu: 65536,
+            up: true,
+            master: None,
+        };
+        h.netns.insert(
+            path.clone(),
+            FakeNs {
+                ino,
+                links: vec![lo],
+                ..FakeNs::default()
+            },
+        );
+        path
+    }
+
+    /// A second path to the namespace at `of` (as /proc/PID/ns/net is).
+    pub fn alias_netns(&self, of: &Path, alias: &Path) {
+        let mut h = self.get();
+        if let Some(ns) = h.netns.get(of).cloned() {
+            h.netns.insert(alias.to_owned(), ns);
+        }
+    }
+
+    fn interfaces(&self, netns: &Path) -> Vec<String> {
+        self.get()
+            .netns
+            .get(netns)
+            .map(FakeNs::names)
+            .unwrap_or_default()
+    }
+
+    fn setup(&self, plan: &EndpointPlan<'_>) -> Result<Attachment, DriverError> {
+        let mut h = self.get();
+        let net = plan.network;
+        if let Some(why) = &h.fail_setup {
+            return Err(DriverError::Vanished {
+                ifname: plan.ifname.to_owned(),
+                netns: why.clone(),
+            });
+        }
+        let attachment = match net.driver {
+            DriverKind::Bridge => {
+                let bridge = net.bridge.clone().unwrap_or_default();
+                let br = h.by_name(&bridge).map(|l| l.index).ok_or_else(|| {
+                    DriverError::BridgeMissing {
+                        network: net.name.clone(),
+                        bridge: bridge.clone(),
+                    }
+                })?;
+                let host_ifname = format!("veth{}", plan.suffix);
+                h.add_link(&host_ifname, Some("veth"), Some(br));
+                Attachment::Veth { host_ifname }
+            }
+            DriverKind::Macvlan => {
+                let parent = net.macvlan.as_ref().map(|m| m.parent.clone());
+                let parent = parent.unwrap_or_default();
+                if h.by_name(&parent).is_none() {
+                    return Err(DriverError::ParentMissing {
+                        network: net.name.clone(),
+                        parent,
+                    });
+                }
+                Attachment::Macvlan
+            }
+            DriverKind::Null => return Ok(Attachment::Loopback),
+            DriverKind::Host => return Ok(Attachment::Host),
+        };
+        if let Some(ns) = h.netns.get_mut(plan.netns) {
+            add_inside(ns, plan);
+        }
+        Ok(attachment)
+    }
+
+    fn teardown(&self, netns: &Path, ifname: Option<&str>, attachment: &Attachment) {
+        let mut h = self.get();
+        if let (Some(ifname), Some(ns)) = (ifname, h.netns.get_mut(netns)) {
+            if matches!(attachment, Attachment::Veth { .. } | Attachment::Macvlan) {
+                remove_inside(ns, ifname);
+            }
+        }
+        if let Attachment::Veth { host_ifname } = attachment {
+            h.links.retain(|_, l| l.name != *host_ifname);
+        }
+    }
+
+    fn bridge(
+        &self,
+        name: &str,
+        gateway: Ipv4Addr,
+        subnet: Ipv4Net,
+        adopt: bool,
+    ) -> Result<Vec<String>, BridgeError> {
+        let mut h = self.get();
+        let mut changed = Vec::new();
+        let index = match h.by_name(name) {
+            Some(l) if !adopt || l.kind.as_deref() != Some("bridge") => {
+                return Err(BridgeError::InUse {
+                    bridge: name.to_owned(),
+                    kind: l.kind.clone().unwrap_or_else(|| "unknown".to_owned()),
+                })
+            }
+            Some(l) => l.index,
+            None => {
+                changed.push(format!("created bridge {name}"));
+                h.add_link(name, Some("bridge"), None)
+            }
+        };
+        let prefix = subnet.prefix_len();
+        if !h.addrs.contains(&(index, gateway, prefix)) {
+            h.addrs.push((index, gateway, prefix));
+            changed.push(format!("added {gateway}/{prefix} to {name}"));
+        }
+        {
+            let r = Ipv4Route {
+                dst: subnet.network(),
+                prefix_len: prefix,
+                gateway: None,
+                oif: Some(index),
+            };
+            if !h.routes.contains(&r) {
+                h.routes.push(r);
+            }
+        }
+        Ok(changed)
+    }
+
+    /// The published ports, bridge subnets and uplinks of `state`, as the
+    /// real computation would put them (endpoint routes and host addresses
+    /// are left out).
+    fn desired(&self, state: &State) -> Result<Desired, NatError> {
+        let h = self.get();
+        let mut d = Desired::default();
+        for ep in state.endpoints.values() {
+            let (Some(ip), Attachment::Veth { .. }) = (ep.ipv4, &ep.attachment) else {
+                continue;
+            };
+            for m in &ep.published {
+                d.ports.insert(
+                    PortKey {
+                        addr: m.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
+                        port: m.host_port.to_be_bytes(),
+                        proto: m.proto.number(),
+                        _pad: 0,
+                    },
+                    PortTarget {
+                        addr: ip.octets(),
+                        port: m.container_port.to_be_bytes(),
+                        _pad: [0; 2],
+                        stats_index: m.stats_index,
+                        _pad2: 0,
+                    },
+                );
+            }
+        }
+        for net in state.networks.values() {
+            if let (DriverKind::Bridge, Some(s)) = (net.driver, net.subnet) {
+                d.subnets.insert(
+                    (s.network().octets(), u32::from(s.prefix_len())),
+                    (0, crate::control::desired::network_key(&net.id)),
+                );
+            }
+        }
+        for name in &state.uplinks {
+            let link = h
+                .by_name(name)
+                .ok_or_else(|| NatError::NoUplink(name.clone()))?;
+            let addr = h
+                .addrs
+                .iter()
+                .find(|(i, _, _)| *i == link.index)
+                .map(|(_, a, _)| a.octets())
+                .ok_or_else(|| NatError::NoUplinkAddr(name.clone()))?;
+            d.uplinks.insert(link.index, Uplink { addr, _pad: 0 });
+        }
+        Ok(d)
+    }
+}
+
+impl Host for FakeHost {
+    async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
+        Ok(self.get().links.values().cloned().collect())
+    }
+    async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        Ok(self.get().by_name(name).cloned())
+    }
+    async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NetlinkError> {
+        Ok(self.get().links.get(&index).cloned())
+    }
+    async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
+        let mut h = self.get();
+        h.links.remove(&index);
+        h.addrs.retain(|(i, _, _)| *i != index);
+        Ok(())
+    }
+    async fn set_master(&self, index: u32, master: u32) -> Result<(), NetlinkError> {
+        if let Some(l) = self.get().links.get_mut(&index) {
+            l.master = Some(master);
+        }
+        Ok(())
+    }
+    async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
+        if let Some(l) = self.get().links.get_mut(&index) {
+            l.up = true;
+        }
+        Ok(())
+    }
+    async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
+        if let Some(l) = self.get().links.get_mut(&index) {
+            l.mac = Some(mac);
+        }
+        Ok(())
+    }
+    async fn create_veth(
+        &self,
+        name: &str,
+        peer: &str,
+        _mtu: Option<u32>,
+    ) -> Result<(Link, Link), NetlinkError> {
+        let mut h = self.get();
+        let a = h.add_link(name, Some("veth"), None);
+        let b = h.add_link(peer, Some("veth"), None);
+        Ok((h.links[&a].clone(), h.links[&b].clone()))
+    }
+    async fn addrs(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Addr, u8)>, NetlinkError> {
+        let h = self.get();
+        Ok(h.addrs
+            .iter()
+            .filter(|(i, _, _)| index.is_none_or(|x| x == *i))
+            .copied()
+            .collect())
+    }
+    async fn routes(&self) -> Result<Vec<Ipv4Route>, NetlinkError> {
+        Ok(self.get().routes.clone())
+    }
+    async fn ensure_bridge(
+        &self,
+        name: &str,
+        gateway: Ipv4Addr,
+        subnet: Ipv4Net,
+        _mtu: u32,
+        adopt: bool,
+    ) -> Result<Vec<String>, BridgeError> {
+        self.bridge(name, gateway, subnet, adopt)
+    }
+    async fn setup_endpoint(&self, plan: &EndpointPlan<'_>) -> Result<Attachment, DriverError> {
+        self.setup(plan)
+    }
+    async fn teardown_endpoint(
+        &self,
+        netns: &Path,
+        ifname: Option<&str>,
+        attachment: &Attachment,
+    ) -> Vec<String> {
+        self.teardown(netns, ifname, attachment);
+        Vec::new()
+    }
+    async fn netns_links(&self, netns: &Path) -> Result<Vec<String>, NetlinkError> {
+        Ok(self.interfaces(netns))
+    }
+    async fn netns_view(
+        &self,
+        netns: &Path,
+        ifname: &str,
+        with_addrs: bool,
+    ) -> Result<NetnsView, NetlinkError> {
+        let h = self.get();
+        let Some(ns) = h.netns.get(netns) else {
+            return Ok(NetnsView::default());
+        };
+        let link = ns.links.iter().find(|l| l.name == ifname).cloned();
+        let addrs = match &link {
+            Some(l) if with_addrs => ns
+                .addrs
+                .iter()
+                .filter(|(i, _, _)| *i == l.index)
+                .copied()
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(NetnsView {
+            link,
+            addrs,
+            routes: ns.routes.clone(),
+        })
+    }
+    fn netns_id(&self, path: &Path) -> Option<NetnsId> {
+        self.get().netns.get(path).map(|ns| (4, ns.ino))
+    }
+    fn enable_forwarding(&self) -> std::io::Result<()> {
+        self.get().forwarding = true;
+        Ok(())
+    }
+    async fn nat_desired(&self, state: &State) -> Result<Desired, NatError> {
+        self.desired(state)
+    }
+}
+
+/// What a driver's set-up makes inside the namespace: the interface with
+/// its MAC and address, and the default route unless there is one or the
+/// network is internal.
+fn add_inside(ns: &mut FakeNs, plan: &EndpointPlan<'_>) {
+    let index = ns.links.iter().map(|l| l.index).max().unwrap_or(1) + 1;
+    ns.links.push(Link {
+        index,
+        name: plan.ifname.to_owned(),
+        kind: Some("veth".to_owned()),
+        mac: Some(plan.mac),
+        mtu: plan.network.mtu,
+        up: true,
+        master: None,
+    });
+    let prefix = plan.network.subnet.map(|s| s.prefix_len()).unwrap_or(32);
+    ns.addrs.push((index, plan.ipv4, prefix));
+    if let Some(gw) = plan.network.gateway {
+        if !plan.network.internal && !ns.routes.iter().any(|r| r.prefix_len == 0) {
+            ns.routes.push(Ipv4Route {
+                dst: Ipv4Addr::UNSPECIFIED,
+                prefix_len: 0,
+                gateway: Some(gw),
+                oif: Some(index),
+            });
+        }
+    }
+}
+
+fn remove_inside(ns: &mut FakeNs, ifname: &str) {
+    let Some(index) = ns.links.iter().find(|l| l.name == ifname).map(|l| l.index) else {
+        return;
+    };
+    ns.links.retain(|l| l.index != index);
+    ns.addrs.retain(|(i, _, _)| *i != index);
+    ns.routes.retain(|r| r.oif != Some(index));
+}

@@ -1,0 +1,390 @@
+//! Endpoints: `connect` (a namespace on a network, or `container:<name>`
+//! sharing another endpoint's) and `disconnect`.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use super::{netns_path, random_hex, ConnectRequest, ConnectTo, Manager, NetworkError};
+use crate::{
+    control::{
+        driver::EndpointPlan,
+        host::Host,
+        ipam,
+        model::{Attachment, DriverKind, Endpoint, Network},
+        names::IfName,
+    },
+    datapath::Datapath,
+};
+
+/// `--ip`, `--mac` and `--ifname` are for endpoints with a link of their
+/// own: refused for `host`, `none` and `container:` endpoints.
+fn refuse_link_options(
+    req: &ConnectRequest,
+    network: &str,
+    driver: &'static str,
+) -> Result<(), NetworkError> {
+    for (option, given) in [
+        ("--ip", req.ip.is_some()),
+        ("--mac", req.mac.is_some()),
+        ("--ifname", req.ifname.is_some()),
+    ] {
+        if given {
+            return Err(NetworkError::NotApplicable {
+                network: network.to_owned(),
+                option,
+                driver,
+            });
+        }
+    }
+    Ok(())
+}
+
+impl<D: Datapath, H: Host> Manager<D, H> {
+    /// `connect`: from a typed [`ConnectRequest`], or from the wire's
+    /// [`ConnectArgs`](super::ConnectArgs), parsed first.
+    pub async fn connect<R>(&mut self, req: R) -> Result<Endpoint, NetworkError>
+    where
+        R: TryInto<ConnectRequest>,
+        NetworkError: From<R::Error>,
+    {
+        let req: ConnectRequest = req.try_into()?;
+        match &req.network {
+            ConnectTo::Container(target) => self.connect_container(&target.clone(), &req).await,
+            ConnectTo::Network(network) => self.connect_network(&network.clone(), req).await,
+        }
+    }
+
+    async fn connect_network(
+        &mut self,
+        network: &str,
+        req: ConnectRequest,
+    ) -> Result<Endpoint, NetworkError> {
+        let net = self.network(network)?.clone();
+        let (netns_arg, netns, name) = self.new_endpoint_of(&net, &req)?;
+        let id = random_hex(32)?;
+        if matches!(net.driver, DriverKind::Host | DriverKind::Null) {
+            return self.connect_no_link(&net, &req, id, name, netns).await;
+        }
+        let ipv4 = self.address_for(&net, req.ip)?;
+        let mac = req.mac.map_or_else(|| ipam::mac_for(ipv4), |m| m.octets());
+        let published = self.new_mappings(&req.publish, &[])?;
+        let ifname = self.ifname_in(&netns, &netns_arg, req.ifname).await?;
+        let suffix = random_hex(4)?[..7].to_owned();
+        let plan = EndpointPlan {
+            network: &net,
+            netns: &netns,
+            ifname: &ifname,
+            ipv4,
+            mac,
+            suffix: &suffix,
+        };
+        let attachment = self.host.setup_endpoint(&plan).await?;
+        if let Attachment::Veth { host_ifname } = &attachment {
+            if let Err(e) = self.dp.attach_endpoint(host_ifname) {
+                let _ = self
+                    .host
+                    .teardown_endpoint(&netns, Some(&ifname), &attachment)
+                    .await;
+                return Err(e.into());
+            }
+        }
+        let ep = Endpoint {
+            id,
+            name,
+            network: net.name.clone(),
+            netns,
+            attachment,
+            ifname: Some(ifname),
+            mac: Some(ipam::format_mac(&mac)),
+            ipv4: Some(ipv4),
+            published,
+        };
+        match self.record(ep.clone()).await {
+            Ok(ep) => Ok(ep),
+            Err(e) => {
+                let _ = self
+                    .host
+                    .teardown_endpoint(&ep.netns, ep.ifname.as_deref(), &ep.attachment)
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The namespace (as given, and its path) and the name of a new
+    /// endpoint of `net`: the namespace must exist and not be on `net`
+    /// already, the name must be free.
+    fn new_endpoint_of(
+        &self,
+        net: &Network,
+        req: &ConnectRequest,
+    ) -> Result<(String, PathBuf, String), NetworkError> {
+        let netns_arg = req
+            .netns
+            .clone()
+            .ok_or_else(|| NetworkError::NetnsRequired {
+                network: net.name.clone(),
+            })?;
+        let netns = netns_path(&netns_arg);
+        let ino = self
+            .host
+            .netns_id(&netns)
+            .ok_or_else(|| NetworkError::UnknownNetns(netns_arg.clone()))?;
+        let name = match &req.name {
+            Some(n) => n.clone(),
+            None => netns
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_else(|| netns_arg.clone()),
+        };
+        for ep in self.state.endpoints_of(&net.name) {
+            if self.host.netns_id(&ep.netns) == Some(ino) {
+                return Err(NetworkError::AlreadyConnected {
+                    network: net.name.clone(),
+                    netns: netns_arg,
+                    endpoint: ep.name.clone(),
+                });
+            }
+            if ep.name == name {
+                return Err(NetworkError::DuplicateEndpoint {
+                    network: net.name.clone(),
+                    name,
+                });
+            }
+        }
+        Ok((netns_arg, netns, name))
+    }
+
+    /// An endpoint of a `host` or `none` network: no link of its own.
+    async fn connect_no_link(
+        &mut self,
+        net: &Network,
+        req: &ConnectRequest,
+        id: String,
+        name: String,
+        netns: PathBuf,
+    ) -> Result<Endpoint, NetworkError> {
+        refuse_link_options(req, &net.name, net.driver.name())?;
+        let attachment = if net.driver == DriverKind::Null {
+            let plan = EndpointPlan {
+                network: net,
+                netns: &netns,
+                ifname: "lo",
+                ipv4: Ipv4Addr::UNSPECIFIED,
+                mac: [0; 6],
+                suffix: "",
+            };
+            self.host.setup_endpoint(&plan).await?
+        } else {
+            Attachment::Host
+        };
+        let ep = Endpoint {
+            id,
+            name,
+            network: net.name.clone(),
+            netns,
+            attachment,
+            ifname: None,
+            mac: None,
+            ipv4: None,
+            published: Vec::new(),
+        };
+        self.record(ep).await
+    }
+
+    /// The address asked for, checked against the subnet and the addresses
+    /// in use (the gateway and every endpoint of the network), or the next
+    /// free one.
+    fn address_for(&self, net: &Network, ip: Option<Ipv4Addr>) -> Result<Ipv4Addr, NetworkError> {
+        let subnet = net
+            .subnet
+            .ok_or_else(|| NetworkError::UnknownNetwork(net.name.clone()))?;
+        let mut used: Vec<(Ipv4Addr, String)> = net
+            .gateway
+            .map(|g| (g, "the gateway".to_owned()))
+            .into_iter()
+            .collect();
+        used.extend(
+            self.state
+                .endpoints_of(&net.name)
+                .filter_map(|e| e.ipv4.map(|ip| (ip, format!("endpoint {}", e.name)))),
+        );
+        Ok(match ip {
+            Some(ip) => {
+                ipam::check_requested(&subnet, ip, &used)?;
+                ip
+            }
+            None => ipam::allocate(
+                &net.name,
+                &subnet,
+                &net.alloc_range().unwrap_or(subnet),
+                &used,
+            )?,
+        })
+    }
+
+    /// The interface name asked for, if free in the namespace, or the
+    /// first free `ethN`.
+    async fn ifname_in(
+        &self,
+        netns: &Path,
+        netns_arg: &str,
+        asked: Option<IfName>,
+    ) -> Result<String, NetworkError> {
+        let names = self.host.netns_links(netns).await?;
+        Ok(match asked {
+            Some(i) if names.iter().any(|n| n == i.as_str()) => {
+                return Err(NetworkError::IfnameTaken {
+                    ifname: i.into(),
+                    netns: netns_arg.to_owned(),
+                })
+            }
+            Some(i) => i.into(),
+            None => (0..)
+                .map(|n| format!("eth{n}"))
+                .find(|c| !names.contains(c))
+                .unwrap_or_else(|| "eth0".into()),
+        })
+    }
+
+    pub(super) async fn record(&mut self, ep: Endpoint) -> Result<Endpoint, NetworkError> {
+        self.change(|state| state.endpoints.insert(ep.id.clone(), ep.clone()))
+            .await?;
+        Ok(ep)
+    }
+
+    /// `connect container:<endpoint>`: a new endpoint record sharing an
+    /// existing endpoint's namespace (Docker's `--network container:NAME`).
+    pub(super) async fn connect_container(
+        &mut self,
+        target: &str,
+        args: &ConnectRequest,
+    ) -> Result<Endpoint, NetworkError> {
+        let owner = self
+            .state
+            .endpoints
+            .values()
+            .find(|e| e.name == target || e.id.starts_with(target) && target.len() >= 3)
+            .cloned()
+            .ok_or_else(|| NetworkError::UnknownContainer(target.to_owned()))?;
+        refuse_link_options(args, &format!("container:{target}"), "container")?;
+        if let Some(ns) = &args.netns {
+            if self.host.netns_id(&netns_path(ns)) != self.host.netns_id(&owner.netns) {
+                return Err(NetworkError::UnknownNetns(format!(
+                    "{ns} (container:{target} shares {}, a different namespace)",
+                    owner.netns.display()
+                )));
+            }
+        }
+        let name = match &args.name {
+            Some(n) => n.clone(),
+            None => format!("{}-shared", owner.name),
+        };
+        if self
+            .state
+            .endpoints_of(&owner.network)
+            .any(|e| e.name == name)
+        {
+            return Err(NetworkError::DuplicateEndpoint {
+                network: owner.network.clone(),
+                name,
+            });
+        }
+        let ep = Endpoint {
+            id: random_hex(32)?,
+            name,
+            network: owner.network.clone(),
+            netns: owner.netns.clone(),
+            attachment: Attachment::Container {
+                endpoint: owner.id.clone(),
+            },
+            ifname: owner.ifname.clone(),
+            mac: owner.mac.clone(),
+            ipv4: owner.ipv4,
+            published: Vec::new(),
+        };
+        self.record(ep).await
+    }
+
+    /// `disconnect NETWORK CONTAINER`: CONTAINER is an endpoint name or id, or
+    /// the namespace (name or path) it was connected with.
+    pub async fn disconnect(&mut self, network: &str, what: &str) -> Result<(), NetworkError> {
+        let net = self.network(network)?.clone();
+        let ino = self.host.netns_id(&netns_path(what));
+        // A name or id first: an endpoint sharing the namespace of the one
+        // named has the same namespace path.
+        let by_name = |e: &&Endpoint| e.name == what || e.id == what;
+        let by_netns = |e: &&Endpoint| {
+            e.netns == netns_path(what)
+                || (ino.is_some()
+                    && self.host.netns_id(&e.netns) == ino
+                    && !matches!(e.attachment, Attachment::Container { .. }))
+        };
+        let ep = self
+            .state
+            .endpoints_of(&net.name)
+            .find(by_name)
+            .or_else(|| self.state.endpoints_of(&net.name).find(by_netns))
+            .cloned()
+            .ok_or_else(|| NetworkError::UnknownEndpoint {
+                network: net.name.clone(),
+                what: what.to_owned(),
+            })?;
+        self.disconnect_endpoint(&ep).await
+    }
+
+    /// Removes one endpoint's links and its record; the record goes even when
+    /// some link could not be removed, and the errors are reported.
+    pub(super) async fn disconnect_endpoint(&mut self, ep: &Endpoint) -> Result<(), NetworkError> {
+        // Endpoints sharing this one's namespace go with it.
+        let sharers: Vec<String> = self
+            .state
+            .endpoints
+            .values()
+            .filter(|e| matches!(&e.attachment, Attachment::Container { endpoint } if *endpoint == ep.id))
+            .map(|e| e.id.clone())
+            .collect();
+        let mut errors = self
+            .host
+            .teardown_endpoint(&ep.netns, ep.ifname.as_deref(), &ep.attachment)
+            .await;
+        if let Attachment::Veth { host_ifname } = &ep.attachment {
+            if let Err(e) = self.dp.detach_endpoint(host_ifname) {
+                errors.push(e.to_string());
+            }
+        }
+        self.change(|state| {
+            state.endpoints.remove(&ep.id);
+            for id in sharers {
+                state.endpoints.remove(&id);
+            }
+        })
+        .await?;
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(NetworkError::Teardown {
+                context: format!("endpoint {} disconnected from {}, but", ep.name, ep.network),
+                errors,
+            })
+        }
+    }
+
+    pub(super) fn endpoint_named(
+        &self,
+        network: &str,
+        what: &str,
+    ) -> Result<Endpoint, NetworkError> {
+        let net = self.network(network)?;
+        self.state
+            .endpoints_of(&net.name)
+            .find(|e| e.name == what || e.id == what || e.netns == netns_path(what))
+            .cloned()
+            .ok_or_else(|| NetworkError::UnknownEndpoint {
+                network: net.name.clone(),
+                what: what.to_owned(),
+            })
+    }
+}

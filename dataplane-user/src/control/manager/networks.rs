@@ -1,0 +1,331 @@
+//! Networks: the predefined ones of a first start, `network create` (its
+//! subnet checked against the other networks and the uplinks, its bridge
+//! made) and `network rm`.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+
+use super::{now_rfc3339, random_hex, Manager, NetworkError};
+use crate::{
+    control::{
+        driver::{BridgeError, DriverError},
+        host::Host,
+        ipam::{self, IpamError},
+        model::{CreateRequest, DriverKind, Endpoint, Network, DEFAULT_BRIDGE, DEFAULT_MTU},
+        state::State,
+    },
+    datapath::Datapath,
+};
+
+impl<D: Datapath, H: Host> Manager<D, H> {
+    pub(super) async fn init_predefined(&mut self) -> Result<(), NetworkError> {
+        let routes = self.host_routes().await?;
+        let subnet = ipam::next_free_subnet(&[], &routes)?;
+        let gateway = ipam::first_host(&subnet);
+        let bridge = Network {
+            id: random_hex(32)?,
+            name: "bridge".into(),
+            driver: DriverKind::Bridge,
+            created: now_rfc3339(),
+            subnet: Some(subnet),
+            gateway: Some(gateway),
+            ip_range: None,
+            internal: false,
+            mtu: DEFAULT_MTU,
+            bridge: Some(DEFAULT_BRIDGE.into()),
+            icc: true,
+            masquerade: true,
+            host_binding_ipv4: None,
+            macvlan: None,
+            labels: BTreeMap::new(),
+        };
+        self.host
+            .ensure_bridge(DEFAULT_BRIDGE, gateway, subnet, DEFAULT_MTU, false)
+            .await?;
+        self.host
+            .enable_forwarding()
+            .map_err(NetworkError::Forwarding)?;
+        let mut state = State::default();
+        for (name, driver) in [("host", DriverKind::Host), ("none", DriverKind::Null)] {
+            state.networks.insert(
+                name.into(),
+                Network {
+                    id: random_hex(32)?,
+                    name: name.into(),
+                    driver,
+                    created: now_rfc3339(),
+                    subnet: None,
+                    gateway: None,
+                    ip_range: None,
+                    internal: false,
+                    mtu: DEFAULT_MTU,
+                    bridge: None,
+                    icc: true,
+                    masquerade: false,
+                    host_binding_ipv4: None,
+                    macvlan: None,
+                    labels: BTreeMap::new(),
+                },
+            );
+        }
+        state.networks.insert("bridge".into(), bridge);
+        self.persist(state).await
+    }
+
+    pub(super) async fn host_routes(&self) -> Result<Vec<Ipv4Net>, NetworkError> {
+        Ok(self
+            .host
+            .routes()
+            .await?
+            .into_iter()
+            .filter_map(|r| Ipv4Net::new(r.dst, r.prefix_len).ok())
+            .collect())
+    }
+
+    /// The addresses of every uplink (those added, and the interfaces the
+    /// default routes leave by, which the agent makes uplinks on its first
+    /// start), by name: a network must not take their subnets.
+    pub(super) async fn uplink_addrs(
+        &self,
+    ) -> Result<Vec<(String, Vec<(Ipv4Addr, u8)>)>, NetworkError> {
+        let mut links = Vec::new();
+        for name in &self.state.uplinks {
+            if let Some(l) = self.host.link_by_name(name).await? {
+                links.push(l);
+            }
+        }
+        for r in self.host.routes().await? {
+            let Some(oif) = r.oif.filter(|_| r.prefix_len == 0) else {
+                continue;
+            };
+            if links.iter().any(|l| l.index == oif) {
+                continue;
+            }
+            if let Some(l) = self.host.link_by_index(oif).await? {
+                links.push(l);
+            }
+        }
+        let mut out = Vec::new();
+        for l in links {
+            let addrs = self.host.addrs(Some(l.index)).await?;
+            out.push((
+                l.name,
+                addrs.into_iter().map(|(_, a, len)| (a, len)).collect(),
+            ));
+        }
+        Ok(out)
+    }
+
+    pub fn network(&self, name: &str) -> Result<&Network, NetworkError> {
+        self.state
+            .networks
+            .get(name)
+            .or_else(|| {
+                // Docker accepts an id or a unique id prefix too.
+                let mut by_id = self
+                    .state
+                    .networks
+                    .values()
+                    .filter(|n| n.id.starts_with(name));
+                match (by_id.next(), by_id.next()) {
+                    (Some(n), None) if name.len() >= 3 => Some(n),
+                    _ => None,
+                }
+            })
+            .ok_or_else(|| NetworkError::UnknownNetwork(name.to_owned()))
+    }
+
+    /// `network create`.
+    pub async fn create(&mut self, req: CreateRequest) -> Result<Network, NetworkError> {
+        let id = random_hex(32)?;
+        self.create_with_id(req, id).await
+    }
+
+    /// The subnet asked for, checked against the other networks' and the
+    /// uplinks', or the next free one of the default pools.
+    async fn subnet_for(&self, asked: Option<Ipv4Net>) -> Result<Ipv4Net, NetworkError> {
+        let used: Vec<(String, Ipv4Net)> = self
+            .state
+            .networks
+            .values()
+            .filter_map(|n| n.subnet.map(|s| (n.name.clone(), s)))
+            .collect();
+        match asked {
+            Some(s) => {
+                if let Some((other, os)) = used.iter().find(|(_, u)| ipam::overlaps(&s, u)) {
+                    return Err(IpamError::Overlap {
+                        subnet: s,
+                        other: other.clone(),
+                        other_subnet: *os,
+                    }
+                    .into());
+                }
+                ipam::check_not_uplink(&s, &self.uplink_addrs().await?)?;
+                Ok(s)
+            }
+            None => {
+                let taken: Vec<Ipv4Net> = used.iter().map(|(_, s)| *s).collect();
+                Ok(ipam::next_free_subnet(&taken, &self.host_routes().await?)?)
+            }
+        }
+    }
+
+    /// `network create` with the id chosen by the caller (Docker's
+    /// NetworkID for networks Docker creates through the remote driver).
+    pub async fn create_with_id(
+        &mut self,
+        req: CreateRequest,
+        id: String,
+    ) -> Result<Network, NetworkError> {
+        if self.state.networks.contains_key(&req.name) {
+            return Err(NetworkError::DuplicateName(req.name));
+        }
+        let subnet = self.subnet_for(req.subnet).await?;
+        let gateway = req.gateway.unwrap_or_else(|| ipam::first_host(&subnet));
+        let bridge = match req.driver {
+            DriverKind::Bridge => Some(
+                req.bridge_name
+                    .clone()
+                    .unwrap_or_else(|| format!("br-{}", &id[..12])),
+            ),
+            _ => None,
+        };
+        if let Some(mv) = &req.macvlan {
+            if self.host.link_by_name(&mv.parent).await?.is_none() {
+                return Err(DriverError::ParentMissing {
+                    network: req.name.clone(),
+                    parent: mv.parent.clone(),
+                }
+                .into());
+            }
+        }
+        if let Some(name) = &bridge {
+            if let Some(other) = self
+                .state
+                .networks
+                .values()
+                .find(|n| n.bridge.as_deref() == Some(name))
+            {
+                return Err(BridgeError::InUse {
+                    bridge: name.clone(),
+                    kind: format!("bridge of network {}", other.name),
+                }
+                .into());
+            }
+        }
+        let net = Network {
+            id,
+            name: req.name.clone(),
+            driver: req.driver,
+            created: now_rfc3339(),
+            subnet: Some(subnet),
+            gateway: Some(gateway),
+            ip_range: req.ip_range,
+            internal: req.internal,
+            mtu: req.mtu,
+            bridge: bridge.clone(),
+            icc: req.icc,
+            masquerade: req.masquerade,
+            host_binding_ipv4: req.host_binding_ipv4,
+            macvlan: req.macvlan.clone(),
+            labels: req.labels.clone(),
+        };
+        if let Some(name) = &bridge {
+            self.host
+                .ensure_bridge(name, gateway, subnet, net.mtu, false)
+                .await?;
+            if !net.internal {
+                self.host
+                    .enable_forwarding()
+                    .map_err(NetworkError::Forwarding)?;
+            }
+        }
+        let changed = self
+            .change(|state| state.networks.insert(net.name.clone(), net.clone()))
+            .await;
+        if let Err(e) = changed {
+            if let Some(name) = &bridge {
+                self.delete_link_named(name).await;
+            }
+            return Err(e);
+        }
+        Ok(net)
+    }
+
+    pub(super) async fn delete_link_named(&self, name: &str) -> Vec<String> {
+        match self.host.link_by_name(name).await {
+            Ok(Some(l)) => match self.host.delete_link(l.index).await {
+                Ok(()) => Vec::new(),
+                Err(e) if e.is_not_found() => Vec::new(),
+                Err(e) => vec![e.to_string()],
+            },
+            Ok(None) => Vec::new(),
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    /// `network rm`: refused while endpoints are attached unless `force`,
+    /// which disconnects them first. Every name is tried; the errors of all
+    /// come back together.
+    pub async fn remove(
+        &mut self,
+        names: &[String],
+        force: bool,
+    ) -> Result<Vec<String>, NetworkError> {
+        let mut removed = Vec::new();
+        let mut errors = Vec::new();
+        for name in names {
+            match self.remove_one(name, force).await {
+                Ok(()) => removed.push(name.clone()),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if errors.is_empty() {
+            Ok(removed)
+        } else {
+            Err(NetworkError::Teardown {
+                context: "network rm".into(),
+                errors,
+            })
+        }
+    }
+
+    pub(super) async fn remove_one(&mut self, name: &str, force: bool) -> Result<(), NetworkError> {
+        let net = self.network(name)?.clone();
+        if net.is_predefined() {
+            return Err(NetworkError::Predefined(net.name));
+        }
+        let eps: Vec<Endpoint> = self.state.endpoints_of(&net.name).cloned().collect();
+        if !eps.is_empty() && !force {
+            return Err(NetworkError::InUse {
+                network: net.name.clone(),
+                count: eps.len(),
+                names: eps
+                    .iter()
+                    .map(|e| e.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        let mut errors = Vec::new();
+        for ep in &eps {
+            if let Err(e) = self.disconnect_endpoint(ep).await {
+                errors.push(e.to_string());
+            }
+        }
+        if let Some(bridge) = &net.bridge {
+            errors.extend(self.delete_link_named(bridge).await);
+        }
+        self.change(|state| state.networks.remove(&net.name))
+            .await?;
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(NetworkError::Teardown {
+                context: format!("network {} removed, but", net.name),
+                errors,
+            })
+        }
+    }
+}

@@ -1,0 +1,837 @@
+//! The libnetwork remote driver protocol as typed values: the JSON bodies
+//! Docker sends, parsed once into a [`Call`] (refusals name the method, the
+//! field and the value), and the JSON bodies the driver answers.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::control::{
+    ipam,
+    manager::{docker_network_name, DockerPortBinding},
+    model::CreateArgs,
+    ports::{PortMapping, Proto},
+};
+
+/// Docker's option keys.
+const GENERIC: &str = "com.docker.network.generic";
+const INTERNAL: &str = "com.docker.network.internal";
+const ENABLE_IPV6: &str = "com.docker.network.enable_ipv6";
+const PORTMAP: &str = "com.docker.network.portmap";
+
+/// A request of the protocol that failed to parse: the message names the
+/// method, the field and the value.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{method}: {problem}")]
+pub struct BadRequest {
+    pub method: String,
+    pub problem: String,
+}
+
+/// One driver call, typed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Call {
+    Activate,
+    GetCapabilities,
+    CreateNetwork {
+        network_id: String,
+        args: CreateArgs,
+    },
+    DeleteNetwork {
+        network_id: String,
+    },
+    CreateEndpoint {
+        network_id: String,
+        endpoint_id: String,
+        ipv4: Ipv4Addr,
+        /// Docker's (`--mac-address`); None: we choose one and answer it.
+        mac: Option<[u8; 6]>,
+    },
+    DeleteEndpoint {
+        network_id: String,
+        endpoint_id: String,
+    },
+    EndpointOperInfo {
+        network_id: String,
+        endpoint_id: String,
+    },
+    Join {
+        network_id: String,
+        endpoint_id: String,
+        sandbox: PathBuf,
+    },
+    Leave {
+        network_id: String,
+        endpoint_id: String,
+    },
+    ProgramExternalConnectivity {
+        network_id: String,
+        endpoint_id: String,
+        bindings: Vec<DockerPortBinding>,
+    },
+    RevokeExternalConnectivity {
+        network_id: String,
+        endpoint_id: String,
+    },
+    /// DiscoverNew / DiscoverDelete: node discovery, nothing to do locally.
+    Discover,
+}
+
+// ---------------------------------------------------------------------------
+// Requests.
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CreateNetworkBody {
+    #[serde(rename = "NetworkID")]
+    network_id: String,
+    #[serde(default)]
+    options: NetworkOptions,
+    #[serde(rename = "IPv4Data", default)]
+    ipv4_data: Option<Vec<IpamData>>,
+    #[serde(rename = "IPv6Data", default)]
+    ipv6_data: Option<Vec<IpamData>>,
+}
+
+/// The options of CreateNetwork this driver reads; the values stay JSON so
+/// that a refusal can quote what Docker sent.
+#[derive(Default, Deserialize)]
+struct NetworkOptions {
+    #[serde(rename = "com.docker.network.enable_ipv6", default)]
+    enable_ipv6: Option<Value>,
+    #[serde(rename = "com.docker.network.internal", default)]
+    internal: Option<Value>,
+    #[serde(rename = "com.docker.network.generic", default)]
+    generic: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct IpamData {
+    #[serde(default)]
+    pool: String,
+    #[serde(default)]
+    gateway: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Ids {
+    #[serde(rename = "NetworkID")]
+    network_id: String,
+    #[serde(rename = "EndpointID", default)]
+    endpoint_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CreateEndpointBody {
+    #[serde(rename = "NetworkID")]
+    network_id: String,
+    #[serde(rename = "EndpointID")]
+    endpoint_id: String,
+    interface: Option<InterfaceBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InterfaceBody {
+    #[serde(default)]
+    address: String,
+    #[serde(rename = "AddressIPv6", default)]
+    address_ipv6: String,
+    #[serde(default)]
+    mac_address: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct JoinBody {
+    #[serde(rename = "NetworkID")]
+    network_id: String,
+    #[serde(rename = "EndpointID")]
+    endpoint_id: String,
+    sandbox_key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ExternalBody {
+    #[serde(rename = "NetworkID")]
+    network_id: String,
+    #[serde(rename = "EndpointID")]
+    endpoint_id: String,
+    #[serde(default)]
+    options: ExternalOptions,
+}
+
+#[derive(Default, Deserialize)]
+struct ExternalOptions {
+    /// JSON until parsed, so that a malformed one is refused naming it.
+    #[serde(rename = "com.docker.network.portmap", default)]
+    portmap: Option<Value>,
+}
+
+/// libnetwork's `types.PortBinding` as JSON.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PortBindingBody {
+    proto: u8,
+    #[serde(rename = "HostIP", default)]
+    host_ip: String,
+    port: u16,
+    #[serde(default)]
+    host_port: u16,
+    #[serde(default)]
+    host_port_end: u16,
+}
+
+/// Docker's ids: 64 hex digits; at least 12 (the short form) accepted.
+fn check_id(field: &str, id: &str) -> Result<String, String> {
+    if id.len() >= 12 && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(id.to_ascii_lowercase())
+    } else {
+        Err(format!("{field} {id:?}: expected Docker's hexadecimal id"))
+    }
+}
+
+fn body_of<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("malformed JSON body: {e}"))
+}
+
+/// The network and endpoint ids of the calls that carry only those.
+fn ids(body: &[u8]) -> Result<(String, String), String> {
+    let b: Ids = body_of(body)?;
+    Ok((
+        check_id("NetworkID", &b.network_id)?,
+        check_id("EndpointID", &b.endpoint_id)?,
+    ))
+}
+
+impl Call {
+    /// Parses one request: `method` is the URL path without its slash
+    /// (`NetworkDriver.CreateNetwork`). `Ok(None)`: a method this driver
+    /// does not implement.
+    pub fn parse(method: &str, body: &[u8]) -> Result<Option<Call>, BadRequest> {
+        Call::parse_body(method, body).map_err(|problem| BadRequest {
+            method: method.to_owned(),
+            problem,
+        })
+    }
+
+    fn parse_body(method: &str, body: &[u8]) -> Result<Option<Call>, String> {
+        let call = match method {
+            "Plugin.Activate" => Call::Activate,
+            "NetworkDriver.GetCapabilities" => Call::GetCapabilities,
+            "NetworkDriver.DiscoverNew" | "NetworkDriver.DiscoverDelete" => Call::Discover,
+            "NetworkDriver.CreateNetwork" => create_network(body)?,
+            "NetworkDriver.DeleteNetwork" => {
+                let b: Ids = body_of(body)?;
+                Call::DeleteNetwork {
+                    network_id: check_id("NetworkID", &b.network_id)?,
+                }
+            }
+            "NetworkDriver.CreateEndpoint" => create_endpoint(body)?,
+            "NetworkDriver.DeleteEndpoint" => {
+                let (network_id, endpoint_id) = ids(body)?;
+                Call::DeleteEndpoint {
+                    network_id,
+                    endpoint_id,
+                }
+            }
+            "NetworkDriver.EndpointOperInfo" => {
+                let (network_id, endpoint_id) = ids(body)?;
+                Call::EndpointOperInfo {
+                    network_id,
+                    endpoint_id,
+                }
+            }
+            "NetworkDriver.Join" => join(body)?,
+            "NetworkDriver.Leave" => {
+                let (network_id, endpoint_id) = ids(body)?;
+                Call::Leave {
+                    network_id,
+                    endpoint_id,
+                }
+            }
+            "NetworkDriver.ProgramExternalConnectivity" => {
+                let b: ExternalBody = body_of(body)?;
+                let bindings = match &b.options.portmap {
+                    None | Some(Value::Null) => Vec::new(),
+                    Some(v) => parse_portmap(v)?,
+                };
+                Call::ProgramExternalConnectivity {
+                    network_id: check_id("NetworkID", &b.network_id)?,
+                    endpoint_id: check_id("EndpointID", &b.endpoint_id)?,
+                    bindings,
+                }
+            }
+            "NetworkDriver.RevokeExternalConnectivity" => {
+                let (network_id, endpoint_id) = ids(body)?;
+                Call::RevokeExternalConnectivity {
+                    network_id,
+                    endpoint_id,
+                }
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(call))
+    }
+}
+
+fn create_network(body: &[u8]) -> Result<Call, String> {
+    let b: CreateNetworkBody = body_of(body)?;
+    let network_id = check_id("NetworkID", &b.network_id)?;
+    if b.options.enable_ipv6.as_ref().and_then(Value::as_bool) == Some(true)
+        || b.ipv6_data.as_ref().is_some_and(|v| !v.is_empty())
+    {
+        return Err(format!(
+            "Options[{ENABLE_IPV6}] / IPv6Data: IPv6 is not supported by the dataplane (create the network without --ipv6)"
+        ));
+    }
+    let pools = b.ipv4_data.unwrap_or_default();
+    let [pool] = pools.as_slice() else {
+        return Err(format!(
+            "IPv4Data: {} pools; the dataplane takes exactly one (one --subnet, Docker's default IPAM)",
+            pools.len()
+        ));
+    };
+    let subnet: Ipv4Net = pool
+        .pool
+        .parse()
+        .map_err(|_| format!("IPv4Data[0].Pool {:?}: not an IPv4 subnet", pool.pool))?;
+    let gateway = if pool.gateway.is_empty() {
+        None
+    } else {
+        let g: Ipv4Net = pool.gateway.parse().map_err(|_| {
+            format!(
+                "IPv4Data[0].Gateway {:?}: not an IPv4 address/prefix",
+                pool.gateway
+            )
+        })?;
+        Some(g.addr().to_string())
+    };
+    let internal = match b.options.internal {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(v)) => v,
+        Some(v) => return Err(format!("Options[{INTERNAL}] {v}: expected true or false")),
+    };
+    Ok(Call::CreateNetwork {
+        args: CreateArgs {
+            name: docker_network_name(&network_id),
+            driver: "bridge".into(),
+            subnet: Some(subnet.to_string()),
+            gateway,
+            ip_range: None,
+            internal,
+            mtu: None,
+            options: generic_options(b.options.generic)?,
+            labels: Vec::new(),
+        },
+        network_id,
+    })
+}
+
+/// `docker network create -o K=V` as Docker passes them: an object of
+/// strings.
+fn generic_options(generic: Option<Value>) -> Result<Vec<String>, String> {
+    let mut options = Vec::new();
+    match generic {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                let Some(v) = v.as_str() else {
+                    return Err(format!(
+                        "Options[{GENERIC}][{k}] {v}: expected a string (docker network create -o {k}=VALUE)"
+                    ));
+                };
+                options.push(format!("{k}={v}"));
+            }
+        }
+        Some(v) => {
+            return Err(format!(
+                "Options[{GENERIC}] {v}: expected an object of driver options"
+            ))
+        }
+    }
+    Ok(options)
+}
+
+fn create_endpoint(body: &[u8]) -> Result<Call, String> {
+    let b: CreateEndpointBody = body_of(body)?;
+    let network_id = check_id("NetworkID", &b.network_id)?;
+    let endpoint_id = check_id("EndpointID", &b.endpoint_id)?;
+    let iface = b.interface.ok_or_else(|| {
+        "Interface: missing; the dataplane needs the address Docker's IPAM assigned".to_owned()
+    })?;
+    if !iface.address_ipv6.is_empty() {
+        return Err(format!(
+            "Interface.AddressIPv6 {:?}: IPv6 is not supported by the dataplane",
+            iface.address_ipv6
+        ));
+    }
+    let addr: Ipv4Net = iface.address.parse().map_err(|_| {
+        format!(
+            "Interface.Address {:?}: expected IPv4 address/prefix (the dataplane needs Docker's IPAM to assign one)",
+            iface.address
+        )
+    })?;
+    let mac = if iface.mac_address.is_empty() {
+        None
+    } else {
+        Some(ipam::parse_mac(&iface.mac_address).map_err(|_| {
+            format!(
+                "Interface.MacAddress {:?}: not a MAC address",
+                iface.mac_address
+            )
+        })?)
+    };
+    Ok(Call::CreateEndpoint {
+        network_id,
+        endpoint_id,
+        ipv4: addr.addr(),
+        mac,
+    })
+}
+
+fn join(body: &[u8]) -> Result<Call, String> {
+    let b: JoinBody = body_of(body)?;
+    if !b.sandbox_key.starts_with('/') {
+        return Err(format!(
+            "SandboxKey {:?}: expected the path of a network namespace",
+            b.sandbox_key
+        ));
+    }
+    Ok(Call::Join {
+        network_id: check_id("NetworkID", &b.network_id)?,
+        endpoint_id: check_id("EndpointID", &b.endpoint_id)?,
+        sandbox: PathBuf::from(b.sandbox_key),
+    })
+}
+
+/// `com.docker.network.portmap`: IPv6 host addresses are left out (the
+/// dataplane is IPv4 only); anything else malformed is an error naming the
+/// entry.
+fn parse_portmap(v: &Value) -> Result<Vec<DockerPortBinding>, String> {
+    let entries: Vec<PortBindingBody> = serde_json::from_value(v.clone())
+        .map_err(|e| format!("Options[{PORTMAP}]: malformed: {e}"))?;
+    let mut out = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let field = |f: &str| format!("Options[{PORTMAP}][{i}].{f}");
+        let proto = match e.proto {
+            6 => Proto::Tcp,
+            17 => Proto::Udp,
+            p => {
+                return Err(format!(
+                    "{} {p}: only tcp (6) and udp (17) ports can be published",
+                    field("Proto")
+                ))
+            }
+        };
+        let host_ip = match e.host_ip.as_str() {
+            "" => None,
+            s => match s.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(ip)) => (!ip.is_unspecified()).then_some(ip),
+                Ok(std::net::IpAddr::V6(_)) => continue,
+                Err(_) => return Err(format!("{} {s:?}: not an IP address", field("HostIP"))),
+            },
+        };
+        if e.port == 0 {
+            return Err(format!("{} 0: not a port", field("Port")));
+        }
+        if e.host_port_end != 0 && e.host_port_end < e.host_port {
+            return Err(format!(
+                "{} {}: below HostPort {}",
+                field("HostPortEnd"),
+                e.host_port_end,
+                e.host_port
+            ));
+        }
+        out.push(DockerPortBinding {
+            proto,
+            host_ip,
+            host_port: e.host_port,
+            host_port_end: e.host_port_end.max(e.host_port),
+            container_port: e.port,
+        });
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// Answers.
+
+/// The JSON body of an answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Answer {
+    Activate(Activated),
+    Capabilities(Capabilities),
+    /// `{}`: done, nothing to tell.
+    Empty(Empty),
+    CreateEndpoint(EndpointCreated),
+    OperInfo(OperInfo),
+    Join(Joined),
+    /// `{"Err": "..."}`, with a status other than 200.
+    Err(Refusal),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Activated {
+    pub implements: Vec<&'static str>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Capabilities {
+    pub scope: &'static str,
+    pub connectivity_scope: &'static str,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Empty {}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EndpointCreated {
+    /// None when Docker gave the MAC itself: Docker refuses an answer that
+    /// repeats what it set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface: Option<EndpointInterface>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EndpointInterface {
+    pub mac_address: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct OperInfo {
+    pub value: OperInfoValue,
+}
+
+/// What `docker network inspect` shows of an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OperInfoValue {
+    #[serde(rename = "com.docker.network.endpoint.macaddress")]
+    pub mac: Option<String>,
+    #[serde(rename = "com.docker.network.portmap")]
+    pub portmap: Vec<PortBinding>,
+    pub network: String,
+    pub host_ifname: String,
+}
+
+/// A mapping in libnetwork's `types.PortBinding` JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PortBinding {
+    pub proto: u8,
+    #[serde(rename = "IP")]
+    pub ip: String,
+    pub port: u16,
+    #[serde(rename = "HostIP")]
+    pub host_ip: String,
+    pub host_port: u16,
+    pub host_port_end: u16,
+}
+
+impl PortBinding {
+    pub fn new(m: &PortMapping, container_ip: Option<Ipv4Addr>) -> PortBinding {
+        PortBinding {
+            proto: m.proto.number(),
+            ip: container_ip.map(|i| i.to_string()).unwrap_or_default(),
+            port: m.container_port,
+            host_ip: m
+                .host_ip
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "0.0.0.0".into()),
+            host_port: m.host_port,
+            host_port_end: m.host_port,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Joined {
+    pub interface_name: InterfaceName,
+    pub disable_gateway_service: bool,
+    /// None for internal networks: no default route.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InterfaceName {
+    pub src_name: String,
+    pub dst_prefix: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    #[serde(rename = "Err")]
+    pub err: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NID: &str = "1b2489c5caa3b215f0f7b0b428119ebe1658690ffd8d5ea0ea9ea1d7859d09e7";
+    const EID: &str = "60694b4834a74e9f70d20fb205e98182bd8b8d3041de1fabbd71901d3ac4f848";
+
+    fn parse(method: &str, body: &str) -> Result<Option<Call>, BadRequest> {
+        Call::parse(method, body.as_bytes())
+    }
+
+    #[test]
+    fn create_network_as_docker_20_10_sends_it() {
+        let body = format!(
+            r#"{{"NetworkID":"{NID}","Options":{{"com.docker.network.enable_ipv6":false,"com.docker.network.generic":{{"com.docker.network.bridge.enable_icc":"false"}},"com.docker.network.internal":true}},"IPv4Data":[{{"AddressSpace":"LocalDefault","Gateway":"10.99.0.1/24","Pool":"10.99.0.0/24"}}],"IPv6Data":[]}}"#
+        );
+        let Some(Call::CreateNetwork { network_id, args }) =
+            parse("NetworkDriver.CreateNetwork", &body).unwrap()
+        else {
+            panic!("not CreateNetwork");
+        };
+        assert_eq!(network_id, NID);
+        assert_eq!(args.name, "docker-1b2489c5caa3");
+        assert_eq!(args.subnet.as_deref(), Some("10.99.0.0/24"));
+        assert_eq!(args.gateway.as_deref(), Some("10.99.0.1"));
+        assert!(args.internal);
+        let req = args.parse().unwrap();
+        assert!(!req.icc);
+    }
+
+    #[test]
+    fn create_network_errors_name_the_field() {
+        let cases = [
+            (
+                format!(r#"{{"NetworkID":"{NID}","IPv4Data":[]}}"#),
+                "IPv4Data: 0 pools",
+            ),
+            (
+                format!(r#"{{"NetworkID":"{NID}","IPv4Data":[{{"Pool":"10.0.0.0/33"}}]}}"#),
+                "IPv4Data[0].Pool \"10.0.0.0/33\"",
+            ),
+            (
+                format!(
+                    r#"{{"NetworkID":"{NID}","Options":{{"com.docker.network.enable_ipv6":true}},"IPv4Data":[{{"Pool":"10.0.0.0/24"}}]}}"#
+                ),
+                "IPv6 is not supported",
+            ),
+            (
+                r#"{"NetworkID":"xyz","IPv4Data":[{"Pool":"10.0.0.0/24"}]}"#.to_owned(),
+                "NetworkID \"xyz\"",
+            ),
+            (
+                format!(
+                    r#"{{"NetworkID":"{NID}","Options":{{"com.docker.network.generic":{{"mtu":1}}}},"IPv4Data":[{{"Pool":"10.0.0.0/24"}}]}}"#
+                ),
+                "[mtu] 1: expected a string",
+            ),
+            ("{".to_owned(), "malformed JSON body"),
+        ];
+        for (body, needle) in cases {
+            let err = parse("NetworkDriver.CreateNetwork", &body)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{err:?} should contain {needle:?}");
+            assert!(err.starts_with("NetworkDriver.CreateNetwork: "), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_generic_option_is_refused_by_the_create_parser() {
+        let body = format!(
+            r#"{{"NetworkID":"{NID}","Options":{{"com.docker.network.generic":{{"foo":"bar"}}}},"IPv4Data":[{{"Pool":"10.0.0.0/24","Gateway":"10.0.0.1/24"}}]}}"#
+        );
+        let Some(Call::CreateNetwork { args, .. }) =
+            parse("NetworkDriver.CreateNetwork", &body).unwrap()
+        else {
+            panic!("not CreateNetwork");
+        };
+        let err = args.parse().unwrap_err().to_string();
+        assert!(err.contains("-o foo"), "{err}");
+    }
+
+    #[test]
+    fn create_endpoint_address_and_mac() {
+        let body = format!(
+            r#"{{"NetworkID":"{NID}","EndpointID":"{EID}","Interface":{{"Address":"10.99.0.2/24","AddressIPv6":"","MacAddress":""}},"Options":{{}}}}"#
+        );
+        assert_eq!(
+            parse("NetworkDriver.CreateEndpoint", &body).unwrap(),
+            Some(Call::CreateEndpoint {
+                network_id: NID.into(),
+                endpoint_id: EID.into(),
+                ipv4: Ipv4Addr::new(10, 99, 0, 2),
+                mac: None,
+            })
+        );
+        let body = body.replace(r#""MacAddress":"""#, r#""MacAddress":"02:42:0a:63:00:09""#);
+        let Some(Call::CreateEndpoint { mac, .. }) =
+            parse("NetworkDriver.CreateEndpoint", &body).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(mac, Some([2, 0x42, 10, 99, 0, 9]));
+        let no_ipam =
+            format!(r#"{{"NetworkID":"{NID}","EndpointID":"{EID}","Interface":{{"Address":""}}}}"#);
+        let err = parse("NetworkDriver.CreateEndpoint", &no_ipam)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Interface.Address \"\""), "{err}");
+    }
+
+    #[test]
+    fn portmap_as_docker_sends_it() {
+        let body = format!(
+            r#"{{"NetworkID":"{NID}","EndpointID":"{EID}","Options":{{"com.docker.network.endpoint.exposedports":[{{"Proto":6,"Port":80}}],"com.docker.network.portmap":[{{"Proto":6,"IP":"","Port":90,"HostIP":"127.0.0.1","HostPort":9090,"HostPortEnd":9095}},{{"Proto":6,"IP":"","Port":80,"HostIP":"","HostPort":8080,"HostPortEnd":8080}},{{"Proto":17,"IP":"","Port":53,"HostIP":"","HostPort":0,"HostPortEnd":0}},{{"Proto":6,"IP":"","Port":80,"HostIP":"::","HostPort":8080,"HostPortEnd":8080}}]}}}}"#
+        );
+        let Some(Call::ProgramExternalConnectivity { bindings, .. }) =
+            parse("NetworkDriver.ProgramExternalConnectivity", &body).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            bindings,
+            vec![
+                DockerPortBinding {
+                    proto: Proto::Tcp,
+                    host_ip: Some(Ipv4Addr::LOCALHOST),
+                    host_port: 9090,
+                    host_port_end: 9095,
+                    container_port: 90
+                },
+                DockerPortBinding {
+                    proto: Proto::Tcp,
+                    host_ip: None,
+                    host_port: 8080,
+                    host_port_end: 8080,
+                    container_port: 80
+                },
+                DockerPortBinding {
+                    proto: Proto::Udp,
+                    host_ip: None,
+                    host_port: 0,
+                    host_port_end: 0,
+                    container_port: 53
+                },
+            ]
+        );
+        let sctp = body.replace(r#""Proto":17"#, r#""Proto":132"#);
+        let err = parse("NetworkDriver.ProgramExternalConnectivity", &sctp)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("com.docker.network.portmap][2].Proto 132"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn join_and_unknown_methods() {
+        let body = format!(
+            r#"{{"NetworkID":"{NID}","EndpointID":"{EID}","SandboxKey":"/var/run/docker/netns/bfd9460b5ba6","Options":{{}}}}"#
+        );
+        assert_eq!(
+            parse("NetworkDriver.Join", &body).unwrap(),
+            Some(Call::Join {
+                network_id: NID.into(),
+                endpoint_id: EID.into(),
+                sandbox: "/var/run/docker/netns/bfd9460b5ba6".into(),
+            })
+        );
+        assert_eq!(parse("NetworkDriver.AllocateNetwork", "{}").unwrap(), None);
+        assert_eq!(parse("Plugin.Activate", "").unwrap(), Some(Call::Activate));
+        let err = parse("NetworkDriver.Leave", r#"{"NetworkID":"","EndpointID":""}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("NetworkID \"\""), "{err}");
+    }
+
+    #[test]
+    fn answers_serialise_as_docker_reads_them() {
+        let json = |a: Answer| serde_json::to_value(a).unwrap();
+        assert_eq!(
+            json(Answer::Activate(Activated {
+                implements: vec!["NetworkDriver"]
+            })),
+            serde_json::json!({"Implements": ["NetworkDriver"]})
+        );
+        assert_eq!(
+            json(Answer::Capabilities(Capabilities {
+                scope: "local",
+                connectivity_scope: "local"
+            })),
+            serde_json::json!({"Scope": "local", "ConnectivityScope": "local"})
+        );
+        assert_eq!(json(Answer::Empty(Empty {})), serde_json::json!({}));
+        assert_eq!(
+            json(Answer::CreateEndpoint(EndpointCreated { interface: None })),
+            serde_json::json!({})
+        );
+        assert_eq!(
+            json(Answer::CreateEndpoint(EndpointCreated {
+                interface: Some(EndpointInterface {
+                    mac_address: Some("02:42:0a:63:00:02".into())
+                })
+            })),
+            serde_json::json!({"Interface": {"MacAddress": "02:42:0a:63:00:02"}})
+        );
+        let mapping = PortMapping {
+            host_ip: None,
+            host_port: 8080,
+            container_port: 80,
+            proto: Proto::Tcp,
+            stats_index: 0,
+        };
+        assert_eq!(
+            json(Answer::OperInfo(OperInfo {
+                value: OperInfoValue {
+                    mac: Some("02:42:0a:63:00:02".into()),
+                    portmap: vec![PortBinding::new(
+                        &mapping,
+                        Some(Ipv4Addr::new(10, 99, 0, 2))
+                    )],
+                    network: "docker-1b2489c5caa3".into(),
+                    host_ifname: "dp1234".into(),
+                }
+            })),
+            serde_json::json!({"Value": {
+                "com.docker.network.endpoint.macaddress": "02:42:0a:63:00:02",
+                "com.docker.network.portmap": [{"Proto": 6, "IP": "10.99.0.2", "Port": 80,
+                    "HostIP": "0.0.0.0", "HostPort": 8080, "HostPortEnd": 8080}],
+                "network": "docker-1b2489c5caa3",
+                "host_ifname": "dp1234",
+            }})
+        );
+        let join = |gateway: Option<&str>| {
+            json(Answer::Join(Joined {
+                interface_name: InterfaceName {
+                    src_name: "dpv1".into(),
+                    dst_prefix: "eth",
+                },
+                disable_gateway_service: false,
+                gateway: gateway.map(str::to_owned),
+            }))
+        };
+        assert_eq!(
+            join(Some("10.99.0.1")),
+            serde_json::json!({"InterfaceName": {"SrcName": "dpv1", "DstPrefix": "eth"},
+                "DisableGatewayService": false, "Gateway": "10.99.0.1"})
+        );
+        assert_eq!(
+            join(None),
+            serde_json::json!({"InterfaceName": {"SrcName": "dpv1", "DstPrefix": "eth"},
+                "DisableGatewayService": false})
+        );
+    }
+}
