@@ -6,28 +6,7 @@ use std::{fmt, net::Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    Tcp,
-    Udp,
-}
-
-impl Proto {
-    pub const fn name(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        }
-    }
-
-    pub const fn number(self) -> u8 {
-        match self {
-            Proto::Tcp => dataplane_common::net::IPPROTO_TCP,
-            Proto::Udp => dataplane_common::net::IPPROTO_UDP,
-        }
-    }
-}
+pub use crate::datapath::proto::Proto;
 
 /// One published port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -1,8 +1,7 @@
 //! The transport protocols a published port or a filter rule names.
 //!
 //! Defined here, in the datapath layer, because the map keys carry its
-//! number; `network::ports` should re-export it (`pub use
-//! crate::datapath::proto::Proto`) instead of defining its own.
+//! number; `control::ports` re-exports it.
 
 use serde::{Deserialize, Serialize};
 

@@ -179,19 +179,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         if self.state.endpoints.contains_key(endpoint_id) {
             return Err(DockerOpError::DuplicateEndpoint(endpoint_id.to_owned()).into());
         }
-        let subnet = net
-            .subnet
-            .ok_or_else(|| NetworkError::UnknownNetwork(net.name.clone()))?;
-        let mut used: Vec<(Ipv4Addr, String)> = net
-            .gateway
-            .map(|g| (g, "the gateway".to_owned()))
-            .into_iter()
-            .collect();
-        used.extend(
-            self.state
-                .endpoints_of(&net.name)
-                .filter_map(|e| e.ipv4.map(|ip| (ip, format!("endpoint {}", e.name)))),
-        );
+        let (subnet, used) = self.addresses_in_use(&net)?;
         ipam::check_requested(&subnet, ipv4, &used)?;
         let (host_ifname, peer) = docker_veth_names(endpoint_id);
         for name in [&host_ifname, &peer] {

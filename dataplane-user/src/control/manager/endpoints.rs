@@ -194,10 +194,12 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         self.record(ep).await
     }
 
-    /// The address asked for, checked against the subnet and the addresses
-    /// in use (the gateway and every endpoint of the network), or the next
-    /// free one.
-    fn address_for(&self, net: &Network, ip: Option<Ipv4Addr>) -> Result<Ipv4Addr, NetworkError> {
+    /// The network's subnet and the addresses taken in it (the gateway and
+    /// every endpoint), each with who holds it, for IPAM's checks.
+    pub(super) fn addresses_in_use(
+        &self,
+        net: &Network,
+    ) -> Result<(ipnet::Ipv4Net, Vec<(Ipv4Addr, String)>), NetworkError> {
         let subnet = net
             .subnet
             .ok_or_else(|| NetworkError::UnknownNetwork(net.name.clone()))?;
@@ -211,6 +213,14 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 .endpoints_of(&net.name)
                 .filter_map(|e| e.ipv4.map(|ip| (ip, format!("endpoint {}", e.name)))),
         );
+        Ok((subnet, used))
+    }
+
+    /// The address asked for, checked against the subnet and the addresses
+    /// in use (the gateway and every endpoint of the network), or the next
+    /// free one.
+    fn address_for(&self, net: &Network, ip: Option<Ipv4Addr>) -> Result<Ipv4Addr, NetworkError> {
+        let (subnet, used) = self.addresses_in_use(net)?;
         Ok(match ip {
             Some(ip) => {
                 ipam::check_requested(&subnet, ip, &used)?;
