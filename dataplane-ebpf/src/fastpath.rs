@@ -110,7 +110,7 @@ pub fn from_host(ctx: &TcContext, dst: [u8; 4]) -> Result<i32, DropReason> {
     if unsafe { bpf_redirect(route.ifindex, 0) } != i64::from(TC_ACT_REDIRECT) {
         return Err(DropReason::Rewrite);
     }
-    Ok(TC_ACT_REDIRECT as i32)
+    Ok(TC_ACT_REDIRECT)
 }
 
 /// Routes a packet the endpoint behind `ifindex` (its host-side veth) sends

@@ -139,7 +139,8 @@ pub fn apply(ctx: &TcContext, pkt: &Ipv4Packet, e: &CtEntry) -> Result<(), DropR
 /// replies (`host_socket`: the host's own connection on that tuple, or a
 /// listener or bound UDP socket on the port, which a container could
 /// otherwise shadow, CVE-2021-3773), or when conntrack holds its reply
-/// tuple. Claiming a port is one BPF_NOEXIST insert of the reply entry,
+/// tuple. The replies come from the destination as `orig` rewrites it (a
+/// host-local flow's container, `local`). Claiming a port is one BPF_NOEXIST insert of the reply entry,
 /// so two CPUs never share a tuple.
 ///
 /// `HOST_SOCKETS` false skips the socket lookup: the
