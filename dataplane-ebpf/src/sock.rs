@@ -11,15 +11,18 @@
 //!   and `dp_getpeername4` put that original address back when the peer is
 //!   the container, so the application never sees the translation.
 //!
-//! One case is left to the packets: a TCP socket with a port of its own
+//! Two TCP cases are left to the packets: a socket with a port of its own
 //! (bound before connect) whose translated tuple another socket holds
 //! already (the same port connected straight to the container, then to its
-//! published port). Translating would make connect fail (`EADDRNOTAVAIL`),
-//! and connect4 cannot change the socket's port; so the destination is left
-//! as asked, the entry is marked [`REVNAT_PER_PACKET`], and `dp_local_out`
-//! (on `lo`) translates the connection per packet with a source port of its
-//! own, as the kernel's OUTPUT DNAT does. A port the kernel picks is chosen
-//! after connect4, on the translated tuple, and never clashes.
+//! published port: translating would make connect fail, `EADDRNOTAVAIL`,
+//! and connect4 cannot change the socket's port), and a socket bound to a
+//! loopback address (no route takes that source to a container). The
+//! destination is left as asked, the entry is marked
+//! [`REVNAT_PER_PACKET`], and `dp_local_out` (on `lo`) translates the
+//! connection per packet, with a source of its own, as the kernel's OUTPUT
+//! DNAT and Docker's masquerade of local traffic do. A port the kernel
+//! picks is chosen after connect4, on the translated tuple, and never
+//! clashes.
 //!
 //! Matching: the exact key `{dst, port, proto}` first; failing that, when the
 //! destination is the host itself (127.0.0.0/8 or an address in
@@ -126,7 +129,8 @@ fn forward(ctx: &SockAddrContext, hook: Hook) {
         addr: target.addr,
         port: target.port,
     };
-    let per_packet = hook == Hook::Connect && proto == IPPROTO_TCP && tuple_taken(ctx, backend);
+    let per_packet =
+        hook == Hook::Connect && proto == IPPROTO_TCP && leave_to_packets(ctx, backend);
     let rev = SockRevNat {
         orig_addr: dst.addr,
         orig_port: dst.port,
@@ -146,12 +150,15 @@ fn forward(ctx: &SockAddrContext, hook: Hook) {
     }
 }
 
-/// Whether connecting this socket straight to `backend` would take a tuple
-/// a socket of the host holds: only a socket with a port of its own can
-/// clash (see the module docs). The local address is the bound one, or
-/// the one the route to the container picks: its network's gateway.
+/// Whether connecting this socket straight to `backend` cannot work, so
+/// the packets must be translated instead: it is bound to a loopback
+/// address (the route out of the host refuses that source, `EINVAL`), or
+/// it would take a tuple a socket of the host holds (only a socket with a
+/// port of its own can clash, see the module docs; the local address is
+/// the bound one, or the one the route to the container picks: its
+/// network's gateway).
 #[inline(always)]
-fn tuple_taken(ctx: &SockAddrContext, backend: Endpoint) -> bool {
+fn leave_to_packets(ctx: &SockAddrContext, backend: Endpoint) -> bool {
     // SAFETY: `sk` of a sock_addr context is the socket of the syscall,
     // never null; `src_ip4` and `src_port` are readable 4-byte fields.
     let (src_ip, src_port) = unsafe {
@@ -161,6 +168,9 @@ fn tuple_taken(ctx: &SockAddrContext, backend: Endpoint) -> bool {
             read_volatile(addr_of!((*sk).src_port)),
         )
     };
+    if src_ip.to_ne_bytes()[0] == 127 {
+        return true;
+    }
     if src_port == 0 {
         return false;
     }

@@ -5,7 +5,9 @@
 //! have the same tuple: `EADDRNOTAVAIL`), so it leaves it to `dp_local_out`
 //! on `lo`, which translates it per packet with a source port of its own,
 //! as Docker's OUTPUT DNAT and masquerade do. Both connections must carry
-//! data both ways, through the host's address and through 127.0.0.1.
+//! data both ways, through the host's address and through 127.0.0.1. A
+//! client bound to 127.0.0.1 (which no route takes to a container) is
+//! translated per packet too.
 //!
 //! The fake host is set up with the CLI (`connect -p`, `local attach` to a
 //! cgroup of the test's own); the client is a python3 process placed in
@@ -123,6 +125,24 @@ for s, m in ((a, b"direct"), (b, b"published"), (a, b"direct-again")):
     print(m.decode(), got.decode(), peer)
 "#;
 
+/// A client bound to 127.0.0.1:L connecting to 127.0.0.1:`argv[2]`:
+/// prints what it sent, what came back, its peer.
+const LOOPBACK_CLIENT: &str = r#"
+import socket, sys
+s = socket.socket()
+s.settimeout(5)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.connect(("127.0.0.1", int(sys.argv[2])))
+s.sendall(b"bound-to-loopback")
+got = b""
+while len(got) < 17:
+    chunk = s.recv(100)
+    if not chunk:
+        break
+    got += chunk
+print("bound-to-loopback", got.decode(), "%s:%d" % s.getpeername())
+"#;
+
 impl Setup {
     fn attach_with_cli(&self) {
         let cg = self.cgroup.path.to_string_lossy();
@@ -133,19 +153,22 @@ impl Setup {
 
     /// Runs the client in the test cgroup and the fake host's namespace.
     fn client(&self, published: SocketAddr) -> cmd::Output {
-        let cg = self.cgroup.path.to_string_lossy();
-        let ns = self.fh.host.path().to_string_lossy();
-        let script = r#"echo $$ > "$1/cgroup.procs" || exit 97; ns=$2; shift 2; exec nsenter --net="$ns" -- "$@""#;
         let (l, c1, pub_ip, pub_port) = (
             L.to_string(),
             C1.to_string(),
             published.ip().to_string(),
             published.port().to_string(),
         );
-        let argv = [
-            "sh", "-c", script, "sh", &cg, &ns, "python3", "-c", CLIENT, &l, &c1, "80", &pub_ip,
-            &pub_port,
-        ];
+        self.python(&[CLIENT, &l, &c1, "80", &pub_ip, &pub_port])
+    }
+
+    /// `python3 -c ARGS...` in the test cgroup and the fake host's namespace.
+    fn python(&self, args: &[&str]) -> cmd::Output {
+        let cg = self.cgroup.path.to_string_lossy();
+        let ns = self.fh.host.path().to_string_lossy();
+        let script = r#"echo $$ > "$1/cgroup.procs" || exit 97; ns=$2; shift 2; exec nsenter --net="$ns" -- "$@""#;
+        let mut argv = vec!["sh", "-c", script, "sh", &cg, &ns, "python3", "-c"];
+        argv.extend_from_slice(args);
         let out = cmd::output(&argv, T).expect("client");
         assert_ne!(
             out.status.code(),
@@ -210,6 +233,35 @@ fn bound_port_reaches_a_container_directly_and_through_loopback() {
     let s = setup("lblo");
     s.attach_with_cli();
     s.check(SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)));
+}
+
+/// A client bound to 127.0.0.1 cannot be sent to the container at the
+/// socket (no route takes a loopback source out of the host): its
+/// connection is translated per packet, and keeps its port (the tuple is
+/// free).
+#[test]
+fn a_client_bound_to_loopback_reaches_the_published_port() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let s = setup("lbbound");
+    s.attach_with_cli();
+    let server = tcp_echo_server(&s.c, SocketAddr::from((C1, 80))).expect("echo server");
+    let out = s.python(&[LOOPBACK_CLIENT, &L.to_string(), "8080"]);
+    assert!(
+        out.success(),
+        "client failed ({}): {}\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(
+        out.stdout.trim(),
+        "bound-to-loopback bound-to-loopback 127.0.0.1:8080",
+        "{}",
+        out.stderr
+    );
+    assert_eq!(server.peers(), [SocketAddr::from((GATEWAY, L))]);
 }
 
 /// `local attach` through a running agent attaches the same way (the agent
