@@ -63,6 +63,10 @@ pub const FLAG_REPLY: u8 = 4;
 /// packet goes straight back into the container (MACs swapped), because the
 /// host stack would drop a packet from its own address.
 pub const FLAG_HAIRPIN_SELF: u8 = 8;
+/// A host-local flow NATed per packet (`dp_local_out` on `lo`): the reply
+/// entry's redirect is into `lo`'s ingress, where the host stack delivers
+/// it to the client's socket.
+pub const FLAG_LOCAL: u8 = 16;
 
 /// TCP state of a flow (as far as a NAT needs to know it).
 #[repr(u8)]

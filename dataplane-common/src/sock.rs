@@ -12,12 +12,19 @@ pub struct SockRevNat {
     pub orig_addr: [u8; 4],
     /// Network byte order.
     pub orig_port: [u8; 2],
-    pub _pad: [u8; 2],
+    /// [`REVNAT_PER_PACKET`].
+    pub flags: u8,
+    pub _pad: u8,
     /// Where the hook sent it (the container).
     pub backend_addr: [u8; 4],
     pub backend_port: [u8; 2],
     pub _pad2: [u8; 2],
 }
 const _: () = assert!(size_of::<SockRevNat>() == 16);
+
+/// connect4 left the destination alone (the translated tuple was taken by
+/// another socket of the same bound port): `dp_local_out` translates the
+/// connection per packet instead, and the backend is where it goes.
+pub const REVNAT_PER_PACKET: u8 = 1;
 
 crate::user_pod!(SockRevNat);

@@ -23,11 +23,14 @@
 //!   egress (`fastpath::to_world`), where `dp_uplink_out` translates it.
 
 use aya_ebpf::{
-    bindings::TC_ACT_REDIRECT, btf_maps::lpm_trie::Key, helpers::bpf_redirect, macros::classifier,
+    bindings::{BPF_F_INGRESS, TC_ACT_REDIRECT},
+    btf_maps::lpm_trie::Key,
+    helpers::bpf_redirect,
+    macros::classifier,
     programs::TcContext,
 };
 use dataplane_common::{
-    ct::{CtEntry, FLAG_DNAT, FLAG_HAIRPIN_SELF, ZONE_ENDPOINT},
+    ct::{CtEntry, FLAG_DNAT, FLAG_HAIRPIN_SELF, FLAG_LOCAL, ZONE_ENDPOINT},
     drop::DropReason,
     nat::{EndpointInfo, SUBNET_NO_ICC},
 };
@@ -138,7 +141,10 @@ fn isolation(pkt: &Ipv4Packet, ep: &EndpointInfo) -> Result<(), DropReason> {
 }
 
 /// After a rewrite: an entry with a redirect sends the packet straight into
-/// that container's veth with the Ethernet addresses it recorded.
+/// that container's veth with the Ethernet addresses it recorded, or, for
+/// the reply of a host-local flow, into `lo`'s ingress (its recorded
+/// addresses are `lo`'s, zero), where the host stack delivers it to the
+/// client's socket.
 #[inline(always)]
 fn finish(ctx: &TcContext, e: &CtEntry) -> Result<i32, DropReason> {
     if e.redirect_ifindex == 0 {
@@ -148,8 +154,13 @@ fn finish(ctx: &TcContext, e: &CtEntry) -> Result<i32, DropReason> {
     macs[..6].copy_from_slice(&e.redirect_dmac);
     macs[6..].copy_from_slice(&e.redirect_smac);
     ctx.store(0, &macs, 0).map_err(|_| DropReason::Rewrite)?;
+    let flags = if e.flags & FLAG_LOCAL != 0 {
+        u64::from(BPF_F_INGRESS)
+    } else {
+        0
+    };
     // SAFETY: a helper taking plain integers.
-    let rc = unsafe { bpf_redirect(e.redirect_ifindex, 0) };
+    let rc = unsafe { bpf_redirect(e.redirect_ifindex, flags) };
     if rc != i64::from(TC_ACT_REDIRECT) {
         return Err(DropReason::Rewrite);
     }

@@ -5,6 +5,8 @@
 //!   rewrite made a container the destination): `bpf_redirect_peer` on the
 //!   endpoint's host-side veth, which lands the packet in the container's
 //!   namespace, ingress to ingress;
+//! - [`from_host`] (`dp_local_out`, a host-local connection translated per
+//!   packet): `bpf_redirect` to the endpoint's host-side veth;
 //! - [`to_world`] (`dp_from_container`, packets the container routes through
 //!   its gateway to an address outside every managed subnet and the host):
 //!   `bpf_fib_lookup`, then `bpf_redirect` to the uplink's egress, or
@@ -38,7 +40,7 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     drop::DropReason,
-    nat::EndpointRoute,
+    nat::{EndpointInfo, EndpointRoute},
     net::{IPPROTO_TCP, IPPROTO_UDP},
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
@@ -66,17 +68,9 @@ pub fn into_endpoint(
     if !forwardable(pkt) {
         return Ok(None);
     }
-    // SAFETY: copied out at once.
-    let Some(route) = (unsafe { DP_ENDPOINT_ROUTES.get(dst) }).copied() else {
+    let Some((route, _)) = endpoint(dst) else {
         return Ok(None);
     };
-    // The two maps are written from one state; an ifindex whose endpoint
-    // has another address (reused, or written between the two) is stale.
-    // SAFETY: as above.
-    match unsafe { DP_ENDPOINTS.get(route.ifindex) } {
-        Some(ep) if ep.addr == dst => {}
-        _ => return Ok(None),
-    }
     // A device that is gone fails the check too (-ENODEV).
     if !fits(ctx, route.ifindex) {
         return Ok(None);
@@ -84,6 +78,39 @@ pub fn into_endpoint(
     forward(ctx, pkt, &route.mac, &route.gateway_mac)?;
     // SAFETY: a helper taking plain integers.
     redirected(unsafe { bpf_redirect_peer(route.ifindex, 0) })
+}
+
+/// The endpoint with address `dst`: where to deliver to it, and what it
+/// may send. None when the maps do not know it, or disagree: they are
+/// written from one state, and an ifindex whose endpoint has another
+/// address (reused, or written between the two) is stale.
+#[inline(always)]
+pub fn endpoint(dst: [u8; 4]) -> Option<(EndpointRoute, EndpointInfo)> {
+    // SAFETY: copied out at once.
+    let route = (unsafe { DP_ENDPOINT_ROUTES.get(dst) }).copied()?;
+    // SAFETY: as above.
+    let ep = (unsafe { DP_ENDPOINTS.get(route.ifindex) }).copied()?;
+    (ep.addr == dst).then_some((route, ep))
+}
+
+/// Sends a packet of a host-local flow (`dp_local_out`, translated to the
+/// endpoint `dst`) into its container: out of the host-side veth, framed
+/// as the bridge would frame it. The packet is the host's own, not
+/// forwarded: its TTL stays. The caller checked that the endpoint exists
+/// ([`endpoint`]) before translating; one gone since is a failed rewrite.
+#[inline(always)]
+pub fn from_host(ctx: &TcContext, dst: [u8; 4]) -> Result<i32, DropReason> {
+    let Some((route, _)) = endpoint(dst) else {
+        return Err(DropReason::Rewrite);
+    };
+    let err = |_| DropReason::Rewrite;
+    ctx.store(0, &route.mac, 0).map_err(err)?;
+    ctx.store(6, &route.gateway_mac, 0).map_err(err)?;
+    // SAFETY: a helper taking plain integers.
+    if unsafe { bpf_redirect(route.ifindex, 0) } != i64::from(TC_ACT_REDIRECT) {
+        return Err(DropReason::Rewrite);
+    }
+    Ok(TC_ACT_REDIRECT)
 }
 
 /// Routes a packet the endpoint behind `ifindex` (its host-side veth) sends

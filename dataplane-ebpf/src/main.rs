@@ -12,6 +12,7 @@ mod fastpath;
 mod filter;
 mod frag;
 mod icmp;
+mod local;
 mod maps;
 mod nat;
 mod parse;

@@ -139,7 +139,8 @@ pub fn apply(ctx: &TcContext, pkt: &Ipv4Packet, e: &CtEntry) -> Result<(), DropR
 /// replies (`host_socket`: the host's own connection on that tuple, or a
 /// listener or bound UDP socket on the port, which a container could
 /// otherwise shadow, CVE-2021-3773), or when conntrack holds its reply
-/// tuple. Claiming a port is one BPF_NOEXIST insert of the reply entry,
+/// tuple. The replies come from the destination as `orig` rewrites it (a
+/// host-local flow's container, `local`). Claiming a port is one BPF_NOEXIST insert of the reply entry,
 /// so two CPUs never share a tuple.
 ///
 /// `HOST_SOCKETS` false skips the socket lookup: the
@@ -159,9 +160,11 @@ pub fn snat<const HOST_SOCKETS: bool>(
     let min = u32::from(cfg.snat_port_min);
     let span = u32::from(cfg.snat_port_max.saturating_sub(cfg.snat_port_min)) + 1;
     let mut candidate = pkt.sport;
+    // The peer after `orig`'s own rewrite (a host-local flow's container).
+    let peer = orig.translate(&key);
     let mut i = 0u32;
     while i <= cfg.snat_probes && i <= 64 {
-        if !HOST_SOCKETS || !host_socket(ctx, pkt, addr, candidate) {
+        if !HOST_SOCKETS || !host_socket(ctx, pkt.proto, &peer, addr, candidate) {
             let e = orig.with_src(addr, candidate);
             if conntrack::create(&key, &e, true).is_ok() {
                 return Ok(e);
@@ -182,20 +185,20 @@ fn random_port(min: u32, span: u32) -> [u8; 2] {
 }
 
 /// Whether a socket of the host (this program's network namespace) would
-/// receive the replies to a flow from `addr`:`port` to `pkt`'s destination:
+/// receive the replies to a flow from `addr`:`port` to `peer`'s destination:
 /// the tuple as a reply arrives, looked up as the stack would deliver it —
 /// an established (or TIME_WAIT, or request) TCP socket on the whole
 /// tuple, a TCP listener or UDP socket bound to the port. Such a port is
 /// the host's: a translated flow on it would steal the host's replies, or
 /// hand a container datagrams meant for a host service.
 #[inline(always)]
-fn host_socket(ctx: &TcContext, pkt: &Ipv4Packet, addr: [u8; 4], port: [u8; 2]) -> bool {
+fn host_socket(ctx: &TcContext, proto: u8, peer: &CtKey, addr: [u8; 4], port: [u8; 2]) -> bool {
     let ports =
-        u32::from(u16::from_ne_bytes(pkt.dport)) | u32::from(u16::from_ne_bytes(port)) << 16;
+        u32::from(u16::from_ne_bytes(peer.dport)) | u32::from(u16::from_ne_bytes(port)) << 16;
     lookup_socket(
         ctx.as_ptr(),
-        pkt.proto,
-        u32::from_ne_bytes(pkt.dst),
+        proto,
+        u32::from_ne_bytes(peer.daddr),
         u32::from_ne_bytes(addr),
         ports,
     )
@@ -205,9 +208,10 @@ fn host_socket(ctx: &TcContext, pkt: &Ipv4Packet, addr: [u8; 4], port: [u8; 2]) 
 /// scalar arguments, hence the packed ports: the reply's source port in the
 /// low half, its destination port in the high half, both as on the wire),
 /// so its tuple and the socket reference live in a frame of their own: the
-/// callers' frames are close to the 512-byte stack limit.
+/// callers' frames are close to the 512-byte stack limit. `skb` is the
+/// program's context: a packet's, or a socket address's (`dp_connect4`).
 #[inline(never)]
-fn lookup_socket(skb: *mut c_void, proto: u8, saddr: u32, daddr: u32, ports: u32) -> bool {
+pub fn lookup_socket(skb: *mut c_void, proto: u8, saddr: u32, daddr: u32, ports: u32) -> bool {
     let mut tuple = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
         saddr,
         daddr,

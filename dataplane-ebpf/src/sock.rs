@@ -11,6 +11,19 @@
 //!   and `dp_getpeername4` put that original address back when the peer is
 //!   the container, so the application never sees the translation.
 //!
+//! Two TCP cases are left to the packets: a socket with a port of its own
+//! (bound before connect) whose translated tuple another socket holds
+//! already (the same port connected straight to the container, then to its
+//! published port: translating would make connect fail, `EADDRNOTAVAIL`,
+//! and connect4 cannot change the socket's port), and a socket bound to a
+//! loopback address (no route takes that source to a container). The
+//! destination is left as asked, the entry is marked
+//! [`REVNAT_PER_PACKET`], and `dp_local_out` (on `lo`) translates the
+//! connection per packet, with a source of its own, as the kernel's OUTPUT
+//! DNAT and Docker's masquerade of local traffic do. A port the kernel
+//! picks is chosen after connect4, on the translated tuple, and never
+//! clashes.
+//!
 //! Matching: the exact key `{dst, port, proto}` first; failing that, when the
 //! destination is the host itself (127.0.0.0/8 or an address in
 //! `DP_HOST_ADDRS`), the wildcard key `{0.0.0.0, port, proto}`. A port bound
@@ -32,10 +45,14 @@ use aya_ebpf::{
 use dataplane_common::{
     nat::{PortKey, PortTarget},
     net::{IPPROTO_TCP, IPPROTO_UDP},
-    sock::SockRevNat,
+    sock::{SockRevNat, REVNAT_PER_PACKET},
 };
 
-use crate::maps::{DP_HOST_ADDRS, DP_PORTS, DP_SOCK_REVNAT};
+use crate::{
+    fastpath,
+    maps::{DP_HOST_ADDRS, DP_PORTS, DP_SOCK_REVNAT},
+    nat,
+};
 
 /// The only return value of a sock_addr program that lets the syscall go on.
 const PROCEED: i32 = 1;
@@ -112,19 +129,70 @@ fn forward(ctx: &SockAddrContext, hook: Hook) {
         addr: target.addr,
         port: target.port,
     };
+    let per_packet =
+        hook == Hook::Connect && proto == IPPROTO_TCP && leave_to_packets(ctx, backend);
     let rev = SockRevNat {
         orig_addr: dst.addr,
         orig_port: dst.port,
-        _pad: [0; 2],
+        flags: if per_packet { REVNAT_PER_PACKET } else { 0 },
+        _pad: 0,
         backend_addr: backend.addr,
         backend_port: backend.port,
         _pad2: [0; 2],
     };
     // Translate even if recording fails (an LRU update only fails under
     // memory pressure): a working connection whose getpeername shows the
-    // container beats a refused one.
+    // container beats a refused one. A per-packet connection without its
+    // entry is refused (nothing listens on the published address).
     let _ = DP_SOCK_REVNAT.insert(socket_cookie(ctx), rev, 0);
-    set_user_endpoint(ctx, backend);
+    if !per_packet {
+        set_user_endpoint(ctx, backend);
+    }
+}
+
+/// Whether connecting this socket straight to `backend` cannot work, so
+/// the packets must be translated instead: it is bound to a loopback
+/// address (the route out of the host refuses that source, `EINVAL`), or
+/// it would take a tuple a socket of the host holds (only a socket with a
+/// port of its own can clash, see the module docs; the local address is
+/// the bound one, or the one the route to the container picks: its
+/// network's gateway).
+#[inline(always)]
+fn leave_to_packets(ctx: &SockAddrContext, backend: Endpoint) -> bool {
+    // SAFETY: `sk` of a sock_addr context is the socket of the syscall,
+    // never null; `src_ip4` and `src_port` are readable 4-byte fields.
+    let (src_ip, src_port) = unsafe {
+        let sk = read_volatile(addr_of!((*ctx.sock_addr).__bindgen_anon_1.sk));
+        (
+            read_volatile(addr_of!((*sk).src_ip4)),
+            read_volatile(addr_of!((*sk).src_port)),
+        )
+    };
+    if src_ip.to_ne_bytes()[0] == 127 {
+        return true;
+    }
+    if src_port == 0 {
+        return false;
+    }
+    let local = if src_ip != 0 {
+        src_ip
+    } else {
+        match fastpath::endpoint(backend.addr) {
+            Some((_, ep)) => u32::from_ne_bytes(ep.gateway),
+            None => return false,
+        }
+    };
+    // As a reply would arrive: from the container's port to ours (host
+    // order in `src_port`, wire order in the tuple).
+    let ports =
+        u32::from(u16::from_ne_bytes(backend.port)) | u32::from((src_port as u16).to_be()) << 16;
+    nat::lookup_socket(
+        ctx.as_ptr(),
+        IPPROTO_TCP,
+        u32::from_ne_bytes(backend.addr),
+        local,
+        ports,
+    )
 }
 
 /// recvmsg4/getpeername4: container -> the address the application used.

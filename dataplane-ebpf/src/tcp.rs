@@ -145,8 +145,12 @@ fn syn_wscale(ctx: &TcContext, pkt: &Ipv4Packet) -> u8 {
             _ => {
                 let l = usize::from(opts[i + 1]);
                 if kind == 3 && l == 3 && i + 2 < 40 {
+                    // Read from the packet, not from `opts`: the compiler
+                    // turns the bound into `i != 38`, from which the
+                    // verifier cannot bound a variable stack offset.
+                    let w: u8 = ctx.load(pkt.l4_off + 20 + i + 2).unwrap_or(0);
                     // RFC 7323: values above 14 are taken as 14.
-                    return opts[i + 2].min(14);
+                    return w.min(14);
                 }
                 if l < 2 {
                     return 0;

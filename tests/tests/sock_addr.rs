@@ -105,16 +105,18 @@ impl Setup {
         let cgroup = TestCgroup::new();
         // Loaded from inside the fake host, as the agent runs in the host: the
         // programs translate sockets of the loader's network namespace only.
+        // Attached from there too: `dp_local_out` goes on the fake host's
+        // `lo`. The links are pinned: the attachment outlives the handle.
         let root = pins.pins().clone();
-        let mut dp = fh
+        let cg = cgroup.path.clone();
+        let links = fh
             .host
-            .run_in(move || Dataplane::load(&root))
-            .expect("netns")
-            .expect("load");
-        let links = host_local::attach(&mut dp, pins.pins(), &cgroup.path).expect("attach");
+            .run_in(move || {
+                let mut dp = Dataplane::load(&root).expect("load");
+                host_local::attach(&mut dp, &root, &cg).expect("attach")
+            })
+            .expect("netns");
         assert_eq!(links.len(), host_local::PROGRAMS.len(), "{links:?}");
-        // The links are pinned: the attachment outlives this handle.
-        drop(dp);
         let setup = Setup {
             pins,
             cgroup,
@@ -496,12 +498,15 @@ fn attach_is_refused_twice_and_detach_removes_the_links() {
 
     // A second attach names the cgroup and changes nothing.
     let root = s.pins.pins().clone();
-    let mut dp =
+    let cg2 = cg.clone();
+    let (mut dp, err) =
         s.fh.host
-            .run_in(move || Dataplane::load(&root))
-            .expect("netns")
-            .expect("load");
-    let err = host_local::attach(&mut dp, s.pins.pins(), cg).expect_err("second attach");
+            .run_in(move || {
+                let mut dp = Dataplane::load(&root).expect("load");
+                let err = host_local::attach(&mut dp, &root, &cg2).expect_err("second attach");
+                (dp, err)
+            })
+            .expect("netns");
     assert!(matches!(err, SockError::AlreadyAttached { .. }), "{err:?}");
     assert!(
         err.to_string().contains(&*cg.to_string_lossy()),

@@ -5,6 +5,17 @@
 //! without a proxy process, and sees the published address, never the
 //! container's, in `getpeername`/`recvfrom`.
 //!
+//! With them, [`LOCAL_PROGRAM`] (`dp_local_out`) on `lo`'s egress, in the
+//! namespace of the thread that attaches (the host's, where the programs
+//! were loaded): it translates per packet the connections `dp_connect4`
+//! leaves alone (a socket with its own port whose translated tuple another
+//! socket holds). Their replies are put into `lo`'s ingress with the host's
+//! own addresses, which the stack accepts there only with `accept_local`
+//! (a local source) and `route_localnet` (127.0.0.0/8) on `lo`: [`attach`]
+//! turns both on, and they stay on (only packets that arrive on `lo`
+//! without a route, which only such redirects make, are concerned).
+//! It is attached once per namespace and detached with the last cgroup.
+//!
 //! Each attachment is a bpf_link pinned under [`PinRoot::links_dir`] as
 //! `cgroup<inode>_<program>`, the inode being the cgroup directory's (its
 //! cgroup id), so it outlives the process that made it and is removed by
@@ -26,7 +37,7 @@ use aya::programs::{
 
 use super::{
     bpffs::{BpffsError, PinRoot},
-    ebpf::Dataplane,
+    ebpf::{ensure_detached, Dataplane, Direction, LoadError},
 };
 
 /// The programs, in attach order: the reverse hooks come after the forward
@@ -37,6 +48,16 @@ pub const PROGRAMS: [&str; 4] = [
     "dp_sendmsg4",
     "dp_recvmsg4",
     "dp_getpeername4",
+];
+
+/// The per-packet program of host-local connections, on `lo`'s egress.
+pub const LOCAL_PROGRAM: &str = "dp_local_out";
+const LOOPBACK: &str = "lo";
+/// Sysctls `lo` needs for the replies [`LOCAL_PROGRAM`]'s flows put into
+/// its ingress (see the module docs).
+const LOOPBACK_SYSCTLS: [&str; 2] = [
+    "/proc/sys/net/ipv4/conf/lo/accept_local",
+    "/proc/sys/net/ipv4/conf/lo/route_localnet",
 ];
 
 /// `statfs(2)` magic of cgroup v2.
@@ -106,6 +127,18 @@ pub enum SockError {
         path: PathBuf,
         #[source]
         source: aya::pin::PinError,
+    },
+    #[error("{LOCAL_PROGRAM} on {LOOPBACK} (egress), for cgroup {cgroup}")]
+    Loopback {
+        cgroup: PathBuf,
+        #[source]
+        source: Box<LoadError>,
+    },
+    #[error("cannot set {path} to 1 (for {LOCAL_PROGRAM}'s replies)")]
+    Sysctl {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
     },
     #[error("detaching {program} from cgroup {cgroup}: cannot remove the pin {path}")]
     Detach {
@@ -190,8 +223,10 @@ fn cgroup_ino(cgroup: &Path) -> Result<u64, SockError> {
 }
 
 /// Loads the four programs of `dp`, attaches each to the cgroup v2 directory
-/// `cgroup` with a bpf_link and pins the links under `pins.links_dir()`.
-/// Returns the pin paths. Refuses a cgroup that already has them; a failure
+/// `cgroup` with a bpf_link and pins the links under `pins.links_dir()`,
+/// after making sure [`LOCAL_PROGRAM`] is on `lo` in this thread's network
+/// namespace (which must be the one `dp` was loaded in). Returns the pin
+/// paths of the cgroup's links. Refuses a cgroup that already has them; a failure
 /// half-way removes the links it made.
 pub fn attach(
     dp: &mut Dataplane,
@@ -199,6 +234,10 @@ pub fn attach(
     cgroup: &Path,
 ) -> Result<Vec<PathBuf>, SockError> {
     let ino = cgroup_ino(cgroup)?;
+    pins.ensure()?;
+    // First, and also for a cgroup attached already: an attachment made
+    // before the program existed gets it too.
+    attach_loopback(dp, cgroup)?;
     for program in PROGRAMS {
         let path = link_pin(pins, ino, program);
         if path.exists() {
@@ -209,7 +248,6 @@ pub fn attach(
             });
         }
     }
-    pins.ensure()?;
     let dir = File::open(cgroup).map_err(|source| SockError::Cgroup {
         path: cgroup.to_owned(),
         source,
@@ -224,11 +262,42 @@ pub fn attach(
                 for p in &pinned {
                     let _ = fs::remove_file(p);
                 }
+                if !any_cgroup_attached(pins) {
+                    let _ = ensure_detached(pins, LOCAL_PROGRAM, LOOPBACK, Direction::Egress);
+                }
                 return Err(e);
             }
         }
     }
     Ok(pinned)
+}
+
+/// [`LOCAL_PROGRAM`] on `lo` and its sysctls, in this thread's namespace;
+/// kept when there already (another cgroup's attachment).
+fn attach_loopback(dp: &mut Dataplane, cgroup: &Path) -> Result<(), SockError> {
+    for path in LOOPBACK_SYSCTLS {
+        fs::write(path, "1").map_err(|source| SockError::Sysctl {
+            path: path.into(),
+            source,
+        })?;
+    }
+    dp.ensure_attached(LOCAL_PROGRAM, LOOPBACK, Direction::Egress)
+        .map_err(|source| SockError::Loopback {
+            cgroup: cgroup.to_owned(),
+            source: Box::new(source),
+        })
+}
+
+/// Whether some cgroup still has the programs attached (its connect4 pin).
+fn any_cgroup_attached(pins: &PinRoot) -> bool {
+    let suffix = format!("_{}", PROGRAMS[0]);
+    fs::read_dir(pins.links_dir()).is_ok_and(|dir| {
+        dir.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("cgroup") && name.ends_with(&suffix)
+        })
+    })
 }
 
 fn attach_one(
@@ -278,7 +347,8 @@ fn attach_one(
 }
 
 /// Removes the pinned links [`attach`] made on `cgroup`, which detaches the
-/// programs. Tries every program; reports the first failure. Errors when
+/// programs ([`LOCAL_PROGRAM`] too, from this thread's namespace, when no
+/// other cgroup has them). Tries every program; reports the first failure. Errors when
 /// nothing was attached.
 pub fn detach(pins: &PinRoot, cgroup: &Path) -> Result<(), SockError> {
     let ino = cgroup_ino(cgroup)?;
@@ -299,6 +369,14 @@ pub fn detach(pins: &PinRoot, cgroup: &Path) -> Result<(), SockError> {
                 });
             }
         }
+    }
+    if found && !any_cgroup_attached(pins) {
+        ensure_detached(pins, LOCAL_PROGRAM, LOOPBACK, Direction::Egress).map_err(|source| {
+            SockError::Loopback {
+                cgroup: cgroup.to_owned(),
+                source: Box::new(source),
+            }
+        })?;
     }
     match (first_err, found) {
         (Some(e), _) => Err(e),
