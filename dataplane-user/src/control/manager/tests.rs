@@ -139,6 +139,14 @@ fn port_key(port: u16) -> PortKey {
     }
 }
 
+/// The bridge device of a bridge network.
+fn bridge_of(net: &Network) -> String {
+    let driver = crate::control::driver::for_network(net);
+    crate::control::driver::NetworkDriver::bridge(&driver)
+        .expect("a bridge network")
+        .to_owned()
+}
+
 // ---- networks ----
 
 #[tokio::test]
@@ -149,7 +157,7 @@ async fn first_open_creates_the_predefined_networks() {
     assert_eq!(names, ["bridge", "host", "none"]);
     let bridge = m.network("bridge").unwrap();
     assert_eq!(bridge.subnet.unwrap().to_string(), "172.17.0.0/16");
-    let br = bridge.bridge.clone().unwrap();
+    let br = bridge_of(bridge);
     assert!(m.host().get().by_name(&br).is_some(), "{br} made");
     assert!(m.host().get().forwarding);
     assert_eq!(m.datapath().count("apply_nat"), 1);
@@ -164,7 +172,7 @@ async fn create_picks_the_next_free_subnet_and_makes_the_bridge() {
     let net = create(&mut m, "n1", None).await.unwrap();
     assert_eq!(net.subnet.unwrap().to_string(), "172.18.0.0/16");
     assert_eq!(net.gateway, Some(Ipv4Addr::new(172, 18, 0, 1)));
-    let br = net.bridge.clone().unwrap();
+    let br = bridge_of(&net);
     assert_eq!(br, format!("br-{}", &net.id[..12]));
     let h = m.host().get();
     let link = h.by_name(&br).expect("bridge made");
@@ -262,7 +270,7 @@ async fn rm_force_disconnects_and_removes_the_bridge() {
     let dir = Dir::new();
     let mut m = with_net(&dir).await;
     let ep = connect(&mut m, args("n1", "c1")).await;
-    let br = m.network("n1").unwrap().bridge.clone().unwrap();
+    let br = bridge_of(m.network("n1").unwrap());
     assert_eq!(m.remove(&["n1".into()], true).await.unwrap(), ["n1"]);
     assert!(!m.state().networks.contains_key("n1"));
     assert!(m.state().endpoints.is_empty());
@@ -750,7 +758,7 @@ async fn populated(dir: &Dir) -> (FakeHost, Endpoint, String) {
     let mut a = args("n1", "c1");
     a.publish = vec!["8080:80".into()];
     let ep = connect(&mut m, a).await;
-    let br = m.network("n1").unwrap().bridge.clone().unwrap();
+    let br = bridge_of(m.network("n1").unwrap());
     let (_, host) = m.into_parts();
     (host, ep, br)
 }
