@@ -132,7 +132,7 @@ pub trait Host: Send + Sync {
     fn netns_id(&self, path: &Path) -> Option<NetnsId>;
     /// Turns on IPv4 forwarding in the host namespace.
     fn enable_forwarding(&self) -> std::io::Result<()>;
-    /// What the NAT maps should hold for `state` (see [`nat::desired`]).
+    /// What the NAT maps should hold for `state` (see [`desired`](crate::control::desired::desired)).
     fn nat_desired(&self, state: &State) -> impl Future<Output = Result<Desired, NatError>> + Send;
 }
 

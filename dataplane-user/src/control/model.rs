@@ -107,7 +107,7 @@ pub struct BridgeConfig {
 }
 
 /// A network as persisted (the desired state). On disk it keeps the flat
-/// shape of earlier versions ([`NetworkRecord`]), so state files written
+/// shape of earlier versions (`NetworkRecord`), so state files written
 /// before and after [`DriverConfig`] read both ways.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "NetworkRecord", into = "NetworkRecord")]

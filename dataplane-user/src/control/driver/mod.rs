@@ -56,7 +56,7 @@ pub struct EndpointPlan<'a> {
     pub ifname: &'a str,
     pub ipv4: Ipv4Addr,
     pub mac: [u8; 6],
-    /// Random suffix for host-side names (veth<hex>).
+    /// Random suffix for host-side names (`veth<hex>`).
     pub suffix: &'a str,
 }
 
