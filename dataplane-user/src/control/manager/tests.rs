@@ -470,6 +470,51 @@ async fn connect_none_refuses_an_ip_and_makes_loopback_only() {
 }
 
 #[tokio::test]
+async fn connect_host_makes_nothing() {
+    let dir = Dir::new();
+    let mut m = with_net(&dir).await;
+    let links = snapshot(&m).2;
+    let ep = connect(&mut m, args("host", "c1")).await;
+    assert_eq!(ep.attachment, Attachment::Host);
+    assert_eq!(snapshot(&m).2, links, "no host link made");
+    assert_eq!(m.host().get().netns[&ep.netns].names(), ["lo"]);
+}
+
+/// A macvlan network: its parent checked at create, no device of its own,
+/// an endpoint is a child of the parent inside the namespace, and nothing
+/// of it reaches the NAT maps.
+#[tokio::test]
+async fn macvlan_networks_check_the_parent_and_attach_children() {
+    let dir = Dir::new();
+    let mut m = with_net(&dir).await;
+    let mut a = create_args("mv", Some("10.9.0.0/24"));
+    a.driver = "macvlan".into();
+    a.options = vec!["parent=eth9".into()];
+    let before = snapshot(&m);
+    let r = m.create(a.parse().unwrap()).await;
+    refused(&m, &before, r, &["parent eth9", "network mv"]);
+    a.options = vec!["parent=eth0".into(), "macvlan_mode=private".into()];
+    let net = m.create(a.parse().unwrap()).await.unwrap();
+    assert_eq!(
+        net.driver,
+        crate::control::model::DriverConfig::Macvlan(crate::control::model::MacvlanConfig {
+            parent: "eth0".into(),
+            mode: crate::control::model::MacvlanMode::Private,
+        })
+    );
+    assert_eq!(snapshot(&m).2, before.2, "no device made");
+    let ep = connect(&mut m, args("mv", "c1")).await;
+    assert_eq!(ep.attachment, Attachment::Macvlan);
+    assert_eq!(ep.ipv4, Some(Ipv4Addr::new(10, 9, 0, 2)));
+    assert_eq!(m.host().get().netns[&ep.netns].names(), ["lo", "eth0"]);
+    assert_eq!(m.datapath().nat.subnets.len(), 2, "bridge and n1 only");
+    let shown = crate::control::inspect::network_json(m.state(), &net);
+    assert_eq!(shown["Driver"], "macvlan");
+    assert_eq!(shown["Options"]["parent"], "eth0");
+    assert_eq!(shown["Options"]["macvlan_mode"], "private");
+}
+
+#[tokio::test]
 async fn connect_container_shares_the_namespace_of_an_endpoint() {
     let dir = Dir::new();
     let mut m = with_net(&dir).await;
