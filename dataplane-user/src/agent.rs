@@ -20,6 +20,7 @@ use crate::{
     api::{self, server::check_iface, ApiError, IfaceError},
     config::AgentConfig,
     control::{
+        driver::{self, NetworkDriver as _},
         manager::{Cache, Manager, NetworkError},
         model::Network,
         state,
@@ -364,7 +365,7 @@ fn print_welcome(b: &Network) {
          ip netns exec c1 python3 -m http.server 80 &\n  \
          curl http://127.0.0.1:8080/\n  \
          dataplane nat ls; dataplane conntrack ls\n",
-        b.bridge.as_deref().unwrap_or_default()
+        driver::for_network(b).bridge().unwrap_or_default()
     );
 }
 

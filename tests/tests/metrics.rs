@@ -23,7 +23,7 @@ use dataplane_tests::{datapath, packets::PacketBuilder, BpffsDir};
 use dataplane_user::{
     control::{
         filter_rules::{FilterArgs, FilterRule},
-        model::{Attachment, DriverKind, Endpoint, Network},
+        model::{Attachment, BridgeConfig, DriverConfig, Endpoint, Network},
         ports::{PortMapping, Proto},
         state::State,
     },
@@ -287,18 +287,18 @@ fn network(name: &str, id: &str) -> Network {
     Network {
         id: id.to_owned(),
         name: name.to_owned(),
-        driver: DriverKind::Bridge,
+        driver: DriverConfig::Bridge(BridgeConfig {
+            name: "dpt-br".to_owned(),
+            icc: true,
+            masquerade: true,
+            host_binding_ipv4: None,
+        }),
         created: "2024-01-01T00:00:00Z".to_owned(),
         subnet: None,
         gateway: None,
         ip_range: None,
         internal: false,
         mtu: 1500,
-        bridge: Some("dpt-br".to_owned()),
-        icc: true,
-        masquerade: true,
-        host_binding_ipv4: None,
-        macvlan: None,
         labels: BTreeMap::new(),
     }
 }

@@ -24,6 +24,7 @@ use super::{
 };
 use crate::{
     control::{
+        driver::{self, NetworkDriver as _},
         inspect,
         manager::{Cache, Manager, NetworkError},
     },
@@ -263,11 +264,11 @@ fn nat_ls(m: &Manager, pins: &PinRoot) -> Result<NatTable, anyhow::Error> {
     let snat = state
         .networks
         .values()
-        .filter_map(|n| n.subnet.filter(|_| n.bridge.is_some()).map(|s| (n, s)))
-        .map(|(n, s)| SnatRow {
+        .filter_map(|n| driver::for_network(n).subnet_policy(n).map(|p| (n, p)))
+        .map(|(n, p)| SnatRow {
             network: n.name.clone(),
-            subnet: s.to_string(),
-            masquerade: n.masquerade && !n.internal,
+            subnet: p.subnet.to_string(),
+            masquerade: p.masquerade,
             internal: n.internal,
         })
         .collect();

@@ -16,8 +16,9 @@ use dataplane_common::nat::{
 
 use crate::{
     control::{
+        driver::{self, NetworkDriver as _},
         ipam,
-        model::{Attachment, DriverKind, Endpoint},
+        model::{Attachment, Endpoint},
         state::State,
     },
     datapath::{
@@ -172,16 +173,17 @@ pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError>
 fn subnets(state: &State) -> BTreeMap<([u8; 4], u32), (u32, u32)> {
     let mut out = BTreeMap::new();
     for net in state.networks.values() {
-        let (DriverKind::Bridge, Some(subnet)) = (net.driver, net.subnet) else {
+        let Some(policy) = driver::for_network(net).subnet_policy(net) else {
             continue;
         };
+        let subnet = policy.subnet;
         let mut flags = 0;
         if net.internal {
             flags |= SUBNET_INTERNAL;
-        } else if net.masquerade {
+        } else if policy.masquerade {
             flags |= SUBNET_MASQUERADE;
         }
-        if !net.icc {
+        if !policy.icc {
             flags |= SUBNET_NO_ICC;
         }
         out.insert(

@@ -1,6 +1,7 @@
 //! The host as the manager and its drivers see it ([`Host`]): links,
-//! addresses and routes of the host namespace, a driver's set-up and
-//! teardown of one endpoint, namespaces by path, the forwarding sysctl, and
+//! addresses and routes of the host namespace, the drivers' kernel steps
+//! (a bridge, a veth on it, a macvlan child, loopback) and an endpoint's
+//! teardown, namespaces by path, the forwarding sysctl, and
 //! what the NAT maps should hold given the host's links. The real one is
 //! [`Netlink`] (the host namespace's rtnetlink connection); [`FakeHost`]
 //! keeps a host in memory for tests that run without root.
@@ -18,8 +19,8 @@ use dataplane_common::nat::{PortKey, PortTarget, Uplink};
 use ipnet::Ipv4Net;
 
 use super::{
-    driver::{self, BridgeError, DriverError, EndpointPlan},
-    model::{Attachment, DriverKind},
+    driver::{self, BridgeError, DriverError, EndpointPlan, NetworkDriver as _},
+    model::{Attachment, MacvlanConfig},
 };
 use crate::{
     control::state::State,
@@ -86,11 +87,26 @@ pub trait Host: Send + Sync {
         mtu: u32,
         adopt: bool,
     ) -> impl Future<Output = Result<Vec<String>, BridgeError>> + Send;
-    /// See [`driver::setup_endpoint`].
-    fn setup_endpoint(
+    /// The bridge driver's endpoint: a veth pair, `host_ifname` a port of
+    /// the bridge at index `bridge`, the other end configured inside the
+    /// namespace (see [`driver::attach_veth`]).
+    fn attach_veth(
         &self,
         plan: &EndpointPlan<'_>,
-    ) -> impl Future<Output = Result<Attachment, DriverError>> + Send;
+        host_ifname: &str,
+        bridge: u32,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send;
+    /// The macvlan driver's endpoint: a child of the link at index
+    /// `parent`, configured inside the namespace (see
+    /// [`driver::attach_macvlan`]).
+    fn attach_macvlan(
+        &self,
+        plan: &EndpointPlan<'_>,
+        parent: u32,
+        cfg: &MacvlanConfig,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send;
+    /// Loopback up in the namespace at `netns` (the `none` network).
+    fn loopback_up(&self, netns: &Path) -> impl Future<Output = Result<(), DriverError>> + Send;
     /// See [`driver::teardown_endpoint`].
     fn teardown_endpoint(
         &self,
@@ -116,7 +132,7 @@ pub trait Host: Send + Sync {
     fn netns_id(&self, path: &Path) -> Option<NetnsId>;
     /// Turns on IPv4 forwarding in the host namespace.
     fn enable_forwarding(&self) -> std::io::Result<()>;
-    /// What the NAT maps should hold for `state` (see [`nat::desired`]).
+    /// What the NAT maps should hold for `state` (see [`desired`](crate::control::desired::desired)).
     fn nat_desired(&self, state: &State) -> impl Future<Output = Result<Desired, NatError>> + Send;
 }
 
@@ -166,8 +182,24 @@ impl Host for Netlink {
     ) -> Result<Vec<String>, BridgeError> {
         driver::ensure_bridge(self, name, gateway, subnet, mtu, adopt).await
     }
-    async fn setup_endpoint(&self, plan: &EndpointPlan<'_>) -> Result<Attachment, DriverError> {
-        driver::setup_endpoint(self, plan).await
+    async fn attach_veth(
+        &self,
+        plan: &EndpointPlan<'_>,
+        host_ifname: &str,
+        bridge: u32,
+    ) -> Result<(), DriverError> {
+        driver::attach_veth(self, plan, host_ifname, bridge).await
+    }
+    async fn attach_macvlan(
+        &self,
+        plan: &EndpointPlan<'_>,
+        parent: u32,
+        cfg: &MacvlanConfig,
+    ) -> Result<(), DriverError> {
+        driver::attach_macvlan(self, plan, parent, cfg).await
+    }
+    async fn loopback_up(&self, netns: &Path) -> Result<(), DriverError> {
+        driver::loopback_up(netns).await
     }
     async fn teardown_endpoint(
         &self,
@@ -354,48 +386,6 @@ impl FakeHost {
             .unwrap_or_default()
     }
 
-    fn setup(&self, plan: &EndpointPlan<'_>) -> Result<Attachment, DriverError> {
-        let mut h = self.get();
-        let net = plan.network;
-        if let Some(why) = &h.fail_setup {
-            return Err(DriverError::Vanished {
-                ifname: plan.ifname.to_owned(),
-                netns: why.clone(),
-            });
-        }
-        let attachment = match net.driver {
-            DriverKind::Bridge => {
-                let bridge = net.bridge.clone().unwrap_or_default();
-                let br = h.by_name(&bridge).map(|l| l.index).ok_or_else(|| {
-                    DriverError::BridgeMissing {
-                        network: net.name.clone(),
-                        bridge: bridge.clone(),
-                    }
-                })?;
-                let host_ifname = format!("veth{}", plan.suffix);
-                h.add_link(&host_ifname, Some("veth"), Some(br));
-                Attachment::Veth { host_ifname }
-            }
-            DriverKind::Macvlan => {
-                let parent = net.macvlan.as_ref().map(|m| m.parent.clone());
-                let parent = parent.unwrap_or_default();
-                if h.by_name(&parent).is_none() {
-                    return Err(DriverError::ParentMissing {
-                        network: net.name.clone(),
-                        parent,
-                    });
-                }
-                Attachment::Macvlan
-            }
-            DriverKind::Null => return Ok(Attachment::Loopback),
-            DriverKind::Host => return Ok(Attachment::Host),
-        };
-        if let Some(ns) = h.netns.get_mut(plan.netns) {
-            add_inside(ns, plan);
-        }
-        Ok(attachment)
-    }
-
     fn teardown(&self, netns: &Path, ifname: Option<&str>, attachment: &Attachment) {
         let mut h = self.get();
         if let (Some(ifname), Some(ns)) = (ifname, h.netns.get_mut(netns)) {
@@ -478,7 +468,8 @@ impl FakeHost {
             }
         }
         for net in state.networks.values() {
-            if let (DriverKind::Bridge, Some(s)) = (net.driver, net.subnet) {
+            if let Some(p) = driver::for_network(net).subnet_policy(net) {
+                let s = p.subnet;
                 d.subnets.insert(
                     (s.network().octets(), u32::from(s.prefix_len())),
                     (0, crate::control::desired::network_key(&net.id)),
@@ -567,8 +558,41 @@ impl Host for FakeHost {
     ) -> Result<Vec<String>, BridgeError> {
         self.bridge(name, gateway, subnet, adopt)
     }
-    async fn setup_endpoint(&self, plan: &EndpointPlan<'_>) -> Result<Attachment, DriverError> {
-        self.setup(plan)
+    async fn attach_veth(
+        &self,
+        plan: &EndpointPlan<'_>,
+        host_ifname: &str,
+        bridge: u32,
+    ) -> Result<(), DriverError> {
+        let mut h = self.get();
+        fail_setup(&h, plan)?;
+        h.add_link(host_ifname, Some("veth"), Some(bridge));
+        if let Some(ns) = h.netns.get_mut(plan.netns) {
+            add_inside(ns, plan);
+        }
+        Ok(())
+    }
+    async fn attach_macvlan(
+        &self,
+        plan: &EndpointPlan<'_>,
+        _parent: u32,
+        _cfg: &MacvlanConfig,
+    ) -> Result<(), DriverError> {
+        let mut h = self.get();
+        fail_setup(&h, plan)?;
+        if let Some(ns) = h.netns.get_mut(plan.netns) {
+            add_inside(ns, plan);
+        }
+        Ok(())
+    }
+    async fn loopback_up(&self, _netns: &Path) -> Result<(), DriverError> {
+        match &self.get().fail_setup {
+            Some(why) => Err(DriverError::Vanished {
+                ifname: "lo".to_owned(),
+                netns: why.clone(),
+            }),
+            None => Ok(()),
+        }
     }
     async fn teardown_endpoint(
         &self,
@@ -617,6 +641,18 @@ impl Host for FakeHost {
     }
     async fn nat_desired(&self, state: &State) -> Result<Desired, NatError> {
         self.desired(state)
+    }
+}
+
+/// Set, [`FakeInner::fail_setup`] fails an endpoint's set-up (as a
+/// vanished link).
+fn fail_setup(h: &FakeInner, plan: &EndpointPlan<'_>) -> Result<(), DriverError> {
+    match &h.fail_setup {
+        Some(why) => Err(DriverError::Vanished {
+            ifname: plan.ifname.to_owned(),
+            netns: why.clone(),
+        }),
+        None => Ok(()),
     }
 }
 

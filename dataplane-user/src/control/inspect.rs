@@ -3,7 +3,10 @@
 
 use serde_json::{json, Map, Value};
 
-use super::model::{Attachment, DriverKind, Network};
+use super::{
+    driver::{self, NetworkDriver as _},
+    model::{Attachment, Network},
+};
 use crate::control::state::State;
 
 /// One element of `docker network inspect`'s array.
@@ -69,45 +72,7 @@ pub fn network_json(state: &State, net: &Network) -> Value {
 
 /// The driver options in Docker's names.
 fn options(net: &Network) -> Value {
-    let mut o = Map::new();
-    match net.driver {
-        DriverKind::Bridge => {
-            if let Some(b) = &net.bridge {
-                o.insert("com.docker.network.bridge.name".into(), json!(b));
-            }
-            o.insert(
-                "com.docker.network.bridge.enable_icc".into(),
-                json!(net.icc.to_string()),
-            );
-            o.insert(
-                "com.docker.network.bridge.enable_ip_masquerade".into(),
-                json!(net.masquerade.to_string()),
-            );
-            o.insert(
-                "com.docker.network.bridge.host_binding_ipv4".into(),
-                json!(net
-                    .host_binding_ipv4
-                    .map(|a| a.to_string())
-                    .unwrap_or_else(|| "0.0.0.0".into())),
-            );
-            o.insert(
-                "com.docker.network.driver.mtu".into(),
-                json!(net.mtu.to_string()),
-            );
-        }
-        DriverKind::Macvlan => {
-            if let Some(m) = &net.macvlan {
-                o.insert("parent".into(), json!(m.parent));
-                o.insert("macvlan_mode".into(), json!(m.mode.name()));
-            }
-            o.insert(
-                "com.docker.network.driver.mtu".into(),
-                json!(net.mtu.to_string()),
-            );
-        }
-        DriverKind::Host | DriverKind::Null => {}
-    }
-    Value::Object(o)
+    Value::Object(driver::for_network(net).docker_options(net))
 }
 
 /// `docker network ls` rows (short id, name, driver, scope) from

@@ -67,12 +67,54 @@ pub struct MacvlanConfig {
     pub mode: MacvlanMode,
 }
 
-/// A network as persisted (the desired state).
+/// What one driver needs to know about its network: the only place a
+/// network's driver-specific settings live, so a bridge network cannot
+/// carry a macvlan parent nor a `host` network a bridge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DriverConfig {
+    Bridge(BridgeConfig),
+    Macvlan(MacvlanConfig),
+    Host,
+    /// Docker's `null` driver (the `none` network): loopback only.
+    Null,
+}
+
+impl DriverConfig {
+    pub const fn kind(&self) -> DriverKind {
+        match self {
+            DriverConfig::Bridge(_) => DriverKind::Bridge,
+            DriverConfig::Macvlan(_) => DriverKind::Macvlan,
+            DriverConfig::Host => DriverKind::Host,
+            DriverConfig::Null => DriverKind::Null,
+        }
+    }
+
+    pub const fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+}
+
+/// A bridge network's settings (Docker's `com.docker.network.bridge.*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeConfig {
+    /// Bridge device.
+    pub name: String,
+    pub icc: bool,
+    pub masquerade: bool,
+    /// Default host address for published ports (Docker's
+    /// `host_binding_ipv4`); None means every address.
+    pub host_binding_ipv4: Option<Ipv4Addr>,
+}
+
+/// A network as persisted (the desired state). On disk it keeps the flat
+/// shape of earlier versions (`NetworkRecord`), so state files written
+/// before and after [`DriverConfig`] read both ways.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "NetworkRecord", into = "NetworkRecord")]
 pub struct Network {
     pub id: String,
     pub name: String,
-    pub driver: DriverKind,
+    pub driver: DriverConfig,
     /// RFC 3339.
     pub created: String,
     /// None for `host` and `none`.
@@ -81,14 +123,6 @@ pub struct Network {
     pub ip_range: Option<Ipv4Net>,
     pub internal: bool,
     pub mtu: u32,
-    /// Bridge device (bridge driver only).
-    pub bridge: Option<String>,
-    pub icc: bool,
-    pub masquerade: bool,
-    /// Default host address for published ports (Docker's
-    /// `host_binding_ipv4`); None means every address.
-    pub host_binding_ipv4: Option<Ipv4Addr>,
-    pub macvlan: Option<MacvlanConfig>,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -100,6 +134,105 @@ impl Network {
     /// The range addresses are allocated from.
     pub fn alloc_range(&self) -> Option<Ipv4Net> {
         self.ip_range.or(self.subnet)
+    }
+}
+
+/// A [`Network`] as state.json holds it: the driver's kind, and the
+/// settings of every driver side by side (those of other drivers empty).
+#[derive(Serialize, Deserialize)]
+struct NetworkRecord {
+    id: String,
+    name: String,
+    driver: DriverKind,
+    created: String,
+    subnet: Option<Ipv4Net>,
+    gateway: Option<Ipv4Addr>,
+    ip_range: Option<Ipv4Net>,
+    internal: bool,
+    mtu: u32,
+    bridge: Option<String>,
+    icc: bool,
+    masquerade: bool,
+    host_binding_ipv4: Option<Ipv4Addr>,
+    macvlan: Option<MacvlanConfig>,
+    labels: BTreeMap<String, String>,
+}
+
+/// A persisted network whose driver lacks its settings.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("network {network}: driver {driver} without its field {field:?}")]
+pub struct RecordError {
+    network: String,
+    driver: &'static str,
+    field: &'static str,
+}
+
+impl TryFrom<NetworkRecord> for Network {
+    type Error = RecordError;
+
+    fn try_from(r: NetworkRecord) -> Result<Network, RecordError> {
+        let missing = |field| RecordError {
+            network: r.name.clone(),
+            driver: r.driver.name(),
+            field,
+        };
+        let driver = match r.driver {
+            DriverKind::Bridge => DriverConfig::Bridge(BridgeConfig {
+                name: r.bridge.clone().ok_or_else(|| missing("bridge"))?,
+                icc: r.icc,
+                masquerade: r.masquerade,
+                host_binding_ipv4: r.host_binding_ipv4,
+            }),
+            DriverKind::Macvlan => {
+                DriverConfig::Macvlan(r.macvlan.clone().ok_or_else(|| missing("macvlan"))?)
+            }
+            DriverKind::Host => DriverConfig::Host,
+            DriverKind::Null => DriverConfig::Null,
+        };
+        Ok(Network {
+            id: r.id,
+            name: r.name,
+            driver,
+            created: r.created,
+            subnet: r.subnet,
+            gateway: r.gateway,
+            ip_range: r.ip_range,
+            internal: r.internal,
+            mtu: r.mtu,
+            labels: r.labels,
+        })
+    }
+}
+
+impl From<Network> for NetworkRecord {
+    fn from(n: Network) -> NetworkRecord {
+        let kind = n.driver.kind();
+        // Other drivers' fields as earlier versions wrote them for
+        // networks of this driver.
+        let (bridge, icc, masquerade, host_binding_ipv4, macvlan) = match n.driver {
+            DriverConfig::Bridge(b) => {
+                (Some(b.name), b.icc, b.masquerade, b.host_binding_ipv4, None)
+            }
+            DriverConfig::Macvlan(m) => (None, true, true, None, Some(m)),
+            DriverConfig::Host | DriverConfig::Null => (None, true, false, None, None),
+        };
+        NetworkRecord {
+            id: n.id,
+            name: n.name,
+            driver: kind,
+            created: n.created,
+            subnet: n.subnet,
+            gateway: n.gateway,
+            ip_range: n.ip_range,
+            internal: n.internal,
+            mtu: n.mtu,
+            bridge,
+            icc,
+            masquerade,
+            host_binding_ipv4,
+            macvlan,
+            labels: n.labels,
+        }
     }
 }
 
@@ -204,6 +337,30 @@ pub struct CreateRequest {
     pub host_binding_ipv4: Option<Ipv4Addr>,
     pub macvlan: Option<MacvlanConfig>,
     pub labels: BTreeMap<String, String>,
+}
+
+impl CreateRequest {
+    /// The new network's driver settings. A bridge the user did not name
+    /// is `br-` and the first 12 characters of the network's id, as
+    /// Docker names it.
+    pub fn driver_config(&self, id: &str) -> Result<DriverConfig, CreateError> {
+        Ok(match self.driver {
+            DriverKind::Bridge => DriverConfig::Bridge(BridgeConfig {
+                name: self
+                    .bridge_name
+                    .clone()
+                    .unwrap_or_else(|| format!("br-{}", id.get(..12).unwrap_or(id))),
+                icc: self.icc,
+                masquerade: self.masquerade,
+                host_binding_ipv4: self.host_binding_ipv4,
+            }),
+            DriverKind::Macvlan => {
+                DriverConfig::Macvlan(self.macvlan.clone().ok_or(CreateError::MissingParent)?)
+            }
+            DriverKind::Host => DriverConfig::Host,
+            DriverKind::Null => DriverConfig::Null,
+        })
+    }
 }
 
 const BRIDGE_OPTS: &str = "com.docker.network.bridge.name, com.docker.network.bridge.enable_icc, \
@@ -535,6 +692,76 @@ mod tests {
                 parent: "eth0".into(),
                 mode: MacvlanMode::Bridge
             })
+        );
+    }
+
+    /// state.json as versions before [`DriverConfig`] wrote it: every
+    /// driver's fields side by side.
+    const OLD_STATE_NETWORKS: &str = r#"{
+        "bridge": {"id": "b1", "name": "bridge", "driver": "bridge",
+            "created": "2024-01-01T00:00:00Z", "subnet": "172.17.0.0/16",
+            "gateway": "172.17.0.1", "ip_range": null, "internal": false, "mtu": 1500,
+            "bridge": "dp0", "icc": false, "masquerade": true,
+            "host_binding_ipv4": "127.0.0.1", "macvlan": null, "labels": {"a": "b"}},
+        "mv": {"id": "m1", "name": "mv", "driver": "macvlan",
+            "created": "2024-01-01T00:00:00Z", "subnet": "10.9.0.0/24",
+            "gateway": "10.9.0.1", "ip_range": "10.9.0.128/25", "internal": false,
+            "mtu": 1400, "bridge": null, "icc": true, "masquerade": true,
+            "host_binding_ipv4": null, "macvlan": {"parent": "eth0", "mode": "vepa"},
+            "labels": {}},
+        "host": {"id": "h1", "name": "host", "driver": "host",
+            "created": "2024-01-01T00:00:00Z", "subnet": null, "gateway": null,
+            "ip_range": null, "internal": false, "mtu": 1500, "bridge": null,
+            "icc": true, "masquerade": false, "host_binding_ipv4": null,
+            "macvlan": null, "labels": {}},
+        "none": {"id": "n1", "name": "none", "driver": "null",
+            "created": "2024-01-01T00:00:00Z", "subnet": null, "gateway": null,
+            "ip_range": null, "internal": false, "mtu": 1500, "bridge": null,
+            "icc": true, "masquerade": false, "host_binding_ipv4": null,
+            "macvlan": null, "labels": {}}
+    }"#;
+
+    #[test]
+    fn networks_of_old_state_files_load_and_are_written_back_alike() {
+        let nets: BTreeMap<String, Network> = serde_json::from_str(OLD_STATE_NETWORKS).unwrap();
+        assert_eq!(
+            nets["bridge"].driver,
+            DriverConfig::Bridge(BridgeConfig {
+                name: "dp0".into(),
+                icc: false,
+                masquerade: true,
+                host_binding_ipv4: Some(Ipv4Addr::LOCALHOST),
+            })
+        );
+        assert_eq!(
+            nets["bridge"].labels.get("a").map(String::as_str),
+            Some("b")
+        );
+        assert_eq!(
+            nets["mv"].driver,
+            DriverConfig::Macvlan(MacvlanConfig {
+                parent: "eth0".into(),
+                mode: MacvlanMode::Vepa
+            })
+        );
+        assert_eq!(nets["mv"].mtu, 1400);
+        assert_eq!(nets["host"].driver, DriverConfig::Host);
+        assert_eq!(nets["none"].driver, DriverConfig::Null);
+        // Written back, the file has the old shape, field for field: an
+        // older agent still reads it.
+        let old: serde_json::Value = serde_json::from_str(OLD_STATE_NETWORKS).unwrap();
+        assert_eq!(serde_json::to_value(&nets).unwrap(), old);
+    }
+
+    #[test]
+    fn a_record_without_its_drivers_settings_is_refused_by_name() {
+        let json = OLD_STATE_NETWORKS.replace(r#""bridge": "dp0""#, r#""bridge": null"#);
+        let err = serde_json::from_str::<BTreeMap<String, Network>>(&json)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("network bridge: driver bridge without its field \"bridge\""),
+            "{err}"
         );
     }
 }

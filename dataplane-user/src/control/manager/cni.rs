@@ -18,9 +18,10 @@ use super::{requests, ConnectRequest, ConnectTo, Manager, NetworkError, PublishS
 use crate::{
     control::{
         cni::{AddArgs, AddResult, AttachmentKey, CheckArgs, GcArgs, NetworkSpec},
+        driver::{self, NetworkDriver as _},
         host::Host,
         ipam,
-        model::{Attachment, CreateArgs, CreateError, DriverKind, Endpoint, Network},
+        model::{Attachment, CreateArgs, CreateError, Endpoint, Network},
         ports,
         state::CniAttachment,
     },
@@ -175,11 +176,13 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                             net.gateway.map(|g| g.to_string()).unwrap_or_default(),
                         );
                     }
-                    if spec.bridge.is_some() && spec.bridge != net.bridge {
+                    let driver = driver::for_network(&net);
+                    let bridge = driver.bridge();
+                    if spec.bridge.is_some() && spec.bridge.as_deref() != bridge {
                         return mismatch(
                             "bridge",
                             spec.bridge.clone().unwrap_or_default(),
-                            net.bridge.clone().unwrap_or_default(),
+                            bridge.unwrap_or_default().to_owned(),
                         );
                     }
                 }
@@ -249,7 +252,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
 
     async fn cni_add_endpoint(&mut self, args: &AddArgs) -> Result<AddResult, NetworkError> {
         let net = self.network(&args.network)?.clone();
-        if !matches!(net.driver, DriverKind::Bridge | DriverKind::Macvlan) {
+        if !driver::for_network(&net).has_links() {
             return Err(CniNetError::Driver {
                 network: net.name.clone(),
                 driver: net.driver.name(),
@@ -468,7 +471,9 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         host_ifname: &str,
     ) -> Result<Vec<String>, NetworkError> {
         let mut problems = Vec::new();
-        let bridge = match &net.bridge {
+        let driver = driver::for_network(net);
+        let bridge_name = driver.bridge();
+        let bridge = match bridge_name {
             Some(b) => self.host.link_by_name(b).await?,
             None => None,
         };
@@ -481,7 +486,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 if l.master.is_none() || l.master != bridge.as_ref().map(|b| b.index) {
                     problems.push(format!(
                         "host end {host_ifname} is not on bridge {}",
-                        net.bridge.clone().unwrap_or_default()
+                        bridge_name.unwrap_or_default()
                     ));
                 }
             }

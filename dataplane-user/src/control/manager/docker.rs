@@ -18,7 +18,7 @@ use std::{
 use super::{publish::PortHolders, Manager, NetworkError};
 use crate::{
     control::{
-        driver::DriverError,
+        driver::{self, DriverError, NetworkDriver as _},
         host::Host,
         ipam,
         model::{Attachment, CreateRequest, Endpoint, Network},
@@ -228,7 +228,10 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             return Err(DockerOpError::NotVeth(endpoint_id.to_owned()).into());
         };
         let (_, peer) = docker_veth_names(endpoint_id);
-        let bridge = net.bridge.clone().unwrap_or_default();
+        let bridge = driver::for_network(&net)
+            .bridge()
+            .unwrap_or_default()
+            .to_owned();
         let br =
             self.host
                 .link_by_name(&bridge)

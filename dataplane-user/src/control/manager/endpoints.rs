@@ -9,10 +9,10 @@ use std::{
 use super::{netns_path, random_hex, ConnectRequest, ConnectTo, Manager, NetworkError};
 use crate::{
     control::{
-        driver::EndpointPlan,
+        driver::{self, EndpointPlan, NetworkDriver as _},
         host::Host,
         ipam,
-        model::{Attachment, DriverKind, Endpoint, Network},
+        model::{Attachment, Endpoint, Network},
         names::IfName,
     },
     datapath::Datapath,
@@ -64,7 +64,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         let net = self.network(network)?.clone();
         let (netns_arg, netns, name) = self.new_endpoint_of(&net, &req)?;
         let id = random_hex(32)?;
-        if matches!(net.driver, DriverKind::Host | DriverKind::Null) {
+        if !driver::for_network(&net).has_links() {
             return self.connect_no_link(&net, &req, id, name, netns).await;
         }
         let ipv4 = self.address_for(&net, req.ip)?;
@@ -80,7 +80,9 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             mac,
             suffix: &suffix,
         };
-        let attachment = self.host.setup_endpoint(&plan).await?;
+        let attachment = driver::for_network(&net)
+            .setup_endpoint(&self.host, &plan)
+            .await?;
         if let Attachment::Veth { host_ifname } = &attachment {
             if let Err(e) = self.dp.attach_endpoint(host_ifname) {
                 let _ = self
@@ -167,19 +169,17 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         netns: PathBuf,
     ) -> Result<Endpoint, NetworkError> {
         refuse_link_options(req, &net.name, net.driver.name())?;
-        let attachment = if net.driver == DriverKind::Null {
-            let plan = EndpointPlan {
-                network: net,
-                netns: &netns,
-                ifname: "lo",
-                ipv4: Ipv4Addr::UNSPECIFIED,
-                mac: [0; 6],
-                suffix: "",
-            };
-            self.host.setup_endpoint(&plan).await?
-        } else {
-            Attachment::Host
+        let plan = EndpointPlan {
+            network: net,
+            netns: &netns,
+            ifname: "lo",
+            ipv4: Ipv4Addr::UNSPECIFIED,
+            mac: [0; 6],
+            suffix: "",
         };
+        let attachment = driver::for_network(net)
+            .setup_endpoint(&self.host, &plan)
+            .await?;
         let ep = Endpoint {
             id,
             name,

@@ -25,6 +25,7 @@ use super::{
     driver::{BridgeError, DriverError},
     host::Host,
     ipam::{IpamError, MalformedMac},
+    model::CreateError,
     ports::PublishError,
 };
 use crate::{
@@ -65,6 +66,8 @@ pub enum NetworkError {
     Bridge(#[from] BridgeError),
     #[error(transparent)]
     Ipam(#[from] IpamError),
+    #[error(transparent)]
+    Create(#[from] CreateError),
     #[error(transparent)]
     Mac(#[from] MalformedMac),
     #[error(transparent)]

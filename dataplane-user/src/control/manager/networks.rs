@@ -9,10 +9,13 @@ use ipnet::Ipv4Net;
 use super::{now_rfc3339, random_hex, Manager, NetworkError};
 use crate::{
     control::{
-        driver::{BridgeError, DriverError},
+        driver::{self, BridgeError, NetworkDriver as _},
         host::Host,
         ipam::{self, IpamError},
-        model::{CreateRequest, DriverKind, Endpoint, Network, DEFAULT_BRIDGE, DEFAULT_MTU},
+        model::{
+            BridgeConfig, CreateRequest, DriverConfig, Endpoint, Network, DEFAULT_BRIDGE,
+            DEFAULT_MTU,
+        },
         state::State,
     },
     datapath::Datapath,
@@ -26,28 +29,28 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         let bridge = Network {
             id: random_hex(32)?,
             name: "bridge".into(),
-            driver: DriverKind::Bridge,
+            driver: DriverConfig::Bridge(BridgeConfig {
+                name: DEFAULT_BRIDGE.into(),
+                icc: true,
+                masquerade: true,
+                host_binding_ipv4: None,
+            }),
             created: now_rfc3339(),
             subnet: Some(subnet),
             gateway: Some(gateway),
             ip_range: None,
             internal: false,
             mtu: DEFAULT_MTU,
-            bridge: Some(DEFAULT_BRIDGE.into()),
-            icc: true,
-            masquerade: true,
-            host_binding_ipv4: None,
-            macvlan: None,
             labels: BTreeMap::new(),
         };
-        self.host
-            .ensure_bridge(DEFAULT_BRIDGE, gateway, subnet, DEFAULT_MTU, false)
+        driver::for_network(&bridge)
+            .create(&self.host, &bridge)
             .await?;
         self.host
             .enable_forwarding()
             .map_err(NetworkError::Forwarding)?;
         let mut state = State::default();
-        for (name, driver) in [("host", DriverKind::Host), ("none", DriverKind::Null)] {
+        for (name, driver) in [("host", DriverConfig::Host), ("none", DriverConfig::Null)] {
             state.networks.insert(
                 name.into(),
                 Network {
@@ -60,11 +63,6 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                     ip_range: None,
                     internal: false,
                     mtu: DEFAULT_MTU,
-                    bridge: None,
-                    icc: true,
-                    masquerade: false,
-                    host_binding_ipv4: None,
-                    macvlan: None,
                     labels: BTreeMap::new(),
                 },
             );
@@ -183,86 +181,47 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         }
         let subnet = self.subnet_for(req.subnet).await?;
         let gateway = req.gateway.unwrap_or_else(|| ipam::first_host(&subnet));
-        let bridge = match req.driver {
-            DriverKind::Bridge => Some(
-                req.bridge_name
-                    .clone()
-                    .unwrap_or_else(|| format!("br-{}", &id[..12])),
-            ),
-            _ => None,
-        };
-        if let Some(mv) = &req.macvlan {
-            if self.host.link_by_name(&mv.parent).await?.is_none() {
-                return Err(DriverError::ParentMissing {
-                    network: req.name.clone(),
-                    parent: mv.parent.clone(),
-                }
-                .into());
-            }
-        }
-        if let Some(name) = &bridge {
-            if let Some(other) = self
-                .state
-                .networks
-                .values()
-                .find(|n| n.bridge.as_deref() == Some(name))
-            {
-                return Err(BridgeError::InUse {
-                    bridge: name.clone(),
-                    kind: format!("bridge of network {}", other.name),
-                }
-                .into());
-            }
-        }
         let net = Network {
+            driver: req.driver_config(&id)?,
             id,
             name: req.name.clone(),
-            driver: req.driver,
             created: now_rfc3339(),
             subnet: Some(subnet),
             gateway: Some(gateway),
             ip_range: req.ip_range,
             internal: req.internal,
             mtu: req.mtu,
-            bridge: bridge.clone(),
-            icc: req.icc,
-            masquerade: req.masquerade,
-            host_binding_ipv4: req.host_binding_ipv4,
-            macvlan: req.macvlan.clone(),
             labels: req.labels.clone(),
         };
-        if let Some(name) = &bridge {
-            self.host
-                .ensure_bridge(name, gateway, subnet, net.mtu, false)
-                .await?;
-            if !net.internal {
-                self.host
-                    .enable_forwarding()
-                    .map_err(NetworkError::Forwarding)?;
+        let driver = driver::for_network(&net);
+        if let Some(name) = driver.bridge() {
+            if let Some(other) = self
+                .state
+                .networks
+                .values()
+                .find(|n| driver::for_network(n).bridge() == Some(name))
+            {
+                return Err(BridgeError::InUse {
+                    bridge: name.to_owned(),
+                    kind: format!("bridge of network {}", other.name),
+                }
+                .into());
             }
+        }
+        driver.create(&self.host, &net).await?;
+        if driver.needs_forwarding(&net) {
+            self.host
+                .enable_forwarding()
+                .map_err(NetworkError::Forwarding)?;
         }
         let changed = self
             .change(|state| state.networks.insert(net.name.clone(), net.clone()))
             .await;
         if let Err(e) = changed {
-            if let Some(name) = &bridge {
-                self.delete_link_named(name).await;
-            }
+            driver::for_network(&net).remove(&self.host).await;
             return Err(e);
         }
         Ok(net)
-    }
-
-    pub(super) async fn delete_link_named(&self, name: &str) -> Vec<String> {
-        match self.host.link_by_name(name).await {
-            Ok(Some(l)) => match self.host.delete_link(l.index).await {
-                Ok(()) => Vec::new(),
-                Err(e) if e.is_not_found() => Vec::new(),
-                Err(e) => vec![e.to_string()],
-            },
-            Ok(None) => Vec::new(),
-            Err(e) => vec![e.to_string()],
-        }
     }
 
     /// `network rm`: refused while endpoints are attached unless `force`,
@@ -314,9 +273,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 errors.push(e.to_string());
             }
         }
-        if let Some(bridge) = &net.bridge {
-            errors.extend(self.delete_link_named(bridge).await);
-        }
+        errors.extend(driver::for_network(&net).remove(&self.host).await);
         self.change(|state| state.networks.remove(&net.name))
             .await?;
         if errors.is_empty() {

@@ -6,7 +6,7 @@ use std::fs;
 use super::{Manager, NetworkError};
 use crate::{
     control::{
-        driver::EndpointPlan,
+        driver::{self, EndpointPlan, NetworkDriver as _},
         host::Host,
         ipam,
         model::{Attachment, Endpoint},
@@ -22,14 +22,9 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         let mut changed = Vec::new();
         let mut forwarding = false;
         for net in self.state.networks.values() {
-            if let (Some(bridge), Some(subnet), Some(gw)) = (&net.bridge, net.subnet, net.gateway) {
-                changed.extend(
-                    self.host
-                        .ensure_bridge(bridge, gw, subnet, net.mtu, true)
-                        .await?,
-                );
-                forwarding |= !net.internal;
-            }
+            let driver = driver::for_network(net);
+            changed.extend(driver.restore(&self.host, net).await?);
+            forwarding |= driver.needs_forwarding(net);
         }
         changed.extend(self.repair_endpoints().await?);
         // A bridge re-created above has lost its ports: put the endpoints'
@@ -42,7 +37,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 .state
                 .networks
                 .get(&ep.network)
-                .and_then(|n| n.bridge.clone())
+                .and_then(|n| driver::for_network(n).bridge().map(str::to_owned))
             else {
                 continue;
             };
@@ -85,7 +80,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         let mut changed = Vec::new();
         let mut bridges = Vec::new();
         for net in self.state.networks.values() {
-            if let Some(b) = &net.bridge {
+            if let Some(b) = driver::for_network(net).bridge() {
                 if let Some(l) = self.host.link_by_name(b).await? {
                     bridges.push(l.index);
                 }
@@ -152,7 +147,9 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 .host
                 .teardown_endpoint(&ep.netns, Some(&ifname), &ep.attachment)
                 .await;
-            self.host.setup_endpoint(&plan).await?;
+            driver::for_network(&net)
+                .setup_endpoint(&self.host, &plan)
+                .await?;
             // The old link's pin outlived its veth: replace it.
             self.dp.detach_endpoint(host_ifname)?;
             self.dp.attach_endpoint(host_ifname)?;
@@ -176,14 +173,8 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 }
             }
         }
-        let bridges: Vec<String> = self
-            .state
-            .networks
-            .values()
-            .filter_map(|n| n.bridge.clone())
-            .collect();
-        for b in bridges {
-            errors.extend(self.delete_link_named(&b).await);
+        for net in self.state.networks.values() {
+            errors.extend(driver::for_network(net).remove(&self.host).await);
         }
         let path = self.store.path();
         if let Err(e) = fs::remove_file(&path) {

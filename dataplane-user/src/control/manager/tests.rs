@@ -139,6 +139,14 @@ fn port_key(port: u16) -> PortKey {
     }
 }
 
+/// The bridge device of a bridge network.
+fn bridge_of(net: &Network) -> String {
+    let driver = crate::control::driver::for_network(net);
+    crate::control::driver::NetworkDriver::bridge(&driver)
+        .expect("a bridge network")
+        .to_owned()
+}
+
 // ---- networks ----
 
 #[tokio::test]
@@ -149,7 +157,7 @@ async fn first_open_creates_the_predefined_networks() {
     assert_eq!(names, ["bridge", "host", "none"]);
     let bridge = m.network("bridge").unwrap();
     assert_eq!(bridge.subnet.unwrap().to_string(), "172.17.0.0/16");
-    let br = bridge.bridge.clone().unwrap();
+    let br = bridge_of(bridge);
     assert!(m.host().get().by_name(&br).is_some(), "{br} made");
     assert!(m.host().get().forwarding);
     assert_eq!(m.datapath().count("apply_nat"), 1);
@@ -164,7 +172,7 @@ async fn create_picks_the_next_free_subnet_and_makes_the_bridge() {
     let net = create(&mut m, "n1", None).await.unwrap();
     assert_eq!(net.subnet.unwrap().to_string(), "172.18.0.0/16");
     assert_eq!(net.gateway, Some(Ipv4Addr::new(172, 18, 0, 1)));
-    let br = net.bridge.clone().unwrap();
+    let br = bridge_of(&net);
     assert_eq!(br, format!("br-{}", &net.id[..12]));
     let h = m.host().get();
     let link = h.by_name(&br).expect("bridge made");
@@ -262,7 +270,7 @@ async fn rm_force_disconnects_and_removes_the_bridge() {
     let dir = Dir::new();
     let mut m = with_net(&dir).await;
     let ep = connect(&mut m, args("n1", "c1")).await;
-    let br = m.network("n1").unwrap().bridge.clone().unwrap();
+    let br = bridge_of(m.network("n1").unwrap());
     assert_eq!(m.remove(&["n1".into()], true).await.unwrap(), ["n1"]);
     assert!(!m.state().networks.contains_key("n1"));
     assert!(m.state().endpoints.is_empty());
@@ -459,6 +467,51 @@ async fn connect_none_refuses_an_ip_and_makes_loopback_only() {
     let ep = connect(&mut m, args("none", "c1")).await;
     assert_eq!(ep.attachment, Attachment::Loopback);
     assert_eq!(ep.ipv4, None);
+}
+
+#[tokio::test]
+async fn connect_host_makes_nothing() {
+    let dir = Dir::new();
+    let mut m = with_net(&dir).await;
+    let links = snapshot(&m).2;
+    let ep = connect(&mut m, args("host", "c1")).await;
+    assert_eq!(ep.attachment, Attachment::Host);
+    assert_eq!(snapshot(&m).2, links, "no host link made");
+    assert_eq!(m.host().get().netns[&ep.netns].names(), ["lo"]);
+}
+
+/// A macvlan network: its parent checked at create, no device of its own,
+/// an endpoint is a child of the parent inside the namespace, and nothing
+/// of it reaches the NAT maps.
+#[tokio::test]
+async fn macvlan_networks_check_the_parent_and_attach_children() {
+    let dir = Dir::new();
+    let mut m = with_net(&dir).await;
+    let mut a = create_args("mv", Some("10.9.0.0/24"));
+    a.driver = "macvlan".into();
+    a.options = vec!["parent=eth9".into()];
+    let before = snapshot(&m);
+    let r = m.create(a.parse().unwrap()).await;
+    refused(&m, &before, r, &["parent eth9", "network mv"]);
+    a.options = vec!["parent=eth0".into(), "macvlan_mode=private".into()];
+    let net = m.create(a.parse().unwrap()).await.unwrap();
+    assert_eq!(
+        net.driver,
+        crate::control::model::DriverConfig::Macvlan(crate::control::model::MacvlanConfig {
+            parent: "eth0".into(),
+            mode: crate::control::model::MacvlanMode::Private,
+        })
+    );
+    assert_eq!(snapshot(&m).2, before.2, "no device made");
+    let ep = connect(&mut m, args("mv", "c1")).await;
+    assert_eq!(ep.attachment, Attachment::Macvlan);
+    assert_eq!(ep.ipv4, Some(Ipv4Addr::new(10, 9, 0, 2)));
+    assert_eq!(m.host().get().netns[&ep.netns].names(), ["lo", "eth0"]);
+    assert_eq!(m.datapath().nat.subnets.len(), 2, "bridge and n1 only");
+    let shown = crate::control::inspect::network_json(m.state(), &net);
+    assert_eq!(shown["Driver"], "macvlan");
+    assert_eq!(shown["Options"]["parent"], "eth0");
+    assert_eq!(shown["Options"]["macvlan_mode"], "private");
 }
 
 #[tokio::test]
@@ -750,7 +803,7 @@ async fn populated(dir: &Dir) -> (FakeHost, Endpoint, String) {
     let mut a = args("n1", "c1");
     a.publish = vec!["8080:80".into()];
     let ep = connect(&mut m, a).await;
-    let br = m.network("n1").unwrap().bridge.clone().unwrap();
+    let br = bridge_of(m.network("n1").unwrap());
     let (_, host) = m.into_parts();
     (host, ep, br)
 }

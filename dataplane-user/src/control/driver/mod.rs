@@ -1,0 +1,214 @@
+//! The network drivers: what differs between a bridge, a macvlan, the
+//! `host` and the `none` network ([`NetworkDriver`]), one file per driver,
+//! and the one place a network's driver is chosen ([`for_network`]).
+//!
+//! Drivers act on the kernel only through [`Host`], so the manager's logic
+//! runs against a fake host in tests. Set-up that fails half-way removes
+//! what it created; teardown is best effort and returns every error instead
+//! of stopping at the first.
+
+use std::{future::Future, net::Ipv4Addr, path::Path};
+
+use ipnet::Ipv4Net;
+use serde_json::{Map, Value};
+
+use super::{
+    host::Host,
+    model::{Attachment, DriverConfig, DriverKind, Network},
+};
+use crate::sys::netlink::NetlinkError;
+
+mod bridge;
+mod host;
+mod macvlan;
+mod netns;
+mod null;
+
+pub use bridge::{ensure_bridge, Bridge, BridgeError};
+pub use host::HostNet;
+pub use macvlan::Macvlan;
+pub use netns::{attach_macvlan, attach_veth, loopback_up, teardown_endpoint};
+pub use null::Null;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Bridge(#[from] BridgeError),
+    #[error("bridge {bridge} of network {network} does not exist (run the agent to restore it)")]
+    BridgeMissing { network: String, bridge: String },
+    #[error("macvlan parent {parent} of network {network} does not exist in the host namespace")]
+    ParentMissing { network: String, parent: String },
+    #[error("{ifname} moved into {netns} but is not found there")]
+    Vanished { ifname: String, netns: String },
+    #[error("{what} (and undoing it failed: {undo})")]
+    Rollback {
+        what: Box<DriverError>,
+        undo: String,
+    },
+}
+
+/// What the kernel side of one endpoint needs.
+pub struct EndpointPlan<'a> {
+    pub network: &'a Network,
+    pub netns: &'a Path,
+    pub ifname: &'a str,
+    pub ipv4: Ipv4Addr,
+    pub mac: [u8; 6],
+    /// Random suffix for host-side names (`veth<hex>`).
+    pub suffix: &'a str,
+}
+
+/// How the fast path treats a network's subnet (`DP_SUBNETS`): only
+/// networks whose traffic passes the host's routing (bridges) have one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubnetPolicy {
+    pub subnet: Ipv4Net,
+    /// Traffic leaving through an uplink is masqueraded (never for an
+    /// internal network).
+    pub masquerade: bool,
+    pub icc: bool,
+}
+
+/// What differs per driver. Kernel work goes through `H: Host`.
+pub trait NetworkDriver {
+    fn kind(&self) -> DriverKind;
+
+    /// The bridge device the network's veths hang on.
+    fn bridge(&self) -> Option<&str> {
+        None
+    }
+
+    /// Whether an endpoint gets a link and an address of its own (and so
+    /// takes `--ip`, `--mac`, `--publish` and CNI attachments).
+    fn has_links(&self) -> bool;
+
+    /// The network's subnet as the fast path sees it, if it routes it.
+    fn subnet_policy(&self, _net: &Network) -> Option<SubnetPolicy> {
+        None
+    }
+
+    /// Whether the network needs IPv4 forwarding in the host namespace.
+    fn needs_forwarding(&self, _net: &Network) -> bool {
+        false
+    }
+
+    /// The driver's options in Docker's names (`network inspect`).
+    fn docker_options(&self, net: &Network) -> Map<String, Value>;
+
+    /// Makes (or checks) the network's kernel side at `network create`;
+    /// returns what it changed.
+    fn create<H: Host>(
+        &self,
+        host: &H,
+        net: &Network,
+    ) -> impl Future<Output = Result<Vec<String>, DriverError>> + Send;
+
+    /// Makes the kernel side match after a restart, adopting what the
+    /// dataplane made before; returns what it changed.
+    fn restore<H: Host>(
+        &self,
+        host: &H,
+        net: &Network,
+    ) -> impl Future<Output = Result<Vec<String>, DriverError>> + Send;
+
+    /// Removes the network's kernel side. Best effort: every failure is
+    /// returned, and what is already gone is not one.
+    fn remove<H: Host>(&self, host: &H) -> impl Future<Output = Vec<String>> + Send;
+
+    /// Creates an endpoint's links and returns its attachment record.
+    fn setup_endpoint<H: Host>(
+        &self,
+        host: &H,
+        plan: &EndpointPlan<'_>,
+    ) -> impl Future<Output = Result<Attachment, DriverError>> + Send;
+}
+
+/// The driver of one network, with its settings.
+pub enum Driver<'a> {
+    Bridge(Bridge<'a>),
+    Macvlan(Macvlan<'a>),
+    Host(HostNet),
+    Null(Null),
+}
+
+/// The driver of `net`: the one place the choice is made.
+pub fn for_network(net: &Network) -> Driver<'_> {
+    match &net.driver {
+        DriverConfig::Bridge(cfg) => Driver::Bridge(Bridge(cfg)),
+        DriverConfig::Macvlan(cfg) => Driver::Macvlan(Macvlan(cfg)),
+        DriverConfig::Host => Driver::Host(HostNet),
+        DriverConfig::Null => Driver::Null(Null),
+    }
+}
+
+/// Runs `$e` with `$d` bound to the driver inside `$self`.
+macro_rules! each {
+    ($self:ident, $d:ident => $e:expr) => {
+        match $self {
+            Driver::Bridge($d) => $e,
+            Driver::Macvlan($d) => $e,
+            Driver::Host($d) => $e,
+            Driver::Null($d) => $e,
+        }
+    };
+}
+
+impl NetworkDriver for Driver<'_> {
+    fn kind(&self) -> DriverKind {
+        each!(self, d => d.kind())
+    }
+    fn bridge(&self) -> Option<&str> {
+        each!(self, d => d.bridge())
+    }
+    fn has_links(&self) -> bool {
+        each!(self, d => d.has_links())
+    }
+    fn subnet_policy(&self, net: &Network) -> Option<SubnetPolicy> {
+        each!(self, d => d.subnet_policy(net))
+    }
+    fn needs_forwarding(&self, net: &Network) -> bool {
+        each!(self, d => d.needs_forwarding(net))
+    }
+    fn docker_options(&self, net: &Network) -> Map<String, Value> {
+        each!(self, d => d.docker_options(net))
+    }
+    async fn create<H: Host>(&self, host: &H, net: &Network) -> Result<Vec<String>, DriverError> {
+        each!(self, d => d.create(host, net).await)
+    }
+    async fn restore<H: Host>(&self, host: &H, net: &Network) -> Result<Vec<String>, DriverError> {
+        each!(self, d => d.restore(host, net).await)
+    }
+    async fn remove<H: Host>(&self, host: &H) -> Vec<String> {
+        each!(self, d => d.remove(host).await)
+    }
+    async fn setup_endpoint<H: Host>(
+        &self,
+        host: &H,
+        plan: &EndpointPlan<'_>,
+    ) -> Result<Attachment, DriverError> {
+        each!(self, d => d.setup_endpoint(host, plan).await)
+    }
+}
+
+/// Deletes the host link named `name`; gone already is not an error.
+pub(crate) async fn delete_link_named<H: Host>(host: &H, name: &str) -> Vec<String> {
+    match host.link_by_name(name).await {
+        Ok(Some(l)) => match host.delete_link(l.index).await {
+            Ok(()) => Vec::new(),
+            Err(e) if e.is_not_found() => Vec::new(),
+            Err(e) => vec![e.to_string()],
+        },
+        Ok(None) => Vec::new(),
+        Err(e) => vec![e.to_string()],
+    }
+}
+
+/// `com.docker.network.driver.mtu`, which every driver with links shows.
+fn mtu_option(net: &Network, o: &mut Map<String, Value>) {
+    o.insert(
+        "com.docker.network.driver.mtu".into(),
+        Value::String(net.mtu.to_string()),
+    );
+}
