@@ -17,16 +17,16 @@ use dataplane_common::nat::{
 use crate::{
     control::{
         driver::{self, NetworkDriver as _},
+        host::Host,
         ipam,
         model::{Attachment, Endpoint},
         state::State,
     },
     datapath::{
         conntrack::{self, Gone},
-        ebpf::Dataplane,
-        nat::{apply, Desired, NatError},
+        nat::{Desired, NatError},
     },
-    sys::netlink::{Link, Netlink},
+    sys::netlink::Link,
 };
 
 /// The number the datapath knows a network by: the first 32 bits of its id,
@@ -121,7 +121,7 @@ pub fn gone(old: &State, new: &State) -> Gone {
 }
 
 /// Computes the maps' contents from the state and the host's links.
-pub async fn desired(state: &State, host: &Netlink) -> Result<Desired, NatError> {
+pub async fn desired(state: &State, host: &impl Host) -> Result<Desired, NatError> {
     // Collected rather than inserted one by one: a sorted bulk build of
     // 10 000 entries costs a fraction of 10 000 inserts.
     let ports = port_entries(state).collect();
@@ -295,11 +295,4 @@ fn sandbox_addrs(state: &State, sandboxes: &BTreeMap<&str, u32>) -> BTreeMap<[u8
                 .map(move |a| (a, SandboxAddr { sandbox, _pad: 0 }))
         })
         .collect()
-}
-
-/// Brings the pinned maps in line with `state`: a full reconcile (see
-/// `crate::datapath::nat::apply`).
-pub async fn sync(dp: &mut Dataplane, state: &State, host: &Netlink) -> Result<(), NatError> {
-    let want = desired(state, host).await?;
-    apply(dp, &want)
 }

@@ -15,18 +15,13 @@ use std::{
     sync::{Mutex, MutexGuard},
 };
 
-use dataplane_common::nat::{PortKey, PortTarget, Uplink};
 use ipnet::Ipv4Net;
 
 use super::{
-    driver::{self, BridgeError, DriverError, EndpointPlan, NetworkDriver as _},
+    driver::{self, BridgeError, DriverError, EndpointPlan},
     model::{Attachment, MacvlanConfig},
 };
-use crate::{
-    control::state::State,
-    datapath::nat::{Desired, NatError},
-    sys::netlink::{Ipv4Route, Link, Netlink, NetlinkError},
-};
+use crate::sys::netlink::{Ipv4Route, Link, Netlink, NetlinkError};
 
 /// Identity of a namespace file (device, inode): two paths to one
 /// namespace agree.
@@ -132,8 +127,6 @@ pub trait Host: Send + Sync {
     fn netns_id(&self, path: &Path) -> Option<NetnsId>;
     /// Turns on IPv4 forwarding in the host namespace.
     fn enable_forwarding(&self) -> std::io::Result<()>;
-    /// What the NAT maps should hold for `state` (see [`desired`](crate::control::desired::desired)).
-    fn nat_desired(&self, state: &State) -> impl Future<Output = Result<Desired, NatError>> + Send;
 }
 
 impl Host for Netlink {
@@ -242,9 +235,6 @@ impl Host for Netlink {
             Ok(v) if v.trim() == "1" => Ok(()),
             _ => std::fs::write(path, "1"),
         }
-    }
-    async fn nat_desired(&self, state: &State) -> Result<Desired, NatError> {
-        crate::control::desired::desired(state, self).await
     }
 }
 
@@ -438,58 +428,6 @@ impl FakeHost {
         }
         Ok(changed)
     }
-
-    /// The published ports, bridge subnets and uplinks of `state`, as the
-    /// real computation would put them (endpoint routes and host addresses
-    /// are left out).
-    fn desired(&self, state: &State) -> Result<Desired, NatError> {
-        let h = self.get();
-        let mut d = Desired::default();
-        for ep in state.endpoints.values() {
-            let (Some(ip), Attachment::Veth { .. }) = (ep.ipv4, &ep.attachment) else {
-                continue;
-            };
-            for m in &ep.published {
-                d.ports.insert(
-                    PortKey {
-                        addr: m.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
-                        port: m.host_port.to_be_bytes(),
-                        proto: m.proto.number(),
-                        _pad: 0,
-                    },
-                    PortTarget {
-                        addr: ip.octets(),
-                        port: m.container_port.to_be_bytes(),
-                        _pad: [0; 2],
-                        stats_index: m.stats_index,
-                        _pad2: 0,
-                    },
-                );
-            }
-        }
-        for net in state.networks.values() {
-            if let Some(p) = driver::for_network(net).subnet_policy(net) {
-                let s = p.subnet;
-                d.subnets.insert(
-                    (s.network().octets(), u32::from(s.prefix_len())),
-                    (0, crate::control::desired::network_key(&net.id)),
-                );
-            }
-        }
-        for name in &state.uplinks {
-            let link = h
-                .by_name(name)
-                .ok_or_else(|| NatError::NoUplink(name.clone()))?;
-            let addr = h
-                .addrs
-                .iter()
-                .find(|(i, _, _)| *i == link.index)
-                .map(|(_, a, _)| a.octets())
-                .ok_or_else(|| NatError::NoUplinkAddr(name.clone()))?;
-            d.uplinks.insert(link.index, Uplink { addr, _pad: 0 });
-        }
-        Ok(d)
-    }
 }
 
 impl Host for FakeHost {
@@ -638,9 +576,6 @@ impl Host for FakeHost {
     fn enable_forwarding(&self) -> std::io::Result<()> {
         self.get().forwarding = true;
         Ok(())
-    }
-    async fn nat_desired(&self, state: &State) -> Result<Desired, NatError> {
-        self.desired(state)
     }
 }
 

@@ -447,7 +447,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
     /// difference is written; otherwise every map is reconciled in full.
     async fn sync_datapath(&mut self) -> Result<(), NetworkError> {
         let inputs = self.filter_inputs(&self.state.filters).await?;
-        let want = self.host.nat_desired(&self.state).await?;
+        let want = crate::control::desired::desired(&self.state, &self.host).await?;
         let last = self
             .applied
             .take()
