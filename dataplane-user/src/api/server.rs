@@ -117,7 +117,7 @@ async fn run(ctx: &Context, m: &mut Manager, req: Request) -> Result<Value, anyh
                 id: ep.id,
                 name: ep.name,
                 ipv4: ep.ipv4,
-                mac: ep.mac,
+                mac: ep.mac.map(|m| m.to_string()),
                 ifname: ep.ifname,
             })
         }

@@ -18,7 +18,6 @@ use crate::{
     control::{
         driver::{self, NetworkDriver as _},
         host::Host,
-        ipam,
         model::{Attachment, Endpoint},
         state::State,
     },
@@ -230,7 +229,7 @@ fn endpoints(state: &State, links: &[Link], sandbox: &BTreeMap<&str, u32>, d: &m
         if ep.netns.as_os_str().is_empty() {
             continue;
         }
-        let Some(mac) = ep.mac.as_deref().and_then(|m| ipam::parse_mac(m).ok()) else {
+        let Some(mac) = ep.mac.map(|m| m.octets()) else {
             continue;
         };
         let Some(gateway_mac) = link

@@ -40,7 +40,7 @@ pub fn network_json(state: &State, net: &Network) -> Value {
             json!({
                 "Name": ep.name,
                 "EndpointID": ep.id,
-                "MacAddress": ep.mac.clone().unwrap_or_default(),
+                "MacAddress": ep.mac.map(|m| m.to_string()).unwrap_or_default(),
                 "IPv4Address": ep.ipv4.map(|ip| format!("{ip}/{prefix}")).unwrap_or_default(),
                 "IPv6Address": "",
             }),

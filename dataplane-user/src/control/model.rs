@@ -7,7 +7,10 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use super::ipam::{self, IpamError};
+use super::{
+    ipam::{self, IpamError},
+    names::MacAddr,
+};
 
 /// Docker's predefined networks, which exist from the start and cannot be
 /// removed.
@@ -264,7 +267,7 @@ pub struct Endpoint {
     pub attachment: Attachment,
     /// Interface inside the namespace (eth0, eth1, ...).
     pub ifname: Option<String>,
-    pub mac: Option<String>,
+    pub mac: Option<MacAddr>,
     pub ipv4: Option<Ipv4Addr>,
     /// Published ports (bridge endpoints only).
     #[serde(default)]

@@ -1,9 +1,9 @@
 //! Typed names of the host's objects, checked once where they come in:
 //! interface names ([`IfName`], the kernel's `dev_valid_name`) and MAC
-//! addresses ([`MacAddr`]). Everything else that validates an interface
-//! name or parses a MAC should go through here (`network::model::
-//! valid_ifname` and `network::ipam::{parse_mac, format_mac}` are the ones
-//! left to move).
+//! addresses ([`MacAddr`], stored as such in the state and written as text
+//! on the wire). Everything that validates an interface name or parses a
+//! MAC goes through here; the control plane adds only its flag-naming
+//! refusals (`control::names`).
 
 use std::{fmt, str::FromStr};
 

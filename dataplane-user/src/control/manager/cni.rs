@@ -22,6 +22,7 @@ use crate::{
         host::Host,
         ipam,
         model::{Attachment, CreateArgs, CreateError, Endpoint, Network},
+        names::MacAddr,
         ports,
         state::CniAttachment,
     },
@@ -337,7 +338,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             endpoint: ep.name.clone(),
             network: ep.network.clone(),
             ifname: args.key.ifname.clone(),
-            mac: ep.mac.clone().unwrap_or_default(),
+            mac: ep.mac.map(|m| m.to_string()).unwrap_or_default(),
             ipv4,
             prefix_len: net.subnet.map(|s| s.prefix_len()).unwrap_or(32),
             gateway,
@@ -423,12 +424,13 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 if !link.up {
                     problems.push(format!("interface {ifname} is down"));
                 }
-                let mac = link.mac.map(|m| ipam::format_mac(&m));
+                let mac = link.mac.map(MacAddr);
                 if mac != ep.mac {
+                    let text = |m: Option<MacAddr>| m.map(|m| m.to_string()).unwrap_or_default();
                     problems.push(format!(
                         "interface {ifname} has MAC {}, the endpoint {}",
-                        mac.unwrap_or_default(),
-                        ep.mac.clone().unwrap_or_default()
+                        text(mac),
+                        text(ep.mac)
                     ));
                 }
                 if let Some((ip, len)) = want_addr {

@@ -22,6 +22,7 @@ use crate::{
         host::Host,
         ipam,
         model::{Attachment, CreateRequest, Endpoint, Network},
+        names::MacAddr,
         ports::{PortMapping, Proto},
     },
     datapath::Datapath,
@@ -199,7 +200,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             netns: PathBuf::new(),
             attachment: Attachment::Veth { host_ifname },
             ifname: None,
-            mac: Some(ipam::format_mac(&mac)),
+            mac: Some(MacAddr(mac)),
             ipv4: Some(ipv4),
             published: Vec::new(),
         };
@@ -242,9 +243,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 })?;
         let mac = ep
             .mac
-            .as_deref()
-            .map(ipam::parse_mac)
-            .transpose()?
+            .map(|m| m.octets())
             .unwrap_or_else(|| ipam::mac_for(ep.ipv4.unwrap_or(Ipv4Addr::UNSPECIFIED)));
         let (host_end, peer_end) = self
             .host

@@ -13,7 +13,7 @@ use crate::{
         host::Host,
         ipam,
         model::{Attachment, Endpoint, Network},
-        names::IfName,
+        names::{IfName, MacAddr},
     },
     datapath::Datapath,
 };
@@ -99,7 +99,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             netns,
             attachment,
             ifname: Some(ifname),
-            mac: Some(ipam::format_mac(&mac)),
+            mac: Some(MacAddr(mac)),
             ipv4: Some(ipv4),
             published,
         };

@@ -8,7 +8,6 @@ use crate::{
     control::{
         driver::{self, EndpointPlan, NetworkDriver as _},
         host::Host,
-        ipam,
         model::{Attachment, Endpoint},
     },
     datapath::Datapath,
@@ -128,7 +127,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 self.state.networks.get(&ep.network).cloned(),
                 ep.ipv4,
                 ep.ifname.clone(),
-                ep.mac.as_deref().and_then(|m| ipam::parse_mac(m).ok()),
+                ep.mac.map(|m| m.octets()),
                 &ep.attachment,
             ) else {
                 continue;

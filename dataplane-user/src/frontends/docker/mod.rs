@@ -151,7 +151,7 @@ async fn run(m: &mut Manager, call: Call) -> Result<Answer, DriverError> {
             Answer::CreateEndpoint(EndpointCreated {
                 // Docker refuses an answer that repeats what it set.
                 interface: (!given).then_some(EndpointInterface {
-                    mac_address: ep.mac,
+                    mac_address: ep.mac.map(|m| m.to_string()),
                 }),
             })
         }
@@ -230,7 +230,7 @@ fn oper_info(m: &Manager, network_id: &str, endpoint_id: &str) -> Result<Answer,
                 .iter()
                 .map(|p| PortBinding::new(p, ep.ipv4))
                 .collect(),
-            mac: ep.mac.clone(),
+            mac: ep.mac.map(|m| m.to_string()),
             network: ep.network.clone(),
             host_ifname,
         },
