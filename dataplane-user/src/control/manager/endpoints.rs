@@ -311,7 +311,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 endpoint: owner.id.clone(),
             },
             ifname: owner.ifname.clone(),
-            mac: owner.mac.clone(),
+            mac: owner.mac,
             ipv4: owner.ipv4,
             published: Vec::new(),
         };
