@@ -42,7 +42,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, LpmTrie, Map, MapData, MapError},
+    maps::{HashMap, LpmTrie, MapData, MapError},
     Pod,
 };
 use dataplane_common::{
@@ -66,6 +66,7 @@ use crate::{
     datapath::{
         bpffs::PinRoot,
         filter::{self, FilterError},
+        maps::MapsError,
         nat::{self, NatError},
         stats::{self, ReadError},
     },
@@ -104,6 +105,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
+    #[error(transparent)]
+    Maps(#[from] MapsError),
     #[error("map {map}")]
     Map {
         map: &'static str,
@@ -260,20 +263,6 @@ fn is_pinned(pins: &PinRoot, name: &str) -> bool {
     pins.map(name).try_exists().unwrap_or(true)
 }
 
-/// The pinned map and its size, or None when it is not pinned.
-fn open(pins: &PinRoot, name: &'static str) -> Result<Option<(Map, u32)>, MetricsError> {
-    let data = match MapData::from_pin(pins.map(name)) {
-        Ok(d) => d,
-        Err(MapError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
-            return Ok(None)
-        }
-        Err(e) => return Err(map_err(name)(e)),
-    };
-    let max = data.info().map_err(map_err(name))?.max_entries();
-    let map = Map::from_map_data(data).map_err(map_err(name))?;
-    Ok(Some((map, max)))
-}
-
 /// A map's fill level.
 #[derive(Clone, Copy)]
 struct Fill {
@@ -303,10 +292,11 @@ fn hash_fill<K: Pod, V: Pod>(
     pins: &PinRoot,
     name: &'static str,
 ) -> Result<Option<Fill>, MetricsError> {
-    let Some((map, max)) = open(pins, name)? else {
+    let Some((map, max)) =
+        crate::datapath::maps::open_if_pinned::<HashMap<MapData, K, V>>(pins, name)?
+    else {
         return Ok(None);
     };
-    let map: HashMap<MapData, K, V> = HashMap::try_from(map).map_err(map_err(name))?;
     let entries = count_keys(map.keys(), max, name)?;
     Ok(Some(Fill { entries, max }))
 }
@@ -316,10 +306,11 @@ fn lpm_fill<K: Pod, V: Pod>(
     pins: &PinRoot,
     name: &'static str,
 ) -> Result<Option<Fill>, MetricsError> {
-    let Some((map, max)) = open(pins, name)? else {
+    let Some((map, max)) =
+        crate::datapath::maps::open_if_pinned::<LpmTrie<MapData, K, V>>(pins, name)?
+    else {
         return Ok(None);
     };
-    let map: LpmTrie<MapData, K, V> = LpmTrie::try_from(map).map_err(map_err(name))?;
     let entries = count_keys(map.keys(), max, name)?;
     Ok(Some(Fill { entries, max }))
 }
@@ -349,10 +340,11 @@ fn scan_conntrack(
     name: &'static str,
     snat: &mut BTreeMap<Ipv4Addr, u64>,
 ) -> Result<Option<Fill>, MetricsError> {
-    let Some((map, max)) = open(pins, name)? else {
+    let Some((map, max)) =
+        crate::datapath::maps::open_if_pinned::<HashMap<MapData, CtKey, CtEntry>>(pins, name)?
+    else {
         return Ok(None);
     };
-    let map: HashMap<MapData, CtKey, CtEntry> = HashMap::try_from(map).map_err(map_err(name))?;
     let mut entries = 0u64;
     // Keys and values are read separately (rather than with `iter`, which
     // retries internally) so the whole walk stays bounded by `max` steps.
@@ -379,10 +371,11 @@ fn scan_conntrack(
 /// The uplinks' fill level and their masquerade addresses.
 fn scan_uplinks(pins: &PinRoot) -> Result<Option<(Fill, Vec<Ipv4Addr>)>, MetricsError> {
     let name = maps::UPLINKS;
-    let Some((map, max)) = open(pins, name)? else {
+    let Some((map, max)) =
+        crate::datapath::maps::open_if_pinned::<HashMap<MapData, u32, Uplink>>(pins, name)?
+    else {
         return Ok(None);
     };
-    let map: HashMap<MapData, u32, Uplink> = HashMap::try_from(map).map_err(map_err(name))?;
     let mut addrs = Vec::new();
     for key in map.keys().take(max as usize) {
         let key = key.map_err(map_err(name))?;
