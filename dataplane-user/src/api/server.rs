@@ -373,7 +373,9 @@ async fn handle(stream: UnixStream, ctx: &Context) -> anyhow::Result<()> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IfaceError {
-    #[error("interface {0:?}: not a valid interface name (1-15 bytes, no '/' or white space)")]
+    #[error(
+        "interface {0:?}: not a valid interface name (1-15 bytes, no '/', ':' or white space)"
+    )]
     Invalid(String),
     #[error("interface {0:?}: no such interface in this network namespace")]
     Missing(String),
@@ -382,11 +384,7 @@ pub enum IfaceError {
 /// A name the kernel would take that names an interface of this network
 /// namespace.
 pub fn check_iface(iface: &str) -> Result<(), IfaceError> {
-    if iface.is_empty()
-        || iface.len() > 15
-        || iface.contains(['/', '\0'])
-        || iface.contains(char::is_whitespace)
-    {
+    if crate::sys::names::ifname_problem(iface).is_some() {
         return Err(IfaceError::Invalid(iface.to_owned()));
     }
     let c = std::ffi::CString::new(iface).map_err(|_| IfaceError::Invalid(iface.to_owned()))?;

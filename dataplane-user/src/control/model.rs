@@ -297,7 +297,9 @@ pub enum CreateError {
     BadBool { key: String, value: String },
     #[error("{field} {value}: MTU must be a number from 68 to 65535")]
     BadMtu { field: String, value: String },
-    #[error("-o {key}={value}: not a valid interface name (1-15 bytes, no '/' or white space)")]
+    #[error(
+        "-o {key}={value}: not a valid interface name (1-15 bytes, no '/', ':' or white space)"
+    )]
     BadIfname { key: String, value: String },
     #[error("-o macvlan_mode={0}: expected bridge, private, vepa or passthru")]
     BadMacvlanMode(String),

@@ -127,7 +127,7 @@ pub enum NetworkError {
     DuplicateEndpoint { network: String, name: String },
     #[error("--ifname {ifname}: {netns} already has an interface of that name")]
     IfnameTaken { ifname: String, netns: String },
-    #[error("--ifname {0}: not a valid interface name (1-15 bytes, no '/' or white space)")]
+    #[error("--ifname {0}: not a valid interface name (1-15 bytes, no '/', ':' or white space)")]
     BadIfname(String),
     #[error("--name {0:?}: must start with a letter or digit and contain only [a-zA-Z0-9_.-]")]
     BadEndpointName(String),
