@@ -22,7 +22,9 @@ pub use self::{
     client::{call, Client},
     server::{accept_loop, bind, execute, serve, Context, IfaceError},
 };
-use crate::control::{cni, filter_rules::FilterArgs, manager::ConnectArgs, model::CreateArgs};
+use crate::control::{
+    cni, filter_rules::FilterArgs, manager::ConnectArgs, model::CreateArgs, ports::PublishSpec,
+};
 
 /// Where the agent listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/dataplane/dataplane.sock";
@@ -59,12 +61,12 @@ pub enum Request {
     PublishAdd {
         network: String,
         endpoint: String,
-        specs: Vec<String>,
+        specs: Vec<PublishSpec>,
     },
     PublishRm {
         network: String,
         endpoint: String,
-        specs: Vec<String>,
+        specs: Vec<PublishSpec>,
     },
     UplinkAdd {
         iface: String,

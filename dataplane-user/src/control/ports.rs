@@ -2,7 +2,7 @@
 //! parsed once into one mapping per port, and the conflict rules between
 //! mappings.
 
-use std::{fmt, net::Ipv4Addr};
+use std::{fmt, net::Ipv4Addr, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 
@@ -99,6 +99,51 @@ fn parse_range(spec: &str, what: &'static str, s: &str) -> Result<(u16, u16), Pu
         });
     }
     Ok((a, b))
+}
+
+/// One `--publish` value, parsed once where it comes in (clap, the API's
+/// JSON) and carried with its text: the wire keeps Docker's syntax.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PublishSpec {
+    text: String,
+    mappings: Vec<PortMapping>,
+}
+
+impl PublishSpec {
+    /// One mapping per port of the spec's range.
+    pub fn mappings(&self) -> &[PortMapping] {
+        &self.mappings
+    }
+}
+
+impl FromStr for PublishSpec {
+    type Err = PublishError;
+    fn from_str(text: &str) -> Result<PublishSpec, PublishError> {
+        Ok(PublishSpec {
+            text: text.to_owned(),
+            mappings: parse(text)?,
+        })
+    }
+}
+
+impl TryFrom<String> for PublishSpec {
+    type Error = PublishError;
+    fn try_from(text: String) -> Result<PublishSpec, PublishError> {
+        text.parse()
+    }
+}
+
+impl From<PublishSpec> for String {
+    fn from(spec: PublishSpec) -> String {
+        spec.text
+    }
+}
+
+impl fmt::Display for PublishSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 /// Parses one `--publish` value into its mappings (one per port of a range);

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use dataplane_user::{
     api::types::TcDirection,
     config::{AgentFlags, Setting, TimeoutFlags},
-    control::filter_rules::FilterArgs,
+    control::{filter_rules::FilterArgs, ports::PublishSpec},
 };
 
 #[derive(Parser)]
@@ -78,7 +78,7 @@ pub enum Command {
         /// Publish a port, Docker's syntax (repeatable):
         /// [HOSTIP:]HOSTPORT[-END]:CPORT[-END][/tcp|udp].
         #[arg(short = 'p', long = "publish")]
-        publish: Vec<String>,
+        publish: Vec<PublishSpec>,
     },
     /// Published ports of a live endpoint.
     Publish {
@@ -198,14 +198,14 @@ pub enum PublishCommand {
         /// Endpoint name, id, or namespace.
         endpoint: String,
         #[arg(required = true)]
-        specs: Vec<String>,
+        specs: Vec<PublishSpec>,
     },
     /// Stop publishing ports of an endpoint.
     Rm {
         network: String,
         endpoint: String,
         #[arg(required = true)]
-        specs: Vec<String>,
+        specs: Vec<PublishSpec>,
     },
 }
 

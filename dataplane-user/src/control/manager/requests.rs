@@ -9,7 +9,7 @@ use crate::control::{
     ipam,
     model::valid_name,
     names::{self, IfName, MacAddr},
-    ports::{self, PortMapping, PublishError},
+    ports::{self, PortMapping, PublishError, PublishSpec},
 };
 
 /// `connect` as the user typed it (the CLI's flags and the API's JSON).
@@ -24,7 +24,7 @@ pub struct ConnectArgs {
     pub name: Option<String>,
     pub ifname: Option<String>,
     /// `--publish` values, Docker's syntax.
-    pub publish: Vec<String>,
+    pub publish: Vec<PublishSpec>,
 }
 
 /// What a `connect` joins.
@@ -127,6 +127,18 @@ impl PublishSpecs for &[String] {
 }
 
 impl PublishSpecs for &Vec<String> {
+    fn mappings(self) -> Result<Vec<PortMapping>, PublishError> {
+        self.as_slice().mappings()
+    }
+}
+
+impl PublishSpecs for &[PublishSpec] {
+    fn mappings(self) -> Result<Vec<PortMapping>, PublishError> {
+        Ok(self.iter().flat_map(|s| s.mappings()).copied().collect())
+    }
+}
+
+impl PublishSpecs for &Vec<PublishSpec> {
     fn mappings(self) -> Result<Vec<PortMapping>, PublishError> {
         self.as_slice().mappings()
     }

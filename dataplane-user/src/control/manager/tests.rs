@@ -20,7 +20,7 @@ use crate::{
         filter_rules::FilterArgs,
         host::FakeHost,
         model::{Attachment, CreateArgs, Endpoint, Network},
-        ports::Proto,
+        ports::{Proto, PublishSpec},
         state::State,
     },
     datapath::RecordingDatapath,
@@ -589,7 +589,7 @@ async fn disconnect_removes_the_endpoint_and_purges_its_flows() {
     let dir = Dir::new();
     let mut m = with_net(&dir).await;
     let mut a = args("n1", "c1");
-    a.publish = vec!["8080:80".into()];
+    a.publish = vec!["8080:80".parse().unwrap()];
     let ep = connect(&mut m, a).await;
     let Attachment::Veth { host_ifname } = &ep.attachment else {
         panic!("{:?}", ep.attachment)
@@ -620,7 +620,7 @@ async fn publish_at_connect_and_later_reaches_the_ports_map() {
     let dir = Dir::new();
     let mut m = with_net(&dir).await;
     let mut a = args("n1", "c1");
-    a.publish = vec!["8080:80".into()];
+    a.publish = vec!["8080:80".parse().unwrap()];
     connect(&mut m, a).await;
     let added = m
         .publish_add("n1", "c1", &["9090-9091:90-91/tcp".into()])
@@ -642,7 +642,7 @@ async fn publish_refuses_a_port_another_endpoint_publishes() {
     let dir = Dir::new();
     let mut m = with_net(&dir).await;
     let mut a = args("n1", "c1");
-    a.publish = vec!["8080:80".into()];
+    a.publish = vec!["8080:80".parse().unwrap()];
     connect(&mut m, a).await;
     connect(&mut m, args("n1", "c2")).await;
     let before = snapshot(&m);
@@ -655,7 +655,7 @@ async fn publish_refuses_a_port_another_endpoint_publishes() {
     );
     let mut a = args("n1", "c2");
     a.name = Some("c3".into());
-    a.publish = vec!["8080:80".into()];
+    a.publish = vec!["8080:80".parse().unwrap()];
     m.host().add_netns("c3");
     let before = snapshot(&m);
     let r = m.connect(&args_with(a, "c3")).await;
@@ -701,7 +701,7 @@ async fn publish_rm_removes_and_refuses_what_is_not_published() {
     let dir = Dir::new();
     let mut m = with_net(&dir).await;
     let mut a = args("n1", "c1");
-    a.publish = vec!["8080:80".into(), "8081:81".into()];
+    a.publish = vec!["8080:80".parse().unwrap(), "8081:81".parse().unwrap()];
     connect(&mut m, a).await;
     let before = snapshot(&m);
     let r = m.publish_rm("n1", "c1", &["8082:82".into()]).await;
@@ -807,7 +807,7 @@ async fn populated(dir: &Dir) -> (FakeHost, Endpoint, String) {
     let mut m = with_net(dir).await;
     m.uplink_add("eth0").await.unwrap();
     let mut a = args("n1", "c1");
-    a.publish = vec!["8080:80".into()];
+    a.publish = vec!["8080:80".parse().unwrap()];
     let ep = connect(&mut m, a).await;
     let br = bridge_of(m.network("n1").unwrap());
     let (_, host) = m.into_parts();
@@ -909,7 +909,7 @@ fn connect_args_parse_once_and_name_the_field() {
         mac: Some("02:00:00:00:00:09".into()),
         name: Some("web".into()),
         ifname: Some("net1".into()),
-        publish: vec!["8080-8081:80-81/udp".into()],
+        publish: vec!["8080-8081:80-81/udp".parse().unwrap()],
     };
     let r = a.parse().unwrap();
     assert_eq!(r.network, ConnectTo::Network("n1".into()));
@@ -938,7 +938,12 @@ fn connect_args_parse_once_and_name_the_field() {
             "mac" => a.mac = Some(bad.into()),
             "ifname" => a.ifname = Some(bad.into()),
             "name" => a.name = Some(bad.into()),
-            _ => a.publish = vec![bad.into()],
+            _ => {
+                // A spec is parsed where it comes in (clap, the API's JSON).
+                let e = bad.parse::<PublishSpec>().unwrap_err().to_string();
+                assert!(e.contains(word), "{field}: {e}");
+                continue;
+            }
         }
         let e = a.parse().unwrap_err().to_string();
         assert!(e.contains(word), "{field}: {e}");
@@ -1107,7 +1112,7 @@ async fn docker_endpoint_lifecycle_publishes_typed_bindings() {
     // The first port of the range is someone else's: the next one.
     m.host().add_netns("c9");
     let mut other = args("bridge", "c9");
-    other.publish = vec![format!("{}:80", EPHEMERAL_PORTS.start())];
+    other.publish = vec![format!("{}:80", EPHEMERAL_PORTS.start()).parse().unwrap()];
     connect(&mut m, other).await;
     let got = m
         .docker_program_external(NID, EID, &[binding])
@@ -1146,7 +1151,7 @@ async fn a_failed_map_write_makes_the_next_change_reconcile_in_full() {
     let mut m = with_net(&dir).await;
     m.datapath_mut().fail.insert("apply_nat_changes");
     let mut a = args("n1", "c1");
-    a.publish = vec!["8080:80".into()];
+    a.publish = vec!["8080:80".parse().unwrap()];
     let e = m.connect(&a).await.unwrap_err();
     assert!(crate::sys::error_chain(&e).contains("injected"));
     // As today: the state is written before the maps (see `persist`), so
