@@ -52,19 +52,8 @@ impl NetworkDriver for Macvlan<'_> {
         Ok(Vec::new())
     }
 
-    /// Nothing to make; a parent missing after a restart fails the
-    /// endpoints' set-up, not the agent's start.
-    async fn restore<H: Host>(
-        &self,
-        _host: &H,
-        _net: &Network,
-    ) -> Result<Vec<String>, DriverError> {
-        Ok(Vec::new())
-    }
-
-    async fn remove<H: Host>(&self, _host: &H) -> Vec<String> {
-        Vec::new()
-    }
+    // `restore` and `remove` are the trait's no-ops: a parent missing after
+    // a restart fails the endpoints' set-up, not the agent's start.
 
     async fn setup_endpoint<H: Host>(
         &self,

@@ -94,28 +94,38 @@ pub trait NetworkDriver {
         false
     }
 
-    /// The driver's options in Docker's names (`network inspect`).
-    fn docker_options(&self, net: &Network) -> Map<String, Value>;
+    /// The driver's options in Docker's names (`network inspect`); none
+    /// unless the driver has some.
+    fn docker_options(&self, _net: &Network) -> Map<String, Value> {
+        Map::new()
+    }
 
     /// Makes (or checks) the network's kernel side at `network create`;
-    /// returns what it changed.
+    /// returns what it changed. A driver with no kernel side of its own
+    /// (`host`, `null`) makes nothing.
     fn create<H: Host>(
         &self,
-        host: &H,
-        net: &Network,
-    ) -> impl Future<Output = Result<Vec<String>, DriverError>> + Send;
+        _host: &H,
+        _net: &Network,
+    ) -> impl Future<Output = Result<Vec<String>, DriverError>> + Send {
+        async { Ok(Vec::new()) }
+    }
 
     /// Makes the kernel side match after a restart, adopting what the
     /// dataplane made before; returns what it changed.
     fn restore<H: Host>(
         &self,
-        host: &H,
-        net: &Network,
-    ) -> impl Future<Output = Result<Vec<String>, DriverError>> + Send;
+        _host: &H,
+        _net: &Network,
+    ) -> impl Future<Output = Result<Vec<String>, DriverError>> + Send {
+        async { Ok(Vec::new()) }
+    }
 
     /// Removes the network's kernel side. Best effort: every failure is
     /// returned, and what is already gone is not one.
-    fn remove<H: Host>(&self, host: &H) -> impl Future<Output = Vec<String>> + Send;
+    fn remove<H: Host>(&self, _host: &H) -> impl Future<Output = Vec<String>> + Send {
+        async { Vec::new() }
+    }
 
     /// Creates an endpoint's links and returns its attachment record.
     fn setup_endpoint<H: Host>(
