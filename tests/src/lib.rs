@@ -15,6 +15,7 @@
 //! process's [`run_id`], so parallel test binaries cannot collide.
 
 mod bpffs;
+pub mod cgroup;
 pub mod cli;
 pub mod cmd;
 pub mod cni;

@@ -14,20 +14,18 @@
 //! that cgroup and in the fake host's namespace.
 
 use std::{
-    fs, io,
+    fs,
     net::{Ipv4Addr, SocketAddr},
-    path::PathBuf,
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use dataplane_tests::{
+    cgroup::TestCgroup,
     cli::{self, Cli},
     cmd,
     netns::NetNs,
     topo::FakeHost,
     traffic::tcp_echo_server,
-    unique_name,
 };
 use dataplane_user::datapath::host_local;
 
@@ -37,38 +35,6 @@ const C1: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 2);
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 1);
 /// The client's bound port.
 const L: u16 = 41234;
-
-/// A cgroup v2 directory of the test's own, removed on drop (as in
-/// sock_addr.rs: every process put in it is a client the test waited for).
-struct TestCgroup {
-    path: PathBuf,
-}
-
-impl TestCgroup {
-    fn new() -> TestCgroup {
-        let mount = host_local::cgroup2_mount().expect("cgroup v2 mount");
-        let path = mount.join(unique_name("cg"));
-        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        TestCgroup { path }
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match fs::remove_dir(&self.path) {
-                Ok(()) => return,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
-                Err(e) if Instant::now() >= deadline => {
-                    eprintln!("TestCgroup drop: rmdir {}: {e}", self.path.display());
-                    return;
-                }
-                Err(_) => thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    }
-}
 
 /// Fields drop in order: the cgroup (its links go with the pins), the
 /// container, the fake host with the CLI's pins.

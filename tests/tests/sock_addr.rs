@@ -14,11 +14,10 @@
 
 use std::{
     collections::BTreeSet,
-    fs, io,
+    fs,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use aya::maps::{HashMap, Map, MapData};
@@ -28,11 +27,12 @@ use dataplane_common::{
     sock::SockRevNat,
 };
 use dataplane_tests::{
+    cgroup::TestCgroup,
     cmd, datapath,
     netns::NetNs,
     topo::{Container, FakeHost},
     traffic::{http_server, udp_echo_server},
-    unique_name, BpffsDir,
+    BpffsDir,
 };
 use dataplane_user::datapath::{
     ebpf::Dataplane,
@@ -48,41 +48,6 @@ const CONTAINER_CIDR: &str = "10.90.0.2/24";
 const BODY: &str = "hello from the container";
 /// curl's "Couldn't connect to server".
 const CURL_COULDNT_CONNECT: i32 = 7;
-
-/// A cgroup v2 directory named `dpt-<run>-<n>-cg` under the v2 mount,
-/// removed on drop. Nothing is moved back: every process put in it is a
-/// client this test waited for, and a cgroup can only be removed once empty.
-struct TestCgroup {
-    path: PathBuf,
-}
-
-impl TestCgroup {
-    fn new() -> TestCgroup {
-        let mount = host_local::cgroup2_mount().expect("cgroup v2 mount");
-        let path = mount.join(unique_name("cg"));
-        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        TestCgroup { path }
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        // A reaped process has left the cgroup, but its removal from the
-        // cgroup's count can lag a moment behind wait(): retry briefly.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match fs::remove_dir(&self.path) {
-                Ok(()) => return,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
-                Err(e) if Instant::now() >= deadline => {
-                    eprintln!("TestCgroup drop: rmdir {}: {e}", self.path.display());
-                    return;
-                }
-                Err(_) => thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    }
-}
 
 /// A fake host with one container on a bridge, the programs attached to a
 /// test cgroup, and the host's uplink address in `DP_HOST_ADDRS`. Fields drop
