@@ -97,13 +97,15 @@ impl From<PortMapping> for PortRequest {
 }
 
 impl fmt::Display for PortRequest {
+    /// A fixed port as its mapping (`0.0.0.0:8080->80/tcp`), a choice in
     /// Docker's syntax: `0.0.0.0:8000-8010:80/tcp`, `127.0.0.1::80/udp`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(m) = self.fixed() {
+            return m.fmt(f);
+        }
         write!(f, "{}:", self.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED))?;
-        match self.host_ports {
-            Some((a, b)) if a == b => write!(f, "{a}")?,
-            Some((a, b)) => write!(f, "{a}-{b}")?,
-            None => {}
+        if let Some((a, b)) = self.host_ports {
+            write!(f, "{a}-{b}")?;
         }
         write!(f, ":{}/{}", self.container_port, self.proto.name())
     }

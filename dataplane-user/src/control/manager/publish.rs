@@ -286,7 +286,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 .iter()
                 .find(|p| r.matches(p) && !remove.contains(p))
                 .ok_or_else(|| NetworkError::NotPublished {
-                    mapping: r.fixed().map_or_else(|| r.to_string(), |m| m.to_string()),
+                    mapping: r.to_string(),
                     endpoint: ep.name.clone(),
                 })?;
             remove.push(*found);
