@@ -201,9 +201,9 @@ fn host_ip_bound_ports_and_duplicates() {
     assert!(e.contains("this command already publishes"), "{e}");
     let e = s
         .cli
-        .fail(&["connect", "bridge", b.name(), "-p", "80"])
+        .fail(&["connect", "bridge", b.name(), "-p", ":80"])
         .expect("malformed");
-    assert!(e.contains("--publish 80: expected"), "{e}");
+    assert!(e.contains("--publish :80: expected"), "{e}");
     assert_eq!(
         s.cli.json(&["nat", "ls", "--format", "json"]).expect("nat"),
         before

@@ -3,13 +3,15 @@
 //! (a bridge, a veth on it, a macvlan child, loopback) and an endpoint's
 //! teardown, namespaces by path, the forwarding sysctl, and
 //! what the NAT maps should hold given the host's links. The real one is
-//! [`Netlink`] (the host namespace's rtnetlink connection); [`FakeHost`]
+//! [`Netlink`] (the host namespace's rtnetlink connection, with procfs for
+//! the host's own sockets and ephemeral port range); [`FakeHost`]
 //! keeps a host in memory for tests that run without root.
 
 use std::{
     collections::BTreeMap,
     future::Future,
     net::Ipv4Addr,
+    ops::RangeInclusive,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::{Mutex, MutexGuard},
@@ -21,7 +23,10 @@ use super::{
     driver::{self, BridgeError, DriverError, EndpointPlan},
     model::{Attachment, MacvlanConfig},
 };
-use crate::sys::netlink::{Ipv4Route, Link, Netlink, NetlinkError};
+use crate::sys::{
+    netlink::{Ipv4Route, Link, Netlink, NetlinkError},
+    sockets::{self, HeldPort},
+};
 
 /// Identity of a namespace file (device, inode): two paths to one
 /// namespace agree.
@@ -127,6 +132,12 @@ pub trait Host: Send + Sync {
     fn netns_id(&self, path: &Path) -> Option<NetnsId>;
     /// Turns on IPv4 forwarding in the host namespace.
     fn enable_forwarding(&self) -> std::io::Result<()>;
+    /// Host sockets holding IPv4 ports: listening TCP, bound UDP.
+    fn held_ports(&self) -> std::io::Result<Vec<HeldPort>>;
+    /// `name (pid N)` of the process holding the socket with this inode.
+    fn socket_owner(&self, inode: u64) -> Option<String>;
+    /// Where a port published without a host port is picked from.
+    fn ephemeral_ports(&self) -> RangeInclusive<u16>;
 }
 
 impl Host for Netlink {
@@ -236,6 +247,15 @@ impl Host for Netlink {
             _ => std::fs::write(path, "1"),
         }
     }
+    fn held_ports(&self) -> std::io::Result<Vec<HeldPort>> {
+        sockets::held_ports()
+    }
+    fn socket_owner(&self, inode: u64) -> Option<String> {
+        sockets::socket_owner(inode)
+    }
+    fn ephemeral_ports(&self) -> RangeInclusive<u16> {
+        sockets::ephemeral_ports()
+    }
 }
 
 /// A host in memory: links, addresses and routes of the host namespace,
@@ -258,6 +278,10 @@ pub struct FakeInner {
     pub forwarding: bool,
     /// Set, endpoint set-up fails with this message (as a vanished link).
     pub fail_setup: Option<String>,
+    /// Host sockets holding ports, with the process each names.
+    pub held: Vec<(HeldPort, String)>,
+    /// The ephemeral range; None: [`sockets::FALLBACK_EPHEMERAL_PORTS`].
+    pub ephemeral: Option<RangeInclusive<u16>>,
     next_index: u32,
     next_ino: u64,
 }
@@ -328,6 +352,27 @@ impl FakeHost {
             });
         }
         host
+    }
+
+    /// A host process listening on (or, for UDP, bound to) `ip:port`.
+    pub fn hold_port(
+        &self,
+        proto: super::ports::Proto,
+        ip: Option<Ipv4Addr>,
+        port: u16,
+        who: &str,
+    ) {
+        let mut h = self.get();
+        let inode = 1000 + h.held.len() as u64;
+        h.held.push((
+            HeldPort {
+                tcp: proto == super::ports::Proto::Tcp,
+                ip,
+                port,
+                inode,
+            },
+            who.to_owned(),
+        ));
     }
 
     pub fn get(&self) -> MutexGuard<'_, FakeInner> {
@@ -576,6 +621,22 @@ impl Host for FakeHost {
     fn enable_forwarding(&self) -> std::io::Result<()> {
         self.get().forwarding = true;
         Ok(())
+    }
+    fn held_ports(&self) -> std::io::Result<Vec<HeldPort>> {
+        Ok(self.get().held.iter().map(|(h, _)| h.clone()).collect())
+    }
+    fn socket_owner(&self, inode: u64) -> Option<String> {
+        let h = self.get();
+        h.held
+            .iter()
+            .find(|(s, _)| s.inode == inode)
+            .map(|(_, who)| who.clone())
+    }
+    fn ephemeral_ports(&self) -> RangeInclusive<u16> {
+        self.get()
+            .ephemeral
+            .clone()
+            .unwrap_or(sockets::FALLBACK_EPHEMERAL_PORTS)
     }
 }
 

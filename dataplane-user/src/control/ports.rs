@@ -1,6 +1,8 @@
-//! Published ports: Docker's `-p [HOSTIP:]HOSTPORT[-END]:CPORT[-END][/tcp|udp]`
-//! parsed once into one mapping per port, and the conflict rules between
-//! mappings.
+//! Published ports: Docker's `-p [[HOSTIP:][HOSTPORT[-END]]:]CPORT[-END][/tcp|udp]`
+//! parsed once into one [`PortRequest`] per container port (what the user
+//! asked for: a fixed host port, a range to pick one from, or any free
+//! one), the concrete [`PortMapping`] the manager chooses for it, and the
+//! conflict rules between mappings.
 
 use std::{fmt, net::Ipv4Addr, str::FromStr};
 
@@ -37,6 +39,78 @@ impl PortMapping {
     }
 }
 
+/// One container port to publish, as asked: the host port is fixed, one
+/// of a range, or any free one (Docker's ephemeral ports). The manager
+/// turns it into a [`PortMapping`] with a concrete port, which is what the
+/// state keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortRequest {
+    /// None: every host address (Docker's 0.0.0.0).
+    pub host_ip: Option<Ipv4Addr>,
+    /// The host ports to pick the first free one from; None: any free
+    /// port of the host's ephemeral range.
+    pub host_ports: Option<(u16, u16)>,
+    pub container_port: u16,
+    pub proto: Proto,
+}
+
+impl PortRequest {
+    /// The mapping when the host port is fixed.
+    pub fn fixed(&self) -> Option<PortMapping> {
+        match self.host_ports {
+            Some((a, b)) if a == b => Some(self.at(a)),
+            _ => None,
+        }
+    }
+
+    /// The mapping of this request on host port `port`.
+    pub fn at(&self, port: u16) -> PortMapping {
+        PortMapping {
+            host_ip: self.host_ip,
+            host_port: port,
+            container_port: self.container_port,
+            proto: self.proto,
+            stats_index: 0,
+        }
+    }
+
+    /// Whether `m` is what this request was given (`publish rm`, CNI
+    /// CHECK): same address, protocol and container port, the host port
+    /// one the request allows.
+    pub fn matches(&self, m: &PortMapping) -> bool {
+        (self.host_ip, self.container_port, self.proto) == (m.host_ip, m.container_port, m.proto)
+            && self
+                .host_ports
+                .is_none_or(|(a, b)| (a..=b).contains(&m.host_port))
+    }
+}
+
+impl From<PortMapping> for PortRequest {
+    fn from(m: PortMapping) -> PortRequest {
+        PortRequest {
+            host_ip: m.host_ip,
+            host_ports: Some((m.host_port, m.host_port)),
+            container_port: m.container_port,
+            proto: m.proto,
+        }
+    }
+}
+
+impl fmt::Display for PortRequest {
+    /// A fixed port as its mapping (`0.0.0.0:8080->80/tcp`), a choice in
+    /// Docker's syntax: `0.0.0.0:8000-8010:80/tcp`, `127.0.0.1::80/udp`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(m) = self.fixed() {
+            return m.fmt(f);
+        }
+        write!(f, "{}:", self.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED))?;
+        if let Some((a, b)) = self.host_ports {
+            write!(f, "{a}-{b}")?;
+        }
+        write!(f, ":{}/{}", self.container_port, self.proto.name())
+    }
+}
+
 impl fmt::Display for PortMapping {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -51,7 +125,7 @@ impl fmt::Display for PortMapping {
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PublishError {
-    #[error("--publish {spec}: expected [HOSTIP:]HOSTPORT[-END]:CPORT[-END][/tcp|udp]")]
+    #[error("--publish {spec}: expected [[HOSTIP:][HOSTPORT[-END]]:]CPORT[-END][/tcp|udp]")]
     Syntax { spec: String },
     #[error("--publish {spec}: {what} {value:?} is not a port number from 1 to 65535")]
     Port {
@@ -65,7 +139,7 @@ pub enum PublishError {
     Proto { spec: String, value: String },
     #[error("--publish {spec}: range {range} runs backwards")]
     Backwards { spec: String, range: String },
-    #[error("--publish {spec}: host range and container range differ in size ({host} and {container} ports)")]
+    #[error("--publish {spec}: host range and container range differ in size ({host} and {container} ports; a host range with one container port picks one)")]
     RangeSize {
         spec: String,
         host: u32,
@@ -107,12 +181,12 @@ fn parse_range(spec: &str, what: &'static str, s: &str) -> Result<(u16, u16), Pu
 #[serde(try_from = "String", into = "String")]
 pub struct PublishSpec {
     text: String,
-    mappings: Vec<PortMapping>,
+    mappings: Vec<PortRequest>,
 }
 
 impl PublishSpec {
-    /// One mapping per port of the spec's range.
-    pub fn mappings(&self) -> &[PortMapping] {
+    /// One request per container port of the spec's range.
+    pub fn mappings(&self) -> &[PortRequest] {
         &self.mappings
     }
 }
@@ -146,9 +220,11 @@ impl fmt::Display for PublishSpec {
     }
 }
 
-/// Parses one `--publish` value into its mappings (one per port of a range);
-/// `stats_index` is left 0 for the caller to assign.
-pub fn parse(spec: &str) -> Result<Vec<PortMapping>, PublishError> {
+/// Parses one `--publish` value into one request per container port.
+/// Docker's forms: `CPORT` and `HOSTIP::CPORT` (any free host port),
+/// `HOSTPORT:CPORT`, equal-size ranges (port by port), and a host range
+/// with one container port (the first free port of the range).
+pub fn parse(spec: &str) -> Result<Vec<PortRequest>, PublishError> {
     let syntax = || PublishError::Syntax {
         spec: spec.to_owned(),
     };
@@ -165,7 +241,8 @@ pub fn parse(spec: &str) -> Result<Vec<PortMapping>, PublishError> {
     };
     let parts: Vec<&str> = rest.split(':').collect();
     let (host_ip, host, container) = match parts.as_slice() {
-        [h, c] => (None, *h, *c),
+        [c] => (None, "", *c),
+        [h, c] if !h.is_empty() => (None, *h, *c),
         [ip, h, c] => {
             let ip: Ipv4Addr = ip.parse().map_err(|_| PublishError::HostIp {
                 spec: spec.to_owned(),
@@ -175,8 +252,20 @@ pub fn parse(spec: &str) -> Result<Vec<PortMapping>, PublishError> {
         }
         _ => return Err(syntax()),
     };
-    let (h0, h1) = parse_range(spec, "host port", host)?;
     let (c0, c1) = parse_range(spec, "container port", container)?;
+    let request = |host_ports, container_port| PortRequest {
+        host_ip,
+        host_ports,
+        container_port,
+        proto,
+    };
+    if host.is_empty() {
+        return Ok((c0..=c1).map(|c| request(None, c)).collect());
+    }
+    let (h0, h1) = parse_range(spec, "host port", host)?;
+    if c0 == c1 {
+        return Ok(vec![request(Some((h0, h1)), c0)]);
+    }
     let (hn, cn) = (u32::from(h1 - h0) + 1, u32::from(c1 - c0) + 1);
     if hn != cn {
         return Err(PublishError::RangeSize {
@@ -186,13 +275,7 @@ pub fn parse(spec: &str) -> Result<Vec<PortMapping>, PublishError> {
         });
     }
     Ok((0..=(h1 - h0))
-        .map(|i| PortMapping {
-            host_ip,
-            host_port: h0 + i,
-            container_port: c0 + i,
-            proto,
-            stats_index: 0,
-        })
+        .map(|i| request(Some((h0 + i, h0 + i)), c0 + i))
         .collect())
 }
 
@@ -207,11 +290,11 @@ mod tests {
         assert_eq!(
             (
                 m[0].host_ip,
-                m[0].host_port,
+                m[0].host_ports,
                 m[0].container_port,
                 m[0].proto
             ),
-            (None, 8080, 80, Proto::Tcp)
+            (None, Some((8080, 8080)), 80, Proto::Tcp)
         );
         let m = parse("127.0.0.1:8081:80/udp").unwrap();
         assert_eq!(
@@ -221,24 +304,45 @@ mod tests {
         let m = parse("0.0.0.0:9000-9002:7000-7002").unwrap();
         assert_eq!(
             m.iter()
-                .map(|m| (m.host_port, m.container_port))
+                .map(|m| (m.host_ports, m.container_port))
                 .collect::<Vec<_>>(),
-            vec![(9000, 7000), (9001, 7001), (9002, 7002)]
+            vec![
+                (Some((9000, 9000)), 7000),
+                (Some((9001, 9001)), 7001),
+                (Some((9002, 9002)), 7002)
+            ]
         );
         assert_eq!(m[0].host_ip, None);
-        assert_eq!(m[0].to_string(), "0.0.0.0:9000->7000/tcp");
+        assert_eq!(m[0].fixed().unwrap().to_string(), "0.0.0.0:9000->7000/tcp");
+    }
+
+    #[test]
+    fn ephemeral_and_pick_one_forms_parse() {
+        let any = |spec: &str| parse(spec).unwrap()[0];
+        assert_eq!(any("80").host_ports, None);
+        assert_eq!(any("80").to_string(), "0.0.0.0::80/tcp");
+        let m = any("127.0.0.1::80");
+        assert_eq!((m.host_ip, m.host_ports), (Some(Ipv4Addr::LOCALHOST), None));
+        assert_eq!(any("80/udp").proto, Proto::Udp);
+        assert_eq!(parse("80-82").unwrap().len(), 3, "one per container port");
+        let m = parse("8000-8010:80").unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].host_ports, m[0].fixed()), (Some((8000, 8010)), None));
+        assert_eq!(m[0].to_string(), "0.0.0.0:8000-8010:80/tcp");
+        assert!(m[0].matches(&m[0].at(8004)) && !m[0].matches(&m[0].at(8011)));
     }
 
     #[test]
     fn bad_specs_name_the_problem() {
         for (spec, needle) in [
-            ("80", "expected [HOSTIP:]"),
+            (":80", "expected [[HOSTIP:]"),
+            ("1:2:3:4", "expected [[HOSTIP:]"),
             ("8080:0", "container port \"0\""),
             ("70000:80", "host port \"70000\""),
             ("1.2.3:8080:80", "\"1.2.3\" is not an IPv4 address"),
             ("8080:80/sctp", "protocol \"sctp\""),
             ("9002-9000:80-82", "runs backwards"),
-            ("9000-9002:80", "differ in size (3 and 1 ports)"),
+            ("9000-9002:80-81", "differ in size (3 and 2 ports"),
         ] {
             let e = parse(spec).unwrap_err().to_string();
             assert!(e.contains(needle), "{spec}: {e}");
@@ -247,10 +351,11 @@ mod tests {
 
     #[test]
     fn conflicts_follow_the_wildcard() {
-        let a = parse("8080:80").unwrap()[0];
-        let b = parse("127.0.0.1:8080:81").unwrap()[0];
-        let c = parse("10.0.0.1:8080:81").unwrap()[0];
-        let d = parse("8080:80/udp").unwrap()[0];
+        let one = |spec: &str| parse(spec).unwrap()[0].fixed().unwrap();
+        let a = one("8080:80");
+        let b = one("127.0.0.1:8080:81");
+        let c = one("10.0.0.1:8080:81");
+        let d = one("8080:80/udp");
         assert!(a.conflicts(&b) && b.conflicts(&a));
         assert!(!b.conflicts(&c));
         assert!(!a.conflicts(&d));

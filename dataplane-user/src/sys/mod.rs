@@ -1,10 +1,12 @@
 //! The host below the dataplane: links, addresses and routes over rtnetlink
 //! ([`netlink`]), network namespaces ([`netns`]) and the typed names of
-//! interfaces and MAC addresses ([`names`]).
+//! interfaces and MAC addresses ([`names`]), and the host's own sockets and
+//! ephemeral port range from procfs ([`sockets`]).
 
 pub mod names;
 pub mod netlink;
 pub mod netns;
+pub mod sockets;
 
 /// An error and its sources on one line, `outer: inner: innermost`: how the
 /// agent reports an error to a client that sees only text (the API, the

@@ -76,7 +76,9 @@ pub enum Command {
         #[arg(long)]
         ifname: Option<String>,
         /// Publish a port, Docker's syntax (repeatable):
-        /// [HOSTIP:]HOSTPORT[-END]:CPORT[-END][/tcp|udp].
+        /// [[HOSTIP:][HOSTPORT[-END]]:]CPORT[-END][/tcp|udp]; no host port
+        /// picks a free one of the host's ephemeral range, a host range
+        /// with one container port its first free port.
         #[arg(short = 'p', long = "publish")]
         publish: Vec<PublishSpec>,
     },

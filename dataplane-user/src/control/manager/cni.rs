@@ -508,17 +508,15 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 Err(e) => problems.push(e.to_string()),
             }
         }
-        let same = |a: &ports::PortMapping, b: &ports::PortMapping| {
-            (a.host_ip, a.host_port, a.container_port, a.proto)
-                == (b.host_ip, b.host_port, b.container_port, b.proto)
-        };
+        // A request with no or a range of host ports matches the port
+        // it was given.
         for w in &wanted {
-            if !ep.published.iter().any(|p| same(p, w)) {
+            if !ep.published.iter().any(|p| w.matches(p)) {
                 problems.push(format!("port mapping {w} is not published"));
             }
         }
         for p in &ep.published {
-            if !wanted.iter().any(|w| same(p, w)) {
+            if !wanted.iter().any(|w| w.matches(p)) {
                 problems.push(format!(
                     "port mapping {p} is published but the runtime no longer asks for it"
                 ));

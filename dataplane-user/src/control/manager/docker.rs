@@ -15,7 +15,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{publish::PortHolders, Manager, NetworkError};
+use super::{publish::Refused, Manager, NetworkError};
+/// Docker's range for ports published without a host port (`-p 80`) when
+/// the kernel's `ip_local_port_range` cannot be read; the range used is
+/// the host's ([`Host::ephemeral_ports`]).
+pub use crate::sys::sockets::FALLBACK_EPHEMERAL_PORTS as EPHEMERAL_PORTS;
 use crate::{
     control::{
         driver::{self, DriverError, NetworkDriver as _},
@@ -23,14 +27,10 @@ use crate::{
         ipam,
         model::{Attachment, CreateRequest, Endpoint, Network},
         names::MacAddr,
-        ports::{PortMapping, Proto},
+        ports::{PortMapping, PortRequest, Proto},
     },
     datapath::Datapath,
 };
-
-/// Docker's default range for ports published without a host port
-/// (`-p 80`), as its port allocator uses.
-pub const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49153..=65535;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerOpError {
@@ -52,12 +52,8 @@ pub enum DockerOpError {
     IfnameTaken { endpoint: String, ifname: String },
     #[error("EndpointID {0}: not a veth endpoint")]
     NotVeth(String),
-    #[error("com.docker.network.portmap {binding}: every host port of the range is taken ({holder} publishes {existing})")]
-    PortsTaken {
-        binding: String,
-        holder: String,
-        existing: String,
-    },
+    #[error("com.docker.network.portmap {binding}: every host port of the range is taken (the last one tried: {last})")]
+    PortsTaken { binding: String, last: String },
 }
 
 /// One entry of Docker's `com.docker.network.portmap`, typed.
@@ -71,6 +67,20 @@ pub struct DockerPortBinding {
     /// Equal to `host_port` unless Docker was given a range to pick from.
     pub host_port_end: u16,
     pub container_port: u16,
+}
+
+impl DockerPortBinding {
+    /// The binding as a `--publish` request: host port 0 is any free one.
+    pub fn request(&self) -> PortRequest {
+        PortRequest {
+            // 0.0.0.0 is every address, as `--publish` has it.
+            host_ip: self.host_ip.filter(|ip| !ip.is_unspecified()),
+            host_ports: (self.host_port != 0)
+                .then_some((self.host_port, self.host_port_end.max(self.host_port))),
+            container_port: self.container_port,
+            proto: self.proto,
+        }
+    }
 }
 
 impl std::fmt::Display for DockerPortBinding {
@@ -304,7 +314,8 @@ impl<D: Datapath, H: Host> Manager<D, H> {
     /// ProgramExternalConnectivity: the endpoint publishes exactly
     /// `bindings` (replacing what it published). A binding with a host port
     /// range or no host port gets the first free port of the range (of
-    /// [`EPHEMERAL_PORTS`]), as Docker's port allocator does.
+    /// the host's ephemeral range), as Docker's port allocator does: the
+    /// one allocator of `--publish` ([`Manager::choose_ports`]).
     pub async fn docker_program_external(
         &mut self,
         network_id: &str,
@@ -313,62 +324,18 @@ impl<D: Datapath, H: Host> Manager<D, H> {
     ) -> Result<Vec<PortMapping>, NetworkError> {
         let ep = self.docker_endpoint(network_id, endpoint_id)?.clone();
         // This endpoint's mappings are being replaced: no conflict.
-        let ranges = bindings
-            .iter()
-            .any(|b| b.host_port == 0 || b.host_port_end > b.host_port);
-        let holders = PortHolders::new(&self.state, &ep.published, ranges || bindings.len() > 8);
-        let mut chosen: Vec<PortMapping> = Vec::new();
-        for b in bindings {
-            let range = if b.host_port == 0 {
-                EPHEMERAL_PORTS
-            } else {
-                b.host_port..=b.host_port_end.max(b.host_port)
-            };
-            let mut last_conflict = None;
-            let mut found = None;
-            for port in range {
-                let m = PortMapping {
-                    // 0.0.0.0 is every address, as `--publish` has it.
-                    host_ip: b.host_ip.filter(|ip| !ip.is_unspecified()),
-                    host_port: port,
-                    container_port: b.container_port,
-                    proto: b.proto,
-                    stats_index: 0,
-                };
-                let holder = chosen
-                    .iter()
-                    .find(|c| c.conflicts(&m))
-                    .map(|c| ("this container".to_owned(), c.to_string()))
-                    .or_else(|| {
-                        holders.find(&m).map(|(p, e)| {
-                            (
-                                format!("endpoint {} on network {}", e.name, e.network),
-                                p.to_string(),
-                            )
-                        })
-                    });
-                match holder {
-                    Some(h) => last_conflict = Some(h),
-                    None => {
-                        found = Some(m);
-                        break;
-                    }
+        let wanted: Vec<PortRequest> = bindings.iter().map(DockerPortBinding::request).collect();
+        let chosen = match self.choose_ports(&wanted, &ep.published)? {
+            Ok(chosen) => chosen,
+            Err(Refused { index, holder }) => {
+                return Err(DockerOpError::PortsTaken {
+                    binding: bindings[index].to_string(),
+                    last: self.holder_text(&holder),
                 }
+                .into());
             }
-            match found {
-                Some(m) => chosen.push(m),
-                None => {
-                    let (holder, existing) = last_conflict.unwrap_or_default();
-                    return Err(DockerOpError::PortsTaken {
-                        binding: b.to_string(),
-                        holder,
-                        existing,
-                    }
-                    .into());
-                }
-            }
-        }
-        let mappings = self.new_mappings(&chosen, &ep.published)?;
+        };
+        let mappings = self.claim_slots(chosen)?;
         self.change(|state| {
             if let Some(e) = state.endpoints.get_mut(&ep.id) {
                 e.published = mappings.clone();

@@ -82,6 +82,22 @@ pub enum NetworkError {
         holder: String,
         existing: String,
     },
+    #[error(
+        "--publish {mapping}: {socket} is in use on the host by {process}; nothing was published"
+    )]
+    HostPortInUse {
+        mapping: String,
+        socket: String,
+        process: String,
+    },
+    #[error("--publish {request}: no free host port in {range} (the last one tried: {last})")]
+    NoFreePort {
+        request: String,
+        range: String,
+        last: String,
+    },
+    #[error("reading the host's sockets (/proc/self/net) to find a free port: {0}")]
+    HostSockets(std::io::Error),
     #[error("--publish {mapping}: endpoint {endpoint} does not publish it")]
     NotPublished { mapping: String, endpoint: String },
     #[error("uplink {0}: no such interface in the host namespace")]

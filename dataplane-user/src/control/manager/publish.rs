@@ -1,17 +1,20 @@
-//! Published ports: checked against each other and every endpoint's, given
-//! counter slots, added to and removed from live endpoints.
+//! Published ports: the one port allocator (a request's host port, fixed,
+//! one of a range or any free ephemeral one, checked against the other
+//! requests, every endpoint's mappings and the host's own sockets), counter
+//! slots, and mappings added to and removed from live endpoints.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, ops::RangeInclusive};
 
 use super::{Manager, NetworkError, PublishSpecs};
 use crate::{
     control::{
         host::Host,
         model::{Attachment, Endpoint},
-        ports::{PortMapping, Proto},
+        ports::{PortMapping, PortRequest, Proto},
         state::State,
     },
     datapath::Datapath,
+    sys::sockets::HeldPort,
 };
 
 /// Who publishes each (protocol, host port) now, apart from `except`
@@ -68,40 +71,159 @@ impl<'a> PortHolders<'a> {
     }
 }
 
+/// What holds a host port a request wanted.
+#[derive(Clone, Debug)]
+pub(super) enum Holder {
+    /// Another mapping: of an endpoint (`by` names it) or of the same
+    /// request.
+    Mapping { by: String, existing: PortMapping },
+    /// A host socket: a listening TCP one or a bound UDP one.
+    Socket(HeldPort),
+}
+
+/// Host sockets by (tcp, port).
+type HeldIndex = HashMap<(bool, u16), Vec<HeldPort>>;
+
+/// Whether a host socket takes the packets `m` would claim: same
+/// protocol and port, and either side on every address or both on one.
+fn held_by(held: &HeldIndex, m: &PortMapping) -> Option<HeldPort> {
+    held.get(&(m.proto == Proto::Tcp, m.host_port))?
+        .iter()
+        .find(|h| h.ip.is_none() || m.host_ip.is_none() || h.ip == m.host_ip)
+        .cloned()
+}
+
+/// A request could not get a host port: the index of the request, and
+/// what holds the (last) port it tried.
+pub(super) struct Refused {
+    pub index: usize,
+    pub holder: Holder,
+}
+
 impl<D: Datapath, H: Host> Manager<D, H> {
-    /// Checks `wanted` against each other and every existing mapping
-    /// (`except`: mappings about to be replaced); assigns counter slots,
-    /// zeroing their old counts.
+    /// The one port allocator: a concrete mapping for each request, the
+    /// first port of its candidates (the fixed one, its range, or the
+    /// host's ephemeral range) that no other request of the call, no
+    /// endpoint's mapping (but `except`, about to be replaced) and no host
+    /// socket holds. Stats slots are left 0 (see [`Self::claim_slots`]).
+    pub(super) fn choose_ports(
+        &self,
+        wanted: &[PortRequest],
+        except: &[PortMapping],
+    ) -> Result<Result<Vec<PortMapping>, Refused>, NetworkError> {
+        if wanted.is_empty() {
+            return Ok(Ok(Vec::new()));
+        }
+        let picks = wanted.iter().any(|r| r.fixed().is_none());
+        let holders = PortHolders::new(&self.state, except, picks || wanted.len() > 8);
+        let mut held: HeldIndex = HashMap::new();
+        for h in self.host.held_ports().map_err(NetworkError::HostSockets)? {
+            held.entry((h.tcp, h.port)).or_default().push(h);
+        }
+        let ephemeral = self.host.ephemeral_ports();
+        let mut out: Vec<PortMapping> = Vec::new();
+        for (index, r) in wanted.iter().enumerate() {
+            let mut last = None;
+            for port in candidates(r, &ephemeral) {
+                let m = r.at(port);
+                let holder = out
+                    .iter()
+                    .find(|o| o.conflicts(&m))
+                    .map(|o| Holder::Mapping {
+                        by: "this command".into(),
+                        existing: *o,
+                    })
+                    .or_else(|| {
+                        holders.find(&m).map(|(p, ep)| Holder::Mapping {
+                            by: format!("endpoint {} on network {}", ep.name, ep.network),
+                            existing: *p,
+                        })
+                    })
+                    .or_else(|| held_by(&held, &m).map(Holder::Socket));
+                match holder {
+                    Some(h) => last = Some(h),
+                    None => {
+                        out.push(m);
+                        last = None;
+                        break;
+                    }
+                }
+            }
+            if let Some(holder) = last {
+                return Ok(Err(Refused { index, holder }));
+            }
+        }
+        Ok(Ok(out))
+    }
+
+    /// The text of what holds a port: `endpoint c1 on network n1 already
+    /// publishes 0.0.0.0:8080->80/tcp`, `nc (pid 42) listens on
+    /// 0.0.0.0:8080/tcp`.
+    pub(super) fn describe(&self, holder: &Holder) -> (String, String) {
+        match holder {
+            Holder::Mapping { by, existing } => (by.clone(), existing.to_string()),
+            Holder::Socket(h) => (
+                self.host
+                    .socket_owner(h.inode)
+                    .unwrap_or_else(|| format!("a process (socket inode {})", h.inode)),
+                format!(
+                    "{}:{}/{}",
+                    h.ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+                    h.port,
+                    if h.tcp { "tcp" } else { "udp" }
+                ),
+            ),
+        }
+    }
+
+    /// What holds a port, as one phrase.
+    pub(super) fn holder_text(&self, holder: &Holder) -> String {
+        let (who, what) = self.describe(holder);
+        match holder {
+            Holder::Socket(_) => format!("{what} is in use on the host by {who}"),
+            Holder::Mapping { .. } => format!("{who} already publishes {what}"),
+        }
+    }
+
+    /// Chooses the ports of `wanted` (see [`Self::choose_ports`]) and
+    /// assigns their counter slots; a refusal names the port and its
+    /// holder, and nothing is created.
     pub(super) fn new_mappings(
         &mut self,
-        wanted: &[PortMapping],
+        wanted: &[PortRequest],
         except: &[PortMapping],
     ) -> Result<Vec<PortMapping>, NetworkError> {
-        let holders = PortHolders::new(&self.state, except, wanted.len() > 8);
-        let mut out: Vec<PortMapping> = Vec::new();
-        let mut claimed: HashMap<(Proto, u16), Vec<PortMapping>> = HashMap::new();
-        for &m in wanted {
-            let slot = (m.proto, m.host_port);
-            if let Some(prev) = claimed
-                .get(&slot)
-                .and_then(|v| v.iter().find(|o| o.conflicts(&m)))
-            {
-                return Err(NetworkError::PortConflict {
-                    mapping: m.to_string(),
-                    holder: "this command".into(),
-                    existing: prev.to_string(),
-                });
-            }
-            if let Some((prev, ep)) = holders.find(&m) {
-                return Err(NetworkError::PortConflict {
-                    mapping: m.to_string(),
-                    holder: format!("endpoint {} on network {}", ep.name, ep.network),
-                    existing: prev.to_string(),
-                });
-            }
-            claimed.entry(slot).or_default().push(m);
-            out.push(m);
-        }
+        let Refused { index, holder } = match self.choose_ports(wanted, except)? {
+            Ok(chosen) => return self.claim_slots(chosen),
+            Err(refused) => refused,
+        };
+        let r = wanted[index];
+        let (who, what) = self.describe(&holder);
+        let socket = matches!(holder, Holder::Socket(_));
+        Err(match r.fixed() {
+            Some(m) if socket => NetworkError::HostPortInUse {
+                mapping: m.to_string(),
+                socket: what,
+                process: who,
+            },
+            Some(m) => NetworkError::PortConflict {
+                mapping: m.to_string(),
+                holder: who,
+                existing: what,
+            },
+            None => NetworkError::NoFreePort {
+                request: r.to_string(),
+                range: range_text(&candidates(&r, &self.host.ephemeral_ports())),
+                last: self.holder_text(&holder),
+            },
+        })
+    }
+
+    /// Counter slots for new mappings, zeroing their old counts.
+    pub(super) fn claim_slots(
+        &mut self,
+        mut out: Vec<PortMapping>,
+    ) -> Result<Vec<PortMapping>, NetworkError> {
         if out.is_empty() {
             return Ok(out);
         }
@@ -156,24 +278,18 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         specs: impl PublishSpecs,
     ) -> Result<(), NetworkError> {
         let ep = self.endpoint_named(network, endpoint)?;
-        let mut remove = Vec::new();
-        for m in specs.mappings()? {
-            {
-                let found = ep
-                    .published
-                    .iter()
-                    .find(|p| {
-                        p.host_ip == m.host_ip
-                            && p.host_port == m.host_port
-                            && p.proto == m.proto
-                            && p.container_port == m.container_port
-                    })
-                    .ok_or_else(|| NetworkError::NotPublished {
-                        mapping: m.to_string(),
-                        endpoint: ep.name.clone(),
-                    })?;
-                remove.push(*found);
-            }
+        let mut remove: Vec<PortMapping> = Vec::new();
+        for r in specs.mappings()? {
+            // `-p 80` or a range removes the mapping it was given.
+            let found = ep
+                .published
+                .iter()
+                .find(|p| r.matches(p) && !remove.contains(p))
+                .ok_or_else(|| NetworkError::NotPublished {
+                    mapping: r.to_string(),
+                    endpoint: ep.name.clone(),
+                })?;
+            remove.push(*found);
         }
         self.change(|state| {
             if let Some(e) = state.endpoints.get_mut(&ep.id) {
@@ -182,4 +298,16 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         })
         .await
     }
+}
+
+/// The host ports a request may take, in the order tried.
+fn candidates(r: &PortRequest, ephemeral: &RangeInclusive<u16>) -> RangeInclusive<u16> {
+    match r.host_ports {
+        Some((a, b)) => a..=b,
+        None => ephemeral.clone(),
+    }
+}
+
+fn range_text(r: &RangeInclusive<u16>) -> String {
+    format!("{}-{}", r.start(), r.end())
 }

@@ -9,7 +9,7 @@ use crate::control::{
     ipam,
     model::valid_name,
     names::{self, IfName, MacAddr},
-    ports::{self, PortMapping, PublishError, PublishSpec},
+    ports::{self, PortMapping, PortRequest, PublishError, PublishSpec},
 };
 
 /// `connect` as the user typed it (the CLI's flags and the API's JSON).
@@ -48,7 +48,8 @@ pub struct ConnectRequest {
     /// The endpoint's name (a valid one: see [`valid_name`]).
     pub name: Option<String>,
     pub ifname: Option<IfName>,
-    pub publish: Vec<PortMapping>,
+    /// Ports to publish as asked; the manager picks the host ports.
+    pub publish: Vec<PortRequest>,
 }
 
 impl ConnectRequest {
@@ -113,11 +114,11 @@ impl TryFrom<&ConnectArgs> for ConnectRequest {
 /// Published ports as a request carries them: typed mappings, or
 /// `--publish` strings parsed here.
 pub trait PublishSpecs {
-    fn mappings(self) -> Result<Vec<PortMapping>, PublishError>;
+    fn mappings(self) -> Result<Vec<PortRequest>, PublishError>;
 }
 
 impl PublishSpecs for &[String] {
-    fn mappings(self) -> Result<Vec<PortMapping>, PublishError> {
+    fn mappings(self) -> Result<Vec<PortRequest>, PublishError> {
         let mut out = Vec::new();
         for spec in self {
             out.extend(ports::parse(spec)?);
@@ -127,37 +128,37 @@ impl PublishSpecs for &[String] {
 }
 
 impl PublishSpecs for &Vec<String> {
-    fn mappings(self) -> Result<Vec<PortMapping>, PublishError> {
+    fn mappings(self) -> Result<Vec<PortRequest>, PublishError> {
         self.as_slice().mappings()
     }
 }
 
 impl PublishSpecs for &[PublishSpec] {
-    fn mappings(self) -> Result<Vec<PortMapping>, PublishError> {
+    fn mappings(self) -> Result<Vec<PortRequest>, PublishError> {
         Ok(self.iter().flat_map(|s| s.mappings()).copied().collect())
     }
 }
 
 impl PublishSpecs for &Vec<PublishSpec> {
-    fn mappings(self) -> Result<Vec<PortMapping>, PublishError> {
+    fn mappings(self) -> Result<Vec<PortRequest>, PublishError> {
         self.as_slice().mappings()
     }
 }
 
 impl PublishSpecs for &[PortMapping] {
-    fn mappings(self) -> Result<Vec<PortMapping>, PublishError> {
-        Ok(self.to_vec())
+    fn mappings(self) -> Result<Vec<PortRequest>, PublishError> {
+        Ok(self.iter().copied().map(PortRequest::from).collect())
     }
 }
 
 impl PublishSpecs for Vec<PortMapping> {
-    fn mappings(self) -> Result<Vec<PortMapping>, PublishError> {
-        Ok(self)
+    fn mappings(self) -> Result<Vec<PortRequest>, PublishError> {
+        self.as_slice().mappings()
     }
 }
 
 impl<const N: usize> PublishSpecs for &[String; N] {
-    fn mappings(self) -> Result<Vec<PortMapping>, PublishError> {
+    fn mappings(self) -> Result<Vec<PortRequest>, PublishError> {
         self.as_slice().mappings()
     }
 }

@@ -1172,3 +1172,241 @@ async fn a_failed_map_write_makes_the_next_change_reconcile_in_full() {
         "the maps hold what the state says"
     );
 }
+
+// ---- publishing as Docker does it: ephemeral and pick-one ports, host sockets ----
+
+fn udp_key(port: u16) -> PortKey {
+    PortKey {
+        proto: 17,
+        ..port_key(port)
+    }
+}
+
+fn host_ports(m: &M, endpoint: &str) -> Vec<String> {
+    m.state()
+        .endpoints
+        .values()
+        .find(|e| e.name == endpoint)
+        .map(|e| e.published.iter().map(ToString::to_string).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn publish_picks_distinct_ephemeral_ports_and_keeps_them_across_a_restart() {
+    let dir = Dir::new();
+    let mut m = with_net(&dir).await;
+    m.host().get().ephemeral = Some(40000..=40003);
+    m.host().hold_port(Proto::Tcp, None, 40000, "sshd (pid 7)");
+    let mut a = args("n1", "c1");
+    a.publish = vec![
+        "80".parse().unwrap(),
+        "127.0.0.1::81".parse().unwrap(),
+        "80/udp".parse().unwrap(),
+    ];
+    connect(&mut m, a).await;
+    // 40000 is a host listener's (TCP only); 40001 this command's on
+    // every address, so 127.0.0.1 takes the next.
+    assert_eq!(
+        host_ports(&m, "c1"),
+        [
+            "0.0.0.0:40001->80/tcp",
+            "127.0.0.1:40002->81/tcp",
+            "0.0.0.0:40000->80/udp"
+        ]
+    );
+    assert!(m.datapath().nat.ports.contains_key(&port_key(40001)));
+    assert!(m.datapath().nat.ports.contains_key(&udp_key(40000)));
+    // One port left, then none: refused naming the range.
+    let added = m.publish_add("n1", "c1", &["90".into()]).await.unwrap();
+    assert_eq!(added[0].host_port, 40003);
+    connect(&mut m, args("n1", "c2")).await;
+    let before = snapshot(&m);
+    let r = m.publish_add("n1", "c2", &["91".into()]).await;
+    refused(
+        &m,
+        &before,
+        r,
+        &[
+            "--publish 0.0.0.0::91/tcp",
+            "no free host port in 40000-40003",
+        ],
+    );
+    // `publish rm -p 90` removes the port it was given.
+    m.publish_rm("n1", "c1", &["90".into()]).await.unwrap();
+    assert!(!m.datapath().nat.ports.contains_key(&port_key(40003)));
+    // The chosen ports are the state's: a restart keeps them.
+    let kept = host_ports(&m, "c1");
+    drop(m);
+    let m = open(&dir).await;
+    assert_eq!(host_ports(&m, "c1"), kept);
+}
+
+#[tokio::test]
+async fn publish_takes_the_first_free_port_of_a_host_range() {
+    let dir = Dir::new();
+    let mut m = with_net(&dir).await;
+    let mut a = args("n1", "c1");
+    a.publish = vec!["8000:80".parse().unwrap()];
+    connect(&mut m, a).await;
+    m.host()
+        .hold_port(Proto::Tcp, Some(Ipv4Addr::LOCALHOST), 8002, "nginx (pid 9)");
+    connect(&mut m, args("n1", "c2")).await;
+    m.publish_add("n1", "c2", &["8000-8010:80".into(), "8000-8010:81".into()])
+        .await
+        .unwrap();
+    // 8000 is c1's, 8001 taken by this command, 8002 a host listener's.
+    assert_eq!(
+        host_ports(&m, "c2"),
+        ["0.0.0.0:8001->80/tcp", "0.0.0.0:8003->81/tcp"]
+    );
+    // Equal-size ranges still map port by port.
+    let added = m
+        .publish_add("n1", "c2", &["9000-9001:90-91".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        added
+            .iter()
+            .map(|p| (p.host_port, p.container_port))
+            .collect::<Vec<_>>(),
+        [(9000, 90), (9001, 91)]
+    );
+    let before = snapshot(&m);
+    let r = m.publish_add("n1", "c1", &["8000-8001:82".into()]).await;
+    refused(
+        &m,
+        &before,
+        r,
+        &[
+            "8000-8001:82",
+            "no free host port in 8000-8001",
+            "endpoint c2",
+        ],
+    );
+    m.publish_rm("n1", "c2", &["8000-8010:81".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        host_ports(&m, "c2"),
+        [
+            "0.0.0.0:8001->80/tcp",
+            "0.0.0.0:9000->90/tcp",
+            "0.0.0.0:9001->91/tcp"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn publish_refuses_a_port_a_host_process_listens_on() {
+    let dir = Dir::new();
+    let mut m = with_net(&dir).await;
+    m.host().hold_port(Proto::Tcp, None, 8080, "nginx (pid 42)");
+    m.host().hold_port(
+        Proto::Tcp,
+        Some(Ipv4Addr::LOCALHOST),
+        9090,
+        "python3 (pid 43)",
+    );
+    m.host()
+        .hold_port(Proto::Udp, None, 5353, "avahi-daemon (pid 44)");
+    let mut a = args("n1", "c1");
+    a.publish = vec!["8080:80".parse().unwrap()];
+    let before = snapshot(&m);
+    let r = m.connect(&a).await;
+    refused(
+        &m,
+        &before,
+        r,
+        &[
+            "--publish 0.0.0.0:8080->80/tcp",
+            "0.0.0.0:8080/tcp is in use on the host by nginx (pid 42)",
+            "nothing was published",
+        ],
+    );
+    connect(&mut m, args("n1", "c1")).await;
+    for (spec, words) in [
+        ("127.0.0.1:8080:80", ["0.0.0.0:8080/tcp", "nginx"]),
+        ("9090:80", ["127.0.0.1:9090/tcp", "python3 (pid 43)"]),
+        ("127.0.0.1:9090:80", ["127.0.0.1:9090/tcp", "python3"]),
+        ("5353:53/udp", ["0.0.0.0:5353/udp", "avahi-daemon"]),
+    ] {
+        let before = snapshot(&m);
+        let r = m.publish_add("n1", "c1", &[spec.into()]).await;
+        refused(&m, &before, r, &words);
+    }
+    // Another address than the listener's, another protocol: free.
+    m.publish_add(
+        "n1",
+        "c1",
+        &["10.0.0.2:9090:80".into(), "5353:53/tcp".into()],
+    )
+    .await
+    .unwrap();
+    // The Docker driver asks the same allocator.
+    assert_eq!(host_ports(&m, "c1").len(), 2);
+}
+
+#[tokio::test]
+async fn one_host_port_on_distinct_host_addresses_reaches_distinct_containers() {
+    let dir = Dir::new();
+    let mut m = with_net(&dir).await;
+    let mut a = args("n1", "c1");
+    a.publish = vec!["127.0.1.2:1716:80".parse().unwrap()];
+    connect(&mut m, a).await;
+    let mut a = args("n1", "c2");
+    a.publish = vec!["127.0.1.3:1716:80".parse().unwrap()];
+    connect(&mut m, a).await;
+    let ports = &m.datapath().nat.ports;
+    let at = |addr: [u8; 4]| {
+        ports
+            .get(&PortKey {
+                addr,
+                ..port_key(1716)
+            })
+            .map(|t| t.addr)
+    };
+    assert_eq!(at([127, 0, 1, 2]), Some([172, 18, 0, 2]));
+    assert_eq!(at([127, 0, 1, 3]), Some([172, 18, 0, 3]));
+    // Every address overlaps both.
+    m.host().add_netns("c3");
+    let mut a = args("n1", "c3");
+    a.publish = vec!["1716:80".parse().unwrap()];
+    let before = snapshot(&m);
+    let r = m.connect(&a).await;
+    refused(&m, &before, r, &["1716", "already publishes 127.0.1."]);
+}
+
+#[tokio::test]
+async fn docker_bindings_use_the_hosts_ephemeral_range_and_see_host_sockets() {
+    let dir = Dir::new();
+    let mut m = open(&dir).await;
+    m.host().get().ephemeral = Some(41000..=41001);
+    m.host().hold_port(Proto::Tcp, None, 41000, "node (pid 5)");
+    let req = create_args(&docker_network_name(NID), Some("10.99.0.0/24"))
+        .parse()
+        .unwrap();
+    m.docker_create_network(NID, req).await.unwrap();
+    m.docker_create_endpoint(NID, EID, Ipv4Addr::new(10, 99, 0, 2), None)
+        .await
+        .unwrap();
+    let any = DockerPortBinding {
+        proto: Proto::Tcp,
+        host_ip: None,
+        host_port: 0,
+        host_port_end: 0,
+        container_port: 80,
+    };
+    let got = m.docker_program_external(NID, EID, &[any]).await.unwrap();
+    assert_eq!(got[0].host_port, 41001);
+    let fixed = DockerPortBinding {
+        host_port: 41000,
+        host_port_end: 41000,
+        ..any
+    };
+    let e = m
+        .docker_program_external(NID, EID, &[fixed])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("portmap") && e.contains("node (pid 5)"), "{e}");
+}

@@ -1,0 +1,185 @@
+//! Publishing as Docker does it today (issue 14), end to end through the
+//! CLI in a fake host, modelled on moby's port-mapping tests: a port
+//! published without a host port gets a free one of the host's ephemeral
+//! range (`-p 80`), a host range with one container port takes its first
+//! free port (`-p 8000-8002:80`), and a port a host process listens on
+//! is refused naming it, nothing created (moby#50669).
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, TcpListener},
+    time::Duration,
+};
+
+use dataplane_tests::{
+    cli::Cli,
+    netns::NetNs,
+    topo::FakeHost,
+    traffic::{http_get, http_server},
+};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(5);
+const C1: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 2);
+
+struct Setup {
+    fh: FakeHost,
+    cli: Cli,
+}
+
+fn setup(tag: &str) -> Setup {
+    let (fh, cli) = Cli::uplinked(tag, None).expect("fake host with its uplink");
+    Setup { fh, cli }
+}
+
+/// A host process's listener on `port` (every address) in the fake host.
+fn host_listener(s: &Setup, port: u16) -> TcpListener {
+    s.fh.host
+        .run_in(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))
+        .expect("run_in")
+        .unwrap_or_else(|e| panic!("listen on {port} in the host: {e}"))
+}
+
+/// The host ports `nat ls` shows as published.
+fn published(s: &Setup) -> Vec<String> {
+    let nat: Value = s
+        .cli
+        .json(&["nat", "ls", "--format", "json"])
+        .expect("nat ls");
+    nat["dnat"]
+        .as_array()
+        .expect("dnat")
+        .iter()
+        .filter_map(|r| {
+            Some(format!(
+                "{}->{}",
+                r["host"].as_str()?,
+                r["container"].as_str()?
+            ))
+        })
+        .collect()
+}
+
+/// A GET from the client to the host's `port` answers `body`.
+fn answers(s: &Setup, port: u16, body: &str) {
+    let (status, got) = http_get(&s.fh.client, SocketAddr::from((s.fh.host_ip, port)), "/", T)
+        .unwrap_or_else(|e| panic!("GET host:{port}: {e:#}"));
+    assert_eq!((status, got.as_str()), (200, body), "host port {port}");
+}
+
+#[test]
+fn a_port_published_without_a_host_port_gets_a_free_ephemeral_one() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let s = setup("eph");
+    // Docker picks from the kernel's ephemeral range; narrowed here, its
+    // first port held by a host process.
+    s.fh.host
+        .sysctl("net.ipv4.ip_local_port_range", "40000 40002")
+        .expect("sysctl");
+    let _held = host_listener(&s, 40000);
+    let c = NetNs::new("web").expect("netns");
+    s.cli
+        .run(&["connect", "bridge", c.name(), "--name", "web", "-p", "80"])
+        .expect("connect -p 80");
+    let _http = http_server(&c, SocketAddr::from((C1, 80)), "ephemeral").expect("http");
+    assert_eq!(published(&s), ["0.0.0.0:40001->172.17.0.2:80"]);
+    answers(&s, 40001, "ephemeral");
+    // `publish add` prints the port it chose; distinct from the first.
+    let out = s
+        .cli
+        .run(&["publish", "add", "bridge", "web", "127.0.0.1::80"])
+        .expect("publish add");
+    assert!(out.contains("127.0.0.1:40002->80/tcp"), "{out}");
+    // The range is used up: refused, naming it.
+    let e = s
+        .cli
+        .fail(&["publish", "add", "bridge", "web", "81"])
+        .expect("no port left");
+    assert!(e.contains("no free host port in 40000-40002"), "{e}");
+    // `publish rm -p 80` removes the port it was given.
+    s.cli
+        .run(&["publish", "rm", "bridge", "web", "127.0.0.1::80"])
+        .expect("publish rm");
+    assert_eq!(published(&s), ["0.0.0.0:40001->172.17.0.2:80"]);
+}
+
+#[test]
+fn a_host_range_with_one_container_port_takes_its_first_free_port() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let s = setup("pick");
+    let _held = host_listener(&s, 8000);
+    let a = NetNs::new("a").expect("netns");
+    let b = NetNs::new("b").expect("netns");
+    s.cli
+        .run(&[
+            "connect",
+            "bridge",
+            a.name(),
+            "--name",
+            "a",
+            "-p",
+            "8000-8002:80",
+        ])
+        .expect("connect a");
+    s.cli
+        .run(&[
+            "connect",
+            "bridge",
+            b.name(),
+            "--name",
+            "b",
+            "-p",
+            "8000-8002:80",
+        ])
+        .expect("connect b");
+    let b_ip = Ipv4Addr::new(172, 17, 0, 3);
+    let _ha = http_server(&a, SocketAddr::from((C1, 80)), "a").expect("http a");
+    let _hb = http_server(&b, SocketAddr::from((b_ip, 80)), "b").expect("http b");
+    let mut got = published(&s);
+    got.sort();
+    assert_eq!(
+        got,
+        ["0.0.0.0:8001->172.17.0.2:80", "0.0.0.0:8002->172.17.0.3:80"]
+    );
+    answers(&s, 8001, "a");
+    answers(&s, 8002, "b");
+}
+
+#[test]
+fn a_port_a_host_process_listens_on_is_refused_and_nothing_is_created() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let s = setup("held");
+    let held = host_listener(&s, 8080);
+    let c = NetNs::new("c").expect("netns");
+    let e = s
+        .cli
+        .fail(&["connect", "bridge", c.name(), "-p", "8080:80"])
+        .expect("refused");
+    assert!(
+        e.contains("--publish 0.0.0.0:8080->80/tcp: 0.0.0.0:8080/tcp is in use on the host by"),
+        "{e}"
+    );
+    assert!(
+        e.contains(&format!("(pid {})", std::process::id())),
+        "names the process: {e}"
+    );
+    assert!(published(&s).is_empty());
+    assert_eq!(
+        c.ip_json(&["link", "show"])
+            .expect("links")
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "no interface made in the container"
+    );
+    // Once the process is gone the port is free.
+    drop(held);
+    s.cli
+        .run(&["connect", "bridge", c.name(), "-p", "8080:80"])
+        .expect("free once the process is gone");
+}
