@@ -6,7 +6,7 @@
 //! is refused naming it, nothing created (moby#50669).
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, TcpListener},
+    net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket},
     time::Duration,
 };
 
@@ -14,7 +14,7 @@ use dataplane_tests::{
     cli::Cli,
     netns::NetNs,
     topo::FakeHost,
-    traffic::{http_get, http_server},
+    traffic::{http_get, http_server, udp_echo_server},
 };
 use serde_json::Value;
 
@@ -182,4 +182,51 @@ fn a_port_a_host_process_listens_on_is_refused_and_nothing_is_created() {
     s.cli
         .run(&["connect", "bridge", c.name(), "-p", "8080:80"])
         .expect("free once the process is gone");
+}
+
+/// Two datagrams sent back to back on one socket to a published UDP port
+/// (a resolver's A and AAAA queries) race to create the flow's entries on
+/// two CPUs: both get their answer, every time (netfilter drops the loser
+/// of that race unless its clash resolution applies).
+#[test]
+fn back_to_back_datagrams_on_one_socket_all_get_their_replies() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let s = setup("race");
+    let c = NetNs::new("dns").expect("netns");
+    s.cli
+        .run(&["connect", "bridge", c.name(), "-p", "5353:53/udp"])
+        .expect("connect -p 5353:53/udp");
+    let _dns = udp_echo_server(&c, SocketAddr::from((C1, 53))).expect("udp echo");
+    let server = SocketAddr::from((s.fh.host_ip, 5353));
+    const ROUNDS: u32 = 50;
+    let answered =
+        s.fh.client
+            .run_in(|| -> std::io::Result<u32> {
+                let mut answered = 0;
+                for round in 0..ROUNDS {
+                    // A fresh socket each round: a new flow, a new race.
+                    let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+                    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    sock.send_to(format!("A {round}").as_bytes(), server)?;
+                    sock.send_to(format!("AAAA {round}").as_bytes(), server)?;
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 64];
+                    while got.len() < 2 {
+                        match sock.recv_from(&mut buf) {
+                            Ok((n, _)) => got.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                            Err(_) => break,
+                        }
+                    }
+                    got.sort();
+                    if got == [format!("A {round}"), format!("AAAA {round}")] {
+                        answered += 1;
+                    }
+                }
+                Ok(answered)
+            })
+            .expect("run_in")
+            .expect("udp client");
+    assert_eq!(answered, ROUNDS, "rounds with both replies");
 }
