@@ -230,3 +230,29 @@ fn back_to_back_datagrams_on_one_socket_all_get_their_replies() {
             .expect("udp client");
     assert_eq!(answered, ROUNDS, "rounds with both replies");
 }
+
+/// A host process that binds a port after it was published does not take
+/// it from the container: the datapath translates before the host stack
+/// sees the packet, so clients from outside keep reaching the container
+/// (the precedence docs/docker-compat.md states; Docker instead holds the
+/// port so the bind fails).
+#[test]
+fn a_port_bound_by_the_host_after_publishing_stays_the_containers() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let s = setup("late");
+    let c = NetNs::new("web").expect("netns");
+    s.cli
+        .run(&["connect", "bridge", c.name(), "-p", "8080:80"])
+        .expect("connect -p 8080:80");
+    let _http = http_server(&c, SocketAddr::from((C1, 80)), "container").expect("http");
+    answers(&s, 8080, "container");
+    let _late = http_server(
+        &s.fh.host,
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8080)),
+        "host",
+    )
+    .expect("a host process binds the published port");
+    answers(&s, 8080, "container");
+}
