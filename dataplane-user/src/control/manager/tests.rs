@@ -1505,3 +1505,40 @@ async fn gateway_modes_reach_the_subnet_flags_open_ports_and_trusted_interfaces(
     );
     assert_eq!(mode("iso").0, GatewayMode::Isolated);
 }
+
+#[tokio::test]
+async fn cni_gateway_mode_reaches_the_network_it_creates() {
+    use crate::control::model::{DriverConfig, GatewayMode};
+    let dir = Dir::new();
+    let mut m = open(&dir).await;
+    m.host().add_netns("p1");
+    m.host().add_netns("p2");
+    let mut add = cni_add("0123456789abcdef", "p1");
+    if let Some(spec) = add.create.as_mut() {
+        spec.gateway_mode = Some("routed".into());
+    }
+    m.cni_add(&add).await.unwrap();
+    let DriverConfig::Bridge(b) = &m.state().networks["cni0"].driver else {
+        panic!("a bridge network");
+    };
+    assert_eq!(b.gateway_mode, GatewayMode::Routed);
+    // The container port of the mapping is open to direct access.
+    assert_eq!(m.datapath().nat.open_ports.len(), 1);
+    // An unknown mode is refused naming it, nothing created.
+    let mut bad = cni_add("fedcba9876543210", "p2");
+    bad.network = "cni1".into();
+    if let Some(spec) = bad.create.as_mut() {
+        spec.subnet = Some("10.89.0.0/16".into());
+        spec.gateway_mode = Some("bridged".into());
+    }
+    let before = snapshot(&m);
+    let r = m.cni_add(&bad).await;
+    let cause = r
+        .as_ref()
+        .err()
+        .and_then(|e| std::error::Error::source(e))
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    assert!(cause.contains("gateway_mode_ipv4=bridged"), "{cause:?}");
+    refused(&m, &before, r, &["network cni1"]);
+}

@@ -633,6 +633,20 @@ mod tests {
         assert_eq!(c.ip, Some(Ipv4Addr::new(10, 77, 0, 9)));
         assert_eq!(c.mac.as_deref(), Some("02:42:0a:4d:00:09"));
         assert!(c.prev_result.is_some() && c.dns.is_some());
+        let c = conf(
+            r#"{"cniVersion":"1.0.0","name":"gw","type":"dataplane-cni",
+                "gatewayMode":"nat-unprotected","ipam":{"subnet":"10.78.0.0/24"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.create.unwrap().gateway_mode.as_deref(),
+            Some("nat-unprotected")
+        );
+        let err =
+            conf(r#"{"cniVersion":"1.0.0","name":"gw","type":"dataplane-cni","gatewayMode":7}"#)
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("gatewayMode"), "{err}");
         // The minimal form joins an existing network named like the config.
         let c = conf(r#"{"cniVersion":"0.4.0","name":"bridge","type":"dataplane-cni","ipam":{}}"#)
             .unwrap();
