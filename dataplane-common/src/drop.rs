@@ -44,10 +44,15 @@ pub enum DropReason {
     /// A non-first fragment whose first fragment was not seen: it cannot
     /// be translated, and must not leave with an internal address.
     FragmentUntracked = 16,
+    /// A packet from outside (an uplink not trusted by the network) to a
+    /// container's address or the bridge's gateway address, on a network
+    /// whose gateway mode does not let it in (`nat`: direct-access
+    /// protection; `routed`: a port no container published).
+    DirectAccess = 17,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::Truncated,
         DropReason::BadIhl,
         DropReason::BadVersion,
@@ -65,6 +70,7 @@ impl DropReason {
         DropReason::TcpBadChecksum,
         DropReason::TcpOutOfWindow,
         DropReason::FragmentUntracked,
+        DropReason::DirectAccess,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -87,6 +93,7 @@ impl DropReason {
             DropReason::TcpBadChecksum => "tcp-bad-checksum",
             DropReason::TcpOutOfWindow => "tcp-out-of-window",
             DropReason::FragmentUntracked => "fragment-untracked",
+            DropReason::DirectAccess => "direct-access",
         }
     }
 
@@ -109,6 +116,7 @@ impl DropReason {
             14 => Some(DropReason::TcpBadChecksum),
             15 => Some(DropReason::TcpOutOfWindow),
             16 => Some(DropReason::FragmentUntracked),
+            17 => Some(DropReason::DirectAccess),
             _ => None,
         }
     }

@@ -51,6 +51,14 @@ pub const ENDPOINT_ROUTES: &str = "DP_ENDPOINT_ROUTES";
 /// The sandbox of each address of an endpoint that shares its sandbox
 /// with others: `[u8; 4]` -> [`crate::nat::SandboxAddr`].
 pub const SANDBOX_ADDRS: &str = "DP_SANDBOX_ADDRS";
+/// Container ports open to direct access on `routed` networks: a
+/// [`crate::nat::PortKey`] holding the container's address and port ->
+/// `u32` (unused, 1).
+pub const OPEN_PORTS: &str = "DP_OPEN_PORTS";
+/// Interfaces a network trusts: [`crate::nat::TrustedIface`] -> `u32`
+/// (unused, 1).
+pub const TRUSTED_IFACES: &str = "DP_TRUSTED_IFACES";
+pub const TRUSTED_IFACES_MAX: u32 = 1024;
 /// Filter rules (DOCKER-USER), see [`crate::filter`]. The live generation:
 /// array of one [`crate::filter::FilterConfig`].
 pub const FILTER_CONFIG: &str = "DP_FLT_CONFIG";

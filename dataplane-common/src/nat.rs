@@ -36,7 +36,8 @@ const _: () = assert!(size_of::<PortTarget>() == 16);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct SubnetPolicy {
-    /// [`SUBNET_MASQUERADE`], [`SUBNET_INTERNAL`], [`SUBNET_NO_ICC`].
+    /// [`SUBNET_MASQUERADE`], [`SUBNET_INTERNAL`], [`SUBNET_NO_ICC`],
+    /// [`SUBNET_PROTECTED`], [`SUBNET_ROUTED`].
     pub flags: u32,
     /// Identifies the network (isolation compares these); never 0.
     pub network_id: u32,
@@ -49,6 +50,26 @@ pub const SUBNET_MASQUERADE: u32 = 1;
 pub const SUBNET_INTERNAL: u32 = 2;
 /// `enable_icc=false`: endpoints of the network may not talk to each other.
 pub const SUBNET_NO_ICC: u32 = 4;
+/// Gateway mode `nat`: direct-access protection. Packets from outside to an
+/// address of the subnet (a container's, the gateway's) are dropped unless
+/// a published port translated them or the interface they came in by is
+/// trusted by the network (`DP_TRUSTED_IFACES`).
+pub const SUBNET_PROTECTED: u32 = 8;
+/// Gateway mode `routed`: no masquerade; from outside only ICMP and the
+/// container ports published (`DP_OPEN_PORTS`) may be reached directly.
+pub const SUBNET_ROUTED: u32 = 16;
+
+/// An interface whose traffic skips one network's direct-access checks
+/// (`com.docker.network.bridge.trusted_host_interfaces`), the key of
+/// `DP_TRUSTED_IFACES` (the value is unused, 1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Pod, Zeroable)]
+pub struct TrustedIface {
+    pub ifindex: u32,
+    /// [`SubnetPolicy::network_id`] of the network trusting it.
+    pub network_id: u32,
+}
+const _: () = assert!(size_of::<TrustedIface>() == 8);
 
 /// An endpoint's host-side veth, by ifindex: what may leave it.
 #[repr(C)]
@@ -161,5 +182,6 @@ crate::user_pod!(
     Uplink,
     EndpointInfo,
     EndpointRoute,
-    SandboxAddr
+    SandboxAddr,
+    TrustedIface
 );

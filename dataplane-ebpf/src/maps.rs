@@ -13,11 +13,11 @@ use dataplane_common::{
     drop::DropReason,
     maps::{
         CT_OTHER_MAX, CT_TCP_MAX, ENDPOINTS_MAX, FRAGS_MAX, HOST_ADDRS_MAX, PORTS_MAX,
-        SOCK_REVNAT_MAX, SUBNETS_MAX, UPLINKS_MAX,
+        SOCK_REVNAT_MAX, SUBNETS_MAX, TRUSTED_IFACES_MAX, UPLINKS_MAX,
     },
     nat::{
         EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SandboxAddr, SubnetPolicy,
-        Uplink, MAX_PORT_MAPPINGS,
+        TrustedIface, Uplink, MAX_PORT_MAPPINGS,
     },
     sock::SockRevNat,
     stats::{PktCounter, ProtoIndex},
@@ -45,6 +45,16 @@ pub static DP_PORT_STATS: PerCpuArray<PktCounter, { MAX_PORT_MAPPINGS as usize }
 /// Managed subnets and what may leave them.
 #[btf_map]
 pub static DP_SUBNETS: LpmTrie<[u8; 4], SubnetPolicy, { SUBNETS_MAX as usize }> = LpmTrie::new();
+
+/// Container ports open to direct access on `routed` networks (the key's
+/// address is the container's).
+#[btf_map]
+pub static DP_OPEN_PORTS: HashMap<PortKey, u32, { PORTS_MAX as usize }> = HashMap::new();
+
+/// Interfaces whose traffic skips a network's direct-access checks.
+#[btf_map]
+pub static DP_TRUSTED_IFACES: HashMap<TrustedIface, u32, { TRUSTED_IFACES_MAX as usize }> =
+    HashMap::new();
 
 /// The host's own addresses.
 #[btf_map]

@@ -15,13 +15,20 @@
 //! outside (loopback destinations, sources that are the host's or its
 //! containers'). Fragments follow their first fragment's flow (`frag`).
 //!
+//! Packets routed straight to a managed subnet meet its network's gateway
+//! mode (`gateway_mode`: one lookup of the subnet's flags, then of the open
+//! port or trusted interface): `nat` drops them (direct-access protection),
+//! `routed` lets in ICMP and published container ports only.
+//!
 //! Packets the dataplane has nothing to do with go on unchanged (`TCX_NEXT`).
 
 use aya_ebpf::{btf_maps::lpm_trie::Key, macros::classifier, programs::TcContext};
 use dataplane_common::{
     ct::{FLAG_DNAT, FLAG_REPLY, FLAG_SNAT, REWRITE_DST, ZONE_UPLINK},
     drop::DropReason,
-    nat::{SUBNET_INTERNAL, SUBNET_MASQUERADE},
+    nat::{
+        PortKey, TrustedIface, SUBNET_INTERNAL, SUBNET_MASQUERADE, SUBNET_PROTECTED, SUBNET_ROUTED,
+    },
     net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 
@@ -32,7 +39,9 @@ use crate::{
     fastpath, filter,
     frag::{self, Frag},
     icmp,
-    maps::{DP_HOST_ADDRS, DP_PORT_STATS, DP_SUBNETS, DP_UPLINKS},
+    maps::{
+        DP_HOST_ADDRS, DP_OPEN_PORTS, DP_PORT_STATS, DP_SUBNETS, DP_TRUSTED_IFACES, DP_UPLINKS,
+    },
     nat,
     parse::{ip_len, parse, Ipv4Packet, ICMP_ECHO_REQUEST, L3},
     tcp,
@@ -105,10 +114,13 @@ fn try_uplink_in(ctx: &TcContext) -> Result<i32, DropReason> {
         let Some(policy) = DP_SUBNETS.get(&Key::new(32, pkt.dst)) else {
             return Ok(TCX_NEXT);
         };
-        if policy.flags & SUBNET_INTERNAL != 0 {
+        let (flags, network) = (policy.flags, policy.network_id);
+        if flags & SUBNET_INTERNAL != 0 {
             return Err(DropReason::Internal);
         }
+        // The filter rules first: DOCKER-USER sees what the mode drops.
         filter_to(ctx, &pkt, pkt.dst, pkt.dport)?;
+        gateway_mode(ctx, &pkt, flags, network)?;
         if pkt.proto == IPPROTO_TCP && !tcp::may_start(pkt.tcp_flags) {
             // A reply to a flow the container started untranslated (no
             // masquerade): nothing to undo, nothing to track.
@@ -159,6 +171,53 @@ fn from_outside(pkt: &Ipv4Packet) -> Result<(), DropReason> {
     Ok(())
 }
 
+/// The gateway mode of the network a packet routed straight to one of its
+/// addresses (no published port translated it) belongs to, by its subnet's
+/// flags: `nat` (protected) takes nothing; `routed` takes ICMP, packets of
+/// TCP connections under way (replies to the containers' own, which are
+/// not tracked), and new flows to a port a container published, as the
+/// container's own port; a host address on the bridge (the gateway) is the
+/// host's input there. An interface the network trusts skips all of it.
+#[inline(always)]
+fn gateway_mode(
+    ctx: &TcContext,
+    pkt: &Ipv4Packet,
+    flags: u32,
+    network_id: u32,
+) -> Result<(), DropReason> {
+    if flags & (SUBNET_PROTECTED | SUBNET_ROUTED) == 0 {
+        return Ok(());
+    }
+    // SAFETY: the context's __sk_buff is valid for the whole program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let trusted = TrustedIface {
+        ifindex,
+        network_id,
+    };
+    // SAFETY: only whether the key is present.
+    if unsafe { DP_TRUSTED_IFACES.get(trusted) }.is_some() {
+        return Ok(());
+    }
+    if flags & SUBNET_ROUTED != 0 {
+        if pkt.proto == IPPROTO_ICMP || (pkt.proto == IPPROTO_TCP && !tcp::opens(pkt.tcp_flags)) {
+            return Ok(());
+        }
+        let open = PortKey {
+            addr: pkt.dst,
+            port: pkt.dport,
+            proto: pkt.proto,
+            _pad: 0,
+        };
+        // SAFETY: only whether the keys are present.
+        if unsafe { DP_OPEN_PORTS.get(open) }.is_some()
+            || unsafe { DP_HOST_ADDRS.get(pkt.dst) }.is_some()
+        {
+            return Ok(());
+        }
+    }
+    Err(DropReason::DirectAccess)
+}
+
 /// The filter rules for a packet heading to `dst`:`dport` (after DNAT).
 #[inline(always)]
 fn filter_to(
@@ -198,6 +257,13 @@ fn try_uplink_out(ctx: &TcContext) -> Result<i32, DropReason> {
                 return Err(DropReason::Internal);
             }
             if flags & SUBNET_MASQUERADE == 0 {
+                if flags & SUBNET_ROUTED != 0 && frag == Frag::Whole && pkt.proto == IPPROTO_UDP {
+                    // Tracked untranslated, so the replies get past the
+                    // routed network's checks on their way in.
+                    let key = conntrack::key_of(&pkt, ZONE);
+                    let pass = conntrack::entry(ctx, 0, &pkt)?;
+                    conntrack::create(&key, &pass, false).map_err(|_| DropReason::CtInsert)?;
+                }
                 return Ok(TCX_NEXT);
             }
             if pkt.later_fragment {

@@ -13,7 +13,7 @@ use dataplane_common::{
     maps,
     nat::{
         EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SandboxAddr, SubnetPolicy,
-        Uplink,
+        TrustedIface, Uplink,
     },
 };
 use dataplane_user::datapath::{bpffs::PinRoot, ebpf::Dataplane};
@@ -47,6 +47,30 @@ pub fn publish(
         _pad2: 0,
     };
     map.insert(key, value, 0).context("publishing a port")
+}
+
+/// A container port open to direct access (`routed` networks).
+pub fn open_port(pins: &PinRoot, container: SocketAddrV4, proto: u8) -> Result<()> {
+    let mut map: HashMap<MapData, PortKey, u32> =
+        HashMap::try_from(pinned(pins, maps::OPEN_PORTS)?)?;
+    let key = PortKey {
+        addr: container.ip().octets(),
+        port: container.port().to_be_bytes(),
+        proto,
+        _pad: 0,
+    };
+    map.insert(key, 1, 0).context("opening a container port")
+}
+
+/// Interface `ifindex` trusted by the network `network_id`.
+pub fn trusted_iface(pins: &PinRoot, ifindex: u32, network_id: u32) -> Result<()> {
+    let mut map: HashMap<MapData, TrustedIface, u32> =
+        HashMap::try_from(pinned(pins, maps::TRUSTED_IFACES)?)?;
+    let key = TrustedIface {
+        ifindex,
+        network_id,
+    };
+    map.insert(key, 1, 0).context("trusting an interface")
 }
 
 /// One of the host's own addresses.

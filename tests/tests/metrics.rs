@@ -23,7 +23,7 @@ use dataplane_tests::{datapath, packets::PacketBuilder, BpffsDir};
 use dataplane_user::{
     control::{
         filter_rules::{FilterArgs, FilterRule},
-        model::{Attachment, BridgeConfig, DriverConfig, Endpoint, Network},
+        model::{Attachment, BridgeConfig, DriverConfig, Endpoint, GatewayMode, Network},
         ports::{PortMapping, Proto},
         state::State,
     },
@@ -292,6 +292,8 @@ fn network(name: &str, id: &str) -> Network {
             icc: true,
             masquerade: true,
             host_binding_ipv4: None,
+            gateway_mode: GatewayMode::Nat,
+            trusted_host_interfaces: Vec::new(),
         }),
         created: "2024-01-01T00:00:00Z".to_owned(),
         subnet: None,

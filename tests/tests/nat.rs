@@ -712,7 +712,10 @@ fn filter_rules_guard_published_ports_and_direct_traffic() {
             .1,
         "guarded"
     );
-    assert!(http_get(&s.fh.client, SocketAddr::from((ip, 80)), "/", T).is_ok());
+    // Direct traffic stays out: the default gateway mode (`nat`) protects
+    // the subnet from direct access (tests/tests/gateway_modes.rs).
+    assert!(http_get(&s.fh.client, SocketAddr::from((ip, 80)), "/", short).is_err());
+    assert!(s.cli.drops("direct-access") >= 1);
 
     for (args, needle) in [
         (

@@ -25,6 +25,10 @@ pub struct NetworkSpec {
     pub mtu: Option<u32>,
     /// `ipMasq`: None keeps the default (masquerade on).
     pub ip_masq: Option<bool>,
+    /// `gatewayMode`: Docker's `gateway_mode_ipv4` (checked by the agent);
+    /// None keeps the default (`nat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_mode: Option<String>,
 }
 
 /// API request `cni_add`.

@@ -10,15 +10,15 @@ use std::{
 };
 
 use dataplane_common::nat::{
-    EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SandboxAddr, Uplink,
-    SUBNET_INTERNAL, SUBNET_MASQUERADE, SUBNET_NO_ICC,
+    EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SandboxAddr, TrustedIface, Uplink,
+    SUBNET_INTERNAL, SUBNET_MASQUERADE, SUBNET_NO_ICC, SUBNET_PROTECTED, SUBNET_ROUTED,
 };
 
 use crate::{
     control::{
         driver::{self, NetworkDriver as _},
         host::Host,
-        model::{Attachment, Endpoint},
+        model::{Attachment, DriverConfig, Endpoint},
         state::State,
     },
     datapath::{
@@ -127,6 +127,8 @@ pub async fn desired(state: &State, host: &impl Host) -> Result<Desired, NatErro
     let mut d = Desired {
         ports,
         subnets: subnets(state),
+        open_ports: open_ports(state),
+        trusted_ifaces: trusted_ifaces(state, host).await?,
         ..Desired::default()
     };
     // One dump of the host's links rather than one request per endpoint.
@@ -185,12 +187,70 @@ fn subnets(state: &State) -> BTreeMap<([u8; 4], u32), (u32, u32)> {
         if !policy.icc {
             flags |= SUBNET_NO_ICC;
         }
+        if policy.protected {
+            flags |= SUBNET_PROTECTED;
+        }
+        if policy.routed {
+            flags |= SUBNET_ROUTED;
+        }
         out.insert(
             (subnet.network().octets(), u32::from(subnet.prefix_len())),
             (flags, network_key(&net.id)),
         );
     }
     out
+}
+
+/// `DP_OPEN_PORTS`: the published container ports of the endpoints of
+/// `routed` networks, each as the container's address and port (what a
+/// packet routed straight to the container carries).
+fn open_ports(state: &State) -> BTreeMap<PortKey, u32> {
+    state
+        .endpoints
+        .values()
+        .filter(|ep| {
+            state.networks.get(&ep.network).is_some_and(|net| {
+                driver::for_network(net)
+                    .subnet_policy(net)
+                    .is_some_and(|p| p.routed)
+            })
+        })
+        .flat_map(endpoint_ports)
+        .map(|(k, t)| {
+            let key = PortKey {
+                addr: t.addr,
+                port: t.port,
+                proto: k.proto,
+                _pad: 0,
+            };
+            (key, 1)
+        })
+        .collect()
+}
+
+/// `DP_TRUSTED_IFACES`: the interfaces each bridge network trusts, by
+/// their index now (one that does not exist yet is trusted once it does
+/// and the maps are written again).
+async fn trusted_ifaces(
+    state: &State,
+    host: &impl Host,
+) -> Result<BTreeMap<TrustedIface, u32>, NatError> {
+    let mut out = BTreeMap::new();
+    for net in state.networks.values() {
+        let DriverConfig::Bridge(b) = &net.driver else {
+            continue;
+        };
+        for name in &b.trusted_host_interfaces {
+            if let Some(link) = host.link_by_name(name).await? {
+                let key = TrustedIface {
+                    ifindex: link.index,
+                    network_id: network_key(&net.id),
+                };
+                out.insert(key, 1);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// `DP_ENDPOINTS` and `DP_ENDPOINT_ROUTES`: the veth endpoints whose host

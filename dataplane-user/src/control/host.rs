@@ -82,7 +82,7 @@ pub trait Host: Send + Sync {
     fn ensure_bridge(
         &self,
         name: &str,
-        gateway: Ipv4Addr,
+        gateway: Option<Ipv4Addr>,
         subnet: Ipv4Net,
         mtu: u32,
         adopt: bool,
@@ -179,7 +179,7 @@ impl Host for Netlink {
     async fn ensure_bridge(
         &self,
         name: &str,
-        gateway: Ipv4Addr,
+        gateway: Option<Ipv4Addr>,
         subnet: Ipv4Net,
         mtu: u32,
         adopt: bool,
@@ -436,7 +436,7 @@ impl FakeHost {
     fn bridge(
         &self,
         name: &str,
-        gateway: Ipv4Addr,
+        gateway: Option<Ipv4Addr>,
         subnet: Ipv4Net,
         adopt: bool,
     ) -> Result<Vec<String>, BridgeError> {
@@ -456,7 +456,7 @@ impl FakeHost {
             }
         };
         let prefix = subnet.prefix_len();
-        if !h.addrs.contains(&(index, gateway, prefix)) {
+        if let Some(gateway) = gateway.filter(|g| !h.addrs.contains(&(index, *g, prefix))) {
             h.addrs.push((index, gateway, prefix));
             changed.push(format!("added {gateway}/{prefix} to {name}"));
         }
@@ -534,7 +534,7 @@ impl Host for FakeHost {
     async fn ensure_bridge(
         &self,
         name: &str,
-        gateway: Ipv4Addr,
+        gateway: Option<Ipv4Addr>,
         subnet: Ipv4Net,
         _mtu: u32,
         adopt: bool,

@@ -97,6 +97,48 @@ impl DriverConfig {
     }
 }
 
+/// How a bridge network's gateway treats traffic between its subnet and
+/// the outside (Docker's `com.docker.network.bridge.gateway_mode_ipv4`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GatewayMode {
+    /// Masquerade leaving; from outside only published ports (direct
+    /// access to the subnet is dropped).
+    #[default]
+    Nat,
+    /// Masquerade leaving; anything routed to the subnet gets in.
+    NatUnprotected,
+    /// No masquerade; from outside ICMP and published container ports.
+    Routed,
+    /// Internal, and no address of the host's on the bridge.
+    Isolated,
+}
+
+impl GatewayMode {
+    pub const fn name(self) -> &'static str {
+        match self {
+            GatewayMode::Nat => "nat",
+            GatewayMode::NatUnprotected => "nat-unprotected",
+            GatewayMode::Routed => "routed",
+            GatewayMode::Isolated => "isolated",
+        }
+    }
+
+    fn parse(value: &str) -> Result<GatewayMode, CreateError> {
+        Ok(match value {
+            "nat" => GatewayMode::Nat,
+            "nat-unprotected" => GatewayMode::NatUnprotected,
+            "routed" => GatewayMode::Routed,
+            "isolated" => GatewayMode::Isolated,
+            other => return Err(CreateError::BadGatewayMode(other.to_owned())),
+        })
+    }
+
+    fn is_nat(&self) -> bool {
+        *self == GatewayMode::Nat
+    }
+}
+
 /// A bridge network's settings (Docker's `com.docker.network.bridge.*`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BridgeConfig {
@@ -107,6 +149,10 @@ pub struct BridgeConfig {
     /// Default host address for published ports (Docker's
     /// `host_binding_ipv4`); None means every address.
     pub host_binding_ipv4: Option<Ipv4Addr>,
+    pub gateway_mode: GatewayMode,
+    /// Interfaces whose traffic skips the gateway mode's direct-access
+    /// checks (`trusted_host_interfaces`, e.g. a VPN device).
+    pub trusted_host_interfaces: Vec<String>,
 }
 
 /// A network as persisted (the desired state). On disk it keeps the flat
@@ -159,6 +205,11 @@ struct NetworkRecord {
     host_binding_ipv4: Option<Ipv4Addr>,
     macvlan: Option<MacvlanConfig>,
     labels: BTreeMap<String, String>,
+    /// Absent (files of earlier versions, and `nat`, the default): `nat`.
+    #[serde(default, skip_serializing_if = "GatewayMode::is_nat")]
+    gateway_mode: GatewayMode,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    trusted_host_interfaces: Vec<String>,
 }
 
 /// A persisted network whose driver lacks its settings.
@@ -185,6 +236,8 @@ impl TryFrom<NetworkRecord> for Network {
                 icc: r.icc,
                 masquerade: r.masquerade,
                 host_binding_ipv4: r.host_binding_ipv4,
+                gateway_mode: r.gateway_mode,
+                trusted_host_interfaces: r.trusted_host_interfaces.clone(),
             }),
             DriverKind::Macvlan => {
                 DriverConfig::Macvlan(r.macvlan.clone().ok_or_else(|| missing("macvlan"))?)
@@ -212,8 +265,12 @@ impl From<Network> for NetworkRecord {
         let kind = n.driver.kind();
         // Other drivers' fields as earlier versions wrote them for
         // networks of this driver.
+        let mut gateway_mode = GatewayMode::Nat;
+        let mut trusted_host_interfaces = Vec::new();
         let (bridge, icc, masquerade, host_binding_ipv4, macvlan) = match n.driver {
             DriverConfig::Bridge(b) => {
+                gateway_mode = b.gateway_mode;
+                trusted_host_interfaces = b.trusted_host_interfaces;
                 (Some(b.name), b.icc, b.masquerade, b.host_binding_ipv4, None)
             }
             DriverConfig::Macvlan(m) => (None, true, true, None, Some(m)),
@@ -235,6 +292,8 @@ impl From<Network> for NetworkRecord {
             host_binding_ipv4,
             macvlan,
             labels: n.labels,
+            gateway_mode,
+            trusted_host_interfaces,
         }
     }
 }
@@ -301,6 +360,11 @@ pub enum CreateError {
         "-o {key}={value}: not a valid interface name (1-15 bytes, no '/', ':' or white space)"
     )]
     BadIfname { key: String, value: String },
+    #[error(
+        "-o com.docker.network.bridge.gateway_mode_ipv4={0}: expected nat, nat-unprotected, \
+         routed or isolated"
+    )]
+    BadGatewayMode(String),
     #[error("-o macvlan_mode={0}: expected bridge, private, vepa or passthru")]
     BadMacvlanMode(String),
     #[error("--driver macvlan needs -o parent=IFACE")]
@@ -340,6 +404,8 @@ pub struct CreateRequest {
     pub icc: bool,
     pub masquerade: bool,
     pub host_binding_ipv4: Option<Ipv4Addr>,
+    pub gateway_mode: GatewayMode,
+    pub trusted_host_interfaces: Vec<String>,
     pub macvlan: Option<MacvlanConfig>,
     pub labels: BTreeMap<String, String>,
 }
@@ -358,6 +424,8 @@ impl CreateRequest {
                 icc: self.icc,
                 masquerade: self.masquerade,
                 host_binding_ipv4: self.host_binding_ipv4,
+                gateway_mode: self.gateway_mode,
+                trusted_host_interfaces: self.trusted_host_interfaces.clone(),
             }),
             DriverKind::Macvlan => {
                 DriverConfig::Macvlan(self.macvlan.clone().ok_or(CreateError::MissingParent)?)
@@ -370,7 +438,8 @@ impl CreateRequest {
 
 const BRIDGE_OPTS: &str = "com.docker.network.bridge.name, com.docker.network.bridge.enable_icc, \
      com.docker.network.bridge.enable_ip_masquerade, com.docker.network.bridge.host_binding_ipv4, \
-     com.docker.network.driver.mtu";
+     com.docker.network.bridge.gateway_mode_ipv4, \
+     com.docker.network.bridge.trusted_host_interfaces, com.docker.network.driver.mtu";
 const MACVLAN_OPTS: &str = "parent, macvlan_mode, com.docker.network.driver.mtu";
 
 pub fn valid_name(name: &str) -> bool {
@@ -413,6 +482,14 @@ fn apply_options(req: &mut CreateRequest, options: &[String]) -> Result<(), Crea
                 let ip = ipam::parse_addr("o com.docker.network.bridge.host_binding_ipv4", value)?;
                 req.host_binding_ipv4 = (!ip.is_unspecified()).then_some(ip);
             }
+            (DriverKind::Bridge, "com.docker.network.bridge.gateway_mode_ipv4") => {
+                req.gateway_mode = GatewayMode::parse(value)?;
+                // Isolated is internal, and more (no address on the bridge).
+                req.internal |= req.gateway_mode == GatewayMode::Isolated;
+            }
+            (DriverKind::Bridge, "com.docker.network.bridge.trusted_host_interfaces") => {
+                req.trusted_host_interfaces = trusted_interfaces(key, value)?;
+            }
             (DriverKind::Macvlan, "parent") => {
                 if !valid_ifname(value) {
                     return Err(CreateError::BadIfname {
@@ -449,6 +526,24 @@ fn apply_options(req: &mut CreateRequest, options: &[String]) -> Result<(), Crea
         req.macvlan = Some(MacvlanConfig { parent, mode });
     }
     Ok(())
+}
+
+/// `if1:if2`, as Docker separates them; empty parts are skipped.
+fn trusted_interfaces(key: &str, value: &str) -> Result<Vec<String>, CreateError> {
+    value
+        .split(':')
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            if valid_ifname(name) {
+                Ok(name.to_owned())
+            } else {
+                Err(CreateError::BadIfname {
+                    key: key.to_owned(),
+                    value: name.to_owned(),
+                })
+            }
+        })
+        .collect()
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool, CreateError> {
@@ -515,6 +610,8 @@ impl CreateArgs {
             icc: true,
             masquerade: true,
             host_binding_ipv4: None,
+            gateway_mode: GatewayMode::Nat,
+            trusted_host_interfaces: Vec::new(),
             macvlan: None,
             labels: BTreeMap::new(),
         };
@@ -686,6 +783,72 @@ mod tests {
     }
 
     #[test]
+    fn gateway_modes_and_trusted_interfaces_parse() {
+        for (value, mode) in [
+            ("nat", GatewayMode::Nat),
+            ("nat-unprotected", GatewayMode::NatUnprotected),
+            ("routed", GatewayMode::Routed),
+            ("isolated", GatewayMode::Isolated),
+        ] {
+            let mut a = args("n");
+            a.options = vec![format!(
+                "com.docker.network.bridge.gateway_mode_ipv4={value}"
+            )];
+            let r = a.parse().unwrap();
+            assert_eq!(r.gateway_mode, mode);
+            assert_eq!(mode.name(), value);
+            // Isolated is internal; the others keep what --internal said.
+            assert_eq!(r.internal, mode == GatewayMode::Isolated, "{value}");
+        }
+        assert_eq!(args("n").parse().unwrap().gateway_mode, GatewayMode::Nat);
+        let mut a = args("n");
+        a.options = vec!["com.docker.network.bridge.trusted_host_interfaces=wg0::tun1".into()];
+        assert_eq!(a.parse().unwrap().trusted_host_interfaces, ["wg0", "tun1"]);
+        for (opt, needle) in [
+            (
+                "com.docker.network.bridge.gateway_mode_ipv4=nat6",
+                "gateway_mode_ipv4=nat6: expected nat, nat-unprotected, routed or isolated",
+            ),
+            (
+                "com.docker.network.bridge.trusted_host_interfaces=wg0:a/b",
+                "trusted_host_interfaces=a/b",
+            ),
+        ] {
+            let mut a = args("n");
+            a.options = vec![opt.into()];
+            let err = a.parse().unwrap_err().to_string();
+            assert!(err.contains(needle), "{err:?} should contain {needle:?}");
+        }
+        let mut a = args("m");
+        a.driver = "macvlan".into();
+        a.options = vec![
+            "parent=eth0".into(),
+            "com.docker.network.bridge.gateway_mode_ipv4=routed".into(),
+        ];
+        assert!(matches!(a.parse(), Err(CreateError::UnknownOption { .. })));
+    }
+
+    #[test]
+    fn a_gateway_mode_is_persisted_and_absent_means_nat() {
+        let mut nets: BTreeMap<String, Network> = serde_json::from_str(OLD_STATE_NETWORKS).unwrap();
+        let DriverConfig::Bridge(b) = &mut nets.get_mut("bridge").unwrap().driver else {
+            panic!("bridge");
+        };
+        assert_eq!(b.gateway_mode, GatewayMode::Nat);
+        assert!(b.trusted_host_interfaces.is_empty());
+        b.gateway_mode = GatewayMode::NatUnprotected;
+        b.trusted_host_interfaces = vec!["wg0".into(), "tun1".into()];
+        let json = serde_json::to_value(&nets).unwrap();
+        assert_eq!(json["bridge"]["gateway_mode"], "nat-unprotected");
+        assert_eq!(
+            json["bridge"]["trusted_host_interfaces"],
+            serde_json::json!(["wg0", "tun1"])
+        );
+        let back: BTreeMap<String, Network> = serde_json::from_value(json).unwrap();
+        assert_eq!(back, nets);
+    }
+
+    #[test]
     fn macvlan_defaults_to_bridge_mode() {
         let mut a = args("mv");
         a.driver = "macvlan".into();
@@ -736,6 +899,8 @@ mod tests {
                 icc: false,
                 masquerade: true,
                 host_binding_ipv4: Some(Ipv4Addr::LOCALHOST),
+                gateway_mode: GatewayMode::Nat,
+                trusted_host_interfaces: Vec::new(),
             })
         );
         assert_eq!(

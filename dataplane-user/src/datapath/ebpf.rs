@@ -24,7 +24,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const AYA_LOGS: &str = "AYA_LOGS";
 
 /// Every map in the object, pinned by name.
-pub const PINNED_MAPS: [&str; 24] = [
+pub const PINNED_MAPS: [&str; 26] = [
     maps::PROTO_STATS,
     maps::DROP_STATS,
     maps::PORTS,
@@ -39,6 +39,8 @@ pub const PINNED_MAPS: [&str; 24] = [
     maps::ENDPOINTS,
     maps::ENDPOINT_ROUTES,
     maps::SANDBOX_ADDRS,
+    maps::OPEN_PORTS,
+    maps::TRUSTED_IFACES,
     maps::FILTER_CONFIG,
     maps::FILTER_SRC,
     maps::FILTER_SRC_HOST,

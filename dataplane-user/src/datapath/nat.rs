@@ -18,7 +18,7 @@ use dataplane_common::{
     maps,
     nat::{
         EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SandboxAddr, SubnetPolicy,
-        Uplink, MAX_PORT_MAPPINGS,
+        TrustedIface, Uplink, MAX_PORT_MAPPINGS,
     },
     stats::PktCounter,
 };
@@ -87,6 +87,11 @@ pub struct Desired {
     pub sandbox_addrs: BTreeMap<[u8; 4], SandboxAddr>,
     pub host_addrs: BTreeMap<[u8; 4], HostAddr>,
     pub uplinks: BTreeMap<u32, Uplink>,
+    /// Container address, port and protocol -> 1: the published container
+    /// ports of `routed` networks, open to direct access.
+    pub open_ports: BTreeMap<PortKey, u32>,
+    /// (ifindex, network key) -> 1: interfaces a network trusts.
+    pub trusted_ifaces: BTreeMap<TrustedIface, u32>,
 }
 
 type Hash<'a, K, V> = HashMap<&'a mut MapData, K, V>;
@@ -131,6 +136,8 @@ pub fn apply(dp: &mut Dataplane, want: &Desired) -> Result<(), NatError> {
     hash(dp, maps::ENDPOINTS, &want.endpoints)?;
     hash(dp, maps::ENDPOINT_ROUTES, &want.endpoint_routes)?;
     hash(dp, maps::SANDBOX_ADDRS, &want.sandbox_addrs)?;
+    hash(dp, maps::OPEN_PORTS, &want.open_ports)?;
+    hash(dp, maps::TRUSTED_IFACES, &want.trusted_ifaces)?;
     let mut trie: SubnetTrie<'_> = open(dp, maps::SUBNETS)?;
     Ok(reconcile(
         &mut trie,
@@ -174,6 +181,13 @@ pub fn apply_changes(dp: &mut Dataplane, old: &Desired, new: &Desired) -> Result
         maps::SANDBOX_ADDRS,
         &old.sandbox_addrs,
         &new.sandbox_addrs,
+    )?;
+    hash(dp, maps::OPEN_PORTS, &old.open_ports, &new.open_ports)?;
+    hash(
+        dp,
+        maps::TRUSTED_IFACES,
+        &old.trusted_ifaces,
+        &new.trusted_ifaces,
     )?;
     if old.subnets != new.subnets {
         let mut trie: SubnetTrie<'_> = open(dp, maps::SUBNETS)?;

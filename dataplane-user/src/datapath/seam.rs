@@ -241,6 +241,8 @@ fn copy(d: &Desired) -> Desired {
         sandbox_addrs: d.sandbox_addrs.clone(),
         host_addrs: d.host_addrs.clone(),
         uplinks: d.uplinks.clone(),
+        open_ports: d.open_ports.clone(),
+        trusted_ifaces: d.trusted_ifaces.clone(),
     }
 }
 

@@ -14,7 +14,7 @@ use super::{
 use crate::{
     control::{
         host::Host,
-        model::{Attachment, BridgeConfig, DriverKind, Network},
+        model::{Attachment, BridgeConfig, DriverKind, GatewayMode, Network},
     },
     sys::netlink::{Netlink, NetlinkError},
 };
@@ -23,8 +23,9 @@ use crate::{
 pub struct Bridge<'a>(pub &'a BridgeConfig);
 
 impl Bridge<'_> {
-    /// The bridge with the network's gateway address, up; `adopt` allows
-    /// one that exists already (see [`ensure_bridge`]).
+    /// The bridge with the network's gateway address (none in gateway
+    /// mode `isolated`), up; `adopt` allows one that exists already (see
+    /// [`ensure_bridge`]).
     async fn ensure<H: Host>(
         &self,
         host: &H,
@@ -34,6 +35,7 @@ impl Bridge<'_> {
         let (Some(subnet), Some(gateway)) = (net.subnet, net.gateway) else {
             return Ok(Vec::new());
         };
+        let gateway = (self.0.gateway_mode != GatewayMode::Isolated).then_some(gateway);
         Ok(host
             .ensure_bridge(&self.0.name, gateway, subnet, net.mtu, adopt)
             .await?)
@@ -54,10 +56,18 @@ impl NetworkDriver for Bridge<'_> {
     }
 
     fn subnet_policy(&self, net: &Network) -> Option<SubnetPolicy> {
+        let mode = self.0.gateway_mode;
+        let internal = net.internal || mode == GatewayMode::Isolated;
+        let nat = matches!(mode, GatewayMode::Nat | GatewayMode::NatUnprotected);
+        let masquerade = self.0.masquerade && nat && !internal;
         Some(SubnetPolicy {
             subnet: net.subnet?,
-            masquerade: self.0.masquerade && !net.internal,
+            masquerade,
             icc: self.0.icc,
+            // Protection guards what masquerade hides: with masquerade off
+            // the containers' own flows come back to their addresses.
+            protected: masquerade && mode == GatewayMode::Nat,
+            routed: mode == GatewayMode::Routed && !internal,
         })
     }
 
@@ -74,6 +84,13 @@ impl NetworkDriver for Bridge<'_> {
         put("name", cfg.name.clone());
         put("enable_icc", cfg.icc.to_string());
         put("enable_ip_masquerade", cfg.masquerade.to_string());
+        put("gateway_mode_ipv4", cfg.gateway_mode.name().to_owned());
+        if !cfg.trusted_host_interfaces.is_empty() {
+            put(
+                "trusted_host_interfaces",
+                cfg.trusted_host_interfaces.join(":"),
+            );
+        }
         put(
             "host_binding_ipv4",
             cfg.host_binding_ipv4
@@ -115,7 +132,8 @@ impl NetworkDriver for Bridge<'_> {
     }
 }
 
-/// Creates the bridge of a network with its gateway address, up, or checks
+/// Creates the bridge of a network with its gateway address (if it has
+/// one on the bridge), up, or checks
 /// an existing one. `adopt` allows an existing bridge (the agent restoring
 /// its own); otherwise an existing link of that name is someone else's.
 ///
@@ -128,7 +146,7 @@ impl NetworkDriver for Bridge<'_> {
 pub async fn ensure_bridge(
     host: &Netlink,
     name: &str,
-    gateway: Ipv4Addr,
+    gateway: Option<Ipv4Addr>,
     subnet: Ipv4Net,
     mtu: u32,
     adopt: bool,
@@ -164,15 +182,17 @@ pub async fn ensure_bridge(
             link
         }
     };
-    let has_addr = host
-        .addrs(Some(link.index))
-        .await?
-        .iter()
-        .any(|(_, a, p)| *a == gateway && *p == subnet.prefix_len());
-    if !has_addr {
-        host.add_addr(link.index, gateway, subnet.prefix_len())
-            .await?;
-        changed.push(format!("added {gateway}/{} to {name}", subnet.prefix_len()));
+    if let Some(gateway) = gateway {
+        let has_addr = host
+            .addrs(Some(link.index))
+            .await?
+            .iter()
+            .any(|(_, a, p)| *a == gateway && *p == subnet.prefix_len());
+        if !has_addr {
+            host.add_addr(link.index, gateway, subnet.prefix_len())
+                .await?;
+            changed.push(format!("added {gateway}/{} to {name}", subnet.prefix_len()));
+        }
     }
     if !link.up {
         host.set_up(link.index).await?;

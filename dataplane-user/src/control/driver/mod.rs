@@ -69,6 +69,11 @@ pub struct SubnetPolicy {
     /// internal network).
     pub masquerade: bool,
     pub icc: bool,
+    /// Gateway mode `nat`: direct access from outside is dropped.
+    pub protected: bool,
+    /// Gateway mode `routed`: direct access only to published container
+    /// ports and ICMP.
+    pub routed: bool,
 }
 
 /// What differs per driver. Kernel work goes through `H: Host`.

@@ -200,6 +200,9 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                         "com.docker.network.bridge.enable_ip_masquerade={m}"
                     ));
                 }
+                if let Some(m) = &spec.gateway_mode {
+                    options.push(format!("com.docker.network.bridge.gateway_mode_ipv4={m}"));
+                }
                 let args = CreateArgs {
                     name: name.to_owned(),
                     driver: "bridge".into(),

@@ -1410,3 +1410,135 @@ async fn docker_bindings_use_the_hosts_ephemeral_range_and_see_host_sockets() {
         .to_string();
     assert!(e.contains("portmap") && e.contains("node (pid 5)"), "{e}");
 }
+
+// ---- gateway modes ----
+
+#[tokio::test]
+async fn gateway_modes_reach_the_subnet_flags_open_ports_and_trusted_interfaces() {
+    use dataplane_common::nat::{
+        TrustedIface, SUBNET_INTERNAL, SUBNET_MASQUERADE, SUBNET_PROTECTED, SUBNET_ROUTED,
+    };
+
+    use crate::control::{desired::network_key, model::GatewayMode};
+    let dir = Dir::new();
+    let mut m = open(&dir).await;
+    m.host().add_netns("c1");
+    let tun = m.host().get().add_link("tun0", Some("tun"), None);
+    let mut modes = Vec::new();
+    for (name, subnet, opts) in [
+        ("nat", "10.60.0.0/24", vec![]),
+        (
+            "unprot",
+            "10.61.0.0/24",
+            vec!["com.docker.network.bridge.gateway_mode_ipv4=nat-unprotected"],
+        ),
+        (
+            "routed",
+            "10.62.0.0/24",
+            vec![
+                "com.docker.network.bridge.gateway_mode_ipv4=routed",
+                "com.docker.network.bridge.trusted_host_interfaces=tun0:wg9",
+            ],
+        ),
+        (
+            "iso",
+            "10.63.0.0/24",
+            vec!["com.docker.network.bridge.gateway_mode_ipv4=isolated"],
+        ),
+    ] {
+        let mut a = create_args(name, Some(subnet));
+        a.options = opts.into_iter().map(Into::into).collect();
+        let net = m.create(a.parse().expect("parse")).await.expect(name);
+        modes.push(net);
+    }
+    let flags = |subnet: [u8; 4]| m.datapath().nat.subnets[&(subnet, 24)].0;
+    assert_eq!(flags([10, 60, 0, 0]), SUBNET_MASQUERADE | SUBNET_PROTECTED);
+    assert_eq!(flags([10, 61, 0, 0]), SUBNET_MASQUERADE);
+    assert_eq!(flags([10, 62, 0, 0]), SUBNET_ROUTED);
+    assert_eq!(flags([10, 63, 0, 0]), SUBNET_INTERNAL);
+    // Isolated: internal, and the host has no address on its bridge.
+    assert!(modes[3].internal);
+    let iso_bridge = bridge_of(&modes[3]);
+    let addrs_on_bridge = {
+        let h = m.host().get();
+        let index = h.by_name(&iso_bridge).expect("bridge").index;
+        h.addrs.iter().filter(|(i, _, _)| *i == index).count()
+    };
+    assert_eq!(addrs_on_bridge, 0);
+    // Trusted: the interface that exists, by index, for its network only.
+    let trusted: Vec<_> = m.datapath().nat.trusted_ifaces.keys().copied().collect();
+    assert_eq!(
+        trusted,
+        [TrustedIface {
+            ifindex: tun,
+            network_id: network_key(&modes[2].id),
+        }]
+    );
+    // Routed: the container's published port is open to direct access.
+    let mut a = args("routed", "c1");
+    a.publish = vec!["8080:80".parse().unwrap()];
+    connect(&mut m, a).await;
+    let open_ports: Vec<_> = m.datapath().nat.open_ports.keys().copied().collect();
+    assert_eq!(
+        open_ports,
+        [PortKey {
+            addr: [10, 62, 0, 2],
+            port: 80u16.to_be_bytes(),
+            proto: 6,
+            _pad: 0,
+        }]
+    );
+    // Persisted: a restart keeps every mode and the trusted list.
+    drop(m);
+    let m = open(&dir).await;
+    let mode = |name: &str| match &m.state().networks[name].driver {
+        crate::control::model::DriverConfig::Bridge(b) => {
+            (b.gateway_mode, b.trusted_host_interfaces.clone())
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(mode("nat"), (GatewayMode::Nat, vec![]));
+    assert_eq!(mode("unprot").0, GatewayMode::NatUnprotected);
+    assert_eq!(
+        mode("routed"),
+        (GatewayMode::Routed, vec!["tun0".into(), "wg9".into()])
+    );
+    assert_eq!(mode("iso").0, GatewayMode::Isolated);
+}
+
+#[tokio::test]
+async fn cni_gateway_mode_reaches_the_network_it_creates() {
+    use crate::control::model::{DriverConfig, GatewayMode};
+    let dir = Dir::new();
+    let mut m = open(&dir).await;
+    m.host().add_netns("p1");
+    m.host().add_netns("p2");
+    let mut add = cni_add("0123456789abcdef", "p1");
+    if let Some(spec) = add.create.as_mut() {
+        spec.gateway_mode = Some("routed".into());
+    }
+    m.cni_add(&add).await.unwrap();
+    let DriverConfig::Bridge(b) = &m.state().networks["cni0"].driver else {
+        panic!("a bridge network");
+    };
+    assert_eq!(b.gateway_mode, GatewayMode::Routed);
+    // The container port of the mapping is open to direct access.
+    assert_eq!(m.datapath().nat.open_ports.len(), 1);
+    // An unknown mode is refused naming it, nothing created.
+    let mut bad = cni_add("fedcba9876543210", "p2");
+    bad.network = "cni1".into();
+    if let Some(spec) = bad.create.as_mut() {
+        spec.subnet = Some("10.89.0.0/16".into());
+        spec.gateway_mode = Some("bridged".into());
+    }
+    let before = snapshot(&m);
+    let r = m.cni_add(&bad).await;
+    let cause = r
+        .as_ref()
+        .err()
+        .and_then(|e| std::error::Error::source(e))
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    assert!(cause.contains("gateway_mode_ipv4=bridged"), "{cause:?}");
+    refused(&m, &before, r, &["network cni1"]);
+}

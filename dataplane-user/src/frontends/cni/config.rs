@@ -8,7 +8,7 @@
 //! `runtimeConfig`, `prevResult`, 1.1's `cni.dev/valid-attachments` and
 //! `cni.dev/attachments`; ours: `network` (the dataplane network, default
 //! `name`), `socket` (the agent's, default /run/dataplane/dataplane.sock),
-//! `bridge` and `mtu` (used when the network is created). `ipam` is ours:
+//! `bridge`, `mtu` and `gatewayMode` (used when the network is created). `ipam` is ours:
 //! `{}` or `{"type": "dataplane"}`, with `subnet`, `gateway` and `ipRange`
 //! for a network the plugin creates. Any other field is refused (code 2),
 //! so a typo is never silently ignored.
@@ -257,13 +257,15 @@ struct RawConf {
     bridge: Option<Field<String>>,
     #[serde(default)]
     mtu: Option<Field<u32>>,
+    #[serde(rename = "gatewayMode", default)]
+    gateway_mode: Option<Field<String>>,
     /// Every other key: refused.
     #[serde(flatten)]
     unknown: BTreeMap<String, Value>,
 }
 
 /// The keys [`RawConf`] knows, for the refusal of the others.
-const TOP_FIELDS: [&str; 16] = [
+const TOP_FIELDS: [&str; 17] = [
     "cniVersion",
     "name",
     "type",
@@ -280,6 +282,7 @@ const TOP_FIELDS: [&str; 16] = [
     "socket",
     "bridge",
     "mtu",
+    "gatewayMode",
 ];
 
 #[derive(Deserialize)]
@@ -546,7 +549,7 @@ impl NetConf {
     }
 }
 
-/// `ipam`, `bridge`, `mtu` and `ipMasq`: the network as the plugin would
+/// `ipam`, `bridge`, `mtu`, `ipMasq` and `gatewayMode`: the network as the plugin would
 /// create it. The ipam values are checked later (see `ipam_error`).
 fn network_spec(raw: &mut RawConf) -> Result<NetworkSpec, Refusal> {
     let mut spec = NetworkSpec::default();
@@ -587,6 +590,8 @@ fn network_spec(raw: &mut RawConf) -> Result<NetworkSpec, Refusal> {
         .take()
         .map(|b| b.or_refuse("ipMasq", "expected true or false"))
         .transpose()?;
+    // Its values are the agent's to check, as `network create`'s.
+    spec.gateway_mode = opt_str(raw.gateway_mode.take(), "gatewayMode")?;
     Ok(spec)
 }
 
@@ -628,6 +633,20 @@ mod tests {
         assert_eq!(c.ip, Some(Ipv4Addr::new(10, 77, 0, 9)));
         assert_eq!(c.mac.as_deref(), Some("02:42:0a:4d:00:09"));
         assert!(c.prev_result.is_some() && c.dns.is_some());
+        let c = conf(
+            r#"{"cniVersion":"1.0.0","name":"gw","type":"dataplane-cni",
+                "gatewayMode":"nat-unprotected","ipam":{"subnet":"10.78.0.0/24"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.create.unwrap().gateway_mode.as_deref(),
+            Some("nat-unprotected")
+        );
+        let err =
+            conf(r#"{"cniVersion":"1.0.0","name":"gw","type":"dataplane-cni","gatewayMode":7}"#)
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("gatewayMode"), "{err}");
         // The minimal form joins an existing network named like the config.
         let c = conf(r#"{"cniVersion":"0.4.0","name":"bridge","type":"dataplane-cni","ipam":{}}"#)
             .unwrap();

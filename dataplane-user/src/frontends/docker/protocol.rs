@@ -662,6 +662,21 @@ mod tests {
     }
 
     #[test]
+    fn a_gateway_mode_comes_through_the_generic_options() {
+        let body = format!(
+            r#"{{"NetworkID":"{NID}","Options":{{"com.docker.network.generic":{{"com.docker.network.bridge.gateway_mode_ipv4":"routed","com.docker.network.bridge.trusted_host_interfaces":"wg0"}}}},"IPv4Data":[{{"Pool":"10.0.0.0/24","Gateway":"10.0.0.1/24"}}]}}"#
+        );
+        let Some(Call::CreateNetwork { args, .. }) =
+            parse("NetworkDriver.CreateNetwork", &body).unwrap()
+        else {
+            panic!("not CreateNetwork");
+        };
+        let req = args.parse().unwrap();
+        assert_eq!(req.gateway_mode, crate::control::model::GatewayMode::Routed);
+        assert_eq!(req.trusted_host_interfaces, ["wg0"]);
+    }
+
+    #[test]
     fn create_endpoint_address_and_mac() {
         let body = format!(
             r#"{{"NetworkID":"{NID}","EndpointID":"{EID}","Interface":{{"Address":"10.99.0.2/24","AddressIPv6":"","MacAddress":""}},"Options":{{}}}}"#
