@@ -259,10 +259,13 @@ fn try_uplink_out(ctx: &TcContext) -> Result<i32, DropReason> {
             if flags & SUBNET_MASQUERADE == 0 {
                 if flags & SUBNET_ROUTED != 0 && frag == Frag::Whole && pkt.proto == IPPROTO_UDP {
                     // Tracked untranslated, so the replies get past the
-                    // routed network's checks on their way in.
+                    // routed network's checks on their way in; created
+                    // once per flow, not rewritten by each datagram.
                     let key = conntrack::key_of(&pkt, ZONE);
-                    let pass = conntrack::entry(ctx, 0, &pkt)?;
-                    conntrack::create(&key, &pass, false).map_err(|_| DropReason::CtInsert)?;
+                    if conntrack::lookup_flow(&key, &pkt).is_none() {
+                        let pass = conntrack::entry(ctx, 0, &pkt)?;
+                        conntrack::create(&key, &pass, false).map_err(|_| DropReason::CtInsert)?;
+                    }
                 }
                 return Ok(TCX_NEXT);
             }
