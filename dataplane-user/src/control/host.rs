@@ -133,11 +133,24 @@ pub trait Host: Send + Sync {
     /// Turns on IPv4 forwarding in the host namespace.
     fn enable_forwarding(&self) -> std::io::Result<()>;
     /// Host sockets holding IPv4 ports: listening TCP, bound UDP.
-    fn held_ports(&self) -> std::io::Result<Vec<HeldPort>>;
+    /// The host socket holding `port` (TCP or UDP) on `ip` (None: every
+    /// address), if one does.
+    fn port_holder(
+        &self,
+        tcp: bool,
+        ip: Option<Ipv4Addr>,
+        port: u16,
+    ) -> std::io::Result<Option<HeldPort>>;
     /// `name (pid N)` of the process holding the socket with this inode.
     fn socket_owner(&self, inode: u64) -> Option<String>;
     /// Where a port published without a host port is picked from.
     fn ephemeral_ports(&self) -> RangeInclusive<u16>;
+}
+
+/// Whether a socket on `h`'s address takes packets for `ip`: either side
+/// on every address, or both on the same one.
+fn held_on(h: &HeldPort, ip: Option<Ipv4Addr>) -> bool {
+    h.ip.is_none() || ip.is_none() || h.ip == ip
 }
 
 impl Host for Netlink {
@@ -247,8 +260,26 @@ impl Host for Netlink {
             _ => std::fs::write(path, "1"),
         }
     }
-    fn held_ports(&self) -> std::io::Result<Vec<HeldPort>> {
-        sockets::held_ports()
+    fn port_holder(
+        &self,
+        tcp: bool,
+        ip: Option<Ipv4Addr>,
+        port: u16,
+    ) -> std::io::Result<Option<HeldPort>> {
+        if !sockets::port_taken(tcp, ip, port)? {
+            return Ok(None);
+        }
+        // Held: which socket, for the refusal's text (a connection using
+        // the port is not in the listeners procfs shows: no inode).
+        let found = sockets::held_ports()?
+            .into_iter()
+            .find(|h| h.tcp == tcp && h.port == port && held_on(h, ip));
+        Ok(Some(found.unwrap_or(HeldPort {
+            tcp,
+            ip,
+            port,
+            inode: 0,
+        })))
     }
     fn socket_owner(&self, inode: u64) -> Option<String> {
         sockets::socket_owner(inode)
@@ -622,8 +653,19 @@ impl Host for FakeHost {
         self.get().forwarding = true;
         Ok(())
     }
-    fn held_ports(&self) -> std::io::Result<Vec<HeldPort>> {
-        Ok(self.get().held.iter().map(|(h, _)| h.clone()).collect())
+    fn port_holder(
+        &self,
+        tcp: bool,
+        ip: Option<Ipv4Addr>,
+        port: u16,
+    ) -> std::io::Result<Option<HeldPort>> {
+        Ok(self
+            .get()
+            .held
+            .iter()
+            .map(|(h, _)| h)
+            .find(|h| h.tcp == tcp && h.port == port && held_on(h, ip))
+            .cloned())
     }
     fn socket_owner(&self, inode: u64) -> Option<String> {
         let h = self.get();

@@ -1,10 +1,17 @@
-//! The host's own sockets as procfs shows them: which IPv4 ports are held
-//! by a listening TCP socket or a bound UDP one (so a port is not
-//! published over a host service, moby#50669), which process holds a
-//! socket, and the kernel's ephemeral port range (what Docker's port
-//! allocator picks published ports from).
+//! The host's own sockets: whether an IPv4 port is held (a trial bind, as
+//! Docker's allocator binds, so a port is not published over a host
+//! service, moby#50669), which socket and process hold it (procfs, read
+//! only then: every read of /proc/net/tcp walks the kernel's whole
+//! connection hash, milliseconds on a big one), and the kernel's ephemeral
+//! port range (what Docker's port allocator picks published ports from).
 
-use std::{fs, net::Ipv4Addr, ops::RangeInclusive, path::Path};
+use std::{
+    fs,
+    net::Ipv4Addr,
+    ops::RangeInclusive,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::Path,
+};
 
 /// TCP state `LISTEN` in /proc/net/tcp.
 const TCP_LISTEN: &str = "0A";
@@ -20,6 +27,67 @@ pub struct HeldPort {
     pub port: u16,
     /// The socket's inode, to find its process.
     pub inode: u64,
+}
+
+/// Whether a socket of the calling thread's network namespace holds `port`
+/// for TCP (`tcp`) or UDP on `ip` (None: every address), by binding it for
+/// a moment: EADDRINUSE is held. TCP binds with SO_REUSEADDR, so what is
+/// only in TIME_WAIT does not count; a listener or a connection using the
+/// port does. An address that is not the host's cannot be held by it.
+pub fn port_taken(tcp: bool, ip: Option<Ipv4Addr>, port: u16) -> std::io::Result<bool> {
+    let kind = if tcp {
+        libc::SOCK_STREAM
+    } else {
+        libc::SOCK_DGRAM
+    };
+    // SAFETY: plain socket(2); the descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, kind | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if tcp {
+        let one: libc::c_int = 1;
+        // SAFETY: a c_int option value of the right size.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                std::ptr::addr_of!(one).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: a sockaddr_in of the size given.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            std::ptr::addr_of!(addr).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        return Ok(false);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EADDRINUSE) => Ok(true),
+        Some(libc::EADDRNOTAVAIL) => Ok(false),
+        _ => Err(e),
+    }
 }
 
 /// Listening TCP and bound UDP sockets of the calling process's network
@@ -136,6 +204,27 @@ fn parse_port_range(text: &str) -> Option<RangeInclusive<u16>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_trial_bind_finds_a_listener_and_a_bound_udp_socket() {
+        let lo = std::net::Ipv4Addr::LOCALHOST;
+        let tcp = std::net::TcpListener::bind((lo, 0)).expect("listen");
+        let port = tcp.local_addr().expect("addr").port();
+        assert!(super::port_taken(true, Some(lo), port).expect("trial"));
+        assert!(
+            super::port_taken(true, None, port).expect("trial"),
+            "0.0.0.0 overlaps"
+        );
+        drop(tcp);
+        assert!(!super::port_taken(true, Some(lo), port).expect("trial"));
+        let udp = std::net::UdpSocket::bind((lo, 0)).expect("bind");
+        let port = udp.local_addr().expect("addr").port();
+        assert!(super::port_taken(false, Some(lo), port).expect("trial"));
+        assert!(
+            !super::port_taken(true, Some(lo), port).expect("trial"),
+            "TCP is not UDP"
+        );
+    }
+
     use super::*;
 
     #[test]

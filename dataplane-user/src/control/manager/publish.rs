@@ -82,17 +82,6 @@ pub(super) enum Holder {
 }
 
 /// Host sockets by (tcp, port).
-type HeldIndex = HashMap<(bool, u16), Vec<HeldPort>>;
-
-/// Whether a host socket takes the packets `m` would claim: same
-/// protocol and port, and either side on every address or both on one.
-fn held_by(held: &HeldIndex, m: &PortMapping) -> Option<HeldPort> {
-    held.get(&(m.proto == Proto::Tcp, m.host_port))?
-        .iter()
-        .find(|h| h.ip.is_none() || m.host_ip.is_none() || h.ip == m.host_ip)
-        .cloned()
-}
-
 /// A request could not get a host port: the index of the request, and
 /// what holds the (last) port it tried.
 pub(super) struct Refused {
@@ -116,10 +105,6 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         }
         let picks = wanted.iter().any(|r| r.fixed().is_none());
         let holders = PortHolders::new(&self.state, except, picks || wanted.len() > 8);
-        let mut held: HeldIndex = HashMap::new();
-        for h in self.host.held_ports().map_err(NetworkError::HostSockets)? {
-            held.entry((h.tcp, h.port)).or_default().push(h);
-        }
         let ephemeral = self.host.ephemeral_ports();
         let mut out: Vec<PortMapping> = Vec::new();
         for (index, r) in wanted.iter().enumerate() {
@@ -138,8 +123,15 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                             by: format!("endpoint {} on network {}", ep.name, ep.network),
                             existing: *p,
                         })
-                    })
-                    .or_else(|| held_by(&held, &m).map(Holder::Socket));
+                    });
+                let holder = match holder {
+                    Some(h) => Some(h),
+                    None => self
+                        .host
+                        .port_holder(m.proto == Proto::Tcp, m.host_ip, m.host_port)
+                        .map_err(NetworkError::HostSockets)?
+                        .map(Holder::Socket),
+                };
                 match holder {
                     Some(h) => last = Some(h),
                     None => {
