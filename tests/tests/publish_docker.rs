@@ -12,7 +12,7 @@ use std::{
 
 use dataplane_tests::{
     cli::Cli,
-    netns::NetNs,
+    netns::{add_addr, NetNs},
     topo::FakeHost,
     traffic::{http_get, http_server, udp_echo_server},
 };
@@ -20,6 +20,7 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(5);
 const C1: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 2);
+const C2: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 3);
 
 struct Setup {
     fh: FakeHost,
@@ -255,4 +256,41 @@ fn a_port_bound_by_the_host_after_publishing_stays_the_containers() {
     )
     .expect("a host process binds the published port");
     answers(&s, 8080, "container");
+}
+
+/// The same host port published on two host addresses to two containers:
+/// each address answers from its own container, and the port on every
+/// address (`-p 1716:80`) is refused over both.
+#[test]
+fn one_host_port_on_two_host_addresses_reaches_two_containers() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let s = setup("addrs");
+    let a_ip = Ipv4Addr::new(192, 0, 2, 11);
+    let b_ip = Ipv4Addr::new(192, 0, 2, 12);
+    for ip in [a_ip, b_ip] {
+        add_addr(&s.fh.host, &s.fh.uplink, &format!("{ip}/24")).expect("host address");
+    }
+    let a = NetNs::new("a").expect("netns");
+    let b = NetNs::new("b").expect("netns");
+    for (ns, name, ip) in [(&a, "a", a_ip), (&b, "b", b_ip)] {
+        let spec = format!("{ip}:1716:80");
+        s.cli
+            .run(&["connect", "bridge", ns.name(), "--name", name, "-p", &spec])
+            .unwrap_or_else(|e| panic!("connect {name} -p {spec}: {e:#}"));
+    }
+    let _a = http_server(&a, SocketAddr::from((C1, 80)), "from a").expect("http a");
+    let _b = http_server(&b, SocketAddr::from((C2, 80)), "from b").expect("http b");
+    for (ip, body) in [(a_ip, "from a"), (b_ip, "from b")] {
+        let (status, got) = http_get(&s.fh.client, SocketAddr::from((ip, 1716)), "/", T)
+            .unwrap_or_else(|e| panic!("GET {ip}:1716: {e:#}"));
+        assert_eq!((status, got.as_str()), (200, body), "{ip}:1716");
+    }
+    let c = NetNs::new("c").expect("netns");
+    let e = s
+        .cli
+        .fail(&["connect", "bridge", c.name(), "-p", "1716:80"])
+        .expect("every address overlaps both");
+    assert!(e.contains("already publishes"), "{e}");
 }

@@ -204,28 +204,30 @@ fn parse_port_range(text: &str) -> Option<RangeInclusive<u16>> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{TcpListener, UdpSocket};
+
+    use super::*;
+
     #[test]
     fn a_trial_bind_finds_a_listener_and_a_bound_udp_socket() {
-        let lo = std::net::Ipv4Addr::LOCALHOST;
-        let tcp = std::net::TcpListener::bind((lo, 0)).expect("listen");
+        let lo = Ipv4Addr::LOCALHOST;
+        let tcp = TcpListener::bind((lo, 0)).expect("listen");
         let port = tcp.local_addr().expect("addr").port();
-        assert!(super::port_taken(true, Some(lo), port).expect("trial"));
+        assert!(port_taken(true, Some(lo), port).expect("trial"));
         assert!(
-            super::port_taken(true, None, port).expect("trial"),
+            port_taken(true, None, port).expect("trial"),
             "0.0.0.0 overlaps"
         );
         drop(tcp);
-        assert!(!super::port_taken(true, Some(lo), port).expect("trial"));
-        let udp = std::net::UdpSocket::bind((lo, 0)).expect("bind");
+        assert!(!port_taken(true, Some(lo), port).expect("trial"));
+        let udp = UdpSocket::bind((lo, 0)).expect("bind");
         let port = udp.local_addr().expect("addr").port();
-        assert!(super::port_taken(false, Some(lo), port).expect("trial"));
+        assert!(port_taken(false, Some(lo), port).expect("trial"));
         assert!(
-            !super::port_taken(true, Some(lo), port).expect("trial"),
+            !port_taken(true, Some(lo), port).expect("trial"),
             "TCP is not UDP"
         );
     }
-
-    use super::*;
 
     #[test]
     fn proc_net_lines_parse() {
