@@ -11,7 +11,9 @@ use std::{
 };
 
 use dataplane_tests::{
+    cgroup::TestCgroup,
     cli::Cli,
+    cmd,
     netns::{add_addr, NetNs},
     topo::FakeHost,
     traffic::{http_get, http_server, udp_echo_server},
@@ -293,4 +295,75 @@ fn one_host_port_on_two_host_addresses_reaches_two_containers() {
         .fail(&["connect", "bridge", c.name(), "-p", "1716:80"])
         .expect("every address overlaps both");
     assert!(e.contains("already publishes"), "{e}");
+}
+
+/// Reads `http://ADDR:PORT/` for each address given, from the test cgroup
+/// in the fake host's namespace: prints `ADDR BODY` per address.
+const LOOPBACK_GETS: &str = r#"
+import socket, sys
+port = int(sys.argv[1])
+for addr in sys.argv[2:]:
+    s = socket.create_connection((addr, port), timeout=5)
+    s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+    data = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    print(addr, data.split(b"\r\n\r\n", 1)[-1].decode().strip())
+"#;
+
+/// The same host port on two loopback addresses (`127.0.1.2:1716`,
+/// `127.0.1.3:1716`) to two containers, reached from the host itself
+/// (`local attach`): each address answers from its own container.
+#[test]
+fn one_host_port_on_two_loopback_addresses_answers_from_each_container() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let s = setup("lo2");
+    let cgroup = TestCgroup::new();
+    let a = NetNs::new("a").expect("netns");
+    let b = NetNs::new("b").expect("netns");
+    for (ns, name, spec) in [
+        (&a, "a", "127.0.1.2:1716:80"),
+        (&b, "b", "127.0.1.3:1716:80"),
+    ] {
+        s.cli
+            .run(&["connect", "bridge", ns.name(), "--name", name, "-p", spec])
+            .unwrap_or_else(|e| panic!("connect {name} -p {spec}: {e:#}"));
+    }
+    let _a = http_server(&a, SocketAddr::from((C1, 80)), "from a").expect("http a");
+    let _b = http_server(&b, SocketAddr::from((C2, 80)), "from b").expect("http b");
+    let cg = cgroup.path.to_string_lossy().into_owned();
+    s.cli.run(&["local", "attach", &cg]).expect("local attach");
+    let ns = s.fh.host.path().to_string_lossy().into_owned();
+    let script = r#"echo $$ > "$1/cgroup.procs" || exit 97; ns=$2; shift 2; exec nsenter --net="$ns" -- "$@""#;
+    let out = cmd::output(
+        &[
+            "sh",
+            "-c",
+            script,
+            "sh",
+            &cg,
+            &ns,
+            "python3",
+            "-c",
+            LOOPBACK_GETS,
+            "1716",
+            "127.0.1.2",
+            "127.0.1.3",
+        ],
+        T * 4,
+    )
+    .expect("client");
+    assert!(out.status.success(), "client: {}", out.stderr);
+    assert_eq!(
+        out.stdout.lines().collect::<Vec<_>>(),
+        ["127.0.1.2 from a", "127.0.1.3 from b"],
+        "client stderr: {}",
+        out.stderr
+    );
+    s.cli.run(&["local", "detach", &cg]).expect("local detach");
 }
