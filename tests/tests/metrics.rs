@@ -249,6 +249,8 @@ fn render_on_a_fresh_pin_root() {
     }
     let sizes = [
         ("DP_PORTS", 65_536.0),
+        ("DP_OPEN_PORTS", 65_536.0),
+        ("DP_TRUSTED_IFACES", 1024.0),
         ("DP_SUBNETS", 1024.0),
         ("DP_HOST_ADDRS", 256.0),
         ("DP_UPLINKS", 64.0),

@@ -49,7 +49,7 @@ use dataplane_common::{
     ct::{CtEntry, CtKey, FLAG_REPLY, FLAG_SNAT},
     filter::{FilterHostKey, FilterIfaceKey, FilterNetKey, FilterPortKey, FilterSrcData, RuleBits},
     maps,
-    nat::{EndpointInfo, HostAddr, PortKey, PortTarget, SubnetPolicy, Uplink},
+    nat::{EndpointInfo, HostAddr, PortKey, PortTarget, SubnetPolicy, TrustedIface, Uplink},
     sock::SockRevNat,
 };
 use prometheus_client::{
@@ -320,8 +320,10 @@ type FillFn = fn(&PinRoot, &'static str) -> Result<Option<Fill>, MetricsError>;
 /// The maps whose fill level is reported besides the conntrack tables and
 /// the uplinks (which are walked for more than their size). Arrays are
 /// always full and are not listed.
-const FILL_MAPS: [(&str, FillFn); 10] = [
+const FILL_MAPS: [(&str, FillFn); 12] = [
     (maps::PORTS, hash_fill::<PortKey, PortTarget>),
+    (maps::OPEN_PORTS, hash_fill::<PortKey, u32>),
+    (maps::TRUSTED_IFACES, hash_fill::<TrustedIface, u32>),
     (maps::SUBNETS, lpm_fill::<[u8; 4], SubnetPolicy>),
     (maps::HOST_ADDRS, hash_fill::<[u8; 4], HostAddr>),
     (maps::ENDPOINTS, hash_fill::<u32, EndpointInfo>),
