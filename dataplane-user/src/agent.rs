@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    api::{self, server::check_iface, ApiError, IfaceError},
+    api::{self, check_iface, ApiError, IfaceError},
     config::AgentConfig,
     control::{
         driver::{self, NetworkDriver as _},

@@ -5,9 +5,10 @@
 use serde_json::Value;
 
 use super::{
-    server::{answer, check_iface},
+    check_iface,
+    context::{answer, Context},
     types::{Cleaned, GcDone, LocalHooks, TcLink, TcLinks},
-    Context, Request,
+    Request,
 };
 use crate::{
     control::manager::Manager,

@@ -8,6 +8,7 @@
 //! serialised, never interleaved.
 
 pub mod client;
+pub mod context;
 mod datapath;
 pub mod server;
 pub mod types;
@@ -20,11 +21,13 @@ use serde_json::Value;
 use self::types::{TcDirection, TimeoutSecs};
 pub use self::{
     client::{call, Client},
-    server::{accept_loop, bind, execute, serve, Context, IfaceError},
+    context::Context,
+    server::{accept_loop, bind, execute, serve},
 };
 use crate::control::{
     cni, filter_rules::FilterArgs, manager::ConnectArgs, model::CreateArgs, ports::PublishSpec,
 };
+pub use crate::sys::names::{check_iface, IfaceError};
 
 /// Where the agent listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/dataplane/dataplane.sock";

@@ -2,11 +2,7 @@
 //! the agent's socket and for the CLI in-process); [`serve`] answers on the
 //! socket; [`accept_loop`] is shared with Docker's driver socket.
 
-use std::{
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{os::unix::fs::PermissionsExt as _, path::Path};
 
 use serde_json::Value;
 use tokio::{
@@ -15,6 +11,7 @@ use tokio::{
 };
 
 use super::{
+    context::{answer, Context},
     datapath,
     types::{
         Connected, DnatRow, Done, FilterAdded, FilterIds, FilterRow, FlowRow, NatTable,
@@ -26,42 +23,10 @@ use crate::{
     control::{
         driver::{self, NetworkDriver as _},
         inspect,
-        manager::{Cache, Manager, NetworkError},
+        manager::{Manager, NetworkError},
     },
     datapath::{bpffs::PinRoot, conntrack, filter, nat},
 };
-
-/// What a request runs against.
-#[derive(Clone, Debug)]
-pub struct Context {
-    pub state_dir: PathBuf,
-    pub pins: PinRoot,
-    pub nat: dataplane_common::nat::NatConfig,
-    /// Who executes: "agent" or "cli".
-    pub server: &'static str,
-    /// What one request's manager leaves for the next (the agent's; None
-    /// in the CLI, which runs one request).
-    pub cache: Option<Arc<std::sync::Mutex<Cache>>>,
-}
-
-impl Context {
-    /// A manager for one request, under the state lock, from the cache if
-    /// there is one. Hand it back with [`Context::done`].
-    pub async fn manager(&self) -> Result<Manager, NetworkError> {
-        let mut m =
-            Manager::open_cached(&self.state_dir, &self.pins, self.cache.as_deref()).await?;
-        m.set_nat_config(self.nat);
-        Ok(m)
-    }
-
-    /// Ends a request: what the manager holds goes back into the cache,
-    /// then the state lock is released.
-    pub fn done(&self, m: Manager) {
-        if let Some(slot) = &self.cache {
-            m.keep(slot);
-        }
-    }
-}
 
 /// Carries out one request. Errors are the manager's, whole (with their
 /// sources) in the message. Requests on the datapath alone (`stats`,
@@ -76,11 +41,6 @@ pub async fn execute(ctx: &Context, req: Request) -> Result<Value, anyhow::Error
     let v = run(ctx, &mut m, req).await;
     ctx.done(m);
     v
-}
-
-/// An answer on the wire.
-pub(super) fn answer<T: serde::Serialize>(t: T) -> Result<Value, anyhow::Error> {
-    Ok(serde_json::to_value(t)?)
 }
 
 async fn run(ctx: &Context, m: &mut Manager, req: Request) -> Result<Value, anyhow::Error> {
@@ -368,30 +328,5 @@ async fn handle(stream: UnixStream, ctx: &Context) -> anyhow::Result<()> {
     let mut out = serde_json::to_vec(&response)?;
     out.push(b'\n');
     tokio::time::timeout(IO_TIMEOUT, write.write_all(&out)).await??;
-    Ok(())
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum IfaceError {
-    #[error(
-        "interface {0:?}: not a valid interface name (1-15 bytes, no '/', ':' or white space)"
-    )]
-    Invalid(String),
-    #[error("interface {0:?}: no such interface in this network namespace")]
-    Missing(String),
-}
-
-/// A name the kernel would take that names an interface of this network
-/// namespace.
-pub fn check_iface(iface: &str) -> Result<(), IfaceError> {
-    if crate::sys::names::ifname_problem(iface).is_some() {
-        return Err(IfaceError::Invalid(iface.to_owned()));
-    }
-    let c = std::ffi::CString::new(iface).map_err(|_| IfaceError::Invalid(iface.to_owned()))?;
-    // SAFETY: if_nametoindex reads a NUL-terminated string; it resolves in the
-    // calling thread's network namespace (unlike /sys/class/net after setns).
-    if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
-        return Err(IfaceError::Missing(iface.to_owned()));
-    }
     Ok(())
 }

@@ -155,6 +155,31 @@ impl From<MacAddr> for String {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum IfaceError {
+    #[error(
+        "interface {0:?}: not a valid interface name (1-15 bytes, no '/', ':' or white space)"
+    )]
+    Invalid(String),
+    #[error("interface {0:?}: no such interface in this network namespace")]
+    Missing(String),
+}
+
+/// A name the kernel would take that names an interface of this network
+/// namespace.
+pub fn check_iface(iface: &str) -> Result<(), IfaceError> {
+    if ifname_problem(iface).is_some() {
+        return Err(IfaceError::Invalid(iface.to_owned()));
+    }
+    let c = std::ffi::CString::new(iface).map_err(|_| IfaceError::Invalid(iface.to_owned()))?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string; it resolves in the
+    // calling thread's network namespace (unlike /sys/class/net after setns).
+    if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
+        return Err(IfaceError::Missing(iface.to_owned()));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

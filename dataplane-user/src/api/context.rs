@@ -1,0 +1,50 @@
+//! What every request runs against ([`Context`]: the state, the pins, the
+//! agent's cache) and how an answer goes on the wire: shared by the
+//! requests on the datapath alone (`datapath.rs`) and the manager's
+//! (`server.rs`).
+
+use std::{path::PathBuf, sync::Arc};
+
+use serde_json::Value;
+
+use crate::{
+    control::manager::{Cache, Manager, NetworkError},
+    datapath::bpffs::PinRoot,
+};
+
+/// What a request runs against.
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub state_dir: PathBuf,
+    pub pins: PinRoot,
+    pub nat: dataplane_common::nat::NatConfig,
+    /// Who executes: "agent" or "cli".
+    pub server: &'static str,
+    /// What one request's manager leaves for the next (the agent's; None
+    /// in the CLI, which runs one request).
+    pub cache: Option<Arc<std::sync::Mutex<Cache>>>,
+}
+
+impl Context {
+    /// A manager for one request, under the state lock, from the cache if
+    /// there is one. Hand it back with [`Context::done`].
+    pub async fn manager(&self) -> Result<Manager, NetworkError> {
+        let mut m =
+            Manager::open_cached(&self.state_dir, &self.pins, self.cache.as_deref()).await?;
+        m.set_nat_config(self.nat);
+        Ok(m)
+    }
+
+    /// Ends a request: what the manager holds goes back into the cache,
+    /// then the state lock is released.
+    pub fn done(&self, m: Manager) {
+        if let Some(slot) = &self.cache {
+            m.keep(slot);
+        }
+    }
+}
+
+/// An answer on the wire.
+pub(super) fn answer<T: serde::Serialize>(t: T) -> Result<Value, anyhow::Error> {
+    Ok(serde_json::to_value(t)?)
+}
