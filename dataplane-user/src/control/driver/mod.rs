@@ -7,7 +7,7 @@
 //! what it created; teardown is best effort and returns every error instead
 //! of stopping at the first.
 
-use std::{future::Future, net::Ipv4Addr, path::Path};
+use std::future::Future;
 
 use ipnet::Ipv4Net;
 use serde_json::{Map, Value};
@@ -16,49 +16,22 @@ use super::{
     host::Host,
     model::{Attachment, DriverConfig, DriverKind, Network},
 };
-use crate::sys::netlink::NetlinkError;
 
 mod bridge;
 mod host;
 mod macvlan;
-mod netns;
 mod null;
 
-pub use bridge::{ensure_bridge, Bridge, BridgeError};
+pub use bridge::Bridge;
 pub use host::HostNet;
 pub use macvlan::Macvlan;
-pub use netns::{attach_macvlan, attach_veth, loopback_up, teardown_endpoint};
 pub use null::Null;
 
-#[derive(Debug, thiserror::Error)]
-pub enum DriverError {
-    #[error(transparent)]
-    Netlink(#[from] NetlinkError),
-    #[error(transparent)]
-    Bridge(#[from] BridgeError),
-    #[error("bridge {bridge} of network {network} does not exist (run the agent to restore it)")]
-    BridgeMissing { network: String, bridge: String },
-    #[error("macvlan parent {parent} of network {network} does not exist in the host namespace")]
-    ParentMissing { network: String, parent: String },
-    #[error("{ifname} moved into {netns} but is not found there")]
-    Vanished { ifname: String, netns: String },
-    #[error("{what} (and undoing it failed: {undo})")]
-    Rollback {
-        what: Box<DriverError>,
-        undo: String,
-    },
-}
-
-/// What the kernel side of one endpoint needs.
-pub struct EndpointPlan<'a> {
-    pub network: &'a Network,
-    pub netns: &'a Path,
-    pub ifname: &'a str,
-    pub ipv4: Ipv4Addr,
-    pub mac: [u8; 6],
-    /// Random suffix for host-side names (`veth<hex>`).
-    pub suffix: &'a str,
-}
+/// The kernel side the drivers ask for is the host's (`control::host`).
+pub use super::host::{
+    attach_macvlan, attach_veth, ensure_bridge, loopback_up, teardown_endpoint, BridgeError,
+    DriverError, EndpointPlan,
+};
 
 /// How the fast path treats a network's subnet (`DP_SUBNETS`): only
 /// networks whose traffic passes the host's routing (bridges) have one.

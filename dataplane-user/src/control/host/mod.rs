@@ -5,7 +5,9 @@
 //! what the NAT maps should hold given the host's links. The real one is
 //! [`Netlink`] (the host namespace's rtnetlink connection, with procfs for
 //! the host's own sockets and ephemeral port range); [`FakeHost`]
-//! keeps a host in memory for tests that run without root.
+//! keeps a host in memory for tests that run without root. The real
+//! kernel steps live here (`bridge.rs`, `netns.rs`), below the drivers that
+//! ask for them.
 
 use std::{
     collections::BTreeMap,
@@ -19,14 +21,47 @@ use std::{
 
 use ipnet::Ipv4Net;
 
-use super::{
-    driver::{self, BridgeError, DriverError, EndpointPlan},
-    model::{Attachment, MacvlanConfig},
-};
+use super::model::{Attachment, MacvlanConfig, Network};
 use crate::sys::{
     netlink::{Ipv4Route, Link, Netlink, NetlinkError},
     sockets::{self, HeldPort},
 };
+
+mod bridge;
+mod netns;
+
+pub use bridge::{ensure_bridge, BridgeError};
+pub use netns::{attach_macvlan, attach_veth, loopback_up, teardown_endpoint};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Bridge(#[from] BridgeError),
+    #[error("bridge {bridge} of network {network} does not exist (run the agent to restore it)")]
+    BridgeMissing { network: String, bridge: String },
+    #[error("macvlan parent {parent} of network {network} does not exist in the host namespace")]
+    ParentMissing { network: String, parent: String },
+    #[error("{ifname} moved into {netns} but is not found there")]
+    Vanished { ifname: String, netns: String },
+    #[error("{what} (and undoing it failed: {undo})")]
+    Rollback {
+        what: Box<DriverError>,
+        undo: String,
+    },
+}
+
+/// What the kernel side of one endpoint needs.
+pub struct EndpointPlan<'a> {
+    pub network: &'a Network,
+    pub netns: &'a Path,
+    pub ifname: &'a str,
+    pub ipv4: Ipv4Addr,
+    pub mac: [u8; 6],
+    /// Random suffix for host-side names (`veth<hex>`).
+    pub suffix: &'a str,
+}
 
 /// Identity of a namespace file (device, inode): two paths to one
 /// namespace agree.
@@ -78,7 +113,7 @@ pub trait Host: Send + Sync {
         index: Option<u32>,
     ) -> impl Future<Output = Result<Vec<(u32, Ipv4Addr, u8)>, NetlinkError>> + Send;
     fn routes(&self) -> impl Future<Output = Result<Vec<Ipv4Route>, NetlinkError>> + Send;
-    /// See [`driver::ensure_bridge`].
+    /// See [`bridge::ensure_bridge`].
     fn ensure_bridge(
         &self,
         name: &str,
@@ -89,7 +124,7 @@ pub trait Host: Send + Sync {
     ) -> impl Future<Output = Result<Vec<String>, BridgeError>> + Send;
     /// The bridge driver's endpoint: a veth pair, `host_ifname` a port of
     /// the bridge at index `bridge`, the other end configured inside the
-    /// namespace (see [`driver::attach_veth`]).
+    /// namespace (see [`netns::attach_veth`]).
     fn attach_veth(
         &self,
         plan: &EndpointPlan<'_>,
@@ -98,7 +133,7 @@ pub trait Host: Send + Sync {
     ) -> impl Future<Output = Result<(), DriverError>> + Send;
     /// The macvlan driver's endpoint: a child of the link at index
     /// `parent`, configured inside the namespace (see
-    /// [`driver::attach_macvlan`]).
+    /// [`netns::attach_macvlan`]).
     fn attach_macvlan(
         &self,
         plan: &EndpointPlan<'_>,
@@ -107,7 +142,7 @@ pub trait Host: Send + Sync {
     ) -> impl Future<Output = Result<(), DriverError>> + Send;
     /// Loopback up in the namespace at `netns` (the `none` network).
     fn loopback_up(&self, netns: &Path) -> impl Future<Output = Result<(), DriverError>> + Send;
-    /// See [`driver::teardown_endpoint`].
+    /// See [`netns::teardown_endpoint`].
     fn teardown_endpoint(
         &self,
         netns: &Path,
@@ -197,7 +232,7 @@ impl Host for Netlink {
         mtu: u32,
         adopt: bool,
     ) -> Result<Vec<String>, BridgeError> {
-        driver::ensure_bridge(self, name, gateway, subnet, mtu, adopt).await
+        ensure_bridge(self, name, gateway, subnet, mtu, adopt).await
     }
     async fn attach_veth(
         &self,
@@ -205,7 +240,7 @@ impl Host for Netlink {
         host_ifname: &str,
         bridge: u32,
     ) -> Result<(), DriverError> {
-        driver::attach_veth(self, plan, host_ifname, bridge).await
+        attach_veth(self, plan, host_ifname, bridge).await
     }
     async fn attach_macvlan(
         &self,
@@ -213,10 +248,10 @@ impl Host for Netlink {
         parent: u32,
         cfg: &MacvlanConfig,
     ) -> Result<(), DriverError> {
-        driver::attach_macvlan(self, plan, parent, cfg).await
+        attach_macvlan(self, plan, parent, cfg).await
     }
     async fn loopback_up(&self, netns: &Path) -> Result<(), DriverError> {
-        driver::loopback_up(netns).await
+        loopback_up(netns).await
     }
     async fn teardown_endpoint(
         &self,
@@ -224,7 +259,7 @@ impl Host for Netlink {
         ifname: Option<&str>,
         attachment: &Attachment,
     ) -> Vec<String> {
-        driver::teardown_endpoint(self, netns, ifname, attachment).await
+        teardown_endpoint(self, netns, ifname, attachment).await
     }
     async fn netns_links(&self, netns: &Path) -> Result<Vec<String>, NetlinkError> {
         let ns = Netlink::connect(Some(netns)).await?;
