@@ -8,15 +8,20 @@
 //! non-TCP flows live in separate LRU maps (Cilium's split), so a UDP flood
 //! cannot evict established TCP connections.
 
+//!
+//! Each family has its own maps (Cilium's `CT_MAP_TCP4`/`CT_MAP_TCP6`): the
+//! key and entry are generic over the address (`[u8; 4]` or `[u8; 16]`), so
+//! the IPv4 layout stays what it was and one set of methods serves both.
+
 use bytemuck::{Pod, Zeroable};
 
 /// A flow tuple as seen on the wire. For ICMP echo the identifier stands in
 /// for a port: `sport` for requests, `dport` for replies.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct CtKey {
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKeyOf<A> {
+    pub saddr: A,
+    pub daddr: A,
     /// Network byte order.
     pub sport: [u8; 2],
     pub dport: [u8; 2],
@@ -27,7 +32,12 @@ pub struct CtKey {
     pub zone: u8,
     pub _pad: [u8; 2],
 }
+/// An IPv4 flow tuple.
+pub type CtKey = CtKeyOf<[u8; 4]>;
+/// An IPv6 flow tuple.
+pub type CtKey6 = CtKeyOf<[u8; 16]>;
 const _: () = assert!(size_of::<CtKey>() == 16);
+const _: () = assert!(size_of::<CtKey6>() == 40);
 
 /// Flows translated by the uplink programs (published ports from outside,
 /// masquerade).
@@ -35,11 +45,12 @@ pub const ZONE_UPLINK: u8 = 0;
 /// Flows translated where they leave a container (hairpin).
 pub const ZONE_ENDPOINT: u8 = 1;
 
-impl CtKey {
+impl<A: Copy> CtKeyOf<A> {
     /// The tuple of a packet travelling the other way.
     #[must_use]
-    pub const fn reversed(&self) -> CtKey {
-        CtKey {
+    #[inline(always)]
+    pub fn reversed(&self) -> CtKeyOf<A> {
+        CtKeyOf {
             saddr: self.daddr,
             daddr: self.saddr,
             sport: self.dport,
@@ -109,12 +120,12 @@ impl CtState {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct CtEntry {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntryOf<A> {
     /// The source and destination a matching packet gets, on the sides
     /// [`CtEntry::rewrite`] names (network byte order ports).
-    pub new_saddr: [u8; 4],
-    pub new_daddr: [u8; 4],
+    pub new_saddr: A,
+    pub new_daddr: A,
     pub new_sport: [u8; 2],
     pub new_dport: [u8; 2],
     /// [`REWRITE_SRC`] | [`REWRITE_DST`].
@@ -149,7 +160,12 @@ pub struct CtEntry {
     pub tcp_wscale: u8,
     pub _pad: [u8; 7],
 }
+/// An IPv4 flow's entry.
+pub type CtEntry = CtEntryOf<[u8; 4]>;
+/// An IPv6 flow's entry.
+pub type CtEntry6 = CtEntryOf<[u8; 16]>;
 const _: () = assert!(size_of::<CtEntry>() == 80);
+const _: () = assert!(size_of::<CtEntry6>() == 104);
 
 /// Bits of [`CtEntry::tcp_seen`].
 /// This direction sent a FIN.
@@ -157,10 +173,11 @@ pub const SEEN_FIN: u8 = 1;
 /// `tcp_seq_end` holds a sequence number this direction sent.
 pub const SEEN_SEQ: u8 = 2;
 
-impl CtEntry {
+impl<A: Copy + Default> CtEntryOf<A> {
     /// Rewrite the source to `addr`:`port`.
     #[must_use]
-    pub const fn with_src(mut self, addr: [u8; 4], port: [u8; 2]) -> CtEntry {
+    #[inline(always)]
+    pub fn with_src(mut self, addr: A, port: [u8; 2]) -> CtEntryOf<A> {
         self.rewrite |= REWRITE_SRC;
         self.new_saddr = addr;
         self.new_sport = port;
@@ -169,7 +186,8 @@ impl CtEntry {
 
     /// Rewrite the destination to `addr`:`port`.
     #[must_use]
-    pub const fn with_dst(mut self, addr: [u8; 4], port: [u8; 2]) -> CtEntry {
+    #[inline(always)]
+    pub fn with_dst(mut self, addr: A, port: [u8; 2]) -> CtEntryOf<A> {
         self.rewrite |= REWRITE_DST;
         self.new_daddr = addr;
         self.new_dport = port;
@@ -178,7 +196,8 @@ impl CtEntry {
 
     /// The tuple of a packet matching `key` after this entry's rewrite.
     #[must_use]
-    pub const fn translate(&self, key: &CtKey) -> CtKey {
+    #[inline(always)]
+    pub fn translate(&self, key: &CtKeyOf<A>) -> CtKeyOf<A> {
         let mut t = *key;
         if self.rewrite & REWRITE_SRC != 0 {
             t.saddr = self.new_saddr;
@@ -194,7 +213,8 @@ impl CtEntry {
     /// The key of the other direction's entry: the reverse of the
     /// translated tuple.
     #[must_use]
-    pub const fn peer_key(&self, key: &CtKey) -> CtKey {
+    #[inline(always)]
+    pub fn peer_key(&self, key: &CtKeyOf<A>) -> CtKeyOf<A> {
         self.translate(key).reversed()
     }
 
@@ -203,10 +223,11 @@ impl CtEntry {
     /// back as the source, and the other way round), and takes this entry's
     /// redirect (which says where replies go).
     #[must_use]
-    pub const fn reply(&self, key: &CtKey) -> CtEntry {
-        let mut r = CtEntry {
-            new_saddr: [0; 4],
-            new_daddr: [0; 4],
+    #[inline(always)]
+    pub fn reply(&self, key: &CtKeyOf<A>) -> CtEntryOf<A> {
+        let mut r = CtEntryOf {
+            new_saddr: A::default(),
+            new_daddr: A::default(),
             new_sport: [0; 2],
             new_dport: [0; 2],
             rewrite: 0,
@@ -260,4 +281,16 @@ pub struct FragPorts {
 }
 const _: () = assert!(size_of::<FragPorts>() == 4);
 
-crate::user_pod!(CtKey, CtEntry, FragKey, FragPorts);
+// SAFETY: `#[repr(C)]`, `Copy`, no implicit padding (the size assertions
+// above), every bit pattern valid. Pod is not derived: the derive refuses
+// generic structs, whose padding depends on the parameter.
+unsafe impl Zeroable for CtKey {}
+unsafe impl Pod for CtKey {}
+unsafe impl Zeroable for CtKey6 {}
+unsafe impl Pod for CtKey6 {}
+unsafe impl Zeroable for CtEntry {}
+unsafe impl Pod for CtEntry {}
+unsafe impl Zeroable for CtEntry6 {}
+unsafe impl Pod for CtEntry6 {}
+
+crate::user_pod!(CtKey, CtEntry, CtKey6, CtEntry6, FragKey, FragPorts);

@@ -6,31 +6,40 @@ use bytemuck::{Pod, Zeroable};
 
 /// A published port as it is reached: host address, port, protocol.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
-pub struct PortKey {
-    /// Host address the port is bound to; 0.0.0.0 binds every host address.
-    pub addr: [u8; 4],
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortKeyOf<A> {
+    /// Host address the port is bound to; 0.0.0.0 (or ::) binds every host
+    /// address of the family.
+    pub addr: A,
     /// Network byte order.
     pub port: [u8; 2],
     /// IANA protocol number (TCP or UDP).
     pub proto: u8,
     pub _pad: u8,
 }
+/// A published IPv4 port.
+pub type PortKey = PortKeyOf<[u8; 4]>;
+/// A published IPv6 port.
+pub type PortKey6 = PortKeyOf<[u8; 16]>;
 const _: () = assert!(size_of::<PortKey>() == 8);
+const _: () = assert!(size_of::<PortKey6>() == 20);
 
 /// Where a published port leads.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct PortTarget {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortTargetOf<A> {
     /// Container address and port (network byte order).
-    pub addr: [u8; 4],
+    pub addr: A,
     pub port: [u8; 2],
     pub _pad: [u8; 2],
     /// Slot of this mapping in the per-mapping counter array.
     pub stats_index: u32,
     pub _pad2: u32,
 }
+pub type PortTarget = PortTargetOf<[u8; 4]>;
+pub type PortTarget6 = PortTargetOf<[u8; 16]>;
 const _: () = assert!(size_of::<PortTarget>() == 16);
+const _: () = assert!(size_of::<PortTarget6>() == 28);
 
 /// Per managed subnet: what leaves it through an uplink.
 #[repr(C)]
@@ -73,20 +82,28 @@ const _: () = assert!(size_of::<TrustedIface>() == 8);
 
 /// An endpoint's host-side veth, by ifindex: what may leave it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct EndpointInfo {
-    /// The endpoint's own address: anything else as a source is spoofed.
-    pub addr: [u8; 4],
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointInfoOf<A> {
+    /// The endpoint's own address: anything else as a source is spoofed
+    /// (for IPv6, link-local and unspecified sources are also allowed: NDP
+    /// and duplicate address detection use them).
+    pub addr: A,
     /// Its network's gateway (the host's address on the bridge), the source
     /// given to hairpin flows that stay on one bridge.
-    pub gateway: [u8; 4],
+    pub gateway: A,
     /// Its sandbox (the inode number of its network namespace, unique
     /// among live namespaces); 0: none known. Sources found in
     /// `DP_SANDBOX_ADDRS` with the same sandbox are its own too.
     pub sandbox: u32,
     pub network_id: u32,
 }
+/// An endpoint's IPv4 side (`DP_ENDPOINTS`).
+pub type EndpointInfo = EndpointInfoOf<[u8; 4]>;
+/// An endpoint's IPv6 side (`DP_ENDPOINTS6`), for endpoints with an IPv6
+/// address.
+pub type EndpointInfo6 = EndpointInfoOf<[u8; 16]>;
 const _: () = assert!(size_of::<EndpointInfo>() == 16);
+const _: () = assert!(size_of::<EndpointInfo6>() == 40);
 
 /// The sandbox of an endpoint address (`DP_SANDBOX_ADDRS`, keyed by the
 /// address): an endpoint's veth may send from the address of another
@@ -165,17 +182,47 @@ pub const MAX_PORT_MAPPINGS: u32 = 65536;
 
 /// An uplink: where masquerade takes its source address from.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct Uplink {
-    /// The uplink's primary IPv4 address.
-    pub addr: [u8; 4],
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UplinkOf<A> {
+    /// The uplink's primary address of the family (for IPv6, a global one:
+    /// never link-local).
+    pub addr: A,
     pub _pad: u32,
 }
+pub type Uplink = UplinkOf<[u8; 4]>;
+pub type Uplink6 = UplinkOf<[u8; 16]>;
 const _: () = assert!(size_of::<Uplink>() == 8);
+const _: () = assert!(size_of::<Uplink6>() == 20);
+
+// SAFETY: `#[repr(C)]`, `Copy`, no implicit padding (the size assertions),
+// every bit pattern valid; written out because the derive refuses generic
+// structs.
+macro_rules! pod {
+    ($($t:ty),* $(,)?) => {
+        $(
+            unsafe impl Zeroable for $t {}
+            unsafe impl Pod for $t {}
+        )*
+    };
+}
+pod!(
+    PortKey,
+    PortKey6,
+    PortTarget,
+    PortTarget6,
+    EndpointInfo,
+    EndpointInfo6,
+    Uplink,
+    Uplink6
+);
 
 crate::user_pod!(
     PortKey,
+    PortKey6,
     PortTarget,
+    PortTarget6,
+    EndpointInfo6,
+    Uplink6,
     SubnetPolicy,
     HostAddr,
     NatConfig,

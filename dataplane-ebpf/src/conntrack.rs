@@ -9,21 +9,21 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_common::{
-    ct::{CtEntry, CtKey, CtState, FLAG_HAIRPIN_SELF, FLAG_REPLY, SEEN_FIN},
+    ct::{CtEntryOf, CtKeyOf, CtState, FLAG_HAIRPIN_SELF, FLAG_REPLY, SEEN_FIN},
     drop::DropReason,
     net::IPPROTO_TCP,
 };
 
 use crate::{
-    maps::{DP_CT_OTHER, DP_CT_TCP},
-    parse::{ip_len, Ipv4Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    family::Family,
+    parse::{ip_len, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     tcp,
 };
 
 /// The tuple of a parsed packet in a conntrack zone.
 #[inline(always)]
-pub fn key_of(pkt: &Ipv4Packet, zone: u8) -> CtKey {
-    CtKey {
+pub fn key_of<A: Family>(pkt: &Packet<A>, zone: u8) -> CtKeyOf<A> {
+    CtKeyOf {
         saddr: pkt.src,
         daddr: pkt.dst,
         sport: pkt.sport,
@@ -35,12 +35,8 @@ pub fn key_of(pkt: &Ipv4Packet, zone: u8) -> CtKey {
 }
 
 #[inline(always)]
-pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
-    if key.proto == IPPROTO_TCP {
-        DP_CT_TCP.get_ptr_mut(key)
-    } else {
-        DP_CT_OTHER.get_ptr_mut(key)
-    }
+pub fn lookup<A: Family>(key: &CtKeyOf<A>) -> Option<*mut CtEntryOf<A>> {
+    A::ct_lookup(key)
 }
 
 /// The entry of `pkt`'s flow under `key`, if it is live. A SYN that
@@ -49,7 +45,7 @@ pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
 /// the packet as the first of a new flow, so it is filtered and translated
 /// by today's rules and never inherits the old flow's CLOSING state.
 #[inline(always)]
-pub fn lookup_flow(key: &CtKey, pkt: &Ipv4Packet) -> Option<*mut CtEntry> {
+pub fn lookup_flow<A: Family>(key: &CtKeyOf<A>, pkt: &Packet<A>) -> Option<*mut CtEntryOf<A>> {
     let entry = lookup(key)?;
     if key.proto != IPPROTO_TCP || pkt.later_fragment || !tcp::opens(pkt.tcp_flags) {
         return Some(entry);
@@ -65,12 +61,8 @@ pub fn lookup_flow(key: &CtKey, pkt: &Ipv4Packet) -> Option<*mut CtEntry> {
 }
 
 #[inline(always)]
-fn insert(key: &CtKey, entry: &CtEntry, flags: u64) -> Result<(), i32> {
-    if key.proto == IPPROTO_TCP {
-        DP_CT_TCP.insert(key, entry, flags)
-    } else {
-        DP_CT_OTHER.insert(key, entry, flags)
-    }
+fn insert<A: Family>(key: &CtKeyOf<A>, entry: &CtEntryOf<A>, flags: u64) -> Result<(), i32> {
+    A::ct_insert(key, entry, flags)
 }
 
 #[inline(always)]
@@ -84,7 +76,11 @@ pub fn now() -> u64 {
 /// (a SYN, or a bare ACK picking a flow up); its sequence position and
 /// window scale are the entry's first.
 #[inline(always)]
-pub fn entry(ctx: &TcContext, flags: u8, pkt: &Ipv4Packet) -> Result<CtEntry, DropReason> {
+pub fn entry<A: Family>(
+    ctx: &TcContext,
+    flags: u8,
+    pkt: &Packet<A>,
+) -> Result<CtEntryOf<A>, DropReason> {
     let mut e = blank(flags, pkt);
     if pkt.proto == IPPROTO_TCP && !pkt.later_fragment {
         if !tcp::may_start(pkt.tcp_flags) {
@@ -96,11 +92,11 @@ pub fn entry(ctx: &TcContext, flags: u8, pkt: &Ipv4Packet) -> Result<CtEntry, Dr
 }
 
 #[inline(always)]
-fn blank(flags: u8, pkt: &Ipv4Packet) -> CtEntry {
+fn blank<A: Family>(flags: u8, pkt: &Packet<A>) -> CtEntryOf<A> {
     let t = now();
-    CtEntry {
-        new_saddr: [0; 4],
-        new_daddr: [0; 4],
+    CtEntryOf {
+        new_saddr: A::default(),
+        new_daddr: A::default(),
         new_sport: [0; 2],
         new_dport: [0; 2],
         rewrite: 0,
@@ -122,7 +118,7 @@ fn blank(flags: u8, pkt: &Ipv4Packet) -> CtEntry {
 }
 
 #[inline(always)]
-fn initial_state(pkt: &Ipv4Packet) -> CtState {
+fn initial_state<A>(pkt: &Packet<A>) -> CtState {
     if pkt.proto != IPPROTO_TCP {
         CtState::Open
     } else if pkt.tcp_flags & TCP_SYN != 0 {
@@ -138,7 +134,11 @@ fn initial_state(pkt: &Ipv4Packet) -> CtState {
 /// with `exclusive` it must not exist yet (the caller is claiming that
 /// tuple, e.g. a source port), so two CPUs can never take the same one.
 #[inline(always)]
-pub fn create(orig_key: &CtKey, orig: &CtEntry, exclusive: bool) -> Result<(), i32> {
+pub fn create<A: Family>(
+    orig_key: &CtKeyOf<A>,
+    orig: &CtEntryOf<A>,
+    exclusive: bool,
+) -> Result<(), i32> {
     let reply_key = orig.peer_key(orig_key);
     let reply = orig.reply(orig_key);
     let flags = if exclusive { BPF_NOEXIST } else { BPF_ANY };
@@ -157,12 +157,8 @@ pub fn create(orig_key: &CtKey, orig: &CtEntry, exclusive: bool) -> Result<(), i
 }
 
 #[inline(always)]
-pub fn remove(key: &CtKey) -> Result<(), i32> {
-    if key.proto == IPPROTO_TCP {
-        DP_CT_TCP.remove(key)
-    } else {
-        DP_CT_OTHER.remove(key)
-    }
+pub fn remove<A: Family>(key: &CtKeyOf<A>) -> Result<(), i32> {
+    A::ct_remove(key)
 }
 
 /// Counts a packet of a tracked flow in its entry (found under `key`)
@@ -172,12 +168,12 @@ pub fn remove(key: &CtKey) -> Result<(), i32> {
 /// window (a blind RST is dropped); flag combinations no stack sends are
 /// dropped. Returns the entry as updated.
 #[inline(always)]
-pub fn track(
+pub fn track<A: Family>(
     ctx: &TcContext,
-    entry: *mut CtEntry,
-    key: &CtKey,
-    pkt: &Ipv4Packet,
-) -> Result<CtEntry, DropReason> {
+    entry: *mut CtEntryOf<A>,
+    key: &CtKeyOf<A>,
+    pkt: &Packet<A>,
+) -> Result<CtEntryOf<A>, DropReason> {
     // SAFETY: `entry` comes from a map lookup in this program run. Fields
     // are plain integers; concurrent updates from other CPUs can only lose
     // a counter increment, which the counters document.
@@ -192,11 +188,11 @@ pub fn track(
 }
 
 #[inline(always)]
-fn tcp_state(
+fn tcp_state<A: Family>(
     ctx: &TcContext,
-    e: &mut CtEntry,
-    key: &CtKey,
-    pkt: &Ipv4Packet,
+    e: &mut CtEntryOf<A>,
+    key: &CtKeyOf<A>,
+    pkt: &Packet<A>,
 ) -> Result<(), DropReason> {
     let flags = pkt.tcp_flags;
     if !tcp::flags_valid(flags) {
@@ -236,7 +232,7 @@ fn tcp_state(
 }
 
 #[inline(always)]
-fn set_state(entry: Option<*mut CtEntry>, state: CtState) {
+fn set_state<A>(entry: Option<*mut CtEntryOf<A>>, state: CtState) {
     if let Some(p) = entry {
         // SAFETY: a map value pointer from this run.
         unsafe { (*p).state = state as u8 };

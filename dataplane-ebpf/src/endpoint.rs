@@ -90,7 +90,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
             orig.redirect_smac.copy_from_slice(&macs[..6]);
             if target.addr == ep.addr {
                 orig.flags |= FLAG_HAIRPIN_SELF;
-                orig = nat::snat::<false>(ctx, &pkt, ZONE, orig, ep.gateway)?;
+                orig = nat::snat::<_, false>(ctx, &pkt, ZONE, orig, ep.gateway)?;
             } else {
                 let key = conntrack::key_of(&pkt, ZONE);
                 conntrack::create(&key, &orig, false).map_err(|_| DropReason::CtInsert)?;

@@ -122,7 +122,7 @@ fn start(
     // are zero, as the entry's are.
     // SAFETY: the context's __sk_buff is valid for the whole program run.
     orig.redirect_ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let orig = nat::snat::<true>(ctx, pkt, ZONE, orig, gateway)?;
+    let orig = nat::snat::<_, true>(ctx, pkt, ZONE, orig, gateway)?;
     nat::apply(ctx, pkt, &orig)
 }
 

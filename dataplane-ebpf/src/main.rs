@@ -8,6 +8,7 @@ mod conntrack;
 mod counters;
 mod drop;
 mod endpoint;
+mod family;
 mod fastpath;
 mod filter;
 mod frag;

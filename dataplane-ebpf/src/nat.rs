@@ -14,19 +14,18 @@ use aya_ebpf::{
     },
     helpers::{bpf_get_prandom_u32, bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
     programs::TcContext,
-    EbpfContext,
 };
 use dataplane_common::{
-    ct::{CtEntry, CtKey, REWRITE_DST, REWRITE_SRC},
+    ct::{CtEntryOf, CtKeyOf, REWRITE_DST, REWRITE_SRC},
     drop::DropReason,
-    nat::{NatConfig, PortKey, PortTarget},
-    net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    nat::{NatConfig, PortKeyOf, PortTargetOf},
+    net::{IPPROTO_TCP, IPPROTO_UDP},
 };
 
 use crate::{
     conntrack,
-    maps::{DP_HOST_ADDRS, DP_PORTS},
-    parse::{Ipv4Packet, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF},
+    family::Family,
+    parse::{Packet, IP_CSUM_OFF},
 };
 
 /// Masquerade and fast path settings, set by the agent at load time.
@@ -43,7 +42,7 @@ enum Side {
 /// Where the L4 checksum and the translated "port" live for this protocol:
 /// (checksum offset, port offset, extra checksum flags).
 #[inline(always)]
-fn l4_offsets(pkt: &Ipv4Packet, side: Side) -> Option<(usize, usize, u64)> {
+fn l4_offsets<A: Family>(pkt: &Packet<A>, side: Side) -> Option<(usize, usize, u64)> {
     let off = pkt.l4_off;
     let port_off = if side == Side::Src { off } else { off + 2 };
     match pkt.proto {
@@ -51,23 +50,50 @@ fn l4_offsets(pkt: &Ipv4Packet, side: Side) -> Option<(usize, usize, u64)> {
         // A zero UDP checksum means "none" and must stay zero.
         IPPROTO_UDP => Some((off + 6, port_off, u64::from(BPF_F_MARK_MANGLED_0))),
         // The echo identifier, whichever side is rewritten.
-        IPPROTO_ICMP => Some((off + 2, off + 4, 0)),
+        p if p == A::ICMP => Some((off + 2, off + 4, 0)),
         _ => None,
     }
 }
 
+/// Folds an address change into the L4 checksum at `csum_off`, one 32-bit
+/// word at a time (one word for IPv4, four for IPv6).
+#[inline(always)]
+fn l4_csum_addr<A: Family>(
+    ctx: &TcContext,
+    csum_off: usize,
+    old: &A,
+    new: &A,
+    flags: u64,
+) -> Result<(), DropReason> {
+    let (o, n) = (old.words(), new.words());
+    let mut i = 0;
+    while i < A::WORDS {
+        if o[i] != n[i] {
+            ctx.l4_csum_replace(
+                csum_off,
+                u64::from(o[i]),
+                u64::from(n[i]),
+                u64::from(BPF_F_PSEUDO_HDR) | flags | 4,
+            )
+            .map_err(|_| DropReason::Rewrite)?;
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
 /// Rewrites one side's address and port, fixing the IP and L4 checksums.
 #[inline(always)]
-fn rewrite_side(
+fn rewrite_side<A: Family>(
     ctx: &TcContext,
-    pkt: &Ipv4Packet,
+    pkt: &Packet<A>,
     side: Side,
-    addr: [u8; 4],
+    addr: A,
     port: [u8; 2],
 ) -> Result<(), DropReason> {
     let (old_addr, old_port, addr_off) = match side {
-        Side::Src => (pkt.src, pkt.sport, IP_SRC_OFF),
-        Side::Dst => (pkt.dst, pkt.dport, IP_DST_OFF),
+        Side::Src => (pkt.src, pkt.sport, A::SRC_OFF),
+        Side::Dst => (pkt.dst, pkt.dport, A::DST_OFF),
     };
     let err = |_| DropReason::Rewrite;
     // A later fragment has no L4 header: its first fragment carried the
@@ -78,15 +104,10 @@ fn rewrite_side(
         l4_offsets(pkt, side)
     };
     if let Some((csum_off, port_off, extra)) = l4 {
-        // ICMP has no pseudo-header: only the identifier is in its checksum.
-        if pkt.proto != IPPROTO_ICMP && old_addr != addr {
-            ctx.l4_csum_replace(
-                csum_off,
-                u64::from(u32::from_ne_bytes(old_addr)),
-                u64::from(u32::from_ne_bytes(addr)),
-                u64::from(BPF_F_PSEUDO_HDR) | extra | 4,
-            )
-            .map_err(err)?;
+        // ICMP has no pseudo-header (only the identifier is in its
+        // checksum); ICMPv6 has one.
+        if (pkt.proto != A::ICMP || A::ICMP_PSEUDO) && old_addr != addr {
+            l4_csum_addr(ctx, csum_off, &old_addr, &addr, extra)?;
         }
         if old_port != port {
             ctx.l4_csum_replace(
@@ -100,13 +121,15 @@ fn rewrite_side(
         }
     }
     if old_addr != addr {
-        ctx.l3_csum_replace(
-            IP_CSUM_OFF,
-            u64::from(u32::from_ne_bytes(old_addr)),
-            u64::from(u32::from_ne_bytes(addr)),
-            4,
-        )
-        .map_err(err)?;
+        if A::IP_CSUM {
+            ctx.l3_csum_replace(
+                IP_CSUM_OFF,
+                u64::from(old_addr.words()[0]),
+                u64::from(addr.words()[0]),
+                4,
+            )
+            .map_err(err)?;
+        }
         ctx.store(addr_off, &addr, 0).map_err(err)?;
     }
     Ok(())
@@ -116,7 +139,11 @@ fn rewrite_side(
 /// fields as parsed, before either side changed, which is what each
 /// incremental checksum update needs.
 #[inline(always)]
-pub fn apply(ctx: &TcContext, pkt: &Ipv4Packet, e: &CtEntry) -> Result<(), DropReason> {
+pub fn apply<A: Family>(
+    ctx: &TcContext,
+    pkt: &Packet<A>,
+    e: &CtEntryOf<A>,
+) -> Result<(), DropReason> {
     if e.rewrite & REWRITE_SRC != 0 {
         rewrite_side(ctx, pkt, Side::Src, e.new_saddr, e.new_sport)?;
     }
@@ -148,13 +175,13 @@ pub fn apply(ctx: &TcContext, pkt: &Ipv4Packet, e: &CtEntry) -> Result<(), DropR
 /// for them (a known gap, docs/architecture.md); the uplink's masquerade
 /// always checks.
 #[inline(always)]
-pub fn snat<const HOST_SOCKETS: bool>(
+pub fn snat<A: Family, const HOST_SOCKETS: bool>(
     ctx: &TcContext,
-    pkt: &Ipv4Packet,
+    pkt: &Packet<A>,
     zone: u8,
-    orig: CtEntry,
-    addr: [u8; 4],
-) -> Result<CtEntry, DropReason> {
+    orig: CtEntryOf<A>,
+    addr: A,
+) -> Result<CtEntryOf<A>, DropReason> {
     let cfg = NAT_CONFIG.load();
     let key = conntrack::key_of(pkt, zone);
     let min = u32::from(cfg.snat_port_min);
@@ -164,7 +191,7 @@ pub fn snat<const HOST_SOCKETS: bool>(
     let peer = orig.translate(&key);
     let mut i = 0u32;
     while i <= cfg.snat_probes && i <= 64 {
-        if !HOST_SOCKETS || !host_socket(ctx, pkt.proto, &peer, addr, candidate) {
+        if !HOST_SOCKETS || !A::host_socket(ctx, pkt.proto, &peer, addr, candidate) {
             let e = orig.with_src(addr, candidate);
             if conntrack::create(&key, &e, true).is_ok() {
                 return Ok(e);
@@ -184,27 +211,16 @@ fn random_port(min: u32, span: u32) -> [u8; 2] {
     ((min + r % span) as u16).to_be_bytes()
 }
 
-/// Whether a socket of the host (this program's network namespace) would
-/// receive the replies to a flow from `addr`:`port` to `peer`'s destination:
-/// the tuple as a reply arrives, looked up as the stack would deliver it —
-/// an established (or TIME_WAIT, or request) TCP socket on the whole
-/// tuple, a TCP listener or UDP socket bound to the port. Such a port is
-/// the host's: a translated flow on it would steal the host's replies, or
-/// hand a container datagrams meant for a host service.
-#[inline(always)]
-fn host_socket(ctx: &TcContext, proto: u8, peer: &CtKey, addr: [u8; 4], port: [u8; 2]) -> bool {
-    let ports =
-        u32::from(u16::from_ne_bytes(peer.dport)) | u32::from(u16::from_ne_bytes(port)) << 16;
-    lookup_socket(
-        ctx.as_ptr(),
-        proto,
-        u32::from_ne_bytes(peer.daddr),
-        u32::from_ne_bytes(addr),
-        ports,
-    )
-}
-
-/// [`host_socket`]'s lookup, a BPF subprogram of its own (at most five
+/// `Family::host_socket`'s lookup for IPv4: whether a socket of the host
+/// (this program's network namespace) would receive the replies to a flow
+/// from `addr`:`port` to `peer`'s destination: the tuple as a reply
+/// arrives, looked up as the stack would deliver it — an established (or
+/// TIME_WAIT, or request) TCP socket on the whole tuple, a TCP listener or
+/// UDP socket bound to the port. Such a port is the host's: a translated
+/// flow on it would steal the host's replies, or hand a container datagrams
+/// meant for a host service.
+///
+/// The lookup, a BPF subprogram of its own (at most five
 /// scalar arguments, hence the packed ports: the reply's source port in the
 /// low half, its destination port in the high half, both as on the wire),
 /// so its tuple and the socket reference live in a frame of their own: the
@@ -252,11 +268,11 @@ pub fn lookup_socket(skb: *mut c_void, proto: u8, saddr: u32, daddr: u32, ports:
 /// Applies the conntrack entry of `pkt`'s flow in `zone`, if there is one,
 /// and returns it.
 #[inline(always)]
-pub fn translate_tracked(
+pub fn translate_tracked<A: Family>(
     ctx: &TcContext,
-    pkt: &Ipv4Packet,
+    pkt: &Packet<A>,
     zone: u8,
-) -> Result<Option<CtEntry>, DropReason> {
+) -> Result<Option<CtEntryOf<A>>, DropReason> {
     let key = conntrack::key_of(pkt, zone);
     let Some(entry) = conntrack::lookup_flow(&key, pkt) else {
         return Ok(None);
@@ -268,12 +284,12 @@ pub fn translate_tracked(
 /// the TCP state (`conntrack::track`, which refuses invalid segments), and
 /// applies the rewrite.
 #[inline(always)]
-pub fn apply_tracked(
+pub fn apply_tracked<A: Family>(
     ctx: &TcContext,
-    pkt: &Ipv4Packet,
-    key: &CtKey,
-    entry: *mut CtEntry,
-) -> Result<CtEntry, DropReason> {
+    pkt: &Packet<A>,
+    key: &CtKeyOf<A>,
+    entry: *mut CtEntryOf<A>,
+) -> Result<CtEntryOf<A>, DropReason> {
     let e = conntrack::track(ctx, entry, key, pkt)?;
     apply(ctx, pkt, &e)?;
     Ok(e)
@@ -282,23 +298,22 @@ pub fn apply_tracked(
 /// The published port `pkt` is addressed to: one bound to its destination,
 /// or to every host address when the destination is one of ours.
 #[inline(always)]
-pub fn published(pkt: &Ipv4Packet) -> Option<PortTarget> {
+pub fn published<A: Family>(pkt: &Packet<A>) -> Option<PortTargetOf<A>> {
     if pkt.proto != IPPROTO_TCP && pkt.proto != IPPROTO_UDP {
         return None;
     }
-    let mut key = PortKey {
+    let mut key = PortKeyOf {
         addr: pkt.dst,
         port: pkt.dport,
         proto: pkt.proto,
         _pad: 0,
     };
-    // SAFETY: values are copied out at once; nothing is kept.
-    if let Some(t) = unsafe { DP_PORTS.get(key) } {
-        return Some(*t);
+    if let Some(t) = A::port(&key) {
+        return Some(t);
     }
-    // SAFETY: as above.
-    unsafe { DP_HOST_ADDRS.get(pkt.dst) }?;
-    key.addr = [0; 4];
-    // SAFETY: as above.
-    unsafe { DP_PORTS.get(key) }.copied()
+    if !A::is_host_addr(&pkt.dst) {
+        return None;
+    }
+    key.addr = A::default();
+    A::port(&key)
 }

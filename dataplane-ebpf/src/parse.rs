@@ -54,6 +54,8 @@ pub fn ptr_at<T, C: PacketBounds>(ctx: &C, offset: usize) -> Result<*const T, Dr
 pub enum L3 {
     /// The fields are in the `Ipv4Packet` passed to [`parse`].
     Ipv4,
+    /// An IPv6 frame, left for the IPv6 programs ([`parse6`]).
+    Ipv6,
     /// Any other ethertype, passed through untouched.
     Other,
 }
@@ -64,14 +66,18 @@ pub enum L3 {
 /// Filled in place from a zeroed value (`Ipv4Packet::default()`): returning
 /// it inside an enum lets LLVM copy never-written registers on the other
 /// paths, which the verifier refuses as uninitialised reads.
+///
+/// Generic over the address (`[u8; 4]`, `[u8; 16]`): conntrack and NAT serve
+/// both families with one code, monomorphised per family.
 #[derive(Clone, Copy, Default)]
-pub struct Ipv4Packet {
-    /// IANA protocol number.
+pub struct Packet<A> {
+    /// IANA protocol number (for IPv6, of the upper layer, after the
+    /// extension headers).
     pub proto: u8,
-    /// Offset of the L4 header (Ethernet + IHL).
+    /// Offset of the L4 header (Ethernet + IHL, or IPv6 + extension headers).
     pub l4_off: usize,
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+    pub src: A,
+    pub dst: A,
     /// TCP/UDP ports in network byte order. For ICMP echo the identifier
     /// stands in for a port (`sport` for requests, `dport` for replies), so
     /// conntrack and NAT treat echo like a flow. Zero otherwise, and for
@@ -92,16 +98,23 @@ pub struct Ipv4Packet {
     /// More fragments follow (the MF flag): with `later_fragment`, whether
     /// the packet is a fragment at all.
     pub more_fragments: bool,
-    /// Time to live, type of service and total length, as received (for
-    /// forwarding decisions; NAT leaves them alone).
+    /// Time to live (hop limit), type of service (traffic class) and the IP
+    /// length, header included (for IPv6: 40 + payload length), as
+    /// received (for forwarding decisions; NAT leaves them alone).
     pub ttl: u8,
     pub tos: u8,
     pub tot_len: u16,
-    /// The IP identification field, which ties fragments to their first.
+    /// The IP identification field, which ties fragments to their first
+    /// (IPv4 only: IPv6 fragments are not tracked).
     pub ip_id: [u8; 2],
 }
 
-impl Ipv4Packet {
+/// An IPv4 packet's fields.
+pub type Ipv4Packet = Packet<[u8; 4]>;
+/// An IPv6 packet's fields.
+pub type Ipv6Packet = Packet<[u8; 16]>;
+
+impl<A> Packet<A> {
     /// A fragment of a larger datagram (first or later).
     #[inline(always)]
     pub fn is_fragment(&self) -> bool {
@@ -150,7 +163,11 @@ const IPV4_MAX_HDR: usize = 60;
 pub fn parse<C: PacketBounds>(ctx: &C, pkt: &mut Ipv4Packet) -> Result<L3, DropReason> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: ptr_at checked that a whole EthHdr lies within the packet.
-    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
+    let ether_type = unsafe { (*eth).ether_type };
+    if ether_type != EtherType::Ipv4 as u16 {
+        if ether_type == EtherType::Ipv6 as u16 {
+            return Ok(L3::Ipv6);
+        }
         return Ok(L3::Other);
     }
     let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;

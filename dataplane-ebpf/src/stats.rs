@@ -38,7 +38,7 @@ pub fn dp_stats(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn classify(l3: L3, p: &Ipv4Packet) -> ProtoIndex {
     match l3 {
-        L3::Other => ProtoIndex::NonIpv4,
+        L3::Other | L3::Ipv6 => ProtoIndex::NonIpv4,
         L3::Ipv4 => match p.proto {
             IPPROTO_TCP => ProtoIndex::Tcp,
             IPPROTO_UDP => ProtoIndex::Udp,

@@ -17,9 +17,12 @@ use aya_ebpf::{
     programs::TcContext,
     EbpfContext,
 };
-use dataplane_common::ct::{CtEntry, SEEN_SEQ};
+use dataplane_common::ct::{CtEntryOf, SEEN_SEQ};
 
-use crate::parse::{Ipv4Packet, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG};
+use crate::{
+    family::Family,
+    parse::{Packet, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG},
+};
 
 /// ECE and CWR (ECN), which any segment may carry.
 const TCP_ECN: u8 = 0x40 | 0x80;
@@ -70,7 +73,7 @@ fn fold(mut sum: u64) -> u16 {
 /// its checksum field, which counts as valid: the device would complete
 /// it. Segments with payload are not checked (true).
 #[inline(always)]
-pub fn syn_checksum_ok(ctx: &TcContext, pkt: &Ipv4Packet) -> bool {
+pub fn syn_checksum_ok<A: Family>(ctx: &TcContext, pkt: &Packet<A>) -> bool {
     if pkt.later_fragment || pkt.tcp_payload_len() != 0 {
         return true;
     }
@@ -91,16 +94,29 @@ pub fn syn_checksum_ok(ctx: &TcContext, pkt: &Ipv4Packet) -> bool {
     if rc != 0 {
         return false;
     }
+    // The pseudo-header's 16-bit words, in an order of our own (the sum does
+    // not depend on it): source, destination, then zero and the protocol,
+    // and the length. IPv4's and IPv6's differ only in the address size.
     let len = (n as u16).to_be_bytes();
-    let mut pseudo = [0u8; 12];
-    pseudo[..4].copy_from_slice(&pkt.src);
-    pseudo[4..8].copy_from_slice(&pkt.dst);
-    pseudo[9] = pkt.proto;
-    pseudo[10] = len[0];
-    pseudo[11] = len[1];
+    let (src, dst) = (pkt.src.words(), pkt.dst.words());
+    let mut pseudo = [0u32; 9];
+    let mut i = 0;
+    while i < A::WORDS {
+        pseudo[i] = src[i];
+        pseudo[A::WORDS + i] = dst[i];
+        i += 1;
+    }
+    pseudo[2 * A::WORDS] = u32::from_ne_bytes([0, pkt.proto, len[0], len[1]]);
+    let pseudo_len = (2 * A::WORDS as u32 + 1) * 4;
     // SAFETY: both buffers are initialised stack memory of the sizes given.
     let (p, h) = unsafe {
-        let p = bpf_csum_diff(core::ptr::null_mut(), 0, pseudo.as_mut_ptr().cast(), 12, 0);
+        let p = bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            pseudo.as_mut_ptr().cast(),
+            pseudo_len,
+            0,
+        );
         let h = bpf_csum_diff(core::ptr::null_mut(), 0, hdr.as_mut_ptr().cast(), n, 0);
         (p, h)
     };
@@ -116,7 +132,7 @@ pub fn syn_checksum_ok(ctx: &TcContext, pkt: &Ipv4Packet) -> bool {
 
 /// The window scale a SYN announces (RFC 7323 option 3), 0 without one.
 #[inline(always)]
-fn syn_wscale(ctx: &TcContext, pkt: &Ipv4Packet) -> u8 {
+fn syn_wscale<A>(ctx: &TcContext, pkt: &Packet<A>) -> u8 {
     let n = u32::from(pkt.tcp_hlen) & 0x3c;
     if n <= 20 {
         return 0;
@@ -166,7 +182,7 @@ fn syn_wscale(ctx: &TcContext, pkt: &Ipv4Packet) -> u8 {
 /// space, the window it advertises (unscaled in SYNs, scaled after), and
 /// on a SYN its window scale.
 #[inline(always)]
-pub fn advance(ctx: &TcContext, e: &mut CtEntry, pkt: &Ipv4Packet) {
+pub fn advance<A>(ctx: &TcContext, e: &mut CtEntryOf<A>, pkt: &Packet<A>) {
     let flags = pkt.tcp_flags;
     let syn = flags & TCP_SYN != 0;
     let fin = flags & TCP_FIN != 0;
@@ -205,7 +221,7 @@ fn after(a: u32, b: u32) -> bool {
 /// known (a flow picked up mid-stream, a RST answering a SYN) it is
 /// accepted, as nf_conntrack does.
 #[inline(always)]
-pub fn rst_in_window(from: &CtEntry, to: Option<&CtEntry>, pkt: &Ipv4Packet) -> bool {
+pub fn rst_in_window<A>(from: &CtEntryOf<A>, to: Option<&CtEntryOf<A>>, pkt: &Packet<A>) -> bool {
     let Some(to) = to else {
         return true;
     };

@@ -292,7 +292,7 @@ fn try_uplink_out(ctx: &TcContext) -> Result<i32, DropReason> {
         None if host_flow_collides(&pkt, frag) => pkt.src,
         None => return Ok(TCX_NEXT),
     };
-    let orig = nat::snat::<true>(
+    let orig = nat::snat::<_, true>(
         ctx,
         &pkt,
         ZONE,
