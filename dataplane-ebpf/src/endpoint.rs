@@ -30,7 +30,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_common::{
-    ct::{CtEntry, FLAG_DNAT, FLAG_HAIRPIN_SELF, FLAG_LOCAL, ZONE_ENDPOINT},
+    ct::{CtEntryOf, FLAG_DNAT, FLAG_HAIRPIN_SELF, FLAG_LOCAL, ZONE_ENDPOINT},
     drop::DropReason,
     nat::{EndpointInfo, SUBNET_NO_ICC},
 };
@@ -146,7 +146,7 @@ fn isolation(pkt: &Ipv4Packet, ep: &EndpointInfo) -> Result<(), DropReason> {
 /// addresses are `lo`'s, zero), where the host stack delivers it to the
 /// client's socket.
 #[inline(always)]
-fn finish(ctx: &TcContext, e: &CtEntry) -> Result<i32, DropReason> {
+fn finish<A>(ctx: &TcContext, e: &CtEntryOf<A>) -> Result<i32, DropReason> {
     if e.redirect_ifindex == 0 {
         return Ok(TCX_NEXT);
     }

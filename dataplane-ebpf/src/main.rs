@@ -8,6 +8,7 @@ mod conntrack;
 mod counters;
 mod drop;
 mod endpoint;
+mod endpoint6;
 mod family;
 mod fastpath;
 mod filter;

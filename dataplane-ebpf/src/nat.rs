@@ -58,7 +58,7 @@ fn l4_offsets<A: Family>(pkt: &Packet<A>, side: Side) -> Option<(usize, usize, u
 /// Folds an address change into the L4 checksum at `csum_off`, one 32-bit
 /// word at a time (one word for IPv4, four for IPv6).
 #[inline(always)]
-fn l4_csum_addr<A: Family>(
+pub fn l4_csum_addr<A: Family>(
     ctx: &TcContext,
     csum_off: usize,
     old: &A,

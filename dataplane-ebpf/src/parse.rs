@@ -11,7 +11,7 @@ use core::mem::size_of;
 use aya_ebpf::programs::TcContext;
 use dataplane_common::{
     drop::DropReason,
-    net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    net::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -153,6 +153,22 @@ pub fn ip_len(ctx: &TcContext) -> u32 {
     ctx.len().saturating_sub(EthHdr::LEN as u32)
 }
 
+/// The frame's layer 3 by its ethertype alone (for the IPv6 programs, which
+/// leave IPv4 to the others).
+#[inline(always)]
+pub fn l3(ctx: &TcContext) -> Result<L3, DropReason> {
+    let eth: *const EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: ptr_at checked that a whole EthHdr lies within the packet.
+    let ether_type = unsafe { (*eth).ether_type };
+    Ok(if ether_type == EtherType::Ipv4 as u16 {
+        L3::Ipv4
+    } else if ether_type == EtherType::Ipv6 as u16 {
+        L3::Ipv6
+    } else {
+        L3::Other
+    })
+}
+
 /// Largest IPv4 header: IHL is 4 bits of 32-bit words.
 const IPV4_MAX_HDR: usize = 60;
 
@@ -247,4 +263,112 @@ pub fn parse<C: PacketBounds>(ctx: &C, pkt: &mut Ipv4Packet) -> Result<L3, DropR
         }
     }
     Ok(L3::Ipv4)
+}
+
+/// IPv6 extension headers the parser walks past (RFC 8200 section 4).
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_AUTH: u8 = 51;
+const NEXTHDR_DEST: u8 = 60;
+/// How many extension headers the walk follows; a packet with more is
+/// [`Ipv6Upper::Unknown`], never translated.
+const MAX_EXT_HDRS: usize = 4;
+
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// What lies after an IPv6 header and its extension headers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Ipv6Upper {
+    /// The upper layer was found (`proto`, `l4_off` and the ports are set).
+    Found,
+    /// More extension headers than the walk follows: nothing can be said of
+    /// the upper layer, so nothing is translated.
+    Unknown,
+}
+
+#[inline(always)]
+fn is_ext_hdr(next: u8) -> bool {
+    matches!(
+        next,
+        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_FRAGMENT | NEXTHDR_AUTH | NEXTHDR_DEST
+    )
+}
+
+/// Parses an IPv6 frame (the caller has seen [`L3::Ipv6`]): the fixed
+/// header, then a bounded walk over the extension headers (hop-by-hop,
+/// routing, fragment, authentication, destination options), then the ports
+/// of TCP and UDP or the identifier of an ICMPv6 echo. The extension headers
+/// and the upper layer are read with `bpf_skb_load_bytes` (they may sit past
+/// the linear data; their offsets depend on the packet). A non-first
+/// fragment (`later_fragment`) has no upper-layer header to read.
+#[inline(always)]
+pub fn parse6(ctx: &TcContext, pkt: &mut Ipv6Packet) -> Result<Ipv6Upper, DropReason> {
+    let ip: *const [u8; 40] = ptr_at(ctx, EthHdr::LEN)?;
+    // SAFETY: ptr_at checked that the 40-byte fixed header is in the packet.
+    let ip = unsafe { *ip };
+    if ip[0] >> 4 != 6 {
+        return Err(DropReason::BadVersion);
+    }
+    pkt.tos = (ip[0] << 4) | (ip[1] >> 4);
+    pkt.tot_len = u16::from_be_bytes([ip[4], ip[5]]).saturating_add(40);
+    pkt.ttl = ip[7];
+    pkt.src.copy_from_slice(&ip[8..24]);
+    pkt.dst.copy_from_slice(&ip[24..40]);
+    pkt.icmp_type = 0xff;
+    let mut next = ip[6];
+    let mut off = EthHdr::LEN + 40;
+    let mut i = 0;
+    while i < MAX_EXT_HDRS && is_ext_hdr(next) {
+        let h: [u8; 4] = ctx.load(off).map_err(|_| DropReason::Truncated)?;
+        if next == NEXTHDR_FRAGMENT {
+            // Offset in 8-byte units in the top 13 bits, M flag in bit 0.
+            let fo = u16::from_be_bytes([h[2], h[3]]);
+            pkt.later_fragment = fo & 0xfff8 != 0;
+            pkt.more_fragments = fo & 1 != 0;
+            off += 8;
+        } else if next == NEXTHDR_AUTH {
+            off += (usize::from(h[1]) + 2) * 4;
+        } else {
+            off += (usize::from(h[1]) + 1) * 8;
+        }
+        next = h[0];
+        i += 1;
+    }
+    pkt.proto = next;
+    pkt.l4_off = off;
+    if is_ext_hdr(next) {
+        return Ok(Ipv6Upper::Unknown);
+    }
+    if pkt.later_fragment {
+        return Ok(Ipv6Upper::Found);
+    }
+    match next {
+        IPPROTO_TCP => {
+            let t: [u8; 20] = ctx.load(off).map_err(|_| DropReason::Truncated)?;
+            pkt.sport = [t[0], t[1]];
+            pkt.dport = [t[2], t[3]];
+            pkt.tcp_seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+            pkt.tcp_hlen = (t[12] >> 4) * 4;
+            pkt.tcp_flags = t[13];
+            pkt.tcp_win = u16::from_be_bytes([t[14], t[15]]);
+        }
+        IPPROTO_UDP => {
+            let u: [u8; 4] = ctx.load(off).map_err(|_| DropReason::Truncated)?;
+            pkt.sport = [u[0], u[1]];
+            pkt.dport = [u[2], u[3]];
+        }
+        IPPROTO_ICMPV6 => {
+            let c: [u8; 8] = ctx.load(off).map_err(|_| DropReason::Truncated)?;
+            pkt.icmp_type = c[0];
+            match c[0] {
+                ICMPV6_ECHO_REQUEST => pkt.sport = [c[4], c[5]],
+                ICMPV6_ECHO_REPLY => pkt.dport = [c[4], c[5]],
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    Ok(Ipv6Upper::Found)
 }

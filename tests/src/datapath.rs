@@ -12,8 +12,8 @@ use aya::{
 use dataplane_common::{
     maps,
     nat::{
-        EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SandboxAddr, SubnetPolicy,
-        TrustedIface, Uplink,
+        EndpointInfo, EndpointInfo6, EndpointRoute, HostAddr, PortKey, PortTarget, SandboxAddr,
+        SubnetPolicy, TrustedIface, Uplink,
     },
 };
 use dataplane_user::datapath::{bpffs::PinRoot, ebpf::Dataplane};
@@ -111,6 +111,32 @@ pub fn subnet(
         0,
     )
     .context("adding a subnet")
+}
+
+/// A managed IPv6 subnet with its policy flags and network key.
+pub fn subnet6(
+    pins: &PinRoot,
+    net: std::net::Ipv6Addr,
+    prefix_len: u32,
+    flags: u32,
+    network_id: u32,
+) -> Result<()> {
+    let mut map: LpmTrie<MapData, [u8; 16], SubnetPolicy> =
+        LpmTrie::try_from(pinned(pins, maps::SUBNETS6)?)?;
+    map.insert(
+        &Key::new(prefix_len, net.octets()),
+        SubnetPolicy { flags, network_id },
+        0,
+    )
+    .context("adding an IPv6 subnet")
+}
+
+/// The IPv6 side of the endpoint behind the host-side veth `ifindex`.
+pub fn endpoint6(pins: &PinRoot, ifindex: u32, info: EndpointInfo6) -> Result<()> {
+    let mut map: HashMap<MapData, u32, EndpointInfo6> =
+        HashMap::try_from(pinned(pins, maps::ENDPOINTS6)?)?;
+    map.insert(ifindex, info, 0)
+        .context("adding an endpoint's IPv6 side")
 }
 
 /// An endpoint behind the host-side veth `ifindex`.

@@ -346,6 +346,40 @@ pub fn parse(frame: &[u8]) -> Option<Parsed> {
     })
 }
 
+/// An IPv6 frame: Ethernet, the fixed header, `ext` extension headers of
+/// 8 bytes each (their next-header values, in order; e.g. 60 for
+/// destination options), then `l4` under protocol `proto`. Checksums are
+/// not filled in (for programs that only classify).
+pub fn ipv6_frame(src: [u8; 16], dst: [u8; 16], ext: &[u8], proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&ETH_DST);
+    f.extend_from_slice(&ETH_SRC);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    let payload = ext.len() * 8 + l4.len();
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(payload as u16).to_be_bytes());
+    f.push(ext.first().copied().unwrap_or(proto));
+    f.push(64);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    for (i, _) in ext.iter().enumerate() {
+        let next = ext.get(i + 1).copied().unwrap_or(proto);
+        f.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+    }
+    f.extend_from_slice(l4);
+    f
+}
+
+/// A UDP header (no payload, checksum zero) for [`ipv6_frame`].
+pub fn udp_header(sport: u16, dport: u16) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(&8u16.to_be_bytes());
+    h.extend_from_slice(&[0, 0]);
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

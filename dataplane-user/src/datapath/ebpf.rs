@@ -24,7 +24,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const AYA_LOGS: &str = "AYA_LOGS";
 
 /// Every map in the object, pinned by name.
-pub const PINNED_MAPS: [&str; 26] = [
+pub const PINNED_MAPS: [&str; 28] = [
     maps::PROTO_STATS,
     maps::DROP_STATS,
     maps::PORTS,
@@ -51,6 +51,8 @@ pub const PINNED_MAPS: [&str; 26] = [
     maps::FILTER_STATS,
     maps::EVENTS,
     maps::EVENTS_LOST,
+    maps::SUBNETS6,
+    maps::ENDPOINTS6,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,7 @@
-//! The program on every endpoint's host-side veth (`dp_from_container`):
-//! attaching it and removing its pin. What it reads about the endpoint
-//! (`DP_ENDPOINTS`, `DP_ENDPOINT_ROUTES`, `DP_SANDBOX_ADDRS`) is written with
+//! The programs on every endpoint's host-side veth (`dp_from_container`,
+//! then `dp_from_container6` for IPv6): attaching them and removing their
+//! pins. What they read about the endpoint (`DP_ENDPOINTS`,
+//! `DP_ENDPOINTS6`, `DP_ENDPOINT_ROUTES`, `DP_SANDBOX_ADDRS`) is written with
 //! the rest of the NAT maps ([`super::nat::apply`]).
 
 use super::{
@@ -9,22 +10,28 @@ use super::{
     nat::NatError,
 };
 
-/// The program on an endpoint's host-side veth (packets from the container).
+/// The IPv4 program on an endpoint's host-side veth (packets from the
+/// container), the one whose pin says the endpoint is attached.
 pub const ENDPOINT_PROGRAM: &str = "dp_from_container";
 
-/// Attaches the endpoint program to a container's host-side veth; an
-/// existing attachment is kept.
+/// Every program on an endpoint's host-side veth, in tcx order: each family
+/// has its own, and each passes the other family's packets on.
+pub const ENDPOINT_PROGRAMS: [&str; 2] = [ENDPOINT_PROGRAM, "dp_from_container6"];
+
+/// Attaches the endpoint programs to a container's host-side veth; existing
+/// attachments are kept.
 pub fn attach_endpoint(dp: &mut Dataplane, host_ifname: &str) -> Result<(), NatError> {
-    Ok(dp.ensure_attached(ENDPOINT_PROGRAM, host_ifname, Direction::Ingress)?)
+    for program in ENDPOINT_PROGRAMS {
+        dp.ensure_attached(program, host_ifname, Direction::Ingress)?;
+    }
+    Ok(())
 }
 
-/// Removes the endpoint program's pin (its link is gone already when the
-/// veth went with its namespace).
+/// Removes the endpoint programs' pins (their links are gone already when
+/// the veth went with its namespace).
 pub fn detach_endpoint(pins: &PinRoot, host_ifname: &str) -> Result<(), NatError> {
-    Ok(ensure_detached(
-        pins,
-        ENDPOINT_PROGRAM,
-        host_ifname,
-        Direction::Ingress,
-    )?)
+    for program in ENDPOINT_PROGRAMS {
+        ensure_detached(pins, program, host_ifname, Direction::Ingress)?;
+    }
+    Ok(())
 }

@@ -17,8 +17,8 @@ use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray};
 use dataplane_common::{
     maps,
     nat::{
-        EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SandboxAddr, SubnetPolicy,
-        TrustedIface, Uplink, MAX_PORT_MAPPINGS,
+        EndpointInfo, EndpointInfo6, EndpointRoute, HostAddr, PortKey, PortTarget, SandboxAddr,
+        SubnetPolicy, TrustedIface, Uplink, MAX_PORT_MAPPINGS,
     },
     stats::PktCounter,
 };
@@ -92,15 +92,20 @@ pub struct Desired {
     pub open_ports: BTreeMap<PortKey, u32>,
     /// (ifindex, network key) -> 1: interfaces a network trusts.
     pub trusted_ifaces: BTreeMap<TrustedIface, u32>,
+    /// IPv6: (network, prefix length) -> (flags, network key), as `subnets`.
+    pub subnets6: BTreeMap<([u8; 16], u32), (u32, u32)>,
+    /// IPv6: host-side veth ifindex -> the endpoint's IPv6 side, for the
+    /// endpoints with an IPv6 address.
+    pub endpoints6: BTreeMap<u32, EndpointInfo6>,
 }
 
 type Hash<'a, K, V> = HashMap<&'a mut MapData, K, V>;
-type SubnetTrie<'a> = LpmTrie<&'a mut MapData, [u8; 4], SubnetPolicy>;
+type SubnetTrie<'a, A> = LpmTrie<&'a mut MapData, A, SubnetPolicy>;
 
-/// `DP_SUBNETS`' entries as the trie holds them.
-fn subnet_entries(
-    subnets: &BTreeMap<([u8; 4], u32), (u32, u32)>,
-) -> BTreeMap<(u32, [u8; 4]), SubnetPolicy> {
+/// `DP_SUBNETS`' (or `DP_SUBNETS6`') entries as the trie holds them.
+fn subnet_entries<A: Copy + Ord>(
+    subnets: &BTreeMap<(A, u32), (u32, u32)>,
+) -> BTreeMap<(u32, A), SubnetPolicy> {
     subnets
         .iter()
         .map(|((addr, len), (flags, network_id))| {
@@ -138,11 +143,19 @@ pub fn apply(dp: &mut Dataplane, want: &Desired) -> Result<(), NatError> {
     hash(dp, maps::SANDBOX_ADDRS, &want.sandbox_addrs)?;
     hash(dp, maps::OPEN_PORTS, &want.open_ports)?;
     hash(dp, maps::TRUSTED_IFACES, &want.trusted_ifaces)?;
-    let mut trie: SubnetTrie<'_> = open(dp, maps::SUBNETS)?;
-    Ok(reconcile(
+    hash(dp, maps::ENDPOINTS6, &want.endpoints6)?;
+    let mut trie: SubnetTrie<'_, [u8; 4]> = open(&mut *dp, maps::SUBNETS)?;
+    reconcile(
         &mut trie,
         maps::SUBNETS,
         &subnet_entries(&want.subnets),
+        |_| false,
+    )?;
+    let mut trie6: SubnetTrie<'_, [u8; 16]> = open(dp, maps::SUBNETS6)?;
+    Ok(reconcile(
+        &mut trie6,
+        maps::SUBNETS6,
+        &subnet_entries(&want.subnets6),
         |_| false,
     )?)
 }
@@ -189,13 +202,23 @@ pub fn apply_changes(dp: &mut Dataplane, old: &Desired, new: &Desired) -> Result
         &old.trusted_ifaces,
         &new.trusted_ifaces,
     )?;
+    hash(dp, maps::ENDPOINTS6, &old.endpoints6, &new.endpoints6)?;
     if old.subnets != new.subnets {
-        let mut trie: SubnetTrie<'_> = open(dp, maps::SUBNETS)?;
+        let mut trie: SubnetTrie<'_, [u8; 4]> = open(&mut *dp, maps::SUBNETS)?;
         update(
             &mut trie,
             maps::SUBNETS,
             &subnet_entries(&old.subnets),
             &subnet_entries(&new.subnets),
+        )?;
+    }
+    if old.subnets6 != new.subnets6 {
+        let mut trie: SubnetTrie<'_, [u8; 16]> = open(dp, maps::SUBNETS6)?;
+        update(
+            &mut trie,
+            maps::SUBNETS6,
+            &subnet_entries(&old.subnets6),
+            &subnet_entries(&new.subnets6),
         )?;
     }
     Ok(())

@@ -243,6 +243,8 @@ fn copy(d: &Desired) -> Desired {
         uplinks: d.uplinks.clone(),
         open_ports: d.open_ports.clone(),
         trusted_ifaces: d.trusted_ifaces.clone(),
+        subnets6: d.subnets6.clone(),
+        endpoints6: d.endpoints6.clone(),
     }
 }
 

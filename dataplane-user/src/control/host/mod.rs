@@ -12,7 +12,7 @@
 use std::{
     collections::BTreeMap,
     future::Future,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     ops::RangeInclusive,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -112,6 +112,11 @@ pub trait Host: Send + Sync {
         &self,
         index: Option<u32>,
     ) -> impl Future<Output = Result<Vec<(u32, Ipv4Addr, u8)>, NetlinkError>> + Send;
+    /// IPv6 addresses, link-local ones left out, as [`Host::addrs`].
+    fn addrs6(
+        &self,
+        index: Option<u32>,
+    ) -> impl Future<Output = Result<Vec<(u32, Ipv6Addr, u8)>, NetlinkError>> + Send;
     fn routes(&self) -> impl Future<Output = Result<Vec<Ipv4Route>, NetlinkError>> + Send;
     /// See [`bridge::ensure_bridge`].
     fn ensure_bridge(
@@ -220,6 +225,9 @@ impl Host for Netlink {
     }
     async fn addrs(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Addr, u8)>, NetlinkError> {
         Netlink::addrs(self, index).await
+    }
+    async fn addrs6(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv6Addr, u8)>, NetlinkError> {
+        Netlink::addrs6(self, index).await
     }
     async fn routes(&self) -> Result<Vec<Ipv4Route>, NetlinkError> {
         Netlink::routes(self).await
@@ -338,6 +346,7 @@ pub struct FakeHost {
 pub struct FakeInner {
     pub links: BTreeMap<u32, Link>,
     pub addrs: Vec<(u32, Ipv4Addr, u8)>,
+    pub addrs6: Vec<(u32, Ipv6Addr, u8)>,
     pub routes: Vec<Ipv4Route>,
     /// Namespaces by path.
     pub netns: BTreeMap<PathBuf, FakeNs>,
@@ -589,6 +598,14 @@ impl Host for FakeHost {
     async fn addrs(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Addr, u8)>, NetlinkError> {
         let h = self.get();
         Ok(h.addrs
+            .iter()
+            .filter(|(i, _, _)| index.is_none_or(|x| x == *i))
+            .copied()
+            .collect())
+    }
+    async fn addrs6(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv6Addr, u8)>, NetlinkError> {
+        let h = self.get();
+        Ok(h.addrs6
             .iter()
             .filter(|(i, _, _)| index.is_none_or(|x| x == *i))
             .copied()

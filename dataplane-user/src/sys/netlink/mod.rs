@@ -21,6 +21,7 @@ use rtnetlink::{
 };
 
 mod addr;
+mod addr6;
 mod error;
 
 pub use error::{NetlinkError, Op};
