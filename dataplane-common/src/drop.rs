@@ -49,10 +49,14 @@ pub enum DropReason {
     /// whose gateway mode does not let it in (`nat`: direct-access
     /// protection; `routed`: a port no container published).
     DirectAccess = 17,
+    /// An IPv6 packet with more extension headers than the parser walks,
+    /// to or from a managed subnet: its upper layer cannot be checked or
+    /// translated.
+    Ipv6ExtHeaders = 18,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::Truncated,
         DropReason::BadIhl,
         DropReason::BadVersion,
@@ -71,6 +75,7 @@ impl DropReason {
         DropReason::TcpOutOfWindow,
         DropReason::FragmentUntracked,
         DropReason::DirectAccess,
+        DropReason::Ipv6ExtHeaders,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -94,6 +99,7 @@ impl DropReason {
             DropReason::TcpOutOfWindow => "tcp-out-of-window",
             DropReason::FragmentUntracked => "fragment-untracked",
             DropReason::DirectAccess => "direct-access",
+            DropReason::Ipv6ExtHeaders => "ipv6-extension-headers",
         }
     }
 
@@ -117,6 +123,7 @@ impl DropReason {
             15 => Some(DropReason::TcpOutOfWindow),
             16 => Some(DropReason::FragmentUntracked),
             17 => Some(DropReason::DirectAccess),
+            18 => Some(DropReason::Ipv6ExtHeaders),
             _ => None,
         }
     }

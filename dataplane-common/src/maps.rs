@@ -93,8 +93,21 @@ pub const EVENTS_LOST: &str = "DP_EVENTS_LOST";
 // IPv6: one map per family (Cilium's layout), so the IPv4 maps keep their
 // layout and key size; the values are the IPv4 ones widened where they hold
 // an address (the `...Of<[u8; 16]>` types).
+/// Published IPv6 ports: [`crate::nat::PortKey6`] -> [`crate::nat::PortTarget6`].
+pub const PORTS6: &str = "DP_PORTS6";
 /// Managed IPv6 subnets: LPM key over `[u8; 16]` -> [`crate::nat::SubnetPolicy`].
 pub const SUBNETS6: &str = "DP_SUBNETS6";
+/// The host's own IPv6 addresses: `[u8; 16]` -> [`crate::nat::HostAddr`].
+pub const HOST_ADDRS6: &str = "DP_HOST_ADDRS6";
+/// Uplinks' IPv6 addresses: ifindex (`u32`) -> [`crate::nat::Uplink6`].
+pub const UPLINKS6: &str = "DP_UPLINKS6";
+/// Conntrack of IPv6 TCP flows: [`crate::ct::CtKey6`] -> [`crate::ct::CtEntry6`].
+pub const CT6_TCP: &str = "DP_CT6_TCP";
+/// Conntrack of IPv6 UDP and ICMPv6 flows.
+pub const CT6_OTHER: &str = "DP_CT6_OTHER";
 /// Endpoints' IPv6 side by host-side veth ifindex: `u32` ->
 /// [`crate::nat::EndpointInfo6`].
 pub const ENDPOINTS6: &str = "DP_ENDPOINTS6";
+/// Container ports open on `routed` IPv6 networks: [`crate::nat::PortKey6`]
+/// -> `u32` (unused, 1).
+pub const OPEN_PORTS6: &str = "DP_OPEN_PORTS6";

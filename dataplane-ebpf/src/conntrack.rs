@@ -50,8 +50,8 @@ pub fn lookup_flow<A: Family>(key: &CtKeyOf<A>, pkt: &Packet<A>) -> Option<*mut 
     if key.proto != IPPROTO_TCP || pkt.later_fragment || !tcp::opens(pkt.tcp_flags) {
         return Some(entry);
     }
-    // SAFETY: from the lookup above, copied out at once.
-    let e = unsafe { *entry };
+    // SAFETY: from the lookup above; read before the entries go.
+    let e = unsafe { &*entry };
     if e.state != CtState::Closing as u8 || e.flags & FLAG_REPLY != 0 {
         return Some(entry);
     }
@@ -61,7 +61,7 @@ pub fn lookup_flow<A: Family>(key: &CtKeyOf<A>, pkt: &Packet<A>) -> Option<*mut 
 }
 
 #[inline(always)]
-fn insert<A: Family>(key: &CtKeyOf<A>, entry: &CtEntryOf<A>, flags: u64) -> Result<(), i32> {
+pub fn insert<A: Family>(key: &CtKeyOf<A>, entry: &CtEntryOf<A>, flags: u64) -> Result<(), i32> {
     A::ct_insert(key, entry, flags)
 }
 
@@ -118,7 +118,7 @@ fn blank<A: Family>(flags: u8, pkt: &Packet<A>) -> CtEntryOf<A> {
 }
 
 #[inline(always)]
-fn initial_state<A>(pkt: &Packet<A>) -> CtState {
+pub fn initial_state<A>(pkt: &Packet<A>) -> CtState {
     if pkt.proto != IPPROTO_TCP {
         CtState::Open
     } else if pkt.tcp_flags & TCP_SYN != 0 {
@@ -174,6 +174,20 @@ pub fn track<A: Family>(
     key: &CtKeyOf<A>,
     pkt: &Packet<A>,
 ) -> Result<CtEntryOf<A>, DropReason> {
+    track_in_place(ctx, entry, key, pkt)?;
+    // SAFETY: as in `track_in_place`.
+    Ok(unsafe { *entry })
+}
+
+/// [`track`] without the copy of the entry (IPv6's is 104 bytes; the
+/// caller reads the map's value instead).
+#[inline(always)]
+pub fn track_in_place<A: Family>(
+    ctx: &TcContext,
+    entry: *mut CtEntryOf<A>,
+    key: &CtKeyOf<A>,
+    pkt: &Packet<A>,
+) -> Result<(), DropReason> {
     // SAFETY: `entry` comes from a map lookup in this program run. Fields
     // are plain integers; concurrent updates from other CPUs can only lose
     // a counter increment, which the counters document.
@@ -184,7 +198,7 @@ pub fn track<A: Family>(
     e.last_seen_ns = now();
     e.packets += 1;
     e.bytes += u64::from(ip_len(ctx));
-    Ok(*e)
+    Ok(())
 }
 
 #[inline(always)]

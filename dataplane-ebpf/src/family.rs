@@ -1,19 +1,28 @@
-//! The address family as a type: each family's address (`[u8; 4]` for
-//! IPv4; `[u8; 16]` for IPv6 once its NAT lands) names its maps and its
-//! header differences here, so conntrack, NAT and TCP tracking are written
-//! once and monomorphised per family (no dispatch at run time, and the IPv4
-//! code is what it was).
+//! The address family as a type: IPv4 (`[u8; 4]`) and IPv6 (`[u8; 16]`)
+//! each name their maps and their header differences here, so conntrack,
+//! NAT and TCP tracking are written once and monomorphised per family (no
+//! dispatch at run time, and the IPv4 code is what it was).
 
-use aya_ebpf::{programs::TcContext, EbpfContext};
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::{bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2, BPF_F_CURRENT_NETNS},
+    helpers::{bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
+    programs::TcContext,
+    EbpfContext,
+};
 use dataplane_common::{
     ct::{CtEntryOf, CtKeyOf},
     nat::{PortKeyOf, PortTargetOf},
-    net::{IPPROTO_ICMP, IPPROTO_TCP},
+    net::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
 };
 use network_types::eth::EthHdr;
 
 use crate::{
-    maps::{DP_CT_OTHER, DP_CT_TCP, DP_HOST_ADDRS, DP_PORTS},
+    maps::{
+        DP_CT6_OTHER, DP_CT6_TCP, DP_CT_OTHER, DP_CT_TCP, DP_HOST_ADDRS, DP_HOST_ADDRS6, DP_PORTS,
+        DP_PORTS6,
+    },
     nat,
 };
 
@@ -121,4 +130,115 @@ impl Family for [u8; 4] {
             ports,
         )
     }
+}
+
+impl Family for [u8; 16] {
+    const ICMP: u8 = IPPROTO_ICMPV6;
+    const ICMP_PSEUDO: bool = true;
+    const IP_CSUM: bool = false;
+    const SRC_OFF: usize = EthHdr::LEN + 8;
+    const DST_OFF: usize = EthHdr::LEN + 24;
+    const WORDS: usize = 4;
+
+    #[inline(always)]
+    fn words(&self) -> [u32; 4] {
+        let a = self;
+        [
+            u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+            u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+            u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+        ]
+    }
+
+    #[inline(always)]
+    fn ct_lookup(key: &CtKeyOf<Self>) -> Option<*mut CtEntryOf<Self>> {
+        if key.proto == IPPROTO_TCP {
+            DP_CT6_TCP.get_ptr_mut(key)
+        } else {
+            DP_CT6_OTHER.get_ptr_mut(key)
+        }
+    }
+
+    #[inline(always)]
+    fn ct_insert(key: &CtKeyOf<Self>, entry: &CtEntryOf<Self>, flags: u64) -> Result<(), i32> {
+        if key.proto == IPPROTO_TCP {
+            DP_CT6_TCP.insert(key, entry, flags)
+        } else {
+            DP_CT6_OTHER.insert(key, entry, flags)
+        }
+    }
+
+    #[inline(always)]
+    fn ct_remove(key: &CtKeyOf<Self>) -> Result<(), i32> {
+        if key.proto == IPPROTO_TCP {
+            DP_CT6_TCP.remove(key)
+        } else {
+            DP_CT6_OTHER.remove(key)
+        }
+    }
+
+    #[inline(always)]
+    fn port(key: &PortKeyOf<Self>) -> Option<PortTargetOf<Self>> {
+        // SAFETY: copied out at once.
+        unsafe { DP_PORTS6.get(*key) }.copied()
+    }
+
+    #[inline(always)]
+    fn is_host_addr(addr: &Self) -> bool {
+        // SAFETY: only whether the key is present.
+        unsafe { DP_HOST_ADDRS6.get(*addr) }.is_some()
+    }
+
+    #[inline(always)]
+    fn host_socket(
+        ctx: &TcContext,
+        proto: u8,
+        peer: &CtKeyOf<Self>,
+        addr: Self,
+        port: [u8; 2],
+    ) -> bool {
+        let mut tuple = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+            saddr: peer.daddr.words(),
+            daddr: addr.words(),
+            sport: u16::from_ne_bytes(peer.dport),
+            dport: u16::from_ne_bytes(port),
+        };
+        lookup_socket6(ctx.as_ptr(), proto, &raw mut tuple)
+    }
+}
+
+/// [`nat::lookup_socket`] for an IPv6 tuple (built by the caller, whose
+/// frame holds it for the call).
+#[inline(never)]
+fn lookup_socket6(
+    skb: *mut c_void,
+    proto: u8,
+    tuple: *mut bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
+) -> bool {
+    let size = size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>() as u32;
+    let tuple: *mut bpf_sock_tuple = tuple.cast();
+    let netns = BPF_F_CURRENT_NETNS as u64;
+    if proto == IPPROTO_TCP {
+        // SAFETY: `skb` is the program's context and the tuple lives on the
+        // caller's frame for the call; a returned socket is released below.
+        let sk = unsafe { bpf_skc_lookup_tcp(skb, tuple, size, netns, 0) };
+        if sk.is_null() {
+            return false;
+        }
+        // SAFETY: a socket the lookup above returned, released once.
+        unsafe { bpf_sk_release(sk.cast()) };
+        return true;
+    }
+    if proto == IPPROTO_UDP {
+        // SAFETY: as for TCP.
+        let sk = unsafe { bpf_sk_lookup_udp(skb, tuple, size, netns, 0) };
+        if sk.is_null() {
+            return false;
+        }
+        // SAFETY: as for TCP.
+        unsafe { bpf_sk_release(sk.cast()) };
+        return true;
+    }
+    false
 }

@@ -14,14 +14,17 @@ mod fastpath;
 mod filter;
 mod frag;
 mod icmp;
+mod icmp6;
 mod local;
 mod maps;
 mod nat;
+mod nat6;
 mod parse;
 mod sock;
 mod stats;
 mod tcp;
 mod uplink;
+mod uplink6;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -96,13 +96,47 @@ pub static DP_SANDBOX_ADDRS: HashMap<[u8; 4], SandboxAddr, { ENDPOINTS_MAX as us
 pub static DP_SOCK_REVNAT: LruHashMap<u64, SockRevNat, { SOCK_REVNAT_MAX as usize }> =
     LruHashMap::new();
 
-// IPv6: one map per family (see `dataplane_common::maps`), read by
-// `dp_from_container6`.
-use dataplane_common::nat::EndpointInfo6;
+// IPv6: one map per family (see `dataplane_common::maps`), read by the
+// IPv6 programs (`uplink6`, `endpoint6`) through `family::Family`.
+use dataplane_common::{
+    ct::{CtEntry6, CtKey6},
+    nat::{EndpointInfo6, PortKey6, PortTarget6, Uplink6},
+};
 
-/// Managed IPv6 subnets: the network and policy flags of each.
+/// Published IPv6 ports.
+#[btf_map]
+pub static DP_PORTS6: HashMap<PortKey6, PortTarget6, { PORTS_MAX as usize }> = HashMap::new();
+
+/// Managed IPv6 subnets and what may leave them.
 #[btf_map]
 pub static DP_SUBNETS6: LpmTrie<[u8; 16], SubnetPolicy, { SUBNETS_MAX as usize }> = LpmTrie::new();
+
+/// Container ports open to direct access on `routed` IPv6 networks.
+#[btf_map]
+pub static DP_OPEN_PORTS6: HashMap<PortKey6, u32, { PORTS_MAX as usize }> = HashMap::new();
+
+/// The host's own IPv6 addresses (not link-local ones).
+#[btf_map]
+pub static DP_HOST_ADDRS6: HashMap<[u8; 16], HostAddr, { HOST_ADDRS_MAX as usize }> =
+    HashMap::new();
+
+/// Uplinks' IPv6 addresses by ifindex.
+#[btf_map]
+pub static DP_UPLINKS6: HashMap<u32, Uplink6, { UPLINKS_MAX as usize }> = HashMap::new();
+
+/// Conntrack of IPv6 TCP flows.
+#[btf_map]
+pub static DP_CT6_TCP: LruHashMap<CtKey6, CtEntry6, { CT_TCP_MAX as usize }> = LruHashMap::new();
+
+/// Conntrack of IPv6 UDP and ICMPv6 flows.
+#[btf_map]
+pub static DP_CT6_OTHER: LruHashMap<CtKey6, CtEntry6, { CT_OTHER_MAX as usize }> =
+    LruHashMap::new();
+
+/// Per-CPU room for a new IPv6 flow's conntrack entries (see `nat6`); not
+/// pinned: it holds nothing between program runs.
+#[btf_map]
+pub static DP_SCRATCH6: PerCpuArray<crate::nat6::Scratch6, 1> = PerCpuArray::new();
 
 /// Endpoints' IPv6 side by the ifindex of their host-side veth.
 #[btf_map]

@@ -205,10 +205,12 @@ pub fn snat<A: Family, const HOST_SOCKETS: bool>(
 
 /// A random port of the range `min`..`min + span` (network byte order).
 #[inline(always)]
-fn random_port(min: u32, span: u32) -> [u8; 2] {
+pub fn random_port(min: u32, span: u32) -> [u8; 2] {
     // SAFETY: a helper without arguments or side effects.
     let r = unsafe { bpf_get_prandom_u32() };
-    ((min + r % span) as u16).to_be_bytes()
+    // `checked_rem`: a callback (nat6) reads `span` from memory, where the
+    // compiler cannot see it is never 0, and a panic path fails the load.
+    ((min + r.checked_rem(span).unwrap_or(0)) as u16).to_be_bytes()
 }
 
 /// `Family::host_socket`'s lookup for IPv4: whether a socket of the host

@@ -12,8 +12,8 @@ use aya::{
 use dataplane_common::{
     maps,
     nat::{
-        EndpointInfo, EndpointInfo6, EndpointRoute, HostAddr, PortKey, PortTarget, SandboxAddr,
-        SubnetPolicy, TrustedIface, Uplink,
+        EndpointInfo, EndpointInfo6, EndpointRoute, HostAddr, PortKey, PortKey6, PortTarget,
+        PortTarget6, SandboxAddr, SubnetPolicy, TrustedIface, Uplink, Uplink6,
     },
 };
 use dataplane_user::datapath::{bpffs::PinRoot, ebpf::Dataplane};
@@ -111,6 +111,56 @@ pub fn subnet(
         0,
     )
     .context("adding a subnet")
+}
+
+/// `-p [HOST]:PORT:[TARGET]:TPORT/PROTO` for IPv6 (HOST `::`: every host
+/// IPv6 address).
+pub fn publish6(
+    pins: &PinRoot,
+    host: std::net::Ipv6Addr,
+    port: u16,
+    proto: u8,
+    target: std::net::SocketAddrV6,
+    stats_index: u32,
+) -> Result<()> {
+    let mut map: HashMap<MapData, PortKey6, PortTarget6> =
+        HashMap::try_from(pinned(pins, maps::PORTS6)?)?;
+    let key = PortKey6 {
+        addr: host.octets(),
+        port: port.to_be_bytes(),
+        proto,
+        _pad: 0,
+    };
+    let value = PortTarget6 {
+        addr: target.ip().octets(),
+        port: target.port().to_be_bytes(),
+        _pad: [0; 2],
+        stats_index,
+        _pad2: 0,
+    };
+    map.insert(key, value, 0).context("publishing an IPv6 port")
+}
+
+/// One of the host's IPv6 addresses.
+pub fn host_addr6(pins: &PinRoot, addr: std::net::Ipv6Addr, ifindex: u32) -> Result<()> {
+    let mut map: HashMap<MapData, [u8; 16], HostAddr> =
+        HashMap::try_from(pinned(pins, maps::HOST_ADDRS6)?)?;
+    map.insert(addr.octets(), HostAddr { ifindex, _pad: 0 }, 0)
+        .context("adding a host IPv6 address")
+}
+
+/// An uplink's IPv6 masquerade address.
+pub fn uplink6(pins: &PinRoot, ifindex: u32, addr: std::net::Ipv6Addr) -> Result<()> {
+    let mut map: HashMap<MapData, u32, Uplink6> = HashMap::try_from(pinned(pins, maps::UPLINKS6)?)?;
+    map.insert(
+        ifindex,
+        Uplink6 {
+            addr: addr.octets(),
+            _pad: 0,
+        },
+        0,
+    )
+    .context("adding an uplink's IPv6 address")
 }
 
 /// A managed IPv6 subnet with its policy flags and network key.

@@ -24,6 +24,7 @@ pub mod docker;
 pub mod leak;
 pub mod netns;
 pub mod packets;
+pub mod packets6;
 pub mod podman;
 pub mod topo;
 pub mod traffic;

@@ -24,7 +24,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const AYA_LOGS: &str = "AYA_LOGS";
 
 /// Every map in the object, pinned by name.
-pub const PINNED_MAPS: [&str; 28] = [
+pub const PINNED_MAPS: [&str; 34] = [
     maps::PROTO_STATS,
     maps::DROP_STATS,
     maps::PORTS,
@@ -53,6 +53,12 @@ pub const PINNED_MAPS: [&str; 28] = [
     maps::EVENTS_LOST,
     maps::SUBNETS6,
     maps::ENDPOINTS6,
+    maps::PORTS6,
+    maps::HOST_ADDRS6,
+    maps::UPLINKS6,
+    maps::CT6_TCP,
+    maps::CT6_OTHER,
+    maps::OPEN_PORTS6,
 ];
 
 #[derive(Debug, thiserror::Error)]

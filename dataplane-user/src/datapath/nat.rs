@@ -17,8 +17,8 @@ use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray};
 use dataplane_common::{
     maps,
     nat::{
-        EndpointInfo, EndpointInfo6, EndpointRoute, HostAddr, PortKey, PortTarget, SandboxAddr,
-        SubnetPolicy, TrustedIface, Uplink, MAX_PORT_MAPPINGS,
+        EndpointInfo, EndpointInfo6, EndpointRoute, HostAddr, PortKey, PortKey6, PortTarget,
+        PortTarget6, SandboxAddr, SubnetPolicy, TrustedIface, Uplink, Uplink6, MAX_PORT_MAPPINGS,
     },
     stats::PktCounter,
 };
@@ -32,9 +32,13 @@ use super::{
 use crate::sys::netlink::NetlinkError;
 
 /// The uplink programs, and the direction each is attached in.
-pub const UPLINK_PROGRAMS: [(&str, Direction); 2] = [
+/// Each family has its own pair; tcx runs the IPv4 one first, and each
+/// passes the other family's packets on.
+pub const UPLINK_PROGRAMS: [(&str, Direction); 4] = [
     ("dp_uplink_in", Direction::Ingress),
     ("dp_uplink_out", Direction::Egress),
+    ("dp_uplink_in6", Direction::Ingress),
+    ("dp_uplink_out6", Direction::Egress),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +101,12 @@ pub struct Desired {
     /// IPv6: host-side veth ifindex -> the endpoint's IPv6 side, for the
     /// endpoints with an IPv6 address.
     pub endpoints6: BTreeMap<u32, EndpointInfo6>,
+    /// IPv6: published ports, the host's addresses (link-local ones left
+    /// out), uplinks' masquerade addresses, `routed` networks' open ports.
+    pub ports6: BTreeMap<PortKey6, PortTarget6>,
+    pub host_addrs6: BTreeMap<[u8; 16], HostAddr>,
+    pub uplinks6: BTreeMap<u32, Uplink6>,
+    pub open_ports6: BTreeMap<PortKey6, u32>,
 }
 
 type Hash<'a, K, V> = HashMap<&'a mut MapData, K, V>;
@@ -144,6 +154,10 @@ pub fn apply(dp: &mut Dataplane, want: &Desired) -> Result<(), NatError> {
     hash(dp, maps::OPEN_PORTS, &want.open_ports)?;
     hash(dp, maps::TRUSTED_IFACES, &want.trusted_ifaces)?;
     hash(dp, maps::ENDPOINTS6, &want.endpoints6)?;
+    hash(dp, maps::PORTS6, &want.ports6)?;
+    hash(dp, maps::HOST_ADDRS6, &want.host_addrs6)?;
+    hash(dp, maps::UPLINKS6, &want.uplinks6)?;
+    hash(dp, maps::OPEN_PORTS6, &want.open_ports6)?;
     let mut trie: SubnetTrie<'_, [u8; 4]> = open(&mut *dp, maps::SUBNETS)?;
     reconcile(
         &mut trie,
@@ -203,6 +217,10 @@ pub fn apply_changes(dp: &mut Dataplane, old: &Desired, new: &Desired) -> Result
         &new.trusted_ifaces,
     )?;
     hash(dp, maps::ENDPOINTS6, &old.endpoints6, &new.endpoints6)?;
+    hash(dp, maps::PORTS6, &old.ports6, &new.ports6)?;
+    hash(dp, maps::HOST_ADDRS6, &old.host_addrs6, &new.host_addrs6)?;
+    hash(dp, maps::UPLINKS6, &old.uplinks6, &new.uplinks6)?;
+    hash(dp, maps::OPEN_PORTS6, &old.open_ports6, &new.open_ports6)?;
     if old.subnets != new.subnets {
         let mut trie: SubnetTrie<'_, [u8; 4]> = open(&mut *dp, maps::SUBNETS)?;
         update(

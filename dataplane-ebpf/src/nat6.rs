@@ -1,0 +1,255 @@
+//! IPv6 flows set up and followed with their conntrack entries in a per-CPU
+//! scratch map (`DP_SCRATCH6`, Cilium's way with big structures) instead of
+//! on the stack: an IPv6 entry is 104 bytes, and the generic path's copies
+//! of it (`conntrack::entry`, `create`'s reply, `snat`'s candidate) do not
+//! fit a 512-byte frame beside the parser's. The logic is `conntrack` and
+//! `nat`'s; only where the entries live differs. The programs call these
+//! from BPF subprograms of their own (see `uplink6`), so frames do not add
+//! up.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::{__sk_buff, BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_loop,
+    programs::TcContext,
+};
+use dataplane_common::{
+    ct::{
+        CtEntry6, CtKey6, FLAG_DNAT, FLAG_HAIRPIN_SELF, FLAG_REPLY, FLAG_SNAT, REWRITE_DST,
+        REWRITE_SRC,
+    },
+    drop::DropReason,
+    nat::PortTarget6,
+    net::IPPROTO_TCP,
+};
+
+use crate::{
+    conntrack,
+    counters::bump,
+    family::Family,
+    maps::{DP_PORT_STATS, DP_SCRATCH6},
+    nat::{self, NAT_CONFIG},
+    parse::{ip_len, Ipv6Packet},
+    tcp,
+};
+
+/// The scratch space of one CPU: a flow's entry and its reply, and the
+/// quoted tuple of an ICMPv6 error (`icmp6`).
+#[repr(C)]
+pub struct Scratch6 {
+    pub orig: CtEntry6,
+    pub reply: CtEntry6,
+    pub quote: CtKey6,
+}
+
+#[inline(always)]
+pub fn scratch() -> Result<&'static mut Scratch6, DropReason> {
+    // SAFETY: a per-CPU value, used by this program run alone (tc programs
+    // do not nest on a CPU).
+    DP_SCRATCH6
+        .get_ptr_mut(0)
+        .map(|p| unsafe { &mut *p })
+        .ok_or(DropReason::CtInsert)
+}
+
+/// `conntrack::entry` into `out`: a new flow's entry without a rewrite.
+#[inline(always)]
+fn fill_entry(
+    ctx: &TcContext,
+    flags: u8,
+    pkt: &Ipv6Packet,
+    out: &mut CtEntry6,
+) -> Result<(), DropReason> {
+    let tcp = pkt.proto == IPPROTO_TCP && !pkt.later_fragment;
+    if tcp && !tcp::may_start(pkt.tcp_flags) {
+        return Err(DropReason::TcpInvalidFlags);
+    }
+    // SAFETY: `out` is one whole, writable entry; all-zero is a valid one.
+    unsafe { core::ptr::write_bytes(out as *mut CtEntry6, 0, 1) };
+    let t = conntrack::now();
+    out.state = conntrack::initial_state(pkt) as u8;
+    out.flags = flags;
+    out.created_ns = t;
+    out.last_seen_ns = t;
+    if tcp {
+        tcp::advance(ctx, out, pkt);
+    }
+    Ok(())
+}
+
+/// `CtEntry::reply` into `out`.
+#[inline(always)]
+fn fill_reply(orig: &CtEntry6, key: &CtKey6, out: &mut CtEntry6) {
+    // SAFETY: as in `fill_entry`.
+    unsafe { core::ptr::write_bytes(out as *mut CtEntry6, 0, 1) };
+    out.state = orig.state;
+    out.flags = orig.flags | FLAG_REPLY;
+    out.redirect_ifindex = orig.redirect_ifindex;
+    out.redirect_dmac = orig.redirect_dmac;
+    out.redirect_smac = orig.redirect_smac;
+    out.created_ns = orig.created_ns;
+    out.last_seen_ns = orig.last_seen_ns;
+    if orig.rewrite & REWRITE_DST != 0 {
+        out.rewrite |= REWRITE_SRC;
+        out.new_saddr = key.daddr;
+        out.new_sport = key.dport;
+    }
+    if orig.rewrite & REWRITE_SRC != 0 {
+        out.rewrite |= REWRITE_DST;
+        out.new_daddr = key.saddr;
+        out.new_dport = key.sport;
+    }
+}
+
+/// `conntrack::create` for the entry in `s.orig` (its reply built in
+/// `s.reply`).
+#[inline(always)]
+fn create(key: &CtKey6, s: &mut Scratch6, exclusive: bool) -> Result<(), DropReason> {
+    let reply_key = s.orig.peer_key(key);
+    fill_reply(&s.orig, key, &mut s.reply);
+    let flags = if exclusive { BPF_NOEXIST } else { BPF_ANY };
+    conntrack::insert(&reply_key, &s.reply, u64::from(flags)).map_err(|_| DropReason::CtInsert)?;
+    let redirect = s.orig.redirect_ifindex;
+    if s.orig.flags & FLAG_HAIRPIN_SELF == 0 {
+        s.orig.redirect_ifindex = 0;
+    }
+    let inserted = conntrack::insert(key, &s.orig, u64::from(BPF_ANY));
+    s.orig.redirect_ifindex = redirect;
+    if inserted.is_err() {
+        let _ = conntrack::remove(&reply_key);
+        return Err(DropReason::CtInsert);
+    }
+    Ok(())
+}
+
+/// A packet of a tracked flow of `zone`: counted and its TCP state
+/// followed; its entry is left in the scratch for [`apply`]. False when it
+/// starts no known flow.
+#[inline(always)]
+pub fn tracked(ctx: &TcContext, pkt: &Ipv6Packet, zone: u8) -> Result<bool, DropReason> {
+    let key = conntrack::key_of(pkt, zone);
+    let Some(entry) = conntrack::lookup_flow(&key, pkt) else {
+        return Ok(false);
+    };
+    conntrack::track_in_place(ctx, entry, &key, pkt)?;
+    let s = scratch()?;
+    // SAFETY: a map value from the lookup above, copied map to map.
+    unsafe { core::ptr::copy_nonoverlapping(entry, &raw mut s.orig, 1) };
+    Ok(true)
+}
+
+/// Applies the rewrite of the entry [`tracked`], [`dnat`] or
+/// [`masquerade`] left in the scratch.
+#[inline(always)]
+pub fn apply(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<(), DropReason> {
+    let s = scratch()?;
+    nat::apply(ctx, pkt, &s.orig)
+}
+
+/// A new flow to a published port: DNAT to `target`, client address kept
+/// (its entry left in the scratch for [`apply`]).
+#[inline(always)]
+pub fn dnat(
+    ctx: &TcContext,
+    pkt: &Ipv6Packet,
+    zone: u8,
+    target: &PortTarget6,
+) -> Result<(), DropReason> {
+    let s = scratch()?;
+    fill_entry(ctx, FLAG_DNAT, pkt, &mut s.orig)?;
+    s.orig.rewrite |= REWRITE_DST;
+    s.orig.new_daddr = target.addr;
+    s.orig.new_dport = target.port;
+    let key = conntrack::key_of(pkt, zone);
+    create(&key, s, false)?;
+    bump(&DP_PORT_STATS, target.stats_index, ip_len(ctx));
+    Ok(())
+}
+
+/// A new flow tracked untranslated (routed networks), so its replies are
+/// known.
+#[inline(always)]
+pub fn pass(ctx: &TcContext, pkt: &Ipv6Packet, zone: u8) -> Result<(), DropReason> {
+    let s = scratch()?;
+    fill_entry(ctx, 0, pkt, &mut s.orig)?;
+    let key = conntrack::key_of(pkt, zone);
+    create(&key, s, false)
+}
+
+/// A new flow's masquerade to `addr` (`nat::snat`'s port choice: the
+/// client's port when its tuple is free, else random ones of the range,
+/// never one a host socket would receive replies on); its entry is left in
+/// the scratch for [`apply`]. The probes run as `bpf_loop` steps: unrolled,
+/// the verifier walked them once per state and passed its million
+/// instructions.
+#[inline(always)]
+pub fn masquerade(
+    ctx: &TcContext,
+    pkt: &Ipv6Packet,
+    zone: u8,
+    addr: &[u8; 16],
+) -> Result<(), DropReason> {
+    let s = scratch()?;
+    fill_entry(ctx, FLAG_SNAT, pkt, &mut s.orig)?;
+    let cfg = NAT_CONFIG.load();
+    let mut probe = Probe {
+        skb: ctx.skb.skb,
+        key: conntrack::key_of(pkt, zone),
+        addr: *addr,
+        candidate: pkt.sport,
+        min: u32::from(cfg.snat_port_min),
+        span: u32::from(cfg.snat_port_max.saturating_sub(cfg.snat_port_min)) + 1,
+        found: 0,
+    };
+    let steps = cfg.snat_probes.min(64) + 1;
+    // SAFETY: `probe_step` is a BPF function taking this context, which
+    // lives on this frame for the whole call.
+    unsafe { bpf_loop(steps, probe_step as *mut c_void, (&raw mut probe).cast(), 0) };
+    if probe.found == 0 {
+        return Err(DropReason::SnatExhausted);
+    }
+    Ok(())
+}
+
+/// What the probe steps work on, on the caller's frame.
+#[repr(C)]
+struct Probe {
+    skb: *mut __sk_buff,
+    key: CtKey6,
+    addr: [u8; 16],
+    candidate: [u8; 2],
+    min: u32,
+    span: u32,
+    found: u32,
+}
+
+/// One candidate port: taken when no host socket would receive its
+/// replies and its reply tuple is free (claimed by the insert); 1 ends the
+/// loop.
+#[inline(never)]
+extern "C" fn probe_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `masquerade` passes its `Probe`.
+    let p = unsafe { &mut *ctx.cast::<Probe>() };
+    let tc = TcContext::new(p.skb);
+    let claimed = !<[u8; 16]>::host_socket(&tc, p.key.proto, &p.key, p.addr, p.candidate)
+        && claim(&p.key, &p.addr, p.candidate);
+    // Every path leaves the same fields written, so the verifier's states
+    // at the next step compare equal and the steps are checked once, not
+    // once per path through the previous ones.
+    p.candidate = nat::random_port(p.min, p.span);
+    p.found = u32::from(claimed);
+    i64::from(claimed)
+}
+
+/// Tries `port` as the new flow's source port (the entry in the scratch).
+#[inline(always)]
+fn claim(key: &CtKey6, addr: &[u8; 16], port: [u8; 2]) -> bool {
+    let Ok(s) = scratch() else {
+        return false;
+    };
+    s.orig.rewrite |= REWRITE_SRC;
+    s.orig.new_saddr = *addr;
+    s.orig.new_sport = port;
+    create(key, s, true).is_ok()
+}

@@ -1,0 +1,330 @@
+//! The uplink's IPv6 programs, run by tcx after their IPv4 twins (which
+//! leave IPv6 alone):
+//! - `dp_uplink_in6` (tc ingress): translated flows first (replies to NAT66
+//!   masquerade, later packets of published flows), ICMPv6 errors about
+//!   them, then new flows to a published port (DNAT, client address kept),
+//!   then what is routed straight to a managed subnet meets the network's
+//!   gateway mode;
+//! - `dp_uplink_out6` (tc egress): translated flows, then new flows from
+//!   managed subnets: NAT66 masquerade to the uplink's IPv6 address for
+//!   networks that masquerade (ULA ones), a drop for internal ones, nothing
+//!   for routed ones.
+//!
+//! NDP, router advertisements and the host's own traffic pass untouched. A
+//! packet whose upper layer hides behind more extension headers than the
+//! parser walks is never translated: dropped when it concerns a managed
+//! subnet, passed otherwise. Non-first fragments carry no ports: they pass
+//! to the stack untranslated (IPv6 fragments are rare, since routers never
+//! fragment; docs/architecture.md). The DOCKER-USER filters and the fast
+//! path are IPv4's only so far.
+
+use aya_ebpf::{btf_maps::lpm_trie::Key, macros::classifier, programs::TcContext};
+use dataplane_common::{
+    ct::ZONE_UPLINK,
+    drop::DropReason,
+    nat::{
+        PortKey6, SubnetPolicy, TrustedIface, SUBNET_INTERNAL, SUBNET_MASQUERADE, SUBNET_PROTECTED,
+        SUBNET_ROUTED,
+    },
+    net::{IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
+};
+
+use crate::{
+    conntrack,
+    drop::drop_packet,
+    family::Family,
+    icmp6,
+    maps::{DP_OPEN_PORTS6, DP_SUBNETS6, DP_TRUSTED_IFACES, DP_UPLINKS6},
+    nat, nat6,
+    parse::{l3, parse6, Ipv6Packet, Ipv6Upper, ICMPV6_ECHO_REQUEST, L3},
+    tcp,
+};
+
+const TCX_NEXT: i32 = -1;
+const ZONE: u8 = ZONE_UPLINK;
+const LOOPBACK: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+#[classifier]
+pub fn dp_uplink_in6(ctx: TcContext) -> i32 {
+    match try_uplink_in6(&ctx) {
+        Ok(verdict) => verdict,
+        Err(reason) => drop_packet(&ctx, reason),
+    }
+}
+
+#[classifier]
+pub fn dp_uplink_out6(ctx: TcContext) -> i32 {
+    match try_uplink_out6(&ctx) {
+        Ok(verdict) => verdict,
+        Err(reason) => drop_packet(&ctx, reason),
+    }
+}
+
+/// The policy of the managed subnet `addr` is in; zeroed when it is in none
+/// (network keys are never 0). Not an `Option`: LLVM copies an absent
+/// payload's never-written registers around, which the verifier refuses as
+/// uninitialised reads.
+#[inline(always)]
+fn subnet(addr: &[u8; 16]) -> SubnetPolicy {
+    match DP_SUBNETS6.get(&Key::new(128, *addr)) {
+        Some(p) => SubnetPolicy {
+            flags: p.flags,
+            network_id: p.network_id,
+        },
+        None => SubnetPolicy {
+            flags: 0,
+            network_id: 0,
+        },
+    }
+}
+
+#[inline(always)]
+fn try_uplink_in6(ctx: &TcContext) -> Result<i32, DropReason> {
+    if l3(ctx)? != L3::Ipv6 {
+        return Ok(TCX_NEXT);
+    }
+    let mut pkt = Ipv6Packet::default();
+    let upper = parse6(ctx, &mut pkt)?;
+    from_outside(&pkt)?;
+    if upper == Ipv6Upper::Unknown {
+        if subnet(&pkt.dst).network_id != 0 {
+            return Err(DropReason::Ipv6ExtHeaders);
+        }
+        return Ok(TCX_NEXT);
+    }
+    if pkt.later_fragment {
+        return Ok(TCX_NEXT);
+    }
+    if tracked(ctx, &pkt)? {
+        apply(ctx, &pkt)?;
+        return Ok(TCX_NEXT);
+    }
+    if icmp_error(ctx, &pkt)? {
+        return Ok(TCX_NEXT);
+    }
+    if new_flow_in(ctx, &pkt)? {
+        apply(ctx, &pkt)?;
+    }
+    Ok(TCX_NEXT)
+}
+
+// The steps below are BPF subprograms of their own: a program's frame and
+// the frame of the one step it runs at a time must fit 512 bytes together,
+// which all the steps inlined into one frame would not (an IPv6 conntrack
+// entry is 104 bytes).
+
+/// A packet of a tracked flow, translated (see `nat6::tracked`).
+#[inline(never)]
+fn tracked(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<bool, DropReason> {
+    nat6::tracked(ctx, pkt, ZONE)
+}
+
+/// The translated flow's rewrite (see `nat6::apply`).
+#[inline(never)]
+fn apply(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<(), DropReason> {
+    nat6::apply(ctx, pkt)
+}
+
+/// The first packet of a flow from outside: DNAT to a published port
+/// (true: the rewrite is left for [`apply`]), or the gateway mode of the
+/// subnet it is routed to.
+#[inline(never)]
+fn new_flow_in(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<bool, DropReason> {
+    let Some(target) = nat::published(pkt) else {
+        let policy = subnet(&pkt.dst);
+        if policy.network_id == 0 {
+            return Ok(false);
+        }
+        if policy.flags & SUBNET_INTERNAL != 0 {
+            return Err(DropReason::Internal);
+        }
+        gateway_mode(ctx, pkt, policy)?;
+        if pkt.proto == IPPROTO_TCP && !tcp::may_start(pkt.tcp_flags) {
+            if !tcp::flags_valid(pkt.tcp_flags) {
+                return Err(DropReason::TcpInvalidFlags);
+            }
+            return Ok(false);
+        }
+        if pkt.proto == IPPROTO_TCP || pkt.proto == IPPROTO_UDP {
+            // Tracked untranslated, so the replies are not masqueraded as
+            // if they started a flow.
+            nat6::pass(ctx, pkt, ZONE)?;
+        }
+        return Ok(false);
+    };
+    if pkt.proto == IPPROTO_TCP && tcp::opens(pkt.tcp_flags) && !tcp::syn_checksum_ok(ctx, pkt) {
+        return Err(DropReason::TcpBadChecksum);
+    }
+    nat6::dnat(ctx, pkt, ZONE, &target)?;
+    Ok(true)
+}
+
+/// An ICMPv6 error about a translated flow, translated (two steps, see
+/// `icmp6::find_error`).
+#[inline(always)]
+fn icmp_error(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<bool, DropReason> {
+    if !find_error(ctx, pkt)? {
+        return Ok(false);
+    }
+    translate_error(ctx, pkt)?;
+    Ok(true)
+}
+
+#[inline(never)]
+fn find_error(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<bool, DropReason> {
+    icmp6::find_error(ctx, pkt, ZONE)
+}
+
+#[inline(never)]
+fn translate_error(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<(), DropReason> {
+    icmp6::translate_error(ctx, pkt)
+}
+
+/// What no packet from outside may be: addressed to or from loopback, from
+/// the host's own addresses or from a managed subnet (forged).
+#[inline(always)]
+fn from_outside(pkt: &Ipv6Packet) -> Result<(), DropReason> {
+    if pkt.dst == LOOPBACK {
+        return Err(DropReason::LoopbackDestination);
+    }
+    if pkt.src == LOOPBACK || <[u8; 16]>::is_host_addr(&pkt.src) || subnet(&pkt.src).network_id != 0
+    {
+        return Err(DropReason::MartianSource);
+    }
+    Ok(())
+}
+
+/// The gateway mode of the network a packet routed straight to one of its
+/// addresses belongs to (see the IPv4 twin in `uplink`): `nat` takes
+/// nothing, `routed` takes ICMPv6, TCP segments of connections under way
+/// and new flows to the container ports published; a trusted interface
+/// skips the checks.
+#[inline(always)]
+fn gateway_mode(ctx: &TcContext, pkt: &Ipv6Packet, policy: SubnetPolicy) -> Result<(), DropReason> {
+    if policy.flags & (SUBNET_PROTECTED | SUBNET_ROUTED) == 0 {
+        return Ok(());
+    }
+    // SAFETY: the context's __sk_buff is valid for the whole program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let trusted = TrustedIface {
+        ifindex,
+        network_id: policy.network_id,
+    };
+    // SAFETY: only whether the key is present.
+    if unsafe { DP_TRUSTED_IFACES.get(trusted) }.is_some() {
+        return Ok(());
+    }
+    if policy.flags & SUBNET_ROUTED != 0 {
+        if pkt.proto == IPPROTO_ICMPV6 || (pkt.proto == IPPROTO_TCP && !tcp::opens(pkt.tcp_flags)) {
+            return Ok(());
+        }
+        let open = PortKey6 {
+            addr: pkt.dst,
+            port: pkt.dport,
+            proto: pkt.proto,
+            _pad: 0,
+        };
+        // SAFETY: only whether the key is present.
+        if unsafe { DP_OPEN_PORTS6.get(open) }.is_some() || <[u8; 16]>::is_host_addr(&pkt.dst) {
+            return Ok(());
+        }
+    }
+    Err(DropReason::DirectAccess)
+}
+
+#[inline(always)]
+fn try_uplink_out6(ctx: &TcContext) -> Result<i32, DropReason> {
+    if l3(ctx)? != L3::Ipv6 {
+        return Ok(TCX_NEXT);
+    }
+    let mut pkt = Ipv6Packet::default();
+    let upper = parse6(ctx, &mut pkt)?;
+    let policy = subnet(&pkt.src);
+    let managed = policy.network_id != 0;
+    if upper == Ipv6Upper::Unknown {
+        if managed && policy.flags & SUBNET_MASQUERADE != 0 {
+            return Err(DropReason::Ipv6ExtHeaders);
+        }
+        return Ok(TCX_NEXT);
+    }
+    if !pkt.later_fragment {
+        if tracked(ctx, &pkt)? {
+            apply(ctx, &pkt)?;
+            return Ok(TCX_NEXT);
+        }
+        if icmp_error(ctx, &pkt)? {
+            return Ok(TCX_NEXT);
+        }
+    }
+    let addr = match managed {
+        true => {
+            if policy.flags & SUBNET_INTERNAL != 0 {
+                return Err(DropReason::Internal);
+            }
+            if policy.flags & SUBNET_MASQUERADE == 0 {
+                if policy.flags & SUBNET_ROUTED != 0
+                    && !pkt.later_fragment
+                    && pkt.proto == IPPROTO_UDP
+                {
+                    // `tracked` found no flow: a new one, tracked so its
+                    // replies get past the routed network's checks.
+                    pass(ctx, &pkt)?;
+                }
+                return Ok(TCX_NEXT);
+            }
+            if pkt.later_fragment {
+                // It would leave with the container's address.
+                return Err(DropReason::FragmentUntracked);
+            }
+            let translatable = pkt.proto == IPPROTO_TCP
+                || pkt.proto == IPPROTO_UDP
+                || (pkt.proto == IPPROTO_ICMPV6 && pkt.icmp_type == ICMPV6_ECHO_REQUEST);
+            if !translatable {
+                return Ok(TCX_NEXT);
+            }
+            // SAFETY: the context's __sk_buff is valid for the whole program run.
+            let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+            // SAFETY: copied out at once.
+            let Some(uplink) = (unsafe { DP_UPLINKS6.get(ifindex) }).copied() else {
+                return Ok(TCX_NEXT);
+            };
+            uplink.addr
+        }
+        false if host_flow_collides(&pkt) => pkt.src,
+        false => return Ok(TCX_NEXT),
+    };
+    masquerade(ctx, &pkt, &addr)?;
+    apply(ctx, &pkt)?;
+    Ok(TCX_NEXT)
+}
+
+/// A new flow from a routed network, tracked untranslated.
+#[inline(never)]
+fn pass(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<(), DropReason> {
+    nat6::pass(ctx, pkt, ZONE)
+}
+
+/// A new flow's masquerade (see `nat6::masquerade`).
+#[inline(never)]
+fn masquerade(ctx: &TcContext, pkt: &Ipv6Packet, addr: &[u8; 16]) -> Result<(), DropReason> {
+    nat6::masquerade(ctx, pkt, ZONE, addr)
+}
+
+/// Whether a new flow of the host's own would share its tuple with a
+/// masqueraded flow (see the IPv4 twin in `uplink`).
+#[inline(always)]
+fn host_flow_collides(pkt: &Ipv6Packet) -> bool {
+    if pkt.later_fragment {
+        return false;
+    }
+    let opens = match pkt.proto {
+        IPPROTO_TCP => tcp::opens(pkt.tcp_flags),
+        IPPROTO_UDP => true,
+        _ => false,
+    };
+    if !opens {
+        return false;
+    }
+    let reply = conntrack::key_of(pkt, ZONE).reversed();
+    conntrack::lookup(&reply).is_some()
+}
