@@ -2,13 +2,17 @@
 //! they are persisted, and the typed form of a `network create` request,
 //! parsed once from the user's strings (Docker's option names included).
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ipam::{self, IpamError},
+    ipam::{self, v6, IpamError},
     names::MacAddr,
 };
 
@@ -170,6 +174,14 @@ pub struct Network {
     pub subnet: Option<Ipv4Net>,
     pub gateway: Option<Ipv4Addr>,
     pub ip_range: Option<Ipv4Net>,
+    /// The IPv6 side (`--ipv6`): None unless `enable_ipv6`.
+    pub subnet6: Option<Ipv6Net>,
+    pub gateway6: Option<Ipv6Addr>,
+    pub ip_range6: Option<Ipv6Net>,
+    pub enable_ipv6: bool,
+    /// False for an IPv6-only network (`--ipv4=false`): no IPv4 subnet,
+    /// gateway nor endpoint addresses.
+    pub enable_ipv4: bool,
     pub internal: bool,
     pub mtu: u32,
     pub labels: BTreeMap<String, String>,
@@ -184,6 +196,23 @@ impl Network {
     pub fn alloc_range(&self) -> Option<Ipv4Net> {
         self.ip_range.or(self.subnet)
     }
+
+    /// The range IPv6 addresses are allocated from.
+    pub fn alloc_range6(&self) -> Option<Ipv6Net> {
+        self.ip_range6.or(self.subnet6)
+    }
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A [`Network`] as state.json holds it: the driver's kind, and the
@@ -210,6 +239,18 @@ struct NetworkRecord {
     gateway_mode: GatewayMode,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     trusted_host_interfaces: Vec<String>,
+    // Absent in files of earlier versions (and written only when set, so
+    // an IPv4-only network's record stays as they read it): IPv4 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subnet6: Option<Ipv6Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gateway6: Option<Ipv6Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ip_range6: Option<Ipv6Net>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    enable_ipv6: bool,
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    enable_ipv4: bool,
 }
 
 /// A persisted network whose driver lacks its settings.
@@ -253,6 +294,11 @@ impl TryFrom<NetworkRecord> for Network {
             subnet: r.subnet,
             gateway: r.gateway,
             ip_range: r.ip_range,
+            subnet6: r.subnet6,
+            gateway6: r.gateway6,
+            ip_range6: r.ip_range6,
+            enable_ipv6: r.enable_ipv6,
+            enable_ipv4: r.enable_ipv4,
             internal: r.internal,
             mtu: r.mtu,
             labels: r.labels,
@@ -294,6 +340,11 @@ impl From<Network> for NetworkRecord {
             labels: n.labels,
             gateway_mode,
             trusted_host_interfaces,
+            subnet6: n.subnet6,
+            gateway6: n.gateway6,
+            ip_range6: n.ip_range6,
+            enable_ipv6: n.enable_ipv6,
+            enable_ipv4: n.enable_ipv4,
         }
     }
 }
@@ -328,6 +379,9 @@ pub struct Endpoint {
     pub ifname: Option<String>,
     pub mac: Option<MacAddr>,
     pub ipv4: Option<Ipv4Addr>,
+    /// Absent in files of earlier versions: no IPv6 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     /// Published ports (bridge endpoints only).
     #[serde(default)]
     pub published: Vec<super::ports::PortMapping>,
@@ -371,18 +425,46 @@ pub enum CreateError {
     MissingParent,
     #[error("--gateway and --ip-range need --subnet")]
     NeedsSubnet,
+    #[error("--{field} {value}: an IPv6 gateway or range needs an IPv6 --subnet")]
+    NeedsSubnet6 { field: &'static str, value: String },
+    #[error("--{field} {value}: an IPv6 value needs --ipv6")]
+    NeedsIpv6 { field: &'static str, value: String },
+    #[error("--{field} {value}: an IPv4 value on a network created with --ipv4=false")]
+    Ipv4Disabled { field: &'static str, value: String },
+    #[error("--{field}: given twice for {family} ({first} and {second})")]
+    Repeated {
+        field: &'static str,
+        family: &'static str,
+        first: String,
+        second: String,
+    },
+    #[error("--ipv4=false needs --ipv6 (a network without any address family)")]
+    NoFamily,
+    #[error("--ipv6 is not supported by the {0} driver")]
+    Ipv6Unsupported(&'static str),
     #[error("--label {0:?}: expected KEY=VALUE")]
     BadLabel(String),
 }
 
-/// `network create` as the user typed it.
+/// `network create` as the user typed it. `--subnet`, `--gateway` and
+/// `--ip-range` may be given once per address family (Docker's flags:
+/// each value's family decides which it is).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateArgs {
     pub name: String,
     pub driver: String,
-    pub subnet: Option<String>,
-    pub gateway: Option<String>,
-    pub ip_range: Option<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub subnet: Vec<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub gateway: Vec<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub ip_range: Vec<String>,
+    /// `--ipv6`.
+    #[serde(default)]
+    pub ipv6: bool,
+    /// `--ipv4=false` makes an IPv6-only network; None means true.
+    #[serde(default)]
+    pub ipv4: Option<bool>,
     pub internal: bool,
     pub mtu: Option<String>,
     pub options: Vec<String>,
@@ -398,6 +480,11 @@ pub struct CreateRequest {
     pub subnet: Option<Ipv4Net>,
     pub gateway: Option<Ipv4Addr>,
     pub ip_range: Option<Ipv4Net>,
+    pub subnet6: Option<Ipv6Net>,
+    pub gateway6: Option<Ipv6Addr>,
+    pub ip_range6: Option<Ipv6Net>,
+    pub enable_ipv6: bool,
+    pub enable_ipv4: bool,
     pub internal: bool,
     pub mtu: u32,
     pub bridge_name: Option<String>,
@@ -582,28 +669,45 @@ impl CreateArgs {
             "macvlan" => DriverKind::Macvlan,
             other => return Err(CreateError::BadDriver(other.to_owned())),
         };
-        let subnet = self.subnet.as_deref().map(ipam::parse_subnet).transpose()?;
-        let gateway = self
+        let fam = Families::split(self)?;
+        let enable_ipv4 = self.ipv4.unwrap_or(true);
+        if !enable_ipv4 && !self.ipv6 {
+            return Err(CreateError::NoFamily);
+        }
+        if let Some((field, value)) = fam.first_v6().filter(|_| !self.ipv6) {
+            return Err(CreateError::NeedsIpv6 { field, value });
+        }
+        if let Some((field, value)) = fam.first_v4().filter(|_| !enable_ipv4) {
+            return Err(CreateError::Ipv4Disabled { field, value });
+        }
+        let subnet = fam.subnet.as_deref().map(ipam::parse_subnet).transpose()?;
+        let gateway = fam
             .gateway
             .as_deref()
             .map(|g| ipam::parse_addr("gateway", g))
             .transpose()?;
-        if (gateway.is_some() || self.ip_range.is_some()) && subnet.is_none() {
+        if (gateway.is_some() || fam.ip_range.is_some()) && subnet.is_none() {
             return Err(CreateError::NeedsSubnet);
         }
-        let ip_range = match (&subnet, &self.ip_range) {
+        let ip_range = match (&subnet, &fam.ip_range) {
             (Some(s), Some(r)) => Some(ipam::parse_range(s, r)?),
             _ => None,
         };
         if let (Some(s), Some(g)) = (&subnet, gateway) {
             ipam::check_gateway(s, g)?;
         }
+        let (subnet6, gateway6, ip_range6) = fam.parse_v6()?;
         let mut req = CreateRequest {
             name: self.name.clone(),
             driver,
             subnet,
             gateway,
             ip_range,
+            subnet6,
+            gateway6,
+            ip_range6,
+            enable_ipv6: self.ipv6,
+            enable_ipv4,
             internal: self.internal,
             mtu: DEFAULT_MTU,
             bridge_name: None,
@@ -619,11 +723,130 @@ impl CreateArgs {
             req.mtu = parse_mtu("--mtu", m)?;
         }
         apply_options(&mut req, &self.options)?;
+        if req.enable_ipv6 && !matches!(driver, DriverKind::Bridge | DriverKind::Macvlan) {
+            return Err(CreateError::Ipv6Unsupported(driver.name()));
+        }
         for label in &self.labels {
             let (k, v) = split_kv(label).ok_or_else(|| CreateError::BadLabel(label.clone()))?;
             req.labels.insert(k.to_owned(), v.to_owned());
         }
         Ok(req)
+    }
+}
+
+/// A JSON string or array of strings (earlier clients sent `--subnet` and
+/// friends as one optional string).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+        Null(()),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+        OneOrMany::Null(()) => Vec::new(),
+    })
+}
+
+/// `--subnet`, `--gateway` and `--ip-range` values sorted by family (a
+/// value with a ':' is IPv6), at most one per family and flag.
+#[derive(Default)]
+struct Families {
+    subnet: Option<String>,
+    gateway: Option<String>,
+    ip_range: Option<String>,
+    subnet6: Option<String>,
+    gateway6: Option<String>,
+    ip_range6: Option<String>,
+}
+
+impl Families {
+    fn split(args: &CreateArgs) -> Result<Families, CreateError> {
+        let mut f = Families::default();
+        for (field, values) in [
+            ("subnet", &args.subnet),
+            ("gateway", &args.gateway),
+            ("ip-range", &args.ip_range),
+        ] {
+            for v in values {
+                let v6 = v.contains(':');
+                let slot = match (field, v6) {
+                    ("subnet", false) => &mut f.subnet,
+                    ("subnet", true) => &mut f.subnet6,
+                    ("gateway", false) => &mut f.gateway,
+                    ("gateway", true) => &mut f.gateway6,
+                    (_, false) => &mut f.ip_range,
+                    (_, true) => &mut f.ip_range6,
+                };
+                if let Some(first) = slot.replace(v.clone()) {
+                    return Err(CreateError::Repeated {
+                        field,
+                        family: if v6 { "IPv6" } else { "IPv4" },
+                        first,
+                        second: v.clone(),
+                    });
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    fn first_v4(&self) -> Option<(&'static str, String)> {
+        [
+            ("subnet", &self.subnet),
+            ("gateway", &self.gateway),
+            ("ip-range", &self.ip_range),
+        ]
+        .into_iter()
+        .find_map(|(k, v)| v.clone().map(|v| (k, v)))
+    }
+
+    fn first_v6(&self) -> Option<(&'static str, String)> {
+        [
+            ("subnet", &self.subnet6),
+            ("gateway", &self.gateway6),
+            ("ip-range", &self.ip_range6),
+        ]
+        .into_iter()
+        .find_map(|(k, v)| v.clone().map(|v| (k, v)))
+    }
+
+    /// The IPv6 subnet, gateway and range, each checked; a gateway or
+    /// range needs the subnet.
+    #[allow(clippy::type_complexity)]
+    fn parse_v6(
+        &self,
+    ) -> Result<(Option<Ipv6Net>, Option<Ipv6Addr>, Option<Ipv6Net>), CreateError> {
+        let Some(subnet) = self.subnet6.as_deref().map(v6::parse_subnet6).transpose()? else {
+            return match self.gateway6.iter().chain(&self.ip_range6).next() {
+                Some(value) => Err(CreateError::NeedsSubnet6 {
+                    field: if self.gateway6.is_some() {
+                        "gateway"
+                    } else {
+                        "ip-range"
+                    },
+                    value: value.clone(),
+                }),
+                None => Ok((None, None, None)),
+            };
+        };
+        let gateway = self
+            .gateway6
+            .as_deref()
+            .map(|g| v6::parse_addr6("gateway", g))
+            .transpose()?;
+        if let Some(g) = gateway {
+            v6::check_gateway6(&subnet, g)?;
+        }
+        let range = self
+            .ip_range6
+            .as_deref()
+            .map(|r| v6::parse_range6(&subnet, r))
+            .transpose()?;
+        Ok((Some(subnet), gateway, range))
     }
 }
 
@@ -642,9 +865,9 @@ mod tests {
     #[test]
     fn docker_options_parse_into_typed_fields() {
         let mut a = args("net1");
-        a.subnet = Some("10.5.0.0/16".into());
-        a.gateway = Some("10.5.0.254".into());
-        a.ip_range = Some("10.5.1.0/24".into());
+        a.subnet = vec!["10.5.0.0/16".into()];
+        a.gateway = vec!["10.5.0.254".into()];
+        a.ip_range = vec!["10.5.1.0/24".into()];
         a.options = vec![
             "com.docker.network.bridge.name=brnet1".into(),
             "com.docker.network.bridge.enable_icc=false".into(),
@@ -688,7 +911,7 @@ mod tests {
             (
                 {
                     let mut a = args("n");
-                    a.subnet = Some("10.0.0.0/40".into());
+                    a.subnet = vec!["10.0.0.0/40".into()];
                     a
                 },
                 "--subnet 10.0.0.0/40",
@@ -696,8 +919,8 @@ mod tests {
             (
                 {
                     let mut a = args("n");
-                    a.subnet = Some("10.0.0.0/24".into());
-                    a.gateway = Some("10.0.1.1".into());
+                    a.subnet = vec!["10.0.0.0/24".into()];
+                    a.gateway = vec!["10.0.1.1".into()];
                     a
                 },
                 "--gateway 10.0.1.1",
@@ -705,7 +928,7 @@ mod tests {
             (
                 {
                     let mut a = args("n");
-                    a.gateway = Some("10.0.1.1".into());
+                    a.gateway = vec!["10.0.1.1".into()];
                     a
                 },
                 "need --subnet",

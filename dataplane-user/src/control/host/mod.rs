@@ -1,7 +1,8 @@
 //! The host as the manager and its drivers see it ([`Host`]): links,
 //! addresses and routes of the host namespace, the drivers' kernel steps
 //! (a bridge, a veth on it, a macvlan child, loopback) and an endpoint's
-//! teardown, namespaces by path, the forwarding sysctl, and
+//! teardown, namespaces by path, the forwarding sysctls (IPv4, and IPv6
+//! for networks with IPv6), and
 //! what the NAT maps should hold given the host's links. The real one is
 //! [`Netlink`] (the host namespace's rtnetlink connection, with procfs for
 //! the host's own sockets and ephemeral port range); [`FakeHost`]
@@ -12,25 +13,25 @@
 use std::{
     collections::BTreeMap,
     future::Future,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     ops::RangeInclusive,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::{Mutex, MutexGuard},
 };
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::model::{Attachment, MacvlanConfig, Network};
 use crate::sys::{
-    netlink::{Ipv4Route, Link, Netlink, NetlinkError},
+    netlink::{Ipv4Route, Ipv6Route, Link, Netlink, NetlinkError},
     sockets::{self, HeldPort},
 };
 
 mod bridge;
 mod netns;
 
-pub use bridge::{ensure_bridge, BridgeError};
+pub use bridge::{enable_forwarding6, ensure_bridge, ensure_bridge6, BridgeError};
 pub use netns::{attach_macvlan, attach_veth, loopback_up, teardown_endpoint};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +58,10 @@ pub struct EndpointPlan<'a> {
     pub network: &'a Network,
     pub netns: &'a Path,
     pub ifname: &'a str,
-    pub ipv4: Ipv4Addr,
+    /// None on an IPv6-only network.
+    pub ipv4: Option<Ipv4Addr>,
+    /// The endpoint's IPv6 address, on a network with IPv6.
+    pub ipv6: Option<Ipv6Addr>,
     pub mac: [u8; 6],
     /// Random suffix for host-side names (`veth<hex>`).
     pub suffix: &'a str,
@@ -74,6 +78,9 @@ pub struct NetnsView {
     /// The link's addresses: `(link index, address, prefix length)`.
     pub addrs: Vec<(u32, Ipv4Addr, u8)>,
     pub routes: Vec<Ipv4Route>,
+    /// The link's global IPv6 addresses (when `with_addrs`).
+    pub addrs6: Vec<(u32, Ipv6Addr, u8)>,
+    pub routes6: Vec<Ipv6Route>,
 }
 
 /// Everything the manager asks of the host. Futures are `Send`: the agent
@@ -118,10 +125,19 @@ pub trait Host: Send + Sync {
         &self,
         name: &str,
         gateway: Option<Ipv4Addr>,
-        subnet: Ipv4Net,
+        subnet: Option<Ipv4Net>,
         mtu: u32,
         adopt: bool,
     ) -> impl Future<Output = Result<Vec<String>, BridgeError>> + Send;
+    /// See [`bridge::ensure_bridge6`].
+    fn ensure_bridge6(
+        &self,
+        name: &str,
+        gateway: Option<Ipv6Addr>,
+        subnet: Ipv6Net,
+    ) -> impl Future<Output = Result<Vec<String>, BridgeError>> + Send;
+    /// See [`bridge::enable_forwarding6`].
+    fn enable_forwarding6(&self) -> impl Future<Output = Result<Vec<String>, BridgeError>> + Send;
     /// The bridge driver's endpoint: a veth pair, `host_ifname` a port of
     /// the bridge at index `bridge`, the other end configured inside the
     /// namespace (see [`netns::attach_veth`]).
@@ -228,11 +244,22 @@ impl Host for Netlink {
         &self,
         name: &str,
         gateway: Option<Ipv4Addr>,
-        subnet: Ipv4Net,
+        subnet: Option<Ipv4Net>,
         mtu: u32,
         adopt: bool,
     ) -> Result<Vec<String>, BridgeError> {
         ensure_bridge(self, name, gateway, subnet, mtu, adopt).await
+    }
+    async fn ensure_bridge6(
+        &self,
+        name: &str,
+        gateway: Option<Ipv6Addr>,
+        subnet: Ipv6Net,
+    ) -> Result<Vec<String>, BridgeError> {
+        ensure_bridge6(self, name, gateway, subnet).await
+    }
+    async fn enable_forwarding6(&self) -> Result<Vec<String>, BridgeError> {
+        enable_forwarding6(self).await
     }
     async fn attach_veth(
         &self,
@@ -273,14 +300,19 @@ impl Host for Netlink {
     ) -> Result<NetnsView, NetlinkError> {
         let ns = Netlink::connect(Some(netns)).await?;
         let link = ns.link_by_name(ifname).await?;
-        let addrs = match &link {
-            Some(l) if with_addrs => ns.addrs(Some(l.index)).await?,
-            _ => Vec::new(),
+        let (addrs, addrs6) = match &link {
+            Some(l) if with_addrs => (
+                ns.addrs(Some(l.index)).await?,
+                ns.addrs6(Some(l.index)).await?,
+            ),
+            _ => (Vec::new(), Vec::new()),
         };
         Ok(NetnsView {
             link,
             addrs,
             routes: ns.routes().await?,
+            addrs6,
+            routes6: ns.routes6().await?,
         })
     }
     fn netns_id(&self, path: &Path) -> Option<NetnsId> {
@@ -342,6 +374,10 @@ pub struct FakeInner {
     /// Namespaces by path.
     pub netns: BTreeMap<PathBuf, FakeNs>,
     pub forwarding: bool,
+    /// IPv6 forwarding (`net.ipv6.conf.all.forwarding`).
+    pub forwarding6: bool,
+    /// IPv6 addresses of the host namespace's links.
+    pub addrs6: Vec<(u32, Ipv6Addr, u8)>,
     /// Set, endpoint set-up fails with this message (as a vanished link).
     pub fail_setup: Option<String>,
     /// Host sockets holding ports, with the process each names.
@@ -359,6 +395,8 @@ pub struct FakeNs {
     pub links: Vec<Link>,
     pub addrs: Vec<(u32, Ipv4Addr, u8)>,
     pub routes: Vec<Ipv4Route>,
+    pub addrs6: Vec<(u32, Ipv6Addr, u8)>,
+    pub routes6: Vec<Ipv6Route>,
 }
 
 impl FakeNs {
@@ -503,7 +541,7 @@ impl FakeHost {
         &self,
         name: &str,
         gateway: Option<Ipv4Addr>,
-        subnet: Ipv4Net,
+        subnet: Option<Ipv4Net>,
         adopt: bool,
     ) -> Result<Vec<String>, BridgeError> {
         let mut h = self.get();
@@ -520,6 +558,9 @@ impl FakeHost {
                 changed.push(format!("created bridge {name}"));
                 h.add_link(name, Some("bridge"), None)
             }
+        };
+        let Some(subnet) = subnet else {
+            return Ok(changed);
         };
         let prefix = subnet.prefix_len();
         if let Some(gateway) = gateway.filter(|g| !h.addrs.contains(&(index, *g, prefix))) {
@@ -555,6 +596,7 @@ impl Host for FakeHost {
         let mut h = self.get();
         h.links.remove(&index);
         h.addrs.retain(|(i, _, _)| *i != index);
+        h.addrs6.retain(|(i, _, _)| *i != index);
         Ok(())
     }
     async fn set_master(&self, index: u32, master: u32) -> Result<(), NetlinkError> {
@@ -601,11 +643,39 @@ impl Host for FakeHost {
         &self,
         name: &str,
         gateway: Option<Ipv4Addr>,
-        subnet: Ipv4Net,
+        subnet: Option<Ipv4Net>,
         _mtu: u32,
         adopt: bool,
     ) -> Result<Vec<String>, BridgeError> {
         self.bridge(name, gateway, subnet, adopt)
+    }
+    async fn ensure_bridge6(
+        &self,
+        name: &str,
+        gateway: Option<Ipv6Addr>,
+        subnet: Ipv6Net,
+    ) -> Result<Vec<String>, BridgeError> {
+        let mut h = self.get();
+        let Some(index) = h.by_name(name).map(|l| l.index) else {
+            return Ok(Vec::new());
+        };
+        let prefix = subnet.prefix_len();
+        match gateway.filter(|g| !h.addrs6.contains(&(index, *g, prefix))) {
+            Some(g) => {
+                h.addrs6.push((index, g, prefix));
+                Ok(vec![format!("added {g}/{prefix} to {name}")])
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+    async fn enable_forwarding6(&self) -> Result<Vec<String>, BridgeError> {
+        let mut h = self.get();
+        let was = std::mem::replace(&mut h.forwarding6, true);
+        Ok(if was {
+            Vec::new()
+        } else {
+            vec!["net.ipv6.conf.all.forwarding=1".to_owned()]
+        })
     }
     async fn attach_veth(
         &self,
@@ -666,19 +736,27 @@ impl Host for FakeHost {
             return Ok(NetnsView::default());
         };
         let link = ns.links.iter().find(|l| l.name == ifname).cloned();
-        let addrs = match &link {
-            Some(l) if with_addrs => ns
-                .addrs
-                .iter()
-                .filter(|(i, _, _)| *i == l.index)
-                .copied()
-                .collect(),
-            _ => Vec::new(),
+        let (addrs, addrs6) = match &link {
+            Some(l) if with_addrs => (
+                ns.addrs
+                    .iter()
+                    .filter(|(i, _, _)| *i == l.index)
+                    .copied()
+                    .collect(),
+                ns.addrs6
+                    .iter()
+                    .filter(|(i, _, _)| *i == l.index)
+                    .copied()
+                    .collect(),
+            ),
+            _ => (Vec::new(), Vec::new()),
         };
         Ok(NetnsView {
             link,
             addrs,
             routes: ns.routes.clone(),
+            addrs6,
+            routes6: ns.routes6.clone(),
         })
     }
     fn netns_id(&self, path: &Path) -> Option<NetnsId> {
@@ -743,12 +821,28 @@ fn add_inside(ns: &mut FakeNs, plan: &EndpointPlan<'_>) {
         up: true,
         master: None,
     });
-    let prefix = plan.network.subnet.map(|s| s.prefix_len()).unwrap_or(32);
-    ns.addrs.push((index, plan.ipv4, prefix));
-    if let Some(gw) = plan.network.gateway {
-        if !plan.network.internal && !ns.routes.iter().any(|r| r.prefix_len == 0) {
-            ns.routes.push(Ipv4Route {
-                dst: Ipv4Addr::UNSPECIFIED,
+    let net = plan.network;
+    if let Some(ip) = plan.ipv4 {
+        let prefix = net.subnet.map(|s| s.prefix_len()).unwrap_or(32);
+        ns.addrs.push((index, ip, prefix));
+        if let Some(gw) = net.gateway {
+            if !net.internal && !ns.routes.iter().any(|r| r.prefix_len == 0) {
+                ns.routes.push(Ipv4Route {
+                    dst: Ipv4Addr::UNSPECIFIED,
+                    prefix_len: 0,
+                    gateway: Some(gw),
+                    oif: Some(index),
+                });
+            }
+        }
+    }
+    if let Some(ip) = plan.ipv6 {
+        let prefix = net.subnet6.map(|s| s.prefix_len()).unwrap_or(128);
+        ns.addrs6.push((index, ip, prefix));
+        let has_default = ns.routes6.iter().any(|r| r.prefix_len == 0);
+        if let (Some(gw), false, false) = (net.gateway6, net.internal, has_default) {
+            ns.routes6.push(Ipv6Route {
+                dst: Ipv6Addr::UNSPECIFIED,
                 prefix_len: 0,
                 gateway: Some(gw),
                 oif: Some(index),
@@ -764,4 +858,6 @@ fn remove_inside(ns: &mut FakeNs, ifname: &str) {
     ns.links.retain(|l| l.index != index);
     ns.addrs.retain(|(i, _, _)| *i != index);
     ns.routes.retain(|r| r.oif != Some(index));
+    ns.addrs6.retain(|(i, _, _)| *i != index);
+    ns.routes6.retain(|r| r.oif != Some(index));
 }

@@ -206,9 +206,16 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 let args = CreateArgs {
                     name: name.to_owned(),
                     driver: "bridge".into(),
-                    subnet: spec.subnet.clone(),
-                    gateway: spec.gateway.clone(),
-                    ip_range: spec.ip_range.clone(),
+                    subnet: spec.subnet.iter().chain(&spec.subnet6).cloned().collect(),
+                    gateway: spec.gateway.iter().chain(&spec.gateway6).cloned().collect(),
+                    ip_range: spec
+                        .ip_range
+                        .iter()
+                        .chain(&spec.ip_range6)
+                        .cloned()
+                        .collect(),
+                    ipv6: spec.ipv6,
+                    ipv4: Some(spec.subnet.is_some() || !spec.ipv6),
                     internal: false,
                     mtu: spec.mtu.map(|m| m.to_string()),
                     options,
@@ -274,6 +281,11 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 .as_deref()
                 .map(|ip| ipam::parse_addr("ip", ip))
                 .transpose()?,
+            ip6: args
+                .ip6
+                .as_deref()
+                .map(|ip| ipam::v6::parse_addr6("ip6", ip))
+                .transpose()?,
             mac: args
                 .mac
                 .as_deref()
@@ -337,6 +349,9 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             ),
             _ => (None, None),
         };
+        let default_route6 = view.routes6.iter().any(|r| {
+            r.prefix_len == 0 && r.gateway.is_some() && r.gateway == net.gateway6 && r.oif == index
+        });
         Ok(AddResult {
             endpoint: ep.name.clone(),
             network: ep.network.clone(),
@@ -346,6 +361,11 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             prefix_len: net.subnet.map(|s| s.prefix_len()).unwrap_or(32),
             gateway,
             default_route,
+            ipv6: ep
+                .ipv6
+                .map(|ip| (ip, net.subnet6.map(|s| s.prefix_len()).unwrap_or(128))),
+            gateway6: net.gateway6.filter(|_| ep.ipv6.is_some()),
+            default_route6,
             host_ifname,
             host_mac,
             netns: args.netns.clone(),

@@ -11,7 +11,7 @@
 //! per-endpoint program attached, and the other end handed to Docker.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -105,6 +105,8 @@ pub struct DockerJoin {
     pub src_name: String,
     /// None for internal networks (no way out, no default route).
     pub gateway: Option<Ipv4Addr>,
+    /// The same for IPv6, on a network with IPv6.
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 /// Our name of a Docker network.
@@ -183,15 +185,22 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         &mut self,
         network_id: &str,
         endpoint_id: &str,
-        ipv4: Ipv4Addr,
+        (ipv4, ipv6): (Option<Ipv4Addr>, Option<Ipv6Addr>),
         mac: Option<[u8; 6]>,
     ) -> Result<Endpoint, NetworkError> {
         let net = self.docker_network(network_id)?.clone();
         if self.state.endpoints.contains_key(endpoint_id) {
             return Err(DockerOpError::DuplicateEndpoint(endpoint_id.to_owned()).into());
         }
-        let (subnet, used) = self.addresses_in_use(&net)?;
-        ipam::check_requested(&subnet, ipv4, &used)?;
+        if let Some(ipv4) = ipv4 {
+            let (subnet, used) = self.addresses_in_use(&net)?;
+            ipam::check_requested(&subnet, ipv4, &used)?;
+        }
+        // Checked as `--ip6` is (in the subnet, not the gateway, free).
+        let ipv6 = match ipv6 {
+            Some(ip) => self.address6_for(&net, Some(ip))?,
+            None => None,
+        };
         let (host_ifname, peer) = docker_veth_names(endpoint_id);
         for name in [&host_ifname, &peer] {
             if self.host.link_by_name(name).await?.is_some() {
@@ -202,7 +211,12 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 .into());
             }
         }
-        let mac = mac.unwrap_or_else(|| ipam::mac_for(ipv4));
+        let mac = match (mac, ipv4, ipv6) {
+            (Some(m), _, _) => m,
+            (None, Some(ip), _) => ipam::mac_for(ip),
+            (None, None, Some(ip)) => ipam::v6::mac_for6(ip),
+            (None, None, None) => ipam::mac_for(Ipv4Addr::UNSPECIFIED),
+        };
         let ep = Endpoint {
             id: endpoint_id.to_owned(),
             name: endpoint_id[..12.min(endpoint_id.len())].to_owned(),
@@ -211,7 +225,8 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             attachment: Attachment::Veth { host_ifname },
             ifname: None,
             mac: Some(MacAddr(mac)),
-            ipv4: Some(ipv4),
+            ipv4,
+            ipv6,
             published: Vec::new(),
         };
         self.record(ep).await
@@ -280,6 +295,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         Ok(DockerJoin {
             src_name: peer,
             gateway: net.gateway.filter(|_| !net.internal),
+            gateway6: net.gateway6.filter(|_| !net.internal && ep.ipv6.is_some()),
         })
     }
 
