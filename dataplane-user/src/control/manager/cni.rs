@@ -23,7 +23,7 @@ use crate::{
         ipam,
         model::{Attachment, CreateArgs, CreateError, Endpoint, Network},
         names::MacAddr,
-        ports,
+        ports::{self, PortMapping},
         state::CniAttachment,
     },
     datapath::Datapath,
@@ -548,11 +548,16 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         let (Some(ip), false) = (ep.ipv4, ep.published.is_empty()) else {
             return problems;
         };
-        let keys: Vec<PortKey> = ep
+        // IPv4 mappings only: the IPv6 maps are the datapath's to check.
+        let v4: Vec<&PortMapping> = ep
             .published
             .iter()
+            .filter(|p| p.host_ipv4().is_some())
+            .collect();
+        let keys: Vec<PortKey> = v4
+            .iter()
             .map(|p| PortKey {
-                addr: p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
+                addr: p.host_ipv4().unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
                 port: p.host_port.to_be_bytes(),
                 proto: p.proto.number(),
                 _pad: 0,
@@ -565,7 +570,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 return problems;
             }
         };
-        for (p, target) in ep.published.iter().zip(targets) {
+        for (p, target) in v4.into_iter().zip(targets) {
             match target {
                 Some(t) if t.addr == ip.octets() && t.port == p.container_port.to_be_bytes() => {}
                 Some(t) => problems.push(format!(

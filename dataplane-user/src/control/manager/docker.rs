@@ -11,7 +11,7 @@
 //! per-endpoint program attached, and the other end handed to Docker.
 
 use std::{
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -27,7 +27,7 @@ use crate::{
         ipam,
         model::{Attachment, CreateRequest, Endpoint, Network},
         names::MacAddr,
-        ports::{PortMapping, PortRequest, Proto},
+        ports::{self, PortMapping, PortRequest, Proto},
     },
     datapath::Datapath,
 };
@@ -60,8 +60,8 @@ pub enum DockerOpError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DockerPortBinding {
     pub proto: Proto,
-    /// None: every host address.
-    pub host_ip: Option<Ipv4Addr>,
+    /// None: every host address (of both families).
+    pub host_ip: Option<IpAddr>,
     /// 0: any free port (`-p 80`).
     pub host_port: u16,
     /// Equal to `host_port` unless Docker was given a range to pick from.
@@ -74,7 +74,9 @@ impl DockerPortBinding {
     pub fn request(&self) -> PortRequest {
         PortRequest {
             // 0.0.0.0 is every address, as `--publish` has it.
-            host_ip: self.host_ip.filter(|ip| !ip.is_unspecified()),
+            host_ip: self
+                .host_ip
+                .filter(|ip| *ip != IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             host_ports: (self.host_port != 0)
                 .then_some((self.host_port, self.host_port_end.max(self.host_port))),
             container_port: self.container_port,
@@ -88,7 +90,7 @@ impl std::fmt::Display for DockerPortBinding {
         write!(
             f,
             "{}:{}-{}:{}/{}",
-            self.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            self.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             self.host_port,
             self.host_port_end,
             self.container_port,
@@ -341,6 +343,8 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         let ep = self.docker_endpoint(network_id, endpoint_id)?.clone();
         // This endpoint's mappings are being replaced: no conflict.
         let wanted: Vec<PortRequest> = bindings.iter().map(DockerPortBinding::request).collect();
+        let net = self.docker_network(network_id)?;
+        ports::check_families(&net.name, net.enable_ipv6, &wanted)?;
         let chosen = match self.choose_ports(&wanted, &ep.published)? {
             Ok(chosen) => chosen,
             Err(Refused { index, holder }) => {

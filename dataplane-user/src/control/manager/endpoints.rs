@@ -14,6 +14,7 @@ use crate::{
         ipam::{self, v6},
         model::{Attachment, Endpoint, Network},
         names::{IfName, MacAddr},
+        ports,
     },
     datapath::Datapath,
 };
@@ -76,6 +77,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             (None, None, Some(ip)) => v6::mac_for6(ip),
             (None, None, None) => return Err(NetworkError::UnknownNetwork(net.name.clone())),
         };
+        ports::check_families(&net.name, net.enable_ipv6, &req.publish)?;
         let published = self.new_mappings(&req.publish, &[])?;
         let ifname = self.ifname_in(&netns, &netns_arg, req.ifname).await?;
         let suffix = random_hex(4)?[..7].to_owned();

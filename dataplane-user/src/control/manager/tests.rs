@@ -1106,7 +1106,7 @@ async fn docker_endpoint_lifecycle_publishes_typed_bindings() {
     assert_eq!(join.gateway, Some(Ipv4Addr::new(10, 99, 0, 1)));
     let binding = DockerPortBinding {
         proto: Proto::Tcp,
-        host_ip: Some(Ipv4Addr::UNSPECIFIED),
+        host_ip: Some(Ipv4Addr::UNSPECIFIED.into()),
         host_port: 0,
         host_port_end: 0,
         container_port: 80,

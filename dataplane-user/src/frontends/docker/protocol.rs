@@ -465,6 +465,15 @@ fn create_endpoint(body: &[u8]) -> Result<Call, String> {
     })
 }
 
+/// Whether `entries` binds `e`'s ports on every IPv4 address too.
+fn has_v4_twin(entries: &[PortBindingBody], e: &PortBindingBody) -> bool {
+    entries.iter().any(|o| {
+        matches!(o.host_ip.as_str(), "" | "0.0.0.0")
+            && (o.proto, o.port, o.host_port, o.host_port_end)
+                == (e.proto, e.port, e.host_port, e.host_port_end)
+    })
+}
+
 fn join(body: &[u8]) -> Result<Call, String> {
     let b: JoinBody = body_of(body)?;
     if !b.sandbox_key.starts_with('/') {
@@ -480,9 +489,11 @@ fn join(body: &[u8]) -> Result<Call, String> {
     })
 }
 
-/// `com.docker.network.portmap`: IPv6 host addresses are left out (the
-/// dataplane is IPv4 only); anything else malformed is an error naming the
-/// entry.
+/// `com.docker.network.portmap`; anything malformed is an error naming the
+/// entry. Docker sends `-p 8080:80` on a dual-stack network as two
+/// bindings, on 0.0.0.0 and on `::`: one mapping on every address (of both
+/// families) stands for the pair, so the `::` one is dropped when its
+/// 0.0.0.0 twin is there.
 fn parse_portmap(v: &Value) -> Result<Vec<DockerPortBinding>, String> {
     let entries: Vec<PortBindingBody> = serde_json::from_value(v.clone())
         .map_err(|e| format!("Options[{PORTMAP}]: malformed: {e}"))?;
@@ -502,8 +513,11 @@ fn parse_portmap(v: &Value) -> Result<Vec<DockerPortBinding>, String> {
         let host_ip = match e.host_ip.as_str() {
             "" => None,
             s => match s.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(ip)) => (!ip.is_unspecified()).then_some(ip),
-                Ok(std::net::IpAddr::V6(_)) => continue,
+                Ok(std::net::IpAddr::V4(ip)) => (!ip.is_unspecified()).then_some(ip.into()),
+                Ok(std::net::IpAddr::V6(ip)) if ip.is_unspecified() && has_v4_twin(&entries, e) => {
+                    continue
+                }
+                Ok(ip) => Some(ip),
                 Err(_) => return Err(format!("{} {s:?}: not an IP address", field("HostIP"))),
             },
         };
@@ -884,7 +898,7 @@ mod tests {
             vec![
                 DockerPortBinding {
                     proto: Proto::Tcp,
-                    host_ip: Some(Ipv4Addr::LOCALHOST),
+                    host_ip: Some(Ipv4Addr::LOCALHOST.into()),
                     host_port: 9090,
                     host_port_end: 9095,
                     container_port: 90
@@ -903,6 +917,29 @@ mod tests {
                     host_port_end: 0,
                     container_port: 53
                 },
+            ]
+        );
+        // A binding on an IPv6 address (`-p [::1]:8081:80`), and `::`
+        // without its 0.0.0.0 twin (an IPv6-only network), are kept.
+        let v6 = body
+            .replace(r#""HostIP":"127.0.0.1""#, r#""HostIP":"::1""#)
+            .replace(
+                r#""HostIP":"","HostPort":8080,"HostPortEnd":8080"#,
+                r#""HostIP":"::","HostPort":8082,"HostPortEnd":8082"#,
+            );
+        let Some(Call::ProgramExternalConnectivity { bindings, .. }) =
+            parse("NetworkDriver.ProgramExternalConnectivity", &v6).unwrap()
+        else {
+            panic!()
+        };
+        let hosts: Vec<_> = bindings.iter().map(|b| b.host_ip).collect();
+        assert_eq!(
+            hosts,
+            [
+                Some("::1".parse().unwrap()),
+                Some("::".parse().unwrap()),
+                None,
+                Some("::".parse().unwrap())
             ]
         );
         let sctp = body.replace(r#""Proto":17"#, r#""Proto":132"#);
