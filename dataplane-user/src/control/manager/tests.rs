@@ -28,6 +28,8 @@ use crate::{
 
 type M = Manager<RecordingDatapath, FakeHost>;
 
+mod v6;
+
 /// A state directory of its own, removed at the end of the test.
 struct Dir(PathBuf);
 
