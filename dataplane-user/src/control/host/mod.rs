@@ -46,6 +46,13 @@ pub enum DriverError {
     ParentMissing { network: String, parent: String },
     #[error("{ifname} moved into {netns} but is not found there")]
     Vanished { ifname: String, netns: String },
+    #[error("{netns}: setting {what} (is IPv6 enabled in the kernel?)")]
+    NetnsSysctl {
+        netns: String,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{what} (and undoing it failed: {undo})")]
     Rollback {
         what: Box<DriverError>,

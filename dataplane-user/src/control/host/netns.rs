@@ -135,6 +135,7 @@ async fn configure_inside(plan: &EndpointPlan<'_>, tmp_name: &str) -> Result<(),
         ns.add_addr(link.index, ip, prefix).await?;
     }
     if let Some(ip) = plan.ipv6 {
+        ipv6_on_inside(plan.netns, plan.ifname).await?;
         // IFA_F_NODAD: usable at once, never tentative (see add_addr6).
         let prefix = net.subnet6.map(|s| s.prefix_len()).unwrap_or(128);
         ns.add_addr6(link.index, ip, prefix).await?;
@@ -159,6 +160,43 @@ async fn configure_inside(plan: &EndpointPlan<'_>, tmp_name: &str) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// IPv6 on for `ifname` inside the namespace at `netns`, with duplicate
+/// address detection off: a namespace may make new links with
+/// `disable_ipv6` (Docker turns it on in containers of IPv4-only
+/// networks), and DAD would hold the link-local address tentative. The
+/// sysctls are the namespace's, so they are written from a thread of its
+/// own that entered it (never a runtime thread).
+async fn ipv6_on_inside(netns: &Path, ifname: &str) -> Result<(), DriverError> {
+    let (netns, ifname) = (netns.to_owned(), ifname.to_owned());
+    let shown = netns.display().to_string();
+    let join = tokio::task::spawn_blocking(move || {
+        std::thread::spawn(move || -> Result<(), (String, std::io::Error)> {
+            crate::sys::netns::enter(&netns).map_err(|e| ("setns".to_owned(), e))?;
+            for (key, value) in [("disable_ipv6", "0"), ("accept_dad", "0")] {
+                let path = format!("/proc/sys/net/ipv6/conf/{ifname}/{key}");
+                std::fs::write(&path, value)
+                    .map_err(|e| (format!("net.ipv6.conf.{ifname}.{key}={value}"), e))?;
+            }
+            Ok(())
+        })
+        .join()
+    })
+    .await;
+    let fail = |what: String, source| DriverError::NetnsSysctl {
+        netns: shown.clone(),
+        what,
+        source,
+    };
+    match join {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err((what, e)))) => Err(fail(what, e)),
+        Ok(Err(_)) | Err(_) => Err(fail(
+            "IPv6 sysctls".to_owned(),
+            std::io::Error::other("the thread setting them panicked"),
+        )),
+    }
 }
 
 /// Removes an endpoint's links. Best effort: every failure is returned, and
