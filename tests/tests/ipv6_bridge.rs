@@ -272,3 +272,34 @@ fn ipv6_input_is_refused_naming_the_flag() {
     assert!(err.contains("network v4 has no IPv6"), "{err}");
     assert!(!c.link_names().expect("links").contains(&"eth0".to_owned()));
 }
+
+#[test]
+fn the_agent_gives_the_default_bridge_ipv6_when_configured() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let (fh, cli) = dataplane_tests::cli::Cli::uplinked(
+        "v6dflt",
+        Some("default_bridge_ipv6 = true\ndefault_bridge_subnet6 = \"fd00:85::/64\"\n"),
+    )
+    .expect("fake host with its uplink");
+    let (agent, log) = cli.start_agent(&fh.uplink).expect("agent");
+    let stop = || dataplane_tests::cli::stop_agent(agent, libc::SIGTERM);
+    let v = inspect(&cli, "bridge");
+    assert_eq!(v["EnableIPv6"], true, "{v}\n{log}");
+    assert_eq!(v["IPAM"]["Config"][1]["Subnet"], "fd00:85::/64", "{v}");
+    let c1 = NetNs::new("v6d1").expect("netns");
+    let c2 = NetNs::new("v6d2").expect("netns");
+    cli.run(&["connect", "bridge", c1.name()])
+        .expect("connect c1");
+    cli.run(&["connect", "bridge", c2.name()])
+        .expect("connect c2");
+    assert!(ping6(&c1, ip("fd00:85::3")), "c1 -> c2");
+    assert!(ping6(&c2, ip("fd00:85::1")), "c2 -> the gateway");
+    cli.run(&["disconnect", "bridge", c1.name()])
+        .expect("disconnect");
+    cli.run(&["disconnect", "bridge", c2.name()])
+        .expect("disconnect");
+    stop().expect("stop agent");
+    cli.run(&["cleanup"]).expect("cleanup");
+}

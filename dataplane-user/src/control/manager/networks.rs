@@ -290,6 +290,45 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         Ok(net)
     }
 
+    /// IPv6 on the default `bridge` network (the agent's
+    /// `default_bridge_ipv6`): its subnet (`asked`, checked as `--subnet`
+    /// is, or a /64 of the host's unique local prefix), gateway and the
+    /// bridge's address. Endpoints connected before keep IPv4 only; those
+    /// connected after get both. Already on, it is kept as it is (a
+    /// different `asked` is reported, not applied: addresses in use would
+    /// change under their containers).
+    pub async fn default_bridge_ipv6(
+        &mut self,
+        asked: Option<Ipv6Net>,
+    ) -> Result<Vec<String>, NetworkError> {
+        let mut net = self.network("bridge")?.clone();
+        if net.enable_ipv6 {
+            return Ok(match (asked, net.subnet6) {
+                (Some(a), Some(have)) if a != have => vec![format!(
+                    "IPv6 kept on {have}; default_bridge_subnet6 {a} applies to a new state only"
+                )],
+                _ => Vec::new(),
+            });
+        }
+        let asked = asked
+            .map(|s| v6::parse_subnet6(&s.to_string()))
+            .transpose()?;
+        let (subnet6, new_ula_id) = self.subnet6_for(asked)?;
+        net.subnet6 = Some(subnet6);
+        net.gateway6 = Some(v6::first_host6(&subnet6));
+        net.enable_ipv6 = true;
+        let mut changed = driver::for_network(&net).restore(&self.host, &net).await?;
+        changed.insert(0, format!("IPv6 on, subnet {subnet6}"));
+        self.change(|state| {
+            if new_ula_id.is_some() {
+                state.ula_global_id = new_ula_id;
+            }
+            state.networks.insert(net.name.clone(), net.clone())
+        })
+        .await?;
+        Ok(changed)
+    }
+
     /// `network rm`: refused while endpoints are attached unless `force`,
     /// which disconnects them first. Every name is tried; the errors of all
     /// come back together.

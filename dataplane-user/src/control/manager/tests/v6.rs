@@ -424,3 +424,44 @@ async fn cni_add_on_a_dual_stack_network_reports_both_addresses() {
     assert_eq!(r.ipv6, Some((ip6("fd00:90::2"), 64)));
     assert!(!m.network("cni6").unwrap().enable_ipv4);
 }
+
+#[tokio::test]
+async fn the_default_bridge_gets_ipv6_once_and_keeps_it() {
+    let dir = Dir::new();
+    let mut m = open(&dir).await;
+    m.host().add_netns("c1");
+    let changed = m
+        .default_bridge_ipv6(Some("fd00:b::/64".parse().unwrap()))
+        .await
+        .unwrap();
+    assert!(
+        changed[0].contains("IPv6 on, subnet fd00:b::/64"),
+        "{changed:?}"
+    );
+    let bridge = m.network("bridge").unwrap().clone();
+    assert!(bridge.enable_ipv6 && bridge.enable_ipv4);
+    assert_eq!(bridge.gateway6, Some(ip6("fd00:b::1")));
+    assert_eq!(bridge_addrs6(&m, &bridge), [(ip6("fd00:b::1"), 64)]);
+    let ep = connect(&mut m, args("bridge", "c1")).await;
+    assert_eq!(ep.ipv6, Some(ip6("fd00:b::2")));
+    // Again (every agent start): nothing changes; another subnet is
+    // reported, not applied.
+    assert!(m.default_bridge_ipv6(None).await.unwrap().is_empty());
+    let kept = m
+        .default_bridge_ipv6(Some("fd00:c::/64".parse().unwrap()))
+        .await
+        .unwrap();
+    assert!(kept[0].contains("kept on fd00:b::/64"), "{kept:?}");
+    assert_eq!(m.network("bridge").unwrap().subnet6, bridge.subnet6);
+    // A bad subnet is refused by name.
+    let dir2 = Dir::new();
+    let mut m2 = open(&dir2).await;
+    let e = m2
+        .default_bridge_ipv6(Some("fe80::/64".parse().unwrap()))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("link-local"), "{e}");
+    // Without a subnet: the host's ULA prefix.
+    let changed = m2.default_bridge_ipv6(None).await.unwrap();
+    assert!(m2.state().ula_global_id.is_some(), "{changed:?}");
+}
