@@ -12,7 +12,7 @@ use std::{
 };
 
 use dataplane_tests::{
-    cli::Cli,
+    cli::{stop_agent, Cli},
     netns::NetNs,
     topo::FakeHost,
     traffic::{tcp_echo, tcp_echo_server},
@@ -278,13 +278,13 @@ fn the_agent_gives_the_default_bridge_ipv6_when_configured() {
     if !dataplane_tests::require_root() {
         return;
     }
-    let (fh, cli) = dataplane_tests::cli::Cli::uplinked(
+    let (fh, cli) = Cli::uplinked(
         "v6dflt",
         Some("default_bridge_ipv6 = true\ndefault_bridge_subnet6 = \"fd00:85::/64\"\n"),
     )
     .expect("fake host with its uplink");
     let (agent, log) = cli.start_agent(&fh.uplink).expect("agent");
-    let stop = || dataplane_tests::cli::stop_agent(agent, libc::SIGTERM);
+    let stop = || stop_agent(agent, libc::SIGTERM);
     let v = inspect(&cli, "bridge");
     assert_eq!(v["EnableIPv6"], true, "{v}\n{log}");
     assert_eq!(v["IPAM"]["Config"][1]["Subnet"], "fd00:85::/64", "{v}");
