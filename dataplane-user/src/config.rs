@@ -339,6 +339,30 @@ impl Config {
     }
 }
 
+/// `default_bridge_ipv6` and `default_bridge_subnet6`: None when IPv6 is
+/// off, else the subnet if one is given; the error names the field.
+#[allow(clippy::type_complexity)]
+fn default_bridge_ipv6(
+    on: Option<bool>,
+    subnet6: Option<String>,
+) -> Result<Option<Option<ipnet::Ipv6Net>>, (&'static str, String)> {
+    const FIELD: &str = "default_bridge_subnet6";
+    let subnet6 = subnet6
+        .map(|v| {
+            v.parse::<ipnet::Ipv6Net>()
+                .map_err(|_| (FIELD, format!("{v:?} is not an IPv6 CIDR")))
+        })
+        .transpose()?;
+    match (on, subnet6) {
+        (Some(true), s) => Ok(Some(s)),
+        (_, Some(s)) => Err((
+            FIELD,
+            format!("{s} given without default_bridge_ipv6 = true"),
+        )),
+        _ => Ok(None),
+    }
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -423,27 +447,9 @@ impl Config {
         if let Some(on) = file.fast_path {
             c.nat.fast_path = u32::from(on);
         }
-        let subnet6 = file
-            .default_bridge_subnet6
-            .map(|v| {
-                v.parse::<ipnet::Ipv6Net>().map_err(|_| {
-                    invalid(
-                        "default_bridge_subnet6",
-                        format!("{v:?} is not an IPv6 CIDR"),
-                    )
-                })
-            })
-            .transpose()?;
-        c.default_bridge_ipv6 = match (file.default_bridge_ipv6, subnet6) {
-            (Some(true), s) => Some(s),
-            (_, Some(s)) => {
-                return Err(invalid(
-                    "default_bridge_subnet6",
-                    format!("{s} given without default_bridge_ipv6 = true"),
-                ))
-            }
-            _ => None,
-        };
+        c.default_bridge_ipv6 =
+            default_bridge_ipv6(file.default_bridge_ipv6, file.default_bridge_subnet6)
+                .map_err(|(field, problem)| invalid(field, problem))?;
         if let Some(p) = file.masquerade.port_min {
             c.nat.snat_port_min = p;
         }
