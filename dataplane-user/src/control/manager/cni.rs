@@ -177,6 +177,20 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                             net.gateway.map(|g| g.to_string()).unwrap_or_default(),
                         );
                     }
+                    let subnet6 = spec
+                        .subnet6
+                        .as_deref()
+                        .map(ipam::v6::parse_subnet6)
+                        .transpose()?;
+                    if subnet6.is_some() && subnet6 != net.subnet6 {
+                        return mismatch(
+                            "ipam.ranges",
+                            spec.subnet6.clone().unwrap_or_default(),
+                            net.subnet6
+                                .map(|s| s.to_string())
+                                .unwrap_or_else(|| "no IPv6".to_owned()),
+                        );
+                    }
                     let driver = driver::for_network(&net);
                     let bridge = driver.bridge();
                     if spec.bridge.is_some() && spec.bridge.as_deref() != bridge {

@@ -465,3 +465,34 @@ async fn the_default_bridge_gets_ipv6_once_and_keeps_it() {
     let changed = m2.default_bridge_ipv6(None).await.unwrap();
     assert!(m2.state().ula_global_id.is_some(), "{changed:?}");
 }
+
+#[tokio::test]
+async fn a_cni_range_that_differs_from_the_existing_network_is_refused() {
+    use crate::control::cni::NetworkSpec;
+    let dir = Dir::new();
+    let mut m = open(&dir).await;
+    m.host().add_netns("p1");
+    m.host().add_netns("p2");
+    let mut add = super::cni_add("0123456789abcdef", "p1");
+    add.create = Some(NetworkSpec {
+        subnet: Some("10.88.0.0/16".into()),
+        subnet6: Some("fd00:88::/64".into()),
+        ipv6: true,
+        ..NetworkSpec::default()
+    });
+    add.publish = Vec::new();
+    m.cni_add(&add).await.unwrap();
+    let mut other = super::cni_add("fedcba9876543210", "p2");
+    other.create = Some(NetworkSpec {
+        subnet: Some("10.88.0.0/16".into()),
+        subnet6: Some("fd00:99::/64".into()),
+        ipv6: true,
+        ..NetworkSpec::default()
+    });
+    other.publish = Vec::new();
+    let e = m.cni_add(&other).await.unwrap_err().to_string();
+    assert!(
+        e.contains("ipam.ranges") && e.contains("fd00:99::/64") && e.contains("fd00:88::/64"),
+        "{e}"
+    );
+}
