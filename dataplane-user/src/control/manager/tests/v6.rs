@@ -496,3 +496,41 @@ async fn a_cni_range_that_differs_from_the_existing_network_is_refused() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn a_restart_brings_back_the_ipv6_side_of_a_lost_bridge_and_endpoint() {
+    let dir = Dir::new();
+    let mut m = open(&dir).await;
+    m.host().add_netns("c1");
+    let net = create6(&mut m, v6_args("d", &["10.35.0.0/24", "fd00:35::/64"]))
+        .await
+        .unwrap();
+    let ep = connect(&mut m, args("d", "c1")).await;
+    let br = super::bridge_of(&net);
+    let (_, host) = m.into_parts();
+    {
+        let mut h = host.get();
+        let index = h.by_name(&br).map(|l| l.index);
+        h.links
+            .retain(|_, l| Some(l.index) != index && l.master != index);
+        h.addrs6.clear();
+        h.forwarding6 = false;
+        let ns = h.netns.get_mut(&ep.netns).unwrap();
+        ns.links.retain(|l| l.name != "eth0");
+        ns.addrs6.clear();
+        ns.routes6.clear();
+    }
+    let mut m = super::open_on(&dir, host).await;
+    let changed = m.reconcile().await.unwrap();
+    assert!(
+        changed
+            .iter()
+            .any(|c| c == &format!("added fd00:35::1/64 to {br}")),
+        "{changed:?}"
+    );
+    assert!(m.host().get().forwarding6);
+    let ns = m.host().get().netns[&ep.netns].clone();
+    assert_eq!(ns.addrs6.len(), 1);
+    assert_eq!(ns.addrs6[0].1, ip6("fd00:35::2"));
+    assert_eq!(ns.routes6[0].gateway, Some(ip6("fd00:35::1")));
+}
