@@ -145,6 +145,11 @@ impl Agent {
         for c in manager.reconcile().await? {
             info!("reconciled: {c}");
         }
+        if let Some(subnet6) = self.config.default_bridge_ipv6 {
+            for c in manager.default_bridge_ipv6(subnet6).await? {
+                info!("default bridge: {c}");
+            }
+        }
         // A first start makes the interfaces it watches the uplinks, so the
         // default network has egress (Docker masquerades out of any
         // interface).

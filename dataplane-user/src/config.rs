@@ -18,6 +18,9 @@
 //!                                         # driver `dataplane`; "off": off
 //! fast_path = true                        # translated flows skip the bridge and
 //!                                         # the host stack; false: they do not
+//! default_bridge_ipv6 = false             # IPv6 on the default `bridge` network
+//! default_bridge_subnet6 = "fd00:1::/64"  # its IPv6 subnet; default: a /64 of
+//!                                         # the host's unique local prefix
 //!
 //! [conntrack]                             # idle timeouts, seconds
 //! tcp_established = 21600
@@ -82,6 +85,8 @@ struct File {
     metrics_address: Option<String>,
     docker_socket: Option<String>,
     fast_path: Option<bool>,
+    default_bridge_ipv6: Option<bool>,
+    default_bridge_subnet6: Option<String>,
     #[serde(default)]
     conntrack: ConntrackFile,
     #[serde(default)]
@@ -157,6 +162,9 @@ pub struct Config {
     pub docker_socket: Setting<PathBuf>,
     pub timeouts: Timeouts,
     pub nat: NatConfig,
+    /// IPv6 on the default `bridge` network, on this subnet (None: a /64
+    /// of the host's unique local prefix).
+    pub default_bridge_ipv6: Option<Option<ipnet::Ipv6Net>>,
 }
 
 impl Default for Config {
@@ -172,6 +180,7 @@ impl Default for Config {
             docker_socket: Setting::Default,
             timeouts: Timeouts::default(),
             nat: NatConfig::DEFAULT,
+            default_bridge_ipv6: None,
         }
     }
 }
@@ -254,6 +263,8 @@ pub struct AgentConfig {
     pub docker_socket: Option<PathBuf>,
     /// Where Prometheus scrapes.
     pub metrics: Option<SocketAddr>,
+    /// See [`Config::default_bridge_ipv6`].
+    pub default_bridge_ipv6: Option<Option<ipnet::Ipv6Net>>,
 }
 
 impl Config {
@@ -323,7 +334,32 @@ impl Config {
             },
             docker_socket,
             metrics,
+            default_bridge_ipv6: self.default_bridge_ipv6,
         })
+    }
+}
+
+/// `default_bridge_ipv6` and `default_bridge_subnet6`: None when IPv6 is
+/// off, else the subnet if one is given; the error names the field.
+#[allow(clippy::type_complexity)]
+fn default_bridge_ipv6(
+    on: Option<bool>,
+    subnet6: Option<String>,
+) -> Result<Option<Option<ipnet::Ipv6Net>>, (&'static str, String)> {
+    const FIELD: &str = "default_bridge_subnet6";
+    let subnet6 = subnet6
+        .map(|v| {
+            v.parse::<ipnet::Ipv6Net>()
+                .map_err(|_| (FIELD, format!("{v:?} is not an IPv6 CIDR")))
+        })
+        .transpose()?;
+    match (on, subnet6) {
+        (Some(true), s) => Ok(Some(s)),
+        (_, Some(s)) => Err((
+            FIELD,
+            format!("{s} given without default_bridge_ipv6 = true"),
+        )),
+        _ => Ok(None),
     }
 }
 
@@ -411,6 +447,9 @@ impl Config {
         if let Some(on) = file.fast_path {
             c.nat.fast_path = u32::from(on);
         }
+        c.default_bridge_ipv6 =
+            default_bridge_ipv6(file.default_bridge_ipv6, file.default_bridge_subnet6)
+                .map_err(|(field, problem)| invalid(field, problem))?;
         if let Some(p) = file.masquerade.port_min {
             c.nat.snat_port_min = p;
         }
@@ -468,6 +507,31 @@ mod tests {
             Config::parse(Path::new("e.toml"), "").unwrap(),
             Config::default()
         );
+    }
+
+    #[test]
+    fn the_default_bridge_gets_ipv6_when_asked() {
+        let parse = |t: &str| Config::parse(Path::new("v6.toml"), t).map(|c| c.default_bridge_ipv6);
+        assert_eq!(parse("").unwrap(), None);
+        assert_eq!(parse("default_bridge_ipv6 = false").unwrap(), None);
+        assert_eq!(parse("default_bridge_ipv6 = true").unwrap(), Some(None));
+        assert_eq!(
+            parse("default_bridge_ipv6 = true\ndefault_bridge_subnet6 = \"fd00:7::/64\"").unwrap(),
+            Some(Some("fd00:7::/64".parse().unwrap()))
+        );
+        for (text, needle) in [
+            (
+                "default_bridge_subnet6 = \"fd00:7::/64\"",
+                "given without default_bridge_ipv6 = true",
+            ),
+            (
+                "default_bridge_ipv6 = true\ndefault_bridge_subnet6 = \"fd00:7::/200\"",
+                "field `default_bridge_subnet6`: \"fd00:7::/200\" is not an IPv6 CIDR",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
     }
 
     #[test]

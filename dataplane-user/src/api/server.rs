@@ -77,6 +77,7 @@ async fn run(ctx: &Context, m: &mut Manager, req: Request) -> Result<Value, anyh
                 id: ep.id,
                 name: ep.name,
                 ipv4: ep.ipv4,
+                ipv6: ep.ipv6,
                 mac: ep.mac.map(|m| m.to_string()),
                 ifname: ep.ifname,
             })

@@ -31,6 +31,9 @@ pub struct Connected {
     pub id: String,
     pub name: String,
     pub ipv4: Option<Ipv4Addr>,
+    /// On a network with IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<std::net::Ipv6Addr>,
     pub mac: Option<String>,
     pub ifname: Option<String>,
 }

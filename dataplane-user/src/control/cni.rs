@@ -21,6 +21,17 @@ pub struct NetworkSpec {
     pub subnet: Option<String>,
     pub gateway: Option<String>,
     pub ip_range: Option<String>,
+    /// The IPv6 range of a dual-stack or IPv6-only network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range6: Option<String>,
+    /// IPv6 on: an IPv6 range was configured (`subnet6` may still be None:
+    /// a ULA /64 is picked).
+    #[serde(default)]
+    pub ipv6: bool,
     pub bridge: Option<String>,
     pub mtu: Option<u32>,
     /// `ipMasq`: None keeps the default (masquerade on).
@@ -41,6 +52,9 @@ pub struct AddArgs {
     pub key: AttachmentKey,
     pub netns: String,
     pub ip: Option<String>,
+    /// The IPv6 address asked for (`runtimeConfig.ips`).
+    #[serde(default)]
+    pub ip6: Option<String>,
     pub mac: Option<String>,
     /// Docker's `-p` syntax, one per port mapping.
     pub publish: Vec<String>,
@@ -53,9 +67,18 @@ pub struct AddResult {
     pub network: String,
     pub ifname: String,
     pub mac: String,
+    /// 0.0.0.0 on an IPv6-only network.
     pub ipv4: std::net::Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Option<std::net::Ipv4Addr>,
+    /// The IPv6 address with its prefix length, on a network with IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<(std::net::Ipv6Addr, u8)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<std::net::Ipv6Addr>,
+    /// Whether the namespace's IPv6 default route is ours.
+    #[serde(default)]
+    pub default_route6: bool,
     /// Whether the namespace's default route is ours (a second network does
     /// not take it, as in Docker).
     pub default_route: bool,

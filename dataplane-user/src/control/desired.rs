@@ -4,10 +4,7 @@
 //! `crate::datapath::nat`. This is control-plane code: it reads
 //! `State` and the network model, which the datapath must not.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use dataplane_common::nat::{
     EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SandboxAddr, TrustedIface, Uplink,
@@ -49,10 +46,12 @@ fn endpoint_ports(ep: &Endpoint) -> impl Iterator<Item = (PortKey, PortTarget)> 
         _ => None,
     };
     ip.into_iter().flat_map(move |ip| {
-        ep.published.iter().map(move |m| {
-            (
+        // v6: datapath wired by the lead (mappings on IPv6 addresses only
+        // are skipped here).
+        ep.published.iter().filter_map(move |m| {
+            Some((
                 PortKey {
-                    addr: m.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
+                    addr: m.host_ipv4()?.octets(),
                     port: m.host_port.to_be_bytes(),
                     proto: m.proto.number(),
                     _pad: 0,
@@ -64,7 +63,7 @@ fn endpoint_ports(ep: &Endpoint) -> impl Iterator<Item = (PortKey, PortTarget)> 
                     stats_index: m.stats_index,
                     _pad2: 0,
                 },
-            )
+            ))
         })
     })
 }

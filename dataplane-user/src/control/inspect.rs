@@ -11,21 +11,22 @@ use crate::control::state::State;
 
 /// One element of `docker network inspect`'s array.
 pub fn network_json(state: &State, net: &Network) -> Value {
-    let mut config = Map::new();
+    // One IPAM entry per family, as Docker has it.
+    let mut configs = Vec::new();
     if let Some(s) = net.subnet {
-        config.insert("Subnet".into(), json!(s.to_string()));
+        configs.push(ipam_entry(
+            s.to_string(),
+            net.ip_range.map(|r| r.to_string()),
+            net.gateway.map(|g| g.to_string()),
+        ));
     }
-    if let Some(r) = net.ip_range {
-        config.insert("IPRange".into(), json!(r.to_string()));
+    if let Some(s) = net.subnet6 {
+        configs.push(ipam_entry(
+            s.to_string(),
+            net.ip_range6.map(|r| r.to_string()),
+            net.gateway6.map(|g| g.to_string()),
+        ));
     }
-    if let Some(g) = net.gateway {
-        config.insert("Gateway".into(), json!(g.to_string()));
-    }
-    let configs: Vec<Value> = if config.is_empty() {
-        Vec::new()
-    } else {
-        vec![Value::Object(config)]
-    };
 
     let mut containers = Map::new();
     // Keyed by namespace, as Docker keys by container: an endpoint that
@@ -35,6 +36,7 @@ pub fn network_json(state: &State, net: &Network) -> Value {
         .filter(|e| !matches!(e.attachment, Attachment::Container { .. }))
     {
         let prefix = net.subnet.map(|s| s.prefix_len()).unwrap_or(32);
+        let prefix6 = net.subnet6.map(|s| s.prefix_len()).unwrap_or(128);
         containers.insert(
             ep.netns.display().to_string(),
             json!({
@@ -42,7 +44,7 @@ pub fn network_json(state: &State, net: &Network) -> Value {
                 "EndpointID": ep.id,
                 "MacAddress": ep.mac.map(|m| m.to_string()).unwrap_or_default(),
                 "IPv4Address": ep.ipv4.map(|ip| format!("{ip}/{prefix}")).unwrap_or_default(),
-                "IPv6Address": "",
+                "IPv6Address": ep.ipv6.map(|ip| format!("{ip}/{prefix6}")).unwrap_or_default(),
             }),
         );
     }
@@ -53,7 +55,8 @@ pub fn network_json(state: &State, net: &Network) -> Value {
         "Created": net.created,
         "Scope": "local",
         "Driver": net.driver.name(),
-        "EnableIPv6": false,
+        "EnableIPv4": net.enable_ipv4,
+        "EnableIPv6": net.enable_ipv6,
         "IPAM": {
             "Driver": "default",
             "Options": null,
@@ -68,6 +71,19 @@ pub fn network_json(state: &State, net: &Network) -> Value {
         "Options": options(net),
         "Labels": net.labels,
     })
+}
+
+/// One `IPAM.Config` entry: Docker leaves out what is not set.
+fn ipam_entry(subnet: String, range: Option<String>, gateway: Option<String>) -> Value {
+    let mut config = Map::new();
+    config.insert("Subnet".into(), json!(subnet));
+    if let Some(r) = range {
+        config.insert("IPRange".into(), json!(r));
+    }
+    if let Some(g) = gateway {
+        config.insert("Gateway".into(), json!(g));
+    }
+    Value::Object(config)
 }
 
 /// The driver options in Docker's names.

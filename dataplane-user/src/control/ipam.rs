@@ -4,12 +4,14 @@
 //! Nothing here is stored: the addresses in use are derived from the
 //! endpoints and gateways in the state, so they cannot drift apart.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::names::MacAddr;
 pub use super::names::MalformedMac;
+
+pub mod v6;
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum IpamError {
@@ -65,6 +67,42 @@ pub enum IpamError {
     IpTaken { ip: Ipv4Addr, user: String },
     #[error("network {network}: no free address left in {range}")]
     AddressesExhausted { network: String, range: Ipv4Net },
+    #[error("--subnet {value}: not an IPv6 CIDR (expected e.g. fd00:1::/64)")]
+    MalformedSubnet6 { value: String },
+    #[error("--subnet {value}: has host bits set; the network address is {network}")]
+    HostBitsSet6 { value: String, network: Ipv6Net },
+    #[error(
+        "--subnet {value}: IPv6 prefix length must be between {} and {}",
+        v6::PREFIX_LENGTHS.start(),
+        v6::PREFIX_LENGTHS.end()
+    )]
+    PrefixLength6 { value: String },
+    #[error("--subnet {value}: overlaps {what} {range}")]
+    Reserved6 {
+        value: String,
+        what: &'static str,
+        range: Ipv6Net,
+    },
+    #[error("--subnet {subnet} overlaps network {other} ({other_subnet})")]
+    Overlap6 {
+        subnet: Ipv6Net,
+        other: String,
+        other_subnet: Ipv6Net,
+    },
+    #[error("--{field} {value}: not an IPv6 address")]
+    MalformedAddr6 { field: &'static str, value: String },
+    #[error("--gateway {gateway}: not a usable address of subnet {subnet}")]
+    GatewayOutside6 { gateway: Ipv6Addr, subnet: Ipv6Net },
+    #[error("--ip-range {range}: not inside subnet {subnet}")]
+    RangeOutside6 { range: Ipv6Net, subnet: Ipv6Net },
+    #[error("--ip6 {ip}: not a usable address of subnet {subnet}")]
+    IpOutside6 { ip: Ipv6Addr, subnet: Ipv6Net },
+    #[error("--ip6 {ip}: already in use by {user}")]
+    IpTaken6 { ip: Ipv6Addr, user: String },
+    #[error("network {network}: no free IPv6 address left in {range}")]
+    AddressesExhausted6 { network: String, range: Ipv6Net },
+    #[error("no free /64 left in the host's unique local prefix {prefix}; give one with --subnet")]
+    UlaExhausted { prefix: Ipv6Net },
 }
 
 /// Docker's default address pools, in Docker's order: 172.17-31.0.0/16, then

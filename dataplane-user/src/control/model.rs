@@ -2,15 +2,20 @@
 //! they are persisted, and the typed form of a `network create` request,
 //! parsed once from the user's strings (Docker's option names included).
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    ipam::{self, IpamError},
-    names::MacAddr,
-};
+use super::names::MacAddr;
+
+mod create;
+
+pub use create::{valid_ifname, valid_name, CreateArgs, CreateError, CreateRequest};
 
 /// Docker's predefined networks, which exist from the start and cannot be
 /// removed.
@@ -170,6 +175,14 @@ pub struct Network {
     pub subnet: Option<Ipv4Net>,
     pub gateway: Option<Ipv4Addr>,
     pub ip_range: Option<Ipv4Net>,
+    /// The IPv6 side (`--ipv6`): None unless `enable_ipv6`.
+    pub subnet6: Option<Ipv6Net>,
+    pub gateway6: Option<Ipv6Addr>,
+    pub ip_range6: Option<Ipv6Net>,
+    pub enable_ipv6: bool,
+    /// False for an IPv6-only network (`--ipv4=false`): no IPv4 subnet,
+    /// gateway nor endpoint addresses.
+    pub enable_ipv4: bool,
     pub internal: bool,
     pub mtu: u32,
     pub labels: BTreeMap<String, String>,
@@ -184,6 +197,23 @@ impl Network {
     pub fn alloc_range(&self) -> Option<Ipv4Net> {
         self.ip_range.or(self.subnet)
     }
+
+    /// The range IPv6 addresses are allocated from.
+    pub fn alloc_range6(&self) -> Option<Ipv6Net> {
+        self.ip_range6.or(self.subnet6)
+    }
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A [`Network`] as state.json holds it: the driver's kind, and the
@@ -210,6 +240,18 @@ struct NetworkRecord {
     gateway_mode: GatewayMode,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     trusted_host_interfaces: Vec<String>,
+    // Absent in files of earlier versions (and written only when set, so
+    // an IPv4-only network's record stays as they read it): IPv4 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subnet6: Option<Ipv6Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gateway6: Option<Ipv6Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ip_range6: Option<Ipv6Net>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    enable_ipv6: bool,
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    enable_ipv4: bool,
 }
 
 /// A persisted network whose driver lacks its settings.
@@ -253,6 +295,11 @@ impl TryFrom<NetworkRecord> for Network {
             subnet: r.subnet,
             gateway: r.gateway,
             ip_range: r.ip_range,
+            subnet6: r.subnet6,
+            gateway6: r.gateway6,
+            ip_range6: r.ip_range6,
+            enable_ipv6: r.enable_ipv6,
+            enable_ipv4: r.enable_ipv4,
             internal: r.internal,
             mtu: r.mtu,
             labels: r.labels,
@@ -294,6 +341,11 @@ impl From<Network> for NetworkRecord {
             labels: n.labels,
             gateway_mode,
             trusted_host_interfaces,
+            subnet6: n.subnet6,
+            gateway6: n.gateway6,
+            ip_range6: n.ip_range6,
+            enable_ipv6: n.enable_ipv6,
+            enable_ipv4: n.enable_ipv4,
         }
     }
 }
@@ -328,303 +380,12 @@ pub struct Endpoint {
     pub ifname: Option<String>,
     pub mac: Option<MacAddr>,
     pub ipv4: Option<Ipv4Addr>,
+    /// Absent in files of earlier versions: no IPv6 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     /// Published ports (bridge endpoints only).
     #[serde(default)]
     pub published: Vec<super::ports::PortMapping>,
-}
-
-/// Input errors of `network create`, each naming the field and the value.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum CreateError {
-    #[error(transparent)]
-    Ipam(#[from] IpamError),
-    #[error(
-        "network name {0:?}: must start with a letter or digit and contain only [a-zA-Z0-9_.-]"
-    )]
-    BadName(String),
-    #[error("--driver {0}: unknown (bridge or macvlan)")]
-    BadDriver(String),
-    #[error("-o {0:?}: expected KEY=VALUE")]
-    BadOption(String),
-    #[error("-o {key}: unknown option for the {driver} driver (known: {known})")]
-    UnknownOption {
-        key: String,
-        driver: &'static str,
-        known: &'static str,
-    },
-    #[error("-o {key}={value}: expected true or false")]
-    BadBool { key: String, value: String },
-    #[error("{field} {value}: MTU must be a number from 68 to 65535")]
-    BadMtu { field: String, value: String },
-    #[error(
-        "-o {key}={value}: not a valid interface name (1-15 bytes, no '/', ':' or white space)"
-    )]
-    BadIfname { key: String, value: String },
-    #[error(
-        "-o com.docker.network.bridge.gateway_mode_ipv4={0}: expected nat, nat-unprotected, \
-         routed or isolated"
-    )]
-    BadGatewayMode(String),
-    #[error("-o macvlan_mode={0}: expected bridge, private, vepa or passthru")]
-    BadMacvlanMode(String),
-    #[error("--driver macvlan needs -o parent=IFACE")]
-    MissingParent,
-    #[error("--gateway and --ip-range need --subnet")]
-    NeedsSubnet,
-    #[error("--label {0:?}: expected KEY=VALUE")]
-    BadLabel(String),
-}
-
-/// `network create` as the user typed it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CreateArgs {
-    pub name: String,
-    pub driver: String,
-    pub subnet: Option<String>,
-    pub gateway: Option<String>,
-    pub ip_range: Option<String>,
-    pub internal: bool,
-    pub mtu: Option<String>,
-    pub options: Vec<String>,
-    pub labels: Vec<String>,
-}
-
-/// `network create`, parsed and checked on its own (checks against other
-/// networks and the host happen when it is applied).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CreateRequest {
-    pub name: String,
-    pub driver: DriverKind,
-    pub subnet: Option<Ipv4Net>,
-    pub gateway: Option<Ipv4Addr>,
-    pub ip_range: Option<Ipv4Net>,
-    pub internal: bool,
-    pub mtu: u32,
-    pub bridge_name: Option<String>,
-    pub icc: bool,
-    pub masquerade: bool,
-    pub host_binding_ipv4: Option<Ipv4Addr>,
-    pub gateway_mode: GatewayMode,
-    pub trusted_host_interfaces: Vec<String>,
-    pub macvlan: Option<MacvlanConfig>,
-    pub labels: BTreeMap<String, String>,
-}
-
-impl CreateRequest {
-    /// The new network's driver settings. A bridge the user did not name
-    /// is `br-` and the first 12 characters of the network's id, as
-    /// Docker names it.
-    pub fn driver_config(&self, id: &str) -> Result<DriverConfig, CreateError> {
-        Ok(match self.driver {
-            DriverKind::Bridge => DriverConfig::Bridge(BridgeConfig {
-                name: self
-                    .bridge_name
-                    .clone()
-                    .unwrap_or_else(|| format!("br-{}", id.get(..12).unwrap_or(id))),
-                icc: self.icc,
-                masquerade: self.masquerade,
-                host_binding_ipv4: self.host_binding_ipv4,
-                gateway_mode: self.gateway_mode,
-                trusted_host_interfaces: self.trusted_host_interfaces.clone(),
-            }),
-            DriverKind::Macvlan => {
-                DriverConfig::Macvlan(self.macvlan.clone().ok_or(CreateError::MissingParent)?)
-            }
-            DriverKind::Host => DriverConfig::Host,
-            DriverKind::Null => DriverConfig::Null,
-        })
-    }
-}
-
-const BRIDGE_OPTS: &str = "com.docker.network.bridge.name, com.docker.network.bridge.enable_icc, \
-     com.docker.network.bridge.enable_ip_masquerade, com.docker.network.bridge.host_binding_ipv4, \
-     com.docker.network.bridge.gateway_mode_ipv4, \
-     com.docker.network.bridge.trusted_host_interfaces, com.docker.network.driver.mtu";
-const MACVLAN_OPTS: &str = "parent, macvlan_mode, com.docker.network.driver.mtu";
-
-pub fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-}
-
-/// See [`super::names::ifname`].
-pub fn valid_ifname(name: &str) -> bool {
-    super::names::ifname(name).is_ok()
-}
-
-/// `-o KEY=VALUE` options of `network create`, by driver, into `req`.
-fn apply_options(req: &mut CreateRequest, options: &[String]) -> Result<(), CreateError> {
-    let mut parent = None;
-    let mut mode = MacvlanMode::Bridge;
-    for opt in options {
-        let (key, value) = split_kv(opt).ok_or_else(|| CreateError::BadOption(opt.clone()))?;
-        match (req.driver, key) {
-            (_, "com.docker.network.driver.mtu") => {
-                req.mtu = parse_mtu(&format!("-o {key}"), value)?
-            }
-            (DriverKind::Bridge, "com.docker.network.bridge.name") => {
-                if !valid_ifname(value) {
-                    return Err(CreateError::BadIfname {
-                        key: key.to_owned(),
-                        value: value.to_owned(),
-                    });
-                }
-                req.bridge_name = Some(value.to_owned());
-            }
-            (DriverKind::Bridge, "com.docker.network.bridge.enable_icc") => {
-                req.icc = parse_bool(key, value)?;
-            }
-            (DriverKind::Bridge, "com.docker.network.bridge.enable_ip_masquerade") => {
-                req.masquerade = parse_bool(key, value)?;
-            }
-            (DriverKind::Bridge, "com.docker.network.bridge.host_binding_ipv4") => {
-                let ip = ipam::parse_addr("o com.docker.network.bridge.host_binding_ipv4", value)?;
-                req.host_binding_ipv4 = (!ip.is_unspecified()).then_some(ip);
-            }
-            (DriverKind::Bridge, "com.docker.network.bridge.gateway_mode_ipv4") => {
-                req.gateway_mode = GatewayMode::parse(value)?;
-                // Isolated is internal, and more (no address on the bridge).
-                req.internal |= req.gateway_mode == GatewayMode::Isolated;
-            }
-            (DriverKind::Bridge, "com.docker.network.bridge.trusted_host_interfaces") => {
-                req.trusted_host_interfaces = trusted_interfaces(key, value)?;
-            }
-            (DriverKind::Macvlan, "parent") => {
-                if !valid_ifname(value) {
-                    return Err(CreateError::BadIfname {
-                        key: key.to_owned(),
-                        value: value.to_owned(),
-                    });
-                }
-                parent = Some(value.to_owned());
-            }
-            (DriverKind::Macvlan, "macvlan_mode") => {
-                mode = match value {
-                    "bridge" => MacvlanMode::Bridge,
-                    "private" => MacvlanMode::Private,
-                    "vepa" => MacvlanMode::Vepa,
-                    "passthru" => MacvlanMode::Passthru,
-                    other => return Err(CreateError::BadMacvlanMode(other.to_owned())),
-                };
-            }
-            (d, k) => {
-                return Err(CreateError::UnknownOption {
-                    key: k.to_owned(),
-                    driver: d.name(),
-                    known: if d == DriverKind::Macvlan {
-                        MACVLAN_OPTS
-                    } else {
-                        BRIDGE_OPTS
-                    },
-                })
-            }
-        }
-    }
-    if req.driver == DriverKind::Macvlan {
-        let parent = parent.ok_or(CreateError::MissingParent)?;
-        req.macvlan = Some(MacvlanConfig { parent, mode });
-    }
-    Ok(())
-}
-
-/// `if1:if2`, as Docker separates them; empty parts are skipped.
-fn trusted_interfaces(key: &str, value: &str) -> Result<Vec<String>, CreateError> {
-    value
-        .split(':')
-        .filter(|s| !s.is_empty())
-        .map(|name| {
-            if valid_ifname(name) {
-                Ok(name.to_owned())
-            } else {
-                Err(CreateError::BadIfname {
-                    key: key.to_owned(),
-                    value: name.to_owned(),
-                })
-            }
-        })
-        .collect()
-}
-
-fn parse_bool(key: &str, value: &str) -> Result<bool, CreateError> {
-    match value {
-        "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
-        _ => Err(CreateError::BadBool {
-            key: key.to_owned(),
-            value: value.to_owned(),
-        }),
-    }
-}
-
-fn parse_mtu(field: &str, value: &str) -> Result<u32, CreateError> {
-    value
-        .parse::<u32>()
-        .ok()
-        .filter(|m| (68..=65535).contains(m))
-        .ok_or_else(|| CreateError::BadMtu {
-            field: field.to_owned(),
-            value: value.to_owned(),
-        })
-}
-
-fn split_kv(s: &str) -> Option<(&str, &str)> {
-    s.split_once('=').filter(|(k, _)| !k.is_empty())
-}
-
-impl CreateArgs {
-    pub fn parse(&self) -> Result<CreateRequest, CreateError> {
-        if !valid_name(&self.name) {
-            return Err(CreateError::BadName(self.name.clone()));
-        }
-        let driver = match self.driver.as_str() {
-            "bridge" => DriverKind::Bridge,
-            "macvlan" => DriverKind::Macvlan,
-            other => return Err(CreateError::BadDriver(other.to_owned())),
-        };
-        let subnet = self.subnet.as_deref().map(ipam::parse_subnet).transpose()?;
-        let gateway = self
-            .gateway
-            .as_deref()
-            .map(|g| ipam::parse_addr("gateway", g))
-            .transpose()?;
-        if (gateway.is_some() || self.ip_range.is_some()) && subnet.is_none() {
-            return Err(CreateError::NeedsSubnet);
-        }
-        let ip_range = match (&subnet, &self.ip_range) {
-            (Some(s), Some(r)) => Some(ipam::parse_range(s, r)?),
-            _ => None,
-        };
-        if let (Some(s), Some(g)) = (&subnet, gateway) {
-            ipam::check_gateway(s, g)?;
-        }
-        let mut req = CreateRequest {
-            name: self.name.clone(),
-            driver,
-            subnet,
-            gateway,
-            ip_range,
-            internal: self.internal,
-            mtu: DEFAULT_MTU,
-            bridge_name: None,
-            icc: true,
-            masquerade: true,
-            host_binding_ipv4: None,
-            gateway_mode: GatewayMode::Nat,
-            trusted_host_interfaces: Vec::new(),
-            macvlan: None,
-            labels: BTreeMap::new(),
-        };
-        if let Some(m) = &self.mtu {
-            req.mtu = parse_mtu("--mtu", m)?;
-        }
-        apply_options(&mut req, &self.options)?;
-        for label in &self.labels {
-            let (k, v) = split_kv(label).ok_or_else(|| CreateError::BadLabel(label.clone()))?;
-            req.labels.insert(k.to_owned(), v.to_owned());
-        }
-        Ok(req)
-    }
 }
 
 #[cfg(test)]
@@ -642,9 +403,9 @@ mod tests {
     #[test]
     fn docker_options_parse_into_typed_fields() {
         let mut a = args("net1");
-        a.subnet = Some("10.5.0.0/16".into());
-        a.gateway = Some("10.5.0.254".into());
-        a.ip_range = Some("10.5.1.0/24".into());
+        a.subnet = vec!["10.5.0.0/16".into()];
+        a.gateway = vec!["10.5.0.254".into()];
+        a.ip_range = vec!["10.5.1.0/24".into()];
         a.options = vec![
             "com.docker.network.bridge.name=brnet1".into(),
             "com.docker.network.bridge.enable_icc=false".into(),
@@ -688,7 +449,7 @@ mod tests {
             (
                 {
                     let mut a = args("n");
-                    a.subnet = Some("10.0.0.0/40".into());
+                    a.subnet = vec!["10.0.0.0/40".into()];
                     a
                 },
                 "--subnet 10.0.0.0/40",
@@ -696,8 +457,8 @@ mod tests {
             (
                 {
                     let mut a = args("n");
-                    a.subnet = Some("10.0.0.0/24".into());
-                    a.gateway = Some("10.0.1.1".into());
+                    a.subnet = vec!["10.0.0.0/24".into()];
+                    a.gateway = vec!["10.0.1.1".into()];
                     a
                 },
                 "--gateway 10.0.1.1",
@@ -705,7 +466,7 @@ mod tests {
             (
                 {
                     let mut a = args("n");
-                    a.gateway = Some("10.0.1.1".into());
+                    a.gateway = vec!["10.0.1.1".into()];
                     a
                 },
                 "need --subnet",

@@ -3,8 +3,18 @@
 //! asked for: a fixed host port, a range to pick one from, or any free
 //! one), the concrete [`PortMapping`] the manager chooses for it, and the
 //! conflict rules between mappings.
+//!
+//! The host address is either family: an IPv6 one in brackets
+//! (`[::1]:8080:80`, `[2001:db8::1]:8080:80/udp`). None (no address, or
+//! 0.0.0.0) is every host address of every family the network has, as
+//! `-p 8080:80` publishes on both families of a dual-stack network; `[::]`
+//! is every IPv6 address only.
 
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+    str::FromStr,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -13,8 +23,9 @@ pub use crate::datapath::proto::Proto;
 /// One published port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PortMapping {
-    /// None: every host address (Docker's 0.0.0.0).
-    pub host_ip: Option<Ipv4Addr>,
+    /// None: every host address of each family the network has (Docker's
+    /// 0.0.0.0 and `::` together); `::` every IPv6 address.
+    pub host_ip: Option<IpAddr>,
     pub host_port: u16,
     pub container_port: u16,
     pub proto: Proto,
@@ -27,15 +38,56 @@ impl PortMapping {
     pub fn conflicts(&self, other: &PortMapping) -> bool {
         self.proto == other.proto
             && self.host_port == other.host_port
-            && (self.host_ip.is_none() || other.host_ip.is_none() || self.host_ip == other.host_ip)
+            && match (self.host_ip, other.host_ip) {
+                (None, _) | (_, None) => true,
+                (Some(IpAddr::V6(a)), Some(IpAddr::V6(b))) => {
+                    a == b || a.is_unspecified() || b.is_unspecified()
+                }
+                (a, b) => a == b,
+            }
     }
 
     pub fn host(&self) -> String {
-        format!(
-            "{}:{}",
-            self.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
-            self.host_port
-        )
+        format!("{}:{}", host_text(self.host_ip), self.host_port)
+    }
+
+    /// The IPv4 host address as the IPv4 maps hold it (0.0.0.0: every
+    /// address); None for a mapping on IPv6 addresses only.
+    pub fn host_ipv4(&self) -> Option<Ipv4Addr> {
+        match self.host_ip {
+            None => Some(Ipv4Addr::UNSPECIFIED),
+            Some(IpAddr::V4(a)) => Some(a),
+            Some(IpAddr::V6(_)) => None,
+        }
+    }
+}
+
+/// A host address as Docker writes it before `:PORT`: IPv6 in brackets,
+/// every address as 0.0.0.0.
+fn host_text(ip: Option<IpAddr>) -> String {
+    match ip {
+        None => Ipv4Addr::UNSPECIFIED.to_string(),
+        Some(IpAddr::V4(a)) => a.to_string(),
+        Some(IpAddr::V6(a)) => format!("[{a}]"),
+    }
+}
+
+/// Refuses a mapping on an IPv6 host address for a network without IPv6
+/// (Docker refuses it too: nothing could answer there).
+pub fn check_families(
+    network: &str,
+    enable_ipv6: bool,
+    wanted: &[PortRequest],
+) -> Result<(), PublishError> {
+    match wanted
+        .iter()
+        .find(|r| matches!(r.host_ip, Some(IpAddr::V6(_))) && !enable_ipv6)
+    {
+        Some(r) => Err(PublishError::NoIpv6 {
+            mapping: r.to_string(),
+            network: network.to_owned(),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -45,8 +97,8 @@ impl PortMapping {
 /// state keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PortRequest {
-    /// None: every host address (Docker's 0.0.0.0).
-    pub host_ip: Option<Ipv4Addr>,
+    /// None: every host address (see [`PortMapping::host_ip`]).
+    pub host_ip: Option<IpAddr>,
     /// The host ports to pick the first free one from; None: any free
     /// port of the host's ephemeral range.
     pub host_ports: Option<(u16, u16)>,
@@ -103,7 +155,7 @@ impl fmt::Display for PortRequest {
         if let Some(m) = self.fixed() {
             return m.fmt(f);
         }
-        write!(f, "{}:", self.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED))?;
+        write!(f, "{}:", host_text(self.host_ip))?;
         if let Some((a, b)) = self.host_ports {
             write!(f, "{a}-{b}")?;
         }
@@ -133,8 +185,10 @@ pub enum PublishError {
         what: &'static str,
         value: String,
     },
-    #[error("--publish {spec}: {value:?} is not an IPv4 address")]
+    #[error("--publish {spec}: {value:?} is not an IP address (IPv6 in brackets: [::1]:8080:80)")]
     HostIp { spec: String, value: String },
+    #[error("--publish {mapping}: network {network} has no IPv6 (create it with --ipv6)")]
+    NoIpv6 { mapping: String, network: String },
     #[error("--publish {spec}: protocol {value:?} (expected tcp or udp)")]
     Proto { spec: String, value: String },
     #[error("--publish {spec}: range {range} runs backwards")]
@@ -239,19 +293,15 @@ pub fn parse(spec: &str) -> Result<Vec<PortRequest>, PublishError> {
         }
         None => (spec, Proto::Tcp),
     };
+    let (host_ip, rest) = split_host_ip(spec, rest)?;
     let parts: Vec<&str> = rest.split(':').collect();
-    let (host_ip, host, container) = match parts.as_slice() {
-        [c] => (None, "", *c),
-        [h, c] if !h.is_empty() => (None, *h, *c),
-        [ip, h, c] => {
-            let ip: Ipv4Addr = ip.parse().map_err(|_| PublishError::HostIp {
-                spec: spec.to_owned(),
-                value: (*ip).to_owned(),
-            })?;
-            ((!ip.is_unspecified()).then_some(ip), *h, *c)
-        }
+    let (host, container) = match (parts.as_slice(), host_ip) {
+        ([c], None) => ("", *c),
+        ([h, c], _) if !h.is_empty() || host_ip.is_some() => (*h, *c),
         _ => return Err(syntax()),
     };
+    // 0.0.0.0 is every address, as no address.
+    let host_ip = host_ip.filter(|ip| *ip != IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let (c0, c1) = parse_range(spec, "container port", container)?;
     let request = |host_ports, container_port| PortRequest {
         host_ip,
@@ -279,6 +329,32 @@ pub fn parse(spec: &str) -> Result<Vec<PortRequest>, PublishError> {
         .collect())
 }
 
+/// The host address of a `--publish` value and what follows it: an IPv6
+/// address is in brackets (`[::1]:8080:80`); an IPv4 one is the first of
+/// three colon-separated parts.
+fn split_host_ip<'a>(spec: &str, rest: &'a str) -> Result<(Option<IpAddr>, &'a str), PublishError> {
+    let bad = |value: &str| PublishError::HostIp {
+        spec: spec.to_owned(),
+        value: value.to_owned(),
+    };
+    if let Some(inner) = rest.strip_prefix('[') {
+        let (addr, after) = inner.split_once(']').ok_or_else(|| bad(rest))?;
+        let ip: std::net::Ipv6Addr = addr.parse().map_err(|_| bad(addr))?;
+        let after = after
+            .strip_prefix(':')
+            .ok_or_else(|| PublishError::Syntax {
+                spec: spec.to_owned(),
+            })?;
+        return Ok((Some(IpAddr::V6(ip)), after));
+    }
+    if rest.matches(':').count() != 2 {
+        return Ok((None, rest));
+    }
+    let (ip, after) = rest.split_once(':').ok_or_else(|| bad(rest))?;
+    let ip: Ipv4Addr = ip.parse().map_err(|_| bad(ip))?;
+    Ok((Some(IpAddr::V4(ip)), after))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,7 +375,7 @@ mod tests {
         let m = parse("127.0.0.1:8081:80/udp").unwrap();
         assert_eq!(
             (m[0].host_ip, m[0].proto),
-            (Some(Ipv4Addr::LOCALHOST), Proto::Udp)
+            (Some(IpAddr::V4(Ipv4Addr::LOCALHOST)), Proto::Udp)
         );
         let m = parse("0.0.0.0:9000-9002:7000-7002").unwrap();
         assert_eq!(
@@ -322,7 +398,10 @@ mod tests {
         assert_eq!(any("80").host_ports, None);
         assert_eq!(any("80").to_string(), "0.0.0.0::80/tcp");
         let m = any("127.0.0.1::80");
-        assert_eq!((m.host_ip, m.host_ports), (Some(Ipv4Addr::LOCALHOST), None));
+        assert_eq!(
+            (m.host_ip, m.host_ports),
+            (Some(IpAddr::V4(Ipv4Addr::LOCALHOST)), None)
+        );
         assert_eq!(any("80/udp").proto, Proto::Udp);
         assert_eq!(parse("80-82").unwrap().len(), 3, "one per container port");
         let m = parse("8000-8010:80").unwrap();
@@ -339,7 +418,11 @@ mod tests {
             ("1:2:3:4", "expected [[HOSTIP:]"),
             ("8080:0", "container port \"0\""),
             ("70000:80", "host port \"70000\""),
-            ("1.2.3:8080:80", "\"1.2.3\" is not an IPv4 address"),
+            ("1.2.3:8080:80", "\"1.2.3\" is not an IP address"),
+            ("[::1:8080:80", "\"[::1:8080:80\" is not an IP address"),
+            ("[zz::1]:8080:80", "\"zz::1\" is not an IP address"),
+            ("[::1]8080:80", "expected [[HOSTIP:]"),
+            ("::1:8080:80", "expected [[HOSTIP:]"),
             ("8080:80/sctp", "protocol \"sctp\""),
             ("9002-9000:80-82", "runs backwards"),
             ("9000-9002:80-81", "differ in size (3 and 2 ports"),
@@ -359,5 +442,60 @@ mod tests {
         assert!(a.conflicts(&b) && b.conflicts(&a));
         assert!(!b.conflicts(&c));
         assert!(!a.conflicts(&d));
+        // IPv6: every address (None) takes both families; [::] every
+        // IPv6 address; two IPv6 addresses only when equal.
+        let v6 = one("[2001:db8::1]:8080:80");
+        let any6 = one("[::]:8080:80");
+        assert!(a.conflicts(&v6) && a.conflicts(&any6) && any6.conflicts(&v6));
+        assert!(!b.conflicts(&v6) && !b.conflicts(&any6));
+        assert!(!v6.conflicts(&one("[2001:db8::2]:8080:80")));
+    }
+
+    #[test]
+    fn ipv6_host_addresses_parse_in_brackets() {
+        let m = parse("[::1]:8080:80").unwrap();
+        assert_eq!(
+            (
+                m[0].host_ip,
+                m[0].host_ports,
+                m[0].container_port,
+                m[0].proto
+            ),
+            (
+                Some("::1".parse().unwrap()),
+                Some((8080, 8080)),
+                80,
+                Proto::Tcp
+            )
+        );
+        let m = parse("[2001:db8::1]:8080:80/udp").unwrap();
+        assert_eq!(m[0].host_ip, Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(m[0].proto, Proto::Udp);
+        let f = m[0].fixed().unwrap();
+        assert_eq!(f.to_string(), "[2001:db8::1]:8080->80/udp");
+        assert_eq!(f.host_ipv4(), None);
+        let m = parse("[::1]::80").unwrap();
+        assert_eq!(m[0].host_ports, None);
+        assert_eq!(m[0].to_string(), "[::1]::80/tcp");
+        // No address: every address of both families; [::] stays IPv6.
+        assert_eq!(parse("8080:80").unwrap()[0].host_ip, None);
+        assert_eq!(
+            parse("[::]:8080:80").unwrap()[0].host_ip,
+            Some("::".parse().unwrap())
+        );
+        assert_eq!(
+            parse("8080:80").unwrap()[0].fixed().unwrap().host_ipv4(),
+            Some(Ipv4Addr::UNSPECIFIED)
+        );
+        let v6 = parse("[::1]:8080:80").unwrap();
+        assert!(check_families("n", true, &v6).is_ok());
+        assert!(check_families("n", false, &parse("8080:80").unwrap()).is_ok());
+        assert_eq!(
+            check_families("n", false, &v6).unwrap_err().to_string(),
+            "--publish [::1]:8080->80/tcp: network n has no IPv6 (create it with --ipv6)"
+        );
+        // Stored as before: an IPv4 address is still a string.
+        let json = serde_json::to_value(parse("127.0.0.1:1:2").unwrap()[0].at(1)).unwrap();
+        assert_eq!(json["host_ip"], "127.0.0.1");
     }
 }

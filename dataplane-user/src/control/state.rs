@@ -6,6 +6,7 @@
 //!                 "endpoints": {ID: Endpoint}, "uplinks": [IFNAME],
 //!                 "filters": [FilterRule],
 //!                 "cni_attachments": [{network, container_id, ifname, endpoint}],
+//!                 "ula_global_id": ID (once an IPv6 network took a ULA /64),
 //!                 "journal": GEN}
 //! state.journal  {"journal": GEN}, then one JSON line per change since
 //!                state.json was written (endpoints and published ports)
@@ -104,6 +105,12 @@ pub struct State {
     /// Endpoints made by the CNI plugin, by container id and interface name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cni_attachments: Vec<CniAttachment>,
+    /// The host's random 40-bit global ID (RFC 4193): IPv6 networks
+    /// created without a subnet get a /64 of `fdXX:XXXX:XXXX::/48` from
+    /// it. Made with the first such network and kept, so the prefix
+    /// stays the same across restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ula_global_id: Option<u64>,
 }
 
 /// A CNI attachment (`network/manager/cni.rs`): the runtime's key for it
@@ -240,6 +247,7 @@ fn changes(old: &State, new: &State) -> Option<Vec<Change>> {
         || old.cni_attachments != new.cni_attachments
         || old.networks != new.networks
         || old.filters != new.filters
+        || old.ula_global_id != new.ula_global_id
     {
         return None;
     }
@@ -597,6 +605,7 @@ mod tests {
             ifname: Some("eth0".into()),
             mac: None,
             ipv4: None,
+            ipv6: None,
             published: ports
                 .iter()
                 .map(|p| PortMapping {

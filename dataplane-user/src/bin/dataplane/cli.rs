@@ -66,6 +66,10 @@ pub enum Command {
         /// IPv4 address (default: the lowest free one of --ip-range/subnet).
         #[arg(long)]
         ip: Option<String>,
+        /// IPv6 address, on a network with IPv6 (default: the lowest free
+        /// one of its IPv6 --ip-range/subnet).
+        #[arg(long)]
+        ip6: Option<String>,
         /// MAC address (default: 02:42 followed by the IPv4 address bytes).
         #[arg(long)]
         mac: Option<String>,
@@ -396,15 +400,25 @@ pub enum NetworkCommand {
         name: String,
         #[arg(short, long, default_value = "bridge")]
         driver: String,
-        /// Subnet in CIDR form (default: the next free one of Docker's pools).
+        /// Subnet in CIDR form, once per address family (default: the next
+        /// free one of Docker's pools; for IPv6 a /64 of the host's unique
+        /// local prefix).
         #[arg(long)]
-        subnet: Option<String>,
-        /// Gateway address (default: the subnet's first host).
+        subnet: Vec<String>,
+        /// Gateway address, once per family (default: the subnet's first
+        /// host).
         #[arg(long)]
-        gateway: Option<String>,
-        /// Allocate container addresses from this sub-range.
+        gateway: Vec<String>,
+        /// Allocate container addresses from this sub-range (once per
+        /// family).
         #[arg(long)]
-        ip_range: Option<String>,
+        ip_range: Vec<String>,
+        /// Enable IPv6 (dual-stack; with --ipv4=false IPv6 only).
+        #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+        ipv6: Option<bool>,
+        /// --ipv4=false: no IPv4 on the network (needs --ipv6).
+        #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+        ipv4: Option<bool>,
         /// No egress: no default route in endpoints, no masquerade.
         #[arg(long)]
         internal: bool,

@@ -17,22 +17,29 @@ use crate::control::{
 pub struct Bridge<'a>(pub &'a BridgeConfig);
 
 impl Bridge<'_> {
-    /// The bridge with the network's gateway address (none in gateway
+    /// The bridge with the network's gateway addresses (none in gateway
     /// mode `isolated`), up; `adopt` allows one that exists already (see
-    /// [`ensure_bridge`]).
+    /// [`ensure_bridge`]). A network with IPv6 turns on the host's IPv6
+    /// forwarding unless it is internal.
     async fn ensure<H: Host>(
         &self,
         host: &H,
         net: &Network,
         adopt: bool,
     ) -> Result<Vec<String>, DriverError> {
-        let (Some(subnet), Some(gateway)) = (net.subnet, net.gateway) else {
-            return Ok(Vec::new());
-        };
-        let gateway = (self.0.gateway_mode != GatewayMode::Isolated).then_some(gateway);
-        Ok(host
-            .ensure_bridge(&self.0.name, gateway, subnet, net.mtu, adopt)
-            .await?)
+        let isolated = self.0.gateway_mode == GatewayMode::Isolated;
+        let gateway = net.gateway.filter(|_| !isolated);
+        let mut changed = host
+            .ensure_bridge(&self.0.name, gateway, net.subnet, net.mtu, adopt)
+            .await?;
+        if let Some(subnet6) = net.subnet6.filter(|_| net.enable_ipv6) {
+            let gateway6 = net.gateway6.filter(|_| !isolated);
+            changed.extend(host.ensure_bridge6(&self.0.name, gateway6, subnet6).await?);
+            if !net.internal {
+                changed.extend(host.enable_forwarding6().await?);
+            }
+        }
+        Ok(changed)
     }
 }
 

@@ -1,9 +1,10 @@
 //! A network's Linux bridge on the real host: created (or adopted after a
-//! restart) with its MAC pinned, its gateway address and up.
+//! restart) with its MAC pinned, its gateway addresses and up; and the
+//! host namespace's IPv6 forwarding, which IPv6 networks need.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::sys::netlink::{Netlink, NetlinkError};
 
@@ -22,7 +23,7 @@ pub async fn ensure_bridge(
     host: &Netlink,
     name: &str,
     gateway: Option<Ipv4Addr>,
-    subnet: Ipv4Net,
+    subnet: Option<Ipv4Net>,
     mtu: u32,
     adopt: bool,
 ) -> Result<Vec<String>, BridgeError> {
@@ -57,7 +58,7 @@ pub async fn ensure_bridge(
             link
         }
     };
-    if let Some(gateway) = gateway {
+    if let (Some(gateway), Some(subnet)) = (gateway, subnet) {
         let has_addr = host
             .addrs(Some(link.index))
             .await?
@@ -74,6 +75,88 @@ pub async fn ensure_bridge(
         changed.push(format!("set {name} up"));
     }
     Ok(changed)
+}
+
+/// The IPv6 side of a network's bridge (made by [`ensure_bridge`]): IPv6
+/// on (a host may default new links to `disable_ipv6`), and the gateway
+/// address, without duplicate address detection, unless it is there.
+pub async fn ensure_bridge6(
+    host: &Netlink,
+    name: &str,
+    gateway: Option<Ipv6Addr>,
+    subnet: Ipv6Net,
+) -> Result<Vec<String>, BridgeError> {
+    let mut changed = Vec::new();
+    let Some(link) = host.link_by_name(name).await? else {
+        return Ok(changed);
+    };
+    if set_sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "0", |v| {
+        v != "0"
+    })? {
+        changed.push(format!("net.ipv6.conf.{name}.disable_ipv6=0"));
+    }
+    let Some(gateway) = gateway else {
+        return Ok(changed);
+    };
+    let prefix = subnet.prefix_len();
+    let has_addr = host
+        .addrs6(Some(link.index))
+        .await?
+        .iter()
+        .any(|(_, a, p)| *a == gateway && *p == prefix);
+    if !has_addr {
+        host.add_addr6(link.index, gateway, prefix).await?;
+        changed.push(format!("added {gateway}/{prefix} to {name}"));
+    }
+    Ok(changed)
+}
+
+/// IPv6 forwarding on in the namespace the agent runs in (the host), as
+/// Docker turns it on for IPv6 networks. With forwarding on, the kernel
+/// ignores router advertisements on links whose `accept_ra` is 1, so an
+/// uplink that learned its default route from them would lose it when
+/// the route expires: every interface carrying an IPv6 default route and
+/// `accept_ra` 1 is set to 2 (accept them while forwarding).
+pub async fn enable_forwarding6(host: &Netlink) -> Result<Vec<String>, BridgeError> {
+    let mut changed = Vec::new();
+    let mut uplinks: Vec<String> = Vec::new();
+    for r in host.routes6().await?.iter().filter(|r| r.prefix_len == 0) {
+        let Some(oif) = r.oif else { continue };
+        if let Some(l) = host.link_by_index(oif).await? {
+            if !uplinks.contains(&l.name) {
+                uplinks.push(l.name);
+            }
+        }
+    }
+    for name in uplinks {
+        if set_sysctl(&format!("net/ipv6/conf/{name}/accept_ra"), "2", |v| {
+            v == "1"
+        })? {
+            changed.push(format!("net.ipv6.conf.{name}.accept_ra=2"));
+        }
+    }
+    if set_sysctl("net/ipv6/conf/all/forwarding", "1", |v| v != "1")? {
+        changed.push("net.ipv6.conf.all.forwarding=1".to_owned());
+    }
+    Ok(changed)
+}
+
+/// Writes `value` to /proc/sys/`key` when its current value passes
+/// `change`; whether it wrote. A key that does not exist (IPv6 disabled
+/// in the kernel, a link gone) is an error naming it.
+fn set_sysctl(key: &str, value: &str, change: impl Fn(&str) -> bool) -> Result<bool, BridgeError> {
+    let path = format!("/proc/sys/{key}");
+    let err = |source| BridgeError::Sysctl {
+        key: key.replace('/', "."),
+        value: value.to_owned(),
+        source,
+    };
+    let now = std::fs::read_to_string(&path).map_err(err)?;
+    if !change(now.trim()) {
+        return Ok(false);
+    }
+    std::fs::write(&path, value).map_err(err)?;
+    Ok(true)
 }
 
 /// A random unicast, locally administered MAC (Docker's
@@ -93,6 +176,13 @@ pub enum BridgeError {
     Random(#[source] std::io::Error),
     #[error("bridge name {bridge} is in use by a link the dataplane does not own (kind {kind})")]
     InUse { bridge: String, kind: String },
+    #[error("setting {key}={value} (is IPv6 enabled in the kernel?)")]
+    Sysctl {
+        key: String,
+        value: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The host as the manager and its drivers see it ([`Host`]): links,
 //! addresses and routes of the host namespace, the drivers' kernel steps
 //! (a bridge, a veth on it, a macvlan child, loopback) and an endpoint's
-//! teardown, namespaces by path, the forwarding sysctl, and
+//! teardown, namespaces by path, the forwarding sysctls (IPv4, and IPv6
+//! for networks with IPv6), and
 //! what the NAT maps should hold given the host's links. The real one is
 //! [`Netlink`] (the host namespace's rtnetlink connection, with procfs for
 //! the host's own sockets and ephemeral port range); [`FakeHost`]
@@ -10,27 +11,27 @@
 //! ask for them.
 
 use std::{
-    collections::BTreeMap,
     future::Future,
     net::{Ipv4Addr, Ipv6Addr},
     ops::RangeInclusive,
     os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard},
+    path::Path,
 };
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::model::{Attachment, MacvlanConfig, Network};
 use crate::sys::{
-    netlink::{Ipv4Route, Link, Netlink, NetlinkError},
+    netlink::{Ipv4Route, Ipv6Route, Link, Netlink, NetlinkError},
     sockets::{self, HeldPort},
 };
 
 mod bridge;
+mod fake;
 mod netns;
 
-pub use bridge::{ensure_bridge, BridgeError};
+pub use bridge::{enable_forwarding6, ensure_bridge, ensure_bridge6, BridgeError};
+pub use fake::{FakeHost, FakeInner, FakeNs};
 pub use netns::{attach_macvlan, attach_veth, loopback_up, teardown_endpoint};
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,13 @@ pub enum DriverError {
     ParentMissing { network: String, parent: String },
     #[error("{ifname} moved into {netns} but is not found there")]
     Vanished { ifname: String, netns: String },
+    #[error("{netns}: setting {what} (is IPv6 enabled in the kernel?)")]
+    NetnsSysctl {
+        netns: String,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{what} (and undoing it failed: {undo})")]
     Rollback {
         what: Box<DriverError>,
@@ -57,7 +65,10 @@ pub struct EndpointPlan<'a> {
     pub network: &'a Network,
     pub netns: &'a Path,
     pub ifname: &'a str,
-    pub ipv4: Ipv4Addr,
+    /// None on an IPv6-only network.
+    pub ipv4: Option<Ipv4Addr>,
+    /// The endpoint's IPv6 address, on a network with IPv6.
+    pub ipv6: Option<Ipv6Addr>,
     pub mac: [u8; 6],
     /// Random suffix for host-side names (`veth<hex>`).
     pub suffix: &'a str,
@@ -74,6 +85,9 @@ pub struct NetnsView {
     /// The link's addresses: `(link index, address, prefix length)`.
     pub addrs: Vec<(u32, Ipv4Addr, u8)>,
     pub routes: Vec<Ipv4Route>,
+    /// The link's global IPv6 addresses (when `with_addrs`).
+    pub addrs6: Vec<(u32, Ipv6Addr, u8)>,
+    pub routes6: Vec<Ipv6Route>,
 }
 
 /// Everything the manager asks of the host. Futures are `Send`: the agent
@@ -123,10 +137,19 @@ pub trait Host: Send + Sync {
         &self,
         name: &str,
         gateway: Option<Ipv4Addr>,
-        subnet: Ipv4Net,
+        subnet: Option<Ipv4Net>,
         mtu: u32,
         adopt: bool,
     ) -> impl Future<Output = Result<Vec<String>, BridgeError>> + Send;
+    /// See [`bridge::ensure_bridge6`].
+    fn ensure_bridge6(
+        &self,
+        name: &str,
+        gateway: Option<Ipv6Addr>,
+        subnet: Ipv6Net,
+    ) -> impl Future<Output = Result<Vec<String>, BridgeError>> + Send;
+    /// See [`bridge::enable_forwarding6`].
+    fn enable_forwarding6(&self) -> impl Future<Output = Result<Vec<String>, BridgeError>> + Send;
     /// The bridge driver's endpoint: a veth pair, `host_ifname` a port of
     /// the bridge at index `bridge`, the other end configured inside the
     /// namespace (see [`netns::attach_veth`]).
@@ -236,11 +259,22 @@ impl Host for Netlink {
         &self,
         name: &str,
         gateway: Option<Ipv4Addr>,
-        subnet: Ipv4Net,
+        subnet: Option<Ipv4Net>,
         mtu: u32,
         adopt: bool,
     ) -> Result<Vec<String>, BridgeError> {
         ensure_bridge(self, name, gateway, subnet, mtu, adopt).await
+    }
+    async fn ensure_bridge6(
+        &self,
+        name: &str,
+        gateway: Option<Ipv6Addr>,
+        subnet: Ipv6Net,
+    ) -> Result<Vec<String>, BridgeError> {
+        ensure_bridge6(self, name, gateway, subnet).await
+    }
+    async fn enable_forwarding6(&self) -> Result<Vec<String>, BridgeError> {
+        enable_forwarding6(self).await
     }
     async fn attach_veth(
         &self,
@@ -281,14 +315,19 @@ impl Host for Netlink {
     ) -> Result<NetnsView, NetlinkError> {
         let ns = Netlink::connect(Some(netns)).await?;
         let link = ns.link_by_name(ifname).await?;
-        let addrs = match &link {
-            Some(l) if with_addrs => ns.addrs(Some(l.index)).await?,
-            _ => Vec::new(),
+        let (addrs, addrs6) = match &link {
+            Some(l) if with_addrs => (
+                ns.addrs(Some(l.index)).await?,
+                ns.addrs6(Some(l.index)).await?,
+            ),
+            _ => (Vec::new(), Vec::new()),
         };
         Ok(NetnsView {
             link,
             addrs,
             routes: ns.routes().await?,
+            addrs6,
+            routes6: ns.routes6().await?,
         })
     }
     fn netns_id(&self, path: &Path) -> Option<NetnsId> {
@@ -330,455 +369,4 @@ impl Host for Netlink {
     fn ephemeral_ports(&self) -> RangeInclusive<u16> {
         sockets::ephemeral_ports()
     }
-}
-
-/// A host in memory: links, addresses and routes of the host namespace,
-/// and namespaces (by path) with the names of their interfaces. Driver
-/// set-up makes the links a real driver would; nothing else happens.
-#[derive(Debug, Default)]
-pub struct FakeHost {
-    inner: Mutex<FakeInner>,
-}
-
-/// What a [`FakeHost`] holds; tests read and edit it through
-/// [`FakeHost::get`].
-#[derive(Debug, Default)]
-pub struct FakeInner {
-    pub links: BTreeMap<u32, Link>,
-    pub addrs: Vec<(u32, Ipv4Addr, u8)>,
-    pub addrs6: Vec<(u32, Ipv6Addr, u8)>,
-    pub routes: Vec<Ipv4Route>,
-    /// Namespaces by path.
-    pub netns: BTreeMap<PathBuf, FakeNs>,
-    pub forwarding: bool,
-    /// Set, endpoint set-up fails with this message (as a vanished link).
-    pub fail_setup: Option<String>,
-    /// Host sockets holding ports, with the process each names.
-    pub held: Vec<(HeldPort, String)>,
-    /// The ephemeral range; None: [`sockets::FALLBACK_EPHEMERAL_PORTS`].
-    pub ephemeral: Option<RangeInclusive<u16>>,
-    next_index: u32,
-    next_ino: u64,
-}
-
-/// A namespace of a [`FakeHost`].
-#[derive(Clone, Debug, Default)]
-pub struct FakeNs {
-    pub ino: u64,
-    pub links: Vec<Link>,
-    pub addrs: Vec<(u32, Ipv4Addr, u8)>,
-    pub routes: Vec<Ipv4Route>,
-}
-
-impl FakeNs {
-    pub fn names(&self) -> Vec<String> {
-        self.links.iter().map(|l| l.name.clone()).collect()
-    }
-}
-
-impl FakeInner {
-    pub fn by_name(&self, name: &str) -> Option<&Link> {
-        self.links.values().find(|l| l.name == name)
-    }
-
-    /// Adds a link to the host namespace; returns its index.
-    pub fn add_link(&mut self, name: &str, kind: Option<&str>, master: Option<u32>) -> u32 {
-        self.next_index += 1;
-        let index = self.next_index;
-        let mut mac = [0x02, 0, 0, 0, 0, 0];
-        mac[2..].copy_from_slice(&index.to_be_bytes());
-        self.links.insert(
-            index,
-            Link {
-                index,
-                name: name.to_owned(),
-                kind: kind.map(str::to_owned),
-                mac: Some(mac),
-                mtu: 1500,
-                up: true,
-                master,
-            },
-        );
-        index
-    }
-}
-
-impl FakeHost {
-    /// A host with `lo` and an uplink `eth0` (10.0.0.2/24, the default
-    /// route's interface), as a fresh machine has.
-    pub fn new() -> FakeHost {
-        let host = FakeHost::default();
-        {
-            let mut h = host.get();
-            h.add_link("lo", None, None);
-            let eth0 = h.add_link("eth0", None, None);
-            h.addrs.push((eth0, Ipv4Addr::new(10, 0, 0, 2), 24));
-            h.routes.push(Ipv4Route {
-                dst: Ipv4Addr::UNSPECIFIED,
-                prefix_len: 0,
-                gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),
-                oif: Some(eth0),
-            });
-            h.routes.push(Ipv4Route {
-                dst: Ipv4Addr::new(10, 0, 0, 0),
-                prefix_len: 24,
-                gateway: None,
-                oif: Some(eth0),
-            });
-        }
-        host
-    }
-
-    /// A host process listening on (or, for UDP, bound to) `ip:port`.
-    pub fn hold_port(
-        &self,
-        proto: super::ports::Proto,
-        ip: Option<Ipv4Addr>,
-        port: u16,
-        who: &str,
-    ) {
-        let mut h = self.get();
-        let inode = 1000 + h.held.len() as u64;
-        h.held.push((
-            HeldPort {
-                tcp: proto == super::ports::Proto::Tcp,
-                ip,
-                port,
-                inode,
-            },
-            who.to_owned(),
-        ));
-    }
-
-    pub fn get(&self) -> MutexGuard<'_, FakeInner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A namespace at /var/run/netns/`name` with `lo`; returns its path.
-    pub fn add_netns(&self, name: &str) -> PathBuf {
-        let path = PathBuf::from("/var/run/netns").join(name);
-        let mut h = self.get();
-        h.next_ino += 1;
-        let ino = 4_026_531_000 + h.next_ino;
-        let lo = Link {
-            index: 1,
-            name: "lo".to_owned(),
-            kind: None,
-            mac: None,
-            mtu: 65536,
-            up: true,
-            master: None,
-        };
-        h.netns.insert(
-            path.clone(),
-            FakeNs {
-                ino,
-                links: vec![lo],
-                ..FakeNs::default()
-            },
-        );
-        path
-    }
-
-    /// A second path to the namespace at `of` (as /proc/PID/ns/net is).
-    pub fn alias_netns(&self, of: &Path, alias: &Path) {
-        let mut h = self.get();
-        if let Some(ns) = h.netns.get(of).cloned() {
-            h.netns.insert(alias.to_owned(), ns);
-        }
-    }
-
-    fn interfaces(&self, netns: &Path) -> Vec<String> {
-        self.get()
-            .netns
-            .get(netns)
-            .map(FakeNs::names)
-            .unwrap_or_default()
-    }
-
-    fn teardown(&self, netns: &Path, ifname: Option<&str>, attachment: &Attachment) {
-        let mut h = self.get();
-        if let (Some(ifname), Some(ns)) = (ifname, h.netns.get_mut(netns)) {
-            if matches!(attachment, Attachment::Veth { .. } | Attachment::Macvlan) {
-                remove_inside(ns, ifname);
-            }
-        }
-        if let Attachment::Veth { host_ifname } = attachment {
-            h.links.retain(|_, l| l.name != *host_ifname);
-        }
-    }
-
-    fn bridge(
-        &self,
-        name: &str,
-        gateway: Option<Ipv4Addr>,
-        subnet: Ipv4Net,
-        adopt: bool,
-    ) -> Result<Vec<String>, BridgeError> {
-        let mut h = self.get();
-        let mut changed = Vec::new();
-        let index = match h.by_name(name) {
-            Some(l) if !adopt || l.kind.as_deref() != Some("bridge") => {
-                return Err(BridgeError::InUse {
-                    bridge: name.to_owned(),
-                    kind: l.kind.clone().unwrap_or_else(|| "unknown".to_owned()),
-                })
-            }
-            Some(l) => l.index,
-            None => {
-                changed.push(format!("created bridge {name}"));
-                h.add_link(name, Some("bridge"), None)
-            }
-        };
-        let prefix = subnet.prefix_len();
-        if let Some(gateway) = gateway.filter(|g| !h.addrs.contains(&(index, *g, prefix))) {
-            h.addrs.push((index, gateway, prefix));
-            changed.push(format!("added {gateway}/{prefix} to {name}"));
-        }
-        {
-            let r = Ipv4Route {
-                dst: subnet.network(),
-                prefix_len: prefix,
-                gateway: None,
-                oif: Some(index),
-            };
-            if !h.routes.contains(&r) {
-                h.routes.push(r);
-            }
-        }
-        Ok(changed)
-    }
-}
-
-impl Host for FakeHost {
-    async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
-        Ok(self.get().links.values().cloned().collect())
-    }
-    async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
-        Ok(self.get().by_name(name).cloned())
-    }
-    async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NetlinkError> {
-        Ok(self.get().links.get(&index).cloned())
-    }
-    async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
-        let mut h = self.get();
-        h.links.remove(&index);
-        h.addrs.retain(|(i, _, _)| *i != index);
-        Ok(())
-    }
-    async fn set_master(&self, index: u32, master: u32) -> Result<(), NetlinkError> {
-        if let Some(l) = self.get().links.get_mut(&index) {
-            l.master = Some(master);
-        }
-        Ok(())
-    }
-    async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
-        if let Some(l) = self.get().links.get_mut(&index) {
-            l.up = true;
-        }
-        Ok(())
-    }
-    async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
-        if let Some(l) = self.get().links.get_mut(&index) {
-            l.mac = Some(mac);
-        }
-        Ok(())
-    }
-    async fn create_veth(
-        &self,
-        name: &str,
-        peer: &str,
-        _mtu: Option<u32>,
-    ) -> Result<(Link, Link), NetlinkError> {
-        let mut h = self.get();
-        let a = h.add_link(name, Some("veth"), None);
-        let b = h.add_link(peer, Some("veth"), None);
-        Ok((h.links[&a].clone(), h.links[&b].clone()))
-    }
-    async fn addrs(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Addr, u8)>, NetlinkError> {
-        let h = self.get();
-        Ok(h.addrs
-            .iter()
-            .filter(|(i, _, _)| index.is_none_or(|x| x == *i))
-            .copied()
-            .collect())
-    }
-    async fn addrs6(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv6Addr, u8)>, NetlinkError> {
-        let h = self.get();
-        Ok(h.addrs6
-            .iter()
-            .filter(|(i, _, _)| index.is_none_or(|x| x == *i))
-            .copied()
-            .collect())
-    }
-    async fn routes(&self) -> Result<Vec<Ipv4Route>, NetlinkError> {
-        Ok(self.get().routes.clone())
-    }
-    async fn ensure_bridge(
-        &self,
-        name: &str,
-        gateway: Option<Ipv4Addr>,
-        subnet: Ipv4Net,
-        _mtu: u32,
-        adopt: bool,
-    ) -> Result<Vec<String>, BridgeError> {
-        self.bridge(name, gateway, subnet, adopt)
-    }
-    async fn attach_veth(
-        &self,
-        plan: &EndpointPlan<'_>,
-        host_ifname: &str,
-        bridge: u32,
-    ) -> Result<(), DriverError> {
-        let mut h = self.get();
-        fail_setup(&h, plan)?;
-        h.add_link(host_ifname, Some("veth"), Some(bridge));
-        if let Some(ns) = h.netns.get_mut(plan.netns) {
-            add_inside(ns, plan);
-        }
-        Ok(())
-    }
-    async fn attach_macvlan(
-        &self,
-        plan: &EndpointPlan<'_>,
-        _parent: u32,
-        _cfg: &MacvlanConfig,
-    ) -> Result<(), DriverError> {
-        let mut h = self.get();
-        fail_setup(&h, plan)?;
-        if let Some(ns) = h.netns.get_mut(plan.netns) {
-            add_inside(ns, plan);
-        }
-        Ok(())
-    }
-    async fn loopback_up(&self, _netns: &Path) -> Result<(), DriverError> {
-        match &self.get().fail_setup {
-            Some(why) => Err(DriverError::Vanished {
-                ifname: "lo".to_owned(),
-                netns: why.clone(),
-            }),
-            None => Ok(()),
-        }
-    }
-    async fn teardown_endpoint(
-        &self,
-        netns: &Path,
-        ifname: Option<&str>,
-        attachment: &Attachment,
-    ) -> Vec<String> {
-        self.teardown(netns, ifname, attachment);
-        Vec::new()
-    }
-    async fn netns_links(&self, netns: &Path) -> Result<Vec<String>, NetlinkError> {
-        Ok(self.interfaces(netns))
-    }
-    async fn netns_view(
-        &self,
-        netns: &Path,
-        ifname: &str,
-        with_addrs: bool,
-    ) -> Result<NetnsView, NetlinkError> {
-        let h = self.get();
-        let Some(ns) = h.netns.get(netns) else {
-            return Ok(NetnsView::default());
-        };
-        let link = ns.links.iter().find(|l| l.name == ifname).cloned();
-        let addrs = match &link {
-            Some(l) if with_addrs => ns
-                .addrs
-                .iter()
-                .filter(|(i, _, _)| *i == l.index)
-                .copied()
-                .collect(),
-            _ => Vec::new(),
-        };
-        Ok(NetnsView {
-            link,
-            addrs,
-            routes: ns.routes.clone(),
-        })
-    }
-    fn netns_id(&self, path: &Path) -> Option<NetnsId> {
-        self.get().netns.get(path).map(|ns| (4, ns.ino))
-    }
-    fn enable_forwarding(&self) -> std::io::Result<()> {
-        self.get().forwarding = true;
-        Ok(())
-    }
-    fn port_holder(
-        &self,
-        tcp: bool,
-        ip: Option<Ipv4Addr>,
-        port: u16,
-    ) -> std::io::Result<Option<HeldPort>> {
-        Ok(self
-            .get()
-            .held
-            .iter()
-            .map(|(h, _)| h)
-            .find(|h| h.tcp == tcp && h.port == port && held_on(h, ip))
-            .cloned())
-    }
-    fn socket_owner(&self, inode: u64) -> Option<String> {
-        let h = self.get();
-        h.held
-            .iter()
-            .find(|(s, _)| s.inode == inode)
-            .map(|(_, who)| who.clone())
-    }
-    fn ephemeral_ports(&self) -> RangeInclusive<u16> {
-        self.get()
-            .ephemeral
-            .clone()
-            .unwrap_or(sockets::FALLBACK_EPHEMERAL_PORTS)
-    }
-}
-
-/// Set, [`FakeInner::fail_setup`] fails an endpoint's set-up (as a
-/// vanished link).
-fn fail_setup(h: &FakeInner, plan: &EndpointPlan<'_>) -> Result<(), DriverError> {
-    match &h.fail_setup {
-        Some(why) => Err(DriverError::Vanished {
-            ifname: plan.ifname.to_owned(),
-            netns: why.clone(),
-        }),
-        None => Ok(()),
-    }
-}
-
-/// What a driver's set-up makes inside the namespace: the interface with
-/// its MAC and address, and the default route unless there is one or the
-/// network is internal.
-fn add_inside(ns: &mut FakeNs, plan: &EndpointPlan<'_>) {
-    let index = ns.links.iter().map(|l| l.index).max().unwrap_or(1) + 1;
-    ns.links.push(Link {
-        index,
-        name: plan.ifname.to_owned(),
-        kind: Some("veth".to_owned()),
-        mac: Some(plan.mac),
-        mtu: plan.network.mtu,
-        up: true,
-        master: None,
-    });
-    let prefix = plan.network.subnet.map(|s| s.prefix_len()).unwrap_or(32);
-    ns.addrs.push((index, plan.ipv4, prefix));
-    if let Some(gw) = plan.network.gateway {
-        if !plan.network.internal && !ns.routes.iter().any(|r| r.prefix_len == 0) {
-            ns.routes.push(Ipv4Route {
-                dst: Ipv4Addr::UNSPECIFIED,
-                prefix_len: 0,
-                gateway: Some(gw),
-                oif: Some(index),
-            });
-        }
-    }
-}
-
-fn remove_inside(ns: &mut FakeNs, ifname: &str) {
-    let Some(index) = ns.links.iter().find(|l| l.name == ifname).map(|l| l.index) else {
-        return;
-    };
-    ns.links.retain(|l| l.index != index);
-    ns.addrs.retain(|(i, _, _)| *i != index);
-    ns.routes.retain(|r| r.oif != Some(index));
 }

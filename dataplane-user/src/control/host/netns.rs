@@ -4,7 +4,10 @@
 //! [`Host`](crate::control::host::Host); set-up that fails half-way removes
 //! what it created.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 use super::{DriverError, EndpointPlan};
 use crate::{
@@ -109,7 +112,7 @@ async fn lo_up(ns: &Netlink) -> Result<(), DriverError> {
 
 /// Inside the namespace: the final name, MAC and MTU (unless the link was
 /// made with them: `tmp_name` is already the final name), address, up,
-/// loopback up, and a default route via the gateway unless the namespace
+/// loopback up, and a default route via the gateway (per family) unless the namespace
 /// has one already (a second network does not take the default route from
 /// the first, as in Docker) or the network is internal (no way out).
 async fn configure_inside(plan: &EndpointPlan<'_>, tmp_name: &str) -> Result<(), DriverError> {
@@ -126,18 +129,74 @@ async fn configure_inside(plan: &EndpointPlan<'_>, tmp_name: &str) -> Result<(),
         ns.set_mac(link.index, plan.mac).await?;
         ns.set_mtu(link.index, plan.network.mtu).await?;
     }
-    let prefix = plan.network.subnet.map(|s| s.prefix_len()).unwrap_or(32);
-    ns.add_addr(link.index, plan.ipv4, prefix).await?;
+    let net = plan.network;
+    if let Some(ip) = plan.ipv4 {
+        let prefix = net.subnet.map(|s| s.prefix_len()).unwrap_or(32);
+        ns.add_addr(link.index, ip, prefix).await?;
+    }
+    if let Some(ip) = plan.ipv6 {
+        ipv6_on_inside(plan.netns, plan.ifname).await?;
+        // IFA_F_NODAD: usable at once, never tentative (see add_addr6).
+        let prefix = net.subnet6.map(|s| s.prefix_len()).unwrap_or(128);
+        ns.add_addr6(link.index, ip, prefix).await?;
+    }
     ns.set_up(link.index).await?;
     lo_up(&ns).await?;
-    if let Some(gw) = plan.network.gateway {
+    if net.internal {
+        return Ok(());
+    }
+    if let (Some(gw), Some(_)) = (net.gateway, plan.ipv4) {
         let has_default = ns.routes().await?.iter().any(|r| r.prefix_len == 0);
-        if !plan.network.internal && !has_default {
+        if !has_default {
             ns.add_route(Ipv4Addr::UNSPECIFIED, 0, Some(gw), Some(link.index))
                 .await?;
         }
     }
+    if let (Some(gw), Some(_)) = (net.gateway6, plan.ipv6) {
+        let has_default = ns.routes6().await?.iter().any(|r| r.prefix_len == 0);
+        if !has_default {
+            ns.add_route6(Ipv6Addr::UNSPECIFIED, 0, Some(gw), Some(link.index))
+                .await?;
+        }
+    }
     Ok(())
+}
+
+/// IPv6 on for `ifname` inside the namespace at `netns`, with duplicate
+/// address detection off: a namespace may make new links with
+/// `disable_ipv6` (Docker turns it on in containers of IPv4-only
+/// networks), and DAD would hold the link-local address tentative. The
+/// sysctls are the namespace's, so they are written from a thread of its
+/// own that entered it (never a runtime thread).
+async fn ipv6_on_inside(netns: &Path, ifname: &str) -> Result<(), DriverError> {
+    let (netns, ifname) = (netns.to_owned(), ifname.to_owned());
+    let shown = netns.display().to_string();
+    let join = tokio::task::spawn_blocking(move || {
+        std::thread::spawn(move || -> Result<(), (String, std::io::Error)> {
+            crate::sys::netns::enter(&netns).map_err(|e| ("setns".to_owned(), e))?;
+            for (key, value) in [("disable_ipv6", "0"), ("accept_dad", "0")] {
+                let path = format!("/proc/sys/net/ipv6/conf/{ifname}/{key}");
+                std::fs::write(&path, value)
+                    .map_err(|e| (format!("net.ipv6.conf.{ifname}.{key}={value}"), e))?;
+            }
+            Ok(())
+        })
+        .join()
+    })
+    .await;
+    let fail = |what: String, source| DriverError::NetnsSysctl {
+        netns: shown.clone(),
+        what,
+        source,
+    };
+    match join {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err((what, e)))) => Err(fail(what, e)),
+        Ok(Err(_)) | Err(_) => Err(fail(
+            "IPv6 sysctls".to_owned(),
+            std::io::Error::other("the thread setting them panicked"),
+        )),
+    }
 }
 
 /// Removes an endpoint's links. Best effort: every failure is returned, and

@@ -23,7 +23,7 @@ use crate::{
         ipam,
         model::{Attachment, CreateArgs, CreateError, Endpoint, Network},
         names::MacAddr,
-        ports,
+        ports::{self, PortMapping},
         state::CniAttachment,
     },
     datapath::Datapath,
@@ -177,6 +177,20 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                             net.gateway.map(|g| g.to_string()).unwrap_or_default(),
                         );
                     }
+                    let subnet6 = spec
+                        .subnet6
+                        .as_deref()
+                        .map(ipam::v6::parse_subnet6)
+                        .transpose()?;
+                    if subnet6.is_some() && subnet6 != net.subnet6 {
+                        return mismatch(
+                            "ipam.ranges",
+                            spec.subnet6.clone().unwrap_or_default(),
+                            net.subnet6
+                                .map(|s| s.to_string())
+                                .unwrap_or_else(|| "no IPv6".to_owned()),
+                        );
+                    }
                     let driver = driver::for_network(&net);
                     let bridge = driver.bridge();
                     if spec.bridge.is_some() && spec.bridge.as_deref() != bridge {
@@ -206,9 +220,16 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 let args = CreateArgs {
                     name: name.to_owned(),
                     driver: "bridge".into(),
-                    subnet: spec.subnet.clone(),
-                    gateway: spec.gateway.clone(),
-                    ip_range: spec.ip_range.clone(),
+                    subnet: spec.subnet.iter().chain(&spec.subnet6).cloned().collect(),
+                    gateway: spec.gateway.iter().chain(&spec.gateway6).cloned().collect(),
+                    ip_range: spec
+                        .ip_range
+                        .iter()
+                        .chain(&spec.ip_range6)
+                        .cloned()
+                        .collect(),
+                    ipv6: spec.ipv6,
+                    ipv4: Some(spec.subnet.is_some() || !spec.ipv6),
                     internal: false,
                     mtu: spec.mtu.map(|m| m.to_string()),
                     options,
@@ -274,6 +295,11 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 .as_deref()
                 .map(|ip| ipam::parse_addr("ip", ip))
                 .transpose()?,
+            ip6: args
+                .ip6
+                .as_deref()
+                .map(|ip| ipam::v6::parse_addr6("ip6", ip))
+                .transpose()?,
             mac: args
                 .mac
                 .as_deref()
@@ -337,6 +363,9 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             ),
             _ => (None, None),
         };
+        let default_route6 = view.routes6.iter().any(|r| {
+            r.prefix_len == 0 && r.gateway.is_some() && r.gateway == net.gateway6 && r.oif == index
+        });
         Ok(AddResult {
             endpoint: ep.name.clone(),
             network: ep.network.clone(),
@@ -346,6 +375,11 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             prefix_len: net.subnet.map(|s| s.prefix_len()).unwrap_or(32),
             gateway,
             default_route,
+            ipv6: ep
+                .ipv6
+                .map(|ip| (ip, net.subnet6.map(|s| s.prefix_len()).unwrap_or(128))),
+            gateway6: net.gateway6.filter(|_| ep.ipv6.is_some()),
+            default_route6,
             host_ifname,
             host_mac,
             netns: args.netns.clone(),
@@ -528,11 +562,16 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         let (Some(ip), false) = (ep.ipv4, ep.published.is_empty()) else {
             return problems;
         };
-        let keys: Vec<PortKey> = ep
+        // IPv4 mappings only: the IPv6 maps are the datapath's to check.
+        let v4: Vec<&PortMapping> = ep
             .published
             .iter()
+            .filter(|p| p.host_ipv4().is_some())
+            .collect();
+        let keys: Vec<PortKey> = v4
+            .iter()
             .map(|p| PortKey {
-                addr: p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
+                addr: p.host_ipv4().unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
                 port: p.host_port.to_be_bytes(),
                 proto: p.proto.number(),
                 _pad: 0,
@@ -545,7 +584,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 return problems;
             }
         };
-        for (p, target) in ep.published.iter().zip(targets) {
+        for (p, target) in v4.into_iter().zip(targets) {
             match target {
                 Some(t) if t.addr == ip.octets() && t.port == p.container_port.to_be_bytes() => {}
                 Some(t) => problems.push(format!(

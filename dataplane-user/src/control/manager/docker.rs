@@ -11,7 +11,7 @@
 //! per-endpoint program attached, and the other end handed to Docker.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -27,7 +27,7 @@ use crate::{
         ipam,
         model::{Attachment, CreateRequest, Endpoint, Network},
         names::MacAddr,
-        ports::{PortMapping, PortRequest, Proto},
+        ports::{self, PortMapping, PortRequest, Proto},
     },
     datapath::Datapath,
 };
@@ -60,8 +60,8 @@ pub enum DockerOpError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DockerPortBinding {
     pub proto: Proto,
-    /// None: every host address.
-    pub host_ip: Option<Ipv4Addr>,
+    /// None: every host address (of both families).
+    pub host_ip: Option<IpAddr>,
     /// 0: any free port (`-p 80`).
     pub host_port: u16,
     /// Equal to `host_port` unless Docker was given a range to pick from.
@@ -74,7 +74,9 @@ impl DockerPortBinding {
     pub fn request(&self) -> PortRequest {
         PortRequest {
             // 0.0.0.0 is every address, as `--publish` has it.
-            host_ip: self.host_ip.filter(|ip| !ip.is_unspecified()),
+            host_ip: self
+                .host_ip
+                .filter(|ip| *ip != IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             host_ports: (self.host_port != 0)
                 .then_some((self.host_port, self.host_port_end.max(self.host_port))),
             container_port: self.container_port,
@@ -88,7 +90,7 @@ impl std::fmt::Display for DockerPortBinding {
         write!(
             f,
             "{}:{}-{}:{}/{}",
-            self.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            self.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             self.host_port,
             self.host_port_end,
             self.container_port,
@@ -105,6 +107,8 @@ pub struct DockerJoin {
     pub src_name: String,
     /// None for internal networks (no way out, no default route).
     pub gateway: Option<Ipv4Addr>,
+    /// The same for IPv6, on a network with IPv6.
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 /// Our name of a Docker network.
@@ -183,15 +187,22 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         &mut self,
         network_id: &str,
         endpoint_id: &str,
-        ipv4: Ipv4Addr,
+        (ipv4, ipv6): (Option<Ipv4Addr>, Option<Ipv6Addr>),
         mac: Option<[u8; 6]>,
     ) -> Result<Endpoint, NetworkError> {
         let net = self.docker_network(network_id)?.clone();
         if self.state.endpoints.contains_key(endpoint_id) {
             return Err(DockerOpError::DuplicateEndpoint(endpoint_id.to_owned()).into());
         }
-        let (subnet, used) = self.addresses_in_use(&net)?;
-        ipam::check_requested(&subnet, ipv4, &used)?;
+        if let Some(ipv4) = ipv4 {
+            let (subnet, used) = self.addresses_in_use(&net)?;
+            ipam::check_requested(&subnet, ipv4, &used)?;
+        }
+        // Checked as `--ip6` is (in the subnet, not the gateway, free).
+        let ipv6 = match ipv6 {
+            Some(ip) => self.address6_for(&net, Some(ip))?,
+            None => None,
+        };
         let (host_ifname, peer) = docker_veth_names(endpoint_id);
         for name in [&host_ifname, &peer] {
             if self.host.link_by_name(name).await?.is_some() {
@@ -202,7 +213,12 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 .into());
             }
         }
-        let mac = mac.unwrap_or_else(|| ipam::mac_for(ipv4));
+        let mac = match (mac, ipv4, ipv6) {
+            (Some(m), _, _) => m,
+            (None, Some(ip), _) => ipam::mac_for(ip),
+            (None, None, Some(ip)) => ipam::v6::mac_for6(ip),
+            (None, None, None) => ipam::mac_for(Ipv4Addr::UNSPECIFIED),
+        };
         let ep = Endpoint {
             id: endpoint_id.to_owned(),
             name: endpoint_id[..12.min(endpoint_id.len())].to_owned(),
@@ -211,7 +227,8 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             attachment: Attachment::Veth { host_ifname },
             ifname: None,
             mac: Some(MacAddr(mac)),
-            ipv4: Some(ipv4),
+            ipv4,
+            ipv6,
             published: Vec::new(),
         };
         self.record(ep).await
@@ -280,6 +297,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         Ok(DockerJoin {
             src_name: peer,
             gateway: net.gateway.filter(|_| !net.internal),
+            gateway6: net.gateway6.filter(|_| !net.internal && ep.ipv6.is_some()),
         })
     }
 
@@ -325,6 +343,8 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         let ep = self.docker_endpoint(network_id, endpoint_id)?.clone();
         // This endpoint's mappings are being replaced: no conflict.
         let wanted: Vec<PortRequest> = bindings.iter().map(DockerPortBinding::request).collect();
+        let net = self.docker_network(network_id)?;
+        ports::check_families(&net.name, net.enable_ipv6, &wanted)?;
         let chosen = match self.choose_ports(&wanted, &ep.published)? {
             Ok(chosen) => chosen,
             Err(Refused { index, holder }) => {

@@ -2,7 +2,7 @@
 //! sharing another endpoint's) and `disconnect`.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -11,9 +11,10 @@ use crate::{
     control::{
         driver::{self, EndpointPlan, NetworkDriver as _},
         host::Host,
-        ipam,
+        ipam::{self, v6},
         model::{Attachment, Endpoint, Network},
         names::{IfName, MacAddr},
+        ports,
     },
     datapath::Datapath,
 };
@@ -27,6 +28,7 @@ fn refuse_link_options(
 ) -> Result<(), NetworkError> {
     for (option, given) in [
         ("--ip", req.ip.is_some()),
+        ("--ip6", req.ip6.is_some()),
         ("--mac", req.mac.is_some()),
         ("--ifname", req.ifname.is_some()),
     ] {
@@ -68,7 +70,14 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             return self.connect_no_link(&net, &req, id, name, netns).await;
         }
         let ipv4 = self.address_for(&net, req.ip)?;
-        let mac = req.mac.map_or_else(|| ipam::mac_for(ipv4), |m| m.octets());
+        let ipv6 = self.address6_for(&net, req.ip6)?;
+        let mac = match (req.mac, ipv4, ipv6) {
+            (Some(m), _, _) => m.octets(),
+            (None, Some(ip), _) => ipam::mac_for(ip),
+            (None, None, Some(ip)) => v6::mac_for6(ip),
+            (None, None, None) => return Err(NetworkError::UnknownNetwork(net.name.clone())),
+        };
+        ports::check_families(&net.name, net.enable_ipv6, &req.publish)?;
         let published = self.new_mappings(&req.publish, &[])?;
         let ifname = self.ifname_in(&netns, &netns_arg, req.ifname).await?;
         let suffix = random_hex(4)?[..7].to_owned();
@@ -77,6 +86,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             netns: &netns,
             ifname: &ifname,
             ipv4,
+            ipv6,
             mac,
             suffix: &suffix,
         };
@@ -100,7 +110,8 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             attachment,
             ifname: Some(ifname),
             mac: Some(MacAddr(mac)),
-            ipv4: Some(ipv4),
+            ipv4,
+            ipv6,
             published,
         };
         match self.record(ep.clone()).await {
@@ -173,7 +184,8 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             network: net,
             netns: &netns,
             ifname: "lo",
-            ipv4: Ipv4Addr::UNSPECIFIED,
+            ipv4: None,
+            ipv6: None,
             mac: [0; 6],
             suffix: "",
         };
@@ -189,6 +201,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             ifname: None,
             mac: None,
             ipv4: None,
+            ipv6: None,
             published: Vec::new(),
         };
         self.record(ep).await
@@ -218,10 +231,25 @@ impl<D: Datapath, H: Host> Manager<D, H> {
 
     /// The address asked for, checked against the subnet and the addresses
     /// in use (the gateway and every endpoint of the network), or the next
-    /// free one.
-    fn address_for(&self, net: &Network, ip: Option<Ipv4Addr>) -> Result<Ipv4Addr, NetworkError> {
+    /// free one; None on an IPv6-only network (where `--ip` is refused).
+    fn address_for(
+        &self,
+        net: &Network,
+        ip: Option<Ipv4Addr>,
+    ) -> Result<Option<Ipv4Addr>, NetworkError> {
+        if net.subnet.is_none() && !net.enable_ipv4 {
+            return match ip {
+                Some(ip) => Err(NetworkError::NoFamily {
+                    network: net.name.clone(),
+                    option: "--ip",
+                    value: ip.to_string(),
+                    family: "IPv4",
+                }),
+                None => Ok(None),
+            };
+        }
         let (subnet, used) = self.addresses_in_use(net)?;
-        Ok(match ip {
+        Ok(Some(match ip {
             Some(ip) => {
                 ipam::check_requested(&subnet, ip, &used)?;
                 ip
@@ -232,7 +260,58 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 &net.alloc_range().unwrap_or(subnet),
                 &used,
             )?,
-        })
+        }))
+    }
+
+    /// The network's IPv6 subnet and the IPv6 addresses taken in it, each
+    /// with who holds it; None without IPv6.
+    pub(super) fn addresses6_in_use(
+        &self,
+        net: &Network,
+    ) -> Option<(ipnet::Ipv6Net, Vec<(Ipv6Addr, String)>)> {
+        let subnet = net.subnet6.filter(|_| net.enable_ipv6)?;
+        let mut used: Vec<(Ipv6Addr, String)> = net
+            .gateway6
+            .map(|g| (g, "the gateway".to_owned()))
+            .into_iter()
+            .collect();
+        used.extend(
+            self.state
+                .endpoints_of(&net.name)
+                .filter_map(|e| e.ipv6.map(|ip| (ip, format!("endpoint {}", e.name)))),
+        );
+        Some((subnet, used))
+    }
+
+    /// `--ip6` checked (in the subnet and range, not the gateway, not
+    /// taken), or the next free IPv6 address; None without IPv6.
+    pub(super) fn address6_for(
+        &self,
+        net: &Network,
+        ip: Option<Ipv6Addr>,
+    ) -> Result<Option<Ipv6Addr>, NetworkError> {
+        let Some((subnet, used)) = self.addresses6_in_use(net) else {
+            return match ip {
+                Some(ip) => Err(NetworkError::NoFamily {
+                    network: net.name.clone(),
+                    option: "--ip6",
+                    value: ip.to_string(),
+                    family: "IPv6",
+                }),
+                None => Ok(None),
+            };
+        };
+        let range = net.alloc_range6().unwrap_or(subnet);
+        Ok(Some(match ip {
+            Some(ip) => {
+                v6::check_requested6(&subnet, ip, &used)?;
+                if !range.contains(&ip) && net.ip_range6.is_some() {
+                    return Err(ipam::IpamError::IpOutside6 { ip, subnet: range }.into());
+                }
+                ip
+            }
+            None => v6::allocate6(&net.name, &subnet, &range, &used)?,
+        }))
     }
 
     /// The interface name asked for, if free in the namespace, or the
@@ -313,6 +392,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             ifname: owner.ifname.clone(),
             mac: owner.mac,
             ipv4: owner.ipv4,
+            ipv6: owner.ipv6,
             published: Vec::new(),
         };
         self.record(ep).await

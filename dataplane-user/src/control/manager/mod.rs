@@ -157,6 +157,13 @@ pub enum NetworkError {
         option: &'static str,
         driver: &'static str,
     },
+    #[error("{option} {value}: network {network} has no {family}")]
+    NoFamily {
+        network: String,
+        option: &'static str,
+        value: String,
+        family: &'static str,
+    },
     #[error("network {network}: NETNS is required")]
     NetnsRequired { network: String },
     #[error("waiting for the state lock")]

@@ -4,14 +4,14 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{now_rfc3339, random_hex, Manager, NetworkError};
 use crate::{
     control::{
         driver::{self, BridgeError, NetworkDriver as _},
         host::Host,
-        ipam::{self, IpamError},
+        ipam::{self, v6, IpamError},
         model::{
             BridgeConfig, CreateRequest, DriverConfig, Endpoint, GatewayMode, Network,
             DEFAULT_BRIDGE, DEFAULT_MTU,
@@ -41,6 +41,11 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             subnet: Some(subnet),
             gateway: Some(gateway),
             ip_range: None,
+            subnet6: None,
+            gateway6: None,
+            ip_range6: None,
+            enable_ipv6: false,
+            enable_ipv4: true,
             internal: false,
             mtu: DEFAULT_MTU,
             labels: BTreeMap::new(),
@@ -63,6 +68,11 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                     subnet: None,
                     gateway: None,
                     ip_range: None,
+                    subnet6: None,
+                    gateway6: None,
+                    ip_range6: None,
+                    enable_ipv6: false,
+                    enable_ipv4: true,
                     internal: false,
                     mtu: DEFAULT_MTU,
                     labels: BTreeMap::new(),
@@ -171,6 +181,39 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         }
     }
 
+    /// The IPv6 subnet asked for, checked against the other networks', or
+    /// the next free /64 of the host's unique local prefix; with the
+    /// host's global ID when it was made for this network (to be stored
+    /// with it).
+    fn subnet6_for(&self, asked: Option<Ipv6Net>) -> Result<(Ipv6Net, Option<u64>), NetworkError> {
+        let used: Vec<(String, Ipv6Net)> = self
+            .state
+            .networks
+            .values()
+            .filter_map(|n| n.subnet6.map(|s| (n.name.clone(), s)))
+            .collect();
+        if let Some(s) = asked {
+            if let Some((other, os)) = used.iter().find(|(_, u)| v6::overlaps6(&s, u)) {
+                return Err(IpamError::Overlap6 {
+                    subnet: s,
+                    other: other.clone(),
+                    other_subnet: *os,
+                }
+                .into());
+            }
+            return Ok((s, None));
+        }
+        let (id, new) = match self.state.ula_global_id {
+            Some(id) => (id, None),
+            None => {
+                let id = v6::new_global_id().map_err(NetworkError::Random)?;
+                (id, Some(id))
+            }
+        };
+        let taken: Vec<Ipv6Net> = used.into_iter().map(|(_, s)| s).collect();
+        Ok((v6::next_free_ula(id, &taken)?, new))
+    }
+
     /// `network create` with the id chosen by the caller (Docker's
     /// NetworkID for networks Docker creates through the remote driver).
     pub async fn create_with_id(
@@ -181,16 +224,32 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         if self.state.networks.contains_key(&req.name) {
             return Err(NetworkError::DuplicateName(req.name));
         }
-        let subnet = self.subnet_for(req.subnet).await?;
-        let gateway = req.gateway.unwrap_or_else(|| ipam::first_host(&subnet));
+        let subnet = match req.enable_ipv4 {
+            true => Some(self.subnet_for(req.subnet).await?),
+            false => None,
+        };
+        let gateway = subnet.map(|s| req.gateway.unwrap_or_else(|| ipam::first_host(&s)));
+        let (subnet6, new_ula_id) = match req.enable_ipv6 {
+            true => {
+                let (s, id) = self.subnet6_for(req.subnet6)?;
+                (Some(s), id)
+            }
+            false => (None, None),
+        };
+        let gateway6 = subnet6.map(|s| req.gateway6.unwrap_or_else(|| v6::first_host6(&s)));
         let net = Network {
             driver: req.driver_config(&id)?,
             id,
             name: req.name.clone(),
             created: now_rfc3339(),
-            subnet: Some(subnet),
-            gateway: Some(gateway),
+            subnet,
+            gateway,
             ip_range: req.ip_range,
+            subnet6,
+            gateway6,
+            ip_range6: req.ip_range6,
+            enable_ipv6: req.enable_ipv6,
+            enable_ipv4: req.enable_ipv4,
             internal: req.internal,
             mtu: req.mtu,
             labels: req.labels.clone(),
@@ -217,13 +276,57 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 .map_err(NetworkError::Forwarding)?;
         }
         let changed = self
-            .change(|state| state.networks.insert(net.name.clone(), net.clone()))
+            .change(|state| {
+                if new_ula_id.is_some() {
+                    state.ula_global_id = new_ula_id;
+                }
+                state.networks.insert(net.name.clone(), net.clone())
+            })
             .await;
         if let Err(e) = changed {
             driver::for_network(&net).remove(&self.host).await;
             return Err(e);
         }
         Ok(net)
+    }
+
+    /// IPv6 on the default `bridge` network (the agent's
+    /// `default_bridge_ipv6`): its subnet (`asked`, checked as `--subnet`
+    /// is, or a /64 of the host's unique local prefix), gateway and the
+    /// bridge's address. Endpoints connected before keep IPv4 only; those
+    /// connected after get both. Already on, it is kept as it is (a
+    /// different `asked` is reported, not applied: addresses in use would
+    /// change under their containers).
+    pub async fn default_bridge_ipv6(
+        &mut self,
+        asked: Option<Ipv6Net>,
+    ) -> Result<Vec<String>, NetworkError> {
+        let mut net = self.network("bridge")?.clone();
+        if net.enable_ipv6 {
+            return Ok(match (asked, net.subnet6) {
+                (Some(a), Some(have)) if a != have => vec![format!(
+                    "IPv6 kept on {have}; default_bridge_subnet6 {a} applies to a new state only"
+                )],
+                _ => Vec::new(),
+            });
+        }
+        let asked = asked
+            .map(|s| v6::parse_subnet6(&s.to_string()))
+            .transpose()?;
+        let (subnet6, new_ula_id) = self.subnet6_for(asked)?;
+        net.subnet6 = Some(subnet6);
+        net.gateway6 = Some(v6::first_host6(&subnet6));
+        net.enable_ipv6 = true;
+        let mut changed = driver::for_network(&net).restore(&self.host, &net).await?;
+        changed.insert(0, format!("IPv6 on, subnet {subnet6}"));
+        self.change(|state| {
+            if new_ula_id.is_some() {
+                state.ula_global_id = new_ula_id;
+            }
+            state.networks.insert(net.name.clone(), net.clone())
+        })
+        .await?;
+        Ok(changed)
     }
 
     /// `network rm`: refused while endpoints are attached unless `force`,

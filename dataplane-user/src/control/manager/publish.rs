@@ -10,7 +10,7 @@ use crate::{
     control::{
         host::Host,
         model::{Attachment, Endpoint},
-        ports::{PortMapping, PortRequest, Proto},
+        ports::{self, PortMapping, PortRequest, Proto},
         state::State,
     },
     datapath::Datapath,
@@ -126,11 +126,16 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                     });
                 let holder = match holder {
                     Some(h) => Some(h),
-                    None => self
-                        .host
-                        .port_holder(m.proto == Proto::Tcp, m.host_ip, m.host_port)
-                        .map_err(NetworkError::HostSockets)?
-                        .map(Holder::Socket),
+                    // IPv4 host sockets only (sys::sockets reads the
+                    // IPv4 tables): a mapping on IPv6 addresses only is
+                    // not checked against them.
+                    None => match m.host_ip {
+                        Some(std::net::IpAddr::V6(_)) => None,
+                        Some(std::net::IpAddr::V4(ip)) => {
+                            self.port_holder_v4(m.proto == Proto::Tcp, Some(ip), m.host_port)?
+                        }
+                        None => self.port_holder_v4(m.proto == Proto::Tcp, None, m.host_port)?,
+                    },
                 };
                 match holder {
                     Some(h) => last = Some(h),
@@ -234,6 +239,19 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         Ok(out)
     }
 
+    fn port_holder_v4(
+        &self,
+        tcp: bool,
+        ip: Option<std::net::Ipv4Addr>,
+        port: u16,
+    ) -> Result<Option<Holder>, NetworkError> {
+        Ok(self
+            .host
+            .port_holder(tcp, ip, port)
+            .map_err(NetworkError::HostSockets)?
+            .map(Holder::Socket))
+    }
+
     /// `publish add`: more published ports on a live endpoint.
     pub async fn publish_add(
         &mut self,
@@ -249,7 +267,10 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 driver: self.network(&ep.network)?.driver.name(),
             });
         }
-        let added = self.new_mappings(&specs.mappings()?, &[])?;
+        let wanted = specs.mappings()?;
+        let net = self.network(&ep.network)?;
+        ports::check_families(&net.name, net.enable_ipv6, &wanted)?;
+        let added = self.new_mappings(&wanted, &[])?;
         self.change(|state| {
             if let Some(e) = state.endpoints.get_mut(&ep.id) {
                 e.published.extend(added.iter().copied());

@@ -123,9 +123,8 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             v
         };
         for ep in missing {
-            let (Some(net), Some(ipv4), Some(ifname), Some(mac), Attachment::Veth { host_ifname }) = (
+            let (Some(net), Some(ifname), Some(mac), Attachment::Veth { host_ifname }) = (
                 self.state.networks.get(&ep.network).cloned(),
-                ep.ipv4,
                 ep.ifname.clone(),
                 ep.mac.map(|m| m.octets()),
                 &ep.attachment,
@@ -137,7 +136,8 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 network: &net,
                 netns: &ep.netns,
                 ifname: &ifname,
-                ipv4,
+                ipv4: ep.ipv4,
+                ipv6: ep.ipv6,
                 mac,
                 suffix: &suffix,
             };

@@ -2,11 +2,11 @@
 //! ([`ConnectArgs`], `--publish` strings) are parsed once, here, at the
 //! boundary; the Docker and CNI paths build the typed requests directly.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::NetworkError;
 use crate::control::{
-    ipam,
+    ipam::{self, v6},
     model::valid_name,
     names::{self, IfName, MacAddr},
     ports::{self, PortMapping, PortRequest, PublishError, PublishSpec},
@@ -20,6 +20,9 @@ pub struct ConnectArgs {
     /// Name under /var/run/netns or a path (/proc/PID/ns/net).
     pub netns: Option<String>,
     pub ip: Option<String>,
+    /// `--ip6`.
+    #[serde(default)]
+    pub ip6: Option<String>,
     pub mac: Option<String>,
     pub name: Option<String>,
     pub ifname: Option<String>,
@@ -44,6 +47,7 @@ pub struct ConnectRequest {
     /// As given: a name under /var/run/netns or a path.
     pub netns: Option<String>,
     pub ip: Option<Ipv4Addr>,
+    pub ip6: Option<Ipv6Addr>,
     pub mac: Option<MacAddr>,
     /// The endpoint's name (a valid one: see [`valid_name`]).
     pub name: Option<String>,
@@ -59,6 +63,7 @@ impl ConnectRequest {
             network: ConnectTo::Network(network.to_owned()),
             netns,
             ip: None,
+            ip6: None,
             mac: None,
             name: None,
             ifname: None,
@@ -95,6 +100,11 @@ impl ConnectArgs {
                 .ip
                 .as_deref()
                 .map(|ip| ipam::parse_addr("ip", ip))
+                .transpose()?,
+            ip6: self
+                .ip6
+                .as_deref()
+                .map(|ip| v6::parse_addr6("ip6", ip))
                 .transpose()?,
             mac: self.mac.as_deref().map(names::unicast_mac).transpose()?,
             name: self.name.as_deref().map(endpoint_name).transpose()?,

@@ -28,6 +28,8 @@ use crate::{
 
 type M = Manager<RecordingDatapath, FakeHost>;
 
+mod v6;
+
 /// A state directory of its own, removed at the end of the test.
 struct Dir(PathBuf);
 
@@ -64,7 +66,7 @@ fn create_args(name: &str, subnet: Option<&str>) -> CreateArgs {
     CreateArgs {
         name: name.into(),
         driver: "bridge".into(),
-        subnet: subnet.map(Into::into),
+        subnet: subnet.map(Into::into).into_iter().collect(),
         ..CreateArgs::default()
     }
 }
@@ -906,6 +908,7 @@ fn connect_args_parse_once_and_name_the_field() {
         network: "n1".into(),
         netns: Some("c1".into()),
         ip: Some("172.18.0.9".into()),
+        ip6: None,
         mac: Some("02:00:00:00:00:09".into()),
         name: Some("web".into()),
         ifname: Some("net1".into()),
@@ -977,6 +980,7 @@ fn cni_add(container: &str, netns: &str) -> AddArgs {
         },
         netns: format!("/var/run/netns/{netns}"),
         ip: None,
+        ip6: None,
         mac: None,
         publish: vec!["8088:80".into()],
     }
@@ -1088,7 +1092,7 @@ async fn docker_endpoint_lifecycle_publishes_typed_bindings() {
         .unwrap();
     m.docker_create_network(NID, req).await.unwrap();
     let ep = m
-        .docker_create_endpoint(NID, EID, Ipv4Addr::new(10, 99, 0, 2), None)
+        .docker_create_endpoint(NID, EID, (Some(Ipv4Addr::new(10, 99, 0, 2)), None), None)
         .await
         .unwrap();
     assert_eq!(
@@ -1104,7 +1108,7 @@ async fn docker_endpoint_lifecycle_publishes_typed_bindings() {
     assert_eq!(join.gateway, Some(Ipv4Addr::new(10, 99, 0, 1)));
     let binding = DockerPortBinding {
         proto: Proto::Tcp,
-        host_ip: Some(Ipv4Addr::UNSPECIFIED),
+        host_ip: Some(Ipv4Addr::UNSPECIFIED.into()),
         host_port: 0,
         host_port_end: 0,
         container_port: 80,
@@ -1386,7 +1390,7 @@ async fn docker_bindings_use_the_hosts_ephemeral_range_and_see_host_sockets() {
         .parse()
         .unwrap();
     m.docker_create_network(NID, req).await.unwrap();
-    m.docker_create_endpoint(NID, EID, Ipv4Addr::new(10, 99, 0, 2), None)
+    m.docker_create_endpoint(NID, EID, (Some(Ipv4Addr::new(10, 99, 0, 2)), None), None)
         .await
         .unwrap();
     let any = DockerPortBinding {

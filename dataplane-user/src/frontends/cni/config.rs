@@ -10,7 +10,9 @@
 //! `name`), `socket` (the agent's, default /run/dataplane/dataplane.sock),
 //! `bridge`, `mtu` and `gatewayMode` (used when the network is created). `ipam` is ours:
 //! `{}` or `{"type": "dataplane"}`, with `subnet`, `gateway` and `ipRange`
-//! for a network the plugin creates. Any other field is refused (code 2),
+//! for a network the plugin creates, or host-local's `ranges` (one set per
+//! address family, one range each: `[[{"subnet": V4}], [{"subnet": V6}]]`)
+//! for a dual-stack or IPv6-only one. Any other field is refused (code 2),
 //! so a typo is never silently ignored.
 //!
 //! The JSON is read by serde into `RawConf`, whose fields keep what was
@@ -20,7 +22,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
 };
 
@@ -109,11 +111,9 @@ impl PortMap {
                 // 0.0.0.0 is every address, as an empty hostIP.
                 Ok(IpAddr::V4(a)) if a.is_unspecified() => String::new(),
                 Ok(IpAddr::V4(a)) => format!("{a}:"),
-                Ok(IpAddr::V6(_)) => {
-                    return Err(unsupported(format!(
-                        "runtimeConfig.portMappings hostIP {h}: IPv6 is not supported yet"
-                    )))
-                }
+                // :: is every IPv6 address; the agent refuses an IPv6
+                // host address on a network without IPv6.
+                Ok(IpAddr::V6(a)) => format!("[{a}]:"),
                 Err(_) => {
                     return Err(Refusal::Invalid(format!(
                         "runtimeConfig.portMappings hostIP {h:?}: not an IP address"
@@ -141,6 +141,8 @@ pub struct NetConf {
     pub create: Option<NetworkSpec>,
     /// `runtimeConfig.ips` (capability `ips`): a static address.
     pub ip: Option<Ipv4Addr>,
+    /// `runtimeConfig.ips`' IPv6 address.
+    pub ip6: Option<Ipv6Addr>,
     /// `runtimeConfig.mac` (capability `mac`).
     pub mac: Option<String>,
     /// `-p` values from `runtimeConfig.portMappings`.
@@ -295,11 +297,22 @@ struct RawIpam {
     gateway: Option<Field<String>>,
     #[serde(rename = "ipRange", default)]
     ip_range: Option<Field<String>>,
+    #[serde(default)]
+    ranges: Option<Field<Vec<Vec<RawRange>>>>,
     #[serde(flatten)]
     unknown: BTreeMap<String, Value>,
 }
 
-const IPAM_FIELDS: [&str; 4] = ["type", "subnet", "gateway", "ipRange"];
+/// One range of host-local's `ipam.ranges`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRange {
+    subnet: String,
+    #[serde(default)]
+    gateway: Option<String>,
+}
+
+const IPAM_FIELDS: [&str; 5] = ["type", "subnet", "gateway", "ipRange", "ranges"];
 const CAPABILITIES: [&str; 3] = ["portMappings", "ips", "mac"];
 
 /// `runtimeConfig`: the capabilities the runtime fills in. Keys of
@@ -343,7 +356,15 @@ fn check_known<'a>(
 /// `ipam.subnet`, `gateway` and `ipRange` checked as `network create`
 /// checks them, named as the configuration names them.
 fn check_ipam(spec: &NetworkSpec) -> Result<(), Refusal> {
-    use crate::control::ipam;
+    use crate::control::ipam::{self, v6};
+    let field = |f: &str, e: ipam::IpamError| Refusal::Invalid(format!("ipam.{f}: {e}"));
+    if let Some(subnet) = &spec.subnet6 {
+        let net = v6::parse_subnet6(subnet).map_err(|e| field("ranges", e))?;
+        if let Some(g) = &spec.gateway6 {
+            let gw = v6::parse_addr6("gateway", g).map_err(|e| field("ranges", e))?;
+            v6::check_gateway6(&net, gw).map_err(|e| field("ranges", e))?;
+        }
+    }
     let Some(subnet) = &spec.subnet else {
         if spec.gateway.is_some() || spec.ip_range.is_some() {
             return Err(Refusal::Invalid(
@@ -352,7 +373,6 @@ fn check_ipam(spec: &NetworkSpec) -> Result<(), Refusal> {
         }
         return Ok(());
     };
-    let field = |f: &str, e: ipam::IpamError| Refusal::Invalid(format!("ipam.{f}: {e}"));
     let net = ipam::parse_subnet(subnet).map_err(|e| field("subnet", e))?;
     if let Some(g) = &spec.gateway {
         let gw = ipam::parse_addr("gateway", g).map_err(|e| field("gateway", e))?;
@@ -458,7 +478,7 @@ impl NetConf {
         let spec = network_spec(&mut raw)?;
         // Only a subnet can make a network; bridge/mtu/ipMasq alone only
         // describe one that must exist.
-        let create = spec.subnet.is_some().then_some(spec.clone());
+        let create = (spec.subnet.is_some() || spec.subnet6.is_some()).then_some(spec.clone());
         let ipam_error = check_ipam(&spec).err().map(CniError::from);
         if let Some(caps) = raw.capabilities.take() {
             let caps = caps.or_refuse("capabilities", "expected an object")?;
@@ -472,6 +492,7 @@ impl NetConf {
             socket,
             create,
             ip: None,
+            ip6: None,
             mac: None,
             publish: Vec::new(),
             dns: None,
@@ -526,9 +547,10 @@ impl NetConf {
                             "runtimeConfig.ips {ip}: one IPv4 address per attachment"
                         )))
                     }
+                    Ok(IpAddr::V6(a)) if self.ip6.is_none() => self.ip6 = Some(a),
                     Ok(IpAddr::V6(_)) => {
                         return Err(Refusal::Unsupported(format!(
-                            "runtimeConfig.ips {ip}: IPv6 is not supported yet"
+                            "runtimeConfig.ips {ip}: one IPv6 address per attachment"
                         )))
                     }
                     Err(_) => {
@@ -568,6 +590,10 @@ fn network_spec(raw: &mut RawConf) -> Result<NetworkSpec, Refusal> {
         spec.subnet = opt_str(ipam.subnet, "ipam.subnet")?;
         spec.gateway = opt_str(ipam.gateway, "ipam.gateway")?;
         spec.ip_range = opt_str(ipam.ip_range, "ipam.ipRange")?;
+        if let Some(ranges) = ipam.ranges {
+            let ranges = ranges.or_refuse_with_error("ipam.ranges")?;
+            ranges_into(&mut spec, ranges)?;
+        }
     }
     spec.bridge = opt_str(raw.bridge.take(), "bridge")?;
     if let Some(b) = &spec.bridge {
@@ -593,6 +619,44 @@ fn network_spec(raw: &mut RawConf) -> Result<NetworkSpec, Refusal> {
     // Its values are the agent's to check, as `network create`'s.
     spec.gateway_mode = opt_str(raw.gateway_mode.take(), "gatewayMode")?;
     Ok(spec)
+}
+
+/// host-local's `ranges`: one set per family, each of one range (the
+/// dataplane's IPAM has one subnet per family), into `spec`.
+fn ranges_into(spec: &mut NetworkSpec, ranges: Vec<Vec<RawRange>>) -> Result<(), Refusal> {
+    if spec.subnet.is_some() || spec.gateway.is_some() || spec.ip_range.is_some() {
+        return Err(Refusal::Invalid(
+            "ipam.ranges: give either ranges or subnet/gateway/ipRange, not both".to_owned(),
+        ));
+    }
+    if ranges.is_empty() {
+        return Err(Refusal::Invalid(
+            "ipam.ranges: empty (one set of one range per address family)".to_owned(),
+        ));
+    }
+    for (i, set) in ranges.into_iter().enumerate() {
+        let [range] = set.as_slice() else {
+            return Err(Refusal::Unsupported(format!(
+                "ipam.ranges[{i}]: {} ranges; the dataplane takes one range per address family",
+                set.len()
+            )));
+        };
+        let v6 = range.subnet.contains(':');
+        let (subnet, gateway) = match v6 {
+            true => (&mut spec.subnet6, &mut spec.gateway6),
+            false => (&mut spec.subnet, &mut spec.gateway),
+        };
+        if let Some(first) = subnet.replace(range.subnet.clone()) {
+            return Err(Refusal::Invalid(format!(
+                "ipam.ranges[{i}] {}: a second {} range (the first: {first})",
+                range.subnet,
+                if v6 { "IPv6" } else { "IPv4" }
+            )));
+        }
+        *gateway = range.gateway.clone();
+        spec.ipv6 |= v6;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -654,6 +718,44 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_ranges_ips_and_ipv6_port_mappings_parse() {
+        let c = conf(
+            r#"{"cniVersion":"1.0.0","name":"ds","type":"dataplane-cni",
+                "ipam":{"type":"dataplane","ranges":[[{"subnet":"10.79.0.0/24"}],
+                    [{"subnet":"fd00:79::/64","gateway":"fd00:79::fe"}]]},
+                "runtimeConfig":{"ips":["10.79.0.9/24","fd00:79::9/64"],
+                    "portMappings":[{"hostPort":8080,"containerPort":80,"hostIP":"::1"},
+                        {"hostPort":8080,"containerPort":80,"hostIP":"2001:db8::1","protocol":"udp"},
+                        {"hostPort":8081,"containerPort":81,"hostIP":"::"}]}}"#,
+        )
+        .unwrap();
+        assert!(c.ipam_error.is_none(), "{:?}", c.ipam_error);
+        let spec = c.create.unwrap();
+        assert_eq!(spec.subnet.as_deref(), Some("10.79.0.0/24"));
+        assert_eq!(spec.subnet6.as_deref(), Some("fd00:79::/64"));
+        assert_eq!(spec.gateway6.as_deref(), Some("fd00:79::fe"));
+        assert!(spec.ipv6);
+        assert_eq!(c.ip, Some(Ipv4Addr::new(10, 79, 0, 9)));
+        assert_eq!(c.ip6, Some("fd00:79::9".parse().unwrap()));
+        assert_eq!(
+            c.publish,
+            [
+                "[::1]:8080:80/tcp",
+                "[2001:db8::1]:8080:80/udp",
+                "[::]:8081:81/tcp"
+            ]
+        );
+        // IPv6 only: a network is created from the one IPv6 range.
+        let c = conf(
+            r#"{"cniVersion":"1.0.0","name":"v6","type":"dataplane-cni",
+                "ipam":{"ranges":[[{"subnet":"fd00:80::/64"}]]}}"#,
+        )
+        .unwrap();
+        let spec = c.create.unwrap();
+        assert_eq!((spec.subnet, spec.ipv6), (None, true));
+    }
+
+    #[test]
     fn bad_configurations_get_the_spec_codes() {
         for (json, want, needle) in [
             ("{not json", code::DECODING_FAILURE, "not valid JSON"),
@@ -690,8 +792,33 @@ mod tests {
             ),
             (
                 r#"{"cniVersion":"1.0.0","name":"n","type":"t","ipam":{"ranges":[]}}"#,
+                code::INVALID_CONFIG,
+                "ipam.ranges: empty",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"t","ipam":{"ranges":[[{"subnet":"fd00:1::/64"},{"subnet":"fd00:2::/64"}]]}}"#,
                 code::UNSUPPORTED_FIELD,
-                "ipam.ranges",
+                "ipam.ranges[0]: 2 ranges",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"t","ipam":{"ranges":[[{"subnet":"fd00:1::/64"}],[{"subnet":"fd00:2::/64"}]]}}"#,
+                code::INVALID_CONFIG,
+                "ipam.ranges[1] fd00:2::/64: a second IPv6 range",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"t","ipam":{"subnet":"10.0.0.0/24","ranges":[[{"subnet":"fd00:1::/64"}]]}}"#,
+                code::INVALID_CONFIG,
+                "either ranges or subnet",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"t","ipam":{"ranges":[[{"subnet":"fd00:1::/64","gateway":"fd00:2::1"}]]}}"#,
+                code::INVALID_CONFIG,
+                "ipam.ranges: --gateway fd00:2::1: not a usable address of subnet fd00:1::/64",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"t","ipam":{"ranges":[[{"subnet":"fd00:1::/64","rangeStart":"fd00:1::9"}]]}}"#,
+                code::INVALID_CONFIG,
+                "rangeStart",
             ),
             (
                 r#"{"cniVersion":"1.0.0","name":"n","type":"t","ipam":{"gateway":"10.0.0.1"}}"#,
@@ -719,9 +846,9 @@ mod tests {
                 "protocol \"sctp\"",
             ),
             (
-                r#"{"cniVersion":"1.0.0","name":"n","type":"t","runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80,"hostIP":"::1"}]}}"#,
-                code::UNSUPPORTED_FIELD,
-                "hostIP ::1",
+                r#"{"cniVersion":"1.0.0","name":"n","type":"t","runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80,"hostIP":"::1::"}]}}"#,
+                code::INVALID_CONFIG,
+                "hostIP \"::1::\": not an IP address",
             ),
             (
                 r#"{"cniVersion":"1.0.0","name":"n","type":"t","runtimeConfig":{"mac":"zz"}}"#,

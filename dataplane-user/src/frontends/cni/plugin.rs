@@ -155,6 +155,7 @@ async fn add(
         key,
         netns: netns.unwrap_or_default(),
         ip: ip.map(|i| i.to_string()),
+        ip6: conf.ip6.map(|i| i.to_string()),
         mac: conf.mac.clone(),
         publish: conf.publish.clone(),
     };

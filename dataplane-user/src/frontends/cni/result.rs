@@ -38,17 +38,34 @@ pub fn add_result(
         sandbox: Some(added.netns.clone()),
     }));
     let mut ips = take_array(&mut out, "ips");
-    ips.push(to_value(IpConfig {
-        address: format!("{}/{}", added.ipv4, added.prefix_len),
-        interface: index,
-        gateway: added.gateway.map(|gw| gw.to_string()),
-        // 0.3.x and 0.4.0 results name the address family.
-        version: (version_tuple(version) < version_tuple("1.0.0")).then_some("4"),
-    }));
+    // 0.3.x and 0.4.0 results name the address family.
+    let old = version_tuple(version) < version_tuple("1.0.0");
+    if !added.ipv4.is_unspecified() {
+        ips.push(to_value(IpConfig {
+            address: format!("{}/{}", added.ipv4, added.prefix_len),
+            interface: index,
+            gateway: added.gateway.map(|gw| gw.to_string()),
+            version: old.then_some("4"),
+        }));
+    }
+    if let Some((ip, len)) = added.ipv6 {
+        ips.push(to_value(IpConfig {
+            address: format!("{ip}/{len}"),
+            interface: index,
+            gateway: added.gateway6.map(|gw| gw.to_string()),
+            version: old.then_some("6"),
+        }));
+    }
     let mut routes = take_array(&mut out, "routes");
     if let (true, Some(gw)) = (added.default_route, added.gateway) {
         routes.push(to_value(Route {
             dst: "0.0.0.0/0".into(),
+            gw: gw.to_string(),
+        }));
+    }
+    if let (true, Some(gw)) = (added.default_route6, added.gateway6) {
+        routes.push(to_value(Route {
+            dst: "::/0".into(),
             gw: gw.to_string(),
         }));
     }
@@ -170,6 +187,10 @@ pub fn reported(prev: &Value, ifname: &str) -> Result<Reported, CniError> {
             .get("dst")
             .and_then(Value::as_str)
             .ok_or_else(|| bad(format!("prevResult.routes {r}: no dst")))?;
+        // IPv6 routes (ours included) are not compared.
+        if !dst.contains('.') {
+            continue;
+        }
         let gw = match r.get("gw").and_then(Value::as_str) {
             Some(g) => Some(
                 g.parse::<Ipv4Addr>()
@@ -202,10 +223,58 @@ mod tests {
             prefix_len: 24,
             gateway: Some(Ipv4Addr::new(10, 77, 0, 1)),
             default_route: true,
+            ipv6: None,
+            gateway6: None,
+            default_route6: false,
             host_ifname: Some("veth1234567".into()),
             host_mac: Some("aa:bb:cc:dd:ee:ff".into()),
             netns: "/run/netns/c1".into(),
         }
+    }
+
+    #[test]
+    fn a_dual_stack_result_has_both_addresses_and_default_routes() {
+        let mut a = added();
+        a.ipv6 = Some(("fd00:77::2".parse().unwrap(), 64));
+        a.gateway6 = Some("fd00:77::1".parse().unwrap());
+        a.default_route6 = true;
+        let r = add_result("1.0.0", None, None, &a);
+        assert_eq!(
+            r["ips"],
+            json!([
+                {"address": "10.77.0.2/24", "gateway": "10.77.0.1", "interface": 1},
+                {"address": "fd00:77::2/64", "gateway": "fd00:77::1", "interface": 1}
+            ])
+        );
+        assert_eq!(
+            r["routes"],
+            json!([
+                {"dst": "0.0.0.0/0", "gw": "10.77.0.1"},
+                {"dst": "::/0", "gw": "fd00:77::1"}
+            ])
+        );
+        assert_eq!(
+            add_result("0.4.0", None, None, &a)["ips"][1]["version"],
+            "6"
+        );
+        // IPv6 only: no IPv4 entry at all.
+        a.ipv4 = Ipv4Addr::UNSPECIFIED;
+        a.gateway = None;
+        let r = add_result("1.0.0", None, None, &a);
+        assert_eq!(r["ips"].as_array().map(Vec::len), Some(1));
+        assert_eq!(r["routes"], json!([{"dst": "::/0", "gw": "fd00:77::1"}]));
+        // CHECK reads such a result back: the IPv6 route is skipped.
+        let rep = reported(&add_result("1.0.0", None, None, &added_dual()), "eth0").unwrap();
+        assert_eq!(rep.address.as_deref(), Some("10.77.0.2/24"));
+        assert_eq!(rep.routes.len(), 1);
+    }
+
+    fn added_dual() -> AddResult {
+        let mut a = added();
+        a.ipv6 = Some(("fd00:77::2".parse().unwrap(), 64));
+        a.gateway6 = Some("fd00:77::1".parse().unwrap());
+        a.default_route6 = true;
+        a
     }
 
     #[test]

@@ -142,11 +142,12 @@ async fn run(m: &mut Manager, call: Call) -> Result<Answer, DriverError> {
             network_id,
             endpoint_id,
             ipv4,
+            ipv6,
             mac,
         } => {
             let given = mac.is_some();
             let ep = m
-                .docker_create_endpoint(&network_id, &endpoint_id, ipv4, mac)
+                .docker_create_endpoint(&network_id, &endpoint_id, (ipv4, ipv6), mac)
                 .await?;
             Answer::CreateEndpoint(EndpointCreated {
                 // Docker refuses an answer that repeats what it set.
@@ -179,6 +180,7 @@ async fn run(m: &mut Manager, call: Call) -> Result<Answer, DriverError> {
                 },
                 disable_gateway_service: false,
                 gateway: j.gateway.map(|gw| gw.to_string()),
+                gateway_ipv6: j.gateway6.map(|gw| gw.to_string()),
             })
         }
         Call::Leave {

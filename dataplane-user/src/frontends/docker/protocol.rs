@@ -2,9 +2,12 @@
 //! Docker sends, parsed once into a [`Call`] (refusals name the method, the
 //! field and the value), and the JSON bodies the driver answers.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -19,6 +22,7 @@ use crate::control::{
 const GENERIC: &str = "com.docker.network.generic";
 const INTERNAL: &str = "com.docker.network.internal";
 const ENABLE_IPV6: &str = "com.docker.network.enable_ipv6";
+const ENABLE_IPV4: &str = "com.docker.network.enable_ipv4";
 const PORTMAP: &str = "com.docker.network.portmap";
 
 /// A request of the protocol that failed to parse: the message names the
@@ -45,7 +49,10 @@ pub enum Call {
     CreateEndpoint {
         network_id: String,
         endpoint_id: String,
-        ipv4: Ipv4Addr,
+        /// None on an IPv6-only network.
+        ipv4: Option<Ipv4Addr>,
+        /// Docker's `AddressIPv6`, on a network with IPv6.
+        ipv6: Option<Ipv6Addr>,
         /// Docker's (`--mac-address`); None: we choose one and answer it.
         mac: Option<[u8; 6]>,
     },
@@ -101,6 +108,9 @@ struct CreateNetworkBody {
 struct NetworkOptions {
     #[serde(rename = "com.docker.network.enable_ipv6", default)]
     enable_ipv6: Option<Value>,
+    /// Docker 28's `--ipv4=false`.
+    #[serde(rename = "com.docker.network.enable_ipv4", default)]
+    enable_ipv4: Option<Value>,
     #[serde(rename = "com.docker.network.internal", default)]
     internal: Option<Value>,
     #[serde(rename = "com.docker.network.generic", default)]
@@ -284,35 +294,31 @@ impl Call {
 fn create_network(body: &[u8]) -> Result<Call, String> {
     let b: CreateNetworkBody = body_of(body)?;
     let network_id = check_id("NetworkID", &b.network_id)?;
-    if b.options.enable_ipv6.as_ref().and_then(Value::as_bool) == Some(true)
-        || b.ipv6_data.as_ref().is_some_and(|v| !v.is_empty())
-    {
-        return Err(format!(
-            "Options[{ENABLE_IPV6}] / IPv6Data: IPv6 is not supported by the dataplane (create the network without --ipv6)"
-        ));
+    let ipv6 = flag(ENABLE_IPV6, b.options.enable_ipv6.as_ref(), false)?;
+    let ipv4 = flag(ENABLE_IPV4, b.options.enable_ipv4.as_ref(), true)?;
+    let mut subnet = Vec::new();
+    let mut gateway = Vec::new();
+    if ipv4 {
+        let (s, g) = one_pool::<Ipv4Net>("IPv4Data", b.ipv4_data.unwrap_or_default())?;
+        subnet.push(s);
+        gateway.extend(g);
     }
-    let pools = b.ipv4_data.unwrap_or_default();
-    let [pool] = pools.as_slice() else {
-        return Err(format!(
-            "IPv4Data: {} pools; the dataplane takes exactly one (one --subnet, Docker's default IPAM)",
-            pools.len()
-        ));
-    };
-    let subnet: Ipv4Net = pool
-        .pool
-        .parse()
-        .map_err(|_| format!("IPv4Data[0].Pool {:?}: not an IPv4 subnet", pool.pool))?;
-    let gateway = if pool.gateway.is_empty() {
-        None
-    } else {
-        let g: Ipv4Net = pool.gateway.parse().map_err(|_| {
-            format!(
-                "IPv4Data[0].Gateway {:?}: not an IPv4 address/prefix",
-                pool.gateway
-            )
-        })?;
-        Some(g.addr().to_string())
-    };
+    let pools6 = b.ipv6_data.unwrap_or_default();
+    match (ipv6, pools6.is_empty()) {
+        (true, _) => {
+            // Docker's IPAM always hands a pool with --ipv6 (a ULA /64
+            // of its own when none was given).
+            let (s, g) = one_pool::<Ipv6Net>("IPv6Data", pools6)?;
+            subnet.push(s);
+            gateway.extend(g);
+        }
+        (false, true) => {}
+        (false, false) => {
+            return Err(format!(
+                "IPv6Data: pools given but Options[{ENABLE_IPV6}] is not true"
+            ))
+        }
+    }
     let internal = match b.options.internal {
         None | Some(Value::Null) => false,
         Some(Value::Bool(v)) => v,
@@ -322,9 +328,11 @@ fn create_network(body: &[u8]) -> Result<Call, String> {
         args: CreateArgs {
             name: docker_network_name(&network_id),
             driver: "bridge".into(),
-            subnet: Some(subnet.to_string()),
+            subnet,
             gateway,
-            ip_range: None,
+            ip_range: Vec::new(),
+            ipv6,
+            ipv4: Some(ipv4),
             internal,
             mtu: None,
             options: generic_options(b.options.generic)?,
@@ -332,6 +340,50 @@ fn create_network(body: &[u8]) -> Result<Call, String> {
         },
         network_id,
     })
+}
+
+/// A boolean option of CreateNetwork (absent or null: `default`).
+fn flag(key: &str, v: Option<&Value>, default: bool) -> Result<bool, String> {
+    match v {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        // Docker sends some options as strings ("true").
+        Some(Value::String(s)) if s == "true" || s == "false" => Ok(s == "true"),
+        Some(v) => Err(format!("Options[{key}] {v}: expected true or false")),
+    }
+}
+
+/// The one pool of `IPv4Data` or `IPv6Data` (Docker's default IPAM, one
+/// `--subnet` per family): the subnet, and the gateway's address without
+/// its prefix length.
+fn one_pool<N>(field: &str, pools: Vec<IpamData>) -> Result<(String, Option<String>), String>
+where
+    N: std::str::FromStr + std::fmt::Display,
+    N: Into<ipnet::IpNet>,
+{
+    let [pool] = pools.as_slice() else {
+        return Err(format!(
+            "{field}: {} pools; the dataplane takes exactly one (one --subnet per family, Docker's default IPAM)",
+            pools.len()
+        ));
+    };
+    let family = if field == "IPv6Data" { "IPv6" } else { "IPv4" };
+    let subnet: N = pool
+        .pool
+        .parse()
+        .map_err(|_| format!("{field}[0].Pool {:?}: not an {family} subnet", pool.pool))?;
+    let gateway = if pool.gateway.is_empty() {
+        None
+    } else {
+        let g: N = pool.gateway.parse().map_err(|_| {
+            format!(
+                "{field}[0].Gateway {:?}: not an {family} address/prefix",
+                pool.gateway
+            )
+        })?;
+        Some(g.into().addr().to_string())
+    };
+    Ok((subnet.to_string(), gateway))
 }
 
 /// `docker network create -o K=V` as Docker passes them: an object of
@@ -366,18 +418,34 @@ fn create_endpoint(body: &[u8]) -> Result<Call, String> {
     let iface = b.interface.ok_or_else(|| {
         "Interface: missing; the dataplane needs the address Docker's IPAM assigned".to_owned()
     })?;
-    if !iface.address_ipv6.is_empty() {
-        return Err(format!(
-            "Interface.AddressIPv6 {:?}: IPv6 is not supported by the dataplane",
-            iface.address_ipv6
-        ));
+    let ipv4 = if iface.address.is_empty() {
+        None
+    } else {
+        let addr: Ipv4Net = iface.address.parse().map_err(|_| {
+            format!(
+                "Interface.Address {:?}: expected IPv4 address/prefix (the dataplane needs Docker's IPAM to assign one)",
+                iface.address
+            )
+        })?;
+        Some(addr.addr())
+    };
+    let ipv6 = if iface.address_ipv6.is_empty() {
+        None
+    } else {
+        let addr: Ipv6Net = iface.address_ipv6.parse().map_err(|_| {
+            format!(
+                "Interface.AddressIPv6 {:?}: expected IPv6 address/prefix",
+                iface.address_ipv6
+            )
+        })?;
+        Some(addr.addr())
+    };
+    if ipv4.is_none() && ipv6.is_none() {
+        return Err(
+            "Interface.Address and Interface.AddressIPv6: both empty; the dataplane needs Docker's IPAM to assign one"
+                .to_owned(),
+        );
     }
-    let addr: Ipv4Net = iface.address.parse().map_err(|_| {
-        format!(
-            "Interface.Address {:?}: expected IPv4 address/prefix (the dataplane needs Docker's IPAM to assign one)",
-            iface.address
-        )
-    })?;
     let mac = if iface.mac_address.is_empty() {
         None
     } else {
@@ -391,8 +459,18 @@ fn create_endpoint(body: &[u8]) -> Result<Call, String> {
     Ok(Call::CreateEndpoint {
         network_id,
         endpoint_id,
-        ipv4: addr.addr(),
+        ipv4,
+        ipv6,
         mac,
+    })
+}
+
+/// Whether `entries` binds `e`'s ports on every IPv4 address too.
+fn has_v4_twin(entries: &[PortBindingBody], e: &PortBindingBody) -> bool {
+    entries.iter().any(|o| {
+        matches!(o.host_ip.as_str(), "" | "0.0.0.0")
+            && (o.proto, o.port, o.host_port, o.host_port_end)
+                == (e.proto, e.port, e.host_port, e.host_port_end)
     })
 }
 
@@ -411,9 +489,11 @@ fn join(body: &[u8]) -> Result<Call, String> {
     })
 }
 
-/// `com.docker.network.portmap`: IPv6 host addresses are left out (the
-/// dataplane is IPv4 only); anything else malformed is an error naming the
-/// entry.
+/// `com.docker.network.portmap`; anything malformed is an error naming the
+/// entry. Docker sends `-p 8080:80` on a dual-stack network as two
+/// bindings, on 0.0.0.0 and on `::`: one mapping on every address (of both
+/// families) stands for the pair, so the `::` one is dropped when its
+/// 0.0.0.0 twin is there.
 fn parse_portmap(v: &Value) -> Result<Vec<DockerPortBinding>, String> {
     let entries: Vec<PortBindingBody> = serde_json::from_value(v.clone())
         .map_err(|e| format!("Options[{PORTMAP}]: malformed: {e}"))?;
@@ -433,8 +513,11 @@ fn parse_portmap(v: &Value) -> Result<Vec<DockerPortBinding>, String> {
         let host_ip = match e.host_ip.as_str() {
             "" => None,
             s => match s.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(ip)) => (!ip.is_unspecified()).then_some(ip),
-                Ok(std::net::IpAddr::V6(_)) => continue,
+                Ok(std::net::IpAddr::V4(ip)) => (!ip.is_unspecified()).then_some(ip.into()),
+                Ok(std::net::IpAddr::V6(ip)) if ip.is_unspecified() && has_v4_twin(&entries, e) => {
+                    continue
+                }
+                Ok(ip) => Some(ip),
                 Err(_) => return Err(format!("{} {s:?}: not an IP address", field("HostIP"))),
             },
         };
@@ -564,6 +647,9 @@ pub struct Joined {
     /// None for internal networks: no default route.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
+    /// The IPv6 default route's gateway, on a network with IPv6.
+    #[serde(rename = "GatewayIPv6", skip_serializing_if = "Option::is_none")]
+    pub gateway_ipv6: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -602,8 +688,9 @@ mod tests {
         };
         assert_eq!(network_id, NID);
         assert_eq!(args.name, "docker-1b2489c5caa3");
-        assert_eq!(args.subnet.as_deref(), Some("10.99.0.0/24"));
-        assert_eq!(args.gateway.as_deref(), Some("10.99.0.1"));
+        assert_eq!(args.subnet, ["10.99.0.0/24"]);
+        assert_eq!(args.gateway, ["10.99.0.1"]);
+        assert!(!args.ipv6);
         assert!(args.internal);
         let req = args.parse().unwrap();
         assert!(!req.icc);
@@ -624,7 +711,25 @@ mod tests {
                 format!(
                     r#"{{"NetworkID":"{NID}","Options":{{"com.docker.network.enable_ipv6":true}},"IPv4Data":[{{"Pool":"10.0.0.0/24"}}]}}"#
                 ),
-                "IPv6 is not supported",
+                "IPv6Data: 0 pools",
+            ),
+            (
+                format!(
+                    r#"{{"NetworkID":"{NID}","IPv4Data":[{{"Pool":"10.0.0.0/24"}}],"IPv6Data":[{{"Pool":"fd00:1::/64"}}]}}"#
+                ),
+                "IPv6Data: pools given but Options[com.docker.network.enable_ipv6] is not true",
+            ),
+            (
+                format!(
+                    r#"{{"NetworkID":"{NID}","Options":{{"com.docker.network.enable_ipv6":true}},"IPv4Data":[{{"Pool":"10.0.0.0/24"}}],"IPv6Data":[{{"Pool":"10.1.0.0/24"}}]}}"#
+                ),
+                r#"IPv6Data[0].Pool "10.1.0.0/24": not an IPv6 subnet"#,
+            ),
+            (
+                format!(
+                    r#"{{"NetworkID":"{NID}","Options":{{"com.docker.network.enable_ipv6":"maybe"}},"IPv4Data":[{{"Pool":"10.0.0.0/24"}}]}}"#
+                ),
+                r#"Options[com.docker.network.enable_ipv6] "maybe": expected true or false"#,
             ),
             (
                 r#"{"NetworkID":"xyz","IPv4Data":[{"Pool":"10.0.0.0/24"}]}"#.to_owned(),
@@ -645,6 +750,75 @@ mod tests {
             assert!(err.contains(needle), "{err:?} should contain {needle:?}");
             assert!(err.starts_with("NetworkDriver.CreateNetwork: "), "{err}");
         }
+    }
+
+    /// Docker 27's body for `docker network create --ipv6 -d dataplane`
+    /// (its IPAM picked a ULA /64), and Docker 28's `--ipv4=false`.
+    #[test]
+    fn create_network_with_ipv6_as_docker_sends_it() {
+        let body = format!(
+            r#"{{"NetworkID":"{NID}","Options":{{"com.docker.network.enable_ipv4":true,"com.docker.network.enable_ipv6":true,"com.docker.network.generic":{{}}}},"IPv4Data":[{{"AddressSpace":"LocalDefault","Gateway":"172.20.0.1/16","Pool":"172.20.0.0/16"}}],"IPv6Data":[{{"AddressSpace":"LocalDefault","Gateway":"fd4d:6169:6c63:6f77::1/64","Pool":"fd4d:6169:6c63:6f77::/64"}}]}}"#
+        );
+        let Some(Call::CreateNetwork { args, .. }) =
+            parse("NetworkDriver.CreateNetwork", &body).unwrap()
+        else {
+            panic!("not CreateNetwork");
+        };
+        assert_eq!(args.subnet, ["172.20.0.0/16", "fd4d:6169:6c63:6f77::/64"]);
+        assert_eq!(args.gateway, ["172.20.0.1", "fd4d:6169:6c63:6f77::1"]);
+        let req = args.parse().unwrap();
+        assert!(req.enable_ipv6 && req.enable_ipv4);
+        assert_eq!(
+            req.subnet6.map(|s| s.to_string()).as_deref(),
+            Some("fd4d:6169:6c63:6f77::/64")
+        );
+        assert_eq!(
+            req.gateway6,
+            Some("fd4d:6169:6c63:6f77::1".parse().unwrap())
+        );
+        let v6_only = format!(
+            r#"{{"NetworkID":"{NID}","Options":{{"com.docker.network.enable_ipv4":false,"com.docker.network.enable_ipv6":true}},"IPv4Data":[],"IPv6Data":[{{"Pool":"2001:db8:5::/64","Gateway":"2001:db8:5::1/64"}}]}}"#
+        );
+        let Some(Call::CreateNetwork { args, .. }) =
+            parse("NetworkDriver.CreateNetwork", &v6_only).unwrap()
+        else {
+            panic!("not CreateNetwork");
+        };
+        let req = args.parse().unwrap();
+        assert!(req.enable_ipv6 && !req.enable_ipv4);
+        assert_eq!(req.subnet, None);
+    }
+
+    #[test]
+    fn create_endpoint_with_ipv6_as_docker_sends_it() {
+        let body = format!(
+            r#"{{"NetworkID":"{NID}","EndpointID":"{EID}","Interface":{{"Address":"172.20.0.2/16","AddressIPv6":"fd4d:6169:6c63:6f77::2/64","MacAddress":""}},"Options":{{}}}}"#
+        );
+        assert_eq!(
+            parse("NetworkDriver.CreateEndpoint", &body).unwrap(),
+            Some(Call::CreateEndpoint {
+                network_id: NID.into(),
+                endpoint_id: EID.into(),
+                ipv4: Some(Ipv4Addr::new(172, 20, 0, 2)),
+                ipv6: Some("fd4d:6169:6c63:6f77::2".parse().unwrap()),
+                mac: None,
+            })
+        );
+        let v6_only = body.replace("172.20.0.2/16", "");
+        let Some(Call::CreateEndpoint { ipv4, ipv6, .. }) =
+            parse("NetworkDriver.CreateEndpoint", &v6_only).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((ipv4, ipv6.is_some()), (None, true));
+        let bad = body.replace("fd4d:6169:6c63:6f77::2/64", "nonsense");
+        let err = parse("NetworkDriver.CreateEndpoint", &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(r#"Interface.AddressIPv6 "nonsense": expected IPv6 address/prefix"#),
+            "{err}"
+        );
     }
 
     #[test]
@@ -686,7 +860,8 @@ mod tests {
             Some(Call::CreateEndpoint {
                 network_id: NID.into(),
                 endpoint_id: EID.into(),
-                ipv4: Ipv4Addr::new(10, 99, 0, 2),
+                ipv4: Some(Ipv4Addr::new(10, 99, 0, 2)),
+                ipv6: None,
                 mac: None,
             })
         );
@@ -702,7 +877,10 @@ mod tests {
         let err = parse("NetworkDriver.CreateEndpoint", &no_ipam)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("Interface.Address \"\""), "{err}");
+        assert!(
+            err.contains("Interface.Address and Interface.AddressIPv6: both empty"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -720,7 +898,7 @@ mod tests {
             vec![
                 DockerPortBinding {
                     proto: Proto::Tcp,
-                    host_ip: Some(Ipv4Addr::LOCALHOST),
+                    host_ip: Some(Ipv4Addr::LOCALHOST.into()),
                     host_port: 9090,
                     host_port_end: 9095,
                     container_port: 90
@@ -739,6 +917,29 @@ mod tests {
                     host_port_end: 0,
                     container_port: 53
                 },
+            ]
+        );
+        // A binding on an IPv6 address (`-p [::1]:8081:80`), and `::`
+        // without its 0.0.0.0 twin (an IPv6-only network), are kept.
+        let v6 = body
+            .replace(r#""HostIP":"127.0.0.1""#, r#""HostIP":"::1""#)
+            .replace(
+                r#""HostIP":"","HostPort":8080,"HostPortEnd":8080"#,
+                r#""HostIP":"::","HostPort":8082,"HostPortEnd":8082"#,
+            );
+        let Some(Call::ProgramExternalConnectivity { bindings, .. }) =
+            parse("NetworkDriver.ProgramExternalConnectivity", &v6).unwrap()
+        else {
+            panic!()
+        };
+        let hosts: Vec<_> = bindings.iter().map(|b| b.host_ip).collect();
+        assert_eq!(
+            hosts,
+            [
+                Some("::1".parse().unwrap()),
+                Some("::".parse().unwrap()),
+                None,
+                Some("::".parse().unwrap())
             ]
         );
         let sctp = body.replace(r#""Proto":17"#, r#""Proto":132"#);
@@ -836,6 +1037,7 @@ mod tests {
                 },
                 disable_gateway_service: false,
                 gateway: gateway.map(str::to_owned),
+                gateway_ipv6: None,
             }))
         };
         assert_eq!(
@@ -848,5 +1050,15 @@ mod tests {
             serde_json::json!({"InterfaceName": {"SrcName": "dpv1", "DstPrefix": "eth"},
                 "DisableGatewayService": false})
         );
+        let dual = json(Answer::Join(Joined {
+            interface_name: InterfaceName {
+                src_name: "dpv1".into(),
+                dst_prefix: "eth",
+            },
+            disable_gateway_service: false,
+            gateway: Some("10.99.0.1".into()),
+            gateway_ipv6: Some("fd00:99::1".into()),
+        }));
+        assert_eq!(dual["GatewayIPv6"], "fd00:99::1");
     }
 }

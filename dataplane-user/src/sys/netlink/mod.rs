@@ -24,6 +24,7 @@ mod addr;
 mod addr6;
 mod error;
 
+pub use addr6::Ipv6Route;
 pub use error::{NetlinkError, Op};
 
 pub use super::names::IFNAME_MAX;
