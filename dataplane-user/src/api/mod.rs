@@ -94,6 +94,10 @@ pub enum Request {
     FilterLs,
     NatLs,
     ConntrackLs,
+    /// The names a network's DNS answers (`dns ls`, docs/dns.md).
+    DnsLs {
+        network: String,
+    },
     /// Who answers: the agent (with its pid) or the CLI itself.
     Status,
     /// CNI ADD (`dataplane-cni`, docs/cni.md).

@@ -331,6 +331,10 @@ pub struct Endpoint {
     /// Published ports (bridge endpoints only).
     #[serde(default)]
     pub published: Vec<super::ports::PortMapping>,
+    /// More names the network's DNS answers with this endpoint's address
+    /// (Docker's `--network-alias`; checked by `names_dns::dns_name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// Input errors of `network create`, each naming the field and the value.

@@ -607,6 +607,7 @@ mod tests {
                     stats_index: u32::from(*p),
                 })
                 .collect(),
+            aliases: Vec::new(),
         }
     }
 

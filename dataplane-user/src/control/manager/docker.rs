@@ -213,6 +213,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             mac: Some(MacAddr(mac)),
             ipv4: Some(ipv4),
             published: Vec::new(),
+            aliases: Vec::new(),
         };
         self.record(ep).await
     }

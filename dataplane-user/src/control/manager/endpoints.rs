@@ -102,6 +102,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             mac: Some(MacAddr(mac)),
             ipv4: Some(ipv4),
             published,
+            aliases: req.aliases.clone(),
         };
         match self.record(ep.clone()).await {
             Ok(ep) => Ok(ep),
@@ -190,6 +191,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             mac: None,
             ipv4: None,
             published: Vec::new(),
+            aliases: req.aliases.clone(),
         };
         self.record(ep).await
     }
@@ -314,6 +316,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             mac: owner.mac,
             ipv4: owner.ipv4,
             published: Vec::new(),
+            aliases: args.aliases.clone(),
         };
         self.record(ep).await
     }
