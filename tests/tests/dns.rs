@@ -1,0 +1,500 @@
+//! Names on user-defined networks (docs/dns.md): the agent's responder on
+//! each network's gateway answers the endpoints' names and aliases of that
+//! network only, forwards the rest to the host's resolvers (a fake one in
+//! the fake host, from a resolv.conf of the test's own), rotates shared
+//! aliases, keeps its names across a restart, and carries a steady load.
+//! Queries come from a small client on hickory-proto run inside the
+//! containers' namespaces.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    path::{Path, PathBuf},
+    process::Child,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use dataplane_tests::{cli::Cli, netns::NetNs, topo::FakeHost};
+use hickory_proto::{
+    op::{Message, MessageType, OpCode, Query, ResponseCode},
+    rr::{rdata::A, Name, RData, Record, RecordType},
+};
+
+const FRONT_GW: Ipv4Addr = Ipv4Addr::new(10, 91, 0, 1);
+const BACK_GW: Ipv4Addr = Ipv4Addr::new(10, 92, 0, 1);
+/// What the fake upstream answers for `example.test`.
+const EXTERNAL: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+/// What the second fake upstream answers for `other.test`.
+const OTHER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 8);
+
+/// A fake upstream resolver in the fake host: `name` has `addr`, every
+/// other name is NXDOMAIN. Stops (bounded) when dropped.
+struct Upstream {
+    stop: Arc<AtomicBool>,
+    queries: Arc<AtomicU64>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Upstream {
+    fn start(host: &NetNs, listen: Ipv4Addr, name: &'static str, addr: Ipv4Addr) -> Upstream {
+        let stop = Arc::new(AtomicBool::new(false));
+        let queries = Arc::new(AtomicU64::new(0));
+        let sock = host
+            .run_in(move || UdpSocket::bind((listen, 53)))
+            .expect("ns")
+            .expect("bind the fake upstream");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let (s, q) = (stop.clone(), queries.clone());
+        let handle = thread::spawn(move || {
+            // Bounded: at most ten minutes even if the test forgets to stop.
+            let deadline = Instant::now() + Duration::from_secs(600);
+            let mut buf = [0u8; 4096];
+            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(req) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                q.fetch_add(1, Ordering::Relaxed);
+                let mut resp = Message::new();
+                resp.set_id(req.id())
+                    .set_message_type(MessageType::Response)
+                    .set_op_code(OpCode::Query)
+                    .set_recursion_desired(req.recursion_desired())
+                    .set_recursion_available(true);
+                let Some(query) = req.queries().first() else {
+                    continue;
+                };
+                resp.add_query(query.clone());
+                let asked = query.name().to_ascii().to_ascii_lowercase();
+                if asked.trim_end_matches('.') == name {
+                    if query.query_type() == RecordType::A {
+                        resp.add_answer(Record::from_rdata(
+                            query.name().clone(),
+                            60,
+                            RData::A(A(addr)),
+                        ));
+                    }
+                } else {
+                    resp.set_response_code(ResponseCode::NXDomain);
+                }
+                if let Ok(bytes) = resp.to_vec() {
+                    let _ = sock.send_to(&bytes, from);
+                }
+            }
+        });
+        Upstream {
+            stop,
+            queries,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// An answer as the test needs it.
+#[derive(Debug)]
+struct Answer {
+    code: ResponseCode,
+    authoritative: bool,
+    v4: Vec<Ipv4Addr>,
+    any: usize,
+}
+
+fn query_msg(name: &str, rtype: RecordType, id: u16) -> Vec<u8> {
+    let mut m = Message::new();
+    m.set_id(id)
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(true);
+    m.add_query(Query::query(Name::from_ascii(name).expect("name"), rtype));
+    m.to_vec().expect("encode")
+}
+
+fn parse(bytes: &[u8], id: u16) -> Result<Answer, String> {
+    let m = Message::from_vec(bytes).map_err(|e| e.to_string())?;
+    if m.id() != id {
+        return Err(format!("answer id {} for query {id}", m.id()));
+    }
+    Ok(Answer {
+        code: m.response_code(),
+        authoritative: m.authoritative(),
+        v4: m
+            .answers()
+            .iter()
+            .filter_map(|r| match r.data() {
+                Some(RData::A(a)) => Some(a.0),
+                _ => None,
+            })
+            .collect(),
+        any: m.answers().len(),
+    })
+}
+
+/// One query over UDP from inside `ns`, one try, bounded.
+fn ask(ns: &NetNs, server: Ipv4Addr, name: &str, rtype: RecordType) -> Result<Answer, String> {
+    let name = name.to_owned();
+    ns.run_in(move || -> Result<Answer, String> {
+        let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(Duration::from_secs(3)))
+            .map_err(|e| e.to_string())?;
+        let id = 0x4242;
+        sock.send_to(&query_msg(&name, rtype, id), (server, 53))
+            .map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 4096];
+        let n = sock.recv(&mut buf).map_err(|e| format!("{name}: {e}"))?;
+        parse(&buf[..n], id)
+    })
+    .map_err(|e| e.to_string())?
+}
+
+fn a(ns: &NetNs, server: Ipv4Addr, name: &str) -> Answer {
+    ask(ns, server, name, RecordType::A).unwrap_or_else(|e| panic!("{name} A: {e}"))
+}
+
+/// Asks until `name` has addresses (a new name answers within the agent's
+/// poll), bounded.
+fn wait_for(ns: &NetNs, server: Ipv4Addr, name: &str) -> Vec<Ipv4Addr> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = ask(ns, server, name, RecordType::A);
+        match got {
+            Ok(a) if !a.v4.is_empty() => return a.v4,
+            other if Instant::now() > deadline => panic!("{name} never resolved: {other:?}"),
+            _ => thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+struct Rig {
+    fh: FakeHost,
+    cli: Cli,
+    dir: PathBuf,
+    agent: Option<Child>,
+}
+
+impl Rig {
+    /// A fake host whose agent reads `resolv.conf` and writes the
+    /// namespaces' files under the test's own directory; networks `front`
+    /// and `back`.
+    fn new(tag: &str) -> Rig {
+        let fh = FakeHost::new(false).expect("fake host");
+        let mut cli = Cli::new(&fh.host, tag).expect("cli");
+        let dir = cli.state.path().with_extension("dns");
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("resolv.conf"), "nameserver 127.0.0.53\n").expect("resolv");
+        cli.set_config(&format!(
+            "[dns]\nresolv_conf = \"{}\"\nnetns_etc = \"{}\"\n",
+            dir.join("resolv.conf").display(),
+            dir.join("netns").display()
+        ))
+        .expect("config");
+        cli.run(&["uplink", "add", &fh.uplink]).expect("uplink");
+        for (net, subnet) in [("front", "10.91.0.0/24"), ("back", "10.92.0.0/24")] {
+            cli.run(&["network", "create", "--subnet", subnet, net])
+                .expect("network create");
+        }
+        let agent = cli.start_agent(&fh.uplink).expect("agent").0;
+        Rig {
+            fh,
+            cli,
+            dir,
+            agent: Some(agent),
+        }
+    }
+
+    fn connect(&self, net: &str, ns: &NetNs, name: &str, aliases: &[&str]) {
+        let mut args = vec!["connect", net, ns.name(), "--name", name];
+        for a in aliases {
+            args.extend(["--alias", a]);
+        }
+        self.cli.run(&args).expect("connect");
+    }
+
+    /// Stops the agent, runs `between` while none runs, starts it again.
+    fn restart(&mut self, between: impl FnOnce()) {
+        if let Some(a) = self.agent.take() {
+            let status = dataplane_tests::cli::stop_agent(a, libc::SIGTERM).expect("stop");
+            assert!(status.success(), "{status}");
+        }
+        between();
+        self.agent = Some(self.cli.start_agent(&self.fh.uplink).expect("agent").0);
+    }
+
+    fn netns_file(&self, ns: &NetNs) -> PathBuf {
+        self.dir.join("netns").join(ns.name()).join("resolv.conf")
+    }
+
+    fn metric(&self, name: &str) -> u64 {
+        let (_, body) = dataplane_tests::traffic::http_get(
+            &self.fh.host,
+            SocketAddr::from(([127, 0, 0, 1], 9641)),
+            "/metrics",
+            Duration::from_secs(5),
+        )
+        .expect("scrape");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{body}")) as u64
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some(a) = self.agent.take() {
+            let _ = dataplane_tests::cli::stop_agent(a, libc::SIGTERM);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn exists(p: &Path) -> bool {
+    p.try_exists().unwrap_or(false)
+}
+
+#[test]
+fn names_and_aliases_resolve_within_their_network_only() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let mut rig = Rig::new("dnsnames");
+    let _up = Upstream::start(
+        &rig.fh.host,
+        Ipv4Addr::new(127, 0, 0, 53),
+        "example.test",
+        EXTERNAL,
+    );
+    let c1 = NetNs::new("c1").expect("ns");
+    let c2 = NetNs::new("c2").expect("ns");
+    let c3 = NetNs::new("c3").expect("ns");
+    rig.connect("front", &c1, "web1", &["web", "API.front"]);
+    rig.connect("front", &c2, "web2", &["web"]);
+    rig.connect("back", &c3, "db", &[]);
+    let bad = rig
+        .cli
+        .fail(&["connect", "back", c1.name(), "--alias", "bad_name"])
+        .expect("bad alias");
+    assert!(bad.contains("--alias \"bad_name\""), "{bad}");
+
+    // Each other's names and aliases, any case, with or without the
+    // trailing dot and our domain.
+    let web1 = wait_for(&c2, FRONT_GW, "web1");
+    let web2 = wait_for(&c1, FRONT_GW, "web2.");
+    assert_eq!(web1.len(), 1);
+    assert_eq!(a(&c2, FRONT_GW, "WEB1.dns.dataplane.").v4, web1);
+    assert_eq!(a(&c2, FRONT_GW, "api.front").v4, web1);
+    let answer = a(&c1, FRONT_GW, "web2");
+    assert!(answer.authoritative && answer.code == ResponseCode::NoError);
+    // No AAAA yet: the name exists, with no IPv6 address.
+    let v6 = ask(&c1, FRONT_GW, "web2", RecordType::AAAA).expect("AAAA");
+    assert_eq!((v6.code, v6.any), (ResponseCode::NoError, 0));
+
+    // The shared alias: both, and successive answers start differently.
+    let firsts: Vec<Ipv4Addr> = (0..4)
+        .map(|_| {
+            let a = a(&c1, FRONT_GW, "web");
+            assert_eq!(a.v4.len(), 2, "{a:?}");
+            a.v4[0]
+        })
+        .collect();
+    assert!(
+        firsts.contains(&web1[0]) && firsts.contains(&web2[0]),
+        "{firsts:?}"
+    );
+
+    // Another network's names: not answered (forwarded, NXDOMAIN upstream),
+    // and never with that network's address.
+    let db = wait_for(&c3, BACK_GW, "db");
+    let cross = a(&c1, FRONT_GW, "db");
+    assert_eq!(cross.code, ResponseCode::NXDomain, "{cross:?}");
+    assert!(cross.v4.is_empty());
+    let ours = a(&c1, FRONT_GW, "db.dns.dataplane");
+    assert!(
+        ours.code == ResponseCode::NXDomain && ours.authoritative,
+        "{ours:?}"
+    );
+    assert_eq!(a(&c3, BACK_GW, "web1").code, ResponseCode::NXDomain);
+    assert!(!a(&c3, BACK_GW, "web").v4.contains(&web1[0]));
+
+    // External names through the host's (fake) resolver.
+    assert_eq!(a(&c1, FRONT_GW, "example.test").v4, [EXTERNAL]);
+    assert_eq!(a(&c3, BACK_GW, "example.test.").v4, [EXTERNAL]);
+
+    // What the CLI shows.
+    let ls = rig
+        .cli
+        .json(&["dns", "ls", "front", "--format", "json"])
+        .expect("dns ls");
+    let web = ls["names"]
+        .as_array()
+        .expect("names")
+        .iter()
+        .find(|r| r["name"] == "web")
+        .cloned()
+        .expect("web listed");
+    assert_eq!(web["addresses"].as_array().map(Vec::len), Some(2), "{ls}");
+    assert_eq!(ls["server"], FRONT_GW.to_string());
+    let err = rig
+        .cli
+        .fail(&["dns", "ls", "bridge"])
+        .expect("dns ls bridge");
+    assert!(err.contains("no names"), "{err}");
+    let inspect = rig
+        .cli
+        .json(&["network", "inspect", "front"])
+        .expect("inspect");
+    let aliases: Vec<String> = inspect[0]["Containers"]
+        .as_object()
+        .expect("containers")
+        .values()
+        .filter(|c| c["Name"] == "web1")
+        .flat_map(|c| c["Aliases"].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(aliases, ["web", "api.front"]);
+
+    // iproute2's file for the named namespaces.
+    let file = std::fs::read_to_string(rig.netns_file(&c1)).expect("c1 resolv.conf");
+    assert!(file.contains(&format!("nameserver {FRONT_GW}\n")), "{file}");
+    assert!(exists(&rig.netns_file(&c3)));
+
+    // Counters.
+    assert!(rig.metric("dataplane_dns_queries_total") >= 10);
+    assert!(rig.metric("dataplane_dns_answers_total") >= 5);
+    assert!(rig.metric("dataplane_dns_forwards_total") >= 2);
+
+    // A restart loses no name; meanwhile a query gets no answer (the
+    // client retries), never a wrong one.
+    rig.restart(|| {
+        let during = ask(&c2, FRONT_GW, "web1", RecordType::A);
+        assert!(during.is_err(), "answered with no agent: {during:?}");
+    });
+    assert_eq!(wait_for(&c2, FRONT_GW, "web1"), web1);
+    assert_eq!(wait_for(&c1, FRONT_GW, "web2"), web2);
+    assert_eq!(a(&c3, BACK_GW, "db").v4, db);
+
+    // Disconnecting takes the name, the alias's address and the file.
+    rig.cli
+        .run(&["disconnect", "front", "web1"])
+        .expect("disconnect");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while exists(&rig.netns_file(&c1)) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!exists(&rig.netns_file(&c1)), "c1's resolv.conf stayed");
+    assert_eq!(a(&c2, FRONT_GW, "web").v4, web2);
+    assert_ne!(a(&c2, FRONT_GW, "web1").code, ResponseCode::NoError);
+}
+
+#[test]
+fn a_changed_host_resolv_conf_is_used() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let rig = Rig::new("dnsresolv");
+    let _up = Upstream::start(
+        &rig.fh.host,
+        Ipv4Addr::new(127, 0, 0, 53),
+        "example.test",
+        EXTERNAL,
+    );
+    let up2 = Upstream::start(
+        &rig.fh.host,
+        Ipv4Addr::new(127, 0, 0, 54),
+        "other.test",
+        OTHER,
+    );
+    let c1 = NetNs::new("c1").expect("ns");
+    rig.connect("front", &c1, "one", &[]);
+    wait_for(&c1, FRONT_GW, "one");
+    assert_eq!(a(&c1, FRONT_GW, "other.test").code, ResponseCode::NXDomain);
+    // Written beside and renamed, as editors and resolvconf do.
+    let tmp = rig.dir.join("resolv.conf.new");
+    std::fs::write(&tmp, "# new\nnameserver 127.0.0.54\n").expect("write");
+    std::fs::rename(&tmp, rig.dir.join("resolv.conf")).expect("rename");
+    assert_eq!(wait_for(&c1, FRONT_GW, "other.test"), [OTHER]);
+    assert!(up2.queries.load(Ordering::Relaxed) >= 1);
+}
+
+#[test]
+fn a_thousand_queries_a_second_for_ten_seconds() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let rig = Rig::new("dnsload");
+    let up = Upstream::start(
+        &rig.fh.host,
+        Ipv4Addr::new(127, 0, 0, 53),
+        "example.test",
+        EXTERNAL,
+    );
+    let c1 = NetNs::new("c1").expect("ns");
+    let c2 = NetNs::new("c2").expect("ns");
+    rig.connect("front", &c1, "client", &[]);
+    rig.connect("front", &c2, "server", &["svc"]);
+    let server = wait_for(&c1, FRONT_GW, "server");
+    assert_eq!(wait_for(&c1, FRONT_GW, "example.test"), [EXTERNAL]);
+    const RATE: u32 = 1000;
+    const SECONDS: u32 = 10;
+    let result = c1
+        .run_in(move || -> Result<(u32, Duration), String> {
+            let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+            sock.connect((FRONT_GW, 53)).map_err(|e| e.to_string())?;
+            sock.set_read_timeout(Some(Duration::from_secs(2)))
+                .map_err(|e| e.to_string())?;
+            let names = ["server", "svc", "SERVER.dns.dataplane.", "example.test"];
+            let start = Instant::now();
+            let mut buf = [0u8; 4096];
+            for i in 0..RATE * SECONDS {
+                // Paced: query i leaves at i milliseconds.
+                let due = start + Duration::from_micros(u64::from(i) * 1_000_000 / u64::from(RATE));
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    thread::sleep(wait);
+                }
+                let id = (i % 65536) as u16;
+                let name = names[i as usize % names.len()];
+                sock.send(&query_msg(name, RecordType::A, id))
+                    .map_err(|e| format!("query {i}: {e}"))?;
+                let n = sock
+                    .recv(&mut buf)
+                    .map_err(|e| format!("query {i} ({name}): {e}"))?;
+                let a = parse(&buf[..n], id).map_err(|e| format!("query {i}: {e}"))?;
+                let want = if name == "example.test" {
+                    EXTERNAL
+                } else {
+                    server[0]
+                };
+                if a.code != ResponseCode::NoError || a.v4 != [want] {
+                    return Err(format!("query {i} ({name}): {a:?}"));
+                }
+            }
+            Ok((RATE * SECONDS, start.elapsed()))
+        })
+        .expect("ns");
+    let (n, took) = result.unwrap_or_else(|e| panic!("under load: {e}"));
+    assert_eq!(n, 10_000);
+    // The pace held: 10 000 answers in about ten seconds, not much more.
+    assert!(took < Duration::from_secs(12), "{n} queries took {took:?}");
+    // External answers came from the cache, not one upstream query each.
+    assert!(
+        up.queries.load(Ordering::Relaxed) < 100,
+        "{}",
+        up.queries.load(Ordering::Relaxed)
+    );
+    assert_eq!(rig.metric("dataplane_dns_failures_total"), 0);
+}
