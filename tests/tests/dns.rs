@@ -498,3 +498,122 @@ fn a_thousand_queries_a_second_for_ten_seconds() {
     );
     assert_eq!(rig.metric("dataplane_dns_failures_total"), 0);
 }
+
+/// `f` on a thread inside the namespace at `path` (a runtime's sandbox,
+/// not a harness namespace).
+fn in_netns<R: Send>(path: &str, f: impl FnOnce() -> R + Send) -> R {
+    thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            // SAFETY: setns on a valid fd we own; only this thread moves.
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// One A query from inside the namespace at `path`.
+fn ask_in(path: &str, server: Ipv4Addr, name: &str) -> Result<Answer, String> {
+    in_netns(path, || {
+        let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(Duration::from_secs(3)))
+            .map_err(|e| e.to_string())?;
+        sock.send_to(&query_msg(name, RecordType::A, 7), (server, 53))
+            .map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 4096];
+        let n = sock.recv(&mut buf).map_err(|e| format!("{name}: {e}"))?;
+        parse(&buf[..n], 7)
+    })
+}
+
+#[test]
+fn podman_containers_on_a_dataplane_network_resolve_each_other() {
+    use dataplane_tests::podman::{self, Podman};
+    if !dataplane_tests::require_root() || !podman::require_podman() {
+        return;
+    }
+    let rig = Rig::new("dnspodman");
+    let _up = Upstream::start(
+        &rig.fh.host,
+        Ipv4Addr::new(127, 0, 0, 53),
+        "example.test",
+        EXTERNAL,
+    );
+    let mut pod = Podman::new(&rig.fh.host, "dnspod").expect("podman");
+    // libcni caches results by network name machine-wide: this run's own.
+    let net = format!("dpt{}dns", dataplane_tests::run_id());
+    let plugin = serde_json::json!({
+        "type": "dataplane-cni",
+        "socket": rig.cli.socket,
+        "ipam": {"type": "dataplane", "subnet": "10.93.0.0/24"},
+    });
+    pod.add_conflist(
+        &net,
+        &serde_json::json!({"cniVersion": "1.0.0", "name": net, "plugins": [plugin]}),
+    )
+    .expect("conflist");
+    let gw = Ipv4Addr::new(10, 93, 0, 1);
+    for name in ["alpha", "beta"] {
+        pod.run_detached(&[
+            "--name",
+            name,
+            "--network",
+            &net,
+            podman::IMAGE,
+            "/bin/sleep",
+            "300",
+        ])
+        .expect("podman run");
+    }
+    let inspect = |what: &str, c: &str| {
+        pod.run(&["inspect", "-f", what, c])
+            .expect("inspect")
+            .trim()
+            .to_owned()
+    };
+    let ip_of = |c: &str| -> Ipv4Addr {
+        inspect(
+            &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+            c,
+        )
+        .parse()
+        .expect("ip")
+    };
+    let (alpha_ip, beta_ip) = (ip_of("alpha"), ip_of("beta"));
+    // podman wrote the CNI result's DNS settings into the containers.
+    let resolv = pod
+        .run(&["exec", "alpha", "cat", "/etc/resolv.conf"])
+        .expect("resolv.conf");
+    assert!(resolv.contains(&format!("nameserver {gw}")), "{resolv}");
+    assert!(resolv.contains("dns.dataplane"), "{resolv}");
+    // Each resolves the other by its container name, as its resolver
+    // would: to the nameserver of its resolv.conf, from its namespace.
+    let alpha_ns = inspect("{{.NetworkSettings.SandboxKey}}", "alpha");
+    let beta_ns = inspect("{{.NetworkSettings.SandboxKey}}", "beta");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let resolve = |ns: &str, name: &str| loop {
+        match ask_in(ns, gw, name) {
+            Ok(a) if !a.v4.is_empty() => return a.v4,
+            other if Instant::now() > deadline => panic!("{name} from {ns}: {other:?}"),
+            _ => thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    assert_eq!(resolve(&alpha_ns, "beta"), [beta_ip]);
+    assert_eq!(resolve(&beta_ns, "alpha.dns.dataplane."), [alpha_ip]);
+    assert_eq!(resolve(&beta_ns, "example.test"), [EXTERNAL]);
+    pod.run(&["rm", "-f", "-t", "0", "beta"]).expect("rm beta");
+    // Its name goes with it (within the agent's poll).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = ask_in(&alpha_ns, gw, "beta").expect("beta after rm");
+        if left.v4.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "beta still answered: {left:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}

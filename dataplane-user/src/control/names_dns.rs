@@ -73,6 +73,11 @@ pub fn no_names_reason(net: &Network) -> Option<&'static str> {
     if net.name == "bridge" {
         return Some("the default bridge network has no names, as in Docker");
     }
+    if net.name == super::manager::docker_network_name(&net.id) {
+        return Some(
+            "a network of Docker's driver: Docker's own resolver (127.0.0.11) answers its containers",
+        );
+    }
     if !matches!(net.driver, DriverConfig::Bridge(_)) {
         return Some("only bridge networks have names (the gateway is the host's address)");
     }
@@ -268,6 +273,10 @@ mod tests {
     fn names_stay_on_their_network_and_aliases_gather_addresses() {
         let t = NameTable::from_state(&state());
         assert!(!t.networks.contains_key("bridge"));
+        let mut docker = net("x", [172, 20, 0, 1], DriverConfig::Null);
+        docker.id = "0123456789abcdef".into();
+        docker.name = "docker-0123456789ab".into();
+        assert!(no_names_reason(&docker).is_some_and(|r| r.contains("Docker")));
         let front = &t.networks["front"];
         assert_eq!(front.server, Ipv4Addr::new(172, 18, 0, 1));
         assert!(front.get("db").is_none());
