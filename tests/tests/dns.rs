@@ -162,6 +162,29 @@ fn ask(ns: &NetNs, server: Ipv4Addr, name: &str, rtype: RecordType) -> Result<An
     .map_err(|e| e.to_string())?
 }
 
+/// One query over TCP (two-byte length, then the message) from `ns`.
+fn ask_tcp(ns: &NetNs, server: Ipv4Addr, name: &str) -> Result<Answer, String> {
+    use std::io::{Read as _, Write as _};
+    let name = name.to_owned();
+    ns.run_in(move || -> Result<Answer, String> {
+        let dst = SocketAddr::from((server, 53));
+        let mut s = std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(3))
+            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))
+            .map_err(|e| e.to_string())?;
+        let msg = query_msg(&name, RecordType::A, 9);
+        let len = u16::try_from(msg.len()).map_err(|e| e.to_string())?;
+        s.write_all(&len.to_be_bytes()).map_err(|e| e.to_string())?;
+        s.write_all(&msg).map_err(|e| e.to_string())?;
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut buf).map_err(|e| e.to_string())?;
+        parse(&buf, 9)
+    })
+    .map_err(|e| e.to_string())?
+}
+
 fn a(ns: &NetNs, server: Ipv4Addr, name: &str) -> Answer {
     ask(ns, server, name, RecordType::A).unwrap_or_else(|e| panic!("{name} A: {e}"))
 }
@@ -298,6 +321,7 @@ fn names_and_aliases_resolve_within_their_network_only() {
     assert_eq!(web1.len(), 1);
     assert_eq!(a(&c2, FRONT_GW, "WEB1.dns.dataplane.").v4, web1);
     assert_eq!(a(&c2, FRONT_GW, "api.front").v4, web1);
+    assert_eq!(ask_tcp(&c2, FRONT_GW, "web1").expect("over TCP").v4, web1);
     let answer = a(&c1, FRONT_GW, "web2");
     assert!(answer.authoritative && answer.code == ResponseCode::NoError);
     // No AAAA yet: the name exists, with no IPv6 address.
