@@ -222,6 +222,9 @@ impl Drop for NetNs {
         {
             let _ = std::fs::remove_file(&file);
             let _ = std::fs::remove_dir(&etc);
+            // The agent made /etc/netns for it, most likely: it goes when
+            // nothing else is in it (iproute2 does not need it).
+            let _ = std::fs::remove_dir("/etc/netns");
         }
         if let Err(e) = cmd::run(&["ip", "netns", "del", &self.name]) {
             eprintln!(

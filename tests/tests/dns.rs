@@ -207,6 +207,7 @@ struct Rig {
     fh: FakeHost,
     cli: Cli,
     dir: PathBuf,
+    netns_etc: PathBuf,
     agent: Option<Child>,
 }
 
@@ -215,15 +216,22 @@ impl Rig {
     /// namespaces' files under the test's own directory; networks `front`
     /// and `back`.
     fn new(tag: &str) -> Rig {
+        Rig::with_netns_etc(tag, None)
+    }
+
+    /// [`Rig::new`] writing the namespaces' files under `netns_etc`
+    /// (None: the test's own directory).
+    fn with_netns_etc(tag: &str, netns_etc: Option<&Path>) -> Rig {
         let fh = FakeHost::new(false).expect("fake host");
         let mut cli = Cli::new(&fh.host, tag).expect("cli");
         let dir = cli.state.path().with_extension("dns");
         std::fs::create_dir_all(&dir).expect("dir");
         std::fs::write(dir.join("resolv.conf"), "nameserver 127.0.0.53\n").expect("resolv");
+        let etc = netns_etc.map_or_else(|| dir.join("netns"), Path::to_owned);
         cli.set_config(&format!(
             "[dns]\nresolv_conf = \"{}\"\nnetns_etc = \"{}\"\n",
             dir.join("resolv.conf").display(),
-            dir.join("netns").display()
+            etc.display()
         ))
         .expect("config");
         cli.run(&["uplink", "add", &fh.uplink]).expect("uplink");
@@ -236,6 +244,7 @@ impl Rig {
             fh,
             cli,
             dir,
+            netns_etc: etc,
             agent: Some(agent),
         }
     }
@@ -259,7 +268,7 @@ impl Rig {
     }
 
     fn netns_file(&self, ns: &NetNs) -> PathBuf {
-        self.dir.join("netns").join(ns.name()).join("resolv.conf")
+        self.netns_etc.join(ns.name()).join("resolv.conf")
     }
 
     fn metric(&self, name: &str) -> u64 {
@@ -423,6 +432,66 @@ fn names_and_aliases_resolve_within_their_network_only() {
     assert!(!exists(&rig.netns_file(&c1)), "c1's resolv.conf stayed");
     assert_eq!(a(&c2, FRONT_GW, "web").v4, web2);
     assert_ne!(a(&c2, FRONT_GW, "web1").code, ResponseCode::NoError);
+}
+
+#[test]
+fn getent_under_ip_netns_exec_finds_names_through_the_iproute2_file() {
+    if !dataplane_tests::require_root() || !dataplane_tests::require_tools("getent", &["getent"]) {
+        return;
+    }
+    // iproute2's own directory: `ip netns exec` looks nowhere else. The
+    // files carry this run's unique namespace names and go with the
+    // endpoints (and with the namespaces, see `NetNs`'s drop).
+    let had_etc = exists(Path::new("/etc/netns"));
+    let rig = Rig::with_netns_etc("dnsgetent", Some(Path::new("/etc/netns")));
+    let _up = Upstream::start(
+        &rig.fh.host,
+        Ipv4Addr::new(127, 0, 0, 53),
+        "example.test",
+        EXTERNAL,
+    );
+    let c1 = NetNs::new("c1").expect("ns");
+    let c2 = NetNs::new("c2").expect("ns");
+    rig.connect("front", &c1, "getent1", &[]);
+    rig.connect("front", &c2, "getent2", &["shared-name"]);
+    let want = wait_for(&c1, FRONT_GW, "getent2");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !exists(&rig.netns_file(&c1)) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let getent = |name: &str| {
+        dataplane_tests::cmd::run_timeout(
+            &["ip", "netns", "exec", c1.name(), "getent", "ahostsv4", name],
+            Duration::from_secs(20),
+        )
+    };
+    for name in ["getent2", "shared-name", "example.test"] {
+        let out = getent(name).unwrap_or_else(|e| panic!("getent {name}: {e:#}"));
+        let addr = if name == "example.test" {
+            EXTERNAL
+        } else {
+            want[0]
+        };
+        assert!(out.contains(&addr.to_string()), "{name}: {out}");
+    }
+    rig.cli
+        .run(&["disconnect", "front", "getent1"])
+        .expect("disconnect");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while exists(&rig.netns_file(&c1)) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !exists(&rig.netns_file(&c1)),
+        "the file outlived its endpoint"
+    );
+    assert!(!exists(&rig.netns_etc.join(c1.name())));
+    // The agent first, so it writes nothing behind the namespaces' drop.
+    drop((rig, c1, c2));
+    if !had_etc {
+        // Made by the agent for this test; goes only when empty.
+        let _ = std::fs::remove_dir("/etc/netns");
+    }
 }
 
 #[test]
