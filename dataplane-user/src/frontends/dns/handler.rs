@@ -108,7 +108,8 @@ impl Handler {
         let qname = name.to_ascii();
         // The table of this moment; a network gone since the socket was
         // opened is a retryable failure, never another network's answer.
-        let Some(names) = self.shared.names(&self.network) else {
+        let table = self.shared.table();
+        let Some(names) = table.networks.get(&self.network) else {
             return Reply::code(ResponseCode::ServFail);
         };
         if let Some(entry) = names.get(&qname) {

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::control::{
-    names_dns::{NameTable, NetworkNames},
+    names_dns::NameTable,
     state::{State, StateStore},
 };
 
@@ -139,9 +139,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn names(&self, network: &str) -> Option<NetworkNames> {
-        let table = self.table.read().unwrap_or_else(|e| e.into_inner()).clone();
-        table.networks.get(network).cloned()
+    /// The table of this moment (shared, not copied: one query costs a
+    /// reference count).
+    fn table(&self) -> Arc<NameTable> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn upstream(&self) -> Option<Arc<TokioAsyncResolver>> {
@@ -193,12 +194,7 @@ pub async fn serve(settings: DnsSettings, state_dir: PathBuf, stop: Cancellation
                 Err(e) => warn!("DNS: reading the state: {e}"),
             }
         }
-        let table = shared
-            .table
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        reconcile(&table, &shared, &mut listeners, &mut failed).await;
+        reconcile(&shared.table(), &shared, &mut listeners, &mut failed).await;
     }
     // Dropping the servers closes their sockets.
     drop(listeners);
