@@ -710,3 +710,61 @@ fn podman_containers_on_a_dataplane_network_resolve_each_other() {
         thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn icc_off_still_answers_and_internal_networks_forward_nothing() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let rig = Rig::new("dnsicc");
+    let up = Upstream::start(
+        &rig.fh.host,
+        Ipv4Addr::new(127, 0, 0, 53),
+        "example.test",
+        EXTERNAL,
+    );
+    let quiet_gw = Ipv4Addr::new(10, 94, 0, 1);
+    let inside_gw = Ipv4Addr::new(10, 95, 0, 1);
+    rig.cli
+        .run(&[
+            "network",
+            "create",
+            "--subnet",
+            "10.94.0.0/24",
+            "-o",
+            "com.docker.network.bridge.enable_icc=false",
+            "quiet",
+        ])
+        .expect("quiet");
+    rig.cli
+        .run(&[
+            "network",
+            "create",
+            "--subnet",
+            "10.95.0.0/24",
+            "--internal",
+            "inside",
+        ])
+        .expect("inside");
+    let c1 = NetNs::new("c1").expect("ns");
+    let c2 = NetNs::new("c2").expect("ns");
+    rig.connect("quiet", &c1, "q1", &[]);
+    rig.connect("quiet", &c2, "q2", &[]);
+    // The gateway is reachable with icc off: names answer.
+    let q2 = wait_for(&c1, quiet_gw, "q2");
+    assert_eq!(q2.len(), 1);
+    assert_eq!(a(&c1, quiet_gw, "example.test").v4, [EXTERNAL]);
+    let c3 = NetNs::new("c3").expect("ns");
+    let c4 = NetNs::new("c4").expect("ns");
+    rig.connect("inside", &c3, "i1", &[]);
+    rig.connect("inside", &c4, "i2", &[]);
+    assert_eq!(wait_for(&c3, inside_gw, "i2").len(), 1);
+    let before = up.queries.load(Ordering::Relaxed);
+    let out = a(&c3, inside_gw, "example.test");
+    assert_eq!(out.code, ResponseCode::Refused, "{out:?}");
+    assert_eq!(
+        up.queries.load(Ordering::Relaxed),
+        before,
+        "an internal network forwarded"
+    );
+}
