@@ -299,6 +299,42 @@ fn exists(p: &Path) -> bool {
     p.try_exists().unwrap_or(false)
 }
 
+/// What the CLI shows of the names of `front` (web1 with aliases web and
+/// api.front, web2 with web) and of the default network.
+fn cli_views(rig: &Rig) {
+    let ls = rig
+        .cli
+        .json(&["dns", "ls", "front", "--format", "json"])
+        .expect("dns ls");
+    let web = ls["names"]
+        .as_array()
+        .expect("names")
+        .iter()
+        .find(|r| r["name"] == "web")
+        .cloned()
+        .expect("web listed");
+    assert_eq!(web["addresses"].as_array().map(Vec::len), Some(2), "{ls}");
+    assert_eq!(ls["server"], FRONT_GW.to_string());
+    let err = rig
+        .cli
+        .fail(&["dns", "ls", "bridge"])
+        .expect("dns ls bridge");
+    assert!(err.contains("no names"), "{err}");
+    let inspect = rig
+        .cli
+        .json(&["network", "inspect", "front"])
+        .expect("inspect");
+    let aliases: Vec<String> = inspect[0]["Containers"]
+        .as_object()
+        .expect("containers")
+        .values()
+        .filter(|c| c["Name"] == "web1")
+        .flat_map(|c| c["Aliases"].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(aliases, ["web", "api.front"]);
+}
+
 #[test]
 fn names_and_aliases_resolve_within_their_network_only() {
     if !dataplane_tests::require_root() {
@@ -368,38 +404,7 @@ fn names_and_aliases_resolve_within_their_network_only() {
     assert_eq!(a(&c1, FRONT_GW, "example.test").v4, [EXTERNAL]);
     assert_eq!(a(&c3, BACK_GW, "example.test.").v4, [EXTERNAL]);
 
-    // What the CLI shows.
-    let ls = rig
-        .cli
-        .json(&["dns", "ls", "front", "--format", "json"])
-        .expect("dns ls");
-    let web = ls["names"]
-        .as_array()
-        .expect("names")
-        .iter()
-        .find(|r| r["name"] == "web")
-        .cloned()
-        .expect("web listed");
-    assert_eq!(web["addresses"].as_array().map(Vec::len), Some(2), "{ls}");
-    assert_eq!(ls["server"], FRONT_GW.to_string());
-    let err = rig
-        .cli
-        .fail(&["dns", "ls", "bridge"])
-        .expect("dns ls bridge");
-    assert!(err.contains("no names"), "{err}");
-    let inspect = rig
-        .cli
-        .json(&["network", "inspect", "front"])
-        .expect("inspect");
-    let aliases: Vec<String> = inspect[0]["Containers"]
-        .as_object()
-        .expect("containers")
-        .values()
-        .filter(|c| c["Name"] == "web1")
-        .flat_map(|c| c["Aliases"].as_array().cloned().unwrap_or_default())
-        .filter_map(|v| v.as_str().map(str::to_owned))
-        .collect();
-    assert_eq!(aliases, ["web", "api.front"]);
+    cli_views(&rig);
 
     // iproute2's file for the named namespaces.
     let file = std::fs::read_to_string(rig.netns_file(&c1)).expect("c1 resolv.conf");

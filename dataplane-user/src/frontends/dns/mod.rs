@@ -187,9 +187,10 @@ pub async fn serve(settings: DnsSettings, state_dir: PathBuf, stop: Cancellation
             match load_state(&state_dir).await {
                 Ok(state) => {
                     stamps = now;
-                    let table = NameTable::from_state(&state);
+                    let table = Arc::new(NameTable::from_state(&state));
+                    // Names first: once a file is gone, so is its name.
+                    *shared.table.write().unwrap_or_else(|e| e.into_inner()) = table.clone();
                     netns_files::sync(&settings.netns_etc, &netns_files::wanted(&state, &table));
-                    *shared.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
                 }
                 Err(e) => warn!("DNS: reading the state: {e}"),
             }
