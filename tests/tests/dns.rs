@@ -112,6 +112,7 @@ struct Answer {
     code: ResponseCode,
     authoritative: bool,
     v4: Vec<Ipv4Addr>,
+    ptr: Vec<String>,
     any: usize,
 }
 
@@ -138,6 +139,14 @@ fn parse(bytes: &[u8], id: u16) -> Result<Answer, String> {
             .iter()
             .filter_map(|r| match r.data() {
                 Some(RData::A(a)) => Some(a.0),
+                _ => None,
+            })
+            .collect(),
+        ptr: m
+            .answers()
+            .iter()
+            .filter_map(|r| match r.data() {
+                Some(RData::PTR(p)) => Some(p.0.to_ascii()),
                 _ => None,
             })
             .collect(),
@@ -369,6 +378,16 @@ fn names_and_aliases_resolve_within_their_network_only() {
     assert_eq!(ask_tcp(&c2, FRONT_GW, "web1").expect("over TCP").v4, web1);
     let answer = a(&c1, FRONT_GW, "web2");
     assert!(answer.authoritative && answer.code == ResponseCode::NoError);
+    // Reverse: an endpoint's address gives its name.
+    let [o1, o2, o3, o4] = web1[0].octets();
+    let rev = ask(
+        &c2,
+        FRONT_GW,
+        &format!("{o4}.{o3}.{o2}.{o1}.in-addr.arpa."),
+        RecordType::PTR,
+    )
+    .expect("PTR");
+    assert_eq!(rev.ptr, ["web1.dns.dataplane."], "{rev:?}");
     // No AAAA yet: the name exists, with no IPv6 address.
     let v6 = ask(&c1, FRONT_GW, "web2", RecordType::AAAA).expect("AAAA");
     assert_eq!((v6.code, v6.any), (ResponseCode::NoError, 0));

@@ -104,6 +104,25 @@ pub struct NetworkNames {
     /// Internal networks answer their names but forward nothing.
     pub internal: bool,
     pub names: BTreeMap<String, NameEntry>,
+    /// Reverse lookups: each endpoint address to the endpoint's first
+    /// name (its own, else its first alias).
+    pub by_addr: BTreeMap<IpAddr, String>,
+}
+
+/// The IPv4 address of a reverse name (`4.3.2.1.in-addr.arpa`, any case,
+/// with or without the trailing dot), None for anything else.
+pub fn reverse_v4(qname: &str) -> Option<Ipv4Addr> {
+    let name = qname
+        .strip_suffix('.')
+        .unwrap_or(qname)
+        .to_ascii_lowercase();
+    let rest = name.strip_suffix(".in-addr.arpa")?;
+    let mut octets = [0u8; 4];
+    let mut parts = rest.split('.');
+    for slot in octets.iter_mut().rev() {
+        *slot = parts.next()?.parse().ok()?;
+    }
+    parts.next().is_none().then(|| Ipv4Addr::from(octets))
 }
 
 impl NetworkNames {
@@ -165,13 +184,19 @@ impl NameTable {
                 continue;
             };
             let mut names: BTreeMap<String, NameEntry> = BTreeMap::new();
+            let mut by_addr = BTreeMap::new();
             for ep in state.endpoints_of(&net.name) {
                 let addrs = addresses(ep);
                 if addrs.is_empty() {
                     continue;
                 }
                 let own = dns_name(&ep.name).ok();
-                let all = own.into_iter().chain(ep.aliases.iter().cloned());
+                let all: Vec<String> = own.into_iter().chain(ep.aliases.iter().cloned()).collect();
+                if let Some(first) = all.first() {
+                    for a in &addrs {
+                        by_addr.entry(*a).or_insert_with(|| first.clone());
+                    }
+                }
                 for name in all {
                     let entry = names.entry(name).or_default();
                     if entry.endpoints.contains(&ep.name) {
@@ -192,6 +217,7 @@ impl NameTable {
                     server,
                     internal: net.internal,
                     names,
+                    by_addr,
                 },
             );
         }
@@ -291,6 +317,24 @@ mod tests {
         assert!(front.get("web1.").is_some());
         assert!(t.networks["back"].get("db").is_some());
         assert!(NetworkNames::in_domain("x.DNS.dataplane."));
+        assert_eq!(
+            front
+                .by_addr
+                .get(&IpAddr::from([172, 18, 0, 3]))
+                .map(String::as_str),
+            Some("web2")
+        );
+        assert_eq!(
+            reverse_v4("3.0.18.172.IN-ADDR.ARPA."),
+            Some(Ipv4Addr::new(172, 18, 0, 3))
+        );
+        for bad in [
+            "3.0.18.in-addr.arpa",
+            "a.0.18.172.in-addr.arpa",
+            "1.3.0.18.172.in-addr.arpa",
+        ] {
+            assert_eq!(reverse_v4(bad), None, "{bad}");
+        }
         assert!(!NetworkNames::in_domain("example.com"));
     }
 

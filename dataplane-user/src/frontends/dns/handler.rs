@@ -10,7 +10,7 @@ use std::{
 use hickory_proto::{
     op::{Header, MessageType, OpCode, ResponseCode},
     rr::{
-        rdata::{A, AAAA},
+        rdata::{A, AAAA, PTR},
         DNSClass, Name, RData, Record, RecordType,
     },
 };
@@ -22,7 +22,7 @@ use hickory_server::{
 use tracing::debug;
 
 use super::{Shared, COUNTERS};
-use crate::control::names_dns::{rotated, NetworkNames};
+use crate::control::names_dns::{reverse_v4, rotated, NetworkNames, DOMAIN};
 
 /// Local answers are not cached by clients: an endpoint that goes, or an
 /// alias that moves, is seen on the next query (as aardvark-dns does).
@@ -130,6 +130,10 @@ impl Handler {
                 authority: Vec::new(),
             };
         }
+        if let Some(reply) = reverse(names, &name, query.query_type()) {
+            COUNTERS.answered.fetch_add(1, Ordering::Relaxed);
+            return reply;
+        }
         if NetworkNames::in_domain(&qname) {
             COUNTERS.answered.fetch_add(1, Ordering::Relaxed);
             return Reply {
@@ -176,6 +180,27 @@ impl Handler {
             },
         }
     }
+}
+
+/// A PTR query for an endpoint address of this network: its name under our
+/// domain. Other reverse names are forwarded like any name.
+fn reverse(names: &NetworkNames, qname: &Name, rtype: RecordType) -> Option<Reply> {
+    if rtype != RecordType::PTR {
+        return None;
+    }
+    let addr = reverse_v4(&qname.to_ascii())?;
+    let host = names.by_addr.get(&IpAddr::V4(addr))?;
+    let target = Name::from_ascii(format!("{host}.{DOMAIN}.")).ok()?;
+    Some(Reply {
+        code: ResponseCode::NoError,
+        authoritative: true,
+        answers: vec![Record::from_rdata(
+            qname.clone(),
+            LOCAL_TTL,
+            RData::PTR(PTR(target)),
+        )],
+        authority: Vec::new(),
+    })
 }
 
 fn rdata(addr: IpAddr) -> RData {
