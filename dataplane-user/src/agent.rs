@@ -31,7 +31,7 @@ use crate::{
         ebpf::{detach_tc, Dataplane, Direction, LoadError},
         host_local, stats,
     },
-    frontends::{docker, metrics},
+    frontends::{dns, docker, metrics},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +238,15 @@ impl Agent {
             info!(socket = %path.display(), "Docker network driver listening (docker network create -d {})",
                 path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default());
             tasks.spawn(docker::serve(listener, ctx, stop.clone().cancelled_owned()));
+        }
+        if let Some(settings) = &self.config.dns {
+            // After the networks are restored (open_networks), so every
+            // gateway it listens on exists; names come from the state.
+            tasks.spawn(dns::serve(
+                settings.clone(),
+                self.state_dir().to_owned(),
+                stop.clone(),
+            ));
         }
         if let Some(addr) = self.config.metrics {
             let listener = tokio::net::TcpListener::bind(addr)

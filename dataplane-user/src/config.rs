@@ -31,6 +31,12 @@
 //! [masquerade]                            # source ports for SNAT
 //! port_min = 32768
 //! port_max = 60999
+//!
+//! [dns]                                   # names on user networks (docs/dns.md)
+//! enabled = true                          # false: no responder
+//! resolv_conf = "/etc/resolv.conf"        # the host's resolvers, re-read on change
+//! netns_etc = "/etc/netns"                # where `ip netns exec` finds resolv.conf
+//! cache_size = 1024                       # upstream answers kept, 0-65536
 //! ```
 //!
 //! `off` is the one word for "off" (`none` and "" are still accepted). The
@@ -47,7 +53,10 @@ use std::{
 use dataplane_common::{maps::PIN_ROOT, nat::NatConfig};
 use serde::Deserialize;
 
-use crate::datapath::{bpffs::PinRoot, conntrack::Timeouts, host_local};
+use crate::{
+    datapath::{bpffs::PinRoot, conntrack::Timeouts, host_local},
+    frontends::dns::DnsSettings,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -91,6 +100,17 @@ struct File {
     conntrack: ConntrackFile,
     #[serde(default)]
     masquerade: MasqueradeFile,
+    #[serde(default)]
+    dns: DnsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DnsFile {
+    enabled: Option<bool>,
+    resolv_conf: Option<PathBuf>,
+    netns_etc: Option<PathBuf>,
+    cache_size: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -165,6 +185,8 @@ pub struct Config {
     /// IPv6 on the default `bridge` network, on this subnet (None: a /64
     /// of the host's unique local prefix).
     pub default_bridge_ipv6: Option<Option<ipnet::Ipv6Net>>,
+    /// The DNS responder; None: off.
+    pub dns: Option<DnsSettings>,
 }
 
 impl Default for Config {
@@ -181,6 +203,7 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             nat: NatConfig::DEFAULT,
             default_bridge_ipv6: None,
+            dns: Some(DnsSettings::default()),
         }
     }
 }
@@ -265,6 +288,8 @@ pub struct AgentConfig {
     pub metrics: Option<SocketAddr>,
     /// See [`Config::default_bridge_ipv6`].
     pub default_bridge_ipv6: Option<Option<ipnet::Ipv6Net>>,
+    /// The DNS responder's settings; None: off.
+    pub dns: Option<DnsSettings>,
 }
 
 impl Config {
@@ -335,6 +360,7 @@ impl Config {
             docker_socket,
             metrics,
             default_bridge_ipv6: self.default_bridge_ipv6,
+            dns: self.dns.clone(),
         })
     }
 }
@@ -456,6 +482,7 @@ impl Config {
         if let Some(p) = file.masquerade.port_max {
             c.nat.snat_port_max = p;
         }
+        c.dns = dns_settings(file.dns, &invalid)?;
         if c.nat.snat_port_min == 0 || c.nat.snat_port_min > c.nat.snat_port_max {
             return Err(invalid(
                 "masquerade.port_min",
@@ -467,6 +494,38 @@ impl Config {
         }
         Ok(c)
     }
+}
+
+/// `[dns]`: None when `enabled = false`; paths must be absolute.
+fn dns_settings(
+    file: DnsFile,
+    invalid: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<Option<DnsSettings>, ConfigError> {
+    if file.enabled == Some(false) {
+        return Ok(None);
+    }
+    let mut s = DnsSettings::default();
+    for (field, value, slot) in [
+        ("dns.resolv_conf", file.resolv_conf, &mut s.resolv_conf),
+        ("dns.netns_etc", file.netns_etc, &mut s.netns_etc),
+    ] {
+        if let Some(p) = value {
+            if !p.is_absolute() {
+                return Err(invalid(
+                    field,
+                    format!("{} is not an absolute path", p.display()),
+                ));
+            }
+            *slot = p;
+        }
+    }
+    if let Some(n) = file.cache_size {
+        if n > 65536 {
+            return Err(invalid("dns.cache_size", format!("{n} is more than 65536")));
+        }
+        s.cache_size = n;
+    }
+    Ok(Some(s))
 }
 
 #[cfg(test)]
@@ -491,9 +550,22 @@ mod tests {
             [masquerade]
             port_min = 40000
             port_max = 40100
+            [dns]
+            resolv_conf = "/tmp/r.conf"
+            cache_size = 0
             "#,
         )
         .unwrap();
+        let dns = c.dns.clone().expect("dns on");
+        assert_eq!(dns.resolv_conf, PathBuf::from("/tmp/r.conf"));
+        assert_eq!(
+            (dns.cache_size, dns.netns_etc),
+            (0, PathBuf::from("/etc/netns"))
+        );
+        let off = Config::parse(Path::new("o.toml"), "[dns]\nenabled = false\n").unwrap();
+        assert_eq!(off.dns, None);
+        let bad = Config::parse(Path::new("b.toml"), "[dns]\nnetns_etc = \"rel\"\n").unwrap_err();
+        assert!(bad.to_string().contains("dns.netns_etc"), "{bad}");
         assert_eq!(c.state_dir, Some(PathBuf::from("/s")));
         assert_eq!(c.uplinks, vec!["eth1"]);
         assert_eq!(c.interval, Duration::from_secs(5));

@@ -212,6 +212,20 @@ impl fmt::Display for NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
+        // iproute2's per-namespace resolv.conf, when a dataplane agent
+        // running with its default `dns.netns_etc` wrote one (docs/dns.md):
+        // an agent stopped before the endpoint went leaves it.
+        let etc = Path::new("/etc/netns").join(&self.name);
+        let file = etc.join("resolv.conf");
+        if std::fs::read_to_string(&file)
+            .is_ok_and(|t| t.starts_with("# Written by the dataplane agent"))
+        {
+            let _ = std::fs::remove_file(&file);
+            let _ = std::fs::remove_dir(&etc);
+            // The agent made /etc/netns for it, most likely: it goes when
+            // nothing else is in it (iproute2 does not need it).
+            let _ = std::fs::remove_dir("/etc/netns");
+        }
         if let Err(e) = cmd::run(&["ip", "netns", "del", &self.name]) {
             eprintln!(
                 "dataplane-tests: cannot delete network namespace {}: {e:#}",

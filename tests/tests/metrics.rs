@@ -334,6 +334,7 @@ fn endpoint(name: &str, network: &str) -> Endpoint {
             proto: Proto::Tcp,
             stats_index: 0,
         }],
+        aliases: Vec::new(),
     }
 }
 

@@ -94,11 +94,16 @@ pub enum Request {
     FilterLs,
     NatLs,
     ConntrackLs,
+    /// The names a network's DNS answers (`dns ls`, docs/dns.md).
+    DnsLs {
+        network: String,
+    },
     /// Who answers: the agent (with its pid) or the CLI itself.
     Status,
     /// CNI ADD (`dataplane-cni`, docs/cni.md).
     CniAdd {
-        args: cni::AddArgs,
+        /// Boxed: the largest request by far, and the enum is as big as it.
+        args: Box<cni::AddArgs>,
     },
     CniDel {
         network: String,

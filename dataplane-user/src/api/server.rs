@@ -14,8 +14,8 @@ use super::{
     context::{answer, Context},
     datapath,
     types::{
-        Connected, DnatRow, Done, FilterAdded, FilterIds, FilterRow, FlowRow, NatTable,
-        NetworkCreated, Problems, Published, Removed, SnatRow, Status,
+        Connected, DnatRow, DnsRow, DnsTable, Done, FilterAdded, FilterIds, FilterRow, FlowRow,
+        NatTable, NetworkCreated, Problems, Published, Removed, SnatRow, Status,
     },
     ApiError, Request, Response, IO_TIMEOUT, MAX_REQUEST,
 };
@@ -24,6 +24,7 @@ use crate::{
         driver::{self, NetworkDriver as _},
         inspect,
         manager::{Manager, NetworkError},
+        names_dns,
     },
     datapath::{bpffs::PinRoot, conntrack, filter, nat},
 };
@@ -114,6 +115,7 @@ async fn run(ctx: &Context, m: &mut Manager, req: Request) -> Result<Value, anyh
         }
         Request::UplinkLs => answer(&m.state().uplinks),
         Request::NatLs => answer(nat_ls(m, &ctx.pins)?),
+        Request::DnsLs { network } => answer(dns_ls(m, &network)?),
         Request::ConntrackLs => answer(
             conntrack::list(&ctx.pins)?
                 .into_iter()
@@ -330,4 +332,30 @@ async fn handle(stream: UnixStream, ctx: &Context) -> anyhow::Result<()> {
     out.push(b'\n');
     tokio::time::timeout(IO_TIMEOUT, write.write_all(&out)).await??;
     Ok(())
+}
+
+/// `dns ls NETWORK`: the names the network's responder answers.
+fn dns_ls(m: &Manager, network: &str) -> Result<DnsTable, anyhow::Error> {
+    let net = m.network(network)?;
+    if let Some(reason) = names_dns::no_names_reason(net) {
+        anyhow::bail!("network {}: no names: {reason}", net.name);
+    }
+    let table = names_dns::NameTable::from_state(m.state());
+    let names = table.networks.get(&net.name);
+    Ok(DnsTable {
+        network: net.name.clone(),
+        server: names.map(|n| n.server),
+        names: names
+            .map(|n| {
+                n.names
+                    .iter()
+                    .map(|(name, e)| DnsRow {
+                        name: name.clone(),
+                        addresses: e.addresses.iter().map(ToString::to_string).collect(),
+                        endpoints: e.endpoints.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
 }

@@ -66,6 +66,24 @@ pub struct FilterRow {
     pub bytes: u64,
 }
 
+/// `dns_ls`: the names one network's DNS answers, and where.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsTable {
+    pub network: String,
+    /// The responder's address (the network's gateway), port 53.
+    pub server: Option<Ipv4Addr>,
+    pub names: Vec<DnsRow>,
+}
+
+/// One name: its addresses (answered in rotation) and the endpoints that
+/// give them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsRow {
+    pub name: String,
+    pub addresses: Vec<String>,
+    pub endpoints: Vec<String>,
+}
+
 /// `nat_ls`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NatTable {

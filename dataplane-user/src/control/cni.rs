@@ -58,6 +58,10 @@ pub struct AddArgs {
     pub mac: Option<String>,
     /// Docker's `-p` syntax, one per port mapping.
     pub publish: Vec<String>,
+    /// The runtime's names for the container (`K8S_POD_NAME`, podman's
+    /// `aliases`): DNS answers them on this network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// What `cni_add` set up (the agent's answer).
@@ -85,6 +89,10 @@ pub struct AddResult {
     pub host_ifname: Option<String>,
     pub host_mac: Option<String>,
     pub netns: String,
+    /// The agent's DNS responder for this network (its gateway), when the
+    /// network has names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_server: Option<std::net::Ipv4Addr>,
 }
 
 /// API request `cni_check`: what the runtime believes ADD set up.

@@ -45,6 +45,9 @@ pub fn network_json(state: &State, net: &Network) -> Value {
                 "MacAddress": ep.mac.map(|m| m.to_string()).unwrap_or_default(),
                 "IPv4Address": ep.ipv4.map(|ip| format!("{ip}/{prefix}")).unwrap_or_default(),
                 "IPv6Address": ep.ipv6.map(|ip| format!("{ip}/{prefix6}")).unwrap_or_default(),
+                // Docker shows these in `docker inspect CONTAINER`
+                // (NetworkSettings.Networks.NET.Aliases).
+                "Aliases": ep.aliases,
             }),
         );
     }

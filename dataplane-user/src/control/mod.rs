@@ -17,5 +17,6 @@ pub mod ipam;
 pub mod manager;
 pub mod model;
 pub mod names;
+pub mod names_dns;
 pub mod ports;
 pub mod state;

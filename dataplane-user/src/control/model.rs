@@ -386,6 +386,10 @@ pub struct Endpoint {
     /// Published ports (bridge endpoints only).
     #[serde(default)]
     pub published: Vec<super::ports::PortMapping>,
+    /// More names the network's DNS answers with this endpoint's address
+    /// (Docker's `--network-alias`; checked by `names_dns::dns_name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 #[cfg(test)]

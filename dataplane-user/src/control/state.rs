@@ -616,6 +616,7 @@ mod tests {
                     stats_index: u32::from(*p),
                 })
                 .collect(),
+            aliases: Vec::new(),
         }
     }
 

@@ -85,6 +85,11 @@ pub enum Command {
         /// with one container port its first free port.
         #[arg(short = 'p', long = "publish")]
         publish: Vec<PublishSpec>,
+        /// Another name the network's DNS answers with this endpoint's
+        /// address (repeatable; Docker's --network-alias). Several
+        /// endpoints may share one: answers rotate among them.
+        #[arg(long, visible_alias = "network-alias", value_name = "NAME")]
+        alias: Vec<String>,
     },
     /// Published ports of a live endpoint.
     Publish {
@@ -101,6 +106,12 @@ pub enum Command {
     Nat {
         #[command(subcommand)]
         command: NatCommand,
+    },
+    /// The names the agent's DNS answers on user-defined networks
+    /// (docs/dns.md).
+    Dns {
+        #[command(subcommand)]
+        command: DnsCommand,
     },
     /// The BPF connection tracking table (like `conntrack -L`).
     Conntrack {
@@ -334,6 +345,16 @@ pub enum UplinkCommand {
     Add { iface: String },
     Rm { iface: String },
     Ls,
+}
+
+#[derive(Subcommand)]
+pub enum DnsCommand {
+    /// Each name of NETWORK with its addresses and endpoints.
+    Ls {
+        network: String,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
 }
 
 #[derive(Subcommand)]

@@ -15,7 +15,7 @@ use dataplane_user::{
     api::{
         self,
         types::{
-            Cleaned, Connected, Done, FilterAdded, FilterIds, FilterRow, FlowRow, GcDone,
+            Cleaned, Connected, DnsTable, Done, FilterAdded, FilterIds, FilterRow, FlowRow, GcDone,
             LocalHooks, NatTable, NetworkCreated, Published, Removed, Status, TcLinks,
         },
         Request,
@@ -28,7 +28,7 @@ use dataplane_user::{
 use serde::de::DeserializeOwned;
 
 use crate::cli::{
-    Cli, Command, ConntrackCommand, FilterCommand, Format, LocalCommand, NatCommand,
+    Cli, Command, ConntrackCommand, DnsCommand, FilterCommand, Format, LocalCommand, NatCommand,
     NetworkCommand, PublishCommand, StatsCommand, UplinkCommand,
 };
 
@@ -92,9 +92,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             ifname,
             publish,
+            alias,
         } => {
             let args = ConnectArgs {
                 publish,
+                aliases: alias,
                 network,
                 // Not `netns`: that id is the global --netns flag's.
                 netns: target,
@@ -117,6 +119,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Nat {
             command: NatCommand::Ls { format },
         } => output::nat(&client.ask::<NatTable>(Request::NatLs)?, format),
+        Command::Dns {
+            command: DnsCommand::Ls { network, format },
+        } => output::dns(&client.ask::<DnsTable>(Request::DnsLs { network })?, format),
         Command::Filter { command } => filter(&client, command),
         Command::Conntrack { command } => conntrack(&client, command, &config),
         Command::Local { command } => local(&client, command),

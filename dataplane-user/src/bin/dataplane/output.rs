@@ -3,7 +3,7 @@
 use std::{io::Write as _, path::Path};
 
 use dataplane_user::{
-    api::types::{FilterRow, FlowRow, NatTable, Status, TcDirection, TcLinks},
+    api::types::{DnsTable, FilterRow, FlowRow, NatTable, Status, TcDirection, TcLinks},
     control::inspect,
     datapath::stats,
 };
@@ -54,6 +54,29 @@ pub fn filters(rows: &[FilterRow], format: Format) -> anyhow::Result<()> {
             r.packets.to_string(),
             r.bytes.to_string(),
             r.rule.clone(),
+        ]);
+    }
+    print!("{}", t.render());
+    Ok(())
+}
+
+pub fn dns(v: &DnsTable, format: Format) -> anyhow::Result<()> {
+    if let Format::Json = format {
+        return json(v);
+    }
+    if let Some(s) = v.server {
+        println!("Network {}: answered on {s}:53", v.network);
+    }
+    let mut t = Table::new(&[
+        ("NAME", Align::Left),
+        ("ADDRESSES", Align::Left),
+        ("ENDPOINTS", Align::Left),
+    ]);
+    for r in &v.names {
+        t.row(vec![
+            r.name.clone(),
+            r.addresses.join(","),
+            r.endpoints.join(","),
         ]);
     }
     print!("{}", t.render());

@@ -68,6 +68,22 @@ pub enum CniNetError {
     },
 }
 
+/// The runtime's names for the container that DNS can carry (a container
+/// name with `_` cannot be a host name): the others are left out rather
+/// than failing the ADD.
+fn runtime_names(given: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for name in given
+        .iter()
+        .filter_map(|n| crate::control::names_dns::dns_name(n).ok())
+    {
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
+
 impl CniAttachment {
     fn is(&self, network: &str, key: &AttachmentKey) -> bool {
         self.network == network
@@ -308,6 +324,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             name: Some(requests::endpoint_name(&name)?),
             ifname: Some(requests::ifname(&args.key.ifname)?),
             publish: args.publish.mappings()?,
+            aliases: runtime_names(&args.aliases),
         };
         let mut state = self.cni_pruned();
         state.cni_attachments.push(CniAttachment {
@@ -383,6 +400,10 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             host_ifname,
             host_mac,
             netns: args.netns.clone(),
+            dns_server: crate::control::names_dns::no_names_reason(net)
+                .is_none()
+                .then_some(net.gateway)
+                .flatten(),
         })
     }
 

@@ -230,6 +230,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             ipv4,
             ipv6,
             published: Vec::new(),
+            aliases: Vec::new(),
         };
         self.record(ep).await
     }

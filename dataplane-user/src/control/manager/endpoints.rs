@@ -113,6 +113,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             ipv4,
             ipv6,
             published,
+            aliases: req.aliases.clone(),
         };
         match self.record(ep.clone()).await {
             Ok(ep) => Ok(ep),
@@ -203,6 +204,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             ipv4: None,
             ipv6: None,
             published: Vec::new(),
+            aliases: req.aliases.clone(),
         };
         self.record(ep).await
     }
@@ -394,6 +396,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             ipv4: owner.ipv4,
             ipv6: owner.ipv6,
             published: Vec::new(),
+            aliases: args.aliases.clone(),
         };
         self.record(ep).await
     }

@@ -147,6 +147,8 @@ pub enum NetworkError {
     BadIfname(String),
     #[error("--name {0:?}: must start with a letter or digit and contain only [a-zA-Z0-9_.-]")]
     BadEndpointName(String),
+    #[error("--alias {0}")]
+    BadAlias(String),
     #[error("network {network}: no endpoint {what}")]
     UnknownEndpoint { network: String, what: String },
     #[error("container:{0}: no endpoint of that name on any network")]

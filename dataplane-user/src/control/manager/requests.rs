@@ -9,6 +9,7 @@ use crate::control::{
     ipam::{self, v6},
     model::valid_name,
     names::{self, IfName, MacAddr},
+    names_dns,
     ports::{self, PortMapping, PortRequest, PublishError, PublishSpec},
 };
 
@@ -28,6 +29,9 @@ pub struct ConnectArgs {
     pub ifname: Option<String>,
     /// `--publish` values, Docker's syntax.
     pub publish: Vec<PublishSpec>,
+    /// `--alias` values: more DNS names of the endpoint on its network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// What a `connect` joins.
@@ -54,6 +58,9 @@ pub struct ConnectRequest {
     pub ifname: Option<IfName>,
     /// Ports to publish as asked; the manager picks the host ports.
     pub publish: Vec<PortRequest>,
+    /// DNS names besides the endpoint's name, each a valid one
+    /// ([`names_dns::dns_name`]), lower case, without duplicates.
+    pub aliases: Vec<String>,
 }
 
 impl ConnectRequest {
@@ -68,6 +75,7 @@ impl ConnectRequest {
             name: None,
             ifname: None,
             publish: Vec::new(),
+            aliases: Vec::new(),
         }
     }
 }
@@ -79,6 +87,19 @@ pub(super) fn endpoint_name(name: &str) -> Result<String, NetworkError> {
     } else {
         Err(NetworkError::BadEndpointName(name.to_owned()))
     }
+}
+
+/// `--alias` values as the user gave them: each checked, lower-cased (DNS
+/// names are case-insensitive), duplicates dropped.
+pub(super) fn aliases(given: &[String]) -> Result<Vec<String>, NetworkError> {
+    let mut out: Vec<String> = Vec::new();
+    for a in given {
+        let name = names_dns::dns_name(a).map_err(|e| NetworkError::BadAlias(e.to_string()))?;
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    Ok(out)
 }
 
 /// An `--ifname` as the user gave it, checked.
@@ -110,6 +131,7 @@ impl ConnectArgs {
             name: self.name.as_deref().map(endpoint_name).transpose()?,
             ifname: self.ifname.as_deref().map(ifname).transpose()?,
             publish: self.publish.as_slice().mappings()?,
+            aliases: aliases(&self.aliases)?,
         })
     }
 }

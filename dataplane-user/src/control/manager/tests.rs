@@ -913,6 +913,7 @@ fn connect_args_parse_once_and_name_the_field() {
         name: Some("web".into()),
         ifname: Some("net1".into()),
         publish: vec!["8080-8081:80-81/udp".parse().unwrap()],
+        aliases: vec!["Web.Front".into(), "web.front".into(), "db".into()],
     };
     let r = a.parse().unwrap();
     assert_eq!(r.network, ConnectTo::Network("n1".into()));
@@ -920,6 +921,7 @@ fn connect_args_parse_once_and_name_the_field() {
     assert_eq!(r.mac.unwrap().to_string(), "02:00:00:00:00:09");
     assert_eq!(r.ifname.unwrap().as_str(), "net1");
     assert_eq!(r.publish.len(), 2);
+    assert_eq!(r.aliases, ["web.front", "db"]);
     let shared = ConnectArgs {
         network: "container:web".into(),
         ..ConnectArgs::default()
@@ -983,6 +985,7 @@ fn cni_add(container: &str, netns: &str) -> AddArgs {
         ip6: None,
         mac: None,
         publish: vec!["8088:80".into()],
+        aliases: vec!["Web".into(), "bad_name".into()],
     }
 }
 
@@ -1545,4 +1548,39 @@ async fn cni_gateway_mode_reaches_the_network_it_creates() {
         .unwrap_or_default();
     assert!(cause.contains("gateway_mode_ipv4=bridged"), "{cause:?}");
     refused(&m, &before, r, &["network cni1"]);
+}
+
+// ---- DNS names ----
+
+#[tokio::test]
+async fn aliases_are_kept_checked_and_runtime_names_filtered() {
+    let dir = Dir::new();
+    let mut m = with_net(&dir).await;
+    let ep = connect(
+        &mut m,
+        ConnectArgs {
+            aliases: vec!["Web".into(), "web.".into(), "api".into()],
+            ..args("n1", "c1")
+        },
+    )
+    .await;
+    assert_eq!(ep.aliases, ["web", "api"]);
+    let before = snapshot(&m);
+    let r = m
+        .connect(&ConnectArgs {
+            aliases: vec!["bad_alias".into()],
+            ..args("n1", "c2")
+        })
+        .await;
+    refused(&m, &before, r, &["--alias", "bad_alias"]);
+    m.host().add_netns("p1");
+    let added = m.cni_add(&cni_add("feedbeef0001", "p1")).await.unwrap();
+    let cni_ep = m
+        .state()
+        .endpoints_of("cni0")
+        .find(|e| e.name == added.endpoint)
+        .cloned()
+        .unwrap();
+    assert_eq!(cni_ep.aliases, ["web"], "bad_name is no DNS name: left out");
+    assert_eq!(added.dns_server, Some(Ipv4Addr::new(10, 88, 0, 1)));
 }

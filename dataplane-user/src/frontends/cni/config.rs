@@ -149,6 +149,9 @@ pub struct NetConf {
     pub publish: Vec<String>,
     /// `dns`, copied into the result.
     pub dns: Option<Value>,
+    /// `runtimeConfig.aliases` for this configuration's network (the
+    /// `name`, as the runtime knows it): the container's DNS names.
+    pub aliases: Vec<String>,
     /// `prevResult`, kept whole (other plugins' fields pass through).
     pub prev_result: Option<Value>,
     /// GC: `cni.dev/valid-attachments`.
@@ -313,7 +316,7 @@ struct RawRange {
 }
 
 const IPAM_FIELDS: [&str; 5] = ["type", "subnet", "gateway", "ipRange", "ranges"];
-const CAPABILITIES: [&str; 3] = ["portMappings", "ips", "mac"];
+const CAPABILITIES: [&str; 4] = ["portMappings", "ips", "mac", "aliases"];
 
 /// `runtimeConfig`: the capabilities the runtime fills in. Keys of
 /// capabilities this plugin does not declare are not ours to judge (the
@@ -326,6 +329,10 @@ struct RawRuntimeConfig {
     ips: Option<Field<Vec<String>>>,
     #[serde(default)]
     mac: Option<Field<String>>,
+    /// Capability `aliases` (podman): network name to the container's
+    /// names on it.
+    #[serde(default)]
+    aliases: Option<Field<BTreeMap<String, Vec<String>>>>,
     /// Also makes anything but an object a wrong type.
     #[serde(flatten)]
     _other: BTreeMap<String, IgnoredAny>,
@@ -496,6 +503,7 @@ impl NetConf {
             mac: None,
             publish: Vec::new(),
             dns: None,
+            aliases: Vec::new(),
             prev_result: None,
             valid_attachments: None,
             ipam_error,
@@ -566,6 +574,11 @@ impl NetConf {
             crate::control::ipam::parse_mac(&mac)
                 .map_err(|e| Refusal::Invalid(format!("runtimeConfig.mac: {e}")))?;
             self.mac = Some(mac);
+        }
+        if let Some(aliases) = rc.aliases {
+            let mut by_net =
+                aliases.or_refuse("runtimeConfig.aliases", "expected an object of arrays")?;
+            self.aliases = by_net.remove(&self.name).unwrap_or_default();
         }
         Ok(())
     }

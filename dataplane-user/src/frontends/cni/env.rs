@@ -61,6 +61,9 @@ pub struct Env {
     pub netns: Option<String>,
     /// `IP=` of `CNI_ARGS` (a static address).
     pub ip: Option<Ipv4Addr>,
+    /// `K8S_POD_NAME=` of `CNI_ARGS` (podman's container name too): a DNS
+    /// name of the container.
+    pub pod_name: Option<String>,
 }
 
 fn env_err(msg: String) -> CniError {
@@ -81,6 +84,7 @@ pub fn parse_env(var: impl Fn(&str) -> Option<String>) -> Result<Env, CniError> 
         key: None,
         netns: None,
         ip: None,
+        pod_name: None,
     };
     if matches!(command, Command::Version | Command::Gc | Command::Status) {
         return Ok(env);
@@ -113,7 +117,13 @@ pub fn parse_env(var: impl Fn(&str) -> Option<String>) -> Result<Env, CniError> 
         }
         _ => {}
     }
-    env.ip = parse_cni_args(&var("CNI_ARGS").unwrap_or_default())?;
+    let cni_args = var("CNI_ARGS").unwrap_or_default();
+    env.ip = parse_cni_args(&cni_args)?;
+    env.pod_name = cni_args
+        .split(';')
+        .find_map(|p| p.strip_prefix("K8S_POD_NAME="))
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned);
     env.key = Some(AttachmentKey {
         container_id,
         ifname,

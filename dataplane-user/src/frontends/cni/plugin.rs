@@ -79,7 +79,10 @@ async fn dispatch(
     }
     let command = env.command.name();
     match (env.command, env.key) {
-        (Command::Add, Some(key)) => add(&conf, key, env.netns, env.ip).await.map(Some),
+        (Command::Add, Some(key)) => {
+            let names = conf.aliases.iter().cloned().chain(env.pod_name).collect();
+            add(&conf, key, env.netns, env.ip, names).await.map(Some)
+        }
         (Command::Del, Some(key)) => {
             call(
                 &conf,
@@ -139,6 +142,7 @@ async fn add(
     key: AttachmentKey,
     netns: Option<String>,
     env_ip: Option<Ipv4Addr>,
+    aliases: Vec<String>,
 ) -> Result<Value, CniError> {
     let ip = match (conf.ip, env_ip) {
         (Some(a), Some(b)) if a != b => {
@@ -158,8 +162,16 @@ async fn add(
         ip6: conf.ip6.map(|i| i.to_string()),
         mac: conf.mac.clone(),
         publish: conf.publish.clone(),
+        aliases,
     };
-    let v = call(conf, "ADD", Request::CniAdd { args }).await?;
+    let v = call(
+        conf,
+        "ADD",
+        Request::CniAdd {
+            args: Box::new(args),
+        },
+    )
+    .await?;
     let added: AddResult = serde_json::from_value(v).map_err(|e| {
         CniError::new(
             code::AGENT_UNREACHABLE,

@@ -74,10 +74,19 @@ pub fn add_result(
     if !routes.is_empty() {
         out.insert("routes".into(), Value::Array(routes));
     }
-    // A DNS setting of an earlier plugin wins; ours is the configuration's.
+    // A DNS setting of an earlier plugin wins; then the configuration's;
+    // then the agent's responder on the gateway (docs/dns.md).
     if !out.contains_key("dns") {
         if let Some(d) = dns {
             out.insert("dns".into(), d.clone());
+        } else if let Some(server) = added.dns_server {
+            out.insert(
+                "dns".into(),
+                serde_json::json!({
+                    "nameservers": [server.to_string()],
+                    "search": [crate::control::names_dns::DOMAIN],
+                }),
+            );
         }
     }
     Value::Object(out)
@@ -229,6 +238,7 @@ mod tests {
             host_ifname: Some("veth1234567".into()),
             host_mac: Some("aa:bb:cc:dd:ee:ff".into()),
             netns: "/run/netns/c1".into(),
+            dns_server: None,
         }
     }
 

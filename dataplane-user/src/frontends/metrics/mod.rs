@@ -574,6 +574,10 @@ pub fn render(pins: &PinRoot, state: &State) -> Result<String, MetricsError> {
         Family::gauge("dataplane_endpoints", "Endpoints in the state.")
             .with(Vec::new(), state.endpoints.len() as u64),
     );
+    // This process's responder (zero in a CLI that renders for itself).
+    for (name, help, value) in super::dns::COUNTERS.read() {
+        families.push(Family::counter(name, help).with(Vec::new(), value));
+    }
     Ok(encode(families))
 }
 
@@ -598,11 +602,16 @@ mod tests {
     fn rendering_without_pins_is_not_an_error() {
         let pins = PinRoot::new("/nonexistent/dataplane-metrics-test");
         let text = render(&pins, &State::default()).expect("render");
-        assert_eq!(
-            text,
-            "# HELP dataplane_networks Networks in the state.\n# TYPE dataplane_networks gauge\n\
-             dataplane_networks 0\n# HELP dataplane_endpoints Endpoints in the state.\n\
-             # TYPE dataplane_endpoints gauge\ndataplane_endpoints 0\n# EOF\n"
+        assert!(
+            text.starts_with(
+                "# HELP dataplane_networks Networks in the state.\n# TYPE dataplane_networks gauge\n\
+                 dataplane_networks 0\n# HELP dataplane_endpoints Endpoints in the state.\n\
+                 # TYPE dataplane_endpoints gauge\ndataplane_endpoints 0\n"
+            ),
+            "{text}"
         );
+        // The DNS responder's counters follow (this process has none).
+        assert!(text.contains("\ndataplane_dns_queries_total 0\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }
