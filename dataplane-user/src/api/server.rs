@@ -228,11 +228,16 @@ fn nat_ls(m: &Manager, pins: &PinRoot) -> Result<NatTable, anyhow::Error> {
         .networks
         .values()
         .filter_map(|n| driver::for_network(n).subnet_policy(n).map(|p| (n, p)))
-        .map(|(n, p)| SnatRow {
-            network: n.name.clone(),
-            subnet: p.subnet.to_string(),
-            masquerade: p.masquerade,
-            internal: n.internal,
+        .flat_map(|(n, p)| {
+            let subnets = p.subnet.map(|s| s.to_string()).into_iter();
+            subnets
+                .chain(p.subnet6.map(|s| s.to_string()))
+                .map(move |subnet| SnatRow {
+                    network: n.name.clone(),
+                    subnet,
+                    masquerade: p.masquerade,
+                    internal: n.internal,
+                })
         })
         .collect();
     Ok(NatTable {
