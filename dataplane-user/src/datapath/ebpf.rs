@@ -15,7 +15,10 @@ use aya::{
 };
 use dataplane_common::{maps, nat::NatConfig};
 
-use super::bpffs::{current_netns_cookie, current_netns_ino, BpffsError, PinRoot};
+use super::{
+    bpffs::{current_netns_cookie, current_netns_ino, BpffsError, PinRoot},
+    layout::{self, Adoption, LayoutError},
+};
 
 /// The object built by build.rs from `dataplane-ebpf` (bin `dataplane`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane"));
@@ -57,6 +60,8 @@ pub const PINNED_MAPS: [&str; 26] = [
 pub enum LoadError {
     #[error(transparent)]
     Bpffs(#[from] BpffsError),
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
     #[error("loading the eBPF object failed")]
     Object(#[source] Box<EbpfError>),
     #[error("the eBPF object has no program {0}")]
@@ -138,6 +143,7 @@ impl Direction {
 pub struct Dataplane {
     ebpf: Ebpf,
     pins: PinRoot,
+    adopted: Vec<Adoption>,
 }
 
 impl Dataplane {
@@ -147,9 +153,34 @@ impl Dataplane {
     }
 
     /// Like [`Dataplane::load`], with masquerade settings other than the
-    /// defaults (programs attached from this instance use them).
+    /// defaults (programs attached from this instance use them). Pinned
+    /// maps are checked first and migrated or replaced when their layout is
+    /// not the object's (see [`layout`]); each such map is logged and
+    /// listed by [`Dataplane::adopted`].
     pub fn load_with(pins: &PinRoot, nat: &NatConfig) -> Result<Dataplane, LoadError> {
         pins.ensure()?;
+        let mut names: Vec<&str> = PINNED_MAPS.to_vec();
+        names.push(AYA_LOGS);
+        let plan = layout::prepare(pins, &layout::declared(OBJECT, &names)?)?;
+        let ebpf = match Dataplane::load_object(pins, nat) {
+            Ok(ebpf) => ebpf,
+            Err(e) => {
+                plan.abort();
+                return Err(e);
+            }
+        };
+        let adopted = plan.finish()?;
+        for a in &adopted {
+            tracing::warn!("{a}");
+        }
+        Ok(Dataplane {
+            ebpf,
+            pins: pins.clone(),
+            adopted,
+        })
+    }
+
+    fn load_object(pins: &PinRoot, nat: &NatConfig) -> Result<Ebpf, LoadError> {
         let paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
         let cookie = current_netns_cookie().map_err(LoadError::Netns)?;
         let mut loader = EbpfLoader::new();
@@ -164,13 +195,15 @@ impl Dataplane {
         // programs).
         loader.override_global("HOST_NETNS_COOKIE", &cookie, true);
         loader.override_global("NAT_CONFIG", nat, true);
-        let ebpf = loader
+        loader
             .load(OBJECT)
-            .map_err(|e| LoadError::Object(Box::new(e)))?;
-        Ok(Dataplane {
-            ebpf,
-            pins: pins.clone(),
-        })
+            .map_err(|e| LoadError::Object(Box::new(e)))
+    }
+
+    /// The pinned maps this load migrated or replaced (empty when every
+    /// pin was as the object declares).
+    pub fn adopted(&self) -> &[Adoption] {
+        &self.adopted
     }
 
     /// Where this instance's maps are pinned.

@@ -24,6 +24,7 @@ pub mod endpoints;
 pub mod events;
 pub mod filter;
 pub mod host_local;
+pub mod layout;
 pub mod maps;
 pub mod nat;
 pub mod proto;
