@@ -217,3 +217,55 @@ fn pins_of_a_newer_schema_are_refused_and_left_alone() {
     );
     assert_eq!(pinned_shape(&dir, maps::CT_TCP), odd, "left alone");
 }
+
+/// A directory under bpffs this test made, removed on drop.
+struct RawDir(std::path::PathBuf);
+
+impl Drop for RawDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_pin_root_made_by_another_user_or_open_to_others_is_refused() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+
+    use dataplane_user::datapath::bpffs::PinRoot;
+
+    let fresh = RawDir(format!("/sys/fs/bpf/{}", dataplane_tests::unique_name("pins-own")).into());
+    PinRoot::new(&fresh.0).ensure().expect("a fresh root");
+    let meta = std::fs::metadata(&fresh.0).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o700));
+
+    let theirs =
+        RawDir(format!("/sys/fs/bpf/{}", dataplane_tests::unique_name("pins-other")).into());
+    std::fs::create_dir(&theirs.0).unwrap();
+    std::os::unix::fs::chown(&theirs.0, Some(65534), Some(65534)).unwrap();
+    let err = PinRoot::new(&theirs.0)
+        .ensure()
+        .expect_err("another user's root");
+    let msg = err.to_string();
+    eprintln!("{msg}");
+    assert!(
+        msg.contains(&theirs.0.display().to_string()) && msg.contains("owned by uid 65534"),
+        "{msg}"
+    );
+    assert!(!theirs.0.join("links").exists(), "nothing made inside it");
+
+    let open = RawDir(format!("/sys/fs/bpf/{}", dataplane_tests::unique_name("pins-open")).into());
+    std::fs::create_dir(&open.0).unwrap();
+    std::fs::set_permissions(&open.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let msg = PinRoot::new(&open.0)
+        .ensure()
+        .expect_err("world-writable root")
+        .to_string();
+    assert!(
+        msg.contains("mode 777") && msg.contains("not writable by group or others"),
+        "{msg}"
+    );
+    let err = Dataplane::load(&PinRoot::new(&open.0))
+        .err()
+        .expect("load refuses too");
+    assert!(err.to_string().contains("mode 777"), "{err}");
+}
