@@ -47,6 +47,8 @@ pub enum AgentError {
     #[error(transparent)]
     Network(#[from] NetworkError),
     #[error(transparent)]
+    Locked(#[from] state::StateError),
+    #[error(transparent)]
     Load(#[from] LoadError),
     #[error(transparent)]
     HostCgroup(#[from] host_local::SockError),
@@ -89,6 +91,9 @@ impl Agent {
     /// what this agent attached. A start-up step that fails undoes the
     /// attachments made before it.
     pub async fn run(self) -> Result<(), AgentError> {
+        // First: a second agent on this state must not touch the sockets,
+        // pins or state of the one running.
+        let _lock = state::AgentLock::take(self.state_dir())?;
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
         // Handlers first: a stop requested during start-up is then seen once

@@ -10,6 +10,8 @@
 //! state.journal  {"journal": GEN}, then one JSON line per change since
 //!                state.json was written (endpoints and published ports)
 //! state.lock     flock(2) target; held exclusively for a whole read-modify-write
+//! agent.lock     flock(2)ed by the running agent for its whole life, holding
+//!                its pid: a second agent on the same state refuses to start
 //! ```
 //! A snapshot is atomic: the new content goes to `state.json.tmp`, is
 //! fsynced, renamed over `state.json`, and the directory is fsynced, so a
@@ -59,6 +61,11 @@ pub enum StateError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "another agent (pid {pid}) runs on this state: {path} is locked; stop it first, or \
+         give this one its own --state-dir"
+    )]
+    Busy { path: PathBuf, pid: String },
     #[error("reading {path}")]
     Read {
         path: PathBuf,
@@ -281,6 +288,70 @@ impl FileStamp {
     }
 }
 
+/// The running agent's claim on a state directory, held until dropped (or
+/// the process ends: the kernel drops a flock with its last fd).
+#[derive(Debug)]
+pub struct AgentLock {
+    _file: File,
+}
+
+impl AgentLock {
+    /// Takes `dir`/agent.lock without waiting, and writes this process's
+    /// pid into it; [`StateError::Busy`] names the holder when another
+    /// process has it.
+    pub fn take(dir: &Path) -> Result<AgentLock, StateError> {
+        create_dir(dir)?;
+        let path = dir.join("agent.lock");
+        let lerr = |source| StateError::Lock {
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(lerr)?;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(lerr(e));
+            }
+            let pid = fs::read_to_string(&path).unwrap_or_default();
+            let pid = pid.trim();
+            return Err(StateError::Busy {
+                pid: if pid.is_empty() {
+                    "unknown".into()
+                } else {
+                    pid.into()
+                },
+                path,
+            });
+        }
+        file.set_len(0).map_err(lerr)?;
+        writeln!(file, "{}", std::process::id()).map_err(lerr)?;
+        Ok(AgentLock { _file: file })
+    }
+}
+
+/// Creates the state directory if needed, mode 0700 (it describes the
+/// host's networking).
+fn create_dir(dir: &Path) -> Result<(), StateError> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let dir_err = |source| StateError::Dir {
+        path: dir.to_owned(),
+        source,
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(dir_err)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(dir_err)
+}
+
 /// Where the files stood when this process last read or wrote them: a
 /// cached state is current as long as [`StateStore::mark`] still equals it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -308,17 +379,7 @@ impl StateStore {
     /// Creates the directory if needed (mode 0700: it describes the host's
     /// networking) and takes the lock, waiting for another holder.
     pub fn open(dir: &Path) -> Result<StateStore, StateError> {
-        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-        let dir_err = |source| StateError::Dir {
-            path: dir.to_owned(),
-            source,
-        };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(dir_err)?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+        create_dir(dir)?;
         let lock_path = dir.join("state.lock");
         let lock = OpenOptions::new()
             .create(true)
