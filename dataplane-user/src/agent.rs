@@ -227,9 +227,11 @@ impl Agent {
         let socket = &self.config.paths.socket;
         let listener = api::bind(socket).map_err(AgentError::Api)?;
         info!(bpffs = %self.pins().path().display(), state = %self.state_dir().display(), "agent running; counters with `dataplane stats show`, Ctrl-C to stop");
-        tasks.spawn(api::serve(
+        let max = self.config.max_connections;
+        tasks.spawn(api::serve_with(
             listener,
             ctx.clone(),
+            max,
             stop.clone().cancelled_owned(),
         ));
         info!(socket = %socket.display(), "API listening");
@@ -237,7 +239,12 @@ impl Agent {
             let listener = api::bind(path).map_err(AgentError::DockerSocket)?;
             info!(socket = %path.display(), "Docker network driver listening (docker network create -d {})",
                 path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default());
-            tasks.spawn(docker::serve(listener, ctx, stop.clone().cancelled_owned()));
+            tasks.spawn(docker::serve_with(
+                listener,
+                ctx,
+                max,
+                stop.clone().cancelled_owned(),
+            ));
         }
         if let Some(addr) = self.config.metrics {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -252,10 +259,11 @@ impl Agent {
                     .map_err(|e| format!("{e:#}"))?
                     .unwrap_or_default())
             };
-            let serving = metrics::serve(
+            let serving = metrics::serve_with(
                 listener,
                 self.pins().clone(),
                 state,
+                max,
                 stop.clone().cancelled_owned(),
             );
             tasks.spawn(async move {

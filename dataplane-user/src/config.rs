@@ -18,6 +18,9 @@
 //!                                         # driver `dataplane`; "off": off
 //! fast_path = true                        # translated flows skip the bridge and
 //!                                         # the host stack; false: they do not
+//! max_connections = 256                   # per front door (API, Docker, metrics),
+//!                                         # 1-16384; the oldest idle one is
+//!                                         # closed for a newcomer
 //!
 //! [conntrack]                             # idle timeouts, seconds
 //! tcp_established = 21600
@@ -82,6 +85,7 @@ struct File {
     metrics_address: Option<String>,
     docker_socket: Option<String>,
     fast_path: Option<bool>,
+    max_connections: Option<usize>,
     #[serde(default)]
     conntrack: ConntrackFile,
     #[serde(default)]
@@ -157,6 +161,9 @@ pub struct Config {
     pub docker_socket: Setting<PathBuf>,
     pub timeouts: Timeouts,
     pub nat: NatConfig,
+    /// Connections each front door (API, Docker's driver, metrics) serves
+    /// at once.
+    pub max_connections: usize,
 }
 
 impl Default for Config {
@@ -172,9 +179,14 @@ impl Default for Config {
             docker_socket: Setting::Default,
             timeouts: Timeouts::default(),
             nat: NatConfig::DEFAULT,
+            max_connections: crate::api::DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
+
+/// Highest `max_connections`: each connection is a file descriptor, and
+/// the unit allows 65 536.
+const MAX_CONNECTIONS: usize = 16_384;
 
 /// Metrics listen here unless configured: loopback only.
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9641";
@@ -254,6 +266,8 @@ pub struct AgentConfig {
     pub docker_socket: Option<PathBuf>,
     /// Where Prometheus scrapes.
     pub metrics: Option<SocketAddr>,
+    /// Connections each front door serves at once.
+    pub max_connections: usize,
 }
 
 impl Config {
@@ -323,6 +337,7 @@ impl Config {
             },
             docker_socket,
             metrics,
+            max_connections: self.max_connections,
         })
     }
 }
@@ -353,6 +368,15 @@ impl Config {
             uplinks: file.uplinks.unwrap_or_default(),
             ..Config::default()
         };
+        if let Some(n) = file.max_connections {
+            if !(1..=MAX_CONNECTIONS).contains(&n) {
+                return Err(invalid(
+                    "max_connections",
+                    format!("{n} is not between 1 and {MAX_CONNECTIONS}"),
+                ));
+            }
+            c.max_connections = n;
+        }
         if let Some(s) = file.interval_seconds {
             if !(1..=3600).contains(&s) {
                 return Err(invalid(
@@ -478,6 +502,19 @@ mod tests {
         assert_eq!(parse("fast_path = false").unwrap(), 0);
         let e = parse("fast_path = \"off\"").unwrap_err().to_string();
         assert!(e.starts_with("f.toml: ") && e.contains("fast_path"), "{e}");
+    }
+
+    #[test]
+    fn max_connections_setting() {
+        let parse = |t: &str| Config::parse(Path::new("m.toml"), t).map(|c| c.max_connections);
+        assert_eq!(parse("").unwrap(), crate::api::DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(parse("max_connections = 1000").unwrap(), 1000);
+        for bad in ["0", "20000"] {
+            let e = parse(&format!("max_connections = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("max_connections") && e.contains(bad), "{e}");
+        }
     }
 
     #[test]
