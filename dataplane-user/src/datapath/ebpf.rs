@@ -3,13 +3,13 @@
 //! the first and counters survive agent restarts), and attaching its tc
 //! programs through tcx links that are pinned too.
 
-use std::path::PathBuf;
+use std::{os::fd::AsFd as _, path::PathBuf};
 
 use aya::{
     programs::{
         links::{FdLink, LinkError, PinnedLink},
         tc::TcAttachOptions,
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        LinkOrder, Program, ProgramError, ProgramFd, SchedClassifier, TcAttachType,
     },
     Ebpf, EbpfError, EbpfLoader,
 };
@@ -19,6 +19,7 @@ use super::{
     bpffs::{current_netns_cookie, current_netns_ino, BpffsError, PinRoot},
     layout::{self, Adoption, LayoutError},
 };
+use crate::sys::bpf as sys_bpf;
 
 /// The object built by build.rs from `dataplane-ebpf` (bin `dataplane`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane"));
@@ -108,6 +109,12 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    #[error("moving the link pinned at {path} to the new program")]
+    Relink {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("link for {path}")]
     Link {
         path: PathBuf,
@@ -169,15 +176,85 @@ impl Dataplane {
                 return Err(e);
             }
         };
-        let adopted = plan.finish()?;
-        for a in &adopted {
-            tracing::warn!("{a}");
-        }
-        Ok(Dataplane {
+        let mut dp = Dataplane {
             ebpf,
             pins: pins.clone(),
-            adopted,
-        })
+            adopted: Vec::new(),
+        };
+        if plan.is_empty() {
+            return Ok(dp);
+        }
+        let mut plan = plan;
+        plan.copy()?;
+        // The programs attached earlier use the maps set aside: they move to
+        // this load's programs, which use the new ones.
+        dp.relink()?;
+        dp.adopted = plan.finish()?;
+        for a in &dp.adopted {
+            tracing::warn!("{a}");
+        }
+        Ok(dp)
+    }
+
+    /// Moves every pinned link under the pin root to this instance's
+    /// program of the same name (`BPF_LINK_UPDATE`, atomic per link).
+    fn relink(&mut self) -> Result<(), LoadError> {
+        let dir = self.pins.links_dir();
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let relink_err = |source| LoadError::Relink {
+                path: path.clone(),
+                source,
+            };
+            let link = sys_bpf::obj_get(&path).map_err(relink_err)?;
+            let (_, kname) = sys_bpf::link_program(link.as_fd()).map_err(relink_err)?;
+            let Some(prog) = self.loaded_program(&kname)? else {
+                tracing::warn!(
+                    link = %path.display(),
+                    "the linked program {kname} is not in this object; left as it is"
+                );
+                continue;
+            };
+            sys_bpf::link_update(link.as_fd(), prog.as_fd()).map_err(relink_err)?;
+            tracing::info!(link = %path.display(), "moved to the new {kname}");
+        }
+        Ok(())
+    }
+
+    /// This object's program whose kernel name (cut to 15 bytes) is
+    /// `kname`, loaded (verified) if it was not yet.
+    fn loaded_program(&mut self, kname: &str) -> Result<Option<ProgramFd>, LoadError> {
+        let Some((name, prog)) = self
+            .ebpf
+            .programs_mut()
+            .find(|(name, _)| name.len().min(15) == kname.len() && name.starts_with(kname))
+        else {
+            return Ok(None);
+        };
+        let name = name.to_owned();
+        let err = |source| LoadError::Relink {
+            path: PathBuf::from(&name),
+            source: std::io::Error::other(source),
+        };
+        let fd = match prog {
+            Program::SchedClassifier(p) => {
+                if p.fd().is_err() {
+                    p.load().map_err(err)?;
+                }
+                p.fd().map_err(err)?.try_clone()
+            }
+            Program::CgroupSockAddr(p) => {
+                if p.fd().is_err() {
+                    p.load().map_err(err)?;
+                }
+                p.fd().map_err(err)?.try_clone()
+            }
+            _ => return Ok(None),
+        };
+        fd.map(Some).map_err(|e| err(ProgramError::from(e)))
     }
 
     fn load_object(pins: &PinRoot, nat: &NatConfig) -> Result<Ebpf, LoadError> {

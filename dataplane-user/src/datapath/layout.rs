@@ -14,7 +14,10 @@
 //! - all maps as declared: adopted as they are.
 //!
 //! The old map is unpinned before the load and its entries kept in memory;
-//! if the load fails the old map is pinned back ([`Plan::abort`]).
+//! if the load fails the old map is pinned back ([`Plan::abort`]). After
+//! the load the entries are copied ([`Plan::copy`]), the pinned links are
+//! moved to the new programs (which use the new maps), and what the old
+//! programs added in between is copied too ([`Plan::finish`]).
 
 use std::{collections::BTreeMap, fmt, io, path::PathBuf};
 
@@ -222,6 +225,8 @@ struct Pending {
     migrate: bool,
     /// What replacing loses.
     live: usize,
+    /// Entries written into the new map so far.
+    copied: usize,
 }
 
 /// The maps set aside before a load, to migrate after it (or pin back).
@@ -272,6 +277,7 @@ pub fn prepare(pins: &PinRoot, want: &BTreeMap<String, MapShape>) -> Result<Plan
             entries: if migrate { entries } else { Vec::new() },
             migrate,
             live,
+            copied: 0,
         });
     }
     Ok(Plan {
@@ -309,25 +315,44 @@ impl Plan {
     }
 
     /// After a successful load (the new maps are pinned): copies the
-    /// migrated entries into them, records the schema, and says what
-    /// happened to each map set aside.
+    /// migrated entries into them. Programs attached earlier still use the
+    /// old maps until their links are moved to the new programs; then
+    /// [`Plan::finish`] copies what they added meanwhile.
+    pub fn copy(&mut self) -> Result<(), LayoutError> {
+        for p in self.pending.iter_mut().filter(|p| p.migrate) {
+            let new = open_new(p)?;
+            p.copied = std::mem::take(&mut p.entries)
+                .iter()
+                .filter(|(k, v)| new.update(k, v).is_ok())
+                .count();
+        }
+        Ok(())
+    }
+
+    /// Copies the entries the old programs made after [`Plan::copy`] (hash
+    /// maps: those not in the new map yet; counters in arrays keep the
+    /// first copy), records the schema, and says what happened to each map
+    /// set aside.
     pub fn finish(self) -> Result<Vec<Adoption>, LayoutError> {
         let mut done = Vec::new();
         for p in self.pending {
             let action = if p.migrate {
-                let new = RawMap::from_pin(&p.path).map_err(|source| LayoutError::Open {
-                    map: p.name.clone(),
-                    path: p.path.clone(),
-                    source,
-                })?;
-                let copied = p
-                    .entries
-                    .iter()
-                    .filter(|(k, v)| new.update(k, v).is_ok())
-                    .count();
+                let mut late = 0;
+                if !matches!(p.old.shape().map_type, ARRAY | PERCPU_ARRAY) {
+                    let new = open_new(&p)?;
+                    let read_err = |source| LayoutError::Read {
+                        map: p.name.clone(),
+                        source,
+                    };
+                    for (k, v) in entries(&p.old).map_err(read_err)? {
+                        if new.insert_new(&k, &v).unwrap_or(false) {
+                            late += 1;
+                        }
+                    }
+                }
                 Action::Migrated {
-                    copied,
-                    lost: p.live - copied,
+                    copied: p.copied + late,
+                    lost: p.live.saturating_sub(p.copied),
                 }
             } else {
                 Action::Replaced { lost: p.live }
@@ -353,6 +378,14 @@ impl Plan {
             }
         }
     }
+}
+
+fn open_new(p: &Pending) -> Result<RawMap, LayoutError> {
+    RawMap::from_pin(&p.path).map_err(|source| LayoutError::Open {
+        map: p.name.clone(),
+        path: p.path.clone(),
+        source,
+    })
 }
 
 fn schema_shape() -> MapShape {

@@ -15,7 +15,11 @@ const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+/// `BPF_NOEXIST`: an update that only creates.
+const NOEXIST: u64 = 1;
 
 /// Map types whose values are one slot per possible CPU.
 const PERCPU_TYPES: [u32; 4] = [5, 6, 10, 21]; // PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH, PERCPU_CGROUP_STORAGE
@@ -80,6 +84,50 @@ struct MapInfo {
     map_flags: u32,
 }
 
+/// The head of `struct bpf_link_info`.
+#[repr(C)]
+#[derive(Default)]
+struct LinkInfo {
+    link_type: u32,
+    id: u32,
+    prog_id: u32,
+}
+
+/// The head of `struct bpf_prog_info`, up to its name.
+#[repr(C)]
+#[derive(Default)]
+struct ProgInfo {
+    prog_type: u32,
+    id: u32,
+    tag: [u8; 8],
+    jited_prog_len: u32,
+    xlated_prog_len: u32,
+    jited_prog_insns: u64,
+    xlated_prog_insns: u64,
+    load_time: u64,
+    created_by_uid: u32,
+    nr_map_ids: u32,
+    map_ids: u64,
+    name: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ByIdAttr {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkUpdateAttr {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
+}
+
 #[repr(C)]
 #[derive(Default)]
 struct ObjAttr {
@@ -104,6 +152,63 @@ fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
         return Err(io::Error::last_os_error());
     }
     Ok(rc)
+}
+
+fn info<T>(fd: BorrowedFd<'_>, info: &mut T) -> io::Result<()> {
+    let attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of::<T>() as u32,
+        info: std::ptr::from_mut(info) as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &attr).map(|_| ())
+}
+
+/// Opens the object (map, program or link) pinned at `path`.
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let attr = ObjAttr {
+        pathname: c.as_ptr() as u64,
+        ..ObjAttr::default()
+    };
+    let fd = bpf(BPF_OBJ_GET, &attr)?;
+    // SAFETY: BPF_OBJ_GET returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The program a link runs: its id and its kernel name (the function name,
+/// cut to 15 bytes).
+pub fn link_program(link: BorrowedFd<'_>) -> io::Result<(u32, String)> {
+    let mut li = LinkInfo::default();
+    info(link, &mut li)?;
+    let attr = ByIdAttr {
+        id: li.prog_id,
+        ..ByIdAttr::default()
+    };
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &attr)?;
+    // SAFETY: a new fd that nothing else owns.
+    let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut pi = ProgInfo::default();
+    info(prog.as_fd(), &mut pi)?;
+    let end = pi
+        .name
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(pi.name.len());
+    Ok((
+        li.prog_id,
+        String::from_utf8_lossy(&pi.name[..end]).into_owned(),
+    ))
+}
+
+/// Makes `link` run `prog` instead of its program, atomically.
+pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let attr = LinkUpdateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: prog.as_raw_fd() as u32,
+        ..LinkUpdateAttr::default()
+    };
+    bpf(BPF_LINK_UPDATE, &attr).map(|_| ())
 }
 
 /// An open map, handled as bytes.
@@ -136,28 +241,15 @@ impl RawMap {
     /// Opens the map pinned at `path` and reads its shape. A pin that is
     /// not a map is an error (EINVAL from the info call).
     pub fn from_pin(path: &Path) -> io::Result<RawMap> {
-        let c = CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let attr = ObjAttr {
-            pathname: c.as_ptr() as u64,
-            ..ObjAttr::default()
-        };
-        let fd = bpf(BPF_OBJ_GET, &attr)?;
-        // SAFETY: BPF_OBJ_GET returned a new fd that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        let mut info = MapInfo::default();
-        let attr = InfoAttr {
-            bpf_fd: fd.as_raw_fd() as u32,
-            info_len: size_of::<MapInfo>() as u32,
-            info: std::ptr::from_mut(&mut info) as u64,
-        };
-        bpf(BPF_OBJ_GET_INFO_BY_FD, &attr)?;
+        let fd = obj_get(path)?;
+        let mut mi = MapInfo::default();
+        info(fd.as_fd(), &mut mi)?;
         let shape = MapShape {
-            map_type: info.map_type,
-            key_size: info.key_size,
-            value_size: info.value_size,
-            max_entries: info.max_entries,
-            flags: info.map_flags,
+            map_type: mi.map_type,
+            key_size: mi.key_size,
+            value_size: mi.value_size,
+            max_entries: mi.max_entries,
+            flags: mi.map_flags,
         };
         Ok(RawMap { fd, shape })
     }
@@ -232,6 +324,19 @@ impl RawMap {
 
     /// Writes `value` (of [`RawMap::value_len`] bytes) at `key`.
     pub fn update(&self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        self.write(key, value, 0)
+    }
+
+    /// Writes `value` at `key` unless the key is there: false if it was.
+    pub fn insert_new(&self, key: &[u8], value: &[u8]) -> io::Result<bool> {
+        match self.write(key, value, NOEXIST) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write(&self, key: &[u8], value: &[u8], flags: u64) -> io::Result<()> {
         if key.len() != self.shape.key_size as usize || value.len() != self.value_len()? {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -242,6 +347,7 @@ impl RawMap {
             map_fd: self.fd.as_raw_fd() as u32,
             key: key.as_ptr() as u64,
             value: value.as_ptr() as u64,
+            flags,
             ..ElemAttr::default()
         };
         bpf(BPF_MAP_UPDATE_ELEM, &attr).map(|_| ())
