@@ -83,6 +83,18 @@ fn a_conntrack_map_with_a_bigger_value_is_replaced_with_a_clear_line() {
 }
 
 #[test]
+fn a_fresh_pin_root_records_the_schema() {
+    let dir = BpffsDir::new("pins-fresh").unwrap();
+    assert_eq!(layout::recorded_schema(dir.pins()).unwrap(), None);
+    let dp = load_and_verify(&dir).expect("load");
+    assert!(dp.adopted().is_empty());
+    assert_eq!(
+        layout::recorded_schema(dir.pins()).unwrap(),
+        Some(LAYOUT_SCHEMA)
+    );
+}
+
+#[test]
 fn a_map_with_a_smaller_value_is_replaced_not_a_verifier_dump() {
     let dir = BpffsDir::new("pins-smaller").unwrap();
     let want = declared(maps::CT_TCP);

@@ -181,14 +181,13 @@ impl Dataplane {
             pins: pins.clone(),
             adopted: Vec::new(),
         };
-        if plan.is_empty() {
-            return Ok(dp);
-        }
         let mut plan = plan;
-        plan.copy()?;
-        // The programs attached earlier use the maps set aside: they move to
-        // this load's programs, which use the new ones.
-        dp.relink()?;
+        if !plan.is_empty() {
+            plan.copy()?;
+            // The programs attached earlier use the maps set aside: they
+            // move to this load's programs, which use the new ones.
+            dp.relink()?;
+        }
         dp.adopted = plan.finish()?;
         for a in &dp.adopted {
             tracing::warn!("{a}");

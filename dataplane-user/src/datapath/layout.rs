@@ -233,13 +233,22 @@ struct Pending {
 pub struct Plan {
     pins: PinRoot,
     pending: Vec<Pending>,
+    /// The schema found recorded (None: none).
+    recorded: Option<u32>,
 }
 
 /// Checks the pins under `pins` against `want` (see the module docs) and
 /// sets aside every map that is not as declared: after this, the loader
 /// finds only maps it can adopt, or none.
 pub fn prepare(pins: &PinRoot, want: &BTreeMap<String, MapShape>) -> Result<Plan, LayoutError> {
-    check_schema(pins)?;
+    let recorded = recorded_schema(pins)?;
+    if let Some(found) = recorded.filter(|s| *s > LAYOUT_SCHEMA) {
+        return Err(LayoutError::Newer {
+            path: pins.path().to_owned(),
+            found,
+            known: LAYOUT_SCHEMA,
+        });
+    }
     let mut pending = Vec::new();
     for (name, shape) in want {
         let path = pins.map(name);
@@ -283,6 +292,7 @@ pub fn prepare(pins: &PinRoot, want: &BTreeMap<String, MapShape>) -> Result<Plan
     Ok(Plan {
         pins: pins.clone(),
         pending,
+        recorded,
     })
 }
 
@@ -331,8 +341,8 @@ impl Plan {
 
     /// Copies the entries the old programs made after [`Plan::copy`] (hash
     /// maps: those not in the new map yet; counters in arrays keep the
-    /// first copy), records the schema, and says what happened to each map
-    /// set aside.
+    /// first copy), records the schema (if it was not this one already),
+    /// and says what happened to each map set aside.
     pub fn finish(self) -> Result<Vec<Adoption>, LayoutError> {
         let mut done = Vec::new();
         for p in self.pending {
@@ -364,7 +374,9 @@ impl Plan {
                 action,
             });
         }
-        record_schema(&self.pins)?;
+        if !done.is_empty() || self.recorded != Some(LAYOUT_SCHEMA) {
+            record_schema(&self.pins)?;
+        }
         Ok(done)
     }
 
@@ -423,17 +435,6 @@ pub fn recorded_schema(pins: &PinRoot) -> Result<Option<u32>, LayoutError> {
     Ok(value
         .and_then(|v| v.try_into().ok())
         .map(u32::from_ne_bytes))
-}
-
-fn check_schema(pins: &PinRoot) -> Result<(), LayoutError> {
-    match recorded_schema(pins)? {
-        Some(found) if found > LAYOUT_SCHEMA => Err(LayoutError::Newer {
-            path: pins.path().to_owned(),
-            found,
-            known: LAYOUT_SCHEMA,
-        }),
-        _ => Ok(()),
-    }
 }
 
 /// Records [`LAYOUT_SCHEMA`] under `pins` (creating the record if needed).
