@@ -186,7 +186,7 @@ impl Dataplane {
             plan.copy()?;
             // The programs attached earlier use the maps set aside: they
             // move to this load's programs, which use the new ones.
-            dp.relink()?;
+            dp.relink();
         }
         dp.adopted = plan.finish()?;
         for a in &dp.adopted {
@@ -196,31 +196,45 @@ impl Dataplane {
     }
 
     /// Moves every pinned link under the pin root to this instance's
-    /// program of the same name (`BPF_LINK_UPDATE`, atomic per link).
-    fn relink(&mut self) -> Result<(), LoadError> {
+    /// program of the same name (`BPF_LINK_UPDATE`, atomic per link). Best
+    /// effort: a link that cannot be moved keeps its program (and the old
+    /// maps), with a warning naming it.
+    fn relink(&mut self) {
         let dir = self.pins.links_dir();
         let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Ok(());
+            return;
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            let relink_err = |source| LoadError::Relink {
-                path: path.clone(),
-                source,
-            };
-            let link = sys_bpf::obj_get(&path).map_err(relink_err)?;
-            let (_, kname) = sys_bpf::link_program(link.as_fd()).map_err(relink_err)?;
-            let Some(prog) = self.loaded_program(&kname)? else {
-                tracing::warn!(
+            match self.relink_one(&path) {
+                Ok(Some(kname)) => {
+                    tracing::info!(link = %path.display(), "moved to the new {kname}");
+                }
+                Ok(None) => tracing::warn!(
                     link = %path.display(),
-                    "the linked program {kname} is not in this object; left as it is"
-                );
-                continue;
-            };
-            sys_bpf::link_update(link.as_fd(), prog.as_fd()).map_err(relink_err)?;
-            tracing::info!(link = %path.display(), "moved to the new {kname}");
+                    "its program is not in this object; left on the old maps"
+                ),
+                Err(e) => tracing::warn!(
+                    link = %path.display(),
+                    "left on the old maps: {}",
+                    crate::sys::error_chain(&e)
+                ),
+            }
         }
-        Ok(())
+    }
+
+    fn relink_one(&mut self, path: &std::path::Path) -> Result<Option<String>, LoadError> {
+        let relink_err = |source| LoadError::Relink {
+            path: path.to_owned(),
+            source,
+        };
+        let link = sys_bpf::obj_get(path).map_err(relink_err)?;
+        let (_, kname) = sys_bpf::link_program(link.as_fd()).map_err(relink_err)?;
+        let Some(prog) = self.loaded_program(&kname)? else {
+            return Ok(None);
+        };
+        sys_bpf::link_update(link.as_fd(), prog.as_fd()).map_err(relink_err)?;
+        Ok(Some(kname))
     }
 
     /// This object's program whose kernel name (cut to 15 bytes) is

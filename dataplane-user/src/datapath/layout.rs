@@ -249,51 +249,64 @@ pub fn prepare(pins: &PinRoot, want: &BTreeMap<String, MapShape>) -> Result<Plan
             known: LAYOUT_SCHEMA,
         });
     }
-    let mut pending = Vec::new();
-    for (name, shape) in want {
-        let path = pins.map(name);
-        let old = match RawMap::from_pin(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(source) => {
-                return Err(LayoutError::Open {
-                    map: name.clone(),
-                    path,
-                    source,
-                })
-            }
-        };
-        if old.shape() == *shape {
-            continue;
-        }
-        let migrate = convertible(&old.shape(), shape);
-        let read_err = |source| LayoutError::Read {
-            map: name.clone(),
-            source,
-        };
-        let entries = entries(&old).map_err(read_err)?;
-        let live = entries.len();
-        std::fs::remove_file(&path).map_err(|source| LayoutError::Unpin {
-            map: name.clone(),
-            path: path.clone(),
-            source,
-        })?;
-        pending.push(Pending {
-            name: name.clone(),
-            path,
-            old,
-            new: *shape,
-            entries: if migrate { entries } else { Vec::new() },
-            migrate,
-            live,
-            copied: 0,
-        });
-    }
-    Ok(Plan {
+    let mut plan = Plan {
         pins: pins.clone(),
-        pending,
+        pending: Vec::new(),
         recorded,
-    })
+    };
+    for (name, shape) in want {
+        match set_aside(pins, name, shape) {
+            Ok(Some(p)) => plan.pending.push(p),
+            Ok(None) => {}
+            Err(e) => {
+                // The maps set aside so far go back: nothing changed.
+                plan.abort();
+                return Err(e);
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// Unpins `name` if it is not shaped `shape`, keeping what a migration or
+/// the log line needs; None when it is as declared or not pinned.
+fn set_aside(pins: &PinRoot, name: &str, shape: &MapShape) -> Result<Option<Pending>, LayoutError> {
+    let path = pins.map(name);
+    let old = match RawMap::from_pin(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(LayoutError::Open {
+                map: name.to_owned(),
+                path,
+                source,
+            })
+        }
+    };
+    if old.shape() == *shape {
+        return Ok(None);
+    }
+    let migrate = convertible(&old.shape(), shape);
+    let entries = entries(&old).map_err(|source| LayoutError::Read {
+        map: name.to_owned(),
+        source,
+    })?;
+    let live = entries.len();
+    std::fs::remove_file(&path).map_err(|source| LayoutError::Unpin {
+        map: name.to_owned(),
+        path: path.clone(),
+        source,
+    })?;
+    Ok(Some(Pending {
+        name: name.to_owned(),
+        path,
+        old,
+        new: *shape,
+        entries: if migrate { entries } else { Vec::new() },
+        migrate,
+        live,
+        copied: 0,
+    }))
 }
 
 /// The live entries of a map: every key of a hash or trie, the non-zero
