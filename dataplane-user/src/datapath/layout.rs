@@ -59,7 +59,7 @@ pub enum LayoutError {
         found: u32,
         known: u32,
     },
-    #[error("the eBPF object's map {0} is missing or unreadable")]
+    #[error("the eBPF object cannot be read for its map layouts: {0}")]
     Declared(String),
     #[error("reading the pinned map {map} at {path}")]
     Open {
@@ -158,16 +158,17 @@ fn type_name(t: u32) -> String {
     }
 }
 
-/// The shapes the object declares for `names`, as the loader will create
-/// them (ring buffers rounded to pages, perf arrays sized to the CPUs).
+/// The shapes the object declares for those of `names` it has, as the
+/// loader will create them (ring buffers rounded to pages, perf arrays sized to the CPUs).
 pub fn declared(object: &[u8], names: &[&str]) -> Result<BTreeMap<String, MapShape>, LayoutError> {
     let obj = Object::parse(object).map_err(|e| LayoutError::Declared(e.to_string()))?;
     let mut out = BTreeMap::new();
     for name in names {
-        let m = obj
-            .maps
-            .get(*name)
-            .ok_or_else(|| LayoutError::Declared((*name).to_owned()))?;
+        // A name the object lacks has nothing to check (the loader ignores
+        // its pin path too).
+        let Some(m) = obj.maps.get(*name) else {
+            continue;
+        };
         let mut shape = MapShape {
             map_type: m.map_type(),
             key_size: m.key_size(),
