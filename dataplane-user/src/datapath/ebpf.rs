@@ -1,6 +1,7 @@
 //! The eBPF object: embedding it, loading it with every map pinned under the
 //! [`PinRoot`] (an existing pin is reused, so a second load shares the maps of
-//! the first and counters survive agent restarts), and attaching its tc
+//! the first and counters survive agent restarts; one of another layout is
+//! migrated, replaced or refused first, see [`layout`]), and attaching its tc
 //! programs through tcx links that are pinned too.
 
 use std::{os::fd::AsFd as _, path::PathBuf};
@@ -168,7 +169,7 @@ impl Dataplane {
         pins.ensure()?;
         let mut names: Vec<&str> = PINNED_MAPS.to_vec();
         names.push(AYA_LOGS);
-        let plan = layout::prepare(pins, &layout::declared(OBJECT, &names)?)?;
+        let mut plan = layout::prepare(pins, &layout::declared(OBJECT, &names)?)?;
         let ebpf = match Dataplane::load_object(pins, nat) {
             Ok(ebpf) => ebpf,
             Err(e) => {
@@ -181,7 +182,6 @@ impl Dataplane {
             pins: pins.clone(),
             adopted: Vec::new(),
         };
-        let mut plan = plan;
         if !plan.is_empty() {
             plan.copy()?;
             // The programs attached earlier use the maps set aside: they
