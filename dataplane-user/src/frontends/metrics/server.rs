@@ -1,6 +1,7 @@
 //! The HTTP/1.1 server (hyper) for `GET /metrics`: one request per
 //! connection, the request head bounded in size and time, writes bounded in
-//! time, and a short linger before closing.
+//! time, and a short linger before closing; connections capped by the
+//! accept loop every front door shares ([`crate::api::conns`]).
 
 use std::{
     convert::Infallible,
