@@ -136,10 +136,32 @@ fn published_port_and_masquerade_over_ipv6() {
     );
     assert!(ping6(&c1, CLIENT6), "ping -6 through NAT66");
 
-    // And the flows are in conntrack's IPv6 map, not a word of them in the
-    // IPv4 one.
-    let v4_flows = cli.flows();
-    assert!(v4_flows.iter().all(|f| f["dport"] != 9000), "{v4_flows:?}");
+    // `conntrack ls` shows the IPv6 flows with their translation, the
+    // container's own port kept by the masquerade.
+    let flows = cli.flows();
+    let has = |dport: u64, nat: &str| {
+        flows
+            .iter()
+            .any(|f| f["dport"] == dport && f["nat"].as_str().is_some_and(|n| n.starts_with(nat)))
+    };
+    assert!(
+        has(8080, "DNAT dst -> [fd00:82::2]:80"),
+        "the published flow: {flows:#?}"
+    );
+    assert!(
+        has(9000, "SNAT src -> [2001:db8:1::1]:"),
+        "the masqueraded flow: {flows:#?}"
+    );
+    // The endpoint's flows go with it.
+    cli.run(&["disconnect", "n6", c1.name()])
+        .expect("disconnect");
+    let after = cli.flows();
+    assert!(
+        after
+            .iter()
+            .all(|f| f["dport"] != 8080 && f["dport"] != 9000),
+        "purged with the endpoint: {after:#?}"
+    );
 }
 
 #[test]

@@ -115,6 +115,7 @@ pub fn gone(old: &State, new: &State) -> Gone {
             .collect();
         g.mappings.retain(|m| !mapped.contains(m));
     }
+    super::desired6::gone6(old, new, &mut g);
     g
 }
 

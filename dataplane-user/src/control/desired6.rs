@@ -9,7 +9,7 @@
 //! container (no NAT64; docs/docker-compat.md).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv6Addr},
 };
 
@@ -23,7 +23,10 @@ use super::{
     state::State,
 };
 use crate::{
-    datapath::nat::{Desired, NatError},
+    datapath::{
+        conntrack::{self, Gone},
+        nat::{Desired, NatError},
+    },
     sys::netlink::Link,
 };
 
@@ -174,4 +177,49 @@ fn endpoints6(
         );
     }
     out
+}
+
+/// The IPv6 half of `desired::gone`: IPv6 addresses no endpoint in a
+/// sandbox has any more, IPv6 published ports no longer leading where they
+/// did.
+pub(super) fn gone6(old: &State, new: &State, g: &mut Gone) {
+    let live = |ep: &Endpoint| {
+        ep.ipv6
+            .filter(|_| !ep.netns.as_os_str().is_empty())
+            .map(|ip| ip.octets())
+    };
+    for (id, o) in &old.endpoints {
+        let n = new.endpoints.get(id);
+        if n == Some(o) {
+            continue;
+        }
+        if let Some(a) = live(o) {
+            if n.and_then(live) != Some(a) {
+                g.addrs6.insert(a);
+            }
+        }
+        let kept: BTreeSet<_> = n
+            .into_iter()
+            .flat_map(endpoint_ports6)
+            .map(|(k, t)| conntrack::mapping_of6(&k, &t))
+            .collect();
+        g.mappings6.extend(
+            endpoint_ports6(o)
+                .map(|(k, t)| conntrack::mapping_of6(&k, &t))
+                .filter(|m| !kept.contains(m)),
+        );
+    }
+    if !g.addrs6.is_empty() {
+        let still: BTreeSet<[u8; 16]> = new.endpoints.values().filter_map(live).collect();
+        g.addrs6.retain(|a| !still.contains(a));
+    }
+    if !g.mappings6.is_empty() {
+        let mapped: BTreeSet<_> = new
+            .endpoints
+            .values()
+            .flat_map(endpoint_ports6)
+            .map(|(k, t)| conntrack::mapping_of6(&k, &t))
+            .collect();
+        g.mappings6.retain(|m| !mapped.contains(m));
+    }
 }
