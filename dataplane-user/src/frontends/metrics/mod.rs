@@ -46,10 +46,13 @@ use aya::{
     Pod,
 };
 use dataplane_common::{
-    ct::{CtEntry, CtKey, FLAG_REPLY, FLAG_SNAT},
+    ct::{CtEntry, CtEntry6, CtKey, CtKey6, FLAG_REPLY, FLAG_SNAT},
     filter::{FilterHostKey, FilterIfaceKey, FilterNetKey, FilterPortKey, FilterSrcData, RuleBits},
     maps,
-    nat::{EndpointInfo, HostAddr, PortKey, PortTarget, SubnetPolicy, TrustedIface, Uplink},
+    nat::{
+        EndpointInfo, EndpointInfo6, HostAddr, PortKey, PortKey6, PortTarget, PortTarget6,
+        SubnetPolicy, TrustedIface, Uplink, Uplink6,
+    },
     sock::SockRevNat,
 };
 use prometheus_client::{
@@ -317,7 +320,7 @@ type FillFn = fn(&PinRoot, &'static str) -> Result<Option<Fill>, MetricsError>;
 /// The maps whose fill level is reported besides the conntrack tables and
 /// the uplinks (which are walked for more than their size). Arrays are
 /// always full and are not listed.
-const FILL_MAPS: [(&str, FillFn); 12] = [
+const FILL_MAPS: [(&str, FillFn); 18] = [
     (maps::PORTS, hash_fill::<PortKey, PortTarget>),
     (maps::OPEN_PORTS, hash_fill::<PortKey, u32>),
     (maps::TRUSTED_IFACES, hash_fill::<TrustedIface, u32>),
@@ -330,6 +333,12 @@ const FILL_MAPS: [(&str, FillFn); 12] = [
     (maps::FILTER_IFACE, hash_fill::<FilterIfaceKey, RuleBits>),
     (maps::FILTER_PORT, hash_fill::<FilterPortKey, RuleBits>),
     (maps::FILTER_NET, hash_fill::<FilterNetKey, RuleBits>),
+    (maps::PORTS6, hash_fill::<PortKey6, PortTarget6>),
+    (maps::OPEN_PORTS6, hash_fill::<PortKey6, u32>),
+    (maps::SUBNETS6, lpm_fill::<[u8; 16], SubnetPolicy>),
+    (maps::HOST_ADDRS6, hash_fill::<[u8; 16], HostAddr>),
+    (maps::ENDPOINTS6, hash_fill::<u32, EndpointInfo6>),
+    (maps::UPLINKS6, hash_fill::<u32, Uplink6>),
 ];
 
 /// One conntrack table: its size, and its masquerade reply entries per
@@ -533,6 +542,14 @@ fn tables(pins: &PinRoot, out: &mut Vec<Family>) -> Result<(), MetricsError> {
     }
     for (map, table) in [(maps::CT_TCP, "tcp"), (maps::CT_OTHER, "other")] {
         if let Some(f) = scan_conntrack(pins, map, &mut snat)? {
+            conntrack.sample(vec![("table", table.to_owned())], f.entries);
+            fill(map, f);
+        }
+    }
+    // IPv6's tables: their size (its masquerade has no per-address gauge
+    // yet).
+    for (map, table) in [(maps::CT6_TCP, "tcp6"), (maps::CT6_OTHER, "other6")] {
+        if let Some(f) = hash_fill::<CtKey6, CtEntry6>(pins, map)? {
             conntrack.sample(vec![("table", table.to_owned())], f.entries);
             fill(map, f);
         }
