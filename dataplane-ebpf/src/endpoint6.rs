@@ -10,14 +10,15 @@
 //!   unicast between containers carries ICMPv6 only (NDP), so it is no way
 //!   around the rule.
 //!
-//! IPv6 has no hairpin in BPF yet (a container reaching a port published on
-//! a host IPv6 address) and no fast path: what is left goes to the stack.
-//! The hairpin's conntrack entries (104 bytes each for IPv6) do not fit the
-//! 512-byte frame beside the parser's; it needs Cilium's per-CPU scratch
-//! map for them (docs/architecture.md).
+//! - hairpin: a container reaching a port published on a host IPv6 address
+//!   gets DNAT here, keeping its address (the gateway's when it reaches its
+//!   own port); the replies go straight back into its veth (`nat6`).
+//!
+//! IPv6 has no fast path yet: what is left goes to the stack.
 
 use aya_ebpf::{btf_maps::lpm_trie::Key, macros::classifier, programs::TcContext};
 use dataplane_common::{
+    ct::ZONE_ENDPOINT,
     drop::DropReason,
     nat::{EndpointInfo6, SUBNET_NO_ICC},
     net::IPPROTO_ICMPV6,
@@ -26,10 +27,12 @@ use dataplane_common::{
 use crate::{
     drop::drop_packet,
     maps::{DP_ENDPOINTS, DP_ENDPOINTS6, DP_SUBNETS6},
-    parse::{l3, parse6, Ipv6Packet, L3},
+    nat, nat6,
+    parse::{l3, parse6, Ipv6Packet, Ipv6Upper, L3},
 };
 
 const TCX_NEXT: i32 = -1;
+const ZONE: u8 = ZONE_ENDPOINT;
 
 #[classifier]
 pub fn dp_from_container6(ctx: TcContext) -> i32 {
@@ -57,14 +60,15 @@ fn try_from_container6(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TCX_NEXT);
     }
     let mut pkt = Ipv6Packet::default();
-    parse6(ctx, &mut pkt)?;
+    let upper = parse6(ctx, &mut pkt)?;
     // SAFETY: the context's __sk_buff is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: copied out at once.
-    let ep = unsafe { DP_ENDPOINTS6.get(ifindex) }.copied();
+    // SAFETY: a map value, read in place for this run (not copied: an
+    // `Option` of a copy is what LLVM spills uninitialised).
+    let ep = unsafe { DP_ENDPOINTS6.get(ifindex) };
     if is_link_local(&pkt.src) || pkt.src == [0; 16] {
         if let Some(ep) = ep {
-            link_local_icc(&pkt, &ep)?;
+            link_local_icc(&pkt, ep)?;
         }
         return Ok(TCX_NEXT);
     }
@@ -79,8 +83,77 @@ fn try_from_container6(ctx: &TcContext) -> Result<i32, DropReason> {
     if pkt.src != ep.addr {
         return Err(DropReason::Spoofed);
     }
-    isolation(&pkt, &ep)?;
+    if upper == Ipv6Upper::Found && !pkt.later_fragment {
+        if tracked(ctx, &pkt)? {
+            apply(ctx, &pkt)?;
+            return Ok(redirect(ctx, false)?.unwrap_or(TCX_NEXT));
+        }
+        let stats = hairpin(ctx, &pkt, ep)?;
+        if stats != NOT_PUBLISHED {
+            if stats & OWN_PORT != 0 {
+                own_port(ctx, &pkt, &ep.gateway, stats & !OWN_PORT)?;
+            }
+            apply(ctx, &pkt)?;
+            return Ok(redirect(ctx, true)?.unwrap_or(TCX_NEXT));
+        }
+    }
+    isolation(&pkt, ep)?;
     Ok(TCX_NEXT)
+}
+
+// The NAT steps are BPF subprograms of their own, as in `uplink6`: the
+// program's frame and the one step it runs must fit 512 bytes together.
+
+/// A packet of a hairpin flow (its entry left in the scratch).
+#[inline(never)]
+fn tracked(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<bool, DropReason> {
+    nat6::tracked(ctx, pkt, ZONE)
+}
+
+/// The flow's rewrite (see `nat6::apply`).
+#[inline(never)]
+fn apply(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<(), DropReason> {
+    nat6::apply(ctx, pkt)
+}
+
+/// See `nat6::redirect`.
+#[inline(never)]
+fn redirect(ctx: &TcContext, new_flow: bool) -> Result<Option<i32>, DropReason> {
+    nat6::redirect(ctx, new_flow)
+}
+
+/// [`hairpin`]'s answer when no published port is addressed.
+const NOT_PUBLISHED: u32 = u32::MAX;
+/// In [`hairpin`]'s answer: the container reaches its own port.
+const OWN_PORT: u32 = 1 << 31;
+
+/// A new flow to a port published on a host address: the hairpin's DNAT.
+/// Returns the mapping's counter slot, with [`OWN_PORT`] when the
+/// container reaches its own port ([`own_port`] completes that flow), or
+/// [`NOT_PUBLISHED`]. Plain integers, not an `Option`: see `uplink6`'s
+/// `subnet`.
+#[inline(never)]
+fn hairpin(ctx: &TcContext, pkt: &Ipv6Packet, ep: &EndpointInfo6) -> Result<u32, DropReason> {
+    let Some(target) = nat::published(pkt) else {
+        return Ok(NOT_PUBLISHED);
+    };
+    // SAFETY: the context's __sk_buff is valid for the whole program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let own = target.addr == ep.addr;
+    nat6::hairpin(ctx, pkt, ZONE, &target, ifindex, own)?;
+    Ok(target.stats_index | if own { OWN_PORT } else { 0 })
+}
+
+/// The gateway as the source of a container's flow to its own port (see
+/// `nat6::own_port`).
+#[inline(never)]
+fn own_port(
+    ctx: &TcContext,
+    pkt: &Ipv6Packet,
+    gateway: &[u8; 16],
+    stats_index: u32,
+) -> Result<(), DropReason> {
+    nat6::own_port(ctx, pkt, ZONE, gateway, stats_index)
 }
 
 /// Direct traffic to a managed subnet: only to the gateway, or within the

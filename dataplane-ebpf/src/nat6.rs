@@ -10,8 +10,8 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_ANY, BPF_NOEXIST},
-    helpers::bpf_loop,
+    bindings::{__sk_buff, BPF_ANY, BPF_NOEXIST, TC_ACT_REDIRECT},
+    helpers::{bpf_loop, bpf_redirect},
     programs::TcContext,
 };
 use dataplane_common::{
@@ -192,6 +192,98 @@ pub fn masquerade(
 ) -> Result<(), DropReason> {
     let s = scratch()?;
     fill_entry(ctx, FLAG_SNAT, pkt, &mut s.orig)?;
+    source_port(ctx, pkt, zone, addr, true)
+}
+
+/// A container reaching a port published on a host address (hairpin):
+/// DNAT to `target`, keeping the container's address; the flow's replies
+/// go straight back into its veth `ifindex` with the frame's Ethernet
+/// addresses swapped (the server's own program sends them). A container
+/// reaching its own port (`own`) also gets `gateway` as its source (it
+/// would drop a packet from itself), and both directions go straight back
+/// into it: then the caller completes the flow with [`own_port`] (a step of
+/// its own: its port probes and this set-up do not fit one frame). The
+/// entry is left in the scratch for [`apply`] and [`redirect`].
+#[inline(always)]
+pub fn hairpin(
+    ctx: &TcContext,
+    pkt: &Ipv6Packet,
+    zone: u8,
+    target: &PortTarget6,
+    ifindex: u32,
+    own: bool,
+) -> Result<(), DropReason> {
+    let s = scratch()?;
+    fill_entry(ctx, FLAG_DNAT, pkt, &mut s.orig)?;
+    s.orig.rewrite |= REWRITE_DST;
+    s.orig.new_daddr = target.addr;
+    s.orig.new_dport = target.port;
+    let macs: [u8; 12] = ctx.load(0).map_err(|_| DropReason::Truncated)?;
+    s.orig.redirect_ifindex = ifindex;
+    s.orig.redirect_dmac.copy_from_slice(&macs[6..]);
+    s.orig.redirect_smac.copy_from_slice(&macs[..6]);
+    if own {
+        s.orig.flags |= FLAG_HAIRPIN_SELF;
+        return Ok(());
+    }
+    create(&conntrack::key_of(pkt, zone), s, false)?;
+    bump(&DP_PORT_STATS, target.stats_index, ip_len(ctx));
+    Ok(())
+}
+
+/// Completes [`hairpin`]'s flow of a container to its own port: the
+/// gateway as its source, on a free port. No host socket can receive a
+/// flow between the bridge's gateway and a container (the IPv4 hairpin
+/// skips the lookup too).
+#[inline(always)]
+pub fn own_port(
+    ctx: &TcContext,
+    pkt: &Ipv6Packet,
+    zone: u8,
+    gateway: &[u8; 16],
+    stats_index: u32,
+) -> Result<(), DropReason> {
+    source_port(ctx, pkt, zone, gateway, false)?;
+    bump(&DP_PORT_STATS, stats_index, ip_len(ctx));
+    Ok(())
+}
+
+/// Sends the packet out of the scratch entry's redirect (into a
+/// container's veth, with the Ethernet addresses it recorded): a hairpin
+/// flow's replies, and both directions of a container's flow to its own
+/// port. `Ok(None)`: the stack's to deliver.
+#[inline(always)]
+pub fn redirect(ctx: &TcContext, new_flow: bool) -> Result<Option<i32>, DropReason> {
+    let s = scratch()?;
+    let e = &s.orig;
+    if e.redirect_ifindex == 0 || (new_flow && e.flags & FLAG_HAIRPIN_SELF == 0) {
+        return Ok(None);
+    }
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&e.redirect_dmac);
+    macs[6..].copy_from_slice(&e.redirect_smac);
+    ctx.store(0, &macs, 0).map_err(|_| DropReason::Rewrite)?;
+    // SAFETY: a helper taking plain integers.
+    let rc = unsafe { bpf_redirect(e.redirect_ifindex, 0) };
+    if rc != i64::from(TC_ACT_REDIRECT) {
+        return Err(DropReason::Rewrite);
+    }
+    Ok(Some(TC_ACT_REDIRECT))
+}
+
+/// Picks the new flow's source port on `addr` for the entry in the
+/// scratch (which already says how the flow is translated otherwise) and
+/// creates its entries: the client's port when its tuple is free, else
+/// random ones of the range, never (with `host_sockets`) one a host socket
+/// would receive replies on.
+#[inline(always)]
+fn source_port(
+    ctx: &TcContext,
+    pkt: &Ipv6Packet,
+    zone: u8,
+    addr: &[u8; 16],
+    host_sockets: bool,
+) -> Result<(), DropReason> {
     let cfg = NAT_CONFIG.load();
     let mut probe = Probe {
         skb: ctx.skb.skb,
@@ -200,6 +292,7 @@ pub fn masquerade(
         candidate: pkt.sport,
         min: u32::from(cfg.snat_port_min),
         span: u32::from(cfg.snat_port_max.saturating_sub(cfg.snat_port_min)) + 1,
+        host_sockets: u32::from(host_sockets),
         found: 0,
     };
     let steps = cfg.snat_probes.min(64) + 1;
@@ -221,6 +314,7 @@ struct Probe {
     candidate: [u8; 2],
     min: u32,
     span: u32,
+    host_sockets: u32,
     found: u32,
 }
 
@@ -232,7 +326,8 @@ extern "C" fn probe_step(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `masquerade` passes its `Probe`.
     let p = unsafe { &mut *ctx.cast::<Probe>() };
     let tc = TcContext::new(p.skb);
-    let claimed = !<[u8; 16]>::host_socket(&tc, p.key.proto, &p.key, p.addr, p.candidate)
+    let claimed = (p.host_sockets == 0
+        || !<[u8; 16]>::host_socket(&tc, p.key.proto, &p.key, p.addr, p.candidate))
         && claim(&p.key, &p.addr, p.candidate);
     // Every path leaves the same fields written, so the verifier's states
     // at the next step compare equal and the steps are checked once, not

@@ -283,3 +283,34 @@ fn packet_too_big_through_nat66_keeps_a_bulk_transfer_going() {
     assert_eq!(sent, 1 << 20);
     assert_eq!(counted.join().expect("sink thread").expect("sink"), 1 << 20);
 }
+
+#[test]
+fn hairpin_to_a_port_published_on_the_hosts_ipv6_address() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let (_fh, cli) = setup("n6hp");
+    let c1 = NetNs::new("n6h1").expect("netns");
+    let c2 = NetNs::new("n6h2").expect("netns");
+    cli.run(&["connect", "-p", "8080:80", "n6", c1.name()])
+        .expect("connect -p");
+    cli.run(&["connect", "--ip6", "fd00:82::9", "n6", c2.name()])
+        .expect("connect");
+    let published = SocketAddr::from((ip(HOST6), 8080));
+
+    // Another container: DNAT keeps its address.
+    let seen = peer_once(&c1, "[::]:80".parse().expect("addr"));
+    assert_eq!(ask(&c2, published), "fd00:82::9", "c1 saw c2's own address");
+    assert_eq!(
+        seen.join().expect("server"),
+        Some(IpAddr::V6(ip("fd00:82::9")))
+    );
+
+    // The container itself: it comes back from the gateway.
+    let seen = peer_once(&c1, "[::]:80".parse().expect("addr"));
+    assert_eq!(ask(&c1, published), "fd00:82::1", "from the gateway");
+    assert_eq!(
+        seen.join().expect("server"),
+        Some(IpAddr::V6(ip("fd00:82::1")))
+    );
+}
