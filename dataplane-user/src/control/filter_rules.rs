@@ -2,6 +2,12 @@
 //! doors parse them: `filter add [--network N] [--in IFACE] [--src CIDR |
 //! --not-src CIDR] [--dport P[/tcp|udp]] --action drop|accept`.
 //!
+//! One list holds the rules of both families: a rule whose source is an
+//! IPv4 CIDR is an IPv4 rule, one with an IPv6 CIDR an IPv6 rule (each
+//! matches packets of its family only, negated or not), and a rule without
+//! a source applies to both, as if written to iptables' and ip6tables'
+//! DOCKER-USER chains alike.
+//!
 //! A list of rules comes in as one request (`filter_add_many`,
 //! [`parse_request`]) or a rules file (`filter add --from-file`,
 //! [`parse_rules`]): one rule per line in `filter add`'s flags, the form
@@ -9,9 +15,9 @@
 //! (`crate::datapath::filter`). Control-plane code: it will move to
 //! `control/` with the rest of the model.
 
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::{fmt, net::IpAddr, str::FromStr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -161,17 +167,18 @@ pub fn parse_request(rules: &[FilterArgs]) -> Result<Vec<FilterSpec>, FilterErro
         .collect()
 }
 
-/// An address (a /32) or a CIDR. Host bits are cleared, as iptables does
-/// (`-s 192.168.1.7/24` means 192.168.1.0/24).
-fn parse_cidr(flag: &'static str, value: &str) -> Result<Ipv4Net, FilterError> {
+/// An address (a /32 or /128) or a CIDR, of either family. Host bits are
+/// cleared, as iptables and ip6tables do (`-s 192.168.1.7/24` means
+/// 192.168.1.0/24, `-s 2001:db8::1/32` 2001:db8::/32).
+fn parse_cidr(flag: &'static str, value: &str) -> Result<IpNet, FilterError> {
     let bad = || FilterError::Cidr {
         flag,
         value: value.to_owned(),
     };
     let net = if value.contains('/') {
-        Ipv4Net::from_str(value).map_err(|_| bad())?
+        IpNet::from_str(value).map_err(|_| bad())?
     } else {
-        Ipv4Net::from(Ipv4Addr::from_str(value).map_err(|_| bad())?)
+        IpNet::from(IpAddr::from_str(value).map_err(|_| bad())?)
     };
     Ok(net.trunc())
 }

@@ -47,7 +47,10 @@ use aya::{
 };
 use dataplane_common::{
     ct::{CtEntry, CtKey, FLAG_REPLY, FLAG_SNAT},
-    filter::{FilterHostKey, FilterIfaceKey, FilterNetKey, FilterPortKey, FilterSrcData, RuleBits},
+    filter::{
+        FilterHostKey, FilterHostKey6, FilterIfaceKey, FilterNetKey, FilterPortKey, FilterSrc6Data,
+        FilterSrcData, RuleBits,
+    },
     maps,
     nat::{EndpointInfo, HostAddr, PortKey, PortTarget, SubnetPolicy, TrustedIface, Uplink},
     sock::SockRevNat,
@@ -320,7 +323,7 @@ type FillFn = fn(&PinRoot, &'static str) -> Result<Option<Fill>, MetricsError>;
 /// The maps whose fill level is reported besides the conntrack tables and
 /// the uplinks (which are walked for more than their size). Arrays are
 /// always full and are not listed.
-const FILL_MAPS: [(&str, FillFn); 12] = [
+const FILL_MAPS: [(&str, FillFn); 14] = [
     (maps::PORTS, hash_fill::<PortKey, PortTarget>),
     (maps::OPEN_PORTS, hash_fill::<PortKey, u32>),
     (maps::TRUSTED_IFACES, hash_fill::<TrustedIface, u32>),
@@ -330,6 +333,11 @@ const FILL_MAPS: [(&str, FillFn); 12] = [
     (maps::SOCK_REVNAT, hash_fill::<u64, SockRevNat>),
     (maps::FILTER_SRC, lpm_fill::<FilterSrcData, RuleBits>),
     (maps::FILTER_SRC_HOST, hash_fill::<FilterHostKey, RuleBits>),
+    (maps::FILTER_SRC6, lpm_fill::<FilterSrc6Data, RuleBits>),
+    (
+        maps::FILTER_SRC6_HOST,
+        hash_fill::<FilterHostKey6, RuleBits>,
+    ),
     (maps::FILTER_IFACE, hash_fill::<FilterIfaceKey, RuleBits>),
     (maps::FILTER_PORT, hash_fill::<FilterPortKey, RuleBits>),
     (maps::FILTER_NET, hash_fill::<FilterNetKey, RuleBits>),
