@@ -1,0 +1,316 @@
+//! BPF_PROG_TEST_RUN of the uplink's ingress programs with DOCKER-USER-style
+//! filter rules of both families, compiled and applied as the agent does
+//! (`datapath::filter::{compile, apply}`): IPv6 CIDR and /128 rules drop or
+//! accept new flows to a published port, to a routed subnet and the later
+//! packets of a published flow, counted as `Filtered` and on the rule's
+//! counter; replies to the containers' own flows are not filtered; IPv4
+//! rules (negated ones too) never match IPv6 packets and IPv6 rules never
+//! match IPv4 ones; a rule without a source matches both.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+
+use dataplane_common::{drop::DropReason, nat::SUBNET_MASQUERADE};
+use dataplane_tests::{
+    datapath,
+    packets::PacketBuilder,
+    packets6::{self, Parsed6},
+    BpffsDir,
+};
+use dataplane_user::{
+    control::filter_rules::{FilterArgs, FilterRule},
+    datapath::{
+        ebpf::Dataplane,
+        filter::{self, ResolvedRule},
+        stats,
+    },
+};
+
+const NEXT: u32 = u32::MAX;
+const SHOT: u32 = 2;
+/// tc test runs see the namespace's loopback as the device.
+const TEST_RUN_IFINDEX: u32 = 1;
+const IN6: &str = "dp_uplink_in6";
+const OUT6: &str = "dp_uplink_out6";
+const IN4: &str = "dp_uplink_in";
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+const SYN_ACK: u8 = 0x12;
+
+fn a(s: &str) -> [u8; 16] {
+    s.parse::<Ipv6Addr>().expect("an IPv6 address").octets()
+}
+
+fn host() -> [u8; 16] {
+    a("2001:db8::1")
+}
+
+fn c1() -> [u8; 16] {
+    a("fd00:1::2")
+}
+
+const HOST4: [u8; 4] = [192, 0, 2, 1];
+const C1_4: [u8; 4] = [172, 17, 0, 2];
+
+/// Both families: [::]:8080/tcp -> [fd00:1::2]:80 and 0.0.0.0:8080/tcp ->
+/// 172.17.0.2:80; fd00:1::/64 and 172.17.0.0/16 masqueraded through the
+/// uplink (2001:db8::1, 192.0.2.1), network 1.
+fn load(tag: &str) -> (BpffsDir, Dataplane) {
+    let dir = BpffsDir::new(tag).expect("bpffs");
+    let dp = Dataplane::load(dir.pins()).expect("load");
+    let pins = dp.pins();
+    let web6 = SocketAddrV6::new(c1().into(), 80, 0, 0);
+    datapath::publish6(pins, Ipv6Addr::UNSPECIFIED, 8080, 6, web6, 3).expect("port");
+    datapath::host_addr6(pins, host().into(), 2).expect("host");
+    datapath::uplink6(pins, TEST_RUN_IFINDEX, host().into()).expect("uplink");
+    datapath::subnet6(
+        pins,
+        "fd00:1::".parse().expect("a"),
+        64,
+        SUBNET_MASQUERADE,
+        1,
+    )
+    .expect("subnet");
+    let web4 = SocketAddrV4::new(C1_4.into(), 80);
+    datapath::publish(pins, Ipv4Addr::UNSPECIFIED, 8080, 6, web4).expect("port");
+    datapath::host_addr(pins, HOST4.into(), 2).expect("host");
+    datapath::uplink(pins, TEST_RUN_IFINDEX, HOST4.into()).expect("uplink");
+    datapath::subnet(pins, Ipv4Addr::new(172, 17, 0, 0), 16, SUBNET_MASQUERADE, 1).expect("subnet");
+    (dir, dp)
+}
+
+/// A rule from `filter add`'s flags, e.g. `("--src", "2001:db8::/32")`.
+fn rule(id: u32, flags: &[(&str, &str)], action: &str) -> FilterRule {
+    let mut args = FilterArgs {
+        action: action.into(),
+        ..FilterArgs::default()
+    };
+    for (flag, value) in flags {
+        let v = Some((*value).to_owned());
+        match *flag {
+            "--src" => args.src = v,
+            "--not-src" => args.not_src = v,
+            "--dport" => args.dport = v,
+            other => panic!("flag {other} not used here"),
+        }
+    }
+    FilterRule::new(id, args.parse().expect("a valid rule"))
+}
+
+/// Compiles and applies `rules` as the agent does (no interface or network
+/// conditions here, so nothing to resolve).
+fn apply(dp: &mut Dataplane, rules: &[FilterRule]) {
+    let c = filter::compile(rules, |_| ResolvedRule::default()).expect("compile");
+    filter::apply(dp, &c).expect("apply");
+}
+
+/// Packets counted on the rule at each position.
+fn counted(dp: &Dataplane, rules: usize) -> Vec<u64> {
+    let c = filter::counters(dp.pins(), 0..rules as u32).expect("counters");
+    (0..rules as u32)
+        .map(|p| c.get(&p).map_or(0, |c| c.packets))
+        .collect()
+}
+
+fn filtered(dir: &BpffsDir) -> u64 {
+    stats::read(dir.pins())
+        .expect("stats")
+        .drop(DropReason::Filtered)
+        .packets
+}
+
+fn run(dp: &mut Dataplane, program: &'static str, frame: &[u8]) -> (u32, Vec<u8>) {
+    datapath::run_program(dp, program, frame).expect("test run")
+}
+
+fn parsed(frame: &[u8]) -> Parsed6 {
+    let p = packets6::parse(frame).expect("an IPv6 frame");
+    assert!(p.l4_ok, "checksum after rewrite: {p:?}");
+    p
+}
+
+/// Runs each case, checks its verdict and that a drop was counted as
+/// `Filtered` (and nothing else was), then the rules' counters.
+fn check(
+    dir: &BpffsDir,
+    dp: &mut Dataplane,
+    cases: Vec<(&str, &'static str, Vec<u8>, u32)>,
+    rules: usize,
+    want_counted: &[u64],
+) {
+    let mut failures = Vec::new();
+    for (name, program, frame, want) in cases {
+        let before = filtered(dir);
+        let (verdict, _) = run(dp, program, &frame);
+        if verdict != want {
+            failures.push(format!("{name}: verdict {verdict:#x}, expected {want:#x}"));
+        }
+        let drops = filtered(dir) - before;
+        let want_drops = u64::from(want == SHOT);
+        if drops != want_drops {
+            failures.push(format!("{name}: {drops} counted as filtered"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert_eq!(counted(dp, rules), want_counted, "the rules' counters");
+}
+
+#[test]
+fn ipv6_cidr_and_host_rules_on_new_flows() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let (dir, mut dp) = load("ptrflt6new");
+    let rules = [
+        rule(1, &[("--src", "2001:db8:bad::/48")], "drop"),
+        rule(2, &[("--src", "2001:db8::66")], "drop"),
+        // IPv4 only: must not take every IPv6 packet.
+        rule(3, &[("--not-src", "192.0.2.0/24")], "drop"),
+        rule(4, &[("--src", "2001:db8:ac::/48")], "accept"),
+        // Shadowed for 2001:db8:ac::/48 by rule 4; drops the rest of /32.
+        rule(5, &[("--src", "2001:db8::/32")], "drop"),
+    ];
+    apply(&mut dp, &rules);
+    let syn = |src: &str, sport| packets6::tcp(a(src), host(), sport, 8080, SYN);
+    check(
+        &dir,
+        &mut dp,
+        vec![
+            (
+                "a /48 rule's source",
+                IN6,
+                syn("2001:db8:bad::5", 40000),
+                SHOT,
+            ),
+            (
+                "a /128 rule's source",
+                IN6,
+                syn("2001:db8::66", 40001),
+                SHOT,
+            ),
+            ("an accepted /48", IN6, syn("2001:db8:ac::1", 40002), NEXT),
+            ("the rest of the /32", IN6, syn("2001:db8::67", 40003), SHOT),
+            ("outside every rule", IN6, syn("2001:db9::1", 40004), NEXT),
+            (
+                "routed straight to a container",
+                IN6,
+                packets6::udp(a("2001:db8:bad::9"), c1(), 5000, 53),
+                SHOT,
+            ),
+            (
+                "not to a container at all",
+                IN6,
+                packets6::udp(a("2001:db8:bad::9"), a("2001:db8::77"), 5000, 53),
+                NEXT,
+            ),
+        ],
+        rules.len(),
+        &[2, 1, 0, 1, 1],
+    );
+    // The accepted flow was translated.
+    let (verdict, out) = run(&mut dp, IN6, &syn("2001:db8:ac::2", 40005));
+    assert_eq!(verdict, NEXT);
+    let p = parsed(&out);
+    assert_eq!((p.dst, p.dport), (c1(), 80), "DNAT after the accept");
+}
+
+#[test]
+fn later_packets_of_published_flows_and_replies() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let (dir, mut dp) = load("ptrflt6later");
+    let client = a("2001:db8::2");
+    let server = a("2001:db8::9");
+    // A published flow and a flow the container started, both from before
+    // any rule.
+    let (verdict, _) = run(
+        &mut dp,
+        IN6,
+        &packets6::tcp(client, host(), 40000, 8080, SYN),
+    );
+    assert_eq!(verdict, NEXT);
+    let (verdict, _) = run(
+        &mut dp,
+        OUT6,
+        &packets6::tcp(c1(), client, 80, 40000, SYN_ACK),
+    );
+    assert_eq!(verdict, NEXT);
+    let (verdict, masq) = run(&mut dp, OUT6, &packets6::tcp(c1(), server, 41000, 443, SYN));
+    assert_eq!(verdict, NEXT);
+    let masq_port = parsed(&masq).sport;
+
+    let rules = [rule(7, &[("--src", "2001:db8::/32")], "drop")];
+    apply(&mut dp, &rules);
+    check(
+        &dir,
+        &mut dp,
+        vec![
+            (
+                "the client's next segment",
+                IN6,
+                packets6::tcp(client, host(), 40000, 8080, ACK),
+                SHOT,
+            ),
+            (
+                "the server's reply to the container's flow",
+                IN6,
+                packets6::tcp(server, host(), 443, masq_port, SYN_ACK),
+                NEXT,
+            ),
+        ],
+        rules.len(),
+        &[1],
+    );
+}
+
+#[test]
+fn families_do_not_cross() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let (dir, mut dp) = load("ptrflt6fam");
+    let rules = [
+        // Each family's "everything but" rule: never the other family's.
+        rule(1, &[("--not-src", "2001:db8::/32")], "drop"),
+        rule(2, &[("--not-src", "192.0.2.0/24")], "drop"),
+        rule(3, &[("--src", "::/0"), ("--dport", "81")], "drop"),
+        // No source: both families.
+        rule(4, &[("--dport", "80")], "drop"),
+    ];
+    apply(&mut dp, &rules);
+    let syn6 = |src: &str| packets6::tcp(a(src), host(), 40000, 8080, SYN);
+    let syn4 = |src: [u8; 4]| PacketBuilder::tcp(src, HOST4, 40000, 8080).build();
+    check(
+        &dir,
+        &mut dp,
+        vec![
+            ("ipv6 outside 2001:db8::/32", IN6, syn6("2001:db9::1"), SHOT),
+            (
+                "ipv4 outside 192.0.2.0/24",
+                IN4,
+                syn4([198, 51, 100, 1]),
+                SHOT,
+            ),
+            // Inside its own family's CIDR, past the other family's
+            // negation: the family-less --dport 80 rule (after DNAT).
+            ("ipv6 inside 2001:db8::/32", IN6, syn6("2001:db8::2"), SHOT),
+            ("ipv4 inside 192.0.2.0/24", IN4, syn4([192, 0, 2, 2]), SHOT),
+        ],
+        rules.len(),
+        &[1, 1, 0, 2],
+    );
+
+    // ::/0 alone: IPv4 packets meet no rule; IPv6 ones do.
+    let rules = [rule(9, &[("--src", "::/0")], "drop")];
+    apply(&mut dp, &rules);
+    check(
+        &dir,
+        &mut dp,
+        vec![
+            ("ipv4 under ::/0", IN4, syn4([192, 0, 2, 3]), NEXT),
+            ("ipv6 under ::/0", IN6, syn6("2001:db8::3"), SHOT),
+        ],
+        rules.len(),
+        &[1],
+    );
+}
