@@ -562,6 +562,17 @@ mod tests {
     }
 
     #[test]
+    fn source_keys_put_the_generation_first() {
+        let addr = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+        let d = src6_data(1, addr);
+        assert_eq!(d[..4], [0, 0, 0, 1]);
+        assert_eq!(d[4..20], addr);
+        assert_eq!(d[20..], [0; 4], "padding no prefix reaches");
+        assert_eq!(src_data(1, [10, 0, 0, 7]), [0, 0, 0, 1, 10, 0, 0, 7]);
+        assert!(SRC_GEN_BITS as usize + 128 <= 8 * (size_of::<FilterSrc6Data>() - 4));
+    }
+
+    #[test]
     fn or_assign_is_the_union() {
         let mut a = bits(&[1, 9_999]);
         a.or_assign(&bits(&[2, 10_000, 9_999]));
