@@ -5,15 +5,25 @@
 //! packets of a published flow, counted as `Filtered` and on the rule's
 //! counter; replies to the containers' own flows are not filtered; IPv4
 //! rules (negated ones too) never match IPv6 packets and IPv6 rules never
-//! match IPv4 ones; a rule without a source matches both.
+//! match IPv4 ones; a rule without a source matches both. Through the CLI:
+//! a rules file mixing both families, `filter ls` and the IPv6 source maps
+//! the rules land in.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
-use dataplane_common::{drop::DropReason, nat::SUBNET_MASQUERADE};
+use aya::maps::{HashMap, LpmTrie, Map, MapData};
+use dataplane_common::{
+    drop::DropReason,
+    filter::{FilterConfig, FilterHostKey6, FilterSrc6Data, RuleBits},
+    maps,
+    nat::SUBNET_MASQUERADE,
+};
 use dataplane_tests::{
+    cli::Cli,
     datapath,
     packets::PacketBuilder,
     packets6::{self, Parsed6},
+    topo::FakeHost,
     BpffsDir,
 };
 use dataplane_user::{
@@ -312,5 +322,118 @@ fn families_do_not_cross() {
         ],
         rules.len(),
         &[1],
+    );
+}
+
+/// A pinned map of the CLI's pin root, opened as `M`.
+fn pinned<M: TryFrom<Map>>(cli: &Cli, name: &str) -> M
+where
+    M::Error: std::fmt::Debug,
+{
+    let data = MapData::from_pin(cli.pins.pins().map(name)).expect("pinned map");
+    M::try_from(Map::from_map_data(data).expect("map")).expect("map type")
+}
+
+#[test]
+fn a_rules_file_of_both_families_through_the_cli() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let fh = FakeHost::new(false).expect("fake host");
+    let cli = Cli::new(&fh.host, "flt6cli").expect("cli");
+    cli.run(&["uplink", "add", &fh.uplink]).expect("uplink add");
+    let ids = cli
+        .run(&[
+            "filter",
+            "add",
+            "--src",
+            "2001:db8::1/32",
+            "--action",
+            "drop",
+        ])
+        .expect("filter add");
+    assert_eq!(ids.trim(), "1");
+    let file = cli.state.path().join("mixed.rules");
+    std::fs::write(
+        &file,
+        "--not-src 10.0.0.0/8 --action accept\n\
+         --src 2001:db8::7 --action accept\n\
+         --src ::/0 --dport 53/udp --action drop\n\
+         --dport 80 --action drop\n",
+    )
+    .expect("rules file");
+    let path = file.to_str().expect("utf-8 path");
+    let ids = cli
+        .run(&["filter", "add", "--first", "--from-file", path])
+        .expect("add from file");
+    assert_eq!(ids, "2\n3\n4\n5\n");
+    let ls = cli
+        .json(&["filter", "ls", "--format", "json"])
+        .expect("filter ls");
+    let rows: Vec<(u64, String, u64)> = ls
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_u64().expect("id"),
+                r["rule"].as_str().expect("rule").to_owned(),
+                r["packets"].as_u64().expect("packets"),
+            )
+        })
+        .collect();
+    let want = [
+        (2, "--not-src 10.0.0.0/8 --action accept"),
+        (3, "--src 2001:db8::7/128 --action accept"),
+        (4, "--src ::/0 --dport 53/udp --action drop"),
+        (5, "--dport 80/tcp --action drop"),
+        (1, "--src 2001:db8::/32 --action drop"),
+    ];
+    let got: Vec<(u64, &str)> = rows.iter().map(|(id, r, _)| (*id, r.as_str())).collect();
+    assert_eq!(got, want, "host bits cleared, /128 spelled out, in order");
+    assert!(rows.iter().all(|(_, _, p)| *p == 0), "{rows:?}");
+
+    // The IPv6 sources in the IPv6 maps of the live generation: ::/0 and
+    // 2001:db8::/32 in the trie (the /0 rule names ::/0 itself), the /128
+    // in the hash.
+    let cfg: aya::maps::Array<MapData, FilterConfig> = pinned(&cli, maps::FILTER_CONFIG);
+    let live = cfg.get(&0, 0).expect("config");
+    assert_eq!(live.rules, 5);
+    let trie: LpmTrie<MapData, FilterSrc6Data, RuleBits> = pinned(&cli, maps::FILTER_SRC6);
+    let mut prefixes: Vec<u32> = trie
+        .keys()
+        .map(|k| k.expect("key"))
+        .filter(|k| k.data()[..4] == live.gen.to_be_bytes())
+        .map(|k| k.prefix_len())
+        .collect();
+    prefixes.sort_unstable();
+    assert_eq!(prefixes, [32, 32 + 32]);
+    let hosts: HashMap<MapData, FilterHostKey6, RuleBits> = pinned(&cli, maps::FILTER_SRC6_HOST);
+    let host_keys: Vec<FilterHostKey6> = hosts
+        .keys()
+        .map(|k| k.expect("key"))
+        .filter(|k| k.gen == live.gen)
+        .collect();
+    assert_eq!(host_keys.len(), 1);
+    assert_eq!(host_keys[0].addr, a("2001:db8::7"));
+    // Positions: 0 --not-src 10/8, 1 the /128, 2 ::/0 53/udp, 3 --dport
+    // 80, 4 2001:db8::/32. The /128's region: its own accept, the /32's
+    // drop, ::/0 and the family-less rule; not the IPv4 --not-src.
+    let bits = hosts.get(&host_keys[0], 0).expect("the /128's rules");
+    assert_eq!(bits.positions().collect::<Vec<_>>(), [1, 2, 3, 4]);
+
+    let e = cli
+        .fail(&[
+            "filter",
+            "add",
+            "--not-src",
+            "2001:db8::/129",
+            "--action",
+            "drop",
+        ])
+        .expect("refused");
+    assert!(
+        e.contains("--not-src \"2001:db8::/129\": not an IP address or CIDR"),
+        "{e}"
     );
 }
