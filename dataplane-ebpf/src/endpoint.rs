@@ -41,7 +41,7 @@ use crate::{
     drop::drop_packet,
     fastpath,
     frag::{self, Frag},
-    maps::{DP_ENDPOINTS, DP_PORT_STATS, DP_SANDBOX_ADDRS, DP_SUBNETS},
+    maps::{DP_ENDPOINTS, DP_ENDPOINTS6, DP_PORT_STATS, DP_SANDBOX_ADDRS, DP_SUBNETS},
     nat,
     parse::{ip_len, parse, Ipv4Packet, L3},
 };
@@ -67,6 +67,11 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: copied out at once.
     let Some(ep) = (unsafe { DP_ENDPOINTS.get(ifindex) }).copied() else {
+        // SAFETY: only whether the key is present.
+        if unsafe { DP_ENDPOINTS6.get(ifindex) }.is_some() {
+            // One of ours without an IPv4 address (an IPv6-only network).
+            return Err(DropReason::Spoofed);
+        }
         return Ok(TCX_NEXT);
     };
     if pkt.src != ep.addr && !same_sandbox(&ep, &pkt.src) {

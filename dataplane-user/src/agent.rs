@@ -47,6 +47,8 @@ pub enum AgentError {
     #[error(transparent)]
     Network(#[from] NetworkError),
     #[error(transparent)]
+    Locked(#[from] state::StateError),
+    #[error(transparent)]
     Load(#[from] LoadError),
     #[error(transparent)]
     HostCgroup(#[from] host_local::SockError),
@@ -89,6 +91,9 @@ impl Agent {
     /// what this agent attached. A start-up step that fails undoes the
     /// attachments made before it.
     pub async fn run(self) -> Result<(), AgentError> {
+        // First: a second agent on this state must not touch the sockets,
+        // pins or state of the one running.
+        let _lock = state::AgentLock::take(self.state_dir())?;
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
         // Handlers first: a stop requested during start-up is then seen once
@@ -227,9 +232,11 @@ impl Agent {
         let socket = &self.config.paths.socket;
         let listener = api::bind(socket).map_err(AgentError::Api)?;
         info!(bpffs = %self.pins().path().display(), state = %self.state_dir().display(), "agent running; counters with `dataplane stats show`, Ctrl-C to stop");
-        tasks.spawn(api::serve(
+        let max = self.config.max_connections;
+        tasks.spawn(api::serve_with(
             listener,
             ctx.clone(),
+            max,
             stop.clone().cancelled_owned(),
         ));
         info!(socket = %socket.display(), "API listening");
@@ -237,7 +244,12 @@ impl Agent {
             let listener = api::bind(path).map_err(AgentError::DockerSocket)?;
             info!(socket = %path.display(), "Docker network driver listening (docker network create -d {})",
                 path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default());
-            tasks.spawn(docker::serve(listener, ctx, stop.clone().cancelled_owned()));
+            tasks.spawn(docker::serve_with(
+                listener,
+                ctx,
+                max,
+                stop.clone().cancelled_owned(),
+            ));
         }
         if let Some(settings) = &self.config.dns {
             // After the networks are restored (open_networks), so every
@@ -261,10 +273,11 @@ impl Agent {
                     .map_err(|e| format!("{e:#}"))?
                     .unwrap_or_default())
             };
-            let serving = metrics::serve(
+            let serving = metrics::serve_with(
                 listener,
                 self.pins().clone(),
                 state,
+                max,
                 stop.clone().cancelled_owned(),
             );
             tasks.spawn(async move {

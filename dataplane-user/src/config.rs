@@ -21,6 +21,9 @@
 //! default_bridge_ipv6 = false             # IPv6 on the default `bridge` network
 //! default_bridge_subnet6 = "fd00:1::/64"  # its IPv6 subnet; default: a /64 of
 //!                                         # the host's unique local prefix
+//! max_connections = 256                   # per front door (API, Docker, metrics),
+//!                                         # 1-16384; the oldest idle one is
+//!                                         # closed for a newcomer
 //!
 //! [conntrack]                             # idle timeouts, seconds
 //! tcp_established = 21600
@@ -96,6 +99,7 @@ struct File {
     fast_path: Option<bool>,
     default_bridge_ipv6: Option<bool>,
     default_bridge_subnet6: Option<String>,
+    max_connections: Option<usize>,
     #[serde(default)]
     conntrack: ConntrackFile,
     #[serde(default)]
@@ -187,6 +191,9 @@ pub struct Config {
     pub default_bridge_ipv6: Option<Option<ipnet::Ipv6Net>>,
     /// The DNS responder; None: off.
     pub dns: Option<DnsSettings>,
+    /// Connections each front door (API, Docker's driver, metrics) serves
+    /// at once.
+    pub max_connections: usize,
 }
 
 impl Default for Config {
@@ -204,9 +211,14 @@ impl Default for Config {
             nat: NatConfig::DEFAULT,
             default_bridge_ipv6: None,
             dns: Some(DnsSettings::default()),
+            max_connections: crate::api::DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
+
+/// Highest `max_connections`: each connection is a file descriptor, and
+/// the unit allows 65 536.
+const MAX_CONNECTIONS: usize = 16_384;
 
 /// Metrics listen here unless configured: loopback only.
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9641";
@@ -290,6 +302,8 @@ pub struct AgentConfig {
     pub default_bridge_ipv6: Option<Option<ipnet::Ipv6Net>>,
     /// The DNS responder's settings; None: off.
     pub dns: Option<DnsSettings>,
+    /// Connections each front door serves at once.
+    pub max_connections: usize,
 }
 
 impl Config {
@@ -361,6 +375,7 @@ impl Config {
             metrics,
             default_bridge_ipv6: self.default_bridge_ipv6,
             dns: self.dns.clone(),
+            max_connections: self.max_connections,
         })
     }
 }
@@ -415,6 +430,15 @@ impl Config {
             uplinks: file.uplinks.unwrap_or_default(),
             ..Config::default()
         };
+        if let Some(n) = file.max_connections {
+            if !(1..=MAX_CONNECTIONS).contains(&n) {
+                return Err(invalid(
+                    "max_connections",
+                    format!("{n} is not between 1 and {MAX_CONNECTIONS}"),
+                ));
+            }
+            c.max_connections = n;
+        }
         if let Some(s) = file.interval_seconds {
             if !(1..=3600).contains(&s) {
                 return Err(invalid(
@@ -614,6 +638,19 @@ mod tests {
         assert_eq!(parse("fast_path = false").unwrap(), 0);
         let e = parse("fast_path = \"off\"").unwrap_err().to_string();
         assert!(e.starts_with("f.toml: ") && e.contains("fast_path"), "{e}");
+    }
+
+    #[test]
+    fn max_connections_setting() {
+        let parse = |t: &str| Config::parse(Path::new("m.toml"), t).map(|c| c.max_connections);
+        assert_eq!(parse("").unwrap(), crate::api::DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(parse("max_connections = 1000").unwrap(), 1000);
+        for bad in ["0", "20000"] {
+            let e = parse(&format!("max_connections = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("max_connections") && e.contains(bad), "{e}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! serialised, never interleaved.
 
 pub mod client;
+pub mod conns;
 pub mod context;
 mod datapath;
 pub mod server;
@@ -21,8 +22,9 @@ use serde_json::Value;
 use self::types::{TcDirection, TimeoutSecs};
 pub use self::{
     client::{call, Client},
+    conns::{accept_loop, InFlight, DEFAULT_MAX_CONNECTIONS},
     context::Context,
-    server::{accept_loop, bind, execute, serve},
+    server::{bind, execute, serve, serve_with},
 };
 use crate::control::{
     cni, filter_rules::FilterArgs, manager::ConnectArgs, model::CreateArgs, ports::PublishSpec,

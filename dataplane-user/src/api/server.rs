@@ -1,6 +1,7 @@
 //! The serving side of the API: [`execute`] carries out one request (for
 //! the agent's socket and for the CLI in-process); [`serve`] answers on the
-//! socket; [`accept_loop`] is shared with Docker's driver socket.
+//! socket, through the accept loop all front doors share
+//! ([`super::conns`]).
 
 use std::{os::unix::fs::PermissionsExt as _, path::Path};
 
@@ -17,7 +18,7 @@ use super::{
         Connected, DnatRow, DnsRow, DnsTable, Done, FilterAdded, FilterIds, FilterRow, FlowRow,
         NatTable, NetworkCreated, Problems, Published, Removed, SnatRow, Status,
     },
-    ApiError, Request, Response, IO_TIMEOUT, MAX_REQUEST,
+    ApiError, InFlight, Request, Response, IO_TIMEOUT, MAX_REQUEST,
 };
 use crate::{
     control::{
@@ -228,11 +229,16 @@ fn nat_ls(m: &Manager, pins: &PinRoot) -> Result<NatTable, anyhow::Error> {
         .networks
         .values()
         .filter_map(|n| driver::for_network(n).subnet_policy(n).map(|p| (n, p)))
-        .map(|(n, p)| SnatRow {
-            network: n.name.clone(),
-            subnet: p.subnet.to_string(),
-            masquerade: p.masquerade,
-            internal: n.internal,
+        .flat_map(|(n, p)| {
+            let subnets = p.subnet.map(|s| s.to_string()).into_iter();
+            subnets
+                .chain(p.subnet6.map(|s| s.to_string()))
+                .map(move |subnet| SnatRow {
+                    network: n.name.clone(),
+                    subnet,
+                    masquerade: p.masquerade,
+                    internal: n.internal,
+                })
         })
         .collect();
     Ok(NatTable {
@@ -262,48 +268,36 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
     Ok(listener)
 }
 
-/// Serves requests until `shutdown` resolves.
+/// Serves requests until `shutdown` resolves, at most
+/// [`super::DEFAULT_MAX_CONNECTIONS`] connections at once.
 pub async fn serve(
     listener: UnixListener,
     ctx: Context,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    accept_loop(listener, ctx, shutdown, "API", |stream, ctx| async move {
-        if let Err(e) = handle(stream, &ctx).await {
-            tracing::warn!("API connection: {e:#}");
+    serve_with(listener, ctx, super::DEFAULT_MAX_CONNECTIONS, shutdown).await;
+}
+
+/// [`serve`] with at most `max` connections at once (the state lock
+/// serialises their effects).
+pub async fn serve_with(
+    listener: UnixListener,
+    ctx: Context,
+    max: usize,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    super::accept_loop(listener, max, shutdown, "API", move |stream, flight| {
+        let ctx = ctx.clone();
+        async move {
+            if let Err(e) = handle(stream, &ctx, &flight).await {
+                tracing::warn!("API connection: {e:#}");
+            }
         }
     })
     .await;
 }
 
-/// Accepts connections until `shutdown` resolves, each served by `conn` in
-/// its own task (the state lock serialises their effects). The agent's API
-/// and Docker's driver socket both run on it; `conn` reports its own errors.
-pub async fn accept_loop<F, Fut>(
-    listener: UnixListener,
-    ctx: Context,
-    shutdown: impl std::future::Future<Output = ()>,
-    what: &'static str,
-    conn: F,
-) where
-    F: Fn(UnixStream, Context) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(conn(stream, ctx.clone()));
-                }
-                Err(e) => tracing::warn!("{what} accept: {e}"),
-            },
-        }
-    }
-}
-
-async fn handle(stream: UnixStream, ctx: &Context) -> anyhow::Result<()> {
+async fn handle(stream: UnixStream, ctx: &Context, flight: &InFlight) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let n = tokio::time::timeout(
@@ -311,6 +305,8 @@ async fn handle(stream: UnixStream, ctx: &Context) -> anyhow::Result<()> {
         BufReader::new(read.take(MAX_REQUEST as u64)).read_line(&mut line),
     )
     .await??;
+    // From here on the connection is busy: not one to close for a newcomer.
+    let _busy = flight.start();
     let response = if n == 0 || !line.ends_with('\n') {
         Response::Error {
             error: format!("request: one JSON line of at most {MAX_REQUEST} bytes expected"),

@@ -13,9 +13,9 @@ use dataplane_common::nat::{
 
 use crate::{
     control::{
-        driver::{self, NetworkDriver as _},
+        driver::{self, NetworkDriver as _, SubnetPolicy},
         host::Host,
-        model::{Attachment, DriverConfig, Endpoint},
+        model::{Attachment, DriverConfig, Endpoint, Network},
         state::State,
     },
     datapath::{
@@ -115,6 +115,7 @@ pub fn gone(old: &State, new: &State) -> Gone {
             .collect();
         g.mappings.retain(|m| !mapped.contains(m));
     }
+    super::desired6::gone6(old, new, &mut g);
     g
 }
 
@@ -152,6 +153,7 @@ pub async fn desired(state: &State, host: &impl Host) -> Result<Desired, NatErro
             },
         );
     }
+    super::desired6::fill(state, host, &links, &sandbox, &mut d).await?;
     for name in &state.uplinks {
         let link = host
             .link_by_name(name)
@@ -176,28 +178,36 @@ fn subnets(state: &State) -> BTreeMap<([u8; 4], u32), (u32, u32)> {
         let Some(policy) = driver::for_network(net).subnet_policy(net) else {
             continue;
         };
-        let subnet = policy.subnet;
-        let mut flags = 0;
-        if net.internal {
-            flags |= SUBNET_INTERNAL;
-        } else if policy.masquerade {
-            flags |= SUBNET_MASQUERADE;
-        }
-        if !policy.icc {
-            flags |= SUBNET_NO_ICC;
-        }
-        if policy.protected {
-            flags |= SUBNET_PROTECTED;
-        }
-        if policy.routed {
-            flags |= SUBNET_ROUTED;
-        }
+        let Some(subnet) = policy.subnet else {
+            continue;
+        };
         out.insert(
             (subnet.network().octets(), u32::from(subnet.prefix_len())),
-            (flags, network_key(&net.id)),
+            (policy_flags(net, &policy), network_key(&net.id)),
         );
     }
     out
+}
+
+/// A subnet's `SUBNET_*` flags, the same for both families of a network
+/// (Docker 27+ masquerades and protects IPv6 as it does IPv4).
+pub(super) fn policy_flags(net: &Network, policy: &SubnetPolicy) -> u32 {
+    let mut flags = 0;
+    if net.internal {
+        flags |= SUBNET_INTERNAL;
+    } else if policy.masquerade {
+        flags |= SUBNET_MASQUERADE;
+    }
+    if !policy.icc {
+        flags |= SUBNET_NO_ICC;
+    }
+    if policy.protected {
+        flags |= SUBNET_PROTECTED;
+    }
+    if policy.routed {
+        flags |= SUBNET_ROUTED;
+    }
+    flags
 }
 
 /// `DP_OPEN_PORTS`: the published container ports of the endpoints of
@@ -314,7 +324,7 @@ fn endpoints(state: &State, links: &[Link], sandbox: &BTreeMap<&str, u32>, d: &m
 /// namespace's own, unique among live namespaces, so two paths to one
 /// namespace agree), read once per path. Endpoints in no sandbox (Docker
 /// between Leave and DeleteEndpoint) or whose namespace is gone get none.
-fn sandboxes(state: &State) -> BTreeMap<&str, u32> {
+pub(super) fn sandboxes(state: &State) -> BTreeMap<&str, u32> {
     use std::os::unix::fs::MetadataExt as _;
     let mut by_path: BTreeMap<&std::path::Path, Option<u32>> = BTreeMap::new();
     let mut out = BTreeMap::new();

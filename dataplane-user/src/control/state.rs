@@ -11,6 +11,8 @@
 //! state.journal  {"journal": GEN}, then one JSON line per change since
 //!                state.json was written (endpoints and published ports)
 //! state.lock     flock(2) target; held exclusively for a whole read-modify-write
+//! agent.lock     flock(2)ed by the running agent for its whole life, holding
+//!                its pid: a second agent on the same state refuses to start
 //! ```
 //! A snapshot is atomic: the new content goes to `state.json.tmp`, is
 //! fsynced, renamed over `state.json`, and the directory is fsynced, so a
@@ -21,7 +23,11 @@
 //! instead, one fdatasync'd line each; the next snapshot starts a new
 //! journal generation, and a journal whose generation is not the snapshot's
 //! is stale and ignored. A torn last line (a crash during the append, so the
-//! change was never acknowledged) is cut off. IP allocations are not stored
+//! change was never acknowledged) is cut off. A journal whose header is not
+//! a valid one is corrupt: an error, never read as "no journal" (that would
+//! forget its endpoints). An append that fails (a full disk) is cut back
+//! before the error returns, so the next append never follows a torn
+//! fragment; if even the cut fails, the next change writes a snapshot. IP allocations are not stored
 //! separately: they are the endpoints' addresses and the networks' gateways.
 
 use std::{
@@ -60,6 +66,11 @@ pub enum StateError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "another agent (pid {pid}) runs on this state: {path} is locked; stop it first, or \
+         give this one its own --state-dir"
+    )]
+    Busy { path: PathBuf, pid: String },
     #[error("reading {path}")]
     Read {
         path: PathBuf,
@@ -81,6 +92,11 @@ pub enum StateError {
         #[source]
         source: serde_json::Error,
     },
+    #[error(
+        "{path}: the journal header is corrupt ({found:?}); nothing was changed (move the file \
+         away to start from state.json alone, losing the changes it holds)"
+    )]
+    JournalHeader { path: PathBuf, found: String },
     #[error("{path}: state version {found}, this agent reads version {VERSION}")]
     Version { path: PathBuf, found: u32 },
     #[error("writing {path}")]
@@ -289,6 +305,70 @@ impl FileStamp {
     }
 }
 
+/// The running agent's claim on a state directory, held until dropped (or
+/// the process ends: the kernel drops a flock with its last fd).
+#[derive(Debug)]
+pub struct AgentLock {
+    _file: File,
+}
+
+impl AgentLock {
+    /// Takes `dir`/agent.lock without waiting, and writes this process's
+    /// pid into it; [`StateError::Busy`] names the holder when another
+    /// process has it.
+    pub fn take(dir: &Path) -> Result<AgentLock, StateError> {
+        create_dir(dir)?;
+        let path = dir.join("agent.lock");
+        let lerr = |source| StateError::Lock {
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(lerr)?;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(lerr(e));
+            }
+            let pid = fs::read_to_string(&path).unwrap_or_default();
+            let pid = pid.trim();
+            return Err(StateError::Busy {
+                pid: if pid.is_empty() {
+                    "unknown".into()
+                } else {
+                    pid.into()
+                },
+                path,
+            });
+        }
+        file.set_len(0).map_err(lerr)?;
+        writeln!(file, "{}", std::process::id()).map_err(lerr)?;
+        Ok(AgentLock { _file: file })
+    }
+}
+
+/// Creates the state directory if needed, mode 0700 (it describes the
+/// host's networking).
+fn create_dir(dir: &Path) -> Result<(), StateError> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let dir_err = |source| StateError::Dir {
+        path: dir.to_owned(),
+        source,
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(dir_err)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(dir_err)
+}
+
 /// Where the files stood when this process last read or wrote them: a
 /// cached state is current as long as [`StateStore::mark`] still equals it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -316,17 +396,7 @@ impl StateStore {
     /// Creates the directory if needed (mode 0700: it describes the host's
     /// networking) and takes the lock, waiting for another holder.
     pub fn open(dir: &Path) -> Result<StateStore, StateError> {
-        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-        let dir_err = |source| StateError::Dir {
-            path: dir.to_owned(),
-            source,
-        };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(dir_err)?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+        create_dir(dir)?;
         let lock_path = dir.join("state.lock");
         let lock = OpenOptions::new()
             .create(true)
@@ -433,8 +503,11 @@ impl StateStore {
         let mut lines = text[..whole]
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty());
-        let Some(Ok(header)) = lines.next().map(serde_json::from_slice::<JournalHeader>) else {
-            return Ok(None);
+        let first = lines.next().unwrap_or_default();
+        let Ok(header) = serde_json::from_slice::<JournalHeader>(first) else {
+            let shown = if first.is_empty() { &text[..] } else { first };
+            let shown = String::from_utf8_lossy(&shown[..shown.len().min(64)]).into_owned();
+            return Err(StateError::JournalHeader { path, found: shown });
         };
         if header.journal != self.gen {
             return Ok(None); // stale: the snapshot already holds it
@@ -492,8 +565,15 @@ impl StateStore {
         }
         // One write of whole lines: a crash tears at most the last one.
         let mut f = OpenOptions::new().append(true).open(&path).map_err(werr)?;
-        f.write_all(&buf).map_err(werr)?;
-        f.sync_data().map_err(werr)?;
+        let start = f.metadata().map_err(werr)?.len();
+        if let Err(e) = write_all(&mut f, &buf).and_then(|()| f.sync_data()) {
+            // Not acknowledged: cut it off, so the next append does not
+            // follow a torn fragment (which would fail the next load).
+            if f.set_len(start).and_then(|()| f.sync_data()).is_err() {
+                self.live = false;
+            }
+            return Err(werr(e));
+        }
         self.entries += changes.len();
         Ok(())
     }
@@ -537,8 +617,10 @@ impl StateStore {
             move |source| StateError::Write { path: p, source }
         };
         let mut f = File::create(&tmp).map_err(werr(&tmp))?;
-        f.write_all(content).map_err(werr(&tmp))?;
-        f.sync_all().map_err(werr(&tmp))?;
+        if let Err(e) = write_all(&mut f, content).and_then(|()| f.sync_all()) {
+            let _ = fs::remove_file(&tmp);
+            return Err(werr(&tmp)(e));
+        }
         drop(f);
         fs::rename(&tmp, path).map_err(werr(path))?;
         File::open(&self.dir)
@@ -546,6 +628,29 @@ impl StateStore {
             .map_err(werr(&self.dir))?;
         Ok(())
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test seam: Some(n) makes every state write on this thread write its
+    /// first `n` bytes and then fail with ENOSPC, as a full disk does.
+    static FAIL_WRITES: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Makes the state writes of this thread fail after `n` bytes (None: work
+/// again). Tests only.
+#[cfg(test)]
+pub(crate) fn fail_writes(n: Option<usize>) {
+    FAIL_WRITES.with(|f| f.set(n));
+}
+
+fn write_all(f: &mut File, buf: &[u8]) -> io::Result<()> {
+    #[cfg(test)]
+    if let Some(n) = FAIL_WRITES.with(std::cell::Cell::get) {
+        f.write_all(&buf[..n.min(buf.len())])?;
+        return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+    }
+    f.write_all(buf)
 }
 
 #[cfg(test)]
@@ -770,6 +875,77 @@ mod tests {
         // The first store's mark is out of date now.
         let mut third = StateStore::open(&dir).unwrap();
         assert!(!third.resume(&mark));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_journal_header_is_an_error_not_an_empty_journal() {
+        let dir = tempdir("header");
+        let mut store = StateStore::open(&dir).unwrap();
+        let s0 = State {
+            version: VERSION,
+            ..State::default()
+        };
+        store.save(&s0).unwrap();
+        let mut s1 = s0.clone();
+        s1.endpoints.insert("a".into(), endpoint("a", &[1]));
+        store.commit(&s0, &s1).unwrap();
+        drop(store);
+        let journal = dir.join("state.journal");
+        let text = fs::read_to_string(&journal).unwrap();
+        let garbled = text.replacen("journal", "jXurnal", 1);
+        for bad in [garbled.as_str(), "", "{\"journal\":"] {
+            fs::write(&journal, bad).unwrap();
+            let e = StateStore::open(&dir).unwrap().load().unwrap_err();
+            assert!(
+                matches!(e, StateError::JournalHeader { .. }),
+                "{bad:?}: {e}"
+            );
+            assert!(e.to_string().contains("state.journal"), "{e}");
+            assert_eq!(fs::read_to_string(&journal).unwrap(), bad, "left as it was");
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_append_is_cut_back_and_the_next_one_loads() {
+        let dir = tempdir("enospc");
+        let mut store = StateStore::open(&dir).unwrap();
+        let s0 = State {
+            version: VERSION,
+            ..State::default()
+        };
+        store.save(&s0).unwrap();
+        let mut s1 = s0.clone();
+        s1.endpoints.insert("a".into(), endpoint("a", &[1]));
+        store.commit(&s0, &s1).unwrap();
+        let before = fs::read(dir.join("state.journal")).unwrap();
+        let mut s2 = s1.clone();
+        s2.endpoints.insert("b".into(), endpoint("b", &[2]));
+        fail_writes(Some(10));
+        let e = store.commit(&s1, &s2).unwrap_err();
+        fail_writes(None);
+        assert!(e.to_string().contains("state.journal"), "{e}");
+        assert_eq!(
+            fs::read(dir.join("state.journal")).unwrap(),
+            before,
+            "no fragment left"
+        );
+        // The disk has room again: the change goes through and loads.
+        store.commit(&s1, &s2).unwrap();
+        drop(store);
+        assert_eq!(StateStore::open(&dir).unwrap().load().unwrap(), Some(s2));
+        // A failed snapshot leaves the old one and no temporary file.
+        let mut store = StateStore::open(&dir).unwrap();
+        let s2 = store.load().unwrap().unwrap();
+        let mut s3 = s2.clone();
+        s3.uplinks.push("eth9".into());
+        fail_writes(Some(3));
+        store.commit(&s2, &s3).unwrap_err();
+        fail_writes(None);
+        assert!(!dir.join("state.json.tmp").exists());
+        drop(store);
+        assert_eq!(StateStore::open(&dir).unwrap().load().unwrap(), Some(s2));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,12 +8,14 @@
 //!                              attachment lives as long as the pin does
 //! ```
 //! `<netns>` is the inode number of the network namespace, so the same
-//! interface name in two namespaces gets two pins.
+//! interface name in two namespaces gets two pins. The root and `links/`
+//! are made mode 0700; one that another user owns, or that group or others
+//! may write to, is refused (bpffs itself is mode 1777).
 
 use std::{
     ffi::CString,
     fs, io,
-    os::unix::fs::MetadataExt,
+    os::unix::fs::{DirBuilderExt as _, MetadataExt},
     path::{Path, PathBuf},
 };
 
@@ -41,6 +43,17 @@ pub enum BpffsError {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    #[error(
+        "{path} is owned by uid {uid} with mode {mode:o}: another user could swap the \
+         dataplane's maps and links; it must be owned by uid {want_uid} and not writable by \
+         group or others (remove it, or fix its owner and mode)"
+    )]
+    Unsafe {
+        path: PathBuf,
+        uid: u32,
+        mode: u32,
+        want_uid: u32,
     },
     #[error("cannot remove {path}")]
     Remove {
@@ -87,11 +100,18 @@ impl PinRoot {
         if self.root.starts_with(sys_bpf) && !is_bpffs(sys_bpf)? {
             mount_bpffs(sys_bpf)?;
         }
+        // bpffs is mode 1777: anyone may have made the root before us, and
+        // whoever owns it could replace a pinned map under the agent.
         for dir in [self.root.clone(), self.links_dir()] {
-            fs::create_dir_all(&dir).map_err(|source| BpffsError::Create {
-                path: dir.clone(),
-                source,
-            })?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|source| BpffsError::Create {
+                    path: dir.clone(),
+                    source,
+                })?;
+            check_owner(&dir)?;
         }
         if !is_bpffs(&self.root)? {
             return Err(BpffsError::NotBpffs {
@@ -117,6 +137,26 @@ impl PinRoot {
         }
         errors
     }
+}
+
+/// Refuses a directory another user owns or may write to.
+fn check_owner(dir: &Path) -> Result<(), BpffsError> {
+    let meta = fs::symlink_metadata(dir).map_err(|source| BpffsError::Stat {
+        path: dir.to_owned(),
+        source,
+    })?;
+    // SAFETY: geteuid has no preconditions.
+    let want_uid = unsafe { libc::geteuid() };
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() != want_uid || mode & 0o022 != 0 || !meta.is_dir() {
+        return Err(BpffsError::Unsafe {
+            path: dir.to_owned(),
+            uid: meta.uid(),
+            mode,
+            want_uid,
+        });
+    }
+    Ok(())
 }
 
 fn remove_tree(dir: &Path, errors: &mut Vec<BpffsError>) {

@@ -1,16 +1,22 @@
 //! Reading, expiring and purging the BPF conntrack tables (the programs
 //! create and update entries; expiry is done here, by the agent or
 //! `conntrack gc`, and so is purging the flows of endpoints and published
-//! ports that are gone, [`purge`]).
+//! ports that are gone, [`purge`]). Each family has its own pair of tables
+//! (`DP_CT_*`, `DP_CT6_*`); everything here serves both ([`Family`]).
 
-use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
+use std::{
+    collections::BTreeSet,
+    hash::Hash,
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use aya::maps::{HashMap, MapData, MapError};
 use dataplane_common::{
-    ct::{CtEntry, CtKey, CtState, FLAG_DNAT, FLAG_REPLY, FLAG_SNAT, REWRITE_DST, REWRITE_SRC},
+    ct::{CtEntryOf, CtKeyOf, CtState, FLAG_DNAT, FLAG_REPLY, FLAG_SNAT, REWRITE_DST, REWRITE_SRC},
     maps,
-    nat::{PortKey, PortTarget},
-    net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    nat::{PortKey, PortKey6, PortKeyOf, PortTarget, PortTarget6},
+    net::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
 };
 use serde::Serialize;
 
@@ -21,6 +27,31 @@ use super::{
 
 /// A conntrack table could not be opened, read or written.
 pub type CtError = MapsError;
+
+/// An address family's conntrack tables and how its addresses print.
+pub trait Family: Copy + Default + Ord + Hash + 'static {
+    /// The TCP table, then the UDP/ICMP one.
+    const TABLES: [&'static str; 2];
+    fn show(&self) -> String;
+    /// The "every host address" of a published port.
+    fn unspecified() -> Self {
+        Self::default()
+    }
+}
+
+impl Family for [u8; 4] {
+    const TABLES: [&'static str; 2] = [maps::CT_TCP, maps::CT_OTHER];
+    fn show(&self) -> String {
+        Ipv4Addr::from(*self).to_string()
+    }
+}
+
+impl Family for [u8; 16] {
+    const TABLES: [&'static str; 2] = [maps::CT6_TCP, maps::CT6_OTHER];
+    fn show(&self) -> String {
+        Ipv6Addr::from(*self).to_string()
+    }
+}
 
 /// How long an idle entry lives, per state. Defaults follow Cilium's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +75,7 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
-    pub fn of(&self, key: &CtKey, entry: &CtEntry) -> Duration {
+    pub fn of<A>(&self, key: &CtKeyOf<A>, entry: &CtEntryOf<A>) -> Duration {
         if key.proto != IPPROTO_TCP {
             return self.other;
         }
@@ -85,8 +116,6 @@ pub struct Flow {
     pub bytes: u64,
     pub age_s: u64,
     pub idle_s: u64,
-    #[serde(skip)]
-    pub key: CtKey,
 }
 
 fn proto_name(p: u8) -> &'static str {
@@ -94,17 +123,28 @@ fn proto_name(p: u8) -> &'static str {
         IPPROTO_TCP => "tcp",
         IPPROTO_UDP => "udp",
         IPPROTO_ICMP => "icmp",
+        IPPROTO_ICMPV6 => "icmpv6",
         _ => "other",
     }
 }
 
-fn open(pins: &PinRoot, name: &'static str) -> Result<HashMap<MapData, CtKey, CtEntry>, CtError> {
+type Table<A> = HashMap<MapData, CtKeyOf<A>, CtEntryOf<A>>;
+
+fn open<A: Family>(pins: &PinRoot, name: &'static str) -> Result<Table<A>, CtError>
+where
+    CtKeyOf<A>: aya::Pod + Eq + Hash,
+    CtEntryOf<A>: aya::Pod,
+{
     typed::open(pins, name)
 }
 
-fn entries(pins: &PinRoot) -> Result<Vec<(CtKey, CtEntry)>, CtError> {
+fn entries<A: Family>(pins: &PinRoot) -> Result<Vec<(CtKeyOf<A>, CtEntryOf<A>)>, CtError>
+where
+    CtKeyOf<A>: aya::Pod + Eq + Hash,
+    CtEntryOf<A>: aya::Pod,
+{
     let mut out = Vec::new();
-    for name in [maps::CT_TCP, maps::CT_OTHER] {
+    for name in A::TABLES {
         let map = open(pins, name)?;
         for item in map.iter() {
             // An entry deleted between key and value reads is simply gone.
@@ -118,10 +158,23 @@ fn entries(pins: &PinRoot) -> Result<Vec<(CtKey, CtEntry)>, CtError> {
     Ok(out)
 }
 
-/// Every entry of both tables.
+/// Every entry of both families' tables.
 pub fn list(pins: &PinRoot) -> Result<Vec<Flow>, CtError> {
+    let mut all = flows::<[u8; 4]>(pins)?;
+    all.extend(flows::<[u8; 16]>(pins)?);
+    all.sort_by(|a, b| {
+        (a.proto, &a.src, a.sport, a.reply).cmp(&(b.proto, &b.src, b.sport, b.reply))
+    });
+    Ok(all)
+}
+
+fn flows<A: Family>(pins: &PinRoot) -> Result<Vec<Flow>, CtError>
+where
+    CtKeyOf<A>: aya::Pod + Eq + Hash,
+    CtEntryOf<A>: aya::Pod,
+{
     let now = monotonic_ns();
-    let mut flows: Vec<Flow> = entries(pins)?
+    let flows: Vec<Flow> = entries::<A>(pins)?
         .into_iter()
         .map(|(k, e)| {
             let kind = if e.flags & FLAG_DNAT != 0 {
@@ -135,23 +188,21 @@ pub fn list(pins: &PinRoot) -> Result<Vec<Flow>, CtError> {
             let mut nat = kind.to_owned();
             if e.rewrite & REWRITE_DST != 0 {
                 nat += &format!(
-                    " dst -> {}:{}",
-                    Ipv4Addr::from(e.new_daddr),
-                    u16::from_be_bytes(e.new_dport)
+                    " dst -> {}",
+                    endpoint(&e.new_daddr, u16::from_be_bytes(e.new_dport))
                 );
             }
             if e.rewrite & REWRITE_SRC != 0 {
                 nat += &format!(
-                    " src -> {}:{}",
-                    Ipv4Addr::from(e.new_saddr),
-                    u16::from_be_bytes(e.new_sport)
+                    " src -> {}",
+                    endpoint(&e.new_saddr, u16::from_be_bytes(e.new_sport))
                 );
             }
             Flow {
                 proto: proto_name(k.proto),
                 state: CtState::from_u8(e.state).name(),
-                src: Ipv4Addr::from(k.saddr).to_string(),
-                dst: Ipv4Addr::from(k.daddr).to_string(),
+                src: k.saddr.show(),
+                dst: k.daddr.show(),
                 sport: u16::from_be_bytes(k.sport),
                 dport: u16::from_be_bytes(k.dport),
                 nat,
@@ -160,14 +211,20 @@ pub fn list(pins: &PinRoot) -> Result<Vec<Flow>, CtError> {
                 bytes: e.bytes,
                 age_s: now.saturating_sub(e.created_ns) / 1_000_000_000,
                 idle_s: now.saturating_sub(e.last_seen_ns) / 1_000_000_000,
-                key: k,
             }
         })
         .collect();
-    flows.sort_by(|a, b| {
-        (a.proto, &a.src, a.sport, a.reply).cmp(&(b.proto, &b.src, b.sport, b.reply))
-    });
     Ok(flows)
+}
+
+/// `addr:port`, IPv6 in brackets.
+fn endpoint<A: Family>(addr: &A, port: u16) -> String {
+    let a = addr.show();
+    if a.contains(':') {
+        format!("[{a}]:{port}")
+    } else {
+        format!("{a}:{port}")
+    }
 }
 
 /// What one garbage collection did.
@@ -177,23 +234,37 @@ pub struct GcReport {
     pub removed: usize,
 }
 
-/// Removes flows idle past their timeout. The two entries of a flow go
-/// together, and only when both are idle: a flow answered in one direction
-/// only is still alive.
+/// Removes flows idle past their timeout, in both families' tables. The
+/// two entries of a flow go together, and only when both are idle: a flow
+/// answered in one direction only is still alive.
 pub fn gc(pins: &PinRoot, timeouts: &Timeouts) -> Result<GcReport, CtError> {
+    let v4 = gc_family::<[u8; 4]>(pins, timeouts)?;
+    let v6 = gc_family::<[u8; 16]>(pins, timeouts)?;
+    Ok(GcReport {
+        scanned: v4.scanned + v6.scanned,
+        removed: v4.removed + v6.removed,
+    })
+}
+
+fn gc_family<A: Family>(pins: &PinRoot, timeouts: &Timeouts) -> Result<GcReport, CtError>
+where
+    CtKeyOf<A>: aya::Pod + Eq + Hash,
+    CtEntryOf<A>: aya::Pod,
+{
     let now = monotonic_ns();
-    let all = entries(pins)?;
-    let expired = |k: &CtKey, e: &CtEntry| {
+    let all = entries::<A>(pins)?;
+    let expired = |k: &CtKeyOf<A>, e: &CtEntryOf<A>| {
         now.saturating_sub(e.last_seen_ns) > timeouts.of(k, e).as_nanos() as u64
     };
-    let lookup: std::collections::HashMap<CtKey, CtEntry> = all.iter().copied().collect();
+    let lookup: std::collections::HashMap<CtKeyOf<A>, CtEntryOf<A>> = all.iter().copied().collect();
     let mut report = GcReport {
         scanned: all.len(),
         removed: 0,
     };
+    let [tcp, other] = A::TABLES;
     let mut maps_by_proto = [
-        (IPPROTO_TCP, open(pins, maps::CT_TCP)?, maps::CT_TCP),
-        (0, open(pins, maps::CT_OTHER)?, maps::CT_OTHER),
+        (IPPROTO_TCP, open::<A>(pins, tcp)?, tcp),
+        (0, open::<A>(pins, other)?, other),
     ];
     for (k, e) in &all {
         if !expired(k, e) {
@@ -229,25 +300,54 @@ pub struct Gone {
     pub addrs: BTreeSet<[u8; 4]>,
     /// (published port, where it led).
     pub mappings: BTreeSet<(PortKey, [u8; 4], [u8; 2])>,
+    /// The same for IPv6.
+    pub addrs6: BTreeSet<[u8; 16]>,
+    pub mappings6: BTreeSet<(PortKey6, [u8; 16], [u8; 2])>,
 }
 
 impl Gone {
     pub fn is_empty(&self) -> bool {
-        self.addrs.is_empty() && self.mappings.is_empty()
+        self.addrs.is_empty()
+            && self.mappings.is_empty()
+            && self.addrs6.is_empty()
+            && self.mappings6.is_empty()
     }
 
-    /// Whether the flow of `entry` (under `key`, either direction) goes to
-    /// or from a gone address, before or after translation, or was
+    /// Whether the IPv4 flow of `entry` (under `key`, either direction)
+    /// goes to or from a gone address, before or after translation, or was
     /// translated by a gone mapping.
-    pub fn matches(&self, key: &CtKey, entry: &CtEntry) -> bool {
+    pub fn matches(&self, key: &CtKeyOf<[u8; 4]>, entry: &CtEntryOf<[u8; 4]>) -> bool {
+        gone_matches(&self.addrs, &self.mappings, key, entry)
+    }
+
+    /// [`Gone::matches`] for an IPv6 flow.
+    pub fn matches6(&self, key: &CtKeyOf<[u8; 16]>, entry: &CtEntryOf<[u8; 16]>) -> bool {
+        gone_matches(&self.addrs6, &self.mappings6, key, entry)
+    }
+}
+
+/// A gone mapping: the published port, where it led.
+type GoneMapping<A> = (PortKeyOf<A>, A, [u8; 2]);
+
+fn gone_matches<A: Family>(
+    addrs: &BTreeSet<A>,
+    mappings: &BTreeSet<GoneMapping<A>>,
+    key: &CtKeyOf<A>,
+    entry: &CtEntryOf<A>,
+) -> bool
+where
+    CtKeyOf<A>: aya::Pod + Eq + Hash,
+    CtEntryOf<A>: aya::Pod,
+{
+    {
         let t = entry.translate(key);
         if [key.saddr, key.daddr, t.saddr, t.daddr]
             .iter()
-            .any(|a| self.addrs.contains(a))
+            .any(|a| addrs.contains(a))
         {
             return true;
         }
-        if entry.flags & FLAG_DNAT == 0 || self.mappings.is_empty() {
+        if entry.flags & FLAG_DNAT == 0 || mappings.is_empty() {
             return false;
         }
         // The original direction, as the published port saw it, and after
@@ -257,10 +357,10 @@ impl Gone {
         } else {
             (*key, t)
         };
-        self.mappings.iter().any(|(port, addr, cport)| {
+        mappings.iter().any(|(port, addr, cport)| {
             port.proto == orig.proto
                 && port.port == orig.dport
-                && (port.addr == [0; 4] || port.addr == orig.daddr)
+                && (port.addr == A::unspecified() || port.addr == orig.daddr)
                 && *addr == dnat.daddr
                 && *cport == dnat.dport
         })
@@ -270,6 +370,11 @@ impl Gone {
 /// A published port and its target as the maps hold them: the key
 /// [`Gone::mappings`] uses.
 pub fn mapping_of(key: &PortKey, target: &PortTarget) -> (PortKey, [u8; 4], [u8; 2]) {
+    (*key, target.addr, target.port)
+}
+
+/// [`mapping_of`] for IPv6 ([`Gone::mappings6`]).
+pub fn mapping_of6(key: &PortKey6, target: &PortTarget6) -> (PortKey6, [u8; 16], [u8; 2]) {
     (*key, target.addr, target.port)
 }
 
@@ -289,9 +394,26 @@ pub fn purge(pins: &PinRoot, gone: &Gone) -> PurgeReport {
     if gone.is_empty() {
         return report;
     }
-    for name in [maps::CT_TCP, maps::CT_OTHER] {
+    if !gone.addrs.is_empty() || !gone.mappings.is_empty() {
+        purge_family::<[u8; 4]>(pins, |k, e| gone.matches(k, e), &mut report);
+    }
+    if !gone.addrs6.is_empty() || !gone.mappings6.is_empty() {
+        purge_family::<[u8; 16]>(pins, |k, e| gone.matches6(k, e), &mut report);
+    }
+    report
+}
+
+fn purge_family<A: Family>(
+    pins: &PinRoot,
+    matches: impl Fn(&CtKeyOf<A>, &CtEntryOf<A>) -> bool,
+    report: &mut PurgeReport,
+) where
+    CtKeyOf<A>: aya::Pod + Eq + Hash,
+    CtEntryOf<A>: aya::Pod,
+{
+    for name in A::TABLES {
         let err = map_err(name);
-        let mut map = match open(pins, name) {
+        let mut map = match open::<A>(pins, name) {
             Ok(m) => m,
             Err(e) => {
                 report.errors.push(e);
@@ -301,7 +423,7 @@ pub fn purge(pins: &PinRoot, gone: &Gone) -> PurgeReport {
         let mut doomed = std::collections::HashSet::new();
         for item in map.iter() {
             match item {
-                Ok((k, e)) if gone.matches(&k, &e) => {
+                Ok((k, e)) if matches(&k, &e) => {
                     doomed.insert(k);
                     // The other direction, even when it no longer matches
                     // on its own (a flow is one pair).
@@ -320,7 +442,6 @@ pub fn purge(pins: &PinRoot, gone: &Gone) -> PurgeReport {
             }
         }
     }
-    report
 }
 
 #[cfg(test)]

@@ -1,21 +1,26 @@
 //! The eBPF object: embedding it, loading it with every map pinned under the
 //! [`PinRoot`] (an existing pin is reused, so a second load shares the maps of
-//! the first and counters survive agent restarts), and attaching its tc
+//! the first and counters survive agent restarts; one of another layout is
+//! migrated, replaced or refused first, see [`layout`]), and attaching its tc
 //! programs through tcx links that are pinned too.
 
-use std::path::PathBuf;
+use std::{os::fd::AsFd as _, path::PathBuf};
 
 use aya::{
     programs::{
         links::{FdLink, LinkError, PinnedLink},
         tc::TcAttachOptions,
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        LinkOrder, Program, ProgramError, ProgramFd, SchedClassifier, TcAttachType,
     },
     Ebpf, EbpfError, EbpfLoader,
 };
 use dataplane_common::{maps, nat::NatConfig};
 
-use super::bpffs::{current_netns_cookie, current_netns_ino, BpffsError, PinRoot};
+use super::{
+    bpffs::{current_netns_cookie, current_netns_ino, BpffsError, PinRoot},
+    layout::{self, Adoption, LayoutError},
+};
+use crate::sys::bpf as sys_bpf;
 
 /// The object built by build.rs from `dataplane-ebpf` (bin `dataplane`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane"));
@@ -67,6 +72,8 @@ pub const PINNED_MAPS: [&str; 36] = [
 pub enum LoadError {
     #[error(transparent)]
     Bpffs(#[from] BpffsError),
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
     #[error("loading the eBPF object failed")]
     Object(#[source] Box<EbpfError>),
     #[error("the eBPF object has no program {0}")]
@@ -113,6 +120,12 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    #[error("moving the link pinned at {path} to the new program")]
+    Relink {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("link for {path}")]
     Link {
         path: PathBuf,
@@ -148,6 +161,7 @@ impl Direction {
 pub struct Dataplane {
     ebpf: Ebpf,
     pins: PinRoot,
+    adopted: Vec<Adoption>,
 }
 
 impl Dataplane {
@@ -157,9 +171,116 @@ impl Dataplane {
     }
 
     /// Like [`Dataplane::load`], with masquerade settings other than the
-    /// defaults (programs attached from this instance use them).
+    /// defaults (programs attached from this instance use them). Pinned
+    /// maps are checked first and migrated or replaced when their layout is
+    /// not the object's (see [`layout`]); each such map is logged and
+    /// listed by [`Dataplane::adopted`].
     pub fn load_with(pins: &PinRoot, nat: &NatConfig) -> Result<Dataplane, LoadError> {
         pins.ensure()?;
+        let mut names: Vec<&str> = PINNED_MAPS.to_vec();
+        names.push(AYA_LOGS);
+        let mut plan = layout::prepare(pins, &layout::declared(OBJECT, &names)?)?;
+        let ebpf = match Dataplane::load_object(pins, nat) {
+            Ok(ebpf) => ebpf,
+            Err(e) => {
+                plan.abort();
+                return Err(e);
+            }
+        };
+        let mut dp = Dataplane {
+            ebpf,
+            pins: pins.clone(),
+            adopted: Vec::new(),
+        };
+        if !plan.is_empty() {
+            plan.copy()?;
+            // The programs attached earlier use the maps set aside: they
+            // move to this load's programs, which use the new ones.
+            dp.relink();
+        }
+        dp.adopted = plan.finish()?;
+        for a in &dp.adopted {
+            tracing::warn!("{a}");
+        }
+        Ok(dp)
+    }
+
+    /// Moves every pinned link under the pin root to this instance's
+    /// program of the same name (`BPF_LINK_UPDATE`, atomic per link). Best
+    /// effort: a link that cannot be moved keeps its program (and the old
+    /// maps), with a warning naming it.
+    fn relink(&mut self) {
+        let dir = self.pins.links_dir();
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match self.relink_one(&path) {
+                Ok(Some(kname)) => {
+                    tracing::info!(link = %path.display(), "moved to the new {kname}");
+                }
+                Ok(None) => tracing::warn!(
+                    link = %path.display(),
+                    "its program is not in this object; left on the old maps"
+                ),
+                Err(e) => tracing::warn!(
+                    link = %path.display(),
+                    "left on the old maps: {}",
+                    crate::sys::error_chain(&e)
+                ),
+            }
+        }
+    }
+
+    fn relink_one(&mut self, path: &std::path::Path) -> Result<Option<String>, LoadError> {
+        let relink_err = |source| LoadError::Relink {
+            path: path.to_owned(),
+            source,
+        };
+        let link = sys_bpf::obj_get(path).map_err(relink_err)?;
+        let (_, kname) = sys_bpf::link_program(link.as_fd()).map_err(relink_err)?;
+        let Some(prog) = self.loaded_program(&kname)? else {
+            return Ok(None);
+        };
+        sys_bpf::link_update(link.as_fd(), prog.as_fd()).map_err(relink_err)?;
+        Ok(Some(kname))
+    }
+
+    /// This object's program whose kernel name (cut to 15 bytes) is
+    /// `kname`, loaded (verified) if it was not yet.
+    fn loaded_program(&mut self, kname: &str) -> Result<Option<ProgramFd>, LoadError> {
+        let Some((name, prog)) = self
+            .ebpf
+            .programs_mut()
+            .find(|(name, _)| name.len().min(15) == kname.len() && name.starts_with(kname))
+        else {
+            return Ok(None);
+        };
+        let name = name.to_owned();
+        let err = |source| LoadError::Relink {
+            path: PathBuf::from(&name),
+            source: std::io::Error::other(source),
+        };
+        let fd = match prog {
+            Program::SchedClassifier(p) => {
+                if p.fd().is_err() {
+                    p.load().map_err(err)?;
+                }
+                p.fd().map_err(err)?.try_clone()
+            }
+            Program::CgroupSockAddr(p) => {
+                if p.fd().is_err() {
+                    p.load().map_err(err)?;
+                }
+                p.fd().map_err(err)?.try_clone()
+            }
+            _ => return Ok(None),
+        };
+        fd.map(Some).map_err(|e| err(ProgramError::from(e)))
+    }
+
+    fn load_object(pins: &PinRoot, nat: &NatConfig) -> Result<Ebpf, LoadError> {
         let paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
         let cookie = current_netns_cookie().map_err(LoadError::Netns)?;
         let mut loader = EbpfLoader::new();
@@ -174,13 +295,15 @@ impl Dataplane {
         // programs).
         loader.override_global("HOST_NETNS_COOKIE", &cookie, true);
         loader.override_global("NAT_CONFIG", nat, true);
-        let ebpf = loader
+        loader
             .load(OBJECT)
-            .map_err(|e| LoadError::Object(Box::new(e)))?;
-        Ok(Dataplane {
-            ebpf,
-            pins: pins.clone(),
-        })
+            .map_err(|e| LoadError::Object(Box::new(e)))
+    }
+
+    /// The pinned maps this load migrated or replaced (empty when every
+    /// pin was as the object declares).
+    pub fn adopted(&self) -> &[Adoption] {
+        &self.adopted
     }
 
     /// Where this instance's maps are pinned.

@@ -1,7 +1,8 @@
 //! The BPF side of the dataplane.
 //!
 //! - loading: the object and its pinned maps and links ([`ebpf`]), the
-//!   bpffs layout ([`bpffs`]);
+//!   bpffs layout ([`bpffs`]), the pinned maps' layouts checked before they
+//!   are adopted ([`layout`]);
 //! - [`maps`]: typed access to any map by name (one error type), and the
 //!   one "make this map hold exactly these entries" reconcile;
 //! - one module per group of maps and programs: NAT ([`nat`]), the endpoint
@@ -24,6 +25,7 @@ pub mod endpoints;
 pub mod events;
 pub mod filter;
 pub mod host_local;
+pub mod layout;
 pub mod maps;
 pub mod nat;
 pub mod proto;

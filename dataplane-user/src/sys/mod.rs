@@ -3,6 +3,7 @@
 //! interfaces and MAC addresses ([`names`]), and the host's own sockets and
 //! ephemeral port range from procfs ([`sockets`]).
 
+pub mod bpf;
 pub mod names;
 pub mod netlink;
 pub mod netns;

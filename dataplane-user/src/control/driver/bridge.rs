@@ -61,8 +61,12 @@ impl NetworkDriver for Bridge<'_> {
         let internal = net.internal || mode == GatewayMode::Isolated;
         let nat = matches!(mode, GatewayMode::Nat | GatewayMode::NatUnprotected);
         let masquerade = self.0.masquerade && nat && !internal;
+        if net.subnet.is_none() && net.subnet6.is_none() {
+            return None;
+        }
         Some(SubnetPolicy {
-            subnet: net.subnet?,
+            subnet: net.subnet,
+            subnet6: net.subnet6,
             masquerade,
             icc: self.0.icc,
             // Protection guards what masquerade hides: with masquerade off

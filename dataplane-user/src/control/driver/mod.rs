@@ -37,7 +37,9 @@ pub use super::host::{
 /// networks whose traffic passes the host's routing (bridges) have one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SubnetPolicy {
-    pub subnet: Ipv4Net,
+    /// The network's subnets, one per family it has.
+    pub subnet: Option<Ipv4Net>,
+    pub subnet6: Option<ipnet::Ipv6Net>,
     /// Traffic leaving through an uplink is masqueraded (never for an
     /// internal network).
     pub masquerade: bool,

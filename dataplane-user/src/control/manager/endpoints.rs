@@ -428,8 +428,10 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         self.disconnect_endpoint(&ep).await
     }
 
-    /// Removes one endpoint's links and its record; the record goes even when
-    /// some link could not be removed, and the errors are reported.
+    /// Removes one endpoint's record, then its links: the record goes first,
+    /// so a record that cannot be written (a full disk) leaves the endpoint
+    /// whole, state and kernel agreeing; once it is written the links go
+    /// even when some step fails, and the errors are reported.
     pub(super) async fn disconnect_endpoint(&mut self, ep: &Endpoint) -> Result<(), NetworkError> {
         // Endpoints sharing this one's namespace go with it.
         let sharers: Vec<String> = self
@@ -439,6 +441,17 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             .filter(|e| matches!(&e.attachment, Attachment::Container { endpoint } if *endpoint == ep.id))
             .map(|e| e.id.clone())
             .collect();
+        let recorded = self
+            .change(|state| {
+                state.endpoints.remove(&ep.id);
+                for id in sharers {
+                    state.endpoints.remove(&id);
+                }
+            })
+            .await;
+        if self.state.endpoints.contains_key(&ep.id) {
+            return recorded; // not written: nothing was torn down
+        }
         let mut errors = self
             .host
             .teardown_endpoint(&ep.netns, ep.ifname.as_deref(), &ep.attachment)
@@ -448,13 +461,9 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 errors.push(e.to_string());
             }
         }
-        self.change(|state| {
-            state.endpoints.remove(&ep.id);
-            for id in sharers {
-                state.endpoints.remove(&id);
-            }
-        })
-        .await?;
+        if let Err(e) = recorded {
+            errors.push(crate::sys::error_chain(&e));
+        }
         if errors.is_empty() {
             Ok(())
         } else {

@@ -607,6 +607,33 @@ async fn disconnect_removes_the_endpoint_and_purges_its_flows() {
 }
 
 #[tokio::test]
+async fn disconnect_on_a_full_disk_tears_nothing_down() {
+    let dir = Dir::new();
+    let mut m = with_net(&dir).await;
+    let ep = connect(&mut m, args("n1", "c1")).await;
+    let Attachment::Veth { host_ifname } = &ep.attachment else {
+        panic!("{:?}", ep.attachment)
+    };
+    crate::control::state::fail_writes(Some(0));
+    let r = m.disconnect("n1", "c1").await;
+    crate::control::state::fail_writes(None);
+    let e = r.expect_err("the record cannot be written");
+    assert!(e.to_string().contains("state"), "{e}");
+    // State and kernel agree: the endpoint is recorded and still there.
+    assert!(m.state().endpoints.contains_key(&ep.id));
+    assert!(m.host().get().by_name(host_ifname).is_some());
+    assert!(m.datapath().endpoints.contains(host_ifname));
+    drop(m);
+    let mut m = open(&dir).await;
+    assert!(
+        m.state().endpoints.contains_key(&ep.id),
+        "the next start sees it"
+    );
+    m.disconnect("n1", "c1").await.expect("room again");
+    assert!(m.host().get().by_name(host_ifname).is_none());
+}
+
+#[tokio::test]
 async fn disconnect_refuses_an_unknown_endpoint() {
     let dir = Dir::new();
     let mut m = with_net(&dir).await;

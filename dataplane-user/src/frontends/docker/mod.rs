@@ -46,6 +46,8 @@ pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/dataplane.sock";
 const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
 /// No request of the protocol comes close.
 const MAX_BODY: usize = 1 << 20;
+/// Longest request head hyper buffers (431 beyond); Docker's are short.
+const MAX_HEAD: usize = 64 * 1024;
 /// Docker keeps connections open between calls; one that sends no request
 /// head for this long is closed (Docker dials again).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -242,20 +244,35 @@ fn oper_info(m: &Manager, network_id: &str, endpoint_id: &str) -> Result<Answer,
 // ---------------------------------------------------------------------------
 // The HTTP server.
 
-/// Serves the driver until `shutdown` resolves.
+/// Serves the driver until `shutdown` resolves, at most
+/// [`api::DEFAULT_MAX_CONNECTIONS`] connections at once.
 pub async fn serve(
     listener: UnixListener,
     ctx: api::Context,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    serve_with(listener, ctx, api::DEFAULT_MAX_CONNECTIONS, shutdown).await;
+}
+
+/// [`serve`] with at most `max` connections at once; the oldest idle one
+/// is closed for a newcomer (Docker dials again).
+pub async fn serve_with(
+    listener: UnixListener,
+    ctx: api::Context,
+    max: usize,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     api::accept_loop(
         listener,
-        ctx,
+        max,
         shutdown,
         "docker plugin",
-        |stream, ctx| async move {
-            if let Err(e) = connection(stream, ctx).await {
-                tracing::debug!("docker plugin connection: {e}");
+        move |stream, flight| {
+            let ctx = ctx.clone();
+            async move {
+                if let Err(e) = connection(stream, ctx, flight).await {
+                    tracing::debug!("docker plugin connection: {e}");
+                }
             }
         },
     )
@@ -263,15 +280,26 @@ pub async fn serve(
 }
 
 /// One connection, kept open between calls as Docker wants, each request
-/// answered in turn by hyper.
-async fn connection(stream: UnixStream, ctx: api::Context) -> Result<(), hyper::Error> {
+/// answered in turn by hyper (which bounds the head to its buffer, 400 for
+/// a chunk size that overflows; [`MAX_BODY`] bounds the body).
+async fn connection(
+    stream: UnixStream,
+    ctx: api::Context,
+    flight: api::InFlight,
+) -> Result<(), hyper::Error> {
     let service = service_fn(move |req| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(request(&ctx, req).await) }
+        let busy = flight.start();
+        async move {
+            let answer = request(&ctx, req).await;
+            drop(busy);
+            Ok::<_, Infallible>(answer)
+        }
     });
     http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(IDLE_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
         // A client that shuts down its side after a request still gets
         // the answer.
         .half_close(true)

@@ -92,8 +92,9 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a client has to take the whole response.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connections served at once; further ones wait in the listen backlog.
-pub const MAX_CONNECTIONS: usize = 32;
+/// Connections served at once unless configured; at the cap the oldest
+/// idle one is closed for a newcomer.
+pub const MAX_CONNECTIONS: usize = crate::api::DEFAULT_MAX_CONNECTIONS;
 
 /// After answering, unread input is drained for at most this long and this
 /// many bytes before closing: closing a socket with unread data sends a
@@ -101,10 +102,6 @@ pub const MAX_CONNECTIONS: usize = 32;
 /// (the case of a request that was refused for being too large).
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
-
-/// Pause after an accept error that is about resources (out of file
-/// descriptors, memory), so the loop does not spin while they are short.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -254,7 +251,7 @@ fn encode(families: Vec<Family>) -> String {
 }
 mod server;
 
-pub use server::serve;
+pub use server::{serve, serve_with};
 
 // ---------------------------------------------------------------------------
 // Reading the maps.

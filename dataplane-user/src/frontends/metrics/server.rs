@@ -1,6 +1,7 @@
 //! The HTTP/1.1 server (hyper) for `GET /metrics`: one request per
 //! connection, the request head bounded in size and time, writes bounded in
-//! time, and a short linger before closing.
+//! time, and a short linger before closing; connections capped by the
+//! accept loop every front door shares ([`crate::api::conns`]).
 
 use std::{
     convert::Infallible,
@@ -23,15 +24,18 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
     net::{TcpListener, TcpStream},
-    task::JoinSet,
     time::timeout,
 };
 
 use super::{
-    render, MetricsError, ACCEPT_BACKOFF, CONTENT_TYPE, LINGER, LINGER_BYTES, MAX_CONNECTIONS,
-    MAX_REQUEST_HEAD, PATH, READ_TIMEOUT, WRITE_TIMEOUT,
+    render, MetricsError, CONTENT_TYPE, LINGER, LINGER_BYTES, MAX_CONNECTIONS, MAX_REQUEST_HEAD,
+    PATH, READ_TIMEOUT, WRITE_TIMEOUT,
 };
-use crate::{control::state::State, datapath::bpffs::PinRoot};
+use crate::{
+    api::{accept_loop, InFlight},
+    control::state::State,
+    datapath::bpffs::PinRoot,
+};
 
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves; other
 /// paths get 404, other methods 405. `state` returns the current state
@@ -50,64 +54,38 @@ pub async fn serve<F>(
 where
     F: Fn() -> Result<State, String> + Send + Sync + 'static,
 {
+    serve_with(listener, pins, state, MAX_CONNECTIONS, shutdown).await
+}
+
+/// [`serve`] with at most `max` connections at once; the oldest idle one
+/// (no request head yet) is closed for a newcomer, so idle clients cannot
+/// hold up a scrape (see [`crate::api::conns`]).
+pub async fn serve_with<F>(
+    listener: TcpListener,
+    pins: PinRoot,
+    state: F,
+    max: usize,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), MetricsError>
+where
+    F: Fn() -> Result<State, String> + Send + Sync + 'static,
+{
     let state: StateFn = Arc::new(state);
-    let mut conns = JoinSet::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            Some(done) = conns.join_next(), if !conns.is_empty() => {
-                if let Err(e) = done {
-                    if e.is_panic() {
-                        tracing::warn!("metrics connection task panicked: {e}");
-                    }
-                }
+    accept_loop(listener, max, shutdown, "metrics", move |stream, flight| {
+        let pins = pins.clone();
+        let state = Arc::clone(&state);
+        async move {
+            let peer = stream.peer_addr().ok();
+            if let Err(e) = connection(stream, pins, state, flight).await {
+                tracing::debug!(?peer, "metrics connection: {e}");
             }
-            // Not accepting while full leaves further clients in the
-            // listen backlog instead of taking unbounded tasks.
-            accepted = listener.accept(), if conns.len() < MAX_CONNECTIONS => match accepted {
-                Ok((stream, peer)) => {
-                    let pins = pins.clone();
-                    let state = Arc::clone(&state);
-                    conns.spawn(async move {
-                        if let Err(e) = connection(stream, pins, state).await {
-                            tracing::debug!(%peer, "metrics connection: {e}");
-                        }
-                    });
-                }
-                Err(e) if transient(&e) => {
-                    tracing::warn!("accepting a metrics connection: {e}");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
-                Err(e) => return Err(MetricsError::Accept(e)),
-            },
         }
-    }
-    conns.shutdown().await;
+    })
+    .await;
     Ok(())
 }
 
 type StateFn = Arc<dyn Fn() -> Result<State, String> + Send + Sync>;
-
-/// Accept errors that concern one connection or a passing shortage, after
-/// which the listener still works.
-fn transient(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(
-            libc::ECONNABORTED
-                | libc::ECONNRESET
-                | libc::EPROTO
-                | libc::EINTR
-                | libc::EMFILE
-                | libc::ENFILE
-                | libc::ENOBUFS
-                | libc::ENOMEM
-                | libc::EPERM
-                | libc::ETIMEDOUT
-        )
-    ) || e.kind() == io::ErrorKind::ConnectionAborted
-}
 
 /// What hyper sends nothing for: a client that did not send its request
 /// head within [`READ_TIMEOUT`] (hyper just closes) is told why.
@@ -118,14 +96,27 @@ request not received in time\n";
 /// One connection: one request (`Connection: close`), served by hyper with
 /// the request head bounded to [`MAX_REQUEST_HEAD`] bytes (hyper answers
 /// 431 beyond, 400 to what is not HTTP/1.x) and to [`READ_TIMEOUT`].
-async fn connection(stream: TcpStream, pins: PinRoot, state: StateFn) -> io::Result<()> {
+async fn connection(
+    stream: TcpStream,
+    pins: PinRoot,
+    state: StateFn,
+    flight: InFlight,
+) -> io::Result<()> {
     let returned = Arc::new(Mutex::new(None));
     let io = Conn {
         stream: Some(stream),
         returned: Arc::clone(&returned),
         write_deadline: None,
     };
-    let service = service_fn(move |req| answer(req, pins.clone(), Arc::clone(&state)));
+    let service = service_fn(move |req| {
+        let busy = flight.start();
+        let answered = answer(req, pins.clone(), Arc::clone(&state));
+        async move {
+            let r = answered.await;
+            drop(busy);
+            r
+        }
+    });
     let served = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(READ_TIMEOUT)

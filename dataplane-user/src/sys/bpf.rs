@@ -1,0 +1,355 @@
+//! Raw `bpf(2)` map calls on byte buffers, for code that handles a map
+//! whose layout it only knows at run time (adopting, migrating or creating
+//! a pinned map of any shape); typed access goes through aya.
+
+use std::{
+    ffi::CString,
+    io,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    path::Path,
+};
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+/// `BPF_NOEXIST`: an update that only creates.
+const NOEXIST: u64 = 1;
+
+/// Map types whose values are one slot per possible CPU.
+const PERCPU_TYPES: [u32; 4] = [5, 6, 10, 21]; // PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH, PERCPU_CGROUP_STORAGE
+
+/// The shape of a map as the kernel reports it (`bpf_map_info`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapShape {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub flags: u32,
+}
+
+impl MapShape {
+    /// Whether the map's values are per CPU.
+    pub fn per_cpu(&self) -> bool {
+        PERCPU_TYPES.contains(&self.map_type)
+    }
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// The head of `struct bpf_map_info`; the kernel fills what fits.
+#[repr(C)]
+#[derive(Default)]
+struct MapInfo {
+    map_type: u32,
+    id: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+/// The head of `struct bpf_link_info`.
+#[repr(C)]
+#[derive(Default)]
+struct LinkInfo {
+    link_type: u32,
+    id: u32,
+    prog_id: u32,
+}
+
+/// The head of `struct bpf_prog_info`, up to its name.
+#[repr(C)]
+#[derive(Default)]
+struct ProgInfo {
+    prog_type: u32,
+    id: u32,
+    tag: [u8; 8],
+    jited_prog_len: u32,
+    xlated_prog_len: u32,
+    jited_prog_insns: u64,
+    xlated_prog_insns: u64,
+    load_time: u64,
+    created_by_uid: u32,
+    nr_map_ids: u32,
+    map_ids: u64,
+    name: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ByIdAttr {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkUpdateAttr {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a repr(C) prefix of `union bpf_attr` for `cmd`,
+    // with every pointer in it valid for the call; the kernel zero-extends
+    // a shorter attr.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_ref(attr),
+            size_of::<T>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
+fn info<T>(fd: BorrowedFd<'_>, info: &mut T) -> io::Result<()> {
+    let attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of::<T>() as u32,
+        info: std::ptr::from_mut(info) as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &attr).map(|_| ())
+}
+
+/// Opens the object (map, program or link) pinned at `path`.
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let attr = ObjAttr {
+        pathname: c.as_ptr() as u64,
+        ..ObjAttr::default()
+    };
+    let fd = bpf(BPF_OBJ_GET, &attr)?;
+    // SAFETY: BPF_OBJ_GET returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The program a link runs: its id and its kernel name (the function name,
+/// cut to 15 bytes).
+pub fn link_program(link: BorrowedFd<'_>) -> io::Result<(u32, String)> {
+    let mut li = LinkInfo::default();
+    info(link, &mut li)?;
+    let attr = ByIdAttr {
+        id: li.prog_id,
+        ..ByIdAttr::default()
+    };
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &attr)?;
+    // SAFETY: a new fd that nothing else owns.
+    let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut pi = ProgInfo::default();
+    info(prog.as_fd(), &mut pi)?;
+    let end = pi
+        .name
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(pi.name.len());
+    Ok((
+        li.prog_id,
+        String::from_utf8_lossy(&pi.name[..end]).into_owned(),
+    ))
+}
+
+/// Makes `link` run `prog` instead of its program, atomically.
+pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let attr = LinkUpdateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: prog.as_raw_fd() as u32,
+        ..LinkUpdateAttr::default()
+    };
+    bpf(BPF_LINK_UPDATE, &attr).map(|_| ())
+}
+
+/// An open map, handled as bytes.
+#[derive(Debug)]
+pub struct RawMap {
+    fd: OwnedFd,
+    shape: MapShape,
+}
+
+impl RawMap {
+    /// Creates a map (not pinned) named `name` (cut to 15 bytes).
+    pub fn create(name: &str, shape: MapShape) -> io::Result<RawMap> {
+        let mut attr = CreateAttr {
+            map_type: shape.map_type,
+            key_size: shape.key_size,
+            value_size: shape.value_size,
+            max_entries: shape.max_entries,
+            map_flags: shape.flags,
+            ..CreateAttr::default()
+        };
+        for (d, s) in attr.map_name.iter_mut().zip(name.bytes().take(15)) {
+            *d = s;
+        }
+        let fd = bpf(BPF_MAP_CREATE, &attr)?;
+        // SAFETY: BPF_MAP_CREATE returned a new fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(RawMap { fd, shape })
+    }
+
+    /// Opens the map pinned at `path` and reads its shape. A pin that is
+    /// not a map is an error (EINVAL from the info call).
+    pub fn from_pin(path: &Path) -> io::Result<RawMap> {
+        let fd = obj_get(path)?;
+        let mut mi = MapInfo::default();
+        info(fd.as_fd(), &mut mi)?;
+        let shape = MapShape {
+            map_type: mi.map_type,
+            key_size: mi.key_size,
+            value_size: mi.value_size,
+            max_entries: mi.max_entries,
+            flags: mi.map_flags,
+        };
+        Ok(RawMap { fd, shape })
+    }
+
+    pub fn shape(&self) -> MapShape {
+        self.shape
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Pins the map at `path`.
+    pub fn pin(&self, path: &Path) -> io::Result<()> {
+        let c = CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let attr = ObjAttr {
+            pathname: c.as_ptr() as u64,
+            bpf_fd: self.fd.as_raw_fd() as u32,
+            file_flags: 0,
+        };
+        bpf(BPF_OBJ_PIN, &attr).map(|_| ())
+    }
+
+    /// Bytes of one value as user space reads and writes it (per-CPU maps:
+    /// one 8-byte aligned slot per possible CPU).
+    pub fn value_len(&self) -> io::Result<usize> {
+        let size = self.shape.value_size as usize;
+        if !self.shape.per_cpu() {
+            return Ok(size);
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        Ok(size.div_ceil(8) * 8 * cpus)
+    }
+
+    /// Every key, in the kernel's order, at most `limit` of them.
+    pub fn keys(&self, limit: usize) -> io::Result<Vec<Vec<u8>>> {
+        let len = self.shape.key_size as usize;
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        while keys.len() < limit {
+            let mut next = vec![0u8; len];
+            let attr = ElemAttr {
+                map_fd: self.fd.as_raw_fd() as u32,
+                key: keys.last().map_or(0, |k| k.as_ptr() as u64),
+                value: next.as_mut_ptr() as u64,
+                ..ElemAttr::default()
+            };
+            match bpf(BPF_MAP_GET_NEXT_KEY, &attr) {
+                Ok(_) => keys.push(next),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(keys)
+    }
+
+    /// The value at `key`, or None.
+    pub fn lookup(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        let mut value = vec![0u8; self.value_len()?];
+        let attr = ElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            key: key.as_ptr() as u64,
+            value: value.as_mut_ptr() as u64,
+            ..ElemAttr::default()
+        };
+        match bpf(BPF_MAP_LOOKUP_ELEM, &attr) {
+            Ok(_) => Ok(Some(value)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes `value` (of [`RawMap::value_len`] bytes) at `key`.
+    pub fn update(&self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        self.write(key, value, 0)
+    }
+
+    /// Writes `value` at `key` unless the key is there: false if it was.
+    pub fn insert_new(&self, key: &[u8], value: &[u8]) -> io::Result<bool> {
+        match self.write(key, value, NOEXIST) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write(&self, key: &[u8], value: &[u8], flags: u64) -> io::Result<()> {
+        if key.len() != self.shape.key_size as usize || value.len() != self.value_len()? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "key or value of the wrong size for this map",
+            ));
+        }
+        let attr = ElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            key: key.as_ptr() as u64,
+            value: value.as_ptr() as u64,
+            flags,
+            ..ElemAttr::default()
+        };
+        bpf(BPF_MAP_UPDATE_ELEM, &attr).map(|_| ())
+    }
+}
