@@ -138,7 +138,10 @@ where
     typed::open(pins, name)
 }
 
-fn entries<A: Family>(pins: &PinRoot) -> Result<Vec<(CtKeyOf<A>, CtEntryOf<A>)>, CtError>
+/// One entry of a table: its key and its value.
+type Entry<A> = (CtKeyOf<A>, CtEntryOf<A>);
+
+fn entries<A: Family>(pins: &PinRoot) -> Result<Vec<Entry<A>>, CtError>
 where
     CtKeyOf<A>: aya::Pod + Eq + Hash,
     CtEntryOf<A>: aya::Pod,
@@ -446,7 +449,7 @@ fn purge_family<A: Family>(
 
 #[cfg(test)]
 mod tests {
-    use dataplane_common::ct::FLAG_HAIRPIN_SELF;
+    use dataplane_common::ct::{CtEntry, CtKey, FLAG_HAIRPIN_SELF};
 
     use super::*;
 
