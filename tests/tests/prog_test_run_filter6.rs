@@ -5,7 +5,9 @@
 //! packets of a published flow, counted as `Filtered` and on the rule's
 //! counter; replies to the containers' own flows are not filtered; IPv4
 //! rules (negated ones too) never match IPv6 packets and IPv6 rules never
-//! match IPv4 ones; a rule without a source matches both. Through the CLI:
+//! match IPv4 ones; a rule without a source matches both; 10 000 /128
+//! rules match at the first and the last and leave other sources alone.
+//! Through the CLI:
 //! a rules file mixing both families, `filter ls` and the IPv6 source maps
 //! the rules land in.
 
@@ -323,6 +325,55 @@ fn families_do_not_cross() {
         rules.len(),
         &[1],
     );
+}
+
+/// The `i`th of the bench's kind of source, in IPv6: 2001:db8:5::/48.
+fn source6(i: u32) -> Ipv6Addr {
+    let [hi, lo] = [(i >> 16) as u16, i as u16];
+    Ipv6Addr::new(0x2001, 0xdb8, 5, 0, 0, 0, hi, lo + 1)
+}
+
+#[test]
+fn ten_thousand_ipv6_sources_match_at_the_last_and_leave_others_alone() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let (dir, mut dp) = load("ptrflt6k");
+    let rules: Vec<FilterRule> = (0..10_000)
+        .map(|i| rule(i + 1, &[("--src", &source6(i).to_string())], "drop"))
+        .collect();
+    apply(&mut dp, &rules);
+    let syn = |src: Ipv6Addr, sport| packets6::tcp(src.octets(), host(), sport, 8080, SYN);
+    check(
+        &dir,
+        &mut dp,
+        vec![
+            (
+                "the last rule's source",
+                IN6,
+                syn(source6(9_999), 40000),
+                SHOT,
+            ),
+            ("the first rule's source", IN6, syn(source6(0), 40001), SHOT),
+            (
+                "a source next to them",
+                IN6,
+                syn(source6(10_000), 40002),
+                NEXT,
+            ),
+            (
+                "ipv4 meets none of them",
+                IN4,
+                PacketBuilder::tcp([192, 0, 2, 2], HOST4, 40003, 8080).build(),
+                NEXT,
+            ),
+        ],
+        0,
+        &[],
+    );
+    let c = filter::counters(dp.pins(), [0, 1, 9_999]).expect("counters");
+    let packets: Vec<u64> = c.values().map(|c| c.packets).collect();
+    assert_eq!(packets, [1, 0, 1]);
 }
 
 /// A pinned map of the CLI's pin root, opened as `M`.
