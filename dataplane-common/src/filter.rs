@@ -5,8 +5,11 @@
 //! Rules sit at positions 0..[`MAX_RULES`] in evaluation order. Each match
 //! dimension (source address, in-interface, destination port, network) has a
 //! map from the packet's value in that dimension to a [`RuleBits`]: the rules
-//! that dimension lets through (the source has two: a hash of single
-//! addresses, [`FilterHostKey`], tried first, and an LPM trie of CIDRs). The program intersects the four sets; the
+//! that dimension lets through (the source has two per address family: a
+//! hash of single addresses, [`FilterHostKey`] or [`FilterHostKey6`], tried
+//! first, and an LPM trie of CIDRs, [`FilterSrcData`] or [`FilterSrc6Data`];
+//! a rule naming a source of one family is absent from the other family's
+//! source maps, so it never matches there). The program intersects the four sets; the
 //! lowest position left is the first rule matching in every dimension, i.e.
 //! the first match in rule order. Its [`FilterAction`] decides, its counter
 //! slot counts.
@@ -287,6 +290,30 @@ pub const fn src_data(gen: u32, addr: [u8; 4]) -> FilterSrcData {
 /// Prefix length of a source trie key for a CIDR of `cidr_len` bits.
 pub const SRC_GEN_BITS: u32 = 32;
 
+/// Data of an IPv6 source LPM trie key: the generation (big-endian), the
+/// IPv6 address, then 4 zero bytes that no prefix reaches (they make the
+/// key a multiple of the value's 8-byte alignment, as trie nodes need);
+/// prefix length `32 + CIDR prefix length`, as for IPv4.
+pub type FilterSrc6Data = [u8; 24];
+
+/// The IPv6 source trie key data for `addr` in generation `gen`.
+#[inline(always)]
+#[must_use]
+pub const fn src6_data(gen: u32, addr: [u8; 16]) -> FilterSrc6Data {
+    let g = gen.to_be_bytes();
+    let mut out = [0; 24];
+    out[0] = g[0];
+    out[1] = g[1];
+    out[2] = g[2];
+    out[3] = g[3];
+    let mut i = 0;
+    while i < 16 {
+        out[4 + i] = addr[i];
+        i += 1;
+    }
+    out
+}
+
 /// Source key of a single address (a /32 rule's region), in a hash beside
 /// the trie. The program looks here first: a hit is the longest match an
 /// LPM lookup would find. Kept out of the trie because a trie of n entries
@@ -299,6 +326,15 @@ pub struct FilterHostKey {
     pub addr: [u8; 4],
 }
 const _: () = assert!(size_of::<FilterHostKey>() == 8);
+
+/// [`FilterHostKey`]'s IPv6 twin: a /128 rule's region.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct FilterHostKey6 {
+    pub gen: u32,
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<FilterHostKey6>() == 20);
 
 /// In-interface key. `ifindex` [`ANY_IFINDEX`] holds the rules without
 /// `--in`.
@@ -370,6 +406,7 @@ crate::user_pod!(
     RuleBits,
     FilterConfig,
     FilterHostKey,
+    FilterHostKey6,
     FilterIfaceKey,
     FilterPortKey,
     FilterNetKey,
@@ -522,6 +559,17 @@ mod tests {
         assert_eq!(scan.found(), Some(MAX_RULES - 1));
         assert_eq!(steps + 1, RULE_WORDS as u32 + 3);
         assert_eq!(first_common(&last, &odd, &last, &odd), Some(MAX_RULES - 1));
+    }
+
+    #[test]
+    fn source_keys_put_the_generation_first() {
+        let addr = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+        let d = src6_data(1, addr);
+        assert_eq!(d[..4], [0, 0, 0, 1]);
+        assert_eq!(d[4..20], addr);
+        assert_eq!(d[20..], [0; 4], "padding no prefix reaches");
+        assert_eq!(src_data(1, [10, 0, 0, 7]), [0, 0, 0, 1, 10, 0, 0, 7]);
+        assert!(SRC_GEN_BITS as usize + 128 <= 8 * (size_of::<FilterSrc6Data>() - 4));
     }
 
     #[test]

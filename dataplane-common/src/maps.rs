@@ -68,6 +68,12 @@ pub const FILTER_SRC: &str = "DP_FLT_SRC";
 /// Source address, the /32 entries: [`crate::filter::FilterHostKey`] ->
 /// [`crate::filter::RuleBits`].
 pub const FILTER_SRC_HOST: &str = "DP_FLT_SRC_HOST";
+/// IPv6 source address: LPM key over [`crate::filter::FilterSrc6Data`] ->
+/// [`crate::filter::RuleBits`].
+pub const FILTER_SRC6: &str = "DP_FLT_SRC6";
+/// IPv6 source address, the /128 entries: [`crate::filter::FilterHostKey6`]
+/// -> [`crate::filter::RuleBits`].
+pub const FILTER_SRC6_HOST: &str = "DP_FLT_SRC6_HOST";
 /// In-interface: [`crate::filter::FilterIfaceKey`] -> [`crate::filter::RuleBits`].
 pub const FILTER_IFACE: &str = "DP_FLT_IFACE";
 /// Destination port: [`crate::filter::FilterPortKey`] -> [`crate::filter::RuleBits`].

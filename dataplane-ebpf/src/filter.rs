@@ -11,6 +11,13 @@
 //! source no rule names (with only source rules, the usual DOCKER-USER
 //! list) ends after the source lookups, whatever the number of rules.
 //!
+//! Both families share everything but the source dimension: an IPv4
+//! packet looks its source up in `DP_FLT_SRC_HOST`/`DP_FLT_SRC`, an IPv6
+//! one in `DP_FLT_SRC6_HOST`/`DP_FLT_SRC6` ([`Source`]); the interface,
+//! port and network maps, the actions and the counters are the same. The
+//! IPv6 program calls [`new_flow6`] and [`tracked6`], BPF subprograms of their
+//! own, so their frame is not added to the caller's steps (see `uplink6`).
+//!
 //! Why `bpf_loop` and not a plain loop: the verifier walks a bounded loop
 //! iteration by iteration, for every state the program reaches it in, and
 //! 240 iterations inlined at three call sites made `dp_uplink_in` take
@@ -22,13 +29,17 @@ use core::ffi::c_void;
 use aya_ebpf::{
     btf_maps::{lpm_trie::Key, HashMap},
     helpers::bpf_loop,
+    programs::TcContext,
 };
 use dataplane_common::{
+    ct::{FLAG_DNAT, FLAG_REPLY},
     drop::DropReason,
     filter::{
-        slot, src_data, FilterHostKey, FilterIfaceKey, FilterNetKey, FilterPortKey, RuleBits, Scan,
-        ACTION_DROP, ANY_IFINDEX, ANY_NETWORK, GENERATIONS, SCAN_STEPS, SRC_GEN_BITS,
+        slot, src6_data, src_data, FilterHostKey, FilterHostKey6, FilterIfaceKey, FilterNetKey,
+        FilterPortKey, RuleBits, Scan, ACTION_DROP, ANY_IFINDEX, ANY_NETWORK, GENERATIONS,
+        SCAN_STEPS, SRC_GEN_BITS,
     },
+    nat::SUBNET_INTERNAL,
     net::{IPPROTO_TCP, IPPROTO_UDP},
 };
 
@@ -36,22 +47,113 @@ use crate::{
     counters::bump,
     maps::{
         DP_FLT_ACTIONS, DP_FLT_CONFIG, DP_FLT_IFACE, DP_FLT_NET, DP_FLT_PORT, DP_FLT_SRC,
-        DP_FLT_SRC_HOST, DP_FLT_STATS,
+        DP_FLT_SRC6, DP_FLT_SRC6_HOST, DP_FLT_SRC_HOST, DP_FLT_STATS, DP_SUBNETS6,
     },
+    nat, nat6,
+    parse::{ip_len, Ipv6Packet},
 };
+
+/// A source address of either family: where its rules are found.
+pub trait Source: Copy {
+    /// Rules whose source condition holds for this address: the entry of
+    /// the address itself if a host rule (/32, /128) names it (the longest
+    /// match there is), else the longest CIDR match; the agent stored, for
+    /// each, the rules that hold for the whole region that match leads to.
+    fn rules(self, gen: u32) -> Option<&'static RuleBits>;
+}
+
+impl Source for [u8; 4] {
+    #[inline(always)]
+    fn rules(self, gen: u32) -> Option<&'static RuleBits> {
+        // SAFETY: as in `by_key`.
+        if let Some(bits) = unsafe { DP_FLT_SRC_HOST.get(FilterHostKey { gen, addr: self }) } {
+            return Some(bits);
+        }
+        DP_FLT_SRC.get(&Key::new(SRC_GEN_BITS + 32, src_data(gen, self)))
+    }
+}
+
+impl Source for [u8; 16] {
+    #[inline(always)]
+    fn rules(self, gen: u32) -> Option<&'static RuleBits> {
+        // SAFETY: as in `by_key`.
+        if let Some(bits) = unsafe { DP_FLT_SRC6_HOST.get(FilterHostKey6 { gen, addr: self }) } {
+            return Some(bits);
+        }
+        DP_FLT_SRC6.get(&Key::new(SRC_GEN_BITS + 128, src6_data(gen, self)))
+    }
+}
+
+/// The filter rules for the first packet of an IPv6 flow from outside
+/// (no tracked flow, no ICMPv6 error about one): to a published port they
+/// see the container's address and port (after DNAT), routed straight to
+/// a managed subnet the packet's own; an internal network's drop and other
+/// packets are the caller's. A step of its own before the program's
+/// `new_flow_in` rather than inside it, whose frame it would add to; the
+/// published port is looked up twice for it, only when there are rules.
+#[inline(never)]
+pub fn new_flow6(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<(), DropReason> {
+    match DP_FLT_CONFIG.get(0) {
+        Some(cfg) if cfg.rules != 0 => {}
+        _ => return Ok(()),
+    }
+    if let Some(target) = nat::published(pkt) {
+        return check_to6(ctx, pkt, &target.addr, target.port);
+    }
+    let (flags, network) = match DP_SUBNETS6.get(&Key::new(128, pkt.dst)) {
+        Some(p) => (p.flags, p.network_id),
+        None => (0, 0),
+    };
+    if network == 0 || flags & SUBNET_INTERNAL != 0 {
+        return Ok(());
+    }
+    // SAFETY: the context's __sk_buff is valid for the whole program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    check(ifindex, pkt.src, pkt.proto, pkt.dport, network, ip_len(ctx))
+}
+
+/// The filter rules for a packet of a tracked IPv6 flow, whose entry
+/// `nat6::tracked` left in the scratch: every packet of a flow coming in
+/// to a published port meets them, as in DOCKER-USER; replies to flows the
+/// containers started do not (their egress keeps working).
+#[inline(never)]
+pub fn tracked6(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<(), DropReason> {
+    let s = nat6::scratch()?;
+    if s.orig.flags & FLAG_DNAT == 0 || s.orig.flags & FLAG_REPLY != 0 {
+        return Ok(());
+    }
+    let (dst, dport) = (s.orig.new_daddr, s.orig.new_dport);
+    check_to6(ctx, pkt, &dst, dport)
+}
+
+#[inline(always)]
+fn check_to6(
+    ctx: &TcContext,
+    pkt: &Ipv6Packet,
+    dst: &[u8; 16],
+    dport: [u8; 2],
+) -> Result<(), DropReason> {
+    let network = DP_SUBNETS6
+        .get(&Key::new(128, *dst))
+        .map_or(0, |p| p.network_id);
+    // SAFETY: the context's __sk_buff is valid for the whole program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    check(ifindex, pkt.src, pkt.proto, dport, network, ip_len(ctx))
+}
 
 /// Ok(()) to let the packet on, Err(DropReason::Filtered) to drop it; counts the matching rule.
 ///
-/// `ifindex` is the device the packet came in on, `src` its source address,
+/// `ifindex` is the device the packet came in on, `src` its source address
+/// (either family),
 /// `dport` (network byte order) and `proto` the destination port after DNAT,
 /// `network_id` the destination network's key (0 when unknown: only rules
 /// without `--network` can match), `len` the bytes to count.
 ///
 /// Inlined: BPF-to-BPF calls take at most five arguments.
 #[inline(always)]
-pub fn check(
+pub fn check<A: Source>(
     ifindex: u32,
-    src: [u8; 4],
+    src: A,
     proto: u8,
     dport: [u8; 2],
     network_id: u32,
@@ -69,9 +171,9 @@ pub fn check(
         return Ok(());
     }
     // Cheapest-to-empty first: most rules name a source, and an empty set
-    // ends the evaluation early. The agent always stores 0.0.0.0/0, so a
-    // missing entry only happens mid-setup: nothing matches.
-    let Some(by_src) = source(gen, src) else {
+    // ends the evaluation early. The agent always stores 0.0.0.0/0 and
+    // ::/0, so a missing entry only happens mid-setup: nothing matches.
+    let Some(by_src) = src.rules(gen) else {
         return Ok(());
     };
     if by_src.is_empty() {
@@ -170,19 +272,6 @@ extern "C" fn scan_step(_index: u64, ctx: *mut c_void) -> i64 {
     let ctx = unsafe { &mut *ctx.cast::<ScanCtx>() };
     let [a, b, c, d] = ctx.sets;
     i64::from(ctx.scan.step(a, b, c, d))
-}
-
-/// Rules whose source condition holds for `src`: the entry of the address
-/// itself if a /32 rule names it (the longest match there is), else the
-/// longest CIDR match; the agent stored, for each, the rules that hold for
-/// the whole region that match leads to.
-#[inline(always)]
-fn source(gen: u32, src: [u8; 4]) -> Option<&'static RuleBits> {
-    // SAFETY: as in `by_key`.
-    if let Some(bits) = unsafe { DP_FLT_SRC_HOST.get(FilterHostKey { gen, addr: src }) } {
-        return Some(bits);
-    }
-    DP_FLT_SRC.get(&Key::new(SRC_GEN_BITS + 32, src_data(gen, src)))
 }
 
 /// The bitmap of `key` (which the agent stores with the wildcard rules

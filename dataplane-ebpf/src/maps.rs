@@ -151,8 +151,8 @@ pub static DP_ENDPOINTS6: HashMap<u32, EndpointInfo6, { ENDPOINTS_MAX as usize }
 use aya_ebpf::{bindings::BPF_F_NO_PREALLOC, btf_maps::Array};
 use dataplane_common::{
     filter::{
-        FilterAction, FilterConfig, FilterHostKey, FilterIfaceKey, FilterNetKey, FilterPortKey,
-        FilterSrcData, RuleBits, FILTER_SLOTS,
+        FilterAction, FilterConfig, FilterHostKey, FilterHostKey6, FilterIfaceKey, FilterNetKey,
+        FilterPortKey, FilterSrc6Data, FilterSrcData, RuleBits, FILTER_SLOTS,
     },
     maps::FILTER_KEYS_MAX,
 };
@@ -171,6 +171,21 @@ pub static DP_FLT_SRC: LpmTrie<FilterSrcData, RuleBits, { FILTER_KEYS_MAX as usi
 #[btf_map]
 pub static DP_FLT_SRC_HOST: HashMap<
     FilterHostKey,
+    RuleBits,
+    { FILTER_KEYS_MAX as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
+
+/// Filter rules by IPv6 source address (longest prefix), for CIDRs
+/// shorter than /128.
+#[btf_map]
+pub static DP_FLT_SRC6: LpmTrie<FilterSrc6Data, RuleBits, { FILTER_KEYS_MAX as usize }> =
+    LpmTrie::new();
+
+/// Filter rules by IPv6 source address, for the addresses /128 rules name.
+#[btf_map]
+pub static DP_FLT_SRC6_HOST: HashMap<
+    FilterHostKey6,
     RuleBits,
     { FILTER_KEYS_MAX as usize },
     { BPF_F_NO_PREALLOC as usize },

@@ -15,8 +15,10 @@
 //! parser walks is never translated: dropped when it concerns a managed
 //! subnet, passed otherwise. Non-first fragments carry no ports: they pass
 //! to the stack untranslated (IPv6 fragments are rare, since routers never
-//! fragment; docs/architecture.md). The DOCKER-USER filters and the fast
-//! path are IPv4's only so far.
+//! fragment; docs/architecture.md). The DOCKER-USER filters meet new flows
+//! to published ports and routed subnets and every later packet of a
+//! published flow (`filter::new_flow6`, `filter::tracked6`); the fast path is
+//! IPv4's only so far.
 
 use aya_ebpf::{btf_maps::lpm_trie::Key, macros::classifier, programs::TcContext};
 use dataplane_common::{
@@ -33,7 +35,7 @@ use crate::{
     conntrack,
     drop::drop_packet,
     family::Family,
-    icmp6,
+    filter, icmp6,
     maps::{DP_OPEN_PORTS6, DP_SUBNETS6, DP_TRUSTED_IFACES, DP_UPLINKS6},
     nat, nat6,
     parse::{l3, parse6, Ipv6Packet, Ipv6Upper, ICMPV6_ECHO_REQUEST, L3},
@@ -96,12 +98,14 @@ fn try_uplink_in6(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TCX_NEXT);
     }
     if tracked(ctx, &pkt)? {
+        filter::tracked6(ctx, &pkt)?;
         apply(ctx, &pkt)?;
         return Ok(TCX_NEXT);
     }
     if icmp_error(ctx, &pkt)? {
         return Ok(TCX_NEXT);
     }
+    filter::new_flow6(ctx, &pkt)?;
     if new_flow_in(ctx, &pkt)? {
         apply(ctx, &pkt)?;
     }

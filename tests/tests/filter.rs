@@ -686,7 +686,7 @@ fn a_list_of_rules_is_added_whole_or_not_at_all() {
         .fail(&["filter", "add", "--from-file", path])
         .expect("refused");
     assert!(
-        e.contains("line 3: --src \"10.0.0.0/33\": not an IPv4 address or CIDR"),
+        e.contains("line 3: --src \"10.0.0.0/33\": not an IP address or CIDR"),
         "{e}"
     );
     // More rules than fit: the count is named.

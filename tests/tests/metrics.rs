@@ -260,6 +260,8 @@ fn render_on_a_fresh_pin_root() {
         ("DP_SOCK_REVNAT", 65_536.0),
         ("DP_FLT_SRC", 30_722.0),
         ("DP_FLT_SRC_HOST", 30_722.0),
+        ("DP_FLT_SRC6", 30_722.0),
+        ("DP_FLT_SRC6_HOST", 30_722.0),
         ("DP_FLT_IFACE", 30_722.0),
         ("DP_FLT_PORT", 30_722.0),
         ("DP_FLT_NET", 30_722.0),

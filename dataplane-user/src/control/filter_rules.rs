@@ -2,6 +2,12 @@
 //! doors parse them: `filter add [--network N] [--in IFACE] [--src CIDR |
 //! --not-src CIDR] [--dport P[/tcp|udp]] --action drop|accept`.
 //!
+//! One list holds the rules of both families: a rule whose source is an
+//! IPv4 CIDR is an IPv4 rule, one with an IPv6 CIDR an IPv6 rule (each
+//! matches packets of its family only, negated or not), and a rule without
+//! a source applies to both, as if written to iptables' and ip6tables'
+//! DOCKER-USER chains alike.
+//!
 //! A list of rules comes in as one request (`filter_add_many`,
 //! [`parse_request`]) or a rules file (`filter add --from-file`,
 //! [`parse_rules`]): one rule per line in `filter add`'s flags, the form
@@ -9,9 +15,9 @@
 //! (`crate::datapath::filter`). Control-plane code: it will move to
 //! `control/` with the rest of the model.
 
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::{fmt, net::IpAddr, str::FromStr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -161,17 +167,18 @@ pub fn parse_request(rules: &[FilterArgs]) -> Result<Vec<FilterSpec>, FilterErro
         .collect()
 }
 
-/// An address (a /32) or a CIDR. Host bits are cleared, as iptables does
-/// (`-s 192.168.1.7/24` means 192.168.1.0/24).
-fn parse_cidr(flag: &'static str, value: &str) -> Result<Ipv4Net, FilterError> {
+/// An address (a /32 or /128) or a CIDR, of either family. Host bits are
+/// cleared, as iptables and ip6tables do (`-s 192.168.1.7/24` means
+/// 192.168.1.0/24, `-s 2001:db8::1/32` 2001:db8::/32).
+fn parse_cidr(flag: &'static str, value: &str) -> Result<IpNet, FilterError> {
     let bad = || FilterError::Cidr {
         flag,
         value: value.to_owned(),
     };
     let net = if value.contains('/') {
-        Ipv4Net::from_str(value).map_err(|_| bad())?
+        IpNet::from_str(value).map_err(|_| bad())?
     } else {
-        Ipv4Net::from(Ipv4Addr::from_str(value).map_err(|_| bad())?)
+        IpNet::from(IpAddr::from_str(value).map_err(|_| bad())?)
     };
     Ok(net.trunc())
 }
@@ -237,9 +244,13 @@ impl RuleConditions for FilterRule {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::{
+        collections::BTreeMap,
+        net::{Ipv4Addr, Ipv6Addr},
+    };
 
     use dataplane_common::filter::{first_common, RuleBits};
+    use ipnet::{Ipv4Net, Ipv6Net};
 
     use super::*;
     use crate::datapath::filter::{compile, Compiled, ResolvedRule, MAX_RULES};
@@ -300,24 +311,37 @@ mod tests {
         }
     }
 
+    fn net6(s: &str) -> Ipv6Net {
+        s.parse().expect("test CIDR")
+    }
+
     /// The program's decision, computed the way the program does it: the
-    /// position of the matching rule.
+    /// position of the matching rule, the source looked up in the maps of
+    /// the address's family.
     fn evaluate(
         c: &Compiled,
         ifindex: u32,
-        addr: Ipv4Addr,
+        addr: impl Into<IpAddr>,
         dport: (u16, Proto),
         network: u32,
     ) -> Option<u32> {
         if c.rules() == 0 {
             return None;
         }
-        let src = c
-            .src
-            .iter()
-            .filter(|(n, _)| n.contains(&addr))
-            .max_by_key(|(n, _)| n.prefix_len())
-            .map_or(&RuleBits::EMPTY, |(_, b)| b);
+        let src = match addr.into() {
+            IpAddr::V4(a) => c
+                .src
+                .iter()
+                .filter(|(n, _)| n.contains(&a))
+                .max_by_key(|(n, _)| n.prefix_len())
+                .map_or(&RuleBits::EMPTY, |(_, b)| b),
+            IpAddr::V6(a) => c
+                .src6
+                .iter()
+                .filter(|(n, _)| n.contains(&a))
+                .max_by_key(|(n, _)| n.prefix_len())
+                .map_or(&RuleBits::EMPTY, |(_, b)| b),
+        };
         first_common(
             src,
             c.iface.lookup(&ifindex),
@@ -326,20 +350,25 @@ mod tests {
         )
     }
 
-    /// The reference: walk the rules in order.
+    /// The reference: walk the rules in order; a source condition of the
+    /// other family never holds.
     fn linear(
         rules: &[FilterRule],
         ifindex: u32,
-        addr: Ipv4Addr,
+        addr: impl Into<IpAddr>,
         dport: (u16, Proto),
         network: u32,
     ) -> Option<u32> {
+        let addr = addr.into();
         (0u32..).zip(rules).find_map(|(pos, r)| {
             let res = resolve(r);
             let ok = res.ifindex.is_none_or(|i| i == ifindex)
                 && res.network.is_none_or(|n| n == network)
                 && r.dport.is_none_or(|d| d == dport)
-                && r.src.is_none_or(|s| s.cidr.contains(&addr) != s.negate);
+                && r.src.is_none_or(|s| {
+                    s.cidr.network().is_ipv4() == addr.is_ipv4()
+                        && s.cidr.contains(&addr) != s.negate
+                });
             ok.then_some(pos)
         })
     }
@@ -375,7 +404,10 @@ mod tests {
     fn host_bits_are_cleared_and_duplicates_share_an_entry() {
         let rules = [src(1, "10.1.2.3/16"), not_src(2, "10.1.0.0/16")];
         let c = compile(&rules, resolve).expect("compile");
-        assert_eq!(rules[0].src.map(|s| s.cidr), Some(net("10.1.0.0/16")));
+        assert_eq!(
+            rules[0].src.map(|s| s.cidr),
+            Some(net("10.1.0.0/16").into())
+        );
         assert_eq!(c.src.len(), 2, "{:?}", c.src);
         assert_eq!(*c.src[&net("10.1.0.0/16")], bits(&[0]));
         assert_eq!(*c.src[&net("0.0.0.0/0")], bits(&[1]));
@@ -575,7 +607,7 @@ mod tests {
         swapped.swap(3, 4);
         let mut moved = rules.clone();
         moved[7].src = Some(SrcMatch {
-            cidr: net("10.9.9.9/32"),
+            cidr: net("10.9.9.9/32").into(),
             negate: false,
         });
         let mut renumbered = rules.clone();
@@ -666,12 +698,22 @@ mod tests {
                     action: if next(2) == 0 { "drop" } else { "accept" }.into(),
                     ..FilterArgs::default()
                 };
-                let cidr = format!(
-                    "10.{}.{}.0/{}",
-                    next(3),
-                    next(3),
-                    [8, 16, 23, 24, 32][next(5) as usize]
-                );
+                // A third of the sources IPv6, shaped like the IPv4 ones.
+                let cidr = if next(3) == 0 {
+                    format!(
+                        "2001:db8:{}:{}::/{}",
+                        next(3),
+                        next(3),
+                        [32, 40, 47, 48, 128][next(5) as usize]
+                    )
+                } else {
+                    format!(
+                        "10.{}.{}.0/{}",
+                        next(3),
+                        next(3),
+                        [8, 16, 23, 24, 32][next(5) as usize]
+                    )
+                };
                 match next(3) {
                     0 => args.src = Some(cidr),
                     1 => args.not_src = Some(cidr),
@@ -694,12 +736,27 @@ mod tests {
             }
             let c = compile(&rules, resolve).expect("compile");
             for _ in 0..200 {
-                let addr = Ipv4Addr::new(
-                    [10, 11][next(2) as usize],
-                    next(4) as u8,
-                    next(4) as u8,
-                    [0, 1, 255][next(3) as usize],
-                );
+                let addr: IpAddr = if next(2) == 0 {
+                    Ipv6Addr::new(
+                        [0x2001, 0x2002][next(2) as usize],
+                        0xdb8,
+                        next(4) as u16,
+                        next(4) as u16,
+                        0,
+                        0,
+                        0,
+                        [0, 1, 0xffff][next(3) as usize],
+                    )
+                    .into()
+                } else {
+                    Ipv4Addr::new(
+                        [10, 11][next(2) as usize],
+                        next(4) as u8,
+                        next(4) as u8,
+                        [0, 1, 255][next(3) as usize],
+                    )
+                    .into()
+                };
                 let ifindex = 100 + next(4) as u32;
                 let dport = (
                     80 + next(3) as u16,
@@ -724,14 +781,14 @@ mod tests {
                     src: Some("10.0.0.0/33".into()),
                     ..drop_args()
                 },
-                "--src \"10.0.0.0/33\": not an IPv4 address or CIDR (e.g. 192.168.1.0/24)",
+                "--src \"10.0.0.0/33\": not an IP address or CIDR (e.g. 192.168.1.0/24 or 2001:db8::/32)",
             ),
             (
                 FilterArgs {
                     not_src: Some("example.com".into()),
                     ..drop_args()
                 },
-                "--not-src \"example.com\": not an IPv4 address or CIDR (e.g. 192.168.1.0/24)",
+                "--not-src \"example.com\": not an IP address or CIDR (e.g. 192.168.1.0/24 or 2001:db8::/32)",
             ),
             (
                 FilterArgs {
@@ -814,7 +871,7 @@ mod tests {
                 network: None,
                 in_iface: Some("eth0".into()),
                 src: Some(SrcMatch {
-                    cidr: net("192.168.1.1/32"),
+                    cidr: net("192.168.1.1/32").into(),
                     negate: true
                 }),
                 dport: Some((8080, Proto::Tcp)),
@@ -878,6 +935,106 @@ mod tests {
         assert_eq!(json, r#"{"action":"drop"}"#);
         let back: FilterArgs = serde_json::from_str(&json).expect("back");
         assert_eq!(back, drop_args());
+    }
+
+    #[test]
+    fn parse_accepts_ipv6_sources() {
+        let src_of = |v: &str| {
+            FilterArgs {
+                src: Some(v.into()),
+                ..drop_args()
+            }
+            .parse()
+            .map(|s| s.src.map(|m| m.cidr))
+        };
+        let cases: [(&str, IpNet); 5] = [
+            ("2001:db8::/32", net6("2001:db8::/32").into()),
+            // Host bits cleared, as ip6tables does.
+            ("2001:db8:1:2::7/48", net6("2001:db8:1::/48").into()),
+            ("2001:db8::1", net6("2001:db8::1/128").into()),
+            ("::/0", net6("::/0").into()),
+            ("0.0.0.0/0", net("0.0.0.0/0").into()),
+        ];
+        for (value, want) in cases {
+            assert_eq!(src_of(value).expect(value), Some(want), "{value}");
+        }
+        for bad in [
+            "2001:db8::/129",
+            "2001:db8::g",
+            "fe80::1%eth0",
+            "[2001:db8::1]",
+        ] {
+            let err = src_of(bad).expect_err(bad);
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "--src {bad:?}: not an IP address or CIDR (e.g. 192.168.1.0/24 or 2001:db8::/32)"
+                )
+            );
+        }
+        let r = not_src(4, "2001:db8::1/64");
+        assert_eq!(r.to_string(), "--not-src 2001:db8::/64 --action drop");
+        let json = serde_json::to_string(&r).expect("serialize");
+        let back: FilterRule = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, r);
+        // A state file written before IPv6 sources reads as it did.
+        let old = r#"{"id":1,"src":{"cidr":"10.0.0.0/8","negate":false},"action":"drop"}"#;
+        let back: FilterRule = serde_json::from_str(old).expect("old state");
+        assert_eq!(back, src(1, "10.0.0.0/8"));
+    }
+
+    #[test]
+    fn each_family_has_its_own_source_regions() {
+        let rules = [
+            src(10, "10.0.0.0/8"),          // 0: IPv4 only
+            src(11, "2001:db8::/32"),       // 1: IPv6 only
+            not_src(12, "2001:db8:1::/48"), // 2: IPv6 only, outside the /48
+            src(13, "2001:db8::7"),         // 3: one IPv6 host
+            rule(14, drop_args()),          // 4: both families
+            not_src(15, "192.168.0.0/16"),  // 5: IPv4 only
+        ];
+        let c = compile(&rules, resolve).expect("compile");
+        let want4: BTreeMap<Ipv4Net, Box<RuleBits>> = [
+            ("0.0.0.0/0", bits(&[4, 5])),
+            ("10.0.0.0/8", bits(&[0, 4, 5])),
+            ("192.168.0.0/16", bits(&[4])),
+        ]
+        .into_iter()
+        .map(|(n, b)| (net(n), Box::new(b)))
+        .collect();
+        assert_eq!(c.src, want4);
+        let want6: BTreeMap<Ipv6Net, Box<RuleBits>> = [
+            ("::/0", bits(&[2, 4])),
+            ("2001:db8::/32", bits(&[1, 2, 4])),
+            ("2001:db8:1::/48", bits(&[1, 4])),
+            ("2001:db8::7/128", bits(&[1, 2, 3, 4])),
+        ]
+        .into_iter()
+        .map(|(n, b)| (net6(n), Box::new(b)))
+        .collect();
+        assert_eq!(c.src6, want6);
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("test address");
+        let tcp80 = (80, Proto::Tcp);
+        assert_eq!(evaluate(&c, 1, v6("2001:db8::7"), tcp80, 1), Some(1));
+        assert_eq!(evaluate(&c, 1, v6("2001:db8:1::7"), tcp80, 1), Some(1));
+        assert_eq!(evaluate(&c, 1, v6("2001:db9::1"), tcp80, 1), Some(2));
+        assert_eq!(
+            evaluate(&c, 1, Ipv4Addr::new(10, 1, 1, 1), tcp80, 1),
+            Some(0)
+        );
+        // Neither the IPv4 rule nor the IPv6 ones: the family-less rule.
+        let outsider = Ipv4Addr::new(192, 168, 1, 1);
+        assert_eq!(evaluate(&c, 1, outsider, tcp80, 1), Some(4));
+        // Only IPv6 rules: an IPv4 packet meets no rule at all.
+        let only6 = [src(1, "::/0"), not_src(2, "2001:db8::/32")];
+        let c = compile(&only6, resolve).expect("compile");
+        assert!(c.src[&net("0.0.0.0/0")].is_empty());
+        assert_eq!(evaluate(&c, 1, Ipv4Addr::new(10, 1, 1, 1), tcp80, 1), None);
+        assert_eq!(evaluate(&c, 1, v6("2001:db8::1"), tcp80, 1), Some(0));
+        // The digest sees the IPv6 side: a different IPv6 CIDR, another one.
+        let other =
+            compile(&[src(1, "::/0"), not_src(2, "2001:db9::/32")], resolve).expect("compile");
+        assert_ne!(other.digest(), c.digest());
     }
 
     /// An error and its sources, as the CLI prints them.

@@ -29,7 +29,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const AYA_LOGS: &str = "AYA_LOGS";
 
 /// Every map in the object, pinned by name.
-pub const PINNED_MAPS: [&str; 34] = [
+pub const PINNED_MAPS: [&str; 36] = [
     maps::PROTO_STATS,
     maps::DROP_STATS,
     maps::PORTS,
@@ -49,6 +49,8 @@ pub const PINNED_MAPS: [&str; 34] = [
     maps::FILTER_CONFIG,
     maps::FILTER_SRC,
     maps::FILTER_SRC_HOST,
+    maps::FILTER_SRC6,
+    maps::FILTER_SRC6_HOST,
     maps::FILTER_IFACE,
     maps::FILTER_PORT,
     maps::FILTER_NET,

@@ -267,10 +267,13 @@ pub struct RuleArgs {
     /// Only traffic that came in on this interface.
     #[arg(long = "in")]
     pub in_iface: Option<String>,
-    /// Only traffic from this CIDR.
+    /// Only traffic from this address or CIDR, IPv4 or IPv6 (e.g.
+    /// 2001:db8::/32); the rule then matches packets of that family only. A
+    /// rule without --src or --not-src matches both families.
     #[arg(long, conflicts_with = "not_src")]
     pub src: Option<String>,
-    /// Only traffic from outside this CIDR.
+    /// Only traffic from outside this address or CIDR, of its family (an
+    /// IPv6 --not-src never matches IPv4 packets, and the other way round).
     #[arg(long)]
     pub not_src: Option<String>,
     /// Only traffic to this container port (after DNAT), PORT[/tcp|udp].
@@ -537,11 +540,15 @@ mod tests {
         assert_eq!(rules[1].in_iface.as_deref(), Some("eth0"));
         assert_eq!(rules[1].not_src.as_deref(), Some("192.168.1.1/32"));
         assert_eq!(rules[1].action, "accept");
-        // What `filter ls` prints reads back as the same rule.
-        let printed = "--in eth0 --not-src 192.168.1.1/32 --dport 8080/tcp --action drop";
-        let spec = parse_rules(printed).unwrap()[0].parse().unwrap();
-        let rule = dataplane_user::control::filter_rules::FilterRule::new(1, spec);
-        assert_eq!(rule.to_string(), printed);
+        // What `filter ls` prints reads back as the same rule, of either
+        // family, in one file.
+        let printed = "--in eth0 --not-src 192.168.1.1/32 --dport 8080/tcp --action drop\n\
+                       --src 2001:db8::/32 --action accept\n--src ::/0 --action drop";
+        for (line, parsed) in printed.lines().zip(parse_rules(printed).unwrap()) {
+            let spec = parsed.parse().unwrap();
+            let rule = dataplane_user::control::filter_rules::FilterRule::new(1, spec);
+            assert_eq!(rule.to_string(), line.trim());
+        }
         for (text, needle) in [
             (
                 "--src 10.0.0.1\n",
@@ -562,6 +569,10 @@ mod tests {
             (
                 "--src 10.0.0.0/33 --action drop",
                 "line 1: --src \"10.0.0.0/33\"",
+            ),
+            (
+                "--src 10.0.0.0/8 --action drop\n--not-src 2001:db8::/129 --action drop",
+                "line 2: --not-src \"2001:db8::/129\": not an IP address or CIDR",
             ),
             ("--src --action drop", "line 1:"),
         ] {

@@ -6,14 +6,14 @@ use std::collections::BTreeMap;
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray};
 use dataplane_common::{
     filter::{
-        slot, src_data, FilterAction, FilterConfig, FilterHostKey, FilterIfaceKey, FilterNetKey,
-        FilterPortKey, FilterSrcData, RuleBits, ANY_IFINDEX, ANY_NETWORK, GENERATIONS,
-        SRC_GEN_BITS,
+        slot, src6_data, src_data, FilterAction, FilterConfig, FilterHostKey, FilterHostKey6,
+        FilterIfaceKey, FilterNetKey, FilterPortKey, RuleBits, ANY_IFINDEX, ANY_NETWORK,
+        GENERATIONS, SRC_GEN_BITS,
     },
     maps,
     stats::PktCounter,
 };
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{Compiled, Dimension, FilterError, MAX_RULES};
 use crate::datapath::{
@@ -51,6 +51,12 @@ impl GenKey for FilterHostKey {
     }
 }
 
+impl GenKey for FilterHostKey6 {
+    fn gen(&self) -> u32 {
+        self.gen
+    }
+}
+
 /// Makes generation `gen` of a hash dimension hold exactly `want`. Entries
 /// of the live generation are left alone: the program is reading them.
 fn reconcile_gen<K: GenKey>(
@@ -76,45 +82,92 @@ fn dimension_keys<K: Ord, M: Ord>(
     out
 }
 
-fn src_gen(data: &FilterSrcData) -> u32 {
-    u32::from_be_bytes([data[0], data[1], data[2], data[3]])
+/// The generation of a source trie key: its first four bytes.
+fn src_gen(data: &[u8]) -> u32 {
+    match data {
+        [a, b, c, d, ..] => u32::from_be_bytes([*a, *b, *c, *d]),
+        _ => u32::MAX,
+    }
 }
 
-/// Makes generation `gen` of the source maps hold exactly `want`: the /32
-/// entries in the hash of single addresses, the others in the trie.
-fn reconcile_src(
+/// Makes generation `gen` of the source maps of both families hold exactly
+/// `c.src` and `c.src6`.
+fn reconcile_src(dp: &mut Dataplane, c: &Compiled, gen: u32, live: u32) -> Result<(), FilterError> {
+    reconcile_family(
+        dp,
+        [maps::FILTER_SRC_HOST, maps::FILTER_SRC],
+        live,
+        &c.src,
+        |net: &Ipv4Net| {
+            (net.prefix_len() == 32).then(|| FilterHostKey {
+                gen,
+                addr: net.network().octets(),
+            })
+        },
+        |net| src_data(gen, net.network().octets()),
+    )?;
+    reconcile_family(
+        dp,
+        [maps::FILTER_SRC6_HOST, maps::FILTER_SRC6],
+        live,
+        &c.src6,
+        |net: &Ipv6Net| {
+            (net.prefix_len() == 128).then(|| FilterHostKey6 {
+                gen,
+                addr: net.network().octets(),
+            })
+        },
+        |net| src6_data(gen, net.network().octets()),
+    )
+}
+
+/// One family's source maps (`names`: the hash of single addresses, the
+/// trie): the entries `host` keys (full-length prefixes) in the hash, the
+/// others in the trie under `data`'s key data.
+fn reconcile_family<N, H, D>(
     dp: &mut Dataplane,
-    gen: u32,
+    names: [&'static str; 2],
     live: u32,
-    want: &BTreeMap<Ipv4Net, Box<RuleBits>>,
-) -> Result<(), FilterError> {
-    let hosts: BTreeMap<FilterHostKey, &RuleBits> = want
+    want: &BTreeMap<N, Box<RuleBits>>,
+    host: impl Fn(&N) -> Option<H>,
+    data: impl Fn(&N) -> D,
+) -> Result<(), FilterError>
+where
+    N: PrefixLen,
+    H: GenKey,
+    D: aya::Pod + Ord + AsRef<[u8]>,
+{
+    let hosts: BTreeMap<H, &RuleBits> = want
         .iter()
-        .filter(|(net, _)| net.prefix_len() == 32)
-        .map(|(net, bits)| {
-            let addr = net.network().octets();
-            (FilterHostKey { gen, addr }, &**bits)
-        })
+        .filter_map(|(net, bits)| Some((host(net)?, &**bits)))
         .collect();
-    reconcile_gen(dp, maps::FILTER_SRC_HOST, live, &hosts)?;
-    let name = maps::FILTER_SRC;
-    let want: BTreeMap<(u32, FilterSrcData), &RuleBits> = want
+    reconcile_gen(dp, names[0], live, &hosts)?;
+    let trie_want: BTreeMap<(u32, D), &RuleBits> = want
         .iter()
-        .filter(|(net, _)| net.prefix_len() < 32)
-        .map(|(net, bits)| {
-            (
-                (
-                    SRC_GEN_BITS + u32::from(net.prefix_len()),
-                    src_data(gen, net.network().octets()),
-                ),
-                &**bits,
-            )
-        })
+        .filter(|(net, _)| host(net).is_none())
+        .map(|(net, bits)| ((SRC_GEN_BITS + net.bits(), data(net)), &**bits))
         .collect();
-    let mut trie: LpmTrie<&mut MapData, FilterSrcData, RuleBits> = open(&mut *dp, name)?;
-    Ok(reconcile(&mut trie, name, &want, |(_, data)| {
-        src_gen(data) == live
+    let mut trie: LpmTrie<&mut MapData, D, RuleBits> = open(&mut *dp, names[1])?;
+    Ok(reconcile(&mut trie, names[1], &trie_want, |(_, d)| {
+        src_gen(d.as_ref()) == live
     })?)
+}
+
+/// A CIDR's prefix length, of either family.
+trait PrefixLen {
+    fn bits(&self) -> u32;
+}
+
+impl PrefixLen for Ipv4Net {
+    fn bits(&self) -> u32 {
+        u32::from(self.prefix_len())
+    }
+}
+
+impl PrefixLen for Ipv6Net {
+    fn bits(&self) -> u32 {
+        u32::from(self.prefix_len())
+    }
 }
 
 fn array<'a, V: aya::Pod>(
@@ -172,7 +225,7 @@ fn write_dimensions(
     gen: u32,
     live: u32,
 ) -> Result<(), FilterError> {
-    reconcile_src(dp, gen, live, &c.src)?;
+    reconcile_src(dp, c, gen, live)?;
     let iface = dimension_keys(
         &c.iface,
         FilterIfaceKey {

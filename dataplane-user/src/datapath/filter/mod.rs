@@ -33,14 +33,14 @@ use std::{
 pub use apply::{apply, counters, counters_by_id};
 pub use dataplane_common::filter::MAX_RULES;
 use dataplane_common::filter::{RuleBits, ACTION_ACCEPT, ACTION_DROP};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use super::{maps::MapsError, proto::Proto};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
-    #[error("{flag} {value:?}: not an IPv4 address or CIDR (e.g. 192.168.1.0/24)")]
+    #[error("{flag} {value:?}: not an IP address or CIDR (e.g. 192.168.1.0/24 or 2001:db8::/32)")]
     Cidr { flag: &'static str, value: String },
     #[error("--src {src:?} and --not-src {not_src:?}: give at most one of them")]
     SrcAndNotSrc { src: String, not_src: String },
@@ -109,20 +109,54 @@ impl Action {
     }
 }
 
-/// `--src CIDR` (negate false) or `--not-src CIDR` (negate true).
+/// `--src CIDR` (negate false) or `--not-src CIDR` (negate true), of
+/// either family. A rule with a source condition is a rule of that
+/// condition's family: `--src 2001:db8::/32` and `--not-src 2001:db8::/32`
+/// alike never match an IPv4 packet (as a rule written to ip6tables alone),
+/// and the other way round. A rule without one matches both families.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SrcMatch {
-    pub cidr: Ipv4Net,
+    pub cidr: IpNet,
     pub negate: bool,
 }
 
-impl SrcMatch {
-    /// Whether the condition holds for every address of `region`, a region
-    /// of the source trie (see [`compile`] for why it is uniform there).
-    fn holds_for(&self, region: &Ipv4Net) -> bool {
-        self.cidr.contains(region) != self.negate
-    }
+/// A CIDR of one family, the key of that family's source regions.
+trait SrcNet: Copy + Ord + Hash + Default {
+    /// `net` if it is of this family.
+    fn of(net: IpNet) -> Option<Self>;
+    fn len(&self) -> u8;
+    /// The prefix of `len` bits enclosing this one (host bits cleared).
+    fn enclosing(&self, len: u8) -> Option<Self>;
+    /// Whether `self` contains all of `other`.
+    fn covers(&self, other: &Self) -> bool;
 }
+
+macro_rules! src_net {
+    ($t:ty, $variant:ident) => {
+        impl SrcNet for $t {
+            fn of(net: IpNet) -> Option<Self> {
+                match net {
+                    IpNet::$variant(n) => Some(n.trunc()),
+                    _ => None,
+                }
+            }
+
+            fn len(&self) -> u8 {
+                self.prefix_len()
+            }
+
+            fn enclosing(&self, len: u8) -> Option<Self> {
+                <$t>::new(self.network(), len).ok().map(|n| n.trunc())
+            }
+
+            fn covers(&self, other: &Self) -> bool {
+                self.contains(other)
+            }
+        }
+    };
+}
+src_net!(Ipv4Net, V4);
+src_net!(Ipv6Net, V6);
 
 /// What [`compile`] needs of a rule: its id (the user's handle), its
 /// conditions (None: any) and its action. The rules as the state keeps them
@@ -197,10 +231,13 @@ impl<K: Ord> Dimension<K> {
 /// Every filter map's desired contents, independent of generation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Compiled {
-    /// Source regions: every CIDR a rule names, and 0.0.0.0/0 (`apply`
-    /// puts the /32s in the hash of single addresses, the rest in the
-    /// trie).
+    /// IPv4 source regions: every IPv4 CIDR a rule names, and 0.0.0.0/0
+    /// (`apply` puts the /32s in the hash of single addresses, the rest in
+    /// the trie).
     pub src: BTreeMap<Ipv4Net, Box<RuleBits>>,
+    /// IPv6 source regions, the same way: every IPv6 CIDR a rule names,
+    /// and ::/0 (the /128s in the hash, the rest in the trie).
+    pub src6: BTreeMap<Ipv6Net, Box<RuleBits>>,
     pub iface: Dimension<u32>,
     pub port: Dimension<(u16, Proto)>,
     pub network: Dimension<u32>,
@@ -238,6 +275,11 @@ impl Compiled {
             net.hash(&mut h);
             bits(&mut h, b);
         }
+        self.src6.len().hash(&mut h);
+        for (net, b) in &self.src6 {
+            net.hash(&mut h);
+            bits(&mut h, b);
+        }
         dimension(&mut h, &self.iface);
         dimension(&mut h, &self.port);
         dimension(&mut h, &self.network);
@@ -248,8 +290,10 @@ impl Compiled {
 
 /// Compiles rules (in evaluation order) into the maps' contents.
 ///
-/// The source dimension is an LPM trie whose entries are every CIDR a rule
-/// names plus 0.0.0.0/0. An address's longest match is entry X when it lies
+/// The source dimension is an LPM trie per family whose entries are every
+/// CIDR of that family a rule names plus 0.0.0.0/0 (::/0). A rule whose
+/// source is of the other family is in none of the family's bitmaps; a
+/// rule without a source is in all of them. Within one family: An address's longest match is entry X when it lies
 /// in X's *region*: X minus the more specific entries inside it. For each
 /// entry the bitmap is the rules whose source condition holds for the whole
 /// region, which is well defined: take an address `a` in X's region and a
@@ -261,10 +305,10 @@ impl Compiled {
 ///
 /// So a region's bitmap starts as the rules without a source and the
 /// `--not-src` rules, and only the rules naming one of X's at most 33
-/// enclosing prefixes (X itself included) change it: `--src` ones are
-/// added, `--not-src` ones removed. The cost is regions × (prefix lengths
-/// in use, at most 33) lookups plus the rules on those prefixes, not
-/// regions × rules.
+/// enclosing prefixes (129 for IPv6; X itself included) change it: `--src`
+/// ones are added, `--not-src` ones removed. The cost is regions × (prefix
+/// lengths in use, at most 33 or 129) lookups plus the rules on those
+/// prefixes, not regions × rules.
 pub fn compile<R: RuleConditions>(
     rules: &[R],
     resolve: impl Fn(&R) -> ResolvedRule,
@@ -288,53 +332,65 @@ pub fn compile<R: RuleConditions>(
         resolved.push(res);
     }
 
-    // Rules whose source condition holds outside every listed CIDR, and
-    // the rules naming each CIDR.
-    let mut outside = RuleBits::EMPTY;
-    let mut naming: StdHashMap<Ipv4Net, Vec<(u32, SrcMatch)>> = StdHashMap::new();
-    for (pos, r) in (0u32..).zip(rules) {
-        match r.src() {
-            None => outside.set(pos),
-            Some(s) => {
-                if s.negate {
-                    outside.set(pos);
-                }
-                naming.entry(s.cidr.trunc()).or_default().push((pos, s));
-            }
-        }
-    }
-    let mut regions: BTreeSet<Ipv4Net> = naming.keys().copied().collect();
-    regions.insert(Ipv4Net::default());
-    // Only the prefix lengths some rule uses can enclose a region (10 000
-    // /32 rules: one lookup per region, not 33).
-    let lens: BTreeSet<u8> = naming.keys().map(Ipv4Net::prefix_len).collect();
-    let src = regions
-        .into_iter()
-        .map(|region| {
-            let mut bits = Box::new(outside);
-            for &len in lens.range(..=region.prefix_len()) {
-                let Ok(enclosing) = Ipv4Net::new(region.network(), len) else {
-                    continue;
-                };
-                for (pos, s) in naming.get(&enclosing.trunc()).into_iter().flatten() {
-                    if s.holds_for(&region) {
-                        bits.set(*pos);
-                    } else {
-                        bits.clear(*pos);
-                    }
-                }
-            }
-            (region, bits)
-        })
-        .collect();
-
+    let src = source_regions(rules);
+    let src6 = source_regions(rules);
     Ok(Compiled {
         src,
+        src6,
         iface: Dimension::build(resolved.iter().map(|r| r.ifindex)),
         port: Dimension::build(rules.iter().map(|r| r.dport())),
         network: Dimension::build(resolved.iter().map(|r| r.network)),
         actions: rules.iter().map(|r| (r.id(), r.action())).collect(),
     })
+}
+
+/// One family's source regions and their bitmaps (see [`compile`]).
+fn source_regions<N: SrcNet, R: RuleConditions>(rules: &[R]) -> BTreeMap<N, Box<RuleBits>> {
+    // Rules whose source condition holds outside every listed CIDR of the
+    // family, and the rules naming each CIDR.
+    let mut outside = RuleBits::EMPTY;
+    let mut naming: StdHashMap<N, Vec<(u32, bool)>> = StdHashMap::new();
+    for (pos, r) in (0u32..).zip(rules) {
+        match r.src() {
+            None => outside.set(pos),
+            Some(s) => {
+                // The other family's rules: in no bitmap of this one.
+                let Some(cidr) = N::of(s.cidr) else {
+                    continue;
+                };
+                if s.negate {
+                    outside.set(pos);
+                }
+                naming.entry(cidr).or_default().push((pos, s.negate));
+            }
+        }
+    }
+    let mut regions: BTreeSet<N> = naming.keys().copied().collect();
+    regions.insert(N::default());
+    // Only the prefix lengths some rule uses can enclose a region (10 000
+    // /32 rules: one lookup per region, not 33).
+    let lens: BTreeSet<u8> = naming.keys().map(N::len).collect();
+    regions
+        .into_iter()
+        .map(|region| {
+            let mut bits = Box::new(outside);
+            for &len in lens.range(..=region.len()) {
+                let Some(enclosing) = region.enclosing(len) else {
+                    continue;
+                };
+                for &(pos, negate) in naming.get(&enclosing).into_iter().flatten() {
+                    // The named CIDR is `enclosing`, which covers the
+                    // region: `--src` holds there, `--not-src` does not.
+                    if enclosing.covers(&region) != negate {
+                        bits.set(pos);
+                    } else {
+                        bits.clear(pos);
+                    }
+                }
+            }
+            (region, bits)
+        })
+        .collect()
 }
 
 /// A named condition must resolve, to something other than the wildcard

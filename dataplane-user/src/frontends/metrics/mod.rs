@@ -47,7 +47,10 @@ use aya::{
 };
 use dataplane_common::{
     ct::{CtEntry, CtEntry6, CtKey, CtKey6, FLAG_REPLY, FLAG_SNAT},
-    filter::{FilterHostKey, FilterIfaceKey, FilterNetKey, FilterPortKey, FilterSrcData, RuleBits},
+    filter::{
+        FilterHostKey, FilterHostKey6, FilterIfaceKey, FilterNetKey, FilterPortKey, FilterSrc6Data,
+        FilterSrcData, RuleBits,
+    },
     maps,
     nat::{
         EndpointInfo, EndpointInfo6, HostAddr, PortKey, PortKey6, PortTarget, PortTarget6,
@@ -320,8 +323,7 @@ type FillFn = fn(&PinRoot, &'static str) -> Result<Option<Fill>, MetricsError>;
 /// The maps whose fill level is reported besides the conntrack tables and
 /// the uplinks (which are walked for more than their size). Arrays are
 /// always full and are not listed.
-const FILL_MAPS: [(&str, FillFn); 18] = [
-    (maps::PORTS, hash_fill::<PortKey, PortTarget>),
+const FILL_MAPS: [(&str, FillFn); 20] = [    (maps::PORTS, hash_fill::<PortKey, PortTarget>),
     (maps::OPEN_PORTS, hash_fill::<PortKey, u32>),
     (maps::TRUSTED_IFACES, hash_fill::<TrustedIface, u32>),
     (maps::SUBNETS, lpm_fill::<[u8; 4], SubnetPolicy>),
@@ -330,6 +332,11 @@ const FILL_MAPS: [(&str, FillFn); 18] = [
     (maps::SOCK_REVNAT, hash_fill::<u64, SockRevNat>),
     (maps::FILTER_SRC, lpm_fill::<FilterSrcData, RuleBits>),
     (maps::FILTER_SRC_HOST, hash_fill::<FilterHostKey, RuleBits>),
+    (maps::FILTER_SRC6, lpm_fill::<FilterSrc6Data, RuleBits>),
+    (
+        maps::FILTER_SRC6_HOST,
+        hash_fill::<FilterHostKey6, RuleBits>,
+    ),
     (maps::FILTER_IFACE, hash_fill::<FilterIfaceKey, RuleBits>),
     (maps::FILTER_PORT, hash_fill::<FilterPortKey, RuleBits>),
     (maps::FILTER_NET, hash_fill::<FilterNetKey, RuleBits>),
