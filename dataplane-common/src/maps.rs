@@ -117,3 +117,7 @@ pub const ENDPOINTS6: &str = "DP_ENDPOINTS6";
 /// Container ports open on `routed` IPv6 networks: [`crate::nat::PortKey6`]
 /// -> `u32` (unused, 1).
 pub const OPEN_PORTS6: &str = "DP_OPEN_PORTS6";
+/// Host-local IPv6 clients translated by the cgroup sock_addr hooks
+/// (`dp_connect6`, `dp_sendmsg6`): socket cookie (`u64`) ->
+/// [`crate::sock::SockRevNat6`].
+pub const SOCK_REVNAT6: &str = "DP_SOCK_REVNAT6";

@@ -28,3 +28,20 @@ const _: () = assert!(size_of::<SockRevNat>() == 16);
 pub const REVNAT_PER_PACKET: u8 = 1;
 
 crate::user_pod!(SockRevNat);
+
+/// [`SockRevNat`] for IPv6 sockets (`DP_SOCK_REVNAT6`, keyed by socket
+/// cookie).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SockRevNat6 {
+    pub orig_addr: [u8; 16],
+    /// Network byte order.
+    pub orig_port: [u8; 2],
+    pub _pad: [u8; 2],
+    pub backend_addr: [u8; 16],
+    pub backend_port: [u8; 2],
+    pub _pad2: [u8; 2],
+}
+const _: () = assert!(size_of::<SockRevNat6>() == 40);
+
+crate::user_pod!(SockRevNat6);

@@ -21,6 +21,7 @@ mod nat;
 mod nat6;
 mod parse;
 mod sock;
+mod sock6;
 mod stats;
 mod tcp;
 mod uplink;

@@ -138,6 +138,15 @@ pub static DP_CT6_OTHER: LruHashMap<CtKey6, CtEntry6, { CT_OTHER_MAX as usize }>
 #[btf_map]
 pub static DP_SCRATCH6: PerCpuArray<crate::nat6::Scratch6, 1> = PerCpuArray::new();
 
+/// Host-local IPv6 sockets translated by the sock_addr hooks, by socket
+/// cookie.
+#[btf_map]
+pub static DP_SOCK_REVNAT6: LruHashMap<
+    u64,
+    dataplane_common::sock::SockRevNat6,
+    { SOCK_REVNAT_MAX as usize },
+> = LruHashMap::new();
+
 /// Endpoints' IPv6 side by the ifindex of their host-side veth.
 #[btf_map]
 pub static DP_ENDPOINTS6: HashMap<u32, EndpointInfo6, { ENDPOINTS_MAX as usize }> = HashMap::new();

@@ -61,7 +61,7 @@ const PROCEED: i32 = 1;
 /// The cgroup can hold processes of other namespaces (containers); their
 /// 127.0.0.1 is their own and must not be translated.
 #[unsafe(no_mangle)]
-static HOST_NETNS_COOKIE: Global<u64> = Global::new(0);
+pub(crate) static HOST_NETNS_COOKIE: Global<u64> = Global::new(0);
 
 #[cgroup_sock_addr(connect4)]
 pub fn dp_connect4(ctx: SockAddrContext) -> i32 {
@@ -88,7 +88,7 @@ pub fn dp_getpeername4(ctx: SockAddrContext) -> i32 {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Hook {
+pub(crate) enum Hook {
     /// The socket gets one peer: a miss also forgets an earlier translation.
     Connect,
     /// One datagram: other destinations of the same socket keep theirs.
@@ -250,14 +250,14 @@ fn is_host_addr(addr: [u8; 4]) -> bool {
 /// The socket's cookie: unique per socket for the boot, never reused, so a
 /// stale entry of a closed socket can only age out of the LRU map.
 #[inline(always)]
-fn socket_cookie(ctx: &SockAddrContext) -> u64 {
+pub(crate) fn socket_cookie(ctx: &SockAddrContext) -> u64 {
     // SAFETY: the helper only reads the socket behind a valid sock_addr context.
     unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
 }
 
 /// TCP or UDP, the only protocols ports are published for.
 #[inline(always)]
-fn protocol(ctx: &SockAddrContext) -> Option<u8> {
+pub(crate) fn protocol(ctx: &SockAddrContext) -> Option<u8> {
     // SAFETY: `protocol` is a readable 4-byte field of every sock_addr context.
     let p = unsafe { read_volatile(addr_of!((*ctx.sock_addr).protocol)) };
     match p {

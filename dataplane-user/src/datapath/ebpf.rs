@@ -29,7 +29,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const AYA_LOGS: &str = "AYA_LOGS";
 
 /// Every map in the object, pinned by name.
-pub const PINNED_MAPS: [&str; 36] = [
+pub const PINNED_MAPS: [&str; 37] = [
     maps::PROTO_STATS,
     maps::DROP_STATS,
     maps::PORTS,
@@ -66,6 +66,7 @@ pub const PINNED_MAPS: [&str; 36] = [
     maps::CT6_TCP,
     maps::CT6_OTHER,
     maps::OPEN_PORTS6,
+    maps::SOCK_REVNAT6,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -43,11 +43,15 @@ use super::{
 /// The programs, in attach order: the reverse hooks come after the forward
 /// ones, so a partial attach never rewrites replies of untranslated sockets
 /// (and they would find no state anyway).
-pub const PROGRAMS: [&str; 4] = [
+pub const PROGRAMS: [&str; 8] = [
     "dp_connect4",
     "dp_sendmsg4",
+    "dp_connect6",
+    "dp_sendmsg6",
     "dp_recvmsg4",
     "dp_getpeername4",
+    "dp_recvmsg6",
+    "dp_getpeername6",
 ];
 
 /// The per-packet program of host-local connections, on `lo`'s egress.

@@ -56,7 +56,7 @@ use dataplane_common::{
         EndpointInfo, EndpointInfo6, HostAddr, PortKey, PortKey6, PortTarget, PortTarget6,
         SubnetPolicy, TrustedIface, Uplink, Uplink6,
     },
-    sock::SockRevNat,
+    sock::{SockRevNat, SockRevNat6},
 };
 use prometheus_client::{
     collector::Collector,
@@ -323,7 +323,8 @@ type FillFn = fn(&PinRoot, &'static str) -> Result<Option<Fill>, MetricsError>;
 /// The maps whose fill level is reported besides the conntrack tables and
 /// the uplinks (which are walked for more than their size). Arrays are
 /// always full and are not listed.
-const FILL_MAPS: [(&str, FillFn); 20] = [    (maps::PORTS, hash_fill::<PortKey, PortTarget>),
+const FILL_MAPS: [(&str, FillFn); 21] = [
+    (maps::PORTS, hash_fill::<PortKey, PortTarget>),
     (maps::OPEN_PORTS, hash_fill::<PortKey, u32>),
     (maps::TRUSTED_IFACES, hash_fill::<TrustedIface, u32>),
     (maps::SUBNETS, lpm_fill::<[u8; 4], SubnetPolicy>),
@@ -346,6 +347,7 @@ const FILL_MAPS: [(&str, FillFn); 20] = [    (maps::PORTS, hash_fill::<PortKey, 
     (maps::HOST_ADDRS6, hash_fill::<[u8; 16], HostAddr>),
     (maps::ENDPOINTS6, hash_fill::<u32, EndpointInfo6>),
     (maps::UPLINKS6, hash_fill::<u32, Uplink6>),
+    (maps::SOCK_REVNAT6, hash_fill::<u64, SockRevNat6>),
 ];
 
 /// One conntrack table: its size, and its masquerade reply entries per
