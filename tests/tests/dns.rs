@@ -792,3 +792,116 @@ fn icc_off_still_answers_and_internal_networks_forward_nothing() {
         "an internal network forwarded"
     );
 }
+
+/// AAAA records of `name` as the responder at `server` (either family)
+/// answers them from `ns`, retried while the agent opens its sockets
+/// (bounded, 10 s).
+fn aaaa(ns: &NetNs, server: std::net::IpAddr, name: &str) -> Vec<std::net::Ipv6Addr> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let name_owned = name.to_owned();
+    loop {
+        let name = name_owned.clone();
+        let got = ns
+            .run_in(move || -> Result<Vec<std::net::Ipv6Addr>, String> {
+                let bind = if server.is_ipv6() {
+                    "[::]:0"
+                } else {
+                    "0.0.0.0:0"
+                };
+                let sock = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
+                sock.set_read_timeout(Some(Duration::from_secs(2)))
+                    .map_err(|e| e.to_string())?;
+                let id = 0x6666;
+                sock.send_to(&query_msg(&name, RecordType::AAAA, id), (server, 53))
+                    .map_err(|e| e.to_string())?;
+                let mut buf = [0u8; 4096];
+                let n = sock.recv(&mut buf).map_err(|e| e.to_string())?;
+                let m = Message::from_vec(&buf[..n]).map_err(|e| e.to_string())?;
+                Ok(m.answers()
+                    .iter()
+                    .filter_map(|r| match r.data() {
+                        Some(RData::AAAA(a)) => Some(a.0),
+                        _ => None,
+                    })
+                    .collect())
+            })
+            .expect("netns");
+        match got {
+            Ok(v) if !v.is_empty() => return v,
+            _ if Instant::now() < deadline => thread::sleep(Duration::from_millis(200)),
+            other => panic!("{name_owned} AAAA from {server}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn ipv6_addresses_resolve_by_name_and_ipv6_only_networks_answer_on_their_ipv6_gateway() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let rig = Rig::new("dns6");
+    rig.cli
+        .run(&[
+            "network",
+            "create",
+            "--ipv6",
+            "--ipv4=false",
+            "--subnet",
+            "fd00:96::/64",
+            "six",
+        ])
+        .expect("IPv6-only network");
+    rig.cli
+        .run(&[
+            "network",
+            "create",
+            "--ipv6",
+            "--subnet",
+            "10.97.0.0/24",
+            "--subnet",
+            "fd00:97::/64",
+            "dual",
+        ])
+        .expect("dual-stack network");
+    let a = NetNs::new("d6a").expect("netns");
+    let b = NetNs::new("d6b").expect("netns");
+    let c = NetNs::new("d6c").expect("netns");
+    let d = NetNs::new("d6d").expect("netns");
+    rig.connect("six", &a, "sixa", &[]);
+    rig.cli
+        .run(&[
+            "connect",
+            "six",
+            b.name(),
+            "--name",
+            "sixb",
+            "--ip6",
+            "fd00:96::b",
+        ])
+        .expect("connect");
+    rig.connect("dual", &c, "duala", &[]);
+    rig.cli
+        .run(&[
+            "connect",
+            "dual",
+            d.name(),
+            "--name",
+            "dualb",
+            "--ip6",
+            "fd00:97::d",
+        ])
+        .expect("connect");
+
+    let gw6: std::net::IpAddr = "fd00:96::1".parse().expect("addr");
+    assert_eq!(
+        aaaa(&a, gw6, "sixb"),
+        ["fd00:96::b".parse::<std::net::Ipv6Addr>().expect("addr")],
+        "an IPv6-only network answers on its IPv6 gateway"
+    );
+    let gw4 = std::net::IpAddr::V4(Ipv4Addr::new(10, 97, 0, 1));
+    assert_eq!(
+        aaaa(&c, gw4, "dualb.dns.dataplane"),
+        ["fd00:97::d".parse::<std::net::Ipv6Addr>().expect("addr")],
+        "a dual-stack endpoint's AAAA"
+    );
+}

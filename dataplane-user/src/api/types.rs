@@ -71,7 +71,7 @@ pub struct FilterRow {
 pub struct DnsTable {
     pub network: String,
     /// The responder's address (the network's gateway), port 53.
-    pub server: Option<Ipv4Addr>,
+    pub server: Option<std::net::IpAddr>,
     pub names: Vec<DnsRow>,
 }
 

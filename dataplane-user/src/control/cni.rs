@@ -92,7 +92,7 @@ pub struct AddResult {
     /// The agent's DNS responder for this network (its gateway), when the
     /// network has names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dns_server: Option<std::net::Ipv4Addr>,
+    pub dns_server: Option<std::net::IpAddr>,
 }
 
 /// API request `cni_check`: what the runtime believes ADD set up.

@@ -72,6 +72,12 @@ pub fn addresses(ep: &Endpoint) -> Vec<IpAddr> {
         .collect()
 }
 
+/// Where a network's responder listens: its IPv4 gateway, else its IPv6
+/// one (an IPv6-only network).
+pub fn server_of(net: &Network) -> Option<IpAddr> {
+    net.gateway.map(IpAddr::V4).or(net.gateway6.map(IpAddr::V6))
+}
+
 /// Why a network has no names, or None when it has.
 pub fn no_names_reason(net: &Network) -> Option<&'static str> {
     if net.name == "bridge" {
@@ -85,7 +91,7 @@ pub fn no_names_reason(net: &Network) -> Option<&'static str> {
     if !matches!(net.driver, DriverConfig::Bridge(_)) {
         return Some("only bridge networks have names (the gateway is the host's address)");
     }
-    if net.gateway.is_none() {
+    if server_of(net).is_none() {
         return Some("the network has no gateway to answer on");
     }
     None
@@ -103,8 +109,9 @@ pub struct NameEntry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetworkNames {
     pub network: String,
-    /// Where the responder listens (the gateway, an address of the host).
-    pub server: Ipv4Addr,
+    /// Where the responder listens: the gateway (an address of the host),
+    /// the IPv6 one on an IPv6-only network.
+    pub server: IpAddr,
     /// Internal networks answer their names but forward nothing.
     pub internal: bool,
     pub names: BTreeMap<String, NameEntry>,
@@ -184,7 +191,7 @@ impl NameTable {
     pub fn from_state(state: &State) -> NameTable {
         let mut networks = BTreeMap::new();
         for net in state.networks.values() {
-            let (None, Some(server)) = (no_names_reason(net), net.gateway) else {
+            let (None, Some(server)) = (no_names_reason(net), server_of(net)) else {
                 continue;
             };
             let mut names: BTreeMap<String, NameEntry> = BTreeMap::new();
@@ -314,7 +321,7 @@ mod tests {
         docker.name = "docker-0123456789ab".into();
         assert!(no_names_reason(&docker).is_some_and(|r| r.contains("Docker")));
         let front = &t.networks["front"];
-        assert_eq!(front.server, Ipv4Addr::new(172, 18, 0, 1));
+        assert_eq!(front.server, IpAddr::V4(Ipv4Addr::new(172, 18, 0, 1)));
         assert!(front.get("db").is_none());
         assert!(front.get("under_score").is_none());
         let web = front.get("WEB.dns.dataplane.").expect("web");

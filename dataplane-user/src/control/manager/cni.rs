@@ -402,7 +402,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             netns: args.netns.clone(),
             dns_server: crate::control::names_dns::no_names_reason(net)
                 .is_none()
-                .then_some(net.gateway)
+                .then(|| crate::control::names_dns::server_of(net))
                 .flatten(),
         })
     }

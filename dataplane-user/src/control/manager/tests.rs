@@ -1609,5 +1609,5 @@ async fn aliases_are_kept_checked_and_runtime_names_filtered() {
         .cloned()
         .unwrap();
     assert_eq!(cni_ep.aliases, ["web"], "bad_name is no DNS name: left out");
-    assert_eq!(added.dns_server, Some(Ipv4Addr::new(10, 88, 0, 1)));
+    assert_eq!(added.dns_server, Some(Ipv4Addr::new(10, 88, 0, 1).into()));
 }

@@ -14,7 +14,7 @@ pub mod upstream;
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -155,7 +155,7 @@ impl Shared {
 
 /// One network's open sockets (closed when dropped).
 struct Listener {
-    server: Ipv4Addr,
+    server: IpAddr,
     _future: ServerFuture<handler::Handler>,
 }
 
@@ -264,7 +264,7 @@ async fn reconcile(
 
 async fn open(
     network: &str,
-    server: Ipv4Addr,
+    server: IpAddr,
     shared: &Arc<Shared>,
 ) -> std::io::Result<ServerFuture<handler::Handler>> {
     let addr = SocketAddr::from((server, 53));

@@ -8,7 +8,7 @@
 use std::{
     collections::BTreeMap,
     io,
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -33,8 +33,8 @@ fn netns_name(path: &Path) -> Option<String> {
 
 /// The files there should be: namespace name to its nameservers, in
 /// endpoint order.
-pub fn wanted(state: &State, table: &NameTable) -> BTreeMap<String, Vec<Ipv4Addr>> {
-    let mut out: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+pub fn wanted(state: &State, table: &NameTable) -> BTreeMap<String, Vec<IpAddr>> {
+    let mut out: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
     let cni: Vec<&str> = state
         .cni_attachments
         .iter()
@@ -59,7 +59,7 @@ pub fn wanted(state: &State, table: &NameTable) -> BTreeMap<String, Vec<Ipv4Addr
     out
 }
 
-fn content(servers: &[Ipv4Addr]) -> String {
+fn content(servers: &[IpAddr]) -> String {
     let mut text = format!("{MARK}\n");
     for s in servers {
         text.push_str(&format!("nameserver {s}\n"));
@@ -75,7 +75,7 @@ fn ours(path: &Path) -> bool {
 /// Brings the files under `root` in line with `wanted`: writes what is
 /// missing or different (unless a file of someone else is there), removes
 /// the agent's files no longer wanted. Best effort: failures are logged.
-pub fn sync(root: &Path, wanted: &BTreeMap<String, Vec<Ipv4Addr>>) {
+pub fn sync(root: &Path, wanted: &BTreeMap<String, Vec<IpAddr>>) {
     for (ns, servers) in wanted {
         let dir = root.join(ns);
         let path = dir.join("resolv.conf");
@@ -127,7 +127,7 @@ mod tests {
     fn files_are_written_kept_and_removed() {
         let root = std::env::temp_dir().join(format!("dp-netns-files-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        let gw = Ipv4Addr::new(172, 18, 0, 1);
+        let gw = IpAddr::V4(std::net::Ipv4Addr::new(172, 18, 0, 1));
         let mut want = BTreeMap::from([("c1".to_owned(), vec![gw])]);
         std::fs::create_dir_all(root.join("mine")).unwrap();
         std::fs::write(root.join("mine/resolv.conf"), "nameserver 9.9.9.9\n").unwrap();
