@@ -11,7 +11,7 @@ use aya_ebpf::{
 use dataplane_common::{
     ct::{CtEntryOf, CtKeyOf, CtState, FLAG_HAIRPIN_SELF, FLAG_REPLY, SEEN_FIN},
     drop::DropReason,
-    net::IPPROTO_TCP,
+    net::{IPPROTO_TCP, IPPROTO_UDP},
 };
 
 use crate::{
@@ -251,4 +251,22 @@ fn set_state<A>(entry: Option<*mut CtEntryOf<A>>, state: CtState) {
         // SAFETY: a map value pointer from this run.
         unsafe { (*p).state = state as u8 };
     }
+}
+
+/// Whether a new flow of the host's own (not from a managed subnet) would
+/// share its tuple with a masqueraded flow: its replies are the replies of
+/// a container's flow that masquerade gave the same address and port to
+/// the same peer (the host's port allocator sees only sockets). Such a
+/// flow gets a port of its own, as the kernel's NAT remaps a clashing
+/// flow; the host's other flows stay untracked. Only a flow's first
+/// packet asks (a TCP SYN, or a UDP datagram), and never a later fragment
+/// (the callers check).
+#[inline(always)]
+pub fn host_flow_collides<A: Family>(pkt: &Packet<A>, zone: u8) -> bool {
+    let opens = match pkt.proto {
+        IPPROTO_TCP => tcp::opens(pkt.tcp_flags),
+        IPPROTO_UDP => true,
+        _ => false,
+    };
+    opens && lookup(&key_of(pkt, zone).reversed()).is_some()
 }

@@ -84,17 +84,17 @@ fn try_from_container6(ctx: &TcContext) -> Result<i32, DropReason> {
         return Err(DropReason::Spoofed);
     }
     if upper == Ipv6Upper::Found && !pkt.later_fragment {
-        if tracked(ctx, &pkt)? {
-            apply(ctx, &pkt)?;
-            return Ok(redirect(ctx, false)?.unwrap_or(TCX_NEXT));
+        if nat6::tracked(ctx, &pkt, ZONE)? {
+            nat6::apply(ctx, &pkt)?;
+            return Ok(nat6::redirect(ctx, false)?.unwrap_or(TCX_NEXT));
         }
         let stats = hairpin(ctx, &pkt, ep)?;
         if stats != NOT_PUBLISHED {
             if stats & OWN_PORT != 0 {
-                own_port(ctx, &pkt, &ep.gateway, stats & !OWN_PORT)?;
+                nat6::own_port(ctx, &pkt, ZONE, &ep.gateway, stats & !OWN_PORT)?;
             }
-            apply(ctx, &pkt)?;
-            return Ok(redirect(ctx, true)?.unwrap_or(TCX_NEXT));
+            nat6::apply(ctx, &pkt)?;
+            return Ok(nat6::redirect(ctx, true)?.unwrap_or(TCX_NEXT));
         }
     }
     isolation(&pkt, ep)?;
@@ -103,24 +103,6 @@ fn try_from_container6(ctx: &TcContext) -> Result<i32, DropReason> {
 
 // The NAT steps are BPF subprograms of their own, as in `uplink6`: the
 // program's frame and the one step it runs must fit 512 bytes together.
-
-/// A packet of a hairpin flow (its entry left in the scratch).
-#[inline(never)]
-fn tracked(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<bool, DropReason> {
-    nat6::tracked(ctx, pkt, ZONE)
-}
-
-/// The flow's rewrite (see `nat6::apply`).
-#[inline(never)]
-fn apply(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<(), DropReason> {
-    nat6::apply(ctx, pkt)
-}
-
-/// See `nat6::redirect`.
-#[inline(never)]
-fn redirect(ctx: &TcContext, new_flow: bool) -> Result<Option<i32>, DropReason> {
-    nat6::redirect(ctx, new_flow)
-}
 
 /// [`hairpin`]'s answer when no published port is addressed.
 const NOT_PUBLISHED: u32 = u32::MAX;
@@ -142,18 +124,6 @@ fn hairpin(ctx: &TcContext, pkt: &Ipv6Packet, ep: &EndpointInfo6) -> Result<u32,
     let own = target.addr == ep.addr;
     nat6::hairpin(ctx, pkt, ZONE, &target, ifindex, own)?;
     Ok(target.stats_index | if own { OWN_PORT } else { 0 })
-}
-
-/// The gateway as the source of a container's flow to its own port (see
-/// `nat6::own_port`).
-#[inline(never)]
-fn own_port(
-    ctx: &TcContext,
-    pkt: &Ipv6Packet,
-    gateway: &[u8; 16],
-    stats_index: u32,
-) -> Result<(), DropReason> {
-    nat6::own_port(ctx, pkt, ZONE, gateway, stats_index)
 }
 
 /// Direct traffic to a managed subnet: only to the gateway, or within the

@@ -6,15 +6,12 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2, BPF_F_CURRENT_NETNS},
-    helpers::{bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
-    programs::TcContext,
-    EbpfContext,
+    bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2, programs::TcContext, EbpfContext,
 };
 use dataplane_common::{
     ct::{CtEntryOf, CtKeyOf},
     nat::{PortKeyOf, PortTargetOf},
-    net::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
+    net::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP},
 };
 use network_types::eth::EthHdr;
 
@@ -60,6 +57,52 @@ pub trait Family: Copy + Default + PartialEq + 'static {
     ) -> bool;
 }
 
+/// The map operations of an `impl Family`: the same code over each
+/// family's own maps (conntrack TCP and other, published ports, host
+/// addresses).
+macro_rules! family_maps {
+    ($ct_tcp:ident, $ct_other:ident, $ports:ident, $host_addrs:ident) => {
+        #[inline(always)]
+        fn ct_lookup(key: &CtKeyOf<Self>) -> Option<*mut CtEntryOf<Self>> {
+            if key.proto == IPPROTO_TCP {
+                $ct_tcp.get_ptr_mut(key)
+            } else {
+                $ct_other.get_ptr_mut(key)
+            }
+        }
+
+        #[inline(always)]
+        fn ct_insert(key: &CtKeyOf<Self>, entry: &CtEntryOf<Self>, flags: u64) -> Result<(), i32> {
+            if key.proto == IPPROTO_TCP {
+                $ct_tcp.insert(key, entry, flags)
+            } else {
+                $ct_other.insert(key, entry, flags)
+            }
+        }
+
+        #[inline(always)]
+        fn ct_remove(key: &CtKeyOf<Self>) -> Result<(), i32> {
+            if key.proto == IPPROTO_TCP {
+                $ct_tcp.remove(key)
+            } else {
+                $ct_other.remove(key)
+            }
+        }
+
+        #[inline(always)]
+        fn port(key: &PortKeyOf<Self>) -> Option<PortTargetOf<Self>> {
+            // SAFETY: copied out at once.
+            unsafe { $ports.get(*key) }.copied()
+        }
+
+        #[inline(always)]
+        fn is_host_addr(addr: &Self) -> bool {
+            // SAFETY: only whether the key is present.
+            unsafe { $host_addrs.get(*addr) }.is_some()
+        }
+    };
+}
+
 impl Family for [u8; 4] {
     const ICMP: u8 = IPPROTO_ICMP;
     const ICMP_PSEUDO: bool = false;
@@ -73,44 +116,7 @@ impl Family for [u8; 4] {
         [u32::from_ne_bytes(*self), 0, 0, 0]
     }
 
-    #[inline(always)]
-    fn ct_lookup(key: &CtKeyOf<Self>) -> Option<*mut CtEntryOf<Self>> {
-        if key.proto == IPPROTO_TCP {
-            DP_CT_TCP.get_ptr_mut(key)
-        } else {
-            DP_CT_OTHER.get_ptr_mut(key)
-        }
-    }
-
-    #[inline(always)]
-    fn ct_insert(key: &CtKeyOf<Self>, entry: &CtEntryOf<Self>, flags: u64) -> Result<(), i32> {
-        if key.proto == IPPROTO_TCP {
-            DP_CT_TCP.insert(key, entry, flags)
-        } else {
-            DP_CT_OTHER.insert(key, entry, flags)
-        }
-    }
-
-    #[inline(always)]
-    fn ct_remove(key: &CtKeyOf<Self>) -> Result<(), i32> {
-        if key.proto == IPPROTO_TCP {
-            DP_CT_TCP.remove(key)
-        } else {
-            DP_CT_OTHER.remove(key)
-        }
-    }
-
-    #[inline(always)]
-    fn port(key: &PortKeyOf<Self>) -> Option<PortTargetOf<Self>> {
-        // SAFETY: copied out at once.
-        unsafe { DP_PORTS.get(*key) }.copied()
-    }
-
-    #[inline(always)]
-    fn is_host_addr(addr: &Self) -> bool {
-        // SAFETY: only whether the key is present.
-        unsafe { DP_HOST_ADDRS.get(*addr) }.is_some()
-    }
+    family_maps!(DP_CT_TCP, DP_CT_OTHER, DP_PORTS, DP_HOST_ADDRS);
 
     #[inline(always)]
     fn host_socket(
@@ -151,44 +157,7 @@ impl Family for [u8; 16] {
         ]
     }
 
-    #[inline(always)]
-    fn ct_lookup(key: &CtKeyOf<Self>) -> Option<*mut CtEntryOf<Self>> {
-        if key.proto == IPPROTO_TCP {
-            DP_CT6_TCP.get_ptr_mut(key)
-        } else {
-            DP_CT6_OTHER.get_ptr_mut(key)
-        }
-    }
-
-    #[inline(always)]
-    fn ct_insert(key: &CtKeyOf<Self>, entry: &CtEntryOf<Self>, flags: u64) -> Result<(), i32> {
-        if key.proto == IPPROTO_TCP {
-            DP_CT6_TCP.insert(key, entry, flags)
-        } else {
-            DP_CT6_OTHER.insert(key, entry, flags)
-        }
-    }
-
-    #[inline(always)]
-    fn ct_remove(key: &CtKeyOf<Self>) -> Result<(), i32> {
-        if key.proto == IPPROTO_TCP {
-            DP_CT6_TCP.remove(key)
-        } else {
-            DP_CT6_OTHER.remove(key)
-        }
-    }
-
-    #[inline(always)]
-    fn port(key: &PortKeyOf<Self>) -> Option<PortTargetOf<Self>> {
-        // SAFETY: copied out at once.
-        unsafe { DP_PORTS6.get(*key) }.copied()
-    }
-
-    #[inline(always)]
-    fn is_host_addr(addr: &Self) -> bool {
-        // SAFETY: only whether the key is present.
-        unsafe { DP_HOST_ADDRS6.get(*addr) }.is_some()
-    }
+    family_maps!(DP_CT6_TCP, DP_CT6_OTHER, DP_PORTS6, DP_HOST_ADDRS6);
 
     #[inline(always)]
     fn host_socket(
@@ -217,28 +186,5 @@ fn lookup_socket6(
     tuple: *mut bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
 ) -> bool {
     let size = size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>() as u32;
-    let tuple: *mut bpf_sock_tuple = tuple.cast();
-    let netns = BPF_F_CURRENT_NETNS as u64;
-    if proto == IPPROTO_TCP {
-        // SAFETY: `skb` is the program's context and the tuple lives on the
-        // caller's frame for the call; a returned socket is released below.
-        let sk = unsafe { bpf_skc_lookup_tcp(skb, tuple, size, netns, 0) };
-        if sk.is_null() {
-            return false;
-        }
-        // SAFETY: a socket the lookup above returned, released once.
-        unsafe { bpf_sk_release(sk.cast()) };
-        return true;
-    }
-    if proto == IPPROTO_UDP {
-        // SAFETY: as for TCP.
-        let sk = unsafe { bpf_sk_lookup_udp(skb, tuple, size, netns, 0) };
-        if sk.is_null() {
-            return false;
-        }
-        // SAFETY: as for TCP.
-        unsafe { bpf_sk_release(sk.cast()) };
-        return true;
-    }
-    false
+    nat::socket_exists(skb, proto, tuple.cast(), size)
 }

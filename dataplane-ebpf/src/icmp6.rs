@@ -42,7 +42,7 @@ pub fn is_error(icmp_type: u8) -> bool {
 /// the flow's entry and the quoted tuple are left in the scratch for
 /// [`translate_error`] (two steps, each a BPF subprogram of its own: the
 /// quote and the rewrite do not fit one frame together).
-#[inline(always)]
+#[inline(never)]
 pub fn find_error(ctx: &TcContext, pkt: &Ipv6Packet, zone: u8) -> Result<bool, DropReason> {
     if pkt.proto != IPPROTO_ICMPV6 || !is_error(pkt.icmp_type) {
         return Ok(false);
@@ -80,7 +80,7 @@ pub fn find_error(ctx: &TcContext, pkt: &Ipv6Packet, zone: u8) -> Result<bool, D
 
 /// Translates the error [`find_error`] found, with the entry and quote it
 /// left in the scratch.
-#[inline(always)]
+#[inline(never)]
 pub fn translate_error(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<(), DropReason> {
     let s = nat6::scratch()?;
     let (e, key) = (&s.orig, &s.quote);

@@ -239,13 +239,22 @@ pub fn lookup_socket(skb: *mut c_void, proto: u8, saddr: u32, daddr: u32, ports:
     // Only the IPv4 half of `bpf_sock_tuple`: the helpers read `size` bytes.
     let tuple: *mut bpf_sock_tuple = (&raw mut tuple).cast();
     let size = size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+    socket_exists(skb, proto, tuple, size)
+}
+
+/// Whether the host (this program's network namespace) has a socket on
+/// `tuple` (`size` bytes of it: `bpf_sock_tuple`'s IPv4 or IPv6 half),
+/// TCP (any state, listeners too) or UDP; the socket is released at once.
+#[inline(always)]
+pub fn socket_exists(skb: *mut c_void, proto: u8, tuple: *mut bpf_sock_tuple, size: u32) -> bool {
     // The kernel's "the caller's namespace" is any negative 32-bit value.
     let netns = BPF_F_CURRENT_NETNS as u64;
     // Each branch releases its own reference: the verifier tracks the
     // socket from each lookup to its release.
     if proto == IPPROTO_TCP {
         // SAFETY: `skb` is the program's context and the tuple lives on
-        // this frame for the call; a returned socket is released below.
+        // the caller's frame for the call; a returned socket is released
+        // below.
         let sk = unsafe { bpf_skc_lookup_tcp(skb, tuple, size, netns, 0) };
         if sk.is_null() {
             return false;

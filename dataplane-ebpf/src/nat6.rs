@@ -3,9 +3,10 @@
 //! on the stack: an IPv6 entry is 104 bytes, and the generic path's copies
 //! of it (`conntrack::entry`, `create`'s reply, `snat`'s candidate) do not
 //! fit a 512-byte frame beside the parser's. The logic is `conntrack` and
-//! `nat`'s; only where the entries live differs. The programs call these
-//! from BPF subprograms of their own (see `uplink6`), so frames do not add
-//! up.
+//! `nat`'s; only where the entries live differs. The steps a program
+//! calls (`tracked`, `apply`, `masquerade`, `redirect`, `own_port`) are BPF
+//! subprograms of their own: the verifier adds a program's frame to the
+//! frame of the one step it runs, not to all of them.
 
 use core::ffi::c_void;
 
@@ -126,7 +127,7 @@ fn create(key: &CtKey6, s: &mut Scratch6, exclusive: bool) -> Result<(), DropRea
 /// A packet of a tracked flow of `zone`: counted and its TCP state
 /// followed; its entry is left in the scratch for [`apply`]. False when it
 /// starts no known flow.
-#[inline(always)]
+#[inline(never)]
 pub fn tracked(ctx: &TcContext, pkt: &Ipv6Packet, zone: u8) -> Result<bool, DropReason> {
     let key = conntrack::key_of(pkt, zone);
     let Some(entry) = conntrack::lookup_flow(&key, pkt) else {
@@ -141,7 +142,7 @@ pub fn tracked(ctx: &TcContext, pkt: &Ipv6Packet, zone: u8) -> Result<bool, Drop
 
 /// Applies the rewrite of the entry [`tracked`], [`dnat`] or
 /// [`masquerade`] left in the scratch.
-#[inline(always)]
+#[inline(never)]
 pub fn apply(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<(), DropReason> {
     let s = scratch()?;
     nat::apply(ctx, pkt, &s.orig)
@@ -183,7 +184,7 @@ pub fn pass(ctx: &TcContext, pkt: &Ipv6Packet, zone: u8) -> Result<(), DropReaso
 /// the scratch for [`apply`]. The probes run as `bpf_loop` steps: unrolled,
 /// the verifier walked them once per state and passed its million
 /// instructions.
-#[inline(always)]
+#[inline(never)]
 pub fn masquerade(
     ctx: &TcContext,
     pkt: &Ipv6Packet,
@@ -235,7 +236,7 @@ pub fn hairpin(
 /// gateway as its source, on a free port. No host socket can receive a
 /// flow between the bridge's gateway and a container (the IPv4 hairpin
 /// skips the lookup too).
-#[inline(always)]
+#[inline(never)]
 pub fn own_port(
     ctx: &TcContext,
     pkt: &Ipv6Packet,
@@ -252,7 +253,7 @@ pub fn own_port(
 /// container's veth, with the Ethernet addresses it recorded): a hairpin
 /// flow's replies, and both directions of a container's flow to its own
 /// port. `Ok(None)`: the stack's to deliver.
-#[inline(always)]
+#[inline(never)]
 pub fn redirect(ctx: &TcContext, new_flow: bool) -> Result<Option<i32>, DropReason> {
     let s = scratch()?;
     let e = &s.orig;

@@ -289,7 +289,7 @@ fn try_uplink_out(ctx: &TcContext) -> Result<i32, DropReason> {
             };
             uplink.addr
         }
-        None if host_flow_collides(&pkt, frag) => pkt.src,
+        None if frag == Frag::Whole && conntrack::host_flow_collides(&pkt, ZONE) => pkt.src,
         None => return Ok(TCX_NEXT),
     };
     let orig = nat::snat::<_, true>(
@@ -301,28 +301,4 @@ fn try_uplink_out(ctx: &TcContext) -> Result<i32, DropReason> {
     )?;
     nat::apply(ctx, &pkt, &orig)?;
     Ok(TCX_NEXT)
-}
-
-/// Whether a new flow of the host's own (not from a managed subnet) would
-/// share its tuple with a masqueraded flow: its replies are the replies of
-/// a container's flow that masquerade gave the same address and port to
-/// the same peer (the host's port allocator sees only sockets). Such a
-/// flow gets a port of its own, as the kernel's NAT remaps a clashing
-/// flow; the host's other flows stay untracked. Only a flow's first
-/// packet asks: a TCP SYN, or a UDP datagram not tracked yet.
-#[inline(always)]
-fn host_flow_collides(pkt: &Ipv4Packet, frag: Frag) -> bool {
-    if frag != Frag::Whole {
-        return false;
-    }
-    let opens = match pkt.proto {
-        IPPROTO_TCP => tcp::opens(pkt.tcp_flags),
-        IPPROTO_UDP => true,
-        _ => false,
-    };
-    if !opens {
-        return false;
-    }
-    let reply = conntrack::key_of(pkt, ZONE).reversed();
-    conntrack::lookup(&reply).is_some()
 }

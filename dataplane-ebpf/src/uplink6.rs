@@ -97,9 +97,9 @@ fn try_uplink_in6(ctx: &TcContext) -> Result<i32, DropReason> {
     if pkt.later_fragment {
         return Ok(TCX_NEXT);
     }
-    if tracked(ctx, &pkt)? {
+    if nat6::tracked(ctx, &pkt, ZONE)? {
         filter::tracked6(ctx, &pkt)?;
-        apply(ctx, &pkt)?;
+        nat6::apply(ctx, &pkt)?;
         return Ok(TCX_NEXT);
     }
     if icmp_error(ctx, &pkt)? {
@@ -107,7 +107,7 @@ fn try_uplink_in6(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     filter::new_flow6(ctx, &pkt)?;
     if new_flow_in(ctx, &pkt)? {
-        apply(ctx, &pkt)?;
+        nat6::apply(ctx, &pkt)?;
     }
     Ok(TCX_NEXT)
 }
@@ -116,18 +116,6 @@ fn try_uplink_in6(ctx: &TcContext) -> Result<i32, DropReason> {
 // the frame of the one step it runs at a time must fit 512 bytes together,
 // which all the steps inlined into one frame would not (an IPv6 conntrack
 // entry is 104 bytes).
-
-/// A packet of a tracked flow, translated (see `nat6::tracked`).
-#[inline(never)]
-fn tracked(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<bool, DropReason> {
-    nat6::tracked(ctx, pkt, ZONE)
-}
-
-/// The translated flow's rewrite (see `nat6::apply`).
-#[inline(never)]
-fn apply(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<(), DropReason> {
-    nat6::apply(ctx, pkt)
-}
 
 /// The first packet of a flow from outside: DNAT to a published port
 /// (true: the rewrite is left for [`apply`]), or the gateway mode of the
@@ -167,21 +155,11 @@ fn new_flow_in(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<bool, DropReason> {
 /// `icmp6::find_error`).
 #[inline(always)]
 fn icmp_error(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<bool, DropReason> {
-    if !find_error(ctx, pkt)? {
+    if !icmp6::find_error(ctx, pkt, ZONE)? {
         return Ok(false);
     }
-    translate_error(ctx, pkt)?;
+    icmp6::translate_error(ctx, pkt)?;
     Ok(true)
-}
-
-#[inline(never)]
-fn find_error(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<bool, DropReason> {
-    icmp6::find_error(ctx, pkt, ZONE)
-}
-
-#[inline(never)]
-fn translate_error(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<(), DropReason> {
-    icmp6::translate_error(ctx, pkt)
 }
 
 /// What no packet from outside may be: addressed to or from loopback, from
@@ -252,8 +230,8 @@ fn try_uplink_out6(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TCX_NEXT);
     }
     if !pkt.later_fragment {
-        if tracked(ctx, &pkt)? {
-            apply(ctx, &pkt)?;
+        if nat6::tracked(ctx, &pkt, ZONE)? {
+            nat6::apply(ctx, &pkt)?;
             return Ok(TCX_NEXT);
         }
         if icmp_error(ctx, &pkt)? {
@@ -294,11 +272,11 @@ fn try_uplink_out6(ctx: &TcContext) -> Result<i32, DropReason> {
             };
             uplink.addr
         }
-        false if host_flow_collides(&pkt) => pkt.src,
+        false if !pkt.later_fragment && conntrack::host_flow_collides(&pkt, ZONE) => pkt.src,
         false => return Ok(TCX_NEXT),
     };
-    masquerade(ctx, &pkt, &addr)?;
-    apply(ctx, &pkt)?;
+    nat6::masquerade(ctx, &pkt, ZONE, &addr)?;
+    nat6::apply(ctx, &pkt)?;
     Ok(TCX_NEXT)
 }
 
@@ -306,29 +284,4 @@ fn try_uplink_out6(ctx: &TcContext) -> Result<i32, DropReason> {
 #[inline(never)]
 fn pass(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<(), DropReason> {
     nat6::pass(ctx, pkt, ZONE)
-}
-
-/// A new flow's masquerade (see `nat6::masquerade`).
-#[inline(never)]
-fn masquerade(ctx: &TcContext, pkt: &Ipv6Packet, addr: &[u8; 16]) -> Result<(), DropReason> {
-    nat6::masquerade(ctx, pkt, ZONE, addr)
-}
-
-/// Whether a new flow of the host's own would share its tuple with a
-/// masqueraded flow (see the IPv4 twin in `uplink`).
-#[inline(always)]
-fn host_flow_collides(pkt: &Ipv6Packet) -> bool {
-    if pkt.later_fragment {
-        return false;
-    }
-    let opens = match pkt.proto {
-        IPPROTO_TCP => tcp::opens(pkt.tcp_flags),
-        IPPROTO_UDP => true,
-        _ => false,
-    };
-    if !opens {
-        return false;
-    }
-    let reply = conntrack::key_of(pkt, ZONE).reversed();
-    conntrack::lookup(&reply).is_some()
 }
