@@ -224,9 +224,15 @@ impl View {
         }
         match self.proto {
             TCP | UDP => Some(self.l4_off + if src { 0 } else { 2 }),
-            ICMP | ICMPV6 => Some(self.l4_off + 4),
+            ICMP | ICMPV6 if self.is_echo() => Some(self.l4_off + 4),
             _ => None,
         }
+    }
+
+    /// An echo request or reply (whose identifier stands in for a port).
+    pub fn is_echo(&self) -> bool {
+        let (req, rep) = if self.v6 { (128, 129) } else { (8, 0) };
+        self.icmp_type == Some(req) || self.icmp_type == Some(rep)
     }
 }
 

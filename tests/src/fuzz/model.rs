@@ -10,7 +10,7 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use dataplane_common::nat::{NatConfig, SUBNET_INTERNAL, SUBNET_MASQUERADE};
+use dataplane_common::nat::{NatConfig, SUBNET_INTERNAL, SUBNET_MASQUERADE, SUBNET_ROUTED};
 
 use super::{
     frame::{View, TCP, UDP},
@@ -87,7 +87,18 @@ pub enum Dir {
     Container,
 }
 
-/// A flow tuple as a hook sees it.
+impl Dir {
+    /// The conntrack zone: the uplink's two directions share one, so a
+    /// tuple is one flow whichever way it goes.
+    pub fn zone(self) -> Dir {
+        match self {
+            Dir::Out => Dir::In,
+            d => d,
+        }
+    }
+}
+
+/// A flow tuple as a hook's zone sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Key {
     pub dir: Dir,
@@ -101,7 +112,7 @@ pub struct Key {
 impl Key {
     pub fn of(dir: Dir, v: &View) -> Key {
         Key {
-            dir,
+            dir: dir.zone(),
             proto: v.proto,
             src: v.src,
             sport: v.sport,
@@ -187,7 +198,7 @@ impl Model {
         let start = rng.below(n);
         (0..n.min(64))
             .map(|i| self.keys[(start + i) % n])
-            .find(|k| k.dir == dir && k.src.is_ipv6() == v6)
+            .find(|k| k.dir == dir.zone() && k.src.is_ipv6() == v6)
     }
 
     fn subnet(&self, a: IpAddr) -> Option<&Subnet> {
@@ -229,7 +240,14 @@ impl Model {
         if prog.dir() == Dir::In && self.martian(v) {
             return Expect::Untouched;
         }
-        if v.is_fragment() || v.is_icmp_error() {
+        // Later fragments follow their first fragment's flow; ICMP errors
+        // are translated by the flow they quote; other ICMP messages than
+        // echo have no ports, so their tuple is that of an echo with
+        // identifier 0 and the programs translate them as its flow: the model
+        // leaves all three to the checksum and drop invariants.
+        // Echo with identifier 0 has that same tuple.
+        let portless = v.icmp_type.is_some() && (!v.is_echo() || v.sport == v.dport);
+        if v.later_fragment || v.is_icmp_error() || portless {
             return Expect::Unknown;
         }
         if let Some(f) = self.flows.get(&Key::of(prog.dir(), v)) {
@@ -291,14 +309,14 @@ impl Model {
                     _ => false,
                 };
                 let reply = Key {
-                    dir: Dir::In,
+                    dir: Dir::In.zone(),
                     proto: v.proto,
                     src: v.dst,
                     sport: v.dport,
                     dst: v.src,
                     dport: v.sport,
                 };
-                if opens && self.flows.contains_key(&reply) {
+                if opens && !v.is_fragment() && self.flows.contains_key(&reply) {
                     return Expect::Rewrite {
                         src: Some((v.src, PortRule::Moved)),
                         dst: None,
@@ -312,7 +330,8 @@ impl Model {
 
     fn new_from_container(&self, v: &View) -> Expect {
         let (addr, gateway) = world::endpoint(v.v6);
-        if v.src != addr {
+        // IPv6 has no hairpin in BPF yet (endpoint6.rs): the stack's.
+        if v.src != addr || v.v6 || v.is_fragment() {
             return Expect::Untouched;
         }
         match self.published_to(v) {
@@ -330,6 +349,29 @@ impl Model {
         }
     }
 
+    /// Whether the program tracks `v` untranslated (a pass entry pair, so
+    /// that its replies are not taken for new flows): a UDP flow leaving a
+    /// routed network, or ICMP and bare ACKs routed in to one.
+    fn tracks_untranslated(&self, prog: Prog, v: &View) -> bool {
+        let routed = |a: IpAddr| {
+            self.subnet(a).is_some_and(|s| {
+                s.flags & SUBNET_ROUTED != 0 && s.flags & (SUBNET_MASQUERADE | SUBNET_INTERNAL) == 0
+            })
+        };
+        match prog.dir() {
+            Dir::Out => {
+                let whole = if v.v6 { !v.later_fragment } else { !v.is_fragment() };
+                routed(v.src) && v.proto == UDP && whole
+            }
+            Dir::In => {
+                routed(v.dst)
+                    && (v.icmp_type.is_some_and(|_| !v.is_icmp_error())
+                        || (v.proto == TCP && v.tcp_flags & 0x17 == 0x10))
+            }
+            Dir::Container => false,
+        }
+    }
+
     /// Whether `port` satisfies `rule` for a packet that had `old`.
     pub fn port_ok(&self, rule: PortRule, old: u16, port: u16) -> bool {
         let in_range = (self.range.0..=self.range.1).contains(&port);
@@ -343,6 +385,9 @@ impl Model {
     /// Records what a passed packet tells: a new flow's translation (both
     /// directions), or a flow closing.
     pub fn observe(&mut self, prog: Prog, before: &View, after: &View, expect: &Expect) {
+        if prog.v6() != Some(before.v6) {
+            return;
+        }
         let key = Key::of(prog.dir(), before);
         if before.proto == TCP && before.tcp_flags & 0x05 != 0 {
             if let Some(f) = self.flows.get_mut(&key) {
@@ -354,6 +399,22 @@ impl Model {
                     f.closing = true;
                 }
             }
+        }
+        if *expect == Expect::Untouched && self.tracks_untranslated(prog, before) {
+            let pass = Flow {
+                src: None,
+                dst: None,
+                closing: false,
+            };
+            if let Some(reply) = self.reverse_key(prog, before, after) {
+                for k in [key, reply] {
+                    if let std::collections::hash_map::Entry::Vacant(e) = self.flows.entry(k) {
+                        e.insert(pass);
+                        self.keys.push(k);
+                    }
+                }
+            }
+            return;
         }
         let Expect::Rewrite { new_flow: true, .. } = expect else {
             return;
@@ -390,16 +451,16 @@ impl Model {
             Dir::Container => Dir::Container,
         };
         // Echo: the reply carries the identifier as its "destination port".
-        let (sport, dport) = if before.icmp_type.is_some() {
+        let (sport, dport) = if before.is_echo_request() {
             (0, after.sport)
+        } else if before.icmp_type.is_some() {
+            // An echo reply's replies are requests; other types: no ports.
+            (after.dport, 0)
         } else {
             (after.dport, after.sport)
         };
-        if before.icmp_type.is_some() && !before.is_echo_request() {
-            return None;
-        }
         Some(Key {
-            dir,
+            dir: dir.zone(),
             proto: before.proto,
             src: after.dst,
             sport,
