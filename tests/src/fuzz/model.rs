@@ -316,7 +316,7 @@ impl Model {
                     dst: v.src,
                     dport: v.sport,
                 };
-                if opens && !v.is_fragment() && self.flows.contains_key(&reply) {
+                if opens && !v.later_fragment && self.flows.contains_key(&reply) {
                     return Expect::Rewrite {
                         src: Some((v.src, PortRule::Moved)),
                         dst: None,
@@ -331,7 +331,7 @@ impl Model {
     fn new_from_container(&self, v: &View) -> Expect {
         let (addr, gateway) = world::endpoint(v.v6);
         // IPv6 has no hairpin in BPF yet (endpoint6.rs): the stack's.
-        if v.src != addr || v.v6 || v.is_fragment() {
+        if v.src != addr || v.v6 {
             return Expect::Untouched;
         }
         match self.published_to(v) {
@@ -360,8 +360,7 @@ impl Model {
         };
         match prog.dir() {
             Dir::Out => {
-                let whole = if v.v6 { !v.later_fragment } else { !v.is_fragment() };
-                routed(v.src) && v.proto == UDP && whole
+                routed(v.src) && v.proto == UDP && !v.later_fragment
             }
             Dir::In => {
                 routed(v.dst)
@@ -383,10 +382,17 @@ impl Model {
     }
 
     /// Records what a passed packet tells: a new flow's translation (both
-    /// directions), or a flow closing.
-    pub fn observe(&mut self, prog: Prog, before: &View, after: &View, expect: &Expect) {
+    /// directions), or a flow closing. Returns the known bug the packet
+    /// set off, if any (see `pass`).
+    pub fn observe(
+        &mut self,
+        prog: Prog,
+        before: &View,
+        after: &View,
+        expect: &Expect,
+    ) -> Option<&'static str> {
         if prog.v6() != Some(before.v6) {
-            return;
+            return None;
         }
         let key = Key::of(prog.dir(), before);
         if before.proto == TCP && before.tcp_flags & 0x05 != 0 {
@@ -401,27 +407,13 @@ impl Model {
             }
         }
         if *expect == Expect::Untouched && self.tracks_untranslated(prog, before) {
-            let pass = Flow {
-                src: None,
-                dst: None,
-                closing: false,
-            };
-            if let Some(reply) = self.reverse_key(prog, before, after) {
-                for k in [key, reply] {
-                    if let std::collections::hash_map::Entry::Vacant(e) = self.flows.entry(k) {
-                        e.insert(pass);
-                        self.keys.push(k);
-                    }
-                }
-            }
-            return;
+            let reply = self.reverse_key(prog, before, after)?;
+            return self.pass(key, reply);
         }
         let Expect::Rewrite { new_flow: true, .. } = expect else {
-            return;
+            return None;
         };
-        let Some(reply) = self.reverse_key(prog, before, after) else {
-            return;
-        };
+        let reply = self.reverse_key(prog, before, after)?;
         let changed_src = (after.src, after.sport) != (before.src, before.sport);
         let changed_dst = (after.dst, after.dport) != (before.dst, before.dport);
         let closing = before.proto == TCP && before.tcp_flags & 0x05 != 0;
@@ -440,6 +432,29 @@ impl Model {
                 self.keys.push(k);
             }
         }
+        None
+    }
+
+    /// An untranslated flow's entry pair, as the programs write it: both
+    /// entries stored over whatever was there (`conntrack::create` without
+    /// `exclusive`). When the reply tuple was a translated flow's entry,
+    /// that flow loses its translation in that direction: a known bug
+    /// (`pass-clobbers-flow`, docs/fuzzing.md), which the model follows so
+    /// that the run goes on.
+    fn pass(&mut self, key: Key, reply: Key) -> Option<&'static str> {
+        let pass = Flow {
+            src: None,
+            dst: None,
+            closing: false,
+        };
+        let mut clobbered = false;
+        for k in [reply, key] {
+            match self.flows.insert(k, pass) {
+                None => self.keys.push(k),
+                Some(old) => clobbered |= old.src.is_some() || old.dst.is_some(),
+            }
+        }
+        clobbered.then_some("pass-clobbers-flow")
     }
 
     /// The tuple of the replies to `before` (translated into `after`), as
