@@ -85,7 +85,11 @@ fn saved_fixtures_replay() {
         let dir = BpffsDir::new("fuzzfx").expect("bpffs dir");
         let mut dp = fuzz::load(dir.pins()).expect("load");
         let broken = fuzz::replay(&mut dp, dir.pins(), fx).expect("replay");
-        println!("{}: {}", fx.name, broken.as_deref().unwrap_or("keeps every invariant"));
+        println!(
+            "{}: {}",
+            fx.name,
+            broken.as_deref().unwrap_or("keeps every invariant")
+        );
         match (broken, fx.expect_fail) {
             (Some(b), false) => failures.push(format!("{}: {b}", fx.name)),
             (None, true) => failures.push(format!(

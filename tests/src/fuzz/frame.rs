@@ -184,6 +184,9 @@ pub struct View {
     pub ext_unknown: bool,
     /// Where the IP datagram ends by its length field (may exceed the frame).
     pub ip_end: usize,
+    /// UDP over IPv6 with a 4- to 7-byte header: the programs' IPv6 parser
+    /// reads only the ports, so it takes the packet for a datagram.
+    pub l4_short: bool,
 }
 
 impl View {
@@ -265,7 +268,9 @@ fn l4_fields(f: &[u8], v: &mut View) -> Option<()> {
             v.tcp_flags = f[o + 13];
         }
         UDP => {
-            f.get(o..o + 8)?;
+            let need = if v.v6 { 4 } else { 8 };
+            f.get(o..o + need)?;
+            v.l4_short = f.len() < o + 8;
             v.sport = be16(f, o)?;
             v.dport = be16(f, o + 2)?;
         }
@@ -311,6 +316,7 @@ fn parse4(f: &[u8]) -> Option<View> {
         tcp_flags: 0,
         ext_unknown: false,
         ip_end: ETH_LEN + usize::from(u16::from_be_bytes([ip[2], ip[3]])),
+        l4_short: false,
     };
     l4_fields(f, &mut v)?;
     Some(v)
@@ -356,6 +362,7 @@ fn parse6(f: &[u8]) -> Option<View> {
         tcp_flags: 0,
         ext_unknown: EXT_HEADERS.contains(&next),
         ip_end: ETH_LEN + 40 + usize::from(u16::from_be_bytes([ip[4], ip[5]])),
+        l4_short: false,
     };
     if !v.ext_unknown {
         l4_fields(f, &mut v)?;
@@ -400,7 +407,18 @@ pub fn l4_csum_ok(f: &[u8], v: &View) -> Option<bool> {
 
 /// Writes `addr` and `port` into one side of `f` (as `v` locates them).
 pub fn patch(f: &mut [u8], v: &View, src: bool, addr: IpAddr, port: Option<u16>) {
-    let at = ETH_LEN + if v.v6 { if src { 8 } else { 24 } } else if src { 12 } else { 16 };
+    let at = ETH_LEN
+        + if v.v6 {
+            if src {
+                8
+            } else {
+                24
+            }
+        } else if src {
+            12
+        } else {
+            16
+        };
     match addr {
         IpAddr::V4(a) if !v.v6 => f[at..at + 4].copy_from_slice(&a.octets()),
         IpAddr::V6(a) if v.v6 => f[at..at + 16].copy_from_slice(&a.octets()),

@@ -25,7 +25,12 @@ fn addr_pool(rng: &mut Rng, v6: bool, dir: Dir, src: bool) -> IpAddr {
     if v6 {
         let c = world::clients6();
         let outside = [c[0], c[1], c[2], world::host6()];
-        let inside = [world::c1_6(), world::c2_6(), world::internal6(), world::gateway6()];
+        let inside = [
+            world::c1_6(),
+            world::c2_6(),
+            world::internal6(),
+            world::gateway6(),
+        ];
         let odd = [
             Ipv6Addr::LOCALHOST,
             Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 7),

@@ -27,7 +27,6 @@ use std::{
 use anyhow::{Context as _, Result};
 use dataplane_common::drop::DropReason;
 use dataplane_user::datapath::{bpffs::PinRoot, ebpf::Dataplane, stats};
-
 use frame::{Parsed, View};
 use model::{Expect, Model, Prog};
 use rng::Rng;
@@ -131,10 +130,7 @@ pub fn load(pins: &PinRoot) -> Result<Dataplane> {
 
 fn drops(pins: &PinRoot) -> Result<u64> {
     let snap = stats::read(pins).context("reading the drop counters")?;
-    Ok(DropReason::ALL
-        .iter()
-        .map(|r| snap.drop(*r).packets)
-        .sum())
+    Ok(DropReason::ALL.iter().map(|r| snap.drop(*r).packets).sum())
 }
 
 /// Runs `frame` through `prog`: None when the kernel refuses the frame.
@@ -159,7 +155,12 @@ pub fn run(pins: &PinRoot, cfg: Config) -> Result<Report> {
     let mut drops_before = drops(pins)?;
     let mut batch_start = 0u64;
     let mut last: Vec<(Prog, Vec<u8>)> = Vec::new();
-    for index in 0..cfg.packets {
+    // Frames the kernel refuses do not count: the run ends when
+    // `cfg.packets` ran (bounded by twice as many generated).
+    for index in 0..cfg.packets.saturating_mul(2) {
+        if report.packets >= cfg.packets {
+            break;
+        }
         if index % 256 == 0 && start.elapsed() > cfg.max_time {
             break;
         }
@@ -202,7 +203,7 @@ pub fn run(pins: &PinRoot, cfg: Config) -> Result<Report> {
             }
         }
         last.push((prog, input));
-        if index + 1 - batch_start >= BATCH || index + 1 == cfg.packets {
+        if index + 1 - batch_start >= BATCH || report.packets == cfg.packets {
             let now = drops(pins)?;
             if now - drops_before != shots_in_batch {
                 let (p, f) = last.pop().unwrap_or((prog, Vec::new()));
@@ -259,6 +260,13 @@ fn trace(index: u64, prog: Prog, input: &[u8], verdict: u32, output: &[u8], what
     };
     let ports: Vec<u16> = want.split(',').filter_map(|p| p.parse().ok()).collect();
     let Parsed::Ip(v) = frame::parse(input) else {
+        if want.contains("all") {
+            eprintln!(
+                "{index} {} not-ip verdict {verdict:#x} {}",
+                prog.name(),
+                frame::hex(input)
+            );
+        }
         return;
     };
     if ports.iter().all(|p| *p == v.sport || *p == v.dport) {
@@ -291,14 +299,15 @@ pub type Checked = (&'static str, Option<String>, Option<&'static str>);
 /// Checks one output. Updates the model with what passed.
 pub fn check(model: &mut Model, prog: Prog, input: &[u8], verdict: u32, output: &[u8]) -> Checked {
     let (what, broken) = check_output(model, prog, input, verdict, output);
-    let noticed = match (&broken, verdict) {
-        (None, NEXT | REDIRECT) => match (frame::parse(input), frame::parse(output)) {
-            (Parsed::Ip(v), Parsed::Ip(out)) => {
+    let noticed = match (&broken, verdict, frame::parse(input)) {
+        (None, NEXT | REDIRECT, Parsed::Ip(v)) => match frame::parse(output) {
+            Parsed::Ip(out) => {
                 let expect = model.predict(prog, &v);
                 model.observe(prog, &v, &out, &expect)
             }
             _ => None,
         },
+        (None, SHOT, Parsed::Ip(v)) => model.dropped(prog, &v),
         _ => None,
     };
     (what, broken, noticed)
@@ -319,7 +328,10 @@ fn check_output(
         Parsed::NotIp | Parsed::Malformed => {
             let what = "untouched (not IP or malformed)";
             if verdict != SHOT && output != input {
-                return (what, Some("a frame that is not translatable was changed".into()));
+                return (
+                    what,
+                    Some("a frame that is not translatable was changed".into()),
+                );
             }
             return (what, None);
         }
@@ -332,7 +344,11 @@ fn check_output(
             src: None,
             ..
         } => "tracked untranslated",
-        Expect::Rewrite { dst: Some(_), src: None, .. } => "dnat",
+        Expect::Rewrite {
+            dst: Some(_),
+            src: None,
+            ..
+        } => "dnat",
         Expect::Rewrite { dst: None, .. } => "snat",
         Expect::Rewrite { .. } => "dnat+snat",
         Expect::Unknown => "unknown",
@@ -347,7 +363,10 @@ fn check_output(
     if let Some(e) = checksums(input, &v, output, &out) {
         return (what, Some(e));
     }
-    (what, compare(model, &expect, input, &v, verdict, output, &out))
+    (
+        what,
+        compare(model, &expect, input, &v, verdict, output, &out),
+    )
 }
 
 fn checksums(input: &[u8], v: &View, output: &[u8], out: &View) -> Option<String> {
@@ -428,7 +447,10 @@ pub fn fixtures(dir: &Path) -> Result<Vec<Fixture>> {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(&path).with_context(|| name.clone())?;
         let mut frames = Vec::new();
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
             let (prog, hex) = line
                 .split_once(' ')
                 .with_context(|| format!("{name}: expected `program hex`, got {line:?}"))?;

@@ -78,7 +78,9 @@ impl Subnet {
     pub fn contains(&self, a: IpAddr) -> bool {
         match (self.net, a) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(n) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
@@ -181,9 +183,13 @@ pub fn endpoint(v6: bool) -> (IpAddr, IpAddr) {
 pub fn configure(pins: &PinRoot) -> Result<()> {
     for p in published() {
         match (p.host, p.target) {
-            (IpAddr::V4(h), IpAddr::V4(t)) => {
-                datapath::publish(pins, h, p.port, p.proto, SocketAddrV4::new(t, p.target_port))?
-            }
+            (IpAddr::V4(h), IpAddr::V4(t)) => datapath::publish(
+                pins,
+                h,
+                p.port,
+                p.proto,
+                SocketAddrV4::new(t, p.target_port),
+            )?,
             (IpAddr::V6(h), IpAddr::V6(t)) => datapath::publish6(
                 pins,
                 h,
@@ -197,9 +203,7 @@ pub fn configure(pins: &PinRoot) -> Result<()> {
     }
     for s in subnets() {
         match s.net {
-            IpAddr::V4(n) => {
-                datapath::subnet(pins, n, u32::from(s.prefix), s.flags, s.network_id)?
-            }
+            IpAddr::V4(n) => datapath::subnet(pins, n, u32::from(s.prefix), s.flags, s.network_id)?,
             IpAddr::V6(n) => {
                 datapath::subnet6(pins, n, u32::from(s.prefix), s.flags, s.network_id)?
             }
