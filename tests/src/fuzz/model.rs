@@ -162,7 +162,7 @@ pub struct Model {
     /// Endpoints (address, port) of UDP flows a dropped packet may have
     /// left behind (`short_udp6`): the model no longer predicts their
     /// packets.
-    tainted: std::collections::HashSet<(IpAddr, u16)>,
+    tainted: std::collections::HashSet<(u8, IpAddr, u16)>,
     keys: Vec<Key>,
     published: Vec<Published>,
     subnets: Vec<Subnet>,
@@ -258,10 +258,7 @@ impl Model {
         if v.later_fragment || v.is_icmp_error() || portless {
             return Expect::Unknown;
         }
-        if v.proto == UDP
-            && (self.tainted.contains(&(v.src, v.sport))
-                || self.tainted.contains(&(v.dst, v.dport)))
-        {
+        if self.is_tainted(v) {
             return Expect::Unknown;
         }
         if let Some(f) = self.flows.get(&Key::of(prog.dir(), v)) {
@@ -375,9 +372,25 @@ impl Model {
         if self.predict(prog, v) == Expect::Untouched {
             return None;
         }
-        self.tainted.insert((v.src, v.sport));
-        self.tainted.insert((v.dst, v.dport));
+        self.taint(v, v);
         Some("dropped-udp6-leaves-a-flow")
+    }
+
+    fn is_tainted(&self, v: &View) -> bool {
+        self.tainted.contains(&(v.proto, v.src, v.sport))
+            || self.tainted.contains(&(v.proto, v.dst, v.dport))
+    }
+
+    /// Gives up on the flows of `before`'s and `after`'s endpoints.
+    fn taint(&mut self, before: &View, after: &View) {
+        for (a, p) in [
+            (before.src, before.sport),
+            (before.dst, before.dport),
+            (after.src, after.sport),
+            (after.dst, after.dport),
+        ] {
+            self.tainted.insert((before.proto, a, p));
+        }
     }
 
     /// Whether the program tracks `v` untranslated (a pass entry pair, so
@@ -423,34 +436,21 @@ impl Model {
         if prog.v6() != Some(before.v6) {
             return None;
         }
-        if before.proto == UDP
-            && (self.tainted.contains(&(before.src, before.sport))
-                || self.tainted.contains(&(before.dst, before.dport)))
-        {
+        if (before.proto == UDP || before.proto == TCP) && self.is_tainted(before) {
             // A packet of a flow the model lost track of may start others
-            // (a masquerade of its tuple, a host flow moved off it): their
-            // endpoints are lost too.
-            for e in [
-                (before.src, before.sport),
-                (before.dst, before.dport),
-                (after.src, after.sport),
-                (after.dst, after.dport),
-            ] {
-                self.tainted.insert(e);
-            }
+            // (a masquerade of its tuple, a host flow moved off it, a
+            // reopened TCP tuple): their endpoints are lost too.
+            self.taint(before, after);
             return None;
         }
         let key = Key::of(prog.dir(), before);
         if before.proto == TCP && before.tcp_flags & 0x05 != 0 {
-            if let Some(f) = self.flows.get_mut(&key) {
-                f.closing = true;
-            }
-            // The other direction closes with it.
-            if let Some(r) = self.reverse_key(prog, before, after) {
-                if let Some(f) = self.flows.get_mut(&r) {
-                    f.closing = true;
-                }
-            }
+            // A FIN or RST: the flow may close, half-close or (after a
+            // close both ways) reopen on a SYN as a new flow with new
+            // ports; the model does not follow TCP states, so it stops
+            // predicting these endpoints.
+            self.taint(before, after);
+            return None;
         }
         if *expect == Expect::Untouched && self.tracks_untranslated(prog, before) {
             let reply = self.reverse_key(prog, before, after)?;
