@@ -474,3 +474,89 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    fn spec(src: IpAddr, dst: IpAddr, proto: u8, l4: Vec<u8>, csum_at: usize) -> Spec {
+        Spec {
+            src,
+            dst,
+            proto,
+            l4,
+            csum_at: Some(csum_at),
+            ttl: 64,
+            ip_options: 0,
+            ext: Vec::new(),
+            frag: None,
+            vlan: None,
+        }
+    }
+
+    #[test]
+    fn built_frames_parse_with_valid_checksums() {
+        let udp = vec![0x9c, 0x40, 0x00, 0x35, 0, 12, 0, 0, 1, 2, 3, 4];
+        let v4 = spec(
+            Ipv4Addr::new(10, 0, 0, 1).into(),
+            Ipv4Addr::new(10, 0, 0, 2).into(),
+            UDP,
+            udp.clone(),
+            6,
+        );
+        let mut s = v4.clone();
+        s.ip_options = 8;
+        for f in [v4.build(), s.build()] {
+            let Parsed::Ip(v) = parse(&f) else {
+                panic!("not parsed: {}", hex(&f))
+            };
+            assert_eq!((v.sport, v.dport, v.proto), (40000, 53, UDP));
+            assert_eq!(ip_csum_ok(&f, &v), Some(true));
+            assert_eq!(l4_csum_ok(&f, &v), Some(true));
+        }
+        let mut v6 = spec(
+            Ipv6Addr::LOCALHOST.into(),
+            Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2).into(),
+            UDP,
+            udp,
+            6,
+        );
+        v6.ext = vec![0, 60, 51];
+        let f = v6.build();
+        let Parsed::Ip(v) = parse(&f) else {
+            panic!("not parsed: {}", hex(&f))
+        };
+        assert_eq!((v.sport, v.l4_off), (40000, ETH_LEN + 40 + 24));
+        assert_eq!(l4_csum_ok(&f, &v), Some(true));
+        v6.ext = vec![0; MAX_EXT + 1];
+        let Parsed::Ip(v) = parse(&v6.build()) else {
+            panic!("not parsed")
+        };
+        assert!(
+            v.ext_unknown,
+            "more extension headers than the programs walk"
+        );
+    }
+
+    #[test]
+    fn malformed_and_foreign_frames_are_told_apart() {
+        let f = spec(
+            Ipv4Addr::new(10, 0, 0, 1).into(),
+            Ipv4Addr::new(10, 0, 0, 2).into(),
+            TCP,
+            vec![0; 20],
+            16,
+        )
+        .build();
+        let mut bad_ihl = f.clone();
+        bad_ihl[ETH_LEN] = 0x43;
+        assert_eq!(parse(&bad_ihl), Parsed::Malformed);
+        assert_eq!(parse(&f[..ETH_LEN + 30]), Parsed::Malformed, "TCP cut");
+        let mut vlan = f.clone();
+        vlan[12] = 0x81;
+        assert_eq!(parse(&vlan), Parsed::NotIp);
+        assert_eq!(unhex(&hex(&f)), Some(f));
+    }
+}

@@ -256,3 +256,21 @@ fn mutate(rng: &mut Rng, f: &mut Vec<u8>, v6: bool) {
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_makes_the_same_frames() {
+        let model = Model::new();
+        let run = |seed| {
+            let mut rng = Rng::new(seed);
+            (0..2000)
+                .map(|i| frame(&mut rng, &model, Prog::ALL[i % Prog::ALL.len()]))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(7), run(7));
+        assert_ne!(run(7), run(8));
+    }
+}

@@ -473,7 +473,7 @@ pub fn fixtures(dir: &Path) -> Result<Vec<Fixture>> {
 /// Replays a fixture on `dp` (a freshly configured object): the first
 /// invariant it breaks, if it still breaks one.
 pub fn replay(dp: &mut Dataplane, pins: &PinRoot, fx: &Fixture) -> Result<Option<String>> {
-    let mut model = Model::new();
+    let mut model = Model::strict();
     let mut first_notice = None;
     for (i, (prog, frame)) in fx.frames.iter().enumerate() {
         let before = drops(pins)?;
