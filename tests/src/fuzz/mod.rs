@@ -9,8 +9,9 @@
 //! - no drop without a counted reason (drop counter deltas == SHOT verdicts);
 //! - verdicts are NEXT, SHOT or REDIRECT.
 //!
-//! Findings are written as fixtures (`tests/fixtures/fuzz/*.hex`) and
-//! replayed by `tests/tests/fuzz_packets.rs`.
+//! Findings are written as fixtures ([`save`], into the directory
+//! `DP_FUZZ_SAVE` names); the frame sequences in `tests/fixtures/fuzz/*.hex`
+//! are replayed by `tests/tests/fuzz_packets.rs` ([`fixtures`], [`replay`]).
 
 pub mod frame;
 pub mod gen;
@@ -502,6 +503,9 @@ pub fn replay(dp: &mut Dataplane, pins: &PinRoot, fx: &Fixture) -> Result<Option
 
 /// Writes `findings` as fixtures into `dir` (one file each).
 pub fn save(dir: &Path, findings: &[Finding]) -> Result<()> {
+    if findings.is_empty() {
+        return Ok(());
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
     for f in findings {
         let path = dir.join(format!("{}-{}-{}.hex", f.program.name(), f.seed, f.index));
