@@ -458,8 +458,9 @@ impl Model {
             return None;
         }
         let key = Key::of(prog.dir(), before);
-        if before.proto == TCP && before.tcp_flags & 0x05 != 0 {
-            // A FIN or RST: the flow may close, half-close or (after a
+        if before.proto == TCP && before.tcp_flags & 0x05 != 0 && self.flows.contains_key(&key) {
+            // A FIN or RST of a tracked flow (of no flow, it starts none):
+            // the flow may close, half-close or (after a
             // close both ways) reopen on a SYN as a new flow with new
             // ports; the model does not follow TCP states, so it stops
             // predicting these endpoints.
