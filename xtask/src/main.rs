@@ -3,6 +3,7 @@
 //! needs nothing but the README's two commands.
 
 mod bench;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -64,6 +65,10 @@ enum Cmd {
     /// mappings and rules; install times; endpoint connect time beside
     /// netavark and CNI. Needs root; writes target/bench/ (docs/benchmarks.md).
     Bench(bench::BenchArgs),
+    /// Fuzz every tc program through BPF_PROG_TEST_RUN with generated and
+    /// mutated packets, checked against a model (docs/fuzzing.md). Needs
+    /// root; findings are saved as fixtures in tests/fixtures/fuzz.
+    Fuzz(fuzz::FuzzArgs),
     /// The bench's load tool (run by `bench` inside its namespaces).
     #[command(hide = true)]
     BenchLoad(bench::load::LoadArgs),
@@ -91,6 +96,7 @@ fn main() -> anyhow::Result<()> {
             exec(&mut cmd, &root)
         }
         Cmd::Bench(args) => bench::run(&root, &args),
+        Cmd::Fuzz(args) => fuzz::run(&root, &args),
         Cmd::BenchLoad(args) => bench::load::main(args),
         Cmd::Test { args } => {
             setup::run()?;
