@@ -46,6 +46,9 @@ pub fn lookup<A: Family>(key: &CtKeyOf<A>) -> Option<*mut CtEntryOf<A>> {
 /// by today's rules and never inherits the old flow's CLOSING state.
 #[inline(always)]
 pub fn lookup_flow<A: Family>(key: &CtKeyOf<A>, pkt: &Packet<A>) -> Option<*mut CtEntryOf<A>> {
+    if !trackable(pkt) {
+        return None;
+    }
     let entry = lookup(key)?;
     if key.proto != IPPROTO_TCP || pkt.later_fragment || !tcp::opens(pkt.tcp_flags) {
         return Some(entry);
@@ -154,6 +157,29 @@ pub fn create<A: Family>(
         return Err(DropReason::CtInsert as i32);
     }
     Ok(())
+}
+
+/// Tracks a flow untranslated (so its replies are known), when no other
+/// flow holds its reply tuple: a translated flow's entry under that tuple
+/// must not be overwritten (its packets would then leave untranslated,
+/// with a container's address). Best effort: a flow left untracked is
+/// simply not recognised by its replies.
+#[inline(always)]
+pub fn pass<A: Family>(key: &CtKeyOf<A>, entry: &CtEntryOf<A>) {
+    let _ = create(key, entry, true);
+}
+
+/// Whether `pkt` can belong to a tracked flow: ICMP other than echo has no
+/// identifier, and its zero "ports" would match an echo flow with
+/// identifier 0 (whose rewrite would then write over the message's own
+/// bytes). A later fragment's type is unknown: its first fragment's flow
+/// decides.
+#[inline(always)]
+fn trackable<A: Family>(pkt: &Packet<A>) -> bool {
+    pkt.proto != A::ICMP
+        || pkt.later_fragment
+        || pkt.icmp_type == A::ECHO_REQUEST
+        || pkt.icmp_type == A::ECHO_REPLY
 }
 
 #[inline(always)]

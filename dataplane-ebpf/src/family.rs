@@ -25,8 +25,10 @@ use crate::{
 
 /// What differs between IPv4 and IPv6 for conntrack and NAT.
 pub trait Family: Copy + Default + PartialEq + 'static {
-    /// The family's ICMP protocol number.
+    /// The family's ICMP protocol number and its echo types.
     const ICMP: u8;
+    const ECHO_REQUEST: u8;
+    const ECHO_REPLY: u8;
     /// Whether the ICMP checksum covers the pseudo-header (ICMPv6 does).
     const ICMP_PSEUDO: bool;
     /// Whether the IP header has a checksum of its own (IPv4).
@@ -105,6 +107,8 @@ macro_rules! family_maps {
 
 impl Family for [u8; 4] {
     const ICMP: u8 = IPPROTO_ICMP;
+    const ECHO_REQUEST: u8 = 8;
+    const ECHO_REPLY: u8 = 0;
     const ICMP_PSEUDO: bool = false;
     const IP_CSUM: bool = true;
     const SRC_OFF: usize = EthHdr::LEN + 12;
@@ -140,6 +144,8 @@ impl Family for [u8; 4] {
 
 impl Family for [u8; 16] {
     const ICMP: u8 = IPPROTO_ICMPV6;
+    const ECHO_REQUEST: u8 = 128;
+    const ECHO_REPLY: u8 = 129;
     const ICMP_PSEUDO: bool = true;
     const IP_CSUM: bool = false;
     const SRC_OFF: usize = EthHdr::LEN + 8;

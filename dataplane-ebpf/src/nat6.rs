@@ -175,7 +175,9 @@ pub fn pass(ctx: &TcContext, pkt: &Ipv6Packet, zone: u8) -> Result<(), DropReaso
     let s = scratch()?;
     fill_entry(ctx, 0, pkt, &mut s.orig)?;
     let key = conntrack::key_of(pkt, zone);
-    create(&key, s, false)
+    // As `conntrack::pass`: never over another flow's entry, best effort.
+    let _ = create(&key, s, true);
+    Ok(())
 }
 
 /// A new flow's masquerade to `addr` (`nat::snat`'s port choice: the

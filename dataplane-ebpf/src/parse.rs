@@ -408,7 +408,9 @@ pub fn parse6(ctx: &TcContext, pkt: &mut Ipv6Packet) -> Result<Ipv6Upper, DropRe
             pkt.tcp_win = u16::from_be_bytes([t[14], t[15]]);
         }
         IPPROTO_UDP => {
-            let u: [u8; 4] = ctx.load(off).map_err(|_| DropReason::Truncated)?;
+            // The whole 8-byte header: the NAT rewrites its checksum (a
+            // shorter one once started a flow whose rewrite then failed).
+            let u: [u8; 8] = ctx.load(off).map_err(|_| DropReason::Truncated)?;
             pkt.sport = [u[0], u[1]];
             pkt.dport = [u[2], u[3]];
         }

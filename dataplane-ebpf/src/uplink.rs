@@ -130,7 +130,7 @@ fn try_uplink_in(ctx: &TcContext) -> Result<i32, DropReason> {
             return Ok(TCX_NEXT);
         }
         let pass = conntrack::entry(ctx, 0, &pkt)?;
-        conntrack::create(&key, &pass, false).map_err(|_| DropReason::CtInsert)?;
+        conntrack::pass(&key, &pass);
         return Ok(TCX_NEXT);
     };
     if pkt.proto == IPPROTO_TCP && tcp::opens(pkt.tcp_flags) && !tcp::syn_checksum_ok(ctx, &pkt) {
@@ -264,7 +264,7 @@ fn try_uplink_out(ctx: &TcContext) -> Result<i32, DropReason> {
                     let key = conntrack::key_of(&pkt, ZONE);
                     if conntrack::lookup_flow(&key, &pkt).is_none() {
                         let pass = conntrack::entry(ctx, 0, &pkt)?;
-                        conntrack::create(&key, &pass, false).map_err(|_| DropReason::CtInsert)?;
+                        conntrack::pass(&key, &pass);
                     }
                 }
                 return Ok(TCX_NEXT);

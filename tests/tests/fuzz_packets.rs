@@ -33,9 +33,6 @@ fn fuzz_run(packets: u64, seconds: u64, name: &str) {
     let dir = BpffsDir::new(name).expect("bpffs dir");
     let report = fuzz::run(dir.pins(), cfg).expect("fuzz run");
     println!("fuzz seed {}: {}", cfg.seed, report.summary());
-    for f in &report.known_examples {
-        println!("known bug, first example:\n{}", f.fixture());
-    }
     if let Ok(save) = std::env::var("DP_FUZZ_SAVE") {
         fuzz::save(&PathBuf::from(save), &report.findings).expect("saving fixtures");
     }

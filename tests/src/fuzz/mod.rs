@@ -87,10 +87,6 @@ pub struct Report {
     pub expectations: HashMap<&'static str, u64>,
     pub flows: usize,
     pub findings: Vec<Finding>,
-    /// Findings of bugs already reported ([`known_bug`]), by bug.
-    pub known: HashMap<&'static str, u64>,
-    /// The first finding of each known bug (for its report).
-    pub known_examples: Vec<Finding>,
 }
 
 impl Report {
@@ -104,7 +100,7 @@ impl Report {
         let mut e: Vec<_> = self.expectations.iter().collect();
         e.sort();
         format!(
-            "{} packets in {:.1}s ({:.0}/s), {} refused by the kernel, verdicts {:?}, model said {:?}, {} tracked tuples, {} findings, known bugs hit {:?}",
+            "{} packets in {:.1}s ({:.0}/s), {} refused by the kernel, verdicts {:?}, model said {:?}, {} tracked tuples, {} findings",
             self.packets,
             self.elapsed.as_secs_f64(),
             self.rate(),
@@ -113,7 +109,6 @@ impl Report {
             e,
             self.flows,
             self.findings.len(),
-            self.known
         )
     }
 }
@@ -176,11 +171,8 @@ pub fn run(pins: &PinRoot, cfg: Config) -> Result<Report> {
         if verdict == SHOT {
             shots_in_batch += 1;
         }
-        let (what, broken, noticed) = check(&mut model, prog, &input, verdict, &output);
+        let (what, broken) = check(&mut model, prog, &input, verdict, &output);
         trace(index, prog, &input, verdict, &output, what);
-        if let Some(bug) = noticed {
-            *report.known.entry(bug).or_default() += 1;
-        }
         *report.expectations.entry(what).or_default() += 1;
         if let Some(invariant) = broken {
             let finding = Finding {
@@ -192,16 +184,7 @@ pub fn run(pins: &PinRoot, cfg: Config) -> Result<Report> {
                 output: output.clone(),
                 verdict,
             };
-            match known_bug(&finding) {
-                Some(bug) => {
-                    let n = report.known.entry(bug).or_default();
-                    if *n == 0 {
-                        report.known_examples.push(finding);
-                    }
-                    *n += 1;
-                }
-                None => report.findings.push(finding),
-            }
+            report.findings.push(finding);
         }
         last.push((prog, input));
         if index + 1 - batch_start >= BATCH || report.packets == cfg.packets {
@@ -230,25 +213,6 @@ pub fn run(pins: &PinRoot, cfg: Config) -> Result<Report> {
     report.elapsed = start.elapsed();
     report.flows = model.flows();
     Ok(report)
-}
-
-/// Bugs of the programs the fuzzer found and that are reported (see
-/// docs/fuzzing.md), recognised by their exact signature so the run goes
-/// on finding others; every other finding fails the run.
-///
-/// `icmp-portless-rewrite`: an ICMP(v6) message that is neither echo nor
-/// an error has no identifier, so its tuple (ports 0) is that of an echo
-/// flow with identifier 0; when that flow's port was moved, `nat::
-/// rewrite_side` stores the new "port" over bytes 4-5 of the message but
-/// folds it into the checksum as if they were 0 (the parsed port): the
-/// checksum breaks whenever they were not.
-pub fn known_bug(f: &Finding) -> Option<&'static str> {
-    let Parsed::Ip(v) = frame::parse(&f.frame) else {
-        return None;
-    };
-    let id = f.frame.get(v.l4_off + 4..v.l4_off + 6)?;
-    (f.invariant == L4_BROKEN && v.icmp_type.is_some() && !v.is_echo() && id != [0, 0])
-        .then_some("icmp-portless-rewrite")
 }
 
 const L4_BROKEN: &str = "L4 checksum broken by the program";
@@ -292,26 +256,20 @@ fn trace(index: u64, prog: Prog, input: &[u8], verdict: u32, output: &[u8], what
     }
 }
 
-/// What [`check`] made of one output: the model's kind of prediction,
-/// the invariant broken (if any), and a known bug the model saw the
-/// packet set off (if any).
-pub type Checked = (&'static str, Option<String>, Option<&'static str>);
+/// What [`check`] made of one output: the model's kind of prediction and
+/// the invariant broken (if any).
+pub type Checked = (&'static str, Option<String>);
 
 /// Checks one output. Updates the model with what passed.
 pub fn check(model: &mut Model, prog: Prog, input: &[u8], verdict: u32, output: &[u8]) -> Checked {
     let (what, broken) = check_output(model, prog, input, verdict, output);
-    let noticed = match (&broken, verdict, frame::parse(input)) {
-        (None, NEXT | REDIRECT, Parsed::Ip(v)) => match frame::parse(output) {
-            Parsed::Ip(out) => {
-                let expect = model.predict(prog, &v);
-                model.observe(prog, &v, &out, &expect)
-            }
-            _ => None,
-        },
-        (None, SHOT, Parsed::Ip(v)) => model.dropped(prog, &v),
-        _ => None,
-    };
-    (what, broken, noticed)
+    if let (None, NEXT | REDIRECT, Parsed::Ip(v)) = (&broken, verdict, frame::parse(input)) {
+        if let Parsed::Ip(out) = frame::parse(output) {
+            let expect = model.predict(prog, &v);
+            model.observe(prog, &v, &out, &expect);
+        }
+    }
+    (what, broken)
 }
 
 fn check_output(
@@ -474,19 +432,14 @@ pub fn fixtures(dir: &Path) -> Result<Vec<Fixture>> {
 /// Replays a fixture on `dp` (a freshly configured object): the first
 /// invariant it breaks, if it still breaks one.
 pub fn replay(dp: &mut Dataplane, pins: &PinRoot, fx: &Fixture) -> Result<Option<String>> {
-    let mut model = Model::strict();
-    let mut first_notice = None;
+    let mut model = Model::new();
     for (i, (prog, frame)) in fx.frames.iter().enumerate() {
         let before = drops(pins)?;
         let Some((verdict, output)) = run_one(dp, *prog, frame)? else {
             continue;
         };
-        let (what, broken, noticed) = check(&mut model, *prog, frame, verdict, &output);
+        let (what, broken) = check(&mut model, *prog, frame, verdict, &output);
         trace(i as u64, *prog, frame, verdict, &output, what);
-        // A known bug the model follows: the rest still runs (and shows it).
-        if let (Some(bug), None) = (noticed, &first_notice) {
-            first_notice = Some(format!("frame {i} ({}): known bug {bug}", prog.name()));
-        }
         let counted = drops(pins)? - before;
         if let Some(b) = broken {
             return Ok(Some(format!("frame {i} ({}): {b}", prog.name())));
@@ -498,7 +451,7 @@ pub fn replay(dp: &mut Dataplane, pins: &PinRoot, fx: &Fixture) -> Result<Option
             )));
         }
     }
-    Ok(first_notice)
+    Ok(None)
 }
 
 /// Writes `findings` as fixtures into `dir` (one file each).

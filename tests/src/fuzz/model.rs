@@ -163,9 +163,6 @@ pub struct Model {
     /// left behind (`short_udp6`): the model no longer predicts their
     /// packets.
     tainted: std::collections::HashSet<(u8, IpAddr, u16)>,
-    /// Does not follow the known bugs (fixture replays: the bug must show
-    /// as a broken invariant, not only as the model's notice).
-    strict: bool,
     keys: Vec<Key>,
     published: Vec<Published>,
     subnets: Vec<Subnet>,
@@ -184,7 +181,6 @@ impl Model {
         Model {
             flows: HashMap::new(),
             tainted: std::collections::HashSet::new(),
-            strict: false,
             keys: Vec::new(),
             published: world::published(),
             subnets: world::subnets(),
@@ -193,14 +189,6 @@ impl Model {
                 NatConfig::DEFAULT.snat_port_min,
                 NatConfig::DEFAULT.snat_port_max,
             ),
-        }
-    }
-
-    /// A model that notices the known bugs but does not follow them.
-    pub fn strict() -> Model {
-        Model {
-            strict: true,
-            ..Model::new()
         }
     }
 
@@ -353,8 +341,7 @@ impl Model {
 
     fn new_from_container(&self, v: &View) -> Expect {
         let (addr, gateway) = world::endpoint(v.v6);
-        // IPv6 has no hairpin in BPF yet (endpoint6.rs): the stack's.
-        if v.src != addr || v.v6 {
+        if v.src != addr {
             return Expect::Untouched;
         }
         match self.published_to(v) {
@@ -370,24 +357,6 @@ impl Model {
             },
             None => Expect::Untouched,
         }
-    }
-
-    /// A dropped packet `v` (verdict SHOT): returns the known bug when it
-    /// is a short IPv6 UDP header the uplink programs may have started a
-    /// flow for before the rewrite failed (`dropped-udp6-leaves-a-flow`,
-    /// docs/fuzzing.md). The flow's translated port is unknown, so both of
-    /// its endpoints are tainted.
-    pub fn dropped(&mut self, prog: Prog, v: &View) -> Option<&'static str> {
-        if !(v.v6 && v.l4_short && prog.v6() == Some(true) && prog.dir() != Dir::Container) {
-            return None;
-        }
-        if self.predict(prog, v) == Expect::Untouched {
-            return None;
-        }
-        if !self.strict {
-            self.taint(v, v);
-        }
-        Some("dropped-udp6-leaves-a-flow")
     }
 
     fn is_tainted(&self, v: &View) -> bool {
@@ -438,24 +407,17 @@ impl Model {
     }
 
     /// Records what a passed packet tells: a new flow's translation (both
-    /// directions), or a flow closing. Returns the known bug the packet
-    /// set off, if any (see `pass`).
-    pub fn observe(
-        &mut self,
-        prog: Prog,
-        before: &View,
-        after: &View,
-        expect: &Expect,
-    ) -> Option<&'static str> {
+    /// directions), or a flow closing.
+    pub fn observe(&mut self, prog: Prog, before: &View, after: &View, expect: &Expect) {
         if prog.v6() != Some(before.v6) {
-            return None;
+            return;
         }
         if (before.proto == UDP || before.proto == TCP) && self.is_tainted(before) {
             // A packet of a flow the model lost track of may start others
             // (a masquerade of its tuple, a host flow moved off it, a
             // reopened TCP tuple): their endpoints are lost too.
             self.taint(before, after);
-            return None;
+            return;
         }
         let key = Key::of(prog.dir(), before);
         if before.proto == TCP && before.tcp_flags & 0x05 != 0 && self.flows.contains_key(&key) {
@@ -465,16 +427,20 @@ impl Model {
             // ports; the model does not follow TCP states, so it stops
             // predicting these endpoints.
             self.taint(before, after);
-            return None;
+            return;
         }
         if *expect == Expect::Untouched && self.tracks_untranslated(prog, before) {
-            let reply = self.reverse_key(prog, before, after)?;
-            return self.pass(key, reply);
+            if let Some(reply) = self.reverse_key(prog, before, after) {
+                self.pass(key, reply);
+            }
+            return;
         }
         let Expect::Rewrite { new_flow: true, .. } = expect else {
-            return None;
+            return;
         };
-        let reply = self.reverse_key(prog, before, after)?;
+        let Some(reply) = self.reverse_key(prog, before, after) else {
+            return;
+        };
         let changed_src = (after.src, after.sport) != (before.src, before.sport);
         let changed_dst = (after.dst, after.dport) != (before.dst, before.dport);
         let closing = before.proto == TCP && before.tcp_flags & 0x05 != 0;
@@ -493,36 +459,25 @@ impl Model {
                 self.keys.push(k);
             }
         }
-        None
     }
 
-    /// An untranslated flow's entry pair, as the programs write it: both
-    /// entries stored over whatever was there (`conntrack::create` without
-    /// `exclusive`). When the reply tuple was a translated flow's entry,
-    /// that flow loses its translation in that direction: a known bug
-    /// (`pass-clobbers-flow`, docs/fuzzing.md), which the model follows so
-    /// that the run goes on.
-    fn pass(&mut self, key: Key, reply: Key) -> Option<&'static str> {
+    /// An untranslated flow's entry pair, as the programs write it
+    /// (`conntrack::pass`): only when no entry holds the reply tuple (a
+    /// translated flow's is never overwritten); then both entries.
+    fn pass(&mut self, key: Key, reply: Key) {
+        if self.flows.contains_key(&reply) {
+            return;
+        }
         let pass = Flow {
             src: None,
             dst: None,
             closing: false,
         };
-        let mut clobbered = false;
         for k in [reply, key] {
-            let translated = self
-                .flows
-                .get(&k)
-                .is_some_and(|old| old.src.is_some() || old.dst.is_some());
-            clobbered |= translated;
-            if self.strict && translated {
-                continue;
-            }
             if self.flows.insert(k, pass).is_none() {
                 self.keys.push(k);
             }
         }
-        clobbered.then_some("pass-clobbers-flow")
     }
 
     /// The tuple of the replies to `before` (translated into `after`), as
