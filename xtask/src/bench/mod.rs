@@ -434,3 +434,33 @@ fn short(peer: &str) -> String {
         other => other.into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: super::BenchArgs,
+    }
+
+    fn plan(args: &[&str]) -> anyhow::Result<super::Plan> {
+        let mut argv = vec!["bench"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv)?.bench.plan()
+    }
+
+    #[test]
+    fn family_selects_the_workloads_of_each_family() {
+        let names =
+            |p: super::Plan| -> Vec<String> { p.workloads.iter().map(|w| w.name()).collect() };
+        let p = plan(&["--quick"]).expect("plan");
+        assert_eq!(p.families, [super::Family::V4]);
+        assert!(names(p).iter().all(|n| !n.contains('6')));
+        let p = plan(&["--family", "6,4", "--workloads", "in-crr,eg-rr"]).expect("plan");
+        assert_eq!(names(p), ["in-crr", "eg-rr", "in6-crr", "eg6-rr"]);
+        assert!(plan(&["--family", "5"]).is_err());
+        assert!(plan(&["--workloads", "in6-crr"]).is_err());
+    }
+}

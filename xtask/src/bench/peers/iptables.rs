@@ -20,7 +20,7 @@ use std::{fmt::Write as _, time::Duration};
 
 use anyhow::Result;
 
-use super::{extra_sources, extras, measured, one_more, Install, Mapping, Peer};
+use super::{all_mappings, extra_sources, one_more, Install, Mapping, Peer};
 use crate::bench::{
     family::{ip_port, Family},
     topology::{Topology, BRIDGE},
@@ -78,10 +78,7 @@ fn dnat_rule(m: &Mapping) -> String {
 /// extra DOCKER-USER source rules, in `iptables-restore` format (the
 /// `ip6tables-restore` one for IPv6).
 pub fn ruleset(n: usize, family: Family) -> String {
-    let mappings: Vec<Mapping> = extras(n, family)
-        .into_iter()
-        .chain(measured(family))
-        .collect();
+    let mappings = all_mappings(n, family);
     let host = family.host_len();
     let mut s = String::with_capacity(200 * (n + 10));
     s.push_str(

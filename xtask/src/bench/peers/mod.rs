@@ -97,6 +97,14 @@ pub fn extras(n: usize, family: Family) -> Vec<Mapping> {
         .collect()
 }
 
+/// What a peer installs: the `n` extras first, then the measured ones.
+pub fn all_mappings(n: usize, family: Family) -> Vec<Mapping> {
+    extras(n, family)
+        .into_iter()
+        .chain(measured(family))
+        .collect()
+}
+
 /// The mapping added and removed at size N.
 pub fn one_more(family: Family) -> Mapping {
     Mapping {

@@ -8,7 +8,7 @@ use std::{fmt::Write as _, time::Duration};
 
 use anyhow::{Context as _, Result};
 
-use super::{extra_sources, extras, measured, one_more, Install, Mapping, Peer};
+use super::{all_mappings, extra_sources, one_more, Install, Mapping, Peer};
 use crate::bench::{
     family::{ip_port, Family},
     topology::{Topology, BRIDGE},
@@ -52,10 +52,7 @@ pub fn skeleton(family: Family) -> String {
 }
 
 pub fn ruleset(n: usize, family: Family) -> String {
-    let mappings: Vec<Mapping> = extras(n, family)
-        .into_iter()
-        .chain(measured(family))
-        .collect();
+    let mappings = all_mappings(n, family);
     let f = family.nft();
     // The chains jumped to come first: nft resolves a jump when it reads it.
     let mut s = String::with_capacity(100 * (n + 10));
@@ -147,5 +144,21 @@ impl Peer for Nftables {
             &handle,
         ])?;
         Ok(Some((add_time, del)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::bench::family::Family;
+
+    #[test]
+    fn ipv6_ruleset_has_one_ip6_rule_per_mapping_and_source() {
+        let r = super::ruleset(3, Family::V6);
+        assert!(r.contains("table ip6 docker_bench {"));
+        assert_eq!(r.matches(" dnat ip6 to [fd00:b0::3]:80").count(), 3);
+        assert!(r.contains("udp dport 7001 dnat ip6 to [fd00:b0::2]:7001"));
+        assert_eq!(r.matches("ip6 saddr fd10::").count(), 3);
+        assert!(r.contains("ip6 daddr != ::1/128 fib daddr type local"));
+        assert!(!r.contains("ip daddr"));
     }
 }

@@ -11,7 +11,7 @@ use std::{fmt::Write as _, time::Duration};
 use anyhow::Result;
 
 use super::{
-    extra_sources, extras, measured,
+    all_mappings, extra_sources,
     nftables::{load, skeleton, TABLE},
     one_more, Install, Mapping, Peer, Proto,
 };
@@ -27,10 +27,7 @@ fn elements(ms: &[&Mapping], f: impl Fn(&Mapping) -> String) -> String {
 }
 
 pub fn ruleset(n: usize, family: Family) -> String {
-    let mappings: Vec<Mapping> = extras(n, family)
-        .into_iter()
-        .chain(measured(family))
-        .collect();
+    let mappings = all_mappings(n, family);
     let (f, addr) = (family.nft(), family.nft_addr_type());
     let mut s = String::with_capacity(60 * (2 * n + 10));
     let _ = writeln!(s, "table {f} {TABLE} {{");
@@ -103,5 +100,22 @@ impl Peer for NftablesSets {
         let add = topo.host.timed(&["nft", &cmd("add")])?;
         let del = topo.host.timed(&["nft", &cmd("delete")])?;
         Ok(Some((add, del)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::bench::family::Family;
+
+    #[test]
+    fn ipv6_ruleset_is_an_ip6_table_with_ipv6_maps_and_sets() {
+        let r = super::ruleset(2, Family::V6);
+        assert!(r.contains("table ip6 docker_bench {"));
+        assert!(r.contains("type inet_service : ipv6_addr . inet_service"));
+        assert!(r.contains("7000 : fd00:b0::2 . 7000"));
+        assert!(r.contains("dnat ip6 to tcp dport map @dnat_tcp"));
+        assert!(r.contains("ip6 saddr fd00:b0::/64 oifname != \"br0\" masquerade"));
+        assert!(r.contains("elements = { fd10::1, fd10::2 }"));
+        assert!(!r.contains("ip daddr") && !r.contains("ipv4_addr"));
     }
 }
