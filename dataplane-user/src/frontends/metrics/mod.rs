@@ -323,8 +323,7 @@ type FillFn = fn(&PinRoot, &'static str) -> Result<Option<Fill>, MetricsError>;
 /// The maps whose fill level is reported besides the conntrack tables and
 /// the uplinks (which are walked for more than their size). Arrays are
 /// always full and are not listed.
-const FILL_MAPS: [(&str, FillFn); 20] = [
-    (maps::PORTS, hash_fill::<PortKey, PortTarget>),
+const FILL_MAPS: [(&str, FillFn); 20] = [    (maps::PORTS, hash_fill::<PortKey, PortTarget>),
     (maps::OPEN_PORTS, hash_fill::<PortKey, u32>),
     (maps::TRUSTED_IFACES, hash_fill::<TrustedIface, u32>),
     (maps::SUBNETS, lpm_fill::<[u8; 4], SubnetPolicy>),
