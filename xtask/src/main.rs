@@ -63,7 +63,8 @@ enum Cmd {
     /// rules (nft and legacy), plain nftables and nftables with maps/sets:
     /// throughput, RR latency, connection rate, UDP, egress, at N extra
     /// mappings and rules; install times; endpoint connect time beside
-    /// netavark and CNI. Needs root; writes target/bench/ (docs/benchmarks.md).
+    /// netavark and CNI; `--family 6` or `4,6` adds IPv6. Needs root;
+    /// writes target/bench/ (docs/benchmarks.md).
     Bench(bench::BenchArgs),
     /// Fuzz every tc program through BPF_PROG_TEST_RUN with generated and
     /// mutated packets, checked against a model (docs/fuzzing.md). Needs

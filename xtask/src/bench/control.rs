@@ -17,13 +17,17 @@ use serde_json::json;
 
 use super::{
     check_interrupt,
+    family::Family,
     peers::dataplane::Dataplane,
     report::ControlResult,
-    topology::{unique_name, NetNs, Topology, GATEWAY, SUBNET},
+    topology::{unique_name, NetNs, Topology},
 };
 
 const NETAVARK: &str = "/usr/lib/podman/netavark";
 const CNI_DIR: &str = "/usr/lib/cni";
+/// The control plane is measured on IPv4 (what the other tools set up).
+const SUBNET: &str = Family::V4.addrs().subnet;
+const GATEWAY: std::net::IpAddr = Family::V4.addrs().gateway;
 /// First host port the connected endpoints publish.
 const PORT_BASE: u16 = 30000;
 
@@ -79,7 +83,7 @@ fn outcome(tool: &str, note: &str, r: Result<Vec<Duration>>) -> ControlResult {
 }
 
 fn dataplane(root: &Path, count: usize) -> Result<Vec<Duration>> {
-    let topo = Topology::new("cpdp")?;
+    let topo = Topology::new("cpdp", Family::V4)?;
     let mut dp = Dataplane::new(root)?;
     dp.prepare_network(&topo)?;
     dp.start_agent()?;
@@ -115,14 +119,17 @@ fn netavark(count: usize) -> Result<Vec<Duration>> {
     if !Path::new(NETAVARK).is_file() {
         bail!("{NETAVARK} not installed (Debian package netavark)");
     }
-    let topo = Topology::new("cpnv")?;
+    let topo = Topology::new("cpnv", Family::V4)?;
     let dir = TempDir::new("netavark")?;
     let mut nss = Vec::new();
     let mut times = Vec::new();
     for i in 0..count {
         check_interrupt()?;
         let ns = NetNs::new("cpnv")?;
-        let ip = std::net::Ipv4Addr::from(u32::from(GATEWAY) + 1 + i as u32);
+        let std::net::IpAddr::V4(gateway) = GATEWAY else {
+            bail!("the control-plane measurement runs on IPv4");
+        };
+        let ip = std::net::Ipv4Addr::from(u32::from(gateway) + 1 + i as u32);
         let config = json!({
             "container_id": hex_id(i),
             "container_name": format!("c{i}"),
@@ -162,7 +169,7 @@ fn cni(count: usize) -> Result<Vec<Duration>> {
             bail!("{CNI_DIR}/{plugin} not installed (Debian package containernetworking-plugins)");
         }
     }
-    let topo = Topology::new("cpcni")?;
+    let topo = Topology::new("cpcni", Family::V4)?;
     let dir = TempDir::new("cni")?;
     let mut nss = Vec::new();
     let mut times = Vec::new();

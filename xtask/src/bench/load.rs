@@ -263,7 +263,7 @@ fn crr(to: SocketAddr, secs: Duration) -> Result<()> {
 }
 
 fn udp(to: SocketAddr, secs: Duration) -> Result<()> {
-    let s = UdpSocket::bind("0.0.0.0:0")?;
+    let s = UdpSocket::bind(if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" })?;
     s.connect(to)?;
     s.set_read_timeout(Some(Duration::from_millis(100)))?;
     let mut lat = Vec::with_capacity(200_000);

@@ -11,10 +11,16 @@
 //! netavark and the CNI plugins ([`control`]). Results go to
 //! `target/bench/` as markdown and SVG ([`report`]).
 //!
+//! `--family 6` (or `4,6`) runs the IPv6 versions of the same workloads on
+//! IPv6 topologies of their own ([`family`]): every peer then writes its
+//! IPv6 rules (ip6tables, nftables `ip6` tables, the dataplane's IPv6
+//! publishing and NAT66), and the report gets `in6-...`/`eg6-...` rows.
+//!
 //! Never part of `cargo xtask test`. Needs root; traffic stays inside the
 //! bench's own namespaces, which are removed on exit, Ctrl-C or panic.
 
 pub mod control;
+pub mod family;
 pub mod load;
 pub mod peers;
 pub mod plot;
@@ -32,6 +38,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
 use self::{
+    family::Family,
     peers::Peer,
     report::{AddRemove, Results, Sample},
     topology::Topology,
@@ -41,14 +48,21 @@ use self::{
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// About 10 minutes on 2 cores: N = 0 and 10000, shorter runs, 2 rounds.
+    /// IPv4 only unless --family says otherwise.
     #[arg(long)]
     pub quick: bool,
+    /// Address families, comma separated: 4, 6 or 4,6 (IPv6: the same
+    /// workloads over IPv6 through ip6tables, nftables ip6 tables and the
+    /// dataplane's NAT66; named in6-..., eg6-...) [default: 4].
+    #[arg(long, value_delimiter = ',')]
+    pub family: Option<Vec<u8>>,
     /// Peers to run, comma separated (default all: none, iptables,
     /// iptables-legacy, nftables, nftables-sets, dataplane).
     #[arg(long, value_delimiter = ',')]
     pub peers: Option<Vec<String>>,
     /// Workloads, comma separated: in-tcp1, in-tcp4, in-rr, in-crr, in-udp
-    /// and the same with eg- (egress) [default: all].
+    /// and the same with eg- (egress), run in every --family [default:
+    /// all].
     #[arg(long, value_delimiter = ',')]
     pub workloads: Option<Vec<String>>,
     /// Values of N, comma separated [default: 0,100,1000,10000; quick:
@@ -70,6 +84,7 @@ pub struct BenchArgs {
 /// The resolved plan of one run.
 #[derive(Clone, Debug)]
 pub struct Plan {
+    pub families: Vec<Family>,
     pub peers: Vec<String>,
     pub workloads: Vec<Workload>,
     pub ns: Vec<usize>,
@@ -97,21 +112,32 @@ impl BenchArgs {
             }
             None => peers::ALL.iter().map(|s| (*s).to_owned()).collect(),
         };
-        let all = workloads::all();
-        let workloads = match &self.workloads {
-            Some(names) => {
-                for name in names {
-                    if !all.iter().any(|w| &w.name() == name) {
-                        let known: Vec<String> = all.iter().map(Workload::name).collect();
-                        bail!("--workloads {name}: not one of {}", known.join(", "));
-                    }
-                }
-                all.into_iter()
-                    .filter(|w| names.contains(&w.name()))
-                    .collect()
+        let mut families = Vec::new();
+        for v in self.family.as_deref().unwrap_or(&[4]) {
+            let f = Family::parse(*v)?;
+            if !families.contains(&f) {
+                families.push(f);
             }
-            None => all,
-        };
+        }
+        families.sort();
+        let base = workloads::all(Family::V4);
+        if let Some(names) = &self.workloads {
+            for name in names {
+                if !base.iter().any(|w| &w.base_name() == name) {
+                    let known: Vec<String> = base.iter().map(Workload::base_name).collect();
+                    bail!("--workloads {name}: not one of {}", known.join(", "));
+                }
+            }
+        }
+        let workloads = families
+            .iter()
+            .flat_map(|f| workloads::all(*f))
+            .filter(|w| {
+                self.workloads
+                    .as_ref()
+                    .is_none_or(|names| names.contains(&w.base_name()))
+            })
+            .collect();
         let ns = match &self.n {
             Some(ns) => {
                 for n in ns {
@@ -129,6 +155,7 @@ impl BenchArgs {
             bail!("--rounds 0: at least one round");
         }
         Ok(Plan {
+            families,
             peers,
             workloads,
             ns,
@@ -205,8 +232,13 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
 
     let started = Instant::now();
     println!(
-        "bench{}: peers {}; workloads {}; N {:?}; {} rounds",
+        "bench{}: {}; peers {}; workloads {}; N {:?}; {} rounds",
         if plan.quick { " --quick" } else { "" },
+        plan.families
+            .iter()
+            .map(|f| f.label())
+            .collect::<Vec<_>>()
+            .join(" and "),
         plan.peers.join(","),
         plan.workloads
             .iter()
@@ -266,62 +298,28 @@ fn measure_n(
     n: usize,
     results: &mut Results,
 ) -> Result<()> {
-    println!("bench: N = {n}: building {} topologies", plan.peers.len());
     let mut instances = Vec::new();
-    for name in &plan.peers {
-        check_interrupt()?;
-        let mut peer = peers::make(name, root)?;
-        let topo = Topology::new(&short(name))?;
-        let install = peer
-            .setup(&topo, n)
-            .with_context(|| format!("setting up {name} at N = {n}"))?;
+    for &family in &plan.families {
         println!(
-            "  {name:<16} install {:>9.1} ms  {}",
-            install.total.as_secs_f64() * 1e3,
-            install.note.as_deref().unwrap_or("")
+            "bench: N = {n}: building {} {} topologies",
+            plan.peers.len(),
+            family.label()
         );
-        let mut adds = Vec::new();
-        let mut rms = Vec::new();
-        for _ in 0..ADD_REMOVE_REPS {
-            if let Some((a, r)) = peer.add_remove(&topo)? {
-                adds.push(a);
-                rms.push(r);
-            }
+        for name in &plan.peers {
+            check_interrupt()?;
+            instances.push(build(root, load_bin, name, family, n, results)?);
         }
-        let add_remove = (!adds.is_empty()).then(|| {
-            adds.sort();
-            rms.sort();
-            AddRemove {
-                add: adds[adds.len() / 2],
-                remove: rms[rms.len() / 2],
-            }
-        });
-        if let Some(ar) = &add_remove {
-            println!(
-                "  {name:<16} add one {:>7.2} ms, remove one {:>7.2} ms",
-                ar.add.as_secs_f64() * 1e3,
-                ar.remove.as_secs_f64() * 1e3
-            );
-        }
-        results.installs.push(report::InstallResult {
-            peer: name.clone(),
-            n,
-            install,
-            add_remove,
-        });
-        let servers = Servers::start(&topo, load_bin)?;
-        instances.push(Instance {
-            peer,
-            servers,
-            topo,
-        });
     }
     for round in 0..plan.rounds {
         for w in &plan.workloads {
-            for i in 0..instances.len() {
+            // The instances of the workload's family, in a rotating order
+            // each round so no peer always runs first.
+            let of: Vec<usize> = (0..instances.len())
+                .filter(|&i| instances[i].topo.family == w.family)
+                .collect();
+            for i in 0..of.len() {
                 check_interrupt()?;
-                // Rotate the order each round so no peer always runs first.
-                let inst = &mut instances[(i + round) % plan.peers.len()];
+                let inst = &mut instances[of[(i + round) % of.len()]];
                 let values = run_one(inst, *w, load_bin, plan.durations).with_context(|| {
                     format!(
                         "{} on {} at N = {n}, round {}",
@@ -345,12 +343,71 @@ fn measure_n(
     Ok(())
 }
 
+/// One peer on a fresh topology of `family` with N extra mappings and
+/// rules: installed (timed), one add/remove timed, servers started.
+fn build(
+    root: &Path,
+    load_bin: &Path,
+    name: &str,
+    family: Family,
+    n: usize,
+    results: &mut Results,
+) -> Result<Instance> {
+    let mut peer = peers::make(name, root)?;
+    let topo = Topology::new(&format!("{}{}", short(name), family.suffix()), family)?;
+    let install = peer
+        .setup(&topo, n)
+        .with_context(|| format!("setting up {name} ({}) at N = {n}", family.label()))?;
+    let label = format!("{name}{}", family.suffix());
+    println!(
+        "  {label:<16} install {:>9.1} ms  {}",
+        install.total.as_secs_f64() * 1e3,
+        install.note.as_deref().unwrap_or("")
+    );
+    let mut adds = Vec::new();
+    let mut rms = Vec::new();
+    for _ in 0..ADD_REMOVE_REPS {
+        if let Some((a, r)) = peer.add_remove(&topo)? {
+            adds.push(a);
+            rms.push(r);
+        }
+    }
+    let add_remove = (!adds.is_empty()).then(|| {
+        adds.sort();
+        rms.sort();
+        AddRemove {
+            add: adds[adds.len() / 2],
+            remove: rms[rms.len() / 2],
+        }
+    });
+    if let Some(ar) = &add_remove {
+        println!(
+            "  {label:<16} add one {:>7.2} ms, remove one {:>7.2} ms",
+            ar.add.as_secs_f64() * 1e3,
+            ar.remove.as_secs_f64() * 1e3
+        );
+    }
+    results.installs.push(report::InstallResult {
+        peer: name.to_owned(),
+        family,
+        n,
+        install,
+        add_remove,
+    });
+    let servers = Servers::start(&topo, load_bin)?;
+    Ok(Instance {
+        peer,
+        servers,
+        topo,
+    })
+}
+
 /// One workload run, retried once: a server still finishing the previous
 /// test (iperf3 serves one at a time) is not the dataplane's fault, but a
 /// second failure is reported.
 fn run_one(inst: &mut Instance, w: Workload, load_bin: &Path, d: Durations) -> Result<Vec<f64>> {
     inst.servers.check()?;
-    let addr = inst.peer.ingress_addr();
+    let addr = inst.peer.ingress_addr(&inst.topo);
     match workloads::run(w, &inst.topo, addr, load_bin, d) {
         Ok(v) => Ok(v),
         Err(first) => {
@@ -375,5 +432,35 @@ fn short(peer: &str) -> String {
         "iptables" => "ipt".into(),
         "dataplane" => "dp".into(),
         other => other.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: super::BenchArgs,
+    }
+
+    fn plan(args: &[&str]) -> anyhow::Result<super::Plan> {
+        let mut argv = vec!["bench"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv)?.bench.plan()
+    }
+
+    #[test]
+    fn family_selects_the_workloads_of_each_family() {
+        let names =
+            |p: super::Plan| -> Vec<String> { p.workloads.iter().map(|w| w.name()).collect() };
+        let p = plan(&["--quick"]).expect("plan");
+        assert_eq!(p.families, [super::Family::V4]);
+        assert!(names(p).iter().all(|n| !n.contains('6')));
+        let p = plan(&["--family", "6,4", "--workloads", "in-crr,eg-rr"]).expect("plan");
+        assert_eq!(names(p), ["in-crr", "eg-rr", "in6-crr", "eg6-rr"]);
+        assert!(plan(&["--family", "5"]).is_err());
+        assert!(plan(&["--workloads", "in6-crr"]).is_err());
     }
 }

@@ -8,7 +8,7 @@ use std::{fmt::Write as _, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
 
-use super::{peers::Install, plot, workloads::Metric, Plan};
+use super::{family::Family, peers::Install, plot, workloads::Metric, Plan};
 
 #[derive(Clone, Debug)]
 pub struct Sample {
@@ -27,6 +27,7 @@ pub struct AddRemove {
 #[derive(Clone, Debug)]
 pub struct InstallResult {
     pub peer: String,
+    pub family: Family,
     pub n: usize,
     pub install: Install,
     pub add_remove: Option<AddRemove>,
@@ -108,8 +109,10 @@ impl Results {
         self.stat(peer, n, metric).map(|s| s.median)
     }
 
-    fn install(&self, peer: &str, n: usize) -> Option<&InstallResult> {
-        self.installs.iter().find(|i| i.peer == peer && i.n == n)
+    fn install(&self, peer: &str, family: Family, n: usize) -> Option<&InstallResult> {
+        self.installs
+            .iter()
+            .find(|i| i.peer == peer && i.family == family && i.n == n)
     }
 }
 
@@ -181,6 +184,7 @@ pub fn json(r: &Results) -> serde_json::Value {
     }
     json!({
         "plan": {
+            "families": r.plan.families.iter().map(|f| f.label()).collect::<Vec<_>>(),
             "peers": r.plan.peers,
             "workloads": r.plan.workloads.iter().map(|w| w.name()).collect::<Vec<_>>(),
             "n": r.plan.ns,
@@ -191,7 +195,7 @@ pub fn json(r: &Results) -> serde_json::Value {
         "stats": stats,
         "samples": r.samples.iter().map(|s| json!({"peer": s.peer, "n": s.n, "metric": s.metric, "value": s.value})).collect::<Vec<_>>(),
         "installs": r.installs.iter().map(|i| json!({
-            "peer": i.peer, "n": i.n,
+            "peer": i.peer, "family": i.family.label(), "n": i.n,
             "total_ms": ms(i.install.total), "mappings_ms": ms(i.install.mappings),
             "note": i.install.note,
             "add_one_ms": i.add_remove.map(|a| ms(a.add)),
@@ -210,7 +214,8 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(
         s,
         "## Results\n\nN = extra published ports and extra DOCKER-USER-style source rules. \
-         Medians over {} rounds, min-max in brackets; ratios are of medians. \
+         Medians over {} rounds, min-max in brackets; ratios are of medians \
+         (IPv6 rows, `in6-`/`eg6-`, against the same peers' IPv6 rules). \
          Higher is better except latency (us).\n",
         r.plan.rounds
     );
@@ -260,8 +265,8 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(
         s,
         "### Installing N mappings and N rules; one more mapping at size N\n\n\
-         | peer | N | install all (ms) | of which mappings (ms) | add one (ms) | remove one (ms) | how |\n\
-         |---|---|---|---|---|---|---|"
+         | peer | family | N | install all (ms) | of which mappings (ms) | add one (ms) | remove one (ms) | how |\n\
+         |---|---|---|---|---|---|---|---|"
     );
     for i in &r.installs {
         if i.peer == "none" {
@@ -273,8 +278,9 @@ pub fn markdown(r: &Results) -> String {
             .unwrap_or(("-".into(), "-".into()));
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {add} | {rm} | {} |",
+            "| {} | {} | {} | {} | {} | {add} | {rm} | {} |",
             i.peer,
+            i.family.label(),
             i.n,
             ms(i.install.total),
             ms(i.install.mappings),
@@ -333,7 +339,14 @@ pub fn targets(r: &Results) -> Vec<String> {
         Some(r.median(dp, n, metric)? / r.median(other, n, metric)?)
     };
     let show = |v: Option<f64>| v.map(|v| format!("{v:.2}x")).unwrap_or_default();
-    for dir in ["in", "eg"] {
+    // The same targets for every family measured: `in`/`eg` and `in6`/`eg6`.
+    let dirs: Vec<String> = r
+        .plan
+        .families
+        .iter()
+        .flat_map(|f| ["in", "eg"].map(|d| format!("{d}{}", f.suffix())))
+        .collect();
+    for dir in &dirs {
         for (metric, label) in [("crr", "new conn/s"), ("rr", "RR rate")] {
             let m = format!("{dir}-{metric}");
             let v = rel(&m, 0, "nftables-sets");
@@ -388,7 +401,7 @@ pub fn targets(r: &Results) -> Vec<String> {
             &show(v),
         ));
     }
-    for dir in ["in", "eg"] {
+    for dir in &dirs {
         let m = format!("{dir}-crr");
         let v = rel(&m, big, "nftables-sets");
         out.push(check(
@@ -405,10 +418,13 @@ pub fn targets(r: &Results) -> Vec<String> {
             &show(v),
         ));
     }
-    let inst = r.install(dp, big);
+    // The install targets on the first family measured (IPv4 unless only
+    // IPv6 ran).
+    let family = r.plan.families.first().copied().unwrap_or(Family::V4);
+    let inst = r.install(dp, family, big);
     let v = inst.map(|i| i.install.mappings.as_secs_f64());
     out.push(check(
-        "installing 10000 mappings < 1 s",
+        &format!("installing 10000 mappings < 1 s ({})", family.label()),
         v,
         |x| x < 1.0,
         &v.map(|x| format!("{:.0} ms", x * 1e3)).unwrap_or_default(),
@@ -416,7 +432,7 @@ pub fn targets(r: &Results) -> Vec<String> {
     let ar = inst.and_then(|i| i.add_remove);
     let v = ar.map(|a| a.add.max(a.remove).as_secs_f64());
     out.push(check(
-        "one add/remove at N=10000 < 1 ms (API)",
+        &format!("one add/remove at N=10000 < 1 ms (API, {})", family.label()),
         v,
         |x| x < 1e-3,
         &ar.map(|a| format!("add {} ms, remove {} ms", ms(a.add), ms(a.remove)))

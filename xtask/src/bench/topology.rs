@@ -14,7 +14,7 @@
 //! another, and sysctls are set through `nsenter` inside ours.
 
 use std::{
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU64, Ordering},
@@ -23,20 +23,12 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
+use super::family::{Addrs, Family};
+
 /// Prefix of every namespace, bpffs directory and state directory the bench
 /// makes (the tests use `dpt`, so neither mistakes the other's for a leak).
 pub const PREFIX: &str = "dpb";
 
-/// Host side of the uplink (TEST-NET-1, only inside our namespaces).
-pub const HOST_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-/// The external client.
-pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
-/// The bridge network: gateway .1, measured container .2, idle container .3
-/// (the target of the N extra mappings).
-pub const SUBNET: &str = "172.18.0.0/16";
-pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 1);
-pub const CONTAINER_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 2);
-pub const IDLE_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 3);
 /// Device names inside our namespaces (names are per namespace, and none of
 /// these is ever in the root namespace).
 pub const UPLINK: &str = "up0";
@@ -306,36 +298,77 @@ pub fn veth(a: &NetNs, a_dev: &str, b: &NetNs, b_dev: &str) -> Result<()> {
 /// an idle one (the target of the extra mappings). Built by [`Topology::new`]
 /// up to the host; the bridge and containers are wired by
 /// [`Topology::wire_bridge`] (every peer but `dataplane`, which wires them
-/// itself through `dataplane connect`).
+/// itself through `dataplane connect`). An IPv6 topology is dual-stack (the
+/// IPv4 addresses too, as a Docker network with IPv6 is), with IPv6 turned
+/// on only on the devices that carry it and addresses added without DAD.
 pub struct Topology {
+    pub family: Family,
     pub host: NetNs,
     pub client: NetNs,
     pub container: NetNs,
     pub idle: NetNs,
 }
 
+/// The IPv4 addresses every topology has.
+fn v4() -> &'static Addrs {
+    Family::V4.addrs()
+}
+
+/// Turns IPv6 on for `dev` in `ns` (our namespaces start with it off) and
+/// adds `addr/len` without duplicate address detection, so it is usable at
+/// once.
+fn add6(ns: &NetNs, dev: &str, addr: IpAddr, len: u8) -> Result<()> {
+    ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0")?;
+    ns.exec(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{addr}/{len}"),
+        "dev",
+        dev,
+        "nodad",
+    ])?;
+    Ok(())
+}
+
 impl Topology {
-    pub fn new(tag: &str) -> Result<Topology> {
+    pub fn new(tag: &str, family: Family) -> Result<Topology> {
         let t = Topology {
+            family,
             host: NetNs::new(&format!("{tag}-h"))?,
             client: NetNs::new(&format!("{tag}-c"))?,
             container: NetNs::new(&format!("{tag}-k"))?,
             idle: NetNs::new(&format!("{tag}-i"))?,
         };
         veth(&t.host, UPLINK, &t.client, INNER_DEV)?;
-        t.host
-            .exec(&["ip", "addr", "add", &format!("{HOST_IP}/24"), "dev", UPLINK])?;
+        let a = v4();
+        t.host.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/{}", a.host, a.uplink_len),
+            "dev",
+            UPLINK,
+        ])?;
         t.client.exec(&[
             "ip",
             "addr",
             "add",
-            &format!("{CLIENT_IP}/24"),
+            &format!("{}/{}", a.client, a.uplink_len),
             "dev",
             INNER_DEV,
         ])?;
         t.host.sysctl("net.ipv4.ip_forward", "1")?;
+        if family == Family::V6 {
+            let a6 = Family::V6.addrs();
+            add6(&t.host, UPLINK, a6.host, a6.uplink_len)?;
+            add6(&t.client, INNER_DEV, a6.client, a6.uplink_len)?;
+            t.host.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        }
         // The CRR workload opens tens of thousands of connections a second:
-        // let the client reuse ports (its namespace's own sysctls).
+        // let the client reuse ports (its namespace's own sysctls, which
+        // cover TCP over IPv6 too).
         t.client
             .sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
         t.client.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
@@ -345,32 +378,76 @@ impl Topology {
         Ok(t)
     }
 
+    /// The addresses of this topology's family.
+    pub fn addrs(&self) -> &'static Addrs {
+        self.family.addrs()
+    }
+
     /// A Linux bridge `br0` with the gateway address, and both containers on
     /// it through veth pairs, default route via the gateway: what Docker's
     /// bridge driver builds.
     pub fn wire_bridge(&self) -> Result<()> {
+        let a = v4();
         self.host
             .exec(&["ip", "link", "add", BRIDGE, "type", "bridge"])?;
-        self.host
-            .exec(&["ip", "addr", "add", &format!("{GATEWAY}/16"), "dev", BRIDGE])?;
+        self.host.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/{}", a.gateway, a.subnet_len),
+            "dev",
+            BRIDGE,
+        ])?;
         self.host.exec(&["ip", "link", "set", BRIDGE, "up"])?;
-        for (ns, dev, ip) in [
-            (&self.container, "vk0", CONTAINER_IP),
-            (&self.idle, "vi0", IDLE_IP),
+        let a6 = Family::V6.addrs();
+        let v6 = self.family == Family::V6;
+        if v6 {
+            add6(&self.host, BRIDGE, a6.gateway, a6.subnet_len)?;
+        }
+        for (ns, dev, ip, ip6) in [
+            (&self.container, "vk0", a.container, a6.container),
+            (&self.idle, "vi0", a.idle, a6.idle),
         ] {
             veth(&self.host, dev, ns, INNER_DEV)?;
             self.host
                 .exec(&["ip", "link", "set", dev, "master", BRIDGE])?;
-            ns.exec(&["ip", "addr", "add", &format!("{ip}/16"), "dev", INNER_DEV])?;
-            ns.exec(&["ip", "route", "add", "default", "via", &GATEWAY.to_string()])?;
+            ns.exec(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{ip}/{}", a.subnet_len),
+                "dev",
+                INNER_DEV,
+            ])?;
+            ns.exec(&[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &a.gateway.to_string(),
+            ])?;
+            if v6 {
+                add6(ns, INNER_DEV, ip6, a6.subnet_len)?;
+                ns.exec(&[
+                    "ip",
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &a6.gateway.to_string(),
+                ])?;
+            }
         }
         Ok(())
     }
 
     /// Lets the client reach the bridge subnet directly (the `none` peer).
     pub fn client_route_to_subnet(&self) -> Result<()> {
+        let a = self.addrs();
         self.client
-            .exec(&["ip", "route", "add", SUBNET, "via", &HOST_IP.to_string()])?;
+            .exec(&["ip", "route", "add", a.subnet, "via", &a.host.to_string()])?;
         Ok(())
     }
 }

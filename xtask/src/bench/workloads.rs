@@ -6,15 +6,23 @@
 //! server in the client namespace, through the host's masquerade. TCP
 //! throughput is iperf3 (1 and 4 streams); RR, CRR and UDP are the bench's
 //! own load tool ([`super::load`]).
+//!
+//! Every workload exists per address family: the IPv6 ones run on an IPv6
+//! topology and carry a `6` in their names (`in6-crr`, `eg6-rr-p99`), so
+//! the report keeps both side by side.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
 
 use anyhow::{bail, Context as _, Result};
 
 use super::{
+    family::Family,
     load::parse_result,
     peers::{IPERF_PORT, TCP_PORT, UDP_PORT},
-    topology::{NetNs, Proc, Topology, CLIENT_IP},
+    topology::{NetNs, Proc, Topology},
 };
 
 /// The machine has two cores: clients on one, servers on the other.
@@ -40,10 +48,12 @@ pub enum Kind {
 pub struct Workload {
     pub dir: Dir,
     pub kind: Kind,
+    pub family: Family,
 }
 
 impl Workload {
-    pub fn name(&self) -> String {
+    /// The family-neutral name `--workloads` takes (`in-crr`).
+    pub fn base_name(&self) -> String {
         let d = match self.dir {
             Dir::Ingress => "in",
             Dir::Egress => "eg",
@@ -56,6 +66,15 @@ impl Workload {
             Kind::Udp => "udp",
         };
         format!("{d}-{k}")
+    }
+
+    /// The name in reports: `in-crr` for IPv4, `in6-crr` for IPv6.
+    pub fn name(&self) -> String {
+        let base = self.base_name();
+        match base.split_once('-') {
+            Some((d, k)) => format!("{d}{}-{k}", self.family.suffix()),
+            None => base,
+        }
     }
 
     /// The metrics one run of this workload yields.
@@ -74,11 +93,12 @@ impl Workload {
     }
 }
 
-pub fn all() -> Vec<Workload> {
+/// Every workload of `family`.
+pub fn all(family: Family) -> Vec<Workload> {
     let mut v = Vec::new();
     for dir in [Dir::Ingress, Dir::Egress] {
         for kind in [Kind::Tcp1, Kind::Tcp4, Kind::Rr, Kind::Crr, Kind::Udp] {
-            v.push(Workload { dir, kind });
+            v.push(Workload { dir, kind, family });
         }
     }
     v
@@ -111,6 +131,12 @@ pub struct Servers {
 impl Servers {
     pub fn start(topo: &Topology, load_bin: &Path) -> Result<Servers> {
         let bin = load_bin.to_string_lossy();
+        // `[::]` takes both families (IPv4 as mapped addresses); an IPv4
+        // topology keeps the IPv4 socket it always had.
+        let any = match topo.family {
+            Family::V4 => "0.0.0.0",
+            Family::V6 => "[::]",
+        };
         let mut procs = Vec::new();
         for ns in [&topo.container, &topo.client] {
             procs.push(ns.spawn(
@@ -124,9 +150,9 @@ impl Servers {
                     "bench-load",
                     "serve",
                     "--tcp",
-                    &format!("0.0.0.0:{TCP_PORT}"),
+                    &format!("{any}:{TCP_PORT}"),
                     "--udp",
-                    &format!("0.0.0.0:{UDP_PORT}"),
+                    &format!("{any}:{UDP_PORT}"),
                 ],
             )?);
         }
@@ -173,13 +199,16 @@ pub struct Durations {
 pub fn run(
     w: Workload,
     topo: &Topology,
-    ingress_addr: Ipv4Addr,
+    ingress_addr: IpAddr,
     load_bin: &Path,
     d: Durations,
 ) -> Result<Vec<f64>> {
-    let (client, dst): (&NetNs, Ipv4Addr) = match w.dir {
+    if w.family != topo.family {
+        bail!("{} needs an {} topology", w.name(), w.family.label());
+    }
+    let (client, dst): (&NetNs, IpAddr) = match w.dir {
         Dir::Ingress => (&topo.client, ingress_addr),
-        Dir::Egress => (&topo.container, CLIENT_IP),
+        Dir::Egress => (&topo.container, topo.addrs().client),
     };
     match w.kind {
         Kind::Tcp1 | Kind::Tcp4 => {
@@ -235,7 +264,7 @@ pub fn run(
                         "bench-load",
                         mode,
                         "--to",
-                        &format!("{dst}:{port}"),
+                        &SocketAddr::new(dst, port).to_string(),
                         "--secs",
                         &d.load_secs.to_string(),
                     ],

@@ -6,11 +6,17 @@
 //! filter rules (one `filter_add_many` request over the agent's socket) are
 //! installed. No iptables or nftables rule exists in this fake host.
 //!
+//! On an IPv6 topology the network is dual-stack (`network create --ipv6`
+//! with an IPv4 and a ULA subnet, as Docker's is): `-p` publishes on the
+//! host's IPv6 address too, the containers leave through NAT66 masquerade,
+//! and the N filter rules are IPv6 /128 sources.
+//!
 //! The filter engine holds at most `MAX_RULES` (15 360) rules: for a larger
 //! N the bench installs that many and says so in the install note.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
+    net::IpAddr,
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::Command,
@@ -20,9 +26,10 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 
-use super::{extra_sources, extras, measured, Install, Peer, ONE_MORE};
-use crate::bench::topology::{
-    unique_name, Proc, Topology, CONTAINER_IP, GATEWAY, IDLE_IP, SUBNET, UPLINK,
+use super::{extra_sources, extras, measured, one_more, Install, Peer};
+use crate::bench::{
+    family::Family,
+    topology::{unique_name, Proc, Topology, UPLINK},
 };
 
 /// Most filter rules the dataplane holds: dataplane-common's `MAX_RULES`
@@ -157,15 +164,59 @@ impl Dataplane {
     pub fn prepare_network(&mut self, topo: &Topology) -> Result<()> {
         self.host = Some(topo.host.path());
         self.cli(&["uplink", "add", UPLINK])?;
-        self.cli(&[
-            "network",
-            "create",
-            "--subnet",
-            SUBNET,
-            "--gateway",
-            &GATEWAY.to_string(),
-            NETWORK,
-        ])?;
+        let v4 = Family::V4.addrs();
+        let mut args = vec![
+            "network".to_owned(),
+            "create".into(),
+            "--subnet".into(),
+            v4.subnet.into(),
+            "--gateway".into(),
+            v4.gateway.to_string(),
+        ];
+        if topo.family == Family::V6 {
+            let v6 = Family::V6.addrs();
+            args.extend([
+                "--ipv6".into(),
+                "--subnet".into(),
+                v6.subnet.into(),
+                "--gateway".into(),
+                v6.gateway.to_string(),
+            ]);
+        }
+        args.push(NETWORK.into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.cli(&args)?;
+        Ok(())
+    }
+
+    /// `connect` of `ns` as endpoint `name` with the topology's addresses
+    /// (both families on an IPv6 topology) and the given `-p` specs.
+    fn connect(
+        &self,
+        topo: &Topology,
+        ns: &Path,
+        name: &str,
+        ip4: IpAddr,
+        ip6: IpAddr,
+        specs: &[String],
+    ) -> Result<()> {
+        let mut args = vec![
+            "connect".to_owned(),
+            NETWORK.to_owned(),
+            ns.to_string_lossy().into_owned(),
+            "--name".into(),
+            name.into(),
+            "--ip".into(),
+            ip4.to_string(),
+        ];
+        if topo.family == Family::V6 {
+            args.extend(["--ip6".into(), ip6.to_string()]);
+        }
+        for spec in specs {
+            args.extend(["-p".into(), spec.clone()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.cli(&args)?;
         Ok(())
     }
 }
@@ -177,34 +228,21 @@ impl Peer for Dataplane {
 
     fn setup(&mut self, topo: &Topology, n: usize) -> Result<Install> {
         self.prepare_network(topo)?;
-        self.cli(&[
-            "connect",
-            NETWORK,
-            &topo.idle.path().to_string_lossy(),
-            "--name",
-            "idle",
-            "--ip",
-            &IDLE_IP.to_string(),
-        ])?;
-        let mut connect = vec![
-            "connect".to_owned(),
-            NETWORK.to_owned(),
-            topo.container.path().to_string_lossy().into_owned(),
-            "--name".into(),
-            "web".into(),
-            "--ip".into(),
-            CONTAINER_IP.to_string(),
-        ];
-        for m in measured() {
-            connect.push("-p".into());
-            connect.push(m.spec());
-        }
-        let connect: Vec<&str> = connect.iter().map(String::as_str).collect();
-        self.cli(&connect)?;
+        let (v4, v6) = (Family::V4.addrs(), Family::V6.addrs());
+        self.connect(topo, &topo.idle.path(), "idle", v4.idle, v6.idle, &[])?;
+        let specs: Vec<String> = measured(topo.family).iter().map(|m| m.spec()).collect();
+        self.connect(
+            topo,
+            &topo.container.path(),
+            "web",
+            v4.container,
+            v6.container,
+            &specs,
+        )?;
         self.start_agent()?;
 
         let mut total = Duration::ZERO;
-        let specs: Vec<String> = extras(n).iter().map(|m| m.spec()).collect();
+        let specs: Vec<String> = extras(n, topo.family).iter().map(|m| m.spec()).collect();
         let mut publish_time = Duration::ZERO;
         if !specs.is_empty() {
             let mut args = vec!["publish", "add", NETWORK, "idle"];
@@ -212,12 +250,13 @@ impl Peer for Dataplane {
             publish_time = self.timed_cli(&args)?;
             total += publish_time;
         }
-        let sources = extra_sources(n.min(MAX_FILTER_RULES));
+        let sources = extra_sources(n.min(MAX_FILTER_RULES), topo.family);
+        let host_len = topo.family.host_len();
         let mut filter_time = Duration::ZERO;
         if !sources.is_empty() {
             let rules: Vec<Value> = sources
                 .iter()
-                .map(|src| json!({"src": format!("{src}/32"), "action": "drop"}))
+                .map(|src| json!({"src": format!("{src}/{host_len}"), "action": "drop"}))
                 .collect();
             let t = Instant::now();
             let v = self.api(&json!({"op": "filter_add_many", "rules": rules, "first": false}))?;
@@ -255,10 +294,10 @@ impl Peer for Dataplane {
         })
     }
 
-    fn add_remove(&mut self, _topo: &Topology) -> Result<Option<(Duration, Duration)>> {
+    fn add_remove(&mut self, topo: &Topology) -> Result<Option<(Duration, Duration)>> {
         // Through the API, as a container engine would call it (the CLI adds
         // a process start; the bench prints that figure too).
-        let spec = ONE_MORE.spec();
+        let spec = one_more(topo.family).spec();
         let req =
             |op: &str| json!({"op": op, "network": NETWORK, "endpoint": "idle", "specs": [spec]});
         let t = Instant::now();
@@ -273,7 +312,8 @@ impl Peer for Dataplane {
 impl Dataplane {
     /// One add and remove through the CLI (process start included).
     pub fn add_remove_cli(&self) -> Result<(Duration, Duration)> {
-        let spec = ONE_MORE.spec();
+        // The spec names ports only, so it is the same for both families.
+        let spec = one_more(Family::V4).spec();
         Ok((
             self.timed_cli(&["publish", "add", NETWORK, "idle", &spec])?,
             self.timed_cli(&["publish", "rm", NETWORK, "idle", &spec])?,

@@ -12,14 +12,19 @@
 //! DOCKER-ISOLATION-STAGE-1/2 -> conntrack RELATED,ESTABLISHED accept ->
 //! DOCKER (one ACCEPT per mapping) -> the bridge's own accepts, policy DROP.
 //! The N extra source rules sit in DOCKER-USER, traversed by every
-//! forwarded packet.
+//! forwarded packet. On an IPv6 topology the same layout goes through
+//! `ip6tables-restore`, as Docker writes it with `ip6tables` enabled
+//! (DNAT to the ULA container, MASQUERADE of the ULA subnet).
 
 use std::{fmt::Write as _, time::Duration};
 
 use anyhow::Result;
 
-use super::{extra_sources, extras, measured, Install, Mapping, Peer, ONE_MORE};
-use crate::bench::topology::{Topology, BRIDGE, SUBNET};
+use super::{all_mappings, extra_sources, one_more, Install, Mapping, Peer};
+use crate::bench::{
+    family::{ip_port, Family},
+    topology::{Topology, BRIDGE},
+};
 
 #[derive(Clone, Copy, Debug)]
 pub enum Backend {
@@ -30,17 +35,21 @@ pub enum Backend {
 }
 
 impl Backend {
-    fn cmd(self) -> &'static str {
-        match self {
-            Backend::Nft => "iptables-nft",
-            Backend::Legacy => "iptables-legacy",
+    fn cmd(self, family: Family) -> &'static str {
+        match (self, family) {
+            (Backend::Nft, Family::V4) => "iptables-nft",
+            (Backend::Legacy, Family::V4) => "iptables-legacy",
+            (Backend::Nft, Family::V6) => "ip6tables-nft",
+            (Backend::Legacy, Family::V6) => "ip6tables-legacy",
         }
     }
 
-    fn restore(self) -> &'static str {
-        match self {
-            Backend::Nft => "iptables-nft-restore",
-            Backend::Legacy => "iptables-legacy-restore",
+    fn restore(self, family: Family) -> &'static str {
+        match (self, family) {
+            (Backend::Nft, Family::V4) => "iptables-nft-restore",
+            (Backend::Legacy, Family::V4) => "iptables-legacy-restore",
+            (Backend::Nft, Family::V6) => "ip6tables-nft-restore",
+            (Backend::Legacy, Family::V6) => "ip6tables-legacy-restore",
         }
     }
 }
@@ -58,30 +67,36 @@ impl Iptables {
 /// The DNAT rule of one mapping (DOCKER chain of the nat table).
 fn dnat_rule(m: &Mapping) -> String {
     format!(
-        "! -i {BRIDGE} -p {p} -m {p} --dport {hp} -j DNAT --to-destination {ip}:{cp}",
+        "! -i {BRIDGE} -p {p} -m {p} --dport {hp} -j DNAT --to-destination {to}",
         p = m.proto.as_str(),
         hp = m.host_port,
-        ip = m.ip,
-        cp = m.port
+        to = ip_port(m.ip, m.port),
     )
 }
 
 /// Docker's whole ruleset for the bridge with `n` extra mappings and `n`
-/// extra DOCKER-USER source rules, in `iptables-restore` format.
-pub fn ruleset(n: usize) -> String {
-    let mappings: Vec<Mapping> = extras(n).into_iter().chain(measured()).collect();
+/// extra DOCKER-USER source rules, in `iptables-restore` format (the
+/// `ip6tables-restore` one for IPv6).
+pub fn ruleset(n: usize, family: Family) -> String {
+    let mappings = all_mappings(n, family);
+    let host = family.host_len();
     let mut s = String::with_capacity(200 * (n + 10));
     s.push_str(
         "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
          :POSTROUTING ACCEPT [0:0]\n:DOCKER - [0:0]\n\
-         -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\n\
-         -A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER\n",
+         -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\n",
     );
-    let _ = writeln!(s, "-A POSTROUTING -s {SUBNET} ! -o {BRIDGE} -j MASQUERADE");
+    let _ = writeln!(
+        s,
+        "-A OUTPUT ! -d {} -m addrtype --dst-type LOCAL -j DOCKER\n\
+         -A POSTROUTING -s {} ! -o {BRIDGE} -j MASQUERADE",
+        family.loopback(),
+        family.addrs().subnet
+    );
     for m in &mappings {
         let _ = writeln!(
             s,
-            "-A POSTROUTING -s {ip}/32 -d {ip}/32 -p {p} -m {p} --dport {cp} -j MASQUERADE",
+            "-A POSTROUTING -s {ip}/{host} -d {ip}/{host} -p {p} -m {p} --dport {cp} -j MASQUERADE",
             ip = m.ip,
             p = m.proto.as_str(),
             cp = m.port
@@ -107,7 +122,7 @@ pub fn ruleset(n: usize) -> String {
     for m in &mappings {
         let _ = writeln!(
             s,
-            "-A DOCKER -d {ip}/32 ! -i {BRIDGE} -o {BRIDGE} -p {p} -m {p} --dport {cp} -j ACCEPT",
+            "-A DOCKER -d {ip}/{host} ! -i {BRIDGE} -o {BRIDGE} -p {p} -m {p} --dport {cp} -j ACCEPT",
             ip = m.ip,
             p = m.proto.as_str(),
             cp = m.port
@@ -120,8 +135,8 @@ pub fn ruleset(n: usize) -> String {
          -A DOCKER-ISOLATION-STAGE-2 -o {BRIDGE} -j DROP\n\
          -A DOCKER-ISOLATION-STAGE-2 -j RETURN"
     );
-    for src in extra_sources(n) {
-        let _ = writeln!(s, "-A DOCKER-USER -s {src}/32 -j DROP");
+    for src in extra_sources(n, family) {
+        let _ = writeln!(s, "-A DOCKER-USER -s {src}/{host} -j DROP");
     }
     s.push_str("-A DOCKER-USER -j RETURN\nCOMMIT\n");
     s
@@ -137,28 +152,28 @@ impl Peer for Iptables {
 
     fn setup(&mut self, topo: &Topology, n: usize) -> Result<Install> {
         topo.wire_bridge()?;
-        let rules = ruleset(n);
+        let rules = ruleset(n, topo.family);
+        let restore = self.backend.restore(topo.family);
         let t = std::time::Instant::now();
-        topo.host
-            .exec_stdin(&[self.backend.restore()], rules.as_bytes())?;
+        topo.host.exec_stdin(&[restore], rules.as_bytes())?;
         let total = t.elapsed();
         Ok(Install {
             total,
             mappings: total,
             note: Some(format!(
-                "one {} of the whole ruleset ({} lines)",
-                self.backend.restore(),
+                "one {restore} of the whole ruleset ({} lines)",
                 rules.lines().count()
             )),
         })
     }
 
     fn add_remove(&mut self, topo: &Topology) -> Result<Option<(Duration, Duration)>> {
-        let rule = dnat_rule(&ONE_MORE);
+        let rule = dnat_rule(&one_more(topo.family));
         let args: Vec<&str> = rule.split_whitespace().collect();
-        let mut add = vec![self.backend.cmd(), "-w", "-t", "nat", "-A", "DOCKER"];
+        let cmd = self.backend.cmd(topo.family);
+        let mut add = vec![cmd, "-w", "-t", "nat", "-A", "DOCKER"];
         add.extend(&args);
-        let mut del = vec![self.backend.cmd(), "-w", "-t", "nat", "-D", "DOCKER"];
+        let mut del = vec![cmd, "-w", "-t", "nat", "-D", "DOCKER"];
         del.extend(&args);
         Ok(Some((topo.host.timed(&add)?, topo.host.timed(&del)?)))
     }
@@ -166,9 +181,22 @@ impl Peer for Iptables {
 
 #[cfg(test)]
 mod tests {
+    use crate::bench::family::Family;
+
+    #[test]
+    fn ipv6_ruleset_is_docker_ip6tables_layout() {
+        let r = super::ruleset(2, Family::V6);
+        assert_eq!(r.matches("-j DNAT").count(), 5);
+        assert!(r.contains("--to-destination [fd00:b0::2]:7000"));
+        assert!(r.contains("-A POSTROUTING -s fd00:b0::/64 ! -o br0 -j MASQUERADE"));
+        assert!(r.contains("-A OUTPUT ! -d ::1/128 "));
+        assert_eq!(r.matches("-A DOCKER-USER -s fd10::").count(), 2);
+        assert!(!r.contains("/32"));
+    }
+
     #[test]
     fn ruleset_has_one_dnat_and_accept_per_mapping_and_the_user_rules() {
-        let r = super::ruleset(10);
+        let r = super::ruleset(10, Family::V4);
         assert_eq!(r.matches("-j DNAT").count(), 13);
         assert_eq!(r.matches("--dport 80 -j ACCEPT").count(), 10);
         assert_eq!(r.matches("-A DOCKER-USER -s 10.").count(), 10);

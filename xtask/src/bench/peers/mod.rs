@@ -4,10 +4,13 @@
 //! removed at size N.
 //!
 //! Every peer gets the same inputs from here ([`measured`], [`extras`],
-//! [`extra_sources`], [`ONE_MORE`]): the extra mappings point at the idle
+//! [`extra_sources`], [`one_more`]): the extra mappings point at the idle
 //! container and come before the measured ones (the newest container's
 //! rules are last in Docker's chains, the worst case for a linear list);
-//! the extra sources are in 10.0.0.0/8 and never match the bench's traffic.
+//! the extra sources are in 10.0.0.0/8 (fd10::/64 for IPv6) and never match
+//! the bench's traffic. Each peer writes the rules of its topology's family
+//! only ([`Topology::family`]): `ip6tables`, nftables `ip6` tables, the
+//! dataplane's IPv6 publishing and NAT66 on a dual-stack network.
 
 pub mod dataplane;
 pub mod iptables;
@@ -15,11 +18,11 @@ pub mod nftables;
 pub mod nftables_sets;
 pub mod none;
 
-use std::{net::Ipv4Addr, path::Path, time::Duration};
+use std::{net::IpAddr, path::Path, time::Duration};
 
 use anyhow::{bail, Result};
 
-use super::topology::{Topology, CONTAINER_IP, HOST_IP, IDLE_IP};
+use super::{family::Family, topology::Topology};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proto {
@@ -40,7 +43,7 @@ impl Proto {
 #[derive(Clone, Copy, Debug)]
 pub struct Mapping {
     pub host_port: u16,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub proto: Proto,
 }
@@ -66,7 +69,7 @@ const EXTRA_BASE: u16 = 20000;
 pub const MAX_N: usize = 20000;
 
 /// The measured container's published ports.
-pub fn measured() -> Vec<Mapping> {
+pub fn measured(family: Family) -> Vec<Mapping> {
     [
         (IPERF_PORT, Proto::Tcp),
         (TCP_PORT, Proto::Tcp),
@@ -75,7 +78,7 @@ pub fn measured() -> Vec<Mapping> {
     .into_iter()
     .map(|(port, proto)| Mapping {
         host_port: port,
-        ip: CONTAINER_IP,
+        ip: family.addrs().container,
         port,
         proto,
     })
@@ -83,30 +86,38 @@ pub fn measured() -> Vec<Mapping> {
 }
 
 /// `n` extra TCP mappings to the idle container's port 80.
-pub fn extras(n: usize) -> Vec<Mapping> {
+pub fn extras(n: usize, family: Family) -> Vec<Mapping> {
     (0..n.min(MAX_N))
         .map(|i| Mapping {
             host_port: EXTRA_BASE + i as u16,
-            ip: IDLE_IP,
+            ip: family.addrs().idle,
             port: 80,
             proto: Proto::Tcp,
         })
         .collect()
 }
 
-/// The mapping added and removed at size N.
-pub const ONE_MORE: Mapping = Mapping {
-    host_port: 45000,
-    ip: IDLE_IP,
-    port: 81,
-    proto: Proto::Tcp,
-};
-
-/// `n` distinct /32 sources in 10.0.0.0/8 (never the bench's traffic).
-pub fn extra_sources(n: usize) -> Vec<Ipv4Addr> {
-    (1..=n as u32)
-        .map(|i| Ipv4Addr::from(0x0a00_0000 | i))
+/// What a peer installs: the `n` extras first, then the measured ones.
+pub fn all_mappings(n: usize, family: Family) -> Vec<Mapping> {
+    extras(n, family)
+        .into_iter()
+        .chain(measured(family))
         .collect()
+}
+
+/// The mapping added and removed at size N.
+pub fn one_more(family: Family) -> Mapping {
+    Mapping {
+        host_port: 45000,
+        ip: family.addrs().idle,
+        port: 81,
+        proto: Proto::Tcp,
+    }
+}
+
+/// `n` distinct single-host sources (never the bench's traffic).
+pub fn extra_sources(n: usize, family: Family) -> Vec<IpAddr> {
+    family.extra_sources(n)
 }
 
 /// What installing a peer's configuration cost.
@@ -127,13 +138,13 @@ pub trait Peer {
     /// [`Topology::wire_bridge`]) and installs the configuration for N
     /// extra mappings and N extra source rules.
     fn setup(&mut self, topo: &Topology, n: usize) -> Result<Install>;
-    /// Adds [`ONE_MORE`] and removes it again, timing each (None: the peer
+    /// Adds [`one_more`] and removes it again, timing each (None: the peer
     /// has nothing to add).
     fn add_remove(&mut self, topo: &Topology) -> Result<Option<(Duration, Duration)>>;
     /// Where the external client sends ingress traffic: the host's address
     /// (published ports), or the container's for `none`.
-    fn ingress_addr(&self) -> Ipv4Addr {
-        HOST_IP
+    fn ingress_addr(&self, topo: &Topology) -> IpAddr {
+        topo.addrs().host
     }
 }
 

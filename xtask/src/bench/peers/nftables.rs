@@ -1,39 +1,44 @@
 //! `nftables`: Docker's iptables layout written as plain nftables rules in
 //! one table of the fake host, one rule per mapping and per source rule
 //! (linear lists, like the iptables peers but without the xtables
-//! compatibility layer), loaded with one `nft -f`.
+//! compatibility layer), loaded with one `nft -f`. On an IPv6 topology the
+//! table is an `ip6` one (`ip6 daddr`, `dnat ip6 to [addr]:port`).
 
 use std::{fmt::Write as _, time::Duration};
 
 use anyhow::{Context as _, Result};
 
-use super::{extra_sources, extras, measured, Install, Mapping, Peer, ONE_MORE};
-use crate::bench::topology::{Topology, BRIDGE, SUBNET};
+use super::{all_mappings, extra_sources, one_more, Install, Mapping, Peer};
+use crate::bench::{
+    family::{ip_port, Family},
+    topology::{Topology, BRIDGE},
+};
 
 pub struct Nftables;
 
 /// The table every nft peer uses inside its fake host.
 pub const TABLE: &str = "docker_bench";
 
-fn dnat_rule(m: &Mapping) -> String {
+fn dnat_rule(m: &Mapping, family: Family) -> String {
     format!(
-        "iifname != \"{BRIDGE}\" {p} dport {hp} dnat to {ip}:{cp}",
+        "iifname != \"{BRIDGE}\" {p} dport {hp} dnat {f} to {to}",
         p = m.proto.as_str(),
         hp = m.host_port,
-        ip = m.ip,
-        cp = m.port
+        f = family.nft(),
+        to = ip_port(m.ip, m.port),
     )
 }
 
 /// The chains both nft peers share: hooks, masquerade, forward policy,
 /// isolation, conntrack accept. `docker_nat`, `docker_filter` and
 /// `docker_user` hold what differs and must be defined before it.
-pub fn skeleton() -> String {
+pub fn skeleton(family: Family) -> String {
+    let (f, lo, subnet) = (family.nft(), family.loopback(), family.addrs().subnet);
     format!(
-        "table ip {TABLE} {{\n\
+        "table {f} {TABLE} {{\n\
          chain prerouting {{ type nat hook prerouting priority dstnat; fib daddr type local jump docker_nat; }}\n\
-         chain output {{ type nat hook output priority -100; ip daddr != 127.0.0.0/8 fib daddr type local jump docker_nat; }}\n\
-         chain postrouting {{ type nat hook postrouting priority srcnat; ip saddr {SUBNET} oifname != \"{BRIDGE}\" masquerade; }}\n\
+         chain output {{ type nat hook output priority -100; {f} daddr != {lo} fib daddr type local jump docker_nat; }}\n\
+         chain postrouting {{ type nat hook postrouting priority srcnat; {f} saddr {subnet} oifname != \"{BRIDGE}\" masquerade; }}\n\
          chain forward {{ type filter hook forward priority filter; policy drop;\n\
            jump docker_user; jump isolation1;\n\
            oifname \"{BRIDGE}\" ct state related,established accept;\n\
@@ -46,33 +51,34 @@ pub fn skeleton() -> String {
     )
 }
 
-pub fn ruleset(n: usize) -> String {
-    let mappings: Vec<Mapping> = extras(n).into_iter().chain(measured()).collect();
+pub fn ruleset(n: usize, family: Family) -> String {
+    let mappings = all_mappings(n, family);
+    let f = family.nft();
     // The chains jumped to come first: nft resolves a jump when it reads it.
     let mut s = String::with_capacity(100 * (n + 10));
     let _ = writeln!(
         s,
-        "table ip {TABLE} {{\nchain docker_nat {{\niifname \"{BRIDGE}\" return"
+        "table {f} {TABLE} {{\nchain docker_nat {{\niifname \"{BRIDGE}\" return"
     );
     for m in &mappings {
-        let _ = writeln!(s, "{}", dnat_rule(m));
+        let _ = writeln!(s, "{}", dnat_rule(m, family));
     }
     s.push_str("}\nchain docker_filter {\n");
     for m in &mappings {
         let _ = writeln!(
             s,
-            "ip daddr {ip} iifname != \"{BRIDGE}\" oifname \"{BRIDGE}\" {p} dport {cp} accept",
+            "{f} daddr {ip} iifname != \"{BRIDGE}\" oifname \"{BRIDGE}\" {p} dport {cp} accept",
             ip = m.ip,
             p = m.proto.as_str(),
             cp = m.port
         );
     }
     s.push_str("}\nchain docker_user {\n");
-    for src in extra_sources(n) {
-        let _ = writeln!(s, "ip saddr {src} drop");
+    for src in extra_sources(n, family) {
+        let _ = writeln!(s, "{f} saddr {src} drop");
     }
     s.push_str("}\n}\n");
-    s.push_str(&skeleton());
+    s.push_str(&skeleton(family));
     s
 }
 
@@ -90,7 +96,7 @@ impl Peer for Nftables {
 
     fn setup(&mut self, topo: &Topology, n: usize) -> Result<Install> {
         topo.wire_bridge()?;
-        let text = ruleset(n);
+        let text = ruleset(n, topo.family);
         let total = load(topo, &text)?;
         Ok(Install {
             total,
@@ -102,14 +108,15 @@ impl Peer for Nftables {
     fn add_remove(&mut self, topo: &Topology) -> Result<Option<(Duration, Duration)>> {
         // `--echo --handle` prints the new rule's handle, which `delete`
         // needs; the printing is part of what a tool doing this pays.
-        let rule = dnat_rule(&ONE_MORE);
+        let f = topo.family.nft();
+        let rule = dnat_rule(&one_more(topo.family), topo.family);
         let mut add = vec![
             "nft",
             "--echo",
             "--handle",
             "add",
             "rule",
-            "ip",
+            f,
             TABLE,
             "docker_nat",
         ];
@@ -130,12 +137,28 @@ impl Peer for Nftables {
             "nft",
             "delete",
             "rule",
-            "ip",
+            f,
             TABLE,
             "docker_nat",
             "handle",
             &handle,
         ])?;
         Ok(Some((add_time, del)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::bench::family::Family;
+
+    #[test]
+    fn ipv6_ruleset_has_one_ip6_rule_per_mapping_and_source() {
+        let r = super::ruleset(3, Family::V6);
+        assert!(r.contains("table ip6 docker_bench {"));
+        assert_eq!(r.matches(" dnat ip6 to [fd00:b0::3]:80").count(), 3);
+        assert!(r.contains("udp dport 7001 dnat ip6 to [fd00:b0::2]:7001"));
+        assert_eq!(r.matches("ip6 saddr fd10::").count(), 3);
+        assert!(r.contains("ip6 daddr != ::1/128 fib daddr type local"));
+        assert!(!r.contains("ip daddr"));
     }
 }

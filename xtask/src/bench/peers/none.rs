@@ -2,12 +2,12 @@
 //! address directly and the container's egress is routed back unchanged: the
 //! upper bound every translating peer is measured against.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 use anyhow::Result;
 
 use super::{Install, Peer};
-use crate::bench::topology::{Topology, CONTAINER_IP};
+use crate::bench::topology::Topology;
 
 pub struct NoNat;
 
@@ -30,7 +30,7 @@ impl Peer for NoNat {
         Ok(None)
     }
 
-    fn ingress_addr(&self) -> Ipv4Addr {
-        CONTAINER_IP
+    fn ingress_addr(&self, topo: &Topology) -> IpAddr {
+        topo.addrs().container
     }
 }
