@@ -3,8 +3,6 @@
 //! NAT and TCP tracking are written once and monomorphised per family (no
 //! dispatch at run time, and the IPv4 code is what it was).
 
-use core::ffi::c_void;
-
 use aya_ebpf::{
     bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2, programs::TcContext, EbpfContext,
 };
@@ -16,11 +14,11 @@ use dataplane_common::{
 use network_types::eth::EthHdr;
 
 use crate::{
+    hostsock,
     maps::{
         DP_CT6_OTHER, DP_CT6_TCP, DP_CT_OTHER, DP_CT_TCP, DP_HOST_ADDRS, DP_HOST_ADDRS6, DP_PORTS,
         DP_PORTS6,
     },
-    nat,
 };
 
 /// What differs between IPv4 and IPv6 for conntrack and NAT.
@@ -132,7 +130,7 @@ impl Family for [u8; 4] {
     ) -> bool {
         let ports =
             u32::from(u16::from_ne_bytes(peer.dport)) | u32::from(u16::from_ne_bytes(port)) << 16;
-        nat::lookup_socket(
+        hostsock::lookup_socket(
             ctx.as_ptr(),
             proto,
             u32::from_ne_bytes(peer.daddr),
@@ -179,18 +177,6 @@ impl Family for [u8; 16] {
             sport: u16::from_ne_bytes(peer.dport),
             dport: u16::from_ne_bytes(port),
         };
-        lookup_socket6(ctx.as_ptr(), proto, &raw mut tuple)
+        hostsock::lookup_socket6(ctx.as_ptr(), proto, &raw mut tuple)
     }
-}
-
-/// [`nat::lookup_socket`] for an IPv6 tuple (built by the caller, whose
-/// frame holds it for the call).
-#[inline(never)]
-fn lookup_socket6(
-    skb: *mut c_void,
-    proto: u8,
-    tuple: *mut bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
-) -> bool {
-    let size = size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>() as u32;
-    nat::socket_exists(skb, proto, tuple.cast(), size)
 }

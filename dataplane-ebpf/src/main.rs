@@ -13,6 +13,7 @@ mod family;
 mod fastpath;
 mod filter;
 mod frag;
+mod hostsock;
 mod icmp;
 mod icmp6;
 mod local;

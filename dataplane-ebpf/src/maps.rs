@@ -133,10 +133,19 @@ pub static DP_CT6_TCP: LruHashMap<CtKey6, CtEntry6, { CT_TCP_MAX as usize }> = L
 pub static DP_CT6_OTHER: LruHashMap<CtKey6, CtEntry6, { CT_OTHER_MAX as usize }> =
     LruHashMap::new();
 
+/// The scratch space of one CPU: a flow's entry and its reply, and the
+/// quoted tuple of an ICMPv6 error (`icmp6`).
+#[repr(C)]
+pub struct Scratch6 {
+    pub orig: CtEntry6,
+    pub reply: CtEntry6,
+    pub quote: CtKey6,
+}
+
 /// Per-CPU room for a new IPv6 flow's conntrack entries (see `nat6`); not
 /// pinned: it holds nothing between program runs.
 #[btf_map]
-pub static DP_SCRATCH6: PerCpuArray<crate::nat6::Scratch6, 1> = PerCpuArray::new();
+pub static DP_SCRATCH6: PerCpuArray<Scratch6, 1> = PerCpuArray::new();
 
 /// Host-local IPv6 sockets translated by the sock_addr hooks, by socket
 /// cookie.

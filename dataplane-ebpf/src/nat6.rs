@@ -29,20 +29,11 @@ use crate::{
     conntrack,
     counters::bump,
     family::Family,
-    maps::{DP_PORT_STATS, DP_SCRATCH6},
+    maps::{Scratch6, DP_PORT_STATS, DP_SCRATCH6},
     nat::{self, NAT_CONFIG},
     parse::{ip_len, Ipv6Packet},
     tcp,
 };
-
-/// The scratch space of one CPU: a flow's entry and its reply, and the
-/// quoted tuple of an ICMPv6 error (`icmp6`).
-#[repr(C)]
-pub struct Scratch6 {
-    pub orig: CtEntry6,
-    pub reply: CtEntry6,
-    pub quote: CtKey6,
-}
 
 #[inline(always)]
 pub fn scratch() -> Result<&'static mut Scratch6, DropReason> {

@@ -49,9 +49,8 @@ use dataplane_common::{
 };
 
 use crate::{
-    fastpath,
+    fastpath, hostsock,
     maps::{DP_HOST_ADDRS, DP_PORTS, DP_SOCK_REVNAT},
-    nat,
 };
 
 /// The only return value of a sock_addr program that lets the syscall go on.
@@ -186,7 +185,7 @@ fn leave_to_packets(ctx: &SockAddrContext, backend: Endpoint) -> bool {
     // order in `src_port`, wire order in the tuple).
     let ports =
         u32::from(u16::from_ne_bytes(backend.port)) | u32::from((src_port as u16).to_be()) << 16;
-    nat::lookup_socket(
+    hostsock::lookup_socket(
         ctx.as_ptr(),
         IPPROTO_TCP,
         u32::from_ne_bytes(backend.addr),

@@ -9,7 +9,6 @@
 
 pub mod cni;
 pub mod desired;
-mod desired6;
 pub mod driver;
 pub mod filter_rules;
 pub mod host;

@@ -4,18 +4,22 @@
 //! `crate::datapath::nat`. This is control-plane code: it reads
 //! `State` and the network model, which the datapath must not.
 
+mod keys;
+mod v6;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use dataplane_common::nat::{
     EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SandboxAddr, TrustedIface, Uplink,
-    SUBNET_INTERNAL, SUBNET_MASQUERADE, SUBNET_NO_ICC, SUBNET_PROTECTED, SUBNET_ROUTED,
 };
+pub use keys::network_key;
+use keys::policy_flags;
 
 use crate::{
     control::{
-        driver::{self, NetworkDriver as _, SubnetPolicy},
+        driver::{self, NetworkDriver as _},
         host::Host,
-        model::{Attachment, DriverConfig, Endpoint, Network},
+        model::{Attachment, DriverConfig, Endpoint},
         state::State,
     },
     datapath::{
@@ -24,14 +28,6 @@ use crate::{
     },
     sys::netlink::Link,
 };
-
-/// The number the datapath knows a network by: the first 32 bits of its id,
-/// never 0 (0 means "no network").
-pub fn network_key(id: &str) -> u32 {
-    u32::from_str_radix(id.get(..8).unwrap_or("1"), 16)
-        .unwrap_or(1)
-        .max(1)
-}
 
 /// Every published port of the state, as `DP_PORTS` holds it.
 fn port_entries(state: &State) -> impl Iterator<Item = (PortKey, PortTarget)> + '_ {
@@ -115,7 +111,7 @@ pub fn gone(old: &State, new: &State) -> Gone {
             .collect();
         g.mappings.retain(|m| !mapped.contains(m));
     }
-    super::desired6::gone6(old, new, &mut g);
+    v6::gone6(old, new, &mut g);
     g
 }
 
@@ -153,7 +149,7 @@ pub async fn desired(state: &State, host: &impl Host) -> Result<Desired, NatErro
             },
         );
     }
-    super::desired6::fill(state, host, &links, &sandbox, &mut d).await?;
+    v6::fill(state, host, &links, &sandbox, &mut d).await?;
     for name in &state.uplinks {
         let link = host
             .link_by_name(name)
@@ -187,27 +183,6 @@ fn subnets(state: &State) -> BTreeMap<([u8; 4], u32), (u32, u32)> {
         );
     }
     out
-}
-
-/// A subnet's `SUBNET_*` flags, the same for both families of a network
-/// (Docker 27+ masquerades and protects IPv6 as it does IPv4).
-pub(super) fn policy_flags(net: &Network, policy: &SubnetPolicy) -> u32 {
-    let mut flags = 0;
-    if net.internal {
-        flags |= SUBNET_INTERNAL;
-    } else if policy.masquerade {
-        flags |= SUBNET_MASQUERADE;
-    }
-    if !policy.icc {
-        flags |= SUBNET_NO_ICC;
-    }
-    if policy.protected {
-        flags |= SUBNET_PROTECTED;
-    }
-    if policy.routed {
-        flags |= SUBNET_ROUTED;
-    }
-    flags
 }
 
 /// `DP_OPEN_PORTS`: the published container ports of the endpoints of

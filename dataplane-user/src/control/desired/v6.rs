@@ -1,6 +1,6 @@
 //! The IPv6 half of what the NAT maps should hold (the `DP_*6` maps: one
 //! map per family), from the same state and host links as the IPv4 half
-//! ([`super::desired`]), which calls [`fill`].
+//! ([`super::desired`]), which calls [`fill`] and [`gone6`].
 //!
 //! A mapping without a host address (`-p 8080:80`) is published on every
 //! host address of each family its endpoint has an address of; one on an
@@ -15,14 +15,14 @@ use std::{
 
 use dataplane_common::nat::{EndpointInfo6, HostAddr, PortKey6, PortTarget6, Uplink6};
 
-use super::{
-    desired::{network_key, policy_flags},
-    driver::{self, NetworkDriver as _},
-    host::Host,
-    model::{Attachment, Endpoint},
-    state::State,
-};
+use super::keys::{network_key, policy_flags};
 use crate::{
+    control::{
+        driver::{self, NetworkDriver as _},
+        host::Host,
+        model::{Attachment, Endpoint},
+        state::State,
+    },
     datapath::{
         conntrack::{self, Gone},
         nat::{Desired, NatError},

@@ -1,0 +1,37 @@
+//! The numbers and flags the datapath knows a network by, the same for
+//! both families' maps.
+
+use dataplane_common::nat::{
+    SUBNET_INTERNAL, SUBNET_MASQUERADE, SUBNET_NO_ICC, SUBNET_PROTECTED, SUBNET_ROUTED,
+};
+
+use crate::control::{driver::SubnetPolicy, model::Network};
+
+/// The number the datapath knows a network by: the first 32 bits of its id,
+/// never 0 (0 means "no network").
+pub fn network_key(id: &str) -> u32 {
+    u32::from_str_radix(id.get(..8).unwrap_or("1"), 16)
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// A subnet's `SUBNET_*` flags, the same for both families of a network
+/// (Docker 27+ masquerades and protects IPv6 as it does IPv4).
+pub(super) fn policy_flags(net: &Network, policy: &SubnetPolicy) -> u32 {
+    let mut flags = 0;
+    if net.internal {
+        flags |= SUBNET_INTERNAL;
+    } else if policy.masquerade {
+        flags |= SUBNET_MASQUERADE;
+    }
+    if !policy.icc {
+        flags |= SUBNET_NO_ICC;
+    }
+    if policy.protected {
+        flags |= SUBNET_PROTECTED;
+    }
+    if policy.routed {
+        flags |= SUBNET_ROUTED;
+    }
+    flags
+}
