@@ -77,42 +77,55 @@ fn live_addr(ep: &Endpoint) -> Option<[u8; 4]> {
 /// whose record did not change cost a comparison; the whole new state is
 /// only searched when something may be gone.
 pub fn gone(old: &State, new: &State) -> Gone {
-    let mut g = Gone::default();
+    let (addrs, mappings) = gone_family(old, new, live_addr, |ep| {
+        endpoint_ports(ep)
+            .map(|(k, t)| conntrack::mapping_of(&k, &t))
+            .collect()
+    });
+    let (addrs6, mappings6) = gone_family(old, new, v6::live_addr6, v6::mappings6);
+    Gone {
+        addrs,
+        mappings,
+        addrs6,
+        mappings6,
+    }
+}
+
+/// [`gone`] for one family: `live` gives an endpoint's address of the
+/// family while it is in a sandbox, `mappings` its published ports as the
+/// family's maps hold them.
+fn gone_family<A: Ord, M: Ord>(
+    old: &State,
+    new: &State,
+    live: impl Fn(&Endpoint) -> Option<A>,
+    mappings: impl Fn(&Endpoint) -> Vec<M>,
+) -> (BTreeSet<A>, BTreeSet<M>) {
+    let mut addrs = BTreeSet::new();
+    let mut gone_mappings = BTreeSet::new();
     for (id, o) in &old.endpoints {
         let n = new.endpoints.get(id);
         if n == Some(o) {
             continue;
         }
-        if let Some(a) = live_addr(o) {
-            if n.and_then(live_addr) != Some(a) {
-                g.addrs.insert(a);
+        if let Some(a) = live(o) {
+            if n.and_then(&live).as_ref() != Some(&a) {
+                addrs.insert(a);
             }
         }
-        let kept: BTreeSet<_> = n
-            .into_iter()
-            .flat_map(endpoint_ports)
-            .map(|(k, t)| conntrack::mapping_of(&k, &t))
-            .collect();
-        g.mappings.extend(
-            endpoint_ports(o)
-                .map(|(k, t)| conntrack::mapping_of(&k, &t))
-                .filter(|m| !kept.contains(m)),
-        );
+        let kept: BTreeSet<M> = n.map(&mappings).unwrap_or_default().into_iter().collect();
+        gone_mappings.extend(mappings(o).into_iter().filter(|m| !kept.contains(m)));
     }
     // Another endpoint may have what this one lost (a container's second
     // endpoint record shares its address).
-    if !g.addrs.is_empty() {
-        let live: BTreeSet<[u8; 4]> = new.endpoints.values().filter_map(live_addr).collect();
-        g.addrs.retain(|a| !live.contains(a));
+    if !addrs.is_empty() {
+        let still: BTreeSet<A> = new.endpoints.values().filter_map(&live).collect();
+        addrs.retain(|a| !still.contains(a));
     }
-    if !g.mappings.is_empty() {
-        let mapped: BTreeSet<_> = port_entries(new)
-            .map(|(k, t)| conntrack::mapping_of(&k, &t))
-            .collect();
-        g.mappings.retain(|m| !mapped.contains(m));
+    if !gone_mappings.is_empty() {
+        let mapped: BTreeSet<M> = new.endpoints.values().flat_map(&mappings).collect();
+        gone_mappings.retain(|m| !mapped.contains(m));
     }
-    v6::gone6(old, new, &mut g);
-    g
+    (addrs, gone_mappings)
 }
 
 /// Computes the maps' contents from the state and the host's links.

@@ -1,6 +1,7 @@
 //! The IPv6 half of what the NAT maps should hold (the `DP_*6` maps: one
 //! map per family), from the same state and host links as the IPv4 half
-//! ([`super::desired`]), which calls [`fill`] and [`gone6`].
+//! ([`super::desired`]), which calls [`fill`], [`live_addr6`] and
+//! [`mappings6`].
 //!
 //! A mapping without a host address (`-p 8080:80`) is published on every
 //! host address of each family its endpoint has an address of; one on an
@@ -9,7 +10,7 @@
 //! container (no NAT64; docs/docker-compat.md).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     net::{IpAddr, Ipv6Addr},
 };
 
@@ -24,7 +25,7 @@ use crate::{
         state::State,
     },
     datapath::{
-        conntrack::{self, Gone},
+        conntrack,
         nat::{Desired, NatError},
     },
     sys::netlink::Link,
@@ -179,47 +180,17 @@ fn endpoints6(
     out
 }
 
-/// The IPv6 half of `desired::gone`: IPv6 addresses no endpoint in a
-/// sandbox has any more, IPv6 published ports no longer leading where they
-/// did.
-pub(super) fn gone6(old: &State, new: &State, g: &mut Gone) {
-    let live = |ep: &Endpoint| {
-        ep.ipv6
-            .filter(|_| !ep.netns.as_os_str().is_empty())
-            .map(|ip| ip.octets())
-    };
-    for (id, o) in &old.endpoints {
-        let n = new.endpoints.get(id);
-        if n == Some(o) {
-            continue;
-        }
-        if let Some(a) = live(o) {
-            if n.and_then(live) != Some(a) {
-                g.addrs6.insert(a);
-            }
-        }
-        let kept: BTreeSet<_> = n
-            .into_iter()
-            .flat_map(endpoint_ports6)
-            .map(|(k, t)| conntrack::mapping_of6(&k, &t))
-            .collect();
-        g.mappings6.extend(
-            endpoint_ports6(o)
-                .map(|(k, t)| conntrack::mapping_of6(&k, &t))
-                .filter(|m| !kept.contains(m)),
-        );
-    }
-    if !g.addrs6.is_empty() {
-        let still: BTreeSet<[u8; 16]> = new.endpoints.values().filter_map(live).collect();
-        g.addrs6.retain(|a| !still.contains(a));
-    }
-    if !g.mappings6.is_empty() {
-        let mapped: BTreeSet<_> = new
-            .endpoints
-            .values()
-            .flat_map(endpoint_ports6)
-            .map(|(k, t)| conntrack::mapping_of6(&k, &t))
-            .collect();
-        g.mappings6.retain(|m| !mapped.contains(m));
-    }
+/// An endpoint's IPv6 address while it is in a sandbox (what
+/// `desired::gone` looks for).
+pub(super) fn live_addr6(ep: &Endpoint) -> Option<[u8; 16]> {
+    ep.ipv6
+        .filter(|_| !ep.netns.as_os_str().is_empty())
+        .map(|ip| ip.octets())
+}
+
+/// An endpoint's IPv6 published ports as `Gone::mappings6` keys them.
+pub(super) fn mappings6(ep: &Endpoint) -> Vec<(PortKey6, [u8; 16], [u8; 2])> {
+    endpoint_ports6(ep)
+        .map(|(k, t)| conntrack::mapping_of6(&k, &t))
+        .collect()
 }
