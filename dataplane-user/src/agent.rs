@@ -257,6 +257,7 @@ impl Agent {
             tasks.spawn(dns::serve(
                 settings.clone(),
                 self.state_dir().to_owned(),
+                Some(cache.clone()),
                 stop.clone(),
             ));
         }

@@ -272,6 +272,18 @@ pub struct Cache {
     applied: Option<Applied>,
 }
 
+impl Cache {
+    /// The state the last request left, if it changed since `last` (None
+    /// while a request holds the cache, before the first, or unchanged):
+    /// what readers of the agent's state in the same process (the DNS
+    /// responder) take instead of reading the files under the state lock,
+    /// which would make every request wait for them.
+    pub fn state_since(&self, last: Option<Mark>) -> Option<(Mark, &State)> {
+        let (mark, state) = self.state.as_ref()?;
+        (Some(*mark) != last).then_some((*mark, state))
+    }
+}
+
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cache")

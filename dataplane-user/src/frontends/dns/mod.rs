@@ -4,9 +4,11 @@
 //! it asks about, so names stay within their network; other names go to the
 //! host's resolvers ([`upstream`]).
 //!
-//! [`serve`] polls: the state files (names come from the persisted state,
-//! so a restarted agent has them all before its first socket opens), the
-//! host's resolv.conf, and the sockets each network should have.
+//! [`serve`] polls: the agent's state as its last request left it (its
+//! in-memory cache; without one, the state files, read under the state
+//! lock), the host's resolv.conf, and the sockets each network should
+//! have. Names come from the persisted state, so a restarted agent has them
+//! all before its first socket opens.
 
 mod handler;
 pub mod netns_files;
@@ -18,7 +20,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc, RwLock,
+        Arc, Mutex, RwLock,
     },
     time::Duration,
 };
@@ -29,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::control::{
+    manager::Cache,
     names_dns::NameTable,
     state::{State, StateStore},
 };
@@ -162,12 +165,18 @@ struct Listener {
 /// Serves until `stop`. Never fails: a socket that cannot be opened yet
 /// (the bridge is not up) is tried again at the next poll, and logged
 /// once.
-pub async fn serve(settings: DnsSettings, state_dir: PathBuf, stop: CancellationToken) {
+pub async fn serve(
+    settings: DnsSettings,
+    state_dir: PathBuf,
+    cache: Option<Arc<Mutex<Cache>>>,
+    stop: CancellationToken,
+) {
     let shared = Arc::new(Shared::default());
     let mut listeners: BTreeMap<String, Listener> = BTreeMap::new();
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
     let mut resolv = upstream::Watched::new(&settings.resolv_conf);
     let mut stamps = (None, None);
+    let mut mark = None;
     let mut tick = tokio::time::interval(POLL);
     loop {
         tokio::select! {
@@ -178,6 +187,25 @@ pub async fn serve(settings: DnsSettings, state_dir: PathBuf, stop: Cancellation
             info!(resolv_conf = %settings.resolv_conf.display(), ?servers, "DNS: the host's resolvers");
             *shared.upstream.write().unwrap_or_else(|e| e.into_inner()) =
                 upstream::resolver(servers, settings.cache_size);
+        }
+        if let Some(cache) = &cache {
+            // The agent's own state, as its last request left it: no file
+            // read, no state lock (requests would wait for it).
+            let fresh = {
+                let c = cache.lock().unwrap_or_else(|e| e.into_inner());
+                c.state_since(mark).map(|(m, state)| {
+                    let table = NameTable::from_state(state);
+                    let files = netns_files::wanted(state, &table);
+                    (m, table, files)
+                })
+            };
+            if let Some((m, table, files)) = fresh {
+                mark = Some(m);
+                *shared.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+                netns_files::sync(&settings.netns_etc, &files);
+            }
+            reconcile(&shared.table(), &shared, &mut listeners, &mut failed).await;
+            continue;
         }
         let now = (
             FileStamp::of(&state_dir.join("state.json")),
