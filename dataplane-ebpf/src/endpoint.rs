@@ -34,6 +34,7 @@ use dataplane_common::{
     drop::DropReason,
     nat::{EndpointInfo, SUBNET_NO_ICC},
 };
+use network_types::eth::EthHdr;
 
 use crate::{
     conntrack,
@@ -60,7 +61,11 @@ pub fn dp_from_container(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     let mut pkt = Ipv4Packet::default();
-    if parse(ctx, &mut pkt)? != L3::Ipv4 {
+    let l3 = parse(ctx, &mut pkt)?;
+    if l3 == L3::Ipv6 {
+        return ipv6_of_ipv4_only(ctx);
+    }
+    if l3 != L3::Ipv4 {
         return Ok(TCX_NEXT);
     }
     // SAFETY: the context's __sk_buff is valid for the whole program run.
@@ -113,6 +118,33 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(verdict);
     }
     Ok(TCX_NEXT)
+}
+
+/// IPv6 from the veth of an endpoint without an IPv6 address, which has no
+/// `dp_from_container6` after this program (it is attached only to
+/// endpoints with one, `DP_ENDPOINTS6`): only link-local and unspecified
+/// sources pass (NDP, duplicate address detection), as that program would
+/// allow. Not ours, or with IPv6: the next program's.
+#[inline(always)]
+fn ipv6_of_ipv4_only(ctx: &TcContext) -> Result<i32, DropReason> {
+    // SAFETY: the context's __sk_buff is valid for the whole program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: only whether the keys are present.
+    let ours_v4_only = unsafe { DP_ENDPOINTS.get(ifindex) }.is_some()
+        && unsafe { DP_ENDPOINTS6.get(ifindex) }.is_none();
+    if !ours_v4_only {
+        return Ok(TCX_NEXT);
+    }
+    // The source address: bytes 8..24 of the IPv6 header.
+    let src: [u32; 4] = ctx
+        .load(EthHdr::LEN + 8)
+        .map_err(|_| DropReason::Truncated)?;
+    let first = src[0].to_ne_bytes();
+    let link_local = first[0] == 0xfe && first[1] & 0xc0 == 0x80;
+    if link_local || src == [0; 4] {
+        return Ok(TCX_NEXT);
+    }
+    Err(DropReason::Spoofed)
 }
 
 /// Whether `src` is the address of another endpoint in `ep`'s sandbox

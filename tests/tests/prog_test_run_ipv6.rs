@@ -78,10 +78,14 @@ fn case(name: &'static str, frame: Vec<u8>, reason: Option<DropReason>) -> Case 
 }
 
 fn check(dir: &BpffsDir, dp: &mut Dataplane, cases: Vec<Case>) {
+    check_with(dir, dp, PROGRAM, cases);
+}
+
+fn check_with(dir: &BpffsDir, dp: &mut Dataplane, program: &'static str, cases: Vec<Case>) {
     let mut failures = Vec::new();
     for c in cases {
         let before = c.reason.map(|r| dropped(dir, r));
-        let (verdict, out) = datapath::run_program(dp, PROGRAM, &c.frame).expect("test run");
+        let (verdict, out) = datapath::run_program(dp, program, &c.frame).expect("test run");
         if verdict != c.verdict {
             failures.push(format!(
                 "{}: verdict {verdict:#x}, expected {:#x}",
@@ -218,7 +222,9 @@ fn icc_off_and_endpoints_without_ipv6() {
         ],
     );
 
-    // An endpoint of ours without an IPv6 address: link-local only.
+    // An endpoint of ours without an IPv6 address: link-local only. Its
+    // veth has only `dp_from_container` (the IPv6 program is attached to
+    // endpoints with an IPv6 address), which polices its IPv6 itself.
     let dir = BpffsDir::new("ptr6no").expect("bpffs dir");
     let mut dp = Dataplane::load(dir.pins()).expect("load the eBPF object");
     let v4 = EndpointInfo {
@@ -239,6 +245,32 @@ fn icc_off_and_endpoints_without_ipv6() {
                 Some(DropReason::Spoofed),
             ),
         ],
+    );
+    check_with(
+        &dir,
+        &mut dp,
+        "dp_from_container",
+        vec![
+            case("link-local, IPv4 program", udp("fe80::2", "fe80::1"), None),
+            case(":: (DAD), IPv4 program", udp("::", "ff02::1:ff00:2"), None),
+            case(
+                "a global source, IPv4 program",
+                udp("fd00:1::2", "2001:db8::1"),
+                Some(DropReason::Spoofed),
+            ),
+        ],
+    );
+    // With an IPv6 address the IPv6 program that follows decides.
+    configure(&dp, true);
+    check_with(
+        &dir,
+        &mut dp,
+        "dp_from_container",
+        vec![case(
+            "an endpoint with IPv6: left to dp_from_container6",
+            udp("fd00:1::7", "2001:db8::1"),
+            None,
+        )],
     );
 }
 

@@ -1,6 +1,8 @@
-//! The programs on every endpoint's host-side veth (`dp_from_container`,
-//! then `dp_from_container6` for IPv6): attaching them and removing their
-//! pins. What they read about the endpoint (`DP_ENDPOINTS`,
+//! The programs on an endpoint's host-side veth: `dp_from_container`
+//! always, then `dp_from_container6` for an endpoint with an IPv6 address
+//! (`dp_from_container` polices the IPv6 of the others: each tcx attach
+//! waits for an RCU grace period, ~10-15 ms of a connect, so an IPv4-only
+//! endpoint pays for one). Attaching them and removing their pins. What they read about the endpoint (`DP_ENDPOINTS`,
 //! `DP_ENDPOINTS6`, `DP_ENDPOINT_ROUTES`, `DP_SANDBOX_ADDRS`) is written with
 //! the rest of the NAT maps ([`super::nat::apply`]).
 
@@ -18,10 +20,19 @@ pub const ENDPOINT_PROGRAM: &str = "dp_from_container";
 /// has its own, and each passes the other family's packets on.
 pub const ENDPOINT_PROGRAMS: [&str; 2] = [ENDPOINT_PROGRAM, "dp_from_container6"];
 
-/// Attaches the endpoint programs to a container's host-side veth; existing
-/// attachments are kept.
-pub fn attach_endpoint(dp: &mut Dataplane, host_ifname: &str) -> Result<(), NatError> {
-    for program in ENDPOINT_PROGRAMS {
+/// The programs an endpoint's veth gets, in tcx order.
+pub fn endpoint_programs(ipv6: bool) -> &'static [&'static str] {
+    if ipv6 {
+        &ENDPOINT_PROGRAMS
+    } else {
+        &ENDPOINT_PROGRAMS[..1]
+    }
+}
+
+/// Attaches the endpoint programs to a container's host-side veth (the
+/// IPv6 one with `ipv6`); existing attachments are kept.
+pub fn attach_endpoint(dp: &mut Dataplane, host_ifname: &str, ipv6: bool) -> Result<(), NatError> {
+    for program in endpoint_programs(ipv6) {
         dp.ensure_attached(program, host_ifname, Direction::Ingress)?;
     }
     Ok(())

@@ -37,7 +37,7 @@ pub enum DatapathError {
 pub trait Datapath {
     /// Masquerade settings for uplink programs attached from now on.
     fn set_nat_config(&mut self, nat: NatConfig);
-    /// Loads (verifies) the endpoint program now, so the first attachment
+    /// Loads (verifies) the endpoint programs now, so the first attachment
     /// does not pay for it.
     fn preload(&mut self) -> Result<(), NatError>;
     /// Makes the NAT maps hold exactly `want`, whatever they hold now.
@@ -48,7 +48,8 @@ pub trait Datapath {
     fn apply_filters(&mut self, compiled: &filter::Compiled) -> Result<(), DatapathError>;
     fn attach_uplink(&mut self, ifname: &str) -> Result<(), NatError>;
     fn detach_uplink(&mut self, ifname: &str) -> Result<(), NatError>;
-    fn attach_endpoint(&mut self, host_ifname: &str) -> Result<(), NatError>;
+    /// Attaches the endpoint programs (the IPv6 one with `ipv6`).
+    fn attach_endpoint(&mut self, host_ifname: &str, ipv6: bool) -> Result<(), NatError>;
     fn detach_endpoint(&mut self, host_ifname: &str) -> Result<(), NatError>;
     /// Why the endpoint program is not attached to `host_ifname`, if it
     /// is not (or cannot be told).
@@ -117,7 +118,9 @@ impl Datapath for BpfDatapath {
     }
 
     fn preload(&mut self) -> Result<(), NatError> {
-        self.dp()?.tc_program(nat::ENDPOINT_PROGRAM)?;
+        for program in crate::datapath::endpoints::ENDPOINT_PROGRAMS {
+            self.dp()?.tc_program(program)?;
+        }
         Ok(())
     }
 
@@ -141,8 +144,8 @@ impl Datapath for BpfDatapath {
         nat::detach_uplink(&self.pins, ifname)
     }
 
-    fn attach_endpoint(&mut self, host_ifname: &str) -> Result<(), NatError> {
-        nat::attach_endpoint(self.dp()?, host_ifname)
+    fn attach_endpoint(&mut self, host_ifname: &str, ipv6: bool) -> Result<(), NatError> {
+        nat::attach_endpoint(self.dp()?, host_ifname, ipv6)
     }
 
     fn detach_endpoint(&mut self, host_ifname: &str) -> Result<(), NatError> {
@@ -294,7 +297,7 @@ impl Datapath for RecordingDatapath {
         Ok(())
     }
 
-    fn attach_endpoint(&mut self, host_ifname: &str) -> Result<(), NatError> {
+    fn attach_endpoint(&mut self, host_ifname: &str, _ipv6: bool) -> Result<(), NatError> {
         self.call("attach_endpoint", host_ifname)?;
         self.endpoints.insert(host_ifname.to_owned());
         Ok(())

@@ -281,7 +281,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             self.host.set_master(host_end.index, br.index).await?;
             self.host.set_up(host_end.index).await?;
             self.host.set_mac(peer_end.index, mac).await?;
-            self.dp.attach_endpoint(host_ifname)?;
+            self.dp.attach_endpoint(host_ifname, ep.ipv6.is_some())?;
             self.change(|state| {
                 if let Some(e) = state.endpoints.get_mut(endpoint_id) {
                     e.netns = sandbox.to_owned();

@@ -94,7 +94,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             .setup_endpoint(&self.host, &plan)
             .await?;
         if let Attachment::Veth { host_ifname } = &attachment {
-            if let Err(e) = self.dp.attach_endpoint(host_ifname) {
+            if let Err(e) = self.dp.attach_endpoint(host_ifname, plan.ipv6.is_some()) {
                 let _ = self
                     .host
                     .teardown_endpoint(&netns, Some(&ifname), &attachment)

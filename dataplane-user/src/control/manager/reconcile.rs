@@ -62,7 +62,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         for ep in self.state.endpoints.values() {
             if let Attachment::Veth { host_ifname } = &ep.attachment {
                 if self.host.link_by_name(host_ifname).await?.is_some() {
-                    self.dp.attach_endpoint(host_ifname)?;
+                    self.dp.attach_endpoint(host_ifname, ep.ipv6.is_some())?;
                 }
             }
         }
@@ -151,7 +151,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 .await?;
             // The old link's pin outlived its veth: replace it.
             self.dp.detach_endpoint(host_ifname)?;
-            self.dp.attach_endpoint(host_ifname)?;
+            self.dp.attach_endpoint(host_ifname, ep.ipv6.is_some())?;
             changed.push(format!(
                 "set up endpoint {} on {} again",
                 ep.name, ep.network
