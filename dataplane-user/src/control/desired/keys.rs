@@ -1,11 +1,15 @@
-//! The numbers and flags the datapath knows a network by, the same for
-//! both families' maps.
+//! What both families' maps take from a network alike: the number the
+//! datapath knows it by, its subnets' flags, whether it is routed.
 
 use dataplane_common::nat::{
     SUBNET_INTERNAL, SUBNET_MASQUERADE, SUBNET_NO_ICC, SUBNET_PROTECTED, SUBNET_ROUTED,
 };
 
-use crate::control::{driver::SubnetPolicy, model::Network};
+use crate::control::{
+    driver::{self, NetworkDriver as _, SubnetPolicy},
+    model::{Endpoint, Network},
+    state::State,
+};
 
 /// The number the datapath knows a network by: the first 32 bits of its id,
 /// never 0 (0 means "no network").
@@ -34,4 +38,14 @@ pub(super) fn policy_flags(net: &Network, policy: &SubnetPolicy) -> u32 {
         flags |= SUBNET_ROUTED;
     }
     flags
+}
+
+/// Whether `ep` is on a `routed` network, whose published container ports
+/// are open to direct access (`DP_OPEN_PORTS`, `DP_OPEN_PORTS6`).
+pub(super) fn on_routed_network(state: &State, ep: &Endpoint) -> bool {
+    state.networks.get(&ep.network).is_some_and(|net| {
+        driver::for_network(net)
+            .subnet_policy(net)
+            .is_some_and(|p| p.routed)
+    })
 }

@@ -13,7 +13,7 @@ use dataplane_common::nat::{
     EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SandboxAddr, TrustedIface, Uplink,
 };
 pub use keys::network_key;
-use keys::policy_flags;
+use keys::{on_routed_network, policy_flags};
 
 use crate::{
     control::{
@@ -205,13 +205,7 @@ fn open_ports(state: &State) -> BTreeMap<PortKey, u32> {
     state
         .endpoints
         .values()
-        .filter(|ep| {
-            state.networks.get(&ep.network).is_some_and(|net| {
-                driver::for_network(net)
-                    .subnet_policy(net)
-                    .is_some_and(|p| p.routed)
-            })
-        })
+        .filter(|ep| on_routed_network(state, ep))
         .flat_map(endpoint_ports)
         .map(|(k, t)| {
             let key = PortKey {

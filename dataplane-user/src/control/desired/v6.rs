@@ -16,7 +16,7 @@ use std::{
 
 use dataplane_common::nat::{EndpointInfo6, HostAddr, PortKey6, PortTarget6, Uplink6};
 
-use super::keys::{network_key, policy_flags};
+use super::keys::{network_key, on_routed_network, policy_flags};
 use crate::{
     control::{
         driver::{self, NetworkDriver as _},
@@ -125,13 +125,7 @@ fn open_ports6(state: &State) -> BTreeMap<PortKey6, u32> {
     state
         .endpoints
         .values()
-        .filter(|ep| {
-            state.networks.get(&ep.network).is_some_and(|net| {
-                driver::for_network(net)
-                    .subnet_policy(net)
-                    .is_some_and(|p| p.routed)
-            })
-        })
+        .filter(|ep| on_routed_network(state, ep))
         .flat_map(endpoint_ports6)
         .map(|(k, t)| {
             let key = PortKey6 {

@@ -72,13 +72,27 @@ impl Netlink {
         &self,
         index: Option<u32>,
     ) -> Result<Vec<(u32, Ipv4Addr, u8)>, NetlinkError> {
+        self.dump_addrs(AddressFamily::Inet, "IPv4", index, ipv4_of)
+            .await
+    }
+
+    /// The addresses of one family (`what` names it in errors) as `(link
+    /// index, address, prefix length)`, of one link or of all: each message
+    /// of the kernel's dump (it dumps only the family asked for) that
+    /// `pick` takes.
+    pub(super) async fn dump_addrs<A>(
+        &self,
+        family: AddressFamily,
+        what: &str,
+        index: Option<u32>,
+        pick: impl Fn(&AddressMessage) -> Option<A>,
+    ) -> Result<Vec<(u32, A, u8)>, NetlinkError> {
         let object = || match index {
-            Some(index) => format!("IPv4 addresses of link {index}"),
-            None => "IPv4 addresses".to_string(),
+            Some(index) => format!("{what} addresses of link {index}"),
+            None => format!("{what} addresses"),
         };
         let mut request = self.handle.address().get();
-        // The kernel dumps only the family asked for.
-        request.message_mut().header.family = AddressFamily::Inet;
+        request.message_mut().header.family = family;
         if let Some(index) = index {
             request = request.set_link_index_filter(index);
         }
@@ -89,7 +103,7 @@ impl Netlink {
             .await
             .map_err(|e| self.fail(Op::ListAddrs, object(), e))?
         {
-            if let Some(addr) = ipv4_of(&msg) {
+            if let Some(addr) = pick(&msg) {
                 addrs.push((msg.header.index, addr, msg.header.prefix_len));
             }
         }

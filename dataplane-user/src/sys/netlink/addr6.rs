@@ -65,30 +65,13 @@ impl Netlink {
         &self,
         index: Option<u32>,
     ) -> Result<Vec<(u32, Ipv6Addr, u8)>, NetlinkError> {
-        let object = || match index {
-            Some(index) => format!("IPv6 addresses of link {index}"),
-            None => "IPv6 addresses".to_string(),
+        let global = |msg: &AddressMessage| {
+            (msg.header.scope == AddressScope::Universe)
+                .then(|| ipv6_of(msg))
+                .flatten()
         };
-        let mut request = self.handle.address().get();
-        request.message_mut().header.family = AddressFamily::Inet6;
-        if let Some(index) = index {
-            request = request.set_link_index_filter(index);
-        }
-        let mut stream = request.execute();
-        let mut addrs = Vec::new();
-        while let Some(msg) = stream
-            .try_next()
+        self.dump_addrs(AddressFamily::Inet6, "IPv6", index, global)
             .await
-            .map_err(|e| self.fail(Op::ListAddrs, object(), e))?
-        {
-            if msg.header.scope != AddressScope::Universe {
-                continue;
-            }
-            if let Some(addr) = ipv6_of(&msg) {
-                addrs.push((msg.header.index, addr, msg.header.prefix_len));
-            }
-        }
-        Ok(addrs)
     }
 
     /// Unicast IPv6 routes of the main table.
