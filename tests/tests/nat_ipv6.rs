@@ -314,3 +314,72 @@ fn hairpin_to_a_port_published_on_the_hosts_ipv6_address() {
         Some(IpAddr::V6(ip("fd00:82::1")))
     );
 }
+
+#[test]
+fn a_routed_ipv6_network_opens_only_its_published_container_ports() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let (fh, cli) = setup("n6rt");
+    cli.run(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.84.0.0/24",
+        "--subnet",
+        "2001:db8:84::/64",
+        "-o",
+        "com.docker.network.bridge.gateway_mode_ipv4=routed",
+        "rt",
+    ])
+    .expect("a routed dual-stack network");
+    let c = NetNs::new("n6r1").expect("netns");
+    cli.run(&[
+        "connect",
+        "-p",
+        "8080:80",
+        "--ip6",
+        "2001:db8:84::2",
+        "rt",
+        c.name(),
+    ])
+    .expect("connect");
+    // The upstream router's route to the network (docs/docker-compat.md).
+    fh.client
+        .exec(&["ip", "-6", "route", "add", "2001:db8:84::/64", "via", HOST6])
+        .expect("client route");
+    let container = ip("2001:db8:84::2");
+    let _mapped = dataplane_tests::traffic::tcp_echo_server(&c, SocketAddr::from((container, 80)))
+        .expect("server 80");
+    let _unmapped =
+        dataplane_tests::traffic::tcp_echo_server(&c, SocketAddr::from((container, 81)))
+            .expect("server 81");
+    assert!(
+        ping6(&fh.client, "2001:db8:84::2"),
+        "routed: ICMPv6 gets in"
+    );
+    assert_eq!(
+        tcp_echo(&fh.client, SocketAddr::from((container, 80)), b"m", T)
+            .expect("the published container port, straight to the container"),
+        b"m"
+    );
+    assert!(
+        tcp_echo(
+            &fh.client,
+            SocketAddr::from((container, 81)),
+            b"u",
+            Duration::from_secs(1)
+        )
+        .is_err(),
+        "an unpublished port is not reachable"
+    );
+    assert!(cli.drops("direct-access") >= 1, "counted as direct-access");
+    // The container's own flows leave with its own address (no NAT66).
+    let seen = peer_once(&fh.client, SocketAddr::from((ip(CLIENT6), 9300)));
+    assert_eq!(
+        ask(&c, SocketAddr::from((ip(CLIENT6), 9300))),
+        "2001:db8:84::2"
+    );
+    assert_eq!(seen.join().expect("server"), Some(IpAddr::V6(container)));
+}
