@@ -2,7 +2,8 @@
 //! datapath knows it by, its subnets' flags, whether it is routed.
 
 use dataplane_common::nat::{
-    SUBNET_INTERNAL, SUBNET_MASQUERADE, SUBNET_NO_ICC, SUBNET_PROTECTED, SUBNET_ROUTED,
+    PortKeyOf, PortTargetOf, SUBNET_INTERNAL, SUBNET_MASQUERADE, SUBNET_NO_ICC, SUBNET_PROTECTED,
+    SUBNET_ROUTED,
 };
 
 use crate::control::{
@@ -48,4 +49,19 @@ pub(super) fn on_routed_network(state: &State, ep: &Endpoint) -> bool {
             .subnet_policy(net)
             .is_some_and(|p| p.routed)
     })
+}
+
+/// A published port's open-port entry on a `routed` network: the
+/// container's address and port, as a packet routed straight to it carries.
+pub(super) fn open_port<A: Copy>(
+    key: &PortKeyOf<A>,
+    target: &PortTargetOf<A>,
+) -> (PortKeyOf<A>, u32) {
+    let open = PortKeyOf {
+        addr: target.addr,
+        port: target.port,
+        proto: key.proto,
+        _pad: 0,
+    };
+    (open, 1)
 }

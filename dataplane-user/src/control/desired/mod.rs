@@ -13,7 +13,7 @@ use dataplane_common::nat::{
     EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SandboxAddr, TrustedIface, Uplink,
 };
 pub use keys::network_key;
-use keys::{on_routed_network, policy_flags};
+use keys::{on_routed_network, open_port, policy_flags};
 
 use crate::{
     control::{
@@ -207,15 +207,7 @@ fn open_ports(state: &State) -> BTreeMap<PortKey, u32> {
         .values()
         .filter(|ep| on_routed_network(state, ep))
         .flat_map(endpoint_ports)
-        .map(|(k, t)| {
-            let key = PortKey {
-                addr: t.addr,
-                port: t.port,
-                proto: k.proto,
-                _pad: 0,
-            };
-            (key, 1)
-        })
+        .map(|(k, t)| open_port(&k, &t))
         .collect()
 }
 

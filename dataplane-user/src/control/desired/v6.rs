@@ -16,7 +16,7 @@ use std::{
 
 use dataplane_common::nat::{EndpointInfo6, HostAddr, PortKey6, PortTarget6, Uplink6};
 
-use super::keys::{network_key, on_routed_network, policy_flags};
+use super::keys::{network_key, on_routed_network, open_port, policy_flags};
 use crate::{
     control::{
         driver::{self, NetworkDriver as _},
@@ -127,15 +127,7 @@ fn open_ports6(state: &State) -> BTreeMap<PortKey6, u32> {
         .values()
         .filter(|ep| on_routed_network(state, ep))
         .flat_map(endpoint_ports6)
-        .map(|(k, t)| {
-            let key = PortKey6 {
-                addr: t.addr,
-                port: t.port,
-                proto: k.proto,
-                _pad: 0,
-            };
-            (key, 1)
-        })
+        .map(|(k, t)| open_port(&k, &t))
         .collect()
 }
 

@@ -15,7 +15,7 @@ use rtnetlink::{
     AddressMessageBuilder, RouteMessageBuilder,
 };
 
-use super::{Ipv4Route, Netlink, NetlinkError, Op};
+use super::{Ipv4Route, Netlink, NetlinkError, Op, Route};
 
 impl Netlink {
     /// Adds `addr/prefix_len` to link `index`. An address already there is an
@@ -265,24 +265,43 @@ fn ipv4_of(msg: &AddressMessage) -> Option<Ipv4Addr> {
 }
 
 pub(super) fn main_table_route(msg: &RouteMessage) -> Option<Ipv4Route> {
-    if msg.header.address_family != AddressFamily::Inet || msg.header.kind != RouteType::Unicast {
+    main_table(
+        msg,
+        AddressFamily::Inet,
+        Ipv4Addr::UNSPECIFIED,
+        |a| match a {
+            RouteAddress::Inet(a) => Some(*a),
+            _ => None,
+        },
+    )
+}
+
+/// A unicast route of the main table of `family`, its addresses read by
+/// `addr`; None for any other route.
+pub(super) fn main_table<A: Copy>(
+    msg: &RouteMessage,
+    family: AddressFamily,
+    unspecified: A,
+    addr: impl Fn(&RouteAddress) -> Option<A>,
+) -> Option<Route<A>> {
+    if msg.header.address_family != family || msg.header.kind != RouteType::Unicast {
         return None;
     }
     // RTA_TABLE holds ids over 255, for which the header says RT_TABLE_COMPAT.
     let mut table = u32::from(msg.header.table);
-    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let mut dst = unspecified;
     let mut gateway = None;
     let mut oif = None;
     for attr in &msg.attributes {
         match attr {
             RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
-            RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
+            RouteAttribute::Destination(a) => dst = addr(a).unwrap_or(dst),
+            RouteAttribute::Gateway(a) => gateway = addr(a).or(gateway),
             RouteAttribute::Oif(i) => oif = Some(*i),
             _ => {}
         }
     }
-    (table == u32::from(RouteHeader::RT_TABLE_MAIN)).then_some(Ipv4Route {
+    (table == u32::from(RouteHeader::RT_TABLE_MAIN)).then_some(Route {
         dst,
         prefix_len: msg.header.destination_prefix_length,
         gateway,

@@ -8,7 +8,7 @@ use futures::TryStreamExt;
 use rtnetlink::{
     packet_route::{
         address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope},
-        route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
+        route::{RouteAddress, RouteMessage},
         AddressFamily,
     },
     RouteMessageBuilder,
@@ -17,14 +17,7 @@ use rtnetlink::{
 use super::{Netlink, NetlinkError, Op};
 
 /// A unicast IPv6 route of the main table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv6Route {
-    /// `::` with `prefix_len` 0 for the default route.
-    pub dst: Ipv6Addr,
-    pub prefix_len: u8,
-    pub gateway: Option<Ipv6Addr>,
-    pub oif: Option<u32>,
-}
+pub type Ipv6Route = super::Route<Ipv6Addr>;
 
 impl Netlink {
     /// Adds `addr/prefix_len` to link `index` with IFA_F_NODAD: the
@@ -137,26 +130,13 @@ fn ipv6_of(msg: &AddressMessage) -> Option<Ipv6Addr> {
 }
 
 fn main_table_route6(msg: &RouteMessage) -> Option<Ipv6Route> {
-    if msg.header.address_family != AddressFamily::Inet6 || msg.header.kind != RouteType::Unicast {
-        return None;
-    }
-    let mut table = u32::from(msg.header.table);
-    let mut dst = Ipv6Addr::UNSPECIFIED;
-    let mut gateway = None;
-    let mut oif = None;
-    for attr in &msg.attributes {
-        match attr {
-            RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = *a,
-            RouteAttribute::Gateway(RouteAddress::Inet6(a)) => gateway = Some(*a),
-            RouteAttribute::Oif(i) => oif = Some(*i),
-            _ => {}
-        }
-    }
-    (table == u32::from(RouteHeader::RT_TABLE_MAIN)).then_some(Ipv6Route {
-        dst,
-        prefix_len: msg.header.destination_prefix_length,
-        gateway,
-        oif,
-    })
+    super::addr::main_table(
+        msg,
+        AddressFamily::Inet6,
+        Ipv6Addr::UNSPECIFIED,
+        |a| match a {
+            RouteAddress::Inet6(a) => Some(*a),
+            _ => None,
+        },
+    )
 }

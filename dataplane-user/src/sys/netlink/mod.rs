@@ -46,16 +46,19 @@ pub struct Link {
     pub master: Option<u32>,
 }
 
-/// A unicast IPv4 route of the main table. Multipath routes show neither a
-/// gateway nor an output interface.
+/// A unicast route of the main table, of either family. Multipath routes
+/// show neither a gateway nor an output interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv4Route {
-    /// 0.0.0.0 with `prefix_len` 0 for the default route.
-    pub dst: Ipv4Addr,
+pub struct Route<A> {
+    /// The unspecified address with `prefix_len` 0 for the default route.
+    pub dst: A,
     pub prefix_len: u8,
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<A>,
     pub oif: Option<u32>,
 }
+
+/// A unicast IPv4 route of the main table.
+pub type Ipv4Route = Route<Ipv4Addr>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MacvlanMode {
