@@ -114,6 +114,9 @@ pub const CT6_OTHER: &str = "DP_CT6_OTHER";
 /// Endpoints' IPv6 side by host-side veth ifindex: `u32` ->
 /// [`crate::nat::EndpointInfo6`].
 pub const ENDPOINTS6: &str = "DP_ENDPOINTS6";
+/// The fast path's route to an endpoint by its IPv6 address: `[u8; 16]` ->
+/// [`crate::nat::EndpointRoute`] (as [`ENDPOINT_ROUTES`]).
+pub const ENDPOINT_ROUTES6: &str = "DP_ENDPOINT_ROUTES6";
 /// Container ports open on `routed` IPv6 networks: [`crate::nat::PortKey6`]
 /// -> `u32` (unused, 1).
 pub const OPEN_PORTS6: &str = "DP_OPEN_PORTS6";

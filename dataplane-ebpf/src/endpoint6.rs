@@ -14,7 +14,8 @@
 //!   gets DNAT here, keeping its address (the gateway's when it reaches its
 //!   own port); the replies go straight back into its veth (`nat6`).
 //!
-//! IPv6 has no fast path yet: what is left goes to the stack.
+//! - the fast path: what is left, to the world through the gateway, goes
+//!   straight to the uplink's egress (`fastpath::to_world`, as on IPv4).
 
 use aya_ebpf::{btf_maps::lpm_trie::Key, macros::classifier, programs::TcContext};
 use dataplane_common::{
@@ -26,6 +27,7 @@ use dataplane_common::{
 
 use crate::{
     drop::drop_packet,
+    fastpath,
     maps::{DP_ENDPOINTS, DP_ENDPOINTS6, DP_SUBNETS6},
     nat, nat6,
     parse::{l3, parse6, Ipv6Packet, Ipv6Upper, L3},
@@ -98,7 +100,15 @@ fn try_from_container6(ctx: &TcContext) -> Result<i32, DropReason> {
         }
     }
     isolation(&pkt, ep)?;
-    Ok(TCX_NEXT)
+    world(ctx, &pkt, ifindex)
+}
+
+/// The fast path to the uplink for a packet to the world; the stack's
+/// otherwise. A step of its own: the FIB lookup's parameters do not fit
+/// the program's frame.
+#[inline(never)]
+fn world(ctx: &TcContext, pkt: &Ipv6Packet, ifindex: u32) -> Result<i32, DropReason> {
+    Ok(fastpath::to_world(ctx, pkt, ifindex)?.unwrap_or(TCX_NEXT))
 }
 
 // The NAT steps are BPF subprograms of their own, as in `uplink6`: the

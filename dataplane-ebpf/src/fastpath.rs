@@ -15,13 +15,19 @@
 //!   still sees the packet and translates it, once, as it does for packets
 //!   the stack forwards.
 //!
+//! [`into_endpoint`] and [`to_world`] serve both families (IPv6 from
+//! `dp_uplink_in6` and `dp_from_container6`): what differs, the maps, the
+//! FIB lookup's address fields and the hop count, is [`Forward`]'s.
+//!
 //! Both do what forwarding would have done to the packet: Ethernet addresses
-//! of the next hop, TTL decremented (IP checksum updated). Whatever the stack
+//! of the next hop, TTL (hop limit) decremented (IPv4's checksum updated). Whatever the stack
 //! must see goes on unchanged (`None`): the fast path switched off, fragments
-//! (reassembly and fragmentation are the stack's), IP options, TTL <= 1 (the
-//! stack sends time exceeded), packets bigger than the target's MTU (the
-//! stack sends "fragmentation needed", so PMTU discovery works), failed FIB
-//! lookups, egress through a device that is not an uplink, and endpoints the
+//! (reassembly and fragmentation are the stack's), IP options and IPv6
+//! extension headers, TTL <= 1 (the stack sends time exceeded), packets bigger than the target's MTU (the
+//! stack sends "fragmentation needed" or "packet too big", so PMTU
+//! discovery works), failed FIB
+//! lookups, egress through a device that is not an uplink of the family
+//! (one without an IPv6 address masquerades no IPv6), and endpoints the
 //! maps do not know (or know inconsistently: a stale entry must never
 //! deliver into the wrong container).
 
@@ -30,8 +36,8 @@ use core::mem::size_of;
 use aya_ebpf::{
     bindings::{
         bpf_check_mtu_flags::BPF_MTU_CHK_SEGS, bpf_check_mtu_ret::BPF_MTU_CHK_RET_SUCCESS,
-        bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        TC_ACT_REDIRECT,
+        bpf_fib_lookup, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT,
     },
     btf_maps::lpm_trie::Key,
     helpers::{bpf_check_mtu, bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
@@ -46,13 +52,177 @@ use dataplane_common::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    maps::{DP_ENDPOINTS, DP_ENDPOINT_ROUTES, DP_HOST_ADDRS, DP_SUBNETS, DP_UPLINKS},
+    family::Family,
+    maps::{
+        DP_ENDPOINTS, DP_ENDPOINTS6, DP_ENDPOINT_ROUTES, DP_ENDPOINT_ROUTES6, DP_SUBNETS,
+        DP_SUBNETS6, DP_UPLINKS, DP_UPLINKS6,
+    },
     nat::NAT_CONFIG,
-    parse::{Ipv4Packet, IP_CSUM_OFF, IP_TTL_OFF},
+    parse::{Packet, IP_CSUM_OFF, IP_TTL_OFF},
 };
 
-/// `AF_INET` for `bpf_fib_lookup` and `bpf_redirect_neigh`.
+/// `AF_INET` and `AF_INET6` for `bpf_fib_lookup` and `bpf_redirect_neigh`.
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+/// The IPv6 hop limit's offset in the frame.
+const IP6_HOPS_OFF: usize = EthHdr::LEN + 7;
+
+/// What the fast path needs of an address family: its maps, the FIB
+/// lookup's fields and how a hop is taken off.
+pub trait Forward: Family {
+    /// The IP header without options or extension headers: a longer one is
+    /// the stack's.
+    const IP_HLEN: usize;
+    /// The fast path's route to the endpoint `addr` (`DP_ENDPOINT_ROUTES`,
+    /// unchecked).
+    fn route(addr: &Self) -> Option<EndpointRoute>;
+    /// Whether the endpoint behind veth `ifindex` has address `addr`.
+    fn endpoint_is(ifindex: u32, addr: &Self) -> bool;
+    /// Whether `addr` is in a managed subnet (other networks, gateways).
+    fn managed(addr: &Self) -> bool;
+    /// Whether `ifindex` is an uplink whose egress translates this family.
+    fn uplink(ifindex: u32) -> bool;
+    /// A unicast destination the host may route off-link.
+    fn routable(addr: &Self) -> bool;
+    /// The lookup's family, traffic class and addresses.
+    fn fib_addrs(fib: &mut bpf_fib_lookup, pkt: &Packet<Self>);
+    /// The next hop the lookup left in `fib`, for `bpf_redirect_neigh`.
+    fn next_hop(fib: &bpf_fib_lookup) -> bpf_redir_neigh;
+    /// TTL (hop limit) - 1: the caller checked it is above 1.
+    fn decrement_ttl(ctx: &TcContext, pkt: &Packet<Self>) -> Result<(), DropReason>;
+}
+
+impl Forward for [u8; 4] {
+    const IP_HLEN: usize = Ipv4Hdr::LEN;
+
+    #[inline(always)]
+    fn route(addr: &Self) -> Option<EndpointRoute> {
+        // SAFETY: copied out at once.
+        (unsafe { DP_ENDPOINT_ROUTES.get(*addr) }).copied()
+    }
+
+    #[inline(always)]
+    fn endpoint_is(ifindex: u32, addr: &Self) -> bool {
+        // SAFETY: one field read in place.
+        unsafe { DP_ENDPOINTS.get(ifindex) }.is_some_and(|ep| ep.addr == *addr)
+    }
+
+    #[inline(always)]
+    fn managed(addr: &Self) -> bool {
+        DP_SUBNETS.get(&Key::new(32, *addr)).is_some()
+    }
+
+    #[inline(always)]
+    fn uplink(ifindex: u32) -> bool {
+        // SAFETY: only tested for presence.
+        unsafe { DP_UPLINKS.get(ifindex) }.is_some()
+    }
+
+    /// Not multicast, broadcast or reserved (224/3), not "this network"
+    /// (0/8).
+    #[inline(always)]
+    fn routable(addr: &Self) -> bool {
+        addr[0] != 0 && addr[0] < 224
+    }
+
+    #[inline(always)]
+    fn fib_addrs(fib: &mut bpf_fib_lookup, pkt: &Packet<Self>) {
+        fib.family = AF_INET;
+        fib.__bindgen_anon_2.tos = pkt.tos;
+        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(pkt.src);
+        fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(pkt.dst);
+    }
+
+    #[inline(always)]
+    fn next_hop(fib: &bpf_fib_lookup) -> bpf_redir_neigh {
+        bpf_redir_neigh {
+            nh_family: u32::from(AF_INET),
+            __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+                // SAFETY: an IPv4 lookup wrote the IPv4 member.
+                ipv4_nh: unsafe { fib.__bindgen_anon_4.ipv4_dst },
+            },
+        }
+    }
+
+    /// Folded into the IP checksum as the 16-bit word the TTL shares with
+    /// the protocol.
+    #[inline(always)]
+    fn decrement_ttl(ctx: &TcContext, pkt: &Packet<Self>) -> Result<(), DropReason> {
+        let ttl = pkt.ttl - 1;
+        let err = |_| DropReason::Rewrite;
+        ctx.l3_csum_replace(
+            IP_CSUM_OFF,
+            u64::from(u16::from_ne_bytes([pkt.ttl, pkt.proto])),
+            u64::from(u16::from_ne_bytes([ttl, pkt.proto])),
+            2,
+        )
+        .map_err(err)?;
+        ctx.store(IP_TTL_OFF, &ttl, 0).map_err(err)
+    }
+}
+
+impl Forward for [u8; 16] {
+    const IP_HLEN: usize = 40;
+
+    #[inline(always)]
+    fn route(addr: &Self) -> Option<EndpointRoute> {
+        // SAFETY: copied out at once.
+        (unsafe { DP_ENDPOINT_ROUTES6.get(*addr) }).copied()
+    }
+
+    #[inline(always)]
+    fn endpoint_is(ifindex: u32, addr: &Self) -> bool {
+        // SAFETY: one field read in place.
+        unsafe { DP_ENDPOINTS6.get(ifindex) }.is_some_and(|ep| ep.addr == *addr)
+    }
+
+    #[inline(always)]
+    fn managed(addr: &Self) -> bool {
+        DP_SUBNETS6.get(&Key::new(128, *addr)).is_some()
+    }
+
+    #[inline(always)]
+    fn uplink(ifindex: u32) -> bool {
+        // SAFETY: only tested for presence.
+        unsafe { DP_UPLINKS6.get(ifindex) }.is_some()
+    }
+
+    /// Not multicast (ff00::/8), not link-local (fe80::/10: never
+    /// forwarded), not in ::/8 (unspecified, loopback, IPv4-mapped).
+    #[inline(always)]
+    fn routable(addr: &Self) -> bool {
+        addr[0] != 0 && addr[0] != 0xff && !(addr[0] == 0xfe && addr[1] & 0xc0 == 0x80)
+    }
+
+    #[inline(always)]
+    fn fib_addrs(fib: &mut bpf_fib_lookup, pkt: &Packet<Self>) {
+        fib.family = AF_INET6;
+        // The traffic class, where the flow information keeps it (the flow
+        // label is left out: it only spreads flows over equal routes).
+        fib.__bindgen_anon_2.flowinfo = (u32::from(pkt.tos) << 20).to_be();
+        fib.__bindgen_anon_3.ipv6_src = pkt.src.words();
+        fib.__bindgen_anon_4.ipv6_dst = pkt.dst.words();
+    }
+
+    #[inline(always)]
+    fn next_hop(fib: &bpf_fib_lookup) -> bpf_redir_neigh {
+        bpf_redir_neigh {
+            nh_family: u32::from(AF_INET6),
+            __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+                // SAFETY: an IPv6 lookup wrote the IPv6 member.
+                ipv6_nh: unsafe { fib.__bindgen_anon_4.ipv6_dst },
+            },
+        }
+    }
+
+    /// IPv6 has no header checksum, and the hop limit is in no upper-layer
+    /// pseudo-header.
+    #[inline(always)]
+    fn decrement_ttl(ctx: &TcContext, pkt: &Packet<Self>) -> Result<(), DropReason> {
+        ctx.store(IP6_HOPS_OFF, &(pkt.ttl - 1), 0)
+            .map_err(|_| DropReason::Rewrite)
+    }
+}
 
 /// Delivers a packet whose (translated) destination is `dst` into that
 /// endpoint's container. `pkt` holds the fields as parsed (TTL and
@@ -60,15 +230,15 @@ const AF_INET: u8 = 2;
 /// was redirected, None when it goes on through the stack, unchanged by
 /// this function.
 #[inline(always)]
-pub fn into_endpoint(
+pub fn into_endpoint<A: Forward>(
     ctx: &TcContext,
-    pkt: &Ipv4Packet,
-    dst: [u8; 4],
+    pkt: &Packet<A>,
+    dst: A,
 ) -> Result<Option<i32>, DropReason> {
     if !forwardable(pkt) {
         return Ok(None);
     }
-    let Some((route, _)) = endpoint(dst) else {
+    let Some(route) = route_to(&dst) else {
         return Ok(None);
     };
     // A device that is gone fails the check too (-ENODEV).
@@ -80,10 +250,19 @@ pub fn into_endpoint(
     redirected(unsafe { bpf_redirect_peer(route.ifindex, 0) })
 }
 
-/// The endpoint with address `dst`: where to deliver to it, and what it
-/// may send. None when the maps do not know it, or disagree: they are
-/// written from one state, and an ifindex whose endpoint has another
-/// address (reused, or written between the two) is stale.
+/// Where to deliver to the endpoint with address `dst`. None when the maps
+/// do not know it, or disagree: they are written from one state, and an
+/// ifindex whose endpoint has another address (reused, or written between
+/// the two) is stale.
+#[inline(always)]
+fn route_to<A: Forward>(dst: &A) -> Option<EndpointRoute> {
+    let route = A::route(dst)?;
+    A::endpoint_is(route.ifindex, dst).then_some(route)
+}
+
+/// The IPv4 endpoint with address `dst`: where to deliver to it, and what
+/// it may send (host-local flows need its gateway). None as for
+/// [`route_to`].
 #[inline(always)]
 pub fn endpoint(dst: [u8; 4]) -> Option<(EndpointRoute, EndpointInfo)> {
     // SAFETY: copied out at once.
@@ -118,25 +297,20 @@ pub fn from_host(ctx: &TcContext, dst: [u8; 4]) -> Result<i32, DropReason> {
 /// packet was redirected, None when it goes on through the stack,
 /// unchanged.
 #[inline(always)]
-pub fn to_world(
+pub fn to_world<A: Forward>(
     ctx: &TcContext,
-    pkt: &Ipv4Packet,
+    pkt: &Packet<A>,
     ifindex: u32,
 ) -> Result<Option<i32>, DropReason> {
-    if !forwardable(pkt) || !unicast(pkt.dst) {
+    if !forwardable(pkt) || !A::routable(&pkt.dst) {
         return Ok(None);
     }
     // Managed subnets (other networks, the gateways) and the host's own
     // addresses are the stack's: isolation, hairpin and local delivery.
-    if DP_SUBNETS.get(&Key::new(32, pkt.dst)).is_some() {
+    if A::managed(&pkt.dst) || A::is_host_addr(&pkt.dst) {
         return Ok(None);
     }
-    // SAFETY: only tested for presence.
-    if unsafe { DP_HOST_ADDRS.get(pkt.dst) }.is_some() {
-        return Ok(None);
-    }
-    // SAFETY: copied out at once.
-    let Some(route) = (unsafe { DP_ENDPOINT_ROUTES.get(pkt.src) }).copied() else {
+    let Some(route) = A::route(&pkt.src) else {
         return Ok(None);
     };
     if route.ifindex != ifindex || !to_gateway(ctx, &route)? {
@@ -163,8 +337,7 @@ pub fn to_world(
     let out = fib.ifindex;
     // Only the uplinks' egress masquerades and translates replies: a route
     // through any other device stays with the stack.
-    // SAFETY: only tested for presence.
-    if unsafe { DP_UPLINKS.get(out) }.is_none() || !fits(ctx, out) {
+    if !A::uplink(out) || !fits(ctx, out) {
         return Ok(None);
     }
     if rc == BPF_FIB_LKUP_RET_SUCCESS {
@@ -173,15 +346,9 @@ pub fn to_world(
         return redirected(unsafe { bpf_redirect(out, 0) });
     }
     // The neighbour layer writes the Ethernet header once it knows the next
-    // hop's address (the lookup left the next hop in ipv4_dst).
-    decrement_ttl(ctx, pkt)?;
-    let mut nh = bpf_redir_neigh {
-        nh_family: u32::from(AF_INET),
-        __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 {
-            // SAFETY: the lookup wrote the IPv4 member of this union.
-            ipv4_nh: unsafe { fib.__bindgen_anon_4.ipv4_dst },
-        },
-    };
+    // hop's address (the lookup left the next hop in its destination).
+    A::decrement_ttl(ctx, pkt)?;
+    let mut nh = A::next_hop(&fib);
     // SAFETY: `nh` is a whole bpf_redir_neigh on this stack frame.
     let rc =
         unsafe { bpf_redirect_neigh(out, &raw mut nh, size_of::<bpf_redir_neigh>() as i32, 0) };
@@ -190,18 +357,12 @@ pub fn to_world(
 
 /// Whether the fast path may carry this packet at all.
 #[inline(always)]
-fn forwardable(pkt: &Ipv4Packet) -> bool {
+fn forwardable<A: Forward>(pkt: &Packet<A>) -> bool {
     NAT_CONFIG.load().fast_path != 0
         && !pkt.later_fragment
         && !pkt.more_fragments
-        && pkt.l4_off == EthHdr::LEN + Ipv4Hdr::LEN
+        && pkt.l4_off == EthHdr::LEN + A::IP_HLEN
         && pkt.ttl > 1
-}
-
-/// Not multicast, broadcast or reserved (224/3), not "this network" (0/8).
-#[inline(always)]
-fn unicast(addr: [u8; 4]) -> bool {
-    addr[0] != 0 && addr[0] < 224
 }
 
 /// Whether the container addressed the frame to its gateway (the bridge):
@@ -219,20 +380,17 @@ fn to_gateway(ctx: &TcContext, route: &EndpointRoute) -> Result<bool, DropReason
 /// length is that of all its segments, so its segments are checked by
 /// [`fits`] instead.
 #[inline(always)]
-fn fib_params(pkt: &Ipv4Packet, ifindex: u32, gso: bool) -> bpf_fib_lookup {
+fn fib_params<A: Forward>(pkt: &Packet<A>, ifindex: u32, gso: bool) -> bpf_fib_lookup {
     // SAFETY: bpf_fib_lookup is plain integers and unions of them; all
     // zeroes is a valid value (and what the helper expects in unused fields).
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    fib.family = AF_INET;
+    A::fib_addrs(&mut fib, pkt);
     fib.l4_protocol = pkt.proto;
     if pkt.proto == IPPROTO_TCP || pkt.proto == IPPROTO_UDP {
         fib.sport = u16::from_ne_bytes(pkt.sport);
         fib.dport = u16::from_ne_bytes(pkt.dport);
     }
     fib.__bindgen_anon_1.tot_len = if gso { 0 } else { pkt.tot_len };
-    fib.__bindgen_anon_2.tos = pkt.tos;
-    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(pkt.src);
-    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(pkt.dst);
     fib.ifindex = ifindex;
     fib
 }
@@ -254,33 +412,17 @@ fn fits(ctx: &TcContext, ifindex: u32) -> bool {
 /// What forwarding does to a frame: the next hop's Ethernet addresses and
 /// one hop less to live.
 #[inline(always)]
-fn forward(
+fn forward<A: Forward>(
     ctx: &TcContext,
-    pkt: &Ipv4Packet,
+    pkt: &Packet<A>,
     dmac: &[u8; 6],
     smac: &[u8; 6],
 ) -> Result<(), DropReason> {
-    decrement_ttl(ctx, pkt)?;
+    A::decrement_ttl(ctx, pkt)?;
     let mut macs = [0u8; 12];
     macs[..6].copy_from_slice(dmac);
     macs[6..].copy_from_slice(smac);
     ctx.store(0, &macs, 0).map_err(|_| DropReason::Rewrite)
-}
-
-/// TTL - 1 (the caller checked it is above 1), folded into the IP checksum
-/// as the 16-bit word it shares with the protocol.
-#[inline(always)]
-fn decrement_ttl(ctx: &TcContext, pkt: &Ipv4Packet) -> Result<(), DropReason> {
-    let ttl = pkt.ttl - 1;
-    let err = |_| DropReason::Rewrite;
-    ctx.l3_csum_replace(
-        IP_CSUM_OFF,
-        u64::from(u16::from_ne_bytes([pkt.ttl, pkt.proto])),
-        u64::from(u16::from_ne_bytes([ttl, pkt.proto])),
-        2,
-    )
-    .map_err(err)?;
-    ctx.store(IP_TTL_OFF, &ttl, 0).map_err(err)
 }
 
 /// The verdict of a redirect helper: its return value is the tc verdict,

@@ -160,6 +160,12 @@ pub static DP_SOCK_REVNAT6: LruHashMap<
 #[btf_map]
 pub static DP_ENDPOINTS6: HashMap<u32, EndpointInfo6, { ENDPOINTS_MAX as usize }> = HashMap::new();
 
+/// The fast path's route to an endpoint by its IPv6 address (as
+/// `DP_ENDPOINT_ROUTES`).
+#[btf_map]
+pub static DP_ENDPOINT_ROUTES6: HashMap<[u8; 16], EndpointRoute, { ENDPOINTS_MAX as usize }> =
+    HashMap::new();
+
 // Filter rules (DOCKER-USER), see `dataplane_common::filter` and `filter.rs`.
 // The dimension maps' values are 1952-byte `RuleBits`, and a rule set of
 // 10 000 /32 sources has 10 001 source entries per generation: the maps

@@ -265,6 +265,26 @@ pub fn parse<C: PacketBounds>(ctx: &C, pkt: &mut Ipv4Packet) -> Result<L3, DropR
     Ok(L3::Ipv4)
 }
 
+/// The fields of the fixed IPv6 header the fast path decides by (hop
+/// limit, traffic class, length, next header), read again by a step that
+/// must not take the parsed packet in: the verifier would walk it once per
+/// way the packet was parsed. An upper layer behind extension headers
+/// leaves `l4_off` 0, which the fast path refuses.
+#[inline(always)]
+pub fn parse6_fixed(ctx: &TcContext, pkt: &mut Ipv6Packet) -> Result<(), DropReason> {
+    let ip: [u8; 8] = ctx.load(EthHdr::LEN).map_err(|_| DropReason::Truncated)?;
+    pkt.tos = (ip[0] << 4) | (ip[1] >> 4);
+    pkt.tot_len = u16::from_be_bytes([ip[4], ip[5]]).saturating_add(40);
+    pkt.proto = ip[6];
+    pkt.ttl = ip[7];
+    pkt.l4_off = if is_ext_hdr(ip[6]) {
+        0
+    } else {
+        EthHdr::LEN + 40
+    };
+    Ok(())
+}
+
 /// IPv6 extension headers the parser walks past (RFC 8200 section 4).
 const NEXTHDR_HOP: u8 = 0;
 const NEXTHDR_ROUTING: u8 = 43;

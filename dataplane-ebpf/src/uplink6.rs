@@ -17,12 +17,13 @@
 //! to the stack untranslated (IPv6 fragments are rare, since routers never
 //! fragment; docs/architecture.md). The DOCKER-USER filters meet new flows
 //! to published ports and routed subnets and every later packet of a
-//! published flow (`filter::new_flow6`, `filter::tracked6`); the fast path is
-//! IPv4's only so far.
+//! published flow (`filter::new_flow6`, `filter::tracked6`). Packets a
+//! rewrite sends to a container (DNAT, replies to NAT66) take the fast path
+//! into it when they can (`fastpath::into_endpoint`, as on IPv4).
 
 use aya_ebpf::{btf_maps::lpm_trie::Key, macros::classifier, programs::TcContext};
 use dataplane_common::{
-    ct::ZONE_UPLINK,
+    ct::{REWRITE_DST, ZONE_UPLINK},
     drop::DropReason,
     nat::{
         PortKey6, SubnetPolicy, TrustedIface, SUBNET_INTERNAL, SUBNET_MASQUERADE, SUBNET_PROTECTED,
@@ -35,10 +36,10 @@ use crate::{
     conntrack,
     drop::drop_packet,
     family::Family,
-    filter, icmp6,
+    fastpath, filter, icmp6,
     maps::{DP_OPEN_PORTS6, DP_SUBNETS6, DP_TRUSTED_IFACES, DP_UPLINKS6},
     nat, nat6,
-    parse::{l3, parse6, Ipv6Packet, Ipv6Upper, ICMPV6_ECHO_REQUEST, L3},
+    parse::{l3, parse6, parse6_fixed, Ipv6Packet, Ipv6Upper, ICMPV6_ECHO_REQUEST, L3},
     tcp,
 };
 
@@ -97,19 +98,23 @@ fn try_uplink_in6(ctx: &TcContext) -> Result<i32, DropReason> {
     if pkt.later_fragment {
         return Ok(TCX_NEXT);
     }
-    if nat6::tracked(ctx, &pkt, ZONE)? {
+    // One call of each step below, whichever way the flow was found: the
+    // verifier walks a step once per call site (and per state there).
+    let translate = if nat6::tracked(ctx, &pkt, ZONE)? {
         filter::tracked6(ctx, &pkt)?;
-        nat6::apply(ctx, &pkt)?;
+        true
+    } else {
+        if icmp_error(ctx, &pkt)? {
+            return Ok(TCX_NEXT);
+        }
+        filter::new_flow6(ctx, &pkt)?;
+        new_flow_in(ctx, &pkt)?
+    };
+    if !translate {
         return Ok(TCX_NEXT);
     }
-    if icmp_error(ctx, &pkt)? {
-        return Ok(TCX_NEXT);
-    }
-    filter::new_flow6(ctx, &pkt)?;
-    if new_flow_in(ctx, &pkt)? {
-        nat6::apply(ctx, &pkt)?;
-    }
-    Ok(TCX_NEXT)
+    nat6::apply(ctx, &pkt)?;
+    deliver(ctx)
 }
 
 // The steps below are BPF subprograms of their own: a program's frame and
@@ -149,6 +154,21 @@ fn new_flow_in(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<bool, DropReason> {
     }
     nat6::dnat(ctx, pkt, ZONE, &target)?;
     Ok(true)
+}
+
+/// The fast path into the container a rewrite (the flow's entry in the
+/// scratch) made the destination; the stack's otherwise. The header fields
+/// it needs are read again (`parse6_fixed`), not passed in.
+#[inline(never)]
+fn deliver(ctx: &TcContext) -> Result<i32, DropReason> {
+    let s = nat6::scratch()?;
+    if s.orig.rewrite & REWRITE_DST == 0 {
+        return Ok(TCX_NEXT);
+    }
+    let dst = s.orig.new_daddr;
+    let mut pkt = Ipv6Packet::default();
+    parse6_fixed(ctx, &mut pkt)?;
+    Ok(fastpath::into_endpoint(ctx, &pkt, dst)?.unwrap_or(TCX_NEXT))
 }
 
 /// An ICMPv6 error about a translated flow, translated (two steps, see

@@ -2,7 +2,7 @@
 //! directly (the same entries `nat::sync` writes from the state) and running
 //! its programs on hand-built frames (BPF_PROG_TEST_RUN).
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -221,6 +221,19 @@ pub fn endpoint_routes(pins: &PinRoot) -> Result<Vec<(Ipv4Addr, EndpointRoute)>>
     for entry in map.iter() {
         let (addr, route) = entry.context("reading the endpoint routes")?;
         out.push((Ipv4Addr::from(addr), route));
+    }
+    out.sort_by_key(|(a, _)| *a);
+    Ok(out)
+}
+
+/// The fast path's IPv6 routes, by endpoint address.
+pub fn endpoint_routes6(pins: &PinRoot) -> Result<Vec<(Ipv6Addr, EndpointRoute)>> {
+    let map: HashMap<MapData, [u8; 16], EndpointRoute> =
+        HashMap::try_from(pinned(pins, maps::ENDPOINT_ROUTES6)?)?;
+    let mut out = Vec::new();
+    for entry in map.iter() {
+        let (addr, route) = entry.context("reading the IPv6 endpoint routes")?;
+        out.push((Ipv6Addr::from(addr), route));
     }
     out.sort_by_key(|(a, _)| *a);
     Ok(out)

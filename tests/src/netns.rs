@@ -335,6 +335,21 @@ pub fn snmp_counter(ns: &NetNs, proto: &str, field: &str) -> Result<u64> {
     parse_snmp(&text, proto, field).with_context(|| format!("reading /proc/net/snmp in {ns}"))
 }
 
+/// An IPv6 counter of `ns` (`/proc/net/snmp6`, one `name value` per line,
+/// e.g. `Ip6OutForwDatagrams`).
+pub fn snmp6_counter(ns: &NetNs, field: &str) -> Result<u64> {
+    let text = ns.exec(&["cat", "/proc/net/snmp6"])?;
+    let value = text
+        .lines()
+        .filter_map(|l| l.split_once(char::is_whitespace))
+        .find(|(name, _)| *name == field)
+        .map(|(_, v)| v.trim())
+        .ok_or_else(|| anyhow!("no {field} in /proc/net/snmp6 in {ns}"))?;
+    value
+        .parse()
+        .with_context(|| format!("{field} value {value:?} is not a counter"))
+}
+
 /// Finds `field` of `proto` in /proc/net/snmp text, where each protocol has a
 /// header line of names followed by a line of values.
 pub fn parse_snmp(text: &str, proto: &str, field: &str) -> Result<u64> {

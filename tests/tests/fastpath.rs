@@ -11,7 +11,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
     os::fd::AsRawFd as _,
     time::{Duration, Instant},
 };
@@ -19,7 +19,7 @@ use std::{
 use dataplane_tests::{
     cli::{stop_agent, Cli},
     datapath,
-    netns::{set_offload, snmp_counter, NetNs},
+    netns::{set_offload, snmp6_counter, snmp_counter, NetNs},
     topo::FakeHost,
     traffic::{
         count_sink, http_get, http_server, ping, tcp_echo, tcp_echo_server, udp_echo_server,
@@ -408,4 +408,144 @@ fn the_bridge_mac_stays_and_routes_follow_endpoints() {
         "fast path after ports came and went"
     );
     drop(t);
+}
+
+const HOST6: &str = "2001:db8:1::1";
+const CLIENT6: &str = "2001:db8:1::2";
+/// The first container on the IPv6 network `n6`.
+const WEB6: &str = "fd00:86::2";
+
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().expect("an IPv6 address")
+}
+
+fn forwarded6(fh: &FakeHost) -> u64 {
+    snmp6_counter(&fh.host, "Ip6OutForwDatagrams").expect("Ip6OutForwDatagrams")
+}
+
+fn add6(ns: &NetNs, dev: &str, cidr: &str) {
+    ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0")
+        .expect("IPv6 on the device");
+    ns.exec(&["ip", "-6", "addr", "add", cidr, "dev", dev, "nodad"])
+        .expect("ip -6 addr add");
+}
+
+fn ping6(ns: &NetNs, dst: &str) -> bool {
+    ns.exec(&[
+        "ping", "-6", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "5", "-w", "5", dst,
+    ])
+    .is_ok()
+}
+
+/// The IPv6 twin of `translated_flows_skip_the_host_stack` and
+/// `with_the_fast_path_off_the_stack_forwards`: a published port on the
+/// host's IPv6 address in (client address kept), NAT66 out (TCP, UDP,
+/// ping); with the fast path on, the host's `Ip6OutForwDatagrams` stays
+/// where it was, with it off the stack forwards it all.
+fn ipv6_flows(tag: &str, fast_path: bool) {
+    let fh = FakeHost::new(false).expect("fake host");
+    let cli = Cli::new(&fh.host, tag).expect("cli");
+    add6(&fh.host, &fh.uplink, &format!("{HOST6}/64"));
+    add6(&fh.client, &fh.client_dev, &format!("{CLIENT6}/64"));
+    let mode = if fast_path { "on" } else { "off" };
+    let (agent, _) = cli
+        .start_agent_with(&fh.uplink, &["--docker-socket", "off", "--fast-path", mode])
+        .expect("agent");
+    cli.run(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.86.0.0/24",
+        "--subnet",
+        "fd00:86::/64",
+        "n6",
+    ])
+    .expect("network create --ipv6");
+    let web = NetNs::new("fp6web").expect("netns");
+    cli.run(&[
+        "connect",
+        "-p",
+        "8080:80",
+        "-p",
+        "5353:53/udp",
+        "n6",
+        web.name(),
+    ])
+    .expect("connect with ports");
+    set_offload(&web, "eth0", false).expect("offload off in the container");
+    let _http = http_server(&web, SocketAddr::from((v6(WEB6), 80)), "fast6").expect("http");
+    let srv = udp_echo_server(&web, SocketAddr::from((v6(WEB6), 53))).expect("udp");
+    // Neighbours first (NDP is ICMPv6 the fast path leaves alone).
+    assert!(ping6(&web, CLIENT6), "ping -6 out");
+    assert!(ping6(&fh.client, HOST6), "client reaches the host");
+
+    let routes = datapath::endpoint_routes6(cli.pins.pins()).expect("routes");
+    assert_eq!(
+        routes.iter().map(|(a, _)| *a).collect::<Vec<_>>(),
+        vec![v6(WEB6)],
+        "{routes:?}"
+    );
+    let before = forwarded6(&fh);
+    let host = |port| SocketAddr::from((v6(HOST6), port));
+    for _ in 0..3 {
+        let (status, body) = http_get(&fh.client, host(8080), "/", T).expect("GET [host6]:8080");
+        assert_eq!((status, body.as_str()), (200, "fast6"));
+    }
+    assert_eq!(
+        udp_request(&fh.client, host(5353), b"q6", T).expect("udp to the published port"),
+        b"q6"
+    );
+    assert!(
+        srv.peers().iter().all(|p| p.ip() == v6(CLIENT6)),
+        "the client's address kept: {:?}",
+        srv.peers()
+    );
+    let ext = SocketAddr::from((v6(CLIENT6), 9000));
+    let echo = tcp_echo_server(&fh.client, ext).expect("external tcp server");
+    let udp = udp_echo_server(&fh.client, ext).expect("external udp server");
+    let big = vec![0x6bu8; 300_000];
+    assert_eq!(tcp_echo(&web, ext, &big, T).expect("tcp out and back"), big);
+    assert_eq!(
+        udp_request(&web, ext, b"out6", T).expect("udp out"),
+        b"out6"
+    );
+    assert!(ping6(&web, CLIENT6), "ping -6 out");
+    for peers in [echo.peers(), udp.peers()] {
+        assert!(
+            !peers.is_empty() && peers.iter().all(|p| p.ip() == v6(HOST6)),
+            "masqueraded to the host's address: {peers:?}"
+        );
+    }
+    let grown = forwarded6(&fh) - before;
+    if fast_path {
+        assert_eq!(
+            grown, 0,
+            "the host forwarded {grown} IPv6 datagrams the fast path should have carried"
+        );
+    } else {
+        assert!(
+            grown >= 200,
+            "the stack forwarded only {grown} IPv6 datagrams with the fast path off"
+        );
+    }
+    no_csum_errors(&[&fh.client, &web, &fh.host]);
+    let status = stop_agent(agent, libc::SIGTERM).expect("stop agent");
+    assert!(status.success(), "agent exit: {status}");
+}
+
+#[test]
+fn ipv6_translated_flows_skip_the_host_stack() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    ipv6_flows("fp6on", true);
+}
+
+#[test]
+fn ipv6_with_the_fast_path_off_the_stack_forwards() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    ipv6_flows("fp6off", false);
 }

@@ -29,7 +29,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const AYA_LOGS: &str = "AYA_LOGS";
 
 /// Every map in the object, pinned by name.
-pub const PINNED_MAPS: [&str; 37] = [
+pub const PINNED_MAPS: [&str; 38] = [
     maps::PROTO_STATS,
     maps::DROP_STATS,
     maps::PORTS,
@@ -60,6 +60,7 @@ pub const PINNED_MAPS: [&str; 37] = [
     maps::EVENTS_LOST,
     maps::SUBNETS6,
     maps::ENDPOINTS6,
+    maps::ENDPOINT_ROUTES6,
     maps::PORTS6,
     maps::HOST_ADDRS6,
     maps::UPLINKS6,

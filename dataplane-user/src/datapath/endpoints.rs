@@ -3,7 +3,7 @@
 //! (`dp_from_container` polices the IPv6 of the others: each tcx attach
 //! waits for an RCU grace period, ~10-15 ms of a connect, so an IPv4-only
 //! endpoint pays for one). Attaching them and removing their pins. What they read about the endpoint (`DP_ENDPOINTS`,
-//! `DP_ENDPOINTS6`, `DP_ENDPOINT_ROUTES`, `DP_SANDBOX_ADDRS`) is written with
+//! `DP_ENDPOINTS6`, `DP_ENDPOINT_ROUTES(6)`, `DP_SANDBOX_ADDRS`) is written with
 //! the rest of the NAT maps ([`super::nat::apply`]).
 
 use super::{

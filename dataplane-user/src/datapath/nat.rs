@@ -101,6 +101,9 @@ pub struct Desired {
     /// IPv6: host-side veth ifindex -> the endpoint's IPv6 side, for the
     /// endpoints with an IPv6 address.
     pub endpoints6: BTreeMap<u32, EndpointInfo6>,
+    /// IPv6: endpoint address -> the fast path's route to it, as
+    /// `endpoint_routes`.
+    pub endpoint_routes6: BTreeMap<[u8; 16], EndpointRoute>,
     /// IPv6: published ports, the host's addresses (link-local ones left
     /// out), uplinks' masquerade addresses, `routed` networks' open ports.
     pub ports6: BTreeMap<PortKey6, PortTarget6>,
@@ -154,6 +157,7 @@ pub fn apply(dp: &mut Dataplane, want: &Desired) -> Result<(), NatError> {
     hash(dp, maps::OPEN_PORTS, &want.open_ports)?;
     hash(dp, maps::TRUSTED_IFACES, &want.trusted_ifaces)?;
     hash(dp, maps::ENDPOINTS6, &want.endpoints6)?;
+    hash(dp, maps::ENDPOINT_ROUTES6, &want.endpoint_routes6)?;
     hash(dp, maps::PORTS6, &want.ports6)?;
     hash(dp, maps::HOST_ADDRS6, &want.host_addrs6)?;
     hash(dp, maps::UPLINKS6, &want.uplinks6)?;
@@ -217,6 +221,12 @@ pub fn apply_changes(dp: &mut Dataplane, old: &Desired, new: &Desired) -> Result
         &new.trusted_ifaces,
     )?;
     hash(dp, maps::ENDPOINTS6, &old.endpoints6, &new.endpoints6)?;
+    hash(
+        dp,
+        maps::ENDPOINT_ROUTES6,
+        &old.endpoint_routes6,
+        &new.endpoint_routes6,
+    )?;
     hash(dp, maps::PORTS6, &old.ports6, &new.ports6)?;
     hash(dp, maps::HOST_ADDRS6, &old.host_addrs6, &new.host_addrs6)?;
     hash(dp, maps::UPLINKS6, &old.uplinks6, &new.uplinks6)?;

@@ -264,33 +264,35 @@ fn endpoints(state: &State, links: &[Link], sandbox: &BTreeMap<&str, u32>, d: &m
                 network_id: network_key(&net.id),
             },
         );
-        // The fast path needs the container's MAC and the bridge's, read
-        // now (the bridge's is set once by the driver, so it does not move
-        // as ports come and go). An endpoint in no sandbox (Docker between
-        // Leave and DeleteEndpoint) has its other end in the host: nothing
-        // to deliver into.
-        if ep.netns.as_os_str().is_empty() {
-            continue;
+        if let Some(route) = endpoint_route(ep, link, &by_index) {
+            d.endpoint_routes.insert(ip.octets(), route);
         }
-        let Some(mac) = ep.mac.map(|m| m.octets()) else {
-            continue;
-        };
-        let Some(gateway_mac) = link
-            .master
-            .and_then(|b| by_index.get(&b))
-            .and_then(|b| b.mac)
-        else {
-            continue;
-        };
-        d.endpoint_routes.insert(
-            ip.octets(),
-            EndpointRoute {
-                ifindex: link.index,
-                mac,
-                gateway_mac,
-            },
-        );
     }
+}
+
+/// The fast path's route to a veth endpoint whose host side is `link`
+/// (both families use it). It needs the container's MAC and the bridge's,
+/// read now (the bridge's is set once by the driver, so it does not move as
+/// ports come and go). An endpoint in no sandbox (Docker between Leave and
+/// DeleteEndpoint) has its other end in the host: nothing to deliver into.
+fn endpoint_route(
+    ep: &Endpoint,
+    link: &Link,
+    by_index: &BTreeMap<u32, &Link>,
+) -> Option<EndpointRoute> {
+    if ep.netns.as_os_str().is_empty() {
+        return None;
+    }
+    let mac = ep.mac?.octets();
+    let gateway_mac = link
+        .master
+        .and_then(|b| by_index.get(&b))
+        .and_then(|b| b.mac)?;
+    Some(EndpointRoute {
+        ifindex: link.index,
+        mac,
+        gateway_mac,
+    })
 }
 
 /// The sandbox of every endpoint that is in one: the inode number of its

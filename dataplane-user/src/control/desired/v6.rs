@@ -45,7 +45,7 @@ pub(super) async fn fill(
     d.subnets6 = subnets6(state);
     d.ports6 = state.endpoints.values().flat_map(endpoint_ports6).collect();
     d.open_ports6 = open_ports6(state);
-    d.endpoints6 = endpoints6(state, links, sandbox);
+    endpoints6(state, links, sandbox, d);
     for (index, addr, _) in host.addrs6(None).await? {
         let entry = HostAddr {
             ifindex: index,
@@ -131,15 +131,12 @@ fn open_ports6(state: &State) -> BTreeMap<PortKey6, u32> {
         .collect()
 }
 
-/// `DP_ENDPOINTS6`: the IPv6 side of the veth endpoints whose host side is
-/// among `links`.
-fn endpoints6(
-    state: &State,
-    links: &[Link],
-    sandbox: &BTreeMap<&str, u32>,
-) -> BTreeMap<u32, EndpointInfo6> {
+/// `DP_ENDPOINTS6` and `DP_ENDPOINT_ROUTES6`: the IPv6 side of the veth
+/// endpoints whose host side is among `links`, and the fast path's route to
+/// those in a sandbox.
+fn endpoints6(state: &State, links: &[Link], sandbox: &BTreeMap<&str, u32>, d: &mut Desired) {
     let by_name: BTreeMap<&str, &Link> = links.iter().map(|l| (l.name.as_str(), l)).collect();
-    let mut out = BTreeMap::new();
+    let by_index: BTreeMap<u32, &Link> = links.iter().map(|l| (l.index, l)).collect();
     for ep in state.endpoints.values() {
         let (Attachment::Veth { host_ifname }, Some(ip)) = (&ep.attachment, ep.ipv6) else {
             continue;
@@ -153,7 +150,7 @@ fn endpoints6(
         let Some(link) = by_name.get(host_ifname.as_str()) else {
             continue;
         };
-        out.insert(
+        d.endpoints6.insert(
             link.index,
             EndpointInfo6 {
                 addr: ip.octets(),
@@ -162,8 +159,10 @@ fn endpoints6(
                 network_id: network_key(&net.id),
             },
         );
+        if let Some(route) = super::endpoint_route(ep, link, &by_index) {
+            d.endpoint_routes6.insert(ip.octets(), route);
+        }
     }
-    out
 }
 
 /// An endpoint's IPv6 address while it is in a sandbox (what
