@@ -117,7 +117,7 @@ pub fn subnet(
 /// IPv6 address).
 pub fn publish6(
     pins: &PinRoot,
-    host: std::net::Ipv6Addr,
+    host: Ipv6Addr,
     port: u16,
     proto: u8,
     target: std::net::SocketAddrV6,
@@ -142,7 +142,7 @@ pub fn publish6(
 }
 
 /// One of the host's IPv6 addresses.
-pub fn host_addr6(pins: &PinRoot, addr: std::net::Ipv6Addr, ifindex: u32) -> Result<()> {
+pub fn host_addr6(pins: &PinRoot, addr: Ipv6Addr, ifindex: u32) -> Result<()> {
     let mut map: HashMap<MapData, [u8; 16], HostAddr> =
         HashMap::try_from(pinned(pins, maps::HOST_ADDRS6)?)?;
     map.insert(addr.octets(), HostAddr { ifindex, _pad: 0 }, 0)
@@ -150,7 +150,7 @@ pub fn host_addr6(pins: &PinRoot, addr: std::net::Ipv6Addr, ifindex: u32) -> Res
 }
 
 /// An uplink's IPv6 masquerade address.
-pub fn uplink6(pins: &PinRoot, ifindex: u32, addr: std::net::Ipv6Addr) -> Result<()> {
+pub fn uplink6(pins: &PinRoot, ifindex: u32, addr: Ipv6Addr) -> Result<()> {
     let mut map: HashMap<MapData, u32, Uplink6> = HashMap::try_from(pinned(pins, maps::UPLINKS6)?)?;
     map.insert(
         ifindex,
@@ -166,7 +166,7 @@ pub fn uplink6(pins: &PinRoot, ifindex: u32, addr: std::net::Ipv6Addr) -> Result
 /// A managed IPv6 subnet with its policy flags and network key.
 pub fn subnet6(
     pins: &PinRoot,
-    net: std::net::Ipv6Addr,
+    net: Ipv6Addr,
     prefix_len: u32,
     flags: u32,
     network_id: u32,
