@@ -272,6 +272,21 @@ pub struct FragKey {
 }
 const _: () = assert!(size_of::<FragKey>() == 12);
 
+/// `DP_FRAGS6`'s key: an IPv6 datagram by its addresses, the fragment
+/// header's 32-bit identification and its upper-layer protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FragKey6 {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Network byte order, as in the fragment header.
+    pub id: [u8; 4],
+    pub proto: u8,
+    pub zone: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FragKey6>() == 40);
+
 /// The ports of a fragmented datagram's first fragment (network order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -293,4 +308,4 @@ unsafe impl Pod for CtEntry {}
 unsafe impl Zeroable for CtEntry6 {}
 unsafe impl Pod for CtEntry6 {}
 
-crate::user_pod!(CtKey, CtEntry, CtKey6, CtEntry6, FragKey, FragPorts);
+crate::user_pod!(CtKey, CtEntry, CtKey6, CtEntry6, FragKey, FragKey6, FragPorts);

@@ -29,6 +29,9 @@ pub const CT_OTHER_MAX: u32 = 65_536;
 /// [`crate::ct::FragPorts`] (LRU: a datagram lives milliseconds).
 pub const FRAGS: &str = "DP_FRAGS";
 pub const FRAGS_MAX: u32 = 8192;
+/// First fragments' ports of IPv6 datagrams: [`crate::ct::FragKey6`] ->
+/// [`crate::ct::FragPorts`] (LRU, [`FRAGS_MAX`] entries).
+pub const FRAGS6: &str = "DP_FRAGS6";
 /// Published port entries.
 pub const PORTS_MAX: u32 = 65_536;
 /// Managed subnets.

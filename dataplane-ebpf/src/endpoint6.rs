@@ -17,7 +17,9 @@
 //! - the fast path: what is left, to the world through the gateway, goes
 //!   straight to the uplink's egress (`fastpath::to_world`, as on IPv4).
 
-use aya_ebpf::{btf_maps::lpm_trie::Key, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::__sk_buff, btf_maps::lpm_trie::Key, macros::classifier, programs::TcContext,
+};
 use dataplane_common::{
     ct::ZONE_ENDPOINT,
     drop::DropReason,
@@ -26,22 +28,49 @@ use dataplane_common::{
 };
 
 use crate::{
-    drop::drop_packet,
     fastpath,
+    frag::{self, Frag},
     maps::{DP_ENDPOINTS, DP_ENDPOINTS6, DP_SUBNETS6},
     nat, nat6,
     parse::{l3, parse6, Ipv6Packet, Ipv6Upper, L3},
+    stage::{verdict, CONTINUE},
 };
 
 const TCX_NEXT: i32 = -1;
 const ZONE: u8 = ZONE_ENDPOINT;
 
+// The program runs in two stages, BPF global functions (see `stage`).
+
 #[classifier]
 pub fn dp_from_container6(ctx: TcContext) -> i32 {
-    match try_from_container6(&ctx) {
-        Ok(verdict) => verdict,
-        Err(reason) => drop_packet(&ctx, reason),
+    let mut pkt = Ipv6Packet::default();
+    let verdict = dp6_from_container_parse(ctx.skb.skb, &raw mut pkt) as i32;
+    if verdict != CONTINUE {
+        return verdict;
     }
+    dp6_from_container_flow(ctx.skb.skb, &raw const pkt) as i32
+}
+
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn dp6_from_container_parse(skb: *mut __sk_buff, pkt: *mut Ipv6Packet) -> i64 {
+    let ctx = TcContext::new(skb);
+    // SAFETY: the program's own packet; a global function must check null.
+    let Some(pkt) = (unsafe { pkt.as_mut() }) else {
+        return i64::from(TCX_NEXT);
+    };
+    verdict(&ctx, parse(&ctx, pkt))
+}
+
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn dp6_from_container_flow(skb: *mut __sk_buff, pkt: *const Ipv6Packet) -> i64 {
+    let ctx = TcContext::new(skb);
+    // SAFETY: as above.
+    let Some(pkt) = (unsafe { pkt.as_ref() }) else {
+        return i64::from(TCX_NEXT);
+    };
+    verdict(&ctx, flow(&ctx, pkt))
 }
 
 /// fe80::/10.
@@ -56,13 +85,15 @@ pub fn is_multicast(a: &[u8; 16]) -> bool {
     a[0] == 0xff
 }
 
+/// From the wire to the fields of a packet from a container: its source
+/// (anti-spoofing, link-local traffic), what the parser cannot see into,
+/// the fragments.
 #[inline(always)]
-fn try_from_container6(ctx: &TcContext) -> Result<i32, DropReason> {
+fn parse(ctx: &TcContext, pkt: &mut Ipv6Packet) -> Result<i32, DropReason> {
     if l3(ctx)? != L3::Ipv6 {
         return Ok(TCX_NEXT);
     }
-    let mut pkt = Ipv6Packet::default();
-    let upper = parse6(ctx, &mut pkt)?;
+    let upper = parse6(ctx, pkt)?;
     // SAFETY: the context's __sk_buff is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: a map value, read in place for this run (not copied: an
@@ -70,7 +101,7 @@ fn try_from_container6(ctx: &TcContext) -> Result<i32, DropReason> {
     let ep = unsafe { DP_ENDPOINTS6.get(ifindex) };
     if is_link_local(&pkt.src) || pkt.src == [0; 16] {
         if let Some(ep) = ep {
-            link_local_icc(&pkt, ep)?;
+            link_local_icc(pkt, ep)?;
         }
         return Ok(TCX_NEXT);
     }
@@ -85,22 +116,48 @@ fn try_from_container6(ctx: &TcContext) -> Result<i32, DropReason> {
     if pkt.src != ep.addr {
         return Err(DropReason::Spoofed);
     }
-    if upper == Ipv6Upper::Found && !pkt.later_fragment {
-        if nat6::tracked(ctx, &pkt, ZONE)? {
-            nat6::apply(ctx, &pkt)?;
-            return Ok(nat6::redirect(ctx, false)?.unwrap_or(TCX_NEXT));
-        }
-        let stats = hairpin(ctx, &pkt, ep)?;
-        if stats != NOT_PUBLISHED {
-            if stats & OWN_PORT != 0 {
-                nat6::own_port(ctx, &pkt, ZONE, &ep.gateway, stats & !OWN_PORT)?;
-            }
-            nat6::apply(ctx, &pkt)?;
-            return Ok(nat6::redirect(ctx, true)?.unwrap_or(TCX_NEXT));
-        }
+    if upper == Ipv6Upper::Unknown {
+        // Nothing to translate or route fast: where it may go, the stack's.
+        isolation(pkt, ep)?;
+        return Ok(TCX_NEXT);
     }
-    isolation(&pkt, ep)?;
-    world(ctx, &pkt, ifindex)
+    if pkt.later_fragment {
+        let verdict = later_fragment(ctx, pkt)?;
+        if verdict != NOT_TRACKED {
+            return Ok(verdict);
+        }
+        isolation(pkt, ep)?;
+        return Ok(TCX_NEXT);
+    }
+    // A first fragment's ports, recorded for the later ones.
+    frag::track6(pkt, ZONE);
+    Ok(CONTINUE)
+}
+
+/// A parsed packet from a container (its source checked): a hairpin flow,
+/// a new one to a published port, or isolation and the way to the world.
+#[inline(always)]
+fn flow(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<i32, DropReason> {
+    // SAFETY: the context's __sk_buff is valid for the whole program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a map value, read in place for this run.
+    let Some(ep) = (unsafe { DP_ENDPOINTS6.get(ifindex) }) else {
+        return Ok(TCX_NEXT);
+    };
+    if nat6::tracked(ctx, pkt, ZONE)? {
+        nat6::apply(ctx, pkt)?;
+        return Ok(nat6::redirect(ctx, false)?.unwrap_or(TCX_NEXT));
+    }
+    let stats = hairpin(ctx, pkt, ep)?;
+    if stats != NOT_PUBLISHED {
+        if stats & OWN_PORT != 0 {
+            nat6::own_port(ctx, pkt, ZONE, &ep.gateway, stats & !OWN_PORT)?;
+        }
+        nat6::apply(ctx, pkt)?;
+        return Ok(nat6::redirect(ctx, true)?.unwrap_or(TCX_NEXT));
+    }
+    isolation(pkt, ep)?;
+    world(ctx, pkt, ifindex)
 }
 
 /// The fast path to the uplink for a packet to the world; the stack's
@@ -113,6 +170,22 @@ fn world(ctx: &TcContext, pkt: &Ipv6Packet, ifindex: u32) -> Result<i32, DropRea
 
 // The NAT steps are BPF subprograms of their own, as in `uplink6`: the
 // program's frame and the one step it runs must fit 512 bytes together.
+
+/// [`later_fragment`]'s answer for a fragment of no tracked flow.
+const NOT_TRACKED: i32 = i32::MIN;
+
+/// A non-first fragment of a hairpin flow follows its first fragment's
+/// translation; [`NOT_TRACKED`] for any other (isolation still applies). A
+/// path of its own: on the main one the verifier knows a packet is no later
+/// fragment.
+#[inline(never)]
+fn later_fragment(ctx: &TcContext, pkt: &mut Ipv6Packet) -> Result<i32, DropReason> {
+    if frag::track6(pkt, ZONE) == Frag::Untracked || !nat6::tracked(ctx, pkt, ZONE)? {
+        return Ok(NOT_TRACKED);
+    }
+    nat6::apply(ctx, pkt)?;
+    Ok(nat6::redirect(ctx, false)?.unwrap_or(TCX_NEXT))
+}
 
 /// [`hairpin`]'s answer when no published port is addressed.
 const NOT_PUBLISHED: u32 = u32::MAX;

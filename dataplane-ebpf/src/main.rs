@@ -23,6 +23,7 @@ mod nat6;
 mod parse;
 mod sock;
 mod sock6;
+mod stage;
 mod stats;
 mod tcp;
 mod uplink;

@@ -9,7 +9,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use dataplane_common::{
-    ct::{CtEntry, CtKey, FragKey, FragPorts},
+    ct::{CtEntry, CtKey, FragKey, FragKey6, FragPorts},
     drop::DropReason,
     maps::{
         CT_OTHER_MAX, CT_TCP_MAX, ENDPOINTS_MAX, FRAGS_MAX, HOST_ADDRS_MAX, PORTS_MAX,
@@ -75,6 +75,10 @@ pub static DP_CT_OTHER: LruHashMap<CtKey, CtEntry, { CT_OTHER_MAX as usize }> = 
 /// The ports of fragmented datagrams' first fragments (see `frag`).
 #[btf_map]
 pub static DP_FRAGS: LruHashMap<FragKey, FragPorts, { FRAGS_MAX as usize }> = LruHashMap::new();
+
+/// The same for IPv6 datagrams (by the fragment header's identification).
+#[btf_map]
+pub static DP_FRAGS6: LruHashMap<FragKey6, FragPorts, { FRAGS_MAX as usize }> = LruHashMap::new();
 
 /// Endpoints by the ifindex of their host-side veth.
 #[btf_map]

@@ -104,9 +104,10 @@ pub struct Packet<A> {
     pub ttl: u8,
     pub tos: u8,
     pub tot_len: u16,
-    /// The IP identification field, which ties fragments to their first
-    /// (IPv4 only: IPv6 fragments are not tracked).
-    pub ip_id: [u8; 2],
+    /// The identification that ties fragments to their first, as on the
+    /// wire: IPv4's 16-bit field (the first two bytes), the IPv6 fragment
+    /// header's 32 bits.
+    pub frag_id: [u8; 4],
 }
 
 /// An IPv4 packet's fields.
@@ -212,7 +213,7 @@ pub fn parse<C: PacketBounds>(ctx: &C, pkt: &mut Ipv4Packet) -> Result<L3, DropR
     pkt.ttl = ip.ttl;
     pkt.tos = ip.tos;
     pkt.tot_len = u16::from_be_bytes(ip.tot_len);
-    pkt.ip_id = ip.id;
+    pkt.frag_id = [ip.id[0], ip.id[1], 0, 0];
     // The L4 header must be whole; non-first fragments start mid-payload and
     // carry none.
     if !pkt.later_fragment {
@@ -324,6 +325,8 @@ struct ExtWalk {
     next: u32,
     later_fragment: u32,
     more_fragments: u32,
+    /// The fragment header's identification, in wire order.
+    frag_id: u32,
     truncated: u32,
 }
 
@@ -341,7 +344,8 @@ extern "C" fn ext_step(_index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     let tc = TcContext::new(w.skb);
-    let Ok(h) = tc.load::<[u8; 4]>(w.off as usize) else {
+    // Every extension header is at least 8 bytes long.
+    let Ok(h) = tc.load::<[u8; 8]>(w.off as usize) else {
         w.truncated = 1;
         return 1;
     };
@@ -350,6 +354,7 @@ extern "C" fn ext_step(_index: u64, ctx: *mut c_void) -> i64 {
         let fo = u16::from_be_bytes([h[2], h[3]]);
         w.later_fragment = u32::from(fo & 0xfff8 != 0);
         w.more_fragments = u32::from(fo & 1 != 0);
+        w.frag_id = u32::from_ne_bytes([h[4], h[5], h[6], h[7]]);
         8
     } else if next == NEXTHDR_AUTH {
         (u32::from(h[1]) + 2) * 4
@@ -388,6 +393,7 @@ pub fn parse6(ctx: &TcContext, pkt: &mut Ipv6Packet) -> Result<Ipv6Upper, DropRe
         next: u32::from(ip[6]),
         later_fragment: 0,
         more_fragments: 0,
+        frag_id: 0,
         truncated: 0,
     };
     if is_ext_hdr(ip[6]) {
@@ -409,6 +415,7 @@ pub fn parse6(ctx: &TcContext, pkt: &mut Ipv6Packet) -> Result<Ipv6Upper, DropRe
     let off = walk.off as usize;
     pkt.later_fragment = walk.later_fragment != 0;
     pkt.more_fragments = walk.more_fragments != 0;
+    pkt.frag_id = walk.frag_id.to_ne_bytes();
     pkt.proto = next;
     pkt.l4_off = off;
     if is_ext_hdr(next) {

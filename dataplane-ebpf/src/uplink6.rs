@@ -13,15 +13,18 @@
 //! NDP, router advertisements and the host's own traffic pass untouched. A
 //! packet whose upper layer hides behind more extension headers than the
 //! parser walks is never translated: dropped when it concerns a managed
-//! subnet, passed otherwise. Non-first fragments carry no ports: they pass
-//! to the stack untranslated (IPv6 fragments are rare, since routers never
-//! fragment; docs/architecture.md). The DOCKER-USER filters meet new flows
+//! subnet, passed otherwise. Non-first fragments follow their first
+//! fragment's flow (`frag`, as on IPv4); one whose first was not seen passes
+//! to the stack untranslated, or is dropped when it would leave with a
+//! masqueraded container's address. The DOCKER-USER filters meet new flows
 //! to published ports and routed subnets and every later packet of a
 //! published flow (`filter::new_flow6`, `filter::tracked6`). Packets a
 //! rewrite sends to a container (DNAT, replies to NAT66) take the fast path
 //! into it when they can (`fastpath::into_endpoint`, as on IPv4).
 
-use aya_ebpf::{btf_maps::lpm_trie::Key, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::__sk_buff, btf_maps::lpm_trie::Key, macros::classifier, programs::TcContext,
+};
 use dataplane_common::{
     ct::{REWRITE_DST, ZONE_UPLINK},
     drop::DropReason,
@@ -34,12 +37,14 @@ use dataplane_common::{
 
 use crate::{
     conntrack,
-    drop::drop_packet,
     family::Family,
-    fastpath, filter, icmp6,
+    fastpath, filter,
+    frag::{self, Frag},
+    icmp6,
     maps::{DP_OPEN_PORTS6, DP_SUBNETS6, DP_TRUSTED_IFACES, DP_UPLINKS6},
     nat, nat6,
     parse::{l3, parse6, parse6_fixed, Ipv6Packet, Ipv6Upper, ICMPV6_ECHO_REQUEST, L3},
+    stage::{verdict, CONTINUE},
     tcp,
 };
 
@@ -47,20 +52,70 @@ const TCX_NEXT: i32 = -1;
 const ZONE: u8 = ZONE_UPLINK;
 const LOOPBACK: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
+// Each program runs in two stages, BPF global functions (see `stage`).
+
 #[classifier]
 pub fn dp_uplink_in6(ctx: TcContext) -> i32 {
-    match try_uplink_in6(&ctx) {
-        Ok(verdict) => verdict,
-        Err(reason) => drop_packet(&ctx, reason),
+    let mut pkt = Ipv6Packet::default();
+    let verdict = dp6_uplink_in_parse(ctx.skb.skb, &raw mut pkt) as i32;
+    if verdict != CONTINUE {
+        return verdict;
     }
+    dp6_uplink_in_flow(ctx.skb.skb, &raw const pkt) as i32
 }
 
 #[classifier]
 pub fn dp_uplink_out6(ctx: TcContext) -> i32 {
-    match try_uplink_out6(&ctx) {
-        Ok(verdict) => verdict,
-        Err(reason) => drop_packet(&ctx, reason),
+    let mut pkt = Ipv6Packet::default();
+    let verdict = dp6_uplink_out_parse(ctx.skb.skb, &raw mut pkt) as i32;
+    if verdict != CONTINUE {
+        return verdict;
     }
+    dp6_uplink_out_flow(ctx.skb.skb, &raw const pkt) as i32
+}
+
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn dp6_uplink_in_parse(skb: *mut __sk_buff, pkt: *mut Ipv6Packet) -> i64 {
+    let ctx = TcContext::new(skb);
+    // SAFETY: the program's own packet; a global function must check null.
+    let Some(pkt) = (unsafe { pkt.as_mut() }) else {
+        return i64::from(TCX_NEXT);
+    };
+    verdict(&ctx, parse_in(&ctx, pkt))
+}
+
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn dp6_uplink_in_flow(skb: *mut __sk_buff, pkt: *const Ipv6Packet) -> i64 {
+    let ctx = TcContext::new(skb);
+    // SAFETY: as above.
+    let Some(pkt) = (unsafe { pkt.as_ref() }) else {
+        return i64::from(TCX_NEXT);
+    };
+    verdict(&ctx, flow_in(&ctx, pkt))
+}
+
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn dp6_uplink_out_parse(skb: *mut __sk_buff, pkt: *mut Ipv6Packet) -> i64 {
+    let ctx = TcContext::new(skb);
+    // SAFETY: as above.
+    let Some(pkt) = (unsafe { pkt.as_mut() }) else {
+        return i64::from(TCX_NEXT);
+    };
+    verdict(&ctx, parse_out(&ctx, pkt))
+}
+
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn dp6_uplink_out_flow(skb: *mut __sk_buff, pkt: *const Ipv6Packet) -> i64 {
+    let ctx = TcContext::new(skb);
+    // SAFETY: as above.
+    let Some(pkt) = (unsafe { pkt.as_ref() }) else {
+        return i64::from(TCX_NEXT);
+    };
+    verdict(&ctx, flow_out(&ctx, pkt))
 }
 
 /// The policy of the managed subnet `addr` is in; zeroed when it is in none
@@ -81,39 +136,51 @@ fn subnet(addr: &[u8; 16]) -> SubnetPolicy {
     }
 }
 
+/// From the wire to the fields of a packet from outside: what no such
+/// packet may be, what the parser cannot see into, and the fragments.
 #[inline(always)]
-fn try_uplink_in6(ctx: &TcContext) -> Result<i32, DropReason> {
+fn parse_in(ctx: &TcContext, pkt: &mut Ipv6Packet) -> Result<i32, DropReason> {
     if l3(ctx)? != L3::Ipv6 {
         return Ok(TCX_NEXT);
     }
-    let mut pkt = Ipv6Packet::default();
-    let upper = parse6(ctx, &mut pkt)?;
-    from_outside(&pkt)?;
+    let upper = parse6(ctx, pkt)?;
+    from_outside(pkt)?;
     if upper == Ipv6Upper::Unknown {
         if subnet(&pkt.dst).network_id != 0 {
             return Err(DropReason::Ipv6ExtHeaders);
         }
         return Ok(TCX_NEXT);
     }
-    if pkt.later_fragment {
+    if frag::track6(pkt, ZONE) == Frag::Untracked {
+        // No ports to find a flow by: the stack's.
         return Ok(TCX_NEXT);
     }
+    Ok(CONTINUE)
+}
+
+/// A parsed packet from outside: its flow, or a new one.
+#[inline(always)]
+fn flow_in(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<i32, DropReason> {
     // One call of each step below, whichever way the flow was found: the
     // verifier walks a step once per call site (and per state there).
-    let translate = if nat6::tracked(ctx, &pkt, ZONE)? {
-        filter::tracked6(ctx, &pkt)?;
+    let translate = if nat6::tracked(ctx, pkt, ZONE)? {
+        filter::tracked6(ctx, pkt)?;
         true
     } else {
-        if icmp_error(ctx, &pkt)? {
+        if pkt.later_fragment {
+            // Its first fragment started no flow here.
             return Ok(TCX_NEXT);
         }
-        filter::new_flow6(ctx, &pkt)?;
-        new_flow_in(ctx, &pkt)?
+        if icmp_error(ctx, pkt)? {
+            return Ok(TCX_NEXT);
+        }
+        filter::new_flow6(ctx, pkt)?;
+        new_flow_in(ctx, pkt)?
     };
     if !translate {
         return Ok(TCX_NEXT);
     }
-    nat6::apply(ctx, &pkt)?;
+    nat6::apply(ctx, pkt)?;
     deliver(ctx)
 }
 
@@ -154,6 +221,32 @@ fn new_flow_in(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<bool, DropReason> {
     }
     nat6::dnat(ctx, pkt, ZONE, &target)?;
     Ok(true)
+}
+
+/// A non-first fragment leaving by the uplink: its datagram's flow's
+/// translation when the first fragment was seen. Otherwise it must not
+/// leave a masquerading network with the container's address, nor an
+/// internal one at all.
+#[inline(never)]
+fn later_fragment_out(
+    ctx: &TcContext,
+    pkt: &mut Ipv6Packet,
+    policy: SubnetPolicy,
+) -> Result<i32, DropReason> {
+    if frag::track6(pkt, ZONE) != Frag::Untracked && nat6::tracked(ctx, pkt, ZONE)? {
+        nat6::apply(ctx, pkt)?;
+        return Ok(TCX_NEXT);
+    }
+    if policy.network_id == 0 {
+        return Ok(TCX_NEXT);
+    }
+    if policy.flags & SUBNET_INTERNAL != 0 {
+        return Err(DropReason::Internal);
+    }
+    if policy.flags & SUBNET_MASQUERADE != 0 {
+        return Err(DropReason::FragmentUntracked);
+    }
+    Ok(TCX_NEXT)
 }
 
 /// The fast path into the container a rewrite (the flow's entry in the
@@ -234,29 +327,41 @@ fn gateway_mode(ctx: &TcContext, pkt: &Ipv6Packet, policy: SubnetPolicy) -> Resu
     Err(DropReason::DirectAccess)
 }
 
+/// From the wire to the fields of a packet leaving by the uplink; what the
+/// parser cannot see into, and the fragments.
 #[inline(always)]
-fn try_uplink_out6(ctx: &TcContext) -> Result<i32, DropReason> {
+fn parse_out(ctx: &TcContext, pkt: &mut Ipv6Packet) -> Result<i32, DropReason> {
     if l3(ctx)? != L3::Ipv6 {
         return Ok(TCX_NEXT);
     }
-    let mut pkt = Ipv6Packet::default();
-    let upper = parse6(ctx, &mut pkt)?;
+    let upper = parse6(ctx, pkt)?;
     let policy = subnet(&pkt.src);
-    let managed = policy.network_id != 0;
     if upper == Ipv6Upper::Unknown {
-        if managed && policy.flags & SUBNET_MASQUERADE != 0 {
+        if policy.network_id != 0 && policy.flags & SUBNET_MASQUERADE != 0 {
             return Err(DropReason::Ipv6ExtHeaders);
         }
         return Ok(TCX_NEXT);
     }
-    if !pkt.later_fragment {
-        if nat6::tracked(ctx, &pkt, ZONE)? {
-            nat6::apply(ctx, &pkt)?;
-            return Ok(TCX_NEXT);
-        }
-        if icmp_error(ctx, &pkt)? {
-            return Ok(TCX_NEXT);
-        }
+    if pkt.later_fragment {
+        return later_fragment_out(ctx, pkt, policy);
+    }
+    // A first fragment's ports, recorded for the later ones.
+    frag::track6(pkt, ZONE);
+    Ok(CONTINUE)
+}
+
+/// A parsed packet leaving by the uplink: its flow, or a new one
+/// (masquerade, routed, internal).
+#[inline(always)]
+fn flow_out(ctx: &TcContext, pkt: &Ipv6Packet) -> Result<i32, DropReason> {
+    let policy = subnet(&pkt.src);
+    let managed = policy.network_id != 0;
+    if nat6::tracked(ctx, pkt, ZONE)? {
+        nat6::apply(ctx, pkt)?;
+        return Ok(TCX_NEXT);
+    }
+    if icmp_error(ctx, pkt)? {
+        return Ok(TCX_NEXT);
     }
     let addr = match managed {
         true => {
@@ -264,19 +369,12 @@ fn try_uplink_out6(ctx: &TcContext) -> Result<i32, DropReason> {
                 return Err(DropReason::Internal);
             }
             if policy.flags & SUBNET_MASQUERADE == 0 {
-                if policy.flags & SUBNET_ROUTED != 0
-                    && !pkt.later_fragment
-                    && pkt.proto == IPPROTO_UDP
-                {
+                if policy.flags & SUBNET_ROUTED != 0 && pkt.proto == IPPROTO_UDP {
                     // `tracked` found no flow: a new one, tracked so its
                     // replies get past the routed network's checks.
-                    pass(ctx, &pkt)?;
+                    pass(ctx, pkt)?;
                 }
                 return Ok(TCX_NEXT);
-            }
-            if pkt.later_fragment {
-                // It would leave with the container's address.
-                return Err(DropReason::FragmentUntracked);
             }
             let translatable = pkt.proto == IPPROTO_TCP
                 || pkt.proto == IPPROTO_UDP
@@ -292,11 +390,11 @@ fn try_uplink_out6(ctx: &TcContext) -> Result<i32, DropReason> {
             };
             uplink.addr
         }
-        false if !pkt.later_fragment && conntrack::host_flow_collides(&pkt, ZONE) => pkt.src,
+        false if conntrack::host_flow_collides(pkt, ZONE) => pkt.src,
         false => return Ok(TCX_NEXT),
     };
-    nat6::masquerade(ctx, &pkt, ZONE, &addr)?;
-    nat6::apply(ctx, &pkt)?;
+    nat6::masquerade(ctx, pkt, ZONE, &addr)?;
+    nat6::apply(ctx, pkt)?;
     Ok(TCX_NEXT)
 }
 

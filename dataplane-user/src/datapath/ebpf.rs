@@ -29,7 +29,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const AYA_LOGS: &str = "AYA_LOGS";
 
 /// Every map in the object, pinned by name.
-pub const PINNED_MAPS: [&str; 38] = [
+pub const PINNED_MAPS: [&str; 39] = [
     maps::PROTO_STATS,
     maps::DROP_STATS,
     maps::PORTS,
@@ -40,6 +40,7 @@ pub const PINNED_MAPS: [&str; 38] = [
     maps::CT_TCP,
     maps::CT_OTHER,
     maps::FRAGS,
+    maps::FRAGS6,
     maps::SOCK_REVNAT,
     maps::ENDPOINTS,
     maps::ENDPOINT_ROUTES,
