@@ -27,6 +27,7 @@ pub mod netns;
 pub mod packets;
 pub mod packets6;
 pub mod podman;
+pub mod soak;
 pub mod topo;
 pub mod traffic;
 

@@ -5,6 +5,7 @@
 mod bench;
 mod fuzz;
 mod setup;
+mod soak;
 
 use std::{
     path::{Path, PathBuf},
@@ -70,6 +71,11 @@ enum Cmd {
     /// mutated packets, checked against a model (docs/fuzzing.md). Needs
     /// root; findings are saved as fixtures in tests/fixtures/fuzz.
     Fuzz(fuzz::FuzzArgs),
+    /// Soak the agent: connects, disconnects, published ports, filter
+    /// changes and restarts in a loop with steady flows running, then check
+    /// that nothing leaked and no flow broke (docs/reliability.md). Needs
+    /// root.
+    Soak(soak::SoakArgs),
     /// The bench's load tool (run by `bench` inside its namespaces).
     #[command(hide = true)]
     BenchLoad(bench::load::LoadArgs),
@@ -98,6 +104,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Bench(args) => bench::run(&root, &args),
         Cmd::Fuzz(args) => fuzz::run(&root, &args),
+        Cmd::Soak(args) => soak::run(&root, &args),
         Cmd::BenchLoad(args) => bench::load::main(args),
         Cmd::Test { args } => {
             setup::run()?;
