@@ -21,6 +21,7 @@ pub mod cmd;
 pub mod cni;
 pub mod datapath;
 pub mod docker;
+pub mod family;
 pub mod fuzz;
 pub mod leak;
 pub mod netns;
