@@ -22,6 +22,7 @@ pub mod cni;
 pub mod datapath;
 pub mod docker;
 pub mod family;
+mod family_run;
 pub mod fuzz;
 pub mod leak;
 pub mod netns;
