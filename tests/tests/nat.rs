@@ -359,6 +359,23 @@ fn masquerade_gives_two_containers_200_distinct_flows(fam: Family) {
     );
     no_csum_errors(&[&fh.client, &c1, &c2]);
     no_firewall_rules(&fh.host);
+
+    // A disconnected endpoint's masqueraded flows go with it.
+    let c1_ip = fam.addr(0, 2).to_string();
+    assert!(
+        cli.flows().iter().any(|f| f["src"] == c1_ip.as_str()),
+        "{:#?}",
+        cli.flows()
+    );
+    cli.run(&["disconnect", &fam.network(0), c1.name()])
+        .expect("disconnect");
+    let after = cli.flows();
+    assert!(
+        after.iter().all(|f| f["src"] != c1_ip.as_str()
+            && f["dst"] != c1_ip.as_str()
+            && !f["nat"].as_str().unwrap_or_default().contains(&c1_ip)),
+        "purged with the endpoint: {after:#?}"
+    );
 }
 
 fn internal_and_unmasqueraded_networks(fam: Family) {
