@@ -328,3 +328,34 @@ pub fn sock(ip: IpAddr, port: u16) -> SocketAddr {
         IpAddr::V6(a) => SocketAddrV6::new(a, port, 0, 0).into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_of_both_families_read_back_as_built() {
+        for fam in [Family::V4, Family::V6] {
+            let p = fam.plan();
+            let tcp = parse(&Pkt::tcp(p.c1, p.client, 40000, 80).ttl(9).build()).unwrap();
+            assert_eq!(
+                (tcp.src, tcp.dst, tcp.sport, tcp.dport, tcp.ttl),
+                (p.c1, p.client, 40000, 80, 9),
+                "{fam:?}"
+            );
+            assert!(tcp.ip_ok && tcp.l4_ok, "{fam:?}: {tcp:?}");
+            let bad = Pkt::udp(p.c1, p.client, 5000, 53).bad_l4_checksum().build();
+            assert!(!parse(&bad).unwrap().l4_ok, "{fam:?}");
+            let echo = parse(&Pkt::echo(p.server, p.host, 77, true).build()).unwrap();
+            assert_eq!((echo.sport, echo.dport), (77, 77), "{fam:?}");
+            assert!(echo.l4_ok, "{fam:?}");
+            let sent = Pkt::tcp(p.host, p.server, 41000, 443).build();
+            let err = parse(&Pkt::too_big(p.server, p.host, &sent).build()).unwrap();
+            assert!(err.l4_ok, "{fam:?}");
+            assert_eq!(err.quoted, Some((p.host, p.server, 41000, 443)), "{fam:?}");
+            let cut = Pkt::tcp(p.client, p.host, 1, 2).truncate_l4(10).build();
+            let ip_len = if fam == Family::V4 { 20 } else { 40 };
+            assert_eq!(cut.len(), 14 + ip_len + 10, "{fam:?}: a cut header");
+        }
+    }
+}
