@@ -21,6 +21,8 @@ pub mod cmd;
 pub mod cni;
 pub mod datapath;
 pub mod docker;
+pub mod family;
+mod family_run;
 pub mod fuzz;
 pub mod leak;
 pub mod netns;

@@ -57,6 +57,8 @@ pub struct PacketBuilder {
     ip_id: u16,
     /// Added to the correct L4 checksum (0: correct).
     l4_csum_delta: u16,
+    /// ICMP type (default 8, echo request).
+    icmp_type: u8,
 }
 
 impl PacketBuilder {
@@ -80,6 +82,7 @@ impl PacketBuilder {
             tcp_options: Vec::new(),
             ip_id: 0x1234,
             l4_csum_delta: 0,
+            icmp_type: 8,
         }
     }
 
@@ -95,6 +98,25 @@ impl PacketBuilder {
     /// An ICMP echo request.
     pub fn icmp_echo(src: [u8; 4], dst: [u8; 4], id: u16, seq: u16) -> PacketBuilder {
         PacketBuilder::new(1, src, dst, id, seq).payload(b"abcdefgh")
+    }
+
+    /// An ICMP echo reply.
+    pub fn icmp_echo_reply(src: [u8; 4], dst: [u8; 4], id: u16, seq: u16) -> PacketBuilder {
+        let mut b = PacketBuilder::icmp_echo(src, dst, id, seq);
+        b.icmp_type = 0;
+        b
+    }
+
+    /// An ICMP "fragmentation needed" (type 3 code 4, next-hop MTU
+    /// `mtu`) quoting `quoted` (an IPv4 frame: its IP header and the first
+    /// 8 bytes after it, as RFC 792 asks).
+    pub fn frag_needed(src: [u8; 4], dst: [u8; 4], mtu: u16, quoted: &[u8]) -> PacketBuilder {
+        let ip = quoted.get(ETH_LEN..).unwrap_or_default();
+        let ihl = usize::from(ip.first().copied().unwrap_or(0x45) & 0x0f) * 4;
+        let quote = &ip[..ip.len().min(ihl + 8)];
+        let mut b = PacketBuilder::new(1, src, dst, 0, mtu).payload(quote);
+        b.icmp_type = 3;
+        b
     }
 
     /// An ARP request (a non-IP frame).
@@ -238,7 +260,8 @@ impl PacketBuilder {
                 l4[6..8].copy_from_slice(&c.to_be_bytes());
             }
             1 => {
-                l4.extend_from_slice(&[8, 0, 0, 0]);
+                let code = if self.icmp_type == 3 { 4 } else { 0 };
+                l4.extend_from_slice(&[self.icmp_type, code, 0, 0]);
                 l4.extend_from_slice(&self.a.to_be_bytes());
                 l4.extend_from_slice(&self.b.to_be_bytes());
                 l4.extend_from_slice(&self.payload);
@@ -306,6 +329,9 @@ pub struct Parsed {
     /// Ethernet destination and source.
     pub eth_dst: [u8; 6],
     pub eth_src: [u8; 6],
+    /// For an ICMP error: the quoted packet's addresses and ports (the
+    /// echo identifier in both for a quoted echo).
+    pub quoted: Option<([u8; 4], [u8; 4], u16, u16)>,
 }
 
 /// Parses an Ethernet/IPv4 frame with a whole L4 header.
@@ -343,7 +369,31 @@ pub fn parse(frame: &[u8]) -> Option<Parsed> {
         ttl: *ip.get(8)?,
         eth_dst: frame.get(..6)?.try_into().ok()?,
         eth_src: frame.get(6..12)?.try_into().ok()?,
+        quoted: if proto == 1 && matches!(l4.first(), Some(3 | 11 | 12)) {
+            quoted(l4.get(8..)?)
+        } else {
+            None
+        },
     })
+}
+
+/// Addresses and ports of the IPv4 packet an ICMP error quotes.
+fn quoted(q: &[u8]) -> Option<([u8; 4], [u8; 4], u16, u16)> {
+    let ihl = usize::from(q.first()? & 0x0f) * 4;
+    let l4 = q.get(ihl..)?;
+    let word =
+        |i: usize| -> Option<u16> { Some(u16::from_be_bytes([*l4.get(i)?, *l4.get(i + 1)?])) };
+    let (a, b) = if *q.get(9)? == 1 {
+        (word(4)?, word(4)?)
+    } else {
+        (word(0)?, word(2)?)
+    };
+    Some((
+        q.get(12..16)?.try_into().ok()?,
+        q.get(16..20)?.try_into().ok()?,
+        a,
+        b,
+    ))
 }
 
 /// An IPv6 frame: Ethernet, the fixed header, `ext` extension headers of

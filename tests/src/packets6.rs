@@ -81,6 +81,168 @@ pub fn packet_too_big(src: [u8; 16], dst: [u8; 16], quoted: &[u8]) -> Vec<u8> {
     frame(src, dst, ICMPV6, h, 2)
 }
 
+/// An IPv6 frame under construction, with the knobs of
+/// [`crate::packets::PacketBuilder`] that mean something for IPv6.
+#[derive(Clone, Debug)]
+pub struct Packet6Builder {
+    proto: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+    /// TCP/UDP ports, or the echo identifier and sequence; for an ICMPv6
+    /// error, 0 and its MTU.
+    a: u16,
+    b: u16,
+    payload: Vec<u8>,
+    hop_limit: u8,
+    icmp_type: u8,
+    tcp_flags: u8,
+    tcp_seq: u32,
+    tcp_options: Vec<u8>,
+    l4_csum_delta: u16,
+    l4_len: Option<usize>,
+}
+
+impl Packet6Builder {
+    fn new(proto: u8, src: [u8; 16], dst: [u8; 16], a: u16, b: u16) -> Packet6Builder {
+        Packet6Builder {
+            proto,
+            src,
+            dst,
+            a,
+            b,
+            payload: Vec::new(),
+            hop_limit: 64,
+            icmp_type: 128,
+            tcp_flags: 0x02,
+            tcp_seq: 1,
+            tcp_options: Vec::new(),
+            l4_csum_delta: 0,
+            l4_len: None,
+        }
+    }
+
+    /// A TCP SYN.
+    pub fn tcp(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16) -> Packet6Builder {
+        Packet6Builder::new(TCP, src, dst, sport, dport)
+    }
+
+    /// A UDP datagram carrying `ping`.
+    pub fn udp(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16) -> Packet6Builder {
+        Packet6Builder::new(UDP, src, dst, sport, dport).payload(b"ping")
+    }
+
+    /// An ICMPv6 echo request (`reply`: an echo reply).
+    pub fn echo(src: [u8; 16], dst: [u8; 16], id: u16, seq: u16, reply: bool) -> Packet6Builder {
+        let mut b = Packet6Builder::new(ICMPV6, src, dst, id, seq).payload(b"abcdefgh");
+        b.icmp_type = if reply { 129 } else { 128 };
+        b
+    }
+
+    /// A Packet Too Big with `mtu` quoting `quoted` (an IPv6 frame, its
+    /// Ethernet header left out).
+    pub fn packet_too_big(src: [u8; 16], dst: [u8; 16], mtu: u16, quoted: &[u8]) -> Packet6Builder {
+        let q = quoted.get(ETH_LEN..).unwrap_or_default();
+        let mut b = Packet6Builder::new(ICMPV6, src, dst, 0, mtu).payload(q);
+        b.icmp_type = 2;
+        b
+    }
+
+    #[must_use]
+    pub fn payload(mut self, payload: &[u8]) -> Packet6Builder {
+        self.payload = payload.to_vec();
+        self
+    }
+
+    #[must_use]
+    pub fn hop_limit(mut self, hops: u8) -> Packet6Builder {
+        self.hop_limit = hops;
+        self
+    }
+
+    #[must_use]
+    pub fn tcp_flags(mut self, flags: u8) -> Packet6Builder {
+        self.tcp_flags = flags;
+        self
+    }
+
+    #[must_use]
+    pub fn seq(mut self, seq: u32) -> Packet6Builder {
+        self.tcp_seq = seq;
+        self
+    }
+
+    /// TCP options (NOP-padded to a multiple of 4).
+    #[must_use]
+    pub fn tcp_options(mut self, options: &[u8]) -> Packet6Builder {
+        self.tcp_options = options.to_vec();
+        while !self.tcp_options.len().is_multiple_of(4) {
+            self.tcp_options.push(1);
+        }
+        self
+    }
+
+    /// A wrong upper-layer checksum (the correct one plus 1).
+    #[must_use]
+    pub fn bad_l4_checksum(mut self) -> Packet6Builder {
+        self.l4_csum_delta = 1;
+        self
+    }
+
+    /// Keeps only the first `len` bytes after the IPv6 header.
+    #[must_use]
+    pub fn truncate_l4(mut self, len: usize) -> Packet6Builder {
+        self.l4_len = Some(len);
+        self
+    }
+
+    fn l4(&self) -> (Vec<u8>, usize) {
+        let mut l4 = Vec::new();
+        let csum_at = match self.proto {
+            TCP => {
+                l4.extend_from_slice(&self.a.to_be_bytes());
+                l4.extend_from_slice(&self.b.to_be_bytes());
+                l4.extend_from_slice(&self.tcp_seq.to_be_bytes());
+                l4.extend_from_slice(&0u32.to_be_bytes());
+                let doff = (20 + self.tcp_options.len()) / 4;
+                l4.extend_from_slice(&[(doff as u8) << 4, self.tcp_flags]);
+                l4.extend_from_slice(&64240u16.to_be_bytes());
+                l4.extend_from_slice(&[0, 0, 0, 0]);
+                l4.extend_from_slice(&self.tcp_options);
+                16
+            }
+            UDP => {
+                l4.extend_from_slice(&self.a.to_be_bytes());
+                l4.extend_from_slice(&self.b.to_be_bytes());
+                l4.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
+                l4.extend_from_slice(&[0, 0]);
+                6
+            }
+            _ => {
+                l4.extend_from_slice(&[self.icmp_type, 0, 0, 0]);
+                l4.extend_from_slice(&self.a.to_be_bytes());
+                l4.extend_from_slice(&self.b.to_be_bytes());
+                2
+            }
+        };
+        l4.extend_from_slice(&self.payload);
+        (l4, csum_at)
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let (l4, csum_at) = self.l4();
+        let mut f = frame(self.src, self.dst, self.proto, l4, csum_at);
+        f[ETH_LEN + 7] = self.hop_limit;
+        let at = ETH_LEN + IP6_LEN + csum_at;
+        let c = u16::from_be_bytes([f[at], f[at + 1]]).wrapping_add(self.l4_csum_delta);
+        f[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        if let Some(len) = self.l4_len {
+            f.truncate(ETH_LEN + IP6_LEN + len);
+            f[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&(len as u16).to_be_bytes());
+        }
+        f
+    }
+}
+
 /// The fields a test checks in a (rewritten) IPv6 frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parsed6 {
@@ -93,6 +255,10 @@ pub struct Parsed6 {
     pub dport: u16,
     /// The upper-layer checksum verifies.
     pub l4_ok: bool,
+    /// The hop limit.
+    pub hop_limit: u8,
+    pub eth_dst: [u8; 6],
+    pub eth_src: [u8; 6],
     /// For an ICMPv6 error: the quoted packet's addresses and ports.
     pub quoted: Option<([u8; 16], [u8; 16], u16, u16)>,
 }
@@ -138,6 +304,9 @@ pub fn parse(f: &[u8]) -> Option<Parsed6> {
         sport,
         dport,
         l4_ok,
+        hop_limit: ip[7],
+        eth_dst: f[..6].try_into().ok()?,
+        eth_src: f[6..12].try_into().ok()?,
         quoted,
     })
 }

@@ -3,15 +3,20 @@
 //! containers given their IPv6 address by Docker's IPAM (`AddressIPv6`)
 //! and the IPv6 gateway by our Join (`GatewayIPv6`), reaching each other
 //! and the gateway over IPv6, shown by our `network inspect`; then
-//! `docker rm` and `docker network rm` leave nothing behind.
+//! `docker rm` and `docker network rm` leave nothing behind. And `docker
+//! run -p 8080:80` on such a network answers a client outside on the
+//! host's IPv6 address with the client's address kept, as does a port
+//! bound to that address (`-p [2001:db8:1::1]:8081:80`), while one bound
+//! to `[::1]` never answers the network.
 
 use std::{net::SocketAddr, process::Child, time::Duration};
 
 use dataplane_tests::{
     cli::{stop_agent, Cli},
     docker::{self, Dockerd, PluginSocket},
+    family::{add6, CLIENT6, HOST6},
     topo::FakeHost,
-    traffic::http_get,
+    traffic::{http_get, tcp_echo},
 };
 
 const T: Duration = Duration::from_secs(5);
@@ -167,4 +172,132 @@ fn docker_network_create_ipv6_gives_containers_working_ipv6() {
     let mut before = links_before;
     before.retain(|l| l != "docker0");
     assert_eq!(links, before, "links left behind");
+}
+
+/// `docker run -d --name NAME --network NET -p PUBLISH` of the image's
+/// httpd, with a CGI script at `/cgi-bin/peer` printing `REMOTE_ADDR`:
+/// the client's address as the container saw it.
+fn httpd_with_peer(dk: &Dockerd, name: &str, net: &str, publish: &str) {
+    dk.run(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        net,
+        "-p",
+        publish,
+        docker::IMAGE,
+        "/bin/httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ])
+    .unwrap_or_else(|e| panic!("docker run -p {publish}: {e:#}\n{}", dk.log()));
+    let script = "/bin/busybox mkdir -p /www/cgi-bin && \
+        printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' \
+        > /www/cgi-bin/peer && /bin/busybox chmod 755 /www/cgi-bin/peer";
+    dk.run(&["exec", name, "/bin/sh", "-c", script])
+        .unwrap_or_else(|e| panic!("CGI script in {name}: {e:#}"));
+}
+
+/// `GET /cgi-bin/peer` from `ns` to `dst`: the peer address the
+/// container's CGI reported, brackets dropped (the script ends its headers
+/// with a bare newline, which `http_get` does not take).
+fn peer_seen(ns: &dataplane_tests::netns::NetNs, dst: SocketAddr) -> String {
+    let raw = tcp_echo(ns, dst, b"GET /cgi-bin/peer HTTP/1.0\r\n\r\n", T)
+        .unwrap_or_else(|e| panic!("GET {dst}/cgi-bin/peer: {e:#}"));
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = text.split_once("\n\n").map(|(_, b)| b).unwrap_or_default();
+    body.trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned()
+}
+
+#[test]
+fn a_published_port_answers_on_the_hosts_ipv6_address_with_the_clients_address() {
+    if !dataplane_tests::require_root() || !docker::require_docker() {
+        return;
+    }
+    let rig = Rig::new("dk6pub");
+    add6(&rig.fh.host, &rig.fh.uplink, &format!("{HOST6}/64"));
+    add6(&rig.fh.client, &rig.fh.client_dev, &format!("{CLIENT6}/64"));
+    let dk = Dockerd::start(&rig.fh.host, "dockerd6p").expect("dockerd");
+    let driver = rig.plugin.name.clone();
+    dk.run(&[
+        "network",
+        "create",
+        "--ipv6",
+        "-d",
+        &driver,
+        "--subnet",
+        "10.96.0.0/24",
+        "--subnet",
+        "fd00:96::/64",
+        "pub6",
+    ])
+    .unwrap_or_else(|e| panic!("network create --ipv6: {e:#}\n{}", dk.log()));
+
+    httpd_with_peer(&dk, "web", "pub6", "8080:80");
+    let published = SocketAddr::from((HOST6, 8080));
+    let (code, body) = http_get(&rig.fh.client, published, "/index.html", T)
+        .unwrap_or_else(|e| panic!("GET [{HOST6}]:8080: {e:#}\n{}", dk.log()));
+    assert_eq!((code, body.as_str()), (200, docker::INDEX));
+    assert_eq!(
+        peer_seen(&rig.fh.client, published),
+        CLIENT6.to_string(),
+        "the container saw the client's address"
+    );
+    // IPv4 still answers on the same publish.
+    let (code, _) = http_get(
+        &rig.fh.client,
+        SocketAddr::from((rig.fh.host_ip, 8080)),
+        "/index.html",
+        T,
+    )
+    .expect("GET over IPv4");
+    assert_eq!(code, 200);
+
+    // A port bound to the host's IPv6 address answers there only.
+    httpd_with_peer(&dk, "bound", "pub6", &format!("[{HOST6}]:8081:80"));
+    let bound = SocketAddr::from((HOST6, 8081));
+    assert_eq!(peer_seen(&rig.fh.client, bound), CLIENT6.to_string());
+    assert!(
+        http_get(
+            &rig.fh.client,
+            SocketAddr::from((rig.fh.host_ip, 8081)),
+            "/",
+            Duration::from_secs(1)
+        )
+        .is_err(),
+        "a port bound to an IPv6 address answered on IPv4"
+    );
+
+    // A port bound to ::1 is the host's own: the network never reaches it.
+    httpd_with_peer(&dk, "local", "pub6", "[::1]:8082:80");
+    assert!(
+        http_get(
+            &rig.fh.client,
+            SocketAddr::from((HOST6, 8082)),
+            "/",
+            Duration::from_secs(1)
+        )
+        .is_err(),
+        "a port bound to ::1 answered the network"
+    );
+    let nat = rig.cli.run(&["nat", "ls"]).expect("nat ls");
+    assert!(nat.contains("[::1]:8082"), "{nat}");
+
+    dk.run(&["rm", "-f", "web", "bound", "local"])
+        .expect("docker rm");
+    dk.run(&["network", "rm", "pub6"])
+        .expect("docker network rm");
+    assert!(
+        http_get(&rig.fh.client, published, "/", Duration::from_secs(1)).is_err(),
+        "still published after docker rm"
+    );
 }

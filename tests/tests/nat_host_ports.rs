@@ -3,38 +3,55 @@
 //! tuple of a connection the host holds, never shadows a host service's
 //! port (CVE-2021-3773, the kernel selftest `nft_nat.sh`
 //! `test_port_shadow`), and a port taken moves into the configured
-//! masquerade range.
+//! masquerade range. Each case runs for both families.
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
     time::{Duration, Instant},
 };
 
 use dataplane_tests::{
-    cli::Cli,
-    netns::NetNs,
-    topo::FakeHost,
-    traffic::{connect_from_port, tcp_echo_server},
+    cli::Cli, family::Family, family_tests, netns::NetNs, topo::FakeHost, traffic::tcp_echo_server,
 };
 
 const T: Duration = Duration::from_secs(5);
-const C1: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 2);
 
 struct Setup {
+    fam: Family,
     fh: FakeHost,
     cli: Cli,
-    /// The container, on the default bridge network at [`C1`].
+    /// The container, the first on network 0.
     c: NetNs,
+    host_ip: IpAddr,
+    client_ip: IpAddr,
 }
 
 /// A fake host with `config` as the CLI's config file (None: the
 /// defaults), its uplink, and one container.
-fn setup(tag: &str, config: Option<&str>) -> Setup {
-    let (fh, cli) = Cli::uplinked(tag, config).expect("fake host with its uplink");
+fn setup(fam: Family, tag: &str, config: Option<&str>) -> Setup {
+    let (fh, cli) = fam.setup(tag, config);
     let c = NetNs::new("c").expect("netns");
-    cli.run(&["connect", "bridge", c.name()]).expect("connect");
-    Setup { fh, cli, c }
+    fam.connect(&cli, 0, &c, &[]);
+    Setup {
+        fam,
+        host_ip: fam.host_ip(&fh),
+        client_ip: fam.client_ip(&fh),
+        fh,
+        cli,
+        c,
+    }
+}
+
+impl Setup {
+    fn connect_from_port(
+        &self,
+        ns: &NetNs,
+        port: u16,
+        dst: SocketAddr,
+    ) -> anyhow::Result<TcpStream> {
+        self.fam.connect_from_port(ns, port, dst, T)
+    }
 }
 
 /// One echo round trip on an open connection.
@@ -68,30 +85,40 @@ fn recv_within(s: &UdpSocket, timeout: Duration) -> Option<(Vec<u8>, SocketAddr)
     None
 }
 
-fn udp_bound(ns: &NetNs, port: u16) -> UdpSocket {
-    ns.run_in(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)))
+fn udp_bound(fam: Family, ns: &NetNs, port: u16) -> UdpSocket {
+    ns.run_in(|| UdpSocket::bind((fam.unspecified(), port)))
         .expect("run_in")
         .unwrap_or_else(|e| panic!("bind udp {port} in {ns}: {e}"))
 }
+
+family_tests!(
+    a_container_never_takes_the_tuple_of_a_host_connection,
+    a_host_connection_on_a_tuple_masquerade_holds_gets_its_own_port,
+    a_container_cannot_shadow_a_host_udp_service,
+    a_taken_port_moves_into_the_configured_range,
+);
 
 /// Item 2: the host holds a connection from port P to the client's
 /// service; a container connecting to the same service from port P must
 /// not be masqueraded onto the host's tuple. P = 45000 lies in the
 /// masquerade range (default 32768-60999), where the container's port is
 /// kept when free, so only the socket lookup keeps them apart.
-#[test]
-fn a_container_never_takes_the_tuple_of_a_host_connection() {
+fn a_container_never_takes_the_tuple_of_a_host_connection(fam: Family) {
     if !dataplane_tests::require_root() {
         return;
     }
-    let s = setup("hostconn", None);
-    let svc = SocketAddr::from((s.fh.client_ip, 7004));
+    let s = setup(fam, "hostconn", None);
+    let svc = SocketAddr::new(s.client_ip, 7004);
     let server = tcp_echo_server(&s.fh.client, svc).expect("server");
     const P: u16 = 45000;
-    let mut host_conn = connect_from_port(&s.fh.host, P, svc, T).expect("host connection");
+    let mut host_conn = s
+        .connect_from_port(&s.fh.host, P, svc)
+        .expect("host connection");
     assert_eq!(echo(&mut host_conn, b"host").expect("host echo"), b"host");
 
-    let mut cont_conn = connect_from_port(&s.c, P, svc, T).expect("container connection");
+    let mut cont_conn = s
+        .connect_from_port(&s.c, P, svc)
+        .expect("container connection");
     assert_eq!(
         echo(&mut cont_conn, b"container").expect("container echo"),
         b"container"
@@ -104,8 +131,8 @@ fn a_container_never_takes_the_tuple_of_a_host_connection() {
 
     let peers = server.peers();
     assert_eq!(peers.len(), 2, "{peers:?}");
-    assert_eq!(peers[0], SocketAddr::from((s.fh.host_ip, P)), "the host's");
-    assert_eq!(peers[1].ip(), s.fh.host_ip, "masqueraded: {peers:?}");
+    assert_eq!(peers[0], SocketAddr::new(s.host_ip, P), "the host's");
+    assert_eq!(peers[1].ip(), s.host_ip, "masqueraded: {peers:?}");
     assert_ne!(
         peers[1].port(),
         P,
@@ -120,9 +147,11 @@ fn a_container_never_takes_the_tuple_of_a_host_connection() {
         .as_array()
         .into_iter()
         .flatten()
-        .find(|f| f["src"] == C1.to_string() && f["sport"] == P && f["reply"] == false)
+        .find(|f| {
+            f["src"] == s.fam.addr(0, 2).to_string() && f["sport"] == P && f["reply"] == false
+        })
         .unwrap_or_else(|| panic!("no flow from the container: {flows}"));
-    let want = format!("src -> {}:{}", s.fh.host_ip, peers[1].port());
+    let want = format!("src -> {}", s.fam.with_port(s.host_ip, peers[1].port()));
     assert!(
         orig["nat"].as_str().is_some_and(|n| n.ends_with(&want)),
         "{orig}"
@@ -134,18 +163,20 @@ fn a_container_never_takes_the_tuple_of_a_host_connection() {
 /// from P (its port allocator sees only its sockets). The host's flow gets
 /// a port of its own, as the kernel's NAT remaps a clashing flow, and both
 /// connections keep working.
-#[test]
-fn a_host_connection_on_a_tuple_masquerade_holds_gets_its_own_port() {
+fn a_host_connection_on_a_tuple_masquerade_holds_gets_its_own_port(fam: Family) {
     if !dataplane_tests::require_root() {
         return;
     }
-    let s = setup("hostafter", None);
-    let svc = SocketAddr::from((s.fh.client_ip, 7006));
+    let s = setup(fam, "hostafter", None);
+    let svc = SocketAddr::new(s.client_ip, 7006);
     let server = tcp_echo_server(&s.fh.client, svc).expect("server");
     const P: u16 = 45100;
-    let mut cont_conn = connect_from_port(&s.c, P, svc, T).expect("container connection");
+    let mut cont_conn = s
+        .connect_from_port(&s.c, P, svc)
+        .expect("container connection");
     assert_eq!(echo(&mut cont_conn, b"c").expect("container echo"), b"c");
-    let mut host_conn = connect_from_port(&s.fh.host, P, svc, T)
+    let mut host_conn = s
+        .connect_from_port(&s.fh.host, P, svc)
         .expect("the host's connection from the port masquerade holds");
     assert_eq!(echo(&mut host_conn, b"host").expect("host echo"), b"host");
     assert_eq!(
@@ -156,10 +187,10 @@ fn a_host_connection_on_a_tuple_masquerade_holds_gets_its_own_port() {
     assert_eq!(peers.len(), 2, "{peers:?}");
     assert_eq!(
         peers[0],
-        SocketAddr::from((s.fh.host_ip, P)),
+        SocketAddr::new(s.host_ip, P),
         "the container's, kept"
     );
-    assert_eq!(peers[1].ip(), s.fh.host_ip);
+    assert_eq!(peers[1].ip(), s.host_ip);
     assert_ne!(peers[1].port(), P, "the host's flow moved: {peers:?}");
 }
 
@@ -169,26 +200,25 @@ fn a_host_connection_on_a_tuple_masquerade_holds_gets_its_own_port() {
 /// container. The socket lookup moves the container's flow off the host
 /// service's port, below the masquerade range (1405) and inside it
 /// (45405).
-#[test]
-fn a_container_cannot_shadow_a_host_udp_service() {
+fn a_container_cannot_shadow_a_host_udp_service(fam: Family) {
     if !dataplane_tests::require_root() {
         return;
     }
-    let s = setup("shadow", None);
+    let s = setup(fam, "shadow", None);
     for (svc_port, client_port) in [(1405u16, 41404u16), (45405, 41405)] {
-        let host_listener = udp_bound(&s.fh.host, svc_port);
-        let container = udp_bound(&s.c, svc_port);
-        let client = udp_bound(&s.fh.client, client_port);
-        let to_client = SocketAddr::from((s.fh.client_ip, client_port));
+        let host_listener = udp_bound(s.fam, &s.fh.host, svc_port);
+        let container = udp_bound(s.fam, &s.c, svc_port);
+        let client = udp_bound(s.fam, &s.fh.client, client_port);
+        let to_client = SocketAddr::new(s.client_ip, client_port);
         container
             .send_to(b"from the container", to_client)
             .expect("send");
         let (got, masq) = recv_within(&client, T).expect("the client hears the container");
         assert_eq!(got, b"from the container");
-        assert_eq!(masq.ip(), s.fh.host_ip, "masqueraded");
+        assert_eq!(masq.ip(), s.host_ip, "masqueraded");
         assert_ne!(masq.port(), svc_port, "not from the host service's port");
 
-        let to_host = SocketAddr::from((s.fh.host_ip, svc_port));
+        let to_host = SocketAddr::new(s.host_ip, svc_port);
         client.send_to(b"for the host", to_host).expect("send");
         let (got, from) =
             recv_within(&host_listener, T).unwrap_or_else(|| panic!("host {svc_port}: nothing"));
@@ -209,21 +239,23 @@ fn a_container_cannot_shadow_a_host_udp_service() {
 /// A port the host holds is replaced by one of the configured masquerade
 /// range (here 50001-65535), and a free port is kept whatever its range
 /// (as netfilter's masquerade keeps it).
-#[test]
-fn a_taken_port_moves_into_the_configured_range() {
+fn a_taken_port_moves_into_the_configured_range(fam: Family) {
     if !dataplane_tests::require_root() {
         return;
     }
     let s = setup(
+        fam,
         "range",
         Some("[masquerade]\nport_min = 50001\nport_max = 65535\n"),
     );
-    let svc = SocketAddr::from((s.fh.client_ip, 7005));
+    let svc = SocketAddr::new(s.client_ip, 7005);
     let server = tcp_echo_server(&s.fh.client, svc).expect("server");
-    let mut host_conn = connect_from_port(&s.fh.host, 45000, svc, T).expect("host connection");
+    let mut host_conn = s
+        .connect_from_port(&s.fh.host, 45000, svc)
+        .expect("host connection");
     assert_eq!(echo(&mut host_conn, b"h").expect("host echo"), b"h");
     for port in [45000u16, 30000] {
-        let mut conn = connect_from_port(&s.c, port, svc, T).expect("connect");
+        let mut conn = s.connect_from_port(&s.c, port, svc).expect("connect");
         assert_eq!(echo(&mut conn, b"x").expect("echo"), b"x");
     }
     let seen: Vec<u16> = server.peers().iter().map(SocketAddr::port).collect();

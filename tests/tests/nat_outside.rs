@@ -4,11 +4,13 @@
 //! containers (fast path on), a SYN on a just-closed tuple starts a fresh
 //! flow, blind RSTs and invalid segments change nothing, a half-closed
 //! connection gets its late answer, and fragmented datagrams are translated
-//! whole — no fragment leaves with a container's address.
+//! whole — no fragment leaves with a container's address. The cases both
+//! families have run for each; loopback routed in from outside and
+//! fragments are IPv4's own.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{Ipv4Addr, Shutdown, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr},
     process::Stdio,
     sync::mpsc,
     thread,
@@ -17,13 +19,11 @@ use std::{
 
 use dataplane_tests::{
     cli::Cli,
+    family::{Family, Pkt},
+    family_tests,
     netns::{snmp_counter, NetNs},
-    packets::PacketBuilder,
     topo::FakeHost,
-    traffic::{
-        connect_from_port, scripted_tcp_server, send_raw_ipv4, tcp_echo, tcp_echo_server,
-        udp_echo_server, udp_request,
-    },
+    traffic::{scripted_tcp_server, tcp_echo, tcp_echo_server, udp_echo_server, udp_request},
 };
 use serde_json::Value;
 
@@ -50,6 +50,21 @@ fn client_flow(cli: &Cli, port: u16) -> Option<Value> {
 fn gc_closing_1s(cli: &Cli) {
     cli.run(&["conntrack", "gc", "--ct-tcp-closing", "1"])
         .expect("conntrack gc");
+}
+
+family_tests!(
+    forged_sources_from_the_uplink_never_reach_containers,
+    a_new_connection_on_a_just_closed_tuple_gets_a_fresh_entry,
+    blind_rsts_and_invalid_segments_change_nothing,
+    a_half_closed_connection_gets_its_late_answer,
+);
+
+/// A container publishing 8080 -> 80, the first of network 0.
+fn with_container(fam: Family, tag: &str, publish: &str) -> (Setup, NetNs, IpAddr) {
+    let (fh, cli) = fam.setup(tag, None);
+    let c = NetNs::new("c").expect("netns");
+    fam.connect(&cli, 0, &c, &["-p", publish]);
+    (Setup { fh, cli }, c, fam.addr(0, 2))
 }
 
 #[test]
@@ -169,34 +184,31 @@ fn loopback_published_ports_do_not_answer_the_network() {
     );
 }
 
-#[test]
-fn forged_sources_from_the_uplink_never_reach_containers() {
+fn forged_sources_from_the_uplink_never_reach_containers(fam: Family) {
     if !dataplane_tests::require_root() {
         return;
     }
-    let s = setup("spoof");
-    s.fh.host
-        .sysctl("net.ipv4.conf.all.rp_filter", "1")
-        .expect("rp_filter");
-    let c = NetNs::new("c").expect("netns");
+    let (s, c, c1) = with_container(fam, "spoof", "8080:80");
+    if fam == Family::V4 {
+        s.fh.host
+            .sysctl("net.ipv4.conf.all.rp_filter", "1")
+            .expect("rp_filter");
+    }
     let sibling = NetNs::new("sib").expect("netns");
-    s.cli
-        .run(&["connect", "bridge", c.name(), "-p", "8080:80"])
-        .expect("connect");
-    s.cli
-        .run(&["connect", "bridge", sibling.name()])
-        .expect("sibling");
-    let _srv = tcp_echo_server(&c, SocketAddr::from((C1, 80))).expect("server");
+    fam.connect(&s.cli, 0, &sibling, &[]);
+    let _srv = tcp_echo_server(&c, SocketAddr::new(c1, 80)).expect("server");
     let before = snmp_counter(&c, "Tcp", "InSegs").expect("snmp");
+    let host_ip = fam.host_ip(&s.fh);
     let forged = [
-        [172, 17, 0, 3], // the sibling
-        [172, 17, 0, 1], // the bridge's gateway
-        s.fh.host_ip.octets(),
-        [127, 0, 0, 1],
+        fam.addr(0, 3), // the sibling
+        fam.addr(0, 1), // the network's gateway
+        host_ip,
+        fam.loopback(),
     ];
     for (i, src) in forged.iter().enumerate() {
-        let syn = PacketBuilder::tcp(*src, s.fh.host_ip.octets(), 40000 + i as u16, 8080).build();
-        send_raw_ipv4(&s.fh.client, &syn).expect("raw send");
+        let syn = Pkt::tcp(*src, host_ip, 40000 + i as u16, 8080).build();
+        fam.send_raw(&s.fh.client, &syn)
+            .unwrap_or_else(|e| panic!("raw send from {src}: {e:#}"));
     }
     thread::sleep(Duration::from_millis(500));
     assert_eq!(
@@ -215,30 +227,19 @@ fn forged_sources_from_the_uplink_never_reach_containers() {
     );
     // The legitimate client still gets through.
     assert_eq!(
-        tcp_echo(
-            &s.fh.client,
-            SocketAddr::from((s.fh.host_ip, 8080)),
-            b"ok",
-            T
-        )
-        .expect("client"),
+        tcp_echo(&s.fh.client, SocketAddr::new(host_ip, 8080), b"ok", T).expect("client"),
         b"ok"
     );
 }
 
-#[test]
-fn a_new_connection_on_a_just_closed_tuple_gets_a_fresh_entry() {
+fn a_new_connection_on_a_just_closed_tuple_gets_a_fresh_entry(fam: Family) {
     if !dataplane_tests::require_root() {
         return;
     }
-    let s = setup("reuse");
-    let c = NetNs::new("c").expect("netns");
-    s.cli
-        .run(&["connect", "bridge", c.name(), "-p", "8080:80"])
-        .expect("connect");
+    let (s, c, c1) = with_container(fam, "reuse", "8080:80");
     // First connection: echo and close (the server first). Second: read,
     // stay silent past the closing timeout, then answer.
-    let srv = scripted_tcp_server(&c, SocketAddr::from((C1, 80)), 2, |i, st| {
+    let srv = scripted_tcp_server(&c, SocketAddr::new(c1, 80), 2, |i, st| {
         let mut b = [0u8; 1];
         st.read_exact(&mut b)?;
         if i == 1 {
@@ -250,17 +251,20 @@ fn a_new_connection_on_a_just_closed_tuple_gets_a_fresh_entry() {
         st.read_to_end(&mut rest).map(|_| ())
     })
     .expect("server");
-    let dst = SocketAddr::from((s.fh.host_ip, 8080));
+    let dst = SocketAddr::new(fam.host_ip(&s.fh), 8080);
     const PORT: u16 = 45123;
     {
-        let mut a = connect_from_port(&s.fh.client, PORT, dst, T).expect("first");
+        let mut a = fam
+            .connect_from_port(&s.fh.client, PORT, dst, T)
+            .expect("first");
         a.write_all(b"1").expect("send");
         let mut got = Vec::new();
         a.read_to_end(&mut got).expect("first answer");
         assert_eq!(got, b"1");
     }
     thread::sleep(Duration::from_millis(200));
-    let mut b = connect_from_port(&s.fh.client, PORT, dst, Duration::from_secs(10))
+    let mut b = fam
+        .connect_from_port(&s.fh.client, PORT, dst, Duration::from_secs(10))
         .expect("second connection from the same port");
     b.write_all(b"2").expect("send");
     let flow = client_flow(&s.cli, PORT).expect("the second connection's flow");
@@ -276,47 +280,41 @@ fn a_new_connection_on_a_just_closed_tuple_gets_a_fresh_entry() {
     assert!(results.iter().all(Result::is_ok), "{results:?}");
 }
 
-#[test]
-fn blind_rsts_and_invalid_segments_change_nothing() {
+fn blind_rsts_and_invalid_segments_change_nothing(fam: Family) {
     if !dataplane_tests::require_root() {
         return;
     }
-    let s = setup("rst");
-    let c = NetNs::new("c").expect("netns");
-    s.cli
-        .run(&["connect", "bridge", c.name(), "-p", "8080:80"])
-        .expect("connect");
-    let _srv = tcp_echo_server(&c, SocketAddr::from((C1, 80))).expect("server");
-    let host = s.fh.host_ip.octets();
-    let client = s.fh.client_ip.octets();
+    let (s, c, c1) = with_container(fam, "rst", "8080:80");
+    let _srv = tcp_echo_server(&c, SocketAddr::new(c1, 80)).expect("server");
+    let host = fam.host_ip(&s.fh);
+    let client = fam.client_ip(&s.fh);
     const PORT: u16 = 46123;
-    let mut conn = connect_from_port(
-        &s.fh.client,
-        PORT,
-        SocketAddr::from((s.fh.host_ip, 8080)),
-        T,
-    )
-    .expect("connect");
+    let mut conn = fam
+        .connect_from_port(
+            &s.fh.client,
+            PORT,
+            SocketAddr::new(fam.host_ip(&s.fh), 8080),
+            T,
+        )
+        .expect("connect");
     conn.write_all(b"a").expect("send");
     let mut b = [0u8; 1];
     conn.read_exact(&mut b).expect("echo");
     // A RST with a guessed sequence number on the flow's exact tuple.
-    let rst = PacketBuilder::tcp(client, host, PORT, 8080)
+    let rst = Pkt::tcp(client, host, PORT, 8080)
         .tcp_flags(0x04)
         .seq(0x9e37_79b9)
         .build();
-    send_raw_ipv4(&s.fh.client, &rst).expect("raw rst");
+    fam.send_raw(&s.fh.client, &rst).expect("raw rst");
     // Invalid flag combinations and a corrupt SYN, each on a fresh tuple.
     for (port, flags) in [(47001, 0x03), (47002, 0x29), (47003, 0x00), (47004, 0x06)] {
-        let p = PacketBuilder::tcp(client, host, port, 8080)
-            .tcp_flags(flags)
-            .build();
-        send_raw_ipv4(&s.fh.client, &p).expect("raw send");
+        let p = Pkt::tcp(client, host, port, 8080).tcp_flags(flags).build();
+        fam.send_raw(&s.fh.client, &p).expect("raw send");
     }
-    let bad = PacketBuilder::tcp(client, host, 47005, 8080)
+    let bad = Pkt::tcp(client, host, 47005, 8080)
         .bad_l4_checksum()
         .build();
-    send_raw_ipv4(&s.fh.client, &bad).expect("raw send");
+    fam.send_raw(&s.fh.client, &bad).expect("raw send");
     thread::sleep(Duration::from_millis(300));
 
     assert!(s.cli.drops("tcp-out-of-window") >= 1);
@@ -340,17 +338,12 @@ fn blind_rsts_and_invalid_segments_change_nothing() {
     assert_eq!(&b, b"b");
 }
 
-#[test]
-fn a_half_closed_connection_gets_its_late_answer() {
+fn a_half_closed_connection_gets_its_late_answer(fam: Family) {
     if !dataplane_tests::require_root() {
         return;
     }
-    let s = setup("half");
-    let c = NetNs::new("c").expect("netns");
-    s.cli
-        .run(&["connect", "bridge", c.name(), "-p", "8080:80"])
-        .expect("connect");
-    let srv = scripted_tcp_server(&c, SocketAddr::from((C1, 80)), 1, |_, st| {
+    let (s, c, c1) = with_container(fam, "half", "8080:80");
+    let srv = scripted_tcp_server(&c, SocketAddr::new(c1, 80), 1, |_, st| {
         let mut q = Vec::new();
         st.read_to_end(&mut q)?;
         thread::sleep(Duration::from_secs(4));
@@ -359,13 +352,14 @@ fn a_half_closed_connection_gets_its_late_answer() {
     })
     .expect("server");
     const PORT: u16 = 48123;
-    let mut conn = connect_from_port(
-        &s.fh.client,
-        PORT,
-        SocketAddr::from((s.fh.host_ip, 8080)),
-        Duration::from_secs(10),
-    )
-    .expect("connect");
+    let mut conn = fam
+        .connect_from_port(
+            &s.fh.client,
+            PORT,
+            SocketAddr::new(fam.host_ip(&s.fh), 8080),
+            Duration::from_secs(10),
+        )
+        .expect("connect");
     conn.write_all(b"query").expect("send");
     conn.shutdown(Shutdown::Write).expect("half-close");
     thread::sleep(Duration::from_millis(1800));

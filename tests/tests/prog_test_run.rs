@@ -153,11 +153,13 @@ mod nat {
 
     use dataplane_common::{
         drop::DropReason,
-        nat::{EndpointInfo, EndpointRoute, SUBNET_MASQUERADE},
+        nat::{EndpointInfo, EndpointRoute, NatConfig},
     };
     use dataplane_tests::{
         datapath,
-        packets::{parse, PacketBuilder, Parsed, ETH_DST, ETH_SRC},
+        family::{parse, parsed, sock, Family, Pkt, Plan},
+        family_tests,
+        packets::{self, PacketBuilder, Parsed, ETH_DST, ETH_SRC},
         BpffsDir,
     };
     use dataplane_user::datapath::{bpffs::PinRoot, conntrack, ebpf::Dataplane, stats};
@@ -171,95 +173,105 @@ mod nat {
     /// tc test runs see the namespace's loopback as the device.
     const TEST_RUN_IFINDEX: u32 = 1;
 
-    /// 0.0.0.0:8080/tcp -> C1:80, 5353/udp -> C1:53; the host is HOST;
-    /// 172.17.0.0/16 is masqueraded through an uplink with HOST.
+    /// [`Plan::configure`] for IPv4: 0.0.0.0:8080/tcp -> C1:80, 5353/udp
+    /// -> C1:53; the host is HOST; 172.17.0.0/16 is masqueraded through an
+    /// uplink with HOST.
     fn configure(dp: &Dataplane) {
-        let pins = dp.pins();
-        let c1 = SocketAddrV4::new(C1.into(), 80);
-        datapath::publish(pins, Ipv4Addr::UNSPECIFIED, 8080, 6, c1).expect("port");
-        let dns = SocketAddrV4::new(C1.into(), 53);
-        datapath::publish(pins, Ipv4Addr::UNSPECIFIED, 5353, 17, dns).expect("port");
-        datapath::host_addr(pins, HOST.into(), 2).expect("host");
-        datapath::uplink(pins, TEST_RUN_IFINDEX, HOST.into()).expect("uplink");
-        datapath::subnet(pins, Ipv4Addr::new(172, 17, 0, 0), 16, SUBNET_MASQUERADE, 1)
-            .expect("subnet");
+        Family::V4.plan().configure(dp.pins());
     }
 
     fn run(dp: &mut Dataplane, program: &'static str, packet: &[u8]) -> (u32, Vec<u8>) {
         datapath::run_program(dp, program, packet).expect("test run")
     }
 
-    fn parsed(frame: &[u8]) -> Parsed {
-        let p = parse(frame).expect("an IPv4 frame with a whole L4 header");
+    fn parsed4(frame: &[u8]) -> Parsed {
+        let p = packets::parse(frame).expect("an IPv4 frame with a whole L4 header");
         assert!(p.ip_ok, "IP checksum after rewrite: {p:?}");
         assert!(p.l4_ok, "L4 checksum after rewrite: {p:?}");
         p
     }
 
-    #[test]
-    fn dnat_and_its_reply() {
+    /// A fresh object with [`Plan::configure`]'s entries.
+    fn load(fam: Family, tag: &str, cfg: Option<&NatConfig>) -> (BpffsDir, Dataplane, Plan) {
+        let dir = BpffsDir::new(tag).expect("bpffs");
+        let dp = match cfg {
+            Some(cfg) => Dataplane::load_with(dir.pins(), cfg),
+            None => Dataplane::load(dir.pins()),
+        }
+        .expect("load");
+        let plan = fam.plan();
+        plan.configure(dp.pins());
+        (dir, dp, plan)
+    }
+
+    family_tests!(
+        dnat_and_its_reply,
+        masquerade_keeps_free_ports_and_moves_taken_ones,
+        masquerade_tcp_udp_and_echo_and_their_replies,
+        too_big_errors_reach_the_container_translated,
+        malformed_packets_are_dropped_with_a_reason_and_never_rewritten,
+        masquerade_exhaustion_is_a_counted_drop_not_a_shared_port,
+    );
+
+    fn dnat_and_its_reply(fam: Family) {
         if !dataplane_tests::require_root() {
             return;
         }
-        let dir = BpffsDir::new("ptrdnat").expect("bpffs");
-        let mut dp = Dataplane::load(dir.pins()).expect("load");
-        configure(&dp);
+        let (dir, mut dp, p) = load(fam, "ptrdnat", None);
+        let (inp, out) = (p.uplink_in, p.uplink_out);
 
-        let syn = PacketBuilder::tcp(CLIENT, HOST, 40000, 8080).build();
-        let (verdict, out) = run(&mut dp, "dp_uplink_in", &syn);
+        let syn = Pkt::tcp(p.client, p.host, 40000, 8080).build();
+        let (verdict, frame) = run(&mut dp, inp, &syn);
         assert_eq!(verdict, NEXT);
-        let p = parsed(&out);
+        let s = parsed(&frame);
         assert_eq!(
-            (p.src, p.sport, p.dst, p.dport),
-            (CLIENT, 40000, C1, 80),
+            (s.src, s.sport, s.dst, s.dport),
+            (p.client, 40000, p.c1, 80),
             "DNAT keeps the client"
         );
 
-        let syn_ack = PacketBuilder::tcp(C1, CLIENT, 80, 40000)
-            .tcp_flags(0x12)
-            .build();
-        let (verdict, out) = run(&mut dp, "dp_uplink_out", &syn_ack);
+        let syn_ack = Pkt::tcp(p.c1, p.client, 80, 40000).tcp_flags(0x12).build();
+        let (verdict, frame) = run(&mut dp, out, &syn_ack);
         assert_eq!(verdict, NEXT);
-        let p = parsed(&out);
+        let s = parsed(&frame);
         assert_eq!(
-            (p.src, p.sport, p.dst, p.dport),
-            (HOST, 8080, CLIENT, 40000),
+            (s.src, s.sport, s.dst, s.dport),
+            (p.host, 8080, p.client, 40000),
             "reply looks like the host's"
         );
 
         // UDP, and a port nobody published passes unchanged.
-        let q = PacketBuilder::udp(CLIENT, HOST, 5000, 5353).build();
-        let p = parsed(&run(&mut dp, "dp_uplink_in", &q).1);
-        assert_eq!((p.dst, p.dport), (C1, 53));
-        let other = PacketBuilder::tcp(CLIENT, HOST, 40001, 8081).build();
-        assert_eq!(run(&mut dp, "dp_uplink_in", &other), (NEXT, other.clone()));
+        let q = Pkt::udp(p.client, p.host, 5000, 5353).build();
+        let s = parsed(&run(&mut dp, inp, &q).1);
+        assert_eq!((s.dst, s.dport), (p.c1, 53));
+        let other = Pkt::tcp(p.client, p.host, 40001, 8081).build();
+        assert_eq!(run(&mut dp, inp, &other), (NEXT, other.clone()));
 
         let flows = conntrack::list(dir.pins()).expect("conntrack");
         assert_eq!(flows.len(), 4, "two entries per translated flow: {flows:?}");
-        assert!(flows
-            .iter()
-            .any(|f| f.nat == "DNAT dst -> 172.17.0.2:80" && f.state == "SYN_SENT"));
-        assert!(flows
-            .iter()
-            .any(|f| f.nat == "DNAT src -> 192.0.2.1:8080" && f.reply));
+        let dnat = format!("DNAT dst -> {}", sock(p.c1, 80));
+        assert!(
+            flows.iter().any(|f| f.nat == dnat && f.state == "SYN_SENT"),
+            "{flows:?}"
+        );
+        let back = format!("DNAT src -> {}", sock(p.host, 8080));
+        assert!(flows.iter().any(|f| f.nat == back && f.reply), "{flows:?}");
     }
 
-    #[test]
-    fn masquerade_keeps_free_ports_and_moves_taken_ones() {
+    fn masquerade_keeps_free_ports_and_moves_taken_ones(fam: Family) {
         if !dataplane_tests::require_root() {
             return;
         }
-        let dir = BpffsDir::new("ptrsnat").expect("bpffs");
-        let mut dp = Dataplane::load(dir.pins()).expect("load");
-        configure(&dp);
+        let (_dir, mut dp, p) = load(fam, "ptrsnat", None);
+        let (inp, out) = (p.uplink_in, p.uplink_out);
 
-        let a = PacketBuilder::tcp(C1, CLIENT, 40000, 9000).build();
-        let pa = parsed(&run(&mut dp, "dp_uplink_out", &a).1);
-        assert_eq!((pa.src, pa.sport), (HOST, 40000), "original port kept");
+        let a = Pkt::tcp(p.c1, p.client, 40000, 9000).build();
+        let pa = parsed(&run(&mut dp, out, &a).1);
+        assert_eq!((pa.src, pa.sport), (p.host, 40000), "original port kept");
         // Same source port from another container to the same destination.
-        let b = PacketBuilder::tcp(C2, CLIENT, 40000, 9000).build();
-        let pb = parsed(&run(&mut dp, "dp_uplink_out", &b).1);
-        assert_eq!(pb.src, HOST);
+        let b = Pkt::tcp(p.c2, p.client, 40000, 9000).build();
+        let pb = parsed(&run(&mut dp, out, &b).1);
+        assert_eq!(pb.src, p.host);
         assert_ne!(pb.sport, 40000, "a taken tuple gets another port");
         assert!(
             (32768..=60999).contains(&pb.sport),
@@ -268,60 +280,118 @@ mod nat {
         );
 
         // Replies find their way back to each container.
-        let ra = PacketBuilder::tcp(CLIENT, HOST, 9000, 40000)
+        let ra = Pkt::tcp(p.client, p.host, 9000, 40000)
             .tcp_flags(0x12)
             .build();
-        let p = parsed(&run(&mut dp, "dp_uplink_in", &ra).1);
-        assert_eq!((p.dst, p.dport), (C1, 40000));
-        let rb = PacketBuilder::tcp(CLIENT, HOST, 9000, pb.sport)
+        let s = parsed(&run(&mut dp, inp, &ra).1);
+        assert_eq!((s.dst, s.dport), (p.c1, 40000));
+        let rb = Pkt::tcp(p.client, p.host, 9000, pb.sport)
             .tcp_flags(0x12)
             .build();
-        let p = parsed(&run(&mut dp, "dp_uplink_in", &rb).1);
-        assert_eq!((p.dst, p.dport), (C2, 40000));
+        let s = parsed(&run(&mut dp, inp, &rb).1);
+        assert_eq!((s.dst, s.dport), (p.c2, 40000));
 
         // ICMP echo: the identifier is the port.
-        let ping = PacketBuilder::icmp_echo(C1, CLIENT, 77, 1).build();
-        let p = parsed(&run(&mut dp, "dp_uplink_out", &ping).1);
-        assert_eq!((p.src, p.sport), (HOST, 77));
+        let ping = Pkt::echo(p.c1, p.client, 77, false).build();
+        let s = parsed(&run(&mut dp, out, &ping).1);
+        assert_eq!((s.src, s.sport), (p.host, 77));
         // Traffic that is not from a managed subnet is the host's own.
-        let own = PacketBuilder::tcp(HOST, CLIENT, 1234, 9000).build();
-        assert_eq!(run(&mut dp, "dp_uplink_out", &own), (NEXT, own.clone()));
+        let own = Pkt::tcp(p.host, p.client, 1234, 9000).build();
+        assert_eq!(run(&mut dp, out, &own), (NEXT, own.clone()));
     }
 
-    #[test]
-    fn malformed_packets_are_dropped_with_a_reason_and_never_rewritten() {
+    fn masquerade_tcp_udp_and_echo_and_their_replies(fam: Family) {
         if !dataplane_tests::require_root() {
             return;
         }
-        let dir = BpffsDir::new("ptrbad").expect("bpffs");
-        let mut dp = Dataplane::load(dir.pins()).expect("load");
-        configure(&dp);
-        let cut = PacketBuilder::tcp(CLIENT, HOST, 40000, 8080)
+        let (_dir, mut dp, p) = load(fam, "ptrmasq", None);
+        let server = p.server;
+        for (name, out_frame, reply) in [
+            (
+                "tcp",
+                Pkt::tcp(p.c1, server, 41000, 443),
+                Pkt::tcp(server, p.host, 443, 41000).tcp_flags(0x12),
+            ),
+            (
+                "udp",
+                Pkt::udp(p.c1, server, 5000, 53),
+                Pkt::udp(server, p.host, 53, 5000),
+            ),
+            (
+                "echo",
+                Pkt::echo(p.c1, server, 77, false),
+                Pkt::echo(server, p.host, 77, true),
+            ),
+        ] {
+            let out_frame = out_frame.build();
+            let (verdict, out) = run(&mut dp, p.uplink_out, &out_frame);
+            assert_eq!(verdict, NEXT, "{name}");
+            let s = parsed(&out);
+            assert_eq!(s.src, p.host, "{name}: masqueraded to the uplink's address");
+            let sent = parse(&out_frame).expect("frame");
+            assert_eq!(s.sport, sent.sport, "{name}: the container's port kept");
+            let (verdict, back) = run(&mut dp, p.uplink_in, &reply.build());
+            assert_eq!(verdict, NEXT, "{name} reply");
+            let r = parsed(&back);
+            assert_eq!(r.dst, p.c1, "{name}: the reply goes back to the container");
+            assert_eq!(r.dport, sent.sport, "{name}");
+        }
+    }
+
+    /// A router's "too big" error (IPv4: fragmentation needed; IPv6:
+    /// Packet Too Big) about a masqueraded flow reaches the container with
+    /// the quote translated back to what it sent.
+    fn too_big_errors_reach_the_container_translated(fam: Family) {
+        if !dataplane_tests::require_root() {
+            return;
+        }
+        let (_dir, mut dp, p) = load(fam, "ptrptb", None);
+        let syn = Pkt::tcp(p.c1, p.server, 41000, 443).build();
+        let (_, translated) = run(&mut dp, p.uplink_out, &syn);
+        let router = match fam {
+            Family::V4 => std::net::IpAddr::from([198, 51, 100, 254]),
+            Family::V6 => "2001:db8:9::fe".parse().expect("addr"),
+        };
+        let too_big = Pkt::too_big(router, p.host, &translated).build();
+        let (verdict, out) = run(&mut dp, p.uplink_in, &too_big);
+        assert_eq!(verdict, NEXT);
+        let s = parsed(&out);
+        assert_eq!(s.dst, p.c1, "the error goes to the container");
+        let (qs, qd, qsport, qdport) = s.quoted.expect("a quote");
+        assert_eq!((qs, qsport), (p.c1, 41000), "the quote is what it sent");
+        assert_eq!((qd, qdport), (p.server, 443));
+    }
+
+    fn malformed_packets_are_dropped_with_a_reason_and_never_rewritten(fam: Family) {
+        if !dataplane_tests::require_root() {
+            return;
+        }
+        let (dir, mut dp, p) = load(fam, "ptrbad", None);
+        let cut = Pkt::tcp(p.client, p.host, 40000, 8080)
             .truncate_l4(10)
             .build();
-        assert_eq!(run(&mut dp, "dp_uplink_in", &cut).0, SHOT);
-        let bad_ihl = PacketBuilder::tcp(CLIENT, HOST, 40000, 8080).ihl(4).build();
-        assert_eq!(run(&mut dp, "dp_uplink_in", &bad_ihl).0, SHOT);
-        let cut_out = PacketBuilder::udp(C1, CLIENT, 5000, 53)
-            .truncate_l4(4)
-            .build();
-        assert_eq!(run(&mut dp, "dp_uplink_out", &cut_out).0, SHOT);
+        assert_eq!(run(&mut dp, p.uplink_in, &cut).0, SHOT);
+        let cut_out = Pkt::udp(p.c1, p.client, 5000, 53).truncate_l4(4).build();
+        assert_eq!(run(&mut dp, p.uplink_out, &cut_out).0, SHOT);
         let snap = stats::read(dir.pins()).expect("stats");
         assert_eq!(snap.drop(DropReason::Truncated).packets, 2);
-        assert_eq!(snap.drop(DropReason::BadIhl).packets, 1);
+        if fam == Family::V4 {
+            // IPv4's own: a header length shorter than the header.
+            let bad_ihl = PacketBuilder::tcp(CLIENT, HOST, 40000, 8080).ihl(4).build();
+            assert_eq!(run(&mut dp, "dp_uplink_in", &bad_ihl).0, SHOT);
+            let snap = stats::read(dir.pins()).expect("stats");
+            assert_eq!(snap.drop(DropReason::BadIhl).packets, 1);
+        }
         assert!(
             conntrack::list(dir.pins()).expect("ct").is_empty(),
             "no flow from a malformed packet"
         );
     }
 
-    #[test]
-    fn masquerade_exhaustion_is_a_counted_drop_not_a_shared_port() {
+    fn masquerade_exhaustion_is_a_counted_drop_not_a_shared_port(fam: Family) {
         if !dataplane_tests::require_root() {
             return;
         }
-        use dataplane_common::nat::NatConfig;
-        let dir = BpffsDir::new("ptrexh").expect("bpffs");
         // Two ports: the containers' source port 40001 (in the range, so
         // the first flow keeps it) and 40000.
         let cfg = NatConfig {
@@ -330,12 +400,11 @@ mod nat {
             snat_probes: 32,
             ..NatConfig::DEFAULT
         };
-        let mut dp = Dataplane::load_with(dir.pins(), &cfg).expect("load");
-        configure(&dp);
+        let (dir, mut dp, p) = load(fam, "ptrexh", Some(&cfg));
         let mut ports = Vec::new();
         for host in 2u8..4 {
-            let syn = PacketBuilder::tcp([172, 17, 0, host], CLIENT, 40001, 9000).build();
-            let (verdict, out) = run(&mut dp, "dp_uplink_out", &syn);
+            let syn = Pkt::tcp(p.container(host), p.client, 40001, 9000).build();
+            let (verdict, out) = run(&mut dp, p.uplink_out, &syn);
             assert_eq!(verdict, NEXT, "container {host}");
             ports.push(parsed(&out).sport);
         }
@@ -343,8 +412,8 @@ mod nat {
         let lines = Capture::default();
         let mut logger = aya_log::EbpfLogger::init_with_logger(dp.ebpf_mut(), lines.clone())
             .expect("the object logs through aya-log");
-        let fourth = PacketBuilder::tcp([172, 17, 0, 9], CLIENT, 40001, 9000).build();
-        assert_eq!(run(&mut dp, "dp_uplink_out", &fourth).0, SHOT);
+        let fourth = Pkt::tcp(p.container(9), p.client, 40001, 9000).build();
+        assert_eq!(run(&mut dp, p.uplink_out, &fourth).0, SHOT);
         // The operator hears of it through the program's log.
         logger.flush();
         let logged = lines.0.lock().expect("lock").join("\n");
@@ -398,7 +467,7 @@ mod nat {
     /// and its gateway, one hop less, checksums that verify.
     fn assert_delivered(what: &str, verdict: u32, out: &[u8], sent_ttl: u8) -> Parsed {
         assert_eq!(verdict, REDIRECT, "{what}: redirected");
-        let p = parsed(out);
+        let p = parsed4(out);
         assert_eq!(p.dst, C1, "{what}: translated");
         assert_eq!(
             (p.eth_dst, p.eth_src),
@@ -413,7 +482,7 @@ mod nat {
     /// path's decision), otherwise as it came.
     fn assert_fell_back(what: &str, verdict: u32, out: &[u8], sent_ttl: u8) -> Parsed {
         assert_eq!(verdict, NEXT, "{what}: left to the stack");
-        let p = parsed(out);
+        let p = parsed4(out);
         assert_eq!((p.dst, p.dport), (C1, 80), "{what}: DNAT still applied");
         assert_eq!(
             (p.eth_dst, p.eth_src, p.ttl),
@@ -503,7 +572,7 @@ mod nat {
         let out_syn = PacketBuilder::tcp(C1, CLIENT, 42000, 9000).build();
         let (verdict, masq) = run(&mut dp, "dp_uplink_out", &out_syn);
         assert_eq!(verdict, NEXT);
-        let m = parsed(&masq);
+        let m = parsed4(&masq);
         let reply = PacketBuilder::tcp(CLIENT, HOST, 9000, m.sport)
             .tcp_flags(0x12)
             .build();
@@ -542,7 +611,7 @@ mod nat {
         let unknown = PacketBuilder::tcp(CLIENT, HOST, 43004, 8082).build();
         let (v, out) = run(&mut dp, "dp_uplink_in", &unknown);
         assert_eq!(v, NEXT, "unknown endpoint: left to the stack");
-        let p = parsed(&out);
+        let p = parsed4(&out);
         assert_eq!((p.dst, p.dport, p.ttl), (C2, 80, 64), "DNAT still applied");
         assert_eq!((p.eth_dst, p.eth_src), (ETH_DST, ETH_SRC));
         // A route whose device now belongs to another endpoint (stale).
@@ -559,10 +628,9 @@ mod nat {
         let stale = PacketBuilder::tcp(CLIENT, HOST, 43005, 8082).build();
         let (v, out) = run(&mut dp, "dp_uplink_in", &stale);
         assert_eq!(v, NEXT, "stale route: left to the stack");
-        assert_eq!(parsed(&out).dst, C2);
+        assert_eq!(parsed4(&out).dst, C2);
 
         // The fast path switched off: programs loaded with fast_path = 0.
-        use dataplane_common::nat::NatConfig;
         let off = NatConfig {
             fast_path: 0,
             ..NatConfig::DEFAULT

@@ -1,17 +1,20 @@
 //! BPF_PROG_TEST_RUN of the uplink programs on hand-built packets, for what
-//! conntrack refuses or follows (issue 12): loopback destinations and forged
-//! sources from outside, invalid TCP flag combinations, corrupt SYNs, blind
-//! RSTs, a SYN reopening a closing tuple, half-closed flows, and fragments
-//! following their first fragment through DNAT and masquerade. Each case
-//! checks the verdict, the drop reason counted and the conntrack entries
-//! left (none from a refused packet).
+//! conntrack refuses or follows (issue 12), for both families from one
+//! definition each: loopback destinations and forged sources from outside,
+//! an internal network's egress, invalid TCP flag combinations, corrupt
+//! SYNs, blind RSTs, a SYN reopening a closing tuple, half-closed flows;
+//! and IPv4 fragments following their first fragment through DNAT and
+//! masquerade. Each case checks the verdict, the drop reason counted and
+//! the conntrack entries left (none from a refused packet).
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr};
 
-use dataplane_common::{drop::DropReason, nat::SUBNET_MASQUERADE};
+use dataplane_common::{drop::DropReason, nat::SUBNET_INTERNAL};
 use dataplane_tests::{
     datapath,
-    packets::{parse, PacketBuilder, Parsed},
+    family::{parse, parsed, sock, Family, Pkt, Plan},
+    family_tests,
+    packets::PacketBuilder,
     BpffsDir,
 };
 use dataplane_user::datapath::{
@@ -26,44 +29,29 @@ const SHOT: u32 = 2;
 const CLIENT: [u8; 4] = [192, 0, 2, 2];
 const HOST: [u8; 4] = [192, 0, 2, 1];
 const C1: [u8; 4] = [172, 17, 0, 2];
-const C2: [u8; 4] = [172, 17, 0, 3];
-const GATEWAY: [u8; 4] = [172, 17, 0, 1];
-const TEST_RUN_IFINDEX: u32 = 1;
 
 const SYN_ACK: u8 = 0x12;
 const ACK: u8 = 0x10;
 const FIN_ACK: u8 = 0x11;
 const RST: u8 = 0x04;
 
-/// 0.0.0.0:8080/tcp and 127.0.0.1:8082/tcp -> C1:80, 5353/udp -> C1:53;
-/// host addresses HOST, the gateway and 127.0.0.1 (as `nat::sync` writes
-/// them from the host's links); 172.17.0.0/16 masqueraded through HOST.
-fn load(tag: &str) -> (BpffsDir, Dataplane) {
+/// [`Plan::configure`], plus 8082/tcp published on loopback only (-> c1:80)
+/// and the gateway and loopback as host addresses (as `nat::sync` writes
+/// them from the host's links).
+fn load(fam: Family, tag: &str) -> (BpffsDir, Dataplane, Plan) {
     let dir = BpffsDir::new(tag).expect("bpffs");
     let dp = Dataplane::load(dir.pins()).expect("load");
+    let p = fam.plan();
     let pins = dp.pins();
-    let web = SocketAddrV4::new(C1.into(), 80);
-    datapath::publish(pins, Ipv4Addr::UNSPECIFIED, 8080, 6, web).expect("port");
-    datapath::publish(pins, Ipv4Addr::LOCALHOST, 8082, 6, web).expect("port");
-    let dns = SocketAddrV4::new(C1.into(), 53);
-    datapath::publish(pins, Ipv4Addr::UNSPECIFIED, 5353, 17, dns).expect("port");
-    datapath::host_addr(pins, HOST.into(), 2).expect("host");
-    datapath::host_addr(pins, GATEWAY.into(), 3).expect("gateway");
-    datapath::host_addr(pins, Ipv4Addr::LOCALHOST, 1).expect("loopback");
-    datapath::uplink(pins, TEST_RUN_IFINDEX, HOST.into()).expect("uplink");
-    datapath::subnet(pins, Ipv4Addr::new(172, 17, 0, 0), 16, SUBNET_MASQUERADE, 1).expect("subnet");
-    (dir, dp)
+    p.configure(pins);
+    p.publish(pins, fam.loopback(), 8082, 6, sock(p.c1, 80));
+    p.host_addr(pins, p.gateway, 3);
+    p.host_addr(pins, fam.loopback(), 1);
+    (dir, dp, p)
 }
 
 fn run(dp: &mut Dataplane, program: &'static str, packet: &[u8]) -> (u32, Vec<u8>) {
     datapath::run_program(dp, program, packet).expect("test run")
-}
-
-fn parsed(frame: &[u8]) -> Parsed {
-    let p = parse(frame).expect("an IPv4 frame with a whole L4 header");
-    assert!(p.ip_ok, "IP checksum after rewrite: {p:?}");
-    assert!(p.l4_ok, "L4 checksum after rewrite: {p:?}");
-    p
 }
 
 fn drops(dir: &BpffsDir, reason: DropReason) -> u64 {
@@ -76,23 +64,23 @@ fn flows(dir: &BpffsDir) -> Vec<Flow> {
 
 /// The state of the entry of the flow from `src`:`sport` (original
 /// direction).
-fn state_of(dir: &BpffsDir, src: [u8; 4], sport: u16) -> String {
+fn state_of(dir: &BpffsDir, src: IpAddr, sport: u16) -> String {
     let f = flows(dir);
     f.iter()
-        .find(|f| f.src == Ipv4Addr::from(src).to_string() && f.sport == sport && !f.reply)
+        .find(|f| f.src == src.to_string() && f.sport == sport && !f.reply)
         .map(|f| f.state.to_string())
-        .unwrap_or_else(|| panic!("no flow from {src:?}:{sport}: {f:?}"))
+        .unwrap_or_else(|| panic!("no flow from {src}:{sport}: {f:?}"))
 }
 
-fn tcp_in(sport: u16, flags: u8, seq: u32) -> Vec<u8> {
-    PacketBuilder::tcp(CLIENT, HOST, sport, 8080)
+fn tcp_in(p: &Plan, sport: u16, flags: u8, seq: u32) -> Vec<u8> {
+    Pkt::tcp(p.client, p.host, sport, 8080)
         .tcp_flags(flags)
         .seq(seq)
         .build()
 }
 
-fn tcp_back(dport: u16, flags: u8, seq: u32) -> Vec<u8> {
-    PacketBuilder::tcp(C1, CLIENT, 80, dport)
+fn tcp_back(p: &Plan, dport: u16, flags: u8, seq: u32) -> Vec<u8> {
+    Pkt::tcp(p.c1, p.client, 80, dport)
         .tcp_flags(flags)
         .seq(seq)
         .build()
@@ -100,130 +88,172 @@ fn tcp_back(dport: u16, flags: u8, seq: u32) -> Vec<u8> {
 
 /// A published flow through its handshake: client ISN 1000 (window scale
 /// 7), server ISN 5000 (window scale 7); both now at ISN + 1.
-fn handshake(dp: &mut Dataplane, sport: u16) {
-    let syn = PacketBuilder::tcp(CLIENT, HOST, sport, 8080)
+fn handshake(dp: &mut Dataplane, p: &Plan, sport: u16) {
+    let syn = Pkt::tcp(p.client, p.host, sport, 8080)
         .seq(1000)
         .tcp_options(&[3, 3, 7])
         .build();
-    assert_eq!(run(dp, "dp_uplink_in", &syn).0, NEXT);
-    let syn_ack = PacketBuilder::tcp(C1, CLIENT, 80, sport)
+    assert_eq!(run(dp, p.uplink_in, &syn).0, NEXT);
+    let syn_ack = Pkt::tcp(p.c1, p.client, 80, sport)
         .tcp_flags(SYN_ACK)
         .seq(5000)
         .tcp_options(&[3, 3, 7])
         .build();
-    assert_eq!(run(dp, "dp_uplink_out", &syn_ack).0, NEXT);
-    assert_eq!(run(dp, "dp_uplink_in", &tcp_in(sport, ACK, 1001)).0, NEXT);
+    assert_eq!(run(dp, p.uplink_out, &syn_ack).0, NEXT);
+    assert_eq!(run(dp, p.uplink_in, &tcp_in(p, sport, ACK, 1001)).0, NEXT);
 }
 
-#[test]
-fn loopback_destinations_from_outside_are_never_translated() {
+family_tests!(
+    loopback_destinations_from_outside_are_never_translated,
+    forged_sources_from_outside_are_counted_drops,
+    an_internal_networks_egress_is_a_counted_drop,
+    invalid_flags_and_corrupt_syns_start_nothing,
+    a_blind_rst_does_not_close_a_flow_but_one_in_window_does,
+    a_syn_on_a_closing_tuple_starts_a_fresh_flow,
+    a_half_closed_flow_stays_open_until_both_sides_finish,
+);
+
+fn loopback_destinations_from_outside_are_never_translated(fam: Family) {
     if !dataplane_tests::require_root() {
         return;
     }
-    let (dir, mut dp) = load("pttlo");
-    // Published on 127.0.0.1, and on 0.0.0.0 (which 127.0.0.1 is part of
-    // for host-local clients): neither answers the network.
+    let (dir, mut dp, p) = load(fam, "pttlo");
+    let lo = fam.loopback();
+    // Published on loopback, and on the unspecified address (which
+    // loopback is part of for host-local clients): neither answers the
+    // network.
     for port in [8082, 8080] {
-        let syn = PacketBuilder::tcp(CLIENT, [127, 0, 0, 1], 40000, port).build();
-        let (verdict, out) = run(&mut dp, "dp_uplink_in", &syn);
-        assert_eq!(verdict, SHOT, "127.0.0.1:{port} from outside");
+        let syn = Pkt::tcp(p.client, lo, 40000, port).build();
+        let (verdict, out) = run(&mut dp, p.uplink_in, &syn);
+        assert_eq!(verdict, SHOT, "{lo}:{port} from outside");
         assert_eq!(out, syn, "never rewritten");
     }
-    let other = PacketBuilder::udp(CLIENT, [127, 1, 2, 3], 40000, 53).build();
-    assert_eq!(run(&mut dp, "dp_uplink_in", &other).0, SHOT);
+    // Another loopback address (IPv6 has only ::1: another port of it).
+    let other = match fam {
+        Family::V4 => Pkt::udp(p.client, Ipv4Addr::new(127, 1, 2, 3).into(), 40000, 53),
+        Family::V6 => Pkt::udp(p.client, lo, 40000, 53),
+    };
+    assert_eq!(run(&mut dp, p.uplink_in, &other.build()).0, SHOT);
     assert_eq!(drops(&dir, DropReason::LoopbackDestination), 3);
     assert!(flows(&dir).is_empty(), "no flow: {:?}", flows(&dir));
     // The host's own address still works.
-    let syn = PacketBuilder::tcp(CLIENT, HOST, 40000, 8080).build();
-    assert_eq!(parsed(&run(&mut dp, "dp_uplink_in", &syn).1).dst, C1);
+    let syn = Pkt::tcp(p.client, p.host, 40000, 8080).build();
+    assert_eq!(parsed(&run(&mut dp, p.uplink_in, &syn).1).dst, p.c1);
 }
 
-#[test]
-fn forged_sources_from_outside_are_counted_drops() {
+fn forged_sources_from_outside_are_counted_drops(fam: Family) {
     if !dataplane_tests::require_root() {
         return;
     }
-    let (dir, mut dp) = load("pttmartian");
-    for src in [C2, GATEWAY, HOST, [127, 0, 0, 1]] {
-        let syn = PacketBuilder::tcp(src, HOST, 40000, 8080).build();
-        assert_eq!(run(&mut dp, "dp_uplink_in", &syn).0, SHOT, "source {src:?}");
+    let (dir, mut dp, p) = load(fam, "pttmartian");
+    for src in [p.c2, p.gateway, p.host, fam.loopback()] {
+        let syn = Pkt::tcp(src, p.host, 40000, 8080).build();
+        assert_eq!(run(&mut dp, p.uplink_in, &syn).0, SHOT, "source {src}");
         // Straight to a container's address too, not only published ports.
-        let direct = PacketBuilder::tcp(src, C1, 40000, 80).build();
-        assert_eq!(
-            run(&mut dp, "dp_uplink_in", &direct).0,
-            SHOT,
-            "source {src:?}"
-        );
+        let direct = Pkt::tcp(src, p.c1, 40000, 80).build();
+        assert_eq!(run(&mut dp, p.uplink_in, &direct).0, SHOT, "source {src}");
     }
     assert_eq!(drops(&dir, DropReason::MartianSource), 8);
     assert!(flows(&dir).is_empty(), "no flow: {:?}", flows(&dir));
 }
 
-#[test]
-fn invalid_flags_and_corrupt_syns_start_nothing() {
+/// An internal network's packets never leave through the uplink.
+fn an_internal_networks_egress_is_a_counted_drop(fam: Family) {
     if !dataplane_tests::require_root() {
         return;
     }
-    let (dir, mut dp) = load("pttflags");
+    let (dir, mut dp, p) = load(fam, "pttinternal");
+    let (net, inside) = match fam {
+        Family::V4 => (IpAddr::from([10, 9, 0, 0]), IpAddr::from([10, 9, 0, 2])),
+        Family::V6 => (
+            "fd00:9::".parse().expect("addr"),
+            "fd00:9::2".parse().expect("addr"),
+        ),
+    };
+    let len = if fam == Family::V4 { 24 } else { 64 };
+    p.add_subnet(dp.pins(), net, len, SUBNET_INTERNAL, 9);
+    let out = Pkt::udp(inside, p.server, 5000, 53).build();
+    assert_eq!(run(&mut dp, p.uplink_out, &out).0, SHOT);
+    assert_eq!(drops(&dir, DropReason::Internal), 1);
+    assert!(flows(&dir).is_empty(), "no flow: {:?}", flows(&dir));
+}
+
+/// A SYN whose checksum waits for offload: the pseudo-header's sum in the
+/// field, as a local stack with offload leaves it.
+fn partial_checksum_syn(p: &Plan, sport: u16) -> Vec<u8> {
+    let mut frame = Pkt::tcp(p.client, p.host, sport, 8080).build();
+    let l4_at = match p.fam {
+        Family::V4 => 14 + 20,
+        Family::V6 => 14 + 40,
+    };
+    let tcp_len = (frame.len() - l4_at) as u32;
+    let octets = |a: IpAddr| match a {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    let mut sum = 6 + tcp_len;
+    for w in octets(p.client).chunks(2).chain(octets(p.host).chunks(2)) {
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    frame[l4_at + 16..l4_at + 18].copy_from_slice(&(sum as u16).to_be_bytes());
+    frame
+}
+
+fn invalid_flags_and_corrupt_syns_start_nothing(fam: Family) {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let (dir, mut dp, p) = load(fam, "pttflags");
     // SYN+FIN, SYN+RST, NULL, Xmas (FIN+PSH+URG), FIN alone, SYN-ACK/RST of
     // no flow.
     let refused = [0x03, 0x06, 0x00, 0x29, 0x01, SYN_ACK, RST];
     for (i, flags) in refused.into_iter().enumerate() {
-        let p = tcp_in(41000 + i as u16, flags, 1);
-        let (verdict, out) = run(&mut dp, "dp_uplink_in", &p);
+        let pkt = tcp_in(&p, 41000 + i as u16, flags, 1);
+        let (verdict, out) = run(&mut dp, p.uplink_in, &pkt);
         assert_eq!(verdict, SHOT, "flags {flags:#04x}");
-        assert_eq!(out, p, "flags {flags:#04x} never rewritten");
+        assert_eq!(out, pkt, "flags {flags:#04x} never rewritten");
     }
     assert_eq!(
         drops(&dir, DropReason::TcpInvalidFlags),
         refused.len() as u64
     );
-    let bad = PacketBuilder::tcp(CLIENT, HOST, 42000, 8080)
+    let bad = Pkt::tcp(p.client, p.host, 42000, 8080)
         .bad_l4_checksum()
         .build();
-    assert_eq!(run(&mut dp, "dp_uplink_in", &bad).0, SHOT);
+    assert_eq!(run(&mut dp, p.uplink_in, &bad).0, SHOT);
     assert_eq!(drops(&dir, DropReason::TcpBadChecksum), 1);
     // Masquerade refuses the same flags from containers.
-    let xmas = PacketBuilder::tcp(C1, CLIENT, 43000, 9000)
+    let xmas = Pkt::tcp(p.c1, p.client, 43000, 9000)
         .tcp_flags(0x29)
         .build();
-    assert_eq!(run(&mut dp, "dp_uplink_out", &xmas).0, SHOT);
+    assert_eq!(run(&mut dp, p.uplink_out, &xmas).0, SHOT);
     assert!(flows(&dir).is_empty(), "no flow: {:?}", flows(&dir));
 
-    // A SYN whose checksum waits for offload (the pseudo-header's sum in
-    // the field, as a local stack with offload leaves it) is valid.
-    let mut partial = PacketBuilder::tcp(CLIENT, HOST, 42001, 8080).build();
-    let tcp_len = (partial.len() - 34) as u32;
-    let mut sum = 0u32;
-    for w in [&CLIENT[..2], &CLIENT[2..], &HOST[..2], &HOST[2..]] {
-        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
-    }
-    sum += 6 + tcp_len;
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    partial[34 + 16..34 + 18].copy_from_slice(&(sum as u16).to_be_bytes());
-    let (verdict, out) = run(&mut dp, "dp_uplink_in", &partial);
+    // A SYN whose checksum waits for offload is valid.
+    let partial = partial_checksum_syn(&p, 42001);
+    let (verdict, out) = run(&mut dp, p.uplink_in, &partial);
     assert_eq!(verdict, NEXT);
-    assert_eq!(parse(&out).expect("frame").dst, C1);
+    assert_eq!(parse(&out).expect("frame").dst, p.c1);
 
     // Inside a tracked flow, an Xmas segment is dropped and changes nothing.
-    handshake(&mut dp, 44000);
+    handshake(&mut dp, &p, 44000);
     assert_eq!(
-        run(&mut dp, "dp_uplink_in", &tcp_in(44000, 0x29, 1001)).0,
+        run(&mut dp, p.uplink_in, &tcp_in(&p, 44000, 0x29, 1001)).0,
         SHOT
     );
-    assert_eq!(state_of(&dir, CLIENT, 44000), "ESTABLISHED");
+    assert_eq!(state_of(&dir, p.client, 44000), "ESTABLISHED");
 }
 
-#[test]
-fn a_blind_rst_does_not_close_a_flow_but_one_in_window_does() {
+fn a_blind_rst_does_not_close_a_flow_but_one_in_window_does(fam: Family) {
     if !dataplane_tests::require_root() {
         return;
     }
-    let (dir, mut dp) = load("pttrst");
-    handshake(&mut dp, 45000);
-    assert_eq!(state_of(&dir, CLIENT, 45000), "ESTABLISHED");
+    let (dir, mut dp, p) = load(fam, "pttrst");
+    handshake(&mut dp, &p, 45000);
+    assert_eq!(state_of(&dir, p.client, 45000), "ESTABLISHED");
     // Far outside the server's window (64240 << 7 bytes) of the client's
     // position 1001.
     for seq in [
@@ -231,44 +261,41 @@ fn a_blind_rst_does_not_close_a_flow_but_one_in_window_does() {
         1001 + 64240 * 128 + 1000,
         1001u32.wrapping_sub(20_000_000),
     ] {
-        let (verdict, _) = run(&mut dp, "dp_uplink_in", &tcp_in(45000, RST, seq));
+        let (verdict, _) = run(&mut dp, p.uplink_in, &tcp_in(&p, 45000, RST, seq));
         assert_eq!(verdict, SHOT, "RST at {seq}");
     }
     assert_eq!(drops(&dir, DropReason::TcpOutOfWindow), 3);
-    assert_eq!(state_of(&dir, CLIENT, 45000), "ESTABLISHED");
+    assert_eq!(state_of(&dir, p.client, 45000), "ESTABLISHED");
     // The flow still works.
-    let data = tcp_in(45000, ACK, 1001);
-    assert_eq!(parsed(&run(&mut dp, "dp_uplink_in", &data).1).dst, C1);
+    let data = tcp_in(&p, 45000, ACK, 1001);
+    assert_eq!(parsed(&run(&mut dp, p.uplink_in, &data).1).dst, p.c1);
     // The server's RST at its own position closes it.
-    let (verdict, out) = run(&mut dp, "dp_uplink_out", &tcp_back(45000, RST, 5001));
+    let (verdict, out) = run(&mut dp, p.uplink_out, &tcp_back(&p, 45000, RST, 5001));
     assert_eq!(verdict, NEXT);
-    assert_eq!(parsed(&out).src, HOST);
-    assert_eq!(state_of(&dir, CLIENT, 45000), "CLOSING");
+    assert_eq!(parsed(&out).src, p.host);
+    assert_eq!(state_of(&dir, p.client, 45000), "CLOSING");
 }
 
-#[test]
-fn a_syn_on_a_closing_tuple_starts_a_fresh_flow() {
+fn a_syn_on_a_closing_tuple_starts_a_fresh_flow(fam: Family) {
     if !dataplane_tests::require_root() {
         return;
     }
-    let (dir, mut dp) = load("pttreopen");
-    handshake(&mut dp, 46000);
+    let (dir, mut dp, p) = load(fam, "pttreopen");
+    handshake(&mut dp, &p, 46000);
     assert_eq!(
-        run(&mut dp, "dp_uplink_in", &tcp_in(46000, FIN_ACK, 1001)).0,
+        run(&mut dp, p.uplink_in, &tcp_in(&p, 46000, FIN_ACK, 1001)).0,
         NEXT
     );
     assert_eq!(
-        run(&mut dp, "dp_uplink_out", &tcp_back(46000, FIN_ACK, 5001)).0,
+        run(&mut dp, p.uplink_out, &tcp_back(&p, 46000, FIN_ACK, 5001)).0,
         NEXT
     );
-    assert_eq!(state_of(&dir, CLIENT, 46000), "CLOSING");
+    assert_eq!(state_of(&dir, p.client, 46000), "CLOSING");
     // The same client port again, as a new connection.
-    let syn = PacketBuilder::tcp(CLIENT, HOST, 46000, 8080)
-        .seq(900_000)
-        .build();
-    let (verdict, out) = run(&mut dp, "dp_uplink_in", &syn);
+    let syn = Pkt::tcp(p.client, p.host, 46000, 8080).seq(900_000).build();
+    let (verdict, out) = run(&mut dp, p.uplink_in, &syn);
     assert_eq!(verdict, NEXT);
-    assert_eq!(parsed(&out).dst, C1);
+    assert_eq!(parsed(&out).dst, p.c1);
     let f = flows(&dir);
     assert_eq!(f.len(), 2, "one fresh pair: {f:?}");
     assert!(
@@ -277,28 +304,27 @@ fn a_syn_on_a_closing_tuple_starts_a_fresh_flow() {
     );
 }
 
-#[test]
-fn a_half_closed_flow_stays_open_until_both_sides_finish() {
+fn a_half_closed_flow_stays_open_until_both_sides_finish(fam: Family) {
     if !dataplane_tests::require_root() {
         return;
     }
-    let (dir, mut dp) = load("ptthalf");
-    handshake(&mut dp, 47000);
+    let (dir, mut dp, p) = load(fam, "ptthalf");
+    handshake(&mut dp, &p, 47000);
     // The client is done sending (shutdown(SHUT_WR)).
     assert_eq!(
-        run(&mut dp, "dp_uplink_in", &tcp_in(47000, FIN_ACK, 1001)).0,
+        run(&mut dp, p.uplink_in, &tcp_in(&p, 47000, FIN_ACK, 1001)).0,
         NEXT
     );
-    assert_eq!(state_of(&dir, CLIENT, 47000), "FIN_WAIT");
+    assert_eq!(state_of(&dir, p.client, 47000), "FIN_WAIT");
     // The server answers, much later, and keeps the established timeout.
-    let answer = PacketBuilder::tcp(C1, CLIENT, 80, 47000)
+    let answer = Pkt::tcp(p.c1, p.client, 80, 47000)
         .tcp_flags(ACK)
         .seq(5001)
         .payload(b"late answer")
         .build();
-    let (verdict, out) = run(&mut dp, "dp_uplink_out", &answer);
+    let (verdict, out) = run(&mut dp, p.uplink_out, &answer);
     assert_eq!(verdict, NEXT);
-    assert_eq!(parsed(&out).src, HOST);
+    assert_eq!(parsed(&out).src, p.host);
     let timeouts = conntrack::Timeouts::default();
     let f = flows(&dir);
     assert!(f.iter().all(|f| f.state == "FIN_WAIT"), "{f:?}");
@@ -314,19 +340,21 @@ fn a_half_closed_flow_stays_open_until_both_sides_finish() {
         "half-closed flows survive the closing timeout"
     );
     // The server's FIN closes it.
-    let fin = tcp_back(47000, FIN_ACK, 5012);
-    assert_eq!(run(&mut dp, "dp_uplink_out", &fin).0, NEXT);
-    assert_eq!(state_of(&dir, CLIENT, 47000), "CLOSING");
+    let fin = tcp_back(&p, 47000, FIN_ACK, 5012);
+    assert_eq!(run(&mut dp, p.uplink_out, &fin).0, NEXT);
+    assert_eq!(state_of(&dir, p.client, 47000), "CLOSING");
     conntrack::gc(dir.pins(), &zero).expect("gc");
     assert!(flows(&dir).is_empty());
 }
 
+/// IPv4's own: fragments (IPv6 later fragments pass to the stack
+/// untranslated, see `uplink6`).
 #[test]
 fn fragments_follow_their_first_fragment_and_never_leak() {
     if !dataplane_tests::require_root() {
         return;
     }
-    let (dir, mut dp) = load("pttfrag");
+    let (dir, mut dp, _) = load(Family::V4, "pttfrag");
     // Masquerade: a datagram of C1 in two fragments.
     let first = PacketBuilder::udp(C1, CLIENT, 5000, 53)
         .payload(&[7u8; 64])
