@@ -120,6 +120,9 @@ pub const ENDPOINTS6: &str = "DP_ENDPOINTS6";
 /// The fast path's route to an endpoint by its IPv6 address: `[u8; 16]` ->
 /// [`crate::nat::EndpointRoute`] (as [`ENDPOINT_ROUTES`]).
 pub const ENDPOINT_ROUTES6: &str = "DP_ENDPOINT_ROUTES6";
+/// The sandbox of IPv6 endpoint addresses shared in one: `[u8; 16]` ->
+/// [`crate::nat::SandboxAddr`] (as [`SANDBOX_ADDRS`]).
+pub const SANDBOX_ADDRS6: &str = "DP_SANDBOX_ADDRS6";
 /// Container ports open on `routed` IPv6 networks: [`crate::nat::PortKey6`]
 /// -> `u32` (unused, 1).
 pub const OPEN_PORTS6: &str = "DP_OPEN_PORTS6";

@@ -30,7 +30,7 @@ use dataplane_common::{
 use crate::{
     fastpath,
     frag::{self, Frag},
-    maps::{DP_ENDPOINTS, DP_ENDPOINTS6, DP_SUBNETS6},
+    maps::{DP_ENDPOINTS, DP_ENDPOINTS6, DP_SANDBOX_ADDRS6, DP_SUBNETS6},
     nat, nat6,
     parse::{l3, parse6, Ipv6Packet, Ipv6Upper, L3},
     stage::{verdict, CONTINUE},
@@ -113,7 +113,7 @@ fn parse(ctx: &TcContext, pkt: &mut Ipv6Packet) -> Result<i32, DropReason> {
         }
         return Ok(TCX_NEXT);
     };
-    if pkt.src != ep.addr {
+    if pkt.src != ep.addr && !same_sandbox(ep, &pkt.src) {
         return Err(DropReason::Spoofed);
     }
     if upper == Ipv6Upper::Unknown {
@@ -207,6 +207,16 @@ fn hairpin(ctx: &TcContext, pkt: &Ipv6Packet, ep: &EndpointInfo6) -> Result<u32,
     let own = target.addr == ep.addr;
     nat6::hairpin(ctx, pkt, ZONE, &target, ifindex, own)?;
     Ok(target.stats_index | if own { OWN_PORT } else { 0 })
+}
+
+/// Whether `src` is the address of another endpoint of `ep`'s sandbox: a
+/// container on two networks answers a client of one from its address on
+/// the other (as `endpoint::same_sandbox`).
+#[inline(always)]
+fn same_sandbox(ep: &EndpointInfo6, src: &[u8; 16]) -> bool {
+    // SAFETY: read at once.
+    ep.sandbox != 0
+        && unsafe { DP_SANDBOX_ADDRS6.get(*src) }.is_some_and(|s| s.sandbox == ep.sandbox)
 }
 
 /// Direct traffic to a managed subnet: only to the gateway, or within the

@@ -164,6 +164,12 @@ pub static DP_SOCK_REVNAT6: LruHashMap<
 #[btf_map]
 pub static DP_ENDPOINTS6: HashMap<u32, EndpointInfo6, { ENDPOINTS_MAX as usize }> = HashMap::new();
 
+/// The sandbox of IPv6 endpoint addresses shared in one (as
+/// `DP_SANDBOX_ADDRS`).
+#[btf_map]
+pub static DP_SANDBOX_ADDRS6: HashMap<[u8; 16], SandboxAddr, { ENDPOINTS_MAX as usize }> =
+    HashMap::new();
+
 /// The fast path's route to an endpoint by its IPv6 address (as
 /// `DP_ENDPOINT_ROUTES`).
 #[btf_map]

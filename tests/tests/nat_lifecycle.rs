@@ -32,7 +32,6 @@ family_tests!(
     a_subnet_overlapping_the_uplinks_is_refused,
     a_udp_stream_reaches_the_new_container_after_disconnect,
     removing_a_published_port_purges_its_flows_only,
-    #[v6 ignore = "bug: a container on two networks answering from its other network's IPv6 address is dropped as spoofed-source (dp_from_container6 has no sandbox allowance like IPv4's DP_SANDBOX_ADDRS in endpoint.rs)"]
     hairpin_from_a_shared_network_is_answered,
 );
 

@@ -29,7 +29,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const AYA_LOGS: &str = "AYA_LOGS";
 
 /// Every map in the object, pinned by name.
-pub const PINNED_MAPS: [&str; 39] = [
+pub const PINNED_MAPS: [&str; 40] = [
     maps::PROTO_STATS,
     maps::DROP_STATS,
     maps::PORTS,
@@ -62,6 +62,7 @@ pub const PINNED_MAPS: [&str; 39] = [
     maps::SUBNETS6,
     maps::ENDPOINTS6,
     maps::ENDPOINT_ROUTES6,
+    maps::SANDBOX_ADDRS6,
     maps::PORTS6,
     maps::HOST_ADDRS6,
     maps::UPLINKS6,

@@ -104,6 +104,8 @@ pub struct Desired {
     /// IPv6: endpoint address -> the fast path's route to it, as
     /// `endpoint_routes`.
     pub endpoint_routes6: BTreeMap<[u8; 16], EndpointRoute>,
+    /// IPv6: address -> its endpoint's sandbox, as `sandbox_addrs`.
+    pub sandbox_addrs6: BTreeMap<[u8; 16], SandboxAddr>,
     /// IPv6: published ports, the host's addresses (link-local ones left
     /// out), uplinks' masquerade addresses, `routed` networks' open ports.
     pub ports6: BTreeMap<PortKey6, PortTarget6>,
@@ -158,6 +160,7 @@ pub fn apply(dp: &mut Dataplane, want: &Desired) -> Result<(), NatError> {
     hash(dp, maps::TRUSTED_IFACES, &want.trusted_ifaces)?;
     hash(dp, maps::ENDPOINTS6, &want.endpoints6)?;
     hash(dp, maps::ENDPOINT_ROUTES6, &want.endpoint_routes6)?;
+    hash(dp, maps::SANDBOX_ADDRS6, &want.sandbox_addrs6)?;
     hash(dp, maps::PORTS6, &want.ports6)?;
     hash(dp, maps::HOST_ADDRS6, &want.host_addrs6)?;
     hash(dp, maps::UPLINKS6, &want.uplinks6)?;
@@ -226,6 +229,12 @@ pub fn apply_changes(dp: &mut Dataplane, old: &Desired, new: &Desired) -> Result
         maps::ENDPOINT_ROUTES6,
         &old.endpoint_routes6,
         &new.endpoint_routes6,
+    )?;
+    hash(
+        dp,
+        maps::SANDBOX_ADDRS6,
+        &old.sandbox_addrs6,
+        &new.sandbox_addrs6,
     )?;
     hash(dp, maps::PORTS6, &old.ports6, &new.ports6)?;
     hash(dp, maps::HOST_ADDRS6, &old.host_addrs6, &new.host_addrs6)?;

@@ -249,6 +249,7 @@ fn copy(d: &Desired) -> Desired {
         subnets6: d.subnets6.clone(),
         endpoints6: d.endpoints6.clone(),
         endpoint_routes6: d.endpoint_routes6.clone(),
+        sandbox_addrs6: d.sandbox_addrs6.clone(),
         ports6: d.ports6.clone(),
         host_addrs6: d.host_addrs6.clone(),
         uplinks6: d.uplinks6.clone(),

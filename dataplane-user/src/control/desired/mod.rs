@@ -152,7 +152,8 @@ pub async fn desired(state: &State, host: &impl Host) -> Result<Desired, NatErro
     };
     let sandbox = sandboxes(state);
     endpoints(state, &links, &sandbox, &mut d);
-    d.sandbox_addrs = sandbox_addrs(state, &sandbox);
+    d.sandbox_addrs = sandbox_addrs(state, &sandbox, |ep| ep.ipv4.map(|a| a.octets()));
+    d.sandbox_addrs6 = sandbox_addrs(state, &sandbox, |ep| ep.ipv6.map(|a| a.octets()));
     for (index, addr, _) in host.addrs(None).await? {
         d.host_addrs.insert(
             addr.octets(),
@@ -321,13 +322,18 @@ pub(super) fn sandboxes(state: &State) -> BTreeMap<&str, u32> {
     out
 }
 
-/// The addresses of endpoints that share their sandbox with another
-/// endpoint, with the sandbox: what `DP_SANDBOX_ADDRS` holds.
-fn sandbox_addrs(state: &State, sandboxes: &BTreeMap<&str, u32>) -> BTreeMap<[u8; 4], SandboxAddr> {
-    let mut members: BTreeMap<u32, BTreeSet<[u8; 4]>> = BTreeMap::new();
+/// The addresses (of one family: `addr`) of endpoints that share their
+/// sandbox with another endpoint, with the sandbox: what
+/// `DP_SANDBOX_ADDRS` (`DP_SANDBOX_ADDRS6`) holds.
+fn sandbox_addrs<A: Copy + Ord>(
+    state: &State,
+    sandboxes: &BTreeMap<&str, u32>,
+    addr: impl Fn(&Endpoint) -> Option<A>,
+) -> BTreeMap<A, SandboxAddr> {
+    let mut members: BTreeMap<u32, BTreeSet<A>> = BTreeMap::new();
     for ep in state.endpoints.values() {
-        if let (Some(ip), Some(sb)) = (ep.ipv4, sandboxes.get(ep.id.as_str())) {
-            members.entry(*sb).or_default().insert(ip.octets());
+        if let (Some(ip), Some(sb)) = (addr(ep), sandboxes.get(ep.id.as_str())) {
+            members.entry(*sb).or_default().insert(ip);
         }
     }
     members
