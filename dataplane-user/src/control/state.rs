@@ -46,7 +46,8 @@ use crate::control::{
 };
 
 pub const DEFAULT_DIR: &str = "/var/lib/dataplane";
-const VERSION: u32 = 1;
+/// The state files' format, written into every snapshot.
+pub const VERSION: u32 = 1;
 /// Journal lines after which the next change writes a snapshot instead.
 const JOURNAL_MAX_ENTRIES: usize = 4096;
 /// Journal bytes after which the next change writes a snapshot instead.

@@ -17,6 +17,7 @@ pub mod frame;
 pub mod gen;
 pub mod model;
 pub mod rng;
+pub mod text;
 pub mod world;
 
 use std::{

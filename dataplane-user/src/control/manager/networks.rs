@@ -16,7 +16,7 @@ use crate::{
             BridgeConfig, CreateRequest, DriverConfig, Endpoint, GatewayMode, Network,
             DEFAULT_BRIDGE, DEFAULT_MTU,
         },
-        state::State,
+        state::{State, VERSION},
     },
     datapath::Datapath,
 };
@@ -56,7 +56,12 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         self.host
             .enable_forwarding()
             .map_err(NetworkError::Forwarding)?;
-        let mut state = State::default();
+        // The version the files will say, so what is held and what is
+        // stored agree from the first write.
+        let mut state = State {
+            version: VERSION,
+            ..State::default()
+        };
         for (name, driver) in [("host", DriverConfig::Host), ("none", DriverConfig::Null)] {
             state.networks.insert(
                 name.into(),
