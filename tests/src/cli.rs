@@ -92,7 +92,13 @@ impl Cli {
 
     /// The command with the test's global flags, for callers that spawn it.
     pub fn command(&self, args: &[&str]) -> Result<Command> {
-        let mut cmd = Command::new(crate::dataplane_bin()?);
+        Ok(self.command_of(&crate::dataplane_bin()?, args))
+    }
+
+    /// [`Cli::command`] with another `dataplane` binary (an earlier
+    /// release's, for the upgrade test).
+    pub fn command_of(&self, bin: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin);
         cmd.arg("--netns")
             .arg(&self.host)
             .arg("--state-dir")
@@ -104,7 +110,7 @@ impl Cli {
             .arg("--config")
             .arg(&self.config)
             .args(args);
-        Ok(cmd)
+        cmd
     }
 
     /// Runs `dataplane ARGS`; stdout on success, an error with the exit
@@ -190,6 +196,16 @@ impl Cli {
 
     /// [`Cli::start_agent`] with more `dataplane agent` arguments.
     pub fn start_agent_with(&self, uplink: &str, extra: &[&str]) -> Result<(Child, String)> {
+        self.start_agent_of(&crate::dataplane_bin()?, uplink, extra)
+    }
+
+    /// [`Cli::start_agent_with`] with another `dataplane` binary.
+    pub fn start_agent_of(
+        &self,
+        bin: &Path,
+        uplink: &str,
+        extra: &[&str],
+    ) -> Result<(Child, String)> {
         let mut args = vec![
             "agent",
             "--iface",
@@ -200,7 +216,7 @@ impl Cli {
             "off",
         ];
         args.extend_from_slice(extra);
-        let mut cmd = self.command(&args)?;
+        let mut cmd = self.command_of(bin, &args);
         // SAFETY: prctl is async-signal-safe and affects only the child.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {

@@ -9,11 +9,17 @@
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
+    path::Path,
     time::Duration,
 };
 
 use dataplane_common::maps;
-use dataplane_tests::{cli::Cli, netns::NetNs, traffic::tcp_echo_server};
+use dataplane_tests::{
+    cli::{stop_agent, Cli},
+    netns::NetNs,
+    topo::FakeHost,
+    traffic::tcp_echo_server,
+};
 use dataplane_user::{
     datapath::{ebpf::OBJECT, layout},
     sys::bpf::{MapShape, RawMap},
@@ -148,5 +154,147 @@ fn live_tcp_flows_survive_an_upgrade_of_the_map_layout() {
     assert!(
         later >= after_upgrade + 6 * FLOWS as u64,
         "{after_upgrade} -> {later}"
+    );
+}
+
+/// Runs the previous release's `dataplane ARGS` with the test's flags.
+fn prev_run(cli: &Cli, prev: &Path, args: &[&str]) -> String {
+    let out = cli
+        .command_of(prev, args)
+        .output()
+        .expect("run the previous release");
+    assert!(
+        out.status.success(),
+        "previous release {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn add6(ns: &NetNs, dev: &str, cidr: &str) {
+    ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0")
+        .expect("IPv6 on the device");
+    ns.exec(&["ip", "-6", "addr", "add", cidr, "dev", dev, "nodad"])
+        .expect("ip -6 addr add");
+}
+
+fn connect_from(ns: &NetNs, dst: SocketAddr) -> TcpStream {
+    let s = ns
+        .run_in(move || TcpStream::connect_timeout(&dst, T))
+        .expect("ns")
+        .expect("connect");
+    s.set_read_timeout(Some(T)).expect("timeout");
+    s
+}
+
+/// The real upgrade: the previous release's agent (built by `cargo xtask
+/// test` from `xtask/src/prev_release.rs`'s commit) sets up an IPv4 and a
+/// dual-stack network with published ports and carries live TCP flows
+/// (in over IPv4 and IPv6, out through the masquerade); the current agent
+/// takes over its state and pins. The flows go on, new connections work
+/// through the new programs, and the state is the one the old agent made.
+#[test]
+fn state_and_live_flows_survive_an_upgrade_from_the_previous_release() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let prev = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/prev-release/dataplane");
+    assert!(
+        prev.exists(),
+        "the previous release's binary is missing at {}: `cargo xtask test` builds it",
+        prev.display()
+    );
+    let fh = FakeHost::new(false).expect("fake host");
+    let cli = Cli::new(&fh.host, "upgprev").expect("cli");
+    add6(&fh.host, &fh.uplink, "2001:db8:1::1/64");
+    add6(&fh.client, &fh.client_dev, "2001:db8:1::2/64");
+    let (old, _) = cli
+        .start_agent_of(&prev, &fh.uplink, &["--docker-socket", "off"])
+        .expect("the previous release's agent");
+    let c = NetNs::new("upgp4").expect("netns");
+    let c6 = NetNs::new("upgp6").expect("netns");
+    prev_run(
+        &cli,
+        &prev,
+        &["connect", "bridge", c.name(), "-p", "8080:7000"],
+    );
+    prev_run(
+        &cli,
+        &prev,
+        &[
+            "network",
+            "create",
+            "--ipv6",
+            "--subnet",
+            "10.83.0.0/24",
+            "--subnet",
+            "fd00:83::/64",
+            "n6",
+        ],
+    );
+    prev_run(
+        &cli,
+        &prev,
+        &["connect", "-p", "8086:7000", "n6", c6.name()],
+    );
+    let _s4 =
+        tcp_echo_server(&c, SocketAddr::from((Ipv4Addr::new(172, 17, 0, 2), 7000))).expect("echo");
+    let c6_addr: std::net::Ipv6Addr = "fd00:83::2".parse().expect("addr");
+    let _s6 = tcp_echo_server(&c6, SocketAddr::from((c6_addr, 7000))).expect("echo6");
+    let _out = tcp_echo_server(&fh.client, SocketAddr::from((fh.client_ip, 9100))).expect("out");
+    let host6: std::net::Ipv6Addr = "2001:db8:1::1".parse().expect("addr");
+    let mut conns = vec![
+        connect_from(&fh.client, SocketAddr::from((fh.host_ip, 8080))),
+        connect_from(&fh.client, SocketAddr::from((fh.host_ip, 8080))),
+        connect_from(&fh.client, SocketAddr::from((host6, 8086))),
+        connect_from(&c, SocketAddr::from((fh.client_ip, 9100))),
+    ];
+    for conn in &mut conns {
+        echo(conn, 0);
+    }
+    let inspect_before = prev_run(&cli, &prev, &["network", "inspect", "n6"]);
+    let status = stop_agent(old, libc::SIGTERM).expect("stop the old agent");
+    assert!(status.success(), "old agent: {status}");
+
+    // The upgrade: the current agent on the same state and pins.
+    let (new, log) = cli.start_agent(&fh.uplink).expect("the current agent");
+    eprintln!("{log}");
+    for round in 1..=3 {
+        for conn in &mut conns {
+            echo(conn, round);
+        }
+    }
+    let flows: Vec<Value> = cli
+        .flows()
+        .into_iter()
+        .filter(|f| f["proto"] == "tcp" && f["state"] == "ESTABLISHED")
+        .collect();
+    assert!(flows.len() >= 2 * conns.len(), "{flows:?}");
+    // New connections go through the new programs, on both families.
+    for dst in [
+        SocketAddr::from((fh.host_ip, 8080)),
+        SocketAddr::from((host6, 8086)),
+    ] {
+        let mut fresh = connect_from(&fh.client, dst);
+        echo(&mut fresh, 9);
+    }
+    let inspect_after = cli.run(&["network", "inspect", "n6"]).expect("inspect");
+    let (b, a): (Value, Value) = (
+        serde_json::from_str(&inspect_before).expect("json"),
+        serde_json::from_str(&inspect_after).expect("json"),
+    );
+    assert_eq!(a[0]["Id"], b[0]["Id"], "the network kept its id");
+    assert_eq!(a[0]["IPAM"], b[0]["IPAM"], "and its address plan");
+    assert!(
+        cli.pins.pins().map(maps::FRAGS6).exists(),
+        "the maps the new release adds are pinned"
+    );
+    let status = stop_agent(new, libc::SIGTERM).expect("stop");
+    assert!(status.success(), "new agent: {status}");
+    eprintln!(
+        "{} live TCP flows (IPv4 in, IPv6 in, masquerade out) kept from {} to the current binary",
+        conns.len(),
+        prev.display()
     );
 }

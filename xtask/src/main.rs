@@ -4,6 +4,7 @@
 
 mod bench;
 mod fuzz;
+mod prev_release;
 mod setup;
 mod soak;
 
@@ -112,6 +113,8 @@ fn main() -> anyhow::Result<()> {
             // The integration tests drive the `dataplane` binary as a user
             // would; `cargo test -p dataplane-tests` alone does not build it.
             build(&root, false)?;
+            // The upgrade test starts from the previous release's binary.
+            prev_release::ensure(&root)?;
             test(&root, &args)
         }
     }
