@@ -162,6 +162,9 @@ pub struct Status {
     pub networks: usize,
     pub endpoints: usize,
     pub uplinks: Vec<String>,
+    /// The maps' fill and the resource drops (absent from older agents).
+    #[serde(default)]
+    pub limits: crate::datapath::limits::LimitsReport,
 }
 
 /// `cni_check`: what differs from the attachment (empty: it matches).

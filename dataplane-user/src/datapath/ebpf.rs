@@ -19,6 +19,7 @@ use dataplane_common::{maps, nat::NatConfig};
 use super::{
     bpffs::{current_netns_cookie, current_netns_ino, BpffsError, PinRoot},
     layout::{self, Adoption, LayoutError},
+    limits::{self, MapSizes},
 };
 use crate::sys::bpf as sys_bpf;
 
@@ -158,6 +159,32 @@ impl Direction {
     }
 }
 
+/// Puts the size of every configurable map into `want`: the one asked,
+/// else the pinned map's, else the object's. Returns the sizes for the
+/// loader.
+fn resize(
+    pins: &PinRoot,
+    want: &mut std::collections::BTreeMap<String, sys_bpf::MapShape>,
+    sizes: &MapSizes,
+) -> Vec<(&'static str, u32)> {
+    let mut out = Vec::new();
+    for name in limits::GROUPS.iter().flat_map(|g| g.maps.iter().copied()) {
+        let Some(shape) = want.get_mut(name) else {
+            continue;
+        };
+        let pinned = || {
+            sys_bpf::RawMap::from_pin(&pins.map(name))
+                .ok()
+                .map(|m| m.shape().max_entries)
+        };
+        if let Some(size) = sizes.of_map(name).or_else(pinned) {
+            shape.max_entries = size;
+        }
+        out.push((name, shape.max_entries));
+    }
+    out
+}
+
 /// A loaded instance of the object whose maps are the pinned ones.
 pub struct Dataplane {
     ebpf: Ebpf,
@@ -177,11 +204,26 @@ impl Dataplane {
     /// not the object's (see [`layout`]); each such map is logged and
     /// listed by [`Dataplane::adopted`].
     pub fn load_with(pins: &PinRoot, nat: &NatConfig) -> Result<Dataplane, LoadError> {
+        Dataplane::load_sized(pins, nat, &MapSizes::default())
+    }
+
+    /// Like [`Dataplane::load_with`], with the configurable maps sized by
+    /// `sizes` (the agent's `[maps]`): a pinned map of another size is
+    /// migrated into one of the new size (see [`layout`]; a size below its
+    /// live entry count is refused). A size `sizes` leaves unset keeps the
+    /// pinned map's, so loads without settings never undo the agent's.
+    pub fn load_sized(
+        pins: &PinRoot,
+        nat: &NatConfig,
+        sizes: &MapSizes,
+    ) -> Result<Dataplane, LoadError> {
         pins.ensure()?;
         let mut names: Vec<&str> = PINNED_MAPS.to_vec();
         names.push(AYA_LOGS);
-        let mut plan = layout::prepare(pins, &layout::declared(OBJECT, &names)?)?;
-        let ebpf = match Dataplane::load_object(pins, nat) {
+        let mut want = layout::declared(OBJECT, &names)?;
+        let resized = resize(pins, &mut want, sizes);
+        let mut plan = layout::prepare(pins, &want)?;
+        let ebpf = match Dataplane::load_object(pins, nat, &resized) {
             Ok(ebpf) => ebpf,
             Err(e) => {
                 plan.abort();
@@ -281,10 +323,17 @@ impl Dataplane {
         fd.map(Some).map_err(|e| err(ProgramError::from(e)))
     }
 
-    fn load_object(pins: &PinRoot, nat: &NatConfig) -> Result<Ebpf, LoadError> {
+    fn load_object(
+        pins: &PinRoot,
+        nat: &NatConfig,
+        sizes: &[(&'static str, u32)],
+    ) -> Result<Ebpf, LoadError> {
         let paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
         let cookie = current_netns_cookie().map_err(LoadError::Netns)?;
         let mut loader = EbpfLoader::new();
+        for (name, size) in sizes {
+            loader.map_max_entries(name, *size);
+        }
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }

@@ -26,6 +26,7 @@ pub mod events;
 pub mod filter;
 pub mod host_local;
 pub mod layout;
+pub mod limits;
 pub mod maps;
 pub mod nat;
 pub mod proto;
