@@ -41,7 +41,7 @@
 //! netns_etc = "/etc/netns"                # where `ip netns exec` finds resolv.conf
 //! cache_size = 1024                       # upstream answers kept, 0-65536
 //!
-//! [maps]                                  # entries of the big BPF maps, 64-16777216;
+//! [maps]                                  # entries of the big BPF maps, 16-16777216;
 //! conntrack_tcp = 262144                  # applied when the agent starts (entries
 //! conntrack_other = 65536                 # migrated; a size below the live entries
 //! conntrack6_tcp = 262144                 # is refused); memory cost in
@@ -816,7 +816,7 @@ mod tests {
     fn map_sizes_setting() {
         let parse = |t: &str| Config::parse(Path::new("s.toml"), t).map(|c| c.maps);
         assert_eq!(parse("").unwrap(), MapSizes::default());
-        let s = parse("[maps]\nconntrack_tcp = 1024\nfilter_keys = 64\nsock_revnat = 16777216")
+        let s = parse("[maps]\nconntrack_tcp = 1024\nfilter_keys = 16\nsock_revnat = 16777216")
             .unwrap();
         assert_eq!(
             (
@@ -825,7 +825,7 @@ mod tests {
                 s.sock_revnat,
                 s.conntrack_other
             ),
-            (Some(1024), Some(64), Some(1 << 24), None)
+            (Some(1024), Some(16), Some(1 << 24), None)
         );
         // The agent gets every size: the file's, else the object's.
         let c = Config::parse(Path::new("s.toml"), "[maps]\nconntrack_tcp = 1024").unwrap();
@@ -846,7 +846,7 @@ mod tests {
         for (text, needle) in [
             (
                 "[maps]\nconntrack_tcp = 0",
-                "field `maps.conntrack_tcp`: 0 is not between 64 and 16777216",
+                "field `maps.conntrack_tcp`: 0 is not between 16 and 16777216",
             ),
             (
                 "[maps]\npublished_ports = 16777217",

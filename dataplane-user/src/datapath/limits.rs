@@ -87,9 +87,10 @@ pub const GROUPS: [SizedGroup; 7] = [
 ];
 
 /// The smallest and largest size `[maps]` accepts. The top keeps one
-/// IPv6 conntrack table (160 B an entry with the kernel's overhead) near
-/// 2.5 GiB; the bottom keeps a table above the kernel's per-CPU LRU lists.
-pub const MIN_SIZE: u32 = 64;
+/// IPv6 conntrack table (about 260 B an entry with the kernel's overhead)
+/// near 4 GiB; the bottom is for tests (a real table that small is full
+/// at once).
+pub const MIN_SIZE: u32 = 16;
 pub const MAX_SIZE: u32 = 1 << 24;
 
 /// The `[maps]` key of a pinned map, if its size is configurable.
@@ -156,15 +157,41 @@ impl MapSizes {
     }
 }
 
+/// Free entries the kernel keeps aside per possible CPU in an LRU map
+/// (`LOCAL_FREE_TARGET` in kernel/bpf/bpf_lru_list.c): a CPU whose local
+/// free list runs dry evicts to refill it, so an LRU table starts evicting
+/// up to this many entries per CPU before it is full.
+pub const LRU_FREE_PER_CPU: u64 = 128;
+
 /// How full one map is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MapFill {
     pub map: String,
     pub entries: u64,
     pub max_entries: u32,
+    /// Entries the map holds before it evicts (LRU: `max_entries` less
+    /// [`LRU_FREE_PER_CPU`] per CPU, at most half of it) or refuses (the
+    /// others: `max_entries`). The warnings are against this.
+    #[serde(default)]
+    pub usable: u64,
 }
 
 impl MapFill {
+    /// Whether the map is at [`WARN_PERCENT`] of what it can hold.
+    pub fn near_full(&self) -> bool {
+        self.usable > 0 && self.entries * 100 >= self.usable * WARN_PERCENT
+    }
+
+    /// [`MapFill::usable`] of a map of `max` entries.
+    pub fn usable_of(max: u32, lru: bool, cpus: u64) -> u64 {
+        let max = u64::from(max);
+        if lru {
+            max - (LRU_FREE_PER_CPU * cpus).min(max / 2)
+        } else {
+            max
+        }
+    }
+
     /// Entries in percent of the size, rounded down.
     pub fn percent(&self) -> u64 {
         (self.entries * 100)
@@ -194,6 +221,7 @@ pub fn watched() -> impl Iterator<Item = &'static str> {
 /// keys (one syscall each, bounded by the map's size), so callers on the
 /// agent's runtime run it on a blocking thread.
 pub fn fill(pins: &PinRoot) -> io::Result<Vec<MapFill>> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)? as u64;
     let mut out = Vec::new();
     for name in watched() {
         let map = match RawMap::from_pin(&pins.map(name)) {
@@ -202,6 +230,8 @@ pub fn fill(pins: &PinRoot) -> io::Result<Vec<MapFill>> {
             Err(e) => return Err(io::Error::new(e.kind(), format!("map {name}: {e}"))),
         };
         let max = map.shape().max_entries;
+        // BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_LRU_PERCPU_HASH.
+        let lru = matches!(map.shape().map_type, 9 | 10);
         let entries = map
             .count_keys(max as usize)
             .map_err(|e| io::Error::new(e.kind(), format!("map {name}: {e}")))?;
@@ -209,6 +239,7 @@ pub fn fill(pins: &PinRoot) -> io::Result<Vec<MapFill>> {
             map: name.to_owned(),
             entries: entries as u64,
             max_entries: max,
+            usable: MapFill::usable_of(max, lru, cpus),
         });
     }
     Ok(out)
@@ -245,13 +276,18 @@ impl DropMemory {
     pub fn report(&mut self, maps: Vec<MapFill>, totals: &[(String, u64)]) -> LimitsReport {
         let mut warnings: Vec<String> = maps
             .iter()
-            .filter(|f| f.percent() >= WARN_PERCENT)
+            .filter(|f| f.near_full())
             .map(|f| {
                 let raise = key_of(&f.map)
                     .map(|k| format!("; raise `[maps] {k}`"))
                     .unwrap_or_default();
+                let lru = if f.usable < u64::from(f.max_entries) {
+                    format!(", evicting from about {}", f.usable)
+                } else {
+                    String::new()
+                };
                 format!(
-                    "map {} is {}% full ({}/{}){}",
+                    "map {} is {}% full ({}/{}{lru}){}",
                     f.map,
                     f.percent(),
                     f.entries,
@@ -368,7 +404,9 @@ mod tests {
     use super::*;
 
     fn fill(map: &str, entries: u64, max: u32) -> MapFill {
+        let lru = map.contains("_CT");
         MapFill {
+            usable: MapFill::usable_of(max, lru, 2),
             map: map.into(),
             entries,
             max_entries: max,
@@ -379,14 +417,18 @@ mod tests {
     fn a_full_map_and_a_growing_drop_reason_warn() {
         let mut mem = DropMemory::default();
         let r = mem.report(
-            vec![fill(maps::CT_TCP, 60, 64), fill(maps::PORTS, 3, 64)],
+            vec![
+                fill(maps::CT_TCP, 30, 64),
+                fill(maps::PORTS, 3, 64),
+                fill(maps::CT_OTHER, 1000, 100_000),
+            ],
             &[("snat-ports-exhausted".into(), 5)],
         );
         assert_eq!(
             r.warnings,
             vec![
-                "map DP_CT_TCP is 93% full (60/64); the oldest flows are being evicted; raise \
-                 `[maps] conntrack_tcp`",
+                "map DP_CT_TCP is 46% full (30/64, evicting from about 32); the oldest flows \
+                 are being evicted; raise `[maps] conntrack_tcp`",
                 "5 packets dropped for snat-ports-exhausted since the last report (5 in all)",
             ]
         );
@@ -460,7 +502,13 @@ mod tests {
             map: "m".into(),
             entries: 59,
             max_entries: 64,
+            usable: 64,
         };
+        assert!(f.near_full());
+        // A big LRU table evicts from its size less 128 entries a CPU.
+        assert_eq!(MapFill::usable_of(262_144, true, 4), 262_144 - 512);
+        assert_eq!(MapFill::usable_of(64, true, 4), 32);
+        assert_eq!(MapFill::usable_of(64, false, 4), 64);
         assert_eq!(f.percent(), 92);
         assert!((f.pressure() - 0.921875).abs() < 1e-9);
         let empty = MapFill {
