@@ -342,10 +342,18 @@ impl Agent {
                 Err(e) => warn!("limits: {:#}", anyhow::Error::from(e)),
             }
             match gc {
-                Ok(r) if r.removed > 0 => {
-                    info!(scanned = r.scanned, removed = r.removed, "conntrack gc")
+                Ok(r) => {
+                    if r.removed > 0 {
+                        info!(scanned = r.scanned, removed = r.removed, "conntrack gc");
+                    }
+                    if r.unpaired > 0 && rate.allow("unpaired", std::time::Instant::now()) {
+                        warn!(
+                            unpaired = r.unpaired,
+                            "limits: conntrack entries without their pair: a full table \
+                             evicted live flows (`dataplane status` shows the fill)"
+                        );
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => warn!("conntrack gc: {:#}", anyhow::Error::from(e)),
             }
             match stats::read(pins) {

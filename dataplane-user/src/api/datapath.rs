@@ -68,6 +68,7 @@ pub(super) async fn execute(
             answer(GcDone {
                 scanned: r.scanned,
                 removed: r.removed,
+                unpaired: r.unpaired,
             })
         }
         Request::Cleanup => answer(cleanup(ctx).await),

@@ -248,6 +248,10 @@ impl From<TimeoutSecs> for crate::datapath::conntrack::Timeouts {
 pub struct GcDone {
     pub scanned: usize,
     pub removed: usize,
+    /// Entries without their flow's other entry: evicted by a full table
+    /// (absent from older agents).
+    #[serde(default)]
+    pub unpaired: usize,
 }
 
 /// `cleanup`: what could not be removed (empty: everything went).
