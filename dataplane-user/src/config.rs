@@ -47,7 +47,7 @@
 //! conntrack6_tcp = 262144                 # is refused); memory cost in
 //! conntrack6_other = 65536                # docs/reliability.md
 //! published_ports = 65536                 # DP_PORTS and DP_PORTS6 each
-//! filter_keys = 20002                     # each filter dimension map (a cap)
+//! filter_keys = 30722                     # each filter dimension map (a cap)
 //! sock_revnat = 65536                     # host-local reverse NAT, per family
 //! ```
 //!

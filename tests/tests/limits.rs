@@ -123,11 +123,27 @@ fn a_small_conntrack_table_shows_its_size_and_warns_when_full() {
     }
     assert!(seen.0 * 100 >= 90 * seen.2, "the table filled: {seen:?}");
     let text = cli.run(&["status"]).expect("status");
+    eprintln!("{text}");
     assert!(
         text.contains("WARN map DP_CT_OTHER is")
             && text.contains("the oldest flows are being evicted")
             && text.contains("raise `[maps] conntrack_other`"),
         "{text}"
+    );
+    let rendered = metrics::render(cli.pins.pins(), &State::default()).expect("render");
+    let pressure = rendered
+        .lines()
+        .find(|l| l.starts_with("dataplane_map_pressure{map=\"DP_CT_OTHER\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no pressure for DP_CT_OTHER:\n{rendered}"));
+    assert!(
+        (pressure - seen.0 as f64 / 64.0).abs() < 0.2 && pressure > 0.45,
+        "pressure {pressure}, status saw {seen:?}"
+    );
+    assert!(
+        rendered.contains("dataplane_map_max_entries{map=\"DP_CT_OTHER\"} 64"),
+        "{rendered}"
     );
     // The LRU evicts an idle flow's two entries together (they were made
     // together and never touched since), so nothing is left unpaired here:
@@ -158,34 +174,19 @@ fn a_small_conntrack_table_shows_its_size_and_warns_when_full() {
         gc.contains("without their pair (a full table evicted live flows)"),
         "{gc}"
     );
-    let rendered = metrics::render(cli.pins.pins(), &State::default()).expect("render");
-    let pressure = rendered
-        .lines()
-        .find(|l| l.starts_with("dataplane_map_pressure{map=\"DP_CT_OTHER\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no pressure for DP_CT_OTHER:\n{rendered}"));
-    assert!(
-        (pressure - seen.0 as f64 / 64.0).abs() < 0.2 && pressure > 0.45,
-        "pressure {pressure}, status saw {seen:?}"
-    );
-    assert!(
-        rendered.contains("dataplane_map_max_entries{map=\"DP_CT_OTHER\"} 64"),
-        "{rendered}"
-    );
     assert!(stop_agent(agent, libc::SIGTERM).expect("stop").success());
 
     // Smaller than what is live: refused, the table as it was.
     let live = fill(&cli, maps::CT_OTHER).0;
-    cli.set_config(&config(32)).expect("config");
+    assert!(live > 16, "{live} entries live");
+    cli.set_config(&config(16)).expect("config");
     let e = cli
         .start_agent(&fh.uplink)
-        .err()
-        .expect("a start that shrinks below the live entries fails")
+        .expect_err("a start that shrinks below the live entries fails")
         .to_string();
     assert!(
         e.contains("pinned map DP_CT_OTHER holds")
-            && e.contains("more than its new size 32")
+            && e.contains("more than its new size 16")
             && e.contains("`[maps] conntrack_other`"),
         "{e}"
     );

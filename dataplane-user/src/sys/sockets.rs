@@ -281,7 +281,7 @@ mod tests {
 
     #[test]
     fn a_trial_bind_finds_an_ipv6_only_listener() {
-        let lo = std::net::Ipv6Addr::LOCALHOST;
+        let lo = Ipv6Addr::LOCALHOST;
         let Ok(tcp) = TcpListener::bind((lo, 0)) else {
             // No IPv6 on this host: nothing can hold an IPv6 port.
             assert!(!port_taken(true, Some(IpAddr::V6(lo)), 1).expect("trial"));
