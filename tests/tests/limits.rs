@@ -176,6 +176,12 @@ fn a_small_conntrack_table_shows_its_size_and_warns_when_full() {
     );
     assert!(stop_agent(agent, libc::SIGTERM).expect("stop").success());
 
+    // A load without the agent (the CLI's manager) sizes the maps as the
+    // agent recorded, not as the object says.
+    cli.run(&["publish", "add", "bridge", ctr.name(), "8081:81"])
+        .expect("publish without the agent");
+    assert_eq!(max_entries(&cli, maps::CT_OTHER), 64);
+
     // Smaller than what is live: refused, the table as it was.
     let live = fill(&cli, maps::CT_OTHER).0;
     assert!(live > 16, "{live} entries live");

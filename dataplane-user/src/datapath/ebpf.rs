@@ -78,6 +78,8 @@ pub enum LoadError {
     Layout(#[from] LayoutError),
     #[error("loading the eBPF object failed")]
     Object(#[source] Box<EbpfError>),
+    #[error("the record of the configured map sizes ({})", limits::SIZES_MAP)]
+    Sizes(#[source] std::io::Error),
     #[error("the eBPF object has no program {0}")]
     NoProgram(&'static str),
     #[error("program {name}")]
@@ -159,11 +161,9 @@ impl Direction {
     }
 }
 
-/// Puts the size of every configurable map into `want`: the one asked,
-/// else the pinned map's, else the object's. Returns the sizes for the
-/// loader.
+/// Puts the size of every configurable map into `want`: the one asked
+/// (or recorded), else the object's. Returns the sizes for the loader.
 fn resize(
-    pins: &PinRoot,
     want: &mut std::collections::BTreeMap<String, sys_bpf::MapShape>,
     sizes: &MapSizes,
 ) -> Vec<(&'static str, u32)> {
@@ -172,12 +172,7 @@ fn resize(
         let Some(shape) = want.get_mut(name) else {
             continue;
         };
-        let pinned = || {
-            sys_bpf::RawMap::from_pin(&pins.map(name))
-                .ok()
-                .map(|m| m.shape().max_entries)
-        };
-        if let Some(size) = sizes.of_map(name).or_else(pinned) {
+        if let Some(size) = sizes.of_map(name) {
             shape.max_entries = size;
         }
         out.push((name, shape.max_entries));
@@ -210,8 +205,10 @@ impl Dataplane {
     /// Like [`Dataplane::load_with`], with the configurable maps sized by
     /// `sizes` (the agent's `[maps]`): a pinned map of another size is
     /// migrated into one of the new size (see [`layout`]; a size below its
-    /// live entry count is refused). A size `sizes` leaves unset keeps the
-    /// pinned map's, so loads without settings never undo the agent's.
+    /// live entry count is refused). The sizes set are recorded under the
+    /// pins ([`limits::SIZES_MAP`]); a size left unset is the recorded one,
+    /// else the object's, so loads without settings never undo the
+    /// agent's.
     pub fn load_sized(
         pins: &PinRoot,
         nat: &NatConfig,
@@ -221,7 +218,8 @@ impl Dataplane {
         let mut names: Vec<&str> = PINNED_MAPS.to_vec();
         names.push(AYA_LOGS);
         let mut want = layout::declared(OBJECT, &names)?;
-        let resized = resize(pins, &mut want, sizes);
+        let recorded = limits::recorded_sizes(pins).map_err(LoadError::Sizes)?;
+        let resized = resize(&mut want, &sizes.or(recorded));
         let mut plan = layout::prepare(pins, &want)?;
         let ebpf = match Dataplane::load_object(pins, nat, &resized) {
             Ok(ebpf) => ebpf,
@@ -242,6 +240,9 @@ impl Dataplane {
             dp.relink();
         }
         dp.adopted = plan.finish()?;
+        if *sizes != MapSizes::default() {
+            limits::record_sizes(pins, sizes).map_err(LoadError::Sizes)?;
+        }
         for a in &dp.adopted {
             tracing::warn!("{a}");
         }

@@ -93,6 +93,69 @@ pub const GROUPS: [SizedGroup; 7] = [
 pub const MIN_SIZE: u32 = 16;
 pub const MAX_SIZE: u32 = 1 << 24;
 
+/// The pinned array (one u32 per [`GROUPS`] entry, 0: not recorded) that
+/// records the sizes the agent asked for, so a load without settings (the
+/// CLI, the manager's) sizes the maps as the agent did, and pins made
+/// before sizes were configurable are taken to the object's sizes.
+pub const SIZES_MAP: &str = "DP_SIZES";
+
+fn sizes_shape() -> crate::sys::bpf::MapShape {
+    crate::sys::bpf::MapShape {
+        map_type: 2, // BPF_MAP_TYPE_ARRAY
+        key_size: 4,
+        value_size: 4,
+        max_entries: 16,
+        flags: 0,
+    }
+}
+
+/// The sizes recorded under `pins` (unset where none is).
+pub fn recorded_sizes(pins: &PinRoot) -> io::Result<MapSizes> {
+    let map = match RawMap::from_pin(&pins.map(SIZES_MAP)) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(MapSizes::default()),
+        Err(e) => return Err(e),
+    };
+    if map.shape() != sizes_shape() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{SIZES_MAP} is not the record of map sizes"),
+        ));
+    }
+    let mut sizes = MapSizes::default();
+    for (i, g) in GROUPS.iter().enumerate() {
+        let key = u32::try_from(i).unwrap_or(u32::MAX).to_ne_bytes();
+        let v = map
+            .lookup(&key)?
+            .and_then(|v| v.try_into().ok())
+            .map(u32::from_ne_bytes)
+            .filter(|v| *v != 0);
+        *sizes.slot(g.key) = v;
+    }
+    Ok(sizes)
+}
+
+/// Records the sizes `sizes` sets (the others keep what was recorded).
+pub fn record_sizes(pins: &PinRoot, sizes: &MapSizes) -> io::Result<()> {
+    let path = pins.map(SIZES_MAP);
+    let map = match RawMap::from_pin(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let m = RawMap::create(SIZES_MAP, sizes_shape())?;
+            m.pin(&path)?;
+            m
+        }
+        Err(e) => return Err(e),
+    };
+    for (i, g) in GROUPS.iter().enumerate() {
+        if let Some(v) = sizes.of_map(g.maps[0]) {
+            let key = u32::try_from(i).unwrap_or(u32::MAX).to_ne_bytes();
+            map.update(&key, &v.to_ne_bytes())?;
+        }
+    }
+    Ok(())
+}
+
 /// The `[maps]` key of a pinned map, if its size is configurable.
 pub fn key_of(map: &str) -> Option<&'static str> {
     GROUPS.iter().find(|g| g.maps.contains(&map)).map(|g| g.key)
