@@ -3,7 +3,8 @@
 //! filling the table with real masqueraded flows shows its fill and a WARN
 //! line in `status` and `dataplane_map_pressure` in the metrics; a new
 //! size is migrated into at the next start, one below the live entries is
-//! refused and changes nothing.
+//! refused and changes nothing. `status` answers while the agent cleans a
+//! full table.
 
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -207,4 +208,71 @@ fn a_small_conntrack_table_shows_its_size_and_warns_when_full() {
     assert!(kept >= live.saturating_sub(4), "kept {kept} of {live}");
     assert!(stop_agent(agent, libc::SIGTERM).expect("stop").success());
     cli.run(&["cleanup"]).expect("cleanup");
+}
+
+/// Expired TCP entries, written straight into the table (the GC's work).
+fn expired_entries(cli: &Cli, n: u32) {
+    let mut table: aya::maps::HashMap<aya::maps::MapData, CtKey, CtEntry> =
+        dataplane_user::datapath::maps::open(cli.pins.pins(), maps::CT_TCP).expect("open");
+    for i in 0..n {
+        let [a, b, c, d] = i.to_be_bytes();
+        let key = CtKey {
+            saddr: [10, b, c, d],
+            daddr: [192, 0, 2, 1],
+            sport: [a, 1],
+            dport: 80u16.to_be_bytes(),
+            proto: 6,
+            ..CtKey::default()
+        };
+        // last_seen 0: idle since boot, past every timeout.
+        table
+            .insert(key, CtEntry::default(), 0)
+            .expect("insert an expired entry");
+    }
+}
+
+#[test]
+fn status_answers_while_the_agent_cleans_a_full_table() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    const N: u32 = 200_000;
+    let (fh, cli) = Cli::uplinked("limgc", None).expect("fake host");
+    expired_entries(&cli, N);
+    assert_eq!(fill(&cli, maps::CT_TCP).0, u64::from(N));
+    let (agent, _) = cli.start_agent(&fh.uplink).expect("agent");
+    // The agent's first tick starts the GC at once; `status` (and its own
+    // walk of the maps) must not wait for it.
+    let start = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut answers = 0;
+    let mut cleaned = None;
+    while start.elapsed() < Duration::from_secs(60) {
+        let t = Instant::now();
+        let s = dataplane_tests::cli::api(&cli.socket, &serde_json::json!({"op": "status"}))
+            .expect("status");
+        slowest = slowest.max(t.elapsed());
+        answers += 1;
+        let left = s["limits"]["maps"]
+            .as_array()
+            .and_then(|m| m.iter().find(|r| r["map"] == maps::CT_TCP))
+            .and_then(|r| r["entries"].as_u64())
+            .expect("DP_CT_TCP in status");
+        if left == 0 {
+            cleaned = Some(start.elapsed());
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("{answers} status answers, slowest {slowest:?}, table clean after {cleaned:?}");
+    let cleaned = cleaned.expect("the GC emptied the table within 60 s");
+    assert!(
+        answers >= 3,
+        "status answered {answers} times while the GC ran"
+    );
+    assert!(
+        slowest < cleaned / 2 && slowest < Duration::from_secs(3),
+        "status took {slowest:?} while the GC took {cleaned:?}"
+    );
+    assert!(stop_agent(agent, libc::SIGTERM).expect("stop").success());
 }
