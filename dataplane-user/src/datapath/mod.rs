@@ -33,4 +33,4 @@ pub mod proto;
 mod seam;
 pub mod stats;
 
-pub use seam::{BpfDatapath, Datapath, DatapathError, RecordingDatapath};
+pub use seam::{BpfDatapath, Datapath, DatapathError, PurgeJob, RecordingDatapath};
