@@ -333,9 +333,9 @@ impl Agent {
             match report {
                 Ok(r) => {
                     let now = std::time::Instant::now();
-                    for line in &r.warnings {
-                        if rate.allow(limits::subject(line), now) {
-                            warn!("limits: {line}");
+                    for w in &r.warnings {
+                        if rate.allow(&w.subject, now) {
+                            warn!("limits: {w}");
                         }
                     }
                 }

@@ -324,7 +324,47 @@ pub struct LimitDrops {
 pub struct LimitsReport {
     pub maps: Vec<MapFill>,
     pub drops: Vec<LimitDrops>,
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
+}
+
+/// One warning: what it is about (a map or a drop reason, the unit of the
+/// log's rate limit) and its line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warning {
+    pub subject: String,
+    pub text: String,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// The warning of a map at its limit: what happens (an LRU map evicts,
+/// the others refuse new entries) and the `[maps]` key to raise.
+fn full_line(f: &MapFill) -> String {
+    let lru = f.usable < u64::from(f.max_entries);
+    let evicting = if lru {
+        format!(", evicting from about {}", f.usable)
+    } else {
+        String::new()
+    };
+    let effect = match (lru, f.map.contains("_CT")) {
+        (true, true) => "the oldest flows are being evicted",
+        (true, false) => "the oldest entries are being evicted",
+        (false, _) => "new entries will be refused",
+    };
+    let raise = key_of(&f.map)
+        .map(|k| format!("; raise `[maps] {k}`"))
+        .unwrap_or_default();
+    format!(
+        "map {} is {}% full ({}/{}{evicting}); {effect}{raise}",
+        f.map,
+        f.percent(),
+        f.entries,
+        f.max_entries
+    )
 }
 
 /// The previous report's drop totals, to say what grew since.
@@ -337,30 +377,12 @@ impl DropMemory {
     /// The report of `maps` and the drop `totals` (name, packets), which
     /// become the memory for the next one.
     pub fn report(&mut self, maps: Vec<MapFill>, totals: &[(String, u64)]) -> LimitsReport {
-        let mut warnings: Vec<String> = maps
+        let mut warnings: Vec<Warning> = maps
             .iter()
             .filter(|f| f.near_full())
-            .map(|f| {
-                let raise = key_of(&f.map)
-                    .map(|k| format!("; raise `[maps] {k}`"))
-                    .unwrap_or_default();
-                let lru = if f.usable < u64::from(f.max_entries) {
-                    format!(", evicting from about {}", f.usable)
-                } else {
-                    String::new()
-                };
-                format!(
-                    "map {} is {}% full ({}/{}{lru}){}",
-                    f.map,
-                    f.percent(),
-                    f.entries,
-                    f.max_entries,
-                    if f.map.contains("_CT") {
-                        format!("; the oldest flows are being evicted{raise}")
-                    } else {
-                        raise
-                    }
-                )
+            .map(|f| Warning {
+                subject: f.map.clone(),
+                text: full_line(f),
             })
             .collect();
         let mut drops = Vec::new();
@@ -377,10 +399,14 @@ impl DropMemory {
             // A counter below the last value: the maps were made anew.
             let since_last = total.checked_sub(before).unwrap_or(total);
             if since_last > 0 {
-                warnings.push(format!(
-                    "{since_last} packets dropped for {} since the last report ({total} in all)",
-                    r.name()
-                ));
+                warnings.push(Warning {
+                    subject: r.name().to_owned(),
+                    text: format!(
+                        "{since_last} packets dropped for {} since the last report ({total} in \
+                         all)",
+                        r.name()
+                    ),
+                });
             }
             drops.push(LimitDrops {
                 reason: r.name().to_owned(),
@@ -451,17 +477,6 @@ impl RateLimit {
     }
 }
 
-/// The subject of a warning line from [`DropMemory::report`] (its map or
-/// reason), for [`RateLimit`].
-pub fn subject(line: &str) -> &str {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    match words.as_slice() {
-        ["map", name, ..] => name,
-        [_, _, _, _, reason, ..] => reason,
-        _ => line,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,27 +502,41 @@ mod tests {
             ],
             &[("snat-ports-exhausted".into(), 5)],
         );
+        let lines: Vec<(&str, &str)> = r
+            .warnings
+            .iter()
+            .map(|w| (w.subject.as_str(), w.text.as_str()))
+            .collect();
         assert_eq!(
-            r.warnings,
+            lines,
             vec![
-                "map DP_CT_TCP is 46% full (30/64, evicting from about 32); the oldest flows \
-                 are being evicted; raise `[maps] conntrack_tcp`",
-                "5 packets dropped for snat-ports-exhausted since the last report (5 in all)",
+                (
+                    "DP_CT_TCP",
+                    "map DP_CT_TCP is 46% full (30/64, evicting from about 32); the oldest \
+                     flows are being evicted; raise `[maps] conntrack_tcp`"
+                ),
+                (
+                    "snat-ports-exhausted",
+                    "5 packets dropped for snat-ports-exhausted since the last report (5 in all)"
+                ),
             ]
         );
-        assert_eq!(subject(&r.warnings[0]), "DP_CT_TCP");
-        assert_eq!(subject(&r.warnings[1]), "snat-ports-exhausted");
         // Nothing new: no drop line; the map is still full.
         let r = mem.report(
             vec![fill(maps::PORTS, 63, 64)],
             &[("snat-ports-exhausted".into(), 5)],
         );
         assert_eq!(
-            r.warnings,
-            vec!["map DP_PORTS is 98% full (63/64); raise `[maps] published_ports`"]
+            r.warnings[0].to_string(),
+            "map DP_PORTS is 98% full (63/64); new entries will be refused; raise `[maps] \
+             published_ports`"
         );
+        assert_eq!(r.warnings.len(), 1);
         assert_eq!(r.drops[0].since_last, 0);
         assert_eq!(r.drops[1].reason, "conntrack-insert-failed");
+        // Counters made anew (a cleanup): counted from zero again.
+        let r = mem.report(Vec::new(), &[("snat-ports-exhausted".into(), 2)]);
+        assert_eq!(r.drops[0].since_last, 2);
     }
 
     #[test]
