@@ -109,7 +109,7 @@ impl Agent {
             self.config.ifaces.clone()
         };
         // The maps first, at the configured sizes: every later load (the
-        // manager's, the CLI's) keeps the sizes it finds pinned.
+        // manager's, the CLI's) takes the sizes this one records.
         let mut dp = Dataplane::load_sized(self.pins(), &self.config.nat, &self.config.maps)?;
         let (cache, bridge) = self.open_networks(&ifaces).await?;
         if ifaces.is_empty() {
@@ -304,6 +304,8 @@ impl Agent {
     async fn tick(&self, stop: &CancellationToken) {
         let pins = self.pins();
         let mut tick = tokio::time::interval(self.config.interval);
+        // A GC longer than the interval is not followed by a burst of them.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut memory = limits::DropMemory::default();
         let mut rate = limits::RateLimit::new(LIMIT_LOG_EVERY);
         loop {

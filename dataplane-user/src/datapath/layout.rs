@@ -11,8 +11,8 @@
 //!   new map (those that do not fit are counted as lost);
 //! - any other difference (type, key or value size): replaced, with the
 //!   number of entries lost;
-//! - a migration into a map smaller than the old one's live entries (the
-//!   agent's `[maps]` sizes shrunk below what is in use): refused
+//! - a migration of a configurable map (`[maps]`) into one smaller than
+//!   its live entries (the size shrunk below what is in use): refused
 //!   ([`LayoutError::TooSmall`]), nothing touched; dropping flows or
 //!   published ports silently to honour a setting would be worse than
 //!   starting with the old size until the operator frees entries or picks
@@ -95,7 +95,8 @@ pub enum LayoutError {
         map: String,
         live: usize,
         max: u32,
-        /// How to get out (the `[maps]` key to raise).
+        /// How to get out (the `[maps]` key to raise, the ways to free
+        /// entries).
         hint: String,
     },
     #[error("recording the layout schema in {path}")]
@@ -310,18 +311,18 @@ fn set_aside(pins: &PinRoot, name: &str, shape: &MapShape) -> Result<Option<Pend
         source,
     })?;
     let live = entries.len();
-    if migrate && live > shape.max_entries as usize {
-        let hint = super::limits::key_of(name).map_or_else(String::new, |key| {
-            format!(
-                ": set `[maps] {key}` to at least {live}, or let flows expire (`dataplane \
-                 conntrack gc`) or remove entries first"
-            )
-        });
+    // Only a size the operator sets is refused; a map this binary made
+    // smaller migrates what fits and counts the rest as lost.
+    let configured = super::limits::key_of(name);
+    if let Some(key) = configured.filter(|_| migrate && live > shape.max_entries as usize) {
         return Err(LayoutError::TooSmall {
             map: name.to_owned(),
             live,
             max: shape.max_entries,
-            hint,
+            hint: format!(
+                ": set `[maps] {key}` to at least {live}, or let flows expire (`dataplane \
+                 conntrack gc`) or remove entries first"
+            ),
         });
     }
     std::fs::remove_file(&path).map_err(|source| LayoutError::Unpin {
