@@ -117,12 +117,12 @@ async fn run(ctx: &Context, m: &mut Manager, req: Request) -> Result<Value, anyh
         Request::UplinkLs => answer(&m.state().uplinks),
         Request::NatLs => answer(nat_ls(m, &ctx.pins)?),
         Request::DnsLs { network } => answer(dns_ls(m, &network)?),
-        Request::ConntrackLs => answer(
-            conntrack::list(&ctx.pins)?
-                .into_iter()
-                .map(FlowRow::from)
-                .collect::<Vec<_>>(),
-        ),
+        Request::ConntrackLs => {
+            // Off the runtime's one thread, as every walk of a whole table.
+            let pins = ctx.pins.clone();
+            let flows = tokio::task::spawn_blocking(move || conntrack::list(&pins)).await??;
+            answer(flows.into_iter().map(FlowRow::from).collect::<Vec<_>>())
+        }
         Request::Status => answer(Status {
             server: ctx.server.to_owned(),
             pid: std::process::id(),
