@@ -29,7 +29,7 @@ use crate::{
         bpffs::PinRoot,
         conntrack,
         ebpf::{detach_tc, Dataplane, Direction, LoadError},
-        host_local, stats,
+        host_local, limits, stats,
     },
     frontends::{dns, docker, metrics},
 };
@@ -69,6 +69,10 @@ pub struct Agent {
     config: AgentConfig,
 }
 
+/// At most one log line per full map or resource drop reason in this
+/// time (the tick may be every second).
+const LIMIT_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What the agent attached itself, so it detaches exactly that on its way
 /// out (what it adopted stays, as does everything pinned for the
 /// datapath).
@@ -104,6 +108,9 @@ impl Agent {
         } else {
             self.config.ifaces.clone()
         };
+        // The maps first, at the configured sizes: every later load (the
+        // manager's, the CLI's) takes the sizes this one records.
+        let mut dp = Dataplane::load_sized(self.pins(), &self.config.nat, &self.config.maps)?;
         let (cache, bridge) = self.open_networks(&ifaces).await?;
         if ifaces.is_empty() {
             return Err(AgentError::NoUplink);
@@ -111,7 +118,6 @@ impl Agent {
         for i in &ifaces {
             check_iface(i)?;
         }
-        let mut dp = Dataplane::load(self.pins())?;
         spawn_ebpf_log(&mut dp, &mut tasks, stop.clone());
         let attached = self.attach(&mut dp, &ifaces)?;
         if let Some(b) = bridge {
@@ -290,15 +296,67 @@ impl Agent {
         Ok(())
     }
 
-    /// Until `stop`: every interval, log the counters and collect idle
-    /// conntrack entries.
+    /// Until `stop`: every interval, log the counters, collect idle
+    /// conntrack entries and warn about full maps and resource drops. The
+    /// map walks run on a blocking thread: the runtime has one thread, and
+    /// a full conntrack table takes long to walk, which would stall every
+    /// request (`status` too) meanwhile.
     async fn tick(&self, stop: &CancellationToken) {
         let pins = self.pins();
         let mut tick = tokio::time::interval(self.config.interval);
+        // A GC longer than the interval is not followed by a burst of them.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut memory = limits::DropMemory::default();
+        let mut rate = limits::RateLimit::new(LIMIT_LOG_EVERY);
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
                 _ = tick.tick() => {}
+            }
+            let (p, timeouts, mut mem) = (pins.clone(), self.config.timeouts, memory.clone());
+            let walked = tokio::task::spawn_blocking(move || {
+                let gc = conntrack::gc(&p, &timeouts);
+                let report = limits::read(&p, &mut mem);
+                (gc, report, mem)
+            });
+            let (gc, report) = tokio::select! {
+                () = stop.cancelled() => break,
+                done = walked => match done {
+                    Ok((gc, report, mem)) => {
+                        memory = mem;
+                        (gc, report)
+                    }
+                    Err(e) => {
+                        warn!("conntrack gc task: {e}");
+                        continue;
+                    }
+                },
+            };
+            match report {
+                Ok(r) => {
+                    let now = std::time::Instant::now();
+                    for w in &r.warnings {
+                        if rate.allow(&w.subject, now) {
+                            warn!("limits: {w}");
+                        }
+                    }
+                }
+                Err(e) => warn!("limits: {:#}", anyhow::Error::from(e)),
+            }
+            match gc {
+                Ok(r) => {
+                    if r.removed > 0 {
+                        info!(scanned = r.scanned, removed = r.removed, "conntrack gc");
+                    }
+                    if r.unpaired > 0 && rate.allow("unpaired", std::time::Instant::now()) {
+                        warn!(
+                            unpaired = r.unpaired,
+                            "limits: conntrack entries without their pair: a full table \
+                             evicted live flows (`dataplane status` shows the fill)"
+                        );
+                    }
+                }
+                Err(e) => warn!("conntrack gc: {:#}", anyhow::Error::from(e)),
             }
             match stats::read(pins) {
                 Ok(snap) => {
@@ -311,13 +369,6 @@ impl Agent {
                     info!(counters = %line.join(" "), "stats");
                 }
                 Err(e) => warn!("reading counters: {:#}", anyhow::Error::from(e)),
-            }
-            match conntrack::gc(pins, &self.config.timeouts) {
-                Ok(r) if r.removed > 0 => {
-                    info!(scanned = r.scanned, removed = r.removed, "conntrack gc")
-                }
-                Ok(_) => {}
-                Err(e) => warn!("conntrack gc: {:#}", anyhow::Error::from(e)),
             }
         }
     }

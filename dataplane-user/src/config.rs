@@ -40,6 +40,15 @@
 //! resolv_conf = "/etc/resolv.conf"        # the host's resolvers, re-read on change
 //! netns_etc = "/etc/netns"                # where `ip netns exec` finds resolv.conf
 //! cache_size = 1024                       # upstream answers kept, 0-65536
+//!
+//! [maps]                                  # entries of the big BPF maps, 16-16777216;
+//! conntrack_tcp = 262144                  # applied when the agent starts (entries
+//! conntrack_other = 65536                 # migrated; a size below the live entries
+//! conntrack6_tcp = 262144                 # is refused); memory cost in
+//! conntrack6_other = 65536                # docs/reliability.md
+//! published_ports = 65536                 # DP_PORTS and DP_PORTS6 each
+//! filter_keys = 30722                     # each filter dimension map (a cap)
+//! sock_revnat = 65536                     # host-local reverse NAT, per family
 //! ```
 //!
 //! `off` is the one word for "off" (`none` and "" are still accepted). The
@@ -57,7 +66,12 @@ use dataplane_common::{maps::PIN_ROOT, nat::NatConfig};
 use serde::Deserialize;
 
 use crate::{
-    datapath::{bpffs::PinRoot, conntrack::Timeouts, host_local},
+    datapath::{
+        bpffs::PinRoot,
+        conntrack::Timeouts,
+        host_local,
+        limits::{self, MapSizes},
+    },
     frontends::dns::DnsSettings,
 };
 
@@ -106,6 +120,21 @@ struct File {
     masquerade: MasqueradeFile,
     #[serde(default)]
     dns: DnsFile,
+    #[serde(default)]
+    maps: MapsFile,
+}
+
+/// `[maps]`: entries of the configurable maps (see [`limits::GROUPS`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MapsFile {
+    conntrack_tcp: Option<u32>,
+    conntrack_other: Option<u32>,
+    conntrack6_tcp: Option<u32>,
+    conntrack6_other: Option<u32>,
+    published_ports: Option<u32>,
+    filter_keys: Option<u32>,
+    sock_revnat: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -194,6 +223,8 @@ pub struct Config {
     /// Connections each front door (API, Docker's driver, metrics) serves
     /// at once.
     pub max_connections: usize,
+    /// `[maps]`: the sizes the file sets (the others stay None).
+    pub maps: MapSizes,
 }
 
 impl Default for Config {
@@ -212,6 +243,7 @@ impl Default for Config {
             default_bridge_ipv6: None,
             dns: Some(DnsSettings::default()),
             max_connections: crate::api::DEFAULT_MAX_CONNECTIONS,
+            maps: MapSizes::default(),
         }
     }
 }
@@ -304,6 +336,8 @@ pub struct AgentConfig {
     pub dns: Option<DnsSettings>,
     /// Connections each front door serves at once.
     pub max_connections: usize,
+    /// Every configurable map's size: the file's, else the object's.
+    pub maps: MapSizes,
 }
 
 impl Config {
@@ -376,6 +410,7 @@ impl Config {
             default_bridge_ipv6: self.default_bridge_ipv6,
             dns: self.dns.clone(),
             max_connections: self.max_connections,
+            maps: self.maps.or(MapSizes::defaults()),
         })
     }
 }
@@ -507,6 +542,7 @@ impl Config {
             c.nat.snat_port_max = p;
         }
         c.dns = dns_settings(file.dns, &invalid)?;
+        c.maps = map_sizes(file.maps, &invalid)?;
         if c.nat.snat_port_min == 0 || c.nat.snat_port_min > c.nat.snat_port_max {
             return Err(invalid(
                 "masquerade.port_min",
@@ -518,6 +554,37 @@ impl Config {
         }
         Ok(c)
     }
+}
+
+/// `[maps]`: each size within [`limits::MIN_SIZE`]..=[`limits::MAX_SIZE`].
+fn map_sizes(
+    file: MapsFile,
+    invalid: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<MapSizes, ConfigError> {
+    let mut sizes = MapSizes::default();
+    for (field, value) in [
+        ("maps.conntrack_tcp", file.conntrack_tcp),
+        ("maps.conntrack_other", file.conntrack_other),
+        ("maps.conntrack6_tcp", file.conntrack6_tcp),
+        ("maps.conntrack6_other", file.conntrack6_other),
+        ("maps.published_ports", file.published_ports),
+        ("maps.filter_keys", file.filter_keys),
+        ("maps.sock_revnat", file.sock_revnat),
+    ] {
+        let Some(v) = value else { continue };
+        if !(limits::MIN_SIZE..=limits::MAX_SIZE).contains(&v) {
+            return Err(invalid(
+                field,
+                format!(
+                    "{v} is not between {} and {}",
+                    limits::MIN_SIZE,
+                    limits::MAX_SIZE
+                ),
+            ));
+        }
+        *sizes.slot(field.trim_start_matches("maps.")) = Some(v);
+    }
+    Ok(sizes)
 }
 
 /// `[dns]`: None when `enabled = false`; paths must be absolute.
@@ -743,6 +810,58 @@ mod tests {
             d.docker_socket,
             Some(PathBuf::from(crate::frontends::docker::DEFAULT_SOCKET))
         );
+    }
+
+    #[test]
+    fn map_sizes_setting() {
+        let parse = |t: &str| Config::parse(Path::new("s.toml"), t).map(|c| c.maps);
+        assert_eq!(parse("").unwrap(), MapSizes::default());
+        let s = parse("[maps]\nconntrack_tcp = 1024\nfilter_keys = 16\nsock_revnat = 16777216")
+            .unwrap();
+        assert_eq!(
+            (
+                s.conntrack_tcp,
+                s.filter_keys,
+                s.sock_revnat,
+                s.conntrack_other
+            ),
+            (Some(1024), Some(16), Some(1 << 24), None)
+        );
+        // The agent gets every size: the file's, else the object's.
+        let c = Config::parse(Path::new("s.toml"), "[maps]\nconntrack_tcp = 1024").unwrap();
+        let a = c
+            .agent(
+                c.paths(PathFlags::default()),
+                AgentFlags {
+                    host_cgroup: Some(Setting::Off),
+                    ..AgentFlags::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(a.maps.conntrack_tcp, Some(1024));
+        assert_eq!(
+            a.maps.conntrack_other,
+            Some(dataplane_common::maps::CT_OTHER_MAX)
+        );
+        for (text, needle) in [
+            (
+                "[maps]\nconntrack_tcp = 0",
+                "field `maps.conntrack_tcp`: 0 is not between 16 and 16777216",
+            ),
+            (
+                "[maps]\npublished_ports = 16777217",
+                "field `maps.published_ports`: 16777217 is not between",
+            ),
+            ("[maps]\nconntrack_udp = 100", "conntrack_udp"),
+            ("[maps]\nfilter_keys = -1", "filter_keys"),
+            ("[maps]\nsock_revnat = \"big\"", "sock_revnat"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(
+                e.starts_with("s.toml: ") && e.contains(needle),
+                "{text:?}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -187,6 +187,55 @@ fn a_port_a_host_process_listens_on_is_refused_and_nothing_is_created() {
         .expect("free once the process is gone");
 }
 
+/// The same for IPv6 (issue 15): a host process listening on `[::1]`
+/// holds `-p [::1]:PORT` and `-p PORT` (every address, both families), not
+/// `-p 127.0.0.1:PORT`.
+#[test]
+fn an_ipv6_port_a_host_process_listens_on_is_refused() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let s = setup("held6");
+    s.cli
+        .run(&[
+            "network",
+            "create",
+            "--ipv6",
+            "--subnet",
+            "10.98.0.0/24",
+            "--subnet",
+            "fd00:98::/64",
+            "dual",
+        ])
+        .expect("dual-stack network");
+    // The harness turns IPv6 off; `::1` comes back with it on `lo`.
+    s.fh.host
+        .sysctl("net.ipv6.conf.lo.disable_ipv6", "0")
+        .expect("IPv6 on lo");
+    let held =
+        s.fh.host
+            .run_in(|| TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, 8090)))
+            .expect("run_in")
+            .expect("listen on [::1]:8090 in the host");
+    let c = NetNs::new("c6").expect("netns");
+    for spec in ["[::1]:8090:80", "8090:80"] {
+        let e = s
+            .cli
+            .fail(&["connect", "dual", c.name(), "-p", spec])
+            .expect("refused");
+        assert!(
+            e.contains("[::1]:8090/tcp is in use on the host by")
+                && e.contains(&format!("(pid {})", std::process::id())),
+            "{spec}: {e}"
+        );
+    }
+    assert!(published(&s).is_empty());
+    s.cli
+        .run(&["connect", "dual", c.name(), "-p", "127.0.0.1:8090:80"])
+        .expect("the IPv4 side of the port is free");
+    drop(held);
+}
+
 /// Two datagrams sent back to back on one socket to a published UDP port
 /// (a resolver's A and AAAA queries) race to create the flow's entries on
 /// two CPUs: both get their answer, every time (netfilter drops the loser

@@ -64,10 +64,14 @@ pub(super) async fn execute(
             answer(LocalHooks { cgroup })
         }
         Request::ConntrackGc { timeouts } => {
-            let r = conntrack::gc(pins, &timeouts.into())?;
+            // A blocking thread: a full table takes seconds to walk, and the
+            // agent's runtime has one thread for every request.
+            let (p, t) = (pins.clone(), timeouts.into());
+            let r = tokio::task::spawn_blocking(move || conntrack::gc(&p, &t)).await??;
             answer(GcDone {
                 scanned: r.scanned,
                 removed: r.removed,
+                unpaired: r.unpaired,
             })
         }
         Request::Cleanup => answer(cleanup(ctx).await),

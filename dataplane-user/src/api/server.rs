@@ -27,7 +27,7 @@ use crate::{
         manager::{Manager, NetworkError},
         names_dns,
     },
-    datapath::{bpffs::PinRoot, conntrack, filter, nat},
+    datapath::{bpffs::PinRoot, conntrack, filter, limits, nat},
 };
 
 /// Carries out one request. Errors are the manager's, whole (with their
@@ -117,12 +117,12 @@ async fn run(ctx: &Context, m: &mut Manager, req: Request) -> Result<Value, anyh
         Request::UplinkLs => answer(&m.state().uplinks),
         Request::NatLs => answer(nat_ls(m, &ctx.pins)?),
         Request::DnsLs { network } => answer(dns_ls(m, &network)?),
-        Request::ConntrackLs => answer(
-            conntrack::list(&ctx.pins)?
-                .into_iter()
-                .map(FlowRow::from)
-                .collect::<Vec<_>>(),
-        ),
+        Request::ConntrackLs => {
+            // Off the runtime's one thread, as every walk of a whole table.
+            let pins = ctx.pins.clone();
+            let flows = tokio::task::spawn_blocking(move || conntrack::list(&pins)).await??;
+            answer(flows.into_iter().map(FlowRow::from).collect::<Vec<_>>())
+        }
         Request::Status => answer(Status {
             server: ctx.server.to_owned(),
             pid: std::process::id(),
@@ -131,6 +131,7 @@ async fn run(ctx: &Context, m: &mut Manager, req: Request) -> Result<Value, anyh
             networks: m.state().networks.len(),
             endpoints: m.state().endpoints.len(),
             uplinks: m.state().uplinks.clone(),
+            limits: status_limits(&ctx.pins).await?,
         }),
         req => run_more(ctx, m, req).await,
     }
@@ -194,6 +195,23 @@ async fn run_more(ctx: &Context, m: &mut Manager, req: Request) -> Result<Value,
             other.op()
         )),
     }
+}
+
+/// The drop totals the previous `status` of this process saw.
+static STATUS_DROPS: std::sync::Mutex<Option<limits::DropMemory>> = std::sync::Mutex::new(None);
+
+/// `status`'s limits: the map walks run on a blocking thread, so the
+/// agent's other requests and its tick go on meanwhile.
+async fn status_limits(pins: &PinRoot) -> Result<limits::LimitsReport, anyhow::Error> {
+    let pins = pins.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        let mut guard = STATUS_DROPS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        limits::read(&pins, guard.get_or_insert_with(Default::default))
+    })
+    .await??;
+    Ok(report)
 }
 
 fn nat_ls(m: &Manager, pins: &PinRoot) -> Result<NatTable, anyhow::Error> {

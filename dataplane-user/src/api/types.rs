@@ -162,6 +162,9 @@ pub struct Status {
     pub networks: usize,
     pub endpoints: usize,
     pub uplinks: Vec<String>,
+    /// The maps' fill and the resource drops (absent from older agents).
+    #[serde(default)]
+    pub limits: crate::datapath::limits::LimitsReport,
 }
 
 /// `cni_check`: what differs from the attachment (empty: it matches).
@@ -245,6 +248,10 @@ impl From<TimeoutSecs> for crate::datapath::conntrack::Timeouts {
 pub struct GcDone {
     pub scanned: usize,
     pub removed: usize,
+    /// Entries without their flow's other entry: evicted by a full table
+    /// (absent from older agents).
+    #[serde(default)]
+    pub unpaired: usize,
 }
 
 /// `cleanup`: what could not be removed (empty: everything went).

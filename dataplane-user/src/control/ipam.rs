@@ -83,6 +83,17 @@ pub enum IpamError {
         what: &'static str,
         range: Ipv6Net,
     },
+    /// [`IpamError::UplinkOverlap`] for IPv6: an uplink's prefix.
+    #[error(
+        "--subnet {subnet}: overlaps uplink {uplink}'s IPv6 prefix {uplink_prefix} \
+         (the host's address {host_addr} is there)"
+    )]
+    UplinkOverlap6 {
+        subnet: Ipv6Net,
+        uplink: String,
+        uplink_prefix: Ipv6Net,
+        host_addr: Ipv6Addr,
+    },
     #[error("--subnet {subnet} overlaps network {other} ({other_subnet})")]
     Overlap6 {
         subnet: Ipv6Net,

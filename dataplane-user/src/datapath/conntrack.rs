@@ -235,6 +235,11 @@ fn endpoint<A: Family>(addr: &A, port: u16) -> String {
 pub struct GcReport {
     pub scanned: usize,
     pub removed: usize,
+    /// Entries found without the other entry of their flow. The programs
+    /// make and remove the two together, so one alone lost its pair to the
+    /// LRU eviction of a full table (the one sign of eviction the kernel
+    /// leaves: it counts none). Left in place; they expire as usual.
+    pub unpaired: usize,
 }
 
 /// Removes flows idle past their timeout, in both families' tables. The
@@ -246,6 +251,7 @@ pub fn gc(pins: &PinRoot, timeouts: &Timeouts) -> Result<GcReport, CtError> {
     Ok(GcReport {
         scanned: v4.scanned + v6.scanned,
         removed: v4.removed + v6.removed,
+        unpaired: v4.unpaired + v6.unpaired,
     })
 }
 
@@ -263,6 +269,10 @@ where
     let mut report = GcReport {
         scanned: all.len(),
         removed: 0,
+        unpaired: all
+            .iter()
+            .filter(|(k, e)| !lookup.contains_key(&e.peer_key(k)))
+            .count(),
     };
     let [tcp, other] = A::TABLES;
     let mut maps_by_proto = [

@@ -19,6 +19,7 @@ use dataplane_common::{maps, nat::NatConfig};
 use super::{
     bpffs::{current_netns_cookie, current_netns_ino, BpffsError, PinRoot},
     layout::{self, Adoption, LayoutError},
+    limits::{self, MapSizes},
 };
 use crate::sys::bpf as sys_bpf;
 
@@ -80,6 +81,8 @@ pub enum LoadError {
     Layout(#[from] LayoutError),
     #[error("loading the eBPF object failed")]
     Object(#[source] Box<EbpfError>),
+    #[error("the record of the configured map sizes ({})", limits::SIZES_MAP)]
+    Sizes(#[source] std::io::Error),
     #[error("the eBPF object has no program {0}")]
     NoProgram(&'static str),
     #[error("program {name}")]
@@ -161,6 +164,25 @@ impl Direction {
     }
 }
 
+/// Puts the size of every configurable map into `want`: the one asked
+/// (or recorded), else the object's. Returns the sizes for the loader.
+fn resize(
+    want: &mut std::collections::BTreeMap<String, sys_bpf::MapShape>,
+    sizes: &MapSizes,
+) -> Vec<(&'static str, u32)> {
+    let mut out = Vec::new();
+    for name in limits::GROUPS.iter().flat_map(|g| g.maps.iter().copied()) {
+        let Some(shape) = want.get_mut(name) else {
+            continue;
+        };
+        if let Some(size) = sizes.of_map(name) {
+            shape.max_entries = size;
+        }
+        out.push((name, shape.max_entries));
+    }
+    out
+}
+
 /// A loaded instance of the object whose maps are the pinned ones.
 pub struct Dataplane {
     ebpf: Ebpf,
@@ -180,11 +202,29 @@ impl Dataplane {
     /// not the object's (see [`layout`]); each such map is logged and
     /// listed by [`Dataplane::adopted`].
     pub fn load_with(pins: &PinRoot, nat: &NatConfig) -> Result<Dataplane, LoadError> {
+        Dataplane::load_sized(pins, nat, &MapSizes::default())
+    }
+
+    /// Like [`Dataplane::load_with`], with the configurable maps sized by
+    /// `sizes` (the agent's `[maps]`): a pinned map of another size is
+    /// migrated into one of the new size (see [`layout`]; a size below its
+    /// live entry count is refused). The sizes set are recorded under the
+    /// pins ([`limits::SIZES_MAP`]); a size left unset is the recorded one,
+    /// else the object's, so loads without settings never undo the
+    /// agent's.
+    pub fn load_sized(
+        pins: &PinRoot,
+        nat: &NatConfig,
+        sizes: &MapSizes,
+    ) -> Result<Dataplane, LoadError> {
         pins.ensure()?;
         let mut names: Vec<&str> = PINNED_MAPS.to_vec();
         names.push(AYA_LOGS);
-        let mut plan = layout::prepare(pins, &layout::declared(OBJECT, &names)?)?;
-        let ebpf = match Dataplane::load_object(pins, nat) {
+        let mut want = layout::declared(OBJECT, &names)?;
+        let recorded = limits::recorded_sizes(pins).map_err(LoadError::Sizes)?;
+        let resized = resize(&mut want, &sizes.or(recorded));
+        let mut plan = layout::prepare(pins, &want)?;
+        let ebpf = match Dataplane::load_object(pins, nat, &resized) {
             Ok(ebpf) => ebpf,
             Err(e) => {
                 plan.abort();
@@ -203,6 +243,9 @@ impl Dataplane {
             dp.relink();
         }
         dp.adopted = plan.finish()?;
+        if *sizes != MapSizes::default() {
+            limits::record_sizes(pins, sizes).map_err(LoadError::Sizes)?;
+        }
         for a in &dp.adopted {
             tracing::warn!("{a}");
         }
@@ -284,10 +327,17 @@ impl Dataplane {
         fd.map(Some).map_err(|e| err(ProgramError::from(e)))
     }
 
-    fn load_object(pins: &PinRoot, nat: &NatConfig) -> Result<Ebpf, LoadError> {
+    fn load_object(
+        pins: &PinRoot,
+        nat: &NatConfig,
+        sizes: &[(&'static str, u32)],
+    ) -> Result<Ebpf, LoadError> {
         let paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
         let cookie = current_netns_cookie().map_err(LoadError::Netns)?;
         let mut loader = EbpfLoader::new();
+        for (name, size) in sizes {
+            loader.map_max_entries(name, *size);
+        }
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }

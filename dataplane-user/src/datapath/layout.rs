@@ -11,6 +11,12 @@
 //!   new map (those that do not fit are counted as lost);
 //! - any other difference (type, key or value size): replaced, with the
 //!   number of entries lost;
+//! - a migration of a configurable map (`[maps]`) into one smaller than
+//!   its live entries (the size shrunk below what is in use): refused
+//!   ([`LayoutError::TooSmall`]), nothing touched; dropping flows or
+//!   published ports silently to honour a setting would be worse than
+//!   starting with the old size until the operator frees entries or picks
+//!   a size that fits;
 //! - all maps as declared: adopted as they are.
 //!
 //! The old map is unpinned before the load and its entries kept in memory;
@@ -80,6 +86,18 @@ pub enum LayoutError {
         map: String,
         #[source]
         source: io::Error,
+    },
+    #[error(
+        "pinned map {map} holds {live} entries, more than its new size {max}{hint}; nothing was \
+         changed"
+    )]
+    TooSmall {
+        map: String,
+        live: usize,
+        max: u32,
+        /// How to get out (the `[maps]` key to raise, the ways to free
+        /// entries).
+        hint: String,
     },
     #[error("recording the layout schema in {path}")]
     Schema {
@@ -293,6 +311,20 @@ fn set_aside(pins: &PinRoot, name: &str, shape: &MapShape) -> Result<Option<Pend
         source,
     })?;
     let live = entries.len();
+    // Only a size the operator sets is refused; a map this binary made
+    // smaller migrates what fits and counts the rest as lost.
+    let configured = super::limits::key_of(name);
+    if let Some(key) = configured.filter(|_| migrate && live > shape.max_entries as usize) {
+        return Err(LayoutError::TooSmall {
+            map: name.to_owned(),
+            live,
+            max: shape.max_entries,
+            hint: format!(
+                ": set `[maps] {key}` to at least {live}, or let flows expire (`dataplane \
+                 conntrack gc`) or remove entries first"
+            ),
+        });
+    }
     std::fs::remove_file(&path).map_err(|source| LayoutError::Unpin {
         map: name.to_owned(),
         path: path.clone(),

@@ -30,15 +30,28 @@ pub enum MapsError {
     },
     #[error("counting possible CPUs")]
     Cpus(#[source] std::io::Error),
+    /// A write found the map full (E2BIG from a hash, ENOSPC from a trie).
+    #[error(
+        "map {map} is full{}; `dataplane status` shows each map's fill",
+        super::limits::key_of(map)
+            .map(|k| format!(": raise `[maps] {k}` in the agent's config"))
+            .unwrap_or_default()
+    )]
+    Full {
+        map: &'static str,
+        #[source]
+        source: Box<MapError>,
+    },
 }
 
 impl MapsError {
     /// The map the error is about, if it is about one.
     pub fn map(&self) -> Option<&'static str> {
         match self {
-            MapsError::NoMap(map) | MapsError::Open { map, .. } | MapsError::Map { map, .. } => {
-                Some(map)
-            }
+            MapsError::NoMap(map)
+            | MapsError::Open { map, .. }
+            | MapsError::Map { map, .. }
+            | MapsError::Full { map, .. } => Some(map),
             MapsError::Cpus(_) => None,
         }
     }
@@ -50,11 +63,18 @@ impl MapsError {
     }
 }
 
-/// Wraps an error of an operation on map `map`.
+/// Wraps an error of an operation on map `map`; a write into a full map
+/// is [`MapsError::Full`].
 pub fn map_err(map: &'static str) -> impl Fn(MapError) -> MapsError {
-    move |e| MapsError::Map {
-        map,
-        source: Box::new(e),
+    move |e| {
+        let full = matches!(&e, MapError::SyscallError(s)
+            if matches!(s.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC)));
+        let source = Box::new(e);
+        if full {
+            MapsError::Full { map, source }
+        } else {
+            MapsError::Map { map, source }
+        }
     }
 }
 
@@ -316,6 +336,25 @@ mod tests {
     use aya::maps::{Array, MapData};
 
     use super::{diff, open, open_if_pinned, Diff, PinRoot};
+
+    /// A write into a full map names the map and the setting to raise.
+    #[test]
+    fn a_full_map_says_which_setting_to_raise() {
+        let full = |errno| {
+            super::map_err(dataplane_common::maps::PORTS)(aya::maps::MapError::SyscallError(
+                aya::sys::SyscallError {
+                    call: "bpf_map_update_elem",
+                    io_error: std::io::Error::from_raw_os_error(errno),
+                },
+            ))
+        };
+        assert_eq!(
+            full(libc::E2BIG).to_string(),
+            "map DP_PORTS is full: raise `[maps] published_ports` in the agent's config; \
+             `dataplane status` shows each map's fill"
+        );
+        assert!(matches!(full(libc::EPERM), super::MapsError::Map { .. }));
+    }
 
     /// A map nobody pinned: None from `open_if_pinned`, an error that says
     /// so from `open`. (The bpf syscall may be closed to other users.)

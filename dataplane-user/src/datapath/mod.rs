@@ -26,10 +26,11 @@ pub mod events;
 pub mod filter;
 pub mod host_local;
 pub mod layout;
+pub mod limits;
 pub mod maps;
 pub mod nat;
 pub mod proto;
 mod seam;
 pub mod stats;
 
-pub use seam::{BpfDatapath, Datapath, DatapathError, RecordingDatapath};
+pub use seam::{BpfDatapath, Datapath, DatapathError, PurgeJob, RecordingDatapath};

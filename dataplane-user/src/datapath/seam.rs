@@ -56,12 +56,18 @@ pub trait Datapath {
     fn endpoint_unattached(&self, host_ifname: &str) -> Option<String>;
     /// The lowest free counter slot from `from` on, its counts zeroed.
     fn claim_stats_index(&mut self, used: &[bool], from: u32) -> Result<u32, NatError>;
-    /// Removes the conntrack entries of what is gone; the errors met, as
-    /// messages with their sources.
-    fn purge_conntrack(&mut self, gone: &Gone) -> Vec<String>;
+    /// The removal of the conntrack entries of what is gone, as a job the
+    /// caller runs on a blocking thread (it walks whole tables, seconds
+    /// for a full one, which must not hold the agent's one runtime
+    /// thread); the job returns the errors met, as messages with their
+    /// sources.
+    fn purge_conntrack(&mut self, gone: &Gone) -> PurgeJob;
     /// What `DP_PORTS` holds for each key (None: no entry).
     fn port_targets(&self, keys: &[PortKey]) -> Result<Vec<Option<PortTarget>>, String>;
 }
+
+/// See [`Datapath::purge_conntrack`].
+pub type PurgeJob = Box<dyn FnOnce() -> Vec<String> + Send + 'static>;
 
 /// The eBPF object and its pinned maps, loaded once on first use (loading
 /// costs more than most operations) with the masquerade settings of the
@@ -176,12 +182,15 @@ impl Datapath for BpfDatapath {
         nat::claim_stats_index(self.dp()?, used, from)
     }
 
-    fn purge_conntrack(&mut self, gone: &Gone) -> Vec<String> {
-        conntrack::purge(&self.pins, gone)
-            .errors
-            .iter()
-            .map(|e| crate::sys::error_chain(e))
-            .collect()
+    fn purge_conntrack(&mut self, gone: &Gone) -> PurgeJob {
+        let (pins, gone) = (self.pins.clone(), gone.clone());
+        Box::new(move || {
+            conntrack::purge(&pins, &gone)
+                .errors
+                .iter()
+                .map(|e| crate::sys::error_chain(e))
+                .collect()
+        })
     }
 
     fn port_targets(&self, keys: &[PortKey]) -> Result<Vec<Option<PortTarget>>, String> {
@@ -323,18 +332,19 @@ impl Datapath for RecordingDatapath {
             .ok_or(NatError::StatsFull)
     }
 
-    fn purge_conntrack(&mut self, gone: &Gone) -> Vec<String> {
+    fn purge_conntrack(&mut self, gone: &Gone) -> PurgeJob {
         if gone.is_empty() {
-            return Vec::new();
+            return Box::new(Vec::new);
         }
-        match self.call("purge_conntrack", "") {
+        let errors = match self.call("purge_conntrack", "") {
             Ok(()) => {
                 self.purged.addrs.extend(gone.addrs.iter().copied());
                 self.purged.mappings.extend(gone.mappings.iter().copied());
                 Vec::new()
             }
             Err(e) => vec![e.to_string()],
-        }
+        };
+        Box::new(move || errors)
     }
 
     fn port_targets(&self, keys: &[PortKey]) -> Result<Vec<Option<PortTarget>>, String> {

@@ -306,6 +306,29 @@ impl RawMap {
         Ok(keys)
     }
 
+    /// How many keys the map holds, counting at most `limit` (a walk the
+    /// kernel restarts because keys vanish under it must still end).
+    pub fn count_keys(&self, limit: usize) -> io::Result<usize> {
+        let len = self.shape.key_size as usize;
+        let (mut key, mut next) = (vec![0u8; len], vec![0u8; len]);
+        let mut n = 0;
+        while n < limit {
+            let attr = ElemAttr {
+                map_fd: self.fd.as_raw_fd() as u32,
+                key: if n == 0 { 0 } else { key.as_ptr() as u64 },
+                value: next.as_mut_ptr() as u64,
+                ..ElemAttr::default()
+            };
+            match bpf(BPF_MAP_GET_NEXT_KEY, &attr) {
+                Ok(_) => n += 1,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+                Err(e) => return Err(e),
+            }
+            std::mem::swap(&mut key, &mut next);
+        }
+        Ok(n)
+    }
+
     /// The value at `key`, or None.
     pub fn lookup(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
         let mut value = vec![0u8; self.value_len()?];

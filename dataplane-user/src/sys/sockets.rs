@@ -1,4 +1,4 @@
-//! The host's own sockets: whether an IPv4 port is held (a trial bind, as
+//! The host's own sockets: whether a port is held, on IPv4 or IPv6 (a trial bind, as
 //! Docker's allocator binds, so a port is not published over a host
 //! service, moby#50669), which socket and process hold it (procfs, read
 //! only then: every read of /proc/net/tcp walks the kernel's whole
@@ -7,7 +7,7 @@
 
 use std::{
     fs,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     ops::RangeInclusive,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::Path,
@@ -21,63 +21,111 @@ const TCP_LISTEN: &str = "0A";
 pub struct HeldPort {
     /// false: UDP.
     pub tcp: bool,
-    /// None: every address (0.0.0.0, or `::` without IPV6_V6ONLY, which
-    /// procfs cannot tell apart: taken as every address, as a bind would).
-    pub ip: Option<Ipv4Addr>,
+    /// None: every address (0.0.0.0, or `::`, with or without
+    /// IPV6_V6ONLY, which procfs cannot tell apart: taken as every
+    /// address, as a bind would).
+    pub ip: Option<IpAddr>,
     pub port: u16,
     /// The socket's inode, to find its process.
     pub inode: u64,
 }
 
 /// Whether a socket of the calling thread's network namespace holds `port`
-/// for TCP (`tcp`) or UDP on `ip` (None: every address), by binding it for
-/// a moment: EADDRINUSE is held. TCP binds with SO_REUSEADDR, so what is
-/// only in TIME_WAIT does not count; a listener or a connection using the
-/// port does. An address that is not the host's cannot be held by it.
-pub fn port_taken(tcp: bool, ip: Option<Ipv4Addr>, port: u16) -> std::io::Result<bool> {
+/// for TCP (`tcp`) or UDP on `ip` (None: every address of both families),
+/// by binding it for a moment: EADDRINUSE is held. TCP binds with
+/// SO_REUSEADDR, so what is only in TIME_WAIT does not count; a listener
+/// or a connection using the port does. An address that is not the host's
+/// cannot be held by it. IPv6 binds are IPV6_V6ONLY, so they ask about the
+/// IPv6 side alone; a host without IPv6 holds no IPv6 port.
+pub fn port_taken(tcp: bool, ip: Option<IpAddr>, port: u16) -> std::io::Result<bool> {
+    match ip {
+        Some(IpAddr::V4(v4)) => trial_bind(tcp, IpAddr::V4(v4), port),
+        Some(IpAddr::V6(v6)) => trial_bind(tcp, IpAddr::V6(v6), port),
+        None => Ok(trial_bind(tcp, IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)?
+            || trial_bind(tcp, IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)?),
+    }
+}
+
+fn set_int(fd: &OwnedFd, level: libc::c_int, name: libc::c_int) -> std::io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: a c_int option value of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            std::ptr::addr_of!(one).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn trial_bind(tcp: bool, ip: IpAddr, port: u16) -> std::io::Result<bool> {
     let kind = if tcp {
         libc::SOCK_STREAM
     } else {
         libc::SOCK_DGRAM
     };
+    let family = match ip {
+        IpAddr::V4(_) => libc::AF_INET,
+        IpAddr::V6(_) => libc::AF_INET6,
+    };
     // SAFETY: plain socket(2); the descriptor is owned below.
-    let fd = unsafe { libc::socket(libc::AF_INET, kind | libc::SOCK_CLOEXEC, 0) };
+    let fd = unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error());
+        let e = std::io::Error::last_os_error();
+        if family == libc::AF_INET6 && e.raw_os_error() == Some(libc::EAFNOSUPPORT) {
+            return Ok(false);
+        }
+        return Err(e);
     }
     // SAFETY: `fd` is a fresh descriptor nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     if tcp {
-        let one: libc::c_int = 1;
-        // SAFETY: a c_int option value of the right size.
-        let r = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_REUSEADDR,
-                std::ptr::addr_of!(one).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        set_int(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR)?;
     }
-    let addr = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets()),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: a sockaddr_in of the size given.
-    let r = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            std::ptr::addr_of!(addr).cast(),
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
+    // SAFETY (both binds): a sockaddr of the size given.
+    let r = match ip {
+        IpAddr::V4(v4) => {
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: port.to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    std::ptr::addr_of!(addr).cast(),
+                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
+        }
+        IpAddr::V6(v6) => {
+            set_int(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)?;
+            let addr = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: port.to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    std::ptr::addr_of!(addr).cast(),
+                    size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        }
     };
     if r == 0 {
         return Ok(false);
@@ -91,8 +139,8 @@ pub fn port_taken(tcp: bool, ip: Option<Ipv4Addr>, port: u16) -> std::io::Result
 }
 
 /// Listening TCP and bound UDP sockets of the calling process's network
-/// namespace that hold an IPv4 port (IPv6 sockets count when bound to
-/// `::` or a v4-mapped address). A missing table (no IPv6) is no socket.
+/// namespace, both families (an IPv6 socket on a v4-mapped address holds
+/// that IPv4 address). A missing table (no IPv6) is no socket.
 pub fn held_ports() -> std::io::Result<Vec<HeldPort>> {
     let mut out = Vec::new();
     for (file, tcp, v6) in [
@@ -124,7 +172,11 @@ fn parse_line(line: &str, tcp: bool, v6: bool) -> Option<HeldPort> {
     }
     let (addr, port) = local.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
-    let ip = if v6 { v6_as_v4(addr)? } else { hex_v4(addr) };
+    let ip = if v6 {
+        hex_v6(addr).map(|a| a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4))
+    } else {
+        hex_v4(addr).map(IpAddr::V4)
+    };
     Some(HeldPort {
         tcp,
         ip: ip.filter(|ip| !ip.is_unspecified()),
@@ -140,21 +192,18 @@ fn hex_v4(word: &str) -> Option<Ipv4Addr> {
         .map(|w| Ipv4Addr::from(w.to_ne_bytes()))
 }
 
-/// An IPv6 socket's address as the IPv4 one it holds: `::` is every
-/// address, `::ffff:a.b.c.d` is a.b.c.d; any other holds no IPv4 port
-/// (outer None).
-fn v6_as_v4(addr: &str) -> Option<Option<Ipv4Addr>> {
+/// An IPv6 address as procfs prints it: four 32-bit words, each in host
+/// byte order.
+fn hex_v6(addr: &str) -> Option<Ipv6Addr> {
     if addr.len() != 32 {
         return None;
     }
-    let words: Vec<&str> = (0..4).map(|i| &addr[i * 8..i * 8 + 8]).collect();
-    if words.iter().all(|w| *w == "00000000") {
-        return Some(None);
+    let mut octets = [0u8; 16];
+    for i in 0..4 {
+        let w = u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok()?;
+        octets[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
     }
-    let mapped = words[0] == "00000000"
-        && words[1] == "00000000"
-        && u32::from_str_radix(words[2], 16).ok()?.to_ne_bytes() == [0, 0, 0xff, 0xff];
-    mapped.then(|| hex_v4(words[3])).flatten().map(Some)
+    Some(Ipv6Addr::from(octets))
 }
 
 /// `name (pid N)` of a process holding the socket with this inode, found
@@ -210,8 +259,9 @@ mod tests {
 
     #[test]
     fn a_trial_bind_finds_a_listener_and_a_bound_udp_socket() {
-        let lo = Ipv4Addr::LOCALHOST;
-        let tcp = TcpListener::bind((lo, 0)).expect("listen");
+        let lo4 = Ipv4Addr::LOCALHOST;
+        let lo = IpAddr::V4(lo4);
+        let tcp = TcpListener::bind((lo4, 0)).expect("listen");
         let port = tcp.local_addr().expect("addr").port();
         assert!(port_taken(true, Some(lo), port).expect("trial"));
         assert!(
@@ -220,7 +270,7 @@ mod tests {
         );
         drop(tcp);
         assert!(!port_taken(true, Some(lo), port).expect("trial"));
-        let udp = UdpSocket::bind((lo, 0)).expect("bind");
+        let udp = UdpSocket::bind((lo4, 0)).expect("bind");
         let port = udp.local_addr().expect("addr").port();
         assert!(port_taken(false, Some(lo), port).expect("trial"));
         assert!(
@@ -230,17 +280,48 @@ mod tests {
     }
 
     #[test]
+    fn a_trial_bind_finds_an_ipv6_only_listener() {
+        let lo = Ipv6Addr::LOCALHOST;
+        let Ok(tcp) = TcpListener::bind((lo, 0)) else {
+            // No IPv6 on this host: nothing can hold an IPv6 port.
+            assert!(!port_taken(true, Some(IpAddr::V6(lo)), 1).expect("trial"));
+            return;
+        };
+        let port = tcp.local_addr().expect("addr").port();
+        assert!(port_taken(true, Some(IpAddr::V6(lo)), port).expect("trial"));
+        assert!(
+            port_taken(true, None, port).expect("trial"),
+            "every address"
+        );
+        assert!(
+            !port_taken(true, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)), port).expect("trial"),
+            "::1 holds no IPv4 port"
+        );
+        let udp = UdpSocket::bind((lo, 0)).expect("bind");
+        let port = udp.local_addr().expect("addr").port();
+        assert!(port_taken(false, Some(IpAddr::V6(lo)), port).expect("trial"));
+    }
+
+    #[test]
     fn proc_net_lines_parse() {
         let l = "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0";
         let h = parse_line(l, true, false).unwrap();
-        assert_eq!(h.ip, Some(Ipv4Addr::LOCALHOST));
         assert_eq!((h.port, h.inode, h.tcp), (8080, 12345, true));
         let established = l.replace(" 0A ", " 01 ");
         assert_eq!(parse_line(&established, true, false), None);
+        assert_eq!(h.ip, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
         let any6 = "   0: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 7 1";
         assert_eq!(parse_line(any6, true, true).unwrap().ip, None);
         let lo6 = "   0: 00000000000000000000000001000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 7 1";
-        assert_eq!(parse_line(lo6, true, true), None, "::1 holds no IPv4 port");
+        assert_eq!(
+            parse_line(lo6, true, true).unwrap().ip,
+            Some(IpAddr::V6(Ipv6Addr::LOCALHOST))
+        );
+        let mapped = "   0: 0000000000000000FFFF00000100007F:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 7 1";
+        assert_eq!(
+            parse_line(mapped, true, true).unwrap().ip,
+            Some(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        );
     }
 
     #[test]

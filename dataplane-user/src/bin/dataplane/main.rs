@@ -298,7 +298,14 @@ fn conntrack(client: &Client, command: ConntrackCommand, config: &Config) -> any
             // The CLI's file and flags decide, wherever it runs.
             let timeouts = TimeoutFlags::from(timeouts).over(config.timeouts).into();
             let r: GcDone = client.ask(Request::ConntrackGc { timeouts })?;
-            println!("scanned {} entries, removed {}", r.scanned, r.removed);
+            print!("scanned {} entries, removed {}", r.scanned, r.removed);
+            if r.unpaired > 0 {
+                print!(
+                    "; {} without their pair (a full table evicted live flows)",
+                    r.unpaired
+                );
+            }
+            println!();
             Ok(())
         }
     }

@@ -187,6 +187,27 @@ pub fn status(s: &Status, socket: &Path, format: Format) -> anyhow::Result<()> {
         s.endpoints,
         serde_json::to_string(&s.uplinks)?
     );
+    for f in &s.limits.maps {
+        let label = dataplane_user::datapath::limits::key_of(&f.map).map_or_else(
+            || f.map.clone(),
+            |k| format!("{} {}", k.replace('_', " "), f.map),
+        );
+        println!(
+            "{label:<34} {}/{} ({}%)",
+            f.entries,
+            f.max_entries,
+            f.percent()
+        );
+    }
+    for d in &s.limits.drops {
+        println!(
+            "drops {:<24} {} ({} since the last status)",
+            d.reason, d.total, d.since_last
+        );
+    }
+    for w in &s.limits.warnings {
+        println!("WARN {w}");
+    }
     Ok(())
 }
 

@@ -127,7 +127,7 @@ impl FakeHost {
     pub fn hold_port(
         &self,
         proto: crate::control::ports::Proto,
-        ip: Option<Ipv4Addr>,
+        ip: Option<std::net::IpAddr>,
         port: u16,
         who: &str,
     ) {
@@ -442,7 +442,7 @@ impl Host for FakeHost {
     fn port_holder(
         &self,
         tcp: bool,
-        ip: Option<Ipv4Addr>,
+        ip: Option<std::net::IpAddr>,
         port: u16,
     ) -> std::io::Result<Option<HeldPort>> {
         Ok(self

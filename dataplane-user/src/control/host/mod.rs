@@ -195,13 +195,13 @@ pub trait Host: Send + Sync {
     fn netns_id(&self, path: &Path) -> Option<NetnsId>;
     /// Turns on IPv4 forwarding in the host namespace.
     fn enable_forwarding(&self) -> std::io::Result<()>;
-    /// Host sockets holding IPv4 ports: listening TCP, bound UDP.
+    /// Host sockets holding ports, both families: listening TCP, bound UDP.
     /// The host socket holding `port` (TCP or UDP) on `ip` (None: every
-    /// address), if one does.
+    /// address of both families), if one does.
     fn port_holder(
         &self,
         tcp: bool,
-        ip: Option<Ipv4Addr>,
+        ip: Option<std::net::IpAddr>,
         port: u16,
     ) -> std::io::Result<Option<HeldPort>>;
     /// `name (pid N)` of the process holding the socket with this inode.
@@ -212,7 +212,7 @@ pub trait Host: Send + Sync {
 
 /// Whether a socket on `h`'s address takes packets for `ip`: either side
 /// on every address, or both on the same one.
-fn held_on(h: &HeldPort, ip: Option<Ipv4Addr>) -> bool {
+fn held_on(h: &HeldPort, ip: Option<std::net::IpAddr>) -> bool {
     h.ip.is_none() || ip.is_none() || h.ip == ip
 }
 
@@ -345,7 +345,7 @@ impl Host for Netlink {
     fn port_holder(
         &self,
         tcp: bool,
-        ip: Option<Ipv4Addr>,
+        ip: Option<std::net::IpAddr>,
         port: u16,
     ) -> std::io::Result<Option<HeldPort>> {
         if !sockets::port_taken(tcp, ip, port)? {

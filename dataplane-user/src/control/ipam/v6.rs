@@ -176,6 +176,31 @@ pub fn new_global_id() -> std::io::Result<u64> {
     Ok(u64::from_be_bytes(b))
 }
 
+/// Refuses a subnet overlapping an uplink's IPv6 prefix (as
+/// [`super::check_not_uplink`] does for IPv4): `uplinks` lists each
+/// uplink's name with its addresses (address, prefix length).
+pub fn check_not_uplink6(
+    subnet: &Ipv6Net,
+    uplinks: &[(String, Vec<(Ipv6Addr, u8)>)],
+) -> Result<(), IpamError> {
+    for (name, addrs) in uplinks {
+        for (addr, len) in addrs {
+            let Ok(theirs) = Ipv6Net::new(*addr, *len).map(|n| n.trunc()) else {
+                continue;
+            };
+            if overlaps6(subnet, &theirs) {
+                return Err(IpamError::UplinkOverlap6 {
+                    subnet: *subnet,
+                    uplink: name.clone(),
+                    uplink_prefix: theirs,
+                    host_addr: *addr,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The first /64 of the host's unique local /48 that overlaps no subnet in
 /// `used` (subnet IDs 0 to 65535, in order).
 pub fn next_free_ula(global_id: u64, used: &[Ipv6Net]) -> Result<Ipv6Net, IpamError> {

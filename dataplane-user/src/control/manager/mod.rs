@@ -457,7 +457,15 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         self.store.commit(&self.state, &state)?;
         self.state = state;
         self.sync_datapath().await?;
-        let errors = self.dp.purge_conntrack(&gone);
+        // Off the runtime's thread: a full table takes seconds to walk.
+        let errors = if gone.is_empty() {
+            Vec::new()
+        } else {
+            let job = self.dp.purge_conntrack(&gone);
+            tokio::task::spawn_blocking(job)
+                .await
+                .unwrap_or_else(|e| vec![format!("the conntrack purge task: {e}")])
+        };
         if errors.is_empty() {
             Ok(())
         } else {

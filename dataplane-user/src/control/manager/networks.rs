@@ -104,6 +104,40 @@ impl<D: Datapath, H: Host> Manager<D, H> {
     pub(super) async fn uplink_addrs(
         &self,
     ) -> Result<Vec<(String, Vec<(Ipv4Addr, u8)>)>, NetworkError> {
+        let mut out = Vec::new();
+        for l in self.uplink_links().await? {
+            let addrs = self.host.addrs(Some(l.index)).await?;
+            out.push((
+                l.name,
+                addrs.into_iter().map(|(_, a, len)| (a, len)).collect(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// [`Self::uplink_addrs`] for IPv6 (link-local ones left out: no
+    /// network can take fe80::/10).
+    pub(super) async fn uplink_addrs6(
+        &self,
+    ) -> Result<Vec<(String, Vec<(std::net::Ipv6Addr, u8)>)>, NetworkError> {
+        let mut out = Vec::new();
+        for l in self.uplink_links().await? {
+            let addrs = self.host.addrs6(Some(l.index)).await?;
+            out.push((
+                l.name,
+                addrs
+                    .into_iter()
+                    .filter(|(_, a, _)| !a.is_unicast_link_local())
+                    .map(|(_, a, len)| (a, len))
+                    .collect(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The uplinks' links: those added, and the interfaces the default
+    /// routes leave by.
+    async fn uplink_links(&self) -> Result<Vec<crate::sys::netlink::Link>, NetworkError> {
         let mut links = Vec::new();
         for name in &self.state.uplinks {
             if let Some(l) = self.host.link_by_name(name).await? {
@@ -121,15 +155,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 links.push(l);
             }
         }
-        let mut out = Vec::new();
-        for l in links {
-            let addrs = self.host.addrs(Some(l.index)).await?;
-            out.push((
-                l.name,
-                addrs.into_iter().map(|(_, a, len)| (a, len)).collect(),
-            ));
-        }
-        Ok(out)
+        Ok(links)
     }
 
     pub fn network(&self, name: &str) -> Result<&Network, NetworkError> {
@@ -186,11 +212,15 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         }
     }
 
-    /// The IPv6 subnet asked for, checked against the other networks', or
-    /// the next free /64 of the host's unique local prefix; with the
-    /// host's global ID when it was made for this network (to be stored
-    /// with it).
-    fn subnet6_for(&self, asked: Option<Ipv6Net>) -> Result<(Ipv6Net, Option<u64>), NetworkError> {
+    /// The IPv6 subnet asked for, checked against the other networks' and
+    /// the uplinks' prefixes, or the next free /64 of the host's unique
+    /// local prefix (past the uplinks' prefixes too); with the host's
+    /// global ID when it was made for this network (to be stored with it).
+    async fn subnet6_for(
+        &self,
+        asked: Option<Ipv6Net>,
+    ) -> Result<(Ipv6Net, Option<u64>), NetworkError> {
+        let uplinks = self.uplink_addrs6().await?;
         let used: Vec<(String, Ipv6Net)> = self
             .state
             .networks
@@ -206,6 +236,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 }
                 .into());
             }
+            v6::check_not_uplink6(&s, &uplinks)?;
             return Ok((s, None));
         }
         let (id, new) = match self.state.ula_global_id {
@@ -215,7 +246,13 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 (id, Some(id))
             }
         };
-        let taken: Vec<Ipv6Net> = used.into_iter().map(|(_, s)| s).collect();
+        let mut taken: Vec<Ipv6Net> = used.into_iter().map(|(_, s)| s).collect();
+        taken.extend(
+            uplinks
+                .iter()
+                .flat_map(|(_, addrs)| addrs)
+                .filter_map(|(a, len)| Ipv6Net::new(*a, *len).ok().map(|n| n.trunc())),
+        );
         Ok((v6::next_free_ula(id, &taken)?, new))
     }
 
@@ -236,7 +273,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         let gateway = subnet.map(|s| req.gateway.unwrap_or_else(|| ipam::first_host(&s)));
         let (subnet6, new_ula_id) = match req.enable_ipv6 {
             true => {
-                let (s, id) = self.subnet6_for(req.subnet6)?;
+                let (s, id) = self.subnet6_for(req.subnet6).await?;
                 (Some(s), id)
             }
             false => (None, None),
@@ -318,7 +355,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         let asked = asked
             .map(|s| v6::parse_subnet6(&s.to_string()))
             .transpose()?;
-        let (subnet6, new_ula_id) = self.subnet6_for(asked)?;
+        let (subnet6, new_ula_id) = self.subnet6_for(asked).await?;
         net.subnet6 = Some(subnet6);
         net.gateway6 = Some(v6::first_host6(&subnet6));
         net.enable_ipv6 = true;

@@ -124,18 +124,12 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                             existing: *p,
                         })
                     });
+                // Host sockets of the mapping's family (an IPv6 host
+                // address asks the IPv6 side only), of both for one on
+                // every address.
                 let holder = match holder {
                     Some(h) => Some(h),
-                    // IPv4 host sockets only (sys::sockets reads the
-                    // IPv4 tables): a mapping on IPv6 addresses only is
-                    // not checked against them.
-                    None => match m.host_ip {
-                        Some(std::net::IpAddr::V6(_)) => None,
-                        Some(std::net::IpAddr::V4(ip)) => {
-                            self.port_holder_v4(m.proto == Proto::Tcp, Some(ip), m.host_port)?
-                        }
-                        None => self.port_holder_v4(m.proto == Proto::Tcp, None, m.host_port)?,
-                    },
+                    None => self.port_holder(m.proto == Proto::Tcp, m.host_ip, m.host_port)?,
                 };
                 match holder {
                     Some(h) => last = Some(h),
@@ -164,9 +158,11 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                     .socket_owner(h.inode)
                     .unwrap_or_else(|| format!("a process (socket inode {})", h.inode)),
                 format!(
-                    "{}:{}/{}",
-                    h.ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
-                    h.port,
+                    "{}/{}",
+                    std::net::SocketAddr::new(
+                        h.ip.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+                        h.port
+                    ),
                     if h.tcp { "tcp" } else { "udp" }
                 ),
             ),
@@ -239,10 +235,10 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         Ok(out)
     }
 
-    fn port_holder_v4(
+    fn port_holder(
         &self,
         tcp: bool,
-        ip: Option<std::net::Ipv4Addr>,
+        ip: Option<std::net::IpAddr>,
         port: u16,
     ) -> Result<Option<Holder>, NetworkError> {
         Ok(self

@@ -1282,8 +1282,12 @@ async fn publish_takes_the_first_free_port_of_a_host_range() {
     let mut a = args("n1", "c1");
     a.publish = vec!["8000:80".parse().unwrap()];
     connect(&mut m, a).await;
-    m.host()
-        .hold_port(Proto::Tcp, Some(Ipv4Addr::LOCALHOST), 8002, "nginx (pid 9)");
+    m.host().hold_port(
+        Proto::Tcp,
+        Some(Ipv4Addr::LOCALHOST.into()),
+        8002,
+        "nginx (pid 9)",
+    );
     connect(&mut m, args("n1", "c2")).await;
     m.publish_add("n1", "c2", &["8000-8010:80".into(), "8000-8010:81".into()])
         .await
@@ -1337,7 +1341,7 @@ async fn publish_refuses_a_port_a_host_process_listens_on() {
     m.host().hold_port(Proto::Tcp, None, 8080, "nginx (pid 42)");
     m.host().hold_port(
         Proto::Tcp,
-        Some(Ipv4Addr::LOCALHOST),
+        Some(Ipv4Addr::LOCALHOST.into()),
         9090,
         "python3 (pid 43)",
     );

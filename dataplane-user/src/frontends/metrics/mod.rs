@@ -19,7 +19,7 @@
 //! | `dataplane_filter_packets_total`, `..._bytes_total` | counter | `id`, `rule` | `DP_FLT_STATS` |
 //! | `dataplane_conntrack_entries` | gauge | `table` | `DP_CT_TCP`, `DP_CT_OTHER` |
 //! | `dataplane_snat_flows` | gauge | `uplink_addr` | masquerade reply entries |
-//! | `dataplane_map_entries`, `dataplane_map_max_entries` | gauge | `map` | every hash, LRU and LPM map |
+//! | `dataplane_map_entries`, `dataplane_map_max_entries`, `dataplane_map_pressure` (entries/max) | gauge | `map` | every hash, LRU and LPM map |
 //! | `dataplane_networks`, `dataplane_endpoints` | gauge | | the state |
 //!
 //! Map entry counts come from walking the keys, which is a snapshot of a
@@ -170,7 +170,14 @@ struct Family {
     name: &'static str,
     kind: MetricType,
     help: &'static str,
-    samples: Vec<(Labels, u64)>,
+    samples: Vec<(Labels, Num)>,
+}
+
+/// A sample's value: counts, or a ratio (`dataplane_map_pressure`).
+#[derive(Clone, Copy, Debug)]
+enum Num {
+    Int(u64),
+    Ratio(f64),
 }
 
 impl Family {
@@ -193,6 +200,10 @@ impl Family {
     }
 
     fn sample(&mut self, labels: Vec<(&'static str, String)>, value: u64) {
+        self.sample_num(labels, Num::Int(value));
+    }
+
+    fn sample_num(&mut self, labels: Vec<(&'static str, String)>, value: Num) {
         let labels = labels.into_iter().map(|(k, v)| (k, v.into())).collect();
         self.samples.push((labels, value));
     }
@@ -235,10 +246,12 @@ impl Collector for Scrape {
     }
 }
 
-fn encode_value(kind: MetricType, value: u64, sample: MetricEncoder) -> fmt::Result {
-    match kind {
-        MetricType::Counter => ConstCounter::new(value).encode(sample),
-        _ => ConstGauge::new(value).encode(sample),
+fn encode_value(kind: MetricType, value: Num, sample: MetricEncoder) -> fmt::Result {
+    match (kind, value) {
+        (MetricType::Counter, Num::Int(v)) => ConstCounter::new(v).encode(sample),
+        (MetricType::Counter, Num::Ratio(v)) => ConstCounter::new(v).encode(sample),
+        (_, Num::Int(v)) => ConstGauge::new(v).encode(sample),
+        (_, Num::Ratio(v)) => ConstGauge::new(v).encode(sample),
     }
 }
 
@@ -534,9 +547,20 @@ fn tables(pins: &PinRoot, out: &mut Vec<Family>) -> Result<(), MetricsError> {
         "dataplane_map_max_entries",
         "Size of a dataplane map; an LRU map evicts its oldest entries when full.",
     );
+    let mut pressure = Family::gauge(
+        "dataplane_map_pressure",
+        "Entries over size of a dataplane map, 0 to 1; a conntrack table near 1 evicts live \
+         flows, a published-port or filter map near 1 refuses new entries.",
+    );
     let mut fill = |map: &'static str, f: Fill| {
         entries.sample(vec![("map", map.to_owned())], f.entries);
         max_entries.sample(vec![("map", map.to_owned())], u64::from(f.max));
+        let ratio = if f.max == 0 {
+            0.0
+        } else {
+            f.entries as f64 / f64::from(f.max)
+        };
+        pressure.sample_num(vec![("map", map.to_owned())], Num::Ratio(ratio));
     };
 
     let mut snat = BTreeMap::new();
@@ -577,7 +601,7 @@ fn tables(pins: &PinRoot, out: &mut Vec<Family>) -> Result<(), MetricsError> {
     for (addr, n) in snat {
         snat_flows.sample(vec![("uplink_addr", addr.to_string())], n);
     }
-    out.extend([conntrack, snat_flows, entries, max_entries]);
+    out.extend([conntrack, snat_flows, entries, max_entries, pressure]);
     Ok(())
 }
 

@@ -534,3 +534,117 @@ async fn a_restart_brings_back_the_ipv6_side_of_a_lost_bridge_and_endpoint() {
     assert_eq!(ns.addrs6[0].1, ip6("fd00:35::2"));
     assert_eq!(ns.routes6[0].gateway, Some(ip6("fd00:35::1")));
 }
+
+#[tokio::test]
+async fn publish_refuses_an_ipv6_port_a_host_process_listens_on() {
+    use crate::control::ports::Proto;
+    let dir = Dir::new();
+    let mut m = open(&dir).await;
+    m.host().add_netns("c1");
+    create6(&mut m, v6_args("d", &["2001:db8:71::/64"]))
+        .await
+        .unwrap();
+    m.host().hold_port(
+        Proto::Tcp,
+        Some(Ipv6Addr::LOCALHOST.into()),
+        8080,
+        "nginx (pid 42)",
+    );
+    m.host().hold_port(
+        Proto::Udp,
+        Some(ip6("2001:db8::1").into()),
+        5353,
+        "avahi-daemon (pid 44)",
+    );
+    m.host().hold_port(
+        Proto::Tcp,
+        Some(Ipv4Addr::LOCALHOST.into()),
+        9090,
+        "python3 (pid 43)",
+    );
+    let mut a = args("d", "c1");
+    a.publish = vec!["[::1]:8080:80".parse().unwrap()];
+    let before = snapshot(&m);
+    let r = m.connect(&a).await;
+    refused(
+        &m,
+        &before,
+        r,
+        &[
+            "--publish [::1]:8080->80/tcp",
+            "[::1]:8080/tcp is in use on the host by nginx (pid 42)",
+        ],
+    );
+    connect(&mut m, args("d", "c1")).await;
+    for (spec, words) in [
+        // Every address: both families are asked.
+        ("8080:80", ["[::1]:8080/tcp", "nginx"]),
+        (
+            "[2001:db8::1]:5353:53/udp",
+            ["[2001:db8::1]:5353/udp", "avahi-daemon"],
+        ),
+    ] {
+        let before = snapshot(&m);
+        let r = m.publish_add("d", "c1", &[spec.into()]).await;
+        refused(&m, &before, r, &words);
+    }
+    // Another address, another family, another protocol: free.
+    let added = m
+        .publish_add(
+            "d",
+            "c1",
+            &[
+                "[2001:db8::2]:8080:80".into(),
+                "[::1]:9090:90".into(),
+                "[::1]:8080:80/udp".into(),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(added.len(), 3);
+}
+
+#[tokio::test]
+async fn a_network_may_not_take_an_uplinks_ipv6_prefix() {
+    let dir = Dir::new();
+    let mut m = open(&dir).await;
+    {
+        let mut h = m.host().get();
+        let eth0 = h.by_name("eth0").expect("fake uplink").index;
+        h.addrs6.push((eth0, ip6("2001:db8:99::2"), 64));
+        h.addrs6.push((eth0, ip6("fe80::2"), 64));
+    }
+    let before = snapshot(&m);
+    for subnet in [
+        "2001:db8:99::/64",
+        "2001:db8:99:0:8000::/80",
+        "2001:db8:99::/48",
+    ] {
+        let r = create6(&mut m, v6_args("x", &[subnet])).await;
+        refused(
+            &m,
+            &before,
+            r,
+            &[
+                &format!("--subnet {subnet}"),
+                "overlaps uplink eth0's IPv6 prefix 2001:db8:99::/64",
+                "the host's address 2001:db8:99::2",
+            ],
+        );
+    }
+    create6(&mut m, v6_args("ok", &["2001:db8:98::/64"]))
+        .await
+        .unwrap();
+    // A unique local /64 is never one an uplink has: the next one is
+    // taken instead.
+    let first = create6(&mut m, v6_args("u1", &[])).await.unwrap();
+    let taken = first.subnet6.expect("ULA subnet");
+    m.remove(&["u1".into()], false).await.unwrap();
+    {
+        let mut h = m.host().get();
+        let eth0 = h.by_name("eth0").expect("fake uplink").index;
+        h.addrs6.push((eth0, taken.network(), 64));
+    }
+    let next = create6(&mut m, v6_args("u2", &[])).await.unwrap();
+    assert_ne!(next.subnet6, Some(taken), "the uplink's prefix is skipped");
+}
