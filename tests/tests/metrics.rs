@@ -335,6 +335,7 @@ fn endpoint(name: &str, network: &str) -> Endpoint {
             container_port: 80,
             proto: Proto::Tcp,
             stats_index: 0,
+            stats_index6: None,
         }],
         aliases: Vec::new(),
     }

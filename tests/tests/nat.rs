@@ -78,7 +78,6 @@ fn any_from(peers: &[SocketAddr], want: IpAddr) {
 
 family_tests!(
     published_ports_reach_containers_with_the_clients_address,
-    #[v6 ignore = "bug: nat ls shows only the IPv4 side of a port published on a dual-stack network (no [::]:8080 -> [fd00:82::2]:80 row; api/server.rs nat_ls formats the container as ep.ipv4)"]
     nat_ls_counts_the_flows_of_each_published_port,
     host_ip_bound_ports_and_duplicates,
     masquerade_gives_two_containers_200_distinct_flows,

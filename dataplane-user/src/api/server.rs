@@ -219,23 +219,23 @@ fn nat_ls(m: &Manager, pins: &PinRoot) -> Result<NatTable, anyhow::Error> {
     let mut rows = Vec::new();
     for ep in state.endpoints.values() {
         for p in &ep.published {
-            rows.push((ep, *p));
+            for side in p.sides(ep.ipv4, ep.ipv6) {
+                rows.push((ep, *p, side));
+            }
         }
     }
-    rows.sort_by_key(|(_, p)| (p.proto, p.host_port, p.host_ip));
-    let counters = nat::port_counters(pins, rows.iter().map(|(_, p)| p.stats_index))?;
+    rows.sort_by(|(_, a, x), (_, b, y)| {
+        (a.proto, a.host_port, a.host_ip, &x.host).cmp(&(b.proto, b.host_port, b.host_ip, &y.host))
+    });
+    let counters = nat::port_counters(pins, rows.iter().map(|(_, _, s)| s.stats_index))?;
     let dnat = rows
-        .iter()
-        .map(|(ep, p)| {
-            let c = counters.get(&p.stats_index).copied().unwrap_or_default();
+        .into_iter()
+        .map(|(ep, p, side)| {
+            let c = counters.get(&side.stats_index).copied().unwrap_or_default();
             DnatRow {
                 proto: p.proto.name().to_owned(),
-                host: p.host(),
-                container: format!(
-                    "{}:{}",
-                    ep.ipv4.map(|i| i.to_string()).unwrap_or_default(),
-                    p.container_port
-                ),
+                host: side.host,
+                container: side.container,
                 endpoint: ep.name.clone(),
                 network: ep.network.clone(),
                 packets: c.packets,

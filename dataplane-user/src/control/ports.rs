@@ -12,7 +12,7 @@
 
 use std::{
     fmt,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     str::FromStr,
 };
 
@@ -30,6 +30,21 @@ pub struct PortMapping {
     pub container_port: u16,
     pub proto: Proto,
     /// Slot in the per-mapping counter array, fixed for the mapping's life.
+    pub stats_index: u32,
+    /// The IPv6 side's own slot, for a mapping on every address of an
+    /// endpoint with both families (as iptables and ip6tables each count
+    /// their own rule); None: the IPv6 side counts in `stats_index` (a
+    /// mapping on one family, or one stored by an older release).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats_index6: Option<u32>,
+}
+
+/// One family's side of a published port, as `nat ls` and `/metrics` show
+/// it: the host address and port, the container's, and its counter slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MappingSide {
+    pub host: String,
+    pub container: String,
     pub stats_index: u32,
 }
 
@@ -49,6 +64,40 @@ impl PortMapping {
 
     pub fn host(&self) -> String {
         format!("{}:{}", host_text(self.host_ip), self.host_port)
+    }
+
+    /// The sides of this mapping for an endpoint with addresses `v4` and
+    /// `v6`: one per family it is published on and the endpoint has (one
+    /// without a container address when it has neither).
+    pub fn sides(&self, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Vec<MappingSide> {
+        let mut out = Vec::new();
+        if let (Some(_), Some(ip)) = (self.host_ipv4(), v4) {
+            out.push(MappingSide {
+                host: self.host(),
+                container: format!("{ip}:{}", self.container_port),
+                stats_index: self.stats_index,
+            });
+        }
+        let host6 = match self.host_ip {
+            None => Some(Ipv6Addr::UNSPECIFIED),
+            Some(IpAddr::V6(a)) => Some(a),
+            Some(IpAddr::V4(_)) => None,
+        };
+        if let (Some(host), Some(ip)) = (host6, v6) {
+            out.push(MappingSide {
+                host: format!("[{host}]:{}", self.host_port),
+                container: format!("[{ip}]:{}", self.container_port),
+                stats_index: self.stats_index6.unwrap_or(self.stats_index),
+            });
+        }
+        if out.is_empty() {
+            out.push(MappingSide {
+                host: self.host(),
+                container: format!(":{}", self.container_port),
+                stats_index: self.stats_index,
+            });
+        }
+        out
     }
 
     /// The IPv4 host address as the IPv4 maps hold it (0.0.0.0: every
@@ -123,6 +172,7 @@ impl PortRequest {
             container_port: self.container_port,
             proto: self.proto,
             stats_index: 0,
+            stats_index6: None,
         }
     }
 
@@ -339,7 +389,7 @@ fn split_host_ip<'a>(spec: &str, rest: &'a str) -> Result<(Option<IpAddr>, &'a s
     };
     if let Some(inner) = rest.strip_prefix('[') {
         let (addr, after) = inner.split_once(']').ok_or_else(|| bad(rest))?;
-        let ip: std::net::Ipv6Addr = addr.parse().map_err(|_| bad(addr))?;
+        let ip: Ipv6Addr = addr.parse().map_err(|_| bad(addr))?;
         let after = after
             .strip_prefix(':')
             .ok_or_else(|| PublishError::Syntax {
@@ -358,6 +408,48 @@ fn split_host_ip<'a>(spec: &str, rest: &'a str) -> Result<(Option<IpAddr>, &'a s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_family_gets_its_own_side_and_counter() {
+        let m = PortMapping {
+            host_ip: None,
+            host_port: 8080,
+            container_port: 80,
+            proto: Proto::Tcp,
+            stats_index: 3,
+            stats_index6: Some(4),
+        };
+        let v4: Option<std::net::Ipv4Addr> = Some("10.0.0.2".parse().unwrap());
+        let v6: Option<std::net::Ipv6Addr> = Some("fd00::2".parse().unwrap());
+        let sides = m.sides(v4, v6);
+        let got: Vec<_> = sides
+            .iter()
+            .map(|s| (s.host.as_str(), s.container.as_str(), s.stats_index))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("0.0.0.0:8080", "10.0.0.2:80", 3),
+                ("[::]:8080", "[fd00::2]:80", 4)
+            ]
+        );
+        // An older release's mapping: the IPv6 side shares the slot.
+        let old = PortMapping {
+            stats_index6: None,
+            ..m
+        };
+        assert_eq!(old.sides(v4, v6)[1].stats_index, 3);
+        // On one IPv6 address: its side only.
+        let lo = PortMapping {
+            host_ip: Some("::1".parse().unwrap()),
+            ..old
+        };
+        let only: Vec<_> = lo.sides(v4, v6).into_iter().map(|s| s.host).collect();
+        assert_eq!(only, ["[::1]:8080"]);
+        // An endpoint of one family: that side.
+        assert_eq!(m.sides(v4, None).len(), 1);
+        assert_eq!(m.sides(None, None)[0].container, ":80");
+    }
 
     #[test]
     fn dockers_forms_parse() {

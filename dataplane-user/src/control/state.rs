@@ -720,6 +720,7 @@ mod tests {
                     container_port: 80,
                     proto: Proto::Tcp,
                     stats_index: u32::from(*p),
+                    stats_index6: None,
                 })
                 .collect(),
             aliases: Vec::new(),

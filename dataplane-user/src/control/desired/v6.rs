@@ -111,7 +111,7 @@ fn endpoint_ports6(ep: &Endpoint) -> impl Iterator<Item = (PortKey6, PortTarget6
                 addr: ip.octets(),
                 port: m.container_port.to_be_bytes(),
                 _pad: [0; 2],
-                stats_index: m.stats_index,
+                stats_index: m.stats_index6.unwrap_or(m.stats_index),
                 _pad2: 0,
             };
             Some((key, target))

@@ -356,7 +356,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 .into());
             }
         };
-        let mappings = self.claim_slots(chosen)?;
+        let mappings = self.claim_slots(chosen, ep.ipv4.is_some() && ep.ipv6.is_some())?;
         self.change(|state| {
             if let Some(e) = state.endpoints.get_mut(&ep.id) {
                 e.published = mappings.clone();

@@ -78,7 +78,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             (None, None, None) => return Err(NetworkError::UnknownNetwork(net.name.clone())),
         };
         ports::check_families(&net.name, net.enable_ipv6, &req.publish)?;
-        let published = self.new_mappings(&req.publish, &[])?;
+        let published = self.new_mappings(&req.publish, &[], ipv4.is_some() && ipv6.is_some())?;
         let ifname = self.ifname_in(&netns, &netns_arg, req.ifname).await?;
         let suffix = random_hex(4)?[..7].to_owned();
         let plan = EndpointPlan {

@@ -185,9 +185,10 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         &mut self,
         wanted: &[PortRequest],
         except: &[PortMapping],
+        dual: bool,
     ) -> Result<Vec<PortMapping>, NetworkError> {
         let Refused { index, holder } = match self.choose_ports(wanted, except)? {
-            Ok(chosen) => return self.claim_slots(chosen),
+            Ok(chosen) => return self.claim_slots(chosen, dual),
             Err(refused) => refused,
         };
         let r = wanted[index];
@@ -212,18 +213,23 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         })
     }
 
-    /// Counter slots for new mappings, zeroing their old counts.
+    /// Counter slots for new mappings, zeroing their old counts; with
+    /// `dual` (an endpoint with both families) a second slot for the IPv6
+    /// side of each mapping on every address.
     pub(super) fn claim_slots(
         &mut self,
         mut out: Vec<PortMapping>,
+        dual: bool,
     ) -> Result<Vec<PortMapping>, NetworkError> {
         if out.is_empty() {
             return Ok(out);
         }
         let mut used = vec![false; dataplane_common::nat::MAX_PORT_MAPPINGS as usize];
         for m in self.state.endpoints.values().flat_map(|e| &e.published) {
-            if let Some(u) = used.get_mut(m.stats_index as usize) {
-                *u = true;
+            for slot in [Some(m.stats_index), m.stats_index6].into_iter().flatten() {
+                if let Some(u) = used.get_mut(slot as usize) {
+                    *u = true;
+                }
             }
         }
         // Free slots in ascending order, found in one pass.
@@ -231,6 +237,12 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         for m in &mut out {
             m.stats_index = self.dp.claim_stats_index(&used, next)?;
             next = m.stats_index + 1;
+            m.stats_index6 = None;
+            if dual && m.host_ip.is_none() {
+                let slot = self.dp.claim_stats_index(&used, next)?;
+                m.stats_index6 = Some(slot);
+                next = slot + 1;
+            }
         }
         Ok(out)
     }
@@ -266,7 +278,8 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         let wanted = specs.mappings()?;
         let net = self.network(&ep.network)?;
         ports::check_families(&net.name, net.enable_ipv6, &wanted)?;
-        let added = self.new_mappings(&wanted, &[])?;
+        let dual = ep.ipv4.is_some() && ep.ipv6.is_some();
+        let added = self.new_mappings(&wanted, &[], dual)?;
         self.change(|state| {
             if let Some(e) = state.endpoints.get_mut(&ep.id) {
                 e.published.extend(added.iter().copied());

@@ -1008,6 +1008,7 @@ mod tests {
             container_port: 80,
             proto: Proto::Tcp,
             stats_index: 0,
+            stats_index6: None,
         };
         assert_eq!(
             json(Answer::OperInfo(OperInfo {

@@ -468,12 +468,18 @@ fn published_ports(
     let rows: Vec<_> = state
         .endpoints
         .values()
-        .flat_map(|ep| ep.published.iter().map(move |m| (ep, m)))
+        .flat_map(|ep| {
+            ep.published.iter().flat_map(move |m| {
+                m.sides(ep.ipv4, ep.ipv6)
+                    .into_iter()
+                    .map(move |s| (ep, m, s))
+            })
+        })
         .collect();
     if rows.is_empty() || !is_pinned(pins, maps::PORT_STATS) {
         return Ok(());
     }
-    let counters = nat::port_counters(pins, rows.iter().map(|(_, m)| m.stats_index))
+    let counters = nat::port_counters(pins, rows.iter().map(|(_, _, s)| s.stats_index))
         .map_err(MetricsError::Ports)?;
     let mut flows = Family::counter(
         "dataplane_published_port_flows_total",
@@ -483,17 +489,13 @@ fn published_ports(
         "dataplane_published_port_bytes_total",
         "Bytes of the first packets of new flows to a published port.",
     );
-    for (ep, m) in rows {
-        let c = counters.get(&m.stats_index).copied().unwrap_or_default();
+    for (ep, m, side) in rows {
+        let c = counters.get(&side.stats_index).copied().unwrap_or_default();
         // The same labels as `dataplane nat ls`.
-        let container = match ep.ipv4 {
-            Some(ip) => format!("{ip}:{}", m.container_port),
-            None => format!(":{}", m.container_port),
-        };
         let labels = vec![
             ("proto", m.proto.name().to_owned()),
-            ("host", m.host()),
-            ("container", container),
+            ("host", side.host),
+            ("container", side.container),
             ("endpoint", ep.name.clone()),
             ("network", ep.network.clone()),
         ];
