@@ -419,8 +419,8 @@ mod tests {
             stats_index: 3,
             stats_index6: Some(4),
         };
-        let v4: Option<std::net::Ipv4Addr> = Some("10.0.0.2".parse().unwrap());
-        let v6: Option<std::net::Ipv6Addr> = Some("fd00::2".parse().unwrap());
+        let v4: Option<Ipv4Addr> = Some("10.0.0.2".parse().unwrap());
+        let v6: Option<Ipv6Addr> = Some("fd00::2".parse().unwrap());
         let sides = m.sides(v4, v6);
         let got: Vec<_> = sides
             .iter()
