@@ -157,6 +157,35 @@ fn live_tcp_flows_survive_an_upgrade_of_the_map_layout() {
     );
 }
 
+/// The program behind each pinned link of the datapath's NAT and endpoint
+/// programs (`dp_stats` aside: it is the agent's own, detached on stop),
+/// by pin name.
+fn attached_programs(cli: &Cli) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let dir = cli.pins.pins().links_dir();
+    for e in std::fs::read_dir(&dir).expect("links dir").flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.contains("dp_stats") {
+            continue;
+        }
+        let path = e.path();
+        let out_json = dataplane_tests::cmd::run(&[
+            "bpftool",
+            "-j",
+            "link",
+            "show",
+            "pinned",
+            path.to_str().expect("utf-8 path"),
+        ])
+        .expect("bpftool link show");
+        let v: Value = serde_json::from_str(&out_json).expect("json");
+        if let Some(id) = v["prog_id"].as_u64() {
+            out.insert(name, id);
+        }
+    }
+    out
+}
+
 /// Runs the previous release's `dataplane ARGS` with the test's flags.
 fn prev_run(cli: &Cli, prev: &Path, args: &[&str]) -> String {
     let out = cli
@@ -254,6 +283,11 @@ fn state_and_live_flows_survive_an_upgrade_from_the_previous_release() {
         echo(conn, 0);
     }
     let inspect_before = prev_run(&cli, &prev, &["network", "inspect", "n6"]);
+    let programs_before = attached_programs(&cli);
+    assert!(
+        !programs_before.is_empty(),
+        "no program is attached by pinned link"
+    );
     let status = stop_agent(old, libc::SIGTERM).expect("stop the old agent");
     assert!(status.success(), "old agent: {status}");
 
@@ -278,6 +312,15 @@ fn state_and_live_flows_survive_an_upgrade_from_the_previous_release() {
     ] {
         let mut fresh = connect_from(&fh.client, dst);
         echo(&mut fresh, 9);
+    }
+    let programs_after = attached_programs(&cli);
+    eprintln!("programs by link pin: {programs_before:?} -> {programs_after:?}");
+    for (pin, id) in &programs_before {
+        let now = programs_after.get(pin);
+        assert!(
+            now.is_some_and(|n| n != id),
+            "{pin}: still the previous release's program {id} ({now:?})"
+        );
     }
     let inspect_after = cli.run(&["network", "inspect", "n6"]).expect("inspect");
     let (b, a): (Value, Value) = (

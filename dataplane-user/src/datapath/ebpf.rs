@@ -18,6 +18,7 @@ use dataplane_common::{maps, nat::NatConfig};
 
 use super::{
     bpffs::{current_netns_cookie, current_netns_ino, BpffsError, PinRoot},
+    build::{self, BuildRecordError},
     layout::{self, Adoption, LayoutError},
     limits::{self, MapSizes},
 };
@@ -127,6 +128,8 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Build(#[from] BuildRecordError),
     #[error("moving the link pinned at {path} to the new program")]
     Relink {
         path: PathBuf,
@@ -236,13 +239,22 @@ impl Dataplane {
             pins: pins.clone(),
             adopted: Vec::new(),
         };
+        // Links made by another build (an upgrade) move to this one's
+        // programs, so it runs its own datapath code.
+        let ours = build::object_hash(OBJECT);
+        let other_build = build::recorded(pins)? != Some(ours);
         if !plan.is_empty() {
             plan.copy()?;
-            // The programs attached earlier use the maps set aside: they
-            // move to this load's programs, which use the new ones.
+        }
+        if !plan.is_empty() || other_build {
+            // The programs attached earlier use the maps set aside (or are
+            // another build's): they move to this load's programs.
             dp.relink();
         }
         dp.adopted = plan.finish()?;
+        if other_build {
+            build::record(pins, ours)?;
+        }
         if *sizes != MapSizes::default() {
             limits::record_sizes(pins, sizes).map_err(LoadError::Sizes)?;
         }
@@ -287,7 +299,11 @@ impl Dataplane {
         };
         let link = sys_bpf::obj_get(path).map_err(relink_err)?;
         let (_, kname) = sys_bpf::link_program(link.as_fd()).map_err(relink_err)?;
-        let Some(prog) = self.loaded_program(&kname)? else {
+        let pin = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some(prog) = self.loaded_program(&kname, &pin)? else {
             return Ok(None);
         };
         sys_bpf::link_update(link.as_fd(), prog.as_fd()).map_err(relink_err)?;
@@ -295,13 +311,28 @@ impl Dataplane {
     }
 
     /// This object's program whose kernel name (cut to 15 bytes) is
-    /// `kname`, loaded (verified) if it was not yet.
-    fn loaded_program(&mut self, kname: &str) -> Result<Option<ProgramFd>, LoadError> {
-        let Some((name, prog)) = self
+    /// `kname`, loaded (verified) if it was not yet. Names that share their
+    /// first 15 bytes (`dp_from_container` and `dp_from_container6`) are
+    /// told apart by the link's pin name, which holds the whole name
+    /// (`{ino}_{ifname}_{program}_{direction}`, `cgroup{ino}_{program}`).
+    fn loaded_program(&mut self, kname: &str, pin: &str) -> Result<Option<ProgramFd>, LoadError> {
+        let in_pin =
+            |name: &str| pin.contains(&format!("_{name}_")) || pin.ends_with(&format!("_{name}"));
+        let candidates: Vec<String> = self
             .ebpf
-            .programs_mut()
-            .find(|(name, _)| name.len().min(15) == kname.len() && name.starts_with(kname))
-        else {
+            .programs()
+            .map(|(name, _)| name.to_owned())
+            .filter(|name| name.len().min(15) == kname.len() && name.starts_with(kname))
+            .collect();
+        let chosen = match candidates.as_slice() {
+            [one] => Some(one.clone()),
+            many => many.iter().find(|n| in_pin(n)).cloned(),
+        };
+        let Some((name, prog)) = chosen.and_then(|c| {
+            self.ebpf
+                .programs_mut()
+                .find(|(name, _)| *name == c.as_str())
+        }) else {
             return Ok(None);
         };
         let name = name.to_owned();

@@ -19,6 +19,7 @@
 //! [`RecordingDatapath`] records them for the control plane's unit tests.
 
 pub mod bpffs;
+pub mod build;
 pub mod conntrack;
 pub mod ebpf;
 pub mod endpoints;
