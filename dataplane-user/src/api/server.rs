@@ -39,6 +39,15 @@ pub async fn execute(ctx: &Context, req: Request) -> Result<Value, anyhow::Error
         Ok(answer) => return Ok(answer),
         Err(req) => req,
     };
+    if let Request::ClusterStatus = req {
+        // The store's view, not the state's: no manager, no state lock.
+        let cluster = ctx.cluster.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "no cluster: the agent runs without cluster_store (or no agent answers; docs/overlay.md)"
+            )
+        })?;
+        return answer(cluster.status().await);
+    }
     let mut m = ctx.manager().await?;
     let v = run(ctx, &mut m, req).await;
     ctx.done(m);

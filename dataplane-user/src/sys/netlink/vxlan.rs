@@ -1,0 +1,147 @@
+//! VXLAN devices and the static entries an overlay network programs on
+//! them: forwarding database entries (a remote MAC behind a remote VTEP,
+//! `bridge fdb append ... dst`) and permanent neighbour entries (a remote
+//! IP's MAC, which the device's ARP proxy answers from).
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use rtnetlink::{
+    packet_route::{
+        neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+        },
+        route::RouteType,
+        AddressFamily,
+    },
+    LinkVxlan,
+};
+
+use super::{validate_ifname, Link, Netlink, NetlinkError, Op};
+use crate::sys::names::MacAddr;
+
+/// What a VXLAN device is made with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    /// The UDP destination port (4789, IANA's).
+    pub port: u16,
+    /// The source address of the outer packets (this host's VTEP).
+    pub local: Ipv4Addr,
+    /// The bridge the device is a port of.
+    pub master: u32,
+    pub mtu: u32,
+}
+
+impl Netlink {
+    /// Creates a VXLAN device with no learning (every remote entry is
+    /// static, from the cluster store), the ARP proxy on (answers from its
+    /// neighbour entries instead of flooding), no L2/L3-miss callouts, a
+    /// port of `spec.master`, up.
+    pub async fn create_vxlan(&self, spec: &VxlanSpec) -> Result<Link, NetlinkError> {
+        validate_ifname(&spec.name)?;
+        let object = || format!("{:?} (VNI {}, port {})", spec.name, spec.vni, spec.port);
+        let message = LinkVxlan::new(&spec.name, spec.vni)
+            .port(spec.port)
+            .local(spec.local)
+            .learning(false)
+            .proxy(true)
+            .l2miss(false)
+            .l3miss(false)
+            .mtu(spec.mtu)
+            .controller(spec.master)
+            .up()
+            .build();
+        self.handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(|e| self.fail(Op::CreateVxlan, object(), e))?;
+        self.created(Op::CreateVxlan, &spec.name, object).await
+    }
+
+    /// `bridge fdb replace MAC dev DEV dst VTEP self permanent`: frames to
+    /// `mac` leave `index` encapsulated to `vtep`.
+    pub async fn fdb_add(
+        &self,
+        index: u32,
+        mac: [u8; 6],
+        vtep: Ipv4Addr,
+    ) -> Result<(), NetlinkError> {
+        let object = || format!("fdb {} dst {vtep} on link {index}", MacAddr(mac));
+        self.handle
+            .neighbours()
+            .add_bridge(index, &mac)
+            .flags(NeighbourFlags::Own)
+            .state(NeighbourState::Permanent)
+            .destination(IpAddr::V4(vtep))
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| self.fail(Op::AddFdb, object(), e))
+    }
+
+    /// Removes the fdb entry of `mac` to `vtep` on `index`.
+    pub async fn fdb_del(
+        &self,
+        index: u32,
+        mac: [u8; 6],
+        vtep: Ipv4Addr,
+    ) -> Result<(), NetlinkError> {
+        let object = || format!("fdb {} dst {vtep} on link {index}", MacAddr(mac));
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = index;
+        msg.header.flags = NeighbourFlags::Own;
+        msg.header.kind = RouteType::Unspec;
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                vtep,
+            )));
+        self.handle
+            .neighbours()
+            .del(msg)
+            .execute()
+            .await
+            .map_err(|e| self.fail(Op::DelFdb, object(), e))
+    }
+
+    /// `ip neigh replace IP lladdr MAC dev DEV nud permanent`.
+    pub async fn neigh_add(
+        &self,
+        index: u32,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<(), NetlinkError> {
+        let object = || format!("neighbour {ip} lladdr {} on link {index}", MacAddr(mac));
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(ip))
+            .link_layer_address(&mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| self.fail(Op::AddNeigh, object(), e))
+    }
+
+    /// Removes the neighbour entry of `ip` on `index`.
+    pub async fn neigh_del(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetlinkError> {
+        let object = || format!("neighbour {ip} on link {index}");
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = index;
+        msg.header.kind = RouteType::Unspec;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        self.handle
+            .neighbours()
+            .del(msg)
+            .execute()
+            .await
+            .map_err(|e| self.fail(Op::DelNeigh, object(), e))
+    }
+}
