@@ -1,0 +1,214 @@
+//! Overlay networks across hosts (docs/overlay.md): a real etcd in its own
+//! namespace, three fake hosts on one underlay bridge, each with its own
+//! agent on that store. An overlay network made on one host is listed on
+//! the others; containers on every host reach each other (ping, TCP);
+//! concurrent connects on all hosts get distinct addresses; `network rm`
+//! is refused while another host has endpoints on the network.
+
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddr},
+    thread,
+    time::Duration,
+};
+
+use dataplane_tests::{
+    cluster::{wait_until, ClusterHost, Etcd, Underlay},
+    netns::NetNs,
+    run_id,
+    traffic::{ping, tcp_echo, tcp_echo_server},
+};
+use serde_json::Value;
+
+const SYNC: Duration = Duration::from_secs(15);
+/// Connects per host in the concurrent round.
+const N: usize = 10;
+
+/// The addresses of `net`'s endpoints as `network inspect` on `h` shows
+/// them (this host's own), by endpoint name.
+fn local_ips(h: &ClusterHost, net: &str) -> Vec<(String, Ipv4Addr)> {
+    let v = h.cli.json(&["network", "inspect", net]).expect("inspect");
+    let Some(containers) = v[0]["Containers"].as_object() else {
+        return Vec::new();
+    };
+    containers
+        .values()
+        .map(|c| {
+            let ip = c["IPv4Address"].as_str().unwrap_or_default();
+            let ip = ip.split('/').next().unwrap_or_default();
+            (
+                c["Name"].as_str().unwrap_or_default().to_owned(),
+                ip.parse().expect("an IPv4 address"),
+            )
+        })
+        .collect()
+}
+
+/// Remote endpoints programmed on `h` (from `cluster status`).
+fn programmed(h: &ClusterHost) -> u64 {
+    h.status()
+        .ok()
+        .and_then(|s| s["programmed"].as_u64())
+        .unwrap_or(0)
+}
+
+fn listed(h: &ClusterHost, net: &str) -> Option<Value> {
+    let v = h.cli.json(&["network", "ls", "--format", "json"]).ok()?;
+    v.as_array()?.iter().find(|n| n["Name"] == net).cloned()
+}
+
+#[test]
+fn containers_on_three_hosts_share_an_overlay_network() {
+    if !dataplane_tests::require_root()
+        || !dataplane_tests::require_tools("the overlay test", &["etcd"])
+    {
+        return;
+    }
+    let ul = Underlay::new().expect("underlay");
+    let etcd = Etcd::start(&ul, "10.77.0.10/24").expect("etcd");
+    let ttl = "[cluster]\nlease_ttl_seconds = 5";
+    let hosts: Vec<ClusterHost> = (1..=3)
+        .map(|n| {
+            ClusterHost::start(&ul, n, &format!("10.77.0.{n}/24"), &etcd.url(), ttl).expect("host")
+        })
+        .collect();
+    let net = format!("ov{}", run_id());
+
+    // Made on host 1, listed on hosts 2 and 3 with the same id.
+    hosts[0]
+        .cli
+        .run(&[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--subnet",
+            "10.0.9.0/24",
+            &net,
+        ])
+        .expect("network create -d overlay");
+    let made = listed(&hosts[0], &net).expect("listed on host 1");
+    assert_eq!(made["Driver"], "overlay", "{made}");
+    for h in &hosts[1..] {
+        assert!(
+            wait_until(SYNC, || listed(h, &net).is_some()),
+            "{net} not listed on {} within {SYNC:?}",
+            h.addr
+        );
+        assert_eq!(listed(h, &net).unwrap()["Id"], made["Id"]);
+    }
+    let inspect = hosts[2].cli.json(&["network", "inspect", &net]).unwrap();
+    assert_eq!(inspect[0]["Scope"], "global", "{inspect}");
+    assert_eq!(
+        inspect[0]["Options"]["com.docker.network.driver.mtu"], "1450",
+        "{inspect}"
+    );
+
+    // One container per host, each reaching the others.
+    let cs: Vec<NetNs> = (0..3)
+        .map(|i| NetNs::new(&format!("oc{i}")).expect("container ns"))
+        .collect();
+    let mut ips = Vec::new();
+    for (h, c) in hosts.iter().zip(&cs) {
+        h.cli.run(&["connect", &net, c.name()]).expect("connect");
+        let mine = local_ips(h, &net);
+        assert_eq!(mine.len(), 1, "{mine:?}");
+        ips.push(mine[0].1);
+    }
+    for h in &hosts {
+        assert!(
+            wait_until(SYNC, || programmed(h) >= 2),
+            "host {}: remote endpoints not programmed: {}",
+            h.addr,
+            h.status().unwrap_or_default()
+        );
+    }
+    let servers: Vec<_> = cs
+        .iter()
+        .zip(&ips)
+        .map(|(c, ip)| tcp_echo_server(c, SocketAddr::from((*ip, 7000))).expect("server"))
+        .collect();
+    for (i, c) in cs.iter().enumerate() {
+        for (j, ip) in ips.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let ok = wait_until(Duration::from_secs(10), || {
+                ping(c, *ip, 1, Duration::from_secs(2)).unwrap_or(false)
+            });
+            assert!(
+                ok,
+                "ping from host {} to {ip} (host {}) failed",
+                i + 1,
+                j + 1
+            );
+            let got = tcp_echo(
+                c,
+                SocketAddr::from((*ip, 7000)),
+                b"overlay",
+                Duration::from_secs(5),
+            )
+            .unwrap_or_else(|e| panic!("tcp from host {} to {ip}: {e:#}", i + 1));
+            assert_eq!(got, b"overlay");
+        }
+    }
+    drop(servers);
+
+    // 3 x N concurrent connects: every address distinct across hosts.
+    let more: Vec<Vec<NetNs>> = (0..3)
+        .map(|i| {
+            (0..N)
+                .map(|k| NetNs::new(&format!("o{i}{k}")).expect("ns"))
+                .collect()
+        })
+        .collect();
+    thread::scope(|s| {
+        for (h, nss) in hosts.iter().zip(&more) {
+            for ns in nss {
+                let net = &net;
+                s.spawn(move || {
+                    h.cli
+                        .run(&["connect", net, ns.name()])
+                        .unwrap_or_else(|e| panic!("concurrent connect on {}: {e:#}", h.addr))
+                });
+            }
+        }
+    });
+    let mut all = BTreeSet::new();
+    for h in &hosts {
+        for (name, ip) in local_ips(h, &net) {
+            assert!(
+                all.insert(ip),
+                "{ip} ({name} on {}) handed out twice",
+                h.addr
+            );
+        }
+    }
+    assert_eq!(all.len(), 3 * (N + 1), "{all:?}");
+
+    // Every host sees every endpoint; rm is refused on host 2, naming the
+    // other hosts.
+    for h in &hosts {
+        assert!(
+            wait_until(SYNC, || programmed(h) >= 2 * (N as u64 + 1)),
+            "host {}: {}",
+            h.addr,
+            h.status().unwrap_or_default()
+        );
+    }
+    let st = hosts[1].status().expect("cluster status");
+    assert_eq!(st["reachable"], true, "{st}");
+    for h in &hosts {
+        assert_eq!(st["hosts"][&h.addr]["endpoints"], N as u64 + 1, "{st}");
+    }
+    let refused = hosts[1]
+        .cli
+        .fail(&["network", "rm", "--force", &net])
+        .expect("rm refused");
+    assert!(
+        refused.contains("10.77.0.1") && refused.contains("10.77.0.3"),
+        "{refused}"
+    );
+    assert!(listed(&hosts[0], &net).is_some());
+    drop(etcd);
+}
