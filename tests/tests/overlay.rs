@@ -16,7 +16,7 @@ use dataplane_tests::{
     cluster::{wait_until, ClusterHost, Etcd, Underlay},
     netns::NetNs,
     run_id,
-    traffic::{ping, tcp_echo, tcp_echo_server},
+    traffic::{ping, tcp_echo, tcp_echo_server, udp_echo_server, udp_request},
 };
 use serde_json::Value;
 
@@ -57,44 +57,68 @@ fn listed(h: &ClusterHost, net: &str) -> Option<Value> {
     v.as_array()?.iter().find(|n| n["Name"] == net).cloned()
 }
 
-#[test]
-fn containers_on_three_hosts_share_an_overlay_network() {
+/// The underlay, etcd on it (10.77.0.10) and `n` hosts (10.77.0.1...),
+/// or None when the test cannot run here.
+fn cluster(n: u32) -> Option<(Underlay, Etcd, Vec<ClusterHost>)> {
     if !dataplane_tests::require_root()
         || !dataplane_tests::require_tools("the overlay test", &["etcd"])
     {
-        return;
+        return None;
     }
     let ul = Underlay::new().expect("underlay");
     let etcd = Etcd::start(&ul, "10.77.0.10/24").expect("etcd");
     let ttl = "[cluster]\nlease_ttl_seconds = 5";
-    let hosts: Vec<ClusterHost> = (1..=3)
+    let hosts: Vec<ClusterHost> = (1..=n)
         .map(|n| {
             ClusterHost::start(&ul, n, &format!("10.77.0.{n}/24"), &etcd.url(), ttl).expect("host")
         })
         .collect();
+    Some((ul, etcd, hosts))
+}
+
+/// `network create -d overlay` on host `on`, then waits until every host
+/// lists it.
+fn create(hosts: &[ClusterHost], on: usize, net: &str, subnet: &str) {
+    hosts[on]
+        .cli
+        .run(&[
+            "network", "create", "-d", "overlay", "--subnet", subnet, net,
+        ])
+        .expect("network create -d overlay");
+    for h in hosts {
+        assert!(
+            wait_until(SYNC, || listed(h, net).is_some()),
+            "{net} not listed on {} within {SYNC:?}: {:?}",
+            h.addr,
+            h.cli.run(&["network", "ls", "--format", "json"])
+        );
+    }
+}
+
+/// Connects `c` to `net` on `h` (with more flags); its address.
+fn connect(h: &ClusterHost, net: &str, c: &NetNs, extra: &[&str]) -> Ipv4Addr {
+    let mut args = vec!["connect", net, c.name()];
+    args.extend_from_slice(extra);
+    h.cli.run(&args).expect("connect");
+    local_ips(h, net)
+        .into_iter()
+        .find(|(name, _)| name == c.name())
+        .map(|(_, ip)| ip)
+        .expect("the endpoint's address")
+}
+
+#[test]
+fn containers_on_three_hosts_share_an_overlay_network() {
+    let Some((_ul, etcd, hosts)) = cluster(3) else {
+        return;
+    };
     let net = format!("ov{}", run_id());
 
     // Made on host 1, listed on hosts 2 and 3 with the same id.
-    hosts[0]
-        .cli
-        .run(&[
-            "network",
-            "create",
-            "-d",
-            "overlay",
-            "--subnet",
-            "10.0.9.0/24",
-            &net,
-        ])
-        .expect("network create -d overlay");
+    create(&hosts, 0, &net, "10.0.9.0/24");
     let made = listed(&hosts[0], &net).expect("listed on host 1");
     assert_eq!(made["Driver"], "overlay", "{made}");
     for h in &hosts[1..] {
-        assert!(
-            wait_until(SYNC, || listed(h, &net).is_some()),
-            "{net} not listed on {} within {SYNC:?}",
-            h.addr
-        );
         assert_eq!(listed(h, &net).unwrap()["Id"], made["Id"]);
     }
     let inspect = hosts[2].cli.json(&["network", "inspect", &net]).unwrap();
@@ -211,4 +235,82 @@ fn containers_on_three_hosts_share_an_overlay_network() {
     );
     assert!(listed(&hosts[0], &net).is_some());
     drop(etcd);
+}
+
+#[test]
+fn overlay_endpoints_reach_out_are_published_and_stay_apart() {
+    let Some((ul, etcd, hosts)) = cluster(2) else {
+        return;
+    };
+    let (a, b) = (format!("oa{}", run_id()), format!("ob{}", run_id()));
+    create(&hosts, 0, &a, "10.0.9.0/24");
+    create(&hosts, 1, &b, "10.0.10.0/24");
+    let cs: Vec<NetNs> = (0..4)
+        .map(|i| NetNs::new(&format!("oe{i}")).expect("ns"))
+        .collect();
+    // a1 on host 1 publishing 8080 -> 7000; a2 on host 2; b1, b2 on network b.
+    let a1 = connect(&hosts[0], &a, &cs[0], &["-p", "8080:7000"]);
+    let a2 = connect(&hosts[1], &a, &cs[1], &[]);
+    let b1 = connect(&hosts[0], &b, &cs[2], &[]);
+    let b2 = connect(&hosts[1], &b, &cs[3], &[]);
+    for h in &hosts {
+        assert!(
+            wait_until(SYNC, || programmed(h) >= 2),
+            "{}",
+            h.status().unwrap_or_default()
+        );
+    }
+
+    // UDP across hosts.
+    let _udp = udp_echo_server(&cs[1], SocketAddr::from((a2, 7001))).expect("udp server");
+    let got = udp_request(
+        &cs[0],
+        SocketAddr::from((a2, 7001)),
+        b"u",
+        Duration::from_secs(5),
+    )
+    .expect("udp across hosts");
+    assert_eq!(got, b"u");
+
+    // Not across overlay networks, on one host or across two.
+    for (from, to) in [(&cs[0], b1), (&cs[0], b2), (&cs[3], a1)] {
+        assert!(
+            !ping(from, to, 1, Duration::from_secs(1)).unwrap_or(true),
+            "{from} reached {to} on another overlay network"
+        );
+    }
+    assert!(
+        ping(&cs[2], b2, 1, Duration::from_secs(3)).unwrap_or(false),
+        "b1 -> b2"
+    );
+
+    // Egress: masqueraded to the host's underlay address.
+    let outside =
+        tcp_echo_server(&etcd.ns, SocketAddr::from(([10, 77, 0, 10], 7100))).expect("outside");
+    let got = tcp_echo(
+        &cs[1],
+        SocketAddr::from(([10, 77, 0, 10], 7100)),
+        b"out",
+        Duration::from_secs(5),
+    )
+    .expect("egress from a2");
+    assert_eq!(got, b"out");
+    let peers = outside.peers();
+    assert_eq!(
+        peers.last().map(SocketAddr::ip),
+        Some("10.77.0.2".parse().unwrap()),
+        "{peers:?}"
+    );
+
+    // The published port on host 1 reaches a1, from outside.
+    let _server = tcp_echo_server(&cs[0], SocketAddr::from((a1, 7000))).expect("server");
+    let got = tcp_echo(
+        &etcd.ns,
+        SocketAddr::from(([10, 77, 0, 1], 8080)),
+        b"pub",
+        Duration::from_secs(5),
+    )
+    .expect("published port of an overlay endpoint");
+    assert_eq!(got, b"pub");
+    drop(ul);
 }

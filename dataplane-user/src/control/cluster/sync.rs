@@ -249,30 +249,7 @@ async fn converge(
         .map_err(|e| error_chain(&e))?;
     m.set_nat_config(ctx.nat);
     m.set_cluster(Some(cluster.clone()));
-    for rec in view.networks.values() {
-        let here = m.state().networks.get(&rec.name).map(|n| n.id.clone());
-        if here.as_deref() == Some(rec.id.as_str()) {
-            continue;
-        }
-        match m.adopt_overlay(rec).await {
-            Ok(_) => {
-                info!(network = %rec.name, vni = rec.vni, "overlay network adopted from the cluster")
-            }
-            Err(e) => warn!("overlay network {}: {}", rec.name, error_chain(&e)),
-        }
-    }
-    let gone: Vec<(String, String)> = m
-        .overlay_networks()
-        .into_iter()
-        .filter(|(n, _)| view.networks.get(&n.name).map(|r| &r.id) != Some(&n.id))
-        .map(|(n, _)| (n.name.clone(), n.id.clone()))
-        .collect();
-    for (name, id) in gone {
-        match m.drop_overlay(&name, &id).await {
-            Ok(()) => info!(network = %name, "overlay network removed from the cluster"),
-            Err(e) => warn!("overlay network {name}: {}", error_chain(&e)),
-        }
-    }
+    networks(cluster, &mut m, view).await?;
     let nets: Vec<(String, String)> = m
         .overlay_networks()
         .into_iter()
@@ -293,6 +270,55 @@ async fn converge(
         s.networks = view.networks.keys().cloned().collect();
         s.programmed = entries;
     });
+    Ok(())
+}
+
+/// This host's overlay networks made or removed to match the store. The
+/// view can lag behind this host's own changes (a `network create` here
+/// lands before its watch event), so a difference is checked against a
+/// fresh read of the store before anything is made or removed.
+async fn networks(cluster: &Cluster, m: &mut Manager, view: &View) -> Result<(), String> {
+    let differs = |m: &Manager, nets: &BTreeMap<String, NetworkRecord>| {
+        let here = m.overlay_networks();
+        here.len() != nets.len()
+            || here
+                .iter()
+                .any(|(n, _)| nets.get(&n.name).map(|r| &r.id) != Some(&n.id))
+    };
+    if !differs(m, &view.networks) {
+        return Ok(());
+    }
+    let fresh: BTreeMap<String, NetworkRecord> = cluster
+        .networks()
+        .await
+        .map_err(|e| error_chain(&e))?
+        .into_iter()
+        .map(|r| (r.name.clone(), r))
+        .collect();
+    for rec in fresh.values() {
+        let here = m.state().networks.get(&rec.name).map(|n| n.id.clone());
+        if here.as_deref() == Some(rec.id.as_str()) {
+            continue;
+        }
+        match m.adopt_overlay(rec).await {
+            Ok(_) => {
+                info!(network = %rec.name, vni = rec.vni, "overlay network adopted from the cluster")
+            }
+            Err(e) => warn!("overlay network {}: {}", rec.name, error_chain(&e)),
+        }
+    }
+    let gone: Vec<(String, String)> = m
+        .overlay_networks()
+        .into_iter()
+        .filter(|(n, _)| fresh.get(&n.name).map(|r| &r.id) != Some(&n.id))
+        .map(|(n, _)| (n.name.clone(), n.id.clone()))
+        .collect();
+    for (name, id) in gone {
+        match m.drop_overlay(&name, &id).await {
+            Ok(()) => info!(network = %name, "overlay network removed from the cluster"),
+            Err(e) => warn!("overlay network {name}: {}", error_chain(&e)),
+        }
+    }
     Ok(())
 }
 

@@ -76,17 +76,24 @@ impl NetworkDriver for Overlay<'_> {
     }
 
     /// Its own subnet, so the endpoint program keeps it apart from the
-    /// other networks; no masquerade yet (egress through a gateway bridge
-    /// is a later step, docs/overlay.md).
+    /// other networks. Egress leaves by this host's uplinks, masqueraded
+    /// as a bridge network's (the gateway is on every host's bridge: each
+    /// host is its containers' way out, as Docker's `docker_gwbridge`),
+    /// and direct access from outside is dropped as in gateway mode `nat`.
     fn subnet_policy(&self, net: &Network) -> Option<SubnetPolicy> {
+        let masquerade = !net.internal;
         Some(SubnetPolicy {
             subnet: Some(net.subnet?),
             subnet6: None,
-            masquerade: false,
+            masquerade,
             icc: true,
-            protected: false,
+            protected: masquerade,
             routed: false,
         })
+    }
+
+    fn needs_forwarding(&self, net: &Network) -> bool {
+        !net.internal
     }
 
     fn docker_options(&self, net: &Network) -> Map<String, Value> {

@@ -115,6 +115,11 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         };
         let driver = driver::for_network(&net);
         driver.create(&self.host, &net).await?;
+        if driver.needs_forwarding(&net) {
+            self.host
+                .enable_forwarding()
+                .map_err(NetworkError::Forwarding)?;
+        }
         let changed = self
             .change(|state| state.networks.insert(net.name.clone(), net.clone()))
             .await;
@@ -126,13 +131,19 @@ impl<D: Datapath, H: Host> Manager<D, H> {
     }
 
     /// A network gone from the cluster goes here too, with its endpoints.
+    /// Only when the store says it is gone: never on a stale view, and
+    /// `network rm`'s path (which takes it out of the store) then finds
+    /// nothing to take out.
     pub async fn drop_overlay(&mut self, name: &str, id: &str) -> Result<(), NetworkError> {
-        match self.state.networks.get(name) {
-            Some(n) if n.id == id && matches!(n.driver, DriverConfig::Overlay(_)) => {
-                self.remove_one(name, true).await
-            }
-            _ => Ok(()),
+        let ours = self
+            .state
+            .networks
+            .get(name)
+            .is_some_and(|n| n.id == id && matches!(n.driver, DriverConfig::Overlay(_)));
+        if !ours || self.cluster()?.networks().await?.iter().any(|r| r.id == id) {
+            return Ok(());
         }
+        self.remove_one(name, true).await
     }
 
     /// This host's overlay networks.

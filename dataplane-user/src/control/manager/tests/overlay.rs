@@ -101,6 +101,13 @@ async fn two_hosts_share_an_overlay_network() {
         .to_string();
     assert!(again.contains("already exists in the cluster"), "{again}");
 
+    // A stale view saying it is gone removes nothing: the store has it.
+    m1.drop_overlay("ov", &net.id)
+        .await
+        .expect("drop on a stale view");
+    assert!(m1.state().networks.contains_key("ov"));
+    assert!(store.keys().iter().any(|k| k.ends_with("/networks/ov")));
+
     // Host 2 adopts it from the store, as its watch does.
     let v = view(&store).await;
     m2.adopt_overlay(&v.networks["ov"]).await.expect("adopt");
