@@ -7,7 +7,8 @@
 
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, SocketAddr},
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     thread,
     time::Duration,
 };
@@ -313,4 +314,117 @@ fn overlay_endpoints_reach_out_are_published_and_stay_apart() {
     .expect("published port of an overlay endpoint");
     assert_eq!(got, b"pub");
     drop(ul);
+}
+
+/// One round trip on an open connection to an echo server.
+fn echo_on(stream: &mut TcpStream, what: &[u8]) -> std::io::Result<Vec<u8>> {
+    stream.write_all(what)?;
+    let mut buf = vec![0u8; what.len()];
+    stream.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// The hosts with a live lease in `h`'s `cluster status`.
+fn live_hosts(h: &ClusterHost) -> Vec<String> {
+    h.status()
+        .ok()
+        .and_then(|s| s["hosts"].as_object().map(|o| o.keys().cloned().collect()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_dead_host_goes_with_its_lease_and_flows_survive_an_etcd_restart() {
+    let Some((_ul, mut etcd, mut hosts)) = cluster(3) else {
+        return;
+    };
+    let net = format!("of{}", run_id());
+    create(&hosts, 0, &net, "10.0.9.0/24");
+    let cs: Vec<NetNs> = (0..3)
+        .map(|i| NetNs::new(&format!("of{i}")).expect("ns"))
+        .collect();
+    let ips: Vec<Ipv4Addr> = hosts
+        .iter()
+        .zip(&cs)
+        .map(|(h, c)| connect(h, &net, c, &[]))
+        .collect();
+    for h in &hosts {
+        assert!(
+            wait_until(SYNC, || programmed(h) >= 2),
+            "{}",
+            h.status().unwrap_or_default()
+        );
+    }
+    // A connection from host 1's container to host 2's, open across what
+    // follows.
+    let server = SocketAddr::from((ips[1], 7000));
+    let _echo = tcp_echo_server(&cs[1], server).expect("server");
+    let mut flow = cs[0]
+        .run_in(|| TcpStream::connect_timeout(&server, Duration::from_secs(5)))
+        .expect("run_in")
+        .expect("connect c1 -> c2");
+    flow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(echo_on(&mut flow, b"before").unwrap(), b"before");
+
+    // Host 3 dies (kill -9, namespace gone): the others drop its endpoint
+    // once its lease (5 s) runs out.
+    let mut h3 = hosts.pop().expect("host 3");
+    h3.kill_agent();
+    drop(h3);
+    for h in &hosts {
+        assert!(
+            wait_until(Duration::from_secs(15), || programmed(h) == 1
+                && !live_hosts(h).contains(&"10.77.0.3".to_owned())),
+            "host {} still has host 3: {}",
+            h.addr,
+            h.status().unwrap_or_default()
+        );
+    }
+
+    // etcd down: running flows keep forwarding, a connect fails clearly.
+    etcd.stop();
+    assert_eq!(echo_on(&mut flow, b"during").unwrap(), b"during");
+    assert!(ping(&cs[1], ips[0], 1, Duration::from_secs(3)).unwrap_or(false));
+    let late = NetNs::new("oflate").expect("ns");
+    let e = hosts[1]
+        .cli
+        .fail(&["connect", &net, late.name()])
+        .expect("connect refused while etcd is down");
+    assert!(
+        e.contains("cluster store") && e.contains("10.77.0.10:2379"),
+        "{e}"
+    );
+    let st = hosts[0].status().expect("status");
+    assert_eq!(st["reachable"], false, "{st}");
+
+    // etcd back: the hosts resync, new endpoints work again.
+    etcd.run().expect("etcd restarted");
+    assert!(
+        wait_until(Duration::from_secs(30), || hosts[1]
+            .cli
+            .run(&["connect", &net, late.name()])
+            .is_ok()),
+        "connect after etcd's restart"
+    );
+    let late_ip = local_ips(&hosts[1], &net)
+        .into_iter()
+        .find(|(n, _)| n == late.name())
+        .map(|(_, ip)| ip)
+        .expect("late address");
+    assert!(
+        wait_until(SYNC, || programmed(&hosts[0]) >= 2),
+        "{}",
+        hosts[0].status().unwrap_or_default()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || ping(
+            &cs[0],
+            late_ip,
+            1,
+            Duration::from_secs(2)
+        )
+        .unwrap_or(false)),
+        "host 1 -> the endpoint made after the restart"
+    );
+    assert_eq!(echo_on(&mut flow, b"after").unwrap(), b"after");
+    assert_eq!(hosts[0].status().unwrap()["reachable"], true);
 }
