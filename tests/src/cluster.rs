@@ -195,6 +195,16 @@ impl ClusterHost {
         self.cli.json(&["cluster", "status", "--format", "json"])
     }
 
+    /// Starts the agent again (same state, socket and pins) after
+    /// [`ClusterHost::kill_agent`].
+    pub fn restart_agent(&mut self) -> Result<()> {
+        self.kill_agent();
+        let (agent, log) = self.cli.start_agent("eth0")?;
+        self.agent = Some(agent);
+        self.log = log;
+        Ok(())
+    }
+
     /// Kills the agent (SIGKILL) and waits for it.
     pub fn kill_agent(&mut self) {
         if let Some(mut c) = self.agent.take() {

@@ -428,3 +428,70 @@ fn a_dead_host_goes_with_its_lease_and_flows_survive_an_etcd_restart() {
     assert_eq!(echo_on(&mut flow, b"after").unwrap(), b"after");
     assert_eq!(hosts[0].status().unwrap()["reachable"], true);
 }
+
+/// The VXLAN device's own forwarding entries (`self`: those the agent
+/// programs, not those the bridge learns) of `net` on `h`.
+fn fdb_macs(h: &ClusterHost, net: &str) -> String {
+    let v = h.cli.json(&["network", "inspect", net]).expect("inspect");
+    let id = v[0]["Id"].as_str().unwrap_or_default();
+    let dev = format!("vx-{}", &id[..12]);
+    let all =
+        h.ns.exec(&["bridge", "fdb", "show", "dev", &dev])
+            .unwrap_or_default();
+    all.lines()
+        .filter(|l| l.contains(" self"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_restarted_agent_repairs_its_entries_from_the_store() {
+    let Some((_ul, _etcd, mut hosts)) = cluster(2) else {
+        return;
+    };
+    let net = format!("or{}", run_id());
+    create(&hosts, 0, &net, "10.0.9.0/24");
+    let cs: Vec<NetNs> = (0..3)
+        .map(|i| NetNs::new(&format!("or{i}")).expect("ns"))
+        .collect();
+    connect(&hosts[0], &net, &cs[0], &[]);
+    let ip2 = connect(&hosts[1], &net, &cs[1], &[]);
+    assert!(wait_until(SYNC, || programmed(&hosts[1]) == 1));
+    let old_mac = {
+        let v = hosts[0].cli.json(&["network", "inspect", &net]).unwrap();
+        let c = v[0]["Containers"]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()
+            .clone();
+        c["MacAddress"].as_str().unwrap_or_default().to_owned()
+    };
+    assert!(
+        fdb_macs(&hosts[1], &net).contains(&old_mac),
+        "{}",
+        fdb_macs(&hosts[1], &net)
+    );
+
+    // Host 2's agent is down while host 1's endpoint goes and another comes.
+    hosts[1].kill_agent();
+    let ip3 = connect(&hosts[0], &net, &cs[2], &[]);
+    hosts[0]
+        .cli
+        .run(&["disconnect", &net, cs[0].name()])
+        .expect("disconnect");
+    hosts[1].restart_agent().expect("restart");
+    assert!(
+        wait_until(SYNC, || ping(&cs[1], ip3, 1, Duration::from_secs(2))
+            .unwrap_or(false)),
+        "host 2 -> the endpoint made while its agent was down"
+    );
+    assert!(
+        wait_until(SYNC, || !fdb_macs(&hosts[1], &net).contains(&old_mac)),
+        "the gone endpoint's entry stayed: {}",
+        fdb_macs(&hosts[1], &net)
+    );
+    assert_eq!(programmed(&hosts[1]), 1);
+    assert!(ping(&cs[2], ip2, 1, Duration::from_secs(3)).unwrap_or(false));
+}

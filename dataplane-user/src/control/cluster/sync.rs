@@ -138,6 +138,16 @@ pub async fn program_remotes<H: Host>(
         };
         seen.insert(index);
         let want = view.remotes(network, me);
+        if let std::collections::btree_map::Entry::Vacant(slot) = programmed.entry(index) {
+            // First look at this device in this process: what an earlier
+            // agent left that is no longer wanted must go too.
+            match stale_entries(host, index, &want).await {
+                Ok(stale) => {
+                    slot.insert(stale);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
         let have = programmed.entry(index).or_default();
         for gone in have.difference(&want).copied().collect::<Vec<_>>() {
             match host.set_remote(index, gone, false).await {
@@ -158,6 +168,24 @@ pub async fn program_remotes<H: Host>(
     }
     programmed.retain(|index, _| seen.contains(index));
     errors
+}
+
+/// The entries on device `index` that no wanted endpoint has (by IP and
+/// MAC), with their VTEP unknown (removal then takes the MAC's entry
+/// whatever its VTEP).
+async fn stale_entries<H: Host>(
+    host: &H,
+    index: u32,
+    want: &BTreeSet<RemoteEntry>,
+) -> Result<BTreeSet<RemoteEntry>, String> {
+    let there = host
+        .remote_entries(index)
+        .await
+        .map_err(|e| error_chain(&e))?;
+    Ok(there
+        .into_iter()
+        .filter(|e| !want.iter().any(|w| w.ip == e.ip && w.mac == e.mac))
+        .collect())
 }
 
 /// Runs until `stop`: sessions with the store, each started again after

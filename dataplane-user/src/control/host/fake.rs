@@ -372,10 +372,26 @@ impl Host for FakeHost {
         let mut h = self.get();
         if present {
             h.remotes.insert((vxlan, entry));
+        } else if entry.vtep.is_unspecified() {
+            // As the kernel does without a destination: whatever the VTEP.
+            h.remotes
+                .retain(|(i, e)| !(*i == vxlan && e.ip == entry.ip && e.mac == entry.mac));
         } else {
             h.remotes.remove(&(vxlan, entry));
         }
         Ok(())
+    }
+    async fn remote_entries(&self, vxlan: u32) -> Result<Vec<RemoteEntry>, NetlinkError> {
+        Ok(self
+            .get()
+            .remotes
+            .iter()
+            .filter(|(i, _)| *i == vxlan)
+            .map(|(_, e)| RemoteEntry {
+                vtep: Ipv4Addr::UNSPECIFIED,
+                ..*e
+            })
+            .collect())
     }
     async fn enable_forwarding6(&self) -> Result<Vec<String>, BridgeError> {
         let mut h = self.get();

@@ -193,6 +193,13 @@ pub trait Host: Send + Sync {
         entry: RemoteEntry,
         present: bool,
     ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    /// The remote entries on the VXLAN device at `vxlan` as the kernel
+    /// has them (from its permanent neighbours; the VTEP is not read back:
+    /// unspecified), to find those an earlier agent left.
+    fn remote_entries(
+        &self,
+        vxlan: u32,
+    ) -> impl Future<Output = Result<Vec<RemoteEntry>, NetlinkError>> + Send;
     /// Loopback up in the namespace at `netns` (the `none` network).
     fn loopback_up(&self, netns: &Path) -> impl Future<Output = Result<(), DriverError>> + Send;
     /// See [`netns::teardown_endpoint`].
@@ -341,6 +348,18 @@ impl Host for Netlink {
             gone(self.fdb_del(vxlan, e.mac, e.vtep).await)?;
             gone(self.neigh_del(vxlan, e.ip).await)
         }
+    }
+    async fn remote_entries(&self, vxlan: u32) -> Result<Vec<RemoteEntry>, NetlinkError> {
+        Ok(self
+            .permanent_neighbours(vxlan)
+            .await?
+            .into_iter()
+            .map(|(ip, mac)| RemoteEntry {
+                ip,
+                mac,
+                vtep: Ipv4Addr::UNSPECIFIED,
+            })
+            .collect())
     }
     async fn loopback_up(&self, netns: &Path) -> Result<(), DriverError> {
         loopback_up(netns).await

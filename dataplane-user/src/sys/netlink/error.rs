@@ -33,6 +33,7 @@ pub enum Op {
     DelFdb,
     AddNeigh,
     DelNeigh,
+    ListNeigh,
 }
 
 impl fmt::Display for Op {
@@ -61,6 +62,7 @@ impl fmt::Display for Op {
             Op::DelFdb => "delete",
             Op::AddNeigh => "add",
             Op::DelNeigh => "delete",
+            Op::ListNeigh => "list",
         })
     }
 }

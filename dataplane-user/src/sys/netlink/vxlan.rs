@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use futures::TryStreamExt as _;
 use rtnetlink::{
     packet_route::{
         neighbour::{
@@ -126,6 +127,45 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| self.fail(Op::AddNeigh, object(), e))
+    }
+
+    /// The permanent IPv4 neighbour entries on link `index`: `(IP, MAC)`.
+    pub async fn permanent_neighbours(
+        &self,
+        index: u32,
+    ) -> Result<Vec<(Ipv4Addr, [u8; 6])>, NetlinkError> {
+        let object = || format!("neighbours of link {index}");
+        let mut stream = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| self.fail(Op::ListNeigh, object(), e))?
+        {
+            if msg.header.ifindex != index || msg.header.state != NeighbourState::Permanent {
+                continue;
+            }
+            let mut ip = None;
+            let mut mac = None;
+            for a in &msg.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(*v),
+                    NeighbourAttribute::LinkLayerAddress(l) => {
+                        mac = <[u8; 6]>::try_from(&l[..]).ok()
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(ip), Some(mac)) = (ip, mac) {
+                out.push((ip, mac));
+            }
+        }
+        Ok(out)
     }
 
     /// Removes the neighbour entry of `ip` on `index`.

@@ -153,10 +153,14 @@ async fn two_hosts_share_an_overlay_network() {
     );
     assert!(m2.state().endpoints.contains_key(&e2.id));
     m1.disconnect("ov", &e1.name).await.expect("disconnect");
-    // Host 1's endpoint and address are gone; host 2's watch removes the entry.
+    // Host 1's endpoint and address are gone; host 2's watch removes the
+    // entry, also in a new process (an agent restarted meanwhile) that did
+    // not program it itself.
     let v = view(&store).await;
     let vx = m2.overlay_networks()[0].1.vxlan.clone();
-    program_remotes(m2.host(), &[("ov".into(), vx)], &v, "h2", &mut programmed).await;
+    let mut restarted = Programmed::new();
+    let errors = program_remotes(m2.host(), &[("ov".into(), vx)], &v, "h2", &mut restarted).await;
+    assert!(errors.is_empty(), "{errors:?}");
     assert!(m2.host().get().remotes.is_empty());
     m2.remove(&["ov".into()], true).await.expect("rm");
     assert!(
