@@ -60,7 +60,7 @@ fn listed(h: &ClusterHost, net: &str) -> Option<Value> {
 
 /// The underlay, etcd on it (10.77.0.10) and `n` hosts (10.77.0.1...),
 /// or None when the test cannot run here.
-fn cluster(n: u32) -> Option<(Underlay, Etcd, Vec<ClusterHost>)> {
+fn cluster(n: u32, extra: &str) -> Option<(Underlay, Etcd, Vec<ClusterHost>)> {
     if !dataplane_tests::require_root()
         || !dataplane_tests::require_tools("the overlay test", &["etcd"])
     {
@@ -68,10 +68,10 @@ fn cluster(n: u32) -> Option<(Underlay, Etcd, Vec<ClusterHost>)> {
     }
     let ul = Underlay::new().expect("underlay");
     let etcd = Etcd::start(&ul, "10.77.0.10/24").expect("etcd");
-    let ttl = "[cluster]\nlease_ttl_seconds = 5";
+    let ttl = format!("[cluster]\nlease_ttl_seconds = 5\n{extra}");
     let hosts: Vec<ClusterHost> = (1..=n)
         .map(|n| {
-            ClusterHost::start(&ul, n, &format!("10.77.0.{n}/24"), &etcd.url(), ttl).expect("host")
+            ClusterHost::start(&ul, n, &format!("10.77.0.{n}/24"), &etcd.url(), &ttl).expect("host")
         })
         .collect();
     Some((ul, etcd, hosts))
@@ -110,7 +110,7 @@ fn connect(h: &ClusterHost, net: &str, c: &NetNs, extra: &[&str]) -> Ipv4Addr {
 
 #[test]
 fn containers_on_three_hosts_share_an_overlay_network() {
-    let Some((_ul, etcd, hosts)) = cluster(3) else {
+    let Some((_ul, etcd, hosts)) = cluster(3, "") else {
         return;
     };
     let net = format!("ov{}", run_id());
@@ -240,7 +240,7 @@ fn containers_on_three_hosts_share_an_overlay_network() {
 
 #[test]
 fn overlay_endpoints_reach_out_are_published_and_stay_apart() {
-    let Some((ul, etcd, hosts)) = cluster(2) else {
+    let Some((ul, etcd, hosts)) = cluster(2, "vxlan_port = 8472") else {
         return;
     };
     let (a, b) = (format!("oa{}", run_id()), format!("ob{}", run_id()));
@@ -272,6 +272,33 @@ fn overlay_endpoints_reach_out_are_published_and_stay_apart() {
     )
     .expect("udp across hosts");
     assert_eq!(got, b"u");
+
+    // The VXLAN devices use the configured port; 1 MB each way between
+    // hosts over the 1500-byte underlay (inner MTU 1450: no black hole).
+    let v = hosts[0].cli.json(&["network", "inspect", &a]).unwrap();
+    let dev = format!("vx-{}", &v[0]["Id"].as_str().unwrap()[..12]);
+    let link = hosts[0]
+        .ns
+        .exec(&["ip", "-d", "link", "show", &dev])
+        .unwrap();
+    assert!(
+        link.contains("dstport 8472") && link.contains("mtu 1450"),
+        "{link}"
+    );
+    let _big = tcp_echo_server(&cs[1], SocketAddr::from((a2, 7002))).expect("server");
+    let mb: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let got = tcp_echo(
+        &cs[0],
+        SocketAddr::from((a2, 7002)),
+        &mb,
+        Duration::from_secs(20),
+    )
+    .expect("1 MB across hosts");
+    assert!(
+        got == mb,
+        "1 MB came back as {} bytes, not the same",
+        got.len()
+    );
 
     // Not across overlay networks, on one host or across two.
     for (from, to) in [(&cs[0], b1), (&cs[0], b2), (&cs[3], a1)] {
@@ -334,7 +361,7 @@ fn live_hosts(h: &ClusterHost) -> Vec<String> {
 
 #[test]
 fn a_dead_host_goes_with_its_lease_and_flows_survive_an_etcd_restart() {
-    let Some((_ul, mut etcd, mut hosts)) = cluster(3) else {
+    let Some((_ul, mut etcd, mut hosts)) = cluster(3, "") else {
         return;
     };
     let net = format!("of{}", run_id());
@@ -446,7 +473,7 @@ fn fdb_macs(h: &ClusterHost, net: &str) -> String {
 
 #[test]
 fn a_restarted_agent_repairs_its_entries_from_the_store() {
-    let Some((_ul, _etcd, mut hosts)) = cluster(2) else {
+    let Some((_ul, _etcd, mut hosts)) = cluster(2, "") else {
         return;
     };
     let net = format!("or{}", run_id());
