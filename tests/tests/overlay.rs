@@ -108,6 +108,65 @@ fn connect(h: &ClusterHost, net: &str, c: &NetNs, extra: &[&str]) -> Ipv4Addr {
         .expect("the endpoint's address")
 }
 
+/// Every container pings and TCP-connects every other (an echo server on
+/// port 7000 of each).
+fn all_reach_all(cs: &[NetNs], ips: &[Ipv4Addr]) {
+    let servers: Vec<_> = cs
+        .iter()
+        .zip(ips)
+        .map(|(c, ip)| tcp_echo_server(c, SocketAddr::from((*ip, 7000))).expect("server"))
+        .collect();
+    for (i, c) in cs.iter().enumerate() {
+        for (j, ip) in ips.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let ok = wait_until(Duration::from_secs(10), || {
+                ping(c, *ip, 1, Duration::from_secs(2)).unwrap_or(false)
+            });
+            assert!(
+                ok,
+                "ping from host {} to {ip} (host {}) failed",
+                i + 1,
+                j + 1
+            );
+            let got = tcp_echo(
+                c,
+                SocketAddr::from((*ip, 7000)),
+                b"overlay",
+                Duration::from_secs(5),
+            )
+            .unwrap_or_else(|e| panic!("tcp from host {} to {ip}: {e:#}", i + 1));
+            assert_eq!(got, b"overlay");
+        }
+    }
+    drop(servers);
+}
+
+/// `N` new namespaces per host connected to `net` at once, all hosts
+/// together; the namespaces (to keep until the end).
+fn concurrent_connects(hosts: &[ClusterHost], net: &str) -> Vec<Vec<NetNs>> {
+    let more: Vec<Vec<NetNs>> = (0..3)
+        .map(|i| {
+            (0..N)
+                .map(|k| NetNs::new(&format!("o{i}{k}")).expect("ns"))
+                .collect()
+        })
+        .collect();
+    thread::scope(|s| {
+        for (h, nss) in hosts.iter().zip(&more) {
+            for ns in nss {
+                s.spawn(move || {
+                    h.cli
+                        .run(&["connect", net, ns.name()])
+                        .unwrap_or_else(|e| panic!("concurrent connect on {}: {e:#}", h.addr))
+                });
+            }
+        }
+    });
+    more
+}
+
 #[test]
 fn containers_on_three_hosts_share_an_overlay_network() {
     let Some((_ul, etcd, hosts)) = cluster(3, "") else {
@@ -148,57 +207,10 @@ fn containers_on_three_hosts_share_an_overlay_network() {
             h.status().unwrap_or_default()
         );
     }
-    let servers: Vec<_> = cs
-        .iter()
-        .zip(&ips)
-        .map(|(c, ip)| tcp_echo_server(c, SocketAddr::from((*ip, 7000))).expect("server"))
-        .collect();
-    for (i, c) in cs.iter().enumerate() {
-        for (j, ip) in ips.iter().enumerate() {
-            if i == j {
-                continue;
-            }
-            let ok = wait_until(Duration::from_secs(10), || {
-                ping(c, *ip, 1, Duration::from_secs(2)).unwrap_or(false)
-            });
-            assert!(
-                ok,
-                "ping from host {} to {ip} (host {}) failed",
-                i + 1,
-                j + 1
-            );
-            let got = tcp_echo(
-                c,
-                SocketAddr::from((*ip, 7000)),
-                b"overlay",
-                Duration::from_secs(5),
-            )
-            .unwrap_or_else(|e| panic!("tcp from host {} to {ip}: {e:#}", i + 1));
-            assert_eq!(got, b"overlay");
-        }
-    }
-    drop(servers);
+    all_reach_all(&cs, &ips);
 
     // 3 x N concurrent connects: every address distinct across hosts.
-    let more: Vec<Vec<NetNs>> = (0..3)
-        .map(|i| {
-            (0..N)
-                .map(|k| NetNs::new(&format!("o{i}{k}")).expect("ns"))
-                .collect()
-        })
-        .collect();
-    thread::scope(|s| {
-        for (h, nss) in hosts.iter().zip(&more) {
-            for ns in nss {
-                let net = &net;
-                s.spawn(move || {
-                    h.cli
-                        .run(&["connect", net, ns.name()])
-                        .unwrap_or_else(|e| panic!("concurrent connect on {}: {e:#}", h.addr))
-                });
-            }
-        }
-    });
+    let _more = concurrent_connects(&hosts, &net);
     let mut all = BTreeSet::new();
     for h in &hosts {
         for (name, ip) in local_ips(h, &net) {
@@ -238,6 +250,36 @@ fn containers_on_three_hosts_share_an_overlay_network() {
     drop(etcd);
 }
 
+/// `net`'s VXLAN device on `h` uses the configured port (8472) and MTU
+/// 1450; 1 MB goes from `from` to `to` (at `to_ip`, another host) and back
+/// over the 1500-byte underlay: no black hole.
+fn port_mtu_and_a_megabyte(h: &ClusterHost, net: &str, from: &NetNs, to: &NetNs, to_ip: Ipv4Addr) {
+    let v = h.cli.json(&["network", "inspect", net]).expect("inspect");
+    let id = v[0]["Id"].as_str().expect("an id");
+    let dev = format!("vx-{}", &id[..12]);
+    let link =
+        h.ns.exec(&["ip", "-d", "link", "show", &dev])
+            .expect("ip link");
+    assert!(
+        link.contains("dstport 8472") && link.contains("mtu 1450"),
+        "{link}"
+    );
+    let _big = tcp_echo_server(to, SocketAddr::from((to_ip, 7002))).expect("server");
+    let mb: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let got = tcp_echo(
+        from,
+        SocketAddr::from((to_ip, 7002)),
+        &mb,
+        Duration::from_secs(20),
+    )
+    .expect("1 MB across hosts");
+    assert!(
+        got == mb,
+        "1 MB came back as {} bytes, not the same",
+        got.len()
+    );
+}
+
 #[test]
 fn overlay_endpoints_reach_out_are_published_and_stay_apart() {
     let Some((ul, etcd, hosts)) = cluster(2, "vxlan_port = 8472") else {
@@ -273,32 +315,7 @@ fn overlay_endpoints_reach_out_are_published_and_stay_apart() {
     .expect("udp across hosts");
     assert_eq!(got, b"u");
 
-    // The VXLAN devices use the configured port; 1 MB each way between
-    // hosts over the 1500-byte underlay (inner MTU 1450: no black hole).
-    let v = hosts[0].cli.json(&["network", "inspect", &a]).unwrap();
-    let dev = format!("vx-{}", &v[0]["Id"].as_str().unwrap()[..12]);
-    let link = hosts[0]
-        .ns
-        .exec(&["ip", "-d", "link", "show", &dev])
-        .unwrap();
-    assert!(
-        link.contains("dstport 8472") && link.contains("mtu 1450"),
-        "{link}"
-    );
-    let _big = tcp_echo_server(&cs[1], SocketAddr::from((a2, 7002))).expect("server");
-    let mb: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
-    let got = tcp_echo(
-        &cs[0],
-        SocketAddr::from((a2, 7002)),
-        &mb,
-        Duration::from_secs(20),
-    )
-    .expect("1 MB across hosts");
-    assert!(
-        got == mb,
-        "1 MB came back as {} bytes, not the same",
-        got.len()
-    );
+    port_mtu_and_a_megabyte(&hosts[0], &a, &cs[0], &cs[1], a2);
 
     // Not across overlay networks, on one host or across two.
     for (from, to) in [(&cs[0], b1), (&cs[0], b2), (&cs[3], a1)] {
