@@ -52,18 +52,126 @@ impl Underlay {
 /// How long etcd may take to serve.
 const ETCD_START: Duration = Duration::from_secs(30);
 
+/// A CA, a server certificate for etcd (its IP in the SAN) and a client
+/// certificate, made with `openssl` in a directory removed on drop.
+pub struct Certs {
+    pub dir: PathBuf,
+}
+
+impl Certs {
+    pub fn new(server_ip: &str) -> Result<Certs> {
+        let certs = Certs {
+            dir: std::env::temp_dir().join(unique_name("certs")),
+        };
+        std::fs::create_dir_all(&certs.dir)?;
+        let p = |f: &str| certs.path(f).display().to_string();
+        let ssl = |args: &[&str]| -> Result<()> {
+            let out = Command::new("openssl")
+                .args(args)
+                .output()
+                .context("openssl")?;
+            if !out.status.success() {
+                bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        };
+        ssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=dpt-ca",
+            "-keyout",
+            &p("ca-key.pem"),
+            "-out",
+            &p("ca.pem"),
+        ])?;
+        for (name, ext) in [
+            (
+                "server",
+                format!("subjectAltName=IP:{server_ip}\nextendedKeyUsage=serverAuth"),
+            ),
+            ("client", "extendedKeyUsage=clientAuth".to_owned()),
+        ] {
+            std::fs::write(certs.path(&format!("{name}.ext")), ext)?;
+            ssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN=dpt-{name}"),
+                "-keyout",
+                &p(&format!("{name}-key.pem")),
+                "-out",
+                &p(&format!("{name}.csr")),
+            ])?;
+            ssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &p(&format!("{name}.csr")),
+                "-CA",
+                &p("ca.pem"),
+                "-CAkey",
+                &p("ca-key.pem"),
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                &p(&format!("{name}.ext")),
+                "-out",
+                &p(&format!("{name}.pem")),
+            ])?;
+        }
+        Ok(certs)
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    /// The `[cluster]` lines of an agent using the client certificate.
+    pub fn agent_config(&self) -> String {
+        format!(
+            "tls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+            self.path("ca.pem").display(),
+            self.path("client.pem").display(),
+            self.path("client-key.pem").display()
+        )
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A single-member etcd in its own namespace on the underlay, serving
-/// clients on `addr`:2379; killed and its data removed on drop.
+/// clients on `addr`:2379 (over TLS with client certificates when given
+/// [`Certs`]); killed and its data removed on drop.
 pub struct Etcd {
     child: Option<Child>,
     pub ns: NetNs,
     pub addr: String,
     data: PathBuf,
+    tls: Option<PathBuf>,
 }
 
 impl Etcd {
     /// `cidr`: its address on the underlay (e.g. 10.77.0.10/24).
     pub fn start(underlay: &Underlay, cidr: &str) -> Result<Etcd> {
+        Etcd::start_with(underlay, cidr, None)
+    }
+
+    /// [`Etcd::start`], over TLS with `certs` (client certificates
+    /// required).
+    pub fn start_with(underlay: &Underlay, cidr: &str, certs: Option<&Certs>) -> Result<Etcd> {
         let ns = NetNs::new("etcd")?;
         underlay.attach(&ns, "eth0", cidr)?;
         let addr = cidr.split('/').next().unwrap_or(cidr).to_owned();
@@ -73,6 +181,7 @@ impl Etcd {
             ns,
             addr,
             data,
+            tls: certs.map(|c| c.dir.clone()),
         };
         etcd.run()?;
         Ok(etcd)
@@ -86,7 +195,8 @@ impl Etcd {
     /// Starts the process (on the same data) and waits, bounded, until it
     /// serves clients.
     pub fn run(&mut self) -> Result<()> {
-        let client = format!("http://{}:2379", self.addr);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://{}:2379", self.addr);
         let peer = "http://127.0.0.1:2380";
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", self.ns.name(), "etcd", "--name", "dpt"])
@@ -99,6 +209,15 @@ impl Etcd {
             .args(["--initial-cluster", &format!("dpt={peer}")])
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if let Some(dir) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(dir.join("server.pem"))
+                .arg("--key-file")
+                .arg(dir.join("server-key.pem"))
+                .arg("--trusted-ca-file")
+                .arg(dir.join("ca.pem"))
+                .arg("--client-cert-auth");
+        }
         // SAFETY: prctl is async-signal-safe and affects only the child.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {

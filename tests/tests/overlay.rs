@@ -14,7 +14,7 @@ use std::{
 };
 
 use dataplane_tests::{
-    cluster::{wait_until, ClusterHost, Etcd, Underlay},
+    cluster::{wait_until, Certs, ClusterHost, Etcd, Underlay},
     netns::NetNs,
     run_id,
     traffic::{ping, tcp_echo, tcp_echo_server, udp_echo_server, udp_request},
@@ -538,4 +538,27 @@ fn a_restarted_agent_repairs_its_entries_from_the_store() {
     );
     assert_eq!(programmed(&hosts[1]), 1);
     assert!(ping(&cs[2], ip2, 1, Duration::from_secs(3)).unwrap_or(false));
+}
+
+#[test]
+fn hosts_reach_etcd_over_tls_with_client_certificates() {
+    if !dataplane_tests::require_root()
+        || !dataplane_tests::require_tools("the overlay TLS test", &["etcd", "openssl"])
+    {
+        return;
+    }
+    let ul = Underlay::new().expect("underlay");
+    let certs = Certs::new("10.77.0.10").expect("certificates");
+    let etcd = Etcd::start_with(&ul, "10.77.0.10/24", Some(&certs)).expect("etcd over TLS");
+    let cfg = format!("[cluster]\n{}", certs.agent_config());
+    let hosts: Vec<ClusterHost> = (1..=2)
+        .map(|n| {
+            ClusterHost::start(&ul, n, &format!("10.77.0.{n}/24"), &etcd.url(), &cfg).expect("host")
+        })
+        .collect();
+    let net = format!("ot{}", run_id());
+    create(&hosts, 0, &net, "10.0.9.0/24");
+    let st = hosts[1].status().expect("cluster status");
+    assert_eq!(st["reachable"], true, "{st}");
+    assert_eq!(st["hosts"].as_object().map(|h| h.len()), Some(2), "{st}");
 }

@@ -42,6 +42,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // gRPC code with protoc; the overlay test runs a real etcd.
     ("protoc", "protobuf-compiler"),
     ("etcd", "etcd-server"),
+    // The overlay TLS test's certificates.
+    ("openssl", "openssl"),
 ];
 
 /// What `cargo xtask bench` needs on top (not installed by `setup`, which
