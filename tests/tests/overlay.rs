@@ -183,6 +183,7 @@ fn containers_on_three_hosts_share_an_overlay_network() {
     }
     let inspect = hosts[2].cli.json(&["network", "inspect", &net]).unwrap();
     assert_eq!(inspect[0]["Scope"], "global", "{inspect}");
+    assert_eq!(inspect[0]["Peers"], serde_json::json!([]), "{inspect}");
     assert_eq!(
         inspect[0]["Options"]["com.docker.network.driver.mtu"], "1450",
         "{inspect}"
@@ -232,6 +233,15 @@ fn containers_on_three_hosts_share_an_overlay_network() {
             h.addr,
             h.status().unwrap_or_default()
         );
+    }
+    // Every host's inspect names the same peers: the three hosts.
+    for h in &hosts {
+        let v = h.cli.json(&["network", "inspect", &net]).unwrap();
+        let peers: Vec<&str> = v[0]["Peers"]
+            .as_array()
+            .map(|p| p.iter().filter_map(|p| p["IP"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(peers, ["10.77.0.1", "10.77.0.2", "10.77.0.3"], "{v}");
     }
     let st = hosts[1].status().expect("cluster status");
     assert_eq!(st["reachable"], true, "{st}");

@@ -65,6 +65,10 @@ pub struct NetworkRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_range: Option<Ipv4Net>,
     pub vni: u32,
+    /// `--mtu` / `-o com.docker.network.driver.mtu` when given: each host
+    /// takes the lower of it and its own (uplink MTU - 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
     pub created: String,
     /// The host that created it.
     pub created_by: String,

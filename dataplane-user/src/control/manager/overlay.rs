@@ -17,7 +17,9 @@ use crate::{
         driver::{self, NetworkDriver as _},
         host::Host,
         ipam,
-        model::{Attachment, CreateRequest, DriverConfig, Endpoint, Network, OverlayConfig},
+        model::{
+            Attachment, CreateRequest, DriverConfig, Endpoint, Network, OverlayConfig, DEFAULT_MTU,
+        },
     },
     datapath::Datapath,
 };
@@ -63,6 +65,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             gateway: req.gateway.unwrap_or_else(|| ipam::first_host(&subnet)),
             ip_range: req.ip_range,
             vni: 0,
+            mtu: (req.mtu != DEFAULT_MTU).then_some(req.mtu),
             created: now_rfc3339(),
             created_by: cluster.identity().host_id.clone(),
             labels: req.labels.clone(),
@@ -110,7 +113,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             enable_ipv6: false,
             enable_ipv4: true,
             internal: false,
-            mtu: me.mtu,
+            mtu: rec.mtu.map_or(me.mtu, |m| m.min(me.mtu)),
             labels: rec.labels.clone(),
         };
         let driver = driver::for_network(&net);

@@ -101,6 +101,18 @@ async fn two_hosts_share_an_overlay_network() {
         .to_string();
     assert!(again.contains("already exists in the cluster"), "{again}");
 
+    // A smaller --mtu holds on every host; a bigger one is capped by the
+    // host's own (uplink MTU - 50).
+    let mut small = overlay_args("small", Some("10.0.11.0/24"));
+    small.mtu = Some("1400".into());
+    assert_eq!(m1.create(small.parse().unwrap()).await.unwrap().mtu, 1400);
+    let mut big = overlay_args("big", Some("10.0.12.0/24"));
+    big.mtu = Some("9000".into());
+    assert_eq!(m1.create(big.parse().unwrap()).await.unwrap().mtu, 1450);
+    m1.remove(&["small".into(), "big".into()], false)
+        .await
+        .unwrap();
+
     // A stale view saying it is gone removes nothing: the store has it.
     m1.drop_overlay("ov", &net.id)
         .await
