@@ -10,7 +10,9 @@ use std::{collections::BTreeSet, net::Ipv4Addr};
 use ipnet::Ipv4Net;
 
 use super::{
-    records::{decode, encode, ipam_key, ipam_prefix, IpamRecord},
+    records::{
+        decode, encode, endpoints_prefix, ipam_key, ipam_prefix, EndpointRecord, IpamRecord, PREFIX,
+    },
     Cluster, ClusterError,
 };
 
@@ -125,6 +127,44 @@ impl Cluster {
         Ok(mine)
     }
 
+    /// Removes this host's endpoint records and addresses that none of
+    /// `mine` (this host's endpoints now) has: left by a disconnect while
+    /// the store did not answer, or by an agent killed half-way. The
+    /// caller makes sure no connect of this host is under way. Returns
+    /// what went.
+    pub async fn forget_stale(&self, mine: &[EndpointRecord]) -> Result<Vec<String>, ClusterError> {
+        let me = &self.id.host_id;
+        let mut gone = Vec::new();
+        let (eps, _) = self.store.get_prefix(&endpoints_prefix()).await?;
+        for (k, v) in &eps {
+            let Ok(e) = decode::<EndpointRecord>(k, v) else {
+                continue;
+            };
+            if e.host == *me && !mine.iter().any(|m| m.network == e.network && m.id == e.id) {
+                self.store.delete(k).await?;
+                gone.push(format!("endpoint {} of {}", e.name, e.network));
+            }
+        }
+        let prefix = format!("{PREFIX}ipam/");
+        let (ips, _) = self.store.get_prefix(&prefix).await?;
+        for (k, v) in &ips {
+            let Some((net, ip)) = k.strip_prefix(&prefix).and_then(|r| r.split_once('/')) else {
+                continue;
+            };
+            let Ok(rec) = decode::<IpamRecord>(k, v) else {
+                continue;
+            };
+            let held = mine
+                .iter()
+                .any(|m| m.network == net && m.ip.to_string() == ip);
+            if rec.host == *me && !held {
+                self.store.delete(k).await?;
+                gone.push(format!("address {ip} of {net}"));
+            }
+        }
+        Ok(gone)
+    }
+
     /// The addresses of `network` held anywhere in the cluster.
     async fn taken(&self, network: &str) -> Result<BTreeSet<Ipv4Addr>, ClusterError> {
         let prefix = ipam_prefix(network);
@@ -199,5 +239,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a usable address"), "{e}");
+        // Host 1 forgets what it holds without an endpoint; the others'
+        // addresses stay.
+        let before = store.keys().len();
+        let gone = hosts[0].forget_stale(&[]).await.unwrap();
+        assert_eq!(gone.len(), 2, "{gone:?}");
+        assert_eq!(store.keys().len(), before - 2);
     }
 }

@@ -283,11 +283,28 @@ async fn converge(
         .into_iter()
         .map(|(n, o)| (n.name.clone(), o.vxlan.clone()))
         .collect();
-    let mine = m.overlay_endpoints();
-    m.keep(&ctx.cache);
     if publish {
-        publish_mine(cluster, &mine).await?;
+        // Under the state lock (the manager is open): no connect of this
+        // host is half-way, so an address of this host that no endpoint
+        // holds is really left over.
+        let mine = m.overlay_endpoints();
+        let done = publish_mine(cluster, &mine).await;
+        let stale = match done {
+            Ok(()) => cluster
+                .forget_stale(&mine)
+                .await
+                .map_err(|e| error_chain(&e)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = stale {
+            m.keep(&ctx.cache);
+            return Err(e);
+        }
+        for s in stale.unwrap_or_default() {
+            info!("cluster: removed this host's left-over {s}");
+        }
     }
+    m.keep(&ctx.cache);
     let errors = program_remotes(host, &nets, view, &me, programmed).await;
     for e in &errors {
         warn!("overlay entries: {e}");
