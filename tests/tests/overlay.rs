@@ -286,7 +286,11 @@ fn port_mtu_and_a_megabyte(h: &ClusterHost, net: &str, from: &NetNs, to: &NetNs,
         h.ns.exec(&["ip", "-d", "link", "show", &dev])
             .expect("ip link");
     assert!(
-        link.contains("dstport 8472") && link.contains("mtu 1450"),
+        link.contains("dstport 8472")
+            && link.contains("mtu 1450")
+            && link.contains(" udpcsum")
+            && link.contains("nolearning")
+            && link.contains("proxy"),
         "{link}"
     );
     let _big = tcp_echo_server(to, SocketAddr::from((to_ip, 7002))).expect("server");
