@@ -236,7 +236,8 @@ async fn session(
         .await
         .map_err(|e| error_chain(&e))?;
     let mut view = View::from_pairs(&kvs);
-    converge(cluster, ctx, host, &view, programmed, true).await?;
+    let mut local = None;
+    converge(cluster, ctx, host, &view, programmed, &mut local, true).await?;
     cluster.note(Ok(()));
     info!(host = %cluster.identity().host_id, networks = view.networks.len(), endpoints = view.endpoints.len(), "cluster in sync");
     let mut tick = tokio::time::interval(cluster.identity().lease_ttl / 3);
@@ -255,56 +256,46 @@ async fn session(
                     n += 1;
                 }
                 cluster.with_status(|s| s.watch_events += n);
-                converge(cluster, ctx, host, &view, programmed, false).await?;
+                converge(cluster, ctx, host, &view, programmed, &mut local, false).await?;
             }
         }
     }
 }
 
+/// This host's overlay networks as the last converge left them: name ->
+/// (id, VXLAN device).
+pub type Local = BTreeMap<String, (String, String)>;
+
 /// This host after `view`: networks adopted or dropped, (with `publish`)
-/// this host's endpoints written again, remote entries programmed.
+/// this host's endpoints written again, remote entries programmed. The
+/// manager (and with it the state lock, which API requests wait for) is
+/// opened only when the view's networks differ from `local` or for
+/// `publish`: a batch of endpoint changes costs netlink calls alone.
 async fn converge(
     cluster: &Arc<Cluster>,
     ctx: &SyncContext,
     host: &Netlink,
     view: &View,
     programmed: &mut Programmed,
+    local: &mut Option<Local>,
     publish: bool,
 ) -> Result<(), String> {
     let me = cluster.identity().host_id.clone();
-    let mut m = Manager::open_cached(&ctx.state_dir, &ctx.pins, Some(&ctx.cache))
-        .await
-        .map_err(|e| error_chain(&e))?;
-    m.set_nat_config(ctx.nat);
-    m.set_cluster(Some(cluster.clone()));
-    networks(cluster, &mut m, view).await?;
-    let nets: Vec<(String, String)> = m
-        .overlay_networks()
-        .into_iter()
-        .map(|(n, o)| (n.name.clone(), o.vxlan.clone()))
-        .collect();
-    if publish {
-        // Under the state lock (the manager is open): no connect of this
-        // host is half-way, so an address of this host that no endpoint
-        // holds is really left over.
-        let mine = m.overlay_endpoints();
-        let done = publish_mine(cluster, &mine).await;
-        let stale = match done {
-            Ok(()) => cluster
-                .forget_stale(&mine)
-                .await
-                .map_err(|e| error_chain(&e)),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = stale {
-            m.keep(&ctx.cache);
-            return Err(e);
-        }
-        for s in stale.unwrap_or_default() {
-            info!("cluster: removed this host's left-over {s}");
-        }
+    let same = local.as_ref().is_some_and(|l| {
+        l.len() == view.networks.len()
+            && view
+                .networks
+                .iter()
+                .all(|(n, r)| l.get(n).is_some_and(|(id, _)| *id == r.id))
+    });
+    if publish || !same {
+        *local = Some(with_manager(cluster, ctx, view, publish).await?);
     }
-    m.keep(&ctx.cache);
+    let nets: Vec<(String, String)> = local
+        .iter()
+        .flatten()
+        .map(|(n, (_, vx))| (n.clone(), vx.clone()))
+        .collect();
     let errors = program_remotes(host, &nets, view, &me, programmed).await;
     for e in &errors {
         warn!("overlay entries: {e}");
@@ -316,6 +307,48 @@ async fn converge(
         s.programmed = entries;
     });
     Ok(())
+}
+
+/// The manager's part of [`converge`]: networks made or removed, (with
+/// `publish`) this host's records published and its left-overs removed;
+/// returns this host's overlay networks.
+async fn with_manager(
+    cluster: &Arc<Cluster>,
+    ctx: &SyncContext,
+    view: &View,
+    publish: bool,
+) -> Result<Local, String> {
+    let mut m = Manager::open_cached(&ctx.state_dir, &ctx.pins, Some(&ctx.cache))
+        .await
+        .map_err(|e| error_chain(&e))?;
+    m.set_nat_config(ctx.nat);
+    m.set_cluster(Some(cluster.clone()));
+    let done = async {
+        networks(cluster, &mut m, view).await?;
+        if publish {
+            // Under the state lock (the manager is open): no connect of
+            // this host is half-way, so an address of this host that no
+            // endpoint holds is really left over.
+            let mine = m.overlay_endpoints();
+            publish_mine(cluster, &mine).await?;
+            let stale = cluster
+                .forget_stale(&mine)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            for s in stale {
+                info!("cluster: removed this host's left-over {s}");
+            }
+        }
+        Ok::<_, String>(
+            m.overlay_networks()
+                .into_iter()
+                .map(|(n, o)| (n.name.clone(), (n.id.clone(), o.vxlan.clone())))
+                .collect(),
+        )
+    }
+    .await;
+    m.keep(&ctx.cache);
+    done
 }
 
 /// This host's overlay networks made or removed to match the store. The
