@@ -88,6 +88,19 @@ pub struct Advertise {
     pub port: Option<u16>,
 }
 
+impl std::fmt::Display for Advertise {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.host {
+            AdvertiseHost::Ip(ip) => write!(f, "{ip}")?,
+            AdvertiseHost::Iface(name) => f.write_str(name)?,
+        }
+        match self.port {
+            Some(p) => write!(f, ":{p}"),
+            None => Ok(()),
+        }
+    }
+}
+
 impl FromStr for Advertise {
     type Err = ClusterConfigError;
 
@@ -250,7 +263,7 @@ impl ClusterSettings {
             if let Some(a) = advertise.or_else(|| self.advertise.clone()) {
                 return Err(bad(
                     "cluster_advertise",
-                    &format!("{a:?}"),
+                    &a.to_string(),
                     "given without cluster_store",
                 ));
             }
