@@ -357,6 +357,25 @@ fn overlay_endpoints_reach_out_are_published_and_stay_apart() {
         ping(&cs[2], b2, 1, Duration::from_secs(3)).unwrap_or(false),
         "b1 -> b2"
     );
+    // Nor between an overlay network and a local bridge network.
+    let local = NetNs::new("oelocal").expect("ns");
+    hosts[0]
+        .cli
+        .run(&["network", "create", "--subnet", "10.0.20.0/24", "lb"])
+        .expect("a bridge network");
+    let l1 = connect(&hosts[0], "lb", &local, &[]);
+    for (from, to) in [(&cs[0], l1), (&local, a1)] {
+        assert!(
+            !ping(from, to, 1, Duration::from_secs(1)).unwrap_or(true),
+            "{from} reached {to} across an overlay and a bridge network"
+        );
+    }
+    // Dropped by the endpoint program as isolation, not lost elsewhere.
+    let isolated = hosts[0].cli.drops("network-isolation");
+    assert!(
+        isolated >= 2,
+        "network-isolation drops on host 1: {isolated}"
+    );
 
     // Egress: masqueraded to the host's underlay address.
     let outside =
