@@ -586,6 +586,14 @@ fn a_restarted_agent_repairs_its_entries_from_the_store() {
     );
     assert_eq!(programmed(&hosts[1]), 1);
     assert!(ping(&cs[2], ip2, 1, Duration::from_secs(3)).unwrap_or(false));
+
+    // `cleanup` on host 2 gives its endpoint's record back: host 1 drops it.
+    hosts[1].cli.run(&["cleanup"]).expect("cleanup");
+    assert!(
+        wait_until(SYNC, || programmed(&hosts[0]) == 0),
+        "{}",
+        hosts[0].status().unwrap_or_default()
+    );
 }
 
 #[test]
