@@ -201,14 +201,6 @@ impl Cluster {
         }
     }
 
-    /// Revokes the lease (a clean stop): this host's records go at once.
-    pub async fn leave(&self) -> Result<(), ClusterError> {
-        if let Some(l) = self.lease.lock().await.take() {
-            self.store.revoke(l).await?;
-        }
-        Ok(())
-    }
-
     /// Every overlay network of the cluster.
     pub async fn networks(&self) -> Result<Vec<NetworkRecord>, ClusterError> {
         let (kvs, _) = self.store.get_prefix(&records::networks_prefix()).await?;

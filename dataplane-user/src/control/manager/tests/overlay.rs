@@ -206,3 +206,24 @@ async fn a_dead_hosts_endpoints_go_with_its_lease() {
     let e = connect(&mut m2, args("ov", "c1")).await;
     assert_eq!(e.ipv4, Some(Ipv4Addr::new(10, 0, 9, 2)));
 }
+
+#[tokio::test]
+async fn a_connect_while_the_store_is_down_fails_and_changes_nothing() {
+    let store = MemStore::default();
+    let dir = Dir::new();
+    let mut m = host(&dir, &store, 1).await;
+    m.create(overlay_args("ov", Some("10.0.9.0/24")).parse().unwrap())
+        .await
+        .unwrap();
+    store.set_down(true);
+    let before = (m.state().clone(), m.host().get().links.len());
+    let e = m.connect(&args("ov", "c1")).await.unwrap_err().to_string();
+    assert!(
+        e.contains("cluster store memory") && e.contains("no answer"),
+        "{e}"
+    );
+    assert_eq!((m.state().clone(), m.host().get().links.len()), before);
+    store.set_down(false);
+    let ep = connect(&mut m, args("ov", "c1")).await;
+    assert_eq!(ep.ipv4, Some(Ipv4Addr::new(10, 0, 9, 2)));
+}
