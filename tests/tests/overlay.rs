@@ -258,6 +258,14 @@ fn containers_on_three_hosts_share_an_overlay_network() {
             .unwrap_or_default();
         assert_eq!(peers, ["10.77.0.1", "10.77.0.2", "10.77.0.3"], "{v}");
     }
+    let table = hosts[0]
+        .cli
+        .run(&["cluster", "status"])
+        .expect("cluster status");
+    assert!(
+        table.contains("(reachable)") && table.contains("10.77.0.3"),
+        "{table}"
+    );
     let st = hosts[1].status().expect("cluster status");
     assert_eq!(st["reachable"], true, "{st}");
     for h in &hosts {
@@ -405,6 +413,29 @@ fn overlay_endpoints_reach_out_are_published_and_stay_apart() {
     )
     .expect("published port of an overlay endpoint");
     assert_eq!(got, b"pub");
+    // DOCKER-USER-style filters apply to it as to a bridge endpoint's.
+    let id = hosts[0]
+        .cli
+        .run(&[
+            "filter",
+            "add",
+            "--src",
+            "10.77.0.10/32",
+            "--action",
+            "drop",
+        ])
+        .expect("filter add");
+    let refused = tcp_echo(
+        &etcd.ns,
+        SocketAddr::from(([10, 77, 0, 1], 8080)),
+        b"pub",
+        Duration::from_secs(2),
+    );
+    assert!(refused.is_err(), "the filter let it through: {refused:?}");
+    hosts[0]
+        .cli
+        .run(&["filter", "rm", id.trim()])
+        .expect("filter rm");
     drop(ul);
 }
 
