@@ -66,14 +66,9 @@ impl Certs {
         std::fs::create_dir_all(&certs.dir)?;
         let p = |f: &str| certs.path(f).display().to_string();
         let ssl = |args: &[&str]| -> Result<()> {
-            let out = Command::new("openssl")
-                .args(args)
-                .output()
-                .context("openssl")?;
-            if !out.status.success() {
-                bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            Ok(())
+            let mut argv = vec!["openssl"];
+            argv.extend_from_slice(args);
+            crate::cmd::run_timeout(&argv, Duration::from_secs(30)).map(drop)
         };
         ssl(&[
             "req",
