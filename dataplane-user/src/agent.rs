@@ -20,6 +20,7 @@ use crate::{
     api::{self, check_iface, ApiError, IfaceError},
     config::AgentConfig,
     control::{
+        cluster::{self, Cluster},
         driver::{self, NetworkDriver as _},
         manager::{Cache, Manager, NetworkError},
         model::Network,
@@ -56,6 +57,8 @@ pub enum AgentError {
     Api(ApiError),
     #[error("docker_socket")]
     DockerSocket(#[source] ApiError),
+    #[error(transparent)]
+    Cluster(#[from] cluster::StartError),
     #[error("metrics_address {addr}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -123,7 +126,17 @@ impl Agent {
         if let Some(b) = bridge {
             print_welcome(&b);
         }
-        if let Err(e) = self.serve(&mut tasks, &stop, &cache).await {
+        let cluster = match &self.config.cluster {
+            Some(cfg) => match cluster::start(cfg).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    detach_all(self.pins(), &attached);
+                    return Err(e.into());
+                }
+            },
+            None => None,
+        };
+        if let Err(e) = self.serve(&mut tasks, &stop, &cache, cluster).await {
             stop.cancel();
             tasks.shutdown().await;
             self.remove_sockets();
@@ -225,6 +238,7 @@ impl Agent {
         tasks: &mut JoinSet<()>,
         stop: &CancellationToken,
         cache: &Arc<Mutex<Cache>>,
+        cluster: Option<Arc<Cluster>>,
     ) -> Result<(), AgentError> {
         let ctx = api::Context {
             state_dir: self.state_dir().to_owned(),
@@ -232,7 +246,19 @@ impl Agent {
             nat: self.config.nat,
             server: "agent",
             cache: Some(cache.clone()),
+            cluster: cluster.clone(),
         };
+        if let Some(c) = cluster {
+            let id = c.identity();
+            info!(host = %id.host_id, vtep = %id.vtep, mtu = id.mtu, "cluster store: overlay networks on");
+            let sync = cluster::sync::SyncContext {
+                state_dir: self.state_dir().to_owned(),
+                pins: self.pins().clone(),
+                nat: self.config.nat,
+                cache: cache.clone(),
+            };
+            tasks.spawn(cluster::sync::run(c, sync, stop.clone()));
+        }
         // Bound before "agent running" is logged: whoever waits for that
         // line (tests, scripts) can connect at once.
         let socket = &self.config.paths.socket;

@@ -25,6 +25,10 @@
 //!                                         # 1-16384; the oldest idle one is
 //!                                         # closed for a newcomer
 //!
+//! # Overlay networks across hosts (docs/overlay.md), Docker's names:
+//! cluster_store = "etcd://10.0.0.1:2379,10.0.0.2:2379"
+//! cluster_advertise = "eth0"              # or an address; ":port" allowed
+//!
 //! [conntrack]                             # idle timeouts, seconds
 //! tcp_established = 21600
 //! tcp_syn = 60
@@ -49,6 +53,13 @@
 //! published_ports = 65536                 # DP_PORTS and DP_PORTS6 each
 //! filter_keys = 30722                     # each filter dimension map (a cap)
 //! sock_revnat = 65536                     # host-local reverse NAT, per family
+//! [cluster]                               # with cluster_store only
+//! tls_ca = "/etc/dataplane/etcd-ca.pem"   # TLS to etcd; a client certificate
+//! tls_cert = "/etc/dataplane/etcd.pem"    # and key when etcd asks for one
+//! tls_key = "/etc/dataplane/etcd-key.pem"
+//! vxlan_port = 4789                       # UDP port of the VXLAN devices
+//! lease_ttl_seconds = 15                  # this host's records outlive it so long
+//! host_id = "node1"                       # default: the advertise address
 //! ```
 //!
 //! `off` is the one word for "off" (`none` and "" are still accepted). The
@@ -66,6 +77,9 @@ use dataplane_common::{maps::PIN_ROOT, nat::NatConfig};
 use serde::Deserialize;
 
 use crate::{
+    control::cluster::config::{
+        Advertise, ClusterConfig, ClusterConfigError, ClusterFile, ClusterSettings, StoreUrl,
+    },
     datapath::{
         bpffs::PinRoot,
         conntrack::Timeouts,
@@ -92,6 +106,17 @@ pub enum ConfigError {
         field: &'static str,
         problem: String,
     },
+    /// The cluster settings (`cluster_store`, `cluster_advertise`,
+    /// `[cluster]`); the error names the field and the value.
+    #[error("{path}: {source}")]
+    Cluster {
+        path: PathBuf,
+        #[source]
+        source: ClusterConfigError,
+    },
+    /// A cluster flag over the file's settings.
+    #[error(transparent)]
+    ClusterFlags(ClusterConfigError),
     /// `host_cgroup` not set: its default, the cgroup v2 root, is not
     /// mounted or cannot be read.
     #[error("host_cgroup: no default")]
@@ -120,6 +145,10 @@ struct File {
     masquerade: MasqueradeFile,
     #[serde(default)]
     dns: DnsFile,
+    cluster_store: Option<String>,
+    cluster_advertise: Option<String>,
+    #[serde(default)]
+    cluster: ClusterFile,
     #[serde(default)]
     maps: MapsFile,
 }
@@ -225,6 +254,8 @@ pub struct Config {
     pub max_connections: usize,
     /// `[maps]`: the sizes the file sets (the others stay None).
     pub maps: MapSizes,
+    /// Overlay networks' cluster store, as the file gives it.
+    pub cluster: ClusterSettings,
 }
 
 impl Default for Config {
@@ -244,6 +275,7 @@ impl Default for Config {
             dns: Some(DnsSettings::default()),
             max_connections: crate::api::DEFAULT_MAX_CONNECTIONS,
             maps: MapSizes::default(),
+            cluster: ClusterSettings::default(),
         }
     }
 }
@@ -309,6 +341,9 @@ pub struct AgentFlags {
     pub host_cgroup: Option<Setting<PathBuf>>,
     pub docker_socket: Option<Setting<PathBuf>>,
     pub fast_path: Option<bool>,
+    /// `--cluster-store`, `--cluster-advertise` (over the file's).
+    pub cluster_store: Option<StoreUrl>,
+    pub cluster_advertise: Option<Advertise>,
 }
 
 /// Everything the agent runs with: file and flags merged, defaults
@@ -338,6 +373,8 @@ pub struct AgentConfig {
     pub max_connections: usize,
     /// Every configurable map's size: the file's, else the object's.
     pub maps: MapSizes,
+    /// Overlay networks across hosts; None: no cluster store.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Config {
@@ -411,6 +448,10 @@ impl Config {
             dns: self.dns.clone(),
             max_connections: self.max_connections,
             maps: self.maps.or(MapSizes::defaults()),
+            cluster: self
+                .cluster
+                .resolve(flags.cluster_store, flags.cluster_advertise)
+                .map_err(ConfigError::ClusterFlags)?,
         })
     }
 }
@@ -543,6 +584,15 @@ impl Config {
         }
         c.dns = dns_settings(file.dns, &invalid)?;
         c.maps = map_sizes(file.maps, &invalid)?;
+        c.cluster = ClusterSettings::parse(
+            file.cluster_store.as_deref(),
+            file.cluster_advertise.as_deref(),
+            file.cluster,
+        )
+        .map_err(|source| ConfigError::Cluster {
+            path: path.to_owned(),
+            source,
+        })?;
         if c.nat.snat_port_min == 0 || c.nat.snat_port_min > c.nat.snat_port_max {
             return Err(invalid(
                 "masquerade.port_min",
@@ -698,6 +748,53 @@ mod tests {
     }
 
     #[test]
+    fn cluster_settings_from_the_file_and_flags() {
+        let c = Config::parse(
+            Path::new("c.toml"),
+            "cluster_store = \"etcd://10.1.0.1:2379\"\ncluster_advertise = \"10.1.0.2\"\n\
+             [cluster]\nvxlan_port = 8472\nlease_ttl_seconds = 5\n",
+        )
+        .unwrap();
+        let paths = c.paths(PathFlags::default());
+        let a = c.agent(paths.clone(), AgentFlags::default()).unwrap();
+        let cl = a.cluster.expect("cluster on");
+        assert_eq!(cl.store.members, vec!["10.1.0.1:2379"]);
+        assert_eq!(
+            (cl.vxlan_port, cl.lease_ttl),
+            (8472, Duration::from_secs(5))
+        );
+        let flags = AgentFlags {
+            cluster_store: Some("etcd://e1:2379,e2:2379".parse().unwrap()),
+            ..AgentFlags::default()
+        };
+        let cl = c.agent(paths, flags).unwrap().cluster.unwrap();
+        assert_eq!(cl.store.members, vec!["e1:2379", "e2:2379"]);
+        for (text, needle) in [
+            (
+                "cluster_store = \"consul://x\"",
+                "cluster_store \"consul://x\"",
+            ),
+            ("[cluster]\nvxlan_port = 0", "cluster.vxlan_port"),
+            (
+                "[cluster]\nlease_ttl_seconds = 1",
+                "cluster.lease_ttl_seconds \"1\"",
+            ),
+            ("[cluster]\nbogus = 1", "bogus"),
+        ] {
+            let e = Config::parse(Path::new("c.toml"), text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+        let no_adv = Config::parse(Path::new("c.toml"), "cluster_store = \"etcd://h\"").unwrap();
+        let e = no_adv
+            .agent(no_adv.paths(PathFlags::default()), AgentFlags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cluster_advertise"), "{e}");
+    }
+
+    #[test]
     fn fast_path_setting() {
         let parse = |t: &str| Config::parse(Path::new("f.toml"), t).map(|c| c.nat.fast_path);
         assert_eq!(parse("").unwrap(), 1);
@@ -788,6 +885,7 @@ mod tests {
                     host_cgroup: Some(Setting::Off),
                     docker_socket: Some(Setting::Off),
                     fast_path: Some(true),
+                    ..AgentFlags::default()
                 },
             )
             .unwrap();

@@ -17,6 +17,7 @@
 mod bpffs;
 pub mod cgroup;
 pub mod cli;
+pub mod cluster;
 pub mod cmd;
 pub mod cni;
 pub mod datapath;

@@ -38,6 +38,12 @@ const PACKAGES: &[(&str, &str)] = &[
     // The Docker remote driver's test with a real dockerd (Debian's 20.10,
     // with its own docker client under /usr/bin).
     ("dockerd", "docker.io"),
+    // Overlay networks (docs/overlay.md): the etcd client crate builds its
+    // gRPC code with protoc; the overlay test runs a real etcd.
+    ("protoc", "protobuf-compiler"),
+    ("etcd", "etcd-server"),
+    // The overlay TLS test's certificates.
+    ("openssl", "openssl"),
 ];
 
 /// What `cargo xtask bench` needs on top (not installed by `setup`, which

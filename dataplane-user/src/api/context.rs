@@ -23,6 +23,8 @@ pub struct Context {
     /// What one request's manager leaves for the next (the agent's; None
     /// in the CLI, which runs one request).
     pub cache: Option<Arc<std::sync::Mutex<Cache>>>,
+    /// The cluster of overlay networks (the agent's, with a store).
+    pub cluster: Option<Arc<crate::control::cluster::Cluster>>,
 }
 
 impl Context {
@@ -32,6 +34,7 @@ impl Context {
         let mut m =
             Manager::open_cached(&self.state_dir, &self.pins, self.cache.as_deref()).await?;
         m.set_nat_config(self.nat);
+        m.set_cluster(self.cluster.clone());
         Ok(m)
     }
 

@@ -84,7 +84,11 @@ pub(super) async fn execute(
 /// a state to remove it ([`Manager::open_existing`]).
 async fn cleanup(ctx: &Context) -> Cleaned {
     let mut errors = match Manager::open_existing(&ctx.state_dir, &ctx.pins).await {
-        Ok(Some(m)) => m.teardown_all().await,
+        Ok(Some(mut m)) => {
+            // Overlay endpoints give their records and addresses back.
+            m.set_cluster(ctx.cluster.clone());
+            m.teardown_all().await
+        }
         Ok(None) => Vec::new(),
         Err(e) => vec![format!("{:#}", anyhow::Error::from(e))],
     };

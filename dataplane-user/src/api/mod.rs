@@ -102,6 +102,8 @@ pub enum Request {
     },
     /// Who answers: the agent (with its pid) or the CLI itself.
     Status,
+    /// The cluster of overlay networks (`cluster status`, docs/overlay.md).
+    ClusterStatus,
     /// CNI ADD (`dataplane-cni`, docs/cni.md).
     CniAdd {
         /// Boxed: the largest request by far, and the enum is as big as it.

@@ -39,6 +39,15 @@ pub async fn execute(ctx: &Context, req: Request) -> Result<Value, anyhow::Error
         Ok(answer) => return Ok(answer),
         Err(req) => req,
     };
+    if let Request::ClusterStatus = req {
+        // The store's view, not the state's: no manager, no state lock.
+        let cluster = ctx.cluster.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "no cluster: the agent runs without cluster_store (or no agent answers; docs/overlay.md)"
+            )
+        })?;
+        return answer(cluster.status().await);
+    }
     let mut m = ctx.manager().await?;
     let v = run(ctx, &mut m, req).await;
     ctx.done(m);
@@ -66,7 +75,10 @@ async fn run(ctx: &Context, m: &mut Manager, req: Request) -> Result<Value, anyh
         Request::NetworkInspect { names } => {
             let mut out = Vec::new();
             for name in &names {
-                out.push(inspect::network_json(m.state(), m.network(name)?));
+                let net = m.network(name)?;
+                let mut v = inspect::network_json(m.state(), net);
+                overlay_peers(ctx, net, &mut v).await;
+                out.push(v);
             }
             answer(out)
         }
@@ -135,6 +147,28 @@ async fn run(ctx: &Context, m: &mut Manager, req: Request) -> Result<Value, anyh
         }),
         req => run_more(ctx, m, req).await,
     }
+}
+
+/// Docker's `Peers` of an overlay network: the hosts with endpoints on
+/// it, from the cluster store (left out when the store does not answer:
+/// inspect still shows this host's side).
+async fn overlay_peers(ctx: &Context, net: &crate::control::model::Network, v: &mut Value) {
+    let (Some(cluster), crate::control::model::DriverConfig::Overlay(_)) =
+        (&ctx.cluster, &net.driver)
+    else {
+        return;
+    };
+    let Ok(eps) = cluster.endpoints_of(&net.name).await else {
+        return;
+    };
+    let peers: std::collections::BTreeSet<(String, String)> = eps
+        .into_iter()
+        .map(|e| (e.host, e.vtep.to_string()))
+        .collect();
+    v["Peers"] = peers
+        .into_iter()
+        .map(|(name, ip)| serde_json::json!({ "Name": name, "IP": ip }))
+        .collect();
 }
 
 /// [`run`]'s second half: filters and CNI.

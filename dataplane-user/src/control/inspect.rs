@@ -56,7 +56,8 @@ pub fn network_json(state: &State, net: &Network) -> Value {
         "Name": net.name,
         "Id": net.id,
         "Created": net.created,
-        "Scope": "local",
+        // Docker's scope: an overlay network is the cluster's.
+        "Scope": if net.driver.kind() == super::model::DriverKind::Overlay { "global" } else { "local" },
         "Driver": net.driver.name(),
         "EnableIPv4": net.enable_ipv4,
         "EnableIPv6": net.enable_ipv6,

@@ -7,6 +7,7 @@
 //! with the real implementation and one for tests. Strings from the front
 //! doors become typed requests (`manager::ConnectRequest`, [`names`]) once.
 
+pub mod cluster;
 pub mod cni;
 pub mod desired;
 pub mod driver;

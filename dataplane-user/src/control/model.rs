@@ -35,6 +35,8 @@ pub enum DriverKind {
     Host,
     /// Docker's `null` driver (the `none` network): loopback only.
     Null,
+    /// A network across hosts through the cluster store (docs/overlay.md).
+    Overlay,
 }
 
 impl DriverKind {
@@ -44,6 +46,7 @@ impl DriverKind {
             DriverKind::Macvlan => "macvlan",
             DriverKind::Host => "host",
             DriverKind::Null => "null",
+            DriverKind::Overlay => "overlay",
         }
     }
 }
@@ -85,6 +88,21 @@ pub enum DriverConfig {
     Host,
     /// Docker's `null` driver (the `none` network): loopback only.
     Null,
+    Overlay(OverlayConfig),
+}
+
+/// An overlay network's devices on this host: a bridge with the
+/// endpoints' veths and a VXLAN device as its port to the other hosts.
+/// The VNI is the cluster's; the VTEP address and port are this host's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayConfig {
+    pub bridge: String,
+    pub vxlan: String,
+    pub vni: u32,
+    /// This host's VTEP (its `cluster_advertise` address).
+    pub vtep: Ipv4Addr,
+    /// UDP destination port of the VXLAN device.
+    pub port: u16,
 }
 
 impl DriverConfig {
@@ -94,6 +112,7 @@ impl DriverConfig {
             DriverConfig::Macvlan(_) => DriverKind::Macvlan,
             DriverConfig::Host => DriverKind::Host,
             DriverConfig::Null => DriverKind::Null,
+            DriverConfig::Overlay(_) => DriverKind::Overlay,
         }
     }
 
@@ -252,6 +271,8 @@ struct NetworkRecord {
     enable_ipv6: bool,
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     enable_ipv4: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    overlay: Option<OverlayConfig>,
 }
 
 /// A persisted network whose driver lacks its settings.
@@ -286,6 +307,9 @@ impl TryFrom<NetworkRecord> for Network {
             }
             DriverKind::Host => DriverConfig::Host,
             DriverKind::Null => DriverConfig::Null,
+            DriverKind::Overlay => {
+                DriverConfig::Overlay(r.overlay.clone().ok_or_else(|| missing("overlay"))?)
+            }
         };
         Ok(Network {
             id: r.id,
@@ -314,6 +338,7 @@ impl From<Network> for NetworkRecord {
         // networks of this driver.
         let mut gateway_mode = GatewayMode::Nat;
         let mut trusted_host_interfaces = Vec::new();
+        let mut overlay = None;
         let (bridge, icc, masquerade, host_binding_ipv4, macvlan) = match n.driver {
             DriverConfig::Bridge(b) => {
                 gateway_mode = b.gateway_mode;
@@ -322,6 +347,10 @@ impl From<Network> for NetworkRecord {
             }
             DriverConfig::Macvlan(m) => (None, true, true, None, Some(m)),
             DriverConfig::Host | DriverConfig::Null => (None, true, false, None, None),
+            DriverConfig::Overlay(o) => {
+                overlay = Some(o);
+                (None, true, false, None, None)
+            }
         };
         NetworkRecord {
             id: n.id,
@@ -346,6 +375,7 @@ impl From<Network> for NetworkRecord {
             ip_range6: n.ip_range6,
             enable_ipv6: n.enable_ipv6,
             enable_ipv4: n.enable_ipv4,
+            overlay,
         }
     }
 }

@@ -145,6 +145,11 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// The cluster of overlay networks (docs/overlay.md).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Who answers: the agent (through its socket) or the CLI itself.
     Status {
         #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -186,6 +191,15 @@ pub struct AgentArgs {
     /// this agent attaches. [default: the config's fast_path, else on]
     #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
     pub fast_path: Option<bool>,
+    /// The cluster store of overlay networks, `etcd://HOST:PORT[,HOST:PORT]`
+    /// (Docker's --cluster-store). [default: the config's cluster_store]
+    #[arg(long, value_name = "etcd://HOST:PORT[,...]")]
+    pub cluster_store: Option<dataplane_user::control::cluster::config::StoreUrl>,
+    /// This host's address or interface in the cluster, `IP|IFACE[:PORT]`
+    /// (Docker's --cluster-advertise): the VTEP of its VXLAN devices.
+    /// [default: the config's cluster_advertise]
+    #[arg(long, value_name = "IP|IFACE[:PORT]")]
+    pub cluster_advertise: Option<dataplane_user::control::cluster::config::Advertise>,
 }
 
 impl From<AgentArgs> for AgentFlags {
@@ -197,6 +211,8 @@ impl From<AgentArgs> for AgentFlags {
             host_cgroup: a.host_cgroup,
             docker_socket: a.docker_socket,
             fast_path: a.fast_path,
+            cluster_store: a.cluster_store,
+            cluster_advertise: a.cluster_advertise,
         }
     }
 }
@@ -205,6 +221,16 @@ impl From<AgentArgs> for AgentFlags {
 /// [`Setting::parse`]).
 fn parse_path_setting(value: &str) -> Result<Setting<PathBuf>, String> {
     Setting::parse(value, |p| Ok(PathBuf::from(p)))
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// The store (reachable?), the hosts with a live lease and their
+    /// endpoints, and when this agent last synced.
+    Status {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
 }
 
 #[derive(Subcommand)]

@@ -75,6 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             nat: config.nat,
             server: "cli",
             cache: None,
+            cluster: None,
         },
     });
     match cli.command {
@@ -127,6 +128,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Local { command } => local(&client, command),
         Command::Stats { command } => stats(&client, command, &paths),
         Command::Monitor { format } => monitor(&paths, format),
+        Command::Cluster {
+            command: cli::ClusterCommand::Status { format },
+        } => output::cluster(&client.ask(Request::ClusterStatus)?, format),
         Command::Status { format } => {
             let s: Status = client.ask(Request::Status)?;
             output::status(&s, &client.0.socket, format)

@@ -282,3 +282,36 @@ impl Serialize for Rows<'_> {
         s.collect_map(self.0.iter().map(|(n, c)| (n, c)))
     }
 }
+
+/// `cluster status`: the store, then one row per host.
+pub fn cluster(
+    s: &dataplane_user::control::cluster::ClusterStatus,
+    format: Format,
+) -> anyhow::Result<()> {
+    if let Format::Json = format {
+        return json(s);
+    }
+    println!("host:        {} (VTEP {})", s.host_id, s.vtep);
+    let reach = match (&s.reachable, &s.error) {
+        (true, _) => "reachable".to_owned(),
+        (false, Some(e)) => format!("UNREACHABLE: {e}"),
+        (false, None) => "UNREACHABLE".to_owned(),
+    };
+    println!("store:       {} ({reach})", s.store);
+    println!("last sync:   {}", s.last_sync.as_deref().unwrap_or("never"));
+    println!(
+        "watch:       {} events, {} remote endpoints programmed",
+        s.watch_events, s.programmed
+    );
+    println!("networks:    {}", s.networks.join(", "));
+    let mut t = Table::new(&[
+        ("HOST", Align::Left),
+        ("VTEP", Align::Left),
+        ("ENDPOINTS", Align::Right),
+    ]);
+    for (id, h) in &s.hosts {
+        t.row(vec![id.clone(), h.vtep.clone(), h.endpoints.to_string()]);
+    }
+    print!("{}", t.render());
+    Ok(())
+}

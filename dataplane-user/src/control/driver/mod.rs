@@ -1,5 +1,5 @@
-//! The network drivers: what differs between a bridge, a macvlan, the
-//! `host` and the `none` network ([`NetworkDriver`]), one file per driver,
+//! The network drivers: what differs between a bridge, a macvlan, an
+//! overlay, the `host` and the `none` network ([`NetworkDriver`]), one file per driver,
 //! and the one place a network's driver is chosen ([`for_network`]).
 //!
 //! Drivers act on the kernel only through [`Host`], so the manager's logic
@@ -21,11 +21,13 @@ mod bridge;
 mod host;
 mod macvlan;
 mod null;
+mod overlay;
 
 pub use bridge::Bridge;
 pub use host::HostNet;
 pub use macvlan::Macvlan;
 pub use null::Null;
+pub use overlay::Overlay;
 
 /// The kernel side the drivers ask for is the host's (`control::host`).
 pub use super::host::{
@@ -121,6 +123,7 @@ pub enum Driver<'a> {
     Macvlan(Macvlan<'a>),
     Host(HostNet),
     Null(Null),
+    Overlay(Overlay<'a>),
 }
 
 /// The driver of `net`: the one place the choice is made.
@@ -130,6 +133,7 @@ pub fn for_network(net: &Network) -> Driver<'_> {
         DriverConfig::Macvlan(cfg) => Driver::Macvlan(Macvlan(cfg)),
         DriverConfig::Host => Driver::Host(HostNet),
         DriverConfig::Null => Driver::Null(Null),
+        DriverConfig::Overlay(cfg) => Driver::Overlay(Overlay(cfg)),
     }
 }
 
@@ -141,6 +145,7 @@ macro_rules! each {
             Driver::Macvlan($d) => $e,
             Driver::Host($d) => $e,
             Driver::Null($d) => $e,
+            Driver::Overlay($d) => $e,
         }
     };
 }

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use crate::sys::netlink::{Netlink, NetlinkError};
+use crate::sys::netlink::{Netlink, NetlinkError, VxlanSpec};
 
 /// Creates the bridge of a network with its gateway address (if it has
 /// one on the bridge), up, or checks
@@ -75,6 +75,43 @@ pub async fn ensure_bridge(
         changed.push(format!("set {name} up"));
     }
     Ok(changed)
+}
+
+/// Creates an overlay network's VXLAN device as a port of its bridge, up,
+/// or (with `adopt`, the agent restoring its own) keeps the one there,
+/// put back on the bridge and up. A device made with another VNI, port or
+/// VTEP is replaced: its settings cannot change in place.
+pub async fn ensure_vxlan(
+    host: &Netlink,
+    spec: &VxlanSpec,
+    adopt: bool,
+) -> Result<Vec<String>, BridgeError> {
+    let name = &spec.name;
+    match host.link_by_name(name).await? {
+        Some(l) if !adopt || l.kind.as_deref() != Some("vxlan") => Err(BridgeError::InUse {
+            bridge: name.to_owned(),
+            kind: l.kind.unwrap_or_else(|| "unknown".to_owned()),
+        }),
+        Some(l) => {
+            let mut changed = Vec::new();
+            if l.master != Some(spec.master) {
+                host.set_master(l.index, spec.master).await?;
+                changed.push(format!("put {name} on its bridge"));
+            }
+            if !l.up {
+                host.set_up(l.index).await?;
+                changed.push(format!("set {name} up"));
+            }
+            Ok(changed)
+        }
+        None => {
+            host.create_vxlan(spec).await?;
+            Ok(vec![format!(
+                "created vxlan {name} (VNI {}, local {}, port {})",
+                spec.vni, spec.local, spec.port
+            )])
+        }
+    }
 }
 
 /// The IPv6 side of a network's bridge (made by [`ensure_bridge`]): IPv6

@@ -12,11 +12,13 @@ use std::{
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use super::{held_on, BridgeError, DriverError, EndpointPlan, Host, NetnsId, NetnsView};
+use super::{
+    held_on, BridgeError, DriverError, EndpointPlan, Host, NetnsId, NetnsView, RemoteEntry,
+};
 use crate::{
     control::model::{Attachment, MacvlanConfig},
     sys::{
-        netlink::{Ipv4Route, Ipv6Route, Link, NetlinkError},
+        netlink::{Ipv4Route, Ipv6Route, Link, NetlinkError, VxlanSpec},
         sockets::{self, HeldPort},
     },
 };
@@ -49,6 +51,8 @@ pub struct FakeInner {
     pub held: Vec<(HeldPort, String)>,
     /// The ephemeral range; None: [`sockets::FALLBACK_EPHEMERAL_PORTS`].
     pub ephemeral: Option<RangeInclusive<u16>>,
+    /// Remote endpoints programmed on VXLAN devices, by device index.
+    pub remotes: std::collections::BTreeSet<(u32, RemoteEntry)>,
     next_index: u32,
     next_ino: u64,
 }
@@ -340,6 +344,54 @@ impl Host for FakeHost {
             }
             None => Ok(Vec::new()),
         }
+    }
+    async fn ensure_vxlan(
+        &self,
+        spec: &VxlanSpec,
+        adopt: bool,
+    ) -> Result<Vec<String>, BridgeError> {
+        let mut h = self.get();
+        match h.by_name(&spec.name) {
+            Some(l) if !adopt || l.kind.as_deref() != Some("vxlan") => Err(BridgeError::InUse {
+                bridge: spec.name.clone(),
+                kind: l.kind.clone().unwrap_or_default(),
+            }),
+            Some(_) => Ok(Vec::new()),
+            None => {
+                h.add_link(&spec.name, Some("vxlan"), Some(spec.master));
+                Ok(vec![format!("created vxlan {}", spec.name)])
+            }
+        }
+    }
+    async fn set_remote(
+        &self,
+        vxlan: u32,
+        entry: RemoteEntry,
+        present: bool,
+    ) -> Result<(), NetlinkError> {
+        let mut h = self.get();
+        if present {
+            h.remotes.insert((vxlan, entry));
+        } else if entry.vtep.is_unspecified() {
+            // As the kernel does without a destination: whatever the VTEP.
+            h.remotes
+                .retain(|(i, e)| !(*i == vxlan && e.ip == entry.ip && e.mac == entry.mac));
+        } else {
+            h.remotes.remove(&(vxlan, entry));
+        }
+        Ok(())
+    }
+    async fn remote_entries(&self, vxlan: u32) -> Result<Vec<RemoteEntry>, NetlinkError> {
+        Ok(self
+            .get()
+            .remotes
+            .iter()
+            .filter(|(i, _)| *i == vxlan)
+            .map(|(_, e)| RemoteEntry {
+                vtep: Ipv4Addr::UNSPECIFIED,
+                ..*e
+            })
+            .collect())
     }
     async fn enable_forwarding6(&self) -> Result<Vec<String>, BridgeError> {
         let mut h = self.get();

@@ -22,7 +22,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::model::{Attachment, MacvlanConfig, Network};
 use crate::sys::{
-    netlink::{Ipv4Route, Ipv6Route, Link, Netlink, NetlinkError},
+    netlink::{Ipv4Route, Ipv6Route, Link, Netlink, NetlinkError, VxlanSpec},
     sockets::{self, HeldPort},
 };
 
@@ -30,7 +30,7 @@ mod bridge;
 mod fake;
 mod netns;
 
-pub use bridge::{enable_forwarding6, ensure_bridge, ensure_bridge6, BridgeError};
+pub use bridge::{enable_forwarding6, ensure_bridge, ensure_bridge6, ensure_vxlan, BridgeError};
 pub use fake::{FakeHost, FakeInner, FakeNs};
 pub use netns::{attach_macvlan, attach_veth, loopback_up, teardown_endpoint};
 
@@ -88,6 +88,16 @@ pub struct NetnsView {
     /// The link's global IPv6 addresses (when `with_addrs`).
     pub addrs6: Vec<(u32, Ipv6Addr, u8)>,
     pub routes6: Vec<Ipv6Route>,
+}
+
+/// A remote endpoint of an overlay network as its VXLAN device needs it:
+/// its IP's MAC (a neighbour entry the device's ARP proxy answers from)
+/// and that MAC's VTEP (a static forwarding entry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RemoteEntry {
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    pub vtep: Ipv4Addr,
 }
 
 /// Everything the manager asks of the host. Futures are `Send`: the agent
@@ -168,6 +178,28 @@ pub trait Host: Send + Sync {
         parent: u32,
         cfg: &MacvlanConfig,
     ) -> impl Future<Output = Result<(), DriverError>> + Send;
+    /// The overlay driver's VXLAN device, a port of its bridge; one that
+    /// exists already is kept when `adopt` (see [`bridge::ensure_vxlan`]).
+    fn ensure_vxlan(
+        &self,
+        spec: &VxlanSpec,
+        adopt: bool,
+    ) -> impl Future<Output = Result<Vec<String>, BridgeError>> + Send;
+    /// Adds (`present`) or removes a remote endpoint's entries on the
+    /// VXLAN device at `vxlan`.
+    fn set_remote(
+        &self,
+        vxlan: u32,
+        entry: RemoteEntry,
+        present: bool,
+    ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    /// The remote entries on the VXLAN device at `vxlan` as the kernel
+    /// has them (from its permanent neighbours; the VTEP is not read back:
+    /// unspecified), to find those an earlier agent left.
+    fn remote_entries(
+        &self,
+        vxlan: u32,
+    ) -> impl Future<Output = Result<Vec<RemoteEntry>, NetlinkError>> + Send;
     /// Loopback up in the namespace at `netns` (the `none` network).
     fn loopback_up(&self, netns: &Path) -> impl Future<Output = Result<(), DriverError>> + Send;
     /// See [`netns::teardown_endpoint`].
@@ -291,6 +323,43 @@ impl Host for Netlink {
         cfg: &MacvlanConfig,
     ) -> Result<(), DriverError> {
         attach_macvlan(self, plan, parent, cfg).await
+    }
+    async fn ensure_vxlan(
+        &self,
+        spec: &VxlanSpec,
+        adopt: bool,
+    ) -> Result<Vec<String>, BridgeError> {
+        ensure_vxlan(self, spec, adopt).await
+    }
+    async fn set_remote(
+        &self,
+        vxlan: u32,
+        e: RemoteEntry,
+        present: bool,
+    ) -> Result<(), NetlinkError> {
+        if present {
+            self.neigh_add(vxlan, e.ip, e.mac).await?;
+            self.fdb_add(vxlan, e.mac, e.vtep).await
+        } else {
+            let gone = |r: Result<(), NetlinkError>| match r {
+                Err(e) if !e.is_not_found() => Err(e),
+                _ => Ok(()),
+            };
+            gone(self.fdb_del(vxlan, e.mac, e.vtep).await)?;
+            gone(self.neigh_del(vxlan, e.ip).await)
+        }
+    }
+    async fn remote_entries(&self, vxlan: u32) -> Result<Vec<RemoteEntry>, NetlinkError> {
+        Ok(self
+            .permanent_neighbours(vxlan)
+            .await?
+            .into_iter()
+            .map(|(ip, mac)| RemoteEntry {
+                ip,
+                mac,
+                vtep: Ipv4Addr::UNSPECIFIED,
+            })
+            .collect())
     }
     async fn loopback_up(&self, netns: &Path) -> Result<(), DriverError> {
         loopback_up(netns).await

@@ -64,6 +64,20 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         req: ConnectRequest,
     ) -> Result<Endpoint, NetworkError> {
         let net = self.network(network)?.clone();
+        if let crate::control::model::DriverConfig::Overlay(_) = net.driver {
+            return self.connect_overlay(&net, req).await;
+        }
+        self.connect_network_local(network, req).await
+    }
+
+    /// [`Self::connect_network`] on this host alone (an overlay endpoint's
+    /// address already taken from the cluster).
+    pub(super) async fn connect_network_local(
+        &mut self,
+        network: &str,
+        req: ConnectRequest,
+    ) -> Result<Endpoint, NetworkError> {
+        let net = self.network(network)?.clone();
         let (netns_arg, netns, name) = self.new_endpoint_of(&net, &req)?;
         let id = random_hex(32)?;
         if !driver::for_network(&net).has_links() {
@@ -464,6 +478,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         if let Err(e) = recorded {
             errors.push(crate::sys::error_chain(&e));
         }
+        errors.extend(self.overlay_forget(ep).await);
         if errors.is_empty() {
             Ok(())
         } else {

@@ -45,6 +45,7 @@ mod docker;
 mod endpoints;
 mod filters;
 mod networks;
+mod overlay;
 mod publish;
 mod reconcile;
 mod requests;
@@ -183,6 +184,8 @@ pub enum NetworkError {
     },
     #[error(transparent)]
     Cni(#[from] CniNetError),
+    #[error(transparent)]
+    Cluster(#[from] crate::control::cluster::ClusterError),
 }
 
 /// A typed request needs no parsing: nothing can go wrong.
@@ -244,6 +247,8 @@ pub struct Manager<D = BpfDatapath, H = Netlink> {
     /// What the maps were last set to by this process, so the next change
     /// writes only its difference; None: unknown, reconcile in full.
     applied: Option<Applied>,
+    /// The cluster of overlay networks, when the agent has a store.
+    cluster: Option<std::sync::Arc<crate::control::cluster::Cluster>>,
 }
 
 /// The maps' contents as last written, and when they were last reconciled
@@ -349,6 +354,7 @@ impl Manager {
             host,
             dp,
             applied,
+            cluster: _,
         } = self;
         let pins = dp.pins().clone();
         let cache = Cache {
@@ -381,6 +387,7 @@ impl Manager {
             host,
             dp: BpfDatapath::new(pins, None),
             applied: None,
+            cluster: None,
         }))
     }
 }
@@ -407,6 +414,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             host,
             dp,
             applied,
+            cluster: None,
         };
         if loaded.is_none() {
             m.init_predefined().await?;
@@ -430,6 +438,15 @@ impl<D: Datapath, H: Host> Manager<D, H> {
     /// Gives back the datapath and host (and releases the state lock).
     pub fn into_parts(self) -> (D, H) {
         (self.dp, self.host)
+    }
+
+    /// The cluster overlay networks are created in and addresses taken
+    /// from (docs/overlay.md).
+    pub fn set_cluster(
+        &mut self,
+        cluster: Option<std::sync::Arc<crate::control::cluster::Cluster>>,
+    ) {
+        self.cluster = cluster;
     }
 
     /// Masquerade settings for uplink programs attached from now on.

@@ -185,7 +185,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
 
     /// The subnet asked for, checked against the other networks' and the
     /// uplinks', or the next free one of the default pools.
-    async fn subnet_for(&self, asked: Option<Ipv4Net>) -> Result<Ipv4Net, NetworkError> {
+    pub(super) async fn subnet_for(&self, asked: Option<Ipv4Net>) -> Result<Ipv4Net, NetworkError> {
         let used: Vec<(String, Ipv4Net)> = self
             .state
             .networks
@@ -265,6 +265,9 @@ impl<D: Datapath, H: Host> Manager<D, H> {
     ) -> Result<Network, NetworkError> {
         if self.state.networks.contains_key(&req.name) {
             return Err(NetworkError::DuplicateName(req.name));
+        }
+        if req.driver == crate::control::model::DriverKind::Overlay {
+            return self.create_overlay(req, id).await;
         }
         let subnet = match req.enable_ipv4 {
             true => Some(self.subnet_for(req.subnet).await?),
@@ -414,6 +417,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                     .join(", "),
             });
         }
+        self.overlay_leave(&net).await?;
         let mut errors = Vec::new();
         for ep in &eps {
             if let Err(e) = self.disconnect_endpoint(ep).await {

@@ -28,6 +28,7 @@ use crate::{
 
 type M = Manager<RecordingDatapath, FakeHost>;
 
+mod overlay;
 mod v6;
 
 /// A state directory of its own, removed at the end of the test.

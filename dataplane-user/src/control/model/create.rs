@@ -11,7 +11,8 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BridgeConfig, DriverConfig, DriverKind, GatewayMode, MacvlanConfig, MacvlanMode, DEFAULT_MTU,
+    BridgeConfig, DriverConfig, DriverKind, GatewayMode, MacvlanConfig, MacvlanMode, OverlayConfig,
+    DEFAULT_MTU,
 };
 use crate::control::ipam::{self, v6, IpamError};
 
@@ -24,7 +25,7 @@ pub enum CreateError {
         "network name {0:?}: must start with a letter or digit and contain only [a-zA-Z0-9_.-]"
     )]
     BadName(String),
-    #[error("--driver {0}: unknown (bridge or macvlan)")]
+    #[error("--driver {0}: unknown (bridge, macvlan or overlay)")]
     BadDriver(String),
     #[error("-o {0:?}: expected KEY=VALUE")]
     BadOption(String),
@@ -147,6 +148,15 @@ impl CreateRequest {
             }
             DriverKind::Host => DriverConfig::Host,
             DriverKind::Null => DriverConfig::Null,
+            // The cluster fills in the VNI and this host's VTEP
+            // (`control::cluster`); the devices are named after the id.
+            DriverKind::Overlay => DriverConfig::Overlay(OverlayConfig {
+                bridge: format!("ov-{}", id.get(..12).unwrap_or(id)),
+                vxlan: format!("vx-{}", id.get(..12).unwrap_or(id)),
+                vni: 0,
+                vtep: Ipv4Addr::UNSPECIFIED,
+                port: 0,
+            }),
         })
     }
 }
@@ -227,10 +237,10 @@ fn apply_options(req: &mut CreateRequest, options: &[String]) -> Result<(), Crea
                 return Err(CreateError::UnknownOption {
                     key: k.to_owned(),
                     driver: d.name(),
-                    known: if d == DriverKind::Macvlan {
-                        MACVLAN_OPTS
-                    } else {
-                        BRIDGE_OPTS
+                    known: match d {
+                        DriverKind::Macvlan => MACVLAN_OPTS,
+                        DriverKind::Overlay => "com.docker.network.driver.mtu",
+                        _ => BRIDGE_OPTS,
                     },
                 })
             }
@@ -295,6 +305,7 @@ impl CreateArgs {
         let driver = match self.driver.as_str() {
             "bridge" => DriverKind::Bridge,
             "macvlan" => DriverKind::Macvlan,
+            "overlay" => DriverKind::Overlay,
             other => return Err(CreateError::BadDriver(other.to_owned())),
         };
         let fam = Families::split(self)?;

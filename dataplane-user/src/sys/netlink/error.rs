@@ -28,6 +28,12 @@ pub enum Op {
     ListRoutes,
     AddRoute,
     DelRoute,
+    CreateVxlan,
+    AddFdb,
+    DelFdb,
+    AddNeigh,
+    DelNeigh,
+    ListNeigh,
 }
 
 impl fmt::Display for Op {
@@ -51,6 +57,12 @@ impl fmt::Display for Op {
             Op::DelAddr => "delete address",
             Op::AddRoute => "add route",
             Op::DelRoute => "delete route",
+            Op::CreateVxlan => "create vxlan",
+            Op::AddFdb => "add",
+            Op::DelFdb => "delete",
+            Op::AddNeigh => "add",
+            Op::DelNeigh => "delete",
+            Op::ListNeigh => "list",
         })
     }
 }

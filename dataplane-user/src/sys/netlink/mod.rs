@@ -23,9 +23,11 @@ use rtnetlink::{
 mod addr;
 mod addr6;
 mod error;
+mod vxlan;
 
 pub use addr6::Ipv6Route;
 pub use error::{NetlinkError, Op};
+pub use vxlan::VxlanSpec;
 
 pub use super::names::IFNAME_MAX;
 use super::names::{ifname_problem, MacAddr};
