@@ -248,7 +248,7 @@ impl Agent {
             cache: Some(cache.clone()),
             cluster: cluster.clone(),
         };
-        if let Some(c) = cluster {
+        if let Some(c) = cluster.clone() {
             let id = c.identity();
             info!(host = %id.host_id, vtep = %id.vtep, mtu = id.mtu, "cluster store: overlay networks on");
             let sync = cluster::sync::SyncContext {
@@ -310,6 +310,7 @@ impl Agent {
                 listener,
                 self.pins().clone(),
                 state,
+                cluster,
                 max,
                 stop.clone().cancelled_owned(),
             );

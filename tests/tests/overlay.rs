@@ -22,14 +22,14 @@ use dataplane_tests::{
 use serde_json::Value;
 
 const SYNC: Duration = Duration::from_secs(15);
-/// Connects per host in the concurrent round: 10, or `DP_OVERLAY_CONNECTS`
-/// (the 3 x 50 is `DP_OVERLAY_CONNECTS=50`).
+/// Connects per host in the concurrent round: the 50 (3 x 50 = 150
+/// distinct addresses, a few seconds), or `DP_OVERLAY_CONNECTS`.
 fn n() -> usize {
     std::env::var("DP_OVERLAY_CONNECTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|n| (1..=200).contains(n))
-        .unwrap_or(10)
+        .unwrap_or(50)
 }
 
 /// The addresses of `net`'s endpoints as `network inspect` on `h` shows

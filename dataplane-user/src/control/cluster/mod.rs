@@ -308,6 +308,15 @@ impl Cluster {
         f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
+    /// What this host's watch last did, without asking the store (for a
+    /// scrape, which must answer while the store is down).
+    pub fn snapshot(&self) -> ClusterStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// What `cluster status` shows: the store asked now for the hosts and
     /// endpoints, with what the watch last did.
     pub async fn status(&self) -> ClusterStatus {

@@ -68,7 +68,7 @@ use prometheus_client::{
 };
 
 use crate::{
-    control::state::State,
+    control::{cluster::ClusterStatus, state::State},
     datapath::{
         bpffs::PinRoot,
         filter::{self, FilterError},
@@ -610,6 +610,15 @@ fn tables(pins: &PinRoot, out: &mut Vec<Family>) -> Result<(), MetricsError> {
 /// Everything the agent exposes, read fresh from the pinned maps and the
 /// state at each scrape, in the Prometheus text exposition format 0.0.4.
 pub fn render(pins: &PinRoot, state: &State) -> Result<String, MetricsError> {
+    render_with(pins, state, None)
+}
+
+/// [`render`], with the cluster watch of an agent with a cluster store.
+pub fn render_with(
+    pins: &PinRoot,
+    state: &State,
+    cluster: Option<&ClusterStatus>,
+) -> Result<String, MetricsError> {
     let mut families = Vec::new();
     traffic(pins, &mut families)?;
     published_ports(pins, state, &mut families)?;
@@ -627,12 +636,76 @@ pub fn render(pins: &PinRoot, state: &State) -> Result<String, MetricsError> {
     for (name, help, value) in super::dns::COUNTERS.read() {
         families.push(Family::counter(name, help).with(Vec::new(), value));
     }
+    if let Some(c) = cluster {
+        cluster_watch(c, &mut families);
+    }
     Ok(encode(families))
+}
+
+/// The cluster store's watch as this agent last saw it (no store call: a
+/// scrape answers at once even while the store is down).
+fn cluster_watch(c: &ClusterStatus, out: &mut Vec<Family>) {
+    out.push(
+        Family::gauge(
+            "dataplane_cluster_store_reachable",
+            "1 when the last call to the cluster store succeeded.",
+        )
+        .with(Vec::new(), u64::from(c.reachable)),
+    );
+    out.push(
+        Family::counter(
+            "dataplane_cluster_watch_events_total",
+            "Changes of the cluster store this agent's watch received.",
+        )
+        .with(Vec::new(), c.watch_events),
+    );
+    out.push(
+        Family::gauge(
+            "dataplane_cluster_remote_entries",
+            "Remote overlay endpoints programmed on this host's VXLAN devices.",
+        )
+        .with(Vec::new(), c.programmed as u64),
+    );
+    let last = c
+        .last_sync
+        .as_deref()
+        .and_then(|t| humantime::parse_rfc3339(t).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    out.push(
+        Family::gauge(
+            "dataplane_cluster_last_sync_timestamp_seconds",
+            "When this host last converged to the store (Unix time; 0: never).",
+        )
+        .with(Vec::new(), last),
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cluster_watch_is_reported() {
+        let c = ClusterStatus {
+            reachable: true,
+            last_sync: Some("2026-12-07T03:00:00Z".into()),
+            watch_events: 12,
+            programmed: 4,
+            ..ClusterStatus::default()
+        };
+        let mut families = Vec::new();
+        cluster_watch(&c, &mut families);
+        let text = encode(families);
+        for line in [
+            "dataplane_cluster_store_reachable 1",
+            "dataplane_cluster_watch_events_total 12",
+            "dataplane_cluster_remote_entries 4",
+            "dataplane_cluster_last_sync_timestamp_seconds 1796612400",
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
+    }
 
     #[test]
     fn families_encode_with_help_type_and_escaped_labels() {

@@ -28,12 +28,12 @@ use tokio::{
 };
 
 use super::{
-    render, MetricsError, CONTENT_TYPE, LINGER, LINGER_BYTES, MAX_CONNECTIONS, MAX_REQUEST_HEAD,
-    PATH, READ_TIMEOUT, WRITE_TIMEOUT,
+    render_with, MetricsError, CONTENT_TYPE, LINGER, LINGER_BYTES, MAX_CONNECTIONS,
+    MAX_REQUEST_HEAD, PATH, READ_TIMEOUT, WRITE_TIMEOUT,
 };
 use crate::{
     api::{accept_loop, InFlight},
-    control::state::State,
+    control::{cluster::Cluster, state::State},
     datapath::bpffs::PinRoot,
 };
 
@@ -54,16 +54,18 @@ pub async fn serve<F>(
 where
     F: Fn() -> Result<State, String> + Send + Sync + 'static,
 {
-    serve_with(listener, pins, state, MAX_CONNECTIONS, shutdown).await
+    serve_with(listener, pins, state, None, MAX_CONNECTIONS, shutdown).await
 }
 
 /// [`serve`] with at most `max` connections at once; the oldest idle one
 /// (no request head yet) is closed for a newcomer, so idle clients cannot
 /// hold up a scrape (see [`crate::api::conns`]).
+/// `cluster`: the agent's cluster handle, whose watch is reported too.
 pub async fn serve_with<F>(
     listener: TcpListener,
     pins: PinRoot,
     state: F,
+    cluster: Option<Arc<Cluster>>,
     max: usize,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), MetricsError>
@@ -74,9 +76,10 @@ where
     accept_loop(listener, max, shutdown, "metrics", move |stream, flight| {
         let pins = pins.clone();
         let state = Arc::clone(&state);
+        let cluster = cluster.clone();
         async move {
             let peer = stream.peer_addr().ok();
-            if let Err(e) = connection(stream, pins, state, flight).await {
+            if let Err(e) = connection(stream, pins, state, cluster, flight).await {
                 tracing::debug!(?peer, "metrics connection: {e}");
             }
         }
@@ -100,6 +103,7 @@ async fn connection(
     stream: TcpStream,
     pins: PinRoot,
     state: StateFn,
+    cluster: Option<Arc<Cluster>>,
     flight: InFlight,
 ) -> io::Result<()> {
     let returned = Arc::new(Mutex::new(None));
@@ -110,7 +114,7 @@ async fn connection(
     };
     let service = service_fn(move |req| {
         let busy = flight.start();
-        let answered = answer(req, pins.clone(), Arc::clone(&state));
+        let answered = answer(req, pins.clone(), Arc::clone(&state), cluster.clone());
         async move {
             let r = answered.await;
             drop(busy);
@@ -269,6 +273,7 @@ async fn answer(
     req: Request<Incoming>,
     pins: PinRoot,
     state: StateFn,
+    cluster: Option<Arc<Cluster>>,
 ) -> Result<Reply, Infallible> {
     // A query string does not select anything here.
     if req.uri().path() != PATH {
@@ -285,7 +290,8 @@ async fn answer(
     }
     let rendered = tokio::task::spawn_blocking(move || {
         let state = (*state)().map_err(|e| format!("reading the state: {e}"))?;
-        render(&pins, &state).map_err(|e| crate::sys::error_chain(&e))
+        let cluster = cluster.map(|c| c.snapshot());
+        render_with(&pins, &state, cluster.as_ref()).map_err(|e| crate::sys::error_chain(&e))
     })
     .await;
     Ok(match rendered {
