@@ -341,10 +341,14 @@ impl Agent {
                 _ = tick.tick() => {}
             }
             let (p, timeouts, mut mem) = (pins.clone(), self.config.timeouts, memory.clone());
+            // At the lowest priority: the walks must not take CPU from the
+            // traffic (sys::sched).
             let walked = tokio::task::spawn_blocking(move || {
-                let gc = conntrack::gc(&p, &timeouts);
-                let report = limits::read(&p, &mut mem);
-                (gc, report, mem)
+                crate::sys::sched::in_background(|| {
+                    let gc = conntrack::gc(&p, &timeouts);
+                    let report = limits::read(&p, &mut mem);
+                    (gc, report, mem)
+                })
             });
             let (gc, report) = tokio::select! {
                 () = stop.cancelled() => break,

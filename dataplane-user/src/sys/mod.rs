@@ -1,12 +1,14 @@
 //! The host below the dataplane: links, addresses and routes over rtnetlink
 //! ([`netlink`]), network namespaces ([`netns`]) and the typed names of
 //! interfaces and MAC addresses ([`names`]), and the host's own sockets and
-//! ephemeral port range from procfs ([`sockets`]).
+//! ephemeral port range from procfs ([`sockets`]), and the priority of the
+//! agent's background work ([`sched`]).
 
 pub mod bpf;
 pub mod names;
 pub mod netlink;
 pub mod netns;
+pub mod sched;
 pub mod sockets;
 
 /// An error and its sources on one line, `outer: inner: innermost`: how the
