@@ -19,6 +19,7 @@ use std::{
 use dataplane_tests::{
     cli::{stop_agent, Cli},
     datapath,
+    family::add6,
     netns::{set_offload, snmp6_counter, snmp_counter, NetNs},
     topo::FakeHost,
     traffic::{
@@ -421,13 +422,6 @@ fn v6(s: &str) -> Ipv6Addr {
 
 fn forwarded6(fh: &FakeHost) -> u64 {
     snmp6_counter(&fh.host, "Ip6OutForwDatagrams").expect("Ip6OutForwDatagrams")
-}
-
-fn add6(ns: &NetNs, dev: &str, cidr: &str) {
-    ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0")
-        .expect("IPv6 on the device");
-    ns.exec(&["ip", "-6", "addr", "add", cidr, "dev", dev, "nodad"])
-        .expect("ip -6 addr add");
 }
 
 fn ping6(ns: &NetNs, dst: &str) -> bool {

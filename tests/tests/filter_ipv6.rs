@@ -11,6 +11,7 @@ use std::{
 
 use dataplane_tests::{
     cli::Cli,
+    family::add6,
     netns::NetNs,
     traffic::{tcp_echo, tcp_echo_server},
 };
@@ -18,14 +19,6 @@ use dataplane_tests::{
 const T: Duration = Duration::from_secs(3);
 const HOST6: &str = "2001:db8:1::1";
 const CLIENT6: &str = "2001:db8:1::2";
-
-/// Adds `addr` (without DAD) to `dev` in `ns`, IPv6 on the device first.
-fn add6(ns: &NetNs, dev: &str, addr: &str) {
-    ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0")
-        .expect("IPv6 on the device");
-    ns.exec(&["ip", "-6", "addr", "add", addr, "dev", dev, "nodad"])
-        .expect("ip -6 addr add");
-}
 
 /// Packets counted per rule, in `filter ls` order.
 fn counted(cli: &Cli) -> Vec<(String, u64)> {

@@ -10,6 +10,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use dataplane_tests::{
     cli::Cli,
+    family::add6,
     netns::NetNs,
     traffic::{udp_echo_server, udp_request},
 };
@@ -19,13 +20,6 @@ const HOST6: &str = "2001:db8:1::1";
 const CLIENT6: &str = "2001:db8:1::2";
 /// The first container on `n6`.
 const C1: &str = "fd00:87::2";
-
-fn add6(ns: &NetNs, dev: &str, cidr: &str) {
-    ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0")
-        .expect("IPv6 on the device");
-    ns.exec(&["ip", "-6", "addr", "add", cidr, "dev", dev, "nodad"])
-        .expect("ip -6 addr add");
-}
 
 fn sa(addr: &str, port: u16) -> SocketAddr {
     SocketAddr::new(addr.parse().expect("an IPv6 address"), port)

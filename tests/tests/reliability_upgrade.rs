@@ -16,6 +16,7 @@ use std::{
 use dataplane_common::maps;
 use dataplane_tests::{
     cli::{stop_agent, Cli},
+    family::add6,
     netns::NetNs,
     topo::FakeHost,
     traffic::tcp_echo_server,
@@ -199,13 +200,6 @@ fn prev_run(cli: &Cli, prev: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn add6(ns: &NetNs, dev: &str, cidr: &str) {
-    ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0")
-        .expect("IPv6 on the device");
-    ns.exec(&["ip", "-6", "addr", "add", cidr, "dev", dev, "nodad"])
-        .expect("ip -6 addr add");
 }
 
 fn connect_from(ns: &NetNs, dst: SocketAddr) -> TcpStream {

@@ -18,7 +18,7 @@ use dataplane_common::net::{IPPROTO_TCP, IPPROTO_UDP};
 use dataplane_tests::{
     cgroup::TestCgroup,
     cmd, datapath,
-    netns::NetNs,
+    family::add6,
     topo::{Container, FakeHost},
     traffic::{http_server, udp_echo_server},
     BpffsDir,
@@ -32,14 +32,6 @@ const C1: &str = "fd00:91::2";
 
 fn ip(s: &str) -> Ipv6Addr {
     s.parse().expect("an IPv6 address")
-}
-
-/// IPv6 on `dev` in `ns`, and `addr` on it without DAD.
-fn add6(ns: &NetNs, dev: &str, addr: &str) {
-    ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0")
-        .expect("IPv6 on the device");
-    ns.exec(&["ip", "-6", "addr", "add", addr, "dev", dev, "nodad"])
-        .expect("ip -6 addr add");
 }
 
 /// Fields drop in order: pins (detaching the programs), cgroup, namespaces.

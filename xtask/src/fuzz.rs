@@ -5,13 +5,9 @@
 //! stops at its packet count or its time bound, whichever comes first, and
 //! the child is killed if it outlives the bound by a minute.
 
-use std::{
-    path::Path,
-    thread,
-    time::{Duration, Instant},
-};
+use std::{path::Path, time::Duration};
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use clap::Args;
 
 #[derive(Args)]
@@ -70,22 +66,11 @@ pub fn run(root: &Path, args: &FuzzArgs) -> anyhow::Result<()> {
     .env("DP_FUZZ_SECONDS", args.seconds.to_string())
     .env("DP_FUZZ_SAVE", &fixtures)
     .current_dir(root);
-    let mut child = cmd.spawn().with_context(|| format!("running {cmd:?}"))?;
-    let deadline = Instant::now() + Duration::from_secs(args.seconds + 60);
-    let status = loop {
-        if let Some(status) = child.try_wait().context("waiting for the fuzz run")? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "the fuzz run outlived its {}s bound and was killed",
-                args.seconds
-            );
-        }
-        thread::sleep(Duration::from_millis(200));
-    };
+    let status = super::run_bounded(
+        &mut cmd,
+        Duration::from_secs(args.seconds + 60),
+        "the fuzz run",
+    )?;
     if !status.success() {
         bail!(
             "the fuzz run found invariants broken (fixtures in {}): {status}",

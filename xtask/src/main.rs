@@ -279,6 +279,34 @@ fn cargo_test(
     Ok(())
 }
 
+/// Runs `cmd` to its end, killing it if it outlives `bound` (the long runs:
+/// fuzz, soak); its exit status.
+fn run_bounded(
+    cmd: &mut Command,
+    bound: std::time::Duration,
+    what: &str,
+) -> anyhow::Result<std::process::ExitStatus> {
+    let mut child = cmd.spawn().with_context(|| format!("running {cmd:?}"))?;
+    let deadline = std::time::Instant::now() + bound;
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .with_context(|| format!("waiting for {what}"))?
+        {
+            return Ok(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{what} outlived its bound of {} s and was killed",
+                bound.as_secs()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 fn exec(cmd: &mut Command, dir: &Path) -> anyhow::Result<()> {
     cmd.current_dir(dir);
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;

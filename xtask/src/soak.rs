@@ -5,13 +5,9 @@
 //! (docs/reliability.md). The child is killed if it outlives its bound by
 //! five minutes.
 
-use std::{
-    path::Path,
-    thread,
-    time::{Duration, Instant},
-};
+use std::{path::Path, time::Duration};
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use clap::Args;
 
 #[derive(Args)]
@@ -41,22 +37,11 @@ pub fn run(root: &Path, args: &SoakArgs) -> anyhow::Result<()> {
     ])
     .env("DP_SOAK_MINUTES", args.minutes.to_string())
     .current_dir(root);
-    let mut child = cmd.spawn().with_context(|| format!("running {cmd:?}"))?;
-    let deadline = Instant::now() + Duration::from_secs(args.minutes * 60 + 300);
-    let status = loop {
-        if let Some(status) = child.try_wait().context("waiting for the soak run")? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "the soak run outlived its {} minutes and was killed",
-                args.minutes
-            );
-        }
-        thread::sleep(Duration::from_millis(500));
-    };
+    let status = super::run_bounded(
+        &mut cmd,
+        Duration::from_secs(args.minutes * 60 + 300),
+        "the soak run",
+    )?;
     if !status.success() {
         bail!("the soak run failed (its report is above): {status}");
     }

@@ -75,15 +75,7 @@ pub fn record(pins: &PinRoot, hash: u64) -> Result<(), BuildRecordError> {
         path: path.clone(),
         source,
     };
-    let map = match RawMap::from_pin(&path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let m = RawMap::create(OBJECT_MAP, shape()).map_err(err)?;
-            m.pin(&path).map_err(err)?;
-            m
-        }
-        Err(e) => return Err(err(e)),
-    };
+    let map = RawMap::pinned_or_created(&path, OBJECT_MAP, shape()).map_err(err)?;
     map.update(&0u32.to_ne_bytes(), &hash.to_ne_bytes())
         .map_err(err)
 }

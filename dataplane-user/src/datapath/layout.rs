@@ -496,15 +496,7 @@ pub fn write_schema(pins: &PinRoot, schema: u32) -> Result<(), LayoutError> {
         path: path.clone(),
         source,
     };
-    let map = match RawMap::from_pin(&path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let m = RawMap::create(LAYOUT_MAP, schema_shape()).map_err(err)?;
-            m.pin(&path).map_err(err)?;
-            m
-        }
-        Err(e) => return Err(err(e)),
-    };
+    let map = RawMap::pinned_or_created(&path, LAYOUT_MAP, schema_shape()).map_err(err)?;
     map.update(&0u32.to_ne_bytes(), &schema.to_ne_bytes())
         .map_err(err)
 }

@@ -254,6 +254,20 @@ impl RawMap {
         Ok(RawMap { fd, shape })
     }
 
+    /// The map pinned at `path`, or a new one named `name` of `shape`
+    /// pinned there when nothing is (the pinned records of one value: the
+    /// layout schema, the attached build).
+    pub fn pinned_or_created(path: &Path, name: &str, shape: MapShape) -> io::Result<RawMap> {
+        match RawMap::from_pin(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let m = RawMap::create(name, shape)?;
+                m.pin(path)?;
+                Ok(m)
+            }
+            other => other,
+        }
+    }
+
     pub fn shape(&self) -> MapShape {
         self.shape
     }
