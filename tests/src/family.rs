@@ -237,7 +237,14 @@ impl Family {
 
 /// Adds `addr` (without DAD) to `dev` in `ns`, IPv6 on the device first
 /// (the harness's namespaces start with it off).
+///
+/// DAD is off for the device's link-local address too: the kernel sends
+/// no neighbour solicitation while that address is tentative, so the
+/// first packets to a new neighbour in the first second or so would
+/// wait a whole retransmit interval (1 s) and miss the tests' windows.
 pub fn add6(ns: &NetNs, dev: &str, cidr: &str) {
+    ns.sysctl(&format!("net.ipv6.conf.{dev}.accept_dad"), "0")
+        .expect("no DAD on the device");
     ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0")
         .expect("IPv6 on the device");
     ns.exec(&["ip", "-6", "addr", "add", cidr, "dev", dev, "nodad"])
