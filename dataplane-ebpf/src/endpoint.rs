@@ -89,7 +89,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
         }
     }
     if frag == Frag::Whole {
-        if let Some(target) = nat::published(&pkt) {
+        if let Some(target) = nat::hairpin_target(&pkt) {
             let mut orig =
                 conntrack::entry(ctx, FLAG_DNAT, &pkt)?.with_dst(target.addr, target.port);
             // Replies go back into this container, from the bridge: the

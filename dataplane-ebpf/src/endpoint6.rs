@@ -199,7 +199,7 @@ const OWN_PORT: u32 = 1 << 31;
 /// `subnet`.
 #[inline(never)]
 fn hairpin(ctx: &TcContext, pkt: &Ipv6Packet, ep: &EndpointInfo6) -> Result<u32, DropReason> {
-    let Some(target) = nat::published(pkt) else {
+    let Some(target) = nat::hairpin_target(pkt) else {
         return Ok(NOT_PUBLISHED);
     };
     // SAFETY: the context's __sk_buff is valid for the whole program run.

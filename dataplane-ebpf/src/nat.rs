@@ -21,6 +21,7 @@ use crate::{
     conntrack,
     family::Family,
     parse::{Packet, IP_CSUM_OFF},
+    tcp,
 };
 
 /// Masquerade and fast path settings, set by the agent at load time.
@@ -236,6 +237,19 @@ pub fn apply_tracked<A: Family>(
     let e = conntrack::track(ctx, entry, key, pkt)?;
     apply(ctx, pkt, &e)?;
     Ok(e)
+}
+
+/// The published port a container's packet opens a hairpin flow to:
+/// [`published`], for TCP only with a segment that opens a connection.
+/// What a container answers a host-local client (translated at its socket,
+/// so never tracked here) goes to the client's address and port, and that
+/// port may be a published one too: the answer is no new flow.
+#[inline(always)]
+pub fn hairpin_target<A: Family>(pkt: &Packet<A>) -> Option<PortTargetOf<A>> {
+    if pkt.proto == IPPROTO_TCP && !tcp::opens(pkt.tcp_flags) {
+        return None;
+    }
+    published(pkt)
 }
 
 /// The published port `pkt` is addressed to: one bound to its destination,

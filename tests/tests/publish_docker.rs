@@ -416,3 +416,79 @@ fn one_host_port_on_two_loopback_addresses_answers_from_each_container() {
     );
     s.cli.run(&["local", "detach", &cg]).expect("local detach");
 }
+
+/// Reads `http://127.0.0.1:PORT/` from the source port `SPORT`, from the
+/// test cgroup in the fake host's namespace: prints the body.
+const GET_FROM_PORT: &str = r#"
+import socket, sys
+port, sport = int(sys.argv[1]), int(sys.argv[2])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", sport))
+s.settimeout(5)
+s.connect(("127.0.0.1", port))
+s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+data = b""
+while True:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    data += chunk
+print(data.split(b"\r\n\r\n", 1)[-1].decode().strip())
+"#;
+
+/// A host-local client whose own port is a published port (the kernel can
+/// pick one: nothing listens on a published port): the container's answers
+/// go to that port on the host's address and are answers, not a new
+/// hairpin flow to the other published port.
+#[test]
+fn a_host_local_client_on_a_published_source_port_gets_its_answers() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let s = setup("sport");
+    let cgroup = TestCgroup::new();
+    let a = NetNs::new("a").expect("netns");
+    s.cli
+        .run(&[
+            "connect",
+            "bridge",
+            a.name(),
+            "-p",
+            "8080:80",
+            "-p",
+            "8081:81",
+        ])
+        .expect("connect");
+    let _a = http_server(&a, SocketAddr::from((C1, 80)), "from a").expect("http a");
+    let cg = cgroup.path.to_string_lossy().into_owned();
+    s.cli.run(&["local", "attach", &cg]).expect("local attach");
+    let ns = s.fh.host.path().to_string_lossy().into_owned();
+    let script = r#"echo $$ > "$1/cgroup.procs" || exit 97; ns=$2; shift 2; exec nsenter --net="$ns" -- "$@""#;
+    for sport in ["8081", "40123"] {
+        let out = cmd::output(
+            &[
+                "sh",
+                "-c",
+                script,
+                "sh",
+                &cg,
+                &ns,
+                "python3",
+                "-c",
+                GET_FROM_PORT,
+                "8080",
+                sport,
+            ],
+            T * 2,
+        )
+        .expect("client");
+        assert!(
+            out.status.success(),
+            "client from port {sport}: {}",
+            out.stderr
+        );
+        assert_eq!(out.stdout.trim(), "from a", "from port {sport}");
+    }
+    s.cli.run(&["local", "detach", &cg]).expect("local detach");
+}
