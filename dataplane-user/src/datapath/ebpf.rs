@@ -102,6 +102,20 @@ pub enum LoadError {
         #[source]
         source: Box<ProgramError>,
     },
+    #[error("attaching {program} to {ifname} ({direction})")]
+    LinkCreate {
+        program: &'static str,
+        ifname: String,
+        direction: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pinning the link at {path}")]
+    PinLinkFd {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("pinning the link at {path}")]
     PinLink {
         path: PathBuf,
@@ -490,6 +504,42 @@ impl Dataplane {
         }
     }
 
+    /// [`Dataplane::attach_tc`] in two halves: this one, on the
+    /// dataplane, verifies the program and finds its pin free (None: it is
+    /// attached already, and kept); [`TcxJob::run`] makes and pins the link
+    /// on any thread of this namespace.
+    pub fn tcx_job(
+        &mut self,
+        program: &'static str,
+        ifname: &str,
+        direction: Direction,
+    ) -> Result<Option<TcxJob>, LoadError> {
+        let pin = self.link_pin(program, ifname, direction)?;
+        if pin.exists() {
+            return Ok(None);
+        }
+        let ino = current_netns_ino().map_err(LoadError::Netns)?;
+        let prog = self.tc_program(program)?;
+        let program_err = |e| LoadError::Program {
+            name: program,
+            source: Box::new(e),
+        };
+        let fd = prog
+            .fd()
+            .map_err(program_err)?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| program_err(ProgramError::IOError(e)))?;
+        Ok(Some(TcxJob {
+            program,
+            prog: fd,
+            ifname: ifname.to_owned(),
+            direction,
+            pin,
+            netns_ino: ino,
+        }))
+    }
+
     fn link_pin(
         &self,
         program: &'static str,
@@ -498,6 +548,44 @@ impl Dataplane {
     ) -> Result<PathBuf, LoadError> {
         let ino = current_netns_ino().map_err(LoadError::Netns)?;
         Ok(self.pins.link(ino, ifname, program, direction.name()))
+    }
+}
+
+/// One tcx attachment prepared by [`Dataplane::tcx_job`].
+#[derive(Debug)]
+pub struct TcxJob {
+    program: &'static str,
+    prog: std::os::fd::OwnedFd,
+    ifname: String,
+    direction: Direction,
+    pin: PathBuf,
+    netns_ino: u64,
+}
+
+impl TcxJob {
+    /// Attaches the program and pins the link, on the calling thread, which
+    /// must be in the namespace the job was prepared in (a thread spawned by
+    /// the preparing one is). Blocks for the kernel's RCU grace period.
+    pub fn run(self) -> Result<PathBuf, LoadError> {
+        let link_err = |source| LoadError::LinkCreate {
+            program: self.program,
+            ifname: self.ifname.clone(),
+            direction: self.direction.name(),
+            source,
+        };
+        if current_netns_ino().map_err(LoadError::Netns)? != self.netns_ino {
+            return Err(link_err(std::io::Error::other(
+                "the thread left the namespace the attachment was prepared in",
+            )));
+        }
+        let egress = matches!(self.direction, Direction::Egress);
+        let link =
+            sys_bpf::tcx_link_create(self.prog.as_fd(), &self.ifname, egress).map_err(link_err)?;
+        sys_bpf::obj_pin(link.as_fd(), &self.pin).map_err(|source| LoadError::PinLinkFd {
+            path: self.pin.clone(),
+            source,
+        })?;
+        Ok(self.pin)
     }
 }
 

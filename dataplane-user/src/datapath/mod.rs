@@ -34,4 +34,4 @@ pub mod proto;
 mod seam;
 pub mod stats;
 
-pub use seam::{BpfDatapath, Datapath, DatapathError, PurgeJob, RecordingDatapath};
+pub use seam::{BpfDatapath, Datapath, DatapathError, EndpointJob, PurgeJob, RecordingDatapath};

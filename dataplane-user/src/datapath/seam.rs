@@ -17,6 +17,7 @@ use crate::datapath::{
     bpffs::PinRoot,
     conntrack::{self, Gone},
     ebpf::{Dataplane, Direction},
+    endpoints,
     filter::{self, FilterError},
     maps::MapsError,
     nat::{self, Desired, NatError},
@@ -31,6 +32,10 @@ pub enum DatapathError {
     #[error(transparent)]
     Filter(#[from] FilterError),
 }
+
+/// The attachment of an endpoint's programs, to run on a thread of the
+/// agent's namespace ([`Datapath::prepare_endpoint`]).
+pub type EndpointJob = Box<dyn FnOnce() -> Result<(), NatError> + Send>;
 
 /// The datapath as the manager sees it. Every call is synchronous: map
 /// writes and program attachments are system calls, not round trips.
@@ -50,6 +55,10 @@ pub trait Datapath {
     fn detach_uplink(&mut self, ifname: &str) -> Result<(), NatError>;
     /// Attaches the endpoint programs (the IPv6 one with `ipv6`).
     fn attach_endpoint(&mut self, host_ifname: &str, ipv6: bool) -> Result<(), NatError>;
+    /// [`Datapath::attach_endpoint`] as a job for a thread of the agent's
+    /// namespace, so a connect overlaps the kernel's grace period in each
+    /// attachment with its netlink work: the programs are verified now.
+    fn prepare_endpoint(&mut self, host_ifname: &str, ipv6: bool) -> Result<EndpointJob, NatError>;
     fn detach_endpoint(&mut self, host_ifname: &str) -> Result<(), NatError>;
     /// Why the endpoint program is not attached to `host_ifname`, if it
     /// is not (or cannot be told).
@@ -124,7 +133,7 @@ impl Datapath for BpfDatapath {
     }
 
     fn preload(&mut self) -> Result<(), NatError> {
-        for program in crate::datapath::endpoints::ENDPOINT_PROGRAMS {
+        for program in endpoints::ENDPOINT_PROGRAMS {
             self.dp()?.tc_program(program)?;
         }
         Ok(())
@@ -152,6 +161,11 @@ impl Datapath for BpfDatapath {
 
     fn attach_endpoint(&mut self, host_ifname: &str, ipv6: bool) -> Result<(), NatError> {
         nat::attach_endpoint(self.dp()?, host_ifname, ipv6)
+    }
+
+    fn prepare_endpoint(&mut self, host_ifname: &str, ipv6: bool) -> Result<EndpointJob, NatError> {
+        let attach = endpoints::prepare_endpoint(self.dp()?, host_ifname, ipv6)?;
+        Ok(Box::new(move || attach.run()))
     }
 
     fn detach_endpoint(&mut self, host_ifname: &str) -> Result<(), NatError> {
@@ -312,6 +326,13 @@ impl Datapath for RecordingDatapath {
         self.call("attach_endpoint", host_ifname)?;
         self.endpoints.insert(host_ifname.to_owned());
         Ok(())
+    }
+
+    fn prepare_endpoint(&mut self, host_ifname: &str, ipv6: bool) -> Result<EndpointJob, NatError> {
+        // Recorded as the attachment itself: the job's thread cannot reach
+        // the recording, and the real one fails only where this would.
+        self.attach_endpoint(host_ifname, ipv6)?;
+        Ok(Box::new(|| Ok(())))
     }
 
     fn detach_endpoint(&mut self, host_ifname: &str) -> Result<(), NatError> {

@@ -17,7 +17,12 @@ const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+/// `BPF_TCX_INGRESS`; `BPF_TCX_EGRESS` is the next one.
+const BPF_TCX_INGRESS: u32 = 46;
+/// `BPF_F_AFTER` with no relative program: after every program there.
+const BPF_F_AFTER: u32 = 1 << 4;
 /// `BPF_NOEXIST`: an update that only creates.
 const NOEXIST: u64 = 1;
 
@@ -136,6 +141,18 @@ struct ObjAttr {
     file_flags: u32,
 }
 
+#[repr(C)]
+#[derive(Default)]
+struct TcxLinkAttr {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+    relative_fd: u32,
+    _pad: u32,
+    expected_revision: u64,
+}
+
 fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a repr(C) prefix of `union bpf_attr` for `cmd`,
     // with every pointer in it valid for the call; the kernel zero-extends
@@ -199,6 +216,43 @@ pub fn link_program(link: BorrowedFd<'_>) -> io::Result<(u32, String)> {
         li.prog_id,
         String::from_utf8_lossy(&pi.name[..end]).into_owned(),
     ))
+}
+
+/// Attaches `prog` with tcx to the interface `ifname` (in the calling
+/// thread's namespace), after the programs already there: the link's fd.
+///
+/// The same call aya's `SchedClassifier::attach` makes, on borrowed fds,
+/// so it can run on a thread of its own: the kernel waits for an RCU grace
+/// period in it (~10-15 ms), which a connect overlaps with its netlink work.
+pub fn tcx_link_create(prog: BorrowedFd<'_>, ifname: &str, egress: bool) -> io::Result<OwnedFd> {
+    let c = CString::new(ifname).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: a NUL-terminated name that outlives the call.
+    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if ifindex == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let attr = TcxLinkAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_ifindex: ifindex,
+        attach_type: BPF_TCX_INGRESS + u32::from(egress),
+        flags: BPF_F_AFTER,
+        ..TcxLinkAttr::default()
+    };
+    let fd = bpf(BPF_LINK_CREATE, &attr)?;
+    // SAFETY: BPF_LINK_CREATE returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Pins the object (map, program or link) `fd` at `path`.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let attr = ObjAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        file_flags: 0,
+    };
+    bpf(BPF_OBJ_PIN, &attr).map(|_| ())
 }
 
 /// Makes `link` run `prog` instead of its program, atomically.
@@ -278,14 +332,7 @@ impl RawMap {
 
     /// Pins the map at `path`.
     pub fn pin(&self, path: &Path) -> io::Result<()> {
-        let c = CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let attr = ObjAttr {
-            pathname: c.as_ptr() as u64,
-            bpf_fd: self.fd.as_raw_fd() as u32,
-            file_flags: 0,
-        };
-        bpf(BPF_OBJ_PIN, &attr).map(|_| ())
+        obj_pin(self.fd.as_fd(), path)
     }
 
     /// Bytes of one value as user space reads and writes it (per-CPU maps:

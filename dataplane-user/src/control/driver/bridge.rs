@@ -6,7 +6,8 @@
 use serde_json::{Map, Value};
 
 use super::{
-    delete_link_named, mtu_option, DriverError, EndpointPlan, NetworkDriver, SubnetPolicy,
+    delete_link_named, host_veth_name, mtu_option, DriverError, EndpointPlan, NetworkDriver,
+    SubnetPolicy,
 };
 use crate::control::{
     host::Host,
@@ -131,7 +132,7 @@ impl NetworkDriver for Bridge<'_> {
                 network: plan.network.name.clone(),
                 bridge: bridge.clone(),
             })?;
-        let host_ifname = format!("veth{}", plan.suffix);
+        let host_ifname = host_veth_name(plan.suffix);
         host.attach_veth(plan, &host_ifname, br.index).await?;
         Ok(Attachment::Veth { host_ifname })
     }

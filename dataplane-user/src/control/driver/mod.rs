@@ -31,8 +31,8 @@ pub use overlay::Overlay;
 
 /// The kernel side the drivers ask for is the host's (`control::host`).
 pub use super::host::{
-    attach_macvlan, attach_veth, ensure_bridge, loopback_up, teardown_endpoint, BridgeError,
-    DriverError, EndpointPlan,
+    attach_macvlan, attach_veth, ensure_bridge, host_veth_name, loopback_up, teardown_endpoint,
+    BridgeError, DriverError, EndpointPlan, HostEndPrograms,
 };
 
 /// How the fast path treats a network's subnet (`DP_SUBNETS`): only

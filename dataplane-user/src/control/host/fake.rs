@@ -408,8 +408,14 @@ impl Host for FakeHost {
         host_ifname: &str,
         bridge: u32,
     ) -> Result<(), DriverError> {
+        {
+            let h = self.get();
+            fail_setup(&h, plan)?;
+        }
+        if let Some(attaching) = plan.programs.spawn()? {
+            attaching.done().await?;
+        }
         let mut h = self.get();
-        fail_setup(&h, plan)?;
         h.add_link(host_ifname, Some("veth"), Some(bridge));
         if let Some(ns) = h.netns.get_mut(plan.netns) {
             add_inside(ns, plan);

@@ -21,9 +21,12 @@ use std::{
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::model::{Attachment, MacvlanConfig, Network};
-use crate::sys::{
-    netlink::{Ipv4Route, Ipv6Route, Link, Netlink, NetlinkError, VxlanSpec},
-    sockets::{self, HeldPort},
+use crate::{
+    datapath::{nat::NatError, EndpointJob},
+    sys::{
+        netlink::{Ipv4Route, Ipv6Route, Link, Netlink, NetlinkError, VxlanSpec},
+        sockets::{self, HeldPort},
+    },
 };
 
 mod bridge;
@@ -53,6 +56,10 @@ pub enum DriverError {
         #[source]
         source: std::io::Error,
     },
+    #[error("attaching the endpoint programs")]
+    Programs(#[source] NatError),
+    #[error("starting the thread that attaches the endpoint programs")]
+    AttachThread(#[source] std::io::Error),
     #[error("{what} (and undoing it failed: {undo})")]
     Rollback {
         what: Box<DriverError>,
@@ -72,6 +79,63 @@ pub struct EndpointPlan<'a> {
     pub mac: [u8; 6],
     /// Random suffix for host-side names (`veth<hex>`).
     pub suffix: &'a str,
+    /// The endpoint programs for a veth's host end (see [`HostEndPrograms`]).
+    pub programs: &'a HostEndPrograms,
+}
+
+/// The host-side veth name of an endpoint whose names end in `suffix`.
+pub fn host_veth_name(suffix: &str) -> String {
+    format!("veth{suffix}")
+}
+
+/// The endpoint programs' attachment to a veth's host end, prepared by the
+/// manager on the datapath. [`attach_veth`] runs it on a thread of its own
+/// while it configures the namespace (each attachment waits for a kernel
+/// RCU grace period), and brings the host end up only once it is done: a
+/// container's link has no carrier before its programs are there.
+#[derive(Default)]
+pub struct HostEndPrograms(std::sync::Mutex<Option<EndpointJob>>);
+
+impl HostEndPrograms {
+    pub fn new(job: EndpointJob) -> HostEndPrograms {
+        HostEndPrograms(std::sync::Mutex::new(Some(job)))
+    }
+
+    /// The job, once: None when there is none or it was taken.
+    pub fn take(&self) -> Option<EndpointJob> {
+        self.0.lock().ok().and_then(|mut j| j.take())
+    }
+
+    /// Runs the job on a thread of its own (spawned from this one, so in
+    /// the same namespace); the result arrives without blocking the
+    /// runtime. None when there is no job.
+    pub fn spawn(&self) -> Result<Option<Attaching>, DriverError> {
+        let Some(job) = self.take() else {
+            return Ok(None);
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("dp-attach".into())
+            .spawn(move || {
+                let _ = tx.send(job());
+            })
+            .map_err(DriverError::AttachThread)?;
+        Ok(Some(Attaching(rx)))
+    }
+}
+
+/// A [`HostEndPrograms`] job under way.
+pub struct Attaching(tokio::sync::oneshot::Receiver<Result<(), NatError>>);
+
+impl Attaching {
+    pub async fn done(self) -> Result<(), DriverError> {
+        match self.0.await {
+            Ok(r) => r.map_err(DriverError::Programs),
+            Err(_) => Err(DriverError::AttachThread(std::io::Error::other(
+                "the attaching thread ended without an answer",
+            ))),
+        }
+    }
 }
 
 /// Identity of a namespace file (device, inode): two paths to one

@@ -34,7 +34,19 @@ pub async fn attach_veth(
             plan.network.mtu,
         )
         .await?;
-    let result = configure_inside(plan, plan.ifname).await;
+    let result = async {
+        // The programs attach while the namespace is configured; the host
+        // end comes up (and the link gets its carrier) only after both.
+        let attaching = plan.programs.spawn()?;
+        let inside = configure_inside(plan, plan.ifname).await;
+        if let Some(a) = attaching {
+            a.done().await?;
+        }
+        inside?;
+        host.set_up(host_end.index).await?;
+        Ok(())
+    }
+    .await;
     undo_on_error(host, host_end.index, result).await
 }
 

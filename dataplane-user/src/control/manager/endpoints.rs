@@ -9,7 +9,7 @@ use std::{
 use super::{netns_path, random_hex, ConnectRequest, ConnectTo, Manager, NetworkError};
 use crate::{
     control::{
-        driver::{self, EndpointPlan, NetworkDriver as _},
+        driver::{self, host_veth_name, EndpointPlan, HostEndPrograms, NetworkDriver as _},
         host::Host,
         ipam::{self, v6},
         model::{Attachment, Endpoint, Network},
@@ -95,6 +95,12 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         let published = self.new_mappings(&req.publish, &[], ipv4.is_some() && ipv6.is_some())?;
         let ifname = self.ifname_in(&netns, &netns_arg, req.ifname).await?;
         let suffix = random_hex(4)?[..7].to_owned();
+        // Verified now, attached by the host layer while it configures the
+        // namespace (a driver without a veth leaves the job alone).
+        let programs = HostEndPrograms::new(
+            self.dp
+                .prepare_endpoint(&host_veth_name(&suffix), ipv6.is_some())?,
+        );
         let plan = EndpointPlan {
             network: &net,
             netns: &netns,
@@ -103,10 +109,19 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             ipv6,
             mac,
             suffix: &suffix,
+            programs: &programs,
         };
-        let attachment = driver::for_network(&net)
+        let attachment = match driver::for_network(&net)
             .setup_endpoint(&self.host, &plan)
-            .await?;
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                // Pins of links made before the failure (their veth is gone).
+                let _ = self.dp.detach_endpoint(&host_veth_name(&suffix));
+                return Err(e.into());
+            }
+        };
         if let Attachment::Veth { host_ifname } = &attachment {
             if let Err(e) = self.dp.attach_endpoint(host_ifname, plan.ipv6.is_some()) {
                 let _ = self
@@ -203,6 +218,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             ipv6: None,
             mac: [0; 6],
             suffix: "",
+            programs: &HostEndPrograms::default(),
         };
         let attachment = driver::for_network(net)
             .setup_endpoint(&self.host, &plan)

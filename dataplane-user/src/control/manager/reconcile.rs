@@ -6,7 +6,7 @@ use std::fs;
 use super::{Manager, NetworkError};
 use crate::{
     control::{
-        driver::{self, EndpointPlan, NetworkDriver as _},
+        driver::{self, EndpointPlan, HostEndPrograms, NetworkDriver as _},
         host::Host,
         model::{Attachment, Endpoint},
     },
@@ -132,6 +132,10 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 continue;
             };
             let suffix = host_ifname.trim_start_matches("veth").to_owned();
+            // The old link's pin outlived its veth: replace it.
+            self.dp.detach_endpoint(host_ifname)?;
+            let programs =
+                HostEndPrograms::new(self.dp.prepare_endpoint(host_ifname, ep.ipv6.is_some())?);
             let plan = EndpointPlan {
                 network: &net,
                 netns: &ep.netns,
@@ -140,6 +144,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 ipv6: ep.ipv6,
                 mac,
                 suffix: &suffix,
+                programs: &programs,
             };
             // A half-made endpoint in the namespace would block the rename.
             let _ = self
@@ -149,8 +154,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             driver::for_network(&net)
                 .setup_endpoint(&self.host, &plan)
                 .await?;
-            // The old link's pin outlived its veth: replace it.
-            self.dp.detach_endpoint(host_ifname)?;
+            // Kept when the host layer attached them already.
             self.dp.attach_endpoint(host_ifname, ep.ipv6.is_some())?;
             changed.push(format!(
                 "set up endpoint {} on {} again",

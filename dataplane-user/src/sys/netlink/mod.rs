@@ -257,7 +257,7 @@ impl Netlink {
     }
 
     /// Creates a veth pair whose host end `name` is on bridge `master` and
-    /// up, and whose peer is made directly inside the namespace at
+    /// down (the caller brings it up when the end is ready), and whose peer is made directly inside the namespace at
     /// `peer_netns` with its final name and MAC: no later move between
     /// namespaces, which costs the kernel an RCU grace period. Returns the
     /// host end.
@@ -287,7 +287,6 @@ impl Netlink {
             .name(name.to_string())
             .mtu(mtu)
             .controller(master)
-            .up()
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_builder.build())))
             .build();
         self.handle
