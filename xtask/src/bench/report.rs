@@ -210,6 +210,10 @@ pub fn json(r: &Results) -> serde_json::Value {
 }
 
 pub fn markdown(r: &Results) -> String {
+    if r.plan.workloads.is_empty() && r.control.is_empty() {
+        // Only the cross-host overlay ran: no per-N tables or targets.
+        return format!("## Results\n\n{}", super::overlay::markdown(r));
+    }
     let mut s = String::new();
     let peers = &r.plan.peers;
     let _ = writeln!(
