@@ -631,3 +631,61 @@ pub fn json(r: &Results) -> Value {
         .collect();
     Value::Array(rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{markdown, OvWorkload, PEERS};
+    use crate::bench::{
+        family::Family,
+        report::{Results, Sample},
+        workloads::{Durations, Kind},
+        Plan,
+    };
+
+    #[test]
+    fn names_and_metrics_are_the_ingress_ones_with_ov() {
+        let names: Vec<String> = OvWorkload::ALL.iter().map(|w| w.name()).collect();
+        assert_eq!(names, ["ov-tcp1", "ov-rr", "ov-crr"]);
+        assert_eq!(OvWorkload::parse("ov-rr"), Some(OvWorkload(Kind::Rr)));
+        assert_eq!(OvWorkload::parse("in-rr"), None);
+        let rr: Vec<String> = OvWorkload(Kind::Rr)
+            .metrics()
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        assert_eq!(rr, ["ov-rr", "ov-rr-p50", "ov-rr-p99"]);
+    }
+
+    #[test]
+    fn the_section_has_medians_and_the_ratio() {
+        let plan = Plan {
+            families: vec![Family::V4],
+            peers: Vec::new(),
+            workloads: Vec::new(),
+            overlay: vec![OvWorkload(Kind::Crr)],
+            ns: vec![0],
+            rounds: 2,
+            durations: Durations {
+                tcp_secs: 1,
+                load_secs: 0.5,
+            },
+            connects: 0,
+            quick: false,
+        };
+        let mut r = Results::new(plan);
+        assert_eq!(markdown(&r), "");
+        for (peer, v) in [(PEERS[0], 900.0), (PEERS[0], 1100.0), (PEERS[1], 2000.0)] {
+            r.samples.push(Sample {
+                peer: peer.into(),
+                n: 0,
+                metric: "ov-crr".into(),
+                value: v,
+            });
+        }
+        let md = markdown(&r);
+        assert!(
+            md.contains("| ov-crr | conn/s | 1000 (900.0-1100) | 2000 (2000-2000) | 0.50x |"),
+            "{md}"
+        );
+    }
+}
