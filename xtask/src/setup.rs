@@ -59,6 +59,8 @@ const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("/usr/lib/podman/netavark", "netavark"),
     ("/usr/lib/cni/bridge", "containernetworking-plugins"),
     ("/usr/lib/cni/portmap", "containernetworking-plugins"),
+    // The cross-host overlay workloads' store.
+    ("etcd", "etcd-server"),
 ];
 
 pub fn run() -> anyhow::Result<()> {

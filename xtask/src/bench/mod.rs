@@ -16,12 +16,16 @@
 //! IPv6 rules (ip6tables, nftables `ip6` tables, the dataplane's IPv6
 //! publishing and NAT66), and the report gets `in6-...`/`eg6-...` rows.
 //!
+//! The cross-host overlay workloads (`ov-crr`, `ov-rr`, `ov-tcp1`, IPv4)
+//! run after the others on two peers of their own ([`overlay`]).
+//!
 //! Never part of `cargo xtask test`. Needs root; traffic stays inside the
 //! bench's own namespaces, which are removed on exit, Ctrl-C or panic.
 
 pub mod control;
 pub mod family;
 pub mod load;
+pub mod overlay;
 pub mod peers;
 pub mod plot;
 pub mod report;
@@ -61,8 +65,9 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',')]
     pub peers: Option<Vec<String>>,
     /// Workloads, comma separated: in-tcp1, in-tcp4, in-rr, in-crr, in-udp
-    /// and the same with eg- (egress), run in every --family [default:
-    /// all].
+    /// and the same with eg- (egress), run in every --family; ov-tcp1,
+    /// ov-rr, ov-crr (cross-host overlay, dataplane against linux-vxlan
+    /// whatever --peers says, when --family has 4) [default: all].
     #[arg(long, value_delimiter = ',')]
     pub workloads: Option<Vec<String>>,
     /// Values of N, comma separated [default: 0,100,1000,10000; quick:
@@ -87,6 +92,8 @@ pub struct Plan {
     pub families: Vec<Family>,
     pub peers: Vec<String>,
     pub workloads: Vec<Workload>,
+    /// The cross-host overlay workloads (IPv4 only).
+    pub overlay: Vec<overlay::OvWorkload>,
     pub ns: Vec<usize>,
     pub rounds: usize,
     pub durations: Durations,
@@ -123,8 +130,11 @@ impl BenchArgs {
         let base = workloads::all(Family::V4);
         if let Some(names) = &self.workloads {
             for name in names {
-                if !base.iter().any(|w| &w.base_name() == name) {
-                    let known: Vec<String> = base.iter().map(Workload::base_name).collect();
+                if !base.iter().any(|w| &w.base_name() == name)
+                    && overlay::OvWorkload::parse(name).is_none()
+                {
+                    let mut known: Vec<String> = base.iter().map(Workload::base_name).collect();
+                    known.extend(overlay::OvWorkload::ALL.map(|w| w.name()));
                     bail!("--workloads {name}: not one of {}", known.join(", "));
                 }
             }
@@ -136,6 +146,16 @@ impl BenchArgs {
                 self.workloads
                     .as_ref()
                     .is_none_or(|names| names.contains(&w.base_name()))
+            })
+            .collect();
+        let overlay = overlay::OvWorkload::ALL
+            .into_iter()
+            .filter(|w| {
+                families.contains(&Family::V4)
+                    && self
+                        .workloads
+                        .as_ref()
+                        .is_none_or(|names| names.contains(&w.name()))
             })
             .collect();
         let ns = match &self.n {
@@ -158,6 +178,7 @@ impl BenchArgs {
             families,
             peers,
             workloads,
+            overlay,
             ns,
             rounds,
             durations: if self.quick {
@@ -243,14 +264,21 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         plan.workloads
             .iter()
             .map(Workload::name)
+            .chain(plan.overlay.iter().map(|w| w.name()))
             .collect::<Vec<_>>()
             .join(","),
         plan.ns,
         plan.rounds
     );
     let mut results = Results::new(plan.clone());
-    for &n in &plan.ns {
-        measure_n(root, &load_bin, &plan, n, &mut results)?;
+    if !plan.workloads.is_empty() {
+        for &n in &plan.ns {
+            measure_n(root, &load_bin, &plan, n, &mut results)?;
+        }
+    }
+    if !plan.overlay.is_empty() {
+        check_interrupt()?;
+        overlay::measure(root, &load_bin, &plan, &mut results)?;
     }
     if plan.connects > 0 {
         check_interrupt()?;
@@ -462,5 +490,11 @@ mod tests {
         assert_eq!(names(p), ["in-crr", "eg-rr", "in6-crr", "eg6-rr"]);
         assert!(plan(&["--family", "5"]).is_err());
         assert!(plan(&["--workloads", "in6-crr"]).is_err());
+        let p = plan(&["--workloads", "ov-crr,ov-rr"]).expect("plan");
+        assert!(p.workloads.is_empty());
+        let ov: Vec<String> = p.overlay.iter().map(|w| w.name()).collect();
+        assert_eq!(ov, ["ov-rr", "ov-crr"]);
+        assert_eq!(plan(&["--quick"]).expect("plan").overlay.len(), 3);
+        assert!(plan(&["--family", "6"]).expect("plan").overlay.is_empty());
     }
 }

@@ -116,7 +116,7 @@ impl Results {
     }
 }
 
-fn fmt_value(v: f64) -> String {
+pub fn fmt_value(v: f64) -> String {
     if v >= 1000.0 {
         format!("{v:.0}")
     } else if v >= 100.0 {
@@ -193,6 +193,7 @@ pub fn json(r: &Results) -> serde_json::Value {
         },
         "elapsed_s": r.elapsed.as_secs_f64(),
         "stats": stats,
+        "overlay": super::overlay::json(r),
         "samples": r.samples.iter().map(|s| json!({"peer": s.peer, "n": s.n, "metric": s.metric, "value": s.value})).collect::<Vec<_>>(),
         "installs": r.installs.iter().map(|i| json!({
             "peer": i.peer, "family": i.family.label(), "n": i.n,
@@ -209,6 +210,10 @@ pub fn json(r: &Results) -> serde_json::Value {
 }
 
 pub fn markdown(r: &Results) -> String {
+    if r.plan.workloads.is_empty() && r.control.is_empty() {
+        // Only the cross-host overlay ran: no per-N tables or targets.
+        return format!("## Results\n\n{}", super::overlay::markdown(r));
+    }
     let mut s = String::new();
     let peers = &r.plan.peers;
     let _ = writeln!(
@@ -315,6 +320,7 @@ pub fn markdown(r: &Results) -> String {
         s.push('\n');
     }
 
+    s.push_str(&super::overlay::markdown(r));
     let _ = writeln!(s, "### Targets\n");
     for t in targets(r) {
         let _ = writeln!(s, "- {t}");

@@ -130,15 +130,20 @@ pub struct Servers {
 
 impl Servers {
     pub fn start(topo: &Topology, load_bin: &Path) -> Result<Servers> {
+        Servers::start_in(&[&topo.container, &topo.client], topo.family, load_bin)
+    }
+
+    /// The same servers in each of `nss` (the overlay workloads' container).
+    pub fn start_in(nss: &[&NetNs], family: Family, load_bin: &Path) -> Result<Servers> {
         let bin = load_bin.to_string_lossy();
         // `[::]` takes both families (IPv4 as mapped addresses); an IPv4
         // topology keeps the IPv4 socket it always had.
-        let any = match topo.family {
+        let any = match family {
             Family::V4 => "0.0.0.0",
             Family::V6 => "[::]",
         };
         let mut procs = Vec::new();
-        for ns in [&topo.container, &topo.client] {
+        for ns in nss {
             procs.push(ns.spawn(
                 Some(SERVER_CPU),
                 &["iperf3", "-s", "-p", &IPERF_PORT.to_string()],
@@ -157,7 +162,7 @@ impl Servers {
             )?);
         }
         // Bounded wait until every server listens (ss inside its namespace).
-        for ns in [&topo.container, &topo.client] {
+        for ns in nss {
             let mut tries = 0;
             loop {
                 let out = ns.exec(&["ss", "-Hltn"])?;
@@ -210,9 +215,23 @@ pub fn run(
         Dir::Ingress => (&topo.client, ingress_addr),
         Dir::Egress => (&topo.container, topo.addrs().client),
     };
-    match w.kind {
+    run_kind(w.kind, &w.name(), client, dst, load_bin, d)
+}
+
+/// One run of `kind` from `client` (pinned to [`CLIENT_CPU`]) to the
+/// servers at `dst`, named `name` in errors; one value per metric of the
+/// kind, in [`Workload::metrics`]' order.
+pub fn run_kind(
+    kind: Kind,
+    name: &str,
+    client: &NetNs,
+    dst: IpAddr,
+    load_bin: &Path,
+    d: Durations,
+) -> Result<Vec<f64>> {
+    match kind {
         Kind::Tcp1 | Kind::Tcp4 => {
-            let streams = if w.kind == Kind::Tcp1 { "1" } else { "4" };
+            let streams = if kind == Kind::Tcp1 { "1" } else { "4" };
             let limit = (d.tcp_secs + 15).to_string();
             let out = client
                 .exec_pinned(
@@ -236,7 +255,7 @@ pub fn run(
                         "-J",
                     ],
                 )
-                .with_context(|| format!("{} to {dst}", w.name()))?;
+                .with_context(|| format!("{name} to {dst}"))?;
             let v: serde_json::Value =
                 serde_json::from_str(&out).context("iperf3 -J printed no JSON")?;
             let bps = v["end"]["sum_received"]["bits_per_second"]
@@ -245,7 +264,7 @@ pub fn run(
             Ok(vec![bps / 1e9])
         }
         Kind::Rr | Kind::Crr | Kind::Udp => {
-            let (mode, port) = match w.kind {
+            let (mode, port) = match kind {
                 Kind::Rr => ("rr", TCP_PORT),
                 Kind::Crr => ("crr", TCP_PORT),
                 _ => ("udp", UDP_PORT),
@@ -269,9 +288,9 @@ pub fn run(
                         &d.load_secs.to_string(),
                     ],
                 )
-                .with_context(|| format!("{} to {dst}:{port}", w.name()))?;
+                .with_context(|| format!("{name} to {dst}:{port}"))?;
             let r = parse_result(out.trim())?;
-            if w.kind == Kind::Rr {
+            if kind == Kind::Rr {
                 Ok(vec![r.rate, r.p50_us, r.p99_us])
             } else {
                 Ok(vec![r.rate])
