@@ -222,6 +222,10 @@ impl Proc {
         })
     }
 
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Fails if the process has already exited (a server that could not
     /// bind, say).
     pub fn check_alive(&mut self) -> Result<()> {
