@@ -66,9 +66,14 @@ impl Peer for DockerProxy {
                 m.ip.to_string(),
                 m.port.to_string(),
             );
+            // dockerd hands the proxy a pipe as fd 3 for its "0\n" (ready);
+            // without one, that fd is the proxy's listener, which it closes.
             self.proxies.push(topo.host.spawn(
                 None,
                 &[
+                    "sh",
+                    "-c",
+                    "exec \"$0\" \"$@\" 3>/dev/null",
                     BIN,
                     "-proto",
                     m.proto.as_str(),
