@@ -147,6 +147,9 @@ pub fn run(
                 SEQ_MAX_SECS as f64,
             )?;
             let r = parse_result(line.trim())?;
+            if r.errors > 0 {
+                println!("  hl-seq: {} failed connections: {}", r.errors, line.trim());
+            }
             let slices = parse_slices(&line)?;
             let p99s: Vec<f64> = slices.iter().map(|s| s.1).collect();
             let drift = match (p99s.first(), p99s.last()) {
@@ -270,6 +273,7 @@ pub fn seq(to: SocketAddr, count: u64, slice: u64, max: Duration) -> Result<()> 
     let (mut ops, mut errors) = (0u64, 0u64);
     let mut lat = Vec::with_capacity(slice as usize);
     let mut slices = Vec::new();
+    let mut first_error = String::new();
     while ops < count && start.elapsed() < max {
         let t = Instant::now();
         let one = || -> std::io::Result<()> {
@@ -297,17 +301,21 @@ pub fn seq(to: SocketAddr, count: u64, slice: u64, max: Duration) -> Result<()> 
                     lat.clear();
                 }
             }
-            Err(_) => {
+            Err(e) => {
                 errors += 1;
                 if errors > 1000 {
-                    bail!("more than 1000 failed connections to {to}");
+                    bail!("more than 1000 failed connections to {to}: {e}");
+                }
+                // Which connection and why, for the bench's log.
+                if first_error.is_empty() {
+                    first_error = format!("#{}:{:?}", ops + errors, e.kind());
                 }
             }
         }
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "ops={ops} errors={errors} secs={secs:.4} rate={:.1} slices={}",
+        "ops={ops} errors={errors} secs={secs:.4} rate={:.1} slices={} first_error={first_error}",
         ops as f64 / secs,
         slices.join(",")
     );

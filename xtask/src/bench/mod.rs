@@ -64,7 +64,9 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',')]
     pub family: Option<Vec<u8>>,
     /// Peers to run, comma separated (default all: none, iptables,
-    /// iptables-legacy, nftables, nftables-sets, dataplane).
+    /// iptables-legacy, nftables, nftables-sets, nftables-sets-ft (where
+    /// the kernel has flowtables), docker-nft, netavark-nft, docker-proxy
+    /// (host-local workloads only), dataplane).
     #[arg(long, value_delimiter = ',')]
     pub peers: Option<Vec<String>>,
     /// Workloads, comma separated: in-tcp1, in-tcp4, in-rr, in-crr, in-udp
