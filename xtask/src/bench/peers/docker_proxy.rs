@@ -21,6 +21,7 @@ use super::{
     Install, Peer,
 };
 use crate::bench::{
+    family::Family,
     hostlocal::HostLocal,
     topology::{Proc, Topology},
     workloads::{Dir, Workload},
@@ -59,6 +60,11 @@ impl Peer for DockerProxy {
         let all = all_mappings(n, topo.family);
         // The measured ports are last; the extras beyond MAX_PROXIED first.
         let skip = n.saturating_sub(MAX_PROXIED);
+        // Docker's wildcard for the mapping's family.
+        let any = match topo.family {
+            Family::V4 => "0.0.0.0",
+            Family::V6 => "::",
+        };
         let t = Instant::now();
         for m in &all[skip..] {
             let (hp, ip, cp) = (
@@ -78,7 +84,7 @@ impl Peer for DockerProxy {
                     "-proto",
                     m.proto.as_str(),
                     "-host-ip",
-                    "0.0.0.0",
+                    any,
                     "-host-port",
                     &hp,
                     "-container-ip",
