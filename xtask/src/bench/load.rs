@@ -54,6 +54,18 @@ enum Mode {
         #[arg(long)]
         secs: f64,
     },
+    /// `count` sequential one-shot connections, p50/p99 per `slice`
+    /// (host-local `hl-seq`), at most `max_secs` long.
+    Seq {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        count: u64,
+        #[arg(long)]
+        slice: u64,
+        #[arg(long)]
+        max_secs: u64,
+    },
     /// One UDP socket, one datagram each way, for `secs`.
     Udp {
         #[arg(long)]
@@ -67,10 +79,10 @@ enum Mode {
 /// (served on its own thread) or a one-shot one (served inline by the
 /// accepting thread, so CRR measures the network path, not thread spawns).
 const RR: u8 = b'r';
-const ONE_SHOT: u8 = b'c';
+pub const ONE_SHOT: u8 = b'c';
 /// Per-operation timeout: a lost packet ends a transaction as an error
 /// instead of stalling the run.
-const OP_TIMEOUT: Duration = Duration::from_millis(500);
+pub const OP_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub fn main(args: LoadArgs) -> Result<()> {
     match args.mode {
@@ -78,6 +90,12 @@ pub fn main(args: LoadArgs) -> Result<()> {
         Mode::Rr { to, secs } => rr(to, secs_dur(secs)?),
         Mode::Crr { to, secs } => crr(to, secs_dur(secs)?),
         Mode::Udp { to, secs } => udp(to, secs_dur(secs)?),
+        Mode::Seq {
+            to,
+            count,
+            slice,
+            max_secs,
+        } => super::hostlocal::seq(to, count, slice, Duration::from_secs(max_secs.min(600))),
     }
 }
 

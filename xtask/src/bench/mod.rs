@@ -11,6 +11,11 @@
 //! netavark and the CNI plugins ([`control`]). Results go to
 //! `target/bench/` as markdown and SVG ([`report`]).
 //!
+//! Host-local workloads (`hl-...`, [`hostlocal`]) run a client in the fake
+//! host against the dataplane, Docker's `docker-proxy` and iptables' DNAT
+//! in OUTPUT; `docker-nft` and `netavark-nft` are the real products'
+//! nftables layouts.
+//!
 //! `--family 6` (or `4,6`) runs the IPv6 versions of the same workloads on
 //! IPv6 topologies of their own ([`family`]): every peer then writes its
 //! IPv6 rules (ip6tables, nftables `ip6` tables, the dataplane's IPv6
@@ -24,6 +29,7 @@
 
 pub mod control;
 pub mod family;
+pub mod hostlocal;
 pub mod load;
 pub mod overlay;
 pub mod peers;
@@ -43,10 +49,11 @@ use clap::Args;
 
 use self::{
     family::Family,
+    hostlocal::HostLocal,
     peers::Peer,
     report::{AddRemove, Results, Sample},
     topology::Topology,
-    workloads::{Durations, Servers, Workload},
+    workloads::{Dir, Durations, Servers, Workload},
 };
 
 #[derive(Args, Debug, Clone)]
@@ -61,13 +68,16 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',')]
     pub family: Option<Vec<u8>>,
     /// Peers to run, comma separated (default all: none, iptables,
-    /// iptables-legacy, nftables, nftables-sets, dataplane).
+    /// iptables-legacy, nftables, nftables-sets, nftables-sets-ft (where
+    /// the kernel has flowtables), docker-nft, netavark-nft, docker-proxy
+    /// (host-local workloads only), dataplane).
     #[arg(long, value_delimiter = ',')]
     pub peers: Option<Vec<String>>,
     /// Workloads, comma separated: in-tcp1, in-tcp4, in-rr, in-crr, in-udp
-    /// and the same with eg- (egress), run in every --family; ov-tcp1,
-    /// ov-rr, ov-crr (cross-host overlay, dataplane against linux-vxlan
-    /// whatever --peers says, when --family has 4) [default: all].
+    /// and the same with eg- (egress), run in every --family; hl-crr,
+    /// hl-rr, hl-seq (host-local, IPv4); ov-tcp1, ov-rr, ov-crr
+    /// (cross-host overlay, dataplane against linux-vxlan whatever --peers
+    /// says, when --family has 4) [default: all; quick: all but hl-seq].
     #[arg(long, value_delimiter = ',')]
     pub workloads: Option<Vec<String>>,
     /// Values of N, comma separated [default: 0,100,1000,10000; quick:
@@ -142,10 +152,10 @@ impl BenchArgs {
         let workloads = families
             .iter()
             .flat_map(|f| workloads::all(*f))
-            .filter(|w| {
-                self.workloads
-                    .as_ref()
-                    .is_none_or(|names| names.contains(&w.base_name()))
+            .filter(|w| match &self.workloads {
+                Some(names) => names.contains(&w.base_name()),
+                // The 100 000-connection check is too long for --quick.
+                None => !(self.quick && w.base_name() == "hl-seq"),
             })
             .collect();
         let overlay = overlay::OvWorkload::ALL
@@ -228,6 +238,8 @@ fn install_signal_handlers() {
 /// the servers before their namespaces.
 struct Instance {
     peer: Box<dyn Peer>,
+    /// How the host reaches the published ports (None: no host-local path).
+    host_local: Option<HostLocal>,
     servers: Servers,
     topo: Topology,
 }
@@ -237,7 +249,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("cargo xtask bench needs root (network namespaces, BPF programs, iptables in them)");
     }
-    let plan = args.plan()?;
+    let mut plan = args.plan()?;
     crate::setup::ensure_bench_packages()?;
     if !args.no_build {
         build_release(root)?;
@@ -248,6 +260,14 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     }
     install_signal_handlers();
     topology::remove_stale();
+    hostlocal::remove_stale_cgroups();
+    let mut notes = Vec::new();
+    if plan.peers.iter().any(|p| p == "nftables-sets-ft") && !peers::nftables_sets_ft::available()?
+    {
+        println!("bench: {}", peers::nftables_sets_ft::UNAVAILABLE);
+        notes.push(peers::nftables_sets_ft::UNAVAILABLE.to_owned());
+        plan.peers.retain(|p| p != "nftables-sets-ft");
+    }
     let out_dir = root.join("target/bench");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
 
@@ -271,6 +291,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         plan.rounds
     );
     let mut results = Results::new(plan.clone());
+    results.notes = notes;
     if !plan.workloads.is_empty() {
         for &n in &plan.ns {
             measure_n(root, &load_bin, &plan, n, &mut results)?;
@@ -333,9 +354,10 @@ fn measure_n(
             plan.peers.len(),
             family.label()
         );
+        let host_local = plan.workloads.iter().any(|w| w.dir == Dir::Host);
         for name in &plan.peers {
             check_interrupt()?;
-            instances.push(build(root, load_bin, name, family, n, results)?);
+            instances.push(build(root, load_bin, name, family, n, host_local, results)?);
         }
     }
     for round in 0..plan.rounds {
@@ -348,6 +370,19 @@ fn measure_n(
             for i in 0..of.len() {
                 check_interrupt()?;
                 let inst = &mut instances[of[(i + round) % of.len()]];
+                let skip = inst
+                    .peer
+                    .skips(w)
+                    .or((w.dir == Dir::Host && inst.host_local.is_none())
+                        .then_some("no host-local path to the published ports"));
+                if let Some(why) = skip {
+                    let note = format!("{} skipped on {}: {why}", w.name(), inst.peer.name());
+                    if !results.notes.contains(&note) {
+                        println!("  {note}");
+                        results.notes.push(note);
+                    }
+                    continue;
+                }
                 let values = run_one(inst, *w, load_bin, plan.durations).with_context(|| {
                     format!(
                         "{} on {} at N = {n}, round {}",
@@ -379,6 +414,7 @@ fn build(
     name: &str,
     family: Family,
     n: usize,
+    host_local: bool,
     results: &mut Results,
 ) -> Result<Instance> {
     let mut peer = peers::make(name, root)?;
@@ -423,8 +459,17 @@ fn build(
         add_remove,
     });
     let servers = Servers::start(&topo, load_bin)?;
+    let host_local = match host_local {
+        true => peer.host_local(&topo)?,
+        false => None,
+    };
+    if let Some(hl) = &host_local {
+        hostlocal::prepare_host(&topo)?;
+        println!("  {label:<16} host-local: {}", hl.note);
+    }
     Ok(Instance {
         peer,
+        host_local,
         servers,
         topo,
     })
@@ -436,7 +481,11 @@ fn build(
 fn run_one(inst: &mut Instance, w: Workload, load_bin: &Path, d: Durations) -> Result<Vec<f64>> {
     inst.servers.check()?;
     let addr = inst.peer.ingress_addr(&inst.topo);
-    match workloads::run(w, &inst.topo, addr, load_bin, d) {
+    let once = |inst: &Instance| match &inst.host_local {
+        Some(hl) if w.dir == Dir::Host => hostlocal::run(w, &inst.topo, hl, load_bin, d),
+        _ => workloads::run(w, &inst.topo, addr, load_bin, d),
+    };
+    match once(inst) {
         Ok(v) => Ok(v),
         Err(first) => {
             eprintln!(
@@ -446,7 +495,7 @@ fn run_one(inst: &mut Instance, w: Workload, load_bin: &Path, d: Durations) -> R
             );
             std::thread::sleep(Duration::from_millis(500));
             check_interrupt()?;
-            workloads::run(w, &inst.topo, addr, load_bin, d)
+            once(inst)
         }
     }
 }
@@ -459,6 +508,10 @@ fn short(peer: &str) -> String {
         "nftables" => "nft".into(),
         "iptables" => "ipt".into(),
         "dataplane" => "dp".into(),
+        "nftables-sets-ft" => "nftf".into(),
+        "docker-nft" => "dnft".into(),
+        "netavark-nft" => "nv".into(),
+        "docker-proxy" => "dprx".into(),
         other => other.into(),
     }
 }

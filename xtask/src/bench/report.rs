@@ -47,6 +47,8 @@ pub struct Results {
     pub installs: Vec<InstallResult>,
     pub control: Vec<ControlResult>,
     pub elapsed: Duration,
+    /// What was left out of this run and why (peers, workloads).
+    pub notes: Vec<String>,
 }
 
 /// Median, min and max of some values.
@@ -84,6 +86,7 @@ impl Results {
             installs: Vec::new(),
             control: Vec::new(),
             elapsed: Duration::ZERO,
+            notes: Vec::new(),
         }
     }
 
@@ -105,7 +108,7 @@ impl Results {
         stat(&v)
     }
 
-    fn median(&self, peer: &str, n: usize, metric: &str) -> Option<f64> {
+    pub fn median(&self, peer: &str, n: usize, metric: &str) -> Option<f64> {
         self.stat(peer, n, metric).map(|s| s.median)
     }
 
@@ -146,6 +149,10 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 /// Peers whose ratios get columns (all of them would make the table
 /// unreadable; every median is in it).
 const RATIO_PEERS: &[&str] = &["nftables-sets", "dataplane"];
+
+/// The real products' layouts and the flowtable peer: the dataplane's
+/// ratio to each is a target row ([`targets`]).
+const PRODUCT_PEERS: &[&str] = &["docker-nft", "netavark-nft", "nftables-sets-ft"];
 
 /// The markdown report; also writes it and the SVGs under `dir`.
 pub fn write(r: &Results, dir: &Path) -> Result<String> {
@@ -192,6 +199,7 @@ pub fn json(r: &Results) -> serde_json::Value {
             "quick": r.plan.quick,
         },
         "elapsed_s": r.elapsed.as_secs_f64(),
+        "notes": r.notes,
         "stats": stats,
         "overlay": super::overlay::json(r),
         "samples": r.samples.iter().map(|s| json!({"peer": s.peer, "n": s.n, "metric": s.metric, "value": s.value})).collect::<Vec<_>>(),
@@ -321,6 +329,14 @@ pub fn markdown(r: &Results) -> String {
     }
 
     s.push_str(&super::overlay::markdown(r));
+    if !r.notes.is_empty() {
+        let _ = writeln!(s, "### Notes\n");
+        for n in &r.notes {
+            let _ = writeln!(s, "- {n}");
+        }
+        s.push('\n');
+    }
+
     let _ = writeln!(s, "### Targets\n");
     for t in targets(r) {
         let _ = writeln!(s, "- {t}");
@@ -330,7 +346,7 @@ pub fn markdown(r: &Results) -> String {
 
 /// One target of the issue, evaluated: "PASS ...", "MISS ..." or
 /// "n/a ... (not measured)".
-fn check(what: &str, value: Option<f64>, ok: impl Fn(f64) -> bool, shown: &str) -> String {
+pub fn check(what: &str, value: Option<f64>, ok: impl Fn(f64) -> bool, shown: &str) -> String {
     match value {
         Some(v) if ok(v) => format!("PASS {what}: {shown}"),
         Some(_) => format!("MISS {what}: {shown}"),
@@ -424,6 +440,24 @@ pub fn targets(r: &Results) -> Vec<String> {
             &show(v),
         ));
     }
+    for dir in &dirs {
+        for &n in &r.plan.ns {
+            for peer in PRODUCT_PEERS
+                .iter()
+                .filter(|p| r.plan.peers.iter().any(|q| q == *p))
+            {
+                let m = format!("{dir}-crr");
+                let v = rel(&m, n, peer);
+                out.push(check(
+                    &format!("N={n} {m} conn/s >= 1.2x {peer}"),
+                    v,
+                    |x| x >= 1.2,
+                    &show(v),
+                ));
+            }
+        }
+    }
+    out.extend(super::hostlocal::targets(r));
     // The install targets on the first family measured (IPv4 unless only
     // IPv6 ran).
     let family = r.plan.families.first().copied().unwrap_or(Family::V4);

@@ -222,6 +222,10 @@ impl Proc {
         })
     }
 
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Fails if the process has already exited (a server that could not
     /// bind, say).
     pub fn check_alive(&mut self) -> Result<()> {
@@ -316,8 +320,12 @@ fn v4() -> &'static Addrs {
 
 /// Turns IPv6 on for `dev` in `ns` (our namespaces start with it off) and
 /// adds `addr/len` without duplicate address detection, so it is usable at
-/// once.
+/// once. DAD is off for the device's link-local address too: while that
+/// is tentative the kernel sends no neighbour solicitation, so the first
+/// forwarded packets to a new neighbour waited a retransmit interval (1 s)
+/// and a workload run started within a second of the topology lost them.
 fn add6(ns: &NetNs, dev: &str, addr: IpAddr, len: u8) -> Result<()> {
+    ns.sysctl(&format!("net.ipv6.conf.{dev}.accept_dad"), "0")?;
     ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0")?;
     ns.exec(&[
         "ip",

@@ -33,6 +33,8 @@ pub const SERVER_CPU: usize = 1;
 pub enum Dir {
     Ingress,
     Egress,
+    /// A process in the host to a published port ([`super::hostlocal`]).
+    Host,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +44,8 @@ pub enum Kind {
     Rr,
     Crr,
     Udp,
+    /// 100 000 sequential connections (host-local only).
+    Seq,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +61,7 @@ impl Workload {
         let d = match self.dir {
             Dir::Ingress => "in",
             Dir::Egress => "eg",
+            Dir::Host => "hl",
         };
         let k = match self.kind {
             Kind::Tcp1 => "tcp1",
@@ -64,6 +69,7 @@ impl Workload {
             Kind::Rr => "rr",
             Kind::Crr => "crr",
             Kind::Udp => "udp",
+            Kind::Seq => "seq",
         };
         format!("{d}-{k}")
     }
@@ -79,6 +85,9 @@ impl Workload {
 
     /// The metrics one run of this workload yields.
     pub fn metrics(&self) -> Vec<Metric> {
+        if self.dir == Dir::Host {
+            return super::hostlocal::metrics(self.kind);
+        }
         let base = self.name();
         match self.kind {
             Kind::Tcp1 | Kind::Tcp4 => vec![Metric::new(base, "Gbit/s", true)],
@@ -88,7 +97,7 @@ impl Workload {
                 Metric::new(format!("{base}-p99"), "us", false),
             ],
             Kind::Crr => vec![Metric::new(base, "conn/s", true)],
-            Kind::Udp => vec![Metric::new(base, "trans/s", true)],
+            Kind::Udp | Kind::Seq => vec![Metric::new(base, "trans/s", true)],
         }
     }
 }
@@ -99,6 +108,17 @@ pub fn all(family: Family) -> Vec<Workload> {
     for dir in [Dir::Ingress, Dir::Egress] {
         for kind in [Kind::Tcp1, Kind::Tcp4, Kind::Rr, Kind::Crr, Kind::Udp] {
             v.push(Workload { dir, kind, family });
+        }
+    }
+    // Host-local: IPv4 only (the dataplane's per-packet host-local path is
+    // IPv4 only, docs/architecture.md).
+    if family == Family::V4 {
+        for kind in [Kind::Crr, Kind::Rr, Kind::Seq] {
+            v.push(Workload {
+                dir: Dir::Host,
+                kind,
+                family,
+            });
         }
     }
     v
@@ -113,7 +133,7 @@ pub struct Metric {
 }
 
 impl Metric {
-    fn new(name: String, unit: &'static str, higher_is_better: bool) -> Metric {
+    pub fn new(name: String, unit: &'static str, higher_is_better: bool) -> Metric {
         Metric {
             name,
             unit,
@@ -214,6 +234,10 @@ pub fn run(
     let (client, dst): (&NetNs, IpAddr) = match w.dir {
         Dir::Ingress => (&topo.client, ingress_addr),
         Dir::Egress => (&topo.container, topo.addrs().client),
+        Dir::Host => bail!(
+            "{}: host-local workloads run through hostlocal::run",
+            w.name()
+        ),
     };
     run_kind(w.kind, &w.name(), client, dst, load_bin, d)
 }
@@ -263,10 +287,11 @@ pub fn run_kind(
                 .with_context(|| format!("iperf3 JSON has no end.sum_received: {}", v["error"]))?;
             Ok(vec![bps / 1e9])
         }
-        Kind::Rr | Kind::Crr | Kind::Udp => {
+        Kind::Rr | Kind::Crr | Kind::Udp | Kind::Seq => {
             let (mode, port) = match kind {
                 Kind::Rr => ("rr", TCP_PORT),
                 Kind::Crr => ("crr", TCP_PORT),
+                Kind::Seq => bail!("{name}: host-local only"),
                 _ => ("udp", UDP_PORT),
             };
             let bin = load_bin.to_string_lossy();

@@ -29,6 +29,7 @@ use serde_json::{json, Value};
 use super::{extra_sources, extras, measured, one_more, Install, Peer};
 use crate::bench::{
     family::Family,
+    hostlocal::{Cgroup, HostLocal},
     topology::{unique_name, Proc, Topology, UPLINK},
 };
 
@@ -47,6 +48,8 @@ pub struct Dataplane {
     socket: PathBuf,
     host: Option<PathBuf>,
     agent: Option<Proc>,
+    /// The host-local clients' cgroup (removed after the agent stopped).
+    cgroup: Option<Cgroup>,
 }
 
 impl Dataplane {
@@ -63,6 +66,7 @@ impl Dataplane {
             pins: Path::new("/sys/fs/bpf").join(unique_name("pins")),
             host: None,
             agent: None,
+            cgroup: None,
         })
     }
 
@@ -306,6 +310,24 @@ impl Peer for Dataplane {
         let t = Instant::now();
         self.api(&req("publish_rm"))?;
         Ok(Some((add, t.elapsed())))
+    }
+
+    /// The cgroup sock_addr hooks on a cgroup of the bench's own (the
+    /// agent runs with `--host-cgroup none`: the default, the cgroup v2
+    /// root, would be every process of the machine).
+    fn host_local(&mut self, topo: &Topology) -> Result<Option<HostLocal>> {
+        if topo.family != Family::V4 {
+            return Ok(None);
+        }
+        let cg = Cgroup::new()?;
+        self.api(&json!({"op": "local_attach", "cgroup": cg.path}))?;
+        let hl = HostLocal {
+            cgroup: Some(cg.path.clone()),
+            note: "cgroup sock_addr hooks (connect4 translates at the socket), no process".into(),
+            ..HostLocal::default()
+        };
+        self.cgroup = Some(cg);
+        Ok(Some(hl))
     }
 }
 

@@ -23,6 +23,7 @@ use anyhow::Result;
 use super::{all_mappings, extra_sources, one_more, Install, Mapping, Peer};
 use crate::bench::{
     family::{ip_port, Family},
+    hostlocal::HostLocal,
     topology::{Topology, BRIDGE},
 };
 
@@ -176,6 +177,57 @@ impl Peer for Iptables {
         let mut del = vec![cmd, "-w", "-t", "nat", "-D", "DOCKER"];
         del.extend(&args);
         Ok(Some((topo.host.timed(&add)?, topo.host.timed(&del)?)))
+    }
+
+    /// Docker's `--userland-proxy=false` for host-local clients: the nat
+    /// OUTPUT jump also for `127.0.0.0/8`, `route_localnet` on the bridge,
+    /// and masquerade of local sources leaving through it (IPv4 only).
+    fn host_local(&mut self, topo: &Topology) -> Result<Option<HostLocal>> {
+        if topo.family != Family::V4 {
+            return Ok(None);
+        }
+        let cmd = self.backend.cmd(topo.family);
+        let nat = [cmd, "-w", "-t", "nat", "-A"];
+        topo.host.exec(
+            &[
+                &nat[..],
+                &[
+                    "OUTPUT",
+                    "-d",
+                    "127.0.0.0/8",
+                    "-m",
+                    "addrtype",
+                    "--dst-type",
+                    "LOCAL",
+                ],
+                &["-j", "DOCKER"],
+            ]
+            .concat(),
+        )?;
+        topo.host.exec(
+            &[
+                &nat[..],
+                &[
+                    "POSTROUTING",
+                    "-o",
+                    BRIDGE,
+                    "-m",
+                    "addrtype",
+                    "--src-type",
+                    "LOCAL",
+                ],
+                &["-j", "MASQUERADE"],
+            ]
+            .concat(),
+        )?;
+        topo.host
+            .sysctl(&format!("net.ipv4.conf.{BRIDGE}.route_localnet"), "1")?;
+        Ok(Some(HostLocal {
+            note: "nat OUTPUT DNAT also for 127.0.0.0/8 + route_localnet + masquerade of local \
+                   sources (Docker's --userland-proxy=false)"
+                .into(),
+            ..HostLocal::default()
+        }))
     }
 }
 

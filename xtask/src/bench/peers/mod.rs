@@ -13,16 +13,20 @@
 //! dataplane's IPv6 publishing and NAT66 on a dual-stack network.
 
 pub mod dataplane;
+pub mod docker_nft;
+pub mod docker_proxy;
 pub mod iptables;
+pub mod netavark_nft;
 pub mod nftables;
 pub mod nftables_sets;
+pub mod nftables_sets_ft;
 pub mod none;
 
 use std::{net::IpAddr, path::Path, time::Duration};
 
 use anyhow::{bail, Result};
 
-use super::{family::Family, topology::Topology};
+use super::{family::Family, hostlocal::HostLocal, topology::Topology, workloads::Workload};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proto {
@@ -146,6 +150,15 @@ pub trait Peer {
     fn ingress_addr(&self, topo: &Topology) -> IpAddr {
         topo.addrs().host
     }
+    /// Sets up host-local access to the published ports (the `hl-`
+    /// workloads), or None: the peer has none and skips them.
+    fn host_local(&mut self, _topo: &Topology) -> Result<Option<HostLocal>> {
+        Ok(None)
+    }
+    /// Why the peer does not run `w`, if it does not.
+    fn skips(&self, _w: &Workload) -> Option<&'static str> {
+        None
+    }
 }
 
 /// Every peer, in the order they run and are reported.
@@ -155,6 +168,10 @@ pub const ALL: &[&str] = &[
     "iptables-legacy",
     "nftables",
     "nftables-sets",
+    "nftables-sets-ft",
+    "docker-nft",
+    "netavark-nft",
+    "docker-proxy",
     "dataplane",
 ];
 
@@ -167,6 +184,10 @@ pub fn make(name: &str, root: &Path) -> Result<Box<dyn Peer>> {
         "iptables-legacy" => Box::new(iptables::Iptables::new(iptables::Backend::Legacy)),
         "nftables" => Box::new(nftables::Nftables),
         "nftables-sets" => Box::new(nftables_sets::NftablesSets),
+        "nftables-sets-ft" => Box::new(nftables_sets_ft::NftablesSetsFt),
+        "docker-nft" => Box::new(docker_nft::DockerNft::new()),
+        "netavark-nft" => Box::new(netavark_nft::NetavarkNft),
+        "docker-proxy" => Box::new(docker_proxy::DockerProxy::new()),
         "dataplane" => Box::new(dataplane::Dataplane::new(root)?),
         other => bail!("peer {other:?}: not one of {}", ALL.join(", ")),
     })
