@@ -485,9 +485,16 @@ pub fn targets(r: &Results) -> Vec<String> {
         .and_then(|c| c.outcome.as_ref().ok());
     let v = conn.map(|(med, _, _)| med.as_secs_f64());
     out.push(check(
-        "endpoint connect median < 15 ms",
+        "endpoint connect median < 10 ms (API)",
         v,
-        |x| x < 0.015,
+        |x| x < 0.010,
+        &v.map(|x| format!("{:.2} ms", x * 1e3)).unwrap_or_default(),
+    ));
+    let v = conn.map(|(_, p99, _)| p99.as_secs_f64());
+    out.push(check(
+        "endpoint connect p99 < 20 ms (API)",
+        v,
+        |x| x < 0.020,
         &v.map(|x| format!("{:.2} ms", x * 1e3)).unwrap_or_default(),
     ));
     out
