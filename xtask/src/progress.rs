@@ -169,6 +169,17 @@ mod tests {
     }
 
     #[test]
+    fn run_returns_the_commands_status() {
+        let mut ok = std::process::Command::new("true");
+        assert!(super::run(&mut ok, "true").is_ok_and(|s| s.success()));
+        let mut fails = std::process::Command::new("sh");
+        fails.args(["-c", "exit 3"]);
+        assert!(super::run(&mut fails, "exit 3").is_ok_and(|s| s.code() == Some(3)));
+        let mut missing = std::process::Command::new("/nonexistent/command");
+        assert!(super::run(&mut missing, "missing").is_err());
+    }
+
+    #[test]
     fn public_handles_are_hidden_under_ci_or_off_a_terminal() {
         let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
         let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
