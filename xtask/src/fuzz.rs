@@ -68,6 +68,7 @@ pub fn run(root: &Path, args: &FuzzArgs) -> anyhow::Result<()> {
     .current_dir(root);
     let status = super::run_bounded(
         &mut cmd,
+        Duration::from_secs(args.seconds),
         Duration::from_secs(args.seconds + 60),
         "the fuzz run",
     )?;

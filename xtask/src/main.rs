@@ -5,6 +5,7 @@
 mod bench;
 mod fuzz;
 mod prev_release;
+mod progress;
 mod setup;
 mod soak;
 
@@ -281,14 +282,21 @@ fn cargo_test(
 
 /// Runs `cmd` to its end, killing it if it outlives `bound` (the long runs:
 /// fuzz, soak); its exit status.
+/// Runs `cmd`, killed once it outlives `bound`; a bar over its `expected`
+/// length shows on a terminal.
 fn run_bounded(
     cmd: &mut Command,
+    expected: std::time::Duration,
     bound: std::time::Duration,
     what: &str,
 ) -> anyhow::Result<std::process::ExitStatus> {
     let mut child = cmd.spawn().with_context(|| format!("running {cmd:?}"))?;
-    let deadline = std::time::Instant::now() + bound;
+    let started = std::time::Instant::now();
+    let deadline = started + bound;
+    let bar = progress::bar(expected.as_secs(), "s");
+    bar.set_message(what.to_owned());
     loop {
+        bar.set_position(started.elapsed().as_secs().min(expected.as_secs()));
         if let Some(status) = child
             .try_wait()
             .with_context(|| format!("waiting for {what}"))?

@@ -174,7 +174,8 @@ fn ensure_bpf_linker(sysroot: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("linking {} -> {}", link.display(), target.display()))?;
     }
     let rpath = format!("-C link-arg=-Wl,-rpath,{}", sysroot.join("lib").display());
-    let status = Command::new("cargo")
+    let mut install = Command::new("cargo");
+    install
         .args([
             "install",
             "--locked",
@@ -189,8 +190,8 @@ fn ensure_bpf_linker(sysroot: &Path) -> anyhow::Result<()> {
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTC")
-        .status()
+        .env_remove("RUSTC");
+    let status = crate::progress::run(&mut install, "building bpf-linker")
         .context("running cargo install bpf-linker")?;
     if !status.success() {
         bail!("cargo install bpf-linker failed: {status}");
@@ -236,10 +237,9 @@ fn install_missing(packages: &[(&str, &str)]) -> anyhow::Result<()> {
     }
     println!("setup: installing Debian packages: {}", missing.join(" "));
     let apt = |args: &[&str]| -> anyhow::Result<()> {
-        let status = Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
+        let mut cmd = Command::new("apt-get");
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        let status = crate::progress::run(&mut cmd, &format!("apt-get {}", args.join(" ")))
             .with_context(|| format!("running apt-get {}", args.join(" ")))?;
         if !status.success() {
             bail!(

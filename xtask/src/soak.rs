@@ -39,6 +39,7 @@ pub fn run(root: &Path, args: &SoakArgs) -> anyhow::Result<()> {
     .current_dir(root);
     let status = super::run_bounded(
         &mut cmd,
+        Duration::from_secs(args.minutes * 60),
         Duration::from_secs(args.minutes * 60 + 300),
         "the soak run",
     )?;

@@ -293,8 +293,10 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     let mut results = Results::new(plan.clone());
     results.notes = notes;
     if !plan.workloads.is_empty() {
+        let runs = plan.ns.len() * plan.rounds * plan.workloads.len() * plan.peers.len();
+        let bar = crate::progress::bar(runs as u64, "runs");
         for &n in &plan.ns {
-            measure_n(root, &load_bin, &plan, n, &mut results)?;
+            measure_n(root, &load_bin, &plan, n, &mut results, &bar)?;
         }
     }
     if !plan.overlay.is_empty() {
@@ -346,18 +348,23 @@ fn measure_n(
     plan: &Plan,
     n: usize,
     results: &mut Results,
+    bar: &crate::progress::Bar,
 ) -> Result<()> {
     let mut instances = Vec::new();
     for &family in &plan.families {
-        println!(
-            "bench: N = {n}: building {} {} topologies",
-            plan.peers.len(),
-            family.label()
-        );
+        crate::progress::suspend(|| {
+            println!(
+                "bench: N = {n}: building {} {} topologies",
+                plan.peers.len(),
+                family.label()
+            )
+        });
         let host_local = plan.workloads.iter().any(|w| w.dir == Dir::Host);
         for name in &plan.peers {
             check_interrupt()?;
-            instances.push(build(root, load_bin, name, family, n, host_local, results)?);
+            instances.push(crate::progress::suspend(|| {
+                build(root, load_bin, name, family, n, host_local, results)
+            })?);
         }
     }
     for round in 0..plan.rounds {
@@ -370,6 +377,8 @@ fn measure_n(
             for i in 0..of.len() {
                 check_interrupt()?;
                 let inst = &mut instances[of[(i + round) % of.len()]];
+                bar.inc(1);
+                bar.set_message(format!("N = {n}: {} on {}", w.name(), inst.peer.name()));
                 let skip = inst
                     .peer
                     .skips(w)
@@ -378,7 +387,7 @@ fn measure_n(
                 if let Some(why) = skip {
                     let note = format!("{} skipped on {}: {why}", w.name(), inst.peer.name());
                     if !results.notes.contains(&note) {
-                        println!("  {note}");
+                        crate::progress::suspend(|| println!("  {note}"));
                         results.notes.push(note);
                     }
                     continue;
@@ -401,7 +410,7 @@ fn measure_n(
                 }
             }
         }
-        println!("  round {}/{} done", round + 1, plan.rounds);
+        crate::progress::suspend(|| println!("  round {}/{} done", round + 1, plan.rounds));
     }
     Ok(())
 }
@@ -419,9 +428,12 @@ fn build(
 ) -> Result<Instance> {
     let mut peer = peers::make(name, root)?;
     let topo = Topology::new(&format!("{}{}", short(name), family.suffix()), family)?;
+    let spinner = crate::progress::spinner(format!("{name}: installing N = {n}"));
     let install = peer
         .setup(&topo, n)
-        .with_context(|| format!("setting up {name} ({}) at N = {n}", family.label()))?;
+        .with_context(|| format!("setting up {name} ({}) at N = {n}", family.label()));
+    spinner.finish_and_clear();
+    let install = install?;
     let label = format!("{name}{}", family.suffix());
     println!(
         "  {label:<16} install {:>9.1} ms  {}",
@@ -488,11 +500,13 @@ fn run_one(inst: &mut Instance, w: Workload, load_bin: &Path, d: Durations) -> R
     match once(inst) {
         Ok(v) => Ok(v),
         Err(first) => {
-            eprintln!(
-                "bench: {} on {} failed once, retrying: {first:#}",
-                w.name(),
-                inst.peer.name()
-            );
+            crate::progress::suspend(|| {
+                eprintln!(
+                    "bench: {} on {} failed once, retrying: {first:#}",
+                    w.name(),
+                    inst.peer.name()
+                )
+            });
             std::thread::sleep(Duration::from_millis(500));
             check_interrupt()?;
             once(inst)
