@@ -346,6 +346,16 @@ fn one_host_port_on_two_host_addresses_reaches_two_containers() {
     assert!(e.contains("already publishes"), "{e}");
 }
 
+/// `argv` run in the cgroup at `cg` and the fake host's namespace (a
+/// process of the host that `local attach` covers), bounded by `timeout`.
+fn in_cgroup(s: &Setup, cg: &str, argv: &[&str], timeout: Duration) -> cmd::Output {
+    let ns = s.fh.host.path().to_string_lossy().into_owned();
+    let script = r#"echo $$ > "$1/cgroup.procs" || exit 97; ns=$2; shift 2; exec nsenter --net="$ns" -- "$@""#;
+    let mut all = vec!["sh", "-c", script, "sh", cg, &ns];
+    all.extend_from_slice(argv);
+    cmd::output(&all, timeout).expect("client")
+}
+
 /// Reads `http://ADDR:PORT/` for each address given, from the test cgroup
 /// in the fake host's namespace: prints `ADDR BODY` per address.
 const LOOPBACK_GETS: &str = r#"
@@ -387,16 +397,10 @@ fn one_host_port_on_two_loopback_addresses_answers_from_each_container() {
     let _b = http_server(&b, SocketAddr::from((C2, 80)), "from b").expect("http b");
     let cg = cgroup.path.to_string_lossy().into_owned();
     s.cli.run(&["local", "attach", &cg]).expect("local attach");
-    let ns = s.fh.host.path().to_string_lossy().into_owned();
-    let script = r#"echo $$ > "$1/cgroup.procs" || exit 97; ns=$2; shift 2; exec nsenter --net="$ns" -- "$@""#;
-    let out = cmd::output(
+    let out = in_cgroup(
+        &s,
+        &cg,
         &[
-            "sh",
-            "-c",
-            script,
-            "sh",
-            &cg,
-            &ns,
             "python3",
             "-c",
             LOOPBACK_GETS,
@@ -405,8 +409,7 @@ fn one_host_port_on_two_loopback_addresses_answers_from_each_container() {
             "127.0.1.3",
         ],
         T * 4,
-    )
-    .expect("client");
+    );
     assert!(out.status.success(), "client: {}", out.stderr);
     assert_eq!(
         out.stdout.lines().collect::<Vec<_>>(),
@@ -463,26 +466,13 @@ fn a_host_local_client_on_a_published_source_port_gets_its_answers() {
     let _a = http_server(&a, SocketAddr::from((C1, 80)), "from a").expect("http a");
     let cg = cgroup.path.to_string_lossy().into_owned();
     s.cli.run(&["local", "attach", &cg]).expect("local attach");
-    let ns = s.fh.host.path().to_string_lossy().into_owned();
-    let script = r#"echo $$ > "$1/cgroup.procs" || exit 97; ns=$2; shift 2; exec nsenter --net="$ns" -- "$@""#;
     for sport in ["8081", "40123"] {
-        let out = cmd::output(
-            &[
-                "sh",
-                "-c",
-                script,
-                "sh",
-                &cg,
-                &ns,
-                "python3",
-                "-c",
-                GET_FROM_PORT,
-                "8080",
-                sport,
-            ],
+        let out = in_cgroup(
+            &s,
+            &cg,
+            &["python3", "-c", GET_FROM_PORT, "8080", sport],
             T * 2,
-        )
-        .expect("client");
+        );
         assert!(
             out.status.success(),
             "client from port {sport}: {}",

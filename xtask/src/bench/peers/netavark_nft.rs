@@ -22,7 +22,7 @@ use anyhow::{bail, Result};
 use super::{
     all_mappings,
     docker_nft::{echoed_handles, user_table},
-    nftables::load,
+    nftables::install,
     one_more, Install, Mapping, Peer,
 };
 use crate::bench::{
@@ -127,17 +127,11 @@ impl Peer for NetavarkNft {
     }
 
     fn setup(&mut self, topo: &Topology, n: usize) -> Result<Install> {
-        topo.wire_bridge()?;
-        let text = ruleset(n, topo.family);
-        let total = load(topo, &text)?;
-        Ok(Install {
-            total,
-            mappings: total,
-            note: Some(format!(
+        install(topo, &ruleset(n, topo.family), |lines| {
+            format!(
                 "netavark nftables layout (HOSTPORT-DNAT jump + per-network DNAT chain, 4 rules per port), \
-                 N user sources in an own table's interval set; one nft -f ({} lines)",
-                text.lines().count()
-            )),
+                 N user sources in an own table's interval set; one nft -f ({lines} lines)"
+            )
         })
     }
 

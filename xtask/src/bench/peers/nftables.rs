@@ -83,6 +83,18 @@ pub fn ruleset(n: usize, family: Family) -> String {
 }
 
 /// `nft -f -` of `text` in the host, timed.
+/// The install of an nftables-layout peer: the bridge wired, then `text`
+/// in one timed `nft -f`; `note` gets the ruleset's line count.
+pub fn install(topo: &Topology, text: &str, note: impl FnOnce(usize) -> String) -> Result<Install> {
+    topo.wire_bridge()?;
+    let total = load(topo, text)?;
+    Ok(Install {
+        total,
+        mappings: total,
+        note: Some(note(text.lines().count())),
+    })
+}
+
 pub fn load(topo: &Topology, text: &str) -> Result<Duration> {
     let t = std::time::Instant::now();
     topo.host.exec_stdin(&["nft", "-f", "-"], text.as_bytes())?;
@@ -95,13 +107,8 @@ impl Peer for Nftables {
     }
 
     fn setup(&mut self, topo: &Topology, n: usize) -> Result<Install> {
-        topo.wire_bridge()?;
-        let text = ruleset(n, topo.family);
-        let total = load(topo, &text)?;
-        Ok(Install {
-            total,
-            mappings: total,
-            note: Some(format!("one nft -f ({} lines)", text.lines().count())),
+        install(topo, &ruleset(n, topo.family), |lines| {
+            format!("one nft -f ({lines} lines)")
         })
     }
 

@@ -12,7 +12,7 @@ use anyhow::Result;
 
 use super::{
     all_mappings, extra_sources,
-    nftables::{load, skeleton, TABLE},
+    nftables::{install, skeleton, TABLE},
     one_more, Install, Mapping, Peer, Proto,
 };
 use crate::bench::{
@@ -75,13 +75,8 @@ impl Peer for NftablesSets {
     }
 
     fn setup(&mut self, topo: &Topology, n: usize) -> Result<Install> {
-        topo.wire_bridge()?;
-        let text = ruleset(n, topo.family);
-        let total = load(topo, &text)?;
-        Ok(Install {
-            total,
-            mappings: total,
-            note: Some("one nft -f (maps and sets)".into()),
+        install(topo, &ruleset(n, topo.family), |_| {
+            "one nft -f (maps and sets)".into()
         })
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::{
-    nftables::{load, TABLE},
+    nftables::{install, TABLE},
     nftables_sets::{self, NftablesSets},
     Install, Peer,
 };
@@ -54,13 +54,8 @@ impl Peer for NftablesSetsFt {
     }
 
     fn setup(&mut self, topo: &Topology, n: usize) -> Result<Install> {
-        topo.wire_bridge()?;
-        let text = ruleset(n, topo.family);
-        let total = load(topo, &text)?;
-        Ok(Install {
-            total,
-            mappings: total,
-            note: Some("one nft -f (maps and sets, flowtable ft on up0 and br0)".into()),
+        install(topo, &ruleset(n, topo.family), |_| {
+            "one nft -f (maps and sets, flowtable ft on up0 and br0)".into()
         })
     }
 
