@@ -14,8 +14,7 @@
 //! afterwards ([`seq`] is the client, run as `xtask bench-load seq`).
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -23,7 +22,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use super::{
-    load::{parse_result, ONE_SHOT, OP_TIMEOUT},
+    load::{one_shot, parse_result},
     peers::TCP_PORT,
     report::{check, Results},
     topology::{unique_name, Topology, PREFIX},
@@ -276,17 +275,7 @@ pub fn seq(to: SocketAddr, count: u64, slice: u64, max: Duration) -> Result<()> 
     let mut first_error = String::new();
     while ops < count && start.elapsed() < max {
         let t = Instant::now();
-        let one = || -> std::io::Result<()> {
-            let mut s = TcpStream::connect_timeout(&to, OP_TIMEOUT)?;
-            s.set_nodelay(true)?;
-            s.set_read_timeout(Some(OP_TIMEOUT))?;
-            s.write_all(&[ONE_SHOT])?;
-            let mut b = [0u8; 1];
-            s.read_exact(&mut b)?;
-            let _ = s.read(&mut b);
-            Ok(())
-        };
-        match one() {
+        match one_shot(to) {
             Ok(()) => {
                 lat.push(t.elapsed().as_nanos() as u64);
                 ops += 1;

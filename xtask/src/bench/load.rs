@@ -245,25 +245,27 @@ fn spin_write(s: &mut TcpStream, buf: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// One connection's whole life: connect, one byte each way, then the
+/// server's FIN, so the connection is wholly done (and closed by the server
+/// first) before the next one.
+pub fn one_shot(to: SocketAddr) -> std::io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&to, OP_TIMEOUT)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(OP_TIMEOUT))?;
+    s.write_all(&[ONE_SHOT])?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b)?;
+    let _ = s.read(&mut b);
+    Ok(())
+}
+
 fn crr(to: SocketAddr, secs: Duration) -> Result<()> {
     let mut lat = Vec::with_capacity(100_000);
     let start = Instant::now();
     let (mut ops, mut errors) = (0u64, 0u64);
     while start.elapsed() < secs {
         let t = Instant::now();
-        let one = || -> std::io::Result<()> {
-            let mut s = TcpStream::connect_timeout(&to, OP_TIMEOUT)?;
-            s.set_nodelay(true)?;
-            s.set_read_timeout(Some(OP_TIMEOUT))?;
-            s.write_all(&[ONE_SHOT])?;
-            let mut b = [0u8; 1];
-            s.read_exact(&mut b)?;
-            // Wait for the server's FIN so the connection is wholly done
-            // (and closed by the server first) before the next one.
-            let _ = s.read(&mut b);
-            Ok(())
-        };
-        match one() {
+        match one_shot(to) {
             Ok(()) => {
                 lat.push(t.elapsed().as_nanos() as u64);
                 ops += 1;
