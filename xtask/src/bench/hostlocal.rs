@@ -11,7 +11,7 @@
 //! `hl-seq` is the long check: 100 000 sequential connections to
 //! `127.0.0.1:published` (bounded in time), p50/p99 per 10 000-connection
 //! slice so a degradation shows, and the memory the per-port processes hold
-//! afterwards ([`seq`] is the client, run as `xtask bench-load seq`).
+//! afterwards (`load::seq` is the client, run as `xtask bench-load seq`).
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -22,7 +22,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use super::{
-    load::{one_shot, parse_result},
+    load::parse_result,
     peers::TCP_PORT,
     report::{check, Results},
     topology::{unique_name, Topology, PREFIX},
@@ -259,56 +259,6 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("{path}: no VmRSS"))
-}
-
-/// The `seq` client: `count` sequential connections (connect, one byte
-/// each way, close) to `to`, at most `max` long; p50/p99 per `slice`
-/// completed connections.
-pub fn seq(to: SocketAddr, count: u64, slice: u64, max: Duration) -> Result<()> {
-    if slice == 0 || count == 0 {
-        bail!("--count {count} --slice {slice}: both must be > 0");
-    }
-    let start = Instant::now();
-    let (mut ops, mut errors) = (0u64, 0u64);
-    let mut lat = Vec::with_capacity(slice as usize);
-    let mut slices = Vec::new();
-    let mut first_error = String::new();
-    while ops < count && start.elapsed() < max {
-        let t = Instant::now();
-        match one_shot(to) {
-            Ok(()) => {
-                lat.push(t.elapsed().as_nanos() as u64);
-                ops += 1;
-                if lat.len() as u64 == slice {
-                    lat.sort_unstable();
-                    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
-                    slices.push(format!(
-                        "{:.2}/{:.2}",
-                        pct(0.50) as f64 / 1e3,
-                        pct(0.99) as f64 / 1e3
-                    ));
-                    lat.clear();
-                }
-            }
-            Err(e) => {
-                errors += 1;
-                if errors > 1000 {
-                    bail!("more than 1000 failed connections to {to}: {e}");
-                }
-                // Which connection and why, for the bench's log.
-                if first_error.is_empty() {
-                    first_error = format!("#{}:{:?}", ops + errors, e.kind());
-                }
-            }
-        }
-    }
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "ops={ops} errors={errors} secs={secs:.4} rate={:.1} slices={} first_error={first_error}",
-        ops as f64 / secs,
-        slices.join(",")
-    );
-    Ok(())
 }
 
 /// A cgroup v2 directory of the bench's own (`dpb-<pid>-<n>-cg`), removed

@@ -95,7 +95,7 @@ pub fn main(args: LoadArgs) -> Result<()> {
             count,
             slice,
             max_secs,
-        } => super::hostlocal::seq(to, count, slice, Duration::from_secs(max_secs.min(600))),
+        } => seq(to, count, slice, Duration::from_secs(max_secs.min(600))),
     }
 }
 
@@ -256,6 +256,56 @@ pub fn one_shot(to: SocketAddr) -> std::io::Result<()> {
     let mut b = [0u8; 1];
     s.read_exact(&mut b)?;
     let _ = s.read(&mut b);
+    Ok(())
+}
+
+/// The `seq` client: `count` sequential connections (connect, one byte
+/// each way, close) to `to`, at most `max` long; p50/p99 per `slice`
+/// completed connections.
+pub fn seq(to: SocketAddr, count: u64, slice: u64, max: Duration) -> Result<()> {
+    if slice == 0 || count == 0 {
+        bail!("--count {count} --slice {slice}: both must be > 0");
+    }
+    let start = Instant::now();
+    let (mut ops, mut errors) = (0u64, 0u64);
+    let mut lat = Vec::with_capacity(slice as usize);
+    let mut slices = Vec::new();
+    let mut first_error = String::new();
+    while ops < count && start.elapsed() < max {
+        let t = Instant::now();
+        match one_shot(to) {
+            Ok(()) => {
+                lat.push(t.elapsed().as_nanos() as u64);
+                ops += 1;
+                if lat.len() as u64 == slice {
+                    lat.sort_unstable();
+                    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
+                    slices.push(format!(
+                        "{:.2}/{:.2}",
+                        pct(0.50) as f64 / 1e3,
+                        pct(0.99) as f64 / 1e3
+                    ));
+                    lat.clear();
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                if errors > 1000 {
+                    bail!("more than 1000 failed connections to {to}: {e}");
+                }
+                // Which connection and why, for the bench's log.
+                if first_error.is_empty() {
+                    first_error = format!("#{}:{:?}", ops + errors, e.kind());
+                }
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "ops={ops} errors={errors} secs={secs:.4} rate={:.1} slices={} first_error={first_error}",
+        ops as f64 / secs,
+        slices.join(",")
+    );
     Ok(())
 }
 
