@@ -19,7 +19,7 @@ use crate::datapath::{
     ebpf::{Dataplane, Direction},
     filter::{self, FilterError},
     maps::MapsError,
-    nat::{self, Desired, NatError},
+    nat::{self, Desired, NatDelta, NatError},
 };
 
 /// A filter set the datapath could not take: the object did not load, or
@@ -44,6 +44,9 @@ pub trait Datapath {
     fn apply_nat(&mut self, want: &Desired) -> Result<(), NatError>;
     /// Takes the NAT maps from `old` (what was last applied) to `new`.
     fn apply_nat_changes(&mut self, old: &Desired, new: &Desired) -> Result<(), NatError>;
+    /// Writes the published-port entries of a few keys (one request's
+    /// ports), the rest of the maps untouched.
+    fn apply_nat_delta(&mut self, delta: &NatDelta) -> Result<(), NatError>;
     /// Makes the filter maps hold `compiled`.
     fn apply_filters(&mut self, compiled: &filter::Compiled) -> Result<(), DatapathError>;
     fn attach_uplink(&mut self, ifname: &str) -> Result<(), NatError>;
@@ -136,6 +139,10 @@ impl Datapath for BpfDatapath {
 
     fn apply_nat_changes(&mut self, old: &Desired, new: &Desired) -> Result<(), NatError> {
         nat::apply_changes(self.dp()?, old, new)
+    }
+
+    fn apply_nat_delta(&mut self, delta: &NatDelta) -> Result<(), NatError> {
+        nat::apply_delta(self.dp()?, delta)
     }
 
     fn apply_filters(&mut self, compiled: &filter::Compiled) -> Result<(), DatapathError> {
@@ -287,6 +294,14 @@ impl Datapath for RecordingDatapath {
             )));
         }
         self.nat = copy(new);
+        Ok(())
+    }
+
+    fn apply_nat_delta(&mut self, delta: &NatDelta) -> Result<(), NatError> {
+        self.call("apply_nat_delta", "")?;
+        // What the maps would do: a key's entry replaced or deleted
+        // whatever it held.
+        delta.apply_to(&mut self.nat);
         Ok(())
     }
 

@@ -22,16 +22,18 @@ use std::{
 use dataplane_common::nat::NatConfig;
 
 use super::{
+    desired,
     driver::{BridgeError, DriverError},
     host::Host,
     ipam::{IpamError, MalformedMac},
     model::CreateError,
-    ports::PublishError,
+    ports::{PortMapping, PublishError},
 };
 use crate::{
     control::state::{Mark, State, StateError, StateStore},
     datapath::{
         bpffs::PinRoot,
+        conntrack::Gone,
         ebpf::Dataplane,
         filter,
         nat::{self, NatError},
@@ -470,15 +472,21 @@ impl<D: Datapath, H: Host> Manager<D, H> {
     /// longer publish it, no new entry can be made for it behind the purge.
     /// The change stands when the purge fails; its errors are reported.
     async fn persist(&mut self, state: State) -> Result<(), NetworkError> {
-        let gone = crate::control::desired::gone(&self.state, &state);
+        let gone = desired::gone(&self.state, &state);
         self.store.commit(&self.state, &state)?;
         self.state = state;
         self.sync_datapath().await?;
+        self.purge(&gone).await
+    }
+
+    /// Removes the flows of what a change took away (see
+    /// [`Self::persist`]).
+    async fn purge(&mut self, gone: &Gone) -> Result<(), NetworkError> {
         // Off the runtime's thread: a full table takes seconds to walk.
         let errors = if gone.is_empty() {
             Vec::new()
         } else {
-            let job = self.dp.purge_conntrack(&gone);
+            let job = self.dp.purge_conntrack(gone);
             tokio::task::spawn_blocking(job)
                 .await
                 .unwrap_or_else(|e| vec![format!("the conntrack purge task: {e}")])
@@ -504,12 +512,50 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         Ok(out)
     }
 
+    /// [`Self::change`] for a change to the published ports of one
+    /// endpoint (`mappings`: the ones `f` adds or removes): with the maps'
+    /// contents known, only the entries of those ports are computed and
+    /// written ([`desired::port_delta`]), not every mapping of the state;
+    /// the state stays the one source of truth (the periodic full
+    /// reconcile still recomputes everything from it).
+    async fn change_ports(
+        &mut self,
+        endpoint: &str,
+        mappings: &[PortMapping],
+        f: impl FnOnce(&mut State),
+    ) -> Result<(), NetworkError> {
+        let mut state = self.state.clone();
+        f(&mut state);
+        let fresh = self
+            .applied
+            .as_ref()
+            .is_some_and(|a| a.reconciled.elapsed() < RECONCILE_EVERY);
+        let delta = match &self.applied {
+            Some(a) if fresh => desired::port_delta(&state, endpoint, mappings, &a.nat),
+            _ => None,
+        };
+        let Some(delta) = delta else {
+            return self.persist(state).await;
+        };
+        self.store.commit(&self.state, &state)?;
+        self.state = state;
+        // Unknown until written: a failed write leaves the next change a
+        // full reconcile.
+        let mut applied = self.applied.take();
+        self.dp.apply_nat_delta(&delta)?;
+        if let Some(a) = &mut applied {
+            delta.apply_to(&mut a.nat);
+        }
+        self.applied = applied;
+        self.purge(&desired::delta_gone(&delta)).await
+    }
+
     /// Every map the programs read, from the state: NAT and filters. With
     /// the maps' last contents known (and reconciled recently), only the
     /// difference is written; otherwise every map is reconciled in full.
     async fn sync_datapath(&mut self) -> Result<(), NetworkError> {
         let inputs = self.filter_inputs(&self.state.filters).await?;
-        let want = crate::control::desired::desired(&self.state, &self.host).await?;
+        let want = desired::desired(&self.state, &self.host).await?;
         let last = self
             .applied
             .take()

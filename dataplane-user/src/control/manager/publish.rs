@@ -280,7 +280,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         ports::check_families(&net.name, net.enable_ipv6, &wanted)?;
         let dual = ep.ipv4.is_some() && ep.ipv6.is_some();
         let added = self.new_mappings(&wanted, &[], dual)?;
-        self.change(|state| {
+        self.change_ports(&ep.id, &added, |state| {
             if let Some(e) = state.endpoints.get_mut(&ep.id) {
                 e.published.extend(added.iter().copied());
             }
@@ -313,7 +313,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 })?;
             remove.push(*found);
         }
-        self.change(|state| {
+        self.change_ports(&ep.id, &remove, |state| {
             if let Some(e) = state.endpoints.get_mut(&ep.id) {
                 e.published.retain(|p| !remove.contains(p));
             }
