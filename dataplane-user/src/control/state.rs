@@ -20,7 +20,8 @@
 //! one. Rewriting the whole state for one more published port costs
 //! milliseconds at 10 000 ports, so the changes the container engines make
 //! all day (connect, disconnect, publish add/rm) are appended to the journal
-//! instead, one fdatasync'd line each; the next snapshot starts a new
+//! instead, one fdatasync'd line each (grouped: [`JournalSync`]); the next
+//! snapshot starts a new
 //! journal generation, and a journal whose generation is not the snapshot's
 //! is stale and ignored. A torn last line (a crash during the append, so the
 //! change was never acknowledged) is cut off. A journal whose header is not
@@ -36,6 +37,7 @@ use std::{
     io::{self, Write as _},
     os::{fd::AsRawFd, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
+    sync::{Arc, Condvar, Mutex, MutexGuard},
 };
 
 use serde::{Deserialize, Serialize};
@@ -106,6 +108,11 @@ pub enum StateError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "syncing the state journal to disk failed: the change is made but may not survive a \
+         crash (the next change writes a whole snapshot)"
+    )]
+    Sync(#[source] io::Error),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -381,6 +388,148 @@ pub struct Mark {
     live: bool,
 }
 
+/// Group commit of journal appends. An append is written under the state
+/// lock, but its fdatasync may wait until the lock is released
+/// ([`StateStore::defer`], [`StateStore::take_durable`]): requests that
+/// append while one fsync is in flight then share the next one, and each
+/// is answered once an fsync that began after its write has returned. A
+/// snapshot is durable when written, so it covers every append before it.
+/// One per state directory for the life of a process (the agent's cache
+/// carries it from one request's store to the next).
+#[derive(Debug, Default)]
+pub struct JournalSync {
+    state: Mutex<SyncState>,
+    done: Condvar,
+    /// Test seam: every fsync takes this much longer (a slow disk).
+    #[cfg(test)]
+    slow: std::time::Duration,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    /// Appends written, numbered from 1 (the tickets), and the last durable
+    /// one.
+    written: u64,
+    durable: u64,
+    /// The last append an fsync failed for (its change is not known to be
+    /// on disk).
+    failed: u64,
+    /// Whether a waiter is in fsync now (the others wait for it).
+    syncing: bool,
+    /// The journal the last append went to.
+    file: Option<Arc<File>>,
+    /// An fsync failed: the next change writes a snapshot instead.
+    broken: bool,
+    /// fsyncs made.
+    syncs: u64,
+}
+
+impl JournalSync {
+    fn lock(&self) -> MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes an append written to `file`; returns its ticket.
+    fn written(&self, file: Arc<File>) -> u64 {
+        let mut s = self.lock();
+        s.written += 1;
+        s.file = Some(file);
+        s.written
+    }
+
+    /// A snapshot made every append so far durable.
+    fn covered(&self) {
+        let mut s = self.lock();
+        s.durable = s.written;
+        s.broken = false;
+        self.done.notify_all();
+    }
+
+    /// Whether an fsync failed since the last snapshot.
+    fn broken(&self) -> bool {
+        self.lock().broken
+    }
+
+    /// How many fsyncs were made.
+    pub fn syncs(&self) -> u64 {
+        self.lock().syncs
+    }
+
+    /// Returns once append `ticket` is durable: waits for the fsync in
+    /// flight, or makes the next one itself (for every append written by
+    /// then, its own and the others').
+    fn wait(&self, ticket: u64) -> Result<(), StateError> {
+        let mut s = self.lock();
+        loop {
+            if s.durable >= ticket {
+                return Ok(());
+            }
+            if s.failed >= ticket {
+                return Err(StateError::Sync(io::Error::other(
+                    "an earlier fsync of the journal failed",
+                )));
+            }
+            if s.syncing {
+                s = self.done.wait(s).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            let (target, file) = (s.written, s.file.clone());
+            s.syncing = true;
+            drop(s);
+            let r = file.map_or(Ok(()), |f| self.fsync(&f));
+            s = self.lock();
+            s.syncing = false;
+            s.syncs += 1;
+            let out = match r {
+                Ok(()) => {
+                    s.durable = s.durable.max(target);
+                    Ok(())
+                }
+                Err(e) => {
+                    s.failed = s.failed.max(target);
+                    s.broken = true;
+                    Err(StateError::Sync(e))
+                }
+            };
+            self.done.notify_all();
+            if s.durable >= ticket || out.is_err() {
+                return out;
+            }
+        }
+    }
+
+    fn fsync(&self, f: &File) -> io::Result<()> {
+        #[cfg(test)]
+        std::thread::sleep(self.slow);
+        f.sync_data()
+    }
+}
+
+/// An append not yet known to be durable, to wait for once the state lock
+/// is released ([`StateStore::take_durable`]).
+#[derive(Debug)]
+#[must_use = "the change is acknowledged only once durable"]
+pub struct Durable {
+    sync: Arc<JournalSync>,
+    ticket: u64,
+}
+
+impl Durable {
+    /// Whether there is anything to wait for.
+    pub fn pending(&self) -> bool {
+        self.ticket != 0
+    }
+
+    /// Waits until the append is on disk (blocking: an fsync, or the one in
+    /// flight and the next).
+    pub fn wait(self) -> Result<(), StateError> {
+        if self.ticket == 0 {
+            return Ok(());
+        }
+        self.sync.wait(self.ticket)
+    }
+}
+
 /// The state directory, locked for as long as this value lives.
 pub struct StateStore {
     dir: PathBuf,
@@ -391,6 +540,22 @@ pub struct StateStore {
     /// Whether state.journal is that generation's (appending to a stale or
     /// missing one would lose the change).
     live: bool,
+    sync: Arc<JournalSync>,
+    /// Whether an append returns before its fsync (see [`Self::defer`]).
+    deferred: bool,
+    /// The ticket of this store's last append not yet waited for (0: none).
+    pending: u64,
+}
+
+impl Drop for StateStore {
+    /// A deferred append nobody took ([`Self::take_durable`]) is waited
+    /// for here, under the lock: no change goes unsynced. Its error is
+    /// not lost: the next change writes a snapshot ([`JournalSync`]).
+    fn drop(&mut self) {
+        if self.pending != 0 {
+            let _ = self.sync.wait(std::mem::take(&mut self.pending));
+        }
+    }
 }
 
 impl StateStore {
@@ -421,7 +586,36 @@ impl StateStore {
             gen: 0,
             entries: 0,
             live: false,
+            sync: Arc::default(),
+            deferred: false,
+            pending: 0,
         })
+    }
+
+    /// The group commit this store's appends join.
+    pub fn sync(&self) -> Arc<JournalSync> {
+        self.sync.clone()
+    }
+
+    /// Joins `sync`, which earlier stores of this state directory in this
+    /// process used.
+    pub fn set_sync(&mut self, sync: Arc<JournalSync>) {
+        self.sync = sync;
+    }
+
+    /// From now on a journal append returns once written, and its fsync is
+    /// the caller's to wait for ([`Self::take_durable`]), after releasing
+    /// the lock, so that concurrent requests share one fsync.
+    pub fn defer(&mut self) {
+        self.deferred = true;
+    }
+
+    /// What to wait for before acknowledging this store's changes.
+    pub fn take_durable(&mut self) -> Durable {
+        Durable {
+            sync: self.sync.clone(),
+            ticket: std::mem::take(&mut self.pending),
+        }
     }
 
     pub fn path(&self) -> PathBuf {
@@ -540,7 +734,8 @@ impl StateStore {
     /// journal lines when the change is to endpoints only and the journal
     /// has room, a snapshot otherwise.
     pub fn commit(&mut self, old: &State, new: &State) -> Result<(), StateError> {
-        let small = self.live
+        let small = !self.sync.broken()
+            && self.live
             && self.entries < JOURNAL_MAX_ENTRIES
             && FileStamp::of(&self.journal_path()).is_some_and(|j| j.len < JOURNAL_MAX_BYTES)
             && FileStamp::of(&self.path()).is_some();
@@ -567,7 +762,7 @@ impl StateStore {
         // One write of whole lines: a crash tears at most the last one.
         let mut f = OpenOptions::new().append(true).open(&path).map_err(werr)?;
         let start = f.metadata().map_err(werr)?.len();
-        if let Err(e) = write_all(&mut f, &buf).and_then(|()| f.sync_data()) {
+        if let Err(e) = write_all(&mut f, &buf) {
             // Not acknowledged: cut it off, so the next append does not
             // follow a torn fragment (which would fail the next load).
             if f.set_len(start).and_then(|()| f.sync_data()).is_err() {
@@ -576,7 +771,18 @@ impl StateStore {
             return Err(werr(e));
         }
         self.entries += changes.len();
-        Ok(())
+        let f = Arc::new(f);
+        let ticket = self.sync.written(f.clone());
+        if self.deferred {
+            self.pending = ticket;
+            return Ok(());
+        }
+        let r = self.sync.wait(ticket);
+        if r.is_err() && f.set_len(start).and_then(|()| f.sync_data()).is_err() {
+            // Not acknowledged, as above (appends before it stay).
+            self.live = false;
+        }
+        r
     }
 
     /// Writes a whole snapshot and starts a new, empty journal generation.
@@ -604,6 +810,7 @@ impl StateStore {
             })?;
         self.replace(&self.journal_path(), &[header.as_slice(), b"\n"].concat())?;
         self.live = true;
+        self.sync.covered();
         Ok(())
     }
 
@@ -906,6 +1113,59 @@ mod tests {
             assert!(e.to_string().contains("state.journal"), "{e}");
             assert_eq!(fs::read_to_string(&journal).unwrap(), bad, "left as it was");
         }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_appends_share_fsyncs_and_all_become_durable() {
+        const N: usize = 8;
+        let dir = tempdir("group");
+        let s0 = State {
+            version: VERSION,
+            ..State::default()
+        };
+        StateStore::open(&dir).unwrap().save(&s0).unwrap();
+        // A slow disk: requests arrive while an fsync is in flight.
+        let sync = Arc::new(JournalSync {
+            slow: std::time::Duration::from_millis(100),
+            ..JournalSync::default()
+        });
+        let start = Arc::new(std::sync::Barrier::new(N));
+        let threads: Vec<_> = (0..N)
+            .map(|i| {
+                let (dir, sync, start) = (dir.clone(), sync.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    let mut store = StateStore::open(&dir).unwrap();
+                    store.set_sync(sync.clone());
+                    store.defer();
+                    let old = store.load().unwrap().unwrap();
+                    let mut new = old.clone();
+                    let id = format!("e{i}");
+                    new.endpoints
+                        .insert(id.clone(), endpoint(&id, &[i as u16 + 1]));
+                    store.commit(&old, &new).unwrap();
+                    let durable = store.take_durable();
+                    let ticket = durable.ticket;
+                    assert!(durable.pending());
+                    drop(store); // the lock goes first, then the wait
+                    durable.wait().unwrap();
+                    // Answered only once an fsync covered the append.
+                    assert!(sync.lock().durable >= ticket);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let syncs = sync.syncs();
+        assert!(
+            (1..N as u64).contains(&syncs),
+            "{syncs} fsyncs for {N} appends"
+        );
+        assert_eq!(sync.lock().durable, N as u64);
+        let loaded = StateStore::open(&dir).unwrap().load().unwrap().unwrap();
+        assert_eq!(loaded.endpoints.len(), N, "every change is in the journal");
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -30,7 +30,7 @@ use super::{
     ports::{PortMapping, PublishError},
 };
 use crate::{
-    control::state::{Mark, State, StateError, StateStore},
+    control::state::{Durable, JournalSync, Mark, State, StateError, StateStore},
     datapath::{
         bpffs::PinRoot,
         conntrack::Gone,
@@ -173,6 +173,8 @@ pub enum NetworkError {
     NetnsRequired { network: String },
     #[error("waiting for the state lock")]
     LockTask(#[source] tokio::task::JoinError),
+    #[error("waiting for the state journal's fsync")]
+    SyncTask(#[source] tokio::task::JoinError),
     #[error("getting random bytes for an id")]
     Random(#[source] std::io::Error),
     #[error("enabling IPv4 forwarding")]
@@ -277,6 +279,8 @@ pub struct Cache {
     state: Option<(Mark, State)>,
     dp: Option<(PinId, NatConfig, Dataplane)>,
     applied: Option<Applied>,
+    /// The journal's group commit, shared by every request's store.
+    sync: Option<std::sync::Arc<JournalSync>>,
 }
 
 impl Cache {
@@ -327,6 +331,9 @@ impl Manager {
         let cache = slot
             .map(|s| std::mem::take(&mut *s.lock().unwrap_or_else(|e| e.into_inner())))
             .unwrap_or_default();
+        if let Some(sync) = cache.sync {
+            store.set_sync(sync);
+        }
         let host = match cache.host {
             Some(h) => h,
             None => Netlink::connect(None).await?,
@@ -360,6 +367,7 @@ impl Manager {
         } = self;
         let pins = dp.pins().clone();
         let cache = Cache {
+            sync: Some(store.sync()),
             host: Some(host),
             state: Some((store.mark(), state)),
             dp: dp.into_loaded().map(|(nat, dp)| (pin_id(&pins), nat, dp)),
@@ -435,6 +443,20 @@ impl<D: Datapath, H: Host> Manager<D, H> {
 
     pub fn host(&self) -> &H {
         &self.host
+    }
+
+    /// From now on a change returns once its journal line is written; its
+    /// fsync is waited for with [`Self::take_durable`] after the state lock
+    /// is released, shared with the changes of concurrent requests (group
+    /// commit). The caller answers only once that returns.
+    pub fn defer_durability(&mut self) {
+        self.store.defer();
+    }
+
+    /// What to wait for before answering for the changes made (see
+    /// [`Self::defer_durability`]).
+    pub fn take_durable(&mut self) -> Durable {
+        self.store.take_durable()
     }
 
     /// Gives back the datapath and host (and releases the state lock).
