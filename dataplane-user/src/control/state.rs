@@ -610,6 +610,16 @@ impl StateStore {
         self.deferred = true;
     }
 
+    /// The last deferred append, to start its fsync early (waiting for it
+    /// again later costs nothing once it is durable); None when there is
+    /// none.
+    pub fn peek_durable(&self) -> Option<Durable> {
+        (self.pending != 0).then(|| Durable {
+            sync: self.sync.clone(),
+            ticket: self.pending,
+        })
+    }
+
     /// What to wait for before acknowledging this store's changes.
     pub fn take_durable(&mut self) -> Durable {
         Durable {

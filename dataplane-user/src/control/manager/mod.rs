@@ -453,6 +453,18 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         self.store.defer();
     }
 
+    /// Starts the fsync of a deferred journal append on a blocking thread
+    /// now, so that it overlaps the map writes, the flow purge and the
+    /// lock's release; the answer still waits for it
+    /// ([`Self::take_durable`]).
+    fn start_sync(&self) {
+        if let Some(durable) = self.store.peek_durable() {
+            // Its outcome is recorded in the journal's sync state, where
+            // the wait before the answer finds it.
+            drop(tokio::task::spawn_blocking(move || durable.wait()));
+        }
+    }
+
     /// What to wait for before answering for the changes made (see
     /// [`Self::defer_durability`]).
     pub fn take_durable(&mut self) -> Durable {
@@ -496,6 +508,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
     async fn persist(&mut self, state: State) -> Result<(), NetworkError> {
         let gone = desired::gone(&self.state, &state);
         self.store.commit(&self.state, &state)?;
+        self.start_sync();
         self.state = state;
         self.sync_datapath().await?;
         self.purge(&gone).await
@@ -560,6 +573,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             return self.persist(state).await;
         };
         self.store.commit(&self.state, &state)?;
+        self.start_sync();
         self.state = state;
         // Unknown until written: a failed write leaves the next change a
         // full reconcile.
