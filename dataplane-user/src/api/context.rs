@@ -49,8 +49,10 @@ impl Context {
             Some(slot) => m.keep(slot),
             None => drop(m),
         }
-        if !durable.pending() {
-            return Ok(());
+        if durable.settled() {
+            // Nothing written, or the fsync started after the write is
+            // done: no thread hand-off.
+            return Ok(durable.wait()?);
         }
         tokio::task::spawn_blocking(move || durable.wait())
             .await

@@ -520,6 +520,13 @@ impl Durable {
         self.ticket != 0
     }
 
+    /// Whether [`Self::wait`] would return at once (an fsync started
+    /// early has covered the append already, or failed).
+    pub fn settled(&self) -> bool {
+        let s = self.sync.lock();
+        self.ticket == 0 || s.durable >= self.ticket || s.failed >= self.ticket
+    }
+
     /// Waits until the append is on disk (blocking: an fsync, or the one in
     /// flight and the next).
     pub fn wait(self) -> Result<(), StateError> {
@@ -562,6 +569,19 @@ impl StateStore {
     /// Creates the directory if needed (mode 0700: it describes the host's
     /// networking) and takes the lock, waiting for another holder.
     pub fn open(dir: &Path) -> Result<StateStore, StateError> {
+        StateStore::lock(dir, true)?.ok_or_else(|| StateError::Lock {
+            path: dir.join("state.lock"),
+            source: io::Error::from_raw_os_error(libc::EWOULDBLOCK),
+        })
+    }
+
+    /// Like [`Self::open`] without waiting: None while another holds the
+    /// lock (the caller waits elsewhere, off its async thread).
+    pub fn try_open(dir: &Path) -> Result<Option<StateStore>, StateError> {
+        StateStore::lock(dir, false)
+    }
+
+    fn lock(dir: &Path, wait: bool) -> Result<Option<StateStore>, StateError> {
         create_dir(dir)?;
         let lock_path = dir.join("state.lock");
         let lock = OpenOptions::new()
@@ -573,14 +593,24 @@ impl StateStore {
                 path: lock_path.clone(),
                 source,
             })?;
-        // SAFETY: flock on an fd we own; blocks until the lock is ours.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        let how = if wait {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_EX | libc::LOCK_NB
+        };
+        // SAFETY: flock on an fd we own; with `wait` it blocks until the
+        // lock is ours.
+        if unsafe { libc::flock(lock.as_raw_fd(), how) } != 0 {
+            let source = io::Error::last_os_error();
+            if !wait && source.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Ok(None);
+            }
             return Err(StateError::Lock {
                 path: lock_path,
-                source: io::Error::last_os_error(),
+                source,
             });
         }
-        Ok(StateStore {
+        Ok(Some(StateStore {
             dir: dir.to_owned(),
             _lock: lock,
             gen: 0,
@@ -589,7 +619,7 @@ impl StateStore {
             sync: Arc::default(),
             deferred: false,
             pending: 0,
-        })
+        }))
     }
 
     /// The group commit this store's appends join.

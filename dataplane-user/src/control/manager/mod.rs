@@ -208,6 +208,11 @@ pub use docker::{
 /// must not stall a runtime whose other tasks (the holder's, in the agent)
 /// need to run to release it.
 async fn lock_state(dir: &Path) -> Result<StateStore, NetworkError> {
+    // Free (the usual case in the agent): taken here, without a thread
+    // hand-off.
+    if let Some(store) = StateStore::try_open(dir)? {
+        return Ok(store);
+    }
     let dir = dir.to_owned();
     tokio::task::spawn_blocking(move || StateStore::open(&dir))
         .await
