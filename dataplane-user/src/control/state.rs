@@ -206,18 +206,24 @@ impl Change {
             Change::EndpointDel(id) => {
                 state.endpoints.remove(&id);
             }
-            Change::PortsAdd { endpoint, ports } => {
-                if let Some(ep) = state.endpoints.get_mut(&endpoint) {
-                    ep.published.extend(ports);
-                }
-            }
-            Change::PortsRm { endpoint, ports } => {
-                if let Some(ep) = state.endpoints.get_mut(&endpoint) {
-                    let gone: BTreeSet<PortMapping> = ports.into_iter().collect();
-                    ep.published.retain(|p| !gone.contains(p));
-                }
-            }
+            Change::PortsAdd { endpoint, ports } => apply_ports(state, &endpoint, &ports, true),
+            Change::PortsRm { endpoint, ports } => apply_ports(state, &endpoint, &ports, false),
         }
+    }
+}
+
+/// Adds `ports` to (`added`) or removes them from the published ports of
+/// endpoint `endpoint` of `state`: what a `ports_add` or `ports_rm` line
+/// means.
+pub fn apply_ports(state: &mut State, endpoint: &str, ports: &[PortMapping], added: bool) {
+    let Some(ep) = state.endpoints.get_mut(endpoint) else {
+        return;
+    };
+    if added {
+        ep.published.extend_from_slice(ports);
+    } else {
+        let gone: BTreeSet<&PortMapping> = ports.iter().collect();
+        ep.published.retain(|p| !gone.contains(p));
     }
 }
 
@@ -774,15 +780,41 @@ impl StateStore {
     /// journal lines when the change is to endpoints only and the journal
     /// has room, a snapshot otherwise.
     pub fn commit(&mut self, old: &State, new: &State) -> Result<(), StateError> {
-        let small = !self.sync.broken()
-            && self.live
-            && self.entries < JOURNAL_MAX_ENTRIES
-            && FileStamp::of(&self.journal_path()).is_some_and(|j| j.len < JOURNAL_MAX_BYTES)
-            && FileStamp::of(&self.path()).is_some();
-        match changes(old, new).filter(|_| small) {
+        match changes(old, new).filter(|_| self.journal_has_room()) {
             Some(lines) => self.append(&lines),
             None => self.save(new),
         }
+    }
+
+    /// [`Self::commit`] of a change known to be `ports` added to (`added`)
+    /// or removed from endpoint `endpoint`, without comparing two states:
+    /// one journal line; `new` (the state after it) is only asked for when
+    /// a snapshot is due.
+    pub fn commit_ports(
+        &mut self,
+        endpoint: &str,
+        ports: &[PortMapping],
+        added: bool,
+        new: impl FnOnce() -> State,
+    ) -> Result<(), StateError> {
+        if !self.journal_has_room() {
+            return self.save(&new());
+        }
+        let (endpoint, ports) = (endpoint.to_owned(), ports.to_vec());
+        self.append(&[if added {
+            Change::PortsAdd { endpoint, ports }
+        } else {
+            Change::PortsRm { endpoint, ports }
+        }])
+    }
+
+    /// Whether the next change may be a journal line (else a snapshot).
+    fn journal_has_room(&self) -> bool {
+        !self.sync.broken()
+            && self.live
+            && self.entries < JOURNAL_MAX_ENTRIES
+            && FileStamp::of(&self.journal_path()).is_some_and(|j| j.len < JOURNAL_MAX_BYTES)
+            && FileStamp::of(&self.path()).is_some()
     }
 
     fn append(&mut self, changes: &[Change]) -> Result<(), StateError> {

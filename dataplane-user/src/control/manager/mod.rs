@@ -30,7 +30,7 @@ use super::{
     ports::{PortMapping, PublishError},
 };
 use crate::{
-    control::state::{Durable, JournalSync, Mark, State, StateError, StateStore},
+    control::state::{apply_ports, Durable, JournalSync, Mark, State, StateError, StateStore},
     datapath::{
         bpffs::PinRoot,
         conntrack::Gone,
@@ -552,42 +552,47 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         Ok(out)
     }
 
-    /// [`Self::change`] for a change to the published ports of one
-    /// endpoint (`mappings`: the ones `f` adds or removes): with the maps'
-    /// contents known, only the entries of those ports are computed and
-    /// written ([`desired::port_delta`]), not every mapping of the state;
-    /// the state stays the one source of truth (the periodic full
-    /// reconcile still recomputes everything from it).
+    /// [`Self::change`] for `mappings` added to (`added`) or removed from
+    /// the published ports of endpoint `endpoint`: with the maps' contents
+    /// known, the state is changed in place after one journal line, and
+    /// only the entries of those ports are computed and written
+    /// ([`desired::port_delta`]), not every mapping of the state; the state
+    /// stays the one source of truth (the periodic full reconcile still
+    /// recomputes everything from it).
     async fn change_ports(
         &mut self,
         endpoint: &str,
         mappings: &[PortMapping],
-        f: impl FnOnce(&mut State),
+        added: bool,
     ) -> Result<(), NetworkError> {
-        let mut state = self.state.clone();
-        f(&mut state);
         let fresh = self
             .applied
             .as_ref()
             .is_some_and(|a| a.reconciled.elapsed() < RECONCILE_EVERY);
-        let delta = match &self.applied {
-            Some(a) if fresh => desired::port_delta(&state, endpoint, mappings, &a.nat),
-            _ => None,
-        };
-        let Some(delta) = delta else {
+        if !fresh || !self.state.endpoints.contains_key(endpoint) {
+            let mut state = self.state.clone();
+            apply_ports(&mut state, endpoint, mappings, added);
             return self.persist(state).await;
-        };
-        self.store.commit(&self.state, &state)?;
+        }
+        let now = &self.state;
+        self.store.commit_ports(endpoint, mappings, added, || {
+            let mut state = now.clone();
+            apply_ports(&mut state, endpoint, mappings, added);
+            state
+        })?;
         self.start_sync();
-        self.state = state;
+        apply_ports(&mut self.state, endpoint, mappings, added);
         // Unknown until written: a failed write leaves the next change a
         // full reconcile.
-        let mut applied = self.applied.take();
+        let Some(mut applied) = self.applied.take() else {
+            return Ok(());
+        };
+        let Some(delta) = desired::port_delta(&self.state, endpoint, mappings, &applied.nat) else {
+            return Ok(());
+        };
         self.dp.apply_nat_delta(&delta)?;
-        if let Some(a) = &mut applied {
-            delta.apply_to(&mut a.nat);
-        }
-        self.applied = applied;
+        delta.apply_to(&mut applied.nat);
+        self.applied = Some(applied);
         self.purge(&desired::delta_gone(&delta)).await
     }
 

@@ -275,17 +275,12 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 driver: self.network(&ep.network)?.driver.name(),
             });
         }
+        let (id, dual) = (ep.id.clone(), ep.ipv4.is_some() && ep.ipv6.is_some());
         let wanted = specs.mappings()?;
         let net = self.network(&ep.network)?;
         ports::check_families(&net.name, net.enable_ipv6, &wanted)?;
-        let dual = ep.ipv4.is_some() && ep.ipv6.is_some();
         let added = self.new_mappings(&wanted, &[], dual)?;
-        self.change_ports(&ep.id, &added, |state| {
-            if let Some(e) = state.endpoints.get_mut(&ep.id) {
-                e.published.extend(added.iter().copied());
-            }
-        })
-        .await?;
+        self.change_ports(&id, &added, true).await?;
         Ok(added)
     }
 
@@ -313,12 +308,8 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 })?;
             remove.push(*found);
         }
-        self.change_ports(&ep.id, &remove, |state| {
-            if let Some(e) = state.endpoints.get_mut(&ep.id) {
-                e.published.retain(|p| !remove.contains(p));
-            }
-        })
-        .await
+        let id = ep.id.clone();
+        self.change_ports(&id, &remove, false).await
     }
 }
 
