@@ -21,7 +21,7 @@ use dataplane_common::{
     maps,
     nat::{
         EndpointInfo, EndpointInfo6, EndpointRoute, HostAddr, PortKey, PortKey6, PortTarget,
-        PortTarget6, SandboxAddr, SubnetPolicy, TrustedIface, Uplink, Uplink6, MAX_PORT_MAPPINGS,
+        PortTarget6, SandboxAddr, SubnetPolicy, TrustedIface, Uplink, Uplink6,
     },
     stats::PktCounter,
 };
@@ -56,8 +56,11 @@ pub enum NatError {
     NoUplink(String),
     #[error("uplink {0}: has no IPv4 address to masquerade with")]
     NoUplinkAddr(String),
-    #[error("no free slot for another published port's counters (limit {MAX_PORT_MAPPINGS})")]
-    StatsFull,
+    #[error(
+        "no free slot for another published port's counters (all {0} in use): raise `[maps] \
+         published_ports` in the agent's config"
+    )]
+    StatsFull(u32),
 }
 
 /// Attaches both uplink programs to `ifname` (in this thread's namespace);
@@ -335,11 +338,13 @@ pub fn apply_delta(dp: &mut Dataplane, delta: &NatDelta) -> Result<(), NatError>
 /// indexed by slot); its old counts are zeroed so a new mapping starts from
 /// nothing.
 pub fn claim_stats_index(dp: &mut Dataplane, used: &[bool], from: u32) -> Result<u32, NatError> {
-    let index = (from..MAX_PORT_MAPPINGS)
-        .find(|i| !used.get(*i as usize).copied().unwrap_or(false))
-        .ok_or(NatError::StatsFull)?;
     let name = maps::PORT_STATS;
     let mut array: PerCpuArray<&mut MapData, PktCounter> = open(dp, name)?;
+    // The array's size follows `[maps] published_ports`.
+    let slots = array.len();
+    let index = (from..slots)
+        .find(|i| !used.get(*i as usize).copied().unwrap_or(false))
+        .ok_or(NatError::StatsFull(slots))?;
     array
         .set(index, zeroed_counters()?, 0)
         .map_err(map_err(name))?;

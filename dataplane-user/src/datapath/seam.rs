@@ -342,9 +342,10 @@ impl Datapath for RecordingDatapath {
 
     fn claim_stats_index(&mut self, used: &[bool], from: u32) -> Result<u32, NatError> {
         self.call("claim_stats_index", "")?;
-        (from..dataplane_common::nat::MAX_PORT_MAPPINGS)
+        let slots = dataplane_common::nat::MAX_PORT_MAPPINGS;
+        (from..slots)
             .find(|i| !used.get(*i as usize).copied().unwrap_or(false))
-            .ok_or(NatError::StatsFull)
+            .ok_or(NatError::StatsFull(slots))
     }
 
     fn purge_conntrack(&mut self, gone: &Gone) -> PurgeJob {

@@ -224,12 +224,16 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         if out.is_empty() {
             return Ok(out);
         }
+        // Indexed by slot, as far as the highest in use (the slots' number
+        // follows `[maps] published_ports`).
         let mut used = vec![false; dataplane_common::nat::MAX_PORT_MAPPINGS as usize];
         for m in self.state.endpoints.values().flat_map(|e| &e.published) {
             for slot in [Some(m.stats_index), m.stats_index6].into_iter().flatten() {
-                if let Some(u) = used.get_mut(slot as usize) {
-                    *u = true;
+                let slot = slot as usize;
+                if slot >= used.len() {
+                    used.resize(slot + 1, false);
                 }
+                used[slot] = true;
             }
         }
         // Free slots in ascending order, found in one pass.
