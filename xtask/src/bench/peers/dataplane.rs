@@ -124,10 +124,12 @@ impl Dataplane {
         s.write_all(&line)?;
         let mut answer = String::new();
         BufReader::new(s).read_line(&mut answer)?;
+        // A request of 100 000 specs is shown by its start.
+        let shown: String = request.to_string().chars().take(300).collect();
         let v: Value = serde_json::from_str(&answer)
-            .with_context(|| format!("agent answered {answer:?} to {request}"))?;
+            .with_context(|| format!("agent answered {answer:?} to {shown}"))?;
         if let Some(e) = v.get("error") {
-            bail!("agent refused {request}: {e}");
+            bail!("agent refused {shown}: {e}");
         }
         Ok(v)
     }
