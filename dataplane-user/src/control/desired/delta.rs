@@ -19,8 +19,10 @@ use crate::{
 
 /// The change to the published-port maps when `mappings` were added to or
 /// removed from endpoint `endpoint` of `state` (the state after the
-/// change); `applied` is what the maps hold now. None when there is no
-/// such endpoint (a full recompute is the answer then).
+/// change); `applied` is what the maps hold now. `near`, when the caller
+/// knows it, is the endpoint's mappings on the host ports of `mappings`
+/// (else they are searched for). None when there is no such endpoint (a
+/// full recompute is the answer then).
 ///
 /// A key belongs to one endpoint: a host port is published by one endpoint
 /// only (the port allocator refuses a second), and an open port is the
@@ -30,30 +32,18 @@ pub fn port_delta(
     state: &State,
     endpoint: &str,
     mappings: &[PortMapping],
+    near: Option<Vec<PortMapping>>,
     applied: &Desired,
 ) -> Option<NatDelta> {
     let ep = state.endpoints.get(endpoint)?;
     let routed = on_routed_network(state, ep);
     let touched = entries(ep, mappings, routed);
-    // Only mappings on one of these host or container ports can make one
-    // of the touched keys: the rest are skipped with a binary search each.
-    let ports = |f: fn(&PortMapping) -> u16| {
-        let mut v: Vec<(u8, u16)> = mappings.iter().map(|m| (m.proto.number(), f(m))).collect();
-        v.sort_unstable();
-        v.dedup();
-        v
+    // Open ports are keyed by container port: a routed endpoint's are
+    // searched for.
+    let near = match near {
+        Some(near) if !routed => near,
+        _ => same_ports(ep, mappings),
     };
-    let (host, inner) = (ports(|m| m.host_port), ports(|m| m.container_port));
-    let near: Vec<PortMapping> = ep
-        .published
-        .iter()
-        .filter(|m| {
-            let p = m.proto.number();
-            host.binary_search(&(p, m.host_port)).is_ok()
-                || inner.binary_search(&(p, m.container_port)).is_ok()
-        })
-        .copied()
-        .collect();
     let now = entries(ep, &near, routed);
     Some(NatDelta {
         old: PortEntries {
@@ -69,6 +59,29 @@ pub fn port_delta(
             open_ports6: only(now.open_ports6, &touched.open_ports6),
         },
     })
+}
+
+/// The mappings of `ep` on one of the host or container ports of
+/// `mappings`.
+fn same_ports(ep: &Endpoint, mappings: &[PortMapping]) -> Vec<PortMapping> {
+    // Only mappings on one of these host or container ports can make one
+    // of the touched keys: the rest are skipped with a binary search each.
+    let ports = |f: fn(&PortMapping) -> u16| {
+        let mut v: Vec<(u8, u16)> = mappings.iter().map(|m| (m.proto.number(), f(m))).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let (host, inner) = (ports(|m| m.host_port), ports(|m| m.container_port));
+    ep.published
+        .iter()
+        .filter(|m| {
+            let p = m.proto.number();
+            host.binary_search(&(p, m.host_port)).is_ok()
+                || inner.binary_search(&(p, m.container_port)).is_ok()
+        })
+        .copied()
+        .collect()
 }
 
 /// The published mappings whose flows go with `delta`: an entry the maps

@@ -258,6 +258,9 @@ pub struct Manager<D = BpfDatapath, H = Netlink> {
     applied: Option<Applied>,
     /// The cluster of overlay networks, when the agent has a store.
     cluster: Option<std::sync::Arc<crate::control::cluster::Cluster>>,
+    /// The port allocator's index of the state's mappings, kept while only
+    /// `publish add|rm` change them (None: build it when needed).
+    ports: Option<publish::PortIndex>,
 }
 
 /// The maps' contents as last written, and when they were last reconciled
@@ -286,6 +289,8 @@ pub struct Cache {
     applied: Option<Applied>,
     /// The journal's group commit, shared by every request's store.
     sync: Option<std::sync::Arc<JournalSync>>,
+    /// The port allocator's index, of the state kept beside it.
+    ports: Option<publish::PortIndex>,
 }
 
 impl Cache {
@@ -348,15 +353,17 @@ impl Manager {
             .dp
             .filter(|(id, _, _)| id.is_some() && *id == pid)
             .map(|(_, nat, dp)| (nat, dp));
-        let (loaded, mut applied) = match cache.state {
-            Some((mark, state)) if store.resume(&mark) => (Some(state), cache.applied),
-            _ => (store.load()?, None),
+        let (loaded, mut applied, ports) = match cache.state {
+            Some((mark, state)) if store.resume(&mark) => (Some(state), cache.applied, cache.ports),
+            _ => (store.load()?, None, None),
         };
         if dp.is_none() {
             applied = None;
         }
         let dp = BpfDatapath::new(pins, dp);
-        Manager::start(store, loaded, host, dp, applied).await
+        let mut m = Manager::start(store, loaded, host, dp, applied).await?;
+        m.ports = ports;
+        Ok(m)
     }
 
     /// Puts what is worth keeping into `slot` for the next manager, then
@@ -369,10 +376,12 @@ impl Manager {
             dp,
             applied,
             cluster: _,
+            ports,
         } = self;
         let pins = dp.pins().clone();
         let cache = Cache {
             sync: Some(store.sync()),
+            ports,
             host: Some(host),
             state: Some((store.mark(), state)),
             dp: dp.into_loaded().map(|(nat, dp)| (pin_id(&pins), nat, dp)),
@@ -403,6 +412,7 @@ impl Manager {
             dp: BpfDatapath::new(pins, None),
             applied: None,
             cluster: None,
+            ports: None,
         }))
     }
 }
@@ -430,6 +440,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             dp,
             applied,
             cluster: None,
+            ports: None,
         };
         if loaded.is_none() {
             m.init_predefined().await?;
@@ -512,6 +523,8 @@ impl<D: Datapath, H: Host> Manager<D, H> {
     /// The change stands when the purge fails; its errors are reported.
     async fn persist(&mut self, state: State) -> Result<(), NetworkError> {
         let gone = desired::gone(&self.state, &state);
+        // Any change but `publish add|rm`'s may move mappings.
+        self.ports = None;
         self.store.commit(&self.state, &state)?;
         self.start_sync();
         self.state = state;
@@ -582,12 +595,20 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         })?;
         self.start_sync();
         apply_ports(&mut self.state, endpoint, mappings, added);
+        // The endpoint's mappings on the same host ports, from the index
+        // rather than a pass over all of its mappings.
+        let near = self.ports.as_mut().map(|index| {
+            index.change(endpoint, mappings, added);
+            let keys: Vec<_> = mappings.iter().map(|m| (m.proto, m.host_port)).collect();
+            index.of_endpoint(endpoint, &keys)
+        });
         // Unknown until written: a failed write leaves the next change a
         // full reconcile.
         let Some(mut applied) = self.applied.take() else {
             return Ok(());
         };
-        let Some(delta) = desired::port_delta(&self.state, endpoint, mappings, &applied.nat) else {
+        let Some(delta) = desired::port_delta(&self.state, endpoint, mappings, near, &applied.nat)
+        else {
             return Ok(());
         };
         self.dp.apply_nat_delta(&delta)?;

@@ -3,7 +3,7 @@
 //! state gives, and a refused request changes nothing.
 
 use super::{args, connect, create_args, open, refused, snapshot, Dir, M};
-use crate::control::desired;
+use crate::control::{desired, manager::publish::PortIndex};
 
 /// A dual-stack `routed` network (published ports also open ports, in both
 /// families) with endpoints c1 and c2.
@@ -54,6 +54,12 @@ async fn the_delta_path_holds_what_a_full_recompute_gives() {
             _ => m.publish_rm("r", ep, &specs).await.expect("rm"),
         }
         assert_eq!(m.datapath().nat, full(&m).await, "step {i}: {op} {specs:?}");
+        // The port allocator's index, kept across the steps, is the one
+        // the state gives.
+        let kept = m.ports.as_ref().map(PortIndex::canonical);
+        if i > 0 {
+            assert_eq!(kept, Some(PortIndex::of(m.state()).canonical()), "step {i}");
+        }
     }
     let dp = m.datapath();
     assert_eq!(
