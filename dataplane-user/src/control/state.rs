@@ -221,6 +221,15 @@ pub fn apply_ports(state: &mut State, endpoint: &str, ports: &[PortMapping], add
     };
     if added {
         ep.published.extend_from_slice(ports);
+    } else if ports.len() <= 16 {
+        // A few: each found from the end (the newest, most often) and
+        // taken out, not a set lookup per mapping of the endpoint (the
+        // allocator never makes two equal mappings).
+        for m in ports {
+            if let Some(i) = ep.published.iter().rposition(|p| p == m) {
+                ep.published.remove(i);
+            }
+        }
     } else {
         let gone: BTreeSet<&PortMapping> = ports.iter().collect();
         ep.published.retain(|p| !gone.contains(p));

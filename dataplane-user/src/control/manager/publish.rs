@@ -408,16 +408,21 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         let ep = self.endpoint_named(network, endpoint)?;
         let mut remove: Vec<PortMapping> = Vec::new();
         for r in specs.mappings()? {
-            // `-p 80` or a range removes the mapping it was given.
-            let found = ep
-                .published
-                .iter()
-                .find(|p| r.matches(p) && !remove.contains(p))
-                .ok_or_else(|| NetworkError::NotPublished {
-                    mapping: r.to_string(),
-                    endpoint: ep.name.clone(),
-                })?;
-            remove.push(*found);
+            // `-p 80` or a range removes the mapping it was given. One host
+            // port (and address) is one mapping at most: the index has it.
+            let wanted = |p: &PortMapping| r.matches(p) && !remove.contains(p);
+            let found = match (r.host_ports, &self.ports) {
+                (Some((a, b)), Some(index)) if a == b => index
+                    .of_endpoint(&ep.id, &[(r.proto, a)])
+                    .into_iter()
+                    .find(wanted),
+                _ => ep.published.iter().copied().find(wanted),
+            }
+            .ok_or_else(|| NetworkError::NotPublished {
+                mapping: r.to_string(),
+                endpoint: ep.name.clone(),
+            })?;
+            remove.push(found);
         }
         let id = ep.id.clone();
         self.change_ports(&id, &remove, false).await
