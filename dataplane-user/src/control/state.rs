@@ -32,20 +32,26 @@
 //! separately: they are the endpoints' addresses and the networks' gateways.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     fs::{self, File, OpenOptions},
     io::{self, Write as _},
     os::{fd::AsRawFd, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
-    sync::{Arc, Condvar, Mutex, MutexGuard},
+    sync::Arc,
 };
 
+pub use changes::apply_ports;
+use changes::{changes, Change};
 use serde::{Deserialize, Serialize};
+pub use sync::{Durable, JournalSync};
 
 use crate::control::{
     model::{Endpoint, Network},
     ports::PortMapping,
 };
+
+mod changes;
+mod sync;
 
 pub const DEFAULT_DIR: &str = "/var/lib/dataplane";
 /// The state files' format, written into every snapshot.
@@ -177,137 +183,6 @@ struct JournalHeader {
     journal: u64,
 }
 
-/// One journal line: a change to the endpoints since the snapshot.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Change {
-    /// An endpoint as it now is (new or changed beyond its ports).
-    EndpointPut(Box<Endpoint>),
-    /// An endpoint gone, by id.
-    EndpointDel(String),
-    /// Ports appended to an endpoint's published list.
-    PortsAdd {
-        endpoint: String,
-        ports: Vec<PortMapping>,
-    },
-    /// Ports removed from an endpoint's published list.
-    PortsRm {
-        endpoint: String,
-        ports: Vec<PortMapping>,
-    },
-}
-
-impl Change {
-    fn apply(self, state: &mut State) {
-        match self {
-            Change::EndpointPut(ep) => {
-                state.endpoints.insert(ep.id.clone(), *ep);
-            }
-            Change::EndpointDel(id) => {
-                state.endpoints.remove(&id);
-            }
-            Change::PortsAdd { endpoint, ports } => apply_ports(state, &endpoint, &ports, true),
-            Change::PortsRm { endpoint, ports } => apply_ports(state, &endpoint, &ports, false),
-        }
-    }
-}
-
-/// Adds `ports` to (`added`) or removes them from the published ports of
-/// endpoint `endpoint` of `state`: what a `ports_add` or `ports_rm` line
-/// means.
-pub fn apply_ports(state: &mut State, endpoint: &str, ports: &[PortMapping], added: bool) {
-    let Some(ep) = state.endpoints.get_mut(endpoint) else {
-        return;
-    };
-    if added {
-        ep.published.extend_from_slice(ports);
-    } else if ports.len() <= 16 {
-        // A few: each found from the end (the newest, most often) and
-        // taken out, not a set lookup per mapping of the endpoint (the
-        // allocator never makes two equal mappings).
-        for m in ports {
-            if let Some(i) = ep.published.iter().rposition(|p| p == m) {
-                ep.published.remove(i);
-            }
-        }
-    } else {
-        let gone: BTreeSet<&PortMapping> = ports.iter().collect();
-        ep.published.retain(|p| !gone.contains(p));
-    }
-}
-
-/// The change from `old` to `new` of one endpoint, when it is only ports.
-fn port_change(old: &Endpoint, new: &Endpoint) -> Option<Change> {
-    let (o, n) = (&old.published, &new.published);
-    let same_rest = old.id == new.id
-        && old.name == new.name
-        && old.network == new.network
-        && old.netns == new.netns
-        && old.attachment == new.attachment
-        && old.ifname == new.ifname
-        && old.mac == new.mac
-        && old.ipv4 == new.ipv4;
-    if !same_rest {
-        return None;
-    }
-    if n.len() > o.len() && n[..o.len()] == o[..] {
-        return Some(Change::PortsAdd {
-            endpoint: new.id.clone(),
-            ports: n[o.len()..].to_vec(),
-        });
-    }
-    if n.len() < o.len() {
-        // Removal keeps the order: one walk over both lists finds what went
-        // (and proves nothing else changed).
-        let mut gone = Vec::with_capacity(o.len() - n.len());
-        let mut rest = n.iter().peekable();
-        for p in o {
-            if rest.peek() == Some(&p) {
-                rest.next();
-            } else {
-                gone.push(*p);
-            }
-        }
-        if rest.peek().is_none() && gone.len() == o.len() - n.len() {
-            return Some(Change::PortsRm {
-                endpoint: new.id.clone(),
-                ports: gone,
-            });
-        }
-    }
-    None
-}
-
-/// The journal lines taking `old` to `new`; None when the change is not
-/// one the journal records (networks, uplinks, filters, CNI records).
-fn changes(old: &State, new: &State) -> Option<Vec<Change>> {
-    if old.version != new.version
-        || old.uplinks != new.uplinks
-        || old.cni_attachments != new.cni_attachments
-        || old.networks != new.networks
-        || old.filters != new.filters
-        || old.ula_global_id != new.ula_global_id
-    {
-        return None;
-    }
-    let mut out = Vec::new();
-    for (id, ep) in &new.endpoints {
-        match old.endpoints.get(id) {
-            Some(prev) if prev == ep => {}
-            Some(prev) => out.push(
-                port_change(prev, ep).unwrap_or_else(|| Change::EndpointPut(Box::new(ep.clone()))),
-            ),
-            None => out.push(Change::EndpointPut(Box::new(ep.clone()))),
-        }
-    }
-    for id in old.endpoints.keys() {
-        if !new.endpoints.contains_key(id) {
-            out.push(Change::EndpointDel(id.clone()));
-        }
-    }
-    Some(out)
-}
-
 /// A file's identity and version, to tell whether it changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct FileStamp {
@@ -403,155 +278,6 @@ pub struct Mark {
     live: bool,
 }
 
-/// Group commit of journal appends. An append is written under the state
-/// lock, but its fdatasync may wait until the lock is released
-/// ([`StateStore::defer`], [`StateStore::take_durable`]): requests that
-/// append while one fsync is in flight then share the next one, and each
-/// is answered once an fsync that began after its write has returned. A
-/// snapshot is durable when written, so it covers every append before it.
-/// One per state directory for the life of a process (the agent's cache
-/// carries it from one request's store to the next).
-#[derive(Debug, Default)]
-pub struct JournalSync {
-    state: Mutex<SyncState>,
-    done: Condvar,
-    /// Test seam: every fsync takes this much longer (a slow disk).
-    #[cfg(test)]
-    slow: std::time::Duration,
-}
-
-#[derive(Debug, Default)]
-struct SyncState {
-    /// Appends written, numbered from 1 (the tickets), and the last durable
-    /// one.
-    written: u64,
-    durable: u64,
-    /// The last append an fsync failed for (its change is not known to be
-    /// on disk).
-    failed: u64,
-    /// Whether a waiter is in fsync now (the others wait for it).
-    syncing: bool,
-    /// The journal the last append went to.
-    file: Option<Arc<File>>,
-    /// An fsync failed: the next change writes a snapshot instead.
-    broken: bool,
-    /// fsyncs made.
-    syncs: u64,
-}
-
-impl JournalSync {
-    fn lock(&self) -> MutexGuard<'_, SyncState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Notes an append written to `file`; returns its ticket.
-    fn written(&self, file: Arc<File>) -> u64 {
-        let mut s = self.lock();
-        s.written += 1;
-        s.file = Some(file);
-        s.written
-    }
-
-    /// A snapshot made every append so far durable.
-    fn covered(&self) {
-        let mut s = self.lock();
-        s.durable = s.written;
-        s.broken = false;
-        self.done.notify_all();
-    }
-
-    /// Whether an fsync failed since the last snapshot.
-    fn broken(&self) -> bool {
-        self.lock().broken
-    }
-
-    /// How many fsyncs were made.
-    pub fn syncs(&self) -> u64 {
-        self.lock().syncs
-    }
-
-    /// Returns once append `ticket` is durable: waits for the fsync in
-    /// flight, or makes the next one itself (for every append written by
-    /// then, its own and the others').
-    fn wait(&self, ticket: u64) -> Result<(), StateError> {
-        let mut s = self.lock();
-        loop {
-            if s.durable >= ticket {
-                return Ok(());
-            }
-            if s.failed >= ticket {
-                return Err(StateError::Sync(io::Error::other(
-                    "an earlier fsync of the journal failed",
-                )));
-            }
-            if s.syncing {
-                s = self.done.wait(s).unwrap_or_else(|e| e.into_inner());
-                continue;
-            }
-            let (target, file) = (s.written, s.file.clone());
-            s.syncing = true;
-            drop(s);
-            let r = file.map_or(Ok(()), |f| self.fsync(&f));
-            s = self.lock();
-            s.syncing = false;
-            s.syncs += 1;
-            let out = match r {
-                Ok(()) => {
-                    s.durable = s.durable.max(target);
-                    Ok(())
-                }
-                Err(e) => {
-                    s.failed = s.failed.max(target);
-                    s.broken = true;
-                    Err(StateError::Sync(e))
-                }
-            };
-            self.done.notify_all();
-            if s.durable >= ticket || out.is_err() {
-                return out;
-            }
-        }
-    }
-
-    fn fsync(&self, f: &File) -> io::Result<()> {
-        #[cfg(test)]
-        std::thread::sleep(self.slow);
-        f.sync_data()
-    }
-}
-
-/// An append not yet known to be durable, to wait for once the state lock
-/// is released ([`StateStore::take_durable`]).
-#[derive(Debug)]
-#[must_use = "the change is acknowledged only once durable"]
-pub struct Durable {
-    sync: Arc<JournalSync>,
-    ticket: u64,
-}
-
-impl Durable {
-    /// Whether there is anything to wait for.
-    pub fn pending(&self) -> bool {
-        self.ticket != 0
-    }
-
-    /// Whether [`Self::wait`] would return at once (an fsync started
-    /// early has covered the append already, or failed).
-    pub fn settled(&self) -> bool {
-        let s = self.sync.lock();
-        self.ticket == 0 || s.durable >= self.ticket || s.failed >= self.ticket
-    }
-
-    /// Waits until the append is on disk (blocking: an fsync, or the one in
-    /// flight and the next).
-    pub fn wait(self) -> Result<(), StateError> {
-        if self.ticket == 0 {
-            return Ok(());
-        }
-        self.sync.wait(self.ticket)
-    }
-}
-
 /// The state directory, locked for as long as this value lives.
 pub struct StateStore {
     dir: PathBuf,
@@ -567,17 +293,6 @@ pub struct StateStore {
     deferred: bool,
     /// The ticket of this store's last append not yet waited for (0: none).
     pending: u64,
-}
-
-impl Drop for StateStore {
-    /// A deferred append nobody took ([`Self::take_durable`]) is waited
-    /// for here, under the lock: no change goes unsynced. Its error is
-    /// not lost: the next change writes a snapshot ([`JournalSync`]).
-    fn drop(&mut self) {
-        if self.pending != 0 {
-            let _ = self.sync.wait(std::mem::take(&mut self.pending));
-        }
-    }
 }
 
 impl StateStore {
@@ -635,42 +350,6 @@ impl StateStore {
             deferred: false,
             pending: 0,
         }))
-    }
-
-    /// The group commit this store's appends join.
-    pub fn sync(&self) -> Arc<JournalSync> {
-        self.sync.clone()
-    }
-
-    /// Joins `sync`, which earlier stores of this state directory in this
-    /// process used.
-    pub fn set_sync(&mut self, sync: Arc<JournalSync>) {
-        self.sync = sync;
-    }
-
-    /// From now on a journal append returns once written, and its fsync is
-    /// the caller's to wait for ([`Self::take_durable`]), after releasing
-    /// the lock, so that concurrent requests share one fsync.
-    pub fn defer(&mut self) {
-        self.deferred = true;
-    }
-
-    /// The last deferred append, to start its fsync early (waiting for it
-    /// again later costs nothing once it is durable); None when there is
-    /// none.
-    pub fn peek_durable(&self) -> Option<Durable> {
-        (self.pending != 0).then(|| Durable {
-            sync: self.sync.clone(),
-            ticket: self.pending,
-        })
-    }
-
-    /// What to wait for before acknowledging this store's changes.
-    pub fn take_durable(&mut self) -> Durable {
-        Durable {
-            sync: self.sync.clone(),
-            ticket: std::mem::take(&mut self.pending),
-        }
     }
 
     pub fn path(&self) -> PathBuf {
@@ -1207,10 +886,7 @@ mod tests {
         };
         StateStore::open(&dir).unwrap().save(&s0).unwrap();
         // A slow disk: requests arrive while an fsync is in flight.
-        let sync = Arc::new(JournalSync {
-            slow: std::time::Duration::from_millis(100),
-            ..JournalSync::default()
-        });
+        let sync = Arc::new(JournalSync::slow(std::time::Duration::from_millis(100)));
         let start = Arc::new(std::sync::Barrier::new(N));
         let threads: Vec<_> = (0..N)
             .map(|i| {
