@@ -433,16 +433,19 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         dp: D,
         applied: Option<Applied>,
     ) -> Result<Self, NetworkError> {
+        // Not a copy: every request of the agent starts here, and the state
+        // may hold 100 000 mappings.
+        let first = loaded.is_none();
         let mut m = Manager {
             store,
-            state: loaded.clone().unwrap_or_default(),
+            state: loaded.unwrap_or_default(),
             host,
             dp,
             applied,
             cluster: None,
             ports: None,
         };
-        if loaded.is_none() {
+        if first {
             m.init_predefined().await?;
         }
         Ok(m)
