@@ -50,7 +50,7 @@
 //! conntrack_other = 65536                 # migrated; a size below the live entries
 //! conntrack6_tcp = 262144                 # is refused); memory cost in
 //! conntrack6_other = 65536                # docs/reliability.md
-//! published_ports = 65536                 # DP_PORTS and DP_PORTS6 each
+//! published_ports = 65536                 # DP_PORTS, DP_PORTS6, DP_PORT_STATS each
 //! filter_keys = 30722                     # each filter dimension map (a cap)
 //! sock_revnat = 65536                     # host-local reverse NAT, per family
 //! [cluster]                               # with cluster_store only

@@ -35,15 +35,29 @@ impl Context {
             Manager::open_cached(&self.state_dir, &self.pins, self.cache.as_deref()).await?;
         m.set_nat_config(self.nat);
         m.set_cluster(self.cluster.clone());
+        m.defer_durability();
         Ok(m)
     }
 
     /// Ends a request: what the manager holds goes back into the cache,
-    /// then the state lock is released.
-    pub fn done(&self, m: Manager) {
-        if let Some(slot) = &self.cache {
-            m.keep(slot);
+    /// then the state lock is released; then waits until its changes are
+    /// on disk (an fsync shared with the requests that wrote meanwhile),
+    /// so the answer follows durability.
+    pub async fn done(&self, mut m: Manager) -> Result<(), NetworkError> {
+        let durable = m.take_durable();
+        match &self.cache {
+            Some(slot) => m.keep(slot),
+            None => drop(m),
         }
+        if durable.settled() {
+            // Nothing written, or the fsync started after the write is
+            // done: no thread hand-off.
+            return Ok(durable.wait()?);
+        }
+        tokio::task::spawn_blocking(move || durable.wait())
+            .await
+            .map_err(NetworkError::SyncTask)??;
+        Ok(())
     }
 }
 

@@ -50,8 +50,12 @@ pub async fn execute(ctx: &Context, req: Request) -> Result<Value, anyhow::Error
     }
     let mut m = ctx.manager().await?;
     let v = run(ctx, &mut m, req).await;
-    ctx.done(m);
-    v
+    // The answer waits until the change is on disk (the error of the
+    // request itself comes first).
+    let durable = ctx.done(m).await;
+    let v = v?;
+    durable?;
+    Ok(v)
 }
 
 async fn run(ctx: &Context, m: &mut Manager, req: Request) -> Result<Value, anyhow::Error> {

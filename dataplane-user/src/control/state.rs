@@ -20,7 +20,8 @@
 //! one. Rewriting the whole state for one more published port costs
 //! milliseconds at 10 000 ports, so the changes the container engines make
 //! all day (connect, disconnect, publish add/rm) are appended to the journal
-//! instead, one fdatasync'd line each; the next snapshot starts a new
+//! instead, one fdatasync'd line each (grouped: [`JournalSync`]); the next
+//! snapshot starts a new
 //! journal generation, and a journal whose generation is not the snapshot's
 //! is stale and ignored. A torn last line (a crash during the append, so the
 //! change was never acknowledged) is cut off. A journal whose header is not
@@ -31,19 +32,26 @@
 //! separately: they are the endpoints' addresses and the networks' gateways.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     fs::{self, File, OpenOptions},
     io::{self, Write as _},
     os::{fd::AsRawFd, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
+pub use changes::apply_ports;
+use changes::{changes, Change};
 use serde::{Deserialize, Serialize};
+pub use sync::{Durable, JournalSync};
 
 use crate::control::{
     model::{Endpoint, Network},
     ports::PortMapping,
 };
+
+mod changes;
+mod sync;
 
 pub const DEFAULT_DIR: &str = "/var/lib/dataplane";
 /// The state files' format, written into every snapshot.
@@ -106,6 +114,11 @@ pub enum StateError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "syncing the state journal to disk failed: the change is made but may not survive a \
+         crash (the next change writes a whole snapshot)"
+    )]
+    Sync(#[source] io::Error),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,122 +181,6 @@ struct SnapshotIn {
 #[derive(Serialize, Deserialize)]
 struct JournalHeader {
     journal: u64,
-}
-
-/// One journal line: a change to the endpoints since the snapshot.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Change {
-    /// An endpoint as it now is (new or changed beyond its ports).
-    EndpointPut(Box<Endpoint>),
-    /// An endpoint gone, by id.
-    EndpointDel(String),
-    /// Ports appended to an endpoint's published list.
-    PortsAdd {
-        endpoint: String,
-        ports: Vec<PortMapping>,
-    },
-    /// Ports removed from an endpoint's published list.
-    PortsRm {
-        endpoint: String,
-        ports: Vec<PortMapping>,
-    },
-}
-
-impl Change {
-    fn apply(self, state: &mut State) {
-        match self {
-            Change::EndpointPut(ep) => {
-                state.endpoints.insert(ep.id.clone(), *ep);
-            }
-            Change::EndpointDel(id) => {
-                state.endpoints.remove(&id);
-            }
-            Change::PortsAdd { endpoint, ports } => {
-                if let Some(ep) = state.endpoints.get_mut(&endpoint) {
-                    ep.published.extend(ports);
-                }
-            }
-            Change::PortsRm { endpoint, ports } => {
-                if let Some(ep) = state.endpoints.get_mut(&endpoint) {
-                    let gone: BTreeSet<PortMapping> = ports.into_iter().collect();
-                    ep.published.retain(|p| !gone.contains(p));
-                }
-            }
-        }
-    }
-}
-
-/// The change from `old` to `new` of one endpoint, when it is only ports.
-fn port_change(old: &Endpoint, new: &Endpoint) -> Option<Change> {
-    let (o, n) = (&old.published, &new.published);
-    let same_rest = old.id == new.id
-        && old.name == new.name
-        && old.network == new.network
-        && old.netns == new.netns
-        && old.attachment == new.attachment
-        && old.ifname == new.ifname
-        && old.mac == new.mac
-        && old.ipv4 == new.ipv4;
-    if !same_rest {
-        return None;
-    }
-    if n.len() > o.len() && n[..o.len()] == o[..] {
-        return Some(Change::PortsAdd {
-            endpoint: new.id.clone(),
-            ports: n[o.len()..].to_vec(),
-        });
-    }
-    if n.len() < o.len() {
-        // Removal keeps the order: one walk over both lists finds what went
-        // (and proves nothing else changed).
-        let mut gone = Vec::with_capacity(o.len() - n.len());
-        let mut rest = n.iter().peekable();
-        for p in o {
-            if rest.peek() == Some(&p) {
-                rest.next();
-            } else {
-                gone.push(*p);
-            }
-        }
-        if rest.peek().is_none() && gone.len() == o.len() - n.len() {
-            return Some(Change::PortsRm {
-                endpoint: new.id.clone(),
-                ports: gone,
-            });
-        }
-    }
-    None
-}
-
-/// The journal lines taking `old` to `new`; None when the change is not
-/// one the journal records (networks, uplinks, filters, CNI records).
-fn changes(old: &State, new: &State) -> Option<Vec<Change>> {
-    if old.version != new.version
-        || old.uplinks != new.uplinks
-        || old.cni_attachments != new.cni_attachments
-        || old.networks != new.networks
-        || old.filters != new.filters
-        || old.ula_global_id != new.ula_global_id
-    {
-        return None;
-    }
-    let mut out = Vec::new();
-    for (id, ep) in &new.endpoints {
-        match old.endpoints.get(id) {
-            Some(prev) if prev == ep => {}
-            Some(prev) => out.push(
-                port_change(prev, ep).unwrap_or_else(|| Change::EndpointPut(Box::new(ep.clone()))),
-            ),
-            None => out.push(Change::EndpointPut(Box::new(ep.clone()))),
-        }
-    }
-    for id in old.endpoints.keys() {
-        if !new.endpoints.contains_key(id) {
-            out.push(Change::EndpointDel(id.clone()));
-        }
-    }
-    Some(out)
 }
 
 /// A file's identity and version, to tell whether it changed.
@@ -391,12 +288,30 @@ pub struct StateStore {
     /// Whether state.journal is that generation's (appending to a stale or
     /// missing one would lose the change).
     live: bool,
+    sync: Arc<JournalSync>,
+    /// Whether an append returns before its fsync (see [`Self::defer`]).
+    deferred: bool,
+    /// The ticket of this store's last append not yet waited for (0: none).
+    pending: u64,
 }
 
 impl StateStore {
     /// Creates the directory if needed (mode 0700: it describes the host's
     /// networking) and takes the lock, waiting for another holder.
     pub fn open(dir: &Path) -> Result<StateStore, StateError> {
+        StateStore::lock(dir, true)?.ok_or_else(|| StateError::Lock {
+            path: dir.join("state.lock"),
+            source: io::Error::from_raw_os_error(libc::EWOULDBLOCK),
+        })
+    }
+
+    /// Like [`Self::open`] without waiting: None while another holds the
+    /// lock (the caller waits elsewhere, off its async thread).
+    pub fn try_open(dir: &Path) -> Result<Option<StateStore>, StateError> {
+        StateStore::lock(dir, false)
+    }
+
+    fn lock(dir: &Path, wait: bool) -> Result<Option<StateStore>, StateError> {
         create_dir(dir)?;
         let lock_path = dir.join("state.lock");
         let lock = OpenOptions::new()
@@ -408,20 +323,33 @@ impl StateStore {
                 path: lock_path.clone(),
                 source,
             })?;
-        // SAFETY: flock on an fd we own; blocks until the lock is ours.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        let how = if wait {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_EX | libc::LOCK_NB
+        };
+        // SAFETY: flock on an fd we own; with `wait` it blocks until the
+        // lock is ours.
+        if unsafe { libc::flock(lock.as_raw_fd(), how) } != 0 {
+            let source = io::Error::last_os_error();
+            if !wait && source.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Ok(None);
+            }
             return Err(StateError::Lock {
                 path: lock_path,
-                source: io::Error::last_os_error(),
+                source,
             });
         }
-        Ok(StateStore {
+        Ok(Some(StateStore {
             dir: dir.to_owned(),
             _lock: lock,
             gen: 0,
             entries: 0,
             live: false,
-        })
+            sync: Arc::default(),
+            deferred: false,
+            pending: 0,
+        }))
     }
 
     pub fn path(&self) -> PathBuf {
@@ -540,14 +468,41 @@ impl StateStore {
     /// journal lines when the change is to endpoints only and the journal
     /// has room, a snapshot otherwise.
     pub fn commit(&mut self, old: &State, new: &State) -> Result<(), StateError> {
-        let small = self.live
-            && self.entries < JOURNAL_MAX_ENTRIES
-            && FileStamp::of(&self.journal_path()).is_some_and(|j| j.len < JOURNAL_MAX_BYTES)
-            && FileStamp::of(&self.path()).is_some();
-        match changes(old, new).filter(|_| small) {
+        match changes(old, new).filter(|_| self.journal_has_room()) {
             Some(lines) => self.append(&lines),
             None => self.save(new),
         }
+    }
+
+    /// [`Self::commit`] of a change known to be `ports` added to (`added`)
+    /// or removed from endpoint `endpoint`, without comparing two states:
+    /// one journal line; `new` (the state after it) is only asked for when
+    /// a snapshot is due.
+    pub fn commit_ports(
+        &mut self,
+        endpoint: &str,
+        ports: &[PortMapping],
+        added: bool,
+        new: impl FnOnce() -> State,
+    ) -> Result<(), StateError> {
+        if !self.journal_has_room() {
+            return self.save(&new());
+        }
+        let (endpoint, ports) = (endpoint.to_owned(), ports.to_vec());
+        self.append(&[if added {
+            Change::PortsAdd { endpoint, ports }
+        } else {
+            Change::PortsRm { endpoint, ports }
+        }])
+    }
+
+    /// Whether the next change may be a journal line (else a snapshot).
+    fn journal_has_room(&self) -> bool {
+        !self.sync.broken()
+            && self.live
+            && self.entries < JOURNAL_MAX_ENTRIES
+            && FileStamp::of(&self.journal_path()).is_some_and(|j| j.len < JOURNAL_MAX_BYTES)
+            && FileStamp::of(&self.path()).is_some()
     }
 
     fn append(&mut self, changes: &[Change]) -> Result<(), StateError> {
@@ -567,7 +522,7 @@ impl StateStore {
         // One write of whole lines: a crash tears at most the last one.
         let mut f = OpenOptions::new().append(true).open(&path).map_err(werr)?;
         let start = f.metadata().map_err(werr)?.len();
-        if let Err(e) = write_all(&mut f, &buf).and_then(|()| f.sync_data()) {
+        if let Err(e) = write_all(&mut f, &buf) {
             // Not acknowledged: cut it off, so the next append does not
             // follow a torn fragment (which would fail the next load).
             if f.set_len(start).and_then(|()| f.sync_data()).is_err() {
@@ -576,7 +531,18 @@ impl StateStore {
             return Err(werr(e));
         }
         self.entries += changes.len();
-        Ok(())
+        let f = Arc::new(f);
+        let ticket = self.sync.written(f.clone());
+        if self.deferred {
+            self.pending = ticket;
+            return Ok(());
+        }
+        let r = self.sync.wait(ticket);
+        if r.is_err() && f.set_len(start).and_then(|()| f.sync_data()).is_err() {
+            // Not acknowledged, as above (appends before it stay).
+            self.live = false;
+        }
+        r
     }
 
     /// Writes a whole snapshot and starts a new, empty journal generation.
@@ -604,6 +570,7 @@ impl StateStore {
             })?;
         self.replace(&self.journal_path(), &[header.as_slice(), b"\n"].concat())?;
         self.live = true;
+        self.sync.covered();
         Ok(())
     }
 
@@ -906,6 +873,56 @@ mod tests {
             assert!(e.to_string().contains("state.journal"), "{e}");
             assert_eq!(fs::read_to_string(&journal).unwrap(), bad, "left as it was");
         }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_appends_share_fsyncs_and_all_become_durable() {
+        const N: usize = 8;
+        let dir = tempdir("group");
+        let s0 = State {
+            version: VERSION,
+            ..State::default()
+        };
+        StateStore::open(&dir).unwrap().save(&s0).unwrap();
+        // A slow disk: requests arrive while an fsync is in flight.
+        let sync = Arc::new(JournalSync::slow(std::time::Duration::from_millis(100)));
+        let start = Arc::new(std::sync::Barrier::new(N));
+        let threads: Vec<_> = (0..N)
+            .map(|i| {
+                let (dir, sync, start) = (dir.clone(), sync.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    let mut store = StateStore::open(&dir).unwrap();
+                    store.set_sync(sync.clone());
+                    store.defer();
+                    let old = store.load().unwrap().unwrap();
+                    let mut new = old.clone();
+                    let id = format!("e{i}");
+                    new.endpoints
+                        .insert(id.clone(), endpoint(&id, &[i as u16 + 1]));
+                    store.commit(&old, &new).unwrap();
+                    let durable = store.take_durable();
+                    let ticket = durable.ticket;
+                    assert!(durable.pending());
+                    drop(store); // the lock goes first, then the wait
+                    durable.wait().unwrap();
+                    // Answered only once an fsync covered the append.
+                    assert!(sync.lock().durable >= ticket);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let syncs = sync.syncs();
+        assert!(
+            (1..N as u64).contains(&syncs),
+            "{syncs} fsyncs for {N} appends"
+        );
+        assert_eq!(sync.lock().durable, N as u64);
+        let loaded = StateStore::open(&dir).unwrap().load().unwrap().unwrap();
+        assert_eq!(loaded.endpoints.len(), N, "every change is in the journal");
         fs::remove_dir_all(&dir).unwrap();
     }
 

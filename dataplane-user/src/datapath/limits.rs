@@ -63,7 +63,9 @@ pub const GROUPS: [SizedGroup; 7] = [
     },
     SizedGroup {
         key: "published_ports",
-        maps: &[maps::PORTS, maps::PORTS6],
+        // The counter slots follow: one per mapping (two for a mapping on
+        // every address of a dual-stack endpoint, as before).
+        maps: &[maps::PORTS, maps::PORTS6, maps::PORT_STATS],
         default: maps::PORTS_MAX,
     },
     SizedGroup {
@@ -277,6 +279,8 @@ pub fn watched() -> impl Iterator<Item = &'static str> {
     GROUPS
         .iter()
         .flat_map(|g| g.maps.iter().copied())
+        // An array has every key: its fill says nothing.
+        .filter(|m| *m != maps::PORT_STATS)
         .chain([maps::ENDPOINTS, maps::ENDPOINTS6])
 }
 

@@ -10,6 +10,9 @@
 //! nothing and a map edited behind the agent's back is repaired.
 //! [`apply_changes`] is the agent's cheap path between full reconciles: from
 //! the contents it wrote last to the new ones, only the entries that differ.
+//! [`apply_delta`] is the cheaper path still for one request's published
+//! ports: the entries of the keys it touched, before and after
+//! ([`NatDelta`]), with no walk over the rest.
 
 use std::collections::BTreeMap;
 
@@ -18,7 +21,7 @@ use dataplane_common::{
     maps,
     nat::{
         EndpointInfo, EndpointInfo6, EndpointRoute, HostAddr, PortKey, PortKey6, PortTarget,
-        PortTarget6, SandboxAddr, SubnetPolicy, TrustedIface, Uplink, Uplink6, MAX_PORT_MAPPINGS,
+        PortTarget6, SandboxAddr, SubnetPolicy, TrustedIface, Uplink, Uplink6,
     },
     stats::PktCounter,
 };
@@ -53,8 +56,11 @@ pub enum NatError {
     NoUplink(String),
     #[error("uplink {0}: has no IPv4 address to masquerade with")]
     NoUplinkAddr(String),
-    #[error("no free slot for another published port's counters (limit {MAX_PORT_MAPPINGS})")]
-    StatsFull,
+    #[error(
+        "no free slot for another published port's counters (all {0} in use): raise `[maps] \
+         published_ports` in the agent's config"
+    )]
+    StatsFull(u32),
 }
 
 /// Attaches both uplink programs to `ifname` (in this thread's namespace);
@@ -112,6 +118,46 @@ pub struct Desired {
     pub host_addrs6: BTreeMap<[u8; 16], HostAddr>,
     pub uplinks6: BTreeMap<u32, Uplink6>,
     pub open_ports6: BTreeMap<PortKey6, u32>,
+}
+
+/// The published-port maps' entries of some keys: the part of a
+/// [`Desired`] a change to published ports touches.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PortEntries {
+    pub ports: BTreeMap<PortKey, PortTarget>,
+    pub ports6: BTreeMap<PortKey6, PortTarget6>,
+    pub open_ports: BTreeMap<PortKey, u32>,
+    pub open_ports6: BTreeMap<PortKey6, u32>,
+}
+
+/// A change to the published-port maps as the entries of the keys it
+/// touches: `old` what the maps hold for them now, `new` what they should
+/// hold (a key in `old` only is deleted).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NatDelta {
+    pub old: PortEntries,
+    pub new: PortEntries,
+}
+
+impl NatDelta {
+    /// Applies the change to `d`, a record of the maps' contents.
+    pub fn apply_to(&self, d: &mut Desired) {
+        fn one<K: Ord + Copy, V: Copy>(
+            d: &mut BTreeMap<K, V>,
+            old: &BTreeMap<K, V>,
+            new: &BTreeMap<K, V>,
+        ) {
+            for k in old.keys() {
+                d.remove(k);
+            }
+            d.extend(new.iter().map(|(k, v)| (*k, *v)));
+        }
+        let (o, n) = (&self.old, &self.new);
+        one(&mut d.ports, &o.ports, &n.ports);
+        one(&mut d.ports6, &o.ports6, &n.ports6);
+        one(&mut d.open_ports, &o.open_ports, &n.open_ports);
+        one(&mut d.open_ports6, &o.open_ports6, &n.open_ports6);
+    }
 }
 
 type Hash<'a, K, V> = HashMap<&'a mut MapData, K, V>;
@@ -261,15 +307,44 @@ pub fn apply_changes(dp: &mut Dataplane, old: &Desired, new: &Desired) -> Result
     Ok(())
 }
 
+/// Writes one request's change to the published-port maps: one syscall
+/// per entry that differs, nothing else read or written (see
+/// [`NatDelta`]).
+pub fn apply_delta(dp: &mut Dataplane, delta: &NatDelta) -> Result<(), NatError> {
+    fn hash<K, V>(
+        dp: &mut Dataplane,
+        name: &'static str,
+        old: &BTreeMap<K, V>,
+        new: &BTreeMap<K, V>,
+    ) -> Result<(), NatError>
+    where
+        K: aya::Pod + Ord,
+        V: aya::Pod + PartialEq,
+    {
+        if old == new {
+            return Ok(());
+        }
+        let mut map: Hash<'_, K, V> = open(dp, name)?;
+        Ok(update(&mut map, name, old, new)?)
+    }
+    let (o, n) = (&delta.old, &delta.new);
+    hash(dp, maps::PORTS, &o.ports, &n.ports)?;
+    hash(dp, maps::PORTS6, &o.ports6, &n.ports6)?;
+    hash(dp, maps::OPEN_PORTS, &o.open_ports, &n.open_ports)?;
+    hash(dp, maps::OPEN_PORTS6, &o.open_ports6, &n.open_ports6)
+}
+
 /// The lowest counter slot from `from` on that no mapping uses (`used` is
 /// indexed by slot); its old counts are zeroed so a new mapping starts from
 /// nothing.
 pub fn claim_stats_index(dp: &mut Dataplane, used: &[bool], from: u32) -> Result<u32, NatError> {
-    let index = (from..MAX_PORT_MAPPINGS)
-        .find(|i| !used.get(*i as usize).copied().unwrap_or(false))
-        .ok_or(NatError::StatsFull)?;
     let name = maps::PORT_STATS;
     let mut array: PerCpuArray<&mut MapData, PktCounter> = open(dp, name)?;
+    // The array's size follows `[maps] published_ports`.
+    let slots = array.len();
+    let index = (from..slots)
+        .find(|i| !used.get(*i as usize).copied().unwrap_or(false))
+        .ok_or(NatError::StatsFull(slots))?;
     array
         .set(index, zeroed_counters()?, 0)
         .map_err(map_err(name))?;

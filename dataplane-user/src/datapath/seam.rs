@@ -20,7 +20,7 @@ use crate::datapath::{
     endpoints,
     filter::{self, FilterError},
     maps::MapsError,
-    nat::{self, Desired, NatError},
+    nat::{self, Desired, NatDelta, NatError},
 };
 
 /// A filter set the datapath could not take: the object did not load, or
@@ -49,6 +49,9 @@ pub trait Datapath {
     fn apply_nat(&mut self, want: &Desired) -> Result<(), NatError>;
     /// Takes the NAT maps from `old` (what was last applied) to `new`.
     fn apply_nat_changes(&mut self, old: &Desired, new: &Desired) -> Result<(), NatError>;
+    /// Writes the published-port entries of a few keys (one request's
+    /// ports), the rest of the maps untouched.
+    fn apply_nat_delta(&mut self, delta: &NatDelta) -> Result<(), NatError>;
     /// Makes the filter maps hold `compiled`.
     fn apply_filters(&mut self, compiled: &filter::Compiled) -> Result<(), DatapathError>;
     fn attach_uplink(&mut self, ifname: &str) -> Result<(), NatError>;
@@ -145,6 +148,10 @@ impl Datapath for BpfDatapath {
 
     fn apply_nat_changes(&mut self, old: &Desired, new: &Desired) -> Result<(), NatError> {
         nat::apply_changes(self.dp()?, old, new)
+    }
+
+    fn apply_nat_delta(&mut self, delta: &NatDelta) -> Result<(), NatError> {
+        nat::apply_delta(self.dp()?, delta)
     }
 
     fn apply_filters(&mut self, compiled: &filter::Compiled) -> Result<(), DatapathError> {
@@ -304,6 +311,14 @@ impl Datapath for RecordingDatapath {
         Ok(())
     }
 
+    fn apply_nat_delta(&mut self, delta: &NatDelta) -> Result<(), NatError> {
+        self.call("apply_nat_delta", "")?;
+        // What the maps would do: a key's entry replaced or deleted
+        // whatever it held.
+        delta.apply_to(&mut self.nat);
+        Ok(())
+    }
+
     fn apply_filters(&mut self, compiled: &filter::Compiled) -> Result<(), DatapathError> {
         self.call("apply_filters", "")?;
         self.filter_rules = Some(compiled.rules());
@@ -348,9 +363,10 @@ impl Datapath for RecordingDatapath {
 
     fn claim_stats_index(&mut self, used: &[bool], from: u32) -> Result<u32, NatError> {
         self.call("claim_stats_index", "")?;
-        (from..dataplane_common::nat::MAX_PORT_MAPPINGS)
+        let slots = dataplane_common::nat::MAX_PORT_MAPPINGS;
+        (from..slots)
             .find(|i| !used.get(*i as usize).copied().unwrap_or(false))
-            .ok_or(NatError::StatsFull)
+            .ok_or(NatError::StatsFull(slots))
     }
 
     fn purge_conntrack(&mut self, gone: &Gone) -> PurgeJob {

@@ -339,8 +339,9 @@ fn build_release(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Repetitions of the single add/remove measurement.
-const ADD_REMOVE_REPS: usize = 5;
+/// Repetitions of the single add/remove measurement (the median is
+/// reported; a few are too few on a shared machine).
+const ADD_REMOVE_REPS: usize = 25;
 
 fn measure_n(
     root: &Path,

@@ -4,6 +4,7 @@
 //! `crate::datapath::nat`. This is control-plane code: it reads
 //! `State` and the network model, which the datapath must not.
 
+mod delta;
 mod keys;
 mod v6;
 
@@ -12,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use dataplane_common::nat::{
     EndpointInfo, EndpointRoute, HostAddr, PortKey, PortTarget, SandboxAddr, TrustedIface, Uplink,
 };
+pub use delta::{delta_gone, port_delta};
 pub use keys::network_key;
 use keys::{on_routed_network, open_port, policy_flags};
 
@@ -20,6 +22,7 @@ use crate::{
         driver::{self, NetworkDriver as _},
         host::Host,
         model::{Attachment, DriverConfig, Endpoint},
+        ports::PortMapping,
         state::State,
     },
     datapath::{
@@ -37,6 +40,14 @@ fn port_entries(state: &State) -> impl Iterator<Item = (PortKey, PortTarget)> + 
 /// The published ports of one endpoint, as `DP_PORTS` holds them (only
 /// veth endpoints are reached through the maps).
 fn endpoint_ports(ep: &Endpoint) -> impl Iterator<Item = (PortKey, PortTarget)> + '_ {
+    ports_of(ep, &ep.published)
+}
+
+/// The entries `DP_PORTS` holds for `published`, mappings of `ep`.
+pub(super) fn ports_of<'a>(
+    ep: &'a Endpoint,
+    published: &'a [PortMapping],
+) -> impl Iterator<Item = (PortKey, PortTarget)> + 'a {
     let ip = match (ep.ipv4, &ep.attachment) {
         (Some(ip), Attachment::Veth { .. }) => Some(ip),
         _ => None,
@@ -44,7 +55,7 @@ fn endpoint_ports(ep: &Endpoint) -> impl Iterator<Item = (PortKey, PortTarget)> 
     ip.into_iter().flat_map(move |ip| {
         // v6: datapath wired by the lead (mappings on IPv6 addresses only
         // are skipped here).
-        ep.published.iter().filter_map(move |m| {
+        published.iter().filter_map(move |m| {
             Some((
                 PortKey {
                     addr: m.host_ipv4()?.octets(),

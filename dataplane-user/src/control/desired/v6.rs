@@ -22,6 +22,7 @@ use crate::{
         driver::{self, NetworkDriver as _},
         host::Host,
         model::{Attachment, Endpoint},
+        ports::PortMapping,
         state::State,
     },
     datapath::{
@@ -90,12 +91,20 @@ fn subnets6(state: &State) -> BTreeMap<([u8; 16], u32), (u32, u32)> {
 
 /// The IPv6 published ports of one endpoint, as `DP_PORTS6` holds them.
 fn endpoint_ports6(ep: &Endpoint) -> impl Iterator<Item = (PortKey6, PortTarget6)> + '_ {
+    ports6_of(ep, &ep.published)
+}
+
+/// The entries `DP_PORTS6` holds for `published`, mappings of `ep`.
+pub(super) fn ports6_of<'a>(
+    ep: &'a Endpoint,
+    published: &'a [PortMapping],
+) -> impl Iterator<Item = (PortKey6, PortTarget6)> + 'a {
     let ip = match (ep.ipv6, &ep.attachment) {
         (Some(ip), Attachment::Veth { .. }) => Some(ip),
         _ => None,
     };
     ip.into_iter().flat_map(move |ip| {
-        ep.published.iter().filter_map(move |m| {
+        published.iter().filter_map(move |m| {
             let host = match m.host_ip {
                 None => Ipv6Addr::UNSPECIFIED,
                 Some(IpAddr::V6(a)) => a,

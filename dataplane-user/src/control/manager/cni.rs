@@ -98,6 +98,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
     fn cni_save(&mut self, state: crate::control::state::State) -> Result<(), NetworkError> {
         self.store.save(&state)?;
         self.state = state;
+        self.ports = None; // derived from the state: rebuilt when needed
         Ok(())
     }
 

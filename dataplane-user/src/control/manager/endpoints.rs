@@ -505,16 +505,18 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         }
     }
 
+    /// The endpoint of `network` named `what` (its name, id or
+    /// namespace), borrowed: it may hold thousands of mappings.
     pub(super) fn endpoint_named(
         &self,
         network: &str,
         what: &str,
-    ) -> Result<Endpoint, NetworkError> {
+    ) -> Result<&Endpoint, NetworkError> {
         let net = self.network(network)?;
+        let netns = netns_path(what);
         self.state
             .endpoints_of(&net.name)
-            .find(|e| e.name == what || e.id == what || e.netns == netns_path(what))
-            .cloned()
+            .find(|e| e.name == what || e.id == what || e.netns == netns)
             .ok_or_else(|| NetworkError::UnknownEndpoint {
                 network: net.name.clone(),
                 what: what.to_owned(),

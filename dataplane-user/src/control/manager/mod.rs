@@ -22,16 +22,18 @@ use std::{
 use dataplane_common::nat::NatConfig;
 
 use super::{
+    desired,
     driver::{BridgeError, DriverError},
     host::Host,
     ipam::{IpamError, MalformedMac},
     model::CreateError,
-    ports::PublishError,
+    ports::{PortMapping, PublishError},
 };
 use crate::{
-    control::state::{Mark, State, StateError, StateStore},
+    control::state::{apply_ports, Durable, JournalSync, Mark, State, StateError, StateStore},
     datapath::{
         bpffs::PinRoot,
+        conntrack::Gone,
         ebpf::Dataplane,
         filter,
         nat::{self, NatError},
@@ -171,6 +173,8 @@ pub enum NetworkError {
     NetnsRequired { network: String },
     #[error("waiting for the state lock")]
     LockTask(#[source] tokio::task::JoinError),
+    #[error("waiting for the state journal's fsync")]
+    SyncTask(#[source] tokio::task::JoinError),
     #[error("getting random bytes for an id")]
     Random(#[source] std::io::Error),
     #[error("enabling IPv4 forwarding")]
@@ -204,6 +208,11 @@ pub use docker::{
 /// must not stall a runtime whose other tasks (the holder's, in the agent)
 /// need to run to release it.
 async fn lock_state(dir: &Path) -> Result<StateStore, NetworkError> {
+    // Free (the usual case in the agent): taken here, without a thread
+    // hand-off.
+    if let Some(store) = StateStore::try_open(dir)? {
+        return Ok(store);
+    }
     let dir = dir.to_owned();
     tokio::task::spawn_blocking(move || StateStore::open(&dir))
         .await
@@ -249,6 +258,9 @@ pub struct Manager<D = BpfDatapath, H = Netlink> {
     applied: Option<Applied>,
     /// The cluster of overlay networks, when the agent has a store.
     cluster: Option<std::sync::Arc<crate::control::cluster::Cluster>>,
+    /// The port allocator's index of the state's mappings, kept while only
+    /// `publish add|rm` change them (None: build it when needed).
+    ports: Option<publish::PortIndex>,
 }
 
 /// The maps' contents as last written, and when they were last reconciled
@@ -275,6 +287,10 @@ pub struct Cache {
     state: Option<(Mark, State)>,
     dp: Option<(PinId, NatConfig, Dataplane)>,
     applied: Option<Applied>,
+    /// The journal's group commit, shared by every request's store.
+    sync: Option<std::sync::Arc<JournalSync>>,
+    /// The port allocator's index, of the state kept beside it.
+    ports: Option<publish::PortIndex>,
 }
 
 impl Cache {
@@ -325,6 +341,9 @@ impl Manager {
         let cache = slot
             .map(|s| std::mem::take(&mut *s.lock().unwrap_or_else(|e| e.into_inner())))
             .unwrap_or_default();
+        if let Some(sync) = cache.sync {
+            store.set_sync(sync);
+        }
         let host = match cache.host {
             Some(h) => h,
             None => Netlink::connect(None).await?,
@@ -334,15 +353,17 @@ impl Manager {
             .dp
             .filter(|(id, _, _)| id.is_some() && *id == pid)
             .map(|(_, nat, dp)| (nat, dp));
-        let (loaded, mut applied) = match cache.state {
-            Some((mark, state)) if store.resume(&mark) => (Some(state), cache.applied),
-            _ => (store.load()?, None),
+        let (loaded, mut applied, ports) = match cache.state {
+            Some((mark, state)) if store.resume(&mark) => (Some(state), cache.applied, cache.ports),
+            _ => (store.load()?, None, None),
         };
         if dp.is_none() {
             applied = None;
         }
         let dp = BpfDatapath::new(pins, dp);
-        Manager::start(store, loaded, host, dp, applied).await
+        let mut m = Manager::start(store, loaded, host, dp, applied).await?;
+        m.ports = ports;
+        Ok(m)
     }
 
     /// Puts what is worth keeping into `slot` for the next manager, then
@@ -355,9 +376,12 @@ impl Manager {
             dp,
             applied,
             cluster: _,
+            ports,
         } = self;
         let pins = dp.pins().clone();
         let cache = Cache {
+            sync: Some(store.sync()),
+            ports,
             host: Some(host),
             state: Some((store.mark(), state)),
             dp: dp.into_loaded().map(|(nat, dp)| (pin_id(&pins), nat, dp)),
@@ -388,6 +412,7 @@ impl Manager {
             dp: BpfDatapath::new(pins, None),
             applied: None,
             cluster: None,
+            ports: None,
         }))
     }
 }
@@ -408,15 +433,19 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         dp: D,
         applied: Option<Applied>,
     ) -> Result<Self, NetworkError> {
+        // Not a copy: every request of the agent starts here, and the state
+        // may hold 100 000 mappings.
+        let first = loaded.is_none();
         let mut m = Manager {
             store,
-            state: loaded.clone().unwrap_or_default(),
+            state: loaded.unwrap_or_default(),
             host,
             dp,
             applied,
             cluster: None,
+            ports: None,
         };
-        if loaded.is_none() {
+        if first {
             m.init_predefined().await?;
         }
         Ok(m)
@@ -433,6 +462,32 @@ impl<D: Datapath, H: Host> Manager<D, H> {
 
     pub fn host(&self) -> &H {
         &self.host
+    }
+
+    /// From now on a change returns once its journal line is written; its
+    /// fsync is waited for with [`Self::take_durable`] after the state lock
+    /// is released, shared with the changes of concurrent requests (group
+    /// commit). The caller answers only once that returns.
+    pub fn defer_durability(&mut self) {
+        self.store.defer();
+    }
+
+    /// Starts the fsync of a deferred journal append on a blocking thread
+    /// now, so that it overlaps the map writes, the flow purge and the
+    /// lock's release; the answer still waits for it
+    /// ([`Self::take_durable`]).
+    fn start_sync(&self) {
+        if let Some(durable) = self.store.peek_durable() {
+            // Its outcome is recorded in the journal's sync state, where
+            // the wait before the answer finds it.
+            drop(tokio::task::spawn_blocking(move || durable.wait()));
+        }
+    }
+
+    /// What to wait for before answering for the changes made (see
+    /// [`Self::defer_durability`]).
+    pub fn take_durable(&mut self) -> Durable {
+        self.store.take_durable()
     }
 
     /// Gives back the datapath and host (and releases the state lock).
@@ -470,15 +525,24 @@ impl<D: Datapath, H: Host> Manager<D, H> {
     /// longer publish it, no new entry can be made for it behind the purge.
     /// The change stands when the purge fails; its errors are reported.
     async fn persist(&mut self, state: State) -> Result<(), NetworkError> {
-        let gone = crate::control::desired::gone(&self.state, &state);
+        let gone = desired::gone(&self.state, &state);
+        // Any change but `publish add|rm`'s may move mappings.
+        self.ports = None;
         self.store.commit(&self.state, &state)?;
+        self.start_sync();
         self.state = state;
         self.sync_datapath().await?;
+        self.purge(&gone).await
+    }
+
+    /// Removes the flows of what a change took away (see
+    /// [`Self::persist`]).
+    async fn purge(&mut self, gone: &Gone) -> Result<(), NetworkError> {
         // Off the runtime's thread: a full table takes seconds to walk.
         let errors = if gone.is_empty() {
             Vec::new()
         } else {
-            let job = self.dp.purge_conntrack(&gone);
+            let job = self.dp.purge_conntrack(gone);
             tokio::task::spawn_blocking(job)
                 .await
                 .unwrap_or_else(|e| vec![format!("the conntrack purge task: {e}")])
@@ -504,12 +568,64 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         Ok(out)
     }
 
+    /// [`Self::change`] for `mappings` added to (`added`) or removed from
+    /// the published ports of endpoint `endpoint`: with the maps' contents
+    /// known, the state is changed in place after one journal line, and
+    /// only the entries of those ports are computed and written
+    /// ([`desired::port_delta`]), not every mapping of the state; the state
+    /// stays the one source of truth (the periodic full reconcile still
+    /// recomputes everything from it).
+    async fn change_ports(
+        &mut self,
+        endpoint: &str,
+        mappings: &[PortMapping],
+        added: bool,
+    ) -> Result<(), NetworkError> {
+        let fresh = self
+            .applied
+            .as_ref()
+            .is_some_and(|a| a.reconciled.elapsed() < RECONCILE_EVERY);
+        if !fresh || !self.state.endpoints.contains_key(endpoint) {
+            let mut state = self.state.clone();
+            apply_ports(&mut state, endpoint, mappings, added);
+            return self.persist(state).await;
+        }
+        let now = &self.state;
+        self.store.commit_ports(endpoint, mappings, added, || {
+            let mut state = now.clone();
+            apply_ports(&mut state, endpoint, mappings, added);
+            state
+        })?;
+        self.start_sync();
+        apply_ports(&mut self.state, endpoint, mappings, added);
+        // The endpoint's mappings on the same host ports, from the index
+        // rather than a pass over all of its mappings.
+        let near = self.ports.as_mut().map(|index| {
+            index.change(endpoint, mappings, added);
+            let keys: Vec<_> = mappings.iter().map(|m| (m.proto, m.host_port)).collect();
+            index.of_endpoint(endpoint, &keys)
+        });
+        // Unknown until written: a failed write leaves the next change a
+        // full reconcile.
+        let Some(mut applied) = self.applied.take() else {
+            return Ok(());
+        };
+        let Some(delta) = desired::port_delta(&self.state, endpoint, mappings, near, &applied.nat)
+        else {
+            return Ok(());
+        };
+        self.dp.apply_nat_delta(&delta)?;
+        delta.apply_to(&mut applied.nat);
+        self.applied = Some(applied);
+        self.purge(&desired::delta_gone(&delta)).await
+    }
+
     /// Every map the programs read, from the state: NAT and filters. With
     /// the maps' last contents known (and reconciled recently), only the
     /// difference is written; otherwise every map is reconciled in full.
     async fn sync_datapath(&mut self) -> Result<(), NetworkError> {
         let inputs = self.filter_inputs(&self.state.filters).await?;
-        let want = crate::control::desired::desired(&self.state, &self.host).await?;
+        let want = desired::desired(&self.state, &self.host).await?;
         let last = self
             .applied
             .take()

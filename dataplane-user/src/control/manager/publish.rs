@@ -25,19 +25,115 @@ pub(super) struct PortHolders<'a> {
     /// Built in one pass over the state when many lookups will follow (K
     /// lookups at N cost K + N, not K * N); a few are a plain scan.
     index: Option<HashMap<(Proto, u16), Vec<Held<'a>>>>,
+    /// The index kept across requests, when there is one: no pass at all.
+    kept: Option<&'a PortIndex>,
+}
+
+/// What the port allocator asks of every published mapping, kept across
+/// requests so that one more mapping costs what it touches, not a pass
+/// over all of them: who publishes each (protocol, host port) (by endpoint
+/// id) and the counter slots in use. Derived from the state only: built
+/// from it when missing, changed with it by `publish add|rm`
+/// ([`Manager::change_ports`]), dropped by every other change.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct PortIndex {
+    holders: HashMap<(Proto, u16), Vec<(PortMapping, String)>>,
+    /// Indexed by slot.
+    used: Vec<bool>,
+}
+
+impl PortIndex {
+    pub(super) fn of(state: &State) -> PortIndex {
+        let mut index = PortIndex::default();
+        for ep in state.endpoints.values() {
+            index.change(&ep.id, &ep.published, true);
+        }
+        index
+    }
+
+    /// `mappings` of endpoint `id` added (`added`) or removed.
+    pub(super) fn change(&mut self, id: &str, mappings: &[PortMapping], added: bool) {
+        for m in mappings {
+            let key = (m.proto, m.host_port);
+            if added {
+                self.holders
+                    .entry(key)
+                    .or_default()
+                    .push((*m, id.to_owned()));
+            } else if let Some(v) = self.holders.get_mut(&key) {
+                v.retain(|(p, e)| !(p == m && e == id));
+                if v.is_empty() {
+                    self.holders.remove(&key);
+                }
+            }
+            for slot in [Some(m.stats_index), m.stats_index6].into_iter().flatten() {
+                let slot = slot as usize;
+                if slot >= self.used.len() {
+                    self.used.resize(slot + 1, false);
+                }
+                self.used[slot] = added;
+            }
+        }
+    }
+
+    /// The mappings of endpoint `id` on one of `keys`.
+    pub(super) fn of_endpoint(&self, id: &str, keys: &[(Proto, u16)]) -> Vec<PortMapping> {
+        let mut out: Vec<PortMapping> = keys
+            .iter()
+            .filter_map(|k| self.holders.get(k))
+            .flatten()
+            .filter(|(_, e)| e == id)
+            .map(|(p, _)| *p)
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+/// An index's content in one canonical form (holders by key, sorted; the
+/// slots in use), to compare an index kept across changes with one built
+/// afresh.
+#[cfg(test)]
+pub(super) type CanonicalIndex = (
+    std::collections::BTreeMap<(u8, u16), Vec<(PortMapping, String)>>,
+    Vec<usize>,
+);
+
+#[cfg(test)]
+impl PortIndex {
+    pub(super) fn canonical(&self) -> CanonicalIndex {
+        let holders = self
+            .holders
+            .iter()
+            .map(|((proto, port), v)| {
+                let mut v = v.clone();
+                v.sort();
+                ((proto.number(), *port), v)
+            })
+            .collect();
+        let used = (0..self.used.len()).filter(|i| self.used[*i]).collect();
+        (holders, used)
+    }
 }
 
 /// A published mapping and the endpoint publishing it.
 type Held<'a> = (&'a PortMapping, &'a Endpoint);
 
 impl<'a> PortHolders<'a> {
-    pub(super) fn new(state: &'a State, except: &'a [PortMapping], many: bool) -> Self {
+    pub(super) fn new(
+        state: &'a State,
+        except: &'a [PortMapping],
+        many: bool,
+        kept: Option<&'a PortIndex>,
+    ) -> Self {
         let mut holders = PortHolders {
             state,
             except,
             index: None,
+            kept,
         };
-        if many {
+        if many && kept.is_none() {
             let mut index: HashMap<_, Vec<_>> = HashMap::new();
             for (p, ep) in holders.all() {
                 index
@@ -62,6 +158,14 @@ impl<'a> PortHolders<'a> {
 
     /// The mapping `m` conflicts with, and its endpoint.
     pub(super) fn find(&self, m: &PortMapping) -> Option<Held<'a>> {
+        if let Some(kept) = self.kept {
+            let except = self.except;
+            return kept.holders.get(&(m.proto, m.host_port)).and_then(|v| {
+                v.iter()
+                    .filter(|(p, _)| !except.contains(p) && p.conflicts(m))
+                    .find_map(|(p, id)| Some((p, self.state.endpoints.get(id)?)))
+            });
+        }
         match &self.index {
             Some(index) => index
                 .get(&(m.proto, m.host_port))
@@ -104,16 +208,24 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             return Ok(Ok(Vec::new()));
         }
         let picks = wanted.iter().any(|r| r.fixed().is_none());
-        let holders = PortHolders::new(&self.state, except, picks || wanted.len() > 8);
+        let holders = PortHolders::new(
+            &self.state,
+            except,
+            picks || wanted.len() > 8,
+            self.ports.as_ref(),
+        );
         let ephemeral = self.host.ephemeral_ports();
         let mut out: Vec<PortMapping> = Vec::new();
+        // This call's own picks by (protocol, host port): a request of
+        // 100 000 mappings checks each against its few namesakes, not all.
+        let mut ours: HashMap<(Proto, u16), Vec<PortMapping>> = HashMap::new();
         for (index, r) in wanted.iter().enumerate() {
             let mut last = None;
             for port in candidates(r, &ephemeral) {
                 let m = r.at(port);
-                let holder = out
-                    .iter()
-                    .find(|o| o.conflicts(&m))
+                let holder = ours
+                    .get(&(m.proto, m.host_port))
+                    .and_then(|v| v.iter().find(|o| o.conflicts(&m)))
                     .map(|o| Holder::Mapping {
                         by: "this command".into(),
                         existing: *o,
@@ -135,6 +247,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                     Some(h) => last = Some(h),
                     None => {
                         out.push(m);
+                        ours.entry((m.proto, m.host_port)).or_default().push(m);
                         last = None;
                         break;
                     }
@@ -224,22 +337,20 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         if out.is_empty() {
             return Ok(out);
         }
-        let mut used = vec![false; dataplane_common::nat::MAX_PORT_MAPPINGS as usize];
-        for m in self.state.endpoints.values().flat_map(|e| &e.published) {
-            for slot in [Some(m.stats_index), m.stats_index6].into_iter().flatten() {
-                if let Some(u) = used.get_mut(slot as usize) {
-                    *u = true;
-                }
-            }
-        }
+        // Indexed by slot, as far as the highest in use (the slots' number
+        // follows `[maps] published_ports`); kept across requests.
+        let used = &self
+            .ports
+            .get_or_insert_with(|| PortIndex::of(&self.state))
+            .used;
         // Free slots in ascending order, found in one pass.
         let mut next = 0;
         for m in &mut out {
-            m.stats_index = self.dp.claim_stats_index(&used, next)?;
+            m.stats_index = self.dp.claim_stats_index(used, next)?;
             next = m.stats_index + 1;
             m.stats_index6 = None;
             if dual && m.host_ip.is_none() {
-                let slot = self.dp.claim_stats_index(&used, next)?;
+                let slot = self.dp.claim_stats_index(used, next)?;
                 m.stats_index6 = Some(slot);
                 next = slot + 1;
             }
@@ -275,17 +386,12 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 driver: self.network(&ep.network)?.driver.name(),
             });
         }
+        let (id, dual) = (ep.id.clone(), ep.ipv4.is_some() && ep.ipv6.is_some());
         let wanted = specs.mappings()?;
         let net = self.network(&ep.network)?;
         ports::check_families(&net.name, net.enable_ipv6, &wanted)?;
-        let dual = ep.ipv4.is_some() && ep.ipv6.is_some();
         let added = self.new_mappings(&wanted, &[], dual)?;
-        self.change(|state| {
-            if let Some(e) = state.endpoints.get_mut(&ep.id) {
-                e.published.extend(added.iter().copied());
-            }
-        })
-        .await?;
+        self.change_ports(&id, &added, true).await?;
         Ok(added)
     }
 
@@ -302,23 +408,24 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         let ep = self.endpoint_named(network, endpoint)?;
         let mut remove: Vec<PortMapping> = Vec::new();
         for r in specs.mappings()? {
-            // `-p 80` or a range removes the mapping it was given.
-            let found = ep
-                .published
-                .iter()
-                .find(|p| r.matches(p) && !remove.contains(p))
-                .ok_or_else(|| NetworkError::NotPublished {
-                    mapping: r.to_string(),
-                    endpoint: ep.name.clone(),
-                })?;
-            remove.push(*found);
-        }
-        self.change(|state| {
-            if let Some(e) = state.endpoints.get_mut(&ep.id) {
-                e.published.retain(|p| !remove.contains(p));
+            // `-p 80` or a range removes the mapping it was given. One host
+            // port (and address) is one mapping at most: the index has it.
+            let wanted = |p: &PortMapping| r.matches(p) && !remove.contains(p);
+            let found = match (r.host_ports, &self.ports) {
+                (Some((a, b)), Some(index)) if a == b => index
+                    .of_endpoint(&ep.id, &[(r.proto, a)])
+                    .into_iter()
+                    .find(wanted),
+                _ => ep.published.iter().copied().find(wanted),
             }
-        })
-        .await
+            .ok_or_else(|| NetworkError::NotPublished {
+                mapping: r.to_string(),
+                endpoint: ep.name.clone(),
+            })?;
+            remove.push(found);
+        }
+        let id = ep.id.clone();
+        self.change_ports(&id, &remove, false).await
     }
 }
 

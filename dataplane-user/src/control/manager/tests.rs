@@ -28,6 +28,7 @@ use crate::{
 
 type M = Manager<RecordingDatapath, FakeHost>;
 
+mod delta;
 mod overlay;
 mod v6;
 

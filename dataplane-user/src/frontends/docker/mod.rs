@@ -118,8 +118,10 @@ pub async fn execute(ctx: &api::Context, call: Call) -> Result<Answer, DriverErr
     }
     let mut m = ctx.manager().await?;
     let v = run(&mut m, call).await;
-    ctx.done(m);
-    v
+    let durable = ctx.done(m).await;
+    let v = v?;
+    durable?;
+    Ok(v)
 }
 
 async fn run(m: &mut Manager, call: Call) -> Result<Answer, DriverError> {

@@ -2,7 +2,7 @@
 //! `--netns`, a state directory, bpffs root and API socket of the bench's
 //! own (as tests/src/cli.rs does): `uplink add`, `network create`,
 //! `connect ... -p`, then the agent is started on that state and the N
-//! extra mappings (one `publish add` call carrying all N specs) and the N
+//! extra mappings (one `publish_add` API request carrying all N specs) and the N
 //! filter rules (one `filter_add_many` request over the agent's socket) are
 //! installed. No iptables or nftables rule exists in this fake host.
 //!
@@ -46,11 +46,17 @@ pub struct Dataplane {
     state: PathBuf,
     pins: PathBuf,
     socket: PathBuf,
+    /// The agent's config: `[maps]` sized for N when the defaults are too
+    /// small (None: no config).
+    config: Option<PathBuf>,
     host: Option<PathBuf>,
     agent: Option<Proc>,
     /// The host-local clients' cgroup (removed after the agent stopped).
     cgroup: Option<Cgroup>,
 }
+
+/// Entries of `DP_PORTS` (and counter slots) without a config.
+const DEFAULT_PUBLISHED_PORTS: usize = 65_536;
 
 impl Dataplane {
     pub fn new(root: &Path) -> Result<Dataplane> {
@@ -62,6 +68,7 @@ impl Dataplane {
         Ok(Dataplane {
             bin,
             socket: state.with_extension("sock"),
+            config: None,
             state,
             pins: Path::new("/sys/fs/bpf").join(unique_name("pins")),
             host: None,
@@ -82,7 +89,7 @@ impl Dataplane {
             .arg("--socket")
             .arg(&self.socket)
             .arg("--config")
-            .arg("/dev/null")
+            .arg(self.config.as_deref().unwrap_or(Path::new("/dev/null")))
             .args(args);
         Ok(cmd)
     }
@@ -121,10 +128,12 @@ impl Dataplane {
         s.write_all(&line)?;
         let mut answer = String::new();
         BufReader::new(s).read_line(&mut answer)?;
+        // A request of 100 000 specs is shown by its start.
+        let shown: String = request.to_string().chars().take(300).collect();
         let v: Value = serde_json::from_str(&answer)
-            .with_context(|| format!("agent answered {answer:?} to {request}"))?;
+            .with_context(|| format!("agent answered {answer:?} to {shown}"))?;
         if let Some(e) = v.get("error") {
-            bail!("agent refused {request}: {e}");
+            bail!("agent refused {shown}: {e}");
         }
         Ok(v)
     }
@@ -231,6 +240,14 @@ impl Peer for Dataplane {
     }
 
     fn setup(&mut self, topo: &Topology, n: usize) -> Result<Install> {
+        // Room for N mappings and their counters in both families.
+        if n + 16 > DEFAULT_PUBLISHED_PORTS / 2 {
+            let path = self.state.with_extension("toml");
+            let size = (2 * (n + 16)).next_power_of_two();
+            std::fs::write(&path, format!("[maps]\npublished_ports = {size}\n"))
+                .with_context(|| format!("writing {}", path.display()))?;
+            self.config = Some(path);
+        }
         self.prepare_network(topo)?;
         let (v4, v6) = (Family::V4.addrs(), Family::V6.addrs());
         self.connect(topo, &topo.idle.path(), "idle", v4.idle, v6.idle, &[])?;
@@ -249,9 +266,19 @@ impl Peer for Dataplane {
         let specs: Vec<String> = extras(n, topo.family).iter().map(|m| m.spec()).collect();
         let mut publish_time = Duration::ZERO;
         if !specs.is_empty() {
-            let mut args = vec!["publish", "add", NETWORK, "idle"];
-            args.extend(specs.iter().map(String::as_str));
-            publish_time = self.timed_cli(&args)?;
+            // Through the API: N specs do not fit one command line at
+            // 100 000.
+            let t = Instant::now();
+            let v = self.api(
+                &json!({"op": "publish_add", "network": NETWORK, "endpoint": "idle", "specs": specs}),
+            )?;
+            publish_time = t.elapsed();
+            let added = v["ok"]["result"]["published"]
+                .as_array()
+                .map_or(0, Vec::len);
+            if added != specs.len() {
+                bail!("publish_add added {added} of {} mappings: {v}", specs.len());
+            }
             total += publish_time;
         }
         let sources = extra_sources(n.min(MAX_FILTER_RULES), topo.family);
@@ -275,7 +302,7 @@ impl Peer for Dataplane {
         }
         total += filter_time;
         let mut note = format!(
-            "{n} mappings in one `publish add` CLI call ({:.1} ms); {} filter rules in one `filter_add_many` API request ({:.1} ms)",
+            "{n} mappings in one `publish_add` API request ({:.1} ms); {} filter rules in one `filter_add_many` API request ({:.1} ms)",
             publish_time.as_secs_f64() * 1e3,
             sources.len(),
             filter_time.as_secs_f64() * 1e3,
@@ -354,6 +381,9 @@ impl Drop for Dataplane {
             }
         }
         let _ = std::fs::remove_file(&self.socket);
+        if let Some(config) = &self.config {
+            let _ = std::fs::remove_file(config);
+        }
         for dir in [&self.state, &self.pins] {
             if let Err(e) = std::fs::remove_dir_all(dir) {
                 if e.kind() != std::io::ErrorKind::NotFound {

@@ -67,10 +67,31 @@ pub const IPERF_PORT: u16 = 5201;
 /// The load tool's TCP and UDP ports.
 pub const TCP_PORT: u16 = 7000;
 pub const UDP_PORT: u16 = 7001;
-/// First host port of the extra mappings.
-const EXTRA_BASE: u16 = 20000;
-/// Most extra mappings or rules the bench makes (host ports 20000..40000).
-pub const MAX_N: usize = 20000;
+/// The host ports of the extra mappings, in the order taken: TCP first
+/// (20000-39999 as before, then 46000-65534, 10000-19999 and 1100-5199),
+/// then UDP on the same ports. None of the measured ports, [`one_more`]'s
+/// or the agent's own (metrics on 9641) is among them.
+const EXTRA_PORTS: [(u16, u16); 4] = [(20000, 40000), (46000, 65535), (10000, 20000), (1100, 5200)];
+/// Most extra mappings or rules the bench makes (107 270 ports exist).
+pub const MAX_N: usize = 100_000;
+
+/// The host port and protocol of extra mapping `i`.
+fn extra_port(i: usize) -> Option<(u16, Proto)> {
+    let per_proto: usize = EXTRA_PORTS.iter().map(|(a, b)| usize::from(b - a)).sum();
+    let (proto, mut j) = if i < per_proto {
+        (Proto::Tcp, i)
+    } else {
+        (Proto::Udp, i - per_proto)
+    };
+    for (a, b) in EXTRA_PORTS {
+        let len = usize::from(b - a);
+        if j < len {
+            return Some((a + u16::try_from(j).ok()?, proto));
+        }
+        j -= len;
+    }
+    None
+}
 
 /// The measured container's published ports.
 pub fn measured(family: Family) -> Vec<Mapping> {
@@ -92,11 +113,12 @@ pub fn measured(family: Family) -> Vec<Mapping> {
 /// `n` extra TCP mappings to the idle container's port 80.
 pub fn extras(n: usize, family: Family) -> Vec<Mapping> {
     (0..n.min(MAX_N))
-        .map(|i| Mapping {
-            host_port: EXTRA_BASE + i as u16,
+        .filter_map(extra_port)
+        .map(|(host_port, proto)| Mapping {
+            host_port,
             ip: family.addrs().idle,
             port: 80,
-            proto: Proto::Tcp,
+            proto,
         })
         .collect()
 }
