@@ -46,6 +46,9 @@ pub struct Dataplane {
     state: PathBuf,
     pins: PathBuf,
     socket: PathBuf,
+    /// The agent's and the CLI's `--config` (default `/dev/null`: every
+    /// setting at its default).
+    config: PathBuf,
     host: Option<PathBuf>,
     agent: Option<Proc>,
     /// The host-local clients' cgroup (removed after the agent stopped).
@@ -64,10 +67,27 @@ impl Dataplane {
             socket: state.with_extension("sock"),
             state,
             pins: Path::new("/sys/fs/bpf").join(unique_name("pins")),
+            config: PathBuf::from("/dev/null"),
             host: None,
             agent: None,
             cgroup: None,
         })
+    }
+
+    /// Runs the CLI and the agent with this configuration file.
+    pub fn with_config(mut self, path: &Path) -> Dataplane {
+        self.config = path.to_owned();
+        self
+    }
+
+    /// The bpffs directory holding this instance's pinned maps.
+    pub fn pins(&self) -> &Path {
+        &self.pins
+    }
+
+    /// The running agent's process id.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Proc::id)
     }
 
     fn command(&self, args: &[&str]) -> Result<Command> {
@@ -82,7 +102,7 @@ impl Dataplane {
             .arg("--socket")
             .arg(&self.socket)
             .arg("--config")
-            .arg("/dev/null")
+            .arg(&self.config)
             .args(args);
         Ok(cmd)
     }
