@@ -583,14 +583,16 @@ pub fn markdown(r: &Results) -> String {
     );
     match &c.gauges {
         Ok(g) => {
-            let show = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v}"));
+            let show = |v: Option<f64>, places: usize| {
+                v.map_or("-".to_owned(), |v| format!("{v:.places$}"))
+            };
             let _ = writeln!(
                 s,
                 "`/metrics` after the fill: `dataplane_map_pressure{{map=\"{CT_TCP}\"}}` {}, \
                  entries {} of {}.\n",
-                show(g.pressure),
-                show(g.entries),
-                show(g.max_entries)
+                show(g.pressure, 4),
+                show(g.entries, 0),
+                show(g.max_entries, 0)
             );
         }
         Err(e) => {
@@ -635,7 +637,7 @@ fn targets(c: &CtResult) -> Vec<String> {
         &format!("map pressure gauge for {CT_TCP} in /metrics"),
         pressure,
         |_| true,
-        &pressure.map_or(String::new(), |v| format!("{v}")),
+        &pressure.map_or(String::new(), |v| format!("{v:.4}")),
     ));
     out
 }
