@@ -24,9 +24,13 @@
 //! The cross-host overlay workloads (`ov-crr`, `ov-rr`, `ov-tcp1`, IPv4)
 //! run after the others on two peers of their own ([`overlay`]).
 //!
+//! `--workloads ct-1m` (not in the default set) measures the dataplane
+//! with a conntrack table of a million entries ([`conntrack`]).
+//!
 //! Never part of `cargo xtask test`. Needs root; traffic stays inside the
 //! bench's own namespaces, which are removed on exit, Ctrl-C or panic.
 
+pub mod conntrack;
 pub mod control;
 pub mod family;
 pub mod hostlocal;
@@ -77,7 +81,9 @@ pub struct BenchArgs {
     /// and the same with eg- (egress), run in every --family; hl-crr,
     /// hl-rr, hl-seq (host-local, IPv4); ov-tcp1, ov-rr, ov-crr
     /// (cross-host overlay, dataplane against linux-vxlan whatever --peers
-    /// says, when --family has 4) [default: all; quick: all but hl-seq].
+    /// says, when --family has 4); ct-1m (the dataplane with 1 000 000
+    /// conntrack entries, IPv4, never by default) [default: all; quick: all
+    /// but hl-seq].
     #[arg(long, value_delimiter = ',')]
     pub workloads: Option<Vec<String>>,
     /// Values of N, comma separated [default: 0,100,1000,10000; quick:
@@ -104,6 +110,8 @@ pub struct Plan {
     pub workloads: Vec<Workload>,
     /// The cross-host overlay workloads (IPv4 only).
     pub overlay: Vec<overlay::OvWorkload>,
+    /// `ct-1m`: the conntrack table at a million entries.
+    pub ct1m: bool,
     pub ns: Vec<usize>,
     pub rounds: usize,
     pub durations: Durations,
@@ -142,9 +150,11 @@ impl BenchArgs {
             for name in names {
                 if !base.iter().any(|w| &w.base_name() == name)
                     && overlay::OvWorkload::parse(name).is_none()
+                    && name != conntrack::NAME
                 {
                     let mut known: Vec<String> = base.iter().map(Workload::base_name).collect();
                     known.extend(overlay::OvWorkload::ALL.map(|w| w.name()));
+                    known.push(conntrack::NAME.into());
                     bail!("--workloads {name}: not one of {}", known.join(", "));
                 }
             }
@@ -189,6 +199,10 @@ impl BenchArgs {
             peers,
             workloads,
             overlay,
+            ct1m: self
+                .workloads
+                .as_ref()
+                .is_some_and(|names| names.iter().any(|n| n == conntrack::NAME)),
             ns,
             rounds,
             durations: if self.quick {
@@ -285,6 +299,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
             .iter()
             .map(Workload::name)
             .chain(plan.overlay.iter().map(|w| w.name()))
+            .chain(plan.ct1m.then(|| conntrack::NAME.to_owned()))
             .collect::<Vec<_>>()
             .join(","),
         plan.ns,
@@ -302,6 +317,10 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     if !plan.overlay.is_empty() {
         check_interrupt()?;
         overlay::measure(root, &load_bin, &plan, &mut results)?;
+    }
+    if plan.ct1m {
+        check_interrupt()?;
+        results.conntrack = Some(conntrack::measure(root, &load_bin, &plan)?);
     }
     if plan.connects > 0 {
         check_interrupt()?;
@@ -564,5 +583,8 @@ mod tests {
         assert_eq!(ov, ["ov-rr", "ov-crr"]);
         assert_eq!(plan(&["--quick"]).expect("plan").overlay.len(), 3);
         assert!(plan(&["--family", "6"]).expect("plan").overlay.is_empty());
+        assert!(!plan(&["--quick"]).expect("plan").ct1m);
+        let p = plan(&["--workloads", "ct-1m"]).expect("plan");
+        assert!(p.ct1m && p.workloads.is_empty() && p.overlay.is_empty());
     }
 }

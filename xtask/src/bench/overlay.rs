@@ -663,6 +663,7 @@ mod tests {
             peers: Vec::new(),
             workloads: Vec::new(),
             overlay: vec![OvWorkload(Kind::Crr)],
+            ct1m: false,
             ns: vec![0],
             rounds: 2,
             durations: Durations {

@@ -46,6 +46,8 @@ pub struct Results {
     pub samples: Vec<Sample>,
     pub installs: Vec<InstallResult>,
     pub control: Vec<ControlResult>,
+    /// `ct-1m`, when it ran.
+    pub conntrack: Option<super::conntrack::CtResult>,
     pub elapsed: Duration,
     /// What was left out of this run and why (peers, workloads).
     pub notes: Vec<String>,
@@ -85,6 +87,7 @@ impl Results {
             samples: Vec::new(),
             installs: Vec::new(),
             control: Vec::new(),
+            conntrack: None,
             elapsed: Duration::ZERO,
             notes: Vec::new(),
         }
@@ -202,6 +205,7 @@ pub fn json(r: &Results) -> serde_json::Value {
         "notes": r.notes,
         "stats": stats,
         "overlay": super::overlay::json(r),
+        "conntrack": super::conntrack::json(r),
         "samples": r.samples.iter().map(|s| json!({"peer": s.peer, "n": s.n, "metric": s.metric, "value": s.value})).collect::<Vec<_>>(),
         "installs": r.installs.iter().map(|i| json!({
             "peer": i.peer, "family": i.family.label(), "n": i.n,
@@ -219,8 +223,13 @@ pub fn json(r: &Results) -> serde_json::Value {
 
 pub fn markdown(r: &Results) -> String {
     if r.plan.workloads.is_empty() && r.control.is_empty() {
-        // Only the cross-host overlay ran: no per-N tables or targets.
-        return format!("## Results\n\n{}", super::overlay::markdown(r));
+        // Only the cross-host overlay or ct-1m ran: no per-N tables or
+        // targets.
+        return format!(
+            "## Results\n\n{}{}",
+            super::overlay::markdown(r),
+            super::conntrack::markdown(r)
+        );
     }
     let mut s = String::new();
     let peers = &r.plan.peers;
@@ -329,6 +338,7 @@ pub fn markdown(r: &Results) -> String {
     }
 
     s.push_str(&super::overlay::markdown(r));
+    s.push_str(&super::conntrack::markdown(r));
     if !r.notes.is_empty() {
         let _ = writeln!(s, "### Notes\n");
         for n in &r.notes {

@@ -46,8 +46,9 @@ pub struct Dataplane {
     state: PathBuf,
     pins: PathBuf,
     socket: PathBuf,
-    /// The agent's config: `[maps]` sized for N when the defaults are too
-    /// small (None: no config).
+    /// The agent's and the CLI's `--config`: `[maps]` sized for N when the
+    /// defaults are too small, or one given ([`Dataplane::with_config`]);
+    /// None: `/dev/null`, every setting at its default. Removed on drop.
     config: Option<PathBuf>,
     host: Option<PathBuf>,
     agent: Option<Proc>,
@@ -75,6 +76,22 @@ impl Dataplane {
             agent: None,
             cgroup: None,
         })
+    }
+
+    /// Runs the CLI and the agent with this configuration file.
+    pub fn with_config(mut self, path: &Path) -> Dataplane {
+        self.config = Some(path.to_owned());
+        self
+    }
+
+    /// The bpffs directory holding this instance's pinned maps.
+    pub fn pins(&self) -> &Path {
+        &self.pins
+    }
+
+    /// The running agent's process id.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Proc::id)
     }
 
     fn command(&self, args: &[&str]) -> Result<Command> {
