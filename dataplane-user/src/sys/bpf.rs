@@ -17,6 +17,7 @@ const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 /// `BPF_TCX_INGRESS`; `BPF_TCX_EGRESS` is the next one.
@@ -25,6 +26,12 @@ const BPF_TCX_INGRESS: u32 = 46;
 const BPF_F_AFTER: u32 = 1 << 4;
 /// `BPF_NOEXIST`: an update that only creates.
 const NOEXIST: u64 = 1;
+
+/// Entries asked for per `BPF_MAP_LOOKUP_BATCH` call (more come back only
+/// with a bucket that holds more: ENOSPC, retried with room for them).
+const BATCH: usize = 4096;
+/// The kernel's ENOTSUPP (not in libc: a map type without batch calls).
+const ENOTSUPP: i32 = 524;
 
 /// Map types whose values are one slot per possible CPU.
 const PERCPU_TYPES: [u32; 4] = [5, 6, 10, 21]; // PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH, PERCPU_CGROUP_STORAGE
@@ -151,6 +158,19 @@ struct TcxLinkAttr {
     relative_fd: u32,
     _pad: u32,
     expected_revision: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
 }
 
 fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
@@ -367,9 +387,81 @@ impl RawMap {
         Ok(keys)
     }
 
+    /// Every entry, as key and value bytes, handed to `each`, at most
+    /// `limit`: read `BATCH` at a time (`BPF_MAP_LOOKUP_BATCH`: a few
+    /// hundred calls for a million entries, where a walk takes two per
+    /// entry). None, with nothing read, for a map type without batch reads
+    /// (an LPM trie, an old kernel): the caller walks the keys instead.
+    pub fn for_each_batched(
+        &self,
+        limit: usize,
+        mut each: impl FnMut(&[u8], &[u8]),
+    ) -> io::Result<Option<usize>> {
+        let (klen, vlen) = (self.shape.key_size as usize, self.value_len()?);
+        // The cursor is the map's own (a bucket number for hash maps, a key
+        // for arrays): room for either.
+        let token = klen.max(8);
+        let (mut cursor, mut next) = (vec![0u8; token], vec![0u8; token]);
+        let mut room = BATCH;
+        let (mut keys, mut values) = (vec![0u8; room * klen], vec![0u8; room * vlen]);
+        let mut n = 0;
+        let mut first = true;
+        while n < limit {
+            let mut attr = BatchAttr {
+                in_batch: if first { 0 } else { cursor.as_ptr() as u64 },
+                out_batch: next.as_mut_ptr() as u64,
+                keys: keys.as_mut_ptr() as u64,
+                values: values.as_mut_ptr() as u64,
+                count: room as u32,
+                map_fd: self.fd.as_raw_fd() as u32,
+                ..BatchAttr::default()
+            };
+            // SAFETY: as `bpf`, and the kernel writes `count` back into the
+            // attr, which therefore is passed as mutable.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_LOOKUP_BATCH,
+                    std::ptr::from_mut(&mut attr),
+                    size_of::<BatchAttr>() as libc::c_uint,
+                )
+            };
+            let err = (rc < 0).then(io::Error::last_os_error);
+            match err.as_ref().and_then(io::Error::raw_os_error) {
+                None | Some(libc::ENOENT) => {}
+                Some(libc::ENOSPC) if room < BATCH * 64 => {
+                    room *= 4;
+                    keys.resize(room * klen, 0);
+                    values.resize(room * vlen, 0);
+                    continue;
+                }
+                Some(ENOTSUPP | libc::EINVAL | libc::EOPNOTSUPP) if first => return Ok(None),
+                Some(_) => return Err(err.unwrap_or_else(|| io::Error::other("bpf"))),
+            }
+            let got = (attr.count as usize).min(room);
+            for i in 0..got.min(limit - n) {
+                each(
+                    &keys[i * klen..(i + 1) * klen],
+                    &values[i * vlen..(i + 1) * vlen],
+                );
+            }
+            n += got;
+            if err.is_some() {
+                break;
+            }
+            std::mem::swap(&mut cursor, &mut next);
+            first = false;
+        }
+        Ok(Some(n.min(limit)))
+    }
+
     /// How many keys the map holds, counting at most `limit` (a walk the
-    /// kernel restarts because keys vanish under it must still end).
+    /// kernel restarts because keys vanish under it must still end):
+    /// [`RawMap::for_each_batched`] where the map type allows.
     pub fn count_keys(&self, limit: usize) -> io::Result<usize> {
+        if let Some(n) = self.for_each_batched(limit, |_, _| {})? {
+            return Ok(n);
+        }
         let len = self.shape.key_size as usize;
         let (mut key, mut next) = (vec![0u8; len], vec![0u8; len]);
         let mut n = 0;
