@@ -346,7 +346,13 @@ impl Agent {
             let walked = tokio::task::spawn_blocking(move || {
                 crate::sys::sched::in_background(|| {
                     let gc = conntrack::gc(&p, &timeouts);
-                    let report = limits::read(&p, &mut mem);
+                    // The tables the GC walked are not walked again.
+                    let known = gc.as_ref().map(|r| r.counts()).unwrap_or_default();
+                    let known: Vec<(&str, usize)> = known
+                        .into_iter()
+                        .filter(|(name, _)| !name.is_empty())
+                        .collect();
+                    let report = limits::read_known(&p, &mut mem, &known);
                     (gc, report, mem)
                 })
             });

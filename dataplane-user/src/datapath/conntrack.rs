@@ -151,22 +151,51 @@ where
     CtKeyOf<A>: aya::Pod + Eq + Hash,
     CtEntryOf<A>: aya::Pod,
 {
+    entries_counted(pins, &mut [0; 2])
+}
+
+/// [`entries`], with how many came from each table.
+fn entries_counted<A: Family>(
+    pins: &PinRoot,
+    counts: &mut [usize; 2],
+) -> Result<Vec<Entry<A>>, CtError>
+where
+    CtKeyOf<A>: aya::Pod + Eq + Hash,
+    CtEntryOf<A>: aya::Pod,
+{
     let mut out = Vec::new();
-    for name in A::TABLES {
-        if batched::<A>(pins, name, &mut out)? {
-            continue;
-        }
-        let map = open(pins, name)?;
-        for item in map.iter() {
-            // An entry deleted between key and value reads is simply gone.
-            match item {
-                Ok(kv) => out.push(kv),
-                Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(name)(e)),
-            }
-        }
+    for (count, name) in counts.iter_mut().zip(A::TABLES) {
+        let before = out.len();
+        let done = entries_of(pins, name, &mut out);
+        *count = out.len() - before;
+        done?;
     }
     Ok(out)
+}
+
+/// The entries of table `name` into `out`.
+fn entries_of<A: Family>(
+    pins: &PinRoot,
+    name: &'static str,
+    out: &mut Vec<Entry<A>>,
+) -> Result<(), CtError>
+where
+    CtKeyOf<A>: aya::Pod + Eq + Hash,
+    CtEntryOf<A>: aya::Pod,
+{
+    if batched::<A>(pins, name, out)? {
+        return Ok(());
+    }
+    let map: Table<A> = open(pins, name)?;
+    for item in map.iter() {
+        // An entry deleted between key and value reads is simply gone.
+        match item {
+            Ok(kv) => out.push(kv),
+            Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(name)(e)),
+        }
+    }
+    Ok(())
 }
 
 /// [`entries`] of the table `name` in batches into `out`: false (nothing
@@ -290,6 +319,30 @@ pub struct GcReport {
     /// LRU eviction of a full table (the one sign of eviction the kernel
     /// leaves: it counts none). Left in place; they expire as usual.
     pub unpaired: usize,
+    /// The entries left in each table (IPv4 TCP, IPv4 other, IPv6 TCP,
+    /// IPv6 other: [`GcReport::TABLES`]), so the fill report need not walk
+    /// them again.
+    #[serde(skip)]
+    pub left: [usize; 4],
+}
+
+impl GcReport {
+    /// The tables [`GcReport::left`] counts, in its order.
+    pub const TABLES: [&'static str; 4] = [
+        <[u8; 4] as Family>::TABLES[0],
+        <[u8; 4] as Family>::TABLES[1],
+        <[u8; 16] as Family>::TABLES[0],
+        <[u8; 16] as Family>::TABLES[1],
+    ];
+
+    /// Each table with the entries left in it.
+    pub fn counts(&self) -> [(&'static str, usize); 4] {
+        let mut out = [("", 0); 4];
+        for (o, (name, n)) in out.iter_mut().zip(Self::TABLES.into_iter().zip(self.left)) {
+            *o = (name, n);
+        }
+        out
+    }
 }
 
 /// Removes flows idle past their timeout, in both families' tables. The
@@ -302,6 +355,7 @@ pub fn gc(pins: &PinRoot, timeouts: &Timeouts) -> Result<GcReport, CtError> {
         scanned: v4.scanned + v6.scanned,
         removed: v4.removed + v6.removed,
         unpaired: v4.unpaired + v6.unpaired,
+        left: [v4.left[0], v4.left[1], v6.left[0], v6.left[1]],
     })
 }
 
@@ -311,12 +365,15 @@ where
     CtEntryOf<A>: aya::Pod,
 {
     let now = monotonic_ns();
-    let all = entries::<A>(pins)?;
+    let mut left = [0usize; 2];
+    let all = entries_counted::<A>(pins, &mut left)?;
     let expired = |k: &CtKeyOf<A>, e: &CtEntryOf<A>| {
         now.saturating_sub(e.last_seen_ns) > timeouts.of(k, e).as_nanos() as u64
     };
     // Keys to positions: a million entries' values are not copied again.
-    let index: std::collections::HashMap<CtKeyOf<A>, usize> =
+    // foldhash, randomly seeded: SipHash was a third of the walk's CPU, and
+    // the keys are the network's choice, so not a fixed-seed hash.
+    let index: std::collections::HashMap<CtKeyOf<A>, usize, foldhash::fast::RandomState> =
         all.iter().enumerate().map(|(i, (k, _))| (*k, i)).collect();
     let lookup = |k: &CtKeyOf<A>| index.get(k).map(|&i| &all[i].1);
     let mut report = GcReport {
@@ -326,6 +383,7 @@ where
             .iter()
             .filter(|(k, e)| !index.contains_key(&e.peer_key(k)))
             .count(),
+        left: [0; 4],
     };
     let [tcp, other] = A::TABLES;
     let mut maps_by_proto = [
@@ -340,17 +398,18 @@ where
         if lookup(&peer).is_some_and(|pe| !expired(&peer, pe)) {
             continue;
         }
-        let (_, map, name) = if k.proto == IPPROTO_TCP {
-            &mut maps_by_proto[0]
-        } else {
-            &mut maps_by_proto[1]
-        };
+        let table = usize::from(k.proto != IPPROTO_TCP);
+        let (_, map, name) = &mut maps_by_proto[table];
         match map.remove(k) {
-            Ok(()) => report.removed += 1,
+            Ok(()) => {
+                report.removed += 1;
+                left[table] = left[table].saturating_sub(1);
+            }
             Err(MapError::KeyNotFound) | Err(MapError::SyscallError(_)) => {}
             Err(e) => return Err(map_err(name)(e)),
         }
     }
+    report.left[..2].copy_from_slice(&left);
     Ok(report)
 }
 

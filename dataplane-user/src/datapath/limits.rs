@@ -288,6 +288,12 @@ pub fn watched() -> impl Iterator<Item = &'static str> {
 /// keys (one syscall each, bounded by the map's size), so callers on the
 /// agent's runtime run it on a blocking thread.
 pub fn fill(pins: &PinRoot) -> io::Result<Vec<MapFill>> {
+    fill_known(pins, &[])
+}
+
+/// [`fill`], taking the entries of the maps in `known` as given (the
+/// conntrack GC has just counted its tables) instead of counting again.
+pub fn fill_known(pins: &PinRoot, known: &[(&str, usize)]) -> io::Result<Vec<MapFill>> {
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)? as u64;
     let mut out = Vec::new();
     for name in watched() {
@@ -299,9 +305,12 @@ pub fn fill(pins: &PinRoot) -> io::Result<Vec<MapFill>> {
         let max = map.shape().max_entries;
         // BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_LRU_PERCPU_HASH.
         let lru = matches!(map.shape().map_type, 9 | 10);
-        let entries = map
-            .count_keys(max as usize)
-            .map_err(|e| io::Error::new(e.kind(), format!("map {name}: {e}")))?;
+        let entries = match known.iter().find(|(m, _)| *m == name) {
+            Some(&(_, n)) => n,
+            None => map
+                .count_keys(max as usize)
+                .map_err(|e| io::Error::new(e.kind(), format!("map {name}: {e}")))?,
+        };
         out.push(MapFill {
             map: name.to_owned(),
             entries: entries as u64,
@@ -439,7 +448,17 @@ pub enum LimitsError {
 /// `memory`. Without pinned counters (nothing loaded yet) the drops are
 /// zero. Blocking: see [`fill`].
 pub fn read(pins: &PinRoot, memory: &mut DropMemory) -> Result<LimitsReport, LimitsError> {
-    let maps = fill(pins).map_err(LimitsError::Fill)?;
+    read_known(pins, memory, &[])
+}
+
+/// [`read`] with the entries of the maps in `known` as given (see
+/// [`fill_known`]).
+pub fn read_known(
+    pins: &PinRoot,
+    memory: &mut DropMemory,
+    known: &[(&str, usize)],
+) -> Result<LimitsReport, LimitsError> {
+    let maps = fill_known(pins, known).map_err(LimitsError::Fill)?;
     let totals = if pins.map(maps::DROP_STATS).exists() {
         super::stats::read(pins)?
             .drops
