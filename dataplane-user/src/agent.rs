@@ -345,7 +345,7 @@ impl Agent {
             // traffic (sys::sched).
             let walked = tokio::task::spawn_blocking(move || {
                 crate::sys::sched::in_background(|| {
-                    let gc = conntrack::gc(&p, &timeouts);
+                    let gc = conntrack::gc_with(&p, &timeouts, conntrack::Pairs::WhenFull);
                     // The tables the GC walked are not walked again.
                     let known = gc.as_ref().map(|r| r.counts()).unwrap_or_default();
                     let known: Vec<(&str, usize)> = known

@@ -349,8 +349,27 @@ impl GcReport {
 /// two entries of a flow go together, and only when both are idle: a flow
 /// answered in one direction only is still alive.
 pub fn gc(pins: &PinRoot, timeouts: &Timeouts) -> Result<GcReport, CtError> {
-    let v4 = gc_family::<[u8; 4]>(pins, timeouts)?;
-    let v6 = gc_family::<[u8; 16]>(pins, timeouts)?;
+    gc_with(pins, timeouts, Pairs::Always)
+}
+
+/// When a GC counts the entries without their pair ([`GcReport::unpaired`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pairs {
+    /// Every time (`conntrack gc`, asked for).
+    Always,
+    /// Only when a table is at least [`PAIRS_FILL_PERCENT`] full: only a
+    /// full table evicts, and the count needs an index of every key (a
+    /// third of the agent's tick at a million entries).
+    WhenFull,
+}
+
+/// The fill from which the agent's tick counts unpaired entries.
+pub const PAIRS_FILL_PERCENT: usize = 75;
+
+/// [`gc`], counting unpaired entries as `pairs` says.
+pub fn gc_with(pins: &PinRoot, timeouts: &Timeouts, pairs: Pairs) -> Result<GcReport, CtError> {
+    let v4 = gc_family::<[u8; 4]>(pins, timeouts, pairs)?;
+    let v6 = gc_family::<[u8; 16]>(pins, timeouts, pairs)?;
     Ok(GcReport {
         scanned: v4.scanned + v6.scanned,
         removed: v4.removed + v6.removed,
@@ -359,7 +378,11 @@ pub fn gc(pins: &PinRoot, timeouts: &Timeouts) -> Result<GcReport, CtError> {
     })
 }
 
-fn gc_family<A: Family>(pins: &PinRoot, timeouts: &Timeouts) -> Result<GcReport, CtError>
+fn gc_family<A: Family>(
+    pins: &PinRoot,
+    timeouts: &Timeouts,
+    pairs: Pairs,
+) -> Result<GcReport, CtError>
 where
     CtKeyOf<A>: aya::Pod + Eq + Hash,
     CtEntryOf<A>: aya::Pod,
@@ -370,36 +393,52 @@ where
     let expired = |k: &CtKeyOf<A>, e: &CtEntryOf<A>| {
         now.saturating_sub(e.last_seen_ns) > timeouts.of(k, e).as_nanos() as u64
     };
-    // Keys to positions: a million entries' values are not copied again.
-    // foldhash, randomly seeded: SipHash was a third of the walk's CPU, and
-    // the keys are the network's choice, so not a fixed-seed hash.
-    let index: std::collections::HashMap<CtKeyOf<A>, usize, foldhash::fast::RandomState> =
-        all.iter().enumerate().map(|(i, (k, _))| (*k, i)).collect();
-    let lookup = |k: &CtKeyOf<A>| index.get(k).map(|&i| &all[i].1);
+    let [tcp, other] = A::TABLES;
+    let mut maps_by_proto = [
+        (open::<A>(pins, tcp)?, tcp),
+        (open::<A>(pins, other)?, other),
+    ];
+    let full = pairs == Pairs::Always
+        || A::TABLES.iter().zip(left).any(|(name, n)| {
+            RawMap::from_pin(&pins.map(name))
+                .is_ok_and(|m| n * 100 >= m.shape().max_entries as usize * PAIRS_FILL_PERCENT)
+        });
+    // Keys to positions, for the unpaired count: a million entries' values
+    // are not copied again. foldhash, randomly seeded: SipHash was a third
+    // of the walk's CPU, and the keys are the network's choice, so not a
+    // fixed-seed hash. Without it, an expired entry's pair is looked up in
+    // the map (few are expired at a time).
+    let index: Option<std::collections::HashMap<CtKeyOf<A>, usize, foldhash::fast::RandomState>> =
+        full.then(|| all.iter().enumerate().map(|(i, (k, _))| (*k, i)).collect());
     let mut report = GcReport {
         scanned: all.len(),
         removed: 0,
-        unpaired: all
-            .iter()
-            .filter(|(k, e)| !index.contains_key(&e.peer_key(k)))
-            .count(),
+        unpaired: index.as_ref().map_or(0, |index| {
+            all.iter()
+                .filter(|(k, e)| !index.contains_key(&e.peer_key(k)))
+                .count()
+        }),
         left: [0; 4],
     };
-    let [tcp, other] = A::TABLES;
-    let mut maps_by_proto = [
-        (IPPROTO_TCP, open::<A>(pins, tcp)?, tcp),
-        (0, open::<A>(pins, other)?, other),
-    ];
     for (k, e) in &all {
         if !expired(k, e) {
             continue;
         }
         let peer = e.peer_key(k);
-        if lookup(&peer).is_some_and(|pe| !expired(&peer, pe)) {
+        let peer_live = match &index {
+            Some(index) => index
+                .get(&peer)
+                .is_some_and(|&i| !expired(&peer, &all[i].1)),
+            None => {
+                let (map, _) = &maps_by_proto[usize::from(peer.proto != IPPROTO_TCP)];
+                map.get(&peer, 0).is_ok_and(|pe| !expired(&peer, &pe))
+            }
+        };
+        if peer_live {
             continue;
         }
         let table = usize::from(k.proto != IPPROTO_TCP);
-        let (_, map, name) = &mut maps_by_proto[table];
+        let (map, name) = &mut maps_by_proto[table];
         match map.remove(k) {
             Ok(()) => {
                 report.removed += 1;
