@@ -344,6 +344,12 @@ impl Model {
         if v.src != addr {
             return Expect::Untouched;
         }
+        // Only a segment that opens a connection starts a hairpin flow
+        // (`nat::hairpin_target`): the container's answers to a host-local
+        // client on a published source port are no new flows.
+        if v.proto == TCP && v.tcp_flags & 0x17 != 0x02 {
+            return Expect::Untouched;
+        }
         match self.published_to(v) {
             Some(p) if p.target == addr => Expect::Rewrite {
                 src: Some((gateway, PortRule::KeptOrRange)),
