@@ -227,23 +227,29 @@ pub fn apply(dp: &mut Dataplane, want: &Desired) -> Result<(), NatError> {
     )?)
 }
 
+/// The hash map `name` from `old` to `new`: the entries that differ
+/// written or deleted, the map not even opened when nothing does.
+fn hash<K, V>(
+    dp: &mut Dataplane,
+    name: &'static str,
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+) -> Result<(), NatError>
+where
+    K: aya::Pod + Ord,
+    V: aya::Pod + PartialEq,
+{
+    if old == new {
+        return Ok(());
+    }
+    let mut map: Hash<'_, K, V> = open(dp, name)?;
+    Ok(update(&mut map, name, old, new)?)
+}
+
 /// Takes the pinned maps from `old` (what this process last wrote with
 /// [`apply`] or here) to `new`, writing only the entries that differ: the
 /// cost of one more published port does not grow with the number of ports.
 pub fn apply_changes(dp: &mut Dataplane, old: &Desired, new: &Desired) -> Result<(), NatError> {
-    fn hash<K, V>(
-        dp: &mut Dataplane,
-        name: &'static str,
-        old: &BTreeMap<K, V>,
-        new: &BTreeMap<K, V>,
-    ) -> Result<(), NatError>
-    where
-        K: aya::Pod + Ord,
-        V: aya::Pod + PartialEq,
-    {
-        let mut map: Hash<'_, K, V> = open(dp, name)?;
-        Ok(update(&mut map, name, old, new)?)
-    }
     hash(dp, maps::PORTS, &old.ports, &new.ports)?;
     hash(dp, maps::HOST_ADDRS, &old.host_addrs, &new.host_addrs)?;
     hash(dp, maps::UPLINKS, &old.uplinks, &new.uplinks)?;
@@ -311,22 +317,6 @@ pub fn apply_changes(dp: &mut Dataplane, old: &Desired, new: &Desired) -> Result
 /// per entry that differs, nothing else read or written (see
 /// [`NatDelta`]).
 pub fn apply_delta(dp: &mut Dataplane, delta: &NatDelta) -> Result<(), NatError> {
-    fn hash<K, V>(
-        dp: &mut Dataplane,
-        name: &'static str,
-        old: &BTreeMap<K, V>,
-        new: &BTreeMap<K, V>,
-    ) -> Result<(), NatError>
-    where
-        K: aya::Pod + Ord,
-        V: aya::Pod + PartialEq,
-    {
-        if old == new {
-            return Ok(());
-        }
-        let mut map: Hash<'_, K, V> = open(dp, name)?;
-        Ok(update(&mut map, name, old, new)?)
-    }
     let (o, n) = (&delta.old, &delta.new);
     hash(dp, maps::PORTS, &o.ports, &n.ports)?;
     hash(dp, maps::PORTS6, &o.ports6, &n.ports6)?;
