@@ -301,17 +301,8 @@ impl Agent {
         let out = Command::new("timeout")
             .args(["-k", "2", "30"])
             .args(&argv)
-            .output()
-            .with_context(|| format!("running dataplane {}", args.join(" ")))?;
-        if !out.status.success() {
-            bail!(
-                "dataplane {}: {}: {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            .output();
+        super::peers::dataplane::stdout_of(args, out)
     }
 
     fn json(&self, args: &[&str]) -> Result<Value> {

@@ -113,19 +113,7 @@ impl Dataplane {
 
     /// `dataplane ARGS`, stdout on success.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
-        let out = self
-            .command(args)?
-            .output()
-            .with_context(|| format!("running dataplane {}", args.join(" ")))?;
-        if !out.status.success() {
-            bail!(
-                "dataplane {}: {}: {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        stdout_of(args, self.command(args)?.output())
     }
 
     fn timed_cli(&self, args: &[&str]) -> Result<Duration> {
@@ -409,4 +397,19 @@ impl Drop for Dataplane {
             }
         }
     }
+}
+
+/// The stdout of `dataplane ARGS` once it ran (`out`), or an error with
+/// its status and stderr.
+pub fn stdout_of(args: &[&str], out: std::io::Result<std::process::Output>) -> Result<String> {
+    let out = out.with_context(|| format!("running dataplane {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "dataplane {}: {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
