@@ -41,6 +41,12 @@ const PACKAGES: &[(&str, &str)] = &[
     // Overlay networks (docs/overlay.md): the etcd client crate builds its
     // gRPC code with protoc; the overlay test runs a real etcd.
     ("protoc", "protobuf-compiler"),
+    // ... and the well-known types it imports (`google/protobuf/*.proto`),
+    // which Debian ships apart from protoc (a recommendation we skip).
+    (
+        "/usr/include/google/protobuf/descriptor.proto",
+        "libprotobuf-dev",
+    ),
     ("etcd", "etcd-server"),
     // The overlay TLS test's certificates.
     ("openssl", "openssl"),
