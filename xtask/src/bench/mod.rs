@@ -79,7 +79,10 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',')]
     pub peers: Option<Vec<String>>,
     /// Workloads, comma separated: in-tcp1, in-tcp4, in-rr, in-crr, in-udp
-    /// and the same with eg- (egress), run in every --family; hl-crr,
+    /// and the same with eg- (egress), run in every --family; hp-rr,
+    /// hp-crr (hairpin: a container to another's published port through
+    /// the host's address; dataplane, netavark-nft, docker-proxy and none
+    /// run them), every --family; hl-crr,
     /// hl-rr, hl-seq (host-local, IPv4); ov-tcp1, ov-rr, ov-crr
     /// (cross-host overlay, dataplane against linux-vxlan whatever --peers
     /// says, when --family has 4); ct-1m (the dataplane with 1 000 000

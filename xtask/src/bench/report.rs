@@ -468,6 +468,18 @@ pub fn targets(r: &Results) -> Vec<String> {
         }
     }
     out.extend(super::hostlocal::targets(r));
+    // Hairpin: at least Docker's default path there (docker-proxy), and
+    // within reach of the floor (`none`: straight across the bridge).
+    for f in &r.plan.families {
+        let m = format!("hp{}-crr", f.suffix());
+        let v = rel(&m, 0, "docker-proxy");
+        out.push(check(
+            &format!("N=0 {m} (hairpin new conn/s) >= 1.2x docker-proxy"),
+            v,
+            |x| x >= 1.2,
+            &show(v),
+        ));
+    }
     // The install targets on the first family measured (IPv4 unless only
     // IPv6 ran).
     let family = r.plan.families.first().copied().unwrap_or(Family::V4);

@@ -383,6 +383,10 @@ impl Topology {
         t.container
             .sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
         t.container.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+        // The idle container is the hairpin workloads' client.
+        t.idle
+            .sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
+        t.idle.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
         Ok(t)
     }
 

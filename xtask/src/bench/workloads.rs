@@ -35,6 +35,10 @@ pub enum Dir {
     Egress,
     /// A process in the host to a published port ([`super::hostlocal`]).
     Host,
+    /// A container to a published port of another container on its own
+    /// network, through the host's address (hairpin): the idle container
+    /// is the client.
+    Hairpin,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +66,7 @@ impl Workload {
             Dir::Ingress => "in",
             Dir::Egress => "eg",
             Dir::Host => "hl",
+            Dir::Hairpin => "hp",
         };
         let k = match self.kind {
             Kind::Tcp1 => "tcp1",
@@ -109,6 +114,15 @@ pub fn all(family: Family) -> Vec<Workload> {
         for kind in [Kind::Tcp1, Kind::Tcp4, Kind::Rr, Kind::Crr, Kind::Udp] {
             v.push(Workload { dir, kind, family });
         }
+    }
+    // Hairpin: new connections and request/response only (a stream
+    // measures the same bridge as in-tcp1).
+    for kind in [Kind::Rr, Kind::Crr] {
+        v.push(Workload {
+            dir: Dir::Hairpin,
+            kind,
+            family,
+        });
     }
     // Host-local: IPv4 only (the dataplane's per-packet host-local path is
     // IPv4 only, docs/architecture.md).
@@ -234,6 +248,10 @@ pub fn run(
     let (client, dst): (&NetNs, IpAddr) = match w.dir {
         Dir::Ingress => (&topo.client, ingress_addr),
         Dir::Egress => (&topo.container, topo.addrs().client),
+        // The peer's published address, as for ingress: the host's
+        // address, or the container's own for `none` (the floor: straight
+        // across the bridge).
+        Dir::Hairpin => (&topo.idle, ingress_addr),
         Dir::Host => bail!(
             "{}: host-local workloads run through hostlocal::run",
             w.name()

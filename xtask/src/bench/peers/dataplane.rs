@@ -31,6 +31,7 @@ use crate::bench::{
     family::Family,
     hostlocal::{Cgroup, HostLocal},
     topology::{unique_name, Proc, Topology, UPLINK},
+    workloads::Workload,
 };
 
 /// Most filter rules the dataplane holds: dataplane-common's `MAX_RULES`
@@ -360,6 +361,12 @@ impl Peer for Dataplane {
         };
         self.cgroup = Some(cg);
         Ok(Some(hl))
+    }
+
+    /// Hairpin: the endpoint program DNATs a container's connection to a
+    /// published address and masquerades it to the gateway.
+    fn skips(&self, _w: &Workload) -> Option<&'static str> {
+        None
     }
 }
 

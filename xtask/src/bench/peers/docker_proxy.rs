@@ -145,8 +145,10 @@ impl Peer for DockerProxy {
     }
 
     fn skips(&self, w: &Workload) -> Option<&'static str> {
-        (w.dir != Dir::Host).then_some(
-            "docker-proxy runs only the host-local workloads (forwarded traffic: see iptables)",
+        // Docker's path for both: 127.0.0.1 and a container's connection
+        // to the host's address (hairpin) go through the proxy.
+        (!matches!(w.dir, Dir::Host | Dir::Hairpin)).then_some(
+            "docker-proxy runs only the host-local and hairpin workloads (forwarded traffic: see iptables)",
         )
     }
 }

@@ -26,7 +26,12 @@ use std::{net::IpAddr, path::Path, time::Duration};
 
 use anyhow::{bail, Result};
 
-use super::{family::Family, hostlocal::HostLocal, topology::Topology, workloads::Workload};
+use super::{
+    family::Family,
+    hostlocal::HostLocal,
+    topology::Topology,
+    workloads::{Dir, Workload},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proto {
@@ -177,9 +182,19 @@ pub trait Peer {
     fn host_local(&mut self, _topo: &Topology) -> Result<Option<HostLocal>> {
         Ok(None)
     }
-    /// Why the peer does not run `w`, if it does not.
-    fn skips(&self, _w: &Workload) -> Option<&'static str> {
-        None
+    /// Why the peer does not run `w`, if it does not. The hairpin
+    /// workloads by default: Docker's rules DNAT only what does not come
+    /// from the bridge (`! -i br0`) and leave a container's connection to
+    /// the host's address to `docker-proxy` (its own peer); without that
+    /// exception the container's answer would go straight back over the
+    /// bridge, untranslated, unless `br_netfilter` passes bridged frames
+    /// through netfilter (Docker loads it; the bench leaves the host's
+    /// modules alone). Peers that do hairpin say so.
+    fn skips(&self, w: &Workload) -> Option<&'static str> {
+        (w.dir == Dir::Hairpin).then_some(
+            "Docker's layouts send a container's connection to the host's address to docker-proxy \
+             (see that peer), or need br_netfilter for the answer",
+        )
     }
 }
 

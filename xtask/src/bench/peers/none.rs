@@ -7,7 +7,7 @@ use std::{net::IpAddr, time::Duration};
 use anyhow::Result;
 
 use super::{Install, Peer};
-use crate::bench::topology::Topology;
+use crate::bench::{topology::Topology, workloads::Workload};
 
 pub struct NoNat;
 
@@ -32,5 +32,11 @@ impl Peer for NoNat {
 
     fn ingress_addr(&self, topo: &Topology) -> IpAddr {
         topo.addrs().container
+    }
+
+    /// Hairpin: the idle container straight to the container across the
+    /// bridge, the floor the translating peers are measured against.
+    fn skips(&self, _w: &Workload) -> Option<&'static str> {
+        None
     }
 }
