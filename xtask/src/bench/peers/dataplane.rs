@@ -364,7 +364,8 @@ impl Peer for Dataplane {
     }
 
     /// Hairpin: the endpoint program DNATs a container's connection to a
-    /// published address and masquerades it to the gateway.
+    /// published address, keeping the client's address, and redirects the
+    /// answers straight back into the client's veth.
     fn skips(&self, _w: &Workload) -> Option<&'static str> {
         None
     }
