@@ -35,6 +35,20 @@ pub const UPLINK: &str = "up0";
 pub const BRIDGE: &str = "br0";
 pub const INNER_DEV: &str = "eth0";
 
+/// The second network of the cross-network workloads (`xn-`, IPv4 only):
+/// a bridge of its own with one container, [`Topology::other`], which
+/// reaches the measured container's published port through the host's
+/// address, as a container of another Docker network does.
+pub mod other_net {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    pub const BRIDGE: &str = "br1";
+    pub const SUBNET: &str = "172.19.0.0/16";
+    pub const SUBNET_LEN: u8 = 16;
+    pub const GATEWAY: IpAddr = IpAddr::V4(Ipv4Addr::new(172, 19, 0, 1));
+    pub const CONTAINER: IpAddr = IpAddr::V4(Ipv4Addr::new(172, 19, 0, 2));
+}
+
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// `dpb-<pid>-<n>-<tag>`, unique on this machine while this process lives.
@@ -311,6 +325,8 @@ pub struct Topology {
     pub client: NetNs,
     pub container: NetNs,
     pub idle: NetNs,
+    /// The container on the second network ([`other_net`]).
+    pub other: NetNs,
 }
 
 /// The IPv4 addresses every topology has.
@@ -348,6 +364,7 @@ impl Topology {
             client: NetNs::new(&format!("{tag}-c"))?,
             container: NetNs::new(&format!("{tag}-k"))?,
             idle: NetNs::new(&format!("{tag}-i"))?,
+            other: NetNs::new(&format!("{tag}-o"))?,
         };
         veth(&t.host, UPLINK, &t.client, INNER_DEV)?;
         let a = v4();
@@ -383,10 +400,12 @@ impl Topology {
         t.container
             .sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
         t.container.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
-        // The idle container is the hairpin workloads' client.
-        t.idle
-            .sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
-        t.idle.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+        // The idle container is the hairpin workloads' client, the other
+        // network's the cross-network workloads'.
+        for ns in [&t.idle, &t.other] {
+            ns.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
+            ns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+        }
         Ok(t)
     }
 
@@ -452,6 +471,38 @@ impl Topology {
                 ])?;
             }
         }
+        Ok(())
+    }
+
+    /// The second network by hand, as Docker's bridge driver builds one:
+    /// bridge `br1` with its gateway, the `other` container on it, default
+    /// route via the gateway (IPv4).
+    pub fn wire_other_bridge(&self) -> Result<()> {
+        let (br, gw) = (other_net::BRIDGE, other_net::GATEWAY);
+        self.host
+            .exec(&["ip", "link", "add", br, "type", "bridge"])?;
+        self.host.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{gw}/{}", other_net::SUBNET_LEN),
+            "dev",
+            br,
+        ])?;
+        self.host.exec(&["ip", "link", "set", br, "up"])?;
+        veth(&self.host, "vo0", &self.other, INNER_DEV)?;
+        self.host
+            .exec(&["ip", "link", "set", "vo0", "master", br])?;
+        self.other.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/{}", other_net::CONTAINER, other_net::SUBNET_LEN),
+            "dev",
+            INNER_DEV,
+        ])?;
+        self.other
+            .exec(&["ip", "route", "add", "default", "via", &gw.to_string()])?;
         Ok(())
     }
 

@@ -39,6 +39,9 @@ pub enum Dir {
     /// network, through the host's address (hairpin): the idle container
     /// is the client.
     Hairpin,
+    /// A container on another network to a published port through the
+    /// host's address ([`super::topology::other_net`], IPv4).
+    CrossNet,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +70,7 @@ impl Workload {
             Dir::Egress => "eg",
             Dir::Host => "hl",
             Dir::Hairpin => "hp",
+            Dir::CrossNet => "xn",
         };
         let k = match self.kind {
             Kind::Tcp1 => "tcp1",
@@ -123,6 +127,16 @@ pub fn all(family: Family) -> Vec<Workload> {
             kind,
             family,
         });
+    }
+    // Across networks: IPv4 (the second network has no IPv6 subnet).
+    if family == Family::V4 {
+        for kind in [Kind::Rr, Kind::Crr] {
+            v.push(Workload {
+                dir: Dir::CrossNet,
+                kind,
+                family,
+            });
+        }
     }
     // Host-local: IPv4 only (the dataplane's per-packet host-local path is
     // IPv4 only, docs/architecture.md).
@@ -252,6 +266,7 @@ pub fn run(
         // address, or the container's own for `none` (the floor: straight
         // across the bridge).
         Dir::Hairpin => (&topo.idle, ingress_addr),
+        Dir::CrossNet => (&topo.other, ingress_addr),
         Dir::Host => bail!(
             "{}: host-local workloads run through hostlocal::run",
             w.name()

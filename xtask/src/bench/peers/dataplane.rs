@@ -30,7 +30,7 @@ use super::{extra_sources, extras, measured, one_more, Install, Peer};
 use crate::bench::{
     family::Family,
     hostlocal::{Cgroup, HostLocal},
-    topology::{unique_name, Proc, Topology, UPLINK},
+    topology::{other_net, unique_name, Proc, Topology, UPLINK},
     workloads::Workload,
 };
 
@@ -39,6 +39,7 @@ use crate::bench::{
 /// would refuse the request with a message naming the count.
 pub const MAX_FILTER_RULES: usize = 15_360;
 const NETWORK: &str = "benchnet";
+const OTHER_NETWORK: &str = "benchnet2";
 /// How long the agent may take to open its socket.
 const AGENT_START: Duration = Duration::from_secs(20);
 
@@ -208,6 +209,37 @@ impl Dataplane {
         Ok(())
     }
 
+    /// The cross-network workloads' second network (IPv4) and its one
+    /// endpoint, `other`: isolated from the first, as Docker's are.
+    fn connect_other(&self, topo: &Topology) -> Result<()> {
+        let (subnet, gw, ip) = (
+            other_net::SUBNET,
+            other_net::GATEWAY.to_string(),
+            other_net::CONTAINER.to_string(),
+        );
+        self.cli(&[
+            "network",
+            "create",
+            "--subnet",
+            subnet,
+            "--gateway",
+            &gw,
+            OTHER_NETWORK,
+        ])?;
+        let ns = topo.other.path();
+        let ns = ns.to_string_lossy();
+        self.cli(&[
+            "connect",
+            OTHER_NETWORK,
+            &ns,
+            "--name",
+            "other",
+            "--ip",
+            &ip,
+        ])?;
+        Ok(())
+    }
+
     /// `connect` of `ns` as endpoint `name` with the topology's addresses
     /// (both families on an IPv6 topology) and the given `-p` specs.
     fn connect(
@@ -257,6 +289,7 @@ impl Peer for Dataplane {
         self.prepare_network(topo)?;
         let (v4, v6) = (Family::V4.addrs(), Family::V6.addrs());
         self.connect(topo, &topo.idle.path(), "idle", v4.idle, v6.idle, &[])?;
+        self.connect_other(topo)?;
         let specs: Vec<String> = measured(topo.family).iter().map(|m| m.spec()).collect();
         self.connect(
             topo,
@@ -363,9 +396,10 @@ impl Peer for Dataplane {
         Ok(Some(hl))
     }
 
-    /// Hairpin: the endpoint program DNATs a container's connection to a
-    /// published address, keeping the client's address, and redirects the
-    /// answers straight back into the client's veth.
+    /// Hairpin and across networks: the endpoint program DNATs a
+    /// container's connection to a published address, keeping the
+    /// client's address, and redirects the answers straight back into the
+    /// client's veth.
     fn skips(&self, _w: &Workload) -> Option<&'static str> {
         None
     }

@@ -23,7 +23,7 @@ use super::{
 use crate::bench::{
     family::Family,
     hostlocal::HostLocal,
-    topology::{Proc, Topology},
+    topology::{other_net, Proc, Topology},
     workloads::{Dir, Workload},
 };
 
@@ -57,6 +57,24 @@ impl Peer for DockerProxy {
             bail!("{BIN} not found (Debian's docker.io package ships it)");
         }
         let mut install = self.rules.setup(topo, n)?;
+        if topo.family == Family::V4 {
+            // The other network, as Docker 28+ adds each bridge of its own
+            // (moby#49509): its containers' connections to the host's
+            // addresses skip the DNAT and reach the proxy.
+            topo.wire_other_bridge()?;
+            topo.host.exec(&[
+                "iptables",
+                "-w",
+                "-t",
+                "nat",
+                "-I",
+                "DOCKER",
+                "-i",
+                other_net::BRIDGE,
+                "-j",
+                "RETURN",
+            ])?;
+        }
         let all = all_mappings(n, topo.family);
         // The measured ports are last; the extras beyond MAX_PROXIED first.
         let skip = n.saturating_sub(MAX_PROXIED);
@@ -145,10 +163,12 @@ impl Peer for DockerProxy {
     }
 
     fn skips(&self, w: &Workload) -> Option<&'static str> {
-        // Docker's path for both: 127.0.0.1 and a container's connection
-        // to the host's address (hairpin) go through the proxy.
-        (!matches!(w.dir, Dir::Host | Dir::Hairpin)).then_some(
-            "docker-proxy runs only the host-local and hairpin workloads (forwarded traffic: see iptables)",
+        // Docker's path for these: 127.0.0.1 and a container's connection
+        // to the host's address (hairpin, or from another network) go
+        // through the proxy.
+        (!matches!(w.dir, Dir::Host | Dir::Hairpin | Dir::CrossNet)).then_some(
+            "docker-proxy runs only the host-local, hairpin and cross-network workloads \
+             (forwarded traffic: see iptables)",
         )
     }
 }

@@ -189,12 +189,22 @@ pub trait Peer {
     /// exception the container's answer would go straight back over the
     /// bridge, untranslated, unless `br_netfilter` passes bridged frames
     /// through netfilter (Docker loads it; the bench leaves the host's
-    /// modules alone). Peers that do hairpin say so.
+    /// modules alone). The cross-network workloads too: Docker sends them
+    /// to docker-proxy as well (`-i <bridge> -j RETURN` for each of its
+    /// bridges); without the proxy its isolation chains drop them
+    /// (moby#38784). Peers that do either say so.
     fn skips(&self, w: &Workload) -> Option<&'static str> {
-        (w.dir == Dir::Hairpin).then_some(
-            "Docker's layouts send a container's connection to the host's address to docker-proxy \
-             (see that peer), or need br_netfilter for the answer",
-        )
+        match w.dir {
+            Dir::Hairpin => Some(
+                "Docker's layouts send a container's connection to the host's address to docker-proxy \
+                 (see that peer), or need br_netfilter for the answer",
+            ),
+            Dir::CrossNet => Some(
+                "Docker's layouts send another network's connection to the host's address to \
+                 docker-proxy (see that peer); without it, DOCKER-ISOLATION drops it (moby#38784)",
+            ),
+            _ => None,
+        }
     }
 }
 

@@ -18,6 +18,7 @@ impl Peer for NoNat {
 
     fn setup(&mut self, topo: &Topology, _n: usize) -> Result<Install> {
         topo.wire_bridge()?;
+        topo.wire_other_bridge()?;
         topo.client_route_to_subnet()?;
         Ok(Install {
             total: Duration::ZERO,
@@ -34,8 +35,10 @@ impl Peer for NoNat {
         topo.addrs().container
     }
 
-    /// Hairpin: the idle container straight to the container across the
-    /// bridge, the floor the translating peers are measured against.
+    /// Hairpin and across networks: the idle container straight to the
+    /// container across the bridge, the other network's routed by the
+    /// host (no isolation): the floors the translating peers are measured
+    /// against.
     fn skips(&self, _w: &Workload) -> Option<&'static str> {
         None
     }
