@@ -22,8 +22,9 @@ pub struct SockRevNat {
 }
 const _: () = assert!(size_of::<SockRevNat>() == 16);
 
-/// connect4 left the destination alone (the translated tuple was taken by
-/// another socket of the same bound port): `dp_local_out` translates the
+/// connect4 (connect6) left the destination alone (the translated tuple was
+/// taken by another socket of the same bound port, or the socket is bound
+/// to a loopback address): `dp_local_out` (`dp_local_out6`) translates the
 /// connection per packet instead, and the backend is where it goes.
 pub const REVNAT_PER_PACKET: u8 = 1;
 
@@ -37,7 +38,10 @@ pub struct SockRevNat6 {
     pub orig_addr: [u8; 16],
     /// Network byte order.
     pub orig_port: [u8; 2],
-    pub _pad: [u8; 2],
+    /// [`REVNAT_PER_PACKET`] (what was padding before: 0, no flag, in
+    /// entries of earlier releases).
+    pub flags: u8,
+    pub _pad: u8,
     pub backend_addr: [u8; 16],
     pub backend_port: [u8; 2],
     pub _pad2: [u8; 2],

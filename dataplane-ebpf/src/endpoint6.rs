@@ -12,7 +12,11 @@
 //!
 //! - hairpin: a container reaching a port published on a host IPv6 address
 //!   gets DNAT here, keeping its address (the gateway's when it reaches its
-//!   own port); the replies go straight back into its veth (`nat6`).
+//!   own port); the replies go straight back into its veth (`nat6`);
+//! - the replies of host-local flows `dp_local_out6` translated per packet
+//!   get the published address and the client's back, and go into `lo`'s
+//!   ingress (`nat6::redirect`, `FLAG_LOCAL`), as `dp_from_container` does
+//!   for IPv4.
 //!
 //! - the fast path: what is left, to the world through the gateway, goes
 //!   straight to the uplink's egress (`fastpath::to_world`, as on IPv4).

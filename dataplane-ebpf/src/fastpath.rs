@@ -5,8 +5,9 @@
 //!   rewrite made a container the destination): `bpf_redirect_peer` on the
 //!   endpoint's host-side veth, which lands the packet in the container's
 //!   namespace, ingress to ingress;
-//! - [`from_host`] (`dp_local_out`, a host-local connection translated per
-//!   packet): `bpf_redirect` to the endpoint's host-side veth;
+//! - [`from_host`] (`dp_local_out`, `dp_local_out6`, a host-local
+//!   connection translated per packet): `bpf_redirect` to the endpoint's
+//!   host-side veth;
 //! - [`to_world`] (`dp_from_container`, packets the container routes through
 //!   its gateway to an address outside every managed subnet and the host):
 //!   `bpf_fib_lookup`, then `bpf_redirect` to the uplink's egress, or
@@ -15,8 +16,8 @@
 //!   still sees the packet and translates it, once, as it does for packets
 //!   the stack forwards.
 //!
-//! [`into_endpoint`] and [`to_world`] serve both families (IPv6 from
-//! `dp_uplink_in6` and `dp_from_container6`): what differs, the maps, the
+//! All three serve both families (IPv6 from `dp_uplink_in6`,
+//! `dp_local_out6` and `dp_from_container6`): what differs, the maps, the
 //! FIB lookup's address fields and the hop count, is [`Forward`]'s.
 //!
 //! Both do what forwarding would have done to the packet: Ethernet addresses
@@ -272,14 +273,38 @@ pub fn endpoint(dst: [u8; 4]) -> Option<(EndpointRoute, EndpointInfo)> {
     (ep.addr == dst).then_some((route, ep))
 }
 
-/// Sends a packet of a host-local flow (`dp_local_out`, translated to the
-/// endpoint `dst`) into its container: out of the host-side veth, framed
-/// as the bridge would frame it. The packet is the host's own, not
-/// forwarded: its TTL stays. The caller checked that the endpoint exists
-/// ([`endpoint`]) before translating; one gone since is a failed rewrite.
+/// The gateway of the IPv6 endpoint with address `dst` (a host-local
+/// flow's source, `dp_local_out6` and `dp_connect6`); zero when the maps do
+/// not know it, or disagree (as for [`route_to`]). Not an `Option` of a
+/// copy: see `uplink6::subnet`.
 #[inline(always)]
-pub fn from_host(ctx: &TcContext, dst: [u8; 4]) -> Result<i32, DropReason> {
-    let Some((route, _)) = endpoint(dst) else {
+pub fn gateway6(dst: &[u8; 16]) -> [u8; 16] {
+    let Some(route) = <[u8; 16]>::route(dst) else {
+        return [0; 16];
+    };
+    // SAFETY: a map value, read in place.
+    match unsafe { DP_ENDPOINTS6.get(route.ifindex) } {
+        Some(ep) if ep.addr == *dst => ep.gateway,
+        _ => [0; 16],
+    }
+}
+
+/// Whether the fast path knows the endpoint with address `dst` (a
+/// host-local flow's container that is still there).
+#[inline(always)]
+pub fn has_endpoint<A: Forward>(dst: &A) -> bool {
+    route_to(dst).is_some()
+}
+
+/// Sends a packet of a host-local flow (`dp_local_out`, `dp_local_out6`,
+/// translated to the endpoint `dst`) into its container: out of the
+/// host-side veth, framed as the bridge would frame it. The packet is the
+/// host's own, not forwarded: its TTL stays. The caller checked that the
+/// endpoint exists ([`endpoint`], [`gateway6`]) before translating; one
+/// gone since is a failed rewrite.
+#[inline(always)]
+pub fn from_host<A: Forward>(ctx: &TcContext, dst: &A) -> Result<i32, DropReason> {
+    let Some(route) = route_to(dst) else {
         return Err(DropReason::Rewrite);
     };
     let err = |_| DropReason::Rewrite;

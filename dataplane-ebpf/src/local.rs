@@ -17,6 +17,7 @@
 //! (`fastpath::from_host`): routing a packet whose source is the gateway
 //! from `lo` is not the stack's business. Everything else on `lo` goes on
 //! unchanged; the common case costs one conntrack lookup per TCP packet.
+//! IPv6 has its own program after this one (`local6`).
 
 use aya_ebpf::{
     helpers::bpf_get_socket_cookie, macros::classifier, programs::TcContext, EbpfContext,
@@ -88,7 +89,7 @@ fn tracked(ctx: &TcContext, pkt: &Ipv4Packet, entry: *mut CtEntry) -> Result<i32
         return Ok(TCX_NEXT);
     }
     nat::apply_tracked(ctx, pkt, &conntrack::key_of(pkt, ZONE), entry)?;
-    fastpath::from_host(ctx, backend)
+    fastpath::from_host(ctx, &backend)
 }
 
 /// A SYN without a flow: translated when its socket asked for it. A
@@ -103,7 +104,7 @@ fn new_flow(ctx: &TcContext, pkt: &Ipv4Packet) -> Result<i32, DropReason> {
         return Ok(TCX_NEXT);
     };
     start(ctx, pkt, addr, u16::from_ne_bytes(port), ep.gateway)?;
-    fastpath::from_host(ctx, addr)
+    fastpath::from_host(ctx, &addr)
 }
 
 /// Creates the flow's entries (destination `addr`:`port`, source the

@@ -17,6 +17,7 @@ mod hostsock;
 mod icmp;
 mod icmp6;
 mod local;
+mod local6;
 mod maps;
 mod nat;
 mod nat6;

@@ -4,21 +4,26 @@
 //! of it (`conntrack::entry`, `create`'s reply, `snat`'s candidate) do not
 //! fit a 512-byte frame beside the parser's. The logic is `conntrack` and
 //! `nat`'s; only where the entries live differs. The steps a program
-//! calls (`tracked`, `apply`, `masquerade`, `redirect`, `own_port`) are BPF
+//! calls (`tracked`, `tracked_local`, `apply`, `masquerade`, `local`,
+//! `redirect`, `own_port`) are BPF
 //! subprograms of their own: the verifier adds a program's frame to the
 //! frame of the one step it runs, not to all of them.
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_ANY, BPF_NOEXIST, TC_ACT_REDIRECT},
+    bindings::{
+        __sk_buff, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2, BPF_ANY, BPF_F_INGRESS, BPF_NOEXIST,
+        TC_ACT_REDIRECT,
+    },
     helpers::{bpf_loop, bpf_redirect},
     programs::TcContext,
+    EbpfContext,
 };
 use dataplane_common::{
     ct::{
-        CtEntry6, CtKey6, FLAG_DNAT, FLAG_HAIRPIN_SELF, FLAG_REPLY, FLAG_SNAT, REWRITE_DST,
-        REWRITE_SRC,
+        CtEntry6, CtKey6, FLAG_DNAT, FLAG_HAIRPIN_SELF, FLAG_LOCAL, FLAG_REPLY, FLAG_SNAT,
+        REWRITE_DST, REWRITE_SRC,
     },
     drop::DropReason,
     nat::PortTarget6,
@@ -29,6 +34,7 @@ use crate::{
     conntrack,
     counters::bump,
     family::Family,
+    hostsock,
     maps::{Scratch6, DP_PORT_STATS, DP_SCRATCH6},
     nat::{self, NAT_CONFIG},
     parse::{ip_len, Ipv6Packet},
@@ -120,10 +126,35 @@ fn create(key: &CtKey6, s: &mut Scratch6, exclusive: bool) -> Result<(), DropRea
 /// starts no known flow.
 #[inline(never)]
 pub fn tracked(ctx: &TcContext, pkt: &Ipv6Packet, zone: u8) -> Result<bool, DropReason> {
+    tracked_if(ctx, pkt, zone, false)
+}
+
+/// [`tracked`] for the original direction of a host-local flow
+/// (`dp_local_out6`) only: a packet of any other flow is left alone,
+/// neither counted nor its TCP state followed.
+#[inline(never)]
+pub fn tracked_local(ctx: &TcContext, pkt: &Ipv6Packet, zone: u8) -> Result<bool, DropReason> {
+    tracked_if(ctx, pkt, zone, true)
+}
+
+#[inline(always)]
+fn tracked_if(
+    ctx: &TcContext,
+    pkt: &Ipv6Packet,
+    zone: u8,
+    local_only: bool,
+) -> Result<bool, DropReason> {
     let key = conntrack::key_of(pkt, zone);
     let Some(entry) = conntrack::lookup_flow(&key, pkt) else {
         return Ok(false);
     };
+    if local_only {
+        // SAFETY: a map value pointer from this run; one field read.
+        let flags = unsafe { (*entry).flags };
+        if flags & FLAG_LOCAL == 0 || flags & FLAG_REPLY != 0 {
+            return Ok(false);
+        }
+    }
     conntrack::track_in_place(ctx, entry, &key, pkt)?;
     let s = scratch()?;
     // SAFETY: a map value from the lookup above, copied map to map.
@@ -189,6 +220,32 @@ pub fn masquerade(
     source_port(ctx, pkt, zone, addr, true)
 }
 
+/// A new host-local flow translated per packet (`dp_local_out6`): DNAT
+/// to `target`, and `gateway` (the container's network's) as its source
+/// with the client's port when that tuple is free, another port otherwise
+/// (never one a host socket would receive the container's replies on: the
+/// client's own direct connection, say). The replies go into `lo`'s
+/// ingress ([`FLAG_LOCAL`], the device this packet leaves by, whose
+/// Ethernet addresses are zero as the entry's are). The entry is left in
+/// the scratch for [`apply`].
+#[inline(never)]
+pub fn local(
+    ctx: &TcContext,
+    pkt: &Ipv6Packet,
+    zone: u8,
+    target: &PortTarget6,
+    gateway: &[u8; 16],
+) -> Result<(), DropReason> {
+    let s = scratch()?;
+    fill_entry(ctx, FLAG_DNAT | FLAG_LOCAL, pkt, &mut s.orig)?;
+    s.orig.rewrite |= REWRITE_DST;
+    s.orig.new_daddr = target.addr;
+    s.orig.new_dport = target.port;
+    // SAFETY: the context's __sk_buff is valid for the whole program run.
+    s.orig.redirect_ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    source_port(ctx, pkt, zone, gateway, true)
+}
+
 /// A container reaching a port published on a host address (hairpin):
 /// DNAT to `target`, keeping the container's address; the flow's replies
 /// go straight back into its veth `ifindex` with the frame's Ethernet
@@ -245,7 +302,10 @@ pub fn own_port(
 /// Sends the packet out of the scratch entry's redirect (into a
 /// container's veth, with the Ethernet addresses it recorded): a hairpin
 /// flow's replies, and both directions of a container's flow to its own
-/// port. `Ok(None)`: the stack's to deliver.
+/// port; a host-local flow's replies ([`FLAG_LOCAL`]) into `lo`'s ingress
+/// (its recorded addresses are `lo`'s, zero), where the host stack
+/// delivers them to the client's socket. `Ok(None)`: the stack's to
+/// deliver.
 #[inline(never)]
 pub fn redirect(ctx: &TcContext, new_flow: bool) -> Result<Option<i32>, DropReason> {
     let s = scratch()?;
@@ -257,8 +317,13 @@ pub fn redirect(ctx: &TcContext, new_flow: bool) -> Result<Option<i32>, DropReas
     macs[..6].copy_from_slice(&e.redirect_dmac);
     macs[6..].copy_from_slice(&e.redirect_smac);
     ctx.store(0, &macs, 0).map_err(|_| DropReason::Rewrite)?;
+    let flags = if e.flags & FLAG_LOCAL != 0 {
+        u64::from(BPF_F_INGRESS)
+    } else {
+        0
+    };
     // SAFETY: a helper taking plain integers.
-    let rc = unsafe { bpf_redirect(e.redirect_ifindex, 0) };
+    let rc = unsafe { bpf_redirect(e.redirect_ifindex, flags) };
     if rc != i64::from(TC_ACT_REDIRECT) {
         return Err(DropReason::Rewrite);
     }
@@ -279,9 +344,19 @@ fn source_port(
     host_sockets: bool,
 ) -> Result<(), DropReason> {
     let cfg = NAT_CONFIG.load();
+    let s = scratch()?;
+    // The replies come from the destination as the entry rewrites it (a
+    // host-local flow's container).
+    let (peer_addr, peer_port) = if s.orig.rewrite & REWRITE_DST != 0 {
+        (s.orig.new_daddr, s.orig.new_dport)
+    } else {
+        (pkt.dst, pkt.dport)
+    };
     let mut probe = Probe {
         skb: ctx.skb.skb,
         key: conntrack::key_of(pkt, zone),
+        peer_addr,
+        peer_port,
         addr: *addr,
         candidate: pkt.sport,
         min: u32::from(cfg.snat_port_min),
@@ -304,6 +379,9 @@ fn source_port(
 struct Probe {
     skb: *mut __sk_buff,
     key: CtKey6,
+    /// Where the replies come from (address and port).
+    peer_addr: [u8; 16],
+    peer_port: [u8; 2],
     addr: [u8; 16],
     candidate: [u8; 2],
     min: u32,
@@ -319,16 +397,28 @@ struct Probe {
 extern "C" fn probe_step(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `masquerade` passes its `Probe`.
     let p = unsafe { &mut *ctx.cast::<Probe>() };
-    let tc = TcContext::new(p.skb);
-    let claimed = (p.host_sockets == 0
-        || !<[u8; 16]>::host_socket(&tc, p.key.proto, &p.key, p.addr, p.candidate))
-        && claim(&p.key, &p.addr, p.candidate);
+    let claimed = (p.host_sockets == 0 || !host_socket(p)) && claim(&p.key, &p.addr, p.candidate);
     // Every path leaves the same fields written, so the verifier's states
     // at the next step compare equal and the steps are checked once, not
     // once per path through the previous ones.
     p.candidate = nat::random_port(p.min, p.span);
     p.found = u32::from(claimed);
     i64::from(claimed)
+}
+
+/// Whether a socket of the host would receive a reply from the probe's
+/// peer to its candidate (`Family::host_socket`'s lookup, from the
+/// translated peer).
+#[inline(always)]
+fn host_socket(p: &Probe) -> bool {
+    let tc = TcContext::new(p.skb);
+    let mut tuple = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+        saddr: p.peer_addr.words(),
+        daddr: p.addr.words(),
+        sport: u16::from_ne_bytes(p.peer_port),
+        dport: u16::from_ne_bytes(p.candidate),
+    };
+    hostsock::lookup_socket6(tc.as_ptr(), p.key.proto, &raw mut tuple)
 }
 
 /// Tries `port` as the new flow's source port (the entry in the scratch).

@@ -7,25 +7,31 @@
 //! the destination is the host itself (`::1` or an address in
 //! `DP_HOST_ADDRS6`), the wildcard key `{::, port, proto}`.
 //!
-//! Unlike IPv4, nothing is left to the packets: a socket bound to `::1` is
-//! not translated (no route takes that source to a container, and IPv6 has
-//! no `route_localnet`), so it finds nothing listening, and a bound port
-//! whose translated tuple is taken fails its connect (`EADDRNOTAVAIL`)
-//! instead of being translated per packet by `dp_local_out`, which is
-//! IPv4's only (docs/architecture.md).
+//! The same two TCP cases as IPv4's are left to the packets, for the same
+//! reasons: a socket bound to `::1` (no route takes that source to a
+//! container, and IPv6 has no `route_localnet`) and a socket with a port of
+//! its own whose translated tuple another socket holds (its connect would
+//! fail, `EADDRNOTAVAIL`). Its entry
+//! is marked [`REVNAT_PER_PACKET`], the destination left as asked, and
+//! `dp_local_out6` (on `lo`, `local6`) translates the connection per
+//! packet. A UDP socket bound to `::1` is not translated (nothing
+//! translates its datagrams per packet): it finds nothing listening.
 
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{
-    helpers::bpf_get_netns_cookie, macros::cgroup_sock_addr, programs::SockAddrContext, EbpfContext,
+    bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2, helpers::bpf_get_netns_cookie,
+    macros::cgroup_sock_addr, programs::SockAddrContext, EbpfContext,
 };
 use dataplane_common::{
     nat::{PortKey6, PortTarget6},
-    sock::SockRevNat6,
+    net::IPPROTO_TCP,
+    sock::{SockRevNat6, REVNAT_PER_PACKET},
 };
 
 use crate::{
     family::Family,
+    fastpath, hostsock,
     maps::{DP_PORTS6, DP_SOCK_REVNAT6},
     sock::{protocol, socket_cookie, Hook, HOST_NETNS_COOKIE},
 };
@@ -86,43 +92,91 @@ fn forward(ctx: &SockAddrContext, hook: Hook) {
         }
         return;
     };
-    if bound_to_loopback(ctx) {
+    let bound = bound(ctx);
+    let loopback = bound.addr == LOOPBACK.words();
+    let per_packet =
+        hook == Hook::Connect && proto == IPPROTO_TCP && leave_to_packets(ctx, &bound, &target);
+    if loopback && !per_packet {
         return;
     }
     let rev = SockRevNat6 {
         orig_addr: dst.addr,
         orig_port: dst.port,
-        _pad: [0; 2],
+        flags: if per_packet { REVNAT_PER_PACKET } else { 0 },
+        _pad: 0,
         backend_addr: target.addr,
         backend_port: target.port,
         _pad2: [0; 2],
     };
-    // As for IPv4: translate even if recording fails.
+    // As for IPv4: translate even if recording fails (a per-packet
+    // connection without its entry is refused).
     let _ = DP_SOCK_REVNAT6.insert(socket_cookie(ctx), rev, 0);
-    set_user_endpoint(
-        ctx,
-        &Endpoint {
-            addr: target.addr,
-            port: target.port,
-        },
-    );
+    if !per_packet {
+        set_user_endpoint(
+            ctx,
+            &Endpoint {
+                addr: target.addr,
+                port: target.port,
+            },
+        );
+    }
 }
 
-/// Whether the socket is bound to `::1` (see the module docs).
+/// The socket's bound address (32-bit words, memory order) and port (host
+/// order; 0 when the kernel is to pick one after connect).
+struct Bound {
+    addr: [u32; 4],
+    port: u32,
+}
+
 #[inline(always)]
-fn bound_to_loopback(ctx: &SockAddrContext) -> bool {
+fn bound(ctx: &SockAddrContext) -> Bound {
     // SAFETY: `sk` of a sock_addr context is the socket of the syscall,
-    // never null; `src_ip6` is four readable 4-byte fields.
-    let words = unsafe {
+    // never null; `src_ip6` is four readable 4-byte fields, `src_port` one.
+    unsafe {
         let sk = read_volatile(addr_of!((*ctx.sock_addr).__bindgen_anon_1.sk));
-        [
-            read_volatile(addr_of!((*sk).src_ip6[0])),
-            read_volatile(addr_of!((*sk).src_ip6[1])),
-            read_volatile(addr_of!((*sk).src_ip6[2])),
-            read_volatile(addr_of!((*sk).src_ip6[3])),
-        ]
+        Bound {
+            addr: [
+                read_volatile(addr_of!((*sk).src_ip6[0])),
+                read_volatile(addr_of!((*sk).src_ip6[1])),
+                read_volatile(addr_of!((*sk).src_ip6[2])),
+                read_volatile(addr_of!((*sk).src_ip6[3])),
+            ],
+            port: read_volatile(addr_of!((*sk).src_port)),
+        }
+    }
+}
+
+/// Whether connecting this socket straight to `backend` cannot work, so
+/// the packets must be translated instead (`sock::leave_to_packets`'s
+/// twin): it is bound to `::1`, or it would take a tuple a socket of the
+/// host holds (its local address the bound one, or the gateway the route
+/// to the container picks).
+#[inline(always)]
+fn leave_to_packets(ctx: &SockAddrContext, bound: &Bound, backend: &PortTarget6) -> bool {
+    if bound.addr == LOOPBACK.words() {
+        return true;
+    }
+    if bound.port == 0 {
+        return false;
+    }
+    let local = if bound.addr != [0; 4] {
+        bound.addr
+    } else {
+        let gateway = fastpath::gateway6(&backend.addr);
+        if gateway == [0; 16] {
+            return false;
+        }
+        gateway.words()
     };
-    words == LOOPBACK.words()
+    // As a reply would arrive: from the container's port to ours.
+    let mut tuple = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+        saddr: backend.addr.words(),
+        daddr: local,
+        sport: u16::from_ne_bytes(backend.port),
+        dport: (bound.port as u16).to_be(),
+    };
+    hostsock::lookup_socket6(ctx.as_ptr(), IPPROTO_TCP, &raw mut tuple)
 }
 
 /// recvmsg6/getpeername6: container -> the address the application used.

@@ -10,6 +10,7 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use dataplane_common::{
+    ct::{CtEntry6, CtKey6},
     maps,
     nat::{
         EndpointInfo, EndpointInfo6, EndpointRoute, HostAddr, PortKey, PortKey6, PortTarget,
@@ -211,6 +212,24 @@ pub fn endpoint_route(pins: &PinRoot, addr: Ipv4Addr, route: EndpointRoute) -> R
         HashMap::try_from(pinned(pins, maps::ENDPOINT_ROUTES)?)?;
     map.insert(addr.octets(), route, 0)
         .context("adding an endpoint route")
+}
+
+/// The fast path's route to the endpoint IPv6 address `addr`.
+pub fn endpoint_route6(pins: &PinRoot, addr: Ipv6Addr, route: EndpointRoute) -> Result<()> {
+    let mut map: HashMap<MapData, [u8; 16], EndpointRoute> =
+        HashMap::try_from(pinned(pins, maps::ENDPOINT_ROUTES6)?)?;
+    map.insert(addr.octets(), route, 0)
+        .context("adding an IPv6 endpoint route")
+}
+
+/// An IPv6 TCP flow's conntrack entry, as a program would have made it
+/// (for the paths whose first packet a test run cannot make: a host-local
+/// flow starts from a socket's cookie).
+pub fn ct6_tcp(pins: &PinRoot, key: CtKey6, entry: CtEntry6) -> Result<()> {
+    let mut map: HashMap<MapData, CtKey6, CtEntry6> =
+        HashMap::try_from(pinned(pins, maps::CT6_TCP)?)?;
+    map.insert(key, entry, 0)
+        .context("adding an IPv6 conntrack entry")
 }
 
 /// The fast path's routes, by endpoint address.

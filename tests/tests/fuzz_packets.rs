@@ -50,7 +50,7 @@ fn fuzz_run(packets: u64, seconds: u64, name: &str) {
     );
 }
 
-/// >= 20 000 packets across the eight programs, well under two minutes.
+/// >= 20 000 packets across the nine programs, well under two minutes.
 #[test]
 fn seeded_fuzz_run_keeps_every_invariant() {
     if !dataplane_tests::require_root() {

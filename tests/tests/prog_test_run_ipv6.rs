@@ -4,19 +4,27 @@
 //! without IPv6), isolation between networks and ICC by the destination's
 //! subnet (link-local unicast too), extension headers walked, and IPv4
 //! left to `dp_from_container`. Each case checks the verdict and the drop
-//! reason counted.
+//! reason counted. And a host-local flow translated per packet: its later
+//! packets through `dp_local_out6` and its replies through
+//! `dp_from_container6` (its first packet needs a socket, which a test run
+//! has not: `nat_local_bound.rs` covers it).
 
 use std::net::Ipv6Addr;
 
 use dataplane_common::{
+    ct::{
+        CtEntry6, CtKey6, CtState, FLAG_DNAT, FLAG_LOCAL, FLAG_REPLY, REWRITE_DST, REWRITE_SRC,
+        ZONE_ENDPOINT,
+    },
     drop::DropReason,
-    nat::{EndpointInfo, EndpointInfo6, SUBNET_MASQUERADE, SUBNET_NO_ICC},
-    net::{IPPROTO_ICMPV6, IPPROTO_UDP},
+    nat::{EndpointInfo, EndpointInfo6, EndpointRoute, SUBNET_MASQUERADE, SUBNET_NO_ICC},
+    net::{IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
 };
 use dataplane_tests::{
     datapath,
+    family::parsed,
     packets::{ipv6_frame, udp_header, PacketBuilder},
-    BpffsDir,
+    packets6, BpffsDir,
 };
 use dataplane_user::datapath::{ebpf::Dataplane, stats};
 
@@ -372,4 +380,106 @@ mod nat {
         }
         assert!(failures.is_empty(), "{failures:#?}");
     }
+}
+
+/// A host-local flow `dp_local_out6` started (a client bound to `[::1]:L`
+/// reaching `[::1]:8080`, published to the endpoint's port 80, from the
+/// gateway's port 50000): its later packets leave `lo` for the container's
+/// veth with both addresses translated and the route's MACs; the
+/// container's replies get the published address and the client's back
+/// and are redirected (into `lo`'s ingress); other TCP on `lo` is left
+/// alone. Checksums verify after each rewrite.
+#[test]
+fn a_host_local_flow_is_translated_both_ways() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    const REDIRECT: u32 = 7;
+    const L: u16 = 41234;
+    const MASQ: u16 = 50000;
+    let dir = BpffsDir::new("ptr6local").expect("bpffs dir");
+    let mut dp = Dataplane::load(dir.pins()).expect("load the eBPF object");
+    configure(&dp, true);
+    let (lo, c1, gw) = (a("::1"), a("fd00:1::2"), a("fd00:1::1"));
+    let route = EndpointRoute {
+        ifindex: TEST_RUN_IFINDEX,
+        mac: [2, 0, 0, 0, 1, 2],
+        gateway_mac: [2, 0, 0, 0, 1, 1],
+    };
+    datapath::endpoint_route6(dir.pins(), Ipv6Addr::from(c1), route).expect("route");
+    let key = |saddr, sport: u16, daddr, dport: u16| CtKey6 {
+        saddr,
+        daddr,
+        sport: sport.to_be_bytes(),
+        dport: dport.to_be_bytes(),
+        proto: IPPROTO_TCP,
+        zone: ZONE_ENDPOINT,
+        _pad: [0; 2],
+    };
+    let orig = CtEntry6 {
+        new_saddr: gw,
+        new_sport: MASQ.to_be_bytes(),
+        new_daddr: c1,
+        new_dport: 80u16.to_be_bytes(),
+        rewrite: REWRITE_SRC | REWRITE_DST,
+        state: CtState::Established as u8,
+        flags: FLAG_DNAT | FLAG_LOCAL,
+        ..CtEntry6::default()
+    };
+    let reply = CtEntry6 {
+        new_saddr: lo,
+        new_sport: 8080u16.to_be_bytes(),
+        new_daddr: lo,
+        new_dport: L.to_be_bytes(),
+        flags: FLAG_DNAT | FLAG_LOCAL | FLAG_REPLY,
+        redirect_ifindex: TEST_RUN_IFINDEX,
+        ..orig
+    };
+    datapath::ct6_tcp(dir.pins(), key(lo, L, lo, 8080), orig).expect("entry");
+    datapath::ct6_tcp(dir.pins(), key(c1, 80, gw, MASQ), reply).expect("reply entry");
+    const ACK: u8 = 0x10;
+
+    let out_frame = packets6::tcp(lo, lo, L, 8080, ACK);
+    let (verdict, out) =
+        datapath::run_program(&mut dp, "dp_local_out6", &out_frame).expect("test run");
+    assert_eq!(verdict, REDIRECT, "into the container's veth");
+    let seen = parsed(&out);
+    assert_eq!(
+        (seen.src, seen.sport, seen.dst, seen.dport),
+        (
+            Ipv6Addr::from(gw).into(),
+            MASQ,
+            Ipv6Addr::from(c1).into(),
+            80
+        ),
+        "{seen:?}"
+    );
+    assert_eq!((seen.eth_dst, seen.eth_src), (route.mac, route.gateway_mac));
+    assert_eq!(seen.ttl, 64, "the host's own packet keeps its hop limit");
+
+    let reply_frame = packets6::tcp(c1, gw, 80, MASQ, ACK);
+    let (verdict, back) =
+        datapath::run_program(&mut dp, "dp_from_container6", &reply_frame).expect("test run");
+    assert_eq!(verdict, REDIRECT, "into lo's ingress");
+    let seen = parsed(&back);
+    assert_eq!(
+        (seen.src, seen.sport, seen.dst, seen.dport),
+        (
+            Ipv6Addr::from(lo).into(),
+            8080,
+            Ipv6Addr::from(lo).into(),
+            L
+        ),
+        "{seen:?}"
+    );
+    assert_eq!(
+        (seen.eth_dst, seen.eth_src),
+        ([0; 6], [0; 6]),
+        "lo's addresses"
+    );
+
+    // Another connection on lo, with no entry: left alone.
+    let other = packets6::tcp(lo, lo, L + 1, 8080, ACK);
+    let (verdict, out) = datapath::run_program(&mut dp, "dp_local_out6", &other).expect("test run");
+    assert_eq!((verdict, out), (NEXT, other), "not ours");
 }

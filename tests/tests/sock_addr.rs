@@ -70,7 +70,7 @@ impl Setup {
         let cgroup = TestCgroup::new();
         // Loaded from inside the fake host, as the agent runs in the host: the
         // programs translate sockets of the loader's network namespace only.
-        // Attached from there too: `dp_local_out` goes on the fake host's
+        // Attached from there too: `dp_local_out` and `dp_local_out6` go on the fake host's
         // `lo`. The links are pinned: the attachment outlives the handle.
         let root = pins.pins().clone();
         let cg = cgroup.path.clone();

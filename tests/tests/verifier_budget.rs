@@ -11,7 +11,7 @@ use dataplane_user::datapath::ebpf::Dataplane;
 
 const LIMIT: u32 = 1_000_000;
 
-const PROGRAMS: [&str; 7] = [
+const PROGRAMS: [&str; 8] = [
     "dp_uplink_in",
     "dp_uplink_out",
     "dp_from_container",
@@ -19,6 +19,7 @@ const PROGRAMS: [&str; 7] = [
     "dp_uplink_in6",
     "dp_uplink_out6",
     "dp_from_container6",
+    "dp_local_out6",
 ];
 
 #[test]

@@ -5,16 +5,18 @@
 //! without a proxy process, and sees the published address, never the
 //! container's, in `getpeername`/`recvfrom`.
 //!
-//! With them, [`LOCAL_PROGRAM`] (`dp_local_out`) on `lo`'s egress, in the
-//! namespace of the thread that attaches (the host's, where the programs
-//! were loaded): it translates per packet the connections `dp_connect4`
-//! leaves alone (a socket with its own port whose translated tuple another
+//! With them, [`LOCAL_PROGRAMS`] (`dp_local_out`, then `dp_local_out6`) on
+//! `lo`'s egress, in the namespace of the thread that attaches (the host's,
+//! where the programs were loaded): they translate per packet the
+//! connections `dp_connect4`/`dp_connect6` leave alone (a socket bound to
+//! a loopback address, or with its own port whose translated tuple another
 //! socket holds). Their replies are put into `lo`'s ingress with the host's
-//! own addresses, which the stack accepts there only with `accept_local`
-//! (a local source) and `route_localnet` (127.0.0.0/8) on `lo`: [`attach`]
-//! turns both on, and they stay on (only packets that arrive on `lo`
-//! without a route, which only such redirects make, are concerned).
-//! It is attached once per namespace and detached with the last cgroup.
+//! own addresses, which the IPv4 stack accepts there only with
+//! `accept_local` (a local source) and `route_localnet` (127.0.0.0/8) on
+//! `lo`: [`attach`] turns both on, and they stay on (only packets that
+//! arrive on `lo` without a route, which only such redirects make, are
+//! concerned; IPv6 needs neither). They are attached once per namespace
+//! and detached with the last cgroup.
 //!
 //! Each attachment is a bpf_link pinned under [`PinRoot::links_dir`] as
 //! `cgroup<inode>_<program>`, the inode being the cgroup directory's (its
@@ -54,11 +56,12 @@ pub const PROGRAMS: [&str; 8] = [
     "dp_getpeername6",
 ];
 
-/// The per-packet program of host-local connections, on `lo`'s egress.
-pub const LOCAL_PROGRAM: &str = "dp_local_out";
+/// The per-packet programs of host-local connections, IPv4's and IPv6's,
+/// in their order on `lo`'s egress.
+pub const LOCAL_PROGRAMS: [&str; 2] = ["dp_local_out", "dp_local_out6"];
 const LOOPBACK: &str = "lo";
-/// Sysctls `lo` needs for the replies [`LOCAL_PROGRAM`]'s flows put into
-/// its ingress (see the module docs).
+/// Sysctls `lo` needs for the replies IPv4's per-packet flows put into its
+/// ingress (see the module docs).
 const LOOPBACK_SYSCTLS: [&str; 2] = [
     "/proc/sys/net/ipv4/conf/lo/accept_local",
     "/proc/sys/net/ipv4/conf/lo/route_localnet",
@@ -132,13 +135,14 @@ pub enum SockError {
         #[source]
         source: aya::pin::PinError,
     },
-    #[error("{LOCAL_PROGRAM} on {LOOPBACK} (egress), for cgroup {cgroup}")]
+    #[error("{program} on {LOOPBACK} (egress), for cgroup {cgroup}")]
     Loopback {
+        program: &'static str,
         cgroup: PathBuf,
         #[source]
         source: Box<LoadError>,
     },
-    #[error("cannot set {path} to 1 (for {LOCAL_PROGRAM}'s replies)")]
+    #[error("cannot set {path} to 1 (for dp_local_out's replies)")]
     Sysctl {
         path: PathBuf,
         #[source]
@@ -228,7 +232,7 @@ fn cgroup_ino(cgroup: &Path) -> Result<u64, SockError> {
 
 /// Loads the four programs of `dp`, attaches each to the cgroup v2 directory
 /// `cgroup` with a bpf_link and pins the links under `pins.links_dir()`,
-/// after making sure [`LOCAL_PROGRAM`] is on `lo` in this thread's network
+/// after making sure [`LOCAL_PROGRAMS`] are on `lo` in this thread's network
 /// namespace (which must be the one `dp` was loaded in). Returns the pin
 /// paths of the cgroup's links. Refuses a cgroup that already has them; a failure
 /// half-way removes the links it made.
@@ -241,7 +245,7 @@ pub fn attach(
     pins.ensure()?;
     // First, and also for a cgroup attached already: an attachment made
     // before the program existed gets it too.
-    attach_loopback(dp, cgroup)?;
+    attach_loopback(dp, pins, cgroup)?;
     for program in PROGRAMS {
         let path = link_pin(pins, ino, program);
         if path.exists() {
@@ -267,7 +271,7 @@ pub fn attach(
                     let _ = fs::remove_file(p);
                 }
                 if !any_cgroup_attached(pins) {
-                    let _ = ensure_detached(pins, LOCAL_PROGRAM, LOOPBACK, Direction::Egress);
+                    detach_loopback(pins);
                 }
                 return Err(e);
             }
@@ -276,20 +280,38 @@ pub fn attach(
     Ok(pinned)
 }
 
-/// [`LOCAL_PROGRAM`] on `lo` and its sysctls, in this thread's namespace;
-/// kept when there already (another cgroup's attachment).
-fn attach_loopback(dp: &mut Dataplane, cgroup: &Path) -> Result<(), SockError> {
+/// [`LOCAL_PROGRAMS`] on `lo` and their sysctls, in this thread's
+/// namespace; kept when there already (another cgroup's attachment, or an
+/// attachment made before `dp_local_out6` existed, which gets it now). A
+/// failure takes off what it put on when no cgroup uses it.
+fn attach_loopback(dp: &mut Dataplane, pins: &PinRoot, cgroup: &Path) -> Result<(), SockError> {
     for path in LOOPBACK_SYSCTLS {
         fs::write(path, "1").map_err(|source| SockError::Sysctl {
             path: path.into(),
             source,
         })?;
     }
-    dp.ensure_attached(LOCAL_PROGRAM, LOOPBACK, Direction::Egress)
-        .map_err(|source| SockError::Loopback {
-            cgroup: cgroup.to_owned(),
-            source: Box::new(source),
-        })
+    for program in LOCAL_PROGRAMS {
+        if let Err(source) = dp.ensure_attached(program, LOOPBACK, Direction::Egress) {
+            if !any_cgroup_attached(pins) {
+                detach_loopback(pins);
+            }
+            return Err(SockError::Loopback {
+                program,
+                cgroup: cgroup.to_owned(),
+                source: Box::new(source),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Takes [`LOCAL_PROGRAMS`] off `lo` after a failed attach, best effort
+/// (the attach's own error is the one reported).
+fn detach_loopback(pins: &PinRoot) {
+    for program in LOCAL_PROGRAMS {
+        let _ = ensure_detached(pins, program, LOOPBACK, Direction::Egress);
+    }
 }
 
 /// Whether some cgroup still has the programs attached (its connect4 pin).
@@ -351,7 +373,7 @@ fn attach_one(
 }
 
 /// Removes the pinned links [`attach`] made on `cgroup`, which detaches the
-/// programs ([`LOCAL_PROGRAM`] too, from this thread's namespace, when no
+/// programs ([`LOCAL_PROGRAMS`] too, from this thread's namespace, when no
 /// other cgroup has them). Tries every program; reports the first failure. Errors when
 /// nothing was attached.
 pub fn detach(pins: &PinRoot, cgroup: &Path) -> Result<(), SockError> {
@@ -375,12 +397,15 @@ pub fn detach(pins: &PinRoot, cgroup: &Path) -> Result<(), SockError> {
         }
     }
     if found && !any_cgroup_attached(pins) {
-        ensure_detached(pins, LOCAL_PROGRAM, LOOPBACK, Direction::Egress).map_err(|source| {
-            SockError::Loopback {
-                cgroup: cgroup.to_owned(),
-                source: Box::new(source),
-            }
-        })?;
+        for program in LOCAL_PROGRAMS {
+            ensure_detached(pins, program, LOOPBACK, Direction::Egress).map_err(|source| {
+                SockError::Loopback {
+                    program,
+                    cgroup: cgroup.to_owned(),
+                    source: Box::new(source),
+                }
+            })?;
+        }
     }
     match (first_err, found) {
         (Some(e), _) => Err(e),

@@ -192,6 +192,8 @@ fn icmp_error(rng: &mut Rng, spec: &mut Spec, model: &Model, prog: Prog, v6: boo
 pub fn frame(rng: &mut Rng, model: &Model, prog: Prog) -> Vec<u8> {
     let v6 = match prog.v6() {
         Some(v6) => v6 != rng.chance(5),
+        // Mostly the family the program parses.
+        None if prog == Prog::LocalOut6 => !rng.chance(20),
         None => rng.chance(30),
     };
     if rng.chance(2) {

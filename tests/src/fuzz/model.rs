@@ -26,18 +26,20 @@ pub enum Prog {
     UplinkOut,
     FromContainer,
     LocalOut,
+    LocalOut6,
     UplinkIn6,
     UplinkOut6,
     FromContainer6,
 }
 
 impl Prog {
-    pub const ALL: [Prog; 8] = [
+    pub const ALL: [Prog; 9] = [
         Prog::Stats,
         Prog::UplinkIn,
         Prog::UplinkOut,
         Prog::FromContainer,
         Prog::LocalOut,
+        Prog::LocalOut6,
         Prog::UplinkIn6,
         Prog::UplinkOut6,
         Prog::FromContainer6,
@@ -50,6 +52,7 @@ impl Prog {
             Prog::UplinkOut => "dp_uplink_out",
             Prog::FromContainer => "dp_from_container",
             Prog::LocalOut => "dp_local_out",
+            Prog::LocalOut6 => "dp_local_out6",
             Prog::UplinkIn6 => "dp_uplink_in6",
             Prog::UplinkOut6 => "dp_uplink_out6",
             Prog::FromContainer6 => "dp_from_container6",
@@ -60,10 +63,12 @@ impl Prog {
         Prog::ALL.into_iter().find(|p| p.name() == name)
     }
 
-    /// The family the program translates (None: it translates nothing).
+    /// The family the program translates (None: it translates nothing;
+    /// `lo`'s programs translate only packets of a socket `dp_connect4`/
+    /// `dp_connect6` marked, and a test run's packet has no socket).
     pub fn v6(self) -> Option<bool> {
         match self {
-            Prog::Stats | Prog::LocalOut => None,
+            Prog::Stats | Prog::LocalOut | Prog::LocalOut6 => None,
             Prog::UplinkIn | Prog::UplinkOut | Prog::FromContainer => Some(false),
             _ => Some(true),
         }
