@@ -138,8 +138,8 @@ pub fn all(family: Family) -> Vec<Workload> {
             });
         }
     }
-    // Host-local: IPv4 only (the dataplane's per-packet host-local path is
-    // IPv4 only, docs/architecture.md).
+    // Host-local: IPv4 only (the clients and the docker-proxy peer's
+    // reading are written for 127.0.0.1; the dataplane has both families).
     if family == Family::V4 {
         for kind in [Kind::Crr, Kind::Rr, Kind::Seq] {
             v.push(Workload {
