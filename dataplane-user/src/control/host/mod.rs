@@ -90,9 +90,10 @@ pub fn host_veth_name(suffix: &str) -> String {
 
 /// The endpoint programs' attachment to a veth's host end, prepared by the
 /// manager on the datapath. [`attach_veth`] runs it on a thread of its own
-/// while it configures the namespace (each attachment waits for a kernel
-/// RCU grace period), and brings the host end up only once it is done: a
-/// container's link has no carrier before its programs are there.
+/// while it configures the namespace (the qdisc and filters are netlink
+/// requests of their own, made in parallel), and brings the host end up
+/// only once it is done: a container's link has no carrier before its
+/// programs are there.
 #[derive(Default)]
 pub struct HostEndPrograms(std::sync::Mutex<Option<EndpointJob>>);
 

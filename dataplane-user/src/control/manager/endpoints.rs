@@ -117,7 +117,8 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         {
             Ok(a) => a,
             Err(e) => {
-                // Pins of links made before the failure (their veth is gone).
+                // Filters made before the failure (none once the veth is
+                // gone).
                 let _ = self.dp.detach_endpoint(&host_veth_name(&suffix));
                 return Err(e.into());
             }
