@@ -300,9 +300,10 @@ impl OwnedMaps {
     }
 }
 
-/// Every endpoint filter in this thread's namespace whose program is this
-/// root's (`owned`): `(ifindex, index into ENDPOINT_PROGRAMS)`.
-fn owned_filters(tc: &mut Tc, owned: &OwnedMaps) -> io::Result<Vec<(u32, usize)>> {
+/// Every endpoint filter in this thread's namespace, whichever root's:
+/// `(ifindex, index into ENDPOINT_PROGRAMS, the filter)`.
+pub fn endpoint_filters() -> io::Result<Vec<(u32, usize, BpfFilter)>> {
+    let mut tc = Tc::open()?;
     let mut out = Vec::new();
     for index in interface_indexes()? {
         let filters = match tc.bpf_filters(index) {
@@ -312,22 +313,28 @@ fn owned_filters(tc: &mut Tc, owned: &OwnedMaps) -> io::Result<Vec<(u32, usize)>
             Err(e) => return Err(e),
         };
         for f in filters {
-            let Some(i) = (0..ENDPOINT_PROGRAMS.len()).find(|i| is_endpoint_filter(&f, *i)) else {
-                continue;
-            };
-            if owned.owns(f.prog_id) {
-                out.push((index, i));
+            if let Some(i) = (0..ENDPOINT_PROGRAMS.len()).find(|i| is_endpoint_filter(&f, *i)) {
+                out.push((index, i, f));
             }
         }
     }
     Ok(out)
 }
 
+/// [`endpoint_filters`] whose program is this root's (`owned`).
+fn owned_filters(owned: &OwnedMaps) -> io::Result<Vec<(u32, usize)>> {
+    Ok(endpoint_filters()?
+        .into_iter()
+        .filter(|(_, _, f)| owned.owns(f.prog_id))
+        .map(|(index, i, _)| (index, i))
+        .collect())
+}
+
 /// Moves every endpoint filter of this root in this thread's namespace to
 /// `dp`'s program of the same name (each replaced atomically). Best effort:
 /// a filter that cannot be moved keeps its program, with a warning.
 pub fn relink_filters(dp: &mut Dataplane, owned: &OwnedMaps) {
-    let found = Tc::open().and_then(|mut tc| Ok((owned_filters(&mut tc, owned)?, tc)));
+    let found = owned_filters(owned).and_then(|f| Ok((f, Tc::open()?)));
     let (filters, mut tc) = match found {
         Ok(f) => f,
         Err(e) => {
@@ -370,11 +377,7 @@ pub fn relink_filters(dp: &mut Dataplane, owned: &OwnedMaps) {
 /// every failure is returned.
 pub fn remove_filters(pins: &PinRoot) -> Vec<String> {
     let owned = OwnedMaps::read(pins);
-    let mut tc = match Tc::open() {
-        Ok(tc) => tc,
-        Err(e) => return vec![format!("opening netlink to remove the endpoint filters: {e}")],
-    };
-    let filters = match owned_filters(&mut tc, &owned) {
+    let (filters, mut tc) = match owned_filters(&owned).and_then(|f| Ok((f, Tc::open()?))) {
         Ok(f) => f,
         Err(e) => return vec![format!("listing the endpoint filters: {e}")],
     };
