@@ -16,8 +16,8 @@
 //! [`super::ebpf`]'s relink, and removed by [`detach_endpoint`] like the
 //! filters.
 //!
-//! A connect prepares the attachment here ([`prepare_endpoint`]) and makes
-//! it on a thread of its own while it configures the namespace. What the
+//! A connect prepares the attachment here ([`prepare_endpoint`]); the host
+//! layer makes it on the new veth, still down. What the
 //! programs read about the endpoint (`DP_ENDPOINTS`, `DP_ENDPOINTS6`,
 //! `DP_ENDPOINT_ROUTES(6)`, `DP_SANDBOX_ADDRS`) is written with the rest of
 //! the NAT maps ([`super::nat::apply`]).

@@ -33,8 +33,8 @@ pub enum DatapathError {
     Filter(#[from] FilterError),
 }
 
-/// The attachment of an endpoint's programs, to run on a thread of the
-/// agent's namespace ([`Datapath::prepare_endpoint`]).
+/// The attachment of an endpoint's programs, to run by the host layer on a
+/// thread in the agent's namespace ([`Datapath::prepare_endpoint`]).
 pub type EndpointJob = Box<dyn FnOnce() -> Result<(), NatError> + Send>;
 
 /// The datapath as the manager sees it. Every call is synchronous: map
@@ -58,9 +58,9 @@ pub trait Datapath {
     fn detach_uplink(&mut self, ifname: &str) -> Result<(), NatError>;
     /// Attaches the endpoint programs (the IPv6 one with `ipv6`).
     fn attach_endpoint(&mut self, host_ifname: &str, ipv6: bool) -> Result<(), NatError>;
-    /// [`Datapath::attach_endpoint`] as a job for a thread of the agent's
-    /// namespace, so a connect overlaps the attachment with its netlink
-    /// work in the container's namespace: the programs are verified now.
+    /// [`Datapath::attach_endpoint`] as a job the host layer runs once the
+    /// veth exists (the programs are verified now): the veth's host end
+    /// comes up only after it.
     fn prepare_endpoint(&mut self, host_ifname: &str, ipv6: bool) -> Result<EndpointJob, NatError>;
     fn detach_endpoint(&mut self, host_ifname: &str) -> Result<(), NatError>;
     /// Why the endpoint program is not attached to `host_ifname`, if it
