@@ -244,8 +244,7 @@ fn add_publishes_check_passes_del_cleans_up() {
     rig.fh
         .host
         .exec(&[
-            "tc", "filter", "del", "dev", &host_veth, "ingress", "prio", "1", "handle", "1",
-            "bpf",
+            "tc", "filter", "del", "dev", &host_veth, "ingress", "prio", "1", "handle", "1", "bpf",
         ])
         .expect("remove the endpoint filter");
     let err = rig

@@ -332,7 +332,11 @@ fn state_and_live_flows_survive_an_upgrade_from_the_previous_release() {
     }
     // The old endpoints keep their (moved) tcx links, with no filter that
     // would run the programs twice; a new endpoint gets filters.
-    assert_eq!(filter_programs(&fh.host), Vec::new(), "no filter on the old veths");
+    assert_eq!(
+        filter_programs(&fh.host),
+        Vec::new(),
+        "no filter on the old veths"
+    );
     let c_new = NetNs::new("upgpn").expect("netns");
     cli.run(&["connect", "-p", "8087:7000", "n6", c_new.name()])
         .expect("connect on the new agent");
@@ -343,10 +347,16 @@ fn state_and_live_flows_survive_an_upgrade_from_the_previous_release() {
     );
     let _sn = tcp_echo_server(
         &c_new,
-        SocketAddr::from(("fd00:83::3".parse::<std::net::Ipv6Addr>().expect("addr"), 7000)),
+        SocketAddr::from((
+            "fd00:83::3".parse::<std::net::Ipv6Addr>().expect("addr"),
+            7000,
+        )),
     )
     .expect("echo on the new endpoint");
-    echo(&mut connect_from(&fh.client, SocketAddr::from((host6, 8087))), 10);
+    echo(
+        &mut connect_from(&fh.client, SocketAddr::from((host6, 8087))),
+        10,
+    );
     let programs_after = attached_programs(&cli);
     eprintln!("programs by link pin: {programs_before:?} -> {programs_after:?}");
     for (pin, id) in &programs_before {

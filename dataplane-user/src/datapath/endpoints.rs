@@ -111,12 +111,10 @@ fn legacy_link(pins: &PinRoot, program: &str, host_ifname: &str) -> Result<bool,
 pub fn attach_endpoint(dp: &mut Dataplane, host_ifname: &str, ipv6: bool) -> Result<(), NatError> {
     let index = ifindex(host_ifname)
         .map_err(filter_err(host_ifname, "looking up"))?
-        .ok_or_else(|| {
-            LoadError::Filter {
-                ifname: host_ifname.to_owned(),
-                what: "looking up",
-                source: io::Error::from_raw_os_error(libc::ENODEV),
-            }
+        .ok_or_else(|| LoadError::Filter {
+            ifname: host_ifname.to_owned(),
+            what: "looking up",
+            source: io::Error::from_raw_os_error(libc::ENODEV),
         })?;
     let present = Tc::open()
         .and_then(|mut tc| tc.bpf_filters(index))
@@ -344,23 +342,26 @@ pub fn relink_filters(dp: &mut Dataplane, owned: &OwnedMaps) {
     };
     for (index, i) in filters {
         let program = ENDPOINT_PROGRAMS[i];
-        let moved = dp.program_fd(program).map_err(NatError::from).and_then(|fd| {
-            tc.replace_bpf_filter(
-                index,
-                FILTER_PRIORITIES[i],
-                FILTER_HANDLE,
-                fd.as_fd(),
-                program,
-            )
-            .map_err(|source| {
-                LoadError::Filter {
-                    ifname: format!("interface {index}"),
-                    what: "replacing the program of",
-                    source,
-                }
-                .into()
-            })
-        });
+        let moved = dp
+            .program_fd(program)
+            .map_err(NatError::from)
+            .and_then(|fd| {
+                tc.replace_bpf_filter(
+                    index,
+                    FILTER_PRIORITIES[i],
+                    FILTER_HANDLE,
+                    fd.as_fd(),
+                    program,
+                )
+                .map_err(|source| {
+                    LoadError::Filter {
+                        ifname: format!("interface {index}"),
+                        what: "replacing the program of",
+                        source,
+                    }
+                    .into()
+                })
+            });
         match moved {
             Ok(()) => tracing::info!(ifindex = index, "filter moved to the new {program}"),
             Err(e) => tracing::warn!(
