@@ -3,9 +3,8 @@
 //! direct-action `cls_bpf` filters on its ingress hook (create or replace
 //! at a priority and handle, list, delete).
 //!
-//! Blocking, where [`super::netlink`] is async: the endpoint programs are
-//! attached from a thread of their own while a connect configures the
-//! container's namespace, and from the datapath's synchronous calls. A
+//! Blocking, where [`super::netlink`] is async: the datapath's calls that
+//! attach, check and remove the endpoint programs are synchronous. A
 //! `cls_bpf` filter costs the kernel no RCU grace period, where a tcx
 //! attachment waits for one with the RTNL held (`tcx_entry_sync`).
 //!
