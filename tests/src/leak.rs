@@ -124,7 +124,7 @@ fn walk_bpffs(
 }
 
 /// `dp_*` programs still loaded in the kernel. After the suite every test
-/// namespace is gone, so a loaded program means a pin, a link or a process
+/// namespace is gone, so a loaded program means a pin, a link, a tc filter or a process
 /// still holds it. (`bpftool net show` is not enough: Debian's bpftool 7.1
 /// does not list tcx links.)
 fn loaded_programs() -> Result<Vec<String>> {

@@ -55,14 +55,17 @@ pub struct SoakOptions {
 }
 
 /// What the run's pins hold in the kernel, counted: pinned files, the
-/// distinct maps and links behind them, and the programs those links
-/// attach. (A program or link held by nothing is freed by the kernel; one
-/// held by the agent alone shows in its descriptors.)
+/// distinct maps and links behind them, the endpoint filters in the host
+/// namespace (a filter holds its program without a pin), and the programs
+/// those links and filters attach. (A program or link held by nothing is
+/// freed by the kernel; one held by the agent alone shows in its
+/// descriptors.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Resources {
     pub pins: usize,
     pub maps: usize,
     pub links: usize,
+    pub filters: usize,
     pub programs: usize,
 }
 
@@ -170,8 +173,8 @@ impl fmt::Display for SoakReport {
         )?;
         writeln!(
             f,
-            "pins {} -> {}, maps {} -> {}, links {} -> {}, attached programs {} -> {}",
-            s.pins, e.pins, s.maps, e.maps, s.links, e.links, s.programs, e.programs
+            "pins {} -> {}, maps {} -> {}, links {} -> {}, endpoint filters {} -> {}, attached programs {} -> {}",
+            s.pins, e.pins, s.maps, e.maps, s.links, e.links, s.filters, e.filters, s.programs, e.programs
         )?;
         write!(
             f,
@@ -317,8 +320,9 @@ fn show_pinned(kind: &str, path: &Path) -> Option<Value> {
     serde_json::from_str(&out).ok()
 }
 
-/// What the run's pins (under `pins`) hold.
-pub fn resources(pins: &Path) -> Result<Resources> {
+/// What the run's pins (under `pins`) hold, with the endpoint filters of
+/// the namespace `host`.
+pub fn resources(pins: &Path, host: &NetNs) -> Result<Resources> {
     let mut files = Vec::new();
     pinned_files(pins, &mut files);
     let (mut maps, mut links, mut programs) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
@@ -330,10 +334,13 @@ pub fn resources(pins: &Path) -> Result<Resources> {
             maps.extend(map["id"].as_u64());
         }
     }
+    let filters = host.run_in(dataplane_user::datapath::endpoints::endpoint_filters)??;
+    programs.extend(filters.iter().map(|(_, _, f)| u64::from(f.prog_id)));
     Ok(Resources {
         pins: files.len(),
         maps: maps.len(),
         links: links.len(),
+        filters: filters.len(),
         programs: programs.len(),
     })
 }
@@ -532,7 +539,7 @@ pub fn run(opts: SoakOptions) -> Result<SoakReport> {
     let half = began + opts.duration / 2;
     let end = began + opts.duration;
     cycle(&rig, 0, &mut report, &mut rule)?;
-    report.start = resources(rig.cli.pins.path())?;
+    report.start = resources(rig.cli.pins.path(), &rig.fh.host)?;
     let mut agent_start = None;
     let mut i = 1;
     while Instant::now() < end {
@@ -550,7 +557,7 @@ pub fn run(opts: SoakOptions) -> Result<SoakReport> {
     if let Some(old) = rule.take() {
         rig.cli.run(&["filter", "rm", &old])?;
     }
-    report.end = resources(rig.cli.pins.path())?;
+    report.end = resources(rig.cli.pins.path(), &rig.fh.host)?;
     report.agent_end = agent_resources(rig.pid()?, &rig.fh.host)?;
     report.agent_start = agent_start.unwrap_or(report.agent_end);
     (report.steady_in_rounds, report.steady_errors) = steady_in.finish();

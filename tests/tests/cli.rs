@@ -12,9 +12,11 @@ use std::process::Command;
 use dataplane_common::maps;
 use dataplane_tests::{
     cli::{stop_agent, Cli, StateDir},
+    netns::NetNs,
     topo::FakeHost,
     BpffsDir,
 };
+use dataplane_user::datapath::endpoints;
 
 /// `dataplane ARGS` on the agent's socket, with a bpffs root and a state
 /// directory the agent does not have: (success, stdout, stderr).
@@ -44,6 +46,15 @@ fn elsewhere(
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The endpoint filters in the fake host's namespace.
+fn endpoint_filters(fh: &FakeHost) -> usize {
+    fh.host
+        .run_in(endpoints::endpoint_filters)
+        .expect("netns")
+        .expect("endpoint filters")
+        .len()
 }
 
 /// Pins (files) under `dir`, at any depth.
@@ -107,7 +118,14 @@ fn mutating_commands_go_to_the_agent_when_one_answers() {
         "{err}"
     );
 
-    // cleanup is the agent's too: its pins go.
+    // A connect is the agent's: its endpoint programs are filters on the
+    // veth in the agent's namespace, running the agent's programs.
+    let ctr = NetNs::new("cliapi").expect("netns");
+    let (ok, _, err) = run(&["connect", "bridge", ctr.name()]);
+    assert!(ok, "connect through the agent: {err}");
+    assert_eq!(endpoint_filters(&fh), 1);
+
+    // cleanup is the agent's too: its pins and filters go.
     assert!(cli.pins.pins().map(maps::PORTS).exists());
     let (ok, out, err) = run(&["cleanup"]);
     assert!(ok, "cleanup through the agent: {err}");
@@ -116,5 +134,6 @@ fn mutating_commands_go_to_the_agent_when_one_answers() {
         !cli.pins.pins().map(maps::PORTS).exists(),
         "the agent's pins are gone"
     );
+    assert_eq!(endpoint_filters(&fh), 0, "the endpoint filters are gone");
     stop_agent(agent, libc::SIGTERM).expect("stop agent");
 }

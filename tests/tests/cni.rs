@@ -238,8 +238,33 @@ fn add_publishes_check_passes_del_cleans_up() {
         "{err}"
     );
 
-    // DEL: the interface, the host veth, the published port and the record go.
+    // CHECK reads the endpoint program's filter on the host end: without
+    // it, the datapath does not see the container's packets.
     let host_veth = ifs[1]["name"].as_str().unwrap().to_owned();
+    rig.fh
+        .host
+        .exec(&[
+            "tc", "filter", "del", "dev", &host_veth, "ingress", "prio", "1", "handle", "1", "bpf",
+        ])
+        .expect("remove the endpoint filter");
+    let err = rig
+        .call(
+            "CHECK",
+            "ctr1",
+            Some(ctr.path()),
+            &with_prev(&conf, Some(&result)),
+        )
+        .error()
+        .expect("CHECK without the filter");
+    assert!(
+        err["details"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("dp_from_container is not attached to {host_veth}")),
+        "{err}"
+    );
+
+    // DEL: the interface, the host veth, the published port and the record go.
     assert!(rig.host_links().contains(&host_veth));
     rig.call(
         "DEL",

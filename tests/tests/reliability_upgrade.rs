@@ -22,7 +22,7 @@ use dataplane_tests::{
     traffic::tcp_echo_server,
 };
 use dataplane_user::{
-    datapath::{ebpf::OBJECT, layout},
+    datapath::{ebpf::OBJECT, endpoints, layout},
     sys::bpf::{MapShape, RawMap},
 };
 use serde_json::Value;
@@ -95,6 +95,8 @@ fn live_tcp_flows_survive_an_upgrade_of_the_map_layout() {
     }
     let before = our_flows(&cli);
     assert_eq!(before.len(), 2 * FLOWS, "{before:?}");
+    let filters_before = filter_programs(&fh.host);
+    assert_eq!(filters_before.len(), 1, "{filters_before:?}");
 
     let ct = layout::declared(OBJECT, &[maps::CT_TCP]).expect("object")[maps::CT_TCP];
     let copied = pin_older(
@@ -133,6 +135,17 @@ fn live_tcp_flows_survive_an_upgrade_of_the_map_layout() {
     assert!(log.contains("pinned map DP_DROP_STATS migrated"), "{log}");
     let now = RawMap::from_pin(&cli.pins.pins().map(maps::CT_TCP)).expect("pinned");
     assert_eq!(now.shape(), ct, "the pinned table has the new layout");
+    // The first endpoint's filter runs the new load's program (on the new
+    // maps); the second endpoint got one of its own.
+    let filters_after = filter_programs(&fh.host);
+    assert_eq!(filters_after.len(), 2, "{filters_after:?}");
+    for (ifindex, id) in &filters_before {
+        let now = filters_after.iter().find(|(i, _)| i == ifindex);
+        assert!(
+            now.is_some_and(|(_, n)| n != id),
+            "the filter on interface {ifindex} still runs program {id} ({now:?})"
+        );
+    }
 
     // The flows go on, and through the new table: their counters in it
     // move.
@@ -185,6 +198,16 @@ fn attached_programs(cli: &Cli) -> std::collections::BTreeMap<String, u64> {
         }
     }
     out
+}
+
+/// `(ifindex, program id)` of every endpoint filter in `ns`.
+fn filter_programs(ns: &NetNs) -> Vec<(u32, u32)> {
+    ns.run_in(endpoints::endpoint_filters)
+        .expect("netns")
+        .expect("endpoint filters")
+        .into_iter()
+        .map(|(ifindex, _, f)| (ifindex, f.prog_id))
+        .collect()
 }
 
 /// Runs the previous release's `dataplane ARGS` with the test's flags.
@@ -307,6 +330,33 @@ fn state_and_live_flows_survive_an_upgrade_from_the_previous_release() {
         let mut fresh = connect_from(&fh.client, dst);
         echo(&mut fresh, 9);
     }
+    // The old endpoints keep their (moved) tcx links, with no filter that
+    // would run the programs twice; a new endpoint gets filters.
+    assert_eq!(
+        filter_programs(&fh.host),
+        Vec::new(),
+        "no filter on the old veths"
+    );
+    let c_new = NetNs::new("upgpn").expect("netns");
+    cli.run(&["connect", "-p", "8087:7000", "n6", c_new.name()])
+        .expect("connect on the new agent");
+    assert_eq!(
+        filter_programs(&fh.host).len(),
+        2,
+        "both programs of a dual-stack endpoint as filters"
+    );
+    let _sn = tcp_echo_server(
+        &c_new,
+        SocketAddr::from((
+            "fd00:83::3".parse::<std::net::Ipv6Addr>().expect("addr"),
+            7000,
+        )),
+    )
+    .expect("echo on the new endpoint");
+    echo(
+        &mut connect_from(&fh.client, SocketAddr::from((host6, 8087))),
+        10,
+    );
     let programs_after = attached_programs(&cli);
     eprintln!("programs by link pin: {programs_before:?} -> {programs_after:?}");
     for (pin, id) in &programs_before {

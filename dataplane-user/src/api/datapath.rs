@@ -92,6 +92,9 @@ async fn cleanup(ctx: &Context) -> Cleaned {
         Ok(None) => Vec::new(),
         Err(e) => vec![format!("{:#}", anyhow::Error::from(e))],
     };
+    // Filters of endpoints no state knows of (a filter holds its program:
+    // removing the pins does not detach it).
+    errors.extend(crate::datapath::endpoints::remove_filters(&ctx.pins));
     errors.extend(
         ctx.pins
             .remove_all()

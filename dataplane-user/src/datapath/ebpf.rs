@@ -2,9 +2,13 @@
 //! [`PinRoot`] (an existing pin is reused, so a second load shares the maps of
 //! the first and counters survive agent restarts; one of another layout is
 //! migrated, replaced or refused first, see [`layout`]), and attaching its tc
-//! programs through tcx links that are pinned too.
+//! programs through tcx links that are pinned too (the uplinks' and
+//! loopback's; an endpoint's are `cls_bpf` filters, see [`super::endpoints`]).
 
-use std::{os::fd::AsFd as _, path::PathBuf};
+use std::{
+    os::fd::{AsFd as _, OwnedFd},
+    path::PathBuf,
+};
 
 use aya::{
     programs::{
@@ -102,20 +106,6 @@ pub enum LoadError {
         #[source]
         source: Box<ProgramError>,
     },
-    #[error("attaching {program} to {ifname} ({direction})")]
-    LinkCreate {
-        program: &'static str,
-        ifname: String,
-        direction: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("pinning the link at {path}")]
-    PinLinkFd {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("pinning the link at {path}")]
     PinLink {
         path: PathBuf,
@@ -147,6 +137,13 @@ pub enum LoadError {
     #[error("moving the link pinned at {path} to the new program")]
     Relink {
         path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} {ifname}")]
+    Filter {
+        ifname: String,
+        what: &'static str,
         #[source]
         source: std::io::Error,
     },
@@ -240,6 +237,9 @@ impl Dataplane {
         let mut want = layout::declared(OBJECT, &names)?;
         let recorded = limits::recorded_sizes(pins).map_err(LoadError::Sizes)?;
         let resized = resize(&mut want, &sizes.or(recorded));
+        // Read before any map is set aside: the endpoint filters' programs
+        // use the maps pinned now.
+        let owned = super::endpoints::OwnedMaps::read(pins);
         let mut plan = layout::prepare(pins, &want)?;
         let ebpf = match Dataplane::load_object(pins, nat, &resized) {
             Ok(ebpf) => ebpf,
@@ -264,6 +264,7 @@ impl Dataplane {
             // The programs attached earlier use the maps set aside (or are
             // another build's): they move to this load's programs.
             dp.relink();
+            super::endpoints::relink_filters(&mut dp, &owned);
         }
         dp.adopted = plan.finish()?;
         if other_build {
@@ -504,40 +505,19 @@ impl Dataplane {
         }
     }
 
-    /// [`Dataplane::attach_tc`] in two halves: this one, on the
-    /// dataplane, verifies the program and finds its pin free (None: it is
-    /// attached already, and kept); [`TcxJob::run`] makes and pins the link
-    /// on any thread of this namespace.
-    pub fn tcx_job(
-        &mut self,
-        program: &'static str,
-        ifname: &str,
-        direction: Direction,
-    ) -> Result<Option<TcxJob>, LoadError> {
-        let pin = self.link_pin(program, ifname, direction)?;
-        if pin.exists() {
-            return Ok(None);
-        }
-        let ino = current_netns_ino().map_err(LoadError::Netns)?;
-        let prog = self.tc_program(program)?;
+    /// A tc program's fd, the program loaded (verified) first, for an
+    /// attachment made elsewhere (a `cls_bpf` filter).
+    pub fn program_fd(&mut self, program: &'static str) -> Result<OwnedFd, LoadError> {
         let program_err = |e| LoadError::Program {
             name: program,
             source: Box::new(e),
         };
-        let fd = prog
+        self.tc_program(program)?
             .fd()
             .map_err(program_err)?
             .as_fd()
             .try_clone_to_owned()
-            .map_err(|e| program_err(ProgramError::IOError(e)))?;
-        Ok(Some(TcxJob {
-            program,
-            prog: fd,
-            ifname: ifname.to_owned(),
-            direction,
-            pin,
-            netns_ino: ino,
-        }))
+            .map_err(|e| program_err(ProgramError::IOError(e)))
     }
 
     fn link_pin(
@@ -548,44 +528,6 @@ impl Dataplane {
     ) -> Result<PathBuf, LoadError> {
         let ino = current_netns_ino().map_err(LoadError::Netns)?;
         Ok(self.pins.link(ino, ifname, program, direction.name()))
-    }
-}
-
-/// One tcx attachment prepared by [`Dataplane::tcx_job`].
-#[derive(Debug)]
-pub struct TcxJob {
-    program: &'static str,
-    prog: std::os::fd::OwnedFd,
-    ifname: String,
-    direction: Direction,
-    pin: PathBuf,
-    netns_ino: u64,
-}
-
-impl TcxJob {
-    /// Attaches the program and pins the link, on the calling thread, which
-    /// must be in the namespace the job was prepared in (a thread spawned by
-    /// the preparing one is). Blocks for the kernel's RCU grace period.
-    pub fn run(self) -> Result<PathBuf, LoadError> {
-        let link_err = |source| LoadError::LinkCreate {
-            program: self.program,
-            ifname: self.ifname.clone(),
-            direction: self.direction.name(),
-            source,
-        };
-        if current_netns_ino().map_err(LoadError::Netns)? != self.netns_ino {
-            return Err(link_err(std::io::Error::other(
-                "the thread left the namespace the attachment was prepared in",
-            )));
-        }
-        let egress = matches!(self.direction, Direction::Egress);
-        let link =
-            sys_bpf::tcx_link_create(self.prog.as_fd(), &self.ifname, egress).map_err(link_err)?;
-        sys_bpf::obj_pin(link.as_fd(), &self.pin).map_err(|source| LoadError::PinLinkFd {
-            path: self.pin.clone(),
-            source,
-        })?;
-        Ok(self.pin)
     }
 }
 

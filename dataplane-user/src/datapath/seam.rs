@@ -16,7 +16,7 @@ use dataplane_common::{
 use crate::datapath::{
     bpffs::PinRoot,
     conntrack::{self, Gone},
-    ebpf::{Dataplane, Direction},
+    ebpf::Dataplane,
     endpoints,
     filter::{self, FilterError},
     maps::MapsError,
@@ -33,8 +33,8 @@ pub enum DatapathError {
     Filter(#[from] FilterError),
 }
 
-/// The attachment of an endpoint's programs, to run on a thread of the
-/// agent's namespace ([`Datapath::prepare_endpoint`]).
+/// The attachment of an endpoint's programs, to run by the host layer on a
+/// thread in the agent's namespace ([`Datapath::prepare_endpoint`]).
 pub type EndpointJob = Box<dyn FnOnce() -> Result<(), NatError> + Send>;
 
 /// The datapath as the manager sees it. Every call is synchronous: map
@@ -58,9 +58,9 @@ pub trait Datapath {
     fn detach_uplink(&mut self, ifname: &str) -> Result<(), NatError>;
     /// Attaches the endpoint programs (the IPv6 one with `ipv6`).
     fn attach_endpoint(&mut self, host_ifname: &str, ipv6: bool) -> Result<(), NatError>;
-    /// [`Datapath::attach_endpoint`] as a job for a thread of the agent's
-    /// namespace, so a connect overlaps the kernel's grace period in each
-    /// attachment with its netlink work: the programs are verified now.
+    /// [`Datapath::attach_endpoint`] as a job the host layer runs once the
+    /// veth exists (the programs are verified now): the veth's host end
+    /// comes up only after it.
     fn prepare_endpoint(&mut self, host_ifname: &str, ipv6: bool) -> Result<EndpointJob, NatError>;
     fn detach_endpoint(&mut self, host_ifname: &str) -> Result<(), NatError>;
     /// Why the endpoint program is not attached to `host_ifname`, if it
@@ -180,23 +180,7 @@ impl Datapath for BpfDatapath {
     }
 
     fn endpoint_unattached(&self, host_ifname: &str) -> Option<String> {
-        let ino = match crate::datapath::bpffs::current_netns_ino() {
-            Ok(ino) => ino,
-            Err(e) => return Some(format!("reading the host namespace: {e}")),
-        };
-        let pin = self.pins.link(
-            ino,
-            host_ifname,
-            nat::ENDPOINT_PROGRAM,
-            Direction::Ingress.name(),
-        );
-        (!pin.exists()).then(|| {
-            format!(
-                "{} is not attached to {host_ifname} ({} missing)",
-                nat::ENDPOINT_PROGRAM,
-                pin.display()
-            )
-        })
+        endpoints::endpoint_unattached(&self.pins, host_ifname)
     }
 
     fn claim_stats_index(&mut self, used: &[bool], from: u32) -> Result<u32, NatError> {

@@ -18,12 +18,7 @@ const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
-/// `BPF_TCX_INGRESS`; `BPF_TCX_EGRESS` is the next one.
-const BPF_TCX_INGRESS: u32 = 46;
-/// `BPF_F_AFTER` with no relative program: after every program there.
-const BPF_F_AFTER: u32 = 1 << 4;
 /// `BPF_NOEXIST`: an update that only creates.
 const NOEXIST: u64 = 1;
 
@@ -155,18 +150,6 @@ struct ObjAttr {
 
 #[repr(C)]
 #[derive(Default)]
-struct TcxLinkAttr {
-    prog_fd: u32,
-    target_ifindex: u32,
-    attach_type: u32,
-    flags: u32,
-    relative_fd: u32,
-    _pad: u32,
-    expected_revision: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
 struct BatchAttr {
     in_batch: u64,
     out_batch: u64,
@@ -243,29 +226,33 @@ pub fn link_program(link: BorrowedFd<'_>) -> io::Result<(u32, String)> {
     ))
 }
 
-/// Attaches `prog` with tcx to the interface `ifname` (in the calling
-/// thread's namespace), after the programs already there: the link's fd.
-///
-/// The same call aya's `SchedClassifier::attach` makes, on borrowed fds,
-/// so it can run on a thread of its own: the kernel waits for an RCU grace
-/// period in it (~10-15 ms), which a connect overlaps with its netlink work.
-pub fn tcx_link_create(prog: BorrowedFd<'_>, ifname: &str, egress: bool) -> io::Result<OwnedFd> {
-    let c = CString::new(ifname).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: a NUL-terminated name that outlives the call.
-    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if ifindex == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let attr = TcxLinkAttr {
-        prog_fd: prog.as_raw_fd() as u32,
-        target_ifindex: ifindex,
-        attach_type: BPF_TCX_INGRESS + u32::from(egress),
-        flags: BPF_F_AFTER,
-        ..TcxLinkAttr::default()
+/// The ids of the maps the program with id `prog_id` uses (at most 64):
+/// what tells the programs of one pin root from another's.
+pub fn prog_map_ids(prog_id: u32) -> io::Result<Vec<u32>> {
+    let attr = ByIdAttr {
+        id: prog_id,
+        ..ByIdAttr::default()
     };
-    let fd = bpf(BPF_LINK_CREATE, &attr)?;
-    // SAFETY: BPF_LINK_CREATE returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &attr)?;
+    // SAFETY: a new fd that nothing else owns.
+    let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut ids = vec![0u32; 64];
+    let mut pi = ProgInfo {
+        nr_map_ids: ids.len() as u32,
+        map_ids: ids.as_mut_ptr() as u64,
+        ..ProgInfo::default()
+    };
+    info(prog.as_fd(), &mut pi)?;
+    ids.truncate((pi.nr_map_ids as usize).min(64));
+    Ok(ids)
+}
+
+/// The id of the map (or other object) pinned at `path`.
+pub fn pinned_map_id(path: &Path) -> io::Result<u32> {
+    let fd = obj_get(path)?;
+    let mut mi = MapInfo::default();
+    info(fd.as_fd(), &mut mi)?;
+    Ok(mi.id)
 }
 
 /// Pins the object (map, program or link) `fd` at `path`.

@@ -412,9 +412,7 @@ impl Host for FakeHost {
             let h = self.get();
             fail_setup(&h, plan)?;
         }
-        if let Some(attaching) = plan.programs.spawn()? {
-            attaching.done().await?;
-        }
+        plan.programs.run()?;
         let mut h = self.get();
         h.add_link(host_ifname, Some("veth"), Some(bridge));
         if let Some(ns) = h.netns.get_mut(plan.netns) {

@@ -58,8 +58,6 @@ pub enum DriverError {
     },
     #[error("attaching the endpoint programs")]
     Programs(#[source] NatError),
-    #[error("starting the thread that attaches the endpoint programs")]
-    AttachThread(#[source] std::io::Error),
     #[error("{what} (and undoing it failed: {undo})")]
     Rollback {
         what: Box<DriverError>,
@@ -89,10 +87,12 @@ pub fn host_veth_name(suffix: &str) -> String {
 }
 
 /// The endpoint programs' attachment to a veth's host end, prepared by the
-/// manager on the datapath. [`attach_veth`] runs it on a thread of its own
-/// while it configures the namespace (each attachment waits for a kernel
-/// RCU grace period), and brings the host end up only once it is done: a
-/// container's link has no carrier before its programs are there.
+/// manager on the datapath (programs verified). [`attach_veth`] runs it
+/// once the veth exists, before it configures the namespace, and brings
+/// the host end up only after both: a container's link has no carrier
+/// before its programs are there. On the down veth the qdisc and filters
+/// take ~0.2 ms (no RCU grace period, no queues to deactivate), so it runs
+/// in line rather than on a thread of its own.
 #[derive(Default)]
 pub struct HostEndPrograms(std::sync::Mutex<Option<EndpointJob>>);
 
@@ -106,34 +106,12 @@ impl HostEndPrograms {
         self.0.lock().ok().and_then(|mut j| j.take())
     }
 
-    /// Runs the job on a thread of its own (spawned from this one, so in
-    /// the same namespace); the result arrives without blocking the
-    /// runtime. None when there is no job.
-    pub fn spawn(&self) -> Result<Option<Attaching>, DriverError> {
-        let Some(job) = self.take() else {
-            return Ok(None);
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("dp-attach".into())
-            .spawn(move || {
-                let _ = tx.send(job());
-            })
-            .map_err(DriverError::AttachThread)?;
-        Ok(Some(Attaching(rx)))
-    }
-}
-
-/// A [`HostEndPrograms`] job under way.
-pub struct Attaching(tokio::sync::oneshot::Receiver<Result<(), NatError>>);
-
-impl Attaching {
-    pub async fn done(self) -> Result<(), DriverError> {
-        match self.0.await {
-            Ok(r) => r.map_err(DriverError::Programs),
-            Err(_) => Err(DriverError::AttachThread(std::io::Error::other(
-                "the attaching thread ended without an answer",
-            ))),
+    /// Runs the job, if there is one, on this thread (which is in the
+    /// agent's namespace).
+    pub fn run(&self) -> Result<(), DriverError> {
+        match self.take() {
+            Some(job) => job().map_err(DriverError::Programs),
+            None => Ok(()),
         }
     }
 }

@@ -35,14 +35,10 @@ pub async fn attach_veth(
         )
         .await?;
     let result = async {
-        // The programs attach while the namespace is configured; the host
-        // end comes up (and the link gets its carrier) only after both.
-        let attaching = plan.programs.spawn()?;
-        let inside = configure_inside(plan, plan.ifname).await;
-        if let Some(a) = attaching {
-            a.done().await?;
-        }
-        inside?;
+        // The host end comes up (and the link gets its carrier) only after
+        // the programs are attached and the namespace is configured.
+        plan.programs.run()?;
+        configure_inside(plan, plan.ifname).await?;
         host.set_up(host_end.index).await?;
         Ok(())
     }

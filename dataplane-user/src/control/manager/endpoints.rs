@@ -95,8 +95,8 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         let published = self.new_mappings(&req.publish, &[], ipv4.is_some() && ipv6.is_some())?;
         let ifname = self.ifname_in(&netns, &netns_arg, req.ifname).await?;
         let suffix = random_hex(4)?[..7].to_owned();
-        // Verified now, attached by the host layer while it configures the
-        // namespace (a driver without a veth leaves the job alone).
+        // Verified now, attached by the host layer once the veth exists (a
+        // driver without a veth leaves the job alone).
         let programs = HostEndPrograms::new(
             self.dp
                 .prepare_endpoint(&host_veth_name(&suffix), ipv6.is_some())?,
@@ -117,7 +117,8 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         {
             Ok(a) => a,
             Err(e) => {
-                // Pins of links made before the failure (their veth is gone).
+                // Filters made before the failure (none once the veth is
+                // gone).
                 let _ = self.dp.detach_endpoint(&host_veth_name(&suffix));
                 return Err(e.into());
             }

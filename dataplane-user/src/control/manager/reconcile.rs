@@ -132,7 +132,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 continue;
             };
             let suffix = host_ifname.trim_start_matches("veth").to_owned();
-            // The old link's pin outlived its veth: replace it.
+            // An earlier build's tcx link pin outlived its veth: remove it.
             self.dp.detach_endpoint(host_ifname)?;
             let programs =
                 HostEndPrograms::new(self.dp.prepare_endpoint(host_ifname, ep.ipv6.is_some())?);
