@@ -1,11 +1,14 @@
 //! The host's own sockets: whether a port is held, on IPv4 or IPv6 (a trial bind, as
 //! Docker's allocator binds, so a port is not published over a host
-//! service, moby#50669), which socket and process hold it (procfs, read
-//! only then: every read of /proc/net/tcp walks the kernel's whole
-//! connection hash, milliseconds on a big one), and the kernel's ephemeral
-//! port range (what Docker's port allocator picks published ports from).
+//! service, moby#50669), which ports any socket is bound to (procfs, read
+//! once for a request of many ports: only those need the trial bind), which
+//! socket and process hold it (procfs, read only then: every read of
+//! /proc/net/tcp walks the kernel's whole connection hash, milliseconds on a
+//! big one), and the kernel's ephemeral port range (what Docker's port
+//! allocator picks published ports from).
 
 use std::{
+    collections::HashSet,
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     ops::RangeInclusive,
@@ -136,6 +139,32 @@ fn trial_bind(tcp: bool, ip: IpAddr, port: u16) -> std::io::Result<bool> {
         Some(libc::EADDRNOTAVAIL) => Ok(false),
         _ => Err(e),
     }
+}
+
+/// Every (TCP?, port) a socket of the calling thread's network namespace
+/// has as its local port, in any state (listening, connected, TIME_WAIT,
+/// bound UDP), both families: one read of each procfs table. A port not in
+/// it cannot fail a trial bind with EADDRINUSE, except one a TCP socket
+/// was bound to without listening or connecting (procfs lists the
+/// listening and the connection hashes, not the bind hash): such a socket
+/// receives nothing, so publishing over it takes no host service's
+/// packets. A port in it still gets the trial bind, which decides.
+pub fn bound_ports() -> std::io::Result<HashSet<(bool, u16)>> {
+    let mut out = HashSet::new();
+    for (file, tcp) in [("tcp", true), ("tcp6", true), ("udp", false), ("udp6", false)] {
+        // thread-self: the namespace a trial bind of this thread binds in.
+        let text = match fs::read_to_string(Path::new("/proc/thread-self/net").join(file)) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        out.extend(text.lines().skip(1).filter_map(|line| {
+            let local = line.split_whitespace().nth(1)?;
+            let (_, port) = local.rsplit_once(':')?;
+            Some((tcp, u16::from_str_radix(port, 16).ok()?))
+        }));
+    }
+    Ok(out)
 }
 
 /// Listening TCP and bound UDP sockets of the calling process's network
@@ -300,6 +329,26 @@ mod tests {
         let udp = UdpSocket::bind((lo, 0)).expect("bind");
         let port = udp.local_addr().expect("addr").port();
         assert!(port_taken(false, Some(IpAddr::V6(lo)), port).expect("trial"));
+    }
+
+    #[test]
+    fn bound_ports_lists_listeners_connections_and_udp() {
+        let lo4 = Ipv4Addr::LOCALHOST;
+        let tcp = TcpListener::bind((lo4, 0)).expect("listen");
+        let port = tcp.local_addr().expect("addr").port();
+        let client = std::net::TcpStream::connect((lo4, port)).expect("connect");
+        let cport = client.local_addr().expect("addr").port();
+        let udp = UdpSocket::bind((lo4, 0)).expect("bind");
+        let uport = udp.local_addr().expect("addr").port();
+        let bound = bound_ports().expect("procfs");
+        assert!(bound.contains(&(true, port)), "the listener");
+        assert!(bound.contains(&(true, cport)), "a connection's own port");
+        assert!(bound.contains(&(false, uport)), "a bound UDP socket");
+        // Every port a trial bind finds held is in it.
+        for p in [port, cport] {
+            assert!(port_taken(true, None, p).expect("trial"));
+        }
+        assert!(port_taken(false, None, uport).expect("trial"));
     }
 
     #[test]

@@ -17,6 +17,11 @@ use crate::{
     sys::sockets::HeldPort,
 };
 
+/// Ports a request may ask about one by one (a trial bind each, a scan of
+/// the endpoints' mappings); more go through an index and one read of the
+/// host's socket tables.
+const MANY_PORTS: usize = 8;
+
 /// Who publishes each (protocol, host port) now, apart from `except`
 /// (mappings about to be replaced): the one port-conflict search.
 pub(super) struct PortHolders<'a> {
@@ -208,12 +213,16 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             return Ok(Ok(Vec::new()));
         }
         let picks = wanted.iter().any(|r| r.fixed().is_none());
-        let holders = PortHolders::new(
-            &self.state,
-            except,
-            picks || wanted.len() > 8,
-            self.ports.as_ref(),
-        );
+        let many = picks || wanted.len() > MANY_PORTS;
+        let holders = PortHolders::new(&self.state, except, many, self.ports.as_ref());
+        // Many ports to check: the ports host sockets are bound to, read
+        // once, and a trial bind only on those (one per mapping was most of
+        // a 100 000-mapping request). A few: a trial bind each, cheaper
+        // than reading the socket tables.
+        let bound = match many {
+            true => Some(self.host.bound_ports().map_err(NetworkError::HostSockets)?),
+            false => None,
+        };
         let ephemeral = self.host.ephemeral_ports();
         let mut out: Vec<PortMapping> = Vec::new();
         // This call's own picks by (protocol, host port): a request of
@@ -239,9 +248,11 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 // Host sockets of the mapping's family (an IPv6 host
                 // address asks the IPv6 side only), of both for one on
                 // every address.
+                let tcp = m.proto == Proto::Tcp;
                 let holder = match holder {
                     Some(h) => Some(h),
-                    None => self.port_holder(m.proto == Proto::Tcp, m.host_ip, m.host_port)?,
+                    None if bound.as_ref().is_some_and(|b| !b.contains(&(tcp, port))) => None,
+                    None => self.port_holder(tcp, m.host_ip, m.host_port)?,
                 };
                 match holder {
                     Some(h) => last = Some(h),
