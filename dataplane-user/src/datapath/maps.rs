@@ -252,8 +252,11 @@ where
             _ => {}
         }
     }
+    // A key the map did not hold is written without reading it first
+    // (a rule set installed afresh is all new keys).
+    let have: std::collections::BTreeSet<&M::Key> = have.iter().collect();
     for (k, v) in want {
-        if map.get(k).as_ref() != Some(v.borrow()) {
+        if !have.contains(k) || map.get(k).as_ref() != Some(v.borrow()) {
             map.insert(k, v.borrow()).map_err(map_err(name))?;
         }
     }
