@@ -151,7 +151,12 @@ fn trial_bind(tcp: bool, ip: IpAddr, port: u16) -> std::io::Result<bool> {
 /// packets. A port in it still gets the trial bind, which decides.
 pub fn bound_ports() -> std::io::Result<HashSet<(bool, u16)>> {
     let mut out = HashSet::new();
-    for (file, tcp) in [("tcp", true), ("tcp6", true), ("udp", false), ("udp6", false)] {
+    for (file, tcp) in [
+        ("tcp", true),
+        ("tcp6", true),
+        ("udp", false),
+        ("udp6", false),
+    ] {
         // thread-self: the namespace a trial bind of this thread binds in.
         let text = match fs::read_to_string(Path::new("/proc/thread-self/net").join(file)) {
             Ok(t) => t,

@@ -515,7 +515,12 @@ impl Host for FakeHost {
             .cloned())
     }
     fn bound_ports(&self) -> std::io::Result<std::collections::HashSet<(bool, u16)>> {
-        Ok(self.get().held.iter().map(|(s, _)| (s.tcp, s.port)).collect())
+        Ok(self
+            .get()
+            .held
+            .iter()
+            .map(|(s, _)| (s.tcp, s.port))
+            .collect())
     }
     fn socket_owner(&self, inode: u64) -> Option<String> {
         let h = self.get();

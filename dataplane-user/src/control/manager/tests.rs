@@ -1397,7 +1397,8 @@ async fn a_request_of_many_ports_reads_the_host_sockets_once_and_refuses_the_sam
         7010,
         "python3 (pid 43)",
     );
-    m.host().hold_port(Proto::Udp, None, 7005, "avahi-daemon (pid 44)");
+    m.host()
+        .hold_port(Proto::Udp, None, 7005, "avahi-daemon (pid 44)");
     m.host().get().holder_asked = 0;
     // 20 ports, one of them held: the same refusal as one at a time.
     let before = snapshot(&m);
@@ -1429,7 +1430,12 @@ async fn a_request_of_many_ports_reads_the_host_sockets_once_and_refuses_the_sam
     let r = m
         .publish_add("n1", "c1", &["7000-7019:7000-7019/udp".into()])
         .await;
-    refused(&m, &before, r, &["0.0.0.0:7005/udp", "avahi-daemon (pid 44)"]);
+    refused(
+        &m,
+        &before,
+        r,
+        &["0.0.0.0:7005/udp", "avahi-daemon (pid 44)"],
+    );
 }
 
 #[tokio::test]
