@@ -418,10 +418,13 @@ impl<D: Datapath, H: Host> Manager<D, H> {
     ) -> Result<(), NetworkError> {
         let ep = self.endpoint_named(network, endpoint)?;
         let mut remove: Vec<PortMapping> = Vec::new();
+        // What `remove` holds, for the check below (a request of 10 000
+        // specs scanned `remove` for each: 10^8 comparisons).
+        let mut taken: std::collections::HashSet<PortMapping> = std::collections::HashSet::new();
         for r in specs.mappings()? {
             // `-p 80` or a range removes the mapping it was given. One host
             // port (and address) is one mapping at most: the index has it.
-            let wanted = |p: &PortMapping| r.matches(p) && !remove.contains(p);
+            let wanted = |p: &PortMapping| r.matches(p) && !taken.contains(p);
             let found = match (r.host_ports, &self.ports) {
                 (Some((a, b)), Some(index)) if a == b => index
                     .of_endpoint(&ep.id, &[(r.proto, a)])
@@ -433,6 +436,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 mapping: r.to_string(),
                 endpoint: ep.name.clone(),
             })?;
+            taken.insert(found);
             remove.push(found);
         }
         let id = ep.id.clone();
