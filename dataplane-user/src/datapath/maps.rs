@@ -215,26 +215,44 @@ where
             }
             return Ok(());
         }
-        let mut keys = Vec::with_capacity(entries.len() * size_of::<K>());
-        let mut values = Vec::with_capacity(entries.len() * size_of::<V>());
-        for (k, v) in entries {
-            keys.extend_from_slice(bytes_of(*k));
-            values.extend_from_slice(bytes_of(*v));
-        }
-        let fd = aya::maps::IterableMap::<K, V>::map(self).fd().as_fd();
-        match crate::sys::bpf::update_batch(fd, &keys, &values, (size_of::<K>(), size_of::<V>())) {
-            Ok(true) => Ok(()),
-            Ok(false) => {
-                for (k, v) in entries {
-                    HashMap::insert(self, *k, *v, 0)?;
-                }
-                Ok(())
+        // Packed a chunk at a time into buffers used again: 10 000 filter
+        // bitmaps are 20 MB, which one buffer would copy and fault in.
+        let sizes = (size_of::<K>(), size_of::<V>());
+        let per_chunk = (crate::sys::bpf::BATCH_BYTES / (sizes.0 + sizes.1)).max(1);
+        let mut keys = Vec::with_capacity(per_chunk.min(entries.len()) * sizes.0);
+        let mut values = Vec::with_capacity(per_chunk.min(entries.len()) * sizes.1);
+        for (i, chunk) in entries.chunks(per_chunk).enumerate() {
+            keys.clear();
+            values.clear();
+            for (k, v) in chunk {
+                keys.extend_from_slice(bytes_of(*k));
+                values.extend_from_slice(bytes_of(*v));
             }
-            Err(io_error) => Err(MapError::SyscallError(aya::sys::SyscallError {
-                call: "bpf_map_update_batch",
-                io_error,
-            })),
+            let fd = aya::maps::IterableMap::<K, V>::map(self).fd().as_fd();
+            match crate::sys::bpf::update_batch(fd, &keys, &values, sizes) {
+                Ok(true) => {}
+                // No batch updates here (known at the first chunk): one
+                // entry at a time.
+                Ok(false) if i == 0 => {
+                    for (k, v) in entries {
+                        HashMap::insert(self, *k, *v, 0)?;
+                    }
+                    return Ok(());
+                }
+                Ok(false) => {
+                    for (k, v) in chunk {
+                        HashMap::insert(self, *k, *v, 0)?;
+                    }
+                }
+                Err(io_error) => {
+                    return Err(MapError::SyscallError(aya::sys::SyscallError {
+                        call: "bpf_map_update_batch",
+                        io_error,
+                    }))
+                }
+            }
         }
+        Ok(())
     }
 }
 

@@ -35,7 +35,7 @@ const BATCH: usize = 4096;
 /// values (the filter's bitmaps) reads fewer entries a call, so no walk
 /// allocates megabytes that the allocator then keeps (the agent's RSS grew
 /// by 16 MB over a soak with 4 096-entry buffers for every map).
-const BATCH_BYTES: usize = 256 * 1024;
+pub const BATCH_BYTES: usize = 256 * 1024;
 /// The kernel's ENOTSUPP (not in libc: a map type without batch calls).
 const ENOTSUPP: i32 = 524;
 
