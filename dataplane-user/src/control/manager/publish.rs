@@ -354,16 +354,25 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             .ports
             .get_or_insert_with(|| PortIndex::of(&self.state))
             .used;
-        // Free slots in ascending order, found in one pass.
-        let mut next = 0;
+        // Free slots in ascending order, found in one pass and zeroed in
+        // one batch.
+        let count = out.len()
+            + if dual {
+                out.iter().filter(|m| m.host_ip.is_none()).count()
+            } else {
+                0
+            };
+        let mut slots = self.dp.claim_stats_slots(used, count)?.into_iter();
+        let mut next = || {
+            slots
+                .next()
+                .ok_or(crate::datapath::nat::NatError::StatsFull(0))
+        };
         for m in &mut out {
-            m.stats_index = self.dp.claim_stats_index(used, next)?;
-            next = m.stats_index + 1;
+            m.stats_index = next()?;
             m.stats_index6 = None;
             if dual && m.host_ip.is_none() {
-                let slot = self.dp.claim_stats_index(used, next)?;
-                m.stats_index6 = Some(slot);
-                next = slot + 1;
+                m.stats_index6 = Some(next()?);
             }
         }
         Ok(out)
