@@ -303,8 +303,8 @@ pub fn update_batch(
     values: &[u8],
     (klen, vlen): (usize, usize),
 ) -> io::Result<bool> {
-    if klen == 0 || vlen == 0 || keys.len() % klen != 0 || keys.len() / klen != values.len() / vlen
-    {
+    let whole = |b: &[u8], len: usize| len != 0 && b.len().is_multiple_of(len);
+    if !whole(keys, klen) || !whole(values, vlen) || keys.len() / klen != values.len() / vlen {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "keys and values of different counts for a batch update",
