@@ -72,14 +72,6 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         })
     }
 
-    /// Compiles rules against the host as it is now (see [`Self::filter_inputs`]).
-    pub(super) async fn compile_filters(
-        &self,
-        rules: &[FilterRule],
-    ) -> Result<filter::Compiled, NetworkError> {
-        compile(&self.filter_inputs(rules).await?)
-    }
-
     /// `filter add`: a rule at the end of the list, or first with `first`
     /// (like `iptables -I DOCKER-USER`).
     pub async fn filter_add(
@@ -111,8 +103,12 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         } else {
             rules.extend(added.iter().cloned());
         }
-        self.compile_filters(&rules).await?;
-        self.change(|state| state.filters = rules).await
+        let inputs = self.filter_inputs(&rules).await?;
+        let compiled = compile(&inputs)?;
+        self.compiled = Some((inputs, compiled));
+        let r = self.change(|state| state.filters = rules).await;
+        self.compiled = None;
+        r
     }
 
     /// `filter add --from-file` (the `filter_add_many` request): rules in
