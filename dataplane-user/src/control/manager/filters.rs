@@ -72,6 +72,14 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         })
     }
 
+    /// Compiles rules against the host as it is now (see [`Self::filter_inputs`]).
+    pub(super) async fn compile_filters(
+        &self,
+        rules: &[FilterRule],
+    ) -> Result<filter::Compiled, NetworkError> {
+        compile(&self.filter_inputs(rules).await?)
+    }
+
     /// `filter add`: a rule at the end of the list, or first with `first`
     /// (like `iptables -I DOCKER-USER`).
     pub async fn filter_add(
@@ -103,12 +111,8 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         } else {
             rules.extend(added.iter().cloned());
         }
-        let inputs = self.filter_inputs(&rules).await?;
-        let compiled = compile(&inputs)?;
-        self.compiled = Some((inputs, compiled));
-        let r = self.change(|state| state.filters = rules).await;
-        self.compiled = None;
-        r
+        self.compile_filters(&rules).await?;
+        self.change(|state| state.filters = rules).await
     }
 
     /// `filter add --from-file` (the `filter_add_many` request): rules in

@@ -261,10 +261,6 @@ pub struct Manager<D = BpfDatapath, H = Netlink> {
     /// The port allocator's index of the state's mappings, kept while only
     /// `publish add|rm` change them (None: build it when needed).
     ports: Option<publish::PortIndex>,
-    /// A rule set compiled to check a request (`filter add`), with its
-    /// inputs: the write that follows uses it when the inputs are still
-    /// these instead of compiling again (10 000 rules: 20 MB of bitmaps).
-    compiled: Option<(FilterInputs, filter::Compiled)>,
 }
 
 /// The maps' contents as last written, and when they were last reconciled
@@ -381,7 +377,6 @@ impl Manager {
             applied,
             cluster: _,
             ports,
-            compiled: _,
         } = self;
         let pins = dp.pins().clone();
         let cache = Cache {
@@ -418,7 +413,6 @@ impl Manager {
             applied: None,
             cluster: None,
             ports: None,
-            compiled: None,
         }))
     }
 }
@@ -450,7 +444,6 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             applied,
             cluster: None,
             ports: None,
-            compiled: None,
         };
         if first {
             m.init_predefined().await?;
@@ -647,13 +640,8 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 (Instant::now(), None)
             }
         };
-        let checked = self.compiled.take();
         if last_filters.as_ref() != Some(&inputs) {
-            let compiled = match checked {
-                Some((i, c)) if i == inputs => c,
-                _ => compile(&inputs)?,
-            };
-            self.dp.apply_filters(&compiled)?;
+            self.dp.apply_filters(&compile(&inputs)?)?;
         }
         self.applied = Some(Applied {
             nat: want,
