@@ -549,9 +549,18 @@ impl StateStore {
     pub fn save(&mut self, state: &State) -> Result<(), StateError> {
         let path = self.path();
         let gen = self.gen + 1;
-        let mut state = state.clone();
-        state.version = VERSION;
-        let text = serde_json::to_vec_pretty(&SnapshotOut {
+        // Copied only to stamp another release's version (a copy of
+        // 100 000 mappings is milliseconds); compact JSON, as the journal:
+        // indentation made a snapshot of 100 000 mappings half again as
+        // long to write.
+        let state = match state.version {
+            VERSION => std::borrow::Cow::Borrowed(state),
+            _ => std::borrow::Cow::Owned(State {
+                version: VERSION,
+                ..state.clone()
+            }),
+        };
+        let text = serde_json::to_vec(&SnapshotOut {
             state: &state,
             journal: gen,
         })

@@ -4,7 +4,7 @@
 //! hold exactly the wanted entries and [`update`] takes it from one wanted
 //! set to the next writing only what differs.
 
-use std::{borrow::Borrow, collections::BTreeMap, path::PathBuf};
+use std::{borrow::Borrow, collections::BTreeMap, os::fd::AsFd as _, path::PathBuf};
 
 use aya::maps::{lpm_trie, HashMap, LpmTrie, Map, MapData, MapError, PerCpuValues};
 use dataplane_common::stats::PktCounter;
@@ -172,6 +172,15 @@ pub trait KeyedMap {
     fn get(&self, key: &Self::Key) -> Option<Self::Value>;
     fn insert(&mut self, key: &Self::Key, value: &Self::Value) -> Result<(), MapError>;
     fn remove(&mut self, key: &Self::Key) -> Result<(), MapError>;
+    /// Writes every entry: one at a time unless the map can take them in
+    /// batches (a hash map: `BPF_MAP_UPDATE_BATCH`, one call per 256 KiB
+    /// instead of one per entry).
+    fn insert_all(&mut self, entries: &[(&Self::Key, &Self::Value)]) -> Result<(), MapError> {
+        for (k, v) in entries {
+            self.insert(k, v)?;
+        }
+        Ok(())
+    }
 }
 
 impl<M, K, V> KeyedMap for HashMap<M, K, V>
@@ -198,6 +207,64 @@ where
     fn remove(&mut self, key: &K) -> Result<(), MapError> {
         HashMap::remove(self, key)
     }
+
+    fn insert_all(&mut self, entries: &[(&K, &V)]) -> Result<(), MapError> {
+        if entries.len() < BATCH_FROM {
+            for (k, v) in entries {
+                HashMap::insert(self, *k, *v, 0)?;
+            }
+            return Ok(());
+        }
+        // Packed a chunk at a time into buffers used again: 10 000 filter
+        // bitmaps are 20 MB, which one buffer would copy and fault in.
+        let sizes = (size_of::<K>(), size_of::<V>());
+        let per_chunk = (crate::sys::bpf::BATCH_BYTES / (sizes.0 + sizes.1)).max(1);
+        let mut keys = Vec::with_capacity(per_chunk.min(entries.len()) * sizes.0);
+        let mut values = Vec::with_capacity(per_chunk.min(entries.len()) * sizes.1);
+        for (i, chunk) in entries.chunks(per_chunk).enumerate() {
+            keys.clear();
+            values.clear();
+            for (k, v) in chunk {
+                keys.extend_from_slice(bytes_of(*k));
+                values.extend_from_slice(bytes_of(*v));
+            }
+            let fd = aya::maps::IterableMap::<K, V>::map(self).fd().as_fd();
+            match crate::sys::bpf::update_batch(fd, &keys, &values, sizes) {
+                Ok(true) => {}
+                // No batch updates here (known at the first chunk): one
+                // entry at a time.
+                Ok(false) if i == 0 => {
+                    for (k, v) in entries {
+                        HashMap::insert(self, *k, *v, 0)?;
+                    }
+                    return Ok(());
+                }
+                Ok(false) => {
+                    for (k, v) in chunk {
+                        HashMap::insert(self, *k, *v, 0)?;
+                    }
+                }
+                Err(io_error) => {
+                    return Err(MapError::SyscallError(aya::sys::SyscallError {
+                        call: "bpf_map_update_batch",
+                        io_error,
+                    }))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Entries from which [`KeyedMap::insert_all`] writes a hash map in
+/// batches (below, packing them costs more than the calls it saves).
+const BATCH_FROM: usize = 16;
+
+/// The bytes of a plain-data value, as the kernel reads a key or value.
+fn bytes_of<T: aya::Pod>(v: &T) -> &[u8] {
+    // SAFETY: `aya::Pod` types are plain data without padding bytes the
+    // kernel could not read; the slice covers exactly the value.
+    unsafe { std::slice::from_raw_parts(std::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }
 }
 
 impl<M, K, V> KeyedMap for LpmTrie<M, K, V>
@@ -252,12 +319,15 @@ where
             _ => {}
         }
     }
-    for (k, v) in want {
-        if map.get(k).as_ref() != Some(v.borrow()) {
-            map.insert(k, v.borrow()).map_err(map_err(name))?;
-        }
-    }
-    Ok(())
+    // A key the map did not hold is written without reading it first
+    // (a rule set installed afresh is all new keys).
+    let have: std::collections::BTreeSet<&M::Key> = have.iter().collect();
+    let writes: Vec<(&M::Key, &M::Value)> = want
+        .iter()
+        .map(|(k, v)| (k, v.borrow()))
+        .filter(|(k, v)| !have.contains(k) || map.get(k).as_ref() != Some(*v))
+        .collect();
+    map.insert_all(&writes).map_err(map_err(name))
 }
 
 /// One step of walking two sorted maps side by side.
@@ -316,6 +386,9 @@ pub fn update<M: KeyedMap>(
     old: &BTreeMap<M::Key, M::Value>,
     new: &BTreeMap<M::Key, M::Value>,
 ) -> Result<(), MapsError> {
+    // Removals first (room for the writes in a full map), then the writes
+    // together (batched where the map allows).
+    let mut writes = Vec::new();
     for d in diff(old, new) {
         match d {
             Diff::Gone(k) => match map.remove(k) {
@@ -323,10 +396,10 @@ pub fn update<M: KeyedMap>(
                 Err(e) if !is_not_found(&e) => return Err(map_err(name)(e)),
                 _ => {}
             },
-            Diff::Set(k, v) => map.insert(k, v).map_err(map_err(name))?,
+            Diff::Set(k, v) => writes.push((k, v)),
         }
     }
-    Ok(())
+    map.insert_all(&writes).map_err(map_err(name))
 }
 
 #[cfg(test)]

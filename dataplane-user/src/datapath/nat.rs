@@ -14,9 +14,9 @@
 //! ports: the entries of the keys it touched, before and after
 //! ([`NatDelta`]), with no walk over the rest.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, os::fd::AsFd as _};
 
-use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray};
+use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues};
 use dataplane_common::{
     maps,
     nat::{
@@ -324,21 +324,60 @@ pub fn apply_delta(dp: &mut Dataplane, delta: &NatDelta) -> Result<(), NatError>
     hash(dp, maps::OPEN_PORTS6, &o.open_ports6, &n.open_ports6)
 }
 
-/// The lowest counter slot from `from` on that no mapping uses (`used` is
-/// indexed by slot); its old counts are zeroed so a new mapping starts from
-/// nothing.
-pub fn claim_stats_index(dp: &mut Dataplane, used: &[bool], from: u32) -> Result<u32, NatError> {
+/// The `count` lowest counter slots no mapping uses (`used` is indexed by
+/// slot), ascending; their old counts are zeroed (one batch) so new
+/// mappings start from nothing.
+pub fn claim_stats_slots(
+    dp: &mut Dataplane,
+    used: &[bool],
+    count: usize,
+) -> Result<Vec<u32>, NatError> {
     let name = maps::PORT_STATS;
-    let mut array: PerCpuArray<&mut MapData, PktCounter> = open(dp, name)?;
+    let mut array: PerCpuArray<&mut MapData, PktCounter> = open(&mut *dp, name)?;
     // The array's size follows `[maps] published_ports`.
-    let slots = array.len();
-    let index = (from..slots)
-        .find(|i| !used.get(*i as usize).copied().unwrap_or(false))
-        .ok_or(NatError::StatsFull(slots))?;
-    array
-        .set(index, zeroed_counters()?, 0)
-        .map_err(map_err(name))?;
-    Ok(index)
+    let slots = free_slots(used, array.len(), count)?;
+    if slots.len() < 16 {
+        for &index in &slots {
+            array
+                .set(index, zeroed_counters()?, 0)
+                .map_err(map_err(name))?;
+        }
+        return Ok(slots);
+    }
+    // One zeroed value per possible CPU, 8-byte aligned slots, per key.
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapsError::Cpus(e))?;
+    let value = size_of::<PktCounter>().div_ceil(8) * 8 * cpus;
+    let keys: Vec<u8> = slots.iter().flat_map(|s| s.to_ne_bytes()).collect();
+    let zeros = vec![0u8; slots.len() * value];
+    let fd = aya::maps::IterableMap::<u32, PerCpuValues<PktCounter>>::map(&array)
+        .fd()
+        .as_fd();
+    let io = |io_error| {
+        map_err(name)(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_update_batch",
+            io_error,
+        }))
+    };
+    if !crate::sys::bpf::update_batch(fd, &keys, &zeros, (4, value)).map_err(io)? {
+        for &index in &slots {
+            array
+                .set(index, zeroed_counters()?, 0)
+                .map_err(map_err(name))?;
+        }
+    }
+    Ok(slots)
+}
+
+/// The `count` lowest of `0..slots` that `used` does not mark, ascending.
+pub fn free_slots(used: &[bool], slots: u32, count: usize) -> Result<Vec<u32>, NatError> {
+    let free: Vec<u32> = (0..slots)
+        .filter(|i| !used.get(*i as usize).copied().unwrap_or(false))
+        .take(count)
+        .collect();
+    if free.len() < count {
+        return Err(NatError::StatsFull(slots));
+    }
+    Ok(free)
 }
 
 /// Counters of the given published-port slots, summed over CPUs.

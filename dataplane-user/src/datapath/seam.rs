@@ -66,8 +66,9 @@ pub trait Datapath {
     /// Why the endpoint program is not attached to `host_ifname`, if it
     /// is not (or cannot be told).
     fn endpoint_unattached(&self, host_ifname: &str) -> Option<String>;
-    /// The lowest free counter slot from `from` on, its counts zeroed.
-    fn claim_stats_index(&mut self, used: &[bool], from: u32) -> Result<u32, NatError>;
+    /// The `count` lowest counter slots `used` does not mark, ascending,
+    /// their counts zeroed (in one batch).
+    fn claim_stats_slots(&mut self, used: &[bool], count: usize) -> Result<Vec<u32>, NatError>;
     /// The removal of the conntrack entries of what is gone, as a job the
     /// caller runs on a blocking thread (it walks whole tables, seconds
     /// for a full one, which must not hold the agent's one runtime
@@ -183,8 +184,8 @@ impl Datapath for BpfDatapath {
         endpoints::endpoint_unattached(&self.pins, host_ifname)
     }
 
-    fn claim_stats_index(&mut self, used: &[bool], from: u32) -> Result<u32, NatError> {
-        nat::claim_stats_index(self.dp()?, used, from)
+    fn claim_stats_slots(&mut self, used: &[bool], count: usize) -> Result<Vec<u32>, NatError> {
+        nat::claim_stats_slots(self.dp()?, used, count)
     }
 
     fn purge_conntrack(&mut self, gone: &Gone) -> PurgeJob {
@@ -345,12 +346,9 @@ impl Datapath for RecordingDatapath {
             .then(|| format!("{} is not attached to {host_ifname}", nat::ENDPOINT_PROGRAM))
     }
 
-    fn claim_stats_index(&mut self, used: &[bool], from: u32) -> Result<u32, NatError> {
-        self.call("claim_stats_index", "")?;
-        let slots = dataplane_common::nat::MAX_PORT_MAPPINGS;
-        (from..slots)
-            .find(|i| !used.get(*i as usize).copied().unwrap_or(false))
-            .ok_or(NatError::StatsFull(slots))
+    fn claim_stats_slots(&mut self, used: &[bool], count: usize) -> Result<Vec<u32>, NatError> {
+        self.call("claim_stats_slots", "")?;
+        nat::free_slots(used, dataplane_common::nat::MAX_PORT_MAPPINGS, count)
     }
 
     fn purge_conntrack(&mut self, gone: &Gone) -> PurgeJob {

@@ -49,6 +49,9 @@ pub struct FakeInner {
     pub fail_setup: Option<String>,
     /// Host sockets holding ports, with the process each names.
     pub held: Vec<(HeldPort, String)>,
+    /// How many times [`Host::port_holder`] was asked (a trial bind each on
+    /// a real host).
+    pub holder_asked: usize,
     /// The ephemeral range; None: [`sockets::FALLBACK_EPHEMERAL_PORTS`].
     pub ephemeral: Option<RangeInclusive<u16>>,
     /// Remote endpoints programmed on VXLAN devices, by device index.
@@ -501,13 +504,21 @@ impl Host for FakeHost {
         ip: Option<std::net::IpAddr>,
         port: u16,
     ) -> std::io::Result<Option<HeldPort>> {
-        Ok(self
-            .get()
-            .held
+        let mut h = self.get();
+        h.holder_asked += 1;
+        Ok(h.held
             .iter()
             .map(|(h, _)| h)
             .find(|h| h.tcp == tcp && h.port == port && held_on(h, ip))
             .cloned())
+    }
+    fn bound_ports(&self) -> std::io::Result<std::collections::HashSet<(bool, u16)>> {
+        Ok(self
+            .get()
+            .held
+            .iter()
+            .map(|(s, _)| (s.tcp, s.port))
+            .collect())
     }
     fn socket_owner(&self, inode: u64) -> Option<String> {
         let h = self.get();

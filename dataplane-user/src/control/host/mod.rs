@@ -278,6 +278,11 @@ pub trait Host: Send + Sync {
         ip: Option<std::net::IpAddr>,
         port: u16,
     ) -> std::io::Result<Option<HeldPort>>;
+    /// Every (TCP?, port) some host socket is bound to, read at once (see
+    /// `sys::sockets::bound_ports`), for a request of many ports: a port
+    /// outside it is held by nothing, so [`Self::port_holder`] is asked
+    /// about the others only.
+    fn bound_ports(&self) -> std::io::Result<std::collections::HashSet<(bool, u16)>>;
     /// `name (pid N)` of the process holding the socket with this inode.
     fn socket_owner(&self, inode: u64) -> Option<String>;
     /// Where a port published without a host port is picked from.
@@ -473,6 +478,9 @@ impl Host for Netlink {
             port,
             inode: 0,
         })))
+    }
+    fn bound_ports(&self) -> std::io::Result<std::collections::HashSet<(bool, u16)>> {
+        sockets::bound_ports()
     }
     fn socket_owner(&self, inode: u64) -> Option<String> {
         sockets::socket_owner(inode)

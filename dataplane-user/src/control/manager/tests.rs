@@ -1387,6 +1387,58 @@ async fn publish_refuses_a_port_a_host_process_listens_on() {
 }
 
 #[tokio::test]
+async fn a_request_of_many_ports_reads_the_host_sockets_once_and_refuses_the_same() {
+    let dir = Dir::new();
+    let mut m = with_net(&dir).await;
+    connect(&mut m, args("n1", "c1")).await;
+    m.host().hold_port(
+        Proto::Tcp,
+        Some(Ipv4Addr::LOCALHOST.into()),
+        7010,
+        "python3 (pid 43)",
+    );
+    m.host()
+        .hold_port(Proto::Udp, None, 7005, "avahi-daemon (pid 44)");
+    m.host().get().holder_asked = 0;
+    // 20 ports, one of them held: the same refusal as one at a time.
+    let before = snapshot(&m);
+    let r = m
+        .publish_add("n1", "c1", &["7000-7019:7000-7019".into()])
+        .await;
+    refused(
+        &m,
+        &before,
+        r,
+        &[
+            "--publish 0.0.0.0:7010->7010/tcp",
+            "127.0.0.1:7010/tcp is in use on the host by python3 (pid 43)",
+        ],
+    );
+    // Only the port a socket is bound to was asked about (a trial bind on
+    // a real host), not all 20; UDP 7005 is another protocol.
+    assert_eq!(m.host().get().holder_asked, 1);
+    m.host().get().holder_asked = 0;
+    // On another address the listener does not hold it.
+    let added = m
+        .publish_add("n1", "c1", &["10.0.0.2:7000-7019:7000-7019".into()])
+        .await
+        .unwrap();
+    assert_eq!(added.len(), 20);
+    assert_eq!(m.host().get().holder_asked, 1);
+    // UDP: the bound UDP port is refused the same way.
+    let before = snapshot(&m);
+    let r = m
+        .publish_add("n1", "c1", &["7000-7019:7000-7019/udp".into()])
+        .await;
+    refused(
+        &m,
+        &before,
+        r,
+        &["0.0.0.0:7005/udp", "avahi-daemon (pid 44)"],
+    );
+}
+
+#[tokio::test]
 async fn one_host_port_on_distinct_host_addresses_reaches_distinct_containers() {
     let dir = Dir::new();
     let mut m = with_net(&dir).await;

@@ -180,6 +180,7 @@ impl Peer for DockerNft {
                  N user sources in an own table's interval set; one nft -f ({} lines)",
                 text.lines().count()
             )),
+            cli_mappings: None,
         })
     }
 

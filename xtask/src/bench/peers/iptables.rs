@@ -165,6 +165,7 @@ impl Peer for Iptables {
                 "one {restore} of the whole ruleset ({} lines)",
                 rules.lines().count()
             )),
+            cli_mappings: None,
         })
     }
 

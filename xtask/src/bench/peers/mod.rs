@@ -160,6 +160,10 @@ pub struct Install {
     pub mappings: Duration,
     /// Honest remarks (what was measured, what could not be expressed).
     pub note: Option<String>,
+    /// The N mappings installed again through the CLI, in one process
+    /// (process start included); None: not measured (a peer without a
+    /// CLI of its own, or N specs too many for one command line).
+    pub cli_mappings: Option<Duration>,
 }
 
 /// One peer's configuration on its own topology.

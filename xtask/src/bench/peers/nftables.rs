@@ -92,6 +92,7 @@ pub fn install(topo: &Topology, text: &str, note: impl FnOnce(usize) -> String) 
         total,
         mappings: total,
         note: Some(note(text.lines().count())),
+        cli_mappings: None,
     })
 }
 

@@ -24,6 +24,7 @@ impl Peer for NoNat {
             total: Duration::ZERO,
             mappings: Duration::ZERO,
             note: Some("nothing to install".into()),
+            cli_mappings: None,
         })
     }
 
