@@ -44,38 +44,7 @@ const TCX_NEXT: i32 = -1;
 const ZONE: u8 = ZONE_ENDPOINT;
 
 // The program runs in two stages, BPF global functions (see `stage`).
-
-#[classifier]
-pub fn dp_from_container6(ctx: TcContext) -> i32 {
-    let mut pkt = Ipv6Packet::default();
-    let verdict = dp6_from_container_parse(ctx.skb.skb, &raw mut pkt) as i32;
-    if verdict != CONTINUE {
-        return verdict;
-    }
-    dp6_from_container_flow(ctx.skb.skb, &raw const pkt) as i32
-}
-
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn dp6_from_container_parse(skb: *mut __sk_buff, pkt: *mut Ipv6Packet) -> i64 {
-    let ctx = TcContext::new(skb);
-    // SAFETY: the program's own packet; a global function must check null.
-    let Some(pkt) = (unsafe { pkt.as_mut() }) else {
-        return i64::from(TCX_NEXT);
-    };
-    verdict(&ctx, parse(&ctx, pkt))
-}
-
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn dp6_from_container_flow(skb: *mut __sk_buff, pkt: *const Ipv6Packet) -> i64 {
-    let ctx = TcContext::new(skb);
-    // SAFETY: as above.
-    let Some(pkt) = (unsafe { pkt.as_ref() }) else {
-        return i64::from(TCX_NEXT);
-    };
-    verdict(&ctx, flow(&ctx, pkt))
-}
+two_stage!(dp_from_container6: dp6_from_container_parse => parse, dp6_from_container_flow => flow);
 
 /// fe80::/10.
 #[inline(always)]

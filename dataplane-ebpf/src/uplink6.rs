@@ -53,70 +53,8 @@ const ZONE: u8 = ZONE_UPLINK;
 const LOOPBACK: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 // Each program runs in two stages, BPF global functions (see `stage`).
-
-#[classifier]
-pub fn dp_uplink_in6(ctx: TcContext) -> i32 {
-    let mut pkt = Ipv6Packet::default();
-    let verdict = dp6_uplink_in_parse(ctx.skb.skb, &raw mut pkt) as i32;
-    if verdict != CONTINUE {
-        return verdict;
-    }
-    dp6_uplink_in_flow(ctx.skb.skb, &raw const pkt) as i32
-}
-
-#[classifier]
-pub fn dp_uplink_out6(ctx: TcContext) -> i32 {
-    let mut pkt = Ipv6Packet::default();
-    let verdict = dp6_uplink_out_parse(ctx.skb.skb, &raw mut pkt) as i32;
-    if verdict != CONTINUE {
-        return verdict;
-    }
-    dp6_uplink_out_flow(ctx.skb.skb, &raw const pkt) as i32
-}
-
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn dp6_uplink_in_parse(skb: *mut __sk_buff, pkt: *mut Ipv6Packet) -> i64 {
-    let ctx = TcContext::new(skb);
-    // SAFETY: the program's own packet; a global function must check null.
-    let Some(pkt) = (unsafe { pkt.as_mut() }) else {
-        return i64::from(TCX_NEXT);
-    };
-    verdict(&ctx, parse_in(&ctx, pkt))
-}
-
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn dp6_uplink_in_flow(skb: *mut __sk_buff, pkt: *const Ipv6Packet) -> i64 {
-    let ctx = TcContext::new(skb);
-    // SAFETY: as above.
-    let Some(pkt) = (unsafe { pkt.as_ref() }) else {
-        return i64::from(TCX_NEXT);
-    };
-    verdict(&ctx, flow_in(&ctx, pkt))
-}
-
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn dp6_uplink_out_parse(skb: *mut __sk_buff, pkt: *mut Ipv6Packet) -> i64 {
-    let ctx = TcContext::new(skb);
-    // SAFETY: as above.
-    let Some(pkt) = (unsafe { pkt.as_mut() }) else {
-        return i64::from(TCX_NEXT);
-    };
-    verdict(&ctx, parse_out(&ctx, pkt))
-}
-
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn dp6_uplink_out_flow(skb: *mut __sk_buff, pkt: *const Ipv6Packet) -> i64 {
-    let ctx = TcContext::new(skb);
-    // SAFETY: as above.
-    let Some(pkt) = (unsafe { pkt.as_ref() }) else {
-        return i64::from(TCX_NEXT);
-    };
-    verdict(&ctx, flow_out(&ctx, pkt))
-}
+two_stage!(dp_uplink_in6: dp6_uplink_in_parse => parse_in, dp6_uplink_in_flow => flow_in);
+two_stage!(dp_uplink_out6: dp6_uplink_out_parse => parse_out, dp6_uplink_out_flow => flow_out);
 
 /// The policy of the managed subnet `addr` is in; zeroed when it is in none
 /// (network keys are never 0). Not an `Option`: LLVM copies an absent
