@@ -21,9 +21,7 @@
 //! - the fast path: what is left, to the world through the gateway, goes
 //!   straight to the uplink's egress (`fastpath::to_world`, as on IPv4).
 
-use aya_ebpf::{
-    bindings::__sk_buff, btf_maps::lpm_trie::Key, macros::classifier, programs::TcContext,
-};
+use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
 use dataplane_common::{
     ct::ZONE_ENDPOINT,
     drop::DropReason,
@@ -37,7 +35,7 @@ use crate::{
     maps::{DP_ENDPOINTS, DP_ENDPOINTS6, DP_SANDBOX_ADDRS6, DP_SUBNETS6},
     nat, nat6,
     parse::{l3, parse6, Ipv6Packet, Ipv6Upper, L3},
-    stage::{verdict, CONTINUE},
+    stage::{two_stage, CONTINUE},
 };
 
 const TCX_NEXT: i32 = -1;

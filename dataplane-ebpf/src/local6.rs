@@ -25,10 +25,7 @@
 //! scratch map (`nat6`), which the IPv4 program does not need, and each
 //! program's frame and verifier walk stay those of one family.
 
-use aya_ebpf::{
-    bindings::__sk_buff, helpers::bpf_get_socket_cookie, macros::classifier, programs::TcContext,
-    EbpfContext,
-};
+use aya_ebpf::{helpers::bpf_get_socket_cookie, programs::TcContext, EbpfContext};
 use dataplane_common::{
     ct::ZONE_ENDPOINT, drop::DropReason, nat::PortTarget6, net::IPPROTO_TCP,
     sock::REVNAT_PER_PACKET,
@@ -39,7 +36,7 @@ use crate::{
     maps::DP_SOCK_REVNAT6,
     nat6,
     parse::{l3, parse6, Ipv6Packet, Ipv6Upper, L3},
-    stage::{verdict, CONTINUE},
+    stage::{two_stage, CONTINUE},
     tcp,
 };
 

@@ -22,9 +22,7 @@
 //! rewrite sends to a container (DNAT, replies to NAT66) take the fast path
 //! into it when they can (`fastpath::into_endpoint`, as on IPv4).
 
-use aya_ebpf::{
-    bindings::__sk_buff, btf_maps::lpm_trie::Key, macros::classifier, programs::TcContext,
-};
+use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
 use dataplane_common::{
     ct::{REWRITE_DST, ZONE_UPLINK},
     drop::DropReason,
@@ -44,7 +42,7 @@ use crate::{
     maps::{DP_OPEN_PORTS6, DP_SUBNETS6, DP_TRUSTED_IFACES, DP_UPLINKS6},
     nat, nat6,
     parse::{l3, parse6, parse6_fixed, Ipv6Packet, Ipv6Upper, ICMPV6_ECHO_REQUEST, L3},
-    stage::{verdict, CONTINUE},
+    stage::{two_stage, CONTINUE},
     tcp,
 };
 

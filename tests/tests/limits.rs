@@ -231,7 +231,9 @@ fn expired_entries(cli: &Cli, n: u32) {
             state: CtState::Closing as u8,
             ..CtEntry::default()
         };
-        table.insert(key, entry, 0).expect("insert an expired entry");
+        table
+            .insert(key, entry, 0)
+            .expect("insert an expired entry");
     }
 }
 
