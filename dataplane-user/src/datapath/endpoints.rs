@@ -89,6 +89,14 @@ fn ifindex(ifname: &str) -> io::Result<Option<u32>> {
     }
 }
 
+/// The index of `ifname`, which must exist (an endpoint's veth to attach
+/// to): a missing one is `ENODEV`.
+fn existing_ifindex(ifname: &str) -> Result<u32, LoadError> {
+    ifindex(ifname)
+        .map_err(filter_err(ifname, "looking up"))?
+        .ok_or_else(|| filter_err(ifname, "looking up")(io::Error::from_raw_os_error(libc::ENODEV)))
+}
+
 fn filter_err<'a>(ifname: &'a str, what: &'static str) -> impl Fn(io::Error) -> LoadError + 'a {
     move |source| LoadError::Filter {
         ifname: ifname.to_owned(),
@@ -109,13 +117,7 @@ fn legacy_link(pins: &PinRoot, program: &str, host_ifname: &str) -> Result<bool,
 /// Attaches the endpoint programs to a container's host-side veth (the
 /// IPv6 one with `ipv6`); attachments that exist already are kept.
 pub fn attach_endpoint(dp: &mut Dataplane, host_ifname: &str, ipv6: bool) -> Result<(), NatError> {
-    let index = ifindex(host_ifname)
-        .map_err(filter_err(host_ifname, "looking up"))?
-        .ok_or_else(|| LoadError::Filter {
-            ifname: host_ifname.to_owned(),
-            what: "looking up",
-            source: io::Error::from_raw_os_error(libc::ENODEV),
-        })?;
+    let index = existing_ifindex(host_ifname)?;
     let present = Tc::open()
         .and_then(|mut tc| tc.bpf_filters(index))
         .map_err(filter_err(host_ifname, "listing the filters of"))?;
@@ -164,13 +166,7 @@ impl EndpointAttach {
             }
             .into());
         }
-        let index = ifindex(ifname)
-            .map_err(filter_err(ifname, "looking up"))?
-            .ok_or_else(|| LoadError::Filter {
-                ifname: ifname.to_owned(),
-                what: "looking up",
-                source: io::Error::from_raw_os_error(libc::ENODEV),
-            })?;
+        let index = existing_ifindex(ifname)?;
         let mut tc = Tc::open().map_err(filter_err(ifname, "opening netlink for"))?;
         tc.ensure_clsact(index)
             .map_err(filter_err(ifname, "adding the clsact qdisc to"))?;
