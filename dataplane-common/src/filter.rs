@@ -5,21 +5,24 @@
 //! Rules sit at positions 0..[`MAX_RULES`] in evaluation order. Each match
 //! dimension (source address, in-interface, destination port, network) has a
 //! map from the packet's value in that dimension to a [`RuleBits`]: the rules
-//! that dimension lets through (the source has two per address family: a
-//! hash of single addresses, [`FilterHostKey`] or [`FilterHostKey6`], tried
-//! first, and an LPM trie of CIDRs, [`FilterSrcData`] or [`FilterSrc6Data`];
-//! a rule naming a source of one family is absent from the other family's
-//! source maps, so it never matches there). The program intersects the four sets; the
-//! lowest position left is the first rule matching in every dimension, i.e.
-//! the first match in rule order. Its [`FilterAction`] decides, its counter
-//! slot counts.
+//! that dimension lets through. The source has two maps per address family:
+//! an LPM trie of CIDRs ([`FilterSrcData`] or [`FilterSrc6Data`]) and, for
+//! the single addresses /32 and /128 rules name, a hash ([`FilterHostKey`]
+//! or [`FilterHostKey6`]) of the few rules each adds to its enclosing
+//! region ([`HostRules`]); a rule naming a source of one family is absent
+//! from the other family's source maps, so it never matches there.
+//!
+//! The program intersects the four sets; the lowest position left is the
+//! first rule matching in every dimension, i.e. the first match in rule
+//! order. Its [`FilterAction`] decides, its counter slot counts.
 //!
 //! A [`RuleBits`] is a two-level bitmap: [`RULE_WORDS`] 64-bit words of rule
 //! bits and a summary with one bit per word saying which words are non-zero.
 //! The program ANDs the four summaries first (four words each) and only then
 //! looks at the words they all have ([`Scan`]), lowest first; traffic
 //! that no rule names specifically (the usual case: a rule set of /32
-//! sources, and a packet from none of them) ends at the summaries.
+//! sources, and a packet from none of them) ends at the summaries, and a
+//! packet from a named address adds a test of its few [`HostRules`].
 //!
 //! Every key carries a generation (0 or 1) and [`FilterConfig`] names the
 //! live one. The agent writes a whole new rule set into the other generation
@@ -314,9 +317,8 @@ pub const fn src6_data(gen: u32, addr: [u8; 16]) -> FilterSrc6Data {
     out
 }
 
-/// Source key of a single address (a /32 rule's region), in a hash beside
-/// the trie. The program looks here first: a hit is the longest match an
-/// LPM lookup would find. Kept out of the trie because a trie of n entries
+/// Source key of a single address a /32 rule names, in a hash beside the
+/// trie ([`HostRules`]). Kept out of the trie because a trie of n entries
 /// also allocates about n intermediate nodes of the full value size, which
 /// for 1952-byte values doubles the memory of a list of /32s.
 #[repr(C)]
@@ -335,6 +337,93 @@ pub struct FilterHostKey6 {
     pub addr: [u8; 16],
 }
 const _: () = assert!(size_of::<FilterHostKey6>() == 20);
+
+/// Positions a [`HostRules`] holds.
+pub const HOST_RULES: usize = 7;
+
+/// What a single address adds to the rules of its enclosing region: the
+/// positions of the rules naming exactly that address with `--src` (a /32
+/// or /128), lowest first. The address's rules are the region's bitmap
+/// (the trie's longest match, which never holds the address itself) plus
+/// these, so the value is 32 bytes rather than a [`RuleBits`]' 1952: a
+/// DOCKER-USER list of 10 000 blocked addresses writes 320 KB, not 20 MB.
+///
+/// An address named by a `--not-src` rule, or by more than [`HOST_RULES`]
+/// rules, does not fit: the agent stores its whole bitmap in the trie as a
+/// full-length prefix instead, where the longest match finds it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct HostRules {
+    /// Positions in use, 1..=[`HOST_RULES`].
+    pub count: u32,
+    /// Ascending; those past `count` are unused (0).
+    pub positions: [u32; HOST_RULES],
+}
+const _: () = assert!(size_of::<HostRules>() == 32);
+
+impl HostRules {
+    /// The positions, ascending and distinct; None when there are none or
+    /// more than [`HOST_RULES`], or one is past [`MAX_RULES`].
+    #[must_use]
+    pub fn new(positions: &[u32]) -> Option<HostRules> {
+        if positions.is_empty()
+            || positions.len() > HOST_RULES
+            || positions.windows(2).any(|w| w[0] >= w[1])
+            || positions.iter().any(|p| *p >= MAX_RULES)
+        {
+            return None;
+        }
+        let mut out = HostRules {
+            count: positions.len() as u32,
+            positions: [0; HOST_RULES],
+        };
+        out.positions[..positions.len()].copy_from_slice(positions);
+        Some(out)
+    }
+
+    /// The positions in use.
+    #[must_use]
+    pub fn positions(&self) -> &[u32] {
+        &self.positions[..(self.count as usize).min(HOST_RULES)]
+    }
+
+    /// The lowest of its positions that the three other dimensions' sets
+    /// all hold: the first of the address's own rules that matches.
+    #[inline(always)]
+    #[must_use]
+    pub fn first_in(&self, b: &RuleBits, c: &RuleBits, d: &RuleBits) -> Option<u32> {
+        let count = self.count as usize;
+        for i in 0..HOST_RULES {
+            if i >= count {
+                break;
+            }
+            let p = self.positions[i];
+            if b.contains(p) && c.contains(p) && d.contains(p) {
+                return Some(p);
+            }
+        }
+        None
+    }
+}
+
+/// The first rule matching in all four dimensions when the source's rules
+/// are a region's bitmap plus an address's own [`HostRules`]: the lower of
+/// the two answers. `region_first` is the region's answer
+/// ([`first_common`] with the same three other sets).
+#[inline(always)]
+#[must_use]
+pub fn first_with_host(
+    region_first: Option<u32>,
+    host: Option<&HostRules>,
+    b: &RuleBits,
+    c: &RuleBits,
+    d: &RuleBits,
+) -> Option<u32> {
+    match (region_first, host.and_then(|h| h.first_in(b, c, d))) {
+        (Some(r), Some(h)) => Some(r.min(h)),
+        (r, h) => r.or(h),
+    }
+}
 
 /// In-interface key. `ifindex` [`ANY_IFINDEX`] holds the rules without
 /// `--in`.
@@ -407,6 +496,7 @@ crate::user_pod!(
     FilterConfig,
     FilterHostKey,
     FilterHostKey6,
+    HostRules,
     FilterIfaceKey,
     FilterPortKey,
     FilterNetKey,
@@ -570,6 +660,35 @@ mod tests {
         assert_eq!(d[20..], [0; 4], "padding no prefix reaches");
         assert_eq!(src_data(1, [10, 0, 0, 7]), [0, 0, 0, 1, 10, 0, 0, 7]);
         assert!(SRC_GEN_BITS as usize + 128 <= 8 * (size_of::<FilterSrc6Data>() - 4));
+    }
+
+    #[test]
+    fn host_rules_hold_a_few_ascending_positions() {
+        let r = HostRules::new(&[3, 70, 10_000]).expect("fits");
+        assert_eq!(r.positions(), [3, 70, 10_000]);
+        assert_eq!(HostRules::new(&[]), None);
+        assert_eq!(HostRules::new(&[5, 5]), None, "not distinct");
+        assert_eq!(HostRules::new(&[6, 5]), None, "not ascending");
+        assert_eq!(HostRules::new(&[MAX_RULES]), None);
+        let eight: [u32; HOST_RULES + 1] = core::array::from_fn(|i| i as u32);
+        assert_eq!(HostRules::new(&eight), None);
+        assert!(HostRules::new(&eight[..HOST_RULES]).is_some());
+        // The first of its own the other sets hold, and against a region.
+        let all = bits(&(0..100_u32).chain([10_000]).collect::<Vec<_>>());
+        let not3 = bits(&[70, 10_000]);
+        assert_eq!(r.first_in(&all, &all, &all), Some(3));
+        assert_eq!(r.first_in(&all, &not3, &all), Some(70));
+        assert_eq!(r.first_in(&bits(&[]), &all, &all), None);
+        assert_eq!(
+            first_with_host(Some(5), Some(&r), &all, &all, &all),
+            Some(3)
+        );
+        assert_eq!(
+            first_with_host(Some(5), Some(&r), &all, &not3, &all),
+            Some(5)
+        );
+        assert_eq!(first_with_host(None, Some(&r), &all, &not3, &all), Some(70));
+        assert_eq!(first_with_host(Some(9), None, &all, &all, &all), Some(9));
     }
 
     #[test]

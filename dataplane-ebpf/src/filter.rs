@@ -4,16 +4,17 @@
 //! One lookup per dimension gives the set of rules that dimension lets
 //! through (a two-level bitmap, see `dataplane_common::filter`), read in
 //! place through the map's value pointer; the first rule in all four sets is
-//! the first match in rule order. At most: one array lookup, a hash and an
-//! LPM lookup for the source, two hash lookups per other dimension, the AND
+//! the first match in rule order. At most: one array lookup, an LPM and a
+//! hash lookup for the source, two hash lookups per other dimension, the AND
 //! of four summaries, then one `bpf_loop` step per word they share (at most
-//! `SCAN_STEPS`), one array lookup and one counter bump. A packet from a
+//! `SCAN_STEPS`), a test of the source address's own rules (at most
+//! `HOST_RULES`), one array lookup and one counter bump. A packet from a
 //! source no rule names (with only source rules, the usual DOCKER-USER
 //! list) ends after the source lookups, whatever the number of rules.
 //!
 //! Both families share everything but the source dimension: an IPv4
-//! packet looks its source up in `DP_FLT_SRC_HOST`/`DP_FLT_SRC`, an IPv6
-//! one in `DP_FLT_SRC6_HOST`/`DP_FLT_SRC6` ([`Source`]); the interface,
+//! packet looks its source up in `DP_FLT_SRC`/`DP_FLT_HOST4`, an IPv6
+//! one in `DP_FLT_SRC6`/`DP_FLT_HOST6` ([`Source`]); the interface,
 //! port and network maps, the actions and the counters are the same. The
 //! IPv6 program calls [`new_flow6`] and [`tracked6`], BPF subprograms of their
 //! own, so their frame is not added to the caller's steps (see `uplink6`).
@@ -35,9 +36,9 @@ use dataplane_common::{
     ct::{FLAG_DNAT, FLAG_REPLY},
     drop::DropReason,
     filter::{
-        slot, src6_data, src_data, FilterHostKey, FilterHostKey6, FilterIfaceKey, FilterNetKey,
-        FilterPortKey, RuleBits, Scan, ACTION_DROP, ANY_IFINDEX, ANY_NETWORK, GENERATIONS,
-        SCAN_STEPS, SRC_GEN_BITS,
+        first_with_host, slot, src6_data, src_data, FilterHostKey, FilterHostKey6, FilterIfaceKey,
+        FilterNetKey, FilterPortKey, HostRules, RuleBits, Scan, ACTION_DROP, ANY_IFINDEX,
+        ANY_NETWORK, GENERATIONS, SCAN_STEPS, SRC_GEN_BITS,
     },
     nat::SUBNET_INTERNAL,
     net::{IPPROTO_TCP, IPPROTO_UDP},
@@ -46,41 +47,47 @@ use dataplane_common::{
 use crate::{
     counters::bump,
     maps::{
-        DP_FLT_ACTIONS, DP_FLT_CONFIG, DP_FLT_IFACE, DP_FLT_NET, DP_FLT_PORT, DP_FLT_SRC,
-        DP_FLT_SRC6, DP_FLT_SRC6_HOST, DP_FLT_SRC_HOST, DP_FLT_STATS, DP_SUBNETS6,
+        DP_FLT_ACTIONS, DP_FLT_CONFIG, DP_FLT_HOST4, DP_FLT_HOST6, DP_FLT_IFACE, DP_FLT_NET,
+        DP_FLT_PORT, DP_FLT_SRC, DP_FLT_SRC6, DP_FLT_STATS, DP_SUBNETS6,
     },
     nat, nat6,
     parse::{ip_len, Ipv6Packet},
 };
 
+/// The rules whose source condition holds for an address: its region's
+/// (the longest CIDR match; the agent stored, for each, the rules that hold
+/// for the whole region that match leads to) and, when /32 or /128 rules
+/// name the address itself, the few they add.
+#[derive(Clone, Copy)]
+pub struct SrcRules {
+    pub region: Option<&'static RuleBits>,
+    pub host: Option<&'static HostRules>,
+}
+
 /// A source address of either family: where its rules are found.
 pub trait Source: Copy {
-    /// Rules whose source condition holds for this address: the entry of
-    /// the address itself if a host rule (/32, /128) names it (the longest
-    /// match there is), else the longest CIDR match; the agent stored, for
-    /// each, the rules that hold for the whole region that match leads to.
-    fn rules(self, gen: u32) -> Option<&'static RuleBits>;
+    fn rules(self, gen: u32) -> SrcRules;
 }
 
 impl Source for [u8; 4] {
     #[inline(always)]
-    fn rules(self, gen: u32) -> Option<&'static RuleBits> {
-        // SAFETY: as in `by_key`.
-        if let Some(bits) = unsafe { DP_FLT_SRC_HOST.get(FilterHostKey { gen, addr: self }) } {
-            return Some(bits);
+    fn rules(self, gen: u32) -> SrcRules {
+        SrcRules {
+            region: DP_FLT_SRC.get(&Key::new(SRC_GEN_BITS + 32, src_data(gen, self))),
+            // SAFETY: as in `by_key`.
+            host: unsafe { DP_FLT_HOST4.get(FilterHostKey { gen, addr: self }) },
         }
-        DP_FLT_SRC.get(&Key::new(SRC_GEN_BITS + 32, src_data(gen, self)))
     }
 }
 
 impl Source for [u8; 16] {
     #[inline(always)]
-    fn rules(self, gen: u32) -> Option<&'static RuleBits> {
-        // SAFETY: as in `by_key`.
-        if let Some(bits) = unsafe { DP_FLT_SRC6_HOST.get(FilterHostKey6 { gen, addr: self }) } {
-            return Some(bits);
+    fn rules(self, gen: u32) -> SrcRules {
+        SrcRules {
+            region: DP_FLT_SRC6.get(&Key::new(SRC_GEN_BITS + 128, src6_data(gen, self))),
+            // SAFETY: as in `by_key`.
+            host: unsafe { DP_FLT_HOST6.get(FilterHostKey6 { gen, addr: self }) },
         }
-        DP_FLT_SRC6.get(&Key::new(SRC_GEN_BITS + 128, src6_data(gen, self)))
     }
 }
 
@@ -172,11 +179,10 @@ pub fn check<A: Source>(
     }
     // Cheapest-to-empty first: most rules name a source, and an empty set
     // ends the evaluation early. The agent always stores 0.0.0.0/0 and
-    // ::/0, so a missing entry only happens mid-setup: nothing matches.
-    let Some(by_src) = src.rules(gen) else {
-        return Ok(());
-    };
-    if by_src.is_empty() {
+    // ::/0, so a missing region only happens mid-setup.
+    let SrcRules { region, host } = src.rules(gen);
+    let region = region.filter(|r| !r.is_empty());
+    if region.is_none() && host.is_none() {
         return Ok(());
     }
     let Some(by_iface) = by_key(
@@ -221,7 +227,8 @@ pub fn check<A: Source>(
     ) else {
         return Ok(());
     };
-    let Some(pos) = first_match([by_src, by_iface, by_port, by_net]) else {
+    let region_first = region.and_then(|r| first_match([r, by_iface, by_port, by_net]));
+    let Some(pos) = first_with_host(region_first, host, by_iface, by_port, by_net) else {
         return Ok(());
     };
     let slot = slot(gen, pos);

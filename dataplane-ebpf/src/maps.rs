@@ -186,7 +186,7 @@ use aya_ebpf::{bindings::BPF_F_NO_PREALLOC, btf_maps::Array};
 use dataplane_common::{
     filter::{
         FilterAction, FilterConfig, FilterHostKey, FilterHostKey6, FilterIfaceKey, FilterNetKey,
-        FilterPortKey, FilterSrc6Data, FilterSrcData, RuleBits, FILTER_SLOTS,
+        FilterPortKey, FilterSrc6Data, FilterSrcData, HostRules, RuleBits, FILTER_SLOTS,
     },
     maps::FILTER_KEYS_MAX,
 };
@@ -201,14 +201,11 @@ pub static DP_FLT_CONFIG: Array<FilterConfig, 1> = Array::new();
 pub static DP_FLT_SRC: LpmTrie<FilterSrcData, RuleBits, { FILTER_KEYS_MAX as usize }> =
     LpmTrie::new();
 
-/// Filter rules by source address, for the addresses /32 rules name.
+/// Filter rules the addresses /32 rules name add to their region's.
+/// Preallocated (see `FILTER_KEYS_MAX`).
 #[btf_map]
-pub static DP_FLT_SRC_HOST: HashMap<
-    FilterHostKey,
-    RuleBits,
-    { FILTER_KEYS_MAX as usize },
-    { BPF_F_NO_PREALLOC as usize },
-> = HashMap::new();
+pub static DP_FLT_HOST4: HashMap<FilterHostKey, HostRules, { FILTER_KEYS_MAX as usize }, 0> =
+    HashMap::new();
 
 /// Filter rules by IPv6 source address (longest prefix), for CIDRs
 /// shorter than /128.
@@ -216,14 +213,11 @@ pub static DP_FLT_SRC_HOST: HashMap<
 pub static DP_FLT_SRC6: LpmTrie<FilterSrc6Data, RuleBits, { FILTER_KEYS_MAX as usize }> =
     LpmTrie::new();
 
-/// Filter rules by IPv6 source address, for the addresses /128 rules name.
+/// Filter rules the addresses /128 rules name add to their region's.
+/// Preallocated, as `DP_FLT_HOST4`.
 #[btf_map]
-pub static DP_FLT_SRC6_HOST: HashMap<
-    FilterHostKey6,
-    RuleBits,
-    { FILTER_KEYS_MAX as usize },
-    { BPF_F_NO_PREALLOC as usize },
-> = HashMap::new();
+pub static DP_FLT_HOST6: HashMap<FilterHostKey6, HostRules, { FILTER_KEYS_MAX as usize }, 0> =
+    HashMap::new();
 
 /// Filter rules by in-interface.
 #[btf_map]

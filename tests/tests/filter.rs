@@ -15,7 +15,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dataplane_common::{drop::DropReason, filter::FilterConfig, nat::SUBNET_MASQUERADE};
+use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, MapData};
+use dataplane_common::{
+    drop::DropReason,
+    filter::{
+        src_data, FilterConfig, FilterHostKey, FilterSrcData, HostRules, RuleBits, SRC_GEN_BITS,
+    },
+    maps,
+    nat::SUBNET_MASQUERADE,
+};
 use dataplane_tests::{
     cli::{api, stop_agent, Cli},
     datapath,
@@ -30,6 +38,7 @@ use dataplane_user::{
         filter::{self, ResolvedRule},
         stats,
     },
+    sys::bpf::{MapShape, RawMap},
 };
 
 /// The Ethernet header, which rule counters do not count.
@@ -151,10 +160,10 @@ impl Fixture {
 
     /// The live generation and rule count, as the program reads them.
     fn live(&self) -> (u32, u32) {
-        let path = self.dir.pins().map(dataplane_common::maps::FILTER_CONFIG);
-        let data = aya::maps::MapData::from_pin(path).expect("pinned config");
+        let path = self.dir.pins().map(maps::FILTER_CONFIG);
+        let data = MapData::from_pin(path).expect("pinned config");
         let map = aya::maps::Map::from_map_data(data).expect("config map");
-        let cfg: aya::maps::Array<aya::maps::MapData, FilterConfig> =
+        let cfg: aya::maps::Array<MapData, FilterConfig> =
             aya::maps::Array::try_from(map).expect("config array");
         let c = cfg.get(&0, 0).expect("config");
         (c.gen, c.rules)
@@ -629,6 +638,88 @@ fn max_rules_fit_in_both_generations() {
     );
 }
 
+/// Pins from before host entries (layout schema 1) held each single
+/// address's whole bitmap in `DP_FLT_SRC_HOST`, which today's programs do
+/// not read. The next load writes the live rules the new way before any
+/// link moves, and unpins the old map: an address's own accept and a
+/// `--not-src` exception keep holding before a catch-all drop.
+#[test]
+fn older_pins_single_addresses_are_converted_on_load() {
+    if !dataplane_tests::require_root() {
+        return;
+    }
+    let mut f = Fixture::new("fltv1");
+    let third = [192, 0, 2, 4];
+    f.rules(&[
+        rule(1, &[("--src", "192.0.2.2"), ("--action", "accept")]),
+        rule(2, &[("--src", "10.0.0.0/8"), ("--action", "accept")]),
+        rule(3, &[("--not-src", "192.0.2.3"), ("--action", "drop")]),
+    ]);
+    let verdicts =
+        |f: &mut Fixture| [CLIENT, OTHER, third].map(|src| f.verdict(&tcp(src, HOST, 40000, 8080)));
+    assert_eq!(verdicts(&mut f), [NEXT, NEXT, SHOT]);
+
+    // What an older agent left: no host entry, no /32 in the trie, both
+    // addresses' whole bitmaps in the old map.
+    let pins = f.dir.pins().clone();
+    let gen = f.live().0;
+    let mut hosts: HashMap<MapData, FilterHostKey, HostRules> = pinned(&pins, maps::FILTER_HOST);
+    let mut trie: LpmTrie<MapData, FilterSrcData, RuleBits> = pinned(&pins, maps::FILTER_SRC);
+    let client = FilterHostKey { gen, addr: CLIENT };
+    assert_eq!(hosts.get(&client, 0).expect("host entry").positions(), [0]);
+    hosts.remove(&client).expect("remove the host entry");
+    let other = Key::new(SRC_GEN_BITS + 32, src_data(gen, OTHER));
+    let other_bits = trie.get(&other, 0).expect("the exception's region");
+    assert!(other_bits.is_empty(), "{other_bits:?}");
+    trie.remove(&other).expect("remove the /32");
+    let region = trie
+        .get(&Key::new(SRC_GEN_BITS + 32, src_data(gen, CLIENT)), 0)
+        .expect("0.0.0.0/0");
+    assert!(region.positions().eq([2]), "{region:?}");
+    let mut client_bits = region;
+    client_bits.set(0);
+    let shape = MapShape {
+        map_type: 1,
+        key_size: 8,
+        value_size: size_of::<RuleBits>() as u32,
+        max_entries: maps::FILTER_KEYS_MAX,
+        flags: 1,
+    };
+    let old = RawMap::create("DP_FLT_SRC_HOST", shape).expect("the old map");
+    for (addr, bits) in [(CLIENT, client_bits), (OTHER, other_bits)] {
+        let key = FilterHostKey { gen, addr };
+        old.update(bytemuck::bytes_of(&key), bytemuck::bytes_of(&bits))
+            .expect("old entry");
+    }
+    let old_path = pins.map(maps::FILTER_SRC_HOST_V1[0]);
+    old.pin(&old_path).expect("pin the old map");
+    drop(old);
+    // Today's programs without the conversion: the drop takes both.
+    assert_eq!(verdicts(&mut f), [SHOT, SHOT, SHOT]);
+
+    f.dp = Dataplane::load(&pins).expect("load onto the older pins");
+    assert!(!old_path.exists(), "the old map is unpinned");
+    assert_eq!(verdicts(&mut f), [NEXT, NEXT, SHOT]);
+    let hosts: HashMap<MapData, FilterHostKey, HostRules> = pinned(&pins, maps::FILTER_HOST);
+    assert_eq!(hosts.get(&client, 0).expect("converted").positions(), [0]);
+    let trie: LpmTrie<MapData, FilterSrcData, RuleBits> = pinned(&pins, maps::FILTER_SRC);
+    assert!(trie
+        .get(&other, 0)
+        .expect("the exception, whole")
+        .is_empty());
+    // A second load finds nothing to convert and changes nothing.
+    f.dp = Dataplane::load(&pins).expect("load again");
+    assert_eq!(verdicts(&mut f), [NEXT, NEXT, SHOT]);
+}
+
+fn pinned<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    pins: &dataplane_user::datapath::bpffs::PinRoot,
+    name: &str,
+) -> T {
+    let data = MapData::from_pin(pins.map(name)).expect("pinned map");
+    T::try_from(aya::maps::Map::from_map_data(data).expect("map")).expect("map type")
+}
+
 fn filter_ls(cli: &Cli) -> Vec<String> {
     let v = cli
         .json(&["filter", "ls", "--format", "json"])
@@ -775,5 +866,22 @@ fn a_list_of_rules_is_added_whole_or_not_at_all() {
     assert_eq!(id.trim(), "10004");
     let live = filter::counters_by_id(cli.pins.pins()).expect("live rules");
     assert_eq!(live.len(), 10_004);
+    // Several removed in one change, or none when one id is unknown.
+    let e = cli
+        .fail(&["filter", "rm", "10001", "99999"])
+        .expect("refused");
+    assert!(e.contains("99999"), "{e}");
+    assert_eq!(filter_ls(&cli).len(), 10_004, "nothing removed");
+    cli.run(&["filter", "rm", "10001", "10002", "10004"])
+        .expect("rm three");
+    let ls = filter_ls(&cli);
+    assert_eq!(ls.len(), 10_001);
+    assert_eq!(ls[0], format!("--src {}/32 --action drop", source(0)));
+    assert_eq!(
+        filter::counters_by_id(cli.pins.pins())
+            .expect("live rules")
+            .len(),
+        10_001
+    );
     stop_agent(agent, libc::SIGTERM).expect("stop agent");
 }

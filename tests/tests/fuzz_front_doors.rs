@@ -278,6 +278,7 @@ async fn carry_out(m: &mut M, req: Request) -> Option<Result<(), String>> {
             Err(err) => Err(err.to_string()),
         },
         Request::FilterRm { id } => m.filter_rm(id).await.map_err(e),
+        Request::FilterRmMany { ids } => m.filter_rm_many(&ids).await.map_err(e),
         _ => return None,
     };
     Some(r)
@@ -334,6 +335,7 @@ fn request_seeds() -> Vec<Vec<u8>> {
         filter("198.51.100.0/24"),
         filter("2001:db8::/32"),
         Request::FilterRm { id: 1 },
+        Request::FilterRmMany { ids: vec![2, 1] },
         Request::NetworkRm {
             names: vec!["n2".into()],
             force: false,

@@ -13,10 +13,10 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
-use aya::maps::{HashMap, LpmTrie, Map, MapData};
+use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, Map, MapData};
 use dataplane_common::{
     drop::DropReason,
-    filter::{FilterConfig, FilterHostKey6, FilterSrc6Data, RuleBits},
+    filter::{src6_data, FilterConfig, FilterHostKey6, FilterSrc6Data, HostRules, RuleBits},
     maps,
     nat::SUBNET_MASQUERADE,
 };
@@ -459,7 +459,7 @@ fn a_rules_file_of_both_families_through_the_cli() {
         .collect();
     prefixes.sort_unstable();
     assert_eq!(prefixes, [32, 32 + 32]);
-    let hosts: HashMap<MapData, FilterHostKey6, RuleBits> = pinned(&cli, maps::FILTER_SRC6_HOST);
+    let hosts: HashMap<MapData, FilterHostKey6, HostRules> = pinned(&cli, maps::FILTER_HOST6);
     let host_keys: Vec<FilterHostKey6> = hosts
         .keys()
         .map(|k| k.expect("key"))
@@ -468,10 +468,18 @@ fn a_rules_file_of_both_families_through_the_cli() {
     assert_eq!(host_keys.len(), 1);
     assert_eq!(host_keys[0].addr, a("2001:db8::7"));
     // Positions: 0 --not-src 10/8, 1 the /128, 2 ::/0 53/udp, 3 --dport
-    // 80, 4 2001:db8::/32. The /128's region: its own accept, the /32's
-    // drop, ::/0 and the family-less rule; not the IPv4 --not-src.
-    let bits = hosts.get(&host_keys[0], 0).expect("the /128's rules");
-    assert_eq!(bits.positions().collect::<Vec<_>>(), [1, 2, 3, 4]);
+    // 80, 4 2001:db8::/32. The /128's rules: its region's (the /32's drop,
+    // ::/0 and the family-less rule; not the IPv4 --not-src) and its own
+    // accept, which is all the hash holds for it.
+    let own = hosts.get(&host_keys[0], 0).expect("the /128's rules");
+    assert_eq!(own.positions(), [1]);
+    let region = trie
+        .get(
+            &Key::new(32 + 128, src6_data(live.gen, a("2001:db8::7"))),
+            0,
+        )
+        .expect("the /128's region");
+    assert_eq!(region.positions().collect::<Vec<_>>(), [2, 3, 4]);
 
     let e = cli
         .fail(&[

@@ -93,6 +93,10 @@ pub enum Request {
     FilterRm {
         id: u32,
     },
+    /// Rules by id, all or none (`filter rm ID...`).
+    FilterRmMany {
+        ids: Vec<u32>,
+    },
     FilterLs,
     NatLs,
     ConntrackLs,

@@ -199,6 +199,10 @@ async fn run_more(ctx: &Context, m: &mut Manager, req: Request) -> Result<Value,
             m.filter_rm(id).await?;
             answer(Done {})
         }
+        Request::FilterRmMany { ids } => {
+            m.filter_rm_many(&ids).await?;
+            answer(Done {})
+        }
         Request::FilterLs => {
             let counters = filter::counters_by_id(&ctx.pins).unwrap_or_default();
             answer(

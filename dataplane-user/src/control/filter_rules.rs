@@ -249,7 +249,7 @@ mod tests {
         net::{Ipv4Addr, Ipv6Addr},
     };
 
-    use dataplane_common::filter::{first_common, RuleBits};
+    use dataplane_common::filter::{first_common, first_with_host, HostRules, RuleBits};
     use ipnet::{Ipv4Net, Ipv6Net};
 
     use super::*;
@@ -328,26 +328,32 @@ mod tests {
         if c.rules() == 0 {
             return None;
         }
-        let src = match addr.into() {
-            IpAddr::V4(a) => c
-                .src
-                .iter()
-                .filter(|(n, _)| n.contains(&a))
-                .max_by_key(|(n, _)| n.prefix_len())
-                .map_or(&RuleBits::EMPTY, |(_, b)| b),
-            IpAddr::V6(a) => c
-                .src6
-                .iter()
-                .filter(|(n, _)| n.contains(&a))
-                .max_by_key(|(n, _)| n.prefix_len())
-                .map_or(&RuleBits::EMPTY, |(_, b)| b),
+        // As the program: the region (longest match in the trie) and the
+        // address's own rules, if the hash holds it.
+        let (region, host) = match addr.into() {
+            IpAddr::V4(a) => (
+                c.src
+                    .iter()
+                    .filter(|(n, _)| n.contains(&a))
+                    .max_by_key(|(n, _)| n.prefix_len())
+                    .map_or(&RuleBits::EMPTY, |(_, b)| b),
+                c.hosts.get(&Ipv4Net::from(a)),
+            ),
+            IpAddr::V6(a) => (
+                c.src6
+                    .iter()
+                    .filter(|(n, _)| n.contains(&a))
+                    .max_by_key(|(n, _)| n.prefix_len())
+                    .map_or(&RuleBits::EMPTY, |(_, b)| b),
+                c.hosts6.get(&Ipv6Net::from(a)),
+            ),
         };
-        first_common(
-            src,
+        let (i, p, n) = (
             c.iface.lookup(&ifindex),
             c.port.lookup(&dport),
             c.network.lookup(&network),
-        )
+        );
+        first_with_host(first_common(region, i, p, n), host, i, p, n)
     }
 
     /// The reference: walk the rules in order; a source condition of the
@@ -507,14 +513,16 @@ mod tests {
     fn ten_thousand_sources_one_entry_each() {
         let mut rules = sources(10_000);
         let c = compile(&rules, resolve).expect("compile");
-        assert_eq!(c.src.len(), 10_001, "every /32 and 0.0.0.0/0");
+        // One 32-byte host entry per /32, not a 1952-byte bitmap each.
+        assert_eq!(c.src.len(), 1, "only 0.0.0.0/0 in the trie");
+        assert_eq!(c.hosts.len(), 10_000, "every /32 in the hash");
         assert!(
             c.src[&net("0.0.0.0/0")].is_empty(),
             "nothing matches elsewhere"
         );
         for i in [0, 1, 63, 64, 4095, 4096, 9_998, 9_999] {
-            let entry = &c.src[&Ipv4Net::from(host(i))];
-            assert!(entry.positions().eq([i]), "{i}: {entry:?}");
+            let entry = &c.hosts[&Ipv4Net::from(host(i))];
+            assert_eq!(entry.positions(), [i], "{i}: {entry:?}");
             assert_eq!(evaluate(&c, 1, host(i), (80, Proto::Tcp), 1), Some(i));
         }
         assert_eq!(evaluate(&c, 1, host(10_000), (80, Proto::Tcp), 1), None);
@@ -532,14 +540,50 @@ mod tests {
             },
         ));
         let c = compile(&rules, resolve).expect("compile");
-        assert_eq!(c.src.len(), 10_001);
-        assert!(c.src[&Ipv4Net::from(host(17))]
-            .positions()
-            .eq([17, 10_000, 10_001]));
+        assert_eq!((c.src.len(), c.hosts.len()), (1, 10_000));
+        assert!(c.src[&net("0.0.0.0/0")].positions().eq([10_000]));
+        // Host 17's rules: the catch-all from its region, and its own two.
+        assert_eq!(c.hosts[&Ipv4Net::from(host(17))].positions(), [17, 10_001]);
         assert_eq!(evaluate(&c, 1, host(17), (80, Proto::Tcp), 1), Some(17));
         let outsider = Ipv4Addr::new(192, 0, 2, 2);
         assert_eq!(evaluate(&c, 1, outsider, (80, Proto::Tcp), 1), Some(10_000));
         assert_eq!(c.actions[10_000], (10_001, Action::Drop));
+    }
+
+    #[test]
+    fn single_addresses_that_do_not_fit_a_host_entry_are_regions() {
+        let a = "10.0.0.1";
+        // Eight rules naming one address: one more than a host entry holds.
+        let mut rules: Vec<FilterRule> = (1..=8).map(|id| src(id, a)).collect();
+        let c = compile(&rules, resolve).expect("compile");
+        assert!(c.hosts.is_empty(), "{:?}", c.hosts);
+        assert!(c.src[&net("10.0.0.1/32")].positions().eq(0..8));
+        rules.pop();
+        let c = compile(&rules, resolve).expect("compile");
+        assert_eq!(
+            c.hosts[&net("10.0.0.1/32")].positions(),
+            [0, 1, 2, 3, 4, 5, 6]
+        );
+        assert!(!c.src.contains_key(&net("10.0.0.1/32")));
+        // A --not-src naming it takes a region rule away: a region too.
+        let rules = [src(1, "10.0.0.0/8"), not_src(2, a), src(3, a)];
+        let c = compile(&rules, resolve).expect("compile");
+        assert!(c.hosts.is_empty());
+        assert!(c.src[&net("10.0.0.1/32")].positions().eq([0, 2]));
+        assert!(c.src[&net("10.0.0.0/8")].positions().eq([0, 1]));
+        let tcp80 = (80, Proto::Tcp);
+        assert_eq!(
+            evaluate(&c, 1, Ipv4Addr::new(10, 0, 0, 1), tcp80, 1),
+            Some(0)
+        );
+        assert_eq!(
+            evaluate(&c, 1, Ipv4Addr::new(10, 0, 0, 2), tcp80, 1),
+            Some(0)
+        );
+        assert_eq!(
+            evaluate(&c, 1, Ipv4Addr::new(11, 0, 0, 1), tcp80, 1),
+            Some(1)
+        );
     }
 
     #[test]
@@ -1007,12 +1051,16 @@ mod tests {
             ("::/0", bits(&[2, 4])),
             ("2001:db8::/32", bits(&[1, 2, 4])),
             ("2001:db8:1::/48", bits(&[1, 4])),
-            ("2001:db8::7/128", bits(&[1, 2, 3, 4])),
         ]
         .into_iter()
         .map(|(n, b)| (net6(n), Box::new(b)))
         .collect();
         assert_eq!(c.src6, want6);
+        // The one IPv6 host adds its own rule to its region, 2001:db8::/32.
+        let host6 =
+            BTreeMap::from([(net6("2001:db8::7/128"), HostRules::new(&[3]).expect("fits"))]);
+        assert_eq!(c.hosts6, host6);
+        assert!(c.hosts.is_empty());
         let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("test address");
         let tcp80 = (80, Proto::Tcp);
         assert_eq!(evaluate(&c, 1, v6("2001:db8::7"), tcp80, 1), Some(1));

@@ -55,9 +55,9 @@ pub const PINNED_MAPS: [&str; 40] = [
     maps::TRUSTED_IFACES,
     maps::FILTER_CONFIG,
     maps::FILTER_SRC,
-    maps::FILTER_SRC_HOST,
+    maps::FILTER_HOST,
     maps::FILTER_SRC6,
-    maps::FILTER_SRC6_HOST,
+    maps::FILTER_HOST6,
     maps::FILTER_IFACE,
     maps::FILTER_PORT,
     maps::FILTER_NET,
@@ -88,6 +88,8 @@ pub enum LoadError {
     Object(#[source] Box<EbpfError>),
     #[error("the record of the configured map sizes ({})", limits::SIZES_MAP)]
     Sizes(#[source] std::io::Error),
+    #[error("rewriting the older pins' filter rules for this build's programs")]
+    FilterUpgrade(#[source] Box<super::filter::FilterError>),
     #[error("the eBPF object has no program {0}")]
     NoProgram(&'static str),
     #[error("program {name}")]
@@ -259,6 +261,15 @@ impl Dataplane {
         let other_build = build::recorded(pins)? != Some(ours);
         if !plan.is_empty() {
             plan.copy()?;
+        }
+        // Before any link moves: the new programs must find the live rules.
+        let converted = super::filter::upgrade::convert_v1_hosts(pins)
+            .map_err(|e| LoadError::FilterUpgrade(Box::new(e)))?;
+        if converted != 0 {
+            tracing::info!(
+                entries = converted,
+                "the filter rules' single addresses are in this build's maps now"
+            );
         }
         if !plan.is_empty() || other_build {
             // The programs attached earlier use the maps set aside (or are

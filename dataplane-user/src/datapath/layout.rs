@@ -35,8 +35,10 @@ use crate::sys::bpf::{MapShape, RawMap};
 /// The layout schema of the pins this binary makes. Bump it with every
 /// change to a pinned map's key or value layout, so that an older binary
 /// meeting these pins refuses them instead of misreading them.
-/// 0: pins made before the schema was recorded; 1: this scheme.
-pub const LAYOUT_SCHEMA: u32 = 1;
+/// 0: pins made before the schema was recorded; 1: this scheme; 2: the
+/// filter rules' single addresses as `HostRules` in `DP_FLT_HOST4` and
+/// `DP_FLT_HOST6` (an older binary would let their packets through).
+pub const LAYOUT_SCHEMA: u32 = 2;
 
 /// The pinned array (one u32: the schema) that records [`LAYOUT_SCHEMA`].
 pub const LAYOUT_MAP: &str = "DP_LAYOUT";

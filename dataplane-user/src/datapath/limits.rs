@@ -72,9 +72,9 @@ pub const GROUPS: [SizedGroup; 7] = [
         key: "filter_keys",
         maps: &[
             maps::FILTER_SRC,
-            maps::FILTER_SRC_HOST,
+            maps::FILTER_HOST,
             maps::FILTER_SRC6,
-            maps::FILTER_SRC6_HOST,
+            maps::FILTER_HOST6,
             maps::FILTER_IFACE,
             maps::FILTER_PORT,
             maps::FILTER_NET,

@@ -163,12 +163,52 @@ pub fn zeroed_counters() -> Result<PerCpuValues<PktCounter>, MapsError> {
     PerCpuValues::try_from(vec![PktCounter::default(); cpus]).map_err(MapsError::Cpus)
 }
 
+/// Writes `values` (each `vlen` bytes as the kernel lays them out: per-CPU
+/// arrays take one 8-byte aligned value per possible CPU) at `indices` of
+/// the array `map` (named `name` in errors), in batches; false, with
+/// nothing written, where the kernel has no batch updates for it (the
+/// caller writes one entry at a time).
+pub fn set_array_batch(
+    map: &MapData,
+    name: &'static str,
+    indices: &[u32],
+    values: &[u8],
+    vlen: usize,
+) -> Result<bool, MapsError> {
+    let keys: Vec<u8> = indices.iter().flat_map(|i| i.to_ne_bytes()).collect();
+    crate::sys::bpf::update_batch(map.fd().as_fd(), &keys, values, (4, vlen)).map_err(|io_error| {
+        map_err(name)(MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_update_batch",
+            io_error,
+        }))
+    })
+}
+
+/// The bytes of per-CPU `values` as [`set_array_batch`] takes them.
+pub fn per_cpu_bytes<V: aya::Pod>(values: &PerCpuValues<V>, out: &mut Vec<u8>) {
+    let slot = size_of::<V>().div_ceil(8) * 8;
+    for v in values.iter() {
+        let start = out.len();
+        out.extend_from_slice(bytes_of(v));
+        out.resize(start + slot, 0);
+    }
+}
+
+/// Every entry of a [`KeyedMap`], by key.
+pub type Entries<M> = BTreeMap<<M as KeyedMap>::Key, <M as KeyedMap>::Value>;
+
 /// A map listed, read and written by key: hash maps by their key, LPM
 /// tries by (prefix length, data). `get` is an exact lookup or None.
 pub trait KeyedMap {
     type Key: Ord;
     type Value: PartialEq;
     fn keys(&self) -> Result<Vec<Self::Key>, MapError>;
+    /// Every entry, read in batches (`BPF_MAP_LOOKUP_BATCH`, one call per
+    /// 256 KiB rather than two per entry); None where the map cannot (an
+    /// LPM trie, an old kernel): [`Self::keys`] and [`Self::get`] then.
+    fn entries(&self) -> Result<Option<Entries<Self>>, MapError> {
+        Ok(None)
+    }
     fn get(&self, key: &Self::Key) -> Option<Self::Value>;
     fn insert(&mut self, key: &Self::Key, value: &Self::Value) -> Result<(), MapError>;
     fn remove(&mut self, key: &Self::Key) -> Result<(), MapError>;
@@ -194,6 +234,40 @@ where
 
     fn keys(&self) -> Result<Vec<K>, MapError> {
         HashMap::keys(self).collect()
+    }
+
+    fn entries(&self) -> Result<Option<Entries<Self>>, MapError> {
+        let fail = |io_error| {
+            MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_lookup_batch",
+                io_error,
+            })
+        };
+        let fd = aya::maps::IterableMap::<K, V>::map(self).fd().as_fd();
+        let raw = crate::sys::bpf::RawMap::from_fd(fd).map_err(fail)?;
+        let shape = raw.shape();
+        if shape.key_size as usize != size_of::<K>() || shape.value_size as usize != size_of::<V>()
+        {
+            return Ok(None);
+        }
+        let mut out = BTreeMap::new();
+        // Twice the size: a walk racing deletes may see a key twice, never
+        // more entries than that.
+        let limit = 2 * shape.max_entries as usize;
+        let read = raw
+            .for_each_batched(limit, |k, v| {
+                // SAFETY: both are Pod types of exactly these sizes (checked
+                // above against the map's shape); unaligned reads of bytes.
+                let (k, v) = unsafe {
+                    (
+                        std::ptr::read_unaligned(k.as_ptr().cast::<K>()),
+                        std::ptr::read_unaligned(v.as_ptr().cast::<V>()),
+                    )
+                };
+                out.insert(k, v);
+            })
+            .map_err(fail)?;
+        Ok(read.map(|_| out))
     }
 
     fn get(&self, key: &K) -> Option<V> {
@@ -258,10 +332,10 @@ where
 
 /// Entries from which [`KeyedMap::insert_all`] writes a hash map in
 /// batches (below, packing them costs more than the calls it saves).
-const BATCH_FROM: usize = 16;
+pub const BATCH_FROM: usize = 16;
 
 /// The bytes of a plain-data value, as the kernel reads a key or value.
-fn bytes_of<T: aya::Pod>(v: &T) -> &[u8] {
+pub fn bytes_of<T: aya::Pod>(v: &T) -> &[u8] {
     // SAFETY: `aya::Pod` types are plain data without padding bytes the
     // kernel could not read; the slice covers exactly the value.
     unsafe { std::slice::from_raw_parts(std::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }
@@ -311,8 +385,18 @@ where
     M: KeyedMap,
     V: Borrow<M::Value>,
 {
-    let have = map.keys().map_err(map_err(name))?;
-    for k in have.iter().filter(|k| !keep(k) && !want.contains_key(k)) {
+    // Read in batches where the map allows: the values then need no
+    // lookup each (a rule set written again over 10 000 entries).
+    let entries = map.entries().map_err(map_err(name))?;
+    let have: Vec<M::Key> = match entries {
+        Some(_) => Vec::new(),
+        None => map.keys().map_err(map_err(name))?,
+    };
+    let keys: Vec<&M::Key> = match &entries {
+        Some(e) => e.keys().collect(),
+        None => have.iter().collect(),
+    };
+    for k in keys.iter().filter(|k| !keep(k) && !want.contains_key(k)) {
         match map.remove(k) {
             // Gone meanwhile: what was wanted.
             Err(e) if !is_not_found(&e) => return Err(map_err(name)(e)),
@@ -321,11 +405,17 @@ where
     }
     // A key the map did not hold is written without reading it first
     // (a rule set installed afresh is all new keys).
-    let have: std::collections::BTreeSet<&M::Key> = have.iter().collect();
+    let held: std::collections::BTreeSet<&M::Key> = keys.iter().copied().collect();
     let writes: Vec<(&M::Key, &M::Value)> = want
         .iter()
         .map(|(k, v)| (k, v.borrow()))
-        .filter(|(k, v)| !have.contains(k) || map.get(k).as_ref() != Some(*v))
+        .filter(|(k, v)| {
+            !held.contains(k)
+                || match &entries {
+                    Some(e) => e.get(*k) != Some(*v),
+                    None => map.get(k).as_ref() != Some(*v),
+                }
+        })
         .collect();
     map.insert_all(&writes).map_err(map_err(name))
 }

@@ -366,7 +366,16 @@ impl RawMap {
     /// Opens the map pinned at `path` and reads its shape. A pin that is
     /// not a map is an error (EINVAL from the info call).
     pub fn from_pin(path: &Path) -> io::Result<RawMap> {
-        let fd = obj_get(path)?;
+        RawMap::from_owned(obj_get(path)?)
+    }
+
+    /// The map behind `fd` (another handle on it, for byte-level reads of
+    /// a map opened elsewhere).
+    pub fn from_fd(fd: BorrowedFd<'_>) -> io::Result<RawMap> {
+        RawMap::from_owned(fd.try_clone_to_owned()?)
+    }
+
+    fn from_owned(fd: OwnedFd) -> io::Result<RawMap> {
         let mut mi = MapInfo::default();
         info(fd.as_fd(), &mut mi)?;
         let shape = MapShape {

@@ -283,8 +283,11 @@ fn filter(client: &Client, command: FilterCommand) -> anyhow::Result<()> {
             println!("{}", added.id);
             Ok(())
         }
-        FilterCommand::Rm { id } => {
-            let _: Done = client.ask(Request::FilterRm { id })?;
+        FilterCommand::Rm { ids } => {
+            let _: Done = match ids.as_slice() {
+                [id] => client.ask(Request::FilterRm { id: *id })?,
+                _ => client.ask(Request::FilterRmMany { ids })?,
+            };
             Ok(())
         }
         FilterCommand::Ls { format } => {

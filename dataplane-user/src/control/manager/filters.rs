@@ -72,12 +72,16 @@ impl<D: Datapath, H: Host> Manager<D, H> {
         })
     }
 
-    /// Compiles rules against the host as it is now (see [`Self::filter_inputs`]).
+    /// Compiles rules against the host as it is now (see
+    /// [`Self::filter_inputs`]), kept for the write of the same rules.
     pub(super) async fn compile_filters(
-        &self,
+        &mut self,
         rules: &[FilterRule],
-    ) -> Result<filter::Compiled, NetworkError> {
-        compile(&self.filter_inputs(rules).await?)
+    ) -> Result<(), NetworkError> {
+        let inputs = self.filter_inputs(rules).await?;
+        let compiled = compile(&inputs)?;
+        self.compiled = Some((inputs, compiled));
+        Ok(())
     }
 
     /// `filter add`: a rule at the end of the list, or first with `first`
@@ -142,10 +146,19 @@ impl<D: Datapath, H: Host> Manager<D, H> {
 
     /// `filter rm`.
     pub async fn filter_rm(&mut self, id: u32) -> Result<(), NetworkError> {
-        if !self.state.filters.iter().any(|r| r.id == id) {
-            return Err(NetworkError::UnknownFilter(id));
+        self.filter_rm_many(&[id]).await
+    }
+
+    /// `filter rm ID...` (the `filter_rm_many` request): all of them in one
+    /// change, or none when one is not a rule.
+    pub async fn filter_rm_many(&mut self, ids: &[u32]) -> Result<(), NetworkError> {
+        let have: std::collections::BTreeSet<u32> =
+            self.state.filters.iter().map(|r| r.id).collect();
+        if let Some(unknown) = ids.iter().find(|id| !have.contains(id)) {
+            return Err(NetworkError::UnknownFilter(*unknown));
         }
-        self.change(|state| state.filters.retain(|r| r.id != id))
+        let gone: std::collections::BTreeSet<u32> = ids.iter().copied().collect();
+        self.change(|state| state.filters.retain(|r| !gone.contains(&r.id)))
             .await
     }
 }

@@ -261,6 +261,9 @@ pub struct Manager<D = BpfDatapath, H = Netlink> {
     /// The port allocator's index of the state's mappings, kept while only
     /// `publish add|rm` change them (None: build it when needed).
     ports: Option<publish::PortIndex>,
+    /// A rule set `filter add` compiled to check it, and its inputs: the
+    /// write that follows uses it rather than compiling it again.
+    compiled: Option<(FilterInputs, filter::Compiled)>,
 }
 
 /// The maps' contents as last written, and when they were last reconciled
@@ -377,6 +380,7 @@ impl Manager {
             applied,
             cluster: _,
             ports,
+            compiled: _,
         } = self;
         let pins = dp.pins().clone();
         let cache = Cache {
@@ -413,6 +417,7 @@ impl Manager {
             applied: None,
             cluster: None,
             ports: None,
+            compiled: None,
         }))
     }
 }
@@ -444,6 +449,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             applied,
             cluster: None,
             ports: None,
+            compiled: None,
         };
         if first {
             m.init_predefined().await?;
@@ -641,7 +647,11 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             }
         };
         if last_filters.as_ref() != Some(&inputs) {
-            self.dp.apply_filters(&compile(&inputs)?)?;
+            let c = match self.compiled.take() {
+                Some((of, c)) if of == inputs => c,
+                _ => compile(&inputs)?,
+            };
+            self.dp.apply_filters(&c)?;
         }
         self.applied = Some(Applied {
             nat: want,

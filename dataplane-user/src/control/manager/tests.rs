@@ -780,6 +780,16 @@ async fn filter_add_and_rm_reach_the_datapath() {
     assert_eq!(m.datapath().filter_rules, Some(2));
     m.filter_rm(1).await.unwrap();
     assert_eq!(m.datapath().filter_rules, Some(1));
+    m.filter_add_many(
+        vec![drop_from("10.3.0.0/16"), drop_from("10.4.0.0/16")],
+        false,
+    )
+    .await
+    .unwrap();
+    m.filter_rm_many(&[4, 2]).await.unwrap();
+    let ids: Vec<u32> = m.state().filters.iter().map(|r| r.id).collect();
+    assert_eq!(ids, [3], "both gone in one change");
+    assert_eq!(m.datapath().filter_rules, Some(1));
 }
 
 #[tokio::test]
@@ -789,6 +799,10 @@ async fn filter_refuses_an_unknown_id_and_network() {
     let before = snapshot(&m);
     let r = m.filter_rm(7).await;
     refused(&m, &before, r, &["filter 7", "no such rule"]);
+    m.filter_add(drop_from("10.9.0.0/16"), false).await.unwrap();
+    let before = snapshot(&m);
+    let r = m.filter_rm_many(&[1, 8]).await;
+    refused(&m, &before, r, &["filter 8", "no such rule"]);
     let mut spec = drop_from("10.1.0.0/16");
     spec.network = Some("ghost".into());
     let r = m.filter_add(spec.clone(), false).await;

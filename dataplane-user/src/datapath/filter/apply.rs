@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues};
 use dataplane_common::{
     filter::{
         slot, src6_data, src_data, FilterAction, FilterConfig, FilterHostKey, FilterHostKey6,
-        FilterIfaceKey, FilterNetKey, FilterPortKey, RuleBits, ANY_IFINDEX, ANY_NETWORK,
+        FilterIfaceKey, FilterNetKey, FilterPortKey, HostRules, RuleBits, ANY_IFINDEX, ANY_NETWORK,
         GENERATIONS, SRC_GEN_BITS,
     },
     maps,
@@ -19,7 +19,10 @@ use super::{Compiled, Dimension, FilterError, MAX_RULES};
 use crate::datapath::{
     bpffs::PinRoot,
     ebpf::Dataplane,
-    maps::{map_err, open, reconcile, sum, zeroed_counters},
+    maps::{
+        bytes_of, map_err, open, per_cpu_bytes, reconcile, set_array_batch, sum, zeroed_counters,
+        BATCH_FROM,
+    },
 };
 
 /// Keys of the hash dimensions, by generation.
@@ -59,13 +62,13 @@ impl GenKey for FilterHostKey6 {
 
 /// Makes generation `gen` of a hash dimension hold exactly `want`. Entries
 /// of the live generation are left alone: the program is reading them.
-fn reconcile_gen<K: GenKey>(
+fn reconcile_gen<K: GenKey, V: aya::Pod + PartialEq>(
     dp: &mut Dataplane,
     name: &'static str,
     live: u32,
-    want: &BTreeMap<K, &RuleBits>,
+    want: &BTreeMap<K, &V>,
 ) -> Result<(), FilterError> {
-    let mut hash: HashMap<&mut MapData, K, RuleBits> = open(&mut *dp, name)?;
+    let mut hash: HashMap<&mut MapData, K, V> = open(&mut *dp, name)?;
     Ok(reconcile(&mut hash, name, want, |k| k.gen() == live)?)
 }
 
@@ -91,45 +94,41 @@ fn src_gen(data: &[u8]) -> u32 {
 }
 
 /// Makes generation `gen` of the source maps of both families hold exactly
-/// `c.src` and `c.src6`.
+/// `c`'s regions and single addresses.
 fn reconcile_src(dp: &mut Dataplane, c: &Compiled, gen: u32, live: u32) -> Result<(), FilterError> {
     reconcile_family(
         dp,
-        [maps::FILTER_SRC_HOST, maps::FILTER_SRC],
+        [maps::FILTER_HOST, maps::FILTER_SRC],
         live,
-        &c.src,
-        |net: &Ipv4Net| {
-            (net.prefix_len() == 32).then(|| FilterHostKey {
-                gen,
-                addr: net.network().octets(),
-            })
+        (&c.src, &c.hosts),
+        |net: &Ipv4Net| FilterHostKey {
+            gen,
+            addr: net.network().octets(),
         },
         |net| src_data(gen, net.network().octets()),
     )?;
     reconcile_family(
         dp,
-        [maps::FILTER_SRC6_HOST, maps::FILTER_SRC6],
+        [maps::FILTER_HOST6, maps::FILTER_SRC6],
         live,
-        &c.src6,
-        |net: &Ipv6Net| {
-            (net.prefix_len() == 128).then(|| FilterHostKey6 {
-                gen,
-                addr: net.network().octets(),
-            })
+        (&c.src6, &c.hosts6),
+        |net: &Ipv6Net| FilterHostKey6 {
+            gen,
+            addr: net.network().octets(),
         },
         |net| src6_data(gen, net.network().octets()),
     )
 }
 
 /// One family's source maps (`names`: the hash of single addresses, the
-/// trie): the entries `host` keys (full-length prefixes) in the hash, the
-/// others in the trie under `data`'s key data.
+/// trie): `hosts` in the hash under `host`'s keys, the `regions` in the
+/// trie under `data`'s key data.
 fn reconcile_family<N, H, D>(
     dp: &mut Dataplane,
     names: [&'static str; 2],
     live: u32,
-    want: &BTreeMap<N, Box<RuleBits>>,
-    host: impl Fn(&N) -> Option<H>,
+    (regions, hosts): (&BTreeMap<N, Box<RuleBits>>, &BTreeMap<N, HostRules>),
+    host: impl Fn(&N) -> H,
     data: impl Fn(&N) -> D,
 ) -> Result<(), FilterError>
 where
@@ -137,14 +136,10 @@ where
     H: GenKey,
     D: aya::Pod + Ord + AsRef<[u8]>,
 {
-    let hosts: BTreeMap<H, &RuleBits> = want
-        .iter()
-        .filter_map(|(net, bits)| Some((host(net)?, &**bits)))
-        .collect();
+    let hosts: BTreeMap<H, &HostRules> = hosts.iter().map(|(net, r)| (host(net), r)).collect();
     reconcile_gen(dp, names[0], live, &hosts)?;
-    let trie_want: BTreeMap<(u32, D), &RuleBits> = want
+    let trie_want: BTreeMap<(u32, D), &RuleBits> = regions
         .iter()
-        .filter(|(net, _)| host(net).is_none())
         .map(|(net, bits)| ((SRC_GEN_BITS + net.bits(), data(net)), &**bits))
         .collect();
     let mut trie: LpmTrie<&mut MapData, D, RuleBits> = open(&mut *dp, names[1])?;
@@ -301,37 +296,57 @@ fn write_actions(
         }
         end
     };
+    // Written in batches: 10 000 rules are 20 000 slots.
+    let slots: Vec<u32> = (0..stale_end).map(|pos| slot(gen, pos)).collect();
     {
-        let mut actions = array::<FilterAction>(dp, maps::FILTER_ACTIONS)?;
-        for pos in 0..stale_end {
-            let a = c
-                .actions
-                .get(pos as usize)
-                .map(|(id, action)| FilterAction {
-                    action: action.code(),
-                    rule_id: *id,
-                })
-                .unwrap_or_default();
-            actions
-                .set(slot(gen, pos), a, 0)
-                .map_err(map_err(maps::FILTER_ACTIONS))?;
+        let name = maps::FILTER_ACTIONS;
+        let mut actions = array::<FilterAction>(dp, name)?;
+        let values: Vec<FilterAction> = (0..stale_end)
+            .map(|pos| {
+                c.actions
+                    .get(pos as usize)
+                    .map(|(id, action)| FilterAction {
+                        action: action.code(),
+                        rule_id: *id,
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
+        let bytes: Vec<u8> = values.iter().flat_map(bytes_of).copied().collect();
+        let map = aya::maps::IterableMap::<u32, FilterAction>::map(&actions);
+        if slots.len() < BATCH_FROM
+            || !set_array_batch(map, name, &slots, &bytes, size_of::<FilterAction>())?
+        {
+            for (s, a) in slots.iter().zip(values) {
+                actions.set(*s, a, 0).map_err(map_err(name))?;
+            }
         }
     }
     {
         let name = maps::FILTER_STATS;
         let mut stats: PerCpuArray<&mut MapData, PktCounter> = open(&mut *dp, name)?;
-        for pos in 0..stale_end {
-            let values = match c
-                .actions
-                .get(pos as usize)
-                .and_then(|(id, _)| old_pos.get(id))
-            {
-                Some(old) => stats.get(&slot(live, *old), 0).map_err(map_err(name))?,
-                None => zeroed_counters()?,
-            };
-            stats
-                .set(slot(gen, pos), values, 0)
-                .map_err(map_err(name))?;
+        let values = (0..stale_end)
+            .map(|pos| {
+                match c
+                    .actions
+                    .get(pos as usize)
+                    .and_then(|(id, _)| old_pos.get(id))
+                {
+                    Some(old) => stats.get(&slot(live, *old), 0).map_err(map_err(name)),
+                    None => zeroed_counters(),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut bytes = Vec::new();
+        for v in &values {
+            per_cpu_bytes(v, &mut bytes);
+        }
+        let vlen = bytes.len() / values.len().max(1);
+        let map = aya::maps::IterableMap::<u32, PerCpuValues<PktCounter>>::map(&stats);
+        if slots.len() < BATCH_FROM || !set_array_batch(map, name, &slots, &bytes, vlen)? {
+            for (s, v) in slots.iter().zip(values) {
+                stats.set(*s, v, 0).map_err(map_err(name))?;
+            }
         }
     }
     Ok(())

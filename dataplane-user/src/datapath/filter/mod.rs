@@ -24,6 +24,7 @@
 //! serialise it (the CLI holds the state lock).
 
 mod apply;
+pub mod upgrade;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
@@ -32,7 +33,7 @@ use std::{
 
 pub use apply::{apply, counters, counters_by_id};
 pub use dataplane_common::filter::MAX_RULES;
-use dataplane_common::filter::{RuleBits, ACTION_ACCEPT, ACTION_DROP};
+use dataplane_common::filter::{HostRules, RuleBits, ACTION_ACCEPT, ACTION_DROP};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +83,12 @@ pub enum FilterError {
     ResolvedZero { id: u32, flag: &'static str },
     #[error("filter position {0}: positions run from 0 to {max}", max = MAX_RULES - 1)]
     Position(u32),
+    #[error("unpinning the converted filter map {path}")]
+    Unpin {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Map(#[from] MapsError),
 }
@@ -129,6 +136,8 @@ trait SrcNet: Copy + Ord + Hash + Default {
     fn enclosing(&self, len: u8) -> Option<Self>;
     /// Whether `self` contains all of `other`.
     fn covers(&self, other: &Self) -> bool;
+    /// A single address: a /32 or a /128.
+    fn is_host(&self) -> bool;
 }
 
 macro_rules! src_net {
@@ -151,6 +160,10 @@ macro_rules! src_net {
 
             fn covers(&self, other: &Self) -> bool {
                 self.contains(other)
+            }
+
+            fn is_host(&self) -> bool {
+                self.prefix_len() == self.max_prefix_len()
             }
         }
     };
@@ -228,16 +241,24 @@ impl<K: Ord> Dimension<K> {
     }
 }
 
+/// One family's source regions (the trie's entries, with their bitmaps)
+/// and single addresses (the hash's, with what each adds).
+pub type Sources<N> = (BTreeMap<N, Box<RuleBits>>, BTreeMap<N, HostRules>);
+
 /// Every filter map's desired contents, independent of generation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Compiled {
-    /// IPv4 source regions: every IPv4 CIDR a rule names, and 0.0.0.0/0
-    /// (`apply` puts the /32s in the hash of single addresses, the rest in
-    /// the trie).
+    /// IPv4 source regions, the trie's entries: every IPv4 CIDR a rule
+    /// names but the addresses in `hosts`, and 0.0.0.0/0.
     pub src: BTreeMap<Ipv4Net, Box<RuleBits>>,
-    /// IPv6 source regions, the same way: every IPv6 CIDR a rule names,
-    /// and ::/0 (the /128s in the hash, the rest in the trie).
+    /// The /32s rules name whose own rules fit a [`HostRules`] (see
+    /// `dataplane_common::filter`): what they add to their region's bitmap.
+    pub hosts: BTreeMap<Ipv4Net, HostRules>,
+    /// IPv6 source regions, the same way: every IPv6 CIDR a rule names
+    /// but those in `hosts6`, and ::/0.
     pub src6: BTreeMap<Ipv6Net, Box<RuleBits>>,
+    /// The /128s, as `hosts`.
+    pub hosts6: BTreeMap<Ipv6Net, HostRules>,
     pub iface: Dimension<u32>,
     pub port: Dimension<(u16, Proto)>,
     pub network: Dimension<u32>,
@@ -275,10 +296,18 @@ impl Compiled {
             net.hash(&mut h);
             bits(&mut h, b);
         }
+        self.hosts.len().hash(&mut h);
+        for (net, r) in &self.hosts {
+            (net, r.positions()).hash(&mut h);
+        }
         self.src6.len().hash(&mut h);
         for (net, b) in &self.src6 {
             net.hash(&mut h);
             bits(&mut h, b);
+        }
+        self.hosts6.len().hash(&mut h);
+        for (net, r) in &self.hosts6 {
+            (net, r.positions()).hash(&mut h);
         }
         dimension(&mut h, &self.iface);
         dimension(&mut h, &self.port);
@@ -332,11 +361,13 @@ pub fn compile<R: RuleConditions>(
         resolved.push(res);
     }
 
-    let src = source_regions(rules);
-    let src6 = source_regions(rules);
+    let (src, hosts) = source_regions(rules);
+    let (src6, hosts6) = source_regions(rules);
     Ok(Compiled {
         src,
+        hosts,
         src6,
+        hosts6,
         iface: Dimension::build(resolved.iter().map(|r| r.ifindex)),
         port: Dimension::build(rules.iter().map(|r| r.dport())),
         network: Dimension::build(resolved.iter().map(|r| r.network)),
@@ -344,8 +375,14 @@ pub fn compile<R: RuleConditions>(
     })
 }
 
-/// One family's source regions and their bitmaps (see [`compile`]).
-fn source_regions<N: SrcNet, R: RuleConditions>(rules: &[R]) -> BTreeMap<N, Box<RuleBits>> {
+/// One family's source regions and their bitmaps (see [`compile`]), and
+/// the single addresses kept out of them: those only `--src` rules name,
+/// at most [`HOST_RULES`](dataplane_common::filter::HOST_RULES) of them, whose rules are their enclosing
+/// region's plus these (the enclosing prefixes of an address but itself
+/// are those of its longest match in the trie, and each rule has one
+/// source, so the address's own rules only add to that region's bitmap).
+/// Any other single address is a region of its own, with its whole bitmap.
+fn source_regions<N: SrcNet, R: RuleConditions>(rules: &[R]) -> Sources<N> {
     // Rules whose source condition holds outside every listed CIDR of the
     // family, and the rules naming each CIDR.
     let mut outside = RuleBits::EMPTY;
@@ -365,12 +402,25 @@ fn source_regions<N: SrcNet, R: RuleConditions>(rules: &[R]) -> BTreeMap<N, Box<
             }
         }
     }
-    let mut regions: BTreeSet<N> = naming.keys().copied().collect();
-    regions.insert(N::default());
-    // Only the prefix lengths some rule uses can enclose a region (10 000
+    let mut hosts = BTreeMap::new();
+    let mut regions = BTreeSet::from([N::default()]);
+    for (cidr, named) in &naming {
+        let own = cidr.is_host() && named.iter().all(|(_, negate)| !negate);
+        let mut positions: Vec<u32> = named.iter().map(|(pos, _)| *pos).collect();
+        positions.sort_unstable();
+        match own.then(|| HostRules::new(&positions)).flatten() {
+            Some(r) => {
+                hosts.insert(*cidr, r);
+            }
+            None => {
+                regions.insert(*cidr);
+            }
+        }
+    }
+    // Only the prefix lengths some region uses can enclose a region (10 000
     // /32 rules: one lookup per region, not 33).
-    let lens: BTreeSet<u8> = naming.keys().map(N::len).collect();
-    regions
+    let lens: BTreeSet<u8> = regions.iter().map(N::len).collect();
+    let regions = regions
         .into_iter()
         .map(|region| {
             let mut bits = Box::new(outside);
@@ -390,7 +440,8 @@ fn source_regions<N: SrcNet, R: RuleConditions>(rules: &[R]) -> BTreeMap<N, Box<
             }
             (region, bits)
         })
-        .collect()
+        .collect();
+    (regions, hosts)
 }
 
 /// A named condition must resolve, to something other than the wildcard

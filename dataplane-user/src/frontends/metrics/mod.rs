@@ -49,7 +49,7 @@ use dataplane_common::{
     ct::{CtEntry, CtEntry6, CtKey, CtKey6, FLAG_REPLY, FLAG_SNAT},
     filter::{
         FilterHostKey, FilterHostKey6, FilterIfaceKey, FilterNetKey, FilterPortKey, FilterSrc6Data,
-        FilterSrcData, RuleBits,
+        FilterSrcData, HostRules, RuleBits,
     },
     maps,
     nat::{
@@ -345,12 +345,9 @@ const FILL_MAPS: [(&str, FillFn); 21] = [
     (maps::ENDPOINTS, hash_fill::<u32, EndpointInfo>),
     (maps::SOCK_REVNAT, hash_fill::<u64, SockRevNat>),
     (maps::FILTER_SRC, lpm_fill::<FilterSrcData, RuleBits>),
-    (maps::FILTER_SRC_HOST, hash_fill::<FilterHostKey, RuleBits>),
+    (maps::FILTER_HOST, hash_fill::<FilterHostKey, HostRules>),
     (maps::FILTER_SRC6, lpm_fill::<FilterSrc6Data, RuleBits>),
-    (
-        maps::FILTER_SRC6_HOST,
-        hash_fill::<FilterHostKey6, RuleBits>,
-    ),
+    (maps::FILTER_HOST6, hash_fill::<FilterHostKey6, HostRules>),
     (maps::FILTER_IFACE, hash_fill::<FilterIfaceKey, RuleBits>),
     (maps::FILTER_PORT, hash_fill::<FilterPortKey, RuleBits>),
     (maps::FILTER_NET, hash_fill::<FilterNetKey, RuleBits>),

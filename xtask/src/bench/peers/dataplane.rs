@@ -131,20 +131,33 @@ impl Dataplane {
     /// One request over the agent's socket (docs/api.md): one JSON line
     /// out, one back.
     pub fn api(&self, request: &Value) -> Result<Value> {
+        self.api_line(request, &Self::line(request)?)
+    }
+
+    /// `request` as the one line the socket takes.
+    fn line(request: &Value) -> Result<Vec<u8>> {
+        let mut line = serde_json::to_vec(request)?;
+        line.push(b'\n');
+        Ok(line)
+    }
+
+    /// [`Self::api`] of a request already written out (`line`, of
+    /// `request`): what a timed request sends, as `nft -f` is timed reading
+    /// a file already written.
+    fn api_line(&self, request: &Value, line: &[u8]) -> Result<Value> {
         let mut s = UnixStream::connect(&self.socket)
             .with_context(|| format!("connecting to {}", self.socket.display()))?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut line = serde_json::to_vec(request)?;
-        line.push(b'\n');
-        s.write_all(&line)?;
+        s.write_all(line)?;
         let mut answer = String::new();
         BufReader::new(s).read_line(&mut answer)?;
-        // A request of 100 000 specs is shown by its start.
-        let shown: String = request.to_string().chars().take(300).collect();
+        // A request of 100 000 specs is shown by its start (and only when
+        // it failed: writing it out again costs milliseconds).
+        let shown = || -> String { request.to_string().chars().take(300).collect() };
         let v: Value = serde_json::from_str(&answer)
-            .with_context(|| format!("agent answered {answer:?} to {shown}"))?;
+            .with_context(|| format!("agent answered {answer:?} to {}", shown()))?;
         if let Some(e) = v.get("error") {
-            bail!("agent refused {shown}: {e}");
+            bail!("agent refused {}: {e}", shown());
         }
         Ok(v)
     }
@@ -311,10 +324,10 @@ impl Peer for Dataplane {
         if !specs.is_empty() {
             // Through the API: N specs do not fit one command line at
             // 100 000.
+            let request = json!({"op": "publish_add", "network": NETWORK, "endpoint": "idle", "specs": specs});
+            let line = Self::line(&request)?;
             let t = Instant::now();
-            let v = self.api(
-                &json!({"op": "publish_add", "network": NETWORK, "endpoint": "idle", "specs": specs}),
-            )?;
+            let v = self.api_line(&request, &line)?;
             publish_time = t.elapsed();
             let added = v["ok"]["result"]["published"]
                 .as_array()
@@ -327,15 +340,24 @@ impl Peer for Dataplane {
         let sources = extra_sources(n.min(MAX_FILTER_RULES), topo.family);
         let host_len = topo.family.host_len();
         let mut filter_time = Duration::ZERO;
+        let mut rule_ids = Vec::new();
         if !sources.is_empty() {
             let rules: Vec<Value> = sources
                 .iter()
                 .map(|src| json!({"src": format!("{src}/{host_len}"), "action": "drop"}))
                 .collect();
+            // The request is the caller's data: written out before the
+            // clock starts.
+            let request = json!({"op": "filter_add_many", "rules": rules, "first": false});
+            let line = Self::line(&request)?;
             let t = Instant::now();
-            let v = self.api(&json!({"op": "filter_add_many", "rules": rules, "first": false}))?;
+            let v = self.api_line(&request, &line)?;
             filter_time = t.elapsed();
-            let added = v["ok"]["result"]["ids"].as_array().map_or(0, Vec::len);
+            rule_ids = v["ok"]["result"]["ids"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let added = rule_ids.len();
             if added != sources.len() {
                 bail!(
                     "filter_add_many added {added} of {} rules: {v}",
@@ -368,6 +390,27 @@ impl Peer for Dataplane {
         } else {
             None
         };
+        // The rules the same way: removed (one request) and added again by
+        // one `filter add --from-file`.
+        let cli_rules = if rule_ids.is_empty() {
+            None
+        } else {
+            self.api(&json!({"op": "filter_rm_many", "ids": rule_ids}))?;
+            let path = self.state.with_extension("rules");
+            let text: String = sources
+                .iter()
+                .map(|src| format!("--src {src}/{host_len} --action drop\n"))
+                .collect();
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            let file = path.to_string_lossy().into_owned();
+            let t = self.timed_cli(&["filter", "add", "--from-file", &file])?;
+            note.push_str(&format!(
+                "; the {} rules again through the CLI, one `filter add --from-file` process: {:.1} ms",
+                sources.len(),
+                t.as_secs_f64() * 1e3
+            ));
+            Some(t)
+        };
         let (cli_add, cli_rm) = self.add_remove_cli()?;
         note.push_str(&format!(
             "; one more mapping through the CLI (process start included): add {:.2} ms, remove {:.2} ms",
@@ -384,6 +427,7 @@ impl Peer for Dataplane {
             mappings: publish_time,
             note: Some(note),
             cli_mappings,
+            cli_rules,
         })
     }
 

@@ -181,6 +181,7 @@ impl Peer for DockerNft {
                 text.lines().count()
             )),
             cli_mappings: None,
+            cli_rules: None,
         })
     }
 

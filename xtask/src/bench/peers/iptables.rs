@@ -166,6 +166,7 @@ impl Peer for Iptables {
                 rules.lines().count()
             )),
             cli_mappings: None,
+            cli_rules: None,
         })
     }
 

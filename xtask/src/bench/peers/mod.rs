@@ -164,6 +164,9 @@ pub struct Install {
     /// (process start included); None: not measured (a peer without a
     /// CLI of its own, or N specs too many for one command line).
     pub cli_mappings: Option<Duration>,
+    /// The N filter rules added again through the CLI, in one process
+    /// (`filter add --from-file`); None: not measured.
+    pub cli_rules: Option<Duration>,
 }
 
 /// One peer's configuration on its own topology.

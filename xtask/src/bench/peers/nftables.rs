@@ -93,6 +93,7 @@ pub fn install(topo: &Topology, text: &str, note: impl FnOnce(usize) -> String) 
         mappings: total,
         note: Some(note(text.lines().count())),
         cli_mappings: None,
+        cli_rules: None,
     })
 }
 

@@ -25,6 +25,7 @@ impl Peer for NoNat {
             mappings: Duration::ZERO,
             note: Some("nothing to install".into()),
             cli_mappings: None,
+            cli_rules: None,
         })
     }
 

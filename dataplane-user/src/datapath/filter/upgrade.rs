@@ -1,0 +1,152 @@
+//! Pins made before [`HostRules`] (layout schema 1) keep every address a
+//! /32 or /128 rule names with its whole bitmap in `DP_FLT_SRC_HOST` and
+//! `DP_FLT_SRC6_HOST`, which this build's programs do not read. Before the
+//! links move to the new programs, the live generation's entries are
+//! written the new way (what the address adds to its region in
+//! `DP_FLT_HOST4`/`DP_FLT_HOST6`, or its whole bitmap as a full-length
+//! prefix in the trie when that does not fit), so no packet from a blocked
+//! address slips through between the upgrade and the agent's next write of
+//! the rules; then the old maps are unpinned.
+
+use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, MapData};
+use dataplane_common::{
+    filter::{
+        src6_data, src_data, FilterConfig, FilterHostKey, FilterHostKey6, HostRules, RuleBits,
+        GENERATIONS, SRC_GEN_BITS,
+    },
+    maps,
+};
+
+use super::FilterError;
+use crate::datapath::{
+    bpffs::PinRoot,
+    maps::{is_not_found, map_err, open, open_if_pinned},
+};
+
+/// What an address's whole bitmap `bits` adds to its region's `region`,
+/// when that is all it does (it takes no rule away) and fits a
+/// [`HostRules`]; None otherwise.
+pub fn host_rules(bits: &RuleBits, region: &RuleBits) -> Option<HostRules> {
+    if region.positions().any(|p| !bits.contains(p)) {
+        return None;
+    }
+    let own: Vec<u32> = bits.positions().filter(|p| !region.contains(*p)).collect();
+    HostRules::new(&own)
+}
+
+/// Converts both families' old host maps, if pinned, and unpins them.
+/// Returns how many live entries were converted.
+pub fn convert_v1_hosts(pins: &PinRoot) -> Result<usize, FilterError> {
+    let [old4, old6] = maps::FILTER_SRC_HOST_V1;
+    let mut done = 0;
+    if let Some(old) = open_old::<FilterHostKey>(pins, old4)? {
+        let live = live_gen(pins)?;
+        done += convert(
+            pins,
+            old,
+            [maps::FILTER_HOST, maps::FILTER_SRC],
+            |k| (k.gen == live).then(|| src_data(live, k.addr)),
+            32,
+        )?;
+        unpin(pins, old4)?;
+    }
+    if let Some(old) = open_old::<FilterHostKey6>(pins, old6)? {
+        let live = live_gen(pins)?;
+        done += convert(
+            pins,
+            old,
+            [maps::FILTER_HOST6, maps::FILTER_SRC6],
+            |k| (k.gen == live).then(|| src6_data(live, k.addr)),
+            128,
+        )?;
+        unpin(pins, old6)?;
+    }
+    Ok(done)
+}
+
+fn open_old<K: aya::Pod>(
+    pins: &PinRoot,
+    name: &'static str,
+) -> Result<Option<HashMap<MapData, K, RuleBits>>, FilterError> {
+    Ok(open_if_pinned::<HashMap<MapData, K, RuleBits>>(pins, name)?.map(|(m, _)| m))
+}
+
+fn live_gen(pins: &PinRoot) -> Result<u32, FilterError> {
+    let name = maps::FILTER_CONFIG;
+    let cfg: aya::maps::Array<MapData, FilterConfig> = open(pins, name)?;
+    Ok(cfg.get(&0, 0).map_err(map_err(name))?.gen % GENERATIONS)
+}
+
+/// One family: each live entry of `old` (`data` gives its trie key data,
+/// None for the other generation's) becomes a host entry in `names[0]` or
+/// a full-length prefix (`addr_bits`) in the trie `names[1]`.
+fn convert<K, D>(
+    pins: &PinRoot,
+    old: HashMap<MapData, K, RuleBits>,
+    names: [&'static str; 2],
+    data: impl Fn(&K) -> Option<D>,
+    addr_bits: u32,
+) -> Result<usize, FilterError>
+where
+    K: aya::Pod,
+    D: aya::Pod,
+{
+    let mut hosts: HashMap<MapData, K, HostRules> = open(pins, names[0])?;
+    let mut trie: LpmTrie<MapData, D, RuleBits> = open(pins, names[1])?;
+    let mut done = 0;
+    for entry in old.iter() {
+        let (k, bits) = entry.map_err(map_err(names[0]))?;
+        let Some(d) = data(&k) else {
+            continue;
+        };
+        let key = Key::new(SRC_GEN_BITS + addr_bits, d);
+        // The address is not in the trie yet: its longest match there is
+        // its region.
+        let region = match trie.get(&key, 0) {
+            Ok(r) => r,
+            Err(e) if is_not_found(&e) => RuleBits::EMPTY,
+            Err(e) => return Err(map_err(names[1])(e).into()),
+        };
+        match host_rules(&bits, &region) {
+            Some(r) => hosts.insert(k, r, 0).map_err(map_err(names[0]))?,
+            None => trie.insert(&key, bits, 0).map_err(map_err(names[1]))?,
+        }
+        done += 1;
+    }
+    Ok(done)
+}
+
+fn unpin(pins: &PinRoot, name: &'static str) -> Result<(), FilterError> {
+    let path = pins.map(name);
+    match std::fs::remove_file(&path) {
+        Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+            Err(FilterError::Unpin { path, source })
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bits(positions: &[u32]) -> RuleBits {
+        let mut b = RuleBits::EMPTY;
+        for p in positions {
+            b.set(*p);
+        }
+        b
+    }
+
+    #[test]
+    fn an_address_that_only_adds_rules_becomes_a_host_entry() {
+        let region = bits(&[3, 9]);
+        let r = host_rules(&bits(&[1, 3, 9, 12]), &region).expect("fits");
+        assert_eq!(r.positions(), [1, 12]);
+        // Takes rule 9 away (a --not-src naming it): its whole bitmap.
+        assert_eq!(host_rules(&bits(&[1, 3]), &region), None);
+        // More rules of its own than a host entry holds.
+        let many: Vec<u32> = (20..28).collect();
+        assert_eq!(host_rules(&bits(&many), &RuleBits::EMPTY), None);
+    }
+}
