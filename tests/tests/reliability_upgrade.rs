@@ -225,6 +225,14 @@ fn prev_run(cli: &Cli, prev: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Whether a connection from `ns` to `dst` fails within a second (a
+/// filter rule drops its SYN).
+fn refused(ns: &NetNs, dst: SocketAddr) -> bool {
+    ns.run_in(move || TcpStream::connect_timeout(&dst, Duration::from_secs(1)))
+        .expect("ns")
+        .is_err()
+}
+
 fn connect_from(ns: &NetNs, dst: SocketAddr) -> TcpStream {
     let s = ns
         .run_in(move || TcpStream::connect_timeout(&dst, T))
@@ -263,7 +271,25 @@ fn state_and_live_flows_survive_an_upgrade_from_the_previous_release() {
     prev_run(
         &cli,
         &prev,
-        &["connect", "bridge", c.name(), "-p", "8080:7000"],
+        &[
+            "connect",
+            "bridge",
+            c.name(),
+            "-p",
+            "8080:7000",
+            "-p",
+            "8081:7001",
+        ],
+    );
+    // A DOCKER-USER-style rule for one address: the previous release keeps
+    // it as a whole bitmap in a map this release converts at load.
+    let blocked = format!("{}/32", fh.client_ip);
+    prev_run(
+        &cli,
+        &prev,
+        &[
+            "filter", "add", "--src", &blocked, "--dport", "7001", "--action", "drop",
+        ],
     );
     prev_run(
         &cli,
@@ -286,6 +312,13 @@ fn state_and_live_flows_survive_an_upgrade_from_the_previous_release() {
     );
     let _s4 =
         tcp_echo_server(&c, SocketAddr::from((Ipv4Addr::new(172, 17, 0, 2), 7000))).expect("echo");
+    let _s4b =
+        tcp_echo_server(&c, SocketAddr::from((Ipv4Addr::new(172, 17, 0, 2), 7001))).expect("echo");
+    let to_blocked = SocketAddr::from((fh.host_ip, 8081));
+    assert!(
+        refused(&fh.client, to_blocked),
+        "the old agent's rule drops"
+    );
     let c6_addr: std::net::Ipv6Addr = "fd00:83::2".parse().expect("addr");
     let _s6 = tcp_echo_server(&c6, SocketAddr::from((c6_addr, 7000))).expect("echo6");
     let _out = tcp_echo_server(&fh.client, SocketAddr::from((fh.client_ip, 9100))).expect("out");
@@ -336,6 +369,18 @@ fn state_and_live_flows_survive_an_upgrade_from_the_previous_release() {
         filter_programs(&fh.host),
         Vec::new(),
         "no filter on the old veths"
+    );
+    // The rule holds through the upgrade, converted before the links moved.
+    assert!(refused(&fh.client, to_blocked), "the rule still drops");
+    assert!(
+        !cli.pins.pins().map(maps::FILTER_SRC_HOST_V1[0]).exists(),
+        "the old host map is converted and unpinned"
+    );
+    assert!(
+        cli.run(&["filter", "ls"])
+            .expect("filter ls")
+            .contains(&format!("--src {blocked} --dport 7001/tcp --action drop")),
+        "the rule as the old agent stored it"
     );
     let c_new = NetNs::new("upgpn").expect("netns");
     cli.run(&["connect", "-p", "8087:7000", "n6", c_new.name()])
