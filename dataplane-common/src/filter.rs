@@ -76,6 +76,16 @@ impl RuleBits {
         words: [0; RULE_WORDS],
     };
 
+    /// The set of `positions` (those past [`MAX_RULES`] ignored).
+    #[must_use]
+    pub fn from_positions(positions: &[u32]) -> RuleBits {
+        let mut b = RuleBits::EMPTY;
+        for p in positions {
+            b.set(*p);
+        }
+        b
+    }
+
     /// Adds the rule at `pos`; positions past [`MAX_RULES`] are ignored.
     #[inline(always)]
     pub fn set(&mut self, pos: u32) {
@@ -508,11 +518,7 @@ mod tests {
     use super::*;
 
     fn bits(positions: &[u32]) -> RuleBits {
-        let mut b = RuleBits::EMPTY;
-        for p in positions {
-            b.set(*p);
-        }
-        b
+        RuleBits::from_positions(positions)
     }
 
     /// Every set whose positions are all below `MAX_RULES`, checked

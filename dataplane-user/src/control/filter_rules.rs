@@ -260,11 +260,7 @@ mod tests {
     }
 
     fn bits(positions: &[u32]) -> RuleBits {
-        let mut b = RuleBits::EMPTY;
-        for p in positions {
-            b.set(*p);
-        }
-        b
+        RuleBits::from_positions(positions)
     }
 
     fn rule(id: u32, args: FilterArgs) -> FilterRule {

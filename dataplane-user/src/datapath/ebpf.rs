@@ -89,7 +89,7 @@ pub enum LoadError {
     #[error("the record of the configured map sizes ({})", limits::SIZES_MAP)]
     Sizes(#[source] std::io::Error),
     #[error("rewriting the older pins' filter rules for this build's programs")]
-    FilterUpgrade(#[source] Box<super::filter::FilterError>),
+    FilterUpgrade(#[source] Box<super::filter::upgrade::UpgradeError>),
     #[error("the eBPF object has no program {0}")]
     NoProgram(&'static str),
     #[error("program {name}")]

@@ -83,12 +83,6 @@ pub enum FilterError {
     ResolvedZero { id: u32, flag: &'static str },
     #[error("filter position {0}: positions run from 0 to {max}", max = MAX_RULES - 1)]
     Position(u32),
-    #[error("unpinning the converted filter map {path}")]
-    Unpin {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error(transparent)]
     Map(#[from] MapsError),
 }

@@ -17,11 +17,23 @@ use dataplane_common::{
     maps,
 };
 
-use super::FilterError;
 use crate::datapath::{
     bpffs::PinRoot,
-    maps::{is_not_found, map_err, open, open_if_pinned},
+    maps::{is_not_found, map_err, open, open_if_pinned, MapsError},
 };
+
+/// Why the older pins' filter maps could not be converted.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("unpinning the converted filter map {path}")]
+    Unpin {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Map(#[from] MapsError),
+}
 
 /// What an address's whole bitmap `bits` adds to its region's `region`,
 /// when that is all it does (it takes no rule away) and fits a
@@ -36,7 +48,7 @@ pub fn host_rules(bits: &RuleBits, region: &RuleBits) -> Option<HostRules> {
 
 /// Converts both families' old host maps, if pinned, and unpins them.
 /// Returns how many live entries were converted.
-pub fn convert_v1_hosts(pins: &PinRoot) -> Result<usize, FilterError> {
+pub fn convert_v1_hosts(pins: &PinRoot) -> Result<usize, UpgradeError> {
     let [old4, old6] = maps::FILTER_SRC_HOST_V1;
     let mut done = 0;
     if let Some(old) = open_old::<FilterHostKey>(pins, old4)? {
@@ -67,11 +79,11 @@ pub fn convert_v1_hosts(pins: &PinRoot) -> Result<usize, FilterError> {
 fn open_old<K: aya::Pod>(
     pins: &PinRoot,
     name: &'static str,
-) -> Result<Option<HashMap<MapData, K, RuleBits>>, FilterError> {
+) -> Result<Option<HashMap<MapData, K, RuleBits>>, UpgradeError> {
     Ok(open_if_pinned::<HashMap<MapData, K, RuleBits>>(pins, name)?.map(|(m, _)| m))
 }
 
-fn live_gen(pins: &PinRoot) -> Result<u32, FilterError> {
+fn live_gen(pins: &PinRoot) -> Result<u32, UpgradeError> {
     let name = maps::FILTER_CONFIG;
     let cfg: aya::maps::Array<MapData, FilterConfig> = open(pins, name)?;
     Ok(cfg.get(&0, 0).map_err(map_err(name))?.gen % GENERATIONS)
@@ -86,7 +98,7 @@ fn convert<K, D>(
     names: [&'static str; 2],
     data: impl Fn(&K) -> Option<D>,
     addr_bits: u32,
-) -> Result<usize, FilterError>
+) -> Result<usize, UpgradeError>
 where
     K: aya::Pod,
     D: aya::Pod,
@@ -116,11 +128,11 @@ where
     Ok(done)
 }
 
-fn unpin(pins: &PinRoot, name: &'static str) -> Result<(), FilterError> {
+fn unpin(pins: &PinRoot, name: &'static str) -> Result<(), UpgradeError> {
     let path = pins.map(name);
     match std::fs::remove_file(&path) {
         Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
-            Err(FilterError::Unpin { path, source })
+            Err(UpgradeError::Unpin { path, source })
         }
         _ => Ok(()),
     }
@@ -131,11 +143,7 @@ mod tests {
     use super::*;
 
     fn bits(positions: &[u32]) -> RuleBits {
-        let mut b = RuleBits::EMPTY;
-        for p in positions {
-            b.set(*p);
-        }
-        b
+        RuleBits::from_positions(positions)
     }
 
     #[test]
