@@ -9,7 +9,8 @@
 //!                 "ula_global_id": ID (once an IPv6 network took a ULA /64),
 //!                 "journal": GEN}
 //! state.journal  {"journal": GEN}, then one JSON line per change since
-//!                state.json was written (endpoints and published ports)
+//!                state.json was written (endpoints, published ports, the
+//!                filter rules' list)
 //! state.lock     flock(2) target; held exclusively for a whole read-modify-write
 //! agent.lock     flock(2)ed by the running agent for its whole life, holding
 //!                its pid: a second agent on the same state refuses to start
@@ -496,6 +497,20 @@ impl StateStore {
         }])
     }
 
+    /// [`Self::commit`] of a change known to be the filter rules becoming
+    /// `rules`, without comparing two states: one journal line; `new` (the
+    /// state after it) is only asked for when a snapshot is due.
+    pub fn commit_filters(
+        &mut self,
+        rules: &[crate::control::filter_rules::FilterRule],
+        new: impl FnOnce() -> State,
+    ) -> Result<(), StateError> {
+        if !self.journal_has_room() {
+            return self.save(&new());
+        }
+        self.append(&[Change::Filters(rules.to_vec())])
+    }
+
     /// Whether the next change may be a journal line (else a snapshot).
     fn journal_has_room(&self) -> bool {
         !self.sync.broken()
@@ -735,12 +750,26 @@ mod tests {
         let mut s4 = s3.clone();
         s4.endpoints.remove("b");
         store.commit(&s3, &s4).unwrap();
-        // The snapshot was not rewritten; the journal holds header + 5 lines.
+        // A filter change is a line of the rules as they now are.
+        let mut s5 = s4.clone();
+        s5.filters = vec![crate::control::filter_rules::FilterRule::new(
+            1,
+            crate::control::filter_rules::FilterArgs {
+                src: Some("192.0.2.7".into()),
+                action: "drop".into(),
+                ..Default::default()
+            }
+            .parse()
+            .unwrap(),
+        )];
+        store.commit(&s4, &s5).unwrap();
+        let mut s4 = s5;
+        // The snapshot was not rewritten; the journal holds header + 6 lines.
         assert_eq!(fs::read(store.path()).unwrap(), snapshot);
-        assert_eq!(journal_lines(&dir), 6);
+        assert_eq!(journal_lines(&dir), 7);
         let text = fs::read_to_string(dir.join("state.journal")).unwrap();
         assert!(
-            text.contains("ports_add") && text.contains("ports_rm"),
+            text.contains("ports_add") && text.contains("ports_rm") && text.contains("filters"),
             "{text}"
         );
         drop(store);

@@ -116,7 +116,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             rules.extend(added.iter().cloned());
         }
         self.compile_filters(&rules).await?;
-        self.change(|state| state.filters = rules).await
+        self.change_filters(rules).await
     }
 
     /// `filter add --from-file` (the `filter_add_many` request): rules in
@@ -158,7 +158,13 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             return Err(NetworkError::UnknownFilter(*unknown));
         }
         let gone: std::collections::BTreeSet<u32> = ids.iter().copied().collect();
-        self.change(|state| state.filters.retain(|r| !gone.contains(&r.id)))
-            .await
+        let rules = self
+            .state
+            .filters
+            .iter()
+            .filter(|r| !gone.contains(&r.id))
+            .cloned()
+            .collect();
+        self.change_filters(rules).await
     }
 }

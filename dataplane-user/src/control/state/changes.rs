@@ -1,5 +1,5 @@
-//! The journal's lines ([`Change`]): what a change to the endpoints since
-//! the snapshot is written as, how a line is replayed, and which lines take
+//! The journal's lines ([`Change`]): what a change to the endpoints or the
+//! filter rules since the snapshot is written as, how a line is replayed, and which lines take
 //! one state to another. The files are `super` (`state.rs`).
 
 use std::collections::BTreeSet;
@@ -7,9 +7,10 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use super::State;
-use crate::control::{model::Endpoint, ports::PortMapping};
+use crate::control::{filter_rules::FilterRule, model::Endpoint, ports::PortMapping};
 
-/// One journal line: a change to the endpoints since the snapshot.
+/// One journal line: a change to the endpoints or the filter rules since
+/// the snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(super) enum Change {
@@ -27,6 +28,10 @@ pub(super) enum Change {
         endpoint: String,
         ports: Vec<PortMapping>,
     },
+    /// The filter rules as they now are: a `filter add`/`rm` writes its
+    /// list, not the whole state with every endpoint's mappings (at
+    /// 100 000 mappings the snapshot was most of a rules request).
+    Filters(Vec<FilterRule>),
 }
 
 impl Change {
@@ -40,6 +45,7 @@ impl Change {
             }
             Change::PortsAdd { endpoint, ports } => apply_ports(state, &endpoint, &ports, true),
             Change::PortsRm { endpoint, ports } => apply_ports(state, &endpoint, &ports, false),
+            Change::Filters(rules) => state.filters = rules,
         }
     }
 }
@@ -111,18 +117,20 @@ fn port_change(old: &Endpoint, new: &Endpoint) -> Option<Change> {
 }
 
 /// The journal lines taking `old` to `new`; None when the change is not
-/// one the journal records (networks, uplinks, filters, CNI records).
+/// one the journal records (networks, uplinks, CNI records).
 pub(super) fn changes(old: &State, new: &State) -> Option<Vec<Change>> {
     if old.version != new.version
         || old.uplinks != new.uplinks
         || old.cni_attachments != new.cni_attachments
         || old.networks != new.networks
-        || old.filters != new.filters
         || old.ula_global_id != new.ula_global_id
     {
         return None;
     }
     let mut out = Vec::new();
+    if old.filters != new.filters {
+        out.push(Change::Filters(new.filters.clone()));
+    }
     for (id, ep) in &new.endpoints {
         match old.endpoints.get(id) {
             Some(prev) if prev == ep => {}
