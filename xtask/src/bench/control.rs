@@ -4,7 +4,9 @@
 //! agent running) beside netavark's `setup` (Debian `netavark`) and the CNI
 //! `bridge` + `portmap` plugins (Debian `containernetworking-plugins`), each
 //! run inside a fresh fake host of its own so their rules and sysctls land
-//! there. A tool that cannot run here is reported with the reason.
+//! there. A tool that cannot run here is reported with the reason. Then a
+//! crowded host: one endpoint with 32 published ports connected among
+//! 1 000 existing ones (moby#53466: Docker 29 with nftables takes seconds).
 
 use std::{
     path::{Path, PathBuf},
@@ -30,6 +32,14 @@ const SUBNET: &str = Family::V4.addrs().subnet;
 const GATEWAY: std::net::IpAddr = Family::V4.addrs().gateway;
 /// First host port the connected endpoints publish.
 const PORT_BASE: u16 = 30000;
+/// Endpoints already connected before the crowded measurement.
+pub const CROWD: usize = 1000;
+/// Published ports of each endpoint measured among them.
+pub const CROWDED_PORTS: usize = 32;
+/// Endpoints with [`CROWDED_PORTS`] ports connected (and timed) among them.
+const CROWDED_SAMPLES: usize = 5;
+/// The name of the crowded measurement's row.
+pub const CROWDED_TOOL: &str = "dataplane (32 ports, 1000 endpoints)";
 
 pub fn measure(root: &Path, count: usize) -> Result<Vec<ControlResult>> {
     println!("bench: control plane, {count} endpoints per tool");
@@ -56,6 +66,12 @@ pub fn measure(root: &Path, count: usize) -> Result<Vec<ControlResult>> {
         "cni bridge+portmap",
         "`bridge` (host-local IPAM, ipMasq) then `portmap`, one port mapping",
         cni(count),
+    ));
+    check_interrupt()?;
+    out.push(outcome(
+        CROWDED_TOOL,
+        "one `connect` request with 32 `-p PORT:PORT` on the agent's API socket, 1 000 endpoints (one port each) connected before; 5 such endpoints",
+        crowded(root),
     ));
     for c in &out {
         match &c.outcome {
@@ -118,6 +134,52 @@ fn dataplane(root: &Path, count: usize, via: Via) -> Result<Vec<Duration>> {
                 dp.cli(&["connect", "benchnet", &netns, "-p", &port])?;
             }
         }
+        times.push(t.elapsed());
+        nss.push(ns);
+    }
+    // The dataplane cleans up before its namespaces go.
+    drop(dp);
+    drop(nss);
+    Ok(times)
+}
+
+/// [`CROWDED_SAMPLES`] connects of an endpoint with [`CROWDED_PORTS`]
+/// published ports each, on an agent already holding [`CROWD`] endpoints
+/// (connected through the API, untimed).
+fn crowded(root: &Path) -> Result<Vec<Duration>> {
+    let topo = Topology::new("cpcr", Family::V4)?;
+    let mut dp = Dataplane::new(root)?;
+    dp.prepare_network(&topo)?;
+    dp.start_agent()?;
+    let mut nss = Vec::new();
+    let started = Instant::now();
+    for i in 0..CROWD {
+        check_interrupt()?;
+        let ns = NetNs::new("cpcr")?;
+        let netns = ns.path().to_string_lossy().into_owned();
+        dp.api(&json!({"op": "connect", "args": {
+            "network": "benchnet", "netns": netns, "publish": [format!("{}:80", PORT_BASE + i as u16)],
+        }}))?;
+        nss.push(ns);
+    }
+    println!(
+        "  {CROWD} endpoints connected in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let mut times = Vec::new();
+    for s in 0..CROWDED_SAMPLES {
+        check_interrupt()?;
+        let ns = NetNs::new("cpcr")?;
+        let netns = ns.path().to_string_lossy().into_owned();
+        let first = 40000 + (s * CROWDED_PORTS) as u16;
+        let publish: Vec<String> = (first..first + CROWDED_PORTS as u16)
+            .map(|p| format!("{p}:{p}"))
+            .collect();
+        let request = json!({"op": "connect", "args": {
+            "network": "benchnet", "netns": netns, "publish": publish,
+        }});
+        let t = Instant::now();
+        dp.api(&request)?;
         times.push(t.elapsed());
         nss.push(ns);
     }

@@ -545,6 +545,30 @@ pub fn targets(r: &Results) -> Vec<String> {
                 .unwrap_or_default(),
         ));
     }
+    let crowded = r
+        .control
+        .iter()
+        .find(|c| c.tool == super::control::CROWDED_TOOL)
+        .and_then(|c| c.outcome.as_ref().ok());
+    let v = crowded.map(|(med, _, _)| med.as_secs_f64());
+    out.push(check(
+        &format!(
+            "endpoint connect with {} published ports among {} endpoints < 50 ms (API, median)",
+            super::control::CROWDED_PORTS,
+            super::control::CROWD
+        ),
+        v,
+        |x| x < 0.050,
+        &crowded
+            .map(|(med, max, n)| {
+                format!(
+                    "{:.2} ms (worst {:.2} ms, {n} endpoints)",
+                    med.as_secs_f64() * 1e3,
+                    max.as_secs_f64() * 1e3
+                )
+            })
+            .unwrap_or_default(),
+    ));
     let conn = r
         .control
         .iter()
