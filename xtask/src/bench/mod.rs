@@ -334,7 +334,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     }
     if plan.connects > 0 {
         check_interrupt()?;
-        results.control = control::measure(root, plan.connects)?;
+        results.control = control::measure(root, plan.connects, !plan.quick)?;
     }
     results.elapsed = started.elapsed();
     let md = report::write(&results, &out_dir)?;
