@@ -684,4 +684,26 @@ mod tests {
             assert!(e.contains(needle), "{text:?}: {e}");
         }
     }
+
+    #[test]
+    fn a_long_rules_file_keeps_its_order_and_names_its_first_error() {
+        let line = |i: u32| {
+            format!(
+                "--src 10.{}.{}.{}/32 --action drop\n",
+                i >> 16,
+                (i >> 8) & 255,
+                i & 255
+            )
+        };
+        let mut text: String = (1..=5000).map(line).collect();
+        let rules = parse_rules(&text).unwrap();
+        assert_eq!(rules.len(), 5000);
+        assert_eq!(rules[0].src.as_deref(), Some("10.0.0.1/32"));
+        assert_eq!(rules[4999].src.as_deref(), Some("10.0.19.136/32"));
+        // Two errors: the earlier line is the one named.
+        text = text.replacen("10.0.15.160/32", "10.0.15.999/32", 1);
+        text = text.replacen("10.0.7.208/32", "10.0.7.999/32", 1);
+        let e = format!("{:#}", parse_rules(&text).unwrap_err());
+        assert!(e.starts_with("line 2000:"), "{e}");
+    }
 }
