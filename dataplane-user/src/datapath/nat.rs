@@ -14,7 +14,7 @@
 //! ports: the entries of the keys it touched, before and after
 //! ([`NatDelta`]), with no walk over the rest.
 
-use std::{collections::BTreeMap, os::fd::AsFd as _};
+use std::collections::BTreeMap;
 
 use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues};
 use dataplane_common::{
@@ -30,7 +30,7 @@ pub use super::endpoints::{attach_endpoint, detach_endpoint, ENDPOINT_PROGRAM};
 use super::{
     bpffs::PinRoot,
     ebpf::{ensure_detached, Dataplane, Direction, LoadError},
-    maps::{map_err, open, reconcile, sum, update, zeroed_counters, MapsError},
+    maps::{map_err, open, reconcile, set_array_batch, sum, update, zeroed_counters, MapsError},
 };
 use crate::sys::netlink::NetlinkError;
 
@@ -347,18 +347,9 @@ pub fn claim_stats_slots(
     // One zeroed value per possible CPU, 8-byte aligned slots, per key.
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapsError::Cpus(e))?;
     let value = size_of::<PktCounter>().div_ceil(8) * 8 * cpus;
-    let keys: Vec<u8> = slots.iter().flat_map(|s| s.to_ne_bytes()).collect();
     let zeros = vec![0u8; slots.len() * value];
-    let fd = aya::maps::IterableMap::<u32, PerCpuValues<PktCounter>>::map(&array)
-        .fd()
-        .as_fd();
-    let io = |io_error| {
-        map_err(name)(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-            call: "bpf_map_update_batch",
-            io_error,
-        }))
-    };
-    if !crate::sys::bpf::update_batch(fd, &keys, &zeros, (4, value)).map_err(io)? {
+    let map = aya::maps::IterableMap::<u32, PerCpuValues<PktCounter>>::map(&array);
+    if !set_array_batch(map, name, &slots, &zeros, value)? {
         for &index in &slots {
             array
                 .set(index, zeroed_counters()?, 0)

@@ -656,16 +656,28 @@ impl<D: Datapath, H: Host> Manager<D, H> {
             return Ok(());
         };
         let inputs = self.filter_inputs(&self.state.filters).await?;
-        if applied.filters.as_ref() != Some(&inputs) {
-            let c = match self.compiled.take() {
-                Some((of, c)) if of == inputs => c,
-                _ => compile(&inputs)?,
-            };
-            self.dp.apply_filters(&c)?;
-        }
+        self.write_filters(applied.filters.as_ref(), &inputs)?;
         applied.filters = Some(inputs);
         self.applied = Some(applied);
         Ok(())
+    }
+
+    /// Writes the rule set of `inputs` unless `last` (what the maps hold)
+    /// is the same; the set `filter add` compiled to check it when it is
+    /// this one.
+    fn write_filters(
+        &mut self,
+        last: Option<&FilterInputs>,
+        inputs: &FilterInputs,
+    ) -> Result<(), NetworkError> {
+        if last == Some(inputs) {
+            return Ok(());
+        }
+        let compiled = match self.compiled.take() {
+            Some((of, c)) if of == *inputs => c,
+            _ => compile(inputs)?,
+        };
+        Ok(self.dp.apply_filters(&compiled)?)
     }
 
     /// Every map the programs read, from the state: NAT and filters. With
@@ -688,13 +700,7 @@ impl<D: Datapath, H: Host> Manager<D, H> {
                 (Instant::now(), None)
             }
         };
-        if last_filters.as_ref() != Some(&inputs) {
-            let c = match self.compiled.take() {
-                Some((of, c)) if of == inputs => c,
-                _ => compile(&inputs)?,
-            };
-            self.dp.apply_filters(&c)?;
-        }
+        self.write_filters(last_filters.as_ref(), &inputs)?;
         self.applied = Some(Applied {
             nat: want,
             filters: Some(inputs),
