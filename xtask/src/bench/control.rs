@@ -21,7 +21,7 @@ use super::{
     check_interrupt,
     family::Family,
     peers::dataplane::Dataplane,
-    report::ControlResult,
+    report::{ControlResult, CROWD, CROWDED_PORTS, CROWDED_TOOL},
     topology::{unique_name, NetNs, Topology},
 };
 
@@ -32,14 +32,8 @@ const SUBNET: &str = Family::V4.addrs().subnet;
 const GATEWAY: std::net::IpAddr = Family::V4.addrs().gateway;
 /// First host port the connected endpoints publish.
 const PORT_BASE: u16 = 30000;
-/// Endpoints already connected before the crowded measurement.
-pub const CROWD: usize = 1000;
-/// Published ports of each endpoint measured among them.
-pub const CROWDED_PORTS: usize = 32;
 /// Endpoints with [`CROWDED_PORTS`] ports connected (and timed) among them.
 const CROWDED_SAMPLES: usize = 5;
-/// The name of the crowded measurement's row.
-pub const CROWDED_TOOL: &str = "dataplane (32 ports, 1000 endpoints)";
 
 /// `crowded`: the 32 ports among 1 000 endpoints too (about 45 s: left
 /// out of `--quick`, which stays under 5 minutes).

@@ -33,6 +33,14 @@ pub struct InstallResult {
     pub add_remove: Option<AddRemove>,
 }
 
+/// Endpoints already connected before the crowded connect measurement
+/// (`control.rs`).
+pub const CROWD: usize = 1000;
+/// Published ports of each endpoint measured among them.
+pub const CROWDED_PORTS: usize = 32;
+/// The crowded measurement's row, which the targets look for.
+pub const CROWDED_TOOL: &str = "dataplane (32 ports, 1000 endpoints)";
+
 /// Connecting one endpoint with one tool: median and p99, or why not.
 #[derive(Clone, Debug)]
 pub struct ControlResult {
@@ -548,14 +556,13 @@ pub fn targets(r: &Results) -> Vec<String> {
     let crowded = r
         .control
         .iter()
-        .find(|c| c.tool == super::control::CROWDED_TOOL)
+        .find(|c| c.tool == CROWDED_TOOL)
         .and_then(|c| c.outcome.as_ref().ok());
     let v = crowded.map(|(med, _, _)| med.as_secs_f64());
     out.push(check(
         &format!(
             "endpoint connect with {} published ports among {} endpoints < 50 ms (API, median)",
-            super::control::CROWDED_PORTS,
-            super::control::CROWD
+            CROWDED_PORTS, CROWD
         ),
         v,
         |x| x < 0.050,
