@@ -50,30 +50,19 @@ pub fn host_rules(bits: &RuleBits, region: &RuleBits) -> Option<HostRules> {
 /// Returns how many live entries were converted.
 pub fn convert_v1_hosts(pins: &PinRoot) -> Result<usize, UpgradeError> {
     let [old4, old6] = maps::FILTER_SRC_HOST_V1;
-    let mut done = 0;
-    if let Some(old) = open_old::<FilterHostKey>(pins, old4)? {
-        let live = live_gen(pins)?;
-        done += convert(
-            pins,
-            old,
-            [maps::FILTER_HOST, maps::FILTER_SRC],
-            |k| (k.gen == live).then(|| src_data(live, k.addr)),
-            32,
-        )?;
-        unpin(pins, old4)?;
-    }
-    if let Some(old) = open_old::<FilterHostKey6>(pins, old6)? {
-        let live = live_gen(pins)?;
-        done += convert(
-            pins,
-            old,
-            [maps::FILTER_HOST6, maps::FILTER_SRC6],
-            |k| (k.gen == live).then(|| src6_data(live, k.addr)),
-            128,
-        )?;
-        unpin(pins, old6)?;
-    }
-    Ok(done)
+    let v4 = convert(
+        pins,
+        [old4, maps::FILTER_HOST, maps::FILTER_SRC],
+        |live, k: &FilterHostKey| (k.gen == live).then(|| src_data(live, k.addr)),
+        32,
+    )?;
+    let v6 = convert(
+        pins,
+        [old6, maps::FILTER_HOST6, maps::FILTER_SRC6],
+        |live, k: &FilterHostKey6| (k.gen == live).then(|| src6_data(live, k.addr)),
+        128,
+    )?;
+    Ok(v4 + v6)
 }
 
 fn open_old<K: aya::Pod>(
@@ -89,26 +78,31 @@ fn live_gen(pins: &PinRoot) -> Result<u32, UpgradeError> {
     Ok(cfg.get(&0, 0).map_err(map_err(name))?.gen % GENERATIONS)
 }
 
-/// One family: each live entry of `old` (`data` gives its trie key data,
-/// None for the other generation's) becomes a host entry in `names[0]` or
-/// a full-length prefix (`addr_bits`) in the trie `names[1]`.
+/// One family (`names`: the old map, the host hash, the trie), if its old
+/// map is pinned: each entry of the live generation (`data` gives its trie
+/// key data, None for the other generation's) becomes a host entry or a
+/// full-length prefix (`addr_bits`) in the trie; then the old map is
+/// unpinned.
 fn convert<K, D>(
     pins: &PinRoot,
-    old: HashMap<MapData, K, RuleBits>,
-    names: [&'static str; 2],
-    data: impl Fn(&K) -> Option<D>,
+    [old_name, host_name, trie_name]: [&'static str; 3],
+    data: impl Fn(u32, &K) -> Option<D>,
     addr_bits: u32,
 ) -> Result<usize, UpgradeError>
 where
     K: aya::Pod,
     D: aya::Pod,
 {
-    let mut hosts: HashMap<MapData, K, HostRules> = open(pins, names[0])?;
-    let mut trie: LpmTrie<MapData, D, RuleBits> = open(pins, names[1])?;
+    let Some(old) = open_old::<K>(pins, old_name)? else {
+        return Ok(0);
+    };
+    let live = live_gen(pins)?;
+    let mut hosts: HashMap<MapData, K, HostRules> = open(pins, host_name)?;
+    let mut trie: LpmTrie<MapData, D, RuleBits> = open(pins, trie_name)?;
     let mut done = 0;
     for entry in old.iter() {
-        let (k, bits) = entry.map_err(map_err(names[0]))?;
-        let Some(d) = data(&k) else {
+        let (k, bits) = entry.map_err(map_err(old_name))?;
+        let Some(d) = data(live, &k) else {
             continue;
         };
         let key = Key::new(SRC_GEN_BITS + addr_bits, d);
@@ -117,14 +111,15 @@ where
         let region = match trie.get(&key, 0) {
             Ok(r) => r,
             Err(e) if is_not_found(&e) => RuleBits::EMPTY,
-            Err(e) => return Err(map_err(names[1])(e).into()),
+            Err(e) => return Err(map_err(trie_name)(e).into()),
         };
         match host_rules(&bits, &region) {
-            Some(r) => hosts.insert(k, r, 0).map_err(map_err(names[0]))?,
-            None => trie.insert(&key, bits, 0).map_err(map_err(names[1]))?,
+            Some(r) => hosts.insert(k, r, 0).map_err(map_err(host_name))?,
+            None => trie.insert(&key, bits, 0).map_err(map_err(trie_name))?,
         }
         done += 1;
     }
+    unpin(pins, old_name)?;
     Ok(done)
 }
 
